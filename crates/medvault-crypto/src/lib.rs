@@ -1,0 +1,65 @@
+//! medvault's key hierarchy, envelope encryption and blind indexes.
+//!
+//! **Invariant:** this is the only crate that touches raw key bytes. Every secret is a
+//! zeroize-on-drop type with a redacted `Debug`; primitives come from aws-lc-rs (the provider
+//! rustls uses), never from hand-rolled code.
+//!
+//! The hierarchy (see `ARCHITECTURE.md`, "Keys"):
+//!
+//! ```text
+//! root key (key file, sealed with Argon2id(passphrase))
+//!   └─ KEK v1, v2, … (random, wrapped by the root key, stored in the database)
+//!        └─ data keys (random, one per patient compartment, one for the tenant, one for
+//!           blind indexes; wrapped by the newest KEK, rewrapped on rotation)
+//!             └─ resource versions (AES-256-GCM, AAD binds tenant/type/id/version/key)
+//! ```
+
+mod blind;
+mod envelope;
+mod keyfile;
+mod secret;
+
+pub use blind::{BLIND_LEN, BlindIndexer, BlindValue, ParamKey};
+pub use envelope::{DataKey, Kek, RecordAad, Sealed, WrappedKey};
+pub use keyfile::{KeyFileKind, Passphrase, RootKey};
+pub use secret::SecretBytes;
+
+/// Errors from the crypto layer.
+///
+/// Decryption failures are deliberately one opaque variant, so they cannot act as an oracle.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// Authentication failed: wrong key, wrong associated data or tampered bytes.
+    #[error("decryption failed")]
+    Opaque,
+    /// The operating system's random number generator failed.
+    #[error("random number generator failure")]
+    Rng,
+    /// The key file is missing a field, has an unknown format or cannot be read.
+    #[error("key file is malformed: {0}")]
+    KeyFile(&'static str),
+    /// The key file is sealed with a passphrase and none (or the wrong one) was given.
+    #[error(
+        "the key file is sealed with a passphrase: set MEDVAULT_PASSPHRASE to the passphrase it was created with"
+    )]
+    Passphrase,
+    /// Reading or writing the key file failed.
+    #[error("key file I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// SHA-256 of `data`, for hashing bearer tokens before they are stored or looked up.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+///
+/// # Errors
+/// [`CryptoError::Rng`] if the generator fails.
+pub fn random_fill(buf: &mut [u8]) -> Result<(), CryptoError> {
+    aws_lc_rs::rand::fill(buf).map_err(|_| CryptoError::Rng)
+}

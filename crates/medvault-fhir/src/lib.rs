@@ -1,0 +1,291 @@
+//! FHIR R4 (4.0.1) knowledge for medvault, all of it read from the official definitions:
+//! validation against the HL7 JSON Schema, search parameters from the 1 378 SearchParameter
+//! resources, compartment membership from the Patient CompartmentDefinition.
+//!
+//! **Invariant:** knows nothing of storage, keys or HTTP. Serving another resource type is a line
+//! in `data/resource-types.txt`, not code.
+
+mod date;
+mod path;
+mod search;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use medvault_core::{Compartment, ResourceId};
+use serde_json::Value;
+
+pub use path::local_reference;
+pub use search::{Alternative, Clause, ParamKind, SearchError, SearchParam, normalize};
+pub use validate::Issue;
+
+/// The FHIR version served.
+pub const FHIR_VERSION: &str = "4.0.1";
+
+const SCHEMA: &str = include_str!("../data/fhir.schema.json");
+const SEARCH_PARAMETERS: &str = include_str!("../data/search-parameters.json");
+const PATIENT_COMPARTMENT: &str = include_str!("../data/compartmentdefinition-patient.json");
+const RESOURCE_TYPES: &str = include_str!("../data/resource-types.txt");
+
+/// Errors loading the definitions (they are compiled in, so only a broken build can cause one).
+#[derive(Debug, thiserror::Error)]
+pub enum FhirError {
+    /// A definition file failed to parse.
+    #[error("FHIR definition file {0} is malformed")]
+    Definitions(&'static str),
+    /// `resource-types.txt` names a type the R4 schema does not define.
+    #[error("resource type {0} is not an R4 resource type")]
+    UnknownType(String),
+}
+
+/// What the node knows about one served resource type.
+#[derive(Debug)]
+pub struct TypeInfo {
+    /// Supported search parameters by code.
+    pub params: BTreeMap<String, SearchParam>,
+    /// Codes of the parameters that place an instance in a Patient compartment, in definition
+    /// order; empty for types outside the compartment.
+    pub compartment_params: Vec<String>,
+}
+
+/// The loaded FHIR R4 definitions.
+pub struct Fhir {
+    types: BTreeMap<String, TypeInfo>,
+    all_types: BTreeSet<String>,
+    validators: validate::Validators,
+}
+
+impl std::fmt::Debug for Fhir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fhir")
+            .field("types", &self.types.keys())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fhir {
+    /// Loads the compiled-in definitions for the types listed in `data/resource-types.txt`.
+    ///
+    /// # Errors
+    /// [`FhirError`] if a definition file is malformed or a listed type is unknown.
+    pub fn load() -> Result<Self, FhirError> {
+        let served: Vec<&str> = RESOURCE_TYPES
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        Self::load_types(&served)
+    }
+
+    /// Loads the definitions for exactly these types.
+    ///
+    /// # Errors
+    /// As [`Self::load`].
+    pub fn load_types(served: &[&str]) -> Result<Self, FhirError> {
+        let schema: Value =
+            serde_json::from_str(SCHEMA).map_err(|_| FhirError::Definitions("fhir.schema.json"))?;
+        let all_types: BTreeSet<String> = schema
+            .pointer("/discriminator/mapping")
+            .and_then(Value::as_object)
+            .ok_or(FhirError::Definitions("fhir.schema.json"))?
+            .keys()
+            .cloned()
+            .collect();
+        let params: Value = serde_json::from_str(SEARCH_PARAMETERS)
+            .map_err(|_| FhirError::Definitions("search-parameters.json"))?;
+        let compartment: Value = serde_json::from_str(PATIENT_COMPARTMENT)
+            .map_err(|_| FhirError::Definitions("compartmentdefinition-patient.json"))?;
+        let entries = params
+            .get("entry")
+            .and_then(Value::as_array)
+            .ok_or(FhirError::Definitions("search-parameters.json"))?;
+        let mut types = BTreeMap::new();
+        for &t in served {
+            if !all_types.contains(t) {
+                return Err(FhirError::UnknownType(t.to_owned()));
+            }
+            let mut by_code = BTreeMap::new();
+            for e in entries {
+                let Some(def) = e.get("resource") else {
+                    continue;
+                };
+                let applies = def
+                    .get("base")
+                    .and_then(Value::as_array)
+                    .is_some_and(|b| b.iter().any(|x| x.as_str() == Some(t)));
+                if applies
+                    && let Some(p) = SearchParam::from_definition(def, t)
+                    && !p.code.starts_with('_')
+                {
+                    by_code.insert(p.code.clone(), p);
+                }
+            }
+            let compartment_params = compartment
+                .get("resource")
+                .and_then(Value::as_array)
+                .and_then(|rs| {
+                    rs.iter()
+                        .find(|r| r.get("code").and_then(Value::as_str) == Some(t))
+                })
+                .and_then(|r| r.get("param"))
+                .and_then(Value::as_array)
+                .map(|ps| {
+                    ps.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            types.insert(
+                t.to_owned(),
+                TypeInfo {
+                    params: by_code,
+                    compartment_params,
+                },
+            );
+        }
+        Ok(Self {
+            types,
+            all_types,
+            validators: validate::Validators::new(schema),
+        })
+    }
+
+    /// The served types and what the node knows of each.
+    pub fn types(&self) -> &BTreeMap<String, TypeInfo> {
+        &self.types
+    }
+
+    /// The served type named `name`, if served.
+    pub fn type_info(&self, name: &str) -> Option<&TypeInfo> {
+        self.types.get(name)
+    }
+
+    /// True if `name` is any R4 resource type (served or not).
+    pub fn is_r4_type(&self, name: &str) -> bool {
+        self.all_types.contains(name)
+    }
+
+    /// Validates a resource against the official R4 schema for its type, plus the reference
+    /// rules the schema cannot express.
+    ///
+    /// # Errors
+    /// Every issue found (at most [`validate::MAX_ISSUES`]).
+    pub fn validate(&self, resource_type: &str, resource: &Value) -> Result<(), Vec<Issue>> {
+        let mut issues = self.validators.validate(resource_type, resource);
+        validate::check_references(resource, &self.all_types, resource_type, &mut issues);
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(issues)
+        }
+    }
+
+    /// The compartment whose key seals this resource: a Patient's own, the first patient its
+    /// compartment parameters reference, or the tenant's.
+    pub fn compartment_of(
+        &self,
+        resource_type: &str,
+        id: &ResourceId,
+        resource: &Value,
+    ) -> Compartment {
+        if resource_type == "Patient" {
+            return Compartment::Patient(id.clone());
+        }
+        let Some(info) = self.types.get(resource_type) else {
+            return Compartment::Tenant;
+        };
+        for code in &info.compartment_params {
+            if let Some(p) = info.params.get(code)
+                && let Some(pid) = p
+                    .patient_ids(resource)
+                    .into_iter()
+                    .find_map(|i| ResourceId::new(&i).ok())
+            {
+                return Compartment::Patient(pid);
+            }
+        }
+        Compartment::Tenant
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn loads_the_served_types_with_their_parameters() {
+        let f = Fhir::load().unwrap();
+        assert!(f.types().len() >= 16);
+        let p = f.type_info("Patient").unwrap();
+        for code in [
+            "identifier",
+            "family",
+            "given",
+            "name",
+            "birthdate",
+            "gender",
+        ] {
+            assert!(p.params.contains_key(code), "Patient.{code}");
+        }
+        for t in [
+            "Observation",
+            "Condition",
+            "Encounter",
+            "Procedure",
+            "DiagnosticReport",
+        ] {
+            let info = f.type_info(t).unwrap();
+            for code in ["patient", "subject", "code", "date", "status"] {
+                if t == "Procedure" && code == "status" || info.params.contains_key(code) {
+                    continue;
+                }
+                if !(t == "Encounter" && code == "code")
+                    && !(t == "Condition" && (code == "date" || code == "status"))
+                {
+                    panic!("{t}.{code} missing");
+                }
+            }
+        }
+        assert!(
+            f.type_info("Observation")
+                .unwrap()
+                .params
+                .contains_key("category")
+        );
+        assert!(f.is_r4_type("Questionnaire"));
+        assert!(!f.is_r4_type("Banana"));
+        assert!(Fhir::load_types(&["Banana"]).is_err());
+    }
+
+    #[test]
+    fn compartments_come_from_the_definition() {
+        let f = Fhir::load().unwrap();
+        let id = ResourceId::new("x").unwrap();
+        let obs = json!({"resourceType":"Observation","subject":{"reference":"Patient/p9"}});
+        assert_eq!(
+            f.compartment_of("Observation", &id, &obs),
+            Compartment::Patient(ResourceId::new("p9").unwrap())
+        );
+        let grp = json!({"resourceType":"Observation","subject":{"reference":"Group/g"}});
+        assert_eq!(
+            f.compartment_of("Observation", &id, &grp),
+            Compartment::Tenant
+        );
+        assert_eq!(
+            f.compartment_of("Patient", &id, &json!({})),
+            Compartment::Patient(id.clone())
+        );
+        let org = json!({"resourceType":"Organization"});
+        assert_eq!(
+            f.compartment_of("Organization", &id, &org),
+            Compartment::Tenant
+        );
+        let consent = json!({"resourceType":"Consent","patient":{"reference":"Patient/p3"}});
+        assert_eq!(
+            f.compartment_of("Consent", &id, &consent),
+            Compartment::Patient(ResourceId::new("p3").unwrap())
+        );
+    }
+}

@@ -1,0 +1,721 @@
+//! Search parameters: which values a resource offers to each parameter, the plaintext index keys
+//! derived from them (blinded by the caller), parsing of search values, and the exact match
+//! re-checked after decryption.
+//!
+//! Index key forms (documented with what each leaks in `ARCHITECTURE.md`):
+//!
+//! | type | keys |
+//! |---|---|
+//! | string | `e:<exact text>`, `p:<first 1..=8 chars of the normalized text>` |
+//! | token | `c:<code>`, `s:<system>`, `sc:<system>|<code>`, `nc:<code>` (code without system) |
+//! | reference | `r:<Type>/<id>` |
+//! | date | `y:<year>` (≤ 10 years) or `y:wide`; `m:<year-month>` (≤ 12 months) or `m:wide` |
+
+use serde_json::Value;
+use unicode_normalization::UnicodeNormalization as _;
+
+use crate::date;
+use crate::path::{Expr, Node, local_reference};
+
+/// Normalized characters covered by string prefix keys; longer queries are narrowed by their
+/// first 8 characters and then filtered exactly after decryption.
+pub(crate) const PREFIX_CHARS: usize = 8;
+/// Above this many months a date window is searched through year buckets.
+const MAX_QUERY_MONTHS: usize = 36;
+
+/// The search parameter types medvault supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// Text, matched by normalized prefix or exactly.
+    String,
+    /// Coded values and identifiers.
+    Token,
+    /// References to other resources.
+    Reference,
+    /// Dates and periods.
+    Date,
+}
+
+impl ParamKind {
+    /// Parses the `type` of a SearchParameter definition; unsupported types give `None`.
+    pub fn from_fhir(t: &str) -> Option<Self> {
+        match t {
+            "string" => Some(Self::String),
+            "token" => Some(Self::Token),
+            "reference" => Some(Self::Reference),
+            "date" => Some(Self::Date),
+            _ => None,
+        }
+    }
+
+    /// The FHIR name of the type.
+    pub fn as_fhir(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Token => "token",
+            Self::Reference => "reference",
+            Self::Date => "date",
+        }
+    }
+}
+
+/// One search parameter of one resource type, built from its official definition.
+#[derive(Debug, Clone)]
+pub struct SearchParam {
+    /// The parameter code (`family`, `code`, …).
+    pub code: String,
+    /// Its type.
+    pub kind: ParamKind,
+    /// Canonical URL of the definition.
+    pub url: String,
+    /// Target resource types (reference parameters).
+    pub targets: Vec<String>,
+    expr: Expr,
+}
+
+/// Why a search value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SearchError {
+    /// The modifier is not supported for this parameter.
+    #[error("modifier ':{0}' is not supported for this parameter")]
+    Modifier(String),
+    /// The value is not valid for the parameter's type.
+    #[error("invalid value for a {0} parameter")]
+    Value(&'static str),
+    /// The date comparator is not supported.
+    #[error("date comparator '{0}' is not supported (use eq, gt, lt, ge or le)")]
+    Comparator(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Extracted {
+    Str(String),
+    Token {
+        system: Option<String>,
+        code: String,
+    },
+    Ref(String),
+    Date(i64, i64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Matcher {
+    Prefix(String),
+    Exact(String),
+    /// `system`: `None` = any system, `Some(None)` = no system, `Some(Some(s))` = that system.
+    Token {
+        system: Option<Option<String>>,
+        code: Option<String>,
+    },
+    Ref(Vec<String>),
+    Date {
+        cmp: Cmp,
+        start: i64,
+        end: i64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmp {
+    Eq,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+}
+
+/// One comma-separated alternative of a search clause.
+#[derive(Debug, Clone)]
+pub struct Alternative {
+    /// Plaintext index keys; a resource matches the index when it has any of them.
+    pub keys: Vec<Vec<u8>>,
+    /// True when an index hit is already an exact match (no filtering after decryption needed,
+    /// barring a 2^-128 blind-value collision, which the re-check still catches).
+    pub exact: bool,
+    matcher: Matcher,
+}
+
+/// A parsed `param[:modifier]=v1,v2` clause: the alternatives are ORed.
+#[derive(Debug, Clone)]
+pub struct Clause {
+    /// Parameter code.
+    pub param: String,
+    /// Alternatives.
+    pub alternatives: Vec<Alternative>,
+}
+
+impl Clause {
+    /// True when every alternative is answered exactly by the index.
+    pub fn exact(&self) -> bool {
+        self.alternatives.iter().all(|a| a.exact)
+    }
+
+    /// All index keys of all alternatives.
+    pub fn keys(&self) -> impl Iterator<Item = &Vec<u8>> {
+        self.alternatives.iter().flat_map(|a| a.keys.iter())
+    }
+}
+
+/// Lower-cases and strips accents (NFD, then drops combining marks), as FHIR string search
+/// requires.
+pub fn normalize(text: &str) -> String {
+    text.nfd()
+        .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn prefix(text: &str, chars: usize) -> &str {
+    match text.char_indices().nth(chars) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}
+
+fn key(tag: &str, parts: &[&str]) -> Vec<u8> {
+    let mut k = tag.as_bytes().to_vec();
+    k.push(b':');
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(b'|');
+        }
+        k.extend_from_slice(p.as_bytes());
+    }
+    k
+}
+
+/// Splits a search value on commas that are not escaped with `\`, unescaping `\,` `\|` `\$` `\\`.
+fn split_values(raw: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    if let Some(last) = out.last_mut() {
+                        last.push(n);
+                    }
+                }
+            }
+            ',' => out.push(String::new()),
+            c => {
+                if let Some(last) = out.last_mut() {
+                    last.push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn date_keys(start: i64, end: i64, query: bool) -> Vec<Vec<u8>> {
+    let start = start.max(date::DOMAIN_START);
+    let end = end.min(date::DOMAIN_END).max(start + 1);
+    let mut keys = Vec::new();
+    let month_cap = if query { MAX_QUERY_MONTHS } else { 12 };
+    let months = date::months(start, end, month_cap);
+    if months.len() <= month_cap {
+        keys.extend(
+            months
+                .iter()
+                .map(|(y, m)| key("m", &[&format!("{y:04}-{m:02}")])),
+        );
+        if query {
+            keys.push(key("m", &["wide"]));
+        }
+        if query {
+            return keys;
+        }
+    } else if !query {
+        keys.push(key("m", &["wide"]));
+    }
+    let (y0, _) = date::year_month(start);
+    let (y1, _) = date::year_month(end - 1);
+    if !query && y1 - y0 >= 10 {
+        keys.push(key("y", &["wide"]));
+    } else {
+        keys.extend((y0..=y1).map(|y| key("y", &[&format!("{y:04}")])));
+        if query {
+            keys.push(key("y", &["wide"]));
+        }
+    }
+    keys
+}
+
+impl SearchParam {
+    /// Builds a parameter from its definition for `resource_type`; `None` when its type or
+    /// expression is outside what medvault supports.
+    pub fn from_definition(def: &Value, resource_type: &str) -> Option<Self> {
+        let kind = ParamKind::from_fhir(def.get("type")?.as_str()?)?;
+        let expr = Expr::parse(def.get("expression")?.as_str()?, resource_type)?;
+        let targets = def
+            .get("target")
+            .and_then(Value::as_array)
+            .map(|t| {
+                t.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Self {
+            code: def.get("code")?.as_str()?.to_owned(),
+            kind,
+            url: def
+                .get("url")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            targets,
+            expr,
+        })
+    }
+
+    fn values(&self, resource: &Value) -> Vec<Extracted> {
+        let mut out = Vec::new();
+        for node in self.expr.evaluate(resource) {
+            extract(self.kind, node, &mut out);
+        }
+        out
+    }
+
+    /// The plaintext index keys `resource` offers to this parameter (deduplicated).
+    pub fn index_keys(&self, resource: &Value) -> Vec<Vec<u8>> {
+        let mut keys = Vec::new();
+        for v in self.values(resource) {
+            match v {
+                Extracted::Str(s) => {
+                    keys.push(key("e", &[&s]));
+                    let n = normalize(&s);
+                    for len in 1..=PREFIX_CHARS.min(n.chars().count()) {
+                        keys.push(key("p", &[prefix(&n, len)]));
+                    }
+                }
+                Extracted::Token { system, code } => {
+                    keys.push(key("c", &[&code]));
+                    match system {
+                        Some(s) => {
+                            keys.push(key("s", &[&s]));
+                            keys.push(key("sc", &[&s, &code]));
+                        }
+                        None => keys.push(key("nc", &[&code])),
+                    }
+                }
+                Extracted::Ref(r) => keys.push(key("r", &[&r])),
+                Extracted::Date(s, e) => keys.extend(date_keys(s, e, false)),
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// The references to Patients this parameter finds in `resource` (`Patient/<id>` → id).
+    pub fn patient_ids(&self, resource: &Value) -> Vec<String> {
+        self.values(resource)
+            .into_iter()
+            .filter_map(|v| match v {
+                Extracted::Ref(r) => r.strip_prefix("Patient/").map(str::to_owned),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Parses `param[:modifier]=raw`.
+    ///
+    /// # Errors
+    /// [`SearchError`] for unsupported modifiers or comparators and malformed values.
+    pub fn parse_clause(&self, modifier: Option<&str>, raw: &str) -> Result<Clause, SearchError> {
+        let mut alternatives = Vec::new();
+        for value in split_values(raw) {
+            alternatives.push(self.parse_value(modifier, &value)?);
+        }
+        Ok(Clause {
+            param: self.code.clone(),
+            alternatives,
+        })
+    }
+
+    fn parse_value(&self, modifier: Option<&str>, value: &str) -> Result<Alternative, SearchError> {
+        let bad_modifier = || SearchError::Modifier(modifier.unwrap_or_default().to_owned());
+        match self.kind {
+            ParamKind::String => {
+                if value.is_empty() {
+                    return Err(SearchError::Value("string"));
+                }
+                match modifier {
+                    None => {
+                        let n = normalize(value);
+                        let short = n.chars().count() <= PREFIX_CHARS;
+                        Ok(Alternative {
+                            keys: vec![key("p", &[prefix(&n, PREFIX_CHARS)])],
+                            exact: short,
+                            matcher: Matcher::Prefix(n),
+                        })
+                    }
+                    Some("exact") => Ok(Alternative {
+                        keys: vec![key("e", &[value])],
+                        exact: true,
+                        matcher: Matcher::Exact(value.to_owned()),
+                    }),
+                    Some(_) => Err(bad_modifier()),
+                }
+            }
+            ParamKind::Token => {
+                if modifier.is_some() {
+                    return Err(bad_modifier());
+                }
+                let (keys, matcher) = match value.split_once('|') {
+                    None if !value.is_empty() => (
+                        vec![key("c", &[value])],
+                        Matcher::Token {
+                            system: None,
+                            code: Some(value.to_owned()),
+                        },
+                    ),
+                    Some(("", code)) if !code.is_empty() => (
+                        vec![key("nc", &[code])],
+                        Matcher::Token {
+                            system: Some(None),
+                            code: Some(code.to_owned()),
+                        },
+                    ),
+                    Some((sys, "")) if !sys.is_empty() => (
+                        vec![key("s", &[sys])],
+                        Matcher::Token {
+                            system: Some(Some(sys.to_owned())),
+                            code: None,
+                        },
+                    ),
+                    Some((sys, code)) if !sys.is_empty() && !code.is_empty() => (
+                        vec![key("sc", &[sys, code])],
+                        Matcher::Token {
+                            system: Some(Some(sys.to_owned())),
+                            code: Some(code.to_owned()),
+                        },
+                    ),
+                    _ => return Err(SearchError::Value("token")),
+                };
+                Ok(Alternative {
+                    keys,
+                    exact: true,
+                    matcher,
+                })
+            }
+            ParamKind::Reference => {
+                let refs: Vec<String> = match (modifier, local_reference(value)) {
+                    (None, Some((t, id))) => vec![format!("{t}/{id}")],
+                    (Some(m), _) if m.starts_with(|c: char| c.is_ascii_uppercase()) => {
+                        if !self.targets.iter().any(|t| t == m) {
+                            return Err(bad_modifier());
+                        }
+                        medvault_core::ResourceId::new(value)
+                            .map_err(|_| SearchError::Value("reference"))?;
+                        vec![format!("{m}/{value}")]
+                    }
+                    (Some(_), _) => return Err(bad_modifier()),
+                    (None, None) => {
+                        medvault_core::ResourceId::new(value)
+                            .map_err(|_| SearchError::Value("reference"))?;
+                        self.targets
+                            .iter()
+                            .map(|t| format!("{t}/{value}"))
+                            .collect()
+                    }
+                };
+                Ok(Alternative {
+                    keys: refs.iter().map(|r| key("r", &[r])).collect(),
+                    exact: true,
+                    matcher: Matcher::Ref(refs),
+                })
+            }
+            ParamKind::Date => {
+                if modifier.is_some() {
+                    return Err(bad_modifier());
+                }
+                let (cmp, rest) = match value.get(..2) {
+                    Some("eq") => (Cmp::Eq, &value[2..]),
+                    Some("gt") => (Cmp::Gt, &value[2..]),
+                    Some("lt") => (Cmp::Lt, &value[2..]),
+                    Some("ge") => (Cmp::Ge, &value[2..]),
+                    Some("le") => (Cmp::Le, &value[2..]),
+                    Some(p) if p.chars().all(|c| c.is_ascii_lowercase()) => {
+                        return Err(SearchError::Comparator(p.to_owned()));
+                    }
+                    _ => (Cmp::Eq, value),
+                };
+                let (start, end) = date::parse_range(rest).ok_or(SearchError::Value("date"))?;
+                let (ws, we) = match cmp {
+                    Cmp::Eq => (start, end),
+                    Cmp::Gt => (end, date::DOMAIN_END),
+                    Cmp::Ge => (start, date::DOMAIN_END),
+                    Cmp::Lt => (date::DOMAIN_START, start),
+                    Cmp::Le => (date::DOMAIN_START, end),
+                };
+                Ok(Alternative {
+                    keys: date_keys(ws, we, true),
+                    exact: false,
+                    matcher: Matcher::Date { cmp, start, end },
+                })
+            }
+        }
+    }
+
+    /// Re-checks a clause against a decrypted resource.
+    pub fn matches(&self, clause: &Clause, resource: &Value) -> bool {
+        let values = self.values(resource);
+        clause
+            .alternatives
+            .iter()
+            .any(|alt| values.iter().any(|v| matches_one(&alt.matcher, v)))
+    }
+}
+
+fn matches_one(m: &Matcher, v: &Extracted) -> bool {
+    match (m, v) {
+        (Matcher::Prefix(p), Extracted::Str(s)) => normalize(s).starts_with(p.as_str()),
+        (Matcher::Exact(p), Extracted::Str(s)) => p == s,
+        (
+            Matcher::Token { system, code },
+            Extracted::Token {
+                system: vs,
+                code: vc,
+            },
+        ) => {
+            code.as_ref().is_none_or(|c| c == vc)
+                && match system {
+                    None => true,
+                    Some(None) => vs.is_none(),
+                    Some(Some(s)) => vs.as_deref() == Some(s.as_str()),
+                }
+        }
+        (Matcher::Ref(refs), Extracted::Ref(r)) => refs.iter().any(|x| x == r),
+        (Matcher::Date { cmp, start, end }, Extracted::Date(rs, re)) => match cmp {
+            Cmp::Eq => start <= rs && re <= end,
+            Cmp::Gt => re > end,
+            Cmp::Lt => rs < start,
+            Cmp::Ge => re > start,
+            Cmp::Le => rs < end,
+        },
+        _ => false,
+    }
+}
+
+fn push_str(out: &mut Vec<Extracted>, v: Option<&Value>) {
+    match v {
+        Some(Value::String(s)) if !s.is_empty() => out.push(Extracted::Str(s.clone())),
+        Some(Value::Array(items)) => items.iter().for_each(|i| push_str(out, Some(i))),
+        _ => {}
+    }
+}
+
+fn push_coding(out: &mut Vec<Extracted>, c: &Value) {
+    if let Some(code) = c.get("code").and_then(Value::as_str) {
+        out.push(Extracted::Token {
+            system: c.get("system").and_then(Value::as_str).map(str::to_owned),
+            code: code.to_owned(),
+        });
+    }
+}
+
+fn extract(kind: ParamKind, node: Node<'_>, out: &mut Vec<Extracted>) {
+    let v = node.value;
+    match kind {
+        ParamKind::String => match v {
+            Value::String(_) => push_str(out, Some(v)),
+            Value::Object(_) => {
+                for field in [
+                    "family",
+                    "given",
+                    "prefix",
+                    "suffix",
+                    "text",
+                    "line",
+                    "city",
+                    "district",
+                    "state",
+                    "postalCode",
+                    "country",
+                ] {
+                    push_str(out, v.get(field));
+                }
+            }
+            _ => {}
+        },
+        ParamKind::Token => match v {
+            Value::String(s) => out.push(Extracted::Token {
+                system: None,
+                code: s.clone(),
+            }),
+            Value::Bool(b) => out.push(Extracted::Token {
+                system: None,
+                code: b.to_string(),
+            }),
+            Value::Object(map) => {
+                if let Some(Value::Array(codings)) = map.get("coding") {
+                    codings.iter().for_each(|c| push_coding(out, c));
+                } else if map.contains_key("code") {
+                    push_coding(out, v);
+                } else if let Some(value) = map.get("value").and_then(Value::as_str) {
+                    // Identifier (system is a URI) or ContactPoint (system is phone/email/…).
+                    let system = map
+                        .get("system")
+                        .and_then(Value::as_str)
+                        .filter(|s| s.contains(':'));
+                    out.push(Extracted::Token {
+                        system: system.map(str::to_owned),
+                        code: value.to_owned(),
+                    });
+                }
+            }
+            _ => {}
+        },
+        ParamKind::Reference => {
+            if let Some((t, id)) = v
+                .get("reference")
+                .and_then(Value::as_str)
+                .and_then(local_reference)
+            {
+                out.push(Extracted::Ref(format!("{t}/{id}")));
+            }
+        }
+        ParamKind::Date => match v {
+            Value::String(s) => {
+                if let Some((a, b)) = date::parse_range(s) {
+                    out.push(Extracted::Date(a, b));
+                }
+            }
+            Value::Object(_) => {
+                let start = v
+                    .get("start")
+                    .and_then(Value::as_str)
+                    .and_then(date::parse_range);
+                let end = v
+                    .get("end")
+                    .and_then(Value::as_str)
+                    .and_then(date::parse_range);
+                if start.is_some() || end.is_some() {
+                    out.push(Extracted::Date(
+                        start.map_or(i64::MIN / 2, |s| s.0),
+                        end.map_or(i64::MAX / 2, |e| e.1),
+                    ));
+                }
+            }
+            _ => {}
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn param(kind: &str, expr: &str, rt: &str) -> SearchParam {
+        SearchParam::from_definition(
+            &json!({"code":"x","type":kind,"expression":expr,"target":["Patient","Group"]}),
+            rt,
+        )
+        .unwrap()
+    }
+
+    fn hit(p: &SearchParam, modifier: Option<&str>, q: &str, r: &Value) -> bool {
+        let clause = p.parse_clause(modifier, q).unwrap();
+        let keys = p.index_keys(r);
+        let index_hit = clause.keys().any(|k| keys.contains(k));
+        let exact = p.matches(&clause, r);
+        assert!(
+            !exact || index_hit,
+            "index must never miss a true match: {q}"
+        );
+        exact
+    }
+
+    #[test]
+    fn strings_match_by_normalized_prefix_and_exactly() {
+        let p = param("string", "Patient.name", "Patient");
+        let r = json!({"name":[{"family":"Müller-Lüdenscheidt","given":["Ève"]}]});
+        assert!(hit(&p, None, "muller", &r));
+        assert!(
+            hit(&p, None, "MÜLLER-LÜDENSCHEIDT", &r),
+            "long query is filtered exactly"
+        );
+        assert!(hit(&p, None, "eve", &r));
+        assert!(!hit(&p, None, "muller-x", &r));
+        assert!(hit(&p, Some("exact"), "Ève", &r));
+        assert!(!hit(&p, Some("exact"), "eve", &r));
+        assert!(p.parse_clause(Some("contains"), "x").is_err());
+        assert!(hit(&p, None, "zzz,eve", &r), "comma means OR");
+    }
+
+    #[test]
+    fn tokens() {
+        let p = param("token", "Observation.code", "Observation");
+        let r = json!({"code":{"coding":[{"system":"http://loinc.org","code":"1-8"}]}});
+        assert!(hit(&p, None, "1-8", &r));
+        assert!(hit(&p, None, "http://loinc.org|1-8", &r));
+        assert!(hit(&p, None, "http://loinc.org|", &r));
+        assert!(!hit(&p, None, "|1-8", &r));
+        assert!(!hit(&p, None, "http://snomed.info/sct|1-8", &r));
+        let nosys = json!({"code":{"coding":[{"code":"1-8"}]}});
+        assert!(hit(&p, None, "|1-8", &nosys));
+        assert!(p.parse_clause(None, "|").is_err());
+        assert!(p.parse_clause(Some("text"), "a").is_err());
+        let g = param("token", "Patient.gender", "Patient");
+        assert!(hit(&g, None, "female", &json!({"gender":"female"})));
+        let id = param("token", "Patient.identifier", "Patient");
+        let pr = json!({"identifier":[{"system":"urn:oid:1.2","value":"MRN-1"}]});
+        assert!(hit(&id, None, "urn:oid:1.2|MRN-1", &pr));
+        assert!(hit(&id, None, "MRN-1", &pr));
+    }
+
+    #[test]
+    fn references() {
+        let p = param("reference", "Observation.subject", "Observation");
+        let r = json!({"subject":{"reference":"Patient/p1"}});
+        assert!(hit(&p, None, "p1", &r));
+        assert!(hit(&p, None, "Patient/p1", &r));
+        assert!(hit(&p, Some("Patient"), "p1", &r));
+        assert!(!hit(&p, None, "p2", &r));
+        assert!(p.parse_clause(Some("Device"), "p1").is_err());
+        assert!(p.parse_clause(Some("identifier"), "p1").is_err());
+        assert_eq!(p.patient_ids(&r), vec!["p1".to_owned()]);
+    }
+
+    #[test]
+    fn dates_follow_fhir_range_semantics() {
+        let p = param("date", "Patient.birthDate", "Patient");
+        let r = json!({"birthDate":"1980-05-17"});
+        for (q, want) in [
+            ("1980-05-17", true),
+            ("1980-05", true),
+            ("1980", true),
+            ("1980-05-18", false),
+            ("eq1980", true),
+            ("ge1980-05-17", true),
+            ("gt1980-05-17", false),
+            ("gt1980-05-16", true),
+            ("le1980-05-17", true),
+            ("lt1980-05-17", false),
+            ("lt1980-05-18", true),
+            ("ge1990", false),
+            ("le1900", false),
+            ("lt2100", true),
+            ("ge1800", true),
+        ] {
+            assert_eq!(hit(&p, None, q, &r), want, "{q}");
+        }
+        assert!(matches!(
+            p.parse_clause(None, "sa1980"),
+            Err(SearchError::Comparator(_))
+        ));
+        assert!(p.parse_clause(None, "19800").is_err());
+        let period = param("date", "Encounter.period", "Encounter");
+        let e = json!({"period":{"start":"2020-01-01T10:00:00Z"}});
+        assert!(
+            hit(&period, None, "ge2030", &e),
+            "open period extends forever"
+        );
+        assert!(!hit(&period, None, "lt2019", &e));
+    }
+}

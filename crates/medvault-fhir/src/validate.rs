@@ -1,0 +1,240 @@
+//! Validation against the official R4 JSON Schema, one compiled validator per resource type.
+//!
+//! Messages name the element path and the rule broken, never the offending value, so they can
+//! be returned to clients and logged without carrying PHI.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use jsonschema::error::ValidationErrorKind;
+use serde_json::Value;
+
+/// Issues reported for one resource at most.
+pub(crate) const MAX_ISSUES: usize = 20;
+
+/// One validation problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// FHIRPath-like location, e.g. `Patient.name[0].family`.
+    pub path: String,
+    /// What is wrong, without the value.
+    pub message: String,
+}
+
+pub(crate) struct Validators {
+    schema: Value,
+    compiled: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
+}
+
+fn strip_descriptions(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if map.get("description").is_some_and(Value::is_string) {
+                map.remove("description");
+            }
+            map.values_mut().for_each(strip_descriptions);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_descriptions),
+        _ => {}
+    }
+}
+
+fn fhir_path(resource_type: &str, pointer: &str) -> String {
+    let mut out = resource_type.to_owned();
+    for seg in pointer.split('/').filter(|s| !s.is_empty()) {
+        if seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push('[');
+            out.push_str(seg);
+            out.push(']');
+        } else {
+            out.push('.');
+            out.push_str(&seg.replace("~1", "/").replace("~0", "~"));
+        }
+    }
+    out
+}
+
+fn describe(kind: &ValidationErrorKind) -> String {
+    match kind {
+        ValidationErrorKind::Required { property } => {
+            format!(
+                "missing required element '{}'",
+                property.as_str().unwrap_or("?")
+            )
+        }
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            let names: Vec<&str> = unexpected.iter().map(String::as_str).take(5).collect();
+            format!("unknown element(s) for this type: {}", names.join(", "))
+        }
+        ValidationErrorKind::Enum { .. } => "value is not in the required value set".into(),
+        ValidationErrorKind::Type { .. } => "value has the wrong JSON type for this element".into(),
+        ValidationErrorKind::Pattern { .. } => {
+            "value does not have the format this FHIR type requires".into()
+        }
+        ValidationErrorKind::Constant { .. } => "value must match the resource type".into(),
+        ValidationErrorKind::MinItems { .. } => "arrays may not be empty in FHIR".into(),
+        other => format!(
+            "violates the '{}' rule of the FHIR R4 schema",
+            other.keyword()
+        ),
+    }
+}
+
+impl Validators {
+    pub(crate) fn new(mut schema: Value) -> Self {
+        strip_descriptions(&mut schema);
+        if let Value::Object(map) = &mut schema {
+            map.remove("oneOf");
+            map.remove("discriminator");
+        }
+        Self {
+            schema,
+            compiled: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn validator(&self, resource_type: &str) -> Option<Arc<jsonschema::Validator>> {
+        if let Some(v) = self.compiled.lock().ok()?.get(resource_type) {
+            return Some(Arc::clone(v));
+        }
+        let mut schema = self.schema.clone();
+        if let Value::Object(map) = &mut schema {
+            map.insert(
+                "$ref".into(),
+                Value::String(format!("#/definitions/{resource_type}")),
+            );
+        }
+        let compiled = Arc::new(
+            jsonschema::options()
+                .with_draft(jsonschema::Draft::Draft6)
+                .build(&schema)
+                .ok()?,
+        );
+        self.compiled
+            .lock()
+            .ok()?
+            .insert(resource_type.to_owned(), Arc::clone(&compiled));
+        Some(compiled)
+    }
+
+    pub(crate) fn validate(&self, resource_type: &str, resource: &Value) -> Vec<Issue> {
+        let Some(v) = self.validator(resource_type) else {
+            return vec![Issue {
+                path: resource_type.to_owned(),
+                message: "no schema for this resource type".into(),
+            }];
+        };
+        v.iter_errors(resource)
+            .take(MAX_ISSUES)
+            .map(|e| Issue {
+                path: fhir_path(resource_type, e.instance_path().as_str()),
+                message: describe(e.kind()),
+            })
+            .collect()
+    }
+}
+
+/// References must be local (`Type/id` of an R4 type, optionally `/_history/n`), absolute URLs,
+/// `urn:uuid:`/`urn:oid:` (inside Bundles) or `#contained`.
+pub(crate) fn check_references(
+    resource: &Value,
+    all_types: &BTreeSet<String>,
+    resource_type: &str,
+    issues: &mut Vec<Issue>,
+) {
+    fn walk(v: &Value, path: &mut String, all: &BTreeSet<String>, issues: &mut Vec<Issue>) {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("reference") {
+                    let ok = r.starts_with('#')
+                        || r.starts_with("urn:uuid:")
+                        || r.starts_with("urn:oid:")
+                        || r.contains("://")
+                        || crate::path::local_reference(r).is_some_and(|(t, _)| all.contains(t))
+                            && !r.contains("//");
+                    if !ok && issues.len() < MAX_ISSUES {
+                        issues.push(Issue {
+                            path: format!("{path}.reference"),
+                            message: "reference must be Type/id of an R4 resource type, an absolute URL, urn:uuid: or #contained".into(),
+                        });
+                    }
+                }
+                for (k, child) in map {
+                    if k == "contained" {
+                        continue;
+                    }
+                    let len = path.len();
+                    path.push('.');
+                    path.push_str(k);
+                    walk(child, path, all, issues);
+                    path.truncate(len);
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    walk(child, path, all, issues);
+                    path.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut path = resource_type.to_owned();
+    walk(resource, &mut path, all_types, issues);
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Fhir;
+    use serde_json::json;
+
+    #[test]
+    fn schema_rules_are_enforced_without_echoing_values() {
+        let f = Fhir::load().unwrap();
+        let ok = json!({"resourceType":"Patient","name":[{"family":"Doe"}],"gender":"female","birthDate":"1980-01-02"});
+        assert_eq!(f.validate("Patient", &ok), Ok(()));
+        let cases = [
+            (
+                json!({"resourceType":"Patient","gender":"secret-gender-canary"}),
+                "Patient.gender",
+            ),
+            (
+                json!({"resourceType":"Patient","birthDate":"02/01/1980"}),
+                "Patient.birthDate",
+            ),
+            (json!({"resourceType":"Patient","nickname":"x"}), "Patient"),
+            (
+                json!({"resourceType":"Patient","name":"Doe"}),
+                "Patient.name",
+            ),
+            (
+                json!({"resourceType":"Observation","status":"final"}),
+                "Observation",
+            ),
+            (
+                json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Banana/1"}}),
+                "Observation.subject.reference",
+            ),
+            (
+                json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/has space"}}),
+                "Observation.subject.reference",
+            ),
+        ];
+        for (resource, path) in cases {
+            let rt = resource["resourceType"].as_str().unwrap().to_owned();
+            let issues = f.validate(&rt, &resource).expect_err(&resource.to_string());
+            assert!(
+                issues.iter().any(|i| i.path == path),
+                "{resource}: {issues:?}"
+            );
+            assert!(
+                !format!("{issues:?}").contains("canary")
+                    && !format!("{issues:?}").contains("02/01")
+            );
+        }
+        let obs = json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p1"}});
+        assert_eq!(f.validate("Observation", &obs), Ok(()));
+    }
+}

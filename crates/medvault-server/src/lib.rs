@@ -1,0 +1,1 @@
+//! medvault-server

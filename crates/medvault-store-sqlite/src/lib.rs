@@ -1,0 +1,302 @@
+//! SQLite backend of the medvault `Store`: the embedded default.
+//!
+//! - WAL journal, `synchronous=FULL`: a write is acknowledged only after its commit reached the
+//!   disk, so it survives `kill -9` and power loss.
+//! - One writer thread owns the write connection and group-commits: it drains every queued
+//!   [`WriteOp`], runs each inside its own savepoint, commits once and then acknowledges them all.
+//!   One fsync serves many concurrent clients; an op that fails is rolled back alone.
+//! - Readers use a small pool of read-only connections (WAL lets them run beside the writer).
+//! - `secure_delete=ON`, and a WAL checkpoint after destroying a key, so a shredded data key's
+//!   wrapped bytes do not linger in free pages or the WAL.
+
+mod schema;
+mod sql;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use medvault_crypto::WrappedKey;
+use medvault_store::{
+    CurrentMeta, DataKeyRow, IndexQuery, SearchPage, Store, StoreError, StoreRead, StoredVersion,
+    TokenRow, WriteOp,
+};
+use rusqlite::Connection;
+
+/// Ops one group commit takes at most.
+const MAX_GROUP: usize = 128;
+/// Read connections kept open when idle.
+const MAX_IDLE_READERS: usize = 8;
+/// How long a connection waits for another process's lock (e.g. the CLI) before failing.
+const BUSY_TIMEOUT_MILLIS: u64 = 10_000;
+
+pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e
+        && f.code == rusqlite::ErrorCode::ConstraintViolation
+    {
+        return StoreError::Conflict;
+    }
+    StoreError::Backend(Box::new(e))
+}
+
+struct Job {
+    op: WriteOp,
+    reply: SyncSender<Result<(), StoreError>>,
+}
+
+/// A medvault database in one SQLite file.
+pub struct SqliteStore {
+    path: PathBuf,
+    sender: Option<SyncSender<Job>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_connection(path: &Path, writer: bool) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MILLIS))
+        .map_err(backend)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;",
+    )
+    .map_err(backend)?;
+    if !writer {
+        conn.execute_batch("PRAGMA query_only=ON;")
+            .map_err(backend)?;
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] if the file cannot be opened or migrated;
+    /// [`StoreError::SchemaTooNew`] if a newer medvault wrote it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = open_connection(path, true)?;
+        schema::migrate(&mut conn)?;
+        let (sender, receiver) = sync_channel::<Job>(1024);
+        let writer = std::thread::Builder::new()
+            .name("medvault-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, &receiver))
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        Ok(Self {
+            path: path.to_owned(),
+            sender: Some(sender),
+            writer: Some(writer),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().ok().and_then(|mut p| p.pop());
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_connection(&self.path, false)?,
+        };
+        let out = f(&conn);
+        if let Ok(mut pool) = self.readers.lock()
+            && pool.len() < MAX_IDLE_READERS
+        {
+            pool.push(conn);
+        }
+        out
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.sender.take();
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, receiver: &Receiver<Job>) {
+    while let Ok(first) = receiver.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match receiver.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let results = run_group(&conn, &mut jobs);
+        for (job, result) in jobs.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Runs a group of ops in one transaction, each in its own savepoint, and commits once.
+fn run_group(conn: &Connection, jobs: &mut Vec<Job>) -> Vec<Result<(), StoreError>> {
+    let ops: Vec<WriteOp> = jobs
+        .iter_mut()
+        .map(|j| std::mem::replace(&mut j.op, Box::new(|_| Ok(()))))
+        .collect();
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let msg = e.to_string();
+        return ops
+            .iter()
+            .map(|_| Err(StoreError::Backend(msg.clone().into())))
+            .collect();
+    }
+    let mut results = Vec::with_capacity(ops.len());
+    let mut shred = false;
+    for op in ops {
+        let result = conn
+            .execute_batch("SAVEPOINT op")
+            .map_err(backend)
+            .and_then(|()| {
+                let mut tx = sql::Tx {
+                    conn,
+                    shredded: false,
+                };
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&mut tx)))
+                    .unwrap_or_else(|_| Err(StoreError::Backend("write op panicked".into())));
+                shred |= r.is_ok() && tx.shredded;
+                r
+            });
+        let end = if result.is_ok() {
+            conn.execute_batch("RELEASE op")
+        } else {
+            conn.execute_batch("ROLLBACK TO op; RELEASE op")
+        };
+        results.push(match end {
+            Ok(()) => result,
+            Err(e) => result.and(Err(backend(e))),
+        });
+    }
+    if let Err(e) = conn.execute_batch("COMMIT") {
+        let _ = conn.execute_batch("ROLLBACK");
+        let msg = e.to_string();
+        return results
+            .into_iter()
+            .map(|r| r.and(Err(StoreError::Backend(msg.clone().into()))))
+            .collect();
+    }
+    if shred {
+        // Push the destroyed key's pages out of the WAL into the (secure-deleted) main file.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint after key destruction failed; it will run later");
+        }
+    }
+    results
+}
+
+impl StoreRead for SqliteStore {
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.with_reader(|c| sql::meta(c, key))
+    }
+    fn keks(&self) -> Result<Vec<(u32, WrappedKey)>, StoreError> {
+        self.with_reader(sql::keks)
+    }
+    fn data_key(&self, name: &str) -> Result<Option<DataKeyRow>, StoreError> {
+        self.with_reader(|c| sql::data_key(c, name))
+    }
+    fn current(&self, rt: &str, id: &str) -> Result<Option<CurrentMeta>, StoreError> {
+        self.with_reader(|c| sql::current(c, rt, id))
+    }
+    fn version(
+        &self,
+        rt: &str,
+        id: &str,
+        v: Option<u64>,
+    ) -> Result<Option<StoredVersion>, StoreError> {
+        self.with_reader(|c| sql::version(c, rt, id, v))
+    }
+    fn history(
+        &self,
+        rt: &str,
+        id: Option<&str>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<SearchPage, StoreError> {
+        self.with_reader(|c| sql::history(c, rt, id, offset, limit))
+    }
+    fn search(&self, q: &IndexQuery) -> Result<SearchPage, StoreError> {
+        self.with_reader(|c| sql::search(c, q))
+    }
+    fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
+        self.with_reader(|c| sql::token(c, hash))
+    }
+}
+
+impl Store for SqliteStore {
+    fn write(&self, op: WriteOp) -> Result<(), StoreError> {
+        let (reply, wait) = sync_channel(1);
+        let sender = self
+            .sender
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("store is shutting down".into()))?;
+        sender
+            .send(Job { op, reply })
+            .map_err(|_| StoreError::Backend("writer thread has stopped".into()))?;
+        wait.recv()
+            .map_err(|_| StoreError::Backend("writer thread has stopped".into()))?
+    }
+
+    fn data_key_names(&self) -> Result<Vec<String>, StoreError> {
+        self.with_reader(sql::data_key_names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = std::sync::atomic::AtomicUsize::new(0);
+        let ran = medvault_store::conformance::run_all(&|| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::new(SqliteStore::open(&dir.path().join(format!("db{n}.sqlite"))).unwrap())
+        });
+        assert_eq!(ran, medvault_store::conformance::CHECKS.len());
+        assert_eq!(ran, 7);
+    }
+
+    #[test]
+    fn reopen_keeps_data_and_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.write(Box::new(|tx| tx.set_meta("tenant", "t"))).unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.meta("tenant").unwrap().as_deref(), Some("t"));
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.write(Box::new(|tx| tx.set_meta("schema_version", "999")))
+                .unwrap();
+        }
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::SchemaTooNew { found: 999, .. })
+        ));
+    }
+}

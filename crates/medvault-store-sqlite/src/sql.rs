@@ -1,0 +1,437 @@
+//! SQL shared by the pooled readers and the writer's transaction.
+
+use medvault_crypto::{BlindValue, Sealed, WrappedKey};
+use medvault_store::{
+    CurrentMeta, DataKeyRow, IndexEntry, IndexQuery, SearchPage, SortOrder, StoreError, StoreRead,
+    StoreTx, StoredVersion, TokenRow,
+};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension as _, Row, params, params_from_iter};
+
+use crate::backend;
+
+const VERSION_COLUMNS: &str =
+    "v.rtype, v.id, v.version, v.last_updated, v.key_name, v.key_version, v.body,
+     (d.name IS NOT NULL AND d.wrapped IS NULL)";
+const VERSION_JOIN: &str = "versions v LEFT JOIN deks d ON d.name = v.key_name";
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn version_row(r: &Row<'_>) -> rusqlite::Result<StoredVersion> {
+    Ok(StoredVersion {
+        resource_type: r.get(0)?,
+        id: r.get(1)?,
+        version: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+        last_updated_micros: r.get(3)?,
+        key_name: r.get(4)?,
+        key_version: r.get(5)?,
+        body: r.get::<_, Option<Vec<u8>>>(6)?.map(Sealed::from_stored),
+        shredded: r.get(7)?,
+    })
+}
+
+pub(crate) fn meta(c: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    c.prepare_cached("SELECT v FROM meta WHERE k = ?1")
+        .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+        .map_err(backend)
+}
+
+pub(crate) fn keks(c: &Connection) -> Result<Vec<(u32, WrappedKey)>, StoreError> {
+    let mut s = c
+        .prepare_cached("SELECT version, wrapped FROM keks ORDER BY version")
+        .map_err(backend)?;
+    s.query_map([], |r| Ok((r.get(0)?, WrappedKey::from_stored(r.get(1)?))))
+        .and_then(Iterator::collect)
+        .map_err(backend)
+}
+
+pub(crate) fn data_key(c: &Connection, name: &str) -> Result<Option<DataKeyRow>, StoreError> {
+    c.prepare_cached("SELECT name, key_version, kek_version, wrapped FROM deks WHERE name = ?1")
+        .and_then(|mut s| {
+            s.query_row([name], |r| {
+                Ok(DataKeyRow {
+                    name: r.get(0)?,
+                    key_version: r.get(1)?,
+                    kek_version: r.get(2)?,
+                    wrapped: r.get::<_, Option<Vec<u8>>>(3)?.map(WrappedKey::from_stored),
+                })
+            })
+            .optional()
+        })
+        .map_err(backend)
+}
+
+pub(crate) fn data_key_names(c: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut s = c
+        .prepare_cached("SELECT name FROM deks WHERE wrapped IS NOT NULL ORDER BY name")
+        .map_err(backend)?;
+    s.query_map([], |r| r.get(0))
+        .and_then(Iterator::collect)
+        .map_err(backend)
+}
+
+pub(crate) fn current(
+    c: &Connection,
+    rt: &str,
+    id: &str,
+) -> Result<Option<CurrentMeta>, StoreError> {
+    c.prepare_cached("SELECT version, deleted, key_name FROM current WHERE rtype = ?1 AND id = ?2")
+        .and_then(|mut s| {
+            s.query_row([rt, id], |r| {
+                Ok(CurrentMeta {
+                    version: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                    deleted: r.get(1)?,
+                    key_name: r.get(2)?,
+                })
+            })
+            .optional()
+        })
+        .map_err(backend)
+}
+
+pub(crate) fn version(
+    c: &Connection,
+    rt: &str,
+    id: &str,
+    v: Option<u64>,
+) -> Result<Option<StoredVersion>, StoreError> {
+    let result = match v {
+        Some(v) => c
+            .prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM {VERSION_JOIN}
+                 WHERE v.rtype = ?1 AND v.id = ?2 AND v.version = ?3"
+            ))
+            .and_then(|mut s| {
+                s.query_row(params![rt, id, to_i64(v)], version_row)
+                    .optional()
+            }),
+        None => c
+            .prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM current c
+                 JOIN versions v ON v.rtype = c.rtype AND v.id = c.id AND v.version = c.version
+                 LEFT JOIN deks d ON d.name = v.key_name
+                 WHERE c.rtype = ?1 AND c.id = ?2"
+            ))
+            .and_then(|mut s| s.query_row(params![rt, id], version_row).optional()),
+    };
+    result.map_err(backend)
+}
+
+pub(crate) fn history(
+    c: &Connection,
+    rt: &str,
+    id: Option<&str>,
+    offset: u64,
+    limit: u64,
+) -> Result<SearchPage, StoreError> {
+    let (filter, args): (&str, Vec<Value>) = match id {
+        Some(id) => (
+            "v.rtype = ?1 AND v.id = ?2",
+            vec![rt.to_owned().into(), id.to_owned().into()],
+        ),
+        None => ("v.rtype = ?1", vec![rt.to_owned().into()]),
+    };
+    let total: i64 = c
+        .prepare_cached(&format!("SELECT count(*) FROM versions v WHERE {filter}"))
+        .and_then(|mut s| s.query_row(params_from_iter(args.iter()), |r| r.get(0)))
+        .map_err(backend)?;
+    let mut page_args = args;
+    page_args.push(to_i64(limit).into());
+    page_args.push(to_i64(offset).into());
+    let n = page_args.len();
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM {VERSION_JOIN} WHERE {filter}
+         ORDER BY v.last_updated DESC, v.id DESC, v.version DESC LIMIT ?{} OFFSET ?{}",
+        n - 1,
+        n
+    );
+    let rows = c
+        .prepare_cached(&sql)
+        .and_then(|mut s| {
+            s.query_map(params_from_iter(page_args.iter()), version_row)?
+                .collect()
+        })
+        .map_err(backend)?;
+    Ok(SearchPage {
+        rows,
+        total: u64::try_from(total).unwrap_or(0),
+    })
+}
+
+fn placeholders(args: &mut Vec<Value>, values: impl Iterator<Item = Value>) -> String {
+    let mut out = String::new();
+    for v in values {
+        args.push(v);
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push('?');
+        out.push_str(&args.len().to_string());
+    }
+    out
+}
+
+pub(crate) fn search(c: &Connection, q: &IndexQuery) -> Result<SearchPage, StoreError> {
+    let mut args: Vec<Value> = vec![q.resource_type.clone().into()];
+    let mut filter = String::from("c.rtype = ?1 AND c.deleted = 0 AND c.shredded = 0");
+    for (param, values) in &q.clauses {
+        args.push(param.clone().into());
+        let p = args.len();
+        let list = placeholders(
+            &mut args,
+            values
+                .iter()
+                .map(|b: &BlindValue| Value::Blob(b.0.to_vec())),
+        );
+        if list.is_empty() {
+            filter.push_str(" AND 0");
+            continue;
+        }
+        filter.push_str(&format!(
+            " AND c.id IN (SELECT id FROM idx WHERE rtype = ?1 AND param = ?{p} AND value IN ({list}))"
+        ));
+    }
+    if let Some(ids) = &q.ids {
+        let list = placeholders(&mut args, ids.iter().map(|i| Value::Text(i.clone())));
+        if list.is_empty() {
+            filter.push_str(" AND 0");
+        } else {
+            filter.push_str(&format!(" AND c.id IN ({list})"));
+        }
+    }
+    if let Some(from) = q.updated_from {
+        args.push(from.into());
+        filter.push_str(&format!(" AND c.last_updated >= ?{}", args.len()));
+    }
+    if let Some(to) = q.updated_to {
+        args.push(to.into());
+        filter.push_str(&format!(" AND c.last_updated < ?{}", args.len()));
+    }
+    let total: i64 = c
+        .prepare_cached(&format!("SELECT count(*) FROM current c WHERE {filter}"))
+        .and_then(|mut s| s.query_row(params_from_iter(args.iter()), |r| r.get(0)))
+        .map_err(backend)?;
+    let order = match q.sort {
+        SortOrder::LastUpdatedDesc => "c.last_updated DESC, c.id",
+        SortOrder::LastUpdatedAsc => "c.last_updated ASC, c.id",
+        SortOrder::IdAsc => "c.id ASC",
+        SortOrder::IdDesc => "c.id DESC",
+    };
+    args.push(to_i64(q.limit).into());
+    args.push(to_i64(q.offset).into());
+    let n = args.len();
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM current c
+         JOIN versions v ON v.rtype = c.rtype AND v.id = c.id AND v.version = c.version
+         LEFT JOIN deks d ON d.name = v.key_name
+         WHERE {filter} ORDER BY {order} LIMIT ?{} OFFSET ?{}",
+        n - 1,
+        n
+    );
+    let rows = c
+        .prepare_cached(&sql)
+        .and_then(|mut s| {
+            s.query_map(params_from_iter(args.iter()), version_row)?
+                .collect()
+        })
+        .map_err(backend)?;
+    Ok(SearchPage {
+        rows,
+        total: u64::try_from(total).unwrap_or(0),
+    })
+}
+
+pub(crate) fn token(c: &Connection, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
+    c.prepare_cached("SELECT role, token_id FROM tokens WHERE hash = ?1")
+        .and_then(|mut s| {
+            s.query_row([&hash[..]], |r| {
+                Ok(TokenRow {
+                    role: r.get(0)?,
+                    token_id: r.get(1)?,
+                })
+            })
+            .optional()
+        })
+        .map_err(backend)
+}
+
+/// The writer's view of one op's savepoint.
+pub(crate) struct Tx<'c> {
+    pub(crate) conn: &'c Connection,
+    /// Set when the op destroyed a key, so the writer checkpoints the WAL after commit.
+    pub(crate) shredded: bool,
+}
+
+impl StoreRead for Tx<'_> {
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        meta(self.conn, key)
+    }
+    fn keks(&self) -> Result<Vec<(u32, WrappedKey)>, StoreError> {
+        keks(self.conn)
+    }
+    fn data_key(&self, name: &str) -> Result<Option<DataKeyRow>, StoreError> {
+        data_key(self.conn, name)
+    }
+    fn current(&self, rt: &str, id: &str) -> Result<Option<CurrentMeta>, StoreError> {
+        current(self.conn, rt, id)
+    }
+    fn version(
+        &self,
+        rt: &str,
+        id: &str,
+        v: Option<u64>,
+    ) -> Result<Option<StoredVersion>, StoreError> {
+        version(self.conn, rt, id, v)
+    }
+    fn history(
+        &self,
+        rt: &str,
+        id: Option<&str>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<SearchPage, StoreError> {
+        history(self.conn, rt, id, offset, limit)
+    }
+    fn search(&self, q: &IndexQuery) -> Result<SearchPage, StoreError> {
+        search(self.conn, q)
+    }
+    fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
+        token(self.conn, hash)
+    }
+}
+
+impl StoreTx for Tx<'_> {
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("INSERT INTO meta (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v")
+            .and_then(|mut s| s.execute([key, value]))
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn add_kek(&mut self, version: u32, wrapped: &WrappedKey) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("INSERT INTO keks (version, wrapped) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![version, wrapped.as_bytes()]))
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn put_data_key(
+        &mut self,
+        name: &str,
+        key_version: u32,
+        kek_version: u32,
+        wrapped: &WrappedKey,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO deks (name, key_version, kek_version, wrapped) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET key_version = excluded.key_version,
+                   kek_version = excluded.kek_version, wrapped = excluded.wrapped",
+            )
+            .and_then(|mut s| {
+                s.execute(params![name, key_version, kek_version, wrapped.as_bytes()])
+            })
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn destroy_data_key(&mut self, name: &str) -> Result<u64, StoreError> {
+        let c = self.conn;
+        // Overwrite before clearing, then rely on secure_delete for the freed page contents.
+        c.execute(
+            "UPDATE deks SET wrapped = zeroblob(length(wrapped)) WHERE name = ?1",
+            [name],
+        )
+        .map_err(backend)?;
+        c.execute(
+            "UPDATE deks SET wrapped = NULL, kek_version = NULL WHERE name = ?1",
+            [name],
+        )
+        .map_err(backend)?;
+        c.execute(
+            "DELETE FROM idx WHERE (rtype, id) IN (SELECT rtype, id FROM current WHERE key_name = ?1)",
+            [name],
+        )
+        .map_err(backend)?;
+        let n = c
+            .execute(
+                "UPDATE current SET shredded = 1 WHERE key_name = ?1",
+                [name],
+            )
+            .map_err(backend)?;
+        self.shredded = true;
+        Ok(n as u64)
+    }
+
+    fn put_version(&mut self, v: &StoredVersion, index: &[IndexEntry]) -> Result<(), StoreError> {
+        let c = self.conn;
+        let version = to_i64(v.version);
+        c.prepare_cached(
+            "INSERT INTO versions (rtype, id, version, last_updated, key_name, key_version, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                v.resource_type,
+                v.id,
+                version,
+                v.last_updated_micros,
+                v.key_name,
+                v.key_version,
+                v.body.as_ref().map(Sealed::as_bytes)
+            ])
+        })
+        .map_err(backend)?;
+        c.prepare_cached(
+            "INSERT INTO current (rtype, id, version, last_updated, deleted, key_name)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (rtype, id) DO UPDATE SET version = excluded.version,
+               last_updated = excluded.last_updated, deleted = excluded.deleted,
+               key_name = excluded.key_name, shredded = 0",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                v.resource_type,
+                v.id,
+                version,
+                v.last_updated_micros,
+                v.body.is_none(),
+                v.key_name
+            ])
+        })
+        .map_err(backend)?;
+        c.prepare_cached("DELETE FROM idx WHERE rtype = ?1 AND id = ?2")
+            .and_then(|mut s| s.execute([&v.resource_type, &v.id]))
+            .map_err(backend)?;
+        let mut ins = c
+            .prepare_cached(
+                "INSERT OR IGNORE INTO idx (rtype, param, value, id) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(backend)?;
+        for e in index {
+            ins.execute(params![v.resource_type, e.param, &e.value.0[..], v.id])
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn add_token(
+        &mut self,
+        hash: &[u8; 32],
+        token_id: &str,
+        role: &str,
+        created: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO tokens (hash, token_id, role, created) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![&hash[..], token_id, role, created]))
+            .map(drop)
+            .map_err(backend)
+    }
+}

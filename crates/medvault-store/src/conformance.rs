@@ -1,0 +1,469 @@
+//! The store conformance suite: every backend runs these checks (SQLite always, PostgreSQL when
+//! its test database is configured). Each check panics with a message naming what broke.
+
+use medvault_crypto::{BlindValue, Sealed, WrappedKey};
+
+use crate::{IndexEntry, IndexQuery, SortOrder, Store, StoreError, StoredVersion, write_with};
+
+/// Every conformance check, by name, for backends' test harnesses.
+pub const CHECKS: &[(&str, fn(&dyn Store))] = &[
+    ("meta_round_trip", meta_round_trip),
+    ("keks_are_versioned", keks_are_versioned),
+    ("versions_and_history", versions_and_history),
+    ("failed_op_leaves_nothing", failed_op_leaves_nothing),
+    ("search_semantics", search_semantics),
+    ("destroy_shreds_compartment", destroy_shreds_compartment),
+    ("tokens_by_hash", tokens_by_hash),
+];
+
+/// Runs every check against a fresh store from `make`; returns how many ran.
+pub fn run_all(make: &dyn Fn() -> Box<dyn Store>) -> usize {
+    for (name, check) in CHECKS {
+        let store = make();
+        eprintln!("store conformance: {name}");
+        check(store.as_ref());
+    }
+    CHECKS.len()
+}
+
+fn ok<T>(r: Result<T, StoreError>, what: &str) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{what}: {e:?}"),
+    }
+}
+
+fn bv(n: u8) -> BlindValue {
+    BlindValue([n; 16])
+}
+
+fn version(rt: &str, id: &str, v: u64, at: i64, key: &str, body: Option<&[u8]>) -> StoredVersion {
+    StoredVersion {
+        resource_type: rt.into(),
+        id: id.into(),
+        version: v,
+        last_updated_micros: at,
+        key_name: key.into(),
+        key_version: 1,
+        body: body.map(|b| Sealed::from_stored(b.to_vec())),
+        shredded: false,
+    }
+}
+
+fn put(store: &dyn Store, v: StoredVersion, index: Vec<IndexEntry>) -> Result<(), StoreError> {
+    store.write(Box::new(move |tx| tx.put_version(&v, &index)))
+}
+
+fn entry(param: &str, n: u8) -> IndexEntry {
+    IndexEntry {
+        param: param.into(),
+        value: bv(n),
+    }
+}
+
+fn meta_round_trip(store: &dyn Store) {
+    assert_eq!(ok(store.meta("tenant"), "meta"), None);
+    ok(
+        store.write(Box::new(|tx| tx.set_meta("tenant", "t1"))),
+        "set_meta",
+    );
+    ok(
+        store.write(Box::new(|tx| tx.set_meta("tenant", "t2"))),
+        "set_meta again",
+    );
+    assert_eq!(ok(store.meta("tenant"), "meta"), Some("t2".into()));
+}
+
+fn keks_are_versioned(store: &dyn Store) {
+    let w1 = WrappedKey::from_stored(vec![1, 2, 3]);
+    let w2 = WrappedKey::from_stored(vec![4, 5, 6]);
+    let (a, b) = (w1.clone(), w2.clone());
+    ok(
+        store.write(Box::new(move |tx| {
+            tx.add_kek(1, &a)?;
+            tx.add_kek(2, &b)
+        })),
+        "add keks",
+    );
+    let dup = w1.clone();
+    let err = store.write(Box::new(move |tx| tx.add_kek(2, &dup)));
+    assert!(
+        matches!(err, Err(StoreError::Conflict)),
+        "duplicate KEK version must conflict: {err:?}"
+    );
+    assert_eq!(ok(store.keks(), "keks"), vec![(1, w1), (2, w2)]);
+    let wk = WrappedKey::from_stored(vec![9; 60]);
+    let wk2 = wk.clone();
+    ok(
+        store.write(Box::new(move |tx| tx.put_data_key("Patient/a", 1, 2, &wk2))),
+        "put dek",
+    );
+    let row = ok(store.data_key("Patient/a"), "dek").unwrap_or_else(|| panic!("dek missing"));
+    assert_eq!(
+        (row.key_version, row.kek_version, row.wrapped),
+        (1, Some(2), Some(wk))
+    );
+    assert_eq!(
+        ok(store.data_key_names(), "names"),
+        vec!["Patient/a".to_owned()]
+    );
+}
+
+fn versions_and_history(store: &dyn Store) {
+    ok(
+        put(
+            store,
+            version("Patient", "a", 1, 100, "Patient/a", Some(b"v1")),
+            vec![],
+        ),
+        "v1",
+    );
+    ok(
+        put(
+            store,
+            version("Patient", "a", 2, 200, "Patient/a", Some(b"v2")),
+            vec![],
+        ),
+        "v2",
+    );
+    ok(
+        put(
+            store,
+            version("Patient", "b", 1, 150, "Patient/b", Some(b"b1")),
+            vec![],
+        ),
+        "b1",
+    );
+    let dup = put(
+        store,
+        version("Patient", "a", 2, 300, "Patient/a", Some(b"again")),
+        vec![],
+    );
+    assert!(
+        matches!(dup, Err(StoreError::Conflict)),
+        "duplicate version must conflict: {dup:?}"
+    );
+    let cur = ok(store.current("Patient", "a"), "current").unwrap_or_else(|| panic!("no current"));
+    assert_eq!((cur.version, cur.deleted), (2, false));
+    let latest =
+        ok(store.version("Patient", "a", None), "latest").unwrap_or_else(|| panic!("no latest"));
+    assert_eq!(latest.body.as_ref().map(Sealed::as_bytes), Some(&b"v2"[..]));
+    let v1 = ok(store.version("Patient", "a", Some(1)), "v1").unwrap_or_else(|| panic!("no v1"));
+    assert_eq!(
+        (
+            v1.last_updated_micros,
+            v1.body.as_ref().map(Sealed::as_bytes)
+        ),
+        (100, Some(&b"v1"[..]))
+    );
+    assert_eq!(ok(store.version("Patient", "a", Some(3)), "v3"), None);
+    assert_eq!(
+        ok(store.version("Observation", "a", None), "other type"),
+        None
+    );
+    // Delete marker.
+    ok(
+        put(
+            store,
+            version("Patient", "a", 3, 400, "Patient/a", None),
+            vec![],
+        ),
+        "delete",
+    );
+    let cur = ok(store.current("Patient", "a"), "current").unwrap_or_else(|| panic!("no current"));
+    assert_eq!((cur.version, cur.deleted), (3, true));
+    let h = ok(store.history("Patient", Some("a"), 0, 10), "history");
+    assert_eq!(h.total, 3);
+    assert_eq!(
+        h.rows.iter().map(|r| r.version).collect::<Vec<_>>(),
+        vec![3, 2, 1]
+    );
+    let h = ok(store.history("Patient", None, 1, 2), "type history");
+    assert_eq!(h.total, 4);
+    assert_eq!(
+        h.rows
+            .iter()
+            .map(|r| (r.id.as_str(), r.version))
+            .collect::<Vec<_>>(),
+        vec![("a", 2), ("b", 1)]
+    );
+}
+
+fn failed_op_leaves_nothing(store: &dyn Store) {
+    let r = store.write(Box::new(|tx| {
+        tx.put_version(
+            &version("Patient", "x", 1, 1, "Patient/x", Some(b"x")),
+            &[entry("family", 1)],
+        )?;
+        tx.set_meta("k", "v")?;
+        Err(StoreError::Aborted("op gave up".into()))
+    }));
+    assert!(
+        matches!(r, Err(StoreError::Aborted(_))),
+        "op error is passed through: {r:?}"
+    );
+    assert_eq!(ok(store.current("Patient", "x"), "current"), None);
+    assert_eq!(ok(store.meta("k"), "meta"), None);
+    let q = IndexQuery {
+        resource_type: "Patient".into(),
+        clauses: vec![("family".into(), vec![bv(1)])],
+        limit: 10,
+        ..IndexQuery::default()
+    };
+    assert_eq!(ok(store.search(&q), "search").total, 0);
+    // Concurrent writers: every acknowledged write is there.
+    std::thread::scope(|s| {
+        for t in 0..4u8 {
+            s.spawn(move || {
+                for i in 0..25u8 {
+                    let id = format!("c{t}-{i}");
+                    let v = version(
+                        "Patient",
+                        &id,
+                        1,
+                        i64::from(i),
+                        &format!("Patient/{id}"),
+                        Some(b"c"),
+                    );
+                    ok(put(store, v, vec![entry("family", t)]), "concurrent put");
+                }
+            });
+        }
+    });
+    for t in 0..4u8 {
+        let q = IndexQuery {
+            resource_type: "Patient".into(),
+            clauses: vec![("family".into(), vec![bv(t)])],
+            limit: 100,
+            ..IndexQuery::default()
+        };
+        assert_eq!(ok(store.search(&q), "search").total, 25, "writer {t}");
+    }
+    let out = ok(
+        write_with(store, |tx| Ok(tx.meta("missing")?.is_none())),
+        "write_with",
+    );
+    assert!(out);
+}
+
+fn search_semantics(store: &dyn Store) {
+    // a: family=1 given=2; b: family=1 given=3; c: family=4; d deleted with family=1.
+    ok(
+        put(
+            store,
+            version("Patient", "a", 1, 10, "Patient/a", Some(b"a")),
+            vec![entry("family", 1), entry("given", 2)],
+        ),
+        "a",
+    );
+    ok(
+        put(
+            store,
+            version("Patient", "b", 1, 20, "Patient/b", Some(b"b")),
+            vec![entry("family", 1), entry("given", 3)],
+        ),
+        "b",
+    );
+    ok(
+        put(
+            store,
+            version("Patient", "c", 1, 30, "Patient/c", Some(b"c")),
+            vec![entry("family", 4)],
+        ),
+        "c",
+    );
+    ok(
+        put(
+            store,
+            version("Patient", "d", 1, 40, "Patient/d", Some(b"d")),
+            vec![entry("family", 1)],
+        ),
+        "d1",
+    );
+    ok(
+        put(
+            store,
+            version("Patient", "d", 2, 50, "Patient/d", None),
+            vec![],
+        ),
+        "d2",
+    );
+    ok(
+        put(
+            store,
+            version("Observation", "o", 1, 60, "Patient/a", Some(b"o")),
+            vec![entry("family", 1)],
+        ),
+        "o",
+    );
+    let ids = |q: &IndexQuery| -> (Vec<String>, u64) {
+        let p = ok(store.search(q), "search");
+        (p.rows.into_iter().map(|r| r.id).collect(), p.total)
+    };
+    let base = IndexQuery {
+        resource_type: "Patient".into(),
+        limit: 10,
+        ..IndexQuery::default()
+    };
+    let fam1 = IndexQuery {
+        clauses: vec![("family".into(), vec![bv(1)])],
+        ..base.clone()
+    };
+    assert_eq!(
+        ids(&fam1),
+        (vec!["b".into(), "a".into()], 2),
+        "deleted and other types excluded, newest first"
+    );
+    let and = IndexQuery {
+        clauses: vec![
+            ("family".into(), vec![bv(1)]),
+            ("given".into(), vec![bv(3)]),
+        ],
+        ..base.clone()
+    };
+    assert_eq!(ids(&and), (vec!["b".into()], 1), "clauses AND");
+    let or = IndexQuery {
+        clauses: vec![("family".into(), vec![bv(4), bv(1)])],
+        sort: SortOrder::IdAsc,
+        ..base.clone()
+    };
+    assert_eq!(
+        ids(&or),
+        (vec!["a".into(), "b".into(), "c".into()], 3),
+        "values OR"
+    );
+    let wrong_param = IndexQuery {
+        clauses: vec![("given".into(), vec![bv(1)])],
+        ..base.clone()
+    };
+    assert_eq!(ids(&wrong_param).1, 0, "values are per parameter");
+    let page = IndexQuery {
+        sort: SortOrder::LastUpdatedAsc,
+        offset: 1,
+        limit: 1,
+        ..base.clone()
+    };
+    assert_eq!(ids(&page), (vec!["b".into()], 3), "offset/limit with total");
+    let by_id = IndexQuery {
+        ids: Some(vec!["c".into(), "d".into(), "zz".into()]),
+        ..base.clone()
+    };
+    assert_eq!(ids(&by_id), (vec!["c".into()], 1), "_id");
+    let window = IndexQuery {
+        updated_from: Some(20),
+        updated_to: Some(30),
+        ..base.clone()
+    };
+    assert_eq!(
+        ids(&window),
+        (vec!["b".into()], 1),
+        "_lastUpdated window [from, to)"
+    );
+    let desc = IndexQuery {
+        sort: SortOrder::IdDesc,
+        ..base.clone()
+    };
+    assert_eq!(ids(&desc).0, vec!["c".to_owned(), "b".into(), "a".into()]);
+    // Updating replaces the index entries.
+    ok(
+        put(
+            store,
+            version("Patient", "a", 2, 70, "Patient/a", Some(b"a2")),
+            vec![entry("family", 4)],
+        ),
+        "a2",
+    );
+    assert_eq!(
+        ids(&fam1),
+        (vec!["b".into()], 1),
+        "old index entries removed on update"
+    );
+}
+
+fn destroy_shreds_compartment(store: &dyn Store) {
+    let wk = WrappedKey::from_stored(vec![7; 60]);
+    ok(
+        store.write(Box::new(move |tx| {
+            tx.put_data_key("Patient/a", 1, 1, &wk)?;
+            tx.put_data_key("Patient/b", 1, 1, &wk)
+        })),
+        "deks",
+    );
+    ok(
+        put(
+            store,
+            version("Patient", "a", 1, 1, "Patient/a", Some(b"a")),
+            vec![entry("name", 1)],
+        ),
+        "a",
+    );
+    ok(
+        put(
+            store,
+            version("Observation", "o1", 1, 2, "Patient/a", Some(b"o")),
+            vec![entry("code", 1)],
+        ),
+        "o1",
+    );
+    ok(
+        put(
+            store,
+            version("Patient", "b", 1, 3, "Patient/b", Some(b"b")),
+            vec![entry("name", 1)],
+        ),
+        "b",
+    );
+    let n = ok(
+        write_with(store, |tx| tx.destroy_data_key("Patient/a")),
+        "destroy",
+    );
+    assert_eq!(n, 2, "two resources in the compartment");
+    let row =
+        ok(store.data_key("Patient/a"), "dek").unwrap_or_else(|| panic!("row kept as a tombstone"));
+    assert_eq!(
+        (row.wrapped, row.kek_version),
+        (None, None),
+        "wrapped key destroyed"
+    );
+    let a = ok(store.version("Patient", "a", Some(1)), "a").unwrap_or_else(|| panic!("row kept"));
+    assert!(a.shredded, "version reports its key is gone");
+    let b = ok(store.version("Patient", "b", None), "b").unwrap_or_else(|| panic!("b"));
+    assert!(!b.shredded, "other patients untouched");
+    let q = IndexQuery {
+        resource_type: "Patient".into(),
+        clauses: vec![("name".into(), vec![bv(1)])],
+        limit: 10,
+        ..IndexQuery::default()
+    };
+    let p = ok(store.search(&q), "search");
+    assert_eq!(
+        p.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec!["b"]
+    );
+    let all = IndexQuery {
+        resource_type: "Observation".into(),
+        limit: 10,
+        ..IndexQuery::default()
+    };
+    assert_eq!(
+        ok(store.search(&all), "search").total,
+        0,
+        "shredded resources leave search"
+    );
+}
+
+fn tokens_by_hash(store: &dyn Store) {
+    let h = [3u8; 32];
+    ok(
+        store.write(Box::new(move |tx| tx.add_token(&h, "tok-1", "admin", 5))),
+        "add",
+    );
+    let row = ok(store.token(&h), "token").unwrap_or_else(|| panic!("token missing"));
+    assert_eq!(
+        (row.role.as_str(), row.token_id.as_str()),
+        ("admin", "tok-1")
+    );
+    assert_eq!(ok(store.token(&[4u8; 32]), "other"), None);
+    let dup = store.write(Box::new(move |tx| tx.add_token(&h, "tok-2", "admin", 6)));
+    assert!(matches!(dup, Err(StoreError::Conflict)));
+}

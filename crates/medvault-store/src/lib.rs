@@ -1,0 +1,297 @@
+//! The `Store` trait: what medvault needs from a database, and nothing that could carry
+//! plaintext PHI.
+//!
+//! **Invariant:** record bodies cross this boundary only as [`Sealed`], index values only as
+//! [`BlindValue`], keys only as [`WrappedKey`]. Ids, version numbers and server timestamps are
+//! stored in the clear (see `ARCHITECTURE.md`, "What the database reveals").
+//!
+//! Writes run as [`WriteOp`] closures on the backend's writer, each inside its own savepoint of a
+//! group-committed transaction: `write` returns only once the op's effects are durable, and an op
+//! that fails leaves nothing behind.
+
+pub mod conformance;
+
+use medvault_crypto::{BlindValue, Sealed, WrappedKey};
+
+/// Errors a backend reports.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The write conflicts with data already there (e.g. a duplicate primary key).
+    #[error("write conflicts with an existing record")]
+    Conflict,
+    /// The schema in the database is newer than this binary understands.
+    #[error("database schema version {found} is newer than this medvault ({supported})")]
+    SchemaTooNew {
+        /// Version found in the database.
+        found: i64,
+        /// Newest version this build knows.
+        supported: i64,
+    },
+    /// The backend failed (I/O, corruption, lost connection).
+    #[error("storage backend failure")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A write op gave up; its savepoint was rolled back. Carries the op's own error.
+    #[error("write aborted")]
+    Aborted(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// One stored version of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVersion {
+    /// FHIR resource type.
+    pub resource_type: String,
+    /// FHIR logical id.
+    pub id: String,
+    /// Version number (1, 2, …).
+    pub version: u64,
+    /// Server time of the write, microseconds since the Unix epoch.
+    pub last_updated_micros: i64,
+    /// Name of the data key that sealed it (`Patient/<id>` or `@tenant`).
+    pub key_name: String,
+    /// Version of that data key.
+    pub key_version: u32,
+    /// The sealed resource; `None` for a delete marker.
+    pub body: Option<Sealed>,
+    /// True once the key named `key_name` was destroyed (crypto-shredded): the body can never be
+    /// opened again.
+    pub shredded: bool,
+}
+
+/// A blind index entry of the current version of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Search parameter code (`family`, `code`, …).
+    pub param: String,
+    /// Blind value.
+    pub value: BlindValue,
+}
+
+/// The current state of a resource, without its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentMeta {
+    /// Latest version number.
+    pub version: u64,
+    /// True if the latest version is a delete marker.
+    pub deleted: bool,
+    /// Data key of the latest version.
+    pub key_name: String,
+}
+
+/// A wrapped data key row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataKeyRow {
+    /// Name (`Patient/<id>`, `@tenant`, `@index`).
+    pub name: String,
+    /// The data key's own version.
+    pub key_version: u32,
+    /// The KEK version that wrapped it; `None` once destroyed.
+    pub kek_version: Option<u32>,
+    /// The wrapped key; `None` once destroyed.
+    pub wrapped: Option<WrappedKey>,
+}
+
+/// Sort order of search results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortOrder {
+    /// Newest first (the default).
+    #[default]
+    LastUpdatedDesc,
+    /// Oldest first.
+    LastUpdatedAsc,
+    /// By id.
+    IdAsc,
+    /// By id, descending.
+    IdDesc,
+}
+
+/// A search over the current, non-deleted, non-shredded versions of one resource type.
+///
+/// Clauses are ANDed; the values inside one clause are ORed.
+#[derive(Debug, Clone, Default)]
+pub struct IndexQuery {
+    /// Resource type searched.
+    pub resource_type: String,
+    /// `(param, any of these blind values)`.
+    pub clauses: Vec<(String, Vec<BlindValue>)>,
+    /// Restrict to these ids (`_id`).
+    pub ids: Option<Vec<String>>,
+    /// Lower bound on last-updated, inclusive, microseconds.
+    pub updated_from: Option<i64>,
+    /// Upper bound on last-updated, exclusive, microseconds.
+    pub updated_to: Option<i64>,
+    /// Order of results.
+    pub sort: SortOrder,
+    /// Rows to skip.
+    pub offset: u64,
+    /// Rows to return at most.
+    pub limit: u64,
+}
+
+/// A page of search results plus the total count of matches.
+#[derive(Debug, Clone)]
+pub struct SearchPage {
+    /// Matching current versions, in the requested order.
+    pub rows: Vec<StoredVersion>,
+    /// Matches overall (before offset and limit).
+    pub total: u64,
+}
+
+/// A bearer token's stored form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// Role granted.
+    pub role: String,
+    /// Id of the credential (not secret; appears in logs).
+    pub token_id: String,
+}
+
+/// Reads available both to plain readers and inside a write transaction.
+pub trait StoreRead {
+    /// Value of a node setting (tenant id, node id, …).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// All KEK versions with their wrapped bytes, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn keks(&self) -> Result<Vec<(u32, WrappedKey)>, StoreError>;
+    /// One data key row.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn data_key(&self, name: &str) -> Result<Option<DataKeyRow>, StoreError>;
+    /// The current state of a resource.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn current(&self, resource_type: &str, id: &str) -> Result<Option<CurrentMeta>, StoreError>;
+    /// One version, or the latest when `version` is `None`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn version(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: Option<u64>,
+    ) -> Result<Option<StoredVersion>, StoreError>;
+    /// History, newest first: of one resource when `id` is given, else of the whole type.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn history(
+        &self,
+        resource_type: &str,
+        id: Option<&str>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<SearchPage, StoreError>;
+    /// Index search.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn search(&self, query: &IndexQuery) -> Result<SearchPage, StoreError>;
+    /// Looks up a bearer token by the SHA-256 of its text.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError>;
+}
+
+/// Writes, available only inside [`Store::write`].
+pub trait StoreTx: StoreRead {
+    /// Sets a node setting.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError>;
+    /// Adds a KEK version.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] if the version exists.
+    fn add_kek(&mut self, version: u32, wrapped: &WrappedKey) -> Result<(), StoreError>;
+    /// Inserts or replaces a wrapped data key.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn put_data_key(
+        &mut self,
+        name: &str,
+        key_version: u32,
+        kek_version: u32,
+        wrapped: &WrappedKey,
+    ) -> Result<(), StoreError>;
+    /// Destroys a data key: its wrapped bytes are overwritten and deleted, every resource whose
+    /// current version it sealed is marked shredded, and their index entries are removed.
+    /// Returns how many resources were affected.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn destroy_data_key(&mut self, name: &str) -> Result<u64, StoreError>;
+    /// Appends a version (its number must be the current one plus one, or 1 for a new resource),
+    /// makes it current and replaces the resource's index entries with `index`.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] if that version already exists.
+    fn put_version(
+        &mut self,
+        version: &StoredVersion,
+        index: &[IndexEntry],
+    ) -> Result<(), StoreError>;
+    /// Stores a bearer token hash.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] on a duplicate hash.
+    fn add_token(
+        &mut self,
+        hash: &[u8; 32],
+        token_id: &str,
+        role: &str,
+        created_micros: i64,
+    ) -> Result<(), StoreError>;
+}
+
+/// A write to run atomically on the backend's writer.
+pub type WriteOp = Box<dyn FnOnce(&mut dyn StoreTx) -> Result<(), StoreError> + Send>;
+
+/// A medvault database.
+pub trait Store: StoreRead + Send + Sync {
+    /// Runs `op` in its own atomic unit and returns once it is durably committed (or rolled back
+    /// when it returned an error, which is passed through).
+    ///
+    /// # Errors
+    /// The op's own error, or [`StoreError::Backend`] if the commit failed.
+    fn write(&self, op: WriteOp) -> Result<(), StoreError>;
+    /// Every data key name, for rotation.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn data_key_names(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// Runs a write and hands back what the op produced.
+///
+/// # Errors
+/// As [`Store::write`].
+pub fn write_with<T: Send + 'static>(
+    store: &dyn Store,
+    op: impl FnOnce(&mut dyn StoreTx) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let inner = std::sync::Arc::clone(&slot);
+    store.write(Box::new(move |tx| {
+        let out = op(tx)?;
+        if let Ok(mut s) = inner.lock() {
+            *s = Some(out);
+        }
+        Ok(())
+    }))?;
+    let mut guard = slot
+        .lock()
+        .map_err(|_| StoreError::Backend("write result lock poisoned".into()))?;
+    guard
+        .take()
+        .ok_or_else(|| StoreError::Backend("write op produced no result".into()))
+}
