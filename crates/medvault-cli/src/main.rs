@@ -1,1 +1,312 @@
-fn main() {}
+//! `medvault`: run and administer a medvault node.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use medvault_core::{Compartment, ResourceId, Role};
+use medvault_crypto::{Kek, KeyFileKind, Passphrase};
+use medvault_server::node::{KEY_FILE, Node};
+use medvault_server::{AppState, ServerConfig};
+use medvault_store::write_with;
+
+const AFTER_HELP: &str = "\
+Quick start:
+  medvault serve                              # data in ./medvault-data, API on 127.0.0.1:8080
+  TOKEN=$(medvault token create --role admin)
+  curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:8080/fhir/metadata
+
+Set MEDVAULT_PASSPHRASE before the first start to seal the root key file with it
+(Argon2id); every later command on that data directory needs the same passphrase.";
+
+/// medvault keeps health records (FHIR R4) encrypted under per-patient keys and serves them
+/// over an authenticated FHIR API.
+#[derive(Debug, Parser)]
+#[command(name = "medvault", version, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct DataDir {
+    /// Directory holding the node's key file and database. Created (mode 0700) on first use.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "./medvault-data",
+        env = "MEDVAULT_DATA_DIR"
+    )]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the FHIR server. The first start creates the data directory, the root key file, the
+    /// database and the first keys.
+    #[command(
+        after_help = "Example:\n  medvault serve --data-dir /var/lib/medvault --listen 127.0.0.1:8080"
+    )]
+    Serve {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Address and port to listen on. Keep it on loopback unless a TLS proxy fronts it.
+        #[arg(
+            long,
+            value_name = "ADDR:PORT",
+            default_value = "127.0.0.1:8080",
+            env = "MEDVAULT_LISTEN"
+        )]
+        listen: SocketAddr,
+        /// Largest request body accepted; larger requests get 413.
+        #[arg(long, value_name = "BYTES", default_value_t = 8 * 1024 * 1024)]
+        max_body_bytes: usize,
+        /// Public base URL of the FHIR API, used in links (default: from the Host header).
+        #[arg(long, value_name = "URL", env = "MEDVAULT_BASE_URL")]
+        base_url: Option<String>,
+        /// Log format (logs never carry PHI, query strings or tokens).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Manage API bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Manage the key hierarchy.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Patient-level data operations.
+    Patient {
+        #[command(subcommand)]
+        command: PatientCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a bearer token and print it (one line). Only its hash is stored: copy it now.
+    #[command(
+        after_help = "Example:\n  TOKEN=$(medvault token create --data-dir DIR --role admin)"
+    )]
+    Create {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Role the token grants.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RoleArg {
+    /// Full access to the FHIR API.
+    Admin,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Add a new key-encryption-key (KEK) version and rewrap every data key under it.
+    /// Records are not re-encrypted and stay readable throughout, also by a running server.
+    #[command(after_help = "Example:\n  medvault keys rotate --data-dir DIR")]
+    Rotate {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PatientCommand {
+    /// Crypto-shred a patient (GDPR Art. 17): destroy the patient's data key, so every version of
+    /// every resource in their compartment becomes unreadable (reads answer 410 Gone) and leaves
+    /// search. Other patients are untouched. This cannot be undone.
+    #[command(after_help = "Example:\n  medvault patient erase --data-dir DIR 3f1c6d0e-…")]
+    Erase {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The Patient resource id.
+        patient_id: String,
+    },
+}
+
+fn passphrase() -> Option<Passphrase> {
+    std::env::var("MEDVAULT_PASSPHRASE")
+        .ok()
+        .and_then(Passphrase::new)
+}
+
+fn open_node(dir: &Path) -> anyhow::Result<Node> {
+    let node = Node::open(dir, passphrase().as_ref())
+        .with_context(|| format!("cannot open the node in {}", dir.display()))?;
+    if node.created && node.key_file_kind == KeyFileKind::Unprotected {
+        eprintln!(
+            "warning: MEDVAULT_PASSPHRASE is not set, so the new root key file {} is protected only by its file permissions (0600); for production, start over with MEDVAULT_PASSPHRASE set",
+            dir.join(KEY_FILE).display()
+        );
+    }
+    Ok(node)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MEDVAULT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta} left)") {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_owned());
+    pb
+}
+
+fn rotate(node: &Node) -> anyhow::Result<(u32, usize)> {
+    let store = node.store.as_ref();
+    let next = store.keks()?.last().map_or(1, |(v, _)| v + 1);
+    let kek = Kek::generate(next).context("generating the new KEK")?;
+    let wrapped = node.keys.wrap_new_kek(&kek)?;
+    store.write(Box::new(move |tx| tx.add_kek(next, &wrapped)))?;
+    let names = store.data_key_names()?;
+    let pb = progress(names.len() as u64, "rewrapping data keys");
+    let kek = std::sync::Arc::new(kek);
+    let mut rewrapped = 0;
+    for chunk in names.chunks(256) {
+        let (keys, kek, batch) = (node.keys.clone(), kek.clone(), chunk.to_vec());
+        rewrapped += write_with(store, move |tx| {
+            let mut n = 0;
+            for name in &batch {
+                let Some(row) = tx.data_key(name)? else {
+                    continue;
+                };
+                let (Some(old), Some(w)) = (row.kek_version, row.wrapped) else {
+                    continue;
+                };
+                if old == next {
+                    continue;
+                }
+                let fail = |what: String| medvault_store::StoreError::Backend(what.into());
+                let old_kek = keys.kek(&*tx, old).map_err(|e| fail(e.to_string()))?;
+                let dek = old_kek
+                    .unwrap(keys.tenant(), name, row.key_version, &w)
+                    .map_err(|_| fail(format!("data key {name} does not open")))?;
+                let nw = kek
+                    .wrap(keys.tenant(), &dek)
+                    .map_err(|e| fail(e.to_string()))?;
+                tx.put_data_key(name, row.key_version, next, &nw)?;
+                n += 1;
+            }
+            Ok(n)
+        })?;
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    Ok((next, rewrapped))
+}
+
+fn erase(node: &Node, patient: &str) -> anyhow::Result<String> {
+    let id = ResourceId::new(patient).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let name = Compartment::Patient(id).key_name();
+    let Some(row) = node.store.data_key(&name)? else {
+        bail!("no data is stored for patient {patient}");
+    };
+    if row.wrapped.is_none() {
+        return Ok(format!("patient {patient} was already erased"));
+    }
+    let n = write_with(node.store.as_ref(), move |tx| tx.destroy_data_key(&name))?;
+    Ok(format!(
+        "erased patient {patient}: data key destroyed, {n} resource(s) in the compartment are now unreadable"
+    ))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            dir,
+            listen,
+            max_body_bytes,
+            base_url,
+            log_format,
+        } => {
+            init_logging(log_format);
+            let node = open_node(&dir.data_dir)?;
+            if !node.created && node.key_file_kind == KeyFileKind::Unprotected {
+                tracing::warn!(
+                    "the root key file is not sealed with a passphrase (MEDVAULT_PASSPHRASE)"
+                );
+            }
+            let config = ServerConfig {
+                max_body_bytes,
+                base_url,
+                ..ServerConfig::default()
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime
+                .block_on(medvault_server::serve(AppState::new(node, config), listen))
+                .with_context(|| format!("cannot listen on {listen}"))?;
+        }
+        Command::Token {
+            command: TokenCommand::Create { dir, role },
+        } => {
+            let node = open_node(&dir.data_dir)?;
+            let role = match role {
+                RoleArg::Admin => Role::Admin,
+            };
+            let token = medvault_server::auth::create_token(
+                node.store.as_ref(),
+                role,
+                node.clock.now_micros(),
+            )
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            println!("{token}");
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate { dir },
+        } => {
+            let node = open_node(&dir.data_dir)?;
+            let (version, n) = rotate(&node)?;
+            println!("KEK v{version} added; {n} data key(s) rewrapped under it");
+        }
+        Command::Patient {
+            command: PatientCommand::Erase { dir, patient_id },
+        } => {
+            let node = open_node(&dir.data_dir)?;
+            println!("{}", erase(&node, &patient_id)?);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("medvault: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -16,6 +16,12 @@ use medvault_core::{Compartment, ResourceId};
 use serde_json::Value;
 
 pub use path::local_reference;
+
+/// Parses a FHIR date, dateTime or instant into `[start, end)` Unix seconds (its precision
+/// decides the width), or `None` when it is not one.
+pub fn date_range(text: &str) -> Option<(i64, i64)> {
+    date::parse_range(text)
+}
 pub use search::{Alternative, Clause, ParamKind, SearchError, SearchParam, normalize};
 pub use validate::Issue;
 

@@ -1,1 +1,133 @@
-//! medvault-server
+//! medvault's HTTP server: the FHIR R4 API over the encrypted store.
+//!
+//! [`router`] builds the axum `Router` from an [`AppState`] and is separate from [`serve`], so
+//! tests can drive it with or without a socket. Every FHIR request is authenticated by the
+//! [`auth::Authenticated`] extractor, parsed by [`route`], executed by [`ops`] / [`search`] /
+//! [`bundle`] on blocking threads, and answered as `application/fhir+json`.
+
+pub mod auth;
+pub mod bundle;
+pub mod capability;
+pub mod clock;
+pub mod error;
+mod http;
+pub mod node;
+pub mod ops;
+pub mod route;
+pub mod search;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, get};
+
+pub use error::ApiError;
+pub use node::Node;
+
+/// The FHIR JSON media type.
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest request body accepted (larger ones get 413).
+    pub max_body_bytes: usize,
+    /// Public base URL of the FHIR API (e.g. `https://ehr.example/fhir`); when unset, links are
+    /// built from the request's `Host` header.
+    pub base_url: Option<String>,
+    /// Requests taking longer are answered 503.
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 * 1024 * 1024,
+            base_url: None,
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Shared state of every request.
+#[derive(Clone)]
+pub struct AppState {
+    /// The node.
+    pub node: Arc<Node>,
+    /// Interaction context.
+    pub ctx: ops::Ctx,
+    /// Validated-token cache.
+    pub tokens: Arc<auth::TokenCache>,
+    /// Settings.
+    pub config: Arc<ServerConfig>,
+}
+
+impl AppState {
+    /// State for a node with these settings.
+    pub fn new(node: Node, config: ServerConfig) -> Self {
+        let ctx = ops::Ctx {
+            fhir: Arc::clone(&node.fhir),
+            keys: Arc::clone(&node.keys),
+            clock: Arc::clone(&node.clock),
+        };
+        Self {
+            node: Arc::new(node),
+            ctx,
+            tokens: Arc::new(auth::TokenCache::default()),
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// The HTTP routes.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/fhir/metadata", get(http::metadata))
+        .route("/fhir", any(http::fhir_root))
+        .route("/fhir/", any(http::fhir_root))
+        .route("/fhir/{*path}", any(http::fhir_path))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(http::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            http::observe,
+        ))
+        .with_state(state)
+}
+
+/// Serves `state` on `addr` until SIGINT/SIGTERM, then drains in-flight requests.
+///
+/// # Errors
+/// If the address cannot be bound.
+pub async fn serve(state: AppState, addr: SocketAddr) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(address = %listener.local_addr()?, "medvault listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,106 @@
+//! Bearer-token authentication as an extractor, so no handler can forget it.
+//!
+//! Tokens are `mvt_` + 43 base64url characters (256 random bits). The database stores only their
+//! SHA-256; a lookup hashes the presented token and finds the row by hash, so no comparison of
+//! secrets happens in application code. Validated tokens are cached for
+//! [`CACHE_TTL`] to keep the per-request cost low.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use base64::Engine as _;
+use medvault_core::Role;
+use medvault_store::{Store, StoreTx};
+
+use crate::AppState;
+use crate::error::{ApiError, IssueCode};
+
+/// How long a validated token is trusted without asking the database again.
+pub const CACHE_TTL: Duration = Duration::from_secs(30);
+const PREFIX: &str = "mvt_";
+const MAX_CACHED: usize = 10_000;
+
+/// Who made a request.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// Non-secret id of the credential (for logs and, later, the ledger).
+    pub token_id: String,
+    /// Role granted.
+    pub role: Role,
+}
+
+/// Recently validated token hashes.
+#[derive(Debug, Default)]
+pub struct TokenCache(Mutex<HashMap<[u8; 32], (Authenticated, Instant)>>);
+
+fn unauthorized(msg: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, IssueCode::Login, msg)
+}
+
+/// Creates a token, stores its hash and returns its text (shown once, never stored).
+///
+/// # Errors
+/// Store failures, RNG failure.
+pub fn create_token(store: &dyn Store, role: Role, now_micros: i64) -> Result<String, ApiError> {
+    let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+    medvault_crypto::random_fill(raw.as_mut()).map_err(|e| ApiError::internal(&e))?;
+    let text = format!(
+        "{PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref())
+    );
+    let hash = medvault_crypto::sha256(text.as_bytes());
+    let token_id = format!("tok_{}", hex::encode(&hash[..8]));
+    let role_name = role.as_str();
+    store.write(Box::new(move |tx: &mut dyn StoreTx| {
+        tx.add_token(&hash, &token_id, role_name, now_micros)
+    }))?;
+    Ok(text)
+}
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            unauthorized("authentication required: send Authorization: Bearer <token>")
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| t.starts_with(PREFIX) && t.len() < 128)
+            .ok_or_else(|| unauthorized("malformed Authorization header: expected Bearer mvt_…"))?;
+        let hash = medvault_crypto::sha256(token.as_bytes());
+        if let Ok(cache) = state.tokens.0.lock()
+            && let Some((who, at)) = cache.get(&hash)
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(who.clone());
+        }
+        let store = state.node.store.clone();
+        let row = tokio::task::spawn_blocking(move || store.token(&hash))
+            .await
+            .map_err(|e| ApiError::internal(&e))??;
+        let row = row.ok_or_else(|| unauthorized("the bearer token is not valid"))?;
+        let role = Role::parse(&row.role).map_err(|e| ApiError::internal(&e))?;
+        let who = Authenticated {
+            token_id: row.token_id,
+            role,
+        };
+        if let Ok(mut cache) = state.tokens.0.lock() {
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+            cache.insert(hash, (who.clone(), Instant::now()));
+        }
+        Ok(who)
+    }
+}

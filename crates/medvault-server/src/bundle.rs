@@ -1,0 +1,462 @@
+//! `batch` and `transaction` Bundles (FHIR R4 §3.1.0.11).
+//!
+//! A transaction runs as one store write: every entry succeeds or nothing is kept. Entries are
+//! processed in FHIR's order (DELETE, POST, PUT, GET); `urn:uuid:` full URLs of created
+//! resources are replaced in every reference by the ids assigned. A batch runs each entry on
+//! its own and reports each outcome.
+
+use std::collections::HashMap;
+
+use axum::http::StatusCode;
+use medvault_core::ResourceId;
+use medvault_store::{Store, StoreRead, StoreTx, write_with};
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, IssueCode};
+use crate::ops::{self, Ctx, Outcome};
+use crate::route::{Target, parse_etag, parse_path};
+use crate::search;
+
+/// Entries one Bundle may hold.
+pub const MAX_ENTRIES: usize = 1000;
+
+#[derive(Debug, Clone)]
+enum EntryOp {
+    Create {
+        rt: String,
+        resource: Value,
+        if_none_exist: Option<String>,
+        full_url: Option<String>,
+    },
+    Update {
+        rt: String,
+        id: ResourceId,
+        resource: Value,
+        if_match: Option<u64>,
+        full_url: Option<String>,
+    },
+    Delete {
+        rt: String,
+        id: ResourceId,
+    },
+    Read {
+        rt: String,
+        id: ResourceId,
+        version: Option<u64>,
+    },
+    Search {
+        rt: String,
+        params: Vec<(String, String)>,
+    },
+    History {
+        rt: String,
+        id: Option<ResourceId>,
+        params: Vec<(String, String)>,
+    },
+}
+
+impl EntryOp {
+    fn order(&self) -> u8 {
+        match self {
+            Self::Delete { .. } => 0,
+            Self::Create { .. } => 1,
+            Self::Update { .. } => 2,
+            _ => 3,
+        }
+    }
+
+    fn is_write(&self) -> bool {
+        self.order() < 3
+    }
+}
+
+fn entry_error(i: usize, e: ApiError) -> ApiError {
+    ApiError {
+        message: format!("entry {i}: {}", e.message),
+        ..e
+    }
+}
+
+fn parse_entry(ctx: &Ctx, entry: &Value) -> Result<EntryOp, ApiError> {
+    let request = entry.get("request").ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::Required,
+            "request is missing",
+        )
+    })?;
+    let method = request
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let url = request.get("url").and_then(Value::as_str).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::Required,
+            "request.url is missing",
+        )
+    })?;
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let params = search::parse_query_string(query);
+    let resource = entry.get("resource").cloned();
+    let full_url = entry
+        .get("fullUrl")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let need_resource = || {
+        resource.clone().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                IssueCode::Required,
+                "resource is missing",
+            )
+        })
+    };
+    let target = parse_path(path)?;
+    let rt_of = |t: &Target| match t {
+        Target::Type(r)
+        | Target::TypeSearch(r)
+        | Target::TypeHistory(r)
+        | Target::Instance(r, _)
+        | Target::InstanceHistory(r, _)
+        | Target::Version(r, _, _) => Some(r.clone()),
+        _ => None,
+    };
+    if let Some(rt) = rt_of(&target) {
+        ops::served_type(&ctx.fhir, &rt)?;
+    }
+    let op = match (method, target) {
+        ("POST", Target::Type(rt)) => EntryOp::Create {
+            rt,
+            resource: need_resource()?,
+            if_none_exist: request
+                .get("ifNoneExist")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            full_url,
+        },
+        ("PUT", Target::Instance(rt, id)) => EntryOp::Update {
+            rt,
+            id,
+            resource: need_resource()?,
+            if_match: request
+                .get("ifMatch")
+                .and_then(Value::as_str)
+                .map(parse_etag)
+                .transpose()?,
+            full_url,
+        },
+        ("DELETE", Target::Instance(rt, id)) => EntryOp::Delete { rt, id },
+        ("GET", Target::Instance(rt, id)) => EntryOp::Read {
+            rt,
+            id,
+            version: None,
+        },
+        ("GET", Target::Version(rt, id, v)) => EntryOp::Read {
+            rt,
+            id,
+            version: Some(v.get()),
+        },
+        ("GET", Target::Type(rt)) => EntryOp::Search { rt, params },
+        ("GET", Target::TypeHistory(rt)) => EntryOp::History {
+            rt,
+            id: None,
+            params,
+        },
+        ("GET", Target::InstanceHistory(rt, id)) => EntryOp::History {
+            rt,
+            id: Some(id),
+            params,
+        },
+        (m, _) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                IssueCode::NotSupported,
+                format!("request.method {m:?} on this url is not supported in a Bundle"),
+            ));
+        }
+    };
+    Ok(op)
+}
+
+fn status_line(s: StatusCode) -> String {
+    format!(
+        "{} {}",
+        s.as_u16(),
+        s.canonical_reason().unwrap_or_default()
+    )
+}
+
+fn response_entry(out: Outcome, base: &str) -> Value {
+    let mut response = json!({"status": status_line(out.status)});
+    if let Some(loc) = &out.location {
+        response["location"] = json!(format!("{base}/{loc}"));
+    }
+    if let Some(v) = out.version {
+        response["etag"] = json!(format!("W/\"{v}\""));
+    }
+    if let Some(at) = out.last_modified {
+        response["lastModified"] = json!(crate::clock::instant(at));
+    }
+    let mut entry = json!({"response": response});
+    if let Some(r) = out.resource {
+        if out.status.is_success() {
+            entry["resource"] = r;
+        } else {
+            entry["response"]["outcome"] = r;
+        }
+    }
+    entry
+}
+
+fn run_read(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    op: &EntryOp,
+    base: &str,
+) -> Result<Outcome, ApiError> {
+    let ok = |resource| Outcome {
+        status: StatusCode::OK,
+        resource: Some(resource),
+        location: None,
+        version: None,
+        last_modified: None,
+    };
+    match op {
+        EntryOp::Read { rt, id, version } => ops::read(store, ctx, rt, id, *version),
+        EntryOp::Search { rt, params } => {
+            search::search_bundle(store, ctx, rt, params, false, base).map(ok)
+        }
+        EntryOp::History { rt, id, params } => {
+            let req = search::parse(
+                ctx,
+                rt,
+                &params
+                    .iter()
+                    .filter(|(k, _)| k == "_count" || k == "_offset")
+                    .cloned()
+                    .collect::<Vec<_>>(),
+                false,
+            )?;
+            ops::history(store, ctx, rt, id.as_ref(), req.paging, base).map(ok)
+        }
+        _ => Err(ApiError::internal(&"write entry routed to the read path")),
+    }
+}
+
+fn run_write(tx: &mut dyn StoreTx, ctx: &Ctx, op: EntryOp) -> Result<Outcome, ApiError> {
+    match op {
+        EntryOp::Create {
+            rt,
+            resource,
+            if_none_exist,
+            ..
+        } => {
+            let p = ops::prepare(ctx, &rt, ResourceId::random(), resource, false)?;
+            ops::create(tx, ctx, p, if_none_exist.as_deref())
+        }
+        EntryOp::Update {
+            rt,
+            id,
+            resource,
+            if_match,
+            ..
+        } => {
+            let p = ops::prepare(ctx, &rt, id, resource, true)?;
+            ops::update(tx, ctx, p, if_match)
+        }
+        EntryOp::Delete { rt, id } => ops::delete(tx, ctx, &rt, &id),
+        _ => Err(ApiError::internal(&"read entry routed to the write path")),
+    }
+}
+
+fn rewrite_references(v: &mut Value, map: &HashMap<String, String>) {
+    match v {
+        Value::Object(obj) => {
+            if let Some(Value::String(r)) = obj.get_mut("reference")
+                && let Some(new) = map.get(r.as_str())
+            {
+                *r = new.clone();
+            }
+            obj.values_mut().for_each(|c| rewrite_references(c, map));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|c| rewrite_references(c, map)),
+        _ => {}
+    }
+}
+
+fn transaction(
+    tx: &mut dyn StoreTx,
+    ctx: &Ctx,
+    mut ops_in: Vec<EntryOp>,
+    base: &str,
+) -> Result<Vec<Value>, ApiError> {
+    // Resolve the ids of created resources (conditional creates may resolve to existing ones).
+    let mut map = HashMap::new();
+    let mut existing = HashMap::new();
+    for (i, op) in ops_in.iter_mut().enumerate() {
+        match op {
+            EntryOp::Create {
+                rt,
+                resource,
+                if_none_exist,
+                full_url,
+            } => {
+                let mut id = ResourceId::random().to_string();
+                if let Some(q) = if_none_exist.as_deref() {
+                    let hits =
+                        search::matching_ids(&*tx, ctx, rt, &search::parse_query_string(q), 2)
+                            .map_err(|e| entry_error(i, e))?;
+                    match hits.as_slice() {
+                        [] => {}
+                        [one] => {
+                            id = one.clone();
+                            existing.insert(i, one.clone());
+                        }
+                        _ => {
+                            return Err(entry_error(
+                                i,
+                                ApiError::new(
+                                    StatusCode::PRECONDITION_FAILED,
+                                    IssueCode::Duplicate,
+                                    "ifNoneExist matches more than one resource",
+                                ),
+                            ));
+                        }
+                    }
+                }
+                if let Some(u) = full_url {
+                    map.insert(u.clone(), format!("{rt}/{id}"));
+                }
+                if let Value::Object(o) = resource {
+                    o.insert("id".into(), Value::String(id));
+                }
+            }
+            EntryOp::Update {
+                rt,
+                id,
+                full_url: Some(u),
+                ..
+            } => {
+                map.insert(u.clone(), format!("{rt}/{id}"));
+            }
+            _ => {}
+        }
+    }
+    for op in &mut ops_in {
+        if let EntryOp::Create { resource, .. } | EntryOp::Update { resource, .. } = op {
+            rewrite_references(resource, &map);
+        }
+    }
+    let mut order: Vec<usize> = (0..ops_in.len()).collect();
+    order.sort_by_key(|&i| ops_in[i].order());
+    let mut results: Vec<Option<Value>> = vec![None; ops_in.len()];
+    for i in order {
+        let op = ops_in[i].clone();
+        let out = if let Some(id) = existing.get(&i) {
+            let EntryOp::Create { rt, .. } = &op else {
+                continue;
+            };
+            let id = ops::parse_id(id)?;
+            ops::read(&*tx, ctx, rt, &id, None)
+        } else if op.is_write() {
+            match op {
+                EntryOp::Create { rt, resource, .. } => {
+                    let id = resource
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .map(ops::parse_id)
+                        .transpose()?
+                        .unwrap_or_else(ResourceId::random);
+                    ops::prepare(ctx, &rt, id, resource, false)
+                        .and_then(|p| ops::create(tx, ctx, p, None))
+                }
+                other => run_write(tx, ctx, other),
+            }
+        } else {
+            run_read(&*tx, ctx, &op, base)
+        }
+        .map_err(|e| entry_error(i, e))?;
+        results[i] = Some(response_entry(out, base));
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
+/// Processes a `batch` or `transaction` Bundle and returns the response Bundle.
+///
+/// # Errors
+/// 400 for a malformed Bundle; for a transaction, the first failing entry's error (nothing
+/// is written).
+pub fn process(store: &dyn Store, ctx: &Ctx, bundle: Value, base: &str) -> Result<Value, ApiError> {
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Err(ApiError::bad_request("POST to the base URL takes a Bundle"));
+    }
+    let kind = bundle
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if kind != "batch" && kind != "transaction" {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::NotSupported,
+            "Bundle.type must be batch or transaction",
+        ));
+    }
+    let entries = match bundle.get("entry") {
+        None => Vec::new(),
+        Some(Value::Array(e)) => e.clone(),
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                IssueCode::Structure,
+                "Bundle.entry must be an array",
+            ));
+        }
+    };
+    if entries.len() > MAX_ENTRIES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            IssueCode::TooCostly,
+            format!("a Bundle may hold at most {MAX_ENTRIES} entries"),
+        ));
+    }
+    let response_kind = format!("{kind}-response");
+    let out_entries = if kind == "transaction" {
+        let mut parsed = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            parsed.push(parse_entry(ctx, e).map_err(|err| entry_error(i, err))?);
+        }
+        let ctx2 = ctx.clone();
+        let base2 = base.to_owned();
+        write_with(store, move |tx| Ok(transaction(tx, &ctx2, parsed, &base2)?))?
+    } else {
+        let mut out = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let result = parse_entry(ctx, e).and_then(|op| {
+                if op.is_write() {
+                    let ctx2 = ctx.clone();
+                    write_with(store, move |tx| Ok(run_write(tx, &ctx2, op)?))
+                        .map_err(ApiError::from)
+                } else {
+                    run_read(store, ctx, &op, base)
+                }
+            });
+            out.push(match result {
+                Ok(o) => response_entry(o, base),
+                Err(err) => response_entry(
+                    Outcome {
+                        status: err.status,
+                        resource: Some(err.outcome()),
+                        location: None,
+                        version: None,
+                        last_modified: None,
+                    },
+                    base,
+                ),
+            });
+        }
+        out
+    };
+    Ok(json!({"resourceType": "Bundle", "type": response_kind, "entry": out_entries}))
+}

@@ -1,0 +1,66 @@
+//! `GET /fhir/metadata`: a CapabilityStatement built from what the node actually serves.
+
+use serde_json::{Value, json};
+
+use medvault_fhir::Fhir;
+
+const INTERACTIONS: [&str; 8] = [
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+];
+
+/// Builds the CapabilityStatement.
+pub fn statement(fhir: &Fhir, base: &str, now: &str) -> Value {
+    let resources: Vec<Value> = fhir
+        .types()
+        .iter()
+        .map(|(name, info)| {
+            let mut params: Vec<Value> = vec![
+                json!({"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"}),
+                json!({"name": "_lastUpdated", "type": "date", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated"}),
+            ];
+            params.extend(info.params.values().map(|p| {
+                json!({"name": p.code, "type": p.kind.as_fhir(), "definition": p.url})
+            }));
+            let interactions: Vec<Value> = INTERACTIONS.iter().map(|c| json!({"code": c})).collect();
+            json!({
+                "type": name,
+                "interaction": interactions,
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": true,
+                "conditionalRead": "not-supported",
+                "conditionalUpdate": false,
+                "conditionalDelete": "not-supported",
+                "searchParam": params,
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": now,
+        "kind": "instance",
+        "software": {"name": "medvault", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "medvault encrypted FHIR R4 record store", "url": base},
+        "fhirVersion": medvault_fhir::FHIR_VERSION,
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Records are sealed per patient (AES-256-GCM); search runs over blind indexes. Search supports string (prefix, :exact), token, reference and date (eq, gt, lt, ge, le) parameters, _id, _lastUpdated, _count, _offset, _sort (_id, _lastUpdated) and _summary=count; unknown parameters are ignored unless Prefer: handling=strict.",
+            "security": {
+                "cors": false,
+                "description": "Bearer tokens (medvault token create) in the Authorization header."
+            },
+            "resource": resources,
+            "interaction": [{"code": "batch"}, {"code": "transaction"}],
+        }],
+    })
+}

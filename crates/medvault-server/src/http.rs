@@ -1,0 +1,337 @@
+//! HTTP glue: extract, dispatch to the FHIR operations, shape responses.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use medvault_store::write_with;
+use serde_json::Value;
+
+use crate::auth::Authenticated;
+use crate::error::{ApiError, IssueCode};
+use crate::ops::{self, Outcome};
+use crate::route::{self, Target};
+use crate::{AppState, FHIR_JSON, bundle, capability, clock, search};
+
+/// A request body, with size-limit and read failures turned into `OperationOutcome`s.
+pub(crate) struct Body(Bytes);
+
+impl FromRequest<AppState> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(Self(b)),
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                IssueCode::TooLong,
+                format!(
+                    "the request body is larger than {} bytes",
+                    state.config.max_body_bytes
+                ),
+            )),
+            Err(_) => Err(ApiError::bad_request("the request body could not be read")),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+}
+
+fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(b) = &state.config.base_url {
+        return b.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .unwrap_or("localhost");
+    format!("http://{host}/fhir")
+}
+
+fn prefer<'h>(headers: &'h HeaderMap, key: &str) -> Option<&'h str> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(key))
+        .map(|(_, v)| v.trim().trim_matches('"'))
+}
+
+fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if !matches!(
+        ct.as_str(),
+        "application/fhir+json" | "application/json" | "application/json+fhir"
+    ) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IssueCode::NotSupported,
+            "send the resource as application/fhir+json",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::Structure,
+            "the body is not valid JSON",
+        )
+    })
+}
+
+pub(crate) fn fhir_json(status: StatusCode, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut resp = (status, bytes).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    resp
+}
+
+fn respond(out: Outcome, minimal: bool, base: &str) -> Response {
+    let mut resp = match (&out.resource, minimal) {
+        (Some(r), false) => fhir_json(out.status, r),
+        _ => out.status.into_response(),
+    };
+    let h = resp.headers_mut();
+    if let Some(v) = out.version
+        && let Ok(val) = HeaderValue::from_str(&format!("W/\"{v}\""))
+    {
+        h.insert(header::ETAG, val);
+    }
+    if let Some(at) = out.last_modified
+        && let Ok(val) = HeaderValue::from_str(&clock::http_date(at))
+    {
+        h.insert(header::LAST_MODIFIED, val);
+    }
+    if out.status == StatusCode::CREATED
+        && let Some(loc) = &out.location
+        && let Ok(val) = HeaderValue::from_str(&format!("{base}/{loc}"))
+    {
+        h.insert(header::LOCATION, val.clone());
+        h.insert(header::CONTENT_LOCATION, val);
+    }
+    resp
+}
+
+pub(crate) async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let base = base_url(&state, &headers);
+    let now = clock::instant(state.node.clock.now_micros());
+    fhir_json(
+        StatusCode::OK,
+        &capability::statement(&state.ctx.fhir, &base, &now),
+    )
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; the FHIR API is under /fhir")
+}
+
+pub(crate) async fn fhir_root(
+    State(state): State<AppState>,
+    who: Authenticated,
+    method: Method,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    dispatch(state, who, method, String::new(), query, headers, body.0).await
+}
+
+pub(crate) async fn fhir_path(
+    State(state): State<AppState>,
+    who: Authenticated,
+    method: Method,
+    Path(path): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    dispatch(state, who, method, path, query, headers, body.0).await
+}
+
+async fn dispatch(
+    state: AppState,
+    _who: Authenticated,
+    method: Method,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let target = route::parse_path(&path)?;
+    let base = base_url(&state, &headers);
+    let strict = prefer(&headers, "handling") == Some("strict");
+    let minimal = prefer(&headers, "return") == Some("minimal");
+    let params = search::parse_query_string(query.as_deref().unwrap_or(""));
+    let ctx = state.ctx.clone();
+    let store = state.node.store.clone();
+    match (method.clone(), target) {
+        (Method::GET, Target::Metadata) => Ok(metadata(State(state), headers).await),
+        (Method::POST, Target::System) => {
+            let json = json_body(&headers, &body)?;
+            let b = base.clone();
+            let out = blocking(move || bundle::process(store.as_ref(), &ctx, json, &b)).await?;
+            Ok(fhir_json(StatusCode::OK, &out))
+        }
+        (Method::GET, Target::Type(rt)) => {
+            ops::served_type(&ctx.fhir, &rt)?;
+            let b = base.clone();
+            let out = blocking(move || {
+                search::search_bundle(store.as_ref(), &ctx, &rt, &params, strict, &b)
+            })
+            .await?;
+            Ok(fhir_json(StatusCode::OK, &out))
+        }
+        (Method::POST, Target::TypeSearch(rt)) => {
+            ops::served_type(&ctx.fhir, &rt)?;
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !body.is_empty() && !ct.starts_with("application/x-www-form-urlencoded") {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    IssueCode::NotSupported,
+                    "_search takes application/x-www-form-urlencoded parameters",
+                ));
+            }
+            let mut all = params;
+            all.extend(form_urlencoded::parse(&body).into_owned());
+            let b = base.clone();
+            let out = blocking(move || {
+                search::search_bundle(store.as_ref(), &ctx, &rt, &all, strict, &b)
+            })
+            .await?;
+            Ok(fhir_json(StatusCode::OK, &out))
+        }
+        (Method::POST, Target::Type(rt)) => {
+            ops::served_type(&ctx.fhir, &rt)?;
+            let json = json_body(&headers, &body)?;
+            let cond = headers
+                .get("if-none-exist")
+                .map(|v| v.to_str().map(str::to_owned))
+                .transpose()
+                .map_err(|_| ApiError::bad_request("If-None-Exist must be a query string"))?;
+            let out = blocking(move || {
+                let p = ops::prepare(&ctx, &rt, medvault_core::ResourceId::random(), json, false)?;
+                Ok(write_with(store.as_ref(), move |tx| {
+                    Ok(ops::create(tx, &ctx, p, cond.as_deref())?)
+                })?)
+            })
+            .await?;
+            Ok(respond(out, minimal, &base))
+        }
+        (Method::PUT, Target::Instance(rt, id)) => {
+            ops::served_type(&ctx.fhir, &rt)?;
+            let json = json_body(&headers, &body)?;
+            let if_match = headers
+                .get(header::IF_MATCH)
+                .map(|v| {
+                    v.to_str()
+                        .map_err(|_| ApiError::bad_request("If-Match must be ASCII"))
+                        .and_then(route::parse_etag)
+                })
+                .transpose()?;
+            let out = blocking(move || {
+                let p = ops::prepare(&ctx, &rt, id, json, true)?;
+                Ok(write_with(store.as_ref(), move |tx| {
+                    Ok(ops::update(tx, &ctx, p, if_match)?)
+                })?)
+            })
+            .await?;
+            Ok(respond(out, minimal, &base))
+        }
+        (Method::DELETE, Target::Instance(rt, id)) => {
+            ops::served_type(&ctx.fhir, &rt)?;
+            let out = blocking(move || {
+                Ok(write_with(store.as_ref(), move |tx| {
+                    Ok(ops::delete(tx, &ctx, &rt, &id)?)
+                })?)
+            })
+            .await?;
+            Ok(respond(out, minimal, &base))
+        }
+        (Method::GET, Target::Instance(rt, id)) => {
+            ops::served_type(&ctx.fhir, &rt)?;
+            let out = blocking(move || ops::read(store.as_ref(), &ctx, &rt, &id, None)).await?;
+            Ok(respond(out, false, &base))
+        }
+        (Method::GET, Target::Version(rt, id, v)) => {
+            ops::served_type(&ctx.fhir, &rt)?;
+            let out =
+                blocking(move || ops::read(store.as_ref(), &ctx, &rt, &id, Some(v.get()))).await?;
+            Ok(respond(out, false, &base))
+        }
+        (Method::GET, Target::TypeHistory(rt)) => {
+            ops::served_type(&ctx.fhir, &rt)?;
+            let paging = search::parse(&ctx, &rt, &paging_only(&params), false)?.paging;
+            let b = base.clone();
+            let out =
+                blocking(move || ops::history(store.as_ref(), &ctx, &rt, None, paging, &b)).await?;
+            Ok(fhir_json(StatusCode::OK, &out))
+        }
+        (Method::GET, Target::InstanceHistory(rt, id)) => {
+            ops::served_type(&ctx.fhir, &rt)?;
+            let paging = search::parse(&ctx, &rt, &paging_only(&params), false)?.paging;
+            let b = base.clone();
+            let out =
+                blocking(move || ops::history(store.as_ref(), &ctx, &rt, Some(&id), paging, &b))
+                    .await?;
+            Ok(fhir_json(StatusCode::OK, &out))
+        }
+        (m, _) => Err(route::method_not_allowed(&m)),
+    }
+}
+
+fn paging_only(params: &[(String, String)]) -> Vec<(String, String)> {
+    params
+        .iter()
+        .filter(|(k, _)| k == "_count" || k == "_offset")
+        .cloned()
+        .collect()
+}
+
+/// Request log and request id. Logs the route template, never the concrete path or query
+/// (they can carry ids and search values).
+pub(crate) async fn observe(State(_state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    tracing::info!(
+        request_id = %request_id,
+        method = %method,
+        route = %route,
+        status = resp.status().as_u16(),
+        micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "request"
+    );
+    resp
+}

@@ -1,0 +1,409 @@
+//! A medvault node on disk: its data directory, key file, database and key ring.
+//!
+//! Layout of the data directory (mode 0700):
+//! - `medvault.key` — the root key file (mode 0600), sealed with `MEDVAULT_PASSPHRASE` when set;
+//! - `medvault.db` (+ `-wal`, `-shm`) — the SQLite database: only sealed records, blind index
+//!   values, wrapped keys and token hashes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use medvault_crypto::{
+    BlindIndexer, BlindValue, CryptoError, DataKey, Kek, KeyFileKind, ParamKey, Passphrase, RootKey,
+};
+use medvault_fhir::Fhir;
+use medvault_store::{Store, StoreError, StoreRead, StoreTx, write_with};
+use medvault_store_sqlite::SqliteStore;
+
+use crate::clock::{Clock, SystemClock};
+
+/// Name of the key file inside the data directory.
+pub const KEY_FILE: &str = "medvault.key";
+/// Name of the SQLite database inside the data directory.
+pub const DB_FILE: &str = "medvault.db";
+/// Data key that seals resources outside every patient compartment.
+pub const TENANT_KEY: &str = "@tenant";
+/// Data key from which blind-index keys are derived.
+pub const INDEX_KEY: &str = "@index";
+/// Unwrapped data keys kept in memory before the cache is emptied.
+const MAX_CACHED_KEYS: usize = 200_000;
+
+/// Errors opening a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data directory could not be created or read.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The key file could not be opened.
+    #[error("key file {path}: {source}")]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        source: CryptoError,
+    },
+    /// The database failed.
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    /// A key stored in the database does not open with this node's root key.
+    #[error("stored key {0} does not open with this key file: wrong key file for this database?")]
+    KeyMismatch(String),
+    /// The FHIR definitions failed to load.
+    #[error("FHIR definitions: {0}")]
+    Fhir(#[from] medvault_fhir::FhirError),
+}
+
+/// Errors reaching a data key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key was destroyed (the patient was erased).
+    #[error("the data key was destroyed")]
+    Shredded,
+    /// The key or a KEK is missing or does not open.
+    #[error("key {0} is missing or does not open")]
+    Broken(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    /// Random generation failed.
+    #[error("crypto: {0}")]
+    Crypto(#[from] CryptoError),
+}
+
+/// The node's keys: the root key, KEKs and unwrapped data keys it has used.
+pub struct KeyRing {
+    tenant: String,
+    root: RootKey,
+    keks: RwLock<BTreeMap<u32, Arc<Kek>>>,
+    data_keys: RwLock<HashMap<String, Arc<DataKey>>>,
+    indexer: OnceLock<BlindIndexer>,
+    param_keys: RwLock<HashMap<(String, String), Arc<ParamKey>>>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyRing {
+    /// The tenant bound into every ciphertext.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The KEK with this version, loading it from the store on first use.
+    ///
+    /// # Errors
+    /// [`KeyError::Broken`] if it is missing or does not open.
+    pub fn kek(&self, store: &dyn StoreRead, version: u32) -> Result<Arc<Kek>, KeyError> {
+        if let Some(k) = self.keks.read().ok().and_then(|m| m.get(&version).cloned()) {
+            return Ok(k);
+        }
+        let wrapped = store
+            .keks()?
+            .into_iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, w)| w)
+            .ok_or_else(|| KeyError::Broken(format!("KEK v{version}")))?;
+        let kek = Arc::new(
+            self.root
+                .unwrap_kek(&self.tenant, version, &wrapped)
+                .map_err(|_| KeyError::Broken(format!("KEK v{version}")))?,
+        );
+        if let Ok(mut m) = self.keks.write() {
+            m.insert(version, Arc::clone(&kek));
+        }
+        Ok(kek)
+    }
+
+    /// The newest KEK in the store (new data keys are wrapped by it).
+    ///
+    /// # Errors
+    /// [`KeyError::Broken`] when the store has no KEK.
+    pub fn newest_kek(&self, store: &dyn StoreRead) -> Result<Arc<Kek>, KeyError> {
+        let newest = store
+            .keks()?
+            .last()
+            .map(|(v, _)| *v)
+            .ok_or_else(|| KeyError::Broken("KEK".into()))?;
+        self.kek(store, newest)
+    }
+
+    /// Wraps a fresh KEK with the root key (for rotation).
+    ///
+    /// # Errors
+    /// RNG failure.
+    pub fn wrap_new_kek(&self, kek: &Kek) -> Result<medvault_crypto::WrappedKey, KeyError> {
+        Ok(self.root.wrap_kek(&self.tenant, kek)?)
+    }
+
+    fn cached(&self, name: &str) -> Option<Arc<DataKey>> {
+        self.data_keys
+            .read()
+            .ok()
+            .and_then(|m| m.get(name).cloned())
+    }
+
+    fn remember(&self, key: DataKey) -> Arc<DataKey> {
+        let key = Arc::new(key);
+        if let Ok(mut m) = self.data_keys.write() {
+            if m.len() >= MAX_CACHED_KEYS {
+                m.clear();
+            }
+            m.insert(key.name().to_owned(), Arc::clone(&key));
+        }
+        key
+    }
+
+    /// Forgets a data key (after it was destroyed).
+    pub fn forget(&self, name: &str) {
+        if let Ok(mut m) = self.data_keys.write() {
+            m.remove(name);
+        }
+    }
+
+    /// Unwraps a stored data key (not cached).
+    fn load(&self, store: &dyn StoreRead, name: &str) -> Result<Option<DataKey>, KeyError> {
+        let Some(row) = store.data_key(name)? else {
+            return Ok(None);
+        };
+        let (Some(kek_version), Some(wrapped)) = (row.kek_version, row.wrapped) else {
+            return Err(KeyError::Shredded);
+        };
+        let kek = self.kek(store, kek_version)?;
+        kek.unwrap(&self.tenant, name, row.key_version, &wrapped)
+            .map(Some)
+            .map_err(|_| KeyError::Broken(name.to_owned()))
+    }
+
+    /// The data key for reading a version sealed under `name`. The caller has already checked
+    /// the version's `shredded` flag, which the store derives from the key row.
+    ///
+    /// # Errors
+    /// [`KeyError::Shredded`] or [`KeyError::Broken`].
+    pub fn for_read(&self, store: &dyn StoreRead, name: &str) -> Result<Arc<DataKey>, KeyError> {
+        if let Some(k) = self.cached(name) {
+            return Ok(k);
+        }
+        match self.load(store, name)? {
+            Some(k) => Ok(self.remember(k)),
+            None => Err(KeyError::Broken(name.to_owned())),
+        }
+    }
+
+    /// The data key for writing into compartment `name`, created (and wrapped by the newest
+    /// KEK) inside the write transaction if it does not exist yet.
+    ///
+    /// # Errors
+    /// [`KeyError::Shredded`] if the compartment was erased.
+    pub fn for_write(&self, tx: &mut dyn StoreTx, name: &str) -> Result<Arc<DataKey>, KeyError> {
+        match tx.data_key(name)? {
+            Some(row) if row.wrapped.is_none() => Err(KeyError::Shredded),
+            Some(_) => match self.cached(name) {
+                Some(k) => Ok(k),
+                None => self
+                    .load(&*tx, name)?
+                    .map(|k| self.remember(k))
+                    .ok_or_else(|| KeyError::Broken(name.to_owned())),
+            },
+            None => {
+                let kek = self.newest_kek(&*tx)?;
+                let key = DataKey::generate(name.to_owned(), 1)?;
+                let wrapped = kek.wrap(&self.tenant, &key)?;
+                tx.put_data_key(name, key.version(), kek.version(), &wrapped)?;
+                Ok(self.remember(key))
+            }
+        }
+    }
+
+    /// The blind-index key of one parameter.
+    ///
+    /// # Errors
+    /// Only if HKDF fails (it cannot for these lengths).
+    pub fn param_key(&self, resource_type: &str, param: &str) -> Result<Arc<ParamKey>, KeyError> {
+        let id = (resource_type.to_owned(), param.to_owned());
+        if let Some(k) = self
+            .param_keys
+            .read()
+            .ok()
+            .and_then(|m| m.get(&id).cloned())
+        {
+            return Ok(k);
+        }
+        let indexer = self
+            .indexer
+            .get()
+            .ok_or_else(|| KeyError::Broken(INDEX_KEY.into()))?;
+        let k = Arc::new(indexer.param_key(resource_type, param)?);
+        if let Ok(mut m) = self.param_keys.write() {
+            m.insert(id, Arc::clone(&k));
+        }
+        Ok(k)
+    }
+
+    /// Blinds plaintext index keys of one parameter.
+    ///
+    /// # Errors
+    /// As [`Self::param_key`].
+    pub fn blind<'a>(
+        &self,
+        resource_type: &str,
+        param: &str,
+        keys: impl IntoIterator<Item = &'a Vec<u8>>,
+    ) -> Result<Vec<BlindValue>, KeyError> {
+        let k = self.param_key(resource_type, param)?;
+        Ok(keys.into_iter().map(|x| k.blind(x)).collect())
+    }
+}
+
+/// Everything a command needs to work on a node.
+pub struct Node {
+    /// The database.
+    pub store: Arc<dyn Store>,
+    /// The keys.
+    pub keys: Arc<KeyRing>,
+    /// FHIR definitions.
+    pub fhir: Arc<Fhir>,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// How the key file is protected.
+    pub key_file_kind: KeyFileKind,
+    /// True when this call created the node.
+    pub created: bool,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+fn create_dir_private(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
+impl Node {
+    /// Opens the node in `data_dir`, creating directory, key file, database and first keys if
+    /// they do not exist. `passphrase` seals (or unseals) the key file.
+    ///
+    /// # Errors
+    /// [`NodeError`] naming what failed.
+    pub fn open(data_dir: &Path, passphrase: Option<&Passphrase>) -> Result<Self, NodeError> {
+        create_dir_private(data_dir).map_err(|source| NodeError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let key_path = data_dir.join(KEY_FILE);
+        let db_path = data_dir.join(DB_FILE);
+        let key_err = |source| NodeError::KeyFile {
+            path: key_path.clone(),
+            source,
+        };
+        let (root, kind, created) = if key_path.exists() {
+            let (root, kind) = RootKey::open_file(&key_path, passphrase).map_err(key_err)?;
+            (root, kind, false)
+        } else {
+            if db_path.exists() {
+                return Err(key_err(CryptoError::KeyFile(
+                    "missing, but the database exists: restore the key file that belongs to it",
+                )));
+            }
+            let root = RootKey::create_file(&key_path, passphrase).map_err(key_err)?;
+            let kind = if passphrase.is_some() {
+                KeyFileKind::Passphrase
+            } else {
+                KeyFileKind::Unprotected
+            };
+            (root, kind, true)
+        };
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db_path)?);
+        Self::with_store(store, root, kind, created)
+    }
+
+    /// Opens a node over an already-open store (used by tests and other backends).
+    ///
+    /// # Errors
+    /// [`NodeError`].
+    pub fn with_store(
+        store: Arc<dyn Store>,
+        root: RootKey,
+        key_file_kind: KeyFileKind,
+        created: bool,
+    ) -> Result<Self, NodeError> {
+        let tenant = match store.meta("tenant")? {
+            Some(t) => t,
+            None => {
+                // First start: tenant id, KEK v1, tenant and index data keys, in one transaction.
+                let tenant = uuid::Uuid::new_v4().to_string();
+                let kek = Kek::generate(1)
+                    .map_err(|e| NodeError::Store(StoreError::Backend(Box::new(e))))?;
+                let wrapped_kek = root
+                    .wrap_kek(&tenant, &kek)
+                    .map_err(|e| NodeError::Store(StoreError::Backend(Box::new(e))))?;
+                let mut wrapped = Vec::new();
+                for name in [TENANT_KEY, INDEX_KEY] {
+                    let k = DataKey::generate(name.to_owned(), 1)
+                        .map_err(|e| NodeError::Store(StoreError::Backend(Box::new(e))))?;
+                    let w = kek
+                        .wrap(&tenant, &k)
+                        .map_err(|e| NodeError::Store(StoreError::Backend(Box::new(e))))?;
+                    wrapped.push((name, w));
+                }
+                let t = tenant.clone();
+                write_with(store.as_ref(), move |tx| {
+                    if tx.meta("tenant")?.is_some() {
+                        return Ok(()); // another process initialised it first
+                    }
+                    tx.set_meta("tenant", &t)?;
+                    tx.add_kek(1, &wrapped_kek)?;
+                    for (name, w) in &wrapped {
+                        tx.put_data_key(name, 1, 1, w)?;
+                    }
+                    Ok(())
+                })?;
+                store
+                    .meta("tenant")?
+                    .ok_or_else(|| NodeError::KeyMismatch("tenant".into()))?
+            }
+        };
+        let ring = KeyRing {
+            tenant,
+            root,
+            keks: RwLock::new(BTreeMap::new()),
+            data_keys: RwLock::new(HashMap::new()),
+            indexer: OnceLock::new(),
+            param_keys: RwLock::new(HashMap::new()),
+        };
+        let index_key = ring
+            .load(store.as_ref(), INDEX_KEY)
+            .map_err(|_| NodeError::KeyMismatch(INDEX_KEY.into()))?
+            .ok_or_else(|| NodeError::KeyMismatch(INDEX_KEY.into()))?;
+        let _ = ring.indexer.set(BlindIndexer::new(&index_key));
+        Ok(Self {
+            store,
+            keys: Arc::new(ring),
+            fhir: Arc::new(Fhir::load()?),
+            clock: Arc::new(SystemClock),
+            key_file_kind,
+            created,
+        })
+    }
+}

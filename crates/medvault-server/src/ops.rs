@@ -1,0 +1,520 @@
+//! FHIR interactions over the store, independent of HTTP: the HTTP layer and Bundle processing
+//! both come through here.
+//!
+//! Reads work on any [`StoreRead`] (a pooled reader or the inside of a write transaction);
+//! writes run inside [`StoreTx`] so that checks (`If-Match`, `If-None-Exist`) and the write
+//! they guard are one atomic unit.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use medvault_core::{Compartment, ResourceId};
+use medvault_crypto::RecordAad;
+use medvault_fhir::Fhir;
+use medvault_store::{IndexEntry, StoreRead, StoreTx, StoredVersion};
+use serde_json::{Map, Value, json};
+
+use crate::clock::{Clock, instant};
+use crate::error::{ApiError, IssueCode};
+use crate::node::{KeyError, KeyRing};
+use crate::search;
+
+/// What every interaction needs.
+#[derive(Clone)]
+pub struct Ctx {
+    /// FHIR definitions.
+    pub fhir: Arc<Fhir>,
+    /// Keys.
+    pub keys: Arc<KeyRing>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The result of one interaction, before it becomes an HTTP response or a Bundle entry.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Status.
+    pub status: StatusCode,
+    /// Body resource.
+    pub resource: Option<Value>,
+    /// `Type/id/_history/v` of the version written or read.
+    pub location: Option<String>,
+    /// Version id, for `ETag`.
+    pub version: Option<u64>,
+    /// Last-modified time, microseconds.
+    pub last_modified: Option<i64>,
+}
+
+impl Outcome {
+    fn of_version(
+        status: StatusCode,
+        rt: &str,
+        id: &str,
+        version: u64,
+        at: i64,
+        resource: Option<Value>,
+    ) -> Self {
+        Self {
+            status,
+            resource,
+            location: Some(format!("{rt}/{id}/_history/{version}")),
+            version: Some(version),
+            last_modified: Some(at),
+        }
+    }
+
+    /// A status with an OperationOutcome body.
+    pub fn message(status: StatusCode, code: IssueCode, text: &str) -> Self {
+        Self {
+            status,
+            resource: Some(crate::error::operation_outcome(
+                "information",
+                code,
+                text,
+                &[],
+            )),
+            location: None,
+            version: None,
+            last_modified: None,
+        }
+    }
+}
+
+/// A resource validated, indexed and ready to be sealed.
+#[derive(Debug)]
+pub struct Prepared {
+    rt: String,
+    id: ResourceId,
+    resource: Value,
+    compartment: Compartment,
+    index: Vec<IndexEntry>,
+}
+
+impl Prepared {
+    /// The id the resource will be stored under.
+    pub fn id(&self) -> &ResourceId {
+        &self.id
+    }
+}
+
+fn key_error(e: KeyError) -> ApiError {
+    match e {
+        KeyError::Shredded => ApiError::gone("this patient's data was erased"),
+        other => ApiError::internal(&other),
+    }
+}
+
+/// Checks a type name from a URL or Bundle: 404 for a name that is no R4 resource type and for a
+/// type this node does not serve.
+///
+/// # Errors
+/// 404 as above.
+pub fn served_type(fhir: &Fhir, name: &str) -> Result<(), ApiError> {
+    if fhir.type_info(name).is_some() {
+        Ok(())
+    } else if fhir.is_r4_type(name) {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            IssueCode::NotSupported,
+            format!("resource type {name} is not served by this node (see /fhir/metadata)"),
+        ))
+    } else {
+        Err(ApiError::not_found("unknown resource type"))
+    }
+}
+
+/// Parses a logical id from a URL.
+///
+/// # Errors
+/// 400 for an invalid id.
+pub fn parse_id(text: &str) -> Result<ResourceId, ApiError> {
+    ResourceId::new(text).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// Validates and indexes a resource for writing under `id`.
+///
+/// # Errors
+/// 400 for a wrong `resourceType`, an `id` that differs from `id` (when `id_must_match`), or
+/// schema violations (listed with their element paths).
+pub fn prepare(
+    ctx: &Ctx,
+    rt: &str,
+    id: ResourceId,
+    mut resource: Value,
+    id_must_match: bool,
+) -> Result<Prepared, ApiError> {
+    let Value::Object(map) = &mut resource else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::Structure,
+            "the body must be a JSON object (a FHIR resource)",
+        ));
+    };
+    match map.get("resourceType").and_then(Value::as_str) {
+        Some(t) if t == rt => {}
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "resourceType does not match the URL (expected {rt})"
+            )));
+        }
+        None => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                IssueCode::Required,
+                "resourceType is missing",
+            ));
+        }
+    }
+    if id_must_match {
+        match map.get("id") {
+            Some(Value::String(body_id)) if body_id == id.as_str() => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "the resource id does not match the id in the URL",
+                ));
+            }
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    IssueCode::Required,
+                    "the resource must carry the id given in the URL",
+                ));
+            }
+        }
+    }
+    map.insert("id".into(), Value::String(id.to_string()));
+    if let Some(Value::Object(meta)) = map.get_mut("meta") {
+        meta.remove("versionId");
+        meta.remove("lastUpdated");
+        if meta.is_empty() {
+            map.remove("meta");
+        }
+    }
+    ctx.fhir.validate(rt, &resource).map_err(|issues| {
+        let mut e =
+            ApiError::bad_request("the resource does not conform to the FHIR R4 definitions");
+        e.details = issues.into_iter().map(|i| (i.path, i.message)).collect();
+        e
+    })?;
+    let compartment = ctx.fhir.compartment_of(rt, &id, &resource);
+    let mut index = Vec::new();
+    if let Some(info) = ctx.fhir.type_info(rt) {
+        for (code, param) in &info.params {
+            let keys = param.index_keys(&resource);
+            if keys.is_empty() {
+                continue;
+            }
+            let blinded = ctx.keys.blind(rt, code, &keys).map_err(key_error)?;
+            index.extend(blinded.into_iter().map(|value| IndexEntry {
+                param: code.clone(),
+                value,
+            }));
+        }
+    }
+    Ok(Prepared {
+        rt: rt.to_owned(),
+        id,
+        resource,
+        compartment,
+        index,
+    })
+}
+
+/// Seals and stores `p` as `version`; returns the resource as stored (with `meta`).
+fn commit(
+    tx: &mut dyn StoreTx,
+    ctx: &Ctx,
+    p: Prepared,
+    version: u64,
+    now: i64,
+) -> Result<Value, ApiError> {
+    let mut resource = p.resource;
+    if let Value::Object(map) = &mut resource {
+        let meta = map
+            .entry("meta")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(meta) = meta {
+            meta.insert("versionId".into(), Value::String(version.to_string()));
+            meta.insert("lastUpdated".into(), Value::String(instant(now)));
+        }
+    }
+    let bytes =
+        zeroize::Zeroizing::new(serde_json::to_vec(&resource).map_err(|e| ApiError::internal(&e))?);
+    let key_name = p.compartment.key_name();
+    let key = ctx.keys.for_write(tx, &key_name).map_err(key_error)?;
+    let aad = RecordAad {
+        tenant: ctx.keys.tenant(),
+        resource_type: &p.rt,
+        id: p.id.as_str(),
+        version,
+    };
+    let sealed = key.seal(&aad, &bytes).map_err(|e| ApiError::internal(&e))?;
+    tx.put_version(
+        &StoredVersion {
+            resource_type: p.rt,
+            id: p.id.to_string(),
+            version,
+            last_updated_micros: now,
+            key_name,
+            key_version: key.version(),
+            body: Some(sealed),
+            shredded: false,
+        },
+        &p.index,
+    )?;
+    Ok(resource)
+}
+
+/// Create, optionally conditional on `If-None-Exist` (a search query string).
+///
+/// # Errors
+/// 412 when the condition matches more than one resource; store and key errors.
+pub fn create(
+    tx: &mut dyn StoreTx,
+    ctx: &Ctx,
+    p: Prepared,
+    if_none_exist: Option<&str>,
+) -> Result<Outcome, ApiError> {
+    if let Some(query) = if_none_exist {
+        let params = search::parse_query_string(query);
+        let hits = search::matching_ids(&*tx, ctx, &p.rt, &params, 2)?;
+        match hits.as_slice() {
+            [] => {}
+            [one] => {
+                let row = tx
+                    .version(&p.rt, one, None)?
+                    .ok_or_else(|| ApiError::internal(&"matched row vanished"))?;
+                let resource = open(&*tx, ctx, &row)?;
+                return Ok(Outcome::of_version(
+                    StatusCode::OK,
+                    &p.rt,
+                    one,
+                    row.version,
+                    row.last_updated_micros,
+                    Some(resource),
+                ));
+            }
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    IssueCode::Duplicate,
+                    "If-None-Exist matches more than one resource",
+                ));
+            }
+        }
+    }
+    if tx.current(&p.rt, p.id.as_str())?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            IssueCode::Duplicate,
+            "a resource with this id already exists",
+        ));
+    }
+    let now = ctx.clock.now_micros();
+    let (rt, id) = (p.rt.clone(), p.id.to_string());
+    let stored = commit(tx, ctx, p, 1, now)?;
+    Ok(Outcome::of_version(
+        StatusCode::CREATED,
+        &rt,
+        &id,
+        1,
+        now,
+        Some(stored),
+    ))
+}
+
+/// Update (or create with a client-chosen id), with an optional `If-Match` version.
+///
+/// # Errors
+/// 412 when `if_match` is not the current version.
+pub fn update(
+    tx: &mut dyn StoreTx,
+    ctx: &Ctx,
+    p: Prepared,
+    if_match: Option<u64>,
+) -> Result<Outcome, ApiError> {
+    let current = tx.current(&p.rt, p.id.as_str())?;
+    if let Some(expected) = if_match {
+        let live = current.as_ref().filter(|c| !c.deleted).map(|c| c.version);
+        if live != Some(expected) {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                IssueCode::Conflict,
+                "If-Match does not name the current version; read the resource again and retry",
+            ));
+        }
+    }
+    let (version, status) = match &current {
+        Some(c) if !c.deleted => (c.version + 1, StatusCode::OK),
+        Some(c) => (c.version + 1, StatusCode::CREATED),
+        None => (1, StatusCode::CREATED),
+    };
+    let now = ctx.clock.now_micros();
+    let (rt, id) = (p.rt.clone(), p.id.to_string());
+    let stored = commit(tx, ctx, p, version, now)?;
+    Ok(Outcome::of_version(
+        status,
+        &rt,
+        &id,
+        version,
+        now,
+        Some(stored),
+    ))
+}
+
+/// Delete: appends a delete marker. Deleting a deleted resource succeeds and changes nothing.
+///
+/// # Errors
+/// 404 when the resource never existed.
+pub fn delete(
+    tx: &mut dyn StoreTx,
+    ctx: &Ctx,
+    rt: &str,
+    id: &ResourceId,
+) -> Result<Outcome, ApiError> {
+    let Some(current) = tx.current(rt, id.as_str())? else {
+        return Err(ApiError::not_found(format!("{rt}/{id} does not exist")));
+    };
+    if current.deleted {
+        return Ok(Outcome::message(
+            StatusCode::OK,
+            IssueCode::Informational,
+            "already deleted",
+        ));
+    }
+    let now = ctx.clock.now_micros();
+    let version = current.version + 1;
+    tx.put_version(
+        &StoredVersion {
+            resource_type: rt.to_owned(),
+            id: id.to_string(),
+            version,
+            last_updated_micros: now,
+            key_name: current.key_name,
+            key_version: 0,
+            body: None,
+            shredded: false,
+        },
+        &[],
+    )?;
+    let mut out = Outcome::of_version(StatusCode::OK, rt, id.as_str(), version, now, None);
+    out.resource = Some(crate::error::operation_outcome(
+        "information",
+        IssueCode::Informational,
+        "deleted",
+        &[],
+    ));
+    Ok(out)
+}
+
+/// Opens a stored version.
+///
+/// # Errors
+/// 410 for delete markers and erased compartments; 500 if the ciphertext fails to authenticate
+/// (tampering), logged with its row identity.
+pub fn open(store: &dyn StoreRead, ctx: &Ctx, row: &StoredVersion) -> Result<Value, ApiError> {
+    if row.shredded {
+        return Err(ApiError::gone("this patient's data was erased"));
+    }
+    let Some(body) = &row.body else {
+        return Err(ApiError::gone(format!(
+            "{}/{} was deleted",
+            row.resource_type, row.id
+        )));
+    };
+    let key = ctx.keys.for_read(store, &row.key_name).map_err(key_error)?;
+    let aad = RecordAad {
+        tenant: ctx.keys.tenant(),
+        resource_type: &row.resource_type,
+        id: &row.id,
+        version: row.version,
+    };
+    let plain = key.open(&aad, body).map_err(|_| {
+        ApiError::internal(&format!(
+            "integrity failure: {}/{} version {} does not authenticate",
+            row.resource_type, row.id, row.version
+        ))
+    })?;
+    serde_json::from_slice(&plain).map_err(|e| ApiError::internal(&e))
+}
+
+/// Read or vread.
+///
+/// # Errors
+/// 404 unknown, 410 deleted or erased.
+pub fn read(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &str,
+    id: &ResourceId,
+    version: Option<u64>,
+) -> Result<Outcome, ApiError> {
+    let Some(row) = store.version(rt, id.as_str(), version)? else {
+        return Err(ApiError::not_found(match version {
+            Some(v) => format!("{rt}/{id} has no version {v}"),
+            None => format!("{rt}/{id} is not known"),
+        }));
+    };
+    let resource = open(store, ctx, &row)?;
+    Ok(Outcome::of_version(
+        StatusCode::OK,
+        rt,
+        id.as_str(),
+        row.version,
+        row.last_updated_micros,
+        Some(resource),
+    ))
+}
+
+/// History of one resource or of a whole type, as a `history` Bundle.
+///
+/// # Errors
+/// 404 for an unknown resource, 410 when the resource's patient was erased.
+pub fn history(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &str,
+    id: Option<&ResourceId>,
+    paging: search::Paging,
+    base: &str,
+) -> Result<Value, ApiError> {
+    let page = store.history(rt, id.map(ResourceId::as_str), paging.offset, paging.count)?;
+    if let Some(id) = id {
+        if page.total == 0 {
+            return Err(ApiError::not_found(format!("{rt}/{id} is not known")));
+        }
+        if page.rows.iter().any(|r| r.shredded) {
+            return Err(ApiError::gone("this patient's data was erased"));
+        }
+    }
+    let mut entries = Vec::new();
+    for row in page.rows.iter().filter(|r| !r.shredded) {
+        let full_url = format!("{base}/{}/{}", row.resource_type, row.id);
+        let (method, status) = match (&row.body, row.version) {
+            (None, _) => ("DELETE", "204"),
+            (Some(_), 1) => ("POST", "201"),
+            (Some(_), _) => ("PUT", "200"),
+        };
+        let mut entry = json!({
+            "fullUrl": full_url,
+            "request": {"method": method, "url": if method == "POST" { row.resource_type.clone() } else { format!("{}/{}", row.resource_type, row.id) }},
+            "response": {"status": status, "etag": format!("W/\"{}\"", row.version), "lastModified": instant(row.last_updated_micros)},
+        });
+        if row.body.is_some() {
+            entry["resource"] = open(store, ctx, row)?;
+        }
+        entries.push(entry);
+    }
+    let self_path = match id {
+        Some(id) => format!("{base}/{rt}/{id}/_history"),
+        None => format!("{base}/{rt}/_history"),
+    };
+    Ok(search::bundle(
+        "history",
+        entries,
+        page.total,
+        &self_path,
+        &[],
+        paging,
+    ))
+}

@@ -1,0 +1,132 @@
+//! FHIR REST paths (relative to `/fhir`), parsed once for HTTP requests and Bundle entries alike.
+
+use axum::http::{Method, StatusCode};
+use medvault_core::{ResourceId, VersionId};
+
+use crate::error::{ApiError, IssueCode};
+
+/// What a FHIR path names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `/` (Bundles).
+    System,
+    /// `/metadata`.
+    Metadata,
+    /// `/{type}`.
+    Type(String),
+    /// `/{type}/_search`.
+    TypeSearch(String),
+    /// `/{type}/_history`.
+    TypeHistory(String),
+    /// `/{type}/{id}`.
+    Instance(String, ResourceId),
+    /// `/{type}/{id}/_history`.
+    InstanceHistory(String, ResourceId),
+    /// `/{type}/{id}/_history/{vid}`.
+    Version(String, ResourceId, VersionId),
+}
+
+fn type_name(s: &str) -> Result<String, ApiError> {
+    medvault_core::ResourceType::new(s)
+        .map(|t| t.as_str().to_owned())
+        .map_err(|_| ApiError::not_found("unknown resource type"))
+}
+
+fn id(s: &str) -> Result<ResourceId, ApiError> {
+    crate::ops::parse_id(s)
+}
+
+/// Parses a path relative to the FHIR base (leading and trailing `/` ignored).
+///
+/// # Errors
+/// 404 for paths that name nothing; 400 for malformed ids or version ids.
+pub fn parse_path(path: &str) -> Result<Target, ApiError> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    Ok(match segs.as_slice() {
+        [] => Target::System,
+        ["metadata"] => Target::Metadata,
+        [t] => Target::Type(type_name(t)?),
+        [t, "_search"] => Target::TypeSearch(type_name(t)?),
+        [t, "_history"] => Target::TypeHistory(type_name(t)?),
+        [t, i] => Target::Instance(type_name(t)?, id(i)?),
+        [t, i, "_history"] => Target::InstanceHistory(type_name(t)?, id(i)?),
+        [t, i, "_history", v] => Target::Version(
+            type_name(t)?,
+            id(i)?,
+            VersionId::parse(v).map_err(|e| ApiError::bad_request(e.to_string()))?,
+        ),
+        _ => return Err(ApiError::not_found("no such FHIR endpoint")),
+    })
+}
+
+/// 405 for a method the target does not support.
+pub fn method_not_allowed(method: &Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        IssueCode::NotSupported,
+        format!("{method} is not supported on this endpoint"),
+    )
+}
+
+/// Parses `W/"3"` or `"3"` (an `If-Match` / `ifMatch` value).
+///
+/// # Errors
+/// 400 when it is not a version ETag.
+pub fn parse_etag(text: &str) -> Result<u64, ApiError> {
+    let t = text.trim();
+    let t = t.strip_prefix("W/").unwrap_or(t);
+    let t = t
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(t);
+    VersionId::parse(t).map(VersionId::get).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::Invalid,
+            "If-Match must be a version ETag such as W/\"3\"",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(parse_path("/").unwrap(), Target::System);
+        assert_eq!(
+            parse_path("Patient").unwrap(),
+            Target::Type("Patient".into())
+        );
+        assert!(
+            matches!(parse_path("Patient/1/_history/2").unwrap(), Target::Version(_, _, v) if v.get() == 2)
+        );
+        assert_eq!(
+            parse_path("Patient/bad id").unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            parse_path("Patient/1/_history/x").unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            parse_path("patient").unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            parse_path("a/b/c/d/e").unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn etags() {
+        assert_eq!(parse_etag("W/\"3\"").unwrap(), 3);
+        assert_eq!(parse_etag("\"3\"").unwrap(), 3);
+        assert_eq!(parse_etag("3").unwrap(), 3);
+        for bad in ["", "W/\"\"", "W/\"x\"", "\"0\""] {
+            assert!(parse_etag(bad).is_err(), "{bad}");
+        }
+    }
+}

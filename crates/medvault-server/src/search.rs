@@ -1,0 +1,377 @@
+//! Search: query parsing, the blind-index lookup, exact re-checking after decryption, paging.
+
+use axum::http::StatusCode;
+use medvault_fhir::Clause;
+use medvault_store::{IndexQuery, SortOrder, StoreRead};
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, IssueCode};
+use crate::ops::{Ctx, open};
+
+/// Default page size.
+pub const DEFAULT_COUNT: u64 = 20;
+/// Largest page size a client may ask for.
+pub const MAX_COUNT: u64 = 1000;
+/// Candidates a search that needs filtering after decryption may examine before it is refused
+/// as too costly.
+pub const MAX_CANDIDATES: u64 = 10_000;
+
+/// Offset and page size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paging {
+    /// Matches skipped.
+    pub offset: u64,
+    /// Page size.
+    pub count: u64,
+}
+
+impl Default for Paging {
+    fn default() -> Self {
+        Self {
+            offset: 0,
+            count: DEFAULT_COUNT,
+        }
+    }
+}
+
+/// Splits an `a=1&b=2` query string into decoded pairs.
+pub fn parse_query_string(q: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(q.trim_start_matches('?').as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// A parsed search.
+#[derive(Debug, Default)]
+pub struct SearchRequest {
+    clauses: Vec<Clause>,
+    ids: Option<Vec<String>>,
+    updated_from: Option<i64>,
+    updated_to: Option<i64>,
+    sort: SortOrder,
+    /// Paging.
+    pub paging: Paging,
+    summary_count: bool,
+    /// Parameters ignored under lenient handling.
+    pub ignored: Vec<String>,
+    /// The parameters that were applied, for the `self` link.
+    pub applied: Vec<(String, String)>,
+}
+
+fn number(name: &str, v: &str) -> Result<u64, ApiError> {
+    v.parse::<u64>()
+        .map_err(|_| ApiError::bad_request(format!("{name} must be a non-negative integer")))
+}
+
+fn last_updated_window(req: &mut SearchRequest, value: &str) -> Result<(), ApiError> {
+    let invalid = || {
+        ApiError::bad_request(
+            "_lastUpdated must be a FHIR date with an optional eq/gt/lt/ge/le prefix",
+        )
+    };
+    let (cmp, rest) = match value.get(..2) {
+        Some(p @ ("eq" | "gt" | "lt" | "ge" | "le")) => (p, &value[2..]),
+        _ => ("eq", value),
+    };
+    let (s, e) = medvault_fhir_date(rest).ok_or_else(invalid)?;
+    let (s, e) = (s.saturating_mul(1_000_000), e.saturating_mul(1_000_000));
+    let (from, to) = match cmp {
+        "eq" => (Some(s), Some(e)),
+        "gt" => (Some(e), None),
+        "ge" => (Some(s), None),
+        "lt" => (None, Some(s)),
+        _ => (None, Some(e)), // le
+    };
+    if let Some(f) = from {
+        req.updated_from = Some(req.updated_from.map_or(f, |x| x.max(f)));
+    }
+    if let Some(t) = to {
+        req.updated_to = Some(req.updated_to.map_or(t, |x| x.min(t)));
+    }
+    Ok(())
+}
+
+/// Date ranges as the FHIR crate parses them (`[start, end)` Unix seconds).
+fn medvault_fhir_date(text: &str) -> Option<(i64, i64)> {
+    medvault_fhir::date_range(text)
+}
+
+/// Parses search parameters for `rt`. Unknown parameters are ignored (and reported) unless
+/// `strict`, which makes them a 400, as `Prefer: handling=strict` asks.
+///
+/// # Errors
+/// 400 for malformed values, unsupported modifiers, and unknown parameters when strict.
+pub fn parse(
+    ctx: &Ctx,
+    rt: &str,
+    params: &[(String, String)],
+    strict: bool,
+) -> Result<SearchRequest, ApiError> {
+    let info = ctx
+        .fhir
+        .type_info(rt)
+        .ok_or_else(|| ApiError::not_found("unknown resource type"))?;
+    let mut req = SearchRequest::default();
+    for (raw_name, value) in params {
+        let (name, modifier) = match raw_name.split_once(':') {
+            Some((n, m)) => (n, Some(m)),
+            None => (raw_name.as_str(), None),
+        };
+        let mut applied = true;
+        match name {
+            "_id" => {
+                let ids: Vec<String> = value.split(',').map(str::to_owned).collect();
+                req.ids = Some(match req.ids.take() {
+                    Some(prev) => prev.into_iter().filter(|i| ids.contains(i)).collect(),
+                    None => ids,
+                });
+            }
+            "_lastUpdated" => last_updated_window(&mut req, value)?,
+            "_count" => req.paging.count = number("_count", value)?.min(MAX_COUNT),
+            "_offset" => req.paging.offset = number("_offset", value)?,
+            "_sort" => {
+                req.sort = match value.as_str() {
+                    "_lastUpdated" => SortOrder::LastUpdatedAsc,
+                    "-_lastUpdated" => SortOrder::LastUpdatedDesc,
+                    "_id" => SortOrder::IdAsc,
+                    "-_id" => SortOrder::IdDesc,
+                    _ => {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            IssueCode::NotSupported,
+                            "_sort supports _lastUpdated, -_lastUpdated, _id and -_id",
+                        ));
+                    }
+                }
+            }
+            "_summary" if value == "count" => req.summary_count = true,
+            "_format" | "_pretty" | "_total" => applied = false,
+            _ => match info.params.get(name) {
+                Some(p) => {
+                    let clause = p.parse_clause(modifier, value).map_err(|e| {
+                        ApiError::bad_request(format!("search parameter {name}: {e}"))
+                    })?;
+                    req.clauses.push(clause);
+                }
+                None if strict => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        IssueCode::NotSupported,
+                        format!(
+                            "unknown or unsupported search parameter '{name}' for {rt} (Prefer: handling=strict)"
+                        ),
+                    ));
+                }
+                None => {
+                    req.ignored.push(name.to_owned());
+                    applied = false;
+                }
+            },
+        }
+        if applied {
+            req.applied.push((raw_name.clone(), value.clone()));
+        }
+    }
+    Ok(req)
+}
+
+/// Runs a parsed search: returns the page of resources and the total number of matches.
+///
+/// # Errors
+/// 400 `too-costly` when a search that must be filtered after decryption has more than
+/// [`MAX_CANDIDATES`] candidates; store and key errors.
+pub fn execute(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &str,
+    req: &SearchRequest,
+) -> Result<(Vec<Value>, u64), ApiError> {
+    let info = ctx
+        .fhir
+        .type_info(rt)
+        .ok_or_else(|| ApiError::not_found("unknown resource type"))?;
+    let mut clauses = Vec::with_capacity(req.clauses.len());
+    for c in &req.clauses {
+        let blinded = ctx
+            .keys
+            .blind(rt, &c.param, c.keys())
+            .map_err(|e| ApiError::internal(&e))?;
+        clauses.push((c.param.clone(), blinded));
+    }
+    let exact = req.clauses.iter().all(Clause::exact);
+    let mut q = IndexQuery {
+        resource_type: rt.to_owned(),
+        clauses,
+        ids: req.ids.clone(),
+        updated_from: req.updated_from,
+        updated_to: req.updated_to,
+        sort: req.sort,
+        offset: 0,
+        limit: 0,
+    };
+    let keep = |v: &Value| {
+        req.clauses
+            .iter()
+            .all(|c| info.params.get(&c.param).is_some_and(|p| p.matches(c, v)))
+    };
+    if exact {
+        // The index answers exactly: let the database count and page.
+        q.offset = req.paging.offset;
+        q.limit = if req.summary_count {
+            0
+        } else {
+            req.paging.count
+        };
+        let page = store.search(&q)?;
+        let mut out = Vec::with_capacity(page.rows.len());
+        for row in &page.rows {
+            let v = open(store, ctx, row)?;
+            if keep(&v) {
+                out.push(v);
+            }
+        }
+        return Ok((out, page.total));
+    }
+    // Coarse index (dates, long strings): fetch the candidates, filter exactly, then page.
+    q.limit = MAX_CANDIDATES + 1;
+    let page = store.search(&q)?;
+    if page.total > MAX_CANDIDATES {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::TooCostly,
+            "this search matches too many candidates to filter; add a narrower parameter",
+        ));
+    }
+    let mut matched = Vec::new();
+    for row in &page.rows {
+        let v = open(store, ctx, row)?;
+        if keep(&v) {
+            matched.push(v);
+        }
+    }
+    let total = matched.len() as u64;
+    let start = usize::try_from(req.paging.offset).unwrap_or(usize::MAX);
+    let count = if req.summary_count {
+        0
+    } else {
+        usize::try_from(req.paging.count).unwrap_or(usize::MAX)
+    };
+    Ok((matched.into_iter().skip(start).take(count).collect(), total))
+}
+
+/// Ids of up to `limit` resources matching a query, for conditional interactions (parsed
+/// strictly: a condition that cannot be evaluated must not silently match everything).
+///
+/// # Errors
+/// As [`parse`] and [`execute`].
+pub fn matching_ids(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &str,
+    params: &[(String, String)],
+    limit: u64,
+) -> Result<Vec<String>, ApiError> {
+    if params.is_empty() {
+        return Err(ApiError::bad_request(
+            "a conditional request needs search parameters",
+        ));
+    }
+    let mut req = parse(ctx, rt, params, true)?;
+    req.paging = Paging {
+        offset: 0,
+        count: limit,
+    };
+    let (rows, _) = execute(store, ctx, rt, &req)?;
+    Ok(rows
+        .iter()
+        .filter_map(|v| v.get("id").and_then(Value::as_str).map(str::to_owned))
+        .collect())
+}
+
+fn link(relation: &str, path: &str, params: &[(String, String)], offset: u64, count: u64) -> Value {
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        if k != "_count" && k != "_offset" {
+            ser.append_pair(k, v);
+        }
+    }
+    ser.append_pair("_count", &count.to_string());
+    ser.append_pair("_offset", &offset.to_string());
+    json!({"relation": relation, "url": format!("{path}?{}", ser.finish())})
+}
+
+/// Assembles a `searchset` or `history` Bundle with paging links.
+pub fn bundle(
+    kind: &str,
+    entries: Vec<Value>,
+    total: u64,
+    path: &str,
+    params: &[(String, String)],
+    paging: Paging,
+) -> Value {
+    let Paging { offset, count } = paging;
+    let mut links = vec![link("self", path, params, offset, count)];
+    if count > 0 {
+        links.push(link("first", path, params, 0, count));
+        if offset + count < total {
+            links.push(link("next", path, params, offset + count, count));
+        }
+        if offset > 0 {
+            links.push(link(
+                "previous",
+                path,
+                params,
+                offset.saturating_sub(count),
+                count,
+            ));
+        }
+    }
+    json!({
+        "resourceType": "Bundle",
+        "type": kind,
+        "total": total,
+        "link": links,
+        "entry": entries,
+    })
+}
+
+/// A full search: parse, run, and build the `searchset` Bundle.
+///
+/// # Errors
+/// As [`parse`] and [`execute`].
+pub fn search_bundle(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &str,
+    params: &[(String, String)],
+    strict: bool,
+    base: &str,
+) -> Result<Value, ApiError> {
+    let req = parse(ctx, rt, params, strict)?;
+    let (resources, total) = execute(store, ctx, rt, &req)?;
+    let mut entries: Vec<Value> = resources
+        .into_iter()
+        .map(|r| {
+            let id = r.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+            json!({"fullUrl": format!("{base}/{rt}/{id}"), "resource": r, "search": {"mode": "match"}})
+        })
+        .collect();
+    if !req.ignored.is_empty() {
+        let text = format!(
+            "ignored unknown search parameter(s): {}",
+            req.ignored.join(", ")
+        );
+        entries.push(json!({
+            "resource": crate::error::operation_outcome("warning", IssueCode::NotSupported, &text, &[]),
+            "search": {"mode": "outcome"},
+        }));
+    }
+    Ok(bundle(
+        "searchset",
+        entries,
+        total,
+        &format!("{base}/{rt}"),
+        &req.applied,
+        req.paging,
+    ))
+}
