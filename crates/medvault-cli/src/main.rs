@@ -148,7 +148,15 @@ fn passphrase() -> Option<Passphrase> {
         .and_then(Passphrase::new)
 }
 
-fn open_node(dir: &Path) -> anyhow::Result<Node> {
+/// Opens the node in `dir`; with `must_exist`, refuses to create one (administrative commands
+/// on a mistyped directory must not silently start a new, empty node).
+fn open_node(dir: &Path, must_exist: bool) -> anyhow::Result<Node> {
+    if must_exist && !dir.join(KEY_FILE).exists() {
+        bail!(
+            "no medvault node in {}: check --data-dir (a node is created by `medvault serve --data-dir DIR`)",
+            dir.display()
+        );
+    }
     let node = Node::open(dir, passphrase().as_ref())
         .with_context(|| format!("cannot open the node in {}", dir.display()))?;
     if node.created && node.key_file_kind == KeyFileKind::Unprotected {
@@ -249,7 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             log_format,
         } => {
             init_logging(log_format);
-            let node = open_node(&dir.data_dir)?;
+            let node = open_node(&dir.data_dir, false)?;
             if !node.created && node.key_file_kind == KeyFileKind::Unprotected {
                 tracing::warn!(
                     "the root key file is not sealed with a passphrase (MEDVAULT_PASSPHRASE)"
@@ -271,7 +279,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token {
             command: TokenCommand::Create { dir, role },
         } => {
-            let node = open_node(&dir.data_dir)?;
+            let node = open_node(&dir.data_dir, false)?;
             let role = match role {
                 RoleArg::Admin => Role::Admin,
             };
@@ -286,14 +294,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys {
             command: KeysCommand::Rotate { dir },
         } => {
-            let node = open_node(&dir.data_dir)?;
+            let node = open_node(&dir.data_dir, true)?;
             let (version, n) = rotate(&node)?;
             println!("KEK v{version} added; {n} data key(s) rewrapped under it");
         }
         Command::Patient {
             command: PatientCommand::Erase { dir, patient_id },
         } => {
-            let node = open_node(&dir.data_dir)?;
+            ResourceId::new(&patient_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let node = open_node(&dir.data_dir, true)?;
             println!("{}", erase(&node, &patient_id)?);
         }
     }

@@ -191,10 +191,10 @@ fn split_values(raw: &str) -> Vec<String> {
     while let Some(c) = chars.next() {
         match c {
             '\\' => {
-                if let Some(n) = chars.next() {
-                    if let Some(last) = out.last_mut() {
-                        last.push(n);
-                    }
+                if let Some(n) = chars.next()
+                    && let Some(last) = out.last_mut()
+                {
+                    last.push(n);
                 }
             }
             ',' => out.push(String::new()),

@@ -136,19 +136,16 @@ fn writer_loop(conn: Connection, receiver: &Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let results = run_group(&conn, &mut jobs);
-        for (job, result) in jobs.into_iter().zip(results) {
-            let _ = job.reply.send(result);
+        let (ops, replies): (Vec<WriteOp>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
+        let results = run_group(&conn, ops);
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
         }
     }
 }
 
 /// Runs a group of ops in one transaction, each in its own savepoint, and commits once.
-fn run_group(conn: &Connection, jobs: &mut Vec<Job>) -> Vec<Result<(), StoreError>> {
-    let ops: Vec<WriteOp> = jobs
-        .iter_mut()
-        .map(|j| std::mem::replace(&mut j.op, Box::new(|_| Ok(()))))
-        .collect();
+fn run_group(conn: &Connection, ops: Vec<WriteOp>) -> Vec<Result<(), StoreError>> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let msg = e.to_string();
         return ops

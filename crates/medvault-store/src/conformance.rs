@@ -5,8 +5,11 @@ use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 
 use crate::{IndexEntry, IndexQuery, SortOrder, Store, StoreError, StoredVersion, write_with};
 
+/// One conformance check: panics when the backend breaks the contract.
+pub type Check = fn(&dyn Store);
+
 /// Every conformance check, by name, for backends' test harnesses.
-pub const CHECKS: &[(&str, fn(&dyn Store))] = &[
+pub const CHECKS: &[(&str, Check)] = &[
     ("meta_round_trip", meta_round_trip),
     ("keks_are_versioned", keks_are_versioned),
     ("versions_and_history", versions_and_history),

@@ -1,0 +1,49 @@
+use crate::cli;
+
+#[test]
+fn every_command_has_help_that_teaches() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["token", "--help"],
+        vec!["token", "create", "--help"],
+        vec!["keys", "--help"],
+        vec!["keys", "rotate", "--help"],
+        vec!["patient", "--help"],
+        vec!["patient", "erase", "--help"],
+    ] {
+        let (ok, out, _) = cli(&args, &[]);
+        assert!(ok, "{args:?}");
+        assert!(out.contains("Usage:"), "{args:?}: {out}");
+        if args.len() > 2 || args[0] == "serve" {
+            assert!(
+                out.contains("Example") && out.contains("--data-dir"),
+                "{args:?}: {out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_arguments_fail_with_a_message() {
+    let (ok, _, err) = cli(&["token", "create", "--role", "superuser"], &[]);
+    assert!(!ok);
+    assert!(err.contains("superuser"));
+    let (ok, _, err) = cli(&["serve", "--listen", "not-an-address"], &[]);
+    assert!(!ok);
+    assert!(err.contains("--listen"));
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, _, err) = cli(
+        &[
+            "patient",
+            "erase",
+            "--data-dir",
+            tmp.path().to_str().unwrap(),
+            "bad id!",
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.starts_with("medvault: error:"));
+}
