@@ -33,6 +33,11 @@ const SEARCH_PARAMETERS: &str = include_str!("../data/search-parameters.json");
 const PATIENT_COMPARTMENT: &str = include_str!("../data/compartmentdefinition-patient.json");
 const RESOURCE_TYPES: &str = include_str!("../data/resource-types.txt");
 
+/// Parameters whose defined matching medvault does not implement, so they are not offered:
+/// `phonetic` asks for sound-alike matching (Soundex, Metaphone…), which a plain string index
+/// would silently get wrong.
+const NOT_IMPLEMENTED: &[&str] = &["phonetic"];
+
 /// Errors loading the definitions (they are compiled in, so only a broken build can cause one).
 #[derive(Debug, thiserror::Error)]
 pub enum FhirError {
@@ -122,6 +127,7 @@ impl Fhir {
                 if applies
                     && let Some(p) = SearchParam::from_definition(def, t)
                     && !p.code.starts_with('_')
+                    && !NOT_IMPLEMENTED.contains(&p.code.as_str())
                 {
                     by_code.insert(p.code.clone(), p);
                 }

@@ -6,7 +6,7 @@
 //!
 //! | type | keys |
 //! |---|---|
-//! | string | `e:<exact text>`, `p:<first 1..=8 chars of the normalized text>` |
+//! | string | `e:<exact text>`, `p:<first 1, 2, 3, 4, 6, 8 chars of the normalized text>` |
 //! | token | `c:<code>`, `s:<system>`, `sc:<system>|<code>`, `nc:<code>` (code without system) |
 //! | reference | `r:<Type>/<id>` |
 //! | date | `y:<year>` (≤ 10 years) or `y:wide`; `m:<year-month>` (≤ 12 months) or `m:wide` |
@@ -17,9 +17,11 @@ use unicode_normalization::UnicodeNormalization as _;
 use crate::date;
 use crate::path::{Expr, Node, local_reference};
 
-/// Normalized characters covered by string prefix keys; longer queries are narrowed by their
-/// first 8 characters and then filtered exactly after decryption.
-pub(crate) const PREFIX_CHARS: usize = 8;
+/// Prefix lengths (in normalized characters) that get an index key. A query whose length is in
+/// this list is answered exactly by the index; any other is narrowed by the longest listed
+/// prefix it has and filtered exactly after decryption. Fewer lengths mean fewer index rows per
+/// value (each a random B-tree insert) and less prefix leakage.
+pub(crate) const PREFIX_LENGTHS: [usize; 6] = [1, 2, 3, 4, 6, 8];
 /// Above this many months a date window is searched through year buckets.
 const MAX_QUERY_MONTHS: usize = 36;
 
@@ -287,7 +289,8 @@ impl SearchParam {
                 Extracted::Str(s) => {
                     keys.push(key("e", &[&s]));
                     let n = normalize(&s);
-                    for len in 1..=PREFIX_CHARS.min(n.chars().count()) {
+                    let chars = n.chars().count();
+                    for len in PREFIX_LENGTHS.into_iter().filter(|&l| l <= chars) {
                         keys.push(key("p", &[prefix(&n, len)]));
                     }
                 }
@@ -346,10 +349,15 @@ impl SearchParam {
                 match modifier {
                     None => {
                         let n = normalize(value);
-                        let short = n.chars().count() <= PREFIX_CHARS;
+                        let chars = n.chars().count();
+                        let len = PREFIX_LENGTHS
+                            .into_iter()
+                            .filter(|&l| l <= chars)
+                            .max()
+                            .unwrap_or(1);
                         Ok(Alternative {
-                            keys: vec![key("p", &[prefix(&n, PREFIX_CHARS)])],
-                            exact: short,
+                            keys: vec![key("p", &[prefix(&n, len)])],
+                            exact: len == chars,
                             matcher: Matcher::Prefix(n),
                         })
                     }

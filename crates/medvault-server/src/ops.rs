@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use medvault_core::{Compartment, ResourceId};
+use medvault_crypto::BlindValue;
 use medvault_crypto::RecordAad;
 use medvault_fhir::Fhir;
-use medvault_store::{IndexEntry, StoreRead, StoreTx, StoredVersion};
+use medvault_store::{StoreRead, StoreTx, StoredVersion};
 use serde_json::{Map, Value, json};
 
 use crate::clock::{Clock, instant};
@@ -87,7 +88,7 @@ pub struct Prepared {
     id: ResourceId,
     resource: Value,
     compartment: Compartment,
-    index: Vec<IndexEntry>,
+    index: Vec<BlindValue>,
 }
 
 impl Prepared {
@@ -205,10 +206,7 @@ pub fn prepare(
                 continue;
             }
             let blinded = ctx.keys.blind(rt, code, &keys).map_err(key_error)?;
-            index.extend(blinded.into_iter().map(|value| IndexEntry {
-                param: code.clone(),
-                value,
-            }));
+            index.extend(blinded);
         }
     }
     Ok(Prepared {

@@ -196,7 +196,7 @@ pub fn execute(
             .keys
             .blind(rt, &c.param, c.keys())
             .map_err(|e| ApiError::internal(&e))?;
-        clauses.push((c.param.clone(), blinded));
+        clauses.push(blinded);
     }
     let exact = req.clauses.iter().all(Clause::exact);
     let mut q = IndexQuery {

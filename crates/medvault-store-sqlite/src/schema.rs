@@ -24,18 +24,22 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;
      CREATE INDEX versions_by_time ON versions (rtype, last_updated);
      CREATE TABLE current (
+        rid INTEGER PRIMARY KEY,
         rtype TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
         last_updated INTEGER NOT NULL, deleted INTEGER NOT NULL, key_name TEXT NOT NULL,
         shredded INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (rtype, id)
-     ) WITHOUT ROWID;
+        index_values BLOB,
+        UNIQUE (rtype, id)
+     );
      CREATE INDEX current_by_time ON current (rtype, last_updated);
      CREATE INDEX current_by_key ON current (key_name);
+     -- Blind index: a value is keyed per (type, parameter) by its derivation, so the value alone
+     -- names its parameter; rows point at current.rid. current.index_values keeps the resource's
+     -- own values (concatenated) so they can be removed on update or erasure.
      CREATE TABLE idx (
-        rtype TEXT NOT NULL, param TEXT NOT NULL, value BLOB NOT NULL, id TEXT NOT NULL,
-        PRIMARY KEY (rtype, param, value, id)
+        value BLOB NOT NULL, rid INTEGER NOT NULL,
+        PRIMARY KEY (value, rid)
      ) WITHOUT ROWID;
-     CREATE INDEX idx_by_resource ON idx (rtype, id);
      CREATE TABLE tokens (
         hash BLOB PRIMARY KEY, token_id TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
         created INTEGER NOT NULL

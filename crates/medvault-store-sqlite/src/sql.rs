@@ -1,9 +1,9 @@
 //! SQL shared by the pooled readers and the writer's transaction.
 
-use medvault_crypto::{BlindValue, Sealed, WrappedKey};
+use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
 use medvault_store::{
-    CurrentMeta, DataKeyRow, IndexEntry, IndexQuery, SearchPage, SortOrder, StoreError, StoreRead,
-    StoreTx, StoredVersion, TokenRow,
+    CurrentMeta, DataKeyRow, IndexQuery, SearchPage, SortOrder, StoreError, StoreRead, StoreTx,
+    StoredVersion, TokenRow,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension as _, Row, params, params_from_iter};
@@ -175,10 +175,14 @@ fn placeholders(args: &mut Vec<Value>, values: impl Iterator<Item = Value>) -> S
 
 pub(crate) fn search(c: &Connection, q: &IndexQuery) -> Result<SearchPage, StoreError> {
     let mut args: Vec<Value> = vec![q.resource_type.clone().into()];
-    let mut filter = String::from("c.rtype = ?1 AND c.deleted = 0 AND c.shredded = 0");
-    for (param, values) in &q.clauses {
-        args.push(param.clone().into());
-        let p = args.len();
+    // With index clauses, the unary `+` keeps the planner from scanning the whole type by
+    // `rtype` and makes it drive the query from the blind-index lookups instead.
+    let mut filter = if q.clauses.is_empty() {
+        String::from("c.rtype = ?1 AND c.deleted = 0 AND c.shredded = 0")
+    } else {
+        String::from("+c.rtype = ?1 AND c.deleted = 0 AND c.shredded = 0")
+    };
+    for values in &q.clauses {
         let list = placeholders(
             &mut args,
             values
@@ -190,7 +194,7 @@ pub(crate) fn search(c: &Connection, q: &IndexQuery) -> Result<SearchPage, Store
             continue;
         }
         filter.push_str(&format!(
-            " AND c.id IN (SELECT id FROM idx WHERE rtype = ?1 AND param = ?{p} AND value IN ({list}))"
+            " AND c.rid IN (SELECT rid FROM idx WHERE value IN ({list}))"
         ));
     }
     if let Some(ids) = &q.ids {
@@ -255,6 +259,18 @@ pub(crate) fn token(c: &Connection, hash: &[u8; 32]) -> Result<Option<TokenRow>,
             .optional()
         })
         .map_err(backend)
+}
+
+/// Removes a resource's index rows, given its concatenated values.
+fn remove_index(c: &Connection, rid: i64, values: Option<&[u8]>) -> Result<(), StoreError> {
+    let Some(values) = values else { return Ok(()) };
+    let mut del = c
+        .prepare_cached("DELETE FROM idx WHERE value = ?1 AND rid = ?2")
+        .map_err(backend)?;
+    for v in values.chunks_exact(BLIND_LEN) {
+        del.execute(params![v, rid]).map_err(backend)?;
+    }
+    Ok(())
 }
 
 /// The writer's view of one op's savepoint.
@@ -352,14 +368,19 @@ impl StoreTx for Tx<'_> {
             [name],
         )
         .map_err(backend)?;
-        c.execute(
-            "DELETE FROM idx WHERE (rtype, id) IN (SELECT rtype, id FROM current WHERE key_name = ?1)",
-            [name],
-        )
-        .map_err(backend)?;
+        let owned: Vec<(i64, Option<Vec<u8>>)> = c
+            .prepare_cached("SELECT rid, index_values FROM current WHERE key_name = ?1")
+            .and_then(|mut s| {
+                s.query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(backend)?;
+        for (rid, values) in &owned {
+            remove_index(c, *rid, values.as_deref())?;
+        }
         let n = c
             .execute(
-                "UPDATE current SET shredded = 1 WHERE key_name = ?1",
+                "UPDATE current SET shredded = 1, index_values = NULL WHERE key_name = ?1",
                 [name],
             )
             .map_err(backend)?;
@@ -367,7 +388,7 @@ impl StoreTx for Tx<'_> {
         Ok(n as u64)
     }
 
-    fn put_version(&mut self, v: &StoredVersion, index: &[IndexEntry]) -> Result<(), StoreError> {
+    fn put_version(&mut self, v: &StoredVersion, index: &[BlindValue]) -> Result<(), StoreError> {
         let c = self.conn;
         let version = to_i64(v.version);
         c.prepare_cached(
@@ -386,35 +407,55 @@ impl StoreTx for Tx<'_> {
             ])
         })
         .map_err(backend)?;
-        c.prepare_cached(
-            "INSERT INTO current (rtype, id, version, last_updated, deleted, key_name)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (rtype, id) DO UPDATE SET version = excluded.version,
-               last_updated = excluded.last_updated, deleted = excluded.deleted,
-               key_name = excluded.key_name, shredded = 0",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                v.resource_type,
-                v.id,
-                version,
-                v.last_updated_micros,
-                v.body.is_none(),
-                v.key_name
-            ])
-        })
-        .map_err(backend)?;
-        c.prepare_cached("DELETE FROM idx WHERE rtype = ?1 AND id = ?2")
-            .and_then(|mut s| s.execute([&v.resource_type, &v.id]))
+        let mut values = Vec::with_capacity(index.len() * BLIND_LEN);
+        for b in index {
+            values.extend_from_slice(&b.0);
+        }
+        let existing: Option<(i64, Option<Vec<u8>>)> = c
+            .prepare_cached("SELECT rid, index_values FROM current WHERE rtype = ?1 AND id = ?2")
+            .and_then(|mut s| {
+                s.query_row([&v.resource_type, &v.id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
             .map_err(backend)?;
-        let mut ins = c
-            .prepare_cached(
-                "INSERT OR IGNORE INTO idx (rtype, param, value, id) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .map_err(backend)?;
-        for e in index {
-            ins.execute(params![v.resource_type, e.param, &e.value.0[..], v.id])
+        let rid = match existing {
+            Some((rid, old)) => {
+                remove_index(c, rid, old.as_deref())?;
+                c.prepare_cached(
+                    "UPDATE current SET version = ?2, last_updated = ?3, deleted = ?4, key_name = ?5,
+                       shredded = 0, index_values = ?6 WHERE rid = ?1",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![rid, version, v.last_updated_micros, v.body.is_none(), v.key_name, values])
+                })
                 .map_err(backend)?;
+                rid
+            }
+            None => {
+                c.prepare_cached(
+                    "INSERT INTO current (rtype, id, version, last_updated, deleted, key_name, index_values)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        v.resource_type,
+                        v.id,
+                        version,
+                        v.last_updated_micros,
+                        v.body.is_none(),
+                        v.key_name,
+                        values
+                    ])
+                })
+                .map_err(backend)?;
+                c.last_insert_rowid()
+            }
+        };
+        let mut ins = c
+            .prepare_cached("INSERT OR IGNORE INTO idx (value, rid) VALUES (?1, ?2)")
+            .map_err(backend)?;
+        for b in index {
+            ins.execute(params![&b.0[..], rid]).map_err(backend)?;
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 
-use crate::{IndexEntry, IndexQuery, SortOrder, Store, StoreError, StoredVersion, write_with};
+use crate::{IndexQuery, SortOrder, Store, StoreError, StoredVersion, write_with};
 
 /// One conformance check: panics when the backend breaks the contract.
 pub type Check = fn(&dyn Store);
@@ -36,10 +36,6 @@ fn ok<T>(r: Result<T, StoreError>, what: &str) -> T {
     }
 }
 
-fn bv(n: u8) -> BlindValue {
-    BlindValue([n; 16])
-}
-
 fn version(rt: &str, id: &str, v: u64, at: i64, key: &str, body: Option<&[u8]>) -> StoredVersion {
     StoredVersion {
         resource_type: rt.into(),
@@ -53,15 +49,18 @@ fn version(rt: &str, id: &str, v: u64, at: i64, key: &str, body: Option<&[u8]>) 
     }
 }
 
-fn put(store: &dyn Store, v: StoredVersion, index: Vec<IndexEntry>) -> Result<(), StoreError> {
+fn put(store: &dyn Store, v: StoredVersion, index: Vec<BlindValue>) -> Result<(), StoreError> {
     store.write(Box::new(move |tx| tx.put_version(&v, &index)))
 }
 
-fn entry(param: &str, n: u8) -> IndexEntry {
-    IndexEntry {
-        param: param.into(),
-        value: bv(n),
-    }
+/// Index values of distinct parameters are distinct blind values in practice; the tests give
+/// each (parameter, n) its own byte pattern.
+fn entry(param: &str, n: u8) -> BlindValue {
+    let mut v = [n; 16];
+    v[0] = param
+        .bytes()
+        .fold(0u8, |a, b| a.wrapping_mul(31).wrapping_add(b));
+    BlindValue(v)
 }
 
 fn meta_round_trip(store: &dyn Store) {
@@ -209,7 +208,7 @@ fn failed_op_leaves_nothing(store: &dyn Store) {
     assert_eq!(ok(store.meta("k"), "meta"), None);
     let q = IndexQuery {
         resource_type: "Patient".into(),
-        clauses: vec![("family".into(), vec![bv(1)])],
+        clauses: vec![vec![entry("family", 1)]],
         limit: 10,
         ..IndexQuery::default()
     };
@@ -236,7 +235,7 @@ fn failed_op_leaves_nothing(store: &dyn Store) {
     for t in 0..4u8 {
         let q = IndexQuery {
             resource_type: "Patient".into(),
-            clauses: vec![("family".into(), vec![bv(t)])],
+            clauses: vec![vec![entry("family", t)]],
             limit: 100,
             ..IndexQuery::default()
         };
@@ -309,7 +308,7 @@ fn search_semantics(store: &dyn Store) {
         ..IndexQuery::default()
     };
     let fam1 = IndexQuery {
-        clauses: vec![("family".into(), vec![bv(1)])],
+        clauses: vec![vec![entry("family", 1)]],
         ..base.clone()
     };
     assert_eq!(
@@ -318,15 +317,12 @@ fn search_semantics(store: &dyn Store) {
         "deleted and other types excluded, newest first"
     );
     let and = IndexQuery {
-        clauses: vec![
-            ("family".into(), vec![bv(1)]),
-            ("given".into(), vec![bv(3)]),
-        ],
+        clauses: vec![vec![entry("family", 1)], vec![entry("given", 3)]],
         ..base.clone()
     };
     assert_eq!(ids(&and), (vec!["b".into()], 1), "clauses AND");
     let or = IndexQuery {
-        clauses: vec![("family".into(), vec![bv(4), bv(1)])],
+        clauses: vec![vec![entry("family", 4), entry("family", 1)]],
         sort: SortOrder::IdAsc,
         ..base.clone()
     };
@@ -336,7 +332,7 @@ fn search_semantics(store: &dyn Store) {
         "values OR"
     );
     let wrong_param = IndexQuery {
-        clauses: vec![("given".into(), vec![bv(1)])],
+        clauses: vec![vec![entry("given", 1)]],
         ..base.clone()
     };
     assert_eq!(ids(&wrong_param).1, 0, "values are per parameter");
@@ -434,7 +430,7 @@ fn destroy_shreds_compartment(store: &dyn Store) {
     assert!(!b.shredded, "other patients untouched");
     let q = IndexQuery {
         resource_type: "Patient".into(),
-        clauses: vec![("name".into(), vec![bv(1)])],
+        clauses: vec![vec![entry("name", 1)]],
         limit: 10,
         ..IndexQuery::default()
     };

@@ -57,15 +57,6 @@ pub struct StoredVersion {
     pub shredded: bool,
 }
 
-/// A blind index entry of the current version of a resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IndexEntry {
-    /// Search parameter code (`family`, `code`, …).
-    pub param: String,
-    /// Blind value.
-    pub value: BlindValue,
-}
-
 /// The current state of a resource, without its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CurrentMeta {
@@ -106,13 +97,15 @@ pub enum SortOrder {
 
 /// A search over the current, non-deleted, non-shredded versions of one resource type.
 ///
-/// Clauses are ANDed; the values inside one clause are ORed.
+/// Clauses are ANDed; the values inside one clause are ORed. Blind values are keyed per
+/// (resource type, search parameter) by their derivation, so a value names its parameter too:
+/// backends index the values alone.
 #[derive(Debug, Clone, Default)]
 pub struct IndexQuery {
     /// Resource type searched.
     pub resource_type: String,
-    /// `(param, any of these blind values)`.
-    pub clauses: Vec<(String, Vec<BlindValue>)>,
+    /// Each clause: any of these blind values.
+    pub clauses: Vec<Vec<BlindValue>>,
     /// Restrict to these ids (`_id`).
     pub ids: Option<Vec<String>>,
     /// Lower bound on last-updated, inclusive, microseconds.
@@ -238,7 +231,7 @@ pub trait StoreTx: StoreRead {
     fn put_version(
         &mut self,
         version: &StoredVersion,
-        index: &[IndexEntry],
+        index: &[BlindValue],
     ) -> Result<(), StoreError>;
     /// Stores a bearer token hash.
     ///

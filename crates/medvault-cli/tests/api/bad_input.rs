@@ -4,7 +4,15 @@ use serde_json::json;
 use crate::{Server, assert_outcome, patient, send};
 
 /// (what, method, path, content type, extra headers, body, expected status)
-type Case<'a> = (&'a str, Method, String, Option<&'a str>, Vec<(&'a str, String)>, String, u16);
+type Case<'a> = (
+    &'a str,
+    Method,
+    String,
+    Option<&'a str>,
+    Vec<(&'a str, String)>,
+    String,
+    u16,
+);
 
 #[test]
 fn bad_requests_get_operation_outcomes_and_write_nothing() {
