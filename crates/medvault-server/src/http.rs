@@ -44,6 +44,21 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(&e))?
 }
 
+/// Like [`blocking`] for CPU-bound reads (search, history): at most a few run at once, so they
+/// do not crowd the cores and each reader connection's page cache stays warm. Writes are not
+/// limited: they mostly wait for the group commit, which gets better the more of them queue.
+async fn blocking_read<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let _permit = state
+        .read_permits
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    blocking(f).await
+}
+
 fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     if let Some(b) = &state.config.base_url {
         return b.trim_end_matches('/').to_owned();
@@ -196,7 +211,7 @@ async fn dispatch(
         (Method::GET, Target::Type(rt)) => {
             ops::served_type(&ctx.fhir, &rt)?;
             let b = base.clone();
-            let out = blocking(move || {
+            let out = blocking_read(&state, move || {
                 search::search_bundle(store.as_ref(), &ctx, &rt, &params, strict, &b)
             })
             .await?;
@@ -218,7 +233,7 @@ async fn dispatch(
             let mut all = params;
             all.extend(form_urlencoded::parse(&body).into_owned());
             let b = base.clone();
-            let out = blocking(move || {
+            let out = blocking_read(&state, move || {
                 search::search_bundle(store.as_ref(), &ctx, &rt, &all, strict, &b)
             })
             .await?;
@@ -271,32 +286,36 @@ async fn dispatch(
             .await?;
             Ok(respond(out, minimal, &base))
         }
+        // Reads by id are one primary-key lookup and one decryption (tens of microseconds), so
+        // they run inline: a hand-off to the blocking pool would cost more than the work.
         (Method::GET, Target::Instance(rt, id)) => {
             ops::served_type(&ctx.fhir, &rt)?;
-            let out = blocking(move || ops::read(store.as_ref(), &ctx, &rt, &id, None)).await?;
+            let out = ops::read(store.as_ref(), &ctx, &rt, &id, None)?;
             Ok(respond(out, false, &base))
         }
         (Method::GET, Target::Version(rt, id, v)) => {
             ops::served_type(&ctx.fhir, &rt)?;
-            let out =
-                blocking(move || ops::read(store.as_ref(), &ctx, &rt, &id, Some(v.get()))).await?;
+            let out = ops::read(store.as_ref(), &ctx, &rt, &id, Some(v.get()))?;
             Ok(respond(out, false, &base))
         }
         (Method::GET, Target::TypeHistory(rt)) => {
             ops::served_type(&ctx.fhir, &rt)?;
             let paging = search::parse(&ctx, &rt, &paging_only(&params), false)?.paging;
             let b = base.clone();
-            let out =
-                blocking(move || ops::history(store.as_ref(), &ctx, &rt, None, paging, &b)).await?;
+            let out = blocking_read(&state, move || {
+                ops::history(store.as_ref(), &ctx, &rt, None, paging, &b)
+            })
+            .await?;
             Ok(fhir_json(StatusCode::OK, &out))
         }
         (Method::GET, Target::InstanceHistory(rt, id)) => {
             ops::served_type(&ctx.fhir, &rt)?;
             let paging = search::parse(&ctx, &rt, &paging_only(&params), false)?.paging;
             let b = base.clone();
-            let out =
-                blocking(move || ops::history(store.as_ref(), &ctx, &rt, Some(&id), paging, &b))
-                    .await?;
+            let out = blocking_read(&state, move || {
+                ops::history(store.as_ref(), &ctx, &rt, Some(&id), paging, &b)
+            })
+            .await?;
             Ok(fhir_json(StatusCode::OK, &out))
         }
         (m, _) => Err(route::method_not_allowed(&m)),
@@ -311,27 +330,35 @@ fn paging_only(params: &[(String, String)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Process-unique request ids: a random per-process prefix and a counter (no syscall per
+/// request, unlike a random UUID).
+fn next_request_id() -> String {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{n:x}")
+}
+
 /// Request log and request id. Logs the route template, never the concrete path or query
-/// (they can carry ids and search values).
+/// (they can carry ids and search values). Server errors log at `warn`, everything else at
+/// `debug` (the audit ledger, not this log, is the record of who accessed what).
 pub(crate) async fn observe(State(_state): State<AppState>, req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let request_id = next_request_id();
     let mut resp = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    tracing::info!(
-        request_id = %request_id,
-        method = %method,
-        route = %route,
-        status = resp.status().as_u16(),
-        micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        "request"
-    );
+    let status = resp.status().as_u16();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    if status >= 500 {
+        tracing::warn!(request_id = %request_id, method = %method, route, status, micros, "request failed");
+    } else {
+        tracing::debug!(request_id = %request_id, method = %method, route, status, micros, "request");
+    }
     resp
 }

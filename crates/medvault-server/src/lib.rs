@@ -63,6 +63,8 @@ pub struct AppState {
     pub tokens: Arc<auth::TokenCache>,
     /// Settings.
     pub config: Arc<ServerConfig>,
+    /// Bounds concurrent CPU-bound reads (search, history) to twice the cores.
+    pub read_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -78,6 +80,9 @@ impl AppState {
             ctx,
             tokens: Arc::new(auth::TokenCache::default()),
             config: Arc::new(config),
+            read_permits: Arc::new(tokio::sync::Semaphore::new(
+                2 * std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+            )),
         }
     }
 }

@@ -27,7 +27,7 @@ use rusqlite::Connection;
 /// Ops one group commit takes at most.
 const MAX_GROUP: usize = 128;
 /// Read connections kept open when idle.
-const MAX_IDLE_READERS: usize = 8;
+const MAX_IDLE_READERS: usize = 64;
 /// How long a connection waits for another process's lock (e.g. the CLI) before failing.
 const BUSY_TIMEOUT_MILLIS: u64 = 10_000;
 
@@ -50,6 +50,7 @@ pub struct SqliteStore {
     path: PathBuf,
     sender: Option<SyncSender<Job>>,
     writer: Option<JoinHandle<()>>,
+    checkpointer: Option<(SyncSender<()>, JoinHandle<()>)>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -89,6 +90,16 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut conn = open_connection(path, true)?;
         schema::migrate(&mut conn)?;
+        // The writer never checkpoints (a checkpoint in the commit path is a latency spike);
+        // a background thread does, PASSIVE, so it never blocks writers or readers.
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0;")
+            .map_err(backend)?;
+        let ckpt_conn = open_connection(path, true)?;
+        let (stop, stopped) = sync_channel::<()>(1);
+        let checkpointer = std::thread::Builder::new()
+            .name("medvault-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(&ckpt_conn, &stopped))
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
         let (sender, receiver) = sync_channel::<Job>(1024);
         let writer = std::thread::Builder::new()
             .name("medvault-sqlite-writer".into())
@@ -98,6 +109,7 @@ impl SqliteStore {
             path: path.to_owned(),
             sender: Some(sender),
             writer: Some(writer),
+            checkpointer: Some((stop, checkpointer)),
             readers: Mutex::new(Vec::new()),
         })
     }
@@ -126,6 +138,30 @@ impl Drop for SqliteStore {
         self.sender.take();
         if let Some(h) = self.writer.take() {
             let _ = h.join();
+        }
+        if let Some((stop, h)) = self.checkpointer.take() {
+            drop(stop);
+            let _ = h.join();
+        }
+    }
+}
+
+/// How often the background checkpoint runs.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+fn checkpoint_loop(conn: &Connection, stop: &Receiver<()>) {
+    loop {
+        match stop.recv_timeout(CHECKPOINT_INTERVAL) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "background WAL checkpoint failed; retrying");
+                }
+            }
+            _ => {
+                // Shutting down: fold the WAL into the database file.
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                return;
+            }
         }
     }
 }
