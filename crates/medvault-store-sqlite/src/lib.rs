@@ -68,14 +68,28 @@ fn open_connection(path: &Path, writer: bool) -> Result<Connection, StoreError> 
         .map_err(backend)?;
     // page_size only takes effect on a new database, before WAL mode is set. Small pages keep
     // the WAL volume of random index inserts low (each blind-index row lands on its own page).
-    conn.execute_batch(
-        "PRAGMA page_size=1024; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;
-         PRAGMA temp_store=MEMORY; PRAGMA cache_size=-65536;",
-    )
-    .map_err(backend)?;
-    if !writer {
-        conn.execute_batch("PRAGMA query_only=ON;")
-            .map_err(backend)?;
+    let pragmas: &[(&str, i64)] = if writer {
+        &[("page_size", 1024), ("cache_size", -65_536)]
+    } else {
+        // Readers map the file instead of copying pages into a cache of their own.
+        &[
+            ("mmap_size", 1 << 30),
+            ("cache_size", -4096),
+            ("query_only", 1),
+        ]
+    };
+    for (name, value) in pragmas {
+        conn.pragma_update(None, name, value).map_err(backend)?;
+    }
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(backend)?;
+    for (name, value) in [
+        ("synchronous", "FULL"),
+        ("foreign_keys", "ON"),
+        ("secure_delete", "ON"),
+        ("temp_store", "MEMORY"),
+    ] {
+        conn.pragma_update(None, name, value).map_err(backend)?;
     }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
@@ -320,6 +334,29 @@ mod tests {
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.meta("tenant").unwrap().as_deref(), Some("t"));
         assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn connections_get_their_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+        let get = |c: &Connection, p: &str| -> i64 {
+            c.query_row(&format!("PRAGMA {p}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        s.with_reader(|c| {
+            assert_eq!(get(c, "mmap_size"), 1 << 30);
+            assert_eq!(get(c, "query_only"), 1);
+            assert_eq!(get(c, "synchronous"), 2, "FULL");
+            assert_eq!(get(c, "secure_delete"), 1);
+            assert_eq!(get(c, "page_size"), 1024);
+            let mode: String = c
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+            Ok(())
+        })
+        .unwrap();
     }
 
     #[test]
