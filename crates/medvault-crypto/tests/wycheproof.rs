@@ -1,0 +1,111 @@
+//! Wycheproof known-answer tests for the primitives medvault's envelope and blind indexes use,
+//! through the same provider (aws-lc-rs): AES-256-GCM (96-bit nonces, 128-bit tags),
+//! HMAC-SHA256 and HKDF-SHA256. Vectors: `../shared/testdata/wycheproof/` (C2SP/wycheproof,
+//! Apache-2.0). Each test asserts how many cases ran.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::{hkdf, hmac};
+use serde_json::Value;
+
+fn load(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/testdata/wycheproof")
+        .join(name);
+    serde_json::from_slice(
+        &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
+}
+
+fn hx(v: &Value) -> Vec<u8> {
+    hex::decode(v.as_str().unwrap()).unwrap()
+}
+
+fn cases<'a>(
+    doc: &'a Value,
+    keep: impl Fn(&Value) -> bool + 'a,
+) -> impl Iterator<Item = &'a Value> + 'a {
+    doc["testGroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(move |g| keep(g))
+        .flat_map(|g| g["tests"].as_array().unwrap().iter())
+}
+
+#[test]
+fn aes_256_gcm() {
+    let doc = load("aes_gcm_test.json");
+    let mut ran = 0;
+    for t in cases(&doc, |g| {
+        g["keySize"] == 256 && g["ivSize"] == 96 && g["tagSize"] == 128
+    }) {
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &hx(&t["key"])).unwrap());
+        let nonce = || Nonce::try_assume_unique_for_key(&hx(&t["iv"])).unwrap();
+        let (aad, msg) = (hx(&t["aad"]), hx(&t["msg"]));
+        let mut sealed = hx(&t["ct"]);
+        sealed.extend(hx(&t["tag"]));
+        let valid = t["result"] == "valid";
+        let mut buf = sealed.clone();
+        let opened = key
+            .open_in_place(nonce(), Aad::from(&aad), &mut buf)
+            .map(|p| p.to_vec());
+        assert_eq!(opened.is_ok(), valid, "tcId {}", t["tcId"]);
+        if valid {
+            assert_eq!(opened.unwrap(), msg, "tcId {}", t["tcId"]);
+            let mut out = msg.clone();
+            key.seal_in_place_append_tag(nonce(), Aad::from(&aad), &mut out)
+                .unwrap();
+            assert_eq!(out, sealed, "tcId {}", t["tcId"]);
+        }
+        ran += 1;
+    }
+    assert_eq!(ran, 66);
+}
+
+#[test]
+fn hmac_sha256() {
+    let doc = load("hmac_sha256_test.json");
+    let mut ran = 0;
+    for t in cases(&doc, |_| true) {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &hx(&t["key"]));
+        let tag = hmac::sign(&key, &hx(&t["msg"]));
+        let want = hx(&t["tag"]);
+        let matches = tag.as_ref().get(..want.len()) == Some(&want[..]);
+        assert_eq!(matches, t["result"] == "valid", "tcId {}", t["tcId"]);
+        ran += 1;
+    }
+    assert_eq!(ran, 174);
+}
+
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+#[test]
+fn hkdf_sha256() {
+    let doc = load("hkdf_sha256_test.json");
+    let mut ran = 0;
+    for t in cases(&doc, |_| true) {
+        let size = usize::try_from(t["size"].as_u64().unwrap()).unwrap();
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &hx(&t["salt"])).extract(&hx(&t["ikm"]));
+        let info = hx(&t["info"]);
+        let info_parts = [info.as_slice()];
+        let got = prk.expand(&info_parts, Len(size)).ok().and_then(|okm| {
+            let mut out = vec![0u8; size];
+            okm.fill(&mut out).ok().map(|()| out)
+        });
+        match t["result"].as_str().unwrap() {
+            "valid" => assert_eq!(got, Some(hx(&t["okm"])), "tcId {}", t["tcId"]),
+            _ => assert!(got.is_none_or(|g| g != hx(&t["okm"])), "tcId {}", t["tcId"]),
+        }
+        ran += 1;
+    }
+    assert_eq!(ran, 86);
+}

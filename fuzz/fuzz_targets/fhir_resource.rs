@@ -1,0 +1,26 @@
+//! A request body: JSON parsing, R4 validation, compartment choice and index extraction must
+//! never panic, whatever the bytes.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use medvault_core::ResourceId;
+use medvault_fhir::Fhir;
+
+static FHIR: OnceLock<Fhir> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    let fhir = FHIR.get_or_init(|| Fhir::load().expect("definitions load"));
+    let Ok(resource) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    let id = ResourceId::new("fuzz").expect("valid id");
+    for rt in ["Patient", "Observation", "Encounter"] {
+        let _ = fhir.validate(rt, &resource);
+        let _ = fhir.compartment_of(rt, &id, &resource);
+        if let Some(info) = fhir.type_info(rt) {
+            for p in info.params.values() {
+                let _ = p.index_keys(&resource);
+            }
+        }
+    }
+});
