@@ -313,8 +313,14 @@ pub fn bundle(
     let mut links = vec![link("self", path, params, offset, count)];
     if count > 0 {
         links.push(link("first", path, params, 0, count));
-        if offset + count < total {
-            links.push(link("next", path, params, offset + count, count));
+        if offset.saturating_add(count) < total {
+            links.push(link(
+                "next",
+                path,
+                params,
+                offset.saturating_add(count),
+                count,
+            ));
         }
         if offset > 0 {
             links.push(link(

@@ -143,6 +143,12 @@ fn paging_links_and_sorting() {
             .iter()
             .any(|l| l["relation"] == "next")
     );
+    let (st, huge) = s.get("Patient?family=pager&_offset=18446744073709551615");
+    assert_eq!(
+        (st, ids(&huge).len()),
+        (200, 0),
+        "an offset past the end is an empty page"
+    );
     let (_, count) = s.get("Patient?family=pager&_summary=count");
     assert_eq!((count["total"].as_u64(), ids(&count).len()), (Some(7), 0));
     let (_, by_id) = s.get("Patient?_sort=-_id&_count=100");
