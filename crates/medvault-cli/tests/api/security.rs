@@ -106,6 +106,20 @@ fn scan_for_canaries(dir: &std::path::Path, canaries: &[&str]) -> HashSet<String
     names
 }
 
+fn token_create(dir: &std::path::Path, env: &[(&str, &str)]) -> (bool, String, String) {
+    crate::cli(
+        &[
+            "token",
+            "create",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--role",
+            "admin",
+        ],
+        env,
+    )
+}
+
 fn crate_normal(c: &str) -> String {
     c.to_lowercase().replace(' ', "")
 }
@@ -285,17 +299,7 @@ fn key_file_permissions_and_passphrase() {
     assert!(key_file.contains("argon2id"));
     // Without or with the wrong passphrase: one clear line naming the fix, non-zero exit.
     for env in [vec![], vec![("MEDVAULT_PASSPHRASE", "wrong")]] {
-        let (ok, _, err) = crate::cli(
-            &[
-                "token",
-                "create",
-                "--data-dir",
-                dir.to_str().unwrap(),
-                "--role",
-                "admin",
-            ],
-            &env,
-        );
+        let (ok, _, err) = token_create(&dir, &env);
         assert!(!ok);
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(err.contains("MEDVAULT_PASSPHRASE"), "{err}");
@@ -304,17 +308,7 @@ fn key_file_permissions_and_passphrase() {
     assert_eq!(s.get(&format!("Patient/{id}")).0, 200);
     // Without a passphrase: a warning on first start and a 0600 file.
     let plain = tmp.path().join("plain");
-    let (ok, out, err) = crate::cli(
-        &[
-            "token",
-            "create",
-            "--data-dir",
-            plain.to_str().unwrap(),
-            "--role",
-            "admin",
-        ],
-        &[],
-    );
+    let (ok, out, err) = token_create(&plain, &[]);
     assert!(ok && out.trim().starts_with("mvt_") && out.trim().lines().count() == 1);
     assert!(
         err.contains("warning") && err.contains("MEDVAULT_PASSPHRASE"),
@@ -328,17 +322,7 @@ fn key_file_permissions_and_passphrase() {
             & 0o777,
         0o600
     );
-    let (_, _, err2) = crate::cli(
-        &[
-            "token",
-            "create",
-            "--data-dir",
-            plain.to_str().unwrap(),
-            "--role",
-            "admin",
-        ],
-        &[],
-    );
+    let (_, _, err2) = token_create(&plain, &[]);
     assert!(
         !err2.contains("warning"),
         "the warning is printed once, at creation"
