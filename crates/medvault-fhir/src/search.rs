@@ -6,7 +6,7 @@
 //!
 //! | type | keys |
 //! |---|---|
-//! | string | `e:<exact text>`, `p:<first 1, 2, 3, 4, 6, 8 chars of the normalized text>` |
+//! | string | `e:<exact text>`, `p:<first 1..=8 chars of the normalized text>` |
 //! | token | `c:<code>`, `s:<system>`, `sc:<system>|<code>`, `nc:<code>` (code without system) |
 //! | reference | `r:<Type>/<id>` |
 //! | date | `y:<year>` (≤ 10 years) or `y:wide`; `m:<year-month>` (≤ 12 months) or `m:wide` |
@@ -21,7 +21,7 @@ use crate::path::{Expr, Node, local_reference};
 /// this list is answered exactly by the index; any other is narrowed by the longest listed
 /// prefix it has and filtered exactly after decryption. Fewer lengths mean fewer index rows per
 /// value (each a random B-tree insert) and less prefix leakage.
-pub(crate) const PREFIX_LENGTHS: [usize; 6] = [1, 2, 3, 4, 6, 8];
+pub(crate) const PREFIX_LENGTHS: [usize; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 /// Above this many months a date window is searched through year buckets.
 const MAX_QUERY_MONTHS: usize = 36;
 
