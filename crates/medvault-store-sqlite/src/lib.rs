@@ -13,8 +13,9 @@ mod schema;
 mod sql;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use medvault_crypto::WrappedKey;
@@ -69,7 +70,7 @@ fn open_connection(path: &Path, writer: bool) -> Result<Connection, StoreError> 
     // page_size only takes effect on a new database, before WAL mode is set. Small pages keep
     // the WAL volume of random index inserts low (each blind-index row lands on its own page).
     let pragmas: &[(&str, i64)] = if writer {
-        &[("page_size", 1024), ("cache_size", -65_536)]
+        &[("page_size", 1024), ("cache_size", -8192)]
     } else {
         // Readers map the file instead of copying pages into a cache of their own.
         &[
@@ -110,14 +111,16 @@ impl SqliteStore {
             .map_err(backend)?;
         let ckpt_conn = open_connection(path, true)?;
         let (stop, stopped) = sync_channel::<()>(1);
+        let ckpt = Arc::new(Checkpointing::default());
+        let flag = Arc::clone(&ckpt);
         let checkpointer = std::thread::Builder::new()
             .name("medvault-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(&ckpt_conn, &stopped))
+            .spawn(move || checkpoint_loop(&ckpt_conn, &stopped, &flag))
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         let (sender, receiver) = sync_channel::<Job>(1024);
         let writer = std::thread::Builder::new()
             .name("medvault-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, &receiver))
+            .spawn(move || writer_loop(conn, &receiver, &ckpt))
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         Ok(Self {
             path: path.to_owned(),
@@ -163,11 +166,47 @@ impl Drop for SqliteStore {
 /// How often the background checkpoint runs.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
-fn checkpoint_loop(conn: &Connection, stop: &Receiver<()>) {
+/// WAL frames (1 KiB pages, so about 512 MiB) past which the log is rewound to its start. Loads
+/// that leave the background checkpoint time to catch up never get there (SQLite then rewinds
+/// the log by itself); a sustained write flood does, and pays a pause of about a second.
+const WAL_RESTART_FRAMES: i64 = 512 * 1024;
+
+/// PASSIVE checkpoints never block anyone, but under a steady write load they never catch up
+/// with the end of the log, so the WAL would grow without bound. When the log passes
+/// [`WAL_RESTART_FRAMES`], the checkpointer raises `rewind`, and the writer — which owns the
+/// write lock, so nobody can starve it — runs a RESTART checkpoint between two groups: it copies
+/// what the background checkpoints have not yet copied and rewinds the log, whose file is then
+/// reused from the start.
+fn checkpoint_once(conn: &Connection, ckpt: &Checkpointing) -> rusqlite::Result<()> {
+    let log_frames: i64 = {
+        // Held while copying, so the writer's RESTART never meets a running PASSIVE checkpoint
+        // (SQLite would make it sleep in its busy handler).
+        let _running = ckpt
+            .lock
+            .lock()
+            .map_err(|_| rusqlite::Error::InvalidQuery)?;
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?
+    };
+    if log_frames > WAL_RESTART_FRAMES {
+        ckpt.rewind.store(true, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Shared between the checkpointer and the writer.
+#[derive(Default)]
+struct Checkpointing {
+    /// Set when the log should be rewound by the writer.
+    rewind: AtomicBool,
+    /// Held by whoever is checkpointing.
+    lock: Mutex<()>,
+}
+
+fn checkpoint_loop(conn: &Connection, stop: &Receiver<()>, ckpt: &Checkpointing) {
     loop {
         match stop.recv_timeout(CHECKPOINT_INTERVAL) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                if let Err(e) = checkpoint_once(conn, ckpt) {
                     tracing::warn!(error = %e, "background WAL checkpoint failed; retrying");
                 }
             }
@@ -180,7 +219,7 @@ fn checkpoint_loop(conn: &Connection, stop: &Receiver<()>) {
     }
 }
 
-fn writer_loop(conn: Connection, receiver: &Receiver<Job>) {
+fn writer_loop(conn: Connection, receiver: &Receiver<Job>, ckpt: &Checkpointing) {
     while let Ok(first) = receiver.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -194,6 +233,12 @@ fn writer_loop(conn: Connection, receiver: &Receiver<Job>) {
         let results = run_group(&conn, ops);
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
+        }
+        if ckpt.rewind.swap(false, Ordering::Relaxed) {
+            let _running = ckpt.lock.lock();
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL rewind failed; will retry");
+            }
         }
     }
 }
