@@ -238,10 +238,12 @@ fn erase(node: &Node, patient: &str) -> anyhow::Result<String> {
     let Some(row) = node.store.data_key(&name)? else {
         bail!("no data is stored for patient {patient}");
     };
-    if row.wrapped.is_none() {
+    let already = row.wrapped.is_none();
+    // Destroying again is harmless and retries the WAL truncation a failed run may have left.
+    let n = write_with(node.store.as_ref(), move |tx| tx.destroy_data_key(&name))?;
+    if already {
         return Ok(format!("patient {patient} was already erased"));
     }
-    let n = write_with(node.store.as_ref(), move |tx| tx.destroy_data_key(&name))?;
     Ok(format!(
         "erased patient {patient}: data key destroyed, {n} resource(s) in the compartment are now unreadable"
     ))

@@ -207,8 +207,22 @@ impl Fhir {
         let Some(info) = self.types.get(resource_type) else {
             return Compartment::Tenant;
         };
-        for code in &info.compartment_params {
-            if let Some(p) = info.params.get(code)
+        // The parameters that name the record's own patient come first; the rest (performer,
+        // policy holder, …) follow in definition order. A resource that names several patients
+        // is sealed under one of them only: see ARCHITECTURE.md, "Compartment choice".
+        let primary = ["patient", "subject", "beneficiary"];
+        let ordered = primary
+            .iter()
+            .filter(|c| info.compartment_params.iter().any(|p| p == *c))
+            .map(|c| (*c).to_owned())
+            .chain(
+                info.compartment_params
+                    .iter()
+                    .filter(|p| !primary.contains(&p.as_str()))
+                    .cloned(),
+            );
+        for code in ordered {
+            if let Some(p) = info.params.get(&code)
                 && let Some(pid) = p
                     .patient_ids(resource)
                     .into_iter()
@@ -293,6 +307,13 @@ mod tests {
         assert_eq!(
             f.compartment_of("Organization", &id, &org),
             Compartment::Tenant
+        );
+        let coverage = json!({"resourceType":"Coverage","policyHolder":{"reference":"Patient/holder"},
+            "beneficiary":{"reference":"Patient/child"}});
+        assert_eq!(
+            f.compartment_of("Coverage", &id, &coverage),
+            Compartment::Patient(ResourceId::new("child").unwrap()),
+            "the record's own patient, not the policy holder"
         );
         let consent = json!({"resourceType":"Consent","patient":{"reference":"Patient/p3"}});
         assert_eq!(

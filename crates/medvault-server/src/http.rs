@@ -51,12 +51,17 @@ async fn blocking_read<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let _permit = state
-        .read_permits
-        .acquire()
+    // The permit moves into the blocking task, so a client that disconnects does not free it
+    // while the work it started is still running.
+    let permit = std::sync::Arc::clone(&state.read_permits)
+        .acquire_owned()
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    blocking(f).await
+    blocking(move || {
+        let _permit = permit;
+        f()
+    })
+    .await
 }
 
 fn base_url(state: &AppState, headers: &HeaderMap) -> String {

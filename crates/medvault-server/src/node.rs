@@ -59,6 +59,18 @@ pub enum NodeError {
     Fhir(#[from] medvault_fhir::FhirError),
 }
 
+/// A `Type/id` (or data-key name) fit for logs: the id, which a client may have chosen (an MRN,
+/// say), is replaced by a short hash.
+pub fn redacted(name: &str) -> String {
+    match name.split_once('/') {
+        Some((ty, id)) => format!(
+            "{ty}/#{}",
+            hex::encode(&medvault_crypto::sha256(id.as_bytes())[..6])
+        ),
+        None => name.to_owned(),
+    }
+}
+
 /// Errors reaching a data key.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -182,7 +194,7 @@ impl KeyRing {
         let kek = self.kek(store, kek_version)?;
         kek.unwrap(&self.tenant, name, row.key_version, &wrapped)
             .map(Some)
-            .map_err(|_| KeyError::Broken(name.to_owned()))
+            .map_err(|_| KeyError::Broken(redacted(name)))
     }
 
     /// The data key for reading a version sealed under `name`. The caller has already checked
@@ -196,7 +208,7 @@ impl KeyRing {
         }
         match self.load(store, name)? {
             Some(k) => Ok(self.remember(k)),
-            None => Err(KeyError::Broken(name.to_owned())),
+            None => Err(KeyError::Broken(redacted(name))),
         }
     }
 
@@ -207,20 +219,25 @@ impl KeyRing {
     /// [`KeyError::Shredded`] if the compartment was erased.
     pub fn for_write(&self, tx: &mut dyn StoreTx, name: &str) -> Result<Arc<DataKey>, KeyError> {
         match tx.data_key(name)? {
-            Some(row) if row.wrapped.is_none() => Err(KeyError::Shredded),
+            Some(row) if row.wrapped.is_none() => {
+                self.forget(name);
+                Err(KeyError::Shredded)
+            }
             Some(_) => match self.cached(name) {
                 Some(k) => Ok(k),
                 None => self
                     .load(&*tx, name)?
                     .map(|k| self.remember(k))
-                    .ok_or_else(|| KeyError::Broken(name.to_owned())),
+                    .ok_or_else(|| KeyError::Broken(redacted(name))),
             },
             None => {
+                // Not cached: the transaction may still roll back, and only keys read from
+                // committed rows may be reused by later writes.
                 let kek = self.newest_kek(&*tx)?;
                 let key = DataKey::generate(name.to_owned(), 1)?;
                 let wrapped = kek.wrap(&self.tenant, &key)?;
                 tx.put_data_key(name, key.version(), kek.version(), &wrapped)?;
-                Ok(self.remember(key))
+                Ok(Arc::new(key))
             }
         }
     }

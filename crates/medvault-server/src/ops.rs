@@ -412,6 +412,7 @@ pub fn delete(
 /// (tampering), logged with its row identity.
 pub fn open(store: &dyn StoreRead, ctx: &Ctx, row: &StoredVersion) -> Result<Value, ApiError> {
     if row.shredded {
+        ctx.keys.forget(&row.key_name);
         return Err(ApiError::gone("this patient's data was erased"));
     }
     let Some(body) = &row.body else {
@@ -429,8 +430,9 @@ pub fn open(store: &dyn StoreRead, ctx: &Ctx, row: &StoredVersion) -> Result<Val
     };
     let plain = key.open(&aad, body).map_err(|_| {
         ApiError::internal(&format!(
-            "integrity failure: {}/{} version {} does not authenticate",
-            row.resource_type, row.id, row.version
+            "integrity failure: {} version {} does not authenticate",
+            crate::node::redacted(&format!("{}/{}", row.resource_type, row.id)),
+            row.version
         ))
     })?;
     serde_json::from_slice(&plain).map_err(|e| ApiError::internal(&e))

@@ -271,12 +271,26 @@ pub fn matching_ids(
     params: &[(String, String)],
     limit: u64,
 ) -> Result<Vec<String>, ApiError> {
-    if params.is_empty() {
-        return Err(ApiError::bad_request(
-            "a conditional request needs search parameters",
-        ));
+    if let Some((name, _)) = params.iter().find(|(k, _)| {
+        matches!(
+            k.as_str(),
+            "_summary" | "_count" | "_offset" | "_sort" | "_total"
+        )
+    }) {
+        return Err(ApiError::bad_request(format!(
+            "{name} controls results and cannot be part of a condition"
+        )));
     }
     let mut req = parse(ctx, rt, params, true)?;
+    if req.clauses.is_empty()
+        && req.ids.is_none()
+        && req.updated_from.is_none()
+        && req.updated_to.is_none()
+    {
+        return Err(ApiError::bad_request(
+            "a conditional request needs search parameters that select resources",
+        ));
+    }
     req.paging = Paging {
         offset: 0,
         count: limit,

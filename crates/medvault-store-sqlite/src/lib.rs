@@ -163,6 +163,34 @@ impl Drop for SqliteStore {
     }
 }
 
+/// Folds the whole WAL into the (secure-deleted) database file and truncates it to zero bytes,
+/// so a destroyed key's wrapped bytes survive in neither. Retries while readers or the
+/// background checkpointer hold the log (SQLite reports that as `busy`, not as an error).
+fn truncate_wal(conn: &Connection, ckpt: &Checkpointing) -> Result<(), TruncateError> {
+    for _ in 0..200 {
+        let busy: i64 = {
+            let _running = ckpt
+                .lock
+                .lock()
+                .map_err(|_| TruncateError("checkpoint lock poisoned".into()))?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                .map_err(|e| TruncateError(e.to_string()))?
+        };
+        if busy == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(TruncateError(
+        "readers kept the WAL busy for 2 s; run `medvault patient erase` again".into(),
+    ))
+}
+
+/// Why the WAL could not be truncated after a key was destroyed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("WAL truncation after key destruction failed: {0}")]
+struct TruncateError(String);
+
 /// How often the background checkpoint runs.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -230,7 +258,7 @@ fn writer_loop(conn: Connection, receiver: &Receiver<Job>, ckpt: &Checkpointing)
         }
         let (ops, replies): (Vec<WriteOp>, Vec<_>) =
             jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
-        let results = run_group(&conn, ops);
+        let results = run_group(&conn, ops, ckpt);
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
         }
@@ -244,7 +272,11 @@ fn writer_loop(conn: Connection, receiver: &Receiver<Job>, ckpt: &Checkpointing)
 }
 
 /// Runs a group of ops in one transaction, each in its own savepoint, and commits once.
-fn run_group(conn: &Connection, ops: Vec<WriteOp>) -> Vec<Result<(), StoreError>> {
+fn run_group(
+    conn: &Connection,
+    ops: Vec<WriteOp>,
+    ckpt: &Checkpointing,
+) -> Vec<Result<(), StoreError>> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let msg = e.to_string();
         return ops
@@ -255,6 +287,14 @@ fn run_group(conn: &Connection, ops: Vec<WriteOp>) -> Vec<Result<(), StoreError>
     let mut results = Vec::with_capacity(ops.len());
     let mut shred = false;
     for op in ops {
+        if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back by itself (disk full, I/O error): the
+            // ops already run are gone, and running more would commit them one by one.
+            results.push(Err(StoreError::Backend(
+                "transaction aborted by the database".into(),
+            )));
+            continue;
+        }
         let result = conn
             .execute_batch("SAVEPOINT op")
             .map_err(backend)
@@ -278,6 +318,16 @@ fn run_group(conn: &Connection, ops: Vec<WriteOp>) -> Vec<Result<(), StoreError>
             Err(e) => result.and(Err(backend(e))),
         });
     }
+    if conn.is_autocommit() {
+        return results
+            .into_iter()
+            .map(|r| {
+                r.and(Err(StoreError::Backend(
+                    "transaction aborted by the database".into(),
+                )))
+            })
+            .collect();
+    }
     if let Err(e) = conn.execute_batch("COMMIT") {
         let _ = conn.execute_batch("ROLLBACK");
         let msg = e.to_string();
@@ -286,11 +336,14 @@ fn run_group(conn: &Connection, ops: Vec<WriteOp>) -> Vec<Result<(), StoreError>
             .map(|r| r.and(Err(StoreError::Backend(msg.clone().into()))))
             .collect();
     }
-    if shred {
-        // Push the destroyed key's pages out of the WAL into the (secure-deleted) main file.
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "WAL checkpoint after key destruction failed; it will run later");
-        }
+    if shred && let Err(e) = truncate_wal(conn, ckpt) {
+        // The key is destroyed in the database; only old WAL frames may still hold its wrapped
+        // bytes. Say so to the caller rather than claim a clean erasure.
+        tracing::warn!(error = %e, "WAL could not be truncated after a key was destroyed");
+        return results
+            .into_iter()
+            .map(|r| r.and(Err(StoreError::Backend(Box::new(e.clone())))))
+            .collect();
     }
     results
 }

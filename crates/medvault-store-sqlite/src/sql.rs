@@ -131,10 +131,17 @@ pub(crate) fn history(
             "v.rtype = ?1 AND v.id = ?2",
             vec![rt.to_owned().into(), id.to_owned().into()],
         ),
-        None => ("v.rtype = ?1", vec![rt.to_owned().into()]),
+        // Type history leaves out versions whose key was destroyed, so erased patients do not
+        // show in totals or paging.
+        None => (
+            "v.rtype = ?1 AND NOT (d.name IS NOT NULL AND d.wrapped IS NULL)",
+            vec![rt.to_owned().into()],
+        ),
     };
     let total: i64 = c
-        .prepare_cached(&format!("SELECT count(*) FROM versions v WHERE {filter}"))
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM {VERSION_JOIN} WHERE {filter}"
+        ))
         .and_then(|mut s| s.query_row(params_from_iter(args.iter()), |r| r.get(0)))
         .map_err(backend)?;
     let mut page_args = args;

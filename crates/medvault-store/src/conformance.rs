@@ -449,6 +449,23 @@ fn destroy_shreds_compartment(store: &dyn Store) {
         0,
         "shredded resources leave search"
     );
+    let h = ok(store.history("Patient", None, 0, 10), "type history");
+    assert_eq!(
+        (
+            h.total,
+            h.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>()
+        ),
+        (1, vec!["b"]),
+        "type history leaves erased versions out of rows and total"
+    );
+    let h = ok(
+        store.history("Patient", Some("a"), 0, 10),
+        "instance history",
+    );
+    assert!(
+        h.total == 1 && h.rows[0].shredded,
+        "instance history reports them as shredded"
+    );
 }
 
 fn tokens_by_hash(store: &dyn Store) {

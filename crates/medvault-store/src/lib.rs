@@ -170,7 +170,8 @@ pub trait StoreRead {
         id: &str,
         version: Option<u64>,
     ) -> Result<Option<StoredVersion>, StoreError>;
-    /// History, newest first: of one resource when `id` is given, else of the whole type.
+    /// History, newest first: of one resource when `id` is given (shredded versions included,
+    /// flagged), else of the whole type (versions whose key was destroyed left out).
     ///
     /// # Errors
     /// [`StoreError::Backend`].

@@ -98,6 +98,16 @@ fn update_as_create_and_conditional_create() {
     assert_eq!(st, 200, "the existing resource is returned");
     assert_eq!(first["id"], again["id"]);
     assert_eq!(s.get("Patient?identifier=urn:mrn|C-1").1["total"], 1);
+    // A condition that selects nothing in particular is refused, never treated as "match all".
+    for bad in ["_count=1", "_summary=count", "nonsense=1"] {
+        let (st, o) = send(
+            s.req(reqwest::Method::POST, "Patient")
+                .header("content-type", "application/fhir+json")
+                .header("if-none-exist", bad)
+                .body(with_mrn.to_string()),
+        );
+        assert_eq!(st, 400, "{bad}: {o}");
+    }
     // Two matches → 412.
     s.create(&with_mrn);
     let (st, o) = cond(&with_mrn);
