@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use medvault_crypto::{
-    BlindIndexer, BlindValue, CryptoError, DataKey, Kek, KeyFileKind, ParamKey, Passphrase, RootKey,
+    BlindIndexer, BlindValue, CryptoError, DataKey, Kek, KeyFileKind, ParamKey, Passphrase,
+    RootKey, WrappedKey,
 };
 use medvault_fhir::Fhir;
 use medvault_store::{Store, StoreError, StoreRead, StoreTx, write_with};
@@ -93,7 +94,7 @@ pub struct KeyRing {
     tenant: String,
     root: RootKey,
     keks: RwLock<BTreeMap<u32, Arc<Kek>>>,
-    data_keys: RwLock<HashMap<String, Arc<DataKey>>>,
+    data_keys: RwLock<HashMap<String, (Arc<DataKey>, WrappedKey)>>,
     indexer: OnceLock<BlindIndexer>,
     param_keys: RwLock<HashMap<(String, String), Arc<ParamKey>>>,
 }
@@ -158,20 +159,20 @@ impl KeyRing {
         Ok(self.root.wrap_kek(&self.tenant, kek)?)
     }
 
-    fn cached(&self, name: &str) -> Option<Arc<DataKey>> {
+    fn cached(&self, name: &str) -> Option<(Arc<DataKey>, WrappedKey)> {
         self.data_keys
             .read()
             .ok()
             .and_then(|m| m.get(name).cloned())
     }
 
-    fn remember(&self, key: DataKey) -> Arc<DataKey> {
+    fn remember(&self, key: DataKey, wrapped: WrappedKey) -> Arc<DataKey> {
         let key = Arc::new(key);
         if let Ok(mut m) = self.data_keys.write() {
             if m.len() >= MAX_CACHED_KEYS {
                 m.clear();
             }
-            m.insert(key.name().to_owned(), Arc::clone(&key));
+            m.insert(key.name().to_owned(), (Arc::clone(&key), wrapped));
         }
         key
     }
@@ -183,8 +184,12 @@ impl KeyRing {
         }
     }
 
-    /// Unwraps a stored data key (not cached).
-    fn load(&self, store: &dyn StoreRead, name: &str) -> Result<Option<DataKey>, KeyError> {
+    /// Unwraps a stored data key (not cached), with the wrapped bytes it came from.
+    fn load(
+        &self,
+        store: &dyn StoreRead,
+        name: &str,
+    ) -> Result<Option<(DataKey, WrappedKey)>, KeyError> {
         let Some(row) = store.data_key(name)? else {
             return Ok(None);
         };
@@ -192,9 +197,10 @@ impl KeyRing {
             return Err(KeyError::Shredded);
         };
         let kek = self.kek(store, kek_version)?;
-        kek.unwrap(&self.tenant, name, row.key_version, &wrapped)
-            .map(Some)
-            .map_err(|_| KeyError::Broken(redacted(name)))
+        let key = kek
+            .unwrap(&self.tenant, name, row.key_version, &wrapped)
+            .map_err(|_| KeyError::Broken(redacted(name)))?;
+        Ok(Some((key, wrapped)))
     }
 
     /// The data key for reading a version sealed under `name`. The caller has already checked
@@ -203,11 +209,21 @@ impl KeyRing {
     /// # Errors
     /// [`KeyError::Shredded`] or [`KeyError::Broken`].
     pub fn for_read(&self, store: &dyn StoreRead, name: &str) -> Result<Arc<DataKey>, KeyError> {
-        if let Some(k) = self.cached(name) {
+        if let Some((k, _)) = self.cached(name) {
             return Ok(k);
         }
+        self.reload(store, name)
+    }
+
+    /// Reads the data key from the store again, replacing the cached one. Used when a cached key
+    /// fails to open a record: another process may have created the committed key while this one
+    /// cached a key whose transaction rolled back.
+    ///
+    /// # Errors
+    /// [`KeyError::Shredded`] or [`KeyError::Broken`].
+    pub fn reload(&self, store: &dyn StoreRead, name: &str) -> Result<Arc<DataKey>, KeyError> {
         match self.load(store, name)? {
-            Some(k) => Ok(self.remember(k)),
+            Some((k, w)) => Ok(self.remember(k, w)),
             None => Err(KeyError::Broken(redacted(name))),
         }
     }
@@ -223,21 +239,21 @@ impl KeyRing {
                 self.forget(name);
                 Err(KeyError::Shredded)
             }
-            Some(_) => match self.cached(name) {
-                Some(k) => Ok(k),
-                None => self
+            Some(row) => match self.cached(name) {
+                // Only a cached key whose wrapped bytes are the committed row's may seal: a key
+                // generated in a transaction that rolled back never matches.
+                Some((k, w)) if row.wrapped.as_ref() == Some(&w) => Ok(k),
+                _ => self
                     .load(&*tx, name)?
-                    .map(|k| self.remember(k))
+                    .map(|(k, w)| self.remember(k, w))
                     .ok_or_else(|| KeyError::Broken(redacted(name))),
             },
             None => {
-                // Not cached: the transaction may still roll back, and only keys read from
-                // committed rows may be reused by later writes.
                 let kek = self.newest_kek(&*tx)?;
                 let key = DataKey::generate(name.to_owned(), 1)?;
                 let wrapped = kek.wrap(&self.tenant, &key)?;
                 tx.put_data_key(name, key.version(), kek.version(), &wrapped)?;
-                Ok(Arc::new(key))
+                Ok(self.remember(key, wrapped))
             }
         }
     }
@@ -409,7 +425,7 @@ impl Node {
             indexer: OnceLock::new(),
             param_keys: RwLock::new(HashMap::new()),
         };
-        let index_key = ring
+        let (index_key, _) = ring
             .load(store.as_ref(), INDEX_KEY)
             .map_err(|_| NodeError::KeyMismatch(INDEX_KEY.into()))?
             .ok_or_else(|| NodeError::KeyMismatch(INDEX_KEY.into()))?;

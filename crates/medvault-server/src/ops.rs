@@ -428,13 +428,23 @@ pub fn open(store: &dyn StoreRead, ctx: &Ctx, row: &StoredVersion) -> Result<Val
         id: &row.id,
         version: row.version,
     };
-    let plain = key.open(&aad, body).map_err(|_| {
-        ApiError::internal(&format!(
-            "integrity failure: {} version {} does not authenticate",
-            crate::node::redacted(&format!("{}/{}", row.resource_type, row.id)),
-            row.version
-        ))
-    })?;
+    let plain = match key.open(&aad, body) {
+        Ok(p) => p,
+        // A cached key can be stale only if another process created this compartment's key;
+        // read it from the store once before calling the record corrupt.
+        Err(_) => ctx
+            .keys
+            .reload(store, &row.key_name)
+            .map_err(key_error)?
+            .open(&aad, body)
+            .map_err(|_| {
+                ApiError::internal(&format!(
+                    "integrity failure: {} version {} does not authenticate",
+                    crate::node::redacted(&format!("{}/{}", row.resource_type, row.id)),
+                    row.version
+                ))
+            })?,
+    };
     serde_json::from_slice(&plain).map_err(|e| ApiError::internal(&e))
 }
 
