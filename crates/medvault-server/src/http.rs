@@ -215,12 +215,7 @@ async fn dispatch(
         }
         (Method::GET, Target::Type(rt)) => {
             ops::served_type(&ctx.fhir, &rt)?;
-            let b = base.clone();
-            let out = blocking_read(&state, move || {
-                search::search_bundle(store.as_ref(), &ctx, &rt, &params, strict, &b)
-            })
-            .await?;
-            Ok(fhir_json(StatusCode::OK, &out))
+            run_search(&state, rt, params, strict, base).await
         }
         (Method::POST, Target::TypeSearch(rt)) => {
             ops::served_type(&ctx.fhir, &rt)?;
@@ -237,12 +232,7 @@ async fn dispatch(
             }
             let mut all = params;
             all.extend(form_urlencoded::parse(&body).into_owned());
-            let b = base.clone();
-            let out = blocking_read(&state, move || {
-                search::search_bundle(store.as_ref(), &ctx, &rt, &all, strict, &b)
-            })
-            .await?;
-            Ok(fhir_json(StatusCode::OK, &out))
+            run_search(&state, rt, all, strict, base).await
         }
         (Method::POST, Target::Type(rt)) => {
             ops::served_type(&ctx.fhir, &rt)?;
@@ -325,6 +315,22 @@ async fn dispatch(
         }
         (m, _) => Err(route::method_not_allowed(&m)),
     }
+}
+
+/// A type search (GET or POST `_search`) on a blocking thread, answered as a `searchset`.
+async fn run_search(
+    state: &AppState,
+    rt: String,
+    params: Vec<(String, String)>,
+    strict: bool,
+    base: String,
+) -> Result<Response, ApiError> {
+    let (store, ctx) = (state.node.store.clone(), state.ctx.clone());
+    let out = blocking_read(state, move || {
+        search::search_bundle(store.as_ref(), &ctx, &rt, &params, strict, &base)
+    })
+    .await?;
+    Ok(fhir_json(StatusCode::OK, &out))
 }
 
 fn paging_only(params: &[(String, String)]) -> Vec<(String, String)> {

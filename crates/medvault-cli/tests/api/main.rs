@@ -33,6 +33,21 @@ pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     )
 }
 
+/// `medvault token create --data-dir DIR --role admin`.
+pub fn token_create(dir: &Path, env: &[(&str, &str)]) -> (bool, String, String) {
+    cli(
+        &[
+            "token",
+            "create",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--role",
+            "admin",
+        ],
+        env,
+    )
+}
+
 pub struct Server {
     child: Child,
     pub port: u16,
@@ -117,17 +132,7 @@ impl Server {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let (ok, out, err) = cli(
-            &[
-                "token",
-                "create",
-                "--data-dir",
-                dir.to_str().unwrap(),
-                "--role",
-                "admin",
-            ],
-            env,
-        );
+        let (ok, out, err) = token_create(dir, env);
         assert!(ok, "token create failed: {err}");
         Self {
             child,

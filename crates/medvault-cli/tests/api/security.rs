@@ -2,7 +2,7 @@ use std::collections::HashSet;
 
 use serde_json::json;
 
-use crate::{Server, assert_outcome, ids, observation, patient};
+use crate::{Server, assert_outcome, ids, observation, patient, token_create};
 
 fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
@@ -104,20 +104,6 @@ fn scan_for_canaries(dir: &std::path::Path, canaries: &[&str]) -> HashSet<String
         names.insert(f.file_name().unwrap().to_string_lossy().into_owned());
     }
     names
-}
-
-fn token_create(dir: &std::path::Path, env: &[(&str, &str)]) -> (bool, String, String) {
-    crate::cli(
-        &[
-            "token",
-            "create",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--role",
-            "admin",
-        ],
-        env,
-    )
 }
 
 fn crate_normal(c: &str) -> String {
