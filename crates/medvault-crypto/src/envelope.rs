@@ -272,6 +272,54 @@ impl DataKey {
     }
 }
 
+impl DataKey {
+    /// Seals a detail record that is not a resource version (e.g. a ledger entry's body), bound to
+    /// `context` (a domain label) and `binding` (the fields that name its place, e.g. a leaf
+    /// index), so it cannot be moved to another place and still open.
+    ///
+    /// # Errors
+    /// [`CryptoError::Rng`] if no nonce could be drawn.
+    pub fn seal_bound(
+        &self,
+        context: &str,
+        binding: &[&[u8]],
+        plaintext: &[u8],
+    ) -> Result<Sealed, CryptoError> {
+        self.key
+            .seal(
+                &self.bound_aad(context, binding),
+                plaintext,
+                &[SEALED_FORMAT_V1],
+            )
+            .map(Sealed)
+    }
+
+    /// Opens what [`Self::seal_bound`] sealed with the same context and binding.
+    ///
+    /// # Errors
+    /// [`CryptoError::Opaque`] on any mismatch or tampering.
+    pub fn open_bound(
+        &self,
+        context: &str,
+        binding: &[&[u8]],
+        sealed: &Sealed,
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        match sealed.0.split_first() {
+            Some((&SEALED_FORMAT_V1, rest)) => {
+                self.key.open(&self.bound_aad(context, binding), rest)
+            }
+            _ => Err(CryptoError::Opaque),
+        }
+    }
+
+    fn bound_aad(&self, context: &str, binding: &[&[u8]]) -> Vec<u8> {
+        let version = self.version.to_be_bytes();
+        let mut fields: Vec<&[u8]> = vec![context.as_bytes(), self.name.as_bytes(), &version];
+        fields.extend_from_slice(binding);
+        aad("medvault-bound-v1", &fields)
+    }
+}
+
 /// An AEAD-sealed resource version. The store accepts only this type for record bodies, so
 /// plaintext cannot reach SQL.
 #[derive(Clone, PartialEq, Eq)]

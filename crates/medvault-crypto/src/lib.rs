@@ -18,11 +18,13 @@ mod blind;
 mod envelope;
 mod keyfile;
 mod secret;
+mod sign;
 
 pub use blind::{BLIND_LEN, BlindIndexer, BlindValue, ParamKey};
 pub use envelope::{DataKey, Kek, RecordAad, Sealed, WrappedKey};
 pub use keyfile::{KeyFileKind, Passphrase, RootKey};
 pub use secret::SecretBytes;
+pub use sign::{ED25519_PUBLIC_KEY_LEN, ED25519_SIGNATURE_LEN, SigningKey, ed25519_verify};
 
 /// Errors from the crypto layer.
 ///

@@ -109,3 +109,19 @@ fn hkdf_sha256() {
     }
     assert_eq!(ran, 86);
 }
+
+#[test]
+fn ed25519_verify() {
+    // Through medvault's own wrapper, which the ledger uses for checkpoints and cosignatures.
+    let doc = load("ed25519_test.json");
+    let mut ran = 0;
+    for g in doc["testGroups"].as_array().unwrap() {
+        let pk = hx(&g["publicKey"]["pk"]);
+        for t in g["tests"].as_array().unwrap() {
+            let ok = medvault_crypto::ed25519_verify(&pk, &hx(&t["msg"]), &hx(&t["sig"]));
+            assert_eq!(ok, t["result"] == "valid", "tcId {}", t["tcId"]);
+            ran += 1;
+        }
+    }
+    assert_eq!(ran, 151);
+}

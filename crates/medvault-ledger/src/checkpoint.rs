@@ -1,0 +1,89 @@
+//! C2SP `tlog-checkpoint`: the note text `<origin>\n<size>\n<base64 root>\n[extension lines]`.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::LedgerError;
+use crate::hash::{HASH_LEN, Hash};
+
+/// A checkpoint body (the text of a signed note).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Names the log (a schema-less URL).
+    pub origin: String,
+    /// Tree size.
+    pub size: u64,
+    /// Root hash of the tree of that size.
+    pub root: Hash,
+    /// Extension lines, if any.
+    pub extensions: Vec<String>,
+}
+
+fn err(what: &'static str) -> LedgerError {
+    LedgerError::Checkpoint(what)
+}
+
+/// Parses a decimal with no sign and no leading zeros (except `0` itself).
+pub(crate) fn parse_decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
+    {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Decodes one base64 hash.
+pub(crate) fn parse_hash(s: &str) -> Option<Hash> {
+    let raw = B64.decode(s).ok()?;
+    <[u8; HASH_LEN]>::try_from(raw.as_slice()).ok()
+}
+
+impl Checkpoint {
+    /// Parses the text of a checkpoint note (signatures already split off).
+    ///
+    /// # Errors
+    /// [`LedgerError::Checkpoint`] naming the malformed line.
+    pub fn parse(text: &str) -> Result<Self, LedgerError> {
+        let body = text
+            .strip_suffix('\n')
+            .ok_or(err("checkpoint does not end with a newline"))?;
+        let mut lines = body.split('\n');
+        let origin = lines.next().unwrap_or_default();
+        if origin.is_empty() {
+            return Err(err("checkpoint origin line is empty"));
+        }
+        let size = lines
+            .next()
+            .and_then(parse_decimal)
+            .ok_or(err("checkpoint size line is not a decimal tree size"))?;
+        let root = lines
+            .next()
+            .and_then(parse_hash)
+            .ok_or(err("checkpoint root line is not a base64 SHA-256 hash"))?;
+        let extensions: Vec<String> = lines.map(str::to_owned).collect();
+        if extensions.iter().any(String::is_empty) {
+            return Err(err("checkpoint has an empty extension line"));
+        }
+        Ok(Self {
+            origin: origin.to_owned(),
+            size,
+            root,
+            extensions,
+        })
+    }
+
+    /// The note text.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root)
+        );
+        for e in &self.extensions {
+            out.push_str(e);
+            out.push('\n');
+        }
+        out
+    }
+}

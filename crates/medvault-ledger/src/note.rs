@@ -1,0 +1,337 @@
+//! C2SP `signed-note`: text signed by one or more keys, Ed25519 signatures (type `0x01`) and
+//! timestamped Ed25519 witness cosignatures (type `0x04`, C2SP `tlog-cosignature` v1), and the
+//! `vkey` text form of a verifier key.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use medvault_crypto::{ED25519_PUBLIC_KEY_LEN, ED25519_SIGNATURE_LEN, SigningKey, ed25519_verify};
+
+use crate::LedgerError;
+
+/// Largest note accepted (text plus signatures).
+pub const MAX_NOTE_LEN: usize = 64 * 1024;
+/// Most signature lines accepted on one note (the spec asks for at least 16).
+pub const MAX_SIGNATURES: usize = 64;
+
+const SIG_TYPE_ED25519: u8 = 0x01;
+const SIG_TYPE_COSIGNATURE_V1: u8 = 0x04;
+
+/// One signature line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoteSignature {
+    /// Key name.
+    pub name: String,
+    /// The 32-bit key id.
+    pub key_id: u32,
+    /// The signature bytes after the key id.
+    pub signature: Vec<u8>,
+}
+
+impl NoteSignature {
+    /// The line, `— <name> <base64(key id || signature)>\n`.
+    pub fn line(&self) -> String {
+        let mut raw = self.key_id.to_be_bytes().to_vec();
+        raw.extend_from_slice(&self.signature);
+        format!("\u{2014} {} {}\n", self.name, B64.encode(raw))
+    }
+}
+
+/// A parsed signed note. Its text must not be trusted before a signature is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The signed text, ending in a newline.
+    pub text: String,
+    /// The signature lines, in order.
+    pub signatures: Vec<NoteSignature>,
+}
+
+fn note_err(what: &'static str) -> LedgerError {
+    LedgerError::Note(what)
+}
+
+/// Key names are non-empty and contain no Unicode space and no `+`.
+pub fn valid_key_name(name: &str) -> bool {
+    !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || c == '+')
+}
+
+impl Note {
+    /// Parses a signed note.
+    ///
+    /// # Errors
+    /// [`LedgerError::Note`] naming what is malformed.
+    pub fn parse(bytes: &[u8]) -> Result<Self, LedgerError> {
+        if bytes.len() > MAX_NOTE_LEN {
+            return Err(note_err("note is too large"));
+        }
+        let s = std::str::from_utf8(bytes).map_err(|_| note_err("note is not UTF-8"))?;
+        if s.chars().any(|c| c < ' ' && c != '\n') {
+            return Err(note_err("note contains a control character"));
+        }
+        if !s.ends_with('\n') {
+            return Err(note_err("note does not end with a newline"));
+        }
+        let split = s
+            .rfind("\n\n")
+            .ok_or(note_err("note has no blank line before its signatures"))?;
+        let text = &s[..=split];
+        let sig_block = &s[split + 2..];
+        if text.len() <= 1 {
+            return Err(note_err("note text is empty"));
+        }
+        let mut signatures = Vec::new();
+        for line in sig_block.split_terminator('\n') {
+            if signatures.len() == MAX_SIGNATURES {
+                return Err(note_err("note has too many signatures"));
+            }
+            signatures.push(parse_signature_line(line)?);
+        }
+        if signatures.is_empty() {
+            return Err(note_err("note has no signatures"));
+        }
+        Ok(Self {
+            text: text.to_owned(),
+            signatures,
+        })
+    }
+
+    /// The note's wire form.
+    pub fn render(&self) -> String {
+        let mut out = self.text.clone();
+        out.push('\n');
+        for s in &self.signatures {
+            out.push_str(&s.line());
+        }
+        out
+    }
+}
+
+/// Parses one `— <name> <base64>` line (without its newline).
+///
+/// # Errors
+/// [`LedgerError::Note`].
+pub fn parse_signature_line(line: &str) -> Result<NoteSignature, LedgerError> {
+    let rest = line.strip_prefix("\u{2014} ").ok_or(note_err(
+        "signature line does not start with an em dash and a space",
+    ))?;
+    let (name, b64) = rest
+        .split_once(' ')
+        .ok_or(note_err("signature line has no signature"))?;
+    if !valid_key_name(name) {
+        return Err(note_err("signature line has an invalid key name"));
+    }
+    let raw = B64
+        .decode(b64)
+        .map_err(|_| note_err("signature is not valid base64"))?;
+    if raw.len() < 5 {
+        return Err(note_err("signature is too short"));
+    }
+    let (id, sig) = raw.split_at(4);
+    Ok(NoteSignature {
+        name: name.to_owned(),
+        key_id: u32::from_be_bytes([id[0], id[1], id[2], id[3]]),
+        signature: sig.to_vec(),
+    })
+}
+
+/// What kind of signature a [`VerifierKey`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A log's Ed25519 note signature (`0x01`).
+    Ed25519,
+    /// A witness's timestamped Ed25519 cosignature, `cosignature/v1` (`0x04`).
+    CosignatureV1,
+}
+
+impl KeyKind {
+    fn type_byte(self) -> u8 {
+        match self {
+            Self::Ed25519 => SIG_TYPE_ED25519,
+            Self::CosignatureV1 => SIG_TYPE_COSIGNATURE_V1,
+        }
+    }
+}
+
+/// `SHA-256(name || 0x0A || type || public key)[:4]`, big-endian.
+pub fn key_id(name: &str, kind: KeyKind, public_key: &[u8]) -> u32 {
+    let mut buf = Vec::with_capacity(name.len() + 2 + public_key.len());
+    buf.extend_from_slice(name.as_bytes());
+    buf.push(b'\n');
+    buf.push(kind.type_byte());
+    buf.extend_from_slice(public_key);
+    let h = medvault_crypto::sha256(&buf);
+    u32::from_be_bytes([h[0], h[1], h[2], h[3]])
+}
+
+fn cosigned_message(timestamp: u64, text: &str) -> Vec<u8> {
+    format!("cosignature/v1\ntime {timestamp}\n{text}").into_bytes()
+}
+
+/// A public key that checks one kind of signature under one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifierKey {
+    /// Key name.
+    pub name: String,
+    /// Signature kind.
+    pub kind: KeyKind,
+    /// Ed25519 public key.
+    pub public_key: [u8; ED25519_PUBLIC_KEY_LEN],
+}
+
+/// A verified signature: for cosignatures, the timestamp the witness signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// Cosignature time (POSIX seconds); `None` for plain Ed25519 signatures.
+    pub timestamp: Option<u64>,
+}
+
+impl VerifierKey {
+    /// The key's 32-bit id.
+    pub fn key_id(&self) -> u32 {
+        key_id(&self.name, self.kind, &self.public_key)
+    }
+
+    /// Parses a verifier key, `<name>+<8 hex key id>+<base64(type || public key)>`.
+    ///
+    /// # Errors
+    /// [`LedgerError::Note`] naming the problem.
+    pub fn parse_vkey(text: &str) -> Result<Self, LedgerError> {
+        let mut parts = text.trim().splitn(3, '+');
+        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(note_err("verifier key is not name+id+key"));
+        };
+        if !valid_key_name(name) {
+            return Err(note_err("verifier key has an invalid name"));
+        }
+        let raw = B64
+            .decode(key)
+            .map_err(|_| note_err("verifier key is not valid base64"))?;
+        let (kind, public) = match raw.split_first() {
+            Some((&SIG_TYPE_ED25519, k)) => (KeyKind::Ed25519, k),
+            Some((&SIG_TYPE_COSIGNATURE_V1, k)) => (KeyKind::CosignatureV1, k),
+            _ => return Err(note_err("verifier key has an unsupported type")),
+        };
+        let public_key: [u8; ED25519_PUBLIC_KEY_LEN] = public
+            .try_into()
+            .map_err(|_| note_err("verifier key is not a 32-byte Ed25519 key"))?;
+        let vk = Self {
+            name: name.to_owned(),
+            kind,
+            public_key,
+        };
+        let want =
+            u32::from_str_radix(id, 16).map_err(|_| note_err("verifier key id is not hex"))?;
+        if id.len() != 8 || want != vk.key_id() {
+            return Err(note_err("verifier key id does not match the key"));
+        }
+        Ok(vk)
+    }
+
+    /// The `vkey` text form.
+    pub fn to_vkey(&self) -> String {
+        let mut raw = vec![self.kind.type_byte()];
+        raw.extend_from_slice(&self.public_key);
+        format!("{}+{:08x}+{}", self.name, self.key_id(), B64.encode(raw))
+    }
+
+    /// Verifies this key's signature(s) on `note`. Lines from other keys are ignored.
+    ///
+    /// # Errors
+    /// [`LedgerError::SignatureMissing`] if no line is from this key,
+    /// [`LedgerError::SignatureInvalid`] if one fails to verify.
+    pub fn verify(&self, note: &Note) -> Result<Verified, LedgerError> {
+        let id = self.key_id();
+        let mut found = None;
+        for s in note
+            .signatures
+            .iter()
+            .filter(|s| s.name == self.name && s.key_id == id)
+        {
+            found = Some(self.verify_one(&note.text, &s.signature)?);
+        }
+        found.ok_or(LedgerError::SignatureMissing)
+    }
+
+    fn verify_one(&self, text: &str, sig: &[u8]) -> Result<Verified, LedgerError> {
+        match self.kind {
+            KeyKind::Ed25519 => {
+                if ed25519_verify(&self.public_key, text.as_bytes(), sig) {
+                    Ok(Verified { timestamp: None })
+                } else {
+                    Err(LedgerError::SignatureInvalid)
+                }
+            }
+            KeyKind::CosignatureV1 => {
+                if sig.len() != 8 + ED25519_SIGNATURE_LEN {
+                    return Err(LedgerError::SignatureInvalid);
+                }
+                let (ts, sig) = sig.split_at(8);
+                let mut t = [0u8; 8];
+                t.copy_from_slice(ts);
+                let timestamp = u64::from_be_bytes(t);
+                if timestamp > i64::MAX as u64 {
+                    return Err(LedgerError::SignatureInvalid);
+                }
+                if ed25519_verify(&self.public_key, &cosigned_message(timestamp, text), sig) {
+                    Ok(Verified {
+                        timestamp: Some(timestamp),
+                    })
+                } else {
+                    Err(LedgerError::SignatureInvalid)
+                }
+            }
+        }
+    }
+}
+
+/// A private key with its name, signing notes of one kind.
+#[derive(Debug)]
+pub struct NoteSigner {
+    name: String,
+    kind: KeyKind,
+    key: SigningKey,
+}
+
+impl NoteSigner {
+    /// A signer named `name` (a schema-less URL, e.g. `medvault.example/node-1`).
+    ///
+    /// # Errors
+    /// [`LedgerError::Note`] if the name is not a valid key name.
+    pub fn new(name: &str, kind: KeyKind, key: SigningKey) -> Result<Self, LedgerError> {
+        if !valid_key_name(name) {
+            return Err(note_err("key name is empty or contains a space or '+'"));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            kind,
+            key,
+        })
+    }
+
+    /// The matching verifier key.
+    pub fn verifier(&self) -> VerifierKey {
+        VerifierKey {
+            name: self.name.clone(),
+            kind: self.kind,
+            public_key: self.key.public_key(),
+        }
+    }
+
+    /// Signs `text` (which must end in a newline). For cosigners, `timestamp` is the POSIX time
+    /// written into the cosignature; it is ignored for plain Ed25519 signatures.
+    pub fn sign(&self, text: &str, timestamp: u64) -> NoteSignature {
+        let key_id = self.verifier().key_id();
+        let signature = match self.kind {
+            KeyKind::Ed25519 => self.key.sign(text.as_bytes()).to_vec(),
+            KeyKind::CosignatureV1 => {
+                let mut out = timestamp.to_be_bytes().to_vec();
+                out.extend_from_slice(&self.key.sign(&cosigned_message(timestamp, text)));
+                out
+            }
+        };
+        NoteSignature {
+            name: self.name.clone(),
+            key_id,
+            signature,
+        }
+    }
+}
