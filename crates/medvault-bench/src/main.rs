@@ -63,6 +63,10 @@ fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
+/// The store requires a ledger leaf per version; the baseline stores a constant one (no
+/// commitment, no audit records).
+const BASELINE_LEAF: &[u8] = &[0; 42];
+
 /// Validates and turns one Patient into a stored version plus its plaintext index entry.
 fn prepare(app: &App, mut p: Value) -> Result<(StoredVersion, Vec<BlindValue>, Value), StatusCode> {
     if p.get("resourceType").and_then(Value::as_str) != Some("Patient") {
@@ -90,6 +94,8 @@ fn prepare(app: &App, mut p: Value) -> Result<(StoredVersion, Vec<BlindValue>, V
         key_version: 0,
         body: Some(Sealed::from_stored(body)),
         shredded: false,
+        salt: Some([0; 16]),
+        leaf: None,
     };
     Ok((v, index, p))
 }
@@ -101,8 +107,10 @@ async fn create(State(app): State<App>, headers: HeaderMap, body: String) -> Res
     let result = tokio::task::spawn_blocking(move || {
         let p: Value = serde_json::from_str(&body).map_err(|_| StatusCode::BAD_REQUEST)?;
         let (v, index, p) = prepare(&app, p)?;
-        write_with(app.store.as_ref(), move |tx| tx.put_version(&v, &index))
-            .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+        write_with(app.store.as_ref(), move |tx| {
+            tx.put_version(&v, &index, BASELINE_LEAF).map(|_| ())
+        })
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
         Ok::<_, StatusCode>(p)
     })
     .await;
@@ -194,7 +202,7 @@ async fn transaction(State(app): State<App>, headers: HeaderMap, body: String) -
             .collect();
         write_with(app.store.as_ref(), move |tx| {
             for (v, index, _) in &rows {
-                tx.put_version(v, index)?;
+                tx.put_version(v, index, BASELINE_LEAF)?;
             }
             Ok(())
         })

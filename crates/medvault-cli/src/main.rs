@@ -94,6 +94,24 @@ enum Command {
         #[command(subcommand)]
         command: PatientCommand,
     },
+    /// The tamper-evident ledger of every access and every record version.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Recompute the Merkle tree from the stored leaves, check the newest signed checkpoint,
+    /// every stored resource version against its commitment and every audit record against its
+    /// leaf. Exits 0 only when everything holds; otherwise names the first divergence (which
+    /// row, which leaf) and exits 1. Safe to run while the server runs.
+    #[command(after_help = "Example:\n  medvault ledger verify --data-dir /var/lib/medvault")]
+    Verify {
+        #[command(flatten)]
+        dir: DataDir,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -249,6 +267,44 @@ fn erase(node: &Node, patient: &str) -> anyhow::Result<String> {
     ))
 }
 
+/// Records an administrative action in the ledger and signs a checkpoint covering it.
+fn audit_admin(node: &Node, action: &str, target: Option<&str>) -> anyhow::Result<()> {
+    let now = node.clock.now_micros();
+    let operator = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let detail = serde_json::json!({
+        "v": 1,
+        "type": "admin",
+        "time": medvault_server::clock::instant(now),
+        "agent": {"os_user": operator},
+        "interaction": action,
+        "target": target,
+        "outcome": "success",
+    });
+    let store = node.store.as_ref();
+    node.ledger
+        .record_audit(store, now, &detail)
+        .and_then(|_| node.ledger.checkpoint_now(store))
+        .map_err(|e| anyhow::anyhow!("recording the action in the ledger failed: {}", e.message))?;
+    Ok(())
+}
+
+fn verify_ledger(node: &Node) -> anyhow::Result<String> {
+    let mut bar: Option<ProgressBar> = None;
+    let report =
+        medvault_server::verify::verify(node.store.as_ref(), &node.ledger, |done, total| {
+            let pb = bar.get_or_insert_with(|| progress(total, "verifying ledger"));
+            pb.set_position(done);
+        });
+    if let Some(pb) = bar {
+        pb.finish_and_clear();
+    }
+    let r = report.map_err(|e| anyhow::anyhow!("ledger verification failed: {e}"))?;
+    Ok(format!(
+        "ledger verified: {} leaves, {} resource versions, {} audit records; newest signed checkpoint covers {} leaves",
+        r.leaves, r.versions, r.audit_records, r.checkpoint_size
+    ))
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
@@ -291,6 +347,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 node.clock.now_micros(),
             )
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            audit_admin(&node, "token-create", Some(role.as_str()))?;
             println!("{token}");
         }
         Command::Keys {
@@ -298,6 +355,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let node = open_node(&dir.data_dir, true)?;
             let (version, n) = rotate(&node)?;
+            audit_admin(&node, "keys-rotate", Some(&format!("KEK v{version}")))?;
             println!("KEK v{version} added; {n} data key(s) rewrapped under it");
         }
         Command::Patient {
@@ -305,7 +363,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             ResourceId::new(&patient_id).map_err(|e| anyhow::anyhow!("{e}"))?;
             let node = open_node(&dir.data_dir, true)?;
-            println!("{}", erase(&node, &patient_id)?);
+            let message = erase(&node, &patient_id)?;
+            audit_admin(
+                &node,
+                "patient-erase",
+                Some(&format!("Patient/{patient_id}")),
+            )?;
+            println!("{message}");
+        }
+        Command::Ledger {
+            command: LedgerCommand::Verify { dir },
+        } => {
+            let node = open_node(&dir.data_dir, true)?;
+            println!("{}", verify_ledger(&node)?);
         }
     }
     Ok(())

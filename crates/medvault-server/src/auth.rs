@@ -33,6 +33,24 @@ pub struct Authenticated {
     pub role: Role,
 }
 
+/// Where the authenticator leaves who it authenticated, for the audit record the request
+/// middleware writes after the handler ran.
+#[derive(Debug, Clone, Default)]
+pub struct AgentSlot(std::sync::Arc<Mutex<Option<Authenticated>>>);
+
+impl AgentSlot {
+    /// Who was authenticated, if anyone.
+    pub fn get(&self) -> Option<Authenticated> {
+        self.0.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn set(&self, who: &Authenticated) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = Some(who.clone());
+        }
+    }
+}
+
 /// Recently validated token hashes.
 #[derive(Debug, Default)]
 pub struct TokenCache(Mutex<HashMap<[u8; 32], (Authenticated, Instant)>>);
@@ -68,6 +86,16 @@ impl FromRequestParts<AppState> for Authenticated {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        let who = authenticate(parts, state).await?;
+        if let Some(slot) = parts.extensions.get::<AgentSlot>() {
+            slot.set(&who);
+        }
+        Ok(who)
+    }
+}
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Authenticated, ApiError> {
+    {
         let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
             unauthorized("authentication required: send Authorization: Bearer <token>")
         })?;

@@ -351,15 +351,158 @@ fn next_request_id() -> String {
     format!("{prefix}-{n:x}")
 }
 
-/// Request log and request id. Logs the route template, never the concrete path or query
-/// (they can carry ids and search values). Server errors log at `warn`, everything else at
-/// `debug` (the audit ledger, not this log, is the record of who accessed what).
-pub(crate) async fn observe(State(_state): State<AppState>, req: Request, next: Next) -> Response {
+/// The FHIR interaction a request is, for its audit record.
+fn interaction(method: &Method, target: &Target) -> &'static str {
+    match (method, target) {
+        (&Method::GET, Target::Metadata) => "capabilities",
+        (&Method::POST, Target::System) => "batch/transaction",
+        (&Method::GET, Target::Type(_)) | (&Method::POST, Target::TypeSearch(_)) => "search-type",
+        (&Method::POST, Target::Type(_)) => "create",
+        (&Method::GET, Target::Instance(..)) => "read",
+        (&Method::GET, Target::Version(..)) => "vread",
+        (&Method::PUT, Target::Instance(..)) => "update",
+        (&Method::DELETE, Target::Instance(..)) => "delete",
+        (&Method::GET, Target::TypeHistory(_)) => "history-type",
+        (&Method::GET, Target::InstanceHistory(..)) => "history-instance",
+        _ => "unsupported",
+    }
+}
+
+/// The audit detail of one request: who, what, when, why, outcome. Sealed before it is stored;
+/// search parameter *names* are kept, never their values.
+fn audit_detail(
+    request_id: &str,
+    time: &str,
+    method: &Method,
+    uri: &axum::http::Uri,
+    who: Option<&Authenticated>,
+    purpose: Option<&str>,
+    resp: &Response,
+) -> Value {
+    let status = resp.status();
+    let fhir_path = uri.path().strip_prefix("/fhir");
+    let target = fhir_path.and_then(|p| route::parse_path(p).ok());
+    let (rtype, id) = match &target {
+        Some(Target::Type(t) | Target::TypeSearch(t) | Target::TypeHistory(t)) => {
+            (Some(t.clone()), None)
+        }
+        Some(Target::Instance(t, i) | Target::InstanceHistory(t, i) | Target::Version(t, i, _)) => {
+            (Some(t.clone()), Some(i.to_string()))
+        }
+        _ => (None, None),
+    };
+    // A create's new id is in its Location header (`…/Type/id/_history/1`).
+    let id = id.or_else(|| {
+        let loc = resp.headers().get(header::LOCATION)?.to_str().ok()?;
+        let mut parts = loc.rsplit('/').skip(2);
+        parts.next().map(str::to_owned)
+    });
+    let params: Vec<String> = uri
+        .query()
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, _)| k.into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let outcome = match status.as_u16() {
+        200..=399 => "success",
+        401 => "authentication-failed",
+        403 => "denied",
+        400..=499 => "client-error",
+        _ => "server-error",
+    };
+    serde_json::json!({
+        "v": 1,
+        "type": "rest",
+        "time": time,
+        "request_id": request_id,
+        "agent": who.map(|w| serde_json::json!({"token": w.token_id, "role": w.role.as_str()})),
+        "method": method.as_str(),
+        "interaction": target.as_ref().map_or("none", |t| interaction(method, t)),
+        "resource_type": rtype,
+        "id": id,
+        "params": params,
+        "purpose": purpose,
+        "status": status.as_u16(),
+        "outcome": outcome,
+    })
+}
+
+/// `X-Purpose-Of-Use`: a code of the HL7 v3 PurposeOfUse value set (e.g. `TREAT`, `ETREAT`,
+/// `HPAYMT`), recorded in the audit trail.
+fn purpose_of_use(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("x-purpose-of-use") else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|p| (2..=24).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_uppercase()))
+        .map(|p| Some(p.to_owned()))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "X-Purpose-Of-Use must be one HL7 v3 PurposeOfUse code, e.g. TREAT",
+            )
+        })
+}
+
+/// Request id, audit record and request log.
+///
+/// Every request except the public transparency endpoints (`/ledger/…`) and `/healthz` is
+/// written to the ledger as a sealed audit record *before* its response is released; if the
+/// record cannot be written the client gets a 500 instead of the data (fail closed).
+///
+/// The log names the route template, never the concrete path or query (they can carry ids and
+/// search values). Server errors log at `warn`, everything else at `debug`: the ledger, not this
+/// log, is the record of who accessed what.
+pub(crate) async fn observe(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let started = std::time::Instant::now();
     let method = req.method().clone();
+    let uri = req.uri().clone();
     let route = req.extensions().get::<MatchedPath>().cloned();
     let request_id = next_request_id();
-    let mut resp = next.run(req).await;
+    let audited = !(uri.path().starts_with("/ledger/") || uri.path() == "/healthz");
+    let slot = crate::auth::AgentSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let purpose = purpose_of_use(req.headers());
+    let mut resp = match &purpose {
+        Ok(_) => next.run(req).await,
+        Err(e) => e.clone().into_response(),
+    };
+    if audited {
+        let now = state.node.clock.now_micros();
+        let detail = audit_detail(
+            &request_id,
+            &clock::instant(now),
+            &method,
+            &uri,
+            slot.get().as_ref(),
+            purpose.ok().flatten().as_deref(),
+            &resp,
+        );
+        let (store, ledger) = (
+            state.node.store.clone(),
+            std::sync::Arc::clone(&state.node.ledger),
+        );
+        let written =
+            tokio::task::spawn_blocking(move || ledger.record_audit(store.as_ref(), now, &detail))
+                .await
+                .map_err(|e| ApiError::internal(&e))
+                .and_then(|r| r);
+        match written {
+            Ok(leaf) => {
+                if let Ok(v) = HeaderValue::from_str(&leaf.to_string()) {
+                    resp.headers_mut().insert("x-ledger-leaf", v);
+                }
+            }
+            Err(e) => resp = e.into_response(),
+        }
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }

@@ -11,10 +11,12 @@ pub mod capability;
 pub mod clock;
 pub mod error;
 mod http;
+pub mod ledger;
 pub mod node;
 pub mod ops;
 pub mod route;
 pub mod search;
+pub mod verify;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +42,8 @@ pub struct ServerConfig {
     pub base_url: Option<String>,
     /// Requests taking longer are answered 503.
     pub request_timeout: Duration,
+    /// How often a checkpoint is signed (when the ledger grew).
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +52,7 @@ impl Default for ServerConfig {
             max_body_bytes: 8 * 1024 * 1024,
             base_url: None,
             request_timeout: Duration::from_secs(60),
+            checkpoint_interval: Duration::from_secs(1),
         }
     }
 }
@@ -74,6 +79,7 @@ impl AppState {
             fhir: Arc::clone(&node.fhir),
             keys: Arc::clone(&node.keys),
             clock: Arc::clone(&node.clock),
+            ledger: Arc::clone(&node.ledger),
         };
         Self {
             node: Arc::new(node),
@@ -96,6 +102,11 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/", any(http::fhir_root))
         .route("/fhir/{*path}", any(http::fhir_path))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/ledger/checkpoint", get(ledger::get_checkpoint))
+        .route("/ledger/key", get(ledger::get_key))
+        .route("/ledger/tile/{*path}", get(ledger::get_tile))
+        .route("/ledger/proof/inclusion", get(ledger::get_inclusion))
+        .route("/ledger/proof/consistency", get(ledger::get_consistency))
         .fallback(http::not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
@@ -112,9 +123,22 @@ pub fn router(state: AppState) -> Router {
 pub async fn serve(state: AppState, addr: SocketAddr) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(address = %listener.local_addr()?, "medvault listening");
-    axum::serve(listener, router(state))
+    let checkpoints = tokio::spawn(ledger::checkpoint_task(
+        state.clone(),
+        state.config.checkpoint_interval,
+    ));
+    axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown_signal())
-        .await
+        .await?;
+    checkpoints.abort();
+    // A last checkpoint, so everything written before shutdown is covered by a signature.
+    let (store, ledger) = (state.node.store.clone(), Arc::clone(&state.node.ledger));
+    if let Ok(Err(e)) =
+        tokio::task::spawn_blocking(move || ledger.checkpoint_now(store.as_ref())).await
+    {
+        tracing::warn!(error = %e.message, "final checkpoint failed");
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -18,6 +18,7 @@ use medvault_store::{Store, StoreError, StoreRead, StoreTx, write_with};
 use medvault_store_sqlite::SqliteStore;
 
 use crate::clock::{Clock, SystemClock};
+use crate::ledger::{AUDIT_KEY, LEDGER_KEY, Ledger};
 
 /// Name of the key file inside the data directory.
 pub const KEY_FILE: &str = "medvault.key";
@@ -308,6 +309,8 @@ pub struct Node {
     pub fhir: Arc<Fhir>,
     /// Time source.
     pub clock: Arc<dyn Clock>,
+    /// The ledger's keys and identity.
+    pub ledger: Arc<Ledger>,
     /// How the key file is protected.
     pub key_file_kind: KeyFileKind,
     /// True when this call created the node.
@@ -430,13 +433,37 @@ impl Node {
             .map_err(|_| NodeError::KeyMismatch(INDEX_KEY.into()))?
             .ok_or_else(|| NodeError::KeyMismatch(INDEX_KEY.into()))?;
         let _ = ring.indexer.set(BlindIndexer::new(&index_key));
+        let ring = Arc::new(ring);
+        let ledger = Arc::new(open_ledger(store.as_ref(), &ring)?);
         Ok(Self {
             store,
-            keys: Arc::new(ring),
+            ledger,
+            keys: ring,
             fhir: Arc::new(Fhir::load()?),
             clock: Arc::new(SystemClock),
             key_file_kind,
             created,
         })
     }
+}
+
+/// Loads (creating on first start) the ledger's keys and origin.
+fn open_ledger(store: &dyn Store, ring: &Arc<KeyRing>) -> Result<Ledger, NodeError> {
+    let r = Arc::clone(ring);
+    let (origin, audit, seed) = write_with(store, move |tx| {
+        let broken = |e: KeyError| StoreError::Backend(Box::new(e));
+        let audit = r.for_write(tx, AUDIT_KEY).map_err(broken)?;
+        let seed = r.for_write(tx, LEDGER_KEY).map_err(broken)?;
+        let origin = match tx.meta("ledger_origin")? {
+            Some(o) => o,
+            None => {
+                let o = format!("medvault.local/{}", r.tenant());
+                tx.set_meta("ledger_origin", &o)?;
+                o
+            }
+        };
+        Ok((origin, audit, seed))
+    })?;
+    Ledger::new(origin, &seed, audit, ring.tenant().to_owned())
+        .map_err(|_| NodeError::KeyMismatch(LEDGER_KEY.into()))
 }

@@ -29,6 +29,8 @@ pub struct Ctx {
     pub keys: Arc<KeyRing>,
     /// Time.
     pub clock: Arc<dyn Clock>,
+    /// The ledger (record leaves are written with every version).
+    pub ledger: Arc<crate::ledger::Ledger>,
 }
 
 /// The result of one interaction, before it becomes an HTTP response or a Bundle entry.
@@ -247,19 +249,20 @@ fn commit(
         version,
     };
     let sealed = key.seal(&aad, &bytes).map_err(|e| ApiError::internal(&e))?;
-    tx.put_version(
-        &StoredVersion {
-            resource_type: p.rt,
-            id: p.id.to_string(),
-            version,
-            last_updated_micros: now,
-            key_name,
-            key_version: key.version(),
-            body: Some(sealed),
-            shredded: false,
-        },
-        &p.index,
-    )?;
+    let mut v = StoredVersion {
+        resource_type: p.rt,
+        id: p.id.to_string(),
+        version,
+        last_updated_micros: now,
+        key_name,
+        key_version: key.version(),
+        body: Some(sealed),
+        shredded: false,
+        salt: None,
+        leaf: None,
+    };
+    let leaf = ctx.ledger.record_leaf(&mut v)?;
+    tx.put_version(&v, &p.index, &leaf)?;
     Ok(resource)
 }
 
@@ -382,19 +385,20 @@ pub fn delete(
     }
     let now = ctx.clock.now_micros();
     let version = current.version + 1;
-    tx.put_version(
-        &StoredVersion {
-            resource_type: rt.to_owned(),
-            id: id.to_string(),
-            version,
-            last_updated_micros: now,
-            key_name: current.key_name,
-            key_version: 0,
-            body: None,
-            shredded: false,
-        },
-        &[],
-    )?;
+    let mut v = StoredVersion {
+        resource_type: rt.to_owned(),
+        id: id.to_string(),
+        version,
+        last_updated_micros: now,
+        key_name: current.key_name,
+        key_version: 0,
+        body: None,
+        shredded: false,
+        salt: None,
+        leaf: None,
+    };
+    let leaf = ctx.ledger.record_leaf(&mut v)?;
+    tx.put_version(&v, &[], &leaf)?;
     let mut out = Outcome::of_version(StatusCode::OK, rt, id.as_str(), version, now, None);
     out.resource = Some(crate::error::operation_outcome(
         "information",

@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use medvault_crypto::WrappedKey;
+use medvault_ledger::{Frontier, Hash};
 use medvault_store::{
-    CurrentMeta, DataKeyRow, IndexQuery, SearchPage, Store, StoreError, StoreRead, StoredVersion,
-    TokenRow, WriteOp,
+    AuditDetail, CurrentMeta, DataKeyRow, IndexQuery, SearchPage, Store, StoreError, StoreRead,
+    StoredVersion, TokenRow, WriteOp,
 };
 use rusqlite::Connection;
 
@@ -117,10 +118,11 @@ impl SqliteStore {
             .name("medvault-sqlite-checkpoint".into())
             .spawn(move || checkpoint_loop(&ckpt_conn, &stopped, &flag))
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let frontier = sql::load_frontier(&conn)?;
         let (sender, receiver) = sync_channel::<Job>(1024);
         let writer = std::thread::Builder::new()
             .name("medvault-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, &receiver, &ckpt))
+            .spawn(move || writer_loop(conn, &receiver, &ckpt, frontier))
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         Ok(Self {
             path: path.to_owned(),
@@ -247,7 +249,12 @@ fn checkpoint_loop(conn: &Connection, stop: &Receiver<()>, ckpt: &Checkpointing)
     }
 }
 
-fn writer_loop(conn: Connection, receiver: &Receiver<Job>, ckpt: &Checkpointing) {
+fn writer_loop(
+    conn: Connection,
+    receiver: &Receiver<Job>,
+    ckpt: &Checkpointing,
+    mut frontier: Frontier,
+) {
     while let Ok(first) = receiver.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -258,7 +265,7 @@ fn writer_loop(conn: Connection, receiver: &Receiver<Job>, ckpt: &Checkpointing)
         }
         let (ops, replies): (Vec<WriteOp>, Vec<_>) =
             jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
-        let results = run_group(&conn, ops, ckpt);
+        let results = run_group(&conn, ops, ckpt, &mut frontier);
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
         }
@@ -276,6 +283,7 @@ fn run_group(
     conn: &Connection,
     ops: Vec<WriteOp>,
     ckpt: &Checkpointing,
+    frontier: &mut Frontier,
 ) -> Vec<Result<(), StoreError>> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let msg = e.to_string();
@@ -328,14 +336,23 @@ fn run_group(
             })
             .collect();
     }
-    if let Err(e) = conn.execute_batch("COMMIT") {
+    // Hash the group's ledger leaves into the tree inside the same transaction, on a copy of
+    // the frontier that replaces the real one only once the commit succeeded.
+    let mut next = frontier.clone();
+    let committed = sql::integrate(conn, &mut next)
+        .and_then(|()| conn.execute_batch("COMMIT").map_err(backend));
+    if let Err(e) = committed {
         let _ = conn.execute_batch("ROLLBACK");
+        if let Ok(f) = sql::load_frontier(conn) {
+            *frontier = f;
+        }
         let msg = e.to_string();
         return results
             .into_iter()
             .map(|r| r.and(Err(StoreError::Backend(msg.clone().into()))))
             .collect();
     }
+    *frontier = next;
     if shred && let Err(e) = truncate_wal(conn, ckpt) {
         // The key is destroyed in the database; only old WAL frames may still hold its wrapped
         // bytes. Say so to the caller rather than claim a clean erasure.
@@ -381,6 +398,31 @@ impl StoreRead for SqliteStore {
     fn search(&self, q: &IndexQuery) -> Result<SearchPage, StoreError> {
         self.with_reader(|c| sql::search(c, q))
     }
+    fn ledger_size(&self) -> Result<u64, StoreError> {
+        self.with_reader(sql::ledger_size)
+    }
+    fn ledger_nodes(&self, level: u8, start: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
+        self.with_reader(|c| sql::ledger_nodes(c, level, start, count))
+    }
+    fn ledger_entries(&self, start: u64, count: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.with_reader(|c| sql::ledger_entries(c, start, count))
+    }
+    fn audit_detail(&self, leaf: u64) -> Result<Option<AuditDetail>, StoreError> {
+        self.with_reader(|c| sql::audit_detail(c, leaf))
+    }
+    fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>, StoreError> {
+        self.with_reader(|c| sql::checkpoint(c, size))
+    }
+    fn audit_details(&self, start: u64, count: u64) -> Result<Vec<(u64, AuditDetail)>, StoreError> {
+        self.with_reader(|c| sql::audit_details(c, start, count))
+    }
+    fn versions_after(
+        &self,
+        after: Option<(&str, &str, u64)>,
+        limit: u64,
+    ) -> Result<Vec<StoredVersion>, StoreError> {
+        self.with_reader(|c| sql::versions_after(c, after, limit))
+    }
     fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
         self.with_reader(|c| sql::token(c, hash))
     }
@@ -418,20 +460,41 @@ mod tests {
             Box::new(SqliteStore::open(&dir.path().join(format!("db{n}.sqlite"))).unwrap())
         });
         assert_eq!(ran, medvault_store::conformance::CHECKS.len());
-        assert_eq!(ran, 7);
+        assert_eq!(ran, 8);
     }
 
     #[test]
     fn reopen_keeps_data_and_schema_version() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
+        let audit = |s: &SqliteStore, n: u8| {
+            let detail = medvault_store::AuditDetail {
+                salt: [n; 16],
+                sealed: medvault_crypto::Sealed::from_stored(vec![n; 40]),
+            };
+            s.write(Box::new(move |tx| {
+                tx.append_audit(&detail, &[n]).map(|_| ())
+            }))
+            .unwrap();
+        };
         {
             let s = SqliteStore::open(&path).unwrap();
             s.write(Box::new(|tx| tx.set_meta("tenant", "t"))).unwrap();
+            for n in 0..5 {
+                audit(&s, n);
+            }
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.meta("tenant").unwrap().as_deref(), Some("t"));
-        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("1"));
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("2"));
+        // The writer resumes the tree where it stopped.
+        audit(&s, 5);
+        let mut want = medvault_ledger::MemoryTree::new();
+        for n in 0..6u8 {
+            want.push(medvault_ledger::leaf_hash(&[n]));
+        }
+        let got = medvault_ledger::root(&medvault_store::LedgerNodes(&s), 6).unwrap();
+        assert_eq!(got, want.root());
     }
 
     #[test]

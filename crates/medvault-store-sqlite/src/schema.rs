@@ -44,6 +44,17 @@ const MIGRATIONS: &[&str] = &[
         hash BLOB PRIMARY KEY, token_id TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
         created INTEGER NOT NULL
      ) WITHOUT ROWID;",
+    // v2: the ledger (see ARCHITECTURE.md, "The ledger"). Leaves are 0-based; every complete
+    // subtree hash is stored, so proofs and tiles are lookups. Versions point at their leaf.
+    "ALTER TABLE versions ADD COLUMN leaf INTEGER;
+     ALTER TABLE versions ADD COLUMN salt BLOB;
+     CREATE TABLE ledger_leaves (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
+     CREATE TABLE ledger_nodes (
+        level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+        PRIMARY KEY (level, idx)
+     ) WITHOUT ROWID;
+     CREATE TABLE ledger_audit (leaf INTEGER PRIMARY KEY, salt BLOB NOT NULL, detail BLOB NOT NULL);
+     CREATE TABLE ledger_checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL);",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

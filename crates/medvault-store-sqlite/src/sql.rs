@@ -1,9 +1,11 @@
 //! SQL shared by the pooled readers and the writer's transaction.
 
 use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
+use medvault_ledger::{Frontier, LedgerError, NodeSource, leaf_hash};
+use medvault_ledger::{Hash, SALT_LEN};
 use medvault_store::{
-    CurrentMeta, DataKeyRow, IndexQuery, SearchPage, SortOrder, StoreError, StoreRead, StoreTx,
-    StoredVersion, TokenRow,
+    AuditDetail, CurrentMeta, DataKeyRow, IndexQuery, SearchPage, SortOrder, StoreError, StoreRead,
+    StoreTx, StoredVersion, TokenRow,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension as _, Row, params, params_from_iter};
@@ -12,7 +14,7 @@ use crate::backend;
 
 const VERSION_COLUMNS: &str =
     "v.rtype, v.id, v.version, v.last_updated, v.key_name, v.key_version, v.body,
-     (d.name IS NOT NULL AND d.wrapped IS NULL)";
+     (d.name IS NOT NULL AND d.wrapped IS NULL), v.salt, v.leaf";
 const VERSION_JOIN: &str = "versions v LEFT JOIN deks d ON d.name = v.key_name";
 
 fn to_i64(n: u64) -> i64 {
@@ -29,6 +31,12 @@ fn version_row(r: &Row<'_>) -> rusqlite::Result<StoredVersion> {
         key_version: r.get(5)?,
         body: r.get::<_, Option<Vec<u8>>>(6)?.map(Sealed::from_stored),
         shredded: r.get(7)?,
+        salt: r
+            .get::<_, Option<Vec<u8>>>(8)?
+            .and_then(|s| <[u8; SALT_LEN]>::try_from(s.as_slice()).ok()),
+        leaf: r
+            .get::<_, Option<i64>>(9)?
+            .and_then(|l| u64::try_from(l).ok()),
     })
 }
 
@@ -280,6 +288,234 @@ fn remove_index(c: &Connection, rid: i64, values: Option<&[u8]>) -> Result<(), S
     Ok(())
 }
 
+pub(crate) fn ledger_size(c: &Connection) -> Result<u64, StoreError> {
+    c.prepare_cached("SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_leaves")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+        .map(|n| u64::try_from(n).unwrap_or(0))
+        .map_err(backend)
+}
+
+pub(crate) fn ledger_nodes(
+    c: &Connection,
+    level: u8,
+    start: u64,
+    count: u64,
+) -> Result<Vec<Hash>, StoreError> {
+    let mut s = c
+        .prepare_cached(
+            "SELECT idx, hash FROM ledger_nodes WHERE level = ?1 AND idx >= ?2 AND idx < ?3
+             ORDER BY idx",
+        )
+        .map_err(backend)?;
+    let rows = s
+        .query_map(
+            params![level, to_i64(start), to_i64(start.saturating_add(count))],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        )
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    for (i, row) in rows.enumerate() {
+        let (idx, hash) = row.map_err(backend)?;
+        // Stop at the first gap or malformed hash: the caller sees fewer nodes than asked.
+        let Ok(hash) = <Hash>::try_from(hash.as_slice()) else {
+            break;
+        };
+        if u64::try_from(idx).ok() != Some(start + i as u64) {
+            break;
+        }
+        out.push(hash);
+    }
+    Ok(out)
+}
+
+pub(crate) fn ledger_entries(
+    c: &Connection,
+    start: u64,
+    count: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let mut s = c
+        .prepare_cached(
+            "SELECT idx, entry FROM ledger_leaves WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+        )
+        .map_err(backend)?;
+    let rows = s
+        .query_map(
+            params![to_i64(start), to_i64(start.saturating_add(count))],
+            |r| {
+                Ok((
+                    u64::try_from(r.get::<_, i64>(0)?).unwrap_or(u64::MAX),
+                    r.get::<_, Vec<u8>>(1)?,
+                ))
+            },
+        )
+        .map_err(backend)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(backend)
+}
+
+pub(crate) fn audit_detail(c: &Connection, leaf: u64) -> Result<Option<AuditDetail>, StoreError> {
+    let row: Option<(Vec<u8>, Vec<u8>)> = c
+        .prepare_cached("SELECT salt, detail FROM ledger_audit WHERE leaf = ?1")
+        .and_then(|mut s| {
+            s.query_row([to_i64(leaf)], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(backend)?;
+    Ok(row.and_then(|(salt, detail)| {
+        Some(AuditDetail {
+            salt: <[u8; SALT_LEN]>::try_from(salt.as_slice()).ok()?,
+            sealed: Sealed::from_stored(detail),
+        })
+    }))
+}
+
+pub(crate) fn audit_details(
+    c: &Connection,
+    start: u64,
+    count: u64,
+) -> Result<Vec<(u64, AuditDetail)>, StoreError> {
+    let mut s = c
+        .prepare_cached(
+            "SELECT leaf, salt, detail FROM ledger_audit WHERE leaf >= ?1 AND leaf < ?2
+             ORDER BY leaf",
+        )
+        .map_err(backend)?;
+    let rows = s
+        .query_map(
+            params![to_i64(start), to_i64(start.saturating_add(count))],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            },
+        )
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (leaf, salt, detail) = row.map_err(backend)?;
+        // A malformed salt is kept visible to verification as an all-zero salt, which cannot
+        // match the commitment.
+        let salt = <[u8; SALT_LEN]>::try_from(salt.as_slice()).unwrap_or([0; SALT_LEN]);
+        out.push((
+            u64::try_from(leaf).unwrap_or(u64::MAX),
+            AuditDetail {
+                salt,
+                sealed: Sealed::from_stored(detail),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+pub(crate) fn checkpoint(
+    c: &Connection,
+    size: Option<u64>,
+) -> Result<Option<(u64, String)>, StoreError> {
+    let map = |r: &Row<'_>| {
+        Ok((
+            u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+            r.get::<_, String>(1)?,
+        ))
+    };
+    match size {
+        Some(n) => c
+            .prepare_cached("SELECT size, note FROM ledger_checkpoints WHERE size = ?1")
+            .and_then(|mut s| s.query_row([to_i64(n)], map).optional()),
+        None => c
+            .prepare_cached("SELECT size, note FROM ledger_checkpoints ORDER BY size DESC LIMIT 1")
+            .and_then(|mut s| s.query_row([], map).optional()),
+    }
+    .map_err(backend)
+}
+
+pub(crate) fn versions_after(
+    c: &Connection,
+    after: Option<(&str, &str, u64)>,
+    limit: u64,
+) -> Result<Vec<StoredVersion>, StoreError> {
+    let (rt, id, v) = after.unwrap_or(("", "", 0));
+    let mut s = c
+        .prepare_cached(&format!(
+            "SELECT {VERSION_COLUMNS} FROM {VERSION_JOIN}
+             WHERE (v.rtype, v.id, v.version) > (?1, ?2, ?3)
+             ORDER BY v.rtype, v.id, v.version LIMIT ?4"
+        ))
+        .map_err(backend)?;
+    let rows = s
+        .query_map(params![rt, id, to_i64(v), to_i64(limit)], version_row)
+        .map_err(backend)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(backend)
+}
+
+fn append_leaf(c: &Connection, entry: &[u8]) -> Result<u64, StoreError> {
+    let idx = ledger_size(c)?;
+    c.prepare_cached("INSERT INTO ledger_leaves (idx, entry) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute(params![to_i64(idx), entry]))
+        .map_err(backend)?;
+    Ok(idx)
+}
+
+/// Loads the frontier of the stored tree.
+pub(crate) fn load_frontier(c: &Connection) -> Result<Frontier, StoreError> {
+    struct Nodes<'c>(&'c Connection);
+    impl NodeSource for Nodes<'_> {
+        fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
+            ledger_nodes(self.0, level, index, 1)
+                .map_err(|e| LedgerError::Storage(Box::new(e)))?
+                .first()
+                .copied()
+                .ok_or(LedgerError::MissingNode { level, index })
+        }
+    }
+    Frontier::load(&Nodes(c), integrated_size(c)?).map_err(|e| StoreError::Backend(Box::new(e)))
+}
+
+/// Leaves already hashed into the stored tree.
+fn integrated_size(c: &Connection) -> Result<u64, StoreError> {
+    c.prepare_cached("SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_nodes WHERE level = 0")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+        .map(|n| u64::try_from(n).unwrap_or(0))
+        .map_err(backend)
+}
+
+/// Hashes the leaves appended since `frontier` into the tree, storing every subtree they
+/// complete. Runs in the writer's transaction just before it commits (which holds the write
+/// lock, so no other process can integrate at the same time).
+pub(crate) fn integrate(c: &Connection, frontier: &mut Frontier) -> Result<(), StoreError> {
+    // Another process (a CLI command on the same data directory) may have appended and
+    // integrated leaves since this writer last committed.
+    if integrated_size(c)? != frontier.size() {
+        *frontier = load_frontier(c)?;
+    }
+    let pending = ledger_entries(c, frontier.size(), u64::MAX)?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut ins = c
+        .prepare_cached("INSERT INTO ledger_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")
+        .map_err(backend)?;
+    let mut failed = None;
+    for (idx, entry) in pending {
+        if idx != frontier.size() {
+            return Err(StoreError::Backend(
+                "ledger leaves are not contiguous".into(),
+            ));
+        }
+        frontier.append(leaf_hash(&entry), |level, i, h| {
+            if failed.is_none()
+                && let Err(e) = ins.execute(params![level, to_i64(i), &h[..]])
+            {
+                failed = Some(e);
+            }
+        });
+        if let Some(e) = failed.take() {
+            return Err(backend(e));
+        }
+    }
+    Ok(())
+}
+
 /// The writer's view of one op's savepoint.
 pub(crate) struct Tx<'c> {
     pub(crate) conn: &'c Connection,
@@ -322,6 +558,31 @@ impl StoreRead for Tx<'_> {
     }
     fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
         token(self.conn, hash)
+    }
+    fn ledger_size(&self) -> Result<u64, StoreError> {
+        ledger_size(self.conn)
+    }
+    fn ledger_nodes(&self, level: u8, start: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
+        ledger_nodes(self.conn, level, start, count)
+    }
+    fn ledger_entries(&self, start: u64, count: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        ledger_entries(self.conn, start, count)
+    }
+    fn audit_detail(&self, leaf: u64) -> Result<Option<AuditDetail>, StoreError> {
+        audit_detail(self.conn, leaf)
+    }
+    fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>, StoreError> {
+        checkpoint(self.conn, size)
+    }
+    fn audit_details(&self, start: u64, count: u64) -> Result<Vec<(u64, AuditDetail)>, StoreError> {
+        audit_details(self.conn, start, count)
+    }
+    fn versions_after(
+        &self,
+        after: Option<(&str, &str, u64)>,
+        limit: u64,
+    ) -> Result<Vec<StoredVersion>, StoreError> {
+        versions_after(self.conn, after, limit)
     }
 }
 
@@ -395,12 +656,22 @@ impl StoreTx for Tx<'_> {
         Ok(n as u64)
     }
 
-    fn put_version(&mut self, v: &StoredVersion, index: &[BlindValue]) -> Result<(), StoreError> {
+    fn put_version(
+        &mut self,
+        v: &StoredVersion,
+        index: &[BlindValue],
+        leaf: &[u8],
+    ) -> Result<u64, StoreError> {
         let c = self.conn;
         let version = to_i64(v.version);
+        let salt = v.salt.ok_or_else(|| {
+            StoreError::Backend("a version must carry its commitment salt".into())
+        })?;
+        let leaf_idx = append_leaf(c, leaf)?;
         c.prepare_cached(
-            "INSERT INTO versions (rtype, id, version, last_updated, key_name, key_version, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO versions
+               (rtype, id, version, last_updated, key_name, key_version, body, salt, leaf)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -410,7 +681,9 @@ impl StoreTx for Tx<'_> {
                 v.last_updated_micros,
                 v.key_name,
                 v.key_version,
-                v.body.as_ref().map(Sealed::as_bytes)
+                v.body.as_ref().map(Sealed::as_bytes),
+                &salt[..],
+                to_i64(leaf_idx)
             ])
         })
         .map_err(backend)?;
@@ -464,7 +737,33 @@ impl StoreTx for Tx<'_> {
         for b in index {
             ins.execute(params![&b.0[..], rid]).map_err(backend)?;
         }
-        Ok(())
+        Ok(leaf_idx)
+    }
+
+    fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError> {
+        let idx = append_leaf(self.conn, leaf)?;
+        self.conn
+            .prepare_cached("INSERT INTO ledger_audit (leaf, salt, detail) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| {
+                s.execute(params![
+                    to_i64(idx),
+                    &detail.salt[..],
+                    detail.sealed.as_bytes()
+                ])
+            })
+            .map_err(backend)?;
+        Ok(idx)
+    }
+
+    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO ledger_checkpoints (size, note) VALUES (?1, ?2)
+                 ON CONFLICT (size) DO UPDATE SET note = excluded.note",
+            )
+            .and_then(|mut s| s.execute(params![to_i64(size), note]))
+            .map(|_| ())
+            .map_err(backend)
     }
 
     fn add_token(

@@ -3,7 +3,9 @@
 
 use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 
-use crate::{IndexQuery, SortOrder, Store, StoreError, StoredVersion, write_with};
+use crate::{
+    AuditDetail, IndexQuery, LedgerNodes, SortOrder, Store, StoreError, StoredVersion, write_with,
+};
 
 /// One conformance check: panics when the backend breaks the contract.
 pub type Check = fn(&dyn Store);
@@ -17,6 +19,10 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("search_semantics", search_semantics),
     ("destroy_shreds_compartment", destroy_shreds_compartment),
     ("tokens_by_hash", tokens_by_hash),
+    (
+        "ledger_leaves_commit_with_their_records",
+        ledger_leaves_commit_with_their_records,
+    ),
 ];
 
 /// Runs every check against a fresh store from `make`; returns how many ran.
@@ -46,11 +52,19 @@ fn version(rt: &str, id: &str, v: u64, at: i64, key: &str, body: Option<&[u8]>) 
         key_version: 1,
         body: body.map(|b| Sealed::from_stored(b.to_vec())),
         shredded: false,
+        salt: Some([u8::try_from(v % 256).unwrap_or(0); 16]),
+        leaf: None,
     }
 }
 
+fn leaf_for(v: &StoredVersion) -> Vec<u8> {
+    format!("leaf {}/{}/{}", v.resource_type, v.id, v.version).into_bytes()
+}
+
 fn put(store: &dyn Store, v: StoredVersion, index: Vec<BlindValue>) -> Result<(), StoreError> {
-    store.write(Box::new(move |tx| tx.put_version(&v, &index)))
+    store.write(Box::new(move |tx| {
+        tx.put_version(&v, &index, &leaf_for(&v)).map(|_| ())
+    }))
 }
 
 /// Index values of distinct parameters are distinct blind values in practice; the tests give
@@ -196,6 +210,7 @@ fn failed_op_leaves_nothing(store: &dyn Store) {
         tx.put_version(
             &version("Patient", "x", 1, 1, "Patient/x", Some(b"x")),
             &[entry("family", 1)],
+            b"leaf",
         )?;
         tx.set_meta("k", "v")?;
         Err(StoreError::Aborted("op gave up".into()))
@@ -482,4 +497,110 @@ fn tokens_by_hash(store: &dyn Store) {
     assert_eq!(ok(store.token(&[4u8; 32]), "other"), None);
     let dup = store.write(Box::new(move |tx| tx.add_token(&h, "tok-2", "admin", 6)));
     assert!(matches!(dup, Err(StoreError::Conflict)));
+}
+
+fn ledger_leaves_commit_with_their_records(store: &dyn Store) {
+    use medvault_ledger::{MemoryTree, leaf_hash, root};
+    assert_eq!(ok(store.ledger_size(), "size"), 0);
+    let mut want = MemoryTree::new();
+    let mut leaves = Vec::new();
+    for (i, id) in ["a", "b", "c"].iter().enumerate() {
+        let v = version(
+            "Patient",
+            id,
+            1,
+            i as i64,
+            &format!("Patient/{id}"),
+            Some(b"x"),
+        );
+        leaves.push(leaf_for(&v));
+        ok(put(store, v, vec![]), "put");
+        let detail = AuditDetail {
+            salt: [i as u8; 16],
+            sealed: Sealed::from_stored(vec![i as u8; 40]),
+        };
+        let audit_leaf = format!("audit {i}").into_bytes();
+        leaves.push(audit_leaf.clone());
+        let got = ok(
+            write_with(store, move |tx| tx.append_audit(&detail, &audit_leaf)),
+            "append_audit",
+        );
+        assert_eq!(got, 2 * i as u64 + 1, "audit leaf index");
+    }
+    // A failed op appends nothing.
+    let r = store.write(Box::new(|tx| {
+        let v = version("Patient", "z", 1, 9, "Patient/z", Some(b"x"));
+        tx.put_version(&v, &[], b"never")?;
+        tx.append_audit(
+            &AuditDetail {
+                salt: [9; 16],
+                sealed: Sealed::from_stored(vec![9; 40]),
+            },
+            b"never",
+        )?;
+        Err(StoreError::Aborted("op gave up".into()))
+    }));
+    assert!(r.is_err());
+    // A version without a salt is refused.
+    let mut unsalted = version("Patient", "u", 1, 9, "Patient/u", Some(b"x"));
+    unsalted.salt = None;
+    assert!(
+        put(store, unsalted, vec![]).is_err(),
+        "unsalted version stored"
+    );
+    assert_eq!(ok(store.ledger_size(), "size"), 6);
+    for l in &leaves {
+        want.push(leaf_hash(l));
+    }
+    let entries = ok(store.ledger_entries(0, 100), "entries");
+    assert_eq!(
+        entries,
+        leaves
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, l)| (i as u64, l))
+            .collect::<Vec<_>>()
+    );
+    // Every leaf was hashed into the tree at commit.
+    assert_eq!(
+        root(&LedgerNodes(store), 6).unwrap_or_else(|e| panic!("root: {e}")),
+        want.root()
+    );
+    assert_eq!(ok(store.ledger_nodes(0, 4, 10), "nodes").len(), 2);
+    assert_eq!(ok(store.ledger_nodes(1, 0, 10), "nodes").len(), 3);
+    assert_eq!(ok(store.ledger_nodes(2, 0, 10), "nodes").len(), 1);
+    let b = ok(store.version("Patient", "b", Some(1)), "version").unwrap_or_else(|| panic!("b"));
+    assert_eq!((b.leaf, b.salt), (Some(2), Some([1; 16])));
+    let d = ok(store.audit_detail(3), "audit").unwrap_or_else(|| panic!("detail"));
+    assert_eq!(d.salt, [1; 16]);
+    assert_eq!(ok(store.audit_detail(2), "audit"), None);
+    // Checkpoints: stored, replaced with more signatures, latest first.
+    ok(
+        store.write(Box::new(|tx| tx.put_checkpoint(3, "three"))),
+        "cp",
+    );
+    ok(
+        store.write(Box::new(|tx| tx.put_checkpoint(6, "six"))),
+        "cp",
+    );
+    ok(
+        store.write(Box::new(|tx| tx.put_checkpoint(6, "six+w"))),
+        "cp",
+    );
+    assert_eq!(ok(store.checkpoint(None), "cp"), Some((6, "six+w".into())));
+    assert_eq!(
+        ok(store.checkpoint(Some(3)), "cp"),
+        Some((3, "three".into()))
+    );
+    assert_eq!(ok(store.checkpoint(Some(4)), "cp"), None);
+    // Versions page in a stable order.
+    let first = ok(store.versions_after(None, 2), "page");
+    let last = first.last().unwrap_or_else(|| panic!("page"));
+    let rest = ok(
+        store.versions_after(Some((&last.resource_type, &last.id, last.version)), 10),
+        "page",
+    );
+    let ids: Vec<_> = first.iter().chain(&rest).map(|v| v.id.clone()).collect();
+    assert_eq!(ids, vec!["a", "b", "c"]);
 }

@@ -12,6 +12,7 @@
 pub mod conformance;
 
 use medvault_crypto::{BlindValue, Sealed, WrappedKey};
+use medvault_ledger::{Hash, LedgerError, NodeSource, SALT_LEN};
 
 /// Errors a backend reports.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,19 @@ pub struct StoredVersion {
     /// True once the key named `key_name` was destroyed (crypto-shredded): the body can never be
     /// opened again.
     pub shredded: bool,
+    /// Salt of the version's ledger commitment (required when writing).
+    pub salt: Option<[u8; SALT_LEN]>,
+    /// Index of the version's ledger leaf (assigned by the store; ignored when writing).
+    pub leaf: Option<u64>,
+}
+
+/// A stored audit detail: the salt and sealed body a ledger audit leaf commits to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditDetail {
+    /// Commitment salt (also bound into the seal).
+    pub salt: [u8; SALT_LEN],
+    /// The sealed detail.
+    pub sealed: Sealed,
 }
 
 /// The current state of a resource, without its body.
@@ -192,6 +206,64 @@ pub trait StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError>;
+    /// Number of ledger leaves (all of them are integrated into the tree at commit).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn ledger_size(&self) -> Result<u64, StoreError>;
+    /// `count` consecutive complete-subtree hashes of one tree level, from `start`; fewer if the
+    /// tree ends first.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn ledger_nodes(&self, level: u8, start: u64, count: u64) -> Result<Vec<Hash>, StoreError>;
+    /// `count` consecutive leaf entries from `start`, with their indexes; fewer if the log ends
+    /// first (or rows are missing: callers compare indexes).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn ledger_entries(&self, start: u64, count: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// The audit detail stored beside leaf `leaf`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn audit_detail(&self, leaf: u64) -> Result<Option<AuditDetail>, StoreError>;
+    /// Audit details of leaves in `[start, start + count)`, by leaf index, in order.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn audit_details(&self, start: u64, count: u64) -> Result<Vec<(u64, AuditDetail)>, StoreError>;
+    /// A stored checkpoint note: of exactly `size`, or the largest when `size` is `None`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>, StoreError>;
+    /// Every stored version in storage order, `limit` at a time after `after` (type, id,
+    /// version), bodies included: for offline verification.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn versions_after(
+        &self,
+        after: Option<(&str, &str, u64)>,
+        limit: u64,
+    ) -> Result<Vec<StoredVersion>, StoreError>;
+}
+
+/// The ledger tree as stored, for the proof algorithms of `medvault-ledger`.
+pub struct LedgerNodes<'a>(pub &'a dyn StoreRead);
+
+impl NodeSource for LedgerNodes<'_> {
+    fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
+        let found = self
+            .0
+            .ledger_nodes(level, index, 1)
+            .map_err(|e| LedgerError::Storage(Box::new(e)))?;
+        found
+            .first()
+            .copied()
+            .ok_or(LedgerError::MissingNode { level, index })
+    }
 }
 
 /// Writes, available only inside [`Store::write`].
@@ -225,15 +297,29 @@ pub trait StoreTx: StoreRead {
     /// [`StoreError::Backend`].
     fn destroy_data_key(&mut self, name: &str) -> Result<u64, StoreError>;
     /// Appends a version (its number must be the current one plus one, or 1 for a new resource),
-    /// makes it current and replaces the resource's index entries with `index`.
+    /// makes it current, replaces the resource's index entries with `index`, and appends
+    /// `leaf` (the version's ledger entry) to the ledger in the same transaction. Returns the
+    /// leaf's index.
     ///
     /// # Errors
-    /// [`StoreError::Conflict`] if that version already exists.
+    /// [`StoreError::Conflict`] if that version already exists; [`StoreError::Backend`] if the
+    /// version carries no commitment salt.
     fn put_version(
         &mut self,
         version: &StoredVersion,
         index: &[BlindValue],
-    ) -> Result<(), StoreError>;
+        leaf: &[u8],
+    ) -> Result<u64, StoreError>;
+    /// Appends an audit leaf and stores its detail beside it. Returns the leaf's index.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError>;
+    /// Stores (or replaces, e.g. with more cosignatures) the checkpoint note of `size`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError>;
     /// Stores a bearer token hash.
     ///
     /// # Errors
@@ -247,7 +333,8 @@ pub trait StoreTx: StoreRead {
     ) -> Result<(), StoreError>;
 }
 
-/// A write to run atomically on the backend's writer.
+/// A write to run atomically on the backend's writer. Ledger leaves an op appends are hashed
+/// into the tree (every new complete subtree stored) before the transaction commits.
 pub type WriteOp = Box<dyn FnOnce(&mut dyn StoreTx) -> Result<(), StoreError> + Send>;
 
 /// A medvault database.

@@ -1,0 +1,232 @@
+//! Offline verification of a node's ledger against its database: `medvault ledger verify`.
+//!
+//! Recomputes the tree from the stored leaves (checking every stored node on the way), checks
+//! the newest signed checkpoint against the recomputed root, checks every stored resource version
+//! against the commitment in its leaf, and every audit leaf against the sealed detail beside it.
+//! Stops at the first divergence and names it (which row, which leaf).
+
+use medvault_ledger::{
+    Checkpoint, Entry, EntryKind, Frontier, Hash, Note, audit_commitment, leaf_hash,
+};
+use medvault_store::{StoreError, StoreRead};
+
+use crate::ledger::{Ledger, record_entry};
+
+/// Leaves read per round trip.
+const CHUNK: u64 = 16_384;
+
+/// What a successful verification covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Leaves recomputed.
+    pub leaves: u64,
+    /// Resource versions checked against their commitments.
+    pub versions: u64,
+    /// Audit leaves checked against their sealed details.
+    pub audit_records: u64,
+    /// Size of the newest signed checkpoint (which verified).
+    pub checkpoint_size: u64,
+}
+
+/// Why verification failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The ledger and the database disagree, or a signature fails.
+    #[error("{0}")]
+    Divergence(String),
+    /// The database could not be read.
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+}
+
+fn diverge(msg: String) -> VerifyError {
+    VerifyError::Divergence(msg)
+}
+
+/// Verifies everything; `progress` is told how many leaves are done out of how many.
+///
+/// # Errors
+/// [`VerifyError::Divergence`] naming the first divergence.
+pub fn verify(
+    store: &dyn StoreRead,
+    ledger: &Ledger,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Report, VerifyError> {
+    let size = store.ledger_size()?;
+    let checkpoint = store.checkpoint(None)?;
+    let (cp_size, cp_root) = match &checkpoint {
+        Some((n, note)) => (*n, check_checkpoint(ledger, *n, note)?),
+        None if size == 0 => (0, medvault_ledger::empty_root()),
+        None => {
+            return Err(diverge(
+                "the ledger has leaves but no signed checkpoint".into(),
+            ));
+        }
+    };
+    if cp_size > size {
+        return Err(diverge(format!(
+            "the newest checkpoint covers {cp_size} leaves but only {size} are stored: leaves were removed"
+        )));
+    }
+    let mut frontier = Frontier::new();
+    let mut kinds: Vec<EntryKind> = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    let mut commitments: Vec<Hash> = Vec::with_capacity(kinds.capacity());
+    let mut audit_records = 0;
+    let mut start = 0;
+    while start < size {
+        let want = CHUNK.min(size - start);
+        let entries = store.ledger_entries(start, want)?;
+        let details = store.audit_details(start, want)?;
+        let mut details = details.into_iter().peekable();
+        let mut emitted: Vec<(u8, u64, Hash)> = Vec::with_capacity(2 * entries.len());
+        for (i, (idx, bytes)) in entries.iter().enumerate() {
+            let expect = start + i as u64;
+            if *idx != expect {
+                return Err(diverge(format!("ledger leaf {expect} is missing")));
+            }
+            let entry = Entry::decode(bytes)
+                .map_err(|e| diverge(format!("ledger leaf {expect} is malformed: {e}")))?;
+            if let Some((l, _)) = details.next_if(|(l, _)| *l < expect) {
+                return Err(diverge(format!("audit detail row {l} has no audit leaf")));
+            }
+            if entry.kind == EntryKind::Audit {
+                let Some((_, d)) = details.next_if(|(l, _)| *l == expect) else {
+                    return Err(diverge(format!("audit leaf {expect} has no stored detail")));
+                };
+                if audit_commitment(&d.salt, d.sealed.as_bytes()) != entry.commitment {
+                    return Err(diverge(format!(
+                        "audit leaf {expect} does not match its stored detail"
+                    )));
+                }
+                ledger.open_audit(&d).map_err(|_| {
+                    diverge(format!("the detail of audit leaf {expect} does not open"))
+                })?;
+                audit_records += 1;
+            } else if details.peek().is_some_and(|(l, _)| *l == expect) {
+                return Err(diverge(format!(
+                    "record leaf {expect} has an audit detail row beside it"
+                )));
+            }
+            kinds.push(entry.kind);
+            commitments.push(entry.commitment);
+            frontier.append(leaf_hash(bytes), |level, index, hash| {
+                emitted.push((level, index, *hash));
+            });
+            if frontier.size() == cp_size && frontier.root() != cp_root {
+                return Err(diverge(format!(
+                    "the leaves do not hash to the root of the signed checkpoint of size {cp_size}"
+                )));
+            }
+        }
+        if let Some((l, _)) = details.next() {
+            return Err(diverge(format!("audit detail row {l} has no audit leaf")));
+        }
+        if (entries.len() as u64) < want {
+            return Err(diverge(format!(
+                "ledger leaf {} is missing",
+                start + entries.len() as u64
+            )));
+        }
+        check_stored_nodes(store, &emitted)?;
+        start += want;
+        progress(start, size);
+    }
+    let mut used = vec![false; kinds.len()];
+    let versions = check_versions(store, ledger, &kinds, &commitments, &mut used)?;
+    if let Some(i) = kinds
+        .iter()
+        .zip(&used)
+        .position(|(k, u)| *k == EntryKind::Record && !u)
+    {
+        return Err(diverge(format!(
+            "ledger leaf {i} commits to a resource version that is no longer stored"
+        )));
+    }
+    Ok(Report {
+        leaves: size,
+        versions,
+        audit_records,
+        checkpoint_size: cp_size,
+    })
+}
+
+fn check_checkpoint(ledger: &Ledger, size: u64, note: &str) -> Result<Hash, VerifyError> {
+    let bad = |what: String| diverge(format!("the newest checkpoint (size {size}) {what}"));
+    let note = Note::parse(note.as_bytes()).map_err(|e| bad(format!("is malformed: {e}")))?;
+    ledger
+        .verifier()
+        .verify(&note)
+        .map_err(|e| bad(format!("is not validly signed by this node: {e}")))?;
+    let cp = Checkpoint::parse(&note.text).map_err(|e| bad(format!("is malformed: {e}")))?;
+    if cp.size != size || cp.origin != ledger.origin() {
+        return Err(bad("names another size or origin than its row".into()));
+    }
+    Ok(cp.root)
+}
+
+fn check_stored_nodes(
+    store: &dyn StoreRead,
+    emitted: &[(u8, u64, Hash)],
+) -> Result<(), VerifyError> {
+    let mut by_level: std::collections::BTreeMap<u8, Vec<(u64, Hash)>> = Default::default();
+    for (l, i, h) in emitted {
+        by_level.entry(*l).or_default().push((*i, *h));
+    }
+    for (level, nodes) in by_level {
+        let first = nodes[0].0;
+        let stored = store.ledger_nodes(level, first, nodes.len() as u64)?;
+        for (k, (index, want)) in nodes.iter().enumerate() {
+            if stored.get(k) != Some(want) {
+                return Err(diverge(format!(
+                    "stored tree node at level {level}, index {index} does not match the leaves"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_versions(
+    store: &dyn StoreRead,
+    ledger: &Ledger,
+    kinds: &[EntryKind],
+    commitments: &[Hash],
+    used: &mut [bool],
+) -> Result<u64, VerifyError> {
+    let mut n = 0;
+    let mut after: Option<(String, String, u64)> = None;
+    loop {
+        let page = store.versions_after(
+            after.as_ref().map(|(t, i, v)| (t.as_str(), i.as_str(), *v)),
+            1000,
+        )?;
+        let Some(last) = page.last() else {
+            return Ok(n);
+        };
+        after = Some((last.resource_type.clone(), last.id.clone(), last.version));
+        for v in &page {
+            let name = format!("{}/{}/_history/{}", v.resource_type, v.id, v.version);
+            let (Some(leaf), Some(salt)) = (v.leaf, v.salt) else {
+                return Err(diverge(format!("version {name} has no ledger leaf")));
+            };
+            let i = usize::try_from(leaf).unwrap_or(usize::MAX);
+            if kinds.get(i) != Some(&EntryKind::Record) {
+                return Err(diverge(format!(
+                    "version {name} points at ledger leaf {leaf}, which is not a record leaf"
+                )));
+            }
+            if used[i] {
+                return Err(diverge(format!(
+                    "ledger leaf {leaf} is claimed by more than one version ({name})"
+                )));
+            }
+            used[i] = true;
+            if record_entry(ledger.tenant(), v, &salt).commitment != commitments[i] {
+                return Err(diverge(format!(
+                    "version {name} does not match its commitment in ledger leaf {leaf}"
+                )));
+            }
+            n += 1;
+        }
+    }
+}
