@@ -6,6 +6,7 @@ mod bad_input;
 mod bundle;
 mod cli;
 mod crud;
+mod ledger;
 mod search;
 mod security;
 

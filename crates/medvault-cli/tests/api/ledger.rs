@@ -1,0 +1,372 @@
+//! The ledger end to end: every request leaves an audit leaf, every version a record leaf;
+//! checkpoints, tiles and proofs are served and verify; `ledger verify` passes on an honest data
+//! directory and catches every tampering.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use medvault_ledger::{
+    Checkpoint, Entry, EntryKind, Note, VerifierKey, leaf_hash, verify_consistency,
+    verify_inclusion,
+};
+use serde_json::Value;
+
+use crate::{Server, cli, patient};
+
+fn text(s: &Server, path: &str) -> (u16, Vec<u8>) {
+    let r = reqwest::blocking::get(format!("http://127.0.0.1:{}{path}", s.port)).unwrap();
+    let status = r.status().as_u16();
+    (status, r.bytes().unwrap().to_vec())
+}
+
+/// Waits until a checkpoint covers at least `size` leaves; returns it verified.
+fn checkpoint_covering(s: &Server, size: u64) -> Checkpoint {
+    let (_, key) = text(s, "/ledger/key");
+    let vkey = VerifierKey::parse_vkey(std::str::from_utf8(&key).unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = text(s, "/ledger/checkpoint");
+        if status == 200 {
+            let note = Note::parse(&body).unwrap();
+            vkey.verify(&note).unwrap();
+            let cp = Checkpoint::parse(&note.text).unwrap();
+            assert_eq!(cp.origin, vkey.name);
+            if cp.size >= size {
+                return cp;
+            }
+        }
+        assert!(Instant::now() < deadline, "no checkpoint covering {size}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn leaf_of(resp: &reqwest::blocking::Response) -> u64 {
+    resp.headers()["x-ledger-leaf"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn every_access_is_a_leaf_and_proofs_verify() {
+    let s = Server::start();
+    let id = s.create(&patient("Ledgerfam", "Ann"));
+    let read = s
+        .req(reqwest::Method::GET, &format!("Patient/{id}"))
+        .send()
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    let read_leaf = leaf_of(&read);
+    // A failed authentication and a request with a purpose of use are recorded too.
+    let denied = reqwest::blocking::Client::new()
+        .get(s.url("Patient"))
+        .bearer_auth("mvt_not-a-token")
+        .send()
+        .unwrap();
+    assert_eq!(denied.status(), 401);
+    assert!(leaf_of(&denied) > read_leaf);
+    let purposeful = s
+        .req(reqwest::Method::GET, "Patient?family=Ledgerfam")
+        .header("X-Purpose-Of-Use", "TREAT")
+        .send()
+        .unwrap();
+    assert_eq!(purposeful.status(), 200);
+    let bad_purpose = s
+        .req(reqwest::Method::GET, "Patient")
+        .header("X-Purpose-Of-Use", "because")
+        .send()
+        .unwrap();
+    assert_eq!(bad_purpose.status(), 400);
+    let last = leaf_of(&bad_purpose);
+
+    let cp = checkpoint_covering(&s, last + 1);
+    // Tile 0 (partial) holds the leaf hashes of the entry bundle's entries.
+    let w = cp.size.min(255);
+    assert!(cp.size < 256, "test expects a small log");
+    let (st, tile) = text(&s, &format!("/ledger/tile/0/000.p/{w}"));
+    assert_eq!(st, 200);
+    let (st, bundle) = text(&s, &format!("/ledger/tile/entries/000.p/{w}"));
+    assert_eq!(st, 200);
+    let mut entries = Vec::new();
+    let mut rest = &bundle[..];
+    while !rest.is_empty() {
+        let n = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        entries.push(rest[2..2 + n].to_vec());
+        rest = &rest[2 + n..];
+    }
+    assert_eq!(entries.len() as u64, w);
+    assert_eq!(tile.len() as u64, 32 * w);
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(&tile[32 * i..32 * i + 32], &leaf_hash(e)[..], "leaf {i}");
+    }
+    // No PHI in leaves: each is a fixed-size entry of a known kind.
+    let kinds: Vec<EntryKind> = entries
+        .iter()
+        .map(|e| Entry::decode(e).unwrap().kind)
+        .collect();
+    assert!(kinds.contains(&EntryKind::Record) && kinds.contains(&EntryKind::Audit));
+    // Tiles beyond the checkpoint are not served.
+    assert_eq!(text(&s, &format!("/ledger/tile/0/000.p/{}", w + 1)).0, 404);
+    assert_eq!(text(&s, "/ledger/tile/0/001").0, 404);
+    assert_eq!(text(&s, "/ledger/tile/0/00x").0, 404);
+
+    // Inclusion proof of the read's audit leaf, against the checkpoint.
+    let (st, body) = text(
+        &s,
+        &format!("/ledger/proof/inclusion?index={read_leaf}&size={}", cp.size),
+    );
+    assert_eq!(st, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let entry = B64.decode(v["entry"].as_str().unwrap()).unwrap();
+    assert_eq!(Entry::decode(&entry).unwrap().kind, EntryKind::Audit);
+    let proof: Vec<[u8; 32]> = v["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+        .collect();
+    verify_inclusion(read_leaf, cp.size, &leaf_hash(&entry), &proof, &cp.root).unwrap();
+
+    // Consistency between an early size and the checkpoint, from the tiles' own root.
+    let mut tree = medvault_ledger::MemoryTree::new();
+    for e in entries.iter().take(3) {
+        tree.push(leaf_hash(e));
+    }
+    let (st, body) = text(
+        &s,
+        &format!("/ledger/proof/consistency?old=3&new={}", cp.size),
+    );
+    assert_eq!(st, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let proof: Vec<[u8; 32]> = v["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+        .collect();
+    verify_consistency(3, cp.size, &tree.root(), &cp.root, &proof).unwrap();
+    for bad in [
+        "/ledger/proof/inclusion?index=5&size=5",
+        "/ledger/proof/inclusion?index=0&size=999999",
+        "/ledger/proof/inclusion?index=x&size=1",
+        "/ledger/proof/consistency?old=0&new=3",
+        "/ledger/proof/consistency?old=4&new=3",
+    ] {
+        assert_eq!(text(&s, bad).0, 400, "{bad}");
+    }
+
+    // The whole directory verifies while the server runs.
+    let dir = s.dir.to_str().unwrap().to_owned();
+    let (ok, out, err) = s.cli(&["ledger", "verify", "--data-dir", &dir]);
+    assert!(ok, "verify failed: {out} {err}");
+    assert!(out.contains("ledger verified"), "{out}");
+}
+
+/// A tiny deterministic generator, so a failing tampering can be replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// Applies tampering `kind` to a random row; returns what it did.
+fn tamper(db: &Path, kind: u64, rng: &mut Rng) -> String {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let pick = |rng: &mut Rng, table: &str, key: &str| -> i64 {
+        let keys: Vec<i64> = c
+            .prepare(&format!("SELECT {key} FROM {table}"))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        keys[rng.below(keys.len() as u64) as usize]
+    };
+    let flip = |rng: &mut Rng, table: &str, col: &str, key: &str, k: i64| {
+        let mut b: Vec<u8> = c
+            .query_row(
+                &format!("SELECT {col} FROM {table} WHERE {key} = ?1"),
+                [k],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .unwrap();
+        let i = rng.below(b.len() as u64) as usize;
+        b[i] ^= 1 << rng.below(8);
+        c.execute(
+            &format!("UPDATE {table} SET {col} = ?1 WHERE {key} = ?2"),
+            rusqlite::params![b, k],
+        )
+        .unwrap();
+    };
+    match kind {
+        0 => {
+            let k = pick(rng, "versions WHERE body IS NOT NULL", "leaf");
+            flip(rng, "versions", "body", "leaf", k);
+            format!("flipped a bit of the sealed body in versions row {k}")
+        }
+        1 => {
+            let k = pick(rng, "ledger_leaves", "idx");
+            flip(rng, "ledger_leaves", "entry", "idx", k);
+            format!("flipped a bit of leaf {k}")
+        }
+        2 => {
+            let k = pick(rng, "ledger_checkpoints", "size");
+            let note: String = c
+                .query_row(
+                    "SELECT note FROM ledger_checkpoints WHERE size = ?1",
+                    [k],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            let mut b = note.into_bytes();
+            let i = rng.below(b.len() as u64) as usize;
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            c.execute(
+                "UPDATE ledger_checkpoints SET note = ?1 WHERE size = ?2",
+                rusqlite::params![String::from_utf8_lossy(&b).into_owned(), k],
+            )
+            .unwrap();
+            // Only the newest checkpoint is checked; make sure the tampered one is it.
+            c.execute("DELETE FROM ledger_checkpoints WHERE size > ?1", [k])
+                .unwrap();
+            format!("changed a byte of checkpoint {k} and dropped newer ones")
+        }
+        3 => {
+            let k = pick(rng, "versions", "leaf");
+            c.execute("DELETE FROM versions WHERE leaf = ?1", [k])
+                .unwrap();
+            format!("deleted versions row {k}")
+        }
+        4 => {
+            let k = pick(rng, "ledger_leaves", "idx");
+            c.execute("DELETE FROM ledger_leaves WHERE idx = ?1", [k])
+                .unwrap();
+            format!("deleted leaf {k}")
+        }
+        5 => {
+            let a = pick(rng, "ledger_leaves", "idx");
+            let mut b = pick(rng, "ledger_leaves", "idx");
+            while b == a {
+                b = pick(rng, "ledger_leaves", "idx");
+            }
+            let get = |k: i64| -> Vec<u8> {
+                c.query_row("SELECT entry FROM ledger_leaves WHERE idx = ?1", [k], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+            };
+            let (ea, eb) = (get(a), get(b));
+            if ea == eb {
+                return tamper(db, 1, rng);
+            }
+            c.execute(
+                "UPDATE ledger_leaves SET entry = ?1 WHERE idx = ?2",
+                rusqlite::params![eb, a],
+            )
+            .unwrap();
+            c.execute(
+                "UPDATE ledger_leaves SET entry = ?1 WHERE idx = ?2",
+                rusqlite::params![ea, b],
+            )
+            .unwrap();
+            format!("swapped leaves {a} and {b}")
+        }
+        6 => {
+            let k = pick(rng, "ledger_audit", "leaf");
+            if rng.below(2) == 0 {
+                c.execute("DELETE FROM ledger_audit WHERE leaf = ?1", [k])
+                    .unwrap();
+                format!("deleted the audit detail of leaf {k}")
+            } else {
+                flip(rng, "ledger_audit", "detail", "leaf", k);
+                format!("flipped a bit of the audit detail of leaf {k}")
+            }
+        }
+        _ => {
+            let level = rng.below(3);
+            let k = pick(rng, &format!("ledger_nodes WHERE level = {level}"), "idx");
+            let mut h: Vec<u8> = c
+                .query_row(
+                    "SELECT hash FROM ledger_nodes WHERE level = ?1 AND idx = ?2",
+                    rusqlite::params![level as i64, k],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            h[rng.below(32) as usize] ^= 1;
+            c.execute(
+                "UPDATE ledger_nodes SET hash = ?1 WHERE level = ?2 AND idx = ?3",
+                rusqlite::params![h, level as i64, k],
+            )
+            .unwrap();
+            format!("flipped a bit of tree node level {level} index {k}")
+        }
+    }
+}
+
+#[test]
+fn ledger_verify_catches_every_tampering() {
+    let mut s = Server::start();
+    for i in 0..6 {
+        let id = s.create(&patient(&format!("Tamperfam{i}"), "Bo"));
+        let (st, _) = s.get(&format!("Patient/{id}"));
+        assert_eq!(st, 200);
+        if i % 2 == 0 {
+            let (st, _) = s.delete(&format!("Patient/{id}"));
+            assert_eq!(st, 200);
+        }
+    }
+    s.stop();
+    let env: Vec<(&str, &str)> = s
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let dir = s.dir.to_str().unwrap().to_owned();
+    let (ok, out, err) = cli(&["ledger", "verify", "--data-dir", &dir], &env);
+    assert!(ok, "honest directory must verify: {out} {err}");
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut rng = Rng(seed);
+    let work = tempfile::tempdir().unwrap();
+    let rounds = 32;
+    let mut caught = 0;
+    for round in 0..rounds {
+        let copy = work.path().join(format!("r{round}"));
+        copy_dir(&s.dir, &copy);
+        let did = tamper(&copy.join("medvault.db"), round % 8, &mut rng);
+        let (ok, out, err) = cli(
+            &["ledger", "verify", "--data-dir", copy.to_str().unwrap()],
+            &env,
+        );
+        assert!(!ok, "seed {seed}: not detected: {did}; verify said: {out}");
+        assert!(
+            err.starts_with("medvault: error: ledger verification failed:"),
+            "{err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "one plain line: {err}");
+        caught += 1;
+    }
+    assert_eq!(caught, rounds);
+}
