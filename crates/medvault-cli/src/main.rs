@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use medvault_core::{Compartment, ResourceId, Role};
 use medvault_crypto::{Kek, KeyFileKind, Passphrase};
+use medvault_ledger::VerifierKey;
 use medvault_server::node::{KEY_FILE, Node};
+use medvault_server::witness::RemoteWitness;
 use medvault_server::{AppState, ServerConfig};
 use medvault_store::write_with;
 
@@ -78,6 +80,16 @@ enum Command {
         /// Log format (logs never carry PHI, query strings or tokens).
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// A witness to ask for cosignatures of every checkpoint, as `URL,VKEY`: the witness's
+        /// submission prefix (e.g. http://witness.example:8080/witness) and its cosigner key
+        /// (from its `GET /witness/key` or `medvault ledger keys`). Repeat for several.
+        #[arg(long = "witness", value_name = "URL,VKEY")]
+        witnesses: Vec<String>,
+        /// Act as a witness for the log with this checkpoint key (its `GET /ledger/key`):
+        /// cosign its checkpoints after checking they extend what was cosigned before. Repeat
+        /// for several logs.
+        #[arg(long = "witness-for", value_name = "VKEY")]
+        witness_for: Vec<String>,
     },
     /// Manage API bearer tokens.
     Token {
@@ -109,6 +121,16 @@ enum LedgerCommand {
     /// row, which leaf) and exits 1. Safe to run while the server runs.
     #[command(after_help = "Example:\n  medvault ledger verify --data-dir /var/lib/medvault")]
     Verify {
+        #[command(flatten)]
+        dir: DataDir,
+        /// A witness cosigner key to trust, in addition to those `serve --witness` recorded.
+        #[arg(long = "witness", value_name = "VKEY")]
+        witnesses: Vec<String>,
+    },
+    /// Print this node's ledger keys: the checkpoint key (give it to witnesses and auditors)
+    /// and the witness cosigner key (give it to logs this node witnesses).
+    #[command(after_help = "Example:\n  medvault ledger keys --data-dir DIR")]
+    Keys {
         #[command(flatten)]
         dir: DataDir,
     },
@@ -288,19 +310,46 @@ fn audit_admin(node: &Node, action: &str, target: Option<&str>) -> anyhow::Resul
     Ok(())
 }
 
-fn verify_ledger(node: &Node) -> anyhow::Result<String> {
+fn parse_vkeys(texts: &[String], what: &str) -> anyhow::Result<Vec<VerifierKey>> {
+    texts
+        .iter()
+        .map(|t| VerifierKey::parse_vkey(t).map_err(|e| anyhow::anyhow!("{what} {t:?}: {e}")))
+        .collect()
+}
+
+fn verify_ledger(node: &Node, extra_witnesses: &[String]) -> anyhow::Result<String> {
+    let mut keys = node
+        .store
+        .meta("ledger_witness_keys")?
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    keys.extend(extra_witnesses.iter().cloned());
+    let witnesses = parse_vkeys(&keys, "--witness")?;
     let mut bar: Option<ProgressBar> = None;
-    let report =
-        medvault_server::verify::verify(node.store.as_ref(), &node.ledger, |done, total| {
+    let report = medvault_server::verify::verify(
+        node.store.as_ref(),
+        &node.ledger,
+        &witnesses,
+        |done, total| {
             let pb = bar.get_or_insert_with(|| progress(total, "verifying ledger"));
             pb.set_position(done);
-        });
+        },
+    );
     if let Some(pb) = bar {
         pb.finish_and_clear();
     }
     let r = report.map_err(|e| anyhow::anyhow!("ledger verification failed: {e}"))?;
+    let witnessed = match r.cosigned_size {
+        Some(n) => format!(
+            "; newest witness-cosigned checkpoint covers {n} leaves (cosigned by {})",
+            r.cosigned_by.join(", ")
+        ),
+        None => "; no witness has cosigned a checkpoint".to_owned(),
+    };
     Ok(format!(
-        "ledger verified: {} leaves, {} resource versions, {} audit records; newest signed checkpoint covers {} leaves",
+        "ledger verified: {} leaves, {} resource versions, {} audit records; newest signed checkpoint covers {} leaves{witnessed}",
         r.leaves, r.versions, r.audit_records, r.checkpoint_size
     ))
 }
@@ -313,9 +362,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_body_bytes,
             base_url,
             log_format,
+            witnesses,
+            witness_for,
         } => {
             init_logging(log_format);
+            let witnesses = witnesses
+                .iter()
+                .map(|w| {
+                    RemoteWitness::parse(w).map_err(|e| anyhow::anyhow!("--witness {w:?}: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let witness_for = parse_vkeys(&witness_for, "--witness-for")?;
             let node = open_node(&dir.data_dir, false)?;
+            // Recorded so `ledger verify` can check cosignatures without being told the keys.
+            let known = witnesses
+                .iter()
+                .map(|w| w.key.to_vkey())
+                .collect::<Vec<_>>()
+                .join("\n");
+            if !known.is_empty() {
+                node.store.write(Box::new(move |tx| {
+                    tx.set_meta("ledger_witness_keys", &known)
+                }))?;
+            }
             if !node.created && node.key_file_kind == KeyFileKind::Unprotected {
                 tracing::warn!(
                     "the root key file is not sealed with a passphrase (MEDVAULT_PASSPHRASE)"
@@ -324,6 +393,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = ServerConfig {
                 max_body_bytes,
                 base_url,
+                witnesses,
+                witness_for,
                 ..ServerConfig::default()
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -372,10 +443,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{message}");
         }
         Command::Ledger {
-            command: LedgerCommand::Verify { dir },
+            command: LedgerCommand::Verify { dir, witnesses },
         } => {
             let node = open_node(&dir.data_dir, true)?;
-            println!("{}", verify_ledger(&node)?);
+            println!("{}", verify_ledger(&node, &witnesses)?);
+        }
+        Command::Ledger {
+            command: LedgerCommand::Keys { dir },
+        } => {
+            let node = open_node(&dir.data_dir, true)?;
+            println!("checkpoint key: {}", node.ledger.verifier().to_vkey());
+            println!("witness key:    {}", node.ledger.cosigner().to_vkey());
         }
     }
     Ok(())

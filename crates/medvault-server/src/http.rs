@@ -419,7 +419,11 @@ fn audit_detail(
         "request_id": request_id,
         "agent": who.map(|w| serde_json::json!({"token": w.token_id, "role": w.role.as_str()})),
         "method": method.as_str(),
-        "interaction": target.as_ref().map_or("none", |t| interaction(method, t)),
+        "interaction": match uri.path() {
+            "/witness/add-checkpoint" => "witness-add-checkpoint",
+            "/witness/key" => "witness-key",
+            _ => target.as_ref().map_or("none", |t| interaction(method, t)),
+        },
         "resource_type": rtype,
         "id": id,
         "params": params,

@@ -31,6 +31,9 @@ use crate::error::{ApiError, IssueCode};
 pub const AUDIT_KEY: &str = "@audit";
 /// Data key whose secret is the node's Ed25519 checkpoint-signing seed.
 pub const LEDGER_KEY: &str = "@ledger";
+/// Data key whose secret is the seed of the node's witness cosigning key (a distinct key, as
+/// C2SP tlog-cosignature asks).
+pub const WITNESS_KEY: &str = "@witness";
 /// Domain label bound into every sealed audit detail.
 const AUDIT_SEAL_CONTEXT: &str = "medvault-audit-v1";
 
@@ -39,6 +42,7 @@ const AUDIT_SEAL_CONTEXT: &str = "medvault-audit-v1";
 pub struct Ledger {
     origin: String,
     signer: NoteSigner,
+    cosigner: NoteSigner,
     audit_key: Arc<DataKey>,
     tenant: String,
 }
@@ -57,15 +61,24 @@ impl Ledger {
     pub fn new(
         origin: String,
         signing_seed: &DataKey,
+        witness_seed: &DataKey,
         audit_key: Arc<DataKey>,
         tenant: String,
     ) -> Result<Self, medvault_ledger::LedgerError> {
-        let key = SigningKey::from_data_key(signing_seed)
-            .map_err(|e| medvault_ledger::LedgerError::Storage(Box::new(e)))?;
-        let signer = NoteSigner::new(&origin, KeyKind::Ed25519, key)?;
+        let key = |seed: &DataKey| {
+            SigningKey::from_data_key(seed)
+                .map_err(|e| medvault_ledger::LedgerError::Storage(Box::new(e)))
+        };
+        let signer = NoteSigner::new(&origin, KeyKind::Ed25519, key(signing_seed)?)?;
+        let cosigner = NoteSigner::new(
+            &format!("{origin}/witness"),
+            KeyKind::CosignatureV1,
+            key(witness_seed)?,
+        )?;
         Ok(Self {
             origin,
             signer,
+            cosigner,
             audit_key,
             tenant,
         })
@@ -84,6 +97,16 @@ impl Ledger {
     /// The node's verifier key, `<origin>+<key id>+<base64 key>`.
     pub fn verifier(&self) -> VerifierKey {
         self.signer.verifier()
+    }
+
+    /// The node's witness cosigner key (`vkey` form, type `0x04`).
+    pub fn cosigner(&self) -> VerifierKey {
+        self.cosigner.verifier()
+    }
+
+    /// Cosigns a checkpoint text as a witness, at POSIX time `timestamp`.
+    pub fn cosign(&self, text: &str, timestamp: u64) -> medvault_ledger::NoteSignature {
+        self.cosigner.sign(text, timestamp)
     }
 
     /// Salts, commits and returns the ledger leaf for `v`, setting `v.salt`.
@@ -209,9 +232,12 @@ pub fn record_entry(tenant: &str, v: &StoredVersion, salt: &[u8; SALT_LEN]) -> E
 }
 
 /// Signs a checkpoint every `every` while the server runs (only when the tree grew).
+/// Then asks the configured witnesses to cosign the newest one.
 pub async fn checkpoint_task(state: AppState, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let client = crate::witness::client();
+    let mut memo = crate::witness::Cosigning::default();
     loop {
         tick.tick().await;
         let (store, ledger) = (state.node.store.clone(), Arc::clone(&state.node.ledger));
@@ -220,6 +246,9 @@ pub async fn checkpoint_task(state: AppState, every: Duration) {
             Ok(Ok(None)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e.message, "checkpoint failed"),
             Err(e) => tracing::warn!(error = %e, "checkpoint task failed"),
+        }
+        if !state.config.witnesses.is_empty() {
+            crate::witness::cosign_round(&state, &client, &mut memo).await;
         }
     }
 }

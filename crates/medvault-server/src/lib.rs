@@ -17,6 +17,7 @@ pub mod ops;
 pub mod route;
 pub mod search;
 pub mod verify;
+pub mod witness;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 
 pub use error::ApiError;
 pub use node::Node;
@@ -44,6 +45,10 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// How often a checkpoint is signed (when the ledger grew).
     pub checkpoint_interval: Duration,
+    /// Logs this node witnesses (their checkpoint verifier keys).
+    pub witness_for: Vec<medvault_ledger::VerifierKey>,
+    /// Witnesses this node asks to cosign its checkpoints.
+    pub witnesses: Vec<witness::RemoteWitness>,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +58,8 @@ impl Default for ServerConfig {
             base_url: None,
             request_timeout: Duration::from_secs(60),
             checkpoint_interval: Duration::from_secs(1),
+            witness_for: Vec::new(),
+            witnesses: Vec::new(),
         }
     }
 }
@@ -107,6 +114,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ledger/tile/{*path}", get(ledger::get_tile))
         .route("/ledger/proof/inclusion", get(ledger::get_inclusion))
         .route("/ledger/proof/consistency", get(ledger::get_consistency))
+        .route("/witness/add-checkpoint", post(witness::add_checkpoint))
+        .route("/witness/key", get(witness::get_key))
         .fallback(http::not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(

@@ -18,7 +18,7 @@ use medvault_store::{Store, StoreError, StoreRead, StoreTx, write_with};
 use medvault_store_sqlite::SqliteStore;
 
 use crate::clock::{Clock, SystemClock};
-use crate::ledger::{AUDIT_KEY, LEDGER_KEY, Ledger};
+use crate::ledger::{AUDIT_KEY, LEDGER_KEY, Ledger, WITNESS_KEY};
 
 /// Name of the key file inside the data directory.
 pub const KEY_FILE: &str = "medvault.key";
@@ -450,10 +450,11 @@ impl Node {
 /// Loads (creating on first start) the ledger's keys and origin.
 fn open_ledger(store: &dyn Store, ring: &Arc<KeyRing>) -> Result<Ledger, NodeError> {
     let r = Arc::clone(ring);
-    let (origin, audit, seed) = write_with(store, move |tx| {
+    let (origin, audit, seed, witness) = write_with(store, move |tx| {
         let broken = |e: KeyError| StoreError::Backend(Box::new(e));
         let audit = r.for_write(tx, AUDIT_KEY).map_err(broken)?;
         let seed = r.for_write(tx, LEDGER_KEY).map_err(broken)?;
+        let witness = r.for_write(tx, WITNESS_KEY).map_err(broken)?;
         let origin = match tx.meta("ledger_origin")? {
             Some(o) => o,
             None => {
@@ -462,8 +463,8 @@ fn open_ledger(store: &dyn Store, ring: &Arc<KeyRing>) -> Result<Ledger, NodeErr
                 o
             }
         };
-        Ok((origin, audit, seed))
+        Ok((origin, audit, seed, witness))
     })?;
-    Ledger::new(origin, &seed, audit, ring.tenant().to_owned())
+    Ledger::new(origin, &seed, &witness, audit, ring.tenant().to_owned())
         .map_err(|_| NodeError::KeyMismatch(LEDGER_KEY.into()))
 }

@@ -6,7 +6,7 @@
 //! Stops at the first divergence and names it (which row, which leaf).
 
 use medvault_ledger::{
-    Checkpoint, Entry, EntryKind, Frontier, Hash, Note, audit_commitment, leaf_hash,
+    Checkpoint, Entry, EntryKind, Frontier, Hash, Note, VerifierKey, audit_commitment, leaf_hash,
 };
 use medvault_store::{StoreError, StoreRead};
 
@@ -26,6 +26,10 @@ pub struct Report {
     pub audit_records: u64,
     /// Size of the newest signed checkpoint (which verified).
     pub checkpoint_size: u64,
+    /// Size of the newest witness-cosigned checkpoint, if any (which verified).
+    pub cosigned_size: Option<u64>,
+    /// Witnesses whose cosignatures on it verified.
+    pub cosigned_by: Vec<String>,
 }
 
 /// Why verification failed.
@@ -50,6 +54,7 @@ fn diverge(msg: String) -> VerifyError {
 pub fn verify(
     store: &dyn StoreRead,
     ledger: &Ledger,
+    witnesses: &[VerifierKey],
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Report, VerifyError> {
     let size = store.ledger_size()?;
@@ -63,10 +68,25 @@ pub fn verify(
             ));
         }
     };
-    if cp_size > size {
-        return Err(diverge(format!(
-            "the newest checkpoint covers {cp_size} leaves but only {size} are stored: leaves were removed"
-        )));
+    // The newest checkpoint a witness cosigned: even the holder of the node's signing key
+    // cannot make the leaves hash to another root at that size without a witness's key.
+    let cosigned = match store
+        .meta("ledger_newest_cosigned")?
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        Some(n) => Some(check_cosigned(store, ledger, witnesses, n)?),
+        None => None,
+    };
+    let mut roots_to_match = vec![(cp_size, cp_root)];
+    if let Some((n, root, _)) = &cosigned {
+        roots_to_match.push((*n, *root));
+    }
+    for (n, _) in &roots_to_match {
+        if *n > size {
+            return Err(diverge(format!(
+                "a signed checkpoint covers {n} leaves but only {size} are stored: leaves were removed"
+            )));
+        }
     }
     let mut frontier = Frontier::new();
     let mut kinds: Vec<EntryKind> = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
@@ -112,10 +132,12 @@ pub fn verify(
             frontier.append(leaf_hash(bytes), |level, index, hash| {
                 emitted.push((level, index, *hash));
             });
-            if frontier.size() == cp_size && frontier.root() != cp_root {
-                return Err(diverge(format!(
-                    "the leaves do not hash to the root of the signed checkpoint of size {cp_size}"
-                )));
+            for (n, root) in &roots_to_match {
+                if frontier.size() == *n && frontier.root() != *root {
+                    return Err(diverge(format!(
+                        "the leaves do not hash to the root of the signed checkpoint of size {n}"
+                    )));
+                }
             }
         }
         if let Some((l, _)) = details.next() {
@@ -142,16 +164,48 @@ pub fn verify(
             "ledger leaf {i} commits to a resource version that is no longer stored"
         )));
     }
+    let (cosigned_size, cosigned_by) = match cosigned {
+        Some((n, _, by)) => (Some(n), by),
+        None => (None, Vec::new()),
+    };
     Ok(Report {
         leaves: size,
         versions,
         audit_records,
         checkpoint_size: cp_size,
+        cosigned_size,
+        cosigned_by,
     })
 }
 
+fn check_cosigned(
+    store: &dyn StoreRead,
+    ledger: &Ledger,
+    witnesses: &[VerifierKey],
+    size: u64,
+) -> Result<(u64, Hash, Vec<String>), VerifyError> {
+    let (_, note) = store.checkpoint(Some(size))?.ok_or_else(|| {
+        diverge(format!(
+            "the witness-cosigned checkpoint of size {size} is no longer stored"
+        ))
+    })?;
+    let root = check_checkpoint(ledger, size, &note)?;
+    let parsed = Note::parse(note.as_bytes()).map_err(|e| {
+        diverge(format!(
+            "the cosigned checkpoint of size {size} is malformed: {e}"
+        ))
+    })?;
+    let by = crate::witness::cosigned_by(&parsed, witnesses);
+    if by.is_empty() {
+        return Err(diverge(format!(
+            "the checkpoint of size {size} is recorded as witness-cosigned but carries no valid cosignature from a known witness"
+        )));
+    }
+    Ok((size, root, by))
+}
+
 fn check_checkpoint(ledger: &Ledger, size: u64, note: &str) -> Result<Hash, VerifyError> {
-    let bad = |what: String| diverge(format!("the newest checkpoint (size {size}) {what}"));
+    let bad = |what: String| diverge(format!("the checkpoint of size {size} {what}"));
     let note = Note::parse(note.as_bytes()).map_err(|e| bad(format!("is malformed: {e}")))?;
     ledger
         .verifier()

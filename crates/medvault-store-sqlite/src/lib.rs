@@ -413,6 +413,9 @@ impl StoreRead for SqliteStore {
     fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>, StoreError> {
         self.with_reader(|c| sql::checkpoint(c, size))
     }
+    fn witnessed(&self, origin: &str) -> Result<Option<(u64, Hash)>, StoreError> {
+        self.with_reader(|c| sql::witnessed(c, origin))
+    }
     fn audit_details(&self, start: u64, count: u64) -> Result<Vec<(u64, AuditDetail)>, StoreError> {
         self.with_reader(|c| sql::audit_details(c, start, count))
     }
@@ -486,7 +489,7 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.meta("tenant").unwrap().as_deref(), Some("t"));
-        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("2"));
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("3"));
         // The writer resumes the tree where it stopped.
         audit(&s, 5);
         let mut want = medvault_ledger::MemoryTree::new();

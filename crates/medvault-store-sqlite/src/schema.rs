@@ -55,6 +55,10 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;
      CREATE TABLE ledger_audit (leaf INTEGER PRIMARY KEY, salt BLOB NOT NULL, detail BLOB NOT NULL);
      CREATE TABLE ledger_checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL);",
+    // v3: logs this node witnesses (C2SP tlog-witness): the newest checkpoint cosigned per origin.
+    "CREATE TABLE witnessed (
+        origin TEXT PRIMARY KEY, size INTEGER NOT NULL, root BLOB NOT NULL, note TEXT NOT NULL
+     ) WITHOUT ROWID;",
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

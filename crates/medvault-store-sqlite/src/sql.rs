@@ -429,6 +429,22 @@ pub(crate) fn checkpoint(
     .map_err(backend)
 }
 
+pub(crate) fn witnessed(c: &Connection, origin: &str) -> Result<Option<(u64, Hash)>, StoreError> {
+    let row: Option<(i64, Vec<u8>)> = c
+        .prepare_cached("SELECT size, root FROM witnessed WHERE origin = ?1")
+        .and_then(|mut s| {
+            s.query_row([origin], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(backend)?;
+    row.map(|(size, root)| {
+        let root = <Hash>::try_from(root.as_slice())
+            .map_err(|_| StoreError::Backend("witnessed root is not 32 bytes".into()))?;
+        Ok((u64::try_from(size).unwrap_or(0), root))
+    })
+    .transpose()
+}
+
 pub(crate) fn versions_after(
     c: &Connection,
     after: Option<(&str, &str, u64)>,
@@ -573,6 +589,9 @@ impl StoreRead for Tx<'_> {
     }
     fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>, StoreError> {
         checkpoint(self.conn, size)
+    }
+    fn witnessed(&self, origin: &str) -> Result<Option<(u64, Hash)>, StoreError> {
+        witnessed(self.conn, origin)
     }
     fn audit_details(&self, start: u64, count: u64) -> Result<Vec<(u64, AuditDetail)>, StoreError> {
         audit_details(self.conn, start, count)
@@ -753,6 +772,24 @@ impl StoreTx for Tx<'_> {
             })
             .map_err(backend)?;
         Ok(idx)
+    }
+
+    fn set_witnessed(
+        &mut self,
+        origin: &str,
+        size: u64,
+        root: &Hash,
+        note: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO witnessed (origin, size, root, note) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (origin) DO UPDATE
+                   SET size = excluded.size, root = excluded.root, note = excluded.note",
+            )
+            .and_then(|mut s| s.execute(params![origin, to_i64(size), &root[..], note]))
+            .map(|_| ())
+            .map_err(backend)
     }
 
     fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError> {

@@ -594,6 +594,25 @@ fn ledger_leaves_commit_with_their_records(store: &dyn Store) {
         Some((3, "three".into()))
     );
     assert_eq!(ok(store.checkpoint(Some(4)), "cp"), None);
+    // Witness state per origin, replaced on each cosignature.
+    assert_eq!(ok(store.witnessed("log.example/a"), "witnessed"), None);
+    ok(
+        store.write(Box::new(|tx| {
+            tx.set_witnessed("log.example/a", 3, &[3; 32], "n3")
+        })),
+        "set_witnessed",
+    );
+    ok(
+        store.write(Box::new(|tx| {
+            tx.set_witnessed("log.example/a", 5, &[5; 32], "n5")
+        })),
+        "set_witnessed",
+    );
+    assert_eq!(
+        ok(store.witnessed("log.example/a"), "witnessed"),
+        Some((5, [5; 32]))
+    );
+    assert_eq!(ok(store.witnessed("log.example/b"), "witnessed"), None);
     // Versions page in a stable order.
     let first = ok(store.versions_after(None, 2), "page");
     let last = first.last().unwrap_or_else(|| panic!("page"));

@@ -238,6 +238,11 @@ pub trait StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>, StoreError>;
+    /// The newest checkpoint this node cosigned for the log `origin`: its size and root.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn witnessed(&self, origin: &str) -> Result<Option<(u64, Hash)>, StoreError>;
     /// Every stored version in storage order, `limit` at a time after `after` (type, id,
     /// version), bodies included: for offline verification.
     ///
@@ -315,6 +320,17 @@ pub trait StoreTx: StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError>;
+    /// Records that this node cosigned `note` (size `size`, root `root`) for the log `origin`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn set_witnessed(
+        &mut self,
+        origin: &str,
+        size: u64,
+        root: &Hash,
+        note: &str,
+    ) -> Result<(), StoreError>;
     /// Stores (or replaces, e.g. with more cosignatures) the checkpoint note of `size`.
     ///
     /// # Errors

@@ -16,13 +16,11 @@ use serde_json::Value;
 use crate::{Server, cli, patient};
 
 fn text(s: &Server, path: &str) -> (u16, Vec<u8>) {
-    let r = reqwest::blocking::get(format!("http://127.0.0.1:{}{path}", s.port)).unwrap();
-    let status = r.status().as_u16();
-    (status, r.bytes().unwrap().to_vec())
+    crate::raw_get(s, path)
 }
 
 /// Waits until a checkpoint covers at least `size` leaves; returns it verified.
-fn checkpoint_covering(s: &Server, size: u64) -> Checkpoint {
+pub(crate) fn checkpoint_covering(s: &Server, size: u64) -> Checkpoint {
     let (_, key) = text(s, "/ledger/key");
     let vkey = VerifierKey::parse_vkey(std::str::from_utf8(&key).unwrap()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -177,7 +175,7 @@ impl Rng {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let p = e.unwrap().path();

@@ -9,6 +9,7 @@ mod crud;
 mod ledger;
 mod search;
 mod security;
+mod witness;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -86,7 +87,7 @@ impl Server {
         Self::launch(dir, env, &[])
     }
 
-    fn launch(dir: &Path, env: &[(&str, &str)], extra: &[&str]) -> Self {
+    pub fn launch(dir: &Path, env: &[(&str, &str)], extra: &[&str]) -> Self {
         let port = free_port();
         let log = dir.with_extension(format!("log-{port}"));
         let log_file = std::fs::File::create(&log).unwrap();
@@ -235,6 +236,13 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// GET of a non-FHIR path (`/ledger/…`, `/witness/…`): status and raw body.
+pub fn raw_get(s: &Server, path: &str) -> (u16, Vec<u8>) {
+    let r = reqwest::blocking::get(format!("http://127.0.0.1:{}{path}", s.port)).unwrap();
+    let status = r.status().as_u16();
+    (status, r.bytes().unwrap().to_vec())
 }
 
 pub fn send(rb: reqwest::blocking::RequestBuilder) -> (u16, Value) {

@@ -1,0 +1,166 @@
+//! Two nodes on loopback: one witnesses the other's log (C2SP tlog-witness). Cosigning works and
+//! is checked by `ledger verify`; a rolled-back or forked copy of the log is refused, and the
+//! refusal is recorded in the witness's own ledger.
+
+use std::time::{Duration, Instant};
+
+use medvault_ledger::{AddCheckpoint, Note, VerifierKey};
+use serde_json::Value;
+
+use crate::ledger::{checkpoint_covering, copy_dir};
+use crate::{Server, patient, raw_get};
+
+fn vkey(s: &Server, path: &str) -> String {
+    let (st, body) = raw_get(s, path);
+    assert_eq!(st, 200);
+    String::from_utf8(body).unwrap().trim().to_owned()
+}
+
+fn post_witness(b: &Server, body: String) -> reqwest::blocking::Response {
+    reqwest::blocking::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/witness/add-checkpoint",
+            b.port
+        ))
+        .body(body)
+        .send()
+        .unwrap()
+}
+
+fn consistency(s: &Server, old: u64, new: u64) -> Vec<[u8; 32]> {
+    use base64::Engine as _;
+    let (st, body) = raw_get(s, &format!("/ledger/proof/consistency?old={old}&new={new}"));
+    assert_eq!(st, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    v["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            base64::engine::general_purpose::STANDARD
+                .decode(h.as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_witness_cosigns_and_refuses_rollbacks_and_forks() {
+    // The log, first without a witness; a snapshot of it becomes the "fork" later.
+    let mut a = Server::start();
+    a.create(&patient("Witnessfam", "Al"));
+    let log_key = vkey(&a, "/ledger/key");
+    a.stop();
+    let work = tempfile::tempdir().unwrap();
+    let fork_dir = work.path().join("fork");
+    copy_dir(&a.dir, &fork_dir);
+
+    // The witness, trusting the log's checkpoint key.
+    let b = Server::start_with(&["--witness-for", &log_key]);
+    let witness_key = vkey(&b, "/witness/key");
+    let wk = VerifierKey::parse_vkey(&witness_key).unwrap();
+
+    // The log again, now asking the witness to cosign.
+    let a = Server::launch(
+        &a.dir.clone(),
+        &[],
+        &[
+            "--witness",
+            &format!("http://127.0.0.1:{}/witness,{witness_key}", b.port),
+        ],
+    );
+    a.create(&patient("Witnessfam", "Bea"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let cosigned_size = loop {
+        let (_, body) = raw_get(&a, "/ledger/checkpoint");
+        let note = Note::parse(&body).unwrap();
+        if wk.verify(&note).is_ok() {
+            break medvault_ledger::Checkpoint::parse(&note.text).unwrap().size;
+        }
+        assert!(Instant::now() < deadline, "the witness never cosigned");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let dir = a.dir.to_str().unwrap().to_owned();
+    let (ok, out, err) = a.cli(&["ledger", "verify", "--data-dir", &dir]);
+    assert!(ok, "{out} {err}");
+    assert!(out.contains("cosigned by"), "{out}");
+
+    // The fork: the snapshot taken before the cosigned size, grown with other entries.
+    let fork = Server::start_in(&fork_dir, &[]);
+    let fork_start = checkpoint_covering(&fork, 1).size;
+    assert!(fork_start < cosigned_size);
+    let (_, early_note) = raw_get(&fork, "/ledger/checkpoint");
+    let early_note = Note::parse(&early_note).unwrap();
+    for i in 0..(cosigned_size + 5) {
+        let (st, _) = fork.get(&format!("Patient?family=Other{i}"));
+        assert_eq!(st, 200);
+    }
+    let forked = checkpoint_covering(&fork, cosigned_size + 1);
+    let (_, forked_note) = raw_get(&fork, "/ledger/checkpoint");
+    let forked_note = Note::parse(&forked_note).unwrap();
+
+    // A log that claims the witness never cosigned it (old 0) → 409 with the witnessed size, as
+    // text/x.tlog.size.
+    let r = post_witness(&b, AddCheckpoint::render(0, &[], &forked_note));
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.headers()["content-type"], "text/x.tlog.size");
+    assert!(
+        r.headers().contains_key("x-ledger-leaf"),
+        "refusal recorded"
+    );
+    let witnessed: u64 = r.text().unwrap().trim().parse().unwrap();
+    assert!(witnessed >= cosigned_size);
+
+    // Rollback: a checkpoint smaller than what the witness cosigned → refused (400: old size
+    // above the checkpoint size; 409 if it claims an old size the witness never had).
+    let r = post_witness(&b, AddCheckpoint::render(witnessed, &[], &early_note));
+    assert_eq!(r.status(), 400);
+    let r = post_witness(&b, AddCheckpoint::render(0, &[], &early_note));
+    assert_eq!(r.status(), 409);
+    assert!(
+        r.headers().contains_key("x-ledger-leaf"),
+        "refusal recorded"
+    );
+
+    // Fork: a proof from the witnessed size along the forked history does not verify → 422.
+    let proof = consistency(&fork, witnessed, forked.size);
+    let r = post_witness(&b, AddCheckpoint::render(witnessed, &proof, &forked_note));
+    assert_eq!(r.status(), 422);
+    assert!(
+        r.headers().contains_key("x-ledger-leaf"),
+        "refusal recorded"
+    );
+    assert!(r.text().unwrap().contains("does not verify"));
+
+    // A signature the witness does not trust → 403; an origin it does not know → 404; garbage
+    // → 400.
+    let mut unsigned = forked_note.clone();
+    unsigned.signatures[0].signature[0] ^= 1;
+    let r = post_witness(&b, AddCheckpoint::render(witnessed, &proof, &unsigned));
+    assert_eq!(r.status(), 403);
+    let (_, own) = raw_get(&b, "/ledger/checkpoint");
+    let r = post_witness(
+        &b,
+        AddCheckpoint::render(0, &[], &Note::parse(&own).unwrap()),
+    );
+    assert_eq!(r.status(), 404);
+    let r = post_witness(&b, "old x\n\nnot a note".into());
+    assert_eq!(r.status(), 400);
+
+    // The honest log keeps being cosigned after all that.
+    a.create(&patient("Witnessfam", "Cy"));
+    let before = cosigned_size;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = raw_get(&a, "/ledger/checkpoint");
+        let note = Note::parse(&body).unwrap();
+        let size = medvault_ledger::Checkpoint::parse(&note.text).unwrap().size;
+        if size > before && wk.verify(&note).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the witness stopped cosigning");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
