@@ -25,7 +25,7 @@ pub use note::{
 pub use tile::{TILE_HEIGHT, TILE_WIDTH, TilePath, encode_index};
 pub use tree::{
     Frontier, MemoryTree, NodeSource, consistency_proof, inclusion_proof, root, subtree_hash,
-    verify_consistency, verify_inclusion,
+    verify_consistency, verify_inclusion, with_prefetched,
 };
 pub use witness::{AddCheckpoint, MAX_PROOF_LINES};
 

@@ -331,6 +331,47 @@ impl Frontier {
     }
 }
 
+/// Runs `f` (a root or proof computation) with every node it reads fetched in **one** batch:
+/// a first pass against a recorder learns which nodes `f` needs (which nodes a computation
+/// reads depends only on sizes and indexes, never on hash values), then `fetch` gets them all at
+/// once (one database round trip instead of one per node) and `f` runs for real.
+///
+/// # Errors
+/// From `fetch` or `f`; [`LedgerError::MissingNode`] if `fetch` returns fewer hashes.
+pub fn with_prefetched<T>(
+    f: impl Fn(&dyn NodeSource) -> Result<T, LedgerError>,
+    fetch: impl FnOnce(&[(u8, u64)]) -> Result<Vec<Option<Hash>>, LedgerError>,
+) -> Result<T, LedgerError> {
+    struct Recorder(std::cell::RefCell<Vec<(u8, u64)>>);
+    impl NodeSource for Recorder {
+        fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
+            self.0.borrow_mut().push((level, index));
+            Ok([0; 32])
+        }
+    }
+    struct Fetched(std::collections::HashMap<(u8, u64), Hash>);
+    impl NodeSource for Fetched {
+        fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
+            self.0
+                .get(&(level, index))
+                .copied()
+                .ok_or(LedgerError::MissingNode { level, index })
+        }
+    }
+    let recorder = Recorder(std::cell::RefCell::new(Vec::new()));
+    f(&recorder)?;
+    let mut wanted = recorder.0.into_inner();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let got = fetch(&wanted)?;
+    let map = wanted
+        .into_iter()
+        .zip(got)
+        .filter_map(|(k, h)| Some((k, h?)))
+        .collect();
+    f(&Fetched(map))
+}
+
 /// A whole tree in memory: for tests, benchmarks and offline verification.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryTree {

@@ -182,6 +182,13 @@ impl Ledger {
         serde_json::from_slice(&plain).map_err(|e| ApiError::internal(&e))
     }
 
+    /// True if a stored audit detail opens (its AEAD tag verifies) under the audit key.
+    pub fn audit_opens(&self, detail: &AuditDetail) -> bool {
+        self.audit_key
+            .open_bound(AUDIT_SEAL_CONTEXT, &[&detail.salt], &detail.sealed)
+            .is_ok()
+    }
+
     /// Signs and stores a checkpoint of the current tree if it grew since the last one. Returns
     /// the new size, or `None` when nothing changed.
     ///
@@ -193,8 +200,9 @@ impl Ledger {
         if last.is_some_and(|l| l >= size) || (size == 0 && last.is_some()) {
             return Ok(None);
         }
-        let root =
-            medvault_ledger::root(&LedgerNodes(store), size).map_err(|e| ApiError::internal(&e))?;
+        let root = LedgerNodes(store)
+            .batched(|s| medvault_ledger::root(s, size))
+            .map_err(|e| ApiError::internal(&e))?;
         let text = Checkpoint {
             origin: self.origin.clone(),
             size,
@@ -397,8 +405,9 @@ pub(crate) async fn get_inclusion(
         return Err(bad("need index < size <= the newest checkpoint's size"));
     }
     let (proof, entry) = on_reader(&state, move |s| {
-        let proof =
-            inclusion_proof(&LedgerNodes(s), index, size).map_err(|e| ApiError::internal(&e))?;
+        let proof = LedgerNodes(s)
+            .batched(|n| inclusion_proof(n, index, size))
+            .map_err(|e| ApiError::internal(&e))?;
         let entry = s
             .ledger_entries(index, 1)?
             .into_iter()
@@ -430,7 +439,9 @@ pub(crate) async fn get_consistency(
         return Err(bad("need 0 < old <= new <= the newest checkpoint's size"));
     }
     let proof = on_reader(&state, move |s| {
-        consistency_proof(&LedgerNodes(s), old, new).map_err(|e| ApiError::internal(&e))
+        LedgerNodes(s)
+            .batched(|n| consistency_proof(n, old, new))
+            .map_err(|e| ApiError::internal(&e))
     })
     .await?;
     Ok(axum::Json(json!({ "old": old, "new": new, "proof": proof_json(&proof) })).into_response())

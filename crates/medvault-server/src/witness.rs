@@ -206,7 +206,7 @@ async fn ask(
         }
         let store = state.node.store.clone();
         let proof = tokio::task::spawn_blocking(move || {
-            consistency_proof(&LedgerNodes(store.as_ref()), old, size)
+            LedgerNodes(store.as_ref()).batched(|s| consistency_proof(s, old, size))
         })
         .await
         .map_err(|e| e.to_string())?

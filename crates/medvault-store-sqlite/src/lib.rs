@@ -416,6 +416,9 @@ impl StoreRead for SqliteStore {
     fn witnessed(&self, origin: &str) -> Result<Option<(u64, Hash)>, StoreError> {
         self.with_reader(|c| sql::witnessed(c, origin))
     }
+    fn ledger_nodes_at(&self, keys: &[(u8, u64)]) -> Result<Vec<Option<Hash>>, StoreError> {
+        self.with_reader(|c| sql::ledger_nodes_at(c, keys))
+    }
     fn audit_details(&self, start: u64, count: u64) -> Result<Vec<(u64, AuditDetail)>, StoreError> {
         self.with_reader(|c| sql::audit_details(c, start, count))
     }

@@ -328,6 +328,24 @@ pub(crate) fn ledger_nodes(
     Ok(out)
 }
 
+pub(crate) fn ledger_nodes_at(
+    c: &Connection,
+    keys: &[(u8, u64)],
+) -> Result<Vec<Option<Hash>>, StoreError> {
+    let mut s = c
+        .prepare_cached("SELECT hash FROM ledger_nodes WHERE level = ?1 AND idx = ?2")
+        .map_err(backend)?;
+    keys.iter()
+        .map(|(level, idx)| {
+            let h: Option<Vec<u8>> = s
+                .query_row(params![level, to_i64(*idx)], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            Ok(h.and_then(|h| <Hash>::try_from(h.as_slice()).ok()))
+        })
+        .collect()
+}
+
 pub(crate) fn ledger_entries(
     c: &Connection,
     start: u64,
@@ -592,6 +610,9 @@ impl StoreRead for Tx<'_> {
     }
     fn witnessed(&self, origin: &str) -> Result<Option<(u64, Hash)>, StoreError> {
         witnessed(self.conn, origin)
+    }
+    fn ledger_nodes_at(&self, keys: &[(u8, u64)]) -> Result<Vec<Option<Hash>>, StoreError> {
+        ledger_nodes_at(self.conn, keys)
     }
     fn audit_details(&self, start: u64, count: u64) -> Result<Vec<(u64, AuditDetail)>, StoreError> {
         audit_details(self.conn, start, count)

@@ -217,6 +217,11 @@ pub trait StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn ledger_nodes(&self, level: u8, start: u64, count: u64) -> Result<Vec<Hash>, StoreError>;
+    /// The hashes of the given complete subtrees (`None` where not stored), in one round trip.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn ledger_nodes_at(&self, keys: &[(u8, u64)]) -> Result<Vec<Option<Hash>>, StoreError>;
     /// `count` consecutive leaf entries from `start`, with their indexes; fewer if the log ends
     /// first (or rows are missing: callers compare indexes).
     ///
@@ -257,6 +262,23 @@ pub trait StoreRead {
 
 /// The ledger tree as stored, for the proof algorithms of `medvault-ledger`.
 pub struct LedgerNodes<'a>(pub &'a dyn StoreRead);
+
+impl LedgerNodes<'_> {
+    /// Runs a root or proof computation with all the nodes it needs fetched in one batch.
+    ///
+    /// # Errors
+    /// Store and ledger errors.
+    pub fn batched<T>(
+        &self,
+        f: impl Fn(&dyn NodeSource) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        medvault_ledger::with_prefetched(f, |keys| {
+            self.0
+                .ledger_nodes_at(keys)
+                .map_err(|e| LedgerError::Storage(Box::new(e)))
+        })
+    }
+}
 
 impl NodeSource for LedgerNodes<'_> {
     fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {

@@ -1,0 +1,158 @@
+//! Ledger benchmarks (issue 3): durable appends per second through the real node (sealed audit
+//! details, group commit, `synchronous=FULL`), inclusion and consistency proof time at a given
+//! tree size (through SQLite and over the in-memory tree), and `ledger verify` leaves per second.
+//!
+//! Usage: `medvault-ledger-bench [LEAVES] [SECONDS] [WRITERS]` (defaults 1000000 10 32).
+//! Prints one line per figure; `scripts/bench-ledger` runs it in release mode.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use medvault_ledger::{MemoryTree, inclusion_proof, leaf_hash, verify_inclusion};
+use medvault_server::node::Node;
+use medvault_store::{LedgerNodes, StoreTx, write_with};
+use serde_json::json;
+
+fn arg(i: usize, default: u64) -> u64 {
+    std::env::args()
+        .nth(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+fn detail(i: u64) -> serde_json::Value {
+    json!({"v": 1, "type": "rest", "request_id": format!("bench-{i}"), "interaction": "read",
+           "resource_type": "Patient", "id": format!("p{i}"), "status": 200, "outcome": "success"})
+}
+
+fn main() {
+    let leaves = arg(1, 1_000_000);
+    let secs = arg(2, 10);
+    let writers = arg(3, 32);
+    let dir = tempfile::tempdir().unwrap();
+    let node = Arc::new(Node::open(dir.path(), None).unwrap());
+
+    // 1. Durable appends: WRITERS threads, each appending one sealed audit leaf per write and
+    //    waiting for it to be durable (what every API request does).
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..writers)
+        .map(|_| {
+            let (node, stop, done) = (Arc::clone(&node), Arc::clone(&stop), Arc::clone(&done));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let i = done.fetch_add(1, Ordering::Relaxed);
+                    node.ledger
+                        .record_audit(node.store.as_ref(), node.clock.now_micros(), &detail(i))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let appended = node.store.ledger_size().unwrap();
+    println!(
+        "durable appends, {writers} writers, one leaf per write: {:.0}/s ({appended} in {:.1} s)",
+        appended as f64 / started.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // 2. Batched appends: 1 000 sealed audit leaves per durable write, up to LEAVES.
+    let started = Instant::now();
+    let before = node.store.ledger_size().unwrap();
+    let mut i = before;
+    while i < leaves {
+        let n = 1000.min(leaves - i);
+        let ledger = Arc::clone(&node.ledger);
+        let now = node.clock.now_micros();
+        write_with(node.store.as_ref(), move |tx: &mut dyn StoreTx| {
+            for k in 0..n {
+                ledger.append_audit(tx, now, &detail(i + k))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        i += n;
+    }
+    let batched = leaves.saturating_sub(before);
+    println!(
+        "durable appends, batches of 1000: {:.0}/s ({batched} leaves)",
+        batched as f64 / started.elapsed().as_secs_f64()
+    );
+    node.ledger.checkpoint_now(node.store.as_ref()).unwrap();
+
+    // 3. Proofs at the full size, through SQLite.
+    let size = node.store.ledger_size().unwrap();
+    let store = node.store.as_ref();
+    let root = LedgerNodes(store)
+        .batched(|s| medvault_ledger::root(s, size))
+        .unwrap();
+    let rounds = 2000u64;
+    let started = Instant::now();
+    for r in 0..rounds {
+        let idx = (r * 7_919_993) % size;
+        std::hint::black_box(
+            LedgerNodes(store)
+                .batched(|s| inclusion_proof(s, idx, size))
+                .unwrap(),
+        );
+    }
+    println!(
+        "inclusion proof at {size} leaves (SQLite): {:.1} µs each",
+        started.elapsed().as_secs_f64() * 1e6 / rounds as f64
+    );
+    let started = Instant::now();
+    for r in 0..rounds {
+        let old = 1 + (r * 7_919_993) % (size - 1);
+        std::hint::black_box(
+            LedgerNodes(store)
+                .batched(|s| medvault_ledger::consistency_proof(s, old, size))
+                .unwrap(),
+        );
+    }
+    println!(
+        "consistency proof to {size} leaves (SQLite): {:.1} µs each",
+        started.elapsed().as_secs_f64() * 1e6 / rounds as f64
+    );
+    // Spot-check one proof so the figure is of correct work.
+    let entry = store.ledger_entries(size / 2, 1).unwrap().remove(0).1;
+    let proof = LedgerNodes(store)
+        .batched(|s| inclusion_proof(s, size / 2, size))
+        .unwrap();
+    verify_inclusion(size / 2, size, &leaf_hash(&entry), &proof, &root).unwrap();
+
+    // 4. The pure algorithm over an in-memory tree of 10 million leaves.
+    let mem_size = 10_000_000u64;
+    let mut tree = MemoryTree::new();
+    for k in 0..mem_size {
+        tree.push(leaf_hash(&k.to_be_bytes()));
+    }
+    let started = Instant::now();
+    for r in 0..rounds {
+        let idx = (r * 7_919_993) % mem_size;
+        std::hint::black_box(inclusion_proof(&tree, idx, mem_size).unwrap());
+    }
+    println!(
+        "inclusion proof at {mem_size} leaves (in memory): {:.2} µs each",
+        started.elapsed().as_secs_f64() * 1e6 / rounds as f64
+    );
+    drop(tree);
+
+    // 5. Full verification of everything stored.
+    let started = Instant::now();
+    let report = medvault_server::verify::verify(store, &node.ledger, &[], |_, _| {}).unwrap();
+    let took = started.elapsed().as_secs_f64();
+    println!(
+        "ledger verify: {} leaves in {took:.2} s = {:.0} leaves/s (every audit detail opened)",
+        report.leaves,
+        report.leaves as f64 / took
+    );
+}
