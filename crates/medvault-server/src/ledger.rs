@@ -19,7 +19,7 @@ use medvault_ledger::{
     TilePath, VerifierKey, audit_commitment, consistency_proof, inclusion_proof, record_commitment,
 };
 use medvault_store::{
-    AuditDetail, LedgerNodes, Store, StoreError, StoreRead, StoreTx, StoredVersion,
+    AuditDetail, LedgerNodes, NodeCache, Store, StoreError, StoreRead, StoreTx, StoredVersion,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -45,6 +45,7 @@ pub struct Ledger {
     cosigner: NoteSigner,
     audit_key: Arc<DataKey>,
     tenant: String,
+    nodes: NodeCache,
 }
 
 fn random_salt() -> Result<[u8; SALT_LEN], ApiError> {
@@ -81,7 +82,13 @@ impl Ledger {
             cosigner,
             audit_key,
             tenant,
+            nodes: NodeCache::default(),
         })
+    }
+
+    /// In-memory hashes of the tree's upper levels, shared by every proof this node serves.
+    pub fn node_cache(&self) -> &NodeCache {
+        &self.nodes
     }
 
     /// The tenant whose records the ledger commits to.
@@ -201,7 +208,7 @@ impl Ledger {
             return Ok(None);
         }
         let root = LedgerNodes(store)
-            .batched(|s| medvault_ledger::root(s, size))
+            .batched_cached(Some(&self.nodes), |s| medvault_ledger::root(s, size))
             .map_err(|e| ApiError::internal(&e))?;
         let text = Checkpoint {
             origin: self.origin.clone(),
@@ -246,6 +253,12 @@ pub async fn checkpoint_task(state: AppState, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let client = crate::witness::client();
     let mut memo = crate::witness::Cosigning::default();
+    let (store, ledger) = (state.node.store.clone(), Arc::clone(&state.node.ledger));
+    match tokio::task::spawn_blocking(move || ledger.node_cache().warm(store.as_ref())).await {
+        Ok(Ok(n)) => tracing::debug!(nodes = n, "ledger node cache warmed"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "ledger node cache not warmed"),
+        Err(e) => tracing::warn!(error = %e, "ledger node cache not warmed"),
+    }
     loop {
         tick.tick().await;
         let (store, ledger) = (state.node.store.clone(), Arc::clone(&state.node.ledger));
@@ -404,9 +417,12 @@ pub(crate) async fn get_inclusion(
     if index >= size || size > published {
         return Err(bad("need index < size <= the newest checkpoint's size"));
     }
+    let ledger = Arc::clone(&state.node.ledger);
     let (proof, entry) = on_reader(&state, move |s| {
         let proof = LedgerNodes(s)
-            .batched(|n| inclusion_proof(n, index, size))
+            .batched_cached(Some(ledger.node_cache()), |n| {
+                inclusion_proof(n, index, size)
+            })
             .map_err(|e| ApiError::internal(&e))?;
         let entry = s
             .ledger_entries(index, 1)?
@@ -438,9 +454,12 @@ pub(crate) async fn get_consistency(
     if old == 0 || old > new || new > published {
         return Err(bad("need 0 < old <= new <= the newest checkpoint's size"));
     }
+    let ledger = Arc::clone(&state.node.ledger);
     let proof = on_reader(&state, move |s| {
         LedgerNodes(s)
-            .batched(|n| consistency_proof(n, old, new))
+            .batched_cached(Some(ledger.node_cache()), |n| {
+                consistency_proof(n, old, new)
+            })
             .map_err(|e| ApiError::internal(&e))
     })
     .await?;

@@ -204,9 +204,14 @@ async fn ask(
                 "the witness has cosigned size {old}, beyond this log's {size}"
             ));
         }
-        let store = state.node.store.clone();
+        let (store, ledger) = (
+            state.node.store.clone(),
+            std::sync::Arc::clone(&state.node.ledger),
+        );
         let proof = tokio::task::spawn_blocking(move || {
-            LedgerNodes(store.as_ref()).batched(|s| consistency_proof(s, old, size))
+            LedgerNodes(store.as_ref()).batched_cached(Some(ledger.node_cache()), |s| {
+                consistency_proof(s, old, size)
+            })
         })
         .await
         .map_err(|e| e.to_string())?
