@@ -489,15 +489,11 @@ pub(crate) async fn observe(
             purpose.ok().flatten().as_deref(),
             &resp,
         );
-        let (store, ledger) = (
-            state.node.store.clone(),
-            std::sync::Arc::clone(&state.node.ledger),
-        );
-        let written =
-            tokio::task::spawn_blocking(move || ledger.record_audit(store.as_ref(), now, &detail))
-                .await
-                .map_err(|e| ApiError::internal(&e))
-                .and_then(|r| r);
+        let written = state
+            .node
+            .ledger
+            .record_audit_async(state.node.store.as_ref(), now, &detail)
+            .await;
         match written {
             Ok(leaf) => {
                 if let Ok(v) = HeaderValue::from_str(&leaf.to_string()) {

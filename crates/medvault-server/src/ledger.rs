@@ -177,6 +177,38 @@ impl Ledger {
         })?)
     }
 
+    /// Appends an audit leaf in its own durable write without holding a thread: resolves once
+    /// the leaf is committed. Returns the leaf index.
+    ///
+    /// # Errors
+    /// Store failures, RNG failure.
+    pub async fn record_audit_async(
+        &self,
+        store: &dyn Store,
+        time_micros: i64,
+        detail: &Value,
+    ) -> Result<u64, ApiError> {
+        let (detail, leaf) = self.seal_audit(time_micros, detail)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let slot = Arc::new(std::sync::Mutex::new(None));
+        let out = Arc::clone(&slot);
+        store.submit(
+            Box::new(move |t: &mut dyn StoreTx| {
+                let idx = t.append_audit(&detail, &leaf)?;
+                if let Ok(mut s) = out.lock() {
+                    *s = Some(idx);
+                }
+                Ok(())
+            }),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await.map_err(|e| ApiError::internal(&e))??;
+        let idx = slot.lock().ok().and_then(|mut s| s.take());
+        idx.ok_or_else(|| ApiError::internal(&"audit write produced no leaf index"))
+    }
+
     /// Opens a stored audit detail.
     ///
     /// # Errors

@@ -22,7 +22,7 @@ use medvault_crypto::WrappedKey;
 use medvault_ledger::{Frontier, Hash};
 use medvault_store::{
     AuditDetail, CurrentMeta, DataKeyRow, IndexQuery, SearchPage, Store, StoreError, StoreRead,
-    StoredVersion, TokenRow, WriteOp,
+    StoredVersion, TokenRow, WriteDone, WriteOp,
 };
 use rusqlite::Connection;
 
@@ -44,7 +44,7 @@ pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
 
 struct Job {
     op: WriteOp,
-    reply: SyncSender<Result<(), StoreError>>,
+    reply: WriteDone,
 }
 
 /// A medvault database in one SQLite file.
@@ -273,7 +273,7 @@ fn writer_loop(
             jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
         let results = run_group(&conn, ops, ckpt, &mut frontier);
         for (reply, result) in replies.into_iter().zip(results) {
-            let _ = reply.send(result);
+            reply(result);
         }
         if ckpt.rewind.swap(false, Ordering::Relaxed) {
             let _running = ckpt.lock.lock();
@@ -443,15 +443,23 @@ impl StoreRead for SqliteStore {
 impl Store for SqliteStore {
     fn write(&self, op: WriteOp) -> Result<(), StoreError> {
         let (reply, wait) = sync_channel(1);
-        let sender = self
-            .sender
-            .as_ref()
-            .ok_or_else(|| StoreError::Backend("store is shutting down".into()))?;
-        sender
-            .send(Job { op, reply })
-            .map_err(|_| StoreError::Backend("writer thread has stopped".into()))?;
+        self.submit(
+            op,
+            Box::new(move |r| {
+                let _ = reply.send(r);
+            }),
+        );
         wait.recv()
             .map_err(|_| StoreError::Backend("writer thread has stopped".into()))?
+    }
+
+    fn submit(&self, op: WriteOp, done: WriteDone) {
+        let Some(sender) = self.sender.as_ref() else {
+            return done(Err(StoreError::Backend("store is shutting down".into())));
+        };
+        if let Err(std::sync::mpsc::SendError(job)) = sender.send(Job { op, reply: done }) {
+            (job.reply)(Err(StoreError::Backend("writer thread has stopped".into())));
+        }
     }
 
     fn data_key_names(&self) -> Result<Vec<String>, StoreError> {

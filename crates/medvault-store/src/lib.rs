@@ -458,6 +458,9 @@ pub trait StoreTx: StoreRead {
 /// into the tree (every new complete subtree stored) before the transaction commits.
 pub type WriteOp = Box<dyn FnOnce(&mut dyn StoreTx) -> Result<(), StoreError> + Send>;
 
+/// Called once with a submitted write's outcome, after its commit is durable (or failed).
+pub type WriteDone = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
 /// A medvault database.
 pub trait Store: StoreRead + Send + Sync {
     /// Runs `op` in its own atomic unit and returns once it is durably committed (or rolled back
@@ -466,6 +469,12 @@ pub trait Store: StoreRead + Send + Sync {
     /// # Errors
     /// The op's own error, or [`StoreError::Backend`] if the commit failed.
     fn write(&self, op: WriteOp) -> Result<(), StoreError>;
+    /// Like [`Store::write`] without waiting: `done` receives the outcome (on the backend's own
+    /// thread; it must not block). Lets async callers wait without holding a thread. The default
+    /// runs the write on the caller's thread.
+    fn submit(&self, op: WriteOp, done: WriteDone) {
+        done(self.write(op));
+    }
     /// Every data key name, for rotation.
     ///
     /// # Errors
