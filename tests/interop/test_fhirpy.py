@@ -135,3 +135,13 @@ def test_bundles_history_metadata_and_errors_are_valid_r4():
 def test_every_returned_resource_was_validated():
     assert len(VALIDATED) >= 20, VALIDATED
     assert {"Patient", "Observation", "Bundle", "CapabilityStatement", "OperationOutcome", "Condition"} <= set(VALIDATED)
+
+
+def test_audit_events_validate():
+    """The audit trail as AuditEvent resources validates with the independent R4 models."""
+    r = requests.get(f"{URL}/AuditEvent?_count=100", headers=HEADERS)
+    assert r.status_code == 200
+    bundle = r.json()
+    assert len(bundle["entry"]) > 0
+    validate(bundle)
+    assert VALIDATED.count("AuditEvent") >= len(bundle["entry"])

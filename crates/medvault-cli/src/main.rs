@@ -155,6 +155,8 @@ enum TokenCommand {
 enum RoleArg {
     /// Full access to the FHIR API.
     Admin,
+    /// Reads the audit trail (GET /fhir/AuditEvent) and nothing else.
+    Auditor,
 }
 
 #[derive(Debug, Subcommand)]
@@ -411,6 +413,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let node = open_node(&dir.data_dir, false)?;
             let role = match role {
                 RoleArg::Admin => Role::Admin,
+                RoleArg::Auditor => Role::Auditor,
             };
             let token = medvault_server::auth::create_token(
                 node.store.as_ref(),

@@ -192,6 +192,8 @@ impl Compartment {
 pub enum Role {
     /// Full access to the FHIR API and administration.
     Admin,
+    /// Reads the audit trail (`AuditEvent`) and nothing else.
+    Auditor,
 }
 
 impl Role {
@@ -199,6 +201,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Admin => "admin",
+            Self::Auditor => "auditor",
         }
     }
 
@@ -209,6 +212,7 @@ impl Role {
     pub fn parse(text: &str) -> Result<Self, CoreError> {
         match text {
             "admin" => Ok(Self::Admin),
+            "auditor" => Ok(Self::Auditor),
             _ => Err(CoreError::UnknownRole),
         }
     }

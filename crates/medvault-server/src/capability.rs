@@ -42,6 +42,17 @@ pub fn statement(fhir: &Fhir, base: &str, now: &str) -> Value {
                 "searchParam": params,
             })
         })
+        .chain(std::iter::once(json!({
+            "type": "AuditEvent",
+            "documentation": "The audit trail, read-only: one AuditEvent per request and per administrative action, each backed by a leaf of the node's transparency log (the id names the leaf). Readable by the admin and auditor roles. Newest first; _before continues a search.",
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": [
+                {"name": "patient", "type": "reference", "definition": "http://hl7.org/fhir/SearchParameter/AuditEvent-patient"},
+                {"name": "agent", "type": "reference", "documentation": "the token id (tok_…) of the requesting credential", "definition": "http://hl7.org/fhir/SearchParameter/AuditEvent-agent"},
+                {"name": "date", "type": "date", "definition": "http://hl7.org/fhir/SearchParameter/AuditEvent-date"},
+                {"name": "outcome", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/AuditEvent-outcome"},
+            ],
+        })))
         .collect();
     json!({
         "resourceType": "CapabilityStatement",
@@ -57,7 +68,7 @@ pub fn statement(fhir: &Fhir, base: &str, now: &str) -> Value {
             "documentation": "Records are sealed per patient (AES-256-GCM); search runs over blind indexes. Search supports string (prefix, :exact), token, reference and date (eq, gt, lt, ge, le) parameters, _id, _lastUpdated, _count, _offset, _sort (_id, _lastUpdated) and _summary=count; unknown parameters are ignored unless Prefer: handling=strict.",
             "security": {
                 "cors": false,
-                "description": "Bearer tokens (medvault token create) in the Authorization header."
+                "description": "Bearer tokens (medvault token create --role admin|auditor) in the Authorization header. Every request is recorded in a tamper-evident ledger (see /ledger/checkpoint)."
             },
             "resource": resources,
             "interaction": [{"code": "batch"}, {"code": "transaction"}],

@@ -191,7 +191,7 @@ pub(crate) async fn fhir_path(
 
 async fn dispatch(
     state: AppState,
-    _who: Authenticated,
+    who: Authenticated,
     method: Method,
     path: String,
     query: Option<String>,
@@ -200,6 +200,33 @@ async fn dispatch(
 ) -> Result<Response, ApiError> {
     let target = route::parse_path(&path)?;
     let base = base_url(&state, &headers);
+    let audit_view =
+        matches!(&target, Target::Type(t) | Target::Instance(t, _) if t == "AuditEvent");
+    if who.role == medvault_core::Role::Auditor && !audit_view && target != Target::Metadata {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            IssueCode::Forbidden,
+            "the auditor role may only read AuditEvent resources",
+        ));
+    }
+    if audit_view {
+        if method != Method::GET {
+            return Err(route::method_not_allowed(&method));
+        }
+        let params = search::parse_query_string(query.as_deref().unwrap_or(""));
+        let (store, ledger) = (
+            state.node.store.clone(),
+            std::sync::Arc::clone(&state.node.ledger),
+        );
+        let out = blocking_read(&state, move || match target {
+            Target::Instance(_, id) => {
+                crate::audit_view::read(store.as_ref(), &ledger, id.as_str())
+            }
+            _ => crate::audit_view::search(store.as_ref(), &ledger, &params, &base),
+        })
+        .await?;
+        return Ok(fhir_json(StatusCode::OK, &out));
+    }
     let strict = prefer(&headers, "handling") == Some("strict");
     let minimal = prefer(&headers, "return") == Some("minimal");
     let params = search::parse_query_string(query.as_deref().unwrap_or(""));

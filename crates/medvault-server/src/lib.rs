@@ -5,6 +5,7 @@
 //! [`auth::Authenticated`] extractor, parsed by [`route`], executed by [`ops`] / [`search`] /
 //! [`bundle`] on blocking threads, and answered as `application/fhir+json`.
 
+pub mod audit_view;
 pub mod auth;
 pub mod bundle;
 pub mod capability;

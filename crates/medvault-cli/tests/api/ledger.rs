@@ -368,3 +368,90 @@ fn ledger_verify_catches_every_tampering() {
     }
     assert_eq!(caught, rounds);
 }
+
+#[test]
+fn auditors_read_the_trail_as_audit_events() {
+    let s = Server::start();
+    let id = s.create(&patient("Auditfam", "Eve"));
+    let (st, _) = s.get(&format!("Patient/{id}"));
+    assert_eq!(st, 200);
+    let dir = s.dir.to_str().unwrap().to_owned();
+    let (ok, auditor, err) = s.cli(&["token", "create", "--data-dir", &dir, "--role", "auditor"]);
+    assert!(ok, "{err}");
+    let auditor = auditor.trim().to_owned();
+    // A token's id is the first 8 bytes of its SHA-256, in hex.
+    let auditor_id = format!(
+        "tok_{}",
+        hex_prefix(&medvault_crypto::sha256(auditor.as_bytes()))
+    );
+    let as_auditor = |path: &str| {
+        let r = reqwest::blocking::Client::new()
+            .get(s.url(path))
+            .bearer_auth(&auditor)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().unwrap_or(Value::Null))
+    };
+    // The auditor reads nothing but the trail; the refusal is itself in the trail.
+    let (st, _) = as_auditor(&format!("Patient/{id}"));
+    assert_eq!(st, 403);
+    let (st, b) = as_auditor(&format!("AuditEvent?patient={id}"));
+    assert_eq!(st, 200, "{b}");
+    let events: Vec<&Value> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .collect();
+    let codes: Vec<&str> = events
+        .iter()
+        .map(|e| e["subtype"][0]["code"].as_str().unwrap_or(""))
+        .collect();
+    // Newest first: the auditor's refused read, the admin's read, the admin's create.
+    assert_eq!(codes, vec!["read", "read", "create"], "{b}");
+    assert_eq!(events[0]["outcome"], "4");
+    assert_eq!(
+        events[0]["agent"][0]["who"]["identifier"]["value"],
+        auditor_id.as_str()
+    );
+    assert_eq!(events[2]["action"], "C");
+    for e in &events {
+        assert_eq!(e["resourceType"], "AuditEvent");
+        assert_eq!(e["entity"][0]["what"]["reference"], format!("Patient/{id}"));
+    }
+    // Filters: outcome, agent, date; every event reads back by id.
+    let (_, b) = as_auditor(&format!("AuditEvent?patient={id}&outcome=0"));
+    assert_eq!(b["entry"].as_array().unwrap().len(), 2);
+    let (_, b) = as_auditor(&format!("AuditEvent?agent={auditor_id}&_count=500"));
+    assert!(b["entry"].as_array().unwrap().len() >= 2); // the 403 and the searches
+    let (_, b) = as_auditor(&format!("AuditEvent?patient={id}&date=lt2000-01-01"));
+    assert_eq!(b["entry"].as_array().unwrap().len(), 0);
+    let (_, b) = as_auditor(&format!(
+        "AuditEvent?patient={id}&date=ge2000-01-01&_count=1"
+    ));
+    assert_eq!(b["entry"].as_array().unwrap().len(), 1);
+    let next = b["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .unwrap();
+    assert!(next["url"].as_str().unwrap().contains("_before="));
+    let ev_id = events[1]["id"].as_str().unwrap();
+    let (st, one) = as_auditor(&format!("AuditEvent/{ev_id}"));
+    assert_eq!((st, &one["id"]), (200, &events[1]["id"]));
+    assert_eq!(as_auditor("AuditEvent/ledger-999999").0, 404);
+    assert_eq!(as_auditor("AuditEvent?family=x").0, 400);
+    assert_eq!(as_auditor("AuditEvent?outcome=3").0, 400);
+    // Writes are not possible, for anyone.
+    let (st, _) = s.post(
+        "AuditEvent",
+        &serde_json::json!({"resourceType": "AuditEvent"}),
+    );
+    assert_eq!(st, 405);
+}
+
+fn hex_prefix(h: &[u8]) -> String {
+    h[..8].iter().map(|b| format!("{b:02x}")).collect()
+}

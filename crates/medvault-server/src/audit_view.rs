@@ -1,0 +1,299 @@
+//! The audit trail as FHIR R4 `AuditEvent` resources, read-only, for auditors.
+//!
+//! `GET /fhir/AuditEvent?patient=&agent=&date=&outcome=&_count=&_before=` searches the sealed
+//! audit details newest first (each is opened under the `@audit` key and filtered; nothing about
+//! them is indexed in the clear); `GET /fhir/AuditEvent/ledger-N` reads the event of leaf `N`.
+//! The id names the ledger leaf, so an auditor can fetch its inclusion proof.
+
+use axum::http::StatusCode;
+use medvault_store::StoreRead;
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, IssueCode};
+use crate::ledger::Ledger;
+
+/// Leaves examined per search request at most; the `next` link continues from there.
+const MAX_SCAN: u64 = 100_000;
+const CHUNK: u64 = 1024;
+
+#[derive(Debug, Default)]
+struct Filter {
+    patient: Option<String>,
+    agent: Option<String>,
+    outcome: Option<String>,
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+fn bad(msg: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, msg)
+}
+
+fn parse_date(value: &str, f: &mut Filter) -> Result<(), ApiError> {
+    let (prefix, rest) = match value.get(..2) {
+        Some(p @ ("eq" | "ge" | "gt" | "le" | "lt")) => (p, &value[2..]),
+        _ => ("eq", value),
+    };
+    let (start, end) = medvault_fhir::date_range(rest).ok_or_else(|| {
+        bad("date must be a FHIR date or dateTime, optionally prefixed ge/gt/le/lt")
+    })?;
+    let (start, end) = (start * 1_000_000, end * 1_000_000);
+    let tighten_from = |f: &mut Filter, v: i64| f.from = Some(f.from.map_or(v, |x| x.max(v)));
+    let tighten_to = |f: &mut Filter, v: i64| f.to = Some(f.to.map_or(v, |x| x.min(v)));
+    match prefix {
+        "ge" => tighten_from(f, start),
+        "gt" => tighten_from(f, end),
+        "le" => tighten_to(f, end),
+        "lt" => tighten_to(f, start),
+        _ => {
+            tighten_from(f, start);
+            tighten_to(f, end);
+        }
+    }
+    Ok(())
+}
+
+fn outcome_code(outcome: &str) -> &'static str {
+    match outcome {
+        "success" => "0",
+        "server-error" => "8",
+        _ => "4",
+    }
+}
+
+fn action_code(interaction: &str) -> &'static str {
+    match interaction {
+        "create" => "C",
+        "read" | "vread" | "history-instance" | "history-type" | "capabilities" => "R",
+        "update" => "U",
+        "delete" | "patient-erase" => "D",
+        _ => "E",
+    }
+}
+
+fn restful_interaction(interaction: &str) -> Option<&str> {
+    matches!(
+        interaction,
+        "read"
+            | "vread"
+            | "update"
+            | "delete"
+            | "history-instance"
+            | "history-type"
+            | "create"
+            | "search-type"
+            | "capabilities"
+    )
+    .then_some(interaction)
+}
+
+fn s<'a>(d: &'a Value, key: &str) -> Option<&'a str> {
+    d.get(key).and_then(Value::as_str)
+}
+
+/// The `AuditEvent` for the detail stored beside leaf `leaf`.
+pub fn to_audit_event(leaf: u64, detail: &Value, observer: &str) -> Value {
+    let interaction = s(detail, "interaction").unwrap_or("none");
+    let outcome = s(detail, "outcome").unwrap_or("client-error");
+    let is_admin = s(detail, "type") == Some("admin");
+    let mut event = json!({
+        "resourceType": "AuditEvent",
+        "id": format!("ledger-{leaf}"),
+        "type": if is_admin {
+            json!({"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110100",
+                   "display": "Application Activity"})
+        } else {
+            json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                   "code": "rest", "display": "RESTful Operation"})
+        },
+        "action": action_code(interaction),
+        "recorded": s(detail, "time").unwrap_or("1970-01-01T00:00:00Z"),
+        "outcome": outcome_code(outcome),
+        "outcomeDesc": match detail.get("status").and_then(Value::as_u64) {
+            Some(st) => format!("{interaction}: {outcome} (HTTP {st})"),
+            None => format!("{interaction}: {outcome}"),
+        },
+        "agent": [agent(detail)],
+        "source": {"observer": {"display": observer}},
+    });
+    if let Some(code) = restful_interaction(interaction) {
+        event["subtype"] =
+            json!([{"system": "http://hl7.org/fhir/restful-interaction", "code": code}]);
+    }
+    if let Some(p) = s(detail, "purpose") {
+        event["purposeOfEvent"] = json!([{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": p}]}]);
+    }
+    let mut entities = Vec::new();
+    if let (Some(t), Some(id)) = (s(detail, "resource_type"), s(detail, "id")) {
+        entities.push(json!({"what": {"reference": format!("{t}/{id}")}}));
+    }
+    if let Some(t) = s(detail, "target") {
+        entities.push(json!({"what": {"display": t}}));
+    }
+    if let Some(rid) = s(detail, "request_id") {
+        entities.push(
+            json!({"what": {"identifier": {"system": "urn:medvault:request-id", "value": rid}}}),
+        );
+    }
+    if !entities.is_empty() {
+        event["entity"] = Value::Array(entities);
+    }
+    event
+}
+
+fn agent(detail: &Value) -> Value {
+    let a = detail.get("agent");
+    if let Some(token) = a.and_then(|a| s(a, "token")) {
+        let mut v = json!({
+            "who": {"identifier": {"system": "urn:medvault:token", "value": token}},
+            "requestor": true,
+        });
+        if let Some(role) = a.and_then(|a| s(a, "role")) {
+            v["role"] = json!([{"text": role}]);
+        }
+        return v;
+    }
+    if let Some(user) = a.and_then(|a| s(a, "os_user")) {
+        return json!({"who": {"display": format!("operating-system user {user} (medvault CLI)")}, "requestor": true});
+    }
+    json!({"who": {"display": "unauthenticated client"}, "requestor": true})
+}
+
+fn matches(f: &Filter, d: &Value) -> bool {
+    if let Some(p) = &f.patient {
+        let direct = s(d, "resource_type") == Some("Patient") && s(d, "id") == Some(p.as_str());
+        let target = s(d, "target") == Some(format!("Patient/{p}").as_str());
+        if !direct && !target {
+            return false;
+        }
+    }
+    if let Some(a) = &f.agent
+        && d.get("agent").and_then(|x| s(x, "token")) != Some(a.as_str())
+    {
+        return false;
+    }
+    if let Some(o) = &f.outcome
+        && outcome_code(s(d, "outcome").unwrap_or("")) != o
+    {
+        return false;
+    }
+    if f.from.is_some() || f.to.is_some() {
+        let Some(t) = s(d, "time")
+            .and_then(medvault_fhir::date_range)
+            .map(|(start, _)| start * 1_000_000)
+        else {
+            return false;
+        };
+        if f.from.is_some_and(|x| t < x) || f.to.is_some_and(|x| t >= x) {
+            return false;
+        }
+    }
+    true
+}
+
+/// `GET /fhir/AuditEvent?…`: a `searchset` Bundle, newest first.
+///
+/// # Errors
+/// 400 for unknown parameters or bad values (an auditor's filter is never silently dropped).
+pub fn search(
+    store: &dyn StoreRead,
+    ledger: &Ledger,
+    params: &[(String, String)],
+    base: &str,
+) -> Result<Value, ApiError> {
+    let mut f = Filter::default();
+    let mut count = 50u64;
+    let mut before = None;
+    for (k, v) in params {
+        match k.as_str() {
+            "patient" => f.patient = Some(v.strip_prefix("Patient/").unwrap_or(v).to_owned()),
+            "agent" => f.agent = Some(v.clone()),
+            "outcome" => {
+                if !matches!(v.as_str(), "0" | "4" | "8" | "12") {
+                    return Err(bad("outcome is one of 0, 4, 8, 12"));
+                }
+                f.outcome = Some(v.clone());
+            }
+            "date" => parse_date(v, &mut f)?,
+            "_count" => {
+                count = v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|c| (1..=500).contains(c))
+                    .ok_or_else(|| bad("_count must be 1 to 500"))?;
+            }
+            "_before" => {
+                before = Some(
+                    v.parse::<u64>()
+                        .map_err(|_| bad("_before is a ledger leaf index"))?,
+                );
+            }
+            other => {
+                return Err(bad(&format!(
+                    "AuditEvent supports patient, agent, date, outcome, _count and _before, not {other}"
+                )));
+            }
+        }
+    }
+    let size = store.ledger_size()?;
+    let mut end = before.unwrap_or(size).min(size);
+    let floor = end.saturating_sub(MAX_SCAN);
+    let mut entries = Vec::new();
+    while end > floor && (entries.len() as u64) < count {
+        let start = end.saturating_sub(CHUNK).max(floor);
+        let mut details = store.audit_details(start, end - start)?;
+        details.reverse();
+        for (leaf, d) in details {
+            if (entries.len() as u64) == count {
+                end = leaf + 1;
+                break;
+            }
+            let detail = ledger.open_audit(&d)?;
+            if matches(&f, &detail) {
+                entries.push(json!({
+                    "fullUrl": format!("{base}/AuditEvent/ledger-{leaf}"),
+                    "resource": to_audit_event(leaf, &detail, ledger.origin()),
+                    "search": {"mode": "match"},
+                }));
+            }
+            end = leaf;
+        }
+        if (entries.len() as u64) < count {
+            end = start;
+        }
+    }
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params.iter().filter(|(k, _)| k != "_before"))
+        .finish();
+    let sep = if query.is_empty() { "" } else { "&" };
+    let mut links = vec![json!({"relation": "self", "url": format!("{base}/AuditEvent?{query}")})];
+    if end > 0 {
+        links.push(json!({"relation": "next",
+                          "url": format!("{base}/AuditEvent?{query}{sep}_before={end}")}));
+    }
+    Ok(json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": links,
+        "entry": entries,
+    }))
+}
+
+/// `GET /fhir/AuditEvent/ledger-N`.
+///
+/// # Errors
+/// 404 when `id` names no audit leaf.
+pub fn read(store: &dyn StoreRead, ledger: &Ledger, id: &str) -> Result<Value, ApiError> {
+    let missing = || ApiError::not_found("no such AuditEvent");
+    let leaf: u64 = id
+        .strip_prefix("ledger-")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(missing)?;
+    let d = store.audit_detail(leaf)?.ok_or_else(missing)?;
+    Ok(to_audit_event(
+        leaf,
+        &ledger.open_audit(&d)?,
+        ledger.origin(),
+    ))
+}
