@@ -310,22 +310,27 @@ fn bad(msg: &str) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, msg)
 }
 
-fn text_response(body: String, immutable: bool) -> Response {
+/// Cache policy of a transparency resource: tiles never change; the checkpoint and keys do.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+const SHORT_LIVED: &str = "no-cache, max-age=1";
+
+/// A response with its content type and (if any) cache policy.
+pub(crate) fn with_headers(
+    body: impl IntoResponse,
+    content_type: &'static str,
+    cache: Option<&'static str>,
+) -> Response {
     let mut r = body.into_response();
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(if immutable {
-            "public, max-age=31536000, immutable"
-        } else {
-            "no-cache, max-age=1"
-        }),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(c) = cache {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(c));
+    }
     r
+}
+
+fn text_response(body: String) -> Response {
+    with_headers(body, "text/plain; charset=utf-8", Some(SHORT_LIVED))
 }
 
 async fn on_reader<T: Send + 'static>(
@@ -342,15 +347,12 @@ async fn on_reader<T: Send + 'static>(
 pub(crate) async fn get_checkpoint(State(state): State<AppState>) -> Result<Response, ApiError> {
     let cp = on_reader(&state, |s| Ok(s.checkpoint(None)?)).await?;
     let (_, note) = cp.ok_or_else(|| ApiError::not_found("no checkpoint has been signed yet"))?;
-    Ok(text_response(note, false))
+    Ok(text_response(note))
 }
 
 /// `GET /ledger/key`: the node's checkpoint verifier key (`vkey` form).
 pub(crate) async fn get_key(State(state): State<AppState>) -> Response {
-    text_response(
-        format!("{}\n", state.node.ledger.verifier().to_vkey()),
-        false,
-    )
+    text_response(format!("{}\n", state.node.ledger.verifier().to_vkey()))
 }
 
 /// `GET /ledger/tile/...`: hash tiles and entry bundles per C2SP `tlog-tiles`.
@@ -360,17 +362,11 @@ pub(crate) async fn get_tile(
 ) -> Result<Response, ApiError> {
     let tile = TilePath::parse(&rest).map_err(|_| ApiError::not_found("no such tile"))?;
     let body = on_reader(&state, move |s| tile_bytes(s, &tile)).await?;
-    let mut r = body.into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
-    );
-    Ok(r)
+    Ok(with_headers(
+        body,
+        "application/octet-stream",
+        Some(IMMUTABLE),
+    ))
 }
 
 /// The bytes of one tile, if the published tree is large enough to hold it.

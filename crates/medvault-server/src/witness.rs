@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use medvault_ledger::{
     AddCheckpoint, Checkpoint, KeyKind, LedgerError, Note, VerifierKey, consistency_proof,
@@ -58,12 +58,7 @@ impl RemoteWitness {
 }
 
 fn plain(status: StatusCode, body: String) -> Response {
-    let mut r = (status, body).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
+    crate::ledger::with_headers((status, body), "text/plain; charset=utf-8", None)
 }
 
 enum Verdict {
@@ -137,12 +132,11 @@ pub(crate) async fn add_checkpoint(State(state): State<AppState>, body: Bytes) -
         }
         Ok(Ok(Verdict::Conflict(size))) => {
             tracing::warn!(origin = %origin, witnessed = size, requested_old = old_size, "witness refused a checkpoint: old size or root conflicts (rollback or fork?)");
-            let mut r = plain(StatusCode::CONFLICT, format!("{size}\n"));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/x.tlog.size"),
-            );
-            r
+            crate::ledger::with_headers(
+                (StatusCode::CONFLICT, format!("{size}\n")),
+                "text/x.tlog.size",
+                None,
+            )
         }
         Ok(Ok(Verdict::Inconsistent(why))) => {
             tracing::warn!(origin = %origin, why, "witness refused a checkpoint: consistency proof does not verify (fork?)");
