@@ -86,6 +86,21 @@ impl Ledger {
         })
     }
 
+    /// Runs a root or proof computation over the stored tree: its nodes fetched in one batch,
+    /// the upper levels from memory.
+    ///
+    /// # Errors
+    /// 500 if the tree is missing a node or the store fails.
+    pub fn over_tree<T>(
+        &self,
+        store: &dyn StoreRead,
+        f: impl Fn(&dyn medvault_ledger::NodeSource) -> Result<T, medvault_ledger::LedgerError>,
+    ) -> Result<T, ApiError> {
+        LedgerNodes(store)
+            .batched_cached(Some(&self.nodes), f)
+            .map_err(|e| ApiError::internal(&e))
+    }
+
     /// In-memory hashes of the tree's upper levels, shared by every proof this node serves.
     pub fn node_cache(&self) -> &NodeCache {
         &self.nodes
@@ -239,9 +254,7 @@ impl Ledger {
         if last.is_some_and(|l| l >= size) || (size == 0 && last.is_some()) {
             return Ok(None);
         }
-        let root = LedgerNodes(store)
-            .batched_cached(Some(&self.nodes), |s| medvault_ledger::root(s, size))
-            .map_err(|e| ApiError::internal(&e))?;
+        let root = self.over_tree(store, |s| medvault_ledger::root(s, size))?;
         let text = Checkpoint {
             origin: self.origin.clone(),
             size,
@@ -447,11 +460,7 @@ pub(crate) async fn get_inclusion(
     }
     let ledger = Arc::clone(&state.node.ledger);
     let (proof, entry) = on_reader(&state, move |s| {
-        let proof = LedgerNodes(s)
-            .batched_cached(Some(ledger.node_cache()), |n| {
-                inclusion_proof(n, index, size)
-            })
-            .map_err(|e| ApiError::internal(&e))?;
+        let proof = ledger.over_tree(s, |n| inclusion_proof(n, index, size))?;
         let entry = s
             .ledger_entries(index, 1)?
             .into_iter()
@@ -484,11 +493,7 @@ pub(crate) async fn get_consistency(
     }
     let ledger = Arc::clone(&state.node.ledger);
     let proof = on_reader(&state, move |s| {
-        LedgerNodes(s)
-            .batched_cached(Some(ledger.node_cache()), |n| {
-                consistency_proof(n, old, new)
-            })
-            .map_err(|e| ApiError::internal(&e))
+        ledger.over_tree(s, |n| consistency_proof(n, old, new))
     })
     .await?;
     Ok(axum::Json(json!({ "old": old, "new": new, "proof": proof_json(&proof) })).into_response())

@@ -21,7 +21,7 @@ use medvault_ledger::{
     AddCheckpoint, Checkpoint, KeyKind, LedgerError, Note, VerifierKey, consistency_proof,
     parse_signature_line, verify_consistency,
 };
-use medvault_store::{LedgerNodes, Store, StoreError, write_with};
+use medvault_store::{Store, StoreError, write_with};
 
 use crate::AppState;
 
@@ -203,13 +203,11 @@ async fn ask(
             std::sync::Arc::clone(&state.node.ledger),
         );
         let proof = tokio::task::spawn_blocking(move || {
-            LedgerNodes(store.as_ref()).batched_cached(Some(ledger.node_cache()), |s| {
-                consistency_proof(s, old, size)
-            })
+            ledger.over_tree(store.as_ref(), |s| consistency_proof(s, old, size))
         })
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.message)?;
         let body = AddCheckpoint::render(old, &proof, &note);
         let resp = client
             .post(format!("{}/add-checkpoint", w.url))
