@@ -52,7 +52,7 @@ fn diverge(msg: String) -> VerifyError {
 /// # Errors
 /// [`VerifyError::Divergence`] naming the first divergence.
 pub fn verify(
-    store: &dyn StoreRead,
+    store: &(dyn StoreRead + Sync),
     ledger: &Ledger,
     witnesses: &[VerifierKey],
     mut progress: impl FnMut(u64, u64),
@@ -92,87 +92,99 @@ pub fn verify(
     let mut kinds: Vec<EntryKind> = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     let mut commitments: Vec<Hash> = Vec::with_capacity(kinds.capacity());
     let mut audit_records = 0;
-    let mut start = 0;
-    while start < size {
-        let want = CHUNK.min(size - start);
-        let entries = store.ledger_entries(start, want)?;
-        let details = store.audit_details(start, want)?;
-        let mut details = details.into_iter().peekable();
-        let mut emitted: Vec<(u8, u64, Hash)> = Vec::with_capacity(2 * entries.len());
-        // Structure first (sequential, cheap): contiguity, format, a detail beside every audit
-        // leaf and none beside a record leaf.
-        let mut audits = Vec::new();
-        for (i, (idx, bytes)) in entries.iter().enumerate() {
-            let expect = start + i as u64;
-            if *idx != expect {
-                return Err(diverge(format!("ledger leaf {expect} is missing")));
+    // Reading a chunk (leaves, audit details, the stored nodes it completes) overlaps with
+    // checking the previous one.
+    std::thread::scope(|scope| -> Result<(), VerifyError> {
+        let read = |start: u64| {
+            let want = CHUNK.min(size - start);
+            scope.spawn(move || read_chunk(store, start, want))
+        };
+        let mut pending = (size > 0).then(|| read(0));
+        while let Some(handle) = pending.take() {
+            let chunk = handle
+                .join()
+                .map_err(|_| diverge("a verification thread failed".into()))??;
+            let (start, want) = (chunk.start, chunk.want);
+            if start + want < size {
+                pending = Some(read(start + want));
             }
-            let entry = Entry::decode(bytes)
-                .map_err(|e| diverge(format!("ledger leaf {expect} is malformed: {e}")))?;
-            if let Some((l, _)) = details.next_if(|(l, _)| *l < expect) {
-                return Err(diverge(format!("audit detail row {l} has no audit leaf")));
-            }
-            if entry.kind == EntryKind::Audit {
-                let Some((_, d)) = details.next_if(|(l, _)| *l == expect) else {
-                    return Err(diverge(format!("audit leaf {expect} has no stored detail")));
-                };
-                audits.push((expect, entry.commitment, d));
-            } else if details.peek().is_some_and(|(l, _)| *l == expect) {
-                return Err(diverge(format!(
-                    "record leaf {expect} has an audit detail row beside it"
-                )));
-            }
-            kinds.push(entry.kind);
-            commitments.push(entry.commitment);
-        }
-        // Then the hashing and decryption, on every core: leaf hashes on this thread, audit
-        // details (commitment and AEAD tag) split across the others.
-        audit_records += audits.len() as u64;
-        let (leaf_hashes, bad_audit) = std::thread::scope(|scope| {
-            let workers = std::thread::available_parallelism()
-                .map_or(2, usize::from)
-                .max(2)
-                - 1;
-            let per = audits.len().div_ceil(workers).max(1);
-            let handles: Vec<_> = audits
-                .chunks(per)
-                .map(|part| scope.spawn(move || first_bad_audit(ledger, part)))
-                .collect();
-            let hashes: Vec<Hash> = entries.iter().map(|(_, b)| leaf_hash(b)).collect();
-            let bad = handles
-                .into_iter()
-                .filter_map(|h| h.join().unwrap_or(Some((0, "verification thread failed"))))
-                .min_by_key(|(leaf, _)| *leaf);
-            (hashes, bad)
-        });
-        if let Some((leaf, what)) = bad_audit {
-            return Err(diverge(format!("audit leaf {leaf} {what}")));
-        }
-        for hash in leaf_hashes {
-            frontier.append(hash, |level, index, hash| {
-                emitted.push((level, index, *hash));
-            });
-            for (n, root) in &roots_to_match {
-                if frontier.size() == *n && frontier.root() != *root {
+            let mut details = chunk.details.into_iter().peekable();
+            let mut emitted: Vec<(u8, u64, Hash)> = Vec::with_capacity(2 * chunk.entries.len());
+            // Structure first (sequential, cheap): contiguity, format, a detail beside every audit
+            // leaf and none beside a record leaf.
+            let mut audits = Vec::new();
+            for (i, (idx, bytes)) in chunk.entries.iter().enumerate() {
+                let expect = start + i as u64;
+                if *idx != expect {
+                    return Err(diverge(format!("ledger leaf {expect} is missing")));
+                }
+                let entry = Entry::decode(bytes)
+                    .map_err(|e| diverge(format!("ledger leaf {expect} is malformed: {e}")))?;
+                if let Some((l, _)) = details.next_if(|(l, _)| *l < expect) {
+                    return Err(diverge(format!("audit detail row {l} has no audit leaf")));
+                }
+                if entry.kind == EntryKind::Audit {
+                    let Some((_, d)) = details.next_if(|(l, _)| *l == expect) else {
+                        return Err(diverge(format!("audit leaf {expect} has no stored detail")));
+                    };
+                    audits.push((expect, entry.commitment, d));
+                } else if details.peek().is_some_and(|(l, _)| *l == expect) {
                     return Err(diverge(format!(
-                        "the leaves do not hash to the root of the signed checkpoint of size {n}"
+                        "record leaf {expect} has an audit detail row beside it"
                     )));
                 }
+                kinds.push(entry.kind);
+                commitments.push(entry.commitment);
             }
+            // Then the hashing and decryption, on every core: leaf hashes on this thread, audit
+            // details (commitment and AEAD tag) split across the others.
+            audit_records += audits.len() as u64;
+            let (leaf_hashes, bad_audit) = std::thread::scope(|scope| {
+                let workers = std::thread::available_parallelism()
+                    .map_or(2, usize::from)
+                    .max(2)
+                    - 1;
+                let per = audits.len().div_ceil(workers).max(1);
+                let handles: Vec<_> = audits
+                    .chunks(per)
+                    .map(|part| scope.spawn(move || first_bad_audit(ledger, part)))
+                    .collect();
+                let hashes: Vec<Hash> = chunk.entries.iter().map(|(_, b)| leaf_hash(b)).collect();
+                let bad = handles
+                    .into_iter()
+                    .filter_map(|h| h.join().unwrap_or(Some((0, "verification thread failed"))))
+                    .min_by_key(|(leaf, _)| *leaf);
+                (hashes, bad)
+            });
+            if let Some((leaf, what)) = bad_audit {
+                return Err(diverge(format!("audit leaf {leaf} {what}")));
+            }
+            for hash in leaf_hashes {
+                frontier.append(hash, |level, index, hash| {
+                    emitted.push((level, index, *hash));
+                });
+                for (n, root) in &roots_to_match {
+                    if frontier.size() == *n && frontier.root() != *root {
+                        return Err(diverge(format!(
+                            "the leaves do not hash to the root of the signed checkpoint of size {n}"
+                        )));
+                    }
+                }
+            }
+            if let Some((l, _)) = details.next() {
+                return Err(diverge(format!("audit detail row {l} has no audit leaf")));
+            }
+            if (chunk.entries.len() as u64) < want {
+                return Err(diverge(format!(
+                    "ledger leaf {} is missing",
+                    start + chunk.entries.len() as u64
+                )));
+            }
+            compare_nodes(&chunk.nodes, &emitted)?;
+            progress(start + want, size);
         }
-        if let Some((l, _)) = details.next() {
-            return Err(diverge(format!("audit detail row {l} has no audit leaf")));
-        }
-        if (entries.len() as u64) < want {
-            return Err(diverge(format!(
-                "ledger leaf {} is missing",
-                start + entries.len() as u64
-            )));
-        }
-        check_stored_nodes(store, &emitted)?;
-        start += want;
-        progress(start, size);
-    }
+        Ok(())
+    })?;
     let mut used = vec![false; kinds.len()];
     let versions = check_versions(store, ledger, &kinds, &commitments, &mut used)?;
     if let Some(i) = kinds
@@ -255,23 +267,52 @@ fn check_checkpoint(ledger: &Ledger, size: u64, note: &str) -> Result<Hash, Veri
     Ok(cp.root)
 }
 
-fn check_stored_nodes(
-    store: &dyn StoreRead,
+/// What one verification step reads: leaves `[start, start + want)`, their audit details, and
+/// for every level the stored nodes those leaves complete (node `i` of level `l` is completed by
+/// leaf `(i + 1)·2^l − 1`, so they are indexes `[start >> l, (start + want) >> l)`).
+struct Chunk {
+    start: u64,
+    want: u64,
+    entries: Vec<(u64, Vec<u8>)>,
+    details: Vec<(u64, medvault_store::AuditDetail)>,
+    nodes: Vec<(u8, u64, Vec<Hash>)>,
+}
+
+fn read_chunk(store: &(dyn StoreRead + Sync), start: u64, want: u64) -> Result<Chunk, VerifyError> {
+    let entries = store.ledger_entries(start, want)?;
+    let details = store.audit_details(start, want)?;
+    let mut nodes = Vec::new();
+    for level in 0..64u8 {
+        let (lo, hi) = (start >> level, (start + want) >> level);
+        if hi == 0 {
+            break;
+        }
+        if hi > lo {
+            nodes.push((level, lo, store.ledger_nodes(level, lo, hi - lo)?));
+        }
+    }
+    Ok(Chunk {
+        start,
+        want,
+        entries,
+        details,
+        nodes,
+    })
+}
+
+fn compare_nodes(
+    stored: &[(u8, u64, Vec<Hash>)],
     emitted: &[(u8, u64, Hash)],
 ) -> Result<(), VerifyError> {
-    let mut by_level: std::collections::BTreeMap<u8, Vec<(u64, Hash)>> = Default::default();
-    for (l, i, h) in emitted {
-        by_level.entry(*l).or_default().push((*i, *h));
-    }
-    for (level, nodes) in by_level {
-        let first = nodes[0].0;
-        let stored = store.ledger_nodes(level, first, nodes.len() as u64)?;
-        for (k, (index, want)) in nodes.iter().enumerate() {
-            if stored.get(k) != Some(want) {
-                return Err(diverge(format!(
-                    "stored tree node at level {level}, index {index} does not match the leaves"
-                )));
-            }
+    for (level, index, hash) in emitted {
+        let found = stored
+            .iter()
+            .find(|(l, _, _)| l == level)
+            .and_then(|(_, lo, hashes)| hashes.get(usize::try_from(index - lo).ok()?));
+        if found != Some(hash) {
+            return Err(diverge(format!(
+                "stored tree node at level {level}, index {index} does not match the leaves"
+            )));
         }
     }
     Ok(())
