@@ -128,6 +128,15 @@ pub fn to_audit_event(leaf: u64, detail: &Value, observer: &str) -> Value {
     if let (Some(t), Some(id)) = (s(detail, "resource_type"), s(detail, "id")) {
         entities.push(json!({"what": {"reference": format!("{t}/{id}")}}));
     }
+    if let Some(p) = s(detail, "patient")
+        && !(s(detail, "resource_type") == Some("Patient") && s(detail, "id") == Some(p))
+    {
+        entities.push(json!({
+            "what": {"reference": format!("Patient/{p}")},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1",
+                     "display": "Patient"},
+        }));
+    }
     if let Some(t) = s(detail, "target") {
         entities.push(json!({"what": {"display": t}}));
     }
@@ -163,8 +172,9 @@ fn agent(detail: &Value) -> Value {
 fn matches(f: &Filter, d: &Value) -> bool {
     if let Some(p) = &f.patient {
         let direct = s(d, "resource_type") == Some("Patient") && s(d, "id") == Some(p.as_str());
+        let in_compartment = s(d, "patient") == Some(p.as_str());
         let target = s(d, "target") == Some(format!("Patient/{p}").as_str());
-        if !direct && !target {
+        if !direct && !in_compartment && !target {
             return false;
         }
     }

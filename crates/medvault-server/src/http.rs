@@ -460,6 +460,20 @@ fn audit_detail(
     })
 }
 
+/// Adds the patient whose compartment the touched resource belongs to (from the key that seals
+/// it: one primary-key lookup), so an auditor's `AuditEvent?patient=` finds every access to that
+/// patient's data, not only to the Patient resource.
+fn attribute_patient(state: &AppState, detail: &mut Value) {
+    let (Some(rt), Some(id)) = (detail["resource_type"].as_str(), detail["id"].as_str()) else {
+        return;
+    };
+    if let Ok(Some(current)) = state.node.store.current(rt, id)
+        && let Some(patient) = current.key_name.strip_prefix("Patient/")
+    {
+        detail["patient"] = Value::String(patient.to_owned());
+    }
+}
+
 /// `X-Purpose-Of-Use`: a code of the HL7 v3 PurposeOfUse value set (e.g. `TREAT`, `ETREAT`,
 /// `HPAYMT`), recorded in the audit trail.
 fn purpose_of_use(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -507,7 +521,7 @@ pub(crate) async fn observe(
     };
     if audited {
         let now = state.node.clock.now_micros();
-        let detail = audit_detail(
+        let mut detail = audit_detail(
             &request_id,
             &clock::instant(now),
             &method,
@@ -516,6 +530,7 @@ pub(crate) async fn observe(
             purpose.ok().flatten().as_deref(),
             &resp,
         );
+        attribute_patient(&state, &mut detail);
         let written = state
             .node
             .ledger

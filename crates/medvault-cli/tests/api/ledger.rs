@@ -375,6 +375,8 @@ fn auditors_read_the_trail_as_audit_events() {
     let id = s.create(&patient("Auditfam", "Eve"));
     let (st, _) = s.get(&format!("Patient/{id}"));
     assert_eq!(st, 200);
+    // An access to another resource in the patient's compartment is attributed to the patient.
+    let obs = s.create(&crate::observation(&id, "8867-4", "2026-01-02"));
     let dir = s.dir.to_str().unwrap().to_owned();
     let (ok, auditor, err) = s.cli(&["token", "create", "--data-dir", &dir, "--role", "auditor"]);
     assert!(ok, "{err}");
@@ -408,21 +410,30 @@ fn auditors_read_the_trail_as_audit_events() {
         .iter()
         .map(|e| e["subtype"][0]["code"].as_str().unwrap_or(""))
         .collect();
-    // Newest first: the auditor's refused read, the admin's read, the admin's create.
-    assert_eq!(codes, vec!["read", "read", "create"], "{b}");
+    // Newest first: the auditor's refused read, the Observation's create (attributed to the
+    // patient whose compartment it is in), the admin's read, the admin's create.
+    assert_eq!(codes, vec!["read", "create", "read", "create"], "{b}");
     assert_eq!(events[0]["outcome"], "4");
     assert_eq!(
         events[0]["agent"][0]["who"]["identifier"]["value"],
         auditor_id.as_str()
     );
-    assert_eq!(events[2]["action"], "C");
-    for e in &events {
+    assert_eq!(
+        events[1]["entity"][0]["what"]["reference"],
+        format!("Observation/{obs}")
+    );
+    assert_eq!(
+        events[1]["entity"][1]["what"]["reference"],
+        format!("Patient/{id}")
+    );
+    assert_eq!(events[3]["action"], "C");
+    for e in [events[0], events[2], events[3]] {
         assert_eq!(e["resourceType"], "AuditEvent");
         assert_eq!(e["entity"][0]["what"]["reference"], format!("Patient/{id}"));
     }
     // Filters: outcome, agent, date; every event reads back by id.
     let (_, b) = as_auditor(&format!("AuditEvent?patient={id}&outcome=0"));
-    assert_eq!(b["entry"].as_array().unwrap().len(), 2);
+    assert_eq!(b["entry"].as_array().unwrap().len(), 3);
     let (_, b) = as_auditor(&format!("AuditEvent?agent={auditor_id}&_count=500"));
     assert!(b["entry"].as_array().unwrap().len() >= 2); // the 403 and the searches
     let (_, b) = as_auditor(&format!("AuditEvent?patient={id}&date=lt2000-01-01"));
@@ -438,9 +449,9 @@ fn auditors_read_the_trail_as_audit_events() {
         .find(|l| l["relation"] == "next")
         .unwrap();
     assert!(next["url"].as_str().unwrap().contains("_before="));
-    let ev_id = events[1]["id"].as_str().unwrap();
+    let ev_id = events[2]["id"].as_str().unwrap();
     let (st, one) = as_auditor(&format!("AuditEvent/{ev_id}"));
-    assert_eq!((st, &one["id"]), (200, &events[1]["id"]));
+    assert_eq!((st, &one["id"]), (200, &events[2]["id"]));
     assert_eq!(as_auditor("AuditEvent/ledger-999999").0, 404);
     assert_eq!(as_auditor("AuditEvent?family=x").0, 400);
     assert_eq!(as_auditor("AuditEvent?outcome=3").0, 400);
