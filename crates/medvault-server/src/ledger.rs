@@ -292,18 +292,21 @@ pub fn record_entry(tenant: &str, v: &StoredVersion, salt: &[u8; SALT_LEN]) -> E
 }
 
 /// Signs a checkpoint every `every` while the server runs (only when the tree grew).
-/// Then asks the configured witnesses to cosign the newest one.
+/// Starts the witness-cosigning task beside it when witnesses are configured.
 pub async fn checkpoint_task(state: AppState, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let client = crate::witness::client();
-    let mut memo = crate::witness::Cosigning::default();
     let (store, ledger) = (state.node.store.clone(), Arc::clone(&state.node.ledger));
     match tokio::task::spawn_blocking(move || ledger.node_cache().warm(store.as_ref())).await {
         Ok(Ok(n)) => tracing::debug!(nodes = n, "ledger node cache warmed"),
         Ok(Err(e)) => tracing::warn!(error = %e, "ledger node cache not warmed"),
         Err(e) => tracing::warn!(error = %e, "ledger node cache not warmed"),
     }
+    // Witnesses are asked on their own schedule, so a slow or unreachable witness never delays
+    // the node's own checkpoints.
+    let cosigning = (!state.config.witnesses.is_empty())
+        .then(|| tokio::spawn(crate::witness::cosign_task(state.clone(), every)));
+    let _stop_with_us = AbortOnDrop(cosigning);
     loop {
         tick.tick().await;
         let (store, ledger) = (state.node.store.clone(), Arc::clone(&state.node.ledger));
@@ -313,8 +316,16 @@ pub async fn checkpoint_task(state: AppState, every: Duration) {
             Ok(Err(e)) => tracing::warn!(error = %e.message, "checkpoint failed"),
             Err(e) => tracing::warn!(error = %e, "checkpoint task failed"),
         }
-        if !state.config.witnesses.is_empty() {
-            crate::witness::cosign_round(&state, &client, &mut memo).await;
+    }
+}
+
+/// Aborts a spawned task when dropped (when the checkpoint task is aborted at shutdown).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
         }
     }
 }

@@ -164,6 +164,18 @@ pub(crate) struct Cosigning {
     last: HashMap<String, u64>,
 }
 
+/// Asks the configured witnesses to cosign the newest checkpoint every `every`, forever.
+pub(crate) async fn cosign_task(state: AppState, every: Duration) {
+    let client = client();
+    let mut memo = Cosigning::default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        cosign_round(&state, &client, &mut memo).await;
+    }
+}
+
 /// Asks every configured witness to cosign the newest checkpoint; stores what comes back.
 pub(crate) async fn cosign_round(state: &AppState, client: &reqwest::Client, memo: &mut Cosigning) {
     let store = state.node.store.clone();
