@@ -322,7 +322,7 @@ fn parse_vkeys(texts: &[String], what: &str) -> anyhow::Result<Vec<VerifierKey>>
 fn verify_ledger(node: &Node, extra_witnesses: &[String]) -> anyhow::Result<String> {
     let mut keys = node
         .store
-        .meta("ledger_witness_keys")?
+        .meta(medvault_server::witness::WITNESS_KEYS_META)?
         .unwrap_or_default()
         .lines()
         .map(str::to_owned)
@@ -384,7 +384,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .join("\n");
             if !known.is_empty() {
                 node.store.write(Box::new(move |tx| {
-                    tx.set_meta("ledger_witness_keys", &known)
+                    tx.set_meta(medvault_server::witness::WITNESS_KEYS_META, &known)
                 }))?;
             }
             if !node.created && node.key_file_kind == KeyFileKind::Unprotected {

@@ -205,23 +205,14 @@ impl Ledger {
     ) -> Result<u64, ApiError> {
         let (detail, leaf) = self.seal_audit(time_micros, detail)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let slot = Arc::new(std::sync::Mutex::new(None));
-        let out = Arc::clone(&slot);
-        store.submit(
-            Box::new(move |t: &mut dyn StoreTx| {
-                let idx = t.append_audit(&detail, &leaf)?;
-                if let Ok(mut s) = out.lock() {
-                    *s = Some(idx);
-                }
-                Ok(())
-            }),
-            Box::new(move |r| {
+        medvault_store::submit_with(
+            store,
+            move |t| t.append_audit(&detail, &leaf),
+            move |r| {
                 let _ = tx.send(r);
-            }),
+            },
         );
-        rx.await.map_err(|e| ApiError::internal(&e))??;
-        let idx = slot.lock().ok().and_then(|mut s| s.take());
-        idx.ok_or_else(|| ApiError::internal(&"audit write produced no leaf index"))
+        Ok(rx.await.map_err(|e| ApiError::internal(&e))??)
     }
 
     /// Opens a stored audit detail.
@@ -251,7 +242,7 @@ impl Ledger {
     pub fn checkpoint_now(&self, store: &dyn Store) -> Result<Option<u64>, ApiError> {
         let size = store.ledger_size()?;
         let last = store.checkpoint(None)?.map(|(s, _)| s);
-        if last.is_some_and(|l| l >= size) || (size == 0 && last.is_some()) {
+        if last.is_some_and(|l| l >= size) {
             return Ok(None);
         }
         let root = self.over_tree(store, |s| medvault_ledger::root(s, size))?;

@@ -70,10 +70,7 @@ pub fn verify(
     };
     // The newest checkpoint a witness cosigned: even the holder of the node's signing key
     // cannot make the leaves hash to another root at that size without a witness's key.
-    let cosigned = match store
-        .meta("ledger_newest_cosigned")?
-        .and_then(|s| s.parse::<u64>().ok())
-    {
+    let cosigned = match crate::witness::newest_cosigned(store)? {
         Some(n) => Some(check_cosigned(store, ledger, witnesses, n)?),
         None => None,
     };

@@ -18,10 +18,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use medvault_ledger::{
-    AddCheckpoint, Checkpoint, KeyKind, LedgerError, Note, VerifierKey, consistency_proof,
+    AddCheckpoint, KeyKind, LedgerError, Note, VerifierKey, consistency_proof,
     parse_signature_line, verify_consistency,
 };
-use medvault_store::{Store, StoreError, write_with};
+use medvault_store::{StoreError, StoreRead, write_with};
 
 use crate::AppState;
 
@@ -288,7 +288,7 @@ async fn store_cosignatures(
                 Note::parse(current.1.as_bytes()).map_err(|e| StoreError::Backend(Box::new(e)))?;
             note.signatures.extend(lines);
             tx.put_checkpoint(size, &note.render())?;
-            tx.set_meta("ledger_newest_cosigned", &size.to_string())
+            tx.set_meta(NEWEST_COSIGNED_META, &size.to_string())
         })
     })
     .await
@@ -307,13 +307,18 @@ pub(crate) fn client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-/// The newest checkpoint a witness cosigned, for `ledger verify`: its size, if recorded.
+/// Meta key: size of the newest checkpoint a witness cosigned.
+pub const NEWEST_COSIGNED_META: &str = "ledger_newest_cosigned";
+/// Meta key: the witness cosigner keys `serve --witness` was started with, one vkey per line.
+pub const WITNESS_KEYS_META: &str = "ledger_witness_keys";
+
+/// The size of the newest checkpoint a witness cosigned, if any was recorded.
 ///
 /// # Errors
 /// Store failures.
-pub fn newest_cosigned(store: &dyn Store) -> Result<Option<u64>, StoreError> {
+pub fn newest_cosigned(store: &dyn StoreRead) -> Result<Option<u64>, StoreError> {
     Ok(store
-        .meta("ledger_newest_cosigned")?
+        .meta(NEWEST_COSIGNED_META)?
         .and_then(|s| s.parse().ok()))
 }
 
@@ -324,14 +329,4 @@ pub fn cosigned_by(note: &Note, witnesses: &[VerifierKey]) -> Vec<String> {
         .filter(|k| k.verify(note).is_ok())
         .map(|k| k.name.clone())
         .collect()
-}
-
-/// Parses a checkpoint note and returns its body, for callers holding the text.
-///
-/// # Errors
-/// Malformed notes.
-pub fn parse_checkpoint(note: &str) -> Result<(Note, Checkpoint), LedgerError> {
-    let n = Note::parse(note.as_bytes())?;
-    let c = Checkpoint::parse(&n.text)?;
-    Ok((n, c))
 }

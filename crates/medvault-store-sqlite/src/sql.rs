@@ -1,11 +1,11 @@
 //! SQL shared by the pooled readers and the writer's transaction.
 
 use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
-use medvault_ledger::{Frontier, LedgerError, NodeSource, leaf_hash};
+use medvault_ledger::{Frontier, leaf_hash};
 use medvault_ledger::{Hash, SALT_LEN};
 use medvault_store::{
-    AuditDetail, CurrentMeta, DataKeyRow, IndexQuery, SearchPage, SortOrder, StoreError, StoreRead,
-    StoreTx, StoredVersion, TokenRow,
+    AuditDetail, CurrentMeta, DataKeyRow, IndexQuery, LedgerNodes, SearchPage, SortOrder,
+    StoreError, StoreRead, StoreTx, StoredVersion, TokenRow,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension as _, Row, params, params_from_iter};
@@ -371,19 +371,7 @@ pub(crate) fn ledger_entries(
 }
 
 pub(crate) fn audit_detail(c: &Connection, leaf: u64) -> Result<Option<AuditDetail>, StoreError> {
-    let row: Option<(Vec<u8>, Vec<u8>)> = c
-        .prepare_cached("SELECT salt, detail FROM ledger_audit WHERE leaf = ?1")
-        .and_then(|mut s| {
-            s.query_row([to_i64(leaf)], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-        })
-        .map_err(backend)?;
-    Ok(row.and_then(|(salt, detail)| {
-        Some(AuditDetail {
-            salt: <[u8; SALT_LEN]>::try_from(salt.as_slice()).ok()?,
-            sealed: Sealed::from_stored(detail),
-        })
-    }))
+    Ok(audit_details(c, leaf, 1)?.pop().map(|(_, d)| d))
 }
 
 pub(crate) fn audit_details(
@@ -492,17 +480,12 @@ fn append_leaf(c: &Connection, entry: &[u8]) -> Result<u64, StoreError> {
 
 /// Loads the frontier of the stored tree.
 pub(crate) fn load_frontier(c: &Connection) -> Result<Frontier, StoreError> {
-    struct Nodes<'c>(&'c Connection);
-    impl NodeSource for Nodes<'_> {
-        fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
-            ledger_nodes(self.0, level, index, 1)
-                .map_err(|e| LedgerError::Storage(Box::new(e)))?
-                .first()
-                .copied()
-                .ok_or(LedgerError::MissingNode { level, index })
-        }
-    }
-    Frontier::load(&Nodes(c), integrated_size(c)?).map_err(|e| StoreError::Backend(Box::new(e)))
+    let view = Tx {
+        conn: c,
+        shredded: false,
+    };
+    Frontier::load(&LedgerNodes(&view), integrated_size(c)?)
+        .map_err(|e| StoreError::Backend(Box::new(e)))
 }
 
 /// Leaves already hashed into the stored tree.

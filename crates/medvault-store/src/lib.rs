@@ -482,6 +482,34 @@ pub trait Store: StoreRead + Send + Sync {
     fn data_key_names(&self) -> Result<Vec<String>, StoreError>;
 }
 
+/// Submits a write whose op produces a value; `done` receives it (or the error) once the commit
+/// is durable, on the backend's thread (it must not block).
+pub fn submit_with<T: Send + 'static>(
+    store: &dyn Store,
+    op: impl FnOnce(&mut dyn StoreTx) -> Result<T, StoreError> + Send + 'static,
+    done: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+) {
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let inner = std::sync::Arc::clone(&slot);
+    store.submit(
+        Box::new(move |tx| {
+            let out = op(tx)?;
+            if let Ok(mut s) = inner.lock() {
+                *s = Some(out);
+            }
+            Ok(())
+        }),
+        Box::new(move |r| {
+            done(r.and_then(|()| {
+                slot.lock()
+                    .ok()
+                    .and_then(|mut s| s.take())
+                    .ok_or_else(|| StoreError::Backend("write op produced no result".into()))
+            }));
+        }),
+    );
+}
+
 /// Runs a write and hands back what the op produced.
 ///
 /// # Errors
@@ -490,19 +518,10 @@ pub fn write_with<T: Send + 'static>(
     store: &dyn Store,
     op: impl FnOnce(&mut dyn StoreTx) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let inner = std::sync::Arc::clone(&slot);
-    store.write(Box::new(move |tx| {
-        let out = op(tx)?;
-        if let Ok(mut s) = inner.lock() {
-            *s = Some(out);
-        }
-        Ok(())
-    }))?;
-    let mut guard = slot
-        .lock()
-        .map_err(|_| StoreError::Backend("write result lock poisoned".into()))?;
-    guard
-        .take()
-        .ok_or_else(|| StoreError::Backend("write op produced no result".into()))
+    let (reply, wait) = std::sync::mpsc::sync_channel(1);
+    submit_with(store, op, move |r| {
+        let _ = reply.send(r);
+    });
+    wait.recv()
+        .map_err(|_| StoreError::Backend("the store dropped a write unanswered".into()))?
 }
