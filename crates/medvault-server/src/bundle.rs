@@ -221,6 +221,7 @@ fn run_read(
         location: None,
         version: None,
         last_modified: None,
+        key_name: None,
     };
     match op {
         EntryOp::Read { rt, id, version } => ops::read(store, ctx, rt, id, *version),
@@ -451,6 +452,7 @@ pub fn process(store: &dyn Store, ctx: &Ctx, bundle: Value, base: &str) -> Resul
                         location: None,
                         version: None,
                         last_modified: None,
+                        key_name: None,
                     },
                     base,
                 ),

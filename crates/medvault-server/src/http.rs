@@ -127,11 +127,22 @@ pub(crate) fn fhir_json(status: StatusCode, body: &Value) -> Response {
     resp
 }
 
+/// The patient whose compartment a response's resource is in, for its audit record.
+#[derive(Debug, Clone)]
+struct AuditPatient(String);
+
 fn respond(out: Outcome, minimal: bool, base: &str) -> Response {
     let mut resp = match (&out.resource, minimal) {
         (Some(r), false) => fhir_json(out.status, r),
         _ => out.status.into_response(),
     };
+    if let Some(p) = out
+        .key_name
+        .as_deref()
+        .and_then(|k| k.strip_prefix("Patient/"))
+    {
+        resp.extensions_mut().insert(AuditPatient(p.to_owned()));
+    }
     let h = resp.headers_mut();
     if let Some(v) = out.version
         && let Ok(val) = HeaderValue::from_str(&format!("W/\"{v}\""))
@@ -460,10 +471,15 @@ fn audit_detail(
     })
 }
 
-/// Adds the patient whose compartment the touched resource belongs to (from the key that seals
-/// it: one primary-key lookup), so an auditor's `AuditEvent?patient=` finds every access to that
-/// patient's data, not only to the Patient resource.
-fn attribute_patient(state: &AppState, detail: &mut Value) {
+/// Adds the patient whose compartment the touched resource belongs to, so an auditor's
+/// `AuditEvent?patient=` finds every access to that patient's data, not only to the Patient
+/// resource. The interaction already knows it when it succeeded; for refused or failed ones it
+/// is looked up from the key that seals the resource (one primary-key read).
+fn attribute_patient(state: &AppState, resp: &Response, detail: &mut Value) {
+    if let Some(AuditPatient(p)) = resp.extensions().get::<AuditPatient>() {
+        detail["patient"] = Value::String(p.clone());
+        return;
+    }
     let (Some(rt), Some(id)) = (detail["resource_type"].as_str(), detail["id"].as_str()) else {
         return;
     };
@@ -530,7 +546,7 @@ pub(crate) async fn observe(
             purpose.ok().flatten().as_deref(),
             &resp,
         );
-        attribute_patient(&state, &mut detail);
+        attribute_patient(&state, &resp, &mut detail);
         let written = state
             .node
             .ledger

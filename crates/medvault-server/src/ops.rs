@@ -46,6 +46,8 @@ pub struct Outcome {
     pub version: Option<u64>,
     /// Last-modified time, microseconds.
     pub last_modified: Option<i64>,
+    /// Data key (compartment) of the version written or read, e.g. `Patient/<id>`.
+    pub key_name: Option<String>,
 }
 
 impl Outcome {
@@ -63,7 +65,13 @@ impl Outcome {
             location: Some(format!("{rt}/{id}/_history/{version}")),
             version: Some(version),
             last_modified: Some(at),
+            key_name: None,
         }
+    }
+
+    fn with_key(mut self, key_name: String) -> Self {
+        self.key_name = Some(key_name);
+        self
     }
 
     /// A status with an OperationOutcome body.
@@ -79,6 +87,7 @@ impl Outcome {
             location: None,
             version: None,
             last_modified: None,
+            key_name: None,
         }
     }
 }
@@ -293,7 +302,8 @@ pub fn create(
                     row.version,
                     row.last_updated_micros,
                     Some(resource),
-                ));
+                )
+                .with_key(row.key_name));
             }
             _ => {
                 return Err(ApiError::new(
@@ -312,16 +322,9 @@ pub fn create(
         ));
     }
     let now = ctx.clock.now_micros();
-    let (rt, id) = (p.rt.clone(), p.id.to_string());
+    let (rt, id, key) = (p.rt.clone(), p.id.to_string(), p.compartment.key_name());
     let stored = commit(tx, ctx, p, 1, now)?;
-    Ok(Outcome::of_version(
-        StatusCode::CREATED,
-        &rt,
-        &id,
-        1,
-        now,
-        Some(stored),
-    ))
+    Ok(Outcome::of_version(StatusCode::CREATED, &rt, &id, 1, now, Some(stored)).with_key(key))
 }
 
 /// Update (or create with a client-chosen id), with an optional `If-Match` version.
@@ -351,16 +354,9 @@ pub fn update(
         None => (1, StatusCode::CREATED),
     };
     let now = ctx.clock.now_micros();
-    let (rt, id) = (p.rt.clone(), p.id.to_string());
+    let (rt, id, key) = (p.rt.clone(), p.id.to_string(), p.compartment.key_name());
     let stored = commit(tx, ctx, p, version, now)?;
-    Ok(Outcome::of_version(
-        status,
-        &rt,
-        &id,
-        version,
-        now,
-        Some(stored),
-    ))
+    Ok(Outcome::of_version(status, &rt, &id, version, now, Some(stored)).with_key(key))
 }
 
 /// Delete: appends a delete marker. Deleting a deleted resource succeeds and changes nothing.
@@ -390,7 +386,7 @@ pub fn delete(
         id: id.to_string(),
         version,
         last_updated_micros: now,
-        key_name: current.key_name,
+        key_name: current.key_name.clone(),
         key_version: 0,
         body: None,
         shredded: false,
@@ -399,7 +395,8 @@ pub fn delete(
     };
     let leaf = ctx.ledger.record_leaf(&mut v)?;
     tx.put_version(&v, &[], &leaf)?;
-    let mut out = Outcome::of_version(StatusCode::OK, rt, id.as_str(), version, now, None);
+    let mut out = Outcome::of_version(StatusCode::OK, rt, id.as_str(), version, now, None)
+        .with_key(current.key_name);
     out.resource = Some(crate::error::operation_outcome(
         "information",
         IssueCode::Informational,
@@ -477,7 +474,8 @@ pub fn read(
         row.version,
         row.last_updated_micros,
         Some(resource),
-    ))
+    )
+    .with_key(row.key_name))
 }
 
 /// History of one resource or of a whole type, as a `history` Bundle.
