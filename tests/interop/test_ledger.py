@@ -1,5 +1,6 @@
 """Interop: the independent Python verifier (verify_ledger.py, `cryptography` for Ed25519)
-checks a live medvault's checkpoint signature, tiles, and inclusion/consistency proofs."""
+checks a live medvault's two logs: checkpoint signatures, tiles, inclusion/consistency proofs,
+and each checkpoint's pin of the other log."""
 
 import os
 import sys
@@ -18,27 +19,36 @@ HEADERS = {"Authorization": f"Bearer {os.environ['MEDVAULT_TOKEN']}"}
 
 def wait_for_checkpoint(size):
     for _ in range(100):
-        r = requests.get(f"{BASE}/ledger/checkpoint")
+        r = requests.get(f"{BASE}/ledger/access/checkpoint")
         if r.status_code == 200 and int(r.text.split("\n")[1]) >= size:
             return
         time.sleep(0.1)
     raise AssertionError(f"no checkpoint covering {size}")
 
 
-def test_independent_verifier_accepts_the_live_log():
+def test_independent_verifier_accepts_the_live_logs():
     leaf = 0
-    for _ in range(5):
+    for i in range(5):
+        r = requests.post(
+            f"{URL}/Patient",
+            json={"resourceType": "Patient", "name": [{"family": f"Pyledger{i}"}]},
+            headers={**HEADERS, "Content-Type": "application/fhir+json"},
+        )
+        assert r.status_code == 201
         r = requests.get(f"{URL}/Patient?_count=1", headers=HEADERS)
         assert r.status_code == 200
-        leaf = int(r.headers["X-Ledger-Leaf"])
+        leaf = int(r.headers["X-Access-Log-Leaf"])
     wait_for_checkpoint(leaf + 1)
     report = verify_ledger.verify_node(BASE)
-    assert report["size"] >= leaf + 1
-    assert report["inclusion_proofs"] >= 2
+    assert report["access"]["size"] >= leaf + 1
+    assert report["records"]["size"] >= 5
+    assert report["access"]["inclusion_proofs"] >= 2
+    assert report["records"]["inclusion_proofs"] >= 2
+    assert report["pins_checked"] == 2
 
 
 def test_independent_verifier_rejects_a_wrong_key_and_bad_proofs():
-    vkey = requests.get(f"{BASE}/ledger/key").text.strip()
+    vkey = requests.get(f"{BASE}/ledger/access/key").text.strip()
     name, key_id, _ = vkey.split("+", 2)
     # A well-formed key under the same name that never signed anything.
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -52,7 +62,12 @@ def test_independent_verifier_rejects_a_wrong_key_and_bad_proofs():
     kid = hashlib.sha256(name.encode() + b"\n" + raw).digest()[:4].hex()
     wrong = f"{name}+{kid}+{base64.b64encode(raw).decode()}"
     with pytest.raises(verify_ledger.VerifyError):
-        verify_ledger.verify_node(BASE, wrong)
+        verify_ledger.verify_log(BASE, "access", wrong)
+    # A pin naming another root at the checkpoint's own size is a fork.
+    head = verify_ledger.verify_log(BASE, "records")
+    with pytest.raises(verify_ledger.VerifyError):
+        verify_ledger.check_pin(BASE, "records", (head["size"], b"\x07" * 32), head)
+    assert verify_ledger.check_pin(BASE, "records", (head["size"], head["root"]), head)
     # A flipped proof hash fails both proof checks.
     h = [b"\x00" * 32]
     with pytest.raises(verify_ledger.VerifyError):

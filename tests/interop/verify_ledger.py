@@ -2,11 +2,15 @@
 RFC 9162 and the C2SP signed-note, tlog-checkpoint and tlog-tiles specifications, using only the
 Python standard library and the `cryptography` package (Ed25519).
 
-    python verify_ledger.py http://127.0.0.1:8080 [VKEY]
+    python verify_ledger.py http://127.0.0.1:8080 [RECORDS_VKEY ACCESS_VKEY]
 
-Fetches the checkpoint and verifies its signature, recomputes the root from the entry bundles
-and hash tiles, and checks an inclusion and a consistency proof from the node's proof endpoints.
-Without VKEY, the key the node publishes at /ledger/key is trusted on first use.
+A node keeps two logs, `records` and `access`, under /ledger/records/ and /ledger/access/. For
+each, fetches the checkpoint and verifies its signature, recomputes the root from the entry
+bundles and hash tiles, and checks inclusion and consistency proofs from the node's proof
+endpoints. Then checks each checkpoint's pin of the other log (the extension line
+`records <size> <root>` or `access <size> <root>`) with a consistency proof to the other log's
+checkpoint. Without the keys, those the node publishes at /ledger/<log>/key are trusted on first
+use.
 """
 
 import base64
@@ -118,7 +122,7 @@ def parse_vkey(vkey):
 
 
 def open_checkpoint(note, vkey):
-    """Verifies the note's signature by `vkey`; returns (origin, size, root)."""
+    """Verifies the note's signature by `vkey`; returns (origin, size, root, extension lines)."""
     name, key_id, public = parse_vkey(vkey)
     text_end = note.rindex(b"\n\n")
     text, sigs = note[: text_end + 1], note[text_end + 2 :]
@@ -134,11 +138,11 @@ def open_checkpoint(note, vkey):
         good = True
     if not good:
         raise VerifyError("no signature by the expected key")
-    lines = text.decode().split("\n")
+    lines = text.decode().split("\n")[:-1]
     origin, size, root = lines[0], int(lines[1]), base64.b64decode(lines[2])
     if origin != name or len(root) != 32:
         raise VerifyError("checkpoint origin or root malformed")
-    return origin, size, root
+    return origin, size, root, lines[3:]
 
 
 def tile_index(n):
@@ -150,12 +154,12 @@ def tile_index(n):
     return "/".join(reversed(parts))
 
 
-def all_entries(base, size):
+def all_entries(base, log, size):
     """Every entry of the tree of `size` leaves, from the entry bundles."""
     entries = []
     for t in range((size + 255) // 256):
         width = min(256, size - 256 * t)
-        path = f"/ledger/tile/entries/{tile_index(t)}" + ("" if width == 256 else f".p/{width}")
+        path = f"/ledger/{log}/tile/entries/{tile_index(t)}" + ("" if width == 256 else f".p/{width}")
         data = fetch(base, path)
         got = []
         while data:
@@ -172,30 +176,86 @@ def all_entries(base, size):
     return entries
 
 
-def verify_node(base, vkey=None, old_size=None):
-    vkey = vkey or fetch(base, "/ledger/key").decode()
-    origin, size, root = open_checkpoint(fetch(base, "/ledger/checkpoint"), vkey)
-    entries = all_entries(base, size)
+def verify_log(base, log, vkey=None, old_size=None):
+    """Verifies one log's checkpoint, tiles and proofs; returns what it checked."""
+    vkey = vkey or fetch(base, f"/ledger/{log}/key").decode()
+    origin, size, root, extensions = open_checkpoint(fetch(base, f"/ledger/{log}/checkpoint"), vkey)
+    if not origin.endswith("/" + log):
+        raise VerifyError(f"origin {origin} does not name the {log} log")
+    entries = all_entries(base, log, size)
     hashes = [leaf_hash(e) for e in entries]
     if mth(hashes) != root:
-        raise VerifyError("entries do not hash to the checkpoint root")
+        raise VerifyError(f"{log} entries do not hash to the checkpoint root")
     checked = 0
-    for index in sorted({0, size // 2, size - 1}):
-        p = json.loads(fetch(base, f"/ledger/proof/inclusion?index={index}&size={size}"))
+    for index in sorted({0, size // 2, size - 1}) if size else []:
+        p = json.loads(fetch(base, f"/ledger/{log}/proof/inclusion?index={index}&size={size}"))
         if base64.b64decode(p["entry"]) != entries[index]:
             raise VerifyError("inclusion endpoint returned another entry")
         proof = [base64.b64decode(h) for h in p["proof"]]
         verify_inclusion(index, size, hashes[index], proof, root)
         checked += 1
     old = old_size or max(1, size // 3)
-    p = json.loads(fetch(base, f"/ledger/proof/consistency?old={old}&new={size}"))
-    verify_consistency(old, size, mth(hashes[:old]), root, [base64.b64decode(h) for h in p["proof"]])
-    return {"origin": origin, "size": size, "inclusion_proofs": checked, "consistency_from": old}
+    if size:
+        p = json.loads(fetch(base, f"/ledger/{log}/proof/consistency?old={old}&new={size}"))
+        proof = [base64.b64decode(h) for h in p["proof"]]
+        verify_consistency(old, size, mth(hashes[:old]), root, proof)
+    return {
+        "origin": origin,
+        "size": size,
+        "root": root,
+        "extensions": extensions,
+        "inclusion_proofs": checked,
+        "consistency_from": old,
+    }
+
+
+def pin_of(extensions, label):
+    """The (size, root) an extension line `<label> <size> <base64 root>` pins."""
+    found = [e.split(" ") for e in extensions if e.split(" ")[0] == label]
+    if len(found) != 1 or len(found[0]) != 3:
+        raise VerifyError(f"checkpoint does not pin the {label} log exactly once")
+    size, root = int(found[0][1]), base64.b64decode(found[0][2])
+    if len(root) != 32:
+        raise VerifyError(f"{label} pin root is not a SHA-256 hash")
+    return size, root
+
+
+def check_pin(base, log, pin, head):
+    """Proves the pinned (size, root) of `log` is a prefix of its checkpoint `head`."""
+    size, root = pin
+    if size > head["size"]:
+        return False  # pinned a newer checkpoint than the one fetched: fetch again
+    if size == 0:
+        if root != hashlib.sha256(b"").digest():
+            raise VerifyError(f"{log} pin of size 0 is not the empty root")
+    elif size == head["size"]:
+        if root != head["root"]:
+            raise VerifyError(f"{log} pin names another root at the same size (fork)")
+    else:
+        p = json.loads(fetch(base, f"/ledger/{log}/proof/consistency?old={size}&new={head['size']}"))
+        proof = [base64.b64decode(h) for h in p["proof"]]
+        verify_consistency(size, head["size"], root, head["root"], proof)
+    return True
+
+
+def verify_node(base, records_vkey=None, access_vkey=None):
+    """Verifies both logs and the pins binding them."""
+    for _ in range(5):
+        access = verify_log(base, "access", access_vkey)
+        records = verify_log(base, "records", records_vkey)
+        if check_pin(base, "records", pin_of(access["extensions"], "records"), records) and check_pin(
+            base, "access", pin_of(records["extensions"], "access"), access
+        ):
+            for r in (access, records):
+                del r["root"]
+            return {"records": records, "access": access, "pins_checked": 2}
+    raise VerifyError("the logs kept moving: pins never settled")
 
 
 if __name__ == "__main__":
     try:
-        print(json.dumps(verify_node(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)))
+        keys = sys.argv[2:4] if len(sys.argv) > 3 else [None, None]
+        print(json.dumps(verify_node(sys.argv[1], *keys)))
     except Exception as e:  # one plain line, non-zero exit
         print(f"verify_ledger: {type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(1)

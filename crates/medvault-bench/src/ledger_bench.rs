@@ -1,6 +1,7 @@
-//! Ledger benchmarks (issue 3): durable appends per second through the real node (sealed audit
-//! details, group commit, `synchronous=FULL`), inclusion and consistency proof time at a given
-//! tree size (through SQLite and over the in-memory tree), and `ledger verify` leaves per second.
+//! Ledger benchmarks (issue 3) on the node's access log, the busier of its two logs: durable
+//! appends per second through the real node (sealed audit details, group commit,
+//! `synchronous=FULL`), inclusion and consistency proof time at a given tree size (through SQLite
+//! and over the in-memory tree), and `ledger verify` leaves per second.
 //!
 //! Usage: `medvault-ledger-bench [LEAVES] [SECONDS] [WRITERS]` (defaults 1000000 10 32).
 //! Prints one line per figure; `scripts/bench-ledger` runs it in release mode.
@@ -47,7 +48,7 @@ fn main() {
                 while !stop.load(Ordering::Relaxed) {
                     let i = done.fetch_add(1, Ordering::Relaxed);
                     node.ledger
-                        .record_audit(node.store.as_ref(), node.clock.now_micros(), &detail(i))
+                        .record_audit(node.access.as_ref(), node.clock.now_micros(), &detail(i))
                         .unwrap();
                 }
             })
@@ -58,7 +59,7 @@ fn main() {
     for t in threads {
         t.join().unwrap();
     }
-    let appended = node.store.ledger_size().unwrap();
+    let appended = node.access.ledger_size().unwrap();
     println!(
         "durable appends, {writers} writers, one leaf per write: {:.0}/s ({appended} in {:.1} s)",
         appended as f64 / started.elapsed().as_secs_f64(),
@@ -67,13 +68,13 @@ fn main() {
 
     // 2. Batched appends: 1 000 sealed audit leaves per durable write, up to LEAVES.
     let started = Instant::now();
-    let before = node.store.ledger_size().unwrap();
+    let before = node.access.ledger_size().unwrap();
     let mut i = before;
     while i < leaves {
         let n = 1000.min(leaves - i);
         let ledger = Arc::clone(&node.ledger);
         let now = node.clock.now_micros();
-        write_with(node.store.as_ref(), move |tx: &mut dyn StoreTx| {
+        write_with(node.access.as_ref(), move |tx: &mut dyn StoreTx| {
             for k in 0..n {
                 ledger.append_audit(tx, now, &detail(i + k))?;
             }
@@ -87,24 +88,26 @@ fn main() {
         "durable appends, batches of 1000: {:.0}/s ({batched} leaves)",
         batched as f64 / started.elapsed().as_secs_f64()
     );
-    node.ledger.checkpoint_now(node.store.as_ref()).unwrap();
+    node.ledger
+        .checkpoint_now(node.store.as_ref(), node.access.as_ref())
+        .unwrap();
 
     // 3. Proofs at the full size, through SQLite.
-    let size = node.store.ledger_size().unwrap();
-    let store = node.store.as_ref();
+    let size = node.access.ledger_size().unwrap();
+    let store = node.access.as_ref();
     let root = LedgerNodes(store)
         .batched(|s| medvault_ledger::root(s, size))
         .unwrap();
     let rounds = 2000u64;
     // What a running server does at start: cache the tree's upper levels (≈ 1/128 of the nodes).
-    let warmed = node.ledger.node_cache().warm(store).unwrap();
+    let warmed = node.ledger.access().node_cache().warm(store).unwrap();
     println!("node cache warmed with {warmed} upper-level hashes");
     let started = Instant::now();
     for r in 0..rounds {
         let idx = (r * 7_919_993) % size;
         std::hint::black_box(
             LedgerNodes(store)
-                .batched_cached(Some(node.ledger.node_cache()), |s| {
+                .batched_cached(Some(node.ledger.access().node_cache()), |s| {
                     inclusion_proof(s, idx, size)
                 })
                 .unwrap(),
@@ -119,7 +122,7 @@ fn main() {
         let old = 1 + (r * 7_919_993) % (size - 1);
         std::hint::black_box(
             LedgerNodes(store)
-                .batched_cached(Some(node.ledger.node_cache()), |s| {
+                .batched_cached(Some(node.ledger.access().node_cache()), |s| {
                     medvault_ledger::consistency_proof(s, old, size)
                 })
                 .unwrap(),
@@ -155,11 +158,18 @@ fn main() {
 
     // 5. Full verification of everything stored.
     let started = Instant::now();
-    let report = medvault_server::verify::verify(store, &node.ledger, &[], |_, _| {}).unwrap();
+    let report = medvault_server::verify::verify(
+        node.store.as_ref(),
+        node.access.as_ref(),
+        &node.ledger,
+        &[],
+        |_, _| {},
+    )
+    .unwrap();
     let took = started.elapsed().as_secs_f64();
     println!(
         "ledger verify: {} leaves in {took:.2} s = {:.0} leaves/s (every audit detail opened)",
-        report.leaves,
-        report.leaves as f64 / took
+        report.access.leaves,
+        report.access.leaves as f64 / took
     );
 }

@@ -80,14 +80,15 @@ enum Command {
         /// Log format (logs never carry PHI, query strings or tokens).
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
-        /// A witness to ask for cosignatures of every checkpoint, as `URL,VKEY`: the witness's
+        /// A witness to ask for cosignatures of every checkpoint of both logs, as `URL,VKEY`: the witness's
         /// submission prefix (e.g. http://witness.example:8080/witness) and its cosigner key
         /// (from its `GET /witness/key` or `medvault ledger keys`). Repeat for several.
         #[arg(long = "witness", value_name = "URL,VKEY")]
         witnesses: Vec<String>,
-        /// Act as a witness for the log with this checkpoint key (its `GET /ledger/key`):
+        /// Act as a witness for the log with this checkpoint key (another node's
+        /// `GET /ledger/records/key` or `GET /ledger/access/key`, or its `medvault ledger keys`):
         /// cosign its checkpoints after checking they extend what was cosigned before. Repeat
-        /// for several logs.
+        /// for several logs (a node has two: give both keys to witness it fully).
         #[arg(long = "witness-for", value_name = "VKEY")]
         witness_for: Vec<String>,
     },
@@ -106,7 +107,8 @@ enum Command {
         #[command(subcommand)]
         command: PatientCommand,
     },
-    /// The tamper-evident ledger of every access and every record version.
+    /// The tamper-evident ledger: the records log (every resource version) and the access log
+    /// (every request and administrative action).
     Ledger {
         #[command(subcommand)]
         command: LedgerCommand,
@@ -115,10 +117,12 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum LedgerCommand {
-    /// Recompute the Merkle tree from the stored leaves, check the newest signed checkpoint,
-    /// every stored resource version against its commitment and every audit record against its
-    /// leaf. Exits 0 only when everything holds; otherwise names the first divergence (which
-    /// row, which leaf) and exits 1. Safe to run while the server runs.
+    /// Recompute both logs' Merkle trees from the stored leaves, check each log's newest signed
+    /// checkpoint and newest witness-cosigned checkpoint, every stored resource version against
+    /// its commitment, every audit record against its leaf, and that the records tree heads the
+    /// access checkpoints pin are reproduced. Exits 0 only when everything holds; otherwise
+    /// names the first divergence (which log, which row, which leaf) and exits 1. Safe to run
+    /// while the server runs.
     #[command(after_help = "Example:\n  medvault ledger verify --data-dir /var/lib/medvault")]
     Verify {
         #[command(flatten)]
@@ -127,8 +131,8 @@ enum LedgerCommand {
         #[arg(long = "witness", value_name = "VKEY")]
         witnesses: Vec<String>,
     },
-    /// Print this node's ledger keys: the checkpoint key (give it to witnesses and auditors)
-    /// and the witness cosigner key (give it to logs this node witnesses).
+    /// Print this node's ledger keys: the two logs' checkpoint keys (give them to witnesses and
+    /// auditors) and the witness cosigner key (give it to logs this node witnesses).
     #[command(after_help = "Example:\n  medvault ledger keys --data-dir DIR")]
     Keys {
         #[command(flatten)]
@@ -291,7 +295,7 @@ fn erase(node: &Node, patient: &str) -> anyhow::Result<String> {
     ))
 }
 
-/// Records an administrative action in the ledger and signs a checkpoint covering it.
+/// Records an administrative action in the access log and signs checkpoints covering it.
 fn audit_admin(node: &Node, action: &str, target: Option<&str>) -> anyhow::Result<()> {
     let now = node.clock.now_micros();
     let operator = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
@@ -304,10 +308,12 @@ fn audit_admin(node: &Node, action: &str, target: Option<&str>) -> anyhow::Resul
         "target": target,
         "outcome": "success",
     });
-    let store = node.store.as_ref();
     node.ledger
-        .record_audit(store, now, &detail)
-        .and_then(|_| node.ledger.checkpoint_now(store))
+        .record_audit(node.access.as_ref(), now, &detail)
+        .and_then(|_| {
+            node.ledger
+                .checkpoint_now(node.store.as_ref(), node.access.as_ref())
+        })
         .map_err(|e| anyhow::anyhow!("recording the action in the ledger failed: {}", e.message))?;
     Ok(())
 }
@@ -332,6 +338,7 @@ fn verify_ledger(node: &Node, extra_witnesses: &[String]) -> anyhow::Result<Stri
     let mut bar: Option<ProgressBar> = None;
     let report = medvault_server::verify::verify(
         node.store.as_ref(),
+        node.access.as_ref(),
         &node.ledger,
         &witnesses,
         |done, total| {
@@ -343,16 +350,26 @@ fn verify_ledger(node: &Node, extra_witnesses: &[String]) -> anyhow::Result<Stri
         pb.finish_and_clear();
     }
     let r = report.map_err(|e| anyhow::anyhow!("ledger verification failed: {e}"))?;
-    let witnessed = match r.cosigned_size {
-        Some(n) => format!(
-            "; newest witness-cosigned checkpoint covers {n} leaves (cosigned by {})",
-            r.cosigned_by.join(", ")
-        ),
-        None => "; no witness has cosigned a checkpoint".to_owned(),
+    let log = |name: &str, l: &medvault_server::verify::LogReport| {
+        let witnessed = match &l.cosigned_size {
+            Some(n) => format!(
+                "newest witness-cosigned checkpoint covers {n} (cosigned by {})",
+                l.cosigned_by.join(", ")
+            ),
+            None => "no witness has cosigned a checkpoint".to_owned(),
+        };
+        format!(
+            "{name} log {} leaves, newest signed checkpoint covers {}, {witnessed}",
+            l.leaves, l.checkpoint_size
+        )
     };
     Ok(format!(
-        "ledger verified: {} leaves, {} resource versions, {} audit records; newest signed checkpoint covers {} leaves{witnessed}",
-        r.leaves, r.versions, r.audit_records, r.checkpoint_size
+        "ledger verified: {}; {}; {} resource versions, {} audit records, {} pinned records tree heads reproduced",
+        log("records", &r.records),
+        log("access", &r.access),
+        r.versions,
+        r.audit_records,
+        r.pins
     ))
 }
 
@@ -455,8 +472,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: LedgerCommand::Keys { dir },
         } => {
             let node = open_node(&dir.data_dir, true)?;
-            println!("checkpoint key: {}", node.ledger.verifier().to_vkey());
-            println!("witness key:    {}", node.ledger.cosigner().to_vkey());
+            println!(
+                "records log key: {}",
+                node.ledger.records().verifier().to_vkey()
+            );
+            println!(
+                "access log key:  {}",
+                node.ledger.access().verifier().to_vkey()
+            );
+            println!("witness key:     {}", node.ledger.cosigner().to_vkey());
         }
     }
     Ok(())

@@ -72,6 +72,37 @@ impl Checkpoint {
         })
     }
 
+    /// The tree head of another log that this checkpoint pins in an extension line
+    /// `<label> <size> <base64 root>` (see [`pin_line`]), if it carries one for `label`.
+    ///
+    /// # Errors
+    /// [`LedgerError::Checkpoint`] if a line with that label is malformed or repeated.
+    pub fn pin(&self, label: &str) -> Result<Option<(u64, Hash)>, LedgerError> {
+        let mut found = None;
+        for line in &self.extensions {
+            let mut parts = line.split(' ');
+            if parts.next() != Some(label) {
+                continue;
+            }
+            if found.is_some() {
+                return Err(err("checkpoint pins the same log twice"));
+            }
+            let size = parts
+                .next()
+                .and_then(parse_decimal)
+                .ok_or(err("pin line size is not a decimal tree size"))?;
+            let root = parts
+                .next()
+                .and_then(parse_hash)
+                .ok_or(err("pin line root is not a base64 SHA-256 hash"))?;
+            if parts.next().is_some() {
+                return Err(err("pin line has trailing fields"));
+            }
+            found = Some((size, root));
+        }
+        Ok(found)
+    }
+
     /// The note text.
     pub fn text(&self) -> String {
         let mut out = format!(
@@ -85,5 +116,42 @@ impl Checkpoint {
             out.push('\n');
         }
         out
+    }
+}
+
+/// An extension line pinning another log's tree head: `<label> <size> <base64 root>`.
+pub fn pin_line(label: &str, size: u64, root: &Hash) -> String {
+    format!("{label} {size} {}", B64.encode(root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_lines_round_trip_and_malformed_ones_are_refused() {
+        let mut cp = Checkpoint {
+            origin: "example.com/log".into(),
+            size: 3,
+            root: [1; 32],
+            extensions: vec!["other 1 x".into(), pin_line("records", 9, &[2; 32])],
+        };
+        let parsed = Checkpoint::parse(&cp.text()).unwrap();
+        assert_eq!(parsed.pin("records").unwrap(), Some((9, [2; 32])));
+        assert_eq!(parsed.pin("absent").unwrap(), None);
+        for bad in [
+            "records 09 AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
+            "records 9 AgIC",
+            "records 9",
+            "records 9 AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI= extra",
+        ] {
+            cp.extensions = vec![bad.into()];
+            assert!(cp.pin("records").is_err(), "{bad}");
+        }
+        cp.extensions = vec![
+            pin_line("records", 1, &[0; 32]),
+            pin_line("records", 1, &[0; 32]),
+        ];
+        assert!(cp.pin("records").is_err(), "repeated");
     }
 }

@@ -13,7 +13,7 @@ mod tile;
 mod tree;
 mod witness;
 
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{Checkpoint, pin_line};
 pub use entry::{
     ENTRY_LEN, Entry, EntryKind, RecordFacts, SALT_LEN, audit_commitment, record_commitment,
 };

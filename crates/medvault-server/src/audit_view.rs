@@ -263,7 +263,7 @@ pub fn search(
             if matches(&f, &detail) {
                 entries.push(json!({
                     "fullUrl": format!("{base}/AuditEvent/ledger-{leaf}"),
-                    "resource": to_audit_event(leaf, &detail, ledger.origin()),
+                    "resource": to_audit_event(leaf, &detail, ledger.access().origin()),
                     "search": {"mode": "match"},
                 }));
             }
@@ -304,6 +304,6 @@ pub fn read(store: &dyn StoreRead, ledger: &Ledger, id: &str) -> Result<Value, A
     Ok(to_audit_event(
         leaf,
         &ledger.open_audit(&d)?,
-        ledger.origin(),
+        ledger.access().origin(),
     ))
 }

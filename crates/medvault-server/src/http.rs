@@ -226,7 +226,7 @@ async fn dispatch(
         }
         let params = search::parse_query_string(query.as_deref().unwrap_or(""));
         let (store, ledger) = (
-            state.node.store.clone(),
+            state.node.access.clone(),
             std::sync::Arc::clone(&state.node.ledger),
         );
         let out = blocking_read(&state, move || match target {
@@ -508,6 +508,9 @@ fn purpose_of_use(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         })
 }
 
+/// Response header naming the request's leaf in the access log.
+pub const ACCESS_LEAF_HEADER: &str = "x-access-log-leaf";
+
 /// Request id, audit record and request log.
 ///
 /// Every request except the public transparency endpoints (`/ledger/…`) and `/healthz` is
@@ -550,12 +553,12 @@ pub(crate) async fn observe(
         let written = state
             .node
             .ledger
-            .record_audit_async(state.node.store.as_ref(), now, &detail)
+            .record_audit_async(state.node.access.as_ref(), now, &detail)
             .await;
         match written {
             Ok(leaf) => {
                 if let Ok(v) = HeaderValue::from_str(&leaf.to_string()) {
-                    resp.headers_mut().insert("x-ledger-leaf", v);
+                    resp.headers_mut().insert(ACCESS_LEAF_HEADER, v);
                 }
             }
             Err(e) => resp = e.into_response(),

@@ -1,6 +1,11 @@
 //! The node's side of the ledger: writing audit and record leaves, signing checkpoints, and the
 //! public read-only transparency endpoints (C2SP `tlog-tiles` plus proof endpoints).
 //!
+//! A node keeps two logs (see [`LogId`]): the records log, in the records database, whose leaf
+//! for a version is written in that version's transaction; and the access log, in its own
+//! database, with a leaf for every request and administrative action. Each log has its own
+//! origin, checkpoint key, checkpoints, tiles, proofs and witnesses.
+//!
 //! Leaves carry no PHI (see `medvault_ledger::Entry`): an audit leaf commits to a detail record
 //! sealed under the `@audit` data key and stored beside it; a record leaf commits to the
 //! version's ids and the hash of its sealed bytes.
@@ -29,65 +34,112 @@ use crate::error::{ApiError, IssueCode};
 
 /// Data key sealing audit details.
 pub const AUDIT_KEY: &str = "@audit";
-/// Data key whose secret is the node's Ed25519 checkpoint-signing seed.
+/// Data key whose secret is the Ed25519 seed signing the records log's checkpoints.
 pub const LEDGER_KEY: &str = "@ledger";
+/// Data key whose secret is the Ed25519 seed signing the access log's checkpoints.
+pub const ACCESS_LOG_KEY: &str = "@ledger-access";
 /// Data key whose secret is the seed of the node's witness cosigning key (a distinct key, as
 /// C2SP tlog-cosignature asks).
 pub const WITNESS_KEY: &str = "@witness";
 /// Domain label bound into every sealed audit detail.
 const AUDIT_SEAL_CONTEXT: &str = "medvault-audit-v1";
+/// Label of the access checkpoint's extension line pinning the records log
+/// (`records <size> <base64 root>`).
+pub const RECORDS_PIN: &str = "records";
+/// Label of the records checkpoint's extension line pinning the access log
+/// (`access <size> <base64 root>`).
+pub const ACCESS_PIN: &str = "access";
 
-/// The node's ledger identity and keys.
+/// One of the node's two logs (see ARCHITECTURE.md, "Two logs").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogId {
+    /// Every stored resource version, leaf written in the version's own transaction
+    /// (`medvault.db`).
+    Records,
+    /// Every request and administrative action (`access.db`).
+    Access,
+}
+
+impl LogId {
+    /// Both logs, records first (the order checkpoints are signed in).
+    pub const BOTH: [Self; 2] = [Self::Records, Self::Access];
+
+    /// The log's name in URLs and origins.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Records => "records",
+            Self::Access => "access",
+        }
+    }
+
+    /// The log named `name` in a URL.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::BOTH.into_iter().find(|l| l.as_str() == name)
+    }
+
+    /// The other log.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Records => Self::Access,
+            Self::Access => Self::Records,
+        }
+    }
+
+    /// The label of the extension line by which this log's checkpoints pin the other log.
+    pub fn pin_label(self) -> &'static str {
+        match self {
+            Self::Records => ACCESS_PIN,
+            Self::Access => RECORDS_PIN,
+        }
+    }
+
+    /// The only kind of leaf the log holds.
+    pub fn entry_kind(self) -> EntryKind {
+        match self {
+            Self::Records => EntryKind::Record,
+            Self::Access => EntryKind::Audit,
+        }
+    }
+}
+
+impl std::fmt::Display for LogId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One log's identity: origin, checkpoint key and cached upper tree levels.
 #[derive(Debug)]
-pub struct Ledger {
+pub struct Log {
+    id: LogId,
     origin: String,
     signer: NoteSigner,
-    cosigner: NoteSigner,
-    audit_key: Arc<DataKey>,
-    tenant: String,
     nodes: NodeCache,
 }
 
-fn random_salt() -> Result<[u8; SALT_LEN], ApiError> {
-    let mut salt = [0u8; SALT_LEN];
-    medvault_crypto::random_fill(&mut salt).map_err(|e| ApiError::internal(&e))?;
-    Ok(salt)
-}
-
-impl Ledger {
-    /// The ledger of a node whose origin line is `origin`.
-    ///
-    /// # Errors
-    /// If the origin is not a valid note key name.
-    pub fn new(
-        origin: String,
-        signing_seed: &DataKey,
-        witness_seed: &DataKey,
-        audit_key: Arc<DataKey>,
-        tenant: String,
-    ) -> Result<Self, medvault_ledger::LedgerError> {
-        let key = |seed: &DataKey| {
-            SigningKey::from_data_key(seed)
-                .map_err(|e| medvault_ledger::LedgerError::Storage(Box::new(e)))
-        };
-        let signer = NoteSigner::new(&origin, KeyKind::Ed25519, key(signing_seed)?)?;
-        let cosigner = NoteSigner::new(
-            &format!("{origin}/witness"),
-            KeyKind::CosignatureV1,
-            key(witness_seed)?,
-        )?;
-        Ok(Self {
-            origin,
-            signer,
-            cosigner,
-            audit_key,
-            tenant,
-            nodes: NodeCache::default(),
-        })
+impl Log {
+    /// Which log this is.
+    pub fn id(&self) -> LogId {
+        self.id
     }
 
-    /// Runs a root or proof computation over the stored tree: its nodes fetched in one batch,
-    /// the upper levels from memory.
+    /// The checkpoint origin (also the signing key's name).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The log's checkpoint verifier key, `<origin>+<key id>+<base64 key>`.
+    pub fn verifier(&self) -> VerifierKey {
+        self.signer.verifier()
+    }
+
+    /// In-memory hashes of the tree's upper levels, shared by every proof served from this log.
+    pub fn node_cache(&self) -> &NodeCache {
+        &self.nodes
+    }
+
+    /// Runs a root or proof computation over the log's stored tree: its nodes fetched in one
+    /// batch, the upper levels from memory.
     ///
     /// # Errors
     /// 500 if the tree is missing a node or the store fails.
@@ -101,24 +153,125 @@ impl Ledger {
             .map_err(|e| ApiError::internal(&e))
     }
 
-    /// In-memory hashes of the tree's upper levels, shared by every proof this node serves.
-    pub fn node_cache(&self) -> &NodeCache {
-        &self.nodes
+    /// Signs and stores a checkpoint of the current tree, with these extension lines, if the tree
+    /// grew since the newest stored checkpoint (one checkpoint per size: a stored checkpoint,
+    /// which may carry cosignatures, is never replaced by a new signing). Returns the new size.
+    fn sign_if_grown(
+        &self,
+        store: &dyn Store,
+        extensions: Vec<String>,
+    ) -> Result<Option<u64>, ApiError> {
+        let size = store.ledger_size()?;
+        if store
+            .checkpoint(None)?
+            .is_some_and(|(last, _)| last >= size)
+        {
+            return Ok(None);
+        }
+        let root = self.over_tree(store, |s| medvault_ledger::root(s, size))?;
+        let text = Checkpoint {
+            origin: self.origin.clone(),
+            size,
+            root,
+            extensions,
+        }
+        .text();
+        let note = Note {
+            signatures: vec![self.signer.sign(&text, 0)],
+            text,
+        }
+        .render();
+        medvault_store::write_with(store, move |tx| tx.put_checkpoint(size, &note))?;
+        Ok(Some(size))
+    }
+}
+
+/// The node's ledger: its two logs, the witness cosigner and the audit key.
+#[derive(Debug)]
+pub struct Ledger {
+    records: Log,
+    access: Log,
+    cosigner: NoteSigner,
+    audit_key: Arc<DataKey>,
+    tenant: String,
+}
+
+fn random_salt() -> Result<[u8; SALT_LEN], ApiError> {
+    let mut salt = [0u8; SALT_LEN];
+    medvault_crypto::random_fill(&mut salt).map_err(|e| ApiError::internal(&e))?;
+    Ok(salt)
+}
+
+/// The seeds of the ledger's Ed25519 keys.
+#[derive(Debug)]
+pub struct LedgerSeeds<'a> {
+    /// Signs the records log's checkpoints.
+    pub records: &'a DataKey,
+    /// Signs the access log's checkpoints.
+    pub access: &'a DataKey,
+    /// Cosigns other logs' checkpoints as a witness.
+    pub witness: &'a DataKey,
+}
+
+impl Ledger {
+    /// The ledger of a node named `base` (its logs are `<base>/records` and `<base>/access`, its
+    /// witness key `<base>/witness`).
+    ///
+    /// # Errors
+    /// If an origin is not a valid note key name.
+    pub fn new(
+        base: &str,
+        seeds: &LedgerSeeds<'_>,
+        audit_key: Arc<DataKey>,
+        tenant: String,
+    ) -> Result<Self, medvault_ledger::LedgerError> {
+        let key = |seed: &DataKey| {
+            SigningKey::from_data_key(seed)
+                .map_err(|e| medvault_ledger::LedgerError::Storage(Box::new(e)))
+        };
+        let log = |id: LogId, seed: &DataKey| -> Result<Log, medvault_ledger::LedgerError> {
+            let origin = format!("{base}/{id}");
+            Ok(Log {
+                id,
+                signer: NoteSigner::new(&origin, KeyKind::Ed25519, key(seed)?)?,
+                origin,
+                nodes: NodeCache::default(),
+            })
+        };
+        Ok(Self {
+            records: log(LogId::Records, seeds.records)?,
+            access: log(LogId::Access, seeds.access)?,
+            cosigner: NoteSigner::new(
+                &format!("{base}/witness"),
+                KeyKind::CosignatureV1,
+                key(seeds.witness)?,
+            )?,
+            audit_key,
+            tenant,
+        })
+    }
+
+    /// One of the two logs.
+    pub fn log(&self, id: LogId) -> &Log {
+        match id {
+            LogId::Records => &self.records,
+            LogId::Access => &self.access,
+        }
+    }
+
+    /// The records log.
+    pub fn records(&self) -> &Log {
+        &self.records
+    }
+
+    /// The access log.
+    pub fn access(&self) -> &Log {
+        &self.access
     }
 
     /// The tenant whose records the ledger commits to.
     pub fn tenant(&self) -> &str {
         &self.tenant
-    }
-
-    /// The checkpoint origin (also the signing key's name).
-    pub fn origin(&self) -> &str {
-        &self.origin
-    }
-
-    /// The node's verifier key, `<origin>+<key id>+<base64 key>`.
-    pub fn verifier(&self) -> VerifierKey {
-        self.signer.verifier()
     }
 
     /// The node's witness cosigner key (`vkey` form, type `0x04`).
@@ -131,7 +284,7 @@ impl Ledger {
         self.cosigner.sign(text, timestamp)
     }
 
-    /// Salts, commits and returns the ledger leaf for `v`, setting `v.salt`.
+    /// Salts, commits and returns the records-log leaf for `v`, setting `v.salt`.
     ///
     /// # Errors
     /// RNG failure.
@@ -141,7 +294,8 @@ impl Ledger {
         Ok(record_entry(&self.tenant, v, &salt).encode().to_vec())
     }
 
-    /// Seals `detail` and appends it as an audit leaf inside `tx`. Returns the leaf index.
+    /// Seals `detail` and appends it as an access-log leaf inside `tx` (a transaction on the
+    /// access log's store). Returns the leaf index.
     ///
     /// # Errors
     /// Store failures, RNG failure.
@@ -176,37 +330,37 @@ impl Ledger {
         Ok((AuditDetail { salt, sealed }, leaf))
     }
 
-    /// Appends an audit leaf in its own durable write.
+    /// Appends an access-log leaf in its own durable write on `access`.
     ///
     /// # Errors
     /// Store failures, RNG failure.
     pub fn record_audit(
         &self,
-        store: &dyn Store,
+        access: &dyn Store,
         time_micros: i64,
         detail: &Value,
     ) -> Result<u64, ApiError> {
         let (detail, leaf) = self.seal_audit(time_micros, detail)?;
-        Ok(medvault_store::write_with(store, move |tx| {
+        Ok(medvault_store::write_with(access, move |tx| {
             tx.append_audit(&detail, &leaf)
         })?)
     }
 
-    /// Appends an audit leaf in its own durable write without holding a thread: resolves once
-    /// the leaf is committed. Returns the leaf index.
+    /// Appends an access-log leaf in its own durable write without holding a thread: resolves
+    /// once the leaf is committed. Returns the leaf index.
     ///
     /// # Errors
     /// Store failures, RNG failure.
     pub async fn record_audit_async(
         &self,
-        store: &dyn Store,
+        access: &dyn Store,
         time_micros: i64,
         detail: &Value,
     ) -> Result<u64, ApiError> {
         let (detail, leaf) = self.seal_audit(time_micros, detail)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         medvault_store::submit_with(
-            store,
+            access,
             move |t| t.append_audit(&detail, &leaf),
             move |r| {
                 let _ = tx.send(r);
@@ -234,32 +388,44 @@ impl Ledger {
             .is_ok()
     }
 
-    /// Signs and stores a checkpoint of the current tree if it grew since the last one. Returns
-    /// the new size, or `None` when nothing changed.
+    /// Signs and stores new checkpoints where a log grew. Each log's checkpoint pins the other
+    /// log's newest checkpoint in an extension line (`access <size> <root>` on records
+    /// checkpoints, `records <size> <root>` on access checkpoints), so a witness cosigning either
+    /// log also fixes the other's history, and neither database can be rolled back behind the
+    /// other's back. The records log signs first, so the access checkpoint pins the fresh one.
+    /// (Every record write is a request, so the access log grows whenever the records log
+    /// does.) Returns the new sizes (records, access), `None` where nothing grew.
     ///
     /// # Errors
     /// Store failures.
-    pub fn checkpoint_now(&self, store: &dyn Store) -> Result<Option<u64>, ApiError> {
-        let size = store.ledger_size()?;
-        let last = store.checkpoint(None)?.map(|(s, _)| s);
-        if last.is_some_and(|l| l >= size) {
-            return Ok(None);
+    pub fn checkpoint_now(
+        &self,
+        records: &dyn Store,
+        access: &dyn Store,
+    ) -> Result<(Option<u64>, Option<u64>), ApiError> {
+        let pin = |label: &str, store: &dyn Store| -> Result<String, ApiError> {
+            let (size, root) = newest_head(store)?;
+            Ok(medvault_ledger::pin_line(label, size, &root))
+        };
+        let signed_records = self
+            .records
+            .sign_if_grown(records, vec![pin(ACCESS_PIN, access)?])?;
+        let signed_access = self
+            .access
+            .sign_if_grown(access, vec![pin(RECORDS_PIN, records)?])?;
+        Ok((signed_records, signed_access))
+    }
+}
+
+/// Size and root of the newest stored checkpoint of the log in `store` (the empty tree if none).
+fn newest_head(store: &dyn StoreRead) -> Result<(u64, medvault_ledger::Hash), ApiError> {
+    match store.checkpoint(None)? {
+        Some((_, note)) => {
+            let note = Note::parse(note.as_bytes()).map_err(|e| ApiError::internal(&e))?;
+            let cp = Checkpoint::parse(&note.text).map_err(|e| ApiError::internal(&e))?;
+            Ok((cp.size, cp.root))
         }
-        let root = self.over_tree(store, |s| medvault_ledger::root(s, size))?;
-        let text = Checkpoint {
-            origin: self.origin.clone(),
-            size,
-            root,
-            extensions: vec![],
-        }
-        .text();
-        let note = Note {
-            signatures: vec![self.signer.sign(&text, 0)],
-            text,
-        }
-        .render();
-        medvault_store::write_with(store, move |tx| tx.put_checkpoint(size, &note))?;
-        Ok(Some(size))
+        None => Ok((0, medvault_ledger::empty_root())),
     }
 }
 
@@ -282,16 +448,21 @@ pub fn record_entry(tenant: &str, v: &StoredVersion, salt: &[u8; SALT_LEN]) -> E
     }
 }
 
-/// Signs a checkpoint every `every` while the server runs (only when the tree grew).
-/// Starts the witness-cosigning task beside it when witnesses are configured.
+/// Signs checkpoints every `every` while the server runs (only where a log grew). Starts the
+/// witness-cosigning task beside it when witnesses are configured.
 pub async fn checkpoint_task(state: AppState, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (store, ledger) = (state.node.store.clone(), Arc::clone(&state.node.ledger));
-    match tokio::task::spawn_blocking(move || ledger.node_cache().warm(store.as_ref())).await {
-        Ok(Ok(n)) => tracing::debug!(nodes = n, "ledger node cache warmed"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "ledger node cache not warmed"),
-        Err(e) => tracing::warn!(error = %e, "ledger node cache not warmed"),
+    for log in LogId::BOTH {
+        let (store, ledger) = (state.node.log_store(log), Arc::clone(&state.node.ledger));
+        let warmed =
+            tokio::task::spawn_blocking(move || ledger.log(log).node_cache().warm(store.as_ref()))
+                .await;
+        match warmed {
+            Ok(Ok(n)) => tracing::debug!(%log, nodes = n, "ledger node cache warmed"),
+            Ok(Err(e)) => tracing::warn!(%log, error = %e, "ledger node cache not warmed"),
+            Err(e) => tracing::warn!(%log, error = %e, "ledger node cache not warmed"),
+        }
     }
     // Witnesses are asked on their own schedule, so a slow or unreachable witness never delays
     // the node's own checkpoints.
@@ -300,14 +471,28 @@ pub async fn checkpoint_task(state: AppState, every: Duration) {
     let _stop_with_us = AbortOnDrop(cosigning);
     loop {
         tick.tick().await;
-        let (store, ledger) = (state.node.store.clone(), Arc::clone(&state.node.ledger));
-        match tokio::task::spawn_blocking(move || ledger.checkpoint_now(store.as_ref())).await {
-            Ok(Ok(Some(size))) => tracing::debug!(size, "checkpoint signed"),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e.message, "checkpoint failed"),
-            Err(e) => tracing::warn!(error = %e, "checkpoint task failed"),
+        match checkpoint_both(&state).await {
+            Ok((records, access)) if records.is_some() || access.is_some() => {
+                tracing::debug!(?records, ?access, "checkpoints signed");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e.message, "checkpoint failed"),
         }
     }
+}
+
+/// Signs new checkpoints of both logs (see [`Ledger::checkpoint_now`]) on a blocking thread.
+///
+/// # Errors
+/// Store failures.
+pub async fn checkpoint_both(state: &AppState) -> Result<(Option<u64>, Option<u64>), ApiError> {
+    let node = Arc::clone(&state.node);
+    tokio::task::spawn_blocking(move || {
+        node.ledger
+            .checkpoint_now(node.store.as_ref(), node.access.as_ref())
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
 }
 
 /// Aborts a spawned task when dropped (when the checkpoint task is aborted at shutdown).
@@ -348,35 +533,51 @@ fn text_response(body: String) -> Response {
     with_headers(body, "text/plain; charset=utf-8", Some(SHORT_LIVED))
 }
 
-async fn on_reader<T: Send + 'static>(
+/// Runs `f` on a blocking thread over the store holding `log`.
+async fn on_log<T: Send + 'static>(
     state: &AppState,
-    f: impl FnOnce(&dyn Store) -> Result<T, ApiError> + Send + 'static,
+    log: LogId,
+    f: impl FnOnce(&dyn Store, &Log) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let store = state.node.store.clone();
-    tokio::task::spawn_blocking(move || f(store.as_ref()))
+    let (store, ledger) = (state.node.log_store(log), Arc::clone(&state.node.ledger));
+    tokio::task::spawn_blocking(move || f(store.as_ref(), ledger.log(log)))
         .await
         .map_err(|e| ApiError::internal(&e))?
 }
 
-/// `GET /ledger/checkpoint`: the newest signed checkpoint, with any witness cosignatures.
-pub(crate) async fn get_checkpoint(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let cp = on_reader(&state, |s| Ok(s.checkpoint(None)?)).await?;
+/// The log named in the path (`/ledger/{log}/…`).
+fn log_named(name: &str) -> Result<LogId, ApiError> {
+    LogId::parse(name).ok_or_else(|| ApiError::not_found("no such log: use records or access"))
+}
+
+/// `GET /ledger/{log}/checkpoint`: the log's newest signed checkpoint, with any witness
+/// cosignatures.
+pub(crate) async fn get_checkpoint(
+    State(state): State<AppState>,
+    Path(log): Path<String>,
+) -> Result<Response, ApiError> {
+    let cp = on_log(&state, log_named(&log)?, |s, _| Ok(s.checkpoint(None)?)).await?;
     let (_, note) = cp.ok_or_else(|| ApiError::not_found("no checkpoint has been signed yet"))?;
     Ok(text_response(note))
 }
 
-/// `GET /ledger/key`: the node's checkpoint verifier key (`vkey` form).
-pub(crate) async fn get_key(State(state): State<AppState>) -> Response {
-    text_response(format!("{}\n", state.node.ledger.verifier().to_vkey()))
+/// `GET /ledger/{log}/key`: the log's checkpoint verifier key (`vkey` form).
+pub(crate) async fn get_key(
+    State(state): State<AppState>,
+    Path(log): Path<String>,
+) -> Result<Response, ApiError> {
+    let log = state.node.ledger.log(log_named(&log)?);
+    Ok(text_response(format!("{}\n", log.verifier().to_vkey())))
 }
 
-/// `GET /ledger/tile/...`: hash tiles and entry bundles per C2SP `tlog-tiles`.
+/// `GET /ledger/{log}/tile/...`: hash tiles and entry bundles per C2SP `tlog-tiles`.
 pub(crate) async fn get_tile(
     State(state): State<AppState>,
-    Path(rest): Path<String>,
+    Path((log, rest)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    let log = log_named(&log)?;
     let tile = TilePath::parse(&rest).map_err(|_| ApiError::not_found("no such tile"))?;
-    let body = on_reader(&state, move |s| tile_bytes(s, &tile)).await?;
+    let body = on_log(&state, log, move |s, _| tile_bytes(s, &tile)).await?;
     Ok(with_headers(
         body,
         "application/octet-stream",
@@ -443,26 +644,26 @@ fn proof_json(proof: &[medvault_ledger::Hash]) -> Vec<Value> {
     proof.iter().map(|h| Value::String(B64.encode(h))).collect()
 }
 
-async fn published_size(state: &AppState) -> Result<u64, ApiError> {
-    on_reader(state, |s| Ok(s.checkpoint(None)?.map_or(0, |(n, _)| n))).await
+fn published_size(store: &dyn StoreRead) -> Result<u64, ApiError> {
+    Ok(store.checkpoint(None)?.map_or(0, |(n, _)| n))
 }
 
-/// `GET /ledger/proof/inclusion?index=I&size=N`: the audit path of leaf `I` in the tree of `N`
-/// leaves (`N` must not exceed the newest checkpoint), with the leaf entry.
+/// `GET /ledger/{log}/proof/inclusion?index=I&size=N`: the audit path of leaf `I` in the tree
+/// of `N` leaves (`N` must not exceed the newest checkpoint), with the leaf entry.
 pub(crate) async fn get_inclusion(
     State(state): State<AppState>,
+    Path(log): Path<String>,
     Query(q): Query<ProofQuery>,
 ) -> Result<Response, ApiError> {
+    let log = log_named(&log)?;
     let (Some(index), Some(size)) = (q.index, q.size) else {
         return Err(bad("give index and size"));
     };
-    let published = published_size(&state).await?;
-    if index >= size || size > published {
-        return Err(bad("need index < size <= the newest checkpoint's size"));
-    }
-    let ledger = Arc::clone(&state.node.ledger);
-    let (proof, entry) = on_reader(&state, move |s| {
-        let proof = ledger.over_tree(s, |n| inclusion_proof(n, index, size))?;
+    let (proof, entry) = on_log(&state, log, move |s, log| {
+        if index >= size || size > published_size(s)? {
+            return Err(bad("need index < size <= the newest checkpoint's size"));
+        }
+        let proof = log.over_tree(s, |n| inclusion_proof(n, index, size))?;
         let entry = s
             .ledger_entries(index, 1)?
             .into_iter()
@@ -480,22 +681,22 @@ pub(crate) async fn get_inclusion(
     .into_response())
 }
 
-/// `GET /ledger/proof/consistency?old=M&new=N`: the consistency proof between two published
-/// tree sizes.
+/// `GET /ledger/{log}/proof/consistency?old=M&new=N`: the consistency proof between two
+/// published tree sizes.
 pub(crate) async fn get_consistency(
     State(state): State<AppState>,
+    Path(log): Path<String>,
     Query(q): Query<ProofQuery>,
 ) -> Result<Response, ApiError> {
+    let log = log_named(&log)?;
     let (Some(old), Some(new)) = (q.old, q.new) else {
         return Err(bad("give old and new"));
     };
-    let published = published_size(&state).await?;
-    if old == 0 || old > new || new > published {
-        return Err(bad("need 0 < old <= new <= the newest checkpoint's size"));
-    }
-    let ledger = Arc::clone(&state.node.ledger);
-    let proof = on_reader(&state, move |s| {
-        ledger.over_tree(s, |n| consistency_proof(n, old, new))
+    let proof = on_log(&state, log, move |s, log| {
+        if old == 0 || old > new || new > published_size(s)? {
+            return Err(bad("need 0 < old <= new <= the newest checkpoint's size"));
+        }
+        log.over_tree(s, |n| consistency_proof(n, old, new))
     })
     .await?;
     Ok(axum::Json(json!({ "old": old, "new": new, "proof": proof_json(&proof) })).into_response())

@@ -29,6 +29,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, post};
 
 pub use error::ApiError;
+pub use http::ACCESS_LEAF_HEADER;
 pub use node::Node;
 
 /// The FHIR JSON media type.
@@ -110,11 +111,14 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/", any(http::fhir_root))
         .route("/fhir/{*path}", any(http::fhir_path))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/ledger/checkpoint", get(ledger::get_checkpoint))
-        .route("/ledger/key", get(ledger::get_key))
-        .route("/ledger/tile/{*path}", get(ledger::get_tile))
-        .route("/ledger/proof/inclusion", get(ledger::get_inclusion))
-        .route("/ledger/proof/consistency", get(ledger::get_consistency))
+        .route("/ledger/{log}/checkpoint", get(ledger::get_checkpoint))
+        .route("/ledger/{log}/key", get(ledger::get_key))
+        .route("/ledger/{log}/tile/{*path}", get(ledger::get_tile))
+        .route("/ledger/{log}/proof/inclusion", get(ledger::get_inclusion))
+        .route(
+            "/ledger/{log}/proof/consistency",
+            get(ledger::get_consistency),
+        )
         .route("/witness/add-checkpoint", post(witness::add_checkpoint))
         .route("/witness/key", get(witness::get_key))
         .fallback(http::not_found)
@@ -141,11 +145,8 @@ pub async fn serve(state: AppState, addr: SocketAddr) -> std::io::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     checkpoints.abort();
-    // A last checkpoint, so everything written before shutdown is covered by a signature.
-    let (store, ledger) = (state.node.store.clone(), Arc::clone(&state.node.ledger));
-    if let Ok(Err(e)) =
-        tokio::task::spawn_blocking(move || ledger.checkpoint_now(store.as_ref())).await
-    {
+    // Last checkpoints, so everything written before shutdown is covered by a signature.
+    if let Err(e) = ledger::checkpoint_both(&state).await {
         tracing::warn!(error = %e.message, "final checkpoint failed");
     }
     Ok(())

@@ -3,7 +3,10 @@
 //! Layout of the data directory (mode 0700):
 //! - `medvault.key` — the root key file (mode 0600), sealed with `MEDVAULT_PASSPHRASE` when set;
 //! - `medvault.db` (+ `-wal`, `-shm`) — the SQLite database: only sealed records, blind index
-//!   values, wrapped keys and token hashes.
+//!   values, wrapped keys, token hashes and the records log;
+//! - `access.db` (+ `-wal`, `-shm`) — the access log: an audit leaf and a sealed detail for every
+//!   request and administrative action, in a file of its own so that its commit per request never
+//!   disturbs the records database's readers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -18,12 +21,16 @@ use medvault_store::{Store, StoreError, StoreRead, StoreTx, write_with};
 use medvault_store_sqlite::SqliteStore;
 
 use crate::clock::{Clock, SystemClock};
-use crate::ledger::{AUDIT_KEY, LEDGER_KEY, Ledger, WITNESS_KEY};
+use crate::ledger::{
+    ACCESS_LOG_KEY, AUDIT_KEY, LEDGER_KEY, Ledger, LedgerSeeds, LogId, WITNESS_KEY,
+};
 
 /// Name of the key file inside the data directory.
 pub const KEY_FILE: &str = "medvault.key";
 /// Name of the SQLite database inside the data directory.
 pub const DB_FILE: &str = "medvault.db";
+/// Name of the access log's SQLite database inside the data directory.
+pub const ACCESS_DB_FILE: &str = "access.db";
 /// Data key that seals resources outside every patient compartment.
 pub const TENANT_KEY: &str = "@tenant";
 /// Data key from which blind-index keys are derived.
@@ -53,6 +60,9 @@ pub enum NodeError {
     /// The database failed.
     #[error("database: {0}")]
     Store(#[from] StoreError),
+    /// The access log's database is missing or belongs to another node.
+    #[error("access log {0}")]
+    AccessLog(&'static str),
     /// A key stored in the database does not open with this node's root key.
     #[error("stored key {0} does not open with this key file: wrong key file for this database?")]
     KeyMismatch(String),
@@ -301,8 +311,10 @@ impl KeyRing {
 
 /// Everything a command needs to work on a node.
 pub struct Node {
-    /// The database.
+    /// The records database (keys, records, indexes, tokens, the records log).
     pub store: Arc<dyn Store>,
+    /// The access log's database.
+    pub access: Arc<dyn Store>,
     /// The keys.
     pub keys: Arc<KeyRing>,
     /// FHIR definitions.
@@ -370,16 +382,34 @@ impl Node {
             };
             (root, kind, true)
         };
+        let access_path = data_dir.join(ACCESS_DB_FILE);
+        if db_path.exists() && !access_path.exists() {
+            // A fresh, empty access log would silently forget who accessed what.
+            return Err(NodeError::AccessLog(
+                "access.db is missing beside medvault.db: restore it from backup",
+            ));
+        }
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db_path)?);
-        Self::with_store(store, root, kind, created)
+        let access: Arc<dyn Store> = Arc::new(SqliteStore::open_access_log(&access_path)?);
+        Self::with_stores(store, access, root, kind, created)
     }
 
-    /// Opens a node over an already-open store (used by tests and other backends).
+    /// The store holding `log`.
+    pub fn log_store(&self, log: LogId) -> Arc<dyn Store> {
+        match log {
+            LogId::Records => Arc::clone(&self.store),
+            LogId::Access => Arc::clone(&self.access),
+        }
+    }
+
+    /// Opens a node over already-open stores: the records database and the access log's
+    /// (used by tests and other backends).
     ///
     /// # Errors
     /// [`NodeError`].
-    pub fn with_store(
+    pub fn with_stores(
         store: Arc<dyn Store>,
+        access: Arc<dyn Store>,
         root: RootKey,
         key_file_kind: KeyFileKind,
         created: bool,
@@ -435,8 +465,10 @@ impl Node {
         let _ = ring.indexer.set(BlindIndexer::new(&index_key));
         let ring = Arc::new(ring);
         let ledger = Arc::new(open_ledger(store.as_ref(), &ring)?);
+        bind_access_log(access.as_ref(), ring.tenant())?;
         Ok(Self {
             store,
+            access,
             ledger,
             keys: ring,
             fhir: Arc::new(Fhir::load()?),
@@ -450,11 +482,13 @@ impl Node {
 /// Loads (creating on first start) the ledger's keys and origin.
 fn open_ledger(store: &dyn Store, ring: &Arc<KeyRing>) -> Result<Ledger, NodeError> {
     let r = Arc::clone(ring);
-    let (origin, audit, seed, witness) = write_with(store, move |tx| {
+    let (origin, audit, seeds) = write_with(store, move |tx| {
         let broken = |e: KeyError| StoreError::Backend(Box::new(e));
         let audit = r.for_write(tx, AUDIT_KEY).map_err(broken)?;
-        let seed = r.for_write(tx, LEDGER_KEY).map_err(broken)?;
-        let witness = r.for_write(tx, WITNESS_KEY).map_err(broken)?;
+        let mut seeds = Vec::new();
+        for name in [LEDGER_KEY, ACCESS_LOG_KEY, WITNESS_KEY] {
+            seeds.push(r.for_write(tx, name).map_err(broken)?);
+        }
         let origin = match tx.meta("ledger_origin")? {
             Some(o) => o,
             None => {
@@ -463,8 +497,33 @@ fn open_ledger(store: &dyn Store, ring: &Arc<KeyRing>) -> Result<Ledger, NodeErr
                 o
             }
         };
-        Ok((origin, audit, seed, witness))
+        Ok((origin, audit, seeds))
     })?;
-    Ledger::new(origin, &seed, &witness, audit, ring.tenant().to_owned())
+    let [records, access, witness] = seeds.as_slice() else {
+        return Err(NodeError::KeyMismatch(LEDGER_KEY.into()));
+    };
+    let seeds = LedgerSeeds {
+        records,
+        access,
+        witness,
+    };
+    Ledger::new(&origin, &seeds, audit, ring.tenant().to_owned())
         .map_err(|_| NodeError::KeyMismatch(LEDGER_KEY.into()))
+}
+
+/// Records the tenant in a new access log, or checks an existing one belongs to this node.
+fn bind_access_log(access: &dyn Store, tenant: &str) -> Result<(), NodeError> {
+    let t = tenant.to_owned();
+    let found = write_with(access, move |tx| match tx.meta("tenant")? {
+        Some(found) => Ok(found),
+        None => {
+            tx.set_meta("tenant", &t)?;
+            Ok(t)
+        }
+    })?;
+    if found == tenant {
+        Ok(())
+    } else {
+        Err(NodeError::AccessLog("access.db belongs to another node"))
+    }
 }

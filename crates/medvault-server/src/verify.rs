@@ -1,35 +1,49 @@
-//! Offline verification of a node's ledger against its database: `medvault ledger verify`.
+//! Offline verification of a node's two logs against its databases: `medvault ledger verify`.
 //!
-//! Recomputes the tree from the stored leaves (checking every stored node on the way), checks
-//! the newest signed checkpoint against the recomputed root, checks every stored resource version
-//! against the commitment in its leaf, and every audit leaf against the sealed detail beside it.
-//! Stops at the first divergence and names it (which row, which leaf).
+//! For each log, recomputes the tree from the stored leaves (checking every stored node on the
+//! way) and checks the newest signed checkpoint, and the newest witness-cosigned one, against the
+//! recomputed roots. The records log's leaves are checked against every stored resource version
+//! (each version's commitment, each leaf claimed once); the access log's leaves against their
+//! sealed details (commitment and AEAD tag). Every checkpoint checked must pin the other log's
+//! tree head (`records <size> <root>` / `access <size> <root>`), and the other log's leaves must
+//! reproduce it. Stops at the first divergence and names it (which log, which row, which leaf).
 
 use medvault_ledger::{
     Checkpoint, Entry, EntryKind, Frontier, Hash, Note, VerifierKey, audit_commitment, leaf_hash,
 };
 use medvault_store::{StoreError, StoreRead};
 
-use crate::ledger::{Ledger, record_entry};
+use crate::ledger::{Ledger, LogId, record_entry};
 
 /// Leaves read per round trip.
 const CHUNK: u64 = 16_384;
 
-/// What a successful verification covered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
+/// What a successful verification covered in one log.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogReport {
     /// Leaves recomputed.
     pub leaves: u64,
-    /// Resource versions checked against their commitments.
-    pub versions: u64,
-    /// Audit leaves checked against their sealed details.
-    pub audit_records: u64,
     /// Size of the newest signed checkpoint (which verified).
     pub checkpoint_size: u64,
     /// Size of the newest witness-cosigned checkpoint, if any (which verified).
     pub cosigned_size: Option<u64>,
     /// Witnesses whose cosignatures on it verified.
     pub cosigned_by: Vec<String>,
+}
+
+/// What a successful verification covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The records log.
+    pub records: LogReport,
+    /// The access log.
+    pub access: LogReport,
+    /// Resource versions checked against their commitments.
+    pub versions: u64,
+    /// Audit leaves checked against their sealed details.
+    pub audit_records: u64,
+    /// Tree heads pinned by the other log's checkpoints that the leaves reproduced.
+    pub pins: u64,
 }
 
 /// Why verification failed.
@@ -47,48 +61,199 @@ fn diverge(msg: String) -> VerifyError {
     VerifyError::Divergence(msg)
 }
 
-/// Verifies everything; `progress` is told how many leaves are done out of how many.
-///
-/// # Errors
-/// [`VerifyError::Divergence`] naming the first divergence.
-pub fn verify(
-    store: &(dyn StoreRead + Sync),
+/// A verified checkpoint of one log: its size and root, the other log's head it pins, and who
+/// cosigned it.
+struct Head {
+    size: u64,
+    root: Hash,
+    pin: Option<(u64, Hash)>,
+    cosigned_by: Vec<String>,
+}
+
+/// The newest signed checkpoint of `log` and the newest witness-cosigned one, verified.
+fn heads(
+    store: &dyn StoreRead,
     ledger: &Ledger,
+    log: LogId,
     witnesses: &[VerifierKey],
-    mut progress: impl FnMut(u64, u64),
-) -> Result<Report, VerifyError> {
+) -> Result<(Head, Option<Head>), VerifyError> {
     let size = store.ledger_size()?;
-    let checkpoint = store.checkpoint(None)?;
-    let (cp_size, cp_root) = match &checkpoint {
-        Some((n, note)) => (*n, check_checkpoint(ledger, *n, note)?),
-        None if size == 0 => (0, medvault_ledger::empty_root()),
+    let newest = match store.checkpoint(None)? {
+        Some((n, note)) => check_checkpoint(ledger, log, n, &note)?,
+        // Nothing signed and nothing stored: the empty tree, pinning nothing of the other log.
+        None if size == 0 => Head {
+            size: 0,
+            root: medvault_ledger::empty_root(),
+            pin: Some((0, medvault_ledger::empty_root())),
+            cosigned_by: vec![],
+        },
         None => {
-            return Err(diverge(
-                "the ledger has leaves but no signed checkpoint".into(),
-            ));
+            return Err(diverge(format!(
+                "the {log} log has leaves but no signed checkpoint"
+            )));
         }
     };
     // The newest checkpoint a witness cosigned: even the holder of the node's signing key
     // cannot make the leaves hash to another root at that size without a witness's key.
     let cosigned = match crate::witness::newest_cosigned(store)? {
-        Some(n) => Some(check_cosigned(store, ledger, witnesses, n)?),
+        Some(n) => {
+            let (_, note) = store.checkpoint(Some(n))?.ok_or_else(|| {
+                diverge(format!(
+                    "the witness-cosigned {log} checkpoint of size {n} is no longer stored"
+                ))
+            })?;
+            let head = check_checkpoint(ledger, log, n, &note)?;
+            let by = head_cosigners(&note, witnesses);
+            if by.is_empty() {
+                return Err(diverge(format!(
+                    "the {log} checkpoint of size {n} is recorded as witness-cosigned but carries no valid cosignature from a known witness"
+                )));
+            }
+            Some(Head {
+                cosigned_by: by,
+                ..head
+            })
+        }
         None => None,
     };
-    let mut roots_to_match = vec![(cp_size, cp_root)];
-    if let Some((n, root, _)) = &cosigned {
-        roots_to_match.push((*n, *root));
-    }
-    for (n, _) in &roots_to_match {
-        if *n > size {
+    for head in std::iter::once(&newest).chain(&cosigned) {
+        if head.size > size {
             return Err(diverge(format!(
-                "a signed checkpoint covers {n} leaves but only {size} are stored: leaves were removed"
+                "a signed {log} checkpoint covers {} leaves but only {size} are stored: leaves were removed",
+                head.size
             )));
         }
     }
-    let mut frontier = Frontier::new();
-    let mut kinds: Vec<EntryKind> = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    let mut commitments: Vec<Hash> = Vec::with_capacity(kinds.capacity());
+    Ok((newest, cosigned))
+}
+
+fn head_cosigners(note: &str, witnesses: &[VerifierKey]) -> Vec<String> {
+    Note::parse(note.as_bytes())
+        .map(|n| crate::witness::cosigned_by(&n, witnesses))
+        .unwrap_or_default()
+}
+
+/// Verifies both logs; `progress` is told how many leaves are done out of how many.
+///
+/// # Errors
+/// [`VerifyError::Divergence`] naming the first divergence.
+pub fn verify(
+    records: &(dyn StoreRead + Sync),
+    access: &(dyn StoreRead + Sync),
+    ledger: &Ledger,
+    witnesses: &[VerifierKey],
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Report, VerifyError> {
+    let (rec_newest, rec_cosigned) = heads(records, ledger, LogId::Records, witnesses)?;
+    let (acc_newest, acc_cosigned) = heads(access, ledger, LogId::Access, witnesses)?;
+    let rec_size = records.ledger_size()?;
+    let acc_size = access.ledger_size()?;
+    let total = rec_size + acc_size;
+    // Each log's leaves must pass through its own checkpoints' roots and through the heads the
+    // other log's checkpoints pin.
+    let mut rec_roots = vec![(rec_newest.size, rec_newest.root)];
+    rec_roots.extend(rec_cosigned.iter().map(|h| (h.size, h.root)));
+    let mut acc_roots = vec![(acc_newest.size, acc_newest.root)];
+    acc_roots.extend(acc_cosigned.iter().map(|h| (h.size, h.root)));
+    let mut pins = 0;
+    for (log, newest, cosigned, other_roots, other_size) in [
+        (
+            LogId::Records,
+            &rec_newest,
+            &rec_cosigned,
+            &mut acc_roots,
+            acc_size,
+        ),
+        (
+            LogId::Access,
+            &acc_newest,
+            &acc_cosigned,
+            &mut rec_roots,
+            rec_size,
+        ),
+    ] {
+        let other = log.other();
+        for head in std::iter::once(newest).chain(cosigned) {
+            let Some((n, root)) = head.pin else {
+                return Err(diverge(format!(
+                    "the {log} checkpoint of size {} pins no {other} tree head",
+                    head.size
+                )));
+            };
+            if n > other_size {
+                return Err(diverge(format!(
+                    "a {log} checkpoint pins {n} {other} log leaves but only {other_size} are stored: the {other} log was cut or rolled back"
+                )));
+            }
+            other_roots.push((n, root));
+            pins += 1;
+        }
+    }
+
+    let mut commitments = Vec::with_capacity(usize::try_from(rec_size).unwrap_or(0));
+    walk(
+        records,
+        ledger,
+        LogId::Records,
+        &rec_roots,
+        |start, leaves| {
+            commitments.extend(leaves.iter().map(|(_, c)| *c));
+            progress(start + leaves.len() as u64, total);
+        },
+    )?;
     let mut audit_records = 0;
+    walk(
+        access,
+        ledger,
+        LogId::Access,
+        &acc_roots,
+        |start, leaves| {
+            audit_records += leaves.len() as u64;
+            progress(rec_size + start + leaves.len() as u64, total);
+        },
+    )?;
+    let mut used = vec![false; commitments.len()];
+    let versions = check_versions(records, ledger, &commitments, &mut used)?;
+    if let Some(i) = used.iter().position(|u| !u) {
+        return Err(diverge(format!(
+            "records log leaf {i} commits to a resource version that is no longer stored"
+        )));
+    }
+    let report = |newest: Head, cosigned: Option<Head>, leaves| LogReport {
+        leaves,
+        checkpoint_size: newest.size,
+        cosigned_size: cosigned.as_ref().map(|h| h.size),
+        cosigned_by: cosigned.map(|h| h.cosigned_by).unwrap_or_default(),
+    };
+    Ok(Report {
+        records: report(rec_newest, rec_cosigned, rec_size),
+        access: report(acc_newest, acc_cosigned, acc_size),
+        versions,
+        audit_records,
+        pins,
+    })
+}
+
+/// Walks one log's leaves in order: checks contiguity, format and kind, every stored node, that
+/// the tree passes through every root in `roots` at its size, and (access log) every audit
+/// detail. `chunk_done` gets each checked chunk's start and `(index, commitment)` pairs.
+fn walk(
+    store: &(dyn StoreRead + Sync),
+    ledger: &Ledger,
+    log: LogId,
+    roots: &[(u64, Hash)],
+    mut chunk_done: impl FnMut(u64, &[(u64, Hash)]),
+) -> Result<(), VerifyError> {
+    let size = store.ledger_size()?;
+    for (n, root) in roots {
+        if *n == 0 && *root != medvault_ledger::empty_root() {
+            return Err(diverge(format!(
+                "a signed {log} checkpoint of size 0 names a root other than the empty tree's"
+            )));
+        }
+    }
+    let kind = log.entry_kind();
+    let mut frontier = Frontier::new();
     // Reading a chunk (leaves, audit details, the stored nodes it completes) overlaps with
     // checking the previous one.
     std::thread::scope(|scope| -> Result<(), VerifyError> {
@@ -107,35 +272,36 @@ pub fn verify(
             }
             let mut details = chunk.details.into_iter().peekable();
             let mut emitted: Vec<(u8, u64, Hash)> = Vec::with_capacity(2 * chunk.entries.len());
-            // Structure first (sequential, cheap): contiguity, format, a detail beside every audit
-            // leaf and none beside a record leaf.
+            // Structure first (sequential, cheap): contiguity, format, kind, a detail beside
+            // every audit leaf.
             let mut audits = Vec::new();
+            let mut leaves = Vec::with_capacity(chunk.entries.len());
             for (i, (idx, bytes)) in chunk.entries.iter().enumerate() {
                 let expect = start + i as u64;
                 if *idx != expect {
-                    return Err(diverge(format!("ledger leaf {expect} is missing")));
+                    return Err(diverge(format!("{log} log leaf {expect} is missing")));
                 }
                 let entry = Entry::decode(bytes)
-                    .map_err(|e| diverge(format!("ledger leaf {expect} is malformed: {e}")))?;
+                    .map_err(|e| diverge(format!("{log} log leaf {expect} is malformed: {e}")))?;
+                if entry.kind != kind {
+                    return Err(diverge(format!(
+                        "{log} log leaf {expect} is a {:?} leaf, which this log never holds",
+                        entry.kind
+                    )));
+                }
                 if let Some((l, _)) = details.next_if(|(l, _)| *l < expect) {
                     return Err(diverge(format!("audit detail row {l} has no audit leaf")));
                 }
-                if entry.kind == EntryKind::Audit {
+                if kind == EntryKind::Audit {
                     let Some((_, d)) = details.next_if(|(l, _)| *l == expect) else {
                         return Err(diverge(format!("audit leaf {expect} has no stored detail")));
                     };
                     audits.push((expect, entry.commitment, d));
-                } else if details.peek().is_some_and(|(l, _)| *l == expect) {
-                    return Err(diverge(format!(
-                        "record leaf {expect} has an audit detail row beside it"
-                    )));
                 }
-                kinds.push(entry.kind);
-                commitments.push(entry.commitment);
+                leaves.push((expect, entry.commitment));
             }
             // Then the hashing and decryption, on every core: leaf hashes on this thread, audit
             // details (commitment and AEAD tag) split across the others.
-            audit_records += audits.len() as u64;
             let (leaf_hashes, bad_audit) = std::thread::scope(|scope| {
                 let workers = std::thread::available_parallelism()
                     .map_or(2, usize::from)
@@ -160,10 +326,10 @@ pub fn verify(
                 frontier.append(hash, |level, index, hash| {
                     emitted.push((level, index, *hash));
                 });
-                for (n, root) in &roots_to_match {
+                for (n, root) in roots {
                     if frontier.size() == *n && frontier.root() != *root {
                         return Err(diverge(format!(
-                            "the leaves do not hash to the root of the signed checkpoint of size {n}"
+                            "the {log} log's leaves do not hash to the root of the signed checkpoint of size {n}"
                         )));
                     }
                 }
@@ -173,64 +339,15 @@ pub fn verify(
             }
             if (chunk.entries.len() as u64) < want {
                 return Err(diverge(format!(
-                    "ledger leaf {} is missing",
+                    "{log} log leaf {} is missing",
                     start + chunk.entries.len() as u64
                 )));
             }
-            compare_nodes(&chunk.nodes, &emitted)?;
-            progress(start + want, size);
+            compare_nodes(log, &chunk.nodes, &emitted)?;
+            chunk_done(start, &leaves);
         }
         Ok(())
-    })?;
-    let mut used = vec![false; kinds.len()];
-    let versions = check_versions(store, ledger, &kinds, &commitments, &mut used)?;
-    if let Some(i) = kinds
-        .iter()
-        .zip(&used)
-        .position(|(k, u)| *k == EntryKind::Record && !u)
-    {
-        return Err(diverge(format!(
-            "ledger leaf {i} commits to a resource version that is no longer stored"
-        )));
-    }
-    let (cosigned_size, cosigned_by) = match cosigned {
-        Some((n, _, by)) => (Some(n), by),
-        None => (None, Vec::new()),
-    };
-    Ok(Report {
-        leaves: size,
-        versions,
-        audit_records,
-        checkpoint_size: cp_size,
-        cosigned_size,
-        cosigned_by,
     })
-}
-
-fn check_cosigned(
-    store: &dyn StoreRead,
-    ledger: &Ledger,
-    witnesses: &[VerifierKey],
-    size: u64,
-) -> Result<(u64, Hash, Vec<String>), VerifyError> {
-    let (_, note) = store.checkpoint(Some(size))?.ok_or_else(|| {
-        diverge(format!(
-            "the witness-cosigned checkpoint of size {size} is no longer stored"
-        ))
-    })?;
-    let root = check_checkpoint(ledger, size, &note)?;
-    let parsed = Note::parse(note.as_bytes()).map_err(|e| {
-        diverge(format!(
-            "the cosigned checkpoint of size {size} is malformed: {e}"
-        ))
-    })?;
-    let by = crate::witness::cosigned_by(&parsed, witnesses);
-    if by.is_empty() {
-        return Err(diverge(format!(
-            "the checkpoint of size {size} is recorded as witness-cosigned but carries no valid cosignature from a known witness"
-        )));
-    }
-    Ok((size, root, by))
 }
 
 /// The first audit leaf in `part` whose stored detail does not match its commitment or does not
@@ -250,18 +367,32 @@ fn first_bad_audit(
     })
 }
 
-fn check_checkpoint(ledger: &Ledger, size: u64, note: &str) -> Result<Hash, VerifyError> {
-    let bad = |what: String| diverge(format!("the checkpoint of size {size} {what}"));
+fn check_checkpoint(
+    ledger: &Ledger,
+    log: LogId,
+    size: u64,
+    note: &str,
+) -> Result<Head, VerifyError> {
+    let bad = |what: String| diverge(format!("the {log} checkpoint of size {size} {what}"));
     let note = Note::parse(note.as_bytes()).map_err(|e| bad(format!("is malformed: {e}")))?;
-    ledger
+    let log_key = ledger.log(log);
+    log_key
         .verifier()
         .verify(&note)
         .map_err(|e| bad(format!("is not validly signed by this node: {e}")))?;
     let cp = Checkpoint::parse(&note.text).map_err(|e| bad(format!("is malformed: {e}")))?;
-    if cp.size != size || cp.origin != ledger.origin() {
+    if cp.size != size || cp.origin != log_key.origin() {
         return Err(bad("names another size or origin than its row".into()));
     }
-    Ok(cp.root)
+    let pin = cp
+        .pin(log.pin_label())
+        .map_err(|e| bad(format!("is malformed: {e}")))?;
+    Ok(Head {
+        size,
+        root: cp.root,
+        pin,
+        cosigned_by: vec![],
+    })
 }
 
 /// What one verification step reads: leaves `[start, start + want)`, their audit details, and
@@ -298,6 +429,7 @@ fn read_chunk(store: &(dyn StoreRead + Sync), start: u64, want: u64) -> Result<C
 }
 
 fn compare_nodes(
+    log: LogId,
     stored: &[(u8, u64, Vec<Hash>)],
     emitted: &[(u8, u64, Hash)],
 ) -> Result<(), VerifyError> {
@@ -308,7 +440,7 @@ fn compare_nodes(
             .and_then(|(_, lo, hashes)| hashes.get(usize::try_from(index - lo).ok()?));
         if found != Some(hash) {
             return Err(diverge(format!(
-                "stored tree node at level {level}, index {index} does not match the leaves"
+                "stored {log} log tree node at level {level}, index {index} does not match the leaves"
             )));
         }
     }
@@ -318,7 +450,6 @@ fn compare_nodes(
 fn check_versions(
     store: &dyn StoreRead,
     ledger: &Ledger,
-    kinds: &[EntryKind],
     commitments: &[Hash],
     used: &mut [bool],
 ) -> Result<u64, VerifyError> {
@@ -336,23 +467,25 @@ fn check_versions(
         for v in &page {
             let name = format!("{}/{}/_history/{}", v.resource_type, v.id, v.version);
             let (Some(leaf), Some(salt)) = (v.leaf, v.salt) else {
-                return Err(diverge(format!("version {name} has no ledger leaf")));
+                return Err(diverge(format!("version {name} has no records log leaf")));
             };
-            let i = usize::try_from(leaf).unwrap_or(usize::MAX);
-            if kinds.get(i) != Some(&EntryKind::Record) {
+            let Some(i) = usize::try_from(leaf)
+                .ok()
+                .filter(|i| *i < commitments.len())
+            else {
                 return Err(diverge(format!(
-                    "version {name} points at ledger leaf {leaf}, which is not a record leaf"
+                    "version {name} points at records log leaf {leaf}, which does not exist"
                 )));
-            }
+            };
             if used[i] {
                 return Err(diverge(format!(
-                    "ledger leaf {leaf} is claimed by more than one version ({name})"
+                    "records log leaf {leaf} is claimed by more than one version ({name})"
                 )));
             }
             used[i] = true;
             if record_entry(ledger.tenant(), v, &salt).commitment != commitments[i] {
                 return Err(diverge(format!(
-                    "version {name} does not match its commitment in ledger leaf {leaf}"
+                    "version {name} does not match its commitment in records log leaf {leaf}"
                 )));
             }
             n += 1;

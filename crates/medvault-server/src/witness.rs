@@ -3,12 +3,13 @@
 //! - As a **witness** for other logs (`serve --witness-for VKEY`): `POST /witness/add-checkpoint`
 //!   checks the log's signature, the old size against the newest checkpoint it cosigned for that
 //!   origin, and the consistency proof, then persists the new state and answers a timestamped
-//!   Ed25519 cosignature. Check and update run as one write on the store's single writer, so two
-//!   racing requests cannot roll the state back. Refusals (404, 403, 409, 422) are answered in
-//!   plain text and, like every request, recorded in this node's ledger.
-//! - As a **log** (`serve --witness URL,VKEY`): after each new checkpoint, asks every configured
-//!   witness to cosign it (with a consistency proof from the size that witness last cosigned),
-//!   verifies the cosignature and stores it on the checkpoint, which `/ledger/checkpoint` serves.
+//!   Ed25519 cosignature. Check and update run as one write on the access log database's single
+//!   writer, so two racing requests cannot roll the state back. Refusals (404, 403, 409, 422) are
+//!   answered in plain text and, like every request, recorded in this node's access log.
+//! - As a **log** (`serve --witness URL,VKEY`): after each new checkpoint of either of its logs,
+//!   asks every configured witness to cosign it (with a consistency proof from the size that
+//!   witness last cosigned), verifies the cosignature and stores it on the checkpoint, which
+//!   `/ledger/{records,access}/checkpoint` serves.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use medvault_ledger::{
 use medvault_store::{StoreError, StoreRead, write_with};
 
 use crate::AppState;
+use crate::ledger::LogId;
 
 /// A witness this node asks for cosignatures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +90,7 @@ pub(crate) async fn add_checkpoint(State(state): State<AppState>, body: Bytes) -
             "the checkpoint carries no valid signature from the log's key\n".into(),
         );
     }
-    let store = state.node.store.clone();
+    let store = state.node.access.clone();
     let AddCheckpoint {
         old_size,
         proof,
@@ -158,13 +160,13 @@ pub(crate) async fn get_key(State(state): State<AppState>) -> Response {
     )
 }
 
-/// What the log side remembers between rounds: the size each witness last cosigned.
+/// What the log side remembers between rounds: the size each witness last cosigned, per log.
 #[derive(Debug, Default)]
 pub(crate) struct Cosigning {
-    last: HashMap<String, u64>,
+    last: HashMap<(LogId, String), u64>,
 }
 
-/// Asks the configured witnesses to cosign the newest checkpoint every `every`, forever.
+/// Asks the configured witnesses to cosign the newest checkpoints every `every`, forever.
 pub(crate) async fn cosign_task(state: AppState, every: Duration) {
     let client = client();
     let mut memo = Cosigning::default();
@@ -172,27 +174,36 @@ pub(crate) async fn cosign_task(state: AppState, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        cosign_round(&state, &client, &mut memo).await;
+        for log in LogId::BOTH {
+            cosign_round(&state, log, &client, &mut memo).await;
+        }
     }
 }
 
-/// Asks every configured witness to cosign the newest checkpoint; stores what comes back.
-pub(crate) async fn cosign_round(state: &AppState, client: &reqwest::Client, memo: &mut Cosigning) {
-    let store = state.node.store.clone();
+/// Asks every configured witness to cosign the newest checkpoint of `log`; stores what comes
+/// back.
+pub(crate) async fn cosign_round(
+    state: &AppState,
+    log: LogId,
+    client: &reqwest::Client,
+    memo: &mut Cosigning,
+) {
+    let store = state.node.log_store(log);
     let Ok(Ok(Some((size, note)))) =
         tokio::task::spawn_blocking(move || store.checkpoint(None)).await
     else {
         return;
     };
     for w in &state.config.witnesses {
-        if let Err(e) = ask(state, client, memo, w, size, &note).await {
-            tracing::warn!(witness = %w.key.name, error = %e, "witness did not cosign");
+        if let Err(e) = ask(state, log, client, memo, w, size, &note).await {
+            tracing::warn!(%log, witness = %w.key.name, error = %e, "witness did not cosign");
         }
     }
 }
 
 async fn ask(
     state: &AppState,
+    log: LogId,
     client: &reqwest::Client,
     memo: &mut Cosigning,
     w: &RemoteWitness,
@@ -203,7 +214,8 @@ async fn ask(
     if w.key.verify(&note).is_ok() {
         return Ok(()); // already cosigned
     }
-    let mut old = memo.last.get(&w.key.name).copied().unwrap_or(0);
+    let memo_key = (log, w.key.name.clone());
+    let mut old = memo.last.get(&memo_key).copied().unwrap_or(0);
     for _attempt in 0..2 {
         if old > size {
             return Err(format!(
@@ -211,11 +223,13 @@ async fn ask(
             ));
         }
         let (store, ledger) = (
-            state.node.store.clone(),
+            state.node.log_store(log),
             std::sync::Arc::clone(&state.node.ledger),
         );
         let proof = tokio::task::spawn_blocking(move || {
-            ledger.over_tree(store.as_ref(), |s| consistency_proof(s, old, size))
+            ledger
+                .log(log)
+                .over_tree(store.as_ref(), |s| consistency_proof(s, old, size))
         })
         .await
         .map_err(|e| e.to_string())?
@@ -230,7 +244,11 @@ async fn ask(
         let status = resp.status();
         let text = resp.text().await.map_err(|e| e.to_string())?;
         match status.as_u16() {
-            200 => return store_cosignatures(state, w, size, note.clone(), &text, memo).await,
+            200 => {
+                store_cosignatures(state, log, w, size, note.clone(), &text).await?;
+                memo.last.insert(memo_key, size);
+                return Ok(());
+            }
             409 => {
                 old = text
                     .trim()
@@ -254,11 +272,11 @@ async fn ask(
 
 async fn store_cosignatures(
     state: &AppState,
+    log: LogId,
     w: &RemoteWitness,
     size: u64,
     note: Note,
     body: &str,
-    memo: &mut Cosigning,
 ) -> Result<(), String> {
     let mut cosigned = note;
     for line in body.lines().filter(|l| !l.is_empty()) {
@@ -273,7 +291,7 @@ async fn store_cosignatures(
     // Keep only the lines from this witness that verified, added to the stored note (which may
     // carry other witnesses' cosignatures by now).
     let id = w.key.key_id();
-    let store = state.node.store.clone();
+    let store = state.node.log_store(log);
     let lines: Vec<_> = cosigned
         .signatures
         .into_iter()
@@ -294,8 +312,7 @@ async fn store_cosignatures(
     .await
     .map_err(|e| e.to_string())?;
     written.map_err(|e| e.to_string())?;
-    memo.last.insert(w.key.name.clone(), size);
-    tracing::debug!(witness = %w.key.name, size, time = ?verified.timestamp, "checkpoint cosigned");
+    tracing::debug!(%log, witness = %w.key.name, size, time = ?verified.timestamp, "checkpoint cosigned");
     Ok(())
 }
 
@@ -307,12 +324,15 @@ pub(crate) fn client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-/// Meta key: size of the newest checkpoint a witness cosigned.
+/// Meta key, in each log's own database: size of the newest checkpoint of that log a witness
+/// cosigned.
 pub const NEWEST_COSIGNED_META: &str = "ledger_newest_cosigned";
-/// Meta key: the witness cosigner keys `serve --witness` was started with, one vkey per line.
+/// Meta key, in the records database: the witness cosigner keys `serve --witness` was started
+/// with, one vkey per line.
 pub const WITNESS_KEYS_META: &str = "ledger_witness_keys";
 
-/// The size of the newest checkpoint a witness cosigned, if any was recorded.
+/// The size of the newest checkpoint a witness cosigned, if any was recorded, in the log whose
+/// database `store` is.
 ///
 /// # Errors
 /// Store failures.

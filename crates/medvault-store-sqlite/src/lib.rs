@@ -12,6 +12,8 @@
 mod schema;
 mod sql;
 
+pub use schema::Schema;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -110,8 +112,21 @@ impl SqliteStore {
     /// [`StoreError::Backend`] if the file cannot be opened or migrated;
     /// [`StoreError::SchemaTooNew`] if a newer medvault wrote it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_as(path, Schema::Node)
+    }
+
+    /// Opens (creating if needed) an access-log database: the ledger tables only. Every method
+    /// of the store that reads or writes records, keys or tokens fails on it.
+    ///
+    /// # Errors
+    /// As [`Self::open`]; [`StoreError::WrongDatabase`] if the file is a node database.
+    pub fn open_access_log(path: &Path) -> Result<Self, StoreError> {
+        Self::open_as(path, Schema::AccessLog)
+    }
+
+    fn open_as(path: &Path, schema: Schema) -> Result<Self, StoreError> {
         let mut conn = open_connection(path, true)?;
-        schema::migrate(&mut conn)?;
+        schema::migrate(&mut conn, schema)?;
         // The writer never checkpoints (a checkpoint in the commit path is a latency spike);
         // a background thread does, PASSIVE, so it never blocks writers or readers.
         conn.execute_batch("PRAGMA wal_autocheckpoint=0;")
@@ -538,6 +553,43 @@ mod tests {
             Ok(())
         })
         .unwrap();
+    }
+
+    #[test]
+    fn access_log_database_holds_a_log_and_knows_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, access) = (dir.path().join("node.db"), dir.path().join("access.db"));
+        {
+            let log = SqliteStore::open_access_log(&access).unwrap();
+            let detail = medvault_store::AuditDetail {
+                salt: [7; 16],
+                sealed: medvault_crypto::Sealed::from_stored(vec![7; 40]),
+            };
+            let leaf =
+                medvault_store::write_with(&log, move |tx| tx.append_audit(&detail, &[7])).unwrap();
+            assert_eq!(leaf, 0);
+            assert_eq!(log.ledger_size().unwrap(), 1);
+            assert!(log.audit_detail(0).unwrap().is_some());
+            // Nothing but the log lives there.
+            assert!(log.data_key("@tenant").is_err());
+        }
+        drop(SqliteStore::open(&node).unwrap());
+        assert!(matches!(
+            SqliteStore::open(&access),
+            Err(StoreError::WrongDatabase {
+                expected: "medvault-node",
+                ..
+            })
+        ));
+        assert!(matches!(
+            SqliteStore::open_access_log(&node),
+            Err(StoreError::WrongDatabase {
+                expected: "medvault-access-log",
+                ..
+            })
+        ));
+        let log = SqliteStore::open_access_log(&access).unwrap();
+        assert_eq!(log.ledger_size().unwrap(), 1, "reopened with its leaf");
     }
 
     #[test]

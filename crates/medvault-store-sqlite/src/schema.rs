@@ -5,11 +5,70 @@ use rusqlite::{Connection, OptionalExtension as _};
 
 use crate::backend;
 
+/// Which database a file holds; each has its own migration list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// `medvault.db`: keys, records, blind indexes, tokens and the records log.
+    Node,
+    /// `access.db`: the access log (audit leaves and their sealed details), its checkpoints, and
+    /// the state of the logs this node witnesses. Kept apart so that its commit per request never
+    /// touches the records database (see ARCHITECTURE.md, "Two logs").
+    AccessLog,
+}
+
+impl Schema {
+    fn migrations(self) -> &'static [&'static str] {
+        match self {
+            Self::Node => NODE_MIGRATIONS,
+            Self::AccessLog => ACCESS_LOG_MIGRATIONS,
+        }
+    }
+
+    /// The `meta` value naming the kind of database, checked at open.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Node => "medvault-node",
+            Self::AccessLog => "medvault-access-log",
+        }
+    }
+}
+
+/// The tables of one log (shared by both databases; `concat!` needs a literal, hence macros).
+macro_rules! log_tables {
+    () => {
+        "CREATE TABLE ledger_leaves (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
+         CREATE TABLE ledger_nodes (
+            level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+            PRIMARY KEY (level, idx)
+         ) WITHOUT ROWID;
+         CREATE TABLE ledger_audit (
+            leaf INTEGER PRIMARY KEY, salt BLOB NOT NULL, detail BLOB NOT NULL
+         );
+         CREATE TABLE ledger_checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL);"
+    };
+}
+
+/// Logs this node witnesses (C2SP tlog-witness): the newest checkpoint cosigned per origin.
+macro_rules! witnessed_table {
+    () => {
+        "CREATE TABLE witnessed (
+            origin TEXT PRIMARY KEY, size INTEGER NOT NULL, root BLOB NOT NULL, note TEXT NOT NULL
+         ) WITHOUT ROWID;"
+    };
+}
+
+macro_rules! meta_table {
+    () => {
+        "CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID;"
+    };
+}
+
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
+const NODE_MIGRATIONS: &[&str] = &[
     // v1: the foundation.
-    "CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID;
-     CREATE TABLE keks (version INTEGER PRIMARY KEY, wrapped BLOB NOT NULL);
+    concat!(
+        meta_table!(),
+        "CREATE TABLE keks (version INTEGER PRIMARY KEY, wrapped BLOB NOT NULL);
      CREATE TABLE deks (
         name TEXT PRIMARY KEY,
         key_version INTEGER NOT NULL,
@@ -43,25 +102,23 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE tokens (
         hash BLOB PRIMARY KEY, token_id TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
         created INTEGER NOT NULL
-     ) WITHOUT ROWID;",
+     ) WITHOUT ROWID;"
+    ),
     // v2: the ledger (see ARCHITECTURE.md, "The ledger"). Leaves are 0-based; every complete
     // subtree hash is stored, so proofs and tiles are lookups. Versions point at their leaf.
-    "ALTER TABLE versions ADD COLUMN leaf INTEGER;
-     ALTER TABLE versions ADD COLUMN salt BLOB;
-     CREATE TABLE ledger_leaves (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
-     CREATE TABLE ledger_nodes (
-        level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
-        PRIMARY KEY (level, idx)
-     ) WITHOUT ROWID;
-     CREATE TABLE ledger_audit (leaf INTEGER PRIMARY KEY, salt BLOB NOT NULL, detail BLOB NOT NULL);
-     CREATE TABLE ledger_checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL);",
-    // v3: logs this node witnesses (C2SP tlog-witness): the newest checkpoint cosigned per origin.
-    "CREATE TABLE witnessed (
-        origin TEXT PRIMARY KEY, size INTEGER NOT NULL, root BLOB NOT NULL, note TEXT NOT NULL
-     ) WITHOUT ROWID;",
+    concat!(
+        "ALTER TABLE versions ADD COLUMN leaf INTEGER;
+         ALTER TABLE versions ADD COLUMN salt BLOB;",
+        log_tables!()
+    ),
+    // v3: logs this node witnesses (since moved to the access log's database; the table stays).
+    witnessed_table!(),
 ];
 
-pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+/// The access log's database: one log and the witness state, nothing else.
+const ACCESS_LOG_MIGRATIONS: &[&str] = &[concat!(meta_table!(), log_tables!(), witnessed_table!())];
+
+pub(crate) fn migrate(conn: &mut Connection, schema: Schema) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(backend)?;
@@ -84,14 +141,34 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     } else {
         0
     };
-    let supported = MIGRATIONS.len() as i64;
+    let label: Option<String> = if has_meta {
+        tx.query_row("SELECT v FROM meta WHERE k='schema'", [], |r| r.get(0))
+            .optional()
+            .map_err(backend)?
+    } else {
+        None
+    };
+    // Databases written before the label existed are node databases.
+    let found = label.as_deref().unwrap_or(if current > 0 {
+        Schema::Node.label()
+    } else {
+        schema.label()
+    });
+    if found != schema.label() {
+        return Err(StoreError::WrongDatabase {
+            found: found.to_owned(),
+            expected: schema.label(),
+        });
+    }
+    let migrations = schema.migrations();
+    let supported = migrations.len() as i64;
     if current > supported {
         return Err(StoreError::SchemaTooNew {
             found: current,
             supported,
         });
     }
-    for (i, sql) in MIGRATIONS
+    for (i, sql) in migrations
         .iter()
         .enumerate()
         .skip(usize::try_from(current).unwrap_or(0))
@@ -104,5 +181,10 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )
         .map_err(backend)?;
     }
+    tx.execute(
+        "INSERT INTO meta (k, v) VALUES ('schema', ?1) ON CONFLICT (k) DO NOTHING",
+        [schema.label()],
+    )
+    .map_err(backend)?;
     tx.commit().map_err(backend)
 }

@@ -28,6 +28,15 @@ pub enum StoreError {
         /// Newest version this build knows.
         supported: i64,
     },
+    /// The file holds another kind of medvault database (e.g. the access log where the node
+    /// database was expected).
+    #[error("the database is a {found} database, not a {expected} one")]
+    WrongDatabase {
+        /// The kind found.
+        found: String,
+        /// The kind expected.
+        expected: &'static str,
+    },
     /// The backend failed (I/O, corruption, lost connection).
     #[error("storage backend failure")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),

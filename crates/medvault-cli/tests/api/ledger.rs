@@ -1,6 +1,6 @@
-//! The ledger end to end: every request leaves an audit leaf, every version a record leaf;
-//! checkpoints, tiles and proofs are served and verify; `ledger verify` passes on an honest data
-//! directory and catches every tampering.
+//! The ledger end to end: every request leaves a leaf in the access log, every version a leaf in
+//! the records log; checkpoints (each pinning the other log), tiles and proofs are served and
+//! verify; `ledger verify` passes on an honest data directory and catches every tampering.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,13 +19,14 @@ fn text(s: &Server, path: &str) -> (u16, Vec<u8>) {
     crate::raw_get(s, path)
 }
 
-/// Waits until a checkpoint covers at least `size` leaves; returns it verified.
-pub(crate) fn checkpoint_covering(s: &Server, size: u64) -> Checkpoint {
-    let (_, key) = text(s, "/ledger/key");
+/// Waits until a checkpoint of `log` covers at least `size` leaves; returns it verified.
+pub(crate) fn checkpoint_covering(s: &Server, log: &str, size: u64) -> Checkpoint {
+    let (_, key) = text(s, &format!("/ledger/{log}/key"));
     let vkey = VerifierKey::parse_vkey(std::str::from_utf8(&key).unwrap()).unwrap();
+    assert!(vkey.name.ends_with(&format!("/{log}")), "{}", vkey.name);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, body) = text(s, "/ledger/checkpoint");
+        let (status, body) = text(s, &format!("/ledger/{log}/checkpoint"));
         if status == 200 {
             let note = Note::parse(&body).unwrap();
             vkey.verify(&note).unwrap();
@@ -41,7 +42,7 @@ pub(crate) fn checkpoint_covering(s: &Server, size: u64) -> Checkpoint {
 }
 
 fn leaf_of(resp: &reqwest::blocking::Response) -> u64 {
-    resp.headers()["x-ledger-leaf"]
+    resp.headers()[medvault_server::ACCESS_LEAF_HEADER]
         .to_str()
         .unwrap()
         .parse()
@@ -80,13 +81,105 @@ fn every_access_is_a_leaf_and_proofs_verify() {
     assert_eq!(bad_purpose.status(), 400);
     let last = leaf_of(&bad_purpose);
 
-    let cp = checkpoint_covering(&s, last + 1);
-    // Tile 0 (partial) holds the leaf hashes of the entry bundle's entries.
-    let w = cp.size.min(255);
-    assert!(cp.size < 256, "test expects a small log");
-    let (st, tile) = text(&s, &format!("/ledger/tile/0/000.p/{w}"));
+    let cp = checkpoint_covering(&s, "access", last + 1);
+    let entries = check_tiles(&s, "access", &cp);
+    // The access log holds only audit leaves; no PHI in them: each is a fixed-size entry.
+    assert!(
+        entries
+            .iter()
+            .all(|e| Entry::decode(e).unwrap().kind == EntryKind::Audit)
+    );
+    // The records log holds the create's leaf, and only record leaves.
+    let records = checkpoint_covering(&s, "records", 1);
+    let record_entries = check_tiles(&s, "records", &records);
+    assert_eq!(record_entries.len(), 1);
+    assert_eq!(
+        Entry::decode(&record_entries[0]).unwrap().kind,
+        EntryKind::Record
+    );
+    // The access checkpoint pins a records tree head the records leaves reproduce, and the
+    // records checkpoint pins an access head.
+    let (pinned_size, pinned_root) = cp.pin("records").unwrap().expect("records pin");
+    assert_eq!((pinned_size, pinned_root), (records.size, records.root));
+    assert!(records.pin("access").unwrap().is_some());
+    // Tiles beyond the checkpoint, and unknown logs, are not served.
+    let w = cp.size;
+    assert_eq!(
+        text(&s, &format!("/ledger/access/tile/0/000.p/{}", w + 1)).0,
+        404
+    );
+    assert_eq!(text(&s, "/ledger/access/tile/0/001").0, 404);
+    assert_eq!(text(&s, "/ledger/access/tile/0/00x").0, 404);
+    assert_eq!(text(&s, "/ledger/other/checkpoint").0, 404);
+    assert_eq!(text(&s, "/ledger/checkpoint").0, 404);
+
+    // Inclusion proof of the read's audit leaf, against the checkpoint.
+    let (st, body) = text(
+        &s,
+        &format!(
+            "/ledger/access/proof/inclusion?index={read_leaf}&size={}",
+            cp.size
+        ),
+    );
     assert_eq!(st, 200);
-    let (st, bundle) = text(&s, &format!("/ledger/tile/entries/000.p/{w}"));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let entry = B64.decode(v["entry"].as_str().unwrap()).unwrap();
+    assert_eq!(Entry::decode(&entry).unwrap().kind, EntryKind::Audit);
+    verify_inclusion(
+        read_leaf,
+        cp.size,
+        &leaf_hash(&entry),
+        &hashes(&v["proof"]),
+        &cp.root,
+    )
+    .unwrap();
+
+    // Consistency between an early size and the checkpoint, from the tiles' own root.
+    let mut tree = medvault_ledger::MemoryTree::new();
+    for e in entries.iter().take(3) {
+        tree.push(leaf_hash(e));
+    }
+    let (st, body) = text(
+        &s,
+        &format!("/ledger/access/proof/consistency?old=3&new={}", cp.size),
+    );
+    assert_eq!(st, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    verify_consistency(3, cp.size, &tree.root(), &cp.root, &hashes(&v["proof"])).unwrap();
+    for bad in [
+        "/ledger/access/proof/inclusion?index=5&size=5",
+        "/ledger/access/proof/inclusion?index=0&size=999999",
+        "/ledger/access/proof/inclusion?index=x&size=1",
+        "/ledger/access/proof/consistency?old=0&new=3",
+        "/ledger/access/proof/consistency?old=4&new=3",
+        "/ledger/records/proof/inclusion?index=1&size=1",
+    ] {
+        assert_eq!(text(&s, bad).0, 400, "{bad}");
+    }
+
+    // The whole directory verifies while the server runs.
+    let dir = s.dir.to_str().unwrap().to_owned();
+    let (ok, out, err) = s.cli(&["ledger", "verify", "--data-dir", &dir]);
+    assert!(ok, "verify failed: {out} {err}");
+    assert!(out.contains("ledger verified"), "{out}");
+}
+
+fn hashes(v: &Value) -> Vec<[u8; 32]> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+        .collect()
+}
+
+/// Fetches the (partial) first level-0 tile and entry bundle of `log` covering `cp`, checks the
+/// tile holds the hashes of the bundle's entries, and returns the entries.
+fn check_tiles(s: &Server, log: &str, cp: &Checkpoint) -> Vec<Vec<u8>> {
+    let w = cp.size;
+    assert!(0 < w && w < 256, "test expects a small log");
+    let (st, tile) = text(s, &format!("/ledger/{log}/tile/0/000.p/{w}"));
+    assert_eq!(st, 200);
+    let (st, bundle) = text(s, &format!("/ledger/{log}/tile/entries/000.p/{w}"));
     assert_eq!(st, 200);
     let mut entries = Vec::new();
     let mut rest = &bundle[..];
@@ -97,70 +190,17 @@ fn every_access_is_a_leaf_and_proofs_verify() {
     }
     assert_eq!(entries.len() as u64, w);
     assert_eq!(tile.len() as u64, 32 * w);
-    for (i, e) in entries.iter().enumerate() {
-        assert_eq!(&tile[32 * i..32 * i + 32], &leaf_hash(e)[..], "leaf {i}");
-    }
-    // No PHI in leaves: each is a fixed-size entry of a known kind.
-    let kinds: Vec<EntryKind> = entries
-        .iter()
-        .map(|e| Entry::decode(e).unwrap().kind)
-        .collect();
-    assert!(kinds.contains(&EntryKind::Record) && kinds.contains(&EntryKind::Audit));
-    // Tiles beyond the checkpoint are not served.
-    assert_eq!(text(&s, &format!("/ledger/tile/0/000.p/{}", w + 1)).0, 404);
-    assert_eq!(text(&s, "/ledger/tile/0/001").0, 404);
-    assert_eq!(text(&s, "/ledger/tile/0/00x").0, 404);
-
-    // Inclusion proof of the read's audit leaf, against the checkpoint.
-    let (st, body) = text(
-        &s,
-        &format!("/ledger/proof/inclusion?index={read_leaf}&size={}", cp.size),
-    );
-    assert_eq!(st, 200);
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    let entry = B64.decode(v["entry"].as_str().unwrap()).unwrap();
-    assert_eq!(Entry::decode(&entry).unwrap().kind, EntryKind::Audit);
-    let proof: Vec<[u8; 32]> = v["proof"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
-        .collect();
-    verify_inclusion(read_leaf, cp.size, &leaf_hash(&entry), &proof, &cp.root).unwrap();
-
-    // Consistency between an early size and the checkpoint, from the tiles' own root.
     let mut tree = medvault_ledger::MemoryTree::new();
-    for e in entries.iter().take(3) {
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(
+            &tile[32 * i..32 * i + 32],
+            &leaf_hash(e)[..],
+            "{log} leaf {i}"
+        );
         tree.push(leaf_hash(e));
     }
-    let (st, body) = text(
-        &s,
-        &format!("/ledger/proof/consistency?old=3&new={}", cp.size),
-    );
-    assert_eq!(st, 200);
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    let proof: Vec<[u8; 32]> = v["proof"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
-        .collect();
-    verify_consistency(3, cp.size, &tree.root(), &cp.root, &proof).unwrap();
-    for bad in [
-        "/ledger/proof/inclusion?index=5&size=5",
-        "/ledger/proof/inclusion?index=0&size=999999",
-        "/ledger/proof/inclusion?index=x&size=1",
-        "/ledger/proof/consistency?old=0&new=3",
-        "/ledger/proof/consistency?old=4&new=3",
-    ] {
-        assert_eq!(text(&s, bad).0, 400, "{bad}");
-    }
-
-    // The whole directory verifies while the server runs.
-    let dir = s.dir.to_str().unwrap().to_owned();
-    let (ok, out, err) = s.cli(&["ledger", "verify", "--data-dir", &dir]);
-    assert!(ok, "verify failed: {out} {err}");
-    assert!(out.contains("ledger verified"), "{out}");
+    assert_eq!(tree.root(), cp.root, "{log} tiles reproduce the checkpoint");
+    entries
 }
 
 /// A tiny deterministic generator, so a failing tampering can be replayed from its seed.
@@ -185,8 +225,34 @@ pub(crate) fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Applies tampering `kind` to a random row; returns what it did.
-fn tamper(db: &Path, kind: u64, rng: &mut Rng) -> String {
+/// Kinds of tampering [`tamper`] knows.
+const TAMPERINGS: u64 = 10;
+
+/// Applies tampering `kind` to a random row of the data directory `dir` (kinds 8 and 9 put back
+/// the access or records database of `old`, an earlier copy); returns what it did.
+fn tamper(dir: &Path, old: &Path, kind: u64, rng: &mut Rng) -> String {
+    let records = dir.join("medvault.db");
+    let access = dir.join("access.db");
+    let db = match kind {
+        0 | 3 => &records,
+        6 => &access,
+        8 | 9 => {
+            let name = if kind == 8 {
+                "access.db"
+            } else {
+                "medvault.db"
+            };
+            std::fs::copy(old.join(name), dir.join(name)).unwrap();
+            return format!("put back an older {name}");
+        }
+        _ if rng.below(2) == 0 => &records,
+        _ => &access,
+    };
+    let log = if db == &records { "records" } else { "access" };
+    format!("{log} log: {}", tamper_rows(db, kind, rng))
+}
+
+fn tamper_rows(db: &Path, kind: u64, rng: &mut Rng) -> String {
     let c = rusqlite::Connection::open(db).unwrap();
     let pick = |rng: &mut Rng, table: &str, key: &str| -> i64 {
         let keys: Vec<i64> = c
@@ -273,7 +339,7 @@ fn tamper(db: &Path, kind: u64, rng: &mut Rng) -> String {
             };
             let (ea, eb) = (get(a), get(b));
             if ea == eb {
-                return tamper(db, 1, rng);
+                return tamper_rows(db, 1, rng);
             }
             c.execute(
                 "UPDATE ledger_leaves SET entry = ?1 WHERE idx = ?2",
@@ -322,24 +388,35 @@ fn tamper(db: &Path, kind: u64, rng: &mut Rng) -> String {
 #[test]
 fn ledger_verify_catches_every_tampering() {
     let mut s = Server::start();
-    for i in 0..6 {
-        let id = s.create(&patient(&format!("Tamperfam{i}"), "Bo"));
-        let (st, _) = s.get(&format!("Patient/{id}"));
-        assert_eq!(st, 200);
-        if i % 2 == 0 {
-            let (st, _) = s.delete(&format!("Patient/{id}"));
+    let work = |s: &Server, n: usize| {
+        for i in 0..n {
+            let id = s.create(&patient(&format!("Tamperfam{i}"), "Bo"));
+            let (st, _) = s.get(&format!("Patient/{id}"));
             assert_eq!(st, 200);
+            if i % 2 == 0 {
+                let (st, _) = s.delete(&format!("Patient/{id}"));
+                assert_eq!(st, 200);
+            }
         }
-    }
+    };
+    work(&s, 4);
     s.stop();
     let env: Vec<(&str, &str)> = s
         .env
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
+    // An earlier copy of the directory, for the rollback tamperings; then more work.
+    let scratch = tempfile::tempdir().unwrap();
+    let old = scratch.path().join("old");
+    copy_dir(&s.dir, &old);
+    let mut again = Server::start_in(&s.dir, &env);
+    work(&again, 3);
+    again.stop();
     let dir = s.dir.to_str().unwrap().to_owned();
     let (ok, out, err) = cli(&["ledger", "verify", "--data-dir", &dir], &env);
     assert!(ok, "honest directory must verify: {out} {err}");
+    assert!(out.contains("records log 11 leaves"), "{out}");
 
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -347,13 +424,12 @@ fn ledger_verify_catches_every_tampering() {
         .as_nanos() as u64
         | 1;
     let mut rng = Rng(seed);
-    let work = tempfile::tempdir().unwrap();
-    let rounds = 32;
+    let rounds = 40;
     let mut caught = 0;
     for round in 0..rounds {
-        let copy = work.path().join(format!("r{round}"));
+        let copy = scratch.path().join(format!("r{round}"));
         copy_dir(&s.dir, &copy);
-        let did = tamper(&copy.join("medvault.db"), round % 8, &mut rng);
+        let did = tamper(&copy, &old, round % TAMPERINGS, &mut rng);
         let (ok, out, err) = cli(
             &["ledger", "verify", "--data-dir", copy.to_str().unwrap()],
             &env,

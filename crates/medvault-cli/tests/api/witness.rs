@@ -1,6 +1,6 @@
-//! Two nodes on loopback: one witnesses the other's log (C2SP tlog-witness). Cosigning works and
-//! is checked by `ledger verify`; a rolled-back or forked copy of the log is refused, and the
-//! refusal is recorded in the witness's own ledger.
+//! Two nodes on loopback: one witnesses the other's two logs (C2SP tlog-witness). Cosigning works
+//! and is checked by `ledger verify`; a rolled-back or forked copy of a log is refused, and the
+//! refusal is recorded in the witness's own access log.
 
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,10 @@ fn post_witness(b: &Server, body: String) -> reqwest::blocking::Response {
 
 fn consistency(s: &Server, old: u64, new: u64) -> Vec<[u8; 32]> {
     use base64::Engine as _;
-    let (st, body) = raw_get(s, &format!("/ledger/proof/consistency?old={old}&new={new}"));
+    let (st, body) = raw_get(
+        s,
+        &format!("/ledger/access/proof/consistency?old={old}&new={new}"),
+    );
     assert_eq!(st, 200);
     let v: Value = serde_json::from_slice(&body).unwrap();
     v["proof"]
@@ -46,19 +49,39 @@ fn consistency(s: &Server, old: u64, new: u64) -> Vec<[u8; 32]> {
         .collect()
 }
 
+/// Waits until the newest checkpoint of `log` on `s` is larger than `above` and cosigned by `wk`;
+/// returns its size.
+fn cosigned_above(s: &Server, log: &str, wk: &VerifierKey, above: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = raw_get(s, &format!("/ledger/{log}/checkpoint"));
+        let note = Note::parse(&body).unwrap();
+        let size = medvault_ledger::Checkpoint::parse(&note.text).unwrap().size;
+        if size > above && wk.verify(&note).is_ok() {
+            return size;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the witness did not cosign {log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_witness_cosigns_and_refuses_rollbacks_and_forks() {
-    // The log, first without a witness; a snapshot of it becomes the "fork" later.
+    // The log node, first without a witness; a snapshot of it becomes the "fork" later.
     let mut a = Server::start();
     a.create(&patient("Witnessfam", "Al"));
-    let log_key = vkey(&a, "/ledger/key");
+    let records_key = vkey(&a, "/ledger/records/key");
+    let access_key = vkey(&a, "/ledger/access/key");
     a.stop();
     let work = tempfile::tempdir().unwrap();
     let fork_dir = work.path().join("fork");
     copy_dir(&a.dir, &fork_dir);
 
-    // The witness, trusting the log's checkpoint key.
-    let b = Server::start_with(&["--witness-for", &log_key]);
+    // The witness, trusting both of the node's checkpoint keys.
+    let b = Server::start_with(&["--witness-for", &records_key, "--witness-for", &access_key]);
     let witness_key = vkey(&b, "/witness/key");
     let wk = VerifierKey::parse_vkey(&witness_key).unwrap();
 
@@ -72,33 +95,25 @@ fn a_witness_cosigns_and_refuses_rollbacks_and_forks() {
         ],
     );
     a.create(&patient("Witnessfam", "Bea"));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let cosigned_size = loop {
-        let (_, body) = raw_get(&a, "/ledger/checkpoint");
-        let note = Note::parse(&body).unwrap();
-        if wk.verify(&note).is_ok() {
-            break medvault_ledger::Checkpoint::parse(&note.text).unwrap().size;
-        }
-        assert!(Instant::now() < deadline, "the witness never cosigned");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let cosigned_size = cosigned_above(&a, "access", &wk, 0);
+    cosigned_above(&a, "records", &wk, 1);
     let dir = a.dir.to_str().unwrap().to_owned();
     let (ok, out, err) = a.cli(&["ledger", "verify", "--data-dir", &dir]);
     assert!(ok, "{out} {err}");
-    assert!(out.contains("cosigned by"), "{out}");
+    assert_eq!(out.matches("cosigned by").count(), 2, "both logs: {out}");
 
     // The fork: the snapshot taken before the cosigned size, grown with other entries.
     let fork = Server::start_in(&fork_dir, &[]);
-    let fork_start = checkpoint_covering(&fork, 1).size;
+    let fork_start = checkpoint_covering(&fork, "access", 1).size;
     assert!(fork_start < cosigned_size);
-    let (_, early_note) = raw_get(&fork, "/ledger/checkpoint");
+    let (_, early_note) = raw_get(&fork, "/ledger/access/checkpoint");
     let early_note = Note::parse(&early_note).unwrap();
     for i in 0..(cosigned_size + 5) {
         let (st, _) = fork.get(&format!("Patient?family=Other{i}"));
         assert_eq!(st, 200);
     }
-    let forked = checkpoint_covering(&fork, cosigned_size + 1);
-    let (_, forked_note) = raw_get(&fork, "/ledger/checkpoint");
+    let forked = checkpoint_covering(&fork, "access", cosigned_size + 1);
+    let (_, forked_note) = raw_get(&fork, "/ledger/access/checkpoint");
     let forked_note = Note::parse(&forked_note).unwrap();
 
     // A log that claims the witness never cosigned it (old 0) → 409 with the witnessed size, as
@@ -107,7 +122,8 @@ fn a_witness_cosigns_and_refuses_rollbacks_and_forks() {
     assert_eq!(r.status(), 409);
     assert_eq!(r.headers()["content-type"], "text/x.tlog.size");
     assert!(
-        r.headers().contains_key("x-ledger-leaf"),
+        r.headers()
+            .contains_key(medvault_server::ACCESS_LEAF_HEADER),
         "refusal recorded"
     );
     let witnessed: u64 = r.text().unwrap().trim().parse().unwrap();
@@ -120,7 +136,8 @@ fn a_witness_cosigns_and_refuses_rollbacks_and_forks() {
     let r = post_witness(&b, AddCheckpoint::render(0, &[], &early_note));
     assert_eq!(r.status(), 409);
     assert!(
-        r.headers().contains_key("x-ledger-leaf"),
+        r.headers()
+            .contains_key(medvault_server::ACCESS_LEAF_HEADER),
         "refusal recorded"
     );
 
@@ -129,7 +146,8 @@ fn a_witness_cosigns_and_refuses_rollbacks_and_forks() {
     let r = post_witness(&b, AddCheckpoint::render(witnessed, &proof, &forked_note));
     assert_eq!(r.status(), 422);
     assert!(
-        r.headers().contains_key("x-ledger-leaf"),
+        r.headers()
+            .contains_key(medvault_server::ACCESS_LEAF_HEADER),
         "refusal recorded"
     );
     assert!(r.text().unwrap().contains("does not verify"));
@@ -140,7 +158,7 @@ fn a_witness_cosigns_and_refuses_rollbacks_and_forks() {
     unsigned.signatures[0].signature[0] ^= 1;
     let r = post_witness(&b, AddCheckpoint::render(witnessed, &proof, &unsigned));
     assert_eq!(r.status(), 403);
-    let (_, own) = raw_get(&b, "/ledger/checkpoint");
+    let (_, own) = raw_get(&b, "/ledger/access/checkpoint");
     let r = post_witness(
         &b,
         AddCheckpoint::render(0, &[], &Note::parse(&own).unwrap()),
@@ -151,16 +169,5 @@ fn a_witness_cosigns_and_refuses_rollbacks_and_forks() {
 
     // The honest log keeps being cosigned after all that.
     a.create(&patient("Witnessfam", "Cy"));
-    let before = cosigned_size;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, body) = raw_get(&a, "/ledger/checkpoint");
-        let note = Note::parse(&body).unwrap();
-        let size = medvault_ledger::Checkpoint::parse(&note.text).unwrap().size;
-        if size > before && wk.verify(&note).is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the witness stopped cosigning");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cosigned_above(&a, "access", &wk, cosigned_size);
 }
