@@ -324,7 +324,9 @@ fn walk(
             }
             for hash in leaf_hashes {
                 frontier.append(hash, |level, index, hash| {
-                    emitted.push((level, index, *hash));
+                    if level > 0 {
+                        emitted.push((level, index, *hash));
+                    }
                 });
                 for (n, root) in roots {
                     if frontier.size() == *n && frontier.root() != *root {
@@ -396,7 +398,7 @@ fn check_checkpoint(
 }
 
 /// What one verification step reads: leaves `[start, start + want)`, their audit details, and
-/// for every level the stored nodes those leaves complete (node `i` of level `l` is completed by
+/// for every level from 1 the stored nodes those leaves complete (node `i` of level `l` is completed by
 /// leaf `(i + 1)·2^l − 1`, so they are indexes `[start >> l, (start + want) >> l)`).
 struct Chunk {
     start: u64,
@@ -410,7 +412,8 @@ fn read_chunk(store: &(dyn StoreRead + Sync), start: u64, want: u64) -> Result<C
     let entries = store.ledger_entries(start, want)?;
     let details = store.audit_details(start, want)?;
     let mut nodes = Vec::new();
-    for level in 0..64u8 {
+    // Level 0 is not stored (leaf hashes are hashed from the leaves, as this walk does).
+    for level in 1..64u8 {
         let (lo, hi) = (start >> level, (start + want) >> level);
         if hi == 0 {
             break;

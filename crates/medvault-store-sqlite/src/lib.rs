@@ -313,6 +313,18 @@ fn run_group(
             .map(|_| Err(StoreError::Backend(msg.clone().into())))
             .collect();
     }
+    // The tree size before this group: every committed leaf is already hashed into the tree.
+    let committed = match sql::ledger_size(conn) {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            let msg = e.to_string();
+            return ops
+                .iter()
+                .map(|_| Err(StoreError::Backend(msg.clone().into())))
+                .collect();
+        }
+    };
     let mut results = Vec::with_capacity(ops.len());
     let mut shred = false;
     for op in ops {
@@ -360,9 +372,9 @@ fn run_group(
     // Hash the group's ledger leaves into the tree inside the same transaction, on a copy of
     // the frontier that replaces the real one only once the commit succeeded.
     let mut next = frontier.clone();
-    let committed = sql::integrate(conn, &mut next)
+    let done = sql::integrate(conn, &mut next, committed)
         .and_then(|()| conn.execute_batch("COMMIT").map_err(backend));
-    if let Err(e) = committed {
+    if let Err(e) = done {
         let _ = conn.execute_batch("ROLLBACK");
         if let Ok(f) = sql::load_frontier(conn) {
             *frontier = f;
@@ -521,7 +533,7 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.meta("tenant").unwrap().as_deref(), Some("t"));
-        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("3"));
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("4"));
         // The writer resumes the tree where it stopped.
         audit(&s, 5);
         let mut want = medvault_ledger::MemoryTree::new();

@@ -113,10 +113,17 @@ const NODE_MIGRATIONS: &[&str] = &[
     ),
     // v3: logs this node witnesses (since moved to the access log's database; the table stays).
     witnessed_table!(),
+    // v4: level 0 (leaf hashes) is no longer stored; it is hashed from the leaves when needed.
+    DROP_LEVEL_ZERO,
 ];
 
+const DROP_LEVEL_ZERO: &str = "DELETE FROM ledger_nodes WHERE level = 0;";
+
 /// The access log's database: one log and the witness state, nothing else.
-const ACCESS_LOG_MIGRATIONS: &[&str] = &[concat!(meta_table!(), log_tables!(), witnessed_table!())];
+const ACCESS_LOG_MIGRATIONS: &[&str] = &[
+    concat!(meta_table!(), log_tables!(), witnessed_table!()),
+    DROP_LEVEL_ZERO,
+];
 
 pub(crate) fn migrate(conn: &mut Connection, schema: Schema) -> Result<(), StoreError> {
     let tx = conn

@@ -295,12 +295,23 @@ pub(crate) fn ledger_size(c: &Connection) -> Result<u64, StoreError> {
         .map_err(backend)
 }
 
+/// Nodes `[start, start + count)` of tree level `level`, stopping at the first one missing.
+/// Level 0 (leaf hashes) is not stored: it is hashed from the leaves themselves.
 pub(crate) fn ledger_nodes(
     c: &Connection,
     level: u8,
     start: u64,
     count: u64,
 ) -> Result<Vec<Hash>, StoreError> {
+    if level == 0 {
+        let entries = ledger_entries(c, start, count)?;
+        return Ok(entries
+            .iter()
+            .enumerate()
+            .take_while(|(i, (idx, _))| *idx == start + *i as u64)
+            .map(|(_, (_, e))| leaf_hash(e))
+            .collect());
+    }
     let mut s = c
         .prepare_cached(
             "SELECT idx, hash FROM ledger_nodes WHERE level = ?1 AND idx >= ?2 AND idx < ?3
@@ -332,16 +343,28 @@ pub(crate) fn ledger_nodes_at(
     c: &Connection,
     keys: &[(u8, u64)],
 ) -> Result<Vec<Option<Hash>>, StoreError> {
-    let mut s = c
+    let mut node = c
         .prepare_cached("SELECT hash FROM ledger_nodes WHERE level = ?1 AND idx = ?2")
+        .map_err(backend)?;
+    let mut leaf = c
+        .prepare_cached("SELECT entry FROM ledger_leaves WHERE idx = ?1")
         .map_err(backend)?;
     keys.iter()
         .map(|(level, idx)| {
-            let h: Option<Vec<u8>> = s
-                .query_row(params![level, to_i64(*idx)], |r| r.get(0))
-                .optional()
-                .map_err(backend)?;
-            Ok(h.and_then(|h| <Hash>::try_from(h.as_slice()).ok()))
+            let found: Option<Vec<u8>> = if *level == 0 {
+                leaf.query_row(params![to_i64(*idx)], |r| r.get(0))
+            } else {
+                node.query_row(params![level, to_i64(*idx)], |r| r.get(0))
+            }
+            .optional()
+            .map_err(backend)?;
+            Ok(found.and_then(|b| {
+                if *level == 0 {
+                    Some(leaf_hash(&b))
+                } else {
+                    <Hash>::try_from(b.as_slice()).ok()
+                }
+            }))
         })
         .collect()
 }
@@ -479,31 +502,33 @@ fn append_leaf(c: &Connection, entry: &[u8]) -> Result<u64, StoreError> {
 }
 
 /// Loads the frontier of the stored tree.
+/// The frontier of the committed tree. Every committed leaf is integrated: leaves are hashed
+/// into the tree in the transaction that appends them.
 pub(crate) fn load_frontier(c: &Connection) -> Result<Frontier, StoreError> {
+    load_frontier_at(c, ledger_size(c)?)
+}
+
+fn load_frontier_at(c: &Connection, size: u64) -> Result<Frontier, StoreError> {
     let view = Tx {
         conn: c,
         shredded: false,
     };
-    Frontier::load(&LedgerNodes(&view), integrated_size(c)?)
-        .map_err(|e| StoreError::Backend(Box::new(e)))
-}
-
-/// Leaves already hashed into the stored tree.
-fn integrated_size(c: &Connection) -> Result<u64, StoreError> {
-    c.prepare_cached("SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_nodes WHERE level = 0")
-        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
-        .map(|n| u64::try_from(n).unwrap_or(0))
-        .map_err(backend)
+    Frontier::load(&LedgerNodes(&view), size).map_err(|e| StoreError::Backend(Box::new(e)))
 }
 
 /// Hashes the leaves appended since `frontier` into the tree, storing every subtree they
 /// complete. Runs in the writer's transaction just before it commits (which holds the write
-/// lock, so no other process can integrate at the same time).
-pub(crate) fn integrate(c: &Connection, frontier: &mut Frontier) -> Result<(), StoreError> {
+/// lock, so no other process can integrate at the same time). `committed` is the tree size when
+/// the transaction began. Level 0 is not stored (leaf hashes are hashed from the leaves).
+pub(crate) fn integrate(
+    c: &Connection,
+    frontier: &mut Frontier,
+    committed: u64,
+) -> Result<(), StoreError> {
     // Another process (a CLI command on the same data directory) may have appended and
     // integrated leaves since this writer last committed.
-    if integrated_size(c)? != frontier.size() {
-        *frontier = load_frontier(c)?;
+    if committed != frontier.size() {
+        *frontier = load_frontier_at(c, committed)?;
     }
     let pending = ledger_entries(c, frontier.size(), u64::MAX)?;
     if pending.is_empty() {
@@ -520,7 +545,8 @@ pub(crate) fn integrate(c: &Connection, frontier: &mut Frontier) -> Result<(), S
             ));
         }
         frontier.append(leaf_hash(&entry), |level, i, h| {
-            if failed.is_none()
+            if level > 0
+                && failed.is_none()
                 && let Err(e) = ins.execute(params![level, to_i64(i), &h[..]])
             {
                 failed = Some(e);

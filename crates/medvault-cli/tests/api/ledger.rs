@@ -365,7 +365,7 @@ fn tamper_rows(db: &Path, kind: u64, rng: &mut Rng) -> String {
             }
         }
         _ => {
-            let level = rng.below(3);
+            let level = 1 + rng.below(2);
             let k = pick(rng, &format!("ledger_nodes WHERE level = {level}"), "idx");
             let mut h: Vec<u8> = c
                 .query_row(
