@@ -12,6 +12,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again, note);
         if let Ok(cp) = Checkpoint::parse(&note.text) {
             assert_eq!(Checkpoint::parse(&cp.text()).expect("round trip"), cp);
+            for label in ["records", "access"] {
+                if let Ok(Some((size, root))) = cp.pin(label) {
+                    let line = medvault_ledger::pin_line(label, size, &root);
+                    assert!(cp.extensions.contains(&line), "a parsed pin renders as its line");
+                }
+            }
         }
     }
     let _ = AddCheckpoint::parse(data);
