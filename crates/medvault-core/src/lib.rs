@@ -187,21 +187,59 @@ impl Compartment {
     }
 }
 
-/// What a bearer of a credential may do. Later issues add clinical roles.
+/// What a bearer of a credential may do. The policy issue refines the clinical roles by care
+/// relationship and consent; until then their access is as [`Role::fhir_access`] says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// Full access to the FHIR API and administration.
     Admin,
     /// Reads the audit trail (`AuditEvent`) and nothing else.
     Auditor,
+    /// A physician or other licensed clinician.
+    Clinician,
+    /// A nurse.
+    Nurse,
+    /// A researcher (de-identified and aggregate data only, once the policy issue grants it).
+    Researcher,
+    /// A patient (their own compartment only, once the policy issue grants it).
+    Patient,
+    /// The privacy officer: reads the audit trail, investigates access.
+    PrivacyOfficer,
+}
+
+/// What a role may reach in the FHIR API before the policy engine exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FhirAccess {
+    /// Every interaction on every resource type.
+    Full,
+    /// Reading `AuditEvent` only.
+    AuditTrail,
+    /// Nothing yet (refused with 403 until a policy grants it).
+    None,
 }
 
 impl Role {
+    /// Every role, in a stable order.
+    pub const ALL: [Self; 7] = [
+        Self::Admin,
+        Self::Auditor,
+        Self::Clinician,
+        Self::Nurse,
+        Self::Researcher,
+        Self::Patient,
+        Self::PrivacyOfficer,
+    ];
+
     /// The stable text form stored with credentials.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Admin => "admin",
             Self::Auditor => "auditor",
+            Self::Clinician => "clinician",
+            Self::Nurse => "nurse",
+            Self::Researcher => "researcher",
+            Self::Patient => "patient",
+            Self::PrivacyOfficer => "privacy-officer",
         }
     }
 
@@ -210,17 +248,43 @@ impl Role {
     /// # Errors
     /// [`CoreError::UnknownRole`] for any other text.
     pub fn parse(text: &str) -> Result<Self, CoreError> {
-        match text {
-            "admin" => Ok(Self::Admin),
-            "auditor" => Ok(Self::Auditor),
-            _ => Err(CoreError::UnknownRole),
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == text)
+            .ok_or(CoreError::UnknownRole)
+    }
+
+    /// The FHIR access the role has before the policy engine (issue 5) refines it.
+    pub fn fhir_access(self) -> FhirAccess {
+        match self {
+            Self::Admin | Self::Clinician | Self::Nurse => FhirAccess::Full,
+            Self::Auditor | Self::PrivacyOfficer => FhirAccess::AuditTrail,
+            Self::Researcher | Self::Patient => FhirAccess::None,
         }
+    }
+
+    /// True for roles whose sessions follow NIST 800-63B AAL3 reauthentication limits
+    /// (shorter idle timeout).
+    pub fn is_aal3(self) -> bool {
+        matches!(self, Self::Admin)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_round_trip_and_map_to_access() {
+        for r in Role::ALL {
+            assert_eq!(Role::parse(r.as_str()), Ok(r));
+        }
+        assert_eq!(Role::parse("root"), Err(CoreError::UnknownRole));
+        assert_eq!(Role::Nurse.fhir_access(), FhirAccess::Full);
+        assert_eq!(Role::PrivacyOfficer.fhir_access(), FhirAccess::AuditTrail);
+        assert_eq!(Role::Patient.fhir_access(), FhirAccess::None);
+        assert!(Role::Admin.is_aal3() && !Role::Clinician.is_aal3());
+    }
 
     #[test]
     fn ids_follow_the_fhir_pattern() {

@@ -5,6 +5,7 @@ use axum::extract::{FromRequest, MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use medvault_core::{FhirAccess, Role};
 use medvault_store::write_with;
 use serde_json::Value;
 
@@ -213,11 +214,11 @@ async fn dispatch(
     let base = base_url(&state, &headers);
     let audit_view =
         matches!(&target, Target::Type(t) | Target::Instance(t, _) if t == "AuditEvent");
-    if who.role == medvault_core::Role::Auditor && !audit_view && target != Target::Metadata {
+    if let Some(why) = role_refusal(who.role, audit_view, &target) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             IssueCode::Forbidden,
-            "the auditor role may only read AuditEvent resources",
+            why,
         ));
     }
     if audit_view {
@@ -506,6 +507,23 @@ fn purpose_of_use(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
                 "X-Purpose-Of-Use must be one HL7 v3 PurposeOfUse code, e.g. TREAT",
             )
         })
+}
+
+/// Why `role` may not reach `target`, if it may not (the role gate until the policy engine).
+fn role_refusal(role: Role, audit_view: bool, target: &Target) -> Option<&'static str> {
+    if *target == Target::Metadata {
+        return None;
+    }
+    match (role.fhir_access(), audit_view) {
+        (FhirAccess::Full, false) => None,
+        (FhirAccess::Full, true) if role == Role::Admin => None,
+        (FhirAccess::AuditTrail, true) => None,
+        (FhirAccess::AuditTrail, false) => Some("this role may only read AuditEvent resources"),
+        (FhirAccess::Full, true) => {
+            Some("the audit trail is for admins, auditors and privacy officers")
+        }
+        (FhirAccess::None, _) => Some("no policy grants this role access to FHIR data yet"),
+    }
 }
 
 /// Response header naming the request's leaf in the access log.

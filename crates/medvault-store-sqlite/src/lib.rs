@@ -20,11 +20,11 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use medvault_crypto::WrappedKey;
+use medvault_crypto::{BlindValue, WrappedKey};
 use medvault_ledger::{Frontier, Hash};
 use medvault_store::{
-    AuditDetail, CurrentMeta, DataKeyRow, IndexQuery, SearchPage, Store, StoreError, StoreRead,
-    StoredVersion, TokenRow, WriteDone, WriteOp,
+    AuditDetail, CurrentMeta, DataKeyRow, IndexQuery, SearchPage, SessionRow, Store, StoreError,
+    StoreRead, StoredVersion, TokenRow, UserRow, WriteDone, WriteOp,
 };
 use rusqlite::Connection;
 
@@ -465,6 +465,21 @@ impl StoreRead for SqliteStore {
     fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
         self.with_reader(|c| sql::token(c, hash))
     }
+    fn user(&self, id: &str) -> Result<Option<UserRow>, StoreError> {
+        self.with_reader(|c| sql::user(c, id))
+    }
+    fn user_by_name(&self, name_index: &BlindValue) -> Result<Option<UserRow>, StoreError> {
+        self.with_reader(|c| sql::user_by_name(c, name_index))
+    }
+    fn users(&self) -> Result<Vec<UserRow>, StoreError> {
+        self.with_reader(sql::users)
+    }
+    fn session(&self, hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError> {
+        self.with_reader(|c| sql::session(c, hash))
+    }
+    fn recovery_codes_left(&self, user_id: &str) -> Result<u64, StoreError> {
+        self.with_reader(|c| sql::recovery_codes_left(c, user_id))
+    }
 }
 
 impl Store for SqliteStore {
@@ -507,7 +522,7 @@ mod tests {
             Box::new(SqliteStore::open(&dir.path().join(format!("db{n}.sqlite"))).unwrap())
         });
         assert_eq!(ran, medvault_store::conformance::CHECKS.len());
-        assert_eq!(ran, 8);
+        assert_eq!(ran, 9);
     }
 
     #[test]
@@ -533,7 +548,7 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.meta("tenant").unwrap().as_deref(), Some("t"));
-        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("4"));
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("5"));
         // The writer resumes the tree where it stopped.
         audit(&s, 5);
         let mut want = medvault_ledger::MemoryTree::new();

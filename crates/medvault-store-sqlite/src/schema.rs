@@ -115,6 +115,23 @@ const NODE_MIGRATIONS: &[&str] = &[
     witnessed_table!(),
     // v4: level 0 (leaf hashes) is no longer stored; it is hashed from the leaves when needed.
     DROP_LEVEL_ZERO,
+    // v5: people (see ARCHITECTURE.md, "Identity"). Names only blinded and sealed; passwords
+    // only as Argon2id PHC strings; TOTP secrets sealed; sessions and recovery codes hashed.
+    "CREATE TABLE users (
+        id TEXT PRIMARY KEY, name_index BLOB NOT NULL UNIQUE, name_sealed BLOB NOT NULL,
+        role TEXT NOT NULL, password_hash TEXT NOT NULL, disabled INTEGER NOT NULL,
+        created INTEGER NOT NULL, totp BLOB, totp_pending BLOB, totp_last_step INTEGER,
+        failed_logins INTEGER NOT NULL, locked_until INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE recovery_codes (
+        user_id TEXT NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (user_id, hash)
+     ) WITHOUT ROWID;
+     CREATE TABLE sessions (
+        hash BLOB PRIMARY KEY, session_id TEXT NOT NULL, user_id TEXT NOT NULL,
+        aal INTEGER NOT NULL, created INTEGER NOT NULL, last_seen INTEGER NOT NULL,
+        expires INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE INDEX sessions_by_user ON sessions (user_id);",
 ];
 
 const DROP_LEVEL_ZERO: &str = "DELETE FROM ledger_nodes WHERE level = 0;";

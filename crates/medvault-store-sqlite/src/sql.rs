@@ -4,8 +4,8 @@ use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
 use medvault_ledger::{Frontier, leaf_hash};
 use medvault_ledger::{Hash, SALT_LEN};
 use medvault_store::{
-    AuditDetail, CurrentMeta, DataKeyRow, IndexQuery, LedgerNodes, SearchPage, SortOrder,
-    StoreError, StoreRead, StoreTx, StoredVersion, TokenRow,
+    AuditDetail, CurrentMeta, DataKeyRow, IndexQuery, LedgerNodes, SearchPage, SessionRow,
+    SortOrder, StoreError, StoreRead, StoreTx, StoredVersion, TokenRow, UserRow,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension as _, Row, params, params_from_iter};
@@ -260,6 +260,86 @@ pub(crate) fn search(c: &Connection, q: &IndexQuery) -> Result<SearchPage, Store
         rows,
         total: u64::try_from(total).unwrap_or(0),
     })
+}
+
+const USER_COLUMNS: &str = "id, name_index, name_sealed, role, password_hash, disabled, created,
+     totp, totp_pending, totp_last_step, failed_logins, locked_until";
+
+fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
+    let index: Vec<u8> = r.get(1)?;
+    let blob = |i: usize| -> rusqlite::Result<Option<Sealed>> {
+        Ok(r.get::<_, Option<Vec<u8>>>(i)?.map(Sealed::from_stored))
+    };
+    Ok(UserRow {
+        id: r.get(0)?,
+        name_index: BlindValue(<[u8; BLIND_LEN]>::try_from(index.as_slice()).map_err(|_| {
+            rusqlite::Error::InvalidColumnType(1, "name_index".into(), rusqlite::types::Type::Blob)
+        })?),
+        name_sealed: Sealed::from_stored(r.get(2)?),
+        role: r.get(3)?,
+        password_hash: r.get(4)?,
+        disabled: r.get(5)?,
+        created_micros: r.get(6)?,
+        totp: blob(7)?,
+        totp_pending: blob(8)?,
+        totp_last_step: r
+            .get::<_, Option<i64>>(9)?
+            .and_then(|n| u64::try_from(n).ok()),
+        failed_logins: r.get(10)?,
+        locked_until_micros: r.get(11)?,
+    })
+}
+
+pub(crate) fn user(c: &Connection, id: &str) -> Result<Option<UserRow>, StoreError> {
+    c.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))
+        .and_then(|mut s| s.query_row([id], user_row).optional())
+        .map_err(backend)
+}
+
+pub(crate) fn user_by_name(
+    c: &Connection,
+    index: &BlindValue,
+) -> Result<Option<UserRow>, StoreError> {
+    c.prepare_cached(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE name_index = ?1"
+    ))
+    .and_then(|mut s| s.query_row([&index.0[..]], user_row).optional())
+    .map_err(backend)
+}
+
+pub(crate) fn users(c: &Connection) -> Result<Vec<UserRow>, StoreError> {
+    c.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"))
+        .and_then(|mut s| s.query_map([], user_row)?.collect())
+        .map_err(backend)
+}
+
+pub(crate) fn session(c: &Connection, hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError> {
+    c.prepare_cached(
+        "SELECT session_id, user_id, aal, created, last_seen, expires FROM sessions
+         WHERE hash = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([&hash[..]], |r| {
+            Ok(SessionRow {
+                hash: *hash,
+                session_id: r.get(0)?,
+                user_id: r.get(1)?,
+                aal: r.get(2)?,
+                created_micros: r.get(3)?,
+                last_seen_micros: r.get(4)?,
+                expires_micros: r.get(5)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(backend)
+}
+
+pub(crate) fn recovery_codes_left(c: &Connection, user_id: &str) -> Result<u64, StoreError> {
+    c.prepare_cached("SELECT count(*) FROM recovery_codes WHERE user_id = ?1")
+        .and_then(|mut s| s.query_row([user_id], |r| r.get::<_, i64>(0)))
+        .map(|n| u64::try_from(n).unwrap_or(0))
+        .map_err(backend)
 }
 
 pub(crate) fn token(c: &Connection, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
@@ -602,6 +682,21 @@ impl StoreRead for Tx<'_> {
     fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
         token(self.conn, hash)
     }
+    fn user(&self, id: &str) -> Result<Option<UserRow>, StoreError> {
+        user(self.conn, id)
+    }
+    fn user_by_name(&self, name_index: &BlindValue) -> Result<Option<UserRow>, StoreError> {
+        user_by_name(self.conn, name_index)
+    }
+    fn users(&self) -> Result<Vec<UserRow>, StoreError> {
+        users(self.conn)
+    }
+    fn session(&self, hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError> {
+        session(self.conn, hash)
+    }
+    fn recovery_codes_left(&self, user_id: &str) -> Result<u64, StoreError> {
+        recovery_codes_left(self.conn, user_id)
+    }
     fn ledger_size(&self) -> Result<u64, StoreError> {
         ledger_size(self.conn)
     }
@@ -830,6 +925,102 @@ impl StoreTx for Tx<'_> {
             )
             .and_then(|mut s| s.execute(params![to_i64(size), note]))
             .map(|_| ())
+            .map_err(backend)
+    }
+
+    fn put_user(&mut self, u: &UserRow) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(&format!(
+                "INSERT INTO users ({USER_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT (id) DO UPDATE SET
+                    name_index = excluded.name_index, name_sealed = excluded.name_sealed,
+                    role = excluded.role, password_hash = excluded.password_hash,
+                    disabled = excluded.disabled, totp = excluded.totp,
+                    totp_pending = excluded.totp_pending, totp_last_step = excluded.totp_last_step,
+                    failed_logins = excluded.failed_logins, locked_until = excluded.locked_until"
+            ))
+            .and_then(|mut s| {
+                s.execute(params![
+                    u.id,
+                    &u.name_index.0[..],
+                    u.name_sealed.as_bytes(),
+                    u.role,
+                    u.password_hash,
+                    u.disabled,
+                    u.created_micros,
+                    u.totp.as_ref().map(Sealed::as_bytes),
+                    u.totp_pending.as_ref().map(Sealed::as_bytes),
+                    u.totp_last_step.map(to_i64),
+                    u.failed_logins,
+                    u.locked_until_micros,
+                ])
+            })
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn put_session(&mut self, x: &SessionRow) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO sessions
+                 (hash, session_id, user_id, aal, created, last_seen, expires)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    &x.hash[..],
+                    x.session_id,
+                    x.user_id,
+                    x.aal,
+                    x.created_micros,
+                    x.last_seen_micros,
+                    x.expires_micros,
+                ])
+            })
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn delete_sessions(
+        &mut self,
+        user_id: &str,
+        hash: Option<&[u8; 32]>,
+    ) -> Result<u64, StoreError> {
+        let n = match hash {
+            Some(h) => self
+                .conn
+                .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND hash = ?2")
+                .and_then(|mut s| s.execute(params![user_id, &h[..]])),
+            None => self
+                .conn
+                .prepare_cached("DELETE FROM sessions WHERE user_id = ?1")
+                .and_then(|mut s| s.execute([user_id])),
+        }
+        .map_err(backend)?;
+        Ok(n as u64)
+    }
+
+    fn set_recovery_codes(&mut self, user_id: &str, hashes: &[[u8; 32]]) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM recovery_codes WHERE user_id = ?1")
+            .and_then(|mut s| s.execute([user_id]))
+            .map_err(backend)?;
+        let mut ins = self
+            .conn
+            .prepare_cached("INSERT INTO recovery_codes (user_id, hash) VALUES (?1, ?2)")
+            .map_err(backend)?;
+        for h in hashes {
+            ins.execute(params![user_id, &h[..]]).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn use_recovery_code(&mut self, user_id: &str, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM recovery_codes WHERE user_id = ?1 AND hash = ?2")
+            .and_then(|mut s| s.execute(params![user_id, &hash[..]]))
+            .map(|n| n == 1)
             .map_err(backend)
     }
 

@@ -4,7 +4,8 @@
 use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 
 use crate::{
-    AuditDetail, IndexQuery, LedgerNodes, SortOrder, Store, StoreError, StoredVersion, write_with,
+    AuditDetail, IndexQuery, LedgerNodes, SessionRow, SortOrder, Store, StoreError, StoredVersion,
+    UserRow, write_with,
 };
 
 /// One conformance check: panics when the backend breaks the contract.
@@ -22,6 +23,10 @@ pub const CHECKS: &[(&str, Check)] = &[
     (
         "ledger_leaves_commit_with_their_records",
         ledger_leaves_commit_with_their_records,
+    ),
+    (
+        "users_sessions_and_recovery_codes",
+        users_sessions_and_recovery_codes,
     ),
 ];
 
@@ -622,4 +627,106 @@ fn ledger_leaves_commit_with_their_records(store: &dyn Store) {
     );
     let ids: Vec<_> = first.iter().chain(&rest).map(|v| v.id.clone()).collect();
     assert_eq!(ids, vec!["a", "b", "c"]);
+}
+
+fn user_row(id: &str, name: u8) -> UserRow {
+    UserRow {
+        id: id.into(),
+        name_index: BlindValue([name; 16]),
+        name_sealed: Sealed::from_stored(vec![name; 40]),
+        role: "clinician".into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        disabled: false,
+        created_micros: 1,
+        totp: None,
+        totp_pending: Some(Sealed::from_stored(vec![9; 48])),
+        totp_last_step: None,
+        failed_logins: 0,
+        locked_until_micros: 0,
+    }
+}
+
+fn users_sessions_and_recovery_codes(store: &dyn Store) {
+    let alice = user_row("usr_a", 1);
+    let a = alice.clone();
+    ok(write_with(store, move |tx| tx.put_user(&a)), "put user");
+    assert_eq!(ok(store.user("usr_a"), "user"), Some(alice.clone()));
+    assert_eq!(
+        ok(store.user_by_name(&BlindValue([1; 16])), "by name"),
+        Some(alice.clone())
+    );
+    assert_eq!(
+        ok(store.user_by_name(&BlindValue([2; 16])), "by name"),
+        None
+    );
+    // Another user with the same blinded name conflicts; replacing by id does not.
+    let clash = user_row("usr_b", 1);
+    assert!(matches!(
+        write_with(store, move |tx| tx.put_user(&clash)),
+        Err(StoreError::Conflict)
+    ));
+    let mut updated = alice.clone();
+    updated.totp = updated.totp_pending.take();
+    updated.totp_last_step = Some(7);
+    updated.failed_logins = 3;
+    updated.locked_until_micros = 99;
+    let u = updated.clone();
+    ok(write_with(store, move |tx| tx.put_user(&u)), "replace user");
+    assert_eq!(ok(store.user("usr_a"), "user"), Some(updated));
+    assert_eq!(ok(store.users(), "users").len(), 1);
+
+    let session = |n: u8| SessionRow {
+        hash: [n; 32],
+        session_id: format!("ses_{n}"),
+        user_id: "usr_a".into(),
+        aal: 2,
+        created_micros: 10,
+        last_seen_micros: 11,
+        expires_micros: 12,
+    };
+    let (s1, s2) = (session(1), session(2));
+    ok(
+        write_with(store, move |tx| {
+            tx.put_session(&s1)?;
+            tx.put_session(&s2)
+        }),
+        "sessions",
+    );
+    assert_eq!(ok(store.session(&[1; 32]), "session"), Some(session(1)));
+    let one = ok(
+        write_with(store, |tx| tx.delete_sessions("usr_a", Some(&[1; 32]))),
+        "logout",
+    );
+    assert_eq!(one, 1);
+    assert_eq!(ok(store.session(&[1; 32]), "session"), None);
+    let rest = ok(
+        write_with(store, |tx| tx.delete_sessions("usr_a", None)),
+        "all",
+    );
+    assert_eq!(rest, 1);
+    assert_eq!(ok(store.session(&[2; 32]), "session"), None);
+
+    ok(
+        write_with(store, |tx| {
+            tx.set_recovery_codes("usr_a", &[[5; 32], [6; 32], [7; 32]])
+        }),
+        "codes",
+    );
+    assert_eq!(ok(store.recovery_codes_left("usr_a"), "left"), 3);
+    let used = ok(
+        write_with(store, |tx| tx.use_recovery_code("usr_a", &[6; 32])),
+        "use",
+    );
+    assert!(used);
+    let again = ok(
+        write_with(store, |tx| tx.use_recovery_code("usr_a", &[6; 32])),
+        "reuse",
+    );
+    assert!(!again, "a recovery code works once");
+    assert_eq!(ok(store.recovery_codes_left("usr_a"), "left"), 2);
+    ok(
+        write_with(store, |tx| tx.set_recovery_codes("usr_a", &[[8; 32]])),
+        "replace codes",
+    );
+    assert_eq!(ok(store.recovery_codes_left("usr_a"), "left"), 1);
 }

@@ -161,6 +161,56 @@ pub struct TokenRow {
     pub token_id: String,
 }
 
+/// A person's account. The user name is stored only blinded (for lookup) and sealed (for
+/// display), never in the clear; the password only as an Argon2id PHC string; TOTP secrets only
+/// sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    /// Unique user id (`usr_…`), never reused (HIPAA unique user identification).
+    pub id: String,
+    /// Blind index of the normalised user name (unique).
+    pub name_index: BlindValue,
+    /// The user name, sealed.
+    pub name_sealed: Sealed,
+    /// Role name.
+    pub role: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// A disabled account cannot log in; its sessions are ended.
+    pub disabled: bool,
+    /// Creation time, microseconds since the Unix epoch.
+    pub created_micros: i64,
+    /// The active TOTP secret, sealed.
+    pub totp: Option<Sealed>,
+    /// A TOTP secret being enrolled (active once a code from it is confirmed), sealed.
+    pub totp_pending: Option<Sealed>,
+    /// The newest TOTP step accepted (a code is accepted once).
+    pub totp_last_step: Option<u64>,
+    /// Consecutive failed logins.
+    pub failed_logins: u32,
+    /// Logins are refused until this time (microseconds; 0 when not locked).
+    pub locked_until_micros: i64,
+}
+
+/// A login session's stored form: the token's SHA-256, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    /// SHA-256 of the session token.
+    pub hash: [u8; 32],
+    /// Non-secret id of the session (logs, audit).
+    pub session_id: String,
+    /// The user.
+    pub user_id: String,
+    /// Authenticator assurance level reached (1: password only, enrollment only; 2: MFA).
+    pub aal: u8,
+    /// Start, microseconds.
+    pub created_micros: i64,
+    /// Last use recorded, microseconds (kept to a minute's precision).
+    pub last_seen_micros: i64,
+    /// Absolute end, microseconds.
+    pub expires_micros: i64,
+}
+
 /// Reads available both to plain readers and inside a write transaction.
 pub trait StoreRead {
     /// Value of a node setting (tenant id, node id, …).
@@ -215,6 +265,31 @@ pub trait StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError>;
+    /// The user with this id.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn user(&self, id: &str) -> Result<Option<UserRow>, StoreError>;
+    /// The user whose blinded name is `name_index`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn user_by_name(&self, name_index: &BlindValue) -> Result<Option<UserRow>, StoreError>;
+    /// Every user, by id.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn users(&self) -> Result<Vec<UserRow>, StoreError>;
+    /// The session whose token hashes to `hash`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn session(&self, hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError>;
+    /// Unused recovery codes a user has left.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn recovery_codes_left(&self, user_id: &str) -> Result<u64, StoreError>;
     /// Number of ledger leaves (all of them are integrated into the tree at commit).
     ///
     /// # Errors
@@ -450,6 +525,35 @@ pub trait StoreTx: StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError>;
+    /// Inserts or replaces a user (by id).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] if another user has the same blinded name.
+    fn put_user(&mut self, user: &UserRow) -> Result<(), StoreError>;
+    /// Inserts or replaces a session (by token hash).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn put_session(&mut self, session: &SessionRow) -> Result<(), StoreError>;
+    /// Ends one session of `user_id` (`Some(hash)`) or all of them (`None`). Returns how many.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn delete_sessions(
+        &mut self,
+        user_id: &str,
+        hash: Option<&[u8; 32]>,
+    ) -> Result<u64, StoreError>;
+    /// Replaces a user's recovery codes with these hashes.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn set_recovery_codes(&mut self, user_id: &str, hashes: &[[u8; 32]]) -> Result<(), StoreError>;
+    /// Consumes a recovery code: true if it was unused (it is now used), false otherwise.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn use_recovery_code(&mut self, user_id: &str, hash: &[u8; 32]) -> Result<bool, StoreError>;
     /// Stores a bearer token hash.
     ///
     /// # Errors
