@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -10,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use medvault_core::{Compartment, ResourceId, Role};
 use medvault_crypto::{Kek, KeyFileKind, Passphrase};
 use medvault_ledger::VerifierKey;
+use medvault_server::identity::SessionLimits;
 use medvault_server::node::{KEY_FILE, Node};
 use medvault_server::witness::RemoteWitness;
 use medvault_server::{AppState, ServerConfig};
@@ -91,6 +93,21 @@ enum Command {
         /// for several logs (a node has two: give both keys to witness it fully).
         #[arg(long = "witness-for", value_name = "VKEY")]
         witness_for: Vec<String>,
+        /// Minutes a login session may sit unused before it ends (HIPAA automatic logoff;
+        /// NIST AAL2 allows at most 30).
+        #[arg(long, value_name = "MINUTES", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=30))]
+        session_idle_minutes: u64,
+        /// Minutes an admin's session may sit unused (NIST AAL3 allows at most 15).
+        #[arg(long, value_name = "MINUTES", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=15))]
+        admin_session_idle_minutes: u64,
+        /// Hours a login session lasts at most, used or not (NIST: at most 12 at AAL2/AAL3).
+        #[arg(long, value_name = "HOURS", default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=12))]
+        session_max_hours: u64,
+    },
+    /// Manage people's accounts (they log in with a password and a second factor).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
     },
     /// Manage API bearer tokens.
     Token {
@@ -153,6 +170,185 @@ enum TokenCommand {
         #[arg(long, value_enum)]
         role: RoleArg,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create an account and print its user id. The password is read from MEDVAULT_NEW_PASSWORD
+    /// or, if that is unset, from the first line of standard input; it must have at least 12
+    /// characters and not be a common password. The user then logs in (POST /auth/login) and
+    /// enrolls an authenticator app (POST /auth/totp/enroll, /auth/totp/confirm) before
+    /// reaching any data.
+    #[command(after_help = "Example:\n  \
+        printf '%s\\n' \"$PW\" | medvault user create --data-dir DIR --username j.doe --role clinician")]
+    Create {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Login name: 1-64 characters, letters, digits, '.', '_', '-', '@' (case-insensitive).
+        #[arg(long)]
+        username: String,
+        /// The person's role.
+        #[arg(long, value_enum)]
+        role: PersonRole,
+    },
+    /// Refuse the user's logins and end their sessions (running servers notice within 30 s).
+    #[command(after_help = "Example:\n  medvault user disable --data-dir DIR j.doe")]
+    Disable {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Login name.
+        username: String,
+    },
+    /// Allow a disabled user to log in again.
+    #[command(after_help = "Example:\n  medvault user enable --data-dir DIR j.doe")]
+    Enable {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Login name.
+        username: String,
+    },
+    /// Clear a lockout after repeated failed logins.
+    #[command(after_help = "Example:\n  medvault user unlock --data-dir DIR j.doe")]
+    Unlock {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Login name.
+        username: String,
+    },
+    /// List accounts: id, name, role, state, second factor.
+    #[command(after_help = "Example:\n  medvault user list --data-dir DIR")]
+    List {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PersonRole {
+    /// Administers the node; full FHIR access; shorter session idle timeout (AAL3 limits).
+    Admin,
+    /// A physician or other licensed clinician.
+    Clinician,
+    /// A nurse.
+    Nurse,
+    /// A researcher (no FHIR data until a policy grants it).
+    Researcher,
+    /// A patient (no FHIR data until a policy grants it).
+    Patient,
+    /// Reads the audit trail only.
+    Auditor,
+    /// Reads the audit trail; investigates access.
+    PrivacyOfficer,
+}
+
+impl PersonRole {
+    fn role(self) -> Role {
+        match self {
+            Self::Admin => Role::Admin,
+            Self::Clinician => Role::Clinician,
+            Self::Nurse => Role::Nurse,
+            Self::Researcher => Role::Researcher,
+            Self::Patient => Role::Patient,
+            Self::Auditor => Role::Auditor,
+            Self::PrivacyOfficer => Role::PrivacyOfficer,
+        }
+    }
+}
+
+fn new_password() -> anyhow::Result<medvault_auth::password::Password> {
+    let text = match std::env::var("MEDVAULT_NEW_PASSWORD") {
+        Ok(p) => zeroize::Zeroizing::new(p),
+        Err(_) => {
+            let mut line = zeroize::Zeroizing::new(String::new());
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the new password from standard input")?;
+            line
+        }
+    };
+    let trimmed = text.trim_end_matches(['\r', '\n']);
+    if trimmed.is_empty() {
+        bail!("no password given: set MEDVAULT_NEW_PASSWORD or pipe it on standard input");
+    }
+    Ok(medvault_auth::password::Password::new(trimmed))
+}
+
+/// Applies an account change as an audited admin action.
+fn change(
+    dir: &DataDir,
+    username: &str,
+    how: medvault_server::identity::AccountChange,
+    action: &str,
+    done: &str,
+) -> anyhow::Result<()> {
+    let node = open_node(&dir.data_dir, true)?;
+    let id = medvault_server::identity::change_account(&node, username, how)
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    audit_admin(&node, action, Some(&id))?;
+    println!("{id} {done}");
+    Ok(())
+}
+
+fn run_user(command: UserCommand) -> anyhow::Result<()> {
+    use medvault_server::identity::{self, AccountChange};
+    let fail = |e: medvault_server::ApiError| anyhow::anyhow!("{}", e.message);
+    match command {
+        UserCommand::Create {
+            dir,
+            username,
+            role,
+        } => {
+            let node = open_node(&dir.data_dir, false)?;
+            let password = new_password()?;
+            let id =
+                identity::create_user(&node, &username, role.role(), &password).map_err(fail)?;
+            audit_admin(
+                &node,
+                "user-create",
+                Some(&format!("{id} ({})", role.role().as_str())),
+            )?;
+            println!("{id}");
+        }
+        UserCommand::Disable { dir, username } => {
+            change(
+                &dir,
+                &username,
+                AccountChange::Disable,
+                "user-disable",
+                "disabled",
+            )?;
+        }
+        UserCommand::Enable { dir, username } => {
+            change(
+                &dir,
+                &username,
+                AccountChange::Enable,
+                "user-enable",
+                "enabled",
+            )?;
+        }
+        UserCommand::Unlock { dir, username } => {
+            change(
+                &dir,
+                &username,
+                AccountChange::Unlock,
+                "user-unlock",
+                "unlocked",
+            )?;
+        }
+        UserCommand::List { dir } => {
+            let node = open_node(&dir.data_dir, true)?;
+            for (u, name) in identity::list_users(&node).map_err(fail)? {
+                let state = if u.disabled { "disabled" } else { "enabled" };
+                let factor = if u.totp.is_some() { "totp" } else { "none" };
+                println!(
+                    "{}\t{name}\t{}\t{state}\tsecond-factor={factor}",
+                    u.id, u.role
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -383,6 +579,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             log_format,
             witnesses,
             witness_for,
+            session_idle_minutes,
+            admin_session_idle_minutes,
+            session_max_hours,
         } => {
             init_logging(log_format);
             let witnesses = witnesses
@@ -414,6 +613,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 base_url,
                 witnesses,
                 witness_for,
+                sessions: SessionLimits {
+                    aal2_idle: Duration::from_secs(60 * session_idle_minutes),
+                    aal2_max: Duration::from_secs(3600 * session_max_hours),
+                    aal3_idle: Duration::from_secs(60 * admin_session_idle_minutes),
+                    aal3_max: Duration::from_secs(3600 * session_max_hours),
+                },
                 ..ServerConfig::default()
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -424,6 +629,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .block_on(medvault_server::serve(AppState::new(node, config), listen))
                 .with_context(|| format!("cannot listen on {listen}"))?;
         }
+        Command::User { command } => run_user(command)?,
         Command::Token {
             command: TokenCommand::Create { dir, role },
         } => {

@@ -27,10 +27,15 @@ const MAX_CACHED: usize = 10_000;
 /// Who made a request.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
-    /// Non-secret id of the credential (for logs and, later, the ledger).
+    /// Non-secret id of the credential: the API token's id (`tok_…`) or, for a login session,
+    /// the user's id (`usr_…`).
     pub token_id: String,
     /// Role granted.
     pub role: Role,
+    /// The login session's id (`ses_…`), when a person authenticated.
+    pub session: Option<String>,
+    /// Authenticator assurance level of a session (1: password only, 2: MFA); 0 for API tokens.
+    pub aal: u8,
 }
 
 /// Where the authenticator leaves who it authenticated, for the audit record the request
@@ -55,7 +60,7 @@ impl AgentSlot {
 #[derive(Debug, Default)]
 pub struct TokenCache(Mutex<HashMap<[u8; 32], (Authenticated, Instant)>>);
 
-fn unauthorized(msg: &str) -> ApiError {
+pub(crate) fn unauthorized(msg: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, IssueCode::Login, msg)
 }
 
@@ -104,8 +109,16 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Authenticated, 
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
-            .filter(|t| t.starts_with(PREFIX) && t.len() < 128)
-            .ok_or_else(|| unauthorized("malformed Authorization header: expected Bearer mvt_…"))?;
+            .filter(|t| {
+                (t.starts_with(PREFIX) || t.starts_with(crate::identity::SESSION_PREFIX))
+                    && t.len() < 128
+            })
+            .ok_or_else(|| {
+                unauthorized("malformed Authorization header: expected Bearer mvt_… or mvs_…")
+            })?;
+        if token.starts_with(crate::identity::SESSION_PREFIX) {
+            return crate::identity::authenticate_session(state, token).await;
+        }
         let hash = medvault_crypto::sha256(token.as_bytes());
         if let Ok(cache) = state.tokens.0.lock()
             && let Some((who, at)) = cache.get(&hash)
@@ -122,6 +135,8 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Authenticated, 
         let who = Authenticated {
             token_id: row.token_id,
             role,
+            session: None,
+            aal: 0,
         };
         if let Ok(mut cache) = state.tokens.0.lock() {
             if cache.len() >= MAX_CACHED {

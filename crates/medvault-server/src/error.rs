@@ -43,6 +43,8 @@ pub enum IssueCode {
     Processing,
     /// `informational`, for warnings in search results.
     Informational,
+    /// `throttled`: too many requests.
+    Throttled,
 }
 
 impl IssueCode {
@@ -66,6 +68,7 @@ impl IssueCode {
             Self::Transient => "transient",
             Self::Processing => "processing",
             Self::Informational => "informational",
+            Self::Throttled => "throttled",
         }
     }
 }

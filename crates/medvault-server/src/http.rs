@@ -214,6 +214,13 @@ async fn dispatch(
     let base = base_url(&state, &headers);
     let audit_view =
         matches!(&target, Target::Type(t) | Target::Instance(t, _) if t == "AuditEvent");
+    if !crate::identity::session_reaches_data(&who) && target != Target::Metadata {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            IssueCode::Forbidden,
+            "this session has no second factor: enroll one (POST /auth/totp/enroll) and log in again",
+        ));
+    }
     if let Some(why) = role_refusal(who.role, audit_view, &target) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -456,11 +463,24 @@ fn audit_detail(
         "type": "rest",
         "time": time,
         "request_id": request_id,
-        "agent": who.map(|w| serde_json::json!({"token": w.token_id, "role": w.role.as_str()})),
+        "agent": who.map(|w| serde_json::json!({
+            "token": w.token_id,
+            "role": w.role.as_str(),
+            "session": w.session,
+        })),
+        "auth": resp.extensions().get::<crate::identity::AuthNote>().map(|n| serde_json::json!({
+            "user": n.user,
+            "event": n.event,
+        })),
         "method": method.as_str(),
         "interaction": match uri.path() {
             "/witness/add-checkpoint" => "witness-add-checkpoint",
             "/witness/key" => "witness-key",
+            "/auth/login" => "login",
+            "/auth/logout" => "logout",
+            "/auth/session" => "session",
+            "/auth/totp/enroll" => "totp-enroll",
+            "/auth/totp/confirm" => "totp-confirm",
             _ => target.as_ref().map_or("none", |t| interaction(method, t)),
         },
         "resource_type": rtype,

@@ -12,6 +12,7 @@ pub mod capability;
 pub mod clock;
 pub mod error;
 mod http;
+pub mod identity;
 pub mod ledger;
 pub mod node;
 pub mod ops;
@@ -51,6 +52,8 @@ pub struct ServerConfig {
     pub witness_for: Vec<medvault_ledger::VerifierKey>,
     /// Witnesses this node asks to cosign its checkpoints.
     pub witnesses: Vec<witness::RemoteWitness>,
+    /// Login session lifetimes.
+    pub sessions: identity::SessionLimits,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +65,7 @@ impl Default for ServerConfig {
             checkpoint_interval: Duration::from_secs(1),
             witness_for: Vec::new(),
             witnesses: Vec::new(),
+            sessions: identity::SessionLimits::default(),
         }
     }
 }
@@ -79,6 +83,10 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     /// Bounds concurrent CPU-bound reads (search, history) to twice the cores.
     pub read_permits: Arc<tokio::sync::Semaphore>,
+    /// Validated login sessions.
+    pub sessions: Arc<identity::SessionCache>,
+    /// Login attempts per client address.
+    pub login_throttle: Arc<identity::LoginThrottle>,
 }
 
 impl AppState {
@@ -98,6 +106,8 @@ impl AppState {
             read_permits: Arc::new(tokio::sync::Semaphore::new(
                 2 * std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
             )),
+            sessions: Arc::default(),
+            login_throttle: Arc::default(),
         }
     }
 }
@@ -119,6 +129,11 @@ pub fn router(state: AppState) -> Router {
             "/ledger/{log}/proof/consistency",
             get(ledger::get_consistency),
         )
+        .route("/auth/login", post(identity::login))
+        .route("/auth/logout", post(identity::logout))
+        .route("/auth/session", get(identity::whoami))
+        .route("/auth/totp/enroll", post(identity::totp_enroll))
+        .route("/auth/totp/confirm", post(identity::totp_confirm))
         .route("/witness/add-checkpoint", post(witness::add_checkpoint))
         .route("/witness/key", get(witness::get_key))
         .fallback(http::not_found)
@@ -141,9 +156,12 @@ pub async fn serve(state: AppState, addr: SocketAddr) -> std::io::Result<()> {
         state.clone(),
         state.config.checkpoint_interval,
     ));
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(
+        listener,
+        router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     checkpoints.abort();
     // Last checkpoints, so everything written before shutdown is covered by a signature.
     if let Err(e) = ledger::checkpoint_both(&state).await {

@@ -6,6 +6,7 @@ mod bad_input;
 mod bundle;
 mod cli;
 mod crud;
+mod identity;
 mod ledger;
 mod search;
 mod security;
@@ -195,12 +196,15 @@ impl Server {
     }
 
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let env: Vec<(&str, &str)> = self
-            .env
+        cli(args, &self.env_pairs())
+    }
+
+    /// The environment the server runs with, for CLI commands on its directory.
+    pub fn env_pairs(&self) -> Vec<(&str, &str)> {
+        self.env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        cli(args, &env)
+            .collect()
     }
 
     pub fn kill9(&mut self) {

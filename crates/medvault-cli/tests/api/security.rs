@@ -30,6 +30,8 @@ fn no_plaintext_phi_in_any_file_or_the_log() {
         "CANARY-MRN-7731",
         "canary clinical note 5521",
         "Canary Street 99",
+        "zqxcanaryuser",
+        "canary passphrase 8842 violet",
     ];
     let mut p = patient(canaries[0], canaries[1]);
     p["identifier"] = json!([{"system": "urn:mrn", "value": canaries[2]}]);
@@ -53,6 +55,33 @@ fn no_plaintext_phi_in_any_file_or_the_log() {
         vec![pid.clone()]
     );
     assert_eq!(s.get(&format!("Observation/{oid}")).0, 200);
+    // A person's user name and password: neither may be stored or logged in the clear, also
+    // not by a failed login.
+    let dir_text = s.dir.to_str().unwrap().to_owned();
+    let mut env = s.env_pairs();
+    env.push(("MEDVAULT_NEW_PASSWORD", canaries[6]));
+    let (ok, _, err) = crate::cli(
+        &[
+            "user",
+            "create",
+            "--data-dir",
+            &dir_text,
+            "--username",
+            canaries[5],
+            "--role",
+            "nurse",
+        ],
+        &env,
+    );
+    assert!(ok, "{err}");
+    for password in [canaries[6], "canary wrong password 1"] {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("http://127.0.0.1:{}/auth/login", s.port))
+            .json(&json!({"username": canaries[5], "password": password}))
+            .send()
+            .unwrap();
+        assert!(r.status() == 200 || r.status() == 401, "{}", r.status());
+    }
     // An invalid write carrying a canary: the error must not echo it into the log.
     let (st, _) = s.post(
         "Patient",
