@@ -100,50 +100,60 @@ impl FromRequestParts<AppState> for Authenticated {
 }
 
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Authenticated, ApiError> {
-    {
-        let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
-            unauthorized("authentication required: send Authorization: Bearer <token>")
+    let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        unauthorized("authentication required: send Authorization: Bearer <token>")
+    })?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            unauthorized("malformed Authorization header: expected Bearer mvt_… or mvs_…")
         })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| {
-                (t.starts_with(PREFIX) || t.starts_with(crate::identity::SESSION_PREFIX))
-                    && t.len() < 128
-            })
-            .ok_or_else(|| {
-                unauthorized("malformed Authorization header: expected Bearer mvt_… or mvs_…")
-            })?;
-        if token.starts_with(crate::identity::SESSION_PREFIX) {
-            return crate::identity::authenticate_session(state, token).await;
-        }
-        let hash = medvault_crypto::sha256(token.as_bytes());
-        if let Ok(cache) = state.tokens.0.lock()
-            && let Some((who, at)) = cache.get(&hash)
-            && at.elapsed() < CACHE_TTL
-        {
-            return Ok(who.clone());
-        }
-        let store = state.node.store.clone();
-        let row = tokio::task::spawn_blocking(move || store.token(&hash))
-            .await
-            .map_err(|e| ApiError::internal(&e))??;
-        let row = row.ok_or_else(|| unauthorized("the bearer token is not valid"))?;
-        let role = Role::parse(&row.role).map_err(|e| ApiError::internal(&e))?;
-        let who = Authenticated {
-            token_id: row.token_id,
-            role,
-            session: None,
-            aal: 0,
-        };
-        if let Ok(mut cache) = state.tokens.0.lock() {
-            if cache.len() >= MAX_CACHED {
-                cache.clear();
-            }
-            cache.insert(hash, (who.clone(), Instant::now()));
-        }
-        Ok(who)
+    validate_bearer(state, token).await
+}
+
+/// Validates a bearer credential: an API token (`mvt_…`) or a login session (`mvs_…`).
+///
+/// # Errors
+/// 401 naming why.
+pub async fn validate_bearer(state: &AppState, token: &str) -> Result<Authenticated, ApiError> {
+    if token.len() >= 128 {
+        return Err(unauthorized("the bearer token is not valid"));
     }
+    if token.starts_with(crate::identity::SESSION_PREFIX) {
+        return crate::identity::authenticate_session(state, token).await;
+    }
+    if !token.starts_with(PREFIX) {
+        return Err(unauthorized(
+            "malformed Authorization header: expected Bearer mvt_… or mvs_…",
+        ));
+    }
+    let hash = medvault_crypto::sha256(token.as_bytes());
+    if let Ok(cache) = state.tokens.0.lock()
+        && let Some((who, at)) = cache.get(&hash)
+        && at.elapsed() < CACHE_TTL
+    {
+        return Ok(who.clone());
+    }
+    let store = state.node.store.clone();
+    let row = tokio::task::spawn_blocking(move || store.token(&hash))
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
+    let row = row.ok_or_else(|| unauthorized("the bearer token is not valid"))?;
+    let role = Role::parse(&row.role).map_err(|e| ApiError::internal(&e))?;
+    let who = Authenticated {
+        token_id: row.token_id,
+        role,
+        session: None,
+        aal: 0,
+    };
+    if let Ok(mut cache) = state.tokens.0.lock() {
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(hash, (who.clone(), Instant::now()));
+    }
+    Ok(who)
 }

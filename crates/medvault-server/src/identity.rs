@@ -43,7 +43,7 @@ pub const SESSION_PREFIX: &str = "mvs_";
 pub const LOCK_AFTER: u32 = 10;
 /// How long a locked account stays locked.
 pub const LOCK_FOR: Duration = Duration::from_secs(15 * 60);
-/// Login attempts accepted per client address per [`THROTTLE_WINDOW`].
+/// Login attempts accepted per client address per [`THROTTLE_WINDOW`] by default.
 pub const THROTTLE_ATTEMPTS: u32 = 20;
 /// Window of the per-address throttle.
 pub const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
@@ -143,8 +143,9 @@ fn with_note(mut resp: Response, user: Option<String>, event: &'static str) -> R
 pub struct LoginThrottle(Mutex<HashMap<IpAddr, (u32, Instant)>>);
 
 impl LoginThrottle {
-    /// Counts an attempt from `ip`; false once the address is over its budget for the window.
-    fn admit(&self, ip: IpAddr) -> bool {
+    /// Counts an attempt from `ip`; false once the address is over `limit` attempts in the
+    /// window.
+    fn admit(&self, ip: IpAddr, limit: u32) -> bool {
         let Ok(mut m) = self.0.lock() else {
             return false;
         };
@@ -155,8 +156,8 @@ impl LoginThrottle {
         if entry.1.elapsed() >= THROTTLE_WINDOW {
             *entry = (0, Instant::now());
         }
-        entry.0 += 1;
-        entry.0 <= THROTTLE_ATTEMPTS
+        entry.0 = entry.0.saturating_add(1);
+        entry.0 <= limit
     }
 }
 
@@ -375,7 +376,10 @@ pub(crate) async fn login(State(state): State<AppState>, req: axum::extract::Req
         )
         .into_response();
     };
-    if !state.login_throttle.admit(ip) {
+    if !state
+        .login_throttle
+        .admit(ip, state.config.login_attempts_per_minute)
+    {
         let resp = login_error(LoginFailure::Throttled).into_response();
         return with_note(resp, None, LoginFailure::Throttled.as_str());
     }
@@ -634,7 +638,7 @@ impl SessionCache {
 ///
 /// # Errors
 /// 401 naming why.
-pub(crate) async fn authenticate_session(
+pub async fn authenticate_session(
     state: &AppState,
     token: &str,
 ) -> Result<Authenticated, ApiError> {

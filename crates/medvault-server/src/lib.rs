@@ -54,6 +54,8 @@ pub struct ServerConfig {
     pub witnesses: Vec<witness::RemoteWitness>,
     /// Login session lifetimes.
     pub sessions: identity::SessionLimits,
+    /// Login attempts accepted per client address per minute.
+    pub login_attempts_per_minute: u32,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +68,7 @@ impl Default for ServerConfig {
             witness_for: Vec::new(),
             witnesses: Vec::new(),
             sessions: identity::SessionLimits::default(),
+            login_attempts_per_minute: identity::THROTTLE_ATTEMPTS,
         }
     }
 }
