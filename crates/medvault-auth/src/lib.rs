@@ -1,11 +1,13 @@
 //! medvault's identity primitives, free of I/O: password policy and Argon2id hashing
-//! ([`password`]), TOTP second factors ([`totp`]) and single-use recovery codes ([`recovery`]).
+//! ([`password`]), TOTP second factors ([`totp`]), single-use recovery codes ([`recovery`]) and
+//! SMART on FHIR v2 scopes ([`scopes`]).
 //!
 //! Secrets are zeroized types with redacted `Debug`. Everything slow (Argon2id) is a plain
 //! function; callers run it off their async threads.
 
 pub mod password;
 pub mod recovery;
+pub mod scopes;
 pub mod totp;
 
 /// Errors from identity primitives.
