@@ -23,8 +23,8 @@ use std::thread::JoinHandle;
 use medvault_crypto::{BlindValue, WrappedKey};
 use medvault_ledger::{Frontier, Hash};
 use medvault_store::{
-    AuditDetail, CurrentMeta, DataKeyRow, IndexQuery, SearchPage, SessionRow, Store, StoreError,
-    StoreRead, StoredVersion, TokenRow, UserRow, WriteDone, WriteOp,
+    AccessTokenRow, AuditDetail, ClientRow, CurrentMeta, DataKeyRow, IndexQuery, SearchPage,
+    SessionRow, Store, StoreError, StoreRead, StoredVersion, TokenRow, UserRow, WriteDone, WriteOp,
 };
 use rusqlite::Connection;
 
@@ -480,6 +480,15 @@ impl StoreRead for SqliteStore {
     fn recovery_codes_left(&self, user_id: &str) -> Result<u64, StoreError> {
         self.with_reader(|c| sql::recovery_codes_left(c, user_id))
     }
+    fn client(&self, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
+        self.with_reader(|c| sql::client(c, client_id))
+    }
+    fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
+        self.with_reader(sql::clients)
+    }
+    fn access_token(&self, hash: &[u8; 32]) -> Result<Option<AccessTokenRow>, StoreError> {
+        self.with_reader(|c| sql::access_token(c, hash))
+    }
 }
 
 impl Store for SqliteStore {
@@ -522,7 +531,7 @@ mod tests {
             Box::new(SqliteStore::open(&dir.path().join(format!("db{n}.sqlite"))).unwrap())
         });
         assert_eq!(ran, medvault_store::conformance::CHECKS.len());
-        assert_eq!(ran, 9);
+        assert_eq!(ran, 10);
     }
 
     #[test]
@@ -548,7 +557,7 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.meta("tenant").unwrap().as_deref(), Some("t"));
-        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("5"));
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("6"));
         // The writer resumes the tree where it stopped.
         audit(&s, 5);
         let mut want = medvault_ledger::MemoryTree::new();

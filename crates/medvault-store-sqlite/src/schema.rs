@@ -132,6 +132,22 @@ const NODE_MIGRATIONS: &[&str] = &[
         expires INTEGER NOT NULL
      ) WITHOUT ROWID;
      CREATE INDEX sessions_by_user ON sessions (user_id);",
+    // v6: OAuth2 clients (SMART apps and backend services), issued access tokens (hashed) and
+    // the client assertion ids seen (replay protection).
+    "CREATE TABLE oauth_clients (
+        client_id TEXT PRIMARY KEY, name TEXT NOT NULL, jwks TEXT NOT NULL, scopes TEXT NOT NULL,
+        disabled INTEGER NOT NULL, created INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE oauth_tokens (
+        hash BLOB PRIMARY KEY, client_id TEXT NOT NULL, scopes TEXT NOT NULL,
+        issued INTEGER NOT NULL, expires INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE INDEX oauth_tokens_by_expiry ON oauth_tokens (expires);
+     CREATE TABLE oauth_jti (
+        client_id TEXT NOT NULL, jti TEXT NOT NULL, expires INTEGER NOT NULL,
+        PRIMARY KEY (client_id, jti)
+     ) WITHOUT ROWID;
+     CREATE INDEX oauth_jti_by_expiry ON oauth_jti (expires);",
 ];
 
 const DROP_LEVEL_ZERO: &str = "DELETE FROM ledger_nodes WHERE level = 0;";

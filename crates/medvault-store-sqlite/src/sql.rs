@@ -4,8 +4,9 @@ use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
 use medvault_ledger::{Frontier, leaf_hash};
 use medvault_ledger::{Hash, SALT_LEN};
 use medvault_store::{
-    AuditDetail, CurrentMeta, DataKeyRow, IndexQuery, LedgerNodes, SearchPage, SessionRow,
-    SortOrder, StoreError, StoreRead, StoreTx, StoredVersion, TokenRow, UserRow,
+    AccessTokenRow, AuditDetail, ClientRow, CurrentMeta, DataKeyRow, IndexQuery, LedgerNodes,
+    SearchPage, SessionRow, SortOrder, StoreError, StoreRead, StoreTx, StoredVersion, TokenRow,
+    UserRow,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension as _, Row, params, params_from_iter};
@@ -333,6 +334,55 @@ pub(crate) fn session(c: &Connection, hash: &[u8; 32]) -> Result<Option<SessionR
         .optional()
     })
     .map_err(backend)
+}
+
+fn client_row(r: &Row<'_>) -> rusqlite::Result<ClientRow> {
+    Ok(ClientRow {
+        client_id: r.get(0)?,
+        name: r.get(1)?,
+        jwks: r.get(2)?,
+        scopes: r.get(3)?,
+        disabled: r.get(4)?,
+        created_micros: r.get(5)?,
+    })
+}
+
+const CLIENT_COLUMNS: &str = "client_id, name, jwks, scopes, disabled, created";
+
+pub(crate) fn client(c: &Connection, id: &str) -> Result<Option<ClientRow>, StoreError> {
+    c.prepare_cached(&format!(
+        "SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE client_id = ?1"
+    ))
+    .and_then(|mut s| s.query_row([id], client_row).optional())
+    .map_err(backend)
+}
+
+pub(crate) fn clients(c: &Connection) -> Result<Vec<ClientRow>, StoreError> {
+    c.prepare_cached(&format!(
+        "SELECT {CLIENT_COLUMNS} FROM oauth_clients ORDER BY client_id"
+    ))
+    .and_then(|mut s| s.query_map([], client_row)?.collect())
+    .map_err(backend)
+}
+
+pub(crate) fn access_token(
+    c: &Connection,
+    hash: &[u8; 32],
+) -> Result<Option<AccessTokenRow>, StoreError> {
+    c.prepare_cached("SELECT client_id, scopes, issued, expires FROM oauth_tokens WHERE hash = ?1")
+        .and_then(|mut s| {
+            s.query_row([&hash[..]], |r| {
+                Ok(AccessTokenRow {
+                    hash: *hash,
+                    client_id: r.get(0)?,
+                    scopes: r.get(1)?,
+                    issued_micros: r.get(2)?,
+                    expires_micros: r.get(3)?,
+                })
+            })
+            .optional()
+        })
+        .map_err(backend)
 }
 
 pub(crate) fn recovery_codes_left(c: &Connection, user_id: &str) -> Result<u64, StoreError> {
@@ -697,6 +747,15 @@ impl StoreRead for Tx<'_> {
     fn recovery_codes_left(&self, user_id: &str) -> Result<u64, StoreError> {
         recovery_codes_left(self.conn, user_id)
     }
+    fn client(&self, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
+        client(self.conn, client_id)
+    }
+    fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
+        clients(self.conn)
+    }
+    fn access_token(&self, hash: &[u8; 32]) -> Result<Option<AccessTokenRow>, StoreError> {
+        access_token(self.conn, hash)
+    }
     fn ledger_size(&self) -> Result<u64, StoreError> {
         ledger_size(self.conn)
     }
@@ -925,6 +984,70 @@ impl StoreTx for Tx<'_> {
             )
             .and_then(|mut s| s.execute(params![to_i64(size), note]))
             .map(|_| ())
+            .map_err(backend)
+    }
+
+    fn put_client(&mut self, x: &ClientRow) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(&format!(
+                "INSERT OR REPLACE INTO oauth_clients ({CLIENT_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            ))
+            .and_then(|mut s| {
+                s.execute(params![
+                    x.client_id,
+                    x.name,
+                    x.jwks,
+                    x.scopes,
+                    x.disabled,
+                    x.created_micros
+                ])
+            })
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn put_access_token(&mut self, t: &AccessTokenRow, now: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM oauth_tokens WHERE expires < ?1")
+            .and_then(|mut s| s.execute([now]))
+            .map_err(backend)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO oauth_tokens (hash, client_id, scopes, issued, expires)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    &t.hash[..],
+                    t.client_id,
+                    t.scopes,
+                    t.issued_micros,
+                    t.expires_micros
+                ])
+            })
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn use_assertion_id(
+        &mut self,
+        client_id: &str,
+        jti: &str,
+        expires: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM oauth_jti WHERE expires < ?1")
+            .and_then(|mut s| s.execute([now]))
+            .map_err(backend)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO oauth_jti (client_id, jti, expires) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![client_id, jti, expires]))
+            .map(|n| n == 1)
             .map_err(backend)
     }
 

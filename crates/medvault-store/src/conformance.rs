@@ -4,8 +4,8 @@
 use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 
 use crate::{
-    AuditDetail, IndexQuery, LedgerNodes, SessionRow, SortOrder, Store, StoreError, StoredVersion,
-    UserRow, write_with,
+    AccessTokenRow, AuditDetail, ClientRow, IndexQuery, LedgerNodes, SessionRow, SortOrder, Store,
+    StoreError, StoredVersion, UserRow, write_with,
 };
 
 /// One conformance check: panics when the backend breaks the contract.
@@ -27,6 +27,10 @@ pub const CHECKS: &[(&str, Check)] = &[
     (
         "users_sessions_and_recovery_codes",
         users_sessions_and_recovery_codes,
+    ),
+    (
+        "oauth_clients_tokens_and_replay",
+        oauth_clients_tokens_and_replay,
     ),
 ];
 
@@ -729,4 +733,59 @@ fn users_sessions_and_recovery_codes(store: &dyn Store) {
         "replace codes",
     );
     assert_eq!(ok(store.recovery_codes_left("usr_a"), "left"), 1);
+}
+
+fn oauth_clients_tokens_and_replay(store: &dyn Store) {
+    let client = ClientRow {
+        client_id: "cli_1".into(),
+        name: "Lab feed".into(),
+        jwks: r#"{"keys":[]}"#.into(),
+        scopes: "system/Observation.rs".into(),
+        disabled: false,
+        created_micros: 1,
+    };
+    let c = client.clone();
+    ok(write_with(store, move |tx| tx.put_client(&c)), "client");
+    assert_eq!(ok(store.client("cli_1"), "client"), Some(client.clone()));
+    assert_eq!(ok(store.clients(), "clients"), vec![client]);
+    let token = |n: u8, expires| AccessTokenRow {
+        hash: [n; 32],
+        client_id: "cli_1".into(),
+        scopes: "system/Observation.rs".into(),
+        issued_micros: 0,
+        expires_micros: expires,
+    };
+    let (t1, t2) = (token(1, 100), token(2, 300));
+    ok(
+        write_with(store, move |tx| tx.put_access_token(&t1, 0)),
+        "t1",
+    );
+    assert_eq!(
+        ok(store.access_token(&[1; 32]), "token"),
+        Some(token(1, 100))
+    );
+    // Storing a token at time 200 forgets the one that expired at 100.
+    ok(
+        write_with(store, move |tx| tx.put_access_token(&t2, 200)),
+        "t2",
+    );
+    assert_eq!(ok(store.access_token(&[1; 32]), "token"), None);
+    assert_eq!(
+        ok(store.access_token(&[2; 32]), "token"),
+        Some(token(2, 300))
+    );
+    // An assertion id works once per client until it expires.
+    let first = ok(
+        write_with(store, |tx| tx.use_assertion_id("cli_1", "j1", 500, 0)),
+        "jti",
+    );
+    let replay = ok(
+        write_with(store, |tx| tx.use_assertion_id("cli_1", "j1", 500, 10)),
+        "jti",
+    );
+    let other = ok(
+        write_with(store, |tx| tx.use_assertion_id("cli_2", "j1", 500, 10)),
+        "jti",
+    );
+    assert!(first && !replay && other);
 }

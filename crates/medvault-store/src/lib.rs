@@ -211,6 +211,38 @@ pub struct SessionRow {
     pub expires_micros: i64,
 }
 
+/// A registered OAuth2 client (a SMART app or backend service).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRow {
+    /// Client id (`cli_…`).
+    pub client_id: String,
+    /// Display name (not secret, not PHI: an app's name).
+    pub name: String,
+    /// The client's public keys, a JWK Set (JSON text), for `private_key_jwt`.
+    pub jwks: String,
+    /// The scopes the client may be granted (space-separated SMART scopes).
+    pub scopes: String,
+    /// A disabled client gets no tokens; its tokens stop working.
+    pub disabled: bool,
+    /// Registration time, microseconds.
+    pub created_micros: i64,
+}
+
+/// An issued OAuth2 access token's stored form: its SHA-256, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessTokenRow {
+    /// SHA-256 of the token.
+    pub hash: [u8; 32],
+    /// Client it was issued to.
+    pub client_id: String,
+    /// Granted scopes (space-separated).
+    pub scopes: String,
+    /// Issue time, microseconds.
+    pub issued_micros: i64,
+    /// Expiry, microseconds.
+    pub expires_micros: i64,
+}
+
 /// Reads available both to plain readers and inside a write transaction.
 pub trait StoreRead {
     /// Value of a node setting (tenant id, node id, …).
@@ -285,6 +317,21 @@ pub trait StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn session(&self, hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError>;
+    /// The registered client with this id.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn client(&self, client_id: &str) -> Result<Option<ClientRow>, StoreError>;
+    /// Every registered client, by id.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn clients(&self) -> Result<Vec<ClientRow>, StoreError>;
+    /// The access token whose hash is `hash`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn access_token(&self, hash: &[u8; 32]) -> Result<Option<AccessTokenRow>, StoreError>;
     /// Unused recovery codes a user has left.
     ///
     /// # Errors
@@ -525,6 +572,32 @@ pub trait StoreTx: StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError>;
+    /// Inserts or replaces a client (by id).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn put_client(&mut self, client: &ClientRow) -> Result<(), StoreError>;
+    /// Stores an issued access token (and forgets tokens that expired before `now_micros`).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn put_access_token(
+        &mut self,
+        token: &AccessTokenRow,
+        now_micros: i64,
+    ) -> Result<(), StoreError>;
+    /// Records a client assertion's `jti` until `expires_micros`: true if it was new, false if
+    /// the client already used it (a replay). Forgets ids that expired before `now_micros`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn use_assertion_id(
+        &mut self,
+        client_id: &str,
+        jti: &str,
+        expires_micros: i64,
+        now_micros: i64,
+    ) -> Result<bool, StoreError>;
     /// Inserts or replaces a user (by id).
     ///
     /// # Errors
