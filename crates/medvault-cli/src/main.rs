@@ -109,6 +109,11 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Manage OAuth2 clients: SMART apps and backend services.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
     /// Manage API bearer tokens.
     Token {
         #[command(subcommand)]
@@ -221,6 +226,84 @@ enum UserCommand {
         #[command(flatten)]
         dir: DataDir,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientCommand {
+    /// Register a backend service (SMART Backend Services: client_credentials with a
+    /// private_key_jwt assertion signed RS384 or ES384) and print its client id. The service
+    /// then gets 5-minute access tokens from POST /auth/token, limited to the scopes it asks for
+    /// within those registered here.
+    #[command(after_help = "Example:\n  \
+        medvault client register --data-dir DIR --name \"Lab feed\" --jwks lab-feed.jwks.json \\\n    \
+        --scope \"system/Observation.rs system/Patient.r\"")]
+    Register {
+        #[command(flatten)]
+        dir: DataDir,
+        /// A name for people reading the audit trail.
+        #[arg(long)]
+        name: String,
+        /// File with the service's public JWK Set ({"keys": [...]}): RSA keys for RS384, EC P-384
+        /// keys for ES384, each with a kid.
+        #[arg(long, value_name = "FILE")]
+        jwks: PathBuf,
+        /// The SMART scopes the service may be granted, space-separated (system/… only; v1
+        /// suffixes .read/.write/.* are accepted and stored as v2).
+        #[arg(long)]
+        scope: String,
+    },
+    /// Stop issuing tokens to a client; its tokens stop working within 30 s.
+    #[command(after_help = "Example:\n  medvault client disable --data-dir DIR cli_0123…")]
+    Disable {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Client id.
+        client_id: String,
+    },
+    /// List registered clients: id, name, scopes, state.
+    #[command(after_help = "Example:\n  medvault client list --data-dir DIR")]
+    List {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+}
+
+fn run_client(command: ClientCommand) -> anyhow::Result<()> {
+    let fail = |e: medvault_server::ApiError| anyhow::anyhow!("{}", e.message);
+    match command {
+        ClientCommand::Register {
+            dir,
+            name,
+            jwks,
+            scope,
+        } => {
+            let text = std::fs::read_to_string(&jwks)
+                .with_context(|| format!("reading --jwks {}", jwks.display()))?;
+            let node = open_node(&dir.data_dir, true)?;
+            let id = medvault_server::oauth::register_client(&node, &name, &text, &scope)
+                .map_err(fail)?;
+            audit_admin(&node, "client-register", Some(&id))?;
+            println!("{id}");
+        }
+        ClientCommand::Disable { dir, client_id } => {
+            let node = open_node(&dir.data_dir, true)?;
+            if !medvault_server::oauth::set_client_disabled(&node, &client_id, true)
+                .map_err(fail)?
+            {
+                bail!("no client {client_id}: see `medvault client list`");
+            }
+            audit_admin(&node, "client-disable", Some(&client_id))?;
+            println!("{client_id} disabled");
+        }
+        ClientCommand::List { dir } => {
+            let node = open_node(&dir.data_dir, true)?;
+            for c in node.store.clients()? {
+                let state = if c.disabled { "disabled" } else { "enabled" };
+                println!("{}\t{}\t{}\t{state}", c.client_id, c.name, c.scopes);
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -630,6 +713,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {listen}"))?;
         }
         Command::User { command } => run_user(command)?,
+        Command::Client { command } => run_client(command)?,
         Command::Token {
             command: TokenCommand::Create { dir, role },
         } => {

@@ -205,6 +205,9 @@ pub enum Role {
     Patient,
     /// The privacy officer: reads the audit trail, investigates access.
     PrivacyOfficer,
+    /// A registered app or backend service (OAuth2 client): what it may do is exactly what its
+    /// granted SMART scopes say.
+    Service,
 }
 
 /// What a role may reach in the FHIR API before the policy engine exists.
@@ -220,7 +223,7 @@ pub enum FhirAccess {
 
 impl Role {
     /// Every role, in a stable order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Admin,
         Self::Auditor,
         Self::Clinician,
@@ -228,6 +231,7 @@ impl Role {
         Self::Researcher,
         Self::Patient,
         Self::PrivacyOfficer,
+        Self::Service,
     ];
 
     /// The stable text form stored with credentials.
@@ -240,6 +244,7 @@ impl Role {
             Self::Researcher => "researcher",
             Self::Patient => "patient",
             Self::PrivacyOfficer => "privacy-officer",
+            Self::Service => "service",
         }
     }
 
@@ -257,7 +262,8 @@ impl Role {
     /// The FHIR access the role has before the policy engine (issue 5) refines it.
     pub fn fhir_access(self) -> FhirAccess {
         match self {
-            Self::Admin | Self::Clinician | Self::Nurse => FhirAccess::Full,
+            // A service's scopes narrow it further on every interaction.
+            Self::Admin | Self::Clinician | Self::Nurse | Self::Service => FhirAccess::Full,
             Self::Auditor | Self::PrivacyOfficer => FhirAccess::AuditTrail,
             Self::Researcher | Self::Patient => FhirAccess::None,
         }

@@ -22,7 +22,7 @@ use crate::error::{ApiError, IssueCode};
 /// How long a validated token is trusted without asking the database again.
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
 const PREFIX: &str = "mvt_";
-const MAX_CACHED: usize = 10_000;
+const MAX_CACHED: usize = 100_000;
 
 /// Who made a request.
 #[derive(Debug, Clone)]
@@ -36,6 +36,8 @@ pub struct Authenticated {
     pub session: Option<String>,
     /// Authenticator assurance level of a session (1: password only, 2: MFA); 0 for API tokens.
     pub aal: u8,
+    /// For an OAuth2 access token: the SMART scopes granted, enforced on every interaction.
+    pub scopes: Option<std::sync::Arc<medvault_auth::scopes::ScopeSet>>,
 }
 
 /// Where the authenticator leaves who it authenticated, for the audit record the request
@@ -56,9 +58,63 @@ impl AgentSlot {
     }
 }
 
-/// Recently validated token hashes.
-#[derive(Debug, Default)]
-pub struct TokenCache(Mutex<HashMap<[u8; 32], (Authenticated, Instant)>>);
+/// Recently validated credentials of one kind, by the SHA-256 of the credential: a request
+/// with a cached credential costs a hash and a map lookup. Entries are trusted for a bounded
+/// time (the caller's), so a credential ended elsewhere (another process) stops working soon.
+#[derive(Debug)]
+pub struct CredentialCache<V>(Mutex<HashMap<[u8; 32], (V, Instant)>>);
+
+impl<V> Default for CredentialCache<V> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<V: Clone> CredentialCache<V> {
+    /// The cached value for `hash`, if it was stored less than `ttl` ago.
+    pub fn fresh(&self, hash: &[u8; 32], ttl: Duration) -> Option<V> {
+        let map = self.0.lock().ok()?;
+        map.get(hash)
+            .filter(|(_, at)| at.elapsed() < ttl)
+            .map(|(v, _)| v.clone())
+    }
+
+    /// Caches `value` for `hash` (emptying the cache when it is full).
+    pub fn put(&self, hash: [u8; 32], value: V) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= MAX_CACHED {
+                map.clear();
+            }
+            map.insert(hash, (value, Instant::now()));
+        }
+    }
+
+    /// Replaces the cached value for `hash`, keeping the time it was validated at (so the
+    /// caller's recheck still happens on time); caches it anew if it is not there.
+    pub fn refresh(&self, hash: [u8; 32], value: V) {
+        if let Ok(mut map) = self.0.lock() {
+            match map.get_mut(&hash) {
+                Some((v, _)) => *v = value,
+                None => {
+                    if map.len() >= MAX_CACHED {
+                        map.clear();
+                    }
+                    map.insert(hash, (value, Instant::now()));
+                }
+            }
+        }
+    }
+
+    /// Forgets `hash` (after a logout or expiry).
+    pub fn forget(&self, hash: &[u8; 32]) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(hash);
+        }
+    }
+}
+
+/// Recently validated API tokens.
+pub type TokenCache = CredentialCache<Authenticated>;
 
 pub(crate) fn unauthorized(msg: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, IssueCode::Login, msg)
@@ -125,17 +181,17 @@ pub async fn validate_bearer(state: &AppState, token: &str) -> Result<Authentica
     if token.starts_with(crate::identity::SESSION_PREFIX) {
         return crate::identity::authenticate_session(state, token).await;
     }
+    if token.starts_with(crate::oauth::ACCESS_TOKEN_PREFIX) {
+        return crate::oauth::authenticate_access_token(state, token).await;
+    }
     if !token.starts_with(PREFIX) {
         return Err(unauthorized(
             "malformed Authorization header: expected Bearer mvt_… or mvs_…",
         ));
     }
     let hash = medvault_crypto::sha256(token.as_bytes());
-    if let Ok(cache) = state.tokens.0.lock()
-        && let Some((who, at)) = cache.get(&hash)
-        && at.elapsed() < CACHE_TTL
-    {
-        return Ok(who.clone());
+    if let Some(who) = state.tokens.fresh(&hash, CACHE_TTL) {
+        return Ok(who);
     }
     let store = state.node.store.clone();
     let row = tokio::task::spawn_blocking(move || store.token(&hash))
@@ -148,12 +204,31 @@ pub async fn validate_bearer(state: &AppState, token: &str) -> Result<Authentica
         role,
         session: None,
         aal: 0,
+        scopes: None,
     };
-    if let Ok(mut cache) = state.tokens.0.lock() {
-        if cache.len() >= MAX_CACHED {
-            cache.clear();
-        }
-        cache.insert(hash, (who.clone(), Instant::now()));
-    }
+    state.tokens.put(hash, who.clone());
     Ok(who)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_keeps_the_validation_time_and_put_renews_it() {
+        let cache = CredentialCache::<u32>::default();
+        let ttl = Duration::from_millis(50);
+        assert_eq!(cache.fresh(&[1; 32], ttl), None);
+        cache.put([1; 32], 1);
+        assert_eq!(cache.fresh(&[1; 32], ttl), Some(1));
+        std::thread::sleep(Duration::from_millis(60));
+        // Updating the value (a session's last use) does not make it fresh again...
+        cache.refresh([1; 32], 2);
+        assert_eq!(cache.fresh(&[1; 32], ttl), None);
+        // ...validating it again does.
+        cache.put([1; 32], 3);
+        assert_eq!(cache.fresh(&[1; 32], ttl), Some(3));
+        cache.forget(&[1; 32]);
+        assert_eq!(cache.fresh(&[1; 32], ttl), None);
+    }
 }

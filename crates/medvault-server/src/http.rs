@@ -5,6 +5,7 @@ use axum::extract::{FromRequest, MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use medvault_auth::scopes::{Access, Interaction};
 use medvault_core::{FhirAccess, Role};
 use medvault_store::write_with;
 use serde_json::Value;
@@ -63,6 +64,11 @@ async fn blocking_read<T: Send + 'static>(
         f()
     })
     .await
+}
+
+/// The public FHIR base URL of this node (configured, or from the request's `Host`).
+pub(crate) fn public_base(state: &AppState, headers: &HeaderMap) -> String {
+    base_url(state, headers)
 }
 
 fn base_url(state: &AppState, headers: &HeaderMap) -> String {
@@ -228,9 +234,22 @@ async fn dispatch(
             why,
         ));
     }
+    let mut ctx = state.ctx.clone();
+    ctx.scopes.clone_from(&who.scopes);
     if audit_view {
         if method != Method::GET {
             return Err(route::method_not_allowed(&method));
+        }
+        let interaction = match target {
+            Target::Instance(..) => Interaction::Read,
+            _ => Interaction::Search,
+        };
+        if !matches!(ctx.scope_access("AuditEvent", interaction)?, Access::Full) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                IssueCode::Forbidden,
+                "the audit trail cannot be read under query-constrained scopes",
+            ));
         }
         let params = search::parse_query_string(query.as_deref().unwrap_or(""));
         let (store, ledger) = (
@@ -249,7 +268,6 @@ async fn dispatch(
     let strict = prefer(&headers, "handling") == Some("strict");
     let minimal = prefer(&headers, "return") == Some("minimal");
     let params = search::parse_query_string(query.as_deref().unwrap_or(""));
-    let ctx = state.ctx.clone();
     let store = state.node.store.clone();
     match (method.clone(), target) {
         (Method::GET, Target::Metadata) => Ok(metadata(State(state), headers).await),
@@ -261,7 +279,7 @@ async fn dispatch(
         }
         (Method::GET, Target::Type(rt)) => {
             ops::served_type(&ctx.fhir, &rt)?;
-            run_search(&state, rt, params, strict, base).await
+            run_search(&state, ctx, rt, params, strict, base).await
         }
         (Method::POST, Target::TypeSearch(rt)) => {
             ops::served_type(&ctx.fhir, &rt)?;
@@ -278,7 +296,7 @@ async fn dispatch(
             }
             let mut all = params;
             all.extend(form_urlencoded::parse(&body).into_owned());
-            run_search(&state, rt, all, strict, base).await
+            run_search(&state, ctx, rt, all, strict, base).await
         }
         (Method::POST, Target::Type(rt)) => {
             ops::served_type(&ctx.fhir, &rt)?;
@@ -366,12 +384,13 @@ async fn dispatch(
 /// A type search (GET or POST `_search`) on a blocking thread, answered as a `searchset`.
 async fn run_search(
     state: &AppState,
+    ctx: crate::ops::Ctx,
     rt: String,
     params: Vec<(String, String)>,
     strict: bool,
     base: String,
 ) -> Result<Response, ApiError> {
-    let (store, ctx) = (state.node.store.clone(), state.ctx.clone());
+    let store = state.node.store.clone();
     let out = blocking_read(state, move || {
         search::search_bundle(store.as_ref(), &ctx, &rt, &params, strict, &base)
     })
@@ -481,6 +500,8 @@ fn audit_detail(
             "/auth/session" => "session",
             "/auth/totp/enroll" => "totp-enroll",
             "/auth/totp/confirm" => "totp-confirm",
+            "/auth/token" => "oauth-token",
+            "/auth/introspect" => "oauth-introspect",
             _ => target.as_ref().map_or("none", |t| interaction(method, t)),
         },
         "resource_type": rtype,

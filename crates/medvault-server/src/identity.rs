@@ -609,29 +609,20 @@ async fn record_lockout(state: &AppState, user_id: &str) {
     }
 }
 
-/// Validated sessions, so a request costs a hash and a map lookup.
-#[derive(Debug, Default)]
-pub struct SessionCache(Mutex<HashMap<[u8; 32], CachedSession>>);
+/// Validated sessions.
+pub type SessionCache = crate::auth::CredentialCache<CachedSession>;
 
+/// A validated session with its user's role.
 #[derive(Debug, Clone)]
-struct CachedSession {
+pub struct CachedSession {
     row: SessionRow,
     role: Role,
     idle: Duration,
-    checked: Instant,
 }
 
 /// How long a cached session is trusted before its row and user are read again (a session
 /// ended by another process, e.g. `medvault user disable`, ends here within this time).
 const SESSION_RECHECK: Duration = Duration::from_secs(30);
-
-impl SessionCache {
-    fn forget(&self, hash: &[u8; 32]) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(hash);
-        }
-    }
-}
 
 /// Authenticates a session token (`mvs_…`): known, user enabled, not idle too long, not past
 /// its lifetime. Records the use (written back at most once a minute).
@@ -644,13 +635,8 @@ pub async fn authenticate_session(
 ) -> Result<Authenticated, ApiError> {
     let hash = medvault_crypto::sha256(token.as_bytes());
     let now = state.node.clock.now_micros();
-    let cached = state
-        .sessions
-        .0
-        .lock()
-        .ok()
-        .and_then(|m| m.get(&hash).cloned())
-        .filter(|c| c.checked.elapsed() < SESSION_RECHECK);
+    let cached = state.sessions.fresh(&hash, SESSION_RECHECK);
+    let validated_now = cached.is_none();
     let mut s = match cached {
         Some(c) => c,
         None => {
@@ -668,12 +654,7 @@ pub async fn authenticate_session(
                 }
                 let role = Role::parse(&user.role).map_err(|e| ApiError::internal(&e))?;
                 let (idle, _) = limits.for_role(role);
-                Ok(Some(CachedSession {
-                    row,
-                    role,
-                    idle,
-                    checked: Instant::now(),
-                }))
+                Ok(Some(CachedSession { row, role, idle }))
             })
             .await
             .map_err(|e| ApiError::internal(&e))??;
@@ -704,12 +685,12 @@ pub async fn authenticate_session(
         role: s.role,
         session: Some(s.row.session_id.clone()),
         aal: s.row.aal,
+        scopes: None,
     };
-    if let Ok(mut m) = state.sessions.0.lock() {
-        if m.len() >= 100_000 {
-            m.clear();
-        }
-        m.insert(hash, s);
+    if validated_now {
+        state.sessions.put(hash, s);
+    } else {
+        state.sessions.refresh(hash, s);
     }
     Ok(who)
 }

@@ -15,6 +15,7 @@ mod http;
 pub mod identity;
 pub mod ledger;
 pub mod node;
+pub mod oauth;
 pub mod ops;
 pub mod route;
 pub mod search;
@@ -90,6 +91,8 @@ pub struct AppState {
     pub sessions: Arc<identity::SessionCache>,
     /// Login attempts per client address.
     pub login_throttle: Arc<identity::LoginThrottle>,
+    /// Validated OAuth2 access tokens.
+    pub access_tokens: Arc<oauth::AccessTokenCache>,
 }
 
 impl AppState {
@@ -100,6 +103,7 @@ impl AppState {
             keys: Arc::clone(&node.keys),
             clock: Arc::clone(&node.clock),
             ledger: Arc::clone(&node.ledger),
+            scopes: None,
         };
         Self {
             node: Arc::new(node),
@@ -111,6 +115,7 @@ impl AppState {
             )),
             sessions: Arc::default(),
             login_throttle: Arc::default(),
+            access_tokens: Arc::default(),
         }
     }
 }
@@ -132,6 +137,16 @@ pub fn router(state: AppState) -> Router {
             "/ledger/{log}/proof/consistency",
             get(ledger::get_consistency),
         )
+        .route(
+            "/fhir/.well-known/smart-configuration",
+            get(oauth::smart_configuration),
+        )
+        .route(
+            "/.well-known/smart-configuration",
+            get(oauth::smart_configuration),
+        )
+        .route("/auth/token", post(oauth::token))
+        .route("/auth/introspect", post(oauth::introspect))
         .route("/auth/login", post(identity::login))
         .route("/auth/logout", post(identity::logout))
         .route("/auth/session", get(identity::whoami))

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use medvault_auth::scopes::{Access, Interaction, ScopeSet};
 use medvault_core::{Compartment, ResourceId};
 use medvault_crypto::BlindValue;
 use medvault_crypto::RecordAad;
@@ -31,6 +32,103 @@ pub struct Ctx {
     pub clock: Arc<dyn Clock>,
     /// The ledger (record leaves are written with every version).
     pub ledger: Arc<crate::ledger::Ledger>,
+    /// The request's SMART scopes, when an OAuth2 client makes it (`None`: people and API
+    /// tokens, whom their role governs).
+    pub scopes: Option<Arc<ScopeSet>>,
+}
+
+fn out_of_scope(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        IssueCode::Forbidden,
+        format!("the granted scopes do not allow {what}"),
+    )
+}
+
+impl Ctx {
+    /// What the request's scopes allow for `interaction` on `rt` (everything when the request
+    /// has no scopes).
+    ///
+    /// # Errors
+    /// 403 when nothing allows it.
+    pub fn scope_access(&self, rt: &str, interaction: Interaction) -> Result<Access, ApiError> {
+        let Some(scopes) = &self.scopes else {
+            return Ok(Access::Full);
+        };
+        match scopes.access(rt, interaction) {
+            Access::Denied => Err(out_of_scope(
+                &format!("{interaction:?} on {rt}").to_lowercase(),
+            )),
+            a => Ok(a),
+        }
+    }
+
+    /// Checks the request's scopes allow `interaction` on this particular `resource` (query
+    /// constraints are evaluated against the resource with the search parameters' own
+    /// definitions).
+    ///
+    /// # Errors
+    /// 403 when they do not.
+    pub fn scope_allows(
+        &self,
+        rt: &str,
+        interaction: Interaction,
+        resource: &Value,
+    ) -> Result<(), ApiError> {
+        match self.scope_access(rt, interaction)? {
+            Access::Full => Ok(()),
+            Access::Denied => Err(out_of_scope(rt)),
+            Access::Constrained(groups) => {
+                if groups
+                    .iter()
+                    .any(|g| satisfies(&self.fhir, rt, resource, g))
+                {
+                    Ok(())
+                } else {
+                    Err(out_of_scope(&format!(
+                        "this {rt}: it is outside the scopes' query constraints"
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// Under query-constrained scopes, checks the stored current version allows `interaction` too
+/// (an update may not move a resource into the constraint, nor a delete reach outside it).
+fn existing_allows(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &str,
+    id: &ResourceId,
+    interaction: Interaction,
+) -> Result<(), ApiError> {
+    if matches!(ctx.scope_access(rt, interaction)?, Access::Full) {
+        return Ok(());
+    }
+    let Some(row) = store.version(rt, id.as_str(), None)? else {
+        return Ok(());
+    };
+    let resource = open(store, ctx, &row)?;
+    ctx.scope_allows(rt, interaction, &resource)
+}
+
+/// True if `resource` matches every `(parameter, value)` of a scope's query constraint. An
+/// unknown parameter or a value that does not parse matches nothing (fail closed).
+pub fn satisfies(fhir: &Fhir, rt: &str, resource: &Value, group: &[(String, String)]) -> bool {
+    let Some(info) = fhir.type_info(rt) else {
+        return false;
+    };
+    group.iter().all(|(name, value)| {
+        let (code, modifier) = match name.split_once(':') {
+            Some((c, m)) => (c, Some(m)),
+            None => (name.as_str(), None),
+        };
+        info.params.get(code).is_some_and(|p| {
+            p.parse_clause(modifier, value)
+                .is_ok_and(|clause| p.matches(&clause, resource))
+        })
+    })
 }
 
 /// The result of one interaction, before it becomes an HTTP response or a Bundle entry.
@@ -208,6 +306,12 @@ pub fn prepare(
         e.details = issues.into_iter().map(|i| (i.path, i.message)).collect();
         e
     })?;
+    let interaction = if id_must_match {
+        Interaction::Update
+    } else {
+        Interaction::Create
+    };
+    ctx.scope_allows(rt, interaction, &resource)?;
     let compartment = ctx.fhir.compartment_of(rt, &id, &resource);
     let mut index = Vec::new();
     if let Some(info) = ctx.fhir.type_info(rt) {
@@ -338,6 +442,9 @@ pub fn update(
     if_match: Option<u64>,
 ) -> Result<Outcome, ApiError> {
     let current = tx.current(&p.rt, p.id.as_str())?;
+    if current.as_ref().is_some_and(|c| !c.deleted) {
+        existing_allows(&*tx, ctx, &p.rt, &p.id, Interaction::Update)?;
+    }
     if let Some(expected) = if_match {
         let live = current.as_ref().filter(|c| !c.deleted).map(|c| c.version);
         if live != Some(expected) {
@@ -369,9 +476,13 @@ pub fn delete(
     rt: &str,
     id: &ResourceId,
 ) -> Result<Outcome, ApiError> {
+    ctx.scope_access(rt, Interaction::Delete)?;
     let Some(current) = tx.current(rt, id.as_str())? else {
         return Err(ApiError::not_found(format!("{rt}/{id} does not exist")));
     };
+    if !current.deleted {
+        existing_allows(&*tx, ctx, rt, id, Interaction::Delete)?;
+    }
     if current.deleted {
         return Ok(Outcome::message(
             StatusCode::OK,
@@ -466,7 +577,9 @@ pub fn read(
             None => format!("{rt}/{id} is not known"),
         }));
     };
+    ctx.scope_access(rt, Interaction::Read)?;
     let resource = open(store, ctx, &row)?;
+    ctx.scope_allows(rt, Interaction::Read, &resource)?;
     Ok(Outcome::of_version(
         StatusCode::OK,
         rt,
@@ -490,6 +603,22 @@ pub fn history(
     paging: search::Paging,
     base: &str,
 ) -> Result<Value, ApiError> {
+    // Instance history is a read of that resource (checked against its current version);
+    // type history a search, which query constraints cannot filter.
+    match id {
+        Some(id) => {
+            if !matches!(ctx.scope_access(rt, Interaction::Read)?, Access::Full) {
+                read(store, ctx, rt, id, None)?;
+            }
+        }
+        None => {
+            if !matches!(ctx.scope_access(rt, Interaction::Search)?, Access::Full) {
+                return Err(out_of_scope(&format!(
+                    "the history of all {rt} resources under query-constrained scopes"
+                )));
+            }
+        }
+    }
     let page = store.history(rt, id.map(ResourceId::as_str), paging.offset, paging.count)?;
     if let Some(id) = id {
         if page.total == 0 {

@@ -1,6 +1,7 @@
 //! Search: query parsing, the blind-index lookup, exact re-checking after decryption, paging.
 
 use axum::http::StatusCode;
+use medvault_auth::scopes::{Access, Interaction};
 use medvault_fhir::Clause;
 use medvault_store::{IndexQuery, SortOrder, StoreRead};
 use serde_json::{Value, json};
@@ -367,8 +368,30 @@ pub fn search_bundle(
     strict: bool,
     base: &str,
 ) -> Result<Value, ApiError> {
+    // Query-constrained scopes: one constraint is added to the search itself (exact paging
+    // and total); several are applied to each page's results, and the total is left out.
+    let mut groups = Vec::new();
+    let constrained;
+    let params = match ctx.scope_access(rt, Interaction::Search)? {
+        Access::Constrained(g) if g.len() == 1 => {
+            constrained = params.iter().chain(&g[0]).cloned().collect::<Vec<_>>();
+            &constrained[..]
+        }
+        Access::Constrained(g) => {
+            groups = g;
+            params
+        }
+        _ => params,
+    };
     let req = parse(ctx, rt, params, strict)?;
-    let (resources, total) = execute(store, ctx, rt, &req)?;
+    let (mut resources, total) = execute(store, ctx, rt, &req)?;
+    if !groups.is_empty() {
+        resources.retain(|r| {
+            groups
+                .iter()
+                .any(|g| crate::ops::satisfies(&ctx.fhir, rt, r, g))
+        });
+    }
     let mut entries: Vec<Value> = resources
         .into_iter()
         .map(|r| {
@@ -386,12 +409,18 @@ pub fn search_bundle(
             "search": {"mode": "outcome"},
         }));
     }
-    Ok(bundle(
+    let mut out = bundle(
         "searchset",
         entries,
         total,
         &format!("{base}/{rt}"),
         &req.applied,
         req.paging,
-    ))
+    );
+    if !groups.is_empty()
+        && let Some(o) = out.as_object_mut()
+    {
+        o.remove("total");
+    }
+    Ok(out)
 }
