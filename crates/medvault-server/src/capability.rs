@@ -68,7 +68,15 @@ pub fn statement(fhir: &Fhir, base: &str, now: &str) -> Value {
             "documentation": "Records are sealed per patient (AES-256-GCM); search runs over blind indexes. Search supports string (prefix, :exact), token, reference and date (eq, gt, lt, ge, le) parameters, _id, _lastUpdated, _count, _offset, _sort (_id, _lastUpdated) and _summary=count; unknown parameters are ignored unless Prefer: handling=strict.",
             "security": {
                 "cors": false,
-                "description": "Bearer tokens (medvault token create --role admin|auditor) in the Authorization header. Every request is recorded in a tamper-evident ledger (see /ledger/checkpoint)."
+                "service": [{"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                    "code": "SMART-on-FHIR"
+                }]}],
+                "extension": [{
+                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    "extension": [{"url": "token", "valueUri": format!("{}/auth/token", base.strip_suffix("/fhir").unwrap_or(base))}]
+                }],
+                "description": "Bearer credentials in the Authorization header: SMART Backend Services access tokens (POST /auth/token, client_credentials with private_key_jwt; see .well-known/smart-configuration), login sessions of people (POST /auth/login with a password and a second factor), or API tokens (medvault token create). Every request is recorded in a tamper-evident access log (see /ledger/access/checkpoint)."
             },
             "resource": resources,
             "interaction": [{"code": "batch"}, {"code": "transaction"}],
