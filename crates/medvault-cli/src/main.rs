@@ -100,6 +100,11 @@ enum Command {
         /// Minutes an admin's session may sit unused (NIST AAL3 allows at most 15).
         #[arg(long, value_name = "MINUTES", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=15))]
         admin_session_idle_minutes: u64,
+        /// The origin people's browsers reach this node at, for passkeys (WebAuthn binds
+        /// credentials to it), e.g. https://ehr.example.org. Defaults to http://localhost:PORT
+        /// (browsers allow WebAuthn on localhost without TLS).
+        #[arg(long, value_name = "URL")]
+        webauthn_origin: Option<String>,
         /// Hours a login session lasts at most, used or not (NIST: at most 12 at AAL2/AAL3).
         #[arg(long, value_name = "HOURS", default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=12))]
         session_max_hours: u64,
@@ -665,6 +670,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             session_idle_minutes,
             admin_session_idle_minutes,
             session_max_hours,
+            webauthn_origin,
         } => {
             init_logging(log_format);
             let witnesses = witnesses
@@ -674,6 +680,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let witness_for = parse_vkeys(&witness_for, "--witness-for")?;
+            if let Some(o) = &webauthn_origin {
+                let url = o
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--webauthn-origin {o:?}: {e}"))?;
+                medvault_server::passkey::relying_party(&url)
+                    .map_err(|e| anyhow::anyhow!("--webauthn-origin: {e}"))?;
+            }
             let node = open_node(&dir.data_dir, false)?;
             // Recorded so `ledger verify` can check cosignatures without being told the keys.
             let known = witnesses
@@ -702,6 +715,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     aal3_idle: Duration::from_secs(60 * admin_session_idle_minutes),
                     aal3_max: Duration::from_secs(3600 * session_max_hours),
                 },
+                webauthn_origin: Some(
+                    webauthn_origin
+                        .unwrap_or_else(|| format!("http://localhost:{}", listen.port())),
+                ),
                 ..ServerConfig::default()
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()

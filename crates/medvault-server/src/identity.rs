@@ -75,7 +75,8 @@ impl Default for SessionLimits {
 }
 
 impl SessionLimits {
-    fn for_role(&self, role: Role) -> (Duration, Duration) {
+    /// (idle timeout, absolute lifetime) of a session of `role`.
+    pub fn for_role(&self, role: Role) -> (Duration, Duration) {
         if role.is_aal3() {
             (self.aal3_idle, self.aal3_max)
         } else {
@@ -84,7 +85,7 @@ impl SessionLimits {
     }
 }
 
-fn micros(d: Duration) -> i64 {
+pub(crate) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
@@ -124,7 +125,7 @@ pub(crate) struct AuthNote {
 
 /// A JSON answer carrying a secret (a session token, a TOTP secret, recovery codes): never
 /// cached.
-fn secret_json(body: &Value, user: Option<String>, event: &'static str) -> Response {
+pub(crate) fn secret_json(body: &Value, user: Option<String>, event: &'static str) -> Response {
     let mut resp = Json(body).into_response();
     resp.headers_mut().insert(
         header::CACHE_CONTROL,
@@ -133,7 +134,7 @@ fn secret_json(body: &Value, user: Option<String>, event: &'static str) -> Respo
     with_note(resp, user, event)
 }
 
-fn with_note(mut resp: Response, user: Option<String>, event: &'static str) -> Response {
+pub(crate) fn with_note(mut resp: Response, user: Option<String>, event: &'static str) -> Response {
     resp.extensions_mut().insert(AuthNote { user, event });
     resp
 }
@@ -162,7 +163,7 @@ impl LoginThrottle {
 }
 
 /// The node's identity keys, loaded on first use.
-fn identity_key(node: &Node) -> Result<Arc<DataKey>, ApiError> {
+pub(crate) fn identity_key(node: &Node) -> Result<Arc<DataKey>, ApiError> {
     let ring = Arc::clone(&node.keys);
     if let Ok(k) = ring.for_read(node.store.as_ref(), IDENTITY_KEY) {
         return Ok(k);
@@ -197,12 +198,17 @@ fn name_index(node: &Node, normalised: &str) -> Result<BlindValue, ApiError> {
     Ok(k.blind(normalised.as_bytes()))
 }
 
-fn seal(key: &DataKey, user_id: &str, field: &str, bytes: &[u8]) -> Result<Sealed, ApiError> {
+pub(crate) fn seal(
+    key: &DataKey,
+    user_id: &str,
+    field: &str,
+    bytes: &[u8],
+) -> Result<Sealed, ApiError> {
     key.seal_bound(SEAL_CONTEXT, &[user_id.as_bytes(), field.as_bytes()], bytes)
         .map_err(|e| ApiError::internal(&e))
 }
 
-fn open(
+pub(crate) fn open(
     key: &DataKey,
     user_id: &str,
     field: &str,
@@ -564,7 +570,7 @@ fn second_factor(
     Ok(Err(LoginFailure::SecondFactorRequired))
 }
 
-fn new_session(
+pub(crate) fn new_session(
     user_id: &str,
     aal: u8,
     now: i64,
@@ -695,7 +701,7 @@ pub async fn authenticate_session(
     Ok(who)
 }
 
-fn session_token(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn session_token(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
         .to_str()
@@ -744,7 +750,7 @@ pub(crate) async fn whoami(who: Authenticated) -> Result<Response, ApiError> {
     .into_response())
 }
 
-fn user_of(state: &AppState, who: &Authenticated) -> Result<UserRow, ApiError> {
+pub(crate) fn user_of(state: &AppState, who: &Authenticated) -> Result<UserRow, ApiError> {
     if who.session.is_none() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod node;
 pub mod oauth;
 pub mod ops;
+pub mod passkey;
 pub mod route;
 pub mod search;
 pub mod verify;
@@ -57,6 +58,16 @@ pub struct ServerConfig {
     pub sessions: identity::SessionLimits,
     /// Login attempts accepted per client address per minute.
     pub login_attempts_per_minute: u32,
+    /// The origin browsers reach this node at, for WebAuthn passkeys (e.g.
+    /// `https://ehr.example`); passkeys are off without it.
+    pub webauthn_origin: Option<String>,
+}
+
+impl ServerConfig {
+    /// (idle timeout, absolute lifetime) of a login session of `role`.
+    pub fn sessions_for(&self, role: medvault_core::Role) -> (Duration, Duration) {
+        self.sessions.for_role(role)
+    }
 }
 
 impl Default for ServerConfig {
@@ -70,6 +81,7 @@ impl Default for ServerConfig {
             witnesses: Vec::new(),
             sessions: identity::SessionLimits::default(),
             login_attempts_per_minute: identity::THROTTLE_ATTEMPTS,
+            webauthn_origin: None,
         }
     }
 }
@@ -93,11 +105,28 @@ pub struct AppState {
     pub login_throttle: Arc<identity::LoginThrottle>,
     /// Validated OAuth2 access tokens.
     pub access_tokens: Arc<oauth::AccessTokenCache>,
+    /// The WebAuthn relying party, when passkeys are configured.
+    pub webauthn: Option<Arc<webauthn_rs::prelude::Webauthn>>,
+    /// Passkey ceremonies in progress.
+    pub passkey_ceremonies: passkey::PasskeyCeremonies,
 }
 
 impl AppState {
-    /// State for a node with these settings.
+    /// State for a node with these settings. A WebAuthn origin that cannot be used disables
+    /// passkeys with a warning (`serve` checks it before starting).
     pub fn new(node: Node, config: ServerConfig) -> Self {
+        let webauthn = config.webauthn_origin.as_deref().and_then(|o| {
+            let rp = webauthn_rs::prelude::Url::parse(o)
+                .map_err(|e| e.to_string())
+                .and_then(|u| passkey::relying_party(&u));
+            match rp {
+                Ok(w) => Some(Arc::new(w)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "passkeys disabled");
+                    None
+                }
+            }
+        });
         let ctx = ops::Ctx {
             fhir: Arc::clone(&node.fhir),
             keys: Arc::clone(&node.keys),
@@ -116,6 +145,8 @@ impl AppState {
             sessions: Arc::default(),
             login_throttle: Arc::default(),
             access_tokens: Arc::default(),
+            webauthn,
+            passkey_ceremonies: Arc::default(),
         }
     }
 }
@@ -148,6 +179,18 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/token", post(oauth::token))
         .route("/auth/introspect", post(oauth::introspect))
         .route("/auth/login", post(identity::login))
+        .route("/auth/ui", get(passkey::page))
+        .route("/auth/ui/login.js", get(passkey::page_script))
+        .route(
+            "/auth/passkey/register/start",
+            post(passkey::register_start),
+        )
+        .route(
+            "/auth/passkey/register/finish",
+            post(passkey::register_finish),
+        )
+        .route("/auth/passkey/login/start", post(passkey::login_start))
+        .route("/auth/passkey/login/finish", post(passkey::login_finish))
         .route("/auth/logout", post(identity::logout))
         .route("/auth/session", get(identity::whoami))
         .route("/auth/totp/enroll", post(identity::totp_enroll))

@@ -483,6 +483,12 @@ impl StoreRead for SqliteStore {
     fn client(&self, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
         self.with_reader(|c| sql::client(c, client_id))
     }
+    fn passkeys(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<(Vec<u8>, medvault_crypto::Sealed)>, StoreError> {
+        self.with_reader(|c| sql::passkeys(c, user_id))
+    }
     fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
         self.with_reader(sql::clients)
     }
@@ -557,7 +563,7 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.meta("tenant").unwrap().as_deref(), Some("t"));
-        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("6"));
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("7"));
         // The writer resumes the tree where it stopped.
         audit(&s, 5);
         let mut want = medvault_ledger::MemoryTree::new();

@@ -148,6 +148,12 @@ const NODE_MIGRATIONS: &[&str] = &[
         PRIMARY KEY (client_id, jti)
      ) WITHOUT ROWID;
      CREATE INDEX oauth_jti_by_expiry ON oauth_jti (expires);",
+    // v7: WebAuthn passkeys, sealed; a credential id belongs to one user.
+    "CREATE TABLE passkeys (
+        credential_id BLOB PRIMARY KEY, user_id TEXT NOT NULL, passkey BLOB NOT NULL,
+        created INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE INDEX passkeys_by_user ON passkeys (user_id, created);",
 ];
 
 const DROP_LEVEL_ZERO: &str = "DELETE FROM ledger_nodes WHERE level = 0;";

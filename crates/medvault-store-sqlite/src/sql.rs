@@ -385,6 +385,22 @@ pub(crate) fn access_token(
         .map_err(backend)
 }
 
+pub(crate) fn passkeys(
+    c: &Connection,
+    user_id: &str,
+) -> Result<Vec<(Vec<u8>, Sealed)>, StoreError> {
+    c.prepare_cached(
+        "SELECT credential_id, passkey FROM passkeys WHERE user_id = ?1 ORDER BY created",
+    )
+    .and_then(|mut s| {
+        s.query_map([user_id], |r| {
+            Ok((r.get(0)?, Sealed::from_stored(r.get(1)?)))
+        })?
+        .collect()
+    })
+    .map_err(backend)
+}
+
 pub(crate) fn recovery_codes_left(c: &Connection, user_id: &str) -> Result<u64, StoreError> {
     c.prepare_cached("SELECT count(*) FROM recovery_codes WHERE user_id = ?1")
         .and_then(|mut s| s.query_row([user_id], |r| r.get::<_, i64>(0)))
@@ -750,6 +766,9 @@ impl StoreRead for Tx<'_> {
     fn client(&self, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
         client(self.conn, client_id)
     }
+    fn passkeys(&self, user_id: &str) -> Result<Vec<(Vec<u8>, Sealed)>, StoreError> {
+        passkeys(self.conn, user_id)
+    }
     fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
         clients(self.conn)
     }
@@ -984,6 +1003,34 @@ impl StoreTx for Tx<'_> {
             )
             .and_then(|mut s| s.execute(params![to_i64(size), note]))
             .map(|_| ())
+            .map_err(backend)
+    }
+
+    fn put_passkey(
+        &mut self,
+        user_id: &str,
+        credential_id: &[u8],
+        sealed: &Sealed,
+        created: i64,
+    ) -> Result<(), StoreError> {
+        let owner: Option<String> = self
+            .conn
+            .prepare_cached("SELECT user_id FROM passkeys WHERE credential_id = ?1")
+            .and_then(|mut s| s.query_row([credential_id], |r| r.get(0)).optional())
+            .map_err(backend)?;
+        if owner.is_some_and(|o| o != user_id) {
+            return Err(StoreError::Conflict);
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO passkeys (credential_id, user_id, passkey, created)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (credential_id) DO UPDATE SET passkey = excluded.passkey",
+            )
+            .and_then(|mut s| {
+                s.execute(params![credential_id, user_id, sealed.as_bytes(), created])
+            })
+            .map(drop)
             .map_err(backend)
     }
 

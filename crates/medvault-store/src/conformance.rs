@@ -788,4 +788,31 @@ fn oauth_clients_tokens_and_replay(store: &dyn Store) {
         "jti",
     );
     assert!(first && !replay && other);
+    // Passkeys: per user, replaced by credential id, and a credential id has one owner.
+    let sealed = |n: u8| Sealed::from_stored(vec![n; 40]);
+    ok(
+        write_with(store, move |tx| {
+            tx.put_passkey("usr_a", b"cred-1", &sealed(1), 1)?;
+            tx.put_passkey("usr_a", b"cred-2", &sealed(2), 2)?;
+            tx.put_passkey("usr_a", b"cred-1", &sealed(3), 3)
+        }),
+        "passkeys",
+    );
+    assert_eq!(
+        ok(store.passkeys("usr_a"), "passkeys"),
+        vec![
+            (b"cred-1".to_vec(), sealed(3)),
+            (b"cred-2".to_vec(), sealed(2))
+        ]
+    );
+    assert!(matches!(
+        write_with(store, move |tx| tx.put_passkey(
+            "usr_b",
+            b"cred-1",
+            &sealed(4),
+            4
+        )),
+        Err(StoreError::Conflict)
+    ));
+    assert!(ok(store.passkeys("usr_b"), "passkeys").is_empty());
 }

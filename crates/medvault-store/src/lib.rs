@@ -332,6 +332,11 @@ pub trait StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn access_token(&self, hash: &[u8; 32]) -> Result<Option<AccessTokenRow>, StoreError>;
+    /// A user's WebAuthn passkeys: (credential id, sealed passkey), oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn passkeys(&self, user_id: &str) -> Result<Vec<(Vec<u8>, Sealed)>, StoreError>;
     /// Unused recovery codes a user has left.
     ///
     /// # Errors
@@ -598,6 +603,18 @@ pub trait StoreTx: StoreRead {
         expires_micros: i64,
         now_micros: i64,
     ) -> Result<bool, StoreError>;
+    /// Inserts or replaces a user's passkey (by credential id; its signature counter changes on
+    /// every use).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] if another user registered the same credential id.
+    fn put_passkey(
+        &mut self,
+        user_id: &str,
+        credential_id: &[u8],
+        sealed: &Sealed,
+        created_micros: i64,
+    ) -> Result<(), StoreError>;
     /// Inserts or replaces a user (by id).
     ///
     /// # Errors

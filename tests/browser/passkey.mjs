@@ -1,0 +1,91 @@
+// Passkeys end to end in a real browser: Debian's Chromium (playwright-core, no download) with
+// the DevTools virtual authenticator, against the node's own sign-in page on localhost.
+//
+// Env: MEDVAULT_ORIGIN (http://localhost:PORT), MEDVAULT_USER, MEDVAULT_USER_PASSWORD.
+// Prints one line per check; exits non-zero on the first failure.
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+
+const origin = process.env.MEDVAULT_ORIGIN;
+const user = process.env.MEDVAULT_USER;
+const password = process.env.MEDVAULT_USER_PASSWORD;
+let checks = 0;
+const ok = (what) => { checks += 1; console.log(`ok ${checks} - ${what}`); };
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox"],
+});
+try {
+  const page = await browser.newPage();
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send("WebAuthn.enable");
+  const { authenticatorId } = await cdp.send("WebAuthn.addVirtualAuthenticator", {
+    options: {
+      protocol: "ctap2", transport: "internal", hasResidentKey: true,
+      hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true,
+    },
+  });
+  const status = () => page.locator("#status");
+
+  await page.goto(`${origin}/auth/ui`);
+  const csp = (await page.request.get(`${origin}/auth/ui`)).headers()["content-security-policy"];
+  assert.match(csp, /script-src 'self'/);
+  ok("the sign-in page is served with a strict content security policy");
+
+  // Password only: an enrollment session (AAL1), which may add a passkey.
+  await page.fill("#username", user);
+  await page.fill("#password", password);
+  await page.click("#login");
+  await page.waitForFunction(() => document.getElementById("status").dataset.aal === "1");
+  ok("password login gives an AAL1 session");
+  const blocked = await page.evaluate(async () =>
+    (await fetch("/fhir/Patient?_count=1", { headers: { Authorization: "Bearer " + session.session } })).status);
+  assert.equal(blocked, 403);
+  ok("an AAL1 session reaches no FHIR data");
+
+  await page.click("#passkey-register");
+  await page.waitForFunction(() => {
+    const s = document.getElementById("status").dataset;
+    return s.registered === "yes" || s.error;
+  });
+  assert.equal(await status().getAttribute("data-registered"), "yes", await status().textContent());
+  const { credentials } = await cdp.send("WebAuthn.getCredentials", { authenticatorId });
+  assert.equal(credentials.length, 1);
+  assert.equal(credentials[0].rpId, new URL(origin).hostname);
+  ok("a passkey is registered in the browser's authenticator, bound to this origin");
+
+  await page.click("#logout");
+  await page.waitForFunction(() => document.getElementById("status").textContent === "Signed out.");
+  await page.click("#passkey-login");
+  await page.waitForFunction(() => {
+    const s = document.getElementById("status").dataset;
+    return s.aal === "3" || s.error;
+  });
+  assert.equal(await status().getAttribute("data-aal"), "3", await status().textContent());
+  ok("passkey login (user verified) gives an AAL3 session");
+  const allowed = await page.evaluate(async () =>
+    (await fetch("/fhir/Patient?_count=1", { headers: { Authorization: "Bearer " + session.session } })).status);
+  assert.equal(allowed, 200);
+  ok("the passkey session reads FHIR data");
+  const { credentials: after } = await cdp.send("WebAuthn.getCredentials", { authenticatorId });
+  assert.ok(after[0].signCount >= 1);
+  ok("the authenticator's signature counter advanced");
+
+  // Without user verification (no PIN/biometric), the server refuses the login.
+  await cdp.send("WebAuthn.setUserVerified", { authenticatorId, isUserVerified: false });
+  await page.click("#logout");
+  await page.waitForFunction(() => document.getElementById("status").textContent === "Signed out.");
+  await page.click("#passkey-login");
+  await page.waitForFunction(() => {
+    const s = document.getElementById("status").dataset;
+    return s.error || s.aal === "3";
+  }, null, { timeout: 30000 });
+  const refused = await status().getAttribute("data-error");
+  assert.ok(refused, "a login without user verification must fail: " + (await status().textContent()));
+  ok("a passkey login without user verification is refused");
+} finally {
+  await browser.close();
+}
+console.log(`${checks} browser checks passed`);
+if (checks !== 8) process.exit(1);
