@@ -28,6 +28,7 @@ use webauthn_rs::prelude::{
 use crate::AppState;
 use crate::auth::{Authenticated, unauthorized};
 use crate::error::{ApiError, IssueCode};
+use crate::http::blocking;
 use crate::identity::{
     LOCK_AFTER, LOCK_FOR, find_user, identity_key, micros, new_session, open, seal, secret_json,
     session_token, user_of, with_note,
@@ -148,14 +149,6 @@ fn store_passkey(state: &AppState, user_id: &str, pk: &Passkey) -> Result<(), Ap
         )),
         r => Ok(r?),
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(&e))?
 }
 
 /// `POST /auth/passkey/register/start`: options for `navigator.credentials.create`. A user with
