@@ -254,6 +254,16 @@ impl ScopeSet {
         &self.resources
     }
 
+    /// The other (non-resource) scopes: `openid`, `offline_access`, …
+    pub fn others(&self) -> &[String] {
+        &self.others
+    }
+
+    /// True if the set holds this non-resource scope.
+    pub fn has(&self, name: &str) -> bool {
+        self.others.iter().any(|o| o == name)
+    }
+
     /// True if every resource scope has this context.
     pub fn only_context(&self, context: Context) -> bool {
         self.resources.iter().all(|r| r.context == context)

@@ -235,10 +235,12 @@ enum UserCommand {
 
 #[derive(Debug, Subcommand)]
 enum ClientCommand {
-    /// Register a backend service (SMART Backend Services: client_credentials with a
-    /// private_key_jwt assertion signed RS384 or ES384) and print its client id. The service
-    /// then gets 5-minute access tokens from POST /auth/token, limited to the scopes it asks for
-    /// within those registered here.
+    /// Register a client and print its client id. With --jwks: a backend service (SMART Backend
+    /// Services: client_credentials with a private_key_jwt assertion signed RS384 or ES384;
+    /// system/… scopes). With --redirect-uri: a user-facing app (authorization code with PKCE
+    /// S256; the user signs in with MFA and approves; user/… scopes, openid, fhirUser,
+    /// offline_access). Either way the client gets 5-minute access tokens from POST
+    /// /auth/token, limited to the scopes it asks for within those registered here.
     #[command(after_help = "Example:\n  \
         medvault client register --data-dir DIR --name \"Lab feed\" --jwks lab-feed.jwks.json \\\n    \
         --scope \"system/Observation.rs system/Patient.r\"")]
@@ -250,8 +252,17 @@ enum ClientCommand {
         name: String,
         /// File with the service's public JWK Set ({"keys": [...]}): RSA keys for RS384, EC P-384
         /// keys for ES384, each with a kid.
-        #[arg(long, value_name = "FILE")]
-        jwks: PathBuf,
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "redirect_uris",
+            conflicts_with = "redirect_uris"
+        )]
+        jwks: Option<PathBuf>,
+        /// Where a user-facing app receives authorization codes (exact match; https, or http on
+        /// localhost). Repeat for several.
+        #[arg(long = "redirect-uri", value_name = "URI")]
+        redirect_uris: Vec<String>,
         /// The SMART scopes the service may be granted, space-separated (system/… only; v1
         /// suffixes .read/.write/.* are accepted and stored as v2).
         #[arg(long)]
@@ -280,12 +291,19 @@ fn run_client(command: ClientCommand) -> anyhow::Result<()> {
             dir,
             name,
             jwks,
+            redirect_uris,
             scope,
         } => {
-            let text = std::fs::read_to_string(&jwks)
-                .with_context(|| format!("reading --jwks {}", jwks.display()))?;
+            use medvault_server::oauth::ClientKind;
+            let kind = match jwks {
+                Some(path) => ClientKind::Backend {
+                    jwks: std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading --jwks {}", path.display()))?,
+                },
+                None => ClientKind::App { redirect_uris },
+            };
             let node = open_node(&dir.data_dir, true)?;
-            let id = medvault_server::oauth::register_client(&node, &name, &text, &scope)
+            let id = medvault_server::oauth::register_client(&node, &name, &kind, &scope)
                 .map_err(fail)?;
             audit_admin(&node, "client-register", Some(&id))?;
             println!("{id}");

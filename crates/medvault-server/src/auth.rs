@@ -38,6 +38,8 @@ pub struct Authenticated {
     pub aal: u8,
     /// For an OAuth2 access token: the SMART scopes granted, enforced on every interaction.
     pub scopes: Option<std::sync::Arc<medvault_auth::scopes::ScopeSet>>,
+    /// For an OAuth2 access token: the client (app or service) that presents it.
+    pub client: Option<String>,
 }
 
 /// Where the authenticator leaves who it authenticated, for the audit record the request
@@ -205,6 +207,7 @@ pub async fn validate_bearer(state: &AppState, token: &str) -> Result<Authentica
         session: None,
         aal: 0,
         scopes: None,
+        client: None,
     };
     state.tokens.put(hash, who.clone());
     Ok(who)

@@ -120,6 +120,7 @@ impl LoginFailure {
 #[derive(Debug, Clone)]
 pub(crate) struct AuthNote {
     pub(crate) user: Option<String>,
+    pub(crate) client: Option<String>,
     pub(crate) event: &'static str,
 }
 
@@ -134,8 +135,22 @@ pub(crate) fn secret_json(body: &Value, user: Option<String>, event: &'static st
     with_note(resp, user, event)
 }
 
-pub(crate) fn with_note(mut resp: Response, user: Option<String>, event: &'static str) -> Response {
-    resp.extensions_mut().insert(AuthNote { user, event });
+pub(crate) fn with_note(resp: Response, user: Option<String>, event: &'static str) -> Response {
+    with_app_note(resp, user, None, event)
+}
+
+/// Like [`with_note`], naming the app (OAuth2 client) concerned too.
+pub(crate) fn with_app_note(
+    mut resp: Response,
+    user: Option<String>,
+    client: impl Into<Option<String>>,
+    event: &'static str,
+) -> Response {
+    resp.extensions_mut().insert(AuthNote {
+        user,
+        client: client.into(),
+        event,
+    });
     resp
 }
 
@@ -692,6 +707,7 @@ pub async fn authenticate_session(
         session: Some(s.row.session_id.clone()),
         aal: s.row.aal,
         scopes: None,
+        client: None,
     };
     if validated_now {
         state.sessions.put(hash, s);

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod ledger;
 pub mod node;
 pub mod oauth;
+pub mod oauth_app;
 pub mod ops;
 pub mod passkey;
 pub mod route;
@@ -109,6 +110,8 @@ pub struct AppState {
     pub webauthn: Option<Arc<webauthn_rs::prelude::Webauthn>>,
     /// Passkey ceremonies in progress.
     pub passkey_ceremonies: passkey::PasskeyCeremonies,
+    /// Token families revoked by this process, so cached access tokens stop at once.
+    pub revoked_families: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl AppState {
@@ -147,7 +150,26 @@ impl AppState {
             access_tokens: Arc::default(),
             webauthn,
             passkey_ceremonies: Arc::default(),
+            revoked_families: Arc::default(),
         }
+    }
+
+    /// Records that a token family was revoked, so its cached access tokens stop working now
+    /// (other processes' caches forget them within their 30-second recheck).
+    pub fn revoke_family_cached(&self, family: &str) {
+        if let Ok(mut s) = self.revoked_families.lock() {
+            if s.len() >= 100_000 {
+                s.clear();
+            }
+            s.insert(family.to_owned());
+        }
+    }
+
+    /// True if this process revoked `family`.
+    pub fn family_revoked(&self, family: &str) -> bool {
+        self.revoked_families
+            .lock()
+            .map_or(true, |s| s.contains(family))
     }
 }
 
@@ -178,9 +200,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/auth/token", post(oauth::token))
         .route("/auth/introspect", post(oauth::introspect))
+        .route("/auth/revoke", post(oauth_app::revoke))
+        .route("/auth/authorize", get(oauth_app::authorize_page))
+        .route("/auth/authorize.js", get(oauth_app::authorize_script))
+        .route("/auth/authorize/check", get(oauth_app::authorize_check))
+        .route("/auth/authorize/decide", post(oauth_app::authorize_decide))
         .route("/auth/login", post(identity::login))
         .route("/auth/ui", get(passkey::page))
         .route("/auth/ui/login.js", get(passkey::page_script))
+        .route("/auth/ui/common.js", get(passkey::common_script))
         .route(
             "/auth/passkey/register/start",
             post(passkey::register_start),

@@ -31,7 +31,6 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::auth::{Authenticated, unauthorized};
 use crate::error::ApiError;
-use crate::identity::AuthNote;
 use crate::node::Node;
 
 /// Access tokens start with this.
@@ -86,14 +85,46 @@ fn key_algorithm(k: &Jwk) -> Option<Algorithm> {
     }
 }
 
-/// Registers a backend-service client; returns its id.
+/// How a client authenticates and what it may be granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientKind {
+    /// A backend service: `private_key_jwt` with this JWK Set; `system/` scopes.
+    Backend {
+        /// The service's public JWK Set (JSON).
+        jwks: String,
+    },
+    /// A user-facing app (public client): authorization code with PKCE S256, redirected to one
+    /// of these URIs (https, or http on localhost); `user/` scopes and `offline_access`,
+    /// `online_access`.
+    App {
+        /// Exact redirect URIs.
+        redirect_uris: Vec<String>,
+    },
+}
+
+/// Scopes a user-facing app may be registered for besides `user/…` resource scopes.
+pub const APP_SCOPES: [&str; 2] = ["offline_access", "online_access"];
+
+fn check_redirect_uri(uri: &str) -> Result<(), ApiError> {
+    let url = webauthn_rs::prelude::Url::parse(uri)
+        .map_err(|e| ApiError::bad_request(format!("redirect URI {uri:?}: {e}")))?;
+    let local = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    if url.fragment().is_some() || !(url.scheme() == "https" || (url.scheme() == "http" && local)) {
+        return Err(ApiError::bad_request(format!(
+            "redirect URI {uri:?}: use https (or http on localhost), without a fragment"
+        )));
+    }
+    Ok(())
+}
+
+/// Registers a client; returns its id.
 ///
 /// # Errors
-/// 400 naming what is wrong with the keys or scopes.
+/// 400 naming what is wrong with the keys, redirect URIs or scopes.
 pub fn register_client(
     node: &Node,
     name: &str,
-    jwks: &str,
+    kind: &ClientKind,
     scopes: &str,
 ) -> Result<String, ApiError> {
     let name = name.trim();
@@ -102,23 +133,52 @@ pub fn register_client(
             "the client name must be 1-200 printable characters",
         ));
     }
-    check_jwks(jwks).map_err(ApiError::bad_request)?;
     let set = ScopeSet::parse(scopes).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if set.resources().is_empty() || !set.only_context(Context::System) {
-        return Err(ApiError::bad_request(
-            "a backend service is registered with system/… scopes only (e.g. system/Observation.rs)",
-        ));
-    }
+    let (jwks, redirect_uris) = match kind {
+        ClientKind::Backend { jwks } => {
+            check_jwks(jwks).map_err(ApiError::bad_request)?;
+            if set.resources().is_empty()
+                || !set.only_context(Context::System)
+                || !set.others().is_empty()
+            {
+                return Err(ApiError::bad_request(
+                    "a backend service is registered with system/… scopes only (e.g. system/Observation.rs)",
+                ));
+            }
+            (jwks.clone(), Vec::new())
+        }
+        ClientKind::App { redirect_uris } => {
+            if redirect_uris.is_empty() {
+                return Err(ApiError::bad_request(
+                    "an app needs at least one redirect URI",
+                ));
+            }
+            for u in redirect_uris {
+                check_redirect_uri(u)?;
+            }
+            let others_ok = set
+                .others()
+                .iter()
+                .all(|o| APP_SCOPES.contains(&o.as_str()));
+            if set.resources().is_empty() || !set.only_context(Context::User) || !others_ok {
+                return Err(ApiError::bad_request(
+                    "an app is registered with user/… scopes (e.g. user/Observation.rs) and optionally offline_access or online_access; patient/… scopes need a patient launch context and openid/fhirUser an ID token, which this node does not offer yet",
+                ));
+            }
+            (String::new(), redirect_uris.clone())
+        }
+    };
     let mut raw = [0u8; 12];
     medvault_crypto::random_fill(&mut raw).map_err(|e| ApiError::internal(&e))?;
     let client_id = format!("cli_{}", hex::encode(raw));
     let row = ClientRow {
         client_id: client_id.clone(),
         name: name.to_owned(),
-        jwks: jwks.to_owned(),
+        jwks,
         scopes: set.to_string(),
         disabled: false,
         created_micros: node.clock.now_micros(),
+        redirect_uris,
     };
     write_with(node.store.as_ref(), move |tx| tx.put_client(&row))?;
     Ok(client_id)
@@ -152,12 +212,8 @@ fn oauth_error(status: StatusCode, error: &'static str, description: &str) -> Re
     r
 }
 
-fn noted(mut r: Response, client: Option<String>, event: &'static str) -> Response {
-    r.extensions_mut().insert(AuthNote {
-        user: client,
-        event,
-    });
-    r
+fn noted(r: Response, client: Option<String>, event: &'static str) -> Response {
+    crate::identity::with_app_note(r, None, client, event)
 }
 
 /// The public origin of this node (scheme, host, port), for the token endpoint's URL.
@@ -174,15 +230,57 @@ pub(crate) async fn smart_configuration(
     let origin = origin(&state, &headers);
     Json(json!({
         "issuer": origin,
+        "authorization_endpoint": format!("{origin}/auth/authorize"),
         "token_endpoint": format!("{origin}/auth/token"),
         "introspection_endpoint": format!("{origin}/auth/introspect"),
-        "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "revocation_endpoint": format!("{origin}/auth/revoke"),
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
-        "scopes_supported": ["system/*.cruds", "system/*.rs"],
-        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
+        "scopes_supported": ["system/*.cruds", "user/*.cruds", "offline_access", "online_access"],
+        "capabilities": [
+            "launch-standalone", "client-public", "client-confidential-asymmetric",
+            "permission-offline", "permission-online", "permission-user",
+            "permission-v1", "permission-v2",
+        ],
     }))
     .into_response()
+}
+
+/// `POST /auth/token` for apps: `authorization_code` (with PKCE) and `refresh_token`.
+async fn app_token(state: &AppState, body: &[u8]) -> Response {
+    let form: crate::oauth_app::AppTokenRequest = match serde_urlencoded::from_bytes(body) {
+        Ok(f) => f,
+        Err(_) => {
+            return noted(
+                oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "malformed form"),
+                None,
+                "token-refused",
+            );
+        }
+    };
+    let node = Arc::clone(&state.node);
+    match tokio::task::spawn_blocking(move || crate::oauth_app::exchange(&node, &form)).await {
+        Ok(Ok((body, client))) => {
+            let mut r = Json(body).into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            noted(r, Some(client), "token-issued")
+        }
+        Ok(Err(r)) => {
+            if let Some(f) = &r.revoked_family {
+                state.revoke_family_cached(f);
+            }
+            noted(
+                oauth_error(r.status, r.error, &r.description),
+                r.client,
+                "token-refused",
+            )
+        }
+        Err(e) => ApiError::internal(&e).into_response(),
+    }
 }
 
 /// `POST /auth/token` form.
@@ -232,6 +330,20 @@ pub(crate) async fn token(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    let grant_type = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body)
+        .ok()
+        .and_then(|pairs| {
+            pairs
+                .into_iter()
+                .find(|(k, _)| k == "grant_type")
+                .map(|(_, v)| v)
+        });
+    if matches!(
+        grant_type.as_deref(),
+        Some("authorization_code" | "refresh_token")
+    ) {
+        return app_token(&state, &body).await;
+    }
     let form: TokenRequest = match serde_urlencoded::from_bytes(&body) {
         Ok(f) => f,
         Err(_) => {
@@ -410,6 +522,8 @@ fn issue(
         scopes: granted.to_string(),
         issued_micros: now,
         expires_micros: now + micros(ACCESS_TOKEN_LIFETIME),
+        user_id: None,
+        family: None,
     };
     let scope_text = row.scopes.clone();
     write_with(node.store.as_ref(), move |tx| {
@@ -427,14 +541,14 @@ fn issue(
     ))
 }
 
-/// Validated access tokens, with their expiry (microseconds).
-pub type AccessTokenCache = crate::auth::CredentialCache<(Authenticated, i64)>;
+/// Validated access tokens, with their expiry (microseconds) and refresh-token family.
+pub type AccessTokenCache = crate::auth::CredentialCache<(Authenticated, i64, Option<String>)>;
 
 /// How long a validated access token is trusted before its client is read again.
 const RECHECK: Duration = Duration::from_secs(30);
 
-/// Authenticates an OAuth2 access token (`mva_…`): issued here, not expired, its client not
-/// disabled.
+/// Authenticates an OAuth2 access token (`mva_…`): issued here, not expired, its client (and
+/// for an app's token, its user) not disabled.
 ///
 /// # Errors
 /// 401 naming why.
@@ -444,7 +558,7 @@ pub async fn authenticate_access_token(
 ) -> Result<Authenticated, ApiError> {
     let hash = medvault_crypto::sha256(token.as_bytes());
     let now = state.node.clock.now_micros();
-    let (who, expires) = match state.access_tokens.fresh(&hash, RECHECK) {
+    let (who, expires, family) = match state.access_tokens.fresh(&hash, RECHECK) {
         Some(found) => found,
         None => {
             let node = Arc::clone(&state.node);
@@ -459,29 +573,48 @@ pub async fn authenticate_access_token(
                     return Ok(None);
                 }
                 let scopes = ScopeSet::parse(&row.scopes).map_err(|e| ApiError::internal(&e))?;
+                // An app's token acts for its user, within both the user's role and the
+                // scopes; a backend service's for itself.
+                let (token_id, role, aal) = match &row.user_id {
+                    Some(uid) => {
+                        let Some(user) = node.store.user(uid)?.filter(|u| !u.disabled) else {
+                            return Ok(None);
+                        };
+                        let role = Role::parse(&user.role).map_err(|e| ApiError::internal(&e))?;
+                        (user.id, role, 2)
+                    }
+                    None => (row.client_id.clone(), Role::Service, 0),
+                };
                 Ok(Some((
                     Authenticated {
-                        token_id: row.client_id,
-                        role: Role::Service,
+                        token_id,
+                        role,
                         session: None,
-                        aal: 0,
+                        aal,
                         scopes: Some(Arc::new(scopes)),
+                        client: Some(row.client_id),
                     },
                     row.expires_micros,
+                    row.family,
                 )))
             })
             .await
             .map_err(|e| ApiError::internal(&e))??;
-            let (who, expires) =
+            let (who, expires, family) =
                 found.ok_or_else(|| unauthorized("the access token is not valid"))?;
-            state.access_tokens.put(hash, (who.clone(), expires));
-            (who, expires)
+            state
+                .access_tokens
+                .put(hash, (who.clone(), expires, family.clone()));
+            (who, expires, family)
         }
     };
     if now >= expires {
         return Err(unauthorized(
             "the access token has expired: request a new one",
         ));
+    }
+    if family.is_some_and(|f| state.family_revoked(&f)) {
+        return Err(unauthorized("the access token was revoked"));
     }
     Ok(who)
 }

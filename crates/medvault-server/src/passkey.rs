@@ -377,7 +377,7 @@ pub(crate) async fn login_finish(
 const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \
     connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
 
-fn page_response(body: &'static str, content_type: &'static str) -> Response {
+pub(crate) fn page_response(body: &'static str, content_type: &'static str) -> Response {
     use axum::http::{HeaderValue, header};
     let mut r = body.into_response();
     let h = r.headers_mut();
@@ -394,6 +394,14 @@ fn page_response(body: &'static str, content_type: &'static str) -> Response {
 /// `GET /auth/ui`: the node's own sign-in page (password + TOTP, passkeys).
 pub(crate) async fn page() -> Response {
     page_response(include_str!("ui/login.html"), "text/html; charset=utf-8")
+}
+
+/// `GET /auth/ui/common.js`: helpers shared by the sign-in and consent pages.
+pub(crate) async fn common_script() -> Response {
+    page_response(
+        include_str!("ui/common.js"),
+        "text/javascript; charset=utf-8",
+    )
 }
 
 /// `GET /auth/ui/login.js`: the sign-in page's script.

@@ -489,6 +489,9 @@ impl StoreRead for SqliteStore {
     ) -> Result<Vec<(Vec<u8>, medvault_crypto::Sealed)>, StoreError> {
         self.with_reader(|c| sql::passkeys(c, user_id))
     }
+    fn grant(&self, hash: &[u8; 32]) -> Result<Option<medvault_store::GrantRow>, StoreError> {
+        self.with_reader(|c| sql::grant(c, hash))
+    }
     fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
         self.with_reader(sql::clients)
     }
@@ -563,7 +566,7 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.meta("tenant").unwrap().as_deref(), Some("t"));
-        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("7"));
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("8"));
         // The writer resumes the tree where it stopped.
         audit(&s, 5);
         let mut want = medvault_ledger::MemoryTree::new();

@@ -154,6 +154,19 @@ const NODE_MIGRATIONS: &[&str] = &[
         created INTEGER NOT NULL
      ) WITHOUT ROWID;
      CREATE INDEX passkeys_by_user ON passkeys (user_id, created);",
+    // v8: user-facing apps (authorization code + PKCE): redirect URIs, one-use grants (codes and
+    // refresh tokens, hashed) in families, and the user and family of access tokens.
+    "ALTER TABLE oauth_clients ADD COLUMN redirect_uris TEXT NOT NULL DEFAULT '';
+     ALTER TABLE oauth_tokens ADD COLUMN user_id TEXT;
+     ALTER TABLE oauth_tokens ADD COLUMN family TEXT;
+     CREATE INDEX oauth_tokens_by_family ON oauth_tokens (family);
+     CREATE TABLE oauth_grants (
+        hash BLOB PRIMARY KEY, kind TEXT NOT NULL, client_id TEXT NOT NULL,
+        user_id TEXT NOT NULL, scopes TEXT NOT NULL, redirect_uri TEXT NOT NULL,
+        code_challenge TEXT NOT NULL, family TEXT NOT NULL, expires INTEGER NOT NULL,
+        used INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE INDEX oauth_grants_by_family ON oauth_grants (family);",
 ];
 
 const DROP_LEVEL_ZERO: &str = "DELETE FROM ledger_nodes WHERE level = 0;";

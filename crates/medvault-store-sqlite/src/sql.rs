@@ -4,9 +4,9 @@ use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
 use medvault_ledger::{Frontier, leaf_hash};
 use medvault_ledger::{Hash, SALT_LEN};
 use medvault_store::{
-    AccessTokenRow, AuditDetail, ClientRow, CurrentMeta, DataKeyRow, IndexQuery, LedgerNodes,
-    SearchPage, SessionRow, SortOrder, StoreError, StoreRead, StoreTx, StoredVersion, TokenRow,
-    UserRow,
+    AccessTokenRow, AuditDetail, ClientRow, CurrentMeta, DataKeyRow, GrantRow, IndexQuery,
+    LedgerNodes, SearchPage, SessionRow, SortOrder, StoreError, StoreRead, StoreTx, StoredVersion,
+    TokenRow, UserRow,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension as _, Row, params, params_from_iter};
@@ -337,6 +337,7 @@ pub(crate) fn session(c: &Connection, hash: &[u8; 32]) -> Result<Option<SessionR
 }
 
 fn client_row(r: &Row<'_>) -> rusqlite::Result<ClientRow> {
+    let uris: String = r.get(6)?;
     Ok(ClientRow {
         client_id: r.get(0)?,
         name: r.get(1)?,
@@ -344,10 +345,37 @@ fn client_row(r: &Row<'_>) -> rusqlite::Result<ClientRow> {
         scopes: r.get(3)?,
         disabled: r.get(4)?,
         created_micros: r.get(5)?,
+        redirect_uris: uris.lines().map(str::to_owned).collect(),
     })
 }
 
-const CLIENT_COLUMNS: &str = "client_id, name, jwks, scopes, disabled, created";
+const CLIENT_COLUMNS: &str = "client_id, name, jwks, scopes, disabled, created, redirect_uris";
+
+pub(crate) fn grant(c: &Connection, hash: &[u8; 32]) -> Result<Option<GrantRow>, StoreError> {
+    c.prepare_cached(
+        "SELECT kind, client_id, user_id, scopes, redirect_uri, code_challenge, family, expires,
+                used
+         FROM oauth_grants WHERE hash = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([&hash[..]], |r| {
+            Ok(GrantRow {
+                hash: *hash,
+                kind: r.get(0)?,
+                client_id: r.get(1)?,
+                user_id: r.get(2)?,
+                scopes: r.get(3)?,
+                redirect_uri: r.get(4)?,
+                code_challenge: r.get(5)?,
+                family: r.get(6)?,
+                expires_micros: r.get(7)?,
+                used: r.get(8)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(backend)
+}
 
 pub(crate) fn client(c: &Connection, id: &str) -> Result<Option<ClientRow>, StoreError> {
     c.prepare_cached(&format!(
@@ -369,20 +397,25 @@ pub(crate) fn access_token(
     c: &Connection,
     hash: &[u8; 32],
 ) -> Result<Option<AccessTokenRow>, StoreError> {
-    c.prepare_cached("SELECT client_id, scopes, issued, expires FROM oauth_tokens WHERE hash = ?1")
-        .and_then(|mut s| {
-            s.query_row([&hash[..]], |r| {
-                Ok(AccessTokenRow {
-                    hash: *hash,
-                    client_id: r.get(0)?,
-                    scopes: r.get(1)?,
-                    issued_micros: r.get(2)?,
-                    expires_micros: r.get(3)?,
-                })
+    c.prepare_cached(
+        "SELECT client_id, scopes, issued, expires, user_id, family FROM oauth_tokens
+         WHERE hash = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([&hash[..]], |r| {
+            Ok(AccessTokenRow {
+                hash: *hash,
+                client_id: r.get(0)?,
+                scopes: r.get(1)?,
+                issued_micros: r.get(2)?,
+                expires_micros: r.get(3)?,
+                user_id: r.get(4)?,
+                family: r.get(5)?,
             })
-            .optional()
         })
-        .map_err(backend)
+        .optional()
+    })
+    .map_err(backend)
 }
 
 pub(crate) fn passkeys(
@@ -769,6 +802,9 @@ impl StoreRead for Tx<'_> {
     fn passkeys(&self, user_id: &str) -> Result<Vec<(Vec<u8>, Sealed)>, StoreError> {
         passkeys(self.conn, user_id)
     }
+    fn grant(&self, hash: &[u8; 32]) -> Result<Option<GrantRow>, StoreError> {
+        grant(self.conn, hash)
+    }
     fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
         clients(self.conn)
     }
@@ -1006,6 +1042,59 @@ impl StoreTx for Tx<'_> {
             .map_err(backend)
     }
 
+    fn put_grant(&mut self, g: &GrantRow) -> Result<(), StoreError> {
+        // Housekeeping: authorization codes live a minute; drop those that expired at least a
+        // day before this grant's expiry (refresh tokens go when their family is revoked).
+        self.conn
+            .prepare_cached("DELETE FROM oauth_grants WHERE expires < ?1 AND kind = 'code'")
+            .and_then(|mut s| s.execute([g.expires_micros - 86_400_000_000]))
+            .map_err(backend)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO oauth_grants (hash, kind, client_id, user_id, scopes, redirect_uri,
+                    code_challenge, family, expires, used)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    &g.hash[..],
+                    g.kind,
+                    g.client_id,
+                    g.user_id,
+                    g.scopes,
+                    g.redirect_uri,
+                    g.code_challenge,
+                    g.family,
+                    g.expires_micros,
+                    g.used,
+                ])
+            })
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn use_grant(&mut self, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("UPDATE oauth_grants SET used = 1 WHERE hash = ?1 AND used = 0")
+            .and_then(|mut s| s.execute([&hash[..]]))
+            .map(|n| n == 1)
+            .map_err(backend)
+    }
+
+    fn revoke_family(&mut self, family: &str) -> Result<u64, StoreError> {
+        let grants = self
+            .conn
+            .prepare_cached("DELETE FROM oauth_grants WHERE family = ?1")
+            .and_then(|mut s| s.execute([family]))
+            .map_err(backend)?;
+        let tokens = self
+            .conn
+            .prepare_cached("DELETE FROM oauth_tokens WHERE family = ?1")
+            .and_then(|mut s| s.execute([family]))
+            .map_err(backend)?;
+        Ok((grants + tokens) as u64)
+    }
+
     fn put_passkey(
         &mut self,
         user_id: &str,
@@ -1038,7 +1127,7 @@ impl StoreTx for Tx<'_> {
         self.conn
             .prepare_cached(&format!(
                 "INSERT OR REPLACE INTO oauth_clients ({CLIENT_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
             ))
             .and_then(|mut s| {
                 s.execute(params![
@@ -1047,7 +1136,8 @@ impl StoreTx for Tx<'_> {
                     x.jwks,
                     x.scopes,
                     x.disabled,
-                    x.created_micros
+                    x.created_micros,
+                    x.redirect_uris.join("\n"),
                 ])
             })
             .map(drop)
@@ -1061,8 +1151,8 @@ impl StoreTx for Tx<'_> {
             .map_err(backend)?;
         self.conn
             .prepare_cached(
-                "INSERT INTO oauth_tokens (hash, client_id, scopes, issued, expires)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO oauth_tokens (hash, client_id, scopes, issued, expires, user_id, family)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -1070,7 +1160,9 @@ impl StoreTx for Tx<'_> {
                     t.client_id,
                     t.scopes,
                     t.issued_micros,
-                    t.expires_micros
+                    t.expires_micros,
+                    t.user_id,
+                    t.family,
                 ])
             })
             .map(drop)

@@ -4,8 +4,8 @@
 use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 
 use crate::{
-    AccessTokenRow, AuditDetail, ClientRow, IndexQuery, LedgerNodes, SessionRow, SortOrder, Store,
-    StoreError, StoredVersion, UserRow, write_with,
+    AccessTokenRow, AuditDetail, ClientRow, GrantRow, IndexQuery, LedgerNodes, SessionRow,
+    SortOrder, Store, StoreError, StoredVersion, UserRow, write_with,
 };
 
 /// One conformance check: panics when the backend breaks the contract.
@@ -743,6 +743,10 @@ fn oauth_clients_tokens_and_replay(store: &dyn Store) {
         scopes: "system/Observation.rs".into(),
         disabled: false,
         created_micros: 1,
+        redirect_uris: vec![
+            "https://app.example/cb".into(),
+            "http://localhost:9/cb".into(),
+        ],
     };
     let c = client.clone();
     ok(write_with(store, move |tx| tx.put_client(&c)), "client");
@@ -754,6 +758,8 @@ fn oauth_clients_tokens_and_replay(store: &dyn Store) {
         scopes: "system/Observation.rs".into(),
         issued_micros: 0,
         expires_micros: expires,
+        user_id: Some("usr_a".into()),
+        family: Some("fam_1".into()),
     };
     let (t1, t2) = (token(1, 100), token(2, 300));
     ok(
@@ -815,4 +821,28 @@ fn oauth_clients_tokens_and_replay(store: &dyn Store) {
         Err(StoreError::Conflict)
     ));
     assert!(ok(store.passkeys("usr_b"), "passkeys").is_empty());
+    // Grants: used once; revoking the family removes its grants and tokens.
+    let grant = GrantRow {
+        hash: [7; 32],
+        kind: "refresh".into(),
+        client_id: "cli_1".into(),
+        user_id: "usr_a".into(),
+        scopes: "user/*.rs".into(),
+        redirect_uri: String::new(),
+        code_challenge: String::new(),
+        family: "fam_1".into(),
+        expires_micros: 1_000,
+        used: false,
+    };
+    let g = grant.clone();
+    ok(write_with(store, move |tx| tx.put_grant(&g)), "grant");
+    assert_eq!(ok(store.grant(&[7; 32]), "grant"), Some(grant));
+    let first = ok(write_with(store, |tx| tx.use_grant(&[7; 32])), "use");
+    let second = ok(write_with(store, |tx| tx.use_grant(&[7; 32])), "reuse");
+    assert!(first && !second, "a grant is used once");
+    assert!(ok(store.grant(&[7; 32]), "grant").is_some_and(|g| g.used));
+    let gone = ok(write_with(store, |tx| tx.revoke_family("fam_1")), "revoke");
+    assert_eq!(gone, 2, "the grant and the family's access token");
+    assert_eq!(ok(store.grant(&[7; 32]), "grant"), None);
+    assert_eq!(ok(store.access_token(&[2; 32]), "token"), None);
 }

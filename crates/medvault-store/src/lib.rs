@@ -226,6 +226,9 @@ pub struct ClientRow {
     pub disabled: bool,
     /// Registration time, microseconds.
     pub created_micros: i64,
+    /// Where a user-facing app may receive authorization codes (exact match); empty for
+    /// backend services.
+    pub redirect_uris: Vec<String>,
 }
 
 /// An issued OAuth2 access token's stored form: its SHA-256, never the token.
@@ -241,6 +244,35 @@ pub struct AccessTokenRow {
     pub issued_micros: i64,
     /// Expiry, microseconds.
     pub expires_micros: i64,
+    /// The user the token acts for (user-facing apps); `None` for backend services.
+    pub user_id: Option<String>,
+    /// The refresh-token family it came from, if any (revoking the family ends it).
+    pub family: Option<String>,
+}
+
+/// A one-use OAuth2 grant: an authorization code or a refresh token, stored as its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRow {
+    /// SHA-256 of the code or token.
+    pub hash: [u8; 32],
+    /// `code` or `refresh`.
+    pub kind: String,
+    /// Client it was issued to.
+    pub client_id: String,
+    /// The user who approved it.
+    pub user_id: String,
+    /// Granted scopes (space-separated).
+    pub scopes: String,
+    /// The redirect URI a code was issued for (empty for refresh tokens).
+    pub redirect_uri: String,
+    /// The PKCE S256 challenge a code was issued with (empty for refresh tokens).
+    pub code_challenge: String,
+    /// The family of tokens issued from one approval (rotation keeps it).
+    pub family: String,
+    /// Expiry, microseconds.
+    pub expires_micros: i64,
+    /// True once exchanged.
+    pub used: bool,
 }
 
 /// Reads available both to plain readers and inside a write transaction.
@@ -332,6 +364,11 @@ pub trait StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn access_token(&self, hash: &[u8; 32]) -> Result<Option<AccessTokenRow>, StoreError>;
+    /// The grant (authorization code or refresh token) whose hash is `hash`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn grant(&self, hash: &[u8; 32]) -> Result<Option<GrantRow>, StoreError>;
     /// A user's WebAuthn passkeys: (credential id, sealed passkey), oldest first.
     ///
     /// # Errors
@@ -603,6 +640,22 @@ pub trait StoreTx: StoreRead {
         expires_micros: i64,
         now_micros: i64,
     ) -> Result<bool, StoreError>;
+    /// Stores a new grant.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] on a duplicate hash.
+    fn put_grant(&mut self, grant: &GrantRow) -> Result<(), StoreError>;
+    /// Marks a grant used: true if it was unused (so exactly one exchange wins).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn use_grant(&mut self, hash: &[u8; 32]) -> Result<bool, StoreError>;
+    /// Revokes a family: deletes its grants and the access tokens issued from it. Returns how
+    /// many rows went.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn revoke_family(&mut self, family: &str) -> Result<u64, StoreError>;
     /// Inserts or replaces a user's passkey (by credential id; its signature counter changes on
     /// every use).
     ///

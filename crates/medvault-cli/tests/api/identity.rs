@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::{Server, cli};
 
-const PASSWORD: &str = "violet staircase under the harbour";
+pub(crate) const PASSWORD: &str = "violet staircase under the harbour";
 
 fn env(s: &Server) -> Vec<(&str, &str)> {
     s.env_pairs()
@@ -34,7 +34,7 @@ fn try_create(s: &Server, name: &str, role: &str, password: &str) -> (bool, Stri
 }
 
 /// Creates a user with the CLI; returns its id.
-fn create_user(s: &Server, name: &str, role: &str) -> String {
+pub(crate) fn create_user(s: &Server, name: &str, role: &str) -> String {
     let (ok, out, err) = try_create(s, name, role, PASSWORD);
     assert!(ok, "{err}");
     let id = out.trim().to_owned();
@@ -42,7 +42,7 @@ fn create_user(s: &Server, name: &str, role: &str) -> String {
     id
 }
 
-fn post(s: &Server, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Value) {
+pub(crate) fn post(s: &Server, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Value) {
     let mut rb = reqwest::blocking::Client::new()
         .post(format!("http://127.0.0.1:{}{path}", s.port))
         .json(body);
@@ -54,7 +54,7 @@ fn post(s: &Server, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Val
     (status, r.json().unwrap_or(Value::Null))
 }
 
-fn get(s: &Server, path: &str, bearer: &str) -> (u16, Value) {
+pub(crate) fn get(s: &Server, path: &str, bearer: &str) -> (u16, Value) {
     let r = reqwest::blocking::Client::new()
         .get(format!("http://127.0.0.1:{}{path}", s.port))
         .bearer_auth(bearer)
@@ -64,7 +64,7 @@ fn get(s: &Server, path: &str, bearer: &str) -> (u16, Value) {
     (status, r.json().unwrap_or(Value::Null))
 }
 
-fn login(s: &Server, name: &str, password: &str, extra: &Value) -> (u16, Value) {
+pub(crate) fn login(s: &Server, name: &str, password: &str, extra: &Value) -> (u16, Value) {
     let mut body = json!({"username": name, "password": password});
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         b.extend(e.clone());
@@ -72,20 +72,20 @@ fn login(s: &Server, name: &str, password: &str, extra: &Value) -> (u16, Value) 
     post(s, "/auth/login", None, &body)
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
 }
 
-fn code(secret: &TotpSecret, at: u64) -> String {
+pub(crate) fn code(secret: &TotpSecret, at: u64) -> String {
     code_at("SHA1", 6, 30, secret.as_bytes(), at).unwrap()
 }
 
 /// Logs in with the password, enrolls TOTP and confirms it; returns the secret and the
 /// recovery codes.
-fn enroll(s: &Server, name: &str) -> (TotpSecret, Vec<String>) {
+pub(crate) fn enroll(s: &Server, name: &str) -> (TotpSecret, Vec<String>) {
     let (st, b) = login(s, name, PASSWORD, &json!({}));
     assert_eq!(st, 200, "{b}");
     assert_eq!(b["aal"], 1, "no second factor yet: enrollment-only session");

@@ -8,6 +8,7 @@ mod cli;
 mod crud;
 mod identity;
 mod ledger;
+mod oauth_app;
 mod search;
 mod security;
 mod witness;

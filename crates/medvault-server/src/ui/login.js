@@ -1,30 +1,9 @@
 "use strict";
+// The sign-in page (helpers in common.js).
 // The session token lives only in this page's memory: closing the tab forgets it.
 let session = null;
-const $ = (id) => document.getElementById(id);
+const post = (path, body) => postJson(path, body, session && session.session);
 
-function b64uToBuf(s) {
-  const pad = "=".repeat((4 - (s.length % 4)) % 4);
-  const bin = atob((s + pad).replace(/-/g, "+").replace(/_/g, "/"));
-  return Uint8Array.from(bin, (c) => c.charCodeAt(0)).buffer;
-}
-function bufToB64u(b) {
-  let bin = "";
-  for (const x of new Uint8Array(b)) bin += String.fromCharCode(x);
-  return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-}
-async function post(path, body) {
-  const headers = { "Content-Type": "application/json" };
-  if (session) headers.Authorization = "Bearer " + session.session;
-  const r = await fetch(path, { method: "POST", headers, body: JSON.stringify(body || {}) });
-  const text = await r.text();
-  const json = text ? JSON.parse(text) : {};
-  if (!r.ok) {
-    const issue = json.issue && json.issue[0];
-    throw new Error((issue && issue.diagnostics) || json.error_description || r.status);
-  }
-  return json;
-}
 function signedIn(s) {
   session = s;
   $("status").textContent = "Signed in as " + s.user_id + " (" + s.role + ", AAL" + s.aal + ")";
@@ -71,21 +50,7 @@ $("passkey-login").onclick = async () => {
   try {
     session = null;
     delete $("status").dataset.error;
-    const { ceremony, options } = await post("/auth/passkey/login/start", { username: $("username").value });
-    const pk = options.publicKey;
-    pk.challenge = b64uToBuf(pk.challenge);
-    (pk.allowCredentials || []).forEach((c) => { c.id = b64uToBuf(c.id); });
-    const cred = await navigator.credentials.get({ publicKey: pk });
-    signedIn(await post("/auth/passkey/login/finish", { ceremony, credential: {
-      id: cred.id, rawId: bufToB64u(cred.rawId), type: cred.type,
-      extensions: cred.getClientExtensionResults(),
-      response: {
-        authenticatorData: bufToB64u(cred.response.authenticatorData),
-        clientDataJSON: bufToB64u(cred.response.clientDataJSON),
-        signature: bufToB64u(cred.response.signature),
-        userHandle: cred.response.userHandle ? bufToB64u(cred.response.userHandle) : null,
-      },
-    } }));
+    signedIn(await passkeyLogin($("username").value));
   } catch (e) { fail(e); }
 };
 

@@ -1,0 +1,300 @@
+//! A user-facing app end to end: authorization code with PKCE, the person's approval with a
+//! second factor, user/ scopes enforced beside the person's role, refresh-token rotation with
+//! reuse detection, and revocation.
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::Server;
+use crate::identity::{PASSWORD, code, create_user, enroll, get, login, now, post};
+
+const REDIRECT: &str = "http://localhost:9999/callback";
+const VERIFIER: &str = "a-long-random-pkce-verifier-of-at-least-43-characters-0123456789";
+
+fn challenge(verifier: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(medvault_crypto::sha256(verifier.as_bytes()))
+}
+
+fn form(s: &Server, path: &str, pairs: &[(&str, &str)]) -> (u16, Value) {
+    let r = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{}{path}", s.port))
+        .form(pairs)
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(Value::Null))
+}
+
+fn query(client: &str, aud: &str, scope: &str, with_pkce: bool) -> String {
+    let mut q = format!(
+        "response_type=code&client_id={client}&redirect_uri={}&scope={}&state=xyz&aud={}",
+        urlencode(REDIRECT),
+        urlencode(scope),
+        urlencode(aud)
+    );
+    if with_pkce {
+        q.push_str(&format!(
+            "&code_challenge={}&code_challenge_method=S256",
+            challenge(VERIFIER)
+        ));
+    }
+    q
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn param(url: &str, name: &str) -> Option<String> {
+    let q = url.split_once('?')?.1;
+    q.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.replace("%3D", "=").replace("%2F", "/"))
+}
+
+#[test]
+fn authorization_code_with_pkce_refresh_rotation_and_revocation() {
+    let s = Server::start();
+    create_user(&s, "d.app", "clinician");
+    let (secret, _) = enroll(&s, "d.app");
+    let dir = s.dir.to_str().unwrap().to_owned();
+    let (ok, out, err) = s.cli(&[
+        "client",
+        "register",
+        "--data-dir",
+        &dir,
+        "--name",
+        "Chart app",
+        "--redirect-uri",
+        REDIRECT,
+        "--scope",
+        "user/Patient.rs user/Observation.rs offline_access",
+    ]);
+    assert!(ok, "{err}");
+    let client = out.trim().to_owned();
+    let aud = format!("http://127.0.0.1:{}/fhir", s.port);
+    let patient = s.create(&crate::patient("Appfam", "Al"));
+
+    // The request is checked before anyone signs in.
+    let q = query(
+        &client,
+        &aud,
+        "user/Patient.rs user/Encounter.rs offline_access",
+        true,
+    );
+    let (st, b) = get(&s, &format!("/auth/authorize/check?{q}"), "none");
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["client_name"], "Chart app");
+    assert_eq!(
+        b["scopes"], "user/Patient.rs offline_access",
+        "cut to what the app may have"
+    );
+    let bad_redirect = q.replace("9999", "6666");
+    let (st, b) = get(&s, &format!("/auth/authorize/check?{bad_redirect}"), "none");
+    assert_eq!(st, 400);
+    assert!(
+        b.get("redirect").is_none(),
+        "never redirect to an unregistered URI: {b}"
+    );
+    let no_pkce = query(&client, &aud, "user/Patient.rs", false);
+    let (st, b) = get(&s, &format!("/auth/authorize/check?{no_pkce}"), "none");
+    assert_eq!(st, 400);
+    let back = b["redirect"].as_str().unwrap();
+    assert!(
+        back.starts_with(REDIRECT)
+            && back.contains("error=invalid_request")
+            && back.contains("state=xyz"),
+        "{back}"
+    );
+
+    // The person signs in with a second factor and approves; the page sends the code back.
+    let (st, b) = login(
+        &s,
+        "d.app",
+        PASSWORD,
+        &json!({"totp": code(&secret, now() + 30)}),
+    );
+    assert_eq!(st, 200, "{b}");
+    let session = b["session"].as_str().unwrap().to_owned();
+    let (st, b) = post(
+        &s,
+        "/auth/authorize/decide",
+        Some(&session),
+        &json!({"query": q, "approve": true}),
+    );
+    assert_eq!(st, 200, "{b}");
+    let redirect = b["redirect"].as_str().unwrap().to_owned();
+    assert_eq!(param(&redirect, "state").as_deref(), Some("xyz"));
+    let code_value = param(&redirect, "code").unwrap();
+
+    // Exchange: the PKCE verifier must match; then the code works once.
+    let exchange = |verifier: &str| {
+        form(
+            &s,
+            "/auth/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code_value),
+                ("redirect_uri", REDIRECT),
+                ("client_id", &client),
+                ("code_verifier", verifier),
+            ],
+        )
+    };
+    let (st, b) = exchange("a-different-verifier-that-is-long-enough-to-be-well-formed-000");
+    assert_eq!(
+        (st, b["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{b}"
+    );
+    let (st, tokens) = exchange(VERIFIER);
+    assert_eq!(st, 200, "{tokens}");
+    assert_eq!(tokens["scope"], "user/Patient.rs offline_access");
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+
+    // The token acts for the person, within the scopes.
+    assert_eq!(get(&s, &format!("/fhir/Patient/{patient}"), &access).0, 200);
+    assert_eq!(get(&s, "/fhir/Patient?family=Appfam", &access).0, 200);
+    assert_eq!(
+        get(&s, "/fhir/Observation?_count=1", &access).0,
+        403,
+        "not granted"
+    );
+    let (st, _) = post(
+        &s,
+        "/fhir/Patient",
+        Some(&access),
+        &crate::patient("X", "Y"),
+    );
+    assert_eq!(st, 403, "no c in the scope");
+
+    // Refresh rotates; reusing a spent refresh token revokes the whole family.
+    let refresh_with = |t: &str| {
+        form(
+            &s,
+            "/auth/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", t),
+                ("client_id", &client),
+            ],
+        )
+    };
+    let (st, next) = refresh_with(&refresh);
+    assert_eq!(st, 200, "{next}");
+    let access2 = next["access_token"].as_str().unwrap().to_owned();
+    let refresh2 = next["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(refresh2, refresh);
+    assert_eq!(
+        get(&s, &format!("/fhir/Patient/{patient}"), &access2).0,
+        200
+    );
+    let (st, b) = refresh_with(&refresh);
+    assert_eq!(
+        (st, b["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{b}"
+    );
+    assert_eq!(
+        get(&s, &format!("/fhir/Patient/{patient}"), &access2).0,
+        401,
+        "family revoked"
+    );
+    assert_eq!(
+        refresh_with(&refresh2).0,
+        400,
+        "the rotated token went with its family"
+    );
+    // The code cannot be exchanged again either.
+    assert_eq!(exchange(VERIFIER).0, 400);
+
+    // A second approval, then revocation of its refresh token ends its access token.
+    let (_, b) = post(
+        &s,
+        "/auth/authorize/decide",
+        Some(&session),
+        &json!({"query": q, "approve": true}),
+    );
+    let code2 = param(b["redirect"].as_str().unwrap(), "code").unwrap();
+    let (_, t) = form(
+        &s,
+        "/auth/token",
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code2),
+            ("redirect_uri", REDIRECT),
+            ("client_id", &client),
+            ("code_verifier", VERIFIER),
+        ],
+    );
+    let access3 = t["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        get(&s, &format!("/fhir/Patient/{patient}"), &access3).0,
+        200
+    );
+    let (st, _) = form(
+        &s,
+        "/auth/revoke",
+        &[
+            ("token", t["refresh_token"].as_str().unwrap()),
+            ("client_id", &client),
+        ],
+    );
+    assert_eq!(st, 200);
+    assert_eq!(
+        get(&s, &format!("/fhir/Patient/{patient}"), &access3).0,
+        401
+    );
+
+    // Denial goes back to the app as access_denied; an AAL1 session cannot approve.
+    let (_, b) = post(
+        &s,
+        "/auth/authorize/decide",
+        Some(&session),
+        &json!({"query": q, "approve": false}),
+    );
+    assert!(
+        b["redirect"]
+            .as_str()
+            .unwrap()
+            .contains("error=access_denied")
+    );
+    // An app's access token is not a signed-in person: it cannot approve apps.
+    let (_, b) = post(
+        &s,
+        "/auth/authorize/decide",
+        Some(&session),
+        &json!({"query": q, "approve": true}),
+    );
+    let code3 = param(b["redirect"].as_str().unwrap(), "code").unwrap();
+    let (_, t) = form(
+        &s,
+        "/auth/token",
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code3),
+            ("redirect_uri", REDIRECT),
+            ("client_id", &client),
+            ("code_verifier", VERIFIER),
+        ],
+    );
+    let live = t["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(get(&s, &format!("/fhir/Patient/{patient}"), &live).0, 200);
+    let (st, _) = post(
+        &s,
+        "/auth/authorize/decide",
+        Some(&live),
+        &json!({"query": q, "approve": true}),
+    );
+    assert_eq!(st, 403);
+}
