@@ -1,6 +1,7 @@
 //! Untrusted identity and OAuth2 input: SMART scope strings, client JWK Sets, client assertion
-//! JWTs (header parsing and the unverified issuer peek), TOTP codes and recovery codes must parse
-//! or fail cleanly, never panic; what parses as scopes must round-trip.
+//! JWTs (header parsing and the unverified issuer peek), WebAuthn ceremony answers from browsers
+//! (registration and assertion credentials), TOTP codes and recovery codes must parse or fail
+//! cleanly, never panic; what parses as scopes must round-trip.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -20,4 +21,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = medvault_auth::totp::verify(&secret, text, 1_111_111_109, None);
     let _ = medvault_auth::recovery::hash(text);
     let _ = medvault_auth::totp::TotpSecret::from_base32(text);
+    let _ = serde_json::from_str::<webauthn_rs::prelude::PublicKeyCredential>(text);
+    let _ = serde_json::from_str::<webauthn_rs::prelude::RegisterPublicKeyCredential>(text);
 });

@@ -8,14 +8,13 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use medvault_core::{Compartment, ResourceId, Role};
-use medvault_crypto::{Kek, KeyFileKind, Passphrase};
+use medvault_core::{ResourceId, Role};
+use medvault_crypto::{KeyFileKind, Passphrase};
 use medvault_ledger::VerifierKey;
 use medvault_server::identity::SessionLimits;
 use medvault_server::node::{KEY_FILE, Node};
 use medvault_server::witness::RemoteWitness;
 use medvault_server::{AppState, ServerConfig};
-use medvault_store::write_with;
 
 const AFTER_HELP: &str = "\
 Quick start:
@@ -105,6 +104,10 @@ enum Command {
         /// (browsers allow WebAuthn on localhost without TLS).
         #[arg(long, value_name = "URL")]
         webauthn_origin: Option<String>,
+        /// Seconds within which an admin must have signed in (with a second factor or a passkey)
+        /// to rotate keys or erase a patient over the API (step-up).
+        #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=900))]
+        step_up_seconds: u64,
         /// Hours a login session lasts at most, used or not (NIST: at most 12 at AAL2/AAL3).
         #[arg(long, value_name = "HOURS", default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=12))]
         session_max_hours: u64,
@@ -538,63 +541,30 @@ fn progress(len: u64, what: &str) -> ProgressBar {
 }
 
 fn rotate(node: &Node) -> anyhow::Result<(u32, usize)> {
-    let store = node.store.as_ref();
-    let next = store.keks()?.last().map_or(1, |(v, _)| v + 1);
-    let kek = Kek::generate(next).context("generating the new KEK")?;
-    let wrapped = node.keys.wrap_new_kek(&kek)?;
-    store.write(Box::new(move |tx| tx.add_kek(next, &wrapped)))?;
-    let names = store.data_key_names()?;
-    let pb = progress(names.len() as u64, "rewrapping data keys");
-    let kek = std::sync::Arc::new(kek);
-    let mut rewrapped = 0;
-    for chunk in names.chunks(256) {
-        let (keys, kek, batch) = (node.keys.clone(), kek.clone(), chunk.to_vec());
-        rewrapped += write_with(store, move |tx| {
-            let mut n = 0;
-            for name in &batch {
-                let Some(row) = tx.data_key(name)? else {
-                    continue;
-                };
-                let (Some(old), Some(w)) = (row.kek_version, row.wrapped) else {
-                    continue;
-                };
-                if old == next {
-                    continue;
-                }
-                let fail = |what: String| medvault_store::StoreError::Backend(what.into());
-                let old_kek = keys.kek(&*tx, old).map_err(|e| fail(e.to_string()))?;
-                let dek = old_kek
-                    .unwrap(keys.tenant(), name, row.key_version, &w)
-                    .map_err(|_| fail(format!("data key {name} does not open")))?;
-                let nw = kek
-                    .wrap(keys.tenant(), &dek)
-                    .map_err(|e| fail(e.to_string()))?;
-                tx.put_data_key(name, row.key_version, next, &nw)?;
-                n += 1;
-            }
-            Ok(n)
-        })?;
-        pb.inc(chunk.len() as u64);
+    let mut bar: Option<ProgressBar> = None;
+    let out = medvault_server::admin::rotate_keys(node, |done, total| {
+        bar.get_or_insert_with(|| progress(total, "rewrapping data keys"))
+            .set_position(done);
+    });
+    if let Some(pb) = bar {
+        pb.finish_and_clear();
     }
-    pb.finish_and_clear();
-    Ok((next, rewrapped))
+    out.map_err(|e| anyhow::anyhow!("key rotation failed: {}", e.message))
 }
 
 fn erase(node: &Node, patient: &str) -> anyhow::Result<String> {
+    use medvault_server::admin::{Erased, erase_patient};
     let id = ResourceId::new(patient).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let name = Compartment::Patient(id).key_name();
-    let Some(row) = node.store.data_key(&name)? else {
-        bail!("no data is stored for patient {patient}");
-    };
-    let already = row.wrapped.is_none();
-    // Destroying again is harmless and retries the WAL truncation a failed run may have left.
-    let n = write_with(node.store.as_ref(), move |tx| tx.destroy_data_key(&name))?;
-    if already {
-        return Ok(format!("patient {patient} was already erased"));
+    match erase_patient(node, &id) {
+        Ok(Erased::Already) => Ok(format!("patient {patient} was already erased")),
+        Ok(Erased::Now(n)) => Ok(format!(
+            "erased patient {patient}: data key destroyed, {n} resource(s) in the compartment are now unreadable"
+        )),
+        Err(e) if e.status.as_u16() == 404 => {
+            bail!("no data is stored for patient {patient}")
+        }
+        Err(e) => bail!("erasure failed: {}", e.message),
     }
-    Ok(format!(
-        "erased patient {patient}: data key destroyed, {n} resource(s) in the compartment are now unreadable"
-    ))
 }
 
 /// Records an administrative action in the access log and signs checkpoints covering it.
@@ -689,6 +659,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             admin_session_idle_minutes,
             session_max_hours,
             webauthn_origin,
+            step_up_seconds,
         } => {
             init_logging(log_format);
             let witnesses = witnesses
@@ -733,6 +704,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     aal3_idle: Duration::from_secs(60 * admin_session_idle_minutes),
                     aal3_max: Duration::from_secs(3600 * session_max_hours),
                 },
+                step_up_window: Duration::from_secs(step_up_seconds),
                 webauthn_origin: Some(
                     webauthn_origin
                         .unwrap_or_else(|| format!("http://localhost:{}", listen.port())),

@@ -40,6 +40,9 @@ pub struct Authenticated {
     pub scopes: Option<std::sync::Arc<medvault_auth::scopes::ScopeSet>>,
     /// For an OAuth2 access token: the client (app or service) that presents it.
     pub client: Option<String>,
+    /// For a login session: when the person last proved their factors (the session's start),
+    /// microseconds. Sensitive actions require it to be recent (step-up).
+    pub auth_time_micros: Option<i64>,
 }
 
 /// Where the authenticator leaves who it authenticated, for the audit record the request
@@ -208,6 +211,7 @@ pub async fn validate_bearer(state: &AppState, token: &str) -> Result<Authentica
         aal: 0,
         scopes: None,
         client: None,
+        auth_time_micros: None,
     };
     state.tokens.put(hash, who.clone());
     Ok(who)

@@ -136,7 +136,7 @@ pub(crate) fn fhir_json(status: StatusCode, body: &Value) -> Response {
 
 /// The patient whose compartment a response's resource is in, for its audit record.
 #[derive(Debug, Clone)]
-struct AuditPatient(String);
+pub(crate) struct AuditPatient(pub(crate) String);
 
 fn respond(out: Outcome, minimal: bool, base: &str) -> Response {
     let mut resp = match (&out.resource, minimal) {
@@ -508,6 +508,8 @@ fn audit_detail(
             "/auth/passkey/login/start" | "/auth/passkey/login/finish" => "passkey-login",
             "/auth/introspect" => "oauth-introspect",
             "/auth/revoke" => "oauth-revoke",
+            "/admin/keys/rotate" => "keys-rotate",
+            p if p.starts_with("/admin/patients/") => "patient-erase",
             "/auth/authorize" | "/auth/authorize.js" | "/auth/authorize/check" => "oauth-authorize",
             "/auth/authorize/decide" => "oauth-approve",
             _ => target.as_ref().map_or("none", |t| interaction(method, t)),

@@ -708,6 +708,7 @@ pub async fn authenticate_session(
         aal: s.row.aal,
         scopes: None,
         client: None,
+        auth_time_micros: Some(s.row.created_micros),
     };
     if validated_now {
         state.sessions.put(hash, s);

@@ -5,6 +5,7 @@
 //! [`auth::Authenticated`] extractor, parsed by [`route`], executed by [`ops`] / [`search`] /
 //! [`bundle`] on blocking threads, and answered as `application/fhir+json`.
 
+pub mod admin;
 pub mod audit_view;
 pub mod auth;
 pub mod bundle;
@@ -59,6 +60,8 @@ pub struct ServerConfig {
     pub sessions: identity::SessionLimits,
     /// Login attempts accepted per client address per minute.
     pub login_attempts_per_minute: u32,
+    /// How recent a person's sign-in must be for key rotation and erasure over the API.
+    pub step_up_window: Duration,
     /// The origin browsers reach this node at, for WebAuthn passkeys (e.g.
     /// `https://ehr.example`); passkeys are off without it.
     pub webauthn_origin: Option<String>,
@@ -83,6 +86,7 @@ impl Default for ServerConfig {
             sessions: identity::SessionLimits::default(),
             login_attempts_per_minute: identity::THROTTLE_ATTEMPTS,
             webauthn_origin: None,
+            step_up_window: admin::STEP_UP_WINDOW,
         }
     }
 }
@@ -200,6 +204,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/auth/token", post(oauth::token))
         .route("/auth/introspect", post(oauth::introspect))
+        .route("/admin/keys/rotate", post(admin::rotate))
+        .route("/admin/patients/{id}/erase", post(admin::erase))
         .route("/auth/revoke", post(oauth_app::revoke))
         .route("/auth/authorize", get(oauth_app::authorize_page))
         .route("/auth/authorize.js", get(oauth_app::authorize_script))

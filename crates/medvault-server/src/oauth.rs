@@ -593,6 +593,7 @@ pub async fn authenticate_access_token(
                         aal,
                         scopes: Some(Arc::new(scopes)),
                         client: Some(row.client_id),
+                        auth_time_micros: None,
                     },
                     row.expires_micros,
                     row.family,

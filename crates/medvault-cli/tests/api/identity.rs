@@ -237,3 +237,65 @@ fn lockout_disable_and_throttling() {
     }
     assert!(throttled, "the address was never throttled");
 }
+
+#[test]
+fn sensitive_actions_need_a_recent_admin_sign_in() {
+    let s = Server::start_with(&["--step-up-seconds", "2"]);
+    create_user(&s, "root.admin", "admin");
+    let (secret, recovery) = enroll(&s, "root.admin");
+    let patient = s.create(&crate::patient("Stepupfam", "Sue"));
+    // API tokens (services) cannot rotate keys or erase patients over the API.
+    let (st, _) = post(&s, "/admin/keys/rotate", Some(&s.token), &json!({}));
+    assert_eq!(st, 403);
+    // A fresh admin session can.
+    let (st, b) = login(
+        &s,
+        "root.admin",
+        PASSWORD,
+        &json!({"totp": code(&secret, now() + 30)}),
+    );
+    assert_eq!(st, 200, "{b}");
+    let session = b["session"].as_str().unwrap().to_owned();
+    let (st, b) = post(&s, "/admin/keys/rotate", Some(&session), &json!({}));
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["kek_version"], 2);
+    // Once the sign-in is older than the step-up window: 401 with RFC 9470's challenge.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let r = reqwest::blocking::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/admin/patients/{patient}/erase",
+            s.port
+        ))
+        .bearer_auth(&session)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(
+        challenge.contains("insufficient_user_authentication") && challenge.contains("max_age=2"),
+        "{challenge}"
+    );
+    // The session still works for ordinary reads...
+    assert_eq!(
+        get(&s, &format!("/fhir/Patient/{patient}"), &session).0,
+        200
+    );
+    // ...and signing in again (here with a recovery code: the TOTP step is spent) allows the
+    // erasure.
+    let (_, b) = login(
+        &s,
+        "root.admin",
+        PASSWORD,
+        &json!({"recovery_code": recovery[0]}),
+    );
+    let fresh = b["session"].as_str().unwrap().to_owned();
+    let (st, b) = post(
+        &s,
+        &format!("/admin/patients/{patient}/erase"),
+        Some(&fresh),
+        &json!({}),
+    );
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["resources"], 1);
+    assert_eq!(s.get(&format!("Patient/{patient}")).0, 410);
+}

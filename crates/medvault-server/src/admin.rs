@@ -1,0 +1,194 @@
+//! Sensitive administration, shared by the CLI (`medvault keys rotate`, `medvault patient erase`)
+//! and the API (`POST /admin/keys/rotate`, `POST /admin/patients/{id}/erase`).
+//!
+//! Over the API these need a person: an admin's login session that used a second factor and
+//! was opened (by signing in again) within the configured window (default [`STEP_UP_WINDOW`]);
+//! otherwise
+//! the answer is 401 with `WWW-Authenticate: Bearer error="insufficient_user_authentication"`
+//! and `max_age` (RFC 9470). API tokens and app tokens cannot do these at all.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use medvault_core::{Compartment, ResourceId, Role};
+use medvault_crypto::Kek;
+use medvault_store::{StoreError, write_with};
+use serde_json::json;
+
+use crate::AppState;
+use crate::auth::Authenticated;
+use crate::error::{ApiError, IssueCode};
+use crate::node::Node;
+
+/// How recent a person's sign-in must be for a sensitive action, by default.
+pub const STEP_UP_WINDOW: Duration = Duration::from_secs(300);
+
+/// Adds a KEK version and rewraps every live data key under it, 256 per transaction; `progress`
+/// hears (done, total). Returns the new KEK version and how many keys were rewrapped.
+///
+/// # Errors
+/// Store failures; a data key that does not open.
+pub fn rotate_keys(
+    node: &Node,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<(u32, usize), ApiError> {
+    let store = node.store.as_ref();
+    let next = store.keks()?.last().map_or(1, |(v, _)| v + 1);
+    let kek = Kek::generate(next).map_err(|e| ApiError::internal(&e))?;
+    let wrapped = node
+        .keys
+        .wrap_new_kek(&kek)
+        .map_err(|e| ApiError::internal(&e))?;
+    write_with(store, move |tx| tx.add_kek(next, &wrapped))?;
+    let names = store.data_key_names()?;
+    let total = names.len() as u64;
+    let kek = Arc::new(kek);
+    let mut rewrapped = 0;
+    let mut done = 0;
+    for chunk in names.chunks(256) {
+        let (keys, kek, batch) = (Arc::clone(&node.keys), Arc::clone(&kek), chunk.to_vec());
+        rewrapped += write_with(store, move |tx| {
+            let mut n = 0;
+            for name in &batch {
+                let Some(row) = tx.data_key(name)? else {
+                    continue;
+                };
+                let (Some(old), Some(w)) = (row.kek_version, row.wrapped) else {
+                    continue;
+                };
+                if old == next {
+                    continue;
+                }
+                let fail = |what: String| StoreError::Backend(what.into());
+                let old_kek = keys.kek(&*tx, old).map_err(|e| fail(e.to_string()))?;
+                let dek = old_kek
+                    .unwrap(keys.tenant(), name, row.key_version, &w)
+                    .map_err(|_| {
+                        fail(format!(
+                            "data key {} does not open",
+                            crate::node::redacted(name)
+                        ))
+                    })?;
+                let nw = kek
+                    .wrap(keys.tenant(), &dek)
+                    .map_err(|e| fail(e.to_string()))?;
+                tx.put_data_key(name, row.key_version, next, &nw)?;
+                n += 1;
+            }
+            Ok(n)
+        })?;
+        done += chunk.len() as u64;
+        progress(done, total);
+    }
+    Ok((next, rewrapped))
+}
+
+/// What erasing a patient did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Erased {
+    /// The key was destroyed; this many resources in the compartment are unreadable now.
+    Now(u64),
+    /// The key had been destroyed before (the WAL truncation was retried).
+    Already,
+}
+
+/// Crypto-shreds a patient: destroys the compartment's data key.
+///
+/// # Errors
+/// 404 when nothing is stored for the patient; store failures.
+pub fn erase_patient(node: &Node, patient: &ResourceId) -> Result<Erased, ApiError> {
+    let name = Compartment::Patient(patient.clone()).key_name();
+    let Some(row) = node.store.data_key(&name)? else {
+        return Err(ApiError::not_found("no data is stored for that patient"));
+    };
+    let already = row.wrapped.is_none();
+    // Destroying again is harmless and retries the WAL truncation a failed run may have left.
+    let key = name.clone();
+    let n = write_with(node.store.as_ref(), move |tx| tx.destroy_data_key(&key))?;
+    node.keys.forget(&name);
+    Ok(if already {
+        Erased::Already
+    } else {
+        Erased::Now(n)
+    })
+}
+
+/// The refusal, if `who` may not perform a sensitive action now.
+fn step_up(who: &Authenticated, now: i64, window: Duration) -> Option<Response> {
+    if who.role != Role::Admin || who.session.is_none() || who.aal < 2 {
+        return Some(ApiError::new(
+            StatusCode::FORBIDDEN,
+            IssueCode::Forbidden,
+            "this action needs an admin signed in with a second factor (API and app tokens cannot)",
+        )
+        .into_response());
+    }
+    let max_age = window.as_secs();
+    let window = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
+    if who.auth_time_micros.is_none_or(|t| now - t > window) {
+        let mut r = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            IssueCode::Login,
+            format!(
+                "this action needs a recent sign-in: sign in again (password and second factor, or a passkey) and retry within {max_age} seconds"
+            ),
+        )
+        .into_response();
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "Bearer error=\"insufficient_user_authentication\", error_description=\"a sign-in within the last {max_age} seconds is required\", max_age={max_age}"
+        )) {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        return Some(r);
+    }
+    None
+}
+
+/// `POST /admin/keys/rotate` (step-up required).
+pub(crate) async fn rotate(State(state): State<AppState>, who: Authenticated) -> Response {
+    if let Some(r) = step_up(
+        &who,
+        state.node.clock.now_micros(),
+        state.config.step_up_window,
+    ) {
+        return r;
+    }
+    let node = Arc::clone(&state.node);
+    match crate::http::blocking(move || rotate_keys(&node, |_, _| {})).await {
+        Ok((version, n)) => Json(json!({"kek_version": version, "rewrapped": n})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /admin/patients/{id}/erase` (step-up required).
+pub(crate) async fn erase(
+    State(state): State<AppState>,
+    who: Authenticated,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = step_up(
+        &who,
+        state.node.clock.now_micros(),
+        state.config.step_up_window,
+    ) {
+        return r;
+    }
+    let Ok(id) = ResourceId::new(&id) else {
+        return ApiError::bad_request("not a FHIR id").into_response();
+    };
+    let node = Arc::clone(&state.node);
+    let patient = id.to_string();
+    let mut r = match crate::http::blocking(move || erase_patient(&node, &id)).await {
+        Ok(Erased::Now(n)) => Json(json!({"erased": true, "resources": n})).into_response(),
+        Ok(Erased::Already) => Json(json!({"erased": true, "already": true})).into_response(),
+        Err(e) => e.into_response(),
+    };
+    // The access log names the patient whose records were shredded.
+    r.extensions_mut()
+        .insert(crate::http::AuditPatient(patient));
+    r
+}
