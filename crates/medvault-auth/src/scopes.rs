@@ -202,6 +202,10 @@ pub fn parse_scope(text: &str) -> Result<Scope, ScopeError> {
     }))
 }
 
+/// The constraint parameter [`ScopeSet::for_patient`] adds: the resource must be in the
+/// compartment of `Patient/<id>` (its value).
+pub const COMPARTMENT_CONSTRAINT: &str = "_compartment";
+
 /// What a set of scopes allows for one interaction on one type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
@@ -267,6 +271,38 @@ impl ScopeSet {
     /// True if every resource scope has this context.
     pub fn only_context(&self, context: Context) -> bool {
         self.resources.iter().all(|r| r.context == context)
+    }
+
+    /// The set as enforced for a person whose patient context is `patient` (their own Patient
+    /// resource id): each `patient/…` scope gains the constraint that the resource be in that
+    /// patient's compartment ([`COMPARTMENT_CONSTRAINT`]); without a patient context, `patient/…`
+    /// scopes grant nothing.
+    pub fn for_patient(&self, patient: Option<&str>) -> Self {
+        let resources = self
+            .resources
+            .iter()
+            .filter_map(|r| match (r.context, patient) {
+                (Context::Patient, None) => None,
+                (Context::Patient, Some(p)) => {
+                    let mut r = r.clone();
+                    r.constraints.insert(
+                        0,
+                        (COMPARTMENT_CONSTRAINT.to_owned(), format!("Patient/{p}")),
+                    );
+                    Some(r)
+                }
+                _ => Some(r.clone()),
+            })
+            .collect();
+        Self {
+            resources,
+            others: self.others.clone(),
+        }
+    }
+
+    /// True if any resource scope has this context.
+    pub fn has_context(&self, context: Context) -> bool {
+        self.resources.iter().any(|r| r.context == context)
     }
 
     /// What the set allows for `interaction` on `resource_type`.
@@ -398,6 +434,26 @@ mod tests {
         // An unconstrained scope wins over a constrained one for the same type.
         let both = set("system/Observation.rs?category=vital-signs system/Observation.r");
         assert_eq!(both.access("Observation", Interaction::Read), Access::Full);
+    }
+
+    #[test]
+    fn patient_scopes_are_bound_to_the_patient_in_context() {
+        let s = set("patient/Observation.rs?category=laboratory user/Patient.r");
+        assert_eq!(
+            s.for_patient(Some("p1"))
+                .access("Observation", Interaction::Read),
+            Access::Constrained(vec![vec![
+                (COMPARTMENT_CONSTRAINT.into(), "Patient/p1".into()),
+                ("category".into(), "laboratory".into())
+            ]])
+        );
+        let none = s.for_patient(None);
+        assert_eq!(
+            none.access("Observation", Interaction::Read),
+            Access::Denied
+        );
+        assert_eq!(none.access("Patient", Interaction::Read), Access::Full);
+        assert!(s.has_context(Context::Patient) && !none.has_context(Context::Patient));
     }
 
     #[test]

@@ -68,6 +68,7 @@ fn main() {
                         &node,
                         n,
                         Role::Clinician,
+                        None,
                         &Password::new(PASSWORD),
                     )
                     .unwrap();

@@ -203,6 +203,10 @@ enum UserCommand {
         /// The person's role.
         #[arg(long, value_enum)]
         role: PersonRole,
+        /// For a patient: the id of their Patient resource (what their apps' patient/… scopes
+        /// and their own access are limited to).
+        #[arg(long, value_name = "ID")]
+        patient: Option<String>,
     },
     /// Refuse the user's logins and end their sessions (running servers notice within 30 s).
     #[command(after_help = "Example:\n  medvault user disable --data-dir DIR j.doe")]
@@ -406,11 +410,16 @@ fn run_user(command: UserCommand) -> anyhow::Result<()> {
             dir,
             username,
             role,
+            patient,
         } => {
+            let patient = patient
+                .map(|p| ResourceId::new(&p).map_err(|e| anyhow::anyhow!("--patient {p:?}: {e}")))
+                .transpose()?;
             let node = open_node(&dir.data_dir, false)?;
             let password = new_password()?;
             let id =
-                identity::create_user(&node, &username, role.role(), &password).map_err(fail)?;
+                identity::create_user(&node, &username, role.role(), patient.as_ref(), &password)
+                    .map_err(fail)?;
             audit_admin(
                 &node,
                 "user-create",

@@ -227,7 +227,7 @@ async fn dispatch(
             "this session has no second factor: enroll one (POST /auth/totp/enroll) and log in again",
         ));
     }
-    if let Some(why) = role_refusal(who.role, audit_view, &target) {
+    if let Some(why) = role_refusal(who.role, who.scopes.is_some(), audit_view, &target) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             IssueCode::Forbidden,
@@ -560,9 +560,18 @@ fn purpose_of_use(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         })
 }
 
-/// Why `role` may not reach `target`, if it may not (the role gate until the policy engine).
-fn role_refusal(role: Role, audit_view: bool, target: &Target) -> Option<&'static str> {
+/// Why `role` may not reach `target`, if it may not (the role gate until the policy engine). A
+/// patient reaches data only through scopes bound to their own compartment.
+fn role_refusal(
+    role: Role,
+    scoped: bool,
+    audit_view: bool,
+    target: &Target,
+) -> Option<&'static str> {
     if *target == Target::Metadata {
+        return None;
+    }
+    if role == Role::Patient && scoped && !audit_view {
         return None;
     }
     match (role.fhir_access(), audit_view) {

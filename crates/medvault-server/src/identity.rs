@@ -243,7 +243,8 @@ fn random_id(prefix: &str) -> Result<String, ApiError> {
     Ok(format!("{prefix}{}", hex::encode(raw)))
 }
 
-/// Creates an account. Blocking (Argon2id): call off async threads.
+/// Creates an account; a patient's account is linked to their Patient resource. Blocking
+/// (Argon2id): call off async threads.
 ///
 /// # Errors
 /// 400 for a bad name or a password the policy refuses; 409 if the name is taken.
@@ -251,9 +252,15 @@ pub fn create_user(
     node: &Node,
     name: &str,
     role: Role,
+    patient: Option<&medvault_core::ResourceId>,
     password: &Password,
 ) -> Result<String, ApiError> {
     let normalised = normalise_name(name)?;
+    if (role == Role::Patient) != patient.is_some() {
+        return Err(ApiError::bad_request(
+            "a patient's account names their Patient resource (--patient ID), and only theirs does",
+        ));
+    }
     password::check_policy(password, &normalised)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let hash = password::hash_password(password).map_err(|e| ApiError::internal(&e))?;
@@ -272,6 +279,7 @@ pub fn create_user(
         totp_last_step: None,
         failed_logins: 0,
         locked_until_micros: 0,
+        patient_id: patient.map(|p| p.to_string()),
     };
     match write_with(node.store.as_ref(), move |tx| tx.put_user(&row)) {
         Ok(()) => Ok(id),
@@ -639,6 +647,8 @@ pub struct CachedSession {
     row: SessionRow,
     role: Role,
     idle: Duration,
+    /// A patient's own access: `patient/*.rs` in their compartment.
+    scopes: Option<Arc<medvault_auth::scopes::ScopeSet>>,
 }
 
 /// How long a cached session is trusted before its row and user are read again (a session
@@ -675,7 +685,19 @@ pub async fn authenticate_session(
                 }
                 let role = Role::parse(&user.role).map_err(|e| ApiError::internal(&e))?;
                 let (idle, _) = limits.for_role(role);
-                Ok(Some(CachedSession { row, role, idle }))
+                let scopes = (role == Role::Patient).then(|| {
+                    Arc::new(
+                        medvault_auth::scopes::ScopeSet::parse("patient/*.rs")
+                            .unwrap_or_default()
+                            .for_patient(user.patient_id.as_deref()),
+                    )
+                });
+                Ok(Some(CachedSession {
+                    row,
+                    role,
+                    idle,
+                    scopes,
+                }))
             })
             .await
             .map_err(|e| ApiError::internal(&e))??;
@@ -706,7 +728,7 @@ pub async fn authenticate_session(
         role: s.role,
         session: Some(s.row.session_id.clone()),
         aal: s.row.aal,
-        scopes: None,
+        scopes: s.scopes.clone(),
         client: None,
         auth_time_micros: Some(s.row.created_micros),
     };

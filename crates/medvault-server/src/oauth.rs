@@ -94,8 +94,8 @@ pub enum ClientKind {
         jwks: String,
     },
     /// A user-facing app (public client): authorization code with PKCE S256, redirected to one
-    /// of these URIs (https, or http on localhost); `user/` scopes and `offline_access`,
-    /// `online_access`.
+    /// of these URIs (https, or http on localhost); `user/` and `patient/` scopes and
+    /// `offline_access`, `online_access`.
     App {
         /// Exact redirect URIs.
         redirect_uris: Vec<String>,
@@ -160,9 +160,9 @@ pub fn register_client(
                 .others()
                 .iter()
                 .all(|o| APP_SCOPES.contains(&o.as_str()));
-            if set.resources().is_empty() || !set.only_context(Context::User) || !others_ok {
+            if set.resources().is_empty() || set.has_context(Context::System) || !others_ok {
                 return Err(ApiError::bad_request(
-                    "an app is registered with user/… scopes (e.g. user/Observation.rs) and optionally offline_access or online_access; patient/… scopes need a patient launch context and openid/fhirUser an ID token, which this node does not offer yet",
+                    "an app is registered with user/… or patient/… scopes (e.g. patient/Observation.rs) and optionally offline_access or online_access (openid and fhirUser need ID tokens, which this node does not issue yet)",
                 ));
             }
             (String::new(), redirect_uris.clone())
@@ -239,10 +239,11 @@ pub(crate) async fn smart_configuration(
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
-        "scopes_supported": ["system/*.cruds", "user/*.cruds", "offline_access", "online_access"],
+        "scopes_supported": ["system/*.cruds", "user/*.cruds", "patient/*.cruds", "offline_access", "online_access"],
         "capabilities": [
             "launch-standalone", "client-public", "client-confidential-asymmetric",
-            "permission-offline", "permission-online", "permission-user",
+            "permission-offline", "permission-online", "permission-user", "permission-patient",
+            "context-standalone-patient",
             "permission-v1", "permission-v2",
         ],
     }))
@@ -572,15 +573,18 @@ pub async fn authenticate_access_token(
                 if client.disabled {
                     return Ok(None);
                 }
-                let scopes = ScopeSet::parse(&row.scopes).map_err(|e| ApiError::internal(&e))?;
+                let mut scopes =
+                    ScopeSet::parse(&row.scopes).map_err(|e| ApiError::internal(&e))?;
                 // An app's token acts for its user, within both the user's role and the
-                // scopes; a backend service's for itself.
+                // scopes (patient/… scopes in the user's own compartment); a backend service's
+                // for itself.
                 let (token_id, role, aal) = match &row.user_id {
                     Some(uid) => {
                         let Some(user) = node.store.user(uid)?.filter(|u| !u.disabled) else {
                             return Ok(None);
                         };
                         let role = Role::parse(&user.role).map_err(|e| ApiError::internal(&e))?;
+                        scopes = scopes.for_patient(user.patient_id.as_deref());
                         (user.id, role, 2)
                     }
                     None => (row.client_id.clone(), Role::Service, 0),

@@ -21,7 +21,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64U;
-use medvault_auth::scopes::ScopeSet;
+use medvault_auth::scopes::{Context, ScopeSet};
 use medvault_core::Role;
 use medvault_store::{AccessTokenRow, ClientRow, GrantRow, write_with};
 use serde::Deserialize;
@@ -245,10 +245,34 @@ pub(crate) async fn authorize_decide(
     let node = std::sync::Arc::clone(&state.node);
     let user = who.token_id.clone();
     let out = blocking(move || {
-        let c = match check(&node, &req, &base) {
+        let mut c = match check(&node, &req, &base) {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
+        // patient/… scopes need the person's own Patient resource as the launch context.
+        let person = node
+            .store
+            .user(&user)?
+            .ok_or_else(|| ApiError::not_found("the signed-in user no longer exists"))?;
+        if person.patient_id.is_none() && c.granted.has_context(Context::Patient) {
+            c.granted = c.granted.for_patient(None);
+            if c.granted.resources().is_empty() {
+                let mut params = vec![
+                    ("error", "invalid_scope"),
+                    (
+                        "error_description",
+                        "patient/ scopes need an account linked to a Patient",
+                    ),
+                ];
+                if let Some(st) = &c.state {
+                    params.push(("state", st.as_str()));
+                }
+                return Ok(Ok((
+                    with_query(&c.redirect_uri, &params),
+                    c.client.client_id,
+                )));
+            }
+        }
         let mut params: Vec<(&str, String)> = Vec::new();
         if d.approve {
             let code = random_token("mvc_")?;
@@ -488,6 +512,12 @@ pub(crate) fn exchange(
     });
     if let Some((r, _)) = &refresh {
         body["refresh_token"] = Value::String(r.to_string());
+    }
+    if scopes.has_context(Context::Patient)
+        && let Some(p) = &user.patient_id
+    {
+        // SMART launch context: the patient the patient/… scopes are bound to.
+        body["patient"] = Value::String(p.clone());
     }
     Ok((body, client.client_id))
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use medvault_auth::scopes::{Access, Interaction, ScopeSet};
+use medvault_auth::scopes::{Access, COMPARTMENT_CONSTRAINT, Interaction, ScopeSet};
 use medvault_core::{Compartment, ResourceId};
 use medvault_crypto::BlindValue;
 use medvault_crypto::RecordAad;
@@ -113,13 +113,23 @@ fn existing_allows(
     ctx.scope_allows(rt, interaction, &resource)
 }
 
-/// True if `resource` matches every `(parameter, value)` of a scope's query constraint. An
-/// unknown parameter or a value that does not parse matches nothing (fail closed).
+/// True if `resource` matches every `(parameter, value)` of a scope's query constraint (the
+/// `_compartment` constraint of a patient context: the resource is in that patient's
+/// compartment, as the sealing key is chosen). An unknown parameter or a value that does not
+/// parse matches nothing (fail closed).
 pub fn satisfies(fhir: &Fhir, rt: &str, resource: &Value, group: &[(String, String)]) -> bool {
     let Some(info) = fhir.type_info(rt) else {
         return false;
     };
     group.iter().all(|(name, value)| {
+        if name == COMPARTMENT_CONSTRAINT {
+            let id = resource
+                .get("id")
+                .and_then(Value::as_str)
+                .and_then(|i| ResourceId::new(i).ok());
+            return id
+                .is_some_and(|id| fhir.compartment_of(rt, &id, resource).key_name() == *value);
+        }
         let (code, modifier) = match name.split_once(':') {
             Some((c, m)) => (c, Some(m)),
             None => (name.as_str(), None),

@@ -1,7 +1,7 @@
 //! Search: query parsing, the blind-index lookup, exact re-checking after decryption, paging.
 
 use axum::http::StatusCode;
-use medvault_auth::scopes::{Access, Interaction};
+use medvault_auth::scopes::{Access, COMPARTMENT_CONSTRAINT, Interaction};
 use medvault_fhir::Clause;
 use medvault_store::{IndexQuery, SortOrder, StoreRead};
 use serde_json::{Value, json};
@@ -356,6 +356,25 @@ pub fn bundle(
     })
 }
 
+/// The search clause selecting the compartment of `patient` (`Patient/<id>`) in `rt`.
+fn compartment_clause(ctx: &Ctx, rt: &str, patient: &str) -> Result<(String, String), ApiError> {
+    if rt == "Patient" {
+        let id = patient.strip_prefix("Patient/").unwrap_or(patient);
+        return Ok(("_id".into(), id.to_owned()));
+    }
+    ctx.fhir
+        .type_info(rt)
+        .and_then(|i| i.compartment_params.first())
+        .map(|p| (p.clone(), patient.to_owned()))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                IssueCode::Forbidden,
+                format!("{rt} resources are outside every patient's compartment"),
+            )
+        })
+}
+
 /// A full search: parse, run, and build the `searchset` Bundle.
 ///
 /// # Errors
@@ -374,7 +393,16 @@ pub fn search_bundle(
     let constrained;
     let params = match ctx.scope_access(rt, Interaction::Search)? {
         Access::Constrained(g) if g.len() == 1 => {
-            constrained = params.iter().chain(&g[0]).cloned().collect::<Vec<_>>();
+            let mut extra = Vec::with_capacity(g[0].len());
+            for (name, value) in &g[0] {
+                if name == COMPARTMENT_CONSTRAINT {
+                    // A patient context: search that patient's compartment.
+                    extra.push(compartment_clause(ctx, rt, value)?);
+                } else {
+                    extra.push((name.clone(), value.clone()));
+                }
+            }
+            constrained = params.iter().cloned().chain(extra).collect::<Vec<_>>();
             &constrained[..]
         }
         Access::Constrained(g) => {

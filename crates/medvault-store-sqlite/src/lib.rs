@@ -566,7 +566,7 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.meta("tenant").unwrap().as_deref(), Some("t"));
-        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("8"));
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("9"));
         // The writer resumes the tree where it stopped.
         audit(&s, 5);
         let mut want = medvault_ledger::MemoryTree::new();

@@ -167,6 +167,8 @@ const NODE_MIGRATIONS: &[&str] = &[
         used INTEGER NOT NULL
      ) WITHOUT ROWID;
      CREATE INDEX oauth_grants_by_family ON oauth_grants (family);",
+    // v9: a patient's account names their Patient resource (SMART patient launch context).
+    "ALTER TABLE users ADD COLUMN patient_id TEXT;",
 ];
 
 const DROP_LEVEL_ZERO: &str = "DELETE FROM ledger_nodes WHERE level = 0;";

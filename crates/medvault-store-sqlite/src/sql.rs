@@ -264,7 +264,7 @@ pub(crate) fn search(c: &Connection, q: &IndexQuery) -> Result<SearchPage, Store
 }
 
 const USER_COLUMNS: &str = "id, name_index, name_sealed, role, password_hash, disabled, created,
-     totp, totp_pending, totp_last_step, failed_logins, locked_until";
+     totp, totp_pending, totp_last_step, failed_logins, locked_until, patient_id";
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
     let index: Vec<u8> = r.get(1)?;
@@ -288,6 +288,7 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
             .and_then(|n| u64::try_from(n).ok()),
         failed_logins: r.get(10)?,
         locked_until_micros: r.get(11)?,
+        patient_id: r.get(12)?,
     })
 }
 
@@ -1194,8 +1195,8 @@ impl StoreTx for Tx<'_> {
         self.conn
             .prepare_cached(&format!(
                 "INSERT INTO users ({USER_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                 ON CONFLICT (id) DO UPDATE SET
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                 ON CONFLICT (id) DO UPDATE SET patient_id = excluded.patient_id,
                     name_index = excluded.name_index, name_sealed = excluded.name_sealed,
                     role = excluded.role, password_hash = excluded.password_hash,
                     disabled = excluded.disabled, totp = excluded.totp,
@@ -1216,6 +1217,7 @@ impl StoreTx for Tx<'_> {
                     u.totp_last_step.map(to_i64),
                     u.failed_logins,
                     u.locked_until_micros,
+                    u.patient_id,
                 ])
             })
             .map(drop)

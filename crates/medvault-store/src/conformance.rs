@@ -647,6 +647,7 @@ fn user_row(id: &str, name: u8) -> UserRow {
         totp_last_step: None,
         failed_logins: 0,
         locked_until_micros: 0,
+        patient_id: None,
     }
 }
 
@@ -674,6 +675,7 @@ fn users_sessions_and_recovery_codes(store: &dyn Store) {
     updated.totp_last_step = Some(7);
     updated.failed_logins = 3;
     updated.locked_until_micros = 99;
+    updated.patient_id = Some("p-1".into());
     let u = updated.clone();
     ok(write_with(store, move |tx| tx.put_user(&u)), "replace user");
     assert_eq!(ok(store.user("usr_a"), "user"), Some(updated));

@@ -190,6 +190,8 @@ pub struct UserRow {
     pub failed_logins: u32,
     /// Logins are refused until this time (microseconds; 0 when not locked).
     pub locked_until_micros: i64,
+    /// For a patient's account: the id of their Patient resource (their launch context).
+    pub patient_id: Option<String>,
 }
 
 /// A login session's stored form: the token's SHA-256, never the token.

@@ -298,3 +298,187 @@ fn authorization_code_with_pkce_refresh_rotation_and_revocation() {
     );
     assert_eq!(st, 403);
 }
+
+fn observation_with(patient: &str, category: &str) -> Value {
+    let mut o = crate::observation(patient, "2345-7", "2026-01-02");
+    o["category"][0]["coding"][0]["code"] = json!(category);
+    o
+}
+
+fn match_ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["search"]["mode"] == "match")
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
+    let s = Server::start();
+    let p1 = s.create(&crate::patient("Ownfam", "Pia"));
+    let p2 = s.create(&crate::patient("Otherfam", "Olaf"));
+    let lab1 = s.create(&observation_with(&p1, "laboratory"));
+    let vital1 = s.create(&observation_with(&p1, "vital-signs"));
+    let lab2 = s.create(&observation_with(&p2, "laboratory"));
+    let dir = s.dir.to_str().unwrap().to_owned();
+
+    // A patient's account is linked to their Patient resource.
+    let mut env = s.env_pairs();
+    env.push(("MEDVAULT_NEW_PASSWORD", PASSWORD));
+    let (ok, _, err) = crate::cli(
+        &[
+            "user",
+            "create",
+            "--data-dir",
+            &dir,
+            "--username",
+            "pat.one",
+            "--role",
+            "patient",
+        ],
+        &env,
+    );
+    assert!(
+        !ok && err.contains("--patient"),
+        "a patient account needs its Patient: {err}"
+    );
+    let (ok, _, err) = crate::cli(
+        &[
+            "user",
+            "create",
+            "--data-dir",
+            &dir,
+            "--username",
+            "pat.one",
+            "--role",
+            "patient",
+            "--patient",
+            &p1,
+        ],
+        &env,
+    );
+    assert!(ok, "{err}");
+    let (secret, recovery) = enroll(&s, "pat.one");
+    let (st, b) = login(
+        &s,
+        "pat.one",
+        PASSWORD,
+        &json!({"totp": code(&secret, now() + 30)}),
+    );
+    assert_eq!(st, 200, "{b}");
+    let session = b["session"].as_str().unwrap().to_owned();
+
+    // Their own session reads their compartment only.
+    assert_eq!(get(&s, &format!("/fhir/Patient/{p1}"), &session).0, 200);
+    assert_eq!(get(&s, &format!("/fhir/Patient/{p2}"), &session).0, 403);
+    assert_eq!(
+        get(&s, &format!("/fhir/Observation/{vital1}"), &session).0,
+        200
+    );
+    assert_eq!(
+        get(&s, &format!("/fhir/Observation/{lab2}"), &session).0,
+        403
+    );
+    let (st, found) = get(&s, "/fhir/Observation?_count=50", &session);
+    assert_eq!(st, 200, "{found}");
+    let mut ids = match_ids(&found);
+    ids.sort();
+    let mut own = vec![lab1.clone(), vital1.clone()];
+    own.sort();
+    assert_eq!(ids, own);
+    let (st, _) = post(
+        &s,
+        "/fhir/Observation",
+        Some(&session),
+        &observation_with(&p1, "laboratory"),
+    );
+    assert_eq!(st, 403, "read and search only");
+    assert_eq!(get(&s, "/fhir/AuditEvent", &session).0, 403);
+
+    // An app with patient/ scopes, approved by the patient, is bound to their compartment too.
+    let (ok, out, err) = s.cli(&[
+        "client",
+        "register",
+        "--data-dir",
+        &dir,
+        "--name",
+        "Lab viewer",
+        "--redirect-uri",
+        REDIRECT,
+        "--scope",
+        "patient/Observation.rs?category=laboratory patient/Patient.r",
+    ]);
+    assert!(ok, "{err}");
+    let client = out.trim().to_owned();
+    let aud = format!("http://127.0.0.1:{}/fhir", s.port);
+    let q = query(
+        &client,
+        &aud,
+        "patient/Observation.rs?category=laboratory patient/Patient.r",
+        true,
+    );
+    let (_, b) = post(
+        &s,
+        "/auth/authorize/decide",
+        Some(&session),
+        &json!({"query": q, "approve": true}),
+    );
+    let code_value = param(b["redirect"].as_str().unwrap(), "code").unwrap();
+    let (st, t) = form(
+        &s,
+        "/auth/token",
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code_value),
+            ("redirect_uri", REDIRECT),
+            ("client_id", &client),
+            ("code_verifier", VERIFIER),
+        ],
+    );
+    assert_eq!(st, 200, "{t}");
+    assert_eq!(t["patient"], json!(p1), "the launch context");
+    let app = t["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(get(&s, &format!("/fhir/Observation/{lab1}"), &app).0, 200);
+    assert_eq!(
+        get(&s, &format!("/fhir/Observation/{vital1}"), &app).0,
+        403,
+        "not a lab result"
+    );
+    assert_eq!(
+        get(&s, &format!("/fhir/Observation/{lab2}"), &app).0,
+        403,
+        "another patient's"
+    );
+    let (_, found) = get(&s, "/fhir/Observation?_count=50", &app);
+    assert_eq!(match_ids(&found), vec![lab1.clone()]);
+
+    // A clinician has no patient context: patient/ scopes cannot be granted to their apps.
+    create_user(&s, "c.nopatient", "clinician");
+    let (secret2, _) = enroll(&s, "c.nopatient");
+    let (_, b) = login(
+        &s,
+        "c.nopatient",
+        PASSWORD,
+        &json!({"totp": code(&secret2, now() + 30)}),
+    );
+    let clin = b["session"].as_str().unwrap().to_owned();
+    let (_, b) = post(
+        &s,
+        "/auth/authorize/decide",
+        Some(&clin),
+        &json!({"query": q, "approve": true}),
+    );
+    assert!(
+        b["redirect"]
+            .as_str()
+            .unwrap()
+            .contains("error=invalid_scope"),
+        "{b}"
+    );
+    drop(recovery);
+}
