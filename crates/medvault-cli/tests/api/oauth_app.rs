@@ -26,6 +26,33 @@ fn form(s: &Server, path: &str, pairs: &[(&str, &str)]) -> (u16, Value) {
     (status, r.json().unwrap_or(Value::Null))
 }
 
+/// Approves the authorization request `q` with `session`; returns the code sent back.
+fn approve(s: &Server, session: &str, q: &str) -> String {
+    let (st, b) = post(
+        s,
+        "/auth/authorize/decide",
+        Some(session),
+        &json!({"query": q, "approve": true}),
+    );
+    assert_eq!(st, 200, "{b}");
+    param(b["redirect"].as_str().unwrap(), "code").expect("a code")
+}
+
+/// Exchanges an authorization code with the test's PKCE verifier.
+fn exchange_code(s: &Server, client: &str, code: &str) -> (u16, Value) {
+    form(
+        s,
+        "/auth/token",
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+            ("client_id", client),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+}
+
 fn query(client: &str, aud: &str, scope: &str, with_pkce: bool) -> String {
     let mut q = format!(
         "response_type=code&client_id={client}&redirect_uri={}&scope={}&state=xyz&aud={}",
@@ -219,24 +246,8 @@ fn authorization_code_with_pkce_refresh_rotation_and_revocation() {
     assert_eq!(exchange(VERIFIER).0, 400);
 
     // A second approval, then revocation of its refresh token ends its access token.
-    let (_, b) = post(
-        &s,
-        "/auth/authorize/decide",
-        Some(&session),
-        &json!({"query": q, "approve": true}),
-    );
-    let code2 = param(b["redirect"].as_str().unwrap(), "code").unwrap();
-    let (_, t) = form(
-        &s,
-        "/auth/token",
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code2),
-            ("redirect_uri", REDIRECT),
-            ("client_id", &client),
-            ("code_verifier", VERIFIER),
-        ],
-    );
+    let code2 = approve(&s, &session, &q);
+    let (_, t) = exchange_code(&s, &client, &code2);
     let access3 = t["access_token"].as_str().unwrap().to_owned();
     assert_eq!(
         get(&s, &format!("/fhir/Patient/{patient}"), &access3).0,
@@ -270,24 +281,8 @@ fn authorization_code_with_pkce_refresh_rotation_and_revocation() {
             .contains("error=access_denied")
     );
     // An app's access token is not a signed-in person: it cannot approve apps.
-    let (_, b) = post(
-        &s,
-        "/auth/authorize/decide",
-        Some(&session),
-        &json!({"query": q, "approve": true}),
-    );
-    let code3 = param(b["redirect"].as_str().unwrap(), "code").unwrap();
-    let (_, t) = form(
-        &s,
-        "/auth/token",
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code3),
-            ("redirect_uri", REDIRECT),
-            ("client_id", &client),
-            ("code_verifier", VERIFIER),
-        ],
-    );
+    let code3 = approve(&s, &session, &q);
+    let (_, t) = exchange_code(&s, &client, &code3);
     let live = t["access_token"].as_str().unwrap().to_owned();
     assert_eq!(get(&s, &format!("/fhir/Patient/{patient}"), &live).0, 200);
     let (st, _) = post(
@@ -422,24 +417,8 @@ fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
         "patient/Observation.rs?category=laboratory patient/Patient.r",
         true,
     );
-    let (_, b) = post(
-        &s,
-        "/auth/authorize/decide",
-        Some(&session),
-        &json!({"query": q, "approve": true}),
-    );
-    let code_value = param(b["redirect"].as_str().unwrap(), "code").unwrap();
-    let (st, t) = form(
-        &s,
-        "/auth/token",
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code_value),
-            ("redirect_uri", REDIRECT),
-            ("client_id", &client),
-            ("code_verifier", VERIFIER),
-        ],
-    );
+    let code_value = approve(&s, &session, &q);
+    let (st, t) = exchange_code(&s, &client, &code_value);
     assert_eq!(st, 200, "{t}");
     assert_eq!(t["patient"], json!(p1), "the launch context");
     let app = t["access_token"].as_str().unwrap().to_owned();
