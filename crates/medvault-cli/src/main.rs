@@ -346,7 +346,7 @@ enum PersonRole {
     Nurse,
     /// A researcher (no FHIR data until a policy grants it).
     Researcher,
-    /// A patient (no FHIR data until a policy grants it).
+    /// A patient: reads their own records only (give --patient).
     Patient,
     /// Reads the audit trail only.
     Auditor,

@@ -201,7 +201,7 @@ pub enum Role {
     Nurse,
     /// A researcher (de-identified and aggregate data only, once the policy issue grants it).
     Researcher,
-    /// A patient (their own compartment only, once the policy issue grants it).
+    /// A patient: their own compartment only, through scopes bound to it.
     Patient,
     /// The privacy officer: reads the audit trail, investigates access.
     PrivacyOfficer,
@@ -265,6 +265,7 @@ impl Role {
             // A service's scopes narrow it further on every interaction.
             Self::Admin | Self::Clinician | Self::Nurse | Self::Service => FhirAccess::Full,
             Self::Auditor | Self::PrivacyOfficer => FhirAccess::AuditTrail,
+            // A patient reaches data only through scopes bound to their compartment.
             Self::Researcher | Self::Patient => FhirAccess::None,
         }
     }
