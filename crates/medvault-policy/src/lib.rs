@@ -1,0 +1,396 @@
+//! Access decisions with Cedar: a schema for users, resources and the request context
+//! (`policy/schema.cedarschema`) and a default policy set (`policy/default.cedar`) over role,
+//! care relationship, the patient's consent, security labels, purpose of use and break-glass.
+//!
+//! The engine is pure: the caller works out the facts (is the user on the patient's care team,
+//! what does the patient's consent say, which labels does the resource carry) and asks
+//! [`PolicyEngine::decide`]. Every decision names the policies that decided it (their `@id`), so
+//! the access log can record why; a request no policy permits is denied by `default-deny`.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr as _;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicySet,
+    Request, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+
+/// The schema shipped with medvault.
+pub const SCHEMA: &str = include_str!("../policy/schema.cedarschema");
+/// The default policy set shipped with medvault.
+pub const DEFAULT_POLICY: &str = include_str!("../policy/default.cedar");
+/// The id reported when no policy permits a request.
+pub const DEFAULT_DENY: &str = "default-deny";
+
+/// Why a policy set cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// The schema does not parse.
+    #[error("policy schema: {0}")]
+    Schema(String),
+    /// The policies do not parse.
+    #[error("policy file: {0}")]
+    Parse(String),
+    /// The policies do not validate against the schema.
+    #[error("policy file does not validate against the schema: {0}")]
+    Invalid(String),
+    /// A policy has no `@id` annotation.
+    #[error("every policy needs an @id(\"…\") annotation; {0} has none")]
+    MissingId(String),
+}
+
+/// A FHIR interaction, as the policies name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// read, vread, instance history.
+    Read,
+    /// search, type history.
+    Search,
+    /// create.
+    Create,
+    /// update.
+    Update,
+    /// delete.
+    Delete,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Search => "search",
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+/// What the patient's consents say about this access (worked out by the caller: denies win, the
+/// latest consent wins where two conflict).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentState {
+    /// An active consent permits it.
+    Permit,
+    /// An active consent denies it.
+    Deny,
+    /// No consent speaks to it.
+    None,
+}
+
+impl ConsentState {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Permit => "permit",
+            Self::Deny => "deny",
+            Self::None => "none",
+        }
+    }
+}
+
+/// The facts of one access request.
+#[derive(Debug, Clone)]
+pub struct Query<'a> {
+    /// The user's id.
+    pub user: &'a str,
+    /// The user's role name.
+    pub role: &'a str,
+    /// The interaction.
+    pub action: Action,
+    /// The resource's type.
+    pub resource_type: &'a str,
+    /// The resource's `meta.security` codes.
+    pub labels: &'a [String],
+    /// Declared purpose of use (HL7 code), if any.
+    pub purpose: Option<&'a str>,
+    /// The user has a care relationship with the patient.
+    pub relationship: bool,
+    /// The resource is in the user's own compartment.
+    pub own: bool,
+    /// The patient's consent.
+    pub consent: ConsentState,
+    /// The user holds an open break-glass grant for the patient.
+    pub break_glass: bool,
+}
+
+/// A decision and the policies that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// True if allowed.
+    pub allowed: bool,
+    /// `@id`s of the deciding policies (for a deny: the forbid policies that matched, or
+    /// [`DEFAULT_DENY`]), sorted.
+    pub policies: Vec<String>,
+}
+
+/// A validated schema and policy set.
+#[derive(Debug)]
+pub struct PolicyEngine {
+    schema: Schema,
+    policies: PolicySet,
+    ids: HashMap<String, String>,
+    authorizer: Authorizer,
+}
+
+impl PolicyEngine {
+    /// The engine with medvault's default policy.
+    ///
+    /// # Errors
+    /// Only if the shipped files are broken (a test guards against that).
+    pub fn default_policy() -> Result<Self, PolicyError> {
+        Self::new(DEFAULT_POLICY)
+    }
+
+    /// An engine with `policies` (Cedar text), validated strictly against the schema.
+    ///
+    /// # Errors
+    /// [`PolicyError`] naming the first problem.
+    pub fn new(policies: &str) -> Result<Self, PolicyError> {
+        let (schema, _warnings) =
+            Schema::from_cedarschema_str(SCHEMA).map_err(|e| PolicyError::Schema(e.to_string()))?;
+        let set = PolicySet::from_str(policies).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+        if let Some(e) = result.validation_errors().next() {
+            return Err(PolicyError::Invalid(e.to_string()));
+        }
+        let mut ids = HashMap::new();
+        for p in set.policies() {
+            let id = p
+                .annotation("id")
+                .ok_or_else(|| PolicyError::MissingId(p.id().to_string()))?;
+            ids.insert(p.id().to_string(), id.to_owned());
+        }
+        Ok(Self {
+            schema,
+            policies: set,
+            ids,
+            authorizer: Authorizer::new(),
+        })
+    }
+
+    /// How many policies the engine holds.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True if the engine holds no policy (it then denies everything).
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Decides one request. Anything that goes wrong building the request denies it (fail
+    /// closed), naming the failure.
+    pub fn decide(&self, q: &Query<'_>) -> Decision {
+        match self.try_decide(q) {
+            Ok(d) => d,
+            Err(why) => Decision {
+                allowed: false,
+                policies: vec![format!("error: {why}")],
+            },
+        }
+    }
+
+    fn try_decide(&self, q: &Query<'_>) -> Result<Decision, String> {
+        let uid = |ty: &str, id: &str| -> Result<EntityUid, String> {
+            EntityUid::from_str(&format!("Medvault::{ty}::{}", quoted(id)))
+                .map_err(|e| e.to_string())
+        };
+        let principal = uid("User", q.user)?;
+        let resource = uid("Resource", q.resource_type)?;
+        let action = uid("Action", q.action.name())?;
+        let user = Entity::new(
+            principal.clone(),
+            HashMap::from([(
+                "role".to_owned(),
+                RestrictedExpression::new_string(q.role.to_owned()),
+            )]),
+            HashSet::new(),
+        )
+        .map_err(|e| e.to_string())?;
+        let labels = RestrictedExpression::new_set(
+            q.labels
+                .iter()
+                .map(|l| RestrictedExpression::new_string(l.clone())),
+        );
+        let res = Entity::new(
+            resource.clone(),
+            HashMap::from([
+                (
+                    "type".to_owned(),
+                    RestrictedExpression::new_string(q.resource_type.to_owned()),
+                ),
+                ("labels".to_owned(), labels),
+            ]),
+            HashSet::new(),
+        )
+        .map_err(|e| e.to_string())?;
+        let entities =
+            Entities::from_entities([user, res], Some(&self.schema)).map_err(|e| e.to_string())?;
+        let context = Context::from_pairs([
+            (
+                "purpose".to_owned(),
+                RestrictedExpression::new_string(q.purpose.unwrap_or("").to_owned()),
+            ),
+            (
+                "relationship".to_owned(),
+                RestrictedExpression::new_bool(q.relationship),
+            ),
+            ("own".to_owned(), RestrictedExpression::new_bool(q.own)),
+            (
+                "consent".to_owned(),
+                RestrictedExpression::new_string(q.consent.name().to_owned()),
+            ),
+            (
+                "break_glass".to_owned(),
+                RestrictedExpression::new_bool(q.break_glass),
+            ),
+        ])
+        .map_err(|e| e.to_string())?;
+        let request = Request::new(principal, action, resource, context, Some(&self.schema))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.policies, &entities);
+        if let Some(e) = response.diagnostics().errors().next() {
+            return Err(e.to_string());
+        }
+        let mut policies: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|id| {
+                self.ids
+                    .get(&id.to_string())
+                    .cloned()
+                    .unwrap_or_else(|| id.to_string())
+            })
+            .collect();
+        policies.sort();
+        let allowed = response.decision() == CedarDecision::Allow;
+        if !allowed && policies.is_empty() {
+            policies.push(DEFAULT_DENY.to_owned());
+        }
+        Ok(Decision { allowed, policies })
+    }
+}
+
+/// A Cedar string literal.
+fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn q<'a>(role: &'a str, action: Action, labels: &'a [String]) -> Query<'a> {
+        Query {
+            user: "usr_1",
+            role,
+            action,
+            resource_type: "Observation",
+            labels,
+            purpose: Some("TREAT"),
+            relationship: true,
+            own: false,
+            consent: ConsentState::None,
+            break_glass: false,
+        }
+    }
+
+    #[test]
+    fn the_default_policy_validates_and_decides_with_reasons() {
+        let e = PolicyEngine::default_policy().unwrap();
+        assert_eq!(e.len(), 7);
+        let none: Vec<String> = vec![];
+        let hiv = vec!["HIV".to_owned()];
+        let d = e.decide(&q("clinician", Action::Read, &none));
+        assert_eq!(
+            d,
+            Decision {
+                allowed: true,
+                policies: vec!["care-read".into()]
+            }
+        );
+        // No relationship, no access.
+        let mut x = q("clinician", Action::Read, &none);
+        x.relationship = false;
+        assert_eq!(e.decide(&x).policies, vec![DEFAULT_DENY.to_owned()]);
+        // Research purpose is not treatment.
+        let mut x = q("nurse", Action::Search, &none);
+        x.purpose = Some("HRESCH");
+        assert!(!e.decide(&x).allowed);
+        // Consent deny wins over the care relationship; break-glass overrides it.
+        let mut x = q("clinician", Action::Read, &none);
+        x.consent = ConsentState::Deny;
+        let d = e.decide(&x);
+        assert!(
+            !d.allowed && d.policies == vec!["consent-deny".to_owned()],
+            "{d:?}"
+        );
+        x.break_glass = true;
+        x.purpose = Some("ETREAT");
+        assert!(e.decide(&x).allowed);
+        // Sensitive data needs explicit consent.
+        let d = e.decide(&q("clinician", Action::Read, &hiv));
+        assert_eq!(d.policies, vec!["sensitive-needs-consent".to_owned()]);
+        let mut x = q("clinician", Action::Read, &hiv);
+        x.consent = ConsentState::Permit;
+        assert!(e.decide(&x).allowed);
+        // Patients read their own compartment, nothing else, and write nothing.
+        let mut x = q("patient", Action::Read, &hiv);
+        x.relationship = false;
+        x.own = true;
+        assert!(e.decide(&x).allowed);
+        x.action = Action::Update;
+        assert!(!e.decide(&x).allowed);
+        let mut x = q("patient", Action::Read, &none);
+        x.own = false;
+        assert!(!e.decide(&x).allowed);
+        // Researchers and auditors get nothing from this policy.
+        assert!(!e.decide(&q("researcher", Action::Read, &none)).allowed);
+        assert!(!e.decide(&q("auditor", Action::Search, &none)).allowed);
+        // Ids with quotes and backslashes cannot break out of the entity literal; anything that
+        // cannot form a request is denied (fail closed) and says why.
+        let mut x = q("clinician", Action::Read, &none);
+        x.user = "usr_\"x\\";
+        assert!(e.decide(&x).allowed);
+        x.user = "usr_\u{0}";
+        let d = e.decide(&x);
+        assert!(!d.allowed && d.policies[0].starts_with("error"), "{d:?}");
+    }
+
+    #[test]
+    fn bad_policy_files_are_refused_with_a_clear_message() {
+        let no_id = "permit (principal, action, resource);";
+        assert!(matches!(
+            PolicyEngine::new(no_id),
+            Err(PolicyError::MissingId(_))
+        ));
+        let unknown_attr =
+            r#"@id("x") permit (principal, action, resource) when { principal.age > 3 };"#;
+        assert!(matches!(
+            PolicyEngine::new(unknown_attr),
+            Err(PolicyError::Invalid(_))
+        ));
+        assert!(matches!(
+            PolicyEngine::new("permit ("),
+            Err(PolicyError::Parse(_))
+        ));
+        let empty = PolicyEngine::new("").unwrap();
+        assert!(empty.is_empty());
+        let none: Vec<String> = vec![];
+        assert!(!empty.decide(&q("admin", Action::Read, &none)).allowed);
+    }
+}
