@@ -60,10 +60,15 @@ try {
 
   await page.click("#logout");
   await page.waitForFunction(() => document.getElementById("status").textContent === "Signed out.");
+  // Now that the account has a passkey, the password alone no longer signs in.
+  await page.click("#login");
+  await page.waitForFunction(() => document.getElementById("status").dataset.error);
+  assert.match(await status().getAttribute("data-error"), /second factor required/);
+  ok("with a passkey registered, the password alone is refused");
   await page.click("#passkey-login");
   await page.waitForFunction(() => {
     const s = document.getElementById("status").dataset;
-    return s.aal === "3" || s.error;
+    return s.aal === "3" || (s.error && !/second factor/.test(s.error));
   });
   assert.equal(await status().getAttribute("data-aal"), "3", await status().textContent());
   ok("passkey login (user verified) gives an AAL3 session");
@@ -144,4 +149,4 @@ try {
   await browser.close();
 }
 console.log(`${checks} browser checks passed`);
-if (checks !== 11) process.exit(1);
+if (checks !== 12) process.exit(1);

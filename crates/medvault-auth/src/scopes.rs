@@ -300,6 +300,19 @@ impl ScopeSet {
         }
     }
 
+    /// Only the scopes of `context` (and the non-resource ones).
+    pub fn only(&self, context: Context) -> Self {
+        Self {
+            resources: self
+                .resources
+                .iter()
+                .filter(|r| r.context == context)
+                .cloned()
+                .collect(),
+            others: self.others.clone(),
+        }
+    }
+
     /// True if any resource scope has this context.
     pub fn has_context(&self, context: Context) -> bool {
         self.resources.iter().any(|r| r.context == context)

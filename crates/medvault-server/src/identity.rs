@@ -161,7 +161,7 @@ pub struct LoginThrottle(Mutex<HashMap<IpAddr, (u32, Instant)>>);
 impl LoginThrottle {
     /// Counts an attempt from `ip`; false once the address is over `limit` attempts in the
     /// window.
-    fn admit(&self, ip: IpAddr, limit: u32) -> bool {
+    pub(crate) fn admit(&self, ip: IpAddr, limit: u32) -> bool {
         let Ok(mut m) = self.0.lock() else {
             return false;
         };
@@ -508,48 +508,88 @@ fn check_and_open(
     }
     let password_ok = password::verify_password(&user.password_hash, password)
         .map_err(|e| ApiError::internal(&e))?;
+    let step_before = user.totp_last_step;
     let second = if !password_ok {
         Err(LoginFailure::BadCredentials)
     } else {
         second_factor(node, &mut user, req, now)?
     };
+    // The TOTP step this login spent, if it used a TOTP code.
+    let spent_step = user
+        .totp_last_step
+        .filter(|_| user.totp_last_step != step_before);
     match second {
         Err(LoginFailure::SecondFactorRequired) => {
             return Err(Failed::Login(LoginFailure::SecondFactorRequired));
         }
         Err(f) => {
-            user.failed_logins = user.failed_logins.saturating_add(1);
-            let locked = user.failed_logins >= LOCK_AFTER;
-            if locked {
-                user.locked_until_micros = now + micros(LOCK_FOR);
-                user.failed_logins = 0;
-            }
-            write_with(node.store.as_ref(), move |tx| tx.put_user(&user))?;
+            let locked = record_failure(node, &user.id, now)?;
             return Err(Failed::Login(if locked { LoginFailure::Locked } else { f }));
         }
         Ok(_) => {}
     }
     let aal = second.unwrap_or(1);
-    if password::needs_rehash(&user.password_hash)
-        && let Ok(h) = password::hash_password(password)
-    {
-        user.password_hash = h;
-    }
-    user.failed_logins = 0;
-    user.locked_until_micros = 0;
+    let rehashed = if password::needs_rehash(&user.password_hash) {
+        password::hash_password(password).ok()
+    } else {
+        None
+    };
     let (idle, max) = limits.for_role(role);
     let (token, session) = new_session(&user.id, aal, now, max)?;
     let s = session.clone();
-    write_with(node.store.as_ref(), move |tx| {
-        tx.put_user(&user)?;
-        tx.put_session(&s)
+    let (uid, step) = (user.id.clone(), spent_step);
+    // Applied to the row as it is now, in the writer's transaction: an admin's disable, a
+    // lockout or another login that spent the same TOTP step since we read it all win.
+    let opened = write_with(node.store.as_ref(), move |tx| {
+        let Some(mut u) = tx.user(&uid)? else {
+            return Ok(false);
+        };
+        if u.disabled || u.locked_until_micros > now {
+            return Ok(false);
+        }
+        if let Some(step) = step {
+            if u.totp_last_step.is_some_and(|last| last >= step) {
+                return Ok(false);
+            }
+            u.totp_last_step = Some(step);
+        }
+        if let Some(h) = &rehashed {
+            u.password_hash.clone_from(h);
+        }
+        u.failed_logins = 0;
+        u.locked_until_micros = 0;
+        tx.put_user(&u)?;
+        tx.put_session(&s)?;
+        Ok(true)
     })?;
+    if !opened {
+        return Err(Failed::Login(LoginFailure::BadSecondFactor));
+    }
     Ok(LoginOk {
         token,
         session,
         role,
         idle,
     })
+}
+
+/// Counts a failed login on the stored row (in the writer's transaction, so concurrent failures
+/// all count); locks the account after [`LOCK_AFTER`]. Returns whether it is now locked.
+pub(crate) fn record_failure(node: &Node, user_id: &str, now: i64) -> Result<bool, ApiError> {
+    let uid = user_id.to_owned();
+    Ok(write_with(node.store.as_ref(), move |tx| {
+        let Some(mut u) = tx.user(&uid)? else {
+            return Ok(false);
+        };
+        u.failed_logins = u.failed_logins.saturating_add(1);
+        let locked = u.failed_logins >= LOCK_AFTER;
+        if locked {
+            u.locked_until_micros = now + micros(LOCK_FOR);
+            u.failed_logins = 0;
+        }
+        tx.put_user(&u)?;
+        Ok(locked)
+    })?)
 }
 
 /// Checks the second factor: `Ok(Ok(2))` when it holds (AAL2), `Ok(Ok(1))` for a user with none
@@ -561,6 +601,11 @@ fn second_factor(
     now: i64,
 ) -> Result<Result<u8, LoginFailure>, ApiError> {
     let Some(sealed) = &user.totp else {
+        // No TOTP: a user with passkeys must sign in with one (the password alone is not a
+        // second factor); a user with no factor at all gets an enrollment-only session.
+        if !node.store.passkeys(&user.id)?.is_empty() {
+            return Ok(Err(LoginFailure::SecondFactorRequired));
+        }
         return Ok(Ok(1));
     };
     if let Some(code) = &req.totp {
@@ -814,7 +859,7 @@ pub(crate) async fn totp_enroll(
     let w = who.clone();
     let out = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
         let mut user = user_of(&st, &w)?;
-        if user.totp.is_some() && w.aal < 2 {
+        if has_second_factor(&st, &user)? && w.aal < 2 {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 IssueCode::Forbidden,
@@ -859,6 +904,13 @@ pub(crate) async fn totp_confirm(
     let hash = session_token(&headers).map(|t| medvault_crypto::sha256(t.as_bytes()));
     let out = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
         let mut user = user_of(&st, &w)?;
+        if has_second_factor(&st, &user)? && w.aal < 2 {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                IssueCode::Forbidden,
+                "replacing an authenticator needs a session logged in with the current one",
+            ));
+        }
         let pending = user
             .totp_pending
             .clone()
@@ -896,6 +948,11 @@ pub(crate) async fn totp_confirm(
     .await
     .map_err(|e| ApiError::internal(&e))??;
     Ok(secret_json(&out, Some(who.token_id), "totp-confirm"))
+}
+
+/// True if the user has any second factor (TOTP or a passkey).
+fn has_second_factor(state: &AppState, user: &UserRow) -> Result<bool, ApiError> {
+    Ok(user.totp.is_some() || !state.node.store.passkeys(&user.id)?.is_empty())
 }
 
 /// Lists accounts for `medvault user list`: id, name, role, state.

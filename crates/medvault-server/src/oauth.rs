@@ -584,6 +584,10 @@ pub async fn authenticate_access_token(
                             return Ok(None);
                         };
                         let role = Role::parse(&user.role).map_err(|e| ApiError::internal(&e))?;
+                        if role == Role::Patient {
+                            // A patient's apps act in the patient's own compartment only.
+                            scopes = scopes.only(medvault_auth::scopes::Context::Patient);
+                        }
                         scopes = scopes.for_patient(user.patient_id.as_deref());
                         (user.id, role, 2)
                     }
@@ -637,7 +641,7 @@ pub(crate) async fn introspect(
     who: Authenticated,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    if who.role != Role::Admin {
+    if who.role != Role::Admin || (who.session.is_some() && who.aal < 2) || who.scopes.is_some() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             crate::error::IssueCode::Forbidden,
@@ -652,9 +656,27 @@ pub(crate) async fn introspect(
     }
     let node = Arc::clone(&state.node);
     let hash = medvault_crypto::sha256(form.token.as_bytes());
-    let row = tokio::task::spawn_blocking(move || node.store.access_token(&hash))
-        .await
-        .map_err(|e| ApiError::internal(&e))??;
+    // Active only while the token, its client and (for an app's token) its user all are.
+    let row = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let Some(row) = node.store.access_token(&hash)? else {
+            return Ok(None);
+        };
+        if node
+            .store
+            .client(&row.client_id)?
+            .is_none_or(|c| c.disabled)
+        {
+            return Ok(None);
+        }
+        if let Some(uid) = &row.user_id
+            && node.store.user(uid)?.is_none_or(|u| u.disabled)
+        {
+            return Ok(None);
+        }
+        Ok(Some(row))
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))??;
     let now = state.node.clock.now_micros();
     Ok(match row {
         Some(r) if r.expires_micros > now => Json(json!({

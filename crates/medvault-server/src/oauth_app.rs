@@ -254,24 +254,28 @@ pub(crate) async fn authorize_decide(
             .store
             .user(&user)?
             .ok_or_else(|| ApiError::not_found("the signed-in user no longer exists"))?;
-        if person.patient_id.is_none() && c.granted.has_context(Context::Patient) {
+        if person.role == Role::Patient.as_str() {
+            // A patient may grant apps access to their own compartment, nothing wider.
+            c.granted = c.granted.only(Context::Patient);
+        }
+        if person.patient_id.is_none() {
             c.granted = c.granted.for_patient(None);
-            if c.granted.resources().is_empty() {
-                let mut params = vec![
-                    ("error", "invalid_scope"),
-                    (
-                        "error_description",
-                        "patient/ scopes need an account linked to a Patient",
-                    ),
-                ];
-                if let Some(st) = &c.state {
-                    params.push(("state", st.as_str()));
-                }
-                return Ok(Ok((
-                    with_query(&c.redirect_uri, &params),
-                    c.client.client_id,
-                )));
+        }
+        if c.granted.resources().is_empty() {
+            let mut params = vec![
+                ("error", "invalid_scope"),
+                (
+                    "error_description",
+                    "none of the requested scopes can be granted by this account",
+                ),
+            ];
+            if let Some(st) = &c.state {
+                params.push(("state", st.as_str()));
             }
+            return Ok(Ok((
+                with_query(&c.redirect_uri, &params),
+                c.client.client_id,
+            )));
         }
         let mut params: Vec<(&str, String)> = Vec::new();
         if d.approve {
@@ -434,25 +438,6 @@ pub(crate) fn exchange(
         .filter(|u| !u.disabled)
         .ok_or_else(|| invalid("the approving user is disabled"))?;
     Role::parse(&user.role).map_err(|e| internal(&e))?;
-    // Exactly one exchange wins; a second use of the same code or refresh token means it
-    // leaked, so everything issued from that approval is revoked.
-    let family = grant.family.clone();
-    let won = write_with(node.store.as_ref(), move |tx| {
-        if tx.use_grant(&hash)? {
-            Ok(true)
-        } else {
-            tx.revoke_family(&family)?;
-            Ok(false)
-        }
-    })
-    .map_err(|e| internal(&e))?;
-    if !won {
-        let mut r = invalid(
-            "this code or refresh token was already used: every token issued from it is revoked",
-        );
-        r.revoked_family = Some(grant.family);
-        return Err(r);
-    }
     let scopes = ScopeSet::parse(&grant.scopes).map_err(|e| internal(&e))?;
     let token = random_token(ACCESS_TOKEN_PREFIX).map_err(|e| internal(&e.message))?;
     let access = AccessTokenRow {
@@ -496,14 +481,29 @@ pub(crate) fn exchange(
         expires_micros: *expires,
         used: false,
     });
-    write_with(node.store.as_ref(), move |tx| {
+    // Exactly one exchange wins, and its tokens are stored in the same transaction; a second
+    // use of the same code or refresh token means it leaked, so everything issued from that
+    // approval is revoked (including what the winner just got).
+    let family = grant.family.clone();
+    let won = write_with(node.store.as_ref(), move |tx| {
+        if !tx.use_grant(&hash)? {
+            tx.revoke_family(&family)?;
+            return Ok(false);
+        }
         tx.put_access_token(&access, now)?;
         if let Some(r) = &refresh_row {
             tx.put_grant(r)?;
         }
-        Ok(())
+        Ok(true)
     })
     .map_err(|e| internal(&e))?;
+    if !won {
+        let mut r = invalid(
+            "this code or refresh token was already used: every token issued from it is revoked",
+        );
+        r.revoked_family = Some(grant.family);
+        return Err(r);
+    }
     let mut body = json!({
         "access_token": token.as_str(),
         "token_type": "bearer",

@@ -400,6 +400,14 @@ pub fn create(
     if_none_exist: Option<&str>,
 ) -> Result<Outcome, ApiError> {
     if let Some(query) = if_none_exist {
+        // The condition is a search, and its answer (created, existing, several) tells whether
+        // matching resources exist: under scopes it needs an unconstrained search permission.
+        if !matches!(ctx.scope_access(&p.rt, Interaction::Search)?, Access::Full) {
+            return Err(out_of_scope(&format!(
+                "a conditional create of {} without an unconstrained search scope",
+                p.rt
+            )));
+        }
         let params = search::parse_query_string(query);
         let hits = search::matching_ids(&*tx, ctx, &p.rt, &params, 2)?;
         match hits.as_slice() {
@@ -409,6 +417,7 @@ pub fn create(
                     .version(&p.rt, one, None)?
                     .ok_or_else(|| ApiError::internal(&"matched row vanished"))?;
                 let resource = open(&*tx, ctx, &row)?;
+                ctx.scope_allows(&p.rt, Interaction::Read, &resource)?;
                 return Ok(Outcome::of_version(
                     StatusCode::OK,
                     &p.rt,
@@ -454,6 +463,15 @@ pub fn update(
     let current = tx.current(&p.rt, p.id.as_str())?;
     if current.as_ref().is_some_and(|c| !c.deleted) {
         existing_allows(&*tx, ctx, &p.rt, &p.id, Interaction::Update)?;
+    } else if current.is_some()
+        && !matches!(ctx.scope_access(&p.rt, Interaction::Update)?, Access::Full)
+    {
+        // Re-creating a deleted resource would append to a history whose earlier versions
+        // may lie outside the scopes' constraints.
+        return Err(out_of_scope(&format!(
+            "re-creating a deleted {} under query-constrained scopes",
+            p.rt
+        )));
     }
     if let Some(expected) = if_match {
         let live = current.as_ref().filter(|c| !c.deleted).map(|c| c.version);
@@ -581,13 +599,14 @@ pub fn read(
     id: &ResourceId,
     version: Option<u64>,
 ) -> Result<Outcome, ApiError> {
+    // Scopes first: a type the scopes do not reach answers 403 whether or not the id exists.
+    ctx.scope_access(rt, Interaction::Read)?;
     let Some(row) = store.version(rt, id.as_str(), version)? else {
         return Err(ApiError::not_found(match version {
             Some(v) => format!("{rt}/{id} has no version {v}"),
             None => format!("{rt}/{id} is not known"),
         }));
     };
-    ctx.scope_access(rt, Interaction::Read)?;
     let resource = open(store, ctx, &row)?;
     ctx.scope_allows(rt, Interaction::Read, &resource)?;
     Ok(Outcome::of_version(
@@ -652,7 +671,11 @@ pub fn history(
             "response": {"status": status, "etag": format!("W/\"{}\"", row.version), "lastModified": instant(row.last_updated_micros)},
         });
         if row.body.is_some() {
-            entry["resource"] = open(store, ctx, row)?;
+            let resource = open(store, ctx, row)?;
+            // Under query-constrained scopes every version must itself be allowed (a resource
+            // may have moved into the constraint, e.g. into another compartment, later).
+            ctx.scope_allows(rt, Interaction::Read, &resource)?;
+            entry["resource"] = resource;
         }
         entries.push(entry);
     }

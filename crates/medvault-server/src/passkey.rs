@@ -30,8 +30,8 @@ use crate::auth::{Authenticated, unauthorized};
 use crate::error::{ApiError, IssueCode};
 use crate::http::blocking;
 use crate::identity::{
-    LOCK_AFTER, LOCK_FOR, find_user, identity_key, micros, new_session, open, seal, secret_json,
-    session_token, user_of, with_note,
+    find_user, identity_key, new_session, open, record_failure, seal, secret_json, session_token,
+    user_of, with_note,
 };
 
 /// How long a ceremony may take.
@@ -253,8 +253,36 @@ pub(crate) struct LoginStart {
 /// `POST /auth/passkey/login/start`: options for `navigator.credentials.get`.
 pub(crate) async fn login_start(
     State(state): State<AppState>,
-    Json(body): Json<LoginStart>,
+    req: axum::extract::Request,
 ) -> Response {
+    // Same per-address budget as password logins: ceremonies are a limited resource.
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+    if !state
+        .login_throttle
+        .admit(ip, state.config.login_attempts_per_minute)
+    {
+        return with_note(
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                IssueCode::Throttled,
+                "too many login attempts from this address: wait a minute",
+            )
+            .into_response(),
+            None,
+            "throttled",
+        );
+    }
+    let body: LoginStart = match axum::body::to_bytes(req.into_body(), 16 * 1024)
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
+        Some(b) => b,
+        None => return ApiError::bad_request("expected JSON {\"username\"}").into_response(),
+    };
     let st = state.clone();
     let out = blocking(move || {
         let refused = || unauthorized("passkey login is not possible for this account");
@@ -303,7 +331,7 @@ pub(crate) async fn login_finish(
             return Err((unauthorized("unknown or expired passkey ceremony"), None));
         };
         let fail = |e: ApiError| (e, Some(user_id.clone()));
-        let mut user = st
+        let user = st
             .node
             .store
             .user(&user_id)
@@ -320,12 +348,7 @@ pub(crate) async fn login_finish(
         {
             Ok(r) => r,
             Err(_) => {
-                user.failed_logins = user.failed_logins.saturating_add(1);
-                if user.failed_logins >= LOCK_AFTER {
-                    user.locked_until_micros = now + micros(LOCK_FOR);
-                    user.failed_logins = 0;
-                }
-                let _ = write_with(st.node.store.as_ref(), move |tx| tx.put_user(&user));
+                let _ = record_failure(&st.node, &user_id, now);
                 return Err(fail(unauthorized("login failed")));
             }
         };
@@ -341,16 +364,27 @@ pub(crate) async fn login_finish(
                 store_passkey(&st, &user_id, pk).map_err(fail)?;
             }
         }
-        user.failed_logins = 0;
-        user.locked_until_micros = 0;
         let (_, max) = st.config.sessions_for(role);
         let (token, session) = new_session(&user_id, 3, now, max).map_err(fail)?;
-        let s = session.clone();
-        write_with(st.node.store.as_ref(), move |tx| {
-            tx.put_user(&user)?;
-            tx.put_session(&s)
+        let (s, uid) = (session.clone(), user_id.clone());
+        // Applied to the row as it is now: a disable or lockout since we read it wins.
+        let opened = write_with(st.node.store.as_ref(), move |tx| {
+            let Some(mut u) = tx.user(&uid)? else {
+                return Ok(false);
+            };
+            if u.disabled || u.locked_until_micros > now {
+                return Ok(false);
+            }
+            u.failed_logins = 0;
+            u.locked_until_micros = 0;
+            tx.put_user(&u)?;
+            tx.put_session(&s)?;
+            Ok(true)
         })
         .map_err(|e| fail(e.into()))?;
+        if !opened {
+            return Err(fail(unauthorized("login failed")));
+        }
         Ok((token, session, role))
     })
     .await;

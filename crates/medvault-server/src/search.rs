@@ -390,8 +390,30 @@ pub fn search_bundle(
     // Query-constrained scopes: one constraint is added to the search itself (exact paging
     // and total); several are applied to each page's results, and the total is left out.
     let mut groups = Vec::new();
+    let mut filter_groups = Vec::new();
     let constrained;
-    let params = match ctx.scope_access(rt, Interaction::Search)? {
+    let access = ctx.scope_access(rt, Interaction::Search)?;
+    if let Access::Constrained(g) = &access {
+        // A constraint naming a parameter this type does not have must not be ignored (lenient
+        // handling would drop it and widen the search): refuse.
+        let known = |name: &str| {
+            name == COMPARTMENT_CONSTRAINT
+                || ctx.fhir.type_info(rt).is_some_and(|i| {
+                    i.params
+                        .contains_key(name.split_once(':').map_or(name, |(c, _)| c))
+                })
+        };
+        if g.iter().flatten().any(|(name, _)| !known(name)) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                IssueCode::Forbidden,
+                format!("a scope's constraint names a parameter {rt} does not have"),
+            ));
+        }
+        // Every result is checked against the constraints too, as reads are.
+        filter_groups.clone_from(g);
+    }
+    let params = match access {
         Access::Constrained(g) if g.len() == 1 => {
             let mut extra = Vec::with_capacity(g[0].len());
             for (name, value) in &g[0] {
@@ -413,9 +435,9 @@ pub fn search_bundle(
     };
     let req = parse(ctx, rt, params, strict)?;
     let (mut resources, total) = execute(store, ctx, rt, &req)?;
-    if !groups.is_empty() {
+    if !filter_groups.is_empty() {
         resources.retain(|r| {
-            groups
+            filter_groups
                 .iter()
                 .any(|g| crate::ops::satisfies(&ctx.fhir, rt, r, g))
         });
@@ -448,7 +470,12 @@ pub fn search_bundle(
     if !groups.is_empty()
         && let Some(o) = out.as_object_mut()
     {
+        // Filtered after paging: neither the total nor the paging links may reveal how many
+        // resources outside the constraints matched.
         o.remove("total");
+        if let Some(Value::Array(links)) = o.get_mut("link") {
+            links.retain(|l| l["relation"] == "self");
+        }
     }
     Ok(out)
 }

@@ -436,6 +436,33 @@ fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
     let (_, found) = get(&s, "/fhir/Observation?_count=50", &app);
     assert_eq!(match_ids(&found), vec![lab1.clone()]);
 
+    // A patient cannot grant an app more than their own compartment, even if the app may ask.
+    let (ok, out, err) = s.cli(&[
+        "client",
+        "register",
+        "--data-dir",
+        &dir,
+        "--name",
+        "Wide app",
+        "--redirect-uri",
+        REDIRECT,
+        "--scope",
+        "user/*.rs patient/Patient.r",
+    ]);
+    assert!(ok, "{err}");
+    let wide = out.trim().to_owned();
+    let wq = query(&wide, &aud, "user/*.rs patient/Patient.r", true);
+    let code_w = approve(&s, &session, &wq);
+    let (st, t) = exchange_code(&s, &wide, &code_w);
+    assert_eq!(st, 200, "{t}");
+    assert_eq!(
+        t["scope"], "patient/Patient.r",
+        "user/ scopes are not a patient's to grant"
+    );
+    let wide_token = t["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(get(&s, &format!("/fhir/Patient/{p2}"), &wide_token).0, 403);
+    assert_eq!(get(&s, &format!("/fhir/Patient/{p1}"), &wide_token).0, 200);
+
     // A clinician has no patient context: patient/ scopes cannot be granted to their apps.
     create_user(&s, "c.nopatient", "clinician");
     let (secret2, _) = enroll(&s, "c.nopatient");
