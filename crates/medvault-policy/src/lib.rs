@@ -7,6 +7,8 @@
 //! [`PolicyEngine::decide`]. Every decision names the policies that decided it (their `@id`), so
 //! the access log can record why; a request no policy permits is denied by `default-deny`.
 
+pub mod consent;
+
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr as _;
 
@@ -369,6 +371,93 @@ mod tests {
         x.user = "usr_\u{0}";
         let d = e.decide(&x);
         assert!(!d.allowed && d.policies[0].starts_with("error"), "{d:?}");
+    }
+
+    /// Exhaustively: consent can only narrow what the roles, relationships and purposes allow
+    /// (a permit is the most any consent can say, and even it grants nothing by itself).
+    #[test]
+    fn no_consent_grants_more_than_the_policy_allows() {
+        let e = PolicyEngine::default_policy().unwrap();
+        let roles = [
+            "admin",
+            "clinician",
+            "nurse",
+            "researcher",
+            "patient",
+            "auditor",
+            "privacy-officer",
+            "service",
+        ];
+        let actions = [
+            Action::Read,
+            Action::Search,
+            Action::Create,
+            Action::Update,
+            Action::Delete,
+        ];
+        let label_sets = [
+            vec![],
+            vec!["N".to_owned()],
+            vec!["HIV".to_owned(), "R".to_owned()],
+        ];
+        let purposes = [
+            None,
+            Some("TREAT"),
+            Some("ETREAT"),
+            Some("HRESCH"),
+            Some("HPAYMT"),
+        ];
+        let mut cases = 0;
+        for role in roles {
+            for action in actions {
+                for labels in &label_sets {
+                    for purpose in purposes {
+                        for bits in 0..8u8 {
+                            let base = Query {
+                                user: "usr_p",
+                                role,
+                                action,
+                                resource_type: "Observation",
+                                labels,
+                                purpose,
+                                relationship: bits & 1 != 0,
+                                own: bits & 2 != 0,
+                                consent: ConsentState::Permit,
+                                break_glass: bits & 4 != 0,
+                            };
+                            let with_permit = e.decide(&base).allowed;
+                            for consent in [ConsentState::None, ConsentState::Deny] {
+                                let q = Query {
+                                    consent,
+                                    ..base.clone()
+                                };
+                                assert!(
+                                    !e.decide(&q).allowed || with_permit,
+                                    "{q:?} allowed with {consent:?} but not with a permit"
+                                );
+                                cases += 1;
+                            }
+                            if with_permit {
+                                let reads = matches!(action, Action::Read | Action::Search);
+                                let care = matches!(role, "clinician" | "nurse")
+                                    && ((base.relationship
+                                        && matches!(
+                                            purpose,
+                                            Some("TREAT" | "ETREAT" | "HOPERAT")
+                                        ))
+                                        || (base.break_glass
+                                            && purpose == Some("ETREAT")
+                                            && reads));
+                                let own = role == "patient" && base.own && reads;
+                                assert!(care || own || role == "admin", "{base:?} allowed");
+                            }
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 8 * 5 * 3 * 5 * 8 * 3);
     }
 
     #[test]
