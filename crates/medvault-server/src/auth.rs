@@ -43,6 +43,8 @@ pub struct Authenticated {
     /// For a login session: when the person last proved their factors (the session's start),
     /// microseconds. Sensitive actions require it to be recent (step-up).
     pub auth_time_micros: Option<i64>,
+    /// For a patient's own session: their Patient resource id.
+    pub patient: Option<String>,
 }
 
 /// Where the authenticator leaves who it authenticated, for the audit record the request
@@ -212,6 +214,7 @@ pub async fn validate_bearer(state: &AppState, token: &str) -> Result<Authentica
         scopes: None,
         client: None,
         auth_time_micros: None,
+        patient: None,
     };
     state.tokens.put(hash, who.clone());
     Ok(who)

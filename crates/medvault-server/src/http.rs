@@ -244,14 +244,30 @@ async fn dispatch(
             Target::Instance(..) => Interaction::Read,
             _ => Interaction::Search,
         };
-        if !matches!(ctx.scope_access("AuditEvent", interaction)?, Access::Full) {
+        let mut params = search::parse_query_string(query.as_deref().unwrap_or(""));
+        if who.role == Role::Patient {
+            // HIPAA §164.528 accounting of disclosures: a patient reads who accessed their own
+            // records, and nothing else of the trail.
+            let Some(own) = who
+                .patient
+                .clone()
+                .filter(|_| interaction == Interaction::Search)
+            else {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    IssueCode::Forbidden,
+                    "patients read their accounting of disclosures with GET /fhir/AuditEvent",
+                ));
+            };
+            params.retain(|(k, _)| k != "patient");
+            params.push(("patient".into(), own));
+        } else if !matches!(ctx.scope_access("AuditEvent", interaction)?, Access::Full) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 IssueCode::Forbidden,
                 "the audit trail cannot be read under query-constrained scopes",
             ));
         }
-        let params = search::parse_query_string(query.as_deref().unwrap_or(""));
         let (store, ledger) = (
             state.node.access.clone(),
             std::sync::Arc::clone(&state.node.ledger),
@@ -571,7 +587,9 @@ fn role_refusal(
     if *target == Target::Metadata {
         return None;
     }
-    if role == Role::Patient && scoped && !audit_view {
+    if role == Role::Patient && scoped {
+        // Their compartment through their scopes; the audit trail only as their own accounting
+        // of disclosures (the audit view forces patient=<their id>).
         return None;
     }
     match (role.fhir_access(), audit_view) {

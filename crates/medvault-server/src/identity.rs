@@ -694,6 +694,8 @@ pub struct CachedSession {
     idle: Duration,
     /// A patient's own access: `patient/*.rs` in their compartment.
     scopes: Option<Arc<medvault_auth::scopes::ScopeSet>>,
+    /// A patient's Patient resource id.
+    patient: Option<String>,
 }
 
 /// How long a cached session is trusted before its row and user are read again (a session
@@ -737,11 +739,13 @@ pub async fn authenticate_session(
                             .for_patient(user.patient_id.as_deref()),
                     )
                 });
+                let patient = user.patient_id.filter(|_| role == Role::Patient);
                 Ok(Some(CachedSession {
                     row,
                     role,
                     idle,
                     scopes,
+                    patient,
                 }))
             })
             .await
@@ -776,6 +780,7 @@ pub async fn authenticate_session(
         scopes: s.scopes.clone(),
         client: None,
         auth_time_micros: Some(s.row.created_micros),
+        patient: s.patient.clone(),
     };
     if validated_now {
         state.sessions.put(hash, s);

@@ -602,6 +602,7 @@ pub async fn authenticate_access_token(
                         scopes: Some(Arc::new(scopes)),
                         client: Some(row.client_id),
                         auth_time_micros: None,
+                        patient: None,
                     },
                     row.expires_micros,
                     row.family,

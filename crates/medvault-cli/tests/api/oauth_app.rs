@@ -393,7 +393,25 @@ fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
         &observation_with(&p1, "laboratory"),
     );
     assert_eq!(st, 403, "read and search only");
-    assert_eq!(get(&s, "/fhir/AuditEvent", &session).0, 403);
+    // Their accounting of disclosures: who accessed their records, from the access log, and
+    // nothing about other patients whatever they ask.
+    let (st, trail) = get(
+        &s,
+        &format!("/fhir/AuditEvent?patient={p2}&_count=500"),
+        &session,
+    );
+    assert_eq!(st, 200, "{trail}");
+    let events = trail["entry"].as_array().unwrap();
+    assert!(
+        events.len() >= 5,
+        "the admin's creates and their own reads: {trail}"
+    );
+    for e in events {
+        let refs = e["resource"]["entity"].to_string();
+        assert!(refs.contains(&format!("Patient/{p1}")), "{refs}");
+        assert!(!refs.contains(&format!("Patient/{p2}")), "{refs}");
+    }
+    assert_eq!(get(&s, "/fhir/AuditEvent/ledger-1", &session).0, 403);
 
     // An app with patient/ scopes, approved by the patient, is bound to their compartment too.
     let (ok, out, err) = s.cli(&[
