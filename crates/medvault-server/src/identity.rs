@@ -37,6 +37,9 @@ use crate::node::Node;
 /// Data key sealing user names and TOTP secrets.
 pub const IDENTITY_KEY: &str = "@identity";
 const SEAL_CONTEXT: &str = "medvault-identity-v1";
+/// What a patient's own session may do, in their compartment: read and search everything, and
+/// write their own `Consent` resources.
+pub const PATIENT_SESSION_SCOPES: &str = "patient/*.rs patient/Consent.cu";
 /// Session tokens start with this.
 pub const SESSION_PREFIX: &str = "mvs_";
 /// Consecutive failures that lock an account.
@@ -692,7 +695,7 @@ pub struct CachedSession {
     row: SessionRow,
     role: Role,
     idle: Duration,
-    /// A patient's own access: `patient/*.rs` in their compartment.
+    /// A patient's own access: [`PATIENT_SESSION_SCOPES`] in their compartment.
     scopes: Option<Arc<medvault_auth::scopes::ScopeSet>>,
     /// A patient's Patient resource id.
     patient: Option<String>,
@@ -734,7 +737,7 @@ pub async fn authenticate_session(
                 let (idle, _) = limits.for_role(role);
                 let scopes = (role == Role::Patient).then(|| {
                     Arc::new(
-                        medvault_auth::scopes::ScopeSet::parse("patient/*.rs")
+                        medvault_auth::scopes::ScopeSet::parse(PATIENT_SESSION_SCOPES)
                             .unwrap_or_default()
                             .for_patient(user.patient_id.as_deref()),
                     )

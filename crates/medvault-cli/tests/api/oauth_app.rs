@@ -393,6 +393,25 @@ fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
         &observation_with(&p1, "laboratory"),
     );
     assert_eq!(st, 403, "read and search only");
+    // They manage their own consents, and only theirs.
+    let consent = |patient: &str| {
+        json!({
+            "resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": format!("Patient/{patient}")},
+            "dateTime": "2026-11-30T10:00:00Z",
+            "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+            "provision": {"type": "deny", "actor": [{
+                "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP"}]},
+                "reference": {"reference": "Practitioner/dr-a"}
+            }]}
+        })
+    };
+    let (st, b) = post(&s, "/fhir/Consent", Some(&session), &consent(&p1));
+    assert_eq!(st, 201, "{b}");
+    let (st, _) = post(&s, "/fhir/Consent", Some(&session), &consent(&p2));
+    assert_eq!(st, 403, "not another patient's consent");
     // Their accounting of disclosures: who accessed their records, from the access log, and
     // nothing about other patients whatever they ask.
     let (st, trail) = get(
