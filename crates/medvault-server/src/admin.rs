@@ -125,6 +125,7 @@ fn step_up(who: &Authenticated, now: i64, window: Duration) -> Option<Response> 
             IssueCode::Forbidden,
             "this action needs an admin signed in with a second factor (API and app tokens cannot)",
         )
+        .denied_by("step-up")
         .into_response());
     }
     let max_age = window.as_secs();
@@ -137,6 +138,7 @@ fn step_up(who: &Authenticated, now: i64, window: Duration) -> Option<Response> 
                 "this action needs a recent sign-in: sign in again (password and second factor, or a passkey) and retry within {max_age} seconds"
             ),
         )
+        .denied_by("step-up")
         .into_response();
         if let Ok(v) = HeaderValue::from_str(&format!(
             "Bearer error=\"insufficient_user_authentication\", error_description=\"a sign-in within the last {max_age} seconds is required\", max_age={max_age}"

@@ -109,9 +109,10 @@ pub fn to_audit_event(leaf: u64, detail: &Value, observer: &str) -> Value {
         "action": action_code(interaction),
         "recorded": s(detail, "time").unwrap_or("1970-01-01T00:00:00Z"),
         "outcome": outcome_code(outcome),
-        "outcomeDesc": match detail.get("status").and_then(Value::as_u64) {
-            Some(st) => format!("{interaction}: {outcome} (HTTP {st})"),
-            None => format!("{interaction}: {outcome}"),
+        "outcomeDesc": match (detail.get("status").and_then(Value::as_u64), s(detail, "denied_by")) {
+            (Some(st), Some(rule)) => format!("{interaction}: {outcome} (HTTP {st}, denied by {rule})"),
+            (Some(st), None) => format!("{interaction}: {outcome} (HTTP {st})"),
+            (None, _) => format!("{interaction}: {outcome}"),
         },
         "agent": [agent(detail)],
         "source": {"observer": {"display": observer}},

@@ -85,7 +85,13 @@ pub struct ApiError {
     pub message: String,
     /// Further issues with FHIRPath locations (validation).
     pub details: Vec<(String, String)>,
+    /// For a refusal: the rule that decided it (recorded in the access log, never shown).
+    pub denied_by: Option<&'static str>,
 }
+
+/// The rule that refused a request, carried from an [`ApiError`] to the access log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeniedBy(pub(crate) &'static str);
 
 impl ApiError {
     /// An error with a status, issue code and safe message.
@@ -95,7 +101,15 @@ impl ApiError {
             code,
             message: message.into(),
             details: Vec::new(),
+            denied_by: None,
         }
+    }
+
+    /// Names the rule that decided this refusal, for the access log.
+    #[must_use]
+    pub fn denied_by(mut self, rule: &'static str) -> Self {
+        self.denied_by = Some(rule);
+        self
     }
 
     /// 400 with an `invalid` issue.
@@ -157,6 +171,9 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"medvault\""),
             );
+        }
+        if let Some(rule) = self.denied_by {
+            resp.extensions_mut().insert(DeniedBy(rule));
         }
         resp
     }

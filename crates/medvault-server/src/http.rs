@@ -225,14 +225,13 @@ async fn dispatch(
             StatusCode::FORBIDDEN,
             IssueCode::Forbidden,
             "this session has no second factor: enroll one (POST /auth/totp/enroll) and log in again",
-        ));
+        )
+        .denied_by("aal2-required"));
     }
     if let Some(why) = role_refusal(who.role, who.scopes.is_some(), audit_view, &target) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            IssueCode::Forbidden,
-            why,
-        ));
+        return Err(
+            ApiError::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, why).denied_by("role-gate"),
+        );
     }
     let mut ctx = state.ctx.clone();
     ctx.scopes.clone_from(&who.scopes);
@@ -504,6 +503,7 @@ fn audit_detail(
             "session": w.session,
             "client": w.client,
         })),
+        "denied_by": resp.extensions().get::<crate::error::DeniedBy>().map(|d| d.0),
         "auth": resp.extensions().get::<crate::identity::AuthNote>().map(|n| serde_json::json!({
             "user": n.user,
             "client": n.client,

@@ -43,6 +43,7 @@ fn out_of_scope(what: &str) -> ApiError {
         IssueCode::Forbidden,
         format!("the granted scopes do not allow {what}"),
     )
+    .denied_by("smart-scopes")
 }
 
 impl Ctx {

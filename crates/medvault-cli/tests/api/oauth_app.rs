@@ -431,6 +431,13 @@ fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
         assert!(!refs.contains(&format!("Patient/{p2}")), "{refs}");
     }
     assert_eq!(get(&s, "/fhir/AuditEvent/ledger-1", &session).0, 403);
+    // Every refusal is in the access log with the rule that decided it.
+    let (st, denials) = s.get(&format!("AuditEvent?patient={p2}&outcome=4&_count=100"));
+    assert_eq!(st, 200, "{denials}");
+    assert!(
+        denials.to_string().contains("denied by smart-scopes"),
+        "the patient's refused read of another patient: {denials}"
+    );
 
     // An app with patient/ scopes, approved by the patient, is bound to their compartment too.
     let (ok, out, err) = s.cli(&[
