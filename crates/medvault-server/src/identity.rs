@@ -865,15 +865,9 @@ pub(crate) async fn totp_enroll(
 ) -> Result<Response, ApiError> {
     let st = state.clone();
     let w = who.clone();
-    let out = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
+    let out = crate::http::blocking(move || -> Result<Value, ApiError> {
         let mut user = user_of(&st, &w)?;
-        if has_second_factor(&st, &user)? && w.aal < 2 {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                IssueCode::Forbidden,
-                "replacing an authenticator needs a session logged in with the current one",
-            ));
-        }
+        factor_change_allowed(&st, &user, w.aal)?;
         let name = user_name(&st.node, &user)?;
         let secret = totp::TotpSecret::generate().map_err(|e| ApiError::internal(&e))?;
         let key = identity_key(&st.node)?;
@@ -888,8 +882,7 @@ pub(crate) async fn totp_enroll(
             "qr_svg": svg,
         }))
     })
-    .await
-    .map_err(|e| ApiError::internal(&e))??;
+    .await?;
     Ok(secret_json(&out, Some(who.token_id), "totp-enroll"))
 }
 
@@ -910,15 +903,9 @@ pub(crate) async fn totp_confirm(
     let st = state.clone();
     let w = who.clone();
     let hash = session_token(&headers).map(|t| medvault_crypto::sha256(t.as_bytes()));
-    let out = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
+    let out = crate::http::blocking(move || -> Result<Value, ApiError> {
         let mut user = user_of(&st, &w)?;
-        if has_second_factor(&st, &user)? && w.aal < 2 {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                IssueCode::Forbidden,
-                "replacing an authenticator needs a session logged in with the current one",
-            ));
-        }
+        factor_change_allowed(&st, &user, w.aal)?;
         let pending = user
             .totp_pending
             .clone()
@@ -953,14 +940,29 @@ pub(crate) async fn totp_confirm(
             "recovery_codes": codes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
         }))
     })
-    .await
-    .map_err(|e| ApiError::internal(&e))??;
+    .await?;
     Ok(secret_json(&out, Some(who.token_id), "totp-confirm"))
 }
 
-/// True if the user has any second factor (TOTP or a passkey).
-fn has_second_factor(state: &AppState, user: &UserRow) -> Result<bool, ApiError> {
-    Ok(user.totp.is_some() || !state.node.store.passkeys(&user.id)?.is_empty())
+/// Adding or replacing a second factor (TOTP or a passkey): from a password-only session only
+/// while the user has none yet; otherwise the session must have used one.
+///
+/// # Errors
+/// 403 when the session may not.
+pub(crate) fn factor_change_allowed(
+    state: &AppState,
+    user: &UserRow,
+    aal: u8,
+) -> Result<(), ApiError> {
+    let has_factor = user.totp.is_some() || !state.node.store.passkeys(&user.id)?.is_empty();
+    if has_factor && aal < 2 {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            IssueCode::Forbidden,
+            "adding or replacing a second factor needs a session signed in with the current one",
+        ));
+    }
+    Ok(())
 }
 
 /// Lists accounts for `medvault user list`: id, name, role, state.

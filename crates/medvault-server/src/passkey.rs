@@ -164,14 +164,8 @@ pub(crate) async fn register_start(
     let w = who.clone();
     let (id, options) = blocking(move || {
         let user = user_of(&st, &w)?;
+        crate::identity::factor_change_allowed(&st, &user, w.aal)?;
         let existing = load_passkeys(&st, &user.id)?;
-        if (user.totp.is_some() || !existing.is_empty()) && w.aal < 2 {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                IssueCode::Forbidden,
-                "adding a passkey needs a session logged in with a second factor",
-            ));
-        }
         let name = crate::identity::user_name(&st.node, &user)?;
         let exclude = existing.iter().map(|p| p.cred_id().clone()).collect();
         let (options, reg) = webauthn(&st)?

@@ -26,6 +26,25 @@ fn form(s: &Server, path: &str, pairs: &[(&str, &str)]) -> (u16, Value) {
     (status, r.json().unwrap_or(Value::Null))
 }
 
+/// Registers a user-facing app redirecting to [`REDIRECT`]; returns its client id.
+fn register_app(s: &Server, name: &str, scopes: &str) -> String {
+    let dir = s.dir.to_str().unwrap().to_owned();
+    let (ok, out, err) = s.cli(&[
+        "client",
+        "register",
+        "--data-dir",
+        &dir,
+        "--name",
+        name,
+        "--redirect-uri",
+        REDIRECT,
+        "--scope",
+        scopes,
+    ]);
+    assert!(ok, "{err}");
+    out.trim().to_owned()
+}
+
 /// Approves the authorization request `q` with `session`; returns the code sent back.
 fn approve(s: &Server, session: &str, q: &str) -> String {
     let (st, b) = post(
@@ -93,21 +112,11 @@ fn authorization_code_with_pkce_refresh_rotation_and_revocation() {
     let s = Server::start();
     create_user(&s, "d.app", "clinician");
     let (secret, _) = enroll(&s, "d.app");
-    let dir = s.dir.to_str().unwrap().to_owned();
-    let (ok, out, err) = s.cli(&[
-        "client",
-        "register",
-        "--data-dir",
-        &dir,
-        "--name",
+    let client = register_app(
+        &s,
         "Chart app",
-        "--redirect-uri",
-        REDIRECT,
-        "--scope",
         "user/Patient.rs user/Observation.rs offline_access",
-    ]);
-    assert!(ok, "{err}");
-    let client = out.trim().to_owned();
+    );
     let aud = format!("http://127.0.0.1:{}/fhir", s.port);
     let patient = s.create(&crate::patient("Appfam", "Al"));
 
@@ -440,20 +449,11 @@ fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
     );
 
     // An app with patient/ scopes, approved by the patient, is bound to their compartment too.
-    let (ok, out, err) = s.cli(&[
-        "client",
-        "register",
-        "--data-dir",
-        &dir,
-        "--name",
+    let client = register_app(
+        &s,
         "Lab viewer",
-        "--redirect-uri",
-        REDIRECT,
-        "--scope",
         "patient/Observation.rs?category=laboratory patient/Patient.r",
-    ]);
-    assert!(ok, "{err}");
-    let client = out.trim().to_owned();
+    );
     let aud = format!("http://127.0.0.1:{}/fhir", s.port);
     let q = query(
         &client,
@@ -481,20 +481,7 @@ fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
     assert_eq!(match_ids(&found), vec![lab1.clone()]);
 
     // A patient cannot grant an app more than their own compartment, even if the app may ask.
-    let (ok, out, err) = s.cli(&[
-        "client",
-        "register",
-        "--data-dir",
-        &dir,
-        "--name",
-        "Wide app",
-        "--redirect-uri",
-        REDIRECT,
-        "--scope",
-        "user/*.rs patient/Patient.r",
-    ]);
-    assert!(ok, "{err}");
-    let wide = out.trim().to_owned();
+    let wide = register_app(&s, "Wide app", "user/*.rs patient/Patient.r");
     let wq = query(&wide, &aud, "user/*.rs patient/Patient.r", true);
     let code_w = approve(&s, &session, &wq);
     let (st, t) = exchange_code(&s, &wide, &code_w);
