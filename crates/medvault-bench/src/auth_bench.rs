@@ -68,7 +68,7 @@ fn main() {
                         &node,
                         n,
                         Role::Clinician,
-                        None,
+                        medvault_server::identity::FhirUser::None,
                         &Password::new(PASSWORD),
                     )
                     .unwrap();

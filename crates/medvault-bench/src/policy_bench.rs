@@ -34,6 +34,7 @@ fn main() {
             action: actions[(i / 5) % actions.len()],
             resource_type: "Observation",
             labels: &labels[(i / 15) % labels.len()],
+            patient_data: i % 13 != 0,
             purpose: purposes[(i / 45) % purposes.len()],
             relationship: i % 2 == 0,
             own: i % 7 == 0,

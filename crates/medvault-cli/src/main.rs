@@ -205,8 +205,29 @@ enum UserCommand {
         role: PersonRole,
         /// For a patient: the id of their Patient resource (what their apps' patient/… scopes
         /// and their own access are limited to).
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", conflicts_with = "practitioner")]
         patient: Option<String>,
+        /// For clinical staff: the id of their Practitioner resource. The access policy finds
+        /// their care relationships through it (CareTeam members, Encounter participants);
+        /// without it a clinician reaches no patient's data except by break-glass.
+        #[arg(long, value_name = "ID")]
+        practitioner: Option<String>,
+    },
+    /// Link a staff account to its Practitioner resource (or unlink it with --none).
+    #[command(
+        after_help = "Example:\n  medvault user link --data-dir DIR j.doe --practitioner 7f3e…"
+    )]
+    Link {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Login name.
+        username: String,
+        /// The Practitioner resource's id.
+        #[arg(long, value_name = "ID", required_unless_present = "none")]
+        practitioner: Option<String>,
+        /// Remove the link.
+        #[arg(long, conflicts_with = "practitioner")]
+        none: bool,
     },
     /// Refuse the user's logins and end their sessions (running servers notice within 30 s).
     #[command(after_help = "Example:\n  medvault user disable --data-dir DIR j.doe")]
@@ -402,6 +423,12 @@ fn change(
     Ok(())
 }
 
+/// Parses an optional resource id given as `flag`.
+fn resource_id(flag: &str, id: Option<String>) -> anyhow::Result<Option<ResourceId>> {
+    id.map(|p| ResourceId::new(&p).map_err(|e| anyhow::anyhow!("{flag} {p:?}: {e}")))
+        .transpose()
+}
+
 fn run_user(command: UserCommand) -> anyhow::Result<()> {
     use medvault_server::identity::{self, AccountChange};
     let fail = |e: medvault_server::ApiError| anyhow::anyhow!("{}", e.message);
@@ -411,21 +438,40 @@ fn run_user(command: UserCommand) -> anyhow::Result<()> {
             username,
             role,
             patient,
+            practitioner,
         } => {
-            let patient = patient
-                .map(|p| ResourceId::new(&p).map_err(|e| anyhow::anyhow!("--patient {p:?}: {e}")))
-                .transpose()?;
+            let patient = resource_id("--patient", patient)?;
+            let practitioner = resource_id("--practitioner", practitioner)?;
+            let link = match (&patient, &practitioner) {
+                (Some(p), _) => identity::FhirUser::Patient(p),
+                (None, Some(p)) => identity::FhirUser::Practitioner(p),
+                (None, None) => identity::FhirUser::None,
+            };
             let node = open_node(&dir.data_dir, false)?;
             let password = new_password()?;
-            let id =
-                identity::create_user(&node, &username, role.role(), patient.as_ref(), &password)
-                    .map_err(fail)?;
+            let id = identity::create_user(&node, &username, role.role(), link, &password)
+                .map_err(fail)?;
             audit_admin(
                 &node,
                 "user-create",
                 Some(&format!("{id} ({})", role.role().as_str())),
             )?;
             println!("{id}");
+        }
+        UserCommand::Link {
+            dir,
+            username,
+            practitioner,
+            none: _,
+        } => {
+            let practitioner = resource_id("--practitioner", practitioner)?;
+            change(
+                &dir,
+                &username,
+                AccountChange::Practitioner(practitioner),
+                "user-link",
+                "linked",
+            )?;
         }
         UserCommand::Disable { dir, username } => {
             change(
@@ -459,8 +505,13 @@ fn run_user(command: UserCommand) -> anyhow::Result<()> {
             for (u, name) in identity::list_users(&node).map_err(fail)? {
                 let state = if u.disabled { "disabled" } else { "enabled" };
                 let factor = if u.totp.is_some() { "totp" } else { "none" };
+                let fhir_user = match (&u.patient_id, &u.practitioner) {
+                    (Some(p), _) => format!("Patient/{p}"),
+                    (None, Some(p)) => p.clone(),
+                    (None, None) => "-".to_owned(),
+                };
                 println!(
-                    "{}\t{name}\t{}\t{state}\tsecond-factor={factor}",
+                    "{}\t{name}\t{}\t{state}\tsecond-factor={factor}\t{fhir_user}",
                     u.id, u.role
                 );
             }

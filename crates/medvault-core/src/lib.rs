@@ -187,8 +187,9 @@ impl Compartment {
     }
 }
 
-/// What a bearer of a credential may do. The policy issue refines the clinical roles by care
-/// relationship and consent; until then their access is as [`Role::fhir_access`] says.
+/// What a bearer of a credential is. [`Role::fhir_access`] says which part of the API the role
+/// reaches; the access policy (Cedar, `medvault-policy`) decides each resource from the role,
+/// care relationship, consent, labels and purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// Full access to the FHIR API and administration.
@@ -199,7 +200,7 @@ pub enum Role {
     Clinician,
     /// A nurse.
     Nurse,
-    /// A researcher (de-identified and aggregate data only, once the policy issue grants it).
+    /// A researcher: directory data under the default policy; a site policy may grant more.
     Researcher,
     /// A patient: their own compartment only, through scopes bound to it.
     Patient,
@@ -210,14 +211,15 @@ pub enum Role {
     Service,
 }
 
-/// What a role may reach in the FHIR API before the policy engine exists.
+/// Which part of the FHIR API a role reaches at all (the access policy then decides each
+/// resource).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FhirAccess {
-    /// Every interaction on every resource type.
+    /// The FHIR API, where the access policy decides every resource.
     Full,
     /// Reading `AuditEvent` only.
     AuditTrail,
-    /// Nothing yet (refused with 403 until a policy grants it).
+    /// Nothing except through scopes bound to their own compartment (patients).
     None,
 }
 
@@ -259,14 +261,16 @@ impl Role {
             .ok_or(CoreError::UnknownRole)
     }
 
-    /// The FHIR access the role has before the policy engine (issue 5) refines it.
+    /// The part of the FHIR API the role reaches; the access policy decides within it.
     pub fn fhir_access(self) -> FhirAccess {
         match self {
             // A service's scopes narrow it further on every interaction.
-            Self::Admin | Self::Clinician | Self::Nurse | Self::Service => FhirAccess::Full,
+            Self::Admin | Self::Clinician | Self::Nurse | Self::Service | Self::Researcher => {
+                FhirAccess::Full
+            }
             Self::Auditor | Self::PrivacyOfficer => FhirAccess::AuditTrail,
             // A patient reaches data only through scopes bound to their compartment.
-            Self::Researcher | Self::Patient => FhirAccess::None,
+            Self::Patient => FhirAccess::None,
         }
     }
 

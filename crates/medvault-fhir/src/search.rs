@@ -313,6 +313,17 @@ impl SearchParam {
         keys
     }
 
+    /// The references (`Type/id`) this parameter finds in `resource`.
+    pub fn references(&self, resource: &Value) -> Vec<String> {
+        self.values(resource)
+            .into_iter()
+            .filter_map(|v| match v {
+                Extracted::Ref(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The references to Patients this parameter finds in `resource` (`Patient/<id>` → id).
     pub fn patient_ids(&self, resource: &Value) -> Vec<String> {
         self.values(resource)

@@ -13,8 +13,8 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr as _;
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicySet,
-    Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicyId,
+    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 
 /// The schema shipped with medvault.
@@ -39,6 +39,9 @@ pub enum PolicyError {
     /// A policy has no `@id` annotation.
     #[error("every policy needs an @id(\"…\") annotation; {0} has none")]
     MissingId(String),
+    /// Two policies share an `@id`.
+    #[error("the policy id {0:?} is used twice (again in {1}); every @id must be unique")]
+    DuplicateId(String, String),
 }
 
 /// A FHIR interaction, as the policies name them.
@@ -103,6 +106,8 @@ pub struct Query<'a> {
     pub resource_type: &'a str,
     /// The resource's `meta.security` codes.
     pub labels: &'a [String],
+    /// The resource is in a patient's compartment.
+    pub patient_data: bool,
     /// Declared purpose of use (HL7 code), if any.
     pub purpose: Option<&'a str>,
     /// The user has a care relationship with the patient.
@@ -128,7 +133,7 @@ pub struct Decision {
 /// A validated schema and policy set.
 #[derive(Debug)]
 pub struct PolicyEngine {
-    schema: Schema,
+    schema: Option<Schema>,
     policies: PolicySet,
     ids: HashMap<String, String>,
     authorizer: Authorizer,
@@ -143,31 +148,66 @@ impl PolicyEngine {
         Self::new(DEFAULT_POLICY)
     }
 
+    /// An engine without policies: it denies everything.
+    pub fn deny_all() -> Self {
+        match Self::from_sources(&[]) {
+            Ok(e) => e,
+            // Only reachable if the shipped schema were broken, which a test rules out.
+            Err(_) => Self {
+                schema: None,
+                policies: PolicySet::new(),
+                ids: HashMap::new(),
+                authorizer: Authorizer::new(),
+            },
+        }
+    }
+
+    /// An engine with the policies of several files (`(name, Cedar text)`), each parsed on its
+    /// own, validated together strictly against the schema. Errors name the file.
+    ///
+    /// # Errors
+    /// [`PolicyError`] naming the file and the first problem; also when two policies share an
+    /// `@id`.
+    pub fn from_sources(sources: &[(&str, &str)]) -> Result<Self, PolicyError> {
+        let (schema, _warnings) =
+            Schema::from_cedarschema_str(SCHEMA).map_err(|e| PolicyError::Schema(e.to_string()))?;
+        let mut set = PolicySet::new();
+        let mut ids: HashMap<String, String> = HashMap::new();
+        for (name, text) in sources {
+            let parsed = PolicySet::from_str(text)
+                .map_err(|e| PolicyError::Parse(format!("{name}: {e}")))?;
+            for (n, p) in parsed.policies().enumerate() {
+                let id = p
+                    .annotation("id")
+                    .ok_or_else(|| PolicyError::MissingId(format!("policy {n} of {name}")))?
+                    .to_owned();
+                if ids.values().any(|v| *v == id) {
+                    return Err(PolicyError::DuplicateId(id, (*name).to_owned()));
+                }
+                let internal = PolicyId::new(format!("{name}#{n}"));
+                set.add(p.new_id(internal.clone()))
+                    .map_err(|e| PolicyError::Parse(format!("{name}: {e}")))?;
+                ids.insert(internal.to_string(), id);
+            }
+        }
+        let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+        if let Some(e) = result.validation_errors().next() {
+            return Err(PolicyError::Invalid(e.to_string()));
+        }
+        Ok(Self {
+            schema: Some(schema),
+            policies: set,
+            ids,
+            authorizer: Authorizer::new(),
+        })
+    }
+
     /// An engine with `policies` (Cedar text), validated strictly against the schema.
     ///
     /// # Errors
     /// [`PolicyError`] naming the first problem.
     pub fn new(policies: &str) -> Result<Self, PolicyError> {
-        let (schema, _warnings) =
-            Schema::from_cedarschema_str(SCHEMA).map_err(|e| PolicyError::Schema(e.to_string()))?;
-        let set = PolicySet::from_str(policies).map_err(|e| PolicyError::Parse(e.to_string()))?;
-        let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
-        if let Some(e) = result.validation_errors().next() {
-            return Err(PolicyError::Invalid(e.to_string()));
-        }
-        let mut ids = HashMap::new();
-        for p in set.policies() {
-            let id = p
-                .annotation("id")
-                .ok_or_else(|| PolicyError::MissingId(p.id().to_string()))?;
-            ids.insert(p.id().to_string(), id.to_owned());
-        }
-        Ok(Self {
-            schema,
-            policies: set,
-            ids,
-            authorizer: Authorizer::new(),
-        })
+        Self::from_sources(&[("policy", policies)])
     }
 
     /// How many policies the engine holds.
@@ -222,12 +262,16 @@ impl PolicyEngine {
                     RestrictedExpression::new_string(q.resource_type.to_owned()),
                 ),
                 ("labels".to_owned(), labels),
+                (
+                    "patient_data".to_owned(),
+                    RestrictedExpression::new_bool(q.patient_data),
+                ),
             ]),
             HashSet::new(),
         )
         .map_err(|e| e.to_string())?;
-        let entities =
-            Entities::from_entities([user, res], Some(&self.schema)).map_err(|e| e.to_string())?;
+        let entities = Entities::from_entities([user, res], self.schema.as_ref())
+            .map_err(|e| e.to_string())?;
         let context = Context::from_pairs([
             (
                 "purpose".to_owned(),
@@ -248,7 +292,7 @@ impl PolicyEngine {
             ),
         ])
         .map_err(|e| e.to_string())?;
-        let request = Request::new(principal, action, resource, context, Some(&self.schema))
+        let request = Request::new(principal, action, resource, context, self.schema.as_ref())
             .map_err(|e| e.to_string())?;
         let response = self
             .authorizer
@@ -303,6 +347,7 @@ mod tests {
             action,
             resource_type: "Observation",
             labels,
+            patient_data: true,
             purpose: Some("TREAT"),
             relationship: true,
             own: false,
@@ -314,7 +359,7 @@ mod tests {
     #[test]
     fn the_default_policy_validates_and_decides_with_reasons() {
         let e = PolicyEngine::default_policy().unwrap();
-        assert_eq!(e.len(), 7);
+        assert_eq!(e.len(), 11);
         let none: Vec<String> = vec![];
         let hiv = vec!["HIV".to_owned()];
         let d = e.decide(&q("clinician", Action::Read, &none));
@@ -412,13 +457,14 @@ mod tests {
             for action in actions {
                 for labels in &label_sets {
                     for purpose in purposes {
-                        for bits in 0..8u8 {
+                        for bits in 0..16u8 {
                             let base = Query {
                                 user: "usr_p",
                                 role,
                                 action,
                                 resource_type: "Observation",
                                 labels,
+                                patient_data: bits & 8 == 0,
                                 purpose,
                                 relationship: bits & 1 != 0,
                                 own: bits & 2 != 0,
@@ -449,7 +495,13 @@ mod tests {
                                             && purpose == Some("ETREAT")
                                             && reads));
                                 let own = role == "patient" && base.own && reads;
-                                assert!(care || own || role == "admin", "{base:?} allowed");
+                                let directory = !base.patient_data
+                                    && reads
+                                    && matches!(role, "clinician" | "nurse" | "researcher");
+                                assert!(
+                                    care || own || directory || matches!(role, "admin" | "service"),
+                                    "{base:?} allowed"
+                                );
                             }
                             cases += 1;
                         }
@@ -457,7 +509,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(cases, 8 * 5 * 3 * 5 * 8 * 3);
+        assert_eq!(cases, 8 * 5 * 3 * 5 * 16 * 3);
     }
 
     #[test]
@@ -477,9 +529,32 @@ mod tests {
             PolicyEngine::new("permit ("),
             Err(PolicyError::Parse(_))
         ));
+        // Several files: each parsed on its own, errors name the file, ids stay unique.
+        let extra = r#"@id("research") permit (principal, action == Medvault::Action::"search", resource)
+            when { principal.role == "researcher" && context.purpose == "HRESCH" };"#;
+        let both =
+            PolicyEngine::from_sources(&[("default", DEFAULT_POLICY), ("site.cedar", extra)])
+                .unwrap();
+        assert_eq!(both.len(), 12);
+        let none: Vec<String> = vec![];
+        let mut r = q("researcher", Action::Search, &none);
+        r.purpose = Some("HRESCH");
+        assert_eq!(both.decide(&r).policies, vec!["research".to_owned()]);
+        let err =
+            PolicyEngine::from_sources(&[("default", DEFAULT_POLICY), ("bad.cedar", "permit (")])
+                .unwrap_err();
+        assert!(err.to_string().contains("bad.cedar"), "{err}");
+        let dup = r#"@id("admin") permit (principal, action, resource);"#;
+        assert!(matches!(
+            PolicyEngine::from_sources(&[("default", DEFAULT_POLICY), ("dup.cedar", dup)]),
+            Err(PolicyError::DuplicateId(id, file)) if id == "admin" && file == "dup.cedar"
+        ));
+        let bad_attr = r#"@id("y") permit (principal, action, resource) when { context.nope };"#;
+        let err = PolicyEngine::from_sources(&[("x.cedar", bad_attr)]).unwrap_err();
+        assert!(matches!(err, PolicyError::Invalid(_)), "{err}");
+        assert!(PolicyEngine::deny_all().is_empty());
         let empty = PolicyEngine::new("").unwrap();
         assert!(empty.is_empty());
-        let none: Vec<String> = vec![];
         assert!(!empty.decide(&q("admin", Action::Read, &none)).allowed);
     }
 }

@@ -43,8 +43,11 @@ pub struct Authenticated {
     /// For a login session: when the person last proved their factors (the session's start),
     /// microseconds. Sensitive actions require it to be recent (step-up).
     pub auth_time_micros: Option<i64>,
-    /// For a patient's own session: their Patient resource id.
+    /// For a patient (their session or their app's token): their Patient resource id.
     pub patient: Option<String>,
+    /// For staff (their session or their app's token): their `Practitioner/<id>`, which care
+    /// teams and encounters name.
+    pub practitioner: Option<String>,
 }
 
 /// Where the authenticator leaves who it authenticated, for the audit record the request
@@ -215,6 +218,7 @@ pub async fn validate_bearer(state: &AppState, token: &str) -> Result<Authentica
         client: None,
         auth_time_micros: None,
         patient: None,
+        practitioner: None,
     };
     state.tokens.put(hash, who.clone());
     Ok(who)

@@ -85,13 +85,14 @@ pub struct ApiError {
     pub message: String,
     /// Further issues with FHIRPath locations (validation).
     pub details: Vec<(String, String)>,
-    /// For a refusal: the rule that decided it (recorded in the access log, never shown).
-    pub denied_by: Option<&'static str>,
+    /// For a refusal: the rule(s) that decided it, e.g. `role-gate` or the `@id`s of Cedar
+    /// policies (recorded in the access log, never shown).
+    pub denied_by: Option<String>,
 }
 
 /// The rule that refused a request, carried from an [`ApiError`] to the access log.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct DeniedBy(pub(crate) &'static str);
+#[derive(Debug, Clone)]
+pub(crate) struct DeniedBy(pub(crate) String);
 
 impl ApiError {
     /// An error with a status, issue code and safe message.
@@ -107,8 +108,8 @@ impl ApiError {
 
     /// Names the rule that decided this refusal, for the access log.
     #[must_use]
-    pub fn denied_by(mut self, rule: &'static str) -> Self {
-        self.denied_by = Some(rule);
+    pub fn denied_by(mut self, rule: impl Into<String>) -> Self {
+        self.denied_by = Some(rule.into());
         self
     }
 

@@ -191,8 +191,8 @@ pub(crate) async fn fhir_root(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
-    dispatch(state, who, method, String::new(), query, headers, body.0).await
+) -> Response {
+    guarded(state, who, method, String::new(), query, headers, body.0).await
 }
 
 pub(crate) async fn fhir_path(
@@ -203,13 +203,61 @@ pub(crate) async fn fhir_path(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
-    dispatch(state, who, method, path, query, headers, body.0).await
+) -> Response {
+    guarded(state, who, method, path, query, headers, body.0).await
 }
 
+/// The purpose of use a request declares (`X-Purpose-Of-Use`); clinical staff who declare none
+/// act for treatment (`TREAT`), the purpose their accounts exist for.
+fn effective_purpose(who: &Authenticated, headers: &HeaderMap) -> Option<String> {
+    purpose_of_use(headers)
+        .ok()
+        .flatten()
+        .or_else(|| matches!(who.role, Role::Clinician | Role::Nurse).then(|| "TREAT".to_owned()))
+}
+
+/// Runs one FHIR request under the access policy, and leaves what the policy refused or opened
+/// on the response for its access-log record.
+async fn guarded(
+    state: AppState,
+    who: Authenticated,
+    method: Method,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let guard = std::sync::Arc::new(crate::authz::Guard::new(
+        std::sync::Arc::clone(&state.config.policy),
+        crate::authz::Subject {
+            user: who.token_id.clone(),
+            role: who.role,
+            patient: who.patient.clone(),
+            practitioner: who.practitioner.clone(),
+            purpose: effective_purpose(&who, &headers),
+        },
+    ));
+    let result = dispatch(
+        state,
+        who,
+        std::sync::Arc::clone(&guard),
+        method,
+        path,
+        query,
+        headers,
+        body,
+    )
+    .await;
+    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    resp.extensions_mut().insert(guard.note_for_log());
+    resp
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn dispatch(
     state: AppState,
     who: Authenticated,
+    guard: std::sync::Arc<crate::authz::Guard>,
     method: Method,
     path: String,
     query: Option<String>,
@@ -235,6 +283,7 @@ async fn dispatch(
     }
     let mut ctx = state.ctx.clone();
     ctx.scopes.clone_from(&who.scopes);
+    ctx.guard = Some(guard);
     if audit_view {
         if method != Method::GET {
             return Err(route::method_not_allowed(&method));
@@ -485,7 +534,9 @@ fn audit_detail(
                 .collect()
         })
         .unwrap_or_default();
+    let refused = resp.extensions().get::<crate::error::DeniedBy>().is_some();
     let outcome = match status.as_u16() {
+        _ if refused => "denied",
         200..=399 => "success",
         401 => "authentication-failed",
         403 => "denied",
@@ -503,7 +554,13 @@ fn audit_detail(
             "session": w.session,
             "client": w.client,
         })),
-        "denied_by": resp.extensions().get::<crate::error::DeniedBy>().map(|d| d.0),
+        "denied_by": resp.extensions().get::<crate::error::DeniedBy>().map(|d| d.0.clone()),
+        "policy": resp.extensions().get::<crate::authz::PolicyNote>().map(|n| serde_json::json!({
+            "purpose": n.purpose,
+            "denied_by": n.denied_by,
+            "withheld": n.withheld,
+            "break_glass": n.break_glass,
+        })),
         "auth": resp.extensions().get::<crate::identity::AuthNote>().map(|n| serde_json::json!({
             "user": n.user,
             "client": n.client,
@@ -576,8 +633,9 @@ fn purpose_of_use(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         })
 }
 
-/// Why `role` may not reach `target`, if it may not (the role gate until the policy engine). A
-/// patient reaches data only through scopes bound to their own compartment.
+/// Why `role` may not reach `target` at all, if it may not (the role gate, before the access
+/// policy decides each resource). A patient reaches data only through scopes bound to their own
+/// compartment.
 fn role_refusal(
     role: Role,
     scoped: bool,
@@ -600,7 +658,9 @@ fn role_refusal(
         (FhirAccess::Full, true) => {
             Some("the audit trail is for admins, auditors and privacy officers")
         }
-        (FhirAccess::None, _) => Some("no policy grants this role access to FHIR data yet"),
+        (FhirAccess::None, _) => {
+            Some("this account reaches its own records only through a patient session or app")
+        }
     }
 }
 

@@ -246,6 +246,19 @@ fn random_id(prefix: &str) -> Result<String, ApiError> {
     Ok(format!("{prefix}{}", hex::encode(raw)))
 }
 
+/// The FHIR resource a person is: a patient's account names their Patient, a clinician's their
+/// Practitioner (which care teams and encounters name, so the access policy can see their care
+/// relationships).
+#[derive(Debug, Clone, Copy)]
+pub enum FhirUser<'a> {
+    /// Not linked.
+    None,
+    /// `Patient/<id>`.
+    Patient(&'a medvault_core::ResourceId),
+    /// `Practitioner/<id>`.
+    Practitioner(&'a medvault_core::ResourceId),
+}
+
 /// Creates an account; a patient's account is linked to their Patient resource. Blocking
 /// (Argon2id): call off async threads.
 ///
@@ -255,10 +268,15 @@ pub fn create_user(
     node: &Node,
     name: &str,
     role: Role,
-    patient: Option<&medvault_core::ResourceId>,
+    link: FhirUser<'_>,
     password: &Password,
 ) -> Result<String, ApiError> {
     let normalised = normalise_name(name)?;
+    let (patient, practitioner) = match link {
+        FhirUser::Patient(p) => (Some(p), None),
+        FhirUser::Practitioner(p) => (None, Some(p)),
+        FhirUser::None => (None, None),
+    };
     if (role == Role::Patient) != patient.is_some() {
         return Err(ApiError::bad_request(
             "a patient's account names their Patient resource (--patient ID), and only theirs does",
@@ -283,6 +301,7 @@ pub fn create_user(
         failed_logins: 0,
         locked_until_micros: 0,
         patient_id: patient.map(|p| p.to_string()),
+        practitioner: practitioner.map(|p| format!("Practitioner/{p}")),
     };
     match write_with(node.store.as_ref(), move |tx| tx.put_user(&row)) {
         Ok(()) => Ok(id),
@@ -315,7 +334,7 @@ pub fn user_name(node: &Node, user: &UserRow) -> Result<String, ApiError> {
 }
 
 /// What an administrator can change about an account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountChange {
     /// Refuse logins and end every session.
     Disable,
@@ -323,14 +342,21 @@ pub enum AccountChange {
     Enable,
     /// Clear a lockout and the failure count.
     Unlock,
+    /// Link a staff account to its Practitioner resource (`None` unlinks it).
+    Practitioner(Option<medvault_core::ResourceId>),
 }
 
 /// Applies `change` to the user named `name`; returns the user id.
 ///
 /// # Errors
-/// 404 for an unknown user.
+/// 404 for an unknown user; 400 for linking a patient's account to a Practitioner.
 pub fn change_account(node: &Node, name: &str, change: AccountChange) -> Result<String, ApiError> {
     let user = find_user(node, name)?.ok_or_else(|| ApiError::not_found("no such user"))?;
+    if matches!(change, AccountChange::Practitioner(_)) && user.role == Role::Patient.as_str() {
+        return Err(ApiError::bad_request(
+            "a patient's account cannot be linked to a Practitioner",
+        ));
+    }
     let id = user.id.clone();
     write_with(node.store.as_ref(), move |tx| {
         let mut u = tx
@@ -345,6 +371,9 @@ pub fn change_account(node: &Node, name: &str, change: AccountChange) -> Result<
             AccountChange::Unlock => {
                 u.failed_logins = 0;
                 u.locked_until_micros = 0;
+            }
+            AccountChange::Practitioner(p) => {
+                u.practitioner = p.map(|p| format!("Practitioner/{p}"));
             }
         }
         tx.put_user(&u)
@@ -699,6 +728,8 @@ pub struct CachedSession {
     scopes: Option<Arc<medvault_auth::scopes::ScopeSet>>,
     /// A patient's Patient resource id.
     patient: Option<String>,
+    /// Staff: their `Practitioner/<id>`.
+    practitioner: Option<String>,
 }
 
 /// How long a cached session is trusted before its row and user are read again (a session
@@ -749,6 +780,7 @@ pub async fn authenticate_session(
                     idle,
                     scopes,
                     patient,
+                    practitioner: user.practitioner,
                 }))
             })
             .await
@@ -784,6 +816,7 @@ pub async fn authenticate_session(
         client: None,
         auth_time_micros: Some(s.row.created_micros),
         patient: s.patient.clone(),
+        practitioner: s.practitioner.clone(),
     };
     if validated_now {
         state.sessions.put(hash, s);

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod audit_view;
 pub mod auth;
+pub mod authz;
 pub mod bundle;
 pub mod capability;
 pub mod clock;
@@ -65,6 +66,10 @@ pub struct ServerConfig {
     /// The origin browsers reach this node at, for WebAuthn passkeys (e.g.
     /// `https://ehr.example`); passkeys are off without it.
     pub webauthn_origin: Option<String>,
+    /// The access policy (Cedar), validated against the schema.
+    pub policy: Arc<medvault_policy::PolicyEngine>,
+    /// How long a break-glass grant lasts at most.
+    pub break_glass_max: Duration,
 }
 
 impl ServerConfig {
@@ -72,6 +77,15 @@ impl ServerConfig {
     pub fn sessions_for(&self, role: medvault_core::Role) -> (Duration, Duration) {
         self.sessions.for_role(role)
     }
+}
+
+/// The shipped policy, which a unit test of `medvault-policy` validates against the schema.
+fn default_policy() -> medvault_policy::PolicyEngine {
+    medvault_policy::PolicyEngine::default_policy().unwrap_or_else(|e| {
+        // Invariant: the shipped files validate (tested); if they did not, deny everything.
+        tracing::error!(error = %e, "the default policy does not validate; denying all access");
+        medvault_policy::PolicyEngine::deny_all()
+    })
 }
 
 impl Default for ServerConfig {
@@ -87,6 +101,8 @@ impl Default for ServerConfig {
             login_attempts_per_minute: identity::THROTTLE_ATTEMPTS,
             webauthn_origin: None,
             step_up_window: admin::STEP_UP_WINDOW,
+            policy: Arc::new(default_policy()),
+            break_glass_max: Duration::from_secs(4 * 3600),
         }
     }
 }
@@ -140,6 +156,7 @@ impl AppState {
             clock: Arc::clone(&node.clock),
             ledger: Arc::clone(&node.ledger),
             scopes: None,
+            guard: None,
         };
         Self {
             node: Arc::new(node),

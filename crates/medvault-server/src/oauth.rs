@@ -578,6 +578,7 @@ pub async fn authenticate_access_token(
                 // An app's token acts for its user, within both the user's role and the
                 // scopes (patient/… scopes in the user's own compartment); a backend service's
                 // for itself.
+                let (mut patient, mut practitioner) = (None, None);
                 let (token_id, role, aal) = match &row.user_id {
                     Some(uid) => {
                         let Some(user) = node.store.user(uid)?.filter(|u| !u.disabled) else {
@@ -589,6 +590,8 @@ pub async fn authenticate_access_token(
                             scopes = scopes.only(medvault_auth::scopes::Context::Patient);
                         }
                         scopes = scopes.for_patient(user.patient_id.as_deref());
+                        patient = user.patient_id.filter(|_| role == Role::Patient);
+                        practitioner = user.practitioner;
                         (user.id, role, 2)
                     }
                     None => (row.client_id.clone(), Role::Service, 0),
@@ -602,7 +605,8 @@ pub async fn authenticate_access_token(
                         scopes: Some(Arc::new(scopes)),
                         client: Some(row.client_id),
                         auth_time_micros: None,
-                        patient: None,
+                        patient,
+                        practitioner,
                     },
                     row.expires_micros,
                     row.family,

@@ -13,9 +13,11 @@ use medvault_core::{Compartment, ResourceId};
 use medvault_crypto::BlindValue;
 use medvault_crypto::RecordAad;
 use medvault_fhir::Fhir;
+use medvault_policy::Action;
 use medvault_store::{StoreRead, StoreTx, StoredVersion};
 use serde_json::{Map, Value, json};
 
+use crate::authz::Guard;
 use crate::clock::{Clock, instant};
 use crate::error::{ApiError, IssueCode};
 use crate::node::{KeyError, KeyRing};
@@ -35,6 +37,33 @@ pub struct Ctx {
     /// The request's SMART scopes, when an OAuth2 client makes it (`None`: people and API
     /// tokens, whom their role governs).
     pub scopes: Option<Arc<ScopeSet>>,
+    /// The access policy for the request's user (`None`: the node's own work, e.g. the
+    /// policy's fact lookups and administrative commands).
+    pub guard: Option<Arc<Guard>>,
+}
+
+/// The policy's name for a FHIR interaction.
+fn policy_action(i: Interaction) -> Action {
+    match i {
+        Interaction::Read => Action::Read,
+        Interaction::Search => Action::Search,
+        Interaction::Create => Action::Create,
+        Interaction::Update => Action::Update,
+        Interaction::Delete => Action::Delete,
+    }
+}
+
+/// What a client learns about a resource it may not see: exactly what it would learn about
+/// one that does not exist. The refusing rule goes to the access log only.
+fn hidden(rt: &str, id: &str, version: Option<u64>, denied_by: String) -> ApiError {
+    not_known(rt, id, version).denied_by(denied_by)
+}
+
+fn not_known(rt: &str, id: &str, version: Option<u64>) -> ApiError {
+    ApiError::not_found(match version {
+        Some(v) => format!("{rt}/{id} has no version {v}"),
+        None => format!("{rt}/{id} is not known"),
+    })
 }
 
 fn out_of_scope(what: &str) -> ApiError {
@@ -47,6 +76,52 @@ fn out_of_scope(what: &str) -> ApiError {
 }
 
 impl Ctx {
+    /// Asks the access policy about `action` on one stored resource (`key_name`: the key it is
+    /// sealed under, which names its patient). `Ok(Err(policies))` when refused.
+    ///
+    /// # Errors
+    /// Store and key errors while the policy's facts are looked up.
+    pub fn permits(
+        &self,
+        store: &dyn StoreRead,
+        action: Action,
+        rt: &str,
+        key_name: &str,
+        resource: Option<&Value>,
+    ) -> Result<Result<(), Vec<String>>, ApiError> {
+        match &self.guard {
+            None => Ok(Ok(())),
+            Some(g) => g.decide(store, self, action, rt, key_name, resource),
+        }
+    }
+
+    /// True if the request's scopes (when query-constrained) and the access policy both let
+    /// it read this stored resource; counts it as withheld otherwise.
+    ///
+    /// # Errors
+    /// As [`Self::permits`].
+    pub fn may_see(
+        &self,
+        store: &dyn StoreRead,
+        interaction: Interaction,
+        rt: &str,
+        key_name: &str,
+        resource: Option<&Value>,
+    ) -> Result<bool, ApiError> {
+        let in_scope = match (resource, &self.scopes) {
+            (Some(r), Some(_)) => self.scope_allows(rt, interaction, r).is_ok(),
+            _ => true,
+        };
+        let visible = in_scope
+            && self
+                .permits(store, policy_action(interaction), rt, key_name, resource)?
+                .is_ok();
+        if !visible && let Some(g) = &self.guard {
+            g.withheld();
+        }
+        Ok(visible)
+    }
+
     /// What the request's scopes allow for `interaction` on `rt` (everything when the request
     /// has no scopes).
     ///
@@ -95,8 +170,9 @@ impl Ctx {
     }
 }
 
-/// Under query-constrained scopes, checks the stored current version allows `interaction` too
-/// (an update may not move a resource into the constraint, nor a delete reach outside it).
+/// Checks the stored current version allows `interaction` too: under query-constrained scopes
+/// (an update may not move a resource into the constraint, nor a delete reach outside it) and
+/// under the access policy. A resource the request may not touch answers as a missing one.
 fn existing_allows(
     store: &dyn StoreRead,
     ctx: &Ctx,
@@ -104,14 +180,54 @@ fn existing_allows(
     id: &ResourceId,
     interaction: Interaction,
 ) -> Result<(), ApiError> {
-    if matches!(ctx.scope_access(rt, interaction)?, Access::Full) {
+    let constrained = !matches!(ctx.scope_access(rt, interaction)?, Access::Full);
+    if !constrained && ctx.guard.is_none() {
         return Ok(());
     }
     let Some(row) = store.version(rt, id.as_str(), None)? else {
         return Ok(());
     };
     let resource = open(store, ctx, &row)?;
-    ctx.scope_allows(rt, interaction, &resource)
+    if constrained && let Err(e) = ctx.scope_allows(rt, interaction, &resource) {
+        return Err(hidden(
+            rt,
+            id.as_str(),
+            None,
+            e.denied_by.unwrap_or_default(),
+        ));
+    }
+    let action = policy_action(interaction);
+    ctx.permits(store, action, rt, &row.key_name, Some(&resource))?
+        .map_err(|p| hidden(rt, id.as_str(), None, p.join(",")))
+}
+
+/// Checks the access policy lets the request write `p` as `interaction` (403: the caller sent
+/// the content, so refusing it reveals nothing stored).
+fn new_content_allowed(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    p: &Prepared,
+    interaction: Interaction,
+) -> Result<(), ApiError> {
+    let key = p.compartment.key_name();
+    ctx.permits(
+        store,
+        policy_action(interaction),
+        &p.rt,
+        &key,
+        Some(&p.resource),
+    )?
+    .map_err(|policies| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            IssueCode::Forbidden,
+            format!(
+                "the access policy does not allow this {}: it needs a care relationship with the patient and a treatment purpose",
+                if interaction == Interaction::Create { "create" } else { "update" }
+            ),
+        )
+        .denied_by(policies.join(","))
+    })
 }
 
 /// True if `resource` matches every `(parameter, value)` of a scope's query constraint (the
@@ -438,6 +554,7 @@ pub fn create(
             }
         }
     }
+    new_content_allowed(&*tx, ctx, &p, Interaction::Create)?;
     if tx.current(&p.rt, p.id.as_str())?.is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -462,6 +579,7 @@ pub fn update(
     if_match: Option<u64>,
 ) -> Result<Outcome, ApiError> {
     let current = tx.current(&p.rt, p.id.as_str())?;
+    new_content_allowed(&*tx, ctx, &p, Interaction::Update)?;
     if current.as_ref().is_some_and(|c| !c.deleted) {
         existing_allows(&*tx, ctx, &p.rt, &p.id, Interaction::Update)?;
     } else if current.is_some()
@@ -507,9 +625,12 @@ pub fn delete(
 ) -> Result<Outcome, ApiError> {
     ctx.scope_access(rt, Interaction::Delete)?;
     let Some(current) = tx.current(rt, id.as_str())? else {
-        return Err(ApiError::not_found(format!("{rt}/{id} does not exist")));
+        return Err(not_known(rt, id.as_str(), None));
     };
-    if !current.deleted {
+    if current.deleted {
+        ctx.permits(&*tx, Action::Delete, rt, &current.key_name, None)?
+            .map_err(|p| hidden(rt, id.as_str(), None, p.join(",")))?;
+    } else {
         existing_allows(&*tx, ctx, rt, id, Interaction::Delete)?;
     }
     if current.deleted {
@@ -603,13 +724,24 @@ pub fn read(
     // Scopes first: a type the scopes do not reach answers 403 whether or not the id exists.
     ctx.scope_access(rt, Interaction::Read)?;
     let Some(row) = store.version(rt, id.as_str(), version)? else {
-        return Err(ApiError::not_found(match version {
-            Some(v) => format!("{rt}/{id} has no version {v}"),
-            None => format!("{rt}/{id} is not known"),
-        }));
+        return Err(not_known(rt, id.as_str(), version));
     };
+    // A resource the request may not see answers as a missing one; so do its delete markers
+    // and erasure (decided on the patient alone: there is no content to label them).
+    let refuse = |e: String| hidden(rt, id.as_str(), version, e);
+    if row.body.is_none() || row.shredded {
+        ctx.permits(store, Action::Read, rt, &row.key_name, None)?
+            .map_err(|p| refuse(p.join(",")))?;
+        return Err(open(store, ctx, &row)
+            .err()
+            .unwrap_or_else(|| refuse(String::new())));
+    }
     let resource = open(store, ctx, &row)?;
-    ctx.scope_allows(rt, Interaction::Read, &resource)?;
+    if let Err(e) = ctx.scope_allows(rt, Interaction::Read, &resource) {
+        return Err(refuse(e.denied_by.unwrap_or_default()));
+    }
+    ctx.permits(store, Action::Read, rt, &row.key_name, Some(&resource))?
+        .map_err(|p| refuse(p.join(",")))?;
     Ok(Outcome::of_version(
         StatusCode::OK,
         rt,
@@ -623,8 +755,14 @@ pub fn read(
 
 /// History of one resource or of a whole type, as a `history` Bundle.
 ///
+/// Every version is decided on its own (scopes' query constraints and the access policy): the
+/// versions the request may not see are left out, and the total and paging count only the
+/// rest, so they reveal nothing about them. A resource none of whose versions may be seen
+/// answers as a missing one.
+///
 /// # Errors
-/// 404 for an unknown resource, 410 when the resource's patient was erased.
+/// 404 for an unknown (or hidden) resource, 410 when the resource's patient was erased, 400
+/// `too-costly` past [`search::MAX_CANDIDATES`] versions.
 pub fn history(
     store: &dyn StoreRead,
     ctx: &Ctx,
@@ -633,33 +771,36 @@ pub fn history(
     paging: search::Paging,
     base: &str,
 ) -> Result<Value, ApiError> {
-    // Instance history is a read of that resource (checked against its current version);
-    // type history a search, which query constraints cannot filter.
-    match id {
-        Some(id) => {
-            if !matches!(ctx.scope_access(rt, Interaction::Read)?, Access::Full) {
-                read(store, ctx, rt, id, None)?;
-            }
-        }
-        None => {
-            if !matches!(ctx.scope_access(rt, Interaction::Search)?, Access::Full) {
-                return Err(out_of_scope(&format!(
-                    "the history of all {rt} resources under query-constrained scopes"
-                )));
-            }
-        }
-    }
-    let page = store.history(rt, id.map(ResourceId::as_str), paging.offset, paging.count)?;
-    if let Some(id) = id {
-        if page.total == 0 {
-            return Err(ApiError::not_found(format!("{rt}/{id} is not known")));
-        }
-        if page.rows.iter().any(|r| r.shredded) {
-            return Err(ApiError::gone("this patient's data was erased"));
-        }
+    let interaction = match id {
+        Some(_) => Interaction::Read,
+        None => Interaction::Search,
+    };
+    ctx.scope_access(rt, interaction)?;
+    let page = store.history(
+        rt,
+        id.map(ResourceId::as_str),
+        0,
+        search::MAX_CANDIDATES + 1,
+    )?;
+    if page.total > search::MAX_CANDIDATES {
+        return Err(search::too_costly());
     }
     let mut entries = Vec::new();
-    for row in page.rows.iter().filter(|r| !r.shredded) {
+    let mut erased = false;
+    for row in &page.rows {
+        if row.shredded {
+            erased |= ctx
+                .permits(store, Action::Read, rt, &row.key_name, None)?
+                .is_ok();
+            continue;
+        }
+        let resource = match &row.body {
+            Some(_) => Some(open(store, ctx, row)?),
+            None => None,
+        };
+        if !ctx.may_see(store, interaction, rt, &row.key_name, resource.as_ref())? {
+            continue;
+        }
         let full_url = format!("{base}/{}/{}", row.resource_type, row.id);
         let (method, status) = match (&row.body, row.version) {
             (None, _) => ("DELETE", "204"),
@@ -671,15 +812,34 @@ pub fn history(
             "request": {"method": method, "url": if method == "POST" { row.resource_type.clone() } else { format!("{}/{}", row.resource_type, row.id) }},
             "response": {"status": status, "etag": format!("W/\"{}\"", row.version), "lastModified": instant(row.last_updated_micros)},
         });
-        if row.body.is_some() {
-            let resource = open(store, ctx, row)?;
-            // Under query-constrained scopes every version must itself be allowed (a resource
-            // may have moved into the constraint, e.g. into another compartment, later).
-            ctx.scope_allows(rt, Interaction::Read, &resource)?;
-            entry["resource"] = resource;
+        if let Some(r) = resource {
+            entry["resource"] = r;
         }
         entries.push(entry);
     }
+    if let Some(id) = id
+        && entries.is_empty()
+    {
+        return Err(if erased {
+            ApiError::gone("this patient's data was erased")
+        } else {
+            let denied = ctx
+                .guard
+                .as_ref()
+                .map(|g| g.note_for_log().denied_by.join(","))
+                .filter(|d| !d.is_empty() && page.total > 0);
+            match denied {
+                Some(d) => hidden(rt, id.as_str(), None, d),
+                None => not_known(rt, id.as_str(), None),
+            }
+        });
+    }
+    let total = entries.len() as u64;
+    let entries = entries
+        .into_iter()
+        .skip(usize::try_from(paging.offset).unwrap_or(usize::MAX))
+        .take(usize::try_from(paging.count).unwrap_or(usize::MAX))
+        .collect();
     let self_path = match id {
         Some(id) => format!("{base}/{rt}/{id}/_history"),
         None => format!("{base}/{rt}/_history"),
@@ -687,7 +847,7 @@ pub fn history(
     Ok(search::bundle(
         "history",
         entries,
-        page.total,
+        total,
         &self_path,
         &[],
         paging,

@@ -57,6 +57,8 @@ pub struct SearchRequest {
     pub ignored: Vec<String>,
     /// The parameters that were applied, for the `self` link.
     pub applied: Vec<(String, String)>,
+    /// `_include`s: the reference parameter and the target type, if one was named.
+    pub includes: Vec<(String, Option<String>)>,
 }
 
 fn number(name: &str, v: &str) -> Result<u64, ApiError> {
@@ -146,6 +148,33 @@ pub fn parse(
                 }
             }
             "_summary" if value == "count" => req.summary_count = true,
+            "_include" => {
+                if modifier.is_some() {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        IssueCode::NotSupported,
+                        "_include modifiers (:iterate) are not supported",
+                    ));
+                }
+                let mut parts = value.split(':');
+                let (source, param, target) = (parts.next(), parts.next(), parts.next());
+                let reference = param
+                    .and_then(|p| info.params.get(p))
+                    .filter(|p| p.kind == medvault_fhir::ParamKind::Reference);
+                match (source, reference, parts.next()) {
+                    (Some(s), Some(p), None)
+                        if s == rt && target.is_none_or(|t| p.targets.iter().any(|x| x == t)) =>
+                    {
+                        req.includes
+                            .push((p.code.clone(), target.map(str::to_owned)));
+                    }
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "_include must be {rt}:<reference parameter>[:<target type>]"
+                        )));
+                    }
+                }
+            }
             "_format" | "_pretty" | "_total" => applied = false,
             _ => match info.params.get(name) {
                 Some(p) => {
@@ -176,7 +205,22 @@ pub fn parse(
     Ok(req)
 }
 
+/// The refusal of a search that would have to examine too many candidates.
+pub fn too_costly() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        IssueCode::TooCostly,
+        "this search matches too many candidates to filter; add a narrower parameter",
+    )
+}
+
 /// Runs a parsed search: returns the page of resources and the total number of matches.
+///
+/// When every result can be taken from the index as is (exact parameters, no access policy,
+/// no query-constrained scopes) the database counts and pages. Otherwise every candidate is
+/// opened and re-checked — the search's own clauses, the scopes' constraints and the access
+/// policy — before counting and paging, so neither the total nor the paging links reveal
+/// anything about resources the request may not see.
 ///
 /// # Errors
 /// 400 `too-costly` when a search that must be filtered after decryption has more than
@@ -199,7 +243,8 @@ pub fn execute(
             .map_err(|e| ApiError::internal(&e))?;
         clauses.push(blinded);
     }
-    let exact = req.clauses.iter().all(Clause::exact);
+    let constrained = !matches!(ctx.scope_access(rt, Interaction::Search)?, Access::Full);
+    let exact = req.clauses.iter().all(Clause::exact) && ctx.guard.is_none() && !constrained;
     let mut q = IndexQuery {
         resource_type: rt.to_owned(),
         clauses,
@@ -233,20 +278,16 @@ pub fn execute(
         }
         return Ok((out, page.total));
     }
-    // Coarse index (dates, long strings): fetch the candidates, filter exactly, then page.
+    // Fetch the candidates, filter exactly, then count and page.
     q.limit = MAX_CANDIDATES + 1;
     let page = store.search(&q)?;
     if page.total > MAX_CANDIDATES {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            IssueCode::TooCostly,
-            "this search matches too many candidates to filter; add a narrower parameter",
-        ));
+        return Err(too_costly());
     }
     let mut matched = Vec::new();
     for row in &page.rows {
         let v = open(store, ctx, row)?;
-        if keep(&v) {
+        if keep(&v) && ctx.may_see(store, Interaction::Search, rt, &row.key_name, Some(&v))? {
             matched.push(v);
         }
     }
@@ -375,6 +416,69 @@ fn compartment_clause(ctx: &Ctx, rt: &str, patient: &str) -> Result<(String, Str
         })
 }
 
+/// Most resources one page's `_include`s may add.
+pub const MAX_INCLUDES: usize = 1000;
+
+/// The resources `_include`d by a page of results, as `include` entries. Each is read as a
+/// read would be (scopes and the access policy): one the request may not see is left out
+/// exactly as a dangling reference is.
+fn include(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &str,
+    includes: &[(String, Option<String>)],
+    matches: &[Value],
+    base: &str,
+) -> Result<Vec<Value>, ApiError> {
+    let Some(info) = ctx.fhir.type_info(rt) else {
+        return Ok(Vec::new());
+    };
+    let mut seen: std::collections::HashSet<String> = matches
+        .iter()
+        .filter_map(|r| r.get("id").and_then(Value::as_str))
+        .map(|id| format!("{rt}/{id}"))
+        .collect();
+    let mut out = Vec::new();
+    for (param, target) in includes {
+        let Some(p) = info.params.get(param) else {
+            continue;
+        };
+        for reference in matches.iter().flat_map(|r| p.references(r)) {
+            let Some((t, id)) = reference.split_once('/') else {
+                continue;
+            };
+            if target.as_deref().is_some_and(|x| x != t)
+                || ctx.fhir.type_info(t).is_none()
+                || !seen.insert(reference.clone())
+            {
+                continue;
+            }
+            let Ok(id) = medvault_core::ResourceId::new(id) else {
+                continue;
+            };
+            if out.len() >= MAX_INCLUDES {
+                return Err(too_costly());
+            }
+            match crate::ops::read(store, ctx, t, &id, None) {
+                Ok(o) => out.push(json!({
+                    "fullUrl": format!("{base}/{reference}"),
+                    "resource": o.resource,
+                    "search": {"mode": "include"},
+                })),
+                Err(e) if e.status.is_client_error() => {
+                    if e.denied_by.is_some()
+                        && let Some(g) = &ctx.guard
+                    {
+                        g.withheld();
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A full search: parse, run, and build the `searchset` Bundle.
 ///
 /// # Errors
@@ -387,10 +491,8 @@ pub fn search_bundle(
     strict: bool,
     base: &str,
 ) -> Result<Value, ApiError> {
-    // Query-constrained scopes: one constraint is added to the search itself (exact paging
-    // and total); several are applied to each page's results, and the total is left out.
-    let mut groups = Vec::new();
-    let mut filter_groups = Vec::new();
+    // Query-constrained scopes: one constraint is added to the search itself (a narrower
+    // index lookup); every candidate is checked against them all as it is opened.
     let constrained;
     let access = ctx.scope_access(rt, Interaction::Search)?;
     if let Access::Constrained(g) = &access {
@@ -410,8 +512,6 @@ pub fn search_bundle(
                 format!("a scope's constraint names a parameter {rt} does not have"),
             ));
         }
-        // Every result is checked against the constraints too, as reads are.
-        filter_groups.clone_from(g);
     }
     let params = match access {
         Access::Constrained(g) if g.len() == 1 => {
@@ -427,21 +527,11 @@ pub fn search_bundle(
             constrained = params.iter().cloned().chain(extra).collect::<Vec<_>>();
             &constrained[..]
         }
-        Access::Constrained(g) => {
-            groups = g;
-            params
-        }
         _ => params,
     };
     let req = parse(ctx, rt, params, strict)?;
-    let (mut resources, total) = execute(store, ctx, rt, &req)?;
-    if !filter_groups.is_empty() {
-        resources.retain(|r| {
-            filter_groups
-                .iter()
-                .any(|g| crate::ops::satisfies(&ctx.fhir, rt, r, g))
-        });
-    }
+    let (resources, total) = execute(store, ctx, rt, &req)?;
+    let included = include(store, ctx, rt, &req.includes, &resources, base)?;
     let mut entries: Vec<Value> = resources
         .into_iter()
         .map(|r| {
@@ -459,23 +549,13 @@ pub fn search_bundle(
             "search": {"mode": "outcome"},
         }));
     }
-    let mut out = bundle(
+    entries.extend(included);
+    Ok(bundle(
         "searchset",
         entries,
         total,
         &format!("{base}/{rt}"),
         &req.applied,
         req.paging,
-    );
-    if !groups.is_empty()
-        && let Some(o) = out.as_object_mut()
-    {
-        // Filtered after paging: neither the total nor the paging links may reveal how many
-        // resources outside the constraints matched.
-        o.remove("total");
-        if let Some(Value::Array(links)) = o.get_mut("link") {
-            links.retain(|l| l["relation"] == "self");
-        }
-    }
-    Ok(out)
+    ))
 }

@@ -480,6 +480,17 @@ impl StoreRead for SqliteStore {
     fn recovery_codes_left(&self, user_id: &str) -> Result<u64, StoreError> {
         self.with_reader(|c| sql::recovery_codes_left(c, user_id))
     }
+    fn break_glass(
+        &self,
+        user_id: &str,
+        patient: &str,
+        now_micros: i64,
+    ) -> Result<Option<medvault_store::BreakGlassRow>, StoreError> {
+        self.with_reader(|c| sql::break_glass(c, user_id, patient, now_micros))
+    }
+    fn alerts(&self, open_only: bool) -> Result<Vec<medvault_store::AlertRow>, StoreError> {
+        self.with_reader(|c| sql::alerts(c, open_only))
+    }
     fn client(&self, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
         self.with_reader(|c| sql::client(c, client_id))
     }
@@ -540,7 +551,7 @@ mod tests {
             Box::new(SqliteStore::open(&dir.path().join(format!("db{n}.sqlite"))).unwrap())
         });
         assert_eq!(ran, medvault_store::conformance::CHECKS.len());
-        assert_eq!(ran, 10);
+        assert_eq!(ran, 11);
     }
 
     #[test]
@@ -566,7 +577,7 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.meta("tenant").unwrap().as_deref(), Some("t"));
-        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("9"));
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("10"));
         // The writer resumes the tree where it stopped.
         audit(&s, 5);
         let mut want = medvault_ledger::MemoryTree::new();

@@ -169,6 +169,18 @@ const NODE_MIGRATIONS: &[&str] = &[
      CREATE INDEX oauth_grants_by_family ON oauth_grants (family);",
     // v9: a patient's account names their Patient resource (SMART patient launch context).
     "ALTER TABLE users ADD COLUMN patient_id TEXT;",
+    // v10: staff accounts name their Practitioner; break-glass grants; privacy officer alerts.
+    "ALTER TABLE users ADD COLUMN practitioner TEXT;
+     CREATE TABLE break_glass (
+        id TEXT PRIMARY KEY, user_id TEXT NOT NULL, patient TEXT NOT NULL,
+        reason BLOB NOT NULL, opened INTEGER NOT NULL, expires INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE INDEX break_glass_by_user ON break_glass (user_id, patient, expires);
+     CREATE TABLE alerts (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, at INTEGER NOT NULL, user_id TEXT NOT NULL,
+        patient TEXT, detail BLOB NOT NULL, acknowledged_by TEXT, acknowledged INTEGER
+     ) WITHOUT ROWID;
+     CREATE INDEX alerts_by_time ON alerts (at);",
 ];
 
 const DROP_LEVEL_ZERO: &str = "DELETE FROM ledger_nodes WHERE level = 0;";

@@ -4,9 +4,9 @@ use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
 use medvault_ledger::{Frontier, leaf_hash};
 use medvault_ledger::{Hash, SALT_LEN};
 use medvault_store::{
-    AccessTokenRow, AuditDetail, ClientRow, CurrentMeta, DataKeyRow, GrantRow, IndexQuery,
-    LedgerNodes, SearchPage, SessionRow, SortOrder, StoreError, StoreRead, StoreTx, StoredVersion,
-    TokenRow, UserRow,
+    AccessTokenRow, AlertRow, AuditDetail, BreakGlassRow, ClientRow, CurrentMeta, DataKeyRow,
+    GrantRow, IndexQuery, LedgerNodes, SearchPage, SessionRow, SortOrder, StoreError, StoreRead,
+    StoreTx, StoredVersion, TokenRow, UserRow,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension as _, Row, params, params_from_iter};
@@ -264,7 +264,7 @@ pub(crate) fn search(c: &Connection, q: &IndexQuery) -> Result<SearchPage, Store
 }
 
 const USER_COLUMNS: &str = "id, name_index, name_sealed, role, password_hash, disabled, created,
-     totp, totp_pending, totp_last_step, failed_logins, locked_until, patient_id";
+     totp, totp_pending, totp_last_step, failed_logins, locked_until, patient_id, practitioner";
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
     let index: Vec<u8> = r.get(1)?;
@@ -289,6 +289,7 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
         failed_logins: r.get(10)?,
         locked_until_micros: r.get(11)?,
         patient_id: r.get(12)?,
+        practitioner: r.get(13)?,
     })
 }
 
@@ -429,6 +430,56 @@ pub(crate) fn passkeys(
     .and_then(|mut s| {
         s.query_map([user_id], |r| {
             Ok((r.get(0)?, Sealed::from_stored(r.get(1)?)))
+        })?
+        .collect()
+    })
+    .map_err(backend)
+}
+
+pub(crate) fn break_glass(
+    c: &Connection,
+    user_id: &str,
+    patient: &str,
+    now_micros: i64,
+) -> Result<Option<BreakGlassRow>, StoreError> {
+    c.prepare_cached(
+        "SELECT id, reason, opened, expires FROM break_glass
+         WHERE user_id = ?1 AND patient = ?2 AND opened <= ?3 AND expires > ?3
+         ORDER BY expires DESC LIMIT 1",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![user_id, patient, now_micros], |r| {
+            Ok(BreakGlassRow {
+                id: r.get(0)?,
+                user_id: user_id.to_owned(),
+                patient: patient.to_owned(),
+                reason: Sealed::from_stored(r.get(1)?),
+                opened_micros: r.get(2)?,
+                expires_micros: r.get(3)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(backend)
+}
+
+pub(crate) fn alerts(c: &Connection, open_only: bool) -> Result<Vec<AlertRow>, StoreError> {
+    c.prepare_cached(
+        "SELECT id, kind, at, user_id, patient, detail, acknowledged_by, acknowledged
+         FROM alerts WHERE (?1 = 0 OR acknowledged IS NULL) ORDER BY at DESC, id DESC",
+    )
+    .and_then(|mut s| {
+        s.query_map([open_only], |r| {
+            Ok(AlertRow {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                at_micros: r.get(2)?,
+                user_id: r.get(3)?,
+                patient: r.get(4)?,
+                detail: Sealed::from_stored(r.get(5)?),
+                acknowledged_by: r.get(6)?,
+                acknowledged_micros: r.get(7)?,
+            })
         })?
         .collect()
     })
@@ -797,6 +848,17 @@ impl StoreRead for Tx<'_> {
     fn recovery_codes_left(&self, user_id: &str) -> Result<u64, StoreError> {
         recovery_codes_left(self.conn, user_id)
     }
+    fn break_glass(
+        &self,
+        user_id: &str,
+        patient: &str,
+        now_micros: i64,
+    ) -> Result<Option<BreakGlassRow>, StoreError> {
+        break_glass(self.conn, user_id, patient, now_micros)
+    }
+    fn alerts(&self, open_only: bool) -> Result<Vec<AlertRow>, StoreError> {
+        alerts(self.conn, open_only)
+    }
     fn client(&self, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
         client(self.conn, client_id)
     }
@@ -1043,6 +1105,65 @@ impl StoreTx for Tx<'_> {
             .map_err(backend)
     }
 
+    fn put_break_glass(&mut self, g: &BreakGlassRow) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO break_glass (id, user_id, patient, reason, opened, expires)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    g.id,
+                    g.user_id,
+                    g.patient,
+                    g.reason.as_bytes(),
+                    g.opened_micros,
+                    g.expires_micros,
+                ])
+            })
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn put_alert(&mut self, a: &AlertRow) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO alerts (id, kind, at, user_id, patient, detail, acknowledged_by,
+                    acknowledged)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    a.id,
+                    a.kind,
+                    a.at_micros,
+                    a.user_id,
+                    a.patient,
+                    a.detail.as_bytes(),
+                    a.acknowledged_by,
+                    a.acknowledged_micros,
+                ])
+            })
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn acknowledge_alert(
+        &mut self,
+        id: &str,
+        by: &str,
+        at_micros: i64,
+    ) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE alerts SET acknowledged_by = ?2, acknowledged = ?3
+                 WHERE id = ?1 AND acknowledged IS NULL",
+            )
+            .and_then(|mut s| s.execute(params![id, by, at_micros]))
+            .map(|n| n == 1)
+            .map_err(backend)
+    }
+
     fn put_grant(&mut self, g: &GrantRow) -> Result<(), StoreError> {
         // Housekeeping: authorization codes live a minute; drop those that expired at least a
         // day before this grant's expiry (refresh tokens go when their family is revoked).
@@ -1195,8 +1316,9 @@ impl StoreTx for Tx<'_> {
         self.conn
             .prepare_cached(&format!(
                 "INSERT INTO users ({USER_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
                  ON CONFLICT (id) DO UPDATE SET patient_id = excluded.patient_id,
+                    practitioner = excluded.practitioner,
                     name_index = excluded.name_index, name_sealed = excluded.name_sealed,
                     role = excluded.role, password_hash = excluded.password_hash,
                     disabled = excluded.disabled, totp = excluded.totp,
@@ -1218,6 +1340,7 @@ impl StoreTx for Tx<'_> {
                     u.failed_logins,
                     u.locked_until_micros,
                     u.patient_id,
+                    u.practitioner,
                 ])
             })
             .map(drop)

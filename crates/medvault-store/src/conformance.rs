@@ -4,8 +4,8 @@
 use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 
 use crate::{
-    AccessTokenRow, AuditDetail, ClientRow, GrantRow, IndexQuery, LedgerNodes, SessionRow,
-    SortOrder, Store, StoreError, StoredVersion, UserRow, write_with,
+    AccessTokenRow, AlertRow, AuditDetail, BreakGlassRow, ClientRow, GrantRow, IndexQuery,
+    LedgerNodes, SessionRow, SortOrder, Store, StoreError, StoredVersion, UserRow, write_with,
 };
 
 /// One conformance check: panics when the backend breaks the contract.
@@ -32,6 +32,7 @@ pub const CHECKS: &[(&str, Check)] = &[
         "oauth_clients_tokens_and_replay",
         oauth_clients_tokens_and_replay,
     ),
+    ("break_glass_and_alerts", break_glass_and_alerts),
 ];
 
 /// Runs every check against a fresh store from `make`; returns how many ran.
@@ -648,6 +649,7 @@ fn user_row(id: &str, name: u8) -> UserRow {
         failed_logins: 0,
         locked_until_micros: 0,
         patient_id: None,
+        practitioner: None,
     }
 }
 
@@ -676,6 +678,7 @@ fn users_sessions_and_recovery_codes(store: &dyn Store) {
     updated.failed_logins = 3;
     updated.locked_until_micros = 99;
     updated.patient_id = Some("p-1".into());
+    updated.practitioner = Some("Practitioner/dr-1".into());
     let u = updated.clone();
     ok(write_with(store, move |tx| tx.put_user(&u)), "replace user");
     assert_eq!(ok(store.user("usr_a"), "user"), Some(updated));
@@ -847,4 +850,88 @@ fn oauth_clients_tokens_and_replay(store: &dyn Store) {
     assert_eq!(gone, 2, "the grant and the family's access token");
     assert_eq!(ok(store.grant(&[7; 32]), "grant"), None);
     assert_eq!(ok(store.access_token(&[2; 32]), "token"), None);
+}
+
+fn break_glass_and_alerts(store: &dyn Store) {
+    let grant = |id: &str, patient: &str, opened: i64, expires: i64| BreakGlassRow {
+        id: id.into(),
+        user_id: "usr_a".into(),
+        patient: patient.into(),
+        reason: Sealed::from_stored(vec![3; 40]),
+        opened_micros: opened,
+        expires_micros: expires,
+    };
+    let (g1, g2, g3) = (
+        grant("bg_1", "p1", 100, 200),
+        grant("bg_2", "p1", 150, 300),
+        grant("bg_3", "p2", 100, 200),
+    );
+    let dup = g1.clone();
+    ok(
+        write_with(store, move |tx| {
+            tx.put_break_glass(&g1)?;
+            tx.put_break_glass(&g2)?;
+            tx.put_break_glass(&g3)
+        }),
+        "put grants",
+    );
+    assert!(matches!(
+        write_with(store, move |tx| tx.put_break_glass(&dup)),
+        Err(StoreError::Conflict)
+    ));
+    // Open means opened at or before now and ending after it; the one ending last wins.
+    assert_eq!(ok(store.break_glass("usr_a", "p1", 99), "bg"), None);
+    let at = |now| ok(store.break_glass("usr_a", "p1", now), "bg").map(|g| g.id);
+    assert_eq!(at(120).as_deref(), Some("bg_1"));
+    assert_eq!(at(160).as_deref(), Some("bg_2"));
+    assert_eq!(at(250).as_deref(), Some("bg_2"));
+    assert_eq!(at(300), None);
+    assert_eq!(ok(store.break_glass("usr_b", "p1", 160), "bg"), None);
+    assert_eq!(ok(store.break_glass("usr_a", "p3", 160), "bg"), None);
+
+    let alert = |id: &str, at: i64| AlertRow {
+        id: id.into(),
+        kind: "break-glass".into(),
+        at_micros: at,
+        user_id: "usr_a".into(),
+        patient: Some("p1".into()),
+        detail: Sealed::from_stored(vec![4; 40]),
+        acknowledged_by: None,
+        acknowledged_micros: None,
+    };
+    let (a1, a2) = (alert("alr_1", 10), alert("alr_2", 20));
+    ok(
+        write_with(store, move |tx| {
+            tx.put_alert(&a1)?;
+            tx.put_alert(&a2)
+        }),
+        "put alerts",
+    );
+    let ids = |open| -> Vec<String> {
+        ok(store.alerts(open), "alerts")
+            .into_iter()
+            .map(|a| a.id)
+            .collect()
+    };
+    assert_eq!(ids(true), ["alr_2", "alr_1"]);
+    let ack = |id: &'static str, at: i64| {
+        ok(
+            write_with(store, move |tx| tx.acknowledge_alert(id, "usr_po", at)),
+            "ack",
+        )
+    };
+    assert!(ack("alr_1", 30));
+    assert!(!ack("alr_1", 31), "acknowledged once");
+    assert!(!ack("alr_9", 31), "unknown alert");
+    assert_eq!(ids(true), ["alr_2"]);
+    assert_eq!(ids(false), ["alr_2", "alr_1"]);
+    let all = ok(store.alerts(false), "alerts");
+    assert_eq!(all[1].acknowledged_by.as_deref(), Some("usr_po"));
+    assert_eq!(all[1].acknowledged_micros, Some(30));
+    assert_eq!(all[1], {
+        let mut a = alert("alr_1", 10);
+        a.acknowledged_by = Some("usr_po".into());
+        a.acknowledged_micros = Some(30);
+        a
+    });
 }

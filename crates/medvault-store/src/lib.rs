@@ -192,6 +192,46 @@ pub struct UserRow {
     pub locked_until_micros: i64,
     /// For a patient's account: the id of their Patient resource (their launch context).
     pub patient_id: Option<String>,
+    /// For staff: the `Practitioner/<id>` they are in FHIR (care teams and encounters name it).
+    pub practitioner: Option<String>,
+}
+
+/// An emergency-access (break-glass) grant: one user, one patient, until it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakGlassRow {
+    /// Grant id (`bg_…`).
+    pub id: String,
+    /// Who opened it.
+    pub user_id: String,
+    /// The patient's resource id.
+    pub patient: String,
+    /// The written justification, sealed (it may name clinical facts).
+    pub reason: Sealed,
+    /// When it was opened, microseconds.
+    pub opened_micros: i64,
+    /// When it ends, microseconds.
+    pub expires_micros: i64,
+}
+
+/// Something the privacy officer must look at (a break-glass access, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRow {
+    /// Alert id (`alr_…`).
+    pub id: String,
+    /// What happened (`break-glass`).
+    pub kind: String,
+    /// When, microseconds.
+    pub at_micros: i64,
+    /// The user whose action raised it.
+    pub user_id: String,
+    /// The patient concerned.
+    pub patient: Option<String>,
+    /// Details (JSON), sealed.
+    pub detail: Sealed,
+    /// Who acknowledged it.
+    pub acknowledged_by: Option<String>,
+    /// When it was acknowledged, microseconds.
+    pub acknowledged_micros: Option<i64>,
 }
 
 /// A login session's stored form: the token's SHA-256, never the token.
@@ -381,6 +421,22 @@ pub trait StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn recovery_codes_left(&self, user_id: &str) -> Result<u64, StoreError>;
+    /// The break-glass grant of `user_id` for `patient` open at `now_micros` (the one ending
+    /// last), if any.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn break_glass(
+        &self,
+        user_id: &str,
+        patient: &str,
+        now_micros: i64,
+    ) -> Result<Option<BreakGlassRow>, StoreError>;
+    /// Alerts, newest first; only unacknowledged ones when `open_only`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn alerts(&self, open_only: bool) -> Result<Vec<AlertRow>, StoreError>;
     /// Number of ledger leaves (all of them are integrated into the tree at commit).
     ///
     /// # Errors
@@ -642,6 +698,22 @@ pub trait StoreTx: StoreRead {
         expires_micros: i64,
         now_micros: i64,
     ) -> Result<bool, StoreError>;
+    /// Stores a break-glass grant.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] on a duplicate id.
+    fn put_break_glass(&mut self, grant: &BreakGlassRow) -> Result<(), StoreError>;
+    /// Stores a new alert.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] on a duplicate id.
+    fn put_alert(&mut self, alert: &AlertRow) -> Result<(), StoreError>;
+    /// Marks an alert acknowledged: true if it existed and was open.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn acknowledge_alert(&mut self, id: &str, by: &str, at_micros: i64)
+    -> Result<bool, StoreError>;
     /// Stores a new grant.
     ///
     /// # Errors

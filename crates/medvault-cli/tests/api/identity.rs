@@ -133,6 +133,7 @@ pub(crate) fn enroll(s: &Server, name: &str) -> (TotpSecret, Vec<String>) {
 fn password_and_totp_login_with_replay_refusal_recovery_codes_and_logout() {
     let s = Server::start();
     let id = create_user(&s, "c.jones", "clinician");
+    let practitioner = crate::make_practitioner(&s, "c.jones");
     // A weak password is refused with one plain line; a taken name too.
     let (ok, _, err) = try_create(&s, "weak", "nurse", "password1234");
     assert!(!ok && err.contains("most commonly used"), "{err}");
@@ -157,8 +158,12 @@ fn password_and_totp_login_with_replay_refusal_recovery_codes_and_logout() {
     let session = b["session"].as_str().unwrap().to_owned();
     let (st, b) = login(&s, "c.jones", PASSWORD, &json!({"totp": next}));
     assert_eq!(st, 401, "a TOTP code is accepted once: {b}");
-    // The AAL2 session reaches data, and the access is attributed to the user.
+    // The AAL2 session reaches data where the clinician cares for the patient: without a care
+    // relationship the patient does not exist for them; on the patient's care team it does.
     let created = s.create(&crate::patient("Identityfam", "Ida"));
+    let (st, b) = get(&s, &format!("/fhir/Patient/{created}"), &session);
+    assert_eq!(st, 404, "{b}");
+    crate::care_team(&s, &practitioner, &created);
     let (st, b) = get(&s, &format!("/fhir/Patient/{created}"), &session);
     assert_eq!(st, 200, "{b}");
     // A clinician does not read the audit trail.

@@ -301,3 +301,35 @@ pub fn ids(bundle: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Gives the account `username` a Practitioner resource (created by the admin) and links them
+/// with `medvault user link`; returns the Practitioner's id.
+pub fn make_practitioner(s: &Server, username: &str) -> String {
+    let practitioner = s.create(&json!({
+        "resourceType": "Practitioner",
+        "name": [{"family": "Practitioner", "given": [username]}],
+    }));
+    let dir = s.dir.to_str().unwrap().to_owned();
+    let (ok, out, err) = s.cli(&[
+        "user",
+        "link",
+        "--data-dir",
+        &dir,
+        username,
+        "--practitioner",
+        &practitioner,
+    ]);
+    assert!(ok && out.contains("linked"), "{out} {err}");
+    practitioner
+}
+
+/// Puts `practitioner` on an active CareTeam of `patient` (created by the admin); returns the
+/// CareTeam's id.
+pub fn care_team(s: &Server, practitioner: &str, patient: &str) -> String {
+    s.create(&json!({
+        "resourceType": "CareTeam",
+        "status": "active",
+        "subject": {"reference": format!("Patient/{patient}")},
+        "participant": [{"member": {"reference": format!("Practitioner/{practitioner}")}}],
+    }))
+}

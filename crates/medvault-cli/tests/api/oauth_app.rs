@@ -119,6 +119,8 @@ fn authorization_code_with_pkce_refresh_rotation_and_revocation() {
     );
     let aud = format!("http://127.0.0.1:{}/fhir", s.port);
     let patient = s.create(&crate::patient("Appfam", "Al"));
+    let practitioner = crate::make_practitioner(&s, "d.app");
+    crate::care_team(&s, &practitioner, &patient);
 
     // The request is checked before anyone signs in.
     let q = query(
@@ -379,14 +381,16 @@ fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
 
     // Their own session reads their compartment only.
     assert_eq!(get(&s, &format!("/fhir/Patient/{p1}"), &session).0, 200);
-    assert_eq!(get(&s, &format!("/fhir/Patient/{p2}"), &session).0, 403);
+    // Another patient's records answer as missing ones (the chosen behaviour: no existence
+    // oracle).
+    assert_eq!(get(&s, &format!("/fhir/Patient/{p2}"), &session).0, 404);
     assert_eq!(
         get(&s, &format!("/fhir/Observation/{vital1}"), &session).0,
         200
     );
     assert_eq!(
         get(&s, &format!("/fhir/Observation/{lab2}"), &session).0,
-        403
+        404
     );
     let (st, found) = get(&s, "/fhir/Observation?_count=50", &session);
     assert_eq!(st, 200, "{found}");
@@ -469,12 +473,12 @@ fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
     assert_eq!(get(&s, &format!("/fhir/Observation/{lab1}"), &app).0, 200);
     assert_eq!(
         get(&s, &format!("/fhir/Observation/{vital1}"), &app).0,
-        403,
+        404,
         "not a lab result"
     );
     assert_eq!(
         get(&s, &format!("/fhir/Observation/{lab2}"), &app).0,
-        403,
+        404,
         "another patient's"
     );
     let (_, found) = get(&s, "/fhir/Observation?_count=50", &app);
@@ -491,7 +495,7 @@ fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
         "user/ scopes are not a patient's to grant"
     );
     let wide_token = t["access_token"].as_str().unwrap().to_owned();
-    assert_eq!(get(&s, &format!("/fhir/Patient/{p2}"), &wide_token).0, 403);
+    assert_eq!(get(&s, &format!("/fhir/Patient/{p2}"), &wide_token).0, 404);
     assert_eq!(get(&s, &format!("/fhir/Patient/{p1}"), &wide_token).0, 200);
 
     // A clinician has no patient context: patient/ scopes cannot be granted to their apps.

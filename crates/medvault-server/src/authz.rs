@@ -1,0 +1,374 @@
+//! The access policy at work: every resource a FHIR interaction would read, return or write is
+//! decided by the Cedar policy ([`medvault_policy`]) from the facts worked out here — the user's
+//! role, their care relationship with the resource's patient (a member of the patient's active
+//! `CareTeam`, or a participant of an active `Encounter`), the patient's `Consent`s, the
+//! resource's security labels, the declared purpose of use and an open break-glass grant.
+//!
+//! One [`Guard`] serves one request. It looks each patient's facts up once (a search of the
+//! patient's CareTeams and Encounters naming the user, and of their Consents) and remembers each
+//! decision by (interaction, type, patient, labels), so a 100-result search costs a handful of
+//! decisions, not a hundred. It also keeps what it refused and why, for the request's access
+//! log record.
+//!
+//! What a refusal looks like to the client is chosen so that it tells nothing: a resource the
+//! policy hides answers exactly as a missing one does (404 with the same text), searches,
+//! `_include`, history and their totals leave it out as if it did not exist. See
+//! ARCHITECTURE.md, "Access decisions".
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use medvault_core::Role;
+use medvault_policy::consent::{self, ConsentRequest};
+use medvault_policy::{Action, ConsentState, PolicyEngine, Query};
+use medvault_store::StoreRead;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::ops::Ctx;
+use crate::search;
+
+/// The HL7 purpose of use that break-glass requires.
+pub const EMERGENCY: &str = "ETREAT";
+
+/// The person or service a request acts for, as the policy sees them.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// User id (`usr_…`), API token id or client id.
+    pub user: String,
+    /// Role.
+    pub role: Role,
+    /// A patient's own Patient id.
+    pub patient: Option<String>,
+    /// Staff: `Practitioner/<id>`.
+    pub practitioner: Option<String>,
+    /// Declared purpose of use (HL7 v3 code).
+    pub purpose: Option<String>,
+}
+
+/// What one patient's records say about the subject.
+#[derive(Debug, Clone, Default)]
+struct PatientFacts {
+    relationship: bool,
+    break_glass: bool,
+    consents: Vec<Value>,
+}
+
+type DecisionKey = (Action, String, Option<String>, Vec<String>);
+
+#[derive(Debug, Default)]
+struct GuardState {
+    patients: HashMap<String, Arc<PatientFacts>>,
+    decisions: HashMap<DecisionKey, (bool, Vec<String>, bool)>,
+    denied_by: BTreeSet<String>,
+    withheld: u64,
+    break_glass: BTreeSet<String>,
+}
+
+/// What a request's guard refused and used, for its access-log record.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyNote {
+    /// The purpose of use the decisions assumed.
+    pub purpose: Option<String>,
+    /// `@id`s of the policies that refused something.
+    pub denied_by: Vec<String>,
+    /// Resources left out of results.
+    pub withheld: u64,
+    /// Patients whose data was reached under break-glass.
+    pub break_glass: Vec<String>,
+}
+
+/// The access policy for one request.
+#[derive(Debug)]
+pub struct Guard {
+    engine: Arc<PolicyEngine>,
+    subject: Subject,
+    state: Mutex<GuardState>,
+}
+
+/// The `meta.security` codes of a resource.
+pub fn security_labels(resource: &Value) -> Vec<String> {
+    let mut labels: Vec<String> = resource
+        .pointer("/meta/security")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("code").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    labels.sort();
+    labels.dedup();
+    labels
+}
+
+/// True if a FHIR `Period` (absent: always) covers `now` (Unix seconds).
+fn period_covers(period: Option<&Value>, now: i64) -> bool {
+    let Some(p) = period else { return true };
+    let start_ok = match p.get("start").and_then(Value::as_str) {
+        None => true,
+        Some(s) => medvault_fhir::date_range(s).is_some_and(|(s, _)| s <= now),
+    };
+    let end_ok = match p.get("end").and_then(Value::as_str) {
+        None => true,
+        Some(e) => medvault_fhir::date_range(e).is_some_and(|(_, e)| now < e),
+    };
+    start_ok && end_ok
+}
+
+/// True if `list` (CareTeam.participant or Encounter.participant) names `who` under `field`
+/// (`member` or `individual`) for a period covering `now`.
+fn names(list: Option<&Value>, field: &str, who: &str, now: i64) -> bool {
+    list.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|p| {
+            p.get(field)
+                .and_then(|r| r.get("reference"))
+                .and_then(Value::as_str)
+                == Some(who)
+                && period_covers(p.get("period"), now)
+        })
+}
+
+/// `CareTeam` statuses in which its members care for the patient.
+fn care_team_active(team: &Value, who: &str, now: i64) -> bool {
+    team.get("status").and_then(Value::as_str) == Some("active")
+        && period_covers(team.get("period"), now)
+        && names(team.get("participant"), "member", who, now)
+}
+
+/// `Encounter` statuses in which its participants are attending the patient.
+fn encounter_active(enc: &Value, who: &str, now: i64) -> bool {
+    matches!(
+        enc.get("status").and_then(Value::as_str),
+        Some("arrived" | "triaged" | "in-progress" | "onleave")
+    ) && period_covers(enc.get("period"), now)
+        && names(enc.get("participant"), "individual", who, now)
+}
+
+impl Guard {
+    /// A guard deciding for `subject` with `engine`.
+    pub fn new(engine: Arc<PolicyEngine>, subject: Subject) -> Self {
+        Self {
+            engine,
+            subject,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Who the guard decides for.
+    pub fn subject(&self) -> &Subject {
+        &self.subject
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GuardState> {
+        // A panic while holding the lock cannot leave the memo inconsistent (entries are
+        // inserted whole), so a poisoned lock is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The subject's facts about `patient`, looked up once per request.
+    fn facts(
+        &self,
+        store: &dyn StoreRead,
+        ctx: &Ctx,
+        patient: &str,
+    ) -> Result<Arc<PatientFacts>, ApiError> {
+        if let Some(f) = self.lock().patients.get(patient) {
+            return Ok(Arc::clone(f));
+        }
+        // The lookups themselves are not subject to the policy or the request's scopes.
+        let inner = Ctx {
+            scopes: None,
+            guard: None,
+            ..ctx.clone()
+        };
+        let reference = format!("Patient/{patient}");
+        let now_micros = ctx.clock.now_micros();
+        let now = now_micros.div_euclid(1_000_000);
+        let mut facts = PatientFacts::default();
+        if let Some(who) = &self.subject.practitioner {
+            let find = |rt: &str| -> Result<Vec<Value>, ApiError> {
+                let params = [
+                    ("patient".to_owned(), reference.clone()),
+                    ("participant".to_owned(), who.clone()),
+                ];
+                let mut req = search::parse(&inner, rt, &params, true)?;
+                req.paging.count = search::MAX_COUNT;
+                Ok(search::execute(store, &inner, rt, &req)?.0)
+            };
+            facts.relationship = find("CareTeam")?
+                .iter()
+                .any(|t| care_team_active(t, who, now))
+                || find("Encounter")?
+                    .iter()
+                    .any(|e| encounter_active(e, who, now));
+        }
+        if matches!(self.subject.role, Role::Clinician | Role::Nurse)
+            && self.subject.purpose.as_deref() == Some(EMERGENCY)
+        {
+            facts.break_glass = store
+                .break_glass(&self.subject.user, patient, now_micros)?
+                .is_some();
+        }
+        let params = [("patient".to_owned(), reference)];
+        let mut req = search::parse(&inner, "Consent", &params, true)?;
+        req.paging.count = search::MAX_COUNT;
+        facts.consents = search::execute(store, &inner, "Consent", &req)?.0;
+        let facts = Arc::new(facts);
+        self.lock()
+            .patients
+            .insert(patient.to_owned(), Arc::clone(&facts));
+        Ok(facts)
+    }
+
+    /// Decides `action` on a resource of type `rt` sealed under `key_name` (its compartment,
+    /// `Patient/<id>` or the tenant's), with its content when there is one (labels come from
+    /// it). Returns the refusing policies' ids when refused.
+    ///
+    /// # Errors
+    /// Store and key errors while looking up the patient's facts.
+    pub fn decide(
+        &self,
+        store: &dyn StoreRead,
+        ctx: &Ctx,
+        action: Action,
+        rt: &str,
+        key_name: &str,
+        resource: Option<&Value>,
+    ) -> Result<Result<(), Vec<String>>, ApiError> {
+        let patient = key_name.strip_prefix("Patient/").map(str::to_owned);
+        let labels = resource.map(security_labels).unwrap_or_default();
+        let key: DecisionKey = (action, rt.to_owned(), patient.clone(), labels);
+        let known = self.lock().decisions.get(&key).cloned();
+        if let Some((allowed, policies, by_break_glass)) = known {
+            return Ok(self.note(allowed, policies, patient.as_deref(), by_break_glass));
+        }
+        let facts = match &patient {
+            Some(p) => self.facts(store, ctx, p)?,
+            None => Arc::new(PatientFacts::default()),
+        };
+        let s = &self.subject;
+        let labels = &key.3;
+        let actors: Vec<String> = s.practitioner.iter().cloned().collect();
+        let at = crate::clock::instant(ctx.clock.now_micros());
+        let consent = if patient.is_some() {
+            consent::evaluate(
+                &facts.consents,
+                &ConsentRequest {
+                    actors: &actors,
+                    purpose: s.purpose.as_deref(),
+                    resource_type: rt,
+                    labels,
+                    at: &at,
+                },
+            )
+        } else {
+            ConsentState::None
+        };
+        let own = patient.is_some() && s.patient == patient;
+        let decision = self.engine.decide(&Query {
+            user: &s.user,
+            role: s.role.as_str(),
+            action,
+            resource_type: rt,
+            labels,
+            patient_data: patient.is_some(),
+            purpose: s.purpose.as_deref(),
+            relationship: facts.relationship,
+            own,
+            consent,
+            break_glass: facts.break_glass,
+        });
+        // Access that only break-glass opened is marked as such in the access log.
+        let by_break_glass =
+            decision.allowed && decision.policies.iter().any(|p| p == "break-glass");
+        self.lock().decisions.insert(
+            key,
+            (decision.allowed, decision.policies.clone(), by_break_glass),
+        );
+        Ok(self.note(
+            decision.allowed,
+            decision.policies,
+            patient.as_deref(),
+            by_break_glass,
+        ))
+    }
+
+    fn note(
+        &self,
+        allowed: bool,
+        policies: Vec<String>,
+        patient: Option<&str>,
+        by_break_glass: bool,
+    ) -> Result<(), Vec<String>> {
+        let mut st = self.lock();
+        if allowed {
+            if by_break_glass && let Some(p) = patient {
+                st.break_glass.insert(p.to_owned());
+            }
+            Ok(())
+        } else {
+            st.denied_by.extend(policies.iter().cloned());
+            Err(policies)
+        }
+    }
+
+    /// Counts a resource left out of a result.
+    pub fn withheld(&self) {
+        self.lock().withheld += 1;
+    }
+
+    /// What the guard refused and used so far.
+    pub fn note_for_log(&self) -> PolicyNote {
+        let st = self.lock();
+        PolicyNote {
+            purpose: self.subject.purpose.clone(),
+            denied_by: st.denied_by.iter().cloned().collect(),
+            withheld: st.withheld,
+            break_glass: st.break_glass.iter().cloned().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn relationships_need_an_active_record_naming_the_practitioner_now() {
+        let dr = "Practitioner/dr";
+        let now = 1_780_000_000; // 2026-05-28
+        let team = json!({"status": "active", "participant": [{"member": {"reference": dr}}]});
+        assert!(care_team_active(&team, dr, now));
+        assert!(!care_team_active(&team, "Practitioner/other", now));
+        let mut ended = team.clone();
+        ended["participant"][0]["period"] = json!({"end": "2025-01-01"});
+        assert!(!care_team_active(&ended, dr, now));
+        let mut inactive = team.clone();
+        inactive["status"] = json!("inactive");
+        assert!(!care_team_active(&inactive, dr, now));
+        let enc = json!({"status": "in-progress", "participant": [{"individual": {"reference": dr}}],
+                         "period": {"start": "2026-05-01"}});
+        assert!(encounter_active(&enc, dr, now));
+        let mut finished = enc.clone();
+        finished["status"] = json!("finished");
+        assert!(!encounter_active(&finished, dr, now));
+        let mut future = enc.clone();
+        future["period"] = json!({"start": "2027-01-01"});
+        assert!(!encounter_active(&future, dr, now));
+        let mut garbled = enc;
+        garbled["period"] = json!({"start": "soon"});
+        assert!(!encounter_active(&garbled, dr, now));
+    }
+
+    #[test]
+    fn labels_are_the_security_codes() {
+        let r = json!({"meta": {"security": [{"code": "R"}, {"system": "x", "code": "HIV"}, {"code": "R"}]}});
+        assert_eq!(security_labels(&r), ["HIV", "R"]);
+        assert!(security_labels(&json!({})).is_empty());
+    }
+}
