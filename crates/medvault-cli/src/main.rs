@@ -111,6 +111,23 @@ enum Command {
         /// Hours a login session lasts at most, used or not (NIST: at most 12 at AAL2/AAL3).
         #[arg(long, value_name = "HOURS", default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=12))]
         session_max_hours: u64,
+        /// A Cedar policy file added to the default access policy (repeat for several). Every
+        /// policy needs a unique @id("…"); the files are validated against the schema
+        /// (`medvault policy schema`) before the server starts, and an invalid one stops it.
+        #[arg(long = "policy", value_name = "FILE")]
+        policies: Vec<PathBuf>,
+        /// Use only the --policy files, without the default policy (`medvault policy default`
+        /// prints it, to start from).
+        #[arg(long, requires = "policies")]
+        replace_default_policy: bool,
+        /// Longest break-glass grant a clinician may open, in minutes.
+        #[arg(long, value_name = "MINUTES", default_value_t = 240, value_parser = clap::value_parser!(u64).range(1..=1440))]
+        break_glass_max_minutes: u64,
+    },
+    /// Show the access policy's schema and default policy, or check policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Manage people's accounts (they log in with a password and a second factor).
     User {
@@ -258,6 +275,24 @@ enum UserCommand {
     List {
         #[command(flatten)]
         dir: DataDir,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Print the Cedar schema policies are written against (users, resources, request context).
+    Schema,
+    /// Print the default policy (care relationship, consent, labels, break-glass).
+    Default,
+    /// Check policy files as `serve --policy` would, without starting anything.
+    #[command(after_help = "Example:\n  medvault policy check --policy site.cedar")]
+    Check {
+        /// A Cedar policy file (repeat for several).
+        #[arg(long = "policy", value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
+        /// Check the files alone, without the default policy.
+        #[arg(long)]
+        replace_default_policy: bool,
     },
 }
 
@@ -421,6 +456,30 @@ fn change(
     audit_admin(&node, action, Some(&id))?;
     println!("{id} {done}");
     Ok(())
+}
+
+/// The access policy: the default one (unless replaced) and the given files, validated.
+fn load_policy(
+    files: &[PathBuf],
+    replace_default: bool,
+) -> anyhow::Result<medvault_policy::PolicyEngine> {
+    let mut sources = Vec::new();
+    if !replace_default {
+        sources.push((
+            "default policy".to_owned(),
+            medvault_policy::DEFAULT_POLICY.to_owned(),
+        ));
+    }
+    for f in files {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("--policy {}: {e}", f.display()))?;
+        sources.push((f.display().to_string(), text));
+    }
+    let refs: Vec<(&str, &str)> = sources
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    medvault_policy::PolicyEngine::from_sources(&refs).map_err(|e| anyhow::anyhow!("--policy: {e}"))
 }
 
 /// Parses an optional resource id given as `flag`.
@@ -720,8 +779,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             session_max_hours,
             webauthn_origin,
             step_up_seconds,
+            policies,
+            replace_default_policy,
+            break_glass_max_minutes,
         } => {
             init_logging(log_format);
+            let policy = load_policy(&policies, replace_default_policy)?;
             let witnesses = witnesses
                 .iter()
                 .map(|w| {
@@ -765,6 +828,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     aal3_max: Duration::from_secs(3600 * session_max_hours),
                 },
                 step_up_window: Duration::from_secs(step_up_seconds),
+                policy: std::sync::Arc::new(policy),
+                break_glass_max: Duration::from_secs(60 * break_glass_max_minutes),
                 webauthn_origin: Some(
                     webauthn_origin
                         .unwrap_or_else(|| format!("http://localhost:{}", listen.port())),
@@ -779,6 +844,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .block_on(medvault_server::serve(AppState::new(node, config), listen))
                 .with_context(|| format!("cannot listen on {listen}"))?;
         }
+        Command::Policy { command } => match command {
+            PolicyCommand::Schema => print!("{}", medvault_policy::SCHEMA),
+            PolicyCommand::Default => print!("{}", medvault_policy::DEFAULT_POLICY),
+            PolicyCommand::Check {
+                files,
+                replace_default_policy,
+            } => {
+                let engine = load_policy(&files, replace_default_policy)?;
+                println!("valid: {} policies", engine.len());
+            }
+        },
         Command::User { command } => run_user(command)?,
         Command::Client { command } => run_client(command)?,
         Command::Token {

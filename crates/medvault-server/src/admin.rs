@@ -117,13 +117,21 @@ pub fn erase_patient(node: &Node, patient: &ResourceId) -> Result<Erased, ApiErr
     })
 }
 
-/// The refusal, if `who` may not perform a sensitive action now.
-fn step_up(who: &Authenticated, now: i64, window: Duration) -> Option<Response> {
-    if who.role != Role::Admin || who.session.is_none() || who.aal < 2 {
+/// The refusal, if `who` may not perform a sensitive action now: it needs a person in one of
+/// `roles` (`who_may` names them for the message) signed in with a second factor within
+/// `window`.
+pub(crate) fn step_up(
+    who: &Authenticated,
+    roles: &[Role],
+    who_may: &str,
+    now: i64,
+    window: Duration,
+) -> Option<Response> {
+    if !roles.contains(&who.role) || who.session.is_none() || who.aal < 2 {
         return Some(ApiError::new(
             StatusCode::FORBIDDEN,
             IssueCode::Forbidden,
-            "this action needs an admin signed in with a second factor (API and app tokens cannot)",
+            format!("this action needs {who_may} signed in with a second factor (API and app tokens cannot)"),
         )
         .denied_by("step-up")
         .into_response());
@@ -154,6 +162,8 @@ fn step_up(who: &Authenticated, now: i64, window: Duration) -> Option<Response> 
 pub(crate) async fn rotate(State(state): State<AppState>, who: Authenticated) -> Response {
     if let Some(r) = step_up(
         &who,
+        &[Role::Admin],
+        "an admin",
         state.node.clock.now_micros(),
         state.config.step_up_window,
     ) {
@@ -174,6 +184,8 @@ pub(crate) async fn erase(
 ) -> Response {
     if let Some(r) = step_up(
         &who,
+        &[Role::Admin],
+        "an admin",
         state.node.clock.now_micros(),
         state.config.step_up_window,
     ) {

@@ -109,11 +109,7 @@ pub fn to_audit_event(leaf: u64, detail: &Value, observer: &str) -> Value {
         "action": action_code(interaction),
         "recorded": s(detail, "time").unwrap_or("1970-01-01T00:00:00Z"),
         "outcome": outcome_code(outcome),
-        "outcomeDesc": match (detail.get("status").and_then(Value::as_u64), s(detail, "denied_by")) {
-            (Some(st), Some(rule)) => format!("{interaction}: {outcome} (HTTP {st}, denied by {rule})"),
-            (Some(st), None) => format!("{interaction}: {outcome} (HTTP {st})"),
-            (None, _) => format!("{interaction}: {outcome}"),
-        },
+        "outcomeDesc": outcome_text(interaction, outcome, detail),
         "agent": [agent(detail)],
         "source": {"observer": {"display": observer}},
     });
@@ -152,6 +148,38 @@ pub fn to_audit_event(leaf: u64, detail: &Value, observer: &str) -> Value {
     event
 }
 
+/// `read: denied (HTTP 404, denied by default-deny)`, `search-type: success (HTTP 200; 3
+/// withheld by consent-deny)`.
+fn outcome_text(interaction: &str, outcome: &str, detail: &Value) -> String {
+    let Some(st) = detail.get("status").and_then(Value::as_u64) else {
+        return format!("{interaction}: {outcome}");
+    };
+    let withheld = detail
+        .pointer("/policy/withheld")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let policies = || {
+        detail
+            .pointer("/policy/denied_by")
+            .and_then(Value::as_array)
+            .map(|l| {
+                l.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    match s(detail, "denied_by") {
+        Some(rule) => format!("{interaction}: {outcome} (HTTP {st}, denied by {rule})"),
+        None if withheld > 0 => format!(
+            "{interaction}: {outcome} (HTTP {st}; {withheld} withheld by {})",
+            policies()
+        ),
+        None => format!("{interaction}: {outcome} (HTTP {st})"),
+    }
+}
+
 fn agent(detail: &Value) -> Value {
     let a = detail.get("agent");
     if let Some(token) = a.and_then(|a| s(a, "token")) {
@@ -175,7 +203,19 @@ fn matches(f: &Filter, d: &Value) -> bool {
         let direct = s(d, "resource_type") == Some("Patient") && s(d, "id") == Some(p.as_str());
         let in_compartment = s(d, "patient") == Some(p.as_str());
         let target = s(d, "target") == Some(format!("Patient/{p}").as_str());
-        if !direct && !in_compartment && !target {
+        // Searches, histories and Bundles: the patients whose data the policy let through or
+        // refused.
+        let listed = |key: &str| {
+            d.pointer(&format!("/policy/{key}"))
+                .and_then(Value::as_array)
+                .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(p.as_str())))
+        };
+        if !direct
+            && !in_compartment
+            && !target
+            && !listed("patients_seen")
+            && !listed("patients_refused")
+        {
             return false;
         }
     }
@@ -201,6 +241,29 @@ fn matches(f: &Filter, d: &Value) -> bool {
         }
     }
     true
+}
+
+/// Makes sure an event found for `patient` names them as an entity (a search that touched
+/// several patients lists only the one asked about: another patient's id is not this reader's
+/// to learn).
+fn name_patient(event: &mut Value, patient: &str) {
+    let reference = format!("Patient/{patient}");
+    let named = event["entity"].as_array().is_some_and(|l| {
+        l.iter()
+            .any(|e| e.pointer("/what/reference").and_then(Value::as_str) == Some(&reference))
+    });
+    if named {
+        return;
+    }
+    let entity = json!({
+        "what": {"reference": reference},
+        "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1",
+                 "display": "Patient"},
+    });
+    match event.get_mut("entity").and_then(Value::as_array_mut) {
+        Some(list) => list.push(entity),
+        None => event["entity"] = json!([entity]),
+    }
 }
 
 /// `GET /fhir/AuditEvent?…`: a `searchset` Bundle, newest first.
@@ -262,9 +325,13 @@ pub fn search(
             }
             let detail = ledger.open_audit(&d)?;
             if matches(&f, &detail) {
+                let mut event = to_audit_event(leaf, &detail, ledger.access().origin());
+                if let Some(p) = &f.patient {
+                    name_patient(&mut event, p);
+                }
                 entries.push(json!({
                     "fullUrl": format!("{base}/AuditEvent/ledger-{leaf}"),
-                    "resource": to_audit_event(leaf, &detail, ledger.access().origin()),
+                    "resource": event,
                     "search": {"mode": "match"},
                 }));
             }

@@ -63,7 +63,12 @@ struct GuardState {
     denied_by: BTreeSet<String>,
     withheld: u64,
     break_glass: BTreeSet<String>,
+    seen: BTreeSet<String>,
+    refused: BTreeSet<String>,
 }
+
+/// Most patients one access-log record lists as seen or refused.
+pub const MAX_LISTED_PATIENTS: usize = 1000;
 
 /// What a request's guard refused and used, for its access-log record.
 #[derive(Debug, Clone, Default)]
@@ -76,6 +81,10 @@ pub struct PolicyNote {
     pub withheld: u64,
     /// Patients whose data was reached under break-glass.
     pub break_glass: Vec<String>,
+    /// Patients whose data the request was allowed (their accounting of disclosures finds it).
+    pub patients_seen: Vec<String>,
+    /// Patients whose data the request was refused (the privacy officer finds the attempt).
+    pub patients_refused: Vec<String>,
 }
 
 /// The access policy for one request.
@@ -304,6 +313,16 @@ impl Guard {
         by_break_glass: bool,
     ) -> Result<(), Vec<String>> {
         let mut st = self.lock();
+        if let Some(p) = patient {
+            let list = if allowed {
+                &mut st.seen
+            } else {
+                &mut st.refused
+            };
+            if list.len() < MAX_LISTED_PATIENTS {
+                list.insert(p.to_owned());
+            }
+        }
         if allowed {
             if by_break_glass && let Some(p) = patient {
                 st.break_glass.insert(p.to_owned());
@@ -328,6 +347,8 @@ impl Guard {
             denied_by: st.denied_by.iter().cloned().collect(),
             withheld: st.withheld,
             break_glass: st.break_glass.iter().cloned().collect(),
+            patients_seen: st.seen.iter().cloned().collect(),
+            patients_refused: st.refused.iter().cloned().collect(),
         }
     }
 }

@@ -134,6 +134,10 @@ pub(crate) fn fhir_json(status: StatusCode, body: &Value) -> Response {
     resp
 }
 
+/// More for a response's audit record (sealed with it), e.g. a break-glass justification.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditExtra(pub(crate) Value);
+
 /// The patient whose compartment a response's resource is in, for its audit record.
 #[derive(Debug, Clone)]
 pub(crate) struct AuditPatient(pub(crate) String);
@@ -560,12 +564,15 @@ fn audit_detail(
             "denied_by": n.denied_by,
             "withheld": n.withheld,
             "break_glass": n.break_glass,
+            "patients_seen": n.patients_seen,
+            "patients_refused": n.patients_refused,
         })),
         "auth": resp.extensions().get::<crate::identity::AuthNote>().map(|n| serde_json::json!({
             "user": n.user,
             "client": n.client,
             "event": n.event,
         })),
+        "extra": resp.extensions().get::<AuditExtra>().map(|e| e.0.clone()),
         "method": method.as_str(),
         "interaction": match uri.path() {
             "/witness/add-checkpoint" => "witness-add-checkpoint",
@@ -582,6 +589,9 @@ fn audit_detail(
             "/auth/introspect" => "oauth-introspect",
             "/auth/revoke" => "oauth-revoke",
             "/admin/keys/rotate" => "keys-rotate",
+            "/auth/break-glass" => "break-glass",
+            "/privacy/alerts" => "alerts-read",
+            p if p.starts_with("/privacy/alerts/") => "alert-acknowledge",
             p if p.starts_with("/admin/patients/") => "patient-erase",
             "/auth/authorize" | "/auth/authorize.js" | "/auth/authorize/check" => "oauth-authorize",
             "/auth/authorize/decide" => "oauth-approve",

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod audit_view;
 pub mod auth;
 pub mod authz;
+pub mod break_glass;
 pub mod bundle;
 pub mod capability;
 pub mod clock;
@@ -222,6 +223,12 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/token", post(oauth::token))
         .route("/auth/introspect", post(oauth::introspect))
         .route("/admin/keys/rotate", post(admin::rotate))
+        .route("/auth/break-glass", post(break_glass::open))
+        .route("/privacy/alerts", get(break_glass::list))
+        .route(
+            "/privacy/alerts/{id}/acknowledge",
+            post(break_glass::acknowledge),
+        )
         .route("/admin/patients/{id}/erase", post(admin::erase))
         .route("/auth/revoke", post(oauth_app::revoke))
         .route("/auth/authorize", get(oauth_app::authorize_page))

@@ -9,6 +9,7 @@ mod crud;
 mod identity;
 mod ledger;
 mod oauth_app;
+mod policy;
 mod search;
 mod security;
 mod witness;

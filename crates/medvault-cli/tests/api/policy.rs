@@ -1,0 +1,636 @@
+//! The access policy against the live server: care relationships, consent, security labels,
+//! purpose of use, break-glass, and that nothing hidden leaks through search, `_include`,
+//! history, Bundles or counts.
+
+use serde_json::{Value, json};
+
+use crate::identity::{PASSWORD, code, create_user, enroll, login, now};
+use crate::{Server, care_team, ids, make_practitioner, observation, patient};
+
+/// A person signed in with a second factor.
+struct Person {
+    session: String,
+    practitioner: Option<String>,
+}
+
+/// Creates an account with `role` (staff get a Practitioner), enrolls TOTP and signs in.
+fn person(s: &Server, name: &str, role: &str) -> Person {
+    create_user(s, name, role);
+    let practitioner = matches!(role, "clinician" | "nurse").then(|| make_practitioner(s, name));
+    let (secret, _) = enroll(s, name);
+    let (st, b) = login(
+        s,
+        name,
+        PASSWORD,
+        &json!({"totp": code(&secret, now() + 30)}),
+    );
+    assert_eq!(st, 200, "{b}");
+    Person {
+        session: b["session"].as_str().unwrap().to_owned(),
+        practitioner,
+    }
+}
+
+/// A request as `bearer`, declaring `purpose` when given.
+fn call(
+    s: &Server,
+    method: reqwest::Method,
+    path: &str,
+    bearer: &str,
+    purpose: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut rb = reqwest::blocking::Client::new()
+        .request(method, format!("http://127.0.0.1:{}{path}", s.port))
+        .bearer_auth(bearer);
+    if let Some(p) = purpose {
+        rb = rb.header("x-purpose-of-use", p);
+    }
+    if let Some(b) = body {
+        rb = rb
+            .header("content-type", "application/fhir+json")
+            .body(b.to_string());
+    }
+    crate::send(rb)
+}
+
+fn get_as(s: &Server, path: &str, who: &str, purpose: Option<&str>) -> (u16, Value) {
+    call(s, reqwest::Method::GET, path, who, purpose, None)
+}
+
+fn labelled(mut r: Value, code: &str) -> Value {
+    r["meta"] = json!({"security": [{
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": code}]});
+    r
+}
+
+fn consent(patient: &str, provision: Value, when: &str) -> Value {
+    json!({
+        "resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/{patient}")},
+        "dateTime": when,
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": provision,
+    })
+}
+
+/// The diagnostics of an OperationOutcome with the ids taken out.
+fn shape(v: &Value, ids: &[&str]) -> String {
+    let mut t = v["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    for id in ids {
+        t = t.replace(id, "ID");
+    }
+    t
+}
+
+#[test]
+fn a_clinician_without_a_care_relationship_cannot_find_the_patient_anywhere() {
+    let s = Server::start();
+    let p = s.create(&patient("Hiddenfam", "Hal"));
+    let q = s.create(&patient("Carefam", "Cy"));
+    let obs_p = s.create(&observation(&p, "2345-7", "2026-11-01"));
+    let mut q_obs = observation(&q, "2345-7", "2026-11-02");
+    q_obs["hasMember"] = json!([{"reference": format!("Observation/{obs_p}")}]);
+    let obs_q = s.create(&q_obs);
+    let dr = person(&s, "dr.nocare", "clinician");
+    care_team(&s, dr.practitioner.as_deref().unwrap(), &q);
+    let a = dr.session.as_str();
+
+    // Reads: the hidden patient answers exactly as an id that does not exist.
+    let unknown = "00000000-0000-4000-8000-000000000000";
+    let (st, hidden) = get_as(&s, &format!("/fhir/Patient/{p}"), a, None);
+    let (st2, missing) = get_as(&s, &format!("/fhir/Patient/{unknown}"), a, None);
+    assert_eq!((st, st2), (404, 404), "{hidden} {missing}");
+    assert_eq!(shape(&hidden, &[&p]), shape(&missing, &[unknown]));
+    assert_eq!(
+        get_as(&s, &format!("/fhir/Observation/{obs_p}"), a, None).0,
+        404
+    );
+    assert_eq!(get_as(&s, &format!("/fhir/Patient/{q}"), a, None).0, 200);
+
+    // Searches: not in the results, not in the totals, not in the counts.
+    for path in [
+        format!("/fhir/Observation?patient={p}"),
+        format!("/fhir/Observation?patient={p}&_summary=count"),
+        "/fhir/Patient?family=Hiddenfam".to_owned(),
+        format!("/fhir/Observation?_id={obs_p}"),
+    ] {
+        let (st, b) = get_as(&s, &path, a, None);
+        assert_eq!((st, &b["total"]), (200, &json!(0)), "{path}: {b}");
+        assert!(ids(&b).is_empty(), "{path}: {b}");
+    }
+    let (_, all) = get_as(&s, "/fhir/Observation?_count=100", a, None);
+    assert_eq!((ids(&all), &all["total"]), (vec![obs_q.clone()], &json!(1)));
+    // _include: the admin sees the included member, the clinician does not.
+    let include = format!("/fhir/Observation?patient={q}&_include=Observation:has-member");
+    let (_, admin_view) = s.get(&include["/fhir/".len()..]);
+    assert_eq!(
+        ids(&admin_view),
+        vec![obs_q.clone(), obs_p.clone()],
+        "{admin_view}"
+    );
+    assert_eq!(admin_view["entry"][1]["search"]["mode"], "include");
+    let (st, b) = get_as(&s, &include, a, None);
+    assert_eq!((st, ids(&b)), (200, vec![obs_q.clone()]), "{b}");
+
+    // History: neither the instance's nor the type's.
+    assert_eq!(
+        get_as(&s, &format!("/fhir/Observation/{obs_p}/_history"), a, None).0,
+        404
+    );
+    assert_eq!(
+        get_as(&s, &format!("/fhir/Patient/{p}/_history"), a, None).0,
+        404
+    );
+    let (_, h) = get_as(&s, "/fhir/Observation/_history", a, None);
+    assert_eq!(
+        (ids(&h), &h["total"]),
+        (vec![obs_q.clone()], &json!(1)),
+        "{h}"
+    );
+
+    // Batch: each entry as on its own.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": format!("Patient/{p}")}},
+        {"request": {"method": "GET", "url": format!("Observation?patient={p}")}},
+        {"request": {"method": "GET", "url": format!("Observation/{obs_p}/_history")}},
+        {"request": {"method": "GET", "url": format!("Patient/{q}")}},
+    ]});
+    let (st, b) = call(&s, reqwest::Method::POST, "/fhir", a, None, Some(&batch));
+    assert_eq!(st, 200, "{b}");
+    let statuses: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses[0].split(' ').next(), Some("404"), "{b}");
+    assert_eq!(statuses[1].split(' ').next(), Some("200"), "{b}");
+    assert_eq!(b["entry"][1]["resource"]["total"], 0, "{b}");
+    assert_eq!(statuses[2].split(' ').next(), Some("404"), "{b}");
+    assert_eq!(statuses[3].split(' ').next(), Some("200"), "{b}");
+
+    // Writes: the hidden resource cannot be changed or deleted, nor new data written for the
+    // patient.
+    let mut changed = observation(&p, "2345-7", "2026-11-01");
+    changed["id"] = json!(obs_p);
+    let (st, _) = call(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/fhir/Observation/{obs_p}"),
+        a,
+        None,
+        Some(&changed),
+    );
+    assert_eq!(st, 403);
+    assert_eq!(
+        call(
+            &s,
+            reqwest::Method::DELETE,
+            &format!("/fhir/Observation/{obs_p}"),
+            a,
+            None,
+            None
+        )
+        .0,
+        404
+    );
+    let (st, _) = call(
+        &s,
+        reqwest::Method::POST,
+        "/fhir/Observation",
+        a,
+        None,
+        Some(&observation(&p, "1", "2026-11-03")),
+    );
+    assert_eq!(st, 403);
+    assert_eq!(
+        s.get(&format!("Observation/{obs_p}")).1["meta"]["versionId"],
+        "1"
+    );
+
+    // Every attempt is in the access log, found by the patient's id, with the deciding rule:
+    // refusals as denied, and searches, histories and batches with what they withheld.
+    let (st, trail) = s.get(&format!("AuditEvent?patient={p}&_count=200"));
+    assert_eq!(st, 200, "{trail}");
+    let events = trail["entry"].as_array().unwrap();
+    let by_clinician: Vec<String> = events
+        .iter()
+        .filter(|e| e["resource"]["agent"][0]["role"][0]["text"] == "clinician")
+        .map(|e| e["resource"]["outcomeDesc"].as_str().unwrap().to_owned())
+        .collect();
+    let text = by_clinician.join("\n");
+    for what in [
+        "read: denied (HTTP 404, denied by default-deny)",
+        "delete: denied (HTTP 404, denied by default-deny)",
+        "update: denied (HTTP 403, denied by default-deny)",
+        "history-instance: denied (HTTP 404, denied by default-deny)",
+        "search-type: success (HTTP 200; 1 withheld by default-deny)",
+        "history-type: success (HTTP 200; 1 withheld by default-deny)",
+        "batch/transaction: success (HTTP 200; ",
+    ] {
+        assert!(text.contains(what), "{what} missing:\n{text}");
+    }
+    assert!(by_clinician.len() >= 12, "{text}");
+}
+
+#[test]
+fn consent_labels_purpose_and_break_glass() {
+    let s = Server::start();
+    let p = s.create(&patient("Consentfam", "Cam"));
+    let other = s.create(&patient("Otherfam", "Oz"));
+    let plain = s.create(&observation(&p, "2345-7", "2026-11-01"));
+    let hiv = s.create(&labelled(observation(&p, "75622-1", "2026-11-01"), "HIV"));
+    let dr_a = person(&s, "dr.a", "clinician");
+    let dr_b = person(&s, "dr.b", "clinician");
+    let prac_a = dr_a.practitioner.clone().unwrap();
+    care_team(&s, &prac_a, &p);
+    let a = dr_a.session.as_str();
+    let b = dr_b.session.as_str();
+    let read = |who: &str, id: &str, purpose: Option<&str>| {
+        get_as(&s, &format!("/fhir/Observation/{id}"), who, purpose).0
+    };
+
+    // Care relationship, treatment purpose: plain data yes, HIV-labelled data needs consent.
+    assert_eq!(
+        read(a, &plain, None),
+        200,
+        "TREAT is a clinician's default purpose"
+    );
+    assert_eq!(read(a, &plain, Some("TREAT")), 200);
+    assert_eq!(read(a, &hiv, Some("TREAT")), 404);
+    let (_, found) = get_as(&s, &format!("/fhir/Observation?patient={p}"), a, None);
+    assert_eq!(
+        (ids(&found), &found["total"]),
+        (vec![plain.clone()], &json!(1))
+    );
+    // Research is not treatment.
+    assert_eq!(read(a, &plain, Some("HRESCH")), 404);
+    assert_eq!(
+        get_as(&s, &format!("/fhir/Observation/{plain}"), a, Some("treat")).0,
+        400,
+        "purpose codes are HL7 codes"
+    );
+
+    // The patient permits Dr A to see the HIV result.
+    let permit = consent(
+        &p,
+        json!({"type": "permit",
+               "actor": [{"role": {"text": "PRCP"}, "reference": {"reference": format!("Practitioner/{prac_a}")}}],
+               "securityLabel": [{"code": "HIV"}]}),
+        "2026-01-01T00:00:00Z",
+    );
+    s.create(&permit);
+    assert_eq!(read(a, &hiv, None), 200);
+
+    // Break-glass: Dr B has no relationship.
+    assert_eq!(read(b, &plain, Some("ETREAT")), 404, "no grant yet");
+    let (st, e) = call(
+        &s,
+        reqwest::Method::POST,
+        "/auth/break-glass",
+        b,
+        None,
+        Some(&json!({"patient": p, "reason": "short"})),
+    );
+    assert_eq!(st, 400, "{e}");
+    let reason = "Unconscious in ED, no records reachable, need allergies";
+    let (st, grant) = call(
+        &s,
+        reqwest::Method::POST,
+        "/auth/break-glass",
+        b,
+        None,
+        Some(&json!({"patient": p, "reason": reason, "minutes": 30})),
+    );
+    assert_eq!(st, 201, "{grant}");
+    assert_eq!(grant["purpose_required"], "ETREAT");
+    let (st, e) = call(
+        &s,
+        reqwest::Method::POST,
+        "/auth/break-glass",
+        b,
+        None,
+        Some(&json!({"patient": p, "reason": reason, "minutes": 100_000})),
+    );
+    assert_eq!(st, 400, "time-boxed: {e}");
+    assert_eq!(
+        read(b, &plain, Some("TREAT")),
+        404,
+        "only for emergency treatment"
+    );
+    assert_eq!(read(b, &plain, Some("ETREAT")), 200);
+    assert_eq!(
+        read(b, &hiv, Some("ETREAT")),
+        200,
+        "break-glass reaches labelled data"
+    );
+    let other_obs = s.create(&observation(&other, "2345-7", "2026-11-01"));
+    assert_eq!(read(b, &other_obs, Some("ETREAT")), 404, "one patient only");
+    // An API token cannot open break-glass, and neither can a nurse's stale sign-in (step-up
+    // is tested with admin actions); nor can an admin.
+    let (st, _) = crate::identity::post(
+        &s,
+        "/auth/break-glass",
+        Some(&s.token),
+        &json!({"patient": p, "reason": reason}),
+    );
+    assert_eq!(st, 403);
+
+    // A later consent denying Dr A wins over the earlier permit; break-glass still opens.
+    let deny = consent(
+        &p,
+        json!({"type": "deny",
+               "actor": [{"role": {"text": "PRCP"}, "reference": {"reference": format!("Practitioner/{prac_a}")}}]}),
+        "2026-06-01T00:00:00Z",
+    );
+    s.create(&deny);
+    assert_eq!(read(a, &plain, None), 404);
+    assert_eq!(read(a, &hiv, None), 404);
+    assert_eq!(read(b, &plain, Some("ETREAT")), 200);
+
+    // The privacy officer sees the alert with its justification and acknowledges it.
+    let po = person(&s, "p.officer", "privacy-officer");
+    let (st, list) = crate::identity::get(&s, "/privacy/alerts", &po.session);
+    assert_eq!(st, 200, "{list}");
+    let alerts = list["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{list}");
+    assert_eq!(alerts[0]["kind"], "break-glass");
+    assert_eq!(alerts[0]["patient"], json!(p));
+    assert_eq!(alerts[0]["detail"]["reason"], reason);
+    assert_eq!(crate::identity::get(&s, "/privacy/alerts", a).0, 403);
+    let id = alerts[0]["id"].as_str().unwrap();
+    let (st, _) = crate::identity::post(
+        &s,
+        &format!("/privacy/alerts/{id}/acknowledge"),
+        Some(&po.session),
+        &json!({}),
+    );
+    assert_eq!(st, 200);
+    let (_, open) = crate::identity::get(&s, "/privacy/alerts", &po.session);
+    assert_eq!(open["alerts"].as_array().unwrap().len(), 0, "{open}");
+    let (_, all) = crate::identity::get(&s, "/privacy/alerts?all=true", &po.session);
+    assert_eq!(
+        all["alerts"][0]["acknowledged_by"]
+            .as_str()
+            .map(|x| x.starts_with("usr_")),
+        Some(true)
+    );
+
+    // The ledger has the opening and every access it opened, for the patient.
+    let (_, trail) = s.get(&format!("AuditEvent?patient={p}&_count=200"));
+    let text = trail.to_string();
+    assert!(text.contains("break-glass: success"), "{text}");
+    assert!(text.contains("ETREAT"), "{text}");
+    // And the justification never shows in the log or the stored files in plaintext.
+    let log = std::fs::read_dir(&s.dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_file())
+        .any(|e| {
+            std::fs::read(e.path())
+                .map(|b| b.windows(reason.len()).any(|w| w == reason.as_bytes()))
+                .unwrap_or(false)
+        });
+    assert!(!log, "the justification is stored sealed");
+}
+
+#[test]
+fn site_policies_extend_the_default_and_bad_ones_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("research.cedar");
+    std::fs::write(
+        &file,
+        r#"@id("research-search") permit (principal, action == Medvault::Action::"search", resource)
+           when { principal.role == "researcher" && context.purpose == "HRESCH" };"#,
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.cedar");
+    std::fs::write(
+        &bad,
+        r#"@id("x") permit (principal, action, resource) when { principal.age > 1 };"#,
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let (ok, _, err) = crate::cli(
+        &[
+            "serve",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--policy",
+            bad.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!ok, "an invalid policy stops the start");
+    assert!(err.contains("bad.cedar") && err.contains("age"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+
+    let s = Server::start_with(&["--policy", file.to_str().unwrap()]);
+    let p = s.create(&patient("Studyfam", "Sue"));
+    let obs = s.create(&observation(&p, "2345-7", "2026-11-01"));
+    let r = person(&s, "r.search", "researcher");
+    let path = format!("/fhir/Observation?patient={p}");
+    let (_, b) = get_as(&s, &path, &r.session, Some("HRESCH"));
+    assert_eq!(ids(&b), vec![obs.clone()], "{b}");
+    let (_, b) = get_as(&s, &path, &r.session, Some("TREAT"));
+    assert!(ids(&b).is_empty(), "{b}");
+    assert_eq!(
+        get_as(
+            &s,
+            &format!("/fhir/Observation/{obs}"),
+            &r.session,
+            Some("HRESCH")
+        )
+        .0,
+        404,
+        "search, not read"
+    );
+}
+
+/// Who asks, in the matrix.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Who {
+    ClinicianCare,
+    ClinicianNone,
+    NurseCare,
+    NurseNone,
+    Researcher,
+    OwnPatient,
+}
+
+/// The policy as the matrix expects it, written out independently of the Cedar text: the
+/// default policy's rules for one read, search or update.
+fn expected(
+    who: Who,
+    consent: &str,
+    label: bool,
+    purpose: &str,
+    interaction: &str,
+    own: bool,
+) -> bool {
+    let staff_with_care = matches!(who, Who::ClinicianCare | Who::NurseCare);
+    match interaction {
+        "update" => staff_with_care && purpose == "TREAT",
+        _ => match who {
+            Who::OwnPatient => own,
+            _ if !staff_with_care => false,
+            _ => {
+                matches!(purpose, "TREAT" | "ETREAT" | "HOPERAT")
+                    && consent != "deny"
+                    && (!label || consent == "permit")
+            }
+        },
+    }
+}
+
+#[test]
+fn authorization_matrix_against_the_live_server() {
+    let s = Server::start();
+    // Three patients whose consents say nothing, permit all, deny all; each with a plain and
+    // an HIV-labelled result.
+    let mut patients = Vec::new();
+    let mut bodies = std::collections::HashMap::new();
+    for (name, consent_kind) in [
+        ("Nonefam", "none"),
+        ("Permitfam", "permit"),
+        ("Denyfam", "deny"),
+    ] {
+        let p = s.create(&patient(name, "Mx"));
+        if consent_kind != "none" {
+            s.create(&consent(
+                &p,
+                json!({"type": consent_kind}),
+                "2026-01-01T00:00:00Z",
+            ));
+        }
+        let plain_body = observation(&p, "2345-7", "2026-11-01");
+        let hiv_body = labelled(observation(&p, "75622-1", "2026-11-01"), "HIV");
+        let plain = s.create(&plain_body);
+        let hiv = s.create(&hiv_body);
+        bodies.insert(plain.clone(), plain_body);
+        bodies.insert(hiv.clone(), hiv_body);
+        patients.push((p, consent_kind, plain, hiv));
+    }
+    let mut people = Vec::new();
+    for (who, name, role) in [
+        (Who::ClinicianCare, "m.care", "clinician"),
+        (Who::ClinicianNone, "m.none", "clinician"),
+        (Who::NurseCare, "n.care", "nurse"),
+        (Who::NurseNone, "n.none", "nurse"),
+        (Who::Researcher, "m.research", "researcher"),
+    ] {
+        let x = person(&s, name, role);
+        if matches!(who, Who::ClinicianCare | Who::NurseCare) {
+            for (p, ..) in &patients {
+                care_team(&s, x.practitioner.as_deref().unwrap(), p);
+            }
+        }
+        people.push((who, x.session));
+    }
+    // The patient of the first patient record, with their own account.
+    let dir = s.dir.to_str().unwrap().to_owned();
+    let mut e = s.env_pairs();
+    e.push(("MEDVAULT_NEW_PASSWORD", PASSWORD));
+    let own_patient = patients[0].0.clone();
+    let (ok, _, err) = crate::cli(
+        &[
+            "user",
+            "create",
+            "--data-dir",
+            &dir,
+            "--username",
+            "m.patient",
+            "--role",
+            "patient",
+            "--patient",
+            &own_patient,
+        ],
+        &e,
+    );
+    assert!(ok, "{err}");
+    let (secret, _) = enroll(&s, "m.patient");
+    let (_, b) = login(
+        &s,
+        "m.patient",
+        PASSWORD,
+        &json!({"totp": code(&secret, now() + 30)}),
+    );
+    people.push((Who::OwnPatient, b["session"].as_str().unwrap().to_owned()));
+
+    let mut cases = 0;
+    let mut failures = Vec::new();
+    for (who, session) in &people {
+        for (p, consent_kind, plain, hiv) in &patients {
+            for (label, id) in [(false, plain), (true, hiv)] {
+                for purpose in ["TREAT", "HRESCH", "ETREAT"] {
+                    for interaction in ["read", "search", "update"] {
+                        let own = *p == own_patient;
+                        let want = expected(*who, consent_kind, label, purpose, interaction, own);
+                        let got = match interaction {
+                            "read" => {
+                                let (st, _) = get_as(
+                                    &s,
+                                    &format!("/fhir/Observation/{id}"),
+                                    session,
+                                    Some(purpose),
+                                );
+                                assert!(
+                                    st == 200 || st == 404,
+                                    "read answers 200 or 404, got {st}"
+                                );
+                                st == 200
+                            }
+                            "search" => {
+                                let (st, b) = get_as(
+                                    &s,
+                                    &format!("/fhir/Observation?_id={id}"),
+                                    session,
+                                    Some(purpose),
+                                );
+                                assert_eq!(st, 200);
+                                assert_eq!(
+                                    b["total"].as_u64(),
+                                    Some(u64::from(!ids(&b).is_empty())),
+                                    "totals count only what is shown"
+                                );
+                                !ids(&b).is_empty()
+                            }
+                            _ => {
+                                let mut current = bodies[id.as_str()].clone();
+                                current["id"] = json!(id);
+                                current["valueQuantity"]["value"] = json!(cases);
+                                let (st, _) = call(
+                                    &s,
+                                    reqwest::Method::PUT,
+                                    &format!("/fhir/Observation/{id}"),
+                                    session,
+                                    Some(purpose),
+                                    Some(&current),
+                                );
+                                assert!(matches!(st, 200 | 403 | 404), "update answers {st}");
+                                st == 200
+                            }
+                        };
+                        if got != want {
+                            failures.push(format!("{who:?} {consent_kind} label={label} {purpose} {interaction}: got {got}, want {want}"));
+                        }
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} cases wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(cases, 6 * 3 * 2 * 3 * 3);
+}
