@@ -15,12 +15,18 @@ fn env(s: &Server) -> Vec<(&str, &str)> {
     s.env_pairs()
 }
 
-/// Runs `user create` with the CLI: (success, stdout, stderr).
-fn try_create(s: &Server, name: &str, role: &str, password: &str) -> (bool, String, String) {
+/// Runs `user create` with the CLI and `extra` arguments: (success, stdout, stderr).
+fn try_create(
+    s: &Server,
+    name: &str,
+    role: &str,
+    password: &str,
+    extra: &[&str],
+) -> (bool, String, String) {
     let dir = s.dir.to_str().unwrap().to_owned();
     let mut e = env(s);
     e.push(("MEDVAULT_NEW_PASSWORD", password));
-    let args = [
+    let mut args = vec![
         "user",
         "create",
         "--data-dir",
@@ -30,12 +36,18 @@ fn try_create(s: &Server, name: &str, role: &str, password: &str) -> (bool, Stri
         "--role",
         role,
     ];
+    args.extend_from_slice(extra);
     cli(&args, &e)
 }
 
 /// Creates a user with the CLI; returns its id.
 pub(crate) fn create_user(s: &Server, name: &str, role: &str) -> String {
-    let (ok, out, err) = try_create(s, name, role, PASSWORD);
+    create_user_with(s, name, role, &[])
+}
+
+/// Creates a user with the CLI and `extra` arguments (e.g. `--patient ID`); returns its id.
+pub(crate) fn create_user_with(s: &Server, name: &str, role: &str, extra: &[&str]) -> String {
+    let (ok, out, err) = try_create(s, name, role, PASSWORD, extra);
     assert!(ok, "{err}");
     let id = out.trim().to_owned();
     assert!(id.starts_with("usr_"), "{id}");
@@ -135,10 +147,10 @@ fn password_and_totp_login_with_replay_refusal_recovery_codes_and_logout() {
     let id = create_user(&s, "c.jones", "clinician");
     let practitioner = crate::make_practitioner(&s, "c.jones");
     // A weak password is refused with one plain line; a taken name too.
-    let (ok, _, err) = try_create(&s, "weak", "nurse", "password1234");
+    let (ok, _, err) = try_create(&s, "weak", "nurse", "password1234", &[]);
     assert!(!ok && err.contains("most commonly used"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1);
-    let (ok, _, err) = try_create(&s, "C.Jones", "nurse", PASSWORD);
+    let (ok, _, err) = try_create(&s, "C.Jones", "nurse", PASSWORD, &[]);
     assert!(!ok && err.contains("taken"), "{err}");
 
     let (secret, codes) = enroll(&s, "c.jones");

@@ -331,44 +331,9 @@ fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
     let lab1 = s.create(&observation_with(&p1, "laboratory"));
     let vital1 = s.create(&observation_with(&p1, "vital-signs"));
     let lab2 = s.create(&observation_with(&p2, "laboratory"));
-    let dir = s.dir.to_str().unwrap().to_owned();
 
     // A patient's account is linked to their Patient resource.
-    let mut env = s.env_pairs();
-    env.push(("MEDVAULT_NEW_PASSWORD", PASSWORD));
-    let (ok, _, err) = crate::cli(
-        &[
-            "user",
-            "create",
-            "--data-dir",
-            &dir,
-            "--username",
-            "pat.one",
-            "--role",
-            "patient",
-        ],
-        &env,
-    );
-    assert!(
-        !ok && err.contains("--patient"),
-        "a patient account needs its Patient: {err}"
-    );
-    let (ok, _, err) = crate::cli(
-        &[
-            "user",
-            "create",
-            "--data-dir",
-            &dir,
-            "--username",
-            "pat.one",
-            "--role",
-            "patient",
-            "--patient",
-            &p1,
-        ],
-        &env,
-    );
-    assert!(ok, "{err}");
+    crate::identity::create_user_with(&s, "pat.one", "patient", &["--patient", &p1]);
     let (secret, recovery) = enroll(&s, "pat.one");
     let (st, b) = login(
         &s,

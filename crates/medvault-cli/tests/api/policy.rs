@@ -534,26 +534,8 @@ fn authorization_matrix_against_the_live_server() {
         people.push((who, x.session));
     }
     // The patient of the first patient record, with their own account.
-    let dir = s.dir.to_str().unwrap().to_owned();
-    let mut e = s.env_pairs();
-    e.push(("MEDVAULT_NEW_PASSWORD", PASSWORD));
     let own_patient = patients[0].0.clone();
-    let (ok, _, err) = crate::cli(
-        &[
-            "user",
-            "create",
-            "--data-dir",
-            &dir,
-            "--username",
-            "m.patient",
-            "--role",
-            "patient",
-            "--patient",
-            &own_patient,
-        ],
-        &e,
-    );
-    assert!(ok, "{err}");
+    crate::identity::create_user_with(&s, "m.patient", "patient", &["--patient", &own_patient]);
     let (secret, _) = enroll(&s, "m.patient");
     let (_, b) = login(
         &s,
