@@ -13,8 +13,9 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr as _;
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicyId,
-    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId,
+    EntityTypeName, EntityUid, PolicyId, PolicySet, Request, RestrictedExpression, Schema,
+    ValidationMode, Validator,
 };
 
 /// The schema shipped with medvault.
@@ -60,6 +61,15 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action.
+    pub const ALL: [Self; 5] = [
+        Self::Read,
+        Self::Search,
+        Self::Create,
+        Self::Update,
+        Self::Delete,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Self::Read => "read",
@@ -73,7 +83,7 @@ impl Action {
 
 /// What the patient's consents say about this access (worked out by the caller: denies win, the
 /// latest consent wins where two conflict).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConsentState {
     /// An active consent permits it.
     Permit,
@@ -130,11 +140,60 @@ pub struct Decision {
     pub policies: Vec<String>,
 }
 
+/// Splits `set` by the actions each policy's scope admits.
+fn by_action(set: &PolicySet) -> Result<HashMap<Action, PolicySet>, PolicyError> {
+    let mut out: HashMap<Action, PolicySet> =
+        Action::ALL.iter().map(|a| (*a, PolicySet::new())).collect();
+    for p in set.policies() {
+        let admits = |a: Action| match p.action_constraint() {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(uid) => uid.id().unescaped() == a.name(),
+            ActionConstraint::In(uids) => uids.iter().any(|u| u.id().unescaped() == a.name()),
+        };
+        for a in Action::ALL {
+            if admits(a)
+                && let Some(s) = out.get_mut(&a)
+            {
+                s.add(p.clone())
+                    .map_err(|e| PolicyError::Parse(e.to_string()))?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The entity type names, parsed once.
+#[derive(Debug, Clone)]
+struct Types {
+    user: EntityTypeName,
+    resource: EntityTypeName,
+    action: EntityTypeName,
+}
+
+impl Types {
+    fn new() -> Result<Self, PolicyError> {
+        let name =
+            |n: &str| EntityTypeName::from_str(n).map_err(|e| PolicyError::Schema(e.to_string()));
+        Ok(Self {
+            user: name("Medvault::User")?,
+            resource: name("Medvault::Resource")?,
+            action: name("Medvault::Action")?,
+        })
+    }
+}
+
 /// A validated schema and policy set.
 #[derive(Debug)]
 pub struct PolicyEngine {
     schema: Option<Schema>,
+    types: Option<Types>,
+    /// Validate each request against the schema too (tests).
+    validate_requests: bool,
     policies: PolicySet,
+    /// The policies whose scope can match each action (the schema has no action groups, so
+    /// a policy's action constraint names exactly the actions it applies to): a decision
+    /// evaluates only those.
+    by_action: HashMap<Action, PolicySet>,
     ids: HashMap<String, String>,
     authorizer: Authorizer,
 }
@@ -152,9 +211,13 @@ impl PolicyEngine {
     pub fn deny_all() -> Self {
         match Self::from_sources(&[]) {
             Ok(e) => e,
-            // Only reachable if the shipped schema were broken, which a test rules out.
+            // Only reachable if the shipped schema were broken, which a test rules out; an
+            // engine without policies or types denies every request (fail closed).
             Err(_) => Self {
                 schema: None,
+                types: None,
+                validate_requests: false,
+                by_action: HashMap::new(),
                 policies: PolicySet::new(),
                 ids: HashMap::new(),
                 authorizer: Authorizer::new(),
@@ -194,8 +257,12 @@ impl PolicyEngine {
         if let Some(e) = result.validation_errors().next() {
             return Err(PolicyError::Invalid(e.to_string()));
         }
+        let by_action = by_action(&set)?;
         Ok(Self {
             schema: Some(schema),
+            types: Some(Types::new()?),
+            validate_requests: false,
+            by_action,
             policies: set,
             ids,
             authorizer: Authorizer::new(),
@@ -208,6 +275,14 @@ impl PolicyEngine {
     /// [`PolicyError`] naming the first problem.
     pub fn new(policies: &str) -> Result<Self, PolicyError> {
         Self::from_sources(&[("policy", policies)])
+    }
+
+    /// The same engine, validating every request against the schema as well (slower; tests use
+    /// it to show the requests built for decisions conform).
+    #[must_use]
+    pub fn validating(mut self) -> Self {
+        self.validate_requests = true;
+        self
     }
 
     /// How many policies the engine holds.
@@ -233,13 +308,18 @@ impl PolicyEngine {
     }
 
     fn try_decide(&self, q: &Query<'_>) -> Result<Decision, String> {
-        let uid = |ty: &str, id: &str| -> Result<EntityUid, String> {
-            EntityUid::from_str(&format!("Medvault::{ty}::{}", quoted(id)))
-                .map_err(|e| e.to_string())
-        };
-        let principal = uid("User", q.user)?;
-        let resource = uid("Resource", q.resource_type)?;
-        let action = uid("Action", q.action.name())?;
+        let types = self
+            .types
+            .as_ref()
+            .ok_or("the policy schema did not load")?;
+        // Ids are taken as they are (never parsed as Cedar text, so nothing in them can inject).
+        let principal = EntityUid::from_type_name_and_id(types.user.clone(), EntityId::new(q.user));
+        let resource = EntityUid::from_type_name_and_id(
+            types.resource.clone(),
+            EntityId::new(q.resource_type),
+        );
+        let action =
+            EntityUid::from_type_name_and_id(types.action.clone(), EntityId::new(q.action.name()));
         let user = Entity::new(
             principal.clone(),
             HashMap::from([(
@@ -270,8 +350,10 @@ impl PolicyEngine {
             HashSet::new(),
         )
         .map_err(|e| e.to_string())?;
-        let entities = Entities::from_entities([user, res], self.schema.as_ref())
-            .map_err(|e| e.to_string())?;
+        // The policies were validated against the schema at load and these entities and this
+        // request are built to it here, so they are not validated again per decision (a test
+        // checks every decision of the default policy against a schema-validated request).
+        let entities = Entities::from_entities([user, res], None).map_err(|e| e.to_string())?;
         let context = Context::from_pairs([
             (
                 "purpose".to_owned(),
@@ -292,11 +374,21 @@ impl PolicyEngine {
             ),
         ])
         .map_err(|e| e.to_string())?;
-        let request = Request::new(principal, action, resource, context, self.schema.as_ref())
-            .map_err(|e| e.to_string())?;
-        let response = self
-            .authorizer
-            .is_authorized(&request, &self.policies, &entities);
+        let request = Request::new(
+            principal,
+            action,
+            resource,
+            context,
+            self.validate_requests
+                .then_some(self.schema.as_ref())
+                .flatten(),
+        )
+        .map_err(|e| e.to_string())?;
+        let response = self.authorizer.is_authorized(
+            &request,
+            self.by_action.get(&q.action).unwrap_or(&self.policies),
+            &entities,
+        );
         if let Some(e) = response.diagnostics().errors().next() {
             return Err(e.to_string());
         }
@@ -317,22 +409,6 @@ impl PolicyEngine {
         }
         Ok(Decision { allowed, policies })
     }
-}
-
-/// A Cedar string literal.
-fn quoted(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -408,13 +484,22 @@ mod tests {
         // Researchers and auditors get nothing from this policy.
         assert!(!e.decide(&q("researcher", Action::Read, &none)).allowed);
         assert!(!e.decide(&q("auditor", Action::Search, &none)).allowed);
-        // Ids with quotes and backslashes cannot break out of the entity literal; anything that
-        // cannot form a request is denied (fail closed) and says why.
+        // Ids are data, never Cedar text: quotes, backslashes and control characters change
+        // nothing.
         let mut x = q("clinician", Action::Read, &none);
-        x.user = "usr_\"x\\";
-        assert!(e.decide(&x).allowed);
-        x.user = "usr_\u{0}";
-        let d = e.decide(&x);
+        for user in ["usr_\"x\\", "usr_\u{0}", "\") || true || (\""] {
+            x.user = user;
+            assert!(e.decide(&x).allowed);
+        }
+        x.relationship = false;
+        x.user = "\") || true || (\"";
+        assert!(!e.decide(&x).allowed);
+        // An engine that could not load its schema denies everything, saying why.
+        let broken = PolicyEngine {
+            types: None,
+            ..PolicyEngine::default_policy().unwrap()
+        };
+        let d = broken.decide(&q("admin", Action::Read, &none));
         assert!(!d.allowed && d.policies[0].starts_with("error"), "{d:?}");
     }
 
@@ -423,6 +508,9 @@ mod tests {
     #[test]
     fn no_consent_grants_more_than_the_policy_allows() {
         let e = PolicyEngine::default_policy().unwrap();
+        // Every request the server builds conforms to the schema: the validating engine agrees
+        // with the fast one on every case.
+        let strict = PolicyEngine::default_policy().unwrap().validating();
         let roles = [
             "admin",
             "clinician",
@@ -472,6 +560,7 @@ mod tests {
                                 break_glass: bits & 4 != 0,
                             };
                             let with_permit = e.decide(&base).allowed;
+                            assert_eq!(e.decide(&base), strict.decide(&base), "{base:?}");
                             for consent in [ConsentState::None, ConsentState::Deny] {
                                 let q = Query {
                                     consent,

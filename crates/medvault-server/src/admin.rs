@@ -196,7 +196,10 @@ pub(crate) async fn erase(
     };
     let node = Arc::clone(&state.node);
     let patient = id.to_string();
-    let mut r = match crate::http::blocking(move || erase_patient(&node, &id)).await {
+    let erased = crate::http::blocking(move || erase_patient(&node, &id)).await;
+    // No care-team or consent content of the erased patient stays in memory.
+    state.facts.invalidate();
+    let mut r = match erased {
         Ok(Erased::Now(n)) => Json(json!({"erased": true, "resources": n})).into_response(),
         Ok(Erased::Already) => Json(json!({"erased": true, "already": true})).into_response(),
         Err(e) => e.into_response(),

@@ -16,7 +16,9 @@
 //! ARCHITECTURE.md, "Access decisions".
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use medvault_core::Role;
 use medvault_policy::consent::{self, ConsentRequest};
@@ -46,15 +48,82 @@ pub struct Subject {
     pub purpose: Option<String>,
 }
 
-/// What one patient's records say about the subject.
+/// What one patient's records say about a practitioner: shared across requests.
 #[derive(Debug, Clone, Default)]
-struct PatientFacts {
+struct SharedFacts {
     relationship: bool,
-    break_glass: bool,
-    consents: Vec<Value>,
+    consents: Arc<Vec<Value>>,
 }
 
-type DecisionKey = (Action, String, Option<String>, Vec<String>);
+/// What one patient's records say about the subject, for one request.
+#[derive(Debug, Clone, Default)]
+struct PatientFacts {
+    shared: SharedFacts,
+    break_glass: bool,
+}
+
+/// Everything a decision depends on besides the subject: (action, type, labels, patient data,
+/// relationship, own, consent, break-glass).
+type DecisionKey = (
+    Action,
+    String,
+    Vec<String>,
+    bool,
+    bool,
+    bool,
+    ConsentState,
+    bool,
+);
+
+/// Resource types whose writes change the facts decisions rest on.
+pub const FACT_TYPES: [&str; 3] = ["CareTeam", "Encounter", "Consent"];
+
+/// How long a patient's facts are trusted without looking them up again, when nothing this
+/// process wrote changed them (another process's writes are seen within this time).
+pub const FACTS_TTL: Duration = Duration::from_secs(30);
+const MAX_CACHED_FACTS: usize = 100_000;
+
+/// (practitioner reference or "", patient id).
+type FactsKey = (String, String);
+
+/// Care relationships and consents, shared across requests: looked up once per (practitioner,
+/// patient) and reused until [`FACTS_TTL`] passes or this process writes a CareTeam, Encounter
+/// or Consent (which moves the generation on, so nothing computed before the write is used
+/// after it).
+#[derive(Debug, Default)]
+pub struct FactsCache {
+    generation: AtomicU64,
+    entries: Mutex<HashMap<FactsKey, (Instant, u64, SharedFacts)>>,
+}
+
+impl FactsCache {
+    /// Forgets everything cached so far (call after committing a write of a [`FACT_TYPES`]
+    /// resource).
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn get(&self, key: &FactsKey) -> Option<SharedFacts> {
+        let now = self.generation();
+        let map = self.entries.lock().ok()?;
+        map.get(key)
+            .filter(|(at, generation, _)| *generation == now && at.elapsed() < FACTS_TTL)
+            .map(|(_, _, f)| f.clone())
+    }
+
+    fn put(&self, key: FactsKey, generation: u64, facts: SharedFacts) {
+        if let Ok(mut map) = self.entries.lock() {
+            if map.len() >= MAX_CACHED_FACTS {
+                map.clear();
+            }
+            map.insert(key, (Instant::now(), generation, facts));
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct GuardState {
@@ -92,6 +161,8 @@ pub struct PolicyNote {
 pub struct Guard {
     engine: Arc<PolicyEngine>,
     subject: Subject,
+    cache: Arc<FactsCache>,
+    wrote_facts: AtomicBool,
     state: Mutex<GuardState>,
 }
 
@@ -155,12 +226,29 @@ fn encounter_active(enc: &Value, who: &str, now: i64) -> bool {
 }
 
 impl Guard {
-    /// A guard deciding for `subject` with `engine`.
-    pub fn new(engine: Arc<PolicyEngine>, subject: Subject) -> Self {
+    /// A guard deciding for `subject` with `engine`, sharing facts through `cache`.
+    pub fn new(engine: Arc<PolicyEngine>, subject: Subject, cache: Arc<FactsCache>) -> Self {
         Self {
             engine,
             subject,
+            cache,
+            wrote_facts: AtomicBool::new(false),
             state: Mutex::default(),
+        }
+    }
+
+    /// Notes that the request wrote a resource of type `rt` (if it is one of [`FACT_TYPES`],
+    /// the shared facts must be forgotten once the write has committed).
+    pub fn wrote(&self, rt: &str) {
+        if FACT_TYPES.contains(&rt) {
+            self.wrote_facts.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Call when the request is over: forgets the shared facts if it wrote any.
+    pub fn finish(&self) {
+        if self.wrote_facts.load(Ordering::SeqCst) {
+            self.cache.invalidate();
         }
     }
 
@@ -177,7 +265,8 @@ impl Guard {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The subject's facts about `patient`, looked up once per request.
+    /// The subject's facts about `patient`: once per request, from the shared cache when it is
+    /// fresh.
     fn facts(
         &self,
         store: &dyn StoreRead,
@@ -187,6 +276,46 @@ impl Guard {
         if let Some(f) = self.lock().patients.get(patient) {
             return Ok(Arc::clone(f));
         }
+        let key = (
+            self.subject.practitioner.clone().unwrap_or_default(),
+            patient.to_owned(),
+        );
+        let shared = match self.cache.get(&key) {
+            Some(f) => f,
+            None => {
+                // The generation is read before looking: a write committed meanwhile moves it
+                // on, and what is stored here is then never used.
+                let generation = self.cache.generation();
+                let f = self.look_up(store, ctx, patient)?;
+                self.cache.put(key, generation, f.clone());
+                f
+            }
+        };
+        let now_micros = ctx.clock.now_micros();
+        // Break-glass grants are read every time: one opened a moment ago counts at once, and
+        // one that expired a moment ago does not.
+        let break_glass = matches!(self.subject.role, Role::Clinician | Role::Nurse)
+            && self.subject.purpose.as_deref() == Some(EMERGENCY)
+            && store
+                .break_glass(&self.subject.user, patient, now_micros)?
+                .is_some();
+        let facts = Arc::new(PatientFacts {
+            shared,
+            break_glass,
+        });
+        self.lock()
+            .patients
+            .insert(patient.to_owned(), Arc::clone(&facts));
+        Ok(facts)
+    }
+
+    /// Looks a patient's care relationships with the subject and consents up in the store.
+    fn look_up(
+        &self,
+        store: &dyn StoreRead,
+        ctx: &Ctx,
+        patient: &str,
+    ) -> Result<SharedFacts, ApiError> {
         // The lookups themselves are not subject to the policy or the request's scopes.
         let inner = Ctx {
             scopes: None,
@@ -194,42 +323,31 @@ impl Guard {
             ..ctx.clone()
         };
         let reference = format!("Patient/{patient}");
-        let now_micros = ctx.clock.now_micros();
-        let now = now_micros.div_euclid(1_000_000);
-        let mut facts = PatientFacts::default();
-        if let Some(who) = &self.subject.practitioner {
-            let find = |rt: &str| -> Result<Vec<Value>, ApiError> {
-                let params = [
-                    ("patient".to_owned(), reference.clone()),
-                    ("participant".to_owned(), who.clone()),
-                ];
-                let mut req = search::parse(&inner, rt, &params, true)?;
-                req.paging.count = search::MAX_COUNT;
-                Ok(search::execute(store, &inner, rt, &req)?.0)
-            };
-            facts.relationship = find("CareTeam")?
-                .iter()
-                .any(|t| care_team_active(t, who, now))
-                || find("Encounter")?
+        let now = ctx.clock.now_micros().div_euclid(1_000_000);
+        let find = |rt: &str, extra: Option<&str>| -> Result<Vec<Value>, ApiError> {
+            let mut params = vec![("patient".to_owned(), reference.clone())];
+            if let Some(who) = extra {
+                params.push(("participant".to_owned(), who.to_owned()));
+            }
+            let mut req = search::parse(&inner, rt, &params, true)?;
+            req.paging.count = search::MAX_COUNT;
+            Ok(search::execute(store, &inner, rt, &req)?.0)
+        };
+        let relationship = match &self.subject.practitioner {
+            Some(who) => {
+                find("CareTeam", Some(who))?
                     .iter()
-                    .any(|e| encounter_active(e, who, now));
-        }
-        if matches!(self.subject.role, Role::Clinician | Role::Nurse)
-            && self.subject.purpose.as_deref() == Some(EMERGENCY)
-        {
-            facts.break_glass = store
-                .break_glass(&self.subject.user, patient, now_micros)?
-                .is_some();
-        }
-        let params = [("patient".to_owned(), reference)];
-        let mut req = search::parse(&inner, "Consent", &params, true)?;
-        req.paging.count = search::MAX_COUNT;
-        facts.consents = search::execute(store, &inner, "Consent", &req)?.0;
-        let facts = Arc::new(facts);
-        self.lock()
-            .patients
-            .insert(patient.to_owned(), Arc::clone(&facts));
-        Ok(facts)
+                    .any(|t| care_team_active(t, who, now))
+                    || find("Encounter", Some(who))?
+                        .iter()
+                        .any(|e| encounter_active(e, who, now))
+            }
+            None => false,
+        };
+        Ok(SharedFacts {
+            relationship,
+            consents: Arc::new(find("Consent", None)?),
+        })
     }
 
     /// Decides `action` on a resource of type `rt` sealed under `key_name` (its compartment,
@@ -247,62 +365,66 @@ impl Guard {
         key_name: &str,
         resource: Option<&Value>,
     ) -> Result<Result<(), Vec<String>>, ApiError> {
-        let patient = key_name.strip_prefix("Patient/").map(str::to_owned);
+        let patient = key_name.strip_prefix("Patient/");
         let labels = resource.map(security_labels).unwrap_or_default();
-        let key: DecisionKey = (action, rt.to_owned(), patient.clone(), labels);
-        let known = self.lock().decisions.get(&key).cloned();
-        if let Some((allowed, policies, by_break_glass)) = known {
-            return Ok(self.note(allowed, policies, patient.as_deref(), by_break_glass));
-        }
-        let facts = match &patient {
+        let facts = match patient {
             Some(p) => self.facts(store, ctx, p)?,
             None => Arc::new(PatientFacts::default()),
         };
         let s = &self.subject;
-        let labels = &key.3;
-        let actors: Vec<String> = s.practitioner.iter().cloned().collect();
-        let at = crate::clock::instant(ctx.clock.now_micros());
         let consent = if patient.is_some() {
+            let actors: Vec<String> = s.practitioner.iter().cloned().collect();
+            let at = crate::clock::instant(ctx.clock.now_micros());
             consent::evaluate(
-                &facts.consents,
+                &facts.shared.consents,
                 &ConsentRequest {
                     actors: &actors,
                     purpose: s.purpose.as_deref(),
                     resource_type: rt,
-                    labels,
+                    labels: &labels,
                     at: &at,
                 },
             )
         } else {
             ConsentState::None
         };
-        let own = patient.is_some() && s.patient == patient;
-        let decision = self.engine.decide(&Query {
-            user: &s.user,
-            role: s.role.as_str(),
+        let own = patient.is_some() && s.patient.as_deref() == patient;
+        let key: DecisionKey = (
             action,
-            resource_type: rt,
+            rt.to_owned(),
             labels,
-            patient_data: patient.is_some(),
-            purpose: s.purpose.as_deref(),
-            relationship: facts.relationship,
+            patient.is_some(),
+            facts.shared.relationship,
             own,
             consent,
-            break_glass: facts.break_glass,
-        });
-        // Access that only break-glass opened is marked as such in the access log.
-        let by_break_glass =
-            decision.allowed && decision.policies.iter().any(|p| p == "break-glass");
-        self.lock().decisions.insert(
-            key,
-            (decision.allowed, decision.policies.clone(), by_break_glass),
+            facts.break_glass,
         );
-        Ok(self.note(
-            decision.allowed,
-            decision.policies,
-            patient.as_deref(),
-            by_break_glass,
-        ))
+        let known = self.lock().decisions.get(&key).cloned();
+        let (allowed, policies, by_break_glass) = match known {
+            Some(d) => d,
+            None => {
+                let decision = self.engine.decide(&Query {
+                    user: &s.user,
+                    role: s.role.as_str(),
+                    action,
+                    resource_type: rt,
+                    labels: &key.2,
+                    patient_data: key.3,
+                    purpose: s.purpose.as_deref(),
+                    relationship: key.4,
+                    own,
+                    consent,
+                    break_glass: key.7,
+                });
+                // Access that only break-glass opened is marked as such in the access log.
+                let by_break_glass =
+                    decision.allowed && decision.policies.iter().any(|p| p == "break-glass");
+                let d = (decision.allowed, decision.policies, by_break_glass);
+                self.lock().decisions.insert(key, d.clone());
+                d
+            }
+        };
+        Ok(self.note(allowed, policies, patient, by_break_glass))
     }
 
     fn note(

@@ -29,6 +29,12 @@ pub fn statement(fhir: &Fhir, base: &str, now: &str) -> Value {
                 json!({"name": p.code, "type": p.kind.as_fhir(), "definition": p.url})
             }));
             let interactions: Vec<Value> = INTERACTIONS.iter().map(|c| json!({"code": c})).collect();
+            let includes: Vec<String> = info
+                .params
+                .values()
+                .filter(|p| p.kind == medvault_fhir::ParamKind::Reference)
+                .map(|p| format!("{name}:{}", p.code))
+                .collect();
             json!({
                 "type": name,
                 "interaction": interactions,
@@ -39,6 +45,7 @@ pub fn statement(fhir: &Fhir, base: &str, now: &str) -> Value {
                 "conditionalRead": "not-supported",
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
+                "searchInclude": includes,
                 "searchParam": params,
             })
         })

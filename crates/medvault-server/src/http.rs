@@ -240,6 +240,7 @@ async fn guarded(
             practitioner: who.practitioner.clone(),
             purpose: effective_purpose(&who, &headers),
         },
+        std::sync::Arc::clone(&state.facts),
     ));
     let result = dispatch(
         state,
@@ -252,6 +253,7 @@ async fn guarded(
         body,
     )
     .await;
+    guard.finish();
     let mut resp = result.unwrap_or_else(IntoResponse::into_response);
     resp.extensions_mut().insert(guard.note_for_log());
     resp

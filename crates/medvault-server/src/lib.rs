@@ -133,6 +133,8 @@ pub struct AppState {
     pub passkey_ceremonies: passkey::PasskeyCeremonies,
     /// Token families revoked by this process, so cached access tokens stop at once.
     pub revoked_families: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Care relationships and consents the access policy looked up, shared across requests.
+    pub facts: Arc<authz::FactsCache>,
 }
 
 impl AppState {
@@ -173,6 +175,7 @@ impl AppState {
             webauthn,
             passkey_ceremonies: Arc::default(),
             revoked_families: Arc::default(),
+            facts: Arc::default(),
         }
     }
 

@@ -503,6 +503,9 @@ fn commit(
     };
     let leaf = ctx.ledger.record_leaf(&mut v)?;
     tx.put_version(&v, &p.index, &leaf)?;
+    if let Some(g) = &ctx.guard {
+        g.wrote(&v.resource_type);
+    }
     Ok(resource)
 }
 
@@ -656,6 +659,9 @@ pub fn delete(
     };
     let leaf = ctx.ledger.record_leaf(&mut v)?;
     tx.put_version(&v, &[], &leaf)?;
+    if let Some(g) = &ctx.guard {
+        g.wrote(rt);
+    }
     let mut out = Outcome::of_version(StatusCode::OK, rt, id.as_str(), version, now, None)
         .with_key(current.key_name);
     out.resource = Some(crate::error::operation_outcome(

@@ -98,7 +98,7 @@ fn a_clinician_without_a_care_relationship_cannot_find_the_patient_anywhere() {
     q_obs["hasMember"] = json!([{"reference": format!("Observation/{obs_p}")}]);
     let obs_q = s.create(&q_obs);
     let dr = person(&s, "dr.nocare", "clinician");
-    care_team(&s, dr.practitioner.as_deref().unwrap(), &q);
+    let team = care_team(&s, dr.practitioner.as_deref().unwrap(), &q);
     let a = dr.session.as_str();
 
     // Reads: the hidden patient answers exactly as an id that does not exist.
@@ -237,6 +237,14 @@ fn a_clinician_without_a_care_relationship_cannot_find_the_patient_anywhere() {
         assert!(text.contains(what), "{what} missing:\n{text}");
     }
     assert!(by_clinician.len() >= 12, "{text}");
+
+    // Leaving the care team ends the access at once (the shared facts are forgotten when a
+    // CareTeam is written).
+    assert_eq!(get_as(&s, &format!("/fhir/Patient/{q}"), a, None).0, 200);
+    let (_, mut ended) = s.get(&format!("CareTeam/{team}"));
+    ended["status"] = json!("inactive");
+    assert_eq!(s.put(&format!("CareTeam/{team}"), &ended).0, 200);
+    assert_eq!(get_as(&s, &format!("/fhir/Patient/{q}"), a, None).0, 404);
 }
 
 #[test]
