@@ -225,6 +225,16 @@ fn encounter_active(enc: &Value, who: &str, now: i64) -> bool {
         && names(enc.get("participant"), "individual", who, now)
 }
 
+/// True if `record` (a CareTeam or an Encounter) makes `who` (`Practitioner/<id>`) care for its
+/// patient at `now` (Unix seconds).
+pub fn relationship_in(record: &Value, who: &str, now: i64) -> bool {
+    match record.get("resourceType").and_then(Value::as_str) {
+        Some("CareTeam") => care_team_active(record, who, now),
+        Some("Encounter") => encounter_active(record, who, now),
+        _ => false,
+    }
+}
+
 impl Guard {
     /// A guard deciding for `subject` with `engine`, sharing facts through `cache`.
     pub fn new(engine: Arc<PolicyEngine>, subject: Subject, cache: Arc<FactsCache>) -> Self {

@@ -1,0 +1,33 @@
+//! What the access policy reads from stored resources anyone with write access may have shaped:
+//! a patient's Consents (patients write their own), CareTeams, Encounters and security labels.
+//! Any JSON must evaluate to an answer, never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use medvault_policy::consent::{ConsentRequest, evaluate};
+use serde_json::Value;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(v) = serde_json::from_slice::<Value>(data) else { return };
+    let consents: Vec<Value> = match &v {
+        Value::Array(list) => list.clone(),
+        other => vec![other.clone()],
+    };
+    let labels = medvault_server::authz::security_labels(&v);
+    let actors = vec!["Practitioner/dr".to_owned()];
+    for purpose in [None, Some("TREAT")] {
+        let _ = evaluate(
+            &consents,
+            &ConsentRequest {
+                actors: &actors,
+                purpose,
+                resource_type: "Observation",
+                labels: &labels,
+                at: "2026-11-30T10:00:00Z",
+            },
+        );
+    }
+    for c in &consents {
+        let _ = medvault_server::authz::relationship_in(c, "Practitioner/dr", 1_780_000_000);
+    }
+});
