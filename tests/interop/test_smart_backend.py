@@ -89,8 +89,9 @@ def test_backend_service_reads_within_its_scopes_and_nothing_else(service):
     assert requests.get(f"{URL}/Patient/{patient['id']}", headers=auth).status_code == 200
     assert requests.get(f"{URL}/Patient?family=Smartfam", headers=auth).status_code == 403  # no .s
     assert requests.get(f"{URL}/Observation/{lab['id']}", headers=auth).status_code == 200
+    # Outside the scope's query constraint: answered exactly as a missing resource (no oracle).
     r = requests.get(f"{URL}/Observation/{vital['id']}", headers=auth)
-    assert r.status_code == 403 and r.json()["resourceType"] == "OperationOutcome"
+    assert r.status_code == 404 and r.json()["resourceType"] == "OperationOutcome"
     found = requests.get(f"{URL}/Observation?subject=Patient/{patient['id']}", headers=auth).json()
     assert [e["resource"]["id"] for e in found.get("entry", []) if e["search"]["mode"] == "match"] == [lab["id"]]
     assert requests.post(f"{URL}/Observation", headers={**auth, **FHIR}, json=lab).status_code == 403
@@ -101,7 +102,7 @@ def test_backend_service_reads_within_its_scopes_and_nothing_else(service):
         {"request": {"method": "GET", "url": f"Observation/{vital['id']}"}},
     ]}
     out = requests.post(URL, headers={**auth, **FHIR}, json=batch).json()
-    assert [e["response"]["status"][:3] for e in out["entry"]] == ["200", "403"]
+    assert [e["response"]["status"][:3] for e in out["entry"]] == ["200", "404"]
 
     # An admin introspects the token.
     r = requests.post(f"{BASE}/auth/introspect", headers=ADMIN, data={"token": granted["access_token"]})
