@@ -377,7 +377,9 @@ async fn dispatch(
                 .transpose()
                 .map_err(|_| ApiError::bad_request("If-None-Exist must be a query string"))?;
             let out = blocking(move || {
-                let p = ops::prepare(&ctx, &rt, medvault_core::ResourceId::random(), json, false)?;
+                let mut p =
+                    ops::prepare(&ctx, &rt, medvault_core::ResourceId::random(), json, false)?;
+                ops::authorize_write(store.as_ref(), &ctx, &mut p, Interaction::Create)?;
                 Ok(write_with(store.as_ref(), move |tx| {
                     Ok(ops::create(tx, &ctx, p, cond.as_deref())?)
                 })?)
@@ -397,7 +399,8 @@ async fn dispatch(
                 })
                 .transpose()?;
             let out = blocking(move || {
-                let p = ops::prepare(&ctx, &rt, id, json, true)?;
+                let mut p = ops::prepare(&ctx, &rt, id, json, true)?;
+                ops::authorize_write(store.as_ref(), &ctx, &mut p, Interaction::Update)?;
                 Ok(write_with(store.as_ref(), move |tx| {
                     Ok(ops::update(tx, &ctx, p, if_match)?)
                 })?)

@@ -209,6 +209,9 @@ fn new_content_allowed(
     p: &Prepared,
     interaction: Interaction,
 ) -> Result<(), ApiError> {
+    if p.allowed == Some(interaction) {
+        return Ok(());
+    }
     let key = p.compartment.key_name();
     ctx.permits(
         store,
@@ -325,6 +328,9 @@ pub struct Prepared {
     resource: Value,
     compartment: Compartment,
     index: Vec<BlindValue>,
+    /// The access policy already allowed writing this content (checked before the write
+    /// transaction, off the single writer thread).
+    allowed: Option<Interaction>,
 }
 
 impl Prepared {
@@ -457,7 +463,26 @@ pub fn prepare(
         resource,
         compartment,
         index,
+        allowed: None,
     })
+}
+
+/// Asks the access policy, before the write transaction, whether the request may write `p`'s
+/// content as `interaction`, so the patient's facts are looked up on a reader rather than on the
+/// writer thread. (The stored version an update replaces is still checked inside the
+/// transaction.)
+///
+/// # Errors
+/// 403 when the policy does not allow it; store and key errors.
+pub fn authorize_write(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    p: &mut Prepared,
+    interaction: Interaction,
+) -> Result<(), ApiError> {
+    new_content_allowed(store, ctx, p, interaction)?;
+    p.allowed = Some(interaction);
+    Ok(())
 }
 
 /// Seals and stores `p` as `version`; returns the resource as stored (with `meta`).
