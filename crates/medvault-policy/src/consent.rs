@@ -27,8 +27,40 @@ pub struct ConsentRequest<'a> {
     pub at: &'a str,
 }
 
-fn utc(s: &str) -> Option<&str> {
-    (s.len() >= 20 && s.ends_with('Z') && s.as_bytes().get(10) == Some(&b'T')).then_some(s)
+/// A FHIR date or dateTime in UTC as `YYYY-MM-DDTHH:MM:SSZ` (fractions dropped): a bare date
+/// is its first second (or, as a period's `end`, its last); `+00:00` counts as `Z`; any other
+/// offset or form gives `None`.
+fn utc(s: &str, end: bool) -> Option<String> {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    let date_ok = s.len() >= 10
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10);
+    if !date_ok {
+        return None;
+    }
+    if s.len() == 10 {
+        return Some(format!(
+            "{s}T{}Z",
+            if end { "23:59:59" } else { "00:00:00" }
+        ));
+    }
+    let time_ok = s.len() >= 20
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19);
+    if !time_ok {
+        return None;
+    }
+    let zone = s[19..].trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
+    matches!(zone, "Z" | "+00:00").then(|| format!("{}Z", &s[..19]))
 }
 
 /// True if `period` (a FHIR Period, possibly absent) covers `at`.
@@ -37,11 +69,11 @@ fn in_period(period: Option<&Value>, at: &str) -> bool {
     let bound = |k: &str| p.get(k).and_then(Value::as_str);
     let start_ok = match bound("start") {
         None => true,
-        Some(s) => utc(s).is_some_and(|s| s <= at),
+        Some(s) => utc(s, false).is_some_and(|s| s.as_str() <= at),
     };
     let end_ok = match bound("end") {
         None => true,
-        Some(e) => utc(e).is_some_and(|e| at <= e),
+        Some(e) => utc(e, true).is_some_and(|e| at <= e.as_str()),
     };
     start_ok && end_ok
 }
@@ -62,7 +94,11 @@ fn matches(p: &Value, r: &ConsentRequest<'_>) -> bool {
         && !actors.iter().any(|a| {
             a.pointer("/reference/reference")
                 .and_then(Value::as_str)
-                .is_some_and(|refr| r.actors.iter().any(|x| x == refr))
+                .is_some_and(|refr| {
+                    r.actors
+                        .iter()
+                        .any(|x| refr == x || refr.ends_with(&format!("/{x}")))
+                })
         })
     {
         return false;
@@ -78,7 +114,24 @@ fn matches(p: &Value, r: &ConsentRequest<'_>) -> bool {
     {
         return false;
     }
+    // Actions: reading for care is access, use and disclosure of the record.
+    if let Some(actions) = p.get("action").and_then(Value::as_array)
+        && !actions
+            .iter()
+            .any(|a| codes(a.get("coding")).any(|c| matches!(c, "access" | "use" | "disclose")))
+    {
+        return false;
+    }
     true
+}
+
+/// True if a provision has conditions this evaluator does not check (specific resources,
+/// codes, the data's own period): a permit with them is narrower than it can tell, so it does
+/// not speak; a deny with them is applied as if they were absent (broader, never less safe).
+fn unevaluated(p: &Value) -> bool {
+    ["data", "code", "dataPeriod"]
+        .iter()
+        .any(|k| p.get(k).is_some())
 }
 
 fn kind(p: &Value) -> Option<ConsentState> {
@@ -96,8 +149,14 @@ fn verdict(consent: &Value, r: &ConsentRequest<'_>) -> Option<ConsentState> {
     {
         return None;
     }
+    // Only privacy consents govern access (research or treatment consents say other things).
+    if let Some(scope) = consent.get("scope")
+        && !codes(scope.get("coding")).any(|c| c == "patient-privacy")
+    {
+        return None;
+    }
     let base = consent.get("provision")?;
-    if !matches(base, r) {
+    if !matches(base, r) || (unevaluated(base) && kind(base) != Some(ConsentState::Deny)) {
         return None;
     }
     let exceptions: Vec<ConsentState> = base
@@ -106,7 +165,7 @@ fn verdict(consent: &Value, r: &ConsentRequest<'_>) -> Option<ConsentState> {
         .into_iter()
         .flatten()
         .filter(|p| matches(p, r))
-        .filter_map(kind)
+        .filter_map(|p| kind(p).filter(|k| *k == ConsentState::Deny || !unevaluated(p)))
         .collect();
     if exceptions.contains(&ConsentState::Deny) {
         return Some(ConsentState::Deny);
@@ -120,16 +179,39 @@ fn verdict(consent: &Value, r: &ConsentRequest<'_>) -> Option<ConsentState> {
 /// What the patient's consents say about the request: the latest consent (by `dateTime`) that
 /// speaks decides; [`ConsentState::None`] when none does.
 pub fn evaluate(consents: &[Value], r: &ConsentRequest<'_>) -> ConsentState {
-    let mut speaking: Vec<(&str, ConsentState)> = consents
+    let Some(at) = utc(r.at, false) else {
+        // No usable time: only a deny can be trusted to speak.
+        return if consents
+            .iter()
+            .any(|c| verdict(c, r) == Some(ConsentState::Deny))
+        {
+            ConsentState::Deny
+        } else {
+            ConsentState::None
+        };
+    };
+    let r = &ConsentRequest {
+        at: &at,
+        ..r.clone()
+    };
+    let mut speaking: Vec<(String, ConsentState)> = consents
         .iter()
         .filter_map(|c| {
-            let when = c.get("dateTime").and_then(Value::as_str).and_then(utc)?;
+            let when = c
+                .get("dateTime")
+                .and_then(Value::as_str)
+                .and_then(|t| utc(t, false))?;
+            // A consent dated in the future does not speak yet (so a back-dated or far-future
+            // date cannot outrank the patient's later decisions).
+            if when.as_str() > at.as_str() {
+                return None;
+            }
             verdict(c, r).map(|v| (when, v))
         })
         .collect();
     // Latest first; at the same instant a deny wins.
     speaking.sort_by(|a, b| {
-        b.0.cmp(a.0)
+        b.0.cmp(&a.0)
             .then_with(|| (b.1 == ConsentState::Deny).cmp(&(a.1 == ConsentState::Deny)))
     });
     speaking.first().map_or(ConsentState::None, |(_, v)| *v)
@@ -239,6 +321,81 @@ mod tests {
         assert_eq!(
             evaluate(&[p, d], &req(&other, &none, None)),
             ConsentState::Deny
+        );
+    }
+
+    #[test]
+    fn what_the_evaluator_cannot_check_never_widens_a_permit() {
+        let dr = vec!["Practitioner/dr-a".to_owned()];
+        let none: Vec<String> = vec![];
+        let psy = vec!["PSY".to_owned()];
+        let deny_psy = consent(
+            "2026-01-01T00:00:00Z",
+            json!({"type": "deny", "securityLabel": [{"code": "PSY"}]}),
+        );
+        // A later permit limited to one document does not unlock all PSY data.
+        let one_doc = consent(
+            "2026-06-01T00:00:00Z",
+            json!({"type": "permit", "actor": [{"reference": {"reference": "Practitioner/dr-a"}}],
+                   "data": [{"meaning": "instance", "reference": {"reference": "DocumentReference/x"}}]}),
+        );
+        assert_eq!(
+            evaluate(&[deny_psy.clone(), one_doc], &req(&dr, &psy, Some("TREAT"))),
+            ConsentState::Deny
+        );
+        // A consent dated in the future does not speak (it cannot outrank later decisions).
+        let future = consent("2099-01-01T00:00:00Z", json!({"type": "permit"}));
+        assert_eq!(
+            evaluate(&[deny_psy.clone(), future], &req(&dr, &psy, None)),
+            ConsentState::Deny
+        );
+        // A research consent is not a privacy consent.
+        let mut research = consent("2026-07-01T00:00:00Z", json!({"type": "permit"}));
+        research["scope"] = json!({"coding": [{"code": "research"}]});
+        assert_eq!(
+            evaluate(&[deny_psy.clone(), research], &req(&dr, &psy, None)),
+            ConsentState::Deny
+        );
+        // A deny with conditions it cannot check applies broadly.
+        let deny_code = consent(
+            "2026-01-01T00:00:00Z",
+            json!({"type": "deny", "code": [{"coding": [{"code": "x"}]}]}),
+        );
+        assert_eq!(
+            evaluate(&[deny_code], &req(&dr, &none, None)),
+            ConsentState::Deny
+        );
+        // Actors written as absolute URLs, bare-date periods and +00:00 offsets are understood.
+        let absolute = consent(
+            "2026-01-01T00:00:00+00:00",
+            json!({"type": "deny", "period": {"start": "2026-11-30", "end": "2026-11-30"},
+                   "actor": [{"reference": {"reference": "https://ehr.example/fhir/Practitioner/dr-a"}}]}),
+        );
+        assert_eq!(
+            evaluate(std::slice::from_ref(&absolute), &req(&dr, &none, None)),
+            ConsentState::Deny
+        );
+        // Fractional seconds: a period ending at 10:00:00 covers 10:00:00.5 no more.
+        let mut late = req(&dr, &none, None);
+        late.at = "2026-11-30T10:00:01.500000Z";
+        let until_ten = consent(
+            "2026-01-01T00:00:00Z",
+            json!({"type": "deny", "period": {"end": "2026-11-30T10:00:00.000Z"}}),
+        );
+        assert_eq!(
+            evaluate(std::slice::from_ref(&until_ten), &late),
+            ConsentState::None
+        );
+        late.at = "2026-11-30T10:00:00.400000Z";
+        assert_eq!(evaluate(&[until_ten], &late), ConsentState::Deny);
+        // Actions other than access, use or disclosure do not speak to reading.
+        let collect = consent(
+            "2026-01-01T00:00:00Z",
+            json!({"type": "deny", "action": [{"coding": [{"code": "collect"}]}]}),
+        );
+        assert_eq!(
+            evaluate(&[collect], &req(&dr, &none, None)),
+            ConsentState::None
         );
     }
 }

@@ -340,8 +340,13 @@ impl Guard {
                 params.push(("participant".to_owned(), who.to_owned()));
             }
             let mut req = search::parse(&inner, rt, &params, true)?;
-            req.paging.count = search::MAX_COUNT;
-            Ok(search::execute(store, &inner, rt, &req)?.0)
+            req.paging.count = search::MAX_CANDIDATES;
+            let (found, total) = search::execute(store, &inner, rt, &req)?;
+            if total > found.len() as u64 {
+                // Never decide on part of a patient's consents or care records.
+                return Err(search::too_costly());
+            }
+            Ok(found)
         };
         let relationship = match &self.subject.practitioner {
             Some(who) => {
@@ -385,6 +390,7 @@ impl Guard {
         let consent = if patient.is_some() {
             let actors: Vec<String> = s.practitioner.iter().cloned().collect();
             let at = crate::clock::instant(ctx.clock.now_micros());
+            // (Fractions of a second are dropped by the evaluator, as for the consents' times.)
             consent::evaluate(
                 &facts.shared.consents,
                 &ConsentRequest {
@@ -463,6 +469,15 @@ impl Guard {
         } else {
             st.denied_by.extend(policies.iter().cloned());
             Err(policies)
+        }
+    }
+
+    /// Records a refusal decided outside the policy (scopes, a Bundle entry's error), for the
+    /// access log.
+    pub fn refused_by(&self, rule: &str) {
+        let mut st = self.lock();
+        for r in rule.split(',').filter(|r| !r.is_empty()) {
+            st.denied_by.insert(r.to_owned());
         }
     }
 

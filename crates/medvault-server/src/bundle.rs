@@ -445,17 +445,23 @@ pub fn process(store: &dyn Store, ctx: &Ctx, bundle: Value, base: &str) -> Resul
             });
             out.push(match result {
                 Ok(o) => response_entry(o, base),
-                Err(err) => response_entry(
-                    Outcome {
-                        status: err.status,
-                        resource: Some(err.outcome()),
-                        location: None,
-                        version: None,
-                        last_modified: None,
-                        key_name: None,
-                    },
-                    base,
-                ),
+                Err(err) => {
+                    // The entry's refusal is recorded with the Bundle's access-log record.
+                    if let (Some(rule), Some(g)) = (&err.denied_by, &ctx.guard) {
+                        g.refused_by(rule);
+                    }
+                    response_entry(
+                        Outcome {
+                            status: err.status,
+                            resource: Some(err.outcome()),
+                            location: None,
+                            version: None,
+                            last_modified: None,
+                            key_name: None,
+                        },
+                        base,
+                    )
+                }
             });
         }
         out

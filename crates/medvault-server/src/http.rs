@@ -220,6 +220,14 @@ fn effective_purpose(who: &Authenticated, headers: &HeaderMap) -> Option<String>
         .or_else(|| matches!(who.role, Role::Clinician | Role::Nurse).then(|| "TREAT".to_owned()))
 }
 
+/// After a write, on the blocking thread that ran it (which finishes even if the client goes
+/// away): the shared policy facts are forgotten if the write changed them.
+fn finish(guard: Option<&crate::authz::Guard>) {
+    if let Some(g) = guard {
+        g.finish();
+    }
+}
+
 /// Runs one FHIR request under the access policy, and leaves what the policy refused or opened
 /// on the response for its access-log record.
 async fn guarded(
@@ -344,7 +352,12 @@ async fn dispatch(
         (Method::POST, Target::System) => {
             let json = json_body(&headers, &body)?;
             let b = base.clone();
-            let out = blocking(move || bundle::process(store.as_ref(), &ctx, json, &b)).await?;
+            let out = blocking(move || {
+                let out = bundle::process(store.as_ref(), &ctx, json, &b);
+                finish(ctx.guard.as_deref());
+                out
+            })
+            .await?;
             Ok(fhir_json(StatusCode::OK, &out))
         }
         (Method::GET, Target::Type(rt)) => {
@@ -380,9 +393,12 @@ async fn dispatch(
                 let mut p =
                     ops::prepare(&ctx, &rt, medvault_core::ResourceId::random(), json, false)?;
                 ops::authorize_write(store.as_ref(), &ctx, &mut p, Interaction::Create)?;
-                Ok(write_with(store.as_ref(), move |tx| {
+                let guard = ctx.guard.clone();
+                let out = write_with(store.as_ref(), move |tx| {
                     Ok(ops::create(tx, &ctx, p, cond.as_deref())?)
-                })?)
+                });
+                finish(guard.as_deref());
+                Ok(out?)
             })
             .await?;
             Ok(respond(out, minimal, &base))
@@ -401,9 +417,12 @@ async fn dispatch(
             let out = blocking(move || {
                 let mut p = ops::prepare(&ctx, &rt, id, json, true)?;
                 ops::authorize_write(store.as_ref(), &ctx, &mut p, Interaction::Update)?;
-                Ok(write_with(store.as_ref(), move |tx| {
+                let guard = ctx.guard.clone();
+                let out = write_with(store.as_ref(), move |tx| {
                     Ok(ops::update(tx, &ctx, p, if_match)?)
-                })?)
+                });
+                finish(guard.as_deref());
+                Ok(out?)
             })
             .await?;
             Ok(respond(out, minimal, &base))
@@ -411,9 +430,12 @@ async fn dispatch(
         (Method::DELETE, Target::Instance(rt, id)) => {
             ops::served_type(&ctx.fhir, &rt)?;
             let out = blocking(move || {
-                Ok(write_with(store.as_ref(), move |tx| {
+                let guard = ctx.guard.clone();
+                let out = write_with(store.as_ref(), move |tx| {
                     Ok(ops::delete(tx, &ctx, &rt, &id)?)
-                })?)
+                });
+                finish(guard.as_deref());
+                Ok(out?)
             })
             .await?;
             Ok(respond(out, minimal, &base))

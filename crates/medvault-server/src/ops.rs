@@ -117,6 +117,9 @@ impl Ctx {
                 .permits(store, policy_action(interaction), rt, key_name, resource)?
                 .is_ok();
         if !visible && let Some(g) = &self.guard {
+            if !in_scope {
+                g.refused_by("smart-scopes");
+            }
             g.withheld();
         }
         Ok(visible)
@@ -187,18 +190,50 @@ fn existing_allows(
     let Some(row) = store.version(rt, id.as_str(), None)? else {
         return Ok(());
     };
-    let resource = open(store, ctx, &row)?;
-    if constrained && let Err(e) = ctx.scope_allows(rt, interaction, &resource) {
-        return Err(hidden(
-            rt,
-            id.as_str(),
-            None,
-            e.denied_by.unwrap_or_default(),
-        ));
+    let refuse = |why: String| hidden(rt, id.as_str(), None, why);
+    // Decided before anything about the stored row shows (an erased patient's resource
+    // answers as missing unless the request may see that patient).
+    let content = decision_content(store, ctx, &row)?;
+    // What the request may not see it may not change either: the stored version must be
+    // readable and changeable.
+    for action in [Action::Read, policy_action(interaction)] {
+        ctx.permits(store, action, rt, &row.key_name, content.as_ref())?
+            .map_err(|p| refuse(p.join(",")))?;
     }
-    let action = policy_action(interaction);
-    ctx.permits(store, action, rt, &row.key_name, Some(&resource))?
-        .map_err(|p| hidden(rt, id.as_str(), None, p.join(",")))
+    if row.shredded {
+        return Err(ApiError::gone("this patient's data was erased"));
+    }
+    if constrained
+        && let Some(resource) = &content
+        && let Err(e) = ctx.scope_allows(rt, interaction, resource)
+    {
+        return Err(refuse(e.denied_by.unwrap_or_default()));
+    }
+    Ok(())
+}
+
+/// The content a decision about a stored row rests on: the row's own, or for a delete marker
+/// the version it deleted (so a deletion of labelled data is as hidden as the data was); none
+/// for an erased patient's rows, decided on the patient alone.
+fn decision_content(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    row: &StoredVersion,
+) -> Result<Option<Value>, ApiError> {
+    if row.shredded {
+        return Ok(None);
+    }
+    if row.body.is_some() {
+        return open(store, ctx, row).map(Some);
+    }
+    let previous = match row.version.checked_sub(1).filter(|v| *v > 0) {
+        Some(v) => store.version(&row.resource_type, &row.id, Some(v))?,
+        None => None,
+    };
+    match previous {
+        Some(p) if p.body.is_some() && !p.shredded => open(store, ctx, &p).map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// Checks the access policy lets the request write `p` as `interaction` (403: the caller sent
@@ -610,7 +645,19 @@ pub fn update(
     new_content_allowed(&*tx, ctx, &p, Interaction::Update)?;
     if current.as_ref().is_some_and(|c| !c.deleted) {
         existing_allows(&*tx, ctx, &p.rt, &p.id, Interaction::Update)?;
-    } else if current.is_some()
+    } else if let Some(c) = current.as_ref().filter(|_| ctx.guard.is_some()) {
+        // Re-creating a deleted resource continues its history: the request must be allowed
+        // what it replaces, as for a live one.
+        let row = tx
+            .version(&p.rt, p.id.as_str(), Some(c.version))?
+            .ok_or_else(|| ApiError::internal(&"current version vanished"))?;
+        let content = decision_content(&*tx, ctx, &row)?;
+        for action in [Action::Read, Action::Update] {
+            ctx.permits(&*tx, action, &p.rt, &row.key_name, content.as_ref())?
+                .map_err(|why| hidden(&p.rt, p.id.as_str(), None, why.join(",")))?;
+        }
+    }
+    if current.as_ref().is_some_and(|c| c.deleted)
         && !matches!(ctx.scope_access(&p.rt, Interaction::Update)?, Access::Full)
     {
         // Re-creating a deleted resource would append to a history whose earlier versions
@@ -622,6 +669,11 @@ pub fn update(
     }
     if let Some(expected) = if_match {
         let live = current.as_ref().filter(|c| !c.deleted).map(|c| c.version);
+        if live.is_none() {
+            // Nothing live to match: answered as a hidden resource is, so If-Match cannot
+            // tell the two apart.
+            return Err(not_known(&p.rt, p.id.as_str(), None));
+        }
         if live != Some(expected) {
             return Err(ApiError::new(
                 StatusCode::PRECONDITION_FAILED,
@@ -656,8 +708,14 @@ pub fn delete(
         return Err(not_known(rt, id.as_str(), None));
     };
     if current.deleted {
-        ctx.permits(&*tx, Action::Delete, rt, &current.key_name, None)?
-            .map_err(|p| hidden(rt, id.as_str(), None, p.join(",")))?;
+        let row = tx
+            .version(rt, id.as_str(), Some(current.version))?
+            .ok_or_else(|| ApiError::internal(&"current version vanished"))?;
+        let content = decision_content(&*tx, ctx, &row)?;
+        for action in [Action::Read, Action::Delete] {
+            ctx.permits(&*tx, action, rt, &row.key_name, content.as_ref())?
+                .map_err(|p| hidden(rt, id.as_str(), None, p.join(",")))?;
+        }
     } else {
         existing_allows(&*tx, ctx, rt, id, Interaction::Delete)?;
     }
@@ -758,10 +816,11 @@ pub fn read(
         return Err(not_known(rt, id.as_str(), version));
     };
     // A resource the request may not see answers as a missing one; so do its delete markers
-    // and erasure (decided on the patient alone: there is no content to label them).
+    // (decided on the version they deleted) and erasure (on the patient alone).
     let refuse = |e: String| hidden(rt, id.as_str(), version, e);
     if row.body.is_none() || row.shredded {
-        ctx.permits(store, Action::Read, rt, &row.key_name, None)?
+        let content = decision_content(store, ctx, &row)?;
+        ctx.permits(store, Action::Read, rt, &row.key_name, content.as_ref())?
             .map_err(|p| refuse(p.join(",")))?;
         return Err(open(store, ctx, &row)
             .err()
@@ -825,13 +884,11 @@ pub fn history(
                 .is_ok();
             continue;
         }
-        let resource = match &row.body {
-            Some(_) => Some(open(store, ctx, row)?),
-            None => None,
-        };
-        if !ctx.may_see(store, interaction, rt, &row.key_name, resource.as_ref())? {
+        let content = decision_content(store, ctx, row)?;
+        if !ctx.may_see(store, interaction, rt, &row.key_name, content.as_ref())? {
             continue;
         }
+        let resource = content.filter(|_| row.body.is_some());
         let full_url = format!("{base}/{}/{}", row.resource_type, row.id);
         let (method, status) = match (&row.body, row.version) {
             (None, _) => ("DELETE", "204"),

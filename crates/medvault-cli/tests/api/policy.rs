@@ -213,6 +213,22 @@ fn a_clinician_without_a_care_relationship_cannot_find_the_patient_anywhere() {
         s.get(&format!("Observation/{obs_p}")).1["meta"]["versionId"],
         "1"
     );
+    // If-Match cannot tell a hidden resource from a missing one either.
+    let probe = |id: &str| {
+        let mut body = observation(&q, "2345-7", "2026-11-01");
+        body["id"] = json!(id);
+        let rb = reqwest::blocking::Client::new()
+            .put(format!("http://127.0.0.1:{}/fhir/Observation/{id}", s.port))
+            .bearer_auth(a)
+            .header("content-type", "application/fhir+json")
+            .header("if-match", "W/\"1\"")
+            .body(body.to_string());
+        crate::send(rb)
+    };
+    let (st1, b1) = probe(&obs_p);
+    let (st2, b2) = probe(unknown);
+    assert_eq!((st1, st2), (404, 404), "{b1} {b2}");
+    assert_eq!(shape(&b1, &[&obs_p]), shape(&b2, &[unknown]));
 
     // Every attempt is in the access log, found by the patient's id, with the deciding rule:
     // refusals as denied, and searches, histories and batches with what they withheld.
@@ -277,6 +293,68 @@ fn consent_labels_purpose_and_break_glass() {
         (ids(&found), &found["total"]),
         (vec![plain.clone()], &json!(1))
     );
+    // A deleted HIV result stays as hidden as it was: not 410, not in any history.
+    // (Deleting it needs reading it: the patient lets health-care operations see it, and the
+    // admin deletes for that purpose.)
+    s.create(&consent(
+        &p,
+        json!({"type": "permit", "purpose": [{"code": "HOPERAT"}], "securityLabel": [{"code": "HIV"}]}),
+        "2025-12-01T00:00:00Z",
+    ));
+    let hiv_gone = s.create(&labelled(observation(&p, "75622-1", "2026-10-01"), "HIV"));
+    let path = format!("/fhir/Observation/{hiv_gone}");
+    assert_eq!(
+        call(&s, reqwest::Method::DELETE, &path, &s.token, None, None).0,
+        404
+    );
+    assert_eq!(
+        call(
+            &s,
+            reqwest::Method::DELETE,
+            &path,
+            &s.token,
+            Some("HOPERAT"),
+            None
+        )
+        .0,
+        200
+    );
+    assert_eq!(read(a, &hiv_gone, None), 404);
+    let (st, _) = get_as(
+        &s,
+        &format!("/fhir/Observation/{hiv_gone}/_history"),
+        a,
+        None,
+    );
+    assert_eq!(st, 404);
+    let (_, h) = get_as(&s, "/fhir/Observation/_history?_count=100", a, None);
+    assert!(!h.to_string().contains(&hiv_gone), "{h}");
+    // Clinicians cannot write consents or care relationships, not even for their patients.
+    let (st, _) = call(
+        &s,
+        reqwest::Method::POST,
+        "/fhir/Consent",
+        a,
+        None,
+        Some(&consent(
+            &p,
+            json!({"type": "permit"}),
+            "2026-11-01T00:00:00Z",
+        )),
+    );
+    assert_eq!(st, 403, "a consent is the patient's");
+    let team = json!({"resourceType": "CareTeam", "status": "active",
+        "subject": {"reference": format!("Patient/{p}")},
+        "participant": [{"member": {"reference": "Practitioner/someone"}}]});
+    let (st, _) = call(
+        &s,
+        reqwest::Method::POST,
+        "/fhir/CareTeam",
+        a,
+        None,
+        Some(&team),
+    );
+    assert_eq!(st, 403, "care relationships come from registration");
     // Research is not treatment.
     assert_eq!(read(a, &plain, Some("HRESCH")), 404);
     assert_eq!(
@@ -473,7 +551,8 @@ enum Who {
 }
 
 /// The policy as the matrix expects it, written out independently of the Cedar text: the
-/// default policy's rules for one read, search or update.
+/// default policy's rules for one read, search or update (an update needs the stored version
+/// readable too).
 fn expected(
     who: Who,
     consent: &str,
@@ -484,7 +563,13 @@ fn expected(
 ) -> bool {
     let staff_with_care = matches!(who, Who::ClinicianCare | Who::NurseCare);
     match interaction {
-        "update" => staff_with_care && purpose == "TREAT",
+        // Writing needs treatment, and what one may not read one may not overwrite either.
+        "update" => {
+            staff_with_care
+                && purpose == "TREAT"
+                && consent != "deny"
+                && (!label || consent == "permit")
+        }
         _ => match who {
             Who::OwnPatient => own,
             _ if !staff_with_care => false,
