@@ -94,7 +94,16 @@ type FactsKey = (String, String);
 pub struct FactsCache {
     generation: AtomicU64,
     entries: Mutex<HashMap<FactsKey, (Instant, u64, SharedFacts)>>,
+    /// Decisions by everything they depend on: (user, role, purpose, the decision's facts). The
+    /// engine is fixed for the process's life and a decision is a pure function of these, so
+    /// they never go stale.
+    decisions: Mutex<HashMap<SharedDecisionKey, Decided>>,
 }
+
+/// (user, role, purpose, facts).
+type SharedDecisionKey = (String, &'static str, Option<String>, DecisionKey);
+/// (allowed, deciding policies, opened only by break-glass).
+type Decided = (bool, Vec<String>, bool);
 
 impl FactsCache {
     /// Forgets everything cached so far (call after committing a write of a [`FACT_TYPES`]
@@ -115,6 +124,19 @@ impl FactsCache {
             .map(|(_, _, f)| f.clone())
     }
 
+    fn decision(&self, key: &SharedDecisionKey) -> Option<Decided> {
+        self.decisions.lock().ok()?.get(key).cloned()
+    }
+
+    fn put_decision(&self, key: SharedDecisionKey, d: Decided) {
+        if let Ok(mut map) = self.decisions.lock() {
+            if map.len() >= MAX_CACHED_FACTS {
+                map.clear();
+            }
+            map.insert(key, d);
+        }
+    }
+
     fn put(&self, key: FactsKey, generation: u64, facts: SharedFacts) {
         if let Ok(mut map) = self.entries.lock() {
             if map.len() >= MAX_CACHED_FACTS {
@@ -128,7 +150,7 @@ impl FactsCache {
 #[derive(Debug, Default)]
 struct GuardState {
     patients: HashMap<String, Arc<PatientFacts>>,
-    decisions: HashMap<DecisionKey, (bool, Vec<String>, bool)>,
+    decisions: HashMap<DecisionKey, Decided>,
     denied_by: BTreeSet<String>,
     withheld: u64,
     break_glass: BTreeSet<String>,
@@ -419,24 +441,33 @@ impl Guard {
         let (allowed, policies, by_break_glass) = match known {
             Some(d) => d,
             None => {
-                let decision = self.engine.decide(&Query {
-                    user: &s.user,
-                    role: s.role.as_str(),
-                    action,
-                    resource_type: rt,
-                    labels: &key.2,
-                    patient_data: key.3,
-                    purpose: s.purpose.as_deref(),
-                    relationship: key.4,
-                    own,
-                    consent,
-                    break_glass: key.7,
-                });
-                // Access that only break-glass opened is marked as such in the access log.
-                let by_break_glass =
-                    decision.allowed && decision.policies.iter().any(|p| p == "break-glass");
-                let d = (decision.allowed, decision.policies, by_break_glass);
-                self.lock().decisions.insert(key, d.clone());
+                let shared_key = (s.user.clone(), s.role.as_str(), s.purpose.clone(), key);
+                let d = match self.cache.decision(&shared_key) {
+                    Some(d) => d,
+                    None => {
+                        let k = &shared_key.3;
+                        let decision = self.engine.decide(&Query {
+                            user: &s.user,
+                            role: s.role.as_str(),
+                            action,
+                            resource_type: rt,
+                            labels: &k.2,
+                            patient_data: k.3,
+                            purpose: s.purpose.as_deref(),
+                            relationship: k.4,
+                            own,
+                            consent,
+                            break_glass: k.7,
+                        });
+                        // Access that only break-glass opened is marked as such in the log.
+                        let by_break_glass = decision.allowed
+                            && decision.policies.iter().any(|p| p == "break-glass");
+                        let d = (decision.allowed, decision.policies, by_break_glass);
+                        self.cache.put_decision(shared_key.clone(), d.clone());
+                        d
+                    }
+                };
+                self.lock().decisions.insert(shared_key.3, d.clone());
                 d
             }
         };
