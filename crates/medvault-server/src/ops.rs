@@ -190,16 +190,9 @@ fn existing_allows(
     let Some(row) = store.version(rt, id.as_str(), None)? else {
         return Ok(());
     };
-    let refuse = |why: String| hidden(rt, id.as_str(), None, why);
     // Decided before anything about the stored row shows (an erased patient's resource
     // answers as missing unless the request may see that patient).
-    let content = decision_content(store, ctx, &row)?;
-    // What the request may not see it may not change either: the stored version must be
-    // readable and changeable.
-    for action in [Action::Read, policy_action(interaction)] {
-        ctx.permits(store, action, rt, &row.key_name, content.as_ref())?
-            .map_err(|p| refuse(p.join(",")))?;
-    }
+    let content = stored_allows(store, ctx, &row, policy_action(interaction))?;
     if row.shredded {
         return Err(ApiError::gone("this patient's data was erased"));
     }
@@ -207,9 +200,51 @@ fn existing_allows(
         && let Some(resource) = &content
         && let Err(e) = ctx.scope_allows(rt, interaction, resource)
     {
-        return Err(refuse(e.denied_by.unwrap_or_default()));
+        return Err(hidden(
+            rt,
+            id.as_str(),
+            None,
+            e.denied_by.unwrap_or_default(),
+        ));
     }
     Ok(())
+}
+
+/// Checks the access policy lets the request see the stored `row` and do `action` to it (what
+/// one may not see one may not change either); returns the content the decision rested on.
+///
+/// # Errors
+/// 404 as for a missing resource when it does not; store and key errors.
+fn stored_allows(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    row: &StoredVersion,
+    action: Action,
+) -> Result<Option<Value>, ApiError> {
+    let content = decision_content(store, ctx, row)?;
+    for a in [Action::Read, action] {
+        ctx.permits(
+            store,
+            a,
+            &row.resource_type,
+            &row.key_name,
+            content.as_ref(),
+        )?
+        .map_err(|p| hidden(&row.resource_type, &row.id, None, p.join(",")))?;
+    }
+    Ok(content)
+}
+
+/// The current (deleted) version of a resource, for deciding on what a write would replace.
+fn current_row(
+    store: &dyn StoreRead,
+    rt: &str,
+    id: &ResourceId,
+    version: u64,
+) -> Result<StoredVersion, ApiError> {
+    store
+        .version(rt, id.as_str(), Some(version))?
+        .ok_or_else(|| ApiError::internal(&"current version vanished"))
 }
 
 /// The content a decision about a stored row rests on: the row's own, or for a delete marker
@@ -648,14 +683,8 @@ pub fn update(
     } else if let Some(c) = current.as_ref().filter(|_| ctx.guard.is_some()) {
         // Re-creating a deleted resource continues its history: the request must be allowed
         // what it replaces, as for a live one.
-        let row = tx
-            .version(&p.rt, p.id.as_str(), Some(c.version))?
-            .ok_or_else(|| ApiError::internal(&"current version vanished"))?;
-        let content = decision_content(&*tx, ctx, &row)?;
-        for action in [Action::Read, Action::Update] {
-            ctx.permits(&*tx, action, &p.rt, &row.key_name, content.as_ref())?
-                .map_err(|why| hidden(&p.rt, p.id.as_str(), None, why.join(",")))?;
-        }
+        let row = current_row(&*tx, &p.rt, &p.id, c.version)?;
+        stored_allows(&*tx, ctx, &row, Action::Update)?;
     }
     if current.as_ref().is_some_and(|c| c.deleted)
         && !matches!(ctx.scope_access(&p.rt, Interaction::Update)?, Access::Full)
@@ -708,14 +737,8 @@ pub fn delete(
         return Err(not_known(rt, id.as_str(), None));
     };
     if current.deleted {
-        let row = tx
-            .version(rt, id.as_str(), Some(current.version))?
-            .ok_or_else(|| ApiError::internal(&"current version vanished"))?;
-        let content = decision_content(&*tx, ctx, &row)?;
-        for action in [Action::Read, Action::Delete] {
-            ctx.permits(&*tx, action, rt, &row.key_name, content.as_ref())?
-                .map_err(|p| hidden(rt, id.as_str(), None, p.join(",")))?;
-        }
+        let row = current_row(&*tx, rt, id, current.version)?;
+        stored_allows(&*tx, ctx, &row, Action::Delete)?;
     } else {
         existing_allows(&*tx, ctx, rt, id, Interaction::Delete)?;
     }
