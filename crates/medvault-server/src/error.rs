@@ -192,6 +192,14 @@ impl From<StoreError> for ApiError {
                 IssueCode::Conflict,
                 "the write conflicts with a concurrent change; retry it",
             ),
+            StoreError::Unavailable(cause) => {
+                tracing::error!(error = %cause, "database unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    IssueCode::Transient,
+                    "the database is unavailable; nothing was changed, retry shortly",
+                )
+            }
             other => Self::internal(&other),
         }
     }

@@ -37,9 +37,13 @@ pub enum StoreError {
         /// The kind expected.
         expected: &'static str,
     },
-    /// The backend failed (I/O, corruption, lost connection).
+    /// The backend failed (I/O, corruption).
     #[error("storage backend failure")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database cannot be reached (connection refused or lost). Nothing of the failed
+    /// request was written; the backend reconnects on its next use, so a retry may succeed.
+    #[error("database unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A write op gave up; its savepoint was rolled back. Carries the op's own error.
     #[error("write aborted")]
     Aborted(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -1,0 +1,714 @@
+//! PostgreSQL backend of the medvault `Store`: several medvault processes on one database.
+//!
+//! - The same tables and schema versions as the SQLite backend, in a PostgreSQL schema of their
+//!   own (`medvault` for the node, `medvault_access` for the access log, or `<name>` and
+//!   `<name>_access` with `?schema=<name>` in the URL), migrated at open under an advisory lock
+//!   so processes starting together migrate once.
+//! - One writer thread per process group-commits like the SQLite writer: it drains up to
+//!   [`MAX_GROUP`] queued [`WriteOp`]s, runs each in its own savepoint, commits once and then
+//!   acknowledges them all.
+//! - **Sequencing across processes**: every write transaction first takes a transaction-scoped
+//!   advisory lock of its schema, then reads the ledger's size from the database and appends.
+//!   Whoever holds the lock is the log's sequencer; PostgreSQL releases it at commit, or when
+//!   the holder's session dies, so a killed process never blocks the others and its uncommitted
+//!   leaves vanish with its transaction (no gap, one order).
+//! - A lost connection fails the requests that needed it with [`StoreError::Unavailable`]
+//!   (nothing half-written: the transaction is gone) and the next use reconnects.
+//! - Readers use a small pool of connections.
+
+mod schema;
+mod sql;
+
+pub use schema::Schema;
+
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use medvault_crypto::{BlindValue, Sealed, WrappedKey};
+use medvault_ledger::{Frontier, Hash};
+use medvault_store::{
+    AccessTokenRow, AlertRow, AuditDetail, BreakGlassRow, ClientRow, CurrentMeta, DataKeyRow,
+    GrantRow, IndexQuery, SearchPage, SessionRow, Store, StoreError, StoreRead, StoredVersion,
+    TokenRow, UserRow, WriteDone, WriteOp,
+};
+
+use crate::sql::Conn;
+
+/// Ops one group commit takes at most.
+const MAX_GROUP: usize = 128;
+/// Read connections kept open when idle.
+const MAX_IDLE_READERS: usize = 16;
+/// How long connecting may take before the database counts as unavailable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The schema name used when the URL names none.
+pub const DEFAULT_SCHEMA: &str = "medvault";
+
+/// Where a node's data lives in PostgreSQL: a server, a database, and a schema name.
+#[derive(Clone)]
+pub struct Target {
+    config: postgres::Config,
+    name: String,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.write_str(&self.describe())
+    }
+}
+
+/// Why a database URL was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UrlError(String);
+
+impl Target {
+    /// Parses `postgres://[user@]host[:port]/database[?schema=NAME&…]`. `schema` (letters,
+    /// digits and `_`, at most 40, starting with a letter or `_`) names the PostgreSQL schema
+    /// that holds the node's tables, so several nodes can share one database; the other
+    /// parameters are libpq's (`connect_timeout`, `application_name`, …).
+    ///
+    /// # Errors
+    /// [`UrlError`] naming what is wrong (never echoing a password).
+    pub fn parse(url: &str) -> Result<Self, UrlError> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(UrlError(
+                "a database URL starts with postgres:// (e.g. postgres://medvault@db.example/medvault)"
+                    .into(),
+            ));
+        }
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (url, ""),
+        };
+        let mut name = DEFAULT_SCHEMA.to_owned();
+        let mut rest = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("schema", v)) => name = v.to_owned(),
+                _ => rest.push(pair),
+            }
+        }
+        if !valid_schema_name(&name) {
+            return Err(UrlError(format!(
+                "schema={name:?} in the database URL: use letters, digits and _ (at most 40, not starting with a digit)"
+            )));
+        }
+        let url = if rest.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
+        let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
+            UrlError(format!("the database URL is not valid: {e}"))
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("medvault");
+        }
+        Ok(Self { config, name })
+    }
+
+    /// The same server and database with another schema name (tests use one per store).
+    #[must_use]
+    pub fn with_schema(&self, name: &str) -> Option<Self> {
+        valid_schema_name(name).then(|| Self {
+            config: self.config.clone(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The schema name (the node's tables; the access log's are in `<name>_access`).
+    pub fn schema_name(&self) -> &str {
+        &self.name
+    }
+
+    /// `host:port/database schema NAME`, for messages (no user, no password).
+    pub fn describe(&self) -> String {
+        let host = self
+            .config
+            .get_hosts()
+            .first()
+            .map(|h| match h {
+                postgres::config::Host::Tcp(h) => h.clone(),
+                #[cfg(unix)]
+                postgres::config::Host::Unix(p) => p.display().to_string(),
+            })
+            .unwrap_or_default();
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        format!(
+            "postgres://{host}:{port}/{} (schema {})",
+            self.config.get_dbname().unwrap_or(""),
+            self.name
+        )
+    }
+
+    /// The PostgreSQL schema holding `schema`'s tables.
+    fn namespace(&self, schema: Schema) -> String {
+        match schema {
+            Schema::Node => self.name.clone(),
+            Schema::AccessLog => format!("{}_access", self.name),
+        }
+    }
+
+    /// Drops both schemas of this target and everything in them. For tests and `restore`.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the database cannot be reached.
+    pub fn drop_all(&self) -> Result<(), StoreError> {
+        let mut c = Conn::connect(&self.config, None)?;
+        c.batch(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE; DROP SCHEMA IF EXISTS {} CASCADE;",
+            self.namespace(Schema::Node),
+            self.namespace(Schema::AccessLog)
+        ))
+    }
+}
+
+fn valid_schema_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && name.len() <= 40
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// A 64-bit advisory-lock key for `what` in `namespace` (FNV-1a: stable across processes and
+/// builds, unlike `std`'s hasher).
+fn lock_key(what: &str, namespace: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in what.bytes().chain([0]).chain(namespace.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_ne_bytes(h.to_ne_bytes())
+}
+
+struct Job {
+    op: WriteOp,
+    reply: WriteDone,
+}
+
+/// A medvault database in a PostgreSQL schema.
+pub struct PgStore {
+    config: postgres::Config,
+    namespace: String,
+    sender: Option<SyncSender<Job>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Mutex<Vec<Conn>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Opens the node's tables in `target` (creating and migrating them if needed).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if the server cannot be reached; [`StoreError::SchemaTooNew`]
+    /// if a newer medvault migrated it; [`StoreError::WrongDatabase`] if the schema holds
+    /// something else.
+    pub fn open(target: &Target) -> Result<Self, StoreError> {
+        Self::open_as(target, Schema::Node)
+    }
+
+    /// Opens the access log's tables in `target`.
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub fn open_access_log(target: &Target) -> Result<Self, StoreError> {
+        Self::open_as(target, Schema::AccessLog)
+    }
+
+    fn open_as(target: &Target, schema: Schema) -> Result<Self, StoreError> {
+        let namespace = target.namespace(schema);
+        let mut conn = Conn::connect(&target.config, Some(&namespace))?;
+        schema::migrate(&mut conn, schema, &namespace)?;
+        let frontier = sql::load_frontier(&mut conn)?;
+        let (sender, receiver) = sync_channel::<Job>(1024);
+        let writer_state = Writer {
+            config: target.config.clone(),
+            namespace: namespace.clone(),
+            lock: lock_key("medvault-writer", &namespace),
+            conn: Some(conn),
+            frontier,
+        };
+        let writer = std::thread::Builder::new()
+            .name("medvault-pg-writer".into())
+            .spawn(move || writer_state.run(&receiver))
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        Ok(Self {
+            config: target.config.clone(),
+            namespace,
+            sender: Some(sender),
+            writer: Some(writer),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().ok().and_then(|mut p| p.pop());
+        let mut conn = match pooled {
+            Some(c) if !c.is_closed() => c,
+            _ => Conn::connect(&self.config, Some(&self.namespace))?,
+        };
+        let out = f(&mut conn);
+        let healthy = !conn.is_closed() && !matches!(out, Err(StoreError::Unavailable(_)));
+        if healthy
+            && let Ok(mut pool) = self.readers.lock()
+            && pool.len() < MAX_IDLE_READERS
+        {
+            pool.push(conn);
+        }
+        out
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.sender.take();
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The writer thread's state: its connection (reopened after a loss) and the log's frontier.
+struct Writer {
+    config: postgres::Config,
+    namespace: String,
+    lock: i64,
+    conn: Option<Conn>,
+    frontier: Frontier,
+}
+
+impl Writer {
+    fn run(mut self, receiver: &Receiver<Job>) {
+        while let Ok(first) = receiver.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            let (ops, replies): (Vec<WriteOp>, Vec<_>) =
+                jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
+            let results = self.group(ops);
+            for (reply, result) in replies.into_iter().zip(results) {
+                reply(result);
+            }
+        }
+    }
+
+    /// Runs a group of ops in one transaction, each in its own savepoint, and commits once.
+    fn group(&mut self, ops: Vec<WriteOp>) -> Vec<Result<(), StoreError>> {
+        let n = ops.len();
+        let all_fail = |e: &StoreError| -> Vec<Result<(), StoreError>> {
+            (0..n).map(|_| Err(same_kind(e))).collect()
+        };
+        let conn = match self.conn.take().filter(|c| !c.is_closed()) {
+            Some(c) => c,
+            None => match Conn::connect(&self.config, Some(&self.namespace)) {
+                Ok(c) => c,
+                Err(e) => return all_fail(&e),
+            },
+        };
+        let conn = self.conn.insert(conn);
+        // The lock makes this process the log's sequencer until COMMIT; reading the size after
+        // taking it sees every leaf another process committed.
+        let begun = conn
+            .batch("BEGIN")
+            .and_then(|()| conn.exec("SELECT pg_advisory_xact_lock($1)", &[&self.lock]))
+            .and_then(|_| sql::ledger_size(conn));
+        let committed = match begun {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = conn.batch("ROLLBACK");
+                return all_fail(&e);
+            }
+        };
+        let mut results = Vec::with_capacity(n);
+        let mut shred = false;
+        for op in ops {
+            let result = conn.batch("SAVEPOINT op").and_then(|()| {
+                let mut tx = sql::Tx::new(conn);
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&mut tx)))
+                    .unwrap_or_else(|_| Err(StoreError::Backend("write op panicked".into())));
+                shred |= r.is_ok() && tx.shredded;
+                r
+            });
+            let end = if result.is_ok() {
+                conn.batch("RELEASE SAVEPOINT op")
+            } else {
+                conn.batch("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
+            };
+            if let Err(e) = end {
+                // The transaction is lost (connection gone): every op so far goes with it.
+                let _ = conn.batch("ROLLBACK");
+                let mut out: Vec<_> = results
+                    .into_iter()
+                    .map(|r: Result<(), StoreError>| r.and(Err(same_kind(&e))))
+                    .collect();
+                out.push(Err(same_kind(&e)));
+                out.resize_with(n, || Err(same_kind(&e)));
+                return out;
+            }
+            results.push(result);
+        }
+        // Hash the group's leaves into the tree in the same transaction, on a copy of the
+        // frontier that replaces the real one only once the commit succeeded.
+        let mut next = self.frontier.clone();
+        let done = sql::integrate(conn, &mut next, committed).and_then(|()| conn.batch("COMMIT"));
+        if let Err(e) = done {
+            let _ = conn.batch("ROLLBACK");
+            if let Ok(f) = sql::load_frontier(conn) {
+                self.frontier = f;
+            }
+            return results
+                .into_iter()
+                .map(|r| r.and(Err(same_kind(&e))))
+                .collect();
+        }
+        self.frontier = next;
+        if shred {
+            // A destroyed key's wrapped bytes live on in the old row version until vacuumed;
+            // VACUUM FULL rewrites the (small) table into a new file without them.
+            if let Err(e) = conn.batch("VACUUM FULL deks") {
+                tracing::warn!(error = %e, "VACUUM FULL deks after destroying a key failed");
+            }
+        }
+        results
+    }
+}
+
+/// A copy of an error's kind and message (a group's failure is every op's failure).
+fn same_kind(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.to_string().into()),
+        StoreError::Conflict => StoreError::Conflict,
+        other => StoreError::Backend(other.to_string().into()),
+    }
+}
+
+/// Implements `StoreRead` for a type with a `with_conn` method by running the shared queries.
+macro_rules! impl_reads {
+    ($ty:ty) => {
+        impl StoreRead for $ty {
+            fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+                self.with_conn(|c| $crate::sql::meta(c, key))
+            }
+            fn keks(&self) -> Result<Vec<(u32, WrappedKey)>, StoreError> {
+                self.with_conn($crate::sql::keks)
+            }
+            fn data_key(&self, name: &str) -> Result<Option<DataKeyRow>, StoreError> {
+                self.with_conn(|c| $crate::sql::data_key(c, name))
+            }
+            fn current(&self, rt: &str, id: &str) -> Result<Option<CurrentMeta>, StoreError> {
+                self.with_conn(|c| $crate::sql::current(c, rt, id))
+            }
+            fn version(
+                &self,
+                rt: &str,
+                id: &str,
+                v: Option<u64>,
+            ) -> Result<Option<StoredVersion>, StoreError> {
+                self.with_conn(|c| $crate::sql::version(c, rt, id, v))
+            }
+            fn history(
+                &self,
+                rt: &str,
+                id: Option<&str>,
+                offset: u64,
+                limit: u64,
+            ) -> Result<SearchPage, StoreError> {
+                self.with_conn(|c| $crate::sql::history(c, rt, id, offset, limit))
+            }
+            fn search(&self, q: &IndexQuery) -> Result<SearchPage, StoreError> {
+                self.with_conn(|c| $crate::sql::search(c, q))
+            }
+            fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
+                self.with_conn(|c| $crate::sql::token(c, hash))
+            }
+            fn user(&self, id: &str) -> Result<Option<UserRow>, StoreError> {
+                self.with_conn(|c| $crate::sql::user(c, id))
+            }
+            fn user_by_name(&self, index: &BlindValue) -> Result<Option<UserRow>, StoreError> {
+                self.with_conn(|c| $crate::sql::user_by_name(c, index))
+            }
+            fn users(&self) -> Result<Vec<UserRow>, StoreError> {
+                self.with_conn($crate::sql::users)
+            }
+            fn session(&self, hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError> {
+                self.with_conn(|c| $crate::sql::session(c, hash))
+            }
+            fn client(&self, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
+                self.with_conn(|c| $crate::sql::client(c, client_id))
+            }
+            fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
+                self.with_conn($crate::sql::clients)
+            }
+            fn access_token(&self, hash: &[u8; 32]) -> Result<Option<AccessTokenRow>, StoreError> {
+                self.with_conn(|c| $crate::sql::access_token(c, hash))
+            }
+            fn grant(&self, hash: &[u8; 32]) -> Result<Option<GrantRow>, StoreError> {
+                self.with_conn(|c| $crate::sql::grant(c, hash))
+            }
+            fn passkeys(&self, user_id: &str) -> Result<Vec<(Vec<u8>, Sealed)>, StoreError> {
+                self.with_conn(|c| $crate::sql::passkeys(c, user_id))
+            }
+            fn recovery_codes_left(&self, user_id: &str) -> Result<u64, StoreError> {
+                self.with_conn(|c| $crate::sql::recovery_codes_left(c, user_id))
+            }
+            fn break_glass(
+                &self,
+                user_id: &str,
+                patient: &str,
+                now_micros: i64,
+            ) -> Result<Option<BreakGlassRow>, StoreError> {
+                self.with_conn(|c| $crate::sql::break_glass(c, user_id, patient, now_micros))
+            }
+            fn alerts(&self, open_only: bool) -> Result<Vec<AlertRow>, StoreError> {
+                self.with_conn(|c| $crate::sql::alerts(c, open_only))
+            }
+            fn ledger_size(&self) -> Result<u64, StoreError> {
+                self.with_conn($crate::sql::ledger_size)
+            }
+            fn ledger_nodes(
+                &self,
+                level: u8,
+                start: u64,
+                count: u64,
+            ) -> Result<Vec<Hash>, StoreError> {
+                self.with_conn(|c| $crate::sql::ledger_nodes(c, level, start, count))
+            }
+            fn ledger_nodes_at(&self, keys: &[(u8, u64)]) -> Result<Vec<Option<Hash>>, StoreError> {
+                self.with_conn(|c| $crate::sql::ledger_nodes_at(c, keys))
+            }
+            fn ledger_entries(
+                &self,
+                start: u64,
+                count: u64,
+            ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+                self.with_conn(|c| $crate::sql::ledger_entries(c, start, count))
+            }
+            fn audit_detail(&self, leaf: u64) -> Result<Option<AuditDetail>, StoreError> {
+                self.with_conn(|c| $crate::sql::audit_detail(c, leaf))
+            }
+            fn audit_details(
+                &self,
+                start: u64,
+                count: u64,
+            ) -> Result<Vec<(u64, AuditDetail)>, StoreError> {
+                self.with_conn(|c| $crate::sql::audit_details(c, start, count))
+            }
+            fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>, StoreError> {
+                self.with_conn(|c| $crate::sql::checkpoint(c, size))
+            }
+            fn witnessed(&self, origin: &str) -> Result<Option<(u64, Hash)>, StoreError> {
+                self.with_conn(|c| $crate::sql::witnessed(c, origin))
+            }
+            fn versions_after(
+                &self,
+                after: Option<(&str, &str, u64)>,
+                limit: u64,
+            ) -> Result<Vec<StoredVersion>, StoreError> {
+                self.with_conn(|c| $crate::sql::versions_after(c, after, limit))
+            }
+        }
+    };
+}
+pub(crate) use impl_reads;
+
+impl PgStore {
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with_reader(f)
+    }
+}
+
+impl_reads!(PgStore);
+
+impl Store for PgStore {
+    fn write(&self, op: WriteOp) -> Result<(), StoreError> {
+        medvault_store::write_with(self, move |tx| op(tx))
+    }
+
+    fn submit(&self, op: WriteOp, done: WriteDone) {
+        let Some(sender) = self.sender.as_ref() else {
+            return done(Err(StoreError::Backend("store is shutting down".into())));
+        };
+        if let Err(std::sync::mpsc::SendError(job)) = sender.send(Job { op, reply: done }) {
+            (job.reply)(Err(StoreError::Backend("writer thread has stopped".into())));
+        }
+    }
+
+    fn data_key_names(&self) -> Result<Vec<String>, StoreError> {
+        self.with_reader(sql::data_key_names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test server, or `None` (and a note saying the tests skipped) when
+    /// `MEDVAULT_TEST_POSTGRES_URL` is not set.
+    fn server(test: &str) -> Option<Target> {
+        match std::env::var("MEDVAULT_TEST_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => Some(Target::parse(&url).unwrap()),
+            _ => {
+                eprintln!("{test}: skipped (set MEDVAULT_TEST_POSTGRES_URL to run it)");
+                None
+            }
+        }
+    }
+
+    /// A target in a schema of its own, dropped when the guard goes.
+    struct Scratch(Target);
+
+    impl Scratch {
+        fn new(server: &Target) -> Self {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos();
+            let name = format!(
+                "mvtest_{}_{}_{nanos}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            );
+            let t = server.with_schema(&name).unwrap();
+            t.drop_all().unwrap();
+            Self(t)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = self.0.drop_all();
+        }
+    }
+
+    #[test]
+    fn urls_name_a_schema_and_never_show_a_password() {
+        let t = Target::parse("postgres://u:s3cret@db.example:6543/clinic?schema=site_a").unwrap();
+        assert_eq!(t.schema_name(), "site_a");
+        assert_eq!(t.namespace(Schema::AccessLog), "site_a_access");
+        let shown = format!("{t:?} {}", t.describe());
+        assert!(shown.contains("db.example:6543/clinic"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let t = Target::parse("postgresql://localhost/test?connect_timeout=3").unwrap();
+        assert_eq!(t.schema_name(), DEFAULT_SCHEMA);
+        for bad in [
+            "mysql://localhost/x",
+            "postgres://localhost/x?schema=Robert');DROP",
+            "postgres://localhost/x?schema=1abc",
+            "postgres://localhost/x?bogus_option=1",
+        ] {
+            let e = Target::parse(bad).unwrap_err().to_string();
+            assert!(!e.is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn conformance_suite() {
+        let Some(server) = server("conformance_suite") else {
+            return;
+        };
+        let scratches = Mutex::new(Vec::new());
+        let ran = medvault_store::conformance::run_all(&|| {
+            let s = Scratch::new(&server);
+            let store = PgStore::open(&s.0).unwrap();
+            scratches.lock().unwrap().push(s);
+            Box::new(store)
+        });
+        assert_eq!(ran, medvault_store::conformance::CHECKS.len());
+        assert_eq!(ran, 11);
+    }
+
+    #[test]
+    fn reopen_keeps_data_schema_version_and_kind() {
+        let Some(server) = server("reopen_keeps_data_schema_version_and_kind") else {
+            return;
+        };
+        let s = Scratch::new(&server);
+        let audit = |store: &PgStore, n: u8| {
+            let detail = AuditDetail {
+                salt: [n; 16],
+                sealed: Sealed::from_stored(vec![n; 40]),
+            };
+            store
+                .write(Box::new(move |tx| {
+                    tx.append_audit(&detail, &[n]).map(|_| ())
+                }))
+                .unwrap();
+        };
+        {
+            let store = PgStore::open(&s.0).unwrap();
+            store
+                .write(Box::new(|tx| tx.set_meta("tenant", "t")))
+                .unwrap();
+            for n in 0..5 {
+                audit(&store, n);
+            }
+        }
+        let store = PgStore::open(&s.0).unwrap();
+        assert_eq!(store.meta("tenant").unwrap().as_deref(), Some("t"));
+        assert_eq!(store.meta("schema_version").unwrap().as_deref(), Some("10"));
+        audit(&store, 5);
+        let mut want = medvault_ledger::MemoryTree::new();
+        for n in 0..6u8 {
+            want.push(medvault_ledger::leaf_hash(&[n]));
+        }
+        let got = medvault_ledger::root(&medvault_store::LedgerNodes(&store), 6).unwrap();
+        assert_eq!(got, want.root());
+        // The access log lives beside it, and neither opens as the other.
+        let log = PgStore::open_access_log(&s.0).unwrap();
+        assert_eq!(log.meta("schema_version").unwrap().as_deref(), Some("2"));
+        assert!(
+            log.data_key("@tenant").is_err(),
+            "no node tables in the access log"
+        );
+        drop(log);
+        let swapped =
+            s.0.with_schema(&format!("{}_access", s.0.schema_name()))
+                .unwrap();
+        assert!(matches!(
+            PgStore::open(&swapped),
+            Err(StoreError::WrongDatabase {
+                expected: "medvault-node",
+                ..
+            })
+        ));
+        store
+            .write(Box::new(|tx| tx.set_meta("schema_version", "999")))
+            .unwrap();
+        drop(store);
+        assert!(matches!(
+            PgStore::open(&s.0),
+            Err(StoreError::SchemaTooNew { found: 999, .. })
+        ));
+    }
+
+    #[test]
+    fn an_unreachable_server_is_unavailable() {
+        let t = Target::parse("postgres://medvault@127.0.0.1:1/none?connect_timeout=2").unwrap();
+        assert!(matches!(PgStore::open(&t), Err(StoreError::Unavailable(_))));
+    }
+}

@@ -1,0 +1,229 @@
+//! Versioned schema migrations, applied in order at open, under an advisory lock so that
+//! processes starting together migrate once.
+//!
+//! Version numbers are the SQLite backend's: a schema at version N holds the same tables and
+//! meanings on both backends (so `medvault migrate` can refuse a mismatch). PostgreSQL support
+//! began at version 10, so its first migration creates version 10 in one step; later versions
+//! add a migration to both lists.
+
+use medvault_store::StoreError;
+
+use crate::lock_key;
+use crate::sql::Conn;
+
+/// Which database a schema holds; each has its own migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// Keys, records, blind indexes, identities, tokens and the records log.
+    Node,
+    /// The access log (audit leaves and their sealed details), its checkpoints, and the state
+    /// of the logs this node witnesses.
+    AccessLog,
+}
+
+impl Schema {
+    fn migrations(self) -> &'static [(i64, &'static str)] {
+        match self {
+            Self::Node => NODE_MIGRATIONS,
+            Self::AccessLog => ACCESS_LOG_MIGRATIONS,
+        }
+    }
+
+    /// The `meta` value naming the kind of database, checked at open.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Node => "medvault-node",
+            Self::AccessLog => "medvault-access-log",
+        }
+    }
+}
+
+/// Text columns that are keys or sort keys use the "C" collation: byte order, as in SQLite,
+/// whatever the database's locale.
+macro_rules! log_tables {
+    () => {
+        "CREATE TABLE ledger_leaves (idx BIGINT PRIMARY KEY, entry BYTEA NOT NULL);
+         CREATE TABLE ledger_nodes (
+            level BIGINT NOT NULL, idx BIGINT NOT NULL, hash BYTEA NOT NULL,
+            PRIMARY KEY (level, idx)
+         );
+         CREATE TABLE ledger_audit (
+            leaf BIGINT PRIMARY KEY, salt BYTEA NOT NULL, detail BYTEA NOT NULL
+         );
+         CREATE TABLE ledger_checkpoints (size BIGINT PRIMARY KEY, note TEXT NOT NULL);
+         CREATE TABLE witnessed (
+            origin TEXT COLLATE \"C\" PRIMARY KEY, size BIGINT NOT NULL, root BYTEA NOT NULL,
+            note TEXT NOT NULL
+         );"
+    };
+}
+
+macro_rules! meta_table {
+    () => {
+        "CREATE TABLE meta (k TEXT COLLATE \"C\" PRIMARY KEY, v TEXT NOT NULL);"
+    };
+}
+
+const NODE_MIGRATIONS: &[(i64, &str)] = &[(
+    10,
+    concat!(
+        meta_table!(),
+        log_tables!(),
+        "CREATE TABLE keks (version BIGINT PRIMARY KEY, wrapped BYTEA NOT NULL);
+     CREATE TABLE deks (
+        name TEXT COLLATE \"C\" PRIMARY KEY, key_version BIGINT NOT NULL, kek_version BIGINT,
+        wrapped BYTEA
+     );
+     CREATE TABLE versions (
+        rtype TEXT COLLATE \"C\" NOT NULL, id TEXT COLLATE \"C\" NOT NULL,
+        version BIGINT NOT NULL, last_updated BIGINT NOT NULL,
+        key_name TEXT COLLATE \"C\" NOT NULL, key_version BIGINT NOT NULL, body BYTEA,
+        salt BYTEA, leaf BIGINT,
+        PRIMARY KEY (rtype, id, version)
+     );
+     CREATE INDEX versions_by_time ON versions (rtype, last_updated);
+     CREATE TABLE current (
+        rid BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        rtype TEXT COLLATE \"C\" NOT NULL, id TEXT COLLATE \"C\" NOT NULL,
+        version BIGINT NOT NULL, last_updated BIGINT NOT NULL, deleted BOOLEAN NOT NULL,
+        key_name TEXT COLLATE \"C\" NOT NULL, shredded BOOLEAN NOT NULL DEFAULT FALSE,
+        UNIQUE (rtype, id)
+     );
+     CREATE INDEX current_by_time ON current (rtype, last_updated);
+     CREATE INDEX current_by_key ON current (key_name);
+     -- Blind index: a value names its (type, parameter) by its derivation; rows point at
+     -- current.rid.
+     CREATE TABLE idx (value BYTEA NOT NULL, rid BIGINT NOT NULL, PRIMARY KEY (value, rid));
+     CREATE INDEX idx_by_rid ON idx (rid);
+     CREATE TABLE tokens (
+        hash BYTEA PRIMARY KEY, token_id TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
+        created BIGINT NOT NULL
+     );
+     CREATE TABLE users (
+        id TEXT COLLATE \"C\" PRIMARY KEY, name_index BYTEA NOT NULL UNIQUE,
+        name_sealed BYTEA NOT NULL, role TEXT NOT NULL, password_hash TEXT NOT NULL,
+        disabled BOOLEAN NOT NULL, created BIGINT NOT NULL, totp BYTEA, totp_pending BYTEA,
+        totp_last_step BIGINT, failed_logins BIGINT NOT NULL, locked_until BIGINT NOT NULL,
+        patient_id TEXT, practitioner TEXT
+     );
+     CREATE TABLE recovery_codes (
+        user_id TEXT NOT NULL, hash BYTEA NOT NULL, PRIMARY KEY (user_id, hash)
+     );
+     CREATE TABLE sessions (
+        hash BYTEA PRIMARY KEY, session_id TEXT NOT NULL, user_id TEXT NOT NULL,
+        aal BIGINT NOT NULL, created BIGINT NOT NULL, last_seen BIGINT NOT NULL,
+        expires BIGINT NOT NULL
+     );
+     CREATE INDEX sessions_by_user ON sessions (user_id);
+     CREATE TABLE oauth_clients (
+        client_id TEXT COLLATE \"C\" PRIMARY KEY, name TEXT NOT NULL, jwks TEXT NOT NULL,
+        scopes TEXT NOT NULL, disabled BOOLEAN NOT NULL, created BIGINT NOT NULL,
+        redirect_uris TEXT NOT NULL DEFAULT ''
+     );
+     CREATE TABLE oauth_tokens (
+        hash BYTEA PRIMARY KEY, client_id TEXT NOT NULL, scopes TEXT NOT NULL,
+        issued BIGINT NOT NULL, expires BIGINT NOT NULL, user_id TEXT, family TEXT
+     );
+     CREATE INDEX oauth_tokens_by_expiry ON oauth_tokens (expires);
+     CREATE INDEX oauth_tokens_by_family ON oauth_tokens (family);
+     CREATE TABLE oauth_jti (
+        client_id TEXT NOT NULL, jti TEXT NOT NULL, expires BIGINT NOT NULL,
+        PRIMARY KEY (client_id, jti)
+     );
+     CREATE INDEX oauth_jti_by_expiry ON oauth_jti (expires);
+     CREATE TABLE passkeys (
+        credential_id BYTEA PRIMARY KEY, user_id TEXT NOT NULL, passkey BYTEA NOT NULL,
+        created BIGINT NOT NULL
+     );
+     CREATE INDEX passkeys_by_user ON passkeys (user_id, created);
+     CREATE TABLE oauth_grants (
+        hash BYTEA PRIMARY KEY, kind TEXT NOT NULL, client_id TEXT NOT NULL,
+        user_id TEXT NOT NULL, scopes TEXT NOT NULL, redirect_uri TEXT NOT NULL,
+        code_challenge TEXT NOT NULL, family TEXT NOT NULL, expires BIGINT NOT NULL,
+        used BOOLEAN NOT NULL
+     );
+     CREATE INDEX oauth_grants_by_family ON oauth_grants (family);
+     CREATE TABLE break_glass (
+        id TEXT PRIMARY KEY, user_id TEXT NOT NULL, patient TEXT NOT NULL,
+        reason BYTEA NOT NULL, opened BIGINT NOT NULL, expires BIGINT NOT NULL
+     );
+     CREATE INDEX break_glass_by_user ON break_glass (user_id, patient, expires);
+     CREATE TABLE alerts (
+        id TEXT COLLATE \"C\" PRIMARY KEY, kind TEXT NOT NULL, at BIGINT NOT NULL,
+        user_id TEXT NOT NULL, patient TEXT, detail BYTEA NOT NULL, acknowledged_by TEXT,
+        acknowledged BIGINT
+     );
+     CREATE INDEX alerts_by_time ON alerts (at);"
+    ),
+)];
+
+/// The access log's schema: one log and the witness state, nothing else. (SQLite's access log
+/// is at version 2; the numbers are per kind.)
+const ACCESS_LOG_MIGRATIONS: &[(i64, &str)] = &[(2, concat!(meta_table!(), log_tables!()))];
+
+/// Creates the schema if needed and applies pending migrations, in one transaction.
+pub(crate) fn migrate(conn: &mut Conn, schema: Schema, namespace: &str) -> Result<(), StoreError> {
+    conn.batch("BEGIN")?;
+    let result = migrate_in_tx(conn, schema, namespace);
+    match result {
+        Ok(()) => conn.batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn migrate_in_tx(conn: &mut Conn, schema: Schema, namespace: &str) -> Result<(), StoreError> {
+    conn.exec(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&lock_key("medvault-migrate", namespace)],
+    )?;
+    conn.batch(&format!("CREATE SCHEMA IF NOT EXISTS {namespace}"))?;
+    let has_meta = conn
+        .opt(
+            "SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'meta'",
+            &[&namespace],
+        )?
+        .is_some();
+    let read = |conn: &mut Conn, key: &str| -> Result<Option<String>, StoreError> {
+        conn.opt("SELECT v FROM meta WHERE k = $1", &[&key])?
+            .map(|r| r.try_get(0).map_err(crate::sql::pg))
+            .transpose()
+    };
+    let (current, label) = if has_meta {
+        let v = read(conn, "schema_version")?.and_then(|v| v.parse::<i64>().ok());
+        (v.unwrap_or(0), read(conn, "schema")?)
+    } else {
+        (0, None)
+    };
+    if let Some(found) = label
+        && found != schema.label()
+    {
+        return Err(StoreError::WrongDatabase {
+            found,
+            expected: schema.label(),
+        });
+    }
+    let migrations = schema.migrations();
+    let supported = migrations.last().map_or(0, |(v, _)| *v);
+    if current > supported {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported,
+        });
+    }
+    for (version, sql) in migrations.iter().filter(|(v, _)| *v > current) {
+        conn.batch(sql)?;
+        conn.exec(
+            "INSERT INTO meta (k, v) VALUES ('schema_version', $1)
+             ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+            &[&version.to_string()],
+        )?;
+    }
+    conn.exec(
+        "INSERT INTO meta (k, v) VALUES ('schema', $1) ON CONFLICT (k) DO NOTHING",
+        &[&schema.label()],
+    )?;
+    Ok(())
+}

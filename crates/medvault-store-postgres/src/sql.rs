@@ -1,0 +1,1311 @@
+//! SQL shared by the pooled readers and the writer's transaction.
+
+use std::cell::{RefCell, RefMut};
+use std::collections::HashMap;
+
+use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
+use medvault_ledger::{Frontier, Hash, SALT_LEN, leaf_hash};
+use medvault_store::{
+    AccessTokenRow, AlertRow, AuditDetail, BreakGlassRow, ClientRow, CurrentMeta, DataKeyRow,
+    GrantRow, IndexQuery, LedgerNodes, SearchPage, SessionRow, SortOrder, StoreError, StoreRead,
+    StoreTx, StoredVersion, TokenRow, UserRow,
+};
+use postgres::error::SqlState;
+use postgres::types::{FromSql, ToSql};
+use postgres::{Row, Statement};
+
+type Param<'a> = &'a (dyn ToSql + Sync);
+
+/// Prepared statements one connection keeps at most (the SQL texts are few; search builds a
+/// handful of shapes).
+const MAX_STATEMENTS: usize = 256;
+
+/// Maps a driver error: lost or refused connections are [`StoreError::Unavailable`], unique
+/// violations and serialization failures [`StoreError::Conflict`]. The message keeps the
+/// SQLSTATE and PostgreSQL's message but never its DETAIL (which can quote stored values).
+pub(crate) fn pg(e: postgres::Error) -> StoreError {
+    let message = match e.as_db_error() {
+        Some(db) => format!("PostgreSQL {}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    };
+    match e.code() {
+        Some(c)
+            if *c == SqlState::UNIQUE_VIOLATION
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::T_R_DEADLOCK_DETECTED =>
+        {
+            StoreError::Conflict
+        }
+        Some(c)
+            if c.code().starts_with("08")
+                || c.code().starts_with("57P")
+                || *c == SqlState::TOO_MANY_CONNECTIONS
+                || *c == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT =>
+        {
+            StoreError::Unavailable(message.into())
+        }
+        Some(_) => StoreError::Backend(message.into()),
+        None => {
+            let io = std::error::Error::source(&e)
+                .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
+            if e.is_closed() || io {
+                StoreError::Unavailable(message.into())
+            } else {
+                StoreError::Backend(message.into())
+            }
+        }
+    }
+}
+
+fn get<'a, T: FromSql<'a>>(r: &'a Row, i: usize) -> Result<T, StoreError> {
+    r.try_get(i).map_err(pg)
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn to_u32(n: i64) -> Result<u32, StoreError> {
+    u32::try_from(n).map_err(|_| StoreError::Backend("stored number out of range".into()))
+}
+
+/// One connection with its prepared statements.
+pub(crate) struct Conn {
+    client: postgres::Client,
+    statements: HashMap<String, Statement>,
+}
+
+impl Conn {
+    /// Connects; with `namespace`, every statement runs in that schema, durably committed, and
+    /// a transaction left idle (a stopped process holding the writer's lock) ends after a minute.
+    pub(crate) fn connect(
+        config: &postgres::Config,
+        namespace: Option<&str>,
+    ) -> Result<Self, StoreError> {
+        let mut config = config.clone();
+        if let Some(ns) = namespace {
+            let mut options = config.get_options().unwrap_or("").to_owned();
+            options.push_str(&format!(
+                " -c search_path={ns} -c synchronous_commit=on \
+                  -c idle_in_transaction_session_timeout=60000"
+            ));
+            config.options(options.trim());
+        }
+        let client = config.connect(postgres::NoTls).map_err(|e| {
+            // Refused credentials or a missing database are configuration, not an outage.
+            match pg(e) {
+                StoreError::Unavailable(m) => StoreError::Unavailable(m),
+                other => StoreError::Backend(format!("cannot connect: {other:#}").into()),
+            }
+        })?;
+        Ok(Self {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).map_err(pg)?;
+        if self.statements.len() >= MAX_STATEMENTS {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    pub(crate) fn query(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<Row>, StoreError> {
+        let s = self.statement(sql)?;
+        self.client.query(&s, params).map_err(pg)
+    }
+
+    pub(crate) fn opt(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    pub(crate) fn one(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Row, StoreError> {
+        self.opt(sql, params)?
+            .ok_or_else(|| StoreError::Backend("query returned no row".into()))
+    }
+
+    pub(crate) fn exec(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
+        let s = self.statement(sql)?;
+        self.client.execute(&s, params).map_err(pg)
+    }
+
+    pub(crate) fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.client.batch_execute(sql).map_err(pg)
+    }
+}
+
+const VERSION_COLUMNS: &str =
+    "v.rtype, v.id, v.version, v.last_updated, v.key_name, v.key_version, v.body,
+     (d.name IS NOT NULL AND d.wrapped IS NULL), v.salt, v.leaf";
+const VERSION_JOIN: &str = "versions v LEFT JOIN deks d ON d.name = v.key_name";
+
+fn version_row(r: &Row) -> Result<StoredVersion, StoreError> {
+    Ok(StoredVersion {
+        resource_type: get(r, 0)?,
+        id: get(r, 1)?,
+        version: to_u64(get(r, 2)?),
+        last_updated_micros: get(r, 3)?,
+        key_name: get(r, 4)?,
+        key_version: to_u32(get(r, 5)?)?,
+        body: get::<Option<Vec<u8>>>(r, 6)?.map(Sealed::from_stored),
+        shredded: get(r, 7)?,
+        salt: get::<Option<Vec<u8>>>(r, 8)?
+            .and_then(|s| <[u8; SALT_LEN]>::try_from(s.as_slice()).ok()),
+        leaf: get::<Option<i64>>(r, 9)?.and_then(|l| u64::try_from(l).ok()),
+    })
+}
+
+fn rows<T>(
+    rows: Vec<Row>,
+    f: impl Fn(&Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    rows.iter().map(f).collect()
+}
+
+pub(crate) fn meta(c: &mut Conn, key: &str) -> Result<Option<String>, StoreError> {
+    c.opt("SELECT v FROM meta WHERE k = $1", &[&key])?
+        .map(|r| get(&r, 0))
+        .transpose()
+}
+
+pub(crate) fn keks(c: &mut Conn) -> Result<Vec<(u32, WrappedKey)>, StoreError> {
+    let found = c.query("SELECT version, wrapped FROM keks ORDER BY version", &[])?;
+    rows(found, |r| {
+        Ok((to_u32(get(r, 0)?)?, WrappedKey::from_stored(get(r, 1)?)))
+    })
+}
+
+pub(crate) fn data_key(c: &mut Conn, name: &str) -> Result<Option<DataKeyRow>, StoreError> {
+    c.opt(
+        "SELECT name, key_version, kek_version, wrapped FROM deks WHERE name = $1",
+        &[&name],
+    )?
+    .map(|r| {
+        Ok(DataKeyRow {
+            name: get(&r, 0)?,
+            key_version: to_u32(get(&r, 1)?)?,
+            kek_version: get::<Option<i64>>(&r, 2)?.map(to_u32).transpose()?,
+            wrapped: get::<Option<Vec<u8>>>(&r, 3)?.map(WrappedKey::from_stored),
+        })
+    })
+    .transpose()
+}
+
+pub(crate) fn data_key_names(c: &mut Conn) -> Result<Vec<String>, StoreError> {
+    let found = c.query(
+        "SELECT name FROM deks WHERE wrapped IS NOT NULL ORDER BY name",
+        &[],
+    )?;
+    rows(found, |r| get(r, 0))
+}
+
+pub(crate) fn current(c: &mut Conn, rt: &str, id: &str) -> Result<Option<CurrentMeta>, StoreError> {
+    c.opt(
+        "SELECT version, deleted, key_name FROM current WHERE rtype = $1 AND id = $2",
+        &[&rt, &id],
+    )?
+    .map(|r| {
+        Ok(CurrentMeta {
+            version: to_u64(get(&r, 0)?),
+            deleted: get(&r, 1)?,
+            key_name: get(&r, 2)?,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) fn version(
+    c: &mut Conn,
+    rt: &str,
+    id: &str,
+    v: Option<u64>,
+) -> Result<Option<StoredVersion>, StoreError> {
+    let row = match v {
+        Some(v) => c.opt(
+            &format!(
+                "SELECT {VERSION_COLUMNS} FROM {VERSION_JOIN}
+                 WHERE v.rtype = $1 AND v.id = $2 AND v.version = $3"
+            ),
+            &[&rt, &id, &to_i64(v)],
+        )?,
+        None => c.opt(
+            &format!(
+                "SELECT {VERSION_COLUMNS} FROM current c
+                 JOIN versions v ON v.rtype = c.rtype AND v.id = c.id AND v.version = c.version
+                 LEFT JOIN deks d ON d.name = v.key_name
+                 WHERE c.rtype = $1 AND c.id = $2"
+            ),
+            &[&rt, &id],
+        )?,
+    };
+    row.as_ref().map(version_row).transpose()
+}
+
+/// Runs a count and a page query with the same filter parameters plus limit and offset.
+fn counted_page(
+    c: &mut Conn,
+    count_sql: &str,
+    page_sql: &str,
+    args: &[Box<dyn ToSql + Sync>],
+    limit: u64,
+    offset: u64,
+) -> Result<SearchPage, StoreError> {
+    let mut params: Vec<Param<'_>> = args.iter().map(|b| b.as_ref() as Param<'_>).collect();
+    let total: i64 = get(&c.one(count_sql, &params)?, 0)?;
+    let (limit, offset) = (to_i64(limit), to_i64(offset));
+    params.push(&limit);
+    params.push(&offset);
+    let found = c.query(page_sql, &params)?;
+    Ok(SearchPage {
+        rows: rows(found, version_row)?,
+        total: to_u64(total),
+    })
+}
+
+pub(crate) fn history(
+    c: &mut Conn,
+    rt: &str,
+    id: Option<&str>,
+    offset: u64,
+    limit: u64,
+) -> Result<SearchPage, StoreError> {
+    let mut args: Vec<Box<dyn ToSql + Sync>> = vec![Box::new(rt.to_owned())];
+    let filter = match id {
+        Some(id) => {
+            args.push(Box::new(id.to_owned()));
+            "v.rtype = $1 AND v.id = $2"
+        }
+        // Type history leaves out versions whose key was destroyed, so erased patients do not
+        // show in totals or paging.
+        None => "v.rtype = $1 AND NOT (d.name IS NOT NULL AND d.wrapped IS NULL)",
+    };
+    let n = args.len();
+    counted_page(
+        c,
+        &format!("SELECT count(*) FROM {VERSION_JOIN} WHERE {filter}"),
+        &format!(
+            "SELECT {VERSION_COLUMNS} FROM {VERSION_JOIN} WHERE {filter}
+             ORDER BY v.last_updated DESC, v.id DESC, v.version DESC LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        ),
+        &args,
+        limit,
+        offset,
+    )
+}
+
+pub(crate) fn search(c: &mut Conn, q: &IndexQuery) -> Result<SearchPage, StoreError> {
+    let mut args: Vec<Box<dyn ToSql + Sync>> = vec![Box::new(q.resource_type.clone())];
+    let mut filter = String::from("c.rtype = $1 AND NOT c.deleted AND NOT c.shredded");
+    for values in &q.clauses {
+        if values.is_empty() {
+            filter.push_str(" AND FALSE");
+            continue;
+        }
+        let list: Vec<Vec<u8>> = values.iter().map(|b| b.0.to_vec()).collect();
+        args.push(Box::new(list));
+        filter.push_str(&format!(
+            " AND c.rid IN (SELECT rid FROM idx WHERE value = ANY(${}))",
+            args.len()
+        ));
+    }
+    if let Some(ids) = &q.ids {
+        if ids.is_empty() {
+            filter.push_str(" AND FALSE");
+        } else {
+            args.push(Box::new(ids.clone()));
+            filter.push_str(&format!(" AND c.id = ANY(${})", args.len()));
+        }
+    }
+    if let Some(from) = q.updated_from {
+        args.push(Box::new(from));
+        filter.push_str(&format!(" AND c.last_updated >= ${}", args.len()));
+    }
+    if let Some(to) = q.updated_to {
+        args.push(Box::new(to));
+        filter.push_str(&format!(" AND c.last_updated < ${}", args.len()));
+    }
+    let order = match q.sort {
+        SortOrder::LastUpdatedDesc => "c.last_updated DESC, c.id",
+        SortOrder::LastUpdatedAsc => "c.last_updated ASC, c.id",
+        SortOrder::IdAsc => "c.id ASC",
+        SortOrder::IdDesc => "c.id DESC",
+    };
+    let n = args.len();
+    counted_page(
+        c,
+        &format!("SELECT count(*) FROM current c WHERE {filter}"),
+        &format!(
+            "SELECT {VERSION_COLUMNS} FROM current c
+             JOIN versions v ON v.rtype = c.rtype AND v.id = c.id AND v.version = c.version
+             LEFT JOIN deks d ON d.name = v.key_name
+             WHERE {filter} ORDER BY {order} LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        ),
+        &args,
+        q.limit,
+        q.offset,
+    )
+}
+
+const USER_COLUMNS: &str = "id, name_index, name_sealed, role, password_hash, disabled, created,
+     totp, totp_pending, totp_last_step, failed_logins, locked_until, patient_id, practitioner";
+
+fn user_row(r: &Row) -> Result<UserRow, StoreError> {
+    let index: Vec<u8> = get(r, 1)?;
+    let sealed = |i: usize| -> Result<Option<Sealed>, StoreError> {
+        Ok(get::<Option<Vec<u8>>>(r, i)?.map(Sealed::from_stored))
+    };
+    Ok(UserRow {
+        id: get(r, 0)?,
+        name_index: BlindValue(
+            <[u8; BLIND_LEN]>::try_from(index.as_slice()).map_err(|_| {
+                StoreError::Backend("stored name index has the wrong length".into())
+            })?,
+        ),
+        name_sealed: Sealed::from_stored(get(r, 2)?),
+        role: get(r, 3)?,
+        password_hash: get(r, 4)?,
+        disabled: get(r, 5)?,
+        created_micros: get(r, 6)?,
+        totp: sealed(7)?,
+        totp_pending: sealed(8)?,
+        totp_last_step: get::<Option<i64>>(r, 9)?.and_then(|n| u64::try_from(n).ok()),
+        failed_logins: to_u32(get(r, 10)?)?,
+        locked_until_micros: get(r, 11)?,
+        patient_id: get(r, 12)?,
+        practitioner: get(r, 13)?,
+    })
+}
+
+pub(crate) fn user(c: &mut Conn, id: &str) -> Result<Option<UserRow>, StoreError> {
+    c.opt(
+        &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"),
+        &[&id],
+    )?
+    .as_ref()
+    .map(user_row)
+    .transpose()
+}
+
+pub(crate) fn user_by_name(
+    c: &mut Conn,
+    index: &BlindValue,
+) -> Result<Option<UserRow>, StoreError> {
+    c.opt(
+        &format!("SELECT {USER_COLUMNS} FROM users WHERE name_index = $1"),
+        &[&&index.0[..]],
+    )?
+    .as_ref()
+    .map(user_row)
+    .transpose()
+}
+
+pub(crate) fn users(c: &mut Conn) -> Result<Vec<UserRow>, StoreError> {
+    let found = c.query(
+        &format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"),
+        &[],
+    )?;
+    rows(found, user_row)
+}
+
+pub(crate) fn session(c: &mut Conn, hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError> {
+    c.opt(
+        "SELECT session_id, user_id, aal, created, last_seen, expires FROM sessions
+         WHERE hash = $1",
+        &[&&hash[..]],
+    )?
+    .map(|r| {
+        Ok(SessionRow {
+            hash: *hash,
+            session_id: get(&r, 0)?,
+            user_id: get(&r, 1)?,
+            aal: u8::try_from(get::<i64>(&r, 2)?)
+                .map_err(|_| StoreError::Backend("stored aal out of range".into()))?,
+            created_micros: get(&r, 3)?,
+            last_seen_micros: get(&r, 4)?,
+            expires_micros: get(&r, 5)?,
+        })
+    })
+    .transpose()
+}
+
+const CLIENT_COLUMNS: &str = "client_id, name, jwks, scopes, disabled, created, redirect_uris";
+
+fn client_row(r: &Row) -> Result<ClientRow, StoreError> {
+    let uris: String = get(r, 6)?;
+    Ok(ClientRow {
+        client_id: get(r, 0)?,
+        name: get(r, 1)?,
+        jwks: get(r, 2)?,
+        scopes: get(r, 3)?,
+        disabled: get(r, 4)?,
+        created_micros: get(r, 5)?,
+        redirect_uris: uris.lines().map(str::to_owned).collect(),
+    })
+}
+
+pub(crate) fn client(c: &mut Conn, id: &str) -> Result<Option<ClientRow>, StoreError> {
+    c.opt(
+        &format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE client_id = $1"),
+        &[&id],
+    )?
+    .as_ref()
+    .map(client_row)
+    .transpose()
+}
+
+pub(crate) fn clients(c: &mut Conn) -> Result<Vec<ClientRow>, StoreError> {
+    let found = c.query(
+        &format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients ORDER BY client_id"),
+        &[],
+    )?;
+    rows(found, client_row)
+}
+
+pub(crate) fn grant(c: &mut Conn, hash: &[u8; 32]) -> Result<Option<GrantRow>, StoreError> {
+    c.opt(
+        "SELECT kind, client_id, user_id, scopes, redirect_uri, code_challenge, family, expires,
+                used
+         FROM oauth_grants WHERE hash = $1",
+        &[&&hash[..]],
+    )?
+    .map(|r| {
+        Ok(GrantRow {
+            hash: *hash,
+            kind: get(&r, 0)?,
+            client_id: get(&r, 1)?,
+            user_id: get(&r, 2)?,
+            scopes: get(&r, 3)?,
+            redirect_uri: get(&r, 4)?,
+            code_challenge: get(&r, 5)?,
+            family: get(&r, 6)?,
+            expires_micros: get(&r, 7)?,
+            used: get(&r, 8)?,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) fn access_token(
+    c: &mut Conn,
+    hash: &[u8; 32],
+) -> Result<Option<AccessTokenRow>, StoreError> {
+    c.opt(
+        "SELECT client_id, scopes, issued, expires, user_id, family FROM oauth_tokens
+         WHERE hash = $1",
+        &[&&hash[..]],
+    )?
+    .map(|r| {
+        Ok(AccessTokenRow {
+            hash: *hash,
+            client_id: get(&r, 0)?,
+            scopes: get(&r, 1)?,
+            issued_micros: get(&r, 2)?,
+            expires_micros: get(&r, 3)?,
+            user_id: get(&r, 4)?,
+            family: get(&r, 5)?,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) fn passkeys(c: &mut Conn, user_id: &str) -> Result<Vec<(Vec<u8>, Sealed)>, StoreError> {
+    let found = c.query(
+        "SELECT credential_id, passkey FROM passkeys WHERE user_id = $1
+         ORDER BY created, credential_id",
+        &[&user_id],
+    )?;
+    rows(found, |r| Ok((get(r, 0)?, Sealed::from_stored(get(r, 1)?))))
+}
+
+pub(crate) fn break_glass(
+    c: &mut Conn,
+    user_id: &str,
+    patient: &str,
+    now_micros: i64,
+) -> Result<Option<BreakGlassRow>, StoreError> {
+    c.opt(
+        "SELECT id, reason, opened, expires FROM break_glass
+         WHERE user_id = $1 AND patient = $2 AND opened <= $3 AND expires > $3
+         ORDER BY expires DESC LIMIT 1",
+        &[&user_id, &patient, &now_micros],
+    )?
+    .map(|r| {
+        Ok(BreakGlassRow {
+            id: get(&r, 0)?,
+            user_id: user_id.to_owned(),
+            patient: patient.to_owned(),
+            reason: Sealed::from_stored(get(&r, 1)?),
+            opened_micros: get(&r, 2)?,
+            expires_micros: get(&r, 3)?,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) fn alerts(c: &mut Conn, open_only: bool) -> Result<Vec<AlertRow>, StoreError> {
+    let found = c.query(
+        "SELECT id, kind, at, user_id, patient, detail, acknowledged_by, acknowledged
+         FROM alerts WHERE (NOT $1 OR acknowledged IS NULL) ORDER BY at DESC, id DESC",
+        &[&open_only],
+    )?;
+    rows(found, |r| {
+        Ok(AlertRow {
+            id: get(r, 0)?,
+            kind: get(r, 1)?,
+            at_micros: get(r, 2)?,
+            user_id: get(r, 3)?,
+            patient: get(r, 4)?,
+            detail: Sealed::from_stored(get(r, 5)?),
+            acknowledged_by: get(r, 6)?,
+            acknowledged_micros: get(r, 7)?,
+        })
+    })
+}
+
+pub(crate) fn recovery_codes_left(c: &mut Conn, user_id: &str) -> Result<u64, StoreError> {
+    let r = c.one(
+        "SELECT count(*) FROM recovery_codes WHERE user_id = $1",
+        &[&user_id],
+    )?;
+    Ok(to_u64(get(&r, 0)?))
+}
+
+pub(crate) fn token(c: &mut Conn, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
+    c.opt(
+        "SELECT role, token_id FROM tokens WHERE hash = $1",
+        &[&&hash[..]],
+    )?
+    .map(|r| {
+        Ok(TokenRow {
+            role: get(&r, 0)?,
+            token_id: get(&r, 1)?,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) fn ledger_size(c: &mut Conn) -> Result<u64, StoreError> {
+    let r = c.one("SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_leaves", &[])?;
+    Ok(to_u64(get(&r, 0)?))
+}
+
+/// Nodes `[start, start + count)` of tree level `level`, stopping at the first one missing.
+/// Level 0 (leaf hashes) is not stored: it is hashed from the leaves themselves.
+pub(crate) fn ledger_nodes(
+    c: &mut Conn,
+    level: u8,
+    start: u64,
+    count: u64,
+) -> Result<Vec<Hash>, StoreError> {
+    if level == 0 {
+        let entries = ledger_entries(c, start, count)?;
+        return Ok(entries
+            .iter()
+            .enumerate()
+            .take_while(|(i, (idx, _))| *idx == start + *i as u64)
+            .map(|(_, (_, e))| leaf_hash(e))
+            .collect());
+    }
+    let found = c.query(
+        "SELECT idx, hash FROM ledger_nodes WHERE level = $1 AND idx >= $2 AND idx < $3
+         ORDER BY idx",
+        &[
+            &i64::from(level),
+            &to_i64(start),
+            &to_i64(start.saturating_add(count)),
+        ],
+    )?;
+    let mut out = Vec::new();
+    for (i, r) in found.iter().enumerate() {
+        let (idx, hash): (i64, Vec<u8>) = (get(r, 0)?, get(r, 1)?);
+        // Stop at the first gap or malformed hash: the caller sees fewer nodes than asked.
+        let Ok(hash) = <Hash>::try_from(hash.as_slice()) else {
+            break;
+        };
+        if u64::try_from(idx).ok() != Some(start + i as u64) {
+            break;
+        }
+        out.push(hash);
+    }
+    Ok(out)
+}
+
+/// The given nodes in two round trips (stored nodes; leaves for level 0).
+pub(crate) fn ledger_nodes_at(
+    c: &mut Conn,
+    keys: &[(u8, u64)],
+) -> Result<Vec<Option<Hash>>, StoreError> {
+    let mut found: HashMap<(u8, u64), Hash> = HashMap::with_capacity(keys.len());
+    let (leaves, nodes): (Vec<_>, Vec<_>) = keys.iter().partition(|(level, _)| *level == 0);
+    if !nodes.is_empty() {
+        let levels: Vec<i64> = nodes.iter().map(|(l, _)| i64::from(*l)).collect();
+        let idxs: Vec<i64> = nodes.iter().map(|(_, i)| to_i64(*i)).collect();
+        let got = c.query(
+            "SELECT n.level, n.idx, n.hash FROM ledger_nodes n
+             JOIN unnest($1::bigint[], $2::bigint[]) AS k(level, idx)
+               ON n.level = k.level AND n.idx = k.idx",
+            &[&levels, &idxs],
+        )?;
+        for r in &got {
+            let (level, idx, hash): (i64, i64, Vec<u8>) = (get(r, 0)?, get(r, 1)?, get(r, 2)?);
+            if let (Ok(level), Ok(hash)) = (u8::try_from(level), <Hash>::try_from(hash.as_slice()))
+            {
+                found.insert((level, to_u64(idx)), hash);
+            }
+        }
+    }
+    if !leaves.is_empty() {
+        let idxs: Vec<i64> = leaves.iter().map(|(_, i)| to_i64(*i)).collect();
+        let got = c.query(
+            "SELECT idx, entry FROM ledger_leaves WHERE idx = ANY($1)",
+            &[&idxs],
+        )?;
+        for r in &got {
+            let (idx, entry): (i64, Vec<u8>) = (get(r, 0)?, get(r, 1)?);
+            found.insert((0, to_u64(idx)), leaf_hash(&entry));
+        }
+    }
+    Ok(keys.iter().map(|k| found.get(k).copied()).collect())
+}
+
+pub(crate) fn ledger_entries(
+    c: &mut Conn,
+    start: u64,
+    count: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let found = c.query(
+        "SELECT idx, entry FROM ledger_leaves WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+        &[&to_i64(start), &to_i64(start.saturating_add(count))],
+    )?;
+    rows(found, |r| {
+        Ok((
+            u64::try_from(get::<i64>(r, 0)?).unwrap_or(u64::MAX),
+            get(r, 1)?,
+        ))
+    })
+}
+
+pub(crate) fn audit_detail(c: &mut Conn, leaf: u64) -> Result<Option<AuditDetail>, StoreError> {
+    Ok(audit_details(c, leaf, 1)?.pop().map(|(_, d)| d))
+}
+
+pub(crate) fn audit_details(
+    c: &mut Conn,
+    start: u64,
+    count: u64,
+) -> Result<Vec<(u64, AuditDetail)>, StoreError> {
+    let found = c.query(
+        "SELECT leaf, salt, detail FROM ledger_audit WHERE leaf >= $1 AND leaf < $2
+         ORDER BY leaf",
+        &[&to_i64(start), &to_i64(start.saturating_add(count))],
+    )?;
+    rows(found, |r| {
+        let salt: Vec<u8> = get(r, 1)?;
+        // A malformed salt is kept visible to verification as an all-zero salt, which cannot
+        // match the commitment.
+        let salt = <[u8; SALT_LEN]>::try_from(salt.as_slice()).unwrap_or([0; SALT_LEN]);
+        Ok((
+            u64::try_from(get::<i64>(r, 0)?).unwrap_or(u64::MAX),
+            AuditDetail {
+                salt,
+                sealed: Sealed::from_stored(get(r, 2)?),
+            },
+        ))
+    })
+}
+
+pub(crate) fn checkpoint(
+    c: &mut Conn,
+    size: Option<u64>,
+) -> Result<Option<(u64, String)>, StoreError> {
+    let row = match size {
+        Some(n) => c.opt(
+            "SELECT size, note FROM ledger_checkpoints WHERE size = $1",
+            &[&to_i64(n)],
+        )?,
+        None => c.opt(
+            "SELECT size, note FROM ledger_checkpoints ORDER BY size DESC LIMIT 1",
+            &[],
+        )?,
+    };
+    row.map(|r| Ok((to_u64(get(&r, 0)?), get(&r, 1)?)))
+        .transpose()
+}
+
+pub(crate) fn witnessed(c: &mut Conn, origin: &str) -> Result<Option<(u64, Hash)>, StoreError> {
+    c.opt(
+        "SELECT size, root FROM witnessed WHERE origin = $1",
+        &[&origin],
+    )?
+    .map(|r| {
+        let root: Vec<u8> = get(&r, 1)?;
+        let root = <Hash>::try_from(root.as_slice())
+            .map_err(|_| StoreError::Backend("witnessed root is not 32 bytes".into()))?;
+        Ok((to_u64(get(&r, 0)?), root))
+    })
+    .transpose()
+}
+
+pub(crate) fn versions_after(
+    c: &mut Conn,
+    after: Option<(&str, &str, u64)>,
+    limit: u64,
+) -> Result<Vec<StoredVersion>, StoreError> {
+    let (rt, id, v) = after.unwrap_or(("", "", 0));
+    let found = c.query(
+        &format!(
+            "SELECT {VERSION_COLUMNS} FROM {VERSION_JOIN}
+             WHERE (v.rtype, v.id, v.version) > ($1, $2, $3)
+             ORDER BY v.rtype, v.id, v.version LIMIT $4"
+        ),
+        &[&rt, &id, &to_i64(v), &to_i64(limit)],
+    )?;
+    rows(found, version_row)
+}
+
+/// Appends a leaf at the end of the log. Only the writer calls it, holding the log's lock.
+fn append_leaf(c: &mut Conn, entry: &[u8]) -> Result<u64, StoreError> {
+    let r = c.one(
+        "INSERT INTO ledger_leaves (idx, entry)
+         SELECT COALESCE(MAX(idx) + 1, 0), $1 FROM ledger_leaves RETURNING idx",
+        &[&entry],
+    )?;
+    Ok(to_u64(get(&r, 0)?))
+}
+
+/// The frontier of the committed tree (every committed leaf is integrated).
+pub(crate) fn load_frontier(c: &mut Conn) -> Result<Frontier, StoreError> {
+    let size = ledger_size(c)?;
+    load_frontier_at(c, size)
+}
+
+fn load_frontier_at(c: &mut Conn, size: u64) -> Result<Frontier, StoreError> {
+    let view = Tx::new(c);
+    Frontier::load(&LedgerNodes(&view), size).map_err(|e| StoreError::Backend(Box::new(e)))
+}
+
+/// Hashes the leaves appended since `frontier` into the tree, storing every subtree they
+/// complete, in the writer's transaction just before it commits. `committed` is the tree size
+/// read under the writer's lock when the transaction began.
+pub(crate) fn integrate(
+    c: &mut Conn,
+    frontier: &mut Frontier,
+    committed: u64,
+) -> Result<(), StoreError> {
+    // Another process may have appended and integrated leaves since this writer last did.
+    if committed != frontier.size() {
+        *frontier = load_frontier_at(c, committed)?;
+    }
+    let pending = ledger_entries(c, frontier.size(), u64::MAX)?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let (mut levels, mut idxs, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
+    for (idx, entry) in pending {
+        if idx != frontier.size() {
+            return Err(StoreError::Backend(
+                "ledger leaves are not contiguous".into(),
+            ));
+        }
+        frontier.append(leaf_hash(&entry), |level, i, h| {
+            if level > 0 {
+                levels.push(i64::from(level));
+                idxs.push(to_i64(i));
+                hashes.push(h.to_vec());
+            }
+        });
+    }
+    if !levels.is_empty() {
+        c.exec(
+            "INSERT INTO ledger_nodes (level, idx, hash)
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
+            &[&levels, &idxs, &hashes],
+        )?;
+    }
+    Ok(())
+}
+
+/// The writer's view of one op's savepoint.
+pub(crate) struct Tx<'c> {
+    conn: RefCell<&'c mut Conn>,
+    /// Set when the op destroyed a key, so the writer vacuums the key table after commit.
+    pub(crate) shredded: bool,
+}
+
+impl<'c> Tx<'c> {
+    pub(crate) fn new(conn: &'c mut Conn) -> Self {
+        Self {
+            conn: RefCell::new(conn),
+            shredded: false,
+        }
+    }
+
+    fn c(&self) -> RefMut<'_, &'c mut Conn> {
+        self.conn.borrow_mut()
+    }
+
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        f(&mut self.c())
+    }
+
+    fn exec(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
+        self.conn.get_mut().exec(sql, params)
+    }
+}
+
+crate::impl_reads!(Tx<'_>);
+
+impl StoreTx for Tx<'_> {
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO meta (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+            &[&key, &value],
+        )
+        .map(drop)
+    }
+
+    fn add_kek(&mut self, version: u32, wrapped: &WrappedKey) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO keks (version, wrapped) VALUES ($1, $2)",
+            &[&i64::from(version), &wrapped.as_bytes()],
+        )
+        .map(drop)
+    }
+
+    fn put_data_key(
+        &mut self,
+        name: &str,
+        key_version: u32,
+        kek_version: u32,
+        wrapped: &WrappedKey,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO deks (name, key_version, kek_version, wrapped) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO UPDATE SET key_version = excluded.key_version,
+               kek_version = excluded.kek_version, wrapped = excluded.wrapped",
+            &[
+                &name,
+                &i64::from(key_version),
+                &i64::from(kek_version),
+                &wrapped.as_bytes(),
+            ],
+        )
+        .map(drop)
+    }
+
+    fn destroy_data_key(&mut self, name: &str) -> Result<u64, StoreError> {
+        // Overwritten, then cleared; the writer rewrites the table after commit so the old row
+        // versions (MVCC keeps them) go too.
+        self.exec(
+            "UPDATE deks SET wrapped = decode(repeat('00', length(wrapped)), 'hex') WHERE name = $1",
+            &[&name],
+        )?;
+        self.exec(
+            "UPDATE deks SET wrapped = NULL, kek_version = NULL WHERE name = $1",
+            &[&name],
+        )?;
+        self.exec(
+            "DELETE FROM idx i USING current c WHERE c.key_name = $1 AND i.rid = c.rid",
+            &[&name],
+        )?;
+        let n = self.exec(
+            "UPDATE current SET shredded = TRUE WHERE key_name = $1",
+            &[&name],
+        )?;
+        self.shredded = true;
+        Ok(n)
+    }
+
+    fn put_version(
+        &mut self,
+        v: &StoredVersion,
+        index: &[BlindValue],
+        leaf: &[u8],
+    ) -> Result<u64, StoreError> {
+        let c: &mut Conn = self.conn.get_mut();
+        let version = to_i64(v.version);
+        let salt = v.salt.ok_or_else(|| {
+            StoreError::Backend("a version must carry its commitment salt".into())
+        })?;
+        let leaf_idx = append_leaf(c, leaf)?;
+        c.exec(
+            "INSERT INTO versions
+               (rtype, id, version, last_updated, key_name, key_version, body, salt, leaf)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &v.resource_type,
+                &v.id,
+                &version,
+                &v.last_updated_micros,
+                &v.key_name,
+                &i64::from(v.key_version),
+                &v.body.as_ref().map(Sealed::as_bytes),
+                &&salt[..],
+                &to_i64(leaf_idx),
+            ],
+        )?;
+        let values: Vec<Vec<u8>> = index.iter().map(|b| b.0.to_vec()).collect();
+        let row = c.one(
+            "INSERT INTO current (rtype, id, version, last_updated, deleted, key_name)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (rtype, id) DO UPDATE SET version = excluded.version,
+               last_updated = excluded.last_updated, deleted = excluded.deleted,
+               key_name = excluded.key_name, shredded = FALSE
+             RETURNING rid",
+            &[
+                &v.resource_type,
+                &v.id,
+                &version,
+                &v.last_updated_micros,
+                &v.body.is_none(),
+                &v.key_name,
+            ],
+        )?;
+        let rid: i64 = get(&row, 0)?;
+        c.exec("DELETE FROM idx WHERE rid = $1", &[&rid])?;
+        if !values.is_empty() {
+            c.exec(
+                "INSERT INTO idx (value, rid) SELECT unnest($1::bytea[]), $2
+                 ON CONFLICT DO NOTHING",
+                &[&values, &rid],
+            )?;
+        }
+        Ok(leaf_idx)
+    }
+
+    fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError> {
+        let c: &mut Conn = self.conn.get_mut();
+        let idx = append_leaf(c, leaf)?;
+        c.exec(
+            "INSERT INTO ledger_audit (leaf, salt, detail) VALUES ($1, $2, $3)",
+            &[&to_i64(idx), &&detail.salt[..], &detail.sealed.as_bytes()],
+        )?;
+        Ok(idx)
+    }
+
+    fn set_witnessed(
+        &mut self,
+        origin: &str,
+        size: u64,
+        root: &Hash,
+        note: &str,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO witnessed (origin, size, root, note) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (origin) DO UPDATE
+               SET size = excluded.size, root = excluded.root, note = excluded.note",
+            &[&origin, &to_i64(size), &&root[..], &note],
+        )
+        .map(drop)
+    }
+
+    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO ledger_checkpoints (size, note) VALUES ($1, $2)
+             ON CONFLICT (size) DO UPDATE SET note = excluded.note",
+            &[&to_i64(size), &note],
+        )
+        .map(drop)
+    }
+
+    fn put_client(&mut self, x: &ClientRow) -> Result<(), StoreError> {
+        self.exec(
+            &format!(
+                "INSERT INTO oauth_clients ({CLIENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (client_id) DO UPDATE SET name = excluded.name,
+                   jwks = excluded.jwks, scopes = excluded.scopes, disabled = excluded.disabled,
+                   created = excluded.created, redirect_uris = excluded.redirect_uris"
+            ),
+            &[
+                &x.client_id,
+                &x.name,
+                &x.jwks,
+                &x.scopes,
+                &x.disabled,
+                &x.created_micros,
+                &x.redirect_uris.join("\n"),
+            ],
+        )
+        .map(drop)
+    }
+
+    fn put_access_token(&mut self, t: &AccessTokenRow, now: i64) -> Result<(), StoreError> {
+        self.exec("DELETE FROM oauth_tokens WHERE expires < $1", &[&now])?;
+        self.exec(
+            "INSERT INTO oauth_tokens (hash, client_id, scopes, issued, expires, user_id, family)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &&t.hash[..],
+                &t.client_id,
+                &t.scopes,
+                &t.issued_micros,
+                &t.expires_micros,
+                &t.user_id,
+                &t.family,
+            ],
+        )
+        .map(drop)
+    }
+
+    fn use_assertion_id(
+        &mut self,
+        client_id: &str,
+        jti: &str,
+        expires: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.exec("DELETE FROM oauth_jti WHERE expires < $1", &[&now])?;
+        self.exec(
+            "INSERT INTO oauth_jti (client_id, jti, expires) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[&client_id, &jti, &expires],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn put_break_glass(&mut self, g: &BreakGlassRow) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO break_glass (id, user_id, patient, reason, opened, expires)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &g.id,
+                &g.user_id,
+                &g.patient,
+                &g.reason.as_bytes(),
+                &g.opened_micros,
+                &g.expires_micros,
+            ],
+        )
+        .map(drop)
+    }
+
+    fn put_alert(&mut self, a: &AlertRow) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO alerts (id, kind, at, user_id, patient, detail, acknowledged_by,
+                acknowledged)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &a.id,
+                &a.kind,
+                &a.at_micros,
+                &a.user_id,
+                &a.patient,
+                &a.detail.as_bytes(),
+                &a.acknowledged_by,
+                &a.acknowledged_micros,
+            ],
+        )
+        .map(drop)
+    }
+
+    fn acknowledge_alert(
+        &mut self,
+        id: &str,
+        by: &str,
+        at_micros: i64,
+    ) -> Result<bool, StoreError> {
+        self.exec(
+            "UPDATE alerts SET acknowledged_by = $2, acknowledged = $3
+             WHERE id = $1 AND acknowledged IS NULL",
+            &[&id, &by, &at_micros],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn put_grant(&mut self, g: &GrantRow) -> Result<(), StoreError> {
+        // Housekeeping: authorization codes live a minute; drop those that expired at least a
+        // day before this grant's expiry (refresh tokens go when their family is revoked).
+        self.exec(
+            "DELETE FROM oauth_grants WHERE expires < $1 AND kind = 'code'",
+            &[&(g.expires_micros - 86_400_000_000)],
+        )?;
+        self.exec(
+            "INSERT INTO oauth_grants (hash, kind, client_id, user_id, scopes, redirect_uri,
+                code_challenge, family, expires, used)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &&g.hash[..],
+                &g.kind,
+                &g.client_id,
+                &g.user_id,
+                &g.scopes,
+                &g.redirect_uri,
+                &g.code_challenge,
+                &g.family,
+                &g.expires_micros,
+                &g.used,
+            ],
+        )
+        .map(drop)
+    }
+
+    fn use_grant(&mut self, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        self.exec(
+            "UPDATE oauth_grants SET used = TRUE WHERE hash = $1 AND NOT used",
+            &[&&hash[..]],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn revoke_family(&mut self, family: &str) -> Result<u64, StoreError> {
+        let grants = self.exec("DELETE FROM oauth_grants WHERE family = $1", &[&family])?;
+        let tokens = self.exec("DELETE FROM oauth_tokens WHERE family = $1", &[&family])?;
+        Ok(grants + tokens)
+    }
+
+    fn put_passkey(
+        &mut self,
+        user_id: &str,
+        credential_id: &[u8],
+        sealed: &Sealed,
+        created: i64,
+    ) -> Result<(), StoreError> {
+        let c: &mut Conn = self.conn.get_mut();
+        let owner: Option<String> = c
+            .opt(
+                "SELECT user_id FROM passkeys WHERE credential_id = $1",
+                &[&credential_id],
+            )?
+            .map(|r| get(&r, 0))
+            .transpose()?;
+        if owner.is_some_and(|o| o != user_id) {
+            return Err(StoreError::Conflict);
+        }
+        c.exec(
+            "INSERT INTO passkeys (credential_id, user_id, passkey, created)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (credential_id) DO UPDATE SET passkey = excluded.passkey",
+            &[&credential_id, &user_id, &sealed.as_bytes(), &created],
+        )
+        .map(drop)
+    }
+
+    fn put_user(&mut self, u: &UserRow) -> Result<(), StoreError> {
+        self.exec(
+            &format!(
+                "INSERT INTO users ({USER_COLUMNS})
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                 ON CONFLICT (id) DO UPDATE SET patient_id = excluded.patient_id,
+                    practitioner = excluded.practitioner,
+                    name_index = excluded.name_index, name_sealed = excluded.name_sealed,
+                    role = excluded.role, password_hash = excluded.password_hash,
+                    disabled = excluded.disabled, totp = excluded.totp,
+                    totp_pending = excluded.totp_pending, totp_last_step = excluded.totp_last_step,
+                    failed_logins = excluded.failed_logins, locked_until = excluded.locked_until"
+            ),
+            &[
+                &u.id,
+                &&u.name_index.0[..],
+                &u.name_sealed.as_bytes(),
+                &u.role,
+                &u.password_hash,
+                &u.disabled,
+                &u.created_micros,
+                &u.totp.as_ref().map(Sealed::as_bytes),
+                &u.totp_pending.as_ref().map(Sealed::as_bytes),
+                &u.totp_last_step.map(to_i64),
+                &i64::from(u.failed_logins),
+                &u.locked_until_micros,
+                &u.patient_id,
+                &u.practitioner,
+            ],
+        )
+        .map(drop)
+    }
+
+    fn put_session(&mut self, x: &SessionRow) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO sessions (hash, session_id, user_id, aal, created, last_seen, expires)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (hash) DO UPDATE SET session_id = excluded.session_id,
+               user_id = excluded.user_id, aal = excluded.aal, created = excluded.created,
+               last_seen = excluded.last_seen, expires = excluded.expires",
+            &[
+                &&x.hash[..],
+                &x.session_id,
+                &x.user_id,
+                &i64::from(x.aal),
+                &x.created_micros,
+                &x.last_seen_micros,
+                &x.expires_micros,
+            ],
+        )
+        .map(drop)
+    }
+
+    fn delete_sessions(
+        &mut self,
+        user_id: &str,
+        hash: Option<&[u8; 32]>,
+    ) -> Result<u64, StoreError> {
+        match hash {
+            Some(h) => self.exec(
+                "DELETE FROM sessions WHERE user_id = $1 AND hash = $2",
+                &[&user_id, &&h[..]],
+            ),
+            None => self.exec("DELETE FROM sessions WHERE user_id = $1", &[&user_id]),
+        }
+    }
+
+    fn set_recovery_codes(&mut self, user_id: &str, hashes: &[[u8; 32]]) -> Result<(), StoreError> {
+        self.exec("DELETE FROM recovery_codes WHERE user_id = $1", &[&user_id])?;
+        let list: Vec<Vec<u8>> = hashes.iter().map(|h| h.to_vec()).collect();
+        self.exec(
+            "INSERT INTO recovery_codes (user_id, hash) SELECT $1, unnest($2::bytea[])
+             ON CONFLICT DO NOTHING",
+            &[&user_id, &list],
+        )
+        .map(drop)
+    }
+
+    fn use_recovery_code(&mut self, user_id: &str, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        self.exec(
+            "DELETE FROM recovery_codes WHERE user_id = $1 AND hash = $2",
+            &[&user_id, &&hash[..]],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn add_token(
+        &mut self,
+        hash: &[u8; 32],
+        token_id: &str,
+        role: &str,
+        created: i64,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO tokens (hash, token_id, role, created) VALUES ($1, $2, $3, $4)",
+            &[&&hash[..], &token_id, &role, &created],
+        )
+        .map(drop)
+    }
+}
