@@ -1,7 +1,7 @@
 //! `medvault`: run and administer a medvault node.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use medvault_core::{ResourceId, Role};
 use medvault_crypto::{KeyFileKind, Passphrase};
 use medvault_ledger::VerifierKey;
 use medvault_server::identity::SessionLimits;
-use medvault_server::node::{KEY_FILE, Node};
+use medvault_server::node::{Database, KEY_FILE, Node};
 use medvault_server::witness::RemoteWitness;
 use medvault_server::{AppState, ServerConfig};
 
@@ -44,6 +44,12 @@ struct DataDir {
         env = "MEDVAULT_DATA_DIR"
     )]
     data_dir: PathBuf,
+    /// Keep the node's data in PostgreSQL instead of SQLite files in the data directory, e.g.
+    /// postgres://medvault@db.example/medvault?schema=clinic (schema defaults to `medvault`).
+    /// Several `medvault serve` processes may share one database; each needs a copy of the
+    /// node's key file in its own --data-dir (the key file never goes into the database).
+    #[arg(long, value_name = "URL", env = "MEDVAULT_DATABASE", hide_env_values = true)]
+    database: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -365,14 +371,14 @@ fn run_client(command: ClientCommand) -> anyhow::Result<()> {
                 },
                 None => ClientKind::App { redirect_uris },
             };
-            let node = open_node(&dir.data_dir, true)?;
+            let node = open_node(&dir, true)?;
             let id = medvault_server::oauth::register_client(&node, &name, &kind, &scope)
                 .map_err(fail)?;
             audit_admin(&node, "client-register", Some(&id))?;
             println!("{id}");
         }
         ClientCommand::Disable { dir, client_id } => {
-            let node = open_node(&dir.data_dir, true)?;
+            let node = open_node(&dir, true)?;
             if !medvault_server::oauth::set_client_disabled(&node, &client_id, true)
                 .map_err(fail)?
             {
@@ -382,7 +388,7 @@ fn run_client(command: ClientCommand) -> anyhow::Result<()> {
             println!("{client_id} disabled");
         }
         ClientCommand::List { dir } => {
-            let node = open_node(&dir.data_dir, true)?;
+            let node = open_node(&dir, true)?;
             for c in node.store.clients()? {
                 let state = if c.disabled { "disabled" } else { "enabled" };
                 println!("{}\t{}\t{}\t{state}", c.client_id, c.name, c.scopes);
@@ -450,7 +456,7 @@ fn change(
     action: &str,
     done: &str,
 ) -> anyhow::Result<()> {
-    let node = open_node(&dir.data_dir, true)?;
+    let node = open_node(&dir, true)?;
     let id = medvault_server::identity::change_account(&node, username, how)
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     audit_admin(&node, action, Some(&id))?;
@@ -506,7 +512,7 @@ fn run_user(command: UserCommand) -> anyhow::Result<()> {
                 (None, Some(p)) => identity::FhirUser::Practitioner(p),
                 (None, None) => identity::FhirUser::None,
             };
-            let node = open_node(&dir.data_dir, false)?;
+            let node = open_node(&dir, false)?;
             let password = new_password()?;
             let id = identity::create_user(&node, &username, role.role(), link, &password)
                 .map_err(fail)?;
@@ -560,7 +566,7 @@ fn run_user(command: UserCommand) -> anyhow::Result<()> {
             )?;
         }
         UserCommand::List { dir } => {
-            let node = open_node(&dir.data_dir, true)?;
+            let node = open_node(&dir, true)?;
             for (u, name) in identity::list_users(&node).map_err(fail)? {
                 let state = if u.disabled { "disabled" } else { "enabled" };
                 let factor = if u.totp.is_some() { "totp" } else { "none" };
@@ -618,21 +624,29 @@ fn passphrase() -> Option<Passphrase> {
         .and_then(Passphrase::new)
 }
 
-/// Opens the node in `dir`; with `must_exist`, refuses to create one (administrative commands
-/// on a mistyped directory must not silently start a new, empty node).
-fn open_node(dir: &Path, must_exist: bool) -> anyhow::Result<Node> {
-    if must_exist && !dir.join(KEY_FILE).exists() {
+/// Opens the node in `dir` (and its `--database`); with `must_exist`, refuses to create one
+/// (administrative commands on a mistyped directory must not silently start a new, empty node).
+fn open_node(dir: &DataDir, must_exist: bool) -> anyhow::Result<Node> {
+    let database = Database::parse(dir.database.as_deref())
+        .map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+    let data_dir = &dir.data_dir;
+    if must_exist && !data_dir.join(KEY_FILE).exists() {
         bail!(
             "no medvault node in {}: check --data-dir (a node is created by `medvault serve --data-dir DIR`)",
-            dir.display()
+            data_dir.display()
         );
     }
-    let node = Node::open(dir, passphrase().as_ref())
-        .with_context(|| format!("cannot open the node in {}", dir.display()))?;
+    let node = Node::open_in(data_dir, &database, passphrase().as_ref()).with_context(|| {
+        format!(
+            "cannot open the node in {} ({})",
+            data_dir.display(),
+            database.describe(data_dir)
+        )
+    })?;
     if node.created && node.key_file_kind == KeyFileKind::Unprotected {
         eprintln!(
             "warning: MEDVAULT_PASSPHRASE is not set, so the new root key file {} is protected only by its file permissions (0600); for production, start over with MEDVAULT_PASSPHRASE set",
-            dir.join(KEY_FILE).display()
+            data_dir.join(KEY_FILE).display()
         );
     }
     Ok(node)
@@ -799,7 +813,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 medvault_server::passkey::relying_party(&url)
                     .map_err(|e| anyhow::anyhow!("--webauthn-origin: {e}"))?;
             }
-            let node = open_node(&dir.data_dir, false)?;
+            let node = open_node(&dir, false)?;
             // Recorded so `ledger verify` can check cosignatures without being told the keys.
             let known = witnesses
                 .iter()
@@ -860,7 +874,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token {
             command: TokenCommand::Create { dir, role },
         } => {
-            let node = open_node(&dir.data_dir, false)?;
+            let node = open_node(&dir, false)?;
             let role = match role {
                 RoleArg::Admin => Role::Admin,
                 RoleArg::Auditor => Role::Auditor,
@@ -877,7 +891,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys {
             command: KeysCommand::Rotate { dir },
         } => {
-            let node = open_node(&dir.data_dir, true)?;
+            let node = open_node(&dir, true)?;
             let (version, n) = rotate(&node)?;
             audit_admin(&node, "keys-rotate", Some(&format!("KEK v{version}")))?;
             println!("KEK v{version} added; {n} data key(s) rewrapped under it");
@@ -886,7 +900,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: PatientCommand::Erase { dir, patient_id },
         } => {
             ResourceId::new(&patient_id).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let node = open_node(&dir.data_dir, true)?;
+            let node = open_node(&dir, true)?;
             let message = erase(&node, &patient_id)?;
             audit_admin(
                 &node,
@@ -898,13 +912,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ledger {
             command: LedgerCommand::Verify { dir, witnesses },
         } => {
-            let node = open_node(&dir.data_dir, true)?;
+            let node = open_node(&dir, true)?;
             println!("{}", verify_ledger(&node, &witnesses)?);
         }
         Command::Ledger {
             command: LedgerCommand::Keys { dir },
         } => {
-            let node = open_node(&dir.data_dir, true)?;
+            let node = open_node(&dir, true)?;
             println!(
                 "records log key: {}",
                 node.ledger.records().verifier().to_vkey()

@@ -181,8 +181,16 @@ impl Log {
             text,
         }
         .render();
-        medvault_store::write_with(store, move |tx| tx.put_checkpoint(size, &note))?;
-        Ok(Some(size))
+        // Checked again inside the write, which is serialised with every other writer of the
+        // log (one writer thread; with PostgreSQL, the log's lock across processes): when
+        // several processes sign, the first checkpoint of a size stays and sizes only grow.
+        let stored = medvault_store::write_with(store, move |tx| {
+            if tx.checkpoint(None)?.is_some_and(|(last, _)| last >= size) {
+                return Ok(false);
+            }
+            tx.put_checkpoint(size, &note).map(|()| true)
+        })?;
+        Ok(stored.then_some(size))
     }
 }
 

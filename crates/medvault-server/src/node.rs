@@ -18,6 +18,7 @@ use medvault_crypto::{
 };
 use medvault_fhir::Fhir;
 use medvault_store::{Store, StoreError, StoreRead, StoreTx, write_with};
+use medvault_store_postgres::{PgStore, Target};
 use medvault_store_sqlite::SqliteStore;
 
 use crate::clock::{Clock, SystemClock};
@@ -69,6 +70,44 @@ pub enum NodeError {
     /// The FHIR definitions failed to load.
     #[error("FHIR definitions: {0}")]
     Fhir(#[from] medvault_fhir::FhirError),
+    /// The database holds a node, but the data directory has no key file for it.
+    #[error(
+        "the database already holds a node, but {0} is missing: copy the key file from a data directory of that node (every process of a node needs the same key file)"
+    )]
+    KeyFileMissing(PathBuf),
+}
+
+/// Where a node keeps its records, keys, identities and both logs. The root key file always
+/// stays in the data directory, never in the database.
+#[derive(Debug, Clone, Default)]
+pub enum Database {
+    /// SQLite files in the data directory (`medvault.db`, `access.db`): nothing to install.
+    #[default]
+    Embedded,
+    /// A PostgreSQL database shared by any number of medvault processes (the node's tables in
+    /// one schema, the access log's in another).
+    Postgres(Target),
+}
+
+impl Database {
+    /// `None` or `""` for the embedded default, else a `postgres://` URL.
+    ///
+    /// # Errors
+    /// What is wrong with the URL (never echoing a password).
+    pub fn parse(url: Option<&str>) -> Result<Self, medvault_store_postgres::UrlError> {
+        match url.map(str::trim) {
+            None | Some("") => Ok(Self::Embedded),
+            Some(url) => Target::parse(url).map(Self::Postgres),
+        }
+    }
+
+    /// A description for messages, without credentials.
+    pub fn describe(&self, data_dir: &Path) -> String {
+        match self {
+            Self::Embedded => data_dir.join(DB_FILE).display().to_string(),
+            Self::Postgres(t) => t.describe(),
+        }
+    }
 }
 
 /// A `Type/id` (or data-key name) fit for logs: the id, which a client may have chosen (an MRN,
@@ -355,6 +394,58 @@ impl Node {
     /// # Errors
     /// [`NodeError`] naming what failed.
     pub fn open(data_dir: &Path, passphrase: Option<&Passphrase>) -> Result<Self, NodeError> {
+        Self::open_in(data_dir, &Database::Embedded, passphrase)
+    }
+
+    /// Opens the node whose key file is in `data_dir` and whose data is in `database`,
+    /// creating what does not exist yet (a PostgreSQL node's first process creates it; the
+    /// others need a copy of its key file).
+    ///
+    /// # Errors
+    /// [`NodeError`] naming what failed.
+    pub fn open_in(
+        data_dir: &Path,
+        database: &Database,
+        passphrase: Option<&Passphrase>,
+    ) -> Result<Self, NodeError> {
+        let Database::Postgres(target) = database else {
+            return Self::open_embedded(data_dir, passphrase);
+        };
+        create_dir_private(data_dir).map_err(|source| NodeError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let key_path = data_dir.join(KEY_FILE);
+        let store = PgStore::open(target)?;
+        let exists = store.meta("tenant")?.is_some();
+        let key_err = |source| NodeError::KeyFile {
+            path: key_path.clone(),
+            source,
+        };
+        let (root, kind, created) = if key_path.exists() {
+            let (root, kind) = RootKey::open_file(&key_path, passphrase).map_err(key_err)?;
+            (root, kind, false)
+        } else if exists {
+            return Err(NodeError::KeyFileMissing(key_path));
+        } else {
+            let root = RootKey::create_file(&key_path, passphrase).map_err(key_err)?;
+            let kind = if passphrase.is_some() {
+                KeyFileKind::Passphrase
+            } else {
+                KeyFileKind::Unprotected
+            };
+            (root, kind, true)
+        };
+        let access = PgStore::open_access_log(target)?;
+        if exists && access.meta("tenant")?.is_none() {
+            return Err(NodeError::AccessLog(
+                "schema is empty beside the node's: restore it from backup",
+            ));
+        }
+        Self::with_stores(Arc::new(store), Arc::new(access), root, kind, created)
+    }
+
+    fn open_embedded(data_dir: &Path, passphrase: Option<&Passphrase>) -> Result<Self, NodeError> {
         create_dir_private(data_dir).map_err(|source| NodeError::DataDir {
             path: data_dir.to_owned(),
             source,

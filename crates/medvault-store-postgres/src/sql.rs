@@ -87,14 +87,16 @@ impl Conn {
         namespace: Option<&str>,
     ) -> Result<Self, StoreError> {
         let mut config = config.clone();
+        // Notices ("schema already exists, skipping") are not worth a log line.
+        let mut options = config.get_options().unwrap_or("").to_owned();
+        options.push_str(" -c client_min_messages=warning");
         if let Some(ns) = namespace {
-            let mut options = config.get_options().unwrap_or("").to_owned();
             options.push_str(&format!(
                 " -c search_path={ns} -c synchronous_commit=on \
                   -c idle_in_transaction_session_timeout=60000"
             ));
-            config.options(options.trim());
         }
+        config.options(options.trim());
         let client = config.connect(postgres::NoTls).map_err(|e| {
             // Refused credentials or a missing database are configuration, not an outage.
             match pg(e) {
