@@ -48,7 +48,12 @@ struct DataDir {
     /// postgres://medvault@db.example/medvault?schema=clinic (schema defaults to `medvault`).
     /// Several `medvault serve` processes may share one database; each needs a copy of the
     /// node's key file in its own --data-dir (the key file never goes into the database).
-    #[arg(long, value_name = "URL", env = "MEDVAULT_DATABASE", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "MEDVAULT_DATABASE",
+        hide_env_values = true
+    )]
     database: Option<String>,
 }
 
@@ -456,7 +461,7 @@ fn change(
     action: &str,
     done: &str,
 ) -> anyhow::Result<()> {
-    let node = open_node(&dir, true)?;
+    let node = open_node(dir, true)?;
     let id = medvault_server::identity::change_account(&node, username, how)
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     audit_admin(&node, action, Some(&id))?;
@@ -627,8 +632,8 @@ fn passphrase() -> Option<Passphrase> {
 /// Opens the node in `dir` (and its `--database`); with `must_exist`, refuses to create one
 /// (administrative commands on a mistyped directory must not silently start a new, empty node).
 fn open_node(dir: &DataDir, must_exist: bool) -> anyhow::Result<Node> {
-    let database = Database::parse(dir.database.as_deref())
-        .map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+    let database =
+        Database::parse(dir.database.as_deref()).map_err(|e| anyhow::anyhow!("--database: {e}"))?;
     let data_dir = &dir.data_dir;
     if must_exist && !data_dir.join(KEY_FILE).exists() {
         bail!(

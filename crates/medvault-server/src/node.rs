@@ -86,7 +86,7 @@ pub enum Database {
     Embedded,
     /// A PostgreSQL database shared by any number of medvault processes (the node's tables in
     /// one schema, the access log's in another).
-    Postgres(Target),
+    Postgres(Box<Target>),
 }
 
 impl Database {
@@ -97,7 +97,7 @@ impl Database {
     pub fn parse(url: Option<&str>) -> Result<Self, medvault_store_postgres::UrlError> {
         match url.map(str::trim) {
             None | Some("") => Ok(Self::Embedded),
-            Some(url) => Target::parse(url).map(Self::Postgres),
+            Some(url) => Target::parse(url).map(|t| Self::Postgres(Box::new(t))),
         }
     }
 

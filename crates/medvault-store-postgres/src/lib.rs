@@ -48,7 +48,7 @@ pub const DEFAULT_SCHEMA: &str = "medvault";
 /// Where a node's data lives in PostgreSQL: a server, a database, and a schema name.
 #[derive(Clone)]
 pub struct Target {
-    config: postgres::Config,
+    config: tokio_postgres::Config,
     name: String,
 }
 
@@ -101,9 +101,10 @@ impl Target {
         } else {
             format!("{base}?{}", rest.join("&"))
         };
-        let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
-            UrlError(format!("the database URL is not valid: {e}"))
-        })?;
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e: tokio_postgres::Error| {
+                UrlError(format!("the database URL is not valid: {e}"))
+            })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -134,9 +135,9 @@ impl Target {
             .get_hosts()
             .first()
             .map(|h| match h {
-                postgres::config::Host::Tcp(h) => h.clone(),
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
                 #[cfg(unix)]
-                postgres::config::Host::Unix(p) => p.display().to_string(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
             })
             .unwrap_or_default();
         let port = self.config.get_ports().first().copied().unwrap_or(5432);
@@ -194,7 +195,7 @@ struct Job {
 
 /// A medvault database in a PostgreSQL schema.
 pub struct PgStore {
-    config: postgres::Config,
+    config: tokio_postgres::Config,
     namespace: String,
     sender: Option<SyncSender<Job>>,
     writer: Option<JoinHandle<()>>,
@@ -254,16 +255,23 @@ impl PgStore {
         })
     }
 
+    /// Runs a read on a pooled connection. A pooled connection may have died while idle (the
+    /// server restarted, a proxy cut it): a read that fails for that reason is retried once on
+    /// a new connection, so the first request after an outage does not fail needlessly.
     fn with_reader<T>(
         &self,
-        f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+        f: impl Fn(&mut Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let pooled = self.readers.lock().ok().and_then(|mut p| p.pop());
-        let mut conn = match pooled {
-            Some(c) if !c.is_closed() => c,
-            _ => Conn::connect(&self.config, Some(&self.namespace))?,
+        let (mut conn, fresh) = match pooled {
+            Some(c) if !c.is_closed() => (c, false),
+            _ => (Conn::connect(&self.config, Some(&self.namespace))?, true),
         };
-        let out = f(&mut conn);
+        let mut out = f(&mut conn);
+        if !fresh && matches!(out, Err(StoreError::Unavailable(_))) {
+            conn = Conn::connect(&self.config, Some(&self.namespace))?;
+            out = f(&mut conn);
+        }
         let healthy = !conn.is_closed() && !matches!(out, Err(StoreError::Unavailable(_)));
         if healthy
             && let Ok(mut pool) = self.readers.lock()
@@ -286,7 +294,7 @@ impl Drop for PgStore {
 
 /// The writer thread's state: its connection (reopened after a loss) and the log's frontier.
 struct Writer {
-    config: postgres::Config,
+    config: tokio_postgres::Config,
     namespace: String,
     lock: i64,
     conn: Option<Conn>,
@@ -312,32 +320,54 @@ impl Writer {
         }
     }
 
+    /// Begins the group's transaction and takes the log's lock; returns the log's size. The
+    /// lock makes this process the log's sequencer until COMMIT, and the size read after taking
+    /// it counts every leaf another process committed. A kept connection that died while idle
+    /// is replaced once (nothing was sent on it yet).
+    fn begin(&mut self) -> Result<u64, StoreError> {
+        let mut retried = false;
+        loop {
+            let conn = match self.conn.take().filter(|c| !c.is_closed()) {
+                Some(c) => self.conn.insert(c),
+                None => {
+                    retried = true;
+                    self.conn
+                        .insert(Conn::connect(&self.config, Some(&self.namespace))?)
+                }
+            };
+            let begun = conn
+                .batch("BEGIN")
+                .and_then(|()| conn.exec("SELECT pg_advisory_xact_lock($1)", &[&self.lock]))
+                .and_then(|_| sql::ledger_size(conn));
+            match begun {
+                Ok(size) => return Ok(size),
+                Err(StoreError::Unavailable(_)) if !retried => {
+                    retried = true;
+                    self.conn = None;
+                }
+                Err(e) => {
+                    let _ = conn.batch("ROLLBACK");
+                    return Err(e);
+                }
+            }
+        }
+    }
+
     /// Runs a group of ops in one transaction, each in its own savepoint, and commits once.
     fn group(&mut self, ops: Vec<WriteOp>) -> Vec<Result<(), StoreError>> {
         let n = ops.len();
         let all_fail = |e: &StoreError| -> Vec<Result<(), StoreError>> {
             (0..n).map(|_| Err(same_kind(e))).collect()
         };
-        let conn = match self.conn.take().filter(|c| !c.is_closed()) {
-            Some(c) => c,
-            None => match Conn::connect(&self.config, Some(&self.namespace)) {
-                Ok(c) => c,
-                Err(e) => return all_fail(&e),
-            },
-        };
-        let conn = self.conn.insert(conn);
-        // The lock makes this process the log's sequencer until COMMIT; reading the size after
-        // taking it sees every leaf another process committed.
-        let begun = conn
-            .batch("BEGIN")
-            .and_then(|()| conn.exec("SELECT pg_advisory_xact_lock($1)", &[&self.lock]))
-            .and_then(|_| sql::ledger_size(conn));
-        let committed = match begun {
+        let committed = match self.begin() {
             Ok(size) => size,
             Err(e) => {
-                let _ = conn.batch("ROLLBACK");
+                self.conn = None;
                 return all_fail(&e);
             }
+        };
+        let Some(conn) = self.conn.as_mut() else {
+            return all_fail(&StoreError::Backend("writer lost its connection".into()));
         };
         let mut results = Vec::with_capacity(n);
         let mut shred = false;
@@ -357,6 +387,7 @@ impl Writer {
             if let Err(e) = end {
                 // The transaction is lost (connection gone): every op so far goes with it.
                 let _ = conn.batch("ROLLBACK");
+                self.conn = None;
                 let mut out: Vec<_> = results
                     .into_iter()
                     .map(|r: Result<(), StoreError>| r.and(Err(same_kind(&e))))
@@ -373,8 +404,9 @@ impl Writer {
         let done = sql::integrate(conn, &mut next, committed).and_then(|()| conn.batch("COMMIT"));
         if let Err(e) = done {
             let _ = conn.batch("ROLLBACK");
-            if let Ok(f) = sql::load_frontier(conn) {
-                self.frontier = f;
+            match sql::load_frontier(conn) {
+                Ok(f) => self.frontier = f,
+                Err(_) => self.conn = None,
             }
             return results
                 .into_iter()
@@ -534,7 +566,7 @@ pub(crate) use impl_reads;
 impl PgStore {
     fn with_conn<T>(
         &self,
-        f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+        f: impl Fn(&mut Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.with_reader(f)
     }

@@ -10,9 +10,9 @@ use medvault_store::{
     GrantRow, IndexQuery, LedgerNodes, SearchPage, SessionRow, SortOrder, StoreError, StoreRead,
     StoreTx, StoredVersion, TokenRow, UserRow,
 };
-use postgres::error::SqlState;
-use postgres::types::{FromSql, ToSql};
-use postgres::{Row, Statement};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{FromSql, ToSql};
+use tokio_postgres::{Row, Statement};
 
 type Param<'a> = &'a (dyn ToSql + Sync);
 
@@ -23,7 +23,7 @@ const MAX_STATEMENTS: usize = 256;
 /// Maps a driver error: lost or refused connections are [`StoreError::Unavailable`], unique
 /// violations and serialization failures [`StoreError::Conflict`]. The message keeps the
 /// SQLSTATE and PostgreSQL's message but never its DETAIL (which can quote stored values).
-pub(crate) fn pg(e: postgres::Error) -> StoreError {
+pub(crate) fn pg(e: tokio_postgres::Error) -> StoreError {
     let message = match e.as_db_error() {
         Some(db) => format!("PostgreSQL {}: {}", db.code().code(), db.message()),
         None => e.to_string(),
@@ -73,9 +73,49 @@ fn to_u32(n: i64) -> Result<u32, StoreError> {
     u32::try_from(n).map_err(|_| StoreError::Backend("stored number out of range".into()))
 }
 
+/// Runs a future to completion on the calling thread, parking it between polls. The driver's
+/// futures only talk to a connection task over channels, so they can be polled from any thread,
+/// including an async worker of the server's runtime (where a nested runtime's `block_on` would
+/// panic); the connection tasks themselves run on [`io_runtime`].
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let mut fut = std::pin::pin!(fut);
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    loop {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+/// The runtime that drives every PostgreSQL connection's socket (one thread for the process).
+fn io_runtime() -> Result<&'static tokio::runtime::Runtime, StoreError> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("medvault-pg-io")
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Backend(Box::new(e)))?;
+    Ok(RUNTIME.get_or_init(|| rt))
+}
+
 /// One connection with its prepared statements.
 pub(crate) struct Conn {
-    client: postgres::Client,
+    client: tokio_postgres::Client,
     statements: HashMap<String, Statement>,
 }
 
@@ -83,7 +123,7 @@ impl Conn {
     /// Connects; with `namespace`, every statement runs in that schema, durably committed, and
     /// a transaction left idle (a stopped process holding the writer's lock) ends after a minute.
     pub(crate) fn connect(
-        config: &postgres::Config,
+        config: &tokio_postgres::Config,
         namespace: Option<&str>,
     ) -> Result<Self, StoreError> {
         let mut config = config.clone();
@@ -97,13 +137,25 @@ impl Conn {
             ));
         }
         config.options(options.trim());
-        let client = config.connect(postgres::NoTls).map_err(|e| {
-            // Refused credentials or a missing database are configuration, not an outage.
-            match pg(e) {
-                StoreError::Unavailable(m) => StoreError::Unavailable(m),
-                other => StoreError::Backend(format!("cannot connect: {other:#}").into()),
-            }
-        })?;
+        let rt = io_runtime()?;
+        let connecting = rt.spawn(async move {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "PostgreSQL connection ended");
+                }
+            });
+            Ok::<_, tokio_postgres::Error>(client)
+        });
+        let client = block_on(connecting)
+            .map_err(|e| StoreError::Backend(Box::new(e)))?
+            .map_err(|e| {
+                // Refused credentials or a missing database are configuration, not an outage.
+                match pg(e) {
+                    StoreError::Unavailable(m) => StoreError::Unavailable(m),
+                    other => StoreError::Backend(format!("cannot connect: {other:#}").into()),
+                }
+            })?;
         Ok(Self {
             client,
             statements: HashMap::new(),
@@ -118,7 +170,7 @@ impl Conn {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.prepare(sql).map_err(pg)?;
+        let s = block_on(self.client.prepare(sql)).map_err(pg)?;
         if self.statements.len() >= MAX_STATEMENTS {
             self.statements.clear();
         }
@@ -132,7 +184,7 @@ impl Conn {
         params: &[Param<'_>],
     ) -> Result<Vec<Row>, StoreError> {
         let s = self.statement(sql)?;
-        self.client.query(&s, params).map_err(pg)
+        block_on(self.client.query(&s, params)).map_err(pg)
     }
 
     pub(crate) fn opt(
@@ -150,11 +202,11 @@ impl Conn {
 
     pub(crate) fn exec(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
         let s = self.statement(sql)?;
-        self.client.execute(&s, params).map_err(pg)
+        block_on(self.client.execute(&s, params)).map_err(pg)
     }
 
     pub(crate) fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
-        self.client.batch_execute(sql).map_err(pg)
+        block_on(self.client.batch_execute(sql)).map_err(pg)
     }
 }
 

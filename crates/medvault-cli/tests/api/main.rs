@@ -10,6 +10,7 @@ mod identity;
 mod ledger;
 mod oauth_app;
 mod policy;
+mod postgres;
 mod search;
 mod security;
 mod witness;
