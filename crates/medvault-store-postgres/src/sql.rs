@@ -939,6 +939,14 @@ impl<'c> Tx<'c> {
 crate::impl_reads!(Tx<'_>);
 
 impl StoreTx for Tx<'_> {
+    fn load(
+        &mut self,
+        table: &medvault_store::dump::Table,
+        rows: &[Vec<medvault_store::dump::Cell>],
+    ) -> Result<(), StoreError> {
+        crate::dump::load(self.conn.get_mut(), table, rows)
+    }
+
     fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
         self.exec(
             "INSERT INTO meta (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",

@@ -908,6 +908,14 @@ impl StoreRead for Tx<'_> {
 }
 
 impl StoreTx for Tx<'_> {
+    fn load(
+        &mut self,
+        table: &medvault_store::dump::Table,
+        rows: &[Vec<medvault_store::dump::Cell>],
+    ) -> Result<(), StoreError> {
+        crate::dump::load(self.conn, table, rows)
+    }
+
     fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("INSERT INTO meta (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v")

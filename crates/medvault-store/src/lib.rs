@@ -10,6 +10,7 @@
 //! that fails leaves nothing behind.
 
 pub mod conformance;
+pub mod dump;
 
 use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 use medvault_ledger::{Hash, LedgerError, NodeSource, SALT_LEN};
@@ -618,6 +619,13 @@ pub trait StoreTx: StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError>;
+    /// Inserts rows as they came from a dump of the same schema version ([`dump`]): the
+    /// target of `medvault restore` and `medvault migrate`. Ledger leaves loaded this way are
+    /// hashed into the tree at commit like appended ones.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] if a row exists already; [`StoreError::Backend`].
+    fn load(&mut self, table: &dump::Table, rows: &[Vec<dump::Cell>]) -> Result<(), StoreError>;
     /// Adds a KEK version.
     ///
     /// # Errors
@@ -809,6 +817,17 @@ pub trait Store: StoreRead + Send + Sync {
     fn submit(&self, op: WriteOp, done: WriteDone) {
         done(self.write(op));
     }
+    /// Calls `sink` with every row of `tables` (one of [`dump::NODE_TABLES`] and
+    /// [`dump::LOG_TABLES`], matching the database), table by table, all read in one consistent
+    /// snapshot while writers go on.
+    ///
+    /// # Errors
+    /// The sink's error, or [`StoreError::Backend`].
+    fn dump(
+        &self,
+        tables: &'static [dump::Table],
+        sink: &mut dump::Sink<'_>,
+    ) -> Result<(), StoreError>;
     /// Every data key name, for rotation.
     ///
     /// # Errors
