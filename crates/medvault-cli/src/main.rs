@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod transfer;
+
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -170,6 +172,54 @@ enum Command {
     Ledger {
         #[command(subcommand)]
         command: LedgerCommand,
+    },
+    /// Write a consistent snapshot of the node to a file, while it runs. Records stay sealed and
+    /// keys stay wrapped; the root key is never included, so keep the key file (and its
+    /// passphrase) safe separately: a backup cannot be restored without it.
+    #[command(
+        after_help = "Example:\n  medvault backup --data-dir /var/lib/medvault --out /backups/medvault-$(date +%F).mvbk"
+    )]
+    Backup {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The backup file to write (mode 0600; written under FILE.partial until complete).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Load a backup into an empty database (SQLite files in --data-dir, or --database), then
+    /// verify the ledger. The node's key file must already be in --data-dir. The whole file is
+    /// checked (format, checksum, completeness) before anything is loaded.
+    #[command(
+        after_help = "Example:\n  medvault restore --data-dir /var/lib/medvault /backups/medvault-2026-11-30.mvbk"
+    )]
+    Restore {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The backup file.
+        file: PathBuf,
+        /// Delete what the target database holds and restore over it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Move a node from its SQLite files to PostgreSQL, then verify the ledger there. Stop
+    /// `medvault serve` first: writes made during the copy would not move. The SQLite files are
+    /// left as they were; afterwards start the node with --database URL.
+    #[command(
+        after_help = "Example:\n  medvault migrate --from /var/lib/medvault --to postgres://medvault@db.example/medvault"
+    )]
+    Migrate {
+        /// The data directory of the node to move (its key file stays there).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The PostgreSQL database to move it to (must not hold a node yet).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Delete a node the target already holds, then migrate.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -919,6 +969,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let node = open_node(&dir, true)?;
             println!("{}", verify_ledger(&node, &witnesses)?);
+        }
+        Command::Backup { dir, out, force } => {
+            let database = Database::parse(dir.database.as_deref())
+                .map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+            let (counts, bytes) = transfer::backup(&dir.data_dir, &database, &out, force)?;
+            println!(
+                "backup written to {} ({bytes} bytes, {} rows; records log {} leaves, access log {} leaves); it holds no root key: keep {} safe separately",
+                out.display(),
+                counts.rows,
+                counts.records_leaves,
+                counts.access_leaves,
+                dir.data_dir.join(KEY_FILE).display()
+            );
+        }
+        Command::Restore { dir, file, force } => {
+            let database = Database::parse(dir.database.as_deref())
+                .map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+            let rows = transfer::restore(
+                &dir.data_dir,
+                &database,
+                &file,
+                force,
+                passphrase().as_ref(),
+            )?;
+            let node = open_node(&dir, true)?;
+            let verified = verify_ledger(&node, &[])?;
+            audit_admin(&node, "restore", None)?;
+            println!("restored {rows} rows from {}; {verified}", file.display());
+        }
+        Command::Migrate { from, to, force } => {
+            let database = Database::parse(Some(&to)).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+            let counts = transfer::migrate(&from, &database, force)?;
+            let dir = DataDir {
+                data_dir: from,
+                database: Some(to),
+            };
+            let node = open_node(&dir, true)?;
+            let verified = verify_ledger(&node, &[])?;
+            audit_admin(&node, "migrate", None)?;
+            println!(
+                "migrated {} rows to {}; {verified}; start the node with --database pointing there",
+                counts.rows,
+                database.describe(&dir.data_dir)
+            );
         }
         Command::Ledger {
             command: LedgerCommand::Keys { dir },

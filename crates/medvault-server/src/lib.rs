@@ -9,6 +9,7 @@ pub mod admin;
 pub mod audit_view;
 pub mod auth;
 pub mod authz;
+pub mod backup_file;
 pub mod break_glass;
 pub mod bundle;
 pub mod capability;

@@ -97,14 +97,6 @@ pub(crate) fn load(c: &Connection, table: &Table, rows: &[Vec<Cell>]) -> Result<
         ),
     };
     let mut ins = c.prepare_cached(&sql).map_err(backend)?;
-    // SQLite keeps each resource's own index values beside it, to remove them on update.
-    // (Appended in Rust: SQLite's || operator works on text.)
-    let mut read_own = c
-        .prepare_cached("SELECT index_values FROM current WHERE rtype = ?1 AND id = ?2")
-        .map_err(backend)?;
-    let mut own = c
-        .prepare_cached("UPDATE current SET index_values = ?3 WHERE rtype = ?1 AND id = ?2")
-        .map_err(backend)?;
     for row in rows {
         table
             .check(row)
@@ -114,6 +106,14 @@ pub(crate) fn load(c: &Connection, table: &Table, rows: &[Vec<Cell>]) -> Result<
             .execute(rusqlite::params_from_iter(values.iter()))
             .map_err(backend)?;
         if table.name == "idx" {
+            // SQLite keeps each resource's own index values beside it, to remove them on
+            // update (appended in Rust: SQLite's || operator works on text).
+            let mut read_own = c
+                .prepare_cached("SELECT index_values FROM current WHERE rtype = ?1 AND id = ?2")
+                .map_err(backend)?;
+            let mut own = c
+                .prepare_cached("UPDATE current SET index_values = ?3 WHERE rtype = ?1 AND id = ?2")
+                .map_err(backend)?;
             if n != 1 {
                 return Err(StoreError::Backend(
                     "an index value names a resource that is not in the dump".into(),

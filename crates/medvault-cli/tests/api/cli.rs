@@ -11,6 +11,9 @@ fn every_command_has_help_that_teaches() {
         vec!["keys", "rotate", "--help"],
         vec!["patient", "--help"],
         vec!["patient", "erase", "--help"],
+        vec!["backup", "--help"],
+        vec!["restore", "--help"],
+        vec!["migrate", "--help"],
     ] {
         let (ok, out, _) = cli(&args, &[]);
         assert!(ok, "{args:?}");

@@ -405,3 +405,61 @@ fn losing_the_database_answers_503_writes_nothing_and_recovers() {
     );
     assert!(ok, "{out}\n{err}");
 }
+
+#[test]
+fn an_embedded_node_migrates_to_postgres_and_backs_up_from_there() {
+    let Some(db) = Scratch::new("an_embedded_node_migrates_to_postgres") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let mut s = Server::start_in(&dir, &[]);
+    let (p1, _) = crate::backup::populated(&s);
+    let before = crate::backup::answers(&s, &p1);
+    s.stop();
+    let d = dir.to_str().unwrap().to_owned();
+
+    let (ok, out, err) = cli(&["migrate", "--from", &d, "--to", &db.url], &[]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("ledger verified"), "{out}");
+    assert!(
+        !out.contains("postgres@"),
+        "no credentials in output: {out}"
+    );
+    let (ok, _, err) = cli(&["migrate", "--from", &d, "--to", &db.url], &[]);
+    assert!(
+        !ok && err.contains("--force"),
+        "the target holds a node now: {err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (ok, out, err) = cli(&["migrate", "--from", &d, "--to", &db.url, "--force"], &[]);
+    assert!(ok, "{out}\n{err}");
+    let (ok, _, err) = cli(&["migrate", "--from", &d, "--to", "mysql://x/y"], &[]);
+    assert!(!ok && err.contains("postgres://"), "{err}");
+
+    // The node now runs on PostgreSQL with the same answers, and goes on working.
+    let env = [("MEDVAULT_DATABASE", db.url.as_str())];
+    let pg = Server::launch(&dir, &env, &[]);
+    assert_eq!(crate::backup::answers(&pg, &p1), before);
+    let added = pg.create(&patient("Migrated", "Later"));
+
+    // A backup taken from PostgreSQL restores into the embedded default elsewhere.
+    let file = tmp.path().join("pg.mvbk");
+    let f = file.to_str().unwrap().to_owned();
+    let (ok, out, err) = cli(&["backup", "--data-dir", &d, "--out", &f], &env);
+    assert!(ok, "{out}\n{err}");
+    let back = tmp.path().join("back");
+    std::fs::create_dir_all(&back).unwrap();
+    std::fs::copy(dir.join("medvault.key"), back.join("medvault.key")).unwrap();
+    let b = back.to_str().unwrap().to_owned();
+    let (ok, out, err) = cli(&["restore", "--data-dir", &b, &f], &[]);
+    assert!(ok, "{out}\n{err}");
+    let embedded = Server::start_in(&back, &[]);
+    assert_eq!(crate::backup::answers(&embedded, &p1), before);
+    let (status, _) = embedded.get(&format!("Patient/{added}"));
+    assert_eq!(status, 200);
+
+    // And back into PostgreSQL, over the running node's schema only with --force.
+    let (ok, _, err) = cli(&["restore", "--data-dir", &d, &f], &env);
+    assert!(!ok && err.contains("--force"), "{err}");
+}
