@@ -336,11 +336,7 @@ impl Writer {
                         .insert(Conn::connect(&self.config, Some(&self.namespace))?)
                 }
             };
-            let begun = conn
-                .batch("BEGIN")
-                .and_then(|()| conn.exec("SELECT pg_advisory_xact_lock($1)", &[&self.lock]))
-                .and_then(|_| sql::ledger_size(conn));
-            match begun {
+            match conn.begin_group(self.lock) {
                 Ok(size) => return Ok(size),
                 Err(StoreError::Unavailable(_)) if !retried => {
                     retried = true;
@@ -370,31 +366,50 @@ impl Writer {
         let Some(conn) = self.conn.as_mut() else {
             return all_fail(&StoreError::Backend("writer lost its connection".into()));
         };
-        let mut results = Vec::with_capacity(n);
+        let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(n);
         let mut shred = false;
+        // The leaves the group's committed ops appended (`None` once a bulk load added some).
+        let mut appended: Option<Vec<(u64, Hash)>> = Some(Vec::new());
         for op in ops {
-            let result = conn.batch("SAVEPOINT op").and_then(|()| {
+            // The first op's savepoint was made with BEGIN; after a success the next one is
+            // made (and the last released) in the same round trip; after a failure the
+            // savepoint rolled back to is still there.
+            if let Some(Ok(())) = results.last() {
+                // Sent now, answered with the op's first statement: no round trip of its own.
+                conn.defer("RELEASE SAVEPOINT op; SAVEPOINT op");
+            }
+            let result = {
                 let mut tx = sql::Tx::new(conn);
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&mut tx)))
                     .unwrap_or_else(|_| Err(StoreError::Backend("write op panicked".into())));
-                shred |= r.is_ok() && tx.shredded;
+                if r.is_ok() {
+                    shred |= tx.shredded;
+                    match appended.as_mut() {
+                        Some(list) if !tx.loaded_leaves => list.append(&mut tx.appended),
+                        _ => appended = None,
+                    }
+                }
                 r
-            });
-            let end = if result.is_ok() {
-                conn.batch("RELEASE SAVEPOINT op")
-            } else {
-                conn.batch("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
             };
-            if let Err(e) = end {
+            let lost = match &result {
+                Err(StoreError::Unavailable(e)) => Some(e.to_string()),
+                Err(_) => conn
+                    .batch("ROLLBACK TO SAVEPOINT op")
+                    .err()
+                    .map(|e| e.to_string()),
+                Ok(()) => None,
+            };
+            if let Some(e) = lost {
                 // The transaction is lost (connection gone): every op so far goes with it.
                 let _ = conn.batch("ROLLBACK");
                 self.conn = None;
+                let gone = StoreError::Unavailable(e.into());
                 let mut out: Vec<_> = results
                     .into_iter()
-                    .map(|r: Result<(), StoreError>| r.and(Err(same_kind(&e))))
+                    .map(|r| r.and(Err(same_kind(&gone))))
                     .collect();
-                out.push(Err(same_kind(&e)));
-                out.resize_with(n, || Err(same_kind(&e)));
+                out.push(result.and(Err(same_kind(&gone))));
+                out.resize_with(n, || Err(same_kind(&gone)));
                 return out;
             }
             results.push(result);
@@ -402,7 +417,8 @@ impl Writer {
         // Hash the group's leaves into the tree in the same transaction, on a copy of the
         // frontier that replaces the real one only once the commit succeeded.
         let mut next = self.frontier.clone();
-        let done = sql::integrate(conn, &mut next, committed).and_then(|()| conn.batch("COMMIT"));
+        let done = sql::integrate(conn, &mut next, committed, appended.as_deref())
+            .and_then(|nodes| conn.end_group(&nodes));
         if let Err(e) = done {
             let _ = conn.batch("ROLLBACK");
             match sql::load_frontier(conn) {

@@ -113,10 +113,19 @@ fn io_runtime() -> Result<&'static tokio::runtime::Runtime, StoreError> {
     Ok(RUNTIME.get_or_init(|| rt))
 }
 
+/// New tree nodes as the columns of their insert: levels, indexes, hashes.
+pub(crate) type NewNodes = (Vec<i64>, Vec<i64>, Vec<Vec<u8>>);
+
+/// A statement sent without waiting for its answer (see [`Conn::defer`]).
+type Deferred =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
+
 /// One connection with its prepared statements.
 pub(crate) struct Conn {
-    client: tokio_postgres::Client,
+    client: std::sync::Arc<tokio_postgres::Client>,
     statements: HashMap<String, Statement>,
+    /// Statements sent whose answers are not read yet, oldest first.
+    deferred: Vec<Deferred>,
 }
 
 impl Conn {
@@ -157,8 +166,9 @@ impl Conn {
                 }
             })?;
         Ok(Self {
-            client,
+            client: std::sync::Arc::new(client),
             statements: HashMap::new(),
+            deferred: Vec::new(),
         })
     }
 
@@ -166,11 +176,49 @@ impl Conn {
         self.client.is_closed()
     }
 
+    /// Sends `sql` (simple statements, no result rows) now and reads its answer with the next
+    /// call that waits for one, saving a round trip. The connection answers in order, so the
+    /// statement runs before anything sent after it; its failure is reported by that next call.
+    pub(crate) fn defer(&mut self, sql: &'static str) {
+        let client = std::sync::Arc::clone(&self.client);
+        let mut fut: Deferred = Box::pin(async move { client.batch_execute(sql).await });
+        // The first poll puts the message on the connection's queue.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(result) = fut.as_mut().poll(&mut cx) {
+            fut = Box::pin(std::future::ready(result));
+        }
+        self.deferred.push(fut);
+    }
+
+    /// Waits for `fut` and for every deferred statement; a deferred statement's failure comes
+    /// first (what followed it failed because of it).
+    fn wait<T>(
+        &mut self,
+        fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        let deferred = std::mem::take(&mut self.deferred);
+        let settle = async move {
+            let mut first = None;
+            for d in deferred {
+                if let Err(e) = d.await {
+                    first.get_or_insert(e);
+                }
+            }
+            first
+        };
+        let (failed, result) = block_on(async { tokio::join!(settle, fut) });
+        match failed {
+            Some(e) => Err(pg(e)),
+            None => result.map_err(pg),
+        }
+    }
+
     fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = block_on(self.client.prepare(sql)).map_err(pg)?;
+        let client = std::sync::Arc::clone(&self.client);
+        let s = self.wait(client.prepare(sql))?;
         if self.statements.len() >= MAX_STATEMENTS {
             self.statements.clear();
         }
@@ -184,7 +232,22 @@ impl Conn {
         params: &[Param<'_>],
     ) -> Result<Vec<Row>, StoreError> {
         let s = self.statement(sql)?;
-        block_on(self.client.query(&s, params)).map_err(pg)
+        let client = std::sync::Arc::clone(&self.client);
+        self.wait(client.query(&s, params))
+    }
+
+    /// Two queries in one round trip (pipelined), e.g. a count and a page.
+    pub(crate) fn query_two(
+        &mut self,
+        first: (&str, &[Param<'_>]),
+        second: (&str, &[Param<'_>]),
+    ) -> Result<(Vec<Row>, Vec<Row>), StoreError> {
+        let (s1, s2) = (self.statement(first.0)?, self.statement(second.0)?);
+        let client = std::sync::Arc::clone(&self.client);
+        self.wait(async {
+            let (a, b) = tokio::join!(client.query(&s1, first.1), client.query(&s2, second.1));
+            Ok((a?, b?))
+        })
     }
 
     pub(crate) fn opt(
@@ -202,11 +265,56 @@ impl Conn {
 
     pub(crate) fn exec(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
         let s = self.statement(sql)?;
-        block_on(self.client.execute(&s, params)).map_err(pg)
+        let client = std::sync::Arc::clone(&self.client);
+        self.wait(client.execute(&s, params))
     }
 
     pub(crate) fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
-        block_on(self.client.batch_execute(sql)).map_err(pg)
+        let client = std::sync::Arc::clone(&self.client);
+        self.wait(client.batch_execute(sql))
+    }
+
+    /// Begins a writer's transaction in one round trip (the statements pipelined): BEGIN, the
+    /// log's advisory lock, the log's size read under it, and the first op's savepoint.
+    pub(crate) fn begin_group(&mut self, lock: i64) -> Result<u64, StoreError> {
+        let locking = self.statement("SELECT pg_advisory_xact_lock($1)")?;
+        let sizing = self.statement("SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_leaves")?;
+        self.defer("BEGIN");
+        let client = std::sync::Arc::clone(&self.client);
+        let lock_params: [Param<'_>; 1] = [&lock];
+        let size = self.wait(async {
+            let (locked, size) = tokio::join!(
+                client.query(&locking, &lock_params),
+                client.query_one(&sizing, &[]),
+            );
+            locked?;
+            size?.try_get::<_, i64>(0)
+        })?;
+        self.defer("SAVEPOINT op");
+        Ok(to_u64(size))
+    }
+
+    /// Stores the group's new tree nodes and commits, in one round trip. A failure before the
+    /// COMMIT turns it into a rollback (which PostgreSQL reports as success), so every result
+    /// is checked.
+    pub(crate) fn end_group(
+        &mut self,
+        nodes: &NewNodes,
+    ) -> Result<(), StoreError> {
+        let inserting = self.statement(
+            "INSERT INTO ledger_nodes (level, idx, hash)
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
+        )?;
+        let client = std::sync::Arc::clone(&self.client);
+        let node_params: [Param<'_>; 3] = [&nodes.0, &nodes.1, &nodes.2];
+        self.wait(async {
+            let (inserted, committed) = tokio::join!(
+                client.execute(&inserting, &node_params),
+                client.batch_execute("COMMIT"),
+            );
+            inserted?;
+            committed
+        })
     }
 }
 
@@ -326,12 +434,16 @@ fn counted_page(
     limit: u64,
     offset: u64,
 ) -> Result<SearchPage, StoreError> {
-    let mut params: Vec<Param<'_>> = args.iter().map(|b| b.as_ref() as Param<'_>).collect();
-    let total: i64 = get(&c.one(count_sql, &params)?, 0)?;
+    let params: Vec<Param<'_>> = args.iter().map(|b| b.as_ref() as Param<'_>).collect();
     let (limit, offset) = (to_i64(limit), to_i64(offset));
-    params.push(&limit);
-    params.push(&offset);
-    let found = c.query(page_sql, &params)?;
+    let mut paged = params.clone();
+    paged.push(&limit);
+    paged.push(&offset);
+    let (counted, found) = c.query_two((count_sql, &params), (page_sql, &paged))?;
+    let total: i64 = match counted.first() {
+        Some(r) => get(r, 0)?,
+        None => 0,
+    };
     Ok(SearchPage {
         rows: rows(found, version_row)?,
         total: to_u64(total),
@@ -374,6 +486,10 @@ pub(crate) fn history(
 pub(crate) fn search(c: &mut Conn, q: &IndexQuery) -> Result<SearchPage, StoreError> {
     let mut args: Vec<Box<dyn ToSql + Sync>> = vec![Box::new(q.resource_type.clone())];
     let mut filter = String::from("c.rtype = $1 AND NOT c.deleted AND NOT c.shredded");
+    // With index clauses, the first one drives the query: its matches are found in the blind
+    // index first (a materialised CTE, so the planner cannot choose to scan the whole type by
+    // `rtype` instead, as it does while its statistics are young) and joined to `current`.
+    let mut driver: Option<usize> = None;
     for values in &q.clauses {
         if values.is_empty() {
             filter.push_str(" AND FALSE");
@@ -381,10 +497,14 @@ pub(crate) fn search(c: &mut Conn, q: &IndexQuery) -> Result<SearchPage, StoreEr
         }
         let list: Vec<Vec<u8>> = values.iter().map(|b| b.0.to_vec()).collect();
         args.push(Box::new(list));
-        filter.push_str(&format!(
-            " AND c.rid IN (SELECT rid FROM idx WHERE value = ANY(${}))",
-            args.len()
-        ));
+        let n = args.len();
+        if driver.is_none() {
+            driver = Some(n);
+        } else {
+            filter.push_str(&format!(
+                " AND c.rid IN (SELECT rid FROM idx WHERE value = ANY(${n}))"
+            ));
+        }
     }
     if let Some(ids) = &q.ids {
         if ids.is_empty() {
@@ -409,11 +529,22 @@ pub(crate) fn search(c: &mut Conn, q: &IndexQuery) -> Result<SearchPage, StoreEr
         SortOrder::IdDesc => "c.id DESC",
     };
     let n = args.len();
+    let (matched, source) = match driver {
+        Some(d) => (
+            format!(
+                "WITH m AS MATERIALIZED (SELECT DISTINCT rid FROM idx WHERE value = ANY(${d})) "
+            ),
+            // One primary-key lookup per match (LATERAL with OFFSET 0 is not flattened into
+            // a join the planner could turn into a scan of the whole type).
+            "m CROSS JOIN LATERAL (SELECT * FROM current WHERE rid = m.rid OFFSET 0) c",
+        ),
+        None => (String::new(), "current c"),
+    };
     counted_page(
         c,
-        &format!("SELECT count(*) FROM current c WHERE {filter}"),
+        &format!("{matched}SELECT count(*) FROM {source} WHERE {filter}"),
         &format!(
-            "SELECT {VERSION_COLUMNS} FROM current c
+            "{matched}SELECT {VERSION_COLUMNS} FROM {source}
              JOIN versions v ON v.rtype = c.rtype AND v.id = c.id AND v.version = c.version
              LEFT JOIN deks d ON d.name = v.key_name
              WHERE {filter} ORDER BY {order} LIMIT ${} OFFSET ${}",
@@ -843,15 +974,11 @@ pub(crate) fn versions_after(
     rows(found, version_row)
 }
 
-/// Appends a leaf at the end of the log. Only the writer calls it, holding the log's lock.
-fn append_leaf(c: &mut Conn, entry: &[u8]) -> Result<u64, StoreError> {
-    let r = c.one(
-        "INSERT INTO ledger_leaves (idx, entry)
-         SELECT COALESCE(MAX(idx) + 1, 0), $1 FROM ledger_leaves RETURNING idx",
-        &[&entry],
-    )?;
-    Ok(to_u64(get(&r, 0)?))
-}
+/// The CTE that appends leaf `$1` at the end of the log (only the writer runs it, holding the
+/// log's lock) and yields its index as `leaf.idx`.
+const APPEND_LEAF: &str = "leaf AS (
+    INSERT INTO ledger_leaves (idx, entry)
+    SELECT COALESCE(MAX(idx) + 1, 0), $1 FROM ledger_leaves RETURNING idx)";
 
 /// The frontier of the committed tree (every committed leaf is integrated).
 pub(crate) fn load_frontier(c: &mut Conn) -> Result<Frontier, StoreError> {
@@ -864,30 +991,39 @@ fn load_frontier_at(c: &mut Conn, size: u64) -> Result<Frontier, StoreError> {
     Frontier::load(&LedgerNodes(&view), size).map_err(|e| StoreError::Backend(Box::new(e)))
 }
 
-/// Hashes the leaves appended since `frontier` into the tree, storing every subtree they
-/// complete, in the writer's transaction just before it commits. `committed` is the tree size
-/// read under the writer's lock when the transaction began.
+/// The tree nodes a group's new leaves complete, hashed onto `frontier`, as the columns
+/// (level, index, hash) of [`Conn::end_group`]'s insert. `committed` is the tree size read under
+/// the writer's lock when the transaction began; `appended` the leaves the group's ops appended
+/// (index and leaf hash), or `None` when some were loaded in bulk and must be read back.
 pub(crate) fn integrate(
     c: &mut Conn,
     frontier: &mut Frontier,
     committed: u64,
-) -> Result<(), StoreError> {
+    appended: Option<&[(u64, Hash)]>,
+) -> Result<NewNodes, StoreError> {
     // Another process may have appended and integrated leaves since this writer last did.
     if committed != frontier.size() {
         *frontier = load_frontier_at(c, committed)?;
     }
-    let pending = ledger_entries(c, frontier.size(), u64::MAX)?;
-    if pending.is_empty() {
-        return Ok(());
-    }
+    let read;
+    let pending: &[(u64, Hash)] = match appended {
+        Some(list) => list,
+        None => {
+            read = ledger_entries(c, frontier.size(), u64::MAX)?
+                .into_iter()
+                .map(|(i, e)| (i, leaf_hash(&e)))
+                .collect::<Vec<_>>();
+            &read
+        }
+    };
     let (mut levels, mut idxs, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
-    for (idx, entry) in pending {
-        if idx != frontier.size() {
+    for (idx, hash) in pending {
+        if *idx != frontier.size() {
             return Err(StoreError::Backend(
                 "ledger leaves are not contiguous".into(),
             ));
         }
-        frontier.append(leaf_hash(&entry), |level, i, h| {
+        frontier.append(*hash, |level, i, h| {
             if level > 0 {
                 levels.push(i64::from(level));
                 idxs.push(to_i64(i));
@@ -895,14 +1031,7 @@ pub(crate) fn integrate(
             }
         });
     }
-    if !levels.is_empty() {
-        c.exec(
-            "INSERT INTO ledger_nodes (level, idx, hash)
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
-            &[&levels, &idxs, &hashes],
-        )?;
-    }
-    Ok(())
+    Ok((levels, idxs, hashes))
 }
 
 /// The writer's view of one op's savepoint.
@@ -910,6 +1039,10 @@ pub(crate) struct Tx<'c> {
     conn: RefCell<&'c mut Conn>,
     /// Set when the op destroyed a key, so the writer vacuums the key table after commit.
     pub(crate) shredded: bool,
+    /// Leaves the op appended: index and leaf hash, for the writer to hash into the tree.
+    pub(crate) appended: Vec<(u64, Hash)>,
+    /// Set when the op loaded leaves in bulk (restore), which the writer then reads back.
+    pub(crate) loaded_leaves: bool,
 }
 
 impl<'c> Tx<'c> {
@@ -917,6 +1050,8 @@ impl<'c> Tx<'c> {
         Self {
             conn: RefCell::new(conn),
             shredded: false,
+            appended: Vec::new(),
+            loaded_leaves: false,
         }
     }
 
@@ -944,6 +1079,7 @@ impl StoreTx for Tx<'_> {
         table: &medvault_store::dump::Table,
         rows: &[Vec<medvault_store::dump::Cell>],
     ) -> Result<(), StoreError> {
+        self.loaded_leaves |= table.name == "ledger_leaves";
         crate::dump::load(self.conn.get_mut(), table, rows)
     }
 
@@ -1013,64 +1149,65 @@ impl StoreTx for Tx<'_> {
         index: &[BlindValue],
         leaf: &[u8],
     ) -> Result<u64, StoreError> {
-        let c: &mut Conn = self.conn.get_mut();
-        let version = to_i64(v.version);
         let salt = v.salt.ok_or_else(|| {
             StoreError::Backend("a version must carry its commitment salt".into())
         })?;
-        let leaf_idx = append_leaf(c, leaf)?;
-        c.exec(
-            "INSERT INTO versions
-               (rtype, id, version, last_updated, key_name, key_version, body, salt, leaf)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        let values: Vec<Vec<u8>> = index.iter().map(|b| b.0.to_vec()).collect();
+        // One statement, one round trip: the leaf, the version (a unique violation if another
+        // writer made it first), the current row, and the index entries (those the new version
+        // no longer has removed, the others added).
+        let row = self.conn.get_mut().one(
+            &format!(
+                "WITH {APPEND_LEAF},
+                 ver AS (
+                   INSERT INTO versions
+                     (rtype, id, version, last_updated, key_name, key_version, body, salt, leaf)
+                   SELECT $2, $3, $4, $5, $6, $7, $8, $9, idx FROM leaf RETURNING leaf),
+                 cur AS (
+                   INSERT INTO current (rtype, id, version, last_updated, deleted, key_name)
+                   VALUES ($2, $3, $4, $5, $10, $6)
+                   ON CONFLICT (rtype, id) DO UPDATE SET version = excluded.version,
+                     last_updated = excluded.last_updated, deleted = excluded.deleted,
+                     key_name = excluded.key_name, shredded = FALSE
+                   RETURNING rid),
+                 gone AS (
+                   DELETE FROM idx WHERE rid = (SELECT rid FROM cur)
+                     AND NOT (value = ANY($11::bytea[]))),
+                 added AS (
+                   INSERT INTO idx (value, rid) SELECT unnest($11::bytea[]), (SELECT rid FROM cur)
+                   ON CONFLICT DO NOTHING)
+                 SELECT leaf FROM ver"
+            ),
             &[
+                &leaf,
                 &v.resource_type,
                 &v.id,
-                &version,
+                &to_i64(v.version),
                 &v.last_updated_micros,
                 &v.key_name,
                 &i64::from(v.key_version),
                 &v.body.as_ref().map(Sealed::as_bytes),
                 &&salt[..],
-                &to_i64(leaf_idx),
-            ],
-        )?;
-        let values: Vec<Vec<u8>> = index.iter().map(|b| b.0.to_vec()).collect();
-        let row = c.one(
-            "INSERT INTO current (rtype, id, version, last_updated, deleted, key_name)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (rtype, id) DO UPDATE SET version = excluded.version,
-               last_updated = excluded.last_updated, deleted = excluded.deleted,
-               key_name = excluded.key_name, shredded = FALSE
-             RETURNING rid",
-            &[
-                &v.resource_type,
-                &v.id,
-                &version,
-                &v.last_updated_micros,
                 &v.body.is_none(),
-                &v.key_name,
+                &values,
             ],
         )?;
-        let rid: i64 = get(&row, 0)?;
-        c.exec("DELETE FROM idx WHERE rid = $1", &[&rid])?;
-        if !values.is_empty() {
-            c.exec(
-                "INSERT INTO idx (value, rid) SELECT unnest($1::bytea[]), $2
-                 ON CONFLICT DO NOTHING",
-                &[&values, &rid],
-            )?;
-        }
-        Ok(leaf_idx)
+        let idx = to_u64(get(&row, 0)?);
+        self.appended.push((idx, leaf_hash(leaf)));
+        Ok(idx)
     }
 
     fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError> {
-        let c: &mut Conn = self.conn.get_mut();
-        let idx = append_leaf(c, leaf)?;
-        c.exec(
-            "INSERT INTO ledger_audit (leaf, salt, detail) VALUES ($1, $2, $3)",
-            &[&to_i64(idx), &&detail.salt[..], &detail.sealed.as_bytes()],
+        let row = self.conn.get_mut().one(
+            &format!(
+                "WITH {APPEND_LEAF}
+                 INSERT INTO ledger_audit (leaf, salt, detail) SELECT idx, $2, $3 FROM leaf
+                 RETURNING leaf"
+            ),
+            &[&leaf, &&detail.salt[..], &detail.sealed.as_bytes()],
         )?;
+        let idx = to_u64(get(&row, 0)?);
+        self.appended.push((idx, leaf_hash(leaf)));
         Ok(idx)
     }
 
