@@ -297,10 +297,7 @@ impl Conn {
     /// Stores the group's new tree nodes and commits, in one round trip. A failure before the
     /// COMMIT turns it into a rollback (which PostgreSQL reports as success), so every result
     /// is checked.
-    pub(crate) fn end_group(
-        &mut self,
-        nodes: &NewNodes,
-    ) -> Result<(), StoreError> {
+    pub(crate) fn end_group(&mut self, nodes: &NewNodes) -> Result<(), StoreError> {
         let inserting = self.statement(
             "INSERT INTO ledger_nodes (level, idx, hash)
              SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",

@@ -442,6 +442,28 @@ fn an_embedded_node_migrates_to_postgres_and_backs_up_from_there() {
     let pg = Server::launch(&dir, &env, &[]);
     assert_eq!(crate::backup::answers(&pg, &p1), before);
     let added = pg.create(&patient("Migrated", "Later"));
+    // The option works as well as the environment variable, on any command.
+    let (ok, out, err) = cli(
+        &["ledger", "verify", "--data-dir", &d, "--database", &db.url],
+        &[],
+    );
+    assert!(ok && out.contains("ledger verified"), "{out}\n{err}");
+    let (ok, _, err) = cli(
+        &[
+            "token",
+            "create",
+            "--data-dir",
+            &d,
+            "--role",
+            "auditor",
+            "--database",
+            "postgres://127.0.0.1:1/none?connect_timeout=1",
+        ],
+        &[],
+    );
+    assert!(!ok, "an unreachable database fails the command");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("database unavailable"), "{err}");
 
     // A backup taken from PostgreSQL restores into the embedded default elsewhere.
     let file = tmp.path().join("pg.mvbk");
