@@ -3,12 +3,26 @@
 //! renders back to the same row.
 #![no_main]
 
+use std::sync::OnceLock;
+
 use libfuzzer_sys::fuzz_target;
+use medvault_crypto::RootKey;
 use medvault_server::backup_file::{check, parse_row, row_line};
+
+fn root() -> &'static RootKey {
+    static ROOT: OnceLock<RootKey> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("medvault-fuzz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        RootKey::create_file(&dir.join("medvault.key"), None).expect("root key")
+    })
+}
 
 fuzz_target!(|data: &[u8]| {
     let mut rows = 0u64;
-    if let Ok(checked) = check(data, |_, _, _| {
+    let mac = |tenant: &str| root().backup_mac(tenant).map_err(|e| e.to_string());
+    if let Ok(checked) = check(data, mac, |_, _, _| {
         rows += 1;
         Ok(())
     }) {

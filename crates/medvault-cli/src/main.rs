@@ -174,8 +174,9 @@ enum Command {
         command: LedgerCommand,
     },
     /// Write a consistent snapshot of the node to a file, while it runs. Records stay sealed and
-    /// keys stay wrapped; the root key is never included, so keep the key file (and its
-    /// passphrase) safe separately: a backup cannot be restored without it.
+    /// keys stay wrapped; the file is authenticated with a key derived from the root key, which
+    /// is never included: keep the key file (and its passphrase) safe separately, a backup
+    /// cannot be restored without it.
     #[command(
         after_help = "Example:\n  medvault backup --data-dir /var/lib/medvault --out /backups/medvault-$(date +%F).mvbk"
     )]
@@ -973,7 +974,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { dir, out, force } => {
             let database = Database::parse(dir.database.as_deref())
                 .map_err(|e| anyhow::anyhow!("--database: {e}"))?;
-            let (counts, bytes) = transfer::backup(&dir.data_dir, &database, &out, force)?;
+            let (counts, bytes) =
+                transfer::backup(&dir.data_dir, &database, &out, force, passphrase().as_ref())?;
             println!(
                 "backup written to {} ({bytes} bytes, {} rows; records log {} leaves, access log {} leaves); it holds no root key: keep {} safe separately",
                 out.display(),

@@ -17,10 +17,10 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use indicatif::ProgressBar;
-use medvault_crypto::{Passphrase, RootKey, Sha256Stream};
+use medvault_crypto::{MacStream, Passphrase, RootKey};
 use medvault_server::backup_file::{self, Part};
 use medvault_server::ledger::LogId;
-use medvault_server::node::{ACCESS_DB_FILE, DB_FILE, Database, KEY_FILE};
+use medvault_server::node::{ACCESS_DB_FILE, DB_FILE, Database, KEY_FILE, TRANSFER_META};
 use medvault_store::dump::{Cell, Table};
 use medvault_store::{Store, StoreError, write_with};
 use medvault_store_postgres::PgStore;
@@ -163,7 +163,9 @@ fn pins_beyond(row: &[Cell], access_size: u64) -> bool {
     pinned.is_some_and(|(size, _)| size > access_size)
 }
 
-/// Collects rows into batches and loads each in its own transaction.
+/// Collects rows into batches and loads each in its own transaction. The node database carries
+/// `transfer = incomplete` from before the first batch until [`Loader::finish`], so a load that
+/// dies part-way (even killed) leaves a database no node opens.
 struct Loader<'a> {
     stores: &'a Stores,
     pending: Option<(Part, &'static Table)>,
@@ -171,8 +173,25 @@ struct Loader<'a> {
     bar: &'a ProgressBar,
 }
 
-impl Loader<'_> {
+impl<'a> Loader<'a> {
+    fn start(stores: &'a Stores, bar: &'a ProgressBar) -> anyhow::Result<Self> {
+        stores
+            .node
+            .write(Box::new(|tx| tx.set_meta(TRANSFER_META, "incomplete")))?;
+        Ok(Self {
+            stores,
+            pending: None,
+            rows: Vec::new(),
+            bar,
+        })
+    }
+
     fn push(&mut self, part: Part, table: &'static Table, row: Vec<Cell>) -> anyhow::Result<()> {
+        // The source's own marker (a node that was itself restored) must not end ours.
+        if table.name == "meta" && matches!(row.first(), Some(Cell::Text(k)) if k == TRANSFER_META)
+        {
+            return Ok(());
+        }
         if self
             .pending
             .is_some_and(|(p, t)| p != part || !std::ptr::eq(t, table))
@@ -198,6 +217,46 @@ impl Loader<'_> {
         self.bar.inc(n);
         Ok(())
     }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        self.flush()?;
+        self.stores
+            .node
+            .write(Box::new(|tx| tx.set_meta(TRANSFER_META, "complete")))?;
+        Ok(())
+    }
+}
+
+/// After a failed load: empties the target again and says so (or says that it could not).
+fn undo(
+    dir: &Path,
+    database: &Database,
+    stores: Stores,
+    what: &str,
+    e: anyhow::Error,
+) -> anyhow::Error {
+    drop(stores);
+    match wipe(dir, database) {
+        Ok(()) => e.context(format!("{what} failed; the target was emptied again")),
+        Err(w) => e.context(format!(
+            "{what} failed, and emptying the target failed too ({w:#}): delete {} before retrying",
+            database.describe(dir)
+        )),
+    }
+}
+
+/// Refuses a copy between schema versions this build does not write.
+fn same_schema(node: &str, access: &str, whose: &str) -> anyhow::Result<()> {
+    let (want_node, want_access) = (
+        medvault_store::NODE_SCHEMA_VERSION.to_string(),
+        medvault_store::ACCESS_LOG_SCHEMA_VERSION.to_string(),
+    );
+    if node != want_node || access != want_access {
+        bail!(
+            "{whose} schema is version {node} (access log {access}); this medvault writes {want_node} ({want_access}): use the medvault version that wrote it, then upgrade"
+        );
+    }
+    Ok(())
 }
 
 /// Counts the rows a copy will carry (a first, cheap pass), for the progress bar.
@@ -222,6 +281,11 @@ pub(crate) fn migrate(from: &Path, to: &Database, force: bool) -> anyhow::Result
         );
     }
     let source = Stores::open(from, &Database::Embedded, false)?;
+    same_schema(
+        &source.schema_version(Part::Node)?,
+        &source.schema_version(Part::Access)?,
+        "the source's",
+    )?;
     let mut dest = Stores::open(from, to, true)?;
     if !dest.is_empty()? {
         if !force {
@@ -234,33 +298,18 @@ pub(crate) fn migrate(from: &Path, to: &Database, force: bool) -> anyhow::Result
         wipe(from, to)?;
         dest = Stores::open(from, to, true)?;
     }
-    for part in [Part::Node, Part::Access] {
-        let (have, want) = (source.schema_version(part)?, dest.schema_version(part)?);
-        if have != want {
-            bail!("the source schema is version {have}, the target's {want}: upgrade first");
-        }
-    }
     let total = count_rows(&source)?;
     let bar = progress(total, "migrating");
     let copied = (|| {
-        let mut loader = Loader {
-            stores: &dest,
-            pending: None,
-            rows: Vec::new(),
-            bar: &bar,
-        };
+        let mut loader = Loader::start(&dest, &bar)?;
         let counts = snapshot(&source, &mut |p, t, r| loader.push(p, t, r))?;
-        loader.flush()?;
+        loader.finish()?;
         Ok::<_, anyhow::Error>(counts)
     })();
     bar.finish_and_clear();
     let counts = match copied {
         Ok(c) => c,
-        Err(e) => {
-            drop(dest);
-            let _ = wipe(from, to);
-            return Err(e.context("migration failed; the target was emptied again"));
-        }
+        Err(e) => return Err(undo(from, to, dest, "migration", e)),
     };
     if source.node.ledger_size()? != counts.records_leaves
         || source.access.ledger_size()? != counts.access_leaves
@@ -272,30 +321,45 @@ pub(crate) fn migrate(from: &Path, to: &Database, force: bool) -> anyhow::Result
     Ok(counts)
 }
 
-/// Writes lines while hashing them.
-struct Hashed<W: std::io::Write> {
+/// Writes lines while authenticating them.
+struct Maced<W: std::io::Write> {
     out: W,
-    hash: Sha256Stream,
+    mac: Option<MacStream>,
     bytes: u64,
 }
 
-impl<W: std::io::Write> Hashed<W> {
+impl<W: std::io::Write> Maced<W> {
     fn line(&mut self, v: &Value) -> std::io::Result<()> {
         let mut text = serde_json::to_vec(v)?;
         text.push(b'\n');
-        self.hash.update(&text);
+        if let Some(m) = self.mac.as_mut() {
+            m.update(&text);
+        }
         self.bytes += text.len() as u64;
         self.out.write_all(&text)
     }
 }
 
+/// The node's root key from the key file in `dir`.
+fn root_key(dir: &Path, passphrase: Option<&Passphrase>, why: &str) -> anyhow::Result<RootKey> {
+    let key_path = dir.join(KEY_FILE);
+    if !key_path.exists() {
+        bail!("{} is missing: {why}", key_path.display());
+    }
+    let (root, _) = RootKey::open_file(&key_path, passphrase)
+        .with_context(|| format!("key file {}", key_path.display()))?;
+    Ok(root)
+}
+
 /// `medvault backup`: writes a consistent snapshot of the node to `out` (mode 0600, written
-/// under a temporary name and renamed when complete). Returns what was written and its size.
+/// under `out.partial`, created afresh, and renamed when complete), authenticated with a MAC
+/// keyed from the root key. Returns what was written and its size.
 pub(crate) fn backup(
     dir: &Path,
     database: &Database,
     out: &Path,
     force: bool,
+    passphrase: Option<&Passphrase>,
 ) -> anyhow::Result<(Counts, u64)> {
     if out.exists() && !force {
         bail!(
@@ -303,14 +367,25 @@ pub(crate) fn backup(
             out.display()
         );
     }
+    let root = root_key(
+        dir,
+        passphrase,
+        "a backup is authenticated with the node's key file",
+    )?;
     let stores = Stores::open(dir, database, false)?;
     let Some(tenant) = stores.node.meta("tenant")? else {
         bail!("the database holds no node yet: nothing to back up");
     };
     let partial = PathBuf::from(format!("{}.partial", out.display()));
+    // A leftover (or planted) partial file is removed, never reused with its permissions.
+    match std::fs::remove_file(&partial) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", partial.display())),
+    }
     let file = {
         let mut o = std::fs::OpenOptions::new();
-        o.write(true).create(true).truncate(true);
+        o.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt as _;
@@ -319,9 +394,9 @@ pub(crate) fn backup(
         o.open(&partial)
             .with_context(|| format!("cannot create {}", partial.display()))?
     };
-    let mut w = Hashed {
+    let mut w = Maced {
         out: BufWriter::new(file),
-        hash: Sha256Stream::default(),
+        mac: Some(root.backup_mac(&tenant)?),
         bytes: 0,
     };
     let written = (|| {
@@ -343,8 +418,12 @@ pub(crate) fn backup(
         });
         bar.finish_and_clear();
         let counts = counts?;
-        let digest = std::mem::take(&mut w.hash).finish();
-        w.line(&backup_file::trailer(counts.rows, &digest))?;
+        let tag = w
+            .mac
+            .take()
+            .map(MacStream::finish)
+            .ok_or_else(|| anyhow::anyhow!("backup MAC missing"))?;
+        w.line(&backup_file::trailer(counts.rows, &tag))?;
         w.out.flush()?;
         w.out.get_ref().sync_all()?;
         Ok::<_, anyhow::Error>(counts)
@@ -357,11 +436,16 @@ pub(crate) fn backup(
         }
     };
     std::fs::rename(&partial, out).with_context(|| format!("cannot write {}", out.display()))?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // The rename itself is durable once the directory is.
+        let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
+    }
     Ok((counts, w.bytes))
 }
 
 /// `medvault restore`: loads a backup file into an empty database of the node whose key file
-/// is in `dir`. The whole file is checked first; a load that fails is undone.
+/// is in `dir`. The whole file is checked first (format, rows, MAC under this key file, schema
+/// version); a load that fails is undone, and one that dies leaves a database no node opens.
 pub(crate) fn restore(
     dir: &Path,
     database: &Database,
@@ -369,29 +453,29 @@ pub(crate) fn restore(
     force: bool,
     passphrase: Option<&Passphrase>,
 ) -> anyhow::Result<u64> {
-    let key_path = dir.join(KEY_FILE);
-    if !key_path.exists() {
-        bail!(
-            "{} is missing: restoring needs the node's key file (backups never contain it)",
-            key_path.display()
-        );
-    }
-    let opened =
-        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-    let checked = backup_file::check(BufReader::new(opened), |_, _, _| Ok(())).map_err(|e| {
-        anyhow::anyhow!("{} is not a complete medvault backup: {e}", file.display())
-    })?;
-    let (root, _) = RootKey::open_file(&key_path, passphrase)
-        .with_context(|| format!("key file {}", key_path.display()))?;
-    let Some((version, wrapped)) = checked.keks.last() else {
-        bail!("{} holds no keys: not a backup of a node", file.display());
+    let root = root_key(
+        dir,
+        passphrase,
+        "restoring needs the node's key file (backups never contain it)",
+    )?;
+    let mac = |tenant: &str| root.backup_mac(tenant).map_err(|e| e.to_string());
+    let read = || -> anyhow::Result<BufReader<std::fs::File>> {
+        let f =
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        Ok(BufReader::new(f))
     };
-    if root.unwrap_kek(&checked.tenant, *version, wrapped).is_err() {
-        bail!(
-            "the key file {} does not open this backup's keys: it belongs to another node",
-            key_path.display()
-        );
-    }
+    let checked = backup_file::check(read()?, mac, |_, _, _| Ok(())).map_err(|e| {
+        if e.contains("MAC") {
+            anyhow::anyhow!(
+                "{} does not verify with the key file in {}: {e}",
+                file.display(),
+                dir.display()
+            )
+        } else {
+            anyhow::anyhow!("{} is not a complete medvault backup: {e}", file.display())
+        }
+    })?;
+    same_schema(&checked.node_schema, &checked.access_schema, "the backup's")?;
     let occupied = match database {
         Database::Embedded => dir.join(DB_FILE).exists() || dir.join(ACCESS_DB_FILE).exists(),
         Database::Postgres(_) => !Stores::open(dir, database, true)?.is_empty()?,
@@ -406,31 +490,13 @@ pub(crate) fn restore(
         wipe(dir, database)?;
     }
     let stores = Stores::open(dir, database, true)?;
-    for (part, want) in [
-        (Part::Node, &checked.node_schema),
-        (Part::Access, &checked.access_schema),
-    ] {
-        let have = stores.schema_version(part)?;
-        if &have != want {
-            drop(stores);
-            let _ = wipe(dir, database);
-            bail!(
-                "the backup's schema is version {want}, this medvault's {have}: restore it with the medvault version that wrote it, then upgrade"
-            );
-        }
-    }
     let bar = progress(checked.rows, "restoring");
     let loaded = (|| {
-        let mut loader = Loader {
-            stores: &stores,
-            pending: None,
-            rows: Vec::new(),
-            bar: &bar,
-        };
-        // Second pass: the file checked out, so every row goes in.
-        let reader = BufReader::new(std::fs::File::open(file)?);
+        let mut loader = Loader::start(&stores, &bar)?;
+        // Second pass: the file checked out, so every row goes in (and it is checked again,
+        // in case it changed in between).
         let mut failed: Option<anyhow::Error> = None;
-        let reread = backup_file::check(reader, |part, table, row| {
+        let reread = backup_file::check(read()?, mac, |part, table, row| {
             loader.push(part, table, row).map_err(|e| {
                 let msg = format!("{e:#}");
                 failed = Some(e);
@@ -443,13 +509,11 @@ pub(crate) fn restore(
         reread.map_err(|e| {
             anyhow::anyhow!("{} changed while it was restored: {e}", file.display())
         })?;
-        loader.flush()
+        loader.finish()
     })();
     bar.finish_and_clear();
     if let Err(e) = loaded {
-        drop(stores);
-        let _ = wipe(dir, database);
-        return Err(e.context("restore failed; the target was emptied again"));
+        return Err(undo(dir, database, stores, "restore", e));
     }
     Ok(checked.rows)
 }

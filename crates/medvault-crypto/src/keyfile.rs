@@ -231,6 +231,25 @@ impl RootKey {
     ) -> Result<Kek, CryptoError> {
         unwrap_with_root(&self.0, tenant, version, wrapped)
     }
+
+    /// The MAC that authenticates this node's backup files: HMAC-SHA256 under a key derived
+    /// from the root key (HKDF-SHA256, salt `medvault-backup-v1`, info the tenant), so only a
+    /// holder of the key file can write a backup that restores.
+    ///
+    /// # Errors
+    /// [`CryptoError::Opaque`] if HKDF refuses the length (it cannot for 32 bytes).
+    pub fn backup_mac(&self, tenant: &str) -> Result<crate::MacStream, CryptoError> {
+        use aws_lc_rs::{hkdf, hmac};
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"medvault-backup-v1")
+            .extract(self.0.dangerously_expose());
+        let info = [tenant.as_bytes()];
+        let okm = prk
+            .expand(&info, hmac::HMAC_SHA256)
+            .map_err(|_| CryptoError::Opaque)?;
+        Ok(crate::MacStream(hmac::Context::with_key(&hmac::Key::from(
+            okm,
+        ))))
+    }
 }
 
 #[cfg(test)]

@@ -89,6 +89,39 @@ impl Sha256Stream {
     }
 }
 
+/// HMAC-SHA256 over data that arrives in pieces, under a key that never leaves this crate
+/// (see [`RootKey::backup_mac`]).
+pub struct MacStream(pub(crate) aws_lc_rs::hmac::Context);
+
+impl std::fmt::Debug for MacStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MacStream([REDACTED])")
+    }
+}
+
+impl MacStream {
+    /// Adds `data`.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The tag over everything added.
+    #[must_use]
+    pub fn finish(self) -> [u8; 32] {
+        let tag = self.0.sign();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// True if `tag` is the tag over everything added (compared in constant time).
+    #[must_use]
+    pub fn verify(self, tag: &[u8]) -> bool {
+        let mine = self.0.sign();
+        aws_lc_rs::constant_time::verify_slices_are_equal(mine.as_ref(), tag).is_ok()
+    }
+}
+
 /// Fills `buf` from the operating system's CSPRNG.
 ///
 /// # Errors

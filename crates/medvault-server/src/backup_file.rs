@@ -4,13 +4,16 @@
 //!
 //! JSON lines: a header object; one line per row, `["n"|"a", table, [cells]]` (`n` the node
 //! database, `a` the access log; bytes in base64, booleans as 0/1); a trailer
-//! `{"end": {"rows": N, "sha256": HEX}}` whose digest covers every byte before it.
+//! `{"end": {"rows": N, "hmac": HEX}}` whose HMAC-SHA256 covers every byte before it, under a
+//! key derived from the node's root key (`RootKey::backup_mac`, the tenant from the header):
+//! a file edited without the key file — a planted admin token hash, a swapped password hash,
+//! tables the ledger does not cover — does not restore.
 
 use std::io::BufRead;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use medvault_crypto::{Sha256Stream, WrappedKey};
+use medvault_crypto::{MacStream, WrappedKey};
 use medvault_store::dump::{Cell, Kind, LOG_TABLES, NODE_TABLES, Table};
 use serde_json::{Value, json};
 
@@ -124,8 +127,8 @@ pub fn header(tenant: &str, node_schema: &str, access_schema: &str, created: &st
 }
 
 /// The trailer line.
-pub fn trailer(rows: u64, digest: &[u8; 32]) -> Value {
-    json!({"end": {"rows": rows, "sha256": hex::encode(digest)}})
+pub fn trailer(rows: u64, tag: &[u8; 32]) -> Value {
+    json!({"end": {"rows": rows, "hmac": hex::encode(tag)}})
 }
 
 /// What checking a whole backup file learned.
@@ -167,17 +170,20 @@ fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> Result<bool, String> {
     }
 }
 
-/// Checks a whole backup: header, every row, the trailer's count and digest, nothing after it.
-/// `each` sees every row in order (restore loads them in a second pass only once the whole
-/// file checked out).
+/// Checks a whole backup: header, every row, the trailer's count and MAC, nothing after it.
+/// `mac_for` gives the MAC of the tenant the header names (an error if this node's key cannot
+/// make it); `each` sees every row in order (restore loads them in a second pass only once the
+/// whole file checked out).
 ///
 /// # Errors
 /// What is wrong, with its line number.
 pub fn check(
     mut r: impl BufRead,
+    mac_for: impl FnOnce(&str) -> Result<MacStream, String>,
     mut each: impl FnMut(Part, &'static Table, Vec<Cell>) -> Result<(), String>,
 ) -> Result<Checked, String> {
-    let mut hash = Sha256Stream::default();
+    let mut mac_for = Some(mac_for);
+    let mut mac: Option<MacStream> = None;
     let mut buf = Vec::new();
     let mut n = 0u64;
     let mut head: Option<Value> = None;
@@ -204,12 +210,23 @@ pub fn check(
                     h["version"]
                 ));
             }
+            let tenant = h["tenant"].as_str().unwrap_or_default();
+            mac = match mac_for.take() {
+                Some(f) => Some(f(tenant)?),
+                None => None,
+            };
             head = Some(h);
         } else if text.starts_with('{') {
             let t: Value = serde_json::from_str(text).map_err(|_| format!("line {n}"))?;
-            let digest = hex::encode(std::mem::take(&mut hash).finish());
-            if t["end"]["sha256"] != digest.as_str() {
-                return Err("its checksum does not match: the file was changed or damaged".into());
+            let tag = t["end"]["hmac"]
+                .as_str()
+                .and_then(|h| hex::decode(h).ok())
+                .unwrap_or_default();
+            if !mac.take().is_some_and(|m| m.verify(&tag)) {
+                return Err(
+                    "its MAC does not verify: the file was changed or damaged, or belongs to another node"
+                        .into(),
+                );
             }
             if t["end"]["rows"] != rows {
                 return Err("the row count does not match".into());
@@ -228,7 +245,9 @@ pub fn check(
             }
             each(part, table, row).map_err(|e| format!("line {n}: {e}"))?;
         }
-        hash.update(&buf);
+        if let Some(m) = mac.as_mut() {
+            m.update(&buf);
+        }
     }
     let Some(head) = head else {
         return Err("the file is empty".into());
@@ -250,21 +269,26 @@ pub fn check(
 mod tests {
     use super::*;
 
-    fn file(rows: &[Value]) -> Vec<u8> {
+    fn key() -> medvault_crypto::RootKey {
+        let dir = tempfile::tempdir().unwrap();
+        medvault_crypto::RootKey::create_file(&dir.path().join("k"), None).unwrap()
+    }
+
+    fn file(root: &medvault_crypto::RootKey, rows: &[Value]) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut hash = Sha256Stream::default();
-        let mut push = |v: &Value, hash: &mut Sha256Stream| {
+        let mut mac = root.backup_mac("t").unwrap();
+        let mut push = |v: &Value, mac: &mut MacStream| {
             let mut line = serde_json::to_vec(v).unwrap();
             line.push(b'\n');
-            hash.update(&line);
+            mac.update(&line);
             out.extend_from_slice(&line);
         };
-        push(&header("t", "10", "2", "now"), &mut hash);
+        push(&header("t", "10", "2", "now"), &mut mac);
         for r in rows {
-            push(r, &mut hash);
+            push(r, &mut mac);
         }
-        let digest = hash.finish();
-        let mut line = serde_json::to_vec(&trailer(rows.len() as u64, &digest)).unwrap();
+        let tag = mac.finish();
+        let mut line = serde_json::to_vec(&trailer(rows.len() as u64, &tag)).unwrap();
         line.push(b'\n');
         out.extend_from_slice(&line);
         out
@@ -272,11 +296,13 @@ mod tests {
 
     #[test]
     fn a_file_round_trips_and_every_damage_is_named() {
+        let root = key();
+        let mac = |t: &str| root.backup_mac(t).map_err(|e| e.to_string());
         let keks = &NODE_TABLES[1];
         let kek_row = vec![Cell::Int(1), Cell::Bytes(vec![7; 40])];
-        let good = file(&[row_line(Part::Node, keks, &kek_row)]);
+        let good = file(&root, &[row_line(Part::Node, keks, &kek_row)]);
         let mut seen = Vec::new();
-        let checked = check(&good[..], |p, t, r| {
+        let checked = check(&good[..], mac, |p, t, r| {
             seen.push((p, t.name, r));
             Ok(())
         })
@@ -284,7 +310,7 @@ mod tests {
         assert_eq!(checked.rows, 1);
         assert_eq!(checked.keks.len(), 1);
         assert_eq!(seen, vec![(Part::Node, "keks", kek_row)]);
-        let refused = |bytes: &[u8]| check(bytes, |_, _, _| Ok(())).unwrap_err();
+        let refused = |bytes: &[u8]| check(bytes, mac, |_, _, _| Ok(())).unwrap_err();
         assert!(refused(&good[..good.len() - 3]).contains("cut off"));
         assert!(refused(b"").contains("empty"));
         let mut flipped = good.clone();
@@ -294,6 +320,14 @@ mod tests {
         let mut extra = good.clone();
         extra.extend_from_slice(b"[]\n");
         assert!(refused(&extra).contains("follows the end"));
+        // Another node's key: the MAC does not verify.
+        let other = key();
+        let foreign = check(
+            &good[..],
+            |t| other.backup_mac(t).map_err(|e| e.to_string()),
+            |_, _, _| Ok(()),
+        );
+        assert!(foreign.unwrap_err().contains("MAC"));
         for bad in [
             r#"["x","keks",[1,"AA=="]]"#,
             r#"["n","nope",[1]]"#,

@@ -197,7 +197,7 @@ impl From<StoreError> for ApiError {
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     IssueCode::Transient,
-                    "the database is unavailable; nothing was changed, retry shortly",
+                    "the database is unavailable; retry shortly",
                 )
             }
             other => Self::internal(&other),

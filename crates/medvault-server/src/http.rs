@@ -701,14 +701,40 @@ fn role_refusal(
     }
 }
 
+/// Readiness, for load balancers: 200 when both databases answer, else 503 with a `transient`
+/// `OperationOutcome` (`/healthz` answers as long as the process runs). Not audited: probes
+/// come every few seconds and carry no one's access.
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+    let node = std::sync::Arc::clone(&state.node);
+    let checked = tokio::task::spawn_blocking(move || {
+        node.store.meta("tenant")?;
+        node.access.ledger_size().map(drop)
+    })
+    .await;
+    match checked {
+        Ok(Ok(())) => "ready".into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: a database does not answer");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                IssueCode::Transient,
+                "not ready: the database does not answer",
+            )
+            .into_response()
+        }
+        Err(e) => ApiError::internal(&e).into_response(),
+    }
+}
+
 /// Response header naming the request's leaf in the access log.
 pub const ACCESS_LEAF_HEADER: &str = "x-access-log-leaf";
 
 /// Request id, audit record and request log.
 ///
-/// Every request except the public transparency endpoints (`/ledger/…`) and `/healthz` is
-/// written to the ledger as a sealed audit record *before* its response is released; if the
-/// record cannot be written the client gets a 500 instead of the data (fail closed).
+/// Every request except the public transparency endpoints (`/ledger/…`) and the probes
+/// (`/healthz`, `/readyz`) is written to the ledger as a sealed audit record *before* its
+/// response is released; if the record cannot be written the client gets an error (500, or 503
+/// when the database is unreachable) instead of the data (fail closed).
 ///
 /// The log names the route template, never the concrete path or query (they can carry ids and
 /// search values). Server errors log at `warn`, everything else at `debug`: the ledger, not this
@@ -723,7 +749,9 @@ pub(crate) async fn observe(
     let uri = req.uri().clone();
     let route = req.extensions().get::<MatchedPath>().cloned();
     let request_id = next_request_id();
-    let audited = !(uri.path().starts_with("/ledger/") || uri.path() == "/healthz");
+    let audited = !(uri.path().starts_with("/ledger/")
+        || uri.path() == "/healthz"
+        || uri.path() == "/readyz");
     let slot = crate::auth::AgentSlot::default();
     req.extensions_mut().insert(slot.clone());
     let purpose = purpose_of_use(req.headers());

@@ -208,6 +208,7 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/", any(http::fhir_root))
         .route("/fhir/{*path}", any(http::fhir_path))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(http::readyz))
         .route("/ledger/{log}/checkpoint", get(ledger::get_checkpoint))
         .route("/ledger/{log}/key", get(ledger::get_key))
         .route("/ledger/{log}/tile/{*path}", get(ledger::get_tile))

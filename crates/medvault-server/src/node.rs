@@ -70,12 +70,21 @@ pub enum NodeError {
     /// The FHIR definitions failed to load.
     #[error("FHIR definitions: {0}")]
     Fhir(#[from] medvault_fhir::FhirError),
+    /// A restore or migration into this database did not finish.
+    #[error(
+        "the database holds an unfinished restore or migration: run it again with --force (or restore another backup)"
+    )]
+    IncompleteTransfer,
     /// The database holds a node, but the data directory has no key file for it.
     #[error(
         "the database already holds a node, but {0} is missing: copy the key file from a data directory of that node (every process of a node needs the same key file)"
     )]
     KeyFileMissing(PathBuf),
 }
+
+/// `meta` key set to `incomplete` while `medvault restore` or `migrate` loads a database (and
+/// to `complete` when done): a node does not open on a half-loaded database.
+pub const TRANSFER_META: &str = "transfer";
 
 /// Where a node keeps its records, keys, identities and both logs. The root key file always
 /// stays in the data directory, never in the database.
@@ -442,7 +451,14 @@ impl Node {
                 "schema is empty beside the node's: restore it from backup",
             ));
         }
-        Self::with_stores(Arc::new(store), Arc::new(access), root, kind, created)
+        let opened = Self::with_stores(Arc::new(store), Arc::new(access), root, kind, created);
+        if created && matches!(opened, Err(NodeError::KeyMismatch(_))) {
+            // Another process created the node at the same moment with its own key file; the
+            // one made here opens nothing, so it must not stay to fail every later start.
+            let _ = std::fs::remove_file(&key_path);
+            return Err(NodeError::KeyFileMissing(key_path));
+        }
+        opened
     }
 
     fn open_embedded(data_dir: &Path, passphrase: Option<&Passphrase>) -> Result<Self, NodeError> {
@@ -505,6 +521,9 @@ impl Node {
         key_file_kind: KeyFileKind,
         created: bool,
     ) -> Result<Self, NodeError> {
+        if store.meta(TRANSFER_META)?.as_deref() == Some("incomplete") {
+            return Err(NodeError::IncompleteTransfer);
+        }
         let tenant = match store.meta("tenant")? {
             Some(t) => t,
             None => {

@@ -71,7 +71,11 @@ pub(crate) fn dump(
             loop {
                 let rows = c.query(&format!("FETCH {FETCH} FROM {cursor}"), &[])?;
                 for r in &rows {
-                    sink(table, cells(r, table)?)?;
+                    let row = cells(r, table)?;
+                    table
+                        .check(&row)
+                        .map_err(|m| StoreError::Backend(m.into()))?;
+                    sink(table, row)?;
                 }
                 if rows.len() < FETCH {
                     break;

@@ -94,7 +94,7 @@ impl Target {
         }
         if !valid_schema_name(&name) {
             return Err(UrlError(format!(
-                "schema={name:?} in the database URL: use letters, digits and _ (at most 40, not starting with a digit)"
+                "schema={name:?} in the database URL: use letters, digits and _ (at most 40, not starting with a digit; not public, information_schema or pg_…)"
             )));
         }
         let url = if rest.is_empty() {
@@ -171,11 +171,16 @@ impl Target {
     }
 }
 
+/// Letters, digits and `_`, not starting with a digit, at most 40; never a schema PostgreSQL
+/// or other applications own (`public`, `information_schema`, `pg_…`): medvault drops its
+/// schemas on `--force`.
 fn valid_schema_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && name.len() <= 40
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !matches!(name, "public" | "information_schema")
+        && !name.starts_with("pg_")
 }
 
 /// A 64-bit advisory-lock key for `what` in `namespace` (FNV-1a: stable across processes and
@@ -242,6 +247,7 @@ impl PgStore {
             lock: lock_key("medvault-writer", &namespace),
             conn: Some(conn),
             frontier,
+            vacuum_due: false,
         };
         let writer = std::thread::Builder::new()
             .name("medvault-pg-writer".into())
@@ -300,6 +306,8 @@ struct Writer {
     lock: i64,
     conn: Option<Conn>,
     frontier: Frontier,
+    /// A data key was destroyed and its table not yet rewritten.
+    vacuum_due: bool,
 }
 
 impl Writer {
@@ -318,6 +326,29 @@ impl Writer {
             for (reply, result) in replies.into_iter().zip(results) {
                 reply(result);
             }
+            if self.vacuum_due {
+                self.vacuum();
+            }
+        }
+    }
+
+    /// After replying: rewrites the key table without the destroyed key's old row version
+    /// (MVCC keeps it until vacuumed). It needs the table to itself for a moment, so it waits
+    /// at most a second for readers (a running backup holds it) and is tried again after the
+    /// next group otherwise, instead of stalling every reader of keys behind its lock.
+    fn vacuum(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let done = conn
+            .batch("SET lock_timeout = '1s'")
+            .and_then(|()| conn.batch("VACUUM FULL deks"));
+        let _ = conn.batch("SET lock_timeout = 0");
+        match done {
+            Ok(()) => self.vacuum_due = false,
+            Err(e) => {
+                tracing::warn!(error = %e, "rewriting the key table after an erasure is postponed");
+            }
         }
     }
 
@@ -325,7 +356,7 @@ impl Writer {
     /// lock makes this process the log's sequencer until COMMIT, and the size read after taking
     /// it counts every leaf another process committed. A kept connection that died while idle
     /// is replaced once (nothing was sent on it yet).
-    fn begin(&mut self) -> Result<u64, StoreError> {
+    fn begin(&mut self) -> Result<(u64, i64), StoreError> {
         let mut retried = false;
         loop {
             let conn = match self.conn.take().filter(|c| !c.is_closed()) {
@@ -337,7 +368,7 @@ impl Writer {
                 }
             };
             match conn.begin_group(self.lock) {
-                Ok(size) => return Ok(size),
+                Ok(begun) => return Ok(begun),
                 Err(StoreError::Unavailable(_)) if !retried => {
                     retried = true;
                     self.conn = None;
@@ -356,8 +387,8 @@ impl Writer {
         let all_fail = |e: &StoreError| -> Vec<Result<(), StoreError>> {
             (0..n).map(|_| Err(same_kind(e))).collect()
         };
-        let committed = match self.begin() {
-            Ok(size) => size,
+        let (committed, xid) = match self.begin() {
+            Ok(begun) => begun,
             Err(e) => {
                 self.conn = None;
                 return all_fail(&e);
@@ -378,10 +409,18 @@ impl Writer {
                 // Sent now, answered with the op's first statement: no round trip of its own.
                 conn.defer("RELEASE SAVEPOINT op; SAVEPOINT op");
             }
+            conn.failed = false;
             let result = {
                 let mut tx = sql::Tx::new(conn);
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&mut tx)))
+                let mut r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&mut tx)))
                     .unwrap_or_else(|_| Err(StoreError::Backend("write op panicked".into())));
+                if r.is_ok() && tx.statement_failed() {
+                    // It caught a failed statement and went on; PostgreSQL aborted the
+                    // transaction at that statement, so the op is undone like a failed one.
+                    r = Err(StoreError::Backend(
+                        "a write op went on after one of its statements failed".into(),
+                    ));
+                }
                 if r.is_ok() {
                     shred |= tx.shredded;
                     match appended.as_mut() {
@@ -419,11 +458,36 @@ impl Writer {
         let mut next = self.frontier.clone();
         let done = sql::integrate(conn, &mut next, committed, appended.as_deref())
             .and_then(|nodes| conn.end_group(&nodes));
-        if let Err(e) = done {
-            let _ = conn.batch("ROLLBACK");
-            match sql::load_frontier(conn) {
-                Ok(f) => self.frontier = f,
-                Err(_) => self.conn = None,
+        let outcome = match done {
+            Ok(()) => Ok(()),
+            Err(StoreError::Unavailable(lost)) => {
+                // The connection went while the COMMIT was under way: ask a new one whether
+                // the transaction committed, so acknowledged and durable stay the same thing.
+                self.conn = None;
+                let asked = Conn::connect(&self.config, Some(&self.namespace))
+                    .ok()
+                    .and_then(|mut c| {
+                        let answer = c.committed(xid);
+                        self.conn = Some(c);
+                        answer
+                    });
+                match asked {
+                    Some(true) => Ok(()),
+                    Some(false) => Err(StoreError::Unavailable(lost)),
+                    None => Err(StoreError::Unavailable(
+                        format!("{lost}; whether the last commit happened is unknown").into(),
+                    )),
+                }
+            }
+            Err(e) => {
+                let _ = conn.batch("ROLLBACK");
+                Err(e)
+            }
+        };
+        if let Err(e) = outcome {
+            match self.conn.as_mut().map(sql::load_frontier) {
+                Some(Ok(f)) => self.frontier = f,
+                _ => self.conn = None,
             }
             return results
                 .into_iter()
@@ -431,13 +495,7 @@ impl Writer {
                 .collect();
         }
         self.frontier = next;
-        if shred {
-            // A destroyed key's wrapped bytes live on in the old row version until vacuumed;
-            // VACUUM FULL rewrites the (small) table into a new file without them.
-            if let Err(e) = conn.batch("VACUUM FULL deks") {
-                tracing::warn!(error = %e, "VACUUM FULL deks after destroying a key failed");
-            }
-        }
+        self.vacuum_due |= shred;
         results
     }
 }
@@ -616,6 +674,8 @@ impl Store for PgStore {
     ) -> Result<(), StoreError> {
         // Not through the retrying pool: the sink must see each row once.
         let mut conn = Conn::connect(&self.config, Some(&self.namespace))?;
+        // The reader of a dump may pause (a slow disk, a pipe) longer than writers may.
+        conn.batch("SET idle_in_transaction_session_timeout = 0")?;
         dump::dump(&mut conn, tables, sink)
     }
 }
@@ -678,6 +738,8 @@ mod tests {
             "mysql://localhost/x",
             "postgres://localhost/x?schema=Robert');DROP",
             "postgres://localhost/x?schema=1abc",
+            "postgres://localhost/x?schema=public",
+            "postgres://localhost/x?schema=pg_catalog",
             "postgres://localhost/x?bogus_option=1",
         ] {
             let e = Target::parse(bad).unwrap_err().to_string();
@@ -733,7 +795,10 @@ mod tests {
         }
         let store = PgStore::open(&s.0).unwrap();
         assert_eq!(store.meta("tenant").unwrap().as_deref(), Some("t"));
-        assert_eq!(store.meta("schema_version").unwrap().as_deref(), Some("10"));
+        assert_eq!(
+            store.meta("schema_version").unwrap(),
+            Some(medvault_store::NODE_SCHEMA_VERSION.to_string())
+        );
         audit(&store, 5);
         let mut want = medvault_ledger::MemoryTree::new();
         for n in 0..6u8 {
@@ -743,7 +808,10 @@ mod tests {
         assert_eq!(got, want.root());
         // The access log lives beside it, and neither opens as the other.
         let log = PgStore::open_access_log(&s.0).unwrap();
-        assert_eq!(log.meta("schema_version").unwrap().as_deref(), Some("2"));
+        assert_eq!(
+            log.meta("schema_version").unwrap(),
+            Some(medvault_store::ACCESS_LOG_SCHEMA_VERSION.to_string())
+        );
         assert!(
             log.data_key("@tenant").is_err(),
             "no node tables in the access log"

@@ -126,6 +126,10 @@ pub(crate) struct Conn {
     statements: HashMap<String, Statement>,
     /// Statements sent whose answers are not read yet, oldest first.
     deferred: Vec<Deferred>,
+    /// Set when a statement failed (cleared by the writer before each op): in PostgreSQL a
+    /// failed statement aborts the transaction, so an op that went on as if nothing happened
+    /// must be rolled back like a failed one.
+    pub(crate) failed: bool,
 }
 
 impl Conn {
@@ -169,6 +173,7 @@ impl Conn {
             client: std::sync::Arc::new(client),
             statements: HashMap::new(),
             deferred: Vec::new(),
+            failed: false,
         })
     }
 
@@ -207,10 +212,12 @@ impl Conn {
             first
         };
         let (failed, result) = block_on(async { tokio::join!(settle, fut) });
-        match failed {
+        let out = match failed {
             Some(e) => Err(pg(e)),
             None => result.map_err(pg),
-        }
+        };
+        self.failed |= out.is_err();
+        out
     }
 
     fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
@@ -274,24 +281,42 @@ impl Conn {
         self.wait(client.batch_execute(sql))
     }
 
-    /// Begins a writer's transaction in one round trip (the statements pipelined): BEGIN, the
-    /// log's advisory lock, the log's size read under it, and the first op's savepoint.
-    pub(crate) fn begin_group(&mut self, lock: i64) -> Result<u64, StoreError> {
-        let locking = self.statement("SELECT pg_advisory_xact_lock($1)")?;
+    /// Begins a writer's transaction in one round trip (the statements pipelined): BEGIN (READ
+    /// COMMITTED whatever the server's default, so statements after the lock see what others
+    /// committed before it), the log's advisory lock, the log's size read under it, the
+    /// transaction's id (to learn a lost COMMIT's outcome), and the first op's savepoint.
+    pub(crate) fn begin_group(&mut self, lock: i64) -> Result<(u64, i64), StoreError> {
+        let locking = self.statement("SELECT pg_advisory_xact_lock($1), txid_current()")?;
         let sizing = self.statement("SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_leaves")?;
-        self.defer("BEGIN");
+        self.defer("BEGIN ISOLATION LEVEL READ COMMITTED");
         let client = std::sync::Arc::clone(&self.client);
         let lock_params: [Param<'_>; 1] = [&lock];
-        let size = self.wait(async {
+        let (size, xid) = self.wait(async {
             let (locked, size) = tokio::join!(
-                client.query(&locking, &lock_params),
+                client.query_one(&locking, &lock_params),
                 client.query_one(&sizing, &[]),
             );
-            locked?;
-            size?.try_get::<_, i64>(0)
+            let xid = locked?.try_get::<_, i64>(1)?;
+            Ok((size?.try_get::<_, i64>(0)?, xid))
         })?;
         self.defer("SAVEPOINT op");
-        Ok(to_u64(size))
+        Ok((to_u64(size), xid))
+    }
+
+    /// Whether the transaction `xid` committed, asked on a new connection after the one that
+    /// sent its COMMIT was lost: `Some(true)` committed, `Some(false)` not, `None` unknown.
+    pub(crate) fn committed(&mut self, xid: i64) -> Option<bool> {
+        let row = self.opt("SELECT txid_status($1)", &[&xid]).ok().flatten()?;
+        match row
+            .try_get::<_, Option<String>>(0)
+            .ok()
+            .flatten()
+            .as_deref()
+        {
+            Some("committed") => Some(true),
+            Some("aborted") => Some(false),
+            _ => None,
+        }
     }
 
     /// Stores the group's new tree nodes and commits, in one round trip. A failure before the
@@ -1065,6 +1090,11 @@ impl<'c> Tx<'c> {
 
     fn exec(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
         self.conn.get_mut().exec(sql, params)
+    }
+
+    /// True if a statement of this op failed (see [`Conn::failed`]).
+    pub(crate) fn statement_failed(&self) -> bool {
+        self.c().failed
     }
 }
 

@@ -60,6 +60,10 @@ pub(crate) fn dump(
                 for i in 0..table.columns.len() {
                     cells.push(cell(r.get_ref(i).map_err(backend)?, table, i)?);
                 }
+                // What a restore would refuse is refused now, while the source is at hand.
+                table
+                    .check(&cells)
+                    .map_err(|m| StoreError::Backend(m.into()))?;
                 sink(table, cells)?;
             }
         }

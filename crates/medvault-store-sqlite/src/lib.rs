@@ -543,7 +543,10 @@ impl Store for SqliteStore {
         tables: &'static [medvault_store::dump::Table],
         sink: &mut medvault_store::dump::Sink<'_>,
     ) -> Result<(), StoreError> {
-        self.with_reader(|c| dump::dump(c, tables, sink))
+        // A connection of its own, closed afterwards: its long read transaction never goes
+        // back to the pool, whatever happens to the COMMIT.
+        let conn = open_connection(&self.path, false)?;
+        dump::dump(&conn, tables, sink)
     }
 }
 
@@ -591,6 +594,7 @@ mod tests {
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.meta("tenant").unwrap().as_deref(), Some("t"));
         assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("10"));
+        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 10);
         // The writer resumes the tree where it stopped.
         audit(&s, 5);
         let mut want = medvault_ledger::MemoryTree::new();
@@ -659,6 +663,10 @@ mod tests {
         ));
         let log = SqliteStore::open_access_log(&access).unwrap();
         assert_eq!(log.ledger_size().unwrap(), 1, "reopened with its leaf");
+        assert_eq!(
+            log.meta("schema_version").unwrap(),
+            Some(medvault_store::ACCESS_LOG_SCHEMA_VERSION.to_string())
+        );
     }
 
     #[test]

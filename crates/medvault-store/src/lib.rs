@@ -15,6 +15,12 @@ pub mod dump;
 use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 use medvault_ledger::{Hash, LedgerError, NodeSource, SALT_LEN};
 
+/// The schema version of a node database this build writes (both backends use these numbers,
+/// so a dump of one loads into the other).
+pub const NODE_SCHEMA_VERSION: i64 = 10;
+/// The schema version of an access-log database this build writes.
+pub const ACCESS_LOG_SCHEMA_VERSION: i64 = 2;
+
 /// Errors a backend reports.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,7 +48,8 @@ pub enum StoreError {
     #[error("storage backend failure")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The database cannot be reached (connection refused or lost). Nothing of the failed
-    /// request was written; the backend reconnects on its next use, so a retry may succeed.
+    /// request was written — unless the connection was lost while a commit was under way and
+    /// its outcome could not be checked afterwards. The backend reconnects on its next use.
     #[error("database unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A write op gave up; its savepoint was rolled back. Carries the op's own error.

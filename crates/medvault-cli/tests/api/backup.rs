@@ -114,19 +114,16 @@ fn a_backup_restores_into_a_working_node_and_refuses_damage() {
     std::fs::write(&garbage, b"\x00\x01 not a backup").unwrap();
     let no_end = tmp.path().join("noend.mvbk");
     std::fs::write(&no_end, lines[..lines.len() - 1].join("\n") + "\n").unwrap();
-    for (bad, why) in [
-        (&tampered, "checksum"),
-        (&cut, "cut"),
-        (&garbage, "header"),
-        (&no_end, "end marker"),
+    for (bad, why, says) in [
+        (&tampered, "edited", "does not verify with the key file"),
+        (&cut, "cut", "not a complete medvault backup"),
+        (&garbage, "header", "not a complete medvault backup"),
+        (&no_end, "end marker", "not a complete medvault backup"),
     ] {
         let (ok, out, err) = cli(&["restore", "--data-dir", arg(&restored), arg(bad)], &[]);
         assert!(!ok, "{why}: {out}");
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-        assert!(
-            err.contains("not a complete medvault backup"),
-            "{why}: {err}"
-        );
+        assert!(err.contains(says), "{why}: {err}");
         assert!(
             !restored.join("medvault.db").exists(),
             "{why}: nothing loaded"
@@ -148,6 +145,33 @@ fn a_backup_restores_into_a_working_node_and_refuses_damage() {
     copy.create(&patient("After", "Restore"));
     let (ok, out, err) = copy.cli(&["ledger", "verify", "--data-dir", arg(&restored)]);
     assert!(ok, "{out} {err}");
+
+    drop(copy);
+
+    // A load that died part-way leaves the marker set, and nothing opens the node until it
+    // is done again.
+    {
+        let db = rusqlite::Connection::open(restored.join("medvault.db")).unwrap();
+        let marker: String = db
+            .query_row("SELECT v FROM meta WHERE k = 'transfer'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(marker, "complete");
+        db.execute("UPDATE meta SET v = 'incomplete' WHERE k = 'transfer'", [])
+            .unwrap();
+    }
+    let (ok, _, err) = cli(&["ledger", "verify", "--data-dir", arg(&restored)], &[]);
+    assert!(!ok && err.contains("unfinished restore"), "{err}");
+    let (ok, out, err) = cli(
+        &[
+            "restore",
+            "--data-dir",
+            arg(&restored),
+            arg(&file),
+            "--force",
+        ],
+        &[],
+    );
+    assert!(ok, "restored again over it: {out} {err}");
 
     // Another node's key file does not open the backup.
     let other = tempfile::tempdir().unwrap();

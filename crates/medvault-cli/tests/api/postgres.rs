@@ -378,6 +378,10 @@ fn losing_the_database_answers_503_writes_nothing_and_recovers() {
     let (status, _) =
         send(reqwest::blocking::Client::new().get(format!("http://127.0.0.1:{}/healthz", s.port)));
     assert_eq!(status, 200, "the process itself stays up");
+    let (status, v) =
+        send(reqwest::blocking::Client::new().get(format!("http://127.0.0.1:{}/readyz", s.port)));
+    assert_eq!(status, 503, "not ready while the database is gone: {v}");
+    assert_eq!(v["issue"][0]["code"], "transient", "{v}");
 
     proxy.restore();
     // The next requests reconnect by themselves.
@@ -390,6 +394,9 @@ fn losing_the_database_answers_503_writes_nothing_and_recovers() {
         assert!(Instant::now() < deadline, "no recovery: {status}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    let (status, _) =
+        send(reqwest::blocking::Client::new().get(format!("http://127.0.0.1:{}/readyz", s.port)));
+    assert_eq!(status, 200, "ready again");
     let (status, v) = s.get("Patient/written-during-outage");
     assert_eq!(status, 404, "nothing half-written: {v}");
     let (_, found) = s.get("Patient?family=never&_summary=count");
