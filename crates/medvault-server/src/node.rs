@@ -396,6 +396,41 @@ fn create_dir_private(dir: &Path) -> std::io::Result<()> {
     b.create(dir)
 }
 
+/// Creates the data directory if needed and opens its key file, or creates a new one when the
+/// database holds no node yet (`data_exists` false); `missing` is the error when the data is
+/// there but the key file is not. Returns the key file's path, the key, its kind, and whether
+/// it was created now.
+fn key_file(
+    data_dir: &Path,
+    passphrase: Option<&Passphrase>,
+    data_exists: bool,
+    missing: impl FnOnce(PathBuf) -> NodeError,
+) -> Result<(PathBuf, RootKey, KeyFileKind, bool), NodeError> {
+    create_dir_private(data_dir).map_err(|source| NodeError::DataDir {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    let key_path = data_dir.join(KEY_FILE);
+    let key_err = |source| NodeError::KeyFile {
+        path: key_path.clone(),
+        source,
+    };
+    if key_path.exists() {
+        let (root, kind) = RootKey::open_file(&key_path, passphrase).map_err(key_err)?;
+        return Ok((key_path, root, kind, false));
+    }
+    if data_exists {
+        return Err(missing(key_path));
+    }
+    let root = RootKey::create_file(&key_path, passphrase).map_err(key_err)?;
+    let kind = if passphrase.is_some() {
+        KeyFileKind::Passphrase
+    } else {
+        KeyFileKind::Unprotected
+    };
+    Ok((key_path, root, kind, true))
+}
+
 impl Node {
     /// Opens the node in `data_dir`, creating directory, key file, database and first keys if
     /// they do not exist. `passphrase` seals (or unseals) the key file.
@@ -420,31 +455,10 @@ impl Node {
         let Database::Postgres(target) = database else {
             return Self::open_embedded(data_dir, passphrase);
         };
-        create_dir_private(data_dir).map_err(|source| NodeError::DataDir {
-            path: data_dir.to_owned(),
-            source,
-        })?;
-        let key_path = data_dir.join(KEY_FILE);
         let store = PgStore::open(target)?;
         let exists = store.meta("tenant")?.is_some();
-        let key_err = |source| NodeError::KeyFile {
-            path: key_path.clone(),
-            source,
-        };
-        let (root, kind, created) = if key_path.exists() {
-            let (root, kind) = RootKey::open_file(&key_path, passphrase).map_err(key_err)?;
-            (root, kind, false)
-        } else if exists {
-            return Err(NodeError::KeyFileMissing(key_path));
-        } else {
-            let root = RootKey::create_file(&key_path, passphrase).map_err(key_err)?;
-            let kind = if passphrase.is_some() {
-                KeyFileKind::Passphrase
-            } else {
-                KeyFileKind::Unprotected
-            };
-            (root, kind, true)
-        };
+        let (key_path, root, kind, created) =
+            key_file(data_dir, passphrase, exists, NodeError::KeyFileMissing)?;
         let access = PgStore::open_access_log(target)?;
         if exists && access.meta("tenant")?.is_none() {
             return Err(NodeError::AccessLog(
@@ -462,33 +476,15 @@ impl Node {
     }
 
     fn open_embedded(data_dir: &Path, passphrase: Option<&Passphrase>) -> Result<Self, NodeError> {
-        create_dir_private(data_dir).map_err(|source| NodeError::DataDir {
-            path: data_dir.to_owned(),
-            source,
-        })?;
-        let key_path = data_dir.join(KEY_FILE);
         let db_path = data_dir.join(DB_FILE);
-        let key_err = |source| NodeError::KeyFile {
-            path: key_path.clone(),
-            source,
-        };
-        let (root, kind, created) = if key_path.exists() {
-            let (root, kind) = RootKey::open_file(&key_path, passphrase).map_err(key_err)?;
-            (root, kind, false)
-        } else {
-            if db_path.exists() {
-                return Err(key_err(CryptoError::KeyFile(
+        let (_, root, kind, created) = key_file(data_dir, passphrase, db_path.exists(), |path| {
+            NodeError::KeyFile {
+                path,
+                source: CryptoError::KeyFile(
                     "missing, but the database exists: restore the key file that belongs to it",
-                )));
+                ),
             }
-            let root = RootKey::create_file(&key_path, passphrase).map_err(key_err)?;
-            let kind = if passphrase.is_some() {
-                KeyFileKind::Passphrase
-            } else {
-                KeyFileKind::Unprotected
-            };
-            (root, kind, true)
-        };
+        })?;
         let access_path = data_dir.join(ACCESS_DB_FILE);
         if db_path.exists() && !access_path.exists() {
             // A fresh, empty access log would silently forget who accessed what.

@@ -12,22 +12,6 @@ const FETCH: usize = 1000;
 /// Bind parameters one INSERT carries at most (PostgreSQL allows 65 535).
 const MAX_PARAMS: usize = 30_000;
 
-fn select(table: &Table) -> String {
-    match table.name {
-        "idx" => "SELECT c.rtype, c.id, i.value FROM idx i JOIN current c ON c.rid = i.rid
-                  ORDER BY 1, 2, 3"
-            .to_owned(),
-        name => {
-            let cols: Vec<&str> = table.columns.iter().map(|(c, _)| *c).collect();
-            format!(
-                "SELECT {} FROM {name} ORDER BY {}",
-                cols.join(", "),
-                table.order
-            )
-        }
-    }
-}
-
 fn cells(r: &Row, table: &Table) -> Result<Vec<Cell>, StoreError> {
     let mut out = Vec::with_capacity(table.columns.len());
     for (i, (_, kind)) in table.columns.iter().enumerate() {
@@ -66,7 +50,7 @@ pub(crate) fn dump(
             let cursor = format!("dump_{}", table.name);
             c.batch(&format!(
                 "DECLARE {cursor} NO SCROLL CURSOR FOR {}",
-                select(table)
+                table.select()
             ))?;
             loop {
                 let rows = c.query(&format!("FETCH {FETCH} FROM {cursor}"), &[])?;

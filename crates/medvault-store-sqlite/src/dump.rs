@@ -7,23 +7,6 @@ use rusqlite::types::{Value, ValueRef};
 
 use crate::backend;
 
-/// The SELECT that reads `table` in dump form.
-fn select(table: &Table) -> String {
-    match table.name {
-        "idx" => "SELECT c.rtype, c.id, i.value FROM idx i JOIN current c ON c.rid = i.rid
-                  ORDER BY 1, 2, 3"
-            .to_owned(),
-        name => {
-            let cols: Vec<&str> = table.columns.iter().map(|(c, _)| *c).collect();
-            format!(
-                "SELECT {} FROM {name} ORDER BY {}",
-                cols.join(", "),
-                table.order
-            )
-        }
-    }
-}
-
 fn cell(v: ValueRef<'_>, table: &Table, col: usize) -> Result<Cell, StoreError> {
     Ok(match v {
         ValueRef::Null => Cell::Null,
@@ -53,7 +36,7 @@ pub(crate) fn dump(
     c.execute_batch("BEGIN").map_err(backend)?;
     let result = (|| {
         for table in tables {
-            let mut stmt = c.prepare(&select(table)).map_err(backend)?;
+            let mut stmt = c.prepare(&table.select()).map_err(backend)?;
             let mut rows = stmt.query([]).map_err(backend)?;
             while let Some(r) = rows.next().map_err(backend)? {
                 let mut cells = Vec::with_capacity(table.columns.len());

@@ -45,6 +45,23 @@ pub struct Table {
 }
 
 impl Table {
+    /// The SELECT that reads the table in dump form, the same SQL on both backends (`idx`
+    /// joins `current` to name its resources).
+    pub fn select(&self) -> String {
+        if self.name == "idx" {
+            return "SELECT c.rtype, c.id, i.value FROM idx i JOIN current c ON c.rid = i.rid
+                    ORDER BY 1, 2, 3"
+                .to_owned();
+        }
+        let cols: Vec<&str> = self.columns.iter().map(|(c, _)| *c).collect();
+        format!(
+            "SELECT {} FROM {} ORDER BY {}",
+            cols.join(", "),
+            self.name,
+            self.order
+        )
+    }
+
     /// Checks a row from an untrusted source (a backup file) against the columns.
     ///
     /// # Errors
