@@ -133,6 +133,24 @@ enum Command {
         /// prints it, to start from).
         #[arg(long, requires = "policies")]
         replace_default_policy: bool,
+        /// Serve HTTPS (TLS 1.3 only; key exchange X25519MLKEM768, the hybrid of X25519 and
+        /// ML-KEM-768, preferred, X25519 for clients without it) with this certificate chain
+        /// (PEM, leaf first). Needs --tls-key.
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "tls_key",
+            conflicts_with = "tls_dev_cert"
+        )]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Serve HTTPS with a self-signed development certificate for localhost, created in
+        /// DATA_DIR/tls/ if missing (its SHA-256 fingerprint is logged, for clients to pin).
+        /// Not for production: browsers will warn.
+        #[arg(long)]
+        tls_dev_cert: bool,
         /// Longest break-glass grant a clinician may open, in minutes.
         #[arg(long, value_name = "MINUTES", default_value_t = 240, value_parser = clap::value_parser!(u64).range(1..=1440))]
         break_glass_max_minutes: u64,
@@ -852,6 +870,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             policies,
             replace_default_policy,
             break_glass_max_minutes,
+            tls_cert,
+            tls_key,
+            tls_dev_cert,
         } => {
             init_logging(log_format);
             let policy = load_policy(&policies, replace_default_policy)?;
@@ -870,6 +891,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("--webauthn-origin: {e}"))?;
             }
             let node = open_node(&dir, false)?;
+            // After the node opened: the data directory exists (mode 0700) for a dev certificate.
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(medvault_server::tls::server_config(&cert, &key)?),
+                _ if tls_dev_cert => {
+                    let (cert, key, fingerprint) = medvault_server::tls::dev_cert(&dir.data_dir)?;
+                    tracing::info!(
+                        certificate = %cert.display(),
+                        sha256 = %fingerprint,
+                        "serving with the development certificate"
+                    );
+                    Some(medvault_server::tls::server_config(&cert, &key)?)
+                }
+                _ => None,
+            };
             // Recorded so `ledger verify` can check cosignatures without being told the keys.
             let known = witnesses
                 .iter()
@@ -900,18 +935,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 step_up_window: Duration::from_secs(step_up_seconds),
                 policy: std::sync::Arc::new(policy),
                 break_glass_max: Duration::from_secs(60 * break_glass_max_minutes),
-                webauthn_origin: Some(
-                    webauthn_origin
-                        .unwrap_or_else(|| format!("http://localhost:{}", listen.port())),
-                ),
+                webauthn_origin: Some(webauthn_origin.unwrap_or_else(|| {
+                    let scheme = if tls.is_some() { "https" } else { "http" };
+                    format!("{scheme}://localhost:{}", listen.port())
+                })),
                 ..ServerConfig::default()
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
+            let state = AppState::new(node, config);
             runtime
-                .block_on(medvault_server::serve(AppState::new(node, config), listen))
+                .block_on(async {
+                    match tls {
+                        Some(tls) => medvault_server::serve_tls(state, listen, tls).await,
+                        None => medvault_server::serve(state, listen).await,
+                    }
+                })
                 .with_context(|| format!("cannot listen on {listen}"))?;
         }
         Command::Policy { command } => match command {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -425,10 +425,7 @@ struct LoginOk {
 /// `POST /auth/login`.
 pub(crate) async fn login(State(state): State<AppState>, req: axum::extract::Request) -> Response {
     // Without a socket (tests driving the router directly) there is no peer address.
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map_or(IpAddr::from([127, 0, 0, 1]), |ConnectInfo(a)| a.ip());
+    let ip = crate::tls::peer_ip(req.extensions());
     let Ok(body) = axum::body::to_bytes(req.into_body(), 64 * 1024).await else {
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

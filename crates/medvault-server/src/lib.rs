@@ -25,9 +25,11 @@ pub mod ops;
 pub mod passkey;
 pub mod route;
 pub mod search;
+pub mod tls;
 pub mod verify;
 pub mod witness;
 
+use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -275,17 +277,39 @@ pub fn router(state: AppState) -> Router {
 /// If the address cannot be bound.
 pub async fn serve(state: AppState, addr: SocketAddr) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(address = %listener.local_addr()?, "medvault listening");
+    tracing::info!(address = %listener.local_addr()?, "medvault listening (plain HTTP)");
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    run_until_shutdown(state, serving.into_future()).await
+}
+
+/// Like [`serve`], over TLS 1.3 with `tls` (see [`tls::server_config`]).
+///
+/// # Errors
+/// If the address cannot be bound.
+pub async fn serve_tls(
+    state: AppState,
+    addr: SocketAddr,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(address = %listener.local_addr()?, "medvault listening (TLS 1.3, X25519MLKEM768 preferred)");
+    let listener = tls::TlsListener::new(listener, tls)?;
+    let app = router(state.clone()).into_make_service_with_connect_info::<tls::TlsPeer>();
+    let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    run_until_shutdown(state, serving.into_future()).await
+}
+
+/// Signs checkpoints while `serving` runs, and a last one after it stopped.
+async fn run_until_shutdown(
+    state: AppState,
+    serving: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
     let checkpoints = tokio::spawn(ledger::checkpoint_task(
         state.clone(),
         state.config.checkpoint_interval,
     ));
-    axum::serve(
-        listener,
-        router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    serving.await?;
     checkpoints.abort();
     // Last checkpoints, so everything written before shutdown is covered by a signature.
     if let Err(e) = ledger::checkpoint_both(&state).await {

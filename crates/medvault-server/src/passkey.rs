@@ -250,10 +250,7 @@ pub(crate) async fn login_start(
     req: axum::extract::Request,
 ) -> Response {
     // Same per-address budget as password logins: ceremonies are a limited resource.
-    let ip = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+    let ip = crate::tls::peer_ip(req.extensions());
     if !state
         .login_throttle
         .admit(ip, state.config.login_attempts_per_minute)

@@ -14,6 +14,7 @@ mod policy;
 mod postgres;
 mod search;
 mod security;
+mod tls;
 mod witness;
 
 use std::io::Read as _;
