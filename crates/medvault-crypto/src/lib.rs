@@ -16,12 +16,17 @@
 
 mod blind;
 mod envelope;
+mod hybrid;
 mod keyfile;
 mod secret;
 mod sign;
 
 pub use blind::{BLIND_LEN, BlindIndexer, BlindValue, ParamKey};
 pub use envelope::{DataKey, Kek, RecordAad, Sealed, WrappedKey};
+pub use hybrid::{
+    HYBRID_SEED_LEN, HybridPublicKey, HybridSignature, HybridSigningKey, ML_DSA_65_PUBLIC_KEY_LEN,
+    ML_DSA_65_SIGNATURE_LEN, hybrid_verify, ml_dsa_65_verify,
+};
 pub use keyfile::{KeyFileKind, Passphrase, RootKey};
 pub use secret::SecretBytes;
 pub use sign::{ED25519_PUBLIC_KEY_LEN, ED25519_SIGNATURE_LEN, SigningKey, ed25519_verify};

@@ -125,3 +125,24 @@ fn ed25519_verify() {
     }
     assert_eq!(ran, 151);
 }
+
+#[test]
+fn ml_dsa_65_verify() {
+    // Through medvault's own wrapper (empty context, as medvault signs). A signature made under
+    // a non-empty context must not verify without it, so those cases count as invalid here.
+    let doc = load("mldsa_65_verify_test.json");
+    let (mut ran, mut with_context) = (0, 0);
+    for g in doc["testGroups"].as_array().unwrap() {
+        let pk = hx(&g["publicKey"]);
+        for t in g["tests"].as_array().unwrap() {
+            let ctx = t.get("ctx").map(hx).unwrap_or_default();
+            with_context += usize::from(!ctx.is_empty());
+            let want = t["result"] == "valid" && ctx.is_empty();
+            let got = medvault_crypto::ml_dsa_65_verify(&pk, &hx(&t["msg"]), &hx(&t["sig"]));
+            assert_eq!(got, want, "tcId {} ({})", t["tcId"], t["comment"]);
+            ran += 1;
+        }
+    }
+    assert_eq!(ran, 210);
+    assert_eq!(with_context, 7);
+}
