@@ -191,6 +191,12 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// This node's public identity for other nodes: a hybrid signing key (Ed25519 + ML-DSA-65)
+    /// and a hybrid KEM key (X-Wing), published at /.well-known/medvault-node.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Write a consistent snapshot of the node to a file, while it runs. Records stay sealed and
     /// keys stay wrapped; the file is authenticated with a key derived from the root key, which
     /// is never included: keep the key file (and its passphrase) safe separately, a backup
@@ -239,6 +245,24 @@ enum Command {
         /// Delete a node the target already holds, then migrate.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Print the node document (JSON) with its fingerprint, to give another node's
+    /// administrator, who confirms the fingerprint with you out of band.
+    #[command(after_help = "Example:\n  medvault node show --data-dir DIR")]
+    Show {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Replace the node's signing and KEM keys with new ones (recorded in the access log).
+    /// Peers must fetch the new document and confirm its fingerprint again.
+    #[command(after_help = "Example:\n  medvault node rotate-keys --data-dir DIR")]
+    RotateKeys {
+        #[command(flatten)]
+        dir: DataDir,
     },
 }
 
@@ -1011,6 +1035,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let node = open_node(&dir, true)?;
             println!("{}", verify_ledger(&node, &witnesses)?);
+        }
+        Command::Node {
+            command: NodeCommand::Show { dir },
+        } => {
+            let node = open_node(&dir, true)?;
+            let id = medvault_server::node_identity::NodeIdentity::load(&node)?;
+            let origin = node
+                .ledger
+                .records()
+                .origin()
+                .trim_end_matches("/records")
+                .to_owned();
+            let doc = id
+                .document(&origin)
+                .map_err(|e| anyhow::anyhow!("signing the node document: {e}"))?;
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        Command::Node {
+            command: NodeCommand::RotateKeys { dir },
+        } => {
+            let node = open_node(&dir, true)?;
+            let old = medvault_server::node_identity::NodeIdentity::load(&node)?;
+            let new = medvault_server::node_identity::NodeIdentity::rotate(&node)?;
+            audit_admin(
+                &node,
+                "node-keys-rotate",
+                Some(&format!(
+                    "v{} {} -> v{} {}",
+                    old.version,
+                    old.fingerprint(),
+                    new.version,
+                    new.fingerprint()
+                )),
+            )?;
+            println!(
+                "node keys v{} replaced by v{}; new fingerprint {}",
+                old.version,
+                new.version,
+                new.fingerprint()
+            );
         }
         Command::Backup { dir, out, force } => {
             let database = Database::parse(dir.database.as_deref())

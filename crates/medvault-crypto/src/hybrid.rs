@@ -101,6 +101,18 @@ impl HybridSigningKey {
         Ok(Self { ed, ml, public })
     }
 
+    /// The key pair whose seeds are two data keys' secrets (each data key used for nothing
+    /// else), so it lives in the key hierarchy: wrapped by the KEK, rewrapped on rotation.
+    ///
+    /// # Errors
+    /// [`CryptoError::Opaque`] if the library rejects a seed.
+    pub fn from_data_keys(ed: &crate::DataKey, ml: &crate::DataKey) -> Result<Self, CryptoError> {
+        Self::from_seeds(
+            ed.secret().dangerously_expose(),
+            ml.secret().dangerously_expose(),
+        )
+    }
+
     /// The public key.
     pub fn public_key(&self) -> &HybridPublicKey {
         &self.public
@@ -138,6 +150,34 @@ pub fn ml_dsa_65_verify(public_key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
     UnparsedPublicKey::new(&ML_DSA_65, public_key)
         .verify(msg, sig)
         .is_ok()
+}
+
+/// Length of an X-Wing public (encapsulation) key.
+pub const X_WING_PUBLIC_KEY_LEN: usize = x_wing::ENCAPSULATION_KEY_SIZE;
+
+/// A node's X-Wing (X25519 + ML-KEM-768) key pair, for bundles sealed to it. `Debug` shows only
+/// the public key's length.
+pub struct XWingKey(x_wing::DecapsulationKey);
+
+impl fmt::Debug for XWingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("XWingKey([REDACTED])")
+    }
+}
+
+impl XWingKey {
+    /// The key pair whose 32-byte seed is a data key's secret (used for nothing else).
+    pub fn from_data_key(seed: &crate::DataKey) -> Self {
+        Self(x_wing::DecapsulationKey::from(
+            *seed.secret().dangerously_expose(),
+        ))
+    }
+
+    /// The public (encapsulation) key, 1216 bytes.
+    pub fn public_key(&self) -> Vec<u8> {
+        use x_wing::{Decapsulator as _, KeyExport as _};
+        self.0.encapsulation_key().to_bytes().to_vec()
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +230,9 @@ mod tests {
     fn seeds_determine_the_keys_and_debug_hides_them() {
         assert_eq!(key(3).public_key(), key(3).public_key());
         assert_ne!(key(3).public_key(), key(4).public_key());
+        let kem = XWingKey(x_wing::DecapsulationKey::from([5u8; 32]));
+        assert_eq!(kem.public_key().len(), X_WING_PUBLIC_KEY_LEN);
+        assert_eq!(format!("{kem:?}"), "XWingKey([REDACTED])");
         let shown = format!("{:?}", key(3));
         assert!(
             shown.contains("REDACTED") && shown.contains("ML-DSA-65"),

@@ -19,6 +19,7 @@ mod http;
 pub mod identity;
 pub mod ledger;
 pub mod node;
+pub mod node_identity;
 pub mod oauth;
 pub mod oauth_app;
 pub mod ops;
@@ -211,6 +212,10 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/{*path}", any(http::fhir_path))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(http::readyz))
+        .route(
+            "/.well-known/medvault-node",
+            get(node_identity::get_document),
+        )
         .route("/ledger/{log}/checkpoint", get(ledger::get_checkpoint))
         .route("/ledger/{log}/key", get(ledger::get_key))
         .route("/ledger/{log}/tile/{*path}", get(ledger::get_tile))

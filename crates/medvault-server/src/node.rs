@@ -287,6 +287,26 @@ impl KeyRing {
         }
     }
 
+    /// Replaces the data key `name` with a fresh one of the next version (wrapped by the newest
+    /// KEK), inside the write transaction; the old one is gone once it commits. For keys that
+    /// seal nothing stored (signing and KEM seeds): a record key renewed this way would leave
+    /// its records unreadable.
+    ///
+    /// # Errors
+    /// [`KeyError::Shredded`] if the key was destroyed.
+    pub fn renew(&self, tx: &mut dyn StoreTx, name: &str) -> Result<Arc<DataKey>, KeyError> {
+        let next = match tx.data_key(name)? {
+            Some(row) if row.wrapped.is_none() => return Err(KeyError::Shredded),
+            Some(row) => row.key_version.saturating_add(1),
+            None => 1,
+        };
+        let kek = self.newest_kek(&*tx)?;
+        let key = DataKey::generate(name.to_owned(), next)?;
+        let wrapped = kek.wrap(&self.tenant, &key)?;
+        tx.put_data_key(name, key.version(), kek.version(), &wrapped)?;
+        Ok(self.remember(key, wrapped))
+    }
+
     /// The data key for writing into compartment `name`, created (and wrapped by the newest
     /// KEK) inside the write transaction if it does not exist yet.
     ///

@@ -9,6 +9,7 @@ mod cli;
 mod crud;
 mod identity;
 mod ledger;
+mod node_keys;
 mod oauth_app;
 mod policy;
 mod postgres;
