@@ -88,3 +88,65 @@ fn x_wing_vectors() {
     }
     assert_eq!(ran, 3);
 }
+
+/// One HPKE base-mode vector through the receiver: the key pair derived from `ikmR`, the
+/// decapsulation of `enc`, every encryption opened in sequence, every export.
+fn hpke_receive<A, Kdf, Kem>(v: &Value)
+where
+    A: hpke::aead::Aead,
+    Kdf: hpke::kdf::Kdf,
+    Kem: hpke::Kem,
+{
+    use hpke::{Deserializable as _, Serializable as _};
+    let (sk, pk) = Kem::derive_keypair(&hx(&v["ikmR"]));
+    assert_eq!(sk.to_bytes().as_slice(), hx(&v["skRm"]).as_slice(), "skRm");
+    assert_eq!(pk.to_bytes().as_slice(), hx(&v["pkRm"]).as_slice(), "pkRm");
+    let enc = Kem::EncappedKey::from_bytes(&hx(&v["enc"])).unwrap();
+    let mut ctx =
+        hpke::setup_receiver::<A, Kdf, Kem>(&hpke::OpModeR::Base, &sk, &enc, &hx(&v["info"]))
+            .unwrap();
+    for e in v["encryptions"].as_array().unwrap() {
+        let pt = ctx.open(&hx(&e["ct"]), &hx(&e["aad"])).unwrap();
+        assert_eq!(pt, hx(&e["pt"]));
+    }
+    for x in v["exports"].as_array().unwrap() {
+        let mut out = vec![0u8; usize::try_from(x["L"].as_u64().unwrap()).unwrap()];
+        ctx.export(&hx(&x["exporter_context"]), &mut out).unwrap();
+        assert_eq!(out, hx(&x["exported_value"]));
+    }
+}
+
+#[test]
+fn hpke_pq_vectors() {
+    use hpke::aead::{AesGcm128, AesGcm256, ChaCha20Poly1305};
+    use hpke::kdf::{HkdfSha256, HkdfSha512, KdfShake256};
+    use hpke::kem::{MlKem768, XWing};
+    let doc = load("pq/hpke-pq-test-vectors.json");
+    let (mut x_wing, mut ml_kem_768, mut other) = (0, 0, 0);
+    for v in doc.as_array().unwrap() {
+        assert_eq!(v["mode"], 0, "base mode only");
+        let suite = (
+            v["kem_id"].as_u64().unwrap(),
+            v["kdf_id"].as_u64().unwrap(),
+            v["aead_id"].as_u64().unwrap(),
+        );
+        match suite {
+            // The suites medvault's sealed bundles can use (X-Wing), and ML-KEM-768 alone.
+            (0x647a, 1, 3) => hpke_receive::<ChaCha20Poly1305, HkdfSha256, XWing>(v),
+            (0x647a, 0x11, 3) => hpke_receive::<ChaCha20Poly1305, KdfShake256, XWing>(v),
+            (0x41, 1, 1) => hpke_receive::<AesGcm128, HkdfSha256, MlKem768>(v),
+            (0x41, 3, 2) => hpke_receive::<AesGcm256, HkdfSha512, MlKem768>(v),
+            _ => {
+                other += 1;
+                continue;
+            }
+        }
+        if suite.0 == 0x647a {
+            x_wing += 1;
+        } else {
+            ml_kem_768 += 1;
+        }
+    }
+    assert_eq!((x_wing, ml_kem_768), (2, 1), "suites checked");
+    assert_eq!(x_wing + ml_kem_768 + other, 13);
+}
