@@ -1134,6 +1134,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 node.ledger.access().verifier().to_vkey()
             );
             println!("witness key:     {}", node.ledger.cosigner().to_vkey());
+            println!(
+                "ML-DSA-44 cosigner key (on both logs' checkpoints): {}",
+                node.ledger.pq_cosigner().to_vkey()
+            );
         }
     }
     Ok(())

@@ -180,6 +180,62 @@ impl XWingKey {
     }
 }
 
+/// Length of an ML-DSA-44 public key.
+pub const ML_DSA_44_PUBLIC_KEY_LEN: usize = 1312;
+/// Length of an ML-DSA-44 signature.
+pub const ML_DSA_44_SIGNATURE_LEN: usize = 2420;
+
+/// An ML-DSA-44 signing key (FIPS 204, empty context), for C2SP `tlog-cosignature` subtree
+/// cosignatures. `Debug` shows only its size.
+pub struct MlDsa44Key(PqdsaKeyPair);
+
+impl fmt::Debug for MlDsa44Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MlDsa44Key([REDACTED])")
+    }
+}
+
+impl MlDsa44Key {
+    /// The key whose 32-byte seed (ξ) is a data key's secret (used for nothing else).
+    ///
+    /// # Errors
+    /// [`CryptoError::Opaque`] if the library rejects the seed.
+    pub fn from_data_key(seed: &crate::DataKey) -> Result<Self, CryptoError> {
+        PqdsaKeyPair::from_seed(
+            &aws_lc_rs::signature::ML_DSA_44_SIGNING,
+            seed.secret().dangerously_expose(),
+        )
+        .map(Self)
+        .map_err(|_| CryptoError::Opaque)
+    }
+
+    /// The public key, 1312 bytes.
+    pub fn public_key(&self) -> Vec<u8> {
+        self.0.public_key().as_ref().to_vec()
+    }
+
+    /// Signs `msg`.
+    ///
+    /// # Errors
+    /// [`CryptoError::Opaque`] if signing fails (it does not for a valid key).
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut sig = vec![0u8; ML_DSA_44_SIGNATURE_LEN];
+        let n = self
+            .0
+            .sign(msg, &mut sig)
+            .map_err(|_| CryptoError::Opaque)?;
+        sig.truncate(n);
+        Ok(sig)
+    }
+}
+
+/// Verifies an ML-DSA-44 signature (empty context).
+pub fn ml_dsa_44_verify(public_key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    UnparsedPublicKey::new(&aws_lc_rs::signature::ML_DSA_44, public_key)
+        .verify(msg, sig)
+        .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,8 +24,9 @@ mod sign;
 pub use blind::{BLIND_LEN, BlindIndexer, BlindValue, ParamKey};
 pub use envelope::{DataKey, Kek, RecordAad, Sealed, WrappedKey};
 pub use hybrid::{
-    HYBRID_SEED_LEN, HybridPublicKey, HybridSignature, HybridSigningKey, ML_DSA_65_PUBLIC_KEY_LEN,
-    ML_DSA_65_SIGNATURE_LEN, X_WING_PUBLIC_KEY_LEN, XWingKey, hybrid_verify, ml_dsa_65_verify,
+    HYBRID_SEED_LEN, HybridPublicKey, HybridSignature, HybridSigningKey, ML_DSA_44_PUBLIC_KEY_LEN,
+    ML_DSA_44_SIGNATURE_LEN, ML_DSA_65_PUBLIC_KEY_LEN, ML_DSA_65_SIGNATURE_LEN, MlDsa44Key,
+    X_WING_PUBLIC_KEY_LEN, XWingKey, hybrid_verify, ml_dsa_44_verify, ml_dsa_65_verify,
 };
 pub use keyfile::{KeyFileKind, Passphrase, RootKey};
 pub use secret::SecretBytes;

@@ -19,8 +19,8 @@ pub use entry::{
 };
 pub use hash::{HASH_LEN, Hash, empty_root, leaf_hash, node_hash};
 pub use note::{
-    KeyKind, MAX_NOTE_LEN, MAX_SIGNATURES, Note, NoteSignature, NoteSigner, Verified, VerifierKey,
-    key_id, parse_signature_line, valid_key_name,
+    KeyKind, MAX_NOTE_LEN, MAX_SIGNATURES, Note, NoteSignature, NoteSigner, SignerKey, Verified,
+    VerifierKey, key_id, parse_signature_line, valid_key_name,
 };
 pub use tile::{TILE_HEIGHT, TILE_WIDTH, TilePath, encode_index};
 pub use tree::{

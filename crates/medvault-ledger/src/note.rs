@@ -1,10 +1,14 @@
-//! C2SP `signed-note`: text signed by one or more keys, Ed25519 signatures (type `0x01`) and
-//! timestamped Ed25519 witness cosignatures (type `0x04`, C2SP `tlog-cosignature` v1), and the
-//! `vkey` text form of a verifier key.
+//! C2SP `signed-note`: text signed by one or more keys, Ed25519 signatures (type `0x01`),
+//! timestamped Ed25519 witness cosignatures (type `0x04`, C2SP `tlog-cosignature` v1) and
+//! ML-DSA-44 subtree cosignatures of checkpoints (type `0x06`, `subtree/v1`, post-quantum), and
+//! the `vkey` text form of a verifier key.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use medvault_crypto::{ED25519_PUBLIC_KEY_LEN, ED25519_SIGNATURE_LEN, SigningKey, ed25519_verify};
+use medvault_crypto::{
+    ED25519_PUBLIC_KEY_LEN, ED25519_SIGNATURE_LEN, ML_DSA_44_PUBLIC_KEY_LEN,
+    ML_DSA_44_SIGNATURE_LEN, MlDsa44Key, SigningKey, ed25519_verify, ml_dsa_44_verify,
+};
 
 use crate::LedgerError;
 
@@ -15,6 +19,7 @@ pub const MAX_SIGNATURES: usize = 64;
 
 const SIG_TYPE_ED25519: u8 = 0x01;
 const SIG_TYPE_COSIGNATURE_V1: u8 = 0x04;
+const SIG_TYPE_ML_DSA_44: u8 = 0x06;
 
 /// One signature line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +145,8 @@ pub enum KeyKind {
     Ed25519,
     /// A witness's timestamped Ed25519 cosignature, `cosignature/v1` (`0x04`).
     CosignatureV1,
+    /// A timestamped ML-DSA-44 cosignature of a checkpoint, `subtree/v1` (`0x06`).
+    MlDsa44,
 }
 
 impl KeyKind {
@@ -147,8 +154,35 @@ impl KeyKind {
         match self {
             Self::Ed25519 => SIG_TYPE_ED25519,
             Self::CosignatureV1 => SIG_TYPE_COSIGNATURE_V1,
+            Self::MlDsa44 => SIG_TYPE_ML_DSA_44,
         }
     }
+
+    fn public_key_len(self) -> usize {
+        match self {
+            Self::Ed25519 | Self::CosignatureV1 => ED25519_PUBLIC_KEY_LEN,
+            Self::MlDsa44 => ML_DSA_44_PUBLIC_KEY_LEN,
+        }
+    }
+}
+
+/// The ML-DSA-44 `cosigned_message` of C2SP `tlog-cosignature` for a whole checkpoint
+/// (`start` 0, `end` its size); `None` if the text is not a checkpoint or a length does not fit.
+fn subtree_message(cosigner: &str, timestamp: u64, text: &str) -> Option<Vec<u8>> {
+    let cp = crate::Checkpoint::parse(text).ok()?;
+    let name = u8::try_from(cosigner.len()).ok()?;
+    let origin = u8::try_from(cp.origin.len()).ok()?;
+    let mut m = Vec::with_capacity(12 + 1 + cosigner.len() + 8 + 1 + cp.origin.len() + 48);
+    m.extend_from_slice(b"subtree/v1\n\0");
+    m.push(name);
+    m.extend_from_slice(cosigner.as_bytes());
+    m.extend_from_slice(&timestamp.to_be_bytes());
+    m.push(origin);
+    m.extend_from_slice(cp.origin.as_bytes());
+    m.extend_from_slice(&0u64.to_be_bytes());
+    m.extend_from_slice(&cp.size.to_be_bytes());
+    m.extend_from_slice(&cp.root);
+    Some(m)
 }
 
 /// `SHA-256(name || 0x0A || type || public key)[:4]`, big-endian.
@@ -173,8 +207,8 @@ pub struct VerifierKey {
     pub name: String,
     /// Signature kind.
     pub kind: KeyKind,
-    /// Ed25519 public key.
-    pub public_key: [u8; ED25519_PUBLIC_KEY_LEN],
+    /// The public key (32 bytes for Ed25519 kinds, 1312 for ML-DSA-44).
+    pub public_key: Vec<u8>,
 }
 
 /// A verified signature: for cosignatures, the timestamp the witness signed.
@@ -208,15 +242,16 @@ impl VerifierKey {
         let (kind, public) = match raw.split_first() {
             Some((&SIG_TYPE_ED25519, k)) => (KeyKind::Ed25519, k),
             Some((&SIG_TYPE_COSIGNATURE_V1, k)) => (KeyKind::CosignatureV1, k),
+            Some((&SIG_TYPE_ML_DSA_44, k)) => (KeyKind::MlDsa44, k),
             _ => return Err(note_err("verifier key has an unsupported type")),
         };
-        let public_key: [u8; ED25519_PUBLIC_KEY_LEN] = public
-            .try_into()
-            .map_err(|_| note_err("verifier key is not a 32-byte Ed25519 key"))?;
+        if public.len() != kind.public_key_len() {
+            return Err(note_err("verifier key has the wrong length for its type"));
+        }
         let vk = Self {
             name: name.to_owned(),
             kind,
-            public_key,
+            public_key: public.to_vec(),
         };
         let want =
             u32::from_str_radix(id, 16).map_err(|_| note_err("verifier key id is not hex"))?;
@@ -260,6 +295,25 @@ impl VerifierKey {
                     Err(LedgerError::SignatureInvalid)
                 }
             }
+            KeyKind::MlDsa44 => {
+                if sig.len() != 8 + ML_DSA_44_SIGNATURE_LEN {
+                    return Err(LedgerError::SignatureInvalid);
+                }
+                let (ts, sig) = sig.split_at(8);
+                let mut t = [0u8; 8];
+                t.copy_from_slice(ts);
+                let timestamp = u64::from_be_bytes(t);
+                let message = subtree_message(&self.name, timestamp, text)
+                    .ok_or(LedgerError::SignatureInvalid)?;
+                if timestamp <= i64::MAX as u64 && ml_dsa_44_verify(&self.public_key, &message, sig)
+                {
+                    Ok(Verified {
+                        timestamp: Some(timestamp),
+                    })
+                } else {
+                    Err(LedgerError::SignatureInvalid)
+                }
+            }
             KeyKind::CosignatureV1 => {
                 if sig.len() != 8 + ED25519_SIGNATURE_LEN {
                     return Err(LedgerError::SignatureInvalid);
@@ -283,12 +337,27 @@ impl VerifierKey {
     }
 }
 
+/// A note signer's private key.
+#[derive(Debug)]
+pub enum SignerKey {
+    /// Ed25519 (log signatures and `cosignature/v1`).
+    Ed25519(SigningKey),
+    /// ML-DSA-44 (`subtree/v1` checkpoint cosignatures).
+    MlDsa44(MlDsa44Key),
+}
+
+impl From<SigningKey> for SignerKey {
+    fn from(k: SigningKey) -> Self {
+        Self::Ed25519(k)
+    }
+}
+
 /// A private key with its name, signing notes of one kind.
 #[derive(Debug)]
 pub struct NoteSigner {
     name: String,
     kind: KeyKind,
-    key: SigningKey,
+    key: SignerKey,
 }
 
 impl NoteSigner {
@@ -296,9 +365,26 @@ impl NoteSigner {
     ///
     /// # Errors
     /// [`LedgerError::Note`] if the name is not a valid key name.
-    pub fn new(name: &str, kind: KeyKind, key: SigningKey) -> Result<Self, LedgerError> {
+    /// The key must suit the kind: Ed25519 for `Ed25519` and `CosignatureV1`, ML-DSA-44 for
+    /// `MlDsa44`.
+    ///
+    /// # Errors
+    /// [`LedgerError::Note`] if the name is not a valid key name or the key does not suit the
+    /// kind.
+    pub fn new(name: &str, kind: KeyKind, key: impl Into<SignerKey>) -> Result<Self, LedgerError> {
         if !valid_key_name(name) {
             return Err(note_err("key name is empty or contains a space or '+'"));
+        }
+        let key = key.into();
+        let fits = matches!(
+            (&key, kind),
+            (
+                SignerKey::Ed25519(_),
+                KeyKind::Ed25519 | KeyKind::CosignatureV1
+            ) | (SignerKey::MlDsa44(_), KeyKind::MlDsa44)
+        );
+        if !fits {
+            return Err(note_err("the key does not suit the signature kind"));
         }
         Ok(Self {
             name: name.to_owned(),
@@ -312,7 +398,10 @@ impl NoteSigner {
         VerifierKey {
             name: self.name.clone(),
             kind: self.kind,
-            public_key: self.key.public_key(),
+            public_key: match &self.key {
+                SignerKey::Ed25519(k) => k.public_key().to_vec(),
+                SignerKey::MlDsa44(k) => k.public_key(),
+            },
         }
     }
 
@@ -320,11 +409,21 @@ impl NoteSigner {
     /// written into the cosignature; it is ignored for plain Ed25519 signatures.
     pub fn sign(&self, text: &str, timestamp: u64) -> NoteSignature {
         let key_id = self.verifier().key_id();
-        let signature = match self.kind {
-            KeyKind::Ed25519 => self.key.sign(text.as_bytes()).to_vec(),
-            KeyKind::CosignatureV1 => {
+        let signature = match (&self.key, self.kind) {
+            (SignerKey::Ed25519(k), KeyKind::CosignatureV1) => {
                 let mut out = timestamp.to_be_bytes().to_vec();
-                out.extend_from_slice(&self.key.sign(&cosigned_message(timestamp, text)));
+                out.extend_from_slice(&k.sign(&cosigned_message(timestamp, text)));
+                out
+            }
+            (SignerKey::Ed25519(k), _) => k.sign(text.as_bytes()).to_vec(),
+            (SignerKey::MlDsa44(k), _) => {
+                // Only checkpoints are cosigned this way; anything else gets an empty (and so
+                // invalid) signature rather than a signature over something else.
+                let mut out = timestamp.to_be_bytes().to_vec();
+                match subtree_message(&self.name, timestamp, text).map(|m| k.sign(&m)) {
+                    Some(Ok(sig)) => out.extend_from_slice(&sig),
+                    _ => out.clear(),
+                }
                 out
             }
         };

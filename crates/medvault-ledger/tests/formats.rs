@@ -202,3 +202,49 @@ fn entries_round_trip() {
     assert!(Entry::decode(&b).is_err());
     assert!(Entry::decode(&e.encode()[..41]).is_err());
 }
+
+#[test]
+fn ml_dsa_44_subtree_cosignatures() {
+    let dk = DataKey::generate("@pq".into(), 1).unwrap();
+    let pq = NoteSigner::new(
+        "medvault.example/ml-dsa-44",
+        KeyKind::MlDsa44,
+        medvault_ledger::SignerKey::MlDsa44(
+            medvault_crypto::MlDsa44Key::from_data_key(&dk).unwrap(),
+        ),
+    )
+    .unwrap();
+    // An ML-DSA key cannot sign Ed25519 kinds, nor the reverse.
+    let ed = SigningKey::from_data_key(&dk).unwrap();
+    assert!(NoteSigner::new("x.example/y", KeyKind::MlDsa44, ed).is_err());
+    let vk = pq.verifier();
+    assert_eq!(vk.public_key.len(), 1312);
+    let parsed = VerifierKey::parse_vkey(&vk.to_vkey()).unwrap();
+    assert_eq!(parsed, vk, "vkey round trip (type 0x06)");
+    let text = checkpoint(42).text();
+    let note = Note {
+        text: text.clone(),
+        signatures: vec![pq.sign(&text, 1_700_000_000)],
+    };
+    let again = Note::parse(note.render().as_bytes()).unwrap();
+    assert_eq!(vk.verify(&again).unwrap().timestamp, Some(1_700_000_000));
+    // The signature covers size and root: another checkpoint does not verify with it.
+    let other = Note {
+        text: checkpoint(43).text(),
+        signatures: note.signatures.clone(),
+    };
+    assert!(matches!(
+        vk.verify(&other),
+        Err(LedgerError::SignatureInvalid)
+    ));
+    // A key of the wrong length for its type is refused.
+    let mut short = vk.to_vkey();
+    short.truncate(short.len() - 8);
+    assert!(VerifierKey::parse_vkey(&short).is_err());
+    // Only checkpoints are cosigned: other text gets a signature that never verifies.
+    let odd = Note {
+        text: "not a checkpoint\n".into(),
+        signatures: vec![pq.sign("not a checkpoint\n", 1)],
+    };
+    assert!(vk.verify(&odd).is_err());
+}

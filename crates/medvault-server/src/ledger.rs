@@ -160,6 +160,7 @@ impl Log {
         &self,
         store: &dyn Store,
         extensions: Vec<String>,
+        pq: &NoteSigner,
     ) -> Result<Option<u64>, ApiError> {
         let size = store.ledger_size()?;
         if store
@@ -176,8 +177,11 @@ impl Log {
             extensions,
         }
         .text();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let note = Note {
-            signatures: vec![self.signer.sign(&text, 0)],
+            signatures: vec![self.signer.sign(&text, 0), pq.sign(&text, now)],
             text,
         }
         .render();
@@ -200,6 +204,7 @@ pub struct Ledger {
     records: Log,
     access: Log,
     cosigner: NoteSigner,
+    pq_cosigner: NoteSigner,
     audit_key: Arc<DataKey>,
     tenant: String,
 }
@@ -219,7 +224,12 @@ pub struct LedgerSeeds<'a> {
     pub access: &'a DataKey,
     /// Cosigns other logs' checkpoints as a witness.
     pub witness: &'a DataKey,
+    /// Seed of the ML-DSA-44 key that adds a post-quantum cosignature to both logs' checkpoints.
+    pub pq: &'a DataKey,
 }
+
+/// Seed of the ML-DSA-44 checkpoint cosigner.
+pub const LEDGER_PQ_KEY: &str = "@ledger-ml-dsa-44";
 
 impl Ledger {
     /// The ledger of a node named `base` (its logs are `<base>/records` and `<base>/access`, its
@@ -254,6 +264,14 @@ impl Ledger {
                 KeyKind::CosignatureV1,
                 key(seeds.witness)?,
             )?,
+            pq_cosigner: NoteSigner::new(
+                &format!("{base}/ml-dsa-44"),
+                KeyKind::MlDsa44,
+                medvault_ledger::SignerKey::MlDsa44(
+                    medvault_crypto::MlDsa44Key::from_data_key(seeds.pq)
+                        .map_err(|e| medvault_ledger::LedgerError::Storage(Box::new(e)))?,
+                ),
+            )?,
             audit_key,
             tenant,
         })
@@ -285,6 +303,13 @@ impl Ledger {
     /// The node's witness cosigner key (`vkey` form, type `0x04`).
     pub fn cosigner(&self) -> VerifierKey {
         self.cosigner.verifier()
+    }
+
+    /// The verifier key of the node's ML-DSA-44 cosignature on its own checkpoints (C2SP
+    /// `tlog-cosignature`, `subtree/v1`): the post-quantum signature every checkpoint carries
+    /// beside the log's Ed25519 one.
+    pub fn pq_cosigner(&self) -> VerifierKey {
+        self.pq_cosigner.verifier()
     }
 
     /// Cosigns a checkpoint text as a witness, at POSIX time `timestamp`.
@@ -415,12 +440,16 @@ impl Ledger {
             let (size, root) = newest_head(store)?;
             Ok(medvault_ledger::pin_line(label, size, &root))
         };
-        let signed_records = self
-            .records
-            .sign_if_grown(records, vec![pin(ACCESS_PIN, access)?])?;
-        let signed_access = self
-            .access
-            .sign_if_grown(access, vec![pin(RECORDS_PIN, records)?])?;
+        let signed_records = self.records.sign_if_grown(
+            records,
+            vec![pin(ACCESS_PIN, access)?],
+            &self.pq_cosigner,
+        )?;
+        let signed_access = self.access.sign_if_grown(
+            access,
+            vec![pin(RECORDS_PIN, records)?],
+            &self.pq_cosigner,
+        )?;
         Ok((signed_records, signed_access))
     }
 }

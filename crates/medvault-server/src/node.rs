@@ -23,7 +23,7 @@ use medvault_store_sqlite::SqliteStore;
 
 use crate::clock::{Clock, SystemClock};
 use crate::ledger::{
-    ACCESS_LOG_KEY, AUDIT_KEY, LEDGER_KEY, Ledger, LedgerSeeds, LogId, WITNESS_KEY,
+    ACCESS_LOG_KEY, AUDIT_KEY, LEDGER_KEY, LEDGER_PQ_KEY, Ledger, LedgerSeeds, LogId, WITNESS_KEY,
 };
 
 /// Name of the key file inside the data directory.
@@ -612,7 +612,7 @@ fn open_ledger(store: &dyn Store, ring: &Arc<KeyRing>) -> Result<Ledger, NodeErr
         let broken = |e: KeyError| StoreError::Backend(Box::new(e));
         let audit = r.for_write(tx, AUDIT_KEY).map_err(broken)?;
         let mut seeds = Vec::new();
-        for name in [LEDGER_KEY, ACCESS_LOG_KEY, WITNESS_KEY] {
+        for name in [LEDGER_KEY, ACCESS_LOG_KEY, WITNESS_KEY, LEDGER_PQ_KEY] {
             seeds.push(r.for_write(tx, name).map_err(broken)?);
         }
         let origin = match tx.meta("ledger_origin")? {
@@ -625,13 +625,14 @@ fn open_ledger(store: &dyn Store, ring: &Arc<KeyRing>) -> Result<Ledger, NodeErr
         };
         Ok((origin, audit, seeds))
     })?;
-    let [records, access, witness] = seeds.as_slice() else {
+    let [records, access, witness, pq] = seeds.as_slice() else {
         return Err(NodeError::KeyMismatch(LEDGER_KEY.into()));
     };
     let seeds = LedgerSeeds {
         records,
         access,
         witness,
+        pq,
     };
     Ledger::new(&origin, &seeds, audit, ring.tenant().to_owned())
         .map_err(|_| NodeError::KeyMismatch(LEDGER_KEY.into()))

@@ -382,6 +382,10 @@ fn check_checkpoint(
         .verifier()
         .verify(&note)
         .map_err(|e| bad(format!("is not validly signed by this node: {e}")))?;
+    ledger
+        .pq_cosigner()
+        .verify(&note)
+        .map_err(|e| bad(format!("lacks this node's ML-DSA-44 cosignature: {e}")))?;
     let cp = Checkpoint::parse(&note.text).map_err(|e| bad(format!("is malformed: {e}")))?;
     if cp.size != size || cp.origin != log_key.origin() {
         return Err(bad("names another size or origin than its row".into()));
