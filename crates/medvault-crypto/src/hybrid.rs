@@ -157,7 +157,7 @@ pub const X_WING_PUBLIC_KEY_LEN: usize = x_wing::ENCAPSULATION_KEY_SIZE;
 
 /// A node's X-Wing (X25519 + ML-KEM-768) key pair, for bundles sealed to it. `Debug` shows only
 /// the public key's length.
-pub struct XWingKey(x_wing::DecapsulationKey);
+pub struct XWingKey(pub(crate) x_wing::DecapsulationKey);
 
 impl fmt::Debug for XWingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -171,6 +171,11 @@ impl XWingKey {
         Self(x_wing::DecapsulationKey::from(
             *seed.secret().dangerously_expose(),
         ))
+    }
+
+    /// The 32-byte seed (the X-Wing private key), for HPKE inside this crate.
+    pub(crate) fn seed(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 
     /// The public (encapsulation) key, 1216 bytes.

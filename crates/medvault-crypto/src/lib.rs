@@ -15,6 +15,7 @@
 //! ```
 
 mod blind;
+mod bundle;
 mod envelope;
 mod hybrid;
 mod keyfile;
@@ -22,6 +23,9 @@ mod secret;
 mod sign;
 
 pub use blind::{BLIND_LEN, BlindIndexer, BlindValue, ParamKey};
+pub use bundle::{
+    BundleError, BundleParts, MAX_BUNDLE_HEADER, bundle_parts, open_bundle, seal_bundle,
+};
 pub use envelope::{DataKey, Kek, RecordAad, Sealed, WrappedKey};
 pub use hybrid::{
     HYBRID_SEED_LEN, HybridPublicKey, HybridSignature, HybridSigningKey, ML_DSA_44_PUBLIC_KEY_LEN,
