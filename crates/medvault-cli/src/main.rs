@@ -915,6 +915,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("--webauthn-origin: {e}"))?;
             }
             let node = open_node(&dir, false)?;
+            // The node's identity keys exist before anyone asks for its document.
+            medvault_server::node_identity::NodeIdentity::load(&node)?;
             // After the node opened: the data directory exists (mode 0700) for a dev certificate.
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(medvault_server::tls::server_config(&cert, &key)?),

@@ -21,8 +21,8 @@ use crate::{CryptoError, HybridPublicKey, HybridSignature, HybridSigningKey, hyb
 
 const MAGIC: &[u8; 4] = b"MVB1";
 const SIGNED_LABEL: &[u8] = b"medvault-bundle-v1\0";
-/// Largest header accepted.
-pub const MAX_BUNDLE_HEADER: usize = 64 * 1024;
+/// Largest header accepted (HPKE's `info` must stay well under 2^16 bytes).
+pub const MAX_BUNDLE_HEADER: usize = 16 * 1024;
 
 /// Why a bundle was refused. The messages name the problem, never key or payload bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

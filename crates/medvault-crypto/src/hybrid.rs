@@ -137,6 +137,9 @@ impl HybridSigningKey {
 
 /// True only if both halves of `sig` verify for `msg` under `key`.
 pub fn hybrid_verify(key: &HybridPublicKey, msg: &[u8], sig: &HybridSignature) -> bool {
+    if sig.ed25519.len() != 64 {
+        return false;
+    }
     let m = labelled(msg);
     let ed_ok = UnparsedPublicKey::new(&ED25519, &key.ed25519)
         .verify(&m, &sig.ed25519)
@@ -145,8 +148,12 @@ pub fn hybrid_verify(key: &HybridPublicKey, msg: &[u8], sig: &HybridSignature) -
     ed_ok && ml_ok
 }
 
-/// Verifies a bare ML-DSA-65 signature (empty context), e.g. another party's.
+/// Verifies a bare ML-DSA-65 signature (empty context), e.g. another party's. Only the raw
+/// FIPS 204 key encoding is accepted (the library would also take SPKI DER: one key, one form).
 pub fn ml_dsa_65_verify(public_key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    if public_key.len() != ML_DSA_65_PUBLIC_KEY_LEN || sig.len() != ML_DSA_65_SIGNATURE_LEN {
+        return false;
+    }
     UnparsedPublicKey::new(&ML_DSA_65, public_key)
         .verify(msg, sig)
         .is_ok()
@@ -234,8 +241,11 @@ impl MlDsa44Key {
     }
 }
 
-/// Verifies an ML-DSA-44 signature (empty context).
+/// Verifies an ML-DSA-44 signature (empty context; raw key encoding only).
 pub fn ml_dsa_44_verify(public_key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    if public_key.len() != ML_DSA_44_PUBLIC_KEY_LEN || sig.len() != ML_DSA_44_SIGNATURE_LEN {
+        return false;
+    }
     UnparsedPublicKey::new(&aws_lc_rs::signature::ML_DSA_44, public_key)
         .verify(msg, sig)
         .is_ok()

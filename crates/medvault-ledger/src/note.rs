@@ -375,6 +375,12 @@ impl NoteSigner {
         if !valid_key_name(name) {
             return Err(note_err("key name is empty or contains a space or '+'"));
         }
+        if kind == KeyKind::MlDsa44 && name.len() > 255 {
+            // The subtree/v1 message holds the name behind a one-byte length.
+            return Err(note_err(
+                "an ML-DSA-44 cosigner name is longer than 255 bytes",
+            ));
+        }
         let key = key.into();
         let fits = matches!(
             (&key, kind),

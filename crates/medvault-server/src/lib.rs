@@ -139,6 +139,8 @@ pub struct AppState {
     pub revoked_families: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Care relationships and consents the access policy looked up, shared across requests.
     pub facts: Arc<authz::FactsCache>,
+    /// The signed node document, by key version (rebuilt when another process rotates).
+    pub node_document: Arc<std::sync::Mutex<Option<(u32, serde_json::Value)>>>,
 }
 
 impl AppState {
@@ -180,6 +182,7 @@ impl AppState {
             passkey_ceremonies: Arc::default(),
             revoked_families: Arc::default(),
             facts: Arc::default(),
+            node_document: Arc::default(),
         }
     }
 
@@ -298,7 +301,7 @@ pub async fn serve_tls(
     tls: std::sync::Arc<rustls::ServerConfig>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(address = %listener.local_addr()?, "medvault listening (TLS 1.3, X25519MLKEM768 preferred)");
+    tracing::info!(address = %listener.local_addr()?, "medvault listening (TLS 1.3; key exchange X25519MLKEM768 or X25519)");
     let listener = tls::TlsListener::new(listener, tls)?;
     let app = router(state.clone()).into_make_service_with_connect_info::<tls::TlsPeer>();
     let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());

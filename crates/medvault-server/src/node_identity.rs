@@ -203,6 +203,14 @@ pub fn verify_document(doc: &Value) -> Result<PeerDocument, String> {
     };
     let node = text(&doc["node"], "node")?;
     let origin = text(&doc["origin"], "origin")?;
+    // One line each, so the proof's text form splits one way only.
+    for (what, v) in [("node", &node), ("origin", &origin)] {
+        if v.is_empty() || v.len() > 255 || v.chars().any(char::is_control) {
+            return Err(format!(
+                "{what} must be 1 to 255 characters without control characters"
+            ));
+        }
+    }
     let version = doc["keyVersion"]
         .as_u64()
         .and_then(|v| u32::try_from(v).ok())
@@ -250,16 +258,39 @@ pub fn verify_document(doc: &Value) -> Result<PeerDocument, String> {
     })
 }
 
-/// `GET /.well-known/medvault-node`.
+/// The newest version of the node's identity keys in the store, read-only (`None` before they
+/// were first created).
+fn stored_version(node: &Node) -> Result<Option<u32>, StoreError> {
+    Ok(node
+        .store
+        .data_key(SIGN_ED25519_KEY)?
+        .map(|row| row.key_version))
+}
+
+/// `GET /.well-known/medvault-node`: the signed document, built once per key version and
+/// cached (an anonymous request costs one key-row read, not a signature or a write).
 pub(crate) async fn get_document(
     axum::extract::State(state): axum::extract::State<crate::AppState>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
     let node = std::sync::Arc::clone(&state.node);
+    let cache = std::sync::Arc::clone(&state.node_document);
     let made = tokio::task::spawn_blocking(move || {
+        let version = stored_version(&node)?;
+        if let (Some(v), Ok(c)) = (version, cache.lock())
+            && let Some((cached, doc)) = c.as_ref()
+            && *cached == v
+        {
+            return Ok(doc.clone());
+        }
         let id = NodeIdentity::load(&node).map_err(|e| crate::ApiError::internal(&e))?;
-        id.document(node.ledger.records().origin().trim_end_matches("/records"))
-            .map_err(|e| crate::ApiError::internal(&e))
+        let doc = id
+            .document(node.ledger.records().origin().trim_end_matches("/records"))
+            .map_err(|e| crate::ApiError::internal(&e))?;
+        if let Ok(mut c) = cache.lock() {
+            *c = Some((id.version, doc.clone()));
+        }
+        Ok::<_, crate::ApiError>(doc)
     })
     .await;
     match made {

@@ -19,6 +19,8 @@ use tokio_rustls::server::TlsStream;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the HTTP server to take them.
 const ACCEPT_QUEUE: usize = 256;
+/// TLS handshakes in progress at most (slow or idle clients cannot pile up without bound).
+const MAX_HANDSHAKES: usize = 1024;
 
 /// What went wrong setting TLS up (names the file; never prints key material).
 #[derive(Debug, thiserror::Error)]
@@ -134,8 +136,12 @@ impl TlsListener {
         let local = listener.local_addr()?;
         let (tx, ready) = tokio::sync::mpsc::channel(ACCEPT_QUEUE);
         let acceptor = TlsAcceptor::from(config);
+        let handshakes = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
+                let Ok(permit) = std::sync::Arc::clone(&handshakes).acquire_owned().await else {
+                    return;
+                };
                 let (tcp, peer) = match listener.accept().await {
                     Ok(c) => c,
                     Err(e) => {
@@ -146,6 +152,7 @@ impl TlsListener {
                 };
                 let (acceptor, sender) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
                             let group = tls
@@ -154,7 +161,11 @@ impl TlsListener {
                                 .negotiated_key_exchange_group()
                                 .map(|g| format!("{:?}", g.name()));
                             tracing::debug!(?group, "TLS handshake done");
-                            let _ = sender.send((tls, peer)).await;
+                            // A full queue (the server is not taking connections, e.g.
+                            // shutting down) drops the connection after a while.
+                            let _ =
+                                tokio::time::timeout(HANDSHAKE_TIMEOUT, sender.send((tls, peer)))
+                                    .await;
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake refused"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
