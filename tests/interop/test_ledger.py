@@ -87,3 +87,50 @@ def test_the_python_verifier_itself_matches_rfc6962_known_answers():
         assert verify_ledger.mth([verify_ledger.leaf_hash(x) for x in leaves[:n]]).hex() == root
         ran += 1
     assert ran == 9
+
+
+def test_checkpoints_carry_an_ml_dsa_44_cosignature_an_independent_fips_204_accepts():
+    """C2SP tlog-cosignature subtree/v1, checked with dilithium-py (pure-Python FIPS 204)."""
+    import base64
+    import hashlib
+    import struct
+
+    from dilithium_py.ml_dsa import ML_DSA_44
+
+    requests.post(
+        f"{URL}/Patient",
+        json={"resourceType": "Patient", "name": [{"family": "Pypq"}]},
+        headers={**HEADERS, "Content-Type": "application/fhir+json"},
+    )
+    wait_for_checkpoint(1)
+    vkey = requests.get(f"{BASE}/ledger/pq-cosigner/key").text.strip()
+    name, key_id, raw = vkey.split("+", 2)
+    raw = base64.b64decode(raw)
+    assert raw[0] == 0x06 and len(raw) == 1 + 1312
+    pk = raw[1:]
+    expected_id = hashlib.sha256(name.encode() + b"\n" + b"\x06" + pk).digest()[:4]
+    assert key_id == expected_id.hex()
+    checked = 0
+    for log in ("records", "access"):
+        note = requests.get(f"{BASE}/ledger/{log}/checkpoint").text
+        body, sigs = note.split("\n\n", 1)
+        origin, size, root = body.split("\n")[:3]
+        line = next(l for l in sigs.splitlines() if l.startswith(f"\u2014 {name} "))
+        blob = base64.b64decode(line.rsplit(" ", 1)[1])
+        assert blob[:4] == expected_id
+        timestamp, sig = blob[4:12], blob[12:]
+        assert len(sig) == 2420
+        message = (
+            b"subtree/v1\n\x00"
+            + bytes([len(name)]) + name.encode()
+            + timestamp
+            + bytes([len(origin)]) + origin.encode()
+            + struct.pack(">QQ", 0, int(size))
+            + base64.b64decode(root)
+        )
+        assert ML_DSA_44.verify(pk, message, sig)
+        # Another size or root is not what was cosigned.
+        forged = message[:-40] + struct.pack(">Q", int(size) + 1) + message[-32:]
+        assert not ML_DSA_44.verify(pk, forged, sig)
+        checked += 1
+    assert checked == 2

@@ -607,6 +607,12 @@ pub(crate) async fn get_key(
     Ok(text_response(format!("{}\n", log.verifier().to_vkey())))
 }
 
+/// `GET /ledger/pq-cosigner/key`: the vkey (type `0x06`) of the ML-DSA-44 cosignature every
+/// checkpoint of both logs carries.
+pub(crate) async fn get_pq_key(State(state): State<AppState>) -> Response {
+    text_response(format!("{}\n", state.node.ledger.pq_cosigner().to_vkey()))
+}
+
 /// `GET /ledger/{log}/tile/...`: hash tiles and entry bundles per C2SP `tlog-tiles`.
 pub(crate) async fn get_tile(
     State(state): State<AppState>,

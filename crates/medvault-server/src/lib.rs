@@ -221,6 +221,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/ledger/{log}/checkpoint", get(ledger::get_checkpoint))
         .route("/ledger/{log}/key", get(ledger::get_key))
+        .route("/ledger/pq-cosigner/key", get(ledger::get_pq_key))
         .route("/ledger/{log}/tile/{*path}", get(ledger::get_tile))
         .route("/ledger/{log}/proof/inclusion", get(ledger::get_inclusion))
         .route(
