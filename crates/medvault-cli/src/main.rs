@@ -1043,14 +1043,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let node = open_node(&dir, true)?;
             let id = medvault_server::node_identity::NodeIdentity::load(&node)?;
-            let origin = node
-                .ledger
-                .records()
-                .origin()
-                .trim_end_matches("/records")
-                .to_owned();
             let doc = id
-                .document(&origin)
+                .document(node.ledger.base())
                 .map_err(|e| anyhow::anyhow!("signing the node document: {e}"))?;
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }

@@ -205,6 +205,7 @@ pub struct Ledger {
     access: Log,
     cosigner: NoteSigner,
     pq_cosigner: NoteSigner,
+    base: String,
     audit_key: Arc<DataKey>,
     tenant: String,
 }
@@ -274,7 +275,14 @@ impl Ledger {
             )?,
             audit_key,
             tenant,
+            base: base.to_owned(),
         })
+    }
+
+    /// The node's ledger name (`medvault.local/<tenant id>`): the logs are `<base>/records` and
+    /// `<base>/access`.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     /// One of the two logs.

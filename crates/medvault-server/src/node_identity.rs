@@ -285,7 +285,7 @@ pub(crate) async fn get_document(
         }
         let id = NodeIdentity::load(&node).map_err(|e| crate::ApiError::internal(&e))?;
         let doc = id
-            .document(node.ledger.records().origin().trim_end_matches("/records"))
+            .document(node.ledger.base())
             .map_err(|e| crate::ApiError::internal(&e))?;
         if let Ok(mut c) = cache.lock() {
             *c = Some((id.version, doc.clone()));

@@ -11,30 +11,13 @@ use medvault_store::StoreError;
 use crate::lock_key;
 use crate::sql::Conn;
 
-/// Which database a schema holds; each has its own migrations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schema {
-    /// Keys, records, blind indexes, identities, tokens and the records log.
-    Node,
-    /// The access log (audit leaves and their sealed details), its checkpoints, and the state
-    /// of the logs this node witnesses.
-    AccessLog,
-}
+pub use medvault_store::Schema;
 
-impl Schema {
-    fn migrations(self) -> &'static [(i64, &'static str)] {
-        match self {
-            Self::Node => NODE_MIGRATIONS,
-            Self::AccessLog => ACCESS_LOG_MIGRATIONS,
-        }
-    }
-
-    /// The `meta` value naming the kind of database, checked at open.
-    fn label(self) -> &'static str {
-        match self {
-            Self::Node => "medvault-node",
-            Self::AccessLog => "medvault-access-log",
-        }
+/// The migrations of one kind of database, oldest first.
+fn migrations(schema: Schema) -> &'static [(i64, &'static str)] {
+    match schema {
+        Schema::Node => NODE_MIGRATIONS,
+        Schema::AccessLog => ACCESS_LOG_MIGRATIONS,
     }
 }
 
@@ -205,7 +188,7 @@ fn migrate_in_tx(conn: &mut Conn, schema: Schema, namespace: &str) -> Result<(),
             expected: schema.label(),
         });
     }
-    let migrations = schema.migrations();
+    let migrations = migrations(schema);
     let supported = migrations.last().map_or(0, |(v, _)| *v);
     if current > supported {
         return Err(StoreError::SchemaTooNew {

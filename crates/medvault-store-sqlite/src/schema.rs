@@ -5,31 +5,13 @@ use rusqlite::{Connection, OptionalExtension as _};
 
 use crate::backend;
 
-/// Which database a file holds; each has its own migration list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schema {
-    /// `medvault.db`: keys, records, blind indexes, tokens and the records log.
-    Node,
-    /// `access.db`: the access log (audit leaves and their sealed details), its checkpoints, and
-    /// the state of the logs this node witnesses. Kept apart so that its commit per request never
-    /// touches the records database (see ARCHITECTURE.md, "Two logs").
-    AccessLog,
-}
+pub use medvault_store::Schema;
 
-impl Schema {
-    fn migrations(self) -> &'static [&'static str] {
-        match self {
-            Self::Node => NODE_MIGRATIONS,
-            Self::AccessLog => ACCESS_LOG_MIGRATIONS,
-        }
-    }
-
-    /// The `meta` value naming the kind of database, checked at open.
-    fn label(self) -> &'static str {
-        match self {
-            Self::Node => "medvault-node",
-            Self::AccessLog => "medvault-access-log",
-        }
+/// The migrations of one kind of database, oldest first.
+fn migrations(schema: Schema) -> &'static [&'static str] {
+    match schema {
+        Schema::Node => NODE_MIGRATIONS,
+        Schema::AccessLog => ACCESS_LOG_MIGRATIONS,
     }
 }
 
@@ -233,7 +215,7 @@ pub(crate) fn migrate(conn: &mut Connection, schema: Schema) -> Result<(), Store
             expected: schema.label(),
         });
     }
-    let migrations = schema.migrations();
+    let migrations = migrations(schema);
     let supported = migrations.len() as i64;
     if current > supported {
         return Err(StoreError::SchemaTooNew {

@@ -21,6 +21,35 @@ pub const NODE_SCHEMA_VERSION: i64 = 10;
 /// The schema version of an access-log database this build writes.
 pub const ACCESS_LOG_SCHEMA_VERSION: i64 = 2;
 
+/// Which of a node's two databases a store holds; each has its own tables and migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// Keys, records, blind indexes, identities, tokens and the records log.
+    Node,
+    /// The access log (audit leaves and their sealed details), its checkpoints, and the state
+    /// of the logs this node witnesses. Kept apart so that its commit per request never
+    /// touches the records database (see ARCHITECTURE.md, "Two logs").
+    AccessLog,
+}
+
+impl Schema {
+    /// The `meta` value naming the kind of database, checked at open by every backend.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Node => "medvault-node",
+            Self::AccessLog => "medvault-access-log",
+        }
+    }
+
+    /// The schema version this build writes.
+    pub fn version(self) -> i64 {
+        match self {
+            Self::Node => NODE_SCHEMA_VERSION,
+            Self::AccessLog => ACCESS_LOG_SCHEMA_VERSION,
+        }
+    }
+}
+
 /// Errors a backend reports.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
