@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod sharing;
 mod transfer;
 
 use anyhow::{Context as _, bail};
@@ -154,6 +155,23 @@ enum Command {
         /// Longest break-glass grant a clinician may open, in minutes.
         #[arg(long, value_name = "MINUTES", default_value_t = 240, value_parser = clap::value_parser!(u64).range(1..=1440))]
         break_glass_max_minutes: u64,
+        /// Also listen here for bundles from registered peers (`medvault peer add`), over mutual
+        /// TLS 1.3 with this node's identity key: only registered peers' keys complete the
+        /// handshake. Give peers https://THIS_HOST:PORT as this node's URL.
+        #[arg(long, value_name = "ADDR:PORT", env = "MEDVAULT_PEER_LISTEN")]
+        peer_listen: Option<SocketAddr>,
+    },
+    /// Other medvault nodes this node shares records with (registered by fingerprint).
+    Peer {
+        #[command(subcommand)]
+        command: sharing::PeerCommand,
+    },
+    /// Sealed sharing without a live link: export a patient's records to a file for a peer,
+    /// import a peer's file, confirm a peer's receipt. (Online, POST
+    /// /fhir/Patient/{id}/$share delivers to the peer directly.)
+    Share {
+        #[command(subcommand)]
+        command: sharing::ShareCommand,
     },
     /// Show the access policy's schema and default policy, or check policy files.
     Policy {
@@ -897,6 +915,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             tls_dev_cert,
+            peer_listen,
         } => {
             init_logging(log_format);
             let policy = load_policy(&policies, replace_default_policy)?;
@@ -961,6 +980,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 step_up_window: Duration::from_secs(step_up_seconds),
                 policy: std::sync::Arc::new(policy),
                 break_glass_max: Duration::from_secs(60 * break_glass_max_minutes),
+                peer_listen,
                 webauthn_origin: Some(webauthn_origin.unwrap_or_else(|| {
                     let scheme = if tls.is_some() { "https" } else { "http" };
                     format!("{scheme}://localhost:{}", listen.port())
@@ -993,6 +1013,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::User { command } => run_user(command)?,
+        Command::Peer { command } => sharing::run_peer(command)?,
+        Command::Share { command } => sharing::run_share(command)?,
         Command::Client { command } => run_client(command)?,
         Command::Token {
             command: TokenCommand::Create { dir, role },

@@ -133,6 +133,19 @@ impl HybridSigningKey {
         ml_dsa_65.truncate(n);
         Ok(HybridSignature { ed25519, ml_dsa_65 })
     }
+
+    /// The Ed25519 half as PKCS#8 (RFC 8410) DER, for the node's mutual-TLS certificate: peers
+    /// pin this key from the node document, and TLS 1.3 signs its own context string
+    /// (64 spaces, a TLS label), which no [`Self::sign`] message (label-prefixed) can equal.
+    ///
+    /// # Errors
+    /// [`CryptoError::Opaque`] if the library cannot encode the key.
+    pub fn ed25519_pkcs8(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
+        self.ed
+            .to_pkcs8v1()
+            .map(|d| zeroize::Zeroizing::new(d.as_ref().to_vec()))
+            .map_err(|_| CryptoError::Opaque)
+    }
 }
 
 /// True only if both halves of `sig` verify for `msg` under `key`.

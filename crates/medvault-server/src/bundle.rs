@@ -383,6 +383,25 @@ fn transaction(
     Ok(results.into_iter().flatten().collect())
 }
 
+/// Runs the entries of a `transaction` Bundle inside `tx`, so that an import is atomic with
+/// the caller's other writes (e.g. a shared bundle's replay marker). Returns the response
+/// entries, in entry order.
+///
+/// # Errors
+/// The first failing entry's error; the caller's transaction then rolls back.
+pub(crate) fn transaction_entries(
+    tx: &mut dyn StoreTx,
+    ctx: &Ctx,
+    entries: &[Value],
+    base: &str,
+) -> Result<Vec<Value>, ApiError> {
+    let mut parsed = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        parsed.push(parse_entry(ctx, e).map_err(|err| entry_error(i, err))?);
+    }
+    transaction(tx, ctx, parsed, base)
+}
+
 /// Processes a `batch` or `transaction` Bundle and returns the response Bundle.
 ///
 /// # Errors
@@ -424,13 +443,11 @@ pub fn process(store: &dyn Store, ctx: &Ctx, bundle: Value, base: &str) -> Resul
     }
     let response_kind = format!("{kind}-response");
     let out_entries = if kind == "transaction" {
-        let mut parsed = Vec::with_capacity(entries.len());
-        for (i, e) in entries.iter().enumerate() {
-            parsed.push(parse_entry(ctx, e).map_err(|err| entry_error(i, err))?);
-        }
         let ctx2 = ctx.clone();
         let base2 = base.to_owned();
-        write_with(store, move |tx| Ok(transaction(tx, &ctx2, parsed, &base2)?))?
+        write_with(store, move |tx| {
+            Ok(transaction_entries(tx, &ctx2, &entries, &base2)?)
+        })?
     } else {
         let mut out = Vec::with_capacity(entries.len());
         for e in &entries {

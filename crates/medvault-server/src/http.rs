@@ -472,6 +472,20 @@ async fn dispatch(
             .await?;
             Ok(fhir_json(StatusCode::OK, &out))
         }
+        (Method::POST, Target::Operation(rt, id, op)) if rt == "Patient" && op == "share" => {
+            if who.scopes.is_some() {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    IssueCode::Forbidden,
+                    "sharing with another node is for staff sessions and API tokens, not apps",
+                )
+                .denied_by("share-gate"));
+            }
+            let json = json_body(&headers, &body)?;
+            let agent = serde_json::json!({"token": who.token_id, "role": who.role.as_str()});
+            crate::share_http::share(state, ctx, id, &json, agent).await
+        }
+        (_, Target::Operation(..)) => Err(ApiError::not_found("no such operation")),
         (m, _) => Err(route::method_not_allowed(&m)),
     }
 }
@@ -524,6 +538,7 @@ fn interaction(method: &Method, target: &Target) -> &'static str {
         (&Method::DELETE, Target::Instance(..)) => "delete",
         (&Method::GET, Target::TypeHistory(_)) => "history-type",
         (&Method::GET, Target::InstanceHistory(..)) => "history-instance",
+        (&Method::POST, Target::Operation(_, _, op)) if op == "share" => "share",
         _ => "unsupported",
     }
 }
@@ -546,9 +561,12 @@ fn audit_detail(
         Some(Target::Type(t) | Target::TypeSearch(t) | Target::TypeHistory(t)) => {
             (Some(t.clone()), None)
         }
-        Some(Target::Instance(t, i) | Target::InstanceHistory(t, i) | Target::Version(t, i, _)) => {
-            (Some(t.clone()), Some(i.to_string()))
-        }
+        Some(
+            Target::Instance(t, i)
+            | Target::InstanceHistory(t, i)
+            | Target::Version(t, i, _)
+            | Target::Operation(t, i, _),
+        ) => (Some(t.clone()), Some(i.to_string())),
         _ => (None, None),
     };
     // A create's new id is in its Location header (`…/Type/id/_history/1`).
@@ -622,6 +640,7 @@ fn audit_detail(
             p if p.starts_with("/admin/patients/") => "patient-erase",
             "/auth/authorize" | "/auth/authorize.js" | "/auth/authorize/check" => "oauth-authorize",
             "/auth/authorize/decide" => "oauth-approve",
+            crate::share::RECEIVE_PATH => "share-receive",
             _ => target.as_ref().map_or("none", |t| interaction(method, t)),
         },
         "resource_type": rtype,

@@ -24,8 +24,11 @@ pub mod oauth;
 pub mod oauth_app;
 pub mod ops;
 pub mod passkey;
+pub mod peer;
 pub mod route;
 pub mod search;
+pub mod share;
+pub mod share_http;
 pub mod tls;
 pub mod verify;
 pub mod witness;
@@ -75,6 +78,8 @@ pub struct ServerConfig {
     pub policy: Arc<medvault_policy::PolicyEngine>,
     /// How long a break-glass grant lasts at most.
     pub break_glass_max: Duration,
+    /// Where to take bundles from registered peers (mutual TLS), if anywhere.
+    pub peer_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -108,6 +113,7 @@ impl Default for ServerConfig {
             step_up_window: admin::STEP_UP_WINDOW,
             policy: Arc::new(default_policy()),
             break_glass_max: Duration::from_secs(4 * 3600),
+            peer_listen: None,
         }
     }
 }
@@ -314,12 +320,19 @@ async fn run_until_shutdown(
     state: AppState,
     serving: impl std::future::Future<Output = std::io::Result<()>>,
 ) -> std::io::Result<()> {
+    let peers = match state.config.peer_listen {
+        Some(addr) => Some(share_http::spawn_peer_listener(state.clone(), addr).await?),
+        None => None,
+    };
     let checkpoints = tokio::spawn(ledger::checkpoint_task(
         state.clone(),
         state.config.checkpoint_interval,
     ));
     serving.await?;
     checkpoints.abort();
+    if let Some(p) = peers {
+        p.abort();
+    }
     // Last checkpoints, so everything written before shutdown is covered by a signature.
     if let Err(e) = ledger::checkpoint_both(&state).await {
         tracing::warn!(error = %e.message, "final checkpoint failed");

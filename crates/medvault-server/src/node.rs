@@ -405,6 +405,22 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// Writes `bytes` to a file readable by its owner only (mode 0600 on Unix), replacing it.
+///
+/// # Errors
+/// I/O errors.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        o.mode(0o600);
+    }
+    o.open(path).and_then(|mut f| f.write_all(bytes))
+}
+
 fn create_dir_private(dir: &Path) -> std::io::Result<()> {
     let mut b = std::fs::DirBuilder::new();
     b.recursive(true);

@@ -24,6 +24,8 @@ pub enum Target {
     InstanceHistory(String, ResourceId),
     /// `/{type}/{id}/_history/{vid}`.
     Version(String, ResourceId, VersionId),
+    /// `/{type}/{id}/${operation}` (the name without `$`).
+    Operation(String, ResourceId, String),
 }
 
 fn type_name(s: &str) -> Result<String, ApiError> {
@@ -50,6 +52,9 @@ pub fn parse_path(path: &str) -> Result<Target, ApiError> {
         [t, "_history"] => Target::TypeHistory(type_name(t)?),
         [t, i] => Target::Instance(type_name(t)?, id(i)?),
         [t, i, "_history"] => Target::InstanceHistory(type_name(t)?, id(i)?),
+        [t, i, op] if op.len() > 1 && op.starts_with('$') => {
+            Target::Operation(type_name(t)?, id(i)?, op[1..].to_owned())
+        }
         [t, i, "_history", v] => Target::Version(
             type_name(t)?,
             id(i)?,

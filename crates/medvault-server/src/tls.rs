@@ -107,17 +107,7 @@ pub fn dev_cert(data_dir: &Path) -> Result<(PathBuf, PathBuf, String), TlsError>
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    use std::io::Write as _;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        o.mode(0o600);
-    }
-    o.open(path)
-        .and_then(|mut f| f.write_all(bytes))
-        .map_err(|e| file_err(path, e))
+    crate::node::write_private_file(path, bytes).map_err(|e| file_err(path, e))
 }
 
 /// Accepts TCP connections and hands out those whose TLS handshake completed (handshakes run

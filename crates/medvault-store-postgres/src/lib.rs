@@ -566,6 +566,12 @@ macro_rules! impl_reads {
             fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
                 self.with_conn($crate::sql::clients)
             }
+            fn peer(&self, node: &str) -> Result<Option<medvault_store::PeerRow>, StoreError> {
+                self.with_conn(|c| $crate::sql::peer(c, node))
+            }
+            fn peers(&self) -> Result<Vec<medvault_store::PeerRow>, StoreError> {
+                self.with_conn($crate::sql::peers)
+            }
             fn access_token(&self, hash: &[u8; 32]) -> Result<Option<AccessTokenRow>, StoreError> {
                 self.with_conn(|c| $crate::sql::access_token(c, hash))
             }
@@ -764,7 +770,7 @@ mod tests {
             medvault_store::conformance::CHECKS.len()
                 + medvault_store::conformance::PAIR_CHECKS.len()
         );
-        assert_eq!(ran, 12);
+        assert_eq!(ran, 13);
     }
 
     #[test]

@@ -47,12 +47,13 @@ macro_rules! meta_table {
     };
 }
 
-const NODE_MIGRATIONS: &[(i64, &str)] = &[(
-    10,
-    concat!(
-        meta_table!(),
-        log_tables!(),
-        "CREATE TABLE keks (version BIGINT PRIMARY KEY, wrapped BYTEA NOT NULL);
+const NODE_MIGRATIONS: &[(i64, &str)] = &[
+    (
+        10,
+        concat!(
+            meta_table!(),
+            log_tables!(),
+            "CREATE TABLE keks (version BIGINT PRIMARY KEY, wrapped BYTEA NOT NULL);
      CREATE TABLE deks (
         name TEXT COLLATE \"C\" PRIMARY KEY, key_version BIGINT NOT NULL, kek_version BIGINT,
         wrapped BYTEA
@@ -137,8 +138,17 @@ const NODE_MIGRATIONS: &[(i64, &str)] = &[(
         acknowledged BIGINT
      );
      CREATE INDEX alerts_by_time ON alerts (at);"
+        ),
     ),
-)];
+    // v11: peer nodes registered for sealed sharing, their documents (public keys) pinned.
+    (
+        11,
+        "CREATE TABLE peers (
+        node TEXT COLLATE \"C\" PRIMARY KEY, fingerprint TEXT NOT NULL, url TEXT NOT NULL,
+        document TEXT NOT NULL, registered BIGINT NOT NULL, registered_by TEXT NOT NULL
+     );",
+    ),
+];
 
 /// The access log's schema: one log and the witness state, nothing else. (SQLite's access log
 /// is at version 2; the numbers are per kind.)

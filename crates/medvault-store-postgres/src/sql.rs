@@ -7,8 +7,8 @@ use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
 use medvault_ledger::{Frontier, Hash, SALT_LEN, leaf_hash};
 use medvault_store::{
     AccessTokenRow, AlertRow, AuditDetail, BreakGlassRow, ClientRow, CurrentMeta, DataKeyRow,
-    GrantRow, IndexQuery, LedgerNodes, SearchPage, SessionRow, SortOrder, StoreError, StoreRead,
-    StoreTx, StoredVersion, TokenRow, UserRow,
+    GrantRow, IndexQuery, LedgerNodes, PeerRow, SearchPage, SessionRow, SortOrder, StoreError,
+    StoreRead, StoreTx, StoredVersion, TokenRow, UserRow,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql};
@@ -694,6 +694,37 @@ pub(crate) fn clients(c: &mut Conn) -> Result<Vec<ClientRow>, StoreError> {
     rows(found, client_row)
 }
 
+const PEER_COLUMNS: &str = "node, fingerprint, url, document, registered, registered_by";
+
+fn peer_row(r: &Row) -> Result<PeerRow, StoreError> {
+    Ok(PeerRow {
+        node: get(r, 0)?,
+        fingerprint: get(r, 1)?,
+        url: get(r, 2)?,
+        document: get(r, 3)?,
+        registered_micros: get(r, 4)?,
+        registered_by: get(r, 5)?,
+    })
+}
+
+pub(crate) fn peer(c: &mut Conn, node: &str) -> Result<Option<PeerRow>, StoreError> {
+    c.opt(
+        &format!("SELECT {PEER_COLUMNS} FROM peers WHERE node = $1"),
+        &[&node],
+    )?
+    .as_ref()
+    .map(peer_row)
+    .transpose()
+}
+
+pub(crate) fn peers(c: &mut Conn) -> Result<Vec<PeerRow>, StoreError> {
+    let found = c.query(
+        &format!("SELECT {PEER_COLUMNS} FROM peers ORDER BY node"),
+        &[],
+    )?;
+    rows(found, peer_row)
+}
+
 pub(crate) fn grant(c: &mut Conn, hash: &[u8; 32]) -> Result<Option<GrantRow>, StoreError> {
     c.opt(
         "SELECT kind, client_id, user_id, scopes, redirect_uri, code_challenge, family, expires,
@@ -1282,6 +1313,31 @@ impl StoreTx for Tx<'_> {
             ],
         )
         .map(drop)
+    }
+
+    fn put_peer(&mut self, p: &PeerRow) -> Result<(), StoreError> {
+        self.exec(
+            &format!(
+                "INSERT INTO peers ({PEER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (node) DO UPDATE SET fingerprint = excluded.fingerprint,
+                   url = excluded.url, document = excluded.document,
+                   registered = excluded.registered, registered_by = excluded.registered_by"
+            ),
+            &[
+                &p.node,
+                &p.fingerprint,
+                &p.url,
+                &p.document,
+                &p.registered_micros,
+                &p.registered_by,
+            ],
+        )
+        .map(drop)
+    }
+
+    fn delete_peer(&mut self, node: &str) -> Result<bool, StoreError> {
+        self.exec("DELETE FROM peers WHERE node = $1", &[&node])
+            .map(|n| n > 0)
     }
 
     fn put_access_token(&mut self, t: &AccessTokenRow, now: i64) -> Result<(), StoreError> {

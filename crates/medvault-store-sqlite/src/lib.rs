@@ -507,6 +507,12 @@ impl StoreRead for SqliteStore {
     fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
         self.with_reader(sql::clients)
     }
+    fn peer(&self, node: &str) -> Result<Option<medvault_store::PeerRow>, StoreError> {
+        self.with_reader(|c| sql::peer(c, node))
+    }
+    fn peers(&self) -> Result<Vec<medvault_store::PeerRow>, StoreError> {
+        self.with_reader(sql::peers)
+    }
     fn access_token(&self, hash: &[u8; 32]) -> Result<Option<AccessTokenRow>, StoreError> {
         self.with_reader(|c| sql::access_token(c, hash))
     }
@@ -567,7 +573,7 @@ mod tests {
             medvault_store::conformance::CHECKS.len()
                 + medvault_store::conformance::PAIR_CHECKS.len()
         );
-        assert_eq!(ran, 12);
+        assert_eq!(ran, 13);
     }
 
     #[test]
@@ -593,8 +599,8 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.meta("tenant").unwrap().as_deref(), Some("t"));
-        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("10"));
-        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 10);
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("11"));
+        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 11);
         // The writer resumes the tree where it stopped.
         audit(&s, 5);
         let mut want = medvault_ledger::MemoryTree::new();

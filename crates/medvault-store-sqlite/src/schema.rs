@@ -163,6 +163,11 @@ const NODE_MIGRATIONS: &[&str] = &[
         patient TEXT, detail BLOB NOT NULL, acknowledged_by TEXT, acknowledged INTEGER
      ) WITHOUT ROWID;
      CREATE INDEX alerts_by_time ON alerts (at);",
+    // v11: peer nodes registered for sealed sharing, their documents (public keys) pinned.
+    "CREATE TABLE peers (
+        node TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, url TEXT NOT NULL,
+        document TEXT NOT NULL, registered INTEGER NOT NULL, registered_by TEXT NOT NULL
+     ) WITHOUT ROWID;",
 ];
 
 const DROP_LEVEL_ZERO: &str = "DELETE FROM ledger_nodes WHERE level = 0;";

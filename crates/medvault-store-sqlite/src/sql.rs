@@ -5,8 +5,8 @@ use medvault_ledger::{Frontier, leaf_hash};
 use medvault_ledger::{Hash, SALT_LEN};
 use medvault_store::{
     AccessTokenRow, AlertRow, AuditDetail, BreakGlassRow, ClientRow, CurrentMeta, DataKeyRow,
-    GrantRow, IndexQuery, LedgerNodes, SearchPage, SessionRow, SortOrder, StoreError, StoreRead,
-    StoreTx, StoredVersion, TokenRow, UserRow,
+    GrantRow, IndexQuery, LedgerNodes, PeerRow, SearchPage, SessionRow, SortOrder, StoreError,
+    StoreRead, StoreTx, StoredVersion, TokenRow, UserRow,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension as _, Row, params, params_from_iter};
@@ -352,6 +352,31 @@ fn client_row(r: &Row<'_>) -> rusqlite::Result<ClientRow> {
 }
 
 const CLIENT_COLUMNS: &str = "client_id, name, jwks, scopes, disabled, created, redirect_uris";
+
+const PEER_COLUMNS: &str = "node, fingerprint, url, document, registered, registered_by";
+
+fn peer_row(r: &Row<'_>) -> rusqlite::Result<PeerRow> {
+    Ok(PeerRow {
+        node: r.get(0)?,
+        fingerprint: r.get(1)?,
+        url: r.get(2)?,
+        document: r.get(3)?,
+        registered_micros: r.get(4)?,
+        registered_by: r.get(5)?,
+    })
+}
+
+pub(crate) fn peer(c: &Connection, node: &str) -> Result<Option<PeerRow>, StoreError> {
+    c.prepare_cached(&format!("SELECT {PEER_COLUMNS} FROM peers WHERE node = ?1"))
+        .and_then(|mut s| s.query_row([node], peer_row).optional())
+        .map_err(backend)
+}
+
+pub(crate) fn peers(c: &Connection) -> Result<Vec<PeerRow>, StoreError> {
+    c.prepare_cached(&format!("SELECT {PEER_COLUMNS} FROM peers ORDER BY node"))
+        .and_then(|mut s| s.query_map([], peer_row)?.collect())
+        .map_err(backend)
+}
 
 pub(crate) fn grant(c: &Connection, hash: &[u8; 32]) -> Result<Option<GrantRow>, StoreError> {
     c.prepare_cached(
@@ -871,6 +896,12 @@ impl StoreRead for Tx<'_> {
     fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
         clients(self.conn)
     }
+    fn peer(&self, node: &str) -> Result<Option<PeerRow>, StoreError> {
+        peer(self.conn, node)
+    }
+    fn peers(&self) -> Result<Vec<PeerRow>, StoreError> {
+        peers(self.conn)
+    }
     fn access_token(&self, hash: &[u8; 32]) -> Result<Option<AccessTokenRow>, StoreError> {
         access_token(self.conn, hash)
     }
@@ -1271,6 +1302,33 @@ impl StoreTx for Tx<'_> {
                 ])
             })
             .map(drop)
+            .map_err(backend)
+    }
+
+    fn put_peer(&mut self, p: &PeerRow) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(&format!(
+                "INSERT OR REPLACE INTO peers ({PEER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            ))
+            .and_then(|mut s| {
+                s.execute(params![
+                    p.node,
+                    p.fingerprint,
+                    p.url,
+                    p.document,
+                    p.registered_micros,
+                    p.registered_by,
+                ])
+            })
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn delete_peer(&mut self, node: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM peers WHERE node = ?1")
+            .and_then(|mut s| s.execute([node]))
+            .map(|n| n > 0)
             .map_err(backend)
     }
 

@@ -5,7 +5,8 @@ use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 
 use crate::{
     AccessTokenRow, AlertRow, AuditDetail, BreakGlassRow, ClientRow, GrantRow, IndexQuery,
-    LedgerNodes, SessionRow, SortOrder, Store, StoreError, StoredVersion, UserRow, write_with,
+    LedgerNodes, PeerRow, SessionRow, SortOrder, Store, StoreError, StoredVersion, UserRow,
+    write_with,
 };
 
 /// One conformance check: panics when the backend breaks the contract.
@@ -33,6 +34,10 @@ pub const CHECKS: &[(&str, Check)] = &[
         oauth_clients_tokens_and_replay,
     ),
     ("break_glass_and_alerts", break_glass_and_alerts),
+    (
+        "peers_register_replace_remove",
+        peers_register_replace_remove,
+    ),
 ];
 
 /// Checks that need two fresh stores of the backend (a source and a target).
@@ -82,7 +87,15 @@ fn populate(store: &dyn Store) {
             tx.add_kek(1, &WrappedKey::from_stored(vec![1; 40]))?;
             tx.put_data_key("Patient/p1", 1, 1, &WrappedKey::from_stored(vec![2; 60]))?;
             tx.put_data_key("Patient/p2", 1, 1, &WrappedKey::from_stored(vec![3; 60]))?;
-            tx.put_data_key("@tenant", 1, 1, &WrappedKey::from_stored(vec![4; 60]))
+            tx.put_data_key("@tenant", 1, 1, &WrappedKey::from_stored(vec![4; 60]))?;
+            tx.put_peer(&PeerRow {
+                node: "node-b".into(),
+                fingerprint: "SHA-256:00".into(),
+                url: "https://b.example:7443".into(),
+                document: "{}".into(),
+                registered_micros: 3,
+                registered_by: "cli".into(),
+            })
         }),
         "keys",
     );
@@ -1088,6 +1101,42 @@ fn oauth_clients_tokens_and_replay(store: &dyn Store) {
     assert_eq!(gone, 2, "the grant and the family's access token");
     assert_eq!(ok(store.grant(&[7; 32]), "grant"), None);
     assert_eq!(ok(store.access_token(&[2; 32]), "token"), None);
+}
+
+fn peers_register_replace_remove(store: &dyn Store) {
+    let peer = |node: &str, url: &str| PeerRow {
+        node: node.into(),
+        fingerprint: format!("SHA-256:{node}"),
+        url: url.into(),
+        document: format!(r#"{{"node":"{node}"}}"#),
+        registered_micros: 5,
+        registered_by: "cli".into(),
+    };
+    assert_eq!(ok(store.peers(), "no peers"), vec![]);
+    let (b, a) = (peer("node-b", "https://b:1"), peer("node-a", "https://a:1"));
+    let (b2, a2) = (b.clone(), a.clone());
+    ok(
+        write_with(store, move |tx| {
+            tx.put_peer(&b2)?;
+            tx.put_peer(&a2)
+        }),
+        "put peers",
+    );
+    assert_eq!(ok(store.peers(), "peers"), vec![a.clone(), b.clone()]);
+    // Registering a node again replaces its row (e.g. after its keys rotated).
+    let b_new = peer("node-b", "https://b:2");
+    let b3 = b_new.clone();
+    ok(write_with(store, move |tx| tx.put_peer(&b3)), "replace");
+    assert_eq!(ok(store.peer("node-b"), "peer"), Some(b_new));
+    assert_eq!(ok(store.peer("node-c"), "missing peer"), None);
+    let removed = ok(
+        write_with(store, |tx| {
+            Ok((tx.delete_peer("node-a")?, tx.delete_peer("node-a")?))
+        }),
+        "delete",
+    );
+    assert_eq!(removed, (true, false), "a second removal finds nothing");
+    assert_eq!(ok(store.peers(), "peers").len(), 1);
 }
 
 fn break_glass_and_alerts(store: &dyn Store) {

@@ -305,6 +305,18 @@ pub const NODE_TABLES: &[Table] = &[
         ],
         order: "id",
     },
+    Table {
+        name: "peers",
+        columns: &[
+            ("node", Text),
+            ("fingerprint", Text),
+            ("url", Text),
+            ("document", Text),
+            ("registered", Int),
+            ("registered_by", Text),
+        ],
+        order: "node",
+    },
     LEDGER_LEAVES,
     LEDGER_AUDIT,
     LEDGER_CHECKPOINTS,

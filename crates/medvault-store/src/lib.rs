@@ -17,7 +17,7 @@ use medvault_ledger::{Hash, LedgerError, NodeSource, SALT_LEN};
 
 /// The schema version of a node database this build writes (both backends use these numbers,
 /// so a dump of one loads into the other).
-pub const NODE_SCHEMA_VERSION: i64 = 10;
+pub const NODE_SCHEMA_VERSION: i64 = 11;
 /// The schema version of an access-log database this build writes.
 pub const ACCESS_LOG_SCHEMA_VERSION: i64 = 2;
 
@@ -358,6 +358,24 @@ pub struct GrantRow {
     pub used: bool,
 }
 
+/// Another medvault node registered by an administrator for sealed sharing (issue 7): its
+/// checked node document, the URL of its peer (mutual TLS) endpoint, and who registered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRow {
+    /// The peer's node id (from its document).
+    pub node: String,
+    /// The fingerprint the administrator confirmed out of band (`SHA-256:` + hex).
+    pub fingerprint: String,
+    /// The peer's mutual-TLS endpoint, e.g. `https://hospital-b.example:7443`.
+    pub url: String,
+    /// The node document as registered (JSON), its keys pinned.
+    pub document: String,
+    /// When it was registered, microseconds.
+    pub registered_micros: i64,
+    /// Who registered it (`cli` or a user id).
+    pub registered_by: String,
+}
+
 /// Reads available both to plain readers and inside a write transaction.
 pub trait StoreRead {
     /// Value of a node setting (tenant id, node id, …).
@@ -478,6 +496,16 @@ pub trait StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn alerts(&self, open_only: bool) -> Result<Vec<AlertRow>, StoreError>;
+    /// A registered peer by node id.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn peer(&self, node: &str) -> Result<Option<PeerRow>, StoreError>;
+    /// Every registered peer, by node id.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn peers(&self) -> Result<Vec<PeerRow>, StoreError>;
     /// Number of ledger leaves (all of them are integrated into the tree at commit).
     ///
     /// # Errors
@@ -819,6 +847,16 @@ pub trait StoreTx: StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn use_recovery_code(&mut self, user_id: &str, hash: &[u8; 32]) -> Result<bool, StoreError>;
+    /// Registers a peer, replacing an earlier registration of the same node id.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn put_peer(&mut self, peer: &PeerRow) -> Result<(), StoreError>;
+    /// Removes a peer's registration: true if it was registered.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn delete_peer(&mut self, node: &str) -> Result<bool, StoreError>;
     /// Stores a bearer token hash.
     ///
     /// # Errors

@@ -15,6 +15,7 @@ mod policy;
 mod postgres;
 mod search;
 mod security;
+mod share;
 mod tls;
 mod witness;
 
@@ -68,7 +69,7 @@ pub struct Server {
     env: Vec<(String, String)>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

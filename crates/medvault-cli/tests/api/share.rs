@@ -1,0 +1,432 @@
+//! Sealed sharing between two nodes on loopback (issue 7): `$share` over mutual TLS, the
+//! offline file form, and everything a receiver must refuse (recorded, nothing imported).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::{Server, free_port, observation, patient, raw_get};
+
+/// A node serving the API and a peer listener.
+struct Peer {
+    s: Server,
+    peer_port: u16,
+    doc: Value,
+    doc_file: PathBuf,
+}
+
+impl Peer {
+    fn start() -> Self {
+        let peer_port = free_port();
+        let s = Server::start_with(&["--peer-listen", &format!("127.0.0.1:{peer_port}")]);
+        let (status, body) = raw_get(&s, "/.well-known/medvault-node");
+        assert_eq!(status, 200);
+        let doc: Value = serde_json::from_slice(&body).unwrap();
+        let doc_file = s.dir.with_extension("node.json");
+        std::fs::write(&doc_file, &body).unwrap();
+        Self {
+            s,
+            peer_port,
+            doc,
+            doc_file,
+        }
+    }
+
+    fn node(&self) -> &str {
+        self.doc["node"].as_str().unwrap()
+    }
+
+    fn dir(&self) -> String {
+        self.s.dir.to_str().unwrap().to_owned()
+    }
+
+    fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let dir = self.dir();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--data-dir", &dir]);
+        self.s.cli(&all)
+    }
+
+    /// Registers `other` here, with the fingerprint as its document states it.
+    /// Two nodes that registered each other.
+    fn pair() -> (Self, Self) {
+        let (a, b) = (Self::start(), Self::start());
+        a.register(&b);
+        b.register(&a);
+        (a, b)
+    }
+
+    fn register(&self, other: &Peer) {
+        let (ok, out, err) = self.cli(&[
+            "peer",
+            "add",
+            "--url",
+            &format!("https://127.0.0.1:{}", other.peer_port),
+            "--document",
+            other.doc_file.to_str().unwrap(),
+            "--fingerprint",
+            other.doc["fingerprint"].as_str().unwrap(),
+        ]);
+        assert!(ok && out.contains("registered peer"), "{out} {err}");
+    }
+
+    fn share(&self, patient: &str, to: &str) -> (u16, Value) {
+        self.s.post(
+            &format!("Patient/{patient}/$share"),
+            &json!({"resourceType": "Parameters", "parameter": [
+                {"name": "recipient", "valueString": to},
+                {"name": "purpose", "valueCode": "TREAT"},
+            ]}),
+        )
+    }
+
+    fn search(&self, query: &str) -> Value {
+        let (status, v) = self.s.get(query);
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    fn count(&self, query: &str) -> u64 {
+        self.search(query)["total"].as_u64().unwrap()
+    }
+
+    fn access_size(&self) -> u64 {
+        let (_, body) = raw_get(&self.s, "/ledger/access/checkpoint");
+        let text = String::from_utf8(body).unwrap();
+        text.lines().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+fn param<'a>(out: &'a Value, name: &str) -> &'a Value {
+    out["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .map_or(&Value::Null, |p| {
+            p.get("valueInteger").or(p.get("valueString")).unwrap()
+        })
+}
+
+fn consent(patient: &str, provision: Value) -> Value {
+    json!({
+        "resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/{patient}")},
+        "dateTime": "2026-01-01T00:00:00Z",
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": provision,
+    })
+}
+
+/// Consent actor role: the information recipient.
+fn recipient_role() -> Value {
+    json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]})
+}
+
+fn write(path: &Path, bytes: &[u8]) -> String {
+    std::fs::write(path, bytes).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_patient_shared_from_a_appears_in_b_with_provenance() {
+    let a = Peer::start();
+    let b = Peer::start();
+    let pid = a.s.create(&patient("Sharefam", "Ada"));
+    a.s.create(&observation(&pid, "2345-7", "2026-11-01"));
+    a.s.create(&observation(&pid, "718-7", "2026-11-02"));
+    let other = a.s.create(&patient("Otherfam", "Olive"));
+    a.s.create(&observation(&other, "2345-7", "2026-11-03"));
+
+    // Not registered yet: nothing leaves.
+    let (status, v) = a.share(&pid, b.node());
+    assert_eq!(status, 404, "{v}");
+
+    // A wrong fingerprint is refused at registration.
+    let (ok, _, err) = a.cli(&[
+        "peer",
+        "add",
+        "--url",
+        "https://127.0.0.1:1",
+        "--document",
+        b.doc_file.to_str().unwrap(),
+        "--fingerprint",
+        "SHA-256:00",
+    ]);
+    assert!(!ok && err.contains("does not match"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one plain line: {err}");
+
+    a.register(&b);
+    b.register(&a);
+    let (ok, out, _) = a.cli(&["peer", "list"]);
+    assert!(ok && out.contains(b.node()), "{out}");
+
+    let b_before = b.access_size();
+    let (status, out) = a.share(&pid, b.node());
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(
+        param(&out, "resources"),
+        3,
+        "the patient and two observations"
+    );
+    assert_eq!(param(&out, "withheld"), 0);
+    let recipient_leaf = param(&out, "recipientLeaf").as_u64().unwrap();
+    let sender_leaf = param(&out, "senderLeaf").as_u64().unwrap();
+    assert!(
+        recipient_leaf >= b_before,
+        "B's leaf is new: {recipient_leaf} vs {b_before}"
+    );
+    assert!(param(&out, "deliveredLeaf").as_u64().unwrap() > sender_leaf);
+
+    // B holds the patient under a new id, the observations point at it, a Provenance names A.
+    let found = b.search("Patient?family=Sharefam");
+    assert_eq!(found["total"], 1, "{found}");
+    let new_id = found["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        b.count("Patient?family=Otherfam"),
+        0,
+        "only the shared patient"
+    );
+    let obs = b.search(&format!("Observation?subject=Patient/{new_id}"));
+    assert_eq!(obs["total"], 2, "{obs}");
+    let prov = b.search(&format!("Provenance?patient=Patient/{new_id}"));
+    assert_eq!(prov["total"], 1, "{prov}");
+    let p = &prov["entry"][0]["resource"];
+    assert_eq!(p["target"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        p["agent"][0]["who"]["identifier"]["value"], a.doc["fingerprint"],
+        "{p}"
+    );
+    assert_eq!(
+        p["entity"][0]["what"]["identifier"]["value"],
+        *param(&out, "bundle")
+    );
+    assert!(
+        p["entity"][0]["what"]["display"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("leaf {sender_leaf}")),
+        "B cites A's leaf: {p}"
+    );
+    // Both ledgers still verify.
+    for n in [&a, &b] {
+        let (ok, out, err) = n.cli(&["ledger", "verify"]);
+        assert!(ok, "{out} {err}");
+    }
+
+    // A node B has not registered cannot even finish the TLS handshake with B.
+    let c = Peer::start();
+    c.register(&b);
+    let cid = c.s.create(&patient("Strangerfam", "Sam"));
+    let (status, v) = c.share(&cid, b.node());
+    assert_eq!(status, 502, "{v}");
+    let why = v["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(
+        why.contains("could not be delivered") && why.contains("alert"),
+        "{v}"
+    );
+    assert_eq!(b.count("Patient?family=Strangerfam"), 0);
+}
+
+#[test]
+fn the_patients_consent_decides_what_goes_to_which_node() {
+    let (a, b) = Peer::pair();
+    let pid = a.s.create(&patient("Consentshare", "Cy"));
+    a.s.create(&observation(&pid, "2345-7", "2026-11-01"));
+    a.s.create(&json!({
+        "resourceType": "Condition",
+        "subject": {"reference": format!("Patient/{pid}")},
+        "code": {"text": "asthma"},
+    }));
+    let org = format!("Organization/{}", b.node());
+    // Observations may not go to B: the rest is shared, the observation withheld.
+    let c1 = a.s.create(&consent(
+        &pid,
+        json!({"type": "permit", "provision": [{
+            "type": "deny", "actor": [{"role": recipient_role(), "reference": {"reference": org}}],
+            "class": [{"code": "Observation"}],
+        }]}),
+    ));
+    let (status, out) = a.share(&pid, b.node());
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(param(&out, "resources"), 2, "patient and condition: {out}");
+    assert_eq!(param(&out, "withheld"), 1);
+    assert_eq!(b.count("Observation?code=2345-7"), 0);
+    assert_eq!(b.count("Condition?_count=10"), 1);
+    assert_eq!(b.count("Consent?_count=10"), 0, "consents never travel");
+
+    // The patient forbids sharing with B altogether: nothing goes, online or as a file.
+    a.s.delete(&format!("Consent/{c1}"));
+    a.s.create(&consent(
+        &pid,
+        json!({"type": "deny", "actor": [{"role": recipient_role(), "reference": {"reference": org}}]}),
+    ));
+    let before = b.count("Patient?family=Consentshare");
+    let (status, v) = a.share(&pid, b.node());
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("consent")
+    );
+    let out_file = a.s.dir.with_extension("denied.mvshare");
+    let (ok, _, err) = a.cli(&[
+        "share",
+        "export",
+        "--patient",
+        &pid,
+        "--to",
+        b.doc_file.to_str().unwrap(),
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("consent"), "{err}");
+    assert!(!out_file.exists());
+    assert_eq!(b.count("Patient?family=Consentshare"), before);
+}
+
+#[test]
+fn offline_bundles_import_once_and_damaged_or_misdirected_ones_are_refused() {
+    let (a, b) = Peer::pair();
+    let pid = a.s.create(&patient("Filefam", "Fay"));
+    a.s.create(&observation(&pid, "2345-7", "2026-11-01"));
+    let tmp = a.s.dir.parent().unwrap().to_owned();
+    let file = tmp.join("fay.mvshare");
+    let (ok, out, err) = a.cli(&[
+        "share",
+        "export",
+        "--patient",
+        &pid,
+        "--to",
+        b.doc_file.to_str().unwrap(),
+        "--purpose",
+        "COC",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("sealed 2 resources"), "{out} {err}");
+    let bytes = std::fs::read(&file).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        !text.contains("Filefam") && !text.contains(&pid),
+        "no PHI outside the seal"
+    );
+
+    let refused = |path: &str, want: &str| {
+        let before = b.access_size();
+        let (ok, out, err) = b.cli(&["share", "import", path]);
+        assert!(!ok, "{want}: {out}");
+        assert!(err.contains(want), "{want}: {err}");
+        assert!(err.contains("nothing was imported"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "one plain line: {err}");
+        assert_eq!(
+            b.count("Patient?family=Filefam"),
+            0,
+            "{want}: nothing imported"
+        );
+        assert!(
+            b.access_size() > before,
+            "{want}: the refusal is in the access log"
+        );
+    };
+    // Tampered ciphertext (the signature covers it), cut short, trailing bytes, not a bundle.
+    let mut flipped = bytes.clone();
+    let mid = bytes.len() / 2;
+    flipped[mid] ^= 1;
+    refused(&write(&tmp.join("flipped"), &flipped), "signature");
+    refused(
+        &write(&tmp.join("cut"), &bytes[..bytes.len() - 100]),
+        "malformed",
+    );
+    let mut longer = bytes.clone();
+    longer.push(0);
+    refused(&write(&tmp.join("longer"), &longer), "malformed");
+    refused(&write(&tmp.join("garbage"), b"hello"), "malformed");
+    // Oversized: refused before it is read.
+    let big = tmp.join("big");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(64 * 1024 * 1024 + 1).unwrap();
+    let (ok, _, err) = b.cli(&["share", "import", big.to_str().unwrap()]);
+    assert!(!ok && err.contains("larger than"), "{err}");
+    // Addressed to B: A cannot import it.
+    let (ok, _, err) = a.cli(&["share", "import", file.to_str().unwrap()]);
+    assert!(!ok && err.contains("another node"), "{err}");
+    // Unknown sender: B forgets A, refuses, registers it again.
+    let (ok, _, err) = b.cli(&["peer", "remove", a.node()]);
+    assert!(ok, "{err}");
+    refused(file.to_str().unwrap(), "not a registered peer");
+    b.register(&a);
+
+    // The intact file imports, with a receipt the sender confirms; the second time is a replay.
+    let receipt = tmp.join("fay.receipt.json");
+    let (ok, out, err) = b.cli(&[
+        "share",
+        "import",
+        file.to_str().unwrap(),
+        "--receipt",
+        receipt.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("imported 2 resources"), "{out} {err}");
+    assert_eq!(b.count("Patient?family=Filefam"), 1);
+    refused_after_import(&b, &file);
+    let (ok, out, err) = a.cli(&[
+        "share",
+        "confirm",
+        "--bundle",
+        file.to_str().unwrap(),
+        receipt.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("confirmed"), "{out} {err}");
+    // A receipt edited to cite another leaf does not verify.
+    let mut r: Value = serde_json::from_str(&std::fs::read_to_string(&receipt).unwrap()).unwrap();
+    r["recipientLeaf"] = json!(r["recipientLeaf"].as_u64().unwrap() + 1);
+    let edited = write(&tmp.join("edited.json"), r.to_string().as_bytes());
+    let (ok, _, err) = a.cli(&[
+        "share",
+        "confirm",
+        "--bundle",
+        file.to_str().unwrap(),
+        &edited,
+    ]);
+    assert!(!ok && err.contains("does not verify"), "{err}");
+
+    // Expired: valid for one second.
+    let short = tmp.join("short.mvshare");
+    let (ok, _, err) = a.cli(&[
+        "share",
+        "export",
+        "--patient",
+        &pid,
+        "--to",
+        b.node(),
+        "--valid-for",
+        "1s",
+        "--out",
+        short.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (ok, _, err) = b.cli(&["share", "import", short.to_str().unwrap()]);
+    assert!(!ok && err.contains("expired"), "{err}");
+    assert_eq!(
+        b.count("Patient?family=Filefam"),
+        1,
+        "still only the first import"
+    );
+    for n in [&a, &b] {
+        let (ok, out, err) = n.cli(&["ledger", "verify"]);
+        assert!(ok, "{out} {err}");
+    }
+}
+
+fn refused_after_import(b: &Peer, file: &Path) {
+    let (ok, _, err) = b.cli(&["share", "import", file.to_str().unwrap()]);
+    assert!(!ok && err.contains("replay"), "{err}");
+    assert_eq!(b.count("Patient?family=Filefam"), 1, "imported once");
+}

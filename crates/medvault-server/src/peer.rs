@@ -1,0 +1,486 @@
+//! Node-to-node calls (issue 7): mutual TLS 1.3 between registered peers, each side's key
+//! pinned.
+//!
+//! A node's TLS identity for these calls is its node identity's Ed25519 key in a self-signed
+//! certificate made at start: peers pin the key from the node document their administrator
+//! registered (fingerprint confirmed out of band), not a certificate authority's word. The
+//! server asks every client for a certificate and lets the handshake finish only for a
+//! registered peer's key; the client accepts only the pinned key of the peer it called. Key
+//! exchange is the same as the public listener's (X25519MLKEM768 first), so what passes over
+//! the link is protected against later quantum decryption; authentication of the link is
+//! Ed25519 alone (TLS has no standard hybrid signature yet), and the bundle inside carries the
+//! hybrid signature that counts.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use serde_json::Value;
+
+use crate::Node;
+use crate::node_identity::NodeIdentity;
+use crate::tls::{TlsError, TlsListener, provider};
+
+/// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32-byte key follows.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+/// How often at most an unknown client key makes the server re-read the registered peers.
+const PIN_RELOAD: Duration = Duration::from_secs(1);
+/// Time allowed to connect, and to complete the TLS handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for a peer to answer a delivery (it imports before answering).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+/// Largest answer read from a peer.
+const MAX_ANSWER: usize = 1024 * 1024;
+
+/// The Ed25519 key a certificate holds (parsed with webpki, so the key is the one TLS
+/// signatures are checked with), or `None` for another kind of key or a malformed certificate.
+pub fn ed25519_key_of(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    let spki = parsed.subject_public_key_info();
+    spki.as_ref()
+        .strip_prefix(&ED25519_SPKI_PREFIX[..])
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+}
+
+/// The Ed25519 key of a node document's signing identity (already verified at registration).
+pub fn document_ed25519(document: &str) -> Option<[u8; 32]> {
+    let doc: Value = serde_json::from_str(document).ok()?;
+    let b = base64::engine::general_purpose::STANDARD
+        .decode(doc["signing"]["Ed25519"].as_str()?)
+        .ok()?;
+    b.try_into().ok()
+}
+
+/// The node's certificate for node-to-node TLS: self-signed with its identity's Ed25519 key.
+///
+/// # Errors
+/// [`TlsError::Config`] if the certificate cannot be made.
+pub fn tls_identity(
+    id: &NodeIdentity,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let config_err = |e: &dyn std::fmt::Display| TlsError::Config(e.to_string());
+    let pkcs8 = id.signing.ed25519_pkcs8().map_err(|e| config_err(&e))?;
+    let der = PrivatePkcs8KeyDer::from(pkcs8.to_vec());
+    let key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)
+        .map_err(|e| config_err(&e))?;
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| config_err(&e))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("medvault node {}", id.node),
+    );
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(365);
+    let cert = params.self_signed(&key).map_err(|e| config_err(&e))?;
+    Ok((vec![cert.der().clone()], PrivateKeyDer::Pkcs8(der)))
+}
+
+/// The Ed25519 keys of the registered peers, re-read from the store at most once per
+/// [`PIN_RELOAD`], so `medvault peer add` and `peer remove` take effect within a second,
+/// without a restart.
+pub struct PeerPins {
+    node: Arc<Node>,
+    known: RwLock<(Option<Instant>, HashSet<[u8; 32]>)>,
+}
+
+impl std::fmt::Debug for PeerPins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerPins")
+    }
+}
+
+impl PeerPins {
+    /// Pins read from `node`'s registered peers.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self {
+            node,
+            known: RwLock::new((None, HashSet::new())),
+        }
+    }
+
+    fn reload(&self) -> HashSet<[u8; 32]> {
+        match self.node.store.peers() {
+            Ok(peers) => peers
+                .iter()
+                .filter_map(|p| document_ed25519(&p.document))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the registered peers failed");
+                HashSet::new()
+            }
+        }
+    }
+
+    /// True if `key` is a registered peer's key (as of at most [`PIN_RELOAD`] ago).
+    pub fn is_registered(&self, key: &[u8; 32]) -> bool {
+        if let Ok(k) = self.known.read()
+            && k.0.is_some_and(|at| at.elapsed() < PIN_RELOAD)
+        {
+            return k.1.contains(key);
+        }
+        let keys = self.reload();
+        let found = keys.contains(key);
+        if let Ok(mut k) = self.known.write() {
+            *k = (Some(Instant::now()), keys);
+        }
+        found
+    }
+}
+
+/// Checks TLS 1.3 handshake signatures with the certificate's key (Ed25519 only).
+fn verify_signature(
+    algs: &WebPkiSupportedAlgorithms,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    if dss.scheme != SignatureScheme::ED25519 {
+        return Err(rustls::Error::PeerMisbehaved(
+            rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+        ));
+    }
+    rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+}
+
+fn not_tls13() -> rustls::Error {
+    rustls::Error::General("node-to-node calls use TLS 1.3 only".into())
+}
+
+fn unknown_key() -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+}
+
+/// The server side: a client certificate is required and must hold a registered peer's key.
+#[derive(Debug)]
+struct RegisteredClients {
+    pins: Arc<PeerPins>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for RegisteredClients {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match ed25519_key_of(end_entity) {
+            Some(k) if self.pins.is_registered(&k) => Ok(ClientCertVerified::assertion()),
+            _ => Err(unknown_key()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(not_tls13())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_signature(&self.algs, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+/// The client side: the server must hold exactly the pinned key.
+#[derive(Debug)]
+struct PinnedServer {
+    key: [u8; 32],
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if ed25519_key_of(end_entity) == Some(self.key) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(unknown_key())
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(not_tls13())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_signature(&self.algs, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+/// The peer listener's TLS configuration: this node's identity certificate, client
+/// certificates required and checked against the registered peers.
+///
+/// # Errors
+/// [`TlsError::Config`] if rustls refuses the configuration.
+pub fn server_config(
+    node: Arc<Node>,
+    id: &NodeIdentity,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(provider());
+    let verifier = Arc::new(RegisteredClients {
+        pins: Arc::new(PeerPins::new(node)),
+        algs: provider.signature_verification_algorithms,
+    });
+    let (chain, key) = tls_identity(id)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A client configuration for calling the peer whose Ed25519 key is `pinned`, presenting this
+/// node's identity certificate.
+///
+/// # Errors
+/// [`TlsError::Config`] if rustls refuses the configuration.
+pub fn client_config(
+    id: &NodeIdentity,
+    pinned: [u8; 32],
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(provider());
+    let verifier = Arc::new(PinnedServer {
+        key: pinned,
+        algs: provider.signature_verification_algorithms,
+    });
+    let (chain, key) = tls_identity(id)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Connect info of the peer listener: the client's address and the (registered) Ed25519 key
+/// its certificate holds.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerConn {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// The key the client authenticated with.
+    pub key: Option<[u8; 32]>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for PeerConn
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        let key = stream
+            .io()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(<[_]>::first)
+            .and_then(ed25519_key_of);
+        Self {
+            addr: *stream.remote_addr(),
+            key,
+        }
+    }
+}
+
+/// Why a call to a peer failed (names the step, never key material).
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The registered URL is not `https://host[:port]`.
+    #[error("the peer's URL must be https://HOST[:PORT]")]
+    BadUrl,
+    /// No TCP connection.
+    #[error("could not connect to the peer ({0})")]
+    Connect(String),
+    /// The TLS handshake failed (e.g. the peer's key is not the pinned one).
+    #[error("the TLS handshake with the peer failed ({0})")]
+    Tls(String),
+    /// HTTP failed or timed out.
+    #[error("the peer did not answer ({0})")]
+    Http(String),
+}
+
+/// A peer's answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Body (at most 1 MiB read).
+    pub body: Vec<u8>,
+}
+
+/// An error with its causes, e.g. `connection error: received fatal alert: …` (a peer that
+/// refuses this node's client certificate says so only after the handshake, in TLS 1.3).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Splits `https://host[:port]` into host and port.
+///
+/// # Errors
+/// [`CallError::BadUrl`].
+pub fn parse_url(url: &str) -> Result<(String, u16), CallError> {
+    let uri: axum::http::Uri = url.parse().map_err(|_| CallError::BadUrl)?;
+    if uri.scheme_str() != Some("https")
+        || !uri.path().trim_end_matches('/').is_empty()
+        || uri.query().is_some()
+    {
+        return Err(CallError::BadUrl);
+    }
+    let host = uri.host().ok_or(CallError::BadUrl)?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok((host, uri.port_u16().unwrap_or(443)))
+}
+
+/// POSTs `body` to `path` at the peer `url` over mutual TLS with `config`.
+///
+/// # Errors
+/// [`CallError`] naming the failed step.
+pub async fn post(
+    url: &str,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<Answer, CallError> {
+    use http_body_util::BodyExt as _;
+    let (host, port) = parse_url(url)?;
+    let tcp = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| CallError::Connect("timed out".into()))?
+    .map_err(|e| CallError::Connect(e.kind().to_string()))?;
+    let name = ServerName::try_from(host.clone()).map_err(|_| CallError::BadUrl)?;
+    let tls = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| CallError::Tls("timed out".into()))?
+    .map_err(|e| CallError::Tls(e.to_string()))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| CallError::Http(with_causes(&e)))?;
+    let driver = tokio::spawn(conn);
+    let authority = if port == 443 {
+        host.clone()
+    } else if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let request = axum::http::Request::post(path)
+        .header(axum::http::header::HOST, authority)
+        .header(axum::http::header::CONTENT_TYPE, content_type)
+        .body(http_body_util::Full::new(axum::body::Bytes::from(body)))
+        .map_err(|e| CallError::Http(e.to_string()))?;
+    let answer = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        let resp = sender
+            .send_request(request)
+            .await
+            .map_err(|e| CallError::Http(with_causes(&e)))?;
+        let status = resp.status().as_u16();
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| CallError::Http(e.to_string()))?
+            .to_bytes()
+            .to_vec();
+        Ok::<_, CallError>(Answer { status, body })
+    })
+    .await
+    .map_err(|_| CallError::Http("timed out".into()))?;
+    driver.abort();
+    answer
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn urls_are_https_origins_only() {
+        assert_eq!(
+            parse_url("https://127.0.0.1:7443").unwrap(),
+            ("127.0.0.1".into(), 7443)
+        );
+        assert_eq!(
+            parse_url("https://b.example/").unwrap(),
+            ("b.example".into(), 443)
+        );
+        assert_eq!(parse_url("https://[::1]:9").unwrap(), ("::1".into(), 9));
+        for bad in [
+            "http://b.example",
+            "https://b.example/fhir",
+            "https://b.example?x=1",
+            "b.example:1",
+            "",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+}

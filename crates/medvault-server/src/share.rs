@@ -1,0 +1,1069 @@
+//! Sealed sharing of a patient's records between nodes (issue 7).
+//!
+//! The sender builds a FHIR `transaction` Bundle of what the access policy lets the requester
+//! read of the patient's compartment and the patient's consents let go to the recipient, seals
+//! it to the recipient's X-Wing key and signs it with its hybrid key ([`medvault_crypto`]'s
+//! bundle, layout `MVB1`), with a header naming both nodes (id and fingerprint), the purpose,
+//! the validity and the sender's access-log leaf that recorded the export. The receiver checks,
+//! in order: size, layout, that it is the recipient, that the sender is a registered peer whose
+//! fingerprint matches, that the TLS client (online) is that sender, the hybrid signature, the
+//! validity, and the content (creates only, one Patient); then, in one write, that the bundle
+//! id was not seen before and the import with a `Provenance` resource. Every outcome, imported
+//! or refused, is an access-log leaf; the receipt, signed by the receiver, names its leaf, and
+//! the sender records it, so each ledger cites the other's leaf.
+//!
+//! Two choices hard to undo are in ARCHITECTURE.md ("Sharing between nodes"): the header
+//! (JSON, below) and the rewriting of references.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use medvault_core::ResourceId;
+use medvault_crypto::{BundleError, HybridSignature, hybrid_verify, open_bundle, seal_bundle};
+use medvault_policy::ConsentState;
+use medvault_policy::consent::{self, ConsentRequest};
+use medvault_store::{PeerRow, write_with};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::Node;
+use crate::error::{ApiError, IssueCode};
+use crate::node_identity::{NodeIdentity, PeerDocument, verify_document};
+use crate::ops::Ctx;
+use crate::search;
+
+/// The header's format name.
+pub const FORMAT: &str = "medvault-share/1";
+/// The receipt's format name.
+pub const RECEIPT_FORMAT: &str = "medvault-share-receipt/1";
+/// Media type of a sealed bundle on the wire.
+pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.medvault.bundle";
+/// Where a peer listener takes bundles.
+pub const RECEIVE_PATH: &str = "/peer/bundles";
+/// Largest bundle accepted (file or request).
+pub const MAX_BUNDLE_BYTES: usize = 64 * 1024 * 1024;
+/// How long a bundle delivered online stays valid.
+pub const ONLINE_VALIDITY: Duration = Duration::from_secs(3600);
+/// Longest validity a bundle may claim (offline files travel slowly, but not for ever).
+pub const MAX_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Clock difference tolerated between nodes.
+const CLOCK_SKEW_MICROS: i64 = 5 * 60 * 1_000_000;
+/// Replay-protection namespace in the assertion-id table (OAuth client ids never contain `:`
+/// after this prefix's form).
+const REPLAY_NAMESPACE: &str = "medvault-share:";
+/// Resources never shared: a patient's privacy directives name this node's actors and are
+/// meaningless (or dangerous) elsewhere; the recipient's own consent process governs there.
+const NOT_SHARED: &[&str] = &["Consent"];
+/// Purposes of use a share may declare (HL7 v3 PurposeOfUse).
+pub const PURPOSES: &[&str] = &[
+    "TREAT", "ETREAT", "COC", "CAREMGT", "PATRQT", "HPAYMT", "HOPERAT", "PUBHLTH", "HRESCH",
+];
+/// Identifier system of logical references to resources left at the sender.
+const NODE_SYSTEM_PREFIX: &str = "urn:medvault:node:";
+
+/// One side of an exchange, as the header names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Party {
+    /// Node id.
+    pub node: String,
+    /// Fingerprint of its keys (`SHA-256:` + hex).
+    pub fingerprint: String,
+}
+
+/// The header of a shared bundle: signed, bound into the encryption, not encrypted (so it
+/// carries no PHI: no patient id, no names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ShareHeader {
+    /// [`FORMAT`].
+    pub format: String,
+    /// The bundle's id (UUID), unique per sender: a second delivery is a replay.
+    pub id: String,
+    /// Who sealed it.
+    pub sender: Party,
+    /// Whom it is sealed to.
+    pub recipient: Party,
+    /// Purpose of use.
+    pub purpose: String,
+    /// When it was sealed (RFC 3339, UTC).
+    pub created: String,
+    /// When it stops being accepted (RFC 3339, UTC).
+    pub expires: String,
+    /// The sender's access-log leaf that recorded the export.
+    pub sender_leaf: u64,
+}
+
+/// A sealed share, ready to deliver or write to a file.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The sealed bundle.
+    pub bytes: Vec<u8>,
+    /// Its header.
+    pub header: ShareHeader,
+    /// Resources in it.
+    pub resources: usize,
+    /// Resources of the compartment the patient's consent kept back from this recipient.
+    pub withheld: usize,
+    /// The recipient's registration.
+    pub peer: PeerRow,
+    /// The recipient's checked document.
+    pub peer_document: PeerDocument,
+}
+
+/// Why a bundle was refused. Messages name the problem, never payload or key bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Larger than [`MAX_BUNDLE_BYTES`].
+    #[error("the bundle is larger than {MAX_BUNDLE_BYTES} bytes")]
+    TooLarge,
+    /// Not a bundle, cut short, trailing bytes, or a header that is not ours.
+    #[error("malformed bundle: {0}")]
+    Malformed(String),
+    /// Sealed to another node.
+    #[error("the bundle is addressed to another node")]
+    WrongRecipient,
+    /// The sender is not a registered peer.
+    #[error("the sender is not a registered peer of this node")]
+    UnknownSender,
+    /// The sender's keys are not the ones registered.
+    #[error(
+        "the sender's key fingerprint differs from its registration: confirm the new one out of band and register it again"
+    )]
+    SenderKeysChanged,
+    /// Delivered over a connection authenticated as another peer.
+    #[error("the bundle was delivered by a different peer than its sender")]
+    NotFromThisPeer,
+    /// The hybrid signature does not verify with the registered keys.
+    #[error("the bundle's signature does not verify with the sender's registered keys")]
+    BadSignature,
+    /// Past its expiry.
+    #[error("the bundle expired")]
+    Expired,
+    /// Dated in the future beyond the clock skew allowed.
+    #[error("the bundle is dated in the future")]
+    NotYetValid,
+    /// Already imported (or refused after being recorded).
+    #[error("the bundle was already received (replay)")]
+    Replay,
+    /// The content is not an acceptable import.
+    #[error("the bundle's content cannot be imported: {0}")]
+    Invalid(String),
+}
+
+impl Refusal {
+    /// The HTTP status answering it.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Malformed(_) | Self::Expired | Self::NotYetValid => StatusCode::BAD_REQUEST,
+            Self::WrongRecipient
+            | Self::UnknownSender
+            | Self::SenderKeysChanged
+            | Self::NotFromThisPeer
+            | Self::BadSignature => StatusCode::FORBIDDEN,
+            Self::Replay => StatusCode::CONFLICT,
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+
+    /// A short code for the access log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::TooLarge => "too-large",
+            Self::Malformed(_) => "malformed",
+            Self::WrongRecipient => "wrong-recipient",
+            Self::UnknownSender => "unknown-sender",
+            Self::SenderKeysChanged => "sender-keys-changed",
+            Self::NotFromThisPeer => "not-from-this-peer",
+            Self::BadSignature => "bad-signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not-yet-valid",
+            Self::Replay => "replay",
+            Self::Invalid(_) => "invalid-content",
+        }
+    }
+
+    /// As an `OperationOutcome` error.
+    pub fn to_api(&self) -> ApiError {
+        let code = match self {
+            Self::TooLarge => IssueCode::TooLong,
+            Self::Malformed(_) => IssueCode::Structure,
+            Self::Replay => IssueCode::Duplicate,
+            Self::Invalid(_) => IssueCode::Processing,
+            Self::Expired | Self::NotYetValid => IssueCode::Invalid,
+            _ => IssueCode::Forbidden,
+        };
+        ApiError::new(self.status(), code, self.to_string())
+    }
+}
+
+/// The node's own context: no access policy, no scopes (imports and offline exports act on
+/// the node's authority, which registering the peer granted).
+pub fn node_ctx(node: &Node) -> Ctx {
+    Ctx {
+        fhir: std::sync::Arc::clone(&node.fhir),
+        keys: std::sync::Arc::clone(&node.keys),
+        clock: std::sync::Arc::clone(&node.clock),
+        ledger: std::sync::Arc::clone(&node.ledger),
+        scopes: None,
+        guard: None,
+    }
+}
+
+/// Checks a purpose of use.
+///
+/// # Errors
+/// 400 naming the accepted codes.
+pub fn check_purpose(purpose: &str) -> Result<(), ApiError> {
+    if PURPOSES.contains(&purpose) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "purpose must be one of {}",
+            PURPOSES.join(", ")
+        )))
+    }
+}
+
+/// Normalises a fingerprint as typed by a person (`SHA-256:` prefix optional, any case,
+/// colons and spaces ignored).
+pub fn normalize_fingerprint(text: &str) -> String {
+    let t = text.trim();
+    let t = t
+        .strip_prefix("SHA-256:")
+        .or_else(|| t.strip_prefix("sha-256:"))
+        .unwrap_or(t);
+    let hex: String = t
+        .chars()
+        .filter(|c| !matches!(c, ':' | ' '))
+        .flat_map(char::to_lowercase)
+        .collect();
+    format!("SHA-256:{hex}")
+}
+
+/// Registers another node as a peer, after checking its document and that the fingerprint
+/// the administrator confirmed out of band is the document's.
+///
+/// # Errors
+/// A message naming what is wrong (document, fingerprint, URL, or the node itself).
+pub fn register_peer(
+    node: &Node,
+    url: &str,
+    document: &str,
+    fingerprint: &str,
+    by: &str,
+) -> Result<PeerRow, String> {
+    let doc: Value =
+        serde_json::from_str(document).map_err(|_| "the node document is not JSON".to_owned())?;
+    let checked = verify_document(&doc).map_err(|e| format!("the node document: {e}"))?;
+    if normalize_fingerprint(fingerprint) != checked.fingerprint {
+        return Err(format!(
+            "the fingerprint given does not match the document's ({}): do not register it until the other node's administrator confirms the fingerprint",
+            checked.fingerprint
+        ));
+    }
+    crate::peer::parse_url(url).map_err(|e| format!("--url: {e}"))?;
+    let me = NodeIdentity::load(node).map_err(|e| e.to_string())?;
+    if checked.node == me.node || checked.fingerprint == me.fingerprint() {
+        return Err("that is this node's own document".into());
+    }
+    let row = PeerRow {
+        node: checked.node,
+        fingerprint: checked.fingerprint,
+        url: url.trim_end_matches('/').to_owned(),
+        document: doc.to_string(),
+        registered_micros: node.clock.now_micros(),
+        registered_by: by.to_owned(),
+    };
+    let r = row.clone();
+    write_with(node.store.as_ref(), move |tx| tx.put_peer(&r)).map_err(|e| e.to_string())?;
+    Ok(row)
+}
+
+/// A registered peer and its checked document.
+///
+/// # Errors
+/// 404 if `peer` is not registered; 500 if its stored document no longer verifies.
+pub fn registered(node: &Node, peer: &str) -> Result<(PeerRow, PeerDocument), ApiError> {
+    let row = node.store.peer(peer)?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "{peer} is not a registered peer (medvault peer list shows them)"
+        ))
+    })?;
+    let doc = serde_json::from_str(&row.document)
+        .map_err(|e| ApiError::internal(&e))
+        .and_then(|d| verify_document(&d).map_err(|e| ApiError::internal(&e)))?;
+    Ok((row, doc))
+}
+
+fn rfc3339(micros: i64) -> String {
+    crate::clock::instant(micros)
+}
+
+fn parse_time(text: &str) -> Option<i64> {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1000).ok()
+}
+
+/// The patient's consents, read on the node's authority (the evaluator needs all of them).
+fn consents_of(
+    node_ctx: &Ctx,
+    store: &dyn medvault_store::StoreRead,
+    patient: &str,
+) -> Result<Vec<Value>, ApiError> {
+    let params = vec![("patient".to_owned(), format!("Patient/{patient}"))];
+    let mut req = search::parse(node_ctx, "Consent", &params, true)?;
+    req.paging.count = search::MAX_CANDIDATES;
+    let (found, total) = search::execute(store, node_ctx, "Consent", &req)?;
+    if total > found.len() as u64 {
+        return Err(search::too_costly());
+    }
+    Ok(found)
+}
+
+/// The patient's compartment as `ctx` may read it (the access policy and scopes of the
+/// requester apply), without the types never shared.
+fn compartment(
+    store: &dyn medvault_store::StoreRead,
+    ctx: &Ctx,
+    patient: &str,
+) -> Result<Vec<(String, Value)>, ApiError> {
+    let reference = format!("Patient/{patient}");
+    let mut out = Vec::new();
+    for (rt, info) in ctx.fhir.types() {
+        if rt == "Patient"
+            || NOT_SHARED.contains(&rt.as_str())
+            || info.compartment_params.is_empty()
+        {
+            continue;
+        }
+        let mut seen = HashSet::new();
+        for param in &info.compartment_params {
+            // Strict: a parameter the type cannot search would otherwise match everything.
+            let Ok(mut req) = search::parse(ctx, rt, &[(param.clone(), reference.clone())], true)
+            else {
+                continue;
+            };
+            req.paging.count = search::MAX_CANDIDATES;
+            let (found, total) = search::execute(store, ctx, rt, &req)?;
+            if total > found.len() as u64 {
+                return Err(search::too_costly());
+            }
+            for v in found {
+                let Some(id) = v.get("id").and_then(Value::as_str).map(str::to_owned) else {
+                    continue;
+                };
+                let Ok(rid) = ResourceId::new(&id) else {
+                    continue;
+                };
+                // Only what is sealed under this patient's key (its compartment proper).
+                if ctx.fhir.compartment_of(rt, &rid, &v).key_name() == reference && seen.insert(id)
+                {
+                    out.push((rt.clone(), v));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `Type/id` of a literal reference (relative, versioned or absolute), if it is one.
+fn reference_key(r: &str) -> Option<String> {
+    if r.starts_with('#') || r.starts_with("urn:") {
+        return None;
+    }
+    let segs: Vec<&str> = r.split('/').filter(|s| !s.is_empty()).collect();
+    let tail = match segs.as_slice() {
+        [.., t, i, "_history", _] | [.., t, i] => (*t, *i),
+        _ => return None,
+    };
+    tail.0
+        .chars()
+        .next()
+        .is_some_and(char::is_uppercase)
+        .then(|| format!("{}/{}", tail.0, tail.1))
+}
+
+/// Points references to resources in the bundle at their `urn:uuid:` entries and turns the
+/// others into logical references (an identifier naming the sender and the resource), so no
+/// local id of the sender's can land on an unrelated resource of the recipient's.
+fn rewrite(v: &mut Value, map: &HashMap<String, String>, sender: &str) {
+    match v {
+        Value::Object(obj) => {
+            if let Some(Value::String(r)) = obj.get("reference").cloned() {
+                match reference_key(&r) {
+                    Some(key) => {
+                        if let Some(urn) = map.get(&key) {
+                            obj.insert("reference".into(), Value::String(urn.clone()));
+                        } else {
+                            obj.remove("reference");
+                            obj.entry("identifier").or_insert_with(|| {
+                                json!({"system": format!("{NODE_SYSTEM_PREFIX}{sender}"), "value": key})
+                            });
+                        }
+                    }
+                    None if r.starts_with('#') => {}
+                    None => {
+                        obj.remove("reference");
+                    }
+                }
+            }
+            obj.values_mut().for_each(|c| rewrite(c, map, sender));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|c| rewrite(c, map, sender)),
+        _ => {}
+    }
+}
+
+/// Builds, seals and signs the share of `patient` for the registered peer `to`, recording the
+/// export in the access log first (its leaf goes into the header). `ctx` is the requester's
+/// (its access policy decides what they may read); `agent` describes them for the log.
+///
+/// # Errors
+/// 400 bad purpose; 404 patient not visible or peer not registered; 403 the patient's consent
+/// forbids this recipient; 413 too many resources; store, key and crypto failures.
+pub fn prepare(
+    node: &Node,
+    ctx: &Ctx,
+    patient: &ResourceId,
+    to: &str,
+    purpose: &str,
+    validity: Duration,
+    agent: &Value,
+) -> Result<Outgoing, ApiError> {
+    check_purpose(purpose)?;
+    if validity > MAX_VALIDITY || validity.is_zero() {
+        return Err(ApiError::bad_request(
+            "validity must be between 1 second and 30 days",
+        ));
+    }
+    let (peer, peer_document) = registered(node, to)?;
+    let me = NodeIdentity::load(node).map_err(|e| ApiError::internal(&e))?;
+    let store = node.store.as_ref();
+    let patient_resource = crate::ops::read(store, ctx, "Patient", patient, None)?
+        .resource
+        .ok_or_else(|| ApiError::not_found(format!("Patient/{patient} is not known")))?;
+    let consents = consents_of(&node_ctx(node), store, patient.as_str())?;
+    let actors = [format!("Organization/{}", peer.node)];
+    let now = node.clock.now_micros();
+    let at = rfc3339(now);
+    let verdict = |rt: &str, v: &Value| {
+        let labels = crate::authz::security_labels(v);
+        consent::evaluate(
+            &consents,
+            &ConsentRequest {
+                actors: &actors,
+                purpose: Some(purpose),
+                resource_type: rt,
+                labels: &labels,
+                at: &at,
+            },
+        )
+    };
+    if verdict("Patient", &patient_resource) == ConsentState::Deny {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            IssueCode::Forbidden,
+            format!(
+                "the patient's consent does not allow sharing with {}",
+                peer.node
+            ),
+        )
+        .denied_by("patient-consent"));
+    }
+    let mut resources = vec![("Patient".to_owned(), patient_resource)];
+    let mut withheld = 0;
+    for (rt, v) in compartment(store, ctx, patient.as_str())? {
+        if verdict(&rt, &v) == ConsentState::Deny {
+            withheld += 1;
+        } else {
+            resources.push((rt, v));
+        }
+    }
+    // One entry is kept for the recipient's Provenance.
+    if resources.len() >= crate::bundle::MAX_ENTRIES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            IssueCode::TooCostly,
+            format!(
+                "the patient has {} resources to share; one bundle carries at most {}",
+                resources.len(),
+                crate::bundle::MAX_ENTRIES - 1
+            ),
+        ));
+    }
+    let map: HashMap<String, String> = resources
+        .iter()
+        .filter_map(|(rt, v)| {
+            let id = v.get("id")?.as_str()?;
+            Some((
+                format!("{rt}/{id}"),
+                format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+            ))
+        })
+        .collect();
+    let mut entries = Vec::with_capacity(resources.len());
+    for (rt, mut v) in resources {
+        let id = v
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let Some(full_url) = map.get(&format!("{rt}/{id}")).cloned() else {
+            continue;
+        };
+        if let Value::Object(o) = &mut v {
+            o.remove("id");
+            if let Some(Value::Object(meta)) = o.get_mut("meta") {
+                meta.remove("versionId");
+                meta.remove("lastUpdated");
+            }
+        }
+        rewrite(&mut v, &map, &me.node);
+        entries.push(json!({
+            "fullUrl": full_url,
+            "resource": v,
+            "request": {"method": "POST", "url": rt},
+        }));
+    }
+    let count = entries.len();
+    let payload = serde_json::to_vec(&json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": entries,
+    }))
+    .map_err(|e| ApiError::internal(&e))?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let expires = now.saturating_add(i64::try_from(validity.as_micros()).unwrap_or(i64::MAX));
+    let detail = json!({
+        "v": 1,
+        "type": "share",
+        "time": at,
+        "agent": agent,
+        "interaction": "share-send",
+        "patient": patient.as_str(),
+        "outcome": "success",
+        "share": {
+            "id": id,
+            "to": peer.node,
+            "toFingerprint": peer.fingerprint,
+            "purpose": purpose,
+            "resources": count,
+            "withheld": withheld,
+            "payloadSha256": hex::encode(medvault_crypto::sha256(&payload)),
+            "expires": rfc3339(expires),
+        },
+    });
+    let sender_leaf = node
+        .ledger
+        .record_audit(node.access.as_ref(), now, &detail)?;
+    let header = ShareHeader {
+        format: FORMAT.into(),
+        id,
+        sender: Party {
+            node: me.node.clone(),
+            fingerprint: me.fingerprint(),
+        },
+        recipient: Party {
+            node: peer.node.clone(),
+            fingerprint: peer.fingerprint.clone(),
+        },
+        purpose: purpose.to_owned(),
+        created: at,
+        expires: rfc3339(expires),
+        sender_leaf,
+    };
+    let header_bytes = serde_json::to_vec(&header).map_err(|e| ApiError::internal(&e))?;
+    let bytes = seal_bundle(&header_bytes, &payload, &peer_document.kem, &me.signing)
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(Outgoing {
+        bytes,
+        header,
+        resources: count,
+        withheld,
+        peer,
+        peer_document,
+    })
+}
+
+/// An imported share.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    /// The bundle's header.
+    pub header: ShareHeader,
+    /// The new Patient's id here.
+    pub patient: String,
+    /// Resources created (the Provenance not counted).
+    pub resources: usize,
+    /// This node's access-log leaf recording the import.
+    pub leaf: u64,
+    /// The signed receipt for the sender.
+    pub receipt: Value,
+}
+
+fn malformed(e: &BundleError) -> Refusal {
+    match e {
+        BundleError::BadSignature => Refusal::BadSignature,
+        BundleError::WrongRecipient => Refusal::WrongRecipient,
+        other => Refusal::Malformed(other.to_string()),
+    }
+}
+
+/// What is checked before anything is decrypted or written.
+struct Checked {
+    header: ShareHeader,
+    sender: PeerDocument,
+    me: NodeIdentity,
+    expires: i64,
+}
+
+fn check(
+    node: &Node,
+    bytes: &[u8],
+    tls_key: Option<[u8; 32]>,
+    seen: &mut Option<ShareHeader>,
+) -> Result<Checked, Refusal> {
+    if bytes.len() > MAX_BUNDLE_BYTES {
+        return Err(Refusal::TooLarge);
+    }
+    let parts = medvault_crypto::bundle_parts(bytes).map_err(|e| malformed(&e))?;
+    let header: ShareHeader = serde_json::from_slice(parts.header)
+        .map_err(|_| Refusal::Malformed(format!("the header is not a {FORMAT} header")))?;
+    if header.format != FORMAT {
+        return Err(Refusal::Malformed(format!(
+            "the header is not a {FORMAT} header"
+        )));
+    }
+    *seen = Some(header.clone());
+    let me = NodeIdentity::load(node)
+        .map_err(|_| Refusal::Invalid("this node's keys did not open".into()))?;
+    if header.recipient.node != me.node || header.recipient.fingerprint != me.fingerprint() {
+        return Err(Refusal::WrongRecipient);
+    }
+    let row = node
+        .store
+        .peer(&header.sender.node)
+        .map_err(|_| Refusal::Invalid("the peer registry could not be read".into()))?
+        .ok_or(Refusal::UnknownSender)?;
+    if row.fingerprint != header.sender.fingerprint {
+        return Err(Refusal::SenderKeysChanged);
+    }
+    let sender = serde_json::from_str(&row.document)
+        .ok()
+        .and_then(|d| verify_document(&d).ok())
+        .ok_or(Refusal::UnknownSender)?;
+    if tls_key.is_some_and(|k| k != sender.signing.ed25519) {
+        return Err(Refusal::NotFromThisPeer);
+    }
+    let created = parse_time(&header.created)
+        .ok_or_else(|| Refusal::Malformed("created is not an RFC 3339 time".into()))?;
+    let expires = parse_time(&header.expires)
+        .ok_or_else(|| Refusal::Malformed("expires is not an RFC 3339 time".into()))?;
+    if expires <= created
+        || expires - created > i64::try_from(MAX_VALIDITY.as_micros()).unwrap_or(i64::MAX)
+    {
+        return Err(Refusal::Malformed(
+            "the validity period is not acceptable".into(),
+        ));
+    }
+    let now = node.clock.now_micros();
+    if created > now + CLOCK_SKEW_MICROS {
+        return Err(Refusal::NotYetValid);
+    }
+    if now >= expires {
+        return Err(Refusal::Expired);
+    }
+    Ok(Checked {
+        header,
+        sender,
+        me,
+        expires,
+    })
+}
+
+/// The entries of a decrypted payload, checked: a transaction of creates with `urn:uuid:`
+/// full URLs, exactly one Patient. Returns the entries and the Patient's full URL.
+fn content(payload: &[u8]) -> Result<(Vec<Value>, String), Refusal> {
+    let invalid = |m: &str| Refusal::Invalid(m.to_owned());
+    let bundle: Value =
+        serde_json::from_slice(payload).map_err(|_| invalid("the payload is not JSON"))?;
+    if bundle["resourceType"] != "Bundle" || bundle["type"] != "transaction" {
+        return Err(invalid("the payload is not a transaction Bundle"));
+    }
+    let entries = bundle["entry"]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| invalid("the Bundle has no entries"))?;
+    if entries.len() >= crate::bundle::MAX_ENTRIES {
+        return Err(invalid("the Bundle has too many entries"));
+    }
+    let mut patient = None;
+    for e in &entries {
+        let url = e["fullUrl"].as_str().unwrap_or_default();
+        let rt = e["resource"]["resourceType"].as_str().unwrap_or_default();
+        let creates = e["request"]["method"] == "POST"
+            && e["request"]["url"].as_str() == Some(rt)
+            && e["request"].get("ifNoneExist").is_none();
+        if !url.starts_with("urn:uuid:") || !creates || NOT_SHARED.contains(&rt) {
+            return Err(invalid(
+                "every entry must create a resource (POST, urn:uuid: full URL); nothing may be updated or deleted",
+            ));
+        }
+        if rt == "Patient" {
+            if patient.is_some() {
+                return Err(invalid("the Bundle holds more than one Patient"));
+            }
+            patient = Some(url.to_owned());
+        }
+    }
+    let patient = patient.ok_or_else(|| invalid("the Bundle holds no Patient"))?;
+    Ok((entries, patient))
+}
+
+fn provenance(header: &ShareHeader, targets: &[String], now: i64) -> Value {
+    json!({
+        "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+        "resource": {
+            "resourceType": "Provenance",
+            "target": targets.iter().map(|t| json!({"reference": t})).collect::<Vec<_>>(),
+            "recorded": rfc3339(now),
+            "reason": [{"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                "code": header.purpose,
+            }]}],
+            "activity": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                "code": "CREATE",
+            }]},
+            "agent": [{
+                "type": {"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                    "code": "author",
+                }]},
+                "who": {
+                    "identifier": {
+                        "system": format!("{NODE_SYSTEM_PREFIX}{}", header.sender.node),
+                        "value": header.sender.fingerprint,
+                    },
+                    "display": format!("medvault node {}", header.sender.node),
+                },
+            }],
+            "entity": [{
+                "role": "source",
+                "what": {
+                    "identifier": {"system": "urn:medvault:share", "value": header.id},
+                    "display": format!(
+                        "sealed bundle {}, sender's access-log leaf {}",
+                        header.id, header.sender_leaf
+                    ),
+                },
+            }],
+        },
+        "request": {"method": "POST", "url": "Provenance"},
+    })
+}
+
+/// The text a receipt's signature covers.
+fn receipt_text(
+    bundle_id: &str,
+    recipient: &str,
+    sender: &str,
+    leaf: u64,
+    digest: &str,
+    n: usize,
+) -> String {
+    format!("{RECEIPT_FORMAT}\n{bundle_id}\n{recipient}\n{sender}\n{leaf}\n{digest}\n{n}\n")
+}
+
+fn import(node: &Node, ctx: &Ctx, bytes: &[u8], c: &Checked) -> Result<(String, usize), Refusal> {
+    let (_, payload) =
+        open_bundle(bytes, &c.sender.signing, &c.me.kem).map_err(|e| malformed(&e))?;
+    let (mut entries, patient_url) = content(&payload)?;
+    let resources = entries.len();
+    let targets: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e["fullUrl"].as_str().map(str::to_owned))
+        .collect();
+    let now = node.clock.now_micros();
+    entries.push(provenance(&c.header, &targets, now));
+    let (replay_key, id, expires) = (
+        format!("{REPLAY_NAMESPACE}{}", c.header.sender.node),
+        c.header.id.clone(),
+        c.expires,
+    );
+    let ctx = ctx.clone();
+    let written = write_with(node.store.as_ref(), move |tx| {
+        if !tx.use_assertion_id(&replay_key, &id, expires, now)? {
+            return Ok(None);
+        }
+        Ok(Some(crate::bundle::transaction_entries(
+            tx, &ctx, &entries, "",
+        )?))
+    });
+    let out = match written {
+        Ok(Some(out)) => out,
+        Ok(None) => return Err(Refusal::Replay),
+        Err(e) => {
+            let api = ApiError::from(e);
+            return Err(if api.status.is_server_error() {
+                Refusal::Invalid("the import failed; nothing was kept".into())
+            } else {
+                Refusal::Invalid(api.message)
+            });
+        }
+    };
+    // The Patient's new id, from its response entry's location.
+    let index = targets.iter().position(|t| *t == patient_url).unwrap_or(0);
+    let patient = out
+        .get(index)
+        .and_then(|e| e["response"]["location"].as_str())
+        .and_then(|l| l.split('/').nth(1))
+        .unwrap_or_default()
+        .to_owned();
+    Ok((patient, resources))
+}
+
+/// Checks and imports a sealed bundle (from a peer connection authenticated with `tls_key`,
+/// or from a file when `None`), and records the outcome in the access log either way.
+///
+/// # Errors
+/// The refusal, with the access-log leaf that recorded it (when recording worked).
+pub fn receive(
+    node: &Node,
+    ctx: &Ctx,
+    bytes: &[u8],
+    tls_key: Option<[u8; 32]>,
+    agent: &Value,
+) -> Result<Imported, (Refusal, Option<u64>)> {
+    let mut seen = None;
+    let result = check(node, bytes, tls_key, &mut seen)
+        .and_then(|c| import(node, ctx, bytes, &c).map(|(p, n)| (c, p, n)));
+    let now = node.clock.now_micros();
+    let digest = hex::encode(medvault_crypto::sha256(bytes));
+    let (outcome, reason) = match &result {
+        Ok(_) => ("success", None),
+        Err(r) => ("denied", Some(r.code())),
+    };
+    let header = seen.as_ref();
+    let detail = json!({
+        "v": 1,
+        "type": "share",
+        "time": rfc3339(now),
+        "agent": agent,
+        "interaction": "share-receive",
+        "patient": result.as_ref().ok().map(|(_, p, _)| p.clone()),
+        "outcome": outcome,
+        "share": {
+            "id": header.map(|h| h.id.clone()),
+            "from": header.map(|h| h.sender.node.clone()),
+            "fromFingerprint": header.map(|h| h.sender.fingerprint.clone()),
+            "senderLeaf": header.map(|h| h.sender_leaf),
+            "purpose": header.map(|h| h.purpose.clone()),
+            "resources": result.as_ref().ok().map(|(_, _, n)| *n),
+            "bundleSha256": digest,
+            "refused": reason,
+        },
+    });
+    let leaf = node
+        .ledger
+        .record_audit(node.access.as_ref(), now, &detail)
+        .map_err(|e| tracing::warn!(error = %e.message, "recording a received bundle failed"))
+        .ok();
+    let (c, patient, resources) = result.map_err(|r| (r, leaf))?;
+    let Some(leaf) = leaf else {
+        return Err((
+            Refusal::Invalid("imported, but the access log could not record it".into()),
+            None,
+        ));
+    };
+    let text = receipt_text(
+        &c.header.id,
+        &c.me.node,
+        &c.header.sender.node,
+        leaf,
+        &digest,
+        resources,
+    );
+    let sig = c.me.signing.sign(text.as_bytes()).map_err(|_| {
+        (
+            Refusal::Invalid("signing the receipt failed".into()),
+            Some(leaf),
+        )
+    })?;
+    let receipt = json!({
+        "format": RECEIPT_FORMAT,
+        "bundle": c.header.id,
+        "recipient": c.me.node,
+        "sender": c.header.sender.node,
+        "recipientLeaf": leaf,
+        "bundleSha256": digest,
+        "resources": resources,
+        "signature": {"Ed25519": B64.encode(&sig.ed25519), "ML-DSA-65": B64.encode(&sig.ml_dsa_65)},
+    });
+    Ok(Imported {
+        header: c.header,
+        patient,
+        resources,
+        leaf,
+        receipt,
+    })
+}
+
+/// Checks a receipt from `peer` for the bundle `sent` (`bytes`): returns the peer's leaf.
+///
+/// # Errors
+/// What does not match or verify.
+pub fn check_receipt(
+    receipt: &Value,
+    peer: &PeerDocument,
+    sent: &ShareHeader,
+    bytes: &[u8],
+) -> Result<u64, String> {
+    let s = |k: &str| receipt[k].as_str().unwrap_or_default();
+    let leaf = receipt["recipientLeaf"]
+        .as_u64()
+        .ok_or("the receipt names no leaf")?;
+    let resources = receipt["resources"]
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or("the receipt names no resource count")?;
+    let digest = hex::encode(medvault_crypto::sha256(bytes));
+    if s("format") != RECEIPT_FORMAT
+        || s("bundle") != sent.id
+        || s("recipient") != peer.node
+        || s("sender") != sent.sender.node
+        || s("bundleSha256") != digest
+    {
+        return Err("the receipt is for another bundle or node".into());
+    }
+    let decode = |k: &str| B64.decode(receipt["signature"][k].as_str().unwrap_or_default());
+    let (Ok(ed25519), Ok(ml_dsa_65)) = (decode("Ed25519"), decode("ML-DSA-65")) else {
+        return Err("the receipt's signature is not base64".into());
+    };
+    let text = receipt_text(
+        &sent.id,
+        &peer.node,
+        &sent.sender.node,
+        leaf,
+        &digest,
+        resources,
+    );
+    if !hybrid_verify(
+        &peer.signing,
+        text.as_bytes(),
+        &HybridSignature { ed25519, ml_dsa_65 },
+    ) {
+        return Err(
+            "the receipt's signature does not verify with the peer's registered keys".into(),
+        );
+    }
+    Ok(leaf)
+}
+
+/// Records a verified receipt: the sender's access log cites the recipient's leaf.
+///
+/// # Errors
+/// Store failures.
+pub fn record_receipt(
+    node: &Node,
+    sent: &ShareHeader,
+    peer_leaf: u64,
+    resources: u64,
+    agent: &Value,
+) -> Result<u64, ApiError> {
+    let now = node.clock.now_micros();
+    let detail = json!({
+        "v": 1,
+        "type": "share",
+        "time": rfc3339(now),
+        "agent": agent,
+        "interaction": "share-delivered",
+        "outcome": "success",
+        "share": {
+            "id": sent.id,
+            "to": sent.recipient.node,
+            "senderLeaf": sent.sender_leaf,
+            "recipientLeaf": peer_leaf,
+            "resources": resources,
+        },
+    });
+    node.ledger.record_audit(node.access.as_ref(), now, &detail)
+}
+
+/// Reads the header of a sealed bundle without checking anything (for display).
+pub fn peek_header(bytes: &[u8]) -> Option<ShareHeader> {
+    let parts = medvault_crypto::bundle_parts(bytes).ok()?;
+    serde_json::from_slice(parts.header).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn references_point_into_the_bundle_or_become_logical() {
+        let map = HashMap::from([("Patient/p1".to_owned(), "urn:uuid:1".to_owned())]);
+        let mut v = json!({
+            "subject": {"reference": "Patient/p1"},
+            "encounter": {"reference": "https://a.example/fhir/Patient/p1/_history/3"},
+            "performer": [{"reference": "Practitioner/dr1", "display": "Dr"}],
+            "contained": [{"id": "m"}],
+            "medicationReference": {"reference": "#m"},
+            "basedOn": [{"reference": "urn:oid:1.2"}],
+        });
+        rewrite(&mut v, &map, "node-a");
+        assert_eq!(v["subject"]["reference"], "urn:uuid:1");
+        assert_eq!(v["encounter"]["reference"], "urn:uuid:1");
+        assert_eq!(v["performer"][0].get("reference"), None);
+        assert_eq!(
+            v["performer"][0]["identifier"],
+            json!({"system": "urn:medvault:node:node-a", "value": "Practitioner/dr1"})
+        );
+        assert_eq!(v["medicationReference"]["reference"], "#m");
+        assert_eq!(v["basedOn"][0].get("reference"), None);
+    }
+
+    #[test]
+    fn fingerprints_compare_as_typed() {
+        assert_eq!(normalize_fingerprint(" ab:CD ef"), "SHA-256:abcdef");
+        assert_eq!(normalize_fingerprint("SHA-256:ABCD"), "SHA-256:abcd");
+    }
+
+    #[test]
+    fn content_must_be_creates_of_one_patient() {
+        let entry = |rt: &str, method: &str, url: &str| json!({"fullUrl": url, "resource": {"resourceType": rt}, "request": {"method": method, "url": rt}});
+        let bundle = |entries: Vec<Value>| {
+            serde_json::to_vec(
+                &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+            )
+            .unwrap()
+        };
+        let ok = bundle(vec![
+            entry("Patient", "POST", "urn:uuid:a"),
+            entry("Observation", "POST", "urn:uuid:b"),
+        ]);
+        assert_eq!(content(&ok).unwrap().1, "urn:uuid:a");
+        for bad in [
+            bundle(vec![entry("Observation", "POST", "urn:uuid:b")]),
+            bundle(vec![entry("Patient", "PUT", "urn:uuid:a")]),
+            bundle(vec![entry("Patient", "POST", "Patient/a")]),
+            bundle(vec![
+                entry("Patient", "POST", "urn:uuid:a"),
+                entry("Patient", "POST", "urn:uuid:b"),
+            ]),
+            bundle(vec![
+                entry("Patient", "POST", "urn:uuid:a"),
+                entry("Consent", "POST", "urn:uuid:c"),
+            ]),
+            b"not json".to_vec(),
+        ] {
+            assert!(matches!(content(&bad), Err(Refusal::Invalid(_))));
+        }
+    }
+}

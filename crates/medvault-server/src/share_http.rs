@@ -1,0 +1,270 @@
+//! The HTTP side of sharing between nodes (issue 7): `POST /fhir/Patient/{id}/$share` on the
+//! public API, and the peer listener (mutual TLS, registered peers only) that takes bundles at
+//! [`share::RECEIVE_PATH`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
+use axum::routing::{get, post};
+use medvault_core::ResourceId;
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, IssueCode};
+use crate::http::{AuditExtra, AuditPatient, fhir_json};
+use crate::node_identity::NodeIdentity;
+use crate::ops::Ctx;
+use crate::peer::{self, PeerConn};
+use crate::share::{self, BUNDLE_MEDIA_TYPE, MAX_BUNDLE_BYTES, RECEIVE_PATH};
+use crate::{AppState, tls};
+
+/// The `recipient` and `purpose` of a `$share` call's `Parameters`.
+fn parameters(body: &Value) -> Result<(String, String), ApiError> {
+    if body["resourceType"] != "Parameters" {
+        return Err(ApiError::bad_request(
+            "$share takes a Parameters resource with recipient (a registered peer's node id) and purpose (e.g. TREAT)",
+        ));
+    }
+    let find = |name: &str| {
+        body["parameter"].as_array().and_then(|ps| {
+            ps.iter().find(|p| p["name"] == name).and_then(|p| {
+                ["valueString", "valueCode", "valueId"]
+                    .iter()
+                    .find_map(|k| p[*k].as_str())
+            })
+        })
+    };
+    let recipient = find("recipient")
+        .ok_or_else(|| ApiError::bad_request("the recipient parameter is required"))?;
+    let purpose = find("purpose")
+        .ok_or_else(|| ApiError::bad_request("the purpose parameter is required"))?;
+    share::check_purpose(purpose)?;
+    Ok((recipient.to_owned(), purpose.to_owned()))
+}
+
+/// The diagnostics of a peer's `OperationOutcome`, one short line without control characters.
+fn peer_message(body: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let text = v["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap_or("no explanation given");
+    text.chars().filter(|c| !c.is_control()).take(300).collect()
+}
+
+fn gateway(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, IssueCode::Transient, message)
+}
+
+/// `POST /fhir/Patient/{id}/$share`: seals what the requester may read of the patient and the
+/// patient's consent lets go to the recipient, delivers it over mutual TLS, checks the signed
+/// receipt, and answers with both ledgers' leaves.
+pub(crate) async fn share(
+    state: AppState,
+    ctx: Ctx,
+    patient: ResourceId,
+    body: &Value,
+    agent: Value,
+) -> Result<Response, ApiError> {
+    let (to, purpose) = parameters(body)?;
+    let node = Arc::clone(&state.node);
+    let id = patient.clone();
+    let agent2 = agent.clone();
+    let (out, tls) = crate::http::blocking(move || {
+        let out = share::prepare(
+            &node,
+            &ctx,
+            &id,
+            &to,
+            &purpose,
+            share::ONLINE_VALIDITY,
+            &agent2,
+        )?;
+        let me = NodeIdentity::load(&node).map_err(|e| ApiError::internal(&e))?;
+        let tls = peer::client_config(&me, out.peer_document.signing.ed25519)
+            .map_err(|e| ApiError::internal(&e))?;
+        Ok((out, tls))
+    })
+    .await?;
+    let mut extra = json!({
+        "id": out.header.id,
+        "to": out.peer.node,
+        "senderLeaf": out.header.sender_leaf,
+        "resources": out.resources,
+        "withheld": out.withheld,
+    });
+    let answer = peer::post(
+        &out.peer.url,
+        RECEIVE_PATH,
+        BUNDLE_MEDIA_TYPE,
+        out.bytes.clone(),
+        tls,
+    )
+    .await;
+    let result = match answer {
+        Err(e) => Err(gateway(format!(
+            "the bundle could not be delivered to {}: {e}",
+            out.peer.node
+        ))),
+        Ok(a) if a.status == 200 => {
+            let receipt: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+            match share::check_receipt(&receipt, &out.peer_document, &out.header, &out.bytes) {
+                Err(why) => Err(gateway(format!(
+                    "{} answered with an unusable receipt: {why}",
+                    out.peer.node
+                ))),
+                Ok(peer_leaf) => {
+                    let node = Arc::clone(&state.node);
+                    let (header, n) = (out.header.clone(), out.resources as u64);
+                    let delivered = crate::http::blocking(move || {
+                        share::record_receipt(&node, &header, peer_leaf, n, &agent)
+                    })
+                    .await?;
+                    extra["recipientLeaf"] = json!(peer_leaf);
+                    extra["deliveredLeaf"] = json!(delivered);
+                    let p = |name: &str, v: Value| {
+                        let mut o = json!({"name": name});
+                        let key = if v.is_string() {
+                            "valueString"
+                        } else {
+                            "valueInteger"
+                        };
+                        o[key] = v;
+                        o
+                    };
+                    Ok(fhir_json(
+                        StatusCode::OK,
+                        &json!({
+                            "resourceType": "Parameters",
+                            "parameter": [
+                                p("bundle", json!(out.header.id)),
+                                p("recipient", json!(out.peer.node)),
+                                p("resources", json!(out.resources)),
+                                p("withheld", json!(out.withheld)),
+                                p("senderLeaf", json!(out.header.sender_leaf)),
+                                p("recipientLeaf", json!(peer_leaf)),
+                                p("deliveredLeaf", json!(delivered)),
+                            ],
+                        }),
+                    ))
+                }
+            }
+        }
+        Ok(a) => Err(gateway(format!(
+            "{} refused the bundle ({}): {}",
+            out.peer.node,
+            a.status,
+            peer_message(&a.body)
+        ))),
+    };
+    let mut resp = result.unwrap_or_else(axum::response::IntoResponse::into_response);
+    resp.extensions_mut()
+        .insert(AuditExtra(json!({"share": extra})));
+    resp.extensions_mut()
+        .insert(AuditPatient(patient.to_string()));
+    Ok(resp)
+}
+
+/// `POST /peer/bundles` on the peer listener: the TLS client is a registered peer (checked in
+/// the handshake); the bundle is checked and imported by [`share::receive`].
+async fn receive(
+    State(state): State<AppState>,
+    ConnectInfo(conn): ConnectInfo<PeerConn>,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    let refused = |r: &share::Refusal, leaf: Option<u64>| {
+        let mut resp = r.to_api().into_response();
+        resp.extensions_mut().insert(AuditExtra(
+            json!({"share_receive": {"refused": r.code(), "leaf": leaf}}),
+        ));
+        resp
+    };
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct != BUNDLE_MEDIA_TYPE {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IssueCode::NotSupported,
+            format!("send the sealed bundle as {BUNDLE_MEDIA_TYPE}"),
+        )
+        .into_response();
+    }
+    let Ok(bytes) = axum::body::to_bytes(request.into_body(), MAX_BUNDLE_BYTES).await else {
+        return refused(&share::Refusal::TooLarge, None);
+    };
+    let node = Arc::clone(&state.node);
+    let ctx = state.ctx.clone();
+    let agent = json!({
+        "peer_key": conn.key.map(hex::encode),
+        "address": conn.addr.ip().to_string(),
+    });
+    let done =
+        tokio::task::spawn_blocking(move || share::receive(&node, &ctx, &bytes, conn.key, &agent))
+            .await;
+    state.facts.invalidate();
+    match done {
+        Ok(Ok(imported)) => {
+            let mut resp = axum::Json(imported.receipt).into_response();
+            resp.extensions_mut()
+                .insert(AuditExtra(json!({"share_receive": {
+                    "id": imported.header.id,
+                    "from": imported.header.sender.node,
+                    "senderLeaf": imported.header.sender_leaf,
+                    "leaf": imported.leaf,
+                    "resources": imported.resources,
+                }})));
+            resp.extensions_mut().insert(AuditPatient(imported.patient));
+            resp
+        }
+        Ok(Err((r, leaf))) => refused(&r, leaf),
+        Err(e) => ApiError::internal(&e).into_response(),
+    }
+}
+
+/// The peer listener's routes.
+pub fn peer_router(state: AppState) -> Router {
+    Router::new()
+        .route(RECEIVE_PATH, post(receive))
+        .route(
+            "/.well-known/medvault-node",
+            get(crate::node_identity::get_document),
+        )
+        .fallback(crate::http::not_found)
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::http::observe,
+        ))
+        .with_state(state)
+}
+
+/// Binds the peer listener on `addr` and serves it in a task (until aborted).
+///
+/// # Errors
+/// If the address cannot be bound or the node's identity does not open.
+pub async fn spawn_peer_listener(
+    state: AppState,
+    addr: SocketAddr,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let node = Arc::clone(&state.node);
+    let config = tokio::task::spawn_blocking(move || {
+        let id = NodeIdentity::load(&node).map_err(std::io::Error::other)?;
+        peer::server_config(Arc::clone(&node), &id).map_err(std::io::Error::other)
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(address = %listener.local_addr()?, "peer listener (mutual TLS 1.3, registered peers only)");
+    let listener = tls::TlsListener::new(listener, config)?;
+    let app = peer_router(state).into_make_service_with_connect_info::<PeerConn>();
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the peer listener stopped");
+        }
+    }))
+}
