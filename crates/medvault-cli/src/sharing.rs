@@ -33,6 +33,15 @@ pub(crate) enum PeerCommand {
         /// The fingerprint its administrator confirmed to you out of band.
         #[arg(long, value_name = "SHA-256:HEX")]
         fingerprint: String,
+        /// The Organization resource (here) that stands for the peer's institution in patients'
+        /// consents, e.g. Organization/5c1…: a consent naming it as actor decides what may go
+        /// to this peer. Without it, only consents that name no actor apply.
+        #[arg(long, value_name = "Organization/ID")]
+        organization: Option<String>,
+        /// Replace the registration of a node already registered with other keys (after it
+        /// rotated them and you confirmed the new fingerprint).
+        #[arg(long)]
+        replace: bool,
     },
     /// List the registered peers.
     List {
@@ -168,13 +177,23 @@ pub(crate) fn run_peer(command: PeerCommand) -> anyhow::Result<()> {
             url,
             document,
             fingerprint,
+            organization,
+            replace,
         } => {
             let text = std::fs::read_to_string(&document)
                 .with_context(|| format!("cannot read {}", document.display()))?;
             let node = open_node(&dir, true)?;
             let user = os_user()["os_user"].as_str().unwrap_or("cli").to_owned();
-            let row = share::register_peer(&node, &url, &text, &fingerprint, &user)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let row = share::register_peer(
+                &node,
+                &url,
+                &text,
+                &fingerprint,
+                organization.as_deref(),
+                replace,
+                &user,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
             audit_admin(
                 &node,
                 "peer-register",
@@ -193,10 +212,11 @@ pub(crate) fn run_peer(command: PeerCommand) -> anyhow::Result<()> {
             }
             for p in peers {
                 println!(
-                    "{}  {}  {}  registered {} by {}",
+                    "{}  {}  {}  {}  registered {} by {}",
                     p.node,
                     p.url,
                     p.fingerprint,
+                    p.organization.as_deref().unwrap_or("(no organization)"),
                     medvault_server::clock::instant(p.registered_micros),
                     p.registered_by
                 );
@@ -259,7 +279,16 @@ pub(crate) fn run_share(command: ShareCommand) -> anyhow::Result<()> {
             let to = recipient(&node, &to)?;
             let ctx = share::node_ctx(&node);
             let made = share::prepare(&node, &ctx, &id, &to, &purpose, valid_for, &os_user())
-                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+                .map_err(|e| {
+                    if e.denied_by.is_some() {
+                        // A refused disclosure is recorded like any refused access.
+                        let target = format!("Patient/{patient} to {to}: {}", e.message);
+                        if let Err(a) = audit_admin(&node, "share-refused", Some(&target)) {
+                            return a;
+                        }
+                    }
+                    anyhow::anyhow!("{}", e.message)
+                })?;
             write_private(&out, &made.bytes)?;
             checkpoint(&node)?;
             println!(
@@ -319,9 +348,12 @@ pub(crate) fn run_share(command: ShareCommand) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("{} is not a medvault bundle", bundle.display()))?;
             let node = open_node(&dir, true)?;
             let me = medvault_server::node_identity::NodeIdentity::load(&node)?;
-            if header.sender.node != me.node {
+            if header.sender.node != me.node
+                || medvault_crypto::verify_bundle(&bytes, me.signing.public_key()).is_err()
+            {
                 bail!("{} was not sealed by this node", bundle.display());
             }
+            share::check_sent(&node, &header).map_err(|e| anyhow::anyhow!("{e}"))?;
             let (_, doc) = share::registered(&node, &header.recipient.node)
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             let peer_leaf = share::check_receipt(&value, &doc, &header, &bytes)

@@ -153,6 +153,27 @@ pub fn bundle_parts(bytes: &[u8]) -> Result<BundleParts<'_>, BundleError> {
     })
 }
 
+/// Checks the layout of `bytes` and that `sender` signed them, without decrypting (e.g. for the
+/// sender, who cannot open what it sealed). Returns the parts.
+///
+/// # Errors
+/// [`BundleError::Malformed`], [`BundleError::BadSignature`].
+pub fn verify_bundle<'a>(
+    bytes: &'a [u8],
+    sender: &HybridPublicKey,
+) -> Result<BundleParts<'a>, BundleError> {
+    let parts = bundle_parts(bytes)?;
+    if hybrid_verify(
+        sender,
+        &signed_message(parts.header, parts.enc, parts.ciphertext),
+        &parts.signature,
+    ) {
+        Ok(parts)
+    } else {
+        Err(BundleError::BadSignature)
+    }
+}
+
 /// Verifies `bytes` as sent by `sender` and opens it with `recipient`'s key. Returns the header
 /// and the payload.
 ///
@@ -164,14 +185,7 @@ pub fn open_bundle(
     sender: &HybridPublicKey,
     recipient: &crate::XWingKey,
 ) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), BundleError> {
-    let parts = bundle_parts(bytes)?;
-    if !hybrid_verify(
-        sender,
-        &signed_message(parts.header, parts.enc, parts.ciphertext),
-        &parts.signature,
-    ) {
-        return Err(BundleError::BadSignature);
-    }
+    let parts = verify_bundle(bytes, sender)?;
     let sk = <XWing as hpke::Kem>::PrivateKey::from_bytes(recipient.seed())
         .map_err(|_| BundleError::Crypto)?;
     let enc = <XWing as hpke::Kem>::EncappedKey::from_bytes(parts.enc)

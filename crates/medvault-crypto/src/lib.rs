@@ -25,6 +25,7 @@ mod sign;
 pub use blind::{BLIND_LEN, BlindIndexer, BlindValue, ParamKey};
 pub use bundle::{
     BundleError, BundleParts, MAX_BUNDLE_HEADER, bundle_parts, open_bundle, seal_bundle,
+    verify_bundle,
 };
 pub use envelope::{DataKey, Kek, RecordAad, Sealed, WrappedKey};
 pub use hybrid::{

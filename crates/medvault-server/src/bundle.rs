@@ -271,7 +271,7 @@ fn run_write(tx: &mut dyn StoreTx, ctx: &Ctx, op: EntryOp) -> Result<Outcome, Ap
     }
 }
 
-fn rewrite_references(v: &mut Value, map: &HashMap<String, String>) {
+pub(crate) fn rewrite_references(v: &mut Value, map: &HashMap<String, String>) {
     match v {
         Value::Object(obj) => {
             if let Some(Value::String(r)) = obj.get_mut("reference")

@@ -473,19 +473,24 @@ async fn dispatch(
             Ok(fhir_json(StatusCode::OK, &out))
         }
         (Method::POST, Target::Operation(rt, id, op)) if rt == "Patient" && op == "share" => {
-            if who.scopes.is_some() {
+            // A disclosure to another institution: clinical staff (for care) and admins (release
+            // of information), in their own sessions or with API tokens; never apps.
+            if who.scopes.is_some()
+                || !matches!(who.role, Role::Admin | Role::Clinician | Role::Nurse)
+            {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     IssueCode::Forbidden,
-                    "sharing with another node is for staff sessions and API tokens, not apps",
+                    "sharing with another node is for clinical staff and admins, not apps or other roles",
                 )
                 .denied_by("share-gate"));
             }
             let json = json_body(&headers, &body)?;
             let agent = serde_json::json!({"token": who.token_id, "role": who.role.as_str()});
-            crate::share_http::share(state, ctx, id, &json, agent).await
+            let declared = effective_purpose(&who, &headers);
+            crate::share_http::share(state, ctx, id, &json, declared, agent).await
         }
-        (_, Target::Operation(..)) => Err(ApiError::not_found("no such operation")),
+        (Method::POST, Target::Operation(..)) => Err(ApiError::not_found("no such operation")),
         (m, _) => Err(route::method_not_allowed(&m)),
     }
 }

@@ -254,27 +254,95 @@ impl ServerCertVerifier for PinnedServer {
     }
 }
 
+/// The server certificate of the peer listener: made from the node's identity key, and made
+/// again when the key's version changes (`medvault node rotate-keys`, maybe by another
+/// process), so peers that registered the new document reach this node without a restart.
+struct IdentityCert {
+    node: Arc<Node>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: RwLock<Option<(u32, Arc<rustls::sign::CertifiedKey>)>>,
+}
+
+impl std::fmt::Debug for IdentityCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdentityCert")
+    }
+}
+
+impl IdentityCert {
+    fn make(&self) -> Result<(u32, Arc<rustls::sign::CertifiedKey>), TlsError> {
+        let id = NodeIdentity::load(&self.node).map_err(|e| TlsError::Config(e.to_string()))?;
+        let (chain, key) = tls_identity(&id)?;
+        let certified = rustls::sign::CertifiedKey::from_der(chain, key, &self.provider)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok((id.version, Arc::new(certified)))
+    }
+}
+
+impl rustls::server::ResolvesServerCert for IdentityCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let stored = self
+            .node
+            .store
+            .data_key(crate::node_identity::SIGN_ED25519_KEY)
+            .ok()
+            .flatten()
+            .map(|row| row.key_version);
+        if let Ok(c) = self.current.read()
+            && let Some((v, key)) = c.as_ref()
+            && Some(*v) == stored
+        {
+            return Some(Arc::clone(key));
+        }
+        match self.make() {
+            Ok((v, key)) => {
+                if let Ok(mut c) = self.current.write() {
+                    *c = Some((v, Arc::clone(&key)));
+                }
+                Some(key)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the node's TLS identity could not be made");
+                None
+            }
+        }
+    }
+}
+
 /// The peer listener's TLS configuration: this node's identity certificate, client
 /// certificates required and checked against the registered peers.
 ///
 /// # Errors
-/// [`TlsError::Config`] if rustls refuses the configuration.
-pub fn server_config(
-    node: Arc<Node>,
-    id: &NodeIdentity,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// [`TlsError::Config`] if the identity certificate cannot be made or rustls refuses the
+/// configuration.
+pub fn server_config(node: Arc<Node>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(provider());
     let verifier = Arc::new(RegisteredClients {
-        pins: Arc::new(PeerPins::new(node)),
+        pins: Arc::new(PeerPins::new(Arc::clone(&node))),
         algs: provider.signature_verification_algorithms,
     });
-    let (chain, key) = tls_identity(id)?;
+    let certs = IdentityCert {
+        node,
+        provider: Arc::clone(&provider),
+        current: RwLock::new(None),
+    };
+    // Made once now, so a broken identity stops the start rather than every handshake.
+    let first = certs.make()?;
+    if let Ok(mut c) = certs.current.write() {
+        *c = Some(first);
+    }
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .with_cert_resolver(Arc::new(certs));
+    // No session resumption: a resumed handshake would skip the client-certificate check, so
+    // a peer removed from the registry could still connect.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

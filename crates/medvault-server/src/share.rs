@@ -152,6 +152,9 @@ pub enum Refusal {
     /// The content is not an acceptable import.
     #[error("the bundle's content cannot be imported: {0}")]
     Invalid(String),
+    /// This node failed (store, keys); says whether anything was kept.
+    #[error("this node failed to take the bundle: {0}")]
+    Failed(&'static str),
 }
 
 impl Refusal {
@@ -167,6 +170,7 @@ impl Refusal {
             | Self::BadSignature => StatusCode::FORBIDDEN,
             Self::Replay => StatusCode::CONFLICT,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -184,6 +188,7 @@ impl Refusal {
             Self::NotYetValid => "not-yet-valid",
             Self::Replay => "replay",
             Self::Invalid(_) => "invalid-content",
+            Self::Failed(_) => "failed",
         }
     }
 
@@ -195,6 +200,7 @@ impl Refusal {
             Self::Replay => IssueCode::Duplicate,
             Self::Invalid(_) => IssueCode::Processing,
             Self::Expired | Self::NotYetValid => IssueCode::Invalid,
+            Self::Failed(_) => IssueCode::Exception,
             _ => IssueCode::Forbidden,
         };
         ApiError::new(self.status(), code, self.to_string())
@@ -255,6 +261,8 @@ pub fn register_peer(
     url: &str,
     document: &str,
     fingerprint: &str,
+    organization: Option<&str>,
+    replace: bool,
     by: &str,
 ) -> Result<PeerRow, String> {
     let doc: Value =
@@ -267,15 +275,31 @@ pub fn register_peer(
         ));
     }
     crate::peer::parse_url(url).map_err(|e| format!("--url: {e}"))?;
+    if let Some(org) = organization {
+        let id = org.strip_prefix("Organization/").unwrap_or_default();
+        if ResourceId::new(id).is_err() {
+            return Err("--organization must be a reference like Organization/<id>".into());
+        }
+    }
     let me = NodeIdentity::load(node).map_err(|e| e.to_string())?;
     if checked.node == me.node || checked.fingerprint == me.fingerprint() {
         return Err("that is this node's own document".into());
+    }
+    if let Some(old) = node.store.peer(&checked.node).map_err(|e| e.to_string())?
+        && old.fingerprint != checked.fingerprint
+        && !replace
+    {
+        return Err(format!(
+            "node {} is registered with other keys ({}): give --replace to register the new ones, once their fingerprint is confirmed",
+            checked.node, old.fingerprint
+        ));
     }
     let row = PeerRow {
         node: checked.node,
         fingerprint: checked.fingerprint,
         url: url.trim_end_matches('/').to_owned(),
         document: doc.to_string(),
+        organization: organization.map(str::to_owned),
         registered_micros: node.clock.now_micros(),
         registered_by: by.to_owned(),
     };
@@ -389,10 +413,23 @@ fn reference_key(r: &str) -> Option<String> {
         .then(|| format!("{}/{}", tail.0, tail.1))
 }
 
-/// Points references to resources in the bundle at their `urn:uuid:` entries and turns the
-/// others into logical references (an identifier naming the sender and the resource), so no
-/// local id of the sender's can land on an unrelated resource of the recipient's.
-fn rewrite(v: &mut Value, map: &HashMap<String, String>, sender: &str) {
+/// The identifier that stands for a reference to a resource the recipient does not get.
+fn logical(sender: &str, key: &str) -> Value {
+    json!({"system": format!("{NODE_SYSTEM_PREFIX}{sender}"), "value": key})
+}
+
+/// Points references to resources in the bundle at their `urn:uuid:` entries. A reference to
+/// anything else becomes, for directory data (practitioners, organisations, locations…), a
+/// logical reference (an identifier naming the sender and the resource), so no local id of the
+/// sender's can land on an unrelated resource of the recipient's; for patient data (another
+/// patient, or a record withheld by the policy or the consent) it is replaced by "not shared",
+/// so not even its id or display text leaves.
+fn rewrite(
+    v: &mut Value,
+    map: &HashMap<String, String>,
+    sender: &str,
+    patient_data: &dyn Fn(&str) -> bool,
+) {
     match v {
         Value::Object(obj) => {
             if let Some(Value::String(r)) = obj.get("reference").cloned() {
@@ -400,11 +437,13 @@ fn rewrite(v: &mut Value, map: &HashMap<String, String>, sender: &str) {
                     Some(key) => {
                         if let Some(urn) = map.get(&key) {
                             obj.insert("reference".into(), Value::String(urn.clone()));
+                        } else if patient_data(key.split('/').next().unwrap_or_default()) {
+                            obj.clear();
+                            obj.insert("display".into(), Value::String("not shared".into()));
                         } else {
                             obj.remove("reference");
-                            obj.entry("identifier").or_insert_with(|| {
-                                json!({"system": format!("{NODE_SYSTEM_PREFIX}{sender}"), "value": key})
-                            });
+                            obj.entry("identifier")
+                                .or_insert_with(|| logical(sender, &key));
                         }
                     }
                     None if r.starts_with('#') => {}
@@ -413,10 +452,46 @@ fn rewrite(v: &mut Value, map: &HashMap<String, String>, sender: &str) {
                     }
                 }
             }
-            obj.values_mut().for_each(|c| rewrite(c, map, sender));
+            obj.values_mut()
+                .for_each(|c| rewrite(c, map, sender, patient_data));
         }
-        Value::Array(items) => items.iter_mut().for_each(|c| rewrite(c, map, sender)),
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|c| rewrite(c, map, sender, patient_data)),
         _ => {}
+    }
+}
+
+/// On receipt: every reference must point into the bundle (`urn:uuid:` of an entry) or inside
+/// its resource (`#id`); any other is turned into a logical reference naming the sender, so a
+/// peer cannot attach data to this node's own records (another patient's chart, a practitioner
+/// a CareTeam would then grant access to).
+///
+/// # Errors
+/// [`Refusal::Invalid`] for a `urn:uuid:` reference to no entry.
+fn confine(v: &mut Value, urls: &HashSet<String>, sender: &str) -> Result<(), Refusal> {
+    match v {
+        Value::Object(obj) => {
+            if let Some(Value::String(r)) = obj.get("reference").cloned()
+                && !r.starts_with('#')
+            {
+                if r.starts_with("urn:uuid:") {
+                    if !urls.contains(&r) {
+                        return Err(Refusal::Invalid(
+                            "a reference points at no entry of the Bundle".into(),
+                        ));
+                    }
+                } else {
+                    obj.remove("reference");
+                    let key: String = r.chars().take(256).collect();
+                    obj.entry("identifier")
+                        .or_insert_with(|| logical(sender, &key));
+                }
+            }
+            obj.values_mut().try_for_each(|c| confine(c, urls, sender))
+        }
+        Value::Array(items) => items.iter_mut().try_for_each(|c| confine(c, urls, sender)),
+        _ => Ok(()),
     }
 }
 
@@ -449,7 +524,9 @@ pub fn prepare(
         .resource
         .ok_or_else(|| ApiError::not_found(format!("Patient/{patient} is not known")))?;
     let consents = consents_of(&node_ctx(node), store, patient.as_str())?;
-    let actors = [format!("Organization/{}", peer.node)];
+    // The institution the administrator mapped the peer to; without one, only consents that
+    // name no actor speak to this disclosure.
+    let actors: Vec<String> = peer.organization.iter().cloned().collect();
     let now = node.clock.now_micros();
     let at = rfc3339(now);
     let verdict = |rt: &str, v: &Value| {
@@ -524,7 +601,14 @@ pub fn prepare(
                 meta.remove("lastUpdated");
             }
         }
-        rewrite(&mut v, &map, &me.node);
+        let patient_data = |t: &str| {
+            t == "Patient"
+                || ctx
+                    .fhir
+                    .type_info(t)
+                    .is_none_or(|i| !i.compartment_params.is_empty())
+        };
+        rewrite(&mut v, &map, &me.node, &patient_data);
         entries.push(json!({
             "fullUrl": full_url,
             "resource": v,
@@ -622,33 +706,35 @@ struct Checked {
     expires: i64,
 }
 
+/// What the access log may say about a bundle: its header, and whether the sender's signature
+/// verified (until it does, the header's names are only what the bytes claim).
+#[derive(Default)]
+struct Seen {
+    header: Option<ShareHeader>,
+    verified: bool,
+}
+
 fn check(
     node: &Node,
     bytes: &[u8],
     tls_key: Option<[u8; 32]>,
-    seen: &mut Option<ShareHeader>,
+    seen: &mut Seen,
 ) -> Result<Checked, Refusal> {
     if bytes.len() > MAX_BUNDLE_BYTES {
         return Err(Refusal::TooLarge);
     }
     let parts = medvault_crypto::bundle_parts(bytes).map_err(|e| malformed(&e))?;
-    let header: ShareHeader = serde_json::from_slice(parts.header)
-        .map_err(|_| Refusal::Malformed(format!("the header is not a {FORMAT} header")))?;
-    if header.format != FORMAT {
-        return Err(Refusal::Malformed(format!(
-            "the header is not a {FORMAT} header"
-        )));
-    }
-    *seen = Some(header.clone());
+    let header = parse_header(parts.header)?;
+    seen.header = Some(header.clone());
     let me = NodeIdentity::load(node)
-        .map_err(|_| Refusal::Invalid("this node's keys did not open".into()))?;
+        .map_err(|_| Refusal::Failed("its keys did not open; nothing was kept"))?;
     if header.recipient.node != me.node || header.recipient.fingerprint != me.fingerprint() {
         return Err(Refusal::WrongRecipient);
     }
     let row = node
         .store
         .peer(&header.sender.node)
-        .map_err(|_| Refusal::Invalid("the peer registry could not be read".into()))?
+        .map_err(|_| Refusal::Failed("its peer registry could not be read; nothing was kept"))?
         .ok_or(Refusal::UnknownSender)?;
     if row.fingerprint != header.sender.fingerprint {
         return Err(Refusal::SenderKeysChanged);
@@ -660,6 +746,8 @@ fn check(
     if tls_key.is_some_and(|k| k != sender.signing.ed25519) {
         return Err(Refusal::NotFromThisPeer);
     }
+    medvault_crypto::verify_bundle(bytes, &sender.signing).map_err(|e| malformed(&e))?;
+    seen.verified = true;
     let created = parse_time(&header.created)
         .ok_or_else(|| Refusal::Malformed("created is not an RFC 3339 time".into()))?;
     let expires = parse_time(&header.expires)
@@ -688,7 +776,10 @@ fn check(
 
 /// The entries of a decrypted payload, checked: a transaction of creates with `urn:uuid:`
 /// full URLs, exactly one Patient. Returns the entries and the Patient's full URL.
-fn content(payload: &[u8]) -> Result<(Vec<Value>, String), Refusal> {
+///
+/// # Errors
+/// [`Refusal::Invalid`] naming what is not acceptable.
+pub fn check_payload(payload: &[u8]) -> Result<(Vec<Value>, String), Refusal> {
     let invalid = |m: &str| Refusal::Invalid(m.to_owned());
     let bundle: Value =
         serde_json::from_slice(payload).map_err(|_| invalid("the payload is not JSON"))?;
@@ -703,8 +794,12 @@ fn content(payload: &[u8]) -> Result<(Vec<Value>, String), Refusal> {
         return Err(invalid("the Bundle has too many entries"));
     }
     let mut patient = None;
+    let mut urls = HashSet::with_capacity(entries.len());
     for e in &entries {
         let url = e["fullUrl"].as_str().unwrap_or_default();
+        if !urls.insert(url) {
+            return Err(invalid("two entries have the same fullUrl"));
+        }
         let rt = e["resource"]["resourceType"].as_str().unwrap_or_default();
         let creates = e["request"]["method"] == "POST"
             && e["request"]["url"].as_str() == Some(rt)
@@ -783,12 +878,41 @@ fn receipt_text(
 fn import(node: &Node, ctx: &Ctx, bytes: &[u8], c: &Checked) -> Result<(String, usize), Refusal> {
     let (_, payload) =
         open_bundle(bytes, &c.sender.signing, &c.me.kem).map_err(|e| malformed(&e))?;
-    let (mut entries, patient_url) = content(&payload)?;
+    let (mut entries, patient_url) = check_payload(&payload)?;
+    drop(payload);
     let resources = entries.len();
     let targets: Vec<String> = entries
         .iter()
         .filter_map(|e| e["fullUrl"].as_str().map(str::to_owned))
         .collect();
+    let urls: HashSet<String> = targets.iter().cloned().collect();
+    // Each resource must land in the shared patient's record and nowhere else: references
+    // are confined to the bundle, then the compartment is worked out as it will be on write.
+    let placeholder = ResourceId::random();
+    let stand_in = format!("Patient/{placeholder}");
+    for e in &mut entries {
+        confine(&mut e["resource"], &urls, &c.header.sender.node)?;
+        let rt = e["resource"]["resourceType"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if rt == "Patient" {
+            continue;
+        }
+        let mut probe = e["resource"].clone();
+        let one = HashMap::from([(patient_url.clone(), stand_in.clone())]);
+        crate::bundle::rewrite_references(&mut probe, &one);
+        if ctx
+            .fhir
+            .compartment_of(&rt, &ResourceId::random(), &probe)
+            .key_name()
+            != stand_in
+        {
+            return Err(Refusal::Invalid(format!(
+                "a {rt} entry does not belong to the shared patient's record"
+            )));
+        }
+    }
     let now = node.clock.now_micros();
     entries.push(provenance(&c.header, &targets, now));
     let (replay_key, id, expires) = (
@@ -811,18 +935,22 @@ fn import(node: &Node, ctx: &Ctx, bytes: &[u8], c: &Checked) -> Result<(String, 
         Err(e) => {
             let api = ApiError::from(e);
             return Err(if api.status.is_server_error() {
-                Refusal::Invalid("the import failed; nothing was kept".into())
+                Refusal::Failed("the import failed; nothing was kept")
             } else {
                 Refusal::Invalid(api.message)
             });
         }
     };
-    // The Patient's new id, from its response entry's location.
+    // The Patient's new id, from its response entry's location (`…/Patient/<id>/_history/1`).
     let index = targets.iter().position(|t| *t == patient_url).unwrap_or(0);
     let patient = out
         .get(index)
         .and_then(|e| e["response"]["location"].as_str())
-        .and_then(|l| l.split('/').nth(1))
+        .and_then(|l| {
+            let mut segs = l.split('/').skip_while(|s| *s != "Patient");
+            segs.next()?;
+            segs.next()
+        })
         .unwrap_or_default()
         .to_owned();
     Ok((patient, resources))
@@ -840,7 +968,7 @@ pub fn receive(
     tls_key: Option<[u8; 32]>,
     agent: &Value,
 ) -> Result<Imported, (Refusal, Option<u64>)> {
-    let mut seen = None;
+    let mut seen = Seen::default();
     let result = check(node, bytes, tls_key, &mut seen)
         .and_then(|c| import(node, ctx, bytes, &c).map(|(p, n)| (c, p, n)));
     let now = node.clock.now_micros();
@@ -849,7 +977,7 @@ pub fn receive(
         Ok(_) => ("success", None),
         Err(r) => ("denied", Some(r.code())),
     };
-    let header = seen.as_ref();
+    let header = seen.header.as_ref();
     let detail = json!({
         "v": 1,
         "type": "share",
@@ -867,6 +995,8 @@ pub fn receive(
             "resources": result.as_ref().ok().map(|(_, _, n)| *n),
             "bundleSha256": digest,
             "refused": reason,
+            // Until the signature verified, the names above are only what the bytes claim.
+            "signatureVerified": seen.verified,
         },
     });
     let leaf = node
@@ -877,7 +1007,9 @@ pub fn receive(
     let (c, patient, resources) = result.map_err(|r| (r, leaf))?;
     let Some(leaf) = leaf else {
         return Err((
-            Refusal::Invalid("imported, but the access log could not record it".into()),
+            Refusal::Failed(
+                "the bundle was imported, but the access log could not record it and no receipt was made",
+            ),
             None,
         ));
     };
@@ -891,7 +1023,7 @@ pub fn receive(
     );
     let sig = c.me.signing.sign(text.as_bytes()).map_err(|_| {
         (
-            Refusal::Invalid("signing the receipt failed".into()),
+            Refusal::Failed("the bundle was imported, but signing the receipt failed"),
             Some(leaf),
         )
     })?;
@@ -965,6 +1097,27 @@ pub fn check_receipt(
     Ok(leaf)
 }
 
+/// Checks that this node's access log recorded sealing `sent` at the leaf its header names.
+///
+/// # Errors
+/// What does not match.
+pub fn check_sent(node: &Node, sent: &ShareHeader) -> Result<(), String> {
+    let stored = node
+        .access
+        .audit_detail(sent.sender_leaf)
+        .map_err(|e| e.to_string())?
+        .ok_or("this node's access log has no record at the bundle's leaf")?;
+    let detail = node
+        .ledger
+        .open_audit(&stored)
+        .map_err(|e| e.message.clone())?;
+    if detail["interaction"] == "share-send" && detail["share"]["id"] == sent.id.as_str() {
+        Ok(())
+    } else {
+        Err("this node's access log did not record sealing this bundle".into())
+    }
+}
+
 /// Records a verified receipt: the sender's access log cites the recipient's leaf.
 ///
 /// # Errors
@@ -995,10 +1148,35 @@ pub fn record_receipt(
     node.ledger.record_audit(node.access.as_ref(), now, &detail)
 }
 
-/// Reads the header of a sealed bundle without checking anything (for display).
+/// Reads the header of a sealed bundle without checking its signature (for display, and to
+/// find the registration to check it with).
 pub fn peek_header(bytes: &[u8]) -> Option<ShareHeader> {
     let parts = medvault_crypto::bundle_parts(bytes).ok()?;
-    serde_json::from_slice(parts.header).ok()
+    parse_header(parts.header).ok()
+}
+
+/// Parses a bundle header (untrusted bytes).
+///
+/// # Errors
+/// [`Refusal::Malformed`] unless it is a [`FORMAT`] header.
+pub fn parse_header(bytes: &[u8]) -> Result<ShareHeader, Refusal> {
+    let not_ours = || Refusal::Malformed(format!("the header is not a {FORMAT} header"));
+    let header: ShareHeader = serde_json::from_slice(bytes).map_err(|_| not_ours())?;
+    let party_ok = |p: &Party| {
+        (1..=255).contains(&p.node.len())
+            && !p.node.chars().any(char::is_control)
+            && p.fingerprint.len() == 8 + 64
+            && p.fingerprint.starts_with("SHA-256:")
+    };
+    if header.format != FORMAT
+        || uuid::Uuid::parse_str(&header.id).is_err()
+        || !PURPOSES.contains(&header.purpose.as_str())
+        || !party_ok(&header.sender)
+        || !party_ok(&header.recipient)
+    {
+        return Err(not_ours());
+    }
+    Ok(header)
 }
 
 #[cfg(test)]
@@ -1016,8 +1194,11 @@ mod tests {
             "contained": [{"id": "m"}],
             "medicationReference": {"reference": "#m"},
             "basedOn": [{"reference": "urn:oid:1.2"}],
+            "hasMember": [{"reference": "Observation/withheld1", "display": "HIV viral load"}],
+            "focus": [{"reference": "Patient/someone-else"}],
         });
-        rewrite(&mut v, &map, "node-a");
+        let patient_data = |t: &str| matches!(t, "Patient" | "Observation");
+        rewrite(&mut v, &map, "node-a", &patient_data);
         assert_eq!(v["subject"]["reference"], "urn:uuid:1");
         assert_eq!(v["encounter"]["reference"], "urn:uuid:1");
         assert_eq!(v["performer"][0].get("reference"), None);
@@ -1027,6 +1208,9 @@ mod tests {
         );
         assert_eq!(v["medicationReference"]["reference"], "#m");
         assert_eq!(v["basedOn"][0].get("reference"), None);
+        // Patient data not in the bundle: neither its id nor its display text leaves.
+        assert_eq!(v["hasMember"][0], json!({"display": "not shared"}));
+        assert_eq!(v["focus"][0], json!({"display": "not shared"}));
     }
 
     #[test]
@@ -1048,7 +1232,7 @@ mod tests {
             entry("Patient", "POST", "urn:uuid:a"),
             entry("Observation", "POST", "urn:uuid:b"),
         ]);
-        assert_eq!(content(&ok).unwrap().1, "urn:uuid:a");
+        assert_eq!(check_payload(&ok).unwrap().1, "urn:uuid:a");
         for bad in [
             bundle(vec![entry("Observation", "POST", "urn:uuid:b")]),
             bundle(vec![entry("Patient", "PUT", "urn:uuid:a")]),
@@ -1063,7 +1247,7 @@ mod tests {
             ]),
             b"not json".to_vec(),
         ] {
-            assert!(matches!(content(&bad), Err(Refusal::Invalid(_))));
+            assert!(matches!(check_payload(&bad), Err(Refusal::Invalid(_))));
         }
     }
 }

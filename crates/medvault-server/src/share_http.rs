@@ -66,9 +66,19 @@ pub(crate) async fn share(
     ctx: Ctx,
     patient: ResourceId,
     body: &Value,
+    declared: Option<String>,
     agent: Value,
 ) -> Result<Response, ApiError> {
     let (to, purpose) = parameters(body)?;
+    // The data was read under the request's purpose of use (break-glass data under ETREAT):
+    // it leaves under that purpose and no other.
+    if let Some(d) = declared
+        && d != purpose
+    {
+        return Err(ApiError::bad_request(format!(
+            "the purpose parameter ({purpose}) must be the request's purpose of use ({d})"
+        )));
+    }
     let node = Arc::clone(&state.node);
     let id = patient.clone();
     let agent2 = agent.clone();
@@ -167,6 +177,23 @@ pub(crate) async fn share(
     Ok(resp)
 }
 
+/// Bundles being imported at once, at most.
+static IMPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// Time a peer has to send its bundle.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// True if reading a body failed because it was over the limit.
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// `POST /peer/bundles` on the peer listener: the TLS client is a registered peer (checked in
 /// the handshake); the bundle is checked and imported by [`share::receive`].
 async fn receive(
@@ -194,8 +221,30 @@ async fn receive(
         )
         .into_response();
     }
-    let Ok(bytes) = axum::body::to_bytes(request.into_body(), MAX_BUNDLE_BYTES).await else {
-        return refused(&share::Refusal::TooLarge, None);
+    // Client authentication is mandatory on this listener; never go on without the key.
+    let Some(key) = conn.key else {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            IssueCode::Forbidden,
+            "a registered peer's client certificate is required",
+        )
+        .into_response();
+    };
+    // Two imports at a time at most: each holds its bundle several times over in memory.
+    let Ok(_permit) = IMPORTS.acquire().await else {
+        return ApiError::internal(&"import permits closed").into_response();
+    };
+    let read = tokio::time::timeout(
+        BODY_TIMEOUT,
+        axum::body::to_bytes(request.into_body(), MAX_BUNDLE_BYTES),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) if is_length_limit(&e) => return refused(&share::Refusal::TooLarge, None),
+        Ok(Err(_)) | Err(_) => {
+            return ApiError::bad_request("the bundle could not be read in time").into_response();
+        }
     };
     let node = Arc::clone(&state.node);
     let ctx = state.ctx.clone();
@@ -204,7 +253,7 @@ async fn receive(
         "address": conn.addr.ip().to_string(),
     });
     let done =
-        tokio::task::spawn_blocking(move || share::receive(&node, &ctx, &bytes, conn.key, &agent))
+        tokio::task::spawn_blocking(move || share::receive(&node, &ctx, &bytes, Some(key), &agent))
             .await;
     state.facts.invalidate();
     match done {
@@ -253,8 +302,7 @@ pub async fn spawn_peer_listener(
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let node = Arc::clone(&state.node);
     let config = tokio::task::spawn_blocking(move || {
-        let id = NodeIdentity::load(&node).map_err(std::io::Error::other)?;
-        peer::server_config(Arc::clone(&node), &id).map_err(std::io::Error::other)
+        peer::server_config(node).map_err(std::io::Error::other)
     })
     .await
     .map_err(std::io::Error::other)??;

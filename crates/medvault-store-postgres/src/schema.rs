@@ -145,7 +145,8 @@ const NODE_MIGRATIONS: &[(i64, &str)] = &[
         11,
         "CREATE TABLE peers (
         node TEXT COLLATE \"C\" PRIMARY KEY, fingerprint TEXT NOT NULL, url TEXT NOT NULL,
-        document TEXT NOT NULL, registered BIGINT NOT NULL, registered_by TEXT NOT NULL
+        document TEXT NOT NULL, organization TEXT, registered BIGINT NOT NULL,
+        registered_by TEXT NOT NULL
      );",
     ),
 ];

@@ -694,7 +694,8 @@ pub(crate) fn clients(c: &mut Conn) -> Result<Vec<ClientRow>, StoreError> {
     rows(found, client_row)
 }
 
-const PEER_COLUMNS: &str = "node, fingerprint, url, document, registered, registered_by";
+const PEER_COLUMNS: &str =
+    "node, fingerprint, url, document, organization, registered, registered_by";
 
 fn peer_row(r: &Row) -> Result<PeerRow, StoreError> {
     Ok(PeerRow {
@@ -702,8 +703,9 @@ fn peer_row(r: &Row) -> Result<PeerRow, StoreError> {
         fingerprint: get(r, 1)?,
         url: get(r, 2)?,
         document: get(r, 3)?,
-        registered_micros: get(r, 4)?,
-        registered_by: get(r, 5)?,
+        organization: get(r, 4)?,
+        registered_micros: get(r, 5)?,
+        registered_by: get(r, 6)?,
     })
 }
 
@@ -1318,9 +1320,10 @@ impl StoreTx for Tx<'_> {
     fn put_peer(&mut self, p: &PeerRow) -> Result<(), StoreError> {
         self.exec(
             &format!(
-                "INSERT INTO peers ({PEER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)
+                "INSERT INTO peers ({PEER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (node) DO UPDATE SET fingerprint = excluded.fingerprint,
                    url = excluded.url, document = excluded.document,
+                   organization = excluded.organization,
                    registered = excluded.registered, registered_by = excluded.registered_by"
             ),
             &[
@@ -1328,6 +1331,7 @@ impl StoreTx for Tx<'_> {
                 &p.fingerprint,
                 &p.url,
                 &p.document,
+                &p.organization,
                 &p.registered_micros,
                 &p.registered_by,
             ],

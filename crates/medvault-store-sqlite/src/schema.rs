@@ -166,7 +166,8 @@ const NODE_MIGRATIONS: &[&str] = &[
     // v11: peer nodes registered for sealed sharing, their documents (public keys) pinned.
     "CREATE TABLE peers (
         node TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, url TEXT NOT NULL,
-        document TEXT NOT NULL, registered INTEGER NOT NULL, registered_by TEXT NOT NULL
+        document TEXT NOT NULL, organization TEXT, registered INTEGER NOT NULL,
+        registered_by TEXT NOT NULL
      ) WITHOUT ROWID;",
 ];
 

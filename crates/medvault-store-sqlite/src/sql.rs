@@ -353,7 +353,8 @@ fn client_row(r: &Row<'_>) -> rusqlite::Result<ClientRow> {
 
 const CLIENT_COLUMNS: &str = "client_id, name, jwks, scopes, disabled, created, redirect_uris";
 
-const PEER_COLUMNS: &str = "node, fingerprint, url, document, registered, registered_by";
+const PEER_COLUMNS: &str =
+    "node, fingerprint, url, document, organization, registered, registered_by";
 
 fn peer_row(r: &Row<'_>) -> rusqlite::Result<PeerRow> {
     Ok(PeerRow {
@@ -361,8 +362,9 @@ fn peer_row(r: &Row<'_>) -> rusqlite::Result<PeerRow> {
         fingerprint: r.get(1)?,
         url: r.get(2)?,
         document: r.get(3)?,
-        registered_micros: r.get(4)?,
-        registered_by: r.get(5)?,
+        organization: r.get(4)?,
+        registered_micros: r.get(5)?,
+        registered_by: r.get(6)?,
     })
 }
 
@@ -1308,7 +1310,7 @@ impl StoreTx for Tx<'_> {
     fn put_peer(&mut self, p: &PeerRow) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(&format!(
-                "INSERT OR REPLACE INTO peers ({PEER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                "INSERT OR REPLACE INTO peers ({PEER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
             ))
             .and_then(|mut s| {
                 s.execute(params![
@@ -1316,6 +1318,7 @@ impl StoreTx for Tx<'_> {
                     p.fingerprint,
                     p.url,
                     p.document,
+                    p.organization,
                     p.registered_micros,
                     p.registered_by,
                 ])

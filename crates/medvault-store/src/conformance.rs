@@ -93,6 +93,7 @@ fn populate(store: &dyn Store) {
                 fingerprint: "SHA-256:00".into(),
                 url: "https://b.example:7443".into(),
                 document: "{}".into(),
+                organization: Some("Organization/o1".into()),
                 registered_micros: 3,
                 registered_by: "cli".into(),
             })
@@ -1109,6 +1110,7 @@ fn peers_register_replace_remove(store: &dyn Store) {
         fingerprint: format!("SHA-256:{node}"),
         url: url.into(),
         document: format!(r#"{{"node":"{node}"}}"#),
+        organization: (node == "node-b").then(|| "Organization/org-b".into()),
         registered_micros: 5,
         registered_by: "cli".into(),
     };

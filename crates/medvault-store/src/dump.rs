@@ -312,6 +312,7 @@ pub const NODE_TABLES: &[Table] = &[
             ("fingerprint", Text),
             ("url", Text),
             ("document", Text),
+            ("organization", Text),
             ("registered", Int),
             ("registered_by", Text),
         ],

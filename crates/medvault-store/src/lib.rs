@@ -370,6 +370,10 @@ pub struct PeerRow {
     pub url: String,
     /// The node document as registered (JSON), its keys pinned.
     pub document: String,
+    /// The local `Organization` reference that stands for the peer's institution in patients'
+    /// consents (e.g. `Organization/5c1…`), chosen by the administrator; `None` when unset,
+    /// and then only consents that name no actor speak to sharing with the peer.
+    pub organization: Option<String>,
     /// When it was registered, microseconds.
     pub registered_micros: i64,
     /// Who registered it (`cli` or a user id).

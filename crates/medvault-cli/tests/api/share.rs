@@ -57,16 +57,23 @@ impl Peer {
     }
 
     fn register(&self, other: &Peer) {
-        let (ok, out, err) = self.cli(&[
+        self.register_with(other, &[]);
+    }
+
+    fn register_with(&self, other: &Peer, extra: &[&str]) {
+        let url = format!("https://127.0.0.1:{}", other.peer_port);
+        let mut args = vec![
             "peer",
             "add",
             "--url",
-            &format!("https://127.0.0.1:{}", other.peer_port),
+            &url,
             "--document",
             other.doc_file.to_str().unwrap(),
             "--fingerprint",
             other.doc["fingerprint"].as_str().unwrap(),
-        ]);
+        ];
+        args.extend(extra);
+        let (ok, out, err) = self.cli(&args);
         assert!(ok && out.contains("registered peer"), "{out} {err}");
     }
 
@@ -163,6 +170,23 @@ fn a_patient_shared_from_a_appears_in_b_with_provenance() {
     let (ok, out, _) = a.cli(&["peer", "list"]);
     assert!(ok && out.contains(b.node()), "{out}");
 
+    // The data leaves under the purpose it was read for, not another one.
+    let (status, v) = crate::send(
+        a.s.req(reqwest::Method::POST, &format!("Patient/{pid}/$share"))
+            .header("content-type", "application/fhir+json")
+            .header("x-purpose-of-use", "HPAYMT")
+            .body(
+                json!({"resourceType": "Parameters", "parameter": [
+                    {"name": "recipient", "valueString": b.node()},
+                    {"name": "purpose", "valueCode": "TREAT"},
+                ]})
+                .to_string(),
+            ),
+    );
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = a.s.get(&format!("Patient/{pid}/$share"));
+    assert_eq!(status, 405, "{v}");
+
     let b_before = b.access_size();
     let (status, out) = a.share(&pid, b.node());
     assert_eq!(status, 200, "{out}");
@@ -231,6 +255,43 @@ fn a_patient_shared_from_a_appears_in_b_with_provenance() {
         "{v}"
     );
     assert_eq!(b.count("Patient?family=Strangerfam"), 0);
+
+    // B rotates its keys while serving: its peer listener presents the new key at once, which
+    // A (still pinning the old one) refuses, until A registers B's new document.
+    let (ok, _, err) = b.cli(&["node", "rotate-keys"]);
+    assert!(ok, "{err}");
+    let (status, v) = a.share(&pid, b.node());
+    assert_eq!(status, 502, "{v}");
+    let why = v["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(why.contains("TLS handshake"), "{v}");
+    let b = Peer {
+        doc: serde_json::from_slice(&raw_get(&b.s, "/.well-known/medvault-node").1).unwrap(),
+        ..b
+    };
+    std::fs::write(&b.doc_file, b.doc.to_string()).unwrap();
+    let url = format!("https://127.0.0.1:{}", b.peer_port);
+    let (ok, _, err) = a.cli(&[
+        "peer",
+        "add",
+        "--url",
+        &url,
+        "--document",
+        b.doc_file.to_str().unwrap(),
+        "--fingerprint",
+        b.doc["fingerprint"].as_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("--replace"),
+        "new keys need --replace: {err}"
+    );
+    a.register_with(&b, &["--replace"]);
+    let (status, out) = a.share(&pid, b.node());
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(
+        b.count("Patient?family=Sharefam"),
+        2,
+        "shared a second time"
+    );
 }
 
 #[test]
@@ -243,7 +304,11 @@ fn the_patients_consent_decides_what_goes_to_which_node() {
         "subject": {"reference": format!("Patient/{pid}")},
         "code": {"text": "asthma"},
     }));
-    let org = format!("Organization/{}", b.node());
+    // A's administrator maps B to the Organization that patients' consents name for it.
+    let org_id =
+        a.s.create(&json!({"resourceType": "Organization", "name": "Hospital B"}));
+    let org = format!("Organization/{org_id}");
+    a.register_with(&b, &["--organization", &org]);
     // Observations may not go to B: the rest is shared, the observation withheld.
     let c1 = a.s.create(&consent(
         &pid,
@@ -374,6 +439,19 @@ fn offline_bundles_import_once_and_damaged_or_misdirected_ones_are_refused() {
     ]);
     assert!(ok && out.contains("imported 2 resources"), "{out} {err}");
     assert_eq!(b.count("Patient?family=Filefam"), 1);
+    let new_id = out
+        .split("as Patient/")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let (status, v) = b.s.get(&format!("Patient/{new_id}"));
+    assert_eq!(
+        (status, &v["name"][0]["family"]),
+        (200, &json!("Filefam")),
+        "{out}"
+    );
     refused_after_import(&b, &file);
     let (ok, out, err) = a.cli(&[
         "share",

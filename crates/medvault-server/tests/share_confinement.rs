@@ -1,0 +1,228 @@
+//! A registered peer that builds its own bundles (compromised, or simply buggy) must not be able
+//! to attach data to the receiver's existing records, grant itself access through a CareTeam,
+//! update or delete anything, or replay a bundle: the receiver confines every bundle to one new
+//! patient's record, whatever the sender's code did.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use medvault_crypto::seal_bundle;
+use medvault_server::Node;
+use medvault_server::node::Database;
+use medvault_server::node_identity::NodeIdentity;
+use medvault_server::share::{self, FORMAT, Party, Refusal, ShareHeader};
+use serde_json::{Value, json};
+
+struct Two {
+    _tmp: tempfile::TempDir,
+    a: Node,
+    b: Node,
+    a_id: NodeIdentity,
+    b_id: NodeIdentity,
+}
+
+fn document(node: &Node, id: &NodeIdentity) -> String {
+    id.document(node.ledger.base()).unwrap().to_string()
+}
+
+fn two_nodes() -> Two {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Node::open_in(&tmp.path().join("a"), &Database::Embedded, None).unwrap();
+    let b = Node::open_in(&tmp.path().join("b"), &Database::Embedded, None).unwrap();
+    let (a_id, b_id) = (
+        NodeIdentity::load(&a).unwrap(),
+        NodeIdentity::load(&b).unwrap(),
+    );
+    let url = "https://127.0.0.1:9";
+    share::register_peer(
+        &a,
+        url,
+        &document(&b, &b_id),
+        &b_id.fingerprint(),
+        None,
+        false,
+        "t",
+    )
+    .unwrap();
+    share::register_peer(
+        &b,
+        url,
+        &document(&a, &a_id),
+        &a_id.fingerprint(),
+        None,
+        false,
+        "t",
+    )
+    .unwrap();
+    Two {
+        _tmp: tmp,
+        a,
+        b,
+        a_id,
+        b_id,
+    }
+}
+
+impl Two {
+    /// A bundle from A to B with any payload A likes.
+    fn seal(&self, payload: &Value) -> Vec<u8> {
+        let now = self.a.clock.now_micros();
+        let header = ShareHeader {
+            format: FORMAT.into(),
+            id: uuid::Uuid::new_v4().to_string(),
+            sender: Party {
+                node: self.a_id.node.clone(),
+                fingerprint: self.a_id.fingerprint(),
+            },
+            recipient: Party {
+                node: self.b_id.node.clone(),
+                fingerprint: self.b_id.fingerprint(),
+            },
+            purpose: "TREAT".into(),
+            created: medvault_server::clock::instant(now),
+            expires: medvault_server::clock::instant(now + 3_600_000_000),
+            sender_leaf: 0,
+        };
+        seal_bundle(
+            &serde_json::to_vec(&header).unwrap(),
+            &serde_json::to_vec(payload).unwrap(),
+            &self.b_id.kem.public_key(),
+            &self.a_id.signing,
+        )
+        .unwrap()
+    }
+
+    fn receive(&self, bytes: &[u8]) -> Result<share::Imported, Refusal> {
+        let ctx = share::node_ctx(&self.b);
+        share::receive(&self.b, &ctx, bytes, None, &json!({"test": true})).map_err(|(r, _)| r)
+    }
+
+    fn read(&self, rt: &str, id: &str) -> Option<Value> {
+        let ctx = share::node_ctx(&self.b);
+        let id = medvault_core::ResourceId::new(id).unwrap();
+        medvault_server::ops::read(self.b.store.as_ref(), &ctx, rt, &id, None)
+            .ok()
+            .and_then(|o| o.resource)
+    }
+}
+
+fn entry(url: &str, resource: Value) -> Value {
+    let rt = resource["resourceType"].as_str().unwrap().to_owned();
+    json!({"fullUrl": url, "resource": resource, "request": {"method": "POST", "url": rt}})
+}
+
+fn transaction(entries: Vec<Value>) -> Value {
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+}
+
+fn patient(url: &str) -> Value {
+    entry(
+        url,
+        json!({"resourceType": "Patient", "name": [{"family": "Peerfam"}]}),
+    )
+}
+
+#[test]
+fn a_peer_cannot_reach_beyond_the_patient_it_sends() {
+    let t = two_nodes();
+    // A first, honest bundle gives B a patient of its own.
+    let first = t
+        .receive(&t.seal(&transaction(vec![patient("urn:uuid:p")])))
+        .unwrap();
+    let existing = first.patient.clone();
+    assert!(
+        t.read("Patient", &existing).is_some(),
+        "the import names the new Patient's id"
+    );
+
+    // An observation aimed at B's existing patient: refused, nothing kept.
+    let aimed = transaction(vec![
+        patient("urn:uuid:p2"),
+        entry(
+            "urn:uuid:o",
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                   "subject": {"reference": format!("Patient/{existing}")}}),
+        ),
+    ]);
+    let r = t.receive(&t.seal(&aimed)).unwrap_err();
+    assert!(
+        matches!(&r, Refusal::Invalid(m) if m.contains("does not belong")),
+        "{r}"
+    );
+
+    // Directory data (a Practitioner of B's, an Organization): outside the patient's record.
+    let directory = transaction(vec![
+        patient("urn:uuid:p3"),
+        entry(
+            "urn:uuid:d",
+            json!({"resourceType": "Practitioner", "name": [{"family": "X"}]}),
+        ),
+    ]);
+    assert!(matches!(
+        t.receive(&t.seal(&directory)),
+        Err(Refusal::Invalid(_))
+    ));
+
+    // A CareTeam naming one of B's practitioners is kept, but as a logical reference only: it
+    // cannot create a care relationship at B.
+    let team = transaction(vec![
+        patient("urn:uuid:p4"),
+        entry(
+            "urn:uuid:t",
+            json!({"resourceType": "CareTeam", "status": "active",
+                   "subject": {"reference": "urn:uuid:p4"},
+                   "participant": [{"member": {"reference": "Practitioner/b-local-dr"}}]}),
+        ),
+    ]);
+    let imported = t.receive(&t.seal(&team)).unwrap();
+    assert_eq!(imported.resources, 2);
+    let found = medvault_server::search::search_bundle(
+        t.b.store.as_ref(),
+        &share::node_ctx(&t.b),
+        "CareTeam",
+        &[("patient".into(), format!("Patient/{}", imported.patient))],
+        true,
+        "",
+    )
+    .unwrap();
+    let member = &found["entry"][0]["resource"]["participant"][0]["member"];
+    assert_eq!(member.get("reference"), None, "{found}");
+    assert_eq!(
+        member["identifier"],
+        json!({"system": format!("urn:medvault:node:{}", t.a_id.node), "value": "Practitioner/b-local-dr"})
+    );
+
+    // Updates, deletes, conditional creates, duplicate full URLs, dangling urn references.
+    let put = json!({"fullUrl": "urn:uuid:u", "resource": {"resourceType": "Patient", "id": existing},
+                     "request": {"method": "PUT", "url": format!("Patient/{existing}")}});
+    let delete = json!({"request": {"method": "DELETE", "url": format!("Patient/{existing}")}});
+    let mut conditional = patient("urn:uuid:c");
+    conditional["request"]["ifNoneExist"] = json!("family=Peerfam");
+    let dangling = transaction(vec![
+        patient("urn:uuid:p5"),
+        entry(
+            "urn:uuid:o5",
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                   "subject": {"reference": "urn:uuid:nowhere"}}),
+        ),
+    ]);
+    for bad in [
+        transaction(vec![patient("urn:uuid:p6"), put]),
+        transaction(vec![patient("urn:uuid:p7"), delete]),
+        transaction(vec![conditional]),
+        transaction(vec![patient("urn:uuid:d"), patient("urn:uuid:d")]),
+        dangling,
+    ] {
+        let r = t.receive(&t.seal(&bad)).unwrap_err();
+        assert!(matches!(r, Refusal::Invalid(_)), "{r}");
+    }
+    assert_eq!(
+        t.read("Patient", &existing).unwrap()["name"][0]["family"],
+        "Peerfam",
+        "B's patient untouched"
+    );
+
+    // The same bundle twice: the second is a replay.
+    let once = t.seal(&transaction(vec![patient("urn:uuid:p8")]));
+    t.receive(&once).unwrap();
+    assert_eq!(t.receive(&once).unwrap_err(), Refusal::Replay);
+}
