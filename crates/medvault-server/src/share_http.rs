@@ -292,6 +292,58 @@ pub fn peer_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Refused handshakes recorded per minute at most (the rest are counted into the next record),
+/// so a scanner cannot flood the access log.
+const REFUSALS_PER_MINUTE: u32 = 30;
+
+/// Records refused peer handshakes (an unregistered node, a client without a certificate, a
+/// scanner) in the access log, from a task fed through a bounded channel.
+fn refusal_recorder(state: &AppState) -> tls::RefusedHook {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(SocketAddr, String)>(64);
+    let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = Arc::clone(&dropped);
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut window = (std::time::Instant::now(), 0u32);
+        while let Some((addr, why)) = rx.recv().await {
+            if window.0.elapsed() >= std::time::Duration::from_secs(60) {
+                window = (std::time::Instant::now(), 0);
+            }
+            if window.1 >= REFUSALS_PER_MINUTE {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
+            window.1 += 1;
+            let now = state.node.clock.now_micros();
+            let reason: String = why.chars().filter(|c| !c.is_control()).take(200).collect();
+            let detail = json!({
+                "v": 1,
+                "type": "share",
+                "time": crate::clock::instant(now),
+                "agent": {"address": addr.ip().to_string()},
+                "interaction": "peer-handshake-refused",
+                "outcome": "denied",
+                "reason": reason,
+                "not_recorded_before": counted.swap(0, std::sync::atomic::Ordering::Relaxed),
+            });
+            let access = Arc::clone(&state.node.access);
+            if let Err(e) = state
+                .node
+                .ledger
+                .record_audit_async(access.as_ref(), now, &detail)
+                .await
+            {
+                tracing::warn!(error = %e.message, "recording a refused peer handshake failed");
+            }
+        }
+    });
+    Arc::new(move |addr, why| {
+        if tx.try_send((addr, why)).is_err() {
+            dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    })
+}
+
 /// Binds the peer listener on `addr` and serves it in a task (until aborted).
 ///
 /// # Errors
@@ -308,7 +360,8 @@ pub async fn spawn_peer_listener(
     .map_err(std::io::Error::other)??;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(address = %listener.local_addr()?, "peer listener (mutual TLS 1.3, registered peers only)");
-    let listener = tls::TlsListener::new(listener, config)?;
+    let listener =
+        tls::TlsListener::with_refused_hook(listener, config, Some(refusal_recorder(&state)))?;
     let app = peer_router(state).into_make_service_with_connect_info::<PeerConn>();
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -110,6 +110,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     crate::node::write_private_file(path, bytes).map_err(|e| file_err(path, e))
 }
 
+/// Told of every refused TLS handshake: the client's address and why (e.g. for the peer
+/// listener, to record unknown nodes' attempts in the access log).
+pub type RefusedHook = Arc<dyn Fn(SocketAddr, String) + Send + Sync>;
+
 /// Accepts TCP connections and hands out those whose TLS handshake completed (handshakes run
 /// in their own tasks, so a slow client delays no one).
 pub struct TlsListener {
@@ -123,6 +127,18 @@ impl TlsListener {
     /// # Errors
     /// If the listener has no local address.
     pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        Self::with_refused_hook(listener, config, None)
+    }
+
+    /// Like [`Self::new`], telling `refused` of every handshake that failed.
+    ///
+    /// # Errors
+    /// If the listener has no local address.
+    pub fn with_refused_hook(
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        refused: Option<RefusedHook>,
+    ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let (tx, ready) = tokio::sync::mpsc::channel(ACCEPT_QUEUE);
         let acceptor = TlsAcceptor::from(config);
@@ -140,7 +156,7 @@ impl TlsListener {
                         continue;
                     }
                 };
-                let (acceptor, sender) = (acceptor.clone(), tx.clone());
+                let (acceptor, sender, refused) = (acceptor.clone(), tx.clone(), refused.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -157,7 +173,12 @@ impl TlsListener {
                                 tokio::time::timeout(HANDSHAKE_TIMEOUT, sender.send((tls, peer)))
                                     .await;
                         }
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake refused"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake refused");
+                            if let Some(hook) = &refused {
+                                hook(peer, e.to_string());
+                            }
+                        }
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
                 });

@@ -97,6 +97,17 @@ impl Peer {
         self.search(query)["total"].as_u64().unwrap()
     }
 
+    /// The `outcomeDesc` of the newest access-log records (as `AuditEvent`s).
+    fn audit(&self) -> Vec<String> {
+        let v = self.search("AuditEvent?_count=200");
+        v["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["resource"]["outcomeDesc"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     fn access_size(&self) -> u64 {
         let (_, body) = raw_get(&self.s, "/ledger/access/checkpoint");
         let text = String::from_utf8(body).unwrap();
@@ -237,6 +248,9 @@ fn a_patient_shared_from_a_appears_in_b_with_provenance() {
             .contains(&format!("leaf {sender_leaf}")),
         "B cites A's leaf: {p}"
     );
+    assert!(b.audit().iter().any(|d| d == "share-receive: success"));
+    assert!(a.audit().iter().any(|d| d == "share-send: success"));
+    assert!(a.audit().iter().any(|d| d == "share-delivered: success"));
     // Both ledgers still verify.
     for n in [&a, &b] {
         let (ok, out, err) = n.cli(&["ledger", "verify"]);
@@ -254,6 +268,16 @@ fn a_patient_shared_from_a_appears_in_b_with_provenance() {
         why.contains("could not be delivered") && why.contains("alert"),
         "{v}"
     );
+    // B recorded the refused handshake in its access log (written as the handshake failed).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !b
+        .audit()
+        .iter()
+        .any(|d| d == "peer-handshake-refused: denied")
+    {
+        assert!(std::time::Instant::now() < deadline, "{:?}", b.audit());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert_eq!(b.count("Patient?family=Strangerfam"), 0);
 
     // B rotates its keys while serving: its peer listener presents the new key at once, which
