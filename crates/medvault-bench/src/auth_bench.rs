@@ -8,6 +8,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
 
+mod args;
+
+use args::arg;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,13 +22,6 @@ use medvault_server::{AppState, ServerConfig};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "benchmark passphrase of some length";
-
-fn arg(i: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(i)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
 
 fn now() -> u64 {
     SystemTime::now()

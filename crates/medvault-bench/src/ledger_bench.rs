@@ -8,6 +8,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
 
+mod args;
+
+use args::arg;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,13 +19,6 @@ use medvault_ledger::{MemoryTree, inclusion_proof, leaf_hash, verify_inclusion};
 use medvault_server::node::Node;
 use medvault_store::{LedgerNodes, StoreTx, write_with};
 use serde_json::json;
-
-fn arg(i: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(i)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
 
 fn detail(i: u64) -> serde_json::Value {
     json!({"v": 1, "type": "rest", "request_id": format!("bench-{i}"), "interaction": "read",

@@ -14,6 +14,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
 
+mod args;
+
+use args::arg;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,13 +28,6 @@ use medvault_server::ops::{self, Ctx};
 use medvault_server::{AppState, ServerConfig, search};
 use medvault_store::write_with;
 use serde_json::{Value, json};
-
-fn arg(i: usize, default: usize) -> usize {
-    std::env::args()
-        .nth(i)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     decisions(arg(1, 200_000));

@@ -7,6 +7,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
 
+mod args;
+
+use args::arg;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::signature::{
@@ -20,13 +23,6 @@ use hpke::{Deserializable as _, Kem as _, OpModeR, OpModeS, Serializable as _};
 use medvault_crypto::{
     DataKey, HybridSigningKey, XWingKey, hybrid_verify, open_bundle, seal_bundle,
 };
-
-fn arg(i: usize, default: usize) -> usize {
-    std::env::args()
-        .nth(i)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Median time of `rounds` runs of `f`.
 fn median(rounds: usize, mut f: impl FnMut()) -> Duration {

@@ -163,11 +163,14 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn checkpoint(node: &medvault_server::Node) -> anyhow::Result<()> {
+fn checkpoint_api(node: &medvault_server::Node) -> Result<(), medvault_server::ApiError> {
     node.ledger
         .checkpoint_now(node.store.as_ref(), node.access.as_ref())
         .map(drop)
-        .map_err(|e| anyhow::anyhow!("signing a checkpoint failed: {}", e.message))
+}
+
+fn checkpoint(node: &medvault_server::Node) -> anyhow::Result<()> {
+    checkpoint_api(node).map_err(|e| anyhow::anyhow!("signing a checkpoint failed: {}", e.message))
 }
 
 pub(crate) fn run_peer(command: PeerCommand) -> anyhow::Result<()> {
@@ -280,11 +283,27 @@ pub(crate) fn run_share(command: ShareCommand) -> anyhow::Result<()> {
             let ctx = share::node_ctx(&node);
             let made = share::prepare(&node, &ctx, &id, &to, &purpose, valid_for, &os_user())
                 .map_err(|e| {
-                    if e.denied_by.is_some() {
-                        // A refused disclosure is recorded like any refused access.
-                        let target = format!("Patient/{patient} to {to}: {}", e.message);
-                        if let Err(a) = audit_admin(&node, "share-refused", Some(&target)) {
-                            return a;
+                    if let Some(rule) = &e.denied_by {
+                        // A refused disclosure is recorded like any refused access, in the
+                        // patient's accounting of disclosures.
+                        let now = node.clock.now_micros();
+                        let detail = serde_json::json!({
+                            "v": 1,
+                            "type": "share",
+                            "time": medvault_server::clock::instant(now),
+                            "agent": os_user(),
+                            "interaction": "share-send",
+                            "patient": patient,
+                            "outcome": "denied",
+                            "denied_by": rule,
+                            "share": {"to": to, "purpose": purpose},
+                        });
+                        if let Err(a) = node
+                            .ledger
+                            .record_audit(node.access.as_ref(), now, &detail)
+                            .and_then(|_| checkpoint_api(&node))
+                        {
+                            return anyhow::anyhow!("recording the refusal failed: {}", a.message);
                         }
                     }
                     anyhow::anyhow!("{}", e.message)
@@ -307,15 +326,16 @@ pub(crate) fn run_share(command: ShareCommand) -> anyhow::Result<()> {
             let node = open_node(&dir, true)?;
             let ctx = share::node_ctx(&node);
             let result = share::receive(&node, &ctx, &bytes, None, &os_user());
+            // The receipt first: the import is committed, and a second import is a replay.
+            if let (Ok(imported), Some(path)) = (&result, &receipt) {
+                write_private(
+                    path,
+                    serde_json::to_string_pretty(&imported.receipt)?.as_bytes(),
+                )?;
+            }
             checkpoint(&node)?;
             match result {
                 Ok(imported) => {
-                    if let Some(path) = &receipt {
-                        write_private(
-                            path,
-                            serde_json::to_string_pretty(&imported.receipt)?.as_bytes(),
-                        )?;
-                    }
                     println!(
                         "imported {} resources from {} as Patient/{} (bundle {}; sender's leaf {}; recorded at access-log leaf {})",
                         imported.resources,

@@ -238,6 +238,10 @@ pub(crate) fn reference_type(reference: &str) -> Option<&str> {
 
 /// Splits a literal reference into `(type, id)`, dropping a base URL and a `_history` suffix.
 pub fn local_reference(reference: &str) -> Option<(&str, &str)> {
+    // `#…` points inside the resource (a contained resource), never at a stored one.
+    if reference.starts_with('#') {
+        return None;
+    }
     let trimmed = match reference.find("/_history/") {
         Some(i) => &reference[..i],
         None => reference,
@@ -254,6 +258,17 @@ pub fn local_reference(reference: &str) -> Option<(&str, &str)> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn contained_references_name_no_stored_resource() {
+        assert_eq!(local_reference("#/Patient/p1"), None);
+        assert_eq!(local_reference("#p1"), None);
+        assert_eq!(local_reference("Patient/p1"), Some(("Patient", "p1")));
+        assert_eq!(
+            local_reference("https://a.example/fhir/Patient/p1/_history/2"),
+            Some(("Patient", "p1"))
+        );
+    }
 
     fn eval(expr: &str, rt: &str, v: &Value) -> Vec<Value> {
         Expr::parse(expr, rt)

@@ -36,8 +36,9 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
 const PIN_RELOAD: Duration = Duration::from_secs(1);
 /// Time allowed to connect, and to complete the TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed for a peer to answer a delivery (it imports before answering).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+/// Time allowed for a peer to answer a delivery: longer than the receiver gives a body to
+/// arrive (60 s) plus a large import, so the receiver never finishes after the sender gave up.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
 /// Largest answer read from a peer.
 const MAX_ANSWER: usize = 1024 * 1024;
 
@@ -92,6 +93,7 @@ pub fn tls_identity(
 pub struct PeerPins {
     node: Arc<Node>,
     known: RwLock<(Option<Instant>, HashSet<[u8; 32]>)>,
+    reloading: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for PeerPins {
@@ -106,35 +108,48 @@ impl PeerPins {
         Self {
             node,
             known: RwLock::new((None, HashSet::new())),
+            reloading: std::sync::Mutex::new(()),
         }
     }
 
-    fn reload(&self) -> HashSet<[u8; 32]> {
+    fn reload(&self) -> Option<HashSet<[u8; 32]>> {
         match self.node.store.peers() {
-            Ok(peers) => peers
-                .iter()
-                .filter_map(|p| document_ed25519(&p.document))
-                .collect(),
+            Ok(peers) => Some(
+                peers
+                    .iter()
+                    .filter_map(|p| document_ed25519(&p.document))
+                    .collect(),
+            ),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the registered peers failed");
-                HashSet::new()
+                None
             }
         }
     }
 
-    /// True if `key` is a registered peer's key (as of at most [`PIN_RELOAD`] ago).
+    /// True if `key` is a registered peer's key (as of at most [`PIN_RELOAD`] ago). One
+    /// handshake at a time re-reads the registry when it is due; the others meanwhile use the
+    /// keys read before, and a failed read keeps them.
     pub fn is_registered(&self, key: &[u8; 32]) -> bool {
-        if let Ok(k) = self.known.read()
-            && k.0.is_some_and(|at| at.elapsed() < PIN_RELOAD)
-        {
-            return k.1.contains(key);
+        let due = self
+            .known
+            .read()
+            .map_or(true, |k| k.0.is_none_or(|at| at.elapsed() >= PIN_RELOAD));
+        if due && let Ok(_one) = self.reloading.try_lock() {
+            match self.reload() {
+                Some(keys) => {
+                    if let Ok(mut k) = self.known.write() {
+                        *k = (Some(Instant::now()), keys);
+                    }
+                }
+                None => {
+                    if let Ok(mut k) = self.known.write() {
+                        k.0 = Some(Instant::now());
+                    }
+                }
+            }
         }
-        let keys = self.reload();
-        let found = keys.contains(key);
-        if let Ok(mut k) = self.known.write() {
-            *k = (Some(Instant::now()), keys);
-        }
-        found
+        self.known.read().is_ok_and(|k| k.1.contains(key))
     }
 }
 
@@ -261,6 +276,7 @@ struct IdentityCert {
     node: Arc<Node>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     current: RwLock<Option<(u32, Arc<rustls::sign::CertifiedKey>)>>,
+    checked: std::sync::Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for IdentityCert {
@@ -284,31 +300,39 @@ impl rustls::server::ResolvesServerCert for IdentityCert {
         &self,
         _hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        let stored = self
-            .node
-            .store
-            .data_key(crate::node_identity::SIGN_ED25519_KEY)
-            .ok()
-            .flatten()
-            .map(|row| row.key_version);
-        if let Ok(c) = self.current.read()
-            && let Some((v, key)) = c.as_ref()
-            && Some(*v) == stored
-        {
-            return Some(Arc::clone(key));
-        }
-        match self.make() {
-            Ok((v, key)) => {
-                if let Ok(mut c) = self.current.write() {
-                    *c = Some((v, Arc::clone(&key)));
+        // At most once a second, one handshake looks at the key version (a store read); the
+        // others, and every handshake when the read fails, use the certificate made before.
+        let due = self.checked.try_lock().ok().is_some_and(|mut at| {
+            let due = at.is_none_or(|t| t.elapsed() >= PIN_RELOAD);
+            if due {
+                *at = Some(Instant::now());
+            }
+            due
+        });
+        let current = self.current.read().ok().and_then(|c| c.clone());
+        if due {
+            let stored = self
+                .node
+                .store
+                .data_key(crate::node_identity::SIGN_ED25519_KEY)
+                .ok()
+                .flatten()
+                .map(|row| row.key_version);
+            if stored.is_some() && stored != current.as_ref().map(|(v, _)| *v) {
+                match self.make() {
+                    Ok((v, key)) => {
+                        if let Ok(mut c) = self.current.write() {
+                            *c = Some((v, Arc::clone(&key)));
+                        }
+                        return Some(key);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the node's TLS identity could not be made")
+                    }
                 }
-                Some(key)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the node's TLS identity could not be made");
-                None
             }
         }
+        current.map(|(_, key)| key)
     }
 }
 
@@ -328,6 +352,7 @@ pub fn server_config(node: Arc<Node>) -> Result<Arc<rustls::ServerConfig>, TlsEr
         node,
         provider: Arc::clone(&provider),
         current: RwLock::new(None),
+        checked: std::sync::Mutex::new(None),
     };
     // Made once now, so a broken identity stops the start rather than every handshake.
     let first = certs.make()?;

@@ -398,7 +398,9 @@ fn compartment(
 
 /// `Type/id` of a literal reference (relative, versioned or absolute), if it is one.
 fn reference_key(r: &str) -> Option<String> {
-    if r.starts_with('#') || r.starts_with("urn:") {
+    // Only relative references name this node's resources (links are built relative, and an
+    // absolute URL may point at another server that happens to use the same id).
+    if r.starts_with('#') || r.contains(':') {
         return None;
     }
     let segs: Vec<&str> = r.split('/').filter(|s| !s.is_empty()).collect();
@@ -448,7 +450,9 @@ fn rewrite(
                     }
                     None if r.starts_with('#') => {}
                     None => {
-                        obj.remove("reference");
+                        // Not a local reference (another server, a URN): it could name anyone.
+                        obj.clear();
+                        obj.insert("display".into(), Value::String("not shared".into()));
                     }
                 }
             }
@@ -469,11 +473,19 @@ fn rewrite(
 ///
 /// # Errors
 /// [`Refusal::Invalid`] for a `urn:uuid:` reference to no entry.
-fn confine(v: &mut Value, urls: &HashSet<String>, sender: &str) -> Result<(), Refusal> {
+fn confine(
+    v: &mut Value,
+    urls: &HashSet<String>,
+    contained: &HashSet<String>,
+    sender: &str,
+) -> Result<(), Refusal> {
     match v {
         Value::Object(obj) => {
+            // `#` alone is the resource itself; `#id` must name one of its contained resources.
+            let internal =
+                |r: &str| r == "#" || r.strip_prefix('#').is_some_and(|id| contained.contains(id));
             if let Some(Value::String(r)) = obj.get("reference").cloned()
-                && !r.starts_with('#')
+                && !internal(&r)
             {
                 if r.starts_with("urn:uuid:") {
                     if !urls.contains(&r) {
@@ -488,10 +500,33 @@ fn confine(v: &mut Value, urls: &HashSet<String>, sender: &str) -> Result<(), Re
                         .or_insert_with(|| logical(sender, &key));
                 }
             }
-            obj.values_mut().try_for_each(|c| confine(c, urls, sender))
+            obj.values_mut()
+                .try_for_each(|c| confine(c, urls, contained, sender))
         }
-        Value::Array(items) => items.iter_mut().try_for_each(|c| confine(c, urls, sender)),
+        Value::Array(items) => items
+            .iter_mut()
+            .try_for_each(|c| confine(c, urls, contained, sender)),
         _ => Ok(()),
+    }
+}
+
+/// Tags an imported resource with the node it came from (`meta.tag`), so nobody takes it for
+/// this node's own record (e.g. a medical record number that matches a local patient's).
+fn tag_shared(resource: &mut Value, sender: &str) {
+    let Value::Object(o) = resource else { return };
+    let meta = o.entry("meta").or_insert_with(|| json!({}));
+    if !meta.is_object() {
+        *meta = json!({});
+    }
+    let tags = meta
+        .as_object_mut()
+        .map(|m| m.entry("tag").or_insert_with(|| json!([])));
+    if let Some(Value::Array(tags)) = tags {
+        tags.push(json!({
+            "system": "urn:medvault:shared-from",
+            "code": sender,
+            "display": "received from another medvault node",
+        }));
     }
 }
 
@@ -556,7 +591,13 @@ pub fn prepare(
     let mut resources = vec![("Patient".to_owned(), patient_resource)];
     let mut withheld = 0;
     for (rt, v) in compartment(store, ctx, patient.as_str())? {
-        if verdict(&rt, &v) == ConsentState::Deny {
+        // A contained resource travels with its container: a denied one keeps both back.
+        let contained_denied = v["contained"].as_array().into_iter().flatten().any(|c| {
+            c["resourceType"]
+                .as_str()
+                .is_some_and(|t| verdict(t, c) == ConsentState::Deny)
+        });
+        if contained_denied || verdict(&rt, &v) == ConsentState::Deny {
             withheld += 1;
         } else {
             resources.push((rt, v));
@@ -596,6 +637,8 @@ pub fn prepare(
         };
         if let Value::Object(o) = &mut v {
             o.remove("id");
+            // The narrative may describe what was withheld; the structured data travels.
+            o.remove("text");
             if let Some(Value::Object(meta)) = o.get_mut("meta") {
                 meta.remove("versionId");
                 meta.remove("lastUpdated");
@@ -891,7 +934,14 @@ fn import(node: &Node, ctx: &Ctx, bytes: &[u8], c: &Checked) -> Result<(String, 
     let placeholder = ResourceId::random();
     let stand_in = format!("Patient/{placeholder}");
     for e in &mut entries {
-        confine(&mut e["resource"], &urls, &c.header.sender.node)?;
+        let contained: HashSet<String> = e["resource"]["contained"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["id"].as_str().map(str::to_owned))
+            .collect();
+        confine(&mut e["resource"], &urls, &contained, &c.header.sender.node)?;
+        tag_shared(&mut e["resource"], &c.header.sender.node);
         let rt = e["resource"]["resourceType"]
             .as_str()
             .unwrap_or_default()
@@ -1189,7 +1239,8 @@ mod tests {
         let map = HashMap::from([("Patient/p1".to_owned(), "urn:uuid:1".to_owned())]);
         let mut v = json!({
             "subject": {"reference": "Patient/p1"},
-            "encounter": {"reference": "https://a.example/fhir/Patient/p1/_history/3"},
+            "encounter": {"reference": "Patient/p1/_history/3"},
+            "partOf": [{"reference": "https://b.example/fhir/Patient/p1", "display": "Ann"}],
             "performer": [{"reference": "Practitioner/dr1", "display": "Dr"}],
             "contained": [{"id": "m"}],
             "medicationReference": {"reference": "#m"},
@@ -1201,13 +1252,15 @@ mod tests {
         rewrite(&mut v, &map, "node-a", &patient_data);
         assert_eq!(v["subject"]["reference"], "urn:uuid:1");
         assert_eq!(v["encounter"]["reference"], "urn:uuid:1");
+        // Another server's resource, even with a matching id, is not this one.
+        assert_eq!(v["partOf"][0], json!({"display": "not shared"}));
         assert_eq!(v["performer"][0].get("reference"), None);
         assert_eq!(
             v["performer"][0]["identifier"],
             json!({"system": "urn:medvault:node:node-a", "value": "Practitioner/dr1"})
         );
         assert_eq!(v["medicationReference"]["reference"], "#m");
-        assert_eq!(v["basedOn"][0].get("reference"), None);
+        assert_eq!(v["basedOn"][0], json!({"display": "not shared"}));
         // Patient data not in the bundle: neither its id nor its display text leaves.
         assert_eq!(v["hasMember"][0], json!({"display": "not shared"}));
         assert_eq!(v["focus"][0], json!({"display": "not shared"}));

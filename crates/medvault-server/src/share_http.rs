@@ -180,7 +180,9 @@ pub(crate) async fn share(
 /// Bundles being imported at once, at most.
 static IMPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 /// Time a peer has to send its bundle.
-const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Time a peer has to send its bundle (the sender waits longer for the answer, so an import
+/// does not finish after the sender gave up: see `peer::ANSWER_TIMEOUT`).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// True if reading a body failed because it was over the limit.
 fn is_length_limit(e: &axum::Error) -> bool {
@@ -230,9 +232,16 @@ async fn receive(
         )
         .into_response();
     };
-    // Two imports at a time at most: each holds its bundle several times over in memory.
-    let Ok(_permit) = IMPORTS.acquire().await else {
-        return ApiError::internal(&"import permits closed").into_response();
+    // Two imports at a time at most (each holds its bundle several times over in memory); a
+    // third is told to come back rather than queue. The permit moves into the blocking task,
+    // so a sender that disconnects does not free it while its import still runs.
+    let Ok(permit) = IMPORTS.try_acquire() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            IssueCode::Transient,
+            "this node is importing other bundles; send again in a moment",
+        )
+        .into_response();
     };
     let read = tokio::time::timeout(
         BODY_TIMEOUT,
@@ -252,9 +261,11 @@ async fn receive(
         "peer_key": conn.key.map(hex::encode),
         "address": conn.addr.ip().to_string(),
     });
-    let done =
-        tokio::task::spawn_blocking(move || share::receive(&node, &ctx, &bytes, Some(key), &agent))
-            .await;
+    let done = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        share::receive(&node, &ctx, &bytes, Some(key), &agent)
+    })
+    .await;
     state.facts.invalidate();
     match done {
         Ok(Ok(imported)) => {
@@ -305,22 +316,34 @@ fn refusal_recorder(state: &AppState) -> tls::RefusedHook {
     let state = state.clone();
     tokio::spawn(async move {
         let mut window = (std::time::Instant::now(), 0u32);
-        while let Some((addr, why)) = rx.recv().await {
+        loop {
+            // Wakes at least once a minute, so refusals counted past the limit get recorded
+            // even when no further one comes.
+            let next = tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv()).await;
             if window.0.elapsed() >= std::time::Duration::from_secs(60) {
                 window = (std::time::Instant::now(), 0);
             }
-            if window.1 >= REFUSALS_PER_MINUTE {
-                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                continue;
-            }
+            let (address, reason) = match next {
+                Ok(None) => return,
+                Ok(Some((addr, why))) => {
+                    if window.1 >= REFUSALS_PER_MINUTE {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
+                    let reason: String =
+                        why.chars().filter(|c| !c.is_control()).take(200).collect();
+                    (Some(addr.ip().to_string()), Some(reason))
+                }
+                Err(_) if counted.load(std::sync::atomic::Ordering::Relaxed) > 0 => (None, None),
+                Err(_) => continue,
+            };
             window.1 += 1;
             let now = state.node.clock.now_micros();
-            let reason: String = why.chars().filter(|c| !c.is_control()).take(200).collect();
             let detail = json!({
                 "v": 1,
                 "type": "share",
                 "time": crate::clock::instant(now),
-                "agent": {"address": addr.ip().to_string()},
+                "agent": {"address": address},
                 "interaction": "peer-handshake-refused",
                 "outcome": "denied",
                 "reason": reason,

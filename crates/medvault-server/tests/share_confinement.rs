@@ -134,6 +134,37 @@ fn a_peer_cannot_reach_beyond_the_patient_it_sends() {
         "the import names the new Patient's id"
     );
 
+    let tags = &t.read("Patient", &existing).unwrap()["meta"]["tag"];
+    assert_eq!(tags[0]["system"], "urn:medvault:shared-from");
+    assert_eq!(
+        tags[0]["code"],
+        t.a_id.node.as_str(),
+        "marked as another node's record"
+    );
+
+    // A contained-style reference that names a stored patient (`#/Patient/<id>`) in a field
+    // that does not decide the compartment: kept only as a logical reference.
+    let sneaky = transaction(vec![
+        patient("urn:uuid:ps"),
+        entry(
+            "urn:uuid:os",
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                   "subject": {"reference": "urn:uuid:ps"},
+                   "performer": [{"reference": format!("#/Patient/{existing}")}]}),
+        ),
+    ]);
+    t.receive(&t.seal(&sneaky)).unwrap();
+    let found = medvault_server::search::search_bundle(
+        t.b.store.as_ref(),
+        &share::node_ctx(&t.b),
+        "Observation",
+        &[("performer".into(), format!("Patient/{existing}"))],
+        true,
+        "",
+    )
+    .unwrap();
+    assert_eq!(found["total"], 0, "{found}");
+
     // An observation aimed at B's existing patient: refused, nothing kept.
     let aimed = transaction(vec![
         patient("urn:uuid:p2"),

@@ -284,6 +284,8 @@ fn a_patient_shared_from_a_appears_in_b_with_provenance() {
     // A (still pinning the old one) refuses, until A registers B's new document.
     let (ok, _, err) = b.cli(&["node", "rotate-keys"]);
     assert!(ok, "{err}");
+    // The listener looks at its key version at most once a second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let (status, v) = a.share(&pid, b.node());
     assert_eq!(status, 502, "{v}");
     let why = v["issue"][0]["diagnostics"].as_str().unwrap();
