@@ -645,7 +645,7 @@ fn audit_detail(
             p if p.starts_with("/admin/patients/") => "patient-erase",
             "/auth/authorize" | "/auth/authorize.js" | "/auth/authorize/check" => "oauth-authorize",
             "/auth/authorize/decide" => "oauth-approve",
-            crate::share::RECEIVE_PATH => "share-receive",
+            crate::share::RECEIVE_PATH => "peer-delivery",
             _ => target.as_ref().map_or("none", |t| interaction(method, t)),
         },
         "resource_type": rtype,

@@ -248,6 +248,13 @@ fn a_patient_shared_from_a_appears_in_b_with_provenance() {
             .contains(&format!("leaf {sender_leaf}")),
         "B cites A's leaf: {p}"
     );
+    // The node-to-node link negotiated the hybrid post-quantum key exchange.
+    let log = std::fs::read_to_string(&b.s.log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("TLS handshake done") && l.contains("X25519MLKEM768")),
+        "no hybrid handshake in B's log"
+    );
     assert!(b.audit().iter().any(|d| d == "share-receive: success"));
     assert!(a.audit().iter().any(|d| d == "share-send: success"));
     assert!(a.audit().iter().any(|d| d == "share-delivered: success"));
