@@ -346,12 +346,27 @@ pub(crate) fn run_share(command: ShareCommand) -> anyhow::Result<()> {
                         imported.leaf
                     );
                 }
-                Err((refusal, leaf)) => match leaf {
-                    Some(l) => bail!(
-                        "bundle refused: {refusal} (recorded at access-log leaf {l}); nothing was imported"
-                    ),
-                    None => bail!("bundle refused: {refusal}; nothing was imported"),
-                },
+                Err(refused) => {
+                    let recorded = refused
+                        .leaf
+                        .map(|l| format!(" (recorded at access-log leaf {l})"))
+                        .unwrap_or_default();
+                    // A replay of a bundle imported before: the receipt given then, again.
+                    let again = match (&refused.earlier_receipt, &receipt) {
+                        (Some(r), Some(path)) => {
+                            write_private(path, serde_json::to_string_pretty(r)?.as_bytes())?;
+                            format!(
+                                "; the receipt given when it was imported is in {}",
+                                path.display()
+                            )
+                        }
+                        _ => String::new(),
+                    };
+                    bail!(
+                        "bundle refused: {}{recorded}; nothing was imported{again}",
+                        refused.refusal
+                    )
+                }
             }
         }
         ShareCommand::Confirm {

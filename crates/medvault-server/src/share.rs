@@ -1006,18 +1006,40 @@ fn import(node: &Node, ctx: &Ctx, bytes: &[u8], c: &Checked) -> Result<(String, 
     Ok((patient, resources))
 }
 
+/// A refused bundle.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub refusal: Refusal,
+    /// The access-log leaf that recorded the refusal (when recording worked).
+    pub leaf: Option<u64>,
+    /// For a replay of a bundle imported before: the receipt given then, so a sender that
+    /// lost the answer learns the outcome without a second import.
+    pub earlier_receipt: Option<Value>,
+}
+
+impl Refused {
+    fn new(refusal: Refusal, leaf: Option<u64>) -> Self {
+        Self {
+            refusal,
+            leaf,
+            earlier_receipt: None,
+        }
+    }
+}
+
 /// Checks and imports a sealed bundle (from a peer connection authenticated with `tls_key`,
 /// or from a file when `None`), and records the outcome in the access log either way.
 ///
 /// # Errors
-/// The refusal, with the access-log leaf that recorded it (when recording worked).
+/// [`Refused`]: the refusal, the leaf that recorded it, and for a replay the earlier receipt.
 pub fn receive(
     node: &Node,
     ctx: &Ctx,
     bytes: &[u8],
     tls_key: Option<[u8; 32]>,
     agent: &Value,
-) -> Result<Imported, (Refusal, Option<u64>)> {
+) -> Result<Imported, Refused> {
     let mut seen = Seen::default();
     let result = check(node, bytes, tls_key, &mut seen)
         .and_then(|c| import(node, ctx, bytes, &c).map(|(p, n)| (c, p, n)));
@@ -1054,9 +1076,28 @@ pub fn receive(
         .record_audit(node.access.as_ref(), now, &detail)
         .map_err(|e| tracing::warn!(error = %e.message, "recording a received bundle failed"))
         .ok();
-    let (c, patient, resources) = result.map_err(|r| (r, leaf))?;
+    let (c, patient, resources) = match result {
+        Ok(done) => done,
+        Err(refusal) => {
+            // A replay is only found after the signature verified: the header is the sender's.
+            let earlier_receipt = header
+                .filter(|_| refusal == Refusal::Replay)
+                .and_then(|h| {
+                    node.store
+                        .share_receipt(&h.sender.node, &h.id)
+                        .ok()
+                        .flatten()
+                })
+                .and_then(|text| serde_json::from_str(&text).ok());
+            return Err(Refused {
+                refusal,
+                leaf,
+                earlier_receipt,
+            });
+        }
+    };
     let Some(leaf) = leaf else {
-        return Err((
+        return Err(Refused::new(
             Refusal::Failed(
                 "the bundle was imported, but the access log could not record it and no receipt was made",
             ),
@@ -1072,7 +1113,7 @@ pub fn receive(
         resources,
     );
     let sig = c.me.signing.sign(text.as_bytes()).map_err(|_| {
-        (
+        Refused::new(
             Refusal::Failed("the bundle was imported, but signing the receipt failed"),
             Some(leaf),
         )
@@ -1087,6 +1128,19 @@ pub fn receive(
         "resources": resources,
         "signature": {"Ed25519": B64.encode(&sig.ed25519), "ML-DSA-65": B64.encode(&sig.ml_dsa_65)},
     });
+    // Kept until the bundle expires, for a sender that lost this answer (a failure here costs
+    // only that: the import stands and the receipt is returned now).
+    let (sender, id, text, expires) = (
+        c.header.sender.node.clone(),
+        c.header.id.clone(),
+        receipt.to_string(),
+        c.expires,
+    );
+    if let Err(e) = write_with(node.store.as_ref(), move |tx| {
+        tx.put_share_receipt(&sender, &id, &text, expires, now)
+    }) {
+        tracing::warn!(error = %e, "keeping a share receipt failed");
+    }
     Ok(Imported {
         header: c.header,
         patient,

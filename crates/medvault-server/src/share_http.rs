@@ -105,21 +105,37 @@ pub(crate) async fn share(
         "resources": out.resources,
         "withheld": out.withheld,
     });
-    let answer = peer::post(
-        &out.peer.url,
-        RECEIVE_PATH,
-        BUNDLE_MEDIA_TYPE,
-        out.bytes.clone(),
-        tls,
-    )
-    .await;
+    let deliver = || {
+        peer::post(
+            &out.peer.url,
+            RECEIVE_PATH,
+            BUNDLE_MEDIA_TYPE,
+            out.bytes.clone(),
+            Arc::clone(&tls),
+        )
+    };
+    // One retry, with the same bundle: if the first attempt was imported and only the answer
+    // was lost, the retry is a replay answered with the receipt given then.
+    let answer = match deliver().await {
+        Err(e) => {
+            tracing::debug!(error = %e, "delivery failed; retrying once");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            deliver().await
+        }
+        ok => ok,
+    };
+    // A receipt answers 200 (imported now) or 409 (imported by an earlier attempt).
+    let receipt_of = |a: &peer::Answer| {
+        let v: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+        (matches!(a.status, 200 | 409) && v["format"] == share::RECEIPT_FORMAT).then_some(v)
+    };
     let result = match answer {
         Err(e) => Err(gateway(format!(
             "the bundle could not be delivered to {}: {e}",
             out.peer.node
         ))),
-        Ok(a) if a.status == 200 => {
-            let receipt: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+        Ok(a) if receipt_of(&a).is_some() => {
+            let receipt = receipt_of(&a).unwrap_or_default();
             match share::check_receipt(&receipt, &out.peer_document, &out.header, &out.bytes) {
                 Err(why) => Err(gateway(format!(
                     "{} answered with an unusable receipt: {why}",
@@ -162,6 +178,10 @@ pub(crate) async fn share(
                 }
             }
         }
+        Ok(a) if a.status == 200 => Err(gateway(format!(
+            "{} answered without a receipt",
+            out.peer.node
+        ))),
         Ok(a) => Err(gateway(format!(
             "{} refused the bundle ({}): {}",
             out.peer.node,
@@ -281,7 +301,19 @@ async fn receive(
             resp.extensions_mut().insert(AuditPatient(imported.patient));
             resp
         }
-        Ok(Err((r, leaf))) => refused(&r, leaf),
+        // A replay of a bundle imported before: 409, with the receipt given then.
+        Ok(Err(share::Refused {
+            refusal,
+            leaf,
+            earlier_receipt: Some(receipt),
+        })) => {
+            let mut resp = (StatusCode::CONFLICT, axum::Json(receipt)).into_response();
+            resp.extensions_mut().insert(AuditExtra(
+                json!({"share_receive": {"refused": refusal.code(), "leaf": leaf, "receiptAgain": true}}),
+            ));
+            resp
+        }
+        Ok(Err(r)) => refused(&r.refusal, r.leaf),
         Err(e) => ApiError::internal(&e).into_response(),
     }
 }

@@ -93,7 +93,7 @@ impl Two {
 
     fn receive(&self, bytes: &[u8]) -> Result<share::Imported, Refusal> {
         let ctx = share::node_ctx(&self.b);
-        share::receive(&self.b, &ctx, bytes, None, &json!({"test": true})).map_err(|(r, _)| r)
+        share::receive(&self.b, &ctx, bytes, None, &json!({"test": true})).map_err(|r| r.refusal)
     }
 
     fn read(&self, rt: &str, id: &str) -> Option<Value> {

@@ -572,6 +572,13 @@ macro_rules! impl_reads {
             fn peers(&self) -> Result<Vec<medvault_store::PeerRow>, StoreError> {
                 self.with_conn($crate::sql::peers)
             }
+            fn share_receipt(
+                &self,
+                sender: &str,
+                bundle_id: &str,
+            ) -> Result<Option<String>, StoreError> {
+                self.with_conn(|c| $crate::sql::share_receipt(c, sender, bundle_id))
+            }
             fn access_token(&self, hash: &[u8; 32]) -> Result<Option<AccessTokenRow>, StoreError> {
                 self.with_conn(|c| $crate::sql::access_token(c, hash))
             }

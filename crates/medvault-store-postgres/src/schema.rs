@@ -147,7 +147,12 @@ const NODE_MIGRATIONS: &[(i64, &str)] = &[
         node TEXT COLLATE \"C\" PRIMARY KEY, fingerprint TEXT NOT NULL, url TEXT NOT NULL,
         document TEXT NOT NULL, organization TEXT, registered BIGINT NOT NULL,
         registered_by TEXT NOT NULL
-     );",
+     );
+     CREATE TABLE share_receipts (
+        sender TEXT NOT NULL, bundle_id TEXT NOT NULL, receipt TEXT NOT NULL,
+        expires BIGINT NOT NULL, PRIMARY KEY (sender, bundle_id)
+     );
+     CREATE INDEX share_receipts_by_expiry ON share_receipts (expires);",
     ),
 ];
 

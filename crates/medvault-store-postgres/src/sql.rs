@@ -727,6 +727,19 @@ pub(crate) fn peers(c: &mut Conn) -> Result<Vec<PeerRow>, StoreError> {
     rows(found, peer_row)
 }
 
+pub(crate) fn share_receipt(
+    c: &mut Conn,
+    sender: &str,
+    bundle_id: &str,
+) -> Result<Option<String>, StoreError> {
+    c.opt(
+        "SELECT receipt FROM share_receipts WHERE sender = $1 AND bundle_id = $2",
+        &[&sender, &bundle_id],
+    )?
+    .map(|r| get(&r, 0))
+    .transpose()
+}
+
 pub(crate) fn grant(c: &mut Conn, hash: &[u8; 32]) -> Result<Option<GrantRow>, StoreError> {
     c.opt(
         "SELECT kind, client_id, user_id, scopes, redirect_uri, code_challenge, family, expires,
@@ -1335,6 +1348,24 @@ impl StoreTx for Tx<'_> {
                 &p.registered_micros,
                 &p.registered_by,
             ],
+        )
+        .map(drop)
+    }
+
+    fn put_share_receipt(
+        &mut self,
+        sender: &str,
+        bundle_id: &str,
+        receipt: &str,
+        expires: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.exec("DELETE FROM share_receipts WHERE expires < $1", &[&now])?;
+        self.exec(
+            "INSERT INTO share_receipts (sender, bundle_id, receipt, expires) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (sender, bundle_id) DO UPDATE SET receipt = excluded.receipt,
+               expires = excluded.expires",
+            &[&sender, &bundle_id, &receipt, &expires],
         )
         .map(drop)
     }

@@ -513,6 +513,9 @@ impl StoreRead for SqliteStore {
     fn peers(&self) -> Result<Vec<medvault_store::PeerRow>, StoreError> {
         self.with_reader(sql::peers)
     }
+    fn share_receipt(&self, sender: &str, bundle_id: &str) -> Result<Option<String>, StoreError> {
+        self.with_reader(|c| sql::share_receipt(c, sender, bundle_id))
+    }
     fn access_token(&self, hash: &[u8; 32]) -> Result<Option<AccessTokenRow>, StoreError> {
         self.with_reader(|c| sql::access_token(c, hash))
     }

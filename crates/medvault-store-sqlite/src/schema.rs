@@ -168,7 +168,12 @@ const NODE_MIGRATIONS: &[&str] = &[
         node TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, url TEXT NOT NULL,
         document TEXT NOT NULL, organization TEXT, registered INTEGER NOT NULL,
         registered_by TEXT NOT NULL
-     ) WITHOUT ROWID;",
+     ) WITHOUT ROWID;
+     CREATE TABLE share_receipts (
+        sender TEXT NOT NULL, bundle_id TEXT NOT NULL, receipt TEXT NOT NULL,
+        expires INTEGER NOT NULL, PRIMARY KEY (sender, bundle_id)
+     ) WITHOUT ROWID;
+     CREATE INDEX share_receipts_by_expiry ON share_receipts (expires);",
 ];
 
 const DROP_LEVEL_ZERO: &str = "DELETE FROM ledger_nodes WHERE level = 0;";

@@ -380,6 +380,16 @@ pub(crate) fn peers(c: &Connection) -> Result<Vec<PeerRow>, StoreError> {
         .map_err(backend)
 }
 
+pub(crate) fn share_receipt(
+    c: &Connection,
+    sender: &str,
+    bundle_id: &str,
+) -> Result<Option<String>, StoreError> {
+    c.prepare_cached("SELECT receipt FROM share_receipts WHERE sender = ?1 AND bundle_id = ?2")
+        .and_then(|mut s| s.query_row([sender, bundle_id], |r| r.get(0)).optional())
+        .map_err(backend)
+}
+
 pub(crate) fn grant(c: &Connection, hash: &[u8; 32]) -> Result<Option<GrantRow>, StoreError> {
     c.prepare_cached(
         "SELECT kind, client_id, user_id, scopes, redirect_uri, code_challenge, family, expires,
@@ -904,6 +914,9 @@ impl StoreRead for Tx<'_> {
     fn peers(&self) -> Result<Vec<PeerRow>, StoreError> {
         peers(self.conn)
     }
+    fn share_receipt(&self, sender: &str, bundle_id: &str) -> Result<Option<String>, StoreError> {
+        share_receipt(self.conn, sender, bundle_id)
+    }
     fn access_token(&self, hash: &[u8; 32]) -> Result<Option<AccessTokenRow>, StoreError> {
         access_token(self.conn, hash)
     }
@@ -1323,6 +1336,28 @@ impl StoreTx for Tx<'_> {
                     p.registered_by,
                 ])
             })
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn put_share_receipt(
+        &mut self,
+        sender: &str,
+        bundle_id: &str,
+        receipt: &str,
+        expires: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM share_receipts WHERE expires < ?1")
+            .and_then(|mut s| s.execute([now]))
+            .map_err(backend)?;
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO share_receipts (sender, bundle_id, receipt, expires)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![sender, bundle_id, receipt, expires]))
             .map(drop)
             .map_err(backend)
     }

@@ -96,7 +96,8 @@ fn populate(store: &dyn Store) {
                 organization: Some("Organization/o1".into()),
                 registered_micros: 3,
                 registered_by: "cli".into(),
-            })
+            })?;
+            tx.put_share_receipt("node-b", "bundle-1", "{}", i64::MAX, 0)
         }),
         "keys",
     );
@@ -1139,6 +1140,34 @@ fn peers_register_replace_remove(store: &dyn Store) {
     );
     assert_eq!(removed, (true, false), "a second removal finds nothing");
     assert_eq!(ok(store.peers(), "peers").len(), 1);
+    // Receipts are kept per (sender, bundle) until the bundle expires.
+    ok(
+        write_with(store, |tx| {
+            tx.put_share_receipt("node-a", "b1", "r1", 100, 0)?;
+            tx.put_share_receipt("node-b", "b1", "r2", 300, 0)
+        }),
+        "receipts",
+    );
+    assert_eq!(
+        ok(store.share_receipt("node-a", "b1"), "r").as_deref(),
+        Some("r1")
+    );
+    assert_eq!(ok(store.share_receipt("node-a", "b2"), "r"), None);
+    ok(
+        write_with(store, |tx| {
+            tx.put_share_receipt("node-b", "b2", "r3", 400, 200)
+        }),
+        "later receipt",
+    );
+    assert_eq!(
+        ok(store.share_receipt("node-a", "b1"), "r"),
+        None,
+        "expired at 100"
+    );
+    assert_eq!(
+        ok(store.share_receipt("node-b", "b1"), "r").as_deref(),
+        Some("r2")
+    );
 }
 
 fn break_glass_and_alerts(store: &dyn Store) {

@@ -318,6 +318,16 @@ pub const NODE_TABLES: &[Table] = &[
         ],
         order: "node",
     },
+    Table {
+        name: "share_receipts",
+        columns: &[
+            ("sender", Text),
+            ("bundle_id", Text),
+            ("receipt", Text),
+            ("expires", Int),
+        ],
+        order: "sender, bundle_id",
+    },
     LEDGER_LEAVES,
     LEDGER_AUDIT,
     LEDGER_CHECKPOINTS,

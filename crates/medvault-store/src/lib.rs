@@ -510,6 +510,11 @@ pub trait StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn peers(&self) -> Result<Vec<PeerRow>, StoreError>;
+    /// The receipt this node gave for bundle `bundle_id` from `sender`, while it is kept.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn share_receipt(&self, sender: &str, bundle_id: &str) -> Result<Option<String>, StoreError>;
     /// Number of ledger leaves (all of them are integrated into the tree at commit).
     ///
     /// # Errors
@@ -856,6 +861,19 @@ pub trait StoreTx: StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn put_peer(&mut self, peer: &PeerRow) -> Result<(), StoreError>;
+    /// Keeps the receipt given for a bundle until `expires_micros` (the bundle's own expiry), so
+    /// a sender that lost the answer gets it again; forgets receipts expired before `now_micros`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn put_share_receipt(
+        &mut self,
+        sender: &str,
+        bundle_id: &str,
+        receipt: &str,
+        expires_micros: i64,
+        now_micros: i64,
+    ) -> Result<(), StoreError>;
     /// Removes a peer's registration: true if it was registered.
     ///
     /// # Errors

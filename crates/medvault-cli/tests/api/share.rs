@@ -486,6 +486,27 @@ fn offline_bundles_import_once_and_damaged_or_misdirected_ones_are_refused() {
         "{out}"
     );
     refused_after_import(&b, &file);
+    // The receipt was lost? Importing again is still a replay, and gives the same receipt.
+    let again = tmp.join("again.json");
+    let (ok, _, err) = b.cli(&[
+        "share",
+        "import",
+        file.to_str().unwrap(),
+        "--receipt",
+        again.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("replay") && err.contains("receipt given"),
+        "{err}"
+    );
+    let read =
+        |p: &Path| -> Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    assert_eq!(
+        read(&again),
+        read(&receipt),
+        "the receipt given at the import"
+    );
+    assert_eq!(b.count("Patient?family=Filefam"), 1, "still imported once");
     let (ok, out, err) = a.cli(&[
         "share",
         "confirm",
@@ -540,4 +561,63 @@ fn refused_after_import(b: &Peer, file: &Path) {
     let (ok, _, err) = b.cli(&["share", "import", file.to_str().unwrap()]);
     assert!(!ok && err.contains("replay"), "{err}");
     assert_eq!(b.count("Patient?family=Filefam"), 1, "imported once");
+}
+
+#[test]
+fn a_delivery_repeated_after_a_lost_answer_gets_the_same_receipt() {
+    let (a, b) = Peer::pair();
+    let pid = a.s.create(&patient("Retryfam", "Rae"));
+    let file = a.s.dir.with_extension("retry.mvshare");
+    let (ok, _, err) = a.cli(&[
+        "share",
+        "export",
+        "--patient",
+        &pid,
+        "--to",
+        b.node(),
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let bytes = std::fs::read(&file).unwrap();
+    // A's identity, as its own peer client would present it (opened from its data directory).
+    let node =
+        medvault_server::Node::open_in(&a.s.dir, &medvault_server::node::Database::Embedded, None)
+            .unwrap();
+    let id = medvault_server::node_identity::NodeIdentity::load(&node).unwrap();
+    let b_key = medvault_server::peer::document_ed25519(&b.doc.to_string()).unwrap();
+    let tls = medvault_server::peer::client_config(&id, b_key).unwrap();
+    let url = format!("https://127.0.0.1:{}", b.peer_port);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let post = |body: Vec<u8>, ct: &str| {
+        rt.block_on(medvault_server::peer::post(
+            &url,
+            medvault_server::share::RECEIVE_PATH,
+            ct,
+            body,
+            std::sync::Arc::clone(&tls),
+        ))
+        .unwrap()
+    };
+    let ct = medvault_server::share::BUNDLE_MEDIA_TYPE;
+    let wrong = post(bytes.clone(), "application/octet-stream");
+    assert_eq!(wrong.status, 415);
+    let first = post(bytes.clone(), ct);
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let second = post(bytes.clone(), ct);
+    assert_eq!(second.status, 409, "a replay");
+    let (r1, r2): (Value, Value) = (
+        serde_json::from_slice(&first.body).unwrap(),
+        serde_json::from_slice(&second.body).unwrap(),
+    );
+    assert_eq!(r1, r2, "the receipt given the first time");
+    assert_eq!(b.count("Patient?family=Retryfam"), 1, "imported once");
 }
