@@ -98,6 +98,25 @@ pub(crate) async fn share(
         Ok((out, tls))
     })
     .await?;
+    let (result, extra) = tokio::spawn(deliver(state, out, tls, agent))
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let mut resp = result.unwrap_or_else(axum::response::IntoResponse::into_response);
+    resp.extensions_mut()
+        .insert(AuditExtra(json!({"share": extra})));
+    resp.extensions_mut()
+        .insert(AuditPatient(patient.to_string()));
+    Ok(resp)
+}
+
+/// Delivers a sealed share and records the receipt: run as its own task, so it finishes (and
+/// the sender's ledger cites the receiver's leaf) even if the requester goes away meanwhile.
+async fn deliver(
+    state: AppState,
+    out: share::Outgoing,
+    tls: Arc<rustls::ClientConfig>,
+    agent: Value,
+) -> (Result<Response, ApiError>, Value) {
     let mut extra = json!({
         "id": out.header.id,
         "to": out.peer.node,
@@ -144,10 +163,14 @@ pub(crate) async fn share(
                 Ok(peer_leaf) => {
                     let node = Arc::clone(&state.node);
                     let (header, n) = (out.header.clone(), out.resources as u64);
-                    let delivered = crate::http::blocking(move || {
+                    let delivered = match crate::http::blocking(move || {
                         share::record_receipt(&node, &header, peer_leaf, n, &agent)
                     })
-                    .await?;
+                    .await
+                    {
+                        Ok(leaf) => leaf,
+                        Err(e) => return (Err(e), extra),
+                    };
                     extra["recipientLeaf"] = json!(peer_leaf);
                     extra["deliveredLeaf"] = json!(delivered);
                     let p = |name: &str, v: Value| {
@@ -189,12 +212,7 @@ pub(crate) async fn share(
             peer_message(&a.body)
         ))),
     };
-    let mut resp = result.unwrap_or_else(axum::response::IntoResponse::into_response);
-    resp.extensions_mut()
-        .insert(AuditExtra(json!({"share": extra})));
-    resp.extensions_mut()
-        .insert(AuditPatient(patient.to_string()));
-    Ok(resp)
+    (result, extra)
 }
 
 /// Bundles being imported at once, at most.
