@@ -19,6 +19,21 @@ impl Peer {
     fn start() -> Self {
         let peer_port = free_port();
         let s = Server::start_with(&["--peer-listen", &format!("127.0.0.1:{peer_port}")]);
+        Self::around(s, peer_port)
+    }
+
+    /// A node on PostgreSQL (`url`), its data directory (key file) under `root`.
+    fn on_postgres(root: &Path, name: &str, url: &str) -> Self {
+        let peer_port = free_port();
+        let s = Server::launch(
+            &root.join(name),
+            &[("MEDVAULT_DATABASE", url)],
+            &["--peer-listen", &format!("127.0.0.1:{peer_port}")],
+        );
+        Self::around(s, peer_port)
+    }
+
+    fn around(s: Server, peer_port: u16) -> Self {
         let (status, body) = raw_get(&s, "/.well-known/medvault-node");
         assert_eq!(status, 200);
         let doc: Value = serde_json::from_slice(&body).unwrap();
@@ -620,4 +635,73 @@ fn a_delivery_repeated_after_a_lost_answer_gets_the_same_receipt() {
     );
     assert_eq!(r1, r2, "the receipt given the first time");
     assert_eq!(b.count("Patient?family=Retryfam"), 1, "imported once");
+}
+
+#[test]
+fn two_nodes_on_postgresql_share_and_replays_get_the_same_receipt() {
+    let test = "share::two_nodes_on_postgresql_share_and_replays_get_the_same_receipt";
+    let (Some(db_a), Some(db_b)) = (
+        crate::postgres::Scratch::new(test),
+        crate::postgres::Scratch::new(test),
+    ) else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let a = Peer::on_postgres(root.path(), "a", &db_a.url);
+    let b = Peer::on_postgres(root.path(), "b", &db_b.url);
+    a.register(&b);
+    b.register(&a);
+    let pid = a.s.create(&patient("Pgsharefam", "Pia"));
+    a.s.create(&observation(&pid, "2345-7", "2026-11-01"));
+    let (status, out) = a.share(&pid, b.node());
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(param(&out, "resources"), 2);
+    assert_eq!(b.count("Patient?family=Pgsharefam"), 1);
+    let found = b.search("Patient?family=Pgsharefam");
+    let new_id = found["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(b.count(&format!("Provenance?patient=Patient/{new_id}")), 1);
+
+    // Offline, on PostgreSQL: import, then the replay returns the kept receipt.
+    let file = root.path().join("pg.mvshare");
+    let (ok, _, err) = a.cli(&[
+        "share",
+        "export",
+        "--patient",
+        &pid,
+        "--to",
+        b.node(),
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (first, second) = (root.path().join("r1.json"), root.path().join("r2.json"));
+    let import = |receipt: &Path| {
+        b.cli(&[
+            "share",
+            "import",
+            file.to_str().unwrap(),
+            "--receipt",
+            receipt.to_str().unwrap(),
+        ])
+    };
+    let (ok, out, err) = import(&first);
+    assert!(ok, "{out} {err}");
+    let (ok, _, err) = import(&second);
+    assert!(!ok && err.contains("replay"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&first).unwrap(),
+        std::fs::read_to_string(&second).unwrap()
+    );
+    assert_eq!(
+        b.count("Patient?family=Pgsharefam"),
+        2,
+        "the share and one import"
+    );
+    for n in [&a, &b] {
+        let (ok, out, err) = n.cli(&["ledger", "verify"]);
+        assert!(ok, "{out} {err}");
+    }
 }
