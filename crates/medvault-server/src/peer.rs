@@ -2,7 +2,7 @@
 //! pinned.
 //!
 //! A node's TLS identity for these calls is its node identity's Ed25519 key in a self-signed
-//! certificate made at start: peers pin the key from the node document their administrator
+//! certificate (made again after a key rotation): peers pin the key from the node document their administrator
 //! registered (fingerprint confirmed out of band), not a certificate authority's word. The
 //! server asks every client for a certificate and lets the handshake finish only for a
 //! registered peer's key; the client accepts only the pinned key of the peer it called. Key
@@ -32,7 +32,7 @@ use crate::tls::{TlsError, TlsListener, provider};
 const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
-/// How often at most an unknown client key makes the server re-read the registered peers.
+/// How often at most the peer listener re-reads the registered peers and its own key version.
 const PIN_RELOAD: Duration = Duration::from_secs(1);
 /// Time allowed to connect, and to complete the TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
