@@ -89,7 +89,10 @@ fn main() {
         "bench",
     )
     .unwrap();
-    let (a_ctx, b_ctx) = (share::node_ctx(&a), share::node_ctx(&b));
+    let (a_ctx, b_ctx) = (
+        medvault_server::ops::Ctx::for_node(&a),
+        medvault_server::ops::Ctx::for_node(&b),
+    );
     let created =
         medvault_server::bundle::process(a.store.as_ref(), &a_ctx, record(n), "").unwrap();
     let location = created["entry"][0]["response"]["location"]

@@ -153,39 +153,49 @@ pub fn bundle_parts(bytes: &[u8]) -> Result<BundleParts<'_>, BundleError> {
     })
 }
 
+/// A bundle whose layout and sender signature were checked: the only thing
+/// [`open_verified`] decrypts, so nothing unverified is ever opened.
+#[derive(Debug)]
+pub struct VerifiedBundle<'a>(BundleParts<'a>);
+
+impl<'a> VerifiedBundle<'a> {
+    /// The header (signed, not encrypted).
+    pub fn header(&self) -> &'a [u8] {
+        self.0.header
+    }
+}
+
 /// Checks the layout of `bytes` and that `sender` signed them, without decrypting (e.g. for the
-/// sender, who cannot open what it sealed). Returns the parts.
+/// sender, who cannot open what it sealed, or a receiver that checks before it decides to
+/// open).
 ///
 /// # Errors
 /// [`BundleError::Malformed`], [`BundleError::BadSignature`].
 pub fn verify_bundle<'a>(
     bytes: &'a [u8],
     sender: &HybridPublicKey,
-) -> Result<BundleParts<'a>, BundleError> {
+) -> Result<VerifiedBundle<'a>, BundleError> {
     let parts = bundle_parts(bytes)?;
     if hybrid_verify(
         sender,
         &signed_message(parts.header, parts.enc, parts.ciphertext),
         &parts.signature,
     ) {
-        Ok(parts)
+        Ok(VerifiedBundle(parts))
     } else {
         Err(BundleError::BadSignature)
     }
 }
 
-/// Verifies `bytes` as sent by `sender` and opens it with `recipient`'s key. Returns the header
-/// and the payload.
+/// Opens a verified bundle with `recipient`'s key. Returns the payload.
 ///
 /// # Errors
-/// [`BundleError::Malformed`], [`BundleError::BadSignature`] (checked first: nothing is
-/// decrypted for an unverified sender), [`BundleError::WrongRecipient`].
-pub fn open_bundle(
-    bytes: &[u8],
-    sender: &HybridPublicKey,
+/// [`BundleError::Malformed`] for a bad encapsulated key, [`BundleError::WrongRecipient`].
+pub fn open_verified(
+    bundle: &VerifiedBundle<'_>,
     recipient: &crate::XWingKey,
-) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), BundleError> {
-    let parts = verify_bundle(bytes, sender)?;
+) -> Result<Zeroizing<Vec<u8>>, BundleError> {
+    let parts = &bundle.0;
     let sk = <XWing as hpke::Kem>::PrivateKey::from_bytes(recipient.seed())
         .map_err(|_| BundleError::Crypto)?;
     let enc = <XWing as hpke::Kem>::EncappedKey::from_bytes(parts.enc)
@@ -199,7 +209,23 @@ pub fn open_bundle(
         parts.header,
     )
     .map_err(|_| BundleError::WrongRecipient)?;
-    Ok((parts.header.to_vec(), Zeroizing::new(payload)))
+    Ok(Zeroizing::new(payload))
+}
+
+/// Verifies `bytes` as sent by `sender` and opens it with `recipient`'s key. Returns the header
+/// and the payload.
+///
+/// # Errors
+/// [`BundleError::Malformed`], [`BundleError::BadSignature`] (checked first: nothing is
+/// decrypted for an unverified sender), [`BundleError::WrongRecipient`].
+pub fn open_bundle(
+    bytes: &[u8],
+    sender: &HybridPublicKey,
+    recipient: &crate::XWingKey,
+) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), BundleError> {
+    let verified = verify_bundle(bytes, sender)?;
+    let payload = open_verified(&verified, recipient)?;
+    Ok((verified.header().to_vec(), payload))
 }
 
 impl From<BundleError> for CryptoError {

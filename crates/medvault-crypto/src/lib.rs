@@ -24,8 +24,8 @@ mod sign;
 
 pub use blind::{BLIND_LEN, BlindIndexer, BlindValue, ParamKey};
 pub use bundle::{
-    BundleError, BundleParts, MAX_BUNDLE_HEADER, bundle_parts, open_bundle, seal_bundle,
-    verify_bundle,
+    BundleError, BundleParts, MAX_BUNDLE_HEADER, VerifiedBundle, bundle_parts, open_bundle,
+    open_verified, seal_bundle, verify_bundle,
 };
 pub use envelope::{DataKey, Kek, RecordAad, Sealed, WrappedKey};
 pub use hybrid::{

@@ -165,14 +165,7 @@ impl AppState {
                 }
             }
         });
-        let ctx = ops::Ctx {
-            fhir: Arc::clone(&node.fhir),
-            keys: Arc::clone(&node.keys),
-            clock: Arc::clone(&node.clock),
-            ledger: Arc::clone(&node.ledger),
-            scopes: None,
-            guard: None,
-        };
+        let ctx = ops::Ctx::for_node(&node);
         Self {
             node: Arc::new(node),
             ctx,

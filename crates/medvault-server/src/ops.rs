@@ -76,6 +76,19 @@ fn out_of_scope(what: &str) -> ApiError {
 }
 
 impl Ctx {
+    /// The node's own context: no access policy, no scopes (the server's base context, the
+    /// policy's fact lookups, imports and exports on the node's authority).
+    pub fn for_node(node: &crate::Node) -> Self {
+        Self {
+            fhir: Arc::clone(&node.fhir),
+            keys: Arc::clone(&node.keys),
+            clock: Arc::clone(&node.clock),
+            ledger: Arc::clone(&node.ledger),
+            scopes: None,
+            guard: None,
+        }
+    }
+
     /// Asks the access policy about `action` on one stored resource (`key_name`: the key it is
     /// sealed under, which names its patient). `Ok(Err(policies))` when refused.
     ///

@@ -22,7 +22,7 @@ use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use medvault_core::ResourceId;
-use medvault_crypto::{BundleError, HybridSignature, hybrid_verify, open_bundle, seal_bundle};
+use medvault_crypto::{BundleError, HybridSignature, hybrid_verify, open_verified, seal_bundle};
 use medvault_policy::ConsentState;
 use medvault_policy::consent::{self, ConsentRequest};
 use medvault_store::{PeerRow, write_with};
@@ -112,6 +112,8 @@ pub struct Outgoing {
     pub peer: PeerRow,
     /// The recipient's checked document.
     pub peer_document: PeerDocument,
+    /// This node's identity, which sealed it (and presents it over mutual TLS).
+    pub sender: NodeIdentity,
 }
 
 /// Why a bundle was refused. Messages name the problem, never payload or key bytes.
@@ -204,19 +206,6 @@ impl Refusal {
             _ => IssueCode::Forbidden,
         };
         ApiError::new(self.status(), code, self.to_string())
-    }
-}
-
-/// The node's own context: no access policy, no scopes (imports and offline exports act on
-/// the node's authority, which registering the peer granted).
-pub fn node_ctx(node: &Node) -> Ctx {
-    Ctx {
-        fhir: std::sync::Arc::clone(&node.fhir),
-        keys: std::sync::Arc::clone(&node.keys),
-        clock: std::sync::Arc::clone(&node.clock),
-        ledger: std::sync::Arc::clone(&node.ledger),
-        scopes: None,
-        guard: None,
     }
 }
 
@@ -558,7 +547,7 @@ pub fn prepare(
     let patient_resource = crate::ops::read(store, ctx, "Patient", patient, None)?
         .resource
         .ok_or_else(|| ApiError::not_found(format!("Patient/{patient} is not known")))?;
-    let consents = consents_of(&node_ctx(node), store, patient.as_str())?;
+    let consents = consents_of(&Ctx::for_node(node), store, patient.as_str())?;
     // The institution the administrator mapped the peer to; without one, only consents that
     // name no actor speak to this disclosure.
     let actors: Vec<String> = peer.organization.iter().cloned().collect();
@@ -625,6 +614,13 @@ pub fn prepare(
             ))
         })
         .collect();
+    let patient_data = |t: &str| {
+        t == "Patient"
+            || ctx
+                .fhir
+                .type_info(t)
+                .is_none_or(|i| !i.compartment_params.is_empty())
+    };
     let mut entries = Vec::with_capacity(resources.len());
     for (rt, mut v) in resources {
         let id = v
@@ -644,13 +640,6 @@ pub fn prepare(
                 meta.remove("lastUpdated");
             }
         }
-        let patient_data = |t: &str| {
-            t == "Patient"
-                || ctx
-                    .fhir
-                    .type_info(t)
-                    .is_none_or(|i| !i.compartment_params.is_empty())
-        };
         rewrite(&mut v, &map, &me.node, &patient_data);
         entries.push(json!({
             "fullUrl": full_url,
@@ -715,6 +704,7 @@ pub fn prepare(
         withheld,
         peer,
         peer_document,
+        sender: me,
     })
 }
 
@@ -742,9 +732,10 @@ fn malformed(e: &BundleError) -> Refusal {
 }
 
 /// What is checked before anything is decrypted or written.
-struct Checked {
+struct Checked<'a> {
     header: ShareHeader,
-    sender: PeerDocument,
+    /// The bundle, its sender's signature verified (opened from this, not verified again).
+    bundle: medvault_crypto::VerifiedBundle<'a>,
     me: NodeIdentity,
     expires: i64,
 }
@@ -757,12 +748,12 @@ struct Seen {
     verified: bool,
 }
 
-fn check(
+fn check<'a>(
     node: &Node,
-    bytes: &[u8],
+    bytes: &'a [u8],
     tls_key: Option<[u8; 32]>,
     seen: &mut Seen,
-) -> Result<Checked, Refusal> {
+) -> Result<Checked<'a>, Refusal> {
     if bytes.len() > MAX_BUNDLE_BYTES {
         return Err(Refusal::TooLarge);
     }
@@ -789,7 +780,8 @@ fn check(
     if tls_key.is_some_and(|k| k != sender.signing.ed25519) {
         return Err(Refusal::NotFromThisPeer);
     }
-    medvault_crypto::verify_bundle(bytes, &sender.signing).map_err(|e| malformed(&e))?;
+    let bundle =
+        medvault_crypto::verify_bundle(bytes, &sender.signing).map_err(|e| malformed(&e))?;
     seen.verified = true;
     let created = parse_time(&header.created)
         .ok_or_else(|| Refusal::Malformed("created is not an RFC 3339 time".into()))?;
@@ -811,7 +803,7 @@ fn check(
     }
     Ok(Checked {
         header,
-        sender,
+        bundle,
         me,
         expires,
     })
@@ -918,9 +910,8 @@ fn receipt_text(
     format!("{RECEIPT_FORMAT}\n{bundle_id}\n{recipient}\n{sender}\n{leaf}\n{digest}\n{n}\n")
 }
 
-fn import(node: &Node, ctx: &Ctx, bytes: &[u8], c: &Checked) -> Result<(String, usize), Refusal> {
-    let (_, payload) =
-        open_bundle(bytes, &c.sender.signing, &c.me.kem).map_err(|e| malformed(&e))?;
+fn import(node: &Node, ctx: &Ctx, c: &Checked<'_>) -> Result<(String, usize), Refusal> {
+    let payload = open_verified(&c.bundle, &c.me.kem).map_err(|e| malformed(&e))?;
     let (mut entries, patient_url) = check_payload(&payload)?;
     drop(payload);
     let resources = entries.len();
@@ -933,6 +924,7 @@ fn import(node: &Node, ctx: &Ctx, bytes: &[u8], c: &Checked) -> Result<(String, 
     // are confined to the bundle, then the compartment is worked out as it will be on write.
     let placeholder = ResourceId::random();
     let stand_in = format!("Patient/{placeholder}");
+    let to_stand_in = HashMap::from([(patient_url.clone(), stand_in.clone())]);
     for e in &mut entries {
         let contained: HashSet<String> = e["resource"]["contained"]
             .as_array()
@@ -950,8 +942,7 @@ fn import(node: &Node, ctx: &Ctx, bytes: &[u8], c: &Checked) -> Result<(String, 
             continue;
         }
         let mut probe = e["resource"].clone();
-        let one = HashMap::from([(patient_url.clone(), stand_in.clone())]);
-        crate::bundle::rewrite_references(&mut probe, &one);
+        crate::bundle::rewrite_references(&mut probe, &to_stand_in);
         if ctx
             .fhir
             .compartment_of(&rt, &ResourceId::random(), &probe)
@@ -1042,7 +1033,7 @@ pub fn receive(
 ) -> Result<Imported, Refused> {
     let mut seen = Seen::default();
     let result = check(node, bytes, tls_key, &mut seen)
-        .and_then(|c| import(node, ctx, bytes, &c).map(|(p, n)| (c, p, n)));
+        .and_then(|c| import(node, ctx, &c).map(|(p, n)| (c, p, n)));
     let now = node.clock.now_micros();
     let digest = hex::encode(medvault_crypto::sha256(bytes));
     let (outcome, reason) = match &result {

@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 
 use crate::error::{ApiError, IssueCode};
 use crate::http::{AuditExtra, AuditPatient, fhir_json};
-use crate::node_identity::NodeIdentity;
 use crate::ops::Ctx;
 use crate::peer::{self, PeerConn};
 use crate::share::{self, BUNDLE_MEDIA_TYPE, MAX_BUNDLE_BYTES, RECEIVE_PATH};
@@ -92,8 +91,7 @@ pub(crate) async fn share(
             share::ONLINE_VALIDITY,
             &agent2,
         )?;
-        let me = NodeIdentity::load(&node).map_err(|e| ApiError::internal(&e))?;
-        let tls = peer::client_config(&me, out.peer_document.signing.ed25519)
+        let tls = peer::client_config(&out.sender, out.peer_document.signing.ed25519)
             .map_err(|e| ApiError::internal(&e))?;
         Ok((out, tls))
     })
@@ -153,8 +151,7 @@ async fn deliver(
             "the bundle could not be delivered to {}: {e}",
             out.peer.node
         ))),
-        Ok(a) if receipt_of(&a).is_some() => {
-            let receipt = receipt_of(&a).unwrap_or_default();
+        Ok(a) if let Some(receipt) = receipt_of(&a) => {
             match share::check_receipt(&receipt, &out.peer_document, &out.header, &out.bytes) {
                 Err(why) => Err(gateway(format!(
                     "{} answered with an unusable receipt: {why}",

@@ -92,6 +92,37 @@ impl Peer {
         assert!(ok && out.contains("registered peer"), "{out} {err}");
     }
 
+    /// `medvault share export --patient … --to … --out … [extra]`.
+    fn export(
+        &self,
+        patient: &str,
+        to: &str,
+        out: &Path,
+        extra: &[&str],
+    ) -> (bool, String, String) {
+        let mut args = vec![
+            "share",
+            "export",
+            "--patient",
+            patient,
+            "--to",
+            to,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        self.cli(&args)
+    }
+
+    /// `medvault share import FILE [--receipt R]`.
+    fn import(&self, file: &Path, receipt: Option<&Path>) -> (bool, String, String) {
+        let mut args = vec!["share", "import", file.to_str().unwrap()];
+        if let Some(r) = receipt {
+            args.extend(["--receipt", r.to_str().unwrap()]);
+        }
+        self.cli(&args)
+    }
+
     fn share(&self, patient: &str, to: &str) -> (u16, Value) {
         self.s.post(
             &format!("Patient/{patient}/$share"),
@@ -389,16 +420,7 @@ fn the_patients_consent_decides_what_goes_to_which_node() {
             .contains("consent")
     );
     let out_file = a.s.dir.with_extension("denied.mvshare");
-    let (ok, _, err) = a.cli(&[
-        "share",
-        "export",
-        "--patient",
-        &pid,
-        "--to",
-        b.doc_file.to_str().unwrap(),
-        "--out",
-        out_file.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = a.export(&pid, b.doc_file.to_str().unwrap(), &out_file, &[]);
     assert!(!ok && err.contains("consent"), "{err}");
     assert!(!out_file.exists());
     assert_eq!(b.count("Patient?family=Consentshare"), before);
@@ -411,18 +433,12 @@ fn offline_bundles_import_once_and_damaged_or_misdirected_ones_are_refused() {
     a.s.create(&observation(&pid, "2345-7", "2026-11-01"));
     let tmp = a.s.dir.parent().unwrap().to_owned();
     let file = tmp.join("fay.mvshare");
-    let (ok, out, err) = a.cli(&[
-        "share",
-        "export",
-        "--patient",
+    let (ok, out, err) = a.export(
         &pid,
-        "--to",
         b.doc_file.to_str().unwrap(),
-        "--purpose",
-        "COC",
-        "--out",
-        file.to_str().unwrap(),
-    ]);
+        &file,
+        &["--purpose", "COC"],
+    );
     assert!(ok && out.contains("sealed 2 resources"), "{out} {err}");
     let bytes = std::fs::read(&file).unwrap();
     let text = String::from_utf8_lossy(&bytes);
@@ -465,10 +481,10 @@ fn offline_bundles_import_once_and_damaged_or_misdirected_ones_are_refused() {
     let big = tmp.join("big");
     let f = std::fs::File::create(&big).unwrap();
     f.set_len(64 * 1024 * 1024 + 1).unwrap();
-    let (ok, _, err) = b.cli(&["share", "import", big.to_str().unwrap()]);
+    let (ok, _, err) = b.import(&big, None);
     assert!(!ok && err.contains("larger than"), "{err}");
     // Addressed to B: A cannot import it.
-    let (ok, _, err) = a.cli(&["share", "import", file.to_str().unwrap()]);
+    let (ok, _, err) = a.import(&file, None);
     assert!(!ok && err.contains("another node"), "{err}");
     // Unknown sender: B forgets A, refuses, registers it again.
     let (ok, _, err) = b.cli(&["peer", "remove", a.node()]);
@@ -478,13 +494,7 @@ fn offline_bundles_import_once_and_damaged_or_misdirected_ones_are_refused() {
 
     // The intact file imports, with a receipt the sender confirms; the second time is a replay.
     let receipt = tmp.join("fay.receipt.json");
-    let (ok, out, err) = b.cli(&[
-        "share",
-        "import",
-        file.to_str().unwrap(),
-        "--receipt",
-        receipt.to_str().unwrap(),
-    ]);
+    let (ok, out, err) = b.import(&file, Some(&receipt));
     assert!(ok && out.contains("imported 2 resources"), "{out} {err}");
     assert_eq!(b.count("Patient?family=Filefam"), 1);
     let new_id = out
@@ -503,13 +513,7 @@ fn offline_bundles_import_once_and_damaged_or_misdirected_ones_are_refused() {
     refused_after_import(&b, &file);
     // The receipt was lost? Importing again is still a replay, and gives the same receipt.
     let again = tmp.join("again.json");
-    let (ok, _, err) = b.cli(&[
-        "share",
-        "import",
-        file.to_str().unwrap(),
-        "--receipt",
-        again.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = b.import(&file, Some(&again));
     assert!(
         !ok && err.contains("replay") && err.contains("receipt given"),
         "{err}"
@@ -545,21 +549,10 @@ fn offline_bundles_import_once_and_damaged_or_misdirected_ones_are_refused() {
 
     // Expired: valid for one second.
     let short = tmp.join("short.mvshare");
-    let (ok, _, err) = a.cli(&[
-        "share",
-        "export",
-        "--patient",
-        &pid,
-        "--to",
-        b.node(),
-        "--valid-for",
-        "1s",
-        "--out",
-        short.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = a.export(&pid, b.node(), &short, &["--valid-for", "1s"]);
     assert!(ok, "{err}");
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let (ok, _, err) = b.cli(&["share", "import", short.to_str().unwrap()]);
+    let (ok, _, err) = b.import(&short, None);
     assert!(!ok && err.contains("expired"), "{err}");
     assert_eq!(
         b.count("Patient?family=Filefam"),
@@ -573,7 +566,7 @@ fn offline_bundles_import_once_and_damaged_or_misdirected_ones_are_refused() {
 }
 
 fn refused_after_import(b: &Peer, file: &Path) {
-    let (ok, _, err) = b.cli(&["share", "import", file.to_str().unwrap()]);
+    let (ok, _, err) = b.import(file, None);
     assert!(!ok && err.contains("replay"), "{err}");
     assert_eq!(b.count("Patient?family=Filefam"), 1, "imported once");
 }
@@ -583,16 +576,7 @@ fn a_delivery_repeated_after_a_lost_answer_gets_the_same_receipt() {
     let (a, b) = Peer::pair();
     let pid = a.s.create(&patient("Retryfam", "Rae"));
     let file = a.s.dir.with_extension("retry.mvshare");
-    let (ok, _, err) = a.cli(&[
-        "share",
-        "export",
-        "--patient",
-        &pid,
-        "--to",
-        b.node(),
-        "--out",
-        file.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = a.export(&pid, b.node(), &file, &[]);
     assert!(ok, "{err}");
     let bytes = std::fs::read(&file).unwrap();
     // A's identity, as its own peer client would present it (opened from its data directory).
@@ -666,27 +650,10 @@ fn two_nodes_on_postgresql_share_and_replays_get_the_same_receipt() {
 
     // Offline, on PostgreSQL: import, then the replay returns the kept receipt.
     let file = root.path().join("pg.mvshare");
-    let (ok, _, err) = a.cli(&[
-        "share",
-        "export",
-        "--patient",
-        &pid,
-        "--to",
-        b.node(),
-        "--out",
-        file.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = a.export(&pid, b.node(), &file, &[]);
     assert!(ok, "{err}");
     let (first, second) = (root.path().join("r1.json"), root.path().join("r2.json"));
-    let import = |receipt: &Path| {
-        b.cli(&[
-            "share",
-            "import",
-            file.to_str().unwrap(),
-            "--receipt",
-            receipt.to_str().unwrap(),
-        ])
-    };
+    let import = |receipt: &Path| b.import(&file, Some(receipt));
     let (ok, out, err) = import(&first);
     assert!(ok, "{out} {err}");
     let (ok, _, err) = import(&second);
