@@ -37,7 +37,15 @@ fn main() {
 fn create(state: &AppState, v: Value) -> String {
     let rt = v["resourceType"].as_str().unwrap().to_owned();
     let ctx = state.ctx.clone();
-    let p = ops::prepare(&ctx, &rt, ResourceId::random(), v, false).unwrap();
+    let p = ops::prepare(
+        state.node.store.as_ref(),
+        &ctx,
+        &rt,
+        ResourceId::random(),
+        v,
+        false,
+    )
+    .unwrap();
     let id = p.id().to_string();
     write_with(state.node.store.as_ref(), move |tx| {
         Ok(ops::create(tx, &ctx, p, None)?)

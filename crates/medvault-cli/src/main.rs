@@ -86,9 +86,13 @@ enum Command {
             env = "MEDVAULT_LISTEN"
         )]
         listen: SocketAddr,
-        /// Largest request body accepted; larger requests get 413.
+        /// Largest request body accepted; larger requests get 413. (Resources of most types
+        /// are also limited to 1 MiB each; documents, reports and questionnaires only by this.)
         #[arg(long, value_name = "BYTES", default_value_t = 8 * 1024 * 1024)]
         max_body_bytes: usize,
+        /// Requests running longer are answered 503; a write not committed by then is not made.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        request_timeout_seconds: u64,
         /// Public base URL of the FHIR API, used in links (default: from the Host header).
         #[arg(long, value_name = "URL", env = "MEDVAULT_BASE_URL")]
         base_url: Option<String>,
@@ -900,6 +904,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             listen,
             max_body_bytes,
+            request_timeout_seconds,
             base_url,
             log_format,
             witnesses,
@@ -968,6 +973,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let config = ServerConfig {
                 max_body_bytes,
+                request_timeout: Duration::from_secs(request_timeout_seconds),
                 base_url,
                 witnesses,
                 witness_for,

@@ -235,6 +235,136 @@ impl Fhir {
     }
 }
 
+/// A reference to a patient that is not a literal `Patient/<id>`: it must be resolved to a
+/// stored Patient before the resource is sealed (else the record would fall outside every
+/// patient's compartment and be treated as the node's own data).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PatientLink {
+    /// A logical reference: `{identifier: {system, value}}` (without `reference`).
+    Identifier {
+        /// The Reference element as sent.
+        node: Value,
+        /// Identifier system (required to resolve).
+        system: Option<String>,
+        /// Identifier value.
+        value: Option<String>,
+    },
+    /// `#id` naming a contained Patient: the patient is the one its identifiers name.
+    Contained {
+        /// The Reference element as sent.
+        node: Value,
+        /// The contained Patient's `(system, value)` identifiers.
+        identifiers: Vec<(Option<String>, Option<String>)>,
+    },
+    /// A reference to a patient this node cannot resolve (a conditional `Patient?…` reference
+    /// outside a transaction, a `#` naming nothing, a URN).
+    Unresolvable,
+}
+
+fn identifier_parts(v: &Value) -> (Option<String>, Option<String>) {
+    let get = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    (get("system"), get("value"))
+}
+
+impl Fhir {
+    /// The patient references of `resource` that a server must resolve before choosing its
+    /// compartment: identifier-only references and contained Patients in its Patient-compartment
+    /// parameters. A reference is taken to be a patient's when its `type` is `Patient`, or it has
+    /// no type and stands in the record's own patient parameter (`patient`, `subject`,
+    /// `beneficiary`), or it names a contained Patient.
+    pub fn unresolved_patient_links(
+        &self,
+        resource_type: &str,
+        resource: &Value,
+    ) -> Vec<PatientLink> {
+        let Some(info) = self.types.get(resource_type) else {
+            return Vec::new();
+        };
+        if resource_type == "Patient" {
+            return Vec::new();
+        }
+        let primary = ["patient", "subject", "beneficiary"];
+        let contained: Vec<&Value> = resource
+            .get("contained")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().collect())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for code in &info.compartment_params {
+            let Some(param) = info.params.get(code) else {
+                continue;
+            };
+            let own_patient_param = primary.contains(&code.as_str());
+            for node in param.reference_nodes(resource) {
+                let ty = node.get("type").and_then(Value::as_str);
+                let literal = node.get("reference").and_then(Value::as_str);
+                match literal {
+                    Some(r) if r.starts_with('#') => {
+                        let target = contained
+                            .iter()
+                            .find(|c| c.get("id").and_then(Value::as_str) == Some(&r[1..]));
+                        match target {
+                            Some(c)
+                                if c.get("resourceType").and_then(Value::as_str)
+                                    == Some("Patient") =>
+                            {
+                                out.push(PatientLink::Contained {
+                                    node: node.clone(),
+                                    identifiers: c
+                                        .get("identifier")
+                                        .and_then(Value::as_array)
+                                        .into_iter()
+                                        .flatten()
+                                        .map(identifier_parts)
+                                        .collect(),
+                                });
+                            }
+                            Some(_) => {}
+                            None if own_patient_param || ty == Some("Patient") => {
+                                out.push(PatientLink::Unresolvable);
+                            }
+                            None => {}
+                        }
+                    }
+                    Some(r) => {
+                        let patientish = ty == Some("Patient")
+                            || r.starts_with("Patient?")
+                            || r.contains("/Patient?");
+                        if local_reference(r).is_none() && patientish {
+                            out.push(PatientLink::Unresolvable);
+                        }
+                    }
+                    None => {
+                        let Some(ident) = node.get("identifier") else {
+                            continue;
+                        };
+                        if ty == Some("Patient") || (ty.is_none() && own_patient_param) {
+                            let (system, value) = identifier_parts(ident);
+                            out.push(PatientLink::Identifier {
+                                node: node.clone(),
+                                system,
+                                value,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// True if resources of this type are about a patient (the type belongs to the Patient
+    /// compartment), so one stored outside every patient's compartment is still not directory
+    /// data. `Device` is the exception: an unassigned device is inventory.
+    pub fn is_clinical_type(&self, resource_type: &str) -> bool {
+        resource_type != "Device"
+            && self
+                .types
+                .get(resource_type)
+                .is_some_and(|t| !t.compartment_params.is_empty())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

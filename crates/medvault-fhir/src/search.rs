@@ -313,6 +313,20 @@ impl SearchParam {
         keys
     }
 
+    /// The `Reference` elements this parameter selects in `resource` (empty unless it is a
+    /// reference parameter).
+    pub fn reference_nodes<'a>(&self, resource: &'a Value) -> Vec<&'a Value> {
+        if self.kind != ParamKind::Reference {
+            return Vec::new();
+        }
+        self.expr
+            .evaluate(resource)
+            .into_iter()
+            .map(|n| n.value)
+            .filter(|v| v.is_object())
+            .collect()
+    }
+
     /// The references (`Type/id`) this parameter finds in `resource`.
     pub fn references(&self, resource: &Value) -> Vec<String> {
         self.values(resource)

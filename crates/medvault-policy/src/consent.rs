@@ -27,40 +27,70 @@ pub struct ConsentRequest<'a> {
     pub at: &'a str,
 }
 
-/// A FHIR date or dateTime in UTC as `YYYY-MM-DDTHH:MM:SSZ` (fractions dropped): a bare date
-/// is its first second (or, as a period's `end`, its last); `+00:00` counts as `Z`; any other
-/// offset or form gives `None`.
+/// A FHIR date or dateTime in UTC as `YYYY-MM-DDTHH:MM:SSZ` (fractions dropped). Partial
+/// dates (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`) are their first second, or as a period's `end` their
+/// last; a time with any UTC offset (`Z`, `+01:00`, `-05:00`) is converted to UTC. Anything else
+/// gives `None`.
 fn utc(s: &str, end: bool) -> Option<String> {
-    let b = s.as_bytes();
-    let digits =
-        |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
-    let date_ok = s.len() >= 10
-        && digits(0..4)
-        && b[4] == b'-'
-        && digits(5..7)
-        && b[7] == b'-'
-        && digits(8..10);
-    if !date_ok {
-        return None;
+    use time::format_description::well_known::Rfc3339;
+    use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
+    let fmt = |t: OffsetDateTime| {
+        let t = t.to_offset(UtcOffset::UTC);
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
+    };
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let part = s.get(r)?;
+        part.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| part.parse().ok())
+            .flatten()
+    };
+    let day_bound = |d: Date| {
+        let time = if end {
+            Time::from_hms(23, 59, 59).ok()?
+        } else {
+            Time::MIDNIGHT
+        };
+        Some(fmt(PrimitiveDateTime::new(d, time).assume_utc()))
+    };
+    match s.len() {
+        4 | 7 | 10 => {
+            let year = i32::try_from(num(0..4)?).ok()?;
+            let (first, last) = if s.len() == 4 {
+                (
+                    Date::from_calendar_date(year, Month::January, 1).ok()?,
+                    Date::from_calendar_date(year, Month::December, 31).ok()?,
+                )
+            } else {
+                if s.as_bytes()[4] != b'-' {
+                    return None;
+                }
+                let month = Month::try_from(u8::try_from(num(5..7)?).ok()?).ok()?;
+                if s.len() == 7 {
+                    let first = Date::from_calendar_date(year, month, 1).ok()?;
+                    let days = month.length(year);
+                    (first, Date::from_calendar_date(year, month, days).ok()?)
+                } else {
+                    if s.as_bytes()[7] != b'-' {
+                        return None;
+                    }
+                    let d = Date::from_calendar_date(year, month, u8::try_from(num(8..10)?).ok()?)
+                        .ok()?;
+                    (d, d)
+                }
+            };
+            day_bound(if end { last } else { first })
+        }
+        _ => OffsetDateTime::parse(s, &Rfc3339).ok().map(fmt),
     }
-    if s.len() == 10 {
-        return Some(format!(
-            "{s}T{}Z",
-            if end { "23:59:59" } else { "00:00:00" }
-        ));
-    }
-    let time_ok = s.len() >= 20
-        && b[10] == b'T'
-        && digits(11..13)
-        && b[13] == b':'
-        && digits(14..16)
-        && b[16] == b':'
-        && digits(17..19);
-    if !time_ok {
-        return None;
-    }
-    let zone = s[19..].trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
-    matches!(zone, "Z" | "+00:00").then(|| format!("{}Z", &s[..19]))
 }
 
 /// True if `period` (a FHIR Period, possibly absent) covers `at`.
@@ -103,7 +133,18 @@ fn matches(p: &Value, r: &ConsentRequest<'_>) -> bool {
     {
         return false;
     }
-    if p.get("purpose").is_some() && !codes(p.get("purpose")).any(|c| Some(c) == r.purpose) {
+    // A permit speaks for the purposes it names; a deny for their whole family (a deny for
+    // treatment is not escaped by declaring operations: see `purpose`).
+    let deny = kind(p) == Some(ConsentState::Deny);
+    if p.get("purpose").is_some()
+        && !codes(p.get("purpose")).any(|c| {
+            if deny {
+                crate::purpose::deny_covers(c, r.purpose)
+            } else {
+                Some(c) == r.purpose
+            }
+        })
+    {
         return false;
     }
     if p.get("class").is_some() && !codes(p.get("class")).any(|c| c == r.resource_type) {
@@ -174,6 +215,110 @@ fn verdict(consent: &Value, r: &ConsentRequest<'_>) -> Option<ConsentState> {
         return Some(*first);
     }
     kind(base)
+}
+
+/// Actor kinds the evaluator can match: the request's actor is the user's Practitioner, their
+/// PractitionerRoles, those roles' Organizations and the CareTeams they are a member of.
+pub const ACTOR_KINDS: [&str; 4] = [
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "CareTeam",
+];
+
+/// Checks that the evaluator can apply a consent as written, so nothing the patient decided is
+/// stored inert. Applies to active privacy consents (`scope` `patient-privacy` or none):
+/// `dateTime` present and a valid FHIR dateTime (any offset), every provision with a `type`,
+/// its period's bounds valid dates, its actors references of [`ACTOR_KINDS`], and no permit
+/// narrowed by conditions the evaluator does not check (`data`, `code`, `dataPeriod`: such a
+/// permit would never speak). A deny with those conditions is accepted and applied broadly.
+///
+/// # Errors
+/// A sentence naming the element and what to change, for a 422 answer.
+pub fn check(consent: &Value) -> Result<(), String> {
+    if consent.get("status").and_then(Value::as_str) != Some("active") {
+        return Ok(());
+    }
+    if let Some(scope) = consent.get("scope")
+        && !codes(scope.get("coding")).any(|c| c == "patient-privacy")
+    {
+        return Ok(());
+    }
+    match consent.get("dateTime").and_then(Value::as_str) {
+        None => {
+            return Err(
+                "Consent.dateTime is required: the latest consent that applies decides".into(),
+            );
+        }
+        Some(t) if utc(t, false).is_none() => {
+            return Err("Consent.dateTime must be a FHIR dateTime with a time zone".into());
+        }
+        Some(_) => {}
+    }
+    let Some(base) = consent.get("provision") else {
+        return Err(
+            "Consent.provision is required: it says what the patient permits or denies".into(),
+        );
+    };
+    check_provision(base, "Consent.provision")?;
+    for (i, p) in base
+        .get("provision")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        check_provision(p, &format!("Consent.provision.provision[{i}]"))?;
+        if p.get("provision").is_some() {
+            return Err(format!(
+                "Consent.provision.provision[{i}].provision: nested exceptions deeper than one level are not applied"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_provision(p: &Value, path: &str) -> Result<(), String> {
+    let Some(kind) = kind(p) else {
+        return Err(format!("{path}.type must be permit or deny"));
+    };
+    if let Some(period) = p.get("period") {
+        for (k, end) in [("start", false), ("end", true)] {
+            if let Some(t) = period.get(k)
+                && t.as_str().and_then(|t| utc(t, end)).is_none()
+            {
+                return Err(format!(
+                    "{path}.period.{k} must be a FHIR date or dateTime with a time zone"
+                ));
+            }
+        }
+    }
+    for (i, a) in p
+        .get("actor")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let refr = a.pointer("/reference/reference").and_then(Value::as_str);
+        let kind_ok = refr.is_some_and(|r| {
+            let mut parts = r.rsplit('/');
+            let _id = parts.next();
+            parts.next().is_some_and(|t| ACTOR_KINDS.contains(&t))
+        });
+        if !kind_ok {
+            return Err(format!(
+                "{path}.actor[{i}].reference must be a literal reference to a {}",
+                ACTOR_KINDS.join(", ")
+            ));
+        }
+    }
+    if kind == ConsentState::Permit && unevaluated(p) {
+        return Err(format!(
+            "{path}: a permit limited by data, code or dataPeriod cannot be applied by this node; permit by actor, purpose, class or security label"
+        ));
+    }
+    Ok(())
 }
 
 /// What the patient's consents say about the request: the latest consent (by `dateTime`) that
@@ -300,14 +445,13 @@ mod tests {
                 "type": "deny", "period": {"end": "2026-07-01T00:00:00Z"}
             }),
         );
-        let local_time = consent("2026-06-01T00:00:00+02:00", json!({"type": "deny"}));
         let future = consent(
             "2026-06-01T00:00:00Z",
             json!({
                 "type": "deny", "period": {"start": "2027-01-01T00:00:00Z"}
             }),
         );
-        for c in [inactive, expired, local_time, future] {
+        for c in [inactive, expired, future] {
             assert_eq!(
                 evaluate(std::slice::from_ref(&c), &req(&other, &none, None)),
                 ConsentState::None,
@@ -397,5 +541,104 @@ mod tests {
             evaluate(&[collect], &req(&dr, &none, None)),
             ConsentState::None
         );
+    }
+
+    #[test]
+    fn offsets_are_normalised_and_partial_dates_are_understood() {
+        assert_eq!(
+            utc("2026-06-01T00:30:00+01:00", false).as_deref(),
+            Some("2026-05-31T23:30:00Z")
+        );
+        assert_eq!(
+            utc("2026-06-01T10:00:00.25-05:00", false).as_deref(),
+            Some("2026-06-01T15:00:00Z")
+        );
+        assert_eq!(utc("2026", true).as_deref(), Some("2026-12-31T23:59:59Z"));
+        assert_eq!(
+            utc("2024-02", true).as_deref(),
+            Some("2024-02-29T23:59:59Z")
+        );
+        assert_eq!(utc("2026-02-30", false), None);
+        assert_eq!(utc("2026-06-01T10:00:00", false), None, "no zone");
+        let dr = vec!["Practitioner/dr-a".to_owned()];
+        let none: Vec<String> = vec![];
+        // A deny written in local time speaks (it was stored inert before).
+        let local = consent("2026-06-01T00:00:00+02:00", json!({"type": "deny"}));
+        assert_eq!(
+            evaluate(std::slice::from_ref(&local), &req(&dr, &none, None)),
+            ConsentState::Deny
+        );
+        // Ordering across offsets: a permit at 09:00+02:00 (07:00Z) is older than a deny at
+        // 08:00Z, whatever the text says.
+        let permit = consent("2026-06-01T09:00:00+02:00", json!({"type": "permit"}));
+        let deny = consent("2026-06-01T08:00:00Z", json!({"type": "deny"}));
+        assert_eq!(
+            evaluate(&[permit, deny], &req(&dr, &none, None)),
+            ConsentState::Deny
+        );
+        // Denies naming an Organization, PractitionerRole or CareTeam match the actors derived
+        // for the user.
+        for kind in [
+            "Organization/org-1",
+            "PractitionerRole/role-1",
+            "CareTeam/team-1",
+        ] {
+            let c = consent(
+                "2026-01-01T00:00:00Z",
+                json!({"type": "deny", "actor": [{"reference": {"reference": kind}}]}),
+            );
+            let actors = vec!["Practitioner/dr-a".to_owned(), kind.to_owned()];
+            assert_eq!(
+                evaluate(std::slice::from_ref(&c), &req(&actors, &none, None)),
+                ConsentState::Deny,
+                "{kind}"
+            );
+            assert_eq!(
+                evaluate(std::slice::from_ref(&c), &req(&dr, &none, None)),
+                ConsentState::None,
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn consents_the_evaluator_cannot_apply_are_refused() {
+        let ok = consent("2026-01-01T00:00:00+01:00", json!({"type": "deny"}));
+        assert_eq!(check(&ok), Ok(()));
+        let mut no_time = ok.clone();
+        no_time.as_object_mut().unwrap().remove("dateTime");
+        assert!(check(&no_time).unwrap_err().contains("dateTime"));
+        let mut bad_time = ok.clone();
+        bad_time["dateTime"] = json!("2026-01-01T00:00:00");
+        assert!(check(&bad_time).is_err());
+        let related = consent(
+            "2026-01-01T00:00:00Z",
+            json!({"type": "deny", "actor": [{"reference": {"reference": "RelatedPerson/x"}}]}),
+        );
+        assert!(check(&related).unwrap_err().contains("actor"));
+        let identifier_only = consent(
+            "2026-01-01T00:00:00Z",
+            json!({"type": "deny", "actor": [{"reference": {"identifier": {"value": "x"}}}]}),
+        );
+        assert!(check(&identifier_only).is_err());
+        let untyped = consent("2026-01-01T00:00:00Z", json!({"provision": []}));
+        assert!(check(&untyped).is_err());
+        let narrow_permit = consent(
+            "2026-01-01T00:00:00Z",
+            json!({"type": "permit", "data": [{"meaning": "instance", "reference": {"reference": "Observation/x"}}]}),
+        );
+        assert!(check(&narrow_permit).is_err());
+        let bad_period = consent(
+            "2026-01-01T00:00:00Z",
+            json!({"type": "deny", "period": {"start": "soon"}}),
+        );
+        assert!(check(&bad_period).is_err());
+        // Not active, or not a privacy consent: not this evaluator's to judge.
+        let mut draft = no_time.clone();
+        draft["status"] = json!("draft");
+        assert_eq!(check(&draft), Ok(()));
+        let mut research = no_time;
+        research["scope"] = json!({"coding": [{"code": "research"}]});
+        assert_eq!(check(&research), Ok(()));
     }
 }

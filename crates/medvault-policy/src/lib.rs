@@ -8,6 +8,7 @@
 //! the access log can record why; a request no policy permits is denied by `default-deny`.
 
 pub mod consent;
+pub mod purpose;
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr as _;

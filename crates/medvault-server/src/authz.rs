@@ -31,7 +31,7 @@ use crate::ops::Ctx;
 use crate::search;
 
 /// The HL7 purpose of use that break-glass requires.
-pub const EMERGENCY: &str = "ETREAT";
+pub const EMERGENCY: &str = medvault_policy::purpose::EMERGENCY;
 
 /// The person or service a request acts for, as the policy sees them.
 #[derive(Debug, Clone)]
@@ -76,7 +76,7 @@ type DecisionKey = (
 );
 
 /// Resource types whose writes change the facts decisions rest on.
-pub const FACT_TYPES: [&str; 3] = ["CareTeam", "Encounter", "Consent"];
+pub const FACT_TYPES: [&str; 4] = ["CareTeam", "Encounter", "Consent", "PractitionerRole"];
 
 /// How long a patient's facts are trusted without looking them up again, when nothing this
 /// process wrote changed them (another process's writes are seen within this time).
@@ -98,8 +98,12 @@ pub struct FactsCache {
     /// engine is fixed for the process's life and a decision is a pure function of these, so
     /// they never go stale.
     decisions: Mutex<HashMap<SharedDecisionKey, Decided>>,
+    /// The references a consent's actor may name for a practitioner (see [`Guard::actors`]).
+    actors: Mutex<HashMap<String, CachedActors>>,
 }
 
+/// (looked up at, generation, the actor references).
+type CachedActors = (Instant, u64, Arc<Vec<String>>);
 /// (user, role, purpose, facts).
 type SharedDecisionKey = (String, &'static str, Option<String>, DecisionKey);
 /// (allowed, deciding policies, opened only by break-glass).
@@ -137,6 +141,26 @@ impl FactsCache {
         }
     }
 
+    fn get_actors(&self, practitioner: &str) -> Option<Arc<Vec<String>>> {
+        let now = self.generation();
+        let map = self.actors.lock().ok()?;
+        map.get(practitioner)
+            .filter(|(at, generation, _)| *generation == now && at.elapsed() < FACTS_TTL)
+            .map(|(_, _, a)| Arc::clone(a))
+    }
+
+    fn put_actors(&self, practitioner: &str, generation: u64, actors: Arc<Vec<String>>) {
+        if let Ok(mut map) = self.actors.lock() {
+            if map.len() >= MAX_CACHED_FACTS {
+                map.clear();
+            }
+            map.insert(
+                practitioner.to_owned(),
+                (Instant::now(), generation, actors),
+            );
+        }
+    }
+
     fn put(&self, key: FactsKey, generation: u64, facts: SharedFacts) {
         if let Ok(mut map) = self.entries.lock() {
             if map.len() >= MAX_CACHED_FACTS {
@@ -150,6 +174,7 @@ impl FactsCache {
 #[derive(Debug, Default)]
 struct GuardState {
     patients: HashMap<String, Arc<PatientFacts>>,
+    actors: Option<Arc<Vec<String>>>,
     decisions: HashMap<DecisionKey, Decided>,
     denied_by: BTreeSet<String>,
     withheld: u64,
@@ -257,6 +282,26 @@ pub fn relationship_in(record: &Value, who: &str, now: i64) -> bool {
     }
 }
 
+/// Every resource of type `rt` whose reference parameter `param` names `target`, decrypted
+/// (refused as too costly beyond [`search::MAX_CANDIDATES`]: a decision never rests on part of
+/// the facts).
+fn find_all(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &str,
+    param: &str,
+    target: &str,
+) -> Result<Vec<Value>, ApiError> {
+    let params = vec![(param.to_owned(), target.to_owned())];
+    let mut req = search::parse(ctx, rt, &params, true)?;
+    req.paging.count = search::MAX_CANDIDATES;
+    let (found, total) = search::execute(store, ctx, rt, &req)?;
+    if total > found.len() as u64 {
+        return Err(search::too_costly());
+    }
+    Ok(found)
+}
+
 impl Guard {
     /// A guard deciding for `subject` with `engine`, sharing facts through `cache`.
     pub fn new(engine: Arc<PolicyEngine>, subject: Subject, cache: Arc<FactsCache>) -> Self {
@@ -341,6 +386,63 @@ impl Guard {
         Ok(facts)
     }
 
+    /// The references a patient's consent may name the subject by: their Practitioner, their
+    /// PractitionerRoles (active, in period) and those roles' Organizations, and the CareTeams
+    /// that list them as a member (in period, whatever the team's status: a deny naming a team
+    /// reaches everyone on it). Looked up once per request, shared like the patient facts.
+    fn actors(&self, store: &dyn StoreRead, ctx: &Ctx) -> Result<Arc<Vec<String>>, ApiError> {
+        let Some(who) = self.subject.practitioner.clone() else {
+            return Ok(Arc::default());
+        };
+        if let Some(a) = self.lock().actors.clone() {
+            return Ok(a);
+        }
+        let actors = match self.cache.get_actors(&who) {
+            Some(a) => a,
+            None => {
+                let generation = self.cache.generation();
+                let inner = Ctx {
+                    scopes: None,
+                    guard: None,
+                    ..ctx.clone()
+                };
+                let now = ctx.clock.now_micros().div_euclid(1_000_000);
+                let mut list = vec![who.clone()];
+                for role in find_all(store, &inner, "PractitionerRole", "practitioner", &who)? {
+                    if role.get("active").and_then(Value::as_bool) == Some(false)
+                        || !period_covers(role.get("period"), now)
+                    {
+                        continue;
+                    }
+                    if let Some(id) = role.get("id").and_then(Value::as_str) {
+                        list.push(format!("PractitionerRole/{id}"));
+                    }
+                    if let Some(org) = role
+                        .pointer("/organization/reference")
+                        .and_then(Value::as_str)
+                        .filter(|r| r.starts_with("Organization/"))
+                    {
+                        list.push(org.to_owned());
+                    }
+                }
+                for team in find_all(store, &inner, "CareTeam", "participant", &who)? {
+                    if names(team.get("participant"), "member", &who, now)
+                        && let Some(id) = team.get("id").and_then(Value::as_str)
+                    {
+                        list.push(format!("CareTeam/{id}"));
+                    }
+                }
+                list.sort();
+                list.dedup();
+                let a = Arc::new(list);
+                self.cache.put_actors(&who, generation, Arc::clone(&a));
+                a
+            }
+        };
+        self.lock().actors = Some(Arc::clone(&actors));
+        Ok(actors)
+    }
+
     /// Looks a patient's care relationships with the subject and consents up in the store.
     fn look_up(
         &self,
@@ -410,7 +512,7 @@ impl Guard {
         };
         let s = &self.subject;
         let consent = if patient.is_some() {
-            let actors: Vec<String> = s.practitioner.iter().cloned().collect();
+            let actors = self.actors(store, ctx)?;
             let at = crate::clock::instant(ctx.clock.now_micros());
             // (Fractions of a second are dropped by the evaluator, as for the consents' times.)
             consent::evaluate(
@@ -427,11 +529,14 @@ impl Guard {
             ConsentState::None
         };
         let own = patient.is_some() && s.patient.as_deref() == patient;
+        // A clinical record outside every patient's compartment is still patient data (it is
+        // decided with no relationship, consent or ownership): never directory data.
+        let patient_data = patient.is_some() || ctx.fhir.is_clinical_type(rt);
         let key: DecisionKey = (
             action,
             rt.to_owned(),
             labels,
-            patient.is_some(),
+            patient_data,
             facts.shared.relationship,
             own,
             consent,

@@ -253,7 +253,7 @@ fn run_write(tx: &mut dyn StoreTx, ctx: &Ctx, op: EntryOp) -> Result<Outcome, Ap
             if_none_exist,
             ..
         } => {
-            let p = ops::prepare(ctx, &rt, ResourceId::random(), resource, false)?;
+            let p = ops::prepare(&*tx, ctx, &rt, ResourceId::random(), resource, false)?;
             ops::create(tx, ctx, p, if_none_exist.as_deref())
         }
         EntryOp::Update {
@@ -263,7 +263,7 @@ fn run_write(tx: &mut dyn StoreTx, ctx: &Ctx, op: EntryOp) -> Result<Outcome, Ap
             if_match,
             ..
         } => {
-            let p = ops::prepare(ctx, &rt, id, resource, true)?;
+            let p = ops::prepare(&*tx, ctx, &rt, id, resource, true)?;
             ops::update(tx, ctx, p, if_match)
         }
         EntryOp::Delete { rt, id } => ops::delete(tx, ctx, &rt, &id),
@@ -369,7 +369,7 @@ fn transaction(
                         .map(ops::parse_id)
                         .transpose()?
                         .unwrap_or_else(ResourceId::random);
-                    ops::prepare(ctx, &rt, id, resource, false)
+                    ops::prepare(&*tx, ctx, &rt, id, resource, false)
                         .and_then(|p| ops::create(tx, ctx, p, None))
                 }
                 other => run_write(tx, ctx, other),

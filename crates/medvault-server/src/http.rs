@@ -239,6 +239,16 @@ async fn guarded(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let purpose = effective_purpose(&who, &headers);
+    if let Some(why) = purpose
+        .as_deref()
+        .and_then(|p| medvault_policy::purpose::refusal(who.role.as_str(), p))
+    {
+        // A purpose the role may not declare is refused, never silently replaced or ignored.
+        return ApiError::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, why)
+            .denied_by("purpose-of-use")
+            .into_response();
+    }
     let guard = std::sync::Arc::new(crate::authz::Guard::new(
         std::sync::Arc::clone(&state.config.policy),
         crate::authz::Subject {
@@ -246,7 +256,7 @@ async fn guarded(
             role: who.role,
             patient: who.patient.clone(),
             practitioner: who.practitioner.clone(),
-            purpose: effective_purpose(&who, &headers),
+            purpose,
         },
         std::sync::Arc::clone(&state.facts),
     ));
@@ -298,6 +308,19 @@ async fn dispatch(
     let mut ctx = state.ctx.clone();
     ctx.scopes.clone_from(&who.scopes);
     ctx.guard = Some(guard);
+    ctx.deadline = Some(std::time::Instant::now() + state.config.request_timeout);
+    if let Target::Type(rt) | Target::Instance(rt, _) = &target
+        && matches!(method, Method::POST | Method::PUT)
+        && let Some(limit) = ops::max_resource_bytes(rt)
+        && body.len() > limit
+    {
+        // Refused before parsing: a resource of this type is never this large.
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            IssueCode::TooLong,
+            format!("a {rt} may be at most {limit} bytes of JSON"),
+        ));
+    }
     if audit_view {
         if method != Method::GET {
             return Err(route::method_not_allowed(&method));
@@ -352,12 +375,27 @@ async fn dispatch(
         (Method::POST, Target::System) => {
             let json = json_body(&headers, &body)?;
             let b = base.clone();
-            let out = blocking(move || {
+            // A batch's reads and searches are the same CPU-bound work as their own requests:
+            // they count against the same limit (a transaction's run inside the writer).
+            let reads = json.get("type").and_then(Value::as_str) == Some("batch")
+                && json
+                    .get("entry")
+                    .and_then(Value::as_array)
+                    .is_some_and(|e| {
+                        e.iter().any(|x| {
+                            x.pointer("/request/method").and_then(Value::as_str) == Some("GET")
+                        })
+                    });
+            let run = move || {
                 let out = bundle::process(store.as_ref(), &ctx, json, &b);
                 finish(ctx.guard.as_deref());
                 out
-            })
-            .await?;
+            };
+            let out = if reads {
+                blocking_read(&state, run).await?
+            } else {
+                blocking(run).await?
+            };
             Ok(fhir_json(StatusCode::OK, &out))
         }
         (Method::GET, Target::Type(rt)) => {
@@ -390,8 +428,14 @@ async fn dispatch(
                 .transpose()
                 .map_err(|_| ApiError::bad_request("If-None-Exist must be a query string"))?;
             let out = blocking(move || {
-                let mut p =
-                    ops::prepare(&ctx, &rt, medvault_core::ResourceId::random(), json, false)?;
+                let mut p = ops::prepare(
+                    store.as_ref(),
+                    &ctx,
+                    &rt,
+                    medvault_core::ResourceId::random(),
+                    json,
+                    false,
+                )?;
                 ops::authorize_write(store.as_ref(), &ctx, &mut p, Interaction::Create)?;
                 let guard = ctx.guard.clone();
                 let out = write_with(store.as_ref(), move |tx| {
@@ -415,7 +459,7 @@ async fn dispatch(
                 })
                 .transpose()?;
             let out = blocking(move || {
-                let mut p = ops::prepare(&ctx, &rt, id, json, true)?;
+                let mut p = ops::prepare(store.as_ref(), &ctx, &rt, id, json, true)?;
                 ops::authorize_write(store.as_ref(), &ctx, &mut p, Interaction::Update)?;
                 let guard = ctx.guard.clone();
                 let out = write_with(store.as_ref(), move |tx| {
@@ -747,6 +791,21 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
             .into_response()
         }
         Err(e) => ApiError::internal(&e).into_response(),
+    }
+}
+
+/// Applies `serve --request-timeout-seconds`: a request still running then is answered 503
+/// (`transient`). Work already on a blocking thread finishes, but a write whose transaction
+/// reaches its commit after the deadline rolls back (see `ops::Ctx::deadline`), so the 503
+/// never hides a write. Inside [`observe`], so the answer is audited like any other.
+pub(crate) async fn time_limit(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(state.config.request_timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ops::timed_out().into_response(),
     }
 }
 

@@ -57,7 +57,7 @@ pub struct ServerConfig {
     /// Public base URL of the FHIR API (e.g. `https://ehr.example/fhir`); when unset, links are
     /// built from the request's `Host` header.
     pub base_url: Option<String>,
-    /// Requests taking longer are answered 503.
+    /// Requests taking longer are answered 503 (a write not yet committed then is not made).
     pub request_timeout: Duration,
     /// How often a checkpoint is signed (when the ledger grew).
     pub checkpoint_interval: Duration,
@@ -272,6 +272,10 @@ pub fn router(state: AppState) -> Router {
         .route("/witness/key", get(witness::get_key))
         .fallback(http::not_found)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            http::time_limit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             http::observe,

@@ -40,6 +40,71 @@ pub struct Ctx {
     /// The access policy for the request's user (`None`: the node's own work, e.g. the
     /// policy's fact lookups and administrative commands).
     pub guard: Option<Arc<Guard>>,
+    /// When the request's time is up (`serve --request-timeout-seconds`): a write whose
+    /// transaction reaches its commit after this writes nothing (the client was already told
+    /// 503), and long searches stop.
+    pub deadline: Option<std::time::Instant>,
+}
+
+/// Largest resource (its JSON) of most types: people, observations, orders … are small.
+pub const MAX_RESOURCE_BYTES: usize = 1024 * 1024;
+/// Types that carry documents or many answers, limited by the request body limit only.
+pub const LARGE_TYPES: &[&str] = &[
+    "Binary",
+    "Bundle",
+    "DocumentReference",
+    "DiagnosticReport",
+    "Media",
+    "Questionnaire",
+    "QuestionnaireResponse",
+];
+/// Most blind-index entries one search parameter of one resource may add.
+pub const MAX_INDEX_KEYS_PER_PARAM: usize = 1_000;
+/// Most blind-index entries one resource may add.
+pub const MAX_INDEX_KEYS: usize = 10_000;
+
+/// The largest JSON a resource of type `rt` may have (`None`: the body limit decides).
+pub fn max_resource_bytes(rt: &str) -> Option<usize> {
+    (!LARGE_TYPES.contains(&rt)).then_some(MAX_RESOURCE_BYTES)
+}
+
+/// True if the JSON text of `v` is longer than `limit` bytes (stops counting once it is).
+fn longer_than(v: &Value, limit: usize) -> bool {
+    fn size(v: &Value, budget: &mut isize) {
+        if *budget < 0 {
+            return;
+        }
+        match v {
+            Value::String(s) => *budget -= isize::try_from(s.len()).unwrap_or(isize::MAX) + 2,
+            Value::Array(a) => {
+                *budget -= 2;
+                for x in a {
+                    *budget -= 1;
+                    size(x, budget);
+                }
+            }
+            Value::Object(m) => {
+                *budget -= 2;
+                for (k, x) in m {
+                    *budget -= isize::try_from(k.len()).unwrap_or(isize::MAX) + 4;
+                    size(x, budget);
+                }
+            }
+            _ => *budget -= 5,
+        }
+    }
+    let mut budget = isize::try_from(limit).unwrap_or(isize::MAX);
+    size(v, &mut budget);
+    budget < 0
+}
+
+/// The answer to a request whose time ran out.
+pub fn timed_out() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        IssueCode::Transient,
+        "the request took too long and was stopped; nothing was written",
+    )
 }
 
 /// The policy's name for a FHIR interaction.
@@ -86,6 +151,7 @@ impl Ctx {
             ledger: Arc::clone(&node.ledger),
             scopes: None,
             guard: None,
+            deadline: None,
         }
     }
 
@@ -303,17 +369,23 @@ fn new_content_allowed(
         &key,
         Some(&p.resource),
     )?
-    .map_err(|policies| {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            IssueCode::Forbidden,
-            format!(
-                "the access policy does not allow this {}: it needs a care relationship with the patient and a treatment purpose",
-                if interaction == Interaction::Create { "create" } else { "update" }
-            ),
-        )
-        .denied_by(policies.join(","))
-    })
+    .map_err(|policies| policy_refusal(interaction).denied_by(policies.join(",")))
+}
+
+/// The answer to writing content the access policy does not allow.
+fn policy_refusal(interaction: Interaction) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        IssueCode::Forbidden,
+        format!(
+            "the access policy does not allow this {}: it needs a care relationship with the patient and a treatment purpose",
+            if interaction == Interaction::Create {
+                "create"
+            } else {
+                "update"
+            }
+        ),
+    )
 }
 
 /// True if `resource` matches every `(parameter, value)` of a scope's query constraint (the
@@ -463,6 +535,7 @@ pub fn parse_id(text: &str) -> Result<ResourceId, ApiError> {
 /// 400 for a wrong `resourceType`, an `id` that differs from `id` (when `id_must_match`), or
 /// schema violations (listed with their element paths).
 pub fn prepare(
+    store: &dyn StoreRead,
     ctx: &Ctx,
     rt: &str,
     id: ResourceId,
@@ -516,26 +589,70 @@ pub fn prepare(
             map.remove("meta");
         }
     }
+    if let Some(limit) = max_resource_bytes(rt)
+        && longer_than(&resource, limit)
+    {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            IssueCode::TooLong,
+            format!("a {rt} may be at most {limit} bytes of JSON"),
+        ));
+    }
     ctx.fhir.validate(rt, &resource).map_err(|issues| {
         let mut e =
             ApiError::bad_request("the resource does not conform to the FHIR R4 definitions");
         e.details = issues.into_iter().map(|i| (i.path, i.message)).collect();
         e
     })?;
+    if rt == "Consent" {
+        // A consent the evaluator cannot apply would be stored and silently ignored: refused,
+        // so the patient (or their proxy) can say it in a form that takes effect.
+        medvault_policy::consent::check(&resource).map_err(|why| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Processing, why)
+        })?;
+    }
     let interaction = if id_must_match {
         Interaction::Update
     } else {
         Interaction::Create
     };
+    resolve_patient_links(store, ctx, rt, &mut resource, interaction)?;
     ctx.scope_allows(rt, interaction, &resource)?;
     let compartment = ctx.fhir.compartment_of(rt, &id, &resource);
     let mut index = Vec::new();
     if let Some(info) = ctx.fhir.type_info(rt) {
+        // Caps keep one request from occupying the writer and the disk: every index entry is
+        // a row (and an HMAC) written in the single writer's transaction.
+        let too_many = |what: String| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                IssueCode::TooCostly,
+                format!(
+                    "{what}; this node indexes at most {MAX_INDEX_KEYS_PER_PARAM} entries per search parameter and {MAX_INDEX_KEYS} per resource"
+                ),
+            )
+        };
+        let mut planned = Vec::new();
+        let mut total = 0usize;
         for (code, param) in &info.params {
             let keys = param.index_keys(&resource);
             if keys.is_empty() {
                 continue;
             }
+            if keys.len() > MAX_INDEX_KEYS_PER_PARAM {
+                return Err(too_many(format!(
+                    "the resource has too many values for the search parameter {code}"
+                )));
+            }
+            total += keys.len();
+            if total > MAX_INDEX_KEYS {
+                return Err(too_many(
+                    "the resource has too many searchable values".into(),
+                ));
+            }
+            planned.push((code, keys));
+        }
+        for (code, keys) in planned {
             let blinded = ctx.keys.blind(rt, code, &keys).map_err(key_error)?;
             index.extend(blinded);
         }
@@ -548,6 +665,117 @@ pub fn prepare(
         index,
         allowed: None,
     })
+}
+
+/// Resolves the patient references of `resource` that are not literal (an identifier, as lab
+/// feeds send, or a contained Patient) to the one stored Patient they name, writing
+/// `reference: "Patient/<id>"` beside what was sent; so the record is sealed in that patient's
+/// compartment and decided as their data. A reference that names no patient, or several, is
+/// refused: it would otherwise fall outside every compartment.
+///
+/// # Errors
+/// 422 when a reference cannot be resolved — or, for a request the access policy governs
+/// that may not see every patient, the same 403 as writing for a patient it does not care for
+/// (so the answer does not tell whether an identifier exists on this node).
+fn resolve_patient_links(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &str,
+    resource: &mut Value,
+    interaction: Interaction,
+) -> Result<(), ApiError> {
+    use medvault_fhir::PatientLink;
+    let links = ctx.fhir.unresolved_patient_links(rt, resource);
+    if links.is_empty() {
+        return Ok(());
+    }
+    let inner = Ctx {
+        scopes: None,
+        guard: None,
+        ..ctx.clone()
+    };
+    let find = |system: &Option<String>, value: &Option<String>| -> Result<Vec<String>, ApiError> {
+        match (system, value) {
+            (Some(system), Some(value)) if !system.is_empty() && !value.is_empty() => {
+                let token = format!("{}|{}", escape_token(system), escape_token(value));
+                search::matching_ids(store, &inner, "Patient", &[("identifier".into(), token)], 2)
+            }
+            _ => Ok(Vec::new()),
+        }
+    };
+    let mut rewrites: Vec<(Value, String)> = Vec::new();
+    for link in links {
+        let found = match &link {
+            PatientLink::Identifier { system, value, .. } => find(system, value)?,
+            PatientLink::Contained { identifiers, .. } => {
+                let mut all = Vec::new();
+                for (system, value) in identifiers {
+                    all.extend(find(system, value)?);
+                }
+                all.sort();
+                all.dedup();
+                all
+            }
+            PatientLink::Unresolvable => Vec::new(),
+        };
+        let node = match link {
+            PatientLink::Identifier { node, .. } | PatientLink::Contained { node, .. } => node,
+            PatientLink::Unresolvable => Value::Null,
+        };
+        match found.as_slice() {
+            [one] if !node.is_null() => rewrites.push((node, format!("Patient/{one}"))),
+            _ => return Err(unresolved_patient(ctx, interaction)),
+        }
+    }
+    for (node, target) in rewrites {
+        rewrite_reference(resource, &node, &target);
+    }
+    Ok(())
+}
+
+/// Escapes `|`, `,` and `$` in a token search value.
+fn escape_token(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace(',', "\\,")
+        .replace('$', "\\$")
+}
+
+fn unresolved_patient(ctx: &Ctx, interaction: Interaction) -> ApiError {
+    let sees_all = ctx.guard.as_ref().is_none_or(|g| {
+        matches!(
+            g.subject().role,
+            medvault_core::Role::Admin | medvault_core::Role::Service
+        )
+    });
+    if sees_all {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueCode::Processing,
+            "the record's patient must be a stored Patient: a reference by identifier (system and value) or to a contained Patient must match exactly one Patient on this node",
+        )
+    } else {
+        policy_refusal(interaction).denied_by("default-deny")
+    }
+}
+
+/// Sets `reference` to `target` in every Reference element of `v` equal to `node`.
+fn rewrite_reference(v: &mut Value, node: &Value, target: &str) {
+    if v == node
+        && let Value::Object(map) = v
+    {
+        map.insert("reference".into(), Value::String(target.to_owned()));
+        return;
+    }
+    match v {
+        Value::Object(map) => map
+            .values_mut()
+            .for_each(|x| rewrite_reference(x, node, target)),
+        Value::Array(a) => a
+            .iter_mut()
+            .for_each(|x| rewrite_reference(x, node, target)),
+        _ => {}
+    }
 }
 
 /// Asks the access policy, before the write transaction, whether the request may write `p`'s
@@ -585,6 +813,10 @@ fn commit(
             meta.insert("versionId".into(), Value::String(version.to_string()));
             meta.insert("lastUpdated".into(), Value::String(instant(now)));
         }
+    }
+    if ctx.deadline.is_some_and(|d| std::time::Instant::now() > d) {
+        // The client was already answered 503: the transaction rolls back.
+        return Err(timed_out());
     }
     let bytes =
         zeroize::Zeroizing::new(serde_json::to_vec(&resource).map_err(|e| ApiError::internal(&e))?);
@@ -856,11 +1088,27 @@ pub fn read(
     let refuse = |e: String| hidden(rt, id.as_str(), version, e);
     if row.body.is_none() || row.shredded {
         let content = decision_content(store, ctx, &row)?;
+        // A deleted resource the scopes' query constraints would hide answers as a missing
+        // one, as it did while it was live (decided on the version it deleted).
+        if let Some(c) = &content
+            && let Err(e) = ctx.scope_allows(rt, Interaction::Read, c)
+        {
+            return Err(refuse(e.denied_by.unwrap_or_default()));
+        }
         ctx.permits(store, Action::Read, rt, &row.key_name, content.as_ref())?
             .map_err(|p| refuse(p.join(",")))?;
         return Err(open(store, ctx, &row)
             .err()
             .unwrap_or_else(|| refuse(String::new())));
+    }
+    if version.is_some() {
+        // An old version is seen only if the resource as it is now may be seen too (the
+        // strictest of current and historic labels and compartment).
+        match current_verdict(store, ctx, rt, id.as_str(), Interaction::Read)? {
+            Verdict::Visible => {}
+            Verdict::Hidden(why) => return Err(refuse(why)),
+            Verdict::Erased => return Err(ApiError::gone("this patient's data was erased")),
+        }
     }
     let resource = open(store, ctx, &row)?;
     if let Err(e) = ctx.scope_allows(rt, Interaction::Read, &resource) {
@@ -877,6 +1125,56 @@ pub fn read(
         Some(resource),
     )
     .with_key(row.key_name))
+}
+
+/// What the request may see of a resource as it is now, which bounds what it may see of its
+/// history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// The current version (or, for a delete marker, the version it deleted) may be seen.
+    Visible,
+    /// It may not (the refusing rules, for the access log).
+    Hidden(String),
+    /// The patient whose compartment holds the resource now was erased, and the request may
+    /// see that patient.
+    Erased,
+}
+
+/// Decides the current version of `rt/id` as a read of it would (scopes' query constraints
+/// and the access policy): a relabelled record's older versions are no more visible than it
+/// is, and a record moved to another patient's compartment is no longer the first patient's.
+fn current_verdict(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &str,
+    id: &str,
+    interaction: Interaction,
+) -> Result<Verdict, ApiError> {
+    let constrained = !matches!(ctx.scope_access(rt, interaction)?, Access::Full);
+    if !constrained && ctx.guard.is_none() {
+        return Ok(Verdict::Visible);
+    }
+    let Some(row) = store.version(rt, id, None)? else {
+        return Ok(Verdict::Hidden(String::new()));
+    };
+    let content = decision_content(store, ctx, &row)?;
+    if constrained
+        && let Some(c) = &content
+        && let Err(e) = ctx.scope_allows(rt, interaction, c)
+    {
+        return Ok(Verdict::Hidden(e.denied_by.unwrap_or_default()));
+    }
+    match ctx.permits(
+        store,
+        policy_action(interaction),
+        rt,
+        &row.key_name,
+        content.as_ref(),
+    )? {
+        Err(p) => Ok(Verdict::Hidden(p.join(","))),
+        Ok(()) if row.shredded => Ok(Verdict::Erased),
+        Ok(()) => Ok(Verdict::Visible),
+    }
 }
 
 /// History of one resource or of a whole type, as a `history` Bundle.
@@ -913,7 +1211,32 @@ pub fn history(
     }
     let mut entries = Vec::new();
     let mut erased = false;
+    // What the request may see of each resource as it is now bounds its history.
+    let mut now_visible: std::collections::HashMap<String, Verdict> =
+        std::collections::HashMap::new();
     for row in &page.rows {
+        let verdict = match now_visible.get(&row.id) {
+            Some(v) => v.clone(),
+            None => {
+                let v = current_verdict(store, ctx, rt, &row.id, interaction)?;
+                now_visible.insert(row.id.clone(), v.clone());
+                v
+            }
+        };
+        match verdict {
+            Verdict::Visible => {}
+            Verdict::Hidden(why) => {
+                if let Some(g) = &ctx.guard {
+                    g.refused_by(&why);
+                    g.withheld();
+                }
+                continue;
+            }
+            Verdict::Erased => {
+                erased = true;
+                continue;
+            }
+        }
         if row.shredded {
             erased |= ctx
                 .permits(store, Action::Read, rt, &row.key_name, None)?

@@ -61,6 +61,11 @@ pub struct SearchRequest {
     pub includes: Vec<(String, Option<String>)>,
 }
 
+/// Most parameters one search may have.
+pub const MAX_PARAMS: usize = 100;
+/// Most values (comma-separated alternatives, across all parameters) one search may have.
+pub const MAX_ALTERNATIVES: usize = 1_000;
+
 fn number(name: &str, v: &str) -> Result<u64, ApiError> {
     v.parse::<u64>()
         .map_err(|_| ApiError::bad_request(format!("{name} must be a non-negative integer")))
@@ -115,6 +120,22 @@ pub fn parse(
         .type_info(rt)
         .ok_or_else(|| ApiError::not_found("unknown resource type"))?;
     let mut req = SearchRequest::default();
+    // Every alternative (a comma-separated value) becomes a lookup and a bound SQL parameter:
+    // a search is not a bulk export.
+    let alternatives: usize = params.len()
+        + params
+            .iter()
+            .map(|(_, v)| v.matches(',').count())
+            .sum::<usize>();
+    if params.len() > MAX_PARAMS || alternatives > MAX_ALTERNATIVES {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::TooCostly,
+            format!(
+                "a search may have at most {MAX_PARAMS} parameters and {MAX_ALTERNATIVES} values (counting each comma-separated value)"
+            ),
+        ));
+    }
     for (raw_name, value) in params {
         let (name, modifier) = match raw_name.split_once(':') {
             Some((n, m)) => (n, Some(m)),

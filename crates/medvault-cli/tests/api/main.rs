@@ -7,6 +7,7 @@ mod bad_input;
 mod bundle;
 mod cli;
 mod crud;
+mod hardening;
 mod identity;
 mod ledger;
 mod node_keys;

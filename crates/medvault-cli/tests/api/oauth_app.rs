@@ -331,6 +331,8 @@ fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
     let lab1 = s.create(&observation_with(&p1, "laboratory"));
     let vital1 = s.create(&observation_with(&p1, "vital-signs"));
     let lab2 = s.create(&observation_with(&p2, "laboratory"));
+    let vital_gone = s.create(&observation_with(&p1, "vital-signs"));
+    assert_eq!(s.delete(&format!("Observation/{vital_gone}")).0, 200);
 
     // A patient's account is linked to their Patient resource.
     crate::identity::create_user_with(&s, "pat.one", "patient", &["--patient", &p1]);
@@ -440,6 +442,36 @@ fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
         get(&s, &format!("/fhir/Observation/{vital1}"), &app).0,
         404,
         "not a lab result"
+    );
+    // Issue 15 item 7: a deleted resource outside the constraint answers exactly as a missing
+    // one (it answered 410 Gone, which told the app it existed).
+    let unknown = "00000000-0000-4000-8000-000000000000";
+    let (st, gone) = get(&s, &format!("/fhir/Observation/{vital_gone}"), &app);
+    let (st2, missing) = get(&s, &format!("/fhir/Observation/{unknown}"), &app);
+    assert_eq!((st, st2), (404, 404), "{gone} {missing}");
+    assert_eq!(
+        gone["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .replace(&vital_gone, "ID"),
+        missing["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .replace(unknown, "ID")
+    );
+    assert_eq!(
+        get(
+            &s,
+            &format!("/fhir/Observation/{vital_gone}/_history"),
+            &app
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        get(&s, &format!("/fhir/Observation/{vital_gone}"), &session).0,
+        410,
+        "the patient's own session, unconstrained, learns it was deleted"
     );
     assert_eq!(
         get(&s, &format!("/fhir/Observation/{lab2}"), &app).0,

@@ -8,15 +8,29 @@ use crate::identity::{PASSWORD, code, create_user, enroll, login, now};
 use crate::{Server, care_team, ids, make_practitioner, observation, patient};
 
 /// A person signed in with a second factor.
-struct Person {
-    session: String,
-    practitioner: Option<String>,
+pub(crate) struct Person {
+    pub(crate) session: String,
+    pub(crate) practitioner: Option<String>,
 }
 
 /// Creates an account with `role` (staff get a Practitioner), enrolls TOTP and signs in.
-fn person(s: &Server, name: &str, role: &str) -> Person {
+pub(crate) fn person(s: &Server, name: &str, role: &str) -> Person {
     create_user(s, name, role);
     let practitioner = matches!(role, "clinician" | "nurse").then(|| make_practitioner(s, name));
+    Person {
+        session: sign_in(s, name),
+        practitioner,
+    }
+}
+
+/// A patient's own account for `patient_id`, signed in with a second factor; the session.
+pub(crate) fn patient_session(s: &Server, name: &str, patient_id: &str) -> String {
+    crate::identity::create_user_with(s, name, "patient", &["--patient", patient_id]);
+    sign_in(s, name)
+}
+
+/// Enrolls TOTP for `name` and signs in with it; returns the session token.
+fn sign_in(s: &Server, name: &str) -> String {
     let (secret, _) = enroll(s, name);
     let (st, b) = login(
         s,
@@ -25,14 +39,11 @@ fn person(s: &Server, name: &str, role: &str) -> Person {
         &json!({"totp": code(&secret, now() + 30)}),
     );
     assert_eq!(st, 200, "{b}");
-    Person {
-        session: b["session"].as_str().unwrap().to_owned(),
-        practitioner,
-    }
+    b["session"].as_str().unwrap().to_owned()
 }
 
 /// A request as `bearer`, declaring `purpose` when given.
-fn call(
+pub(crate) fn call(
     s: &Server,
     method: reqwest::Method,
     path: &str,
@@ -54,17 +65,17 @@ fn call(
     crate::send(rb)
 }
 
-fn get_as(s: &Server, path: &str, who: &str, purpose: Option<&str>) -> (u16, Value) {
+pub(crate) fn get_as(s: &Server, path: &str, who: &str, purpose: Option<&str>) -> (u16, Value) {
     call(s, reqwest::Method::GET, path, who, purpose, None)
 }
 
-fn labelled(mut r: Value, code: &str) -> Value {
+pub(crate) fn labelled(mut r: Value, code: &str) -> Value {
     r["meta"] = json!({"security": [{
         "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": code}]});
     r
 }
 
-fn consent(patient: &str, provision: Value, when: &str) -> Value {
+pub(crate) fn consent(patient: &str, provision: Value, when: &str) -> Value {
     json!({
         "resourceType": "Consent", "status": "active",
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
@@ -77,7 +88,7 @@ fn consent(patient: &str, provision: Value, when: &str) -> Value {
 }
 
 /// The diagnostics of an OperationOutcome with the ids taken out.
-fn shape(v: &Value, ids: &[&str]) -> String {
+pub(crate) fn shape(v: &Value, ids: &[&str]) -> String {
     let mut t = v["issue"][0]["diagnostics"]
         .as_str()
         .unwrap_or("")
@@ -355,8 +366,8 @@ fn consent_labels_purpose_and_break_glass() {
         Some(&team),
     );
     assert_eq!(st, 403, "care relationships come from registration");
-    // Research is not treatment.
-    assert_eq!(read(a, &plain, Some("HRESCH")), 404);
+    // Research is not treatment: a clinician may not declare it at all.
+    assert_eq!(read(a, &plain, Some("HRESCH")), 403);
     assert_eq!(
         get_as(&s, &format!("/fhir/Observation/{plain}"), a, Some("treat")).0,
         400,
@@ -550,9 +561,33 @@ enum Who {
     OwnPatient,
 }
 
+/// What the matrix sees of one request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Seen {
+    /// 200 with the resource.
+    Allowed,
+    /// Hidden (404, left out of the search) or, for an update, refused by the policy.
+    NotAllowed,
+    /// 403: the role may not declare the purpose.
+    PurposeRefused,
+}
+
+/// The purposes each role may declare, written out independently of the policy crate.
+fn declarable(who: Who, purpose: &str) -> bool {
+    match who {
+        Who::ClinicianCare | Who::ClinicianNone | Who::NurseCare | Who::NurseNone => {
+            matches!(purpose, "TREAT" | "ETREAT" | "HOPERAT")
+        }
+        Who::Researcher => purpose == "HRESCH",
+        Who::OwnPatient => purpose == "PATRQT",
+    }
+}
+
 /// The policy as the matrix expects it, written out independently of the Cedar text: the
 /// default policy's rules for one read, search or update (an update needs the stored version
-/// readable too).
+/// readable too). `deny-treat` is a consent denying everyone for treatment only: it covers the
+/// other care purposes too (operations, emergency) — a deny is not escaped by naming another
+/// purpose of its family. `ETREAT` without a break-glass grant opens nothing.
 fn expected(
     who: Who,
     consent: &str,
@@ -560,47 +595,60 @@ fn expected(
     purpose: &str,
     interaction: &str,
     own: bool,
-) -> bool {
+) -> Seen {
+    if !declarable(who, purpose) {
+        return Seen::PurposeRefused;
+    }
     let staff_with_care = matches!(who, Who::ClinicianCare | Who::NurseCare);
-    match interaction {
+    let denied = matches!(consent, "deny" | "deny-treat");
+    let allowed = match interaction {
         // Writing needs treatment, and what one may not read one may not overwrite either.
         "update" => {
-            staff_with_care
-                && purpose == "TREAT"
-                && consent != "deny"
-                && (!label || consent == "permit")
+            staff_with_care && purpose == "TREAT" && !denied && (!label || consent == "permit")
         }
         _ => match who {
             Who::OwnPatient => own,
             _ if !staff_with_care => false,
             _ => {
-                matches!(purpose, "TREAT" | "ETREAT" | "HOPERAT")
-                    && consent != "deny"
-                    && (!label || consent == "permit")
+                matches!(purpose, "TREAT" | "HOPERAT") && !denied && (!label || consent == "permit")
             }
         },
+    };
+    if allowed {
+        Seen::Allowed
+    } else {
+        Seen::NotAllowed
     }
+}
+
+/// True if a 403's OperationOutcome is the purpose-of-use refusal.
+fn purpose_refused(b: &Value) -> bool {
+    b["issue"][0]["diagnostics"]
+        .as_str()
+        .is_some_and(|d| d.contains("may not declare"))
 }
 
 #[test]
 fn authorization_matrix_against_the_live_server() {
     let s = Server::start();
-    // Three patients whose consents say nothing, permit all, deny all; each with a plain and
-    // an HIV-labelled result.
+    // Four patients whose consents say nothing, permit all, deny all, deny treatment; each with
+    // a plain and an HIV-labelled result.
     let mut patients = Vec::new();
     let mut bodies = std::collections::HashMap::new();
     for (name, consent_kind) in [
         ("Nonefam", "none"),
         ("Permitfam", "permit"),
         ("Denyfam", "deny"),
+        ("Denytreatfam", "deny-treat"),
     ] {
         let p = s.create(&patient(name, "Mx"));
-        if consent_kind != "none" {
-            s.create(&consent(
-                &p,
-                json!({"type": consent_kind}),
-                "2026-01-01T00:00:00Z",
-            ));
+        let provision = match consent_kind {
+            "none" => None,
+            "deny-treat" => Some(json!({"type": "deny", "purpose": [{"code": "TREAT"}]})),
+            k => Some(json!({"type": k})),
+        };
+        if let Some(provision) = provision {
+            s.create(&consent(&p, provision, "2026-01-01T00:00:00Z"));
         }
         let plain_body = observation(&p, "2345-7", "2026-11-01");
         let hiv_body = labelled(observation(&p, "75622-1", "2026-11-01"), "HIV");
@@ -628,38 +676,35 @@ fn authorization_matrix_against_the_live_server() {
     }
     // The patient of the first patient record, with their own account.
     let own_patient = patients[0].0.clone();
-    crate::identity::create_user_with(&s, "m.patient", "patient", &["--patient", &own_patient]);
-    let (secret, _) = enroll(&s, "m.patient");
-    let (_, b) = login(
-        &s,
-        "m.patient",
-        PASSWORD,
-        &json!({"totp": code(&secret, now() + 30)}),
-    );
-    people.push((Who::OwnPatient, b["session"].as_str().unwrap().to_owned()));
+    people.push((
+        Who::OwnPatient,
+        patient_session(&s, "m.patient", &own_patient),
+    ));
 
+    let purposes = ["TREAT", "HOPERAT", "HRESCH", "ETREAT", "PATRQT"];
     let mut cases = 0;
     let mut failures = Vec::new();
     for (who, session) in &people {
         for (p, consent_kind, plain, hiv) in &patients {
             for (label, id) in [(false, plain), (true, hiv)] {
-                for purpose in ["TREAT", "HRESCH", "ETREAT"] {
+                for purpose in purposes {
                     for interaction in ["read", "search", "update"] {
                         let own = *p == own_patient;
                         let want = expected(*who, consent_kind, label, purpose, interaction, own);
                         let got = match interaction {
                             "read" => {
-                                let (st, _) = get_as(
+                                let (st, b) = get_as(
                                     &s,
                                     &format!("/fhir/Observation/{id}"),
                                     session,
                                     Some(purpose),
                                 );
-                                assert!(
-                                    st == 200 || st == 404,
-                                    "read answers 200 or 404, got {st}"
-                                );
-                                st == 200
+                                match st {
+                                    200 => Seen::Allowed,
+                                    404 => Seen::NotAllowed,
+                                    403 if purpose_refused(&b) => Seen::PurposeRefused,
+                                    _ => panic!("read answers 200, 404 or 403, got {st}: {b}"),
+                                }
                             }
                             "search" => {
                                 let (st, b) = get_as(
@@ -668,19 +713,27 @@ fn authorization_matrix_against_the_live_server() {
                                     session,
                                     Some(purpose),
                                 );
-                                assert_eq!(st, 200);
-                                assert_eq!(
-                                    b["total"].as_u64(),
-                                    Some(u64::from(!ids(&b).is_empty())),
-                                    "totals count only what is shown"
-                                );
-                                !ids(&b).is_empty()
+                                if st == 403 && purpose_refused(&b) {
+                                    Seen::PurposeRefused
+                                } else {
+                                    assert_eq!(st, 200, "{b}");
+                                    assert_eq!(
+                                        b["total"].as_u64(),
+                                        Some(u64::from(!ids(&b).is_empty())),
+                                        "totals count only what is shown"
+                                    );
+                                    if ids(&b).is_empty() {
+                                        Seen::NotAllowed
+                                    } else {
+                                        Seen::Allowed
+                                    }
+                                }
                             }
                             _ => {
                                 let mut current = bodies[id.as_str()].clone();
                                 current["id"] = json!(id);
                                 current["valueQuantity"]["value"] = json!(cases);
-                                let (st, _) = call(
+                                let (st, b) = call(
                                     &s,
                                     reqwest::Method::PUT,
                                     &format!("/fhir/Observation/{id}"),
@@ -688,12 +741,16 @@ fn authorization_matrix_against_the_live_server() {
                                     Some(purpose),
                                     Some(&current),
                                 );
-                                assert!(matches!(st, 200 | 403 | 404), "update answers {st}");
-                                st == 200
+                                match st {
+                                    200 => Seen::Allowed,
+                                    403 if purpose_refused(&b) => Seen::PurposeRefused,
+                                    403 | 404 => Seen::NotAllowed,
+                                    _ => panic!("update answers {st}: {b}"),
+                                }
                             }
                         };
                         if got != want {
-                            failures.push(format!("{who:?} {consent_kind} label={label} {purpose} {interaction}: got {got}, want {want}"));
+                            failures.push(format!("{who:?} {consent_kind} label={label} {purpose} {interaction}: got {got:?}, want {want:?}"));
                         }
                         cases += 1;
                     }
@@ -707,5 +764,5 @@ fn authorization_matrix_against_the_live_server() {
         failures.len(),
         failures.join("\n")
     );
-    assert_eq!(cases, 6 * 3 * 2 * 3 * 3);
+    assert_eq!(cases, 6 * 4 * 2 * 5 * 3);
 }

@@ -1,0 +1,375 @@
+//! Regression tests for the holes an outside review found (issue 15), each against the live
+//! server: every test here failed before its fix.
+
+use serde_json::{Value, json};
+
+use crate::policy::{call, consent, get_as, labelled, patient_session, person};
+use crate::{Server, care_team, ids, observation, patient};
+
+fn post_as(s: &Server, path: &str, who: &str, body: &Value) -> (u16, Value) {
+    call(s, reqwest::Method::POST, path, who, None, Some(body))
+}
+
+fn history_ids(b: &Value) -> Vec<String> {
+    b["entry"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter_map(|x| x["fullUrl"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Item 1: a version is seen only if the resource as it is now may be seen (the strictest of
+/// current and historic labels and compartment).
+#[test]
+fn old_versions_do_not_outlive_relabelling_or_correction() {
+    let s = Server::start();
+    let c = s.create(&patient("Histfam", "Cleo"));
+    let q = s.create(&patient("Movedfam", "Quin"));
+    let dr = person(&s, "dr.hist", "clinician");
+    care_team(&s, dr.practitioner.as_deref().unwrap(), &c);
+    let a = dr.session.as_str();
+
+    // Created plain, then labelled HIV: every version is as hidden as the current one.
+    let obs = s.create(&observation(&c, "75622-1", "2026-11-01"));
+    assert_eq!(
+        get_as(&s, &format!("/fhir/Observation/{obs}"), a, None).0,
+        200
+    );
+    let mut relabelled = labelled(observation(&c, "75622-1", "2026-11-01"), "HIV");
+    relabelled["id"] = json!(obs);
+    assert_eq!(s.put(&format!("Observation/{obs}"), &relabelled).0, 200);
+    for path in [
+        format!("/fhir/Observation/{obs}"),
+        format!("/fhir/Observation/{obs}/_history/1"),
+        format!("/fhir/Observation/{obs}/_history"),
+    ] {
+        assert_eq!(get_as(&s, &path, a, None).0, 404, "{path}");
+    }
+    let (st, h) = get_as(&s, "/fhir/Observation/_history?_count=100", a, None);
+    assert_eq!(st, 200);
+    assert!(!h.to_string().contains(&obs), "type history: {h}");
+    assert_eq!(h["total"], 0, "{h}");
+    // (The HIV label binds admins too, without the patient's consent: so they see neither.)
+    assert_eq!(s.get(&format!("Observation/{obs}/_history/1")).0, 404);
+
+    // Filed under C, corrected to Q: C's own session no longer reads any version of it.
+    let filed = s.create(&observation(&c, "2345-7", "2026-11-02"));
+    let c_session = patient_session(&s, "pat.cleo", &c);
+    assert_eq!(
+        get_as(&s, &format!("/fhir/Observation/{filed}"), &c_session, None).0,
+        200
+    );
+    let mut corrected = observation(&q, "2345-7", "2026-11-02");
+    corrected["id"] = json!(filed);
+    assert_eq!(s.put(&format!("Observation/{filed}"), &corrected).0, 200);
+    for path in [
+        format!("/fhir/Observation/{filed}"),
+        format!("/fhir/Observation/{filed}/_history/1"),
+        format!("/fhir/Observation/{filed}/_history"),
+    ] {
+        assert_eq!(get_as(&s, &path, &c_session, None).0, 404, "{path}");
+    }
+    let (_, h) = get_as(&s, "/fhir/Observation/_history", &c_session, None);
+    assert!(!history_ids(&h).iter().any(|u| u.ends_with(&filed)), "{h}");
+
+    // Q is erased: the version still sealed under C's key is gone with Q's record.
+    let (ok, _, err) = s.cli(&[
+        "patient",
+        "erase",
+        "--data-dir",
+        s.dir.to_str().unwrap(),
+        &q,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(s.get(&format!("Observation/{filed}/_history/1")).0, 410);
+    assert_eq!(s.get(&format!("Observation/{filed}/_history")).0, 410);
+    assert_eq!(
+        get_as(
+            &s,
+            &format!("/fhir/Observation/{filed}/_history/1"),
+            &c_session,
+            None
+        )
+        .0,
+        404
+    );
+}
+
+/// Item 2: a purpose-limited deny is not escaped by naming another purpose; ETREAT means
+/// break-glass only; a purpose the role may not declare is refused.
+#[test]
+fn a_treatment_deny_is_not_escaped_by_declaring_another_purpose() {
+    let s = Server::start();
+    let p = s.create(&patient("Purposefam", "Pam"));
+    let obs = s.create(&observation(&p, "2345-7", "2026-11-01"));
+    let dr = person(&s, "dr.purpose", "clinician");
+    let prac = dr.practitioner.clone().unwrap();
+    care_team(&s, &prac, &p);
+    let a = dr.session.as_str();
+    let path = format!("/fhir/Observation/{obs}");
+    assert_eq!(get_as(&s, &path, a, Some("HOPERAT")).0, 200);
+    s.create(&consent(
+        &p,
+        json!({"type": "permit", "provision": [{"type": "deny",
+            "actor": [{"role": {"text": "PRCP"}, "reference": {"reference": format!("Practitioner/{prac}")}}],
+            "purpose": [{"code": "TREAT"}]}]}),
+        "2026-01-01T00:00:00Z",
+    ));
+    for purpose in ["TREAT", "HOPERAT", "ETREAT"] {
+        assert_eq!(get_as(&s, &path, a, Some(purpose)).0, 404, "{purpose}");
+    }
+    let (st, b) = get_as(&s, &path, a, Some("HRESCH"));
+    assert_eq!(st, 403, "{b}");
+    assert!(b.to_string().contains("may not declare"), "{b}");
+    let (st, _) = get_as(&s, &path, a, Some("NOTACODE"));
+    assert_eq!(st, 403);
+    // No break-glass was opened, so nothing was alerted and nothing was read under it.
+    let (_, trail) = s.get(&format!("AuditEvent?patient={p}&outcome=4&_count=100"));
+    let text = trail.to_string();
+    assert!(
+        text.contains("purpose-of-use"),
+        "the refusal names its rule: {trail}"
+    );
+    assert!(!text.contains("break-glass: success"), "{trail}");
+}
+
+/// Item 3: patient data referenced by identifier or through a contained Patient is the
+/// patient's, and clinical data never falls to the directory rule.
+#[test]
+fn identifier_and_contained_patient_references_are_resolved() {
+    let s = Server::start();
+    let mut body = patient("Labfam", "Lee");
+    body["identifier"] = json!([{"system": "urn:oid:1.2.3.4", "value": "MRN-77"}]);
+    let p = s.create(&body);
+    let other = s.create(&patient("Carefam", "Cal"));
+    let dr = person(&s, "dr.feed", "clinician");
+    care_team(&s, dr.practitioner.as_deref().unwrap(), &other);
+    let researcher = person(&s, "r.feed", "researcher");
+
+    // By identifier, as lab feeds send it.
+    let mut by_ident = observation(&p, "2345-7", "2026-11-01");
+    by_ident["subject"] = json!({"identifier": {"system": "urn:oid:1.2.3.4", "value": "MRN-77"}});
+    let (st, stored) = s.post("Observation", &by_ident);
+    assert_eq!(st, 201, "{stored}");
+    assert_eq!(stored["subject"]["reference"], format!("Patient/{p}"));
+    let o1 = stored["id"].as_str().unwrap().to_owned();
+    // By a contained Patient carrying the identifier.
+    let mut contained = observation(&p, "2345-7", "2026-11-02");
+    contained["contained"] = json!([{"resourceType": "Patient", "id": "pat",
+        "identifier": [{"system": "urn:oid:1.2.3.4", "value": "MRN-77"}]}]);
+    contained["subject"] = json!({"reference": "#pat"});
+    let (st, stored) = s.post("Observation", &contained);
+    assert_eq!(st, 201, "{stored}");
+    assert_eq!(stored["subject"]["reference"], format!("Patient/{p}"));
+    let o2 = stored["id"].as_str().unwrap().to_owned();
+    // Both are in the patient's compartment: found by patient, hidden from the unrelated.
+    let (_, found) = s.get(&format!("Observation?patient={p}"));
+    let mut got = ids(&found);
+    got.sort();
+    let mut want = vec![o1.clone(), o2.clone()];
+    want.sort();
+    assert_eq!(got, want);
+    for who in [&dr.session, &researcher.session] {
+        let purpose = if who == &researcher.session {
+            "HRESCH"
+        } else {
+            "TREAT"
+        };
+        for id in [&o1, &o2] {
+            assert_eq!(
+                get_as(&s, &format!("/fhir/Observation/{id}"), who, Some(purpose)).0,
+                404
+            );
+        }
+        let (_, n) = get_as(&s, "/fhir/Observation?_summary=count", who, Some(purpose));
+        assert_eq!(n["total"], 0, "{n}");
+    }
+    // What names no patient (or no one patient) is refused, never filed as directory data.
+    let mut unknown = by_ident.clone();
+    unknown["subject"]["identifier"]["value"] = json!("MRN-NOPE");
+    let (st, b) = s.post("Observation", &unknown);
+    assert_eq!(st, 422, "{b}");
+    let mut anonymous = contained.clone();
+    anonymous["contained"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("identifier");
+    assert_eq!(s.post("Observation", &anonymous).0, 422);
+    // A clinician learns nothing about which identifiers exist: the same 403 as for a patient
+    // they do not care for.
+    let (st_unknown, b1) = post_as(&s, "/fhir/Observation", &dr.session, &unknown);
+    let (st_known, b2) = post_as(&s, "/fhir/Observation", &dr.session, &by_ident);
+    assert_eq!((st_unknown, st_known), (403, 403), "{b1} {b2}");
+    assert_eq!(b1["issue"][0]["diagnostics"], b2["issue"][0]["diagnostics"]);
+    // A clinical record with no patient at all is not directory data.
+    let mut orphan = observation(&p, "2345-7", "2026-11-03");
+    orphan.as_object_mut().unwrap().remove("subject");
+    let orphan_id = s.create(&orphan);
+    assert_eq!(s.get(&format!("Observation/{orphan_id}")).0, 200);
+    for who in [&dr.session, &researcher.session] {
+        let purpose = if who == &researcher.session {
+            "HRESCH"
+        } else {
+            "TREAT"
+        };
+        assert_eq!(
+            get_as(
+                &s,
+                &format!("/fhir/Observation/{orphan_id}"),
+                who,
+                Some(purpose)
+            )
+            .0,
+            404
+        );
+    }
+}
+
+/// Item 4: one request cannot occupy the writer and the disk.
+#[test]
+fn oversized_and_over_indexed_resources_are_refused_before_the_writer() {
+    let s = Server::start();
+    let dr = person(&s, "dr.big", "clinician");
+    let mut many = patient("Bigfam", "Bo");
+    let names: Vec<String> = (0..5_000).map(|i| format!("Given{i:05}")).collect();
+    many["name"][0]["given"] = json!(names);
+    let started = std::time::Instant::now();
+    let (st, b) = post_as(&s, "/fhir/Patient", &dr.session, &many);
+    assert_eq!(st, 422, "{b}");
+    assert!(b.to_string().contains("given"), "names the parameter: {b}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let mut huge = patient("Hugefam", "Hu");
+    huge["text"] = json!({"status": "generated",
+        "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{}</div>", "x".repeat(1_200_000))});
+    let (st, b) = post_as(&s, "/fhir/Patient", &dr.session, &huge);
+    assert_eq!(st, 413, "{b}");
+    // Documents may be larger.
+    let doc = json!({"resourceType": "DocumentReference", "status": "current",
+        "content": [{"attachment": {"contentType": "text/plain", "data": "QUFB".repeat(400_000)}}]});
+    assert_eq!(s.post("DocumentReference", &doc).0, 201);
+    // The same caps hold inside a transaction.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "POST", "url": "Patient"}, "resource": many}]});
+    let (st, b) = s.post("", &bundle);
+    assert_eq!(st, 422, "{b}");
+    // Nothing was written by the refused requests.
+    let (_, n) = s.get("Patient?_summary=count");
+    assert_eq!(n["total"], 0, "{n}");
+}
+
+/// Item 4: the configured request timeout applies, and a write answered 503 is not made.
+#[test]
+fn the_request_timeout_applies_and_a_timed_out_write_is_not_made() {
+    let s = Server::start_with(&["--request-timeout-seconds", "1"]);
+    let entries: Vec<Value> = (0..1000)
+        .map(|i| {
+            let mut p = patient("Slowfam", "Sam");
+            let names: Vec<String> = (0..90).map(|j| format!("Name{i:04}x{j:03}")).collect();
+            p["name"][0]["given"] = json!(names);
+            json!({"request": {"method": "POST", "url": "Patient"}, "resource": p})
+        })
+        .collect();
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let (st, b) = s.post("", &bundle);
+    assert_eq!(
+        st, 503,
+        "a 1000-entry transaction takes more than a second here: {b}"
+    );
+    assert_eq!(b["issue"][0]["code"], "transient", "{b}");
+    // The writer finishes its work and rolls back: nothing of it is ever stored.
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let (_, n) = s.get("Patient?family=Slowfam&_summary=count");
+    assert_eq!(n["total"], 0, "{n}");
+}
+
+/// Item 6: consents in local time, and denies naming organisations, roles and teams, take
+/// effect; what the evaluator cannot apply is refused.
+#[test]
+fn consent_times_and_actor_kinds_take_effect_or_are_refused() {
+    let s = Server::start();
+    let p = s.create(&patient("Actorfam", "Ada"));
+    let obs = s.create(&observation(&p, "2345-7", "2026-11-01"));
+    let path = format!("/fhir/Observation/{obs}");
+    let dr = person(&s, "dr.actor", "clinician");
+    let prac = dr.practitioner.clone().unwrap();
+    let team = care_team(&s, &prac, &p);
+    let org = s.create(&json!({"resourceType": "Organization", "name": "Ward 7"}));
+    let role = s.create(&json!({"resourceType": "PractitionerRole", "active": true,
+        "practitioner": {"reference": format!("Practitioner/{prac}")},
+        "organization": {"reference": format!("Organization/{org}")}}));
+    let a = dr.session.as_str();
+    assert_eq!(get_as(&s, &path, a, None).0, 200);
+
+    // Refused: no date, an actor kind the evaluator cannot match, a narrowed permit.
+    let mut undated = consent(&p, json!({"type": "deny"}), "2026-01-01T00:00:00Z");
+    undated.as_object_mut().unwrap().remove("dateTime");
+    let (st, b) = s.post("Consent", &undated);
+    assert_eq!(st, 422, "{b}");
+    assert!(b.to_string().contains("dateTime"), "{b}");
+    let related = consent(
+        &p,
+        json!({"type": "deny", "actor": [{"role": {"text": "PRCP"}, "reference": {"reference": "RelatedPerson/x"}}]}),
+        "2026-01-01T00:00:00Z",
+    );
+    assert_eq!(s.post("Consent", &related).0, 422);
+
+    // Each actor kind, one consent at a time, dated with an offset.
+    let mut hour = 0;
+    for actor in [
+        format!("Organization/{org}"),
+        format!("PractitionerRole/{role}"),
+        format!("CareTeam/{team}"),
+    ] {
+        hour += 1;
+        let deny = s.create(&consent(
+            &p,
+            json!({"type": "deny", "actor": [{"role": {"text": "PRCP"}, "reference": {"reference": actor}}]}),
+            &format!("2026-02-01T{hour:02}:00:00+01:00"),
+        ));
+        assert_eq!(get_as(&s, &path, a, None).0, 404, "deny naming {actor}");
+        hour += 1;
+        // A later permit (same day, later instant once in UTC) lifts it again.
+        s.create(&consent(
+            &p,
+            json!({"type": "permit"}),
+            &format!("2026-02-01T{hour:02}:00:00+01:00"),
+        ));
+        assert_eq!(get_as(&s, &path, a, None).0, 200, "after {actor}");
+        assert_eq!(s.delete(&format!("Consent/{deny}")).0, 200);
+    }
+    // Ordering follows UTC, not the text: 09:00+02:00 is before 08:00Z.
+    s.create(&consent(
+        &p,
+        json!({"type": "deny"}),
+        "2026-03-01T08:00:00Z",
+    ));
+    s.create(&consent(
+        &p,
+        json!({"type": "permit"}),
+        "2026-03-01T09:00:00+02:00",
+    ));
+    assert_eq!(get_as(&s, &path, a, None).0, 404);
+}
+
+/// Also seen: `_id` lists past the database's parameter limit answered 500.
+#[test]
+fn huge_id_lists_are_a_clear_400() {
+    let s = Server::start();
+    let list: Vec<String> = (0..40_000)
+        .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
+        .collect();
+    let form = format!("_id={}", list.join(","));
+    let r = reqwest::blocking::Client::new()
+        .post(s.url("Patient/_search"))
+        .bearer_auth(&s.token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let b: Value = r.json().unwrap();
+    assert_eq!(b["issue"][0]["code"], "too-costly", "{b}");
+}
