@@ -96,6 +96,7 @@ fn prepare(app: &App, mut p: Value) -> Result<(StoredVersion, Vec<BlindValue>, V
         shredded: false,
         salt: Some([0; 16]),
         leaf: None,
+        expunged: false,
     };
     Ok((v, index, p))
 }

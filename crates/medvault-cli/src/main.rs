@@ -202,6 +202,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Correct stored records: expunge a superseded version.
+    Record {
+        #[command(subcommand)]
+        command: RecordCommand,
+    },
     /// Patient-level data operations.
     Patient {
         #[command(subcommand)]
@@ -725,6 +730,27 @@ enum KeysCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum RecordCommand {
+    /// Remove the content of one superseded version of a resource, e.g. another patient's
+    /// result that was filed here and has since been corrected. The version's ledger
+    /// commitment stays (so `ledger verify` still accounts for it) and a new leaf records the
+    /// expunged state; reads of the version answer 410 Gone. The current version cannot be
+    /// expunged: update or delete the resource first. This cannot be undone.
+    #[command(
+        after_help = "Example:\n  medvault record expunge --data-dir DIR Observation/3f1c6d0e-…/_history/1 \\\n      --reason \"filed under the wrong patient, corrected in version 2\""
+    )]
+    Expunge {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The version, as `Type/id/_history/N`.
+        version: String,
+        /// Why (kept sealed in the access log with the action).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum PatientCommand {
     /// Crypto-shred a patient (GDPR Art. 17): destroy the patient's data key, so every version of
     /// every resource in their compartment becomes unreadable (reads answer 410 Gone) and leaves
@@ -820,8 +846,34 @@ fn erase(node: &Node, patient: &str) -> anyhow::Result<String> {
     }
 }
 
+/// `Type/id/_history/N` → (type, id, N).
+fn parse_version_ref(text: &str) -> anyhow::Result<(String, ResourceId, u64)> {
+    let parts: Vec<&str> = text.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        [rt, id, "_history", v] => {
+            let id = ResourceId::new(id).map_err(|e| anyhow::anyhow!("{text}: {e}"))?;
+            let v =
+                v.parse::<u64>().ok().filter(|v| *v > 0).ok_or_else(|| {
+                    anyhow::anyhow!("{text}: the version must be a number from 1")
+                })?;
+            Ok(((*rt).to_owned(), id, v))
+        }
+        _ => bail!("{text}: name the version as Type/id/_history/N"),
+    }
+}
+
 /// Records an administrative action in the access log and signs checkpoints covering it.
 fn audit_admin(node: &Node, action: &str, target: Option<&str>) -> anyhow::Result<()> {
+    audit_admin_with(node, action, target, None)
+}
+
+/// [`audit_admin`] with more detail (sealed like every audit detail).
+fn audit_admin_with(
+    node: &Node,
+    action: &str,
+    target: Option<&str>,
+    extra: Option<serde_json::Value>,
+) -> anyhow::Result<()> {
     let now = node.clock.now_micros();
     let operator = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let detail = serde_json::json!({
@@ -831,6 +883,7 @@ fn audit_admin(node: &Node, action: &str, target: Option<&str>) -> anyhow::Resul
         "agent": {"os_user": operator},
         "interaction": action,
         "target": target,
+        "extra": extra,
         "outcome": "success",
     });
     node.ledger
@@ -889,10 +942,11 @@ fn verify_ledger(node: &Node, extra_witnesses: &[String]) -> anyhow::Result<Stri
         )
     };
     Ok(format!(
-        "ledger verified: {}; {}; {} resource versions, {} audit records, {} pinned records tree heads reproduced",
+        "ledger verified: {}; {}; {} resource versions ({} amended: their original leaves checked too), {} audit records, {} pinned records tree heads reproduced",
         log("records", &r.records),
         log("access", &r.access),
         r.versions,
+        r.amendments,
         r.audit_records,
         r.pins
     ))
@@ -1059,6 +1113,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(&format!("Patient/{patient_id}")),
             )?;
             println!("{message}");
+        }
+        Command::Record {
+            command:
+                RecordCommand::Expunge {
+                    dir,
+                    version,
+                    reason,
+                },
+        } => {
+            let (rt, id, v) = parse_version_ref(&version)?;
+            if reason.trim().len() < 10 {
+                bail!("--reason must say why in at least 10 characters");
+            }
+            let node = open_node(&dir, true)?;
+            let out = medvault_server::admin::expunge_version(&node, &rt, &id, v)
+                .map_err(|e| anyhow::anyhow!("cannot expunge {version}: {}", e.message))?;
+            audit_admin_with(
+                &node,
+                "record-expunge",
+                Some(&format!("{rt}/{id}/_history/{v}")),
+                Some(serde_json::json!({"reason": reason})),
+            )?;
+            if out.location.is_some() {
+                println!("expunged {rt}/{id}/_history/{v}; its ledger commitment stays");
+            } else {
+                println!("{rt}/{id}/_history/{v} was already expunged");
+            }
         }
         Command::Ledger {
             command: LedgerCommand::Verify { dir, witnesses },

@@ -115,6 +115,17 @@ pub struct RecordFacts<'a> {
 /// `SHA-256("medvault-ledger-record-v1" ‖ salt ‖ fields…)`, fields length-prefixed, the body as
 /// its own SHA-256 (flagged absent for a delete marker).
 pub fn record_commitment(salt: &[u8; SALT_LEN], r: &RecordFacts<'_>) -> Hash {
+    record_commitment_with_digest(salt, r, r.sealed.map(medvault_crypto::sha256).as_ref())
+}
+
+/// [`record_commitment`] from the body's SHA-256 (`digest`) instead of its bytes (`r.sealed`
+/// is ignored): what an amended version's original leaf is checked against once its body was
+/// re-sealed or expunged.
+pub fn record_commitment_with_digest(
+    salt: &[u8; SALT_LEN],
+    r: &RecordFacts<'_>,
+    digest: Option<&Hash>,
+) -> Hash {
     let mut c = Context::new(&SHA256);
     field(&mut c, b"medvault-ledger-record-v1");
     field(&mut c, salt);
@@ -125,10 +136,10 @@ pub fn record_commitment(salt: &[u8; SALT_LEN], r: &RecordFacts<'_>) -> Hash {
     field(&mut c, r.key_name.as_bytes());
     field(&mut c, &r.key_version.to_be_bytes());
     field(&mut c, &r.last_updated_micros.to_be_bytes());
-    match r.sealed {
-        Some(body) => {
+    match digest {
+        Some(d) => {
             c.update(&[1]);
-            field(&mut c, &medvault_crypto::sha256(body));
+            field(&mut c, d);
         }
         None => c.update(&[0]),
     }

@@ -16,6 +16,7 @@ mod witness;
 pub use checkpoint::{Checkpoint, pin_line};
 pub use entry::{
     ENTRY_LEN, Entry, EntryKind, RecordFacts, SALT_LEN, audit_commitment, record_commitment,
+    record_commitment_with_digest,
 };
 pub use hash::{HASH_LEN, Hash, empty_root, leaf_hash, node_hash};
 pub use note::{

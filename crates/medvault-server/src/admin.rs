@@ -117,6 +117,25 @@ pub fn erase_patient(node: &Node, patient: &ResourceId) -> Result<Erased, ApiErr
     })
 }
 
+/// Expunges one superseded version of a resource (`ops::expunge`): its body is removed, its
+/// ledger commitment stays and a new leaf records the expunged state.
+///
+/// # Errors
+/// 404 unknown, 409 the current version, 410 an erased patient's; store failures.
+pub fn expunge_version(
+    node: &Node,
+    rt: &str,
+    id: &ResourceId,
+    version: u64,
+) -> Result<crate::ops::Outcome, ApiError> {
+    crate::ops::served_type(&node.fhir, rt)?;
+    let ctx = crate::ops::Ctx::for_node(node);
+    let (rt, id) = (rt.to_owned(), id.clone());
+    Ok(write_with(node.store.as_ref(), move |tx| {
+        Ok(crate::ops::expunge(tx, &ctx, &rt, &id, version)?)
+    })?)
+}
+
 /// The refusal, if `who` may not perform a sensitive action now: it needs a person in one of
 /// `roles` (`who_may` names them for the message) signed in with a second factor within
 /// `window`.

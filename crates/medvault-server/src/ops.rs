@@ -14,7 +14,7 @@ use medvault_crypto::BlindValue;
 use medvault_crypto::RecordAad;
 use medvault_fhir::Fhir;
 use medvault_policy::Action;
-use medvault_store::{StoreRead, StoreTx, StoredVersion};
+use medvault_store::{Amendment, AmendmentKind, StoreRead, StoreTx, StoredVersion};
 use serde_json::{Map, Value, json};
 
 use crate::authz::Guard;
@@ -334,7 +334,7 @@ fn decision_content(
     ctx: &Ctx,
     row: &StoredVersion,
 ) -> Result<Option<Value>, ApiError> {
-    if row.shredded {
+    if row.shredded || row.expunged {
         return Ok(None);
     }
     if row.body.is_some() {
@@ -840,6 +840,7 @@ fn commit(
         shredded: false,
         salt: None,
         leaf: None,
+        expunged: false,
     };
     let leaf = ctx.ledger.record_leaf(&mut v)?;
     tx.put_version(&v, &p.index, &leaf)?;
@@ -963,8 +964,134 @@ pub fn update(
     };
     let now = ctx.clock.now_micros();
     let (rt, id, key) = (p.rt.clone(), p.id.to_string(), p.compartment.key_name());
+    let moved = current.as_ref().is_some_and(|c| c.key_name != key);
     let stored = commit(tx, ctx, p, version, now)?;
+    if moved {
+        reseal_history(tx, ctx, &rt, &id, version, &key, now)?;
+    }
     Ok(Outcome::of_version(status, &rt, &id, version, now, Some(stored)).with_key(key))
+}
+
+/// After a resource moved to another compartment (its patient was corrected), re-seals its
+/// earlier versions under the new compartment's key, so they belong to the patient the record
+/// now belongs to: erasing that patient shreds the whole history, and the first patient's key
+/// no longer opens any of it. Each re-sealed version gets a new records log leaf; its original
+/// leaf stays accounted for by the amendment (see [`Amendment`]). Versions whose key was
+/// already destroyed are left as they are (nothing is left to move).
+fn reseal_history(
+    tx: &mut dyn StoreTx,
+    ctx: &Ctx,
+    rt: &str,
+    id: &str,
+    newest: u64,
+    key_name: &str,
+    now: i64,
+) -> Result<(), ApiError> {
+    let key = ctx.keys.for_write(tx, key_name).map_err(key_error)?;
+    for v in 1..newest {
+        let Some(row) = tx.version(rt, id, Some(v))? else {
+            continue;
+        };
+        if row.key_name == key_name || row.shredded {
+            continue;
+        }
+        let body = match &row.body {
+            Some(_) if !row.expunged => {
+                let plain = open(&*tx, ctx, &row)?;
+                let bytes = zeroize::Zeroizing::new(
+                    serde_json::to_vec(&plain).map_err(|e| ApiError::internal(&e))?,
+                );
+                let aad = RecordAad {
+                    tenant: ctx.keys.tenant(),
+                    resource_type: rt,
+                    id,
+                    version: v,
+                };
+                Some(key.seal(&aad, &bytes).map_err(|e| ApiError::internal(&e))?)
+            }
+            _ => None,
+        };
+        let amended = StoredVersion {
+            key_name: key_name.to_owned(),
+            key_version: if body.is_some() { key.version() } else { 0 },
+            body,
+            salt: None,
+            leaf: None,
+            ..row.clone()
+        };
+        amend(tx, ctx, &row, amended, AmendmentKind::Reseal, now)?;
+    }
+    Ok(())
+}
+
+/// Writes `amended` over the stored `row`, keeping what `row` was committed as.
+fn amend(
+    tx: &mut dyn StoreTx,
+    ctx: &Ctx,
+    row: &StoredVersion,
+    mut amended: StoredVersion,
+    kind: AmendmentKind,
+    now: i64,
+) -> Result<u64, ApiError> {
+    let before = Amendment::of(row, kind, now)
+        .ok_or_else(|| ApiError::internal(&"a stored version has no ledger leaf"))?;
+    let entry = ctx.ledger.record_leaf(&mut amended)?;
+    Ok(tx.amend_version(&before, &amended, &entry)?)
+}
+
+/// Expunges one superseded version of a resource (an admin's correction of data that should
+/// never have been stored, e.g. another patient's result filed here): its sealed body is
+/// removed; its ledger commitment stays, and a new leaf records the expunged state. The
+/// current version cannot be expunged (update or delete the resource first).
+///
+/// # Errors
+/// 404 for an unknown version; 409 for the current version; 410 for an erased patient's.
+pub fn expunge(
+    tx: &mut dyn StoreTx,
+    ctx: &Ctx,
+    rt: &str,
+    id: &ResourceId,
+    version: u64,
+) -> Result<Outcome, ApiError> {
+    let Some(current) = tx.current(rt, id.as_str())? else {
+        return Err(not_known(rt, id.as_str(), Some(version)));
+    };
+    let Some(row) = tx.version(rt, id.as_str(), Some(version))? else {
+        return Err(not_known(rt, id.as_str(), Some(version)));
+    };
+    if version == current.version {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            IssueCode::Conflict,
+            "the current version cannot be expunged: update or delete the resource first",
+        ));
+    }
+    if row.shredded {
+        return Err(ApiError::gone("this patient's data was erased"));
+    }
+    if row.expunged {
+        return Ok(Outcome::message(
+            StatusCode::OK,
+            IssueCode::Informational,
+            "already expunged",
+        ));
+    }
+    let now = ctx.clock.now_micros();
+    let amended = StoredVersion {
+        body: None,
+        key_version: 0,
+        expunged: true,
+        salt: None,
+        leaf: None,
+        ..row.clone()
+    };
+    amend(tx, ctx, &row, amended, AmendmentKind::Expunge, now)?;
+    let mut out = Outcome::message(StatusCode::OK, IssueCode::Informational, "expunged");
+    out.location = Some(format!("{rt}/{id}/_history/{version}"));
+    out.version = Some(version);
+    out.key_name = Some(row.key_name);
+    out.last_modified = Some(now);
+    Ok(out)
 }
 
 /// Delete: appends a delete marker. Deleting a deleted resource succeeds and changes nothing.
@@ -1007,6 +1134,7 @@ pub fn delete(
         shredded: false,
         salt: None,
         leaf: None,
+        expunged: false,
     };
     let leaf = ctx.ledger.record_leaf(&mut v)?;
     tx.put_version(&v, &[], &leaf)?;
@@ -1030,6 +1158,12 @@ pub fn delete(
 /// 410 for delete markers and erased compartments; 500 if the ciphertext fails to authenticate
 /// (tampering), logged with its row identity.
 pub fn open(store: &dyn StoreRead, ctx: &Ctx, row: &StoredVersion) -> Result<Value, ApiError> {
+    if row.expunged {
+        return Err(ApiError::gone(format!(
+            "{}/{} version {} was expunged",
+            row.resource_type, row.id, row.version
+        )));
+    }
     if row.shredded {
         ctx.keys.forget(&row.key_name);
         return Err(ApiError::gone("this patient's data was erased"));
@@ -1086,6 +1220,15 @@ pub fn read(
     // A resource the request may not see answers as a missing one; so do its delete markers
     // (decided on the version they deleted) and erasure (on the patient alone).
     let refuse = |e: String| hidden(rt, id.as_str(), version, e);
+    if version.is_some() {
+        // An old version is seen only if the resource as it is now may be seen too (the
+        // strictest of current and historic labels and compartment).
+        match current_verdict(store, ctx, rt, id.as_str(), Interaction::Read)? {
+            Verdict::Visible => {}
+            Verdict::Hidden(why) => return Err(refuse(why)),
+            Verdict::Erased => return Err(ApiError::gone("this patient's data was erased")),
+        }
+    }
     if row.body.is_none() || row.shredded {
         let content = decision_content(store, ctx, &row)?;
         // A deleted resource the scopes' query constraints would hide answers as a missing
@@ -1100,15 +1243,6 @@ pub fn read(
         return Err(open(store, ctx, &row)
             .err()
             .unwrap_or_else(|| refuse(String::new())));
-    }
-    if version.is_some() {
-        // An old version is seen only if the resource as it is now may be seen too (the
-        // strictest of current and historic labels and compartment).
-        match current_verdict(store, ctx, rt, id.as_str(), Interaction::Read)? {
-            Verdict::Visible => {}
-            Verdict::Hidden(why) => return Err(refuse(why)),
-            Verdict::Erased => return Err(ApiError::gone("this patient's data was erased")),
-        }
     }
     let resource = open(store, ctx, &row)?;
     if let Err(e) = ctx.scope_allows(rt, Interaction::Read, &resource) {
@@ -1250,6 +1384,9 @@ pub fn history(
         let resource = content.filter(|_| row.body.is_some());
         let full_url = format!("{base}/{}/{}", row.resource_type, row.id);
         let (method, status) = match (&row.body, row.version) {
+            // Expunged: the interaction is still shown; its content is gone.
+            (None, 1) if row.expunged => ("POST", "410"),
+            (None, _) if row.expunged => ("PUT", "410"),
             (None, _) => ("DELETE", "204"),
             (Some(_), 1) => ("POST", "201"),
             (Some(_), _) => ("PUT", "200"),

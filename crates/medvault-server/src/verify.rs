@@ -40,6 +40,9 @@ pub struct Report {
     pub access: LogReport,
     /// Resource versions checked against their commitments.
     pub versions: u64,
+    /// Amended (re-sealed or expunged) versions whose original leaves were checked against
+    /// what they committed to before.
+    pub amendments: u64,
     /// Audit leaves checked against their sealed details.
     pub audit_records: u64,
     /// Tree heads pinned by the other log's checkpoints that the leaves reproduced.
@@ -214,6 +217,7 @@ pub fn verify(
     )?;
     let mut used = vec![false; commitments.len()];
     let versions = check_versions(records, ledger, &commitments, &mut used)?;
+    let amendments = check_amendments(records, ledger, &commitments, &mut used)?;
     if let Some(i) = used.iter().position(|u| !u) {
         return Err(diverge(format!(
             "records log leaf {i} commits to a resource version that is no longer stored"
@@ -229,6 +233,7 @@ pub fn verify(
         records: report(rec_newest, rec_cosigned, rec_size),
         access: report(acc_newest, acc_cosigned, acc_size),
         versions,
+        amendments,
         audit_records,
         pins,
     })
@@ -454,6 +459,78 @@ fn compare_nodes(
     Ok(())
 }
 
+/// Claims each amendment's original leaf with what the version was committed as before (its
+/// sealed body as a digest): a version re-sealed or expunged keeps every leaf it ever had
+/// accounted for, and an amendment that does not match its leaf is a divergence.
+fn check_amendments(
+    store: &dyn StoreRead,
+    ledger: &Ledger,
+    commitments: &[Hash],
+    used: &mut [bool],
+) -> Result<u64, VerifyError> {
+    let mut n = 0;
+    let mut after: Option<(String, String, u64, u32)> = None;
+    loop {
+        let page = store.amendments_after(
+            after
+                .as_ref()
+                .map(|(t, i, v, s)| (t.as_str(), i.as_str(), *v, *s)),
+            1000,
+        )?;
+        let Some(last) = page.last() else {
+            return Ok(n);
+        };
+        after = Some((
+            last.resource_type.clone(),
+            last.id.clone(),
+            last.version,
+            last.seq,
+        ));
+        for a in &page {
+            let name = format!(
+                "{}/{}/_history/{} (amendment {})",
+                a.resource_type, a.id, a.version, a.seq
+            );
+            let i = claim(used, a.leaf, &name)?;
+            let facts = medvault_ledger::RecordFacts {
+                tenant: ledger.tenant(),
+                resource_type: &a.resource_type,
+                id: &a.id,
+                version: a.version,
+                key_name: &a.key_name,
+                key_version: a.key_version,
+                last_updated_micros: a.last_updated_micros,
+                sealed: None,
+            };
+            if medvault_ledger::record_commitment_with_digest(&a.salt, &facts, a.digest.as_ref())
+                != commitments[i]
+            {
+                return Err(diverge(format!(
+                    "{name} does not match its commitment in records log leaf {}",
+                    a.leaf
+                )));
+            }
+            n += 1;
+        }
+    }
+}
+
+/// Marks records log leaf `leaf` as claimed by `what`; its index.
+fn claim(used: &mut [bool], leaf: u64, what: &str) -> Result<usize, VerifyError> {
+    let Some(i) = usize::try_from(leaf).ok().filter(|i| *i < used.len()) else {
+        return Err(diverge(format!(
+            "{what} points at records log leaf {leaf}, which does not exist"
+        )));
+    };
+    if used[i] {
+        return Err(diverge(format!(
+            "records log leaf {leaf} is claimed more than once ({what})"
+        )));
+    }
+    used[i] = true;
+    Ok(i)
+}
+
 fn check_versions(
     store: &dyn StoreRead,
     ledger: &Ledger,
@@ -476,20 +553,7 @@ fn check_versions(
             let (Some(leaf), Some(salt)) = (v.leaf, v.salt) else {
                 return Err(diverge(format!("version {name} has no records log leaf")));
             };
-            let Some(i) = usize::try_from(leaf)
-                .ok()
-                .filter(|i| *i < commitments.len())
-            else {
-                return Err(diverge(format!(
-                    "version {name} points at records log leaf {leaf}, which does not exist"
-                )));
-            };
-            if used[i] {
-                return Err(diverge(format!(
-                    "records log leaf {leaf} is claimed by more than one version ({name})"
-                )));
-            }
-            used[i] = true;
+            let i = claim(used, leaf, &format!("version {name}"))?;
             if record_entry(ledger.tenant(), v, &salt).commitment != commitments[i] {
                 return Err(diverge(format!(
                     "version {name} does not match its commitment in records log leaf {leaf}"

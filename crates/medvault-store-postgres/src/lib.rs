@@ -646,6 +646,13 @@ macro_rules! impl_reads {
             ) -> Result<Vec<StoredVersion>, StoreError> {
                 self.with_conn(|c| $crate::sql::versions_after(c, after, limit))
             }
+            fn amendments_after(
+                &self,
+                after: Option<(&str, &str, u64, u32)>,
+                limit: u64,
+            ) -> Result<Vec<medvault_store::Amendment>, StoreError> {
+                self.with_conn(|c| $crate::sql::amendments_after(c, after, limit))
+            }
         }
     };
 }
@@ -777,7 +784,7 @@ mod tests {
             medvault_store::conformance::CHECKS.len()
                 + medvault_store::conformance::PAIR_CHECKS.len()
         );
-        assert_eq!(ran, 13);
+        assert_eq!(ran, 14);
     }
 
     #[test]

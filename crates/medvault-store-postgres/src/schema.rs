@@ -154,6 +154,18 @@ const NODE_MIGRATIONS: &[(i64, &str)] = &[
      );
      CREATE INDEX share_receipts_by_expiry ON share_receipts (expires);",
     ),
+    // v12: amended versions and what each was committed as before.
+    (
+        12,
+        "ALTER TABLE versions ADD COLUMN expunged BOOLEAN NOT NULL DEFAULT FALSE;
+     CREATE TABLE amendments (
+        rtype TEXT COLLATE \"C\" NOT NULL, id TEXT COLLATE \"C\" NOT NULL,
+        version BIGINT NOT NULL, seq BIGINT NOT NULL, kind TEXT NOT NULL, at BIGINT NOT NULL,
+        last_updated BIGINT NOT NULL, key_name TEXT COLLATE \"C\" NOT NULL,
+        key_version BIGINT NOT NULL, digest BYTEA, leaf BIGINT NOT NULL, salt BYTEA NOT NULL,
+        PRIMARY KEY (rtype, id, version, seq)
+     );",
+    ),
 ];
 
 /// The access log's schema: one log and the witness state, nothing else. (SQLite's access log

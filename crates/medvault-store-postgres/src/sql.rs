@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
 use medvault_ledger::{Frontier, Hash, SALT_LEN, leaf_hash};
 use medvault_store::{
-    AccessTokenRow, AlertRow, AuditDetail, BreakGlassRow, ClientRow, CurrentMeta, DataKeyRow,
-    GrantRow, IndexQuery, LedgerNodes, PeerRow, SearchPage, SessionRow, SortOrder, StoreError,
-    StoreRead, StoreTx, StoredVersion, TokenRow, UserRow,
+    AccessTokenRow, AlertRow, Amendment, AmendmentKind, AuditDetail, BreakGlassRow, ClientRow,
+    CurrentMeta, DataKeyRow, GrantRow, IndexQuery, LedgerNodes, PeerRow, SearchPage, SessionRow,
+    SortOrder, StoreError, StoreRead, StoreTx, StoredVersion, TokenRow, UserRow,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql};
@@ -342,7 +342,7 @@ impl Conn {
 
 const VERSION_COLUMNS: &str =
     "v.rtype, v.id, v.version, v.last_updated, v.key_name, v.key_version, v.body,
-     (d.name IS NOT NULL AND d.wrapped IS NULL), v.salt, v.leaf";
+     (d.name IS NOT NULL AND d.wrapped IS NULL), v.salt, v.leaf, v.expunged";
 const VERSION_JOIN: &str = "versions v LEFT JOIN deks d ON d.name = v.key_name";
 
 fn version_row(r: &Row) -> Result<StoredVersion, StoreError> {
@@ -358,7 +358,49 @@ fn version_row(r: &Row) -> Result<StoredVersion, StoreError> {
         salt: get::<Option<Vec<u8>>>(r, 8)?
             .and_then(|s| <[u8; SALT_LEN]>::try_from(s.as_slice()).ok()),
         leaf: get::<Option<i64>>(r, 9)?.and_then(|l| u64::try_from(l).ok()),
+        expunged: get(r, 10)?,
     })
+}
+
+const AMENDMENT_COLUMNS: &str = "rtype, id, version, seq, kind, at, last_updated, key_name,
+     key_version, digest, leaf, salt";
+
+fn amendment_row(r: &Row) -> Result<Amendment, StoreError> {
+    let bad = || StoreError::Backend("malformed amendment row".into());
+    Ok(Amendment {
+        resource_type: get(r, 0)?,
+        id: get(r, 1)?,
+        version: to_u64(get(r, 2)?),
+        seq: u32::try_from(get::<i64>(r, 3)?).map_err(|_| bad())?,
+        kind: AmendmentKind::parse(&get::<String>(r, 4)?).ok_or_else(bad)?,
+        at_micros: get(r, 5)?,
+        last_updated_micros: get(r, 6)?,
+        key_name: get(r, 7)?,
+        key_version: to_u32(get(r, 8)?)?,
+        digest: match get::<Option<Vec<u8>>>(r, 9)? {
+            None => None,
+            Some(d) => Some(<Hash>::try_from(d.as_slice()).map_err(|_| bad())?),
+        },
+        leaf: to_u64(get(r, 10)?),
+        salt: <[u8; SALT_LEN]>::try_from(get::<Vec<u8>>(r, 11)?.as_slice()).map_err(|_| bad())?,
+    })
+}
+
+pub(crate) fn amendments_after(
+    c: &mut Conn,
+    after: Option<(&str, &str, u64, u32)>,
+    limit: u64,
+) -> Result<Vec<Amendment>, StoreError> {
+    let (rt, id, v, seq) = after.unwrap_or(("", "", 0, 0));
+    let found = c.query(
+        &format!(
+            "SELECT {AMENDMENT_COLUMNS} FROM amendments
+             WHERE (rtype, id, version, seq) > ($1, $2, $3, $4)
+             ORDER BY rtype, id, version, seq LIMIT $5"
+        ),
+        &[&rt, &id, &to_i64(v), &i64::from(seq), &to_i64(limit)],
+    )?;
+    rows(found, amendment_row)
 }
 
 fn rows<T>(
@@ -1266,6 +1308,62 @@ impl StoreTx for Tx<'_> {
             ],
         )?;
         let idx = to_u64(get(&row, 0)?);
+        self.appended.push((idx, leaf_hash(leaf)));
+        Ok(idx)
+    }
+
+    fn amend_version(
+        &mut self,
+        before: &Amendment,
+        now: &StoredVersion,
+        leaf: &[u8],
+    ) -> Result<u64, StoreError> {
+        let salt = now.salt.ok_or_else(|| {
+            StoreError::Backend("an amended version must carry its commitment salt".into())
+        })?;
+        // One statement: the leaf, the version row (nothing when it does not exist, so no
+        // amendment either), the amendment with the next sequence number.
+        let found = self.conn.get_mut().query(
+            &format!(
+                "WITH {APPEND_LEAF},
+                 ver AS (
+                   UPDATE versions SET key_name = $5, key_version = $6, body = $7, salt = $8,
+                     leaf = (SELECT idx FROM leaf), expunged = $9
+                   WHERE rtype = $2 AND id = $3 AND version = $4 RETURNING leaf),
+                 am AS (
+                   INSERT INTO amendments ({AMENDMENT_COLUMNS})
+                   SELECT $2, $3, $4,
+                     (SELECT COALESCE(MAX(seq), 0) + 1 FROM amendments
+                      WHERE rtype = $2 AND id = $3 AND version = $4),
+                     $10, $11, $12, $13, $14, $15, $16, $17
+                   FROM ver)
+                 SELECT leaf FROM ver"
+            ),
+            &[
+                &leaf,
+                &before.resource_type,
+                &before.id,
+                &to_i64(before.version),
+                &now.key_name,
+                &i64::from(now.key_version),
+                &now.body.as_ref().map(Sealed::as_bytes),
+                &&salt[..],
+                &now.expunged,
+                &before.kind.as_str(),
+                &before.at_micros,
+                &before.last_updated_micros,
+                &before.key_name,
+                &i64::from(before.key_version),
+                &before.digest.as_ref().map(|d| &d[..]),
+                &to_i64(before.leaf),
+                &&before.salt[..],
+            ],
+        )?;
+        let Some(row) = found.first() else {
+            // The leaf was appended: the transaction must not commit.
+            return Err(StoreError::Conflict);
+        };
+        let idx = to_u64(get(row, 0)?);
         self.appended.push((idx, leaf_hash(leaf)));
         Ok(idx)
     }

@@ -463,6 +463,13 @@ impl StoreRead for SqliteStore {
     ) -> Result<Vec<StoredVersion>, StoreError> {
         self.with_reader(|c| sql::versions_after(c, after, limit))
     }
+    fn amendments_after(
+        &self,
+        after: Option<(&str, &str, u64, u32)>,
+        limit: u64,
+    ) -> Result<Vec<medvault_store::Amendment>, StoreError> {
+        self.with_reader(|c| sql::amendments_after(c, after, limit))
+    }
     fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
         self.with_reader(|c| sql::token(c, hash))
     }
@@ -576,7 +583,7 @@ mod tests {
             medvault_store::conformance::CHECKS.len()
                 + medvault_store::conformance::PAIR_CHECKS.len()
         );
-        assert_eq!(ran, 13);
+        assert_eq!(ran, 14);
     }
 
     #[test]
@@ -602,8 +609,8 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.meta("tenant").unwrap().as_deref(), Some("t"));
-        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("11"));
-        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 11);
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("12"));
+        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 12);
         // The writer resumes the tree where it stopped.
         audit(&s, 5);
         let mut want = medvault_ledger::MemoryTree::new();

@@ -174,6 +174,17 @@ const NODE_MIGRATIONS: &[&str] = &[
         expires INTEGER NOT NULL, PRIMARY KEY (sender, bundle_id)
      ) WITHOUT ROWID;
      CREATE INDEX share_receipts_by_expiry ON share_receipts (expires);",
+    // v12: amended versions (re-sealed when their resource moved to another patient, or
+    // expunged by an admin) and what each was committed as before (see ARCHITECTURE.md, "The
+    // ledger": every leaf stays checkable).
+    "ALTER TABLE versions ADD COLUMN expunged INTEGER NOT NULL DEFAULT 0;
+     CREATE TABLE amendments (
+        rtype TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, seq INTEGER NOT NULL,
+        kind TEXT NOT NULL, at INTEGER NOT NULL, last_updated INTEGER NOT NULL,
+        key_name TEXT NOT NULL, key_version INTEGER NOT NULL, digest BLOB,
+        leaf INTEGER NOT NULL, salt BLOB NOT NULL,
+        PRIMARY KEY (rtype, id, version, seq)
+     ) WITHOUT ROWID;",
 ];
 
 const DROP_LEVEL_ZERO: &str = "DELETE FROM ledger_nodes WHERE level = 0;";

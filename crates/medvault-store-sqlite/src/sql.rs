@@ -4,9 +4,9 @@ use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
 use medvault_ledger::{Frontier, leaf_hash};
 use medvault_ledger::{Hash, SALT_LEN};
 use medvault_store::{
-    AccessTokenRow, AlertRow, AuditDetail, BreakGlassRow, ClientRow, CurrentMeta, DataKeyRow,
-    GrantRow, IndexQuery, LedgerNodes, PeerRow, SearchPage, SessionRow, SortOrder, StoreError,
-    StoreRead, StoreTx, StoredVersion, TokenRow, UserRow,
+    AccessTokenRow, AlertRow, Amendment, AmendmentKind, AuditDetail, BreakGlassRow, ClientRow,
+    CurrentMeta, DataKeyRow, GrantRow, IndexQuery, LedgerNodes, PeerRow, SearchPage, SessionRow,
+    SortOrder, StoreError, StoreRead, StoreTx, StoredVersion, TokenRow, UserRow,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension as _, Row, params, params_from_iter};
@@ -15,7 +15,7 @@ use crate::backend;
 
 const VERSION_COLUMNS: &str =
     "v.rtype, v.id, v.version, v.last_updated, v.key_name, v.key_version, v.body,
-     (d.name IS NOT NULL AND d.wrapped IS NULL), v.salt, v.leaf";
+     (d.name IS NOT NULL AND d.wrapped IS NULL), v.salt, v.leaf, v.expunged";
 const VERSION_JOIN: &str = "versions v LEFT JOIN deks d ON d.name = v.key_name";
 
 fn to_i64(n: u64) -> i64 {
@@ -38,7 +38,61 @@ fn version_row(r: &Row<'_>) -> rusqlite::Result<StoredVersion> {
         leaf: r
             .get::<_, Option<i64>>(9)?
             .and_then(|l| u64::try_from(l).ok()),
+        expunged: r.get(10)?,
     })
+}
+
+const AMENDMENT_COLUMNS: &str = "rtype, id, version, seq, kind, at, last_updated, key_name,
+     key_version, digest, leaf, salt";
+
+fn amendment_row(r: &Row<'_>) -> rusqlite::Result<Amendment> {
+    let bad = |i: usize| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Blob,
+            "malformed amendment row".into(),
+        )
+    };
+    Ok(Amendment {
+        resource_type: r.get(0)?,
+        id: r.get(1)?,
+        version: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+        seq: r.get(3)?,
+        kind: AmendmentKind::parse(&r.get::<_, String>(4)?).ok_or_else(|| bad(4))?,
+        at_micros: r.get(5)?,
+        last_updated_micros: r.get(6)?,
+        key_name: r.get(7)?,
+        key_version: r.get(8)?,
+        digest: match r.get::<_, Option<Vec<u8>>>(9)? {
+            None => None,
+            Some(d) => Some(<Hash>::try_from(d.as_slice()).map_err(|_| bad(9))?),
+        },
+        leaf: u64::try_from(r.get::<_, i64>(10)?).map_err(|_| bad(10))?,
+        salt: <[u8; SALT_LEN]>::try_from(r.get::<_, Vec<u8>>(11)?.as_slice())
+            .map_err(|_| bad(11))?,
+    })
+}
+
+pub(crate) fn amendments_after(
+    c: &Connection,
+    after: Option<(&str, &str, u64, u32)>,
+    limit: u64,
+) -> Result<Vec<Amendment>, StoreError> {
+    let (rt, id, v, seq) = after.unwrap_or(("", "", 0, 0));
+    let mut s = c
+        .prepare_cached(&format!(
+            "SELECT {AMENDMENT_COLUMNS} FROM amendments
+             WHERE (rtype, id, version, seq) > (?1, ?2, ?3, ?4)
+             ORDER BY rtype, id, version, seq LIMIT ?5"
+        ))
+        .map_err(backend)?;
+    let rows = s
+        .query_map(
+            params![rt, id, to_i64(v), seq, to_i64(limit)],
+            amendment_row,
+        )
+        .map_err(backend)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(backend)
 }
 
 pub(crate) fn meta(c: &Connection, key: &str) -> Result<Option<String>, StoreError> {
@@ -951,6 +1005,13 @@ impl StoreRead for Tx<'_> {
     ) -> Result<Vec<StoredVersion>, StoreError> {
         versions_after(self.conn, after, limit)
     }
+    fn amendments_after(
+        &self,
+        after: Option<(&str, &str, u64, u32)>,
+        limit: u64,
+    ) -> Result<Vec<Amendment>, StoreError> {
+        amendments_after(self.conn, after, limit)
+    }
 }
 
 impl StoreTx for Tx<'_> {
@@ -1112,6 +1173,76 @@ impl StoreTx for Tx<'_> {
         for b in index {
             ins.execute(params![&b.0[..], rid]).map_err(backend)?;
         }
+        Ok(leaf_idx)
+    }
+
+    fn amend_version(
+        &mut self,
+        before: &Amendment,
+        now: &StoredVersion,
+        leaf: &[u8],
+    ) -> Result<u64, StoreError> {
+        let c = self.conn;
+        let salt = now.salt.ok_or_else(|| {
+            StoreError::Backend("an amended version must carry its commitment salt".into())
+        })?;
+        let version = to_i64(before.version);
+        let seq: u32 = c
+            .prepare_cached(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM amendments
+                 WHERE rtype = ?1 AND id = ?2 AND version = ?3",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![before.resource_type, before.id, version], |r| {
+                    r.get(0)
+                })
+            })
+            .map_err(backend)?;
+        let leaf_idx = append_leaf(c, leaf)?;
+        let changed = c
+            .prepare_cached(
+                "UPDATE versions SET key_name = ?4, key_version = ?5, body = ?6, salt = ?7,
+                   leaf = ?8, expunged = ?9
+                 WHERE rtype = ?1 AND id = ?2 AND version = ?3",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    before.resource_type,
+                    before.id,
+                    version,
+                    now.key_name,
+                    now.key_version,
+                    now.body.as_ref().map(Sealed::as_bytes),
+                    &salt[..],
+                    to_i64(leaf_idx),
+                    now.expunged
+                ])
+            })
+            .map_err(backend)?;
+        if changed != 1 {
+            return Err(StoreError::Conflict);
+        }
+        c.prepare_cached(&format!(
+            "INSERT INTO amendments ({AMENDMENT_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+        ))
+        .and_then(|mut s| {
+            s.execute(params![
+                before.resource_type,
+                before.id,
+                version,
+                seq,
+                before.kind.as_str(),
+                before.at_micros,
+                before.last_updated_micros,
+                before.key_name,
+                before.key_version,
+                before.digest.as_ref().map(|d| &d[..]),
+                to_i64(before.leaf),
+                &before.salt[..]
+            ])
+        })
+        .map_err(backend)?;
         Ok(leaf_idx)
     }
 

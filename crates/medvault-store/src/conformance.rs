@@ -4,9 +4,9 @@
 use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 
 use crate::{
-    AccessTokenRow, AlertRow, AuditDetail, BreakGlassRow, ClientRow, GrantRow, IndexQuery,
-    LedgerNodes, PeerRow, SessionRow, SortOrder, Store, StoreError, StoredVersion, UserRow,
-    write_with,
+    AccessTokenRow, AlertRow, Amendment, AmendmentKind, AuditDetail, BreakGlassRow, ClientRow,
+    GrantRow, IndexQuery, LedgerNodes, PeerRow, SessionRow, SortOrder, Store, StoreError,
+    StoredVersion, UserRow, write_with,
 };
 
 /// One conformance check: panics when the backend breaks the contract.
@@ -37,6 +37,10 @@ pub const CHECKS: &[(&str, Check)] = &[
     (
         "peers_register_replace_remove",
         peers_register_replace_remove,
+    ),
+    (
+        "amended_versions_keep_what_they_were",
+        amended_versions_keep_what_they_were,
     ),
 ];
 
@@ -112,6 +116,16 @@ fn populate(store: &dyn Store) {
     for v in versions {
         let index = vec![entry(&v.resource_type, 1), entry(&v.id, 2)];
         ok(put(store, v, index), "version");
+    }
+    let p1v1 = ok(store.version("Patient", "p1", Some(1)), "p1 v1");
+    if let Some(row) = p1v1 {
+        let (before, now) = amendment_of(&row, AmendmentKind::Expunge, None, "Patient/p1");
+        ok(
+            write_with(store, move |tx| {
+                tx.amend_version(&before, &now, b"leaf expunged p1 v1")
+            }),
+            "amend",
+        );
     }
     ok(
         write_with(store, |tx| tx.destroy_data_key("Patient/p2")),
@@ -214,7 +228,12 @@ fn dump_and_load_round_trip(source: &dyn Store, target: &dyn Store) {
         6,
         "the shredded patient's index entries are gone"
     );
-    assert_eq!(count("ledger_leaves"), 7, "six versions and an audit leaf");
+    assert_eq!(count("amendments"), 1);
+    assert_eq!(
+        count("ledger_leaves"),
+        8,
+        "six versions, an amendment and an audit leaf"
+    );
     // Loaded in several writes, a table's rows in batches, as restore does.
     for table in NODE_TABLES {
         let mine: Vec<Vec<Cell>> = rows
@@ -251,7 +270,7 @@ fn dump_and_load_round_trip(source: &dyn Store, target: &dyn Store) {
     assert_eq!(found.rows[0].id, "p1");
     assert!(ok(target.version("Patient", "p2", None), "shredded").is_some_and(|v| v.shredded));
     let size = ok(target.ledger_size(), "size");
-    assert_eq!(size, 7);
+    assert_eq!(size, 8);
     let root = |s: &dyn Store| {
         crate::LedgerNodes(s)
             .batched(|n| medvault_ledger::root(n, size))
@@ -317,6 +336,7 @@ fn version(rt: &str, id: &str, v: u64, at: i64, key: &str, body: Option<&[u8]>) 
         shredded: false,
         salt: Some([u8::try_from(v % 256).unwrap_or(0); 16]),
         leaf: None,
+        expunged: false,
     }
 }
 
@@ -386,6 +406,132 @@ fn keks_are_versioned(store: &dyn Store) {
         ok(store.data_key_names(), "names"),
         vec!["Patient/a".to_owned()]
     );
+}
+
+/// What amending `row` to `body` under `key` records: (the amendment, the new state).
+fn amendment_of(
+    row: &StoredVersion,
+    kind: AmendmentKind,
+    body: Option<&[u8]>,
+    key: &str,
+) -> (Amendment, StoredVersion) {
+    let before = Amendment::of(row, kind, 999).unwrap_or_else(|| panic!("no leaf"));
+    let now = StoredVersion {
+        key_name: key.into(),
+        body: body.map(|b| Sealed::from_stored(b.to_vec())),
+        salt: Some([9; 16]),
+        leaf: None,
+        expunged: kind == AmendmentKind::Expunge,
+        ..row.clone()
+    };
+    (before, now)
+}
+
+fn amended_versions_keep_what_they_were(store: &dyn Store) {
+    for v in [1, 2] {
+        let body = format!("a v{v}");
+        ok(
+            put(
+                store,
+                version(
+                    "Observation",
+                    "a",
+                    v,
+                    100 * i64::try_from(v).unwrap_or(0),
+                    "Patient/x",
+                    Some(body.as_bytes()),
+                ),
+                vec![entry("a", 1)],
+            ),
+            "version",
+        );
+    }
+    let v1 =
+        ok(store.version("Observation", "a", Some(1)), "v1").unwrap_or_else(|| panic!("no v1"));
+    let size = ok(store.ledger_size(), "size");
+    // Re-sealed under another compartment's key: the row holds the new state and a new leaf.
+    let (before, now) = amendment_of(&v1, AmendmentKind::Reseal, Some(b"resealed"), "Patient/y");
+    let leaf = ok(
+        write_with(store, move |tx| {
+            tx.amend_version(&before, &now, b"leaf reseal")
+        }),
+        "reseal",
+    );
+    assert_eq!(leaf, size);
+    let got =
+        ok(store.version("Observation", "a", Some(1)), "v1").unwrap_or_else(|| panic!("no v1"));
+    assert_eq!(
+        (
+            got.key_name.as_str(),
+            got.body.as_ref().map(Sealed::as_bytes),
+            got.leaf,
+            got.salt,
+            got.expunged
+        ),
+        (
+            "Patient/y",
+            Some(&b"resealed"[..]),
+            Some(size),
+            Some([9; 16]),
+            false
+        )
+    );
+    assert_eq!(got.last_updated_micros, v1.last_updated_micros);
+    let cur =
+        ok(store.current("Observation", "a"), "current").unwrap_or_else(|| panic!("no current"));
+    assert_eq!(
+        (cur.version, cur.key_name.as_str()),
+        (2, "Patient/x"),
+        "current untouched"
+    );
+    // Then expunged: the second amendment keeps the re-sealed state.
+    let (before2, now2) = amendment_of(&got, AmendmentKind::Expunge, None, "Patient/y");
+    ok(
+        write_with(store, move |tx| {
+            tx.amend_version(&before2, &now2, b"leaf expunge")
+        }),
+        "expunge",
+    );
+    let gone =
+        ok(store.version("Observation", "a", Some(1)), "v1").unwrap_or_else(|| panic!("no v1"));
+    assert!(gone.expunged && gone.body.is_none());
+    let all = ok(store.amendments_after(None, 10), "amendments");
+    assert_eq!(
+        all.iter()
+            .map(|a| (a.seq, a.kind, a.key_name.as_str(), a.leaf))
+            .collect::<Vec<_>>(),
+        vec![
+            (
+                1,
+                AmendmentKind::Reseal,
+                "Patient/x",
+                v1.leaf.unwrap_or_default()
+            ),
+            (2, AmendmentKind::Expunge, "Patient/y", size),
+        ]
+    );
+    assert_eq!(all[0].digest, Some(medvault_crypto::sha256(b"a v1")));
+    assert_eq!(all[1].digest, Some(medvault_crypto::sha256(b"resealed")));
+    assert_eq!(
+        (all[0].salt, all[0].last_updated_micros),
+        (v1.salt.unwrap_or_default(), 100)
+    );
+    let after = ok(
+        store.amendments_after(Some(("Observation", "a", 1, 1)), 10),
+        "page",
+    );
+    assert_eq!(after.len(), 1);
+    // A version that does not exist is not amended, and its transaction leaves nothing.
+    let size = ok(store.ledger_size(), "size");
+    let mut missing = v1.clone();
+    missing.version = 7;
+    let (before3, now3) = amendment_of(&missing, AmendmentKind::Expunge, None, "Patient/x");
+    let r = write_with(store, move |tx| {
+        tx.amend_version(&before3, &now3, b"leaf missing")
+    });
+    assert!(matches!(r, Err(StoreError::Conflict)), "{r:?}");
+    assert_eq!(ok(store.ledger_size(), "size"), size);
+    assert_eq!(ok(store.amendments_after(None, 10), "amendments").len(), 2);
 }
 
 fn versions_and_history(store: &dyn Store) {

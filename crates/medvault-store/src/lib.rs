@@ -17,7 +17,7 @@ use medvault_ledger::{Hash, LedgerError, NodeSource, SALT_LEN};
 
 /// The schema version of a node database this build writes (both backends use these numbers,
 /// so a dump of one loads into the other).
-pub const NODE_SCHEMA_VERSION: i64 = 11;
+pub const NODE_SCHEMA_VERSION: i64 = 12;
 /// The schema version of an access-log database this build writes.
 pub const ACCESS_LOG_SCHEMA_VERSION: i64 = 2;
 
@@ -110,6 +110,94 @@ pub struct StoredVersion {
     pub salt: Option<[u8; SALT_LEN]>,
     /// Index of the version's ledger leaf (assigned by the store; ignored when writing).
     pub leaf: Option<u64>,
+    /// True once an admin expunged the version: its body is gone, its commitment stays (see
+    /// [`Amendment`]).
+    pub expunged: bool,
+}
+
+/// What changed a stored version after it was written, and what it was committed as before:
+/// re-sealed under another compartment's key (the resource moved to another patient) or
+/// expunged by an admin. The version row then holds the new state and points at a new records
+/// log leaf; the amendment keeps the original leaf's facts (the sealed body as its SHA-256), so
+/// `ledger verify` still checks every leaf against what it committed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Amendment {
+    /// FHIR resource type.
+    pub resource_type: String,
+    /// FHIR logical id.
+    pub id: String,
+    /// The version amended.
+    pub version: u64,
+    /// 1, 2, … per version (assigned by the store; ignored when writing).
+    pub seq: u32,
+    /// What was done.
+    pub kind: AmendmentKind,
+    /// When, microseconds since the Unix epoch.
+    pub at_micros: i64,
+    /// The version's `last_updated` (unchanged by amendments).
+    pub last_updated_micros: i64,
+    /// The data key it was sealed under before.
+    pub key_name: String,
+    /// That key's version.
+    pub key_version: u32,
+    /// SHA-256 of the sealed body before (`None` for a delete marker).
+    pub digest: Option<Hash>,
+    /// The records log leaf that committed to it before.
+    pub leaf: u64,
+    /// That leaf's commitment salt.
+    pub salt: [u8; SALT_LEN],
+}
+
+impl Amendment {
+    /// What amending `row` (as stored, with its leaf and salt) records about it at `at_micros`;
+    /// `None` for a row without a ledger leaf (never the case for a stored version).
+    pub fn of(row: &StoredVersion, kind: AmendmentKind, at_micros: i64) -> Option<Self> {
+        Some(Self {
+            resource_type: row.resource_type.clone(),
+            id: row.id.clone(),
+            version: row.version,
+            seq: 0,
+            kind,
+            at_micros,
+            last_updated_micros: row.last_updated_micros,
+            key_name: row.key_name.clone(),
+            key_version: row.key_version,
+            digest: row
+                .body
+                .as_ref()
+                .map(|b| medvault_crypto::sha256(b.as_bytes())),
+            leaf: row.leaf?,
+            salt: row.salt?,
+        })
+    }
+}
+
+/// Kinds of [`Amendment`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmendmentKind {
+    /// Re-sealed under the key of the compartment the resource moved to.
+    Reseal,
+    /// Content removed by an admin.
+    Expunge,
+}
+
+impl AmendmentKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reseal => "reseal",
+            Self::Expunge => "expunge",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "reseal" => Some(Self::Reseal),
+            "expunge" => Some(Self::Expunge),
+            _ => None,
+        }
+    }
 }
 
 /// A stored audit detail: the salt and sealed body a ledger audit leaf commits to.
@@ -567,6 +655,16 @@ pub trait StoreRead {
         after: Option<(&str, &str, u64)>,
         limit: u64,
     ) -> Result<Vec<StoredVersion>, StoreError>;
+    /// Every amendment in storage order, `limit` at a time after `after` (type, id, version,
+    /// seq): for offline verification.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn amendments_after(
+        &self,
+        after: Option<(&str, &str, u64, u32)>,
+        limit: u64,
+    ) -> Result<Vec<Amendment>, StoreError>;
 }
 
 /// The ledger tree as stored, for the proof algorithms of `medvault-ledger`.
@@ -734,6 +832,20 @@ pub trait StoreTx: StoreRead {
         &mut self,
         version: &StoredVersion,
         index: &[BlindValue],
+        leaf: &[u8],
+    ) -> Result<u64, StoreError>;
+    /// Replaces a stored version's state with `now` (new body or none, key, salt, expunged)
+    /// and records `before` (what it was committed as) as its next amendment, appending `leaf`
+    /// (the amended version's ledger entry) to the ledger in the same transaction. The
+    /// current version, the index and `last_updated` are left alone. Returns the new leaf's
+    /// index.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] if the version does not exist; [`StoreError::Backend`].
+    fn amend_version(
+        &mut self,
+        before: &Amendment,
+        now: &StoredVersion,
         leaf: &[u8],
     ) -> Result<u64, StoreError>;
     /// Appends an audit leaf and stores its detail beside it. Returns the leaf's index.

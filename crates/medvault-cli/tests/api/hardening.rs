@@ -74,6 +74,14 @@ fn old_versions_do_not_outlive_relabelling_or_correction() {
     }
     let (_, h) = get_as(&s, "/fhir/Observation/_history", &c_session, None);
     assert!(!history_ids(&h).iter().any(|u| u.ends_with(&filed)), "{h}");
+    // Every version moved with the record: C's key seals none of it any more, and the ledger
+    // still accounts for every leaf (the original commitments through the amendments).
+    assert_eq!(
+        version_keys(&s, &filed),
+        vec![format!("Patient/{q}"), format!("Patient/{q}")]
+    );
+    let out = verify(&s);
+    assert!(out.contains("(1 amended"), "{out}");
 
     // Q is erased: the version still sealed under C's key is gone with Q's record.
     let (ok, _, err) = s.cli(&[
@@ -96,6 +104,107 @@ fn old_versions_do_not_outlive_relabelling_or_correction() {
         .0,
         404
     );
+}
+
+/// The data key each stored version of `Observation/<id>` is sealed under, oldest first.
+fn version_keys(s: &Server, id: &str) -> Vec<String> {
+    let c = rusqlite::Connection::open(s.dir.join("medvault.db")).unwrap();
+    let mut st = c
+        .prepare("SELECT key_name FROM versions WHERE rtype = 'Observation' AND id = ?1 ORDER BY version")
+        .unwrap();
+    st.query_map([id], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// `medvault ledger verify` on the server's node; its report.
+fn verify(s: &Server) -> String {
+    let (ok, out, err) = s.cli(&["ledger", "verify", "--data-dir", s.dir.to_str().unwrap()]);
+    assert!(ok, "{out} {err}");
+    out
+}
+
+/// Item 1: an admin expunges a superseded version; the commitment stays and is still checked.
+#[test]
+fn an_admin_expunges_a_superseded_version_and_the_ledger_still_verifies() {
+    let s = Server::start();
+    let p = s.create(&patient("Expfam", "Eve"));
+    let obs = s.create(&observation(&p, "2345-7", "2026-11-01"));
+    let mut v2 = observation(&p, "2345-8", "2026-11-01");
+    v2["id"] = json!(obs);
+    assert_eq!(s.put(&format!("Observation/{obs}"), &v2).0, 200);
+    let dir = s.dir.to_str().unwrap().to_owned();
+    let expunge = |target: &str, reason: &str| {
+        s.cli(&[
+            "record",
+            "expunge",
+            "--data-dir",
+            &dir,
+            target,
+            "--reason",
+            reason,
+        ])
+    };
+    let why = "filed with the wrong code, corrected in version 2";
+    // Bad input: one plain line, non-zero, nothing changed.
+    for (target, reason) in [
+        (format!("Observation/{obs}"), why),
+        (format!("Observation/{obs}/_history/x"), why),
+        (format!("Observation/{obs}/_history/1"), "short"),
+        (format!("Observation/{obs}/_history/2"), why),
+        (format!("Observation/{obs}/_history/9"), why),
+    ] {
+        let (ok, out, err) = expunge(&target, reason);
+        assert!(!ok, "{target}: {out}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    assert!(
+        expunge(&format!("Observation/{obs}/_history/2"), why)
+            .2
+            .contains("current version")
+    );
+    let (ok, out, err) = expunge(&format!("Observation/{obs}/_history/1"), why);
+    assert!(ok, "{err}");
+    assert!(out.contains("expunged"), "{out}");
+    let (ok, out, _) = expunge(&format!("Observation/{obs}/_history/1"), why);
+    assert!(ok && out.contains("already"), "{out}");
+
+    let (st, b) = s.get(&format!("Observation/{obs}/_history/1"));
+    assert_eq!(st, 410, "{b}");
+    assert!(b.to_string().contains("expunged"), "{b}");
+    assert_eq!(
+        s.get(&format!("Observation/{obs}")).0,
+        200,
+        "the current version stays"
+    );
+    let (_, h) = s.get(&format!("Observation/{obs}/_history"));
+    assert_eq!(h["total"], 2, "{h}");
+    let first = &h["entry"][1];
+    assert_eq!(first["response"]["status"], "410", "{h}");
+    assert!(first.get("resource").is_none(), "{h}");
+    // The body is gone from the database; the ledger still checks the original commitment.
+    let c = rusqlite::Connection::open(s.dir.join("medvault.db")).unwrap();
+    let body: Option<Vec<u8>> = c
+        .query_row(
+            "SELECT body FROM versions WHERE rtype = 'Observation' AND id = ?1 AND version = 1",
+            [&obs],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(body.is_none());
+    let out = verify(&s);
+    assert!(out.contains("(1 amended"), "{out}");
+    // The expunge is in the access log, with its reason sealed.
+    let (_, trail) = s.get("AuditEvent?_count=200");
+    assert!(trail.to_string().contains("record-expunge"), "{trail}");
+    // An amendment that no longer matches its leaf is a divergence.
+    c.execute("UPDATE amendments SET key_version = key_version + 1", [])
+        .unwrap();
+    drop(c);
+    let (ok, out, err) = s.cli(&["ledger", "verify", "--data-dir", &dir]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("amendment 1"), "{err}");
 }
 
 /// Item 2: a purpose-limited deny is not escaped by naming another purpose; ETREAT means
