@@ -1,5 +1,6 @@
-//! A request body: JSON parsing, R4 validation, compartment choice and index extraction must
-//! never panic, whatever the bytes.
+//! A request body: JSON parsing, R4 validation, compartment choice, the patient references to
+//! resolve (identifiers, contained Patients) and index extraction must never panic, whatever the
+//! bytes.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -17,6 +18,8 @@ fuzz_target!(|data: &[u8]| {
     for rt in ["Patient", "Observation", "Encounter"] {
         let _ = fhir.validate(rt, &resource);
         let _ = fhir.compartment_of(rt, &id, &resource);
+        let _ = fhir.unresolved_patient_links(rt, &resource);
+        let _ = fhir.is_clinical_type(rt);
         if let Some(info) = fhir.type_info(rt) {
             for p in info.params.values() {
                 let _ = p.index_keys(&resource);

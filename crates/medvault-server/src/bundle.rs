@@ -443,6 +443,9 @@ pub fn process(store: &dyn Store, ctx: &Ctx, bundle: Value, base: &str) -> Resul
     }
     let response_kind = format!("{kind}-response");
     let out_entries = if kind == "transaction" {
+        // Bounded before the writer is taken (the transaction runs on it whole).
+        let resources: Vec<&Value> = entries.iter().filter_map(|e| e.get("resource")).collect();
+        ops::check_transaction_load(ctx, &resources)?;
         let ctx2 = ctx.clone();
         let base2 = base.to_owned();
         write_with(store, move |tx| {

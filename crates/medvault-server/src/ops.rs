@@ -620,42 +620,9 @@ pub fn prepare(
     ctx.scope_allows(rt, interaction, &resource)?;
     let compartment = ctx.fhir.compartment_of(rt, &id, &resource);
     let mut index = Vec::new();
-    if let Some(info) = ctx.fhir.type_info(rt) {
-        // Caps keep one request from occupying the writer and the disk: every index entry is
-        // a row (and an HMAC) written in the single writer's transaction.
-        let too_many = |what: String| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                IssueCode::TooCostly,
-                format!(
-                    "{what}; this node indexes at most {MAX_INDEX_KEYS_PER_PARAM} entries per search parameter and {MAX_INDEX_KEYS} per resource"
-                ),
-            )
-        };
-        let mut planned = Vec::new();
-        let mut total = 0usize;
-        for (code, param) in &info.params {
-            let keys = param.index_keys(&resource);
-            if keys.is_empty() {
-                continue;
-            }
-            if keys.len() > MAX_INDEX_KEYS_PER_PARAM {
-                return Err(too_many(format!(
-                    "the resource has too many values for the search parameter {code}"
-                )));
-            }
-            total += keys.len();
-            if total > MAX_INDEX_KEYS {
-                return Err(too_many(
-                    "the resource has too many searchable values".into(),
-                ));
-            }
-            planned.push((code, keys));
-        }
-        for (code, keys) in planned {
-            let blinded = ctx.keys.blind(rt, code, &keys).map_err(key_error)?;
-            index.extend(blinded);
-        }
+    for (code, keys) in plan_index(&ctx.fhir, rt, &resource)? {
+        let blinded = ctx.keys.blind(rt, code, &keys).map_err(key_error)?;
+        index.extend(blinded);
     }
     Ok(Prepared {
         rt: rt.to_owned(),
@@ -665,6 +632,96 @@ pub fn prepare(
         index,
         allowed: None,
     })
+}
+
+/// A search parameter's code and the plaintext index keys a resource offers it.
+type PlannedIndex<'f> = (&'f str, Vec<Vec<u8>>);
+
+/// The plaintext blind-index keys of `resource` by search parameter, within the caps: they keep
+/// one request from occupying the writer and the disk (every index entry is a row, and an
+/// HMAC, written in the single writer's transaction).
+///
+/// # Errors
+/// 422 `too-costly` past [`MAX_INDEX_KEYS_PER_PARAM`] or [`MAX_INDEX_KEYS`].
+fn plan_index<'f>(
+    fhir: &'f Fhir,
+    rt: &str,
+    resource: &Value,
+) -> Result<Vec<PlannedIndex<'f>>, ApiError> {
+    let Some(info) = fhir.type_info(rt) else {
+        return Ok(Vec::new());
+    };
+    let too_many = |what: String| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueCode::TooCostly,
+            format!(
+                "{what}; this node indexes at most {MAX_INDEX_KEYS_PER_PARAM} entries per search parameter and {MAX_INDEX_KEYS} per resource"
+            ),
+        )
+    };
+    let mut planned = Vec::new();
+    let mut total = 0usize;
+    for (code, param) in &info.params {
+        let keys = param.index_keys(resource);
+        if keys.is_empty() {
+            continue;
+        }
+        if keys.len() > MAX_INDEX_KEYS_PER_PARAM {
+            return Err(too_many(format!(
+                "the resource has too many values for the search parameter {code}"
+            )));
+        }
+        total += keys.len();
+        if total > MAX_INDEX_KEYS {
+            return Err(too_many(
+                "the resource has too many searchable values".into(),
+            ));
+        }
+        planned.push((code.as_str(), keys));
+    }
+    Ok(planned)
+}
+
+/// Most blind-index entries one transaction Bundle may add in all.
+pub const MAX_BUNDLE_INDEX_KEYS: usize = 100_000;
+
+/// Checks, before a transaction takes the writer, that its resources fit the per-resource
+/// limits (size, index entries) and together add at most [`MAX_BUNDLE_INDEX_KEYS`] index
+/// entries: the work a transaction does on the single writer stays bounded.
+///
+/// # Errors
+/// 413 for an oversized resource; 422 `too-costly` past the index caps.
+pub fn check_transaction_load(ctx: &Ctx, resources: &[&Value]) -> Result<(), ApiError> {
+    let mut total = 0usize;
+    for r in resources {
+        let Some(rt) = r.get("resourceType").and_then(Value::as_str) else {
+            continue;
+        };
+        if let Some(limit) = max_resource_bytes(rt)
+            && longer_than(r, limit)
+        {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                IssueCode::TooLong,
+                format!("a {rt} may be at most {limit} bytes of JSON"),
+            ));
+        }
+        total += plan_index(&ctx.fhir, rt, r)?
+            .iter()
+            .map(|(_, k)| k.len())
+            .sum::<usize>();
+        if total > MAX_BUNDLE_INDEX_KEYS {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                IssueCode::TooCostly,
+                format!(
+                    "the transaction has too many searchable values in all (at most {MAX_BUNDLE_INDEX_KEYS} index entries); split it"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Resolves the patient references of `resource` that are not literal (an identifier, as lab
