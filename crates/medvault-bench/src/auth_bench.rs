@@ -175,10 +175,11 @@ fn main() {
 
         // Validation of a credential on every request (cached, as on a running server).
         let session = session.unwrap();
-        let token = medvault_server::auth::create_token(
+        let (token, _) = medvault_server::auth::create_token(
             state.node.store.as_ref(),
             Role::Admin,
             state.node.clock.now_micros(),
+            medvault_server::auth::TOKEN_DEFAULT_DAYS,
         )
         .unwrap();
         for (what, credential) in [("session", session.as_str()), ("API token", token.as_str())] {

@@ -192,7 +192,9 @@ enum Command {
         #[command(subcommand)]
         command: ClientCommand,
     },
-    /// Manage API bearer tokens.
+    /// Manage API bearer tokens (for automation on this host; people use sessions with a
+    /// second factor).
+    #[command(long_about = TOKEN_ABOUT)]
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -318,11 +320,23 @@ enum LedgerCommand {
     },
 }
 
+const TOKEN_ABOUT: &str = "\
+API bearer tokens, for automation on this host (scripts, integrations, monitoring).
+
+A token grants its role with no second factor: having the node's key file on this host, which
+creating one requires, stands in for it. So tokens are for machines run by the node's operators;
+people log in with a password and a second factor (POST /auth/login, or /auth/ui) and get
+sessions, and apps use OAuth2 (`medvault client register`). Tokens expire (30 days unless
+--days says otherwise, at most 365) and can be revoked; `token list` shows when each was last
+used. A running server honours a revocation within 30 seconds (it trusts a token it checked
+that long).";
+
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Create a bearer token and print it (one line). Only its hash is stored: copy it now.
+    /// Create a bearer token and print it (one line; its id and expiry go to standard error).
+    /// Only its hash is stored: copy it now.
     #[command(
-        after_help = "Example:\n  TOKEN=$(medvault token create --data-dir DIR --role admin)"
+        after_help = "Example:\n  TOKEN=$(medvault token create --data-dir DIR --role admin --days 7)"
     )]
     Create {
         #[command(flatten)]
@@ -330,6 +344,24 @@ enum TokenCommand {
         /// Role the token grants.
         #[arg(long, value_enum)]
         role: RoleArg,
+        /// Days until the token expires (at most 365).
+        #[arg(long, value_name = "DAYS", default_value_t = medvault_server::auth::TOKEN_DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=i64::from(medvault_server::auth::TOKEN_MAX_DAYS)))]
+        days: u32,
+    },
+    /// List tokens: id, role, created, expires, last used, state. Never the token itself.
+    #[command(after_help = "Example:\n  medvault token list --data-dir DIR")]
+    List {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Revoke a token by its id (`tok_…`, from `token list` or the audit trail). Running
+    /// servers refuse it within 30 seconds.
+    #[command(after_help = "Example:\n  medvault token revoke --data-dir DIR tok_0123456789abcdef")]
+    Revoke {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The token's id.
+        token_id: String,
     },
 }
 
@@ -710,6 +742,78 @@ fn run_user(command: UserCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_token(command: TokenCommand) -> anyhow::Result<()> {
+    use medvault_server::auth::{self, Revoked};
+    use medvault_server::clock::instant;
+    let fail = |e: medvault_server::ApiError| anyhow::anyhow!("{}", e.message);
+    match command {
+        TokenCommand::Create { dir, role, days } => {
+            let node = open_node(&dir, false)?;
+            let role = match role {
+                RoleArg::Admin => Role::Admin,
+                RoleArg::Auditor => Role::Auditor,
+            };
+            let (token, row) =
+                auth::create_token(node.store.as_ref(), role, node.clock.now_micros(), days)
+                    .map_err(fail)?;
+            audit_admin(
+                &node,
+                "token-create",
+                Some(&format!(
+                    "{} ({}, expires {})",
+                    row.token_id,
+                    role.as_str(),
+                    instant(row.expires_micros)
+                )),
+            )?;
+            eprintln!(
+                "created {} ({}), expires {}",
+                row.token_id,
+                role.as_str(),
+                instant(row.expires_micros)
+            );
+            println!("{token}");
+        }
+        TokenCommand::List { dir } => {
+            let node = open_node(&dir, true)?;
+            let now = node.clock.now_micros();
+            for t in node.store.tokens()? {
+                let state = match t.revoked_micros {
+                    Some(at) => format!("revoked={}", instant(at)),
+                    None if now >= t.expires_micros => "expired".to_owned(),
+                    None => "active".to_owned(),
+                };
+                let used = t
+                    .last_used_micros
+                    .map_or_else(|| "never".to_owned(), instant);
+                println!(
+                    "{}\t{}\tcreated={}\texpires={}\tlast-used={used}\t{state}",
+                    t.token_id,
+                    t.role,
+                    instant(t.created_micros),
+                    instant(t.expires_micros)
+                );
+            }
+        }
+        TokenCommand::Revoke { dir, token_id } => {
+            let node = open_node(&dir, true)?;
+            match auth::revoke_token(node.store.as_ref(), &token_id, node.clock.now_micros())
+                .map_err(fail)?
+            {
+                Revoked::Unknown => bail!("no token {token_id}: see `medvault token list`"),
+                Revoked::Already(at) => {
+                    println!("{token_id} was already revoked at {}", instant(at));
+                }
+                Revoked::Now => {
+                    audit_admin(&node, "token-revoke", Some(&token_id))?;
+                    println!("{token_id} revoked; running servers refuse it within 30 seconds");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum RoleArg {
     /// Full access to the FHIR API.
@@ -1076,23 +1180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Peer { command } => sharing::run_peer(command)?,
         Command::Share { command } => sharing::run_share(command)?,
         Command::Client { command } => run_client(command)?,
-        Command::Token {
-            command: TokenCommand::Create { dir, role },
-        } => {
-            let node = open_node(&dir, false)?;
-            let role = match role {
-                RoleArg::Admin => Role::Admin,
-                RoleArg::Auditor => Role::Auditor,
-            };
-            let token = medvault_server::auth::create_token(
-                node.store.as_ref(),
-                role,
-                node.clock.now_micros(),
-            )
-            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-            audit_admin(&node, "token-create", Some(role.as_str()))?;
-            println!("{token}");
-        }
+        Command::Token { command } => run_token(command)?,
         Command::Keys {
             command: KeysCommand::Rotate { dir },
         } => {

@@ -195,6 +195,14 @@ fn agent(detail: &Value) -> Value {
     if let Some(user) = a.and_then(|a| s(a, "os_user")) {
         return json!({"who": {"display": format!("operating-system user {user} (medvault CLI)")}, "requestor": true});
     }
+    // A known API token that was refused (expired or revoked): named, not authenticated.
+    if let Some(token) = detail.get("auth").and_then(|a| s(a, "token")) {
+        return json!({
+            "who": {"identifier": {"system": "urn:medvault:token", "value": token},
+                    "display": "refused credential"},
+            "requestor": true,
+        });
+    }
     json!({"who": {"display": "unauthenticated client"}, "requestor": true})
 }
 
@@ -221,6 +229,7 @@ fn matches(f: &Filter, d: &Value) -> bool {
     }
     if let Some(a) = &f.agent
         && d.get("agent").and_then(|x| s(x, "token")) != Some(a.as_str())
+        && d.get("auth").and_then(|x| s(x, "token")) != Some(a.as_str())
     {
         return false;
     }

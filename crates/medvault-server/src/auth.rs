@@ -1,9 +1,13 @@
 //! Bearer-token authentication as an extractor, so no handler can forget it.
 //!
-//! Tokens are `mvt_` + 43 base64url characters (256 random bits). The database stores only their
-//! SHA-256; a lookup hashes the presented token and finds the row by hash, so no comparison of
-//! secrets happens in application code. Validated tokens are cached for
-//! [`CACHE_TTL`] to keep the per-request cost low.
+//! API tokens are `mvt_` + 43 base64url characters (256 random bits), for automation on the
+//! node's host: they grant a role without a second factor, so creating one needs the key file
+//! (`medvault token create`). They expire (default [`TOKEN_DEFAULT_DAYS`], at most
+//! [`TOKEN_MAX_DAYS`] days) and can be revoked (`medvault token revoke`). The database stores
+//! only their SHA-256; a lookup hashes the presented token and finds the row by hash, so no
+//! comparison of secrets happens in application code. Validated tokens are cached for
+//! [`CACHE_TTL`] to keep the per-request cost low: a revocation by the CLI (another process)
+//! takes effect within that time; an expiry is checked on every request.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,7 +18,7 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use base64::Engine as _;
 use medvault_core::Role;
-use medvault_store::{Store, StoreTx};
+use medvault_store::{Store, StoreTx, TokenRow};
 
 use crate::AppState;
 use crate::error::{ApiError, IssueCode};
@@ -23,6 +27,13 @@ use crate::error::{ApiError, IssueCode};
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
 const PREFIX: &str = "mvt_";
 const MAX_CACHED: usize = 100_000;
+/// Days an API token lasts unless its creator says otherwise.
+pub const TOKEN_DEFAULT_DAYS: u32 = 30;
+/// The longest an API token may last, in days.
+pub const TOKEN_MAX_DAYS: u32 = 365;
+/// A token's last use is written back at most this often (like a session's).
+const TOKEN_TOUCH_EVERY_MICROS: i64 = 60_000_000;
+const DAY_MICROS: i64 = 86_400_000_000;
 
 /// Who made a request.
 #[derive(Debug, Clone)]
@@ -50,20 +61,47 @@ pub struct Authenticated {
     pub practitioner: Option<String>,
 }
 
-/// Where the authenticator leaves who it authenticated, for the audit record the request
-/// middleware writes after the handler ran.
+/// Where the authenticator leaves who it authenticated (or which known credential it refused),
+/// for the audit record the request middleware writes after the handler ran.
 #[derive(Debug, Clone, Default)]
-pub struct AgentSlot(std::sync::Arc<Mutex<Option<Authenticated>>>);
+pub struct AgentSlot(std::sync::Arc<Mutex<SlotState>>);
+
+#[derive(Debug, Default)]
+struct SlotState {
+    who: Option<Authenticated>,
+    refused: Option<RefusedCredential>,
+}
+
+/// A credential that was presented, is known, and was refused (an expired or revoked API
+/// token): the access log names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedCredential {
+    /// The credential's non-secret id (`tok_…`).
+    pub id: String,
+    /// Why: `token-expired` or `token-revoked`.
+    pub why: &'static str,
+}
 
 impl AgentSlot {
     /// Who was authenticated, if anyone.
     pub fn get(&self) -> Option<Authenticated> {
-        self.0.lock().ok().and_then(|g| g.clone())
+        self.0.lock().ok().and_then(|g| g.who.clone())
+    }
+
+    /// The known credential that was refused, if one was.
+    pub fn refused(&self) -> Option<RefusedCredential> {
+        self.0.lock().ok().and_then(|g| g.refused.clone())
     }
 
     fn set(&self, who: &Authenticated) {
         if let Ok(mut g) = self.0.lock() {
-            *g = Some(who.clone());
+            g.who = Some(who.clone());
+        }
+    }
+
+    fn set_refused(&self, refused: RefusedCredential) {
+        if let Ok(mut g) = self.0.lock() {
+            g.refused = Some(refused);
         }
     }
 }
@@ -123,18 +161,37 @@ impl<V: Clone> CredentialCache<V> {
     }
 }
 
+/// A validated API token: who it authenticates, until when, and the last use recorded.
+#[derive(Debug, Clone)]
+pub struct CachedToken {
+    who: Authenticated,
+    expires_micros: i64,
+    last_used_micros: i64,
+}
+
 /// Recently validated API tokens.
-pub type TokenCache = CredentialCache<Authenticated>;
+pub type TokenCache = CredentialCache<CachedToken>;
 
 pub(crate) fn unauthorized(msg: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, IssueCode::Login, msg)
 }
 
-/// Creates a token, stores its hash and returns its text (shown once, never stored).
+/// Creates an API token granting `role` for `days` days, stores its hash and returns its text
+/// (shown once, never stored) with the stored row.
 ///
 /// # Errors
-/// Store failures, RNG failure.
-pub fn create_token(store: &dyn Store, role: Role, now_micros: i64) -> Result<String, ApiError> {
+/// 400 if `days` is not 1 to [`TOKEN_MAX_DAYS`]; store failures, RNG failure.
+pub fn create_token(
+    store: &dyn Store,
+    role: Role,
+    now_micros: i64,
+    days: u32,
+) -> Result<(String, TokenRow), ApiError> {
+    if !(1..=TOKEN_MAX_DAYS).contains(&days) {
+        return Err(ApiError::bad_request(format!(
+            "an API token lasts 1 to {TOKEN_MAX_DAYS} days"
+        )));
+    }
     let mut raw = zeroize::Zeroizing::new([0u8; 32]);
     medvault_crypto::random_fill(raw.as_mut()).map_err(|e| ApiError::internal(&e))?;
     let text = format!(
@@ -142,12 +199,56 @@ pub fn create_token(store: &dyn Store, role: Role, now_micros: i64) -> Result<St
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref())
     );
     let hash = medvault_crypto::sha256(text.as_bytes());
-    let token_id = format!("tok_{}", hex::encode(&hash[..8]));
-    let role_name = role.as_str();
+    let row = TokenRow {
+        role: role.as_str().to_owned(),
+        token_id: format!("tok_{}", hex::encode(&hash[..8])),
+        created_micros: now_micros,
+        expires_micros: now_micros.saturating_add(i64::from(days) * DAY_MICROS),
+        revoked_micros: None,
+        last_used_micros: None,
+    };
+    let stored = row.clone();
     store.write(Box::new(move |tx: &mut dyn StoreTx| {
-        tx.add_token(&hash, &token_id, role_name, now_micros)
+        tx.add_token(&hash, &stored)
     }))?;
-    Ok(text)
+    Ok((text, row))
+}
+
+/// What `revoke_token` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// The token is revoked from now on.
+    Now,
+    /// It was revoked before (at this time, microseconds).
+    Already(i64),
+    /// No token has this id.
+    Unknown,
+}
+
+/// Revokes the API token `token_id`. Servers stop accepting it within [`CACHE_TTL`] (they
+/// trust a validated token that long).
+///
+/// # Errors
+/// Store failures.
+pub fn revoke_token(
+    store: &dyn Store,
+    token_id: &str,
+    now_micros: i64,
+) -> Result<Revoked, ApiError> {
+    let Some(row) = store.tokens()?.into_iter().find(|t| t.token_id == token_id) else {
+        return Ok(Revoked::Unknown);
+    };
+    if let Some(at) = row.revoked_micros {
+        return Ok(Revoked::Already(at));
+    }
+    let id = token_id.to_owned();
+    let now = medvault_store::write_with(store, move |tx| tx.revoke_token(&id, now_micros))?;
+    // Revoked meanwhile by someone else: already revoked either way.
+    Ok(if now {
+        Revoked::Now
+    } else {
+        Revoked::Already(now_micros)
+    })
 }
 
 impl FromRequestParts<AppState> for Authenticated {
@@ -157,15 +258,20 @@ impl FromRequestParts<AppState> for Authenticated {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let who = authenticate(parts, state).await?;
-        if let Some(slot) = parts.extensions.get::<AgentSlot>() {
+        let slot = parts.extensions.get::<AgentSlot>();
+        let who = authenticate(parts, state, slot).await?;
+        if let Some(slot) = slot {
             slot.set(&who);
         }
         Ok(who)
     }
 }
 
-async fn authenticate(parts: &Parts, state: &AppState) -> Result<Authenticated, ApiError> {
+async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+    slot: Option<&AgentSlot>,
+) -> Result<Authenticated, ApiError> {
     let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
         unauthorized("authentication required: send Authorization: Bearer <token>")
     })?;
@@ -177,7 +283,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Authenticated, 
         .ok_or_else(|| {
             unauthorized("malformed Authorization header: expected Bearer mvt_… or mvs_…")
         })?;
-    validate_bearer(state, token).await
+    validate(state, token, slot).await
 }
 
 /// Validates a bearer credential: an API token (`mvt_…`) or a login session (`mvs_…`).
@@ -185,6 +291,14 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Authenticated, 
 /// # Errors
 /// 401 naming why.
 pub async fn validate_bearer(state: &AppState, token: &str) -> Result<Authenticated, ApiError> {
+    validate(state, token, None).await
+}
+
+async fn validate(
+    state: &AppState,
+    token: &str,
+    slot: Option<&AgentSlot>,
+) -> Result<Authenticated, ApiError> {
     if token.len() >= 128 {
         return Err(unauthorized("the bearer token is not valid"));
     }
@@ -199,28 +313,88 @@ pub async fn validate_bearer(state: &AppState, token: &str) -> Result<Authentica
             "malformed Authorization header: expected Bearer mvt_… or mvs_…",
         ));
     }
-    let hash = medvault_crypto::sha256(token.as_bytes());
-    if let Some(who) = state.tokens.fresh(&hash, CACHE_TTL) {
-        return Ok(who);
+    let result = validate_api_token(state, token).await;
+    if let (Err((_, Some(refused))), Some(slot)) = (&result, slot) {
+        slot.set_refused(refused.clone());
     }
-    let store = state.node.store.clone();
-    let row = tokio::task::spawn_blocking(move || store.token(&hash))
-        .await
-        .map_err(|e| ApiError::internal(&e))??;
-    let row = row.ok_or_else(|| unauthorized("the bearer token is not valid"))?;
-    let role = Role::parse(&row.role).map_err(|e| ApiError::internal(&e))?;
-    let who = Authenticated {
-        token_id: row.token_id,
-        role,
-        session: None,
-        aal: 0,
-        scopes: None,
-        client: None,
-        auth_time_micros: None,
-        patient: None,
-        practitioner: None,
+    result.map_err(|(e, _)| e)
+}
+
+/// An API token: known, not revoked (as of at most [`CACHE_TTL`] ago), not expired. Records
+/// its use (written back at most once a minute).
+async fn validate_api_token(
+    state: &AppState,
+    token: &str,
+) -> Result<Authenticated, (ApiError, Option<RefusedCredential>)> {
+    let not_valid = || (unauthorized("the bearer token is not valid"), None);
+    let hash = medvault_crypto::sha256(token.as_bytes());
+    let now = state.node.clock.now_micros();
+    let cached = state.tokens.fresh(&hash, CACHE_TTL);
+    let validated_now = cached.is_none();
+    let mut t = match cached {
+        Some(t) => t,
+        None => {
+            let store = state.node.store.clone();
+            let row = tokio::task::spawn_blocking(move || store.token(&hash))
+                .await
+                .map_err(|e| (ApiError::internal(&e), None))?
+                .map_err(|e| (ApiError::from(e), None))?
+                .ok_or_else(not_valid)?;
+            if row.revoked_micros.is_some() {
+                let refused = RefusedCredential {
+                    id: row.token_id,
+                    why: "token-revoked",
+                };
+                return Err((
+                    unauthorized("this API token was revoked").denied_by(refused.why),
+                    Some(refused),
+                ));
+            }
+            let role = Role::parse(&row.role).map_err(|e| (ApiError::internal(&e), None))?;
+            CachedToken {
+                who: Authenticated {
+                    token_id: row.token_id,
+                    role,
+                    session: None,
+                    aal: 0,
+                    scopes: None,
+                    client: None,
+                    auth_time_micros: None,
+                    patient: None,
+                    practitioner: None,
+                },
+                expires_micros: row.expires_micros,
+                last_used_micros: row.last_used_micros.unwrap_or(0),
+            }
+        }
     };
-    state.tokens.put(hash, who.clone());
+    if now >= t.expires_micros {
+        state.tokens.forget(&hash);
+        let refused = RefusedCredential {
+            id: t.who.token_id,
+            why: "token-expired",
+        };
+        return Err((
+            unauthorized("this API token has expired: create a new one (medvault token create)")
+                .denied_by(refused.why),
+            Some(refused),
+        ));
+    }
+    if now - t.last_used_micros > TOKEN_TOUCH_EVERY_MICROS {
+        t.last_used_micros = now;
+        let id = t.who.token_id.clone();
+        medvault_store::submit_with(
+            state.node.store.as_ref(),
+            move |tx| tx.token_used(&id, now),
+            |_| {},
+        );
+    }
+    let who = t.who.clone();
+    if validated_now {
+        state.tokens.put(hash, t);
+    } else {
+        state.tokens.refresh(hash, t);
+    }
     Ok(who)
 }
 

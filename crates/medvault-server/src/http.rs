@@ -809,6 +809,14 @@ pub(crate) async fn time_limit(
     }
 }
 
+/// Adds the known credential that was refused (an expired or revoked API token), if any, to a
+/// request's audit detail.
+fn note_refused(detail: &mut Value, slot: &crate::auth::AgentSlot) {
+    if let Some(r) = slot.refused().filter(|_| detail["auth"].is_null()) {
+        detail["auth"] = serde_json::json!({"token": r.id, "event": r.why});
+    }
+}
+
 /// Response header naming the request's leaf in the access log.
 pub const ACCESS_LEAF_HEADER: &str = "x-access-log-leaf";
 
@@ -853,6 +861,7 @@ pub(crate) async fn observe(
             purpose.ok().flatten().as_deref(),
             &resp,
         );
+        note_refused(&mut detail, &slot);
         attribute_patient(&state, &resp, &mut detail);
         let written = state
             .node

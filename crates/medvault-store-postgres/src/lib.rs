@@ -548,6 +548,9 @@ macro_rules! impl_reads {
             fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
                 self.with_conn(|c| $crate::sql::token(c, hash))
             }
+            fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+                self.with_conn($crate::sql::tokens)
+            }
             fn user(&self, id: &str) -> Result<Option<UserRow>, StoreError> {
                 self.with_conn(|c| $crate::sql::user(c, id))
             }
@@ -784,7 +787,7 @@ mod tests {
             medvault_store::conformance::CHECKS.len()
                 + medvault_store::conformance::PAIR_CHECKS.len()
         );
-        assert_eq!(ran, 14);
+        assert_eq!(ran, 15);
     }
 
     #[test]
@@ -855,6 +858,43 @@ mod tests {
             PgStore::open(&s.0),
             Err(StoreError::SchemaTooNew { found: 999, .. })
         ));
+    }
+
+    #[test]
+    fn tokens_made_before_expiry_existed_expire_30_days_after_the_upgrade() {
+        let Some(server) =
+            server("tokens_made_before_expiry_existed_expire_30_days_after_the_upgrade")
+        else {
+            return;
+        };
+        let s = Scratch::new(&server);
+        drop(PgStore::open(&s.0).unwrap());
+        {
+            // Back to version 12: tokens without expiry, revocation or last use.
+            let mut c = Conn::connect(&s.0.config, Some(&s.0.namespace(Schema::Node))).unwrap();
+            c.batch(
+                "ALTER TABLE tokens DROP COLUMN expires;
+                 ALTER TABLE tokens DROP COLUMN revoked;
+                 ALTER TABLE tokens DROP COLUMN last_used;
+                 UPDATE meta SET v = '12' WHERE k = 'schema_version';
+                 INSERT INTO tokens (hash, token_id, role, created)
+                 VALUES (decode(repeat('01', 32), 'hex'), 'tok_old', 'admin', 1);",
+            )
+            .unwrap();
+        }
+        let store = PgStore::open(&s.0).unwrap();
+        assert_eq!(store.meta("schema_version").unwrap().as_deref(), Some("13"));
+        let t = store.token(&[1; 32]).unwrap().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let in_30_days = i64::try_from(now + 30 * 86_400).unwrap() * 1_000_000;
+        assert!(
+            (t.expires_micros - in_30_days).abs() < 3_600_000_000,
+            "{t:?}"
+        );
+        assert_eq!((t.revoked_micros, t.last_used_micros), (None, None));
     }
 
     #[test]

@@ -166,6 +166,15 @@ const NODE_MIGRATIONS: &[(i64, &str)] = &[
         PRIMARY KEY (rtype, id, version, seq)
      );",
     ),
+    // v13: API tokens expire, can be revoked and record their last use. Tokens made before
+    // expire 30 days after the upgrade (they had no expiry).
+    (
+        13,
+        "ALTER TABLE tokens ADD COLUMN expires BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE tokens ADD COLUMN revoked BIGINT;
+     ALTER TABLE tokens ADD COLUMN last_used BIGINT;
+     UPDATE tokens SET expires = (extract(epoch FROM now())::BIGINT + 2592000) * 1000000;",
+    ),
 ];
 
 /// The access log's schema: one log and the witness state, nothing else. (SQLite's access log

@@ -891,18 +891,34 @@ pub(crate) fn recovery_codes_left(c: &mut Conn, user_id: &str) -> Result<u64, St
     Ok(to_u64(get(&r, 0)?))
 }
 
+const TOKEN_COLUMNS: &str = "role, token_id, created, expires, revoked, last_used";
+
+fn token_row(r: &Row) -> Result<TokenRow, StoreError> {
+    Ok(TokenRow {
+        role: get(r, 0)?,
+        token_id: get(r, 1)?,
+        created_micros: get(r, 2)?,
+        expires_micros: get(r, 3)?,
+        revoked_micros: get(r, 4)?,
+        last_used_micros: get(r, 5)?,
+    })
+}
+
 pub(crate) fn token(c: &mut Conn, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
     c.opt(
-        "SELECT role, token_id FROM tokens WHERE hash = $1",
+        &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = $1"),
         &[&&hash[..]],
     )?
-    .map(|r| {
-        Ok(TokenRow {
-            role: get(&r, 0)?,
-            token_id: get(&r, 1)?,
-        })
-    })
+    .map(|r| token_row(&r))
     .transpose()
+}
+
+pub(crate) fn tokens(c: &mut Conn) -> Result<Vec<TokenRow>, StoreError> {
+    let found = c.query(
+        &format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created, token_id COLLATE \"C\""),
+        &[],
+    )?;
+    rows(found, token_row)
 }
 
 pub(crate) fn ledger_size(c: &mut Conn) -> Result<u64, StoreError> {
@@ -1710,16 +1726,36 @@ impl StoreTx for Tx<'_> {
         .map(|n| n == 1)
     }
 
-    fn add_token(
-        &mut self,
-        hash: &[u8; 32],
-        token_id: &str,
-        role: &str,
-        created: i64,
-    ) -> Result<(), StoreError> {
+    fn add_token(&mut self, hash: &[u8; 32], t: &TokenRow) -> Result<(), StoreError> {
         self.exec(
-            "INSERT INTO tokens (hash, token_id, role, created) VALUES ($1, $2, $3, $4)",
-            &[&&hash[..], &token_id, &role, &created],
+            "INSERT INTO tokens (hash, token_id, role, created, expires, revoked, last_used)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &&hash[..],
+                &t.token_id,
+                &t.role,
+                &t.created_micros,
+                &t.expires_micros,
+                &t.revoked_micros,
+                &t.last_used_micros,
+            ],
+        )
+        .map(drop)
+    }
+
+    fn revoke_token(&mut self, token_id: &str, now: i64) -> Result<bool, StoreError> {
+        self.exec(
+            "UPDATE tokens SET revoked = $2 WHERE token_id = $1 AND revoked IS NULL",
+            &[&token_id, &now],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn token_used(&mut self, token_id: &str, now: i64) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE tokens SET last_used = $2
+             WHERE token_id = $1 AND (last_used IS NULL OR last_used < $2)",
+            &[&token_id, &now],
         )
         .map(drop)
     }

@@ -473,6 +473,9 @@ impl StoreRead for SqliteStore {
     fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
         self.with_reader(|c| sql::token(c, hash))
     }
+    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        self.with_reader(sql::tokens)
+    }
     fn user(&self, id: &str) -> Result<Option<UserRow>, StoreError> {
         self.with_reader(|c| sql::user(c, id))
     }
@@ -583,7 +586,7 @@ mod tests {
             medvault_store::conformance::CHECKS.len()
                 + medvault_store::conformance::PAIR_CHECKS.len()
         );
-        assert_eq!(ran, 14);
+        assert_eq!(ran, 15);
     }
 
     #[test]
@@ -609,8 +612,8 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.meta("tenant").unwrap().as_deref(), Some("t"));
-        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("12"));
-        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 12);
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("13"));
+        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 13);
         // The writer resumes the tree where it stopped.
         audit(&s, 5);
         let mut want = medvault_ledger::MemoryTree::new();
@@ -619,6 +622,40 @@ mod tests {
         }
         let got = medvault_ledger::root(&medvault_store::LedgerNodes(&s), 6).unwrap();
         assert_eq!(got, want.root());
+    }
+
+    #[test]
+    fn tokens_made_before_expiry_existed_expire_30_days_after_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        drop(SqliteStore::open(&path).unwrap());
+        {
+            // Back to version 12: tokens without expiry, revocation or last use.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "ALTER TABLE tokens DROP COLUMN expires;
+                 ALTER TABLE tokens DROP COLUMN revoked;
+                 ALTER TABLE tokens DROP COLUMN last_used;
+                 UPDATE meta SET v = '12' WHERE k = 'schema_version';
+                 INSERT INTO tokens (hash, token_id, role, created)
+                 VALUES (x'0101010101010101010101010101010101010101010101010101010101010101',
+                         'tok_old', 'admin', 1);",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("13"));
+        let t = s.token(&[1; 32]).unwrap().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let in_30_days = i64::try_from(now + 30 * 86_400).unwrap() * 1_000_000;
+        assert!(
+            (t.expires_micros - in_30_days).abs() < 3_600_000_000,
+            "{t:?}"
+        );
+        assert_eq!((t.revoked_micros, t.last_used_micros), (None, None));
     }
 
     #[test]

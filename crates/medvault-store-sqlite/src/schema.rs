@@ -185,6 +185,12 @@ const NODE_MIGRATIONS: &[&str] = &[
         leaf INTEGER NOT NULL, salt BLOB NOT NULL,
         PRIMARY KEY (rtype, id, version, seq)
      ) WITHOUT ROWID;",
+    // v13: API tokens expire, can be revoked and record their last use. Tokens made before
+    // expire 30 days after the upgrade (they had no expiry).
+    "ALTER TABLE tokens ADD COLUMN expires INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE tokens ADD COLUMN revoked INTEGER;
+     ALTER TABLE tokens ADD COLUMN last_used INTEGER;
+     UPDATE tokens SET expires = (CAST(strftime('%s', 'now') AS INTEGER) + 2592000) * 1000000;",
 ];
 
 const DROP_LEVEL_ZERO: &str = "DELETE FROM ledger_nodes WHERE level = 0;";

@@ -584,18 +584,33 @@ pub(crate) fn recovery_codes_left(c: &Connection, user_id: &str) -> Result<u64, 
         .map_err(backend)
 }
 
+const TOKEN_COLUMNS: &str = "role, token_id, created, expires, revoked, last_used";
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok(TokenRow {
+        role: r.get(0)?,
+        token_id: r.get(1)?,
+        created_micros: r.get(2)?,
+        expires_micros: r.get(3)?,
+        revoked_micros: r.get(4)?,
+        last_used_micros: r.get(5)?,
+    })
+}
+
 pub(crate) fn token(c: &Connection, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
-    c.prepare_cached("SELECT role, token_id FROM tokens WHERE hash = ?1")
-        .and_then(|mut s| {
-            s.query_row([&hash[..]], |r| {
-                Ok(TokenRow {
-                    role: r.get(0)?,
-                    token_id: r.get(1)?,
-                })
-            })
-            .optional()
-        })
-        .map_err(backend)
+    c.prepare_cached(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"
+    ))
+    .and_then(|mut s| s.query_row([&hash[..]], token_row).optional())
+    .map_err(backend)
+}
+
+pub(crate) fn tokens(c: &Connection) -> Result<Vec<TokenRow>, StoreError> {
+    c.prepare_cached(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created, token_id"
+    ))
+    .and_then(|mut s| s.query_map([], token_row)?.collect())
+    .map_err(backend)
 }
 
 /// Removes a resource's index rows, given its concatenated values.
@@ -923,6 +938,9 @@ impl StoreRead for Tx<'_> {
     }
     fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
         token(self.conn, hash)
+    }
+    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        tokens(self.conn)
     }
     fn user(&self, id: &str) -> Result<Option<UserRow>, StoreError> {
         user(self.conn, id)
@@ -1646,18 +1664,44 @@ impl StoreTx for Tx<'_> {
             .map_err(backend)
     }
 
-    fn add_token(
-        &mut self,
-        hash: &[u8; 32],
-        token_id: &str,
-        role: &str,
-        created: i64,
-    ) -> Result<(), StoreError> {
+    fn add_token(&mut self, hash: &[u8; 32], t: &TokenRow) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
-                "INSERT INTO tokens (hash, token_id, role, created) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO tokens (hash, token_id, role, created, expires, revoked, last_used)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
-            .and_then(|mut s| s.execute(params![&hash[..], token_id, role, created]))
+            .and_then(|mut s| {
+                s.execute(params![
+                    &hash[..],
+                    t.token_id,
+                    t.role,
+                    t.created_micros,
+                    t.expires_micros,
+                    t.revoked_micros,
+                    t.last_used_micros
+                ])
+            })
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn revoke_token(&mut self, token_id: &str, now: i64) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE tokens SET revoked = ?2 WHERE token_id = ?1 AND revoked IS NULL",
+            )
+            .and_then(|mut s| s.execute(params![token_id, now]))
+            .map(|n| n == 1)
+            .map_err(backend)
+    }
+
+    fn token_used(&mut self, token_id: &str, now: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE tokens SET last_used = ?2
+                 WHERE token_id = ?1 AND (last_used IS NULL OR last_used < ?2)",
+            )
+            .and_then(|mut s| s.execute(params![token_id, now]))
             .map(drop)
             .map_err(backend)
     }

@@ -6,7 +6,7 @@ use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 use crate::{
     AccessTokenRow, AlertRow, Amendment, AmendmentKind, AuditDetail, BreakGlassRow, ClientRow,
     GrantRow, IndexQuery, LedgerNodes, PeerRow, SessionRow, SortOrder, Store, StoreError,
-    StoredVersion, UserRow, write_with,
+    StoredVersion, TokenRow, UserRow, write_with,
 };
 
 /// One conformance check: panics when the backend breaks the contract.
@@ -21,6 +21,10 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("search_semantics", search_semantics),
     ("destroy_shreds_compartment", destroy_shreds_compartment),
     ("tokens_by_hash", tokens_by_hash),
+    (
+        "tokens_expire_revoke_and_record_use",
+        tokens_expire_revoke_and_record_use,
+    ),
     (
         "ledger_leaves_commit_with_their_records",
         ledger_leaves_commit_with_their_records,
@@ -201,7 +205,17 @@ fn populate(store: &dyn Store) {
             tx.put_access_token(&token, 0)?;
             tx.use_assertion_id("cli_d", "jti-1", i64::MAX, 0)?;
             tx.put_passkey("usr_d", &[4, 4], &Sealed::from_stored(vec![4; 40]), 1)?;
-            tx.add_token(&[8; 32], "tok_d", "admin", 1)?;
+            tx.add_token(
+                &[8; 32],
+                &TokenRow {
+                    role: "admin".into(),
+                    token_id: "tok_d".into(),
+                    created_micros: 1,
+                    expires_micros: 2,
+                    revoked_micros: Some(3),
+                    last_used_micros: Some(4),
+                },
+            )?;
             tx.put_break_glass(&bg)?;
             tx.put_alert(&alert)?;
             let detail = AuditDetail {
@@ -892,20 +906,79 @@ fn destroy_shreds_compartment(store: &dyn Store) {
     );
 }
 
+fn token_row(id: &str, created: i64) -> TokenRow {
+    TokenRow {
+        role: "admin".into(),
+        token_id: id.into(),
+        created_micros: created,
+        expires_micros: created + 100,
+        revoked_micros: None,
+        last_used_micros: None,
+    }
+}
+
 fn tokens_by_hash(store: &dyn Store) {
     let h = [3u8; 32];
+    let t = token_row("tok-1", 5);
+    ok(store.write(Box::new(move |tx| tx.add_token(&h, &t))), "add");
+    let row = ok(store.token(&h), "token").unwrap_or_else(|| panic!("token missing"));
+    assert_eq!(row, token_row("tok-1", 5), "stored as given");
+    assert_eq!(ok(store.token(&[4u8; 32]), "other"), None);
+    let t2 = token_row("tok-2", 6);
+    let dup = store.write(Box::new(move |tx| tx.add_token(&h, &t2)));
+    assert!(matches!(dup, Err(StoreError::Conflict)));
+    let t3 = token_row("tok-1", 7);
+    let dup = store.write(Box::new(move |tx| tx.add_token(&[5u8; 32], &t3)));
+    assert!(
+        matches!(dup, Err(StoreError::Conflict)),
+        "token ids are unique"
+    );
+}
+
+fn tokens_expire_revoke_and_record_use(store: &dyn Store) {
+    let (a, b) = (token_row("tok-a", 20), token_row("tok-b", 10));
     ok(
-        store.write(Box::new(move |tx| tx.add_token(&h, "tok-1", "admin", 5))),
+        write_with(store, move |tx| {
+            tx.add_token(&[1; 32], &a)?;
+            tx.add_token(&[2; 32], &b)
+        }),
         "add",
     );
-    let row = ok(store.token(&h), "token").unwrap_or_else(|| panic!("token missing"));
+    let listed: Vec<String> = ok(store.tokens(), "list")
+        .into_iter()
+        .map(|t| t.token_id)
+        .collect();
+    assert_eq!(listed, ["tok-b", "tok-a"], "oldest first");
+    // A use is recorded; an older time never replaces a newer one.
+    ok(write_with(store, |tx| tx.token_used("tok-a", 50)), "use");
+    ok(write_with(store, |tx| tx.token_used("tok-a", 40)), "use");
+    let row = ok(store.token(&[1; 32]), "read").unwrap_or_else(|| panic!("missing"));
+    assert_eq!(row.last_used_micros, Some(50));
+    // Revoked once; the row stays (for `token list` and the audit trail).
+    assert!(ok(
+        write_with(store, |tx| tx.revoke_token("tok-a", 60)),
+        "revoke"
+    ));
+    assert!(!ok(
+        write_with(store, |tx| tx.revoke_token("tok-a", 70)),
+        "revoke again"
+    ));
+    assert!(!ok(
+        write_with(store, |tx| tx.revoke_token("tok-none", 70)),
+        "revoke unknown"
+    ));
+    let row = ok(store.token(&[1; 32]), "read").unwrap_or_else(|| panic!("missing"));
     assert_eq!(
-        (row.role.as_str(), row.token_id.as_str()),
-        ("admin", "tok-1")
+        (row.revoked_micros, row.expires_micros),
+        (Some(60), 120),
+        "revoked at the first time, expiry unchanged"
     );
-    assert_eq!(ok(store.token(&[4u8; 32]), "other"), None);
-    let dup = store.write(Box::new(move |tx| tx.add_token(&h, "tok-2", "admin", 6)));
-    assert!(matches!(dup, Err(StoreError::Conflict)));
+    let other = ok(store.token(&[2; 32]), "read").unwrap_or_else(|| panic!("missing"));
+    assert_eq!(
+        other,
+        token_row("tok-b", 10),
+        "the other token is untouched"
+    );
 }
 
 fn ledger_leaves_commit_with_their_records(store: &dyn Store) {

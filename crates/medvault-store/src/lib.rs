@@ -17,7 +17,7 @@ use medvault_ledger::{Hash, LedgerError, NodeSource, SALT_LEN};
 
 /// The schema version of a node database this build writes (both backends use these numbers,
 /// so a dump of one loads into the other).
-pub const NODE_SCHEMA_VERSION: i64 = 12;
+pub const NODE_SCHEMA_VERSION: i64 = 13;
 /// The schema version of an access-log database this build writes.
 pub const ACCESS_LOG_SCHEMA_VERSION: i64 = 2;
 
@@ -281,13 +281,21 @@ pub struct SearchPage {
     pub total: u64,
 }
 
-/// A bearer token's stored form.
+/// An API bearer token's stored form (the token itself only as the SHA-256 it is looked up by).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRow {
     /// Role granted.
     pub role: String,
     /// Id of the credential (not secret; appears in logs).
     pub token_id: String,
+    /// Creation time, microseconds since the Unix epoch.
+    pub created_micros: i64,
+    /// The token is refused from this time on, microseconds.
+    pub expires_micros: i64,
+    /// When it was revoked, microseconds; a revoked token is refused.
+    pub revoked_micros: Option<i64>,
+    /// Its last use recorded, microseconds (kept to a minute's precision).
+    pub last_used_micros: Option<i64>,
 }
 
 /// A person's account. The user name is stored only blinded (for lookup) and sealed (for
@@ -522,6 +530,11 @@ pub trait StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError>;
+    /// Every API token (revoked and expired ones too), oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
     /// The user with this id.
     ///
     /// # Errors
@@ -991,17 +1004,21 @@ pub trait StoreTx: StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn delete_peer(&mut self, node: &str) -> Result<bool, StoreError>;
-    /// Stores a bearer token hash.
+    /// Stores an API token by the SHA-256 of its text.
     ///
     /// # Errors
-    /// [`StoreError::Conflict`] on a duplicate hash.
-    fn add_token(
-        &mut self,
-        hash: &[u8; 32],
-        token_id: &str,
-        role: &str,
-        created_micros: i64,
-    ) -> Result<(), StoreError>;
+    /// [`StoreError::Conflict`] on a duplicate hash or id.
+    fn add_token(&mut self, hash: &[u8; 32], token: &TokenRow) -> Result<(), StoreError>;
+    /// Revokes the token `token_id` at `now_micros`: true if it existed and was not revoked.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn revoke_token(&mut self, token_id: &str, now_micros: i64) -> Result<bool, StoreError>;
+    /// Records a use of the token `token_id` at `now_micros` (never moves the time back).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn token_used(&mut self, token_id: &str, now_micros: i64) -> Result<(), StoreError>;
 }
 
 /// A write to run atomically on the backend's writer. Ledger leaves an op appends are hashed

@@ -18,6 +18,7 @@ mod search;
 mod security;
 mod share;
 mod tls;
+mod tokens;
 mod witness;
 
 use std::io::Read as _;
