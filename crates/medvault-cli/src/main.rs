@@ -164,6 +164,8 @@ enum Command {
         /// handshake. Give peers https://THIS_HOST:PORT as this node's URL.
         #[arg(long, value_name = "ADDR:PORT", env = "MEDVAULT_PEER_LISTEN")]
         peer_listen: Option<SocketAddr>,
+        #[command(flatten)]
+        clients: Box<ClientArgs>,
     },
     /// Other medvault nodes this node shares records with (registered by fingerprint).
     Peer {
@@ -318,6 +320,37 @@ enum LedgerCommand {
         #[command(flatten)]
         dir: DataDir,
     },
+}
+
+/// How `serve` tells clients apart.
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    /// A reverse proxy (an address or a network, e.g. 10.0.0.5 or 10.0.0.0/24) whose
+    /// forwarding header names the client. Login throttling and the limit on anonymous
+    /// requests count per client address: behind a proxy every client shares the proxy's
+    /// address unless it is listed here. Only connections from these addresses have the
+    /// header read (from the right, skipping further listed proxies); without this option
+    /// forwarding headers are ignored. Repeat for several.
+    #[arg(long = "trusted-proxy", value_name = "IP_OR_CIDR")]
+    trusted_proxies: Vec<medvault_server::client_addr::IpNet>,
+    /// The header trusted proxies write the client's address into. The proxy must append
+    /// to (or replace) it, never pass a client's own value on unmarked.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "x-forwarded-for",
+        requires = "trusted_proxies"
+    )]
+    client_address_header: ClientAddressHeader,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ClientAddressHeader {
+    /// `X-Forwarded-For: client, proxy, …` (nginx $proxy_add_x_forwarded_for, HAProxy
+    /// `option forwardfor`, most load balancers).
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy`.
+    Forwarded,
 }
 
 const TOKEN_ABOUT: &str = "\
@@ -1079,7 +1112,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tls_key,
             tls_dev_cert,
             peer_listen,
+            clients,
         } => {
+            let ClientArgs {
+                trusted_proxies,
+                client_address_header,
+            } = *clients;
             init_logging(log_format);
             let policy = load_policy(&policies, replace_default_policy)?;
             let witnesses = witnesses
@@ -1145,6 +1183,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 policy: std::sync::Arc::new(policy),
                 break_glass_max: Duration::from_secs(60 * break_glass_max_minutes),
                 peer_listen,
+                trusted_proxies: medvault_server::client_addr::TrustedProxies::new(
+                    trusted_proxies,
+                    match client_address_header {
+                        ClientAddressHeader::XForwardedFor => {
+                            medvault_server::client_addr::ForwardedHeader::XForwardedFor
+                        }
+                        ClientAddressHeader::Forwarded => {
+                            medvault_server::client_addr::ForwardedHeader::Forwarded
+                        }
+                    },
+                ),
                 webauthn_origin: Some(webauthn_origin.unwrap_or_else(|| {
                     let scheme = if tls.is_some() { "https" } else { "http" };
                     format!("{scheme}://localhost:{}", listen.port())

@@ -181,6 +181,17 @@ fn outcome_text(interaction: &str, outcome: &str, detail: &Value) -> String {
 }
 
 fn agent(detail: &Value) -> Value {
+    let mut v = agent_who(detail);
+    // The client's address (REST records), or the peer's (refused handshakes).
+    let address =
+        s(detail, "address").or_else(|| detail.get("agent").and_then(|a| s(a, "address")));
+    if let Some(address) = address {
+        v["network"] = json!({"address": address, "type": "2"});
+    }
+    v
+}
+
+fn agent_who(detail: &Value) -> Value {
     let a = detail.get("agent");
     if let Some(token) = a.and_then(|a| s(a, "token")) {
         let mut v = json!({

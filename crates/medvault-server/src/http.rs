@@ -809,9 +809,10 @@ pub(crate) async fn time_limit(
     }
 }
 
-/// Adds the known credential that was refused (an expired or revoked API token), if any, to a
-/// request's audit detail.
-fn note_refused(detail: &mut Value, slot: &crate::auth::AgentSlot) {
+/// Adds the client's address to a request's audit detail, and the known credential that was
+/// refused (an expired or revoked API token), if any.
+fn note_client(detail: &mut Value, client: std::net::IpAddr, slot: &crate::auth::AgentSlot) {
+    detail["address"] = Value::String(client.to_string());
     if let Some(r) = slot.refused().filter(|_| detail["auth"].is_null()) {
         detail["auth"] = serde_json::json!({"token": r.id, "event": r.why});
     }
@@ -825,7 +826,8 @@ pub const ACCESS_LEAF_HEADER: &str = "x-access-log-leaf";
 /// Every request except the public transparency endpoints (`/ledger/…`) and the probes
 /// (`/healthz`, `/readyz`) is written to the ledger as a sealed audit record *before* its
 /// response is released; if the record cannot be written the client gets an error (500, or 503
-/// when the database is unreachable) instead of the data (fail closed).
+/// when the database is unreachable) instead of the data (fail closed). The record names the
+/// client's address ([`crate::client_addr`]).
 ///
 /// The log names the route template, never the concrete path or query (they can carry ids and
 /// search values). Server errors log at `warn`, everything else at `debug`: the ledger, not this
@@ -845,6 +847,12 @@ pub(crate) async fn observe(
         || uri.path() == "/readyz");
     let slot = crate::auth::AgentSlot::default();
     req.extensions_mut().insert(slot.clone());
+    let client = state
+        .config
+        .trusted_proxies
+        .client_ip(crate::tls::peer_ip(req.extensions()), req.headers());
+    req.extensions_mut()
+        .insert(crate::client_addr::ClientAddr(client));
     let purpose = purpose_of_use(req.headers());
     let mut resp = match &purpose {
         Ok(_) => next.run(req).await,
@@ -861,7 +869,7 @@ pub(crate) async fn observe(
             purpose.ok().flatten().as_deref(),
             &resp,
         );
-        note_refused(&mut detail, &slot);
+        note_client(&mut detail, client, &slot);
         attribute_patient(&state, &resp, &mut detail);
         let written = state
             .node

@@ -6,7 +6,8 @@
 //! - **Login** (`POST /auth/login`): password, then the second factor (a TOTP code, accepted once,
 //!   or a single-use recovery code). Unknown and disabled users cost the same Argon2id time as
 //!   real ones. Ten consecutive failures lock the account for 15 minutes (recorded in the access
-//!   log as its own event); more than 20 attempts a minute from one address are refused (429).
+//!   log as its own event); more than 20 attempts a minute from one client address, or for one
+//!   account name, are refused (429).
 //! - **Sessions**: `mvs_` + 256 random bits, stored only as SHA-256; an idle timeout and an
 //!   absolute lifetime (AAL2: 30 min / 12 h; AAL3 roles: 15 min / 12 h). A user without a second
 //!   factor gets an enrollment-only session (AAL1) that can reach nothing but `/auth/totp/*`.
@@ -46,9 +47,10 @@ pub const SESSION_PREFIX: &str = "mvs_";
 pub const LOCK_AFTER: u32 = 10;
 /// How long a locked account stays locked.
 pub const LOCK_FOR: Duration = Duration::from_secs(15 * 60);
-/// Login attempts accepted per client address per [`THROTTLE_WINDOW`] by default.
+/// Login attempts accepted per client address, and per account name, per [`THROTTLE_WINDOW`]
+/// by default.
 pub const THROTTLE_ATTEMPTS: u32 = 20;
-/// Window of the per-address throttle.
+/// Window of the login throttle.
 pub const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
 /// A session's last use is written back at most this often (idle timeouts are minutes long).
 const TOUCH_EVERY_MICROS: i64 = 60_000_000;
@@ -105,6 +107,8 @@ pub enum LoginFailure {
     Locked,
     /// Too many attempts from the client's address.
     Throttled,
+    /// Too many attempts for the account name.
+    AccountThrottled,
 }
 
 impl LoginFailure {
@@ -115,6 +119,7 @@ impl LoginFailure {
             Self::SecondFactorRequired => "second-factor-required",
             Self::Locked => "locked",
             Self::Throttled => "throttled",
+            Self::AccountThrottled => "throttled-account",
         }
     }
 }
@@ -157,27 +162,65 @@ pub(crate) fn with_app_note(
     resp
 }
 
-/// Per-address login attempt counter.
+/// What the login throttle counts attempts under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ThrottleKey {
+    /// A client address (IPv6: its /64).
+    Address(IpAddr),
+    /// An account name (SHA-256 of the normalised name: a name need not exist to be counted,
+    /// so the throttle says nothing about which accounts do).
+    Account([u8; 32]),
+}
+
+/// Login attempts per client address and per account name, in memory (each server process
+/// counts its own; the lockout after repeated failures is stored and shared).
 #[derive(Debug, Default)]
-pub struct LoginThrottle(Mutex<HashMap<IpAddr, (u32, Instant)>>);
+pub struct LoginThrottle(Mutex<HashMap<ThrottleKey, (u32, Instant)>>);
 
 impl LoginThrottle {
     /// Counts an attempt from `ip`; false once the address is over `limit` attempts in the
     /// window.
-    pub(crate) fn admit(&self, ip: IpAddr, limit: u32) -> bool {
+    pub(crate) fn admit_address(&self, ip: IpAddr, limit: u32) -> bool {
+        self.admit(
+            ThrottleKey::Address(crate::client_addr::limit_key(ip)),
+            limit,
+        )
+    }
+
+    /// Counts an attempt for the account name `username`; false once the name is over `limit`
+    /// attempts in the window (from any address).
+    pub(crate) fn admit_account(&self, username: &str, limit: u32) -> bool {
+        let name = username.trim().to_lowercase();
+        let mut input = b"medvault-login-throttle\0".to_vec();
+        input.extend_from_slice(name.as_bytes());
+        self.admit(ThrottleKey::Account(medvault_crypto::sha256(&input)), limit)
+    }
+
+    fn admit(&self, key: ThrottleKey, limit: u32) -> bool {
         let Ok(mut m) = self.0.lock() else {
             return false;
         };
         if m.len() > 100_000 {
             m.retain(|_, (_, since)| since.elapsed() < THROTTLE_WINDOW);
         }
-        let entry = m.entry(ip).or_insert((0, Instant::now()));
+        let entry = m.entry(key).or_insert((0, Instant::now()));
         if entry.1.elapsed() >= THROTTLE_WINDOW {
             *entry = (0, Instant::now());
         }
         entry.0 = entry.0.saturating_add(1);
         entry.0 <= limit
     }
+}
+
+/// The answer to a login refused for too many attempts.
+pub(crate) fn throttled(failure: LoginFailure) -> Response {
+    let resp = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        IssueCode::Throttled,
+        "too many login attempts from this address or for this account: wait a minute",
+    )
+    .into_response();
+    with_note(resp, None, failure.as_str())
 }
 
 /// The node's identity keys, loaded on first use.
@@ -400,10 +443,10 @@ impl std::fmt::Debug for LoginRequest {
 
 fn login_error(failure: LoginFailure) -> ApiError {
     match failure {
-        LoginFailure::Throttled => ApiError::new(
+        LoginFailure::Throttled | LoginFailure::AccountThrottled => ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             IssueCode::Throttled,
-            "too many login attempts from this address: wait a minute",
+            "too many login attempts from this address or for this account: wait a minute",
         ),
         LoginFailure::SecondFactorRequired => unauthorized(
             "second factor required: send totp (a current authenticator code) or recovery_code",
@@ -424,8 +467,9 @@ struct LoginOk {
 
 /// `POST /auth/login`.
 pub(crate) async fn login(State(state): State<AppState>, req: axum::extract::Request) -> Response {
-    // Without a socket (tests driving the router directly) there is no peer address.
-    let ip = crate::tls::peer_ip(req.extensions());
+    // The client's address (a trusted proxy's forwarding header counts; without a socket,
+    // tests driving the router directly, loopback).
+    let ip = crate::client_addr::of(req.extensions());
     let Ok(body) = axum::body::to_bytes(req.into_body(), 64 * 1024).await else {
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -434,12 +478,9 @@ pub(crate) async fn login(State(state): State<AppState>, req: axum::extract::Req
         )
         .into_response();
     };
-    if !state
-        .login_throttle
-        .admit(ip, state.config.login_attempts_per_minute)
-    {
-        let resp = login_error(LoginFailure::Throttled).into_response();
-        return with_note(resp, None, LoginFailure::Throttled.as_str());
+    let limit = state.config.login_attempts_per_minute;
+    if !state.login_throttle.admit_address(ip, limit) {
+        return throttled(LoginFailure::Throttled);
     }
     let req: LoginRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -450,6 +491,9 @@ pub(crate) async fn login(State(state): State<AppState>, req: axum::extract::Req
             return with_note(e.into_response(), None, "malformed");
         }
     };
+    if !state.login_throttle.admit_account(&req.username, limit) {
+        return throttled(LoginFailure::AccountThrottled);
+    }
     let node = Arc::clone(&state.node);
     let limits = state.config.sessions;
     let result = tokio::task::spawn_blocking(move || attempt_login(&node, &limits, &req)).await;

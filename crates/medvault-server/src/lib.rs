@@ -13,6 +13,7 @@ pub mod backup_file;
 pub mod break_glass;
 pub mod bundle;
 pub mod capability;
+pub mod client_addr;
 pub mod clock;
 pub mod error;
 mod http;
@@ -67,8 +68,10 @@ pub struct ServerConfig {
     pub witnesses: Vec<witness::RemoteWitness>,
     /// Login session lifetimes.
     pub sessions: identity::SessionLimits,
-    /// Login attempts accepted per client address per minute.
+    /// Login attempts accepted per client address, and per account name, per minute.
     pub login_attempts_per_minute: u32,
+    /// Proxies whose forwarding header names the client (none: the socket peer is the client).
+    pub trusted_proxies: client_addr::TrustedProxies,
     /// How recent a person's sign-in must be for key rotation and erasure over the API.
     pub step_up_window: Duration,
     /// The origin browsers reach this node at, for WebAuthn passkeys (e.g.
@@ -109,6 +112,7 @@ impl Default for ServerConfig {
             witnesses: Vec::new(),
             sessions: identity::SessionLimits::default(),
             login_attempts_per_minute: identity::THROTTLE_ATTEMPTS,
+            trusted_proxies: client_addr::TrustedProxies::default(),
             webauthn_origin: None,
             step_up_window: admin::STEP_UP_WINDOW,
             policy: Arc::new(default_policy()),
@@ -133,7 +137,7 @@ pub struct AppState {
     pub read_permits: Arc<tokio::sync::Semaphore>,
     /// Validated login sessions.
     pub sessions: Arc<identity::SessionCache>,
-    /// Login attempts per client address.
+    /// Login attempts per client address and per account name.
     pub login_throttle: Arc<identity::LoginThrottle>,
     /// Validated OAuth2 access tokens.
     pub access_tokens: Arc<oauth::AccessTokenCache>,

@@ -30,8 +30,8 @@ use crate::auth::{Authenticated, unauthorized};
 use crate::error::{ApiError, IssueCode};
 use crate::http::blocking;
 use crate::identity::{
-    find_user, identity_key, new_session, open, record_failure, seal, secret_json, session_token,
-    user_of, with_note,
+    LoginFailure, find_user, identity_key, new_session, open, record_failure, seal, secret_json,
+    session_token, throttled, user_of, with_note,
 };
 
 /// How long a ceremony may take.
@@ -249,22 +249,12 @@ pub(crate) async fn login_start(
     State(state): State<AppState>,
     req: axum::extract::Request,
 ) -> Response {
-    // Same per-address budget as password logins: ceremonies are a limited resource.
-    let ip = crate::tls::peer_ip(req.extensions());
-    if !state
-        .login_throttle
-        .admit(ip, state.config.login_attempts_per_minute)
-    {
-        return with_note(
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                IssueCode::Throttled,
-                "too many login attempts from this address: wait a minute",
-            )
-            .into_response(),
-            None,
-            "throttled",
-        );
+    // Same budgets as password logins (per client address and per account name): ceremonies
+    // are a limited resource.
+    let ip = crate::client_addr::of(req.extensions());
+    let limit = state.config.login_attempts_per_minute;
+    if !state.login_throttle.admit_address(ip, limit) {
+        return throttled(LoginFailure::Throttled);
     }
     let body: LoginStart = match axum::body::to_bytes(req.into_body(), 16 * 1024)
         .await
@@ -274,6 +264,9 @@ pub(crate) async fn login_start(
         Some(b) => b,
         None => return ApiError::bad_request("expected JSON {\"username\"}").into_response(),
     };
+    if !state.login_throttle.admit_account(&body.username, limit) {
+        return throttled(LoginFailure::AccountThrottled);
+    }
     let st = state.clone();
     let out = blocking(move || {
         let refused = || unauthorized("passkey login is not possible for this account");

@@ -316,3 +316,108 @@ fn sensitive_actions_need_a_recent_admin_sign_in() {
     assert_eq!(b["resources"], 1);
     assert_eq!(s.get(&format!("Patient/{patient}")).0, 410);
 }
+
+/// `POST /auth/login` as if through a proxy that appended `from` to `X-Forwarded-For`.
+fn login_via_proxy(s: &Server, from: &str, name: &str, password: &str, extra: &Value) -> u16 {
+    let mut body = json!({"username": name, "password": password});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{}/auth/login", s.port))
+        .header("x-forwarded-for", format!("10.66.0.1, {from}"))
+        .json(&body)
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn login_throttle_counts_forwarded_clients_and_accounts() {
+    // Behind a trusted proxy (here: the test's own address), clients are told apart by the
+    // address the proxy appended: junk from one does not block another.
+    let s = Server::start_with(&["--trusted-proxy", "127.0.0.1/32"]);
+    create_user(&s, "t.kim", "nurse");
+    let (secret, codes) = enroll(&s, "t.kim");
+    let statuses: Vec<u16> = (0..25)
+        .map(|i| {
+            login_via_proxy(
+                &s,
+                "198.51.100.7",
+                &format!("junk{i}"),
+                "irrelevant password here",
+                &json!({}),
+            )
+        })
+        .collect();
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        5,
+        "the junk address is throttled after 20: {statuses:?}"
+    );
+    let good = json!({"totp": code(&secret, now() + 30)});
+    assert_eq!(
+        login_via_proxy(&s, "203.0.113.9", "t.kim", PASSWORD, &good),
+        200,
+        "another client behind the same proxy logs in"
+    );
+    // Per account: guessing one account's password from many addresses is throttled too (and
+    // the account locks after 10 failures).
+    let statuses: Vec<u16> = (0..25)
+        .map(|i| {
+            login_via_proxy(
+                &s,
+                &format!("192.0.2.{}", i + 1),
+                "t.kim",
+                "wrong password entirely",
+                &json!({}),
+            )
+        })
+        .collect();
+    assert!(
+        statuses.contains(&429),
+        "the account is throttled: {statuses:?}"
+    );
+    assert_ne!(
+        login_via_proxy(
+            &s,
+            "192.0.2.200",
+            "t.kim",
+            PASSWORD,
+            &json!({"recovery_code": codes[0]})
+        ),
+        200,
+        "the guessed account is locked or throttled"
+    );
+
+    // Without --trusted-proxy (or from a peer that is not a listed proxy) forwarding headers
+    // are ignored: a client cannot pick the address it is counted under.
+    let s = Server::start_with(&["--trusted-proxy", "10.0.0.0/8"]);
+    create_user(&s, "u.lin", "nurse");
+    let (secret, _) = enroll(&s, "u.lin");
+    let statuses: Vec<u16> = (0..25)
+        .map(|i| {
+            login_via_proxy(
+                &s,
+                &format!("198.51.100.{}", i + 1),
+                &format!("junk{i}"),
+                "irrelevant password here",
+                &json!({}),
+            )
+        })
+        .collect();
+    assert!(
+        statuses.contains(&429),
+        "rotating X-Forwarded-For from an untrusted peer does not escape: {statuses:?}"
+    );
+    let good = json!({"totp": code(&secret, now() + 30)});
+    assert_eq!(
+        login_via_proxy(&s, "203.0.113.9", "u.lin", PASSWORD, &good),
+        429
+    );
+}
