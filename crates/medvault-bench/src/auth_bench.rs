@@ -80,6 +80,7 @@ fn main() {
     let node = Arc::try_unwrap(node).expect("no other owner");
     let config = ServerConfig {
         login_attempts_per_minute: u32::MAX,
+        anonymous_requests_per_minute: u32::MAX,
         ..ServerConfig::default()
     };
     let state = AppState::new(node, config);

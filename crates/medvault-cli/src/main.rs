@@ -322,7 +322,7 @@ enum LedgerCommand {
     },
 }
 
-/// How `serve` tells clients apart.
+/// How `serve` tells clients apart and limits those that authenticate no one.
 #[derive(Debug, clap::Args)]
 struct ClientArgs {
     /// A reverse proxy (an address or a network, e.g. 10.0.0.5 or 10.0.0.0/24) whose
@@ -342,6 +342,17 @@ struct ClientArgs {
         requires = "trusted_proxies"
     )]
     client_address_header: ClientAddressHeader,
+    /// Requests without valid credentials (wrong paths, failed logins, bad tokens, public
+    /// pages) accepted per client address per minute; after that the address gets 429 for
+    /// requests without credentials until the minute is over.
+    #[arg(long, value_name = "N", default_value_t = medvault_server::anonymous::DEFAULT_PER_MINUTE, value_parser = clap::value_parser!(u32).range(1..))]
+    anonymous_requests_per_minute: u32,
+    /// The access log records 30 requests without valid credentials a minute one by one;
+    /// beyond that they are counted (by client address, status and credential named) and
+    /// written as one summary record this often, so a flood cannot grow the log without
+    /// limit.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    anonymous_summary_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -1117,6 +1128,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let ClientArgs {
                 trusted_proxies,
                 client_address_header,
+                anonymous_requests_per_minute,
+                anonymous_summary_seconds,
             } = *clients;
             init_logging(log_format);
             let policy = load_policy(&policies, replace_default_policy)?;
@@ -1194,6 +1207,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         }
                     },
                 ),
+                anonymous_requests_per_minute,
+                anonymous_summary_interval: Duration::from_secs(anonymous_summary_seconds),
                 webauthn_origin: Some(webauthn_origin.unwrap_or_else(|| {
                     let scheme = if tls.is_some() { "https" } else { "http" };
                     format!("{scheme}://localhost:{}", listen.port())

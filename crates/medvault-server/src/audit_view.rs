@@ -137,6 +137,9 @@ pub fn to_audit_event(leaf: u64, detail: &Value, observer: &str) -> Value {
     if let Some(t) = s(detail, "target") {
         entities.push(json!({"what": {"display": t}}));
     }
+    if let Some(counted) = counted_entity(detail) {
+        entities.push(counted);
+    }
     if let Some(rid) = s(detail, "request_id") {
         entities.push(
             json!({"what": {"identifier": {"system": "urn:medvault:request-id", "value": rid}}}),
@@ -148,11 +151,61 @@ pub fn to_audit_event(leaf: u64, detail: &Value, observer: &str) -> Value {
     event
 }
 
+/// For a summary of anonymous requests: an entity carrying the counts (in total, by status,
+/// by client address and by credential named), as `detail` entries.
+fn counted_entity(detail: &Value) -> Option<Value> {
+    let count = detail.get("count").and_then(Value::as_u64)?;
+    let mut details = vec![json!({"type": "count", "valueString": count.to_string()})];
+    if let Some(statuses) = detail.get("statuses").and_then(Value::as_object) {
+        for (status, n) in statuses {
+            details.push(json!({"type": format!("status {status}"), "valueString": n.to_string()}));
+        }
+    }
+    for (list, label) in [("addresses", "address"), ("credentials", "credential")] {
+        for item in detail
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(id), Some(n)) = (s(item, "id"), item.get("count")) {
+                details
+                    .push(json!({"type": format!("{label} {id}"), "valueString": n.to_string()}));
+            }
+        }
+    }
+    for key in [
+        "requests_from_other_addresses",
+        "requests_with_other_credentials",
+    ] {
+        if let Some(n) = detail.get(key).and_then(Value::as_u64).filter(|n| *n > 0) {
+            details.push(json!({"type": key.replace('_', " "), "valueString": n.to_string()}));
+        }
+    }
+    Some(json!({
+        "what": {"display": "requests recorded together"},
+        "detail": details,
+    }))
+}
+
 /// `read: denied (HTTP 404, denied by default-deny)`, `search-type: success (HTTP 200; 3
-/// withheld by consent-deny)`.
+/// withheld by consent-deny)`, `anonymous-requests: denied (1970 requests from … to …)`.
 fn outcome_text(interaction: &str, outcome: &str, detail: &Value) -> String {
+    if let Some(count) = detail.get("count").and_then(Value::as_u64) {
+        return format!(
+            "{interaction}: {outcome} ({count} requests from {} to {}, recorded together)",
+            s(detail, "since").unwrap_or("?"),
+            s(detail, "until").unwrap_or("?")
+        );
+    }
+    let earlier = detail
+        .get("not_recorded_before")
+        .and_then(Value::as_u64)
+        .filter(|n| *n > 0)
+        .map(|n| format!("; {n} more before this, not recorded one by one"))
+        .unwrap_or_default();
     let Some(st) = detail.get("status").and_then(Value::as_u64) else {
-        return format!("{interaction}: {outcome}");
+        return format!("{interaction}: {outcome}{earlier}");
     };
     let withheld = detail
         .pointer("/policy/withheld")
@@ -213,6 +266,9 @@ fn agent_who(detail: &Value) -> Value {
                     "display": "refused credential"},
             "requestor": true,
         });
+    }
+    if detail.get("count").is_some() {
+        return json!({"who": {"display": "unauthenticated clients"}, "requestor": true});
     }
     json!({"who": {"display": "unauthenticated client"}, "requestor": true})
 }

@@ -809,6 +809,57 @@ pub(crate) async fn time_limit(
     }
 }
 
+/// Whether a request was anonymous (see [`crate::anonymous`]).
+enum Anonymity {
+    /// A credential was accepted, a sign-in or token grant succeeded, or the sender was
+    /// vouched for.
+    Identified,
+    /// It authenticated no one; the known account, app or token it named, if any.
+    Anonymous(Option<String>),
+}
+
+fn anonymity(
+    who: Option<&Authenticated>,
+    refused: Option<&crate::auth::RefusedCredential>,
+    resp: &Response,
+) -> Anonymity {
+    if who.is_some()
+        || resp
+            .extensions()
+            .get::<crate::anonymous::Vouched>()
+            .is_some()
+    {
+        return Anonymity::Identified;
+    }
+    let note = resp.extensions().get::<crate::identity::AuthNote>();
+    let named = note.and_then(|n| n.user.clone().or_else(|| n.client.clone()));
+    if named.is_some() && resp.status().as_u16() < 400 {
+        return Anonymity::Identified;
+    }
+    Anonymity::Anonymous(named.or_else(|| refused.map(|r| r.id.clone())))
+}
+
+/// Counts an anonymous request (see [`crate::anonymous`]); true if it goes into a summary
+/// record instead of getting its own leaf.
+fn counted_together(
+    state: &AppState,
+    slot: &crate::auth::AgentSlot,
+    client: std::net::IpAddr,
+    resp: &Response,
+) -> bool {
+    let refused = slot.refused();
+    match anonymity(slot.get().as_ref(), refused.as_ref(), resp) {
+        Anonymity::Identified => false,
+        Anonymity::Anonymous(credential) => {
+            let now = state.node.clock.now_micros();
+            state
+                .anonymous
+                .count(client, resp.status().as_u16(), credential.as_deref(), now)
+                == crate::anonymous::Record::Counted
+        }
+    }
+}
+
 /// Adds the client's address to a request's audit detail, and the known credential that was
 /// refused (an expired or revoked API token), if any.
 fn note_client(detail: &mut Value, client: std::net::IpAddr, slot: &crate::auth::AgentSlot) {
@@ -816,6 +867,25 @@ fn note_client(detail: &mut Value, client: std::net::IpAddr, slot: &crate::auth:
     if let Some(r) = slot.refused().filter(|_| detail["auth"].is_null()) {
         detail["auth"] = serde_json::json!({"token": r.id, "event": r.why});
     }
+}
+
+/// 429 for requests without credentials from an address over its anonymous budget
+/// (RFC 6749 JSON on the OAuth2 endpoints, an `OperationOutcome` elsewhere).
+fn anonymous_throttled(path: &str) -> Response {
+    const WHY: &str =
+        "too many requests without valid credentials from this address: wait a minute";
+    let mut resp = if matches!(path, "/auth/token" | "/auth/introspect" | "/auth/revoke") {
+        crate::oauth::oauth_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "temporarily_unavailable",
+            WHY,
+        )
+    } else {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, IssueCode::Throttled, WHY).into_response()
+    };
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    resp
 }
 
 /// Response header naming the request's leaf in the access log.
@@ -826,8 +896,11 @@ pub const ACCESS_LEAF_HEADER: &str = "x-access-log-leaf";
 /// Every request except the public transparency endpoints (`/ledger/…`) and the probes
 /// (`/healthz`, `/readyz`) is written to the ledger as a sealed audit record *before* its
 /// response is released; if the record cannot be written the client gets an error (500, or 503
-/// when the database is unreachable) instead of the data (fail closed). The record names the
-/// client's address ([`crate::client_addr`]).
+/// when the database is unreachable) instead of the data (fail closed). Anonymous requests
+/// (authenticating no one: nothing is released to them) beyond the per-minute budget are
+/// counted into summary records instead, and an address over its anonymous limit gets 429 for
+/// requests without credentials ([`crate::anonymous`]). The record names the client's address
+/// ([`crate::client_addr`]).
 ///
 /// The log names the route template, never the concrete path or query (they can carry ids and
 /// search values). Server errors log at `warn`, everything else at `debug`: the ledger, not this
@@ -853,12 +926,24 @@ pub(crate) async fn observe(
         .client_ip(crate::tls::peer_ip(req.extensions()), req.headers());
     req.extensions_mut()
         .insert(crate::client_addr::ClientAddr(client));
+    // The peer listener's clients are registered nodes (mutual TLS): never anonymous.
+    let peer_node = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::peer::PeerConn>>()
+        .is_some();
     let purpose = purpose_of_use(req.headers());
+    let throttled = audited
+        && !peer_node
+        && !req.headers().contains_key(header::AUTHORIZATION)
+        && state
+            .anonymous
+            .over_limit(client, state.config.anonymous_requests_per_minute);
     let mut resp = match &purpose {
+        _ if throttled => anonymous_throttled(uri.path()),
         Ok(_) => next.run(req).await,
         Err(e) => e.clone().into_response(),
     };
-    if audited {
+    if audited && !(peer_node || counted_together(&state, &slot, client, &resp)) {
         let now = state.node.clock.now_micros();
         let mut detail = audit_detail(
             &request_id,

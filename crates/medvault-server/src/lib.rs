@@ -6,6 +6,7 @@
 //! [`bundle`] on blocking threads, and answered as `application/fhir+json`.
 
 pub mod admin;
+pub mod anonymous;
 pub mod audit_view;
 pub mod auth;
 pub mod authz;
@@ -72,6 +73,12 @@ pub struct ServerConfig {
     pub login_attempts_per_minute: u32,
     /// Proxies whose forwarding header names the client (none: the socket peer is the client).
     pub trusted_proxies: client_addr::TrustedProxies,
+    /// Anonymous requests (authenticating no one) accepted per client address per minute;
+    /// after that, requests without credentials get 429 for the rest of the minute.
+    pub anonymous_requests_per_minute: u32,
+    /// How often anonymous requests beyond the access log's per-minute budget are written as
+    /// one summary record.
+    pub anonymous_summary_interval: Duration,
     /// How recent a person's sign-in must be for key rotation and erasure over the API.
     pub step_up_window: Duration,
     /// The origin browsers reach this node at, for WebAuthn passkeys (e.g.
@@ -113,6 +120,8 @@ impl Default for ServerConfig {
             sessions: identity::SessionLimits::default(),
             login_attempts_per_minute: identity::THROTTLE_ATTEMPTS,
             trusted_proxies: client_addr::TrustedProxies::default(),
+            anonymous_requests_per_minute: anonymous::DEFAULT_PER_MINUTE,
+            anonymous_summary_interval: anonymous::DEFAULT_SUMMARY_INTERVAL,
             webauthn_origin: None,
             step_up_window: admin::STEP_UP_WINDOW,
             policy: Arc::new(default_policy()),
@@ -139,6 +148,8 @@ pub struct AppState {
     pub sessions: Arc<identity::SessionCache>,
     /// Login attempts per client address and per account name.
     pub login_throttle: Arc<identity::LoginThrottle>,
+    /// Anonymous requests: per-address counts and what the access log counted together.
+    pub anonymous: Arc<anonymous::AnonymousTraffic>,
     /// Validated OAuth2 access tokens.
     pub access_tokens: Arc<oauth::AccessTokenCache>,
     /// The WebAuthn relying party, when passkeys are configured.
@@ -180,6 +191,7 @@ impl AppState {
             )),
             sessions: Arc::default(),
             login_throttle: Arc::default(),
+            anonymous: Arc::default(),
             access_tokens: Arc::default(),
             webauthn,
             passkey_ceremonies: Arc::default(),
@@ -329,11 +341,18 @@ async fn run_until_shutdown(
         state.clone(),
         state.config.checkpoint_interval,
     ));
+    let summaries = tokio::spawn(anonymous::summary_task(
+        state.clone(),
+        state.config.anonymous_summary_interval,
+    ));
     serving.await?;
     checkpoints.abort();
+    summaries.abort();
     if let Some(p) = peers {
         p.abort();
     }
+    // What was counted of anonymous requests since the last summary.
+    anonymous::flush(&state).await;
     // Last checkpoints, so everything written before shutdown is covered by a signature.
     if let Err(e) = ledger::checkpoint_both(&state).await {
         tracing::warn!(error = %e.message, "final checkpoint failed");

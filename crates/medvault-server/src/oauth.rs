@@ -201,7 +201,7 @@ pub fn set_client_disabled(node: &Node, client_id: &str, disabled: bool) -> Resu
 }
 
 /// An OAuth2 error response (RFC 6749 §5.2): `{"error", "error_description"}`.
-fn oauth_error(status: StatusCode, error: &'static str, description: &str) -> Response {
+pub(crate) fn oauth_error(status: StatusCode, error: &'static str, description: &str) -> Response {
     let mut r = (
         status,
         Json(json!({"error": error, "error_description": description})),

@@ -90,6 +90,15 @@ pub(crate) async fn add_checkpoint(State(state): State<AppState>, body: Bytes) -
             "the checkpoint carries no valid signature from the log's key\n".into(),
         );
     }
+    // Signed by the log: not an anonymous request, whatever the verdict.
+    let mut resp = cosign_signed(&state, req).await;
+    resp.extensions_mut().insert(crate::anonymous::Vouched);
+    resp
+}
+
+/// The rest of `add-checkpoint`, for a checkpoint the log's key signed.
+async fn cosign_signed(state: &AppState, req: AddCheckpoint) -> Response {
+    let origin = req.checkpoint.origin.clone();
     let store = state.node.access.clone();
     let AddCheckpoint {
         old_size,

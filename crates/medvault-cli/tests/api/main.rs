@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+mod anonymous;
 mod backup;
 mod bad_input;
 mod bundle;
