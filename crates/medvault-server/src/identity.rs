@@ -3,11 +3,14 @@
 //! - **Accounts** (`medvault user create`): a unique id (`usr_…`), a role, an Argon2id password
 //!   hash; the user name is stored only blinded (lookup) and sealed under the `@identity` data
 //!   key (display). TOTP secrets are sealed under the same key, bound to the user id.
-//! - **Login** (`POST /auth/login`): password, then the second factor (a TOTP code, accepted once,
-//!   or a single-use recovery code). Unknown and disabled users cost the same Argon2id time as
-//!   real ones. Ten consecutive failures lock the account for 15 minutes (recorded in the access
-//!   log as its own event); more than 20 attempts a minute from one client address, or for one
-//!   account name, are refused (429).
+//! - **Login** (`POST /auth/login`): password and the second factor (a TOTP code, accepted once,
+//!   or a single-use recovery code) in one request. Unknown and disabled users cost the same
+//!   Argon2id time as real ones. A login without a code that does not open a session gets one
+//!   answer whatever the reason (unknown account, wrong password, or right password for an
+//!   account with a second factor), so the answer never confirms a password; a missing second
+//!   factor counts as a failure. Ten consecutive failures lock the account for 15 minutes
+//!   (recorded in the access log as its own event); more than 20 attempts a minute from one
+//!   client address, or for one account name, are refused (429).
 //! - **Sessions**: `mvs_` + 256 random bits, stored only as SHA-256; an idle timeout and an
 //!   absolute lifetime (AAL2: 30 min / 12 h; AAL3 roles: 15 min / 12 h). A user without a second
 //!   factor gets an enrollment-only session (AAL1) that can reach nothing but `/auth/totp/*`.
@@ -441,19 +444,19 @@ impl std::fmt::Debug for LoginRequest {
     }
 }
 
-fn login_error(failure: LoginFailure) -> ApiError {
-    match failure {
-        LoginFailure::Throttled | LoginFailure::AccountThrottled => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            IssueCode::Throttled,
-            "too many login attempts from this address or for this account: wait a minute",
-        ),
-        LoginFailure::SecondFactorRequired => unauthorized(
-            "second factor required: send totp (a current authenticator code) or recovery_code",
-        ),
-        _ => unauthorized(
+/// The answer to a failed login. It depends only on whether the request carried a second
+/// factor, never on why the login failed: without one, an unknown account, a wrong password and
+/// a right password for an account that needs a second factor all get the same answer (which
+/// says a second factor may be needed), so it cannot confirm a guessed password.
+fn login_error(has_code: bool) -> ApiError {
+    if has_code {
+        unauthorized(
             "login failed (after 10 failures in a row the account is locked for 15 minutes)",
-        ),
+        )
+    } else {
+        unauthorized(
+            "login failed, or a second factor is required: send the password with totp (a current authenticator code) or recovery_code (after 10 failures in a row the account is locked for 15 minutes)",
+        )
     }
 }
 
@@ -494,6 +497,7 @@ pub(crate) async fn login(State(state): State<AppState>, req: axum::extract::Req
     if !state.login_throttle.admit_account(&req.username, limit) {
         return throttled(LoginFailure::AccountThrottled);
     }
+    let has_code = req.totp.is_some() || req.recovery_code.is_some();
     let node = Arc::clone(&state.node);
     let limits = state.config.sessions;
     let result = tokio::task::spawn_blocking(move || attempt_login(&node, &limits, &req)).await;
@@ -520,7 +524,7 @@ pub(crate) async fn login(State(state): State<AppState>, req: axum::extract::Req
             {
                 record_lockout(&state, u).await;
             }
-            with_note(login_error(f).into_response(), user, f.as_str())
+            with_note(login_error(has_code).into_response(), user, f.as_str())
         }
         Err(Failed::Api(e)) => with_note(e.into_response(), user, "error"),
     }
@@ -591,17 +595,15 @@ fn check_and_open(
     let spent_step = user
         .totp_last_step
         .filter(|_| user.totp_last_step != step_before);
-    match second {
-        Err(LoginFailure::SecondFactorRequired) => {
-            return Err(Failed::Login(LoginFailure::SecondFactorRequired));
-        }
+    // Every failure counts towards the lockout, a missing second factor like a wrong one (and
+    // it answers like a wrong password).
+    let aal = match second {
+        Ok(aal) => aal,
         Err(f) => {
             let locked = record_failure(node, &user.id, now)?;
             return Err(Failed::Login(if locked { LoginFailure::Locked } else { f }));
         }
-        Ok(_) => {}
-    }
-    let aal = second.unwrap_or(1);
+    };
     let rehashed = if password::needs_rehash(&user.password_hash) {
         password::hash_password(password).ok()
     } else {

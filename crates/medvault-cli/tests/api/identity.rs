@@ -157,7 +157,7 @@ fn password_and_totp_login_with_replay_refusal_recovery_codes_and_logout() {
     // Now the password alone is not enough.
     let (st, b) = login(&s, "c.jones", PASSWORD, &json!({}));
     assert_eq!(st, 401, "{b}");
-    assert!(b.to_string().contains("second factor required"), "{b}");
+    assert!(b.to_string().contains("second factor is required"), "{b}");
     // The next step's code (clock skew of one step) logs in, once.
     let next = code(&secret, now() + 30);
     let (st, b) = login(&s, "c.jones", PASSWORD, &json!({"totp": next}));
@@ -419,5 +419,49 @@ fn login_throttle_counts_forwarded_clients_and_accounts() {
     assert_eq!(
         login_via_proxy(&s, "203.0.113.9", "u.lin", PASSWORD, &good),
         429
+    );
+}
+
+#[test]
+fn a_missing_second_factor_answers_like_a_wrong_password_and_counts() {
+    let s = Server::start();
+    create_user(&s, "m.lee", "clinician");
+    let (secret, codes) = enroll(&s, "m.lee");
+    // Without a code: right password, wrong password and an unknown account get one answer,
+    // which says a second factor may be needed.
+    let right = login(&s, "m.lee", PASSWORD, &json!({}));
+    let wrong = login(&s, "m.lee", "wrong password entirely", &json!({}));
+    let unknown = login(&s, "no.such.user", PASSWORD, &json!({}));
+    assert_eq!(right.0, 401);
+    assert_eq!(right, wrong, "the answer does not confirm the password");
+    assert_eq!(right, unknown, "nor that the account exists");
+    assert!(
+        right.1.to_string().contains("second factor is required"),
+        "{}",
+        right.1
+    );
+    // With a code: a wrong code after the right password answers like a wrong password.
+    let bad_code = json!({"totp": "000000"});
+    let right = login(&s, "m.lee", PASSWORD, &bad_code);
+    let wrong = login(&s, "m.lee", "wrong password entirely", &bad_code);
+    let unknown = login(&s, "no.such.user", PASSWORD, &bad_code);
+    assert_eq!(right.0, 401);
+    assert_eq!(right, wrong);
+    assert_eq!(right, unknown);
+    // Each login without the second factor counts as a failure: ten lock the account.
+    let (st, b) = login(&s, "m.lee", PASSWORD, &json!({"recovery_code": codes[0]}));
+    assert_eq!(st, 200, "a success resets the count: {b}");
+    for _ in 0..10 {
+        assert_eq!(login(&s, "m.lee", PASSWORD, &json!({})).0, 401);
+    }
+    let (st, b) = login(
+        &s,
+        "m.lee",
+        PASSWORD,
+        &json!({"totp": code(&secret, now() + 30)}),
+    );
+    assert_eq!(
+        st, 401,
+        "locked after ten logins without the second factor: {b}"
     );
 }
