@@ -809,85 +809,6 @@ pub(crate) async fn time_limit(
     }
 }
 
-/// Whether a request was anonymous (see [`crate::anonymous`]).
-enum Anonymity {
-    /// A credential was accepted, a sign-in or token grant succeeded, or the sender was
-    /// vouched for.
-    Identified,
-    /// It authenticated no one; the known account, app or token it named, if any.
-    Anonymous(Option<String>),
-}
-
-fn anonymity(
-    who: Option<&Authenticated>,
-    refused: Option<&crate::auth::RefusedCredential>,
-    resp: &Response,
-) -> Anonymity {
-    if who.is_some()
-        || resp
-            .extensions()
-            .get::<crate::anonymous::Vouched>()
-            .is_some()
-    {
-        return Anonymity::Identified;
-    }
-    let note = resp.extensions().get::<crate::identity::AuthNote>();
-    let named = note.and_then(|n| n.user.clone().or_else(|| n.client.clone()));
-    if named.is_some() && resp.status().as_u16() < 400 {
-        return Anonymity::Identified;
-    }
-    Anonymity::Anonymous(named.or_else(|| refused.map(|r| r.id.clone())))
-}
-
-/// Counts an anonymous request (see [`crate::anonymous`]); true if it goes into a summary
-/// record instead of getting its own leaf.
-fn counted_together(
-    state: &AppState,
-    slot: &crate::auth::AgentSlot,
-    client: std::net::IpAddr,
-    resp: &Response,
-) -> bool {
-    let refused = slot.refused();
-    match anonymity(slot.get().as_ref(), refused.as_ref(), resp) {
-        Anonymity::Identified => false,
-        Anonymity::Anonymous(credential) => {
-            let now = state.node.clock.now_micros();
-            state
-                .anonymous
-                .count(client, resp.status().as_u16(), credential.as_deref(), now)
-                == crate::anonymous::Record::Counted
-        }
-    }
-}
-
-/// Adds the client's address to a request's audit detail, and the known credential that was
-/// refused (an expired or revoked API token), if any.
-fn note_client(detail: &mut Value, client: std::net::IpAddr, slot: &crate::auth::AgentSlot) {
-    detail["address"] = Value::String(client.to_string());
-    if let Some(r) = slot.refused().filter(|_| detail["auth"].is_null()) {
-        detail["auth"] = serde_json::json!({"token": r.id, "event": r.why});
-    }
-}
-
-/// 429 for requests without credentials from an address over its anonymous budget
-/// (RFC 6749 JSON on the OAuth2 endpoints, an `OperationOutcome` elsewhere).
-fn anonymous_throttled(path: &str) -> Response {
-    const WHY: &str =
-        "too many requests without valid credentials from this address: wait a minute";
-    let mut resp = if matches!(path, "/auth/token" | "/auth/introspect" | "/auth/revoke") {
-        crate::oauth::oauth_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "temporarily_unavailable",
-            WHY,
-        )
-    } else {
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, IssueCode::Throttled, WHY).into_response()
-    };
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
-    resp
-}
-
 /// Response header naming the request's leaf in the access log.
 pub const ACCESS_LEAF_HEADER: &str = "x-access-log-leaf";
 
@@ -981,5 +902,84 @@ pub(crate) async fn observe(
     } else {
         tracing::debug!(request_id = %request_id, method = %method, route, status, micros, "request");
     }
+    resp
+}
+
+/// Whether a request was anonymous (see [`crate::anonymous`]).
+enum Anonymity {
+    /// A credential was accepted, a sign-in or token grant succeeded, or the sender was
+    /// vouched for.
+    Identified,
+    /// It authenticated no one; the known account, app or token it named, if any.
+    Anonymous(Option<String>),
+}
+
+fn anonymity(
+    who: Option<&Authenticated>,
+    refused: Option<&crate::auth::RefusedCredential>,
+    resp: &Response,
+) -> Anonymity {
+    if who.is_some()
+        || resp
+            .extensions()
+            .get::<crate::anonymous::Vouched>()
+            .is_some()
+    {
+        return Anonymity::Identified;
+    }
+    let note = resp.extensions().get::<crate::identity::AuthNote>();
+    let named = note.and_then(|n| n.user.clone().or_else(|| n.client.clone()));
+    if named.is_some() && resp.status().as_u16() < 400 {
+        return Anonymity::Identified;
+    }
+    Anonymity::Anonymous(named.or_else(|| refused.map(|r| r.id.clone())))
+}
+
+/// Counts an anonymous request (see [`crate::anonymous`]); true if it goes into a summary
+/// record instead of getting its own leaf.
+fn counted_together(
+    state: &AppState,
+    slot: &crate::auth::AgentSlot,
+    client: std::net::IpAddr,
+    resp: &Response,
+) -> bool {
+    let refused = slot.refused();
+    match anonymity(slot.get().as_ref(), refused.as_ref(), resp) {
+        Anonymity::Identified => false,
+        Anonymity::Anonymous(credential) => {
+            let now = state.node.clock.now_micros();
+            state
+                .anonymous
+                .count(client, resp.status().as_u16(), credential.as_deref(), now)
+                == crate::anonymous::Record::Counted
+        }
+    }
+}
+
+/// Adds the client's address to a request's audit detail, and the known credential that was
+/// refused (an expired or revoked API token), if any.
+fn note_client(detail: &mut Value, client: std::net::IpAddr, slot: &crate::auth::AgentSlot) {
+    detail["address"] = Value::String(client.to_string());
+    if let Some(r) = slot.refused().filter(|_| detail["auth"].is_null()) {
+        detail["auth"] = serde_json::json!({"token": r.id, "event": r.why});
+    }
+}
+
+/// 429 for requests without credentials from an address over its anonymous budget
+/// (RFC 6749 JSON on the OAuth2 endpoints, an `OperationOutcome` elsewhere).
+fn anonymous_throttled(path: &str) -> Response {
+    const WHY: &str =
+        "too many requests without valid credentials from this address: wait a minute";
+    let mut resp = if matches!(path, "/auth/token" | "/auth/introspect" | "/auth/revoke") {
+        crate::oauth::oauth_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "temporarily_unavailable",
+            WHY,
+        )
+    } else {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, IssueCode::Throttled, WHY).into_response()
+    };
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
     resp
 }
