@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     ];
     for c in &consents {
         // The write-time check: an answer (a 422 sentence) or acceptance, never a panic.
-        let _ = medvault_policy::consent::check(c);
+        let _ = medvault_policy::consent::check(c, &|t| t.eq_ignore_ascii_case("Observation"));
     }
     for purpose in [None, Some("TREAT"), Some("HOPERAT"), Some("ETREAT")] {
         let _ = evaluate(

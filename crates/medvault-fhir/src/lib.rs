@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use medvault_core::{Compartment, ResourceId};
 use serde_json::Value;
 
-pub use path::local_reference;
+pub use path::{local_reference, relative_reference};
 
 /// Parses a FHIR date, dateTime or instant into `[start, end)` Unix seconds (its precision
 /// decides the width), or `None` when it is not one.
@@ -178,6 +178,15 @@ impl Fhir {
         self.all_types.contains(name)
     }
 
+    /// The R4 resource type named `name`, compared without regard to case (`observation` →
+    /// `Observation`).
+    pub fn r4_type_named(&self, name: &str) -> Option<&str> {
+        self.all_types
+            .iter()
+            .find(|t| t.eq_ignore_ascii_case(name))
+            .map(String::as_str)
+    }
+
     /// Validates a resource against the official R4 schema for its type, plus the reference
     /// rules the schema cannot express.
     ///
@@ -327,10 +336,13 @@ impl Fhir {
                         }
                     }
                     Some(r) => {
+                        // An absolute URL (maybe another server's patient), a conditional
+                        // reference or a non-canonical path names no stored patient.
                         let patientish = ty == Some("Patient")
-                            || r.starts_with("Patient?")
+                            || r.starts_with("Patient")
+                            || r.contains("/Patient/")
                             || r.contains("/Patient?");
-                        if local_reference(r).is_none() && patientish {
+                        if relative_reference(r).is_none() && patientish {
                             out.push(PatientLink::Unresolvable);
                         }
                     }

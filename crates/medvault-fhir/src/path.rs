@@ -254,10 +254,49 @@ pub fn local_reference(reference: &str) -> Option<(&str, &str)> {
     (ok_type && medvault_core::ResourceId::new(id).is_ok()).then_some((ty, id))
 }
 
+/// Splits a *relative* literal reference to a resource on this server — exactly `Type/id` or
+/// `Type/id/_history/N` — into `(type, id)`. Anything else (an absolute URL, which may name
+/// another server's resource; `./`, `..` or other extra segments; `#…`) is not a reference to
+/// a stored resource: it is neither indexed nor used to choose a compartment.
+pub fn relative_reference(reference: &str) -> Option<(&str, &str)> {
+    let parts: Vec<&str> = reference.split('/').collect();
+    let (ty, id) = match parts.as_slice() {
+        [ty, id] => (*ty, *id),
+        [ty, id, "_history", v] if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            (*ty, *id)
+        }
+        _ => return None,
+    };
+    let ok_type = ty.starts_with(|c: char| c.is_ascii_uppercase())
+        && ty.chars().all(|c| c.is_ascii_alphabetic());
+    (ok_type && medvault_core::ResourceId::new(id).is_ok()).then_some((ty, id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_canonical_relative_references_name_stored_resources() {
+        assert_eq!(relative_reference("Patient/p1"), Some(("Patient", "p1")));
+        assert_eq!(
+            relative_reference("Patient/p1/_history/2"),
+            Some(("Patient", "p1"))
+        );
+        for r in [
+            "http://evil.example/fhir/Patient/p1",
+            "Patient/../Patient/p1",
+            "./Patient/p1",
+            "Patient/p1/",
+            "/Patient/p1",
+            "Patient/p1/_history/x",
+            "#p1",
+            "patient/p1",
+        ] {
+            assert_eq!(relative_reference(r), None, "{r}");
+        }
+    }
 
     #[test]
     fn contained_references_name_no_stored_resource() {

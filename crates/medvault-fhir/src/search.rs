@@ -15,7 +15,7 @@ use serde_json::Value;
 use unicode_normalization::UnicodeNormalization as _;
 
 use crate::date;
-use crate::path::{Expr, Node, local_reference};
+use crate::path::{Expr, Node, local_reference, relative_reference};
 
 /// Prefix lengths (in normalized characters) that get an index key. A query whose length is in
 /// this list is answered exactly by the index; any other is narrowed by the longest listed
@@ -607,7 +607,7 @@ fn extract(kind: ParamKind, node: Node<'_>, out: &mut Vec<Extracted>) {
             if let Some((t, id)) = v
                 .get("reference")
                 .and_then(Value::as_str)
-                .and_then(local_reference)
+                .and_then(relative_reference)
             {
                 out.push(Extracted::Ref(format!("{t}/{id}")));
             }

@@ -150,12 +150,11 @@ pub(crate) fn check_references(
                         || r.starts_with("urn:uuid:")
                         || r.starts_with("urn:oid:")
                         || r.contains("://")
-                        || crate::path::local_reference(r).is_some_and(|(t, _)| all.contains(t))
-                            && !r.contains("//");
+                        || crate::path::relative_reference(r).is_some_and(|(t, _)| all.contains(t));
                     if !ok && issues.len() < MAX_ISSUES {
                         issues.push(Issue {
                             path: format!("{path}.reference"),
-                            message: "reference must be Type/id of an R4 resource type, an absolute URL, urn:uuid: or #contained".into(),
+                            message: "reference must be Type/id (or Type/id/_history/N) of an R4 resource type, an absolute URL, urn:uuid: or #contained".into(),
                         });
                     }
                 }
@@ -183,6 +182,36 @@ pub(crate) fn check_references(
     }
     let mut path = resource_type.to_owned();
     walk(resource, &mut path, all_types, issues);
+    check_contained(resource, resource_type, issues);
+}
+
+/// The rules for contained resources the schema cannot express: each has an `id`, unique
+/// within the container (a `#id` reference must name one resource), and none contains others
+/// (dom-2).
+fn check_contained(resource: &Value, resource_type: &str, issues: &mut Vec<Issue>) {
+    let Some(Value::Array(list)) = resource.get("contained") else {
+        return;
+    };
+    let mut seen = BTreeSet::new();
+    for (i, c) in list.iter().enumerate() {
+        let path = format!("{resource_type}.contained[{i}]");
+        let message = match c.get("id").and_then(Value::as_str) {
+            None => Some("a contained resource needs an id"),
+            Some(id) if !seen.insert(id) => Some("contained resource ids must be unique"),
+            Some(_) if c.get("contained").is_some() => {
+                Some("a contained resource cannot contain resources (dom-2)")
+            }
+            Some(_) => None,
+        };
+        if let Some(m) = message
+            && issues.len() < MAX_ISSUES
+        {
+            issues.push(Issue {
+                path,
+                message: m.into(),
+            });
+        }
+    }
 }
 
 #[cfg(test)]

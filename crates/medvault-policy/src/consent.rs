@@ -135,31 +135,41 @@ fn matches(p: &Value, r: &ConsentRequest<'_>) -> bool {
     }
     // A permit speaks for the purposes it names; a deny for their whole family (a deny for
     // treatment is not escaped by declaring operations: see `purpose`).
+    // Codes are compared without regard to case: a patient's `treat` or `hiv` means what
+    // `TREAT` and `HIV` mean, and a consent must not be disarmed by its spelling.
     let deny = kind(p) == Some(ConsentState::Deny);
     if p.get("purpose").is_some()
         && !codes(p.get("purpose")).any(|c| {
+            let c = c.to_ascii_uppercase();
             if deny {
-                crate::purpose::deny_covers(c, r.purpose)
+                crate::purpose::deny_covers(&c, r.purpose)
             } else {
-                Some(c) == r.purpose
+                Some(c.as_str()) == r.purpose
             }
         })
     {
         return false;
     }
-    if p.get("class").is_some() && !codes(p.get("class")).any(|c| c == r.resource_type) {
+    if p.get("class").is_some()
+        && !codes(p.get("class")).any(|c| c.eq_ignore_ascii_case(r.resource_type))
+    {
         return false;
     }
     if p.get("securityLabel").is_some()
-        && !codes(p.get("securityLabel")).any(|c| r.labels.iter().any(|l| l == c))
+        && !codes(p.get("securityLabel"))
+            .any(|c| r.labels.iter().any(|l| l.eq_ignore_ascii_case(c)))
     {
         return false;
     }
     // Actions: reading for care is access, use and disclosure of the record.
     if let Some(actions) = p.get("action").and_then(Value::as_array)
-        && !actions
-            .iter()
-            .any(|a| codes(a.get("coding")).any(|c| matches!(c, "access" | "use" | "disclose")))
+        && !actions.iter().any(|a| {
+            codes(a.get("coding")).any(|c| {
+                ["access", "use", "disclose"]
+                    .iter()
+                    .any(|x| x.eq_ignore_ascii_case(c))
+            })
+        })
     {
         return false;
     }
@@ -235,7 +245,7 @@ pub const ACTOR_KINDS: [&str; 4] = [
 ///
 /// # Errors
 /// A sentence naming the element and what to change, for a 422 answer.
-pub fn check(consent: &Value) -> Result<(), String> {
+pub fn check(consent: &Value, is_type: &dyn Fn(&str) -> bool) -> Result<(), String> {
     if consent.get("status").and_then(Value::as_str) != Some("active") {
         return Ok(());
     }
@@ -260,7 +270,7 @@ pub fn check(consent: &Value) -> Result<(), String> {
             "Consent.provision is required: it says what the patient permits or denies".into(),
         );
     };
-    check_provision(base, "Consent.provision")?;
+    check_provision(base, "Consent.provision", is_type)?;
     for (i, p) in base
         .get("provision")
         .and_then(Value::as_array)
@@ -268,7 +278,7 @@ pub fn check(consent: &Value) -> Result<(), String> {
         .flatten()
         .enumerate()
     {
-        check_provision(p, &format!("Consent.provision.provision[{i}]"))?;
+        check_provision(p, &format!("Consent.provision.provision[{i}]"), is_type)?;
         if p.get("provision").is_some() {
             return Err(format!(
                 "Consent.provision.provision[{i}].provision: nested exceptions deeper than one level are not applied"
@@ -278,17 +288,67 @@ pub fn check(consent: &Value) -> Result<(), String> {
     Ok(())
 }
 
-fn check_provision(p: &Value, path: &str) -> Result<(), String> {
+fn check_provision(p: &Value, path: &str, is_type: &dyn Fn(&str) -> bool) -> Result<(), String> {
     let Some(kind) = kind(p) else {
         return Err(format!("{path}.type must be permit or deny"));
     };
     if let Some(period) = p.get("period") {
+        let mut bounds = Vec::new();
         for (k, end) in [("start", false), ("end", true)] {
-            if let Some(t) = period.get(k)
-                && t.as_str().and_then(|t| utc(t, end)).is_none()
+            if let Some(t) = period.get(k) {
+                let Some(at) = t.as_str().and_then(|t| utc(t, end)) else {
+                    return Err(format!(
+                        "{path}.period.{k} must be a FHIR date or dateTime with a time zone"
+                    ));
+                };
+                bounds.push(at);
+            }
+        }
+        if let [start, end] = bounds.as_slice()
+            && start > end
+        {
+            return Err(format!("{path}.period ends before it starts"));
+        }
+    }
+    let coded = |field: &str| -> Vec<&str> {
+        match p.get(field) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .flat_map(|i| {
+                    // purpose and securityLabel are Codings; class is a Coding too.
+                    i.get("code").and_then(Value::as_str)
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    for c in coded("purpose") {
+        if !crate::purpose::is_known(&c.to_ascii_uppercase()) {
+            return Err(format!(
+                "{path}.purpose: {c:?} is not a purpose of use this node knows (HL7 v3 PurposeOfUse, e.g. TREAT, HOPERAT, HRESCH)"
+            ));
+        }
+    }
+    for c in coded("class") {
+        if !is_type(c) {
+            return Err(format!(
+                "{path}.class: {c:?} is not a FHIR resource type; this node applies classes by resource type"
+            ));
+        }
+    }
+    for a in p
+        .get("action")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for c in codes(a.get("coding")) {
+            if !["access", "collect", "use", "disclose", "correct"]
+                .iter()
+                .any(|x| x.eq_ignore_ascii_case(c))
             {
                 return Err(format!(
-                    "{path}.period.{k} must be a FHIR date or dateTime with a time zone"
+                    "{path}.action: {c:?} is not a consent action (access, collect, use, disclose, correct)"
                 ));
             }
         }
@@ -601,44 +661,84 @@ mod tests {
         }
     }
 
+    fn check_any(c: &Value) -> Result<(), String> {
+        check(c, &|t| matches!(t, "Observation" | "Condition"))
+    }
+
     #[test]
     fn consents_the_evaluator_cannot_apply_are_refused() {
         let ok = consent("2026-01-01T00:00:00+01:00", json!({"type": "deny"}));
-        assert_eq!(check(&ok), Ok(()));
+        assert_eq!(check_any(&ok), Ok(()));
         let mut no_time = ok.clone();
         no_time.as_object_mut().unwrap().remove("dateTime");
-        assert!(check(&no_time).unwrap_err().contains("dateTime"));
+        assert!(check_any(&no_time).unwrap_err().contains("dateTime"));
         let mut bad_time = ok.clone();
         bad_time["dateTime"] = json!("2026-01-01T00:00:00");
-        assert!(check(&bad_time).is_err());
+        assert!(check_any(&bad_time).is_err());
         let related = consent(
             "2026-01-01T00:00:00Z",
             json!({"type": "deny", "actor": [{"reference": {"reference": "RelatedPerson/x"}}]}),
         );
-        assert!(check(&related).unwrap_err().contains("actor"));
+        assert!(check_any(&related).unwrap_err().contains("actor"));
         let identifier_only = consent(
             "2026-01-01T00:00:00Z",
             json!({"type": "deny", "actor": [{"reference": {"identifier": {"value": "x"}}}]}),
         );
-        assert!(check(&identifier_only).is_err());
+        assert!(check_any(&identifier_only).is_err());
         let untyped = consent("2026-01-01T00:00:00Z", json!({"provision": []}));
-        assert!(check(&untyped).is_err());
+        assert!(check_any(&untyped).is_err());
         let narrow_permit = consent(
             "2026-01-01T00:00:00Z",
             json!({"type": "permit", "data": [{"meaning": "instance", "reference": {"reference": "Observation/x"}}]}),
         );
-        assert!(check(&narrow_permit).is_err());
+        assert!(check_any(&narrow_permit).is_err());
         let bad_period = consent(
             "2026-01-01T00:00:00Z",
             json!({"type": "deny", "period": {"start": "soon"}}),
         );
-        assert!(check(&bad_period).is_err());
+        assert!(check_any(&bad_period).is_err());
+        // Codes it cannot match, and a period that ends before it starts.
+        for provision in [
+            json!({"type": "deny", "purpose": [{"code": "TRAET"}]}),
+            json!({"type": "deny", "class": [{"code": "Obsrvation"}]}),
+            json!({"type": "deny", "action": [{"coding": [{"code": "read"}]}]}),
+            json!({"type": "deny", "period": {"start": "2030-01-01", "end": "2020-01-01"}}),
+        ] {
+            let c = consent("2026-01-01T00:00:00Z", provision.clone());
+            assert!(check_any(&c).is_err(), "{provision}");
+        }
+        // Spelled in another case, they are understood (and applied).
+        let lower = consent(
+            "2026-01-01T00:00:00Z",
+            json!({"type": "deny", "purpose": [{"code": "treat"}], "action": [{"coding": [{"code": "ACCESS"}]}]}),
+        );
+        assert_eq!(check_any(&lower), Ok(()));
+        let dr = vec!["Practitioner/dr-a".to_owned()];
+        let none: Vec<String> = vec![];
+        assert_eq!(
+            evaluate(
+                std::slice::from_ref(&lower),
+                &req(&dr, &none, Some("HOPERAT"))
+            ),
+            ConsentState::Deny
+        );
+        let hiv_lower = consent(
+            "2026-01-01T00:00:00Z",
+            json!({"type": "deny", "securityLabel": [{"code": "hiv"}], "class": [{"code": "observation"}]}),
+        );
+        assert_eq!(
+            evaluate(
+                std::slice::from_ref(&hiv_lower),
+                &req(&dr, &["HIV".to_owned()], Some("TREAT"))
+            ),
+            ConsentState::Deny
+        );
         // Not active, or not a privacy consent: not this evaluator's to judge.
         let mut draft = no_time.clone();
         draft["status"] = json!("draft");
-        assert_eq!(check(&draft), Ok(()));
+        assert_eq!(check_any(&draft), Ok(()));
         let mut research = no_time;
         research["scope"] = json!({"coding": [{"code": "research"}]});
-        assert_eq!(check(&research), Ok(()));
+        assert_eq!(check_any(&research), Ok(()));
     }
 }

@@ -511,7 +511,8 @@ impl Guard {
             None => Arc::new(PatientFacts::default()),
         };
         let s = &self.subject;
-        let consent = if patient.is_some() {
+        // (A patient without consents needs no actor lookup: nothing can name the user.)
+        let consent = if patient.is_some() && !facts.shared.consents.is_empty() {
             let actors = self.actors(store, ctx)?;
             let at = crate::clock::instant(ctx.clock.now_micros());
             // (Fractions of a second are dropped by the evaluator, as for the consents' times.)

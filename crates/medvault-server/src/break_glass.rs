@@ -86,9 +86,19 @@ pub(crate) async fn open(
     };
     let reason = req.reason.trim().to_owned();
     let chars = reason.chars().count();
-    if !(MIN_REASON..=MAX_REASON).contains(&chars) {
+    // Only visible characters count toward the minimum; control characters are refused.
+    let visible = reason
+        .chars()
+        .filter(|c| !c.is_whitespace() && !c.is_control())
+        .count();
+    if reason
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+        || visible < MIN_REASON
+        || chars > MAX_REASON
+    {
         return ApiError::bad_request(format!(
-            "the justification must be {MIN_REASON} to {MAX_REASON} characters: say what the emergency is"
+            "the justification must be {MIN_REASON} to {MAX_REASON} visible characters (no control characters): say what the emergency is"
         ))
         .into_response();
     }
@@ -102,6 +112,14 @@ pub(crate) async fn open(
     let patient_id = patient.to_string();
     let expires = now.saturating_add(i64::try_from(minutes * 60_000_000).unwrap_or(i64::MAX));
     let opened = crate::http::blocking(move || {
+        // A grant for no patient would be an alert about nothing.
+        if node
+            .store
+            .current("Patient", &patient_id)?
+            .is_none_or(|c| c.deleted)
+        {
+            return Err(ApiError::not_found("no such patient"));
+        }
         let key = identity::identity_key(&node)?;
         let grant_id = random_id("bg_")?;
         let alert_id = random_id("alr_")?;

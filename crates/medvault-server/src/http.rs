@@ -723,9 +723,16 @@ fn attribute_patient(state: &AppState, resp: &Response, detail: &mut Value) {
 /// `X-Purpose-Of-Use`: a code of the HL7 v3 PurposeOfUse value set (e.g. `TREAT`, `ETREAT`,
 /// `HPAYMT`), recorded in the audit trail.
 fn purpose_of_use(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get("x-purpose-of-use") else {
+    let mut all = headers.get_all("x-purpose-of-use").iter();
+    let Some(v) = all.next() else {
         return Ok(None);
     };
+    if all.next().is_some() {
+        // Two declared purposes are no declaration: which one would the access log believe?
+        return Err(ApiError::bad_request(
+            "send one X-Purpose-Of-Use header with one HL7 v3 PurposeOfUse code",
+        ));
+    }
     v.to_str()
         .ok()
         .map(str::trim)

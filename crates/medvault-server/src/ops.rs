@@ -607,7 +607,8 @@ pub fn prepare(
     if rt == "Consent" {
         // A consent the evaluator cannot apply would be stored and silently ignored: refused,
         // so the patient (or their proxy) can say it in a form that takes effect.
-        medvault_policy::consent::check(&resource).map_err(|why| {
+        let is_type = |t: &str| ctx.fhir.r4_type_named(t).is_some();
+        medvault_policy::consent::check(&resource, &is_type).map_err(|why| {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Processing, why)
         })?;
     }

@@ -240,6 +240,32 @@ fn a_treatment_deny_is_not_escaped_by_declaring_another_purpose() {
     assert!(b.to_string().contains("may not declare"), "{b}");
     let (st, _) = get_as(&s, &path, a, Some("NOTACODE"));
     assert_eq!(st, 403);
+    // Two declared purposes are no declaration.
+    let r = reqwest::blocking::Client::new()
+        .get(format!("http://127.0.0.1:{}{path}", s.port))
+        .bearer_auth(a)
+        .header("x-purpose-of-use", "TREAT")
+        .header("x-purpose-of-use", "ETREAT")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    // Break-glass needs a real justification and a real patient.
+    for (patient_id, reason) in [
+        (p.as_str(), "\u{0}".repeat(25)),
+        (p.as_str(), format!("{}a", " ".repeat(30))),
+        (
+            "00000000-0000-4000-8000-000000000000",
+            "unconscious patient in the emergency room".to_owned(),
+        ),
+    ] {
+        let (st, b) = post_as(
+            &s,
+            "/auth/break-glass",
+            a,
+            &json!({"patient": patient_id, "reason": reason, "minutes": 5}),
+        );
+        assert!(st == 400 || st == 404, "{st} {b}");
+    }
     // No break-glass was opened, so nothing was alerted and nothing was read under it.
     let (_, trail) = s.get(&format!("AuditEvent?patient={p}&outcome=4&_count=100"));
     let text = trail.to_string();
@@ -318,6 +344,26 @@ fn identifier_and_contained_patient_references_are_resolved() {
     let (st_known, b2) = post_as(&s, "/fhir/Observation", &dr.session, &by_ident);
     assert_eq!((st_unknown, st_known), (403, 403), "{b1} {b2}");
     assert_eq!(b1["issue"][0]["diagnostics"], b2["issue"][0]["diagnostics"]);
+    // A reference to another server's patient, or a non-canonical path, names no patient here.
+    for subject in [
+        format!("http://other.example/fhir/Patient/{p}"),
+        format!("Patient/../Patient/{p}"),
+        format!("./Patient/{p}"),
+    ] {
+        let mut foreign = observation(&p, "2345-7", "2026-11-04");
+        foreign["subject"] = json!({"reference": subject});
+        let (st, b) = s.post("Observation", &foreign);
+        assert!(st == 400 || st == 422, "{subject}: {st} {}", short(&b));
+    }
+    // Contained resources: ids unique, none nested.
+    let mut twice = contained.clone();
+    twice["contained"] = json!([
+        {"resourceType": "Patient", "id": "pat", "identifier": [{"system": "urn:oid:1.2.3.4", "value": "MRN-77"}]},
+        {"resourceType": "Patient", "id": "pat", "identifier": [{"system": "urn:oid:1.2.3.4", "value": "MRN-78"}]}]);
+    assert_eq!(s.post("Observation", &twice).0, 400);
+    let mut nested = contained.clone();
+    nested["contained"][0]["contained"] = json!([{"resourceType": "Patient", "id": "inner"}]);
+    assert_eq!(s.post("Observation", &nested).0, 400);
     // A clinical record with no patient at all is not directory data.
     let mut orphan = observation(&p, "2345-7", "2026-11-03");
     orphan.as_object_mut().unwrap().remove("subject");
@@ -466,6 +512,27 @@ fn consent_times_and_actor_kinds_take_effect_or_are_refused() {
         "2026-01-01T00:00:00Z",
     );
     assert_eq!(s.post("Consent", &related).0, 422);
+    // Codes it cannot match, and periods that end before they start, are refused too.
+    for provision in [
+        json!({"type": "deny", "purpose": [{"code": "TRAET"}]}),
+        json!({"type": "deny", "class": [{"code": "Obsrvation"}]}),
+        json!({"type": "deny", "action": [{"coding": [{"code": "read"}]}]}),
+        json!({"type": "deny", "period": {"start": "2030-01-01", "end": "2020-01-01"}}),
+    ] {
+        let c = consent(&p, provision.clone(), "2026-01-01T00:00:00Z");
+        assert_eq!(s.post("Consent", &c).0, 422, "{provision}");
+    }
+    // Spelled in lower or upper case, a deny still applies.
+    for provision in [
+        json!({"type": "deny", "purpose": [{"code": "treat"}]}),
+        json!({"type": "deny", "action": [{"coding": [{"code": "ACCESS"}]}]}),
+        json!({"type": "deny", "class": [{"code": "observation"}]}),
+    ] {
+        let c = s.create(&consent(&p, provision.clone(), "2026-01-15T00:00:00Z"));
+        assert_eq!(get_as(&s, &path, a, None).0, 404, "{provision}");
+        assert_eq!(s.delete(&format!("Consent/{c}")).0, 200);
+        assert_eq!(get_as(&s, &path, a, None).0, 200, "{provision}");
+    }
 
     // Each actor kind, one consent at a time, dated with an offset.
     let mut hour = 0;
