@@ -63,7 +63,7 @@ try {
   // Now that the account has a passkey, the password alone no longer signs in.
   await page.click("#login");
   await page.waitForFunction(() => document.getElementById("status").dataset.error);
-  assert.match(await status().getAttribute("data-error"), /second factor required/);
+  assert.match(await status().getAttribute("data-error"), /a second factor is required/);
   ok("with a passkey registered, the password alone is refused");
   await page.click("#passkey-login");
   await page.waitForFunction(() => {
