@@ -77,7 +77,7 @@ def test_independent_verifier_rejects_a_wrong_key_and_bad_proofs():
 
 
 def test_the_python_verifier_itself_matches_rfc6962_known_answers():
-    path = os.path.join(os.path.dirname(__file__), "../../../shared/testdata/merkle/rfc6962-roots.json")
+    path = os.path.join(os.path.dirname(__file__), "../vectors/merkle/rfc6962-roots.json")
     import json
 
     doc = json.load(open(path))

@@ -1,5 +1,5 @@
 //! RFC 6238 Appendix B (TOTP) and RFC 4226 Appendix D (HOTP) known answers from
-//! `../shared/testdata/totp/`. HOTP with counter `c` is TOTP with a 1-second step at time `c`.
+//! `tests/vectors/totp/` (copied from their sources: see its README). HOTP with counter `c` is TOTP with a 1-second step at time `c`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +10,7 @@ use serde_json::Value;
 fn rfc6238_and_rfc4226_vectors() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/testdata/totp/rfc6238-rfc4226.json"
+        "/../../tests/vectors/totp/rfc6238-rfc4226.json"
     );
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut totp_cases = 0;

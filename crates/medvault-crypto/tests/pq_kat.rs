@@ -1,7 +1,7 @@
 //! Post-quantum known-answer tests: ML-KEM-768 (Wycheproof, through the RustCrypto `ml-kem`
 //! that X-Wing is built on, cross-checked against aws-lc-rs's ML-KEM) and X-Wing (the draft's
 //! own vectors, through the `x-wing` crate medvault's node KEM key uses). Vectors:
-//! `../shared/testdata/`. Each test asserts how many cases ran.
+//! `tests/vectors/` (sources in its README). Each test asserts how many cases ran.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -10,7 +10,7 @@ use serde_json::Value;
 
 fn load(path: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/testdata")
+        .join("../../tests/vectors")
         .join(path);
     serde_json::from_slice(
         &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),

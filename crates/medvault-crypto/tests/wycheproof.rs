@@ -1,6 +1,6 @@
 //! Wycheproof known-answer tests for the primitives medvault's envelope and blind indexes use,
 //! through the same provider (aws-lc-rs): AES-256-GCM (96-bit nonces, 128-bit tags),
-//! HMAC-SHA256 and HKDF-SHA256. Vectors: `../shared/testdata/wycheproof/` (C2SP/wycheproof,
+//! HMAC-SHA256 and HKDF-SHA256. Vectors: `tests/vectors/wycheproof/` (C2SP/wycheproof,
 //! Apache-2.0). Each test asserts how many cases ran.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
@@ -11,7 +11,7 @@ use serde_json::Value;
 
 fn load(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/testdata/wycheproof")
+        .join("../../tests/vectors/wycheproof")
         .join(name);
     serde_json::from_slice(
         &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),

@@ -1,5 +1,5 @@
 //! Known-answer tests: RFC 6962 roots and the transparency-dev/merkle inclusion and consistency
-//! proof vectors under `../shared/testdata/merkle/` (happy paths and every `wantErr` case), and
+//! proof vectors under `tests/vectors/merkle/` (happy paths and every `wantErr` case), and
 //! the golang.org/x/mod sumdb/note example note. Each test asserts how many cases ran.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
@@ -15,7 +15,7 @@ use medvault_ledger::{
 use serde_json::Value;
 
 fn merkle_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/merkle")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors/merkle")
 }
 
 /// A hash field; `None` when it is absent or not 32 bytes (our API takes only well-formed
