@@ -36,7 +36,7 @@ fn main() {
 
 fn create(state: &AppState, v: Value) -> String {
     let rt = v["resourceType"].as_str().unwrap().to_owned();
-    let ctx = state.ctx.clone();
+    let ctx = state.services.unrestricted_node_work();
     let p = ops::prepare(
         state.node.store.as_ref(),
         &ctx,
@@ -106,12 +106,10 @@ fn compare(state: &AppState, practitioner: &str, params: &[(String, String)], ro
         assert_eq!(b["entry"].as_array().unwrap().len(), 100);
         took
     };
-    let guarded_ctx = || Ctx {
-        guard: Some(guard()),
-        ..state.ctx.clone()
-    };
+    let guarded_ctx = || state.services.for_request(guard(), None, None);
+    let unguarded = state.services.unrestricted_node_work();
     for round in 0..rounds + 20 {
-        let without = timed(&state.ctx);
+        let without = timed(&unguarded);
         let with = timed(&guarded_ctx());
         // The same with the shared facts forgotten first (as after a CareTeam, Encounter or
         // Consent write, or every 30 s): every patient's facts are looked up again.

@@ -90,8 +90,8 @@ fn main() {
     )
     .unwrap();
     let (a_ctx, b_ctx) = (
-        medvault_server::ops::Ctx::for_node(&a),
-        medvault_server::ops::Ctx::for_node(&b),
+        medvault_server::ops::Ctx::unrestricted_node_work(&a),
+        medvault_server::ops::Ctx::unrestricted_node_work(&b),
     );
     let created =
         medvault_server::bundle::process(a.store.as_ref(), &a_ctx, record(n), "").unwrap();

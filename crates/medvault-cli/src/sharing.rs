@@ -280,7 +280,7 @@ pub(crate) fn run_share(command: ShareCommand) -> anyhow::Result<()> {
             let id = ResourceId::new(&patient).map_err(|e| anyhow::anyhow!("--patient: {e}"))?;
             let node = open_node(&dir, true)?;
             let to = recipient(&node, &to)?;
-            let ctx = medvault_server::ops::Ctx::for_node(&node);
+            let ctx = medvault_server::ops::Ctx::unrestricted_node_work(&node);
             let made = share::prepare(&node, &ctx, &id, &to, &purpose, valid_for, &os_user())
                 .map_err(|e| {
                     if let Some(rule) = &e.denied_by {
@@ -324,7 +324,7 @@ pub(crate) fn run_share(command: ShareCommand) -> anyhow::Result<()> {
         ShareCommand::Import { dir, file, receipt } => {
             let bytes = read_bundle(&file)?;
             let node = open_node(&dir, true)?;
-            let ctx = medvault_server::ops::Ctx::for_node(&node);
+            let ctx = medvault_server::ops::Ctx::unrestricted_node_work(&node);
             let result = share::receive(&node, &ctx, &bytes, None, &os_user());
             // The receipt first: the import is committed, and a second import is a replay.
             if let (Ok(imported), Some(path)) = (&result, &receipt) {

@@ -129,7 +129,7 @@ pub fn expunge_version(
     version: u64,
 ) -> Result<crate::ops::Outcome, ApiError> {
     crate::ops::served_type(&node.fhir, rt)?;
-    let ctx = crate::ops::Ctx::for_node(node);
+    let ctx = crate::ops::Ctx::unrestricted_node_work(node);
     let (rt, id) = (rt.to_owned(), id.clone());
     Ok(write_with(node.store.as_ref(), move |tx| {
         Ok(crate::ops::expunge(tx, &ctx, &rt, &id, version)?)

@@ -401,11 +401,7 @@ impl Guard {
             Some(a) => a,
             None => {
                 let generation = self.cache.generation();
-                let inner = Ctx {
-                    scopes: None,
-                    guard: None,
-                    ..ctx.clone()
-                };
+                let inner = ctx.as_node_work();
                 let now = ctx.clock.now_micros().div_euclid(1_000_000);
                 let mut list = vec![who.clone()];
                 for role in find_all(store, &inner, "PractitionerRole", "practitioner", &who)? {
@@ -451,11 +447,7 @@ impl Guard {
         patient: &str,
     ) -> Result<SharedFacts, ApiError> {
         // The lookups themselves are not subject to the policy or the request's scopes.
-        let inner = Ctx {
-            scopes: None,
-            guard: None,
-            ..ctx.clone()
-        };
+        let inner = ctx.as_node_work();
         let reference = format!("Patient/{patient}");
         let now = ctx.clock.now_micros().div_euclid(1_000_000);
         let find = |rt: &str, extra: Option<&str>| -> Result<Vec<Value>, ApiError> {

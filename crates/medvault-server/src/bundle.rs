@@ -467,7 +467,7 @@ pub fn process(store: &dyn Store, ctx: &Ctx, bundle: Value, base: &str) -> Resul
                 Ok(o) => response_entry(o, base),
                 Err(err) => {
                     // The entry's refusal is recorded with the Bundle's access-log record.
-                    if let (Some(rule), Some(g)) = (&err.denied_by, &ctx.guard) {
+                    if let (Some(rule), Some(g)) = (&err.denied_by, ctx.guard()) {
                         g.refused_by(rule);
                     }
                     response_entry(

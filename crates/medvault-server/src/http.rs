@@ -180,7 +180,7 @@ pub(crate) async fn metadata(State(state): State<AppState>, headers: HeaderMap) 
     let now = clock::instant(state.node.clock.now_micros());
     fhir_json(
         StatusCode::OK,
-        &capability::statement(&state.ctx.fhir, &base, &now),
+        &capability::statement(state.services.fhir(), &base, &now),
     )
 }
 
@@ -305,10 +305,11 @@ async fn dispatch(
             ApiError::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, why).denied_by("role-gate"),
         );
     }
-    let mut ctx = state.ctx.clone();
-    ctx.scopes.clone_from(&who.scopes);
-    ctx.guard = Some(guard);
-    ctx.deadline = Some(std::time::Instant::now() + state.config.request_timeout);
+    let ctx = state.services.for_request(
+        guard,
+        who.scopes.clone(),
+        Some(std::time::Instant::now() + state.config.request_timeout),
+    );
     if let Target::Type(rt) | Target::Instance(rt, _) = &target
         && matches!(method, Method::POST | Method::PUT)
         && let Some(limit) = ops::max_resource_bytes(rt)
@@ -388,7 +389,7 @@ async fn dispatch(
                     });
             let run = move || {
                 let out = bundle::process(store.as_ref(), &ctx, json, &b);
-                finish(ctx.guard.as_deref());
+                finish(ctx.guard().map(AsRef::as_ref));
                 out
             };
             let out = if reads {
@@ -437,7 +438,7 @@ async fn dispatch(
                     false,
                 )?;
                 ops::authorize_write(store.as_ref(), &ctx, &mut p, Interaction::Create)?;
-                let guard = ctx.guard.clone();
+                let guard = ctx.guard().cloned();
                 let out = write_with(store.as_ref(), move |tx| {
                     Ok(ops::create(tx, &ctx, p, cond.as_deref())?)
                 });
@@ -461,7 +462,7 @@ async fn dispatch(
             let out = blocking(move || {
                 let mut p = ops::prepare(store.as_ref(), &ctx, &rt, id, json, true)?;
                 ops::authorize_write(store.as_ref(), &ctx, &mut p, Interaction::Update)?;
-                let guard = ctx.guard.clone();
+                let guard = ctx.guard().cloned();
                 let out = write_with(store.as_ref(), move |tx| {
                     Ok(ops::update(tx, &ctx, p, if_match)?)
                 });
@@ -474,7 +475,7 @@ async fn dispatch(
         (Method::DELETE, Target::Instance(rt, id)) => {
             ops::served_type(&ctx.fhir, &rt)?;
             let out = blocking(move || {
-                let guard = ctx.guard.clone();
+                let guard = ctx.guard().cloned();
                 let out = write_with(store.as_ref(), move |tx| {
                     Ok(ops::delete(tx, &ctx, &rt, &id)?)
                 });

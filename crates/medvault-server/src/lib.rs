@@ -137,7 +137,7 @@ pub struct AppState {
     /// The node.
     pub node: Arc<Node>,
     /// Interaction context.
-    pub ctx: ops::Ctx,
+    pub services: ops::Services,
     /// Validated-token cache.
     pub tokens: Arc<auth::TokenCache>,
     /// Settings.
@@ -180,10 +180,10 @@ impl AppState {
                 }
             }
         });
-        let ctx = ops::Ctx::for_node(&node);
+        let services = ops::Services::of(&node);
         Self {
             node: Arc::new(node),
-            ctx,
+            services,
             tokens: Arc::new(auth::TokenCache::default()),
             config: Arc::new(config),
             read_permits: Arc::new(tokio::sync::Semaphore::new(

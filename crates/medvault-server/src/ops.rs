@@ -37,13 +37,85 @@ pub struct Ctx {
     /// The request's SMART scopes, when an OAuth2 client makes it (`None`: people and API
     /// tokens, whom their role governs).
     pub scopes: Option<Arc<ScopeSet>>,
-    /// The access policy for the request's user (`None`: the node's own work, e.g. the
-    /// policy's fact lookups and administrative commands).
-    pub guard: Option<Arc<Guard>>,
+    /// Under whose rules the interaction runs (private: a request's context is made by
+    /// [`Services::for_request`], unrestricted ones only by the loudly named constructors).
+    access: Rules,
     /// When the request's time is up (`serve --request-timeout-seconds`): a write whose
     /// transaction reaches its commit after this writes nothing (the client was already told
     /// 503), and long searches stop.
     pub deadline: Option<std::time::Instant>,
+}
+
+/// Under whose rules an interaction runs. There is no "no policy" by omission: a request runs
+/// under its access policy, and the only other form is the node's own work, asked for by name.
+#[derive(Clone)]
+enum Rules {
+    /// A request: the access policy for its user decides every resource.
+    Policy(Arc<Guard>),
+    /// The node's own work (the policy's fact lookups, imports, administrative commands).
+    NodeWork,
+}
+
+/// What the FHIR interactions are built from, without an access decision: a request turns it
+/// into a [`Ctx`] under its policy ([`Self::for_request`]); the node's own jobs ask for an
+/// unrestricted one by name ([`Self::unrestricted_node_work`]).
+#[derive(Clone)]
+pub struct Services {
+    fhir: Arc<Fhir>,
+    keys: Arc<KeyRing>,
+    clock: Arc<dyn Clock>,
+    ledger: Arc<crate::ledger::Ledger>,
+}
+
+impl Services {
+    /// The services of `node`.
+    pub fn of(node: &crate::Node) -> Self {
+        Self {
+            fhir: Arc::clone(&node.fhir),
+            keys: Arc::clone(&node.keys),
+            clock: Arc::clone(&node.clock),
+            ledger: Arc::clone(&node.ledger),
+        }
+    }
+
+    /// FHIR definitions.
+    pub fn fhir(&self) -> &Fhir {
+        &self.fhir
+    }
+
+    /// A request's context: `guard` decides every resource, `scopes` (an OAuth2 client's)
+    /// narrow it further, and work stops at `deadline`.
+    pub fn for_request(
+        &self,
+        guard: Arc<Guard>,
+        scopes: Option<Arc<ScopeSet>>,
+        deadline: Option<std::time::Instant>,
+    ) -> Ctx {
+        Ctx {
+            fhir: Arc::clone(&self.fhir),
+            keys: Arc::clone(&self.keys),
+            clock: Arc::clone(&self.clock),
+            ledger: Arc::clone(&self.ledger),
+            scopes,
+            access: Rules::Policy(guard),
+            deadline,
+        }
+    }
+
+    /// **Unrestricted**: a context that no access policy limits, for the node's own jobs
+    /// (imports and exports on the node's authority, administrative commands). Never for a
+    /// request.
+    pub fn unrestricted_node_work(&self) -> Ctx {
+        Ctx {
+            fhir: Arc::clone(&self.fhir),
+            keys: Arc::clone(&self.keys),
+            clock: Arc::clone(&self.clock),
+            ledger: Arc::clone(&self.ledger),
+            scopes: None,
+            access: Rules::NodeWork,
+            deadline: None,
+        }
+    }
 }
 
 /// Largest resource (its JSON) of most types: people, observations, orders … are small.
@@ -141,17 +213,36 @@ fn out_of_scope(what: &str) -> ApiError {
 }
 
 impl Ctx {
-    /// The node's own context: no access policy, no scopes (the server's base context, the
-    /// policy's fact lookups, imports and exports on the node's authority).
-    pub fn for_node(node: &crate::Node) -> Self {
+    /// **Unrestricted**: the node's own context, no access policy and no scopes (imports and
+    /// exports on the node's authority, administrative commands). Never for a request.
+    pub fn unrestricted_node_work(node: &crate::Node) -> Self {
+        Services::of(node).unrestricted_node_work()
+    }
+
+    /// **Unrestricted**: this context without its policy and scopes, for lookups the node
+    /// makes on a request's behalf that the request's own rules must not narrow (the policy's
+    /// facts, patient references to resolve). The request's deadline still applies.
+    pub(crate) fn as_node_work(&self) -> Self {
         Self {
-            fhir: Arc::clone(&node.fhir),
-            keys: Arc::clone(&node.keys),
-            clock: Arc::clone(&node.clock),
-            ledger: Arc::clone(&node.ledger),
             scopes: None,
-            guard: None,
-            deadline: None,
+            access: Rules::NodeWork,
+            ..self.clone()
+        }
+    }
+
+    /// This context under `guard` (a test or bench that builds a request's context itself).
+    pub fn with_policy(&self, guard: Arc<Guard>) -> Self {
+        Self {
+            access: Rules::Policy(guard),
+            ..self.clone()
+        }
+    }
+
+    /// The request's access policy; `None` for the node's own work.
+    pub fn guard(&self) -> Option<&Arc<Guard>> {
+        match &self.access {
+            Rules::Policy(g) => Some(g),
+            Rules::NodeWork => None,
         }
     }
 
@@ -168,9 +259,9 @@ impl Ctx {
         key_name: &str,
         resource: Option<&Value>,
     ) -> Result<Result<(), Vec<String>>, ApiError> {
-        match &self.guard {
-            None => Ok(Ok(())),
-            Some(g) => g.decide(store, self, action, rt, key_name, resource),
+        match &self.access {
+            Rules::NodeWork => Ok(Ok(())),
+            Rules::Policy(g) => g.decide(store, self, action, rt, key_name, resource),
         }
     }
 
@@ -195,7 +286,7 @@ impl Ctx {
             && self
                 .permits(store, policy_action(interaction), rt, key_name, resource)?
                 .is_ok();
-        if !visible && let Some(g) = &self.guard {
+        if !visible && let Some(g) = self.guard() {
             if !in_scope {
                 g.refused_by("smart-scopes");
             }
@@ -263,7 +354,7 @@ fn existing_allows(
     interaction: Interaction,
 ) -> Result<(), ApiError> {
     let constrained = !matches!(ctx.scope_access(rt, interaction)?, Access::Full);
-    if !constrained && ctx.guard.is_none() {
+    if !constrained && ctx.guard().is_none() {
         return Ok(());
     }
     let Some(row) = store.version(rt, id.as_str(), None)? else {
@@ -747,11 +838,7 @@ fn resolve_patient_links(
     if links.is_empty() {
         return Ok(());
     }
-    let inner = Ctx {
-        scopes: None,
-        guard: None,
-        ..ctx.clone()
-    };
+    let inner = ctx.as_node_work();
     let find = |system: &Option<String>, value: &Option<String>| -> Result<Vec<String>, ApiError> {
         match (system, value) {
             (Some(system), Some(value)) if !system.is_empty() && !value.is_empty() => {
@@ -800,7 +887,7 @@ fn escape_token(s: &str) -> String {
 }
 
 fn unresolved_patient(ctx: &Ctx, interaction: Interaction) -> ApiError {
-    let sees_all = ctx.guard.as_ref().is_none_or(|g| {
+    let sees_all = ctx.guard().is_none_or(|g| {
         matches!(
             g.subject().role,
             medvault_core::Role::Admin | medvault_core::Role::Service
@@ -902,7 +989,7 @@ fn commit(
     };
     let leaf = ctx.ledger.record_leaf(&mut v)?;
     tx.put_version(&v, &p.index, &leaf)?;
-    if let Some(g) = &ctx.guard {
+    if let Some(g) = ctx.guard() {
         g.wrote(&v.resource_type);
     }
     Ok(resource)
@@ -984,7 +1071,7 @@ pub fn update(
     new_content_allowed(&*tx, ctx, &p, Interaction::Update)?;
     if current.as_ref().is_some_and(|c| !c.deleted) {
         existing_allows(&*tx, ctx, &p.rt, &p.id, Interaction::Update)?;
-    } else if let Some(c) = current.as_ref().filter(|_| ctx.guard.is_some()) {
+    } else if let Some(c) = current.as_ref().filter(|_| ctx.guard().is_some()) {
         // Re-creating a deleted resource continues its history: the request must be allowed
         // what it replaces, as for a live one.
         let row = current_row(&*tx, &p.rt, &p.id, c.version)?;
@@ -1196,7 +1283,7 @@ pub fn delete(
     };
     let leaf = ctx.ledger.record_leaf(&mut v)?;
     tx.put_version(&v, &[], &leaf)?;
-    if let Some(g) = &ctx.guard {
+    if let Some(g) = ctx.guard() {
         g.wrote(rt);
     }
     let mut out = Outcome::of_version(StatusCode::OK, rt, id.as_str(), version, now, None)
@@ -1343,7 +1430,7 @@ fn current_verdict(
     interaction: Interaction,
 ) -> Result<Verdict, ApiError> {
     let constrained = !matches!(ctx.scope_access(rt, interaction)?, Access::Full);
-    if !constrained && ctx.guard.is_none() {
+    if !constrained && ctx.guard().is_none() {
         return Ok(Verdict::Visible);
     }
     let Some(row) = store.version(rt, id, None)? else {
@@ -1418,7 +1505,7 @@ pub fn history(
         match verdict {
             Verdict::Visible => {}
             Verdict::Hidden(why) => {
-                if let Some(g) = &ctx.guard {
+                if let Some(g) = ctx.guard() {
                     g.refused_by(&why);
                     g.withheld();
                 }
@@ -1466,8 +1553,7 @@ pub fn history(
             ApiError::gone("this patient's data was erased")
         } else {
             let denied = ctx
-                .guard
-                .as_ref()
+                .guard()
                 .map(|g| g.note_for_log().denied_by.join(","))
                 .filter(|d| !d.is_empty() && page.total > 0);
             match denied {

@@ -265,7 +265,7 @@ pub fn execute(
         clauses.push(blinded);
     }
     let constrained = !matches!(ctx.scope_access(rt, Interaction::Search)?, Access::Full);
-    let exact = req.clauses.iter().all(Clause::exact) && ctx.guard.is_none() && !constrained;
+    let exact = req.clauses.iter().all(Clause::exact) && ctx.guard().is_none() && !constrained;
     let mut q = IndexQuery {
         resource_type: rt.to_owned(),
         clauses,
@@ -493,7 +493,7 @@ fn include(
                 })),
                 Err(e) if e.status.is_client_error() => {
                     if e.denied_by.is_some()
-                        && let Some(g) = &ctx.guard
+                        && let Some(g) = ctx.guard()
                     {
                         g.withheld();
                     }

@@ -291,7 +291,8 @@ async fn receive(
         }
     };
     let node = Arc::clone(&state.node);
-    let ctx = state.ctx.clone();
+    // A peer's delivery is imported on the node's authority (the receiver confines it).
+    let ctx = state.services.unrestricted_node_work();
     let agent = json!({
         "peer_key": conn.key.map(hex::encode),
         "address": conn.addr.ip().to_string(),

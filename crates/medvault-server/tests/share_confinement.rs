@@ -92,12 +92,12 @@ impl Two {
     }
 
     fn receive(&self, bytes: &[u8]) -> Result<share::Imported, Refusal> {
-        let ctx = medvault_server::ops::Ctx::for_node(&self.b);
+        let ctx = medvault_server::ops::Ctx::unrestricted_node_work(&self.b);
         share::receive(&self.b, &ctx, bytes, None, &json!({"test": true})).map_err(|r| r.refusal)
     }
 
     fn read(&self, rt: &str, id: &str) -> Option<Value> {
-        let ctx = medvault_server::ops::Ctx::for_node(&self.b);
+        let ctx = medvault_server::ops::Ctx::unrestricted_node_work(&self.b);
         let id = medvault_core::ResourceId::new(id).unwrap();
         medvault_server::ops::read(self.b.store.as_ref(), &ctx, rt, &id, None)
             .ok()
@@ -156,7 +156,7 @@ fn a_peer_cannot_reach_beyond_the_patient_it_sends() {
     t.receive(&t.seal(&sneaky)).unwrap();
     let found = medvault_server::search::search_bundle(
         t.b.store.as_ref(),
-        &medvault_server::ops::Ctx::for_node(&t.b),
+        &medvault_server::ops::Ctx::unrestricted_node_work(&t.b),
         "Observation",
         &[("performer".into(), format!("Patient/{existing}"))],
         true,
@@ -208,7 +208,7 @@ fn a_peer_cannot_reach_beyond_the_patient_it_sends() {
     assert_eq!(imported.resources, 2);
     let found = medvault_server::search::search_bundle(
         t.b.store.as_ref(),
-        &medvault_server::ops::Ctx::for_node(&t.b),
+        &medvault_server::ops::Ctx::unrestricted_node_work(&t.b),
         "CareTeam",
         &[("patient".into(), format!("Patient/{}", imported.patient))],
         true,
