@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use medvault_core::{Compartment, ResourceId, Role};
 use medvault_crypto::Kek;
@@ -21,7 +20,7 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::auth::Authenticated;
-use crate::error::{ApiError, IssueCode};
+use crate::error::ApiError;
 use crate::node::Node;
 
 /// How recent a person's sign-in must be for a sensitive action, by default.
@@ -136,57 +135,16 @@ pub fn expunge_version(
     })?)
 }
 
-/// The refusal, if `who` may not perform a sensitive action now: it needs a person in one of
-/// `roles` (`who_may` names them for the message) signed in with a second factor within
-/// `window`.
-pub(crate) fn step_up(
-    who: &Authenticated,
-    roles: &[Role],
-    who_may: &str,
-    now: i64,
-    window: Duration,
-) -> Option<Response> {
-    if !roles.contains(&who.role) || who.session.is_none() || who.aal < 2 {
-        return Some(ApiError::new(
-            StatusCode::FORBIDDEN,
-            IssueCode::Forbidden,
-            format!("this action needs {who_may} signed in with a second factor (API and app tokens cannot)"),
-        )
-        .denied_by("step-up")
-        .into_response());
-    }
-    let max_age = window.as_secs();
-    let window = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
-    if who.auth_time_micros.is_none_or(|t| now - t > window) {
-        let mut r = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            IssueCode::Login,
-            format!(
-                "this action needs a recent sign-in: sign in again (password and second factor, or a passkey) and retry within {max_age} seconds"
-            ),
-        )
-        .denied_by("step-up")
-        .into_response();
-        if let Ok(v) = HeaderValue::from_str(&format!(
-            "Bearer error=\"insufficient_user_authentication\", error_description=\"a sign-in within the last {max_age} seconds is required\", max_age={max_age}"
-        )) {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
-        return Some(r);
-    }
-    None
-}
-
 /// `POST /admin/keys/rotate` (step-up required).
 pub(crate) async fn rotate(State(state): State<AppState>, who: Authenticated) -> Response {
-    if let Some(r) = step_up(
+    if let Err(r) = crate::gates::step_up(
         &who,
         &[Role::Admin],
         "an admin",
         state.node.clock.now_micros(),
         state.config.step_up_window,
     ) {
-        return r;
+        return r.into_response();
     }
     let node = Arc::clone(&state.node);
     match crate::http::blocking(move || rotate_keys(&node, |_, _| {})).await {
@@ -201,14 +159,14 @@ pub(crate) async fn erase(
     who: Authenticated,
     Path(id): Path<String>,
 ) -> Response {
-    if let Some(r) = step_up(
+    if let Err(r) = crate::gates::step_up(
         &who,
         &[Role::Admin],
         "an admin",
         state.node.clock.now_micros(),
         state.config.step_up_window,
     ) {
-        return r;
+        return r.into_response();
     }
     let Ok(id) = ResourceId::new(&id) else {
         return ApiError::bad_request("not a FHIR id").into_response();

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::auth::Authenticated;
 use crate::clock::instant;
-use crate::error::{ApiError, IssueCode};
+use crate::error::ApiError;
 use crate::http::{AuditExtra, AuditPatient};
 use crate::identity;
 
@@ -66,14 +66,14 @@ pub(crate) async fn open(
     body: Result<Json<OpenRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let now = state.node.clock.now_micros();
-    if let Some(r) = crate::admin::step_up(
+    if let Err(r) = crate::gates::step_up(
         &who,
         &[Role::Clinician, Role::Nurse],
         "a clinician or nurse",
         now,
         state.config.step_up_window,
     ) {
-        return r;
+        return r.into_response();
     }
     let Ok(Json(req)) = body else {
         return ApiError::bad_request(
@@ -178,16 +178,7 @@ pub(crate) async fn open(
 }
 
 fn privacy_officer(who: &Authenticated) -> Result<(), ApiError> {
-    if who.role == Role::PrivacyOfficer && identity::session_reaches_data(who) && who.aal >= 2 {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            IssueCode::Forbidden,
-            "alerts are for the privacy officer, signed in with a second factor",
-        )
-        .denied_by("role-gate"))
-    }
+    crate::gates::privacy_officer(who).map_err(crate::gates::Refusal::into_api_error)
 }
 
 /// `GET /privacy/alerts` query.

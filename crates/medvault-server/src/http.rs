@@ -292,13 +292,8 @@ async fn dispatch(
     let base = base_url(&state, &headers);
     let audit_view =
         matches!(&target, Target::Type(t) | Target::Instance(t, _) if t == "AuditEvent");
-    if !crate::identity::session_reaches_data(&who) && target != Target::Metadata {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            IssueCode::Forbidden,
-            "this session has no second factor: enroll one (POST /auth/totp/enroll) and log in again",
-        )
-        .denied_by("aal2-required"));
+    if target != Target::Metadata {
+        crate::gates::second_factor(&who).map_err(crate::gates::Refusal::into_api_error)?;
     }
     if let Some(why) = role_refusal(who.role, who.scopes.is_some(), audit_view, &target) {
         return Err(
@@ -520,16 +515,7 @@ async fn dispatch(
         (Method::POST, Target::Operation(rt, id, op)) if rt == "Patient" && op == "share" => {
             // A disclosure to another institution: clinical staff (for care) and admins (release
             // of information), in their own sessions or with API tokens; never apps.
-            if who.scopes.is_some()
-                || !matches!(who.role, Role::Admin | Role::Clinician | Role::Nurse)
-            {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    IssueCode::Forbidden,
-                    "sharing with another node is for clinical staff and admins, not apps or other roles",
-                )
-                .denied_by("share-gate"));
-            }
+            crate::gates::share(&who).map_err(crate::gates::Refusal::into_api_error)?;
             let json = json_body(&headers, &body)?;
             let agent = serde_json::json!({"token": who.token_id, "role": who.role.as_str()});
             let declared = effective_purpose(&who, &headers);

@@ -1055,8 +1055,3 @@ pub fn list_users(node: &Node) -> Result<Vec<(UserRow, String)>, ApiError> {
         })
         .collect()
 }
-
-/// True when `who` may reach FHIR data at all: API tokens always; sessions only at AAL2.
-pub(crate) fn session_reaches_data(who: &Authenticated) -> bool {
-    who.session.is_none() || who.aal >= 2
-}

@@ -17,6 +17,7 @@ pub mod capability;
 pub mod client_addr;
 pub mod clock;
 pub mod error;
+pub mod gates;
 mod http;
 pub mod identity;
 pub mod ledger;

@@ -646,13 +646,7 @@ pub(crate) async fn introspect(
     who: Authenticated,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    if who.role != Role::Admin || (who.session.is_some() && who.aal < 2) || who.scopes.is_some() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            crate::error::IssueCode::Forbidden,
-            "token introspection is for admins",
-        ));
-    }
+    crate::gates::introspection(&who).map_err(crate::gates::Refusal::into_api_error)?;
     let form: IntrospectRequest = serde_urlencoded::from_bytes(&body)
         .map_err(|_| ApiError::bad_request("send token=… as application/x-www-form-urlencoded"))?;
     let inactive = Json(json!({"active": false})).into_response();

@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::auth::Authenticated;
-use crate::error::{ApiError, IssueCode};
+use crate::error::ApiError;
 use crate::http::blocking;
 use crate::identity::{micros, with_app_note, with_note};
 use crate::node::Node;
@@ -233,13 +233,7 @@ pub(crate) async fn authorize_decide(
     who: Authenticated,
     Json(d): Json<Decision>,
 ) -> Result<Response, ApiError> {
-    if who.session.is_none() || who.aal < 2 {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            IssueCode::Forbidden,
-            "approving an app needs a session signed in with a second factor",
-        ));
-    }
+    crate::gates::app_approval(&who).map_err(crate::gates::Refusal::into_api_error)?;
     let req = parse_query(Some(d.query.trim_start_matches('?')));
     let base = crate::http::public_base(&state, &headers);
     let node = std::sync::Arc::clone(&state.node);

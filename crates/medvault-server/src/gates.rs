@@ -1,0 +1,350 @@
+//! The coarse gates a request passes before any resource is decided: each a pure decision over
+//! who authenticated (role, session, assurance level, scopes, sign-in time), returning the rule
+//! that refused and why. Handlers map a [`Refusal`] to its HTTP answer in one place
+//! ([`Refusal::into_api_error`], [`Refusal::into_response`]); the rule goes to the access log.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
+use medvault_core::Role;
+
+use crate::auth::Authenticated;
+use crate::error::{ApiError, IssueCode};
+
+/// Why a gate refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The rule, for the access log (`aal2-required`, `step-up`, `share-gate`, `role-gate`, …).
+    pub rule: &'static str,
+    /// What the caller must change.
+    pub message: String,
+    /// `Some(max_age)` when a fresh sign-in would pass (RFC 9470: 401 with
+    /// `insufficient_user_authentication`); `None` for a plain 403.
+    pub sign_in_within: Option<u64>,
+}
+
+impl Refusal {
+    fn forbidden(rule: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            rule,
+            message: message.into(),
+            sign_in_within: None,
+        }
+    }
+
+    /// The refusal as an `OperationOutcome` error (403, or 401 for a stale sign-in).
+    pub fn into_api_error(self) -> ApiError {
+        let (status, code) = match self.sign_in_within {
+            Some(_) => (StatusCode::UNAUTHORIZED, IssueCode::Login),
+            None => (StatusCode::FORBIDDEN, IssueCode::Forbidden),
+        };
+        ApiError::new(status, code, self.message).denied_by(self.rule)
+    }
+
+    /// The refusal as a response, with `WWW-Authenticate` asking for a fresh sign-in when one
+    /// would pass.
+    pub fn into_response(self) -> Response {
+        let max_age = self.sign_in_within;
+        let mut r = self.into_api_error().into_response();
+        if let Some(max_age) = max_age
+            && let Ok(v) = HeaderValue::from_str(&format!(
+                "Bearer error=\"insufficient_user_authentication\", error_description=\"a sign-in within the last {max_age} seconds is required\", max_age={max_age}"
+            ))
+        {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        r
+    }
+}
+
+/// A person's session reaches data only after a second factor (AAL2); API tokens and apps'
+/// tokens are not sessions and pass.
+pub fn second_factor(who: &Authenticated) -> Result<(), Refusal> {
+    if who.session.is_none() || who.aal >= 2 {
+        Ok(())
+    } else {
+        Err(Refusal::forbidden(
+            "aal2-required",
+            "this session has no second factor: enroll one (POST /auth/totp/enroll) and log in again",
+        ))
+    }
+}
+
+/// A sensitive action (key rotation, erasure, break-glass): a person in one of `roles`
+/// (`who_may` names them for the message), in a session with a second factor that signed in
+/// within `window` of `now` (microseconds).
+pub fn step_up(
+    who: &Authenticated,
+    roles: &[Role],
+    who_may: &str,
+    now: i64,
+    window: Duration,
+) -> Result<(), Refusal> {
+    if !roles.contains(&who.role) || who.session.is_none() || who.aal < 2 {
+        return Err(Refusal::forbidden(
+            "step-up",
+            format!(
+                "this action needs {who_may} signed in with a second factor (API and app tokens cannot)"
+            ),
+        ));
+    }
+    let max_age = window.as_secs();
+    let window = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
+    if who.auth_time_micros.is_none_or(|t| now - t > window) {
+        return Err(Refusal {
+            rule: "step-up",
+            message: format!(
+                "this action needs a recent sign-in: sign in again (password and second factor, or a passkey) and retry within {max_age} seconds"
+            ),
+            sign_in_within: Some(max_age),
+        });
+    }
+    Ok(())
+}
+
+/// Sharing with another node: clinical staff (for care) and admins (release of information),
+/// in their own sessions or with API tokens; never apps.
+pub fn share(who: &Authenticated) -> Result<(), Refusal> {
+    if who.scopes.is_none() && matches!(who.role, Role::Admin | Role::Clinician | Role::Nurse) {
+        Ok(())
+    } else {
+        Err(Refusal::forbidden(
+            "share-gate",
+            "sharing with another node is for clinical staff and admins, not apps or other roles",
+        ))
+    }
+}
+
+/// The privacy officer's alerts: that role, in a session with a second factor.
+pub fn privacy_officer(who: &Authenticated) -> Result<(), Refusal> {
+    if who.role == Role::PrivacyOfficer && who.session.is_some() && who.aal >= 2 {
+        Ok(())
+    } else {
+        Err(Refusal::forbidden(
+            "role-gate",
+            "alerts are for the privacy officer, signed in with a second factor",
+        ))
+    }
+}
+
+/// Token introspection: admins, with a second factor when in a session; never apps.
+pub fn introspection(who: &Authenticated) -> Result<(), Refusal> {
+    if who.role == Role::Admin && (who.session.is_none() || who.aal >= 2) && who.scopes.is_none() {
+        Ok(())
+    } else {
+        Err(Refusal::forbidden(
+            "role-gate",
+            "token introspection is for admins",
+        ))
+    }
+}
+
+/// Approving an app (SMART authorization): a person's session with a second factor.
+pub fn app_approval(who: &Authenticated) -> Result<(), Refusal> {
+    if who.session.is_some() && who.aal >= 2 {
+        Ok(())
+    } else {
+        Err(Refusal::forbidden(
+            "aal2-required",
+            "approving an app needs a session signed in with a second factor",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller: `role`, a session (with `aal`) or not, an app's scopes or not, signed in at `at`.
+    fn who(role: Role, session: bool, aal: u8, app: bool, at: Option<i64>) -> Authenticated {
+        Authenticated {
+            token_id: "usr_x".into(),
+            role,
+            session: session.then(|| "ses_x".into()),
+            aal,
+            scopes: app.then(|| {
+                std::sync::Arc::new(
+                    medvault_auth::scopes::ScopeSet::parse("system/Patient.r")
+                        .unwrap_or_else(|e| panic!("{e}")),
+                )
+            }),
+            client: app.then(|| "cli_x".into()),
+            auth_time_micros: at,
+            patient: None,
+            practitioner: None,
+        }
+    }
+
+    /// One row per rule: (case, decision, the rule it must name, or `None` for a pass).
+    #[test]
+    fn each_gate_decides_as_its_table_says() {
+        let now = 1_000_000_000_000;
+        let window = Duration::from_secs(300);
+        let fresh = Some(now - 10_000_000);
+        let stale = Some(now - 301_000_000);
+        let clin = |session, aal, app, at| who(Role::Clinician, session, aal, app, at);
+        let admin = |session, aal, app, at| who(Role::Admin, session, aal, app, at);
+        let rows: Vec<(&str, Result<(), Refusal>, Option<&str>)> = vec![
+            (
+                "AAL1 session",
+                second_factor(&clin(true, 1, false, fresh)),
+                Some("aal2-required"),
+            ),
+            (
+                "AAL2 session",
+                second_factor(&clin(true, 2, false, fresh)),
+                None,
+            ),
+            (
+                "API token",
+                second_factor(&clin(false, 0, false, None)),
+                None,
+            ),
+            (
+                "app token",
+                second_factor(&clin(false, 0, true, None)),
+                None,
+            ),
+            (
+                "step-up, fresh AAL2 admin",
+                step_up(
+                    &admin(true, 2, false, fresh),
+                    &[Role::Admin],
+                    "an admin",
+                    now,
+                    window,
+                ),
+                None,
+            ),
+            (
+                "step-up, stale sign-in",
+                step_up(
+                    &admin(true, 2, false, stale),
+                    &[Role::Admin],
+                    "an admin",
+                    now,
+                    window,
+                ),
+                Some("step-up"),
+            ),
+            (
+                "step-up, API token",
+                step_up(
+                    &admin(false, 0, false, None),
+                    &[Role::Admin],
+                    "an admin",
+                    now,
+                    window,
+                ),
+                Some("step-up"),
+            ),
+            (
+                "step-up, AAL1",
+                step_up(
+                    &admin(true, 1, false, fresh),
+                    &[Role::Admin],
+                    "an admin",
+                    now,
+                    window,
+                ),
+                Some("step-up"),
+            ),
+            (
+                "step-up, wrong role",
+                step_up(
+                    &clin(true, 2, false, fresh),
+                    &[Role::Admin],
+                    "an admin",
+                    now,
+                    window,
+                ),
+                Some("step-up"),
+            ),
+            (
+                "share, clinician session",
+                share(&clin(true, 2, false, fresh)),
+                None,
+            ),
+            (
+                "share, admin token",
+                share(&admin(false, 0, false, None)),
+                None,
+            ),
+            (
+                "share, app",
+                share(&clin(false, 0, true, None)),
+                Some("share-gate"),
+            ),
+            (
+                "share, researcher",
+                share(&who(Role::Researcher, true, 2, false, fresh)),
+                Some("share-gate"),
+            ),
+            (
+                "alerts, privacy officer AAL2",
+                privacy_officer(&who(Role::PrivacyOfficer, true, 2, false, fresh)),
+                None,
+            ),
+            (
+                "alerts, privacy officer token",
+                privacy_officer(&who(Role::PrivacyOfficer, false, 0, false, None)),
+                Some("role-gate"),
+            ),
+            (
+                "alerts, admin",
+                privacy_officer(&admin(true, 2, false, fresh)),
+                Some("role-gate"),
+            ),
+            (
+                "introspect, admin token",
+                introspection(&admin(false, 0, false, None)),
+                None,
+            ),
+            (
+                "introspect, admin AAL1",
+                introspection(&admin(true, 1, false, fresh)),
+                Some("role-gate"),
+            ),
+            (
+                "introspect, app",
+                introspection(&admin(false, 0, true, None)),
+                Some("role-gate"),
+            ),
+            (
+                "approve app, AAL2 session",
+                app_approval(&clin(true, 2, false, fresh)),
+                None,
+            ),
+            (
+                "approve app, API token",
+                app_approval(&clin(false, 0, false, None)),
+                Some("aal2-required"),
+            ),
+        ];
+        let ran = rows.len();
+        for (case, got, want) in rows {
+            assert_eq!(got.err().map(|r| r.rule), want, "{case}");
+        }
+        assert_eq!(ran, 21);
+        // Only a stale sign-in asks for a fresh one (401 + WWW-Authenticate); the rest are 403.
+        let stale_refusal = step_up(
+            &admin(true, 2, false, stale),
+            &[Role::Admin],
+            "an admin",
+            now,
+            window,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("refused"));
+        assert_eq!(stale_refusal.sign_in_within, Some(300));
+        let r = stale_refusal.into_response();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
+        let r = share(&clin(false, 0, true, None))
+            .err()
+            .unwrap_or_else(|| panic!("refused"))
+            .into_response();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+}
