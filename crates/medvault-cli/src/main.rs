@@ -1287,10 +1287,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(&format!("{rt}/{id}/_history/{v}")),
                 Some(serde_json::json!({"reason": reason})),
             )?;
-            if out.location.is_some() {
-                println!("expunged {rt}/{id}/_history/{v}; its ledger commitment stays");
-            } else {
-                println!("{rt}/{id}/_history/{v} was already expunged");
+            match out {
+                medvault_server::admin::Expunged::Now => {
+                    println!("expunged {rt}/{id}/_history/{v}; its ledger commitment stays");
+                }
+                medvault_server::admin::Expunged::Already => {
+                    println!("{rt}/{id}/_history/{v} was already expunged");
+                }
             }
         }
         Command::Ledger {

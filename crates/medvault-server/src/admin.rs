@@ -126,13 +126,28 @@ pub fn expunge_version(
     rt: &str,
     id: &ResourceId,
     version: u64,
-) -> Result<crate::ops::Outcome, ApiError> {
+) -> Result<Expunged, ApiError> {
     crate::ops::served_type(&node.fhir, rt)?;
     let ctx = crate::ops::Ctx::unrestricted_node_work(node);
     let (rt, id) = (rt.to_owned(), id.clone());
-    Ok(write_with(node.store.as_ref(), move |tx| {
+    let out = write_with(node.store.as_ref(), move |tx| {
         Ok(crate::ops::expunge(tx, &ctx, &rt, &id, version)?)
-    })?)
+    })?;
+    // `ops::expunge` names the version only when it expunged it now.
+    Ok(if out.location.is_some() {
+        Expunged::Now
+    } else {
+        Expunged::Already
+    })
+}
+
+/// What [`expunge_version`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expunged {
+    /// The version's body was removed now.
+    Now,
+    /// It had been expunged before; nothing changed.
+    Already,
 }
 
 /// `POST /admin/keys/rotate` (step-up required).
