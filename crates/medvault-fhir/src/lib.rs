@@ -298,8 +298,22 @@ impl Fhir {
             .and_then(Value::as_array)
             .map(|a| a.iter().collect())
             .unwrap_or_default();
+        // Only the parameters that name the record's own patient are resolved (all of its
+        // compartment parameters for a type without one): a performer or asserter given by
+        // identifier stays a logical reference, so writing one tells nobody whether that
+        // identifier belongs to a patient here.
+        let own: Vec<&String> = info
+            .compartment_params
+            .iter()
+            .filter(|c| primary.contains(&c.as_str()))
+            .collect();
+        let deciding: Vec<&String> = if own.is_empty() {
+            info.compartment_params.iter().collect()
+        } else {
+            own
+        };
         let mut out = Vec::new();
-        for code in &info.compartment_params {
+        for code in deciding {
             let Some(param) = info.params.get(code) else {
                 continue;
             };

@@ -142,7 +142,8 @@ fn matches(p: &Value, r: &ConsentRequest<'_>) -> bool {
         && !codes(p.get("purpose")).any(|c| {
             let c = c.to_ascii_uppercase();
             if deny {
-                crate::purpose::deny_covers(&c, r.purpose)
+                // No declared purpose: a purpose-specific deny applies (fail safe).
+                r.purpose.is_none() || crate::purpose::deny_covers(&c, r.purpose)
             } else {
                 Some(c.as_str()) == r.purpose
             }
@@ -322,6 +323,33 @@ fn check_provision(p: &Value, path: &str, is_type: &dyn Fn(&str) -> bool) -> Res
             _ => Vec::new(),
         }
     };
+    // An element present but without codes would match nothing: the provision would be inert.
+    for field in ["purpose", "class", "securityLabel"] {
+        if let Some(v) = p.get(field) {
+            let ok = v.as_array().is_some_and(|items| {
+                !items.is_empty()
+                    && items.iter().all(|i| {
+                        i.get("code")
+                            .and_then(Value::as_str)
+                            .is_some_and(|c| !c.is_empty())
+                    })
+            });
+            if !ok {
+                return Err(format!("{path}.{field} must list codes (each with a code)"));
+            }
+        }
+    }
+    if let Some(actions) = p.get("action") {
+        let ok = actions.as_array().is_some_and(|items| {
+            !items.is_empty()
+                && items
+                    .iter()
+                    .all(|a| codes(a.get("coding")).next().is_some())
+        });
+        if !ok {
+            return Err(format!("{path}.action must list coded actions"));
+        }
+    }
     for c in coded("purpose") {
         if !crate::purpose::is_known(&c.to_ascii_uppercase()) {
             return Err(format!(

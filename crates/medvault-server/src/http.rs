@@ -193,23 +193,36 @@ pub(crate) async fn fhir_root(
     who: Authenticated,
     method: Method,
     RawQuery(query): RawQuery,
+    deadline: Option<axum::Extension<RequestDeadline>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    guarded(state, who, method, String::new(), query, headers, body.0).await
+    let req = (method, String::new(), query, headers, body.0);
+    guarded(state, who, req, deadline.map(|d| d.0.0)).await
 }
 
+#[allow(clippy::too_many_arguments)] // an axum handler: one argument per extractor
 pub(crate) async fn fhir_path(
     State(state): State<AppState>,
     who: Authenticated,
     method: Method,
     Path(path): Path<String>,
     RawQuery(query): RawQuery,
+    deadline: Option<axum::Extension<RequestDeadline>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    guarded(state, who, method, path, query, headers, body.0).await
+    let req = (method, path, query, headers, body.0);
+    guarded(state, who, req, deadline.map(|d| d.0.0)).await
 }
+
+/// When the request's time is up: stamped by [`time_limit`] as the request arrives, so the
+/// writer's deadline and the 503 are measured from the same instant.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestDeadline(pub(crate) std::time::Instant);
+
+/// A FHIR request's parts: method, path under `/fhir/`, query, headers, body.
+type FhirRequest = (Method, String, Option<String>, HeaderMap, Bytes);
 
 /// The purpose of use a request declares (`X-Purpose-Of-Use`); clinical staff who declare none
 /// act for treatment (`TREAT`), the purpose their accounts exist for.
@@ -233,12 +246,11 @@ fn finish(guard: Option<&crate::authz::Guard>) {
 async fn guarded(
     state: AppState,
     who: Authenticated,
-    method: Method,
-    path: String,
-    query: Option<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    (method, path, query, headers, body): FhirRequest,
+    deadline: Option<std::time::Instant>,
 ) -> Response {
+    let deadline =
+        deadline.unwrap_or_else(|| std::time::Instant::now() + state.config.request_timeout);
     let purpose = effective_purpose(&who, &headers);
     if let Some(why) = purpose
         .as_deref()
@@ -264,11 +276,8 @@ async fn guarded(
         state,
         who,
         std::sync::Arc::clone(&guard),
-        method,
-        path,
-        query,
-        headers,
-        body,
+        (method, path, query, headers, body),
+        deadline,
     )
     .await;
     guard.finish();
@@ -277,16 +286,12 @@ async fn guarded(
     resp
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn dispatch(
     state: AppState,
     who: Authenticated,
     guard: std::sync::Arc<crate::authz::Guard>,
-    method: Method,
-    path: String,
-    query: Option<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    (method, path, query, headers, body): FhirRequest,
+    deadline: std::time::Instant,
 ) -> Result<Response, ApiError> {
     let target = route::parse_path(&path)?;
     let base = base_url(&state, &headers);
@@ -300,11 +305,9 @@ async fn dispatch(
             ApiError::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, why).denied_by("role-gate"),
         );
     }
-    let ctx = state.services.for_request(
-        guard,
-        who.scopes.clone(),
-        Some(std::time::Instant::now() + state.config.request_timeout),
-    );
+    let ctx = state
+        .services
+        .for_request(guard, who.scopes.clone(), Some(deadline));
     if let Target::Type(rt) | Target::Instance(rt, _) = &target
         && matches!(method, Method::POST | Method::PUT)
         && let Some(limit) = ops::max_resource_bytes(rt)
@@ -797,6 +800,10 @@ pub(crate) async fn time_limit(
     req: Request,
     next: Next,
 ) -> Response {
+    let mut req = req;
+    req.extensions_mut().insert(RequestDeadline(
+        std::time::Instant::now() + state.config.request_timeout,
+    ));
     match tokio::time::timeout(state.config.request_timeout, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => ops::timed_out().into_response(),

@@ -162,6 +162,9 @@ fn longer_than(v: &Value, limit: usize) -> bool {
                     size(x, budget);
                 }
             }
+            Value::Number(n) => {
+                *budget -= isize::try_from(n.to_string().len()).unwrap_or(isize::MAX)
+            }
             _ => *budget -= 5,
         }
     }
@@ -175,7 +178,7 @@ pub fn timed_out() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         IssueCode::Transient,
-        "the request took too long and was stopped; nothing was written",
+        "the request took too long and was stopped: a write still waiting for its commit was not made, but one already committing (or an earlier entry of a batch) may have been; read before retrying",
     )
 }
 
@@ -1132,8 +1135,20 @@ fn reseal_history(
     key_name: &str,
     now: i64,
 ) -> Result<(), ApiError> {
+    if newest > MAX_RESEALED + 1 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueCode::TooCostly,
+            format!(
+                "a resource with more than {MAX_RESEALED} earlier versions cannot move to another patient's compartment: create a new resource for that patient and delete this one"
+            ),
+        ));
+    }
     let key = ctx.keys.for_write(tx, key_name).map_err(key_error)?;
     for v in 1..newest {
+        if ctx.deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            return Err(timed_out());
+        }
         let Some(row) = tx.version(rt, id, Some(v))? else {
             continue;
         };
@@ -1168,6 +1183,10 @@ fn reseal_history(
     }
     Ok(())
 }
+
+/// Most earlier versions a move to another compartment re-seals (on the writer, in the
+/// update's own transaction).
+pub const MAX_RESEALED: u64 = 1_000;
 
 /// Writes `amended` over the stored `row`, keeping what `row` was committed as.
 fn amend(
@@ -1213,6 +1232,25 @@ pub fn expunge(
     }
     if row.shredded {
         return Err(ApiError::gone("this patient's data was erased"));
+    }
+    if row.body.is_none() && !row.expunged {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            IssueCode::Conflict,
+            "a deletion has no content to expunge",
+        ));
+    }
+    // A delete marker is decided on the version it deleted: that version must keep its
+    // content, or the deletion of hidden (e.g. HIV-labelled) data would stop being hidden.
+    if tx
+        .version(rt, id.as_str(), Some(version + 1))?
+        .is_some_and(|next| next.body.is_none() && !next.expunged)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            IssueCode::Conflict,
+            "the version a deletion removed cannot be expunged (access to the deletion is decided on it)",
+        ));
     }
     if row.expunged {
         return Ok(Outcome::message(
@@ -1493,7 +1531,10 @@ pub fn history(
     // What the request may see of each resource as it is now bounds its history.
     let mut now_visible: std::collections::HashMap<String, Verdict> =
         std::collections::HashMap::new();
-    for row in &page.rows {
+    for (i, row) in page.rows.iter().enumerate() {
+        if i % 256 == 255 && ctx.deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            return Err(timed_out());
+        }
         let verdict = match now_visible.get(&row.id) {
             Some(v) => v.clone(),
             None => {

@@ -470,6 +470,8 @@ fn check_amendments(
 ) -> Result<u64, VerifyError> {
     let mut n = 0;
     let mut after: Option<(String, String, u64, u32)> = None;
+    // The amendments of one version, in order: (type, id, version), the last seq, its leaf.
+    let mut chain: Option<((String, String, u64), u32, u64)> = None;
     loop {
         let page = store.amendments_after(
             after
@@ -491,6 +493,29 @@ fn check_amendments(
                 "{}/{}/_history/{} (amendment {})",
                 a.resource_type, a.id, a.version, a.seq
             );
+            // Tie the amendment to its version: the version exists, its amendments are numbered
+            // 1, 2, … with leaves in the order they were written, all older than the version's
+            // own leaf. (Else a database editor could delete or roll back a version and keep
+            // its leaf "accounted for" by a forged amendment.)
+            let key = (a.resource_type.clone(), a.id.clone(), a.version);
+            let Some(row) = store.version(&a.resource_type, &a.id, Some(a.version))? else {
+                return Err(diverge(format!(
+                    "{name} amends a version that is not stored"
+                )));
+            };
+            let (want_seq, after_leaf) = match &chain {
+                Some((k, seq, leaf)) if *k == key => (seq + 1, Some(*leaf)),
+                _ => (1, None),
+            };
+            if a.seq != want_seq
+                || after_leaf.is_some_and(|l| a.leaf <= l)
+                || row.leaf.is_none_or(|current| a.leaf >= current)
+            {
+                return Err(diverge(format!(
+                    "{name} is out of order: amendments of a version must be numbered from 1 with leaves older than the version's own"
+                )));
+            }
+            chain = Some((key, a.seq, a.leaf));
             let i = claim(used, a.leaf, &name)?;
             let facts = medvault_ledger::RecordFacts {
                 tenant: ledger.tenant(),

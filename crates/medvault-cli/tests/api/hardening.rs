@@ -169,6 +169,17 @@ fn an_admin_expunges_a_superseded_version_and_the_ledger_still_verifies() {
             .2
             .contains("current version")
     );
+    // A deletion, and the version a deletion removed (access to the deletion is decided on it),
+    // keep their content.
+    let gone = s.create(&observation(&p, "2345-7", "2026-11-02"));
+    assert_eq!(s.delete(&format!("Observation/{gone}")).0, 200);
+    let mut again = observation(&p, "2345-7", "2026-11-02");
+    again["id"] = json!(gone);
+    assert_eq!(s.put(&format!("Observation/{gone}"), &again).0, 201);
+    for v in [1, 2] {
+        let (ok, _, err) = expunge(&format!("Observation/{gone}/_history/{v}"), why);
+        assert!(!ok && err.contains("deletion"), "v{v}: {err}");
+    }
     let (ok, out, err) = expunge(&format!("Observation/{obs}/_history/1"), why);
     assert!(ok, "{err}");
     assert!(out.contains("expunged"), "{out}");
@@ -203,13 +214,62 @@ fn an_admin_expunges_a_superseded_version_and_the_ledger_still_verifies() {
     // The expunge is in the access log, with its reason sealed.
     let (_, trail) = s.get("AuditEvent?_count=200");
     assert!(trail.to_string().contains("record-expunge"), "{trail}");
+    // A version deleted from the database, its leaf "accounted for" by a forged amendment, is
+    // found: an amendment must amend a stored version.
+    let forged = s.create(&observation(&p, "2345-7", "2026-11-03"));
+    let mut v2f = observation(&p, "2345-9", "2026-11-03");
+    v2f["id"] = json!(forged);
+    assert_eq!(s.put(&format!("Observation/{forged}"), &v2f).0, 200);
+    {
+        let c = rusqlite::Connection::open(s.dir.join("medvault.db")).unwrap();
+        let (key, kv, body, salt, leaf, at): (String, i64, Vec<u8>, Vec<u8>, i64, i64) = c
+            .query_row(
+                "SELECT key_name, key_version, body, salt, leaf, last_updated FROM versions
+                 WHERE rtype = 'Observation' AND id = ?1 AND version = 2",
+                [&forged],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .unwrap();
+        let tx = c.unchecked_transaction().unwrap();
+        tx.execute(
+            "DELETE FROM versions WHERE rtype = 'Observation' AND id = ?1 AND version = 2",
+            [&forged],
+        )
+        .unwrap();
+        tx.execute(
+            "UPDATE current SET version = 1 WHERE rtype = 'Observation' AND id = ?1",
+            [&forged],
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO amendments VALUES ('Observation', ?1, 2, 1, 'reseal', 0, ?2, ?3, ?4, ?5, ?6, ?7)",
+            rusqlite::params![forged, at, key, kv, medvault_crypto::sha256(&body).to_vec(), leaf, salt],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let (ok, out, err) = s.cli(&["ledger", "verify", "--data-dir", &dir]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("not stored"), "{err}");
     // An amendment that no longer matches its leaf is a divergence.
     c.execute("UPDATE amendments SET key_version = key_version + 1", [])
         .unwrap();
     drop(c);
     let (ok, out, err) = s.cli(&["ledger", "verify", "--data-dir", &dir]);
     assert!(!ok, "{out}");
-    assert!(err.contains("amendment 1"), "{err}");
+    assert!(
+        err.contains("amendment 1") || err.contains("not stored"),
+        "{err}"
+    );
 }
 
 /// Item 2: a purpose-limited deny is not escaped by naming another purpose; ETREAT means
@@ -344,6 +404,18 @@ fn identifier_and_contained_patient_references_are_resolved() {
     let (st_known, b2) = post_as(&s, "/fhir/Observation", &dr.session, &by_ident);
     assert_eq!((st_unknown, st_known), (403, 403), "{b1} {b2}");
     assert_eq!(b1["issue"][0]["diagnostics"], b2["issue"][0]["diagnostics"]);
+    // A performer given by identifier is not resolved (nor checked): writing one does not tell
+    // whether the identifier belongs to a patient here.
+    let mut with_performer = observation(&other, "2345-7", "2026-11-05");
+    with_performer["performer"] = json!([{"type": "Patient",
+        "identifier": {"system": "urn:oid:1.2.3.4", "value": "MRN-77"}}]);
+    let (st, b) = post_as(&s, "/fhir/Observation", &dr.session, &with_performer);
+    assert_eq!(st, 201, "{}", short(&b));
+    assert!(
+        b["performer"][0].get("reference").is_none(),
+        "{}",
+        short(&b)
+    );
     // A reference to another server's patient, or a non-canonical path, names no patient here.
     for subject in [
         format!("http://other.example/fhir/Patient/{p}"),
@@ -518,6 +590,9 @@ fn consent_times_and_actor_kinds_take_effect_or_are_refused() {
         json!({"type": "deny", "class": [{"code": "Obsrvation"}]}),
         json!({"type": "deny", "action": [{"coding": [{"code": "read"}]}]}),
         json!({"type": "deny", "period": {"start": "2030-01-01", "end": "2020-01-01"}}),
+        json!({"type": "deny", "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason"}]}),
+        json!({"type": "deny", "securityLabel": []}),
+        json!({"type": "deny", "action": [{"text": "access"}]}),
     ] {
         let c = consent(&p, provision.clone(), "2026-01-01T00:00:00Z");
         assert_eq!(s.post("Consent", &c).0, 422, "{provision}");
