@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
             &consents,
             &ConsentRequest {
                 actors: &actors,
+                permit_actors: None,
                 purpose,
                 resource_type: "Observation",
                 labels: &labels,

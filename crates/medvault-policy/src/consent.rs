@@ -15,8 +15,12 @@ use crate::ConsentState;
 /// The facts of an access a consent may speak to.
 #[derive(Debug, Clone)]
 pub struct ConsentRequest<'a> {
-    /// References identifying the actor (`Practitioner/…`, `Organization/…`, `PractitionerRole/…`).
+    /// References identifying the actor (`Practitioner/…`, `Organization/…`, `PractitionerRole/…`,
+    /// `CareTeam/…`), as a deny names them.
     pub actors: &'a [String],
+    /// The references a permit may name them by, when narrower than `actors` (e.g. without the
+    /// care teams they are no longer active on); `None`: the same as `actors`.
+    pub permit_actors: Option<&'a [String]>,
     /// Purpose of use (HL7 v3 code), if declared.
     pub purpose: Option<&'a str>,
     /// The resource type accessed.
@@ -120,12 +124,18 @@ fn matches(p: &Value, r: &ConsentRequest<'_>) -> bool {
     if !in_period(p.get("period"), r.at) {
         return false;
     }
+    let deny = kind(p) == Some(ConsentState::Deny);
+    let known_as = if deny {
+        r.actors
+    } else {
+        r.permit_actors.unwrap_or(r.actors)
+    };
     if let Some(actors) = p.get("actor").and_then(Value::as_array)
         && !actors.iter().any(|a| {
             a.pointer("/reference/reference")
                 .and_then(Value::as_str)
                 .is_some_and(|refr| {
-                    r.actors
+                    known_as
                         .iter()
                         .any(|x| refr == x || refr.ends_with(&format!("/{x}")))
                 })
@@ -137,7 +147,6 @@ fn matches(p: &Value, r: &ConsentRequest<'_>) -> bool {
     // treatment is not escaped by declaring operations: see `purpose`).
     // Codes are compared without regard to case: a patient's `treat` or `hiv` means what
     // `TREAT` and `HIV` mean, and a consent must not be disarmed by its spelling.
-    let deny = kind(p) == Some(ConsentState::Deny);
     if p.get("purpose").is_some()
         && !codes(p.get("purpose")).any(|c| {
             let c = c.to_ascii_uppercase();
@@ -468,6 +477,7 @@ mod tests {
     ) -> ConsentRequest<'a> {
         ConsentRequest {
             actors,
+            permit_actors: None,
             purpose,
             resource_type: "Observation",
             labels,
@@ -691,6 +701,23 @@ mod tests {
 
     fn check_any(c: &Value) -> Result<(), String> {
         check(c, &|t| matches!(t, "Observation" | "Condition"))
+    }
+
+    #[test]
+    fn a_permit_for_a_team_reaches_only_its_active_members() {
+        let all = vec!["Practitioner/dr".to_owned(), "CareTeam/old".to_owned()];
+        let active = vec!["Practitioner/dr".to_owned()];
+        let none: Vec<String> = vec![];
+        let names_team = |kind: &str| {
+            consent(
+                "2026-01-01T00:00:00Z",
+                json!({"type": kind, "actor": [{"reference": {"reference": "CareTeam/old"}}]}),
+            )
+        };
+        let mut r = req(&all, &none, Some("TREAT"));
+        r.permit_actors = Some(&active);
+        assert_eq!(evaluate(&[names_team("permit")], &r), ConsentState::None);
+        assert_eq!(evaluate(&[names_team("deny")], &r), ConsentState::Deny);
     }
 
     #[test]

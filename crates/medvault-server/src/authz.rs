@@ -103,7 +103,16 @@ pub struct FactsCache {
 }
 
 /// (looked up at, generation, the actor references).
-type CachedActors = (Instant, u64, Arc<Vec<String>>);
+type CachedActors = (Instant, u64, Arc<Actors>);
+
+/// The references a consent may name a practitioner by.
+#[derive(Debug, Default)]
+struct Actors {
+    /// As a deny names them: every care team they are a member of, whatever its status.
+    deny: Vec<String>,
+    /// As a permit names them: only the care teams active now.
+    permit: Vec<String>,
+}
 /// (user, role, purpose, facts).
 type SharedDecisionKey = (String, &'static str, Option<String>, DecisionKey);
 /// (allowed, deciding policies, opened only by break-glass).
@@ -141,7 +150,7 @@ impl FactsCache {
         }
     }
 
-    fn get_actors(&self, practitioner: &str) -> Option<Arc<Vec<String>>> {
+    fn get_actors(&self, practitioner: &str) -> Option<Arc<Actors>> {
         let now = self.generation();
         let map = self.actors.lock().ok()?;
         map.get(practitioner)
@@ -149,7 +158,7 @@ impl FactsCache {
             .map(|(_, _, a)| Arc::clone(a))
     }
 
-    fn put_actors(&self, practitioner: &str, generation: u64, actors: Arc<Vec<String>>) {
+    fn put_actors(&self, practitioner: &str, generation: u64, actors: Arc<Actors>) {
         if let Ok(mut map) = self.actors.lock() {
             if map.len() >= MAX_CACHED_FACTS {
                 map.clear();
@@ -174,7 +183,7 @@ impl FactsCache {
 #[derive(Debug, Default)]
 struct GuardState {
     patients: HashMap<String, Arc<PatientFacts>>,
-    actors: Option<Arc<Vec<String>>>,
+    actors: Option<Arc<Actors>>,
     decisions: HashMap<DecisionKey, Decided>,
     denied_by: BTreeSet<String>,
     withheld: u64,
@@ -390,7 +399,7 @@ impl Guard {
     /// PractitionerRoles (active, in period) and those roles' Organizations, and the CareTeams
     /// that list them as a member (in period, whatever the team's status: a deny naming a team
     /// reaches everyone on it). Looked up once per request, shared like the patient facts.
-    fn actors(&self, store: &dyn StoreRead, ctx: &Ctx) -> Result<Arc<Vec<String>>, ApiError> {
+    fn actors(&self, store: &dyn StoreRead, ctx: &Ctx) -> Result<Arc<Actors>, ApiError> {
         let Some(who) = self.subject.practitioner.clone() else {
             return Ok(Arc::default());
         };
@@ -404,6 +413,7 @@ impl Guard {
                 let inner = ctx.as_node_work();
                 let now = ctx.clock.now_micros().div_euclid(1_000_000);
                 let mut list = vec![who.clone()];
+                let mut inactive_teams = Vec::new();
                 for role in find_all(store, &inner, "PractitionerRole", "practitioner", &who)? {
                     if role.get("active").and_then(Value::as_bool) == Some(false)
                         || !period_covers(role.get("period"), now)
@@ -426,11 +436,19 @@ impl Guard {
                         && let Some(id) = team.get("id").and_then(Value::as_str)
                     {
                         list.push(format!("CareTeam/{id}"));
+                        if !care_team_active(&team, &who, now) {
+                            inactive_teams.push(format!("CareTeam/{id}"));
+                        }
                     }
                 }
                 list.sort();
                 list.dedup();
-                let a = Arc::new(list);
+                let permit = list
+                    .iter()
+                    .filter(|a| !inactive_teams.contains(a))
+                    .cloned()
+                    .collect();
+                let a = Arc::new(Actors { deny: list, permit });
                 self.cache.put_actors(&who, generation, Arc::clone(&a));
                 a
             }
@@ -511,7 +529,8 @@ impl Guard {
             consent::evaluate(
                 &facts.shared.consents,
                 &ConsentRequest {
-                    actors: &actors,
+                    actors: &actors.deny,
+                    permit_actors: Some(&actors.permit),
                     purpose: s.purpose.as_deref(),
                     resource_type: rt,
                     labels: &labels,

@@ -559,6 +559,7 @@ pub fn prepare(
             &consents,
             &ConsentRequest {
                 actors: &actors,
+                permit_actors: None,
                 purpose: Some(purpose),
                 resource_type: rt,
                 labels: &labels,
