@@ -13,7 +13,16 @@ static FHIR: OnceLock<Fhir> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
     let fhir = FHIR.get_or_init(|| Fhir::load().expect("definitions load"));
-    let Ok(resource) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    // The strict parser request bodies go through: it agrees with serde_json except that it
+    // refuses duplicate keys.
+    let strict = medvault_fhir::strict_json::from_slice(data);
+    let Ok(resource) = serde_json::from_slice::<serde_json::Value>(data) else {
+        assert!(strict.is_err());
+        return;
+    };
+    if let Ok(v) = &strict {
+        assert_eq!(v, &resource);
+    }
     let id = ResourceId::new("fuzz").expect("valid id");
     for rt in ["Patient", "Observation", "Encounter"] {
         let _ = fhir.validate(rt, &resource);

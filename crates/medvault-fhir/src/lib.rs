@@ -8,6 +8,7 @@
 mod date;
 mod path;
 mod search;
+pub mod strict_json;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};

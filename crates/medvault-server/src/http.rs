@@ -117,11 +117,15 @@ fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
             "send the resource as application/fhir+json",
         ));
     }
-    serde_json::from_slice(body).map_err(|_| {
+    medvault_fhir::strict_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             IssueCode::Structure,
-            "the body is not valid JSON",
+            if e.to_string().contains("same key twice") {
+                "the body names the same key twice in an object (FHIR JSON allows each key once)"
+            } else {
+                "the body is not valid JSON"
+            },
         )
     })
 }

@@ -491,6 +491,16 @@ fn oversized_and_over_indexed_resources_are_refused_before_the_writer() {
         {"request": {"method": "POST", "url": "Patient"}, "resource": many}]});
     let (st, b) = s.post("", &bundle);
     assert_eq!(st, 422, "{}", short(&b));
+    // An object naming a key twice is refused (a filter in front could read the other one).
+    let twice = r#"{"resourceType":"Patient","meta":{"security":[{"code":"HIV"}]},"meta":{}}"#;
+    let r = reqwest::blocking::Client::new()
+        .post(s.url("Patient"))
+        .bearer_auth(&s.token)
+        .header("content-type", "application/fhir+json")
+        .body(twice)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
     // And in all: a transaction may add at most 100 000 index entries.
     let wide: Vec<Value> = (0..200)
         .map(|i| {
