@@ -219,7 +219,7 @@ impl Fhir {
         };
         // The parameters that name the record's own patient come first; the rest (performer,
         // policy holder, …) follow in definition order. A resource that names several patients
-        // is sealed under one of them only: see ARCHITECTURE.md, "Compartment choice".
+        // is sealed under one of them only: see docs/formats/keys.md, "Compartment choice".
         let primary = ["patient", "subject", "beneficiary"];
         let ordered = primary
             .iter()
