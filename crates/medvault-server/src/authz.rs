@@ -291,17 +291,18 @@ pub fn relationship_in(record: &Value, who: &str, now: i64) -> bool {
     }
 }
 
-/// Every resource of type `rt` whose reference parameter `param` names `target`, decrypted
-/// (refused as too costly beyond [`search::MAX_CANDIDATES`]: a decision never rests on part of
-/// the facts).
+/// Every resource of type `rt` matching `params` (reference parameters), decrypted; refused as
+/// too costly beyond [`search::MAX_CANDIDATES`]: a decision never rests on part of the facts.
 fn find_all(
     store: &dyn StoreRead,
     ctx: &Ctx,
     rt: &str,
-    param: &str,
-    target: &str,
+    params: &[(&str, &str)],
 ) -> Result<Vec<Value>, ApiError> {
-    let params = vec![(param.to_owned(), target.to_owned())];
+    let params: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     let mut req = search::parse(ctx, rt, &params, true)?;
     req.paging.count = search::MAX_CANDIDATES;
     let (found, total) = search::execute(store, ctx, rt, &req)?;
@@ -414,7 +415,8 @@ impl Guard {
                 let now = ctx.clock.now_micros().div_euclid(1_000_000);
                 let mut list = vec![who.clone()];
                 let mut inactive_teams = Vec::new();
-                for role in find_all(store, &inner, "PractitionerRole", "practitioner", &who)? {
+                for role in find_all(store, &inner, "PractitionerRole", &[("practitioner", &who)])?
+                {
                     if role.get("active").and_then(Value::as_bool) == Some(false)
                         || !period_covers(role.get("period"), now)
                     {
@@ -431,7 +433,7 @@ impl Guard {
                         list.push(org.to_owned());
                     }
                 }
-                for team in find_all(store, &inner, "CareTeam", "participant", &who)? {
+                for team in find_all(store, &inner, "CareTeam", &[("participant", &who)])? {
                     if names(team.get("participant"), "member", &who, now)
                         && let Some(id) = team.get("id").and_then(Value::as_str)
                     {
@@ -468,26 +470,14 @@ impl Guard {
         let inner = ctx.as_node_work();
         let reference = format!("Patient/{patient}");
         let now = ctx.clock.now_micros().div_euclid(1_000_000);
-        let find = |rt: &str, extra: Option<&str>| -> Result<Vec<Value>, ApiError> {
-            let mut params = vec![("patient".to_owned(), reference.clone())];
-            if let Some(who) = extra {
-                params.push(("participant".to_owned(), who.to_owned()));
-            }
-            let mut req = search::parse(&inner, rt, &params, true)?;
-            req.paging.count = search::MAX_CANDIDATES;
-            let (found, total) = search::execute(store, &inner, rt, &req)?;
-            if total > found.len() as u64 {
-                // Never decide on part of a patient's consents or care records.
-                return Err(search::too_costly());
-            }
-            Ok(found)
-        };
+        let of_patient = ("patient", reference.as_str());
         let relationship = match &self.subject.practitioner {
             Some(who) => {
-                find("CareTeam", Some(who))?
+                let with = [of_patient, ("participant", who.as_str())];
+                find_all(store, &inner, "CareTeam", &with)?
                     .iter()
                     .any(|t| care_team_active(t, who, now))
-                    || find("Encounter", Some(who))?
+                    || find_all(store, &inner, "Encounter", &with)?
                         .iter()
                         .any(|e| encounter_active(e, who, now))
             }
@@ -495,7 +485,7 @@ impl Guard {
         };
         Ok(SharedFacts {
             relationship,
-            consents: Arc::new(find("Consent", None)?),
+            consents: Arc::new(find_all(store, &inner, "Consent", &[of_patient])?),
         })
     }
 
