@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         Value::Array(list) => list.clone(),
         other => vec![other.clone()],
     };
-    let labels = medvault_server::authz::security_labels(&v);
+    let labels = medvault_node::authz::security_labels(&v);
     let actors = vec![
         "Practitioner/dr".to_owned(),
         "Organization/org".to_owned(),
@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     for c in &consents {
-        let _ = medvault_server::authz::relationship_in(c, "Practitioner/dr", 1_780_000_000);
+        let _ = medvault_node::authz::relationship_in(c, "Practitioner/dr", 1_780_000_000);
     }
     // Declared purposes come from a request header: any text gets an answer.
     if let Ok(text) = std::str::from_utf8(data) {

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use medvault_crypto::RootKey;
-use medvault_server::backup_file::{check, parse_row, row_line};
+use medvault_node::backup_file::{check, parse_row, row_line};
 
 fn root() -> &'static RootKey {
     static ROOT: OnceLock<RootKey> = OnceLock::new();

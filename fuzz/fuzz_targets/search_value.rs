@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let _ = medvault_fhir::date_range(text);
     let resource = serde_json::json!({"resourceType": "Patient", "name": [{"family": text}], "birthDate": text});
-    for (name, value) in medvault_server::search::parse_query_string(text) {
+    for (name, value) in medvault_node::search::parse_query_string(text) {
         let (code, modifier) = match name.split_once(':') {
             Some((c, m)) => (c.to_owned(), Some(m.to_owned())),
             None => (name.clone(), None),

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use medvault_server::share::{FORMAT, check_payload, parse_header};
+use medvault_node::share::{FORMAT, check_payload, parse_header};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(h) = parse_header(data) {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use medvault_auth::password::Password;
 use medvault_auth::totp::{TotpSecret, code_at};
 use medvault_core::Role;
-use medvault_server::node::Node;
+use medvault_node::node::Node;
 use medvault_server::{AppState, ServerConfig};
 use serde_json::{Value, json};
 

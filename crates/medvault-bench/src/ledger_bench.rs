@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use medvault_ledger::{MemoryTree, inclusion_proof, leaf_hash, verify_inclusion};
-use medvault_server::node::Node;
+use medvault_node::node::Node;
 use medvault_store::{LedgerNodes, StoreTx, write_with};
 use serde_json::json;
 
@@ -159,7 +159,7 @@ fn main() {
 
     // 5. Full verification of everything stored.
     let started = Instant::now();
-    let report = medvault_server::verify::verify(
+    let report = medvault_node::verify::verify(
         node.store.as_ref(),
         node.access.as_ref(),
         &node.ledger,

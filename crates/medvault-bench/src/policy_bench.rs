@@ -21,11 +21,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use medvault_core::{ResourceId, Role};
+use medvault_node::authz::{Guard, Subject};
+use medvault_node::node::Node;
+use medvault_node::ops::{self, Ctx};
+use medvault_node::search;
 use medvault_policy::{Action, ConsentState, PolicyEngine, Query};
-use medvault_server::authz::{Guard, Subject};
-use medvault_server::node::Node;
-use medvault_server::ops::{self, Ctx};
-use medvault_server::{AppState, ServerConfig, search};
+use medvault_server::{AppState, ServerConfig};
 use medvault_store::write_with;
 use serde_json::{Value, json};
 

@@ -18,10 +18,10 @@ mod args;
 use args::arg;
 use std::time::{Duration, Instant};
 
-use medvault_server::Node;
-use medvault_server::node::Database;
-use medvault_server::node_identity::NodeIdentity;
-use medvault_server::share;
+use medvault_node::Node;
+use medvault_node::node::Database;
+use medvault_node::node_identity::NodeIdentity;
+use medvault_node::share;
 use serde_json::{Value, json};
 
 fn ms(d: Duration) -> f64 {
@@ -90,11 +90,10 @@ fn main() {
     )
     .unwrap();
     let (a_ctx, b_ctx) = (
-        medvault_server::ops::Ctx::unrestricted_node_work(&a),
-        medvault_server::ops::Ctx::unrestricted_node_work(&b),
+        medvault_node::ops::Ctx::unrestricted_node_work(&a),
+        medvault_node::ops::Ctx::unrestricted_node_work(&b),
     );
-    let created =
-        medvault_server::bundle::process(a.store.as_ref(), &a_ctx, record(n), "").unwrap();
+    let created = medvault_node::bundle::process(a.store.as_ref(), &a_ctx, record(n), "").unwrap();
     let location = created["entry"][0]["response"]["location"]
         .as_str()
         .unwrap();
@@ -123,7 +122,7 @@ fn main() {
         let imported = t.elapsed();
         assert_eq!(got.resources, n + 1);
         let t = Instant::now();
-        medvault_server::bundle::process(b.store.as_ref(), &b_ctx, record(n), "").unwrap();
+        medvault_node::bundle::process(b.store.as_ref(), &b_ctx, record(n), "").unwrap();
         let peer = t.elapsed();
         if round > 0 {
             // Round 0 warms caches and creates keys.

@@ -14,9 +14,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use medvault_core::{ResourceId, Role};
 use medvault_crypto::{KeyFileKind, Passphrase};
 use medvault_ledger::VerifierKey;
+use medvault_node::node::{Database, KEY_FILE, Node};
+use medvault_node::witness::RemoteWitness;
 use medvault_server::identity::SessionLimits;
-use medvault_server::node::{Database, KEY_FILE, Node};
-use medvault_server::witness::RemoteWitness;
 use medvault_server::{AppState, ServerConfig};
 
 const AFTER_HELP: &str = "\
@@ -555,7 +555,6 @@ enum ClientCommand {
 }
 
 fn run_client(command: ClientCommand) -> anyhow::Result<()> {
-    let fail = |e: medvault_server::ApiError| anyhow::anyhow!("{}", e.message);
     match command {
         ClientCommand::Register {
             dir,
@@ -697,7 +696,6 @@ fn resource_id(flag: &str, id: Option<String>) -> anyhow::Result<Option<Resource
 
 fn run_user(command: UserCommand) -> anyhow::Result<()> {
     use medvault_server::identity::{self, AccountChange};
-    let fail = |e: medvault_server::ApiError| anyhow::anyhow!("{}", e.message);
     match command {
         UserCommand::Create {
             dir,
@@ -787,9 +785,8 @@ fn run_user(command: UserCommand) -> anyhow::Result<()> {
 }
 
 fn run_token(command: TokenCommand) -> anyhow::Result<()> {
+    use medvault_node::clock::instant;
     use medvault_server::auth::{self, Revoked};
-    use medvault_server::clock::instant;
-    let fail = |e: medvault_server::ApiError| anyhow::anyhow!("{}", e.message);
     match command {
         TokenCommand::Create { dir, role, days } => {
             let node = open_node(&dir, false)?;
@@ -969,7 +966,7 @@ fn progress(len: u64, what: &str) -> ProgressBar {
 
 fn rotate(node: &Node) -> anyhow::Result<(u32, usize)> {
     let mut bar: Option<ProgressBar> = None;
-    let out = medvault_server::admin::rotate_keys(node, |done, total| {
+    let out = medvault_node::admin::rotate_keys(node, |done, total| {
         bar.get_or_insert_with(|| progress(total, "rewrapping data keys"))
             .set_position(done);
     });
@@ -980,14 +977,14 @@ fn rotate(node: &Node) -> anyhow::Result<(u32, usize)> {
 }
 
 fn erase(node: &Node, patient: &str) -> anyhow::Result<String> {
-    use medvault_server::admin::{Erased, erase_patient};
+    use medvault_node::admin::{Erased, erase_patient};
     let id = ResourceId::new(patient).map_err(|e| anyhow::anyhow!("{e}"))?;
     match erase_patient(node, &id) {
         Ok(Erased::Already) => Ok(format!("patient {patient} was already erased")),
         Ok(Erased::Now(n)) => Ok(format!(
             "erased patient {patient}: data key destroyed, {n} resource(s) in the compartment are now unreadable"
         )),
-        Err(e) if e.status.as_u16() == 404 => {
+        Err(e) if e.kind == medvault_node::ErrorKind::NotFound => {
             bail!("no data is stored for patient {patient}")
         }
         Err(e) => bail!("erasure failed: {}", e.message),
@@ -1027,7 +1024,7 @@ fn audit_admin_with(
     let detail = serde_json::json!({
         "v": 1,
         "type": "admin",
-        "time": medvault_server::clock::instant(now),
+        "time": medvault_node::clock::instant(now),
         "agent": {"os_user": operator},
         "interaction": action,
         "target": target,
@@ -1054,7 +1051,7 @@ fn parse_vkeys(texts: &[String], what: &str) -> anyhow::Result<Vec<VerifierKey>>
 fn verify_ledger(node: &Node, extra_witnesses: &[String]) -> anyhow::Result<String> {
     let mut keys = node
         .store
-        .meta(medvault_server::witness::WITNESS_KEYS_META)?
+        .meta(medvault_node::witness::WITNESS_KEYS_META)?
         .unwrap_or_default()
         .lines()
         .map(str::to_owned)
@@ -1062,7 +1059,7 @@ fn verify_ledger(node: &Node, extra_witnesses: &[String]) -> anyhow::Result<Stri
     keys.extend(extra_witnesses.iter().cloned());
     let witnesses = parse_vkeys(&keys, "--witness")?;
     let mut bar: Option<ProgressBar> = None;
-    let report = medvault_server::verify::verify(
+    let report = medvault_node::verify::verify(
         node.store.as_ref(),
         node.access.as_ref(),
         &node.ledger,
@@ -1076,7 +1073,7 @@ fn verify_ledger(node: &Node, extra_witnesses: &[String]) -> anyhow::Result<Stri
         pb.finish_and_clear();
     }
     let r = report.map_err(|e| anyhow::anyhow!("ledger verification failed: {e}"))?;
-    let log = |name: &str, l: &medvault_server::verify::LogReport| {
+    let log = |name: &str, l: &medvault_node::verify::LogReport| {
         let witnessed = match &l.cosigned_size {
             Some(n) => format!(
                 "newest witness-cosigned checkpoint covers {n} (cosigned by {})",
@@ -1149,7 +1146,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let node = open_node(&dir, false)?;
             // The node's identity keys exist before anyone asks for its document.
-            medvault_server::node_identity::NodeIdentity::load(&node)?;
+            medvault_node::node_identity::NodeIdentity::load(&node)?;
             // After the node opened: the data directory exists (mode 0700) for a dev certificate.
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(medvault_server::tls::server_config(&cert, &key)?),
@@ -1172,7 +1169,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .join("\n");
             if !known.is_empty() {
                 node.store.write(Box::new(move |tx| {
-                    tx.set_meta(medvault_server::witness::WITNESS_KEYS_META, &known)
+                    tx.set_meta(medvault_node::witness::WITNESS_KEYS_META, &known)
                 }))?;
             }
             if !node.created && node.key_file_kind == KeyFileKind::Unprotected {
@@ -1184,8 +1181,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_body_bytes,
                 request_timeout: Duration::from_secs(request_timeout_seconds),
                 base_url,
-                witnesses,
-                witness_for,
+                witnesses: witnesses.into(),
+                witness_for: witness_for.into(),
                 sessions: SessionLimits {
                     aal2_idle: Duration::from_secs(60 * session_idle_minutes),
                     aal2_max: Duration::from_secs(3600 * session_max_hours),
@@ -1279,7 +1276,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("--reason must say why in at least 10 characters");
             }
             let node = open_node(&dir, true)?;
-            let out = medvault_server::admin::expunge_version(&node, &rt, &id, v)
+            let out = medvault_node::admin::expunge_version(&node, &rt, &id, v)
                 .map_err(|e| anyhow::anyhow!("cannot expunge {version}: {}", e.message))?;
             audit_admin_with(
                 &node,
@@ -1288,10 +1285,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(serde_json::json!({"reason": reason})),
             )?;
             match out {
-                medvault_server::admin::Expunged::Now => {
+                medvault_node::admin::Expunged::Now => {
                     println!("expunged {rt}/{id}/_history/{v}; its ledger commitment stays");
                 }
-                medvault_server::admin::Expunged::Already => {
+                medvault_node::admin::Expunged::Already => {
                     println!("{rt}/{id}/_history/{v} was already expunged");
                 }
             }
@@ -1306,7 +1303,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: NodeCommand::Show { dir },
         } => {
             let node = open_node(&dir, true)?;
-            let id = medvault_server::node_identity::NodeIdentity::load(&node)?;
+            let id = medvault_node::node_identity::NodeIdentity::load(&node)?;
             let doc = id
                 .document(node.ledger.base())
                 .map_err(|e| anyhow::anyhow!("signing the node document: {e}"))?;
@@ -1316,8 +1313,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: NodeCommand::RotateKeys { dir },
         } => {
             let node = open_node(&dir, true)?;
-            let old = medvault_server::node_identity::NodeIdentity::load(&node)?;
-            let new = medvault_server::node_identity::NodeIdentity::rotate(&node)?;
+            let old = medvault_node::node_identity::NodeIdentity::load(&node)?;
+            let new = medvault_node::node_identity::NodeIdentity::rotate(&node)?;
             audit_admin(
                 &node,
                 "node-keys-rotate",
@@ -1412,4 +1409,9 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A node error as the CLI's one plain line: its message, safe to show.
+fn fail(e: impl Into<medvault_node::Error>) -> anyhow::Error {
+    anyhow::anyhow!("{}", e.into().message)
 }

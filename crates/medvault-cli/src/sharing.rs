@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use medvault_core::ResourceId;
-use medvault_server::share;
+use medvault_node::share;
 
 use crate::{DataDir, audit_admin, open_node};
 
@@ -159,17 +159,17 @@ fn read_bundle(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    medvault_server::node::write_private_file(path, bytes)
+    medvault_node::node::write_private_file(path, bytes)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn checkpoint_api(node: &medvault_server::Node) -> Result<(), medvault_server::ApiError> {
+fn checkpoint_api(node: &medvault_node::Node) -> Result<(), medvault_node::Error> {
     node.ledger
         .checkpoint_now(node.store.as_ref(), node.access.as_ref())
         .map(drop)
 }
 
-fn checkpoint(node: &medvault_server::Node) -> anyhow::Result<()> {
+fn checkpoint(node: &medvault_node::Node) -> anyhow::Result<()> {
     checkpoint_api(node).map_err(|e| anyhow::anyhow!("signing a checkpoint failed: {}", e.message))
 }
 
@@ -220,7 +220,7 @@ pub(crate) fn run_peer(command: PeerCommand) -> anyhow::Result<()> {
                     p.url,
                     p.fingerprint,
                     p.organization.as_deref().unwrap_or("(no organization)"),
-                    medvault_server::clock::instant(p.registered_micros),
+                    medvault_node::clock::instant(p.registered_micros),
                     p.registered_by
                 );
             }
@@ -241,7 +241,7 @@ pub(crate) fn run_peer(command: PeerCommand) -> anyhow::Result<()> {
 }
 
 /// The registered peer named by `to`: a node document file, or a node id.
-fn recipient(node: &medvault_server::Node, to: &str) -> anyhow::Result<String> {
+fn recipient(node: &medvault_node::Node, to: &str) -> anyhow::Result<String> {
     let path = Path::new(to);
     if !path.is_file() {
         return Ok(to.to_owned());
@@ -250,7 +250,7 @@ fn recipient(node: &medvault_server::Node, to: &str) -> anyhow::Result<String> {
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let doc: serde_json::Value = serde_json::from_str(&text)
         .map_err(|_| anyhow::anyhow!("{} is not a node document (JSON)", path.display()))?;
-    let checked = medvault_server::node_identity::verify_document(&doc)
+    let checked = medvault_node::node_identity::verify_document(&doc)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     match node.store.peer(&checked.node)? {
         None => bail!(
@@ -280,7 +280,7 @@ pub(crate) fn run_share(command: ShareCommand) -> anyhow::Result<()> {
             let id = ResourceId::new(&patient).map_err(|e| anyhow::anyhow!("--patient: {e}"))?;
             let node = open_node(&dir, true)?;
             let to = recipient(&node, &to)?;
-            let ctx = medvault_server::ops::Ctx::unrestricted_node_work(&node);
+            let ctx = medvault_node::ops::Ctx::unrestricted_node_work(&node);
             let made = share::prepare(&node, &ctx, &id, &to, &purpose, valid_for, &os_user())
                 .map_err(|e| {
                     if let Some(rule) = &e.denied_by {
@@ -290,7 +290,7 @@ pub(crate) fn run_share(command: ShareCommand) -> anyhow::Result<()> {
                         let detail = serde_json::json!({
                             "v": 1,
                             "type": "share",
-                            "time": medvault_server::clock::instant(now),
+                            "time": medvault_node::clock::instant(now),
                             "agent": os_user(),
                             "interaction": "share-send",
                             "patient": patient,
@@ -324,7 +324,7 @@ pub(crate) fn run_share(command: ShareCommand) -> anyhow::Result<()> {
         ShareCommand::Import { dir, file, receipt } => {
             let bytes = read_bundle(&file)?;
             let node = open_node(&dir, true)?;
-            let ctx = medvault_server::ops::Ctx::unrestricted_node_work(&node);
+            let ctx = medvault_node::ops::Ctx::unrestricted_node_work(&node);
             let result = share::receive(&node, &ctx, &bytes, None, &os_user());
             // The receipt first: the import is committed, and a second import is a replay.
             if let (Ok(imported), Some(path)) = (&result, &receipt) {
@@ -382,7 +382,7 @@ pub(crate) fn run_share(command: ShareCommand) -> anyhow::Result<()> {
             let header = share::peek_header(&bytes)
                 .ok_or_else(|| anyhow::anyhow!("{} is not a medvault bundle", bundle.display()))?;
             let node = open_node(&dir, true)?;
-            let me = medvault_server::node_identity::NodeIdentity::load(&node)?;
+            let me = medvault_node::node_identity::NodeIdentity::load(&node)?;
             if header.sender.node != me.node
                 || medvault_crypto::verify_bundle(&bytes, me.signing.public_key()).is_err()
             {

@@ -14,14 +14,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
 use base64::Engine as _;
 use medvault_core::Role;
 use medvault_store::{Store, StoreTx, TokenRow};
 
 use crate::AppState;
-use crate::error::{ApiError, IssueCode};
+use crate::error::{ApiError, ErrorKind, IssueCode};
 
 /// How long a validated token is trusted without asking the database again.
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
@@ -173,7 +173,7 @@ pub struct CachedToken {
 pub type TokenCache = CredentialCache<CachedToken>;
 
 pub(crate) fn unauthorized(msg: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, IssueCode::Login, msg)
+    ApiError::new(ErrorKind::Unauthenticated, IssueCode::Login, msg)
 }
 
 /// Creates an API token granting `role` for `days` days, stores its hash and returns its text

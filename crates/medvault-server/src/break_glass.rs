@@ -24,10 +24,10 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::auth::Authenticated;
-use crate::clock::instant;
 use crate::error::ApiError;
 use crate::http::{AuditExtra, AuditPatient};
 use crate::identity;
+use medvault_node::clock::instant;
 
 /// Shortest justification accepted.
 pub const MIN_REASON: usize = 20;
@@ -118,7 +118,7 @@ pub(crate) async fn open(
             .current("Patient", &patient_id)?
             .is_none_or(|c| c.deleted)
         {
-            return Err(ApiError::not_found("no such patient"));
+            return Err(ApiError::not_found("no such patient").into());
         }
         let key = identity::identity_key(&node)?;
         let grant_id = random_id("bg_")?;
@@ -127,7 +127,7 @@ pub(crate) async fn open(
             "grant": grant_id,
             "reason": reason,
             "expires": instant(expires),
-            "purpose": crate::authz::EMERGENCY,
+            "purpose": medvault_node::authz::EMERGENCY,
         });
         let detail_bytes = zeroize::Zeroizing::new(detail.to_string().into_bytes());
         let grant = BreakGlassRow {
@@ -165,7 +165,7 @@ pub(crate) async fn open(
             "grant": grant,
             "patient": patient.as_str(),
             "expires": instant(expires),
-            "purpose_required": crate::authz::EMERGENCY,
+            "purpose_required": medvault_node::authz::EMERGENCY,
             "alert": alert,
         })),
     )

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse as _, Response};
 use medvault_core::Role;
 
 use crate::auth::Authenticated;
-use crate::error::{ApiError, IssueCode};
+use crate::error::{ApiError, ErrorKind, IssueCode};
 
 /// Why a gate refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +36,8 @@ impl Refusal {
     /// The refusal as an `OperationOutcome` error (403, or 401 for a stale sign-in).
     pub fn into_api_error(self) -> ApiError {
         let (status, code) = match self.sign_in_within {
-            Some(_) => (StatusCode::UNAUTHORIZED, IssueCode::Login),
-            None => (StatusCode::FORBIDDEN, IssueCode::Forbidden),
+            Some(_) => (ErrorKind::Unauthenticated, IssueCode::Login),
+            None => (ErrorKind::Forbidden, IssueCode::Forbidden),
         };
         ApiError::new(status, code, self.message).denied_by(self.rule)
     }
@@ -339,12 +339,12 @@ mod tests {
         .unwrap_or_else(|| panic!("refused"));
         assert_eq!(stale_refusal.sign_in_within, Some(300));
         let r = stale_refusal.into_response();
-        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(r.status(), axum::http::StatusCode::UNAUTHORIZED);
         assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
         let r = share(&clin(false, 0, true, None))
             .err()
             .unwrap_or_else(|| panic!("refused"))
             .into_response();
-        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(r.status(), axum::http::StatusCode::FORBIDDEN);
     }
 }

@@ -11,10 +11,11 @@ use medvault_store::write_with;
 use serde_json::Value;
 
 use crate::auth::Authenticated;
-use crate::error::{ApiError, IssueCode};
-use crate::ops::{self, Outcome};
-use crate::route::{self, Target};
-use crate::{AppState, FHIR_JSON, bundle, capability, clock, search};
+use crate::error::{ApiError, Error, ErrorKind, IssueCode};
+use crate::{AppState, FHIR_JSON};
+use medvault_node::ops::{self, Outcome};
+use medvault_node::route::{self, Target};
+use medvault_node::{bundle, capability, clock, search};
 
 /// A request body, with size-limit and read failures turned into `OperationOutcome`s.
 pub(crate) struct Body(Bytes);
@@ -26,7 +27,7 @@ impl FromRequest<AppState> for Body {
         match Bytes::from_request(req, state).await {
             Ok(b) => Ok(Self(b)),
             Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorKind::TooLarge,
                 IssueCode::TooLong,
                 format!(
                     "the request body is larger than {} bytes",
@@ -39,11 +40,11 @@ impl FromRequest<AppState> for Body {
 }
 
 pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
+    Ok(tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::internal(&e))?
+        .map_err(|e| ApiError::internal(&e))??)
 }
 
 /// Like [`blocking`] for CPU-bound reads (search, history): at most a few run at once, so they
@@ -51,7 +52,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// limited: they mostly wait for the group commit, which gets better the more of them queue.
 async fn blocking_read<T: Send + 'static>(
     state: &AppState,
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, ApiError> {
     // The permit moves into the blocking task, so a client that disconnects does not free it
     // while the work it started is still running.
@@ -112,14 +113,14 @@ fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
         "application/fhir+json" | "application/json" | "application/json+fhir"
     ) {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::UnsupportedMediaType,
             IssueCode::NotSupported,
             "send the resource as application/fhir+json",
         ));
     }
     medvault_fhir::strict_json::from_slice(body).map_err(|e| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
+            ErrorKind::Invalid,
             IssueCode::Structure,
             if e.to_string().contains("same key twice") {
                 "the body names the same key twice in an object (FHIR JSON allows each key once)"
@@ -239,7 +240,7 @@ fn effective_purpose(who: &Authenticated, headers: &HeaderMap) -> Option<String>
 
 /// After a write, on the blocking thread that ran it (which finishes even if the client goes
 /// away): the shared policy facts are forgotten if the write changed them.
-fn finish(guard: Option<&crate::authz::Guard>) {
+fn finish(guard: Option<&medvault_node::authz::Guard>) {
     if let Some(g) = guard {
         g.finish();
     }
@@ -261,13 +262,13 @@ async fn guarded(
         .and_then(|p| medvault_policy::purpose::refusal(who.role.as_str(), p))
     {
         // A purpose the role may not declare is refused, never silently replaced or ignored.
-        return ApiError::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, why)
+        return ApiError::new(ErrorKind::Forbidden, IssueCode::Forbidden, why)
             .denied_by("purpose-of-use")
             .into_response();
     }
-    let guard = std::sync::Arc::new(crate::authz::Guard::new(
+    let guard = std::sync::Arc::new(medvault_node::authz::Guard::new(
         std::sync::Arc::clone(&state.config.policy),
-        crate::authz::Subject {
+        medvault_node::authz::Subject {
             user: who.token_id.clone(),
             role: who.role,
             patient: who.patient.clone(),
@@ -293,7 +294,7 @@ async fn guarded(
 async fn dispatch(
     state: AppState,
     who: Authenticated,
-    guard: std::sync::Arc<crate::authz::Guard>,
+    guard: std::sync::Arc<medvault_node::authz::Guard>,
     (method, path, query, headers, body): FhirRequest,
     deadline: std::time::Instant,
 ) -> Result<Response, ApiError> {
@@ -306,7 +307,7 @@ async fn dispatch(
     }
     if let Some(why) = role_refusal(who.role, who.scopes.is_some(), audit_view, &target) {
         return Err(
-            ApiError::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, why).denied_by("role-gate"),
+            ApiError::new(ErrorKind::Forbidden, IssueCode::Forbidden, why).denied_by("role-gate"),
         );
     }
     let ctx = state
@@ -319,14 +320,14 @@ async fn dispatch(
     {
         // Refused before parsing: a resource of this type is never this large.
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::TooLarge,
             IssueCode::TooLong,
             format!("a {rt} may be at most {limit} bytes of JSON"),
         ));
     }
     if audit_view {
         if method != Method::GET {
-            return Err(route::method_not_allowed(&method));
+            return Err(route::method_not_allowed(&method).into());
         }
         let interaction = match target {
             Target::Instance(..) => Interaction::Read,
@@ -342,7 +343,7 @@ async fn dispatch(
                 .filter(|_| interaction == Interaction::Search)
             else {
                 return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
+                    ErrorKind::Forbidden,
                     IssueCode::Forbidden,
                     "patients read their accounting of disclosures with GET /fhir/AuditEvent",
                 ));
@@ -351,7 +352,7 @@ async fn dispatch(
             params.push(("patient".into(), own));
         } else if !matches!(ctx.scope_access("AuditEvent", interaction)?, Access::Full) {
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
+                ErrorKind::Forbidden,
                 IssueCode::Forbidden,
                 "the audit trail cannot be read under query-constrained scopes",
             ));
@@ -362,9 +363,9 @@ async fn dispatch(
         );
         let out = blocking_read(&state, move || match target {
             Target::Instance(_, id) => {
-                crate::audit_view::read(store.as_ref(), &ledger, id.as_str())
+                medvault_node::audit_view::read(store.as_ref(), &ledger, id.as_str())
             }
-            _ => crate::audit_view::search(store.as_ref(), &ledger, &params, &base),
+            _ => medvault_node::audit_view::search(store.as_ref(), &ledger, &params, &base),
         })
         .await?;
         return Ok(fhir_json(StatusCode::OK, &out));
@@ -413,7 +414,7 @@ async fn dispatch(
                 .unwrap_or("");
             if !body.is_empty() && !ct.starts_with("application/x-www-form-urlencoded") {
                 return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    ErrorKind::UnsupportedMediaType,
                     IssueCode::NotSupported,
                     "_search takes application/x-www-form-urlencoded parameters",
                 ));
@@ -458,7 +459,7 @@ async fn dispatch(
                 .map(|v| {
                     v.to_str()
                         .map_err(|_| ApiError::bad_request("If-Match must be ASCII"))
-                        .and_then(route::parse_etag)
+                        .and_then(|v| route::parse_etag(v).map_err(ApiError::from))
                 })
                 .transpose()?;
             let out = blocking(move || {
@@ -529,14 +530,14 @@ async fn dispatch(
             crate::share_http::share(state, ctx, id, &json, declared, agent).await
         }
         (Method::POST, Target::Operation(..)) => Err(ApiError::not_found("no such operation")),
-        (m, _) => Err(route::method_not_allowed(&m)),
+        (m, _) => Err(route::method_not_allowed(&m).into()),
     }
 }
 
 /// A type search (GET or POST `_search`) on a blocking thread, answered as a `searchset`.
 async fn run_search(
     state: &AppState,
-    ctx: crate::ops::Ctx,
+    ctx: medvault_node::ops::Ctx,
     rt: String,
     params: Vec<(String, String)>,
     strict: bool,
@@ -647,7 +648,7 @@ fn audit_detail(
             "client": w.client,
         })),
         "denied_by": resp.extensions().get::<crate::error::DeniedBy>().map(|d| d.0.clone()),
-        "policy": resp.extensions().get::<crate::authz::PolicyNote>().map(|n| serde_json::json!({
+        "policy": resp.extensions().get::<medvault_node::authz::PolicyNote>().map(|n| serde_json::json!({
             "purpose": n.purpose,
             "denied_by": n.denied_by,
             "withheld": n.withheld,
@@ -683,7 +684,7 @@ fn audit_detail(
             p if p.starts_with("/admin/patients/") => "patient-erase",
             "/auth/authorize" | "/auth/authorize.js" | "/auth/authorize/check" => "oauth-authorize",
             "/auth/authorize/decide" => "oauth-approve",
-            crate::share::RECEIVE_PATH => "peer-delivery",
+            medvault_node::share::RECEIVE_PATH => "peer-delivery",
             _ => target.as_ref().map_or("none", |t| interaction(method, t)),
         },
         "resource_type": rtype,
@@ -785,7 +786,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "not ready: a database does not answer");
             ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Unavailable,
                 IssueCode::Transient,
                 "not ready: the database does not answer",
             )
@@ -810,7 +811,7 @@ pub(crate) async fn time_limit(
     ));
     match tokio::time::timeout(state.config.request_timeout, next.run(req)).await {
         Ok(resp) => resp,
-        Err(_) => ops::timed_out().into_response(),
+        Err(_) => ApiError::from(ops::timed_out()).into_response(),
     }
 }
 
@@ -893,7 +894,7 @@ pub(crate) async fn observe(
                     resp.headers_mut().insert(ACCESS_LEAF_HEADER, v);
                 }
             }
-            Err(e) => resp = e.into_response(),
+            Err(e) => resp = ApiError::from(e).into_response(),
         }
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -982,7 +983,7 @@ fn anonymous_throttled(path: &str) -> Response {
             WHY,
         )
     } else {
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, IssueCode::Throttled, WHY).into_response()
+        ApiError::new(ErrorKind::Throttled, IssueCode::Throttled, WHY).into_response()
     };
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));

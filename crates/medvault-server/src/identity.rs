@@ -35,8 +35,8 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::auth::{Authenticated, unauthorized};
-use crate::error::{ApiError, IssueCode};
-use crate::node::Node;
+use crate::error::{ApiError, ErrorKind, IssueCode};
+use medvault_node::node::Node;
 
 /// Data key sealing user names and TOTP secrets.
 pub const IDENTITY_KEY: &str = "@identity";
@@ -218,7 +218,7 @@ impl LoginThrottle {
 /// The answer to a login refused for too many attempts.
 pub(crate) fn throttled(failure: LoginFailure) -> Response {
     let resp = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Throttled,
         IssueCode::Throttled,
         "too many login attempts from this address or for this account: wait a minute",
     )
@@ -352,7 +352,7 @@ pub fn create_user(
     match write_with(node.store.as_ref(), move |tx| tx.put_user(&row)) {
         Ok(()) => Ok(id),
         Err(StoreError::Conflict) => Err(ApiError::new(
-            StatusCode::CONFLICT,
+            ErrorKind::Conflict,
             IssueCode::Duplicate,
             "that user name is taken",
         )),
@@ -475,7 +475,7 @@ pub(crate) async fn login(State(state): State<AppState>, req: axum::extract::Req
     let ip = crate::client_addr::of(req.extensions());
     let Ok(body) = axum::body::to_bytes(req.into_body(), 64 * 1024).await else {
         return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::TooLarge,
             IssueCode::TooLong,
             "login requests are small",
         )
@@ -514,7 +514,7 @@ pub(crate) async fn login(State(state): State<AppState>, req: axum::extract::Req
                 "role": ok.role.as_str(),
                 "aal": ok.session.aal,
                 "idle_timeout_seconds": ok.idle.as_secs(),
-                "expires_at": crate::clock::instant(ok.session.expires_micros),
+                "expires_at": medvault_node::clock::instant(ok.session.expires_micros),
             });
             secret_json(&body, user, "login")
         }
@@ -743,7 +743,7 @@ async fn record_lockout(state: &AppState, user_id: &str) {
     let detail = json!({
         "v": 1,
         "type": "security",
-        "time": crate::clock::instant(now),
+        "time": medvault_node::clock::instant(now),
         "interaction": "account-locked",
         "target": user_id,
         "outcome": "success",
@@ -921,7 +921,7 @@ pub(crate) async fn whoami(who: Authenticated) -> Result<Response, ApiError> {
 pub(crate) fn user_of(state: &AppState, who: &Authenticated) -> Result<UserRow, ApiError> {
     if who.session.is_none() {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+            ErrorKind::Forbidden,
             IssueCode::Forbidden,
             "second factors belong to people: log in as a user",
         ));
@@ -941,7 +941,7 @@ pub(crate) async fn totp_enroll(
 ) -> Result<Response, ApiError> {
     let st = state.clone();
     let w = who.clone();
-    let out = crate::http::blocking(move || -> Result<Value, ApiError> {
+    let out = crate::http::blocking(move || -> Result<Value, crate::error::Error> {
         let mut user = user_of(&st, &w)?;
         factor_change_allowed(&st, &user, w.aal)?;
         let name = user_name(&st.node, &user)?;
@@ -979,7 +979,7 @@ pub(crate) async fn totp_confirm(
     let st = state.clone();
     let w = who.clone();
     let hash = session_token(&headers).map(|t| medvault_crypto::sha256(t.as_bytes()));
-    let out = crate::http::blocking(move || -> Result<Value, ApiError> {
+    let out = crate::http::blocking(move || -> Result<Value, crate::error::Error> {
         let mut user = user_of(&st, &w)?;
         factor_change_allowed(&st, &user, w.aal)?;
         let pending = user
@@ -1033,7 +1033,7 @@ pub(crate) fn factor_change_allowed(
     let has_factor = user.totp.is_some() || !state.node.store.passkeys(&user.id)?.is_empty();
     if has_factor && aal < 2 {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+            ErrorKind::Forbidden,
             IssueCode::Forbidden,
             "adding or replacing a second factor needs a session signed in with the current one",
         ));

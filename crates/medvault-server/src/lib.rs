@@ -7,34 +7,20 @@
 
 pub mod admin;
 pub mod anonymous;
-pub mod audit_view;
 pub mod auth;
-pub mod authz;
-pub mod backup_file;
 pub mod break_glass;
-pub mod bundle;
-pub mod capability;
 pub mod client_addr;
-pub mod clock;
 pub mod error;
 pub mod gates;
 mod http;
 pub mod identity;
-pub mod ledger;
-pub mod node;
-pub mod node_identity;
 pub mod oauth;
 pub mod oauth_app;
-pub mod ops;
 pub mod passkey;
 pub mod peer;
-pub mod route;
-pub mod search;
-pub mod share;
 pub mod share_http;
 pub mod tls;
-pub mod verify;
-pub mod witness;
+mod transparency;
 
 use std::future::IntoFuture as _;
 use std::net::SocketAddr;
@@ -47,7 +33,7 @@ use axum::routing::{any, get, post};
 
 pub use error::ApiError;
 pub use http::ACCESS_LEAF_HEADER;
-pub use node::Node;
+pub use medvault_node::Node;
 
 /// The FHIR JSON media type.
 pub const FHIR_JSON: &str = "application/fhir+json";
@@ -65,9 +51,9 @@ pub struct ServerConfig {
     /// How often a checkpoint is signed (when the ledger grew).
     pub checkpoint_interval: Duration,
     /// Logs this node witnesses (their checkpoint verifier keys).
-    pub witness_for: Vec<medvault_ledger::VerifierKey>,
+    pub witness_for: Arc<[medvault_ledger::VerifierKey]>,
     /// Witnesses this node asks to cosign its checkpoints.
-    pub witnesses: Vec<witness::RemoteWitness>,
+    pub witnesses: Arc<[medvault_node::witness::RemoteWitness]>,
     /// Login session lifetimes.
     pub sessions: identity::SessionLimits,
     /// Login attempts accepted per client address, and per account name, per minute.
@@ -116,8 +102,8 @@ impl Default for ServerConfig {
             base_url: None,
             request_timeout: Duration::from_secs(60),
             checkpoint_interval: Duration::from_secs(1),
-            witness_for: Vec::new(),
-            witnesses: Vec::new(),
+            witness_for: Arc::from([]),
+            witnesses: Arc::from([]),
             sessions: identity::SessionLimits::default(),
             login_attempts_per_minute: identity::THROTTLE_ATTEMPTS,
             trusted_proxies: client_addr::TrustedProxies::default(),
@@ -138,7 +124,7 @@ pub struct AppState {
     /// The node.
     pub node: Arc<Node>,
     /// Interaction context.
-    pub services: ops::Services,
+    pub services: medvault_node::ops::Services,
     /// Validated-token cache.
     pub tokens: Arc<auth::TokenCache>,
     /// Settings.
@@ -160,9 +146,9 @@ pub struct AppState {
     /// Token families revoked by this process, so cached access tokens stop at once.
     pub revoked_families: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Care relationships and consents the access policy looked up, shared across requests.
-    pub facts: Arc<authz::FactsCache>,
+    pub facts: Arc<medvault_node::authz::FactsCache>,
     /// The signed node document, by key version (rebuilt when another process rotates).
-    pub node_document: Arc<std::sync::Mutex<Option<(u32, serde_json::Value)>>>,
+    pub node_document: Arc<medvault_node::node_identity::PublishedDocument>,
 }
 
 impl AppState {
@@ -181,7 +167,7 @@ impl AppState {
                 }
             }
         });
-        let services = ops::Services::of(&node);
+        let services = medvault_node::ops::Services::of(&node);
         Self {
             node: Arc::new(node),
             services,
@@ -233,16 +219,22 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(http::readyz))
         .route(
             "/.well-known/medvault-node",
-            get(node_identity::get_document),
+            get(transparency::get_node_document),
         )
-        .route("/ledger/{log}/checkpoint", get(ledger::get_checkpoint))
-        .route("/ledger/{log}/key", get(ledger::get_key))
-        .route("/ledger/pq-cosigner/key", get(ledger::get_pq_key))
-        .route("/ledger/{log}/tile/{*path}", get(ledger::get_tile))
-        .route("/ledger/{log}/proof/inclusion", get(ledger::get_inclusion))
+        .route(
+            "/ledger/{log}/checkpoint",
+            get(transparency::get_checkpoint),
+        )
+        .route("/ledger/{log}/key", get(transparency::get_key))
+        .route("/ledger/pq-cosigner/key", get(transparency::get_pq_key))
+        .route("/ledger/{log}/tile/{*path}", get(transparency::get_tile))
+        .route(
+            "/ledger/{log}/proof/inclusion",
+            get(transparency::get_inclusion),
+        )
         .route(
             "/ledger/{log}/proof/consistency",
-            get(ledger::get_consistency),
+            get(transparency::get_consistency),
         )
         .route(
             "/fhir/.well-known/smart-configuration",
@@ -285,8 +277,11 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/session", get(identity::whoami))
         .route("/auth/totp/enroll", post(identity::totp_enroll))
         .route("/auth/totp/confirm", post(identity::totp_confirm))
-        .route("/witness/add-checkpoint", post(witness::add_checkpoint))
-        .route("/witness/key", get(witness::get_key))
+        .route(
+            "/witness/add-checkpoint",
+            post(transparency::add_checkpoint),
+        )
+        .route("/witness/key", get(transparency::get_witness_key))
         .fallback(http::not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
@@ -338,8 +333,9 @@ async fn run_until_shutdown(
         Some(addr) => Some(share_http::spawn_peer_listener(state.clone(), addr).await?),
         None => None,
     };
-    let checkpoints = tokio::spawn(ledger::checkpoint_task(
-        state.clone(),
+    let checkpoints = tokio::spawn(medvault_node::ledger::checkpoint_task(
+        Arc::clone(&state.node),
+        Arc::clone(&state.config.witnesses),
         state.config.checkpoint_interval,
     ));
     let summaries = tokio::spawn(anonymous::summary_task(
@@ -355,7 +351,7 @@ async fn run_until_shutdown(
     // What was counted of anonymous requests since the last summary.
     anonymous::flush(&state).await;
     // Last checkpoints, so everything written before shutdown is covered by a signature.
-    if let Err(e) = ledger::checkpoint_both(&state).await {
+    if let Err(e) = medvault_node::ledger::checkpoint_both(&state.node).await {
         tracing::warn!(error = %e.message, "final checkpoint failed");
     }
     Ok(())

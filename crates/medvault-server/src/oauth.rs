@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::auth::{Authenticated, unauthorized};
 use crate::error::ApiError;
-use crate::node::Node;
+use medvault_node::node::Node;
 
 /// Access tokens start with this.
 pub const ACCESS_TOKEN_PREFIX: &str = "mva_";

@@ -32,8 +32,8 @@ use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::http::blocking;
 use crate::identity::{micros, with_app_note, with_note};
-use crate::node::Node;
 use crate::oauth::{ACCESS_TOKEN_LIFETIME, ACCESS_TOKEN_PREFIX};
+use medvault_node::node::Node;
 
 /// How long an authorization code may wait to be exchanged.
 pub const CODE_LIFETIME: Duration = Duration::from_secs(60);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use medvault_core::Role;
 use medvault_store::{StoreError, write_with};
@@ -27,7 +27,7 @@ use webauthn_rs::prelude::{
 
 use crate::AppState;
 use crate::auth::{Authenticated, unauthorized};
-use crate::error::{ApiError, IssueCode};
+use crate::error::{ApiError, ErrorKind, IssueCode};
 use crate::http::blocking;
 use crate::identity::{
     LoginFailure, find_user, identity_key, new_session, open, record_failure, seal, secret_json,
@@ -82,7 +82,7 @@ impl Ceremonies {
         m.retain(|_, (_, at)| at.elapsed() < CEREMONY_TTL);
         if m.len() >= 10_000 {
             return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Unavailable,
                 IssueCode::Transient,
                 "too many passkey ceremonies in progress: try again shortly",
             ));
@@ -102,7 +102,7 @@ impl Ceremonies {
 fn webauthn(state: &AppState) -> Result<&Webauthn, ApiError> {
     state.webauthn.as_deref().ok_or_else(|| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
+            ErrorKind::NotFound,
             IssueCode::NotSupported,
             "passkeys are not configured on this node (serve --webauthn-origin)",
         )
@@ -143,7 +143,7 @@ fn store_passkey(state: &AppState, user_id: &str, pk: &Passkey) -> Result<(), Ap
         tx.put_passkey(&uid, &cred, &sealed, now)
     }) {
         Err(StoreError::Conflict) => Err(ApiError::new(
-            StatusCode::CONFLICT,
+            ErrorKind::Conflict,
             IssueCode::Duplicate,
             "this passkey is registered to another account",
         )),
@@ -209,10 +209,10 @@ pub(crate) async fn register_finish(
             state: reg,
         }) = st.passkey_ceremonies.take(&body.ceremony)
         else {
-            return Err(ApiError::bad_request("unknown or expired passkey ceremony"));
+            return Err(ApiError::bad_request("unknown or expired passkey ceremony").into());
         };
         if user_id != w.token_id {
-            return Err(ApiError::bad_request("unknown or expired passkey ceremony"));
+            return Err(ApiError::bad_request("unknown or expired passkey ceremony").into());
         }
         let pk = webauthn(&st)?
             .finish_passkey_registration(&body.credential, &reg)
@@ -277,7 +277,7 @@ pub(crate) async fn login_start(
             .ok_or_else(refused)?;
         let keys = load_passkeys(&st, &user.id)?;
         if keys.is_empty() {
-            return Err(refused());
+            return Err(refused().into());
         }
         let (options, auth) = webauthn(&st)?
             .start_passkey_authentication(&keys)
@@ -382,7 +382,7 @@ pub(crate) async fn login_finish(
                 "role": role.as_str(),
                 "aal": session.aal,
                 "idle_timeout_seconds": idle.as_secs(),
-                "expires_at": crate::clock::instant(session.expires_micros),
+                "expires_at": medvault_node::clock::instant(session.expires_micros),
             });
             secret_json(&body, Some(session.user_id.clone()), "passkey-login")
         }

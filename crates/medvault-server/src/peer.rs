@@ -25,8 +25,8 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use serde_json::Value;
 
 use crate::Node;
-use crate::node_identity::NodeIdentity;
 use crate::tls::{TlsError, TlsListener, provider};
+use medvault_node::node_identity::NodeIdentity;
 
 /// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32-byte key follows.
 const ED25519_SPKI_PREFIX: [u8; 12] = [
@@ -314,7 +314,7 @@ impl rustls::server::ResolvesServerCert for IdentityCert {
             let stored = self
                 .node
                 .store
-                .data_key(crate::node_identity::SIGN_ED25519_KEY)
+                .data_key(medvault_node::node_identity::SIGN_ED25519_KEY)
                 .ok()
                 .flatten()
                 .map(|row| row.key_version);
@@ -470,19 +470,7 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 /// # Errors
 /// [`CallError::BadUrl`].
 pub fn parse_url(url: &str) -> Result<(String, u16), CallError> {
-    let uri: axum::http::Uri = url.parse().map_err(|_| CallError::BadUrl)?;
-    if uri.scheme_str() != Some("https")
-        || !uri.path().trim_end_matches('/').is_empty()
-        || uri.query().is_some()
-    {
-        return Err(CallError::BadUrl);
-    }
-    let host = uri.host().ok_or(CallError::BadUrl)?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    Ok((host, uri.port_u16().unwrap_or(443)))
+    medvault_node::share::peer_address(url).ok_or(CallError::BadUrl)
 }
 
 /// POSTs `body` to `path` at the peer `url` over mutual TLS with `config`.

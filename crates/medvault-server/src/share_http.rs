@@ -13,12 +13,12 @@ use axum::routing::{get, post};
 use medvault_core::ResourceId;
 use serde_json::{Value, json};
 
-use crate::error::{ApiError, IssueCode};
+use crate::error::{ApiError, ErrorKind, IssueCode};
 use crate::http::{AuditExtra, AuditPatient, fhir_json};
-use crate::ops::Ctx;
 use crate::peer::{self, PeerConn};
-use crate::share::{self, BUNDLE_MEDIA_TYPE, MAX_BUNDLE_BYTES, RECEIVE_PATH};
 use crate::{AppState, tls};
+use medvault_node::ops::Ctx;
+use medvault_node::share::{self, BUNDLE_MEDIA_TYPE, MAX_BUNDLE_BYTES, RECEIVE_PATH};
 
 /// The `recipient` and `purpose` of a `$share` call's `Parameters`.
 fn parameters(body: &Value) -> Result<(String, String), ApiError> {
@@ -54,7 +54,7 @@ fn peer_message(body: &[u8]) -> String {
 }
 
 fn gateway(message: String) -> ApiError {
-    ApiError::new(StatusCode::BAD_GATEWAY, IssueCode::Transient, message)
+    ApiError::new(ErrorKind::PeerFailed, IssueCode::Transient, message)
 }
 
 /// `POST /fhir/Patient/{id}/$share`: seals what the requester may read of the patient and the
@@ -240,7 +240,7 @@ async fn receive(
     request: Request,
 ) -> Response {
     let refused = |r: &share::Refusal, leaf: Option<u64>| {
-        let mut resp = r.to_api().into_response();
+        let mut resp = ApiError::from(r.to_error()).into_response();
         resp.extensions_mut().insert(AuditExtra(
             json!({"share_receive": {"refused": r.code(), "leaf": leaf}}),
         ));
@@ -252,7 +252,7 @@ async fn receive(
         .unwrap_or("");
     if ct != BUNDLE_MEDIA_TYPE {
         return ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::UnsupportedMediaType,
             IssueCode::NotSupported,
             format!("send the sealed bundle as {BUNDLE_MEDIA_TYPE}"),
         )
@@ -261,7 +261,7 @@ async fn receive(
     // Client authentication is mandatory on this listener; never go on without the key.
     let Some(key) = conn.key else {
         return ApiError::new(
-            StatusCode::FORBIDDEN,
+            ErrorKind::Forbidden,
             IssueCode::Forbidden,
             "a registered peer's client certificate is required",
         )
@@ -272,7 +272,7 @@ async fn receive(
     // so a sender that disconnects does not free it while its import still runs.
     let Ok(permit) = IMPORTS.try_acquire() else {
         return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unavailable,
             IssueCode::Transient,
             "this node is importing other bundles; send again in a moment",
         )
@@ -340,7 +340,7 @@ pub fn peer_router(state: AppState) -> Router {
         .route(RECEIVE_PATH, post(receive))
         .route(
             "/.well-known/medvault-node",
-            get(crate::node_identity::get_document),
+            get(crate::transparency::get_node_document),
         )
         .fallback(crate::http::not_found)
         .layer(DefaultBodyLimit::disable())
@@ -390,7 +390,7 @@ fn refusal_recorder(state: &AppState) -> tls::RefusedHook {
             let detail = json!({
                 "v": 1,
                 "type": "share",
-                "time": crate::clock::instant(now),
+                "time": medvault_node::clock::instant(now),
                 "agent": {"address": address},
                 "interaction": "peer-handshake-refused",
                 "outcome": "denied",

@@ -107,7 +107,7 @@ pub fn dev_cert(data_dir: &Path) -> Result<(PathBuf, PathBuf, String), TlsError>
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    crate::node::write_private_file(path, bytes).map_err(|e| file_err(path, e))
+    medvault_node::node::write_private_file(path, bytes).map_err(|e| file_err(path, e))
 }
 
 /// Told of every refused TLS handshake: the client's address and why (e.g. for the peer

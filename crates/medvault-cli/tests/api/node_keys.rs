@@ -1,7 +1,7 @@
 //! The node's hybrid identity (issue 7): published, verifiable, rotatable, the rotation in the
 //! ledger.
 
-use medvault_server::node_identity::verify_document;
+use medvault_node::node_identity::verify_document;
 use serde_json::Value;
 
 use crate::{Server, raw_get};

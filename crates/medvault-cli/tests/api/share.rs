@@ -581,9 +581,9 @@ fn a_delivery_repeated_after_a_lost_answer_gets_the_same_receipt() {
     let bytes = std::fs::read(&file).unwrap();
     // A's identity, as its own peer client would present it (opened from its data directory).
     let node =
-        medvault_server::Node::open_in(&a.s.dir, &medvault_server::node::Database::Embedded, None)
+        medvault_node::Node::open_in(&a.s.dir, &medvault_node::node::Database::Embedded, None)
             .unwrap();
-    let id = medvault_server::node_identity::NodeIdentity::load(&node).unwrap();
+    let id = medvault_node::node_identity::NodeIdentity::load(&node).unwrap();
     let b_key = medvault_server::peer::document_ed25519(&b.doc.to_string()).unwrap();
     let tls = medvault_server::peer::client_config(&id, b_key).unwrap();
     let url = format!("https://127.0.0.1:{}", b.peer_port);
@@ -594,14 +594,14 @@ fn a_delivery_repeated_after_a_lost_answer_gets_the_same_receipt() {
     let post = |body: Vec<u8>, ct: &str| {
         rt.block_on(medvault_server::peer::post(
             &url,
-            medvault_server::share::RECEIVE_PATH,
+            medvault_node::share::RECEIVE_PATH,
             ct,
             body,
             std::sync::Arc::clone(&tls),
         ))
         .unwrap()
     };
-    let ct = medvault_server::share::BUNDLE_MEDIA_TYPE;
+    let ct = medvault_node::share::BUNDLE_MEDIA_TYPE;
     let wrong = post(bytes.clone(), "application/octet-stream");
     assert_eq!(wrong.status, 415);
     let first = post(bytes.clone(), ct);

@@ -1,9 +1,9 @@
 //! FHIR REST paths (relative to `/fhir`), parsed once for HTTP requests and Bundle entries alike.
 
-use axum::http::{Method, StatusCode};
+use http::Method;
 use medvault_core::{ResourceId, VersionId};
 
-use crate::error::{ApiError, IssueCode};
+use crate::error::{Error, ErrorKind, IssueCode};
 
 /// What a FHIR path names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,13 +28,13 @@ pub enum Target {
     Operation(String, ResourceId, String),
 }
 
-fn type_name(s: &str) -> Result<String, ApiError> {
+fn type_name(s: &str) -> Result<String, Error> {
     medvault_core::ResourceType::new(s)
         .map(|t| t.as_str().to_owned())
-        .map_err(|_| ApiError::not_found("unknown resource type"))
+        .map_err(|_| Error::not_found("unknown resource type"))
 }
 
-fn id(s: &str) -> Result<ResourceId, ApiError> {
+fn id(s: &str) -> Result<ResourceId, Error> {
     crate::ops::parse_id(s)
 }
 
@@ -42,7 +42,7 @@ fn id(s: &str) -> Result<ResourceId, ApiError> {
 ///
 /// # Errors
 /// 404 for paths that name nothing; 400 for malformed ids or version ids.
-pub fn parse_path(path: &str) -> Result<Target, ApiError> {
+pub fn parse_path(path: &str) -> Result<Target, Error> {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     Ok(match segs.as_slice() {
         [] => Target::System,
@@ -58,16 +58,16 @@ pub fn parse_path(path: &str) -> Result<Target, ApiError> {
         [t, i, "_history", v] => Target::Version(
             type_name(t)?,
             id(i)?,
-            VersionId::parse(v).map_err(|e| ApiError::bad_request(e.to_string()))?,
+            VersionId::parse(v).map_err(|e| Error::bad_request(e.to_string()))?,
         ),
-        _ => return Err(ApiError::not_found("no such FHIR endpoint")),
+        _ => return Err(Error::not_found("no such FHIR endpoint")),
     })
 }
 
 /// 405 for a method the target does not support.
-pub fn method_not_allowed(method: &Method) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
+pub fn method_not_allowed(method: &Method) -> Error {
+    Error::new(
+        ErrorKind::MethodNotAllowed,
         IssueCode::NotSupported,
         format!("{method} is not supported on this endpoint"),
     )
@@ -77,7 +77,7 @@ pub fn method_not_allowed(method: &Method) -> ApiError {
 ///
 /// # Errors
 /// 400 when it is not a version ETag.
-pub fn parse_etag(text: &str) -> Result<u64, ApiError> {
+pub fn parse_etag(text: &str) -> Result<u64, Error> {
     let t = text.trim();
     let t = t.strip_prefix("W/").unwrap_or(t);
     let t = t
@@ -85,8 +85,8 @@ pub fn parse_etag(text: &str) -> Result<u64, ApiError> {
         .and_then(|t| t.strip_suffix('"'))
         .unwrap_or(t);
     VersionId::parse(t).map(VersionId::get).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
+        Error::new(
+            ErrorKind::Invalid,
             IssueCode::Invalid,
             "If-Match must be a version ETag such as W/\"3\"",
         )
@@ -108,20 +108,17 @@ mod tests {
             matches!(parse_path("Patient/1/_history/2").unwrap(), Target::Version(_, _, v) if v.get() == 2)
         );
         assert_eq!(
-            parse_path("Patient/bad id").unwrap_err().status,
-            StatusCode::BAD_REQUEST
+            parse_path("Patient/bad id").unwrap_err().kind,
+            ErrorKind::Invalid
         );
         assert_eq!(
-            parse_path("Patient/1/_history/x").unwrap_err().status,
-            StatusCode::BAD_REQUEST
+            parse_path("Patient/1/_history/x").unwrap_err().kind,
+            ErrorKind::Invalid
         );
+        assert_eq!(parse_path("patient").unwrap_err().kind, ErrorKind::NotFound);
         assert_eq!(
-            parse_path("patient").unwrap_err().status,
-            StatusCode::NOT_FOUND
-        );
-        assert_eq!(
-            parse_path("a/b/c/d/e").unwrap_err().status,
-            StatusCode::NOT_FOUND
+            parse_path("a/b/c/d/e").unwrap_err().kind,
+            ErrorKind::NotFound
         );
     }
 

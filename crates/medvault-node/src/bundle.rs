@@ -7,12 +7,12 @@
 
 use std::collections::HashMap;
 
-use axum::http::StatusCode;
+use http::StatusCode;
 use medvault_core::ResourceId;
 use medvault_store::{Store, StoreRead, StoreTx, write_with};
 use serde_json::{Value, json};
 
-use crate::error::{ApiError, IssueCode};
+use crate::error::{Error, ErrorKind, IssueCode};
 use crate::ops::{self, Ctx, Outcome};
 use crate::route::{Target, parse_etag, parse_path};
 use crate::search;
@@ -70,17 +70,17 @@ impl EntryOp {
     }
 }
 
-fn entry_error(i: usize, e: ApiError) -> ApiError {
-    ApiError {
+fn entry_error(i: usize, e: Error) -> Error {
+    Error {
         message: format!("entry {i}: {}", e.message),
         ..e
     }
 }
 
-fn parse_entry(ctx: &Ctx, entry: &Value) -> Result<EntryOp, ApiError> {
+fn parse_entry(ctx: &Ctx, entry: &Value) -> Result<EntryOp, Error> {
     let request = entry.get("request").ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
+        Error::new(
+            ErrorKind::Invalid,
             IssueCode::Required,
             "request is missing",
         )
@@ -90,8 +90,8 @@ fn parse_entry(ctx: &Ctx, entry: &Value) -> Result<EntryOp, ApiError> {
         .and_then(Value::as_str)
         .unwrap_or_default();
     let url = request.get("url").and_then(Value::as_str).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
+        Error::new(
+            ErrorKind::Invalid,
             IssueCode::Required,
             "request.url is missing",
         )
@@ -105,8 +105,8 @@ fn parse_entry(ctx: &Ctx, entry: &Value) -> Result<EntryOp, ApiError> {
         .map(str::to_owned);
     let need_resource = || {
         resource.clone().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
+            Error::new(
+                ErrorKind::Invalid,
                 IssueCode::Required,
                 "resource is missing",
             )
@@ -169,8 +169,8 @@ fn parse_entry(ctx: &Ctx, entry: &Value) -> Result<EntryOp, ApiError> {
             params,
         },
         (m, _) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
+            return Err(Error::new(
+                ErrorKind::Invalid,
                 IssueCode::NotSupported,
                 format!("request.method {m:?} on this url is not supported in a Bundle"),
             ));
@@ -209,12 +209,7 @@ fn response_entry(out: Outcome, base: &str) -> Value {
     entry
 }
 
-fn run_read(
-    store: &dyn StoreRead,
-    ctx: &Ctx,
-    op: &EntryOp,
-    base: &str,
-) -> Result<Outcome, ApiError> {
+fn run_read(store: &dyn StoreRead, ctx: &Ctx, op: &EntryOp, base: &str) -> Result<Outcome, Error> {
     let ok = |resource| Outcome {
         status: StatusCode::OK,
         resource: Some(resource),
@@ -241,11 +236,11 @@ fn run_read(
             )?;
             ops::history(store, ctx, rt, id.as_ref(), req.paging, base).map(ok)
         }
-        _ => Err(ApiError::internal(&"write entry routed to the read path")),
+        _ => Err(Error::internal(&"write entry routed to the read path")),
     }
 }
 
-fn run_write(tx: &mut dyn StoreTx, ctx: &Ctx, op: EntryOp) -> Result<Outcome, ApiError> {
+fn run_write(tx: &mut dyn StoreTx, ctx: &Ctx, op: EntryOp) -> Result<Outcome, Error> {
     match op {
         EntryOp::Create {
             rt,
@@ -267,7 +262,7 @@ fn run_write(tx: &mut dyn StoreTx, ctx: &Ctx, op: EntryOp) -> Result<Outcome, Ap
             ops::update(tx, ctx, p, if_match)
         }
         EntryOp::Delete { rt, id } => ops::delete(tx, ctx, &rt, &id),
-        _ => Err(ApiError::internal(&"read entry routed to the write path")),
+        _ => Err(Error::internal(&"read entry routed to the write path")),
     }
 }
 
@@ -291,7 +286,7 @@ fn transaction(
     ctx: &Ctx,
     mut ops_in: Vec<EntryOp>,
     base: &str,
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<Value>, Error> {
     // Resolve the ids of created resources (conditional creates may resolve to existing ones).
     let mut map = HashMap::new();
     let mut existing = HashMap::new();
@@ -317,8 +312,8 @@ fn transaction(
                         _ => {
                             return Err(entry_error(
                                 i,
-                                ApiError::new(
-                                    StatusCode::PRECONDITION_FAILED,
+                                Error::new(
+                                    ErrorKind::PreconditionFailed,
                                     IssueCode::Duplicate,
                                     "ifNoneExist matches more than one resource",
                                 ),
@@ -394,7 +389,7 @@ pub(crate) fn transaction_entries(
     ctx: &Ctx,
     entries: &[Value],
     base: &str,
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<Value>, Error> {
     let mut parsed = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
         parsed.push(parse_entry(ctx, e).map_err(|err| entry_error(i, err))?);
@@ -407,9 +402,9 @@ pub(crate) fn transaction_entries(
 /// # Errors
 /// 400 for a malformed Bundle; for a transaction, the first failing entry's error (nothing
 /// is written).
-pub fn process(store: &dyn Store, ctx: &Ctx, bundle: Value, base: &str) -> Result<Value, ApiError> {
+pub fn process(store: &dyn Store, ctx: &Ctx, bundle: Value, base: &str) -> Result<Value, Error> {
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
-        return Err(ApiError::bad_request("POST to the base URL takes a Bundle"));
+        return Err(Error::bad_request("POST to the base URL takes a Bundle"));
     }
     let kind = bundle
         .get("type")
@@ -417,8 +412,8 @@ pub fn process(store: &dyn Store, ctx: &Ctx, bundle: Value, base: &str) -> Resul
         .unwrap_or_default()
         .to_owned();
     if kind != "batch" && kind != "transaction" {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        return Err(Error::new(
+            ErrorKind::Invalid,
             IssueCode::NotSupported,
             "Bundle.type must be batch or transaction",
         ));
@@ -427,16 +422,16 @@ pub fn process(store: &dyn Store, ctx: &Ctx, bundle: Value, base: &str) -> Resul
         None => Vec::new(),
         Some(Value::Array(e)) => e.clone(),
         Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
+            return Err(Error::new(
+                ErrorKind::Invalid,
                 IssueCode::Structure,
                 "Bundle.entry must be an array",
             ));
         }
     };
     if entries.len() > MAX_ENTRIES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+        return Err(Error::new(
+            ErrorKind::TooLarge,
             IssueCode::TooCostly,
             format!("a Bundle may hold at most {MAX_ENTRIES} entries"),
         ));
@@ -457,8 +452,7 @@ pub fn process(store: &dyn Store, ctx: &Ctx, bundle: Value, base: &str) -> Resul
             let result = parse_entry(ctx, e).and_then(|op| {
                 if op.is_write() {
                     let ctx2 = ctx.clone();
-                    write_with(store, move |tx| Ok(run_write(tx, &ctx2, op)?))
-                        .map_err(ApiError::from)
+                    write_with(store, move |tx| Ok(run_write(tx, &ctx2, op)?)).map_err(Error::from)
                 } else {
                     run_read(store, ctx, &op, base)
                 }
@@ -472,7 +466,7 @@ pub fn process(store: &dyn Store, ctx: &Ctx, bundle: Value, base: &str) -> Resul
                     }
                     response_entry(
                         Outcome {
-                            status: err.status,
+                            status: err.status(),
                             resource: Some(err.outcome()),
                             location: None,
                             version: None,

@@ -6,10 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use medvault_crypto::seal_bundle;
-use medvault_server::Node;
-use medvault_server::node::Database;
-use medvault_server::node_identity::NodeIdentity;
-use medvault_server::share::{self, FORMAT, Party, Refusal, ShareHeader};
+use medvault_node::Node;
+use medvault_node::node::Database;
+use medvault_node::node_identity::NodeIdentity;
+use medvault_node::share::{self, FORMAT, Party, Refusal, ShareHeader};
 use serde_json::{Value, json};
 
 struct Two {
@@ -78,8 +78,8 @@ impl Two {
                 fingerprint: self.b_id.fingerprint(),
             },
             purpose: "TREAT".into(),
-            created: medvault_server::clock::instant(now),
-            expires: medvault_server::clock::instant(now + 3_600_000_000),
+            created: medvault_node::clock::instant(now),
+            expires: medvault_node::clock::instant(now + 3_600_000_000),
             sender_leaf: 0,
         };
         seal_bundle(
@@ -92,14 +92,14 @@ impl Two {
     }
 
     fn receive(&self, bytes: &[u8]) -> Result<share::Imported, Refusal> {
-        let ctx = medvault_server::ops::Ctx::unrestricted_node_work(&self.b);
+        let ctx = medvault_node::ops::Ctx::unrestricted_node_work(&self.b);
         share::receive(&self.b, &ctx, bytes, None, &json!({"test": true})).map_err(|r| r.refusal)
     }
 
     fn read(&self, rt: &str, id: &str) -> Option<Value> {
-        let ctx = medvault_server::ops::Ctx::unrestricted_node_work(&self.b);
+        let ctx = medvault_node::ops::Ctx::unrestricted_node_work(&self.b);
         let id = medvault_core::ResourceId::new(id).unwrap();
-        medvault_server::ops::read(self.b.store.as_ref(), &ctx, rt, &id, None)
+        medvault_node::ops::read(self.b.store.as_ref(), &ctx, rt, &id, None)
             .ok()
             .and_then(|o| o.resource)
     }
@@ -154,9 +154,9 @@ fn a_peer_cannot_reach_beyond_the_patient_it_sends() {
         ),
     ]);
     t.receive(&t.seal(&sneaky)).unwrap();
-    let found = medvault_server::search::search_bundle(
+    let found = medvault_node::search::search_bundle(
         t.b.store.as_ref(),
-        &medvault_server::ops::Ctx::unrestricted_node_work(&t.b),
+        &medvault_node::ops::Ctx::unrestricted_node_work(&t.b),
         "Observation",
         &[("performer".into(), format!("Patient/{existing}"))],
         true,
@@ -206,9 +206,9 @@ fn a_peer_cannot_reach_beyond_the_patient_it_sends() {
     ]);
     let imported = t.receive(&t.seal(&team)).unwrap();
     assert_eq!(imported.resources, 2);
-    let found = medvault_server::search::search_bundle(
+    let found = medvault_node::search::search_bundle(
         t.b.store.as_ref(),
-        &medvault_server::ops::Ctx::unrestricted_node_work(&t.b),
+        &medvault_node::ops::Ctx::unrestricted_node_work(&t.b),
         "CareTeam",
         &[("patient".into(), format!("Patient/{}", imported.patient))],
         true,

@@ -26,7 +26,7 @@ use medvault_policy::{Action, ConsentState, PolicyEngine, Query};
 use medvault_store::StoreRead;
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::ops::Ctx;
 use crate::search;
 
@@ -298,7 +298,7 @@ fn find_all(
     ctx: &Ctx,
     rt: &str,
     params: &[(&str, &str)],
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<Value>, Error> {
     let params: Vec<(String, String)> = params
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -359,7 +359,7 @@ impl Guard {
         store: &dyn StoreRead,
         ctx: &Ctx,
         patient: &str,
-    ) -> Result<Arc<PatientFacts>, ApiError> {
+    ) -> Result<Arc<PatientFacts>, Error> {
         if let Some(f) = self.lock().patients.get(patient) {
             return Ok(Arc::clone(f));
         }
@@ -400,7 +400,7 @@ impl Guard {
     /// PractitionerRoles (active, in period) and those roles' Organizations, and the CareTeams
     /// that list them as a member (in period, whatever the team's status: a deny naming a team
     /// reaches everyone on it). Looked up once per request, shared like the patient facts.
-    fn actors(&self, store: &dyn StoreRead, ctx: &Ctx) -> Result<Arc<Actors>, ApiError> {
+    fn actors(&self, store: &dyn StoreRead, ctx: &Ctx) -> Result<Arc<Actors>, Error> {
         let Some(who) = self.subject.practitioner.clone() else {
             return Ok(Arc::default());
         };
@@ -465,7 +465,7 @@ impl Guard {
         store: &dyn StoreRead,
         ctx: &Ctx,
         patient: &str,
-    ) -> Result<SharedFacts, ApiError> {
+    ) -> Result<SharedFacts, Error> {
         // The lookups themselves are not subject to the policy or the request's scopes.
         let inner = ctx.as_node_work();
         let reference = format!("Patient/{patient}");
@@ -503,7 +503,7 @@ impl Guard {
         rt: &str,
         key_name: &str,
         resource: Option<&Value>,
-    ) -> Result<Result<(), Vec<String>>, ApiError> {
+    ) -> Result<Result<(), Vec<String>>, Error> {
         let patient = key_name.strip_prefix("Patient/");
         let labels = resource.map(security_labels).unwrap_or_default();
         let facts = match patient {

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
+use http::StatusCode;
 use medvault_auth::scopes::{Access, COMPARTMENT_CONSTRAINT, Interaction, ScopeSet};
 use medvault_core::{Compartment, ResourceId};
 use medvault_crypto::BlindValue;
@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 
 use crate::authz::Guard;
 use crate::clock::{Clock, instant};
-use crate::error::{ApiError, IssueCode};
+use crate::error::{Error, ErrorKind, IssueCode};
 use crate::node::{KeyError, KeyRing};
 use crate::search;
 
@@ -174,9 +174,9 @@ fn longer_than(v: &Value, limit: usize) -> bool {
 }
 
 /// The answer to a request whose time ran out.
-pub fn timed_out() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
+pub fn timed_out() -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
         IssueCode::Transient,
         "the request took too long and was stopped: a write still waiting for its commit was not made, but one already committing (or an earlier entry of a batch) may have been; read before retrying",
     )
@@ -195,20 +195,20 @@ fn policy_action(i: Interaction) -> Action {
 
 /// What a client learns about a resource it may not see: exactly what it would learn about
 /// one that does not exist. The refusing rule goes to the access log only.
-fn hidden(rt: &str, id: &str, version: Option<u64>, denied_by: String) -> ApiError {
+fn hidden(rt: &str, id: &str, version: Option<u64>, denied_by: String) -> Error {
     not_known(rt, id, version).denied_by(denied_by)
 }
 
-fn not_known(rt: &str, id: &str, version: Option<u64>) -> ApiError {
-    ApiError::not_found(match version {
+fn not_known(rt: &str, id: &str, version: Option<u64>) -> Error {
+    Error::not_found(match version {
         Some(v) => format!("{rt}/{id} has no version {v}"),
         None => format!("{rt}/{id} is not known"),
     })
 }
 
-fn out_of_scope(what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
+fn out_of_scope(what: &str) -> Error {
+    Error::new(
+        ErrorKind::Forbidden,
         IssueCode::Forbidden,
         format!("the granted scopes do not allow {what}"),
     )
@@ -261,7 +261,7 @@ impl Ctx {
         rt: &str,
         key_name: &str,
         resource: Option<&Value>,
-    ) -> Result<Result<(), Vec<String>>, ApiError> {
+    ) -> Result<Result<(), Vec<String>>, Error> {
         match &self.access {
             Rules::NodeWork => Ok(Ok(())),
             Rules::Policy(g) => g.decide(store, self, action, rt, key_name, resource),
@@ -280,7 +280,7 @@ impl Ctx {
         rt: &str,
         key_name: &str,
         resource: Option<&Value>,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, Error> {
         let in_scope = match (resource, &self.scopes) {
             (Some(r), Some(_)) => self.scope_allows(rt, interaction, r).is_ok(),
             _ => true,
@@ -303,7 +303,7 @@ impl Ctx {
     ///
     /// # Errors
     /// 403 when nothing allows it.
-    pub fn scope_access(&self, rt: &str, interaction: Interaction) -> Result<Access, ApiError> {
+    pub fn scope_access(&self, rt: &str, interaction: Interaction) -> Result<Access, Error> {
         let Some(scopes) = &self.scopes else {
             return Ok(Access::Full);
         };
@@ -326,7 +326,7 @@ impl Ctx {
         rt: &str,
         interaction: Interaction,
         resource: &Value,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         match self.scope_access(rt, interaction)? {
             Access::Full => Ok(()),
             Access::Denied => Err(out_of_scope(rt)),
@@ -355,7 +355,7 @@ fn existing_allows(
     rt: &str,
     id: &ResourceId,
     interaction: Interaction,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     let constrained = !matches!(ctx.scope_access(rt, interaction)?, Access::Full);
     if !constrained && ctx.guard().is_none() {
         return Ok(());
@@ -367,7 +367,7 @@ fn existing_allows(
     // answers as missing unless the request may see that patient).
     let content = stored_allows(store, ctx, &row, policy_action(interaction))?;
     if row.shredded {
-        return Err(ApiError::gone("this patient's data was erased"));
+        return Err(Error::gone("this patient's data was erased"));
     }
     if constrained
         && let Some(resource) = &content
@@ -393,7 +393,7 @@ fn stored_allows(
     ctx: &Ctx,
     row: &StoredVersion,
     action: Action,
-) -> Result<Option<Value>, ApiError> {
+) -> Result<Option<Value>, Error> {
     let content = decision_content(store, ctx, row)?;
     for a in [Action::Read, action] {
         ctx.permits(
@@ -414,10 +414,10 @@ fn current_row(
     rt: &str,
     id: &ResourceId,
     version: u64,
-) -> Result<StoredVersion, ApiError> {
+) -> Result<StoredVersion, Error> {
     store
         .version(rt, id.as_str(), Some(version))?
-        .ok_or_else(|| ApiError::internal(&"current version vanished"))
+        .ok_or_else(|| Error::internal(&"current version vanished"))
 }
 
 /// The content a decision about a stored row rests on: the row's own, or for a delete marker
@@ -427,7 +427,7 @@ fn decision_content(
     store: &dyn StoreRead,
     ctx: &Ctx,
     row: &StoredVersion,
-) -> Result<Option<Value>, ApiError> {
+) -> Result<Option<Value>, Error> {
     if row.shredded || row.expunged {
         return Ok(None);
     }
@@ -451,7 +451,7 @@ fn new_content_allowed(
     ctx: &Ctx,
     p: &Prepared,
     interaction: Interaction,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     if p.allowed == Some(interaction) {
         return Ok(());
     }
@@ -467,9 +467,9 @@ fn new_content_allowed(
 }
 
 /// The answer to writing content the access policy does not allow.
-fn policy_refusal(interaction: Interaction) -> ApiError {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
+fn policy_refusal(interaction: Interaction) -> Error {
+    Error::new(
+        ErrorKind::Forbidden,
         IssueCode::Forbidden,
         format!(
             "the access policy does not allow this {}: it needs a care relationship with the patient and a treatment purpose",
@@ -589,10 +589,10 @@ impl Prepared {
     }
 }
 
-fn key_error(e: KeyError) -> ApiError {
+fn key_error(e: KeyError) -> Error {
     match e {
-        KeyError::Shredded => ApiError::gone("this patient's data was erased"),
-        other => ApiError::internal(&other),
+        KeyError::Shredded => Error::gone("this patient's data was erased"),
+        other => Error::internal(&other),
     }
 }
 
@@ -601,17 +601,17 @@ fn key_error(e: KeyError) -> ApiError {
 ///
 /// # Errors
 /// 404 as above.
-pub fn served_type(fhir: &Fhir, name: &str) -> Result<(), ApiError> {
+pub fn served_type(fhir: &Fhir, name: &str) -> Result<(), Error> {
     if fhir.type_info(name).is_some() {
         Ok(())
     } else if fhir.is_r4_type(name) {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
+        Err(Error::new(
+            ErrorKind::NotFound,
             IssueCode::NotSupported,
             format!("resource type {name} is not served by this node (see /fhir/metadata)"),
         ))
     } else {
-        Err(ApiError::not_found("unknown resource type"))
+        Err(Error::not_found("unknown resource type"))
     }
 }
 
@@ -619,8 +619,8 @@ pub fn served_type(fhir: &Fhir, name: &str) -> Result<(), ApiError> {
 ///
 /// # Errors
 /// 400 for an invalid id.
-pub fn parse_id(text: &str) -> Result<ResourceId, ApiError> {
-    ResourceId::new(text).map_err(|e| ApiError::bad_request(e.to_string()))
+pub fn parse_id(text: &str) -> Result<ResourceId, Error> {
+    ResourceId::new(text).map_err(|e| Error::bad_request(e.to_string()))
 }
 
 /// Validates and indexes a resource for writing under `id`.
@@ -635,10 +635,10 @@ pub fn prepare(
     id: ResourceId,
     mut resource: Value,
     id_must_match: bool,
-) -> Result<Prepared, ApiError> {
+) -> Result<Prepared, Error> {
     let Value::Object(map) = &mut resource else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        return Err(Error::new(
+            ErrorKind::Invalid,
             IssueCode::Structure,
             "the body must be a JSON object (a FHIR resource)",
         ));
@@ -646,13 +646,13 @@ pub fn prepare(
     match map.get("resourceType").and_then(Value::as_str) {
         Some(t) if t == rt => {}
         Some(_) => {
-            return Err(ApiError::bad_request(format!(
+            return Err(Error::bad_request(format!(
                 "resourceType does not match the URL (expected {rt})"
             )));
         }
         None => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
+            return Err(Error::new(
+                ErrorKind::Invalid,
                 IssueCode::Required,
                 "resourceType is missing",
             ));
@@ -662,13 +662,13 @@ pub fn prepare(
         match map.get("id") {
             Some(Value::String(body_id)) if body_id == id.as_str() => {}
             Some(_) => {
-                return Err(ApiError::bad_request(
+                return Err(Error::bad_request(
                     "the resource id does not match the id in the URL",
                 ));
             }
             None => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
+                return Err(Error::new(
+                    ErrorKind::Invalid,
                     IssueCode::Required,
                     "the resource must carry the id given in the URL",
                 ));
@@ -686,15 +686,14 @@ pub fn prepare(
     if let Some(limit) = max_resource_bytes(rt)
         && longer_than(&resource, limit)
     {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+        return Err(Error::new(
+            ErrorKind::TooLarge,
             IssueCode::TooLong,
             format!("a {rt} may be at most {limit} bytes of JSON"),
         ));
     }
     ctx.fhir.validate(rt, &resource).map_err(|issues| {
-        let mut e =
-            ApiError::bad_request("the resource does not conform to the FHIR R4 definitions");
+        let mut e = Error::bad_request("the resource does not conform to the FHIR R4 definitions");
         e.details = issues.into_iter().map(|i| (i.path, i.message)).collect();
         e
     })?;
@@ -702,9 +701,8 @@ pub fn prepare(
         // A consent the evaluator cannot apply would be stored and silently ignored: refused,
         // so the patient (or their proxy) can say it in a form that takes effect.
         let is_type = |t: &str| ctx.fhir.r4_type_named(t).is_some();
-        medvault_policy::consent::check(&resource, &is_type).map_err(|why| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Processing, why)
-        })?;
+        medvault_policy::consent::check(&resource, &is_type)
+            .map_err(|why| Error::new(ErrorKind::Unprocessable, IssueCode::Processing, why))?;
     }
     let interaction = if id_must_match {
         Interaction::Update
@@ -742,13 +740,13 @@ fn plan_index<'f>(
     fhir: &'f Fhir,
     rt: &str,
     resource: &Value,
-) -> Result<Vec<PlannedIndex<'f>>, ApiError> {
+) -> Result<Vec<PlannedIndex<'f>>, Error> {
     let Some(info) = fhir.type_info(rt) else {
         return Ok(Vec::new());
     };
     let too_many = |what: String| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        Error::new(
+            ErrorKind::Unprocessable,
             IssueCode::TooCostly,
             format!(
                 "{what}; this node indexes at most {MAX_INDEX_KEYS_PER_PARAM} entries per search parameter and {MAX_INDEX_KEYS} per resource"
@@ -787,7 +785,7 @@ pub const MAX_BUNDLE_INDEX_KEYS: usize = 100_000;
 ///
 /// # Errors
 /// 413 for an oversized resource; 422 `too-costly` past the index caps.
-pub fn check_transaction_load(ctx: &Ctx, resources: &[&Value]) -> Result<(), ApiError> {
+pub fn check_transaction_load(ctx: &Ctx, resources: &[&Value]) -> Result<(), Error> {
     let mut total = 0usize;
     for r in resources {
         let Some(rt) = r.get("resourceType").and_then(Value::as_str) else {
@@ -796,8 +794,8 @@ pub fn check_transaction_load(ctx: &Ctx, resources: &[&Value]) -> Result<(), Api
         if let Some(limit) = max_resource_bytes(rt)
             && longer_than(r, limit)
         {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
+            return Err(Error::new(
+                ErrorKind::TooLarge,
                 IssueCode::TooLong,
                 format!("a {rt} may be at most {limit} bytes of JSON"),
             ));
@@ -807,8 +805,8 @@ pub fn check_transaction_load(ctx: &Ctx, resources: &[&Value]) -> Result<(), Api
             .map(|(_, k)| k.len())
             .sum::<usize>();
         if total > MAX_BUNDLE_INDEX_KEYS {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            return Err(Error::new(
+                ErrorKind::Unprocessable,
                 IssueCode::TooCostly,
                 format!(
                     "the transaction has too many searchable values in all (at most {MAX_BUNDLE_INDEX_KEYS} index entries); split it"
@@ -835,14 +833,14 @@ fn resolve_patient_links(
     rt: &str,
     resource: &mut Value,
     interaction: Interaction,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     use medvault_fhir::PatientLink;
     let links = ctx.fhir.unresolved_patient_links(rt, resource);
     if links.is_empty() {
         return Ok(());
     }
     let inner = ctx.as_node_work();
-    let find = |system: &Option<String>, value: &Option<String>| -> Result<Vec<String>, ApiError> {
+    let find = |system: &Option<String>, value: &Option<String>| -> Result<Vec<String>, Error> {
         match (system, value) {
             (Some(system), Some(value)) if !system.is_empty() && !value.is_empty() => {
                 let token = format!("{}|{}", escape_token(system), escape_token(value));
@@ -889,7 +887,7 @@ fn escape_token(s: &str) -> String {
         .replace('$', "\\$")
 }
 
-fn unresolved_patient(ctx: &Ctx, interaction: Interaction) -> ApiError {
+fn unresolved_patient(ctx: &Ctx, interaction: Interaction) -> Error {
     let sees_all = ctx.guard().is_none_or(|g| {
         matches!(
             g.subject().role,
@@ -897,8 +895,8 @@ fn unresolved_patient(ctx: &Ctx, interaction: Interaction) -> ApiError {
         )
     });
     if sees_all {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        Error::new(
+            ErrorKind::Unprocessable,
             IssueCode::Processing,
             "the record's patient must be a stored Patient: a reference by identifier (system and value) or to a contained Patient must match exactly one Patient on this node",
         )
@@ -938,7 +936,7 @@ pub fn authorize_write(
     ctx: &Ctx,
     p: &mut Prepared,
     interaction: Interaction,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     new_content_allowed(store, ctx, p, interaction)?;
     p.allowed = Some(interaction);
     Ok(())
@@ -951,7 +949,7 @@ fn commit(
     p: Prepared,
     version: u64,
     now: i64,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Error> {
     let mut resource = p.resource;
     if let Value::Object(map) = &mut resource {
         let meta = map
@@ -967,7 +965,7 @@ fn commit(
         return Err(timed_out());
     }
     let bytes =
-        zeroize::Zeroizing::new(serde_json::to_vec(&resource).map_err(|e| ApiError::internal(&e))?);
+        zeroize::Zeroizing::new(serde_json::to_vec(&resource).map_err(|e| Error::internal(&e))?);
     let key_name = p.compartment.key_name();
     let key = ctx.keys.for_write(tx, &key_name).map_err(key_error)?;
     let aad = RecordAad {
@@ -976,7 +974,7 @@ fn commit(
         id: p.id.as_str(),
         version,
     };
-    let sealed = key.seal(&aad, &bytes).map_err(|e| ApiError::internal(&e))?;
+    let sealed = key.seal(&aad, &bytes).map_err(|e| Error::internal(&e))?;
     let mut v = StoredVersion {
         resource_type: p.rt,
         id: p.id.to_string(),
@@ -1007,7 +1005,7 @@ pub fn create(
     ctx: &Ctx,
     p: Prepared,
     if_none_exist: Option<&str>,
-) -> Result<Outcome, ApiError> {
+) -> Result<Outcome, Error> {
     if let Some(query) = if_none_exist {
         // The condition is a search, and its answer (created, existing, several) tells whether
         // matching resources exist: under scopes it needs an unconstrained search permission.
@@ -1024,7 +1022,7 @@ pub fn create(
             [one] => {
                 let row = tx
                     .version(&p.rt, one, None)?
-                    .ok_or_else(|| ApiError::internal(&"matched row vanished"))?;
+                    .ok_or_else(|| Error::internal(&"matched row vanished"))?;
                 let resource = open(&*tx, ctx, &row)?;
                 ctx.scope_allows(&p.rt, Interaction::Read, &resource)?;
                 return Ok(Outcome::of_version(
@@ -1038,8 +1036,8 @@ pub fn create(
                 .with_key(row.key_name));
             }
             _ => {
-                return Err(ApiError::new(
-                    StatusCode::PRECONDITION_FAILED,
+                return Err(Error::new(
+                    ErrorKind::PreconditionFailed,
                     IssueCode::Duplicate,
                     "If-None-Exist matches more than one resource",
                 ));
@@ -1048,8 +1046,8 @@ pub fn create(
     }
     new_content_allowed(&*tx, ctx, &p, Interaction::Create)?;
     if tx.current(&p.rt, p.id.as_str())?.is_some() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
+        return Err(Error::new(
+            ErrorKind::Conflict,
             IssueCode::Duplicate,
             "a resource with this id already exists",
         ));
@@ -1069,7 +1067,7 @@ pub fn update(
     ctx: &Ctx,
     p: Prepared,
     if_match: Option<u64>,
-) -> Result<Outcome, ApiError> {
+) -> Result<Outcome, Error> {
     let current = tx.current(&p.rt, p.id.as_str())?;
     new_content_allowed(&*tx, ctx, &p, Interaction::Update)?;
     if current.as_ref().is_some_and(|c| !c.deleted) {
@@ -1098,8 +1096,8 @@ pub fn update(
             return Err(not_known(&p.rt, p.id.as_str(), None));
         }
         if live != Some(expected) {
-            return Err(ApiError::new(
-                StatusCode::PRECONDITION_FAILED,
+            return Err(Error::new(
+                ErrorKind::PreconditionFailed,
                 IssueCode::Conflict,
                 "If-Match does not name the current version; read the resource again and retry",
             ));
@@ -1134,10 +1132,10 @@ fn reseal_history(
     newest: u64,
     key_name: &str,
     now: i64,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     if newest > MAX_RESEALED + 1 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        return Err(Error::new(
+            ErrorKind::Unprocessable,
             IssueCode::TooCostly,
             format!(
                 "a resource with more than {MAX_RESEALED} earlier versions cannot move to another patient's compartment: create a new resource for that patient and delete this one"
@@ -1159,7 +1157,7 @@ fn reseal_history(
             Some(_) if !row.expunged => {
                 let plain = open(&*tx, ctx, &row)?;
                 let bytes = zeroize::Zeroizing::new(
-                    serde_json::to_vec(&plain).map_err(|e| ApiError::internal(&e))?,
+                    serde_json::to_vec(&plain).map_err(|e| Error::internal(&e))?,
                 );
                 let aad = RecordAad {
                     tenant: ctx.keys.tenant(),
@@ -1167,7 +1165,7 @@ fn reseal_history(
                     id,
                     version: v,
                 };
-                Some(key.seal(&aad, &bytes).map_err(|e| ApiError::internal(&e))?)
+                Some(key.seal(&aad, &bytes).map_err(|e| Error::internal(&e))?)
             }
             _ => None,
         };
@@ -1196,9 +1194,9 @@ fn amend(
     mut amended: StoredVersion,
     kind: AmendmentKind,
     now: i64,
-) -> Result<u64, ApiError> {
+) -> Result<u64, Error> {
     let before = Amendment::of(row, kind, now)
-        .ok_or_else(|| ApiError::internal(&"a stored version has no ledger leaf"))?;
+        .ok_or_else(|| Error::internal(&"a stored version has no ledger leaf"))?;
     let entry = ctx.ledger.record_leaf(&mut amended)?;
     Ok(tx.amend_version(&before, &amended, &entry)?)
 }
@@ -1216,7 +1214,7 @@ pub fn expunge(
     rt: &str,
     id: &ResourceId,
     version: u64,
-) -> Result<Outcome, ApiError> {
+) -> Result<Outcome, Error> {
     let Some(current) = tx.current(rt, id.as_str())? else {
         return Err(not_known(rt, id.as_str(), Some(version)));
     };
@@ -1224,18 +1222,18 @@ pub fn expunge(
         return Err(not_known(rt, id.as_str(), Some(version)));
     };
     if version == current.version {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
+        return Err(Error::new(
+            ErrorKind::Conflict,
             IssueCode::Conflict,
             "the current version cannot be expunged: update or delete the resource first",
         ));
     }
     if row.shredded {
-        return Err(ApiError::gone("this patient's data was erased"));
+        return Err(Error::gone("this patient's data was erased"));
     }
     if row.body.is_none() && !row.expunged {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
+        return Err(Error::new(
+            ErrorKind::Conflict,
             IssueCode::Conflict,
             "a deletion has no content to expunge",
         ));
@@ -1246,8 +1244,8 @@ pub fn expunge(
         .version(rt, id.as_str(), Some(version + 1))?
         .is_some_and(|next| next.body.is_none() && !next.expunged)
     {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
+        return Err(Error::new(
+            ErrorKind::Conflict,
             IssueCode::Conflict,
             "the version a deletion removed cannot be expunged (access to the deletion is decided on it)",
         ));
@@ -1286,7 +1284,7 @@ pub fn delete(
     ctx: &Ctx,
     rt: &str,
     id: &ResourceId,
-) -> Result<Outcome, ApiError> {
+) -> Result<Outcome, Error> {
     ctx.scope_access(rt, Interaction::Delete)?;
     let Some(current) = tx.current(rt, id.as_str())? else {
         return Err(not_known(rt, id.as_str(), None));
@@ -1340,19 +1338,19 @@ pub fn delete(
 /// # Errors
 /// 410 for delete markers and erased compartments; 500 if the ciphertext fails to authenticate
 /// (tampering), logged with its row identity.
-pub fn open(store: &dyn StoreRead, ctx: &Ctx, row: &StoredVersion) -> Result<Value, ApiError> {
+pub fn open(store: &dyn StoreRead, ctx: &Ctx, row: &StoredVersion) -> Result<Value, Error> {
     if row.expunged {
-        return Err(ApiError::gone(format!(
+        return Err(Error::gone(format!(
             "{}/{} version {} was expunged",
             row.resource_type, row.id, row.version
         )));
     }
     if row.shredded {
         ctx.keys.forget(&row.key_name);
-        return Err(ApiError::gone("this patient's data was erased"));
+        return Err(Error::gone("this patient's data was erased"));
     }
     let Some(body) = &row.body else {
-        return Err(ApiError::gone(format!(
+        return Err(Error::gone(format!(
             "{}/{} was deleted",
             row.resource_type, row.id
         )));
@@ -1374,14 +1372,14 @@ pub fn open(store: &dyn StoreRead, ctx: &Ctx, row: &StoredVersion) -> Result<Val
             .map_err(key_error)?
             .open(&aad, body)
             .map_err(|_| {
-                ApiError::internal(&format!(
+                Error::internal(&format!(
                     "integrity failure: {} version {} does not authenticate",
                     crate::node::redacted(&format!("{}/{}", row.resource_type, row.id)),
                     row.version
                 ))
             })?,
     };
-    serde_json::from_slice(&plain).map_err(|e| ApiError::internal(&e))
+    serde_json::from_slice(&plain).map_err(|e| Error::internal(&e))
 }
 
 /// Read or vread.
@@ -1394,7 +1392,7 @@ pub fn read(
     rt: &str,
     id: &ResourceId,
     version: Option<u64>,
-) -> Result<Outcome, ApiError> {
+) -> Result<Outcome, Error> {
     // Scopes first: a type the scopes do not reach answers 403 whether or not the id exists.
     ctx.scope_access(rt, Interaction::Read)?;
     let Some(row) = store.version(rt, id.as_str(), version)? else {
@@ -1409,7 +1407,7 @@ pub fn read(
         match current_verdict(store, ctx, rt, id.as_str(), Interaction::Read)? {
             Verdict::Visible => {}
             Verdict::Hidden(why) => return Err(refuse(why)),
-            Verdict::Erased => return Err(ApiError::gone("this patient's data was erased")),
+            Verdict::Erased => return Err(Error::gone("this patient's data was erased")),
         }
     }
     if row.body.is_none() || row.shredded {
@@ -1466,7 +1464,7 @@ fn current_verdict(
     rt: &str,
     id: &str,
     interaction: Interaction,
-) -> Result<Verdict, ApiError> {
+) -> Result<Verdict, Error> {
     let constrained = !matches!(ctx.scope_access(rt, interaction)?, Access::Full);
     if !constrained && ctx.guard().is_none() {
         return Ok(Verdict::Visible);
@@ -1511,7 +1509,7 @@ pub fn history(
     id: Option<&ResourceId>,
     paging: search::Paging,
     base: &str,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Error> {
     let interaction = match id {
         Some(_) => Interaction::Read,
         None => Interaction::Search,
@@ -1591,7 +1589,7 @@ pub fn history(
         && entries.is_empty()
     {
         return Err(if erased {
-            ApiError::gone("this patient's data was erased")
+            Error::gone("this patient's data was erased")
         } else {
             let denied = ctx
                 .guard()

@@ -18,7 +18,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use medvault_core::ResourceId;
@@ -30,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::Node;
-use crate::error::{ApiError, IssueCode};
+use crate::error::{Error, ErrorKind, IssueCode};
 use crate::node_identity::{NodeIdentity, PeerDocument, verify_document};
 use crate::ops::Ctx;
 use crate::search;
@@ -160,19 +159,19 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The HTTP status answering it.
-    pub fn status(&self) -> StatusCode {
+    /// What kind of failure it is.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Malformed(_) | Self::Expired | Self::NotYetValid => StatusCode::BAD_REQUEST,
+            Self::TooLarge => ErrorKind::TooLarge,
+            Self::Malformed(_) | Self::Expired | Self::NotYetValid => ErrorKind::Invalid,
             Self::WrongRecipient
             | Self::UnknownSender
             | Self::SenderKeysChanged
             | Self::NotFromThisPeer
-            | Self::BadSignature => StatusCode::FORBIDDEN,
-            Self::Replay => StatusCode::CONFLICT,
-            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | Self::BadSignature => ErrorKind::Forbidden,
+            Self::Replay => ErrorKind::Conflict,
+            Self::Invalid(_) => ErrorKind::Unprocessable,
+            Self::Failed(_) => ErrorKind::Internal,
         }
     }
 
@@ -194,8 +193,8 @@ impl Refusal {
         }
     }
 
-    /// As an `OperationOutcome` error.
-    pub fn to_api(&self) -> ApiError {
+    /// As a node error (answered as an `OperationOutcome`).
+    pub fn to_error(&self) -> Error {
         let code = match self {
             Self::TooLarge => IssueCode::TooLong,
             Self::Malformed(_) => IssueCode::Structure,
@@ -205,7 +204,7 @@ impl Refusal {
             Self::Failed(_) => IssueCode::Exception,
             _ => IssueCode::Forbidden,
         };
-        ApiError::new(self.status(), code, self.to_string())
+        Error::new(self.kind(), code, self.to_string())
     }
 }
 
@@ -213,11 +212,11 @@ impl Refusal {
 ///
 /// # Errors
 /// 400 naming the accepted codes.
-pub fn check_purpose(purpose: &str) -> Result<(), ApiError> {
+pub fn check_purpose(purpose: &str) -> Result<(), Error> {
     if PURPOSES.contains(&purpose) {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!(
+        Err(Error::bad_request(format!(
             "purpose must be one of {}",
             PURPOSES.join(", ")
         )))
@@ -263,7 +262,7 @@ pub fn register_peer(
             checked.fingerprint
         ));
     }
-    crate::peer::parse_url(url).map_err(|e| format!("--url: {e}"))?;
+    peer_address(url).ok_or("--url: the peer's URL must be https://HOST[:PORT]")?;
     if let Some(org) = organization {
         let id = org.strip_prefix("Organization/").unwrap_or_default();
         if ResourceId::new(id).is_err() {
@@ -301,15 +300,15 @@ pub fn register_peer(
 ///
 /// # Errors
 /// 404 if `peer` is not registered; 500 if its stored document no longer verifies.
-pub fn registered(node: &Node, peer: &str) -> Result<(PeerRow, PeerDocument), ApiError> {
+pub fn registered(node: &Node, peer: &str) -> Result<(PeerRow, PeerDocument), Error> {
     let row = node.store.peer(peer)?.ok_or_else(|| {
-        ApiError::not_found(format!(
+        Error::not_found(format!(
             "{peer} is not a registered peer (medvault peer list shows them)"
         ))
     })?;
     let doc = serde_json::from_str(&row.document)
-        .map_err(|e| ApiError::internal(&e))
-        .and_then(|d| verify_document(&d).map_err(|e| ApiError::internal(&e)))?;
+        .map_err(|e| Error::internal(&e))
+        .and_then(|d| verify_document(&d).map_err(|e| Error::internal(&e)))?;
     Ok((row, doc))
 }
 
@@ -328,7 +327,7 @@ fn consents_of(
     node_ctx: &Ctx,
     store: &dyn medvault_store::StoreRead,
     patient: &str,
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<Value>, Error> {
     let params = vec![("patient".to_owned(), format!("Patient/{patient}"))];
     let mut req = search::parse(node_ctx, "Consent", &params, true)?;
     req.paging.count = search::MAX_CANDIDATES;
@@ -345,7 +344,7 @@ fn compartment(
     store: &dyn medvault_store::StoreRead,
     ctx: &Ctx,
     patient: &str,
-) -> Result<Vec<(String, Value)>, ApiError> {
+) -> Result<Vec<(String, Value)>, Error> {
     let reference = format!("Patient/{patient}");
     let mut out = Vec::new();
     for (rt, info) in ctx.fhir.types() {
@@ -534,19 +533,19 @@ pub fn prepare(
     purpose: &str,
     validity: Duration,
     agent: &Value,
-) -> Result<Outgoing, ApiError> {
+) -> Result<Outgoing, Error> {
     check_purpose(purpose)?;
     if validity > MAX_VALIDITY || validity.is_zero() {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "validity must be between 1 second and 30 days",
         ));
     }
     let (peer, peer_document) = registered(node, to)?;
-    let me = NodeIdentity::load(node).map_err(|e| ApiError::internal(&e))?;
+    let me = NodeIdentity::load(node).map_err(|e| Error::internal(&e))?;
     let store = node.store.as_ref();
     let patient_resource = crate::ops::read(store, ctx, "Patient", patient, None)?
         .resource
-        .ok_or_else(|| ApiError::not_found(format!("Patient/{patient} is not known")))?;
+        .ok_or_else(|| Error::not_found(format!("Patient/{patient} is not known")))?;
     let consents = consents_of(&Ctx::unrestricted_node_work(node), store, patient.as_str())?;
     // The institution the administrator mapped the peer to; without one, only consents that
     // name no actor speak to this disclosure.
@@ -568,8 +567,8 @@ pub fn prepare(
         )
     };
     if verdict("Patient", &patient_resource) == ConsentState::Deny {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+        return Err(Error::new(
+            ErrorKind::Forbidden,
             IssueCode::Forbidden,
             format!(
                 "the patient's consent does not allow sharing with {}",
@@ -595,8 +594,8 @@ pub fn prepare(
     }
     // One entry is kept for the recipient's Provenance.
     if resources.len() >= crate::bundle::MAX_ENTRIES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+        return Err(Error::new(
+            ErrorKind::TooLarge,
             IssueCode::TooCostly,
             format!(
                 "the patient has {} resources to share; one bundle carries at most {}",
@@ -654,7 +653,7 @@ pub fn prepare(
         "type": "transaction",
         "entry": entries,
     }))
-    .map_err(|e| ApiError::internal(&e))?;
+    .map_err(|e| Error::internal(&e))?;
     let id = uuid::Uuid::new_v4().to_string();
     let expires = now.saturating_add(i64::try_from(validity.as_micros()).unwrap_or(i64::MAX));
     let detail = json!({
@@ -695,9 +694,9 @@ pub fn prepare(
         expires: rfc3339(expires),
         sender_leaf,
     };
-    let header_bytes = serde_json::to_vec(&header).map_err(|e| ApiError::internal(&e))?;
+    let header_bytes = serde_json::to_vec(&header).map_err(|e| Error::internal(&e))?;
     let bytes = seal_bundle(&header_bytes, &payload, &peer_document.kem, &me.signing)
-        .map_err(|e| ApiError::internal(&e))?;
+        .map_err(|e| Error::internal(&e))?;
     Ok(Outgoing {
         bytes,
         header,
@@ -975,8 +974,8 @@ fn import(node: &Node, ctx: &Ctx, c: &Checked<'_>) -> Result<(String, usize), Re
         Ok(Some(out)) => out,
         Ok(None) => return Err(Refusal::Replay),
         Err(e) => {
-            let api = ApiError::from(e);
-            return Err(if api.status.is_server_error() {
+            let api = Error::from(e);
+            return Err(if api.status().is_server_error() {
                 Refusal::Failed("the import failed; nothing was kept")
             } else {
                 Refusal::Invalid(api.message)
@@ -1224,7 +1223,7 @@ pub fn record_receipt(
     peer_leaf: u64,
     resources: u64,
     agent: &Value,
-) -> Result<u64, ApiError> {
+) -> Result<u64, Error> {
     let now = node.clock.now_micros();
     let detail = json!({
         "v": 1,
@@ -1273,6 +1272,23 @@ pub fn parse_header(bytes: &[u8]) -> Result<ShareHeader, Refusal> {
         return Err(not_ours());
     }
     Ok(header)
+}
+
+/// The host and port of a peer's URL, which must be `https://HOST[:PORT]` (no path, no query).
+pub fn peer_address(url: &str) -> Option<(String, u16)> {
+    let uri: http::Uri = url.parse().ok()?;
+    if uri.scheme_str() != Some("https")
+        || !uri.path().trim_end_matches('/').is_empty()
+        || uri.query().is_some()
+    {
+        return None;
+    }
+    let host = uri.host()?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Some((host, uri.port_u16().unwrap_or(443)))
 }
 
 #[cfg(test)]

@@ -5,11 +5,10 @@
 //! them is indexed in the clear); `GET /fhir/AuditEvent/ledger-N` reads the event of leaf `N`.
 //! The id names the ledger leaf, so an auditor can fetch its inclusion proof.
 
-use axum::http::StatusCode;
 use medvault_store::StoreRead;
 use serde_json::{Value, json};
 
-use crate::error::{ApiError, IssueCode};
+use crate::error::{Error, ErrorKind, IssueCode};
 use crate::ledger::Ledger;
 
 /// Leaves examined per search request at most; the `next` link continues from there.
@@ -25,11 +24,11 @@ struct Filter {
     to: Option<i64>,
 }
 
-fn bad(msg: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, msg)
+fn bad(msg: &str) -> Error {
+    Error::new(ErrorKind::Invalid, IssueCode::Invalid, msg)
 }
 
-fn parse_date(value: &str, f: &mut Filter) -> Result<(), ApiError> {
+fn parse_date(value: &str, f: &mut Filter) -> Result<(), Error> {
     let (prefix, rest) = match value.get(..2) {
         Some(p @ ("eq" | "ge" | "gt" | "le" | "lt")) => (p, &value[2..]),
         _ => ("eq", value),
@@ -359,7 +358,7 @@ pub fn search(
     ledger: &Ledger,
     params: &[(String, String)],
     base: &str,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Error> {
     let mut f = Filter::default();
     let mut count = 50u64;
     let mut before = None;
@@ -446,8 +445,8 @@ pub fn search(
 ///
 /// # Errors
 /// 404 when `id` names no audit leaf.
-pub fn read(store: &dyn StoreRead, ledger: &Ledger, id: &str) -> Result<Value, ApiError> {
-    let missing = || ApiError::not_found("no such AuditEvent");
+pub fn read(store: &dyn StoreRead, ledger: &Ledger, id: &str) -> Result<Value, Error> {
+    let missing = || Error::not_found("no such AuditEvent");
     let leaf: u64 = id
         .strip_prefix("ledger-")
         .and_then(|n| n.parse().ok())

@@ -14,17 +14,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
 use medvault_ledger::{
     AddCheckpoint, KeyKind, LedgerError, Note, VerifierKey, consistency_proof,
     parse_signature_line, verify_consistency,
 };
 use medvault_store::{StoreError, StoreRead, write_with};
 
-use crate::AppState;
+use crate::Node;
+use crate::error::Error;
 use crate::ledger::LogId;
 
 /// A witness this node asks for cosignatures.
@@ -59,47 +58,63 @@ impl RemoteWitness {
     }
 }
 
-fn plain(status: StatusCode, body: String) -> Response {
-    crate::ledger::with_headers((status, body), "text/plain; charset=utf-8", None)
-}
-
-enum Verdict {
-    Cosign,
-    /// 409 with the size this witness last cosigned.
+/// Why this node, as a witness, did not cosign a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request is not an `add-checkpoint` body (C2SP `tlog-witness`).
+    Malformed(String),
+    /// The checkpoint's origin is not a log this node witnesses.
+    UnknownOrigin,
+    /// The checkpoint carries no valid signature from the log's key.
+    BadSignature,
+    /// The old size (or, at the same size, the root) conflicts with what this witness last
+    /// cosigned for the origin, whose size is given: a rollback or a fork.
     Conflict(u64),
-    /// 422: the consistency proof does not verify.
+    /// The consistency proof does not verify.
     Inconsistent(&'static str),
 }
 
-/// `POST /witness/add-checkpoint`.
-pub(crate) async fn add_checkpoint(State(state): State<AppState>, body: Bytes) -> Response {
-    let req = match AddCheckpoint::parse(&body) {
-        Ok(r) => r,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("{e}\n")),
-    };
-    let origin = req.checkpoint.origin.clone();
-    let Some(log_key) = state.config.witness_for.iter().find(|k| k.name == origin) else {
-        return plain(
-            StatusCode::NOT_FOUND,
-            "this witness does not know that log origin\n".into(),
-        );
-    };
-    if log_key.verify(&req.note).is_err() {
-        return plain(
-            StatusCode::FORBIDDEN,
-            "the checkpoint carries no valid signature from the log's key\n".into(),
-        );
+impl Refusal {
+    /// Whether the log's key signed the request (it is then not anonymous, whatever the verdict).
+    pub fn signed_by_log(&self) -> bool {
+        matches!(self, Self::Conflict(_) | Self::Inconsistent(_))
     }
-    // Signed by the log: not an anonymous request, whatever the verdict.
-    let mut resp = cosign_signed(&state, req).await;
-    resp.extensions_mut().insert(crate::anonymous::Vouched);
-    resp
 }
 
-/// The rest of `add-checkpoint`, for a checkpoint the log's key signed.
-async fn cosign_signed(state: &AppState, req: AddCheckpoint) -> Response {
+/// What witnessing a checkpoint came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Witnessed {
+    /// Cosigned: the cosignature line (with its newline) to answer.
+    Cosigned(String),
+    /// Refused, and why.
+    Refused(Refusal),
+}
+
+/// Handles a C2SP `tlog-witness` `add-checkpoint` request for one of the logs in `witness_for`:
+/// checks the log's signature, the old size against the newest checkpoint this node cosigned
+/// for that origin and the consistency proof, then persists the new state and cosigns. Check
+/// and update are one write on the access log database's single writer, so two racing
+/// requests cannot roll the state back. Blocking.
+///
+/// # Errors
+/// Store failures.
+pub fn add_checkpoint(
+    node: &Node,
+    witness_for: &[VerifierKey],
+    body: &[u8],
+) -> Result<Witnessed, Error> {
+    let refused = |r| Ok(Witnessed::Refused(r));
+    let req = match AddCheckpoint::parse(body) {
+        Ok(r) => r,
+        Err(e) => return refused(Refusal::Malformed(e.to_string())),
+    };
+    let Some(log_key) = witness_for.iter().find(|k| k.name == req.checkpoint.origin) else {
+        return refused(Refusal::UnknownOrigin);
+    };
+    if log_key.verify(&req.note).is_err() {
+        return refused(Refusal::BadSignature);
+    }
     let origin = req.checkpoint.origin.clone();
-    let store = state.node.access.clone();
     let AddCheckpoint {
         old_size,
         proof,
@@ -107,76 +122,58 @@ async fn cosign_signed(state: &AppState, req: AddCheckpoint) -> Response {
         checkpoint,
     } = req;
     let text = note.text.clone();
-    let verdict = tokio::task::spawn_blocking(move || {
-        write_with(store.as_ref(), move |tx| {
-            let (size, root) = tx.witnessed(&checkpoint.origin)?.unwrap_or((0, [0; 32]));
-            if old_size != size {
-                return Ok(Verdict::Conflict(size));
+    let verdict = write_with(node.access.as_ref(), move |tx| {
+        let (size, root) = tx.witnessed(&checkpoint.origin)?.unwrap_or((0, [0; 32]));
+        if old_size != size {
+            return Ok(Some(Refusal::Conflict(size)));
+        }
+        if old_size == checkpoint.size {
+            if size > 0 && root != checkpoint.root {
+                return Ok(Some(Refusal::Conflict(size)));
             }
-            if old_size == checkpoint.size {
-                if size > 0 && root != checkpoint.root {
-                    return Ok(Verdict::Conflict(size));
-                }
-            } else if old_size == 0 {
-                if !proof.is_empty() {
-                    return Ok(Verdict::Inconsistent("a proof from size 0 must be empty"));
-                }
-            } else if let Err(LedgerError::ProofInvalid(why)) =
-                verify_consistency(old_size, checkpoint.size, &root, &checkpoint.root, &proof)
-            {
-                return Ok(Verdict::Inconsistent(why));
+        } else if old_size == 0 {
+            if !proof.is_empty() {
+                return Ok(Some(Refusal::Inconsistent(
+                    "a proof from size 0 must be empty",
+                )));
             }
-            tx.set_witnessed(
-                &checkpoint.origin,
-                checkpoint.size,
-                &checkpoint.root,
-                &note.render(),
-            )?;
-            Ok(Verdict::Cosign)
-        })
-    })
-    .await;
+        } else if let Err(LedgerError::ProofInvalid(why)) =
+            verify_consistency(old_size, checkpoint.size, &root, &checkpoint.root, &proof)
+        {
+            return Ok(Some(Refusal::Inconsistent(why)));
+        }
+        tx.set_witnessed(
+            &checkpoint.origin,
+            checkpoint.size,
+            &checkpoint.root,
+            &note.render(),
+        )?;
+        Ok(None)
+    })?;
     match verdict {
-        Ok(Ok(Verdict::Cosign)) => {
-            let now = u64::try_from(state.node.clock.now_micros() / 1_000_000).unwrap_or(0);
-            plain(StatusCode::OK, state.node.ledger.cosign(&text, now).line())
+        None => {
+            let now = u64::try_from(node.clock.now_micros() / 1_000_000).unwrap_or(0);
+            Ok(Witnessed::Cosigned(node.ledger.cosign(&text, now).line()))
         }
-        Ok(Ok(Verdict::Conflict(size))) => {
+        Some(Refusal::Conflict(size)) => {
             tracing::warn!(origin = %origin, witnessed = size, requested_old = old_size, "witness refused a checkpoint: old size or root conflicts (rollback or fork?)");
-            crate::ledger::with_headers(
-                (StatusCode::CONFLICT, format!("{size}\n")),
-                "text/x.tlog.size",
-                None,
-            )
+            refused(Refusal::Conflict(size))
         }
-        Ok(Ok(Verdict::Inconsistent(why))) => {
-            tracing::warn!(origin = %origin, why, "witness refused a checkpoint: consistency proof does not verify (fork?)");
-            plain(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("the consistency proof does not verify: {why}\n"),
-            )
+        Some(r) => {
+            tracing::warn!(origin = %origin, refusal = ?r, "witness refused a checkpoint: consistency proof does not verify (fork?)");
+            refused(r)
         }
-        Ok(Err(e)) => crate::ApiError::from(e).into_response(),
-        Err(e) => crate::ApiError::internal(&e).into_response(),
     }
-}
-
-/// `GET /witness/key`: this node's cosigner verifier key.
-pub(crate) async fn get_key(State(state): State<AppState>) -> Response {
-    plain(
-        StatusCode::OK,
-        format!("{}\n", state.node.ledger.cosigner().to_vkey()),
-    )
 }
 
 /// What the log side remembers between rounds: the size each witness last cosigned, per log.
 #[derive(Debug, Default)]
-pub(crate) struct Cosigning {
+struct Cosigning {
     last: HashMap<(LogId, String), u64>,
 }
 
 /// Asks the configured witnesses to cosign the newest checkpoints every `every`, forever.
-pub(crate) async fn cosign_task(state: AppState, every: Duration) {
+pub async fn cosign_task(node: Arc<Node>, witnesses: Arc<[RemoteWitness]>, every: Duration) {
     let client = client();
     let mut memo = Cosigning::default();
     let mut tick = tokio::time::interval(every);
@@ -184,34 +181,35 @@ pub(crate) async fn cosign_task(state: AppState, every: Duration) {
     loop {
         tick.tick().await;
         for log in LogId::BOTH {
-            cosign_round(&state, log, &client, &mut memo).await;
+            cosign_round(&node, &witnesses, log, &client, &mut memo).await;
         }
     }
 }
 
 /// Asks every configured witness to cosign the newest checkpoint of `log`; stores what comes
 /// back.
-pub(crate) async fn cosign_round(
-    state: &AppState,
+async fn cosign_round(
+    node: &Node,
+    witnesses: &[RemoteWitness],
     log: LogId,
     client: &reqwest::Client,
     memo: &mut Cosigning,
 ) {
-    let store = state.node.log_store(log);
+    let store = node.log_store(log);
     let Ok(Ok(Some((size, note)))) =
         tokio::task::spawn_blocking(move || store.checkpoint(None)).await
     else {
         return;
     };
-    for w in &state.config.witnesses {
-        if let Err(e) = ask(state, log, client, memo, w, size, &note).await {
+    for w in witnesses {
+        if let Err(e) = ask(node, log, client, memo, w, size, &note).await {
             tracing::warn!(%log, witness = %w.key.name, error = %e, "witness did not cosign");
         }
     }
 }
 
 async fn ask(
-    state: &AppState,
+    node: &Node,
     log: LogId,
     client: &reqwest::Client,
     memo: &mut Cosigning,
@@ -231,10 +229,7 @@ async fn ask(
                 "the witness has cosigned size {old}, beyond this log's {size}"
             ));
         }
-        let (store, ledger) = (
-            state.node.log_store(log),
-            std::sync::Arc::clone(&state.node.ledger),
-        );
+        let (store, ledger) = (node.log_store(log), Arc::clone(&node.ledger));
         let proof = tokio::task::spawn_blocking(move || {
             ledger
                 .log(log)
@@ -254,7 +249,7 @@ async fn ask(
         let text = resp.text().await.map_err(|e| e.to_string())?;
         match status.as_u16() {
             200 => {
-                store_cosignatures(state, log, w, size, note.clone(), &text).await?;
+                store_cosignatures(node, log, w, size, note.clone(), &text).await?;
                 memo.last.insert(memo_key, size);
                 return Ok(());
             }
@@ -280,7 +275,7 @@ async fn ask(
 }
 
 async fn store_cosignatures(
-    state: &AppState,
+    node: &Node,
     log: LogId,
     w: &RemoteWitness,
     size: u64,
@@ -300,7 +295,7 @@ async fn store_cosignatures(
     // Keep only the lines from this witness that verified, added to the stored note (which may
     // carry other witnesses' cosignatures by now).
     let id = w.key.key_id();
-    let store = state.node.log_store(log);
+    let store = node.log_store(log);
     let lines: Vec<_> = cosigned
         .signatures
         .into_iter()
@@ -326,7 +321,7 @@ async fn store_cosignatures(
 }
 
 /// The client logs use to reach witnesses.
-pub(crate) fn client() -> reqwest::Client {
+pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

@@ -1,12 +1,11 @@
 //! Search: query parsing, the blind-index lookup, exact re-checking after decryption, paging.
 
-use axum::http::StatusCode;
 use medvault_auth::scopes::{Access, COMPARTMENT_CONSTRAINT, Interaction};
 use medvault_fhir::Clause;
 use medvault_store::{IndexQuery, SortOrder, StoreRead};
 use serde_json::{Value, json};
 
-use crate::error::{ApiError, IssueCode};
+use crate::error::{Error, ErrorKind, IssueCode};
 use crate::ops::{Ctx, open};
 
 /// Default page size.
@@ -66,14 +65,14 @@ pub const MAX_PARAMS: usize = 100;
 /// Most values (comma-separated alternatives, across all parameters) one search may have.
 pub const MAX_ALTERNATIVES: usize = 1_000;
 
-fn number(name: &str, v: &str) -> Result<u64, ApiError> {
+fn number(name: &str, v: &str) -> Result<u64, Error> {
     v.parse::<u64>()
-        .map_err(|_| ApiError::bad_request(format!("{name} must be a non-negative integer")))
+        .map_err(|_| Error::bad_request(format!("{name} must be a non-negative integer")))
 }
 
-fn last_updated_window(req: &mut SearchRequest, value: &str) -> Result<(), ApiError> {
+fn last_updated_window(req: &mut SearchRequest, value: &str) -> Result<(), Error> {
     let invalid = || {
-        ApiError::bad_request(
+        Error::bad_request(
             "_lastUpdated must be a FHIR date with an optional eq/gt/lt/ge/le prefix",
         )
     };
@@ -114,11 +113,11 @@ pub fn parse(
     rt: &str,
     params: &[(String, String)],
     strict: bool,
-) -> Result<SearchRequest, ApiError> {
+) -> Result<SearchRequest, Error> {
     let info = ctx
         .fhir
         .type_info(rt)
-        .ok_or_else(|| ApiError::not_found("unknown resource type"))?;
+        .ok_or_else(|| Error::not_found("unknown resource type"))?;
     let mut req = SearchRequest::default();
     // Every alternative (a comma-separated value) becomes a lookup and a bound SQL parameter:
     // a search is not a bulk export.
@@ -128,8 +127,8 @@ pub fn parse(
             .map(|(_, v)| v.matches(',').count())
             .sum::<usize>();
     if params.len() > MAX_PARAMS || alternatives > MAX_ALTERNATIVES {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        return Err(Error::new(
+            ErrorKind::Invalid,
             IssueCode::TooCostly,
             format!(
                 "a search may have at most {MAX_PARAMS} parameters and {MAX_ALTERNATIVES} values (counting each comma-separated value)"
@@ -160,8 +159,8 @@ pub fn parse(
                     "_id" => SortOrder::IdAsc,
                     "-_id" => SortOrder::IdDesc,
                     _ => {
-                        return Err(ApiError::new(
-                            StatusCode::BAD_REQUEST,
+                        return Err(Error::new(
+                            ErrorKind::Invalid,
                             IssueCode::NotSupported,
                             "_sort supports _lastUpdated, -_lastUpdated, _id and -_id",
                         ));
@@ -171,8 +170,8 @@ pub fn parse(
             "_summary" if value == "count" => req.summary_count = true,
             "_include" => {
                 if modifier.is_some() {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
+                    return Err(Error::new(
+                        ErrorKind::Invalid,
                         IssueCode::NotSupported,
                         "_include modifiers (:iterate) are not supported",
                     ));
@@ -190,7 +189,7 @@ pub fn parse(
                             .push((p.code.clone(), target.map(str::to_owned)));
                     }
                     _ => {
-                        return Err(ApiError::bad_request(format!(
+                        return Err(Error::bad_request(format!(
                             "_include must be {rt}:<reference parameter>[:<target type>]"
                         )));
                     }
@@ -199,14 +198,14 @@ pub fn parse(
             "_format" | "_pretty" | "_total" => applied = false,
             _ => match info.params.get(name) {
                 Some(p) => {
-                    let clause = p.parse_clause(modifier, value).map_err(|e| {
-                        ApiError::bad_request(format!("search parameter {name}: {e}"))
-                    })?;
+                    let clause = p
+                        .parse_clause(modifier, value)
+                        .map_err(|e| Error::bad_request(format!("search parameter {name}: {e}")))?;
                     req.clauses.push(clause);
                 }
                 None if strict => {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
+                    return Err(Error::new(
+                        ErrorKind::Invalid,
                         IssueCode::NotSupported,
                         format!(
                             "unknown or unsupported search parameter '{name}' for {rt} (Prefer: handling=strict)"
@@ -227,9 +226,9 @@ pub fn parse(
 }
 
 /// The refusal of a search that would have to examine too many candidates.
-pub fn too_costly() -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
+pub fn too_costly() -> Error {
+    Error::new(
+        ErrorKind::Invalid,
         IssueCode::TooCostly,
         "this search matches too many candidates to filter; add a narrower parameter",
     )
@@ -251,17 +250,17 @@ pub fn execute(
     ctx: &Ctx,
     rt: &str,
     req: &SearchRequest,
-) -> Result<(Vec<Value>, u64), ApiError> {
+) -> Result<(Vec<Value>, u64), Error> {
     let info = ctx
         .fhir
         .type_info(rt)
-        .ok_or_else(|| ApiError::not_found("unknown resource type"))?;
+        .ok_or_else(|| Error::not_found("unknown resource type"))?;
     let mut clauses = Vec::with_capacity(req.clauses.len());
     for c in &req.clauses {
         let blinded = ctx
             .keys
             .blind(rt, &c.param, c.keys())
-            .map_err(|e| ApiError::internal(&e))?;
+            .map_err(|e| Error::internal(&e))?;
         clauses.push(blinded);
     }
     let constrained = !matches!(ctx.scope_access(rt, Interaction::Search)?, Access::Full);
@@ -338,14 +337,14 @@ pub fn matching_ids(
     rt: &str,
     params: &[(String, String)],
     limit: u64,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<Vec<String>, Error> {
     if let Some((name, _)) = params.iter().find(|(k, _)| {
         matches!(
             k.as_str(),
             "_summary" | "_count" | "_offset" | "_sort" | "_total"
         )
     }) {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::bad_request(format!(
             "{name} controls results and cannot be part of a condition"
         )));
     }
@@ -355,7 +354,7 @@ pub fn matching_ids(
         && req.updated_from.is_none()
         && req.updated_to.is_none()
     {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "a conditional request needs search parameters that select resources",
         ));
     }
@@ -424,7 +423,7 @@ pub fn bundle(
 }
 
 /// The search clause selecting the compartment of `patient` (`Patient/<id>`) in `rt`.
-fn compartment_clause(ctx: &Ctx, rt: &str, patient: &str) -> Result<(String, String), ApiError> {
+fn compartment_clause(ctx: &Ctx, rt: &str, patient: &str) -> Result<(String, String), Error> {
     if rt == "Patient" {
         let id = patient.strip_prefix("Patient/").unwrap_or(patient);
         return Ok(("_id".into(), id.to_owned()));
@@ -434,8 +433,8 @@ fn compartment_clause(ctx: &Ctx, rt: &str, patient: &str) -> Result<(String, Str
         .and_then(|i| i.compartment_params.first())
         .map(|p| (p.clone(), patient.to_owned()))
         .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::FORBIDDEN,
+            Error::new(
+                ErrorKind::Forbidden,
                 IssueCode::Forbidden,
                 format!("{rt} resources are outside every patient's compartment"),
             )
@@ -455,7 +454,7 @@ fn include(
     includes: &[(String, Option<String>)],
     matches: &[Value],
     base: &str,
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<Value>, Error> {
     let Some(info) = ctx.fhir.type_info(rt) else {
         return Ok(Vec::new());
     };
@@ -491,7 +490,7 @@ fn include(
                     "resource": o.resource,
                     "search": {"mode": "include"},
                 })),
-                Err(e) if e.status.is_client_error() => {
+                Err(e) if e.kind.is_client_error() => {
                     if e.denied_by.is_some()
                         && let Some(g) = ctx.guard()
                     {
@@ -516,7 +515,7 @@ pub fn search_bundle(
     params: &[(String, String)],
     strict: bool,
     base: &str,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Error> {
     // Query-constrained scopes: one constraint is added to the search itself (a narrower
     // index lookup); every candidate is checked against them all as it is opened.
     let constrained;
@@ -532,8 +531,8 @@ pub fn search_bundle(
                 })
         };
         if g.iter().flatten().any(|(name, _)| !known(name)) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
+            return Err(Error::new(
+                ErrorKind::Forbidden,
                 IssueCode::Forbidden,
                 format!("a scope's constraint names a parameter {rt} does not have"),
             ));

@@ -267,35 +267,32 @@ fn stored_version(node: &Node) -> Result<Option<u32>, StoreError> {
         .map(|row| row.key_version))
 }
 
-/// `GET /.well-known/medvault-node`: the signed document, built once per key version and
-/// cached (an anonymous request costs one key-row read, not a signature or a write).
-pub(crate) async fn get_document(
-    axum::extract::State(state): axum::extract::State<crate::AppState>,
-) -> axum::response::Response {
-    use axum::response::IntoResponse as _;
-    let node = std::sync::Arc::clone(&state.node);
-    let cache = std::sync::Arc::clone(&state.node_document);
-    let made = tokio::task::spawn_blocking(move || {
-        let version = stored_version(&node)?;
-        if let (Some(v), Ok(c)) = (version, cache.lock())
+/// The signed node document served at `/.well-known/medvault-node`, built once per key version
+/// and cached (an anonymous request costs one key-row read, not a signature or a write).
+#[derive(Debug, Default)]
+pub struct PublishedDocument(std::sync::Mutex<Option<(u32, Value)>>);
+
+impl PublishedDocument {
+    /// The document for the node's newest identity keys (rebuilt when another process rotated
+    /// them). Blocking.
+    ///
+    /// # Errors
+    /// Store or key failures (internal).
+    pub fn get(&self, node: &Node) -> Result<Value, crate::Error> {
+        let version = stored_version(node)?;
+        if let (Some(v), Ok(c)) = (version, self.0.lock())
             && let Some((cached, doc)) = c.as_ref()
             && *cached == v
         {
             return Ok(doc.clone());
         }
-        let id = NodeIdentity::load(&node).map_err(|e| crate::ApiError::internal(&e))?;
+        let id = NodeIdentity::load(node).map_err(|e| crate::Error::internal(&e))?;
         let doc = id
             .document(node.ledger.base())
-            .map_err(|e| crate::ApiError::internal(&e))?;
-        if let Ok(mut c) = cache.lock() {
+            .map_err(|e| crate::Error::internal(&e))?;
+        if let Ok(mut c) = self.0.lock() {
             *c = Some((id.version, doc.clone()));
         }
-        Ok::<_, crate::ApiError>(doc)
-    })
-    .await;
-    match made {
-        Ok(Ok(doc)) => axum::Json(doc).into_response(),
-        Ok(Err(e)) => e.into_response(),
-        Err(e) => crate::ApiError::internal(&e).into_response(),
+        Ok(doc)
     }
 }

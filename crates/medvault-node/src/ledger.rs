@@ -1,5 +1,5 @@
-//! The node's side of the ledger: writing audit and record leaves, signing checkpoints, and the
-//! public read-only transparency endpoints (C2SP `tlog-tiles` plus proof endpoints).
+//! The node's side of the ledger: writing audit and record leaves, signing checkpoints, and what
+//! the public read-only transparency endpoints serve (C2SP `tlog-tiles` tiles, proofs).
 //!
 //! A node keeps two logs (see [`LogId`]): the records log, in the records database, whose leaf
 //! for a version is written in that version's transaction; and the access log, in its own
@@ -13,11 +13,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use medvault_crypto::{DataKey, SigningKey};
 use medvault_ledger::{
     Checkpoint, Entry, EntryKind, KeyKind, Note, NoteSigner, RecordFacts, SALT_LEN, TILE_WIDTH,
@@ -26,11 +21,10 @@ use medvault_ledger::{
 use medvault_store::{
     AuditDetail, LedgerNodes, NodeCache, Store, StoreError, StoreRead, StoreTx, StoredVersion,
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::AppState;
-use crate::error::{ApiError, IssueCode};
+use crate::Node;
+use crate::error::{Error, ErrorKind, IssueCode};
 
 /// Data key sealing audit details.
 pub const AUDIT_KEY: &str = "@audit";
@@ -147,10 +141,10 @@ impl Log {
         &self,
         store: &dyn StoreRead,
         f: impl Fn(&dyn medvault_ledger::NodeSource) -> Result<T, medvault_ledger::LedgerError>,
-    ) -> Result<T, ApiError> {
+    ) -> Result<T, Error> {
         LedgerNodes(store)
             .batched_cached(Some(&self.nodes), f)
-            .map_err(|e| ApiError::internal(&e))
+            .map_err(|e| Error::internal(&e))
     }
 
     /// Signs and stores a checkpoint of the current tree, with these extension lines, if the tree
@@ -161,7 +155,7 @@ impl Log {
         store: &dyn Store,
         extensions: Vec<String>,
         pq: &NoteSigner,
-    ) -> Result<Option<u64>, ApiError> {
+    ) -> Result<Option<u64>, Error> {
         let size = store.ledger_size()?;
         if store
             .checkpoint(None)?
@@ -210,9 +204,9 @@ pub struct Ledger {
     tenant: String,
 }
 
-fn random_salt() -> Result<[u8; SALT_LEN], ApiError> {
+fn random_salt() -> Result<[u8; SALT_LEN], Error> {
     let mut salt = [0u8; SALT_LEN];
-    medvault_crypto::random_fill(&mut salt).map_err(|e| ApiError::internal(&e))?;
+    medvault_crypto::random_fill(&mut salt).map_err(|e| Error::internal(&e))?;
     Ok(salt)
 }
 
@@ -329,7 +323,7 @@ impl Ledger {
     ///
     /// # Errors
     /// RNG failure.
-    pub fn record_leaf(&self, v: &mut StoredVersion) -> Result<Vec<u8>, ApiError> {
+    pub fn record_leaf(&self, v: &mut StoredVersion) -> Result<Vec<u8>, Error> {
         let salt = random_salt()?;
         v.salt = Some(salt);
         Ok(record_entry(&self.tenant, v, &salt).encode().to_vec())
@@ -345,7 +339,7 @@ impl Ledger {
         tx: &mut dyn StoreTx,
         time_micros: i64,
         detail: &Value,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, Error> {
         let (detail, leaf) = self.seal_audit(time_micros, detail)?;
         Ok(tx.append_audit(&detail, &leaf)?)
     }
@@ -354,13 +348,13 @@ impl Ledger {
         &self,
         time_micros: i64,
         detail: &Value,
-    ) -> Result<(AuditDetail, Vec<u8>), ApiError> {
+    ) -> Result<(AuditDetail, Vec<u8>), Error> {
         let salt = random_salt()?;
         let bytes = zeroize::Zeroizing::new(serde_json::to_vec(detail).unwrap_or_default());
         let sealed = self
             .audit_key
             .seal_bound(AUDIT_SEAL_CONTEXT, &[&salt], &bytes)
-            .map_err(|e| ApiError::internal(&e))?;
+            .map_err(|e| Error::internal(&e))?;
         let leaf = Entry {
             kind: EntryKind::Audit,
             time_micros: u64::try_from(time_micros).unwrap_or(0),
@@ -380,7 +374,7 @@ impl Ledger {
         access: &dyn Store,
         time_micros: i64,
         detail: &Value,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, Error> {
         let (detail, leaf) = self.seal_audit(time_micros, detail)?;
         Ok(medvault_store::write_with(access, move |tx| {
             tx.append_audit(&detail, &leaf)
@@ -397,7 +391,7 @@ impl Ledger {
         access: &dyn Store,
         time_micros: i64,
         detail: &Value,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, Error> {
         let (detail, leaf) = self.seal_audit(time_micros, detail)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         medvault_store::submit_with(
@@ -407,19 +401,19 @@ impl Ledger {
                 let _ = tx.send(r);
             },
         );
-        Ok(rx.await.map_err(|e| ApiError::internal(&e))??)
+        Ok(rx.await.map_err(|e| Error::internal(&e))??)
     }
 
     /// Opens a stored audit detail.
     ///
     /// # Errors
     /// 500 if it does not open (tampered or wrong key).
-    pub fn open_audit(&self, detail: &AuditDetail) -> Result<Value, ApiError> {
+    pub fn open_audit(&self, detail: &AuditDetail) -> Result<Value, Error> {
         let plain = self
             .audit_key
             .open_bound(AUDIT_SEAL_CONTEXT, &[&detail.salt], &detail.sealed)
-            .map_err(|e| ApiError::internal(&e))?;
-        serde_json::from_slice(&plain).map_err(|e| ApiError::internal(&e))
+            .map_err(|e| Error::internal(&e))?;
+        serde_json::from_slice(&plain).map_err(|e| Error::internal(&e))
     }
 
     /// True if a stored audit detail opens (its AEAD tag verifies) under the audit key.
@@ -443,8 +437,8 @@ impl Ledger {
         &self,
         records: &dyn Store,
         access: &dyn Store,
-    ) -> Result<(Option<u64>, Option<u64>), ApiError> {
-        let pin = |label: &str, store: &dyn Store| -> Result<String, ApiError> {
+    ) -> Result<(Option<u64>, Option<u64>), Error> {
+        let pin = |label: &str, store: &dyn Store| -> Result<String, Error> {
             let (size, root) = newest_head(store)?;
             Ok(medvault_ledger::pin_line(label, size, &root))
         };
@@ -463,11 +457,11 @@ impl Ledger {
 }
 
 /// Size and root of the newest stored checkpoint of the log in `store` (the empty tree if none).
-fn newest_head(store: &dyn StoreRead) -> Result<(u64, medvault_ledger::Hash), ApiError> {
+fn newest_head(store: &dyn StoreRead) -> Result<(u64, medvault_ledger::Hash), Error> {
     match store.checkpoint(None)? {
         Some((_, note)) => {
-            let note = Note::parse(note.as_bytes()).map_err(|e| ApiError::internal(&e))?;
-            let cp = Checkpoint::parse(&note.text).map_err(|e| ApiError::internal(&e))?;
+            let note = Note::parse(note.as_bytes()).map_err(|e| Error::internal(&e))?;
+            let cp = Checkpoint::parse(&note.text).map_err(|e| Error::internal(&e))?;
             Ok((cp.size, cp.root))
         }
         None => Ok((0, medvault_ledger::empty_root())),
@@ -493,13 +487,17 @@ pub fn record_entry(tenant: &str, v: &StoredVersion, salt: &[u8; SALT_LEN]) -> E
     }
 }
 
-/// Signs checkpoints every `every` while the server runs (only where a log grew). Starts the
-/// witness-cosigning task beside it when witnesses are configured.
-pub async fn checkpoint_task(state: AppState, every: Duration) {
+/// Signs checkpoints every `every` while the node serves (only where a log grew). Starts the
+/// witness-cosigning task beside it when `witnesses` are configured.
+pub async fn checkpoint_task(
+    node: Arc<Node>,
+    witnesses: Arc<[crate::witness::RemoteWitness]>,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for log in LogId::BOTH {
-        let (store, ledger) = (state.node.log_store(log), Arc::clone(&state.node.ledger));
+        let (store, ledger) = (node.log_store(log), Arc::clone(&node.ledger));
         let warmed =
             tokio::task::spawn_blocking(move || ledger.log(log).node_cache().warm(store.as_ref()))
                 .await;
@@ -511,12 +509,17 @@ pub async fn checkpoint_task(state: AppState, every: Duration) {
     }
     // Witnesses are asked on their own schedule, so a slow or unreachable witness never delays
     // the node's own checkpoints.
-    let cosigning = (!state.config.witnesses.is_empty())
-        .then(|| tokio::spawn(crate::witness::cosign_task(state.clone(), every)));
+    let cosigning = (!witnesses.is_empty()).then(|| {
+        tokio::spawn(crate::witness::cosign_task(
+            Arc::clone(&node),
+            witnesses,
+            every,
+        ))
+    });
     let _stop_with_us = AbortOnDrop(cosigning);
     loop {
         tick.tick().await;
-        match checkpoint_both(&state).await {
+        match checkpoint_both(&node).await {
             Ok((records, access)) if records.is_some() || access.is_some() => {
                 tracing::debug!(?records, ?access, "checkpoints signed");
             }
@@ -530,14 +533,14 @@ pub async fn checkpoint_task(state: AppState, every: Duration) {
 ///
 /// # Errors
 /// Store failures.
-pub async fn checkpoint_both(state: &AppState) -> Result<(Option<u64>, Option<u64>), ApiError> {
-    let node = Arc::clone(&state.node);
+pub async fn checkpoint_both(node: &Arc<Node>) -> Result<(Option<u64>, Option<u64>), Error> {
+    let node = Arc::clone(node);
     tokio::task::spawn_blocking(move || {
         node.ledger
             .checkpoint_now(node.store.as_ref(), node.access.as_ref())
     })
     .await
-    .map_err(|e| ApiError::internal(&e))?
+    .map_err(|e| Error::internal(&e))?
 }
 
 /// Aborts a spawned task when dropped (when the checkpoint task is aborted at shutdown).
@@ -551,94 +554,32 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn bad(msg: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, msg)
+fn bad(msg: &str) -> Error {
+    Error::new(ErrorKind::Invalid, IssueCode::Invalid, msg)
 }
 
-/// Cache policy of a transparency resource: tiles never change; the checkpoint and keys do.
-const IMMUTABLE: &str = "public, max-age=31536000, immutable";
-const SHORT_LIVED: &str = "no-cache, max-age=1";
-
-/// A response with its content type and (if any) cache policy.
-pub(crate) fn with_headers(
-    body: impl IntoResponse,
-    content_type: &'static str,
-    cache: Option<&'static str>,
-) -> Response {
-    let mut r = body.into_response();
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if let Some(c) = cache {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(c));
-    }
-    r
+/// The newest signed checkpoint of `log` (with any witness cosignatures). Blocking.
+///
+/// # Errors
+/// Not found before the first checkpoint; store failures.
+pub fn newest_checkpoint(node: &Node, log: LogId) -> Result<String, Error> {
+    let cp = node.log_store(log).checkpoint(None)?;
+    let (_, note) = cp.ok_or_else(|| Error::not_found("no checkpoint has been signed yet"))?;
+    Ok(note)
 }
 
-fn text_response(body: String) -> Response {
-    with_headers(body, "text/plain; charset=utf-8", Some(SHORT_LIVED))
-}
-
-/// Runs `f` on a blocking thread over the store holding `log`.
-async fn on_log<T: Send + 'static>(
-    state: &AppState,
-    log: LogId,
-    f: impl FnOnce(&dyn Store, &Log) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let (store, ledger) = (state.node.log_store(log), Arc::clone(&state.node.ledger));
-    tokio::task::spawn_blocking(move || f(store.as_ref(), ledger.log(log)))
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-}
-
-/// The log named in the path (`/ledger/{log}/…`).
-fn log_named(name: &str) -> Result<LogId, ApiError> {
-    LogId::parse(name).ok_or_else(|| ApiError::not_found("no such log: use records or access"))
-}
-
-/// `GET /ledger/{log}/checkpoint`: the log's newest signed checkpoint, with any witness
-/// cosignatures.
-pub(crate) async fn get_checkpoint(
-    State(state): State<AppState>,
-    Path(log): Path<String>,
-) -> Result<Response, ApiError> {
-    let cp = on_log(&state, log_named(&log)?, |s, _| Ok(s.checkpoint(None)?)).await?;
-    let (_, note) = cp.ok_or_else(|| ApiError::not_found("no checkpoint has been signed yet"))?;
-    Ok(text_response(note))
-}
-
-/// `GET /ledger/{log}/key`: the log's checkpoint verifier key (`vkey` form).
-pub(crate) async fn get_key(
-    State(state): State<AppState>,
-    Path(log): Path<String>,
-) -> Result<Response, ApiError> {
-    let log = state.node.ledger.log(log_named(&log)?);
-    Ok(text_response(format!("{}\n", log.verifier().to_vkey())))
-}
-
-/// `GET /ledger/pq-cosigner/key`: the vkey (type `0x06`) of the ML-DSA-44 cosignature every
-/// checkpoint of both logs carries.
-pub(crate) async fn get_pq_key(State(state): State<AppState>) -> Response {
-    text_response(format!("{}\n", state.node.ledger.pq_cosigner().to_vkey()))
-}
-
-/// `GET /ledger/{log}/tile/...`: hash tiles and entry bundles per C2SP `tlog-tiles`.
-pub(crate) async fn get_tile(
-    State(state): State<AppState>,
-    Path((log, rest)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    let log = log_named(&log)?;
-    let tile = TilePath::parse(&rest).map_err(|_| ApiError::not_found("no such tile"))?;
-    let body = on_log(&state, log, move |s, _| tile_bytes(s, &tile)).await?;
-    Ok(with_headers(
-        body,
-        "application/octet-stream",
-        Some(IMMUTABLE),
-    ))
+/// The bytes of one C2SP `tlog-tiles` tile of `log`, if the published tree (what a signed
+/// checkpoint covers) is large enough to hold it. Blocking.
+///
+/// # Errors
+/// Not found for a tile not (yet) published; store failures.
+pub fn tile(node: &Node, log: LogId, tile: &TilePath) -> Result<Vec<u8>, Error> {
+    tile_bytes(node.log_store(log).as_ref(), tile)
 }
 
 /// The bytes of one tile, if the published tree is large enough to hold it.
-fn tile_bytes(store: &dyn StoreRead, tile: &TilePath) -> Result<Vec<u8>, ApiError> {
-    let missing = || ApiError::not_found("no such tile");
+fn tile_bytes(store: &dyn StoreRead, tile: &TilePath) -> Result<Vec<u8>, Error> {
+    let missing = || Error::not_found("no such tile");
     // Only what a signed checkpoint covers is published.
     let size = store.checkpoint(None)?.map_or(0, |(s, _)| s);
     let level = u32::from(tile.level.unwrap_or(0));
@@ -660,13 +601,13 @@ fn tile_bytes(store: &dyn StoreRead, tile: &TilePath) -> Result<Vec<u8>, ApiErro
     if tile.level.is_none() {
         let entries = store.ledger_entries(start, width)?;
         if entries.len() as u64 != width {
-            return Err(ApiError::internal(&StoreError::Backend(
+            return Err(Error::internal(&StoreError::Backend(
                 "ledger entries missing".into(),
             )));
         }
         let mut out = Vec::with_capacity(entries.len() * 44);
         for (_, e) in entries {
-            let len = u16::try_from(e.len()).map_err(|e| ApiError::internal(&e))?;
+            let len = u16::try_from(e.len()).map_err(|e| Error::internal(&e))?;
             out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(&e);
         }
@@ -675,80 +616,61 @@ fn tile_bytes(store: &dyn StoreRead, tile: &TilePath) -> Result<Vec<u8>, ApiErro
     let level = u8::try_from(tree_level).map_err(|_| missing())?;
     let hashes = store.ledger_nodes(level, start, width)?;
     if hashes.len() as u64 != width {
-        return Err(ApiError::internal(&StoreError::Backend(
+        return Err(Error::internal(&StoreError::Backend(
             "ledger nodes missing".into(),
         )));
     }
     Ok(hashes.concat())
 }
 
-/// Query of the proof endpoints.
-#[derive(Debug, Deserialize)]
-pub(crate) struct ProofQuery {
-    index: Option<u64>,
-    size: Option<u64>,
-    old: Option<u64>,
-    new: Option<u64>,
-}
-
-fn proof_json(proof: &[medvault_ledger::Hash]) -> Vec<Value> {
-    proof.iter().map(|h| Value::String(B64.encode(h))).collect()
-}
-
-fn published_size(store: &dyn StoreRead) -> Result<u64, ApiError> {
+fn published_size(store: &dyn StoreRead) -> Result<u64, Error> {
     Ok(store.checkpoint(None)?.map_or(0, |(n, _)| n))
 }
 
-/// `GET /ledger/{log}/proof/inclusion?index=I&size=N`: the audit path of leaf `I` in the tree
-/// of `N` leaves (`N` must not exceed the newest checkpoint), with the leaf entry.
-pub(crate) async fn get_inclusion(
-    State(state): State<AppState>,
-    Path(log): Path<String>,
-    Query(q): Query<ProofQuery>,
-) -> Result<Response, ApiError> {
-    let log = log_named(&log)?;
-    let (Some(index), Some(size)) = (q.index, q.size) else {
-        return Err(bad("give index and size"));
-    };
-    let (proof, entry) = on_log(&state, log, move |s, log| {
-        if index >= size || size > published_size(s)? {
-            return Err(bad("need index < size <= the newest checkpoint's size"));
-        }
-        let proof = log.over_tree(s, |n| inclusion_proof(n, index, size))?;
-        let entry = s
-            .ledger_entries(index, 1)?
-            .into_iter()
-            .next()
-            .map(|(_, e)| e);
-        Ok((proof, entry.unwrap_or_default()))
-    })
-    .await?;
-    Ok(axum::Json(json!({
-        "index": index,
-        "size": size,
-        "entry": B64.encode(entry),
-        "proof": proof_json(&proof),
-    }))
-    .into_response())
+/// The audit path of leaf `index` of `log` in the tree of `size` leaves (`size` must not exceed
+/// the newest checkpoint's), with the leaf entry. Blocking.
+///
+/// # Errors
+/// Invalid sizes; store failures.
+pub fn inclusion(
+    node: &Node,
+    log: LogId,
+    index: u64,
+    size: u64,
+) -> Result<(Vec<medvault_ledger::Hash>, Vec<u8>), Error> {
+    let store = node.log_store(log);
+    let s = store.as_ref();
+    if index >= size || size > published_size(s)? {
+        return Err(bad("need index < size <= the newest checkpoint's size"));
+    }
+    let proof = node
+        .ledger
+        .log(log)
+        .over_tree(s, |n| inclusion_proof(n, index, size))?;
+    let entry = s
+        .ledger_entries(index, 1)?
+        .into_iter()
+        .next()
+        .map(|(_, e)| e);
+    Ok((proof, entry.unwrap_or_default()))
 }
 
-/// `GET /ledger/{log}/proof/consistency?old=M&new=N`: the consistency proof between two
-/// published tree sizes.
-pub(crate) async fn get_consistency(
-    State(state): State<AppState>,
-    Path(log): Path<String>,
-    Query(q): Query<ProofQuery>,
-) -> Result<Response, ApiError> {
-    let log = log_named(&log)?;
-    let (Some(old), Some(new)) = (q.old, q.new) else {
-        return Err(bad("give old and new"));
-    };
-    let proof = on_log(&state, log, move |s, log| {
-        if old == 0 || old > new || new > published_size(s)? {
-            return Err(bad("need 0 < old <= new <= the newest checkpoint's size"));
-        }
-        log.over_tree(s, |n| consistency_proof(n, old, new))
-    })
-    .await?;
-    Ok(axum::Json(json!({ "old": old, "new": new, "proof": proof_json(&proof) })).into_response())
+/// The consistency proof of `log` between two published tree sizes. Blocking.
+///
+/// # Errors
+/// Invalid sizes; store failures.
+pub fn consistency(
+    node: &Node,
+    log: LogId,
+    old: u64,
+    new: u64,
+) -> Result<Vec<medvault_ledger::Hash>, Error> {
+    let store = node.log_store(log);
+    let s = store.as_ref();
+    if old == 0 || old > new || new > published_size(s)? {
+        return Err(bad("need 0 < old <= new <= the newest checkpoint's size"));
+    }
+    node.ledger
+        .log(log)
+        .over_tree(s, |n| consistency_proof(n, old, new))
 }

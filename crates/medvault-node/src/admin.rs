@@ -1,0 +1,135 @@
+//! Sensitive administration, shared by the CLI (`medvault keys rotate`, `medvault patient erase`,
+//! `medvault record expunge`) and the API (`POST /admin/keys/rotate`,
+//! `POST /admin/patients/{id}/erase`): rotating the key-encryption key, crypto-shredding a
+//! patient, expunging a superseded version. Who may do these is the server's (or the CLI's)
+//! gate; this module does them.
+
+use std::sync::Arc;
+
+use medvault_core::{Compartment, ResourceId};
+use medvault_crypto::Kek;
+use medvault_store::{StoreError, write_with};
+
+use crate::error::Error;
+use crate::node::Node;
+
+/// Adds a KEK version and rewraps every live data key under it, 256 per transaction; `progress`
+/// hears (done, total). Returns the new KEK version and how many keys were rewrapped.
+///
+/// # Errors
+/// Store failures; a data key that does not open.
+pub fn rotate_keys(node: &Node, mut progress: impl FnMut(u64, u64)) -> Result<(u32, usize), Error> {
+    let store = node.store.as_ref();
+    let next = store.keks()?.last().map_or(1, |(v, _)| v + 1);
+    let kek = Kek::generate(next).map_err(|e| Error::internal(&e))?;
+    let wrapped = node
+        .keys
+        .wrap_new_kek(&kek)
+        .map_err(|e| Error::internal(&e))?;
+    write_with(store, move |tx| tx.add_kek(next, &wrapped))?;
+    let names = store.data_key_names()?;
+    let total = names.len() as u64;
+    let kek = Arc::new(kek);
+    let mut rewrapped = 0;
+    let mut done = 0;
+    for chunk in names.chunks(256) {
+        let (keys, kek, batch) = (Arc::clone(&node.keys), Arc::clone(&kek), chunk.to_vec());
+        rewrapped += write_with(store, move |tx| {
+            let mut n = 0;
+            for name in &batch {
+                let Some(row) = tx.data_key(name)? else {
+                    continue;
+                };
+                let (Some(old), Some(w)) = (row.kek_version, row.wrapped) else {
+                    continue;
+                };
+                if old == next {
+                    continue;
+                }
+                let fail = |what: String| StoreError::Backend(what.into());
+                let old_kek = keys.kek(&*tx, old).map_err(|e| fail(e.to_string()))?;
+                let dek = old_kek
+                    .unwrap(keys.tenant(), name, row.key_version, &w)
+                    .map_err(|_| {
+                        fail(format!(
+                            "data key {} does not open",
+                            crate::node::redacted(name)
+                        ))
+                    })?;
+                let nw = kek
+                    .wrap(keys.tenant(), &dek)
+                    .map_err(|e| fail(e.to_string()))?;
+                tx.put_data_key(name, row.key_version, next, &nw)?;
+                n += 1;
+            }
+            Ok(n)
+        })?;
+        done += chunk.len() as u64;
+        progress(done, total);
+    }
+    Ok((next, rewrapped))
+}
+
+/// What erasing a patient did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Erased {
+    /// The key was destroyed; this many resources in the compartment are unreadable now.
+    Now(u64),
+    /// The key had been destroyed before (the WAL truncation was retried).
+    Already,
+}
+
+/// Crypto-shreds a patient: destroys the compartment's data key.
+///
+/// # Errors
+/// 404 when nothing is stored for the patient; store failures.
+pub fn erase_patient(node: &Node, patient: &ResourceId) -> Result<Erased, Error> {
+    let name = Compartment::Patient(patient.clone()).key_name();
+    let Some(row) = node.store.data_key(&name)? else {
+        return Err(Error::not_found("no data is stored for that patient"));
+    };
+    let already = row.wrapped.is_none();
+    // Destroying again is harmless and retries the WAL truncation a failed run may have left.
+    let key = name.clone();
+    let n = write_with(node.store.as_ref(), move |tx| tx.destroy_data_key(&key))?;
+    node.keys.forget(&name);
+    Ok(if already {
+        Erased::Already
+    } else {
+        Erased::Now(n)
+    })
+}
+
+/// Expunges one superseded version of a resource (`ops::expunge`): its body is removed, its
+/// ledger commitment stays and a new leaf records the expunged state.
+///
+/// # Errors
+/// 404 unknown, 409 the current version, 410 an erased patient's; store failures.
+pub fn expunge_version(
+    node: &Node,
+    rt: &str,
+    id: &ResourceId,
+    version: u64,
+) -> Result<Expunged, Error> {
+    crate::ops::served_type(&node.fhir, rt)?;
+    let ctx = crate::ops::Ctx::unrestricted_node_work(node);
+    let (rt, id) = (rt.to_owned(), id.clone());
+    let out = write_with(node.store.as_ref(), move |tx| {
+        Ok(crate::ops::expunge(tx, &ctx, &rt, &id, version)?)
+    })?;
+    // `ops::expunge` names the version only when it expunged it now.
+    Ok(if out.location.is_some() {
+        Expunged::Now
+    } else {
+        Expunged::Already
+    })
+}
+
+/// What [`expunge_version`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expunged {
+    /// The version's body was removed now.
+    Now,
+    /// It had been expunged before; nothing changed.
+    Already,
+}

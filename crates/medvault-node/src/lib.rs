@@ -1,0 +1,37 @@
+//! medvault's service layer: everything the node does, with no HTTP in it.
+//!
+//! - [`node`]: the node itself ([`Node`]): its stores, key ring and ledger, opened from a data
+//!   directory; [`node_identity`] is its long-lived public identity.
+//! - FHIR operations: [`ops`] (read, write, history under an access context), [`search`],
+//!   [`bundle`] (batch and transaction), [`route`] (a FHIR request's interaction), and
+//!   [`capability`] (the CapabilityStatement).
+//! - Access decisions: [`authz`] (the policy's facts and the guard every resource passes).
+//! - The ledger service: [`ledger`] (leaves, checkpoints, tiles, proofs), [`witness`] (both
+//!   ways), [`verify`] (the whole-node check), [`audit_view`] (the access log as FHIR
+//!   `AuditEvent`s).
+//! - Administration: [`admin`] (key rotation, crypto-shredding, expunging a version).
+//! - Sharing: [`share`] (sealed bundles between nodes) and [`backup_file`].
+//!
+//! Every operation returns [`Error`], a typed domain error ([`ErrorKind`] plus a message safe to
+//! show); only the HTTP server maps it to a status and an `OperationOutcome`.
+
+pub mod admin;
+pub mod audit_view;
+pub mod authz;
+pub mod backup_file;
+pub mod bundle;
+pub mod capability;
+pub mod clock;
+pub mod error;
+pub mod ledger;
+pub mod node;
+pub mod node_identity;
+pub mod ops;
+pub mod route;
+pub mod search;
+pub mod share;
+pub mod verify;
+pub mod witness;
+
+pub use error::{Error, ErrorKind, IssueCode};
+pub use node::Node;
