@@ -15,8 +15,8 @@ fuzz_target!(|data: &[u8]| {
         let again = ScopeSet::parse(&set.to_string()).expect("rendered scopes parse");
         assert_eq!(again, set);
     }
-    let _ = medvault_server::oauth::check_jwks(text);
-    let _ = medvault_server::oauth::peek_assertion(text);
+    let _ = medvault_node::identity::oauth::clients::check_jwks(text);
+    let _ = medvault_node::identity::oauth::backend::peek_assertion(text);
     let secret = medvault_auth::totp::TotpSecret::from_bytes(b"12345678901234567890");
     let _ = medvault_auth::totp::verify(&secret, text, 1_111_111_109, None);
     let _ = medvault_auth::recovery::hash(text);

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use medvault_auth::password::Password;
 use medvault_auth::totp::{TotpSecret, code_at};
 use medvault_core::Role;
+use medvault_node::identity::bearer::validate_bearer;
 use medvault_node::node::Node;
 use medvault_server::{AppState, ServerConfig};
 use serde_json::{Value, json};
@@ -60,11 +61,11 @@ fn main() {
             let node = Arc::clone(&node);
             s.spawn(move || {
                 for n in part {
-                    medvault_server::identity::create_user(
+                    medvault_node::identity::accounts::create_user(
                         &node,
                         n,
                         Role::Clinician,
-                        medvault_server::identity::FhirUser::None,
+                        medvault_node::identity::accounts::FhirUser::None,
                         &Password::new(PASSWORD),
                     )
                     .unwrap();
@@ -176,22 +177,22 @@ fn main() {
 
         // Validation of a credential on every request (cached, as on a running server).
         let session = session.unwrap();
-        let (token, _) = medvault_server::auth::create_token(
+        let (token, _) = medvault_node::identity::api_tokens::create_token(
             state.node.store.as_ref(),
             Role::Admin,
             state.node.clock.now_micros(),
-            medvault_server::auth::TOKEN_DEFAULT_DAYS,
+            medvault_node::identity::api_tokens::TOKEN_DEFAULT_DAYS,
         )
         .unwrap();
         for (what, credential) in [("session", session.as_str()), ("API token", token.as_str())] {
-            medvault_server::auth::validate_bearer(&state, credential)
+            validate_bearer(&state.node, &state.auth, state.config.sessions, credential)
                 .await
                 .unwrap();
             let rounds = 200_000u32;
             let t = Instant::now();
             for _ in 0..rounds {
                 std::hint::black_box(
-                    medvault_server::auth::validate_bearer(&state, credential)
+                    validate_bearer(&state.node, &state.auth, state.config.sessions, credential)
                         .await
                         .unwrap(),
                 );

@@ -14,9 +14,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use medvault_core::{ResourceId, Role};
 use medvault_crypto::{KeyFileKind, Passphrase};
 use medvault_ledger::VerifierKey;
+use medvault_node::identity::sessions::SessionLimits;
 use medvault_node::node::{Database, KEY_FILE, Node};
 use medvault_node::witness::RemoteWitness;
-use medvault_server::identity::SessionLimits;
 use medvault_server::{AppState, ServerConfig};
 
 const AFTER_HELP: &str = "\
@@ -389,7 +389,7 @@ enum TokenCommand {
         #[arg(long, value_enum)]
         role: RoleArg,
         /// Days until the token expires (at most 365).
-        #[arg(long, value_name = "DAYS", default_value_t = medvault_server::auth::TOKEN_DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=i64::from(medvault_server::auth::TOKEN_MAX_DAYS)))]
+        #[arg(long, value_name = "DAYS", default_value_t = medvault_node::identity::api_tokens::TOKEN_DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=i64::from(medvault_node::identity::api_tokens::TOKEN_MAX_DAYS)))]
         days: u32,
     },
     /// List tokens: id, role, created, expires, last used, state. Never the token itself.
@@ -563,7 +563,7 @@ fn run_client(command: ClientCommand) -> anyhow::Result<()> {
             redirect_uris,
             scope,
         } => {
-            use medvault_server::oauth::ClientKind;
+            use medvault_node::identity::oauth::clients::ClientKind;
             let kind = match jwks {
                 Some(path) => ClientKind::Backend {
                     jwks: std::fs::read_to_string(&path)
@@ -572,15 +572,19 @@ fn run_client(command: ClientCommand) -> anyhow::Result<()> {
                 None => ClientKind::App { redirect_uris },
             };
             let node = open_node(&dir, true)?;
-            let id = medvault_server::oauth::register_client(&node, &name, &kind, &scope)
-                .map_err(fail)?;
+            let id = medvault_node::identity::oauth::clients::register_client(
+                &node, &name, &kind, &scope,
+            )
+            .map_err(fail)?;
             audit_admin(&node, "client-register", Some(&id))?;
             println!("{id}");
         }
         ClientCommand::Disable { dir, client_id } => {
             let node = open_node(&dir, true)?;
-            if !medvault_server::oauth::set_client_disabled(&node, &client_id, true)
-                .map_err(fail)?
+            if !medvault_node::identity::oauth::clients::set_client_disabled(
+                &node, &client_id, true,
+            )
+            .map_err(fail)?
             {
                 bail!("no client {client_id}: see `medvault client list`");
             }
@@ -652,12 +656,12 @@ fn new_password() -> anyhow::Result<medvault_auth::password::Password> {
 fn change(
     dir: &DataDir,
     username: &str,
-    how: medvault_server::identity::AccountChange,
+    how: medvault_node::identity::accounts::AccountChange,
     action: &str,
     done: &str,
 ) -> anyhow::Result<()> {
     let node = open_node(dir, true)?;
-    let id = medvault_server::identity::change_account(&node, username, how)
+    let id = medvault_node::identity::accounts::change_account(&node, username, how)
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     audit_admin(&node, action, Some(&id))?;
     println!("{id} {done}");
@@ -695,7 +699,7 @@ fn resource_id(flag: &str, id: Option<String>) -> anyhow::Result<Option<Resource
 }
 
 fn run_user(command: UserCommand) -> anyhow::Result<()> {
-    use medvault_server::identity::{self, AccountChange};
+    use medvault_node::identity::accounts::{self as identity, AccountChange};
     match command {
         UserCommand::Create {
             dir,
@@ -786,7 +790,7 @@ fn run_user(command: UserCommand) -> anyhow::Result<()> {
 
 fn run_token(command: TokenCommand) -> anyhow::Result<()> {
     use medvault_node::clock::instant;
-    use medvault_server::auth::{self, Revoked};
+    use medvault_node::identity::api_tokens::{self as auth, Revoked};
     match command {
         TokenCommand::Create { dir, role, days } => {
             let node = open_node(&dir, false)?;
@@ -1141,7 +1145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let url = o
                     .parse()
                     .map_err(|e| anyhow::anyhow!("--webauthn-origin {o:?}: {e}"))?;
-                medvault_server::passkey::relying_party(&url)
+                medvault_node::identity::passkeys::relying_party(&url)
                     .map_err(|e| anyhow::anyhow!("--webauthn-origin: {e}"))?;
             }
             let node = open_node(&dir, false)?;

@@ -182,6 +182,11 @@ impl Error {
         Self::new(ErrorKind::Invalid, IssueCode::Invalid, message)
     }
 
+    /// Not authenticated (no credential, or one that is not valid), with a `login` issue.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unauthenticated, IssueCode::Login, message)
+    }
+
     /// Not found.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::NotFound, IssueCode::NotFound, message)

@@ -11,6 +11,9 @@
 //!   `AuditEvent`s).
 //! - Administration: [`admin`] (key rotation, crypto-shredding, expunging a version).
 //! - Sharing: [`share`] (sealed bundles between nodes) and [`backup_file`].
+//! - Identity: [`identity`] (accounts, login and sessions, API tokens, OAuth2 clients and
+//!   tokens, passkeys, break-glass, and the gates a request passes before any resource is
+//!   decided).
 //!
 //! Every operation returns [`Error`], a typed domain error ([`ErrorKind`] plus a message safe to
 //! show); only the HTTP server maps it to a status and an `OperationOutcome`.
@@ -23,6 +26,7 @@ pub mod bundle;
 pub mod capability;
 pub mod clock;
 pub mod error;
+pub mod identity;
 pub mod ledger;
 pub mod node;
 pub mod node_identity;

@@ -17,26 +17,28 @@ use medvault_core::{ResourceId, Role};
 use serde_json::json;
 
 use crate::AppState;
-use crate::auth::Authenticated;
 use crate::error::ApiError;
+use crate::respond::refusal_response;
 use medvault_node::admin::{Erased, erase_patient, rotate_keys};
+use medvault_node::identity::Authenticated;
+use medvault_node::identity::gates;
 
 /// How recent a person's sign-in must be for a sensitive action, by default.
 pub const STEP_UP_WINDOW: Duration = Duration::from_secs(300);
 
 /// `POST /admin/keys/rotate` (step-up required).
 pub(crate) async fn rotate(State(state): State<AppState>, who: Authenticated) -> Response {
-    if let Err(r) = crate::gates::step_up(
+    if let Err(r) = gates::step_up(
         &who,
         &[Role::Admin],
         "an admin",
         state.node.clock.now_micros(),
         state.config.step_up_window,
     ) {
-        return r.into_response();
+        return refusal_response(r);
     }
     let node = Arc::clone(&state.node);
-    match crate::http::blocking(move || rotate_keys(&node, |_, _| {})).await {
+    match crate::respond::blocking(move || rotate_keys(&node, |_, _| {})).await {
         Ok((version, n)) => Json(json!({"kek_version": version, "rewrapped": n})).into_response(),
         Err(e) => e.into_response(),
     }
@@ -48,21 +50,21 @@ pub(crate) async fn erase(
     who: Authenticated,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = crate::gates::step_up(
+    if let Err(r) = gates::step_up(
         &who,
         &[Role::Admin],
         "an admin",
         state.node.clock.now_micros(),
         state.config.step_up_window,
     ) {
-        return r.into_response();
+        return refusal_response(r);
     }
     let Ok(id) = ResourceId::new(&id) else {
         return ApiError::bad_request("not a FHIR id").into_response();
     };
     let node = Arc::clone(&state.node);
     let patient = id.to_string();
-    let erased = crate::http::blocking(move || erase_patient(&node, &id)).await;
+    let erased = crate::respond::blocking(move || erase_patient(&node, &id)).await;
     // No care-team or consent content of the erased patient stays in memory.
     state.facts.invalidate();
     let mut r = match erased {
@@ -72,6 +74,6 @@ pub(crate) async fn erase(
     };
     // The access log names the patient whose records were shredded.
     r.extensions_mut()
-        .insert(crate::http::AuditPatient(patient));
+        .insert(crate::respond::AuditPatient(patient));
     r
 }

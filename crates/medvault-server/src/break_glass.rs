@@ -1,15 +1,8 @@
-//! Break-glass: emergency access to one patient's records outside the care relationships the
-//! policy knows, for emergency treatment.
-//!
-//! A clinician or nurse, signed in with a second factor within the step-up window, opens it with
-//! `POST /auth/break-glass` `{"patient": ID, "reason": TEXT, "minutes": N}`: a written
-//! justification (at least [`MIN_REASON`] characters) and a time box (default
-//! [`DEFAULT_MINUTES`], at most the configured maximum). Requests that declare the purpose
-//! `X-Purpose-Of-Use: ETREAT` may then read that patient's records, through the policy's
-//! `break-glass` rule, until it expires. The opening is recorded in the access log with its
-//! justification (sealed, as every audit detail is), every request it opens is marked in the
-//! access log, and it raises an alert the privacy officer reviews and acknowledges
-//! (`GET /privacy/alerts`, `POST /privacy/alerts/{id}/acknowledge`).
+//! Break-glass over HTTP: `POST /auth/break-glass` opens emergency access to one patient's
+//! records, `GET /privacy/alerts` and `POST /privacy/alerts/{id}/acknowledge` are the privacy
+//! officer's review. The rules (justification, time box, the alert) are the node's
+//! ([`medvault_node::identity::break_glass`]); this module gates, reads the requests and shapes
+//! the answers and their access-log records.
 
 use std::sync::Arc;
 
@@ -18,25 +11,16 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use medvault_core::{ResourceId, Role};
-use medvault_store::{AlertRow, BreakGlassRow, write_with};
+use medvault_node::clock::instant;
+use medvault_node::identity::Authenticated;
+use medvault_node::identity::break_glass;
+use medvault_node::identity::gates::{self, Refusal};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::AppState;
-use crate::auth::Authenticated;
 use crate::error::ApiError;
-use crate::http::{AuditExtra, AuditPatient};
-use crate::identity;
-use medvault_node::clock::instant;
-
-/// Shortest justification accepted.
-pub const MIN_REASON: usize = 20;
-/// Longest justification accepted.
-pub const MAX_REASON: usize = 2000;
-/// Time box when none is asked for, minutes.
-pub const DEFAULT_MINUTES: u64 = 60;
-/// The sealing context of alert details (bound to the alert id).
-const ALERT_FIELD: &str = "alert";
+use crate::respond::{AuditExtra, AuditPatient, blocking, refusal_response};
 
 /// `POST /auth/break-glass` body.
 #[derive(Deserialize)]
@@ -53,12 +37,6 @@ impl std::fmt::Debug for OpenRequest {
     }
 }
 
-fn random_id(prefix: &str) -> Result<String, ApiError> {
-    let mut raw = [0u8; 12];
-    medvault_crypto::random_fill(&mut raw).map_err(|e| ApiError::internal(&e))?;
-    Ok(format!("{prefix}{}", hex::encode(raw)))
-}
-
 /// `POST /auth/break-glass`.
 pub(crate) async fn open(
     State(state): State<AppState>,
@@ -66,14 +44,14 @@ pub(crate) async fn open(
     body: Result<Json<OpenRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let now = state.node.clock.now_micros();
-    if let Err(r) = crate::gates::step_up(
+    if let Err(r) = gates::step_up(
         &who,
         &[Role::Clinician, Role::Nurse],
         "a clinician or nurse",
         now,
         state.config.step_up_window,
     ) {
-        return r.into_response();
+        return refusal_response(r);
     }
     let Ok(Json(req)) = body else {
         return ApiError::bad_request(
@@ -84,101 +62,38 @@ pub(crate) async fn open(
     let Ok(patient) = ResourceId::new(&req.patient) else {
         return ApiError::bad_request("patient must be the Patient resource's id").into_response();
     };
-    let reason = req.reason.trim().to_owned();
-    let chars = reason.chars().count();
-    // Only visible characters count toward the minimum; control characters are refused.
-    let visible = reason
-        .chars()
-        .filter(|c| !c.is_whitespace() && !c.is_control())
-        .count();
-    if reason
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-        || visible < MIN_REASON
-        || chars > MAX_REASON
-    {
-        return ApiError::bad_request(format!(
-            "the justification must be {MIN_REASON} to {MAX_REASON} visible characters (no control characters): say what the emergency is"
-        ))
-        .into_response();
-    }
-    let max = state.config.break_glass_max.as_secs() / 60;
-    let minutes = req.minutes.unwrap_or(DEFAULT_MINUTES.min(max));
-    if minutes == 0 || minutes > max {
-        return ApiError::bad_request(format!("minutes must be 1 to {max}")).into_response();
-    }
     let node = Arc::clone(&state.node);
     let user = who.token_id.clone();
-    let patient_id = patient.to_string();
-    let expires = now.saturating_add(i64::try_from(minutes * 60_000_000).unwrap_or(i64::MAX));
-    let opened = crate::http::blocking(move || {
-        // A grant for no patient would be an alert about nothing.
-        if node
-            .store
-            .current("Patient", &patient_id)?
-            .is_none_or(|c| c.deleted)
-        {
-            return Err(ApiError::not_found("no such patient").into());
-        }
-        let key = identity::identity_key(&node)?;
-        let grant_id = random_id("bg_")?;
-        let alert_id = random_id("alr_")?;
-        let detail = json!({
-            "grant": grant_id,
-            "reason": reason,
-            "expires": instant(expires),
-            "purpose": medvault_node::authz::EMERGENCY,
-        });
-        let detail_bytes = zeroize::Zeroizing::new(detail.to_string().into_bytes());
-        let grant = BreakGlassRow {
-            id: grant_id.clone(),
-            user_id: user.clone(),
-            patient: patient_id.clone(),
-            reason: identity::seal(&key, &grant_id, "reason", reason.as_bytes())?,
-            opened_micros: now,
-            expires_micros: expires,
-        };
-        let alert = AlertRow {
-            id: alert_id.clone(),
-            kind: "break-glass".into(),
-            at_micros: now,
-            user_id: user,
-            patient: Some(patient_id),
-            detail: identity::seal(&key, &alert_id, ALERT_FIELD, &detail_bytes)?,
-            acknowledged_by: None,
-            acknowledged_micros: None,
-        };
-        write_with(node.store.as_ref(), move |tx| {
-            tx.put_break_glass(&grant)?;
-            tx.put_alert(&alert)
-        })?;
-        Ok((grant_id, alert_id, detail))
-    })
-    .await;
-    let (grant, alert, detail) = match opened {
+    let max = state.config.break_glass_max;
+    let p = patient.clone();
+    let opened =
+        blocking(move || break_glass::open(&node, &user, &p, &req.reason, req.minutes, max, now))
+            .await;
+    let opened = match opened {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
     let mut resp = (
         StatusCode::CREATED,
         Json(json!({
-            "grant": grant,
+            "grant": opened.grant,
             "patient": patient.as_str(),
-            "expires": instant(expires),
+            "expires": instant(opened.expires_micros),
             "purpose_required": medvault_node::authz::EMERGENCY,
-            "alert": alert,
+            "alert": opened.alert,
         })),
     )
         .into_response();
     resp.extensions_mut()
         .insert(AuditPatient(patient.to_string()));
-    resp.extensions_mut()
-        .insert(AuditExtra(json!({"break_glass": detail, "alert": alert})));
+    resp.extensions_mut().insert(AuditExtra(
+        json!({"break_glass": opened.detail, "alert": opened.alert}),
+    ));
     resp
 }
 
 fn privacy_officer(who: &Authenticated) -> Result<(), ApiError> {
-    crate::gates::privacy_officer(who).map_err(crate::gates::Refusal::into_api_error)
+    gates::privacy_officer(who).map_err(|r| Refusal::into_error(r).into())
 }
 
 /// `GET /privacy/alerts` query.
@@ -198,27 +113,7 @@ pub(crate) async fn list(
         return e.into_response();
     }
     let node = Arc::clone(&state.node);
-    let listed = crate::http::blocking(move || {
-        let key = identity::identity_key(&node)?;
-        let mut out = Vec::new();
-        for a in node.store.alerts(!q.all)? {
-            let plain = identity::open(&key, &a.id, ALERT_FIELD, &a.detail)?;
-            let detail: Value =
-                serde_json::from_slice(&plain).map_err(|e| ApiError::internal(&e))?;
-            out.push(json!({
-                "id": a.id,
-                "kind": a.kind,
-                "time": instant(a.at_micros),
-                "user": a.user_id,
-                "patient": a.patient,
-                "detail": detail,
-                "acknowledged_by": a.acknowledged_by,
-                "acknowledged": a.acknowledged_micros.map(instant),
-            }));
-        }
-        Ok(out)
-    })
-    .await;
+    let listed = blocking(move || break_glass::list_alerts(&node, !q.all)).await;
     match listed {
         Ok(alerts) => Json(json!({"alerts": alerts})).into_response(),
         Err(e) => e.into_response(),
@@ -237,12 +132,7 @@ pub(crate) async fn acknowledge(
     let node = Arc::clone(&state.node);
     let (by, at) = (who.token_id.clone(), state.node.clock.now_micros());
     let alert = id.clone();
-    let done = crate::http::blocking(move || {
-        Ok(write_with(node.store.as_ref(), move |tx| {
-            tx.acknowledge_alert(&alert, &by, at)
-        })?)
-    })
-    .await;
+    let done = blocking(move || break_glass::acknowledge_alert(&node, &alert, &by, at)).await;
     match done {
         Ok(true) => Json(json!({"acknowledged": id})).into_response(),
         Ok(false) => ApiError::not_found("no open alert with that id").into_response(),

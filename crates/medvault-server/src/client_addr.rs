@@ -135,15 +135,8 @@ pub fn of(extensions: &axum::http::Extensions) -> IpAddr {
         .map_or_else(|| crate::tls::peer_ip(extensions).to_canonical(), |c| c.0)
 }
 
-/// The key per-address limits count under: the address itself for IPv4, its /64 network for
-/// IPv6 (one subscriber usually holds a whole /64, so counting single IPv6 addresses would
-/// let one client spread over 2^64 of them).
-pub fn limit_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !(u128::MAX >> 64)).into()),
-        v4 => v4,
-    }
-}
+/// The key per-address limits count under (IPv4: the address; IPv6: its /64).
+pub use medvault_node::identity::throttle::limit_key;
 
 /// The values of every `name` header, in order, comma-separated (within [`MAX_HEADER_BYTES`]).
 fn joined(headers: &HeaderMap, name: &str) -> String {

@@ -10,9 +10,12 @@ use medvault_core::{FhirAccess, Role};
 use medvault_store::write_with;
 use serde_json::Value;
 
-use crate::auth::Authenticated;
+use crate::AppState;
 use crate::error::{ApiError, Error, ErrorKind, IssueCode};
-use crate::{AppState, FHIR_JSON};
+use crate::respond::{AuditExtra, AuditPatient, blocking, fhir_json};
+use medvault_node::identity::Authenticated;
+use medvault_node::identity::api_tokens::RefusedCredential;
+use medvault_node::identity::gates::{self, Refusal};
 use medvault_node::ops::{self, Outcome};
 use medvault_node::route::{self, Target};
 use medvault_node::{bundle, capability, clock, search};
@@ -37,14 +40,6 @@ impl FromRequest<AppState> for Body {
             Err(_) => Err(ApiError::bad_request("the request body could not be read")),
         }
     }
-}
-
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, ApiError> {
-    Ok(tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(&e))??)
 }
 
 /// Like [`blocking`] for CPU-bound reads (search, history): at most a few run at once, so they
@@ -130,22 +125,6 @@ fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
         )
     })
 }
-
-pub(crate) fn fhir_json(status: StatusCode, body: &Value) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut resp = (status, bytes).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-    resp
-}
-
-/// More for a response's audit record (sealed with it), e.g. a break-glass justification.
-#[derive(Debug, Clone)]
-pub(crate) struct AuditExtra(pub(crate) Value);
-
-/// The patient whose compartment a response's resource is in, for its audit record.
-#[derive(Debug, Clone)]
-pub(crate) struct AuditPatient(pub(crate) String);
 
 fn respond(out: Outcome, minimal: bool, base: &str) -> Response {
     let mut resp = match (&out.resource, minimal) {
@@ -303,7 +282,7 @@ async fn dispatch(
     let audit_view =
         matches!(&target, Target::Type(t) | Target::Instance(t, _) if t == "AuditEvent");
     if target != Target::Metadata {
-        crate::gates::second_factor(&who).map_err(crate::gates::Refusal::into_api_error)?;
+        gates::second_factor(&who).map_err(Refusal::into_error)?;
     }
     if let Some(why) = role_refusal(who.role, who.scopes.is_some(), audit_view, &target) {
         return Err(
@@ -523,7 +502,7 @@ async fn dispatch(
         (Method::POST, Target::Operation(rt, id, op)) if rt == "Patient" && op == "share" => {
             // A disclosure to another institution: clinical staff (for care) and admins (release
             // of information), in their own sessions or with API tokens; never apps.
-            crate::gates::share(&who).map_err(crate::gates::Refusal::into_api_error)?;
+            gates::share(&who).map_err(Refusal::into_error)?;
             let json = json_body(&headers, &body)?;
             let agent = serde_json::json!({"token": who.token_id, "role": who.role.as_str()});
             let declared = effective_purpose(&who, &headers);
@@ -656,7 +635,7 @@ fn audit_detail(
             "patients_seen": n.patients_seen,
             "patients_refused": n.patients_refused,
         })),
-        "auth": resp.extensions().get::<crate::identity::AuthNote>().map(|n| serde_json::json!({
+        "auth": resp.extensions().get::<crate::respond::AuthNote>().map(|n| serde_json::json!({
             "user": n.user,
             "client": n.client,
             "event": n.event,
@@ -922,7 +901,7 @@ enum Anonymity {
 
 fn anonymity(
     who: Option<&Authenticated>,
-    refused: Option<&crate::auth::RefusedCredential>,
+    refused: Option<&RefusedCredential>,
     resp: &Response,
 ) -> Anonymity {
     if who.is_some()
@@ -933,7 +912,7 @@ fn anonymity(
     {
         return Anonymity::Identified;
     }
-    let note = resp.extensions().get::<crate::identity::AuthNote>();
+    let note = resp.extensions().get::<crate::respond::AuthNote>();
     let named = note.and_then(|n| n.user.clone().or_else(|| n.client.clone()));
     if named.is_some() && resp.status().as_u16() < 400 {
         return Anonymity::Identified;
@@ -977,7 +956,7 @@ fn anonymous_throttled(path: &str) -> Response {
     const WHY: &str =
         "too many requests without valid credentials from this address: wait a minute";
     let mut resp = if matches!(path, "/auth/token" | "/auth/introspect" | "/auth/revoke") {
-        crate::oauth::oauth_error(
+        crate::respond::oauth_error(
             StatusCode::TOO_MANY_REQUESTS,
             "temporarily_unavailable",
             WHY,

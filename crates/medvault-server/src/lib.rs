@@ -11,13 +11,13 @@ pub mod auth;
 pub mod break_glass;
 pub mod client_addr;
 pub mod error;
-pub mod gates;
 mod http;
 pub mod identity;
 pub mod oauth;
 pub mod oauth_app;
 pub mod passkey;
 pub mod peer;
+mod respond;
 pub mod share_http;
 pub mod tls;
 mod transparency;
@@ -30,6 +30,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, post};
+use medvault_node::identity::passkeys;
 
 pub use error::ApiError;
 pub use http::ACCESS_LEAF_HEADER;
@@ -55,7 +56,7 @@ pub struct ServerConfig {
     /// Witnesses this node asks to cosign its checkpoints.
     pub witnesses: Arc<[medvault_node::witness::RemoteWitness]>,
     /// Login session lifetimes.
-    pub sessions: identity::SessionLimits,
+    pub sessions: medvault_node::identity::sessions::SessionLimits,
     /// Login attempts accepted per client address, and per account name, per minute.
     pub login_attempts_per_minute: u32,
     /// Proxies whose forwarding header names the client (none: the socket peer is the client).
@@ -104,8 +105,8 @@ impl Default for ServerConfig {
             checkpoint_interval: Duration::from_secs(1),
             witness_for: Arc::from([]),
             witnesses: Arc::from([]),
-            sessions: identity::SessionLimits::default(),
-            login_attempts_per_minute: identity::THROTTLE_ATTEMPTS,
+            sessions: medvault_node::identity::sessions::SessionLimits::default(),
+            login_attempts_per_minute: medvault_node::identity::throttle::THROTTLE_ATTEMPTS,
             trusted_proxies: client_addr::TrustedProxies::default(),
             anonymous_requests_per_minute: anonymous::DEFAULT_PER_MINUTE,
             anonymous_summary_interval: anonymous::DEFAULT_SUMMARY_INTERVAL,
@@ -125,26 +126,21 @@ pub struct AppState {
     pub node: Arc<Node>,
     /// Interaction context.
     pub services: medvault_node::ops::Services,
-    /// Validated-token cache.
-    pub tokens: Arc<auth::TokenCache>,
+    /// Recently validated credentials (sessions, API tokens, access tokens) and the token
+    /// families this process revoked.
+    pub auth: Arc<medvault_node::identity::bearer::AuthCaches>,
     /// Settings.
     pub config: Arc<ServerConfig>,
     /// Bounds concurrent CPU-bound reads (search, history) to twice the cores.
     pub read_permits: Arc<tokio::sync::Semaphore>,
-    /// Validated login sessions.
-    pub sessions: Arc<identity::SessionCache>,
     /// Login attempts per client address and per account name.
-    pub login_throttle: Arc<identity::LoginThrottle>,
+    pub login_throttle: Arc<medvault_node::identity::throttle::LoginThrottle>,
     /// Anonymous requests: per-address counts and what the access log counted together.
     pub anonymous: Arc<anonymous::AnonymousTraffic>,
-    /// Validated OAuth2 access tokens.
-    pub access_tokens: Arc<oauth::AccessTokenCache>,
     /// The WebAuthn relying party, when passkeys are configured.
-    pub webauthn: Option<Arc<webauthn_rs::prelude::Webauthn>>,
+    pub webauthn: Option<Arc<passkeys::Webauthn>>,
     /// Passkey ceremonies in progress.
-    pub passkey_ceremonies: passkey::PasskeyCeremonies,
-    /// Token families revoked by this process, so cached access tokens stop at once.
-    pub revoked_families: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    pub passkey_ceremonies: passkeys::PasskeyCeremonies,
     /// Care relationships and consents the access policy looked up, shared across requests.
     pub facts: Arc<medvault_node::authz::FactsCache>,
     /// The signed node document, by key version (rebuilt when another process rotates).
@@ -156,9 +152,9 @@ impl AppState {
     /// passkeys with a warning (`serve` checks it before starting).
     pub fn new(node: Node, config: ServerConfig) -> Self {
         let webauthn = config.webauthn_origin.as_deref().and_then(|o| {
-            let rp = webauthn_rs::prelude::Url::parse(o)
+            let rp = passkeys::Url::parse(o)
                 .map_err(|e| e.to_string())
-                .and_then(|u| passkey::relying_party(&u));
+                .and_then(|u| passkeys::relying_party(&u));
             match rp {
                 Ok(w) => Some(Arc::new(w)),
                 Err(e) => {
@@ -171,39 +167,18 @@ impl AppState {
         Self {
             node: Arc::new(node),
             services,
-            tokens: Arc::new(auth::TokenCache::default()),
+            auth: Arc::default(),
             config: Arc::new(config),
             read_permits: Arc::new(tokio::sync::Semaphore::new(
                 2 * std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
             )),
-            sessions: Arc::default(),
             login_throttle: Arc::default(),
             anonymous: Arc::default(),
-            access_tokens: Arc::default(),
             webauthn,
             passkey_ceremonies: Arc::default(),
-            revoked_families: Arc::default(),
             facts: Arc::default(),
             node_document: Arc::default(),
         }
-    }
-
-    /// Records that a token family was revoked, so its cached access tokens stop working now
-    /// (other processes' caches forget them within their 30-second recheck).
-    pub fn revoke_family_cached(&self, family: &str) {
-        if let Ok(mut s) = self.revoked_families.lock() {
-            if s.len() >= 100_000 {
-                s.clear();
-            }
-            s.insert(family.to_owned());
-        }
-    }
-
-    /// True if this process revoked `family`.
-    pub fn family_revoked(&self, family: &str) -> bool {
-        self.revoked_families
-            .lock()
-            .map_or(true, |s| s.contains(family))
     }
 }
 
@@ -288,6 +263,27 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             http::time_limit,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            http::observe,
+        ))
+        .with_state(state)
+}
+
+/// The peer listener's routes (see [`share_http`]): bundles from registered peers, and the
+/// node document.
+pub fn peer_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            medvault_node::share::RECEIVE_PATH,
+            post(share_http::receive),
+        )
+        .route(
+            "/.well-known/medvault-node",
+            get(transparency::get_node_document),
+        )
+        .fallback(http::not_found)
+        .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             http::observe,

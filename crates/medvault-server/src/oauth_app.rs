@@ -1,181 +1,32 @@
-//! OAuth2 for user-facing apps (SMART App Launch, standalone): the authorization code flow with
-//! PKCE (RFC 7636, S256 only), refresh tokens rotated on every use (RFC 9700 §4.14: reusing a
-//! spent one revokes its whole family), and revocation (RFC 7009).
-//!
-//! 1. The app sends the person's browser to `GET /auth/authorize?response_type=code&client_id=…
-//!    &redirect_uri=…&scope=…&state=…&aud=<FHIR base>&code_challenge=…&code_challenge_method=S256`.
-//! 2. The node's own page checks the request (`GET /auth/authorize/check`), has the person sign
-//!    in with a second factor, shows the app's name and the scopes it asks for, and on approval
-//!    (`POST /auth/authorize/decide`, with that AAL2+ session) sends the browser back to the
-//!    redirect URI with a one-use code valid for 60 seconds.
-//! 3. The app exchanges the code and its PKCE verifier at `POST /auth/token`
-//!    (`grant_type=authorization_code`) for an access token acting for that person, within both
-//!    the person's role and the scopes; with `offline_access` or `online_access` also a refresh
-//!    token.
+//! OAuth2 for user-facing apps over HTTP (SMART App Launch, standalone): the consent page
+//! (`GET /auth/authorize`, its check and decision) and revocation (`POST /auth/revoke`,
+//! RFC 7009). The flow itself (codes with PKCE, rotating refresh tokens) is the node's
+//! ([`medvault_node::identity::oauth::app`]).
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64U;
-use medvault_auth::scopes::{Context, ScopeSet};
-use medvault_core::Role;
-use medvault_store::{AccessTokenRow, ClientRow, GrantRow, write_with};
+use medvault_node::identity::Authenticated;
+use medvault_node::identity::gates::{self, Refusal};
+use medvault_node::identity::oauth::app::{self, AuthorizeError, AuthorizeRequest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::auth::Authenticated;
 use crate::error::ApiError;
-use crate::http::blocking;
-use crate::identity::{micros, with_app_note, with_note};
-use crate::oauth::{ACCESS_TOKEN_LIFETIME, ACCESS_TOKEN_PREFIX};
-use medvault_node::node::Node;
+use crate::respond::{blocking, page_response, with_app_note, with_note};
 
-/// How long an authorization code may wait to be exchanged.
-pub const CODE_LIFETIME: Duration = Duration::from_secs(60);
-/// How long an `offline_access` refresh token lasts.
-pub const OFFLINE_REFRESH_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
-/// How long an `online_access` refresh token lasts (a working day).
-pub const ONLINE_REFRESH_LIFETIME: Duration = Duration::from_secs(12 * 3600);
-
-/// The authorization request's parameters.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct AuthorizeRequest {
-    response_type: Option<String>,
-    client_id: Option<String>,
-    redirect_uri: Option<String>,
-    scope: Option<String>,
-    state: Option<String>,
-    aud: Option<String>,
-    code_challenge: Option<String>,
-    code_challenge_method: Option<String>,
-}
-
-/// Why an authorization request fails: shown on the page when the redirect URI cannot be
-/// trusted (unknown client or URI), otherwise sent back to the app (RFC 6749 §4.1.2.1).
-struct AuthorizeError {
-    redirect: Option<String>,
-    error: &'static str,
-    description: String,
-}
-
-impl AuthorizeError {
-    fn into_response(self) -> Response {
-        let mut body = json!({"error": self.error, "error_description": self.description});
-        if let Some(r) = self.redirect {
-            body["redirect"] = Value::String(r);
-        }
-        (StatusCode::BAD_REQUEST, Json(body)).into_response()
+/// An authorization request's failure as an answer: to show on the page, with where to send
+/// the browser when the redirect URI can be trusted.
+fn authorize_error(e: AuthorizeError) -> Response {
+    let mut body = json!({"error": e.error, "error_description": e.description});
+    if let Some(r) = e.redirect {
+        body["redirect"] = Value::String(r);
     }
-}
-
-/// `uri` with `params` appended to its query.
-fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
-    let mut out = uri.to_owned();
-    let mut sep = if uri.contains('?') { '&' } else { '?' };
-    for (k, v) in params {
-        out.push(sep);
-        out.push_str(k);
-        out.push('=');
-        out.extend(form_urlencoded::byte_serialize(v.as_bytes()));
-        sep = '&';
-    }
-    out
-}
-
-/// A valid request: the client, the redirect URI and the scopes it may have.
-struct Checked {
-    client: ClientRow,
-    redirect_uri: String,
-    granted: ScopeSet,
-    state: Option<String>,
-    challenge: String,
-}
-
-fn check(node: &Node, req: &AuthorizeRequest, fhir_base: &str) -> Result<Checked, AuthorizeError> {
-    let on_page = |error, description: &str| AuthorizeError {
-        redirect: None,
-        error,
-        description: description.to_owned(),
-    };
-    let client = req
-        .client_id
-        .as_deref()
-        .and_then(|id| node.store.client(id).ok().flatten())
-        .filter(|c| !c.disabled && !c.redirect_uris.is_empty())
-        .ok_or_else(|| on_page("invalid_request", "unknown client"))?;
-    let redirect_uri = req
-        .redirect_uri
-        .clone()
-        .filter(|u| client.redirect_uris.contains(u))
-        .ok_or_else(|| {
-            on_page(
-                "invalid_request",
-                "the redirect_uri is not one registered for this client",
-            )
-        })?;
-    let state = req.state.clone();
-    let back = |error, description: &str| {
-        let mut params = vec![("error", error), ("error_description", description)];
-        if let Some(s) = &state {
-            params.push(("state", s.as_str()));
-        }
-        AuthorizeError {
-            redirect: Some(with_query(&redirect_uri, &params)),
-            error,
-            description: description.to_owned(),
-        }
-    };
-    if req.response_type.as_deref() != Some("code") {
-        return Err(back(
-            "unsupported_response_type",
-            "only response_type=code is supported",
-        ));
-    }
-    if req.code_challenge_method.as_deref() != Some("S256") {
-        return Err(back(
-            "invalid_request",
-            "PKCE with code_challenge_method=S256 is required",
-        ));
-    }
-    let challenge = req
-        .code_challenge
-        .clone()
-        .filter(|c| c.len() == 43 && B64U.decode(c).is_ok_and(|b| b.len() == 32))
-        .ok_or_else(|| {
-            back(
-                "invalid_request",
-                "code_challenge must be a base64url SHA-256",
-            )
-        })?;
-    if req.aud.as_deref().map(|a| a.trim_end_matches('/')) != Some(fhir_base) {
-        return Err(back(
-            "invalid_request",
-            "aud must be this server's FHIR base URL",
-        ));
-    }
-    let requested = ScopeSet::parse(req.scope.as_deref().unwrap_or(""))
-        .map_err(|e| back("invalid_scope", &e.to_string()))?;
-    let allowed = ScopeSet::parse(&client.scopes)
-        .map_err(|_| back("server_error", "the client's registration is unreadable"))?;
-    let granted = requested.granted_by(&allowed);
-    if granted.resources().is_empty() {
-        return Err(back(
-            "invalid_scope",
-            "none of the requested scopes is allowed for this app",
-        ));
-    }
-    Ok(Checked {
-        client,
-        redirect_uri,
-        granted,
-        state,
-        challenge,
-    })
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
 fn parse_query(raw: Option<&str>) -> AuthorizeRequest {
@@ -184,7 +35,7 @@ fn parse_query(raw: Option<&str>) -> AuthorizeRequest {
 
 /// `GET /auth/authorize`: the consent page (its script reads the query itself).
 pub(crate) async fn authorize_page() -> Response {
-    crate::passkey::page_response(
+    page_response(
         include_str!("ui/authorize.html"),
         "text/html; charset=utf-8",
     )
@@ -192,7 +43,7 @@ pub(crate) async fn authorize_page() -> Response {
 
 /// `GET /auth/authorize.js`: the consent page's script.
 pub(crate) async fn authorize_script() -> Response {
-    crate::passkey::page_response(
+    page_response(
         include_str!("ui/authorize.js"),
         "text/javascript; charset=utf-8",
     )
@@ -206,15 +57,15 @@ pub(crate) async fn authorize_check(
 ) -> Result<Response, ApiError> {
     let req = parse_query(raw.as_deref());
     let base = crate::http::public_base(&state, &headers);
-    let node = std::sync::Arc::clone(&state.node);
-    let checked = blocking(move || Ok(check(&node, &req, &base))).await?;
+    let node = Arc::clone(&state.node);
+    let checked = blocking(move || Ok(app::check(&node, &req, &base))).await?;
     Ok(match checked {
         Ok(c) => Json(json!({
             "client_name": c.client.name,
             "scopes": c.granted.to_string(),
         }))
         .into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => authorize_error(e),
     })
 }
 
@@ -233,74 +84,13 @@ pub(crate) async fn authorize_decide(
     who: Authenticated,
     Json(d): Json<Decision>,
 ) -> Result<Response, ApiError> {
-    crate::gates::app_approval(&who).map_err(crate::gates::Refusal::into_api_error)?;
+    gates::app_approval(&who).map_err(Refusal::into_error)?;
     let req = parse_query(Some(d.query.trim_start_matches('?')));
     let base = crate::http::public_base(&state, &headers);
-    let node = std::sync::Arc::clone(&state.node);
+    let node = Arc::clone(&state.node);
     let user = who.token_id.clone();
-    let out = blocking(move || {
-        let mut c = match check(&node, &req, &base) {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        // patient/… scopes need the person's own Patient resource as the launch context.
-        let person = node
-            .store
-            .user(&user)?
-            .ok_or_else(|| ApiError::not_found("the signed-in user no longer exists"))?;
-        if person.role == Role::Patient.as_str() {
-            // A patient may grant apps access to their own compartment, nothing wider.
-            c.granted = c.granted.only(Context::Patient);
-        }
-        if person.patient_id.is_none() {
-            c.granted = c.granted.for_patient(None);
-        }
-        if c.granted.resources().is_empty() {
-            let mut params = vec![
-                ("error", "invalid_scope"),
-                (
-                    "error_description",
-                    "none of the requested scopes can be granted by this account",
-                ),
-            ];
-            if let Some(st) = &c.state {
-                params.push(("state", st.as_str()));
-            }
-            return Ok(Ok((
-                with_query(&c.redirect_uri, &params),
-                c.client.client_id,
-            )));
-        }
-        let mut params: Vec<(&str, String)> = Vec::new();
-        if d.approve {
-            let code = random_token("mvc_")?;
-            let grant = GrantRow {
-                hash: medvault_crypto::sha256(code.as_bytes()),
-                kind: "code".into(),
-                client_id: c.client.client_id.clone(),
-                user_id: user,
-                scopes: c.granted.to_string(),
-                redirect_uri: c.redirect_uri.clone(),
-                code_challenge: c.challenge.clone(),
-                family: random_token("fam_")?.to_string(),
-                expires_micros: node.clock.now_micros() + micros(CODE_LIFETIME),
-                used: false,
-            };
-            write_with(node.store.as_ref(), move |tx| tx.put_grant(&grant))?;
-            params.push(("code", code.to_string()));
-        } else {
-            params.push(("error", "access_denied".into()));
-        }
-        if let Some(s) = &c.state {
-            params.push(("state", s.clone()));
-        }
-        let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        Ok(Ok((
-            with_query(&c.redirect_uri, &pairs),
-            c.client.client_id,
-        )))
-    })
-    .await?;
+    let approve = d.approve;
+    let out = blocking(move || app::decide(&node, &user, &req, &base, approve)).await?;
     Ok(match out {
         Ok((redirect, client)) => with_app_note(
             Json(json!({"redirect": redirect})).into_response(),
@@ -312,208 +102,8 @@ pub(crate) async fn authorize_decide(
                 "app-denied"
             },
         ),
-        Err(e) => e.into_response(),
+        Err(e) => authorize_error(e),
     })
-}
-
-fn random_token(prefix: &str) -> Result<zeroize::Zeroizing<String>, ApiError> {
-    let mut raw = zeroize::Zeroizing::new([0u8; 32]);
-    medvault_crypto::random_fill(raw.as_mut()).map_err(|e| ApiError::internal(&e))?;
-    Ok(zeroize::Zeroizing::new(format!(
-        "{prefix}{}",
-        B64U.encode(raw.as_ref())
-    )))
-}
-
-/// An OAuth2 token-endpoint refusal.
-pub(crate) struct Refused {
-    pub(crate) status: StatusCode,
-    pub(crate) error: &'static str,
-    pub(crate) description: String,
-    pub(crate) client: Option<String>,
-    /// A token family this refusal revoked (a code or refresh token used twice).
-    pub(crate) revoked_family: Option<String>,
-}
-
-fn refused(error: &'static str, description: &str, client: &str) -> Box<Refused> {
-    Box::new(Refused {
-        status: StatusCode::BAD_REQUEST,
-        error,
-        description: description.to_owned(),
-        client: Some(client.to_owned()),
-        revoked_family: None,
-    })
-}
-
-/// The form fields of app grants at `POST /auth/token`.
-#[derive(Deserialize)]
-pub(crate) struct AppTokenRequest {
-    grant_type: String,
-    client_id: Option<String>,
-    code: Option<String>,
-    redirect_uri: Option<String>,
-    code_verifier: Option<String>,
-    refresh_token: Option<String>,
-}
-
-impl std::fmt::Debug for AppTokenRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AppTokenRequest(<redacted>)")
-    }
-}
-
-/// Exchanges an authorization code or a refresh token (blocking).
-pub(crate) fn exchange(
-    node: &Node,
-    form: &AppTokenRequest,
-) -> Result<(Value, String), Box<Refused>> {
-    let client_id = form.client_id.clone().unwrap_or_default();
-    let internal = |e: &dyn std::fmt::Display| {
-        tracing::warn!(error = %e, "token exchange failed on the server side");
-        refused("server_error", "try again later", &client_id)
-    };
-    let client = node
-        .store
-        .client(&client_id)
-        .map_err(|e| internal(&e))?
-        .filter(|c| !c.disabled && !c.redirect_uris.is_empty())
-        .ok_or_else(|| {
-            let mut r = refused("invalid_client", "unknown or disabled app", &client_id);
-            r.status = StatusCode::UNAUTHORIZED;
-            r.client = None;
-            r
-        })?;
-    let (secret, kind) = match form.grant_type.as_str() {
-        "authorization_code" => (form.code.as_deref(), "code"),
-        "refresh_token" => (form.refresh_token.as_deref(), "refresh"),
-        _ => {
-            return Err(refused(
-                "unsupported_grant_type",
-                "use authorization_code, refresh_token or client_credentials",
-                &client_id,
-            ));
-        }
-    };
-    let invalid = |why: &str| refused("invalid_grant", why, &client_id);
-    let secret = secret.ok_or_else(|| invalid("the code or refresh token is missing"))?;
-    let hash = medvault_crypto::sha256(secret.as_bytes());
-    let grant = node
-        .store
-        .grant(&hash)
-        .map_err(|e| internal(&e))?
-        .filter(|g| g.kind == kind && g.client_id == client.client_id)
-        .ok_or_else(|| invalid("unknown code or refresh token"))?;
-    let now = node.clock.now_micros();
-    if grant.expires_micros <= now {
-        return Err(invalid("the code or refresh token has expired"));
-    }
-    if kind == "code" {
-        if form.redirect_uri.as_deref() != Some(grant.redirect_uri.as_str()) {
-            return Err(invalid(
-                "redirect_uri differs from the authorization request's",
-            ));
-        }
-        let verifier = form.code_verifier.as_deref().unwrap_or("");
-        let well_formed = (43..=128).contains(&verifier.len())
-            && verifier
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
-        let computed = B64U.encode(medvault_crypto::sha256(verifier.as_bytes()));
-        if !well_formed || computed != grant.code_challenge {
-            return Err(invalid(
-                "the PKCE code_verifier does not match the code_challenge",
-            ));
-        }
-    }
-    let user = node
-        .store
-        .user(&grant.user_id)
-        .map_err(|e| internal(&e))?
-        .filter(|u| !u.disabled)
-        .ok_or_else(|| invalid("the approving user is disabled"))?;
-    Role::parse(&user.role).map_err(|e| internal(&e))?;
-    let scopes = ScopeSet::parse(&grant.scopes).map_err(|e| internal(&e))?;
-    let token = random_token(ACCESS_TOKEN_PREFIX).map_err(|e| internal(&e.message))?;
-    let access = AccessTokenRow {
-        hash: medvault_crypto::sha256(token.as_bytes()),
-        client_id: client.client_id.clone(),
-        scopes: grant.scopes.clone(),
-        issued_micros: now,
-        expires_micros: now + micros(ACCESS_TOKEN_LIFETIME),
-        user_id: Some(user.id.clone()),
-        family: Some(grant.family.clone()),
-    };
-    let refresh_lifetime = if scopes.has("offline_access") {
-        Some(OFFLINE_REFRESH_LIFETIME)
-    } else if scopes.has("online_access") {
-        Some(ONLINE_REFRESH_LIFETIME)
-    } else {
-        None
-    };
-    let refresh = match refresh_lifetime {
-        Some(life) => {
-            let r = random_token("mvr_").map_err(|e| internal(&e.message))?;
-            // A rotated refresh token keeps its family's original end.
-            let expires = if kind == "refresh" {
-                grant.expires_micros
-            } else {
-                now + micros(life)
-            };
-            Some((r, expires))
-        }
-        None => None,
-    };
-    let refresh_row = refresh.as_ref().map(|(r, expires)| GrantRow {
-        hash: medvault_crypto::sha256(r.as_bytes()),
-        kind: "refresh".into(),
-        client_id: client.client_id.clone(),
-        user_id: user.id.clone(),
-        scopes: grant.scopes.clone(),
-        redirect_uri: String::new(),
-        code_challenge: String::new(),
-        family: grant.family.clone(),
-        expires_micros: *expires,
-        used: false,
-    });
-    // Exactly one exchange wins, and its tokens are stored in the same transaction; a second
-    // use of the same code or refresh token means it leaked, so everything issued from that
-    // approval is revoked (including what the winner just got).
-    let family = grant.family.clone();
-    let won = write_with(node.store.as_ref(), move |tx| {
-        if !tx.use_grant(&hash)? {
-            tx.revoke_family(&family)?;
-            return Ok(false);
-        }
-        tx.put_access_token(&access, now)?;
-        if let Some(r) = &refresh_row {
-            tx.put_grant(r)?;
-        }
-        Ok(true)
-    })
-    .map_err(|e| internal(&e))?;
-    if !won {
-        let mut r = invalid(
-            "this code or refresh token was already used: every token issued from it is revoked",
-        );
-        r.revoked_family = Some(grant.family);
-        return Err(r);
-    }
-    let mut body = json!({
-        "access_token": token.as_str(),
-        "token_type": "bearer",
-        "expires_in": ACCESS_TOKEN_LIFETIME.as_secs(),
-        "scope": grant.scopes,
-    });
-    if let Some((r, _)) = &refresh {
-        body["refresh_token"] = Value::String(r.to_string());
-    }
-    if scopes.has_context(Context::Patient)
-        && let Some(p) = &user.patient_id
-    {
-        // SMART launch context: the patient the patient/… scopes are bound to.
-        body["patient"] = Value::String(p.clone());
-    }
-    Ok((body, client.client_id))
 }
 
 /// `POST /auth/revoke` form (RFC 7009).
@@ -533,40 +123,19 @@ pub(crate) async fn revoke(State(state): State<AppState>, body: axum::body::Byte
         )
             .into_response();
     };
-    let node = std::sync::Arc::clone(&state.node);
-    let hash = medvault_crypto::sha256(form.token.as_bytes());
     let client = form.client_id.unwrap_or_default();
-    let family = tokio::task::spawn_blocking(move || -> Option<String> {
-        let family = if form.token.starts_with("mvr_") {
-            node.store
-                .grant(&hash)
-                .ok()
-                .flatten()
-                .filter(|g| g.client_id == client)
-                .map(|g| g.family)
-        } else {
-            node.store
-                .access_token(&hash)
-                .ok()
-                .flatten()
-                .filter(|t| t.client_id == client)
-                .and_then(|t| t.family)
-        }?;
-        let f = family.clone();
-        write_with(node.store.as_ref(), move |tx| tx.revoke_family(&f)).ok()?;
-        Some(family)
-    })
-    .await
-    .ok()
-    .flatten();
-    state.access_tokens.forget(&hash);
-    if let Some(f) = &family {
-        state.revoke_family_cached(f);
-    }
+    let revoked = medvault_node::identity::oauth::revoke(
+        &state.node,
+        &state.auth.access_tokens,
+        &state.auth.revoked,
+        &form.token,
+        &client,
+    )
+    .await;
     with_note(
         StatusCode::OK.into_response(),
         None,
-        if family.is_some() {
+        if revoked {
             "token-revoked"
         } else {
             "token-revoke-unknown"

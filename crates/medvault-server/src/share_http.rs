@@ -5,17 +5,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
-use axum::routing::{get, post};
 use medvault_core::ResourceId;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, ErrorKind, IssueCode};
-use crate::http::{AuditExtra, AuditPatient, fhir_json};
 use crate::peer::{self, PeerConn};
+use crate::respond::{AuditExtra, AuditPatient, blocking, fhir_json};
 use crate::{AppState, tls};
 use medvault_node::ops::Ctx;
 use medvault_node::share::{self, BUNDLE_MEDIA_TYPE, MAX_BUNDLE_BYTES, RECEIVE_PATH};
@@ -81,7 +79,7 @@ pub(crate) async fn share(
     let node = Arc::clone(&state.node);
     let id = patient.clone();
     let agent2 = agent.clone();
-    let (out, tls) = crate::http::blocking(move || {
+    let (out, tls) = blocking(move || {
         let out = share::prepare(
             &node,
             &ctx,
@@ -160,7 +158,7 @@ async fn deliver(
                 Ok(peer_leaf) => {
                     let node = Arc::clone(&state.node);
                     let (header, n) = (out.header.clone(), out.resources as u64);
-                    let delivered = match crate::http::blocking(move || {
+                    let delivered = match blocking(move || {
                         share::record_receipt(&node, &header, peer_leaf, n, &agent)
                     })
                     .await
@@ -233,7 +231,7 @@ fn is_length_limit(e: &axum::Error) -> bool {
 
 /// `POST /peer/bundles` on the peer listener: the TLS client is a registered peer (checked in
 /// the handshake); the bundle is checked and imported by [`share::receive`].
-async fn receive(
+pub(crate) async fn receive(
     State(state): State<AppState>,
     ConnectInfo(conn): ConnectInfo<PeerConn>,
     headers: HeaderMap,
@@ -334,23 +332,6 @@ async fn receive(
     }
 }
 
-/// The peer listener's routes.
-pub fn peer_router(state: AppState) -> Router {
-    Router::new()
-        .route(RECEIVE_PATH, post(receive))
-        .route(
-            "/.well-known/medvault-node",
-            get(crate::transparency::get_node_document),
-        )
-        .fallback(crate::http::not_found)
-        .layer(DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::http::observe,
-        ))
-        .with_state(state)
-}
-
 /// Refused handshakes recorded per minute at most (the rest are counted into the next record),
 /// so a scanner cannot flood the access log.
 const REFUSALS_PER_MINUTE: u32 = 30;
@@ -433,7 +414,7 @@ pub async fn spawn_peer_listener(
     tracing::info!(address = %listener.local_addr()?, "peer listener (mutual TLS 1.3, registered peers only)");
     let listener =
         tls::TlsListener::with_refused_hook(listener, config, Some(refusal_recorder(&state)))?;
-    let app = peer_router(state).into_make_service_with_connect_info::<PeerConn>();
+    let app = crate::peer_router(state).into_make_service_with_connect_info::<PeerConn>();
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "the peer listener stopped");

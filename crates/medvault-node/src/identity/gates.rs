@@ -1,16 +1,15 @@
 //! The coarse gates a request passes before any resource is decided: each a pure decision over
 //! who authenticated (role, session, assurance level, scopes, sign-in time), returning the rule
-//! that refused and why. Handlers map a [`Refusal`] to its HTTP answer in one place
-//! ([`Refusal::into_api_error`], [`Refusal::into_response`]); the rule goes to the access log.
+//! that refused and why. A [`Refusal`] becomes an error in one place ([`Refusal::into_error`]);
+//! the server adds the `WWW-Authenticate` challenge a stale sign-in gets. The rule goes to the
+//! access log.
 
 use std::time::Duration;
 
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse as _, Response};
 use medvault_core::Role;
 
-use crate::auth::Authenticated;
-use crate::error::{ApiError, ErrorKind, IssueCode};
+use crate::error::{Error, ErrorKind, IssueCode};
+use crate::identity::Authenticated;
 
 /// Why a gate refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,28 +32,14 @@ impl Refusal {
         }
     }
 
-    /// The refusal as an `OperationOutcome` error (403, or 401 for a stale sign-in).
-    pub fn into_api_error(self) -> ApiError {
+    /// The refusal as an error: 403, or 401 for a stale sign-in (RFC 9470
+    /// `insufficient_user_authentication`, which the server's answer names with `max_age`).
+    pub fn into_error(self) -> Error {
         let (status, code) = match self.sign_in_within {
             Some(_) => (ErrorKind::Unauthenticated, IssueCode::Login),
             None => (ErrorKind::Forbidden, IssueCode::Forbidden),
         };
-        ApiError::new(status, code, self.message).denied_by(self.rule)
-    }
-
-    /// The refusal as a response, with `WWW-Authenticate` asking for a fresh sign-in when one
-    /// would pass.
-    pub fn into_response(self) -> Response {
-        let max_age = self.sign_in_within;
-        let mut r = self.into_api_error().into_response();
-        if let Some(max_age) = max_age
-            && let Ok(v) = HeaderValue::from_str(&format!(
-                "Bearer error=\"insufficient_user_authentication\", error_description=\"a sign-in within the last {max_age} seconds is required\", max_age={max_age}"
-            ))
-        {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
-        r
+        Error::new(status, code, self.message).denied_by(self.rule)
     }
 }
 
@@ -338,13 +323,13 @@ mod tests {
         .err()
         .unwrap_or_else(|| panic!("refused"));
         assert_eq!(stale_refusal.sign_in_within, Some(300));
-        let r = stale_refusal.into_response();
-        assert_eq!(r.status(), axum::http::StatusCode::UNAUTHORIZED);
-        assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
-        let r = share(&clin(false, 0, true, None))
+        let e = stale_refusal.into_error();
+        assert_eq!(e.kind, ErrorKind::Unauthenticated);
+        assert_eq!(e.denied_by.as_deref(), Some("step-up"));
+        let e = share(&clin(false, 0, true, None))
             .err()
             .unwrap_or_else(|| panic!("refused"))
-            .into_response();
-        assert_eq!(r.status(), axum::http::StatusCode::FORBIDDEN);
+            .into_error();
+        assert_eq!(e.kind, ErrorKind::Forbidden);
     }
 }

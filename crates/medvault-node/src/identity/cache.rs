@@ -1,0 +1,87 @@
+//! Recently validated credentials, by the SHA-256 of the credential: shared by sessions, API
+//! tokens and OAuth2 access tokens.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Entries a cache holds at most; a full cache is emptied.
+const MAX_CACHED: usize = 100_000;
+
+/// Recently validated credentials of one kind, by the SHA-256 of the credential: a request
+/// with a cached credential costs a hash and a map lookup. Entries are trusted for a bounded
+/// time (the caller's), so a credential ended elsewhere (another process) stops working soon.
+#[derive(Debug)]
+pub struct CredentialCache<V>(Mutex<HashMap<[u8; 32], (V, Instant)>>);
+
+impl<V> Default for CredentialCache<V> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<V: Clone> CredentialCache<V> {
+    /// The cached value for `hash`, if it was stored less than `ttl` ago.
+    pub fn fresh(&self, hash: &[u8; 32], ttl: Duration) -> Option<V> {
+        let map = self.0.lock().ok()?;
+        map.get(hash)
+            .filter(|(_, at)| at.elapsed() < ttl)
+            .map(|(v, _)| v.clone())
+    }
+
+    /// Caches `value` for `hash` (emptying the cache when it is full).
+    pub fn put(&self, hash: [u8; 32], value: V) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= MAX_CACHED {
+                map.clear();
+            }
+            map.insert(hash, (value, Instant::now()));
+        }
+    }
+
+    /// Replaces the cached value for `hash`, keeping the time it was validated at (so the
+    /// caller's recheck still happens on time); caches it anew if it is not there.
+    pub fn refresh(&self, hash: [u8; 32], value: V) {
+        if let Ok(mut map) = self.0.lock() {
+            match map.get_mut(&hash) {
+                Some((v, _)) => *v = value,
+                None => {
+                    if map.len() >= MAX_CACHED {
+                        map.clear();
+                    }
+                    map.insert(hash, (value, Instant::now()));
+                }
+            }
+        }
+    }
+
+    /// Forgets `hash` (after a logout or expiry).
+    pub fn forget(&self, hash: &[u8; 32]) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(hash);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_keeps_the_validation_time_and_put_renews_it() {
+        let cache = CredentialCache::<u32>::default();
+        let ttl = Duration::from_millis(50);
+        assert_eq!(cache.fresh(&[1; 32], ttl), None);
+        cache.put([1; 32], 1);
+        assert_eq!(cache.fresh(&[1; 32], ttl), Some(1));
+        std::thread::sleep(Duration::from_millis(60));
+        // Updating the value (a session's last use) does not make it fresh again...
+        cache.refresh([1; 32], 2);
+        assert_eq!(cache.fresh(&[1; 32], ttl), None);
+        // ...validating it again does.
+        cache.put([1; 32], 3);
+        assert_eq!(cache.fresh(&[1; 32], ttl), Some(3));
+        cache.forget(&[1; 32]);
+        assert_eq!(cache.fresh(&[1; 32], ttl), None);
+    }
+}

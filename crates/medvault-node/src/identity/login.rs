@@ -1,0 +1,474 @@
+//! Password + second-factor login (`POST /auth/login`), the lockout after repeated failures,
+//! and enrolling a TOTP authenticator (with recovery codes).
+//!
+//! Password and the second factor (a TOTP code, accepted once, or a single-use recovery code)
+//! come in one request. Unknown and disabled users cost the same Argon2id time as real ones. A
+//! login without a code that does not open a session gets one answer whatever the reason, so the
+//! answer never confirms a password; a missing second factor counts as a failure. Ten
+//! consecutive failures lock the account for 15 minutes (recorded in the access log as its own
+//! event).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use medvault_auth::password::{self, Password};
+use medvault_auth::{recovery, totp};
+use medvault_core::Role;
+use medvault_store::{SessionRow, StoreError, UserRow, write_with};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::{Error, ErrorKind, IssueCode};
+use crate::identity::accounts::{find_user, normalise_name, user_name};
+use crate::identity::sessions::{SessionCache, SessionLimits, new_session};
+use crate::identity::{Authenticated, identity_key, micros, open, seal};
+use crate::node::Node;
+
+/// Consecutive failures that lock an account.
+pub const LOCK_AFTER: u32 = 10;
+/// How long a locked account stays locked.
+pub const LOCK_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// Why a login failed, for the access log (never shown in detail to the client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginFailure {
+    /// Unknown user, disabled user or wrong password.
+    BadCredentials,
+    /// Password right, second factor wrong or reused.
+    BadSecondFactor,
+    /// Password right, no second factor given.
+    SecondFactorRequired,
+    /// The account is locked after repeated failures.
+    Locked,
+    /// Too many attempts from the client's address.
+    Throttled,
+    /// Too many attempts for the account name.
+    AccountThrottled,
+}
+
+impl LoginFailure {
+    /// The access log's name for this failure.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadCredentials => "bad-credentials",
+            Self::BadSecondFactor => "bad-second-factor",
+            Self::SecondFactorRequired => "second-factor-required",
+            Self::Locked => "locked",
+            Self::Throttled => "throttled",
+            Self::AccountThrottled => "throttled-account",
+        }
+    }
+}
+
+/// `POST /auth/login` body: a password login's credentials.
+#[derive(Deserialize)]
+pub struct Credentials {
+    /// The account name.
+    pub username: String,
+    /// The password.
+    pub password: String,
+    /// A current TOTP code.
+    #[serde(default)]
+    pub totp: Option<String>,
+    /// A single-use recovery code.
+    #[serde(default)]
+    pub recovery_code: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(<redacted>)")
+    }
+}
+
+impl Credentials {
+    /// True if a second factor (a TOTP code or a recovery code) came with the password.
+    pub fn has_second_factor(&self) -> bool {
+        self.totp.is_some() || self.recovery_code.is_some()
+    }
+}
+
+/// The answer to a failed login. It depends only on whether the request carried a second
+/// factor, never on why the login failed: without one, an unknown account, a wrong password and
+/// a right password for an account that needs a second factor all get the same answer (which
+/// says a second factor may be needed), so it cannot confirm a guessed password.
+pub fn login_error(has_code: bool) -> Error {
+    if has_code {
+        Error::unauthenticated(
+            "login failed (after 10 failures in a row the account is locked for 15 minutes)",
+        )
+    } else {
+        Error::unauthenticated(
+            "login failed, or a second factor is required: send the password with totp (a current authenticator code) or recovery_code (after 10 failures in a row the account is locked for 15 minutes)",
+        )
+    }
+}
+
+/// What a successful login yields.
+pub struct LoginOk {
+    /// The session token (shown once, never stored).
+    pub token: zeroize::Zeroizing<String>,
+    /// The stored session.
+    pub session: SessionRow,
+    /// The user's role.
+    pub role: Role,
+    /// The session's idle timeout.
+    pub idle: Duration,
+}
+
+/// Why a login did not open a session.
+#[derive(Debug)]
+pub enum Failed {
+    /// The credentials were refused.
+    Login(LoginFailure),
+    /// The node failed.
+    Error(Error),
+}
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Self {
+        Self::Error(e)
+    }
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Self {
+        Self::Error(e.into())
+    }
+}
+
+/// A login attempt's outcome, and the id of the account concerned (when the name belongs to
+/// one), for the access log.
+pub struct LoginAttempt {
+    /// The session opened, or why none was.
+    pub outcome: Result<LoginOk, Failed>,
+    /// The account the name belongs to, if any.
+    pub user: Option<String>,
+}
+
+/// Checks `c` and opens a session (on a blocking thread: Argon2id); a login that locked the
+/// account is recorded in the access log as its own event.
+///
+/// # Errors
+/// 500 if the blocking task failed.
+pub async fn login(
+    node: Arc<Node>,
+    limits: SessionLimits,
+    c: Credentials,
+) -> Result<LoginAttempt, Error> {
+    let n = Arc::clone(&node);
+    let (outcome, user) = tokio::task::spawn_blocking(move || attempt_login(&n, &limits, &c))
+        .await
+        .map_err(|e| Error::internal(&e))?;
+    if let Err(Failed::Login(LoginFailure::Locked)) = &outcome
+        && let Some(u) = &user
+    {
+        record_lockout(&node, u).await;
+    }
+    Ok(LoginAttempt { outcome, user })
+}
+
+/// Checks credentials and opens a session. Returns the outcome and the id of the account
+/// concerned (when the name belongs to one), for the access log.
+fn attempt_login(
+    node: &Node,
+    limits: &SessionLimits,
+    req: &Credentials,
+) -> (Result<LoginOk, Failed>, Option<String>) {
+    let password = Password::new(&req.password);
+    let user = match normalise_name(&req.username).and_then(|n| find_user(node, &n)) {
+        Ok(Some(u)) => u,
+        Ok(None) | Err(_) => {
+            password::dummy_verify(&password);
+            return (Err(Failed::Login(LoginFailure::BadCredentials)), None);
+        }
+    };
+    let id = user.id.clone();
+    (check_and_open(node, limits, req, &password, user), Some(id))
+}
+
+fn check_and_open(
+    node: &Node,
+    limits: &SessionLimits,
+    req: &Credentials,
+    password: &Password,
+    mut user: UserRow,
+) -> Result<LoginOk, Failed> {
+    let now = node.clock.now_micros();
+    let role = Role::parse(&user.role).map_err(|e| Error::internal(&e))?;
+    if user.disabled {
+        password::dummy_verify(password);
+        return Err(Failed::Login(LoginFailure::BadCredentials));
+    }
+    if user.locked_until_micros > now {
+        password::dummy_verify(password);
+        return Err(Failed::Login(LoginFailure::Locked));
+    }
+    let password_ok = password::verify_password(&user.password_hash, password)
+        .map_err(|e| Error::internal(&e))?;
+    let step_before = user.totp_last_step;
+    let second = if !password_ok {
+        Err(LoginFailure::BadCredentials)
+    } else {
+        second_factor(node, &mut user, req, now)?
+    };
+    // The TOTP step this login spent, if it used a TOTP code.
+    let spent_step = user
+        .totp_last_step
+        .filter(|_| user.totp_last_step != step_before);
+    // Every failure counts towards the lockout, a missing second factor like a wrong one (and
+    // it answers like a wrong password).
+    let aal = match second {
+        Ok(aal) => aal,
+        Err(f) => {
+            let locked = record_failure(node, &user.id, now)?;
+            return Err(Failed::Login(if locked { LoginFailure::Locked } else { f }));
+        }
+    };
+    let rehashed = if password::needs_rehash(&user.password_hash) {
+        password::hash_password(password).ok()
+    } else {
+        None
+    };
+    let (idle, max) = limits.for_role(role);
+    let (token, session) = new_session(&user.id, aal, now, max)?;
+    let s = session.clone();
+    let (uid, step) = (user.id.clone(), spent_step);
+    // Applied to the row as it is now, in the writer's transaction: an admin's disable, a
+    // lockout or another login that spent the same TOTP step since we read it all win.
+    let opened = write_with(node.store.as_ref(), move |tx| {
+        let Some(mut u) = tx.user(&uid)? else {
+            return Ok(false);
+        };
+        if u.disabled || u.locked_until_micros > now {
+            return Ok(false);
+        }
+        if let Some(step) = step {
+            if u.totp_last_step.is_some_and(|last| last >= step) {
+                return Ok(false);
+            }
+            u.totp_last_step = Some(step);
+        }
+        if let Some(h) = &rehashed {
+            u.password_hash.clone_from(h);
+        }
+        u.failed_logins = 0;
+        u.locked_until_micros = 0;
+        tx.put_user(&u)?;
+        tx.put_session(&s)?;
+        Ok(true)
+    })?;
+    if !opened {
+        return Err(Failed::Login(LoginFailure::BadSecondFactor));
+    }
+    Ok(LoginOk {
+        token,
+        session,
+        role,
+        idle,
+    })
+}
+
+/// Counts a failed login on the stored row (in the writer's transaction, so concurrent failures
+/// all count); locks the account after [`LOCK_AFTER`]. Returns whether it is now locked.
+pub(crate) fn record_failure(node: &Node, user_id: &str, now: i64) -> Result<bool, Error> {
+    let uid = user_id.to_owned();
+    Ok(write_with(node.store.as_ref(), move |tx| {
+        let Some(mut u) = tx.user(&uid)? else {
+            return Ok(false);
+        };
+        u.failed_logins = u.failed_logins.saturating_add(1);
+        let locked = u.failed_logins >= LOCK_AFTER;
+        if locked {
+            u.locked_until_micros = now + micros(LOCK_FOR);
+            u.failed_logins = 0;
+        }
+        tx.put_user(&u)?;
+        Ok(locked)
+    })?)
+}
+
+/// Checks the second factor: `Ok(Ok(2))` when it holds (AAL2), `Ok(Ok(1))` for a user with none
+/// enrolled (enrollment-only session), `Ok(Err(_))` when it fails.
+fn second_factor(
+    node: &Node,
+    user: &mut UserRow,
+    req: &Credentials,
+    now: i64,
+) -> Result<Result<u8, LoginFailure>, Error> {
+    let Some(sealed) = &user.totp else {
+        // No TOTP: a user with passkeys must sign in with one (the password alone is not a
+        // second factor); a user with no factor at all gets an enrollment-only session.
+        if !node.store.passkeys(&user.id)?.is_empty() {
+            return Ok(Err(LoginFailure::SecondFactorRequired));
+        }
+        return Ok(Ok(1));
+    };
+    if let Some(code) = &req.totp {
+        let key = identity_key(node)?;
+        let secret = totp::TotpSecret::from_bytes(&open(&key, &user.id, "totp", sealed)?);
+        let unix = u64::try_from(now / 1_000_000).unwrap_or(0);
+        return Ok(
+            match totp::verify(&secret, code, unix, user.totp_last_step) {
+                Some(step) => {
+                    user.totp_last_step = Some(step);
+                    Ok(2)
+                }
+                None => Err(LoginFailure::BadSecondFactor),
+            },
+        );
+    }
+    if let Some(code) = &req.recovery_code {
+        // Spent now, in its own durable write: a code works once, even if the login fails
+        // later.
+        let (uid, h) = (user.id.clone(), recovery::hash(code));
+        let used = write_with(node.store.as_ref(), move |tx| {
+            tx.use_recovery_code(&uid, &h)
+        })?;
+        return Ok(if used {
+            Ok(2)
+        } else {
+            Err(LoginFailure::BadSecondFactor)
+        });
+    }
+    Ok(Err(LoginFailure::SecondFactorRequired))
+}
+
+/// Records in the access log that `user_id` was locked.
+async fn record_lockout(node: &Node, user_id: &str) {
+    let now = node.clock.now_micros();
+    let detail = json!({
+        "v": 1,
+        "type": "security",
+        "time": crate::clock::instant(now),
+        "interaction": "account-locked",
+        "target": user_id,
+        "outcome": "success",
+    });
+    if let Err(e) = node
+        .ledger
+        .record_audit_async(node.access.as_ref(), now, &detail)
+        .await
+    {
+        tracing::warn!(error = %e.message, "account lockout could not be recorded");
+    }
+}
+
+/// The account of a person's session.
+///
+/// # Errors
+/// 403 for a credential that is not a session; 401 if its user no longer exists.
+pub(crate) fn user_of(node: &Node, who: &Authenticated) -> Result<UserRow, Error> {
+    if who.session.is_none() {
+        return Err(Error::new(
+            ErrorKind::Forbidden,
+            IssueCode::Forbidden,
+            "second factors belong to people: log in as a user",
+        ));
+    }
+    node.store
+        .user(&who.token_id)?
+        .ok_or_else(|| Error::unauthenticated("the session's user no longer exists"))
+}
+
+/// Adding or replacing a second factor (TOTP or a passkey): from a password-only session only
+/// while the user has none yet; otherwise the session must have used one.
+///
+/// # Errors
+/// 403 when the session may not.
+pub(crate) fn factor_change_allowed(node: &Node, user: &UserRow, aal: u8) -> Result<(), Error> {
+    let has_factor = user.totp.is_some() || !node.store.passkeys(&user.id)?.is_empty();
+    if has_factor && aal < 2 {
+        return Err(Error::new(
+            ErrorKind::Forbidden,
+            IssueCode::Forbidden,
+            "adding or replacing a second factor needs a session signed in with the current one",
+        ));
+    }
+    Ok(())
+}
+
+/// A new TOTP secret, pending until a code from it is confirmed: shown once.
+pub struct TotpEnrollment {
+    /// The `otpauth://` URI for authenticator apps.
+    pub uri: String,
+    /// The secret in base32, for typing in.
+    pub secret: String,
+    /// The URI as a QR code (SVG).
+    pub qr_svg: String,
+}
+
+impl std::fmt::Debug for TotpEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TotpEnrollment(<redacted>)")
+    }
+}
+
+/// Starts enrolling a TOTP authenticator for the session's user (blocking): a new secret,
+/// pending until [`totp_confirm`]. Replacing an active authenticator needs an AAL2 session.
+///
+/// # Errors
+/// 403 for a credential that is not a session or may not change factors; store failures.
+pub fn totp_enroll(node: &Node, who: &Authenticated) -> Result<TotpEnrollment, Error> {
+    let mut user = user_of(node, who)?;
+    factor_change_allowed(node, &user, who.aal)?;
+    let name = user_name(node, &user)?;
+    let secret = totp::TotpSecret::generate().map_err(|e| Error::internal(&e))?;
+    let key = identity_key(node)?;
+    user.totp_pending = Some(seal(&key, &user.id, "totp", secret.as_bytes())?);
+    let uri = totp::otpauth_uri(&secret, "medvault", &name).map_err(|e| Error::internal(&e))?;
+    let svg = totp::qr_svg(&uri).map_err(|e| Error::internal(&e))?;
+    write_with(node.store.as_ref(), move |tx| tx.put_user(&user))?;
+    Ok(TotpEnrollment {
+        uri,
+        secret: totp::secret_base32(&secret),
+        qr_svg: svg,
+    })
+}
+
+/// Activates the pending secret if `code` matches it, issues fresh recovery codes (returned,
+/// to be shown once), and raises the presenting session (`session_hash`) to AAL2 (blocking).
+///
+/// # Errors
+/// 400 with no enrollment pending or a code that does not match; as [`totp_enroll`].
+pub fn totp_confirm(
+    node: &Node,
+    sessions: &SessionCache,
+    who: &Authenticated,
+    session_hash: Option<[u8; 32]>,
+    code: &str,
+) -> Result<Vec<zeroize::Zeroizing<String>>, Error> {
+    let mut user = user_of(node, who)?;
+    factor_change_allowed(node, &user, who.aal)?;
+    let pending = user
+        .totp_pending
+        .clone()
+        .ok_or_else(|| Error::bad_request("no enrollment pending: call enroll first"))?;
+    let key = identity_key(node)?;
+    let secret = totp::TotpSecret::from_bytes(&open(&key, &user.id, "totp", &pending)?);
+    let unix = u64::try_from(node.clock.now_micros() / 1_000_000).unwrap_or(0);
+    let step = totp::verify(&secret, code, unix, None)
+        .ok_or_else(|| Error::bad_request("that code does not match the new secret"))?;
+    user.totp = Some(pending);
+    user.totp_pending = None;
+    user.totp_last_step = Some(step);
+    let codes = recovery::generate().map_err(|e| Error::internal(&e))?;
+    let hashes: Vec<[u8; 32]> = codes.iter().map(|c| recovery::hash(c)).collect();
+    let session = match session_hash {
+        Some(h) => node.store.session(&h)?,
+        None => None,
+    };
+    write_with(node.store.as_ref(), move |tx| {
+        tx.set_recovery_codes(&user.id, &hashes)?;
+        tx.put_user(&user)?;
+        if let Some(mut s) = session {
+            s.aal = 2;
+            tx.put_session(&s)?;
+        }
+        Ok(())
+    })?;
+    if let Some(h) = session_hash {
+        sessions.forget(&h);
+    }
+    Ok(codes)
+}

@@ -1,0 +1,181 @@
+//! What the handler modules and the request middleware share: running a node operation off the
+//! async threads ([`blocking`]), response shapes (FHIR JSON, answers carrying secrets, OAuth2
+//! errors, the node's own pages, a gate's refusal) and what a response tells its access-log
+//! record ([`AuthNote`], [`AuditExtra`], [`AuditPatient`]). A leaf: it imports no handler
+//! module, so they all can import it without importing each other.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use medvault_node::identity::gates::Refusal;
+use serde_json::{Value, json};
+
+use crate::FHIR_JSON;
+use crate::error::{ApiError, Error};
+
+/// Runs a node operation on a blocking thread; its error is answered as an [`ApiError`].
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(&e))??)
+}
+
+/// `body` as `application/fhir+json` with `status`.
+pub(crate) fn fhir_json(status: StatusCode, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut resp = (status, bytes).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    resp
+}
+
+/// More for a response's audit record (sealed with it), e.g. a break-glass justification.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditExtra(pub(crate) Value);
+
+/// The patient whose compartment a response's resource is in, for its audit record.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditPatient(pub(crate) String);
+
+/// What an `/auth/…` response tells the access log: the account concerned and what happened.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthNote {
+    pub(crate) user: Option<String>,
+    pub(crate) client: Option<String>,
+    pub(crate) event: &'static str,
+}
+
+/// A JSON answer carrying a secret (a session token, a TOTP secret, recovery codes): never
+/// cached.
+pub(crate) fn secret_json(body: &Value, user: Option<String>, event: &'static str) -> Response {
+    let mut resp = Json(body).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    with_note(resp, user, event)
+}
+
+/// `resp`, telling the access log the account concerned and what happened.
+pub(crate) fn with_note(resp: Response, user: Option<String>, event: &'static str) -> Response {
+    with_app_note(resp, user, None, event)
+}
+
+/// Like [`with_note`], naming the app (OAuth2 client) concerned too.
+pub(crate) fn with_app_note(
+    mut resp: Response,
+    user: Option<String>,
+    client: impl Into<Option<String>>,
+    event: &'static str,
+) -> Response {
+    resp.extensions_mut().insert(AuthNote {
+        user,
+        client: client.into(),
+        event,
+    });
+    resp
+}
+
+/// An OAuth2 error response (RFC 6749 §5.2): `{"error", "error_description"}`.
+pub(crate) fn oauth_error(status: StatusCode, error: &'static str, description: &str) -> Response {
+    let mut r = (
+        status,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The sign-in page's content security policy: its own script only, no framing.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \
+    connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
+
+/// One of the node's own pages (or its script): never framed, never cached, its own script
+/// only.
+pub(crate) fn page_response(body: &'static str, content_type: &'static str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A gate's refusal as a response (an `OperationOutcome`: 403, or 401 for a stale sign-in),
+/// with `WWW-Authenticate` asking for a fresh sign-in when one would pass (RFC 9470).
+pub(crate) fn refusal_response(refusal: Refusal) -> Response {
+    let max_age = refusal.sign_in_within;
+    let mut r = ApiError::from(refusal.into_error()).into_response();
+    if let Some(max_age) = max_age
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "Bearer error=\"insufficient_user_authentication\", error_description=\"a sign-in within the last {max_age} seconds is required\", max_age={max_age}"
+        ))
+    {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use medvault_core::Role;
+    use medvault_node::identity::Authenticated;
+    use medvault_node::identity::gates::{share, step_up};
+
+    use super::*;
+
+    /// A caller: `role`, a session (with `aal`) or not, an app's scopes or not, signed in at `at`.
+    fn who(role: Role, session: bool, aal: u8, app: bool, at: Option<i64>) -> Authenticated {
+        Authenticated {
+            token_id: "usr_x".into(),
+            role,
+            session: session.then(|| "ses_x".into()),
+            aal,
+            scopes: app.then(|| {
+                std::sync::Arc::new(
+                    medvault_auth::scopes::ScopeSet::parse("system/Patient.r")
+                        .unwrap_or_else(|e| panic!("{e}")),
+                )
+            }),
+            client: app.then(|| "cli_x".into()),
+            auth_time_micros: at,
+            patient: None,
+            practitioner: None,
+        }
+    }
+
+    /// Only a stale sign-in asks for a fresh one (401 + WWW-Authenticate); the rest are 403.
+    #[test]
+    fn a_stale_sign_in_is_challenged_and_other_refusals_are_forbidden() {
+        let now = 1_000_000_000_000;
+        let window = Duration::from_secs(300);
+        let stale = Some(now - 301_000_000);
+        let stale_refusal = step_up(
+            &who(Role::Admin, true, 2, false, stale),
+            &[Role::Admin],
+            "an admin",
+            now,
+            window,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("refused"));
+        assert_eq!(stale_refusal.sign_in_within, Some(300));
+        let r = refusal_response(stale_refusal);
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
+        let r = refusal_response(
+            share(&who(Role::Clinician, false, 0, true, None))
+                .err()
+                .unwrap_or_else(|| panic!("refused")),
+        );
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+}
