@@ -16,13 +16,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use medvault_ledger::{MemoryTree, inclusion_proof, leaf_hash, verify_inclusion};
+use medvault_node::audit::{AuditKind, AuditOutcome, AuditRecord};
 use medvault_node::node::Node;
 use medvault_store::{LedgerNodes, StoreTx, write_with};
-use serde_json::json;
 
-fn detail(i: u64) -> serde_json::Value {
-    json!({"v": 1, "type": "rest", "request_id": format!("bench-{i}"), "interaction": "read",
-           "resource_type": "Patient", "id": format!("p{i}"), "status": 200, "outcome": "success"})
+fn detail(i: u64, now_micros: i64) -> AuditRecord {
+    AuditRecord::new(AuditKind::Rest, now_micros, "read", AuditOutcome::Success)
+        .with("request_id", format!("bench-{i}"))
+        .with("resource_type", "Patient")
+        .with("id", format!("p{i}"))
+        .with("status", 200)
 }
 
 fn main() {
@@ -43,8 +46,9 @@ fn main() {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let i = done.fetch_add(1, Ordering::Relaxed);
+                    let now = node.clock.now_micros();
                     node.ledger
-                        .record_audit(node.access.as_ref(), node.clock.now_micros(), &detail(i))
+                        .record_audit(node.access.as_ref(), now, &detail(i, now))
                         .unwrap();
                 }
             })
@@ -72,7 +76,7 @@ fn main() {
         let now = node.clock.now_micros();
         write_with(node.access.as_ref(), move |tx: &mut dyn StoreTx| {
             for k in 0..n {
-                ledger.append_audit(tx, now, &detail(i + k))?;
+                ledger.append_audit(tx, now, &detail(i + k, now))?;
             }
             Ok(())
         })

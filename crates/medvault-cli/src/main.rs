@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod config;
 mod sharing;
 mod transfer;
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use medvault_core::{ResourceId, Role};
 use medvault_crypto::{KeyFileKind, Passphrase};
@@ -75,98 +76,7 @@ enum Command {
     #[command(
         after_help = "Example:\n  medvault serve --data-dir /var/lib/medvault --listen 127.0.0.1:8080"
     )]
-    Serve {
-        #[command(flatten)]
-        dir: DataDir,
-        /// Address and port to listen on. Keep it on loopback unless a TLS proxy fronts it.
-        #[arg(
-            long,
-            value_name = "ADDR:PORT",
-            default_value = "127.0.0.1:8080",
-            env = "MEDVAULT_LISTEN"
-        )]
-        listen: SocketAddr,
-        /// Largest request body accepted; larger requests get 413. (Resources of most types
-        /// are also limited to 1 MiB each; documents, reports and questionnaires only by this.)
-        #[arg(long, value_name = "BYTES", default_value_t = 8 * 1024 * 1024)]
-        max_body_bytes: usize,
-        /// Requests running longer are answered 503; a write not committed by then is not made.
-        #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
-        request_timeout_seconds: u64,
-        /// Public base URL of the FHIR API, used in links (default: from the Host header).
-        #[arg(long, value_name = "URL", env = "MEDVAULT_BASE_URL")]
-        base_url: Option<String>,
-        /// Log format (logs never carry PHI, query strings or tokens).
-        #[arg(long, value_enum, default_value = "text")]
-        log_format: LogFormat,
-        /// A witness to ask for cosignatures of every checkpoint of both logs, as `URL,VKEY`: the witness's
-        /// submission prefix (e.g. http://witness.example:8080/witness) and its cosigner key
-        /// (from its `GET /witness/key` or `medvault ledger keys`). Repeat for several.
-        #[arg(long = "witness", value_name = "URL,VKEY")]
-        witnesses: Vec<String>,
-        /// Act as a witness for the log with this checkpoint key (another node's
-        /// `GET /ledger/records/key` or `GET /ledger/access/key`, or its `medvault ledger keys`):
-        /// cosign its checkpoints after checking they extend what was cosigned before. Repeat
-        /// for several logs (a node has two: give both keys to witness it fully).
-        #[arg(long = "witness-for", value_name = "VKEY")]
-        witness_for: Vec<String>,
-        /// Minutes a login session may sit unused before it ends (HIPAA automatic logoff;
-        /// NIST AAL2 allows at most 30).
-        #[arg(long, value_name = "MINUTES", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=30))]
-        session_idle_minutes: u64,
-        /// Minutes an admin's session may sit unused (NIST AAL3 allows at most 15).
-        #[arg(long, value_name = "MINUTES", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=15))]
-        admin_session_idle_minutes: u64,
-        /// The origin people's browsers reach this node at, for passkeys (WebAuthn binds
-        /// credentials to it), e.g. https://ehr.example.org. Defaults to http://localhost:PORT
-        /// (browsers allow WebAuthn on localhost without TLS).
-        #[arg(long, value_name = "URL")]
-        webauthn_origin: Option<String>,
-        /// Seconds within which an admin must have signed in (with a second factor or a passkey)
-        /// to rotate keys or erase a patient over the API (step-up).
-        #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=900))]
-        step_up_seconds: u64,
-        /// Hours a login session lasts at most, used or not (NIST: at most 12 at AAL2/AAL3).
-        #[arg(long, value_name = "HOURS", default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=12))]
-        session_max_hours: u64,
-        /// A Cedar policy file added to the default access policy (repeat for several). Every
-        /// policy needs a unique @id("…"); the files are validated against the schema
-        /// (`medvault policy schema`) before the server starts, and an invalid one stops it.
-        #[arg(long = "policy", value_name = "FILE")]
-        policies: Vec<PathBuf>,
-        /// Use only the --policy files, without the default policy (`medvault policy default`
-        /// prints it, to start from).
-        #[arg(long, requires = "policies")]
-        replace_default_policy: bool,
-        /// Serve HTTPS (TLS 1.3 only; key exchange X25519MLKEM768, the hybrid of X25519 and
-        /// ML-KEM-768, preferred, X25519 for clients without it) with this certificate chain
-        /// (PEM, leaf first). Needs --tls-key.
-        #[arg(
-            long,
-            value_name = "FILE",
-            requires = "tls_key",
-            conflicts_with = "tls_dev_cert"
-        )]
-        tls_cert: Option<PathBuf>,
-        /// The certificate's private key (PEM).
-        #[arg(long, value_name = "FILE", requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-        /// Serve HTTPS with a self-signed development certificate for localhost, created in
-        /// DATA_DIR/tls/ if missing (its SHA-256 fingerprint is logged, for clients to pin).
-        /// Not for production: browsers will warn.
-        #[arg(long)]
-        tls_dev_cert: bool,
-        /// Longest break-glass grant a clinician may open, in minutes.
-        #[arg(long, value_name = "MINUTES", default_value_t = 240, value_parser = clap::value_parser!(u64).range(1..=1440))]
-        break_glass_max_minutes: u64,
-        /// Also listen here for bundles from registered peers (`medvault peer add`), over mutual
-        /// TLS 1.3 with this node's identity key: only registered peers' keys complete the
-        /// handshake. Give peers https://THIS_HOST:PORT as this node's URL.
-        #[arg(long, value_name = "ADDR:PORT", env = "MEDVAULT_PEER_LISTEN")]
-        peer_listen: Option<SocketAddr>,
-        #[command(flatten)]
-        clients: Box<ClientArgs>,
-    },
+    Serve(Box<ServeArgs>),
     /// Other medvault nodes this node shares records with (registered by fingerprint).
     Peer {
         #[command(subcommand)]
@@ -320,6 +230,107 @@ enum LedgerCommand {
         #[command(flatten)]
         dir: DataDir,
     },
+}
+
+/// `medvault serve`'s settings.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Read settings from this TOML file (see docs/medvault.example.toml): every key stands
+    /// for one of the flags below. Environment variables MEDVAULT__SECTION__KEY override the
+    /// file (e.g. MEDVAULT__SERVER__LISTEN=0.0.0.0:8080), and flags override both. Unknown
+    /// keys are refused.
+    #[arg(long, value_name = "FILE", env = "MEDVAULT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    dir: DataDir,
+    /// Address and port to listen on. Keep it on loopback unless a TLS proxy fronts it.
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:8080",
+        env = "MEDVAULT_LISTEN"
+    )]
+    listen: SocketAddr,
+    /// Largest request body accepted; larger requests get 413. (Resources of most types
+    /// are also limited to 1 MiB each; documents, reports and questionnaires only by this.)
+    #[arg(long, value_name = "BYTES", default_value_t = 8 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Requests running longer are answered 503; a write not committed by then is not made.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    request_timeout_seconds: u64,
+    /// Public base URL of the FHIR API, used in links (default: from the Host header).
+    #[arg(long, value_name = "URL", env = "MEDVAULT_BASE_URL")]
+    base_url: Option<String>,
+    /// Log format (logs never carry PHI, query strings or tokens).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// A witness to ask for cosignatures of every checkpoint of both logs, as `URL,VKEY`: the witness's
+    /// submission prefix (e.g. http://witness.example:8080/witness) and its cosigner key
+    /// (from its `GET /witness/key` or `medvault ledger keys`). Repeat for several.
+    #[arg(long = "witness", value_name = "URL,VKEY")]
+    witnesses: Vec<String>,
+    /// Act as a witness for the log with this checkpoint key (another node's
+    /// `GET /ledger/records/key` or `GET /ledger/access/key`, or its `medvault ledger keys`):
+    /// cosign its checkpoints after checking they extend what was cosigned before. Repeat
+    /// for several logs (a node has two: give both keys to witness it fully).
+    #[arg(long = "witness-for", value_name = "VKEY")]
+    witness_for: Vec<String>,
+    /// Minutes a login session may sit unused before it ends (HIPAA automatic logoff;
+    /// NIST AAL2 allows at most 30).
+    #[arg(long, value_name = "MINUTES", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=30))]
+    session_idle_minutes: u64,
+    /// Minutes an admin's session may sit unused (NIST AAL3 allows at most 15).
+    #[arg(long, value_name = "MINUTES", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=15))]
+    admin_session_idle_minutes: u64,
+    /// The origin people's browsers reach this node at, for passkeys (WebAuthn binds
+    /// credentials to it), e.g. https://ehr.example.org. Defaults to http://localhost:PORT
+    /// (browsers allow WebAuthn on localhost without TLS).
+    #[arg(long, value_name = "URL")]
+    webauthn_origin: Option<String>,
+    /// Seconds within which an admin must have signed in (with a second factor or a passkey)
+    /// to rotate keys or erase a patient over the API (step-up).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=900))]
+    step_up_seconds: u64,
+    /// Hours a login session lasts at most, used or not (NIST: at most 12 at AAL2/AAL3).
+    #[arg(long, value_name = "HOURS", default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=12))]
+    session_max_hours: u64,
+    /// A Cedar policy file added to the default access policy (repeat for several). Every
+    /// policy needs a unique @id("…"); the files are validated against the schema
+    /// (`medvault policy schema`) before the server starts, and an invalid one stops it.
+    #[arg(long = "policy", value_name = "FILE")]
+    policies: Vec<PathBuf>,
+    /// Use only the --policy files, without the default policy (`medvault policy default`
+    /// prints it, to start from).
+    #[arg(long, requires = "policies")]
+    replace_default_policy: bool,
+    /// Serve HTTPS (TLS 1.3 only; key exchange X25519MLKEM768, the hybrid of X25519 and
+    /// ML-KEM-768, preferred, X25519 for clients without it) with this certificate chain
+    /// (PEM, leaf first). Needs --tls-key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "tls_dev_cert"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed development certificate for localhost, created in
+    /// DATA_DIR/tls/ if missing (its SHA-256 fingerprint is logged, for clients to pin).
+    /// Not for production: browsers will warn.
+    #[arg(long)]
+    tls_dev_cert: bool,
+    /// Longest break-glass grant a clinician may open, in minutes.
+    #[arg(long, value_name = "MINUTES", default_value_t = 240, value_parser = clap::value_parser!(u64).range(1..=1440))]
+    break_glass_max_minutes: u64,
+    /// Also listen here for bundles from registered peers (`medvault peer add`), over mutual
+    /// TLS 1.3 with this node's identity key: only registered peers' keys complete the
+    /// handshake. Give peers https://THIS_HOST:PORT as this node's URL.
+    #[arg(long, value_name = "ADDR:PORT", env = "MEDVAULT_PEER_LISTEN")]
+    peer_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    clients: ClientArgs,
 }
 
 /// How `serve` tells clients apart and limits those that authenticate no one.
@@ -1024,19 +1035,9 @@ fn audit_admin_with(
     extra: Option<serde_json::Value>,
 ) -> anyhow::Result<()> {
     let now = node.clock.now_micros();
-    let operator = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let detail = serde_json::json!({
-        "v": 1,
-        "type": "admin",
-        "time": medvault_node::clock::instant(now),
-        "agent": {"os_user": operator},
-        "interaction": action,
-        "target": target,
-        "extra": extra,
-        "outcome": "success",
-    });
+    let record = medvault_node::audit::AuditRecord::admin(now, action, target).with("extra", extra);
     node.ledger
-        .record_audit(node.access.as_ref(), now, &detail)
+        .record_audit(node.access.as_ref(), now, &record)
         .and_then(|_| {
             node.ledger
                 .checkpoint_now(node.store.as_ref(), node.access.as_ref())
@@ -1103,35 +1104,37 @@ fn verify_ledger(node: &Node, extra_witnesses: &[String]) -> anyhow::Result<Stri
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve {
-            dir,
-            listen,
-            max_body_bytes,
-            request_timeout_seconds,
-            base_url,
-            log_format,
-            witnesses,
-            witness_for,
-            session_idle_minutes,
-            admin_session_idle_minutes,
-            session_max_hours,
-            webauthn_origin,
-            step_up_seconds,
-            policies,
-            replace_default_policy,
-            break_glass_max_minutes,
-            tls_cert,
-            tls_key,
-            tls_dev_cert,
-            peer_listen,
-            clients,
-        } => {
+        Command::Serve(args) => {
+            let ServeArgs {
+                config: _,
+                dir,
+                listen,
+                max_body_bytes,
+                request_timeout_seconds,
+                base_url,
+                log_format,
+                witnesses,
+                witness_for,
+                session_idle_minutes,
+                admin_session_idle_minutes,
+                session_max_hours,
+                webauthn_origin,
+                step_up_seconds,
+                policies,
+                replace_default_policy,
+                break_glass_max_minutes,
+                tls_cert,
+                tls_key,
+                tls_dev_cert,
+                peer_listen,
+                clients,
+            } = *args;
             let ClientArgs {
                 trusted_proxies,
                 client_address_header,
                 anonymous_requests_per_minute,
                 anonymous_summary_seconds,
-            } = *clients;
+            } = clients;
             init_logging(log_format);
             let policy = load_policy(&policies, replace_default_policy)?;
             let witnesses = witnesses
@@ -1404,8 +1407,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The command line, with `serve`'s settings from `--config` and `MEDVAULT__…` variables added
+/// where no flag gave them (see [`config`]).
+fn parse_command_line() -> anyhow::Result<Cli> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cmd = Cli::command();
+    let matches = cmd.clone().get_matches_from(argv.clone());
+    let matches = match matches.subcommand() {
+        Some(("serve", serve)) => {
+            let settings =
+                config::Settings::load(config::path(serve).as_deref(), std::env::vars())?;
+            if settings.is_empty() {
+                matches
+            } else {
+                let argv = config::with_settings(&cmd, serve, argv, &settings)?;
+                cmd.get_matches_from(argv)
+            }
+        }
+        _ => matches,
+    };
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("medvault: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

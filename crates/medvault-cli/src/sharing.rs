@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use medvault_core::ResourceId;
+use medvault_node::audit::{AuditKind, AuditOutcome, AuditRecord};
 use medvault_node::share;
 
 use crate::{DataDir, audit_admin, open_node};
@@ -287,20 +288,19 @@ pub(crate) fn run_share(command: ShareCommand) -> anyhow::Result<()> {
                         // A refused disclosure is recorded like any refused access, in the
                         // patient's accounting of disclosures.
                         let now = node.clock.now_micros();
-                        let detail = serde_json::json!({
-                            "v": 1,
-                            "type": "share",
-                            "time": medvault_node::clock::instant(now),
-                            "agent": os_user(),
-                            "interaction": "share-send",
-                            "patient": patient,
-                            "outcome": "denied",
-                            "denied_by": rule,
-                            "share": {"to": to, "purpose": purpose},
-                        });
+                        let record = AuditRecord::new(
+                            AuditKind::Share,
+                            now,
+                            "share-send",
+                            AuditOutcome::Denied,
+                        )
+                        .agent(os_user())
+                        .patient(Some(patient.clone()))
+                        .denied_by(Some(rule.clone()))
+                        .with("share", serde_json::json!({"to": to, "purpose": purpose}));
                         if let Err(a) = node
                             .ledger
-                            .record_audit(node.access.as_ref(), now, &detail)
+                            .record_audit(node.access.as_ref(), now, &record)
                             .and_then(|_| checkpoint_api(&node))
                         {
                             return anyhow::anyhow!("recording the refusal failed: {}", a.message);

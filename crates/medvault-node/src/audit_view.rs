@@ -6,8 +6,10 @@
 //! The id names the ledger leaf, so an auditor can fetch its inclusion proof.
 
 use medvault_store::StoreRead;
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 
+use crate::audit::AuditOutcome;
 use crate::error::{Error, ErrorKind, IssueCode};
 use crate::ledger::Ledger;
 
@@ -52,10 +54,18 @@ fn parse_date(value: &str, f: &mut Filter) -> Result<(), Error> {
     Ok(())
 }
 
-fn outcome_code(outcome: &str) -> &'static str {
+/// A stored record's outcome, if it names one this node knows.
+fn outcome_of(detail: &Value) -> Option<AuditOutcome> {
+    detail
+        .get("outcome")
+        .and_then(|o| AuditOutcome::deserialize(o).ok())
+}
+
+/// The `AuditEvent.outcome` code: 0 success, 8 serious failure, 4 anything else.
+fn outcome_code(outcome: Option<AuditOutcome>) -> &'static str {
     match outcome {
-        "success" => "0",
-        "server-error" => "8",
+        Some(AuditOutcome::Success) => "0",
+        Some(AuditOutcome::ServerError) => "8",
         _ => "4",
     }
 }
@@ -107,7 +117,7 @@ pub fn to_audit_event(leaf: u64, detail: &Value, observer: &str) -> Value {
         },
         "action": action_code(interaction),
         "recorded": s(detail, "time").unwrap_or("1970-01-01T00:00:00Z"),
-        "outcome": outcome_code(outcome),
+        "outcome": outcome_code(outcome_of(detail)),
         "outcomeDesc": outcome_text(interaction, outcome, detail),
         "agent": [agent(detail)],
         "source": {"observer": {"display": observer}},
@@ -300,7 +310,7 @@ fn matches(f: &Filter, d: &Value) -> bool {
         return false;
     }
     if let Some(o) = &f.outcome
-        && outcome_code(s(d, "outcome").unwrap_or("")) != o
+        && outcome_code(outcome_of(d)) != o
     {
         return false;
     }

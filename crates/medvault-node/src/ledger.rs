@@ -24,6 +24,7 @@ use medvault_store::{
 use serde_json::Value;
 
 use crate::Node;
+use crate::audit::AuditRecord;
 use crate::error::{Error, ErrorKind, IssueCode};
 
 /// Data key sealing audit details.
@@ -329,7 +330,7 @@ impl Ledger {
         Ok(record_entry(&self.tenant, v, &salt).encode().to_vec())
     }
 
-    /// Seals `detail` and appends it as an access-log leaf inside `tx` (a transaction on the
+    /// Seals `record` and appends it as an access-log leaf inside `tx` (a transaction on the
     /// access log's store). Returns the leaf index.
     ///
     /// # Errors
@@ -338,19 +339,20 @@ impl Ledger {
         &self,
         tx: &mut dyn StoreTx,
         time_micros: i64,
-        detail: &Value,
+        record: &AuditRecord,
     ) -> Result<u64, Error> {
-        let (detail, leaf) = self.seal_audit(time_micros, detail)?;
+        let (detail, leaf) = self.seal_audit(time_micros, record)?;
         Ok(tx.append_audit(&detail, &leaf)?)
     }
 
     fn seal_audit(
         &self,
         time_micros: i64,
-        detail: &Value,
+        record: &AuditRecord,
     ) -> Result<(AuditDetail, Vec<u8>), Error> {
         let salt = random_salt()?;
-        let bytes = zeroize::Zeroizing::new(serde_json::to_vec(detail).unwrap_or_default());
+        let bytes =
+            zeroize::Zeroizing::new(serde_json::to_vec(record).map_err(|e| Error::internal(&e))?);
         let sealed = self
             .audit_key
             .seal_bound(AUDIT_SEAL_CONTEXT, &[&salt], &bytes)
@@ -365,7 +367,8 @@ impl Ledger {
         Ok((AuditDetail { salt, sealed }, leaf))
     }
 
-    /// Appends an access-log leaf in its own durable write on `access`.
+    /// Seals `record` and appends it as an access-log leaf in its own durable write on `access`.
+    /// Returns the leaf index.
     ///
     /// # Errors
     /// Store failures, RNG failure.
@@ -373,9 +376,9 @@ impl Ledger {
         &self,
         access: &dyn Store,
         time_micros: i64,
-        detail: &Value,
+        record: &AuditRecord,
     ) -> Result<u64, Error> {
-        let (detail, leaf) = self.seal_audit(time_micros, detail)?;
+        let (detail, leaf) = self.seal_audit(time_micros, record)?;
         Ok(medvault_store::write_with(access, move |tx| {
             tx.append_audit(&detail, &leaf)
         })?)
@@ -390,9 +393,9 @@ impl Ledger {
         &self,
         access: &dyn Store,
         time_micros: i64,
-        detail: &Value,
+        record: &AuditRecord,
     ) -> Result<u64, Error> {
-        let (detail, leaf) = self.seal_audit(time_micros, detail)?;
+        let (detail, leaf) = self.seal_audit(time_micros, record)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         medvault_store::submit_with(
             access,
@@ -673,4 +676,34 @@ pub fn consistency(
     node.ledger
         .log(log)
         .over_tree(s, |n| consistency_proof(n, old, new))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+    use crate::audit::{AuditKind, AuditOutcome, AuditRecord};
+
+    #[test]
+    fn a_recorded_audit_record_opens_to_its_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = crate::Node::open(dir.path(), None).unwrap();
+        let now = node.clock.now_micros();
+        let record = AuditRecord::new(AuditKind::Rest, now, "read", AuditOutcome::Denied)
+            .agent(serde_json::json!({"token": "tok_1", "role": "clinician"}))
+            .patient(Some("p1".into()))
+            .denied_by(Some("consent-deny".into()))
+            .with("status", 403)
+            .with("resource_type", "Observation")
+            .with("id", serde_json::Value::Null);
+        let leaf = node
+            .ledger
+            .record_audit(node.access.as_ref(), now, &record)
+            .unwrap();
+        let stored = node.access.audit_detail(leaf).unwrap().expect("stored");
+        let opened = node.ledger.open_audit(&stored).unwrap();
+        assert_eq!(opened, record.to_json());
+        assert_eq!(opened["v"], 1);
+        assert!(opened.get("id").is_none(), "a null field is left out");
+    }
 }

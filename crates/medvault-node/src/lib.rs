@@ -7,8 +7,8 @@
 //!   [`capability`] (the CapabilityStatement).
 //! - Access decisions: [`authz`] (the policy's facts and the guard every resource passes).
 //! - The ledger service: [`ledger`] (leaves, checkpoints, tiles, proofs), [`witness`] (both
-//!   ways), [`verify`] (the whole-node check), [`audit_view`] (the access log as FHIR
-//!   `AuditEvent`s).
+//!   ways), [`verify`] (the whole-node check), [`audit`] (the access log's typed record),
+//!   [`audit_view`] (the access log as FHIR `AuditEvent`s).
 //! - Administration: [`admin`] (key rotation, crypto-shredding, expunging a version).
 //! - Sharing: [`share`] (sealed bundles between nodes) and [`backup_file`].
 //! - Identity: [`identity`] (accounts, login and sessions, API tokens, OAuth2 clients and
@@ -19,6 +19,7 @@
 //! show); only the HTTP server maps it to a status and an `OperationOutcome`.
 
 pub mod admin;
+pub mod audit;
 pub mod audit_view;
 pub mod authz;
 pub mod backup_file;

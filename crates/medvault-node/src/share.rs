@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::Node;
+use crate::audit::{AuditKind, AuditOutcome, AuditRecord};
 use crate::error::{Error, ErrorKind, IssueCode};
 use crate::node_identity::{NodeIdentity, PeerDocument, verify_document};
 use crate::ops::Ctx;
@@ -656,28 +657,25 @@ pub fn prepare(
     .map_err(|e| Error::internal(&e))?;
     let id = uuid::Uuid::new_v4().to_string();
     let expires = now.saturating_add(i64::try_from(validity.as_micros()).unwrap_or(i64::MAX));
-    let detail = json!({
-        "v": 1,
-        "type": "share",
-        "time": at,
-        "agent": agent,
-        "interaction": "share-send",
-        "patient": patient.as_str(),
-        "outcome": "success",
-        "share": {
-            "id": id,
-            "to": peer.node,
-            "toFingerprint": peer.fingerprint,
-            "purpose": purpose,
-            "resources": count,
-            "withheld": withheld,
-            "payloadSha256": hex::encode(medvault_crypto::sha256(&payload)),
-            "expires": rfc3339(expires),
-        },
-    });
+    let record = AuditRecord::new(AuditKind::Share, now, "share-send", AuditOutcome::Success)
+        .agent(agent.clone())
+        .patient(Some(patient.as_str().to_owned()))
+        .with(
+            "share",
+            json!({
+                "id": id,
+                "to": peer.node,
+                "toFingerprint": peer.fingerprint,
+                "purpose": purpose,
+                "resources": count,
+                "withheld": withheld,
+                "payloadSha256": hex::encode(medvault_crypto::sha256(&payload)),
+                "expires": rfc3339(expires),
+            }),
+        );
     let sender_leaf = node
         .ledger
-        .record_audit(node.access.as_ref(), now, &detail)?;
+        .record_audit(node.access.as_ref(), now, &record)?;
     let header = ShareHeader {
         format: FORMAT.into(),
         id,
@@ -1037,34 +1035,31 @@ pub fn receive(
     let now = node.clock.now_micros();
     let digest = hex::encode(medvault_crypto::sha256(bytes));
     let (outcome, reason) = match &result {
-        Ok(_) => ("success", None),
-        Err(r) => ("denied", Some(r.code())),
+        Ok(_) => (AuditOutcome::Success, None),
+        Err(r) => (AuditOutcome::Denied, Some(r.code())),
     };
     let header = seen.header.as_ref();
-    let detail = json!({
-        "v": 1,
-        "type": "share",
-        "time": rfc3339(now),
-        "agent": agent,
-        "interaction": "share-receive",
-        "patient": result.as_ref().ok().map(|(_, p, _)| p.clone()),
-        "outcome": outcome,
-        "share": {
-            "id": header.map(|h| h.id.clone()),
-            "from": header.map(|h| h.sender.node.clone()),
-            "fromFingerprint": header.map(|h| h.sender.fingerprint.clone()),
-            "senderLeaf": header.map(|h| h.sender_leaf),
-            "purpose": header.map(|h| h.purpose.clone()),
-            "resources": result.as_ref().ok().map(|(_, _, n)| *n),
-            "bundleSha256": digest,
-            "refused": reason,
-            // Until the signature verified, the names above are only what the bytes claim.
-            "signatureVerified": seen.verified,
-        },
-    });
+    let record = AuditRecord::new(AuditKind::Share, now, "share-receive", outcome)
+        .agent(agent.clone())
+        .patient(result.as_ref().ok().map(|(_, p, _)| p.clone()))
+        .with(
+            "share",
+            json!({
+                "id": header.map(|h| h.id.clone()),
+                "from": header.map(|h| h.sender.node.clone()),
+                "fromFingerprint": header.map(|h| h.sender.fingerprint.clone()),
+                "senderLeaf": header.map(|h| h.sender_leaf),
+                "purpose": header.map(|h| h.purpose.clone()),
+                "resources": result.as_ref().ok().map(|(_, _, n)| *n),
+                "bundleSha256": digest,
+                "refused": reason,
+                // Until the signature verified, the names above are only what the bytes claim.
+                "signatureVerified": seen.verified,
+            }),
+        );
     let leaf = node
         .ledger
-        .record_audit(node.access.as_ref(), now, &detail)
+        .record_audit(node.access.as_ref(), now, &record)
         .map_err(|e| tracing::warn!(error = %e.message, "recording a received bundle failed"))
         .ok();
     let (c, patient, resources) = match result {
@@ -1225,22 +1220,24 @@ pub fn record_receipt(
     agent: &Value,
 ) -> Result<u64, Error> {
     let now = node.clock.now_micros();
-    let detail = json!({
-        "v": 1,
-        "type": "share",
-        "time": rfc3339(now),
-        "agent": agent,
-        "interaction": "share-delivered",
-        "outcome": "success",
-        "share": {
+    let record = AuditRecord::new(
+        AuditKind::Share,
+        now,
+        "share-delivered",
+        AuditOutcome::Success,
+    )
+    .agent(agent.clone())
+    .with(
+        "share",
+        json!({
             "id": sent.id,
             "to": sent.recipient.node,
             "senderLeaf": sent.sender_leaf,
             "recipientLeaf": peer_leaf,
             "resources": resources,
-        },
-    });
-    node.ledger.record_audit(node.access.as_ref(), now, &detail)
+        }),
+    );
+    node.ledger.record_audit(node.access.as_ref(), now, &record)
 }
 
 /// Reads the header of a sealed bundle without checking its signature (for display, and to

@@ -23,6 +23,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use medvault_node::audit::{AuditKind, AuditOutcome, AuditRecord};
 use serde_json::{Value, json};
 
 /// Anonymous requests recorded one by one per minute at most (like refused peer handshakes).
@@ -108,8 +109,8 @@ impl Pending {
         self.other_credentials += other.other_credentials;
     }
 
-    /// The summary record's audit detail.
-    pub fn detail(&self, now_micros: i64) -> Value {
+    /// The summary record.
+    pub fn detail(&self, now_micros: i64) -> AuditRecord {
         let statuses: serde_json::Map<String, Value> = self
             .by_status
             .iter()
@@ -117,21 +118,31 @@ impl Pending {
             .collect();
         let (addresses, more_addresses) = top(&self.by_address, |ip| ip.to_string());
         let (credentials, more_credentials) = top(&self.by_credential, Clone::clone);
-        json!({
-            "v": 1,
-            "type": "summary",
-            "time": medvault_node::clock::instant(now_micros),
-            "interaction": "anonymous-requests",
-            "outcome": if self.by_status.keys().any(|s| *s >= 400) { "denied" } else { "success" },
-            "count": self.total,
-            "since": medvault_node::clock::instant(self.first_micros),
-            "until": medvault_node::clock::instant(self.last_micros),
-            "statuses": statuses,
-            "addresses": addresses,
-            "requests_from_other_addresses": more_addresses + self.other_addresses,
-            "credentials": credentials,
-            "requests_with_other_credentials": more_credentials + self.other_credentials,
-        })
+        let outcome = if self.by_status.keys().any(|s| *s >= 400) {
+            AuditOutcome::Denied
+        } else {
+            AuditOutcome::Success
+        };
+        AuditRecord::new(
+            AuditKind::Summary,
+            now_micros,
+            "anonymous-requests",
+            outcome,
+        )
+        .with("count", self.total)
+        .with("since", medvault_node::clock::instant(self.first_micros))
+        .with("until", medvault_node::clock::instant(self.last_micros))
+        .with("statuses", statuses)
+        .with("addresses", addresses)
+        .with(
+            "requests_from_other_addresses",
+            more_addresses + self.other_addresses,
+        )
+        .with("credentials", credentials)
+        .with(
+            "requests_with_other_credentials",
+            more_credentials + self.other_credentials,
+        )
     }
 }
 
@@ -247,11 +258,11 @@ impl AnonymousTraffic {
 pub async fn flush(state: &crate::AppState) -> Option<u64> {
     let pending = state.anonymous.take()?;
     let now = state.node.clock.now_micros();
-    let detail = pending.detail(now);
+    let record = pending.detail(now);
     match state
         .node
         .ledger
-        .record_audit_async(state.node.access.as_ref(), now, &detail)
+        .record_audit_async(state.node.access.as_ref(), now, &record)
         .await
     {
         Ok(leaf) => Some(leaf),
@@ -307,13 +318,16 @@ mod tests {
         let p = t.take().unwrap();
         assert_eq!(p.total(), 70);
         assert!(t.take().is_none(), "taken once");
-        let d = p.detail(1_000_000);
+        let record = p.detail(1_000_000);
+        assert_eq!(record.outcome, AuditOutcome::Denied);
+        let d = record.to_json();
         assert_eq!(d["count"], 70);
         assert_eq!(d["statuses"]["404"], 60);
         assert_eq!(d["statuses"]["401"], 10);
         assert_eq!(d["addresses"].as_array().unwrap().len(), 2);
         assert_eq!(d["credentials"][0], json!({"id": "tok_x", "count": 5}));
         assert_eq!(d["outcome"], "denied");
+        assert_eq!(d["type"], "summary");
         // A summary that failed is counted into the next one.
         t.put_back(p);
         t.count(ip("192.0.2.9"), 404, None, 200);
@@ -327,7 +341,7 @@ mod tests {
             let addr = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
             p.add(addr, 404, None, 1, u64::from(i) + 1);
         }
-        let d = p.detail(2);
+        let d = p.detail(2).to_json();
         assert_eq!(d["addresses"].as_array().unwrap().len(), LISTED);
         assert_eq!(d["addresses"][0]["count"], LISTED as u64 + 5);
         assert_eq!(d["requests_from_other_addresses"], 1 + 2 + 3 + 4 + 5);

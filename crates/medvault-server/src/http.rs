@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::AppState;
 use crate::error::{ApiError, Error, ErrorKind, IssueCode};
 use crate::respond::{AuditExtra, AuditPatient, blocking, fhir_json};
+use medvault_node::audit::{AuditKind, AuditOutcome, AuditRecord};
 use medvault_node::identity::Authenticated;
 use medvault_node::identity::api_tokens::RefusedCredential;
 use medvault_node::identity::gates::{self, Refusal};
@@ -566,17 +567,17 @@ fn interaction(method: &Method, target: &Target) -> &'static str {
     }
 }
 
-/// The audit detail of one request: who, what, when, why, outcome. Sealed before it is stored;
+/// The audit record of one request: who, what, when, why, outcome. Sealed before it is stored;
 /// search parameter *names* are kept, never their values.
-fn audit_detail(
+fn audit_record(
     request_id: &str,
-    time: &str,
+    now_micros: i64,
     method: &Method,
     uri: &axum::http::Uri,
     who: Option<&Authenticated>,
     purpose: Option<&str>,
     resp: &Response,
-) -> Value {
+) -> AuditRecord {
     let status = resp.status();
     let fhir_path = uri.path().strip_prefix("/fhir");
     let target = fhir_path.and_then(|p| route::parse_path(p).ok());
@@ -608,89 +609,109 @@ fn audit_detail(
         .unwrap_or_default();
     let refused = resp.extensions().get::<crate::error::DeniedBy>().is_some();
     let outcome = match status.as_u16() {
-        _ if refused => "denied",
-        200..=399 => "success",
-        401 => "authentication-failed",
-        403 => "denied",
-        400..=499 => "client-error",
-        _ => "server-error",
+        _ if refused => AuditOutcome::Denied,
+        200..=399 => AuditOutcome::Success,
+        401 => AuditOutcome::AuthenticationFailed,
+        403 => AuditOutcome::Denied,
+        400..=499 => AuditOutcome::ClientError,
+        _ => AuditOutcome::ServerError,
     };
-    serde_json::json!({
-        "v": 1,
-        "type": "rest",
-        "time": time,
-        "request_id": request_id,
-        "agent": who.map(|w| serde_json::json!({
+    let interaction = match uri.path() {
+        "/witness/add-checkpoint" => "witness-add-checkpoint",
+        "/witness/key" => "witness-key",
+        "/auth/login" => "login",
+        "/auth/logout" => "logout",
+        "/auth/session" => "session",
+        "/auth/totp/enroll" => "totp-enroll",
+        "/auth/totp/confirm" => "totp-confirm",
+        "/auth/token" => "oauth-token",
+        "/auth/ui" | "/auth/ui/login.js" | "/auth/ui/common.js" => "login-page",
+        "/auth/passkey/register/start" | "/auth/passkey/register/finish" => "passkey-register",
+        "/auth/passkey/login/start" | "/auth/passkey/login/finish" => "passkey-login",
+        "/auth/introspect" => "oauth-introspect",
+        "/auth/revoke" => "oauth-revoke",
+        "/admin/keys/rotate" => "keys-rotate",
+        "/auth/break-glass" => "break-glass",
+        "/privacy/alerts" => "alerts-read",
+        p if p.starts_with("/privacy/alerts/") => "alert-acknowledge",
+        p if p.starts_with("/admin/patients/") => "patient-erase",
+        "/auth/authorize" | "/auth/authorize.js" | "/auth/authorize/check" => "oauth-authorize",
+        "/auth/authorize/decide" => "oauth-approve",
+        medvault_node::share::RECEIVE_PATH => "peer-delivery",
+        _ => target.as_ref().map_or("none", |t| interaction(method, t)),
+    };
+    let mut record = AuditRecord::new(AuditKind::Rest, now_micros, interaction, outcome)
+        .denied_by(
+            resp.extensions()
+                .get::<crate::error::DeniedBy>()
+                .map(|d| d.0.clone()),
+        )
+        .with("request_id", request_id)
+        .with(
+            "policy",
+            resp.extensions()
+                .get::<medvault_node::authz::PolicyNote>()
+                .map(|n| {
+                    serde_json::json!({
+                        "purpose": n.purpose,
+                        "denied_by": n.denied_by,
+                        "withheld": n.withheld,
+                        "break_glass": n.break_glass,
+                        "patients_seen": n.patients_seen,
+                        "patients_refused": n.patients_refused,
+                    })
+                }),
+        )
+        .with(
+            "auth",
+            resp.extensions()
+                .get::<crate::respond::AuthNote>()
+                .map(|n| {
+                    serde_json::json!({
+                        "user": n.user,
+                        "client": n.client,
+                        "event": n.event,
+                    })
+                }),
+        )
+        .with(
+            "extra",
+            resp.extensions().get::<AuditExtra>().map(|e| e.0.clone()),
+        )
+        .with("method", method.as_str())
+        .with("resource_type", rtype)
+        .with("id", id)
+        .with("params", params)
+        .with("purpose", purpose)
+        .with("status", status.as_u16());
+    record.agent = who.map(|w| {
+        serde_json::json!({
             "token": w.token_id,
             "role": w.role.as_str(),
             "session": w.session,
             "client": w.client,
-        })),
-        "denied_by": resp.extensions().get::<crate::error::DeniedBy>().map(|d| d.0.clone()),
-        "policy": resp.extensions().get::<medvault_node::authz::PolicyNote>().map(|n| serde_json::json!({
-            "purpose": n.purpose,
-            "denied_by": n.denied_by,
-            "withheld": n.withheld,
-            "break_glass": n.break_glass,
-            "patients_seen": n.patients_seen,
-            "patients_refused": n.patients_refused,
-        })),
-        "auth": resp.extensions().get::<crate::respond::AuthNote>().map(|n| serde_json::json!({
-            "user": n.user,
-            "client": n.client,
-            "event": n.event,
-        })),
-        "extra": resp.extensions().get::<AuditExtra>().map(|e| e.0.clone()),
-        "method": method.as_str(),
-        "interaction": match uri.path() {
-            "/witness/add-checkpoint" => "witness-add-checkpoint",
-            "/witness/key" => "witness-key",
-            "/auth/login" => "login",
-            "/auth/logout" => "logout",
-            "/auth/session" => "session",
-            "/auth/totp/enroll" => "totp-enroll",
-            "/auth/totp/confirm" => "totp-confirm",
-            "/auth/token" => "oauth-token",
-            "/auth/ui" | "/auth/ui/login.js" | "/auth/ui/common.js" => "login-page",
-            "/auth/passkey/register/start" | "/auth/passkey/register/finish" => "passkey-register",
-            "/auth/passkey/login/start" | "/auth/passkey/login/finish" => "passkey-login",
-            "/auth/introspect" => "oauth-introspect",
-            "/auth/revoke" => "oauth-revoke",
-            "/admin/keys/rotate" => "keys-rotate",
-            "/auth/break-glass" => "break-glass",
-            "/privacy/alerts" => "alerts-read",
-            p if p.starts_with("/privacy/alerts/") => "alert-acknowledge",
-            p if p.starts_with("/admin/patients/") => "patient-erase",
-            "/auth/authorize" | "/auth/authorize.js" | "/auth/authorize/check" => "oauth-authorize",
-            "/auth/authorize/decide" => "oauth-approve",
-            medvault_node::share::RECEIVE_PATH => "peer-delivery",
-            _ => target.as_ref().map_or("none", |t| interaction(method, t)),
-        },
-        "resource_type": rtype,
-        "id": id,
-        "params": params,
-        "purpose": purpose,
-        "status": status.as_u16(),
-        "outcome": outcome,
-    })
+        })
+    });
+    record
 }
 
 /// Adds the patient whose compartment the touched resource belongs to, so an auditor's
 /// `AuditEvent?patient=` finds every access to that patient's data, not only to the Patient
 /// resource. The interaction already knows it when it succeeded; for refused or failed ones it
 /// is looked up from the key that seals the resource (one primary-key read).
-fn attribute_patient(state: &AppState, resp: &Response, detail: &mut Value) {
+fn attribute_patient(state: &AppState, resp: &Response, record: &mut AuditRecord) {
     if let Some(AuditPatient(p)) = resp.extensions().get::<AuditPatient>() {
-        detail["patient"] = Value::String(p.clone());
+        record.patient = Some(p.clone());
         return;
     }
-    let (Some(rt), Some(id)) = (detail["resource_type"].as_str(), detail["id"].as_str()) else {
+    let field = |name: &str| record.fields.get(name).and_then(Value::as_str);
+    let (Some(rt), Some(id)) = (field("resource_type"), field("id")) else {
         return;
     };
     if let Ok(Some(current)) = state.node.store.current(rt, id)
         && let Some(patient) = current.key_name.strip_prefix("Patient/")
     {
-        detail["patient"] = Value::String(patient.to_owned());
+        record.patient = Some(patient.to_owned());
     }
 }
 
@@ -851,21 +872,21 @@ pub(crate) async fn observe(
     };
     if audited && !(peer_node || counted_together(&state, &slot, client, &resp)) {
         let now = state.node.clock.now_micros();
-        let mut detail = audit_detail(
+        let mut record = audit_record(
             &request_id,
-            &clock::instant(now),
+            now,
             &method,
             &uri,
             slot.get().as_ref(),
             purpose.ok().flatten().as_deref(),
             &resp,
         );
-        note_client(&mut detail, client, &slot);
-        attribute_patient(&state, &resp, &mut detail);
+        note_client(&mut record, client, &slot);
+        attribute_patient(&state, &resp, &mut record);
         let written = state
             .node
             .ledger
-            .record_audit_async(state.node.access.as_ref(), now, &detail)
+            .record_audit_async(state.node.access.as_ref(), now, &record)
             .await;
         match written {
             Ok(leaf) => {
@@ -941,12 +962,20 @@ fn counted_together(
     }
 }
 
-/// Adds the client's address to a request's audit detail, and the known credential that was
+/// Adds the client's address to a request's audit record, and the known credential that was
 /// refused (an expired or revoked API token), if any.
-fn note_client(detail: &mut Value, client: std::net::IpAddr, slot: &crate::auth::AgentSlot) {
-    detail["address"] = Value::String(client.to_string());
-    if let Some(r) = slot.refused().filter(|_| detail["auth"].is_null()) {
-        detail["auth"] = serde_json::json!({"token": r.id, "event": r.why});
+fn note_client(record: &mut AuditRecord, client: std::net::IpAddr, slot: &crate::auth::AgentSlot) {
+    record
+        .fields
+        .insert("address".into(), Value::String(client.to_string()));
+    if let Some(r) = slot
+        .refused()
+        .filter(|_| !record.fields.contains_key("auth"))
+    {
+        record.fields.insert(
+            "auth".into(),
+            serde_json::json!({"token": r.id, "event": r.why}),
+        );
     }
 }
 

@@ -15,6 +15,7 @@ use crate::error::{ApiError, ErrorKind, IssueCode};
 use crate::peer::{self, PeerConn};
 use crate::respond::{AuditExtra, AuditPatient, blocking, fhir_json};
 use crate::{AppState, tls};
+use medvault_node::audit::{AuditKind, AuditOutcome, AuditRecord};
 use medvault_node::ops::Ctx;
 use medvault_node::share::{self, BUNDLE_MEDIA_TYPE, MAX_BUNDLE_BYTES, RECEIVE_PATH};
 
@@ -368,21 +369,23 @@ fn refusal_recorder(state: &AppState) -> tls::RefusedHook {
             };
             window.1 += 1;
             let now = state.node.clock.now_micros();
-            let detail = json!({
-                "v": 1,
-                "type": "share",
-                "time": medvault_node::clock::instant(now),
-                "agent": {"address": address},
-                "interaction": "peer-handshake-refused",
-                "outcome": "denied",
-                "reason": reason,
-                "not_recorded_before": counted.swap(0, std::sync::atomic::Ordering::Relaxed),
-            });
+            let record = AuditRecord::new(
+                AuditKind::Share,
+                now,
+                "peer-handshake-refused",
+                AuditOutcome::Denied,
+            )
+            .agent(json!({"address": address}))
+            .with("reason", reason)
+            .with(
+                "not_recorded_before",
+                counted.swap(0, std::sync::atomic::Ordering::Relaxed),
+            );
             let access = Arc::clone(&state.node.access);
             if let Err(e) = state
                 .node
                 .ledger
-                .record_audit_async(access.as_ref(), now, &detail)
+                .record_audit_async(access.as_ref(), now, &record)
                 .await
             {
                 tracing::warn!(error = %e.message, "recording a refused peer handshake failed");

@@ -7,6 +7,7 @@ mod backup;
 mod bad_input;
 mod bundle;
 mod cli;
+mod config;
 mod crud;
 mod hardening;
 mod identity;

@@ -16,8 +16,8 @@ use medvault_auth::{recovery, totp};
 use medvault_core::Role;
 use medvault_store::{SessionRow, StoreError, UserRow, write_with};
 use serde::Deserialize;
-use serde_json::json;
 
+use crate::audit::{AuditKind, AuditOutcome, AuditRecord};
 use crate::error::{Error, ErrorKind, IssueCode};
 use crate::identity::accounts::{find_user, normalise_name, user_name};
 use crate::identity::sessions::{SessionCache, SessionLimits, new_session};
@@ -337,17 +337,16 @@ fn second_factor(
 /// Records in the access log that `user_id` was locked.
 async fn record_lockout(node: &Node, user_id: &str) {
     let now = node.clock.now_micros();
-    let detail = json!({
-        "v": 1,
-        "type": "security",
-        "time": crate::clock::instant(now),
-        "interaction": "account-locked",
-        "target": user_id,
-        "outcome": "success",
-    });
+    let record = AuditRecord::new(
+        AuditKind::Security,
+        now,
+        "account-locked",
+        AuditOutcome::Success,
+    )
+    .target_opt(Some(user_id));
     if let Err(e) = node
         .ledger
-        .record_audit_async(node.access.as_ref(), now, &detail)
+        .record_audit_async(node.access.as_ref(), now, &record)
         .await
     {
         tracing::warn!(error = %e.message, "account lockout could not be recorded");
