@@ -8,7 +8,8 @@
 //! - Access decisions: [`authz`] (the policy's facts and the guard every resource passes).
 //! - The ledger service: [`ledger`] (leaves, checkpoints, tiles, proofs), [`witness`] (both
 //!   ways), [`verify`] (the whole-node check), [`audit`] (the access log's typed record),
-//!   [`audit_view`] (the access log as FHIR `AuditEvent`s).
+//!   [`audit_view`] (the access log as FHIR `AuditEvent`s), [`background`] (checkpointing and
+//!   cosigning while the node serves).
 //! - Administration: [`admin`] (key rotation, crypto-shredding, expunging a version).
 //! - Sharing: [`share`] (sealed bundles between nodes) and [`backup_file`].
 //! - Identity: [`identity`] (accounts, login and sessions, API tokens, OAuth2 clients and
@@ -22,6 +23,7 @@ pub mod admin;
 pub mod audit;
 pub mod audit_view;
 pub mod authz;
+pub mod background;
 pub mod backup_file;
 pub mod bundle;
 pub mod capability;

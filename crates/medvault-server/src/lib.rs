@@ -329,7 +329,7 @@ async fn run_until_shutdown(
         Some(addr) => Some(share_http::spawn_peer_listener(state.clone(), addr).await?),
         None => None,
     };
-    let checkpoints = tokio::spawn(medvault_node::ledger::checkpoint_task(
+    let checkpoints = tokio::spawn(medvault_node::background::checkpoint_task(
         Arc::clone(&state.node),
         Arc::clone(&state.config.witnesses),
         state.config.checkpoint_interval,
@@ -347,7 +347,7 @@ async fn run_until_shutdown(
     // What was counted of anonymous requests since the last summary.
     anonymous::flush(&state).await;
     // Last checkpoints, so everything written before shutdown is covered by a signature.
-    if let Err(e) = medvault_node::ledger::checkpoint_both(&state.node).await {
+    if let Err(e) = medvault_node::background::checkpoint_both(&state.node).await {
         tracing::warn!(error = %e.message, "final checkpoint failed");
     }
     Ok(())

@@ -5,7 +5,7 @@ use medvault_store::dump::{Cell, Kind, Sink, Table};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use crate::sql::{Conn, pg};
+use crate::conn::{Conn, pg};
 
 /// Rows fetched per round trip while dumping.
 const FETCH: usize = 1000;

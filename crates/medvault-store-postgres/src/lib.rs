@@ -16,6 +16,7 @@
 //!   (nothing half-written: the transaction is gone) and the next use reconnects.
 //! - Readers use a small pool of connections.
 
+mod conn;
 mod dump;
 mod schema;
 mod sql;
@@ -35,7 +36,7 @@ use medvault_store::{
     TokenRow, UserRow, WriteDone, WriteOp,
 };
 
-use crate::sql::Conn;
+use crate::conn::Conn;
 
 /// Ops one group commit takes at most.
 const MAX_GROUP: usize = 128;

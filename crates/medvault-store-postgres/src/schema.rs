@@ -8,8 +8,8 @@
 
 use medvault_store::StoreError;
 
+use crate::conn::Conn;
 use crate::lock_key;
-use crate::sql::Conn;
 
 pub use medvault_store::Schema;
 
@@ -208,7 +208,7 @@ fn migrate_in_tx(conn: &mut Conn, schema: Schema, namespace: &str) -> Result<(),
         .is_some();
     let read = |conn: &mut Conn, key: &str| -> Result<Option<String>, StoreError> {
         conn.opt("SELECT v FROM meta WHERE k = $1", &[&key])?
-            .map(|r| r.try_get(0).map_err(crate::sql::pg))
+            .map(|r| r.try_get(0).map_err(crate::conn::pg))
             .transpose()
     };
     let (current, label) = if has_meta {

@@ -27,6 +27,9 @@ use medvault_store_postgres::PgStore;
 use medvault_store_sqlite::SqliteStore;
 use serde_json::Value;
 
+use super::ledger::verify_ledger;
+use super::{DataDir, audit_admin, open_node, passphrase, progress};
+
 /// Rows loaded per transaction.
 const BATCH: usize = 500;
 /// A node's two stores.
@@ -262,10 +265,6 @@ fn same_schema(node: &str, access: &str, whose: &str) -> anyhow::Result<()> {
 /// Counts the rows a copy will carry (a first, cheap pass), for the progress bar.
 fn count_rows(stores: &Stores) -> anyhow::Result<u64> {
     Ok(snapshot(stores, &mut |_, _, _| Ok(()))?.rows)
-}
-
-fn progress(len: u64, what: &str) -> ProgressBar {
-    crate::progress(len, what)
 }
 
 /// `medvault migrate --from DIR --to URL`: copies an embedded node into PostgreSQL. Returns
@@ -516,4 +515,57 @@ pub(crate) fn restore(
         return Err(undo(dir, database, stores, "restore", e));
     }
     Ok(checked.rows)
+}
+
+/// `medvault backup`.
+pub(crate) fn run_backup(dir: DataDir, out: PathBuf, force: bool) -> anyhow::Result<()> {
+    let database =
+        Database::parse(dir.database.as_deref()).map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+    let (counts, bytes) = backup(&dir.data_dir, &database, &out, force, passphrase().as_ref())?;
+    println!(
+        "backup written to {} ({bytes} bytes, {} rows; records log {} leaves, access log {} leaves); it holds no root key: keep {} safe separately",
+        out.display(),
+        counts.rows,
+        counts.records_leaves,
+        counts.access_leaves,
+        dir.data_dir.join(KEY_FILE).display()
+    );
+    Ok(())
+}
+
+/// `medvault restore`.
+pub(crate) fn run_restore(dir: DataDir, file: PathBuf, force: bool) -> anyhow::Result<()> {
+    let database =
+        Database::parse(dir.database.as_deref()).map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+    let rows = restore(
+        &dir.data_dir,
+        &database,
+        &file,
+        force,
+        passphrase().as_ref(),
+    )?;
+    let node = open_node(&dir, true)?;
+    let verified = verify_ledger(&node, &[])?;
+    audit_admin(&node, "restore", None)?;
+    println!("restored {rows} rows from {}; {verified}", file.display());
+    Ok(())
+}
+
+/// `medvault migrate`.
+pub(crate) fn run_migrate(from: PathBuf, to: String, force: bool) -> anyhow::Result<()> {
+    let database = Database::parse(Some(&to)).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+    let counts = migrate(&from, &database, force)?;
+    let dir = DataDir {
+        data_dir: from,
+        database: Some(to),
+    };
+    let node = open_node(&dir, true)?;
+    let verified = verify_ledger(&node, &[])?;
+    audit_admin(&node, "migrate", None)?;
+    println!(
+        "migrated {} rows to {}; {verified}; start the node with --database pointing there",
+        counts.rows,
+        database.describe(&dir.data_dir)
+    );
+    Ok(())
 }

@@ -11,7 +11,7 @@ use medvault_core::ResourceId;
 use medvault_node::audit::{AuditKind, AuditOutcome, AuditRecord};
 use medvault_node::share;
 
-use crate::{DataDir, audit_admin, open_node};
+use super::{DataDir, audit_admin, open_node};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PeerCommand {

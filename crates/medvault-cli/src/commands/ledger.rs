@@ -1,0 +1,170 @@
+//! `medvault ledger …` (verifying the ledger, its keys) and `medvault node …` (this node's
+//! identity for other nodes).
+
+use clap::Subcommand;
+use indicatif::ProgressBar;
+use medvault_ledger::VerifierKey;
+use medvault_node::node::Node;
+
+use super::{DataDir, audit_admin, open_node, progress};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LedgerCommand {
+    /// Recompute both logs' Merkle trees from the stored leaves, check each log's newest signed
+    /// checkpoint and newest witness-cosigned checkpoint, every stored resource version against
+    /// its commitment, every audit record against its leaf, and that the records tree heads the
+    /// access checkpoints pin are reproduced. Exits 0 only when everything holds; otherwise
+    /// names the first divergence (which log, which row, which leaf) and exits 1. Safe to run
+    /// while the server runs.
+    #[command(after_help = "Example:\n  medvault ledger verify --data-dir /var/lib/medvault")]
+    Verify {
+        #[command(flatten)]
+        dir: DataDir,
+        /// A witness cosigner key to trust, in addition to those `serve --witness` recorded.
+        #[arg(long = "witness", value_name = "VKEY")]
+        witnesses: Vec<String>,
+    },
+    /// Print this node's ledger keys: the two logs' checkpoint keys (give them to witnesses and
+    /// auditors) and the witness cosigner key (give it to logs this node witnesses).
+    #[command(after_help = "Example:\n  medvault ledger keys --data-dir DIR")]
+    Keys {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeCommand {
+    /// Print the node document (JSON) with its fingerprint, to give another node's
+    /// administrator, who confirms the fingerprint with you out of band.
+    #[command(after_help = "Example:\n  medvault node show --data-dir DIR")]
+    Show {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Replace the node's signing and KEM keys with new ones (recorded in the access log).
+    /// Peers must fetch the new document and confirm its fingerprint again.
+    #[command(after_help = "Example:\n  medvault node rotate-keys --data-dir DIR")]
+    RotateKeys {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+}
+
+pub(crate) fn run_ledger(command: LedgerCommand) -> anyhow::Result<()> {
+    match command {
+        LedgerCommand::Verify { dir, witnesses } => {
+            let node = open_node(&dir, true)?;
+            println!("{}", verify_ledger(&node, &witnesses)?);
+        }
+        LedgerCommand::Keys { dir } => {
+            let node = open_node(&dir, true)?;
+            println!(
+                "records log key: {}",
+                node.ledger.records().verifier().to_vkey()
+            );
+            println!(
+                "access log key:  {}",
+                node.ledger.access().verifier().to_vkey()
+            );
+            println!("witness key:     {}", node.ledger.cosigner().to_vkey());
+            println!(
+                "ML-DSA-44 cosigner key (on both logs' checkpoints): {}",
+                node.ledger.pq_cosigner().to_vkey()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn run_node(command: NodeCommand) -> anyhow::Result<()> {
+    match command {
+        NodeCommand::Show { dir } => {
+            let node = open_node(&dir, true)?;
+            let id = medvault_node::node_identity::NodeIdentity::load(&node)?;
+            let doc = id
+                .document(node.ledger.base())
+                .map_err(|e| anyhow::anyhow!("signing the node document: {e}"))?;
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        NodeCommand::RotateKeys { dir } => {
+            let node = open_node(&dir, true)?;
+            let old = medvault_node::node_identity::NodeIdentity::load(&node)?;
+            let new = medvault_node::node_identity::NodeIdentity::rotate(&node)?;
+            audit_admin(
+                &node,
+                "node-keys-rotate",
+                Some(&format!(
+                    "v{} {} -> v{} {}",
+                    old.version,
+                    old.fingerprint(),
+                    new.version,
+                    new.fingerprint()
+                )),
+            )?;
+            println!(
+                "node keys v{} replaced by v{}; new fingerprint {}",
+                old.version,
+                new.version,
+                new.fingerprint()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn parse_vkeys(texts: &[String], what: &str) -> anyhow::Result<Vec<VerifierKey>> {
+    texts
+        .iter()
+        .map(|t| VerifierKey::parse_vkey(t).map_err(|e| anyhow::anyhow!("{what} {t:?}: {e}")))
+        .collect()
+}
+
+pub(crate) fn verify_ledger(node: &Node, extra_witnesses: &[String]) -> anyhow::Result<String> {
+    let mut keys = node
+        .store
+        .meta(medvault_node::witness::WITNESS_KEYS_META)?
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    keys.extend(extra_witnesses.iter().cloned());
+    let witnesses = parse_vkeys(&keys, "--witness")?;
+    let mut bar: Option<ProgressBar> = None;
+    let report = medvault_node::verify::verify(
+        node.store.as_ref(),
+        node.access.as_ref(),
+        &node.ledger,
+        &witnesses,
+        |done, total| {
+            let pb = bar.get_or_insert_with(|| progress(total, "verifying ledger"));
+            pb.set_position(done);
+        },
+    );
+    if let Some(pb) = bar {
+        pb.finish_and_clear();
+    }
+    let r = report.map_err(|e| anyhow::anyhow!("ledger verification failed: {e}"))?;
+    let log = |name: &str, l: &medvault_node::verify::LogReport| {
+        let witnessed = match &l.cosigned_size {
+            Some(n) => format!(
+                "newest witness-cosigned checkpoint covers {n} (cosigned by {})",
+                l.cosigned_by.join(", ")
+            ),
+            None => "no witness has cosigned a checkpoint".to_owned(),
+        };
+        format!(
+            "{name} log {} leaves, newest signed checkpoint covers {}, {witnessed}",
+            l.leaves, l.checkpoint_size
+        )
+    };
+    Ok(format!(
+        "ledger verified: {}; {}; {} resource versions ({} amended: their original leaves checked too), {} audit records, {} pinned records tree heads reproduced",
+        log("records", &r.records),
+        log("access", &r.access),
+        r.versions,
+        r.amendments,
+        r.audit_records,
+        r.pins
+    ))
+}
