@@ -26,15 +26,21 @@ use medvault_node::identity::gates;
 /// How recent a person's sign-in must be for a sensitive action, by default.
 pub const STEP_UP_WINDOW: Duration = Duration::from_secs(300);
 
-/// `POST /admin/keys/rotate` (step-up required).
-pub(crate) async fn rotate(State(state): State<AppState>, who: Authenticated) -> Response {
-    if let Err(r) = gates::step_up(
-        &who,
+/// The step-up gate of these actions: an admin who signed in with a second factor within the
+/// configured window.
+fn admin_step_up(state: &AppState, who: &Authenticated) -> Result<(), gates::Refusal> {
+    gates::step_up(
+        who,
         &[Role::Admin],
         "an admin",
         state.node.clock.now_micros(),
         state.config.step_up_window,
-    ) {
+    )
+}
+
+/// `POST /admin/keys/rotate` (step-up required).
+pub(crate) async fn rotate(State(state): State<AppState>, who: Authenticated) -> Response {
+    if let Err(r) = admin_step_up(&state, &who) {
         return refusal_response(r);
     }
     let node = Arc::clone(&state.node);
@@ -50,13 +56,7 @@ pub(crate) async fn erase(
     who: Authenticated,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = gates::step_up(
-        &who,
-        &[Role::Admin],
-        "an admin",
-        state.node.clock.now_micros(),
-        state.config.step_up_window,
-    ) {
+    if let Err(r) = admin_step_up(&state, &who) {
         return refusal_response(r);
     }
     let Ok(id) = ResourceId::new(&id) else {

@@ -66,15 +66,7 @@ pub(crate) async fn login(State(state): State<AppState>, req: axum::extract::Req
     let user = attempt.user;
     match attempt.outcome {
         Ok(ok) => {
-            let body = json!({
-                "session": ok.token.as_str(),
-                "session_id": ok.session.session_id,
-                "user_id": ok.session.user_id,
-                "role": ok.role.as_str(),
-                "aal": ok.session.aal,
-                "idle_timeout_seconds": ok.idle.as_secs(),
-                "expires_at": medvault_node::clock::instant(ok.session.expires_micros),
-            });
+            let body = crate::respond::session_json(&ok);
             secret_json(&body, user, "login")
         }
         Err(Failed::Login(f)) => with_note(

@@ -150,15 +150,7 @@ pub(crate) async fn login_finish(
     .await;
     match out {
         Ok(Ok(ok)) => {
-            let body: Value = json!({
-                "session": ok.token.as_str(),
-                "session_id": ok.session.session_id,
-                "user_id": ok.session.user_id,
-                "role": ok.role.as_str(),
-                "aal": ok.session.aal,
-                "idle_timeout_seconds": ok.idle.as_secs(),
-                "expires_at": medvault_node::clock::instant(ok.session.expires_micros),
-            });
+            let body: Value = crate::respond::session_json(&ok);
             secret_json(&body, Some(ok.session.user_id.clone()), "passkey-login")
         }
         Ok(Err((e, user))) => with_note(

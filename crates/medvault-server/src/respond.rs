@@ -47,6 +47,20 @@ pub(crate) struct AuthNote {
     pub(crate) event: &'static str,
 }
 
+/// The answer to a sign-in that opened a session (password or passkey): the token, shown once,
+/// and what the client needs to know about the session.
+pub(crate) fn session_json(ok: &medvault_node::identity::login::LoginOk) -> Value {
+    json!({
+        "session": ok.token.as_str(),
+        "session_id": ok.session.session_id,
+        "user_id": ok.session.user_id,
+        "role": ok.role.as_str(),
+        "aal": ok.session.aal,
+        "idle_timeout_seconds": ok.idle.as_secs(),
+        "expires_at": medvault_node::clock::instant(ok.session.expires_micros),
+    })
+}
+
 /// A JSON answer carrying a secret (a session token, a TOTP secret, recovery codes): never
 /// cached.
 pub(crate) fn secret_json(body: &Value, user: Option<String>, event: &'static str) -> Response {
