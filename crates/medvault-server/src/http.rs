@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use medvault_auth::scopes::{Access, Interaction};
-use medvault_core::{FhirAccess, Role};
+use medvault_core::Role;
 use medvault_store::write_with;
 use serde_json::Value;
 
@@ -285,11 +285,8 @@ async fn dispatch(
     if target != Target::Metadata {
         gates::second_factor(&who).map_err(Refusal::into_error)?;
     }
-    if let Some(why) = role_refusal(who.role, who.scopes.is_some(), audit_view, &target) {
-        return Err(
-            ApiError::new(ErrorKind::Forbidden, IssueCode::Forbidden, why).denied_by("role-gate"),
-        );
-    }
+    gates::role_gate(who.role, who.scopes.is_some(), audit_view, &target)
+        .map_err(Refusal::into_error)?;
     let ctx = state
         .services
         .for_request(guard, who.scopes.clone(), Some(deadline));
@@ -738,37 +735,6 @@ fn purpose_of_use(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
                 "X-Purpose-Of-Use must be one HL7 v3 PurposeOfUse code, e.g. TREAT",
             )
         })
-}
-
-/// Why `role` may not reach `target` at all, if it may not (the role gate, before the access
-/// policy decides each resource). A patient reaches data only through scopes bound to their own
-/// compartment.
-fn role_refusal(
-    role: Role,
-    scoped: bool,
-    audit_view: bool,
-    target: &Target,
-) -> Option<&'static str> {
-    if *target == Target::Metadata {
-        return None;
-    }
-    if role == Role::Patient && scoped {
-        // Their compartment through their scopes; the audit trail only as their own accounting
-        // of disclosures (the audit view forces patient=<their id>).
-        return None;
-    }
-    match (role.fhir_access(), audit_view) {
-        (FhirAccess::Full, false) => None,
-        (FhirAccess::Full, true) if role == Role::Admin => None,
-        (FhirAccess::AuditTrail, true) => None,
-        (FhirAccess::AuditTrail, false) => Some("this role may only read AuditEvent resources"),
-        (FhirAccess::Full, true) => {
-            Some("the audit trail is for admins, auditors and privacy officers")
-        }
-        (FhirAccess::None, _) => {
-            Some("this account reaches its own records only through a patient session or app")
-        }
-    }
 }
 
 /// Readiness, for load balancers: 200 when both databases answer, else 503 with a `transient`

@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
-use medvault_core::Role;
+use medvault_core::{FhirAccess, Role};
 
 use crate::error::{Error, ErrorKind, IssueCode};
 use crate::identity::Authenticated;
+use crate::route::Target;
 
 /// Why a gate refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +89,40 @@ pub fn step_up(
     Ok(())
 }
 
+/// The role gate, before the access policy decides each resource: whether `role` reaches
+/// `target` at all (`audit_view`: the target is the `AuditEvent` view; `scoped`: an app's
+/// scopes narrow the caller). A patient reaches data only through scopes bound to their own
+/// compartment.
+///
+/// # Errors
+/// The refusal (rule `role-gate`).
+pub fn role_gate(
+    role: Role,
+    scoped: bool,
+    audit_view: bool,
+    target: &Target,
+) -> Result<(), Refusal> {
+    if *target == Target::Metadata {
+        return Ok(());
+    }
+    if role == Role::Patient && scoped {
+        // Their compartment through their scopes; the audit trail only as their own accounting
+        // of disclosures (the audit view forces patient=<their id>).
+        return Ok(());
+    }
+    let why = match (role.fhir_access(), audit_view) {
+        (FhirAccess::Full, false) => return Ok(()),
+        (FhirAccess::Full, true) if role == Role::Admin => return Ok(()),
+        (FhirAccess::AuditTrail, true) => return Ok(()),
+        (FhirAccess::AuditTrail, false) => "this role may only read AuditEvent resources",
+        (FhirAccess::Full, true) => "the audit trail is for admins, auditors and privacy officers",
+        (FhirAccess::None, _) => {
+            "this account reaches its own records only through a patient session or app"
+        }
+    };
+    Err(Refusal::forbidden("role-gate", why))
+}
+
 /// Sharing with another node: clinical staff (for care) and admins (release of information),
 /// in their own sessions or with API tokens; never apps.
 pub fn share(who: &Authenticated) -> Result<(), Refusal> {
@@ -158,6 +193,32 @@ mod tests {
             auth_time_micros: at,
             patient: None,
             practitioner: None,
+        }
+    }
+
+    /// The role gate: which part of the FHIR API each kind of caller reaches at all.
+    #[test]
+    fn the_role_gate_admits_each_role_to_its_part_of_the_api() {
+        let obs = Target::Type("Observation".into());
+        let audit = Target::Type("AuditEvent".into());
+        let rows: [(Role, bool, bool, &Target, bool); 9] = [
+            (Role::Clinician, false, false, &obs, true),
+            (Role::Clinician, false, true, &audit, false),
+            (Role::Admin, false, true, &audit, true),
+            (Role::Auditor, false, true, &audit, true),
+            (Role::Auditor, false, false, &obs, false),
+            (Role::PrivacyOfficer, false, true, &audit, true),
+            (Role::Patient, false, false, &obs, false),
+            (Role::Patient, true, false, &obs, true),
+            (Role::Auditor, false, false, &Target::Metadata, true),
+        ];
+        for (role, scoped, audit_view, target, passes) in rows {
+            let got = role_gate(role, scoped, audit_view, target);
+            assert_eq!(got.is_ok(), passes, "{role:?} {target:?}");
+            if let Err(r) = got {
+                assert_eq!(r.rule, "role-gate");
+                assert_eq!(r.into_error().kind, ErrorKind::Forbidden);
+            }
         }
     }
 
