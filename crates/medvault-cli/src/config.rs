@@ -178,7 +178,6 @@ fn flag_values(key: Key, value: &toml::Value, origin: &str) -> anyhow::Result<Ve
             key.section,
             key.name
         ),
-        v if key.list => Ok(vec![scalar(v)?]),
         v => Ok(vec![scalar(v)?]),
     }
 }

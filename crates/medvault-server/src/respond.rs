@@ -138,58 +138,25 @@ pub(crate) fn refusal_response(refusal: Refusal) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use medvault_core::Role;
-    use medvault_node::identity::Authenticated;
-    use medvault_node::identity::gates::{share, step_up};
-
     use super::*;
 
-    /// A caller: `role`, a session (with `aal`) or not, an app's scopes or not, signed in at `at`.
-    fn who(role: Role, session: bool, aal: u8, app: bool, at: Option<i64>) -> Authenticated {
-        Authenticated {
-            token_id: "usr_x".into(),
-            role,
-            session: session.then(|| "ses_x".into()),
-            aal,
-            scopes: app.then(|| {
-                std::sync::Arc::new(
-                    medvault_auth::scopes::ScopeSet::parse("system/Patient.r")
-                        .unwrap_or_else(|e| panic!("{e}")),
-                )
-            }),
-            client: app.then(|| "cli_x".into()),
-            auth_time_micros: at,
-            patient: None,
-            practitioner: None,
-        }
-    }
-
     /// Only a stale sign-in asks for a fresh one (401 + WWW-Authenticate); the rest are 403.
+    /// (Which gate refuses whom is the node's table test, `medvault_node::identity::gates`.)
     #[test]
     fn a_stale_sign_in_is_challenged_and_other_refusals_are_forbidden() {
-        let now = 1_000_000_000_000;
-        let window = Duration::from_secs(300);
-        let stale = Some(now - 301_000_000);
-        let stale_refusal = step_up(
-            &who(Role::Admin, true, 2, false, stale),
-            &[Role::Admin],
-            "an admin",
-            now,
-            window,
-        )
-        .err()
-        .unwrap_or_else(|| panic!("refused"));
-        assert_eq!(stale_refusal.sign_in_within, Some(300));
+        let stale_refusal = Refusal {
+            rule: "step-up",
+            message: "sign in again".into(),
+            sign_in_within: Some(300),
+        };
         let r = refusal_response(stale_refusal);
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
-        let r = refusal_response(
-            share(&who(Role::Clinician, false, 0, true, None))
-                .err()
-                .unwrap_or_else(|| panic!("refused")),
-        );
+        let r = refusal_response(Refusal {
+            rule: "share-gate",
+            message: "not for apps".into(),
+            sign_in_within: None,
+        });
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
     }
 }

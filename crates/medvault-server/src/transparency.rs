@@ -45,15 +45,13 @@ fn text_response(body: String) -> Response {
     with_headers(body, "text/plain; charset=utf-8", Some(SHORT_LIVED))
 }
 
-/// Runs a blocking node function on a blocking thread.
+/// Runs a blocking node function over this node on a blocking thread.
 async fn blocking<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&Node) -> Result<T, Error> + Send + 'static,
 ) -> Result<T, ApiError> {
     let node = Arc::clone(&state.node);
-    Ok(tokio::task::spawn_blocking(move || f(&node))
-        .await
-        .map_err(|e| ApiError::internal(&e))??)
+    crate::respond::blocking(move || f(&node)).await
 }
 
 /// The log named in the path (`/ledger/{log}/…`).
