@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use medvault_store::StoreError;
+use medvault_store::group::NewNode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{Row, Statement};
@@ -107,9 +108,6 @@ pub(crate) fn io_runtime() -> Result<&'static tokio::runtime::Runtime, StoreErro
         .map_err(|e| StoreError::Backend(Box::new(e)))?;
     Ok(RUNTIME.get_or_init(|| rt))
 }
-
-/// New tree nodes as the columns of their insert: levels, indexes, hashes.
-pub(crate) type NewNodes = (Vec<i64>, Vec<i64>, Vec<Vec<u8>>);
 
 /// A statement sent without waiting for its answer (see [`Conn::defer`]).
 pub(crate) type Deferred =
@@ -317,13 +315,17 @@ impl Conn {
     /// Stores the group's new tree nodes and commits, in one round trip. A failure before the
     /// COMMIT turns it into a rollback (which PostgreSQL reports as success), so every result
     /// is checked.
-    pub(crate) fn end_group(&mut self, nodes: &NewNodes) -> Result<(), StoreError> {
+    pub(crate) fn end_group(&mut self, nodes: &[NewNode]) -> Result<(), StoreError> {
+        // As the columns of the insert: levels, indexes, hashes.
+        let levels: Vec<i64> = nodes.iter().map(|(l, _, _)| i64::from(*l)).collect();
+        let idxs: Vec<i64> = nodes.iter().map(|(_, i, _)| to_i64(*i)).collect();
+        let hashes: Vec<&[u8]> = nodes.iter().map(|(_, _, h)| &h[..]).collect();
         let inserting = self.statement(
             "INSERT INTO ledger_nodes (level, idx, hash)
              SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
         )?;
         let client = std::sync::Arc::clone(&self.client);
-        let node_params: [Param<'_>; 3] = [&nodes.0, &nodes.1, &nodes.2];
+        let node_params: [Param<'_>; 3] = [&levels, &idxs, &hashes];
         self.wait(async {
             let (inserted, committed) = tokio::join!(
                 client.execute(&inserting, &node_params),

@@ -4,9 +4,9 @@
 //!   own (`medvault` for the node, `medvault_access` for the access log, or `<name>` and
 //!   `<name>_access` with `?schema=<name>` in the URL), migrated at open under an advisory lock
 //!   so processes starting together migrate once.
-//! - One writer thread per process group-commits like the SQLite writer: it drains up to
-//!   [`MAX_GROUP`] queued [`WriteOp`]s, runs each in its own savepoint, commits once and then
-//!   acknowledges them all.
+//! - One writer thread per process group-commits like the SQLite writer (medvault-store's
+//!   [`GroupWriter`], with [`PgWriter`] as its dialect): it drains the queued [`WriteOp`]s, runs
+//!   each in its own savepoint, commits once and then acknowledges them all.
 //! - **Sequencing across processes**: every write transaction first takes a transaction-scoped
 //!   advisory lock of its schema, then reads the ledger's size from the database and appends.
 //!   Whoever holds the lock is the log's sequencer; PostgreSQL releases it at commit, or when
@@ -24,22 +24,13 @@ mod sql;
 pub use schema::Schema;
 
 use std::sync::Mutex;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use medvault_crypto::{BlindValue, Sealed, WrappedKey};
-use medvault_ledger::{Frontier, Hash};
-use medvault_store::{
-    AccessTokenRow, AlertRow, AuditDetail, BreakGlassRow, ClientRow, CurrentMeta, DataKeyRow,
-    GrantRow, IndexQuery, SearchPage, SessionRow, Store, StoreError, StoreRead, StoredVersion,
-    TokenRow, UserRow, WriteDone, WriteOp,
-};
+use medvault_store::group::{Dialect, GroupWriter, NewNode, OpEffects};
+use medvault_store::{Store, StoreError, StoreRead, StoreTx, WriteDone, WriteOp};
 
 use crate::conn::Conn;
 
-/// Ops one group commit takes at most.
-const MAX_GROUP: usize = 128;
 /// Read connections kept open when idle.
 const MAX_IDLE_READERS: usize = 16;
 /// How long connecting may take before the database counts as unavailable.
@@ -195,17 +186,11 @@ fn lock_key(what: &str, namespace: &str) -> i64 {
     i64::from_ne_bytes(h.to_ne_bytes())
 }
 
-struct Job {
-    op: WriteOp,
-    reply: WriteDone,
-}
-
 /// A medvault database in a PostgreSQL schema.
 pub struct PgStore {
     config: tokio_postgres::Config,
     namespace: String,
-    sender: Option<SyncSender<Job>>,
-    writer: Option<JoinHandle<()>>,
+    writer: GroupWriter,
     readers: Mutex<Vec<Conn>>,
 }
 
@@ -240,25 +225,22 @@ impl PgStore {
         let namespace = target.namespace(schema);
         let mut conn = Conn::connect(&target.config, Some(&namespace))?;
         schema::migrate(&mut conn, schema, &namespace)?;
-        let frontier = sql::load_frontier(&mut conn)?;
-        let (sender, receiver) = sync_channel::<Job>(1024);
-        let writer_state = Writer {
-            config: target.config.clone(),
-            namespace: namespace.clone(),
-            lock: lock_key("medvault-writer", &namespace),
-            conn: Some(conn),
-            frontier,
-            vacuum_due: false,
-        };
-        let writer = std::thread::Builder::new()
-            .name("medvault-pg-writer".into())
-            .spawn(move || writer_state.run(&receiver))
-            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let writer = GroupWriter::spawn(
+            "medvault-pg-writer",
+            PgWriter {
+                config: target.config.clone(),
+                namespace: namespace.clone(),
+                lock: lock_key("medvault-writer", &namespace),
+                conn: Some(conn),
+                xid: 0,
+                last_ok: false,
+                vacuum_due: false,
+            },
+        )?;
         Ok(Self {
             config: target.config.clone(),
             namespace,
-            sender: Some(sender),
-            writer: Some(writer),
+            writer,
             readers: Mutex::new(Vec::new()),
         })
     }
@@ -291,46 +273,27 @@ impl PgStore {
     }
 }
 
-impl Drop for PgStore {
-    fn drop(&mut self) {
-        self.sender.take();
-        if let Some(h) = self.writer.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-/// The writer thread's state: its connection (reopened after a loss) and the log's frontier.
-struct Writer {
+/// The PostgreSQL side of the shared group-commit writer: its connection (reopened after a
+/// loss), the log's advisory lock, savepoints sent ahead with the next statement, and the
+/// key table's rewrite after an erasure.
+struct PgWriter {
     config: tokio_postgres::Config,
     namespace: String,
     lock: i64,
     conn: Option<Conn>,
-    frontier: Frontier,
+    /// The open group's transaction id (to learn a lost COMMIT's outcome).
+    xid: i64,
+    /// The group's previous op succeeded (its savepoint is still to be released).
+    last_ok: bool,
     /// A data key was destroyed and its table not yet rewritten.
     vacuum_due: bool,
 }
 
-impl Writer {
-    fn run(mut self, receiver: &Receiver<Job>) {
-        while let Ok(first) = receiver.recv() {
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_GROUP {
-                match receiver.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
-                }
-            }
-            let (ops, replies): (Vec<WriteOp>, Vec<_>) =
-                jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
-            let results = self.group(ops);
-            for (reply, result) in replies.into_iter().zip(results) {
-                reply(result);
-            }
-            if self.vacuum_due {
-                self.vacuum();
-            }
-        }
+impl PgWriter {
+    fn conn(&mut self) -> Result<&mut Conn, StoreError> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Unavailable("writer lost its connection".into()))
     }
 
     /// After replying: rewrites the key table without the destroyed key's old row version
@@ -352,12 +315,15 @@ impl Writer {
             }
         }
     }
+}
 
+impl Dialect for PgWriter {
     /// Begins the group's transaction and takes the log's lock; returns the log's size. The
     /// lock makes this process the log's sequencer until COMMIT, and the size read after taking
     /// it counts every leaf another process committed. A kept connection that died while idle
     /// is replaced once (nothing was sent on it yet).
-    fn begin(&mut self) -> Result<(u64, i64), StoreError> {
+    fn begin(&mut self) -> Result<u64, StoreError> {
+        self.last_ok = false;
         let mut retried = false;
         loop {
             let conn = match self.conn.take().filter(|c| !c.is_closed()) {
@@ -369,102 +335,74 @@ impl Writer {
                 }
             };
             match conn.begin_group(self.lock) {
-                Ok(begun) => return Ok(begun),
+                Ok((size, xid)) => {
+                    self.xid = xid;
+                    return Ok(size);
+                }
                 Err(StoreError::Unavailable(_)) if !retried => {
                     retried = true;
                     self.conn = None;
                 }
                 Err(e) => {
                     let _ = conn.batch("ROLLBACK");
+                    self.conn = None;
                     return Err(e);
                 }
             }
         }
     }
 
-    /// Runs a group of ops in one transaction, each in its own savepoint, and commits once.
-    fn group(&mut self, ops: Vec<WriteOp>) -> Vec<Result<(), StoreError>> {
-        let n = ops.len();
-        let all_fail = |e: &StoreError| -> Vec<Result<(), StoreError>> {
-            (0..n).map(|_| Err(same_kind(e))).collect()
-        };
-        let (committed, xid) = match self.begin() {
-            Ok(begun) => begun,
-            Err(e) => {
-                self.conn = None;
-                return all_fail(&e);
-            }
-        };
-        let Some(conn) = self.conn.as_mut() else {
-            return all_fail(&StoreError::Backend("writer lost its connection".into()));
-        };
-        let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(n);
-        let mut shred = false;
-        // The leaves the group's committed ops appended (`None` once a bulk load added some).
-        let mut appended: Option<Vec<(u64, Hash)>> = Some(Vec::new());
-        for op in ops {
-            // The first op's savepoint was made with BEGIN; after a success the next one is
-            // made (and the last released) in the same round trip; after a failure the
-            // savepoint rolled back to is still there.
-            if let Some(Ok(())) = results.last() {
-                // Sent now, answered with the op's first statement: no round trip of its own.
-                conn.defer("RELEASE SAVEPOINT op; SAVEPOINT op");
-            }
-            conn.failed = false;
-            let result = {
-                let mut tx = sql::Tx::new(conn);
-                let mut r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&mut tx)))
-                    .unwrap_or_else(|_| Err(StoreError::Backend("write op panicked".into())));
-                if r.is_ok() && tx.statement_failed() {
-                    // It caught a failed statement and went on; PostgreSQL aborted the
-                    // transaction at that statement, so the op is undone like a failed one.
-                    r = Err(StoreError::Backend(
-                        "a write op went on after one of its statements failed".into(),
-                    ));
-                }
-                if r.is_ok() {
-                    shred |= tx.shredded;
-                    match appended.as_mut() {
-                        Some(list) if !tx.loaded_leaves => list.append(&mut tx.appended),
-                        _ => appended = None,
-                    }
-                }
-                r
-            };
-            let lost = match &result {
-                Err(StoreError::Unavailable(e)) => Some(e.to_string()),
-                Err(_) => conn
-                    .batch("ROLLBACK TO SAVEPOINT op")
-                    .err()
-                    .map(|e| e.to_string()),
-                Ok(()) => None,
-            };
-            if let Some(e) = lost {
-                // The transaction is lost (connection gone): every op so far goes with it.
-                let _ = conn.batch("ROLLBACK");
-                self.conn = None;
-                let gone = StoreError::Unavailable(e.into());
-                let mut out: Vec<_> = results
-                    .into_iter()
-                    .map(|r| r.and(Err(same_kind(&gone))))
-                    .collect();
-                out.push(result.and(Err(same_kind(&gone))));
-                out.resize_with(n, || Err(same_kind(&gone)));
-                return out;
-            }
-            results.push(result);
+    fn op(
+        &mut self,
+        op: &mut dyn FnMut(&mut dyn StoreTx) -> Result<(), StoreError>,
+    ) -> Result<OpEffects, StoreError> {
+        let last_ok = std::mem::replace(&mut self.last_ok, false);
+        let conn = self.conn()?;
+        // The first op's savepoint was made with BEGIN; after a success the next one is made
+        // (and the last released) in the same round trip; after a failure the savepoint rolled
+        // back to is still there.
+        if last_ok {
+            // Sent now, answered with the op's first statement: no round trip of its own.
+            conn.defer("RELEASE SAVEPOINT op; SAVEPOINT op");
         }
-        // Hash the group's leaves into the tree in the same transaction, on a copy of the
-        // frontier that replaces the real one only once the commit succeeded.
-        let mut next = self.frontier.clone();
-        let done = sql::integrate(conn, &mut next, committed, appended.as_deref())
-            .and_then(|nodes| conn.end_group(&nodes));
-        let outcome = match done {
+        conn.failed = false;
+        let mut tx = sql::Tx::new(conn);
+        let mut result = op(&mut tx);
+        if result.is_ok() && tx.statement_failed() {
+            // It caught a failed statement and went on; PostgreSQL aborted the transaction at
+            // that statement, so the op is undone like a failed one.
+            result = Err(StoreError::Backend(
+                "a write op went on after one of its statements failed".into(),
+            ));
+        }
+        let effects = OpEffects {
+            shredded: tx.shredded,
+            appended: (!tx.loaded_leaves).then(|| std::mem::take(&mut tx.appended)),
+        };
+        drop(tx);
+        match result {
+            Ok(()) => {
+                self.last_ok = true;
+                Ok(effects)
+            }
+            Err(StoreError::Unavailable(e)) => Err(StoreError::Unavailable(e)),
+            Err(e) => match conn.batch("ROLLBACK TO SAVEPOINT op") {
+                Ok(()) => Err(e),
+                // The transaction is lost with the connection.
+                Err(lost) => Err(StoreError::Unavailable(lost.to_string().into())),
+            },
+        }
+    }
+
+    fn commit(&mut self, nodes: &[NewNode]) -> Result<(), StoreError> {
+        let done = self.conn().and_then(|c| c.end_group(nodes));
+        match done {
             Ok(()) => Ok(()),
             Err(StoreError::Unavailable(lost)) => {
                 // The connection went while the COMMIT was under way: ask a new one whether
                 // the transaction committed, so acknowledged and durable stay the same thing.
                 self.conn = None;
+                let xid = self.xid;
                 let asked = Conn::connect(&self.config, Some(&self.namespace))
                     .ok()
                     .and_then(|mut c| {
@@ -481,186 +419,42 @@ impl Writer {
                 }
             }
             Err(e) => {
-                let _ = conn.batch("ROLLBACK");
+                self.abandon();
                 Err(e)
             }
-        };
-        if let Err(e) = outcome {
-            match self.conn.as_mut().map(sql::load_frontier) {
-                Some(Ok(f)) => self.frontier = f,
-                _ => self.conn = None,
-            }
-            return results
-                .into_iter()
-                .map(|r| r.and(Err(same_kind(&e))))
-                .collect();
         }
-        self.frontier = next;
-        self.vacuum_due |= shred;
-        results
+    }
+
+    fn abandon(&mut self) {
+        if let Some(c) = self.conn.as_mut()
+            && c.batch("ROLLBACK").is_err()
+        {
+            self.conn = None;
+        }
+    }
+
+    fn read<T>(
+        &mut self,
+        f: impl FnOnce(&dyn StoreRead) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let out = f(&sql::Tx::new(self.conn()?));
+        if out.is_err() {
+            self.conn = None;
+        }
+        out
+    }
+
+    fn shredded(&mut self) -> Result<(), StoreError> {
+        self.vacuum_due = true;
+        Ok(())
+    }
+
+    fn after_group(&mut self) {
+        if self.vacuum_due {
+            self.vacuum();
+        }
     }
 }
-
-/// A copy of an error's kind and message (a group's failure is every op's failure).
-fn same_kind(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.to_string().into()),
-        StoreError::Conflict => StoreError::Conflict,
-        other => StoreError::Backend(other.to_string().into()),
-    }
-}
-
-/// Implements `StoreRead` for a type with a `with_conn` method by running the shared queries.
-macro_rules! impl_reads {
-    ($ty:ty) => {
-        impl StoreRead for $ty {
-            fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-                self.with_conn(|c| $crate::sql::meta(c, key))
-            }
-            fn keks(&self) -> Result<Vec<(u32, WrappedKey)>, StoreError> {
-                self.with_conn($crate::sql::keks)
-            }
-            fn data_key(&self, name: &str) -> Result<Option<DataKeyRow>, StoreError> {
-                self.with_conn(|c| $crate::sql::data_key(c, name))
-            }
-            fn current(&self, rt: &str, id: &str) -> Result<Option<CurrentMeta>, StoreError> {
-                self.with_conn(|c| $crate::sql::current(c, rt, id))
-            }
-            fn version(
-                &self,
-                rt: &str,
-                id: &str,
-                v: Option<u64>,
-            ) -> Result<Option<StoredVersion>, StoreError> {
-                self.with_conn(|c| $crate::sql::version(c, rt, id, v))
-            }
-            fn history(
-                &self,
-                rt: &str,
-                id: Option<&str>,
-                offset: u64,
-                limit: u64,
-            ) -> Result<SearchPage, StoreError> {
-                self.with_conn(|c| $crate::sql::history(c, rt, id, offset, limit))
-            }
-            fn search(&self, q: &IndexQuery) -> Result<SearchPage, StoreError> {
-                self.with_conn(|c| $crate::sql::search(c, q))
-            }
-            fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
-                self.with_conn(|c| $crate::sql::token(c, hash))
-            }
-            fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-                self.with_conn($crate::sql::tokens)
-            }
-            fn user(&self, id: &str) -> Result<Option<UserRow>, StoreError> {
-                self.with_conn(|c| $crate::sql::user(c, id))
-            }
-            fn user_by_name(&self, index: &BlindValue) -> Result<Option<UserRow>, StoreError> {
-                self.with_conn(|c| $crate::sql::user_by_name(c, index))
-            }
-            fn users(&self) -> Result<Vec<UserRow>, StoreError> {
-                self.with_conn($crate::sql::users)
-            }
-            fn session(&self, hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError> {
-                self.with_conn(|c| $crate::sql::session(c, hash))
-            }
-            fn client(&self, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
-                self.with_conn(|c| $crate::sql::client(c, client_id))
-            }
-            fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
-                self.with_conn($crate::sql::clients)
-            }
-            fn peer(&self, node: &str) -> Result<Option<medvault_store::PeerRow>, StoreError> {
-                self.with_conn(|c| $crate::sql::peer(c, node))
-            }
-            fn peers(&self) -> Result<Vec<medvault_store::PeerRow>, StoreError> {
-                self.with_conn($crate::sql::peers)
-            }
-            fn share_receipt(
-                &self,
-                sender: &str,
-                bundle_id: &str,
-            ) -> Result<Option<String>, StoreError> {
-                self.with_conn(|c| $crate::sql::share_receipt(c, sender, bundle_id))
-            }
-            fn access_token(&self, hash: &[u8; 32]) -> Result<Option<AccessTokenRow>, StoreError> {
-                self.with_conn(|c| $crate::sql::access_token(c, hash))
-            }
-            fn grant(&self, hash: &[u8; 32]) -> Result<Option<GrantRow>, StoreError> {
-                self.with_conn(|c| $crate::sql::grant(c, hash))
-            }
-            fn passkeys(&self, user_id: &str) -> Result<Vec<(Vec<u8>, Sealed)>, StoreError> {
-                self.with_conn(|c| $crate::sql::passkeys(c, user_id))
-            }
-            fn recovery_codes_left(&self, user_id: &str) -> Result<u64, StoreError> {
-                self.with_conn(|c| $crate::sql::recovery_codes_left(c, user_id))
-            }
-            fn break_glass(
-                &self,
-                user_id: &str,
-                patient: &str,
-                now_micros: i64,
-            ) -> Result<Option<BreakGlassRow>, StoreError> {
-                self.with_conn(|c| $crate::sql::break_glass(c, user_id, patient, now_micros))
-            }
-            fn alerts(&self, open_only: bool) -> Result<Vec<AlertRow>, StoreError> {
-                self.with_conn(|c| $crate::sql::alerts(c, open_only))
-            }
-            fn ledger_size(&self) -> Result<u64, StoreError> {
-                self.with_conn($crate::sql::ledger_size)
-            }
-            fn ledger_nodes(
-                &self,
-                level: u8,
-                start: u64,
-                count: u64,
-            ) -> Result<Vec<Hash>, StoreError> {
-                self.with_conn(|c| $crate::sql::ledger_nodes(c, level, start, count))
-            }
-            fn ledger_nodes_at(&self, keys: &[(u8, u64)]) -> Result<Vec<Option<Hash>>, StoreError> {
-                self.with_conn(|c| $crate::sql::ledger_nodes_at(c, keys))
-            }
-            fn ledger_entries(
-                &self,
-                start: u64,
-                count: u64,
-            ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-                self.with_conn(|c| $crate::sql::ledger_entries(c, start, count))
-            }
-            fn audit_detail(&self, leaf: u64) -> Result<Option<AuditDetail>, StoreError> {
-                self.with_conn(|c| $crate::sql::audit_detail(c, leaf))
-            }
-            fn audit_details(
-                &self,
-                start: u64,
-                count: u64,
-            ) -> Result<Vec<(u64, AuditDetail)>, StoreError> {
-                self.with_conn(|c| $crate::sql::audit_details(c, start, count))
-            }
-            fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>, StoreError> {
-                self.with_conn(|c| $crate::sql::checkpoint(c, size))
-            }
-            fn witnessed(&self, origin: &str) -> Result<Option<(u64, Hash)>, StoreError> {
-                self.with_conn(|c| $crate::sql::witnessed(c, origin))
-            }
-            fn versions_after(
-                &self,
-                after: Option<(&str, &str, u64)>,
-                limit: u64,
-            ) -> Result<Vec<StoredVersion>, StoreError> {
-                self.with_conn(|c| $crate::sql::versions_after(c, after, limit))
-            }
-            fn amendments_after(
-                &self,
-                after: Option<(&str, &str, u64, u32)>,
-                limit: u64,
-            ) -> Result<Vec<medvault_store::Amendment>, StoreError> {
-                self.with_conn(|c| $crate::sql::amendments_after(c, after, limit))
-            }
-        }
-    };
-}
-pub(crate) use impl_reads;
 
 impl PgStore {
     fn with_conn<T>(
@@ -671,20 +465,15 @@ impl PgStore {
     }
 }
 
-impl_reads!(PgStore);
+medvault_store::forward_reads!(PgStore, crate::sql);
 
 impl Store for PgStore {
     fn write(&self, op: WriteOp) -> Result<(), StoreError> {
-        medvault_store::write_with(self, move |tx| op(tx))
+        self.writer.write(op)
     }
 
     fn submit(&self, op: WriteOp, done: WriteDone) {
-        let Some(sender) = self.sender.as_ref() else {
-            return done(Err(StoreError::Backend("store is shutting down".into())));
-        };
-        if let Err(std::sync::mpsc::SendError(job)) = sender.send(Job { op, reply: done }) {
-            (job.reply)(Err(StoreError::Backend("writer thread has stopped".into())));
-        }
+        self.writer.submit(op, done);
     }
 
     fn data_key_names(&self) -> Result<Vec<String>, StoreError> {
@@ -707,6 +496,8 @@ impl Store for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use medvault_crypto::Sealed;
+    use medvault_store::AuditDetail;
 
     /// The test server, or `None` (and a note saying the tests skipped) when
     /// `MEDVAULT_TEST_POSTGRES_URL` is not set.

@@ -4,16 +4,16 @@ use std::cell::{RefCell, RefMut};
 use std::collections::HashMap;
 
 use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
-use medvault_ledger::{Frontier, Hash, SALT_LEN, leaf_hash};
+use medvault_ledger::{Hash, SALT_LEN, leaf_hash};
 use medvault_store::{
     AccessTokenRow, AlertRow, Amendment, AmendmentKind, AuditDetail, BreakGlassRow, ClientRow,
-    CurrentMeta, DataKeyRow, GrantRow, IndexQuery, LedgerNodes, PeerRow, SearchPage, SessionRow,
-    SortOrder, StoreError, StoreRead, StoreTx, StoredVersion, TokenRow, UserRow,
+    CurrentMeta, DataKeyRow, GrantRow, IndexQuery, PeerRow, SearchPage, SessionRow, SortOrder,
+    StoreError, StoreTx, StoredVersion, TokenRow, UserRow,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use crate::conn::{Conn, NewNodes, Param, get, to_i64, to_u32, to_u64};
+use crate::conn::{Conn, Param, get, to_i64, to_u32, to_u64};
 
 const VERSION_COLUMNS: &str =
     "v.rtype, v.id, v.version, v.last_updated, v.key_name, v.key_version, v.body,
@@ -781,60 +781,6 @@ const APPEND_LEAF: &str = "leaf AS (
     INSERT INTO ledger_leaves (idx, entry)
     SELECT COALESCE(MAX(idx) + 1, 0), $1 FROM ledger_leaves RETURNING idx)";
 
-/// The frontier of the committed tree (every committed leaf is integrated).
-pub(crate) fn load_frontier(c: &mut Conn) -> Result<Frontier, StoreError> {
-    let size = ledger_size(c)?;
-    load_frontier_at(c, size)
-}
-
-fn load_frontier_at(c: &mut Conn, size: u64) -> Result<Frontier, StoreError> {
-    let view = Tx::new(c);
-    Frontier::load(&LedgerNodes(&view), size).map_err(|e| StoreError::Backend(Box::new(e)))
-}
-
-/// The tree nodes a group's new leaves complete, hashed onto `frontier`, as the columns
-/// (level, index, hash) of [`Conn::end_group`]'s insert. `committed` is the tree size read under
-/// the writer's lock when the transaction began; `appended` the leaves the group's ops appended
-/// (index and leaf hash), or `None` when some were loaded in bulk and must be read back.
-pub(crate) fn integrate(
-    c: &mut Conn,
-    frontier: &mut Frontier,
-    committed: u64,
-    appended: Option<&[(u64, Hash)]>,
-) -> Result<NewNodes, StoreError> {
-    // Another process may have appended and integrated leaves since this writer last did.
-    if committed != frontier.size() {
-        *frontier = load_frontier_at(c, committed)?;
-    }
-    let read;
-    let pending: &[(u64, Hash)] = match appended {
-        Some(list) => list,
-        None => {
-            read = ledger_entries(c, frontier.size(), u64::MAX)?
-                .into_iter()
-                .map(|(i, e)| (i, leaf_hash(&e)))
-                .collect::<Vec<_>>();
-            &read
-        }
-    };
-    let (mut levels, mut idxs, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
-    for (idx, hash) in pending {
-        if *idx != frontier.size() {
-            return Err(StoreError::Backend(
-                "ledger leaves are not contiguous".into(),
-            ));
-        }
-        frontier.append(*hash, |level, i, h| {
-            if level > 0 {
-                levels.push(i64::from(level));
-                idxs.push(to_i64(i));
-                hashes.push(h.to_vec());
-            }
-        });
-    }
-    Ok((levels, idxs, hashes))
-}
-
 /// The writer's view of one op's savepoint.
 pub(crate) struct Tx<'c> {
     conn: RefCell<&'c mut Conn>,
@@ -877,7 +823,7 @@ impl<'c> Tx<'c> {
     }
 }
 
-crate::impl_reads!(Tx<'_>);
+medvault_store::forward_reads!(Tx<'_>, crate::sql);
 
 impl StoreTx for Tx<'_> {
     fn load(

@@ -2,9 +2,10 @@
 //!
 //! - WAL journal, `synchronous=FULL`: a write is acknowledged only after its commit reached the
 //!   disk, so it survives `kill -9` and power loss.
-//! - One writer thread owns the write connection and group-commits: it drains every queued
-//!   [`WriteOp`], runs each inside its own savepoint, commits once and then acknowledges them all.
-//!   One fsync serves many concurrent clients; an op that fails is rolled back alone.
+//! - One writer thread owns the write connection and group-commits (medvault-store's
+//!   [`GroupWriter`], with [`SqliteWriter`] as its dialect): it drains the queued [`WriteOp`]s,
+//!   runs each inside its own savepoint, commits once and then acknowledges them all. One fsync
+//!   serves many concurrent clients; an op that fails is rolled back alone.
 //! - Readers use a small pool of read-only connections (WAL lets them run beside the writer).
 //! - `secure_delete=ON`, and a WAL checkpoint after destroying a key, so a shredded data key's
 //!   wrapped bytes do not linger in free pages or the WAL.
@@ -21,16 +22,10 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use medvault_crypto::{BlindValue, WrappedKey};
-use medvault_ledger::{Frontier, Hash};
-use medvault_store::{
-    AccessTokenRow, AuditDetail, ClientRow, CurrentMeta, DataKeyRow, IndexQuery, SearchPage,
-    SessionRow, Store, StoreError, StoreRead, StoredVersion, TokenRow, UserRow, WriteDone, WriteOp,
-};
+use medvault_store::group::{Dialect, GroupWriter, NewNode, OpEffects};
+use medvault_store::{Store, StoreError, StoreRead, StoreTx, WriteDone, WriteOp};
 use rusqlite::Connection;
 
-/// Ops one group commit takes at most.
-const MAX_GROUP: usize = 128;
 /// Read connections kept open when idle.
 const MAX_IDLE_READERS: usize = 64;
 /// How long a connection waits for another process's lock (e.g. the CLI) before failing.
@@ -45,17 +40,12 @@ pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
-struct Job {
-    op: WriteOp,
-    reply: WriteDone,
-}
-
 /// A medvault database in one SQLite file.
 pub struct SqliteStore {
     path: PathBuf,
-    sender: Option<SyncSender<Job>>,
-    writer: Option<JoinHandle<()>>,
-    checkpointer: Option<(SyncSender<()>, JoinHandle<()>)>,
+    writer: GroupWriter,
+    /// Declared after the writer: dropped (stopped) once the writer has drained its queue.
+    _checkpointer: Checkpointer,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -140,22 +130,16 @@ impl SqliteStore {
             .name("medvault-sqlite-checkpoint".into())
             .spawn(move || checkpoint_loop(&ckpt_conn, &stopped, &flag))
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
-        let frontier = sql::load_frontier(&conn)?;
-        let (sender, receiver) = sync_channel::<Job>(1024);
-        let writer = std::thread::Builder::new()
-            .name("medvault-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, &receiver, &ckpt, frontier))
-            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let writer = GroupWriter::spawn("medvault-sqlite-writer", SqliteWriter { conn, ckpt })?;
         Ok(Self {
             path: path.to_owned(),
-            sender: Some(sender),
-            writer: Some(writer),
-            checkpointer: Some((stop, checkpointer)),
+            writer,
+            _checkpointer: Checkpointer(Some((stop, checkpointer))),
             readers: Mutex::new(Vec::new()),
         })
     }
 
-    fn with_reader<T>(
+    fn with_conn<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
@@ -174,13 +158,12 @@ impl SqliteStore {
     }
 }
 
-impl Drop for SqliteStore {
+/// The background checkpoint thread; dropping it stops the thread, which folds the WAL in.
+struct Checkpointer(Option<(SyncSender<()>, JoinHandle<()>)>);
+
+impl Drop for Checkpointer {
     fn drop(&mut self) {
-        self.sender.take();
-        if let Some(h) = self.writer.take() {
-            let _ = h.join();
-        }
-        if let Some((stop, h)) = self.checkpointer.take() {
+        if let Some((stop, h)) = self.0.take() {
             drop(stop);
             let _ = h.join();
         }
@@ -271,290 +254,114 @@ fn checkpoint_loop(conn: &Connection, stop: &Receiver<()>, ckpt: &Checkpointing)
     }
 }
 
-fn writer_loop(
+/// The SQLite side of the shared group-commit writer: the write connection, `BEGIN IMMEDIATE`
+/// (SQLite's one write lock), a savepoint per op, WAL housekeeping between groups.
+struct SqliteWriter {
     conn: Connection,
-    receiver: &Receiver<Job>,
-    ckpt: &Checkpointing,
-    mut frontier: Frontier,
-) {
-    while let Ok(first) = receiver.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP {
-            match receiver.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
+    ckpt: Arc<Checkpointing>,
+}
+
+impl Dialect for SqliteWriter {
+    fn begin(&mut self) -> Result<u64, StoreError> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(backend)?;
+        // The tree size before this group: every committed leaf is already hashed into the tree.
+        sql::ledger_size(&self.conn).inspect_err(|_| {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        })
+    }
+
+    fn op(
+        &mut self,
+        op: &mut dyn FnMut(&mut dyn StoreTx) -> Result<(), StoreError>,
+    ) -> Result<OpEffects, StoreError> {
+        self.conn.execute_batch("SAVEPOINT op").map_err(backend)?;
+        let mut tx = sql::Tx {
+            conn: &self.conn,
+            shredded: false,
+        };
+        let result = op(&mut tx);
+        let shredded = tx.shredded;
+        let end = if result.is_ok() {
+            "RELEASE op"
+        } else {
+            "ROLLBACK TO op; RELEASE op"
+        };
+        let ended = self.conn.execute_batch(end).map_err(backend);
+        result.and(ended)?;
+        // The leaves are read back before the commit (SQLite reads are cheap in-process).
+        Ok(OpEffects {
+            shredded,
+            appended: None,
+        })
+    }
+
+    fn aborted(&mut self) -> bool {
+        // SQLite rolls the whole transaction back by itself on disk full or an I/O error.
+        self.conn.is_autocommit()
+    }
+
+    fn commit(&mut self, nodes: &[NewNode]) -> Result<(), StoreError> {
+        let done = sql::put_ledger_nodes(&self.conn, nodes)
+            .and_then(|()| self.conn.execute_batch("COMMIT").map_err(backend));
+        if done.is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
         }
-        let (ops, replies): (Vec<WriteOp>, Vec<_>) =
-            jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
-        let results = run_group(&conn, ops, ckpt, &mut frontier);
-        for (reply, result) in replies.into_iter().zip(results) {
-            reply(result);
+        done
+    }
+
+    fn abandon(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
         }
-        if ckpt.rewind.swap(false, Ordering::Relaxed) {
-            let _running = ckpt.lock.lock();
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+    }
+
+    fn read<T>(
+        &mut self,
+        f: impl FnOnce(&dyn StoreRead) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        f(&sql::Tx {
+            conn: &self.conn,
+            shredded: false,
+        })
+    }
+
+    fn shredded(&mut self) -> Result<(), StoreError> {
+        // The key is destroyed in the database; only old WAL frames may still hold its wrapped
+        // bytes. Say so to the caller rather than claim a clean erasure.
+        truncate_wal(&self.conn, &self.ckpt).map_err(|e| {
+            tracing::warn!(error = %e, "WAL could not be truncated after a key was destroyed");
+            StoreError::Backend(Box::new(e))
+        })
+    }
+
+    fn after_group(&mut self) {
+        if self.ckpt.rewind.swap(false, Ordering::Relaxed) {
+            let _running = self.ckpt.lock.lock();
+            if let Err(e) = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+            {
                 tracing::warn!(error = %e, "WAL rewind failed; will retry");
             }
         }
     }
 }
 
-/// Runs a group of ops in one transaction, each in its own savepoint, and commits once.
-fn run_group(
-    conn: &Connection,
-    ops: Vec<WriteOp>,
-    ckpt: &Checkpointing,
-    frontier: &mut Frontier,
-) -> Vec<Result<(), StoreError>> {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let msg = e.to_string();
-        return ops
-            .iter()
-            .map(|_| Err(StoreError::Backend(msg.clone().into())))
-            .collect();
-    }
-    // The tree size before this group: every committed leaf is already hashed into the tree.
-    let committed = match sql::ledger_size(conn) {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            let msg = e.to_string();
-            return ops
-                .iter()
-                .map(|_| Err(StoreError::Backend(msg.clone().into())))
-                .collect();
-        }
-    };
-    let mut results = Vec::with_capacity(ops.len());
-    let mut shred = false;
-    for op in ops {
-        if conn.is_autocommit() {
-            // SQLite rolled the whole transaction back by itself (disk full, I/O error): the
-            // ops already run are gone, and running more would commit them one by one.
-            results.push(Err(StoreError::Backend(
-                "transaction aborted by the database".into(),
-            )));
-            continue;
-        }
-        let result = conn
-            .execute_batch("SAVEPOINT op")
-            .map_err(backend)
-            .and_then(|()| {
-                let mut tx = sql::Tx {
-                    conn,
-                    shredded: false,
-                };
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&mut tx)))
-                    .unwrap_or_else(|_| Err(StoreError::Backend("write op panicked".into())));
-                shred |= r.is_ok() && tx.shredded;
-                r
-            });
-        let end = if result.is_ok() {
-            conn.execute_batch("RELEASE op")
-        } else {
-            conn.execute_batch("ROLLBACK TO op; RELEASE op")
-        };
-        results.push(match end {
-            Ok(()) => result,
-            Err(e) => result.and(Err(backend(e))),
-        });
-    }
-    if conn.is_autocommit() {
-        return results
-            .into_iter()
-            .map(|r| {
-                r.and(Err(StoreError::Backend(
-                    "transaction aborted by the database".into(),
-                )))
-            })
-            .collect();
-    }
-    // Hash the group's ledger leaves into the tree inside the same transaction, on a copy of
-    // the frontier that replaces the real one only once the commit succeeded.
-    let mut next = frontier.clone();
-    let done = sql::integrate(conn, &mut next, committed)
-        .and_then(|()| conn.execute_batch("COMMIT").map_err(backend));
-    if let Err(e) = done {
-        let _ = conn.execute_batch("ROLLBACK");
-        if let Ok(f) = sql::load_frontier(conn) {
-            *frontier = f;
-        }
-        let msg = e.to_string();
-        return results
-            .into_iter()
-            .map(|r| r.and(Err(StoreError::Backend(msg.clone().into()))))
-            .collect();
-    }
-    *frontier = next;
-    if shred && let Err(e) = truncate_wal(conn, ckpt) {
-        // The key is destroyed in the database; only old WAL frames may still hold its wrapped
-        // bytes. Say so to the caller rather than claim a clean erasure.
-        tracing::warn!(error = %e, "WAL could not be truncated after a key was destroyed");
-        return results
-            .into_iter()
-            .map(|r| r.and(Err(StoreError::Backend(Box::new(e.clone())))))
-            .collect();
-    }
-    results
-}
-
-impl StoreRead for SqliteStore {
-    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.with_reader(|c| sql::meta(c, key))
-    }
-    fn keks(&self) -> Result<Vec<(u32, WrappedKey)>, StoreError> {
-        self.with_reader(sql::keks)
-    }
-    fn data_key(&self, name: &str) -> Result<Option<DataKeyRow>, StoreError> {
-        self.with_reader(|c| sql::data_key(c, name))
-    }
-    fn current(&self, rt: &str, id: &str) -> Result<Option<CurrentMeta>, StoreError> {
-        self.with_reader(|c| sql::current(c, rt, id))
-    }
-    fn version(
-        &self,
-        rt: &str,
-        id: &str,
-        v: Option<u64>,
-    ) -> Result<Option<StoredVersion>, StoreError> {
-        self.with_reader(|c| sql::version(c, rt, id, v))
-    }
-    fn history(
-        &self,
-        rt: &str,
-        id: Option<&str>,
-        offset: u64,
-        limit: u64,
-    ) -> Result<SearchPage, StoreError> {
-        self.with_reader(|c| sql::history(c, rt, id, offset, limit))
-    }
-    fn search(&self, q: &IndexQuery) -> Result<SearchPage, StoreError> {
-        self.with_reader(|c| sql::search(c, q))
-    }
-    fn ledger_size(&self) -> Result<u64, StoreError> {
-        self.with_reader(sql::ledger_size)
-    }
-    fn ledger_nodes(&self, level: u8, start: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
-        self.with_reader(|c| sql::ledger_nodes(c, level, start, count))
-    }
-    fn ledger_entries(&self, start: u64, count: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.with_reader(|c| sql::ledger_entries(c, start, count))
-    }
-    fn audit_detail(&self, leaf: u64) -> Result<Option<AuditDetail>, StoreError> {
-        self.with_reader(|c| sql::audit_detail(c, leaf))
-    }
-    fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>, StoreError> {
-        self.with_reader(|c| sql::checkpoint(c, size))
-    }
-    fn witnessed(&self, origin: &str) -> Result<Option<(u64, Hash)>, StoreError> {
-        self.with_reader(|c| sql::witnessed(c, origin))
-    }
-    fn ledger_nodes_at(&self, keys: &[(u8, u64)]) -> Result<Vec<Option<Hash>>, StoreError> {
-        self.with_reader(|c| sql::ledger_nodes_at(c, keys))
-    }
-    fn audit_details(&self, start: u64, count: u64) -> Result<Vec<(u64, AuditDetail)>, StoreError> {
-        self.with_reader(|c| sql::audit_details(c, start, count))
-    }
-    fn versions_after(
-        &self,
-        after: Option<(&str, &str, u64)>,
-        limit: u64,
-    ) -> Result<Vec<StoredVersion>, StoreError> {
-        self.with_reader(|c| sql::versions_after(c, after, limit))
-    }
-    fn amendments_after(
-        &self,
-        after: Option<(&str, &str, u64, u32)>,
-        limit: u64,
-    ) -> Result<Vec<medvault_store::Amendment>, StoreError> {
-        self.with_reader(|c| sql::amendments_after(c, after, limit))
-    }
-    fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
-        self.with_reader(|c| sql::token(c, hash))
-    }
-    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-        self.with_reader(sql::tokens)
-    }
-    fn user(&self, id: &str) -> Result<Option<UserRow>, StoreError> {
-        self.with_reader(|c| sql::user(c, id))
-    }
-    fn user_by_name(&self, name_index: &BlindValue) -> Result<Option<UserRow>, StoreError> {
-        self.with_reader(|c| sql::user_by_name(c, name_index))
-    }
-    fn users(&self) -> Result<Vec<UserRow>, StoreError> {
-        self.with_reader(sql::users)
-    }
-    fn session(&self, hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError> {
-        self.with_reader(|c| sql::session(c, hash))
-    }
-    fn recovery_codes_left(&self, user_id: &str) -> Result<u64, StoreError> {
-        self.with_reader(|c| sql::recovery_codes_left(c, user_id))
-    }
-    fn break_glass(
-        &self,
-        user_id: &str,
-        patient: &str,
-        now_micros: i64,
-    ) -> Result<Option<medvault_store::BreakGlassRow>, StoreError> {
-        self.with_reader(|c| sql::break_glass(c, user_id, patient, now_micros))
-    }
-    fn alerts(&self, open_only: bool) -> Result<Vec<medvault_store::AlertRow>, StoreError> {
-        self.with_reader(|c| sql::alerts(c, open_only))
-    }
-    fn client(&self, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
-        self.with_reader(|c| sql::client(c, client_id))
-    }
-    fn passkeys(
-        &self,
-        user_id: &str,
-    ) -> Result<Vec<(Vec<u8>, medvault_crypto::Sealed)>, StoreError> {
-        self.with_reader(|c| sql::passkeys(c, user_id))
-    }
-    fn grant(&self, hash: &[u8; 32]) -> Result<Option<medvault_store::GrantRow>, StoreError> {
-        self.with_reader(|c| sql::grant(c, hash))
-    }
-    fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
-        self.with_reader(sql::clients)
-    }
-    fn peer(&self, node: &str) -> Result<Option<medvault_store::PeerRow>, StoreError> {
-        self.with_reader(|c| sql::peer(c, node))
-    }
-    fn peers(&self) -> Result<Vec<medvault_store::PeerRow>, StoreError> {
-        self.with_reader(sql::peers)
-    }
-    fn share_receipt(&self, sender: &str, bundle_id: &str) -> Result<Option<String>, StoreError> {
-        self.with_reader(|c| sql::share_receipt(c, sender, bundle_id))
-    }
-    fn access_token(&self, hash: &[u8; 32]) -> Result<Option<AccessTokenRow>, StoreError> {
-        self.with_reader(|c| sql::access_token(c, hash))
-    }
-}
+medvault_store::forward_reads!(SqliteStore, crate::sql);
 
 impl Store for SqliteStore {
     fn write(&self, op: WriteOp) -> Result<(), StoreError> {
-        let (reply, wait) = sync_channel(1);
-        self.submit(
-            op,
-            Box::new(move |r| {
-                let _ = reply.send(r);
-            }),
-        );
-        wait.recv()
-            .map_err(|_| StoreError::Backend("writer thread has stopped".into()))?
+        self.writer.write(op)
     }
 
     fn submit(&self, op: WriteOp, done: WriteDone) {
-        let Some(sender) = self.sender.as_ref() else {
-            return done(Err(StoreError::Backend("store is shutting down".into())));
-        };
-        if let Err(std::sync::mpsc::SendError(job)) = sender.send(Job { op, reply: done }) {
-            (job.reply)(Err(StoreError::Backend("writer thread has stopped".into())));
-        }
+        self.writer.submit(op, done);
     }
 
     fn data_key_names(&self) -> Result<Vec<String>, StoreError> {
-        self.with_reader(sql::data_key_names)
+        self.with_conn(sql::data_key_names)
     }
 
     fn dump(
@@ -666,7 +473,7 @@ mod tests {
             c.query_row(&format!("PRAGMA {p}"), [], |r| r.get(0))
                 .unwrap()
         };
-        s.with_reader(|c| {
+        s.with_conn(|c| {
             assert_eq!(get(c, "mmap_size"), 0);
             assert_eq!(get(c, "query_only"), 1);
             assert_eq!(get(c, "synchronous"), 2, "FULL");

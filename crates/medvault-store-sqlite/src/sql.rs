@@ -1,12 +1,13 @@
 //! SQL shared by the pooled readers and the writer's transaction.
 
 use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
-use medvault_ledger::{Frontier, leaf_hash};
+use medvault_ledger::leaf_hash;
 use medvault_ledger::{Hash, SALT_LEN};
+use medvault_store::group::NewNode;
 use medvault_store::{
     AccessTokenRow, AlertRow, Amendment, AmendmentKind, AuditDetail, BreakGlassRow, ClientRow,
-    CurrentMeta, DataKeyRow, GrantRow, IndexQuery, LedgerNodes, PeerRow, SearchPage, SessionRow,
-    SortOrder, StoreError, StoreRead, StoreTx, StoredVersion, TokenRow, UserRow,
+    CurrentMeta, DataKeyRow, GrantRow, IndexQuery, PeerRow, SearchPage, SessionRow, SortOrder,
+    StoreError, StoreTx, StoredVersion, TokenRow, UserRow,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension as _, Row, params, params_from_iter};
@@ -838,60 +839,15 @@ fn append_leaf(c: &Connection, entry: &[u8]) -> Result<u64, StoreError> {
     Ok(idx)
 }
 
-/// Loads the frontier of the stored tree.
-/// The frontier of the committed tree. Every committed leaf is integrated: leaves are hashed
-/// into the tree in the transaction that appends them.
-pub(crate) fn load_frontier(c: &Connection) -> Result<Frontier, StoreError> {
-    load_frontier_at(c, ledger_size(c)?)
-}
-
-fn load_frontier_at(c: &Connection, size: u64) -> Result<Frontier, StoreError> {
-    let view = Tx {
-        conn: c,
-        shredded: false,
-    };
-    Frontier::load(&LedgerNodes(&view), size).map_err(|e| StoreError::Backend(Box::new(e)))
-}
-
-/// Hashes the leaves appended since `frontier` into the tree, storing every subtree they
-/// complete. Runs in the writer's transaction just before it commits (which holds the write
-/// lock, so no other process can integrate at the same time). `committed` is the tree size when
-/// the transaction began. Level 0 is not stored (leaf hashes are hashed from the leaves).
-pub(crate) fn integrate(
-    c: &Connection,
-    frontier: &mut Frontier,
-    committed: u64,
-) -> Result<(), StoreError> {
-    // Another process (a CLI command on the same data directory) may have appended and
-    // integrated leaves since this writer last committed.
-    if committed != frontier.size() {
-        *frontier = load_frontier_at(c, committed)?;
-    }
-    let pending = ledger_entries(c, frontier.size(), u64::MAX)?;
-    if pending.is_empty() {
-        return Ok(());
-    }
+/// Stores the tree nodes a group's leaves completed (level 0 is never stored: leaf hashes are
+/// hashed from the leaves).
+pub(crate) fn put_ledger_nodes(c: &Connection, nodes: &[NewNode]) -> Result<(), StoreError> {
     let mut ins = c
         .prepare_cached("INSERT INTO ledger_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")
         .map_err(backend)?;
-    let mut failed = None;
-    for (idx, entry) in pending {
-        if idx != frontier.size() {
-            return Err(StoreError::Backend(
-                "ledger leaves are not contiguous".into(),
-            ));
-        }
-        frontier.append(leaf_hash(&entry), |level, i, h| {
-            if level > 0
-                && failed.is_none()
-                && let Err(e) = ins.execute(params![level, to_i64(i), &h[..]])
-            {
-                failed = Some(e);
-            }
-        });
-        if let Some(e) = failed.take() {
-            return Err(backend(e));
-        }
+    for (level, idx, hash) in nodes {
+        ins.execute(params![level, to_i64(*idx), &hash[..]])
+            .map_err(backend)?;
     }
     Ok(())
 }
@@ -903,134 +859,16 @@ pub(crate) struct Tx<'c> {
     pub(crate) shredded: bool,
 }
 
-impl StoreRead for Tx<'_> {
-    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        meta(self.conn, key)
-    }
-    fn keks(&self) -> Result<Vec<(u32, WrappedKey)>, StoreError> {
-        keks(self.conn)
-    }
-    fn data_key(&self, name: &str) -> Result<Option<DataKeyRow>, StoreError> {
-        data_key(self.conn, name)
-    }
-    fn current(&self, rt: &str, id: &str) -> Result<Option<CurrentMeta>, StoreError> {
-        current(self.conn, rt, id)
-    }
-    fn version(
+impl Tx<'_> {
+    fn with_conn<T>(
         &self,
-        rt: &str,
-        id: &str,
-        v: Option<u64>,
-    ) -> Result<Option<StoredVersion>, StoreError> {
-        version(self.conn, rt, id, v)
-    }
-    fn history(
-        &self,
-        rt: &str,
-        id: Option<&str>,
-        offset: u64,
-        limit: u64,
-    ) -> Result<SearchPage, StoreError> {
-        history(self.conn, rt, id, offset, limit)
-    }
-    fn search(&self, q: &IndexQuery) -> Result<SearchPage, StoreError> {
-        search(self.conn, q)
-    }
-    fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
-        token(self.conn, hash)
-    }
-    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-        tokens(self.conn)
-    }
-    fn user(&self, id: &str) -> Result<Option<UserRow>, StoreError> {
-        user(self.conn, id)
-    }
-    fn user_by_name(&self, name_index: &BlindValue) -> Result<Option<UserRow>, StoreError> {
-        user_by_name(self.conn, name_index)
-    }
-    fn users(&self) -> Result<Vec<UserRow>, StoreError> {
-        users(self.conn)
-    }
-    fn session(&self, hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError> {
-        session(self.conn, hash)
-    }
-    fn recovery_codes_left(&self, user_id: &str) -> Result<u64, StoreError> {
-        recovery_codes_left(self.conn, user_id)
-    }
-    fn break_glass(
-        &self,
-        user_id: &str,
-        patient: &str,
-        now_micros: i64,
-    ) -> Result<Option<BreakGlassRow>, StoreError> {
-        break_glass(self.conn, user_id, patient, now_micros)
-    }
-    fn alerts(&self, open_only: bool) -> Result<Vec<AlertRow>, StoreError> {
-        alerts(self.conn, open_only)
-    }
-    fn client(&self, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
-        client(self.conn, client_id)
-    }
-    fn passkeys(&self, user_id: &str) -> Result<Vec<(Vec<u8>, Sealed)>, StoreError> {
-        passkeys(self.conn, user_id)
-    }
-    fn grant(&self, hash: &[u8; 32]) -> Result<Option<GrantRow>, StoreError> {
-        grant(self.conn, hash)
-    }
-    fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
-        clients(self.conn)
-    }
-    fn peer(&self, node: &str) -> Result<Option<PeerRow>, StoreError> {
-        peer(self.conn, node)
-    }
-    fn peers(&self) -> Result<Vec<PeerRow>, StoreError> {
-        peers(self.conn)
-    }
-    fn share_receipt(&self, sender: &str, bundle_id: &str) -> Result<Option<String>, StoreError> {
-        share_receipt(self.conn, sender, bundle_id)
-    }
-    fn access_token(&self, hash: &[u8; 32]) -> Result<Option<AccessTokenRow>, StoreError> {
-        access_token(self.conn, hash)
-    }
-    fn ledger_size(&self) -> Result<u64, StoreError> {
-        ledger_size(self.conn)
-    }
-    fn ledger_nodes(&self, level: u8, start: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
-        ledger_nodes(self.conn, level, start, count)
-    }
-    fn ledger_entries(&self, start: u64, count: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        ledger_entries(self.conn, start, count)
-    }
-    fn audit_detail(&self, leaf: u64) -> Result<Option<AuditDetail>, StoreError> {
-        audit_detail(self.conn, leaf)
-    }
-    fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>, StoreError> {
-        checkpoint(self.conn, size)
-    }
-    fn witnessed(&self, origin: &str) -> Result<Option<(u64, Hash)>, StoreError> {
-        witnessed(self.conn, origin)
-    }
-    fn ledger_nodes_at(&self, keys: &[(u8, u64)]) -> Result<Vec<Option<Hash>>, StoreError> {
-        ledger_nodes_at(self.conn, keys)
-    }
-    fn audit_details(&self, start: u64, count: u64) -> Result<Vec<(u64, AuditDetail)>, StoreError> {
-        audit_details(self.conn, start, count)
-    }
-    fn versions_after(
-        &self,
-        after: Option<(&str, &str, u64)>,
-        limit: u64,
-    ) -> Result<Vec<StoredVersion>, StoreError> {
-        versions_after(self.conn, after, limit)
-    }
-    fn amendments_after(
-        &self,
-        after: Option<(&str, &str, u64, u32)>,
-        limit: u64,
-    ) -> Result<Vec<Amendment>, StoreError> {
-        amendments_after(self.conn, after, limit)
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        f(self.conn)
     }
 }
+
+medvault_store::forward_reads!(Tx<'_>, crate::sql);
 
 impl StoreTx for Tx<'_> {
     fn load(

@@ -11,6 +11,15 @@
 
 pub mod conformance;
 pub mod dump;
+mod forward;
+pub mod group;
+
+/// What [`forward_reads`] names by path; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use medvault_crypto::{BlindValue, Sealed, WrappedKey};
+    pub use medvault_ledger::Hash;
+}
 
 use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 use medvault_ledger::{Hash, LedgerError, NodeSource, SALT_LEN};

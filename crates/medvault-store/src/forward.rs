@@ -1,0 +1,158 @@
+//! The one list of [`StoreRead`](crate::StoreRead)'s methods that backends forward to their
+//! query functions.
+
+/// Implements [`StoreRead`](crate::StoreRead) for `$ty` by calling the backend's query function of
+/// the same name in module `$sql` on a connection lent by `$ty`'s own `with_conn` method
+/// (`fn with_conn<T>(&self, f: impl FnOnce(&mut C) -> Result<T, StoreError>) -> Result<T, _>`,
+/// or `&C`). Every backend's store and its transaction view use it, so the trait's reads are
+/// listed once.
+#[macro_export]
+macro_rules! forward_reads {
+    ($ty:ty, $($sql:ident)::+) => {
+        impl $crate::StoreRead for $ty {
+            fn meta(&self, key: &str) -> Result<Option<String>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::meta(c, key))
+            }
+            fn keks(&self) -> Result<Vec<(u32, $crate::__private::WrappedKey)>, $crate::StoreError> {
+                self.with_conn($($sql)::+::keks)
+            }
+            fn data_key(&self, name: &str) -> Result<Option<$crate::DataKeyRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::data_key(c, name))
+            }
+            fn current(&self, rt: &str, id: &str) -> Result<Option<$crate::CurrentMeta>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::current(c, rt, id))
+            }
+            fn version(
+                &self,
+                rt: &str,
+                id: &str,
+                v: Option<u64>,
+            ) -> Result<Option<$crate::StoredVersion>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::version(c, rt, id, v))
+            }
+            fn history(
+                &self,
+                rt: &str,
+                id: Option<&str>,
+                offset: u64,
+                limit: u64,
+            ) -> Result<$crate::SearchPage, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::history(c, rt, id, offset, limit))
+            }
+            fn search(&self, q: &$crate::IndexQuery) -> Result<$crate::SearchPage, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::search(c, q))
+            }
+            fn token(&self, hash: &[u8; 32]) -> Result<Option<$crate::TokenRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::token(c, hash))
+            }
+            fn tokens(&self) -> Result<Vec<$crate::TokenRow>, $crate::StoreError> {
+                self.with_conn($($sql)::+::tokens)
+            }
+            fn user(&self, id: &str) -> Result<Option<$crate::UserRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::user(c, id))
+            }
+            fn user_by_name(&self, index: &$crate::__private::BlindValue) -> Result<Option<$crate::UserRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::user_by_name(c, index))
+            }
+            fn users(&self) -> Result<Vec<$crate::UserRow>, $crate::StoreError> {
+                self.with_conn($($sql)::+::users)
+            }
+            fn session(&self, hash: &[u8; 32]) -> Result<Option<$crate::SessionRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::session(c, hash))
+            }
+            fn client(&self, client_id: &str) -> Result<Option<$crate::ClientRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::client(c, client_id))
+            }
+            fn clients(&self) -> Result<Vec<$crate::ClientRow>, $crate::StoreError> {
+                self.with_conn($($sql)::+::clients)
+            }
+            fn peer(&self, node: &str) -> Result<Option<$crate::PeerRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::peer(c, node))
+            }
+            fn peers(&self) -> Result<Vec<$crate::PeerRow>, $crate::StoreError> {
+                self.with_conn($($sql)::+::peers)
+            }
+            fn share_receipt(
+                &self,
+                sender: &str,
+                bundle_id: &str,
+            ) -> Result<Option<String>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::share_receipt(c, sender, bundle_id))
+            }
+            fn access_token(&self, hash: &[u8; 32]) -> Result<Option<$crate::AccessTokenRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::access_token(c, hash))
+            }
+            fn grant(&self, hash: &[u8; 32]) -> Result<Option<$crate::GrantRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::grant(c, hash))
+            }
+            fn passkeys(&self, user_id: &str) -> Result<Vec<(Vec<u8>, $crate::__private::Sealed)>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::passkeys(c, user_id))
+            }
+            fn recovery_codes_left(&self, user_id: &str) -> Result<u64, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::recovery_codes_left(c, user_id))
+            }
+            fn break_glass(
+                &self,
+                user_id: &str,
+                patient: &str,
+                now_micros: i64,
+            ) -> Result<Option<$crate::BreakGlassRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::break_glass(c, user_id, patient, now_micros))
+            }
+            fn alerts(&self, open_only: bool) -> Result<Vec<$crate::AlertRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::alerts(c, open_only))
+            }
+            fn ledger_size(&self) -> Result<u64, $crate::StoreError> {
+                self.with_conn($($sql)::+::ledger_size)
+            }
+            fn ledger_nodes(
+                &self,
+                level: u8,
+                start: u64,
+                count: u64,
+            ) -> Result<Vec<$crate::__private::Hash>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::ledger_nodes(c, level, start, count))
+            }
+            fn ledger_nodes_at(&self, keys: &[(u8, u64)]) -> Result<Vec<Option<$crate::__private::Hash>>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::ledger_nodes_at(c, keys))
+            }
+            fn ledger_entries(
+                &self,
+                start: u64,
+                count: u64,
+            ) -> Result<Vec<(u64, Vec<u8>)>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::ledger_entries(c, start, count))
+            }
+            fn audit_detail(&self, leaf: u64) -> Result<Option<$crate::AuditDetail>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::audit_detail(c, leaf))
+            }
+            fn audit_details(
+                &self,
+                start: u64,
+                count: u64,
+            ) -> Result<Vec<(u64, $crate::AuditDetail)>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::audit_details(c, start, count))
+            }
+            fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::checkpoint(c, size))
+            }
+            fn witnessed(&self, origin: &str) -> Result<Option<(u64, $crate::__private::Hash)>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::witnessed(c, origin))
+            }
+            fn versions_after(
+                &self,
+                after: Option<(&str, &str, u64)>,
+                limit: u64,
+            ) -> Result<Vec<$crate::StoredVersion>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::versions_after(c, after, limit))
+            }
+            fn amendments_after(
+                &self,
+                after: Option<(&str, &str, u64, u32)>,
+                limit: u64,
+            ) -> Result<Vec<$crate::Amendment>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::amendments_after(c, after, limit))
+            }
+        }
+    };
+}

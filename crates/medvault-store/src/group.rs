@@ -1,0 +1,357 @@
+//! The group-commit writer every database backend runs, and the ledger frontier it keeps.
+//!
+//! One thread per store owns the write connection. It drains up to [`MAX_GROUP`] queued
+//! [`WriteOp`]s, runs each in its own savepoint (an op that fails is rolled back alone, a panic
+//! is an error), hashes the group's new ledger leaves into the tree in the same transaction,
+//! commits once and only then answers every op. One durable commit serves many callers.
+//!
+//! A backend supplies a [`Dialect`]: how to begin a group under its write lock, run one op in a
+//! savepoint, commit with the new tree nodes, and give a read view inside the transaction. The
+//! frontier (the tree's right edge) lives here: it is replaced only after a commit succeeded,
+//! and reloaded from the database when another process appended since (the size read under the
+//! write lock says so) or when a commit failed.
+
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use medvault_ledger::{Frontier, Hash, leaf_hash};
+
+use crate::{LedgerNodes, StoreError, StoreRead, StoreTx, WriteDone, WriteOp};
+
+/// Ops one group commit takes at most.
+pub const MAX_GROUP: usize = 128;
+/// Writes that may wait in the queue before submitters block.
+const QUEUE: usize = 1024;
+
+/// What one op left behind once it succeeded.
+#[derive(Debug, Default)]
+pub struct OpEffects {
+    /// It destroyed a data key: the backend scrubs old copies after the commit.
+    pub shredded: bool,
+    /// The leaves it appended (index and leaf hash), or `None` when the backend did not track
+    /// them (or some were loaded in bulk): the writer then reads the new leaves back.
+    pub appended: Option<Vec<(u64, Hash)>>,
+}
+
+/// A tree node a group's leaves completed: level (≥ 1; leaf hashes are not stored), index, hash.
+pub type NewNode = (u8, u64, Hash);
+
+/// The calls a database backend gives the shared writer. Every method runs on the writer thread.
+pub trait Dialect: Send + 'static {
+    /// Begins a group's transaction under the log's write lock and returns the tree size
+    /// committed before it (read under that lock, so it counts other processes' leaves). On
+    /// failure nothing is left open.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if the database cannot be reached, else a backend error.
+    fn begin(&mut self) -> Result<u64, StoreError>;
+
+    /// Runs `op` in a savepoint of the group's transaction. On success its changes stay; on
+    /// failure they are rolled back and the op's error returned — unless the transaction itself
+    /// is lost, which is [`StoreError::Unavailable`] (the whole group then fails).
+    ///
+    /// # Errors
+    /// As described.
+    fn op(
+        &mut self,
+        op: &mut dyn FnMut(&mut dyn StoreTx) -> Result<(), StoreError>,
+    ) -> Result<OpEffects, StoreError>;
+
+    /// True when the database abandoned the transaction by itself (disk full, I/O error): the
+    /// ops already run are gone and no more may run in it.
+    fn aborted(&mut self) -> bool {
+        false
+    }
+
+    /// Stores `nodes` and commits. On failure the transaction is rolled back (or known lost).
+    ///
+    /// # Errors
+    /// The commit's failure; [`StoreError::Unavailable`] when the connection went.
+    fn commit(&mut self, nodes: &[NewNode]) -> Result<(), StoreError>;
+
+    /// Rolls the group's transaction back after it was lost or aborted.
+    fn abandon(&mut self);
+
+    /// Runs `f` on a read view of the database (inside the transaction when one is open).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when there is no connection, or `f`'s error.
+    fn read<T>(
+        &mut self,
+        f: impl FnOnce(&dyn StoreRead) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError>;
+
+    /// After a commit in which a data key was destroyed: scrub the old copies of its wrapped
+    /// bytes (a WAL, dead row versions). An error fails the group's ops (the key is destroyed
+    /// but the caller must not be told the erasure is clean).
+    ///
+    /// # Errors
+    /// Why the scrub failed.
+    fn shredded(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// After the group's answers went out: housekeeping that must not delay them.
+    fn after_group(&mut self) {}
+}
+
+/// The frontier of the stored tree at `size` (the committed size when `None`).
+///
+/// # Errors
+/// [`StoreError::Backend`] when a node the frontier needs is missing.
+pub fn load_frontier(view: &dyn StoreRead, size: Option<u64>) -> Result<Frontier, StoreError> {
+    let size = match size {
+        Some(n) => n,
+        None => view.ledger_size()?,
+    };
+    Frontier::load(&LedgerNodes(view), size).map_err(|e| StoreError::Backend(Box::new(e)))
+}
+
+/// Hashes `pending` (index and leaf hash, in order) onto `frontier`; returns the stored-level
+/// nodes they complete.
+///
+/// # Errors
+/// [`StoreError::Backend`] if the leaves do not continue the tree.
+pub fn extend(
+    frontier: &mut Frontier,
+    pending: &[(u64, Hash)],
+) -> Result<Vec<NewNode>, StoreError> {
+    let mut nodes = Vec::new();
+    for (idx, hash) in pending {
+        if *idx != frontier.size() {
+            return Err(StoreError::Backend(
+                "ledger leaves are not contiguous".into(),
+            ));
+        }
+        frontier.append(*hash, |level, i, h| {
+            if level > 0 {
+                nodes.push((level, i, *h));
+            }
+        });
+    }
+    Ok(nodes)
+}
+
+/// A copy of an error's kind and message (a group's failure is every op's failure).
+pub fn same_kind(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.to_string().into()),
+        StoreError::Conflict => StoreError::Conflict,
+        other => StoreError::Backend(other.to_string().into()),
+    }
+}
+
+struct Job {
+    op: WriteOp,
+    reply: WriteDone,
+}
+
+/// The writer thread of one store: [`GroupWriter::submit`] queues, the thread group-commits.
+/// Dropping it lets the queue drain and joins the thread.
+pub struct GroupWriter {
+    sender: Option<SyncSender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for GroupWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupWriter").finish_non_exhaustive()
+    }
+}
+
+impl GroupWriter {
+    /// Loads the tree's frontier through `dialect` and starts the writer thread `name`.
+    ///
+    /// # Errors
+    /// The frontier cannot be loaded, or the thread cannot start.
+    pub fn spawn<D: Dialect>(name: &str, mut dialect: D) -> Result<Self, StoreError> {
+        let frontier = dialect.read(|view| load_frontier(view, None))?;
+        let (sender, receiver) = sync_channel::<Job>(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                Writer { dialect, frontier }.run(&receiver);
+            })
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        Ok(Self {
+            sender: Some(sender),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `op`; `done` receives its outcome once the commit is durable (or failed), on the
+    /// writer thread.
+    pub fn submit(&self, op: WriteOp, done: WriteDone) {
+        let Some(sender) = self.sender.as_ref() else {
+            return done(Err(StoreError::Backend("store is shutting down".into())));
+        };
+        if let Err(std::sync::mpsc::SendError(job)) = sender.send(Job { op, reply: done }) {
+            (job.reply)(Err(StoreError::Backend("writer thread has stopped".into())));
+        }
+    }
+
+    /// Queues `op` and waits for its outcome.
+    ///
+    /// # Errors
+    /// The op's error, or why its group did not commit.
+    pub fn write(&self, op: WriteOp) -> Result<(), StoreError> {
+        let (reply, wait) = sync_channel(1);
+        self.submit(
+            op,
+            Box::new(move |r| {
+                let _ = reply.send(r);
+            }),
+        );
+        wait.recv()
+            .map_err(|_| StoreError::Backend("writer thread has stopped".into()))?
+    }
+}
+
+impl Drop for GroupWriter {
+    fn drop(&mut self) {
+        self.sender.take();
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+struct Writer<D> {
+    dialect: D,
+    frontier: Frontier,
+}
+
+impl<D: Dialect> Writer<D> {
+    fn run(mut self, receiver: &Receiver<Job>) {
+        while let Ok(first) = receiver.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            let (ops, replies): (Vec<WriteOp>, Vec<_>) =
+                jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
+            let results = self.group(ops);
+            for (reply, result) in replies.into_iter().zip(results) {
+                reply(result);
+            }
+            self.dialect.after_group();
+        }
+    }
+
+    /// Runs a group of ops in one transaction, each in its own savepoint, and commits once.
+    fn group(&mut self, ops: Vec<WriteOp>) -> Vec<Result<(), StoreError>> {
+        let n = ops.len();
+        let committed = match self.dialect.begin() {
+            Ok(size) => size,
+            Err(e) => return (0..n).map(|_| Err(same_kind(&e))).collect(),
+        };
+        let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(n);
+        let mut shredded = false;
+        // The leaves the committed ops appended (`None` once one did not say).
+        let mut appended: Option<Vec<(u64, Hash)>> = Some(Vec::new());
+        for op in ops {
+            if self.dialect.aborted() {
+                results.push(Err(aborted()));
+                continue;
+            }
+            let mut op = Some(op);
+            let mut run = |tx: &mut dyn StoreTx| match op.take() {
+                Some(op) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(tx)))
+                    .unwrap_or_else(|_| Err(StoreError::Backend("write op panicked".into()))),
+                None => Err(StoreError::Backend("write op ran twice".into())),
+            };
+            match self.dialect.op(&mut run) {
+                Ok(effects) => {
+                    shredded |= effects.shredded;
+                    match (appended.as_mut(), effects.appended) {
+                        (Some(list), Some(mut more)) => list.append(&mut more),
+                        _ => appended = None,
+                    }
+                    results.push(Ok(()));
+                }
+                Err(StoreError::Unavailable(lost)) => {
+                    // The transaction is lost (connection gone): every op so far goes with it.
+                    self.dialect.abandon();
+                    let gone = StoreError::Unavailable(lost);
+                    let mut out: Vec<_> = results
+                        .into_iter()
+                        .map(|r| r.and(Err(same_kind(&gone))))
+                        .collect();
+                    out.resize_with(n, || Err(same_kind(&gone)));
+                    return out;
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if self.dialect.aborted() {
+            self.dialect.abandon();
+            return results.into_iter().map(|r| r.and(Err(aborted()))).collect();
+        }
+        // Hash the group's leaves into the tree in the same transaction, on a copy of the
+        // frontier that replaces the real one only once the commit succeeded.
+        let mut next = self.frontier.clone();
+        let done = self.integrate(&mut next, committed, appended);
+        if let Err(e) = done {
+            if let Ok(f) = self.dialect.read(|view| load_frontier(view, None)) {
+                self.frontier = f;
+            }
+            return results
+                .into_iter()
+                .map(|r| r.and(Err(same_kind(&e))))
+                .collect();
+        }
+        self.frontier = next;
+        if shredded && let Err(e) = self.dialect.shredded() {
+            return results
+                .into_iter()
+                .map(|r| r.and(Err(same_kind(&e))))
+                .collect();
+        }
+        results
+    }
+
+    /// Extends `frontier` with the group's leaves and commits with the nodes they complete.
+    fn integrate(
+        &mut self,
+        frontier: &mut Frontier,
+        committed: u64,
+        appended: Option<Vec<(u64, Hash)>>,
+    ) -> Result<(), StoreError> {
+        let prepared = (|| {
+            // Another process may have appended and integrated leaves since this writer did.
+            if committed != frontier.size() {
+                *frontier = self
+                    .dialect
+                    .read(|view| load_frontier(view, Some(committed)))?;
+            }
+            let pending = match appended {
+                Some(list) => list,
+                None => {
+                    let start = frontier.size();
+                    self.dialect.read(|view| {
+                        Ok(view
+                            .ledger_entries(start, u64::MAX)?
+                            .into_iter()
+                            .map(|(i, e)| (i, leaf_hash(&e)))
+                            .collect())
+                    })?
+                }
+            };
+            extend(frontier, &pending)
+        })();
+        match prepared {
+            Ok(nodes) => self.dialect.commit(&nodes),
+            Err(e) => {
+                self.dialect.abandon();
+                Err(e)
+            }
+        }
+    }
+}
+
+fn aborted() -> StoreError {
+    StoreError::Backend("transaction aborted by the database".into())
+}
