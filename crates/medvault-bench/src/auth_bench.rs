@@ -18,8 +18,8 @@ use medvault_auth::password::Password;
 use medvault_auth::totp::{TotpSecret, code_at};
 use medvault_core::Role;
 use medvault_node::identity::bearer::validate_bearer;
-use medvault_node::node::Node;
 use medvault_server::{AppState, ServerConfig};
+use medvault_testkit::open_node;
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "benchmark passphrase of some length";
@@ -50,7 +50,7 @@ fn main() {
     let users = usize::try_from(arg(1, 200)).unwrap();
     let concurrency = usize::try_from(arg(2, 4)).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::open(dir.path(), None).unwrap();
+    let node = open_node(dir.path());
 
     // Accounts, created as `medvault user create` does (policy check, Argon2id hash).
     let node = Arc::new(node);
@@ -92,9 +92,7 @@ fn main() {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = medvault_server::router(state.clone())
-            .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(medvault_server::serve_listener(state.clone(), listener));
         let client = reqwest::Client::new();
 
         // Enrollment: password-only login, enroll, confirm with the current code.

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use medvault_ledger::{MemoryTree, inclusion_proof, leaf_hash, verify_inclusion};
 use medvault_node::audit::{AuditKind, AuditOutcome, AuditRecord};
-use medvault_node::node::Node;
-use medvault_store::{LedgerNodes, StoreTx, write_with};
+use medvault_store::{LedgerNodes, LogTx, write_log_with};
+use medvault_testkit::open_node;
 
 fn detail(i: u64, now_micros: i64) -> AuditRecord {
     AuditRecord::new(AuditKind::Rest, now_micros, "read", AuditOutcome::Success)
@@ -33,7 +33,7 @@ fn main() {
     let secs = arg(2, 10);
     let writers = arg(3, 32);
     let dir = tempfile::tempdir().unwrap();
-    let node = Arc::new(Node::open(dir.path(), None).unwrap());
+    let node = Arc::new(open_node(dir.path()));
 
     // 1. Durable appends: WRITERS threads, each appending one sealed audit leaf per write and
     //    waiting for it to be durable (what every API request does).
@@ -74,7 +74,7 @@ fn main() {
         let n = 1000.min(leaves - i);
         let ledger = Arc::clone(&node.ledger);
         let now = node.clock.now_micros();
-        write_with(node.access.as_ref(), move |tx: &mut dyn StoreTx| {
+        write_log_with(node.access.as_ref(), move |tx: &mut dyn LogTx| {
             for k in 0..n {
                 ledger.append_audit(tx, now, &detail(i + k, now))?;
             }
@@ -95,7 +95,7 @@ fn main() {
     // `ledger verify` command) meets it: closing folds the write burst's WAL into the database
     // file, which a running node's background checkpoints do within seconds of a burst.
     drop(node);
-    let node = Node::open(dir.path(), None).unwrap();
+    let node = open_node(dir.path());
 
     // 3. Proofs at the full size, through SQLite.
     let size = node.access.ledger_size().unwrap();

@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 
 use medvault_core::{ResourceId, Role};
 use medvault_node::authz::{Guard, Subject};
-use medvault_node::node::Node;
 use medvault_node::ops::{self, Ctx};
 use medvault_node::search;
 use medvault_policy::{Action, ConsentState, PolicyEngine, Query};
 use medvault_server::{AppState, ServerConfig};
 use medvault_store::write_with;
+use medvault_testkit::open_node;
 use serde_json::{Value, json};
 
 fn main() {
@@ -149,10 +149,7 @@ fn compare(state: &AppState, practitioner: &str, params: &[(String, String)], ro
 
 fn searches(rounds: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let state = AppState::new(
-        Node::open(dir.path(), None).unwrap(),
-        ServerConfig::default(),
-    );
+    let state = AppState::new(open_node(dir.path()), ServerConfig::default());
     let practitioner = format!(
         "Practitioner/{}",
         create(

@@ -18,10 +18,8 @@ mod args;
 use args::arg;
 use std::time::{Duration, Instant};
 
-use medvault_node::Node;
-use medvault_node::node::Database;
-use medvault_node::node_identity::NodeIdentity;
 use medvault_node::share;
+use medvault_testkit::TwoNodes;
 use serde_json::{Value, json};
 
 fn ms(d: Duration) -> f64 {
@@ -60,38 +58,11 @@ fn record(n: usize) -> Value {
 fn main() {
     let rounds = arg(1, 20);
     let n = arg(2, 100);
-    let tmp = tempfile::tempdir().unwrap();
-    let a = Node::open_in(&tmp.path().join("a"), &Database::Embedded, None).unwrap();
-    let b = Node::open_in(&tmp.path().join("b"), &Database::Embedded, None).unwrap();
-    let (a_id, b_id) = (
-        NodeIdentity::load(&a).unwrap(),
-        NodeIdentity::load(&b).unwrap(),
-    );
-    let doc = |node: &Node, id: &NodeIdentity| id.document(node.ledger.base()).unwrap().to_string();
-    let url = "https://127.0.0.1:9";
-    share::register_peer(
-        &a,
-        url,
-        &doc(&b, &b_id),
-        &b_id.fingerprint(),
-        None,
-        false,
-        "bench",
-    )
-    .unwrap();
-    share::register_peer(
-        &b,
-        url,
-        &doc(&a, &a_id),
-        &a_id.fingerprint(),
-        None,
-        false,
-        "bench",
-    )
-    .unwrap();
+    let nodes = TwoNodes::new();
+    let (a, b, b_id) = (&nodes.a, &nodes.b, &nodes.b_id);
     let (a_ctx, b_ctx) = (
-        medvault_node::ops::Ctx::unrestricted_node_work(&a),
-        medvault_node::ops::Ctx::unrestricted_node_work(&b),
+        medvault_node::ops::Ctx::unrestricted_node_work(a),
+        medvault_node::ops::Ctx::unrestricted_node_work(b),
     );
     let created = medvault_node::bundle::process(a.store.as_ref(), &a_ctx, record(n), "").unwrap();
     let location = created["entry"][0]["response"]["location"]
@@ -105,7 +76,7 @@ fn main() {
     for round in 0..=rounds {
         let t = Instant::now();
         let out = share::prepare(
-            &a,
+            a,
             &a_ctx,
             &patient,
             &b_id.node,
@@ -118,7 +89,7 @@ fn main() {
         assert_eq!(out.resources, n + 1);
         size = out.bytes.len();
         let t = Instant::now();
-        let got = share::receive(&b, &b_ctx, &out.bytes, None, &agent).unwrap();
+        let got = share::receive(b, &b_ctx, &out.bytes, None, &agent).unwrap();
         let imported = t.elapsed();
         assert_eq!(got.resources, n + 1);
         let t = Instant::now();

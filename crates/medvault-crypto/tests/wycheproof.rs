@@ -5,78 +5,71 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
+mod common;
+
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::{hkdf, hmac};
+use common::{hx, load};
 use serde_json::Value;
 
-fn load(name: &str) -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/vectors/wycheproof")
-        .join(name);
-    serde_json::from_slice(
-        &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-    )
-    .unwrap()
-}
-
-fn hx(v: &Value) -> Vec<u8> {
-    hex::decode(v.as_str().unwrap()).unwrap()
-}
-
-fn cases<'a>(
-    doc: &'a Value,
-    keep: impl Fn(&Value) -> bool + 'a,
-) -> impl Iterator<Item = &'a Value> + 'a {
-    doc["testGroups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(move |g| keep(g))
-        .flat_map(|g| g["tests"].as_array().unwrap().iter())
+/// Runs `check` on every test (with its group) of the groups of the Wycheproof file `name` that
+/// `keep` selects; returns how many ran.
+fn run(name: &str, keep: impl Fn(&Value) -> bool, mut check: impl FnMut(&Value, &Value)) -> usize {
+    let doc = load(&format!("wycheproof/{name}"));
+    let mut ran = 0;
+    for g in doc["testGroups"].as_array().unwrap() {
+        if keep(g) {
+            for t in g["tests"].as_array().unwrap() {
+                check(g, t);
+                ran += 1;
+            }
+        }
+    }
+    ran
 }
 
 #[test]
 fn aes_256_gcm() {
-    let doc = load("aes_gcm_test.json");
-    let mut ran = 0;
-    for t in cases(&doc, |g| {
-        g["keySize"] == 256 && g["ivSize"] == 96 && g["tagSize"] == 128
-    }) {
-        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &hx(&t["key"])).unwrap());
-        let nonce = || Nonce::try_assume_unique_for_key(&hx(&t["iv"])).unwrap();
-        let (aad, msg) = (hx(&t["aad"]), hx(&t["msg"]));
-        let mut sealed = hx(&t["ct"]);
-        sealed.extend(hx(&t["tag"]));
-        let valid = t["result"] == "valid";
-        let mut buf = sealed.clone();
-        let opened = key
-            .open_in_place(nonce(), Aad::from(&aad), &mut buf)
-            .map(|p| p.to_vec());
-        assert_eq!(opened.is_ok(), valid, "tcId {}", t["tcId"]);
-        if valid {
-            assert_eq!(opened.unwrap(), msg, "tcId {}", t["tcId"]);
-            let mut out = msg.clone();
-            key.seal_in_place_append_tag(nonce(), Aad::from(&aad), &mut out)
-                .unwrap();
-            assert_eq!(out, sealed, "tcId {}", t["tcId"]);
-        }
-        ran += 1;
-    }
+    let ran = run(
+        "aes_gcm_test.json",
+        |g| g["keySize"] == 256 && g["ivSize"] == 96 && g["tagSize"] == 128,
+        |_, t| {
+            let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &hx(&t["key"])).unwrap());
+            let nonce = || Nonce::try_assume_unique_for_key(&hx(&t["iv"])).unwrap();
+            let (aad, msg) = (hx(&t["aad"]), hx(&t["msg"]));
+            let mut sealed = hx(&t["ct"]);
+            sealed.extend(hx(&t["tag"]));
+            let valid = t["result"] == "valid";
+            let mut buf = sealed.clone();
+            let opened = key
+                .open_in_place(nonce(), Aad::from(&aad), &mut buf)
+                .map(|p| p.to_vec());
+            assert_eq!(opened.is_ok(), valid, "tcId {}", t["tcId"]);
+            if valid {
+                assert_eq!(opened.unwrap(), msg, "tcId {}", t["tcId"]);
+                let mut out = msg.clone();
+                key.seal_in_place_append_tag(nonce(), Aad::from(&aad), &mut out)
+                    .unwrap();
+                assert_eq!(out, sealed, "tcId {}", t["tcId"]);
+            }
+        },
+    );
     assert_eq!(ran, 66);
 }
 
 #[test]
 fn hmac_sha256() {
-    let doc = load("hmac_sha256_test.json");
-    let mut ran = 0;
-    for t in cases(&doc, |_| true) {
-        let key = hmac::Key::new(hmac::HMAC_SHA256, &hx(&t["key"]));
-        let tag = hmac::sign(&key, &hx(&t["msg"]));
-        let want = hx(&t["tag"]);
-        let matches = tag.as_ref().get(..want.len()) == Some(&want[..]);
-        assert_eq!(matches, t["result"] == "valid", "tcId {}", t["tcId"]);
-        ran += 1;
-    }
+    let ran = run(
+        "hmac_sha256_test.json",
+        |_| true,
+        |_, t| {
+            let key = hmac::Key::new(hmac::HMAC_SHA256, &hx(&t["key"]));
+            let tag = hmac::sign(&key, &hx(&t["msg"]));
+            let want = hx(&t["tag"]);
+            let matches = tag.as_ref().get(..want.len()) == Some(&want[..]);
+            assert_eq!(matches, t["result"] == "valid", "tcId {}", t["tcId"]);
+        },
+    );
     assert_eq!(ran, 174);
 }
 
@@ -90,39 +83,39 @@ impl hkdf::KeyType for Len {
 
 #[test]
 fn hkdf_sha256() {
-    let doc = load("hkdf_sha256_test.json");
-    let mut ran = 0;
-    for t in cases(&doc, |_| true) {
-        let size = usize::try_from(t["size"].as_u64().unwrap()).unwrap();
-        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &hx(&t["salt"])).extract(&hx(&t["ikm"]));
-        let info = hx(&t["info"]);
-        let info_parts = [info.as_slice()];
-        let got = prk.expand(&info_parts, Len(size)).ok().and_then(|okm| {
-            let mut out = vec![0u8; size];
-            okm.fill(&mut out).ok().map(|()| out)
-        });
-        match t["result"].as_str().unwrap() {
-            "valid" => assert_eq!(got, Some(hx(&t["okm"])), "tcId {}", t["tcId"]),
-            _ => assert!(got.is_none_or(|g| g != hx(&t["okm"])), "tcId {}", t["tcId"]),
-        }
-        ran += 1;
-    }
+    let ran = run(
+        "hkdf_sha256_test.json",
+        |_| true,
+        |_, t| {
+            let size = usize::try_from(t["size"].as_u64().unwrap()).unwrap();
+            let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &hx(&t["salt"])).extract(&hx(&t["ikm"]));
+            let info = hx(&t["info"]);
+            let info_parts = [info.as_slice()];
+            let got = prk.expand(&info_parts, Len(size)).ok().and_then(|okm| {
+                let mut out = vec![0u8; size];
+                okm.fill(&mut out).ok().map(|()| out)
+            });
+            match t["result"].as_str().unwrap() {
+                "valid" => assert_eq!(got, Some(hx(&t["okm"])), "tcId {}", t["tcId"]),
+                _ => assert!(got.is_none_or(|g| g != hx(&t["okm"])), "tcId {}", t["tcId"]),
+            }
+        },
+    );
     assert_eq!(ran, 86);
 }
 
 #[test]
 fn ed25519_verify() {
     // Through medvault's own wrapper, which the ledger uses for checkpoints and cosignatures.
-    let doc = load("ed25519_test.json");
-    let mut ran = 0;
-    for g in doc["testGroups"].as_array().unwrap() {
-        let pk = hx(&g["publicKey"]["pk"]);
-        for t in g["tests"].as_array().unwrap() {
+    let ran = run(
+        "ed25519_test.json",
+        |_| true,
+        |g, t| {
+            let pk = hx(&g["publicKey"]["pk"]);
             let ok = medvault_crypto::ed25519_verify(&pk, &hx(&t["msg"]), &hx(&t["sig"]));
             assert_eq!(ok, t["result"] == "valid", "tcId {}", t["tcId"]);
-            ran += 1;
-        }
-    }
+        },
+    );
     assert_eq!(ran, 151);
 }
 
@@ -130,19 +123,19 @@ fn ed25519_verify() {
 fn ml_dsa_65_verify() {
     // Through medvault's own wrapper (empty context, as medvault signs). A signature made under
     // a non-empty context must not verify without it, so those cases count as invalid here.
-    let doc = load("mldsa_65_verify_test.json");
-    let (mut ran, mut with_context) = (0, 0);
-    for g in doc["testGroups"].as_array().unwrap() {
-        let pk = hx(&g["publicKey"]);
-        for t in g["tests"].as_array().unwrap() {
+    let mut with_context = 0;
+    let ran = run(
+        "mldsa_65_verify_test.json",
+        |_| true,
+        |g, t| {
+            let pk = hx(&g["publicKey"]);
             let ctx = t.get("ctx").map(hx).unwrap_or_default();
             with_context += usize::from(!ctx.is_empty());
             let want = t["result"] == "valid" && ctx.is_empty();
             let got = medvault_crypto::ml_dsa_65_verify(&pk, &hx(&t["msg"]), &hx(&t["sig"]));
             assert_eq!(got, want, "tcId {} ({})", t["tcId"], t["comment"]);
-            ran += 1;
-        }
-    }
+        },
+    );
     assert_eq!(ran, 210);
     assert_eq!(with_context, 7);
 }

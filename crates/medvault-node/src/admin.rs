@@ -112,7 +112,7 @@ pub fn expunge_version(
     version: u64,
 ) -> Result<Expunged, Error> {
     crate::ops::served_type(&node.fhir, rt)?;
-    let ctx = crate::ops::Ctx::unrestricted_node_work(node);
+    let ctx = crate::ctx::Ctx::unrestricted_node_work(node);
     let (rt, id) = (rt.to_owned(), id.clone());
     let out = write_with(node.store.as_ref(), move |tx| {
         Ok(crate::ops::expunge(tx, &ctx, &rt, &id, version)?)

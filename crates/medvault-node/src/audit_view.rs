@@ -5,7 +5,7 @@
 //! them is indexed in the clear); `GET /fhir/AuditEvent/ledger-N` reads the event of leaf `N`.
 //! The id names the ledger leaf, so an auditor can fetch its inclusion proof.
 
-use medvault_store::StoreRead;
+use medvault_store::LogRead;
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 
@@ -364,7 +364,7 @@ fn name_patient(event: &mut Value, patient: &str) {
 /// # Errors
 /// 400 for unknown parameters or bad values (an auditor's filter is never silently dropped).
 pub fn search(
-    store: &dyn StoreRead,
+    store: &dyn LogRead,
     ledger: &Ledger,
     params: &[(String, String)],
     base: &str,
@@ -455,7 +455,7 @@ pub fn search(
 ///
 /// # Errors
 /// 404 when `id` names no audit leaf.
-pub fn read(store: &dyn StoreRead, ledger: &Ledger, id: &str) -> Result<Value, Error> {
+pub fn read(store: &dyn LogRead, ledger: &Ledger, id: &str) -> Result<Value, Error> {
     let missing = || Error::not_found("no such AuditEvent");
     let leaf: u64 = id
         .strip_prefix("ledger-")

@@ -26,8 +26,8 @@ use medvault_policy::{Action, ConsentState, PolicyEngine, Query};
 use medvault_store::StoreRead;
 use serde_json::Value;
 
+use crate::ctx::{AccessPolicy, Ctx};
 use crate::error::Error;
-use crate::ops::Ctx;
 use crate::search;
 
 /// The HL7 purpose of use that break-glass requires.
@@ -635,6 +635,47 @@ impl Guard {
             patients_seen: st.seen.iter().cloned().collect(),
             patients_refused: st.refused.iter().cloned().collect(),
         }
+    }
+}
+
+impl crate::ctx::sealed::Sealed for Guard {}
+
+/// What a request's [`Ctx`] asks of its policy (each call the guard's own method of that name).
+impl AccessPolicy for Guard {
+    fn decide(
+        &self,
+        store: &dyn StoreRead,
+        ctx: &Ctx,
+        action: Action,
+        rt: &str,
+        key_name: &str,
+        resource: Option<&Value>,
+    ) -> Result<Result<(), Vec<String>>, Error> {
+        Guard::decide(self, store, ctx, action, rt, key_name, resource)
+    }
+
+    fn refused_by(&self, rule: &str) {
+        Guard::refused_by(self, rule);
+    }
+
+    fn withheld(&self) {
+        Guard::withheld(self);
+    }
+
+    fn wrote(&self, rt: &str) {
+        Guard::wrote(self, rt);
+    }
+
+    fn denied_by(&self) -> Vec<String> {
+        self.lock().denied_by.iter().cloned().collect()
+    }
+
+    fn role(&self) -> Role {
+        self.subject.role
+    }
+
+    fn finish(&self) {
+        Guard::finish(self);
     }
 }
 

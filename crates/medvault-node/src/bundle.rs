@@ -12,8 +12,10 @@ use medvault_core::ResourceId;
 use medvault_store::{Store, StoreRead, StoreTx, write_with};
 use serde_json::{Value, json};
 
+use crate::ctx::Ctx;
 use crate::error::{Error, ErrorKind, IssueCode};
-use crate::ops::{self, Ctx, Outcome};
+use crate::ops;
+use crate::records::Outcome;
 use crate::route::{Target, parse_etag, parse_path};
 use crate::search;
 

@@ -1,5 +1,5 @@
-//! The node's side of the ledger: writing audit and record leaves, signing checkpoints, and what
-//! the public read-only transparency endpoints serve (C2SP `tlog-tiles` tiles, proofs).
+//! The node's side of the ledger: writing audit and record leaves and signing checkpoints
+//! (what the logs publish — tiles, proofs — is read in [`crate::published`]).
 //!
 //! A node keeps two logs (see [`LogId`]): the records log, in the records database, whose leaf
 //! for a version is written in that version's transaction; and the access log, in its own
@@ -14,17 +14,16 @@ use std::sync::Arc;
 
 use medvault_crypto::{DataKey, SigningKey};
 use medvault_ledger::{
-    Checkpoint, Entry, EntryKind, KeyKind, Note, NoteSigner, RecordFacts, SALT_LEN, TILE_WIDTH,
-    TilePath, VerifierKey, audit_commitment, consistency_proof, inclusion_proof, record_commitment,
+    Checkpoint, Entry, EntryKind, KeyKind, Note, NoteSigner, RecordFacts, SALT_LEN, VerifierKey,
+    audit_commitment, record_commitment,
 };
 use medvault_store::{
-    AuditDetail, LedgerNodes, NodeCache, Store, StoreError, StoreRead, StoreTx, StoredVersion,
+    AuditDetail, LedgerNodes, LogRead, LogStore, LogTx, NodeCache, StoredVersion,
 };
 use serde_json::Value;
 
-use crate::Node;
 use crate::audit::AuditRecord;
-use crate::error::{Error, ErrorKind, IssueCode};
+use crate::error::Error;
 
 /// Data key sealing audit details.
 pub const AUDIT_KEY: &str = "@audit";
@@ -139,7 +138,7 @@ impl Log {
     /// 500 if the tree is missing a node or the store fails.
     pub fn over_tree<T>(
         &self,
-        store: &dyn StoreRead,
+        store: &dyn LogRead,
         f: impl Fn(&dyn medvault_ledger::NodeSource) -> Result<T, medvault_ledger::LedgerError>,
     ) -> Result<T, Error> {
         LedgerNodes(store)
@@ -152,7 +151,7 @@ impl Log {
     /// which may carry cosignatures, is never replaced by a new signing). Returns the new size.
     fn sign_if_grown(
         &self,
-        store: &dyn Store,
+        store: &dyn LogStore,
         extensions: Vec<String>,
         pq: &NoteSigner,
     ) -> Result<Option<u64>, Error> {
@@ -182,7 +181,7 @@ impl Log {
         // Checked again inside the write, which is serialised with every other writer of the
         // log (one writer thread; with PostgreSQL, the log's lock across processes): when
         // several processes sign, the first checkpoint of a size stays and sizes only grow.
-        let stored = medvault_store::write_with(store, move |tx| {
+        let stored = medvault_store::write_log_with(store, move |tx| {
             if tx.checkpoint(None)?.is_some_and(|(last, _)| last >= size) {
                 return Ok(false);
             }
@@ -336,7 +335,7 @@ impl Ledger {
     /// Store failures, RNG failure.
     pub fn append_audit(
         &self,
-        tx: &mut dyn StoreTx,
+        tx: &mut dyn LogTx,
         time_micros: i64,
         record: &AuditRecord,
     ) -> Result<u64, Error> {
@@ -373,12 +372,12 @@ impl Ledger {
     /// Store failures, RNG failure.
     pub fn record_audit(
         &self,
-        access: &dyn Store,
+        access: &dyn LogStore,
         time_micros: i64,
         record: &AuditRecord,
     ) -> Result<u64, Error> {
         let (detail, leaf) = self.seal_audit(time_micros, record)?;
-        Ok(medvault_store::write_with(access, move |tx| {
+        Ok(medvault_store::write_log_with(access, move |tx| {
             tx.append_audit(&detail, &leaf)
         })?)
     }
@@ -390,13 +389,13 @@ impl Ledger {
     /// Store failures, RNG failure.
     pub async fn record_audit_async(
         &self,
-        access: &dyn Store,
+        access: &dyn LogStore,
         time_micros: i64,
         record: &AuditRecord,
     ) -> Result<u64, Error> {
         let (detail, leaf) = self.seal_audit(time_micros, record)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        medvault_store::submit_with(
+        medvault_store::submit_log_with(
             access,
             move |t| t.append_audit(&detail, &leaf),
             move |r| {
@@ -437,10 +436,10 @@ impl Ledger {
     /// Store failures.
     pub fn checkpoint_now(
         &self,
-        records: &dyn Store,
-        access: &dyn Store,
+        records: &dyn LogStore,
+        access: &dyn LogStore,
     ) -> Result<(Option<u64>, Option<u64>), Error> {
-        let pin = |label: &str, store: &dyn Store| -> Result<String, Error> {
+        let pin = |label: &str, store: &dyn LogStore| -> Result<String, Error> {
             let (size, root) = newest_head(store)?;
             Ok(medvault_ledger::pin_line(label, size, &root))
         };
@@ -459,7 +458,7 @@ impl Ledger {
 }
 
 /// Size and root of the newest stored checkpoint of the log in `store` (the empty tree if none).
-fn newest_head(store: &dyn StoreRead) -> Result<(u64, medvault_ledger::Hash), Error> {
+fn newest_head(store: &dyn LogRead) -> Result<(u64, medvault_ledger::Hash), Error> {
     match store.checkpoint(None)? {
         Some((_, note)) => {
             let note = Note::parse(note.as_bytes()).map_err(|e| Error::internal(&e))?;
@@ -489,127 +488,6 @@ pub fn record_entry(tenant: &str, v: &StoredVersion, salt: &[u8; SALT_LEN]) -> E
     }
 }
 
-fn bad(msg: &str) -> Error {
-    Error::new(ErrorKind::Invalid, IssueCode::Invalid, msg)
-}
-
-/// The newest signed checkpoint of `log` (with any witness cosignatures). Blocking.
-///
-/// # Errors
-/// Not found before the first checkpoint; store failures.
-pub fn newest_checkpoint(node: &Node, log: LogId) -> Result<String, Error> {
-    let cp = node.log_store(log).checkpoint(None)?;
-    let (_, note) = cp.ok_or_else(|| Error::not_found("no checkpoint has been signed yet"))?;
-    Ok(note)
-}
-
-/// The bytes of one C2SP `tlog-tiles` tile of `log`, if the published tree (what a signed
-/// checkpoint covers) is large enough to hold it. Blocking.
-///
-/// # Errors
-/// Not found for a tile not (yet) published; store failures.
-pub fn tile(node: &Node, log: LogId, tile: &TilePath) -> Result<Vec<u8>, Error> {
-    tile_bytes(node.log_store(log).as_ref(), tile)
-}
-
-/// The bytes of one tile, if the published tree is large enough to hold it.
-fn tile_bytes(store: &dyn StoreRead, tile: &TilePath) -> Result<Vec<u8>, Error> {
-    let missing = || Error::not_found("no such tile");
-    // Only what a signed checkpoint covers is published.
-    let size = store.checkpoint(None)?.map_or(0, |(s, _)| s);
-    let level = u32::from(tile.level.unwrap_or(0));
-    let width = u64::from(tile.partial.unwrap_or(256));
-    // Hashes at tile level L are tree nodes at level 8L; entries are level-0 leaves.
-    let tree_level = 8 * level;
-    let per_hash = 1u64.checked_shl(tree_level).ok_or_else(missing)?;
-    let start = tile.index.checked_mul(TILE_WIDTH).ok_or_else(missing)?;
-    let end = start.checked_add(width).ok_or_else(missing)?;
-    let available = size / per_hash;
-    // A full tile needs all 256; a partial tile of width W exists only when it is the last one.
-    let exists = match tile.partial {
-        None => end <= available,
-        Some(_) => available.checked_sub(start) == Some(width),
-    };
-    if !exists {
-        return Err(missing());
-    }
-    if tile.level.is_none() {
-        let entries = store.ledger_entries(start, width)?;
-        if entries.len() as u64 != width {
-            return Err(Error::internal(&StoreError::Backend(
-                "ledger entries missing".into(),
-            )));
-        }
-        let mut out = Vec::with_capacity(entries.len() * 44);
-        for (_, e) in entries {
-            let len = u16::try_from(e.len()).map_err(|e| Error::internal(&e))?;
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(&e);
-        }
-        return Ok(out);
-    }
-    let level = u8::try_from(tree_level).map_err(|_| missing())?;
-    let hashes = store.ledger_nodes(level, start, width)?;
-    if hashes.len() as u64 != width {
-        return Err(Error::internal(&StoreError::Backend(
-            "ledger nodes missing".into(),
-        )));
-    }
-    Ok(hashes.concat())
-}
-
-fn published_size(store: &dyn StoreRead) -> Result<u64, Error> {
-    Ok(store.checkpoint(None)?.map_or(0, |(n, _)| n))
-}
-
-/// The audit path of leaf `index` of `log` in the tree of `size` leaves (`size` must not exceed
-/// the newest checkpoint's), with the leaf entry. Blocking.
-///
-/// # Errors
-/// Invalid sizes; store failures.
-pub fn inclusion(
-    node: &Node,
-    log: LogId,
-    index: u64,
-    size: u64,
-) -> Result<(Vec<medvault_ledger::Hash>, Vec<u8>), Error> {
-    let store = node.log_store(log);
-    let s = store.as_ref();
-    if index >= size || size > published_size(s)? {
-        return Err(bad("need index < size <= the newest checkpoint's size"));
-    }
-    let proof = node
-        .ledger
-        .log(log)
-        .over_tree(s, |n| inclusion_proof(n, index, size))?;
-    let entry = s
-        .ledger_entries(index, 1)?
-        .into_iter()
-        .next()
-        .map(|(_, e)| e);
-    Ok((proof, entry.unwrap_or_default()))
-}
-
-/// The consistency proof of `log` between two published tree sizes. Blocking.
-///
-/// # Errors
-/// Invalid sizes; store failures.
-pub fn consistency(
-    node: &Node,
-    log: LogId,
-    old: u64,
-    new: u64,
-) -> Result<Vec<medvault_ledger::Hash>, Error> {
-    let store = node.log_store(log);
-    let s = store.as_ref();
-    if old == 0 || old > new || new > published_size(s)? {
-        return Err(bad("need 0 < old <= new <= the newest checkpoint's size"));
-    }
-    node.ledger
-        .log(log)
-        .over_tree(s, |n| consistency_proof(n, old, new))
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
@@ -619,7 +497,12 @@ mod tests {
     #[test]
     fn a_recorded_audit_record_opens_to_its_json() {
         let dir = tempfile::tempdir().unwrap();
-        let node = crate::Node::open(dir.path(), None).unwrap();
+        let node = crate::Node::open(
+            dir.path(),
+            &medvault_store_sqlite::Embedded::new(dir.path()),
+            None,
+        )
+        .unwrap();
         let now = node.clock.now_micros();
         let record = AuditRecord::new(AuditKind::Rest, now, "read", AuditOutcome::Denied)
             .agent(serde_json::json!({"token": "tok_1", "role": "clinician"}))

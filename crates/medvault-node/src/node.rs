@@ -17,9 +17,9 @@ use medvault_crypto::{
     RootKey, WrappedKey,
 };
 use medvault_fhir::Fhir;
-use medvault_store::{Store, StoreError, StoreRead, StoreTx, write_with};
-use medvault_store_postgres::{PgStore, Target};
-use medvault_store_sqlite::SqliteStore;
+use medvault_store::{
+    Databases, LogStore, Store, StoreError, StoreRead, StoreTx, write_log_with, write_with,
+};
 
 use crate::clock::{Clock, SystemClock};
 use crate::ledger::{
@@ -28,10 +28,6 @@ use crate::ledger::{
 
 /// Name of the key file inside the data directory.
 pub const KEY_FILE: &str = "medvault.key";
-/// Name of the SQLite database inside the data directory.
-pub const DB_FILE: &str = "medvault.db";
-/// Name of the access log's SQLite database inside the data directory.
-pub const ACCESS_DB_FILE: &str = "access.db";
 /// Data key that seals resources outside every patient compartment.
 pub const TENANT_KEY: &str = "@tenant";
 /// Data key from which blind-index keys are derived.
@@ -85,39 +81,6 @@ pub enum NodeError {
 /// `meta` key set to `incomplete` while `medvault restore` or `migrate` loads a database (and
 /// to `complete` when done): a node does not open on a half-loaded database.
 pub const TRANSFER_META: &str = "transfer";
-
-/// Where a node keeps its records, keys, identities and both logs. The root key file always
-/// stays in the data directory, never in the database.
-#[derive(Debug, Clone, Default)]
-pub enum Database {
-    /// SQLite files in the data directory (`medvault.db`, `access.db`): nothing to install.
-    #[default]
-    Embedded,
-    /// A PostgreSQL database shared by any number of medvault processes (the node's tables in
-    /// one schema, the access log's in another).
-    Postgres(Box<Target>),
-}
-
-impl Database {
-    /// `None` or `""` for the embedded default, else a `postgres://` URL.
-    ///
-    /// # Errors
-    /// What is wrong with the URL (never echoing a password).
-    pub fn parse(url: Option<&str>) -> Result<Self, medvault_store_postgres::UrlError> {
-        match url.map(str::trim) {
-            None | Some("") => Ok(Self::Embedded),
-            Some(url) => Target::parse(url).map(|t| Self::Postgres(Box::new(t))),
-        }
-    }
-
-    /// A description for messages, without credentials.
-    pub fn describe(&self, data_dir: &Path) -> String {
-        match self {
-            Self::Embedded => data_dir.join(DB_FILE).display().to_string(),
-            Self::Postgres(t) => t.describe(),
-        }
-    }
-}
 
 /// A `Type/id` (or data-key name) fit for logs: the id, which a client may have chosen (an MRN,
 /// say), is replaced by a short hash.
@@ -381,8 +344,8 @@ impl KeyRing {
 pub struct Node {
     /// The records database (keys, records, indexes, tokens, the records log).
     pub store: Arc<dyn Store>,
-    /// The access log's database.
-    pub access: Arc<dyn Store>,
+    /// The access log's database: a log and nothing else, by type.
+    pub access: Arc<dyn LogStore>,
     /// The keys.
     pub keys: Arc<KeyRing>,
     /// FHIR definitions.
@@ -432,7 +395,7 @@ fn create_dir_private(dir: &Path) -> std::io::Result<()> {
     b.create(dir)
 }
 
-/// Creates the data directory if needed and opens its key file, or creates a new one when the
+/// Opens the data directory's key file, or creates a new one when the
 /// database holds no node yet (`data_exists` false); `missing` is the error when the data is
 /// there but the key file is not. Returns the key file's path, the key, its kind, and whether
 /// it was created now.
@@ -442,10 +405,6 @@ fn key_file(
     data_exists: bool,
     missing: impl FnOnce(PathBuf) -> NodeError,
 ) -> Result<(PathBuf, RootKey, KeyFileKind, bool), NodeError> {
-    create_dir_private(data_dir).map_err(|source| NodeError::DataDir {
-        path: data_dir.to_owned(),
-        source,
-    })?;
     let key_path = data_dir.join(KEY_FILE);
     let key_err = |source| NodeError::KeyFile {
         path: key_path.clone(),
@@ -468,41 +427,44 @@ fn key_file(
 }
 
 impl Node {
-    /// Opens the node in `data_dir`, creating directory, key file, database and first keys if
-    /// they do not exist. `passphrase` seals (or unseals) the key file.
+    /// Opens the node whose key file is in `data_dir` and whose data is in `databases` (the
+    /// binary picks the backend), creating what does not exist yet: directory, key file
+    /// (sealed with `passphrase` when given), database and first keys. On a shared backend
+    /// (PostgreSQL) the first process creates the node; the others need a copy of its key file.
     ///
     /// # Errors
     /// [`NodeError`] naming what failed.
-    pub fn open(data_dir: &Path, passphrase: Option<&Passphrase>) -> Result<Self, NodeError> {
-        Self::open_in(data_dir, &Database::Embedded, passphrase)
-    }
-
-    /// Opens the node whose key file is in `data_dir` and whose data is in `database`,
-    /// creating what does not exist yet (a PostgreSQL node's first process creates it; the
-    /// others need a copy of its key file).
-    ///
-    /// # Errors
-    /// [`NodeError`] naming what failed.
-    pub fn open_in(
+    pub fn open(
         data_dir: &Path,
-        database: &Database,
+        databases: &dyn Databases,
         passphrase: Option<&Passphrase>,
     ) -> Result<Self, NodeError> {
-        let Database::Postgres(target) = database else {
-            return Self::open_embedded(data_dir, passphrase);
-        };
-        let store = PgStore::open(target)?;
+        create_dir_private(data_dir).map_err(|source| NodeError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let store = databases.open_node()?;
         let exists = store.meta("tenant")?.is_some();
-        let (key_path, root, kind, created) =
-            key_file(data_dir, passphrase, exists, NodeError::KeyFileMissing)?;
-        let access = PgStore::open_access_log(target)?;
-        if exists && access.meta("tenant")?.is_none() {
-            return Err(NodeError::AccessLog(
-                "schema is empty beside the node's: restore it from backup",
-            ));
+        let shared = databases.shared();
+        let (key_path, root, kind, created) = key_file(data_dir, passphrase, exists, |path| {
+            if shared {
+                NodeError::KeyFileMissing(path)
+            } else {
+                NodeError::KeyFile {
+                    path,
+                    source: CryptoError::KeyFile(
+                        "missing, but the database exists: restore the key file that belongs to it",
+                    ),
+                }
+            }
+        })?;
+        if exists && !databases.access_log_exists()? {
+            // A fresh, empty access log would silently forget who accessed what.
+            return Err(NodeError::AccessLog(databases.missing_access_log()));
         }
-        let opened = Self::with_stores(Arc::new(store), Arc::new(access), root, kind, created);
-        if created && matches!(opened, Err(NodeError::KeyMismatch(_))) {
+        let access = databases.open_access_log()?;
+        let opened = Self::with_stores(store, access, root, kind, created);
+        if shared && created && matches!(opened, Err(NodeError::KeyMismatch(_))) {
             // Another process created the node at the same moment with its own key file; the
             // one made here opens nothing, so it must not stay to fail every later start.
             let _ = std::fs::remove_file(&key_path);
@@ -511,32 +473,10 @@ impl Node {
         opened
     }
 
-    fn open_embedded(data_dir: &Path, passphrase: Option<&Passphrase>) -> Result<Self, NodeError> {
-        let db_path = data_dir.join(DB_FILE);
-        let (_, root, kind, created) = key_file(data_dir, passphrase, db_path.exists(), |path| {
-            NodeError::KeyFile {
-                path,
-                source: CryptoError::KeyFile(
-                    "missing, but the database exists: restore the key file that belongs to it",
-                ),
-            }
-        })?;
-        let access_path = data_dir.join(ACCESS_DB_FILE);
-        if db_path.exists() && !access_path.exists() {
-            // A fresh, empty access log would silently forget who accessed what.
-            return Err(NodeError::AccessLog(
-                "access.db is missing beside medvault.db: restore it from backup",
-            ));
-        }
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db_path)?);
-        let access: Arc<dyn Store> = Arc::new(SqliteStore::open_access_log(&access_path)?);
-        Self::with_stores(store, access, root, kind, created)
-    }
-
     /// The store holding `log`.
-    pub fn log_store(&self, log: LogId) -> Arc<dyn Store> {
+    pub fn log_store(&self, log: LogId) -> Arc<dyn LogStore> {
         match log {
-            LogId::Records => Arc::clone(&self.store),
+            LogId::Records => Arc::clone(&self.store) as Arc<dyn LogStore>,
             LogId::Access => Arc::clone(&self.access),
         }
     }
@@ -548,7 +488,7 @@ impl Node {
     /// [`NodeError`].
     pub fn with_stores(
         store: Arc<dyn Store>,
-        access: Arc<dyn Store>,
+        access: Arc<dyn LogStore>,
         root: RootKey,
         key_file_kind: KeyFileKind,
         created: bool,
@@ -655,9 +595,9 @@ fn open_ledger(store: &dyn Store, ring: &Arc<KeyRing>) -> Result<Ledger, NodeErr
 }
 
 /// Records the tenant in a new access log, or checks an existing one belongs to this node.
-fn bind_access_log(access: &dyn Store, tenant: &str) -> Result<(), NodeError> {
+fn bind_access_log(access: &dyn LogStore, tenant: &str) -> Result<(), NodeError> {
     let t = tenant.to_owned();
-    let found = write_with(access, move |tx| match tx.meta("tenant")? {
+    let found = write_log_with(access, move |tx| match tx.meta("tenant")? {
         Some(found) => Ok(found),
         None => {
             tx.set_meta("tenant", &t)?;
@@ -668,5 +608,47 @@ fn bind_access_log(access: &dyn Store, tenant: &str) -> Result<(), NodeError> {
         Ok(())
     } else {
         Err(NodeError::AccessLog("access.db belongs to another node"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medvault_store_sqlite::Embedded;
+
+    #[test]
+    fn a_node_refuses_to_open_without_its_access_log_or_its_key_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let db = Embedded::new(&dir);
+        let first = Node::open(&dir, &db, None).unwrap();
+        assert!(first.created);
+        let tenant = first.keys.tenant().to_owned();
+        drop(first);
+        let again = Node::open(&dir, &db, None).unwrap();
+        assert!(!again.created);
+        assert_eq!(again.keys.tenant(), tenant);
+        drop(again);
+
+        let log = tmp.path().join("access.db.kept");
+        std::fs::rename(db.access_log_path(), &log).unwrap();
+        let err = Node::open(&dir, &db, None).unwrap_err();
+        assert!(
+            matches!(err, NodeError::AccessLog(m) if m.contains("restore it from backup")),
+            "{err}"
+        );
+        assert!(
+            !db.access_log_path().exists(),
+            "refusing created no empty log"
+        );
+        std::fs::rename(&log, db.access_log_path()).unwrap();
+
+        std::fs::remove_file(dir.join(KEY_FILE)).unwrap();
+        let err = Node::open(&dir, &db, None).unwrap_err();
+        assert!(
+            matches!(&err, NodeError::KeyFile { source, .. } if source.to_string().contains("restore the key file")),
+            "{err}"
+        );
+        assert!(!dir.join(KEY_FILE).exists(), "no new key file was made");
     }
 }

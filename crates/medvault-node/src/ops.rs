@@ -5,10 +5,8 @@
 //! writes run inside [`StoreTx`] so that checks (`If-Match`, `If-None-Exist`) and the write
 //! they guard are one atomic unit.
 
-use std::sync::Arc;
-
 use http::StatusCode;
-use medvault_auth::scopes::{Access, COMPARTMENT_CONSTRAINT, Interaction, ScopeSet};
+use medvault_auth::scopes::{Access, Interaction};
 use medvault_core::{Compartment, ResourceId};
 use medvault_crypto::BlindValue;
 use medvault_crypto::RecordAad;
@@ -17,106 +15,16 @@ use medvault_policy::Action;
 use medvault_store::{Amendment, AmendmentKind, StoreRead, StoreTx, StoredVersion};
 use serde_json::{Map, Value, json};
 
-use crate::authz::Guard;
-use crate::clock::{Clock, instant};
+use crate::clock::instant;
+use crate::ctx::{out_of_scope, policy_action};
 use crate::error::{Error, ErrorKind, IssueCode};
-use crate::node::{KeyError, KeyRing};
+use crate::records::{Verdict, current_verdict, decision_content, hidden, key_error, not_known};
 use crate::search;
 
-/// What every interaction needs.
-#[derive(Clone)]
-pub struct Ctx {
-    /// FHIR definitions.
-    pub fhir: Arc<Fhir>,
-    /// Keys.
-    pub keys: Arc<KeyRing>,
-    /// Time.
-    pub clock: Arc<dyn Clock>,
-    /// The ledger (record leaves are written with every version).
-    pub ledger: Arc<crate::ledger::Ledger>,
-    /// The request's SMART scopes, when an OAuth2 client makes it (`None`: people and API
-    /// tokens, whom their role governs).
-    pub scopes: Option<Arc<ScopeSet>>,
-    /// Under whose rules the interaction runs (private: a request's context is made by
-    /// [`Services::for_request`], unrestricted ones only by the loudly named constructors).
-    access: Rules,
-    /// When the request's time is up (`serve --request-timeout-seconds`): a write whose
-    /// transaction reaches its commit after this writes nothing (the client was already told
-    /// 503), and long searches stop.
-    pub deadline: Option<std::time::Instant>,
-}
-
-/// Under whose rules an interaction runs. There is no "no policy" by omission: a request runs
-/// under its access policy, and the only other form is the node's own work, asked for by name.
-#[derive(Clone)]
-enum Rules {
-    /// A request: the access policy for its user decides every resource.
-    Policy(Arc<Guard>),
-    /// The node's own work (the policy's fact lookups, imports, administrative commands).
-    NodeWork,
-}
-
-/// What the FHIR interactions are built from, without an access decision: a request turns it
-/// into a [`Ctx`] under its policy ([`Self::for_request`]); the node's own jobs ask for an
-/// unrestricted one by name ([`Self::unrestricted_node_work`]).
-#[derive(Clone)]
-pub struct Services {
-    fhir: Arc<Fhir>,
-    keys: Arc<KeyRing>,
-    clock: Arc<dyn Clock>,
-    ledger: Arc<crate::ledger::Ledger>,
-}
-
-impl Services {
-    /// The services of `node`.
-    pub fn of(node: &crate::Node) -> Self {
-        Self {
-            fhir: Arc::clone(&node.fhir),
-            keys: Arc::clone(&node.keys),
-            clock: Arc::clone(&node.clock),
-            ledger: Arc::clone(&node.ledger),
-        }
-    }
-
-    /// FHIR definitions.
-    pub fn fhir(&self) -> &Fhir {
-        &self.fhir
-    }
-
-    /// A request's context: `guard` decides every resource, `scopes` (an OAuth2 client's)
-    /// narrow it further, and work stops at `deadline`.
-    pub fn for_request(
-        &self,
-        guard: Arc<Guard>,
-        scopes: Option<Arc<ScopeSet>>,
-        deadline: Option<std::time::Instant>,
-    ) -> Ctx {
-        Ctx {
-            fhir: Arc::clone(&self.fhir),
-            keys: Arc::clone(&self.keys),
-            clock: Arc::clone(&self.clock),
-            ledger: Arc::clone(&self.ledger),
-            scopes,
-            access: Rules::Policy(guard),
-            deadline,
-        }
-    }
-
-    /// **Unrestricted**: a context that no access policy limits, for the node's own jobs
-    /// (imports and exports on the node's authority, administrative commands). Never for a
-    /// request.
-    pub fn unrestricted_node_work(&self) -> Ctx {
-        Ctx {
-            fhir: Arc::clone(&self.fhir),
-            keys: Arc::clone(&self.keys),
-            clock: Arc::clone(&self.clock),
-            ledger: Arc::clone(&self.ledger),
-            scopes: None,
-            access: Rules::NodeWork,
-            deadline: None,
-        }
-    }
-}
+// The access context and record reading live below the interactions (so that search and the
+// access policy use them without importing this module); re-exported where callers find them.
+pub use crate::ctx::{Ctx, Services, satisfies, timed_out};
+pub use crate::records::{Outcome, open, read};
 
 /// Largest resource (its JSON) of most types: people, observations, orders … are small.
 pub const MAX_RESOURCE_BYTES: usize = 1024 * 1024;
@@ -171,179 +79,6 @@ fn longer_than(v: &Value, limit: usize) -> bool {
     let mut budget = isize::try_from(limit).unwrap_or(isize::MAX);
     size(v, &mut budget);
     budget < 0
-}
-
-/// The answer to a request whose time ran out.
-pub fn timed_out() -> Error {
-    Error::new(
-        ErrorKind::Unavailable,
-        IssueCode::Transient,
-        "the request took too long and was stopped: a write still waiting for its commit was not made, but one already committing (or an earlier entry of a batch) may have been; read before retrying",
-    )
-}
-
-/// The policy's name for a FHIR interaction.
-fn policy_action(i: Interaction) -> Action {
-    match i {
-        Interaction::Read => Action::Read,
-        Interaction::Search => Action::Search,
-        Interaction::Create => Action::Create,
-        Interaction::Update => Action::Update,
-        Interaction::Delete => Action::Delete,
-    }
-}
-
-/// What a client learns about a resource it may not see: exactly what it would learn about
-/// one that does not exist. The refusing rule goes to the access log only.
-fn hidden(rt: &str, id: &str, version: Option<u64>, denied_by: String) -> Error {
-    not_known(rt, id, version).denied_by(denied_by)
-}
-
-fn not_known(rt: &str, id: &str, version: Option<u64>) -> Error {
-    Error::not_found(match version {
-        Some(v) => format!("{rt}/{id} has no version {v}"),
-        None => format!("{rt}/{id} is not known"),
-    })
-}
-
-fn out_of_scope(what: &str) -> Error {
-    Error::new(
-        ErrorKind::Forbidden,
-        IssueCode::Forbidden,
-        format!("the granted scopes do not allow {what}"),
-    )
-    .denied_by("smart-scopes")
-}
-
-impl Ctx {
-    /// **Unrestricted**: the node's own context, no access policy and no scopes (imports and
-    /// exports on the node's authority, administrative commands). Never for a request.
-    pub fn unrestricted_node_work(node: &crate::Node) -> Self {
-        Services::of(node).unrestricted_node_work()
-    }
-
-    /// **Unrestricted**: this context without its policy and scopes, for lookups the node
-    /// makes on a request's behalf that the request's own rules must not narrow (the policy's
-    /// facts, patient references to resolve). The request's deadline still applies.
-    pub(crate) fn as_node_work(&self) -> Self {
-        Self {
-            scopes: None,
-            access: Rules::NodeWork,
-            ..self.clone()
-        }
-    }
-
-    /// This context under `guard` (a test or bench that builds a request's context itself).
-    pub fn with_policy(&self, guard: Arc<Guard>) -> Self {
-        Self {
-            access: Rules::Policy(guard),
-            ..self.clone()
-        }
-    }
-
-    /// The request's access policy; `None` for the node's own work.
-    pub fn guard(&self) -> Option<&Arc<Guard>> {
-        match &self.access {
-            Rules::Policy(g) => Some(g),
-            Rules::NodeWork => None,
-        }
-    }
-
-    /// Asks the access policy about `action` on one stored resource (`key_name`: the key it is
-    /// sealed under, which names its patient). `Ok(Err(policies))` when refused.
-    ///
-    /// # Errors
-    /// Store and key errors while the policy's facts are looked up.
-    pub fn permits(
-        &self,
-        store: &dyn StoreRead,
-        action: Action,
-        rt: &str,
-        key_name: &str,
-        resource: Option<&Value>,
-    ) -> Result<Result<(), Vec<String>>, Error> {
-        match &self.access {
-            Rules::NodeWork => Ok(Ok(())),
-            Rules::Policy(g) => g.decide(store, self, action, rt, key_name, resource),
-        }
-    }
-
-    /// True if the request's scopes (when query-constrained) and the access policy both let
-    /// it read this stored resource; counts it as withheld otherwise.
-    ///
-    /// # Errors
-    /// As [`Self::permits`].
-    pub fn may_see(
-        &self,
-        store: &dyn StoreRead,
-        interaction: Interaction,
-        rt: &str,
-        key_name: &str,
-        resource: Option<&Value>,
-    ) -> Result<bool, Error> {
-        let in_scope = match (resource, &self.scopes) {
-            (Some(r), Some(_)) => self.scope_allows(rt, interaction, r).is_ok(),
-            _ => true,
-        };
-        let visible = in_scope
-            && self
-                .permits(store, policy_action(interaction), rt, key_name, resource)?
-                .is_ok();
-        if !visible && let Some(g) = self.guard() {
-            if !in_scope {
-                g.refused_by("smart-scopes");
-            }
-            g.withheld();
-        }
-        Ok(visible)
-    }
-
-    /// What the request's scopes allow for `interaction` on `rt` (everything when the request
-    /// has no scopes).
-    ///
-    /// # Errors
-    /// 403 when nothing allows it.
-    pub fn scope_access(&self, rt: &str, interaction: Interaction) -> Result<Access, Error> {
-        let Some(scopes) = &self.scopes else {
-            return Ok(Access::Full);
-        };
-        match scopes.access(rt, interaction) {
-            Access::Denied => Err(out_of_scope(
-                &format!("{interaction:?} on {rt}").to_lowercase(),
-            )),
-            a => Ok(a),
-        }
-    }
-
-    /// Checks the request's scopes allow `interaction` on this particular `resource` (query
-    /// constraints are evaluated against the resource with the search parameters' own
-    /// definitions).
-    ///
-    /// # Errors
-    /// 403 when they do not.
-    pub fn scope_allows(
-        &self,
-        rt: &str,
-        interaction: Interaction,
-        resource: &Value,
-    ) -> Result<(), Error> {
-        match self.scope_access(rt, interaction)? {
-            Access::Full => Ok(()),
-            Access::Denied => Err(out_of_scope(rt)),
-            Access::Constrained(groups) => {
-                if groups
-                    .iter()
-                    .any(|g| satisfies(&self.fhir, rt, resource, g))
-                {
-                    Ok(())
-                } else {
-                    Err(out_of_scope(&format!(
-                        "this {rt}: it is outside the scopes' query constraints"
-                    )))
-                }
-            }
-        }
-    }
 }
 
 /// Checks the stored current version allows `interaction` too: under query-constrained scopes
@@ -420,30 +155,6 @@ fn current_row(
         .ok_or_else(|| Error::internal(&"current version vanished"))
 }
 
-/// The content a decision about a stored row rests on: the row's own, or for a delete marker
-/// the version it deleted (so a deletion of labelled data is as hidden as the data was); none
-/// for an erased patient's rows, decided on the patient alone.
-fn decision_content(
-    store: &dyn StoreRead,
-    ctx: &Ctx,
-    row: &StoredVersion,
-) -> Result<Option<Value>, Error> {
-    if row.shredded || row.expunged {
-        return Ok(None);
-    }
-    if row.body.is_some() {
-        return open(store, ctx, row).map(Some);
-    }
-    let previous = match row.version.checked_sub(1).filter(|v| *v > 0) {
-        Some(v) => store.version(&row.resource_type, &row.id, Some(v))?,
-        None => None,
-    };
-    match previous {
-        Some(p) if p.body.is_some() && !p.shredded => open(store, ctx, &p).map(Some),
-        _ => Ok(None),
-    }
-}
-
 /// Checks the access policy lets the request write `p` as `interaction` (403: the caller sent
 /// the content, so refusing it reveals nothing stored).
 fn new_content_allowed(
@@ -482,93 +193,6 @@ fn policy_refusal(interaction: Interaction) -> Error {
     )
 }
 
-/// True if `resource` matches every `(parameter, value)` of a scope's query constraint (the
-/// `_compartment` constraint of a patient context: the resource is in that patient's
-/// compartment, as the sealing key is chosen). An unknown parameter or a value that does not
-/// parse matches nothing (fail closed).
-pub fn satisfies(fhir: &Fhir, rt: &str, resource: &Value, group: &[(String, String)]) -> bool {
-    let Some(info) = fhir.type_info(rt) else {
-        return false;
-    };
-    group.iter().all(|(name, value)| {
-        if name == COMPARTMENT_CONSTRAINT {
-            let id = resource
-                .get("id")
-                .and_then(Value::as_str)
-                .and_then(|i| ResourceId::new(i).ok());
-            return id
-                .is_some_and(|id| fhir.compartment_of(rt, &id, resource).key_name() == *value);
-        }
-        let (code, modifier) = match name.split_once(':') {
-            Some((c, m)) => (c, Some(m)),
-            None => (name.as_str(), None),
-        };
-        info.params.get(code).is_some_and(|p| {
-            p.parse_clause(modifier, value)
-                .is_ok_and(|clause| p.matches(&clause, resource))
-        })
-    })
-}
-
-/// The result of one interaction, before it becomes an HTTP response or a Bundle entry.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// Status.
-    pub status: StatusCode,
-    /// Body resource.
-    pub resource: Option<Value>,
-    /// `Type/id/_history/v` of the version written or read.
-    pub location: Option<String>,
-    /// Version id, for `ETag`.
-    pub version: Option<u64>,
-    /// Last-modified time, microseconds.
-    pub last_modified: Option<i64>,
-    /// Data key (compartment) of the version written or read, e.g. `Patient/<id>`.
-    pub key_name: Option<String>,
-}
-
-impl Outcome {
-    fn of_version(
-        status: StatusCode,
-        rt: &str,
-        id: &str,
-        version: u64,
-        at: i64,
-        resource: Option<Value>,
-    ) -> Self {
-        Self {
-            status,
-            resource,
-            location: Some(format!("{rt}/{id}/_history/{version}")),
-            version: Some(version),
-            last_modified: Some(at),
-            key_name: None,
-        }
-    }
-
-    fn with_key(mut self, key_name: String) -> Self {
-        self.key_name = Some(key_name);
-        self
-    }
-
-    /// A status with an OperationOutcome body.
-    pub fn message(status: StatusCode, code: IssueCode, text: &str) -> Self {
-        Self {
-            status,
-            resource: Some(crate::error::operation_outcome(
-                "information",
-                code,
-                text,
-                &[],
-            )),
-            location: None,
-            version: None,
-            last_modified: None,
-            key_name: None,
-        }
-    }
-}
-
 /// A resource validated, indexed and ready to be sealed.
 #[derive(Debug)]
 pub struct Prepared {
@@ -586,13 +210,6 @@ impl Prepared {
     /// The id the resource will be stored under.
     pub fn id(&self) -> &ResourceId {
         &self.id
-    }
-}
-
-fn key_error(e: KeyError) -> Error {
-    match e {
-        KeyError::Shredded => Error::gone("this patient's data was erased"),
-        other => Error::internal(&other),
     }
 }
 
@@ -890,7 +507,7 @@ fn escape_token(s: &str) -> String {
 fn unresolved_patient(ctx: &Ctx, interaction: Interaction) -> Error {
     let sees_all = ctx.guard().is_none_or(|g| {
         matches!(
-            g.subject().role,
+            g.role(),
             medvault_core::Role::Admin | medvault_core::Role::Service
         )
     });
@@ -1333,165 +950,6 @@ pub fn delete(
     Ok(out)
 }
 
-/// Opens a stored version.
-///
-/// # Errors
-/// 410 for delete markers and erased compartments; 500 if the ciphertext fails to authenticate
-/// (tampering), logged with its row identity.
-pub fn open(store: &dyn StoreRead, ctx: &Ctx, row: &StoredVersion) -> Result<Value, Error> {
-    if row.expunged {
-        return Err(Error::gone(format!(
-            "{}/{} version {} was expunged",
-            row.resource_type, row.id, row.version
-        )));
-    }
-    if row.shredded {
-        ctx.keys.forget(&row.key_name);
-        return Err(Error::gone("this patient's data was erased"));
-    }
-    let Some(body) = &row.body else {
-        return Err(Error::gone(format!(
-            "{}/{} was deleted",
-            row.resource_type, row.id
-        )));
-    };
-    let key = ctx.keys.for_read(store, &row.key_name).map_err(key_error)?;
-    let aad = RecordAad {
-        tenant: ctx.keys.tenant(),
-        resource_type: &row.resource_type,
-        id: &row.id,
-        version: row.version,
-    };
-    let plain = match key.open(&aad, body) {
-        Ok(p) => p,
-        // A cached key can be stale only if another process created this compartment's key;
-        // read it from the store once before calling the record corrupt.
-        Err(_) => ctx
-            .keys
-            .reload(store, &row.key_name)
-            .map_err(key_error)?
-            .open(&aad, body)
-            .map_err(|_| {
-                Error::internal(&format!(
-                    "integrity failure: {} version {} does not authenticate",
-                    crate::node::redacted(&format!("{}/{}", row.resource_type, row.id)),
-                    row.version
-                ))
-            })?,
-    };
-    serde_json::from_slice(&plain).map_err(|e| Error::internal(&e))
-}
-
-/// Read or vread.
-///
-/// # Errors
-/// 404 unknown, 410 deleted or erased.
-pub fn read(
-    store: &dyn StoreRead,
-    ctx: &Ctx,
-    rt: &str,
-    id: &ResourceId,
-    version: Option<u64>,
-) -> Result<Outcome, Error> {
-    // Scopes first: a type the scopes do not reach answers 403 whether or not the id exists.
-    ctx.scope_access(rt, Interaction::Read)?;
-    let Some(row) = store.version(rt, id.as_str(), version)? else {
-        return Err(not_known(rt, id.as_str(), version));
-    };
-    // A resource the request may not see answers as a missing one; so do its delete markers
-    // (decided on the version they deleted) and erasure (on the patient alone).
-    let refuse = |e: String| hidden(rt, id.as_str(), version, e);
-    if version.is_some() {
-        // An old version is seen only if the resource as it is now may be seen too (the
-        // strictest of current and historic labels and compartment).
-        match current_verdict(store, ctx, rt, id.as_str(), Interaction::Read)? {
-            Verdict::Visible => {}
-            Verdict::Hidden(why) => return Err(refuse(why)),
-            Verdict::Erased => return Err(Error::gone("this patient's data was erased")),
-        }
-    }
-    if row.body.is_none() || row.shredded {
-        let content = decision_content(store, ctx, &row)?;
-        // A deleted resource the scopes' query constraints would hide answers as a missing
-        // one, as it did while it was live (decided on the version it deleted).
-        if let Some(c) = &content
-            && let Err(e) = ctx.scope_allows(rt, Interaction::Read, c)
-        {
-            return Err(refuse(e.denied_by.unwrap_or_default()));
-        }
-        ctx.permits(store, Action::Read, rt, &row.key_name, content.as_ref())?
-            .map_err(|p| refuse(p.join(",")))?;
-        return Err(open(store, ctx, &row)
-            .err()
-            .unwrap_or_else(|| refuse(String::new())));
-    }
-    let resource = open(store, ctx, &row)?;
-    if let Err(e) = ctx.scope_allows(rt, Interaction::Read, &resource) {
-        return Err(refuse(e.denied_by.unwrap_or_default()));
-    }
-    ctx.permits(store, Action::Read, rt, &row.key_name, Some(&resource))?
-        .map_err(|p| refuse(p.join(",")))?;
-    Ok(Outcome::of_version(
-        StatusCode::OK,
-        rt,
-        id.as_str(),
-        row.version,
-        row.last_updated_micros,
-        Some(resource),
-    )
-    .with_key(row.key_name))
-}
-
-/// What the request may see of a resource as it is now, which bounds what it may see of its
-/// history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Verdict {
-    /// The current version (or, for a delete marker, the version it deleted) may be seen.
-    Visible,
-    /// It may not (the refusing rules, for the access log).
-    Hidden(String),
-    /// The patient whose compartment holds the resource now was erased, and the request may
-    /// see that patient.
-    Erased,
-}
-
-/// Decides the current version of `rt/id` as a read of it would (scopes' query constraints
-/// and the access policy): a relabelled record's older versions are no more visible than it
-/// is, and a record moved to another patient's compartment is no longer the first patient's.
-fn current_verdict(
-    store: &dyn StoreRead,
-    ctx: &Ctx,
-    rt: &str,
-    id: &str,
-    interaction: Interaction,
-) -> Result<Verdict, Error> {
-    let constrained = !matches!(ctx.scope_access(rt, interaction)?, Access::Full);
-    if !constrained && ctx.guard().is_none() {
-        return Ok(Verdict::Visible);
-    }
-    let Some(row) = store.version(rt, id, None)? else {
-        return Ok(Verdict::Hidden(String::new()));
-    };
-    let content = decision_content(store, ctx, &row)?;
-    if constrained
-        && let Some(c) = &content
-        && let Err(e) = ctx.scope_allows(rt, interaction, c)
-    {
-        return Ok(Verdict::Hidden(e.denied_by.unwrap_or_default()));
-    }
-    match ctx.permits(
-        store,
-        policy_action(interaction),
-        rt,
-        &row.key_name,
-        content.as_ref(),
-    )? {
-        Err(p) => Ok(Verdict::Hidden(p.join(","))),
-        Ok(()) if row.shredded => Ok(Verdict::Erased),
-        Ok(()) => Ok(Verdict::Visible),
-    }
-}
-
 /// History of one resource or of a whole type, as a `history` Bundle.
 ///
 /// Every version is decided on its own (scopes' query constraints and the access policy): the
@@ -1593,7 +1051,7 @@ pub fn history(
         } else {
             let denied = ctx
                 .guard()
-                .map(|g| g.note_for_log().denied_by.join(","))
+                .map(|g| g.denied_by().join(","))
                 .filter(|d| !d.is_empty() && page.total > 0);
             match denied {
                 Some(d) => hidden(rt, id.as_str(), None, d),

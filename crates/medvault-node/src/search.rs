@@ -5,8 +5,9 @@ use medvault_fhir::Clause;
 use medvault_store::{IndexQuery, SortOrder, StoreRead};
 use serde_json::{Value, json};
 
+use crate::ctx::Ctx;
 use crate::error::{Error, ErrorKind, IssueCode};
-use crate::ops::{Ctx, open};
+use crate::records::open;
 
 /// Default page size.
 pub const DEFAULT_COUNT: u64 = 20;
@@ -309,7 +310,7 @@ pub fn execute(
         // Up to 10 000 decryptions: a request whose time is up stops here (and a write
         // transaction waiting on this condition rolls back) instead of holding the writer.
         if i % 256 == 255 && ctx.deadline.is_some_and(|d| std::time::Instant::now() > d) {
-            return Err(crate::ops::timed_out());
+            return Err(crate::ctx::timed_out());
         }
         let v = open(store, ctx, row)?;
         if keep(&v) && ctx.may_see(store, Interaction::Search, rt, &row.key_name, Some(&v))? {
@@ -484,7 +485,7 @@ fn include(
             if out.len() >= MAX_INCLUDES {
                 return Err(too_costly());
             }
-            match crate::ops::read(store, ctx, t, &id, None) {
+            match crate::records::read(store, ctx, t, &id, None) {
                 Ok(o) => out.push(json!({
                     "fullUrl": format!("{base}/{reference}"),
                     "resource": o.resource,

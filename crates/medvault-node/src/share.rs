@@ -30,9 +30,9 @@ use serde_json::{Value, json};
 
 use crate::Node;
 use crate::audit::{AuditKind, AuditOutcome, AuditRecord};
+use crate::ctx::Ctx;
 use crate::error::{Error, ErrorKind, IssueCode};
 use crate::node_identity::{NodeIdentity, PeerDocument, verify_document};
-use crate::ops::Ctx;
 use crate::search;
 
 /// The header's format name.
@@ -544,7 +544,7 @@ pub fn prepare(
     let (peer, peer_document) = registered(node, to)?;
     let me = NodeIdentity::load(node).map_err(|e| Error::internal(&e))?;
     let store = node.store.as_ref();
-    let patient_resource = crate::ops::read(store, ctx, "Patient", patient, None)?
+    let patient_resource = crate::records::read(store, ctx, "Patient", patient, None)?
         .resource
         .ok_or_else(|| Error::not_found(format!("Patient/{patient} is not known")))?;
     let consents = consents_of(&Ctx::unrestricted_node_work(node), store, patient.as_str())?;

@@ -11,7 +11,7 @@
 use medvault_ledger::{
     Checkpoint, Entry, EntryKind, Frontier, Hash, Note, VerifierKey, audit_commitment, leaf_hash,
 };
-use medvault_store::{StoreError, StoreRead};
+use medvault_store::{LogRead, StoreError, StoreRead};
 
 use crate::ledger::{Ledger, LogId, record_entry};
 
@@ -75,7 +75,7 @@ struct Head {
 
 /// The newest signed checkpoint of `log` and the newest witness-cosigned one, verified.
 fn heads(
-    store: &dyn StoreRead,
+    store: &dyn LogRead,
     ledger: &Ledger,
     log: LogId,
     witnesses: &[VerifierKey],
@@ -142,7 +142,7 @@ fn head_cosigners(note: &str, witnesses: &[VerifierKey]) -> Vec<String> {
 /// [`VerifyError::Divergence`] naming the first divergence.
 pub fn verify(
     records: &(dyn StoreRead + Sync),
-    access: &(dyn StoreRead + Sync),
+    access: &(dyn LogRead + Sync),
     ledger: &Ledger,
     witnesses: &[VerifierKey],
     mut progress: impl FnMut(u64, u64),
@@ -243,7 +243,7 @@ pub fn verify(
 /// the tree passes through every root in `roots` at its size, and (access log) every audit
 /// detail. `chunk_done` gets each checked chunk's start and `(index, commitment)` pairs.
 fn walk(
-    store: &(dyn StoreRead + Sync),
+    store: &(dyn LogRead + Sync),
     ledger: &Ledger,
     log: LogId,
     roots: &[(u64, Hash)],
@@ -417,7 +417,7 @@ struct Chunk {
     nodes: Vec<(u8, u64, Vec<Hash>)>,
 }
 
-fn read_chunk(store: &(dyn StoreRead + Sync), start: u64, want: u64) -> Result<Chunk, VerifyError> {
+fn read_chunk(store: &(dyn LogRead + Sync), start: u64, want: u64) -> Result<Chunk, VerifyError> {
     let entries = store.ledger_entries(start, want)?;
     let details = store.audit_details(start, want)?;
     let mut nodes = Vec::new();

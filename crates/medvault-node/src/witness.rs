@@ -20,7 +20,7 @@ use medvault_ledger::{
     AddCheckpoint, KeyKind, LedgerError, Note, VerifierKey, consistency_proof,
     parse_signature_line, verify_consistency,
 };
-use medvault_store::{StoreError, StoreRead, write_with};
+use medvault_store::{LogRead, StoreError, write_log_with};
 
 use crate::Node;
 use crate::error::Error;
@@ -122,7 +122,7 @@ pub fn add_checkpoint(
         checkpoint,
     } = req;
     let text = note.text.clone();
-    let verdict = write_with(node.access.as_ref(), move |tx| {
+    let verdict = write_log_with(node.access.as_ref(), move |tx| {
         let (size, root) = tx.witnessed(&checkpoint.origin)?.unwrap_or((0, [0; 32]));
         if old_size != size {
             return Ok(Some(Refusal::Conflict(size)));
@@ -302,7 +302,7 @@ async fn store_cosignatures(
         .filter(|s| s.name == w.key.name && s.key_id == id)
         .collect();
     let written = tokio::task::spawn_blocking(move || {
-        write_with(store.as_ref(), move |tx| {
+        write_log_with(store.as_ref(), move |tx| {
             let current = tx
                 .checkpoint(Some(size))?
                 .ok_or_else(|| StoreError::Backend("checkpoint vanished".into()))?;
@@ -340,7 +340,7 @@ pub const WITNESS_KEYS_META: &str = "ledger_witness_keys";
 ///
 /// # Errors
 /// Store failures.
-pub fn newest_cosigned(store: &dyn StoreRead) -> Result<Option<u64>, StoreError> {
+pub fn newest_cosigned(store: &dyn LogRead) -> Result<Option<u64>, StoreError> {
     Ok(store
         .meta(NEWEST_COSIGNED_META)?
         .and_then(|s| s.parse().ok()))

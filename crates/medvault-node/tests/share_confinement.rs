@@ -6,64 +6,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use medvault_crypto::seal_bundle;
-use medvault_node::Node;
-use medvault_node::node::Database;
-use medvault_node::node_identity::NodeIdentity;
 use medvault_node::share::{self, FORMAT, Party, Refusal, ShareHeader};
+use medvault_testkit::TwoNodes;
 use serde_json::{Value, json};
 
-struct Two {
-    _tmp: tempfile::TempDir,
-    a: Node,
-    b: Node,
-    a_id: NodeIdentity,
-    b_id: NodeIdentity,
-}
-
-fn document(node: &Node, id: &NodeIdentity) -> String {
-    id.document(node.ledger.base()).unwrap().to_string()
-}
-
-fn two_nodes() -> Two {
-    let tmp = tempfile::tempdir().unwrap();
-    let a = Node::open_in(&tmp.path().join("a"), &Database::Embedded, None).unwrap();
-    let b = Node::open_in(&tmp.path().join("b"), &Database::Embedded, None).unwrap();
-    let (a_id, b_id) = (
-        NodeIdentity::load(&a).unwrap(),
-        NodeIdentity::load(&b).unwrap(),
-    );
-    let url = "https://127.0.0.1:9";
-    share::register_peer(
-        &a,
-        url,
-        &document(&b, &b_id),
-        &b_id.fingerprint(),
-        None,
-        false,
-        "t",
-    )
-    .unwrap();
-    share::register_peer(
-        &b,
-        url,
-        &document(&a, &a_id),
-        &a_id.fingerprint(),
-        None,
-        false,
-        "t",
-    )
-    .unwrap();
-    Two {
-        _tmp: tmp,
-        a,
-        b,
-        a_id,
-        b_id,
-    }
-}
-
-impl Two {
+/// What the tests do with the two nodes: A seals what it likes, B receives it.
+trait FromAToB {
     /// A bundle from A to B with any payload A likes.
+    fn seal(&self, payload: &Value) -> Vec<u8>;
+    /// B receives `bytes`.
+    fn receive(&self, bytes: &[u8]) -> Result<share::Imported, Refusal>;
+    /// B's current `rt/id`, if B has it.
+    fn read(&self, rt: &str, id: &str) -> Option<Value>;
+}
+
+impl FromAToB for TwoNodes {
     fn seal(&self, payload: &Value) -> Vec<u8> {
         let now = self.a.clock.now_micros();
         let header = ShareHeader {
@@ -123,7 +80,7 @@ fn patient(url: &str) -> Value {
 
 #[test]
 fn a_peer_cannot_reach_beyond_the_patient_it_sends() {
-    let t = two_nodes();
+    let t = TwoNodes::new();
     // A first, honest bundle gives B a patient of its own.
     let first = t
         .receive(&t.seal(&transaction(vec![patient("urn:uuid:p")])))

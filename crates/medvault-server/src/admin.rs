@@ -8,7 +8,6 @@
 //! and `max_age` (RFC 9470). API tokens and app tokens cannot do these at all.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -23,8 +22,7 @@ use medvault_node::admin::{Erased, erase_patient, rotate_keys};
 use medvault_node::identity::Authenticated;
 use medvault_node::identity::gates;
 
-/// How recent a person's sign-in must be for a sensitive action, by default.
-pub const STEP_UP_WINDOW: Duration = Duration::from_secs(300);
+pub use crate::state::STEP_UP_WINDOW;
 
 /// The step-up gate of these actions: an admin who signed in with a second factor within the
 /// configured window.

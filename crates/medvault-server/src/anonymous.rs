@@ -20,9 +20,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use medvault_node::Node;
 use medvault_node::audit::{AuditKind, AuditOutcome, AuditRecord};
 use serde_json::{Value, json};
 
@@ -255,20 +256,19 @@ impl AnonymousTraffic {
 
 /// Writes the summary of what was counted, if anything was; on failure keeps the counts for
 /// the next attempt. Returns the summary's leaf.
-pub async fn flush(state: &crate::AppState) -> Option<u64> {
-    let pending = state.anonymous.take()?;
-    let now = state.node.clock.now_micros();
+pub async fn flush(node: &Node, traffic: &AnonymousTraffic) -> Option<u64> {
+    let pending = traffic.take()?;
+    let now = node.clock.now_micros();
     let record = pending.detail(now);
-    match state
-        .node
+    match node
         .ledger
-        .record_audit_async(state.node.access.as_ref(), now, &record)
+        .record_audit_async(node.access.as_ref(), now, &record)
         .await
     {
         Ok(leaf) => Some(leaf),
         Err(e) => {
             tracing::warn!(error = %e.message, count = pending.total(), "recording a summary of anonymous requests failed; kept for the next one");
-            state.anonymous.put_back(pending);
+            traffic.put_back(pending);
             None
         }
     }
@@ -280,13 +280,13 @@ pub async fn flush(state: &crate::AppState) -> Option<u64> {
 pub(crate) struct Vouched;
 
 /// Writes a summary every `interval` while the server runs.
-pub async fn summary_task(state: crate::AppState, interval: Duration) {
+pub async fn summary_task(node: Arc<Node>, traffic: Arc<AnonymousTraffic>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        flush(&state).await;
+        flush(&node, &traffic).await;
     }
 }
 

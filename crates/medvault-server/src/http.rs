@@ -220,7 +220,7 @@ fn effective_purpose(who: &Authenticated, headers: &HeaderMap) -> Option<String>
 
 /// After a write, on the blocking thread that ran it (which finishes even if the client goes
 /// away): the shared policy facts are forgotten if the write changed them.
-fn finish(guard: Option<&medvault_node::authz::Guard>) {
+fn finish(guard: Option<&dyn medvault_node::ctx::AccessPolicy>) {
     if let Some(g) = guard {
         g.finish();
     }

@@ -96,7 +96,7 @@ pub(crate) async fn logout(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let token = session_token(&headers).ok_or_else(|| Error::unauthenticated("not a session"))?;
-    let hash = medvault_crypto::sha256(token.as_bytes());
+    let hash = medvault_store::TokenHash::of(token);
     sessions::end_session(&state.node, &state.auth.sessions, &who.token_id, hash).await?;
     Ok(with_note(
         StatusCode::NO_CONTENT.into_response(),
@@ -152,7 +152,7 @@ pub(crate) async fn totp_confirm(
 ) -> Result<Response, ApiError> {
     let st = state.clone();
     let w = who.clone();
-    let hash = session_token(&headers).map(|t| medvault_crypto::sha256(t.as_bytes()));
+    let hash = session_token(&headers).map(medvault_store::TokenHash::of);
     let codes =
         blocking(move || login::totp_confirm(&st.node, &st.auth.sessions, &w, hash, &req.code))
             .await?;

@@ -26,7 +26,7 @@ pub(crate) async fn register_start(
     who: Authenticated,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = session_token(&headers).map(|t| medvault_crypto::sha256(t.as_bytes()));
+    let session = session_token(&headers).map(medvault_store::TokenHash::of);
     let st = state.clone();
     let w = who.clone();
     let (id, options) = blocking(move || {

@@ -339,7 +339,7 @@ const REFUSALS_PER_MINUTE: u32 = 30;
 
 /// Records refused peer handshakes (an unregistered node, a client without a certificate, a
 /// scanner) in the access log, from a task fed through a bounded channel.
-fn refusal_recorder(state: &AppState) -> tls::RefusedHook {
+pub(crate) fn refusal_recorder(state: &AppState) -> tls::RefusedHook {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(SocketAddr, String)>(64);
     let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counted = Arc::clone(&dropped);
@@ -397,30 +397,4 @@ fn refusal_recorder(state: &AppState) -> tls::RefusedHook {
             dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     })
-}
-
-/// Binds the peer listener on `addr` and serves it in a task (until aborted).
-///
-/// # Errors
-/// If the address cannot be bound or the node's identity does not open.
-pub async fn spawn_peer_listener(
-    state: AppState,
-    addr: SocketAddr,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let node = Arc::clone(&state.node);
-    let config = tokio::task::spawn_blocking(move || {
-        peer::server_config(node).map_err(std::io::Error::other)
-    })
-    .await
-    .map_err(std::io::Error::other)??;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(address = %listener.local_addr()?, "peer listener (mutual TLS 1.3, registered peers only)");
-    let listener =
-        tls::TlsListener::with_refused_hook(listener, config, Some(refusal_recorder(&state)))?;
-    let app = crate::peer_router(state).into_make_service_with_connect_info::<PeerConn>();
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "the peer listener stopped");
-        }
-    }))
 }

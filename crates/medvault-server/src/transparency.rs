@@ -1,7 +1,7 @@
 //! The public, read-only transparency endpoints over the node's two logs (C2SP `tlog-tiles`
 //! plus proof endpoints), the witness endpoints (C2SP `tlog-witness`) and the node document.
-//! What they serve is computed by `medvault_node::{ledger, witness, node_identity}`; this module
-//! only shapes HTTP: content types, cache policy, status codes.
+//! What they serve is computed by `medvault_node::{published, ledger, witness, node_identity}`;
+//! this module only shapes HTTP: content types, cache policy, status codes.
 
 use std::sync::Arc;
 
@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use medvault_ledger::TilePath;
-use medvault_node::ledger::{self, LogId};
+use medvault_node::ledger::LogId;
+use medvault_node::published;
 use medvault_node::witness::{self, Refusal, Witnessed};
 use medvault_node::{Error, Node};
 use serde::Deserialize;
@@ -66,7 +67,7 @@ pub(crate) async fn get_checkpoint(
     Path(log): Path<String>,
 ) -> Result<Response, ApiError> {
     let log = log_named(&log)?;
-    let note = blocking(&state, move |n| ledger::newest_checkpoint(n, log)).await?;
+    let note = blocking(&state, move |n| published::newest_checkpoint(n, log)).await?;
     Ok(text_response(note))
 }
 
@@ -92,7 +93,7 @@ pub(crate) async fn get_tile(
 ) -> Result<Response, ApiError> {
     let log = log_named(&log)?;
     let tile = TilePath::parse(&rest).map_err(|_| ApiError::not_found("no such tile"))?;
-    let body = blocking(&state, move |n| ledger::tile(n, log, &tile)).await?;
+    let body = blocking(&state, move |n| published::tile(n, log, &tile)).await?;
     Ok(with_headers(
         body,
         "application/octet-stream",
@@ -124,7 +125,8 @@ pub(crate) async fn get_inclusion(
     let (Some(index), Some(size)) = (q.index, q.size) else {
         return Err(ApiError::bad_request("give index and size"));
     };
-    let (proof, entry) = blocking(&state, move |n| ledger::inclusion(n, log, index, size)).await?;
+    let (proof, entry) =
+        blocking(&state, move |n| published::inclusion(n, log, index, size)).await?;
     Ok(Json(json!({
         "index": index,
         "size": size,
@@ -145,7 +147,7 @@ pub(crate) async fn get_consistency(
     let (Some(old), Some(new)) = (q.old, q.new) else {
         return Err(ApiError::bad_request("give old and new"));
     };
-    let proof = blocking(&state, move |n| ledger::consistency(n, log, old, new)).await?;
+    let proof = blocking(&state, move |n| published::consistency(n, log, old, new)).await?;
     Ok(Json(json!({ "old": old, "new": new, "proof": proof_json(&proof) })).into_response())
 }
 

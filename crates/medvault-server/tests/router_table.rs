@@ -10,10 +10,8 @@ use std::collections::HashMap;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use medvault_core::Role;
-use medvault_node::Node;
-use medvault_node::identity::api_tokens::create_token;
-use medvault_node::node::Database;
 use medvault_server::{AppState, ServerConfig, router};
+use medvault_testkit::{api_token, scratch_node};
 use tower::ServiceExt as _;
 
 /// Who sends a row's request.
@@ -35,12 +33,13 @@ struct Row {
     status: u16,
 }
 
+/// `who` sends `method path` (no headers, no body) and must get `status`, by `rule`.
 const fn row(
-    rule: &'static str,
     who: Who,
     method: &'static str,
     path: &'static str,
     status: u16,
+    rule: &'static str,
 ) -> Row {
     Row {
         rule,
@@ -53,288 +52,263 @@ const fn row(
     }
 }
 
+impl Row {
+    /// The row's request with `headers` and `body`.
+    const fn sending(
+        self,
+        headers: &'static [(&'static str, &'static str)],
+        body: &'static str,
+    ) -> Self {
+        Self {
+            headers,
+            body,
+            ..self
+        }
+    }
+}
+
 const FHIR: (&str, &str) = ("content-type", "application/fhir+json");
 const PATIENT: &str = r#"{"resourceType":"Patient","name":[{"family":"Table"}]}"#;
 
 use Who::{Anonymous, Forged, Token};
 
+const ADMIN: Who = Token(Role::Admin);
+const AUDITOR: Who = Token(Role::Auditor);
+const CLINICIAN: Who = Token(Role::Clinician);
+
 fn rows() -> Vec<Row> {
     vec![
         row(
-            "capability statement is public",
             Anonymous,
             "GET",
             "/fhir/metadata",
             200,
+            "capability statement is public",
         ),
-        row("liveness is public", Anonymous, "GET", "/healthz", 200),
+        row(Anonymous, "GET", "/healthz", 200, "liveness is public"),
         row(
-            "FHIR needs a credential",
             Anonymous,
             "GET",
             "/fhir/Patient",
             401,
+            "FHIR needs a credential",
         ),
         row(
-            "an unknown token is refused",
             Forged,
             "GET",
             "/fhir/Patient",
             401,
+            "an unknown token is refused",
         ),
+        row(ADMIN, "GET", "/fhir/Patient", 200, "admins search"),
+        row(ADMIN, "POST", "/fhir/Patient", 201, "admins create").sending(&[FHIR], PATIENT),
         row(
-            "admins search",
-            Token(Role::Admin),
-            "GET",
+            AUDITOR,
+            "POST",
             "/fhir/Patient",
-            200,
-        ),
-        Row {
-            headers: &[FHIR],
-            body: PATIENT,
-            ..row(
-                "admins create",
-                Token(Role::Admin),
-                "POST",
-                "/fhir/Patient",
-                201,
-            )
-        },
-        Row {
-            headers: &[FHIR],
-            body: PATIENT,
-            ..row(
-                "role gate: auditors write nothing",
-                Token(Role::Auditor),
-                "POST",
-                "/fhir/Patient",
-                403,
-            )
-        },
+            403,
+            "role gate: auditors write nothing",
+        )
+        .sending(&[FHIR], PATIENT),
         row(
-            "auditors read the trail",
-            Token(Role::Auditor),
+            AUDITOR,
             "GET",
             "/fhir/AuditEvent",
             200,
+            "auditors read the trail",
         ),
         row(
-            "role gate: auditors read no records",
-            Token(Role::Auditor),
+            AUDITOR,
             "GET",
             "/fhir/Observation",
             403,
+            "role gate: auditors read no records",
         ),
-        Row {
-            headers: &[("content-type", "text/plain")],
-            body: PATIENT,
-            ..row(
-                "only FHIR JSON bodies",
-                Token(Role::Admin),
-                "POST",
-                "/fhir/Patient",
-                415,
-            )
-        },
-        Row {
-            headers: &[FHIR],
-            body: r#"{"resourceType":"Patient","meta":{},"meta":{"security":[]}}"#,
-            ..row(
-                "a key named twice is refused",
-                Token(Role::Admin),
-                "POST",
-                "/fhir/Patient",
-                400,
-            )
-        },
-        Row {
-            headers: &[FHIR],
-            body: "{\"resourceType\":\"Patient\",\"text\":\"",
-            ..row(
-                "malformed JSON",
-                Token(Role::Admin),
-                "POST",
-                "/fhir/Patient",
-                400,
-            )
-        },
-        Row {
-            headers: &[FHIR, ("x-purpose-of-use", "HRESCH")],
-            body: PATIENT,
-            ..row(
-                "purpose of use: clinicians do not declare research",
-                Token(Role::Clinician),
-                "POST",
-                "/fhir/Patient",
-                403,
-            )
-        },
-        Row {
-            headers: &[
+        row(ADMIN, "POST", "/fhir/Patient", 415, "only FHIR JSON bodies")
+            .sending(&[("content-type", "text/plain")], PATIENT),
+        row(
+            ADMIN,
+            "POST",
+            "/fhir/Patient",
+            400,
+            "a key named twice is refused",
+        )
+        .sending(
+            &[FHIR],
+            r#"{"resourceType":"Patient","meta":{},"meta":{"security":[]}}"#,
+        ),
+        row(ADMIN, "POST", "/fhir/Patient", 400, "malformed JSON")
+            .sending(&[FHIR], "{\"resourceType\":\"Patient\",\"text\":\""),
+        row(
+            CLINICIAN,
+            "POST",
+            "/fhir/Patient",
+            403,
+            "purpose of use: clinicians do not declare research",
+        )
+        .sending(&[FHIR, ("x-purpose-of-use", "HRESCH")], PATIENT),
+        row(
+            CLINICIAN,
+            "GET",
+            "/fhir/Patient",
+            400,
+            "one declared purpose at most",
+        )
+        .sending(
+            &[
                 ("x-purpose-of-use", "TREAT"),
                 ("x-purpose-of-use", "HOPERAT"),
             ],
-            ..row(
-                "one declared purpose at most",
-                Token(Role::Clinician),
-                "GET",
-                "/fhir/Patient",
-                400,
-            )
-        },
+            "",
+        ),
         row(
-            "unknown resource types are not found",
-            Token(Role::Admin),
+            ADMIN,
             "GET",
             "/fhir/NoSuchType",
             404,
+            "unknown resource types are not found",
         ),
         row(
-            "a bad id is invalid",
-            Token(Role::Admin),
+            ADMIN,
             "GET",
             "/fhir/Patient/bad%20id",
             400,
+            "a bad id is invalid",
         ),
         row(
-            "a missing resource is not found",
-            Token(Role::Admin),
+            ADMIN,
             "GET",
             "/fhir/Patient/nobody",
             404,
+            "a missing resource is not found",
         ),
         row(
-            "PATCH is not offered",
-            Token(Role::Admin),
+            ADMIN,
             "PATCH",
             "/fhir/Patient/x",
             405,
+            "PATCH is not offered",
         ),
         row(
-            "_count must be a number",
-            Token(Role::Admin),
+            ADMIN,
             "GET",
             "/fhir/Patient?_count=many",
             400,
+            "_count must be a number",
         ),
         row(
-            "gate: key rotation needs a person's fresh sign-in, not an API token",
-            Token(Role::Admin),
+            ADMIN,
             "POST",
             "/admin/keys/rotate",
             403,
+            "gate: key rotation needs a person's fresh sign-in, not an API token",
         ),
         row(
-            "gate: erasure needs a person's fresh sign-in",
-            Token(Role::Admin),
+            ADMIN,
             "POST",
             "/admin/patients/p1/erase",
             403,
+            "gate: erasure needs a person's fresh sign-in",
         ),
         row(
-            "gate: only privacy officers read alerts",
-            Token(Role::Clinician),
+            CLINICIAN,
             "GET",
             "/privacy/alerts",
             403,
+            "gate: only privacy officers read alerts",
         ),
-        Row {
-            headers: &[("content-type", "application/json")],
-            body: r#"{"patient":"p1","reason":"a long enough emergency justification"}"#,
-            ..row(
-                "gate: break-glass needs a person with a second factor",
-                Token(Role::Clinician),
-                "POST",
-                "/auth/break-glass",
-                403,
-            )
-        },
         row(
-            "the session endpoint needs a credential",
+            CLINICIAN,
+            "POST",
+            "/auth/break-glass",
+            403,
+            "gate: break-glass needs a person with a second factor",
+        )
+        .sending(
+            &[("content-type", "application/json")],
+            r#"{"patient":"p1","reason":"a long enough emergency justification"}"#,
+        ),
+        row(
             Anonymous,
             "GET",
             "/auth/session",
             401,
+            "the session endpoint needs a credential",
         ),
         row(
-            "the node document is public",
             Anonymous,
             "GET",
             "/.well-known/medvault-node",
             200,
+            "the node document is public",
         ),
         row(
-            "the records log's key is public",
             Anonymous,
             "GET",
             "/ledger/records/key",
             200,
+            "the records log's key is public",
         ),
         row(
-            "there is no third log",
             Anonymous,
             "GET",
             "/ledger/other/key",
             404,
+            "there is no third log",
         ),
         row(
-            "a tile beyond the tree is not found",
             Anonymous,
             "GET",
             "/ledger/records/tile/0/999",
             404,
+            "a tile beyond the tree is not found",
         ),
         row(
-            "proofs need their sizes",
             Anonymous,
             "GET",
             "/ledger/records/proof/inclusion",
             400,
+            "proofs need their sizes",
         ),
-        Row {
-            body: "not a checkpoint",
-            ..row(
-                "witness: a malformed request",
-                Anonymous,
-                "POST",
-                "/witness/add-checkpoint",
-                400,
-            )
-        },
         row(
-            "OAuth token endpoint needs a grant",
+            Anonymous,
+            "POST",
+            "/witness/add-checkpoint",
+            400,
+            "witness: a malformed request",
+        )
+        .sending(&[], "not a checkpoint"),
+        row(
             Anonymous,
             "POST",
             "/auth/token",
             400,
+            "OAuth token endpoint needs a grant",
         ),
         row(
-            "SMART configuration is public",
             Anonymous,
             "GET",
             "/fhir/.well-known/smart-configuration",
             200,
+            "SMART configuration is public",
         ),
     ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rule_answers_with_its_status() {
-    let tmp = tempfile::tempdir().unwrap();
-    let node = Node::open_in(&tmp.path().join("data"), &Database::Embedded, None).unwrap();
+    let (_tmp, node) = scratch_node();
     // The node's identity keys exist before anyone asks for its document (as `serve` does).
     medvault_node::node_identity::NodeIdentity::load(&node).unwrap();
-    let now = node.clock.now_micros();
-    let mut tokens = HashMap::new();
-    for role in [
+    let tokens: HashMap<Role, String> = [
         Role::Admin,
         Role::Auditor,
         Role::Clinician,
         Role::PrivacyOfficer,
-    ] {
-        let (token, _) = create_token(node.store.as_ref(), role, now, 1).unwrap();
-        tokens.insert(role, token);
-    }
+    ]
+    .into_iter()
+    .map(|role| (role, api_token(&node, role)))
+    .collect();
     let app = router(AppState::new(node, ServerConfig::default()));
 
     let rows = rows();

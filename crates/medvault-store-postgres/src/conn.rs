@@ -336,3 +336,14 @@ impl Conn {
         })
     }
 }
+
+/// A 64-bit advisory-lock key for `what` in `namespace` (FNV-1a: stable across processes and
+/// builds, unlike `std`'s hasher).
+pub(crate) fn lock_key(what: &str, namespace: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in what.bytes().chain([0]).chain(namespace.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_ne_bytes(h.to_ne_bytes())
+}

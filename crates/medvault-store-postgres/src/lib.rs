@@ -23,13 +23,14 @@ mod sql;
 
 pub use schema::Schema;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use medvault_store::group::{Dialect, GroupWriter, NewNode, OpEffects};
-use medvault_store::{Store, StoreError, StoreRead, StoreTx, WriteDone, WriteOp};
+use medvault_store::prelude::*;
+use medvault_store::{LogOp, LogStore, Store, StoreError, StoreRead, StoreTx, WriteDone, WriteOp};
 
-use crate::conn::Conn;
+use crate::conn::{Conn, lock_key};
 
 /// Read connections kept open when idle.
 const MAX_IDLE_READERS: usize = 16;
@@ -163,6 +164,32 @@ impl Target {
     }
 }
 
+impl medvault_store::Databases for Target {
+    fn describe(&self) -> String {
+        Target::describe(self)
+    }
+
+    fn open_node(&self) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(Arc::new(PgStore::open(self)?))
+    }
+
+    fn access_log_exists(&self) -> Result<bool, StoreError> {
+        Ok(PgStore::open_access_log(self)?.meta("tenant")?.is_some())
+    }
+
+    fn open_access_log(&self) -> Result<Arc<dyn LogStore>, StoreError> {
+        Ok(Arc::new(PgStore::open_access_log(self)?))
+    }
+
+    fn missing_access_log(&self) -> &'static str {
+        "schema is empty beside the node's: restore it from backup"
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
 /// Letters, digits and `_`, not starting with a digit, at most 40; never a schema PostgreSQL
 /// or other applications own (`public`, `information_schema`, `pg_…`): medvault drops its
 /// schemas on `--force`.
@@ -173,17 +200,6 @@ fn valid_schema_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !matches!(name, "public" | "information_schema")
         && !name.starts_with("pg_")
-}
-
-/// A 64-bit advisory-lock key for `what` in `namespace` (FNV-1a: stable across processes and
-/// builds, unlike `std`'s hasher).
-fn lock_key(what: &str, namespace: &str) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in what.bytes().chain([0]).chain(namespace.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    i64::from_ne_bytes(h.to_ne_bytes())
 }
 
 /// A medvault database in a PostgreSQL schema.
@@ -467,17 +483,9 @@ impl PgStore {
 
 medvault_store::forward_reads!(PgStore, crate::sql);
 
-impl Store for PgStore {
-    fn write(&self, op: WriteOp) -> Result<(), StoreError> {
-        self.writer.write(op)
-    }
-
-    fn submit(&self, op: WriteOp, done: WriteDone) {
-        self.writer.submit(op, done);
-    }
-
-    fn data_key_names(&self) -> Result<Vec<String>, StoreError> {
-        self.with_reader(sql::data_key_names)
+impl LogStore for PgStore {
+    fn submit_log(&self, op: LogOp, done: WriteDone) {
+        self.writer.submit(Box::new(move |tx| op(tx)), done);
     }
 
     fn dump(
@@ -490,6 +498,20 @@ impl Store for PgStore {
         // The reader of a dump may pause (a slow disk, a pipe) longer than writers may.
         conn.batch("SET idle_in_transaction_session_timeout = 0")?;
         dump::dump(&mut conn, tables, sink)
+    }
+}
+
+impl Store for PgStore {
+    fn write(&self, op: WriteOp) -> Result<(), StoreError> {
+        self.writer.write(op)
+    }
+
+    fn submit(&self, op: WriteOp, done: WriteDone) {
+        self.writer.submit(op, done);
+    }
+
+    fn data_key_names(&self) -> Result<Vec<String>, StoreError> {
+        self.with_reader(sql::data_key_names)
     }
 }
 
@@ -676,7 +698,10 @@ mod tests {
         }
         let store = PgStore::open(&s.0).unwrap();
         assert_eq!(store.meta("schema_version").unwrap().as_deref(), Some("13"));
-        let t = store.token(&[1; 32]).unwrap().unwrap();
+        let t = store
+            .token(&medvault_store::TokenHash::from_bytes([1; 32]))
+            .unwrap()
+            .unwrap();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

@@ -8,8 +8,7 @@
 
 use medvault_store::StoreError;
 
-use crate::conn::Conn;
-use crate::lock_key;
+use crate::conn::{Conn, lock_key};
 
 pub use medvault_store::Schema;
 

@@ -7,11 +7,14 @@ use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
 use medvault_ledger::{Hash, SALT_LEN, leaf_hash};
 use medvault_store::{
     AccessTokenRow, AlertRow, Amendment, AmendmentKind, AuditDetail, BreakGlassRow, ClientRow,
-    CurrentMeta, DataKeyRow, GrantRow, IndexQuery, PeerRow, SearchPage, SessionRow, SortOrder,
-    StoreError, StoreTx, StoredVersion, TokenRow, UserRow,
+    CurrentMeta, DataKeyRow, GrantRow, IdentityTx, IndexQuery, KeyTx, LogTx, PeerRow, PeerTx,
+    RecordTx, SearchPage, SessionRow, SortOrder, StoreError, StoredVersion, TokenHash, TokenRow,
+    UserRow,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
+
+use medvault_store::group::{contiguous_leaves, contiguous_nodes};
 
 use crate::conn::{Conn, Param, get, to_i64, to_u32, to_u64};
 
@@ -357,11 +360,11 @@ pub(crate) fn users(c: &mut Conn) -> Result<Vec<UserRow>, StoreError> {
     rows(found, user_row)
 }
 
-pub(crate) fn session(c: &mut Conn, hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError> {
+pub(crate) fn session(c: &mut Conn, hash: &TokenHash) -> Result<Option<SessionRow>, StoreError> {
     c.opt(
         "SELECT session_id, user_id, aal, created, last_seen, expires FROM sessions
          WHERE hash = $1",
-        &[&&hash[..]],
+        &[&&hash.as_bytes()[..]],
     )?
     .map(|r| {
         Ok(SessionRow {
@@ -457,12 +460,12 @@ pub(crate) fn share_receipt(
     .transpose()
 }
 
-pub(crate) fn grant(c: &mut Conn, hash: &[u8; 32]) -> Result<Option<GrantRow>, StoreError> {
+pub(crate) fn grant(c: &mut Conn, hash: &TokenHash) -> Result<Option<GrantRow>, StoreError> {
     c.opt(
         "SELECT kind, client_id, user_id, scopes, redirect_uri, code_challenge, family, expires,
                 used
          FROM oauth_grants WHERE hash = $1",
-        &[&&hash[..]],
+        &[&&hash.as_bytes()[..]],
     )?
     .map(|r| {
         Ok(GrantRow {
@@ -483,12 +486,12 @@ pub(crate) fn grant(c: &mut Conn, hash: &[u8; 32]) -> Result<Option<GrantRow>, S
 
 pub(crate) fn access_token(
     c: &mut Conn,
-    hash: &[u8; 32],
+    hash: &TokenHash,
 ) -> Result<Option<AccessTokenRow>, StoreError> {
     c.opt(
         "SELECT client_id, scopes, issued, expires, user_id, family FROM oauth_tokens
          WHERE hash = $1",
-        &[&&hash[..]],
+        &[&&hash.as_bytes()[..]],
     )?
     .map(|r| {
         Ok(AccessTokenRow {
@@ -579,10 +582,10 @@ fn token_row(r: &Row) -> Result<TokenRow, StoreError> {
     })
 }
 
-pub(crate) fn token(c: &mut Conn, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
+pub(crate) fn token(c: &mut Conn, hash: &TokenHash) -> Result<Option<TokenRow>, StoreError> {
     c.opt(
         &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = $1"),
-        &[&&hash[..]],
+        &[&&hash.as_bytes()[..]],
     )?
     .map(|r| token_row(&r))
     .transpose()
@@ -610,13 +613,7 @@ pub(crate) fn ledger_nodes(
     count: u64,
 ) -> Result<Vec<Hash>, StoreError> {
     if level == 0 {
-        let entries = ledger_entries(c, start, count)?;
-        return Ok(entries
-            .iter()
-            .enumerate()
-            .take_while(|(i, (idx, _))| *idx == start + *i as u64)
-            .map(|(_, (_, e))| leaf_hash(e))
-            .collect());
+        return Ok(contiguous_leaves(start, &ledger_entries(c, start, count)?));
     }
     let found = c.query(
         "SELECT idx, hash FROM ledger_nodes WHERE level = $1 AND idx >= $2 AND idx < $3
@@ -627,19 +624,11 @@ pub(crate) fn ledger_nodes(
             &to_i64(start.saturating_add(count)),
         ],
     )?;
-    let mut out = Vec::new();
-    for (i, r) in found.iter().enumerate() {
-        let (idx, hash): (i64, Vec<u8>) = (get(r, 0)?, get(r, 1)?);
-        // Stop at the first gap or malformed hash: the caller sees fewer nodes than asked.
-        let Ok(hash) = <Hash>::try_from(hash.as_slice()) else {
-            break;
-        };
-        if u64::try_from(idx).ok() != Some(start + i as u64) {
-            break;
-        }
-        out.push(hash);
-    }
-    Ok(out)
+    let rows = found
+        .iter()
+        .map(|r| Ok((get(r, 0)?, get(r, 1)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(contiguous_nodes(start, rows))
 }
 
 /// The given nodes in two round trips (stored nodes; leaves for level 0).
@@ -825,7 +814,15 @@ impl<'c> Tx<'c> {
 
 medvault_store::forward_reads!(Tx<'_>, crate::sql);
 
-impl StoreTx for Tx<'_> {
+impl LogTx for Tx<'_> {
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO meta (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+            &[&key, &value],
+        )
+        .map(drop)
+    }
+
     fn load(
         &mut self,
         table: &medvault_store::dump::Table,
@@ -835,14 +832,47 @@ impl StoreTx for Tx<'_> {
         crate::dump::load(self.conn.get_mut(), table, rows)
     }
 
-    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+    fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError> {
+        let row = self.conn.get_mut().one(
+            &format!(
+                "WITH {APPEND_LEAF}
+                 INSERT INTO ledger_audit (leaf, salt, detail) SELECT idx, $2, $3 FROM leaf
+                 RETURNING leaf"
+            ),
+            &[&leaf, &&detail.salt[..], &detail.sealed.as_bytes()],
+        )?;
+        let idx = to_u64(get(&row, 0)?);
+        self.appended.push((idx, leaf_hash(leaf)));
+        Ok(idx)
+    }
+
+    fn set_witnessed(
+        &mut self,
+        origin: &str,
+        size: u64,
+        root: &Hash,
+        note: &str,
+    ) -> Result<(), StoreError> {
         self.exec(
-            "INSERT INTO meta (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-            &[&key, &value],
+            "INSERT INTO witnessed (origin, size, root, note) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (origin) DO UPDATE
+               SET size = excluded.size, root = excluded.root, note = excluded.note",
+            &[&origin, &to_i64(size), &&root[..], &note],
         )
         .map(drop)
     }
 
+    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO ledger_checkpoints (size, note) VALUES ($1, $2)
+             ON CONFLICT (size) DO UPDATE SET note = excluded.note",
+            &[&to_i64(size), &note],
+        )
+        .map(drop)
+    }
+}
+
+impl KeyTx for Tx<'_> {
     fn add_kek(&mut self, version: u32, wrapped: &WrappedKey) -> Result<(), StoreError> {
         self.exec(
             "INSERT INTO keks (version, wrapped) VALUES ($1, $2)",
@@ -894,7 +924,9 @@ impl StoreTx for Tx<'_> {
         self.shredded = true;
         Ok(n)
     }
+}
 
+impl RecordTx for Tx<'_> {
     fn put_version(
         &mut self,
         v: &StoredVersion,
@@ -1004,46 +1036,9 @@ impl StoreTx for Tx<'_> {
         self.appended.push((idx, leaf_hash(leaf)));
         Ok(idx)
     }
+}
 
-    fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError> {
-        let row = self.conn.get_mut().one(
-            &format!(
-                "WITH {APPEND_LEAF}
-                 INSERT INTO ledger_audit (leaf, salt, detail) SELECT idx, $2, $3 FROM leaf
-                 RETURNING leaf"
-            ),
-            &[&leaf, &&detail.salt[..], &detail.sealed.as_bytes()],
-        )?;
-        let idx = to_u64(get(&row, 0)?);
-        self.appended.push((idx, leaf_hash(leaf)));
-        Ok(idx)
-    }
-
-    fn set_witnessed(
-        &mut self,
-        origin: &str,
-        size: u64,
-        root: &Hash,
-        note: &str,
-    ) -> Result<(), StoreError> {
-        self.exec(
-            "INSERT INTO witnessed (origin, size, root, note) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (origin) DO UPDATE
-               SET size = excluded.size, root = excluded.root, note = excluded.note",
-            &[&origin, &to_i64(size), &&root[..], &note],
-        )
-        .map(drop)
-    }
-
-    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError> {
-        self.exec(
-            "INSERT INTO ledger_checkpoints (size, note) VALUES ($1, $2)
-             ON CONFLICT (size) DO UPDATE SET note = excluded.note",
-            &[&to_i64(size), &note],
-        )
-        .map(drop)
-    }
-
+impl IdentityTx for Tx<'_> {
     fn put_client(&mut self, x: &ClientRow) -> Result<(), StoreError> {
         self.exec(
             &format!(
@@ -1065,58 +1060,13 @@ impl StoreTx for Tx<'_> {
         .map(drop)
     }
 
-    fn put_peer(&mut self, p: &PeerRow) -> Result<(), StoreError> {
-        self.exec(
-            &format!(
-                "INSERT INTO peers ({PEER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (node) DO UPDATE SET fingerprint = excluded.fingerprint,
-                   url = excluded.url, document = excluded.document,
-                   organization = excluded.organization,
-                   registered = excluded.registered, registered_by = excluded.registered_by"
-            ),
-            &[
-                &p.node,
-                &p.fingerprint,
-                &p.url,
-                &p.document,
-                &p.organization,
-                &p.registered_micros,
-                &p.registered_by,
-            ],
-        )
-        .map(drop)
-    }
-
-    fn put_share_receipt(
-        &mut self,
-        sender: &str,
-        bundle_id: &str,
-        receipt: &str,
-        expires: i64,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        self.exec("DELETE FROM share_receipts WHERE expires < $1", &[&now])?;
-        self.exec(
-            "INSERT INTO share_receipts (sender, bundle_id, receipt, expires) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (sender, bundle_id) DO UPDATE SET receipt = excluded.receipt,
-               expires = excluded.expires",
-            &[&sender, &bundle_id, &receipt, &expires],
-        )
-        .map(drop)
-    }
-
-    fn delete_peer(&mut self, node: &str) -> Result<bool, StoreError> {
-        self.exec("DELETE FROM peers WHERE node = $1", &[&node])
-            .map(|n| n > 0)
-    }
-
     fn put_access_token(&mut self, t: &AccessTokenRow, now: i64) -> Result<(), StoreError> {
         self.exec("DELETE FROM oauth_tokens WHERE expires < $1", &[&now])?;
         self.exec(
             "INSERT INTO oauth_tokens (hash, client_id, scopes, issued, expires, user_id, family)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
-                &&t.hash[..],
+                &&t.hash.as_bytes()[..],
                 &t.client_id,
                 &t.scopes,
                 &t.issued_micros,
@@ -1205,7 +1155,7 @@ impl StoreTx for Tx<'_> {
                 code_challenge, family, expires, used)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
-                &&g.hash[..],
+                &&g.hash.as_bytes()[..],
                 &g.kind,
                 &g.client_id,
                 &g.user_id,
@@ -1220,10 +1170,10 @@ impl StoreTx for Tx<'_> {
         .map(drop)
     }
 
-    fn use_grant(&mut self, hash: &[u8; 32]) -> Result<bool, StoreError> {
+    fn use_grant(&mut self, hash: &TokenHash) -> Result<bool, StoreError> {
         self.exec(
             "UPDATE oauth_grants SET used = TRUE WHERE hash = $1 AND NOT used",
-            &[&&hash[..]],
+            &[&&hash.as_bytes()[..]],
         )
         .map(|n| n == 1)
     }
@@ -1302,7 +1252,7 @@ impl StoreTx for Tx<'_> {
                user_id = excluded.user_id, aal = excluded.aal, created = excluded.created,
                last_seen = excluded.last_seen, expires = excluded.expires",
             &[
-                &&x.hash[..],
+                &&x.hash.as_bytes()[..],
                 &x.session_id,
                 &x.user_id,
                 &i64::from(x.aal),
@@ -1317,20 +1267,24 @@ impl StoreTx for Tx<'_> {
     fn delete_sessions(
         &mut self,
         user_id: &str,
-        hash: Option<&[u8; 32]>,
+        hash: Option<&TokenHash>,
     ) -> Result<u64, StoreError> {
         match hash {
             Some(h) => self.exec(
                 "DELETE FROM sessions WHERE user_id = $1 AND hash = $2",
-                &[&user_id, &&h[..]],
+                &[&user_id, &&h.as_bytes()[..]],
             ),
             None => self.exec("DELETE FROM sessions WHERE user_id = $1", &[&user_id]),
         }
     }
 
-    fn set_recovery_codes(&mut self, user_id: &str, hashes: &[[u8; 32]]) -> Result<(), StoreError> {
+    fn set_recovery_codes(
+        &mut self,
+        user_id: &str,
+        hashes: &[TokenHash],
+    ) -> Result<(), StoreError> {
         self.exec("DELETE FROM recovery_codes WHERE user_id = $1", &[&user_id])?;
-        let list: Vec<Vec<u8>> = hashes.iter().map(|h| h.to_vec()).collect();
+        let list: Vec<Vec<u8>> = hashes.iter().map(|h| h.as_bytes().to_vec()).collect();
         self.exec(
             "INSERT INTO recovery_codes (user_id, hash) SELECT $1, unnest($2::bytea[])
              ON CONFLICT DO NOTHING",
@@ -1339,20 +1293,20 @@ impl StoreTx for Tx<'_> {
         .map(drop)
     }
 
-    fn use_recovery_code(&mut self, user_id: &str, hash: &[u8; 32]) -> Result<bool, StoreError> {
+    fn use_recovery_code(&mut self, user_id: &str, hash: &TokenHash) -> Result<bool, StoreError> {
         self.exec(
             "DELETE FROM recovery_codes WHERE user_id = $1 AND hash = $2",
-            &[&user_id, &&hash[..]],
+            &[&user_id, &&hash.as_bytes()[..]],
         )
         .map(|n| n == 1)
     }
 
-    fn add_token(&mut self, hash: &[u8; 32], t: &TokenRow) -> Result<(), StoreError> {
+    fn add_token(&mut self, hash: &TokenHash, t: &TokenRow) -> Result<(), StoreError> {
         self.exec(
             "INSERT INTO tokens (hash, token_id, role, created, expires, revoked, last_used)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
-                &&hash[..],
+                &&hash.as_bytes()[..],
                 &t.token_id,
                 &t.role,
                 &t.created_micros,
@@ -1379,5 +1333,52 @@ impl StoreTx for Tx<'_> {
             &[&token_id, &now],
         )
         .map(drop)
+    }
+}
+
+impl PeerTx for Tx<'_> {
+    fn put_peer(&mut self, p: &PeerRow) -> Result<(), StoreError> {
+        self.exec(
+            &format!(
+                "INSERT INTO peers ({PEER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (node) DO UPDATE SET fingerprint = excluded.fingerprint,
+                   url = excluded.url, document = excluded.document,
+                   organization = excluded.organization,
+                   registered = excluded.registered, registered_by = excluded.registered_by"
+            ),
+            &[
+                &p.node,
+                &p.fingerprint,
+                &p.url,
+                &p.document,
+                &p.organization,
+                &p.registered_micros,
+                &p.registered_by,
+            ],
+        )
+        .map(drop)
+    }
+
+    fn put_share_receipt(
+        &mut self,
+        sender: &str,
+        bundle_id: &str,
+        receipt: &str,
+        expires: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.exec("DELETE FROM share_receipts WHERE expires < $1", &[&now])?;
+        self.exec(
+            "INSERT INTO share_receipts (sender, bundle_id, receipt, expires) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (sender, bundle_id) DO UPDATE SET receipt = excluded.receipt,
+               expires = excluded.expires",
+            &[&sender, &bundle_id, &receipt, &expires],
+        )
+        .map(drop)
+    }
+
+    fn delete_peer(&mut self, node: &str) -> Result<bool, StoreError> {
+        self.exec("DELETE FROM peers WHERE node = $1", &[&node])
+            .map(|n| n > 0)
     }
 }

@@ -5,7 +5,7 @@ use medvault_store::dump::{Cell, Sink, Table};
 use rusqlite::Connection;
 use rusqlite::types::{Value, ValueRef};
 
-use crate::backend;
+use crate::conn::backend;
 
 fn cell(v: ValueRef<'_>, table: &Table, col: usize) -> Result<Cell, StoreError> {
     Ok(match v {

@@ -10,6 +10,7 @@
 //! - `secure_delete=ON`, and a WAL checkpoint after destroying a key, so a shredded data key's
 //!   wrapped bytes do not linger in free pages or the WAL.
 
+mod conn;
 mod dump;
 mod schema;
 mod sql;
@@ -23,21 +24,72 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use medvault_store::group::{Dialect, GroupWriter, NewNode, OpEffects};
-use medvault_store::{Store, StoreError, StoreRead, StoreTx, WriteDone, WriteOp};
+use medvault_store::{LogOp, LogStore, Store, StoreError, StoreRead, StoreTx, WriteDone, WriteOp};
 use rusqlite::Connection;
+
+use crate::conn::backend;
 
 /// Read connections kept open when idle.
 const MAX_IDLE_READERS: usize = 64;
 /// How long a connection waits for another process's lock (e.g. the CLI) before failing.
 const BUSY_TIMEOUT_MILLIS: u64 = 10_000;
 
-pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
-    if let rusqlite::Error::SqliteFailure(f, _) = &e
-        && f.code == rusqlite::ErrorCode::ConstraintViolation
-    {
-        return StoreError::Conflict;
+/// Name of the records database inside a data directory.
+pub const NODE_FILE: &str = "medvault.db";
+/// Name of the access log's database inside a data directory.
+pub const ACCESS_LOG_FILE: &str = "access.db";
+
+/// A node's two SQLite files in its data directory: the embedded default, nothing to install.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    dir: PathBuf,
+}
+
+impl Embedded {
+    /// The databases in data directory `dir` (which must exist before they are opened).
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+        }
     }
-    StoreError::Backend(Box::new(e))
+
+    /// The records database's file.
+    pub fn node_path(&self) -> PathBuf {
+        self.dir.join(NODE_FILE)
+    }
+
+    /// The access log's file.
+    pub fn access_log_path(&self) -> PathBuf {
+        self.dir.join(ACCESS_LOG_FILE)
+    }
+}
+
+impl medvault_store::Databases for Embedded {
+    fn describe(&self) -> String {
+        self.node_path().display().to_string()
+    }
+
+    fn open_node(&self) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(Arc::new(SqliteStore::open(&self.node_path())?))
+    }
+
+    fn access_log_exists(&self) -> Result<bool, StoreError> {
+        Ok(self.access_log_path().exists())
+    }
+
+    fn open_access_log(&self) -> Result<Arc<dyn LogStore>, StoreError> {
+        Ok(Arc::new(SqliteStore::open_access_log(
+            &self.access_log_path(),
+        )?))
+    }
+
+    fn missing_access_log(&self) -> &'static str {
+        "access.db is missing beside medvault.db: restore it from backup"
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// A medvault database in one SQLite file.
@@ -351,17 +403,9 @@ impl Dialect for SqliteWriter {
 
 medvault_store::forward_reads!(SqliteStore, crate::sql);
 
-impl Store for SqliteStore {
-    fn write(&self, op: WriteOp) -> Result<(), StoreError> {
-        self.writer.write(op)
-    }
-
-    fn submit(&self, op: WriteOp, done: WriteDone) {
-        self.writer.submit(op, done);
-    }
-
-    fn data_key_names(&self) -> Result<Vec<String>, StoreError> {
-        self.with_conn(sql::data_key_names)
+impl LogStore for SqliteStore {
+    fn submit_log(&self, op: LogOp, done: WriteDone) {
+        self.writer.submit(Box::new(move |tx| op(tx)), done);
     }
 
     fn dump(
@@ -376,9 +420,24 @@ impl Store for SqliteStore {
     }
 }
 
+impl Store for SqliteStore {
+    fn write(&self, op: WriteOp) -> Result<(), StoreError> {
+        self.writer.write(op)
+    }
+
+    fn submit(&self, op: WriteOp, done: WriteDone) {
+        self.writer.submit(op, done);
+    }
+
+    fn data_key_names(&self) -> Result<Vec<String>, StoreError> {
+        self.with_conn(sql::data_key_names)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use medvault_store::prelude::*;
 
     #[test]
     fn conformance_suite() {
@@ -452,7 +511,10 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("13"));
-        let t = s.token(&[1; 32]).unwrap().unwrap();
+        let t = s
+            .token(&medvault_store::TokenHash::from_bytes([1; 32]))
+            .unwrap()
+            .unwrap();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

@@ -3,7 +3,7 @@
 use medvault_store::StoreError;
 use rusqlite::{Connection, OptionalExtension as _};
 
-use crate::backend;
+use crate::conn::backend;
 
 pub use medvault_store::Schema;
 

@@ -3,16 +3,17 @@
 use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
 use medvault_ledger::leaf_hash;
 use medvault_ledger::{Hash, SALT_LEN};
-use medvault_store::group::NewNode;
+use medvault_store::group::{NewNode, contiguous_leaves, contiguous_nodes};
 use medvault_store::{
     AccessTokenRow, AlertRow, Amendment, AmendmentKind, AuditDetail, BreakGlassRow, ClientRow,
-    CurrentMeta, DataKeyRow, GrantRow, IndexQuery, PeerRow, SearchPage, SessionRow, SortOrder,
-    StoreError, StoreTx, StoredVersion, TokenRow, UserRow,
+    CurrentMeta, DataKeyRow, GrantRow, IdentityTx, IndexQuery, KeyTx, LogTx, PeerRow, PeerTx,
+    RecordTx, SearchPage, SessionRow, SortOrder, StoreError, StoredVersion, TokenHash, TokenRow,
+    UserRow,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension as _, Row, params, params_from_iter};
 
-use crate::backend;
+use crate::conn::backend;
 
 const VERSION_COLUMNS: &str =
     "v.rtype, v.id, v.version, v.last_updated, v.key_name, v.key_version, v.body,
@@ -371,13 +372,13 @@ pub(crate) fn users(c: &Connection) -> Result<Vec<UserRow>, StoreError> {
         .map_err(backend)
 }
 
-pub(crate) fn session(c: &Connection, hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError> {
+pub(crate) fn session(c: &Connection, hash: &TokenHash) -> Result<Option<SessionRow>, StoreError> {
     c.prepare_cached(
         "SELECT session_id, user_id, aal, created, last_seen, expires FROM sessions
          WHERE hash = ?1",
     )
     .and_then(|mut s| {
-        s.query_row([&hash[..]], |r| {
+        s.query_row([&hash.as_bytes()[..]], |r| {
             Ok(SessionRow {
                 hash: *hash,
                 session_id: r.get(0)?,
@@ -445,14 +446,14 @@ pub(crate) fn share_receipt(
         .map_err(backend)
 }
 
-pub(crate) fn grant(c: &Connection, hash: &[u8; 32]) -> Result<Option<GrantRow>, StoreError> {
+pub(crate) fn grant(c: &Connection, hash: &TokenHash) -> Result<Option<GrantRow>, StoreError> {
     c.prepare_cached(
         "SELECT kind, client_id, user_id, scopes, redirect_uri, code_challenge, family, expires,
                 used
          FROM oauth_grants WHERE hash = ?1",
     )
     .and_then(|mut s| {
-        s.query_row([&hash[..]], |r| {
+        s.query_row([&hash.as_bytes()[..]], |r| {
             Ok(GrantRow {
                 hash: *hash,
                 kind: r.get(0)?,
@@ -489,14 +490,14 @@ pub(crate) fn clients(c: &Connection) -> Result<Vec<ClientRow>, StoreError> {
 
 pub(crate) fn access_token(
     c: &Connection,
-    hash: &[u8; 32],
+    hash: &TokenHash,
 ) -> Result<Option<AccessTokenRow>, StoreError> {
     c.prepare_cached(
         "SELECT client_id, scopes, issued, expires, user_id, family FROM oauth_tokens
          WHERE hash = ?1",
     )
     .and_then(|mut s| {
-        s.query_row([&hash[..]], |r| {
+        s.query_row([&hash.as_bytes()[..]], |r| {
             Ok(AccessTokenRow {
                 hash: *hash,
                 client_id: r.get(0)?,
@@ -598,11 +599,11 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
     })
 }
 
-pub(crate) fn token(c: &Connection, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
+pub(crate) fn token(c: &Connection, hash: &TokenHash) -> Result<Option<TokenRow>, StoreError> {
     c.prepare_cached(&format!(
         "SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"
     ))
-    .and_then(|mut s| s.query_row([&hash[..]], token_row).optional())
+    .and_then(|mut s| s.query_row([&hash.as_bytes()[..]], token_row).optional())
     .map_err(backend)
 }
 
@@ -642,13 +643,7 @@ pub(crate) fn ledger_nodes(
     count: u64,
 ) -> Result<Vec<Hash>, StoreError> {
     if level == 0 {
-        let entries = ledger_entries(c, start, count)?;
-        return Ok(entries
-            .iter()
-            .enumerate()
-            .take_while(|(i, (idx, _))| *idx == start + *i as u64)
-            .map(|(_, (_, e))| leaf_hash(e))
-            .collect());
+        return Ok(contiguous_leaves(start, &ledger_entries(c, start, count)?));
     }
     let mut s = c
         .prepare_cached(
@@ -662,19 +657,10 @@ pub(crate) fn ledger_nodes(
             |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
         )
         .map_err(backend)?;
-    let mut out = Vec::new();
-    for (i, row) in rows.enumerate() {
-        let (idx, hash) = row.map_err(backend)?;
-        // Stop at the first gap or malformed hash: the caller sees fewer nodes than asked.
-        let Ok(hash) = <Hash>::try_from(hash.as_slice()) else {
-            break;
-        };
-        if u64::try_from(idx).ok() != Some(start + i as u64) {
-            break;
-        }
-        out.push(hash);
-    }
-    Ok(out)
+    let rows = rows
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend)?;
+    Ok(contiguous_nodes(start, rows))
 }
 
 pub(crate) fn ledger_nodes_at(
@@ -870,15 +856,7 @@ impl Tx<'_> {
 
 medvault_store::forward_reads!(Tx<'_>, crate::sql);
 
-impl StoreTx for Tx<'_> {
-    fn load(
-        &mut self,
-        table: &medvault_store::dump::Table,
-        rows: &[Vec<medvault_store::dump::Cell>],
-    ) -> Result<(), StoreError> {
-        crate::dump::load(self.conn, table, rows)
-    }
-
+impl LogTx for Tx<'_> {
     fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("INSERT INTO meta (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v")
@@ -887,6 +865,60 @@ impl StoreTx for Tx<'_> {
             .map_err(backend)
     }
 
+    fn load(
+        &mut self,
+        table: &medvault_store::dump::Table,
+        rows: &[Vec<medvault_store::dump::Cell>],
+    ) -> Result<(), StoreError> {
+        crate::dump::load(self.conn, table, rows)
+    }
+
+    fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError> {
+        let idx = append_leaf(self.conn, leaf)?;
+        self.conn
+            .prepare_cached("INSERT INTO ledger_audit (leaf, salt, detail) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| {
+                s.execute(params![
+                    to_i64(idx),
+                    &detail.salt[..],
+                    detail.sealed.as_bytes()
+                ])
+            })
+            .map_err(backend)?;
+        Ok(idx)
+    }
+
+    fn set_witnessed(
+        &mut self,
+        origin: &str,
+        size: u64,
+        root: &Hash,
+        note: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO witnessed (origin, size, root, note) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (origin) DO UPDATE
+                   SET size = excluded.size, root = excluded.root, note = excluded.note",
+            )
+            .and_then(|mut s| s.execute(params![origin, to_i64(size), &root[..], note]))
+            .map(|_| ())
+            .map_err(backend)
+    }
+
+    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO ledger_checkpoints (size, note) VALUES (?1, ?2)
+                 ON CONFLICT (size) DO UPDATE SET note = excluded.note",
+            )
+            .and_then(|mut s| s.execute(params![to_i64(size), note]))
+            .map(|_| ())
+            .map_err(backend)
+    }
+}
+
+impl KeyTx for Tx<'_> {
     fn add_kek(&mut self, version: u32, wrapped: &WrappedKey) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("INSERT INTO keks (version, wrapped) VALUES (?1, ?2)")
@@ -947,7 +979,9 @@ impl StoreTx for Tx<'_> {
         self.shredded = true;
         Ok(n as u64)
     }
+}
 
+impl RecordTx for Tx<'_> {
     fn put_version(
         &mut self,
         v: &StoredVersion,
@@ -1101,48 +1135,73 @@ impl StoreTx for Tx<'_> {
         .map_err(backend)?;
         Ok(leaf_idx)
     }
+}
 
-    fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError> {
-        let idx = append_leaf(self.conn, leaf)?;
+impl IdentityTx for Tx<'_> {
+    fn put_client(&mut self, x: &ClientRow) -> Result<(), StoreError> {
         self.conn
-            .prepare_cached("INSERT INTO ledger_audit (leaf, salt, detail) VALUES (?1, ?2, ?3)")
+            .prepare_cached(&format!(
+                "INSERT OR REPLACE INTO oauth_clients ({CLIENT_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ))
             .and_then(|mut s| {
                 s.execute(params![
-                    to_i64(idx),
-                    &detail.salt[..],
-                    detail.sealed.as_bytes()
+                    x.client_id,
+                    x.name,
+                    x.jwks,
+                    x.scopes,
+                    x.disabled,
+                    x.created_micros,
+                    x.redirect_uris.join("\n"),
                 ])
             })
-            .map_err(backend)?;
-        Ok(idx)
-    }
-
-    fn set_witnessed(
-        &mut self,
-        origin: &str,
-        size: u64,
-        root: &Hash,
-        note: &str,
-    ) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO witnessed (origin, size, root, note) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (origin) DO UPDATE
-                   SET size = excluded.size, root = excluded.root, note = excluded.note",
-            )
-            .and_then(|mut s| s.execute(params![origin, to_i64(size), &root[..], note]))
-            .map(|_| ())
+            .map(drop)
             .map_err(backend)
     }
 
-    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError> {
+    fn put_access_token(&mut self, t: &AccessTokenRow, now: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM oauth_tokens WHERE expires < ?1")
+            .and_then(|mut s| s.execute([now]))
+            .map_err(backend)?;
         self.conn
             .prepare_cached(
-                "INSERT INTO ledger_checkpoints (size, note) VALUES (?1, ?2)
-                 ON CONFLICT (size) DO UPDATE SET note = excluded.note",
+                "INSERT INTO oauth_tokens (hash, client_id, scopes, issued, expires, user_id, family)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
-            .and_then(|mut s| s.execute(params![to_i64(size), note]))
-            .map(|_| ())
+            .and_then(|mut s| {
+                s.execute(params![
+                    &t.hash.as_bytes()[..],
+                    t.client_id,
+                    t.scopes,
+                    t.issued_micros,
+                    t.expires_micros,
+                    t.user_id,
+                    t.family,
+                ])
+            })
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn use_assertion_id(
+        &mut self,
+        client_id: &str,
+        jti: &str,
+        expires: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM oauth_jti WHERE expires < ?1")
+            .and_then(|mut s| s.execute([now]))
+            .map_err(backend)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO oauth_jti (client_id, jti, expires) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![client_id, jti, expires]))
+            .map(|n| n == 1)
             .map_err(backend)
     }
 
@@ -1220,7 +1279,7 @@ impl StoreTx for Tx<'_> {
             )
             .and_then(|mut s| {
                 s.execute(params![
-                    &g.hash[..],
+                    &g.hash.as_bytes()[..],
                     g.kind,
                     g.client_id,
                     g.user_id,
@@ -1236,10 +1295,10 @@ impl StoreTx for Tx<'_> {
             .map_err(backend)
     }
 
-    fn use_grant(&mut self, hash: &[u8; 32]) -> Result<bool, StoreError> {
+    fn use_grant(&mut self, hash: &TokenHash) -> Result<bool, StoreError> {
         self.conn
             .prepare_cached("UPDATE oauth_grants SET used = 1 WHERE hash = ?1 AND used = 0")
-            .and_then(|mut s| s.execute([&hash[..]]))
+            .and_then(|mut s| s.execute([&hash.as_bytes()[..]]))
             .map(|n| n == 1)
             .map_err(backend)
     }
@@ -1283,123 +1342,6 @@ impl StoreTx for Tx<'_> {
                 s.execute(params![credential_id, user_id, sealed.as_bytes(), created])
             })
             .map(drop)
-            .map_err(backend)
-    }
-
-    fn put_client(&mut self, x: &ClientRow) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(&format!(
-                "INSERT OR REPLACE INTO oauth_clients ({CLIENT_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-            ))
-            .and_then(|mut s| {
-                s.execute(params![
-                    x.client_id,
-                    x.name,
-                    x.jwks,
-                    x.scopes,
-                    x.disabled,
-                    x.created_micros,
-                    x.redirect_uris.join("\n"),
-                ])
-            })
-            .map(drop)
-            .map_err(backend)
-    }
-
-    fn put_peer(&mut self, p: &PeerRow) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(&format!(
-                "INSERT OR REPLACE INTO peers ({PEER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-            ))
-            .and_then(|mut s| {
-                s.execute(params![
-                    p.node,
-                    p.fingerprint,
-                    p.url,
-                    p.document,
-                    p.organization,
-                    p.registered_micros,
-                    p.registered_by,
-                ])
-            })
-            .map(drop)
-            .map_err(backend)
-    }
-
-    fn put_share_receipt(
-        &mut self,
-        sender: &str,
-        bundle_id: &str,
-        receipt: &str,
-        expires: i64,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM share_receipts WHERE expires < ?1")
-            .and_then(|mut s| s.execute([now]))
-            .map_err(backend)?;
-        self.conn
-            .prepare_cached(
-                "INSERT OR REPLACE INTO share_receipts (sender, bundle_id, receipt, expires)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )
-            .and_then(|mut s| s.execute(params![sender, bundle_id, receipt, expires]))
-            .map(drop)
-            .map_err(backend)
-    }
-
-    fn delete_peer(&mut self, node: &str) -> Result<bool, StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM peers WHERE node = ?1")
-            .and_then(|mut s| s.execute([node]))
-            .map(|n| n > 0)
-            .map_err(backend)
-    }
-
-    fn put_access_token(&mut self, t: &AccessTokenRow, now: i64) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM oauth_tokens WHERE expires < ?1")
-            .and_then(|mut s| s.execute([now]))
-            .map_err(backend)?;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO oauth_tokens (hash, client_id, scopes, issued, expires, user_id, family)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    &t.hash[..],
-                    t.client_id,
-                    t.scopes,
-                    t.issued_micros,
-                    t.expires_micros,
-                    t.user_id,
-                    t.family,
-                ])
-            })
-            .map(drop)
-            .map_err(backend)
-    }
-
-    fn use_assertion_id(
-        &mut self,
-        client_id: &str,
-        jti: &str,
-        expires: i64,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM oauth_jti WHERE expires < ?1")
-            .and_then(|mut s| s.execute([now]))
-            .map_err(backend)?;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO oauth_jti (client_id, jti, expires) VALUES (?1, ?2, ?3)
-                 ON CONFLICT DO NOTHING",
-            )
-            .and_then(|mut s| s.execute(params![client_id, jti, expires]))
-            .map(|n| n == 1)
             .map_err(backend)
     }
 
@@ -1447,7 +1389,7 @@ impl StoreTx for Tx<'_> {
             )
             .and_then(|mut s| {
                 s.execute(params![
-                    &x.hash[..],
+                    &x.hash.as_bytes()[..],
                     x.session_id,
                     x.user_id,
                     x.aal,
@@ -1463,13 +1405,13 @@ impl StoreTx for Tx<'_> {
     fn delete_sessions(
         &mut self,
         user_id: &str,
-        hash: Option<&[u8; 32]>,
+        hash: Option<&TokenHash>,
     ) -> Result<u64, StoreError> {
         let n = match hash {
             Some(h) => self
                 .conn
                 .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND hash = ?2")
-                .and_then(|mut s| s.execute(params![user_id, &h[..]])),
+                .and_then(|mut s| s.execute(params![user_id, &h.as_bytes()[..]])),
             None => self
                 .conn
                 .prepare_cached("DELETE FROM sessions WHERE user_id = ?1")
@@ -1479,7 +1421,11 @@ impl StoreTx for Tx<'_> {
         Ok(n as u64)
     }
 
-    fn set_recovery_codes(&mut self, user_id: &str, hashes: &[[u8; 32]]) -> Result<(), StoreError> {
+    fn set_recovery_codes(
+        &mut self,
+        user_id: &str,
+        hashes: &[TokenHash],
+    ) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("DELETE FROM recovery_codes WHERE user_id = ?1")
             .and_then(|mut s| s.execute([user_id]))
@@ -1489,20 +1435,21 @@ impl StoreTx for Tx<'_> {
             .prepare_cached("INSERT INTO recovery_codes (user_id, hash) VALUES (?1, ?2)")
             .map_err(backend)?;
         for h in hashes {
-            ins.execute(params![user_id, &h[..]]).map_err(backend)?;
+            ins.execute(params![user_id, &h.as_bytes()[..]])
+                .map_err(backend)?;
         }
         Ok(())
     }
 
-    fn use_recovery_code(&mut self, user_id: &str, hash: &[u8; 32]) -> Result<bool, StoreError> {
+    fn use_recovery_code(&mut self, user_id: &str, hash: &TokenHash) -> Result<bool, StoreError> {
         self.conn
             .prepare_cached("DELETE FROM recovery_codes WHERE user_id = ?1 AND hash = ?2")
-            .and_then(|mut s| s.execute(params![user_id, &hash[..]]))
+            .and_then(|mut s| s.execute(params![user_id, &hash.as_bytes()[..]]))
             .map(|n| n == 1)
             .map_err(backend)
     }
 
-    fn add_token(&mut self, hash: &[u8; 32], t: &TokenRow) -> Result<(), StoreError> {
+    fn add_token(&mut self, hash: &TokenHash, t: &TokenRow) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
                 "INSERT INTO tokens (hash, token_id, role, created, expires, revoked, last_used)
@@ -1510,7 +1457,7 @@ impl StoreTx for Tx<'_> {
             )
             .and_then(|mut s| {
                 s.execute(params![
-                    &hash[..],
+                    &hash.as_bytes()[..],
                     t.token_id,
                     t.role,
                     t.created_micros,
@@ -1541,6 +1488,58 @@ impl StoreTx for Tx<'_> {
             )
             .and_then(|mut s| s.execute(params![token_id, now]))
             .map(drop)
+            .map_err(backend)
+    }
+}
+
+impl PeerTx for Tx<'_> {
+    fn put_peer(&mut self, p: &PeerRow) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(&format!(
+                "INSERT OR REPLACE INTO peers ({PEER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ))
+            .and_then(|mut s| {
+                s.execute(params![
+                    p.node,
+                    p.fingerprint,
+                    p.url,
+                    p.document,
+                    p.organization,
+                    p.registered_micros,
+                    p.registered_by,
+                ])
+            })
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn put_share_receipt(
+        &mut self,
+        sender: &str,
+        bundle_id: &str,
+        receipt: &str,
+        expires: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM share_receipts WHERE expires < ?1")
+            .and_then(|mut s| s.execute([now]))
+            .map_err(backend)?;
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO share_receipts (sender, bundle_id, receipt, expires)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![sender, bundle_id, receipt, expires]))
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn delete_peer(&mut self, node: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM peers WHERE node = ?1")
+            .and_then(|mut s| s.execute([node]))
+            .map(|n| n > 0)
             .map_err(backend)
     }
 }

@@ -6,7 +6,7 @@ use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 use crate::{
     AccessTokenRow, AlertRow, Amendment, AmendmentKind, AuditDetail, BreakGlassRow, ClientRow,
     GrantRow, IndexQuery, LedgerNodes, PeerRow, SessionRow, SortOrder, Store, StoreError,
-    StoredVersion, TokenRow, UserRow, write_with,
+    StoredVersion, TokenHash, TokenRow, UserRow, write_with,
 };
 
 /// One conformance check: panics when the backend breaks the contract.
@@ -139,7 +139,7 @@ fn populate(store: &dyn Store) {
     user.patient_id = Some("p1".into());
     user.totp_last_step = Some(12);
     let session = SessionRow {
-        hash: [5; 32],
+        hash: TokenHash([5; 32]),
         session_id: "ses_1".into(),
         user_id: "usr_d".into(),
         aal: 2,
@@ -157,7 +157,7 @@ fn populate(store: &dyn Store) {
         redirect_uris: vec!["https://a.example/cb".into(), "https://b.example/cb".into()],
     };
     let grant = GrantRow {
-        hash: [6; 32],
+        hash: TokenHash([6; 32]),
         kind: "refresh".into(),
         client_id: "cli_d".into(),
         user_id: "usr_d".into(),
@@ -169,7 +169,7 @@ fn populate(store: &dyn Store) {
         used: true,
     };
     let token = AccessTokenRow {
-        hash: [7; 32],
+        hash: TokenHash([7; 32]),
         client_id: "cli_d".into(),
         scopes: "patient/*.rs".into(),
         issued_micros: 1,
@@ -199,14 +199,14 @@ fn populate(store: &dyn Store) {
         write_with(store, move |tx| {
             tx.put_user(&user)?;
             tx.put_session(&session)?;
-            tx.set_recovery_codes("usr_d", &[[1; 32], [2; 32]])?;
+            tx.set_recovery_codes("usr_d", &[TokenHash([1; 32]), TokenHash([2; 32])])?;
             tx.put_client(&client)?;
             tx.put_grant(&grant)?;
             tx.put_access_token(&token, 0)?;
             tx.use_assertion_id("cli_d", "jti-1", i64::MAX, 0)?;
             tx.put_passkey("usr_d", &[4, 4], &Sealed::from_stored(vec![4; 40]), 1)?;
             tx.add_token(
-                &[8; 32],
+                &TokenHash([8; 32]),
                 &TokenRow {
                     role: "admin".into(),
                     token_id: "tok_d".into(),
@@ -918,17 +918,17 @@ fn token_row(id: &str, created: i64) -> TokenRow {
 }
 
 fn tokens_by_hash(store: &dyn Store) {
-    let h = [3u8; 32];
+    let h = TokenHash([3u8; 32]);
     let t = token_row("tok-1", 5);
     ok(store.write(Box::new(move |tx| tx.add_token(&h, &t))), "add");
     let row = ok(store.token(&h), "token").unwrap_or_else(|| panic!("token missing"));
     assert_eq!(row, token_row("tok-1", 5), "stored as given");
-    assert_eq!(ok(store.token(&[4u8; 32]), "other"), None);
+    assert_eq!(ok(store.token(&TokenHash([4; 32])), "other"), None);
     let t2 = token_row("tok-2", 6);
     let dup = store.write(Box::new(move |tx| tx.add_token(&h, &t2)));
     assert!(matches!(dup, Err(StoreError::Conflict)));
     let t3 = token_row("tok-1", 7);
-    let dup = store.write(Box::new(move |tx| tx.add_token(&[5u8; 32], &t3)));
+    let dup = store.write(Box::new(move |tx| tx.add_token(&TokenHash([5; 32]), &t3)));
     assert!(
         matches!(dup, Err(StoreError::Conflict)),
         "token ids are unique"
@@ -939,8 +939,8 @@ fn tokens_expire_revoke_and_record_use(store: &dyn Store) {
     let (a, b) = (token_row("tok-a", 20), token_row("tok-b", 10));
     ok(
         write_with(store, move |tx| {
-            tx.add_token(&[1; 32], &a)?;
-            tx.add_token(&[2; 32], &b)
+            tx.add_token(&TokenHash([1; 32]), &a)?;
+            tx.add_token(&TokenHash([2; 32]), &b)
         }),
         "add",
     );
@@ -952,7 +952,7 @@ fn tokens_expire_revoke_and_record_use(store: &dyn Store) {
     // A use is recorded; an older time never replaces a newer one.
     ok(write_with(store, |tx| tx.token_used("tok-a", 50)), "use");
     ok(write_with(store, |tx| tx.token_used("tok-a", 40)), "use");
-    let row = ok(store.token(&[1; 32]), "read").unwrap_or_else(|| panic!("missing"));
+    let row = ok(store.token(&TokenHash([1; 32])), "read").unwrap_or_else(|| panic!("missing"));
     assert_eq!(row.last_used_micros, Some(50));
     // Revoked once; the row stays (for `token list` and the audit trail).
     assert!(ok(
@@ -967,13 +967,13 @@ fn tokens_expire_revoke_and_record_use(store: &dyn Store) {
         write_with(store, |tx| tx.revoke_token("tok-none", 70)),
         "revoke unknown"
     ));
-    let row = ok(store.token(&[1; 32]), "read").unwrap_or_else(|| panic!("missing"));
+    let row = ok(store.token(&TokenHash([1; 32])), "read").unwrap_or_else(|| panic!("missing"));
     assert_eq!(
         (row.revoked_micros, row.expires_micros),
         (Some(60), 120),
         "revoked at the first time, expiry unchanged"
     );
-    let other = ok(store.token(&[2; 32]), "read").unwrap_or_else(|| panic!("missing"));
+    let other = ok(store.token(&TokenHash([2; 32])), "read").unwrap_or_else(|| panic!("missing"));
     assert_eq!(
         other,
         token_row("tok-b", 10),
@@ -1157,7 +1157,7 @@ fn users_sessions_and_recovery_codes(store: &dyn Store) {
     assert_eq!(ok(store.users(), "users").len(), 1);
 
     let session = |n: u8| SessionRow {
-        hash: [n; 32],
+        hash: TokenHash([n; 32]),
         session_id: format!("ses_{n}"),
         user_id: "usr_a".into(),
         aal: 2,
@@ -1173,40 +1173,54 @@ fn users_sessions_and_recovery_codes(store: &dyn Store) {
         }),
         "sessions",
     );
-    assert_eq!(ok(store.session(&[1; 32]), "session"), Some(session(1)));
+    assert_eq!(
+        ok(store.session(&TokenHash([1; 32])), "session"),
+        Some(session(1))
+    );
     let one = ok(
-        write_with(store, |tx| tx.delete_sessions("usr_a", Some(&[1; 32]))),
+        write_with(store, |tx| {
+            tx.delete_sessions("usr_a", Some(&TokenHash([1; 32])))
+        }),
         "logout",
     );
     assert_eq!(one, 1);
-    assert_eq!(ok(store.session(&[1; 32]), "session"), None);
+    assert_eq!(ok(store.session(&TokenHash([1; 32])), "session"), None);
     let rest = ok(
         write_with(store, |tx| tx.delete_sessions("usr_a", None)),
         "all",
     );
     assert_eq!(rest, 1);
-    assert_eq!(ok(store.session(&[2; 32]), "session"), None);
+    assert_eq!(ok(store.session(&TokenHash([2; 32])), "session"), None);
 
     ok(
         write_with(store, |tx| {
-            tx.set_recovery_codes("usr_a", &[[5; 32], [6; 32], [7; 32]])
+            tx.set_recovery_codes(
+                "usr_a",
+                &[TokenHash([5; 32]), TokenHash([6; 32]), TokenHash([7; 32])],
+            )
         }),
         "codes",
     );
     assert_eq!(ok(store.recovery_codes_left("usr_a"), "left"), 3);
     let used = ok(
-        write_with(store, |tx| tx.use_recovery_code("usr_a", &[6; 32])),
+        write_with(store, |tx| {
+            tx.use_recovery_code("usr_a", &TokenHash([6; 32]))
+        }),
         "use",
     );
     assert!(used);
     let again = ok(
-        write_with(store, |tx| tx.use_recovery_code("usr_a", &[6; 32])),
+        write_with(store, |tx| {
+            tx.use_recovery_code("usr_a", &TokenHash([6; 32]))
+        }),
         "reuse",
     );
     assert!(!again, "a recovery code works once");
     assert_eq!(ok(store.recovery_codes_left("usr_a"), "left"), 2);
     ok(
-        write_with(store, |tx| tx.set_recovery_codes("usr_a", &[[8; 32]])),
+        write_with(store, |tx| {
+            tx.set_recovery_codes("usr_a", &[TokenHash([8; 32])])
+        }),
         "replace codes",
     );
     assert_eq!(ok(store.recovery_codes_left("usr_a"), "left"), 1);
@@ -1230,7 +1244,7 @@ fn oauth_clients_tokens_and_replay(store: &dyn Store) {
     assert_eq!(ok(store.client("cli_1"), "client"), Some(client.clone()));
     assert_eq!(ok(store.clients(), "clients"), vec![client]);
     let token = |n: u8, expires| AccessTokenRow {
-        hash: [n; 32],
+        hash: TokenHash([n; 32]),
         client_id: "cli_1".into(),
         scopes: "system/Observation.rs".into(),
         issued_micros: 0,
@@ -1244,7 +1258,7 @@ fn oauth_clients_tokens_and_replay(store: &dyn Store) {
         "t1",
     );
     assert_eq!(
-        ok(store.access_token(&[1; 32]), "token"),
+        ok(store.access_token(&TokenHash([1; 32])), "token"),
         Some(token(1, 100))
     );
     // Storing a token at time 200 forgets the one that expired at 100.
@@ -1252,9 +1266,9 @@ fn oauth_clients_tokens_and_replay(store: &dyn Store) {
         write_with(store, move |tx| tx.put_access_token(&t2, 200)),
         "t2",
     );
-    assert_eq!(ok(store.access_token(&[1; 32]), "token"), None);
+    assert_eq!(ok(store.access_token(&TokenHash([1; 32])), "token"), None);
     assert_eq!(
-        ok(store.access_token(&[2; 32]), "token"),
+        ok(store.access_token(&TokenHash([2; 32])), "token"),
         Some(token(2, 300))
     );
     // An assertion id works once per client until it expires.
@@ -1300,7 +1314,7 @@ fn oauth_clients_tokens_and_replay(store: &dyn Store) {
     assert!(ok(store.passkeys("usr_b"), "passkeys").is_empty());
     // Grants: used once; revoking the family removes its grants and tokens.
     let grant = GrantRow {
-        hash: [7; 32],
+        hash: TokenHash([7; 32]),
         kind: "refresh".into(),
         client_id: "cli_1".into(),
         user_id: "usr_a".into(),
@@ -1313,15 +1327,21 @@ fn oauth_clients_tokens_and_replay(store: &dyn Store) {
     };
     let g = grant.clone();
     ok(write_with(store, move |tx| tx.put_grant(&g)), "grant");
-    assert_eq!(ok(store.grant(&[7; 32]), "grant"), Some(grant));
-    let first = ok(write_with(store, |tx| tx.use_grant(&[7; 32])), "use");
-    let second = ok(write_with(store, |tx| tx.use_grant(&[7; 32])), "reuse");
+    assert_eq!(ok(store.grant(&TokenHash([7; 32])), "grant"), Some(grant));
+    let first = ok(
+        write_with(store, |tx| tx.use_grant(&TokenHash([7; 32]))),
+        "use",
+    );
+    let second = ok(
+        write_with(store, |tx| tx.use_grant(&TokenHash([7; 32]))),
+        "reuse",
+    );
     assert!(first && !second, "a grant is used once");
-    assert!(ok(store.grant(&[7; 32]), "grant").is_some_and(|g| g.used));
+    assert!(ok(store.grant(&TokenHash([7; 32])), "grant").is_some_and(|g| g.used));
     let gone = ok(write_with(store, |tx| tx.revoke_family("fam_1")), "revoke");
     assert_eq!(gone, 2, "the grant and the family's access token");
-    assert_eq!(ok(store.grant(&[7; 32]), "grant"), None);
-    assert_eq!(ok(store.access_token(&[2; 32]), "token"), None);
+    assert_eq!(ok(store.grant(&TokenHash([7; 32])), "grant"), None);
+    assert_eq!(ok(store.access_token(&TokenHash([2; 32])), "token"), None);
 }
 
 fn peers_register_replace_remove(store: &dyn Store) {

@@ -366,5 +366,6 @@ pub const LOG_TABLES: &[Table] = &[
 ];
 
 /// Receives a dump's rows, table by table in the order of the list given to
-/// [`crate::Store::dump`].
-pub type Sink<'a> = dyn FnMut(&'static Table, Vec<Cell>) -> Result<(), crate::StoreError> + 'a;
+/// [`LogStore::dump`](crate::LogStore::dump).
+pub type Sink<'a> =
+    dyn FnMut(&'static Table, Vec<Cell>) -> Result<(), crate::error::StoreError> + 'a;

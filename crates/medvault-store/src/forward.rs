@@ -9,98 +9,9 @@
 #[macro_export]
 macro_rules! forward_reads {
     ($ty:ty, $($sql:ident)::+) => {
-        impl $crate::StoreRead for $ty {
+        impl $crate::LogRead for $ty {
             fn meta(&self, key: &str) -> Result<Option<String>, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::meta(c, key))
-            }
-            fn keks(&self) -> Result<Vec<(u32, $crate::__private::WrappedKey)>, $crate::StoreError> {
-                self.with_conn($($sql)::+::keks)
-            }
-            fn data_key(&self, name: &str) -> Result<Option<$crate::DataKeyRow>, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::data_key(c, name))
-            }
-            fn current(&self, rt: &str, id: &str) -> Result<Option<$crate::CurrentMeta>, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::current(c, rt, id))
-            }
-            fn version(
-                &self,
-                rt: &str,
-                id: &str,
-                v: Option<u64>,
-            ) -> Result<Option<$crate::StoredVersion>, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::version(c, rt, id, v))
-            }
-            fn history(
-                &self,
-                rt: &str,
-                id: Option<&str>,
-                offset: u64,
-                limit: u64,
-            ) -> Result<$crate::SearchPage, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::history(c, rt, id, offset, limit))
-            }
-            fn search(&self, q: &$crate::IndexQuery) -> Result<$crate::SearchPage, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::search(c, q))
-            }
-            fn token(&self, hash: &[u8; 32]) -> Result<Option<$crate::TokenRow>, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::token(c, hash))
-            }
-            fn tokens(&self) -> Result<Vec<$crate::TokenRow>, $crate::StoreError> {
-                self.with_conn($($sql)::+::tokens)
-            }
-            fn user(&self, id: &str) -> Result<Option<$crate::UserRow>, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::user(c, id))
-            }
-            fn user_by_name(&self, index: &$crate::__private::BlindValue) -> Result<Option<$crate::UserRow>, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::user_by_name(c, index))
-            }
-            fn users(&self) -> Result<Vec<$crate::UserRow>, $crate::StoreError> {
-                self.with_conn($($sql)::+::users)
-            }
-            fn session(&self, hash: &[u8; 32]) -> Result<Option<$crate::SessionRow>, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::session(c, hash))
-            }
-            fn client(&self, client_id: &str) -> Result<Option<$crate::ClientRow>, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::client(c, client_id))
-            }
-            fn clients(&self) -> Result<Vec<$crate::ClientRow>, $crate::StoreError> {
-                self.with_conn($($sql)::+::clients)
-            }
-            fn peer(&self, node: &str) -> Result<Option<$crate::PeerRow>, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::peer(c, node))
-            }
-            fn peers(&self) -> Result<Vec<$crate::PeerRow>, $crate::StoreError> {
-                self.with_conn($($sql)::+::peers)
-            }
-            fn share_receipt(
-                &self,
-                sender: &str,
-                bundle_id: &str,
-            ) -> Result<Option<String>, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::share_receipt(c, sender, bundle_id))
-            }
-            fn access_token(&self, hash: &[u8; 32]) -> Result<Option<$crate::AccessTokenRow>, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::access_token(c, hash))
-            }
-            fn grant(&self, hash: &[u8; 32]) -> Result<Option<$crate::GrantRow>, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::grant(c, hash))
-            }
-            fn passkeys(&self, user_id: &str) -> Result<Vec<(Vec<u8>, $crate::__private::Sealed)>, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::passkeys(c, user_id))
-            }
-            fn recovery_codes_left(&self, user_id: &str) -> Result<u64, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::recovery_codes_left(c, user_id))
-            }
-            fn break_glass(
-                &self,
-                user_id: &str,
-                patient: &str,
-                now_micros: i64,
-            ) -> Result<Option<$crate::BreakGlassRow>, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::break_glass(c, user_id, patient, now_micros))
-            }
-            fn alerts(&self, open_only: bool) -> Result<Vec<$crate::AlertRow>, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::alerts(c, open_only))
             }
             fn ledger_size(&self) -> Result<u64, $crate::StoreError> {
                 self.with_conn($($sql)::+::ledger_size)
@@ -139,6 +50,39 @@ macro_rules! forward_reads {
             fn witnessed(&self, origin: &str) -> Result<Option<(u64, $crate::__private::Hash)>, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::witnessed(c, origin))
             }
+        }
+        impl $crate::KeyRead for $ty {
+            fn keks(&self) -> Result<Vec<(u32, $crate::__private::WrappedKey)>, $crate::StoreError> {
+                self.with_conn($($sql)::+::keks)
+            }
+            fn data_key(&self, name: &str) -> Result<Option<$crate::DataKeyRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::data_key(c, name))
+            }
+        }
+        impl $crate::RecordRead for $ty {
+            fn current(&self, rt: &str, id: &str) -> Result<Option<$crate::CurrentMeta>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::current(c, rt, id))
+            }
+            fn version(
+                &self,
+                rt: &str,
+                id: &str,
+                v: Option<u64>,
+            ) -> Result<Option<$crate::StoredVersion>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::version(c, rt, id, v))
+            }
+            fn history(
+                &self,
+                rt: &str,
+                id: Option<&str>,
+                offset: u64,
+                limit: u64,
+            ) -> Result<$crate::SearchPage, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::history(c, rt, id, offset, limit))
+            }
+            fn search(&self, q: &$crate::IndexQuery) -> Result<$crate::SearchPage, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::search(c, q))
+            }
             fn versions_after(
                 &self,
                 after: Option<(&str, &str, u64)>,
@@ -152,6 +96,70 @@ macro_rules! forward_reads {
                 limit: u64,
             ) -> Result<Vec<$crate::Amendment>, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::amendments_after(c, after, limit))
+            }
+        }
+        impl $crate::IdentityRead for $ty {
+            fn token(&self, hash: &$crate::TokenHash) -> Result<Option<$crate::TokenRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::token(c, hash))
+            }
+            fn tokens(&self) -> Result<Vec<$crate::TokenRow>, $crate::StoreError> {
+                self.with_conn($($sql)::+::tokens)
+            }
+            fn user(&self, id: &str) -> Result<Option<$crate::UserRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::user(c, id))
+            }
+            fn user_by_name(&self, index: &$crate::__private::BlindValue) -> Result<Option<$crate::UserRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::user_by_name(c, index))
+            }
+            fn users(&self) -> Result<Vec<$crate::UserRow>, $crate::StoreError> {
+                self.with_conn($($sql)::+::users)
+            }
+            fn session(&self, hash: &$crate::TokenHash) -> Result<Option<$crate::SessionRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::session(c, hash))
+            }
+            fn client(&self, client_id: &str) -> Result<Option<$crate::ClientRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::client(c, client_id))
+            }
+            fn clients(&self) -> Result<Vec<$crate::ClientRow>, $crate::StoreError> {
+                self.with_conn($($sql)::+::clients)
+            }
+            fn access_token(&self, hash: &$crate::TokenHash) -> Result<Option<$crate::AccessTokenRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::access_token(c, hash))
+            }
+            fn grant(&self, hash: &$crate::TokenHash) -> Result<Option<$crate::GrantRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::grant(c, hash))
+            }
+            fn passkeys(&self, user_id: &str) -> Result<Vec<(Vec<u8>, $crate::__private::Sealed)>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::passkeys(c, user_id))
+            }
+            fn recovery_codes_left(&self, user_id: &str) -> Result<u64, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::recovery_codes_left(c, user_id))
+            }
+            fn break_glass(
+                &self,
+                user_id: &str,
+                patient: &str,
+                now_micros: i64,
+            ) -> Result<Option<$crate::BreakGlassRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::break_glass(c, user_id, patient, now_micros))
+            }
+            fn alerts(&self, open_only: bool) -> Result<Vec<$crate::AlertRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::alerts(c, open_only))
+            }
+        }
+        impl $crate::PeerRead for $ty {
+            fn peer(&self, node: &str) -> Result<Option<$crate::PeerRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::peer(c, node))
+            }
+            fn peers(&self) -> Result<Vec<$crate::PeerRow>, $crate::StoreError> {
+                self.with_conn($($sql)::+::peers)
+            }
+            fn share_receipt(
+                &self,
+                sender: &str,
+                bundle_id: &str,
+            ) -> Result<Option<String>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::share_receipt(c, sender, bundle_id))
             }
         }
     };

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 
 use medvault_ledger::{Frontier, Hash, leaf_hash};
 
-use crate::{LedgerNodes, StoreError, StoreRead, StoreTx, WriteDone, WriteOp};
+use crate::{LedgerNodes, LogRead, StoreError, StoreRead, StoreTx, WriteDone, WriteOp};
 
 /// Ops one group commit takes at most.
 pub const MAX_GROUP: usize = 128;
@@ -99,7 +99,7 @@ pub trait Dialect: Send + 'static {
 ///
 /// # Errors
 /// [`StoreError::Backend`] when a node the frontier needs is missing.
-pub fn load_frontier(view: &dyn StoreRead, size: Option<u64>) -> Result<Frontier, StoreError> {
+pub fn load_frontier(view: &dyn LogRead, size: Option<u64>) -> Result<Frontier, StoreError> {
     let size = match size {
         Some(n) => n,
         None => view.ledger_size()?,
@@ -130,6 +130,34 @@ pub fn extend(
         });
     }
     Ok(nodes)
+}
+
+/// The run of tree nodes starting at index `start`, from `(index, hash)` rows in index order:
+/// it stops at the first gap or malformed hash, so the caller sees fewer nodes than asked
+/// (every backend's `ledger_nodes` answers this way).
+pub fn contiguous_nodes(start: u64, rows: impl IntoIterator<Item = (i64, Vec<u8>)>) -> Vec<Hash> {
+    let mut out = Vec::new();
+    for (i, (idx, hash)) in rows.into_iter().enumerate() {
+        let Ok(hash) = <Hash>::try_from(hash.as_slice()) else {
+            break;
+        };
+        if u64::try_from(idx).ok() != Some(start + i as u64) {
+            break;
+        }
+        out.push(hash);
+    }
+    out
+}
+
+/// The leaf hashes of `entries` (index and leaf, in index order) from index `start`, up to the
+/// first gap: level 0 of the tree, which is not stored but hashed from the leaves.
+pub fn contiguous_leaves(start: u64, entries: &[(u64, Vec<u8>)]) -> Vec<Hash> {
+    entries
+        .iter()
+        .enumerate()
+        .take_while(|(i, (idx, _))| *idx == start + *i as u64)
+        .map(|(_, (_, e))| leaf_hash(e))
+        .collect()
 }
 
 /// A copy of an error's kind and message (a group's failure is every op's failure).

@@ -11,8 +11,21 @@
 
 pub mod conformance;
 pub mod dump;
+mod error;
 mod forward;
 pub mod group;
+
+pub use error::StoreError;
+
+/// The store traits by concern, imported unnamed: `use medvault_store::prelude::*;` lets code
+/// call any store method on a concrete backend type (on `dyn StoreRead`, `dyn StoreTx` and
+/// `dyn Store` every method is callable without it).
+pub mod prelude {
+    pub use crate::{
+        IdentityRead as _, IdentityTx as _, KeyRead as _, KeyTx as _, LogRead as _, LogTx as _,
+        PeerRead as _, PeerTx as _, RecordRead as _, RecordTx as _,
+    };
+}
 
 /// What [`forward_reads`] names by path; not part of the API.
 #[doc(hidden)]
@@ -23,6 +36,40 @@ pub mod __private {
 
 use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 use medvault_ledger::{Hash, LedgerError, NodeSource, SALT_LEN};
+
+/// The SHA-256 of a bearer secret — an API token, a session token, an OAuth code, access or
+/// refresh token, a recovery code: what the database keeps and looks up, never the secret.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    /// The hash of `secret` as a client presents it.
+    pub fn of(secret: &str) -> Self {
+        Self(medvault_crypto::sha256(secret.as_bytes()))
+    }
+
+    /// A hash made elsewhere (a recovery code's, over its normalised form) or read back from
+    /// the database.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 32 bytes, for a backend to store or look up.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Enough to tell two apart in a test failure; never the whole value.
+        write!(
+            f,
+            "TokenHash({:02x}{:02x}{:02x}{:02x}…)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
+    }
+}
 
 /// The schema version of a node database this build writes (both backends use these numbers,
 /// so a dump of one loads into the other).
@@ -57,42 +104,6 @@ impl Schema {
             Self::AccessLog => ACCESS_LOG_SCHEMA_VERSION,
         }
     }
-}
-
-/// Errors a backend reports.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The write conflicts with data already there (e.g. a duplicate primary key).
-    #[error("write conflicts with an existing record")]
-    Conflict,
-    /// The schema in the database is newer than this binary understands.
-    #[error("database schema version {found} is newer than this medvault ({supported})")]
-    SchemaTooNew {
-        /// Version found in the database.
-        found: i64,
-        /// Newest version this build knows.
-        supported: i64,
-    },
-    /// The file holds another kind of medvault database (e.g. the access log where the node
-    /// database was expected).
-    #[error("the database is a {found} database, not a {expected} one")]
-    WrongDatabase {
-        /// The kind found.
-        found: String,
-        /// The kind expected.
-        expected: &'static str,
-    },
-    /// The backend failed (I/O, corruption).
-    #[error("storage backend failure")]
-    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The database cannot be reached (connection refused or lost). Nothing of the failed
-    /// request was written — unless the connection was lost while a commit was under way and
-    /// its outcome could not be checked afterwards. The backend reconnects on its next use.
-    #[error("database unavailable")]
-    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// A write op gave up; its savepoint was rolled back. Carries the op's own error.
-    #[error("write aborted")]
-    Aborted(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// One stored version of a resource.
@@ -384,7 +395,7 @@ pub struct AlertRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRow {
     /// SHA-256 of the session token.
-    pub hash: [u8; 32],
+    pub hash: TokenHash,
     /// Non-secret id of the session (logs, audit).
     pub session_id: String,
     /// The user.
@@ -423,7 +434,7 @@ pub struct ClientRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessTokenRow {
     /// SHA-256 of the token.
-    pub hash: [u8; 32],
+    pub hash: TokenHash,
     /// Client it was issued to.
     pub client_id: String,
     /// Granted scopes (space-separated).
@@ -442,7 +453,7 @@ pub struct AccessTokenRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantRow {
     /// SHA-256 of the code or token.
-    pub hash: [u8; 32],
+    pub hash: TokenHash,
     /// `code` or `refresh`.
     pub kind: String,
     /// Client it was issued to.
@@ -485,146 +496,13 @@ pub struct PeerRow {
     pub registered_by: String,
 }
 
-/// Reads available both to plain readers and inside a write transaction.
-pub trait StoreRead {
+/// What a ledger's database holds — both the records database and the access log's: node settings, the Merkle log's leaves and stored nodes, sealed audit details, checkpoints and witnessed sizes.
+pub trait LogRead {
     /// Value of a node setting (tenant id, node id, …).
     ///
     /// # Errors
     /// [`StoreError::Backend`].
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
-    /// All KEK versions with their wrapped bytes, oldest first.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn keks(&self) -> Result<Vec<(u32, WrappedKey)>, StoreError>;
-    /// One data key row.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn data_key(&self, name: &str) -> Result<Option<DataKeyRow>, StoreError>;
-    /// The current state of a resource.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn current(&self, resource_type: &str, id: &str) -> Result<Option<CurrentMeta>, StoreError>;
-    /// One version, or the latest when `version` is `None`.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn version(
-        &self,
-        resource_type: &str,
-        id: &str,
-        version: Option<u64>,
-    ) -> Result<Option<StoredVersion>, StoreError>;
-    /// History, newest first: of one resource when `id` is given (shredded versions included,
-    /// flagged), else of the whole type (versions whose key was destroyed left out).
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn history(
-        &self,
-        resource_type: &str,
-        id: Option<&str>,
-        offset: u64,
-        limit: u64,
-    ) -> Result<SearchPage, StoreError>;
-    /// Index search.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn search(&self, query: &IndexQuery) -> Result<SearchPage, StoreError>;
-    /// Looks up a bearer token by the SHA-256 of its text.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError>;
-    /// Every API token (revoked and expired ones too), oldest first.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
-    /// The user with this id.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn user(&self, id: &str) -> Result<Option<UserRow>, StoreError>;
-    /// The user whose blinded name is `name_index`.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn user_by_name(&self, name_index: &BlindValue) -> Result<Option<UserRow>, StoreError>;
-    /// Every user, by id.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn users(&self) -> Result<Vec<UserRow>, StoreError>;
-    /// The session whose token hashes to `hash`.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn session(&self, hash: &[u8; 32]) -> Result<Option<SessionRow>, StoreError>;
-    /// The registered client with this id.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn client(&self, client_id: &str) -> Result<Option<ClientRow>, StoreError>;
-    /// Every registered client, by id.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn clients(&self) -> Result<Vec<ClientRow>, StoreError>;
-    /// The access token whose hash is `hash`.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn access_token(&self, hash: &[u8; 32]) -> Result<Option<AccessTokenRow>, StoreError>;
-    /// The grant (authorization code or refresh token) whose hash is `hash`.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn grant(&self, hash: &[u8; 32]) -> Result<Option<GrantRow>, StoreError>;
-    /// A user's WebAuthn passkeys: (credential id, sealed passkey), oldest first.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn passkeys(&self, user_id: &str) -> Result<Vec<(Vec<u8>, Sealed)>, StoreError>;
-    /// Unused recovery codes a user has left.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn recovery_codes_left(&self, user_id: &str) -> Result<u64, StoreError>;
-    /// The break-glass grant of `user_id` for `patient` open at `now_micros` (the one ending
-    /// last), if any.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn break_glass(
-        &self,
-        user_id: &str,
-        patient: &str,
-        now_micros: i64,
-    ) -> Result<Option<BreakGlassRow>, StoreError>;
-    /// Alerts, newest first; only unacknowledged ones when `open_only`.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn alerts(&self, open_only: bool) -> Result<Vec<AlertRow>, StoreError>;
-    /// A registered peer by node id.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn peer(&self, node: &str) -> Result<Option<PeerRow>, StoreError>;
-    /// Every registered peer, by node id.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn peers(&self) -> Result<Vec<PeerRow>, StoreError>;
-    /// The receipt this node gave for bundle `bundle_id` from `sender`, while it is kept.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn share_receipt(&self, sender: &str, bundle_id: &str) -> Result<Option<String>, StoreError>;
     /// Number of ledger leaves (all of them are integrated into the tree at commit).
     ///
     /// # Errors
@@ -667,6 +545,56 @@ pub trait StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn witnessed(&self, origin: &str) -> Result<Option<(u64, Hash)>, StoreError>;
+}
+
+/// The key hierarchy's wrapped keys.
+pub trait KeyRead {
+    /// All KEK versions with their wrapped bytes, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn keks(&self) -> Result<Vec<(u32, WrappedKey)>, StoreError>;
+    /// One data key row.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn data_key(&self, name: &str) -> Result<Option<DataKeyRow>, StoreError>;
+}
+
+/// Sealed FHIR resources, their versions and blind-index search.
+pub trait RecordRead {
+    /// The current state of a resource.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn current(&self, resource_type: &str, id: &str) -> Result<Option<CurrentMeta>, StoreError>;
+    /// One version, or the latest when `version` is `None`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn version(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: Option<u64>,
+    ) -> Result<Option<StoredVersion>, StoreError>;
+    /// History, newest first: of one resource when `id` is given (shredded versions included,
+    /// flagged), else of the whole type (versions whose key was destroyed left out).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn history(
+        &self,
+        resource_type: &str,
+        id: Option<&str>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<SearchPage, StoreError>;
+    /// Index search.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn search(&self, query: &IndexQuery) -> Result<SearchPage, StoreError>;
     /// Every stored version in storage order, `limit` at a time after `after` (type, id,
     /// version), bodies included: for offline verification.
     ///
@@ -689,8 +617,113 @@ pub trait StoreRead {
     ) -> Result<Vec<Amendment>, StoreError>;
 }
 
+/// People, sessions, API tokens, OAuth clients and grants, passkeys, recovery codes, break-glass grants and alerts.
+pub trait IdentityRead {
+    /// Looks up a bearer token by the SHA-256 of its text.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn token(&self, hash: &TokenHash) -> Result<Option<TokenRow>, StoreError>;
+    /// Every API token (revoked and expired ones too), oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
+    /// The user with this id.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn user(&self, id: &str) -> Result<Option<UserRow>, StoreError>;
+    /// The user whose blinded name is `name_index`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn user_by_name(&self, name_index: &BlindValue) -> Result<Option<UserRow>, StoreError>;
+    /// Every user, by id.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn users(&self) -> Result<Vec<UserRow>, StoreError>;
+    /// The session whose token hashes to `hash`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn session(&self, hash: &TokenHash) -> Result<Option<SessionRow>, StoreError>;
+    /// The registered client with this id.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn client(&self, client_id: &str) -> Result<Option<ClientRow>, StoreError>;
+    /// Every registered client, by id.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn clients(&self) -> Result<Vec<ClientRow>, StoreError>;
+    /// The access token whose hash is `hash`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn access_token(&self, hash: &TokenHash) -> Result<Option<AccessTokenRow>, StoreError>;
+    /// The grant (authorization code or refresh token) whose hash is `hash`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn grant(&self, hash: &TokenHash) -> Result<Option<GrantRow>, StoreError>;
+    /// A user's WebAuthn passkeys: (credential id, sealed passkey), oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn passkeys(&self, user_id: &str) -> Result<Vec<(Vec<u8>, Sealed)>, StoreError>;
+    /// Unused recovery codes a user has left.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn recovery_codes_left(&self, user_id: &str) -> Result<u64, StoreError>;
+    /// The break-glass grant of `user_id` for `patient` open at `now_micros` (the one ending
+    /// last), if any.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn break_glass(
+        &self,
+        user_id: &str,
+        patient: &str,
+        now_micros: i64,
+    ) -> Result<Option<BreakGlassRow>, StoreError>;
+    /// Alerts, newest first; only unacknowledged ones when `open_only`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn alerts(&self, open_only: bool) -> Result<Vec<AlertRow>, StoreError>;
+}
+
+/// Registered peer nodes and sharing receipts.
+pub trait PeerRead {
+    /// A registered peer by node id.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn peer(&self, node: &str) -> Result<Option<PeerRow>, StoreError>;
+    /// Every registered peer, by node id.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn peers(&self) -> Result<Vec<PeerRow>, StoreError>;
+    /// The receipt this node gave for bundle `bundle_id` from `sender`, while it is kept.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn share_receipt(&self, sender: &str, bundle_id: &str) -> Result<Option<String>, StoreError>;
+}
+
+/// Every read of a node's records database, available both to plain readers and inside a
+/// write transaction: the traits by concern together.
+pub trait StoreRead: LogRead + KeyRead + RecordRead + IdentityRead + PeerRead {}
+
+impl<T: LogRead + KeyRead + RecordRead + IdentityRead + PeerRead + ?Sized> StoreRead for T {}
+
 /// The ledger tree as stored, for the proof algorithms of `medvault-ledger`.
-pub struct LedgerNodes<'a>(pub &'a dyn StoreRead);
+pub struct LedgerNodes<'a>(pub &'a dyn LogRead);
 
 /// Hashes of complete subtrees at the upper tree levels, kept in memory. A complete subtree never
 /// changes once stored, so cached hashes never go stale; levels from [`NodeCache::MIN_LEVEL`] up
@@ -710,7 +743,7 @@ impl NodeCache {
     ///
     /// # Errors
     /// [`StoreError::Backend`].
-    pub fn warm(&self, store: &dyn StoreRead) -> Result<usize, StoreError> {
+    pub fn warm(&self, store: &dyn LogRead) -> Result<usize, StoreError> {
         let size = store.ledger_size()?;
         let mut loaded = Vec::new();
         for level in Self::MIN_LEVEL..64 {
@@ -805,8 +838,8 @@ impl NodeSource for LedgerNodes<'_> {
     }
 }
 
-/// Writes, available only inside [`Store::write`].
-pub trait StoreTx: StoreRead {
+/// Writes to a ledger's database. Available only inside a write.
+pub trait LogTx: LogRead {
     /// Sets a node setting.
     ///
     /// # Errors
@@ -819,6 +852,31 @@ pub trait StoreTx: StoreRead {
     /// # Errors
     /// [`StoreError::Conflict`] if a row exists already; [`StoreError::Backend`].
     fn load(&mut self, table: &dump::Table, rows: &[Vec<dump::Cell>]) -> Result<(), StoreError>;
+    /// Appends an audit leaf and stores its detail beside it. Returns the leaf's index.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError>;
+    /// Records that this node cosigned `note` (size `size`, root `root`) for the log `origin`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn set_witnessed(
+        &mut self,
+        origin: &str,
+        size: u64,
+        root: &Hash,
+        note: &str,
+    ) -> Result<(), StoreError>;
+    /// Stores (or replaces, e.g. with more cosignatures) the checkpoint note of `size`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError>;
+}
+
+/// Writes to the key hierarchy. Available only inside a write.
+pub trait KeyTx: KeyRead {
     /// Adds a KEK version.
     ///
     /// # Errors
@@ -842,6 +900,10 @@ pub trait StoreTx: StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn destroy_data_key(&mut self, name: &str) -> Result<u64, StoreError>;
+}
+
+/// Writes of sealed FHIR resources. Available only inside a write.
+pub trait RecordTx: RecordRead {
     /// Appends a version (its number must be the current one plus one, or 1 for a new resource),
     /// makes it current, replaces the resource's index entries with `index`, and appends
     /// `leaf` (the version's ledger entry) to the ledger in the same transaction. Returns the
@@ -870,27 +932,10 @@ pub trait StoreTx: StoreRead {
         now: &StoredVersion,
         leaf: &[u8],
     ) -> Result<u64, StoreError>;
-    /// Appends an audit leaf and stores its detail beside it. Returns the leaf's index.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError>;
-    /// Records that this node cosigned `note` (size `size`, root `root`) for the log `origin`.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn set_witnessed(
-        &mut self,
-        origin: &str,
-        size: u64,
-        root: &Hash,
-        note: &str,
-    ) -> Result<(), StoreError>;
-    /// Stores (or replaces, e.g. with more cosignatures) the checkpoint note of `size`.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError>;
+}
+
+/// Writes of people, sessions, tokens, OAuth state, passkeys, break-glass grants and alerts. Available only inside a write.
+pub trait IdentityTx: IdentityRead {
     /// Inserts or replaces a client (by id).
     ///
     /// # Errors
@@ -942,7 +987,7 @@ pub trait StoreTx: StoreRead {
     ///
     /// # Errors
     /// [`StoreError::Backend`].
-    fn use_grant(&mut self, hash: &[u8; 32]) -> Result<bool, StoreError>;
+    fn use_grant(&mut self, hash: &TokenHash) -> Result<bool, StoreError>;
     /// Revokes a family: deletes its grants and the access tokens issued from it. Returns how
     /// many rows went.
     ///
@@ -978,18 +1023,38 @@ pub trait StoreTx: StoreRead {
     fn delete_sessions(
         &mut self,
         user_id: &str,
-        hash: Option<&[u8; 32]>,
+        hash: Option<&TokenHash>,
     ) -> Result<u64, StoreError>;
     /// Replaces a user's recovery codes with these hashes.
     ///
     /// # Errors
     /// [`StoreError::Backend`].
-    fn set_recovery_codes(&mut self, user_id: &str, hashes: &[[u8; 32]]) -> Result<(), StoreError>;
+    fn set_recovery_codes(&mut self, user_id: &str, hashes: &[TokenHash])
+    -> Result<(), StoreError>;
     /// Consumes a recovery code: true if it was unused (it is now used), false otherwise.
     ///
     /// # Errors
     /// [`StoreError::Backend`].
-    fn use_recovery_code(&mut self, user_id: &str, hash: &[u8; 32]) -> Result<bool, StoreError>;
+    fn use_recovery_code(&mut self, user_id: &str, hash: &TokenHash) -> Result<bool, StoreError>;
+    /// Stores an API token by the SHA-256 of its text.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] on a duplicate hash or id.
+    fn add_token(&mut self, hash: &TokenHash, token: &TokenRow) -> Result<(), StoreError>;
+    /// Revokes the token `token_id` at `now_micros`: true if it existed and was not revoked.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn revoke_token(&mut self, token_id: &str, now_micros: i64) -> Result<bool, StoreError>;
+    /// Records a use of the token `token_id` at `now_micros` (never moves the time back).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn token_used(&mut self, token_id: &str, now_micros: i64) -> Result<(), StoreError>;
+}
+
+/// Writes of peers and sharing receipts. Available only inside a write.
+pub trait PeerTx: PeerRead {
     /// Registers a peer, replacing an earlier registration of the same node id.
     ///
     /// # Errors
@@ -1013,22 +1078,13 @@ pub trait StoreTx: StoreRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn delete_peer(&mut self, node: &str) -> Result<bool, StoreError>;
-    /// Stores an API token by the SHA-256 of its text.
-    ///
-    /// # Errors
-    /// [`StoreError::Conflict`] on a duplicate hash or id.
-    fn add_token(&mut self, hash: &[u8; 32], token: &TokenRow) -> Result<(), StoreError>;
-    /// Revokes the token `token_id` at `now_micros`: true if it existed and was not revoked.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn revoke_token(&mut self, token_id: &str, now_micros: i64) -> Result<bool, StoreError>;
-    /// Records a use of the token `token_id` at `now_micros` (never moves the time back).
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`].
-    fn token_used(&mut self, token_id: &str, now_micros: i64) -> Result<(), StoreError>;
 }
+
+/// Every write to a node's records database, available only inside [`Store::write`]: the traits
+/// by concern together.
+pub trait StoreTx: StoreRead + LogTx + KeyTx + RecordTx + IdentityTx + PeerTx {}
+
+impl<T: StoreRead + LogTx + KeyTx + RecordTx + IdentityTx + PeerTx + ?Sized> StoreTx for T {}
 
 /// A write to run atomically on the backend's writer. Ledger leaves an op appends are hashed
 /// into the tree (every new complete subtree stored) before the transaction commits.
@@ -1037,8 +1093,31 @@ pub type WriteOp = Box<dyn FnOnce(&mut dyn StoreTx) -> Result<(), StoreError> + 
 /// Called once with a submitted write's outcome, after its commit is durable (or failed).
 pub type WriteDone = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
-/// A medvault database.
-pub trait Store: StoreRead + Send + Sync {
+/// A write to a ledger's database: only the log's tables (see [`LogTx`]).
+pub type LogOp = Box<dyn FnOnce(&mut dyn LogTx) -> Result<(), StoreError> + Send>;
+
+/// A database holding one of the node's Merkle logs. The access log is one of these and nothing
+/// more: code holding it cannot reach records, keys or identities, by type. The records
+/// database is one too (every [`Store`] is).
+pub trait LogStore: LogRead + Send + Sync {
+    /// Queues `op` on the backend's writer; `done` receives the outcome once the commit is
+    /// durable (on the writer's thread; it must not block).
+    fn submit_log(&self, op: LogOp, done: WriteDone);
+    /// Calls `sink` with every row of `tables` (one of [`dump::NODE_TABLES`] and
+    /// [`dump::LOG_TABLES`], matching the database), table by table, all read in one consistent
+    /// snapshot while writers go on.
+    ///
+    /// # Errors
+    /// The sink's error, or [`StoreError::Backend`].
+    fn dump(
+        &self,
+        tables: &'static [dump::Table],
+        sink: &mut dump::Sink<'_>,
+    ) -> Result<(), StoreError>;
+}
+
+/// A node's records database: records, keys, identities, peers and the records log.
+pub trait Store: StoreRead + LogStore {
     /// Runs `op` in its own atomic unit and returns once it is durably committed (or rolled back
     /// when it returned an error, which is passed through).
     ///
@@ -1051,22 +1130,50 @@ pub trait Store: StoreRead + Send + Sync {
     fn submit(&self, op: WriteOp, done: WriteDone) {
         done(self.write(op));
     }
-    /// Calls `sink` with every row of `tables` (one of [`dump::NODE_TABLES`] and
-    /// [`dump::LOG_TABLES`], matching the database), table by table, all read in one consistent
-    /// snapshot while writers go on.
-    ///
-    /// # Errors
-    /// The sink's error, or [`StoreError::Backend`].
-    fn dump(
-        &self,
-        tables: &'static [dump::Table],
-        sink: &mut dump::Sink<'_>,
-    ) -> Result<(), StoreError>;
     /// Every data key name, for rotation.
     ///
     /// # Errors
     /// [`StoreError::Backend`].
     fn data_key_names(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// Where an op's value waits for the write's outcome: the op fills it, the completion takes it.
+struct Slot<T>(std::sync::Arc<std::sync::Mutex<Option<T>>>);
+
+impl<T: Send + 'static> Slot<T> {
+    /// A slot and the completion that hands its value (or the write's error) to `done`.
+    fn new(done: impl FnOnce(Result<T, StoreError>) + Send + 'static) -> (Self, WriteDone) {
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let taken = std::sync::Arc::clone(&slot);
+        let done: WriteDone = Box::new(move |r| {
+            done(r.and_then(|()| {
+                taken
+                    .lock()
+                    .ok()
+                    .and_then(|mut s| s.take())
+                    .ok_or_else(|| StoreError::Backend("write op produced no result".into()))
+            }));
+        });
+        (Self(slot), done)
+    }
+
+    fn put(&self, value: T) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = Some(value);
+        }
+    }
+}
+
+/// Waits for a submitted write's value.
+fn wait_for<T: Send + 'static>(
+    submit: impl FnOnce(Box<dyn FnOnce(Result<T, StoreError>) + Send>),
+) -> Result<T, StoreError> {
+    let (reply, wait) = std::sync::mpsc::sync_channel(1);
+    submit(Box::new(move |r| {
+        let _ = reply.send(r);
+    }));
+    wait.recv()
+        .map_err(|_| StoreError::Backend("the store dropped a write unanswered".into()))?
 }
 
 /// Submits a write whose op produces a value; `done` receives it (or the error) once the commit
@@ -1076,24 +1183,13 @@ pub fn submit_with<T: Send + 'static>(
     op: impl FnOnce(&mut dyn StoreTx) -> Result<T, StoreError> + Send + 'static,
     done: impl FnOnce(Result<T, StoreError>) + Send + 'static,
 ) {
-    let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let inner = std::sync::Arc::clone(&slot);
+    let (slot, done) = Slot::new(done);
     store.submit(
         Box::new(move |tx| {
-            let out = op(tx)?;
-            if let Ok(mut s) = inner.lock() {
-                *s = Some(out);
-            }
+            slot.put(op(tx)?);
             Ok(())
         }),
-        Box::new(move |r| {
-            done(r.and_then(|()| {
-                slot.lock()
-                    .ok()
-                    .and_then(|mut s| s.take())
-                    .ok_or_else(|| StoreError::Backend("write op produced no result".into()))
-            }));
-        }),
+        done,
     );
 }
 
@@ -1105,10 +1201,62 @@ pub fn write_with<T: Send + 'static>(
     store: &dyn Store,
     op: impl FnOnce(&mut dyn StoreTx) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    let (reply, wait) = std::sync::mpsc::sync_channel(1);
-    submit_with(store, op, move |r| {
-        let _ = reply.send(r);
-    });
-    wait.recv()
-        .map_err(|_| StoreError::Backend("the store dropped a write unanswered".into()))?
+    wait_for(|done| submit_with(store, op, done))
+}
+
+/// [`submit_with`] for a ledger's database.
+pub fn submit_log_with<T: Send + 'static>(
+    store: &dyn LogStore,
+    op: impl FnOnce(&mut dyn LogTx) -> Result<T, StoreError> + Send + 'static,
+    done: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+) {
+    let (slot, done) = Slot::new(done);
+    store.submit_log(
+        Box::new(move |tx| {
+            slot.put(op(tx)?);
+            Ok(())
+        }),
+        done,
+    );
+}
+
+/// [`write_with`] for a ledger's database.
+///
+/// # Errors
+/// The op's own error, or why the commit failed.
+pub fn write_log_with<T: Send + 'static>(
+    store: &dyn LogStore,
+    op: impl FnOnce(&mut dyn LogTx) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    wait_for(|done| submit_log_with(store, op, done))
+}
+
+/// A node's two databases — the records database and the access log's — on one backend. The
+/// binary picks the backend (SQLite files, PostgreSQL); the node opens its data through this and
+/// never names a backend.
+pub trait Databases {
+    /// Where the data lives, for messages (a file, or a server and schema; never a password).
+    fn describe(&self) -> String;
+    /// Opens (creating and migrating if needed) the records database.
+    ///
+    /// # Errors
+    /// The backend's error.
+    fn open_node(&self) -> Result<std::sync::Arc<dyn Store>, StoreError>;
+    /// Whether the access log's database holds a log already. Asked before opening it, because
+    /// opening creates it, and a fresh empty log beside a node's records would silently forget
+    /// who accessed what.
+    ///
+    /// # Errors
+    /// The backend's error.
+    fn access_log_exists(&self) -> Result<bool, StoreError>;
+    /// Opens (creating and migrating if needed) the access log's database.
+    ///
+    /// # Errors
+    /// The backend's error.
+    fn open_access_log(&self) -> Result<std::sync::Arc<dyn LogStore>, StoreError>;
+    /// What an operator must do when the records exist but the access log does not.
+    fn missing_access_log(&self) -> &'static str;
+    /// True when several processes may open the databases at once (each needs a copy of the
+    /// first process's key file; two may race to create the node).
+    fn shared(&self) -> bool;
 }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 pub(crate) mod accounts;
+pub(crate) mod database;
 pub(crate) mod ledger;
 pub(crate) mod policy;
 pub(crate) mod records;
@@ -15,7 +16,9 @@ use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use medvault_core::ResourceId;
 use medvault_crypto::{KeyFileKind, Passphrase};
-use medvault_node::node::{Database, KEY_FILE, Node};
+use medvault_node::node::{KEY_FILE, Node};
+
+use self::database::Database;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DataDir {
@@ -58,13 +61,15 @@ pub(crate) fn open_node(dir: &DataDir, must_exist: bool) -> anyhow::Result<Node>
             data_dir.display()
         );
     }
-    let node = Node::open_in(data_dir, &database, passphrase().as_ref()).with_context(|| {
-        format!(
-            "cannot open the node in {} ({})",
-            data_dir.display(),
-            database.describe(data_dir)
-        )
-    })?;
+    let databases = database.at(data_dir);
+    let node =
+        Node::open(data_dir, databases.as_ref(), passphrase().as_ref()).with_context(|| {
+            format!(
+                "cannot open the node in {} ({})",
+                data_dir.display(),
+                databases.describe()
+            )
+        })?;
     if node.created && node.key_file_kind == KeyFileKind::Unprotected {
         eprintln!(
             "warning: MEDVAULT_PASSPHRASE is not set, so the new root key file {} is protected only by its file permissions (0600); for production, start over with MEDVAULT_PASSPHRASE set",

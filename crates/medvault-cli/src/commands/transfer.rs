@@ -20,7 +20,10 @@ use indicatif::ProgressBar;
 use medvault_crypto::{MacStream, Passphrase, RootKey};
 use medvault_node::backup_file::{self, Part};
 use medvault_node::ledger::LogId;
-use medvault_node::node::{ACCESS_DB_FILE, DB_FILE, Database, KEY_FILE, TRANSFER_META};
+use medvault_node::node::{KEY_FILE, TRANSFER_META};
+use medvault_store_sqlite::{ACCESS_LOG_FILE as ACCESS_DB_FILE, NODE_FILE as DB_FILE};
+
+use super::database::Database;
 use medvault_store::dump::{Cell, Table};
 use medvault_store::{Store, StoreError, write_with};
 use medvault_store_postgres::PgStore;
@@ -243,7 +246,7 @@ fn undo(
         Ok(()) => e.context(format!("{what} failed; the target was emptied again")),
         Err(w) => e.context(format!(
             "{what} failed, and emptying the target failed too ({w:#}): delete {} before retrying",
-            database.describe(dir)
+            database.at(dir).describe()
         )),
     }
 }
@@ -483,7 +486,7 @@ pub(crate) fn restore(
         if !force {
             bail!(
                 "{} already holds a node: pass --force to delete it and restore over it",
-                database.describe(dir)
+                database.at(dir).describe()
             );
         }
         wipe(dir, database)?;
@@ -565,7 +568,7 @@ pub(crate) fn run_migrate(from: PathBuf, to: String, force: bool) -> anyhow::Res
     println!(
         "migrated {} rows to {}; {verified}; start the node with --database pointing there",
         counts.rows,
-        database.describe(&dir.data_dir)
+        database.at(&dir.data_dir).describe()
     );
     Ok(())
 }

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::Server;
+use medvault_testkit::Server;
+
+use crate::MEDVAULT;
 
 /// The access-log leaf of an admin request (authenticated: always its own leaf).
 fn admin_leaf(s: &Server) -> u64 {
@@ -55,7 +57,7 @@ fn summary_count(event: &Value) -> Option<u64> {
 
 #[test]
 fn anonymous_requests_are_limited_and_counted_together() {
-    let s = Server::start_with(&[
+    let s = MEDVAULT.start_with(&[
         "--anonymous-requests-per-minute",
         "100",
         "--anonymous-summary-seconds",
@@ -67,7 +69,7 @@ fn anonymous_requests_are_limited_and_counted_together() {
     let mut statuses = Vec::with_capacity(N);
     for i in 0..N {
         let r = client
-            .get(format!("http://127.0.0.1:{}/no/such/path/{i}", s.port))
+            .get(s.at(&format!("/no/such/path/{i}")))
             .send()
             .unwrap();
         statuses.push(r.status().as_u16());

@@ -1,15 +1,12 @@
 //! `medvault backup` and `medvault restore` on the embedded default (issue 6). The PostgreSQL
 //! directions (migrate, backup from and restore into PostgreSQL) are in `postgres.rs`.
 
-use std::path::Path;
-
+use medvault_testkit::Server;
+use medvault_testkit::e2e::path_str as arg;
+use medvault_testkit::fhir::{observation, patient};
 use serde_json::json;
 
-use crate::{Server, cli, observation, patient};
-
-fn arg(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use crate::MEDVAULT;
 
 /// A node with people, records of two patients, an erased third and a few requests.
 pub(crate) fn populated(s: &Server) -> (String, String) {
@@ -18,8 +15,7 @@ pub(crate) fn populated(s: &Server) -> (String, String) {
     s.create(&observation(&p1, "2345-7", "2026-01-02"));
     s.create(&observation(&p2, "2345-7", "2026-01-03"));
     let erased = s.create(&patient("Erasedfamily", "Cy"));
-    let dir = s.dir.to_str().unwrap().to_owned();
-    let (ok, out, err) = s.cli(&["patient", "erase", "--data-dir", &dir, &erased]);
+    let (ok, out, err) = s.run(&["patient", "erase", &erased]);
     assert!(ok, "{out} {err}");
     let (status, _) = s.put(
         &format!("Patient/{p1}"),
@@ -56,14 +52,14 @@ pub(crate) fn answers(s: &Server, p1: &str) -> Vec<String> {
 #[test]
 fn a_backup_restores_into_a_working_node_and_refuses_damage() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut s = Server::start_in(&tmp.path().join("node"), &[]);
+    let mut s = MEDVAULT.start_in(&tmp.path().join("node"), &[]);
     let (p1, _) = populated(&s);
     let before = answers(&s, &p1);
     let file = tmp.path().join("node.mvbk");
     let dir = s.dir.clone();
 
     // Taken while the node serves.
-    let (ok, out, err) = s.cli(&["backup", "--data-dir", arg(&dir), "--out", arg(&file)]);
+    let (ok, out, err) = s.run(&["backup", "--out", arg(&file)]);
     assert!(ok, "{out} {err}");
     assert!(out.contains("holds no root key"), "{out}");
     let bytes = std::fs::read(&file).unwrap();
@@ -85,14 +81,14 @@ fn a_backup_restores_into_a_working_node_and_refuses_damage() {
             assert!(!text.contains(secret), "key file content in the backup");
         }
     }
-    let (ok, _, err) = s.cli(&["backup", "--data-dir", arg(&dir), "--out", arg(&file)]);
+    let (ok, _, err) = s.run(&["backup", "--out", arg(&file)]);
     assert!(!ok && err.contains("--force"), "{err}");
     s.stop();
 
     // Restored into a new data directory holding only the key file.
     let restored = tmp.path().join("restored");
     std::fs::create_dir_all(&restored).unwrap();
-    let (ok, _, err) = cli(&["restore", "--data-dir", arg(&restored), arg(&file)], &[]);
+    let (ok, _, err) = MEDVAULT.cli(&["restore", "--data-dir", arg(&restored), arg(&file)], &[]);
     assert!(!ok && err.contains("key file"), "no key file: {err}");
     assert!(!restored.join("medvault.db").exists());
     std::fs::copy(dir.join("medvault.key"), restored.join("medvault.key")).unwrap();
@@ -120,7 +116,8 @@ fn a_backup_restores_into_a_working_node_and_refuses_damage() {
         (&garbage, "header", "not a complete medvault backup"),
         (&no_end, "end marker", "not a complete medvault backup"),
     ] {
-        let (ok, out, err) = cli(&["restore", "--data-dir", arg(&restored), arg(bad)], &[]);
+        let (ok, out, err) =
+            MEDVAULT.cli(&["restore", "--data-dir", arg(&restored), arg(bad)], &[]);
         assert!(!ok, "{why}: {out}");
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
         assert!(err.contains(says), "{why}: {err}");
@@ -130,21 +127,20 @@ fn a_backup_restores_into_a_working_node_and_refuses_damage() {
         );
     }
 
-    let (ok, out, err) = cli(&["restore", "--data-dir", arg(&restored), arg(&file)], &[]);
+    let (ok, out, err) = MEDVAULT.cli(&["restore", "--data-dir", arg(&restored), arg(&file)], &[]);
     assert!(ok, "{out} {err}");
     assert!(out.contains("ledger verified"), "{out}");
-    let (ok, _, err) = cli(&["restore", "--data-dir", arg(&restored), arg(&file)], &[]);
+    let (ok, _, err) = MEDVAULT.cli(&["restore", "--data-dir", arg(&restored), arg(&file)], &[]);
     assert!(!ok && err.contains("--force"), "a node is there now: {err}");
 
-    let copy = Server::start_in(&restored, &[]);
+    let copy = MEDVAULT.start_in(&restored, &[]);
     assert_eq!(
         answers(&copy, &p1),
         before,
         "the copy answers as the original did"
     );
     copy.create(&patient("After", "Restore"));
-    let (ok, out, err) = copy.cli(&["ledger", "verify", "--data-dir", arg(&restored)]);
-    assert!(ok, "{out} {err}");
+    copy.verify_ledger();
 
     drop(copy);
 
@@ -159,9 +155,9 @@ fn a_backup_restores_into_a_working_node_and_refuses_damage() {
         db.execute("UPDATE meta SET v = 'incomplete' WHERE k = 'transfer'", [])
             .unwrap();
     }
-    let (ok, _, err) = cli(&["ledger", "verify", "--data-dir", arg(&restored)], &[]);
+    let (ok, _, err) = MEDVAULT.cli(&["ledger", "verify", "--data-dir", arg(&restored)], &[]);
     assert!(!ok && err.contains("unfinished restore"), "{err}");
-    let (ok, out, err) = cli(
+    let (ok, out, err) = MEDVAULT.cli(
         &[
             "restore",
             "--data-dir",
@@ -175,7 +171,7 @@ fn a_backup_restores_into_a_working_node_and_refuses_damage() {
 
     // Another node's key file does not open the backup.
     let other = tempfile::tempdir().unwrap();
-    let stranger = Server::start_in(&other.path().join("n"), &[]);
+    let stranger = MEDVAULT.start_in(&other.path().join("n"), &[]);
     let elsewhere = tmp.path().join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
     std::fs::copy(
@@ -183,7 +179,7 @@ fn a_backup_restores_into_a_working_node_and_refuses_damage() {
         elsewhere.join("medvault.key"),
     )
     .unwrap();
-    let (ok, _, err) = cli(&["restore", "--data-dir", arg(&elsewhere), arg(&file)], &[]);
+    let (ok, _, err) = MEDVAULT.cli(&["restore", "--data-dir", arg(&elsewhere), arg(&file)], &[]);
     assert!(!ok && err.contains("another node"), "{err}");
     assert!(!elsewhere.join("medvault.db").exists());
 }

@@ -1,7 +1,10 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::{Server, assert_outcome, patient, send};
+use medvault_testkit::e2e::send;
+use medvault_testkit::fhir::{assert_outcome, patient};
+
+use crate::MEDVAULT;
 
 /// (what, method, path, content type, extra headers, body, expected status)
 type Case<'a> = (
@@ -16,7 +19,7 @@ type Case<'a> = (
 
 #[test]
 fn bad_requests_get_operation_outcomes_and_write_nothing() {
-    let s = Server::start_with(&["--max-body-bytes", "65536"]);
+    let s = MEDVAULT.start_with(&["--max-body-bytes", "65536"]);
     let existing = s.create(&patient("Existing", "One"));
     let fhir = "application/fhir+json";
     let big = format!(
@@ -73,7 +76,7 @@ fn bad_requests_get_operation_outcomes_and_write_nothing() {
 
 #[test]
 fn missing_or_bad_tokens_are_401() {
-    let s = Server::start();
+    let s = MEDVAULT.start();
     let client = reqwest::blocking::Client::new();
     for auth in [
         None,

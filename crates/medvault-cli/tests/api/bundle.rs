@@ -1,13 +1,15 @@
 use serde_json::json;
 
-use crate::{Server, assert_outcome, ids, patient};
+use medvault_testkit::fhir::{assert_outcome, bundle, entry_statuses, ids, patient};
+
+use crate::MEDVAULT;
 
 #[test]
 fn transaction_resolves_references_and_is_all_or_nothing() {
-    let s = Server::start();
-    let tx = json!({
-        "resourceType": "Bundle", "type": "transaction",
-        "entry": [
+    let s = MEDVAULT.start();
+    let tx = bundle(
+        "transaction",
+        json!([
             {"fullUrl": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a",
              "resource": patient("Trans", "Action"),
              "request": {"method": "POST", "url": "Patient"}},
@@ -16,8 +18,8 @@ fn transaction_resolves_references_and_is_all_or_nothing() {
                           "subject": {"reference": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a"}},
              "request": {"method": "POST", "url": "Observation"}},
             {"request": {"method": "GET", "url": "Patient?family=trans"}}
-        ]
-    });
+        ]),
+    );
     let (st, resp) = s.post("", &tx);
     assert_eq!(st, 200, "{resp}");
     assert_eq!(resp["type"], "transaction-response");
@@ -42,13 +44,13 @@ fn transaction_resolves_references_and_is_all_or_nothing() {
     assert_eq!(obs["total"], 1);
 
     // One bad entry: nothing from the transaction is kept.
-    let bad = json!({
-        "resourceType": "Bundle", "type": "transaction",
-        "entry": [
+    let bad = bundle(
+        "transaction",
+        json!([
             {"resource": patient("Never", "Stored"), "request": {"method": "POST", "url": "Patient"}},
             {"resource": {"resourceType": "Patient", "gender": "not-a-gender"}, "request": {"method": "POST", "url": "Patient"}}
-        ]
-    });
+        ]),
+    );
     let (st, o) = s.post("", &bad);
     assert_eq!(st, 400);
     assert_outcome(&o);
@@ -61,38 +63,33 @@ fn transaction_resolves_references_and_is_all_or_nothing() {
     );
     assert_eq!(s.get("Patient?family=never").1["total"], 0);
     // A failing If-Match inside a transaction also rolls everything back.
-    let bad = json!({
-        "resourceType": "Bundle", "type": "transaction",
-        "entry": [
+    let bad = bundle(
+        "transaction",
+        json!([
             {"resource": patient("Never", "Again"), "request": {"method": "POST", "url": "Patient"}},
             {"resource": {"resourceType": "Patient", "id": pid}, "request": {"method": "PUT", "url": format!("Patient/{pid}"), "ifMatch": "W/\"9\""}}
-        ]
-    });
+        ]),
+    );
     assert_eq!(s.post("", &bad).0, 412);
     assert_eq!(s.get("Patient?family=never").1["total"], 0);
 }
 
 #[test]
 fn batch_runs_entries_independently() {
-    let s = Server::start();
-    let batch = json!({
-        "resourceType": "Bundle", "type": "batch",
-        "entry": [
+    let s = MEDVAULT.start();
+    let batch = bundle(
+        "batch",
+        json!([
             {"resource": patient("Batch", "Good"), "request": {"method": "POST", "url": "Patient"}},
             {"resource": {"resourceType": "Patient", "birthDate": "yesterday"}, "request": {"method": "POST", "url": "Patient"}},
             {"request": {"method": "GET", "url": "Patient/nope"}},
             {"request": {"method": "GET", "url": "Banana/1"}}
-        ]
-    });
+        ]),
+    );
     let (st, resp) = s.post("", &batch);
     assert_eq!(st, 200, "{resp}");
     assert_eq!(resp["type"], "batch-response");
-    let statuses: Vec<&str> = resp["entry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["response"]["status"].as_str().unwrap())
-        .collect();
+    let statuses = entry_statuses(&resp);
     assert!(
         statuses[0].starts_with("201")
             && statuses[1].starts_with("400")

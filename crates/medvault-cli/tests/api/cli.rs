@@ -1,4 +1,4 @@
-use crate::cli;
+use crate::MEDVAULT;
 
 #[test]
 fn every_command_has_help_that_teaches() {
@@ -15,7 +15,7 @@ fn every_command_has_help_that_teaches() {
         vec!["restore", "--help"],
         vec!["migrate", "--help"],
     ] {
-        let (ok, out, _) = cli(&args, &[]);
+        let (ok, out, _) = MEDVAULT.cli(&args, &[]);
         assert!(ok, "{args:?}");
         assert!(out.contains("Usage:"), "{args:?}: {out}");
         if args.len() > 2 || args[0] == "serve" {
@@ -29,14 +29,14 @@ fn every_command_has_help_that_teaches() {
 
 #[test]
 fn bad_arguments_fail_with_a_message() {
-    let (ok, _, err) = cli(&["token", "create", "--role", "superuser"], &[]);
+    let (ok, _, err) = MEDVAULT.cli(&["token", "create", "--role", "superuser"], &[]);
     assert!(!ok);
     assert!(err.contains("superuser"));
-    let (ok, _, err) = cli(&["serve", "--listen", "not-an-address"], &[]);
+    let (ok, _, err) = MEDVAULT.cli(&["serve", "--listen", "not-an-address"], &[]);
     assert!(!ok);
     assert!(err.contains("--listen"));
     let tmp = tempfile::tempdir().unwrap();
-    let (ok, _, err) = cli(
+    let (ok, _, err) = MEDVAULT.cli(
         &[
             "patient",
             "erase",

@@ -2,23 +2,28 @@
 //! flag sets, the environment overrides the file, flags override both, and an unknown key or a
 //! bad value stops the server with one line naming it.
 
-use super::*;
+use std::path::Path;
+
+use medvault_testkit::e2e::write_file;
+use medvault_testkit::fhir::patient;
+use serde_json::{Value, json};
+
+use crate::MEDVAULT;
 
 #[test]
 fn a_config_file_and_environment_overrides_set_what_flags_do_not() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("medvault.toml");
-    std::fs::write(
-        &config,
+    let config = write_file(
+        tmp.path(),
+        "medvault.toml",
         "[server]\n\
          base_url = \"https://ehr.example/fhir\"\n\
          max_body_bytes = 1000000\n\
          # the flag --log-format json the test harness passes wins over this\n\
          log_format = \"text\"\n",
-    )
-    .unwrap();
+    );
     let dir = tmp.path().join("data");
-    let s = Server::launch(
+    let s = MEDVAULT.launch(
         &dir,
         &[("MEDVAULT__SERVER__MAX_BODY_BYTES", "4096")],
         &["--config", config.to_str().unwrap()],
@@ -86,9 +91,8 @@ fn unknown_keys_and_bad_values_stop_the_server_with_one_line() {
         ),
     ];
     for (what, text, env, expected) in cases {
-        let config = tmp.path().join("c.toml");
-        std::fs::write(&config, text).unwrap();
-        let (ok, _, err) = cli(
+        let config = write_file(tmp.path(), "c.toml", text);
+        let (ok, _, err) = MEDVAULT.cli(
             &[
                 "serve",
                 "--data-dir",

@@ -3,12 +3,11 @@
 
 use serde_json::{Value, json};
 
-use crate::policy::{call, consent, get_as, labelled, patient_session, person};
-use crate::{Server, care_team, ids, observation, patient};
+use medvault_testkit::Server;
+use medvault_testkit::e2e::send;
+use medvault_testkit::fhir::{consent, ids, labelled, observation, patient, sorted};
 
-fn post_as(s: &Server, path: &str, who: &str, body: &Value) -> (u16, Value) {
-    call(s, reqwest::Method::POST, path, who, None, Some(body))
-}
+use crate::MEDVAULT;
 
 /// The start of a response, for assertion messages (some answers echo large resources).
 fn short(b: &Value) -> String {
@@ -26,34 +25,36 @@ fn history_ids(b: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Asserts that `who` sees neither `Observation/<id>` nor its first version nor its history.
+fn assert_no_version_visible(s: &Server, id: &str, who: &str) {
+    for path in [
+        format!("/fhir/Observation/{id}"),
+        format!("/fhir/Observation/{id}/_history/1"),
+        format!("/fhir/Observation/{id}/_history"),
+    ] {
+        assert_eq!(s.status_as(&path, who), 404, "{path}");
+    }
+}
+
 /// Item 1: a version is seen only if the resource as it is now may be seen (the strictest of
 /// current and historic labels and compartment).
 #[test]
 fn old_versions_do_not_outlive_relabelling_or_correction() {
-    let s = Server::start();
+    let s = MEDVAULT.start();
     let c = s.create(&patient("Histfam", "Cleo"));
     let q = s.create(&patient("Movedfam", "Quin"));
-    let dr = person(&s, "dr.hist", "clinician");
-    care_team(&s, dr.practitioner.as_deref().unwrap(), &c);
+    let dr = s.person("dr.hist", "clinician");
+    s.care_team(dr.practitioner.as_deref().unwrap(), &c);
     let a = dr.session.as_str();
 
     // Created plain, then labelled HIV: every version is as hidden as the current one.
     let obs = s.create(&observation(&c, "75622-1", "2026-11-01"));
-    assert_eq!(
-        get_as(&s, &format!("/fhir/Observation/{obs}"), a, None).0,
-        200
-    );
+    assert_eq!(s.status_as(&format!("/fhir/Observation/{obs}"), a), 200);
     let mut relabelled = labelled(observation(&c, "75622-1", "2026-11-01"), "HIV");
     relabelled["id"] = json!(obs);
     assert_eq!(s.put(&format!("Observation/{obs}"), &relabelled).0, 200);
-    for path in [
-        format!("/fhir/Observation/{obs}"),
-        format!("/fhir/Observation/{obs}/_history/1"),
-        format!("/fhir/Observation/{obs}/_history"),
-    ] {
-        assert_eq!(get_as(&s, &path, a, None).0, 404, "{path}");
-    }
-    let (st, h) = get_as(&s, "/fhir/Observation/_history?_count=100", a, None);
+    assert_no_version_visible(&s, &obs, a);
+    let (st, h) = s.get_as("/fhir/Observation/_history?_count=100", a, None);
     assert_eq!(st, 200);
     assert!(!h.to_string().contains(&obs), "type history: {h}");
     assert_eq!(h["total"], 0, "{h}");
@@ -62,22 +63,16 @@ fn old_versions_do_not_outlive_relabelling_or_correction() {
 
     // Filed under C, corrected to Q: C's own session no longer reads any version of it.
     let filed = s.create(&observation(&c, "2345-7", "2026-11-02"));
-    let c_session = patient_session(&s, "pat.cleo", &c);
+    let c_session = s.patient_session("pat.cleo", &c);
     assert_eq!(
-        get_as(&s, &format!("/fhir/Observation/{filed}"), &c_session, None).0,
+        s.status_as(&format!("/fhir/Observation/{filed}"), &c_session),
         200
     );
     let mut corrected = observation(&q, "2345-7", "2026-11-02");
     corrected["id"] = json!(filed);
     assert_eq!(s.put(&format!("Observation/{filed}"), &corrected).0, 200);
-    for path in [
-        format!("/fhir/Observation/{filed}"),
-        format!("/fhir/Observation/{filed}/_history/1"),
-        format!("/fhir/Observation/{filed}/_history"),
-    ] {
-        assert_eq!(get_as(&s, &path, &c_session, None).0, 404, "{path}");
-    }
-    let (_, h) = get_as(&s, "/fhir/Observation/_history", &c_session, None);
+    assert_no_version_visible(&s, &filed, &c_session);
+    let (_, h) = s.get_as("/fhir/Observation/_history", &c_session, None);
     assert!(!history_ids(&h).iter().any(|u| u.ends_with(&filed)), "{h}");
     // Every version moved with the record: C's key seals none of it any more, and the ledger
     // still accounts for every leaf (the original commitments through the amendments).
@@ -85,28 +80,16 @@ fn old_versions_do_not_outlive_relabelling_or_correction() {
         version_keys(&s, &filed),
         vec![format!("Patient/{q}"), format!("Patient/{q}")]
     );
-    let out = verify(&s);
+    let out = s.verify_ledger();
     assert!(out.contains("(1 amended"), "{out}");
 
     // Q is erased: the version still sealed under C's key is gone with Q's record.
-    let (ok, _, err) = s.cli(&[
-        "patient",
-        "erase",
-        "--data-dir",
-        s.dir.to_str().unwrap(),
-        &q,
-    ]);
+    let (ok, _, err) = s.run(&["patient", "erase", &q]);
     assert!(ok, "{err}");
     assert_eq!(s.get(&format!("Observation/{filed}/_history/1")).0, 410);
     assert_eq!(s.get(&format!("Observation/{filed}/_history")).0, 410);
     assert_eq!(
-        get_as(
-            &s,
-            &format!("/fhir/Observation/{filed}/_history/1"),
-            &c_session,
-            None
-        )
-        .0,
+        s.status_as(&format!("/fhir/Observation/{filed}/_history/1"), &c_session),
         404
     );
 }
@@ -123,34 +106,17 @@ fn version_keys(s: &Server, id: &str) -> Vec<String> {
         .unwrap()
 }
 
-/// `medvault ledger verify` on the server's node; its report.
-fn verify(s: &Server) -> String {
-    let (ok, out, err) = s.cli(&["ledger", "verify", "--data-dir", s.dir.to_str().unwrap()]);
-    assert!(ok, "{out} {err}");
-    out
-}
-
 /// Item 1: an admin expunges a superseded version; the commitment stays and is still checked.
 #[test]
 fn an_admin_expunges_a_superseded_version_and_the_ledger_still_verifies() {
-    let s = Server::start();
+    let s = MEDVAULT.start();
     let p = s.create(&patient("Expfam", "Eve"));
     let obs = s.create(&observation(&p, "2345-7", "2026-11-01"));
     let mut v2 = observation(&p, "2345-8", "2026-11-01");
     v2["id"] = json!(obs);
     assert_eq!(s.put(&format!("Observation/{obs}"), &v2).0, 200);
-    let dir = s.dir.to_str().unwrap().to_owned();
-    let expunge = |target: &str, reason: &str| {
-        s.cli(&[
-            "record",
-            "expunge",
-            "--data-dir",
-            &dir,
-            target,
-            "--reason",
-            reason,
-        ])
-    };
+    let expunge =
+        |target: &str, reason: &str| s.run(&["record", "expunge", target, "--reason", reason]);
     let why = "filed with the wrong code, corrected in version 2";
     // Bad input: one plain line, non-zero, nothing changed.
     for (target, reason) in [
@@ -209,7 +175,7 @@ fn an_admin_expunges_a_superseded_version_and_the_ledger_still_verifies() {
         )
         .unwrap();
     assert!(body.is_none());
-    let out = verify(&s);
+    let out = s.verify_ledger();
     assert!(out.contains("(1 amended"), "{out}");
     // The expunge is in the access log, with its reason sealed.
     let (_, trail) = s.get("AuditEvent?_count=200");
@@ -257,14 +223,14 @@ fn an_admin_expunges_a_superseded_version_and_the_ledger_still_verifies() {
         .unwrap();
         tx.commit().unwrap();
     }
-    let (ok, out, err) = s.cli(&["ledger", "verify", "--data-dir", &dir]);
+    let (ok, out, err) = s.run(&["ledger", "verify"]);
     assert!(!ok, "{out}");
     assert!(err.contains("not stored"), "{err}");
     // An amendment that no longer matches its leaf is a divergence.
     c.execute("UPDATE amendments SET key_version = key_version + 1", [])
         .unwrap();
     drop(c);
-    let (ok, out, err) = s.cli(&["ledger", "verify", "--data-dir", &dir]);
+    let (ok, out, err) = s.run(&["ledger", "verify"]);
     assert!(!ok, "{out}");
     assert!(
         err.contains("amendment 1") || err.contains("not stored"),
@@ -276,15 +242,15 @@ fn an_admin_expunges_a_superseded_version_and_the_ledger_still_verifies() {
 /// break-glass only; a purpose the role may not declare is refused.
 #[test]
 fn a_treatment_deny_is_not_escaped_by_declaring_another_purpose() {
-    let s = Server::start();
+    let s = MEDVAULT.start();
     let p = s.create(&patient("Purposefam", "Pam"));
     let obs = s.create(&observation(&p, "2345-7", "2026-11-01"));
-    let dr = person(&s, "dr.purpose", "clinician");
+    let dr = s.person("dr.purpose", "clinician");
     let prac = dr.practitioner.clone().unwrap();
-    care_team(&s, &prac, &p);
+    s.care_team(&prac, &p);
     let a = dr.session.as_str();
     let path = format!("/fhir/Observation/{obs}");
-    assert_eq!(get_as(&s, &path, a, Some("HOPERAT")).0, 200);
+    assert_eq!(s.get_as(&path, a, Some("HOPERAT")).0, 200);
     s.create(&consent(
         &p,
         json!({"type": "permit", "provision": [{"type": "deny",
@@ -293,22 +259,21 @@ fn a_treatment_deny_is_not_escaped_by_declaring_another_purpose() {
         "2026-01-01T00:00:00Z",
     ));
     for purpose in ["TREAT", "HOPERAT", "ETREAT"] {
-        assert_eq!(get_as(&s, &path, a, Some(purpose)).0, 404, "{purpose}");
+        assert_eq!(s.get_as(&path, a, Some(purpose)).0, 404, "{purpose}");
     }
-    let (st, b) = get_as(&s, &path, a, Some("HRESCH"));
+    let (st, b) = s.get_as(&path, a, Some("HRESCH"));
     assert_eq!(st, 403, "{b}");
     assert!(b.to_string().contains("may not declare"), "{b}");
-    let (st, _) = get_as(&s, &path, a, Some("NOTACODE"));
+    let (st, _) = s.get_as(&path, a, Some("NOTACODE"));
     assert_eq!(st, 403);
     // Two declared purposes are no declaration.
-    let r = reqwest::blocking::Client::new()
-        .get(format!("http://127.0.0.1:{}{path}", s.port))
-        .bearer_auth(a)
-        .header("x-purpose-of-use", "TREAT")
-        .header("x-purpose-of-use", "ETREAT")
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 400);
+    let (st, _) = send(
+        s.anonymous(reqwest::Method::GET, &path)
+            .bearer_auth(a)
+            .header("x-purpose-of-use", "TREAT")
+            .header("x-purpose-of-use", "ETREAT"),
+    );
+    assert_eq!(st, 400);
     // Break-glass needs a real justification and a real patient.
     for (patient_id, reason) in [
         (p.as_str(), "\u{0}".repeat(25)),
@@ -318,8 +283,7 @@ fn a_treatment_deny_is_not_escaped_by_declaring_another_purpose() {
             "unconscious patient in the emergency room".to_owned(),
         ),
     ] {
-        let (st, b) = post_as(
-            &s,
+        let (st, b) = s.post_as(
             "/auth/break-glass",
             a,
             &json!({"patient": patient_id, "reason": reason, "minutes": 5}),
@@ -340,14 +304,14 @@ fn a_treatment_deny_is_not_escaped_by_declaring_another_purpose() {
 /// patient's, and clinical data never falls to the directory rule.
 #[test]
 fn identifier_and_contained_patient_references_are_resolved() {
-    let s = Server::start();
+    let s = MEDVAULT.start();
     let mut body = patient("Labfam", "Lee");
     body["identifier"] = json!([{"system": "urn:oid:1.2.3.4", "value": "MRN-77"}]);
     let p = s.create(&body);
     let other = s.create(&patient("Carefam", "Cal"));
-    let dr = person(&s, "dr.feed", "clinician");
-    care_team(&s, dr.practitioner.as_deref().unwrap(), &other);
-    let researcher = person(&s, "r.feed", "researcher");
+    let dr = s.person("dr.feed", "clinician");
+    s.care_team(dr.practitioner.as_deref().unwrap(), &other);
+    let researcher = s.person("r.feed", "researcher");
 
     // By identifier, as lab feeds send it.
     let mut by_ident = observation(&p, "2345-7", "2026-11-01");
@@ -367,11 +331,7 @@ fn identifier_and_contained_patient_references_are_resolved() {
     let o2 = stored["id"].as_str().unwrap().to_owned();
     // Both are in the patient's compartment: found by patient, hidden from the unrelated.
     let (_, found) = s.get(&format!("Observation?patient={p}"));
-    let mut got = ids(&found);
-    got.sort();
-    let mut want = vec![o1.clone(), o2.clone()];
-    want.sort();
-    assert_eq!(got, want);
+    assert_eq!(sorted(ids(&found)), sorted(vec![o1.clone(), o2.clone()]));
     for who in [&dr.session, &researcher.session] {
         let purpose = if who == &researcher.session {
             "HRESCH"
@@ -380,11 +340,12 @@ fn identifier_and_contained_patient_references_are_resolved() {
         };
         for id in [&o1, &o2] {
             assert_eq!(
-                get_as(&s, &format!("/fhir/Observation/{id}"), who, Some(purpose)).0,
+                s.get_as(&format!("/fhir/Observation/{id}"), who, Some(purpose))
+                    .0,
                 404
             );
         }
-        let (_, n) = get_as(&s, "/fhir/Observation?_summary=count", who, Some(purpose));
+        let (_, n) = s.get_as("/fhir/Observation?_summary=count", who, Some(purpose));
         assert_eq!(n["total"], 0, "{n}");
     }
     // What names no patient (or no one patient) is refused, never filed as directory data.
@@ -400,8 +361,8 @@ fn identifier_and_contained_patient_references_are_resolved() {
     assert_eq!(s.post("Observation", &anonymous).0, 422);
     // A clinician learns nothing about which identifiers exist: the same 403 as for a patient
     // they do not care for.
-    let (st_unknown, b1) = post_as(&s, "/fhir/Observation", &dr.session, &unknown);
-    let (st_known, b2) = post_as(&s, "/fhir/Observation", &dr.session, &by_ident);
+    let (st_unknown, b1) = s.post_as("/fhir/Observation", &dr.session, &unknown);
+    let (st_known, b2) = s.post_as("/fhir/Observation", &dr.session, &by_ident);
     assert_eq!((st_unknown, st_known), (403, 403), "{b1} {b2}");
     assert_eq!(b1["issue"][0]["diagnostics"], b2["issue"][0]["diagnostics"]);
     // A performer given by identifier is not resolved (nor checked): writing one does not tell
@@ -409,7 +370,7 @@ fn identifier_and_contained_patient_references_are_resolved() {
     let mut with_performer = observation(&other, "2345-7", "2026-11-05");
     with_performer["performer"] = json!([{"type": "Patient",
         "identifier": {"system": "urn:oid:1.2.3.4", "value": "MRN-77"}}]);
-    let (st, b) = post_as(&s, "/fhir/Observation", &dr.session, &with_performer);
+    let (st, b) = s.post_as("/fhir/Observation", &dr.session, &with_performer);
     assert_eq!(st, 201, "{}", short(&b));
     assert!(
         b["performer"][0].get("reference").is_none(),
@@ -448,8 +409,7 @@ fn identifier_and_contained_patient_references_are_resolved() {
             "TREAT"
         };
         assert_eq!(
-            get_as(
-                &s,
+            s.get_as(
                 &format!("/fhir/Observation/{orphan_id}"),
                 who,
                 Some(purpose)
@@ -463,13 +423,13 @@ fn identifier_and_contained_patient_references_are_resolved() {
 /// Item 4: one request cannot occupy the writer and the disk.
 #[test]
 fn oversized_and_over_indexed_resources_are_refused_before_the_writer() {
-    let s = Server::start();
-    let dr = person(&s, "dr.big", "clinician");
+    let s = MEDVAULT.start();
+    let dr = s.person("dr.big", "clinician");
     let mut many = patient("Bigfam", "Bo");
     let names: Vec<String> = (0..5_000).map(|i| format!("Given{i:05}")).collect();
     many["name"][0]["given"] = json!(names);
     let started = std::time::Instant::now();
-    let (st, b) = post_as(&s, "/fhir/Patient", &dr.session, &many);
+    let (st, b) = s.post_as("/fhir/Patient", &dr.session, &many);
     assert_eq!(st, 422, "{}", short(&b));
     assert!(
         b.to_string().contains("given"),
@@ -480,7 +440,7 @@ fn oversized_and_over_indexed_resources_are_refused_before_the_writer() {
     let mut huge = patient("Hugefam", "Hu");
     huge["text"] = json!({"status": "generated",
         "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{}</div>", "x".repeat(1_200_000))});
-    let (st, b) = post_as(&s, "/fhir/Patient", &dr.session, &huge);
+    let (st, b) = s.post_as("/fhir/Patient", &dr.session, &huge);
     assert_eq!(st, 413, "{b}");
     // Documents may be larger.
     let doc = json!({"resourceType": "DocumentReference", "status": "current",
@@ -493,14 +453,11 @@ fn oversized_and_over_indexed_resources_are_refused_before_the_writer() {
     assert_eq!(st, 422, "{}", short(&b));
     // An object naming a key twice is refused (a filter in front could read the other one).
     let twice = r#"{"resourceType":"Patient","meta":{"security":[{"code":"HIV"}]},"meta":{}}"#;
-    let r = reqwest::blocking::Client::new()
-        .post(s.url("Patient"))
-        .bearer_auth(&s.token)
-        .header("content-type", "application/fhir+json")
-        .body(twice)
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(
+        s.post_raw("Patient", "application/fhir+json", twice.into())
+            .0,
+        400
+    );
     // And in all: a transaction may add at most 100 000 index entries.
     let wide: Vec<Value> = (0..200)
         .map(|i| {
@@ -528,7 +485,7 @@ fn the_request_timeout_applies_and_a_timed_out_write_is_not_made() {
     // 5 000 patients born in May 1980, stored under the default timeout (so a busy machine
     // cannot time the set-up out): a condition on a birth date in that month decrypts every
     // one of them (dates are indexed by month), inside the writer.
-    let mut setup = Server::start();
+    let mut setup = MEDVAULT.start();
     for _ in 0..5 {
         let entries: Vec<Value> = (0..1000)
             .map(|_| json!({"request": {"method": "POST", "url": "Patient"}, "resource": patient("Slowfam", "Sam")}))
@@ -538,7 +495,7 @@ fn the_request_timeout_applies_and_a_timed_out_write_is_not_made() {
         assert_eq!(st, 200, "{}", short(&b));
     }
     setup.stop();
-    let s = Server::launch(&setup.dir, &[], &["--request-timeout-seconds", "1"]);
+    let s = MEDVAULT.launch(&setup.dir, &[], &["--request-timeout-seconds", "1"]);
     let entries: Vec<Value> = (0..200)
         .map(|_| {
             let mut p = patient("Latefam", "Lou");
@@ -568,19 +525,19 @@ fn the_request_timeout_applies_and_a_timed_out_write_is_not_made() {
 /// effect; what the evaluator cannot apply is refused.
 #[test]
 fn consent_times_and_actor_kinds_take_effect_or_are_refused() {
-    let s = Server::start();
+    let s = MEDVAULT.start();
     let p = s.create(&patient("Actorfam", "Ada"));
     let obs = s.create(&observation(&p, "2345-7", "2026-11-01"));
     let path = format!("/fhir/Observation/{obs}");
-    let dr = person(&s, "dr.actor", "clinician");
+    let dr = s.person("dr.actor", "clinician");
     let prac = dr.practitioner.clone().unwrap();
-    let team = care_team(&s, &prac, &p);
+    let team = s.care_team(&prac, &p);
     let org = s.create(&json!({"resourceType": "Organization", "name": "Ward 7"}));
     let role = s.create(&json!({"resourceType": "PractitionerRole", "active": true,
         "practitioner": {"reference": format!("Practitioner/{prac}")},
         "organization": {"reference": format!("Organization/{org}")}}));
     let a = dr.session.as_str();
-    assert_eq!(get_as(&s, &path, a, None).0, 200);
+    assert_eq!(s.status_as(&path, a), 200);
 
     // Refused: no date, an actor kind the evaluator cannot match, a narrowed permit.
     let mut undated = consent(&p, json!({"type": "deny"}), "2026-01-01T00:00:00Z");
@@ -614,9 +571,9 @@ fn consent_times_and_actor_kinds_take_effect_or_are_refused() {
         json!({"type": "deny", "class": [{"code": "observation"}]}),
     ] {
         let c = s.create(&consent(&p, provision.clone(), "2026-01-15T00:00:00Z"));
-        assert_eq!(get_as(&s, &path, a, None).0, 404, "{provision}");
+        assert_eq!(s.status_as(&path, a), 404, "{provision}");
         assert_eq!(s.delete(&format!("Consent/{c}")).0, 200);
-        assert_eq!(get_as(&s, &path, a, None).0, 200, "{provision}");
+        assert_eq!(s.status_as(&path, a), 200, "{provision}");
     }
 
     // Each actor kind, one consent at a time, dated with an offset.
@@ -632,7 +589,7 @@ fn consent_times_and_actor_kinds_take_effect_or_are_refused() {
             json!({"type": "deny", "actor": [{"role": {"text": "PRCP"}, "reference": {"reference": actor}}]}),
             &format!("2026-02-01T{hour:02}:00:00+01:00"),
         ));
-        assert_eq!(get_as(&s, &path, a, None).0, 404, "deny naming {actor}");
+        assert_eq!(s.status_as(&path, a), 404, "deny naming {actor}");
         hour += 1;
         // A later permit (same day, later instant once in UTC) lifts it again.
         s.create(&consent(
@@ -640,7 +597,7 @@ fn consent_times_and_actor_kinds_take_effect_or_are_refused() {
             json!({"type": "permit"}),
             &format!("2026-02-01T{hour:02}:00:00+01:00"),
         ));
-        assert_eq!(get_as(&s, &path, a, None).0, 200, "after {actor}");
+        assert_eq!(s.status_as(&path, a), 200, "after {actor}");
         assert_eq!(s.delete(&format!("Consent/{deny}")).0, 200);
     }
     // Ordering follows UTC, not the text: 09:00+02:00 is before 08:00Z.
@@ -654,25 +611,18 @@ fn consent_times_and_actor_kinds_take_effect_or_are_refused() {
         json!({"type": "permit"}),
         "2026-03-01T09:00:00+02:00",
     ));
-    assert_eq!(get_as(&s, &path, a, None).0, 404);
+    assert_eq!(s.status_as(&path, a), 404);
 }
 
 /// Also seen: `_id` lists past the database's parameter limit answered 500.
 #[test]
 fn huge_id_lists_are_a_clear_400() {
-    let s = Server::start();
+    let s = MEDVAULT.start();
     let list: Vec<String> = (0..40_000)
         .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
         .collect();
     let form = format!("_id={}", list.join(","));
-    let r = reqwest::blocking::Client::new()
-        .post(s.url("Patient/_search"))
-        .bearer_auth(&s.token)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form)
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 400);
-    let b: Value = r.json().unwrap();
+    let (st, b) = s.post_raw("Patient/_search", "application/x-www-form-urlencoded", form);
+    assert_eq!(st, 400);
     assert_eq!(b["issue"][0]["code"], "too-costly", "{b}");
 }

@@ -3,43 +3,19 @@
 //! verify; `ledger verify` passes on an honest data directory and catches every tampering.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use medvault_ledger::{
-    Checkpoint, Entry, EntryKind, Note, VerifierKey, leaf_hash, verify_consistency,
-    verify_inclusion,
+    Checkpoint, Entry, EntryKind, leaf_hash, verify_consistency, verify_inclusion,
 };
 use serde_json::Value;
 
-use crate::{Server, cli, patient};
+use medvault_testkit::Server;
+use medvault_testkit::e2e::{copy_dir, proof_hashes as hashes};
+use medvault_testkit::fhir::{observation, patient};
 
-fn text(s: &Server, path: &str) -> (u16, Vec<u8>) {
-    crate::raw_get(s, path)
-}
-
-/// Waits until a checkpoint of `log` covers at least `size` leaves; returns it verified.
-pub(crate) fn checkpoint_covering(s: &Server, log: &str, size: u64) -> Checkpoint {
-    let (_, key) = text(s, &format!("/ledger/{log}/key"));
-    let vkey = VerifierKey::parse_vkey(std::str::from_utf8(&key).unwrap()).unwrap();
-    assert!(vkey.name.ends_with(&format!("/{log}")), "{}", vkey.name);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, body) = text(s, &format!("/ledger/{log}/checkpoint"));
-        if status == 200 {
-            let note = Note::parse(&body).unwrap();
-            vkey.verify(&note).unwrap();
-            let cp = Checkpoint::parse(&note.text).unwrap();
-            assert_eq!(cp.origin, vkey.name);
-            if cp.size >= size {
-                return cp;
-            }
-        }
-        assert!(Instant::now() < deadline, "no checkpoint covering {size}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use crate::MEDVAULT;
 
 fn leaf_of(resp: &reqwest::blocking::Response) -> u64 {
     resp.headers()[medvault_server::ACCESS_LEAF_HEADER]
@@ -51,7 +27,7 @@ fn leaf_of(resp: &reqwest::blocking::Response) -> u64 {
 
 #[test]
 fn every_access_is_a_leaf_and_proofs_verify() {
-    let s = Server::start();
+    let s = MEDVAULT.start();
     let id = s.create(&patient("Ledgerfam", "Ann"));
     let read = s
         .req(reqwest::Method::GET, &format!("Patient/{id}"))
@@ -67,21 +43,19 @@ fn every_access_is_a_leaf_and_proofs_verify() {
         .unwrap();
     assert_eq!(denied.status(), 401);
     assert!(leaf_of(&denied) > read_leaf);
-    let purposeful = s
-        .req(reqwest::Method::GET, "Patient?family=Ledgerfam")
-        .header("X-Purpose-Of-Use", "TREAT")
-        .send()
-        .unwrap();
+    let declaring = |path: &str, purpose: &str| {
+        s.req(reqwest::Method::GET, path)
+            .header("X-Purpose-Of-Use", purpose)
+            .send()
+            .unwrap()
+    };
+    let purposeful = declaring("Patient?family=Ledgerfam", "TREAT");
     assert_eq!(purposeful.status(), 200);
-    let bad_purpose = s
-        .req(reqwest::Method::GET, "Patient")
-        .header("X-Purpose-Of-Use", "because")
-        .send()
-        .unwrap();
+    let bad_purpose = declaring("Patient", "because");
     assert_eq!(bad_purpose.status(), 400);
     let last = leaf_of(&bad_purpose);
 
-    let cp = checkpoint_covering(&s, "access", last + 1);
+    let cp = s.checkpoint_covering("access", last + 1);
     let entries = check_tiles(&s, "access", &cp);
     // The access log holds only audit leaves; no PHI in them: each is a fixed-size entry.
     assert!(
@@ -90,7 +64,7 @@ fn every_access_is_a_leaf_and_proofs_verify() {
             .all(|e| Entry::decode(e).unwrap().kind == EntryKind::Audit)
     );
     // The records log holds the create's leaf, and only record leaves.
-    let records = checkpoint_covering(&s, "records", 1);
+    let records = s.checkpoint_covering("records", 1);
     let record_entries = check_tiles(&s, "records", &records);
     assert_eq!(record_entries.len(), 1);
     assert_eq!(
@@ -105,22 +79,20 @@ fn every_access_is_a_leaf_and_proofs_verify() {
     // Tiles beyond the checkpoint, and unknown logs, are not served.
     let w = cp.size;
     assert_eq!(
-        text(&s, &format!("/ledger/access/tile/0/000.p/{}", w + 1)).0,
+        s.raw_get(&format!("/ledger/access/tile/0/000.p/{}", w + 1))
+            .0,
         404
     );
-    assert_eq!(text(&s, "/ledger/access/tile/0/001").0, 404);
-    assert_eq!(text(&s, "/ledger/access/tile/0/00x").0, 404);
-    assert_eq!(text(&s, "/ledger/other/checkpoint").0, 404);
-    assert_eq!(text(&s, "/ledger/checkpoint").0, 404);
+    assert_eq!(s.raw_get("/ledger/access/tile/0/001").0, 404);
+    assert_eq!(s.raw_get("/ledger/access/tile/0/00x").0, 404);
+    assert_eq!(s.raw_get("/ledger/other/checkpoint").0, 404);
+    assert_eq!(s.raw_get("/ledger/checkpoint").0, 404);
 
     // Inclusion proof of the read's audit leaf, against the checkpoint.
-    let (st, body) = text(
-        &s,
-        &format!(
-            "/ledger/access/proof/inclusion?index={read_leaf}&size={}",
-            cp.size
-        ),
-    );
+    let (st, body) = s.raw_get(&format!(
+        "/ledger/access/proof/inclusion?index={read_leaf}&size={}",
+        cp.size
+    ));
     assert_eq!(st, 200);
     let v: Value = serde_json::from_slice(&body).unwrap();
     let entry = B64.decode(v["entry"].as_str().unwrap()).unwrap();
@@ -139,10 +111,10 @@ fn every_access_is_a_leaf_and_proofs_verify() {
     for e in entries.iter().take(3) {
         tree.push(leaf_hash(e));
     }
-    let (st, body) = text(
-        &s,
-        &format!("/ledger/access/proof/consistency?old=3&new={}", cp.size),
-    );
+    let (st, body) = s.raw_get(&format!(
+        "/ledger/access/proof/consistency?old=3&new={}",
+        cp.size
+    ));
     assert_eq!(st, 200);
     let v: Value = serde_json::from_slice(&body).unwrap();
     verify_consistency(3, cp.size, &tree.root(), &cp.root, &hashes(&v["proof"])).unwrap();
@@ -154,22 +126,12 @@ fn every_access_is_a_leaf_and_proofs_verify() {
         "/ledger/access/proof/consistency?old=4&new=3",
         "/ledger/records/proof/inclusion?index=1&size=1",
     ] {
-        assert_eq!(text(&s, bad).0, 400, "{bad}");
+        assert_eq!(s.raw_get(bad).0, 400, "{bad}");
     }
 
     // The whole directory verifies while the server runs.
-    let dir = s.dir.to_str().unwrap().to_owned();
-    let (ok, out, err) = s.cli(&["ledger", "verify", "--data-dir", &dir]);
-    assert!(ok, "verify failed: {out} {err}");
+    let out = s.verify_ledger();
     assert!(out.contains("ledger verified"), "{out}");
-}
-
-fn hashes(v: &Value) -> Vec<[u8; 32]> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
-        .collect()
 }
 
 /// Fetches the (partial) first level-0 tile and entry bundle of `log` covering `cp`, checks the
@@ -177,9 +139,9 @@ fn hashes(v: &Value) -> Vec<[u8; 32]> {
 fn check_tiles(s: &Server, log: &str, cp: &Checkpoint) -> Vec<Vec<u8>> {
     let w = cp.size;
     assert!(0 < w && w < 256, "test expects a small log");
-    let (st, tile) = text(s, &format!("/ledger/{log}/tile/0/000.p/{w}"));
+    let (st, tile) = s.raw_get(&format!("/ledger/{log}/tile/0/000.p/{w}"));
     assert_eq!(st, 200);
-    let (st, bundle) = text(s, &format!("/ledger/{log}/tile/entries/000.p/{w}"));
+    let (st, bundle) = s.raw_get(&format!("/ledger/{log}/tile/entries/000.p/{w}"));
     assert_eq!(st, 200);
     let mut entries = Vec::new();
     let mut rest = &bundle[..];
@@ -212,16 +174,6 @@ impl Rng {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0 % n.max(1)
-    }
-}
-
-pub(crate) fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_file() {
-            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
-        }
     }
 }
 
@@ -387,12 +339,10 @@ fn tamper_rows(db: &Path, kind: u64, rng: &mut Rng) -> String {
 
 #[test]
 fn ledger_verify_catches_every_tampering() {
-    let mut s = Server::start();
+    let mut s = MEDVAULT.start();
     let work = |s: &Server, n: usize| {
         for i in 0..n {
-            let id = s.create(&patient(&format!("Tamperfam{i}"), "Bo"));
-            let (st, _) = s.get(&format!("Patient/{id}"));
-            assert_eq!(st, 200);
+            let (id, _) = s.create_and_read(&patient(&format!("Tamperfam{i}"), "Bo"));
             if i % 2 == 0 {
                 let (st, _) = s.delete(&format!("Patient/{id}"));
                 assert_eq!(st, 200);
@@ -401,20 +351,15 @@ fn ledger_verify_catches_every_tampering() {
     };
     work(&s, 4);
     s.stop();
-    let env: Vec<(&str, &str)> = s
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let env = s.env_pairs();
     // An earlier copy of the directory, for the rollback tamperings; then more work.
     let scratch = tempfile::tempdir().unwrap();
     let old = scratch.path().join("old");
     copy_dir(&s.dir, &old);
-    let mut again = Server::start_in(&s.dir, &env);
+    let mut again = MEDVAULT.start_in(&s.dir, &env);
     work(&again, 3);
     again.stop();
-    let dir = s.dir.to_str().unwrap().to_owned();
-    let (ok, out, err) = cli(&["ledger", "verify", "--data-dir", &dir], &env);
+    let (ok, out, err) = s.run(&["ledger", "verify"]);
     assert!(ok, "honest directory must verify: {out} {err}");
     assert!(out.contains("records log 11 leaves"), "{out}");
 
@@ -430,7 +375,7 @@ fn ledger_verify_catches_every_tampering() {
         let copy = scratch.path().join(format!("r{round}"));
         copy_dir(&s.dir, &copy);
         let did = tamper(&copy, &old, round % TAMPERINGS, &mut rng);
-        let (ok, out, err) = cli(
+        let (ok, out, err) = MEDVAULT.cli(
             &["ledger", "verify", "--data-dir", copy.to_str().unwrap()],
             &env,
         );
@@ -447,30 +392,17 @@ fn ledger_verify_catches_every_tampering() {
 
 #[test]
 fn auditors_read_the_trail_as_audit_events() {
-    let s = Server::start();
-    let id = s.create(&patient("Auditfam", "Eve"));
-    let (st, _) = s.get(&format!("Patient/{id}"));
-    assert_eq!(st, 200);
+    let s = MEDVAULT.start();
+    let (id, _) = s.create_and_read(&patient("Auditfam", "Eve"));
     // An access to another resource in the patient's compartment is attributed to the patient.
-    let obs = s.create(&crate::observation(&id, "8867-4", "2026-01-02"));
-    let dir = s.dir.to_str().unwrap().to_owned();
-    let (ok, auditor, err) = s.cli(&["token", "create", "--data-dir", &dir, "--role", "auditor"]);
-    assert!(ok, "{err}");
-    let auditor = auditor.trim().to_owned();
+    let obs = s.create(&observation(&id, "8867-4", "2026-01-02"));
+    let auditor = s.new_token("auditor");
     // A token's id is the first 8 bytes of its SHA-256, in hex.
     let auditor_id = format!(
         "tok_{}",
         hex_prefix(&medvault_crypto::sha256(auditor.as_bytes()))
     );
-    let as_auditor = |path: &str| {
-        let r = reqwest::blocking::Client::new()
-            .get(s.url(path))
-            .bearer_auth(&auditor)
-            .send()
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json::<Value>().unwrap_or(Value::Null))
-    };
+    let as_auditor = |path: &str| s.get_as(&format!("/fhir/{path}"), &auditor, None);
     // The auditor reads nothing but the trail; the refusal is itself in the trail.
     let (st, _) = as_auditor(&format!("Patient/{id}"));
     assert_eq!(st, 403);
@@ -548,11 +480,10 @@ fn hex_prefix(h: &[u8]) -> String {
 /// verify` refuses a checkpoint without it.
 #[test]
 fn checkpoints_carry_a_post_quantum_cosignature() {
-    let mut s = Server::start();
+    let mut s = MEDVAULT.start();
     s.create(&patient("Pqfamily", "Ann"));
-    let cp = checkpoint_covering(&s, "records", 1);
-    let dir = s.dir.to_str().unwrap().to_owned();
-    let (ok, out, err) = s.cli(&["ledger", "keys", "--data-dir", &dir]);
+    let cp = s.checkpoint_covering("records", 1);
+    let (ok, out, err) = s.run(&["ledger", "keys"]);
     assert!(ok, "{err}");
     let vkey = out
         .lines()
@@ -576,7 +507,7 @@ fn checkpoints_carry_a_post_quantum_cosignature() {
     assert_eq!(id, hexed);
 
     for log in ["records", "access"] {
-        let (_, body) = text(&s, &format!("/ledger/{log}/checkpoint"));
+        let (_, body) = s.raw_get(&format!("/ledger/{log}/checkpoint"));
         let note = std::str::from_utf8(&body).unwrap();
         let (body_text, sigs) = note.split_once("\n\n").unwrap();
         let text_part = format!("{body_text}\n");
@@ -637,6 +568,6 @@ fn checkpoints_carry_a_post_quantum_cosignature() {
         )
         .unwrap();
     }
-    let (ok, _, err) = cli(&["ledger", "verify", "--data-dir", &dir], &[]);
+    let (ok, _, err) = s.run(&["ledger", "verify"]);
     assert!(!ok && err.contains("ML-DSA-44"), "{err}");
 }

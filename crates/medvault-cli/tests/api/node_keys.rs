@@ -4,17 +4,19 @@
 use medvault_node::node_identity::verify_document;
 use serde_json::Value;
 
-use crate::{Server, raw_get};
+use medvault_testkit::Server;
+
+use crate::MEDVAULT;
 
 fn document(s: &Server) -> Value {
-    let (status, body) = raw_get(s, "/.well-known/medvault-node");
+    let (status, body) = s.raw_get("/.well-known/medvault-node");
     assert_eq!(status, 200);
     serde_json::from_slice(&body).unwrap()
 }
 
 #[test]
 fn the_node_document_verifies_names_its_algorithms_and_rotates() {
-    let s = Server::start();
+    let s = MEDVAULT.start();
     let doc = document(&s);
     let peer = verify_document(&doc).unwrap();
     assert_eq!(doc["signing"]["algorithm"], "Ed25519+ML-DSA-65");
@@ -27,8 +29,7 @@ fn the_node_document_verifies_names_its_algorithms_and_rotates() {
     assert!(again == peer, "the same keys on every request");
 
     // The CLI shows the same document (for the fingerprint confirmed out of band).
-    let dir = s.dir.to_str().unwrap().to_owned();
-    let (ok, out, err) = s.cli(&["node", "show", "--data-dir", &dir]);
+    let (ok, out, err) = s.run(&["node", "show"]);
     assert!(ok, "{err}");
     let shown: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["fingerprint"], doc["fingerprint"]);
@@ -44,7 +45,7 @@ fn the_node_document_verifies_names_its_algorithms_and_rotates() {
         assert!(verify_document(&t).is_err(), "{field}");
     }
     let mut swapped = doc.clone();
-    swapped["kem"]["X-Wing"] = document(&Server::start())["kem"]["X-Wing"].clone();
+    swapped["kem"]["X-Wing"] = document(&MEDVAULT.start())["kem"]["X-Wing"].clone();
     assert!(verify_document(&swapped).is_err(), "another node's KEM key");
     let mut cut = doc.clone();
     cut["proof"]["ML-DSA-65"] = Value::from("");
@@ -54,8 +55,8 @@ fn the_node_document_verifies_names_its_algorithms_and_rotates() {
     );
 
     // Rotation: new keys, version 2, recorded in the access log.
-    let (_, before) = raw_get(&s, "/ledger/access/checkpoint");
-    let (ok, out, err) = s.cli(&["node", "rotate-keys", "--data-dir", &dir]);
+    let (_, before) = s.raw_get("/ledger/access/checkpoint");
+    let (ok, out, err) = s.run(&["node", "rotate-keys"]);
     assert!(ok, "{err}");
     assert!(out.contains("v1 replaced by v2"), "{out}");
     let rotated = document(&s);
@@ -67,10 +68,9 @@ fn the_node_document_verifies_names_its_algorithms_and_rotates() {
         "new keys"
     );
     assert!(out.contains(&peer2.fingerprint), "{out}");
-    let (ok, out, err) = s.cli(&["ledger", "verify", "--data-dir", &dir]);
-    assert!(ok, "{out} {err}");
+    s.verify_ledger();
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let (_, after) = raw_get(&s, "/ledger/access/checkpoint");
+    let (_, after) = s.raw_get("/ledger/access/checkpoint");
     assert_ne!(
         before, after,
         "the rotation's audit leaf grew the access log"

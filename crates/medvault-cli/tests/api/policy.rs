@@ -2,127 +2,37 @@
 //! purpose of use, break-glass, and that nothing hidden leaks through search, `_include`,
 //! history, Bundles or counts.
 
+use medvault_testkit::e2e::{send, write_file};
+use medvault_testkit::fhir::{
+    consent, diagnostics_shape, entry_statuses, ids, labelled, observation, patient,
+};
 use serde_json::{Value, json};
 
-use crate::identity::{PASSWORD, code, create_user, enroll, login, now};
-use crate::{Server, care_team, ids, make_practitioner, observation, patient};
-
-/// A person signed in with a second factor.
-pub(crate) struct Person {
-    pub(crate) session: String,
-    pub(crate) practitioner: Option<String>,
-}
-
-/// Creates an account with `role` (staff get a Practitioner), enrolls TOTP and signs in.
-pub(crate) fn person(s: &Server, name: &str, role: &str) -> Person {
-    create_user(s, name, role);
-    let practitioner = matches!(role, "clinician" | "nurse").then(|| make_practitioner(s, name));
-    Person {
-        session: sign_in(s, name),
-        practitioner,
-    }
-}
-
-/// A patient's own account for `patient_id`, signed in with a second factor; the session.
-pub(crate) fn patient_session(s: &Server, name: &str, patient_id: &str) -> String {
-    crate::identity::create_user_with(s, name, "patient", &["--patient", patient_id]);
-    sign_in(s, name)
-}
-
-/// Enrolls TOTP for `name` and signs in with it; returns the session token.
-fn sign_in(s: &Server, name: &str) -> String {
-    let (secret, _) = enroll(s, name);
-    let (st, b) = login(
-        s,
-        name,
-        PASSWORD,
-        &json!({"totp": code(&secret, now() + 30)}),
-    );
-    assert_eq!(st, 200, "{b}");
-    b["session"].as_str().unwrap().to_owned()
-}
-
-/// A request as `bearer`, declaring `purpose` when given.
-pub(crate) fn call(
-    s: &Server,
-    method: reqwest::Method,
-    path: &str,
-    bearer: &str,
-    purpose: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let mut rb = reqwest::blocking::Client::new()
-        .request(method, format!("http://127.0.0.1:{}{path}", s.port))
-        .bearer_auth(bearer);
-    if let Some(p) = purpose {
-        rb = rb.header("x-purpose-of-use", p);
-    }
-    if let Some(b) = body {
-        rb = rb
-            .header("content-type", "application/fhir+json")
-            .body(b.to_string());
-    }
-    crate::send(rb)
-}
-
-pub(crate) fn get_as(s: &Server, path: &str, who: &str, purpose: Option<&str>) -> (u16, Value) {
-    call(s, reqwest::Method::GET, path, who, purpose, None)
-}
-
-pub(crate) fn labelled(mut r: Value, code: &str) -> Value {
-    r["meta"] = json!({"security": [{
-        "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": code}]});
-    r
-}
-
-pub(crate) fn consent(patient: &str, provision: Value, when: &str) -> Value {
-    json!({
-        "resourceType": "Consent", "status": "active",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": format!("Patient/{patient}")},
-        "dateTime": when,
-        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
-        "provision": provision,
-    })
-}
-
-/// The diagnostics of an OperationOutcome with the ids taken out.
-pub(crate) fn shape(v: &Value, ids: &[&str]) -> String {
-    let mut t = v["issue"][0]["diagnostics"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
-    for id in ids {
-        t = t.replace(id, "ID");
-    }
-    t
-}
+use crate::MEDVAULT;
 
 #[test]
 fn a_clinician_without_a_care_relationship_cannot_find_the_patient_anywhere() {
-    let s = Server::start();
-    let p = s.create(&patient("Hiddenfam", "Hal"));
-    let q = s.create(&patient("Carefam", "Cy"));
+    let s = MEDVAULT.start();
+    let [p, q] = s.create_patients([("Hiddenfam", "Hal"), ("Carefam", "Cy")]);
     let obs_p = s.create(&observation(&p, "2345-7", "2026-11-01"));
     let mut q_obs = observation(&q, "2345-7", "2026-11-02");
     q_obs["hasMember"] = json!([{"reference": format!("Observation/{obs_p}")}]);
     let obs_q = s.create(&q_obs);
-    let dr = person(&s, "dr.nocare", "clinician");
-    let team = care_team(&s, dr.practitioner.as_deref().unwrap(), &q);
+    let dr = s.person("dr.nocare", "clinician");
+    let team = s.care_team(dr.practitioner.as_deref().unwrap(), &q);
     let a = dr.session.as_str();
 
     // Reads: the hidden patient answers exactly as an id that does not exist.
     let unknown = "00000000-0000-4000-8000-000000000000";
-    let (st, hidden) = get_as(&s, &format!("/fhir/Patient/{p}"), a, None);
-    let (st2, missing) = get_as(&s, &format!("/fhir/Patient/{unknown}"), a, None);
+    let (st, hidden) = s.get_as(&format!("/fhir/Patient/{p}"), a, None);
+    let (st2, missing) = s.get_as(&format!("/fhir/Patient/{unknown}"), a, None);
     assert_eq!((st, st2), (404, 404), "{hidden} {missing}");
-    assert_eq!(shape(&hidden, &[&p]), shape(&missing, &[unknown]));
     assert_eq!(
-        get_as(&s, &format!("/fhir/Observation/{obs_p}"), a, None).0,
-        404
+        diagnostics_shape(&hidden, &[&p]),
+        diagnostics_shape(&missing, &[unknown])
     );
-    assert_eq!(get_as(&s, &format!("/fhir/Patient/{q}"), a, None).0, 200);
+    assert_eq!(s.status_as(&format!("/fhir/Observation/{obs_p}"), a), 404);
+    assert_eq!(s.status_as(&format!("/fhir/Patient/{q}"), a), 200);
 
     // Searches: not in the results, not in the totals, not in the counts.
     for path in [
@@ -131,11 +41,11 @@ fn a_clinician_without_a_care_relationship_cannot_find_the_patient_anywhere() {
         "/fhir/Patient?family=Hiddenfam".to_owned(),
         format!("/fhir/Observation?_id={obs_p}"),
     ] {
-        let (st, b) = get_as(&s, &path, a, None);
+        let (st, b) = s.get_as(&path, a, None);
         assert_eq!((st, &b["total"]), (200, &json!(0)), "{path}: {b}");
         assert!(ids(&b).is_empty(), "{path}: {b}");
     }
-    let (_, all) = get_as(&s, "/fhir/Observation?_count=100", a, None);
+    let (_, all) = s.get_as("/fhir/Observation?_count=100", a, None);
     assert_eq!((ids(&all), &all["total"]), (vec![obs_q.clone()], &json!(1)));
     // _include: the admin sees the included member, the clinician does not.
     let include = format!("/fhir/Observation?patient={q}&_include=Observation:has-member");
@@ -146,19 +56,16 @@ fn a_clinician_without_a_care_relationship_cannot_find_the_patient_anywhere() {
         "{admin_view}"
     );
     assert_eq!(admin_view["entry"][1]["search"]["mode"], "include");
-    let (st, b) = get_as(&s, &include, a, None);
+    let (st, b) = s.get_as(&include, a, None);
     assert_eq!((st, ids(&b)), (200, vec![obs_q.clone()]), "{b}");
 
     // History: neither the instance's nor the type's.
     assert_eq!(
-        get_as(&s, &format!("/fhir/Observation/{obs_p}/_history"), a, None).0,
+        s.status_as(&format!("/fhir/Observation/{obs_p}/_history"), a),
         404
     );
-    assert_eq!(
-        get_as(&s, &format!("/fhir/Patient/{p}/_history"), a, None).0,
-        404
-    );
-    let (_, h) = get_as(&s, "/fhir/Observation/_history", a, None);
+    assert_eq!(s.status_as(&format!("/fhir/Patient/{p}/_history"), a), 404);
+    let (_, h) = s.get_as("/fhir/Observation/_history", a, None);
     assert_eq!(
         (ids(&h), &h["total"]),
         (vec![obs_q.clone()], &json!(1)),
@@ -172,14 +79,9 @@ fn a_clinician_without_a_care_relationship_cannot_find_the_patient_anywhere() {
         {"request": {"method": "GET", "url": format!("Observation/{obs_p}/_history")}},
         {"request": {"method": "GET", "url": format!("Patient/{q}")}},
     ]});
-    let (st, b) = call(&s, reqwest::Method::POST, "/fhir", a, None, Some(&batch));
+    let (st, b) = s.post_as("/fhir", a, &batch);
     assert_eq!(st, 200, "{b}");
-    let statuses: Vec<&str> = b["entry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["response"]["status"].as_str().unwrap())
-        .collect();
+    let statuses = entry_statuses(&b);
     assert_eq!(statuses[0].split(' ').next(), Some("404"), "{b}");
     assert_eq!(statuses[1].split(' ').next(), Some("200"), "{b}");
     assert_eq!(b["entry"][1]["resource"]["total"], 0, "{b}");
@@ -190,8 +92,7 @@ fn a_clinician_without_a_care_relationship_cannot_find_the_patient_anywhere() {
     // patient.
     let mut changed = observation(&p, "2345-7", "2026-11-01");
     changed["id"] = json!(obs_p);
-    let (st, _) = call(
-        &s,
+    let (st, _) = s.call(
         reqwest::Method::PUT,
         &format!("/fhir/Observation/{obs_p}"),
         a,
@@ -200,8 +101,7 @@ fn a_clinician_without_a_care_relationship_cannot_find_the_patient_anywhere() {
     );
     assert_eq!(st, 403);
     assert_eq!(
-        call(
-            &s,
+        s.call(
             reqwest::Method::DELETE,
             &format!("/fhir/Observation/{obs_p}"),
             a,
@@ -211,14 +111,7 @@ fn a_clinician_without_a_care_relationship_cannot_find_the_patient_anywhere() {
         .0,
         404
     );
-    let (st, _) = call(
-        &s,
-        reqwest::Method::POST,
-        "/fhir/Observation",
-        a,
-        None,
-        Some(&observation(&p, "1", "2026-11-03")),
-    );
+    let (st, _) = s.post_as("/fhir/Observation", a, &observation(&p, "1", "2026-11-03"));
     assert_eq!(st, 403);
     assert_eq!(
         s.get(&format!("Observation/{obs_p}")).1["meta"]["versionId"],
@@ -228,18 +121,21 @@ fn a_clinician_without_a_care_relationship_cannot_find_the_patient_anywhere() {
     let probe = |id: &str| {
         let mut body = observation(&q, "2345-7", "2026-11-01");
         body["id"] = json!(id);
-        let rb = reqwest::blocking::Client::new()
-            .put(format!("http://127.0.0.1:{}/fhir/Observation/{id}", s.port))
+        let rb = s
+            .anonymous(reqwest::Method::PUT, &format!("/fhir/Observation/{id}"))
             .bearer_auth(a)
             .header("content-type", "application/fhir+json")
             .header("if-match", "W/\"1\"")
             .body(body.to_string());
-        crate::send(rb)
+        send(rb)
     };
     let (st1, b1) = probe(&obs_p);
     let (st2, b2) = probe(unknown);
     assert_eq!((st1, st2), (404, 404), "{b1} {b2}");
-    assert_eq!(shape(&b1, &[&obs_p]), shape(&b2, &[unknown]));
+    assert_eq!(
+        diagnostics_shape(&b1, &[&obs_p]),
+        diagnostics_shape(&b2, &[unknown])
+    );
 
     // Every attempt is in the access log, found by the patient's id, with the deciding rule:
     // refusals as denied, and searches, histories and batches with what they withheld.
@@ -267,28 +163,27 @@ fn a_clinician_without_a_care_relationship_cannot_find_the_patient_anywhere() {
 
     // Leaving the care team ends the access at once (the shared facts are forgotten when a
     // CareTeam is written).
-    assert_eq!(get_as(&s, &format!("/fhir/Patient/{q}"), a, None).0, 200);
+    assert_eq!(s.status_as(&format!("/fhir/Patient/{q}"), a), 200);
     let (_, mut ended) = s.get(&format!("CareTeam/{team}"));
     ended["status"] = json!("inactive");
     assert_eq!(s.put(&format!("CareTeam/{team}"), &ended).0, 200);
-    assert_eq!(get_as(&s, &format!("/fhir/Patient/{q}"), a, None).0, 404);
+    assert_eq!(s.status_as(&format!("/fhir/Patient/{q}"), a), 404);
 }
 
 #[test]
 fn consent_labels_purpose_and_break_glass() {
-    let s = Server::start();
-    let p = s.create(&patient("Consentfam", "Cam"));
-    let other = s.create(&patient("Otherfam", "Oz"));
+    let s = MEDVAULT.start();
+    let [p, other] = s.create_patients([("Consentfam", "Cam"), ("Otherfam", "Oz")]);
     let plain = s.create(&observation(&p, "2345-7", "2026-11-01"));
     let hiv = s.create(&labelled(observation(&p, "75622-1", "2026-11-01"), "HIV"));
-    let dr_a = person(&s, "dr.a", "clinician");
-    let dr_b = person(&s, "dr.b", "clinician");
+    let dr_a = s.person("dr.a", "clinician");
+    let dr_b = s.person("dr.b", "clinician");
     let prac_a = dr_a.practitioner.clone().unwrap();
-    care_team(&s, &prac_a, &p);
+    s.care_team(&prac_a, &p);
     let a = dr_a.session.as_str();
     let b = dr_b.session.as_str();
     let read = |who: &str, id: &str, purpose: Option<&str>| {
-        get_as(&s, &format!("/fhir/Observation/{id}"), who, purpose).0
+        s.get_as(&format!("/fhir/Observation/{id}"), who, purpose).0
     };
 
     // Care relationship, treatment purpose: plain data yes, HIV-labelled data needs consent.
@@ -299,7 +194,7 @@ fn consent_labels_purpose_and_break_glass() {
     );
     assert_eq!(read(a, &plain, Some("TREAT")), 200);
     assert_eq!(read(a, &hiv, Some("TREAT")), 404);
-    let (_, found) = get_as(&s, &format!("/fhir/Observation?patient={p}"), a, None);
+    let (_, found) = s.get_as(&format!("/fhir/Observation?patient={p}"), a, None);
     assert_eq!(
         (ids(&found), &found["total"]),
         (vec![plain.clone()], &json!(1))
@@ -315,12 +210,12 @@ fn consent_labels_purpose_and_break_glass() {
     let hiv_gone = s.create(&labelled(observation(&p, "75622-1", "2026-10-01"), "HIV"));
     let path = format!("/fhir/Observation/{hiv_gone}");
     assert_eq!(
-        call(&s, reqwest::Method::DELETE, &path, &s.token, None, None).0,
+        s.call(reqwest::Method::DELETE, &path, &s.token, None, None)
+            .0,
         404
     );
     assert_eq!(
-        call(
-            &s,
+        s.call(
             reqwest::Method::DELETE,
             &path,
             &s.token,
@@ -331,45 +226,27 @@ fn consent_labels_purpose_and_break_glass() {
         200
     );
     assert_eq!(read(a, &hiv_gone, None), 404);
-    let (st, _) = get_as(
-        &s,
-        &format!("/fhir/Observation/{hiv_gone}/_history"),
-        a,
-        None,
-    );
+    let (st, _) = s.get_as(&format!("/fhir/Observation/{hiv_gone}/_history"), a, None);
     assert_eq!(st, 404);
-    let (_, h) = get_as(&s, "/fhir/Observation/_history?_count=100", a, None);
+    let (_, h) = s.get_as("/fhir/Observation/_history?_count=100", a, None);
     assert!(!h.to_string().contains(&hiv_gone), "{h}");
     // Clinicians cannot write consents or care relationships, not even for their patients.
-    let (st, _) = call(
-        &s,
-        reqwest::Method::POST,
+    let (st, _) = s.post_as(
         "/fhir/Consent",
         a,
-        None,
-        Some(&consent(
-            &p,
-            json!({"type": "permit"}),
-            "2026-11-01T00:00:00Z",
-        )),
+        &consent(&p, json!({"type": "permit"}), "2026-11-01T00:00:00Z"),
     );
     assert_eq!(st, 403, "a consent is the patient's");
     let team = json!({"resourceType": "CareTeam", "status": "active",
         "subject": {"reference": format!("Patient/{p}")},
         "participant": [{"member": {"reference": "Practitioner/someone"}}]});
-    let (st, _) = call(
-        &s,
-        reqwest::Method::POST,
-        "/fhir/CareTeam",
-        a,
-        None,
-        Some(&team),
-    );
+    let (st, _) = s.post_as("/fhir/CareTeam", a, &team);
     assert_eq!(st, 403, "care relationships come from registration");
     // Research is not treatment: a clinician may not declare it at all.
     assert_eq!(read(a, &plain, Some("HRESCH")), 403);
     assert_eq!(
-        get_as(&s, &format!("/fhir/Observation/{plain}"), a, Some("treat")).0,
+        s.get_as(&format!("/fhir/Observation/{plain}"), a, Some("treat"))
+            .0,
         400,
         "purpose codes are HL7 codes"
     );
@@ -387,33 +264,24 @@ fn consent_labels_purpose_and_break_glass() {
 
     // Break-glass: Dr B has no relationship.
     assert_eq!(read(b, &plain, Some("ETREAT")), 404, "no grant yet");
-    let (st, e) = call(
-        &s,
-        reqwest::Method::POST,
+    let (st, e) = s.post_as(
         "/auth/break-glass",
         b,
-        None,
-        Some(&json!({"patient": p, "reason": "short"})),
+        &json!({"patient": p, "reason": "short"}),
     );
     assert_eq!(st, 400, "{e}");
     let reason = "Unconscious in ED, no records reachable, need allergies";
-    let (st, grant) = call(
-        &s,
-        reqwest::Method::POST,
+    let (st, grant) = s.post_as(
         "/auth/break-glass",
         b,
-        None,
-        Some(&json!({"patient": p, "reason": reason, "minutes": 30})),
+        &json!({"patient": p, "reason": reason, "minutes": 30}),
     );
     assert_eq!(st, 201, "{grant}");
     assert_eq!(grant["purpose_required"], "ETREAT");
-    let (st, e) = call(
-        &s,
-        reqwest::Method::POST,
+    let (st, e) = s.post_as(
         "/auth/break-glass",
         b,
-        None,
-        Some(&json!({"patient": p, "reason": reason, "minutes": 100_000})),
+        &json!({"patient": p, "reason": reason, "minutes": 100_000}),
     );
     assert_eq!(st, 400, "time-boxed: {e}");
     assert_eq!(
@@ -431,8 +299,7 @@ fn consent_labels_purpose_and_break_glass() {
     assert_eq!(read(b, &other_obs, Some("ETREAT")), 404, "one patient only");
     // An API token cannot open break-glass, and neither can a nurse's stale sign-in (step-up
     // is tested with admin actions); nor can an admin.
-    let (st, _) = crate::identity::post(
-        &s,
+    let (st, _) = s.post_json(
         "/auth/break-glass",
         Some(&s.token),
         &json!({"patient": p, "reason": reason}),
@@ -452,26 +319,25 @@ fn consent_labels_purpose_and_break_glass() {
     assert_eq!(read(b, &plain, Some("ETREAT")), 200);
 
     // The privacy officer sees the alert with its justification and acknowledges it.
-    let po = person(&s, "p.officer", "privacy-officer");
-    let (st, list) = crate::identity::get(&s, "/privacy/alerts", &po.session);
+    let po = s.person("p.officer", "privacy-officer");
+    let (st, list) = s.get_as("/privacy/alerts", &po.session, None);
     assert_eq!(st, 200, "{list}");
     let alerts = list["alerts"].as_array().unwrap();
     assert_eq!(alerts.len(), 1, "{list}");
     assert_eq!(alerts[0]["kind"], "break-glass");
     assert_eq!(alerts[0]["patient"], json!(p));
     assert_eq!(alerts[0]["detail"]["reason"], reason);
-    assert_eq!(crate::identity::get(&s, "/privacy/alerts", a).0, 403);
+    assert_eq!(s.status_as("/privacy/alerts", a), 403);
     let id = alerts[0]["id"].as_str().unwrap();
-    let (st, _) = crate::identity::post(
-        &s,
+    let (st, _) = s.post_json(
         &format!("/privacy/alerts/{id}/acknowledge"),
         Some(&po.session),
         &json!({}),
     );
     assert_eq!(st, 200);
-    let (_, open) = crate::identity::get(&s, "/privacy/alerts", &po.session);
+    let (_, open) = s.get_as("/privacy/alerts", &po.session, None);
     assert_eq!(open["alerts"].as_array().unwrap().len(), 0, "{open}");
-    let (_, all) = crate::identity::get(&s, "/privacy/alerts?all=true", &po.session);
+    let (_, all) = s.get_as("/privacy/alerts?all=true", &po.session, None);
     assert_eq!(
         all["alerts"][0]["acknowledged_by"]
             .as_str()
@@ -500,21 +366,19 @@ fn consent_labels_purpose_and_break_glass() {
 #[test]
 fn site_policies_extend_the_default_and_bad_ones_stop_the_start() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("research.cedar");
-    std::fs::write(
-        &file,
+    let file = write_file(
+        dir.path(),
+        "research.cedar",
         r#"@id("research-search") permit (principal, action == Medvault::Action::"search", resource)
            when { principal.role == "researcher" && context.purpose == "HRESCH" };"#,
-    )
-    .unwrap();
-    let bad = dir.path().join("bad.cedar");
-    std::fs::write(
-        &bad,
+    );
+    let bad = write_file(
+        dir.path(),
+        "bad.cedar",
         r#"@id("x") permit (principal, action, resource) when { principal.age > 1 };"#,
-    )
-    .unwrap();
+    );
     let data = dir.path().join("data");
-    let (ok, _, err) = crate::cli(
+    let (ok, _, err) = MEDVAULT.cli(
         &[
             "serve",
             "--data-dir",
@@ -528,18 +392,17 @@ fn site_policies_extend_the_default_and_bad_ones_stop_the_start() {
     assert!(err.contains("bad.cedar") && err.contains("age"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 
-    let s = Server::start_with(&["--policy", file.to_str().unwrap()]);
+    let s = MEDVAULT.start_with(&["--policy", file.to_str().unwrap()]);
     let p = s.create(&patient("Studyfam", "Sue"));
     let obs = s.create(&observation(&p, "2345-7", "2026-11-01"));
-    let r = person(&s, "r.search", "researcher");
+    let r = s.person("r.search", "researcher");
     let path = format!("/fhir/Observation?patient={p}");
-    let (_, b) = get_as(&s, &path, &r.session, Some("HRESCH"));
+    let (_, b) = s.get_as(&path, &r.session, Some("HRESCH"));
     assert_eq!(ids(&b), vec![obs.clone()], "{b}");
-    let (_, b) = get_as(&s, &path, &r.session, Some("TREAT"));
+    let (_, b) = s.get_as(&path, &r.session, Some("TREAT"));
     assert!(ids(&b).is_empty(), "{b}");
     assert_eq!(
-        get_as(
-            &s,
+        s.get_as(
             &format!("/fhir/Observation/{obs}"),
             &r.session,
             Some("HRESCH")
@@ -630,7 +493,7 @@ fn purpose_refused(b: &Value) -> bool {
 
 #[test]
 fn authorization_matrix_against_the_live_server() {
-    let s = Server::start();
+    let s = MEDVAULT.start();
     // Four patients whose consents say nothing, permit all, deny all, deny treatment; each with
     // a plain and an HIV-labelled result.
     let mut patients = Vec::new();
@@ -666,10 +529,10 @@ fn authorization_matrix_against_the_live_server() {
         (Who::NurseNone, "n.none", "nurse"),
         (Who::Researcher, "m.research", "researcher"),
     ] {
-        let x = person(&s, name, role);
+        let x = s.person(name, role);
         if matches!(who, Who::ClinicianCare | Who::NurseCare) {
             for (p, ..) in &patients {
-                care_team(&s, x.practitioner.as_deref().unwrap(), p);
+                s.care_team(x.practitioner.as_deref().unwrap(), p);
             }
         }
         people.push((who, x.session));
@@ -678,7 +541,7 @@ fn authorization_matrix_against_the_live_server() {
     let own_patient = patients[0].0.clone();
     people.push((
         Who::OwnPatient,
-        patient_session(&s, "m.patient", &own_patient),
+        s.patient_session("m.patient", &own_patient),
     ));
 
     let purposes = ["TREAT", "HOPERAT", "HRESCH", "ETREAT", "PATRQT"];
@@ -693,8 +556,7 @@ fn authorization_matrix_against_the_live_server() {
                         let want = expected(*who, consent_kind, label, purpose, interaction, own);
                         let got = match interaction {
                             "read" => {
-                                let (st, b) = get_as(
-                                    &s,
+                                let (st, b) = s.get_as(
                                     &format!("/fhir/Observation/{id}"),
                                     session,
                                     Some(purpose),
@@ -707,8 +569,7 @@ fn authorization_matrix_against_the_live_server() {
                                 }
                             }
                             "search" => {
-                                let (st, b) = get_as(
-                                    &s,
+                                let (st, b) = s.get_as(
                                     &format!("/fhir/Observation?_id={id}"),
                                     session,
                                     Some(purpose),
@@ -733,8 +594,7 @@ fn authorization_matrix_against_the_live_server() {
                                 let mut current = bodies[id.as_str()].clone();
                                 current["id"] = json!(id);
                                 current["valueQuantity"]["value"] = json!(cases);
-                                let (st, b) = call(
-                                    &s,
+                                let (st, b) = s.call(
                                     reqwest::Method::PUT,
                                     &format!("/fhir/Observation/{id}"),
                                     session,

@@ -9,77 +9,27 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use medvault_store_postgres::Target;
+use medvault_testkit::Server;
+use medvault_testkit::e2e::send;
+use medvault_testkit::fhir::patient;
+use medvault_testkit::postgres::Scratch;
 use serde_json::{Value, json};
 
-use crate::{Server, cli, patient, send};
-
-/// A database URL with a schema of its own, dropped when the guard goes; `None` (after saying
-/// so) when no test server is configured.
-pub(crate) struct Scratch {
-    pub url: String,
-    target: Target,
-}
-
-impl Scratch {
-    pub(crate) fn new(test: &str) -> Option<Self> {
-        let base = match std::env::var("MEDVAULT_TEST_POSTGRES_URL") {
-            Ok(u) if !u.is_empty() => u,
-            _ => {
-                eprintln!("{test}: skipped (set MEDVAULT_TEST_POSTGRES_URL to run it)");
-                return None;
-            }
-        };
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let schema = format!(
-            "mve2e_{}_{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}schema={schema}");
-        let target = Target::parse(&url).unwrap();
-        target.drop_all().unwrap();
-        Some(Self { url, target })
-    }
-
-    /// The same database reached through `proxy`.
-    fn via(&self, proxy: &Proxy) -> String {
-        let (scheme, rest) = self.url.split_once("://").unwrap();
-        let (auth_host, path) = rest.split_once('/').unwrap();
-        let auth = auth_host
-            .rsplit_once('@')
-            .map_or(String::new(), |(a, _)| format!("{a}@"));
-        format!("{scheme}://{auth}127.0.0.1:{}/{path}", proxy.port)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = self.target.drop_all();
-    }
-}
+use crate::MEDVAULT;
 
 /// Starts `n` processes of one node on `url`: the first creates it, the others get a copy of
 /// its key file in their own data directories.
 fn processes(root: &Path, url: &str, n: usize) -> Vec<Server> {
     let env = [("MEDVAULT_DATABASE", url)];
-    let first = Server::launch(&root.join("p0"), &env, &[]);
+    let first = MEDVAULT.launch(&root.join("p0"), &env, &[]);
     let mut all = vec![first];
     for i in 1..n {
         let dir = root.join(format!("p{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(all[0].dir.join("medvault.key"), dir.join("medvault.key")).unwrap();
-        all.push(Server::launch(&dir, &env, &[]));
+        all.push(MEDVAULT.launch(&dir, &env, &[]));
     }
     all
-}
-
-fn verify(s: &Server) -> String {
-    let dir = s.dir.to_str().unwrap().to_owned();
-    let (ok, out, err) = s.cli(&["ledger", "verify", "--data-dir", &dir]);
-    assert!(ok, "ledger verify failed: {out}\n{err}");
-    out
 }
 
 /// The number after `label` in `ledger verify`'s summary (e.g. "records log 12 leaves").
@@ -261,7 +211,7 @@ fn three_processes_under_concurrent_writes_lose_nothing_when_one_is_killed() {
     // The logs are whole and single-ordered: verify recomputes both trees, every version and
     // audit record; the records log holds one leaf per version written.
     std::thread::sleep(Duration::from_secs(3)); // a checkpoint (every second) covering the load
-    let summary = verify(&procs[1]);
+    let summary = procs[1].verify_ledger();
     let (_, all) = procs[0].get("Patient?_summary=count");
     let versions = figure(&summary, "records log");
     assert!(
@@ -271,7 +221,7 @@ fn three_processes_under_concurrent_writes_lose_nothing_when_one_is_killed() {
     assert!(figure(&summary, "records log") >= acknowledged.len() as u64);
     // The killed process's node comes back on the same database and agrees.
     let dir = procs[2].dir.clone();
-    let back = Server::launch(&dir, &[("MEDVAULT_DATABASE", db.url.as_str())], &[]);
+    let back = MEDVAULT.launch(&dir, &[("MEDVAULT_DATABASE", db.url.as_str())], &[]);
     let (status, _) = back.get(&format!("Patient/{}", acknowledged[0]));
     assert_eq!(status, 200);
 }
@@ -343,19 +293,10 @@ fn losing_the_database_answers_503_writes_nothing_and_recovers() {
     let Some(db) = Scratch::new("losing_the_database_answers_503") else {
         return;
     };
-    let upstream = {
-        let t = Target::parse(&db.url).unwrap();
-        t.describe()
-            .trim_start_matches("postgres://")
-            .split('/')
-            .next()
-            .unwrap()
-            .to_owned()
-    };
-    let proxy = Proxy::start(&upstream);
-    let url = db.via(&proxy);
+    let proxy = Proxy::start(&db.server_address());
+    let url = db.via(proxy.port);
     let tmp = tempfile::tempdir().unwrap();
-    let s = Server::launch(
+    let s = MEDVAULT.launch(
         &tmp.path().join("data"),
         &[("MEDVAULT_DATABASE", &url)],
         &[],
@@ -375,11 +316,9 @@ fn losing_the_database_answers_503_writes_nothing_and_recovers() {
     assert_eq!(status, 503, "write during the outage: {v}");
     let (status, _) = s.post("Patient", &patient("Never", "Either"));
     assert_eq!(status, 503);
-    let (status, _) =
-        send(reqwest::blocking::Client::new().get(format!("http://127.0.0.1:{}/healthz", s.port)));
+    let (status, _) = send(s.anonymous(reqwest::Method::GET, "/healthz"));
     assert_eq!(status, 200, "the process itself stays up");
-    let (status, v) =
-        send(reqwest::blocking::Client::new().get(format!("http://127.0.0.1:{}/readyz", s.port)));
+    let (status, v) = send(s.anonymous(reqwest::Method::GET, "/readyz"));
     assert_eq!(status, 503, "not ready while the database is gone: {v}");
     assert_eq!(v["issue"][0]["code"], "transient", "{v}");
 
@@ -394,8 +333,7 @@ fn losing_the_database_answers_503_writes_nothing_and_recovers() {
         assert!(Instant::now() < deadline, "no recovery: {status}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (status, _) =
-        send(reqwest::blocking::Client::new().get(format!("http://127.0.0.1:{}/readyz", s.port)));
+    let (status, _) = send(s.anonymous(reqwest::Method::GET, "/readyz"));
     assert_eq!(status, 200, "ready again");
     let (status, v) = s.get("Patient/written-during-outage");
     assert_eq!(status, 404, "nothing half-written: {v}");
@@ -405,12 +343,7 @@ fn losing_the_database_answers_503_writes_nothing_and_recovers() {
     let (status, _) = s.get(&format!("Patient/{after}"));
     assert_eq!(status, 200);
     std::thread::sleep(Duration::from_secs(3));
-    let dir = s.dir.to_str().unwrap().to_owned();
-    let (ok, out, err) = cli(
-        &["ledger", "verify", "--data-dir", &dir],
-        &[("MEDVAULT_DATABASE", &url)],
-    );
-    assert!(ok, "{out}\n{err}");
+    s.verify_ledger();
 }
 
 #[test]
@@ -420,42 +353,42 @@ fn an_embedded_node_migrates_to_postgres_and_backs_up_from_there() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("node");
-    let mut s = Server::start_in(&dir, &[]);
+    let mut s = MEDVAULT.start_in(&dir, &[]);
     let (p1, _) = crate::backup::populated(&s);
     let before = crate::backup::answers(&s, &p1);
     s.stop();
     let d = dir.to_str().unwrap().to_owned();
 
-    let (ok, out, err) = cli(&["migrate", "--from", &d, "--to", &db.url], &[]);
+    let (ok, out, err) = MEDVAULT.cli(&["migrate", "--from", &d, "--to", &db.url], &[]);
     assert!(ok, "{out}\n{err}");
     assert!(out.contains("ledger verified"), "{out}");
     assert!(
         !out.contains("postgres@"),
         "no credentials in output: {out}"
     );
-    let (ok, _, err) = cli(&["migrate", "--from", &d, "--to", &db.url], &[]);
+    let (ok, _, err) = MEDVAULT.cli(&["migrate", "--from", &d, "--to", &db.url], &[]);
     assert!(
         !ok && err.contains("--force"),
         "the target holds a node now: {err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    let (ok, out, err) = cli(&["migrate", "--from", &d, "--to", &db.url, "--force"], &[]);
+    let (ok, out, err) = MEDVAULT.cli(&["migrate", "--from", &d, "--to", &db.url, "--force"], &[]);
     assert!(ok, "{out}\n{err}");
-    let (ok, _, err) = cli(&["migrate", "--from", &d, "--to", "mysql://x/y"], &[]);
+    let (ok, _, err) = MEDVAULT.cli(&["migrate", "--from", &d, "--to", "mysql://x/y"], &[]);
     assert!(!ok && err.contains("postgres://"), "{err}");
 
     // The node now runs on PostgreSQL with the same answers, and goes on working.
     let env = [("MEDVAULT_DATABASE", db.url.as_str())];
-    let pg = Server::launch(&dir, &env, &[]);
+    let pg = MEDVAULT.launch(&dir, &env, &[]);
     assert_eq!(crate::backup::answers(&pg, &p1), before);
     let added = pg.create(&patient("Migrated", "Later"));
     // The option works as well as the environment variable, on any command.
-    let (ok, out, err) = cli(
+    let (ok, out, err) = MEDVAULT.cli(
         &["ledger", "verify", "--data-dir", &d, "--database", &db.url],
         &[],
     );
     assert!(ok && out.contains("ledger verified"), "{out}\n{err}");
-    let (ok, _, err) = cli(
+    let (ok, _, err) = MEDVAULT.cli(
         &[
             "token",
             "create",
@@ -475,20 +408,20 @@ fn an_embedded_node_migrates_to_postgres_and_backs_up_from_there() {
     // A backup taken from PostgreSQL restores into the embedded default elsewhere.
     let file = tmp.path().join("pg.mvbk");
     let f = file.to_str().unwrap().to_owned();
-    let (ok, out, err) = cli(&["backup", "--data-dir", &d, "--out", &f], &env);
+    let (ok, out, err) = MEDVAULT.cli(&["backup", "--data-dir", &d, "--out", &f], &env);
     assert!(ok, "{out}\n{err}");
     let back = tmp.path().join("back");
     std::fs::create_dir_all(&back).unwrap();
     std::fs::copy(dir.join("medvault.key"), back.join("medvault.key")).unwrap();
     let b = back.to_str().unwrap().to_owned();
-    let (ok, out, err) = cli(&["restore", "--data-dir", &b, &f], &[]);
+    let (ok, out, err) = MEDVAULT.cli(&["restore", "--data-dir", &b, &f], &[]);
     assert!(ok, "{out}\n{err}");
-    let embedded = Server::start_in(&back, &[]);
+    let embedded = MEDVAULT.start_in(&back, &[]);
     assert_eq!(crate::backup::answers(&embedded, &p1), before);
     let (status, _) = embedded.get(&format!("Patient/{added}"));
     assert_eq!(status, 200);
 
     // And back into PostgreSQL, over the running node's schema only with --force.
-    let (ok, _, err) = cli(&["restore", "--data-dir", &d, &f], &env);
+    let (ok, _, err) = MEDVAULT.cli(&["restore", "--data-dir", &d, &f], &env);
     assert!(!ok && err.contains("--force"), "{err}");
 }

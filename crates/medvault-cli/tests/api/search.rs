@@ -1,15 +1,12 @@
+use medvault_testkit::e2e::send;
+use medvault_testkit::fhir::{ids, observation, patient, sorted};
 use serde_json::json;
 
-use crate::{Server, ids, observation, patient, send};
-
-fn sorted(mut v: Vec<String>) -> Vec<String> {
-    v.sort();
-    v
-}
+use crate::MEDVAULT;
 
 #[test]
 fn patient_search_parameters() {
-    let s = Server::start();
+    let s = MEDVAULT.start();
     let mut a = patient("Müller", "Anna");
     a["identifier"] = json!([{"system": "urn:mrn", "value": "A-1"}]);
     a["birthDate"] = json!("1970-01-15");
@@ -71,10 +68,10 @@ fn patient_search_parameters() {
     assert_eq!(q("_lastUpdated=lt2000-01-01"), Vec::<String>::new());
 
     // POST _search.
-    let (st, v) = send(
-        s.req(reqwest::Method::POST, "Patient/_search")
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body("family=smith"),
+    let (st, v) = s.post_raw(
+        "Patient/_search",
+        "application/x-www-form-urlencoded",
+        "family=smith".into(),
     );
     assert_eq!(st, 200);
     assert_eq!(ids(&v), vec![c.clone()]);
@@ -114,7 +111,7 @@ fn patient_search_parameters() {
 
 #[test]
 fn paging_links_and_sorting() {
-    let s = Server::start();
+    let s = MEDVAULT.start();
     let mut all = Vec::new();
     for i in 0..7 {
         all.push(s.create(&patient("Pager", &format!("N{i}"))));
@@ -161,9 +158,8 @@ fn paging_links_and_sorting() {
 
 #[test]
 fn clinical_search_parameters() {
-    let s = Server::start();
-    let p1 = s.create(&patient("One", "P"));
-    let p2 = s.create(&patient("Two", "P"));
+    let s = MEDVAULT.start();
+    let [p1, p2] = s.create_patients([("One", "P"), ("Two", "P")]);
     let o1 = s.create(&observation(&p1, "2345-7", "2024-03-01T10:00:00Z"));
     let o2 = s.create(&observation(&p1, "718-7", "2023-01-01"));
     let o3 = s.create(&observation(&p2, "2345-7", "2024-03-02"));

@@ -2,7 +2,9 @@ use std::collections::HashSet;
 
 use serde_json::json;
 
-use crate::{Server, assert_outcome, ids, observation, patient, token_create};
+use medvault_testkit::fhir::{assert_outcome, ids, observation, patient};
+
+use crate::MEDVAULT;
 
 fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
@@ -23,7 +25,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn no_plaintext_phi_in_any_file_or_the_log() {
-    let s = Server::start();
+    let s = MEDVAULT.start();
     let canaries = [
         "Zqxcanaryfamily",
         "Wvbcanarygiven",
@@ -57,30 +59,11 @@ fn no_plaintext_phi_in_any_file_or_the_log() {
     assert_eq!(s.get(&format!("Observation/{oid}")).0, 200);
     // A person's user name and password: neither may be stored or logged in the clear, also
     // not by a failed login.
-    let dir_text = s.dir.to_str().unwrap().to_owned();
-    let mut env = s.env_pairs();
-    env.push(("MEDVAULT_NEW_PASSWORD", canaries[6]));
-    let (ok, _, err) = crate::cli(
-        &[
-            "user",
-            "create",
-            "--data-dir",
-            &dir_text,
-            "--username",
-            canaries[5],
-            "--role",
-            "nurse",
-        ],
-        &env,
-    );
+    let (ok, _, err) = s.try_create_user(canaries[5], "nurse", canaries[6], &[]);
     assert!(ok, "{err}");
     for password in [canaries[6], "canary wrong password 1"] {
-        let r = reqwest::blocking::Client::new()
-            .post(format!("http://127.0.0.1:{}/auth/login", s.port))
-            .json(&json!({"username": canaries[5], "password": password}))
-            .send()
-            .unwrap();
-        assert!(r.status() == 200 || r.status() == 401, "{}", r.status());
+        let (status, _) = s.login(canaries[5], password, &json!({}));
+        assert!(status == 200 || status == 401, "{status}");
     }
     // An invalid write carrying a canary: the error must not echo it into the log.
     let (st, _) = s.post(
@@ -141,22 +124,15 @@ fn crate_normal(c: &str) -> String {
 
 #[test]
 fn erase_crypto_shreds_one_patient_only() {
-    let s = Server::start();
-    let gone = s.create(&patient("Forget", "Me"));
-    let kept = s.create(&patient("Keep", "Me"));
+    let s = MEDVAULT.start();
+    let [gone, kept] = s.create_patients([("Forget", "Me"), ("Keep", "Me")]);
     let o_gone = s.create(&observation(&gone, "2345-7", "2024-01-01"));
     let o_kept = s.create(&observation(&kept, "2345-7", "2024-01-01"));
     let mut upd = s.get(&format!("Patient/{gone}")).1;
     upd["gender"] = json!("other");
     assert_eq!(s.put(&format!("Patient/{gone}"), &upd).0, 200);
 
-    let (ok, out, err) = s.cli(&[
-        "patient",
-        "erase",
-        "--data-dir",
-        s.dir.to_str().unwrap(),
-        &gone,
-    ]);
+    let (ok, out, err) = s.run(&["patient", "erase", &gone]);
     assert!(ok, "{err}");
     assert!(out.contains("2 resource(s)"), "{out}");
     // Every version of every resource in the compartment answers 410, also on the running server.
@@ -186,35 +162,23 @@ fn erase_crypto_shreds_one_patient_only() {
     assert_eq!(s.get(&format!("Patient/{kept}")).0, 200);
     assert_eq!(s.get(&format!("Observation/{o_kept}")).0, 200);
     // Erasing again is harmless; unknown patients are a clear error.
-    let (ok, out, _) = s.cli(&[
-        "patient",
-        "erase",
-        "--data-dir",
-        s.dir.to_str().unwrap(),
-        &gone,
-    ]);
+    let (ok, out, _) = s.run(&["patient", "erase", &gone]);
     assert!(ok && out.contains("already erased"));
-    let (ok, _, err) = s.cli(&[
-        "patient",
-        "erase",
-        "--data-dir",
-        s.dir.to_str().unwrap(),
-        "nobody",
-    ]);
+    let (ok, _, err) = s.run(&["patient", "erase", "nobody"]);
     assert!(!ok);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     // Still erased after a restart.
     let dir = s.dir.clone();
     let mut s = s;
     s.stop();
-    let s2 = Server::start_in(&dir, &[]);
+    let s2 = MEDVAULT.start_in(&dir, &[]);
     assert_eq!(s2.get(&format!("Patient/{gone}")).0, 410);
     assert_eq!(s2.get(&format!("Patient/{kept}")).0, 200);
 }
 
 #[test]
 fn key_rotation_keeps_records_readable() {
-    let s = Server::start();
+    let s = MEDVAULT.start();
     let mut created = Vec::new();
     for i in 0..20 {
         let p = s.create(&patient("Rotate", &format!("P{i}")));
@@ -227,7 +191,7 @@ fn key_rotation_keeps_records_readable() {
     // Rotate while the server keeps serving reads and writes.
     let dir = s.dir.to_str().unwrap().to_owned();
     let rotation =
-        std::thread::spawn(move || crate::cli(&["keys", "rotate", "--data-dir", &dir], &[]));
+        std::thread::spawn(move || MEDVAULT.cli(&["keys", "rotate", "--data-dir", &dir], &[]));
     for path in &created {
         assert_eq!(s.get(path).0, 200, "{path} during rotation");
     }
@@ -235,13 +199,13 @@ fn key_rotation_keeps_records_readable() {
     let (ok, out, err) = rotation.join().unwrap();
     assert!(ok, "{err}");
     assert!(out.contains("KEK v2"), "{out}");
-    let (ok, out, _) = s.cli(&["keys", "rotate", "--data-dir", s.dir.to_str().unwrap()]);
+    let (ok, out, _) = s.run(&["keys", "rotate"]);
     assert!(ok && out.contains("KEK v3"), "{out}");
     let after = s.create(&patient("After", "Rotation"));
     let dir = s.dir.clone();
     let mut s = s;
     s.stop();
-    let s2 = Server::start_in(&dir, &[]);
+    let s2 = MEDVAULT.start_in(&dir, &[]);
     for path in created
         .iter()
         .chain([&format!("Patient/{during}"), &format!("Patient/{after}")])
@@ -257,7 +221,7 @@ fn key_rotation_keeps_records_readable() {
 
 #[test]
 fn acknowledged_writes_survive_kill_9() {
-    let mut s = Server::start();
+    let mut s = MEDVAULT.start();
     let acked = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for t in 0..8 {
@@ -276,7 +240,7 @@ fn acknowledged_writes_survive_kill_9() {
     });
     s.kill9();
     let dir = s.dir.clone();
-    let s2 = Server::start_in(&dir, &[]);
+    let s2 = MEDVAULT.start_in(&dir, &[]);
     let acked = acked.into_inner().unwrap();
     assert_eq!(acked.len(), 200);
     for id in &acked {
@@ -294,7 +258,7 @@ fn key_file_permissions_and_passphrase() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sealed");
     let pass = [("MEDVAULT_PASSPHRASE", "correct horse battery staple")];
-    let s = Server::start_in(&dir, &pass);
+    let s = MEDVAULT.start_in(&dir, &pass);
     let id = s.create(&patient("Sealed", "Key"));
     let mut s = s;
     s.stop();
@@ -314,16 +278,16 @@ fn key_file_permissions_and_passphrase() {
     assert!(key_file.contains("argon2id"));
     // Without or with the wrong passphrase: one clear line naming the fix, non-zero exit.
     for env in [vec![], vec![("MEDVAULT_PASSPHRASE", "wrong")]] {
-        let (ok, _, err) = token_create(&dir, &env);
+        let (ok, _, err) = MEDVAULT.token_create(&dir, &env);
         assert!(!ok);
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(err.contains("MEDVAULT_PASSPHRASE"), "{err}");
     }
-    let s = Server::start_in(&dir, &pass);
+    let s = MEDVAULT.start_in(&dir, &pass);
     assert_eq!(s.get(&format!("Patient/{id}")).0, 200);
     // Without a passphrase: a warning on first start and a 0600 file.
     let plain = tmp.path().join("plain");
-    let (ok, out, err) = token_create(&plain, &[]);
+    let (ok, out, err) = MEDVAULT.token_create(&plain, &[]);
     assert!(ok && out.trim().starts_with("mvt_") && out.trim().lines().count() == 1);
     assert!(
         err.contains("warning") && err.contains("MEDVAULT_PASSPHRASE"),
@@ -337,7 +301,7 @@ fn key_file_permissions_and_passphrase() {
             & 0o777,
         0o600
     );
-    let (_, _, err2) = token_create(&plain, &[]);
+    let (_, _, err2) = MEDVAULT.token_create(&plain, &[]);
     assert!(
         !err2.contains("warning"),
         "the warning is printed once, at creation"
@@ -346,7 +310,7 @@ fn key_file_permissions_and_passphrase() {
 
 #[test]
 fn a_ciphertext_moved_to_another_row_does_not_open() {
-    let s = Server::start();
+    let s = MEDVAULT.start();
     let a = s.create(&patient("Alpha", "A"));
     let b = s.create(&patient("Beta", "B"));
     let dir = s.dir.clone();
@@ -365,7 +329,7 @@ fn a_ciphertext_moved_to_another_row_does_not_open() {
         )
         .unwrap();
     }
-    let s2 = Server::start_in(&dir, &[]);
+    let s2 = MEDVAULT.start_in(&dir, &[]);
     let s = &s2;
     assert_eq!(s.get(&format!("Patient/{a}")).0, 200);
     let (st, v) = s.get(&format!("Patient/{b}"));

@@ -3,9 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
+use medvault_testkit::e2e::{free_port, send};
+use medvault_testkit::fhir::{consent, observation, participation, patient};
+use medvault_testkit::postgres::Scratch;
+use medvault_testkit::{Server, open_node};
 use serde_json::{Value, json};
 
-use crate::{Server, free_port, observation, patient, raw_get};
+use crate::MEDVAULT;
 
 /// A node serving the API and a peer listener.
 struct Peer {
@@ -18,14 +22,14 @@ struct Peer {
 impl Peer {
     fn start() -> Self {
         let peer_port = free_port();
-        let s = Server::start_with(&["--peer-listen", &format!("127.0.0.1:{peer_port}")]);
+        let s = MEDVAULT.start_with(&["--peer-listen", &format!("127.0.0.1:{peer_port}")]);
         Self::around(s, peer_port)
     }
 
     /// A node on PostgreSQL (`url`), its data directory (key file) under `root`.
     fn on_postgres(root: &Path, name: &str, url: &str) -> Self {
         let peer_port = free_port();
-        let s = Server::launch(
+        let s = MEDVAULT.launch(
             &root.join(name),
             &[("MEDVAULT_DATABASE", url)],
             &["--peer-listen", &format!("127.0.0.1:{peer_port}")],
@@ -34,7 +38,7 @@ impl Peer {
     }
 
     fn around(s: Server, peer_port: u16) -> Self {
-        let (status, body) = raw_get(&s, "/.well-known/medvault-node");
+        let (status, body) = s.raw_get("/.well-known/medvault-node");
         assert_eq!(status, 200);
         let doc: Value = serde_json::from_slice(&body).unwrap();
         let doc_file = s.dir.with_extension("node.json");
@@ -51,18 +55,10 @@ impl Peer {
         self.doc["node"].as_str().unwrap()
     }
 
-    fn dir(&self) -> String {
-        self.s.dir.to_str().unwrap().to_owned()
-    }
-
     fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let dir = self.dir();
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--data-dir", &dir]);
-        self.s.cli(&all)
+        self.s.run(args)
     }
 
-    /// Registers `other` here, with the fingerprint as its document states it.
     /// Two nodes that registered each other.
     fn pair() -> (Self, Self) {
         let (a, b) = (Self::start(), Self::start());
@@ -71,11 +67,18 @@ impl Peer {
         (a, b)
     }
 
+    /// Registers `other` here, with the fingerprint as its document states it.
     fn register(&self, other: &Peer) {
         self.register_with(other, &[]);
     }
 
     fn register_with(&self, other: &Peer, extra: &[&str]) {
+        let (ok, out, err) = self.try_register(other, extra);
+        assert!(ok && out.contains("registered peer"), "{out} {err}");
+    }
+
+    /// `medvault peer add` of `other`'s listener, document and fingerprint, and `extra`.
+    fn try_register(&self, other: &Peer, extra: &[&str]) -> (bool, String, String) {
         let url = format!("https://127.0.0.1:{}", other.peer_port);
         let mut args = vec![
             "peer",
@@ -88,8 +91,7 @@ impl Peer {
             other.doc["fingerprint"].as_str().unwrap(),
         ];
         args.extend(extra);
-        let (ok, out, err) = self.cli(&args);
-        assert!(ok && out.contains("registered peer"), "{out} {err}");
+        self.cli(&args)
     }
 
     /// `medvault share export --patient … --to … --out … [extra]`.
@@ -155,7 +157,7 @@ impl Peer {
     }
 
     fn access_size(&self) -> u64 {
-        let (_, body) = raw_get(&self.s, "/ledger/access/checkpoint");
+        let (_, body) = self.s.raw_get("/ledger/access/checkpoint");
         let text = String::from_utf8(body).unwrap();
         text.lines().nth(1).unwrap().parse().unwrap()
     }
@@ -172,21 +174,9 @@ fn param<'a>(out: &'a Value, name: &str) -> &'a Value {
         })
 }
 
-fn consent(patient: &str, provision: Value) -> Value {
-    json!({
-        "resourceType": "Consent", "status": "active",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": format!("Patient/{patient}")},
-        "dateTime": "2026-01-01T00:00:00Z",
-        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
-        "provision": provision,
-    })
-}
-
 /// Consent actor role: the information recipient.
 fn recipient_role() -> Value {
-    json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]})
+    participation("IRCP")
 }
 
 fn write(path: &Path, bytes: &[u8]) -> String {
@@ -228,7 +218,7 @@ fn a_patient_shared_from_a_appears_in_b_with_provenance() {
     assert!(ok && out.contains(b.node()), "{out}");
 
     // The data leaves under the purpose it was read for, not another one.
-    let (status, v) = crate::send(
+    let (status, v) = send(
         a.s.req(reqwest::Method::POST, &format!("Patient/{pid}/$share"))
             .header("content-type", "application/fhir+json")
             .header("x-purpose-of-use", "HPAYMT")
@@ -306,8 +296,7 @@ fn a_patient_shared_from_a_appears_in_b_with_provenance() {
     assert!(a.audit().iter().any(|d| d == "share-delivered: success"));
     // Both ledgers still verify.
     for n in [&a, &b] {
-        let (ok, out, err) = n.cli(&["ledger", "verify"]);
-        assert!(ok, "{out} {err}");
+        n.s.verify_ledger();
     }
 
     // A node B has not registered cannot even finish the TLS handshake with B.
@@ -344,21 +333,11 @@ fn a_patient_shared_from_a_appears_in_b_with_provenance() {
     let why = v["issue"][0]["diagnostics"].as_str().unwrap();
     assert!(why.contains("TLS handshake"), "{v}");
     let b = Peer {
-        doc: serde_json::from_slice(&raw_get(&b.s, "/.well-known/medvault-node").1).unwrap(),
+        doc: serde_json::from_slice(&b.s.raw_get("/.well-known/medvault-node").1).unwrap(),
         ..b
     };
     std::fs::write(&b.doc_file, b.doc.to_string()).unwrap();
-    let url = format!("https://127.0.0.1:{}", b.peer_port);
-    let (ok, _, err) = a.cli(&[
-        "peer",
-        "add",
-        "--url",
-        &url,
-        "--document",
-        b.doc_file.to_str().unwrap(),
-        "--fingerprint",
-        b.doc["fingerprint"].as_str().unwrap(),
-    ]);
+    let (ok, _, err) = a.try_register(&b, &[]);
     assert!(
         !ok && err.contains("--replace"),
         "new keys need --replace: {err}"
@@ -395,6 +374,7 @@ fn the_patients_consent_decides_what_goes_to_which_node() {
             "type": "deny", "actor": [{"role": recipient_role(), "reference": {"reference": org}}],
             "class": [{"code": "Observation"}],
         }]}),
+        "2026-01-01T00:00:00Z",
     ));
     let (status, out) = a.share(&pid, b.node());
     assert_eq!(status, 200, "{out}");
@@ -406,10 +386,7 @@ fn the_patients_consent_decides_what_goes_to_which_node() {
 
     // The patient forbids sharing with B altogether: nothing goes, online or as a file.
     a.s.delete(&format!("Consent/{c1}"));
-    a.s.create(&consent(
-        &pid,
-        json!({"type": "deny", "actor": [{"role": recipient_role(), "reference": {"reference": org}}]}),
-    ));
+    a.s.create(&consent(&pid, json!({"type": "deny", "actor": [{"role": recipient_role(), "reference": {"reference": org}}]}), "2026-01-01T00:00:00Z"));
     let before = b.count("Patient?family=Consentshare");
     let (status, v) = a.share(&pid, b.node());
     assert_eq!(status, 403, "{v}");
@@ -560,8 +537,7 @@ fn offline_bundles_import_once_and_damaged_or_misdirected_ones_are_refused() {
         "still only the first import"
     );
     for n in [&a, &b] {
-        let (ok, out, err) = n.cli(&["ledger", "verify"]);
-        assert!(ok, "{out} {err}");
+        n.s.verify_ledger();
     }
 }
 
@@ -580,9 +556,7 @@ fn a_delivery_repeated_after_a_lost_answer_gets_the_same_receipt() {
     assert!(ok, "{err}");
     let bytes = std::fs::read(&file).unwrap();
     // A's identity, as its own peer client would present it (opened from its data directory).
-    let node =
-        medvault_node::Node::open_in(&a.s.dir, &medvault_node::node::Database::Embedded, None)
-            .unwrap();
+    let node = open_node(&a.s.dir);
     let id = medvault_node::node_identity::NodeIdentity::load(&node).unwrap();
     let b_key = medvault_server::peer::document_ed25519(&b.doc.to_string()).unwrap();
     let tls = medvault_server::peer::client_config(&id, b_key).unwrap();
@@ -624,10 +598,7 @@ fn a_delivery_repeated_after_a_lost_answer_gets_the_same_receipt() {
 #[test]
 fn two_nodes_on_postgresql_share_and_replays_get_the_same_receipt() {
     let test = "share::two_nodes_on_postgresql_share_and_replays_get_the_same_receipt";
-    let (Some(db_a), Some(db_b)) = (
-        crate::postgres::Scratch::new(test),
-        crate::postgres::Scratch::new(test),
-    ) else {
+    let (Some(db_a), Some(db_b)) = (Scratch::new(test), Scratch::new(test)) else {
         return;
     };
     let root = tempfile::tempdir().unwrap();
@@ -668,7 +639,6 @@ fn two_nodes_on_postgresql_share_and_replays_get_the_same_receipt() {
         "the share and one import"
     );
     for n in [&a, &b] {
-        let (ok, out, err) = n.cli(&["ledger", "verify"]);
-        assert!(ok, "{out} {err}");
+        n.s.verify_ledger();
     }
 }

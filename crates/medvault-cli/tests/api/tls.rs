@@ -5,9 +5,9 @@
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::NamedGroup;
 use rustls::crypto::SupportedKxGroup;
@@ -15,28 +15,20 @@ use rustls::crypto::aws_lc_rs::{self, kx_group};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::BIN;
+use medvault_testkit::e2e::{Running, eventually, free_port};
+
+use crate::MEDVAULT;
 
 struct TlsServer {
-    child: Child,
+    _process: Running,
     port: u16,
     cert: PathBuf,
 }
 
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(dir: &Path) -> TlsServer {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(BIN)
+    let port = free_port();
+    let child = MEDVAULT
+        .command()
         .args([
             "serve",
             "--data-dir",
@@ -45,18 +37,23 @@ fn start(dir: &Path) -> TlsServer {
             &format!("127.0.0.1:{port}"),
             "--tls-dev-cert",
         ])
-        .env_remove("MEDVAULT_PASSPHRASE")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let process = Running::new(child);
     let cert = dir.join("tls/dev-cert.pem");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(cert.exists() && TcpStream::connect(("127.0.0.1", port)).is_ok()) {
-        assert!(Instant::now() < deadline, "the TLS server did not start");
-        std::thread::sleep(Duration::from_millis(50));
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || cert.exists() && TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        || "the TLS server did not start".into(),
+    );
+    TlsServer {
+        _process: process,
+        port,
+        cert,
     }
-    TlsServer { child, port, cert }
 }
 
 /// Connects with rustls offering `groups` and `versions`, sends `request`; returns the group
@@ -104,33 +101,23 @@ fn https_prefers_the_hybrid_post_quantum_key_exchange_and_refuses_old_tls() {
     let tmp = tempfile::tempdir().unwrap();
     let s = start(&tmp.path().join("node"));
     let tls13 = &[&rustls::version::TLS13];
+    // A TLS 1.3 client offering `groups` (its key shares in that order) asks for /healthz.
+    let health = |groups| exchange(&s, groups, tls13, HEALTH);
 
     // A client offering both gets the hybrid.
-    let (group, status) = exchange(
-        &s,
-        vec![kx_group::X25519MLKEM768, kx_group::X25519],
-        tls13,
-        HEALTH,
-    )
-    .unwrap();
+    let (group, status) = health(vec![kx_group::X25519MLKEM768, kx_group::X25519]).unwrap();
     assert_eq!(group, NamedGroup::X25519MLKEM768);
     assert_eq!(status, "HTTP/1.1 200 OK");
     // A client that sends only an X25519 key share gets X25519 (no extra round trip to ask for
     // the hybrid); rustls clients listing the hybrid first send both shares, as browsers do.
-    let (group, _) = exchange(
-        &s,
-        vec![kx_group::X25519, kx_group::X25519MLKEM768],
-        tls13,
-        HEALTH,
-    )
-    .unwrap();
+    let (group, _) = health(vec![kx_group::X25519, kx_group::X25519MLKEM768]).unwrap();
     assert_eq!(group, NamedGroup::X25519);
     // A client without ML-KEM falls back to X25519.
-    let (group, status) = exchange(&s, vec![kx_group::X25519], tls13, HEALTH).unwrap();
+    let (group, status) = health(vec![kx_group::X25519]).unwrap();
     assert_eq!(group, NamedGroup::X25519);
     assert_eq!(status, "HTTP/1.1 200 OK");
     // Nothing weaker or older is negotiated.
-    assert!(exchange(&s, vec![kx_group::SECP256R1], tls13, HEALTH).is_err());
+    assert!(health(vec![kx_group::SECP256R1]).is_err());
     assert!(
         exchange(
             &s,

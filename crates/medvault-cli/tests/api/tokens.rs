@@ -3,20 +3,16 @@
 
 use std::time::{Duration, Instant};
 
+use medvault_testkit::Server;
+use medvault_testkit::e2e::eventually;
+use medvault_testkit::fhir::assert_outcome;
 use serde_json::Value;
 
-use crate::Server;
-
-fn token_cli(s: &Server, args: &[&str]) -> (bool, String, String) {
-    let dir = s.dir.to_str().unwrap().to_owned();
-    let mut all = vec!["token", args[0], "--data-dir", &dir];
-    all.extend_from_slice(&args[1..]);
-    s.cli(&all)
-}
+use crate::MEDVAULT;
 
 /// Creates an auditor token; returns (token, id).
 fn create(s: &Server, days: &str) -> (String, String) {
-    let (ok, out, err) = token_cli(s, &["create", "--role", "auditor", "--days", days]);
+    let (ok, out, err) = s.run(&["token", "create", "--role", "auditor", "--days", days]);
     assert!(ok, "{err}");
     assert_eq!(out.trim().lines().count(), 1, "one line on stdout: {out}");
     let token = out.trim().to_owned();
@@ -30,7 +26,7 @@ fn create(s: &Server, days: &str) -> (String, String) {
 }
 
 fn list_line(s: &Server, id: &str) -> String {
-    let (ok, out, err) = token_cli(s, &["list"]);
+    let (ok, out, err) = s.run(&["token", "list"]);
     assert!(ok, "{err}");
     assert!(!out.contains("mvt_"), "never a token's secret: {out}");
     out.lines()
@@ -40,19 +36,15 @@ fn list_line(s: &Server, id: &str) -> String {
 }
 
 fn audit_read(s: &Server, token: &str) -> (u16, Value) {
-    crate::send(
-        reqwest::blocking::Client::new()
-            .get(s.url("AuditEvent?_count=1"))
-            .bearer_auth(token),
-    )
+    s.get_as("/fhir/AuditEvent?_count=1", token, None)
 }
 
 #[test]
 fn api_tokens_expire_are_listed_revoked_and_record_use() {
-    let s = Server::start();
+    let s = MEDVAULT.start();
     // The lifetime is bounded.
     for days in ["0", "366"] {
-        let (ok, _, err) = token_cli(&s, &["create", "--role", "admin", "--days", days]);
+        let (ok, _, err) = s.run(&["token", "create", "--role", "admin", "--days", days]);
         assert!(!ok, "--days {days} accepted");
         assert!(!err.trim().is_empty());
     }
@@ -76,33 +68,34 @@ fn api_tokens_expire_are_listed_revoked_and_record_use() {
         .to_owned();
     assert!(expires > created, "{line}");
     // Without --days: 30 days.
-    let (ok, _, err) = token_cli(&s, &["create", "--role", "admin"]);
+    let (ok, _, err) = s.run(&["token", "create", "--role", "admin"]);
     assert!(ok && err.contains("expires"), "{err}");
 
     // A use is recorded (written back in the background).
     assert_eq!(audit_read(&s, &token).0, 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while list_line(&s, &id).contains("last-used=never") {
-        assert!(Instant::now() < deadline, "the use was never recorded");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || !list_line(&s, &id).contains("last-used=never"),
+        || "the use was never recorded".into(),
+    );
 
     // Revoked before any server saw it: refused at once.
     let (fresh, fresh_id) = create(&s, "30");
-    let (ok, out, err) = token_cli(&s, &["revoke", &fresh_id]);
+    let (ok, out, err) = s.run(&["token", "revoke", &fresh_id]);
     assert!(ok && out.contains("revoked"), "{out}{err}");
     assert!(list_line(&s, &fresh_id).contains("revoked="));
     let (st, b) = audit_read(&s, &fresh);
     assert_eq!(st, 401, "{b}");
-    crate::assert_outcome(&b);
-    let (ok, out, _) = token_cli(&s, &["revoke", &fresh_id]);
+    assert_outcome(&b);
+    let (ok, out, _) = s.run(&["token", "revoke", &fresh_id]);
     assert!(ok && out.contains("already revoked"), "{out}");
-    let (ok, _, err) = token_cli(&s, &["revoke", "tok_0000000000000000"]);
+    let (ok, _, err) = s.run(&["token", "revoke", "tok_0000000000000000"]);
     assert!(!ok && err.trim().lines().count() == 1, "{err}");
 
     // Revoked while a server trusts it from its cache: refused within 30 seconds.
     let started = Instant::now();
-    let (ok, _, err) = token_cli(&s, &["revoke", &id]);
+    let (ok, _, err) = s.run(&["token", "revoke", &id]);
     assert!(ok, "{err}");
     loop {
         let (st, _) = audit_read(&s, &token);

@@ -5,48 +5,23 @@
 use std::time::{Duration, Instant};
 
 use medvault_ledger::{AddCheckpoint, Note, VerifierKey};
-use serde_json::Value;
+use medvault_testkit::Server;
+use medvault_testkit::e2e::copy_dir;
+use medvault_testkit::fhir::patient;
 
-use crate::ledger::{checkpoint_covering, copy_dir};
-use crate::{Server, patient, raw_get};
+use crate::MEDVAULT;
 
 fn vkey(s: &Server, path: &str) -> String {
-    let (st, body) = raw_get(s, path);
+    let (st, body) = s.raw_get(path);
     assert_eq!(st, 200);
     String::from_utf8(body).unwrap().trim().to_owned()
 }
 
 fn post_witness(b: &Server, body: String) -> reqwest::blocking::Response {
-    reqwest::blocking::Client::new()
-        .post(format!(
-            "http://127.0.0.1:{}/witness/add-checkpoint",
-            b.port
-        ))
+    b.anonymous(reqwest::Method::POST, "/witness/add-checkpoint")
         .body(body)
         .send()
         .unwrap()
-}
-
-fn consistency(s: &Server, old: u64, new: u64) -> Vec<[u8; 32]> {
-    use base64::Engine as _;
-    let (st, body) = raw_get(
-        s,
-        &format!("/ledger/access/proof/consistency?old={old}&new={new}"),
-    );
-    assert_eq!(st, 200);
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    v["proof"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            base64::engine::general_purpose::STANDARD
-                .decode(h.as_str().unwrap())
-                .unwrap()
-                .try_into()
-                .unwrap()
-        })
-        .collect()
 }
 
 /// Waits until the newest checkpoint of `log` on `s` is larger than `above` and cosigned by `wk`;
@@ -54,7 +29,7 @@ fn consistency(s: &Server, old: u64, new: u64) -> Vec<[u8; 32]> {
 fn cosigned_above(s: &Server, log: &str, wk: &VerifierKey, above: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (_, body) = raw_get(s, &format!("/ledger/{log}/checkpoint"));
+        let (_, body) = s.raw_get(&format!("/ledger/{log}/checkpoint"));
         let note = Note::parse(&body).unwrap();
         let size = medvault_ledger::Checkpoint::parse(&note.text).unwrap().size;
         if size > above && wk.verify(&note).is_ok() {
@@ -71,7 +46,7 @@ fn cosigned_above(s: &Server, log: &str, wk: &VerifierKey, above: u64) -> u64 {
 #[test]
 fn a_witness_cosigns_and_refuses_rollbacks_and_forks() {
     // The log node, first without a witness; a snapshot of it becomes the "fork" later.
-    let mut a = Server::start();
+    let mut a = MEDVAULT.start();
     a.create(&patient("Witnessfam", "Al"));
     let records_key = vkey(&a, "/ledger/records/key");
     let access_key = vkey(&a, "/ledger/access/key");
@@ -81,12 +56,12 @@ fn a_witness_cosigns_and_refuses_rollbacks_and_forks() {
     copy_dir(&a.dir, &fork_dir);
 
     // The witness, trusting both of the node's checkpoint keys.
-    let b = Server::start_with(&["--witness-for", &records_key, "--witness-for", &access_key]);
+    let b = MEDVAULT.start_with(&["--witness-for", &records_key, "--witness-for", &access_key]);
     let witness_key = vkey(&b, "/witness/key");
     let wk = VerifierKey::parse_vkey(&witness_key).unwrap();
 
     // The log again, now asking the witness to cosign.
-    let a = Server::launch(
+    let a = MEDVAULT.launch(
         &a.dir.clone(),
         &[],
         &[
@@ -97,23 +72,21 @@ fn a_witness_cosigns_and_refuses_rollbacks_and_forks() {
     a.create(&patient("Witnessfam", "Bea"));
     let cosigned_size = cosigned_above(&a, "access", &wk, 0);
     cosigned_above(&a, "records", &wk, 1);
-    let dir = a.dir.to_str().unwrap().to_owned();
-    let (ok, out, err) = a.cli(&["ledger", "verify", "--data-dir", &dir]);
-    assert!(ok, "{out} {err}");
+    let out = a.verify_ledger();
     assert_eq!(out.matches("cosigned by").count(), 2, "both logs: {out}");
 
     // The fork: the snapshot taken before the cosigned size, grown with other entries.
-    let fork = Server::start_in(&fork_dir, &[]);
-    let fork_start = checkpoint_covering(&fork, "access", 1).size;
+    let fork = MEDVAULT.start_in(&fork_dir, &[]);
+    let fork_start = fork.checkpoint_covering("access", 1).size;
     assert!(fork_start < cosigned_size);
-    let (_, early_note) = raw_get(&fork, "/ledger/access/checkpoint");
+    let (_, early_note) = fork.raw_get("/ledger/access/checkpoint");
     let early_note = Note::parse(&early_note).unwrap();
     for i in 0..(cosigned_size + 5) {
         let (st, _) = fork.get(&format!("Patient?family=Other{i}"));
         assert_eq!(st, 200);
     }
-    let forked = checkpoint_covering(&fork, "access", cosigned_size + 1);
-    let (_, forked_note) = raw_get(&fork, "/ledger/access/checkpoint");
+    let forked = fork.checkpoint_covering("access", cosigned_size + 1);
+    let (_, forked_note) = fork.raw_get("/ledger/access/checkpoint");
     let forked_note = Note::parse(&forked_note).unwrap();
 
     // A log that claims the witness never cosigned it (old 0) → 409 with the witnessed size, as
@@ -142,7 +115,7 @@ fn a_witness_cosigns_and_refuses_rollbacks_and_forks() {
     );
 
     // Fork: a proof from the witnessed size along the forked history does not verify → 422.
-    let proof = consistency(&fork, witnessed, forked.size);
+    let proof = fork.consistency_proof(witnessed, forked.size);
     let r = post_witness(&b, AddCheckpoint::render(witnessed, &proof, &forked_note));
     assert_eq!(r.status(), 422);
     assert!(
@@ -158,7 +131,7 @@ fn a_witness_cosigns_and_refuses_rollbacks_and_forks() {
     unsigned.signatures[0].signature[0] ^= 1;
     let r = post_witness(&b, AddCheckpoint::render(witnessed, &proof, &unsigned));
     assert_eq!(r.status(), 403);
-    let (_, own) = raw_get(&b, "/ledger/access/checkpoint");
+    let (_, own) = b.raw_get("/ledger/access/checkpoint");
     let r = post_witness(
         &b,
         AddCheckpoint::render(0, &[], &Note::parse(&own).unwrap()),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use medvault_core::Role;
-use medvault_store::{Store, StoreTx, TokenRow};
+use medvault_store::{Store, StoreTx, TokenHash, TokenRow};
 
 use crate::error::Error;
 use crate::identity::Authenticated;
@@ -76,10 +76,10 @@ pub fn create_token(
         "{PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref())
     );
-    let hash = medvault_crypto::sha256(text.as_bytes());
+    let hash = TokenHash::of(&text);
     let row = TokenRow {
         role: role.as_str().to_owned(),
-        token_id: format!("tok_{}", hex::encode(&hash[..8])),
+        token_id: format!("tok_{}", hex::encode(&hash.as_bytes()[..8])),
         created_micros: now_micros,
         expires_micros: now_micros.saturating_add(i64::from(days) * DAY_MICROS),
         revoked_micros: None,
@@ -141,7 +141,7 @@ pub(crate) async fn validate_api_token(
             None,
         )
     };
-    let hash = medvault_crypto::sha256(token.as_bytes());
+    let hash = TokenHash::of(token);
     let now = node.clock.now_micros();
     let cached = tokens.fresh(&hash, CACHE_TTL);
     let validated_now = cached.is_none();

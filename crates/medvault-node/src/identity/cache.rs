@@ -1,6 +1,7 @@
 //! Recently validated credentials, by the SHA-256 of the credential: shared by sessions, API
 //! tokens and OAuth2 access tokens.
 
+use medvault_store::TokenHash;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ const MAX_CACHED: usize = 100_000;
 /// with a cached credential costs a hash and a map lookup. Entries are trusted for a bounded
 /// time (the caller's), so a credential ended elsewhere (another process) stops working soon.
 #[derive(Debug)]
-pub struct CredentialCache<V>(Mutex<HashMap<[u8; 32], (V, Instant)>>);
+pub struct CredentialCache<V>(Mutex<HashMap<TokenHash, (V, Instant)>>);
 
 impl<V> Default for CredentialCache<V> {
     fn default() -> Self {
@@ -22,7 +23,7 @@ impl<V> Default for CredentialCache<V> {
 
 impl<V: Clone> CredentialCache<V> {
     /// The cached value for `hash`, if it was stored less than `ttl` ago.
-    pub fn fresh(&self, hash: &[u8; 32], ttl: Duration) -> Option<V> {
+    pub fn fresh(&self, hash: &TokenHash, ttl: Duration) -> Option<V> {
         let map = self.0.lock().ok()?;
         map.get(hash)
             .filter(|(_, at)| at.elapsed() < ttl)
@@ -30,7 +31,7 @@ impl<V: Clone> CredentialCache<V> {
     }
 
     /// Caches `value` for `hash` (emptying the cache when it is full).
-    pub fn put(&self, hash: [u8; 32], value: V) {
+    pub fn put(&self, hash: TokenHash, value: V) {
         if let Ok(mut map) = self.0.lock() {
             if map.len() >= MAX_CACHED {
                 map.clear();
@@ -41,7 +42,7 @@ impl<V: Clone> CredentialCache<V> {
 
     /// Replaces the cached value for `hash`, keeping the time it was validated at (so the
     /// caller's recheck still happens on time); caches it anew if it is not there.
-    pub fn refresh(&self, hash: [u8; 32], value: V) {
+    pub fn refresh(&self, hash: TokenHash, value: V) {
         if let Ok(mut map) = self.0.lock() {
             match map.get_mut(&hash) {
                 Some((v, _)) => *v = value,
@@ -56,7 +57,7 @@ impl<V: Clone> CredentialCache<V> {
     }
 
     /// Forgets `hash` (after a logout or expiry).
-    pub fn forget(&self, hash: &[u8; 32]) {
+    pub fn forget(&self, hash: &TokenHash) {
         if let Ok(mut map) = self.0.lock() {
             map.remove(hash);
         }
@@ -71,17 +72,18 @@ mod tests {
     fn refresh_keeps_the_validation_time_and_put_renews_it() {
         let cache = CredentialCache::<u32>::default();
         let ttl = Duration::from_millis(50);
-        assert_eq!(cache.fresh(&[1; 32], ttl), None);
-        cache.put([1; 32], 1);
-        assert_eq!(cache.fresh(&[1; 32], ttl), Some(1));
+        let one = TokenHash::from_bytes([1; 32]);
+        assert_eq!(cache.fresh(&one, ttl), None);
+        cache.put(one, 1);
+        assert_eq!(cache.fresh(&one, ttl), Some(1));
         std::thread::sleep(Duration::from_millis(60));
         // Updating the value (a session's last use) does not make it fresh again...
-        cache.refresh([1; 32], 2);
-        assert_eq!(cache.fresh(&[1; 32], ttl), None);
+        cache.refresh(one, 2);
+        assert_eq!(cache.fresh(&one, ttl), None);
         // ...validating it again does.
-        cache.put([1; 32], 3);
-        assert_eq!(cache.fresh(&[1; 32], ttl), Some(3));
-        cache.forget(&[1; 32]);
-        assert_eq!(cache.fresh(&[1; 32], ttl), None);
+        cache.put(one, 3);
+        assert_eq!(cache.fresh(&one, ttl), Some(3));
+        cache.forget(&one);
+        assert_eq!(cache.fresh(&one, ttl), None);
     }
 }

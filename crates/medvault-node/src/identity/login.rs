@@ -14,7 +14,7 @@ use std::time::Duration;
 use medvault_auth::password::{self, Password};
 use medvault_auth::{recovery, totp};
 use medvault_core::Role;
-use medvault_store::{SessionRow, StoreError, UserRow, write_with};
+use medvault_store::{SessionRow, StoreError, TokenHash, UserRow, write_with};
 use serde::Deserialize;
 
 use crate::audit::{AuditKind, AuditOutcome, AuditRecord};
@@ -321,7 +321,7 @@ fn second_factor(
     if let Some(code) = &req.recovery_code {
         // Spent now, in its own durable write: a code works once, even if the login fails
         // later.
-        let (uid, h) = (user.id.clone(), recovery::hash(code));
+        let (uid, h) = (user.id.clone(), TokenHash::from_bytes(recovery::hash(code)));
         let used = write_with(node.store.as_ref(), move |tx| {
             tx.use_recovery_code(&uid, &h)
         })?;
@@ -434,7 +434,7 @@ pub fn totp_confirm(
     node: &Node,
     sessions: &SessionCache,
     who: &Authenticated,
-    session_hash: Option<[u8; 32]>,
+    session_hash: Option<TokenHash>,
     code: &str,
 ) -> Result<Vec<zeroize::Zeroizing<String>>, Error> {
     let mut user = user_of(node, who)?;
@@ -452,7 +452,10 @@ pub fn totp_confirm(
     user.totp_pending = None;
     user.totp_last_step = Some(step);
     let codes = recovery::generate().map_err(|e| Error::internal(&e))?;
-    let hashes: Vec<[u8; 32]> = codes.iter().map(|c| recovery::hash(c)).collect();
+    let hashes: Vec<TokenHash> = codes
+        .iter()
+        .map(|c| TokenHash::from_bytes(recovery::hash(c)))
+        .collect();
     let session = match session_hash {
         Some(h) => node.store.session(&h)?,
         None => None,

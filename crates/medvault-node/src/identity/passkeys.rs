@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use medvault_core::Role;
-use medvault_store::{StoreError, write_with};
+use medvault_store::{StoreError, TokenHash, write_with};
 pub use webauthn_rs::prelude::{
     CreationChallengeResponse, PublicKeyCredential, RegisterPublicKeyCredential,
     RequestChallengeResponse, Url, Webauthn,
@@ -46,7 +46,7 @@ pub fn relying_party(origin: &Url) -> Result<Webauthn, String> {
 enum Ceremony {
     Register {
         user_id: String,
-        session: Option<[u8; 32]>,
+        session: Option<TokenHash>,
         state: Box<PasskeyRegistration>,
     },
     Login {
@@ -163,7 +163,7 @@ pub fn register_start(
     rp: Option<&Webauthn>,
     ceremonies: &Ceremonies,
     who: &Authenticated,
-    session: Option<[u8; 32]>,
+    session: Option<TokenHash>,
 ) -> Result<(String, CreationChallengeResponse), Error> {
     let user = user_of(node, who)?;
     factor_change_allowed(node, &user, who.aal)?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use medvault_core::Role;
-use medvault_store::{SessionRow, write_with};
+use medvault_store::{SessionRow, TokenHash, write_with};
 
 use crate::error::Error;
 use crate::identity::cache::CredentialCache;
@@ -70,10 +70,10 @@ pub(crate) fn new_session(
         "{SESSION_PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref())
     ));
-    let hash = medvault_crypto::sha256(token.as_bytes());
+    let hash = TokenHash::of(&token);
     let session = SessionRow {
         hash,
-        session_id: format!("ses_{}", hex::encode(&hash[..8])),
+        session_id: format!("ses_{}", hex::encode(&hash.as_bytes()[..8])),
         user_id: user_id.to_owned(),
         aal,
         created_micros: now,
@@ -115,7 +115,7 @@ pub async fn authenticate_session(
     limits: SessionLimits,
     token: &str,
 ) -> Result<Authenticated, Error> {
-    let hash = medvault_crypto::sha256(token.as_bytes());
+    let hash = TokenHash::of(token);
     let now = node.clock.now_micros();
     let cached = sessions.fresh(&hash, SESSION_RECHECK);
     let validated_now = cached.is_none();
@@ -202,7 +202,7 @@ pub async fn end_session(
     node: &Node,
     sessions: &SessionCache,
     user_id: &str,
-    hash: [u8; 32],
+    hash: TokenHash,
 ) -> Result<(), Error> {
     sessions.forget(&hash);
     let store = node.store.clone();

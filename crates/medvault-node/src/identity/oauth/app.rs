@@ -20,7 +20,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64U;
 use http::StatusCode;
 use medvault_auth::scopes::{Context, ScopeSet};
 use medvault_core::Role;
-use medvault_store::{AccessTokenRow, ClientRow, GrantRow, write_with};
+use medvault_store::{AccessTokenRow, ClientRow, GrantRow, TokenHash, write_with};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -233,7 +233,7 @@ pub fn decide(
     if approve {
         let code = random_token("mvc_")?;
         let grant = GrantRow {
-            hash: medvault_crypto::sha256(code.as_bytes()),
+            hash: TokenHash::of(&code),
             kind: "code".into(),
             client_id: c.client.client_id.clone(),
             user_id: user_id.to_owned(),
@@ -322,7 +322,7 @@ pub fn exchange(node: &Node, form: &AppTokenRequest) -> Result<(Value, String), 
     };
     let invalid = |why: &str| refused("invalid_grant", why, &client_id);
     let secret = secret.ok_or_else(|| invalid("the code or refresh token is missing"))?;
-    let hash = medvault_crypto::sha256(secret.as_bytes());
+    let hash = TokenHash::of(secret);
     let grant = node
         .store
         .grant(&hash)
@@ -361,7 +361,7 @@ pub fn exchange(node: &Node, form: &AppTokenRequest) -> Result<(Value, String), 
     let scopes = ScopeSet::parse(&grant.scopes).map_err(|e| internal(&e))?;
     let token = random_token(ACCESS_TOKEN_PREFIX).map_err(|e| internal(&e.message))?;
     let access = AccessTokenRow {
-        hash: medvault_crypto::sha256(token.as_bytes()),
+        hash: TokenHash::of(&token),
         client_id: client.client_id.clone(),
         scopes: grant.scopes.clone(),
         issued_micros: now,
@@ -390,7 +390,7 @@ pub fn exchange(node: &Node, form: &AppTokenRequest) -> Result<(Value, String), 
         None => None,
     };
     let refresh_row = refresh.as_ref().map(|(r, expires)| GrantRow {
-        hash: medvault_crypto::sha256(r.as_bytes()),
+        hash: TokenHash::of(r),
         kind: "refresh".into(),
         client_id: client.client_id.clone(),
         user_id: user.id.clone(),

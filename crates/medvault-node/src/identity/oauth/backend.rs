@@ -8,7 +8,7 @@ use http::StatusCode;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use medvault_auth::scopes::ScopeSet;
-use medvault_store::{AccessTokenRow, write_with};
+use medvault_store::{AccessTokenRow, TokenHash, write_with};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -204,7 +204,7 @@ pub fn issue(
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref())
     ));
     let row = AccessTokenRow {
-        hash: medvault_crypto::sha256(token.as_bytes()),
+        hash: TokenHash::of(&token),
         client_id: client_id.clone(),
         scopes: granted.to_string(),
         issued_micros: now,

@@ -12,7 +12,7 @@
 //! - **Apps** get codes and refresh tokens: [`app`].
 //! - **Access tokens** are opaque (`mva_` + 256 random bits), stored only as SHA-256, valid five
 //!   minutes, carrying the granted scopes (the requested ones cut to what the client may have),
-//!   which every FHIR interaction then enforces (`ops::Ctx::scope_allows`): this module.
+//!   which every FHIR interaction then enforces (`ctx::Ctx::scope_allows`): this module.
 
 pub mod app;
 pub mod backend;
@@ -26,7 +26,7 @@ use base64::Engine as _;
 use http::StatusCode;
 use medvault_auth::scopes::ScopeSet;
 use medvault_core::Role;
-use medvault_store::{AccessTokenRow, write_with};
+use medvault_store::{AccessTokenRow, TokenHash, write_with};
 
 use crate::error::Error;
 use crate::identity::Authenticated;
@@ -105,7 +105,7 @@ pub async fn authenticate_access_token(
     revoked: &RevokedFamilies,
     token: &str,
 ) -> Result<Authenticated, Error> {
-    let hash = medvault_crypto::sha256(token.as_bytes());
+    let hash = TokenHash::of(token);
     let now = node.clock.now_micros();
     let (who, expires, family) = match cache.fresh(&hash, RECHECK) {
         Some(found) => found,
@@ -187,7 +187,7 @@ pub fn introspect(node: &Node, token: &str) -> Result<Option<AccessTokenRow>, Er
     if !token.starts_with(ACCESS_TOKEN_PREFIX) {
         return Ok(None);
     }
-    let hash = medvault_crypto::sha256(token.as_bytes());
+    let hash = TokenHash::of(token);
     let Some(row) = node.store.access_token(&hash)? else {
         return Ok(None);
     };
@@ -218,7 +218,7 @@ pub async fn revoke(
     client_id: &str,
 ) -> bool {
     let node = Arc::clone(node);
-    let hash = medvault_crypto::sha256(token.as_bytes());
+    let hash = TokenHash::of(token);
     let refresh = token.starts_with(REFRESH_TOKEN_PREFIX);
     let client = client_id.to_owned();
     let family = tokio::task::spawn_blocking(move || -> Option<String> {

@@ -1,4 +1,7 @@
-//! `medvault-baseline`: the benchmark's plaintext peer. **Never use it for real data.**
+//! `medvault-baseline`: the benchmark's plaintext peer. **Never use it for real data.** An
+//! example of this crate so that it runs exactly the server's HTTP stack (axum, the one crate
+//! that depends on it) and is never installed or shipped: `scripts/bench` builds it with
+//! `cargo build --release -p medvault-server --example medvault-baseline`.
 //!
 //! It is medvault's own path — axum, bearer check, R4 schema validation, the same SQLite store
 //! with its group-committing writer, WAL and `synchronous=FULL` — minus the two things under

@@ -1,0 +1,73 @@
+//! SHA-256, whole or streamed, and the streamed HMAC-SHA256 of backup files.
+
+/// SHA-256 of `data`, for hashing bearer tokens before they are stored or looked up.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// SHA-256 over data that arrives in pieces (a backup file as it is written or read).
+pub struct Sha256Stream(aws_lc_rs::digest::Context);
+
+impl std::fmt::Debug for Sha256Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sha256Stream")
+    }
+}
+
+impl Default for Sha256Stream {
+    fn default() -> Self {
+        Self(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
+    }
+}
+
+impl Sha256Stream {
+    /// Adds `data`.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The digest of everything added so far.
+    #[must_use]
+    pub fn finish(self) -> [u8; 32] {
+        let d = self.0.finish();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+}
+
+/// HMAC-SHA256 over data that arrives in pieces, under a key that never leaves this crate
+/// (see [`crate::RootKey::backup_mac`]).
+pub struct MacStream(pub(crate) aws_lc_rs::hmac::Context);
+
+impl std::fmt::Debug for MacStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MacStream([REDACTED])")
+    }
+}
+
+impl MacStream {
+    /// Adds `data`.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The tag over everything added.
+    #[must_use]
+    pub fn finish(self) -> [u8; 32] {
+        let tag = self.0.sign();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// True if `tag` is the tag over everything added (compared in constant time).
+    #[must_use]
+    pub fn verify(self, tag: &[u8]) -> bool {
+        let mine = self.0.sign();
+        aws_lc_rs::constant_time::verify_slices_are_equal(mine.as_ref(), tag).is_ok()
+    }
+}
