@@ -443,8 +443,9 @@ impl Node {
             path: data_dir.to_owned(),
             source,
         })?;
-        let store = databases.open_node()?;
-        let exists = store.meta("tenant")?.is_some();
+        // The key file first: a wrong passphrase or a damaged key file must not create or
+        // migrate a database.
+        let exists = databases.node_exists()?;
         let shared = databases.shared();
         let (key_path, root, kind, created) = key_file(data_dir, passphrase, exists, |path| {
             if shared {
@@ -458,6 +459,7 @@ impl Node {
                 }
             }
         })?;
+        let store = databases.open_node()?;
         if exists && !databases.access_log_exists()? {
             // A fresh, empty access log would silently forget who accessed what.
             return Err(NodeError::AccessLog(databases.missing_access_log()));
@@ -644,11 +646,29 @@ mod tests {
         std::fs::rename(&log, db.access_log_path()).unwrap();
 
         std::fs::remove_file(dir.join(KEY_FILE)).unwrap();
+        let before = std::fs::read(db.node_path()).unwrap();
         let err = Node::open(&dir, &db, None).unwrap_err();
         assert!(
             matches!(&err, NodeError::KeyFile { source, .. } if source.to_string().contains("restore the key file")),
             "{err}"
         );
         assert!(!dir.join(KEY_FILE).exists(), "no new key file was made");
+        assert_eq!(std::fs::read(db.node_path()).unwrap(), before);
+    }
+
+    #[test]
+    fn a_key_file_that_does_not_open_creates_no_database() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        create_dir_private(&dir).unwrap();
+        let right = Passphrase::new("correct horse battery staple".into()).unwrap();
+        let wrong = Passphrase::new("incorrect horse battery staple".into()).unwrap();
+        RootKey::create_file(&dir.join(KEY_FILE), Some(&right)).unwrap();
+        let db = Embedded::new(&dir);
+        let err = Node::open(&dir, &db, Some(&wrong)).unwrap_err();
+        assert!(matches!(err, NodeError::KeyFile { .. }), "{err}");
+        assert!(!db.node_path().exists() && !db.access_log_path().exists());
+        Node::open(&dir, &db, Some(&right)).unwrap();
+        assert!(db.node_path().exists() && db.access_log_path().exists());
     }
 }

@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use medvault_store::group::{Dialect, GroupWriter, NewNode, OpEffects};
-use medvault_store::prelude::*;
 use medvault_store::{LogOp, LogStore, Store, StoreError, StoreRead, StoreTx, WriteDone, WriteOp};
 
 use crate::conn::{Conn, lock_key};
@@ -150,6 +149,26 @@ impl Target {
         }
     }
 
+    /// Whether `schema`'s tables exist and name their node's tenant, asked without opening them
+    /// (opening creates and migrates the schema).
+    fn has_tenant(&self, schema: Schema) -> Result<bool, StoreError> {
+        let namespace = self.namespace(schema);
+        let mut c = Conn::connect(&self.config, None)?;
+        let table = c.one(
+            "SELECT to_regclass($1)::text",
+            &[&format!("{namespace}.meta")],
+        )?;
+        if conn::get::<Option<String>>(&table, 0)?.is_none() {
+            return Ok(false);
+        }
+        // The namespace is a validated name (letters, digits, `_`).
+        Ok(c.opt(
+            &format!("SELECT v FROM {namespace}.meta WHERE k = 'tenant'"),
+            &[],
+        )?
+        .is_some())
+    }
+
     /// Drops both schemas of this target and everything in them. For tests and `restore`.
     ///
     /// # Errors
@@ -169,12 +188,16 @@ impl medvault_store::Databases for Target {
         Target::describe(self)
     }
 
+    fn node_exists(&self) -> Result<bool, StoreError> {
+        self.has_tenant(Schema::Node)
+    }
+
     fn open_node(&self) -> Result<Arc<dyn Store>, StoreError> {
         Ok(Arc::new(PgStore::open(self)?))
     }
 
     fn access_log_exists(&self) -> Result<bool, StoreError> {
-        Ok(PgStore::open_access_log(self)?.meta("tenant")?.is_some())
+        self.has_tenant(Schema::AccessLog)
     }
 
     fn open_access_log(&self) -> Result<Arc<dyn LogStore>, StoreError> {
@@ -518,6 +541,7 @@ impl Store for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use medvault_store::prelude::*;
     use medvault_crypto::Sealed;
     use medvault_store::AuditDetail;
 
@@ -601,7 +625,7 @@ mod tests {
             medvault_store::conformance::CHECKS.len()
                 + medvault_store::conformance::PAIR_CHECKS.len()
         );
-        assert_eq!(ran, 15);
+        assert_eq!(ran, 16);
     }
 
     #[test]

@@ -69,6 +69,10 @@ impl medvault_store::Databases for Embedded {
         self.node_path().display().to_string()
     }
 
+    fn node_exists(&self) -> Result<bool, StoreError> {
+        Ok(self.node_path().exists())
+    }
+
     fn open_node(&self) -> Result<Arc<dyn Store>, StoreError> {
         Ok(Arc::new(SqliteStore::open(&self.node_path())?))
     }
@@ -452,7 +456,7 @@ mod tests {
             medvault_store::conformance::CHECKS.len()
                 + medvault_store::conformance::PAIR_CHECKS.len()
         );
-        assert_eq!(ran, 15);
+        assert_eq!(ran, 16);
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub const CHECKS: &[(&str, Check)] = &[
         "amended_versions_keep_what_they_were",
         amended_versions_keep_what_they_were,
     ),
+    (
+        "queued_ops_share_a_commit_and_fail_alone",
+        queued_ops_share_a_commit_and_fail_alone,
+    ),
 ];
 
 /// Checks that need two fresh stores of the backend (a source and a target).
@@ -1491,4 +1495,70 @@ fn break_glass_and_alerts(store: &dyn Store) {
         a.acknowledged_micros = Some(30);
         a
     });
+}
+
+/// Ops queued at once share group commits: each gets its own answer, a failing or panicking op is
+/// rolled back alone, and the leaves of the others are hashed into the tree in order.
+fn queued_ops_share_a_commit_and_fail_alone(store: &dyn Store) {
+    const N: u8 = 60;
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..N {
+        let reply = tx.clone();
+        store.submit(
+            Box::new(move |t| {
+                t.set_meta(&format!("k{i}"), "v")?;
+                t.append_audit(
+                    &crate::AuditDetail {
+                        salt: [i; 16],
+                        sealed: Sealed::from_stored(vec![i; 40]),
+                    },
+                    &[i],
+                )?;
+                match i % 10 {
+                    3 => Err(StoreError::Aborted("op gave up".into())),
+                    7 => panic!("op {i} panics"),
+                    _ => Ok(()),
+                }
+            }),
+            Box::new(move |r| {
+                let _ = reply.send((i, r));
+            }),
+        );
+    }
+    drop(tx);
+    let mut answers: Vec<_> = rx.iter().collect();
+    answers.sort_by_key(|(i, _)| *i);
+    assert_eq!(answers.len(), usize::from(N), "one answer per op");
+    let mut kept = Vec::new();
+    for (i, r) in &answers {
+        let stored = ok(store.meta(&format!("k{i}")), "meta");
+        match i % 10 {
+            3 => assert!(matches!(r, Err(StoreError::Aborted(_))), "op {i}: {r:?}"),
+            7 => assert!(matches!(r, Err(StoreError::Backend(_))), "op {i}: {r:?}"),
+            _ => {
+                assert!(r.is_ok(), "op {i}: {r:?}");
+                kept.push(*i);
+            }
+        }
+        assert_eq!(
+            stored.is_some(),
+            r.is_ok(),
+            "op {i}'s writes stay only if it succeeded"
+        );
+    }
+    let size = ok(store.ledger_size(), "size");
+    assert_eq!(size, kept.len() as u64);
+    let entries = ok(store.ledger_entries(0, size), "entries");
+    let mut got: Vec<u8> = entries.iter().map(|(_, e)| e[0]).collect();
+    got.sort_unstable();
+    assert_eq!(got, kept, "exactly the successful ops' leaves");
+    let mut tree = medvault_ledger::MemoryTree::new();
+    for (_, e) in &entries {
+        tree.push(medvault_ledger::leaf_hash(e));
+    }
+    assert_eq!(
+        medvault_ledger::root(&crate::LedgerNodes(store), size).ok(),
+        Some(tree.root()),
+        "the stored tree is the tree of the committed leaves"
+    );
 }

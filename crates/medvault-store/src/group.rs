@@ -160,11 +160,16 @@ pub fn contiguous_leaves(start: u64, entries: &[(u64, Vec<u8>)]) -> Vec<Hash> {
         .collect()
 }
 
-/// A copy of an error's kind and message (a group's failure is every op's failure).
+/// A copy of an error's kind and cause (a group's failure is every op's failure): the cause's
+/// own message is kept ("database is locked", what to do after a failed WAL truncation), not the
+/// kind's fixed text. A conflict found when the whole group commits is no op's conflict to
+/// retry: it is a backend failure.
 pub fn same_kind(e: &StoreError) -> StoreError {
     match e {
         StoreError::Unavailable(m) => StoreError::Unavailable(m.to_string().into()),
-        StoreError::Conflict => StoreError::Conflict,
+        StoreError::Backend(m) | StoreError::Aborted(m) => {
+            StoreError::Backend(m.to_string().into())
+        }
         other => StoreError::Backend(other.to_string().into()),
     }
 }
@@ -382,4 +387,56 @@ impl<D: Dialect> Writer<D> {
 
 fn aborted() -> StoreError {
     StoreError::Backend("transaction aborted by the database".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_groups_failure_keeps_its_cause_and_kind() {
+        let cause = StoreError::Backend("database is locked".into());
+        let copy = same_kind(&cause);
+        assert!(matches!(copy, StoreError::Backend(_)));
+        assert_eq!(
+            std::error::Error::source(&copy).map(ToString::to_string),
+            Some("database is locked".to_owned())
+        );
+        assert!(matches!(
+            same_kind(&StoreError::Unavailable("connection reset".into())),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            same_kind(&StoreError::Conflict),
+            StoreError::Backend(_)
+        ));
+    }
+
+    #[test]
+    fn nodes_and_leaves_stop_at_the_first_gap() {
+        let h = |n: u8| vec![n; 32];
+        let rows = vec![(4, h(1)), (5, h(2)), (7, h(3))];
+        assert_eq!(contiguous_nodes(4, rows), vec![[1; 32], [2; 32]]);
+        assert_eq!(
+            contiguous_nodes(4, vec![(4, vec![1; 31])]),
+            Vec::<Hash>::new()
+        );
+        let leaves = vec![(0, b"a".to_vec()), (1, b"b".to_vec()), (3, b"d".to_vec())];
+        assert_eq!(
+            contiguous_leaves(0, &leaves),
+            vec![leaf_hash(b"a"), leaf_hash(b"b")]
+        );
+    }
+
+    #[test]
+    fn extending_the_frontier_refuses_a_gap_and_matches_the_tree() {
+        let mut f = Frontier::new();
+        let leaves: Vec<(u64, Hash)> = (0..5u64).map(|i| (i, leaf_hash(&[i as u8]))).collect();
+        let nodes = extend(&mut f, &leaves).unwrap();
+        assert_eq!(f.size(), 5);
+        // Leaves 0-1, 2-3 and 0-3 complete subtrees: three stored nodes.
+        assert_eq!(nodes.len(), 3);
+        assert!(nodes.iter().all(|(level, _, _)| *level > 0));
+        assert!(extend(&mut f, &[(6, leaf_hash(b"x"))]).is_err());
+    }
 }

@@ -1237,6 +1237,13 @@ pub fn write_log_with<T: Send + 'static>(
 pub trait Databases {
     /// Where the data lives, for messages (a file, or a server and schema; never a password).
     fn describe(&self) -> String;
+    /// Whether the records database holds a node already. Asked before anything is opened:
+    /// the key file is dealt with first, so a wrong passphrase or a damaged key file creates or
+    /// migrates no database.
+    ///
+    /// # Errors
+    /// The backend's error.
+    fn node_exists(&self) -> Result<bool, StoreError>;
     /// Opens (creating and migrating if needed) the records database.
     ///
     /// # Errors
