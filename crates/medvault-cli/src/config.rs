@@ -39,6 +39,11 @@ const fn key(section: &'static str, name: &'static str, arg: &'static str) -> Ke
     }
 }
 
+/// A key whose flag has its own name (`server.listen` is `--listen`).
+const fn same(section: &'static str, name: &'static str) -> Key {
+    key(section, name, name)
+}
+
 const fn list(section: &'static str, name: &'static str, arg: &'static str) -> Key {
     Key {
         list: true,
@@ -55,17 +60,13 @@ const fn switch(section: &'static str, name: &'static str, arg: &'static str) ->
 
 /// Every key the file may hold (`docs/medvault.example.toml` documents each).
 pub(crate) const KEYS: &[Key] = &[
-    key("node", "data_dir", "data_dir"),
-    key("node", "database", "database"),
-    key("server", "listen", "listen"),
-    key("server", "base_url", "base_url"),
-    key("server", "max_body_bytes", "max_body_bytes"),
-    key(
-        "server",
-        "request_timeout_seconds",
-        "request_timeout_seconds",
-    ),
-    key("server", "log_format", "log_format"),
+    same("node", "data_dir"),
+    same("node", "database"),
+    same("server", "listen"),
+    same("server", "base_url"),
+    same("server", "max_body_bytes"),
+    same("server", "request_timeout_seconds"),
+    same("server", "log_format"),
     key("tls", "cert", "tls_cert"),
     key("tls", "key", "tls_key"),
     switch("tls", "dev_cert", "tls_dev_cert"),
@@ -76,30 +77,18 @@ pub(crate) const KEYS: &[Key] = &[
         "admin_session_idle_minutes",
     ),
     key("sessions", "max_hours", "session_max_hours"),
-    key("sessions", "step_up_seconds", "step_up_seconds"),
-    key("sessions", "webauthn_origin", "webauthn_origin"),
+    same("sessions", "step_up_seconds"),
+    same("sessions", "webauthn_origin"),
     list("access", "policies", "policies"),
     switch("access", "replace_default_policy", "replace_default_policy"),
-    key(
-        "access",
-        "break_glass_max_minutes",
-        "break_glass_max_minutes",
-    ),
+    same("access", "break_glass_max_minutes"),
     list("clients", "trusted_proxies", "trusted_proxies"),
     key("clients", "address_header", "client_address_header"),
-    key(
-        "clients",
-        "anonymous_requests_per_minute",
-        "anonymous_requests_per_minute",
-    ),
-    key(
-        "clients",
-        "anonymous_summary_seconds",
-        "anonymous_summary_seconds",
-    ),
+    same("clients", "anonymous_requests_per_minute"),
+    same("clients", "anonymous_summary_seconds"),
     list("ledger", "witnesses", "witnesses"),
     list("ledger", "witness_for", "witness_for"),
-    key("sharing", "peer_listen", "peer_listen"),
+    same("sharing", "peer_listen"),
 ];
 
 /// The prefix of an environment override: `MEDVAULT__SERVER__LISTEN=0.0.0.0:8080`.

@@ -2,9 +2,13 @@
 
 /// SHA-256 of `data`, for hashing bearer tokens before they are stored or looked up.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    bytes32(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
+}
+
+/// The 32 bytes of a SHA-256 digest or HMAC-SHA256 tag (always 32 long).
+fn bytes32(d: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
+    out.copy_from_slice(d);
     out
 }
 
@@ -32,10 +36,7 @@ impl Sha256Stream {
     /// The digest of everything added so far.
     #[must_use]
     pub fn finish(self) -> [u8; 32] {
-        let d = self.0.finish();
-        let mut out = [0u8; 32];
-        out.copy_from_slice(d.as_ref());
-        out
+        bytes32(self.0.finish().as_ref())
     }
 }
 
@@ -58,10 +59,7 @@ impl MacStream {
     /// The tag over everything added.
     #[must_use]
     pub fn finish(self) -> [u8; 32] {
-        let tag = self.0.sign();
-        let mut out = [0u8; 32];
-        out.copy_from_slice(tag.as_ref());
-        out
+        bytes32(self.0.sign().as_ref())
     }
 
     /// True if `tag` is the tag over everything added (compared in constant time).

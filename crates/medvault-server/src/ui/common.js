@@ -32,14 +32,18 @@ async function passkeyLogin(username) {
   pk.challenge = b64uToBuf(pk.challenge);
   (pk.allowCredentials || []).forEach((c) => { c.id = b64uToBuf(c.id); });
   const cred = await navigator.credentials.get({ publicKey: pk });
-  return postJson("/auth/passkey/login/finish", { ceremony, credential: {
+  return postJson("/auth/passkey/login/finish", { ceremony, credential: credentialJson(cred, {
+    authenticatorData: bufToB64u(cred.response.authenticatorData),
+    clientDataJSON: bufToB64u(cred.response.clientDataJSON),
+    signature: bufToB64u(cred.response.signature),
+    userHandle: cred.response.userHandle ? bufToB64u(cred.response.userHandle) : null,
+  }) });
+}
+// A WebAuthn credential as the server reads it: binary fields in base64url; `response` holds
+// the ceremony's own response fields.
+function credentialJson(cred, response) {
+  return {
     id: cred.id, rawId: bufToB64u(cred.rawId), type: cred.type,
-    extensions: cred.getClientExtensionResults(),
-    response: {
-      authenticatorData: bufToB64u(cred.response.authenticatorData),
-      clientDataJSON: bufToB64u(cred.response.clientDataJSON),
-      signature: bufToB64u(cred.response.signature),
-      userHandle: cred.response.userHandle ? bufToB64u(cred.response.userHandle) : null,
-    },
-  } });
+    extensions: cred.getClientExtensionResults(), response,
+  };
 }

@@ -32,15 +32,11 @@ $("passkey-register").onclick = async () => {
     pk.user.id = b64uToBuf(pk.user.id);
     (pk.excludeCredentials || []).forEach((c) => { c.id = b64uToBuf(c.id); });
     const cred = await navigator.credentials.create({ publicKey: pk });
-    await post("/auth/passkey/register/finish", { ceremony, credential: {
-      id: cred.id, rawId: bufToB64u(cred.rawId), type: cred.type,
-      extensions: cred.getClientExtensionResults(),
-      response: {
-        attestationObject: bufToB64u(cred.response.attestationObject),
-        clientDataJSON: bufToB64u(cred.response.clientDataJSON),
-        transports: cred.response.getTransports ? cred.response.getTransports() : [],
-      },
-    } });
+    await post("/auth/passkey/register/finish", { ceremony, credential: credentialJson(cred, {
+      attestationObject: bufToB64u(cred.response.attestationObject),
+      clientDataJSON: bufToB64u(cred.response.clientDataJSON),
+      transports: cred.response.getTransports ? cred.response.getTransports() : [],
+    }) });
     $("status").textContent = "Passkey added.";
     $("status").dataset.registered = "yes";
   } catch (e) { fail(e); }
