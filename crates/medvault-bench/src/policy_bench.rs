@@ -20,7 +20,7 @@ use args::arg;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use medvault_core::{ResourceId, Role};
+use medvault_core::{ResourceId, ResourceType, Role};
 use medvault_node::authz::{Guard, Subject};
 use medvault_node::ops::{self, Ctx};
 use medvault_node::search;
@@ -36,7 +36,7 @@ fn main() {
 }
 
 fn create(state: &AppState, v: Value) -> String {
-    let rt = v["resourceType"].as_str().unwrap().to_owned();
+    let rt = ResourceType::new(v["resourceType"].as_str().unwrap()).unwrap();
     let ctx = state.services.unrestricted_node_work();
     let p = ops::prepare(
         state.node.store.as_ref(),
@@ -101,8 +101,9 @@ fn compare(state: &AppState, practitioner: &str, params: &[(String, String)], ro
     // One search, timed; all 100 results must come back (the policy allows them all).
     let timed = |ctx: &Ctx| {
         let t = Instant::now();
+        let observation = ResourceType::from_static("Observation");
         let b =
-            search::search_bundle(store.as_ref(), ctx, "Observation", params, true, base).unwrap();
+            search::search_bundle(store.as_ref(), ctx, &observation, params, true, base).unwrap();
         let took = t.elapsed();
         assert_eq!(b["entry"].as_array().unwrap().len(), 100);
         took

@@ -3,7 +3,10 @@
 //! **Invariant:** no I/O, no async, no clocks. Values are validated in their constructors
 //! ("parse, don't validate"), so a `ResourceId` in hand is always a legal FHIR id.
 
+use std::borrow::Borrow;
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 /// Errors from constructing a domain value out of untrusted text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,40 +23,137 @@ pub enum CoreError {
     /// The role is not one medvault knows.
     #[error("unknown role (known roles: admin)")]
     UnknownRole,
+    /// The number is not an authenticator assurance level medvault records.
+    #[error("unknown authenticator assurance level {0} (known: 1, 2, 3)")]
+    UnknownAal(i64),
 }
 
 /// A FHIR resource type name such as `Patient`.
 ///
 /// Only the syntax is checked here (`[A-Z][A-Za-z]{0,63}`); whether the node serves the type is
-/// the FHIR layer's decision.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ResourceType(String);
+/// the FHIR layer's decision. Names written in the code ([`Self::from_static`],
+/// [`Self::PATIENT`]) are never allocated, and a clone never copies the name (a parsed name is
+/// shared), so a type travels through a request's layers for free. Equality, order and hashing
+/// are the name's.
+#[derive(Clone)]
+pub struct ResourceType(Name);
+
+/// Where a [`ResourceType`]'s name lives.
+#[derive(Clone)]
+enum Name {
+    /// Written in the code.
+    Static(&'static str),
+    /// Parsed at run time, shared by every clone.
+    Shared(Arc<str>),
+}
+
+/// True if `name` is an upper-case ASCII letter followed by at most 63 ASCII letters.
+const fn is_type_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    if b.is_empty() || b.len() > 64 || !b[0].is_ascii_uppercase() {
+        return false;
+    }
+    let mut i = 1;
+    while i < b.len() {
+        if !b[i].is_ascii_alphabetic() {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 
 impl ResourceType {
+    /// `Patient`: the type whose instances own compartments.
+    pub const PATIENT: Self = Self::from_static("Patient");
+
     /// Parses a resource type name.
     ///
     /// # Errors
     /// [`CoreError::InvalidType`] unless the text is an upper-case ASCII letter followed by at
     /// most 63 ASCII letters (the longest R4 type name is 33 characters).
     pub fn new(name: &str) -> Result<Self, CoreError> {
-        let mut chars = name.chars();
-        let first_ok = chars.next().is_some_and(|c| c.is_ascii_uppercase());
-        if first_ok && name.len() <= 64 && chars.all(|c| c.is_ascii_alphabetic()) {
-            Ok(Self(name.to_owned()))
+        if is_type_name(name) {
+            Ok(Self(Name::Shared(Arc::from(name))))
         } else {
             Err(CoreError::InvalidType)
         }
     }
 
+    /// A type name written in the code, checked like [`Self::new`] but without allocating; in a
+    /// `const` an invalid name fails the build.
+    ///
+    /// # Panics
+    /// If `name` is not a syntactically valid type name (a programming error).
+    pub const fn from_static(name: &'static str) -> Self {
+        assert!(is_type_name(name), "not a FHIR resource type name");
+        Self(Name::Static(name))
+    }
+
     /// The type name.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            Name::Static(s) => s,
+            Name::Shared(s) => s,
+        }
+    }
+}
+
+impl fmt::Debug for ResourceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ResourceType").field(&self.as_str()).finish()
     }
 }
 
 impl fmt::Display for ResourceType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq for ResourceType {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for ResourceType {}
+
+impl Hash for ResourceType {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for ResourceType {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ResourceType {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+/// Equality, order and hashing are the name's, so maps keyed by `ResourceType` are looked up
+/// by `&str`.
+impl Borrow<str> for ResourceType {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq<str> for ResourceType {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ResourceType {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }
 
@@ -97,6 +197,14 @@ impl ResourceId {
 impl fmt::Display for ResourceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// Compares as the text does (`Eq`, `Ord` and `Hash` are the text's), so maps keyed by
+/// `ResourceId` are looked up by `&str`.
+impl Borrow<str> for ResourceId {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 
@@ -281,6 +389,54 @@ impl Role {
     }
 }
 
+/// The authenticator assurance level (NIST SP 800-63B) a login session reached. Ordered, so a
+/// gate asks for "at least" a level. Stored as its number (1, 2, 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Aal {
+    /// AAL1: the password alone. Such a session may only enroll a second factor.
+    One,
+    /// AAL2: the password and a second factor (a TOTP code or a recovery code).
+    Two,
+    /// AAL3: a passkey with user verification (a hardware-bound, phishing-resistant factor).
+    Three,
+}
+
+impl Aal {
+    /// The level's number, as stored and as shown to clients.
+    pub fn level(self) -> u8 {
+        match self {
+            Self::One => 1,
+            Self::Two => 2,
+            Self::Three => 3,
+        }
+    }
+
+    /// The level a stored number names.
+    ///
+    /// # Errors
+    /// [`CoreError::UnknownAal`] for any number but 1, 2 and 3.
+    pub fn from_level(level: i64) -> Result<Self, CoreError> {
+        match level {
+            1 => Ok(Self::One),
+            2 => Ok(Self::Two),
+            3 => Ok(Self::Three),
+            other => Err(CoreError::UnknownAal(other)),
+        }
+    }
+}
+
+impl From<Aal> for i64 {
+    fn from(aal: Aal) -> Self {
+        Self::from(aal.level())
+    }
+}
+
+impl fmt::Display for Aal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AAL{}", self.level())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,8 +484,57 @@ mod tests {
     #[test]
     fn type_names_are_checked() {
         assert!(ResourceType::new("Patient").is_ok());
-        for bad in ["", "patient", "Pa tient", "Patient1"] {
-            assert!(ResourceType::new(bad).is_err());
+        for bad in [
+            "",
+            "patient",
+            "Pa tient",
+            "Patient1",
+            "Pätient",
+            &"A".repeat(65),
+        ] {
+            assert!(ResourceType::new(bad).is_err(), "{bad:?}");
         }
+        assert!(ResourceType::new(&"A".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn static_type_names_equal_parsed_ones() {
+        use std::collections::{BTreeMap, HashMap};
+        let parsed = ResourceType::new("Patient").unwrap();
+        assert_eq!(ResourceType::PATIENT, parsed);
+        assert_eq!(ResourceType::from_static("Consent").as_str(), "Consent");
+        assert_eq!(format!("{parsed:?}"), "ResourceType(\"Patient\")");
+        assert!(ResourceType::from_static("Consent") < parsed);
+        assert!(parsed == "Patient" && parsed != "Consent");
+        // Maps keyed by type are looked up by name.
+        let hashed: HashMap<ResourceType, u8> = [(ResourceType::PATIENT, 1)].into();
+        let ordered: BTreeMap<ResourceType, u8> = [(parsed, 2)].into();
+        assert_eq!(hashed.get("Patient"), Some(&1));
+        assert_eq!(ordered.get("Patient"), Some(&2));
+        let ids: HashMap<ResourceId, u8> = [(ResourceId::new("a").unwrap(), 3)].into();
+        assert_eq!(ids.get("a"), Some(&3));
+    }
+
+    #[test]
+    #[should_panic(expected = "not a FHIR resource type name")]
+    fn static_type_names_are_checked() {
+        let _ = ResourceType::from_static("patient");
+    }
+
+    #[test]
+    fn assurance_levels_order_and_round_trip() {
+        assert!(Aal::One < Aal::Two && Aal::Two < Aal::Three);
+        for aal in [Aal::One, Aal::Two, Aal::Three] {
+            assert_eq!(Aal::from_level(i64::from(aal)), Ok(aal));
+        }
+        for bad in [0, 4, -1, 256] {
+            assert_eq!(Aal::from_level(bad), Err(CoreError::UnknownAal(bad)));
+        }
+        assert_eq!(Aal::Two.to_string(), "AAL2");
+        assert!(
+            CoreError::UnknownAal(7)
+                .to_string()
+                .contains("assurance level 7")
+        );
     }
 }

@@ -13,7 +13,7 @@ mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use medvault_core::{Compartment, ResourceId};
+use medvault_core::{Compartment, ResourceId, ResourceType};
 use serde_json::Value;
 
 pub use path::{local_reference, relative_reference};
@@ -62,7 +62,7 @@ pub struct TypeInfo {
 
 /// The loaded FHIR R4 definitions.
 pub struct Fhir {
-    types: BTreeMap<String, TypeInfo>,
+    types: BTreeMap<ResourceType, TypeInfo>,
     all_types: BTreeSet<String>,
     validators: validate::Validators,
 }
@@ -149,8 +149,9 @@ impl Fhir {
                         .collect()
                 })
                 .unwrap_or_default();
+            let name = ResourceType::new(t).map_err(|_| FhirError::UnknownType(t.to_owned()))?;
             types.insert(
-                t.to_owned(),
+                name,
                 TypeInfo {
                     params: by_code,
                     compartment_params,
@@ -165,13 +166,19 @@ impl Fhir {
     }
 
     /// The served types and what the node knows of each.
-    pub fn types(&self) -> &BTreeMap<String, TypeInfo> {
+    pub fn types(&self) -> &BTreeMap<ResourceType, TypeInfo> {
         &self.types
     }
 
     /// The served type named `name`, if served.
     pub fn type_info(&self, name: &str) -> Option<&TypeInfo> {
         self.types.get(name)
+    }
+
+    /// The served type named `name` as a [`ResourceType`], borrowed from the definitions (no
+    /// allocation), if served.
+    pub fn served(&self, name: &str) -> Option<&ResourceType> {
+        self.types.get_key_value(name).map(|(t, _)| t)
     }
 
     /// True if `name` is any R4 resource type (served or not).
@@ -401,6 +408,8 @@ mod tests {
     fn loads_the_served_types_with_their_parameters() {
         let f = Fhir::load().unwrap();
         assert!(f.types().len() >= 16);
+        assert_eq!(f.served("Patient"), Some(&ResourceType::PATIENT));
+        assert_eq!(f.served("Banana"), None);
         let p = f.type_info("Patient").unwrap();
         for code in [
             "identifier",

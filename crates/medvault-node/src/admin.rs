@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use medvault_core::{Compartment, ResourceId};
+use medvault_core::{Compartment, ResourceId, ResourceType};
 use medvault_crypto::Kek;
 use medvault_store::{StoreError, write_with};
 
@@ -107,13 +107,13 @@ pub fn erase_patient(node: &Node, patient: &ResourceId) -> Result<Erased, Error>
 /// 404 unknown, 409 the current version, 410 an erased patient's; store failures.
 pub fn expunge_version(
     node: &Node,
-    rt: &str,
+    rt: &ResourceType,
     id: &ResourceId,
     version: u64,
 ) -> Result<Expunged, Error> {
     crate::ops::served_type(&node.fhir, rt)?;
     let ctx = crate::ctx::Ctx::unrestricted_node_work(node);
-    let (rt, id) = (rt.to_owned(), id.clone());
+    let (rt, id) = (rt.clone(), id.clone());
     let out = write_with(node.store.as_ref(), move |tx| {
         Ok(crate::ops::expunge(tx, &ctx, &rt, &id, version)?)
     })?;

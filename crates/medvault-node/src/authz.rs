@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use medvault_core::Role;
+use medvault_core::{ResourceType, Role};
 use medvault_policy::consent::{self, ConsentRequest};
 use medvault_policy::{Action, ConsentState, PolicyEngine, Query};
 use medvault_store::StoreRead;
@@ -66,7 +66,7 @@ struct PatientFacts {
 /// relationship, own, consent, break-glass).
 type DecisionKey = (
     Action,
-    String,
+    ResourceType,
     Vec<String>,
     bool,
     bool,
@@ -75,8 +75,13 @@ type DecisionKey = (
     bool,
 );
 
+const CARE_TEAM: ResourceType = ResourceType::from_static("CareTeam");
+const ENCOUNTER: ResourceType = ResourceType::from_static("Encounter");
+const CONSENT: ResourceType = ResourceType::from_static("Consent");
+const PRACTITIONER_ROLE: ResourceType = ResourceType::from_static("PractitionerRole");
+
 /// Resource types whose writes change the facts decisions rest on.
-pub const FACT_TYPES: [&str; 4] = ["CareTeam", "Encounter", "Consent", "PractitionerRole"];
+pub const FACT_TYPES: [ResourceType; 4] = [CARE_TEAM, ENCOUNTER, CONSENT, PRACTITIONER_ROLE];
 
 /// How long a patient's facts are trusted without looking them up again, when nothing this
 /// process wrote changed them (another process's writes are seen within this time).
@@ -296,7 +301,7 @@ pub fn relationship_in(record: &Value, who: &str, now: i64) -> bool {
 fn find_all(
     store: &dyn StoreRead,
     ctx: &Ctx,
-    rt: &str,
+    rt: &ResourceType,
     params: &[(&str, &str)],
 ) -> Result<Vec<Value>, Error> {
     let params: Vec<(String, String)> = params
@@ -326,8 +331,8 @@ impl Guard {
 
     /// Notes that the request wrote a resource of type `rt` (if it is one of [`FACT_TYPES`],
     /// the shared facts must be forgotten once the write has committed).
-    pub fn wrote(&self, rt: &str) {
-        if FACT_TYPES.contains(&rt) {
+    pub fn wrote(&self, rt: &ResourceType) {
+        if FACT_TYPES.contains(rt) {
             self.wrote_facts.store(true, Ordering::SeqCst);
         }
     }
@@ -415,7 +420,7 @@ impl Guard {
                 let now = ctx.clock.now_micros().div_euclid(1_000_000);
                 let mut list = vec![who.clone()];
                 let mut inactive_teams = Vec::new();
-                for role in find_all(store, &inner, "PractitionerRole", &[("practitioner", &who)])?
+                for role in find_all(store, &inner, &PRACTITIONER_ROLE, &[("practitioner", &who)])?
                 {
                     if role.get("active").and_then(Value::as_bool) == Some(false)
                         || !period_covers(role.get("period"), now)
@@ -433,7 +438,7 @@ impl Guard {
                         list.push(org.to_owned());
                     }
                 }
-                for team in find_all(store, &inner, "CareTeam", &[("participant", &who)])? {
+                for team in find_all(store, &inner, &CARE_TEAM, &[("participant", &who)])? {
                     if names(team.get("participant"), "member", &who, now)
                         && let Some(id) = team.get("id").and_then(Value::as_str)
                     {
@@ -474,10 +479,10 @@ impl Guard {
         let relationship = match &self.subject.practitioner {
             Some(who) => {
                 let with = [of_patient, ("participant", who.as_str())];
-                find_all(store, &inner, "CareTeam", &with)?
+                find_all(store, &inner, &CARE_TEAM, &with)?
                     .iter()
                     .any(|t| care_team_active(t, who, now))
-                    || find_all(store, &inner, "Encounter", &with)?
+                    || find_all(store, &inner, &ENCOUNTER, &with)?
                         .iter()
                         .any(|e| encounter_active(e, who, now))
             }
@@ -485,7 +490,7 @@ impl Guard {
         };
         Ok(SharedFacts {
             relationship,
-            consents: Arc::new(find_all(store, &inner, "Consent", &[of_patient])?),
+            consents: Arc::new(find_all(store, &inner, &CONSENT, &[of_patient])?),
         })
     }
 
@@ -500,7 +505,7 @@ impl Guard {
         store: &dyn StoreRead,
         ctx: &Ctx,
         action: Action,
-        rt: &str,
+        rt: &ResourceType,
         key_name: &str,
         resource: Option<&Value>,
     ) -> Result<Result<(), Vec<String>>, Error> {
@@ -522,7 +527,7 @@ impl Guard {
                     actors: &actors.deny,
                     permit_actors: Some(&actors.permit),
                     purpose: s.purpose.as_deref(),
-                    resource_type: rt,
+                    resource_type: rt.as_str(),
                     labels: &labels,
                     at: &at,
                 },
@@ -533,10 +538,10 @@ impl Guard {
         let own = patient.is_some() && s.patient.as_deref() == patient;
         // A clinical record outside every patient's compartment is still patient data (it is
         // decided with no relationship, consent or ownership): never directory data.
-        let patient_data = patient.is_some() || ctx.fhir.is_clinical_type(rt);
+        let patient_data = patient.is_some() || ctx.fhir.is_clinical_type(rt.as_str());
         let key: DecisionKey = (
             action,
-            rt.to_owned(),
+            rt.clone(),
             labels,
             patient_data,
             facts.shared.relationship,
@@ -557,7 +562,7 @@ impl Guard {
                             user: &s.user,
                             role: s.role.as_str(),
                             action,
-                            resource_type: rt,
+                            resource_type: rt.as_str(),
                             labels: &k.2,
                             patient_data: k.3,
                             purpose: s.purpose.as_deref(),
@@ -647,7 +652,7 @@ impl AccessPolicy for Guard {
         store: &dyn StoreRead,
         ctx: &Ctx,
         action: Action,
-        rt: &str,
+        rt: &ResourceType,
         key_name: &str,
         resource: Option<&Value>,
     ) -> Result<Result<(), Vec<String>>, Error> {
@@ -662,7 +667,7 @@ impl AccessPolicy for Guard {
         Guard::withheld(self);
     }
 
-    fn wrote(&self, rt: &str) {
+    fn wrote(&self, rt: &ResourceType) {
         Guard::wrote(self, rt);
     }
 

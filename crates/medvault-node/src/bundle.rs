@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use http::StatusCode;
-use medvault_core::ResourceId;
+use medvault_core::{ResourceId, ResourceType};
 use medvault_store::{Store, StoreRead, StoreTx, write_with};
 use serde_json::{Value, json};
 
@@ -25,33 +25,33 @@ pub const MAX_ENTRIES: usize = 1000;
 #[derive(Debug, Clone)]
 enum EntryOp {
     Create {
-        rt: String,
+        rt: ResourceType,
         resource: Value,
         if_none_exist: Option<String>,
         full_url: Option<String>,
     },
     Update {
-        rt: String,
+        rt: ResourceType,
         id: ResourceId,
         resource: Value,
         if_match: Option<u64>,
         full_url: Option<String>,
     },
     Delete {
-        rt: String,
+        rt: ResourceType,
         id: ResourceId,
     },
     Read {
-        rt: String,
+        rt: ResourceType,
         id: ResourceId,
         version: Option<u64>,
     },
     Search {
-        rt: String,
+        rt: ResourceType,
         params: Vec<(String, String)>,
     },
     History {
-        rt: String,
+        rt: ResourceType,
         id: Option<ResourceId>,
         params: Vec<(String, String)>,
     },
@@ -115,17 +115,15 @@ fn parse_entry(ctx: &Ctx, entry: &Value) -> Result<EntryOp, Error> {
         })
     };
     let target = parse_path(path)?;
-    let rt_of = |t: &Target| match t {
-        Target::Type(r)
-        | Target::TypeSearch(r)
-        | Target::TypeHistory(r)
-        | Target::Instance(r, _)
-        | Target::InstanceHistory(r, _)
-        | Target::Version(r, _, _) => Some(r.clone()),
-        _ => None,
-    };
-    if let Some(rt) = rt_of(&target) {
-        ops::served_type(&ctx.fhir, &rt)?;
+    // (An operation is refused below as unsupported in a Bundle, whatever its type.)
+    if let Target::Type(rt)
+    | Target::TypeSearch(rt)
+    | Target::TypeHistory(rt)
+    | Target::Instance(rt, _)
+    | Target::InstanceHistory(rt, _)
+    | Target::Version(rt, _, _) = &target
+    {
+        ops::served_type(&ctx.fhir, rt)?;
     }
     let op = match (method, target) {
         ("POST", Target::Type(rt)) => EntryOp::Create {
@@ -300,7 +298,7 @@ fn transaction(
                 if_none_exist,
                 full_url,
             } => {
-                let mut id = ResourceId::random().to_string();
+                let mut id = ResourceId::random();
                 if let Some(q) = if_none_exist.as_deref() {
                     let hits =
                         search::matching_ids(&*tx, ctx, rt, &search::parse_query_string(q), 2)
@@ -327,7 +325,7 @@ fn transaction(
                     map.insert(u.clone(), format!("{rt}/{id}"));
                 }
                 if let Value::Object(o) = resource {
-                    o.insert("id".into(), Value::String(id));
+                    o.insert("id".into(), Value::String(id.to_string()));
                 }
             }
             EntryOp::Update {
@@ -355,8 +353,7 @@ fn transaction(
             let EntryOp::Create { rt, .. } = &op else {
                 continue;
             };
-            let id = ops::parse_id(id)?;
-            ops::read(&*tx, ctx, rt, &id, None)
+            ops::read(&*tx, ctx, rt, id, None)
         } else if op.is_write() {
             match op {
                 EntryOp::Create { rt, resource, .. } => {

@@ -36,7 +36,7 @@ pub fn statement(fhir: &Fhir, base: &str, now: &str) -> Value {
                 .map(|p| format!("{name}:{}", p.code))
                 .collect();
             json!({
-                "type": name,
+                "type": name.as_str(),
                 "interaction": interactions,
                 "versioning": "versioned-update",
                 "readHistory": true,

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use medvault_auth::scopes::{Access, COMPARTMENT_CONSTRAINT, Interaction, ScopeSet};
-use medvault_core::{ResourceId, Role};
+use medvault_core::{ResourceId, ResourceType, Role};
 use medvault_fhir::Fhir;
 use medvault_policy::Action;
 use medvault_store::StoreRead;
@@ -40,7 +40,7 @@ pub trait AccessPolicy: sealed::Sealed + Send + Sync {
         store: &dyn StoreRead,
         ctx: &Ctx,
         action: Action,
-        rt: &str,
+        rt: &ResourceType,
         key_name: &str,
         resource: Option<&Value>,
     ) -> Result<Result<(), Vec<String>>, Error>;
@@ -54,7 +54,7 @@ pub trait AccessPolicy: sealed::Sealed + Send + Sync {
 
     /// Notes that the request wrote a resource of type `rt` (facts the policy rests on may
     /// have changed once the write commits).
-    fn wrote(&self, rt: &str);
+    fn wrote(&self, rt: &ResourceType);
 
     /// The ids of the rules that refused something so far.
     fn denied_by(&self) -> Vec<String>;
@@ -233,7 +233,7 @@ impl Ctx {
         &self,
         store: &dyn StoreRead,
         action: Action,
-        rt: &str,
+        rt: &ResourceType,
         key_name: &str,
         resource: Option<&Value>,
     ) -> Result<Result<(), Vec<String>>, Error> {
@@ -252,7 +252,7 @@ impl Ctx {
         &self,
         store: &dyn StoreRead,
         interaction: Interaction,
-        rt: &str,
+        rt: &ResourceType,
         key_name: &str,
         resource: Option<&Value>,
     ) -> Result<bool, Error> {
@@ -278,11 +278,15 @@ impl Ctx {
     ///
     /// # Errors
     /// 403 when nothing allows it.
-    pub fn scope_access(&self, rt: &str, interaction: Interaction) -> Result<Access, Error> {
+    pub fn scope_access(
+        &self,
+        rt: &ResourceType,
+        interaction: Interaction,
+    ) -> Result<Access, Error> {
         let Some(scopes) = &self.scopes else {
             return Ok(Access::Full);
         };
-        match scopes.access(rt, interaction) {
+        match scopes.access(rt.as_str(), interaction) {
             Access::Denied => Err(out_of_scope(
                 &format!("{interaction:?} on {rt}").to_lowercase(),
             )),
@@ -298,13 +302,13 @@ impl Ctx {
     /// 403 when they do not.
     pub fn scope_allows(
         &self,
-        rt: &str,
+        rt: &ResourceType,
         interaction: Interaction,
         resource: &Value,
     ) -> Result<(), Error> {
         match self.scope_access(rt, interaction)? {
             Access::Full => Ok(()),
-            Access::Denied => Err(out_of_scope(rt)),
+            Access::Denied => Err(out_of_scope(rt.as_str())),
             Access::Constrained(groups) => {
                 if groups
                     .iter()
@@ -325,7 +329,13 @@ impl Ctx {
 /// `_compartment` constraint of a patient context: the resource is in that patient's
 /// compartment, as the sealing key is chosen). An unknown parameter or a value that does not
 /// parse matches nothing (fail closed).
-pub fn satisfies(fhir: &Fhir, rt: &str, resource: &Value, group: &[(String, String)]) -> bool {
+pub fn satisfies(
+    fhir: &Fhir,
+    rt: &ResourceType,
+    resource: &Value,
+    group: &[(String, String)],
+) -> bool {
+    let rt = rt.as_str();
     let Some(info) = fhir.type_info(rt) else {
         return false;
     };

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 
+use medvault_core::ResourceType;
 use medvault_crypto::{
     BlindIndexer, BlindValue, CryptoError, DataKey, Kek, KeyFileKind, ParamKey, Passphrase,
     RootKey, WrappedKey,
@@ -300,7 +301,8 @@ impl KeyRing {
         }
     }
 
-    /// The blind-index key of one parameter.
+    /// The blind-index key of one parameter of `resource_type` (a FHIR type's name, or the
+    /// name of one of the node's own indexes such as `@user`).
     ///
     /// # Errors
     /// Only if HKDF fails (it cannot for these lengths).
@@ -331,11 +333,11 @@ impl KeyRing {
     /// As [`Self::param_key`].
     pub fn blind<'a>(
         &self,
-        resource_type: &str,
+        resource_type: &ResourceType,
         param: &str,
         keys: impl IntoIterator<Item = &'a Vec<u8>>,
     ) -> Result<Vec<BlindValue>, KeyError> {
-        let k = self.param_key(resource_type, param)?;
+        let k = self.param_key(resource_type.as_str(), param)?;
         Ok(keys.into_iter().map(|x| k.blind(x)).collect())
     }
 }

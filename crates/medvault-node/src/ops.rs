@@ -7,7 +7,7 @@
 
 use http::StatusCode;
 use medvault_auth::scopes::{Access, Interaction};
-use medvault_core::{Compartment, ResourceId};
+use medvault_core::{Compartment, ResourceId, ResourceType};
 use medvault_crypto::BlindValue;
 use medvault_crypto::RecordAad;
 use medvault_fhir::Fhir;
@@ -18,7 +18,9 @@ use serde_json::{Map, Value, json};
 use crate::clock::instant;
 use crate::ctx::{out_of_scope, policy_action};
 use crate::error::{Error, ErrorKind, IssueCode};
-use crate::records::{Verdict, current_verdict, decision_content, hidden, key_error, not_known};
+use crate::records::{
+    Verdict, current_verdict, decision_content, hidden, key_error, not_known, stored_id,
+};
 use crate::search;
 
 // The access context and record reading live below the interactions (so that search and the
@@ -44,8 +46,14 @@ pub const MAX_INDEX_KEYS_PER_PARAM: usize = 1_000;
 pub const MAX_INDEX_KEYS: usize = 10_000;
 
 /// The largest JSON a resource of type `rt` may have (`None`: the body limit decides).
-pub fn max_resource_bytes(rt: &str) -> Option<usize> {
-    (!LARGE_TYPES.contains(&rt)).then_some(MAX_RESOURCE_BYTES)
+pub fn max_resource_bytes(rt: &ResourceType) -> Option<usize> {
+    max_bytes_named(rt.as_str())
+}
+
+/// [`max_resource_bytes`] by the `resourceType` a body names, before anything else of it is
+/// checked (a transaction's resources are bounded before any of its entries is parsed).
+fn max_bytes_named(name: &str) -> Option<usize> {
+    (!LARGE_TYPES.contains(&name)).then_some(MAX_RESOURCE_BYTES)
 }
 
 /// True if the JSON text of `v` is longer than `limit` bytes (stops counting once it is).
@@ -87,7 +95,7 @@ fn longer_than(v: &Value, limit: usize) -> bool {
 fn existing_allows(
     store: &dyn StoreRead,
     ctx: &Ctx,
-    rt: &str,
+    rt: &ResourceType,
     id: &ResourceId,
     interaction: Interaction,
 ) -> Result<(), Error> {
@@ -95,12 +103,12 @@ fn existing_allows(
     if !constrained && ctx.guard().is_none() {
         return Ok(());
     }
-    let Some(row) = store.version(rt, id.as_str(), None)? else {
+    let Some(row) = store.version(rt, id, None)? else {
         return Ok(());
     };
     // Decided before anything about the stored row shows (an erased patient's resource
     // answers as missing unless the request may see that patient).
-    let content = stored_allows(store, ctx, &row, policy_action(interaction))?;
+    let content = stored_allows(store, ctx, rt, id, &row, policy_action(interaction))?;
     if row.shredded {
         return Err(Error::gone("this patient's data was erased"));
     }
@@ -108,37 +116,29 @@ fn existing_allows(
         && let Some(resource) = &content
         && let Err(e) = ctx.scope_allows(rt, interaction, resource)
     {
-        return Err(hidden(
-            rt,
-            id.as_str(),
-            None,
-            e.denied_by.unwrap_or_default(),
-        ));
+        return Err(hidden(rt, id, None, e.denied_by.unwrap_or_default()));
     }
     Ok(())
 }
 
-/// Checks the access policy lets the request see the stored `row` and do `action` to it (what
-/// one may not see one may not change either); returns the content the decision rested on.
+/// Checks the access policy lets the request see `row` (stored for `rt/id`) and do `action`
+/// to it (what one may not see one may not change either); returns the content the decision
+/// rested on.
 ///
 /// # Errors
 /// 404 as for a missing resource when it does not; store and key errors.
 fn stored_allows(
     store: &dyn StoreRead,
     ctx: &Ctx,
+    rt: &ResourceType,
+    id: &ResourceId,
     row: &StoredVersion,
     action: Action,
 ) -> Result<Option<Value>, Error> {
-    let content = decision_content(store, ctx, row)?;
+    let content = decision_content(store, ctx, rt, id, row)?;
     for a in [Action::Read, action] {
-        ctx.permits(
-            store,
-            a,
-            &row.resource_type,
-            &row.key_name,
-            content.as_ref(),
-        )?
-        .map_err(|p| hidden(&row.resource_type, &row.id, None, p.join(",")))?;
+        ctx.permits(store, a, rt, &row.key_name, content.as_ref())?
+            .map_err(|p| hidden(rt, id, None, p.join(",")))?;
     }
     Ok(content)
 }
@@ -146,12 +146,12 @@ fn stored_allows(
 /// The current (deleted) version of a resource, for deciding on what a write would replace.
 fn current_row(
     store: &dyn StoreRead,
-    rt: &str,
+    rt: &ResourceType,
     id: &ResourceId,
     version: u64,
 ) -> Result<StoredVersion, Error> {
     store
-        .version(rt, id.as_str(), Some(version))?
+        .version(rt, id, Some(version))?
         .ok_or_else(|| Error::internal(&"current version vanished"))
 }
 
@@ -196,7 +196,7 @@ fn policy_refusal(interaction: Interaction) -> Error {
 /// A resource validated, indexed and ready to be sealed.
 #[derive(Debug)]
 pub struct Prepared {
-    rt: String,
+    rt: ResourceType,
     id: ResourceId,
     resource: Value,
     compartment: Compartment,
@@ -213,12 +213,13 @@ impl Prepared {
     }
 }
 
-/// Checks a type name from a URL or Bundle: 404 for a name that is no R4 resource type and for a
+/// Checks a type from a URL or Bundle: 404 for a name that is no R4 resource type and for a
 /// type this node does not serve.
 ///
 /// # Errors
 /// 404 as above.
-pub fn served_type(fhir: &Fhir, name: &str) -> Result<(), Error> {
+pub fn served_type(fhir: &Fhir, rt: &ResourceType) -> Result<(), Error> {
+    let name = rt.as_str();
     if fhir.type_info(name).is_some() {
         Ok(())
     } else if fhir.is_r4_type(name) {
@@ -248,7 +249,7 @@ pub fn parse_id(text: &str) -> Result<ResourceId, Error> {
 pub fn prepare(
     store: &dyn StoreRead,
     ctx: &Ctx,
-    rt: &str,
+    rt: &ResourceType,
     id: ResourceId,
     mut resource: Value,
     id_must_match: bool,
@@ -261,7 +262,7 @@ pub fn prepare(
         ));
     };
     match map.get("resourceType").and_then(Value::as_str) {
-        Some(t) if t == rt => {}
+        Some(t) if t == rt.as_str() => {}
         Some(_) => {
             return Err(Error::bad_request(format!(
                 "resourceType does not match the URL (expected {rt})"
@@ -309,11 +310,14 @@ pub fn prepare(
             format!("a {rt} may be at most {limit} bytes of JSON"),
         ));
     }
-    ctx.fhir.validate(rt, &resource).map_err(|issues| {
-        let mut e = Error::bad_request("the resource does not conform to the FHIR R4 definitions");
-        e.details = issues.into_iter().map(|i| (i.path, i.message)).collect();
-        e
-    })?;
+    ctx.fhir
+        .validate(rt.as_str(), &resource)
+        .map_err(|issues| {
+            let mut e =
+                Error::bad_request("the resource does not conform to the FHIR R4 definitions");
+            e.details = issues.into_iter().map(|i| (i.path, i.message)).collect();
+            e
+        })?;
     if rt == "Consent" {
         // A consent the evaluator cannot apply would be stored and silently ignored: refused,
         // so the patient (or their proxy) can say it in a form that takes effect.
@@ -328,14 +332,14 @@ pub fn prepare(
     };
     resolve_patient_links(store, ctx, rt, &mut resource, interaction)?;
     ctx.scope_allows(rt, interaction, &resource)?;
-    let compartment = ctx.fhir.compartment_of(rt, &id, &resource);
+    let compartment = ctx.fhir.compartment_of(rt.as_str(), &id, &resource);
     let mut index = Vec::new();
     for (code, keys) in plan_index(&ctx.fhir, rt, &resource)? {
         let blinded = ctx.keys.blind(rt, code, &keys).map_err(key_error)?;
         index.extend(blinded);
     }
     Ok(Prepared {
-        rt: rt.to_owned(),
+        rt: rt.clone(),
         id,
         resource,
         compartment,
@@ -355,10 +359,10 @@ type PlannedIndex<'f> = (&'f str, Vec<Vec<u8>>);
 /// 422 `too-costly` past [`MAX_INDEX_KEYS_PER_PARAM`] or [`MAX_INDEX_KEYS`].
 fn plan_index<'f>(
     fhir: &'f Fhir,
-    rt: &str,
+    rt: &ResourceType,
     resource: &Value,
 ) -> Result<Vec<PlannedIndex<'f>>, Error> {
-    let Some(info) = fhir.type_info(rt) else {
+    let Some(info) = fhir.type_info(rt.as_str()) else {
         return Ok(Vec::new());
     };
     let too_many = |what: String| {
@@ -408,7 +412,7 @@ pub fn check_transaction_load(ctx: &Ctx, resources: &[&Value]) -> Result<(), Err
         let Some(rt) = r.get("resourceType").and_then(Value::as_str) else {
             continue;
         };
-        if let Some(limit) = max_resource_bytes(rt)
+        if let Some(limit) = max_bytes_named(rt)
             && longer_than(r, limit)
         {
             return Err(Error::new(
@@ -417,10 +421,13 @@ pub fn check_transaction_load(ctx: &Ctx, resources: &[&Value]) -> Result<(), Err
                 format!("a {rt} may be at most {limit} bytes of JSON"),
             ));
         }
-        total += plan_index(&ctx.fhir, rt, r)?
-            .iter()
-            .map(|(_, k)| k.len())
-            .sum::<usize>();
+        // A type the node does not serve has no index (its entry is refused when parsed).
+        if let Some(rt) = ctx.fhir.served(rt) {
+            total += plan_index(&ctx.fhir, rt, r)?
+                .iter()
+                .map(|(_, k)| k.len())
+                .sum::<usize>();
+        }
         if total > MAX_BUNDLE_INDEX_KEYS {
             return Err(Error::new(
                 ErrorKind::Unprocessable,
@@ -447,25 +454,27 @@ pub fn check_transaction_load(ctx: &Ctx, resources: &[&Value]) -> Result<(), Err
 fn resolve_patient_links(
     store: &dyn StoreRead,
     ctx: &Ctx,
-    rt: &str,
+    rt: &ResourceType,
     resource: &mut Value,
     interaction: Interaction,
 ) -> Result<(), Error> {
     use medvault_fhir::PatientLink;
-    let links = ctx.fhir.unresolved_patient_links(rt, resource);
+    let links = ctx.fhir.unresolved_patient_links(rt.as_str(), resource);
     if links.is_empty() {
         return Ok(());
     }
     let inner = ctx.as_node_work();
-    let find = |system: &Option<String>, value: &Option<String>| -> Result<Vec<String>, Error> {
-        match (system, value) {
-            (Some(system), Some(value)) if !system.is_empty() && !value.is_empty() => {
-                let token = format!("{}|{}", escape_token(system), escape_token(value));
-                search::matching_ids(store, &inner, "Patient", &[("identifier".into(), token)], 2)
+    let find =
+        |system: &Option<String>, value: &Option<String>| -> Result<Vec<ResourceId>, Error> {
+            match (system, value) {
+                (Some(system), Some(value)) if !system.is_empty() && !value.is_empty() => {
+                    let token = format!("{}|{}", escape_token(system), escape_token(value));
+                    let by_identifier = [("identifier".into(), token)];
+                    search::matching_ids(store, &inner, &ResourceType::PATIENT, &by_identifier, 2)
+                }
+                _ => Ok(Vec::new()),
             }
-            _ => Ok(Vec::new()),
-        }
-    };
+        };
     let mut rewrites: Vec<(Value, String)> = Vec::new();
     for link in links {
         let found = match &link {
@@ -587,13 +596,13 @@ fn commit(
     let key = ctx.keys.for_write(tx, &key_name).map_err(key_error)?;
     let aad = RecordAad {
         tenant: ctx.keys.tenant(),
-        resource_type: &p.rt,
+        resource_type: p.rt.as_str(),
         id: p.id.as_str(),
         version,
     };
     let sealed = key.seal(&aad, &bytes).map_err(|e| Error::internal(&e))?;
     let mut v = StoredVersion {
-        resource_type: p.rt,
+        resource_type: p.rt.as_str().to_owned(),
         id: p.id.to_string(),
         version,
         last_updated_micros: now,
@@ -608,7 +617,7 @@ fn commit(
     let leaf = ctx.ledger.record_leaf(&mut v)?;
     tx.put_version(&v, &p.index, &leaf)?;
     if let Some(g) = ctx.guard() {
-        g.wrote(&v.resource_type);
+        g.wrote(&p.rt);
     }
     Ok(resource)
 }
@@ -662,7 +671,7 @@ pub fn create(
         }
     }
     new_content_allowed(&*tx, ctx, &p, Interaction::Create)?;
-    if tx.current(&p.rt, p.id.as_str())?.is_some() {
+    if tx.current(&p.rt, &p.id)?.is_some() {
         return Err(Error::new(
             ErrorKind::Conflict,
             IssueCode::Duplicate,
@@ -670,7 +679,7 @@ pub fn create(
         ));
     }
     let now = ctx.clock.now_micros();
-    let (rt, id, key) = (p.rt.clone(), p.id.to_string(), p.compartment.key_name());
+    let (rt, id, key) = (p.rt.clone(), p.id.clone(), p.compartment.key_name());
     let stored = commit(tx, ctx, p, 1, now)?;
     Ok(Outcome::of_version(StatusCode::CREATED, &rt, &id, 1, now, Some(stored)).with_key(key))
 }
@@ -685,7 +694,7 @@ pub fn update(
     p: Prepared,
     if_match: Option<u64>,
 ) -> Result<Outcome, Error> {
-    let current = tx.current(&p.rt, p.id.as_str())?;
+    let current = tx.current(&p.rt, &p.id)?;
     new_content_allowed(&*tx, ctx, &p, Interaction::Update)?;
     if current.as_ref().is_some_and(|c| !c.deleted) {
         existing_allows(&*tx, ctx, &p.rt, &p.id, Interaction::Update)?;
@@ -693,7 +702,7 @@ pub fn update(
         // Re-creating a deleted resource continues its history: the request must be allowed
         // what it replaces, as for a live one.
         let row = current_row(&*tx, &p.rt, &p.id, c.version)?;
-        stored_allows(&*tx, ctx, &row, Action::Update)?;
+        stored_allows(&*tx, ctx, &p.rt, &p.id, &row, Action::Update)?;
     }
     if current.as_ref().is_some_and(|c| c.deleted)
         && !matches!(ctx.scope_access(&p.rt, Interaction::Update)?, Access::Full)
@@ -710,7 +719,7 @@ pub fn update(
         if live.is_none() {
             // Nothing live to match: answered as a hidden resource is, so If-Match cannot
             // tell the two apart.
-            return Err(not_known(&p.rt, p.id.as_str(), None));
+            return Err(not_known(&p.rt, &p.id, None));
         }
         if live != Some(expected) {
             return Err(Error::new(
@@ -726,7 +735,7 @@ pub fn update(
         None => (1, StatusCode::CREATED),
     };
     let now = ctx.clock.now_micros();
-    let (rt, id, key) = (p.rt.clone(), p.id.to_string(), p.compartment.key_name());
+    let (rt, id, key) = (p.rt.clone(), p.id.clone(), p.compartment.key_name());
     let moved = current.as_ref().is_some_and(|c| c.key_name != key);
     let stored = commit(tx, ctx, p, version, now)?;
     if moved {
@@ -744,8 +753,8 @@ pub fn update(
 fn reseal_history(
     tx: &mut dyn StoreTx,
     ctx: &Ctx,
-    rt: &str,
-    id: &str,
+    rt: &ResourceType,
+    id: &ResourceId,
     newest: u64,
     key_name: &str,
     now: i64,
@@ -778,8 +787,8 @@ fn reseal_history(
                 );
                 let aad = RecordAad {
                     tenant: ctx.keys.tenant(),
-                    resource_type: rt,
-                    id,
+                    resource_type: rt.as_str(),
+                    id: id.as_str(),
                     version: v,
                 };
                 Some(key.seal(&aad, &bytes).map_err(|e| Error::internal(&e))?)
@@ -828,15 +837,15 @@ fn amend(
 pub fn expunge(
     tx: &mut dyn StoreTx,
     ctx: &Ctx,
-    rt: &str,
+    rt: &ResourceType,
     id: &ResourceId,
     version: u64,
 ) -> Result<Outcome, Error> {
-    let Some(current) = tx.current(rt, id.as_str())? else {
-        return Err(not_known(rt, id.as_str(), Some(version)));
+    let Some(current) = tx.current(rt, id)? else {
+        return Err(not_known(rt, id, Some(version)));
     };
-    let Some(row) = tx.version(rt, id.as_str(), Some(version))? else {
-        return Err(not_known(rt, id.as_str(), Some(version)));
+    let Some(row) = tx.version(rt, id, Some(version))? else {
+        return Err(not_known(rt, id, Some(version)));
     };
     if version == current.version {
         return Err(Error::new(
@@ -858,7 +867,7 @@ pub fn expunge(
     // A delete marker is decided on the version it deleted: that version must keep its
     // content, or the deletion of hidden (e.g. HIV-labelled) data would stop being hidden.
     if tx
-        .version(rt, id.as_str(), Some(version + 1))?
+        .version(rt, id, Some(version + 1))?
         .is_some_and(|next| next.body.is_none() && !next.expunged)
     {
         return Err(Error::new(
@@ -899,16 +908,16 @@ pub fn expunge(
 pub fn delete(
     tx: &mut dyn StoreTx,
     ctx: &Ctx,
-    rt: &str,
+    rt: &ResourceType,
     id: &ResourceId,
 ) -> Result<Outcome, Error> {
     ctx.scope_access(rt, Interaction::Delete)?;
-    let Some(current) = tx.current(rt, id.as_str())? else {
-        return Err(not_known(rt, id.as_str(), None));
+    let Some(current) = tx.current(rt, id)? else {
+        return Err(not_known(rt, id, None));
     };
     if current.deleted {
         let row = current_row(&*tx, rt, id, current.version)?;
-        stored_allows(&*tx, ctx, &row, Action::Delete)?;
+        stored_allows(&*tx, ctx, rt, id, &row, Action::Delete)?;
     } else {
         existing_allows(&*tx, ctx, rt, id, Interaction::Delete)?;
     }
@@ -922,7 +931,7 @@ pub fn delete(
     let now = ctx.clock.now_micros();
     let version = current.version + 1;
     let mut v = StoredVersion {
-        resource_type: rt.to_owned(),
+        resource_type: rt.as_str().to_owned(),
         id: id.to_string(),
         version,
         last_updated_micros: now,
@@ -939,8 +948,8 @@ pub fn delete(
     if let Some(g) = ctx.guard() {
         g.wrote(rt);
     }
-    let mut out = Outcome::of_version(StatusCode::OK, rt, id.as_str(), version, now, None)
-        .with_key(current.key_name);
+    let mut out =
+        Outcome::of_version(StatusCode::OK, rt, id, version, now, None).with_key(current.key_name);
     out.resource = Some(crate::error::operation_outcome(
         "information",
         IssueCode::Informational,
@@ -963,7 +972,7 @@ pub fn delete(
 pub fn history(
     store: &dyn StoreRead,
     ctx: &Ctx,
-    rt: &str,
+    rt: &ResourceType,
     id: Option<&ResourceId>,
     paging: search::Paging,
     base: &str,
@@ -973,37 +982,32 @@ pub fn history(
         None => Interaction::Search,
     };
     ctx.scope_access(rt, interaction)?;
-    let page = store.history(
-        rt,
-        id.map(ResourceId::as_str),
-        0,
-        search::MAX_CANDIDATES + 1,
-    )?;
+    let page = store.history(rt, id, 0, search::MAX_CANDIDATES + 1)?;
     if page.total > search::MAX_CANDIDATES {
         return Err(search::too_costly());
     }
     let mut entries = Vec::new();
     let mut erased = false;
     // What the request may see of each resource as it is now bounds its history.
-    let mut now_visible: std::collections::HashMap<String, Verdict> =
+    let mut now_visible: std::collections::HashMap<ResourceId, Verdict> =
         std::collections::HashMap::new();
     for (i, row) in page.rows.iter().enumerate() {
         if i % 256 == 255 && ctx.deadline.is_some_and(|d| std::time::Instant::now() > d) {
             return Err(timed_out());
         }
-        let verdict = match now_visible.get(&row.id) {
-            Some(v) => v.clone(),
-            None => {
-                let v = current_verdict(store, ctx, rt, &row.id, interaction)?;
-                now_visible.insert(row.id.clone(), v.clone());
-                v
-            }
+        if !now_visible.contains_key(row.id.as_str()) {
+            let id = stored_id(row)?;
+            let v = current_verdict(store, ctx, rt, &id, interaction)?;
+            now_visible.insert(id, v);
+        }
+        let Some((row_id, verdict)) = now_visible.get_key_value(row.id.as_str()) else {
+            return Err(Error::internal(&"a history row's verdict vanished"));
         };
         match verdict {
             Verdict::Visible => {}
             Verdict::Hidden(why) => {
                 if let Some(g) = ctx.guard() {
-                    g.refused_by(&why);
+                    g.refused_by(why);
                     g.withheld();
                 }
                 continue;
@@ -1019,7 +1023,7 @@ pub fn history(
                 .is_ok();
             continue;
         }
-        let content = decision_content(store, ctx, row)?;
+        let content = decision_content(store, ctx, rt, row_id, row)?;
         if !ctx.may_see(store, interaction, rt, &row.key_name, content.as_ref())? {
             continue;
         }
@@ -1054,8 +1058,8 @@ pub fn history(
                 .map(|g| g.denied_by().join(","))
                 .filter(|d| !d.is_empty() && page.total > 0);
             match denied {
-                Some(d) => hidden(rt, id.as_str(), None, d),
-                None => not_known(rt, id.as_str(), None),
+                Some(d) => hidden(rt, id, None, d),
+                None => not_known(rt, id, None),
             }
         });
     }

@@ -5,7 +5,7 @@
 
 use http::StatusCode;
 use medvault_auth::scopes::{Access, Interaction};
-use medvault_core::ResourceId;
+use medvault_core::{ResourceId, ResourceType};
 use medvault_crypto::RecordAad;
 use medvault_policy::Action;
 use medvault_store::{StoreRead, StoredVersion};
@@ -35,8 +35,8 @@ pub struct Outcome {
 impl Outcome {
     pub(crate) fn of_version(
         status: StatusCode,
-        rt: &str,
-        id: &str,
+        rt: &ResourceType,
+        id: &ResourceId,
         version: u64,
         at: i64,
         resource: Option<Value>,
@@ -83,23 +83,39 @@ pub(crate) fn key_error(e: KeyError) -> Error {
 
 /// What a client learns about a resource it may not see: exactly what it would learn about
 /// one that does not exist. The refusing rule goes to the access log only.
-pub(crate) fn hidden(rt: &str, id: &str, version: Option<u64>, denied_by: String) -> Error {
+pub(crate) fn hidden(
+    rt: &ResourceType,
+    id: &ResourceId,
+    version: Option<u64>,
+    denied_by: String,
+) -> Error {
     not_known(rt, id, version).denied_by(denied_by)
 }
 
-pub(crate) fn not_known(rt: &str, id: &str, version: Option<u64>) -> Error {
+pub(crate) fn not_known(rt: &ResourceType, id: &ResourceId, version: Option<u64>) -> Error {
     Error::not_found(match version {
         Some(v) => format!("{rt}/{id} has no version {v}"),
         None => format!("{rt}/{id} is not known"),
     })
 }
 
-/// The content a decision about a stored row rests on: the row's own, or for a delete marker
-/// the version it deleted (so a deletion of labelled data is as hidden as the data was); none
-/// for an erased patient's rows, decided on the patient alone.
+/// The id of a row read back from the store, for asking the store about the same resource
+/// again (the store holds only ids that were [`ResourceId`]s when written).
+///
+/// # Errors
+/// 500 for a stored id that is not one (the database was altered).
+pub(crate) fn stored_id(row: &StoredVersion) -> Result<ResourceId, Error> {
+    ResourceId::new(&row.id).map_err(|_| Error::internal(&"a stored resource has an invalid id"))
+}
+
+/// The content a decision about `row` (a stored version of `rt/id`) rests on: the row's own, or
+/// for a delete marker the version it deleted (so a deletion of labelled data is as hidden as
+/// the data was); none for an erased patient's rows, decided on the patient alone.
 pub(crate) fn decision_content(
     store: &dyn StoreRead,
     ctx: &Ctx,
+    rt: &ResourceType,
+    id: &ResourceId,
     row: &StoredVersion,
 ) -> Result<Option<Value>, Error> {
     if row.shredded || row.expunged {
@@ -109,7 +125,7 @@ pub(crate) fn decision_content(
         return open(store, ctx, row).map(Some);
     }
     let previous = match row.version.checked_sub(1).filter(|v| *v > 0) {
-        Some(v) => store.version(&row.resource_type, &row.id, Some(v))?,
+        Some(v) => store.version(rt, id, Some(v))?,
         None => None,
     };
     match previous {
@@ -174,29 +190,29 @@ pub fn open(store: &dyn StoreRead, ctx: &Ctx, row: &StoredVersion) -> Result<Val
 pub fn read(
     store: &dyn StoreRead,
     ctx: &Ctx,
-    rt: &str,
+    rt: &ResourceType,
     id: &ResourceId,
     version: Option<u64>,
 ) -> Result<Outcome, Error> {
     // Scopes first: a type the scopes do not reach answers 403 whether or not the id exists.
     ctx.scope_access(rt, Interaction::Read)?;
-    let Some(row) = store.version(rt, id.as_str(), version)? else {
-        return Err(not_known(rt, id.as_str(), version));
+    let Some(row) = store.version(rt, id, version)? else {
+        return Err(not_known(rt, id, version));
     };
     // A resource the request may not see answers as a missing one; so do its delete markers
     // (decided on the version they deleted) and erasure (on the patient alone).
-    let refuse = |e: String| hidden(rt, id.as_str(), version, e);
+    let refuse = |e: String| hidden(rt, id, version, e);
     if version.is_some() {
         // An old version is seen only if the resource as it is now may be seen too (the
         // strictest of current and historic labels and compartment).
-        match current_verdict(store, ctx, rt, id.as_str(), Interaction::Read)? {
+        match current_verdict(store, ctx, rt, id, Interaction::Read)? {
             Verdict::Visible => {}
             Verdict::Hidden(why) => return Err(refuse(why)),
             Verdict::Erased => return Err(Error::gone("this patient's data was erased")),
         }
     }
     if row.body.is_none() || row.shredded {
-        let content = decision_content(store, ctx, &row)?;
+        let content = decision_content(store, ctx, rt, id, &row)?;
         // A deleted resource the scopes' query constraints would hide answers as a missing
         // one, as it did while it was live (decided on the version it deleted).
         if let Some(c) = &content
@@ -219,7 +235,7 @@ pub fn read(
     Ok(Outcome::of_version(
         StatusCode::OK,
         rt,
-        id.as_str(),
+        id,
         row.version,
         row.last_updated_micros,
         Some(resource),
@@ -246,8 +262,8 @@ pub(crate) enum Verdict {
 pub(crate) fn current_verdict(
     store: &dyn StoreRead,
     ctx: &Ctx,
-    rt: &str,
-    id: &str,
+    rt: &ResourceType,
+    id: &ResourceId,
     interaction: Interaction,
 ) -> Result<Verdict, Error> {
     let constrained = !matches!(ctx.scope_access(rt, interaction)?, Access::Full);
@@ -257,7 +273,7 @@ pub(crate) fn current_verdict(
     let Some(row) = store.version(rt, id, None)? else {
         return Ok(Verdict::Hidden(String::new()));
     };
-    let content = decision_content(store, ctx, &row)?;
+    let content = decision_content(store, ctx, rt, id, &row)?;
     if constrained
         && let Some(c) = &content
         && let Err(e) = ctx.scope_allows(rt, interaction, c)

@@ -1,7 +1,7 @@
 //! FHIR REST paths (relative to `/fhir`), parsed once for HTTP requests and Bundle entries alike.
 
 use http::Method;
-use medvault_core::{ResourceId, VersionId};
+use medvault_core::{ResourceId, ResourceType, VersionId};
 
 use crate::error::{Error, ErrorKind, IssueCode};
 
@@ -13,25 +13,25 @@ pub enum Target {
     /// `/metadata`.
     Metadata,
     /// `/{type}`.
-    Type(String),
+    Type(ResourceType),
     /// `/{type}/_search`.
-    TypeSearch(String),
+    TypeSearch(ResourceType),
     /// `/{type}/_history`.
-    TypeHistory(String),
+    TypeHistory(ResourceType),
     /// `/{type}/{id}`.
-    Instance(String, ResourceId),
+    Instance(ResourceType, ResourceId),
     /// `/{type}/{id}/_history`.
-    InstanceHistory(String, ResourceId),
+    InstanceHistory(ResourceType, ResourceId),
     /// `/{type}/{id}/_history/{vid}`.
-    Version(String, ResourceId, VersionId),
+    Version(ResourceType, ResourceId, VersionId),
     /// `/{type}/{id}/${operation}` (the name without `$`).
-    Operation(String, ResourceId, String),
+    Operation(ResourceType, ResourceId, String),
 }
 
-fn type_name(s: &str) -> Result<String, Error> {
-    medvault_core::ResourceType::new(s)
-        .map(|t| t.as_str().to_owned())
-        .map_err(|_| Error::not_found("unknown resource type"))
+/// A type name from a path: 404 when it cannot be one (whether the node serves it is
+/// [`crate::ops::served_type`]'s decision).
+fn type_name(s: &str) -> Result<ResourceType, Error> {
+    ResourceType::new(s).map_err(|_| Error::not_found("unknown resource type"))
 }
 
 fn id(s: &str) -> Result<ResourceId, Error> {
@@ -102,7 +102,15 @@ mod tests {
         assert_eq!(parse_path("/").unwrap(), Target::System);
         assert_eq!(
             parse_path("Patient").unwrap(),
-            Target::Type("Patient".into())
+            Target::Type(ResourceType::PATIENT)
+        );
+        assert_eq!(
+            parse_path("Patient/1/$share").unwrap(),
+            Target::Operation(
+                ResourceType::PATIENT,
+                ResourceId::new("1").unwrap(),
+                "share".into()
+            )
         );
         assert!(
             matches!(parse_path("Patient/1/_history/2").unwrap(), Target::Version(_, _, v) if v.get() == 2)

@@ -1,6 +1,7 @@
 //! Search: query parsing, the blind-index lookup, exact re-checking after decryption, paging.
 
 use medvault_auth::scopes::{Access, COMPARTMENT_CONSTRAINT, Interaction};
+use medvault_core::{ResourceId, ResourceType};
 use medvault_fhir::Clause;
 use medvault_store::{IndexQuery, SortOrder, StoreRead};
 use serde_json::{Value, json};
@@ -111,13 +112,13 @@ fn medvault_fhir_date(text: &str) -> Option<(i64, i64)> {
 /// 400 for malformed values, unsupported modifiers, and unknown parameters when strict.
 pub fn parse(
     ctx: &Ctx,
-    rt: &str,
+    rt: &ResourceType,
     params: &[(String, String)],
     strict: bool,
 ) -> Result<SearchRequest, Error> {
     let info = ctx
         .fhir
-        .type_info(rt)
+        .type_info(rt.as_str())
         .ok_or_else(|| Error::not_found("unknown resource type"))?;
     let mut req = SearchRequest::default();
     // Every alternative (a comma-separated value) becomes a lookup and a bound SQL parameter:
@@ -184,7 +185,7 @@ pub fn parse(
                     .filter(|p| p.kind == medvault_fhir::ParamKind::Reference);
                 match (source, reference, parts.next()) {
                     (Some(s), Some(p), None)
-                        if s == rt && target.is_none_or(|t| p.targets.iter().any(|x| x == t)) =>
+                        if *rt == s && target.is_none_or(|t| p.targets.iter().any(|x| x == t)) =>
                     {
                         req.includes
                             .push((p.code.clone(), target.map(str::to_owned)));
@@ -249,12 +250,12 @@ pub fn too_costly() -> Error {
 pub fn execute(
     store: &dyn StoreRead,
     ctx: &Ctx,
-    rt: &str,
+    rt: &ResourceType,
     req: &SearchRequest,
 ) -> Result<(Vec<Value>, u64), Error> {
     let info = ctx
         .fhir
-        .type_info(rt)
+        .type_info(rt.as_str())
         .ok_or_else(|| Error::not_found("unknown resource type"))?;
     let mut clauses = Vec::with_capacity(req.clauses.len());
     for c in &req.clauses {
@@ -267,7 +268,7 @@ pub fn execute(
     let constrained = !matches!(ctx.scope_access(rt, Interaction::Search)?, Access::Full);
     let exact = req.clauses.iter().all(Clause::exact) && ctx.guard().is_none() && !constrained;
     let mut q = IndexQuery {
-        resource_type: rt.to_owned(),
+        resource_type: rt.clone(),
         clauses,
         ids: req.ids.clone(),
         updated_from: req.updated_from,
@@ -331,14 +332,14 @@ pub fn execute(
 /// strictly: a condition that cannot be evaluated must not silently match everything).
 ///
 /// # Errors
-/// As [`parse`] and [`execute`].
+/// As [`parse`] and [`execute`]; 500 for a stored resource whose `id` is not one.
 pub fn matching_ids(
     store: &dyn StoreRead,
     ctx: &Ctx,
-    rt: &str,
+    rt: &ResourceType,
     params: &[(String, String)],
     limit: u64,
-) -> Result<Vec<String>, Error> {
+) -> Result<Vec<ResourceId>, Error> {
     if let Some((name, _)) = params.iter().find(|(k, _)| {
         matches!(
             k.as_str(),
@@ -364,10 +365,14 @@ pub fn matching_ids(
         count: limit,
     };
     let (rows, _) = execute(store, ctx, rt, &req)?;
-    Ok(rows
-        .iter()
-        .filter_map(|v| v.get("id").and_then(Value::as_str).map(str::to_owned))
-        .collect())
+    // Every stored resource carries the id it is stored under (`ops::prepare` sets it).
+    rows.iter()
+        .filter_map(|v| v.get("id").and_then(Value::as_str))
+        .map(|id| {
+            ResourceId::new(id)
+                .map_err(|_| Error::internal(&"a stored resource carries an invalid id"))
+        })
+        .collect()
 }
 
 fn link(relation: &str, path: &str, params: &[(String, String)], offset: u64, count: u64) -> Value {
@@ -424,13 +429,17 @@ pub fn bundle(
 }
 
 /// The search clause selecting the compartment of `patient` (`Patient/<id>`) in `rt`.
-fn compartment_clause(ctx: &Ctx, rt: &str, patient: &str) -> Result<(String, String), Error> {
-    if rt == "Patient" {
+fn compartment_clause(
+    ctx: &Ctx,
+    rt: &ResourceType,
+    patient: &str,
+) -> Result<(String, String), Error> {
+    if *rt == ResourceType::PATIENT {
         let id = patient.strip_prefix("Patient/").unwrap_or(patient);
         return Ok(("_id".into(), id.to_owned()));
     }
     ctx.fhir
-        .type_info(rt)
+        .type_info(rt.as_str())
         .and_then(|i| i.compartment_params.first())
         .map(|p| (p.clone(), patient.to_owned()))
         .ok_or_else(|| {
@@ -451,12 +460,12 @@ pub const MAX_INCLUDES: usize = 1000;
 fn include(
     store: &dyn StoreRead,
     ctx: &Ctx,
-    rt: &str,
+    rt: &ResourceType,
     includes: &[(String, Option<String>)],
     matches: &[Value],
     base: &str,
 ) -> Result<Vec<Value>, Error> {
-    let Some(info) = ctx.fhir.type_info(rt) else {
+    let Some(info) = ctx.fhir.type_info(rt.as_str()) else {
         return Ok(Vec::new());
     };
     let mut seen: std::collections::HashSet<String> = matches
@@ -473,13 +482,17 @@ fn include(
             let Some((t, id)) = reference.split_once('/') else {
                 continue;
             };
-            if target.as_deref().is_some_and(|x| x != t)
-                || ctx.fhir.type_info(t).is_none()
-                || !seen.insert(reference.clone())
-            {
+            if target.as_deref().is_some_and(|x| x != t) {
                 continue;
             }
-            let Ok(id) = medvault_core::ResourceId::new(id) else {
+            // Borrowed from the definitions: an include costs no type allocation.
+            let Some(t) = ctx.fhir.served(t) else {
+                continue;
+            };
+            if !seen.insert(reference.clone()) {
+                continue;
+            }
+            let Ok(id) = ResourceId::new(id) else {
                 continue;
             };
             if out.len() >= MAX_INCLUDES {
@@ -512,7 +525,7 @@ fn include(
 pub fn search_bundle(
     store: &dyn StoreRead,
     ctx: &Ctx,
-    rt: &str,
+    rt: &ResourceType,
     params: &[(String, String)],
     strict: bool,
     base: &str,
@@ -526,7 +539,7 @@ pub fn search_bundle(
         // handling would drop it and widen the search): refuse.
         let known = |name: &str| {
             name == COMPARTMENT_CONSTRAINT
-                || ctx.fhir.type_info(rt).is_some_and(|i| {
+                || ctx.fhir.type_info(rt.as_str()).is_some_and(|i| {
                     i.params
                         .contains_key(name.split_once(':').map_or(name, |(c, _)| c))
                 })

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use medvault_core::ResourceId;
+use medvault_core::{ResourceId, ResourceType};
 use medvault_crypto::{BundleError, HybridSignature, hybrid_verify, open_verified, seal_bundle};
 use medvault_policy::ConsentState;
 use medvault_policy::consent::{self, ConsentRequest};
@@ -323,6 +323,8 @@ fn parse_time(text: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos() / 1000).ok()
 }
 
+const CONSENT: ResourceType = ResourceType::from_static("Consent");
+
 /// The patient's consents, read on the node's authority (the evaluator needs all of them).
 fn consents_of(
     node_ctx: &Ctx,
@@ -330,9 +332,9 @@ fn consents_of(
     patient: &str,
 ) -> Result<Vec<Value>, Error> {
     let params = vec![("patient".to_owned(), format!("Patient/{patient}"))];
-    let mut req = search::parse(node_ctx, "Consent", &params, true)?;
+    let mut req = search::parse(node_ctx, &CONSENT, &params, true)?;
     req.paging.count = search::MAX_CANDIDATES;
-    let (found, total) = search::execute(store, node_ctx, "Consent", &req)?;
+    let (found, total) = search::execute(store, node_ctx, &CONSENT, &req)?;
     if total > found.len() as u64 {
         return Err(search::too_costly());
     }
@@ -345,11 +347,11 @@ fn compartment(
     store: &dyn medvault_store::StoreRead,
     ctx: &Ctx,
     patient: &str,
-) -> Result<Vec<(String, Value)>, Error> {
+) -> Result<Vec<(ResourceType, Value)>, Error> {
     let reference = format!("Patient/{patient}");
     let mut out = Vec::new();
     for (rt, info) in ctx.fhir.types() {
-        if rt == "Patient"
+        if *rt == ResourceType::PATIENT
             || NOT_SHARED.contains(&rt.as_str())
             || info.compartment_params.is_empty()
         {
@@ -375,7 +377,8 @@ fn compartment(
                     continue;
                 };
                 // Only what is sealed under this patient's key (its compartment proper).
-                if ctx.fhir.compartment_of(rt, &rid, &v).key_name() == reference && seen.insert(id)
+                if ctx.fhir.compartment_of(rt.as_str(), &rid, &v).key_name() == reference
+                    && seen.insert(id)
                 {
                     out.push((rt.clone(), v));
                 }
@@ -544,7 +547,7 @@ pub fn prepare(
     let (peer, peer_document) = registered(node, to)?;
     let me = NodeIdentity::load(node).map_err(|e| Error::internal(&e))?;
     let store = node.store.as_ref();
-    let patient_resource = crate::records::read(store, ctx, "Patient", patient, None)?
+    let patient_resource = crate::records::read(store, ctx, &ResourceType::PATIENT, patient, None)?
         .resource
         .ok_or_else(|| Error::not_found(format!("Patient/{patient} is not known")))?;
     let consents = consents_of(&Ctx::unrestricted_node_work(node), store, patient.as_str())?;
@@ -578,7 +581,7 @@ pub fn prepare(
         )
         .denied_by("patient-consent"));
     }
-    let mut resources = vec![("Patient".to_owned(), patient_resource)];
+    let mut resources = vec![(ResourceType::PATIENT, patient_resource)];
     let mut withheld = 0;
     for (rt, v) in compartment(store, ctx, patient.as_str())? {
         // A contained resource travels with its container: a denied one keeps both back.
@@ -587,7 +590,7 @@ pub fn prepare(
                 .as_str()
                 .is_some_and(|t| verdict(t, c) == ConsentState::Deny)
         });
-        if contained_denied || verdict(&rt, &v) == ConsentState::Deny {
+        if contained_denied || verdict(rt.as_str(), &v) == ConsentState::Deny {
             withheld += 1;
         } else {
             resources.push((rt, v));
@@ -645,7 +648,7 @@ pub fn prepare(
         entries.push(json!({
             "fullUrl": full_url,
             "resource": v,
-            "request": {"method": "POST", "url": rt},
+            "request": {"method": "POST", "url": rt.as_str()},
         }));
     }
     let count = entries.len();

@@ -8,6 +8,7 @@
 //! tree head (`records <size> <root>` / `access <size> <root>`), and the other log's leaves must
 //! reproduce it. Stops at the first divergence and names it (which log, which row, which leaf).
 
+use medvault_core::{ResourceId, ResourceType};
 use medvault_ledger::{
     Checkpoint, Entry, EntryKind, Frontier, Hash, Note, VerifierKey, audit_commitment, leaf_hash,
 };
@@ -498,7 +499,14 @@ fn check_amendments(
             // own leaf. (Else a database editor could delete or roll back a version and keep
             // its leaf "accounted for" by a forged amendment.)
             let key = (a.resource_type.clone(), a.id.clone(), a.version);
-            let Some(row) = store.version(&a.resource_type, &a.id, Some(a.version))? else {
+            // Rows as stored: a type or id medvault could not have written amends nothing.
+            let (Ok(rt), Ok(id)) = (ResourceType::new(&a.resource_type), ResourceId::new(&a.id))
+            else {
+                return Err(diverge(format!(
+                    "{name} names a resource type or id that is not valid"
+                )));
+            };
+            let Some(row) = store.version(&rt, &id, Some(a.version))? else {
                 return Err(diverge(format!(
                     "{name} amends a version that is not stored"
                 )));

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+use medvault_core::ResourceType;
 use medvault_crypto::seal_bundle;
 use medvault_node::share::{self, FORMAT, Party, Refusal, ShareHeader};
 use medvault_testkit::TwoNodes;
@@ -55,8 +56,9 @@ impl FromAToB for TwoNodes {
 
     fn read(&self, rt: &str, id: &str) -> Option<Value> {
         let ctx = medvault_node::ops::Ctx::unrestricted_node_work(&self.b);
+        let rt = ResourceType::new(rt).unwrap();
         let id = medvault_core::ResourceId::new(id).unwrap();
-        medvault_node::ops::read(self.b.store.as_ref(), &ctx, rt, &id, None)
+        medvault_node::ops::read(self.b.store.as_ref(), &ctx, &rt, &id, None)
             .ok()
             .and_then(|o| o.resource)
     }
@@ -114,7 +116,7 @@ fn a_peer_cannot_reach_beyond_the_patient_it_sends() {
     let found = medvault_node::search::search_bundle(
         t.b.store.as_ref(),
         &medvault_node::ops::Ctx::unrestricted_node_work(&t.b),
-        "Observation",
+        &ResourceType::from_static("Observation"),
         &[("performer".into(), format!("Patient/{existing}"))],
         true,
         "",
@@ -166,7 +168,7 @@ fn a_peer_cannot_reach_beyond_the_patient_it_sends() {
     let found = medvault_node::search::search_bundle(
         t.b.store.as_ref(),
         &medvault_node::ops::Ctx::unrestricted_node_work(&t.b),
-        "CareTeam",
+        &ResourceType::from_static("CareTeam"),
         &[("patient".into(), format!("Patient/{}", imported.patient))],
         true,
         "",

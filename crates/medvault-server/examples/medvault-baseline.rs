@@ -20,7 +20,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use medvault_core::ResourceId;
+use medvault_core::{ResourceId, ResourceType};
 use medvault_crypto::{BlindValue, Sealed};
 use medvault_fhir::Fhir;
 use medvault_store::{IndexQuery, Store, StoredVersion, write_with};
@@ -135,8 +135,11 @@ async fn read(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>
     if !authorized(&app, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    // Inline, as medvault does for reads by id.
-    match app.store.version("Patient", &id, None) {
+    // Inline, as medvault does for reads by id (an id that cannot be one names nothing).
+    let Ok(id) = ResourceId::new(&id) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    match app.store.version(&ResourceType::PATIENT, &id, None) {
         Ok(Some(v)) => match body_json(&v) {
             Some(p) => fhir(StatusCode::OK, &p),
             None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
@@ -166,10 +169,9 @@ async fn search(
         .unwrap_or(20);
     let result = tokio::task::spawn_blocking(move || {
         app.store.search(&IndexQuery {
-            resource_type: "Patient".into(),
             clauses: vec![vec![plain_index(&family)]],
             limit: count,
-            ..IndexQuery::default()
+            ..IndexQuery::new(ResourceType::PATIENT)
         })
     })
     .await;

@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use medvault_auth::scopes::{Access, Interaction};
-use medvault_core::Role;
+use medvault_core::{ResourceId, ResourceType, Role};
 use medvault_store::write_with;
 use serde_json::Value;
 
@@ -20,6 +20,9 @@ use medvault_node::identity::gates::{self, Refusal};
 use medvault_node::ops::{self, Outcome};
 use medvault_node::route::{self, Target};
 use medvault_node::{bundle, capability, clock, search};
+
+/// The access log's FHIR view (`medvault_node::audit_view`), not a stored type.
+const AUDIT_EVENT: ResourceType = ResourceType::from_static("AuditEvent");
 
 /// A request body, with size-limit and read failures turned into `OperationOutcome`s.
 pub(crate) struct Body(Bytes);
@@ -281,7 +284,7 @@ async fn dispatch(
     let target = route::parse_path(&path)?;
     let base = base_url(&state, &headers);
     let audit_view =
-        matches!(&target, Target::Type(t) | Target::Instance(t, _) if t == "AuditEvent");
+        matches!(&target, Target::Type(t) | Target::Instance(t, _) if *t == AUDIT_EVENT);
     if target != Target::Metadata {
         gates::second_factor(&who).map_err(Refusal::into_error)?;
     }
@@ -327,7 +330,7 @@ async fn dispatch(
             };
             params.retain(|(k, _)| k != "patient");
             params.push(("patient".into(), own));
-        } else if !matches!(ctx.scope_access("AuditEvent", interaction)?, Access::Full) {
+        } else if !matches!(ctx.scope_access(&AUDIT_EVENT, interaction)?, Access::Full) {
             return Err(ApiError::new(
                 ErrorKind::Forbidden,
                 IssueCode::Forbidden,
@@ -497,7 +500,9 @@ async fn dispatch(
             .await?;
             Ok(fhir_json(StatusCode::OK, &out))
         }
-        (Method::POST, Target::Operation(rt, id, op)) if rt == "Patient" && op == "share" => {
+        (Method::POST, Target::Operation(rt, id, op))
+            if rt == ResourceType::PATIENT && op == "share" =>
+        {
             // A disclosure to another institution: clinical staff (for care) and admins (release
             // of information), in their own sessions or with API tokens; never apps.
             gates::share(&who).map_err(Refusal::into_error)?;
@@ -515,7 +520,7 @@ async fn dispatch(
 async fn run_search(
     state: &AppState,
     ctx: medvault_node::ops::Ctx,
-    rt: String,
+    rt: ResourceType,
     params: Vec<(String, String)>,
     strict: bool,
     base: String,
@@ -564,8 +569,11 @@ fn interaction(method: &Method, target: &Target) -> &'static str {
     }
 }
 
+/// The resource a FHIR request's path named (type and id), for [`attribute_patient`].
+type Touched = Option<(ResourceType, ResourceId)>;
+
 /// The audit record of one request: who, what, when, why, outcome. Sealed before it is stored;
-/// search parameter *names* are kept, never their values.
+/// search parameter *names* are kept, never their values. Also the resource its path named.
 fn audit_record(
     request_id: &str,
     now_micros: i64,
@@ -574,22 +582,24 @@ fn audit_record(
     who: Option<&Authenticated>,
     purpose: Option<&str>,
     resp: &Response,
-) -> AuditRecord {
+) -> (AuditRecord, Touched) {
     let status = resp.status();
     let fhir_path = uri.path().strip_prefix("/fhir");
     let target = fhir_path.and_then(|p| route::parse_path(p).ok());
-    let (rtype, id) = match &target {
+    let fhir_interaction = target.as_ref().map_or("none", |t| interaction(method, t));
+    let (rtype, touched) = match target {
         Some(Target::Type(t) | Target::TypeSearch(t) | Target::TypeHistory(t)) => {
-            (Some(t.clone()), None)
+            (Some(t.as_str().to_owned()), None)
         }
         Some(
             Target::Instance(t, i)
             | Target::InstanceHistory(t, i)
             | Target::Version(t, i, _)
             | Target::Operation(t, i, _),
-        ) => (Some(t.clone()), Some(i.to_string())),
+        ) => (Some(t.as_str().to_owned()), Some((t, i))),
         _ => (None, None),
     };
+    let id = touched.as_ref().map(|(_, i)| i.to_string());
     // A create's new id is in its Location header (`…/Type/id/_history/1`).
     let id = id.or_else(|| {
         let loc = resp.headers().get(header::LOCATION)?.to_str().ok()?;
@@ -635,7 +645,7 @@ fn audit_record(
         "/auth/authorize" | "/auth/authorize.js" | "/auth/authorize/check" => "oauth-authorize",
         "/auth/authorize/decide" => "oauth-approve",
         medvault_node::share::RECEIVE_PATH => "peer-delivery",
-        _ => target.as_ref().map_or("none", |t| interaction(method, t)),
+        _ => fhir_interaction,
     };
     let mut record = AuditRecord::new(AuditKind::Rest, now_micros, interaction, outcome)
         .denied_by(
@@ -689,23 +699,33 @@ fn audit_record(
             "client": w.client,
         })
     });
-    record
+    (record, touched)
 }
 
 /// Adds the patient whose compartment the touched resource belongs to, so an auditor's
 /// `AuditEvent?patient=` finds every access to that patient's data, not only to the Patient
 /// resource. The interaction already knows it when it succeeded; for refused or failed ones it
-/// is looked up from the key that seals the resource (one primary-key read).
-fn attribute_patient(state: &AppState, resp: &Response, record: &mut AuditRecord) {
+/// is looked up from the key that seals the resource (one primary-key read): the one the path
+/// named (`touched`), or a create's, named by the record.
+fn attribute_patient(
+    state: &AppState,
+    resp: &Response,
+    record: &mut AuditRecord,
+    touched: Touched,
+) {
     if let Some(AuditPatient(p)) = resp.extensions().get::<AuditPatient>() {
         record.patient = Some(p.clone());
         return;
     }
-    let field = |name: &str| record.fields.get(name).and_then(Value::as_str);
-    let (Some(rt), Some(id)) = (field("resource_type"), field("id")) else {
+    let touched = touched.or_else(|| {
+        let field = |name: &str| record.fields.get(name).and_then(Value::as_str);
+        let rt = ResourceType::new(field("resource_type")?).ok()?;
+        Some((rt, ResourceId::new(field("id")?).ok()?))
+    });
+    let Some((rt, id)) = touched else {
         return;
     };
-    if let Ok(Some(current)) = state.node.store.current(rt, id)
+    if let Ok(Some(current)) = state.node.store.current(&rt, &id)
         && let Some(patient) = current.key_name.strip_prefix("Patient/")
     {
         record.patient = Some(patient.to_owned());
@@ -838,7 +858,7 @@ pub(crate) async fn observe(
     };
     if audited && !(peer_node || counted_together(&state, &slot, client, &resp)) {
         let now = state.node.clock.now_micros();
-        let mut record = audit_record(
+        let (mut record, touched) = audit_record(
             &request_id,
             now,
             &method,
@@ -848,7 +868,7 @@ pub(crate) async fn observe(
             &resp,
         );
         note_client(&mut record, client, &slot);
-        attribute_patient(&state, &resp, &mut record);
+        attribute_patient(&state, &resp, &mut record, touched);
         let written = state
             .node
             .ledger

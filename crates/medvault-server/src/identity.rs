@@ -114,7 +114,7 @@ pub(crate) async fn whoami(who: Authenticated) -> Result<Response, ApiError> {
         "user_id": who.token_id,
         "session_id": session,
         "role": who.role.as_str(),
-        "aal": who.aal,
+        "aal": who.aal.map_or(0, medvault_core::Aal::level),
     }))
     .into_response())
 }

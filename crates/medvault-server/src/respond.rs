@@ -55,7 +55,7 @@ pub(crate) fn session_json(ok: &medvault_node::identity::login::LoginOk) -> Valu
         "session_id": ok.session.session_id,
         "user_id": ok.session.user_id,
         "role": ok.role.as_str(),
-        "aal": ok.session.aal,
+        "aal": ok.session.aal.level(),
         "idle_timeout_seconds": ok.idle.as_secs(),
         "expires_at": medvault_node::clock::instant(ok.session.expires_micros),
     })

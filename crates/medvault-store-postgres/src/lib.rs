@@ -541,9 +541,9 @@ impl Store for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use medvault_store::prelude::*;
     use medvault_crypto::Sealed;
     use medvault_store::AuditDetail;
+    use medvault_store::prelude::*;
 
     /// The test server, or `None` (and a note saying the tests skipped) when
     /// `MEDVAULT_TEST_POSTGRES_URL` is not set.

@@ -3,6 +3,7 @@
 use std::cell::{RefCell, RefMut};
 use std::collections::HashMap;
 
+use medvault_core::{Aal, ResourceId, ResourceType};
 use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
 use medvault_ledger::{Hash, SALT_LEN, leaf_hash};
 use medvault_store::{
@@ -125,10 +126,14 @@ pub(crate) fn data_key_names(c: &mut Conn) -> Result<Vec<String>, StoreError> {
     rows(found, |r| get(r, 0))
 }
 
-pub(crate) fn current(c: &mut Conn, rt: &str, id: &str) -> Result<Option<CurrentMeta>, StoreError> {
+pub(crate) fn current(
+    c: &mut Conn,
+    rt: &ResourceType,
+    id: &ResourceId,
+) -> Result<Option<CurrentMeta>, StoreError> {
     c.opt(
         "SELECT version, deleted, key_name FROM current WHERE rtype = $1 AND id = $2",
-        &[&rt, &id],
+        &[&rt.as_str(), &id.as_str()],
     )?
     .map(|r| {
         Ok(CurrentMeta {
@@ -142,10 +147,11 @@ pub(crate) fn current(c: &mut Conn, rt: &str, id: &str) -> Result<Option<Current
 
 pub(crate) fn version(
     c: &mut Conn,
-    rt: &str,
-    id: &str,
+    rt: &ResourceType,
+    id: &ResourceId,
     v: Option<u64>,
 ) -> Result<Option<StoredVersion>, StoreError> {
+    let (rt, id) = (rt.as_str(), id.as_str());
     let row = match v {
         Some(v) => c.opt(
             &format!(
@@ -194,15 +200,15 @@ fn counted_page(
 
 pub(crate) fn history(
     c: &mut Conn,
-    rt: &str,
-    id: Option<&str>,
+    rt: &ResourceType,
+    id: Option<&ResourceId>,
     offset: u64,
     limit: u64,
 ) -> Result<SearchPage, StoreError> {
-    let mut args: Vec<Box<dyn ToSql + Sync>> = vec![Box::new(rt.to_owned())];
+    let mut args: Vec<Box<dyn ToSql + Sync>> = vec![Box::new(rt.as_str().to_owned())];
     let filter = match id {
         Some(id) => {
-            args.push(Box::new(id.to_owned()));
+            args.push(Box::new(id.as_str().to_owned()));
             "v.rtype = $1 AND v.id = $2"
         }
         // Type history leaves out versions whose key was destroyed, so erased patients do not
@@ -226,7 +232,7 @@ pub(crate) fn history(
 }
 
 pub(crate) fn search(c: &mut Conn, q: &IndexQuery) -> Result<SearchPage, StoreError> {
-    let mut args: Vec<Box<dyn ToSql + Sync>> = vec![Box::new(q.resource_type.clone())];
+    let mut args: Vec<Box<dyn ToSql + Sync>> = vec![Box::new(q.resource_type.as_str().to_owned())];
     let mut filter = String::from("c.rtype = $1 AND NOT c.deleted AND NOT c.shredded");
     // With index clauses, the first one drives the query: its matches are found in the blind
     // index first (a materialised CTE, so the planner cannot choose to scan the whole type by
@@ -371,8 +377,7 @@ pub(crate) fn session(c: &mut Conn, hash: &TokenHash) -> Result<Option<SessionRo
             hash: *hash,
             session_id: get(&r, 0)?,
             user_id: get(&r, 1)?,
-            aal: u8::try_from(get::<i64>(&r, 2)?)
-                .map_err(|_| StoreError::Backend("stored aal out of range".into()))?,
+            aal: Aal::from_level(get(&r, 2)?).map_err(|e| StoreError::Backend(Box::new(e)))?,
             created_micros: get(&r, 3)?,
             last_seen_micros: get(&r, 4)?,
             expires_micros: get(&r, 5)?,

@@ -1,5 +1,6 @@
 //! SQL shared by the pooled readers and the writer's transaction.
 
+use medvault_core::{Aal, ResourceId, ResourceType};
 use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
 use medvault_ledger::leaf_hash;
 use medvault_ledger::{Hash, SALT_LEN};
@@ -139,12 +140,12 @@ pub(crate) fn data_key_names(c: &Connection) -> Result<Vec<String>, StoreError> 
 
 pub(crate) fn current(
     c: &Connection,
-    rt: &str,
-    id: &str,
+    rt: &ResourceType,
+    id: &ResourceId,
 ) -> Result<Option<CurrentMeta>, StoreError> {
     c.prepare_cached("SELECT version, deleted, key_name FROM current WHERE rtype = ?1 AND id = ?2")
         .and_then(|mut s| {
-            s.query_row([rt, id], |r| {
+            s.query_row([rt.as_str(), id.as_str()], |r| {
                 Ok(CurrentMeta {
                     version: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
                     deleted: r.get(1)?,
@@ -158,10 +159,11 @@ pub(crate) fn current(
 
 pub(crate) fn version(
     c: &Connection,
-    rt: &str,
-    id: &str,
+    rt: &ResourceType,
+    id: &ResourceId,
     v: Option<u64>,
 ) -> Result<Option<StoredVersion>, StoreError> {
+    let (rt, id) = (rt.as_str(), id.as_str());
     let result = match v {
         Some(v) => c
             .prepare_cached(&format!(
@@ -186,21 +188,21 @@ pub(crate) fn version(
 
 pub(crate) fn history(
     c: &Connection,
-    rt: &str,
-    id: Option<&str>,
+    rt: &ResourceType,
+    id: Option<&ResourceId>,
     offset: u64,
     limit: u64,
 ) -> Result<SearchPage, StoreError> {
     let (filter, args): (&str, Vec<Value>) = match id {
         Some(id) => (
             "v.rtype = ?1 AND v.id = ?2",
-            vec![rt.to_owned().into(), id.to_owned().into()],
+            vec![rt.as_str().to_owned().into(), id.as_str().to_owned().into()],
         ),
         // Type history leaves out versions whose key was destroyed, so erased patients do not
         // show in totals or paging.
         None => (
             "v.rtype = ?1 AND NOT (d.name IS NOT NULL AND d.wrapped IS NULL)",
-            vec![rt.to_owned().into()],
+            vec![rt.as_str().to_owned().into()],
         ),
     };
     let total: i64 = c
@@ -246,7 +248,7 @@ fn placeholders(args: &mut Vec<Value>, values: impl Iterator<Item = Value>) -> S
 }
 
 pub(crate) fn search(c: &Connection, q: &IndexQuery) -> Result<SearchPage, StoreError> {
-    let mut args: Vec<Value> = vec![q.resource_type.clone().into()];
+    let mut args: Vec<Value> = vec![q.resource_type.as_str().to_owned().into()];
     // With index clauses, the unary `+` keeps the planner from scanning the whole type by
     // `rtype` and makes it drive the query from the blind-index lookups instead.
     let mut filter = if q.clauses.is_empty() {
@@ -383,7 +385,13 @@ pub(crate) fn session(c: &Connection, hash: &TokenHash) -> Result<Option<Session
                 hash: *hash,
                 session_id: r.get(0)?,
                 user_id: r.get(1)?,
-                aal: r.get(2)?,
+                aal: Aal::from_level(r.get(2)?).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        2,
+                        rusqlite::types::Type::Integer,
+                        Box::new(e),
+                    )
+                })?,
                 created_micros: r.get(3)?,
                 last_seen_micros: r.get(4)?,
                 expires_micros: r.get(5)?,
@@ -1392,7 +1400,7 @@ impl IdentityTx for Tx<'_> {
                     &x.hash.as_bytes()[..],
                     x.session_id,
                     x.user_id,
-                    x.aal,
+                    i64::from(x.aal),
                     x.created_micros,
                     x.last_seen_micros,
                     x.expires_micros,

@@ -1,6 +1,7 @@
 //! The store conformance suite: every backend runs these checks (SQLite always, PostgreSQL when
 //! its test database is configured). Each check panics with a message naming what broke.
 
+use medvault_core::{Aal, ResourceId, ResourceType};
 use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 
 use crate::{
@@ -125,7 +126,7 @@ fn populate(store: &dyn Store) {
         let index = vec![entry(&v.resource_type, 1), entry(&v.id, 2)];
         ok(put(store, v, index), "version");
     }
-    let p1v1 = ok(store.version("Patient", "p1", Some(1)), "p1 v1");
+    let p1v1 = ok(store.version(&ty("Patient"), &rid("p1"), Some(1)), "p1 v1");
     if let Some(row) = p1v1 {
         let (before, now) = amendment_of(&row, AmendmentKind::Expunge, None, "Patient/p1");
         ok(
@@ -146,7 +147,7 @@ fn populate(store: &dyn Store) {
         hash: TokenHash([5; 32]),
         session_id: "ses_1".into(),
         user_id: "usr_d".into(),
-        aal: 2,
+        aal: Aal::Two,
         created_micros: 1,
         last_seen_micros: 2,
         expires_micros: i64::MAX,
@@ -274,19 +275,21 @@ fn dump_and_load_round_trip(source: &dyn Store, target: &dyn Store) {
     );
     // The target works as a store: reads, search by index, the ledger tree.
     assert_eq!(
-        ok(target.version("Patient", "p1", None), "read"),
-        ok(source.version("Patient", "p1", None), "read")
+        ok(target.version(&ty("Patient"), &rid("p1"), None), "read"),
+        ok(source.version(&ty("Patient"), &rid("p1"), None), "read")
     );
     let q = IndexQuery {
-        resource_type: "Patient".into(),
         clauses: vec![vec![entry("p1", 2)]],
         limit: 10,
-        ..IndexQuery::default()
+        ..IndexQuery::new(ty("Patient"))
     };
     let found = ok(target.search(&q), "search");
     assert_eq!(found.total, 1);
     assert_eq!(found.rows[0].id, "p1");
-    assert!(ok(target.version("Patient", "p2", None), "shredded").is_some_and(|v| v.shredded));
+    assert!(
+        ok(target.version(&ty("Patient"), &rid("p2"), None), "shredded")
+            .is_some_and(|v| v.shredded)
+    );
     let size = ok(target.ledger_size(), "size");
     assert_eq!(size, 8);
     let root = |s: &dyn Store| {
@@ -340,6 +343,16 @@ fn ok<T>(r: Result<T, StoreError>, what: &str) -> T {
         Ok(v) => v,
         Err(e) => panic!("{what}: {e:?}"),
     }
+}
+
+/// A type name of the checks.
+fn ty(name: &'static str) -> ResourceType {
+    ResourceType::from_static(name)
+}
+
+/// An id of the checks.
+fn rid(text: &str) -> ResourceId {
+    ResourceId::new(text).unwrap_or_else(|e| panic!("{text:?}: {e}"))
 }
 
 fn version(rt: &str, id: &str, v: u64, at: i64, key: &str, body: Option<&[u8]>) -> StoredVersion {
@@ -464,8 +477,8 @@ fn amended_versions_keep_what_they_were(store: &dyn Store) {
             "version",
         );
     }
-    let v1 =
-        ok(store.version("Observation", "a", Some(1)), "v1").unwrap_or_else(|| panic!("no v1"));
+    let v1 = ok(store.version(&ty("Observation"), &rid("a"), Some(1)), "v1")
+        .unwrap_or_else(|| panic!("no v1"));
     let size = ok(store.ledger_size(), "size");
     // Re-sealed under another compartment's key: the row holds the new state and a new leaf.
     let (before, now) = amendment_of(&v1, AmendmentKind::Reseal, Some(b"resealed"), "Patient/y");
@@ -476,8 +489,8 @@ fn amended_versions_keep_what_they_were(store: &dyn Store) {
         "reseal",
     );
     assert_eq!(leaf, size);
-    let got =
-        ok(store.version("Observation", "a", Some(1)), "v1").unwrap_or_else(|| panic!("no v1"));
+    let got = ok(store.version(&ty("Observation"), &rid("a"), Some(1)), "v1")
+        .unwrap_or_else(|| panic!("no v1"));
     assert_eq!(
         (
             got.key_name.as_str(),
@@ -495,8 +508,8 @@ fn amended_versions_keep_what_they_were(store: &dyn Store) {
         )
     );
     assert_eq!(got.last_updated_micros, v1.last_updated_micros);
-    let cur =
-        ok(store.current("Observation", "a"), "current").unwrap_or_else(|| panic!("no current"));
+    let cur = ok(store.current(&ty("Observation"), &rid("a")), "current")
+        .unwrap_or_else(|| panic!("no current"));
     assert_eq!(
         (cur.version, cur.key_name.as_str()),
         (2, "Patient/x"),
@@ -510,8 +523,8 @@ fn amended_versions_keep_what_they_were(store: &dyn Store) {
         }),
         "expunge",
     );
-    let gone =
-        ok(store.version("Observation", "a", Some(1)), "v1").unwrap_or_else(|| panic!("no v1"));
+    let gone = ok(store.version(&ty("Observation"), &rid("a"), Some(1)), "v1")
+        .unwrap_or_else(|| panic!("no v1"));
     assert!(gone.expunged && gone.body.is_none());
     let all = ok(store.amendments_after(None, 10), "amendments");
     assert_eq!(
@@ -586,12 +599,14 @@ fn versions_and_history(store: &dyn Store) {
         matches!(dup, Err(StoreError::Conflict)),
         "duplicate version must conflict: {dup:?}"
     );
-    let cur = ok(store.current("Patient", "a"), "current").unwrap_or_else(|| panic!("no current"));
+    let cur = ok(store.current(&ty("Patient"), &rid("a")), "current")
+        .unwrap_or_else(|| panic!("no current"));
     assert_eq!((cur.version, cur.deleted), (2, false));
-    let latest =
-        ok(store.version("Patient", "a", None), "latest").unwrap_or_else(|| panic!("no latest"));
+    let latest = ok(store.version(&ty("Patient"), &rid("a"), None), "latest")
+        .unwrap_or_else(|| panic!("no latest"));
     assert_eq!(latest.body.as_ref().map(Sealed::as_bytes), Some(&b"v2"[..]));
-    let v1 = ok(store.version("Patient", "a", Some(1)), "v1").unwrap_or_else(|| panic!("no v1"));
+    let v1 = ok(store.version(&ty("Patient"), &rid("a"), Some(1)), "v1")
+        .unwrap_or_else(|| panic!("no v1"));
     assert_eq!(
         (
             v1.last_updated_micros,
@@ -599,9 +614,15 @@ fn versions_and_history(store: &dyn Store) {
         ),
         (100, Some(&b"v1"[..]))
     );
-    assert_eq!(ok(store.version("Patient", "a", Some(3)), "v3"), None);
     assert_eq!(
-        ok(store.version("Observation", "a", None), "other type"),
+        ok(store.version(&ty("Patient"), &rid("a"), Some(3)), "v3"),
+        None
+    );
+    assert_eq!(
+        ok(
+            store.version(&ty("Observation"), &rid("a"), None),
+            "other type"
+        ),
         None
     );
     // Delete marker.
@@ -613,15 +634,19 @@ fn versions_and_history(store: &dyn Store) {
         ),
         "delete",
     );
-    let cur = ok(store.current("Patient", "a"), "current").unwrap_or_else(|| panic!("no current"));
+    let cur = ok(store.current(&ty("Patient"), &rid("a")), "current")
+        .unwrap_or_else(|| panic!("no current"));
     assert_eq!((cur.version, cur.deleted), (3, true));
-    let h = ok(store.history("Patient", Some("a"), 0, 10), "history");
+    let h = ok(
+        store.history(&ty("Patient"), Some(&rid("a")), 0, 10),
+        "history",
+    );
     assert_eq!(h.total, 3);
     assert_eq!(
         h.rows.iter().map(|r| r.version).collect::<Vec<_>>(),
         vec![3, 2, 1]
     );
-    let h = ok(store.history("Patient", None, 1, 2), "type history");
+    let h = ok(store.history(&ty("Patient"), None, 1, 2), "type history");
     assert_eq!(h.total, 4);
     assert_eq!(
         h.rows
@@ -646,13 +671,15 @@ fn failed_op_leaves_nothing(store: &dyn Store) {
         matches!(r, Err(StoreError::Aborted(_))),
         "op error is passed through: {r:?}"
     );
-    assert_eq!(ok(store.current("Patient", "x"), "current"), None);
+    assert_eq!(
+        ok(store.current(&ty("Patient"), &rid("x")), "current"),
+        None
+    );
     assert_eq!(ok(store.meta("k"), "meta"), None);
     let q = IndexQuery {
-        resource_type: "Patient".into(),
         clauses: vec![vec![entry("family", 1)]],
         limit: 10,
-        ..IndexQuery::default()
+        ..IndexQuery::new(ty("Patient"))
     };
     assert_eq!(ok(store.search(&q), "search").total, 0);
     // Concurrent writers: every acknowledged write is there.
@@ -676,10 +703,9 @@ fn failed_op_leaves_nothing(store: &dyn Store) {
     });
     for t in 0..4u8 {
         let q = IndexQuery {
-            resource_type: "Patient".into(),
             clauses: vec![vec![entry("family", t)]],
             limit: 100,
-            ..IndexQuery::default()
+            ..IndexQuery::new(ty("Patient"))
         };
         assert_eq!(ok(store.search(&q), "search").total, 25, "writer {t}");
     }
@@ -745,9 +771,8 @@ fn search_semantics(store: &dyn Store) {
         (p.rows.into_iter().map(|r| r.id).collect(), p.total)
     };
     let base = IndexQuery {
-        resource_type: "Patient".into(),
         limit: 10,
-        ..IndexQuery::default()
+        ..IndexQuery::new(ty("Patient"))
     };
     let fam1 = IndexQuery {
         clauses: vec![vec![entry("family", 1)]],
@@ -866,15 +891,15 @@ fn destroy_shreds_compartment(store: &dyn Store) {
         (None, None),
         "wrapped key destroyed"
     );
-    let a = ok(store.version("Patient", "a", Some(1)), "a").unwrap_or_else(|| panic!("row kept"));
+    let a = ok(store.version(&ty("Patient"), &rid("a"), Some(1)), "a")
+        .unwrap_or_else(|| panic!("row kept"));
     assert!(a.shredded, "version reports its key is gone");
-    let b = ok(store.version("Patient", "b", None), "b").unwrap_or_else(|| panic!("b"));
+    let b = ok(store.version(&ty("Patient"), &rid("b"), None), "b").unwrap_or_else(|| panic!("b"));
     assert!(!b.shredded, "other patients untouched");
     let q = IndexQuery {
-        resource_type: "Patient".into(),
         clauses: vec![vec![entry("name", 1)]],
         limit: 10,
-        ..IndexQuery::default()
+        ..IndexQuery::new(ty("Patient"))
     };
     let p = ok(store.search(&q), "search");
     assert_eq!(
@@ -882,16 +907,15 @@ fn destroy_shreds_compartment(store: &dyn Store) {
         vec!["b"]
     );
     let all = IndexQuery {
-        resource_type: "Observation".into(),
         limit: 10,
-        ..IndexQuery::default()
+        ..IndexQuery::new(ty("Observation"))
     };
     assert_eq!(
         ok(store.search(&all), "search").total,
         0,
         "shredded resources leave search"
     );
-    let h = ok(store.history("Patient", None, 0, 10), "type history");
+    let h = ok(store.history(&ty("Patient"), None, 0, 10), "type history");
     assert_eq!(
         (
             h.total,
@@ -901,7 +925,7 @@ fn destroy_shreds_compartment(store: &dyn Store) {
         "type history leaves erased versions out of rows and total"
     );
     let h = ok(
-        store.history("Patient", Some("a"), 0, 10),
+        store.history(&ty("Patient"), Some(&rid("a")), 0, 10),
         "instance history",
     );
     assert!(
@@ -1056,7 +1080,8 @@ fn ledger_leaves_commit_with_their_records(store: &dyn Store) {
     assert_eq!(ok(store.ledger_nodes(0, 4, 10), "nodes").len(), 2);
     assert_eq!(ok(store.ledger_nodes(1, 0, 10), "nodes").len(), 3);
     assert_eq!(ok(store.ledger_nodes(2, 0, 10), "nodes").len(), 1);
-    let b = ok(store.version("Patient", "b", Some(1)), "version").unwrap_or_else(|| panic!("b"));
+    let b = ok(store.version(&ty("Patient"), &rid("b"), Some(1)), "version")
+        .unwrap_or_else(|| panic!("b"));
     assert_eq!((b.leaf, b.salt), (Some(2), Some([1; 16])));
     let d = ok(store.audit_detail(3), "audit").unwrap_or_else(|| panic!("detail"));
     assert_eq!(d.salt, [1; 16]);
@@ -1164,7 +1189,7 @@ fn users_sessions_and_recovery_codes(store: &dyn Store) {
         hash: TokenHash([n; 32]),
         session_id: format!("ses_{n}"),
         user_id: "usr_a".into(),
-        aal: 2,
+        aal: Aal::Two,
         created_micros: 10,
         last_seen_micros: 11,
         expires_micros: 12,
@@ -1195,6 +1220,43 @@ fn users_sessions_and_recovery_codes(store: &dyn Store) {
     );
     assert_eq!(rest, 1);
     assert_eq!(ok(store.session(&TokenHash([2; 32])), "session"), None);
+
+    // Every assurance level round-trips as its number; a stored number that names no level
+    // is refused when read, with the number named.
+    for (n, aal) in [(3u8, Aal::One), (4, Aal::Two), (5, Aal::Three)] {
+        let row = SessionRow { aal, ..session(n) };
+        let r = row.clone();
+        ok(write_with(store, move |tx| tx.put_session(&r)), "level");
+        assert_eq!(ok(store.session(&TokenHash([n; 32])), "level"), Some(row));
+    }
+    let sessions = crate::dump::NODE_TABLES
+        .iter()
+        .find(|t| t.name == "sessions")
+        .unwrap_or_else(|| panic!("no sessions table"));
+    let odd = vec![vec![
+        crate::dump::Cell::Bytes(vec![9; 32]),
+        crate::dump::Cell::Text("ses_9".into()),
+        crate::dump::Cell::Text("usr_a".into()),
+        crate::dump::Cell::Int(7),
+        crate::dump::Cell::Int(10),
+        crate::dump::Cell::Int(11),
+        crate::dump::Cell::Int(12),
+    ]];
+    ok(
+        write_with(store, move |tx| tx.load(sessions, &odd)),
+        "load a session of an unknown level",
+    );
+    match store.session(&TokenHash([9; 32])) {
+        Err(StoreError::Backend(e)) => assert!(
+            e.to_string().contains("assurance level 7"),
+            "the error names the stored level: {e}"
+        ),
+        other => panic!("an unknown stored level must be a backend error: {other:?}"),
+    }
+    ok(
+        write_with(store, |tx| tx.delete_sessions("usr_a", None)),
+        "end the level sessions",
+    );
 
     ok(
         write_with(store, |tx| {

@@ -60,21 +60,25 @@ macro_rules! forward_reads {
             }
         }
         impl $crate::RecordRead for $ty {
-            fn current(&self, rt: &str, id: &str) -> Result<Option<$crate::CurrentMeta>, $crate::StoreError> {
+            fn current(
+                &self,
+                rt: &$crate::__private::ResourceType,
+                id: &$crate::__private::ResourceId,
+            ) -> Result<Option<$crate::CurrentMeta>, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::current(c, rt, id))
             }
             fn version(
                 &self,
-                rt: &str,
-                id: &str,
+                rt: &$crate::__private::ResourceType,
+                id: &$crate::__private::ResourceId,
                 v: Option<u64>,
             ) -> Result<Option<$crate::StoredVersion>, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::version(c, rt, id, v))
             }
             fn history(
                 &self,
-                rt: &str,
-                id: Option<&str>,
+                rt: &$crate::__private::ResourceType,
+                id: Option<&$crate::__private::ResourceId>,
                 offset: u64,
                 limit: u64,
             ) -> Result<$crate::SearchPage, $crate::StoreError> {

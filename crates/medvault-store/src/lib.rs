@@ -30,10 +30,12 @@ pub mod prelude {
 /// What [`forward_reads`] names by path; not part of the API.
 #[doc(hidden)]
 pub mod __private {
+    pub use medvault_core::{ResourceId, ResourceType};
     pub use medvault_crypto::{BlindValue, Sealed, WrappedKey};
     pub use medvault_ledger::Hash;
 }
 
+use medvault_core::{Aal, ResourceId, ResourceType};
 use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 use medvault_ledger::{Hash, LedgerError, NodeSource, SALT_LEN};
 
@@ -107,6 +109,9 @@ impl Schema {
 }
 
 /// One stored version of a resource.
+///
+/// Its type and id are kept as the database holds them (text): reads are asked for by
+/// [`ResourceType`] and [`ResourceId`], rows come back as they were stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredVersion {
     /// FHIR resource type.
@@ -272,10 +277,10 @@ pub enum SortOrder {
 /// Clauses are ANDed; the values inside one clause are ORed. Blind values are keyed per
 /// (resource type, search parameter) by their derivation, so a value names its parameter too:
 /// backends index the values alone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct IndexQuery {
     /// Resource type searched.
-    pub resource_type: String,
+    pub resource_type: ResourceType,
     /// Each clause: any of these blind values.
     pub clauses: Vec<Vec<BlindValue>>,
     /// Restrict to these ids (`_id`).
@@ -290,6 +295,23 @@ pub struct IndexQuery {
     pub offset: u64,
     /// Rows to return at most.
     pub limit: u64,
+}
+
+impl IndexQuery {
+    /// Every current version of `resource_type`, in the default order, no rows (set the
+    /// clauses, bounds and `limit` wanted).
+    pub fn new(resource_type: ResourceType) -> Self {
+        Self {
+            resource_type,
+            clauses: Vec::new(),
+            ids: None,
+            updated_from: None,
+            updated_to: None,
+            sort: SortOrder::default(),
+            offset: 0,
+            limit: 0,
+        }
+    }
 }
 
 /// A page of search results plus the total count of matches.
@@ -400,8 +422,10 @@ pub struct SessionRow {
     pub session_id: String,
     /// The user.
     pub user_id: String,
-    /// Authenticator assurance level reached (1: password only, enrollment only; 2: MFA).
-    pub aal: u8,
+    /// Authenticator assurance level reached (AAL1: password only, enrollment only; AAL2: a
+    /// second factor; AAL3: a passkey). Stored as its number; a stored number that names no
+    /// level is a backend error when read.
+    pub aal: Aal,
     /// Start, microseconds.
     pub created_micros: i64,
     /// Last use recorded, microseconds (kept to a minute's precision).
@@ -567,15 +591,19 @@ pub trait RecordRead {
     ///
     /// # Errors
     /// [`StoreError::Backend`].
-    fn current(&self, resource_type: &str, id: &str) -> Result<Option<CurrentMeta>, StoreError>;
+    fn current(
+        &self,
+        resource_type: &ResourceType,
+        id: &ResourceId,
+    ) -> Result<Option<CurrentMeta>, StoreError>;
     /// One version, or the latest when `version` is `None`.
     ///
     /// # Errors
     /// [`StoreError::Backend`].
     fn version(
         &self,
-        resource_type: &str,
-        id: &str,
+        resource_type: &ResourceType,
+        id: &ResourceId,
         version: Option<u64>,
     ) -> Result<Option<StoredVersion>, StoreError>;
     /// History, newest first: of one resource when `id` is given (shredded versions included,
@@ -585,8 +613,8 @@ pub trait RecordRead {
     /// [`StoreError::Backend`].
     fn history(
         &self,
-        resource_type: &str,
-        id: Option<&str>,
+        resource_type: &ResourceType,
+        id: Option<&ResourceId>,
         offset: u64,
         limit: u64,
     ) -> Result<SearchPage, StoreError>;
@@ -596,7 +624,7 @@ pub trait RecordRead {
     /// [`StoreError::Backend`].
     fn search(&self, query: &IndexQuery) -> Result<SearchPage, StoreError>;
     /// Every stored version in storage order, `limit` at a time after `after` (type, id,
-    /// version), bodies included: for offline verification.
+    /// version, as the last row read holds them), bodies included: for offline verification.
     ///
     /// # Errors
     /// [`StoreError::Backend`].

@@ -4,7 +4,7 @@
 use anyhow::bail;
 use clap::Subcommand;
 use indicatif::ProgressBar;
-use medvault_core::ResourceId;
+use medvault_core::{ResourceId, ResourceType};
 use medvault_node::node::Node;
 
 use super::{DataDir, audit_admin, audit_admin_with, open_node, progress};
@@ -145,16 +145,19 @@ fn erase(node: &Node, patient: &str) -> anyhow::Result<String> {
 }
 
 /// `Type/id/_history/N` → (type, id, N).
-fn parse_version_ref(text: &str) -> anyhow::Result<(String, ResourceId, u64)> {
+fn parse_version_ref(text: &str) -> anyhow::Result<(ResourceType, ResourceId, u64)> {
     let parts: Vec<&str> = text.trim_matches('/').split('/').collect();
     match parts.as_slice() {
         [rt, id, "_history", v] => {
+            // (Whether the node serves the type is checked on the node, as the server does.)
+            let rt = ResourceType::new(rt)
+                .map_err(|_| anyhow::anyhow!("cannot expunge {text}: unknown resource type"))?;
             let id = ResourceId::new(id).map_err(|e| anyhow::anyhow!("{text}: {e}"))?;
             let v =
                 v.parse::<u64>().ok().filter(|v| *v > 0).ok_or_else(|| {
                     anyhow::anyhow!("{text}: the version must be a number from 1")
                 })?;
-            Ok(((*rt).to_owned(), id, v))
+            Ok((rt, id, v))
         }
         _ => bail!("{text}: name the version as Type/id/_history/N"),
     }

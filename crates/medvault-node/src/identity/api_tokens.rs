@@ -170,7 +170,7 @@ pub(crate) async fn validate_api_token(
                     token_id: row.token_id,
                     role,
                     session: None,
-                    aal: 0,
+                    aal: None,
                     scopes: None,
                     client: None,
                     auth_time_micros: None,

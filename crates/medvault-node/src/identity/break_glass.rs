@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use medvault_core::ResourceId;
+use medvault_core::{ResourceId, ResourceType};
 use medvault_store::{AlertRow, BreakGlassRow, write_with};
 use serde_json::{Value, json};
 
@@ -86,7 +86,7 @@ pub fn open(
     // A grant for no patient would be an alert about nothing.
     if node
         .store
-        .current("Patient", &patient_id)?
+        .current(&ResourceType::PATIENT, patient)?
         .is_none_or(|c| c.deleted)
     {
         return Err(Error::not_found("no such patient"));

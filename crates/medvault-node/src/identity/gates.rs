@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use medvault_core::{FhirAccess, Role};
+use medvault_core::{Aal, FhirAccess, Role};
 
 use crate::error::{Error, ErrorKind, IssueCode};
 use crate::identity::Authenticated;
@@ -44,10 +44,15 @@ impl Refusal {
     }
 }
 
+/// True if the caller proved a second factor: AAL2 or above.
+fn with_second_factor(who: &Authenticated) -> bool {
+    who.aal.is_some_and(|aal| aal >= Aal::Two)
+}
+
 /// A person's session reaches data only after a second factor (AAL2); API tokens and apps'
 /// tokens are not sessions and pass.
 pub fn second_factor(who: &Authenticated) -> Result<(), Refusal> {
-    if who.session.is_none() || who.aal >= 2 {
+    if who.session.is_none() || with_second_factor(who) {
         Ok(())
     } else {
         Err(Refusal::forbidden(
@@ -67,7 +72,7 @@ pub fn step_up(
     now: i64,
     window: Duration,
 ) -> Result<(), Refusal> {
-    if !roles.contains(&who.role) || who.session.is_none() || who.aal < 2 {
+    if !roles.contains(&who.role) || who.session.is_none() || !with_second_factor(who) {
         return Err(Refusal::forbidden(
             "step-up",
             format!(
@@ -138,7 +143,7 @@ pub fn share(who: &Authenticated) -> Result<(), Refusal> {
 
 /// The privacy officer's alerts: that role, in a session with a second factor.
 pub fn privacy_officer(who: &Authenticated) -> Result<(), Refusal> {
-    if who.role == Role::PrivacyOfficer && who.session.is_some() && who.aal >= 2 {
+    if who.role == Role::PrivacyOfficer && who.session.is_some() && with_second_factor(who) {
         Ok(())
     } else {
         Err(Refusal::forbidden(
@@ -150,7 +155,10 @@ pub fn privacy_officer(who: &Authenticated) -> Result<(), Refusal> {
 
 /// Token introspection: admins, with a second factor when in a session; never apps.
 pub fn introspection(who: &Authenticated) -> Result<(), Refusal> {
-    if who.role == Role::Admin && (who.session.is_none() || who.aal >= 2) && who.scopes.is_none() {
+    if who.role == Role::Admin
+        && (who.session.is_none() || with_second_factor(who))
+        && who.scopes.is_none()
+    {
         Ok(())
     } else {
         Err(Refusal::forbidden(
@@ -162,7 +170,7 @@ pub fn introspection(who: &Authenticated) -> Result<(), Refusal> {
 
 /// Approving an app (SMART authorization): a person's session with a second factor.
 pub fn app_approval(who: &Authenticated) -> Result<(), Refusal> {
-    if who.session.is_some() && who.aal >= 2 {
+    if who.session.is_some() && with_second_factor(who) {
         Ok(())
     } else {
         Err(Refusal::forbidden(
@@ -176,13 +184,15 @@ pub fn app_approval(who: &Authenticated) -> Result<(), Refusal> {
 mod tests {
     use super::*;
 
-    /// A caller: `role`, a session (with `aal`) or not, an app's scopes or not, signed in at `at`.
+    /// A caller: `role`, a session (with `aal`, 0 for none) or not, an app's scopes or not,
+    /// signed in at `at`.
     fn who(role: Role, session: bool, aal: u8, app: bool, at: Option<i64>) -> Authenticated {
         Authenticated {
             token_id: "usr_x".into(),
             role,
             session: session.then(|| "ses_x".into()),
-            aal,
+            aal: (aal > 0)
+                .then(|| Aal::from_level(i64::from(aal)).unwrap_or_else(|e| panic!("{e}"))),
             scopes: app.then(|| {
                 std::sync::Arc::new(
                     medvault_auth::scopes::ScopeSet::parse("system/Patient.r")
@@ -199,8 +209,8 @@ mod tests {
     /// The role gate: which part of the FHIR API each kind of caller reaches at all.
     #[test]
     fn the_role_gate_admits_each_role_to_its_part_of_the_api() {
-        let obs = Target::Type("Observation".into());
-        let audit = Target::Type("AuditEvent".into());
+        let obs = Target::Type(medvault_core::ResourceType::from_static("Observation"));
+        let audit = Target::Type(medvault_core::ResourceType::from_static("AuditEvent"));
         let rows: [(Role, bool, bool, &Target, bool); 9] = [
             (Role::Clinician, false, false, &obs, true),
             (Role::Clinician, false, true, &audit, false),
@@ -243,6 +253,11 @@ mod tests {
                 None,
             ),
             (
+                "AAL3 (passkey) session",
+                second_factor(&clin(true, 3, false, fresh)),
+                None,
+            ),
+            (
                 "API token",
                 second_factor(&clin(false, 0, false, None)),
                 None,
@@ -256,6 +271,17 @@ mod tests {
                 "step-up, fresh AAL2 admin",
                 step_up(
                     &admin(true, 2, false, fresh),
+                    &[Role::Admin],
+                    "an admin",
+                    now,
+                    window,
+                ),
+                None,
+            ),
+            (
+                "step-up, fresh AAL3 admin",
+                step_up(
+                    &admin(true, 3, false, fresh),
                     &[Role::Admin],
                     "an admin",
                     now,
@@ -372,7 +398,7 @@ mod tests {
         for (case, got, want) in rows {
             assert_eq!(got.err().map(|r| r.rule), want, "{case}");
         }
-        assert_eq!(ran, 21);
+        assert_eq!(ran, 23);
         // Only a stale sign-in asks for a fresh one (401 + WWW-Authenticate); the rest are 403.
         let stale_refusal = step_up(
             &admin(true, 2, false, stale),

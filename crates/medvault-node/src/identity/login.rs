@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use medvault_auth::password::{self, Password};
 use medvault_auth::{recovery, totp};
-use medvault_core::Role;
+use medvault_core::{Aal, Role};
 use medvault_store::{SessionRow, StoreError, TokenHash, UserRow, write_with};
 use serde::Deserialize;
 
@@ -288,21 +288,21 @@ pub(crate) fn record_failure(node: &Node, user_id: &str, now: i64) -> Result<boo
     })?)
 }
 
-/// Checks the second factor: `Ok(Ok(2))` when it holds (AAL2), `Ok(Ok(1))` for a user with none
-/// enrolled (enrollment-only session), `Ok(Err(_))` when it fails.
+/// Checks the second factor: `Ok(Ok(Aal::Two))` when it holds, `Ok(Ok(Aal::One))` for a user
+/// with none enrolled (enrollment-only session), `Ok(Err(_))` when it fails.
 fn second_factor(
     node: &Node,
     user: &mut UserRow,
     req: &Credentials,
     now: i64,
-) -> Result<Result<u8, LoginFailure>, Error> {
+) -> Result<Result<Aal, LoginFailure>, Error> {
     let Some(sealed) = &user.totp else {
         // No TOTP: a user with passkeys must sign in with one (the password alone is not a
         // second factor); a user with no factor at all gets an enrollment-only session.
         if !node.store.passkeys(&user.id)?.is_empty() {
             return Ok(Err(LoginFailure::SecondFactorRequired));
         }
-        return Ok(Ok(1));
+        return Ok(Ok(Aal::One));
     };
     if let Some(code) = &req.totp {
         let key = identity_key(node)?;
@@ -312,7 +312,7 @@ fn second_factor(
             match totp::verify(&secret, code, unix, user.totp_last_step) {
                 Some(step) => {
                     user.totp_last_step = Some(step);
-                    Ok(2)
+                    Ok(Aal::Two)
                 }
                 None => Err(LoginFailure::BadSecondFactor),
             },
@@ -326,7 +326,7 @@ fn second_factor(
             tx.use_recovery_code(&uid, &h)
         })?;
         return Ok(if used {
-            Ok(2)
+            Ok(Aal::Two)
         } else {
             Err(LoginFailure::BadSecondFactor)
         });
@@ -375,9 +375,13 @@ pub(crate) fn user_of(node: &Node, who: &Authenticated) -> Result<UserRow, Error
 ///
 /// # Errors
 /// 403 when the session may not.
-pub(crate) fn factor_change_allowed(node: &Node, user: &UserRow, aal: u8) -> Result<(), Error> {
+pub(crate) fn factor_change_allowed(
+    node: &Node,
+    user: &UserRow,
+    aal: Option<Aal>,
+) -> Result<(), Error> {
     let has_factor = user.totp.is_some() || !node.store.passkeys(&user.id)?.is_empty();
-    if has_factor && aal < 2 {
+    if has_factor && aal.is_none_or(|aal| aal < Aal::Two) {
         return Err(Error::new(
             ErrorKind::Forbidden,
             IssueCode::Forbidden,
@@ -464,7 +468,7 @@ pub fn totp_confirm(
         tx.set_recovery_codes(&user.id, &hashes)?;
         tx.put_user(&user)?;
         if let Some(mut s) = session {
-            s.aal = 2;
+            s.aal = Aal::Two;
             tx.put_session(&s)?;
         }
         Ok(())

@@ -44,7 +44,7 @@ pub mod throttle;
 use std::sync::Arc;
 use std::time::Duration;
 
-use medvault_core::Role;
+use medvault_core::{Aal, Role};
 use medvault_crypto::{DataKey, Sealed};
 use medvault_store::{StoreError, write_with};
 
@@ -65,8 +65,11 @@ pub struct Authenticated {
     pub role: Role,
     /// The login session's id (`ses_…`), when a person authenticated.
     pub session: Option<String>,
-    /// Authenticator assurance level of a session (1: password only, 2: MFA); 0 for API tokens.
-    pub aal: u8,
+    /// Authenticator assurance level the person proved: a session's (AAL1: password only,
+    /// AAL2: a second factor, AAL3: a passkey), or AAL2 for an app's token acting for a user
+    /// (who approved it in an AAL2 session); `None` for API tokens and backend services, which
+    /// no person signed in for.
+    pub aal: Option<Aal>,
     /// For an OAuth2 access token: the SMART scopes granted, enforced on every interaction.
     pub scopes: Option<std::sync::Arc<medvault_auth::scopes::ScopeSet>>,
     /// For an OAuth2 access token: the client (app or service) that presents it.

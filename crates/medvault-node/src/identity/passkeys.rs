@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use medvault_core::Role;
+use medvault_core::{Aal, Role};
 use medvault_store::{StoreError, TokenHash, write_with};
 pub use webauthn_rs::prelude::{
     CreationChallengeResponse, PublicKeyCredential, RegisterPublicKeyCredential,
@@ -215,9 +215,9 @@ pub fn register_finish(
     store_passkey(node, &user_id, &pk)?;
     if let Some(h) = session
         && let Some(mut s) = node.store.session(&h)?
-        && s.aal < 2
+        && s.aal < Aal::Two
     {
-        s.aal = 2;
+        s.aal = Aal::Two;
         write_with(node.store.as_ref(), move |tx| tx.put_session(&s))?;
         sessions.forget(&h);
     }
@@ -312,7 +312,7 @@ pub fn login_finish(
         }
     }
     let (idle, max) = limits.for_role(role);
-    let (token, session) = new_session(&user_id, 3, now, max).map_err(fail)?;
+    let (token, session) = new_session(&user_id, Aal::Three, now, max).map_err(fail)?;
     let (s, uid) = (session.clone(), user_id.clone());
     // Applied to the row as it is now: a disable or lockout since we read it wins.
     let opened = write_with(node.store.as_ref(), move |tx| {

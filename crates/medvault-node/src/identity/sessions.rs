@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use medvault_core::Role;
+use medvault_core::{Aal, Role};
 use medvault_store::{SessionRow, TokenHash, write_with};
 
 use crate::error::Error;
@@ -60,7 +60,7 @@ impl SessionLimits {
 /// its token (shown once) and its row (to store).
 pub(crate) fn new_session(
     user_id: &str,
-    aal: u8,
+    aal: Aal,
     now: i64,
     max: Duration,
 ) -> Result<(zeroize::Zeroizing<String>, SessionRow), Error> {
@@ -178,7 +178,7 @@ pub async fn authenticate_session(
         token_id: s.row.user_id.clone(),
         role: s.role,
         session: Some(s.row.session_id.clone()),
-        aal: s.row.aal,
+        aal: Some(s.row.aal),
         scopes: s.scopes.clone(),
         client: None,
         auth_time_micros: Some(s.row.created_micros),

@@ -25,7 +25,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use http::StatusCode;
 use medvault_auth::scopes::ScopeSet;
-use medvault_core::Role;
+use medvault_core::{Aal, Role};
 use medvault_store::{AccessTokenRow, TokenHash, write_with};
 
 use crate::error::Error;
@@ -139,9 +139,10 @@ pub async fn authenticate_access_token(
                         scopes = scopes.for_patient(user.patient_id.as_deref());
                         patient = user.patient_id.filter(|_| role == Role::Patient);
                         practitioner = user.practitioner;
-                        (user.id, role, 2)
+                        // The user approved the app in a session with a second factor.
+                        (user.id, role, Some(Aal::Two))
                     }
-                    None => (row.client_id.clone(), Role::Service, 0),
+                    None => (row.client_id.clone(), Role::Service, None),
                 };
                 Ok(Some((
                     Authenticated {
