@@ -21,6 +21,30 @@ const VERSION_COLUMNS: &str =
      (d.name IS NOT NULL AND d.wrapped IS NULL), v.salt, v.leaf, v.expunged";
 const VERSION_JOIN: &str = "versions v LEFT JOIN deks d ON d.name = v.key_name";
 
+/// The row `sql` finds with `params`, decoded by `row`, or `None`.
+fn one<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Option<T>, StoreError> {
+    c.prepare_cached(sql)
+        .and_then(|mut s| s.query_row(params, row).optional())
+        .map_err(backend)
+}
+
+/// Every row `sql` finds with `params`, decoded by `row`, in the query's order.
+fn all<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, StoreError> {
+    c.prepare_cached(sql)
+        .and_then(|mut s| s.query_map(params, row)?.collect())
+        .map_err(backend)
+}
+
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -99,9 +123,7 @@ pub(crate) fn amendments_after(
 }
 
 pub(crate) fn meta(c: &Connection, key: &str) -> Result<Option<String>, StoreError> {
-    c.prepare_cached("SELECT v FROM meta WHERE k = ?1")
-        .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
-        .map_err(backend)
+    one(c, "SELECT v FROM meta WHERE k = ?1", [key], |r| r.get(0))
 }
 
 pub(crate) fn keks(c: &Connection) -> Result<Vec<(u32, WrappedKey)>, StoreError> {
@@ -114,19 +136,19 @@ pub(crate) fn keks(c: &Connection) -> Result<Vec<(u32, WrappedKey)>, StoreError>
 }
 
 pub(crate) fn data_key(c: &Connection, name: &str) -> Result<Option<DataKeyRow>, StoreError> {
-    c.prepare_cached("SELECT name, key_version, kek_version, wrapped FROM deks WHERE name = ?1")
-        .and_then(|mut s| {
-            s.query_row([name], |r| {
-                Ok(DataKeyRow {
-                    name: r.get(0)?,
-                    key_version: r.get(1)?,
-                    kek_version: r.get(2)?,
-                    wrapped: r.get::<_, Option<Vec<u8>>>(3)?.map(WrappedKey::from_stored),
-                })
+    one(
+        c,
+        "SELECT name, key_version, kek_version, wrapped FROM deks WHERE name = ?1",
+        [name],
+        |r| {
+            Ok(DataKeyRow {
+                name: r.get(0)?,
+                key_version: r.get(1)?,
+                kek_version: r.get(2)?,
+                wrapped: r.get::<_, Option<Vec<u8>>>(3)?.map(WrappedKey::from_stored),
             })
-            .optional()
-        })
-        .map_err(backend)
+        },
+    )
 }
 
 pub(crate) fn data_key_names(c: &Connection) -> Result<Vec<String>, StoreError> {
@@ -143,18 +165,18 @@ pub(crate) fn current(
     rt: &ResourceType,
     id: &ResourceId,
 ) -> Result<Option<CurrentMeta>, StoreError> {
-    c.prepare_cached("SELECT version, deleted, key_name FROM current WHERE rtype = ?1 AND id = ?2")
-        .and_then(|mut s| {
-            s.query_row([rt.as_str(), id.as_str()], |r| {
-                Ok(CurrentMeta {
-                    version: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                    deleted: r.get(1)?,
-                    key_name: r.get(2)?,
-                })
+    one(
+        c,
+        "SELECT version, deleted, key_name FROM current WHERE rtype = ?1 AND id = ?2",
+        [rt.as_str(), id.as_str()],
+        |r| {
+            Ok(CurrentMeta {
+                version: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                deleted: r.get(1)?,
+                key_name: r.get(2)?,
             })
-            .optional()
-        })
-        .map_err(backend)
+        },
+    )
 }
 
 pub(crate) fn version(
@@ -352,35 +374,42 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
 }
 
 pub(crate) fn user(c: &Connection, id: &str) -> Result<Option<UserRow>, StoreError> {
-    c.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))
-        .and_then(|mut s| s.query_row([id], user_row).optional())
-        .map_err(backend)
+    one(
+        c,
+        &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
+        [id],
+        user_row,
+    )
 }
 
 pub(crate) fn user_by_name(
     c: &Connection,
     index: &BlindValue,
 ) -> Result<Option<UserRow>, StoreError> {
-    c.prepare_cached(&format!(
-        "SELECT {USER_COLUMNS} FROM users WHERE name_index = ?1"
-    ))
-    .and_then(|mut s| s.query_row([&index.0[..]], user_row).optional())
-    .map_err(backend)
+    one(
+        c,
+        &format!("SELECT {USER_COLUMNS} FROM users WHERE name_index = ?1"),
+        [&index.0[..]],
+        user_row,
+    )
 }
 
 pub(crate) fn users(c: &Connection) -> Result<Vec<UserRow>, StoreError> {
-    c.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"))
-        .and_then(|mut s| s.query_map([], user_row)?.collect())
-        .map_err(backend)
+    all(
+        c,
+        &format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"),
+        [],
+        user_row,
+    )
 }
 
 pub(crate) fn session(c: &Connection, hash: &TokenHash) -> Result<Option<SessionRow>, StoreError> {
-    c.prepare_cached(
+    one(
+        c,
         "SELECT session_id, user_id, aal, created, last_seen, expires FROM sessions
          WHERE hash = ?1",
-    )
-    .and_then(|mut s| {
-        s.query_row([&hash.as_bytes()[..]], |r| {
+        [&hash.as_bytes()[..]],
+        |r| {
             Ok(SessionRow {
                 hash: *hash,
                 session_id: r.get(0)?,
@@ -396,10 +425,8 @@ pub(crate) fn session(c: &Connection, hash: &TokenHash) -> Result<Option<Session
                 last_seen_micros: r.get(4)?,
                 expires_micros: r.get(5)?,
             })
-        })
-        .optional()
-    })
-    .map_err(backend)
+        },
+    )
 }
 
 fn client_row(r: &Row<'_>) -> rusqlite::Result<ClientRow> {
@@ -433,15 +460,21 @@ fn peer_row(r: &Row<'_>) -> rusqlite::Result<PeerRow> {
 }
 
 pub(crate) fn peer(c: &Connection, node: &str) -> Result<Option<PeerRow>, StoreError> {
-    c.prepare_cached(&format!("SELECT {PEER_COLUMNS} FROM peers WHERE node = ?1"))
-        .and_then(|mut s| s.query_row([node], peer_row).optional())
-        .map_err(backend)
+    one(
+        c,
+        &format!("SELECT {PEER_COLUMNS} FROM peers WHERE node = ?1"),
+        [node],
+        peer_row,
+    )
 }
 
 pub(crate) fn peers(c: &Connection) -> Result<Vec<PeerRow>, StoreError> {
-    c.prepare_cached(&format!("SELECT {PEER_COLUMNS} FROM peers ORDER BY node"))
-        .and_then(|mut s| s.query_map([], peer_row)?.collect())
-        .map_err(backend)
+    all(
+        c,
+        &format!("SELECT {PEER_COLUMNS} FROM peers ORDER BY node"),
+        [],
+        peer_row,
+    )
 }
 
 pub(crate) fn share_receipt(
@@ -449,19 +482,22 @@ pub(crate) fn share_receipt(
     sender: &str,
     bundle_id: &str,
 ) -> Result<Option<String>, StoreError> {
-    c.prepare_cached("SELECT receipt FROM share_receipts WHERE sender = ?1 AND bundle_id = ?2")
-        .and_then(|mut s| s.query_row([sender, bundle_id], |r| r.get(0)).optional())
-        .map_err(backend)
+    one(
+        c,
+        "SELECT receipt FROM share_receipts WHERE sender = ?1 AND bundle_id = ?2",
+        [sender, bundle_id],
+        |r| r.get(0),
+    )
 }
 
 pub(crate) fn grant(c: &Connection, hash: &TokenHash) -> Result<Option<GrantRow>, StoreError> {
-    c.prepare_cached(
+    one(
+        c,
         "SELECT kind, client_id, user_id, scopes, redirect_uri, code_challenge, family, expires,
                 used
          FROM oauth_grants WHERE hash = ?1",
-    )
-    .and_then(|mut s| {
-        s.query_row([&hash.as_bytes()[..]], |r| {
+        [&hash.as_bytes()[..]],
+        |r| {
             Ok(GrantRow {
                 hash: *hash,
                 kind: r.get(0)?,
@@ -474,38 +510,38 @@ pub(crate) fn grant(c: &Connection, hash: &TokenHash) -> Result<Option<GrantRow>
                 expires_micros: r.get(7)?,
                 used: r.get(8)?,
             })
-        })
-        .optional()
-    })
-    .map_err(backend)
+        },
+    )
 }
 
 pub(crate) fn client(c: &Connection, id: &str) -> Result<Option<ClientRow>, StoreError> {
-    c.prepare_cached(&format!(
-        "SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE client_id = ?1"
-    ))
-    .and_then(|mut s| s.query_row([id], client_row).optional())
-    .map_err(backend)
+    one(
+        c,
+        &format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE client_id = ?1"),
+        [id],
+        client_row,
+    )
 }
 
 pub(crate) fn clients(c: &Connection) -> Result<Vec<ClientRow>, StoreError> {
-    c.prepare_cached(&format!(
-        "SELECT {CLIENT_COLUMNS} FROM oauth_clients ORDER BY client_id"
-    ))
-    .and_then(|mut s| s.query_map([], client_row)?.collect())
-    .map_err(backend)
+    all(
+        c,
+        &format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients ORDER BY client_id"),
+        [],
+        client_row,
+    )
 }
 
 pub(crate) fn access_token(
     c: &Connection,
     hash: &TokenHash,
 ) -> Result<Option<AccessTokenRow>, StoreError> {
-    c.prepare_cached(
+    one(
+        c,
         "SELECT client_id, scopes, issued, expires, user_id, family FROM oauth_tokens
          WHERE hash = ?1",
-    )
-    .and_then(|mut s| {
-        s.query_row([&hash.as_bytes()[..]], |r| {
+        [&hash.as_bytes()[..]],
+        |r| {
             Ok(AccessTokenRow {
                 hash: *hash,
                 client_id: r.get(0)?,
@@ -515,26 +551,20 @@ pub(crate) fn access_token(
                 user_id: r.get(4)?,
                 family: r.get(5)?,
             })
-        })
-        .optional()
-    })
-    .map_err(backend)
+        },
+    )
 }
 
 pub(crate) fn passkeys(
     c: &Connection,
     user_id: &str,
 ) -> Result<Vec<(Vec<u8>, Sealed)>, StoreError> {
-    c.prepare_cached(
+    all(
+        c,
         "SELECT credential_id, passkey FROM passkeys WHERE user_id = ?1 ORDER BY created",
+        [user_id],
+        |r| Ok((r.get(0)?, Sealed::from_stored(r.get(1)?))),
     )
-    .and_then(|mut s| {
-        s.query_map([user_id], |r| {
-            Ok((r.get(0)?, Sealed::from_stored(r.get(1)?)))
-        })?
-        .collect()
-    })
-    .map_err(backend)
 }
 
 pub(crate) fn break_glass(
@@ -543,13 +573,13 @@ pub(crate) fn break_glass(
     patient: &str,
     now_micros: i64,
 ) -> Result<Option<BreakGlassRow>, StoreError> {
-    c.prepare_cached(
+    one(
+        c,
         "SELECT id, reason, opened, expires FROM break_glass
          WHERE user_id = ?1 AND patient = ?2 AND opened <= ?3 AND expires > ?3
          ORDER BY expires DESC LIMIT 1",
-    )
-    .and_then(|mut s| {
-        s.query_row(params![user_id, patient, now_micros], |r| {
+        params![user_id, patient, now_micros],
+        |r| {
             Ok(BreakGlassRow {
                 id: r.get(0)?,
                 user_id: user_id.to_owned(),
@@ -558,19 +588,17 @@ pub(crate) fn break_glass(
                 opened_micros: r.get(2)?,
                 expires_micros: r.get(3)?,
             })
-        })
-        .optional()
-    })
-    .map_err(backend)
+        },
+    )
 }
 
 pub(crate) fn alerts(c: &Connection, open_only: bool) -> Result<Vec<AlertRow>, StoreError> {
-    c.prepare_cached(
+    all(
+        c,
         "SELECT id, kind, at, user_id, patient, detail, acknowledged_by, acknowledged
          FROM alerts WHERE (?1 = 0 OR acknowledged IS NULL) ORDER BY at DESC, id DESC",
-    )
-    .and_then(|mut s| {
-        s.query_map([open_only], |r| {
+        [open_only],
+        |r| {
             Ok(AlertRow {
                 id: r.get(0)?,
                 kind: r.get(1)?,
@@ -581,10 +609,8 @@ pub(crate) fn alerts(c: &Connection, open_only: bool) -> Result<Vec<AlertRow>, S
                 acknowledged_by: r.get(6)?,
                 acknowledged_micros: r.get(7)?,
             })
-        })?
-        .collect()
-    })
-    .map_err(backend)
+        },
+    )
 }
 
 pub(crate) fn recovery_codes_left(c: &Connection, user_id: &str) -> Result<u64, StoreError> {
@@ -608,19 +634,21 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
 }
 
 pub(crate) fn token(c: &Connection, hash: &TokenHash) -> Result<Option<TokenRow>, StoreError> {
-    c.prepare_cached(&format!(
-        "SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"
-    ))
-    .and_then(|mut s| s.query_row([&hash.as_bytes()[..]], token_row).optional())
-    .map_err(backend)
+    one(
+        c,
+        &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"),
+        [&hash.as_bytes()[..]],
+        token_row,
+    )
 }
 
 pub(crate) fn tokens(c: &Connection) -> Result<Vec<TokenRow>, StoreError> {
-    c.prepare_cached(&format!(
-        "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created, token_id"
-    ))
-    .and_then(|mut s| s.query_map([], token_row)?.collect())
-    .map_err(backend)
+    all(
+        c,
+        &format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created, token_id"),
+        [],
+        token_row,
+    )
 }
 
 /// Removes a resource's index rows, given its concatenated values.
