@@ -140,7 +140,7 @@ impl HybridSigningKey {
     ///
     /// # Errors
     /// [`CryptoError::Opaque`] if the library cannot encode the key.
-    pub fn ed25519_pkcs8(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
+    pub(crate) fn ed25519_pkcs8(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
         self.ed
             .to_pkcs8v1()
             .map(|d| zeroize::Zeroizing::new(d.as_ref().to_vec()))

@@ -24,6 +24,7 @@ mod keyfile;
 mod random;
 mod secret;
 mod sign;
+mod x509;
 
 pub use blind::{BLIND_LEN, BlindIndexer, BlindValue, ParamKey};
 pub use bundle::{
@@ -42,3 +43,4 @@ pub use keyfile::{KeyFileKind, Passphrase, RootKey};
 pub use random::random_fill;
 pub use secret::SecretBytes;
 pub use sign::{ED25519_PUBLIC_KEY_LEN, ED25519_SIGNATURE_LEN, SigningKey, ed25519_verify};
+pub use x509::{SelfSigned, dev_tls_certificate};

@@ -68,23 +68,15 @@ pub fn document_ed25519(document: &str) -> Option<[u8; 32]> {
 pub fn tls_identity(
     id: &NodeIdentity,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
-    let config_err = |e: &dyn std::fmt::Display| TlsError::Config(e.to_string());
-    let pkcs8 = id.signing.ed25519_pkcs8().map_err(|e| config_err(&e))?;
-    let der = PrivatePkcs8KeyDer::from(pkcs8.to_vec());
-    let key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)
-        .map_err(|e| config_err(&e))?;
-    let mut params =
-        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| config_err(&e))?;
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        format!("medvault node {}", id.node),
-    );
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(365);
-    let cert = params.self_signed(&key).map_err(|e| config_err(&e))?;
-    Ok((vec![cert.der().clone()], PrivateKeyDer::Pkcs8(der)))
+    let made = id
+        .signing
+        .tls_certificate(&format!("medvault node {}", id.node))
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let key = PrivatePkcs8KeyDer::from(made.key_der().to_vec());
+    Ok((
+        vec![CertificateDer::from(made.cert_der)],
+        PrivateKeyDer::Pkcs8(key),
+    ))
 }
 
 /// The Ed25519 keys of the registered peers, re-read from the store at most once per

@@ -88,19 +88,10 @@ pub fn dev_cert(data_dir: &Path) -> Result<(PathBuf, PathBuf, String), TlsError>
     let (cert, key) = (dir.join("dev-cert.pem"), dir.join("dev-key.pem"));
     if !(cert.exists() && key.exists()) {
         std::fs::create_dir_all(&dir).map_err(|e| file_err(&dir, e))?;
-        let config_err = |e: rcgen::Error| TlsError::Config(e.to_string());
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .map_err(config_err)?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            "medvault development certificate",
-        );
-        let signing_key = rcgen::KeyPair::generate().map_err(config_err)?;
-        let made = params.self_signed(&signing_key).map_err(config_err)?;
-        write_private(&key, signing_key.serialize_pem().as_bytes())?;
-        std::fs::write(&cert, made.pem()).map_err(|e| file_err(&cert, e))?;
+        let made =
+            medvault_crypto::dev_tls_certificate().map_err(|e| TlsError::Config(e.to_string()))?;
+        write_private(&key, made.key_pem().as_bytes())?;
+        std::fs::write(&cert, &made.cert_pem).map_err(|e| file_err(&cert, e))?;
     }
     let der = CertificateDer::from_pem_file(&cert).map_err(|e| file_err(&cert, e))?;
     Ok((cert, key, hex::encode(medvault_crypto::sha256(&der))))
