@@ -3,7 +3,7 @@
 //! **Invariant:** no I/O, no async, no clocks. Values are validated in their constructors
 //! ("parse, don't validate"), so a `ResourceId` in hand is always a legal FHIR id.
 
-use std::borrow::Borrow;
+use std::borrow::{Borrow, Cow};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -26,6 +26,11 @@ pub enum CoreError {
     /// The number is not an authenticator assurance level medvault records.
     #[error("unknown authenticator assurance level {0} (known: 1, 2, 3)")]
     UnknownAal(i64),
+    /// The text is not a data-key name.
+    #[error(
+        "invalid data-key name: must be Patient/<id> or '@' followed by lower-case letters, digits or '-'"
+    )]
+    InvalidKeyName,
 }
 
 /// A FHIR resource type name such as `Patient`.
@@ -295,6 +300,127 @@ impl Compartment {
     }
 }
 
+/// The name of a data key: a compartment's (`Patient/<id>`, `@tenant`) or one of the node's own
+/// keys (`@` followed by lower-case ASCII letters, digits and `-`, such as `@index`).
+///
+/// Names written in the code ([`Self::node`], [`Self::TENANT`]) are never allocated. Equality,
+/// order and hashing are the text's, so maps keyed by `KeyName` are looked up by `&str`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyName(Cow<'static, str>);
+
+/// Whether `name` is `@` followed by at least one lower-case ASCII letter, digit or `-`.
+const fn is_node_key_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    if b.len() < 2 || b[0] != b'@' {
+        return false;
+    }
+    let mut i = 1;
+    while i < b.len() {
+        let c = b[i];
+        if !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-') {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+impl KeyName {
+    /// `@tenant`: the key of [`Compartment::Tenant`].
+    pub const TENANT: Self = Self::node("@tenant");
+
+    /// Parses a data-key name.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidKeyName`] unless the text is `Patient/<valid id>` or `@` followed by
+    /// lower-case ASCII letters, digits and `-`.
+    pub fn parse(text: &str) -> Result<Self, CoreError> {
+        Self::check(text)?;
+        Ok(Self(Cow::Owned(text.to_owned())))
+    }
+
+    fn check(text: &str) -> Result<(), CoreError> {
+        let ok = is_node_key_name(text)
+            || text
+                .strip_prefix("Patient/")
+                .is_some_and(|id| ResourceId::new(id).is_ok());
+        if ok {
+            Ok(())
+        } else {
+            Err(CoreError::InvalidKeyName)
+        }
+    }
+
+    /// The name of one of the node's own keys, written in the code: checked like
+    /// [`Self::parse`] but without allocating; in a `const` an invalid name fails the build.
+    ///
+    /// # Panics
+    /// If `name` is not `@` followed by lower-case ASCII letters, digits and `-` (a programming
+    /// error).
+    pub const fn node(name: &'static str) -> Self {
+        assert!(is_node_key_name(name), "not a node data-key name");
+        Self(Cow::Borrowed(name))
+    }
+
+    /// The name text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name text, owned (without copying a parsed or compartment name).
+    pub fn into_string(self) -> String {
+        self.0.into_owned()
+    }
+
+    /// The compartment this key seals, if it is a compartment's key.
+    pub fn compartment(&self) -> Option<Compartment> {
+        Compartment::from_key_name(self.as_str()).ok()
+    }
+}
+
+/// Takes the text without copying it.
+impl TryFrom<String> for KeyName {
+    type Error = CoreError;
+
+    fn try_from(text: String) -> Result<Self, CoreError> {
+        Self::check(&text)?;
+        Ok(Self(Cow::Owned(text)))
+    }
+}
+
+impl From<&Compartment> for KeyName {
+    fn from(c: &Compartment) -> Self {
+        match c {
+            Compartment::Patient(id) => Self(Cow::Owned(format!("Patient/{id}"))),
+            Compartment::Tenant => Self::TENANT,
+        }
+    }
+}
+
+impl fmt::Debug for KeyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("KeyName").field(&self.as_str()).finish()
+    }
+}
+
+impl fmt::Display for KeyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl AsRef<str> for KeyName {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Borrow<str> for KeyName {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
 /// What a bearer of a credential is. [`Role::fhir_access`] says which part of the API the role
 /// reaches; the access policy (Cedar, `medvault-policy`) decides each resource from the role,
 /// care relationship, consent, labels and purpose.
@@ -440,6 +566,58 @@ impl fmt::Display for Aal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_names_parse_and_round_trip() {
+        let p = Compartment::Patient(ResourceId::new("p1").unwrap());
+        assert_eq!(KeyName::from(&p).as_str(), p.key_name());
+        assert_eq!(KeyName::from(&Compartment::Tenant), KeyName::TENANT);
+        for text in [
+            "@tenant",
+            "@index",
+            "Patient/p1",
+            "Patient/a.B-9",
+            "@ledger",
+            "@ledger-access",
+            "@witness",
+            "@ledger-ml-dsa-44",
+            "@audit",
+            "@identity",
+            "@node-sign-ed25519",
+            "@node-sign-ml-dsa-65",
+            "@node-kem-x-wing",
+        ] {
+            let k = KeyName::parse(text).unwrap();
+            assert_eq!(k.as_str(), text);
+            assert_eq!(k.to_string(), text);
+            assert_eq!(KeyName::try_from(text.to_owned()), Ok(k.clone()));
+            let b: &str = k.borrow();
+            assert_eq!(b, text);
+        }
+        assert_eq!(KeyName::parse("Patient/p1").unwrap().compartment(), Some(p));
+        assert_eq!(KeyName::node("@index").compartment(), None);
+        assert_eq!(format!("{:?}", KeyName::TENANT), r#"KeyName("@tenant")"#);
+        assert!(KeyName::node("@a") < KeyName::node("@b"));
+        for bad in [
+            "",
+            "Patient/",
+            "Patient/../x",
+            "@",
+            "@Upper",
+            "x",
+            "@tenant ",
+            "@a_b",
+            "Observation/1",
+            "patient/p1",
+        ] {
+            assert_eq!(
+                KeyName::parse(bad),
+                Err(CoreError::InvalidKeyName),
+                "{bad:?}"
+            );
+            assert!(KeyName::try_from(bad.to_owned()).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn roles_round_trip_and_map_to_access() {

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use medvault_core::{Compartment, ResourceId, ResourceType};
+use medvault_core::{Compartment, KeyName, ResourceId, ResourceType};
 use medvault_crypto::Kek;
 use medvault_store::{StoreError, write_with};
 
@@ -49,11 +49,11 @@ pub fn rotate_keys(node: &Node, mut progress: impl FnMut(u64, u64)) -> Result<(u
                 let fail = |what: String| StoreError::Backend(what.into());
                 let old_kek = keys.kek(&*tx, old).map_err(|e| fail(e.to_string()))?;
                 let dek = old_kek
-                    .unwrap(keys.tenant(), name, row.key_version, &w)
+                    .unwrap(keys.tenant(), name.as_str(), row.key_version, &w)
                     .map_err(|_| {
                         fail(format!(
                             "data key {} does not open",
-                            crate::node::redacted(name)
+                            crate::node::redacted(name.as_str())
                         ))
                     })?;
                 let nw = kek
@@ -84,7 +84,7 @@ pub enum Erased {
 /// # Errors
 /// 404 when nothing is stored for the patient; store failures.
 pub fn erase_patient(node: &Node, patient: &ResourceId) -> Result<Erased, Error> {
-    let name = Compartment::Patient(patient.clone()).key_name();
+    let name = KeyName::from(&Compartment::Patient(patient.clone()));
     let Some(row) = node.store.data_key(&name)? else {
         return Err(Error::not_found("no data is stored for that patient"));
     };
@@ -92,7 +92,7 @@ pub fn erase_patient(node: &Node, patient: &ResourceId) -> Result<Erased, Error>
     // Destroying again is harmless and retries the WAL truncation a failed run may have left.
     let key = name.clone();
     let n = write_with(node.store.as_ref(), move |tx| tx.destroy_data_key(&key))?;
-    node.keys.forget(&name);
+    node.keys.forget(name.as_str());
     Ok(if already {
         Erased::Already
     } else {

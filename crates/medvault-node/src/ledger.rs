@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use medvault_core::KeyName;
 use medvault_crypto::{DataKey, SigningKey};
 use medvault_ledger::{
     Checkpoint, Entry, EntryKind, KeyKind, Note, NoteSigner, RecordFacts, SALT_LEN, VerifierKey,
@@ -26,14 +27,14 @@ use crate::audit::AuditRecord;
 use crate::error::Error;
 
 /// Data key sealing audit details.
-pub const AUDIT_KEY: &str = "@audit";
+pub const AUDIT_KEY: &KeyName = &KeyName::node("@audit");
 /// Data key whose secret is the Ed25519 seed signing the records log's checkpoints.
-pub const LEDGER_KEY: &str = "@ledger";
+pub const LEDGER_KEY: &KeyName = &KeyName::node("@ledger");
 /// Data key whose secret is the Ed25519 seed signing the access log's checkpoints.
-pub const ACCESS_LOG_KEY: &str = "@ledger-access";
+pub const ACCESS_LOG_KEY: &KeyName = &KeyName::node("@ledger-access");
 /// Data key whose secret is the seed of the node's witness cosigning key (a distinct key, as
 /// C2SP tlog-cosignature asks).
-pub const WITNESS_KEY: &str = "@witness";
+pub const WITNESS_KEY: &KeyName = &KeyName::node("@witness");
 /// Domain label bound into every sealed audit detail.
 const AUDIT_SEAL_CONTEXT: &str = "medvault-audit-v1";
 /// Label of the access checkpoint's extension line pinning the records log
@@ -223,7 +224,7 @@ pub struct LedgerSeeds<'a> {
 }
 
 /// Seed of the ML-DSA-44 checkpoint cosigner.
-pub const LEDGER_PQ_KEY: &str = "@ledger-ml-dsa-44";
+pub const LEDGER_PQ_KEY: &KeyName = &KeyName::node("@ledger-ml-dsa-44");
 
 impl Ledger {
     /// The ledger of a node named `base` (its logs are `<base>/records` and `<base>/access`, its

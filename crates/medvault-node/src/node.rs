@@ -8,11 +8,12 @@
 //!   request and administrative action, in a file of its own so that its commit per request never
 //!   disturbs the records database's readers.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 
-use medvault_core::ResourceType;
+use medvault_core::{KeyName, ResourceType};
 use medvault_crypto::{
     BlindIndexer, BlindValue, CryptoError, DataKey, Kek, KeyFileKind, ParamKey, Passphrase,
     RootKey, WrappedKey,
@@ -30,9 +31,9 @@ use crate::ledger::{
 /// Name of the key file inside the data directory.
 pub const KEY_FILE: &str = "medvault.key";
 /// Data key that seals resources outside every patient compartment.
-pub const TENANT_KEY: &str = "@tenant";
+pub const TENANT_KEY: &KeyName = &KeyName::TENANT;
 /// Data key from which blind-index keys are derived.
-pub const INDEX_KEY: &str = "@index";
+pub const INDEX_KEY: &KeyName = &KeyName::node("@index");
 /// Unwrapped data keys kept in memory before the cache is emptied.
 const MAX_CACHED_KEYS: usize = 200_000;
 
@@ -110,6 +111,51 @@ pub enum KeyError {
     /// Random generation failed.
     #[error("crypto: {0}")]
     Crypto(#[from] CryptoError),
+}
+
+/// A data-key name as the key ring takes it: a [`KeyName`], or the text of one (a name read back
+/// with a stored version, or one of the node's own `&str` key constants), checked only when the
+/// store must be reached, so a cached key is found without allocating.
+pub trait AsKeyName {
+    /// The name's text, which the ring's cache is keyed by.
+    fn key_text(&self) -> &str;
+    /// The checked name: borrowed when it already is a [`KeyName`].
+    ///
+    /// # Errors
+    /// [`KeyError::Broken`] when the text is not a data-key name.
+    fn to_key_name(&self) -> Result<Cow<'_, KeyName>, KeyError>;
+}
+
+impl AsKeyName for KeyName {
+    fn key_text(&self) -> &str {
+        self.as_str()
+    }
+
+    fn to_key_name(&self) -> Result<Cow<'_, KeyName>, KeyError> {
+        Ok(Cow::Borrowed(self))
+    }
+}
+
+impl AsKeyName for str {
+    fn key_text(&self) -> &str {
+        self
+    }
+
+    fn to_key_name(&self) -> Result<Cow<'_, KeyName>, KeyError> {
+        KeyName::parse(self)
+            .map(Cow::Owned)
+            .map_err(|_| KeyError::Broken(redacted(self)))
+    }
+}
+
+impl AsKeyName for String {
+    fn key_text(&self) -> &str {
+        self
+    }
+
+    fn to_key_name(&self) -> Result<Cow<'_, KeyName>, KeyError> {
+        self.as_str().to_key_name()
+    }
 }
 
 /// The node's keys: the root key, KEKs and unwrapped data keys it has used.
@@ -211,7 +257,7 @@ impl KeyRing {
     fn load(
         &self,
         store: &dyn StoreRead,
-        name: &str,
+        name: &KeyName,
     ) -> Result<Option<(DataKey, WrappedKey)>, KeyError> {
         let Some(row) = store.data_key(name)? else {
             return Ok(None);
@@ -221,8 +267,8 @@ impl KeyRing {
         };
         let kek = self.kek(store, kek_version)?;
         let key = kek
-            .unwrap(&self.tenant, name, row.key_version, &wrapped)
-            .map_err(|_| KeyError::Broken(redacted(name)))?;
+            .unwrap(&self.tenant, name.as_str(), row.key_version, &wrapped)
+            .map_err(|_| KeyError::Broken(redacted(name.as_str())))?;
         Ok(Some((key, wrapped)))
     }
 
@@ -231,8 +277,12 @@ impl KeyRing {
     ///
     /// # Errors
     /// [`KeyError::Shredded`] or [`KeyError::Broken`].
-    pub fn for_read(&self, store: &dyn StoreRead, name: &str) -> Result<Arc<DataKey>, KeyError> {
-        if let Some((k, _)) = self.cached(name) {
+    pub fn for_read(
+        &self,
+        store: &dyn StoreRead,
+        name: &(impl AsKeyName + ?Sized),
+    ) -> Result<Arc<DataKey>, KeyError> {
+        if let Some((k, _)) = self.cached(name.key_text()) {
             return Ok(k);
         }
         self.reload(store, name)
@@ -244,10 +294,15 @@ impl KeyRing {
     ///
     /// # Errors
     /// [`KeyError::Shredded`] or [`KeyError::Broken`].
-    pub fn reload(&self, store: &dyn StoreRead, name: &str) -> Result<Arc<DataKey>, KeyError> {
-        match self.load(store, name)? {
+    pub fn reload(
+        &self,
+        store: &dyn StoreRead,
+        name: &(impl AsKeyName + ?Sized),
+    ) -> Result<Arc<DataKey>, KeyError> {
+        let key_name = name.to_key_name()?;
+        match self.load(store, &key_name)? {
             Some((k, w)) => Ok(self.remember(k, w)),
-            None => Err(KeyError::Broken(redacted(name))),
+            None => Err(KeyError::Broken(redacted(name.key_text()))),
         }
     }
 
@@ -258,14 +313,20 @@ impl KeyRing {
     ///
     /// # Errors
     /// [`KeyError::Shredded`] if the key was destroyed.
-    pub fn renew(&self, tx: &mut dyn StoreTx, name: &str) -> Result<Arc<DataKey>, KeyError> {
+    pub fn renew(
+        &self,
+        tx: &mut dyn StoreTx,
+        name: &(impl AsKeyName + ?Sized),
+    ) -> Result<Arc<DataKey>, KeyError> {
+        let name = name.to_key_name()?;
+        let name = name.as_ref();
         let next = match tx.data_key(name)? {
             Some(row) if row.wrapped.is_none() => return Err(KeyError::Shredded),
             Some(row) => row.key_version.saturating_add(1),
             None => 1,
         };
         let kek = self.newest_kek(&*tx)?;
-        let key = DataKey::generate(name.to_owned(), next)?;
+        let key = DataKey::generate(name.as_str().to_owned(), next)?;
         let wrapped = kek.wrap(&self.tenant, &key)?;
         tx.put_data_key(name, key.version(), kek.version(), &wrapped)?;
         Ok(self.remember(key, wrapped))
@@ -276,24 +337,30 @@ impl KeyRing {
     ///
     /// # Errors
     /// [`KeyError::Shredded`] if the compartment was erased.
-    pub fn for_write(&self, tx: &mut dyn StoreTx, name: &str) -> Result<Arc<DataKey>, KeyError> {
+    pub fn for_write(
+        &self,
+        tx: &mut dyn StoreTx,
+        name: &(impl AsKeyName + ?Sized),
+    ) -> Result<Arc<DataKey>, KeyError> {
+        let name = name.to_key_name()?;
+        let name = name.as_ref();
         match tx.data_key(name)? {
             Some(row) if row.wrapped.is_none() => {
-                self.forget(name);
+                self.forget(name.as_str());
                 Err(KeyError::Shredded)
             }
-            Some(row) => match self.cached(name) {
+            Some(row) => match self.cached(name.as_str()) {
                 // Only a cached key whose wrapped bytes are the committed row's may seal: a key
                 // generated in a transaction that rolled back never matches.
                 Some((k, w)) if row.wrapped.as_ref() == Some(&w) => Ok(k),
                 _ => self
                     .load(&*tx, name)?
                     .map(|(k, w)| self.remember(k, w))
-                    .ok_or_else(|| KeyError::Broken(redacted(name))),
+                    .ok_or_else(|| KeyError::Broken(redacted(name.as_str()))),
             },
             None => {
                 let kek = self.newest_kek(&*tx)?;
-                let key = DataKey::generate(name.to_owned(), 1)?;
+                let key = DataKey::generate(name.as_str().to_owned(), 1)?;
                 let wrapped = kek.wrap(&self.tenant, &key)?;
                 tx.put_data_key(name, key.version(), kek.version(), &wrapped)?;
                 Ok(self.remember(key, wrapped))
@@ -319,7 +386,7 @@ impl KeyRing {
         let indexer = self
             .indexer
             .get()
-            .ok_or_else(|| KeyError::Broken(INDEX_KEY.into()))?;
+            .ok_or_else(|| KeyError::Broken(INDEX_KEY.to_string()))?;
         let k = Arc::new(indexer.param_key(resource_type, param)?);
         if let Ok(mut m) = self.param_keys.write() {
             m.insert(id, Arc::clone(&k));
@@ -512,7 +579,7 @@ impl Node {
                     .map_err(|e| NodeError::Store(StoreError::Backend(Box::new(e))))?;
                 let mut wrapped = Vec::new();
                 for name in [TENANT_KEY, INDEX_KEY] {
-                    let k = DataKey::generate(name.to_owned(), 1)
+                    let k = DataKey::generate(name.as_str().to_owned(), 1)
                         .map_err(|e| NodeError::Store(StoreError::Backend(Box::new(e))))?;
                     let w = kek
                         .wrap(&tenant, &k)
@@ -546,8 +613,8 @@ impl Node {
         };
         let (index_key, _) = ring
             .load(store.as_ref(), INDEX_KEY)
-            .map_err(|_| NodeError::KeyMismatch(INDEX_KEY.into()))?
-            .ok_or_else(|| NodeError::KeyMismatch(INDEX_KEY.into()))?;
+            .map_err(|_| NodeError::KeyMismatch(INDEX_KEY.to_string()))?
+            .ok_or_else(|| NodeError::KeyMismatch(INDEX_KEY.to_string()))?;
         let _ = ring.indexer.set(BlindIndexer::new(&index_key));
         let ring = Arc::new(ring);
         let ledger = Arc::new(open_ledger(store.as_ref(), &ring)?);
@@ -586,7 +653,7 @@ fn open_ledger(store: &dyn Store, ring: &Arc<KeyRing>) -> Result<Ledger, NodeErr
         Ok((origin, audit, seeds))
     })?;
     let [records, access, witness, pq] = seeds.as_slice() else {
-        return Err(NodeError::KeyMismatch(LEDGER_KEY.into()));
+        return Err(NodeError::KeyMismatch(LEDGER_KEY.to_string()));
     };
     let seeds = LedgerSeeds {
         records,
@@ -595,7 +662,7 @@ fn open_ledger(store: &dyn Store, ring: &Arc<KeyRing>) -> Result<Ledger, NodeErr
         pq,
     };
     Ledger::new(&origin, &seeds, audit, ring.tenant().to_owned())
-        .map_err(|_| NodeError::KeyMismatch(LEDGER_KEY.into()))
+        .map_err(|_| NodeError::KeyMismatch(LEDGER_KEY.to_string()))
 }
 
 /// Records the tenant in a new access log, or checks an existing one belongs to this node.

@@ -10,6 +10,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use medvault_core::KeyName;
 use medvault_crypto::{
     HybridPublicKey, HybridSignature, HybridSigningKey, XWingKey, hybrid_verify,
 };
@@ -20,15 +21,15 @@ use crate::Node;
 use crate::node::{KeyError, NodeError};
 
 /// Seed of the Ed25519 half of the node's signing key.
-pub const SIGN_ED25519_KEY: &str = "@node-sign-ed25519";
+pub const SIGN_ED25519_KEY: &KeyName = &KeyName::node("@node-sign-ed25519");
 /// Seed of the ML-DSA-65 half of the node's signing key.
-pub const SIGN_ML_DSA_KEY: &str = "@node-sign-ml-dsa-65";
+pub const SIGN_ML_DSA_KEY: &KeyName = &KeyName::node("@node-sign-ml-dsa-65");
 /// Seed of the node's X-Wing KEM key.
-pub const KEM_X_WING_KEY: &str = "@node-kem-x-wing";
+pub const KEM_X_WING_KEY: &KeyName = &KeyName::node("@node-kem-x-wing");
 /// The document's format name and version.
 pub const FORMAT: &str = "medvault-node/1";
 
-const NAMES: [&str; 3] = [SIGN_ED25519_KEY, SIGN_ML_DSA_KEY, KEM_X_WING_KEY];
+const NAMES: [&KeyName; 3] = [SIGN_ED25519_KEY, SIGN_ML_DSA_KEY, KEM_X_WING_KEY];
 
 /// The node's identity keys.
 #[derive(Debug)]
@@ -52,10 +53,10 @@ fn build(
     node: String,
 ) -> Result<NodeIdentity, NodeError> {
     let [ed, ml, kem] = keys else {
-        return Err(NodeError::KeyMismatch(SIGN_ED25519_KEY.into()));
+        return Err(NodeError::KeyMismatch(SIGN_ED25519_KEY.to_string()));
     };
     let signing = HybridSigningKey::from_data_keys(ed, ml)
-        .map_err(|_| NodeError::KeyMismatch(SIGN_ML_DSA_KEY.into()))?;
+        .map_err(|_| NodeError::KeyMismatch(SIGN_ML_DSA_KEY.to_string()))?;
     Ok(NodeIdentity {
         signing,
         kem: XWingKey::from_data_key(kem),
@@ -74,7 +75,7 @@ impl NodeIdentity {
         let keys = write_with(node.store.as_ref(), move |tx| {
             NAMES
                 .iter()
-                .map(|n| ring.for_write(tx, n).map_err(broken))
+                .map(|n| ring.for_write(tx, *n).map_err(broken))
                 .collect::<Result<Vec<_>, _>>()
         })?;
         build(&keys, node.keys.tenant().to_owned())
@@ -89,7 +90,7 @@ impl NodeIdentity {
         let keys = write_with(node.store.as_ref(), move |tx| {
             let keys = NAMES
                 .iter()
-                .map(|n| ring.renew(tx, n).map_err(broken))
+                .map(|n| ring.renew(tx, *n).map_err(broken))
                 .collect::<Result<Vec<_>, _>>()?;
             // The three move together: a version mismatch would mean a half-done rotation.
             let v = keys.first().map(|k| k.version());

@@ -7,7 +7,7 @@
 
 use http::StatusCode;
 use medvault_auth::scopes::{Access, Interaction};
-use medvault_core::{Compartment, ResourceId, ResourceType};
+use medvault_core::{Compartment, KeyName, ResourceId, ResourceType};
 use medvault_crypto::BlindValue;
 use medvault_crypto::RecordAad;
 use medvault_fhir::Fhir;
@@ -592,7 +592,7 @@ fn commit(
     }
     let bytes =
         zeroize::Zeroizing::new(serde_json::to_vec(&resource).map_err(|e| Error::internal(&e))?);
-    let key_name = p.compartment.key_name();
+    let key_name = KeyName::from(&p.compartment);
     let key = ctx.keys.for_write(tx, &key_name).map_err(key_error)?;
     let aad = RecordAad {
         tenant: ctx.keys.tenant(),
@@ -606,7 +606,7 @@ fn commit(
         id: p.id.to_string(),
         version,
         last_updated_micros: now,
-        key_name,
+        key_name: key_name.into_string(),
         key_version: key.version(),
         body: Some(sealed),
         shredded: false,
@@ -735,13 +735,16 @@ pub fn update(
         None => (1, StatusCode::CREATED),
     };
     let now = ctx.clock.now_micros();
-    let (rt, id, key) = (p.rt.clone(), p.id.clone(), p.compartment.key_name());
-    let moved = current.as_ref().is_some_and(|c| c.key_name != key);
+    let (rt, id, key) = (p.rt.clone(), p.id.clone(), KeyName::from(&p.compartment));
+    let moved = current.as_ref().is_some_and(|c| c.key_name != key.as_str());
     let stored = commit(tx, ctx, p, version, now)?;
     if moved {
         reseal_history(tx, ctx, &rt, &id, version, &key, now)?;
     }
-    Ok(Outcome::of_version(status, &rt, &id, version, now, Some(stored)).with_key(key))
+    Ok(
+        Outcome::of_version(status, &rt, &id, version, now, Some(stored))
+            .with_key(key.into_string()),
+    )
 }
 
 /// After a resource moved to another compartment (its patient was corrected), re-seals its
@@ -756,7 +759,7 @@ fn reseal_history(
     rt: &ResourceType,
     id: &ResourceId,
     newest: u64,
-    key_name: &str,
+    key_name: &KeyName,
     now: i64,
 ) -> Result<(), Error> {
     if newest > MAX_RESEALED + 1 {
@@ -776,7 +779,7 @@ fn reseal_history(
         let Some(row) = tx.version(rt, id, Some(v))? else {
             continue;
         };
-        if row.key_name == key_name || row.shredded {
+        if row.key_name == key_name.as_str() || row.shredded {
             continue;
         }
         let body = match &row.body {
@@ -796,7 +799,7 @@ fn reseal_history(
             _ => None,
         };
         let amended = StoredVersion {
-            key_name: key_name.to_owned(),
+            key_name: key_name.as_str().to_owned(),
             key_version: if body.is_some() { key.version() } else { 0 },
             body,
             salt: None,

@@ -533,7 +533,7 @@ impl Store for PgStore {
         self.writer.submit(op, done);
     }
 
-    fn data_key_names(&self) -> Result<Vec<String>, StoreError> {
+    fn data_key_names(&self) -> Result<Vec<medvault_core::KeyName>, StoreError> {
         self.with_reader(sql::data_key_names)
     }
 }
@@ -674,7 +674,7 @@ mod tests {
             Some(medvault_store::ACCESS_LOG_SCHEMA_VERSION.to_string())
         );
         assert!(
-            log.data_key("@tenant").is_err(),
+            log.data_key(&medvault_core::KeyName::TENANT).is_err(),
             "no node tables in the access log"
         );
         drop(log);

@@ -3,7 +3,7 @@
 use std::cell::{RefCell, RefMut};
 use std::collections::HashMap;
 
-use medvault_core::{Aal, ResourceId, ResourceType};
+use medvault_core::{Aal, KeyName, ResourceId, ResourceType};
 use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
 use medvault_ledger::{Hash, SALT_LEN, leaf_hash};
 use medvault_store::{
@@ -102,7 +102,8 @@ pub(crate) fn keks(c: &mut Conn) -> Result<Vec<(u32, WrappedKey)>, StoreError> {
     })
 }
 
-pub(crate) fn data_key(c: &mut Conn, name: &str) -> Result<Option<DataKeyRow>, StoreError> {
+pub(crate) fn data_key(c: &mut Conn, name: &KeyName) -> Result<Option<DataKeyRow>, StoreError> {
+    let name = name.as_str();
     c.opt(
         "SELECT name, key_version, kek_version, wrapped FROM deks WHERE name = $1",
         &[&name],
@@ -118,12 +119,16 @@ pub(crate) fn data_key(c: &mut Conn, name: &str) -> Result<Option<DataKeyRow>, S
     .transpose()
 }
 
-pub(crate) fn data_key_names(c: &mut Conn) -> Result<Vec<String>, StoreError> {
+pub(crate) fn data_key_names(c: &mut Conn) -> Result<Vec<KeyName>, StoreError> {
     let found = c.query(
         "SELECT name FROM deks WHERE wrapped IS NOT NULL ORDER BY name",
         &[],
     )?;
-    rows(found, |r| get(r, 0))
+    let names: Vec<String> = rows(found, |r| get(r, 0))?;
+    names
+        .into_iter()
+        .map(medvault_store::stored_key_name)
+        .collect()
 }
 
 pub(crate) fn current(
@@ -888,11 +893,12 @@ impl KeyTx for Tx<'_> {
 
     fn put_data_key(
         &mut self,
-        name: &str,
+        name: &KeyName,
         key_version: u32,
         kek_version: u32,
         wrapped: &WrappedKey,
     ) -> Result<(), StoreError> {
+        let name = name.as_str();
         self.exec(
             "INSERT INTO deks (name, key_version, kek_version, wrapped) VALUES ($1, $2, $3, $4)
              ON CONFLICT (name) DO UPDATE SET key_version = excluded.key_version,
@@ -907,7 +913,8 @@ impl KeyTx for Tx<'_> {
         .map(drop)
     }
 
-    fn destroy_data_key(&mut self, name: &str) -> Result<u64, StoreError> {
+    fn destroy_data_key(&mut self, name: &KeyName) -> Result<u64, StoreError> {
+        let name = name.as_str();
         // Overwritten, then cleared; the writer rewrites the table after commit so the old row
         // versions (MVCC keeps them) go too.
         self.exec(

@@ -433,7 +433,7 @@ impl Store for SqliteStore {
         self.writer.submit(op, done);
     }
 
-    fn data_key_names(&self) -> Result<Vec<String>, StoreError> {
+    fn data_key_names(&self) -> Result<Vec<medvault_core::KeyName>, StoreError> {
         self.with_conn(sql::data_key_names)
     }
 }
@@ -570,7 +570,7 @@ mod tests {
             assert_eq!(log.ledger_size().unwrap(), 1);
             assert!(log.audit_detail(0).unwrap().is_some());
             // Nothing but the log lives there.
-            assert!(log.data_key("@tenant").is_err());
+            assert!(log.data_key(&medvault_core::KeyName::TENANT).is_err());
         }
         drop(SqliteStore::open(&node).unwrap());
         assert!(matches!(

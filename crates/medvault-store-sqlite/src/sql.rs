@@ -1,6 +1,6 @@
 //! SQL shared by the pooled readers and the writer's transaction.
 
-use medvault_core::{Aal, ResourceId, ResourceType};
+use medvault_core::{Aal, KeyName, ResourceId, ResourceType};
 use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
 use medvault_ledger::leaf_hash;
 use medvault_ledger::{Hash, SALT_LEN};
@@ -135,7 +135,8 @@ pub(crate) fn keks(c: &Connection) -> Result<Vec<(u32, WrappedKey)>, StoreError>
         .map_err(backend)
 }
 
-pub(crate) fn data_key(c: &Connection, name: &str) -> Result<Option<DataKeyRow>, StoreError> {
+pub(crate) fn data_key(c: &Connection, name: &KeyName) -> Result<Option<DataKeyRow>, StoreError> {
+    let name = name.as_str();
     one(
         c,
         "SELECT name, key_version, kek_version, wrapped FROM deks WHERE name = ?1",
@@ -151,13 +152,18 @@ pub(crate) fn data_key(c: &Connection, name: &str) -> Result<Option<DataKeyRow>,
     )
 }
 
-pub(crate) fn data_key_names(c: &Connection) -> Result<Vec<String>, StoreError> {
+pub(crate) fn data_key_names(c: &Connection) -> Result<Vec<KeyName>, StoreError> {
     let mut s = c
         .prepare_cached("SELECT name FROM deks WHERE wrapped IS NOT NULL ORDER BY name")
         .map_err(backend)?;
-    s.query_map([], |r| r.get(0))
+    let names: Vec<String> = s
+        .query_map([], |r| r.get(0))
         .and_then(Iterator::collect)
-        .map_err(backend)
+        .map_err(backend)?;
+    names
+        .into_iter()
+        .map(medvault_store::stored_key_name)
+        .collect()
 }
 
 pub(crate) fn current(
@@ -965,11 +971,12 @@ impl KeyTx for Tx<'_> {
 
     fn put_data_key(
         &mut self,
-        name: &str,
+        name: &KeyName,
         key_version: u32,
         kek_version: u32,
         wrapped: &WrappedKey,
     ) -> Result<(), StoreError> {
+        let name = name.as_str();
         self.conn
             .prepare_cached(
                 "INSERT INTO deks (name, key_version, kek_version, wrapped) VALUES (?1, ?2, ?3, ?4)
@@ -983,7 +990,8 @@ impl KeyTx for Tx<'_> {
             .map_err(backend)
     }
 
-    fn destroy_data_key(&mut self, name: &str) -> Result<u64, StoreError> {
+    fn destroy_data_key(&mut self, name: &KeyName) -> Result<u64, StoreError> {
+        let name = name.as_str();
         let c = self.conn;
         // Overwrite before clearing, then rely on secure_delete for the freed page contents.
         c.execute(

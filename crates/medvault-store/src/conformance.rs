@@ -1,7 +1,7 @@
 //! The store conformance suite: every backend runs these checks (SQLite always, PostgreSQL when
 //! its test database is configured). Each check panics with a message naming what broke.
 
-use medvault_core::{Aal, ResourceId, ResourceType};
+use medvault_core::{Aal, KeyName, ResourceId, ResourceType};
 use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 
 use crate::{
@@ -91,6 +91,11 @@ pub fn dump_all(
     rows
 }
 
+/// A data-key name written in a test.
+fn kn(name: &str) -> KeyName {
+    KeyName::parse(name).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
 /// Fills a store with one of everything: versions (indexed, deleted, shredded), keys, people,
 /// sessions, clients, grants, passkeys, break-glass grants, alerts, audit leaves, checkpoints.
 fn populate(store: &dyn Store) {
@@ -98,9 +103,19 @@ fn populate(store: &dyn Store) {
         write_with(store, |tx| {
             tx.set_meta("tenant", "t-dump")?;
             tx.add_kek(1, &WrappedKey::from_stored(vec![1; 40]))?;
-            tx.put_data_key("Patient/p1", 1, 1, &WrappedKey::from_stored(vec![2; 60]))?;
-            tx.put_data_key("Patient/p2", 1, 1, &WrappedKey::from_stored(vec![3; 60]))?;
-            tx.put_data_key("@tenant", 1, 1, &WrappedKey::from_stored(vec![4; 60]))?;
+            tx.put_data_key(
+                &kn("Patient/p1"),
+                1,
+                1,
+                &WrappedKey::from_stored(vec![2; 60]),
+            )?;
+            tx.put_data_key(
+                &kn("Patient/p2"),
+                1,
+                1,
+                &WrappedKey::from_stored(vec![3; 60]),
+            )?;
+            tx.put_data_key(&kn("@tenant"), 1, 1, &WrappedKey::from_stored(vec![4; 60]))?;
             tx.put_peer(&PeerRow {
                 node: "node-b".into(),
                 fingerprint: "SHA-256:00".into(),
@@ -137,7 +152,7 @@ fn populate(store: &dyn Store) {
         );
     }
     ok(
-        write_with(store, |tx| tx.destroy_data_key("Patient/p2")),
+        write_with(store, |tx| tx.destroy_data_key(&kn("Patient/p2"))),
         "shred",
     );
     let mut user = user_row("usr_d", 7);
@@ -425,18 +440,17 @@ fn keks_are_versioned(store: &dyn Store) {
     let wk = WrappedKey::from_stored(vec![9; 60]);
     let wk2 = wk.clone();
     ok(
-        store.write(Box::new(move |tx| tx.put_data_key("Patient/a", 1, 2, &wk2))),
+        store.write(Box::new(move |tx| {
+            tx.put_data_key(&kn("Patient/a"), 1, 2, &wk2)
+        })),
         "put dek",
     );
-    let row = ok(store.data_key("Patient/a"), "dek").unwrap_or_else(|| panic!("dek missing"));
+    let row = ok(store.data_key(&kn("Patient/a")), "dek").unwrap_or_else(|| panic!("dek missing"));
     assert_eq!(
         (row.key_version, row.kek_version, row.wrapped),
         (1, Some(2), Some(wk))
     );
-    assert_eq!(
-        ok(store.data_key_names(), "names"),
-        vec!["Patient/a".to_owned()]
-    );
+    assert_eq!(ok(store.data_key_names(), "names"), vec![kn("Patient/a")]);
 }
 
 /// What amending `row` to `body` under `key` records: (the amendment, the new state).
@@ -850,8 +864,8 @@ fn destroy_shreds_compartment(store: &dyn Store) {
     let wk = WrappedKey::from_stored(vec![7; 60]);
     ok(
         store.write(Box::new(move |tx| {
-            tx.put_data_key("Patient/a", 1, 1, &wk)?;
-            tx.put_data_key("Patient/b", 1, 1, &wk)
+            tx.put_data_key(&kn("Patient/a"), 1, 1, &wk)?;
+            tx.put_data_key(&kn("Patient/b"), 1, 1, &wk)
         })),
         "deks",
     );
@@ -880,12 +894,12 @@ fn destroy_shreds_compartment(store: &dyn Store) {
         "b",
     );
     let n = ok(
-        write_with(store, |tx| tx.destroy_data_key("Patient/a")),
+        write_with(store, |tx| tx.destroy_data_key(&kn("Patient/a"))),
         "destroy",
     );
     assert_eq!(n, 2, "two resources in the compartment");
-    let row =
-        ok(store.data_key("Patient/a"), "dek").unwrap_or_else(|| panic!("row kept as a tombstone"));
+    let row = ok(store.data_key(&kn("Patient/a")), "dek")
+        .unwrap_or_else(|| panic!("row kept as a tombstone"));
     assert_eq!(
         (row.wrapped, row.kek_version),
         (None, None),

@@ -55,7 +55,7 @@ macro_rules! forward_reads {
             fn keks(&self) -> Result<Vec<(u32, $crate::__private::WrappedKey)>, $crate::StoreError> {
                 self.with_conn($($sql)::+::keks)
             }
-            fn data_key(&self, name: &str) -> Result<Option<$crate::DataKeyRow>, $crate::StoreError> {
+            fn data_key(&self, name: &$crate::__private::KeyName) -> Result<Option<$crate::DataKeyRow>, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::data_key(c, name))
             }
         }

@@ -30,14 +30,25 @@ pub mod prelude {
 /// What [`forward_reads`] names by path; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use medvault_core::{ResourceId, ResourceType};
+    pub use medvault_core::{KeyName, ResourceId, ResourceType};
     pub use medvault_crypto::{BlindValue, Sealed, WrappedKey};
     pub use medvault_ledger::Hash;
 }
 
-use medvault_core::{Aal, ResourceId, ResourceType};
+use medvault_core::{Aal, KeyName, ResourceId, ResourceType};
 use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 use medvault_ledger::{Hash, LedgerError, NodeSource, SALT_LEN};
+
+/// A data-key name read back from a backend's key table: a name that does not parse is a
+/// [`StoreError::Backend`] saying so (the name itself is left out: it may hold a patient id).
+///
+/// # Errors
+/// [`StoreError::Backend`] when `name` is not a valid [`KeyName`].
+pub fn stored_key_name(name: String) -> Result<KeyName, StoreError> {
+    KeyName::try_from(name).map_err(|e| {
+        StoreError::Backend(format!("a data-key name in the key table is not valid: {e}").into())
+    })
+}
 
 /// The SHA-256 of a bearer secret — an API token, a session token, an OAuth code, access or
 /// refresh token, a recovery code: what the database keeps and looks up, never the secret.
@@ -582,7 +593,7 @@ pub trait KeyRead {
     ///
     /// # Errors
     /// [`StoreError::Backend`].
-    fn data_key(&self, name: &str) -> Result<Option<DataKeyRow>, StoreError>;
+    fn data_key(&self, name: &KeyName) -> Result<Option<DataKeyRow>, StoreError>;
 }
 
 /// Sealed FHIR resources, their versions and blind-index search.
@@ -916,7 +927,7 @@ pub trait KeyTx: KeyRead {
     /// [`StoreError::Backend`].
     fn put_data_key(
         &mut self,
-        name: &str,
+        name: &KeyName,
         key_version: u32,
         kek_version: u32,
         wrapped: &WrappedKey,
@@ -927,7 +938,7 @@ pub trait KeyTx: KeyRead {
     ///
     /// # Errors
     /// [`StoreError::Backend`].
-    fn destroy_data_key(&mut self, name: &str) -> Result<u64, StoreError>;
+    fn destroy_data_key(&mut self, name: &KeyName) -> Result<u64, StoreError>;
 }
 
 /// Writes of sealed FHIR resources. Available only inside a write.
@@ -1161,8 +1172,8 @@ pub trait Store: StoreRead + LogStore {
     /// Every data key name, for rotation.
     ///
     /// # Errors
-    /// [`StoreError::Backend`].
-    fn data_key_names(&self) -> Result<Vec<String>, StoreError>;
+    /// [`StoreError::Backend`], also when a stored name is not a valid [`KeyName`].
+    fn data_key_names(&self) -> Result<Vec<KeyName>, StoreError>;
 }
 
 /// Where an op's value waits for the write's outcome: the op fills it, the completion takes it.

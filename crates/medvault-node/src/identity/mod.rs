@@ -44,7 +44,7 @@ pub mod throttle;
 use std::sync::Arc;
 use std::time::Duration;
 
-use medvault_core::{Aal, Role};
+use medvault_core::{Aal, KeyName, Role};
 use medvault_crypto::{DataKey, Sealed};
 use medvault_store::{StoreError, write_with};
 
@@ -52,7 +52,7 @@ use crate::error::Error;
 use crate::node::Node;
 
 /// Data key sealing user names and TOTP secrets.
-pub const IDENTITY_KEY: &str = "@identity";
+pub const IDENTITY_KEY: &KeyName = &KeyName::node("@identity");
 const SEAL_CONTEXT: &str = "medvault-identity-v1";
 
 /// Who made a request.
