@@ -329,21 +329,6 @@ impl Guard {
         }
     }
 
-    /// Notes that the request wrote a resource of type `rt` (if it is one of [`FACT_TYPES`],
-    /// the shared facts must be forgotten once the write has committed).
-    pub fn wrote(&self, rt: &ResourceType) {
-        if FACT_TYPES.contains(rt) {
-            self.wrote_facts.store(true, Ordering::SeqCst);
-        }
-    }
-
-    /// Call when the request is over: forgets the shared facts if it wrote any.
-    pub fn finish(&self) {
-        if self.wrote_facts.load(Ordering::SeqCst) {
-            self.cache.invalidate();
-        }
-    }
-
     /// Who the guard decides for.
     pub fn subject(&self) -> &Subject {
         &self.subject
@@ -494,13 +479,60 @@ impl Guard {
         })
     }
 
+    fn note(
+        &self,
+        allowed: bool,
+        policies: Vec<String>,
+        patient: Option<&str>,
+        by_break_glass: bool,
+    ) -> Result<(), Vec<String>> {
+        let mut st = self.lock();
+        if let Some(p) = patient {
+            let list = if allowed {
+                &mut st.seen
+            } else {
+                &mut st.refused
+            };
+            if list.len() < MAX_LISTED_PATIENTS {
+                list.insert(p.to_owned());
+            }
+        }
+        if allowed {
+            if by_break_glass && let Some(p) = patient {
+                st.break_glass.insert(p.to_owned());
+            }
+            Ok(())
+        } else {
+            st.denied_by.extend(policies.iter().cloned());
+            Err(policies)
+        }
+    }
+
+    /// What the guard refused and used so far.
+    pub fn note_for_log(&self) -> PolicyNote {
+        let st = self.lock();
+        PolicyNote {
+            purpose: self.subject.purpose.clone(),
+            denied_by: st.denied_by.iter().cloned().collect(),
+            withheld: st.withheld,
+            break_glass: st.break_glass.iter().cloned().collect(),
+            patients_seen: st.seen.iter().cloned().collect(),
+            patients_refused: st.refused.iter().cloned().collect(),
+        }
+    }
+}
+
+impl crate::ctx::sealed::Sealed for Guard {}
+
+/// What a request's [`Ctx`] asks of its policy.
+impl AccessPolicy for Guard {
     /// Decides `action` on a resource of type `rt` sealed under `key_name` (its compartment,
     /// `Patient/<id>` or the tenant's), with its content when there is one (labels come from
     /// it). Returns the refusing policies' ids when refused.
     ///
     /// # Errors
     /// Store and key errors while looking up the patient's facts.
-    pub fn decide(
+    fn decide(
         &self,
         store: &dyn StoreRead,
         ctx: &Ctx,
@@ -586,38 +618,9 @@ impl Guard {
         Ok(self.note(allowed, policies, patient, by_break_glass))
     }
 
-    fn note(
-        &self,
-        allowed: bool,
-        policies: Vec<String>,
-        patient: Option<&str>,
-        by_break_glass: bool,
-    ) -> Result<(), Vec<String>> {
-        let mut st = self.lock();
-        if let Some(p) = patient {
-            let list = if allowed {
-                &mut st.seen
-            } else {
-                &mut st.refused
-            };
-            if list.len() < MAX_LISTED_PATIENTS {
-                list.insert(p.to_owned());
-            }
-        }
-        if allowed {
-            if by_break_glass && let Some(p) = patient {
-                st.break_glass.insert(p.to_owned());
-            }
-            Ok(())
-        } else {
-            st.denied_by.extend(policies.iter().cloned());
-            Err(policies)
-        }
-    }
-
     /// Records a refusal decided outside the policy (scopes, a Bundle entry's error), for the
     /// access log.
-    pub fn refused_by(&self, rule: &str) {
+    fn refused_by(&self, rule: &str) {
         let mut st = self.lock();
         for r in rule.split(',').filter(|r| !r.is_empty()) {
             st.denied_by.insert(r.to_owned());
@@ -625,50 +628,16 @@ impl Guard {
     }
 
     /// Counts a resource left out of a result.
-    pub fn withheld(&self) {
+    fn withheld(&self) {
         self.lock().withheld += 1;
     }
 
-    /// What the guard refused and used so far.
-    pub fn note_for_log(&self) -> PolicyNote {
-        let st = self.lock();
-        PolicyNote {
-            purpose: self.subject.purpose.clone(),
-            denied_by: st.denied_by.iter().cloned().collect(),
-            withheld: st.withheld,
-            break_glass: st.break_glass.iter().cloned().collect(),
-            patients_seen: st.seen.iter().cloned().collect(),
-            patients_refused: st.refused.iter().cloned().collect(),
-        }
-    }
-}
-
-impl crate::ctx::sealed::Sealed for Guard {}
-
-/// What a request's [`Ctx`] asks of its policy (each call the guard's own method of that name).
-impl AccessPolicy for Guard {
-    fn decide(
-        &self,
-        store: &dyn StoreRead,
-        ctx: &Ctx,
-        action: Action,
-        rt: &ResourceType,
-        key_name: &str,
-        resource: Option<&Value>,
-    ) -> Result<Result<(), Vec<String>>, Error> {
-        Guard::decide(self, store, ctx, action, rt, key_name, resource)
-    }
-
-    fn refused_by(&self, rule: &str) {
-        Guard::refused_by(self, rule);
-    }
-
-    fn withheld(&self) {
-        Guard::withheld(self);
-    }
-
+    /// Notes that the request wrote a resource of type `rt` (if it is one of [`FACT_TYPES`],
+    /// the shared facts must be forgotten once the write has committed).
     fn wrote(&self, rt: &ResourceType) {
-        Guard::wrote(self, rt);
+        if FACT_TYPES.contains(rt) {
+            self.wrote_facts.store(true, Ordering::SeqCst);
+        }
     }
 
     fn denied_by(&self) -> Vec<String> {
@@ -679,8 +648,11 @@ impl AccessPolicy for Guard {
         self.subject.role
     }
 
+    /// Call when the request is over: forgets the shared facts if it wrote any.
     fn finish(&self) {
-        Guard::finish(self);
+        if self.wrote_facts.load(Ordering::SeqCst) {
+            self.cache.invalidate();
+        }
     }
 }
 

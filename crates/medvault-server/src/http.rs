@@ -7,17 +7,18 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use medvault_auth::scopes::{Access, Interaction};
 use medvault_core::{ResourceId, ResourceType, Role};
-use medvault_store::write_with;
+use medvault_store::{Store, StoreTx, write_with};
 use serde_json::Value;
 
 use crate::AppState;
 use crate::error::{ApiError, Error, ErrorKind, IssueCode};
 use crate::respond::{AuditExtra, AuditPatient, blocking, fhir_json};
 use medvault_node::audit::{AuditKind, AuditOutcome, AuditRecord};
+use medvault_node::ctx::AccessPolicy;
 use medvault_node::identity::Authenticated;
 use medvault_node::identity::api_tokens::RefusedCredential;
 use medvault_node::identity::gates::{self, Refusal};
-use medvault_node::ops::{self, Outcome};
+use medvault_node::ops::{self, Ctx, Outcome};
 use medvault_node::route::{self, Target};
 use medvault_node::{bundle, capability, clock, search};
 
@@ -221,9 +222,21 @@ fn effective_purpose(who: &Authenticated, headers: &HeaderMap) -> Option<String>
         .or_else(|| matches!(who.role, Role::Clinician | Role::Nurse).then(|| "TREAT".to_owned()))
 }
 
-/// After a write, on the blocking thread that ran it (which finishes even if the client goes
-/// away): the shared policy facts are forgotten if the write changed them.
-fn finish(guard: Option<&dyn medvault_node::ctx::AccessPolicy>) {
+/// Makes a FHIR write in one transaction, then [`finish`]es the request's guard.
+fn write_then_finish(
+    store: &dyn Store,
+    ctx: Ctx,
+    op: impl FnOnce(&mut dyn StoreTx, &Ctx) -> Result<Outcome, Error> + Send + 'static,
+) -> Result<Outcome, Error> {
+    let guard = ctx.guard().cloned();
+    let out = write_with(store, move |tx| Ok(op(tx, &ctx)?));
+    finish(guard.as_deref());
+    Ok(out?)
+}
+
+/// After a request's work, on the blocking thread that ran it (which finishes even if the
+/// client goes away): the shared policy facts are forgotten if the request changed them.
+fn finish(guard: Option<&dyn AccessPolicy>) {
     if let Some(g) = guard {
         g.finish();
     }
@@ -421,12 +434,9 @@ async fn dispatch(
                     false,
                 )?;
                 ops::authorize_write(store.as_ref(), &ctx, &mut p, Interaction::Create)?;
-                let guard = ctx.guard().cloned();
-                let out = write_with(store.as_ref(), move |tx| {
-                    Ok(ops::create(tx, &ctx, p, cond.as_deref())?)
-                });
-                finish(guard.as_deref());
-                Ok(out?)
+                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
+                    ops::create(tx, ctx, p, cond.as_deref())
+                })
             })
             .await?;
             Ok(respond(out, minimal, &base))
@@ -445,12 +455,9 @@ async fn dispatch(
             let out = blocking(move || {
                 let mut p = ops::prepare(store.as_ref(), &ctx, &rt, id, json, true)?;
                 ops::authorize_write(store.as_ref(), &ctx, &mut p, Interaction::Update)?;
-                let guard = ctx.guard().cloned();
-                let out = write_with(store.as_ref(), move |tx| {
-                    Ok(ops::update(tx, &ctx, p, if_match)?)
-                });
-                finish(guard.as_deref());
-                Ok(out?)
+                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
+                    ops::update(tx, ctx, p, if_match)
+                })
             })
             .await?;
             Ok(respond(out, minimal, &base))
@@ -458,12 +465,9 @@ async fn dispatch(
         (Method::DELETE, Target::Instance(rt, id)) => {
             ops::served_type(&ctx.fhir, &rt)?;
             let out = blocking(move || {
-                let guard = ctx.guard().cloned();
-                let out = write_with(store.as_ref(), move |tx| {
-                    Ok(ops::delete(tx, &ctx, &rt, &id)?)
-                });
-                finish(guard.as_deref());
-                Ok(out?)
+                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
+                    ops::delete(tx, ctx, &rt, &id)
+                })
             })
             .await?;
             Ok(respond(out, minimal, &base))
@@ -519,7 +523,7 @@ async fn dispatch(
 /// A type search (GET or POST `_search`) on a blocking thread, answered as a `searchset`.
 async fn run_search(
     state: &AppState,
-    ctx: medvault_node::ops::Ctx,
+    ctx: Ctx,
     rt: ResourceType,
     params: Vec<(String, String)>,
     strict: bool,

@@ -43,6 +43,13 @@ pub struct RefusedCredential {
     pub why: &'static str,
 }
 
+/// A failure that refuses no known credential (a store or internal error).
+impl From<Error> for (Error, Option<RefusedCredential>) {
+    fn from(e: Error) -> Self {
+        (e, None)
+    }
+}
+
 /// A validated API token: who it authenticates, until when, and the last use recorded.
 #[derive(Debug, Clone)]
 pub struct CachedToken {
@@ -143,45 +150,45 @@ pub(crate) async fn validate_api_token(
     };
     let hash = TokenHash::of(token);
     let now = node.clock.now_micros();
-    let cached = tokens.fresh(&hash, CACHE_TTL);
-    let validated_now = cached.is_none();
-    let mut t = match cached {
-        Some(t) => t,
-        None => {
-            let store = Arc::clone(&node.store);
-            let row = tokio::task::spawn_blocking(move || store.token(&hash))
-                .await
-                .map_err(|e| (Error::internal(&e), None))?
-                .map_err(|e| (Error::from(e), None))?
-                .ok_or_else(not_valid)?;
-            if row.revoked_micros.is_some() {
-                let refused = RefusedCredential {
-                    id: row.token_id,
-                    why: "token-revoked",
+    let store = Arc::clone(&node.store);
+    let (mut t, validated_now) = tokens
+        .fresh_or_load(
+            hash,
+            CACHE_TTL,
+            move |hash| -> Result<_, (Error, Option<RefusedCredential>)> {
+                let Some(row) = store.token(&hash).map_err(Error::from)? else {
+                    return Ok(None);
                 };
-                return Err((
-                    Error::unauthenticated("this API token was revoked").denied_by(refused.why),
-                    Some(refused),
-                ));
-            }
-            let role = Role::parse(&row.role).map_err(|e| (Error::internal(&e), None))?;
-            CachedToken {
-                who: Authenticated {
-                    token_id: row.token_id,
-                    role,
-                    session: None,
-                    aal: None,
-                    scopes: None,
-                    client: None,
-                    auth_time_micros: None,
-                    patient: None,
-                    practitioner: None,
-                },
-                expires_micros: row.expires_micros,
-                last_used_micros: row.last_used_micros.unwrap_or(0),
-            }
-        }
-    };
+                if row.revoked_micros.is_some() {
+                    let refused = RefusedCredential {
+                        id: row.token_id,
+                        why: "token-revoked",
+                    };
+                    return Err((
+                        Error::unauthenticated("this API token was revoked").denied_by(refused.why),
+                        Some(refused),
+                    ));
+                }
+                let role = Role::parse(&row.role).map_err(|e| Error::internal(&e))?;
+                Ok(Some(CachedToken {
+                    who: Authenticated {
+                        token_id: row.token_id,
+                        role,
+                        session: None,
+                        aal: None,
+                        scopes: None,
+                        client: None,
+                        auth_time_micros: None,
+                        patient: None,
+                        practitioner: None,
+                    },
+                    expires_micros: row.expires_micros,
+                    last_used_micros: row.last_used_micros.unwrap_or(0),
+                }))
+            },
+        )
+        .await?
+        .ok_or_else(not_valid)?;
     if now >= t.expires_micros {
         tokens.forget(&hash);
         let refused = RefusedCredential {

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::error::Error;
+
 /// Entries a cache holds at most; a full cache is emptied.
 const MAX_CACHED: usize = 100_000;
 
@@ -28,6 +30,32 @@ impl<V: Clone> CredentialCache<V> {
         map.get(hash)
             .filter(|(_, at)| at.elapsed() < ttl)
             .map(|(v, _)| v.clone())
+    }
+
+    /// The value for `hash`: the cached one if it was validated less than `ttl` ago, else what
+    /// `load` reads on a blocking thread (`None`: not a known credential). The flag is true when
+    /// it was read now: the caller checks it, then caches it with [`Self::put`] (a cached one
+    /// with [`Self::refresh`]).
+    ///
+    /// # Errors
+    /// `load`'s errors; 500 if its thread fails.
+    pub async fn fresh_or_load<E>(
+        &self,
+        hash: TokenHash,
+        ttl: Duration,
+        load: impl FnOnce(TokenHash) -> Result<Option<V>, E> + Send + 'static,
+    ) -> Result<Option<(V, bool)>, E>
+    where
+        V: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        if let Some(v) = self.fresh(&hash, ttl) {
+            return Ok(Some((v, false)));
+        }
+        let loaded = tokio::task::spawn_blocking(move || load(hash))
+            .await
+            .map_err(|e| Error::internal(&e))??;
+        Ok(loaded.map(|v| (v, true)))
     }
 
     /// Caches `value` for `hash` (emptying the cache when it is full).

@@ -117,46 +117,39 @@ pub async fn authenticate_session(
 ) -> Result<Authenticated, Error> {
     let hash = TokenHash::of(token);
     let now = node.clock.now_micros();
-    let cached = sessions.fresh(&hash, SESSION_RECHECK);
-    let validated_now = cached.is_none();
-    let mut s = match cached {
-        Some(c) => c,
-        None => {
-            let node = Arc::clone(node);
-            let found = tokio::task::spawn_blocking(move || -> Result<_, Error> {
-                let Some(row) = node.store.session(&hash)? else {
-                    return Ok(None);
-                };
-                let Some(user) = node.store.user(&row.user_id)? else {
-                    return Ok(None);
-                };
-                if user.disabled {
-                    return Ok(None);
-                }
-                let role = Role::parse(&user.role).map_err(|e| Error::internal(&e))?;
-                let (idle, _) = limits.for_role(role);
-                let scopes = (role == Role::Patient).then(|| {
-                    Arc::new(
-                        medvault_auth::scopes::ScopeSet::parse(PATIENT_SESSION_SCOPES)
-                            .unwrap_or_default()
-                            .for_patient(user.patient_id.as_deref()),
-                    )
-                });
-                let patient = user.patient_id.filter(|_| role == Role::Patient);
-                Ok(Some(CachedSession {
-                    row,
-                    role,
-                    idle,
-                    scopes,
-                    patient,
-                    practitioner: user.practitioner,
-                }))
-            })
-            .await
-            .map_err(|e| Error::internal(&e))??;
-            found.ok_or_else(|| Error::unauthenticated("the session is not valid: log in again"))?
-        }
-    };
+    let store = Arc::clone(&node.store);
+    let (mut s, validated_now) = sessions
+        .fresh_or_load(hash, SESSION_RECHECK, move |hash| -> Result<_, Error> {
+            let Some(row) = store.session(&hash)? else {
+                return Ok(None);
+            };
+            let Some(user) = store.user(&row.user_id)? else {
+                return Ok(None);
+            };
+            if user.disabled {
+                return Ok(None);
+            }
+            let role = Role::parse(&user.role).map_err(|e| Error::internal(&e))?;
+            let (idle, _) = limits.for_role(role);
+            let scopes = (role == Role::Patient).then(|| {
+                Arc::new(
+                    medvault_auth::scopes::ScopeSet::parse(PATIENT_SESSION_SCOPES)
+                        .unwrap_or_default()
+                        .for_patient(user.patient_id.as_deref()),
+                )
+            });
+            let patient = user.patient_id.filter(|_| role == Role::Patient);
+            Ok(Some(CachedSession {
+                row,
+                role,
+                idle,
+                scopes,
+                patient,
+                practitioner: user.practitioner,
+            }))
+        })
+        .await?
+        .ok_or_else(|| Error::unauthenticated("the session is not valid: log in again"))?;
     if now > s.row.expires_micros || now - s.row.last_seen_micros > micros(s.idle) {
         sessions.forget(&hash);
         let (store, user, h) = (node.store.clone(), s.row.user_id.clone(), hash);
