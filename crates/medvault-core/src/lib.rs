@@ -33,6 +33,39 @@ pub enum CoreError {
     InvalidKeyName,
 }
 
+/// `Debug` (`Name("text")`), `Display`, `AsRef<str>` and `Borrow<str>` of a type that is its
+/// text (`as_str`); its equality, order and hashing are the text's too, so maps keyed by it are
+/// looked up by `&str`.
+macro_rules! text_traits {
+    ($ty:ident) => {
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple(stringify!($ty))
+                    .field(&self.as_str())
+                    .finish()
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl AsRef<str> for $ty {
+            fn as_ref(&self) -> &str {
+                self.as_str()
+            }
+        }
+
+        impl Borrow<str> for $ty {
+            fn borrow(&self) -> &str {
+                self.as_str()
+            }
+        }
+    };
+}
+
 /// A FHIR resource type name such as `Patient`.
 ///
 /// Only the syntax is checked here (`[A-Z][A-Za-z]{0,63}`); whether the node serves the type is
@@ -104,17 +137,7 @@ impl ResourceType {
     }
 }
 
-impl fmt::Debug for ResourceType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ResourceType").field(&self.as_str()).finish()
-    }
-}
-
-impl fmt::Display for ResourceType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+text_traits!(ResourceType);
 
 impl PartialEq for ResourceType {
     fn eq(&self, other: &Self) -> bool {
@@ -139,14 +162,6 @@ impl PartialOrd for ResourceType {
 impl Ord for ResourceType {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.as_str().cmp(other.as_str())
-    }
-}
-
-/// Equality, order and hashing are the name's, so maps keyed by `ResourceType` are looked up
-/// by `&str`.
-impl Borrow<str> for ResourceType {
-    fn borrow(&self) -> &str {
-        self.as_str()
     }
 }
 
@@ -397,29 +412,7 @@ impl From<&Compartment> for KeyName {
     }
 }
 
-impl fmt::Debug for KeyName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("KeyName").field(&self.as_str()).finish()
-    }
-}
-
-impl fmt::Display for KeyName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl AsRef<str> for KeyName {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl Borrow<str> for KeyName {
-    fn borrow(&self) -> &str {
-        self.as_str()
-    }
-}
+text_traits!(KeyName);
 
 /// What a bearer of a credential is. [`Role::fhir_access`] says which part of the API the role
 /// reaches; the access policy (Cedar, `medvault-policy`) decides each resource from the role,
