@@ -113,9 +113,9 @@ pub enum KeyError {
     Crypto(#[from] CryptoError),
 }
 
-/// A data-key name as the key ring takes it: a [`KeyName`], or the text of one (a name read back
-/// with a stored version, or one of the node's own `&str` key constants), checked only when the
-/// store must be reached, so a cached key is found without allocating.
+/// A data-key name as the key ring's readers take it: a [`KeyName`], or the text of one read back
+/// with a stored version, checked only when the store must be reached, so a cached key is found
+/// without allocating. (Writers always hold a [`KeyName`].)
 pub trait AsKeyName {
     /// The name's text, which the ring's cache is keyed by.
     fn key_text(&self) -> &str;
@@ -313,20 +313,25 @@ impl KeyRing {
     ///
     /// # Errors
     /// [`KeyError::Shredded`] if the key was destroyed.
-    pub fn renew(
-        &self,
-        tx: &mut dyn StoreTx,
-        name: &(impl AsKeyName + ?Sized),
-    ) -> Result<Arc<DataKey>, KeyError> {
-        let name = name.to_key_name()?;
-        let name = name.as_ref();
+    pub fn renew(&self, tx: &mut dyn StoreTx, name: &KeyName) -> Result<Arc<DataKey>, KeyError> {
         let next = match tx.data_key(name)? {
             Some(row) if row.wrapped.is_none() => return Err(KeyError::Shredded),
             Some(row) => row.key_version.saturating_add(1),
             None => 1,
         };
+        self.create(tx, name, next)
+    }
+
+    /// Makes version `version` of data key `name`, wrapped by the newest KEK, stores it inside
+    /// the write transaction and caches it.
+    fn create(
+        &self,
+        tx: &mut dyn StoreTx,
+        name: &KeyName,
+        version: u32,
+    ) -> Result<Arc<DataKey>, KeyError> {
         let kek = self.newest_kek(&*tx)?;
-        let key = DataKey::generate(name.as_str().to_owned(), next)?;
+        let key = DataKey::generate(name.as_str().to_owned(), version)?;
         let wrapped = kek.wrap(&self.tenant, &key)?;
         tx.put_data_key(name, key.version(), kek.version(), &wrapped)?;
         Ok(self.remember(key, wrapped))
@@ -340,10 +345,8 @@ impl KeyRing {
     pub fn for_write(
         &self,
         tx: &mut dyn StoreTx,
-        name: &(impl AsKeyName + ?Sized),
+        name: &KeyName,
     ) -> Result<Arc<DataKey>, KeyError> {
-        let name = name.to_key_name()?;
-        let name = name.as_ref();
         match tx.data_key(name)? {
             Some(row) if row.wrapped.is_none() => {
                 self.forget(name.as_str());
@@ -358,13 +361,7 @@ impl KeyRing {
                     .map(|(k, w)| self.remember(k, w))
                     .ok_or_else(|| KeyError::Broken(redacted(name.as_str()))),
             },
-            None => {
-                let kek = self.newest_kek(&*tx)?;
-                let key = DataKey::generate(name.as_str().to_owned(), 1)?;
-                let wrapped = kek.wrap(&self.tenant, &key)?;
-                tx.put_data_key(name, key.version(), kek.version(), &wrapped)?;
-                Ok(self.remember(key, wrapped))
-            }
+            None => self.create(tx, name, 1),
         }
     }
 

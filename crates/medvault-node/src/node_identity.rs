@@ -75,7 +75,7 @@ impl NodeIdentity {
         let keys = write_with(node.store.as_ref(), move |tx| {
             NAMES
                 .iter()
-                .map(|n| ring.for_write(tx, *n).map_err(broken))
+                .map(|n| ring.for_write(tx, n).map_err(broken))
                 .collect::<Result<Vec<_>, _>>()
         })?;
         build(&keys, node.keys.tenant().to_owned())
@@ -90,7 +90,7 @@ impl NodeIdentity {
         let keys = write_with(node.store.as_ref(), move |tx| {
             let keys = NAMES
                 .iter()
-                .map(|n| ring.renew(tx, *n).map_err(broken))
+                .map(|n| ring.renew(tx, n).map_err(broken))
                 .collect::<Result<Vec<_>, _>>()?;
             // The three move together: a version mismatch would mean a half-done rotation.
             let v = keys.first().map(|k| k.version());

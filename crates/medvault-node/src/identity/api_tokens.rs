@@ -9,7 +9,6 @@
 //! revocation by the CLI (another process) takes effect within that time; an expiry is checked
 //! on every request.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -150,12 +149,12 @@ pub(crate) async fn validate_api_token(
     };
     let hash = TokenHash::of(token);
     let now = node.clock.now_micros();
-    let store = Arc::clone(&node.store);
     let (mut t, validated_now) = tokens
         .fresh_or_load(
             hash,
             CACHE_TTL,
-            move |hash| -> Result<_, (Error, Option<RefusedCredential>)> {
+            &node.store,
+            move |store, hash| -> Result<_, (Error, Option<RefusedCredential>)> {
                 let Some(row) = store.token(&hash).map_err(Error::from)? else {
                     return Ok(None);
                 };

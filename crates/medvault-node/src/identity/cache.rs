@@ -1,10 +1,11 @@
 //! Recently validated credentials, by the SHA-256 of the credential: shared by sessions, API
 //! tokens and OAuth2 access tokens.
 
-use medvault_store::TokenHash;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use medvault_store::{Store, TokenHash};
 
 use crate::error::Error;
 
@@ -33,9 +34,10 @@ impl<V: Clone> CredentialCache<V> {
     }
 
     /// The value for `hash`: the cached one if it was validated less than `ttl` ago, else what
-    /// `load` reads on a blocking thread (`None`: not a known credential). The flag is true when
-    /// it was read now: the caller checks it, then caches it with [`Self::put`] (a cached one
-    /// with [`Self::refresh`]).
+    /// `load` reads from `store` on a blocking thread (`None`: not a known credential); the
+    /// store is only shared with that thread on a miss. The flag is true when it was read now:
+    /// the caller checks it, then caches it with [`Self::put`] (a cached one with
+    /// [`Self::refresh`]).
     ///
     /// # Errors
     /// `load`'s errors; 500 if its thread fails.
@@ -43,7 +45,8 @@ impl<V: Clone> CredentialCache<V> {
         &self,
         hash: TokenHash,
         ttl: Duration,
-        load: impl FnOnce(TokenHash) -> Result<Option<V>, E> + Send + 'static,
+        store: &Arc<dyn Store>,
+        load: impl FnOnce(&dyn Store, TokenHash) -> Result<Option<V>, E> + Send + 'static,
     ) -> Result<Option<(V, bool)>, E>
     where
         V: Send + 'static,
@@ -52,7 +55,8 @@ impl<V: Clone> CredentialCache<V> {
         if let Some(v) = self.fresh(&hash, ttl) {
             return Ok(Some((v, false)));
         }
-        let loaded = tokio::task::spawn_blocking(move || load(hash))
+        let store = Arc::clone(store);
+        let loaded = tokio::task::spawn_blocking(move || load(store.as_ref(), hash))
             .await
             .map_err(|e| Error::internal(&e))??;
         Ok(loaded.map(|v| (v, true)))

@@ -117,37 +117,41 @@ pub async fn authenticate_session(
 ) -> Result<Authenticated, Error> {
     let hash = TokenHash::of(token);
     let now = node.clock.now_micros();
-    let store = Arc::clone(&node.store);
     let (mut s, validated_now) = sessions
-        .fresh_or_load(hash, SESSION_RECHECK, move |hash| -> Result<_, Error> {
-            let Some(row) = store.session(&hash)? else {
-                return Ok(None);
-            };
-            let Some(user) = store.user(&row.user_id)? else {
-                return Ok(None);
-            };
-            if user.disabled {
-                return Ok(None);
-            }
-            let role = Role::parse(&user.role).map_err(|e| Error::internal(&e))?;
-            let (idle, _) = limits.for_role(role);
-            let scopes = (role == Role::Patient).then(|| {
-                Arc::new(
-                    medvault_auth::scopes::ScopeSet::parse(PATIENT_SESSION_SCOPES)
-                        .unwrap_or_default()
-                        .for_patient(user.patient_id.as_deref()),
-                )
-            });
-            let patient = user.patient_id.filter(|_| role == Role::Patient);
-            Ok(Some(CachedSession {
-                row,
-                role,
-                idle,
-                scopes,
-                patient,
-                practitioner: user.practitioner,
-            }))
-        })
+        .fresh_or_load(
+            hash,
+            SESSION_RECHECK,
+            &node.store,
+            move |store, hash| -> Result<_, Error> {
+                let Some(row) = store.session(&hash)? else {
+                    return Ok(None);
+                };
+                let Some(user) = store.user(&row.user_id)? else {
+                    return Ok(None);
+                };
+                if user.disabled {
+                    return Ok(None);
+                }
+                let role = Role::parse(&user.role).map_err(|e| Error::internal(&e))?;
+                let (idle, _) = limits.for_role(role);
+                let scopes = (role == Role::Patient).then(|| {
+                    Arc::new(
+                        medvault_auth::scopes::ScopeSet::parse(PATIENT_SESSION_SCOPES)
+                            .unwrap_or_default()
+                            .for_patient(user.patient_id.as_deref()),
+                    )
+                });
+                let patient = user.patient_id.filter(|_| role == Role::Patient);
+                Ok(Some(CachedSession {
+                    row,
+                    role,
+                    idle,
+                    scopes,
+                    patient,
+                    practitioner: user.practitioner,
+                }))
+            },
+        )
         .await?
         .ok_or_else(|| Error::unauthenticated("the session is not valid: log in again"))?;
     if now > s.row.expires_micros || now - s.row.last_seen_micros > micros(s.idle) {

@@ -107,57 +107,61 @@ pub async fn authenticate_access_token(
 ) -> Result<Authenticated, Error> {
     let hash = TokenHash::of(token);
     let now = node.clock.now_micros();
-    let store = Arc::clone(&node.store);
     let (found, validated_now) = cache
-        .fresh_or_load(hash, RECHECK, move |hash| -> Result<_, Error> {
-            let Some(row) = store.access_token(&hash)? else {
-                return Ok(None);
-            };
-            let Some(client) = store.client(&row.client_id)? else {
-                return Ok(None);
-            };
-            if client.disabled {
-                return Ok(None);
-            }
-            let mut scopes = ScopeSet::parse(&row.scopes).map_err(|e| Error::internal(&e))?;
-            // An app's token acts for its user, within both the user's role and the
-            // scopes (patient/… scopes in the user's own compartment); a backend service's
-            // for itself.
-            let (mut patient, mut practitioner) = (None, None);
-            let (token_id, role, aal) = match &row.user_id {
-                Some(uid) => {
-                    let Some(user) = store.user(uid)?.filter(|u| !u.disabled) else {
-                        return Ok(None);
-                    };
-                    let role = Role::parse(&user.role).map_err(|e| Error::internal(&e))?;
-                    if role == Role::Patient {
-                        // A patient's apps act in the patient's own compartment only.
-                        scopes = scopes.only(medvault_auth::scopes::Context::Patient);
-                    }
-                    scopes = scopes.for_patient(user.patient_id.as_deref());
-                    patient = user.patient_id.filter(|_| role == Role::Patient);
-                    practitioner = user.practitioner;
-                    // The user approved the app in a session with a second factor.
-                    (user.id, role, Some(Aal::Two))
+        .fresh_or_load(
+            hash,
+            RECHECK,
+            &node.store,
+            move |store, hash| -> Result<_, Error> {
+                let Some(row) = store.access_token(&hash)? else {
+                    return Ok(None);
+                };
+                let Some(client) = store.client(&row.client_id)? else {
+                    return Ok(None);
+                };
+                if client.disabled {
+                    return Ok(None);
                 }
-                None => (row.client_id.clone(), Role::Service, None),
-            };
-            Ok(Some((
-                Authenticated {
-                    token_id,
-                    role,
-                    session: None,
-                    aal,
-                    scopes: Some(Arc::new(scopes)),
-                    client: Some(row.client_id),
-                    auth_time_micros: None,
-                    patient,
-                    practitioner,
-                },
-                row.expires_micros,
-                row.family,
-            )))
-        })
+                let mut scopes = ScopeSet::parse(&row.scopes).map_err(|e| Error::internal(&e))?;
+                // An app's token acts for its user, within both the user's role and the
+                // scopes (patient/… scopes in the user's own compartment); a backend service's
+                // for itself.
+                let (mut patient, mut practitioner) = (None, None);
+                let (token_id, role, aal) = match &row.user_id {
+                    Some(uid) => {
+                        let Some(user) = store.user(uid)?.filter(|u| !u.disabled) else {
+                            return Ok(None);
+                        };
+                        let role = Role::parse(&user.role).map_err(|e| Error::internal(&e))?;
+                        if role == Role::Patient {
+                            // A patient's apps act in the patient's own compartment only.
+                            scopes = scopes.only(medvault_auth::scopes::Context::Patient);
+                        }
+                        scopes = scopes.for_patient(user.patient_id.as_deref());
+                        patient = user.patient_id.filter(|_| role == Role::Patient);
+                        practitioner = user.practitioner;
+                        // The user approved the app in a session with a second factor.
+                        (user.id, role, Some(Aal::Two))
+                    }
+                    None => (row.client_id.clone(), Role::Service, None),
+                };
+                Ok(Some((
+                    Authenticated {
+                        token_id,
+                        role,
+                        session: None,
+                        aal,
+                        scopes: Some(Arc::new(scopes)),
+                        client: Some(row.client_id),
+                        auth_time_micros: None,
+                        patient,
+                        practitioner,
+                    },
+                    row.expires_micros,
+                    row.family,
+                )))
+            },
+        )
         .await?
         .ok_or_else(|| Error::unauthenticated("the access token is not valid"))?;
     if validated_now {
