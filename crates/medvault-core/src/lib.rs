@@ -85,20 +85,29 @@ enum Name {
     Shared(Arc<str>),
 }
 
+/// Whether every byte of `$bytes` after the first satisfies `$ok` (a condition on `$c`): the
+/// loop the `const fn` name checks share (a `const fn` cannot call a closure).
+macro_rules! rest_all {
+    ($bytes:expr, |$c:ident| $ok:expr) => {{
+        let b: &[u8] = $bytes;
+        let mut i = 1;
+        let mut all = true;
+        while all && i < b.len() {
+            let $c = b[i];
+            all = $ok;
+            i += 1;
+        }
+        all
+    }};
+}
+
 /// True if `name` is an upper-case ASCII letter followed by at most 63 ASCII letters.
 const fn is_type_name(name: &str) -> bool {
     let b = name.as_bytes();
-    if b.is_empty() || b.len() > 64 || !b[0].is_ascii_uppercase() {
-        return false;
-    }
-    let mut i = 1;
-    while i < b.len() {
-        if !b[i].is_ascii_alphabetic() {
-            return false;
-        }
-        i += 1;
-    }
-    true
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_uppercase()
+        && rest_all!(b, |c| c.is_ascii_alphabetic())
 }
 
 impl ResourceType {
@@ -325,19 +334,11 @@ pub struct KeyName(Cow<'static, str>);
 
 /// Whether `name` is `@` followed by at least one lower-case ASCII letter, digit or `-`.
 const fn is_node_key_name(name: &str) -> bool {
+    const fn allowed(c: u8) -> bool {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'
+    }
     let b = name.as_bytes();
-    if b.len() < 2 || b[0] != b'@' {
-        return false;
-    }
-    let mut i = 1;
-    while i < b.len() {
-        let c = b[i];
-        if !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-') {
-            return false;
-        }
-        i += 1;
-    }
-    true
+    b.len() >= 2 && b[0] == b'@' && rest_all!(b, |c| allowed(c))
 }
 
 impl KeyName {

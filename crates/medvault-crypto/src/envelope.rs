@@ -70,27 +70,39 @@ fn aad(label: &str, fields: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-/// Key material wrapped (encrypted) by a KEK or by the root key, as stored in the database.
-#[derive(Clone, PartialEq, Eq)]
-pub struct WrappedKey(Vec<u8>);
+/// A ciphertext type as the database holds it: `from_stored` (documented by `$when_read`),
+/// `as_bytes`, and a `Debug` that shows only the length.
+macro_rules! stored_ciphertext {
+    ($(#[$doc:meta])* $name:ident, $when_read:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq)]
+        pub struct $name(Vec<u8>);
 
-impl WrappedKey {
-    /// Wraps bytes read back from storage; they are checked when unwrapped.
-    pub fn from_stored(bytes: Vec<u8>) -> Self {
-        Self(bytes)
-    }
+        impl $name {
+            #[doc = $when_read]
+            pub fn from_stored(bytes: Vec<u8>) -> Self {
+                Self(bytes)
+            }
 
-    /// The bytes to store.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
+            /// The bytes to store.
+            pub fn as_bytes(&self) -> &[u8] {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({} bytes)"), self.0.len())
+            }
+        }
+    };
 }
 
-impl fmt::Debug for WrappedKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "WrappedKey({} bytes)", self.0.len())
-    }
-}
+stored_ciphertext!(
+    /// Key material wrapped (encrypted) by a KEK or by the root key, as stored in the database.
+    WrappedKey,
+    "Wraps bytes read back from storage; they are checked when unwrapped."
+);
 
 /// A versioned key-encryption key. KEKs only ever wrap data keys.
 pub struct Kek {
@@ -320,28 +332,12 @@ impl DataKey {
     }
 }
 
-/// An AEAD-sealed resource version. The store accepts only this type for record bodies, so
-/// plaintext cannot reach SQL.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Sealed(Vec<u8>);
-
-impl Sealed {
-    /// Wraps bytes read back from storage; they are authenticated when opened.
-    pub fn from_stored(bytes: Vec<u8>) -> Self {
-        Self(bytes)
-    }
-
-    /// The bytes to store.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Sealed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Sealed({} bytes)", self.0.len())
-    }
-}
+stored_ciphertext!(
+    /// An AEAD-sealed resource version. The store accepts only this type for record bodies, so
+    /// plaintext cannot reach SQL.
+    Sealed,
+    "Wraps bytes read back from storage; they are authenticated when opened."
+);
 
 pub(crate) fn wrap_with_root(
     root: &SecretBytes,
@@ -461,6 +457,16 @@ mod tests {
         assert!(kek.unwrap("u", "Patient/p1", 1, &w).is_err());
         let kek2 = Kek::generate(2).unwrap();
         assert!(kek2.unwrap("t", "Patient/p1", 1, &w).is_err());
+    }
+
+    #[test]
+    fn stored_ciphertexts_show_only_their_length() {
+        let wrapped = WrappedKey::from_stored(vec![7; 40]);
+        assert_eq!(wrapped.as_bytes(), &[7; 40]);
+        assert_eq!(format!("{wrapped:?}"), "WrappedKey(40 bytes)");
+        let sealed = Sealed::from_stored(vec![1, 2, 3]);
+        assert_eq!(sealed.as_bytes(), &[1, 2, 3]);
+        assert_eq!(format!("{sealed:?}"), "Sealed(3 bytes)");
     }
 
     #[test]

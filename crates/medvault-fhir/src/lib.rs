@@ -133,22 +133,14 @@ impl Fhir {
                     by_code.insert(p.code.clone(), p);
                 }
             }
-            let compartment_params = compartment
+            let in_compartment = compartment
                 .get("resource")
                 .and_then(Value::as_array)
                 .and_then(|rs| {
                     rs.iter()
                         .find(|r| r.get("code").and_then(Value::as_str) == Some(t))
-                })
-                .and_then(|r| r.get("param"))
-                .and_then(Value::as_array)
-                .map(|ps| {
-                    ps.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default();
+                });
+            let compartment_params = strings(in_compartment.and_then(|r| r.get("param")));
             let name = ResourceType::new(t).map_err(|_| FhirError::UnknownType(t.to_owned()))?;
             types.insert(
                 name,
@@ -397,6 +389,20 @@ impl Fhir {
                 .get(resource_type)
                 .is_some_and(|t| !t.compartment_params.is_empty())
     }
+}
+
+/// The strings of a JSON array in a definition (other members skipped); empty when it is
+/// absent or not an array.
+fn strings(array: Option<&Value>) -> Vec<String> {
+    array
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -277,35 +277,53 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn only_canonical_relative_references_name_stored_resources() {
-        assert_eq!(relative_reference("Patient/p1"), Some(("Patient", "p1")));
-        assert_eq!(
-            relative_reference("Patient/p1/_history/2"),
-            Some(("Patient", "p1"))
-        );
-        for r in [
-            "http://evil.example/fhir/Patient/p1",
-            "Patient/../Patient/p1",
-            "./Patient/p1",
-            "Patient/p1/",
-            "/Patient/p1",
-            "Patient/p1/_history/x",
-            "#p1",
-            "patient/p1",
-        ] {
-            assert_eq!(relative_reference(r), None, "{r}");
+    /// Asserts what `split` makes of each reference.
+    fn assert_splits(
+        split: fn(&str) -> Option<(&str, &str)>,
+        cases: &[(&str, Option<(&str, &str)>)],
+    ) {
+        for &(reference, want) in cases {
+            assert_eq!(split(reference), want, "{reference}");
         }
     }
 
     #[test]
-    fn contained_references_name_no_stored_resource() {
-        assert_eq!(local_reference("#/Patient/p1"), None);
-        assert_eq!(local_reference("#p1"), None);
-        assert_eq!(local_reference("Patient/p1"), Some(("Patient", "p1")));
-        assert_eq!(
-            local_reference("https://a.example/fhir/Patient/p1/_history/2"),
-            Some(("Patient", "p1"))
+    fn only_canonical_relative_references_name_stored_resources() {
+        let p1 = Some(("Patient", "p1"));
+        assert_splits(
+            relative_reference,
+            &[
+                ("Patient/p1", p1),
+                ("Patient/p1/_history/2", p1),
+                ("http://evil.example/fhir/Patient/p1", None),
+                ("Patient/../Patient/p1", None),
+                ("./Patient/p1", None),
+                ("Patient/p1/", None),
+                ("/Patient/p1", None),
+                ("Patient/p1/_history/x", None),
+                ("#p1", None),
+                ("patient/p1", None),
+            ],
+        );
+    }
+
+    #[test]
+    fn local_references_drop_base_and_history_and_contained_ones_name_nothing() {
+        assert_splits(
+            local_reference,
+            &[
+                ("#/Patient/p1", None),
+                ("#p1", None),
+                ("#c1", None),
+                ("urn:uuid:abc", None),
+                ("Patient/p1", Some(("Patient", "p1"))),
+                (
+                    "https://a.example/fhir/Patient/p1/_history/2",
+                    Some(("Patient", "p1")),
+                ),
+                ("Patient/1", Some(("Patient", "1"))),
+                ("http://x/fhir/Patient/1/_history/2", Some(("Patient", "1"))),
+            ],
         );
     }
 
@@ -380,16 +398,5 @@ mod tests {
             .is_none()
         );
         assert!(Expr::parse("Observation.code", "Patient").is_none());
-    }
-
-    #[test]
-    fn references() {
-        assert_eq!(local_reference("Patient/1"), Some(("Patient", "1")));
-        assert_eq!(
-            local_reference("http://x/fhir/Patient/1/_history/2"),
-            Some(("Patient", "1"))
-        );
-        assert_eq!(local_reference("#c1"), None);
-        assert_eq!(local_reference("urn:uuid:abc"), None);
     }
 }

@@ -250,16 +250,7 @@ impl SearchParam {
     pub fn from_definition(def: &Value, resource_type: &str) -> Option<Self> {
         let kind = ParamKind::from_fhir(def.get("type")?.as_str()?)?;
         let expr = Expr::parse(def.get("expression")?.as_str()?, resource_type)?;
-        let targets = def
-            .get("target")
-            .and_then(Value::as_array)
-            .map(|t| {
-                t.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let targets = crate::strings(def.get("target"));
         Some(Self {
             code: def.get("code")?.as_str()?.to_owned(),
             kind,

@@ -38,6 +38,21 @@ pub(crate) fn parse_hash(s: &str) -> Option<Hash> {
     <[u8; HASH_LEN]>::try_from(raw.as_slice()).ok()
 }
 
+/// Reads a tree head, a decimal size then a base64 root hash, from the next two of `fields`
+/// (a checkpoint's lines or a pin line's words).
+///
+/// # Errors
+/// [`LedgerError::Checkpoint`] with `bad_size` or `bad_root`.
+fn tree_head<'a>(
+    fields: &mut impl Iterator<Item = &'a str>,
+    bad_size: &'static str,
+    bad_root: &'static str,
+) -> Result<(u64, Hash), LedgerError> {
+    let size = fields.next().and_then(parse_decimal).ok_or(err(bad_size))?;
+    let root = fields.next().and_then(parse_hash).ok_or(err(bad_root))?;
+    Ok((size, root))
+}
+
 impl Checkpoint {
     /// Parses the text of a checkpoint note (signatures already split off).
     ///
@@ -52,14 +67,11 @@ impl Checkpoint {
         if origin.is_empty() {
             return Err(err("checkpoint origin line is empty"));
         }
-        let size = lines
-            .next()
-            .and_then(parse_decimal)
-            .ok_or(err("checkpoint size line is not a decimal tree size"))?;
-        let root = lines
-            .next()
-            .and_then(parse_hash)
-            .ok_or(err("checkpoint root line is not a base64 SHA-256 hash"))?;
+        let (size, root) = tree_head(
+            &mut lines,
+            "checkpoint size line is not a decimal tree size",
+            "checkpoint root line is not a base64 SHA-256 hash",
+        )?;
         let extensions: Vec<String> = lines.map(str::to_owned).collect();
         if extensions.iter().any(String::is_empty) {
             return Err(err("checkpoint has an empty extension line"));
@@ -87,14 +99,11 @@ impl Checkpoint {
             if found.is_some() {
                 return Err(err("checkpoint pins the same log twice"));
             }
-            let size = parts
-                .next()
-                .and_then(parse_decimal)
-                .ok_or(err("pin line size is not a decimal tree size"))?;
-            let root = parts
-                .next()
-                .and_then(parse_hash)
-                .ok_or(err("pin line root is not a base64 SHA-256 hash"))?;
+            let (size, root) = tree_head(
+                &mut parts,
+                "pin line size is not a decimal tree size",
+                "pin line root is not a base64 SHA-256 hash",
+            )?;
             if parts.next().is_some() {
                 return Err(err("pin line has trailing fields"));
             }

@@ -287,54 +287,51 @@ impl VerifierKey {
     }
 
     fn verify_one(&self, text: &str, sig: &[u8]) -> Result<Verified, LedgerError> {
-        match self.kind {
-            KeyKind::Ed25519 => {
-                if ed25519_verify(&self.public_key, text.as_bytes(), sig) {
-                    Ok(Verified { timestamp: None })
-                } else {
-                    Err(LedgerError::SignatureInvalid)
-                }
-            }
+        let (timestamp, valid) = match self.kind {
+            KeyKind::Ed25519 => (None, ed25519_verify(&self.public_key, text.as_bytes(), sig)),
             KeyKind::MlDsa44 => {
-                if sig.len() != 8 + ML_DSA_44_SIGNATURE_LEN {
-                    return Err(LedgerError::SignatureInvalid);
-                }
-                let (ts, sig) = sig.split_at(8);
-                let mut t = [0u8; 8];
-                t.copy_from_slice(ts);
-                let timestamp = u64::from_be_bytes(t);
+                let (timestamp, sig) = timestamped(sig, ML_DSA_44_SIGNATURE_LEN)?;
                 let message = subtree_message(&self.name, timestamp, text)
                     .ok_or(LedgerError::SignatureInvalid)?;
-                if timestamp <= i64::MAX as u64 && ml_dsa_44_verify(&self.public_key, &message, sig)
-                {
-                    Ok(Verified {
-                        timestamp: Some(timestamp),
-                    })
-                } else {
-                    Err(LedgerError::SignatureInvalid)
-                }
+                (
+                    Some(timestamp),
+                    ml_dsa_44_verify(&self.public_key, &message, sig),
+                )
             }
             KeyKind::CosignatureV1 => {
-                if sig.len() != 8 + ED25519_SIGNATURE_LEN {
-                    return Err(LedgerError::SignatureInvalid);
-                }
-                let (ts, sig) = sig.split_at(8);
-                let mut t = [0u8; 8];
-                t.copy_from_slice(ts);
-                let timestamp = u64::from_be_bytes(t);
-                if timestamp > i64::MAX as u64 {
-                    return Err(LedgerError::SignatureInvalid);
-                }
-                if ed25519_verify(&self.public_key, &cosigned_message(timestamp, text), sig) {
-                    Ok(Verified {
-                        timestamp: Some(timestamp),
-                    })
-                } else {
-                    Err(LedgerError::SignatureInvalid)
-                }
+                let (timestamp, sig) = timestamped(sig, ED25519_SIGNATURE_LEN)?;
+                let message = cosigned_message(timestamp, text);
+                (
+                    Some(timestamp),
+                    ed25519_verify(&self.public_key, &message, sig),
+                )
             }
+        };
+        if valid {
+            Ok(Verified { timestamp })
+        } else {
+            Err(LedgerError::SignatureInvalid)
         }
     }
+}
+
+/// Splits a cosignature, `timestamp (8 bytes, big-endian) || signature`, whose signature must be
+/// `sig_len` bytes long; the timestamp must fit an `i64` (POSIX seconds).
+///
+/// # Errors
+/// [`LedgerError::SignatureInvalid`] if either does not hold.
+fn timestamped(sig: &[u8], sig_len: usize) -> Result<(u64, &[u8]), LedgerError> {
+    if sig.len() != 8 + sig_len {
+        return Err(LedgerError::SignatureInvalid);
+    }
+    let (ts, sig) = sig.split_at(8);
+    let mut t = [0u8; 8];
+    t.copy_from_slice(ts);
+    let timestamp = u64::from_be_bytes(t);
+    if timestamp > i64::MAX as u64 {
+        return Err(LedgerError::SignatureInvalid);
+    }
+    Ok((timestamp, sig))
 }
 
 /// A note signer's private key.

@@ -135,6 +135,41 @@ fn subproof(
     Ok(())
 }
 
+/// The walk up the tree that both proof verifications make (RFC 9162 §2.1.3.2 step 5 and
+/// §2.1.4.2 step 6): from node `fn_` in a tree whose last node is `sn`, `step` receives each proof
+/// hash and whether it is a left sibling (`fn_` odd or `fn_ == sn`, so the hash goes first).
+/// The proof must end exactly at the root (`sn` reaching 0).
+///
+/// # Errors
+/// [`LedgerError::ProofInvalid`] with `too_long` or `too_short`.
+fn walk_proof(
+    mut fn_: u64,
+    mut sn: u64,
+    proof: &[Hash],
+    (too_long, too_short): (&'static str, &'static str),
+    mut step: impl FnMut(&Hash, bool),
+) -> Result<(), LedgerError> {
+    for p in proof {
+        if sn == 0 {
+            return Err(LedgerError::ProofInvalid(too_long));
+        }
+        let left = fn_ & 1 == 1 || fn_ == sn;
+        step(p, left);
+        if left {
+            while fn_ & 1 == 0 && fn_ != 0 {
+                fn_ >>= 1;
+                sn >>= 1;
+            }
+        }
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    if sn != 0 {
+        return Err(LedgerError::ProofInvalid(too_short));
+    }
+    Ok(())
+}
+
 /// Verifies that `leaf` is at `index` in the tree of `size` leaves with root `root`
 /// (RFC 9162 §2.1.3.2).
 ///
@@ -152,27 +187,23 @@ pub fn verify_inclusion(
             "leaf index is not below the tree size",
         ));
     }
-    let (mut fn_, mut sn) = (index, size - 1);
     let mut r = *leaf;
-    for p in proof {
-        if sn == 0 {
-            return Err(LedgerError::ProofInvalid("inclusion proof is too long"));
-        }
-        if fn_ & 1 == 1 || fn_ == sn {
-            r = node_hash(p, &r);
-            while fn_ & 1 == 0 && fn_ != 0 {
-                fn_ >>= 1;
-                sn >>= 1;
+    walk_proof(
+        index,
+        size - 1,
+        proof,
+        (
+            "inclusion proof is too long",
+            "inclusion proof is too short",
+        ),
+        |p, left| {
+            r = if left {
+                node_hash(p, &r)
+            } else {
+                node_hash(&r, p)
             }
-        } else {
-            r = node_hash(&r, p);
-        }
-        fn_ >>= 1;
-        sn >>= 1;
-    }
-    if sn != 0 {
-        return Err(LedgerError::ProofInvalid("inclusion proof is too short"));
-    }
+        },
+    )?;
     if r != *root {
         return Err(LedgerError::ProofInvalid(
             "inclusion proof does not lead to the root",
@@ -236,26 +267,23 @@ pub fn verify_consistency(
         sn >>= 1;
     }
     let (mut fr, mut sr) = (path[0], path[0]);
-    for c in &path[1..] {
-        if sn == 0 {
-            return Err(LedgerError::ProofInvalid("consistency proof is too long"));
-        }
-        if fn_ & 1 == 1 || fn_ == sn {
-            fr = node_hash(c, &fr);
-            sr = node_hash(c, &sr);
-            while fn_ & 1 == 0 && fn_ != 0 {
-                fn_ >>= 1;
-                sn >>= 1;
+    walk_proof(
+        fn_,
+        sn,
+        &path[1..],
+        (
+            "consistency proof is too long",
+            "consistency proof is too short",
+        ),
+        |c, left| {
+            if left {
+                fr = node_hash(c, &fr);
+                sr = node_hash(c, &sr);
+            } else {
+                sr = node_hash(&sr, c);
             }
-        } else {
-            sr = node_hash(&sr, c);
-        }
-        fn_ >>= 1;
-        sn >>= 1;
-    }
-    if sn != 0 {
-        return Err(LedgerError::ProofInvalid("consistency proof is too short"));
-    }
+        },
+    )?;
     if fr != *old_root {
         return Err(LedgerError::ProofInvalid(
             "consistency proof does not lead to the old root",

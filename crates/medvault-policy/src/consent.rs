@@ -112,11 +112,13 @@ fn in_period(period: Option<&Value>, at: &str) -> bool {
     start_ok && end_ok
 }
 
+/// The members of `list` if it is an array; none if it is absent or not an array.
+fn members(list: Option<&Value>) -> impl Iterator<Item = &Value> {
+    list.and_then(Value::as_array).into_iter().flatten()
+}
+
 fn codes(list: Option<&Value>) -> impl Iterator<Item = &str> {
-    list.and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.get("code").and_then(Value::as_str))
+    members(list).filter_map(|c| c.get("code").and_then(Value::as_str))
 }
 
 /// True if a provision's own conditions match the request (an absent condition matches all).
@@ -220,11 +222,7 @@ fn verdict(consent: &Value, r: &ConsentRequest<'_>) -> Option<ConsentState> {
     if !matches(base, r) || (unevaluated(base) && kind(base) != Some(ConsentState::Deny)) {
         return None;
     }
-    let exceptions: Vec<ConsentState> = base
-        .get("provision")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let exceptions: Vec<ConsentState> = members(base.get("provision"))
         .filter(|p| matches(p, r))
         .filter_map(|p| kind(p).filter(|k| *k == ConsentState::Deny || !unevaluated(p)))
         .collect();
@@ -281,13 +279,7 @@ pub fn check(consent: &Value, is_type: &dyn Fn(&str) -> bool) -> Result<(), Stri
         );
     };
     check_provision(base, "Consent.provision", is_type)?;
-    for (i, p) in base
-        .get("provision")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, p) in members(base.get("provision")).enumerate() {
         check_provision(p, &format!("Consent.provision.provision[{i}]"), is_type)?;
         if p.get("provision").is_some() {
             return Err(format!(
@@ -373,12 +365,7 @@ fn check_provision(p: &Value, path: &str, is_type: &dyn Fn(&str) -> bool) -> Res
             ));
         }
     }
-    for a in p
-        .get("action")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for a in members(p.get("action")) {
         for c in codes(a.get("coding")) {
             if !["access", "collect", "use", "disclose", "correct"]
                 .iter()
@@ -390,13 +377,7 @@ fn check_provision(p: &Value, path: &str, is_type: &dyn Fn(&str) -> bool) -> Res
             }
         }
     }
-    for (i, a) in p
-        .get("actor")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, a) in members(p.get("actor")).enumerate() {
         let refr = a.pointer("/reference/reference").and_then(Value::as_str);
         let kind_ok = refr.is_some_and(|r| {
             let mut parts = r.rsplit('/');
@@ -485,6 +466,16 @@ mod tests {
         }
     }
 
+    /// What `consents` decide for [`req`].
+    fn decide(
+        consents: &[Value],
+        actors: &[String],
+        labels: &[String],
+        purpose: Option<&str>,
+    ) -> ConsentState {
+        evaluate(consents, &req(actors, labels, purpose))
+    }
+
     #[test]
     fn denies_win_inside_a_consent_and_the_latest_consent_wins_across() {
         let dr = vec!["Practitioner/dr-a".to_owned()];
@@ -504,15 +495,12 @@ mod tests {
         );
         let all = [c1.clone()];
         assert_eq!(
-            evaluate(&all, &req(&other, &none, Some("TREAT"))),
+            decide(&all, &other, &none, Some("TREAT")),
             ConsentState::Permit
         );
+        assert_eq!(decide(&all, &dr, &none, Some("TREAT")), ConsentState::Deny);
         assert_eq!(
-            evaluate(&all, &req(&dr, &none, Some("TREAT"))),
-            ConsentState::Deny
-        );
-        assert_eq!(
-            evaluate(&all, &req(&other, &hiv, Some("TREAT"))),
+            decide(&all, &other, &hiv, Some("TREAT")),
             ConsentState::Deny
         );
         // A later consent permitting Dr A for treatment overrides the earlier deny.
@@ -526,12 +514,12 @@ mod tests {
         );
         let both = [c1.clone(), c2.clone()];
         assert_eq!(
-            evaluate(&both, &req(&dr, &none, Some("TREAT"))),
+            decide(&both, &dr, &none, Some("TREAT")),
             ConsentState::Permit
         );
         // For research it does not speak, so the earlier deny stands.
         assert_eq!(
-            evaluate(&both, &req(&dr, &none, Some("HRESCH"))),
+            decide(&both, &dr, &none, Some("HRESCH")),
             ConsentState::Deny
         );
         // Inactive, expired, malformed or future consents say nothing.
@@ -551,19 +539,16 @@ mod tests {
         );
         for c in [inactive, expired, future] {
             assert_eq!(
-                evaluate(std::slice::from_ref(&c), &req(&other, &none, None)),
+                decide(std::slice::from_ref(&c), &other, &none, None),
                 ConsentState::None,
                 "{c}"
             );
         }
-        assert_eq!(evaluate(&[], &req(&other, &none, None)), ConsentState::None);
+        assert_eq!(decide(&[], &other, &none, None), ConsentState::None);
         // Two consents at the same instant that disagree: the deny wins.
         let p = consent("2026-08-01T00:00:00Z", json!({"type": "permit"}));
         let d = consent("2026-08-01T00:00:00Z", json!({"type": "deny"}));
-        assert_eq!(
-            evaluate(&[p, d], &req(&other, &none, None)),
-            ConsentState::Deny
-        );
+        assert_eq!(decide(&[p, d], &other, &none, None), ConsentState::Deny);
     }
 
     #[test]
@@ -582,20 +567,20 @@ mod tests {
                    "data": [{"meaning": "instance", "reference": {"reference": "DocumentReference/x"}}]}),
         );
         assert_eq!(
-            evaluate(&[deny_psy.clone(), one_doc], &req(&dr, &psy, Some("TREAT"))),
+            decide(&[deny_psy.clone(), one_doc], &dr, &psy, Some("TREAT")),
             ConsentState::Deny
         );
         // A consent dated in the future does not speak (it cannot outrank later decisions).
         let future = consent("2099-01-01T00:00:00Z", json!({"type": "permit"}));
         assert_eq!(
-            evaluate(&[deny_psy.clone(), future], &req(&dr, &psy, None)),
+            decide(&[deny_psy.clone(), future], &dr, &psy, None),
             ConsentState::Deny
         );
         // A research consent is not a privacy consent.
         let mut research = consent("2026-07-01T00:00:00Z", json!({"type": "permit"}));
         research["scope"] = json!({"coding": [{"code": "research"}]});
         assert_eq!(
-            evaluate(&[deny_psy.clone(), research], &req(&dr, &psy, None)),
+            decide(&[deny_psy.clone(), research], &dr, &psy, None),
             ConsentState::Deny
         );
         // A deny with conditions it cannot check applies broadly.
@@ -603,10 +588,7 @@ mod tests {
             "2026-01-01T00:00:00Z",
             json!({"type": "deny", "code": [{"coding": [{"code": "x"}]}]}),
         );
-        assert_eq!(
-            evaluate(&[deny_code], &req(&dr, &none, None)),
-            ConsentState::Deny
-        );
+        assert_eq!(decide(&[deny_code], &dr, &none, None), ConsentState::Deny);
         // Actors written as absolute URLs, bare-date periods and +00:00 offsets are understood.
         let absolute = consent(
             "2026-01-01T00:00:00+00:00",
@@ -614,7 +596,7 @@ mod tests {
                    "actor": [{"reference": {"reference": "https://ehr.example/fhir/Practitioner/dr-a"}}]}),
         );
         assert_eq!(
-            evaluate(std::slice::from_ref(&absolute), &req(&dr, &none, None)),
+            decide(std::slice::from_ref(&absolute), &dr, &none, None),
             ConsentState::Deny
         );
         // Fractional seconds: a period ending at 10:00:00 covers 10:00:00.5 no more.
@@ -635,10 +617,7 @@ mod tests {
             "2026-01-01T00:00:00Z",
             json!({"type": "deny", "action": [{"coding": [{"code": "collect"}]}]}),
         );
-        assert_eq!(
-            evaluate(&[collect], &req(&dr, &none, None)),
-            ConsentState::None
-        );
+        assert_eq!(decide(&[collect], &dr, &none, None), ConsentState::None);
     }
 
     #[test]
@@ -663,7 +642,7 @@ mod tests {
         // A deny written in local time speaks (it was stored inert before).
         let local = consent("2026-06-01T00:00:00+02:00", json!({"type": "deny"}));
         assert_eq!(
-            evaluate(std::slice::from_ref(&local), &req(&dr, &none, None)),
+            decide(std::slice::from_ref(&local), &dr, &none, None),
             ConsentState::Deny
         );
         // Ordering across offsets: a permit at 09:00+02:00 (07:00Z) is older than a deny at
@@ -671,7 +650,7 @@ mod tests {
         let permit = consent("2026-06-01T09:00:00+02:00", json!({"type": "permit"}));
         let deny = consent("2026-06-01T08:00:00Z", json!({"type": "deny"}));
         assert_eq!(
-            evaluate(&[permit, deny], &req(&dr, &none, None)),
+            decide(&[permit, deny], &dr, &none, None),
             ConsentState::Deny
         );
         // Denies naming an Organization, PractitionerRole or CareTeam match the actors derived
@@ -687,12 +666,12 @@ mod tests {
             );
             let actors = vec!["Practitioner/dr-a".to_owned(), kind.to_owned()];
             assert_eq!(
-                evaluate(std::slice::from_ref(&c), &req(&actors, &none, None)),
+                decide(std::slice::from_ref(&c), &actors, &none, None),
                 ConsentState::Deny,
                 "{kind}"
             );
             assert_eq!(
-                evaluate(std::slice::from_ref(&c), &req(&dr, &none, None)),
+                decide(std::slice::from_ref(&c), &dr, &none, None),
                 ConsentState::None,
                 "{kind}"
             );
@@ -771,10 +750,7 @@ mod tests {
         let dr = vec!["Practitioner/dr-a".to_owned()];
         let none: Vec<String> = vec![];
         assert_eq!(
-            evaluate(
-                std::slice::from_ref(&lower),
-                &req(&dr, &none, Some("HOPERAT"))
-            ),
+            decide(std::slice::from_ref(&lower), &dr, &none, Some("HOPERAT")),
             ConsentState::Deny
         );
         let hiv_lower = consent(
@@ -782,9 +758,11 @@ mod tests {
             json!({"type": "deny", "securityLabel": [{"code": "hiv"}], "class": [{"code": "observation"}]}),
         );
         assert_eq!(
-            evaluate(
+            decide(
                 std::slice::from_ref(&hiv_lower),
-                &req(&dr, &["HIV".to_owned()], Some("TREAT"))
+                &dr,
+                &["HIV".to_owned()],
+                Some("TREAT")
             ),
             ConsentState::Deny
         );

@@ -399,6 +399,18 @@ impl Server {
         self.get_as(path, bearer, None).0
     }
 
+    /// Asserts the status of a GET of each path (from the server's root) as `bearer`, in order.
+    pub fn assert_statuses_as<P: AsRef<str>>(
+        &self,
+        bearer: &str,
+        expected: impl IntoIterator<Item = (P, u16)>,
+    ) {
+        for (path, status) in expected {
+            let path = path.as_ref();
+            assert_eq!(self.status_as(path, bearer), status, "GET {path}");
+        }
+    }
+
     /// GET `path` (from the server's root) as `bearer`, declaring `purpose` when given.
     pub fn get_as(&self, path: &str, bearer: &str, purpose: Option<&str>) -> (u16, Value) {
         self.call(reqwest::Method::GET, path, bearer, purpose, None)

@@ -84,16 +84,14 @@ fn authorization_code_with_pkce_refresh_rotation_and_revocation() {
     let access = token_field(&tokens, "access_token");
     let refresh = token_field(&tokens, "refresh_token");
 
-    // The token acts for the person, within the scopes.
-    assert_eq!(
-        s.status_as(&format!("/fhir/Patient/{patient}"), &access),
-        200
-    );
-    assert_eq!(s.status_as("/fhir/Patient?family=Appfam", &access), 200);
-    assert_eq!(
-        s.status_as("/fhir/Observation?_count=1", &access),
-        403,
-        "not granted"
+    // The token acts for the person, within the scopes (Observation is not granted).
+    s.assert_statuses_as(
+        &access,
+        [
+            (format!("/fhir/Patient/{patient}"), 200),
+            ("/fhir/Patient?family=Appfam".to_owned(), 200),
+            ("/fhir/Observation?_count=1".to_owned(), 403),
+        ],
     );
     let (st, _) = s.post_json("/fhir/Patient", Some(&access), &fhir::patient("X", "Y"));
     assert_eq!(st, 403, "no c in the scope");
@@ -177,18 +175,16 @@ fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
     let (secret, recovery) = s.enroll("pat.one");
     let session = s.sign_in("pat.one", &secret);
 
-    // Their own session reads their compartment only.
-    assert_eq!(s.status_as(&format!("/fhir/Patient/{p1}"), &session), 200);
-    // Another patient's records answer as missing ones (the chosen behaviour: no existence
-    // oracle).
-    assert_eq!(s.status_as(&format!("/fhir/Patient/{p2}"), &session), 404);
-    assert_eq!(
-        s.status_as(&format!("/fhir/Observation/{vital1}"), &session),
-        200
-    );
-    assert_eq!(
-        s.status_as(&format!("/fhir/Observation/{lab2}"), &session),
-        404
+    // Their own session reads their compartment only; another patient's records answer as
+    // missing ones (the chosen behaviour: no existence oracle).
+    s.assert_statuses_as(
+        &session,
+        [
+            (format!("/fhir/Patient/{p1}"), 200),
+            (format!("/fhir/Patient/{p2}"), 404),
+            (format!("/fhir/Observation/{vital1}"), 200),
+            (format!("/fhir/Observation/{lab2}"), 404),
+        ],
     );
     let (st, found) = s.get_as("/fhir/Observation?_count=50", &session, None);
     assert_eq!(st, 200, "{found}");
@@ -261,11 +257,13 @@ fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
     assert_eq!(st, 200, "{t}");
     assert_eq!(t["patient"], json!(p1), "the launch context");
     let app = token_field(&t, "access_token");
-    assert_eq!(s.status_as(&format!("/fhir/Observation/{lab1}"), &app), 200);
-    assert_eq!(
-        s.status_as(&format!("/fhir/Observation/{vital1}"), &app),
-        404,
-        "not a lab result"
+    // The vital sign is not a lab result.
+    s.assert_statuses_as(
+        &app,
+        [
+            (format!("/fhir/Observation/{lab1}"), 200),
+            (format!("/fhir/Observation/{vital1}"), 404),
+        ],
     );
     // Issue 15 item 7: a deleted resource outside the constraint answers exactly as a missing
     // one (it answered 410 Gone, which told the app it existed).
@@ -305,13 +303,12 @@ fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
         "user/ scopes are not a patient's to grant"
     );
     let wide_token = token_field(&t, "access_token");
-    assert_eq!(
-        s.status_as(&format!("/fhir/Patient/{p2}"), &wide_token),
-        404
-    );
-    assert_eq!(
-        s.status_as(&format!("/fhir/Patient/{p1}"), &wide_token),
-        200
+    s.assert_statuses_as(
+        &wide_token,
+        [
+            (format!("/fhir/Patient/{p2}"), 404),
+            (format!("/fhir/Patient/{p1}"), 200),
+        ],
     );
 
     // A clinician has no patient context: patient/ scopes cannot be granted to their apps.
