@@ -200,8 +200,9 @@ struct GuardState {
 /// Most patients one access-log record lists as seen or refused.
 pub const MAX_LISTED_PATIENTS: usize = 1000;
 
-/// What a request's guard refused and used, for its access-log record.
-#[derive(Debug, Clone, Default)]
+/// What a request's guard refused and used, for its access-log record: serialized as its
+/// `policy` field, so the field names are part of the record's layout.
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PolicyNote {
     /// The purpose of use the decisions assumed.
     pub purpose: Option<String>,

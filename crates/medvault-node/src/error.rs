@@ -192,6 +192,11 @@ impl Error {
         Self::new(ErrorKind::NotFound, IssueCode::NotFound, message)
     }
 
+    /// A conflict with the resource's state, with a `conflict` issue.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, IssueCode::Conflict, message)
+    }
+
     /// Gone (deleted).
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Gone, IssueCode::Deleted, message)
@@ -240,11 +245,9 @@ impl From<StoreError> for Error {
                 Ok(err) => *err,
                 Err(other) => Self::internal(&other),
             },
-            StoreError::Conflict => Self::new(
-                ErrorKind::Conflict,
-                IssueCode::Conflict,
-                "the write conflicts with a concurrent change; retry it",
-            ),
+            StoreError::Conflict => {
+                Self::conflict("the write conflicts with a concurrent change; retry it")
+            }
             StoreError::Unavailable(cause) => {
                 tracing::error!(error = %cause, "database unavailable");
                 Self::new(

@@ -23,7 +23,9 @@ use medvault_store::{
     Databases, LogStore, Store, StoreError, StoreRead, StoreTx, write_log_with, write_with,
 };
 
+use crate::audit::AuditRecord;
 use crate::clock::{Clock, SystemClock};
+use crate::error::Error;
 use crate::ledger::{
     ACCESS_LOG_KEY, AUDIT_KEY, LEDGER_KEY, LEDGER_PQ_KEY, Ledger, LedgerSeeds, LogId, WITNESS_KEY,
 };
@@ -547,6 +549,31 @@ impl Node {
             LogId::Records => Arc::clone(&self.store) as Arc<dyn LogStore>,
             LogId::Access => Arc::clone(&self.access),
         }
+    }
+
+    /// Records in the access log, in its own durable write, what `record` makes of the current
+    /// time (the record's time and its leaf's). Returns the leaf index.
+    ///
+    /// # Errors
+    /// Store failures, RNG failure.
+    pub fn record_audit_now(&self, record: impl FnOnce(i64) -> AuditRecord) -> Result<u64, Error> {
+        let now = self.clock.now_micros();
+        self.ledger
+            .record_audit(self.access.as_ref(), now, &record(now))
+    }
+
+    /// [`Self::record_audit_now`] without holding a thread: resolves once the leaf is committed.
+    ///
+    /// # Errors
+    /// Store failures, RNG failure.
+    pub async fn record_audit_now_async(
+        &self,
+        record: impl FnOnce(i64) -> AuditRecord,
+    ) -> Result<u64, Error> {
+        let now = self.clock.now_micros();
+        self.ledger
+            .record_audit_async(self.access.as_ref(), now, &record(now))
+            .await
     }
 
     /// Opens a node over already-open stores: the records database and the access log's

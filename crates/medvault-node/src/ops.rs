@@ -851,9 +851,7 @@ pub fn expunge(
         return Err(not_known(rt, id, Some(version)));
     };
     if version == current.version {
-        return Err(Error::new(
-            ErrorKind::Conflict,
-            IssueCode::Conflict,
+        return Err(Error::conflict(
             "the current version cannot be expunged: update or delete the resource first",
         ));
     }
@@ -861,11 +859,7 @@ pub fn expunge(
         return Err(Error::gone("this patient's data was erased"));
     }
     if row.body.is_none() && !row.expunged {
-        return Err(Error::new(
-            ErrorKind::Conflict,
-            IssueCode::Conflict,
-            "a deletion has no content to expunge",
-        ));
+        return Err(Error::conflict("a deletion has no content to expunge"));
     }
     // A delete marker is decided on the version it deleted: that version must keep its
     // content, or the deletion of hidden (e.g. HIV-labelled) data would stop being hidden.
@@ -873,18 +867,12 @@ pub fn expunge(
         .version(rt, id, Some(version + 1))?
         .is_some_and(|next| next.body.is_none() && !next.expunged)
     {
-        return Err(Error::new(
-            ErrorKind::Conflict,
-            IssueCode::Conflict,
+        return Err(Error::conflict(
             "the version a deletion removed cannot be expunged (access to the deletion is decided on it)",
         ));
     }
     if row.expunged {
-        return Ok(Outcome::message(
-            StatusCode::OK,
-            IssueCode::Informational,
-            "already expunged",
-        ));
+        return Ok(Outcome::informational("already expunged"));
     }
     let now = ctx.clock.now_micros();
     let amended = StoredVersion {
@@ -896,7 +884,7 @@ pub fn expunge(
         ..row.clone()
     };
     amend(tx, ctx, &row, amended, AmendmentKind::Expunge, now)?;
-    let mut out = Outcome::message(StatusCode::OK, IssueCode::Informational, "expunged");
+    let mut out = Outcome::informational("expunged");
     out.location = Some(format!("{rt}/{id}/_history/{version}"));
     out.version = Some(version);
     out.key_name = Some(row.key_name);
@@ -925,11 +913,7 @@ pub fn delete(
         existing_allows(&*tx, ctx, rt, id, Interaction::Delete)?;
     }
     if current.deleted {
-        return Ok(Outcome::message(
-            StatusCode::OK,
-            IssueCode::Informational,
-            "already deleted",
-        ));
+        return Ok(Outcome::informational("already deleted"));
     }
     let now = ctx.clock.now_micros();
     let version = current.version + 1;

@@ -56,6 +56,12 @@ impl Outcome {
         self
     }
 
+    /// 200 with an informational OperationOutcome saying `text` (what was done, or that it was
+    /// done already).
+    pub(crate) fn informational(text: &str) -> Self {
+        Self::message(StatusCode::OK, IssueCode::Informational, text)
+    }
+
     /// A status with an OperationOutcome body.
     pub fn message(status: StatusCode, code: IssueCode, text: &str) -> Self {
         Self {

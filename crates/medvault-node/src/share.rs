@@ -1222,25 +1222,25 @@ pub fn record_receipt(
     resources: u64,
     agent: &Value,
 ) -> Result<u64, Error> {
-    let now = node.clock.now_micros();
-    let record = AuditRecord::new(
-        AuditKind::Share,
-        now,
-        "share-delivered",
-        AuditOutcome::Success,
-    )
-    .agent(agent.clone())
-    .with(
-        "share",
-        json!({
-            "id": sent.id,
-            "to": sent.recipient.node,
-            "senderLeaf": sent.sender_leaf,
-            "recipientLeaf": peer_leaf,
-            "resources": resources,
-        }),
-    );
-    node.ledger.record_audit(node.access.as_ref(), now, &record)
+    node.record_audit_now(|now| {
+        AuditRecord::new(
+            AuditKind::Share,
+            now,
+            "share-delivered",
+            AuditOutcome::Success,
+        )
+        .agent(agent.clone())
+        .with(
+            "share",
+            json!({
+                "id": sent.id,
+                "to": sent.recipient.node,
+                "senderLeaf": sent.sender_leaf,
+                "recipientLeaf": peer_leaf,
+                "resources": resources,
+            }),
+        )
+    })
 }
 
 /// Reads the header of a sealed bundle without checking its signature (for display, and to

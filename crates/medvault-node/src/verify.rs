@@ -19,6 +19,9 @@ use crate::ledger::{Ledger, LogId, record_entry};
 /// Leaves read per round trip.
 const CHUNK: u64 = 16_384;
 
+/// Versions or amendments read per round trip.
+const PAGE: u64 = 1000;
+
 /// What a successful verification covered in one log.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LogReport {
@@ -469,27 +472,17 @@ fn check_amendments(
     commitments: &[Hash],
     used: &mut [bool],
 ) -> Result<u64, VerifyError> {
-    let mut n = 0;
-    let mut after: Option<(String, String, u64, u32)> = None;
     // The amendments of one version, in order: (type, id, version), the last seq, its leaf.
     let mut chain: Option<((String, String, u64), u32, u64)> = None;
-    loop {
-        let page = store.amendments_after(
-            after
-                .as_ref()
-                .map(|(t, i, v, s)| (t.as_str(), i.as_str(), *v, *s)),
-            1000,
-        )?;
-        let Some(last) = page.last() else {
-            return Ok(n);
-        };
-        after = Some((
-            last.resource_type.clone(),
-            last.id.clone(),
-            last.version,
-            last.seq,
-        ));
-        for a in &page {
+    for_each_row(
+        |after: Option<&(String, String, u64, u32)>| {
+            store.amendments_after(
+                after.map(|(t, i, v, s)| (t.as_str(), i.as_str(), *v, *s)),
+                PAGE,
+            )
+        },
+        |a| (a.resource_type.clone(), a.id.clone(), a.version, a.seq),
+        |a| {
             let name = format!(
                 "{}/{}/_history/{} (amendment {})",
                 a.resource_type, a.id, a.version, a.seq
@@ -524,7 +517,6 @@ fn check_amendments(
                 )));
             }
             chain = Some((key, a.seq, a.leaf));
-            let i = claim(used, a.leaf, &name)?;
             let facts = medvault_ledger::RecordFacts {
                 tenant: ledger.tenant(),
                 resource_type: &a.resource_type,
@@ -535,21 +527,22 @@ fn check_amendments(
                 last_updated_micros: a.last_updated_micros,
                 sealed: None,
             };
-            if medvault_ledger::record_commitment_with_digest(&a.salt, &facts, a.digest.as_ref())
-                != commitments[i]
-            {
-                return Err(diverge(format!(
-                    "{name} does not match its commitment in records log leaf {}",
-                    a.leaf
-                )));
-            }
-            n += 1;
-        }
-    }
+            let commitment =
+                medvault_ledger::record_commitment_with_digest(&a.salt, &facts, a.digest.as_ref());
+            claim(commitments, used, a.leaf, &name, commitment)
+        },
+    )
 }
 
-/// Marks records log leaf `leaf` as claimed by `what`; its index.
-fn claim(used: &mut [bool], leaf: u64, what: &str) -> Result<usize, VerifyError> {
+/// Marks records log leaf `leaf` as claimed by `what`, which commits to `commitment`: the leaf
+/// must exist, be claimed once only, and hold that commitment.
+fn claim(
+    commitments: &[Hash],
+    used: &mut [bool],
+    leaf: u64,
+    what: &str,
+    commitment: Hash,
+) -> Result<(), VerifyError> {
     let Some(i) = usize::try_from(leaf).ok().filter(|i| *i < used.len()) else {
         return Err(diverge(format!(
             "{what} points at records log leaf {leaf}, which does not exist"
@@ -561,7 +554,12 @@ fn claim(used: &mut [bool], leaf: u64, what: &str) -> Result<usize, VerifyError>
         )));
     }
     used[i] = true;
-    Ok(i)
+    if commitments[i] != commitment {
+        return Err(diverge(format!(
+            "{what} does not match its commitment in records log leaf {leaf}"
+        )));
+    }
+    Ok(())
 }
 
 fn check_versions(
@@ -570,28 +568,41 @@ fn check_versions(
     commitments: &[Hash],
     used: &mut [bool],
 ) -> Result<u64, VerifyError> {
-    let mut n = 0;
-    let mut after: Option<(String, String, u64)> = None;
-    loop {
-        let page = store.versions_after(
-            after.as_ref().map(|(t, i, v)| (t.as_str(), i.as_str(), *v)),
-            1000,
-        )?;
-        let Some(last) = page.last() else {
-            return Ok(n);
-        };
-        after = Some((last.resource_type.clone(), last.id.clone(), last.version));
-        for v in &page {
+    for_each_row(
+        |after: Option<&(String, String, u64)>| {
+            store.versions_after(after.map(|(t, i, v)| (t.as_str(), i.as_str(), *v)), PAGE)
+        },
+        |v| (v.resource_type.clone(), v.id.clone(), v.version),
+        |v| {
             let name = format!("{}/{}/_history/{}", v.resource_type, v.id, v.version);
             let (Some(leaf), Some(salt)) = (v.leaf, v.salt) else {
                 return Err(diverge(format!("version {name} has no records log leaf")));
             };
-            let i = claim(used, leaf, &format!("version {name}"))?;
-            if record_entry(ledger.tenant(), v, &salt).commitment != commitments[i] {
-                return Err(diverge(format!(
-                    "version {name} does not match its commitment in records log leaf {leaf}"
-                )));
-            }
+            let commitment = record_entry(ledger.tenant(), v, &salt).commitment;
+            let what = format!("version {name}");
+            claim(commitments, used, leaf, &what, commitment)
+        },
+    )
+}
+
+/// Walks a table in key order, [`PAGE`] rows per round trip: `page` reads the rows after a
+/// key (`None`: from the start), `key` is a row's key, `check` checks one row. Returns the
+/// number of rows checked.
+fn for_each_row<K, R>(
+    mut page: impl FnMut(Option<&K>) -> Result<Vec<R>, StoreError>,
+    key: impl Fn(&R) -> K,
+    mut check: impl FnMut(&R) -> Result<(), VerifyError>,
+) -> Result<u64, VerifyError> {
+    let mut n = 0;
+    let mut after = None;
+    loop {
+        let rows = page(after.as_ref())?;
+        let Some(last) = rows.last() else {
+            return Ok(n);
+        };
+        after = Some(key(last));
+        for row in &rows {
+            check(row)?;
             n += 1;
         }
     }

@@ -7,8 +7,6 @@
 //! the answer is 401 with `WWW-Authenticate: Bearer error="insufficient_user_authentication"`
 //! and `max_age` (RFC 9470). API tokens and app tokens cannot do these at all.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +15,7 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::respond::refusal_response;
+use crate::respond::{AuditPatient, on_node, refusal_response};
 use medvault_node::admin::{Erased, erase_patient, rotate_keys};
 use medvault_node::identity::Authenticated;
 use medvault_node::identity::gates;
@@ -41,8 +39,7 @@ pub(crate) async fn rotate(State(state): State<AppState>, who: Authenticated) ->
     if let Err(r) = admin_step_up(&state, &who) {
         return refusal_response(r);
     }
-    let node = Arc::clone(&state.node);
-    match crate::respond::blocking(move || rotate_keys(&node, |_, _| {})).await {
+    match on_node(&state, |node| rotate_keys(node, |_, _| {})).await {
         Ok((version, n)) => Json(json!({"kek_version": version, "rewrapped": n})).into_response(),
         Err(e) => e.into_response(),
     }
@@ -60,9 +57,8 @@ pub(crate) async fn erase(
     let Ok(id) = ResourceId::new(&id) else {
         return ApiError::bad_request("not a FHIR id").into_response();
     };
-    let node = Arc::clone(&state.node);
     let patient = id.to_string();
-    let erased = crate::respond::blocking(move || erase_patient(&node, &id)).await;
+    let erased = on_node(&state, move |node| erase_patient(node, &id)).await;
     // No care-team or consent content of the erased patient stays in memory.
     state.facts.invalidate();
     let mut r = match erased {
@@ -71,7 +67,6 @@ pub(crate) async fn erase(
         Err(e) => e.into_response(),
     };
     // The access log names the patient whose records were shredded.
-    r.extensions_mut()
-        .insert(crate::respond::AuditPatient(patient));
+    r.extensions_mut().insert(AuditPatient(patient));
     r
 }

@@ -258,13 +258,7 @@ impl AnonymousTraffic {
 /// the next attempt. Returns the summary's leaf.
 pub async fn flush(node: &Node, traffic: &AnonymousTraffic) -> Option<u64> {
     let pending = traffic.take()?;
-    let now = node.clock.now_micros();
-    let record = pending.detail(now);
-    match node
-        .ledger
-        .record_audit_async(node.access.as_ref(), now, &record)
-        .await
-    {
+    match node.record_audit_now_async(|now| pending.detail(now)).await {
         Ok(leaf) => Some(leaf),
         Err(e) => {
             tracing::warn!(error = %e.message, count = pending.total(), "recording a summary of anonymous requests failed; kept for the next one");

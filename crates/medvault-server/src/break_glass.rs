@@ -4,8 +4,6 @@
 //! ([`medvault_node::identity::break_glass`]); this module gates, reads the requests and shapes
 //! the answers and their access-log records.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -20,7 +18,7 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::respond::{AuditExtra, AuditPatient, blocking, refusal_response};
+use crate::respond::{AuditExtra, AuditPatient, on_node, refusal_response};
 
 /// `POST /auth/break-glass` body.
 #[derive(Deserialize)]
@@ -62,13 +60,13 @@ pub(crate) async fn open(
     let Ok(patient) = ResourceId::new(&req.patient) else {
         return ApiError::bad_request("patient must be the Patient resource's id").into_response();
     };
-    let node = Arc::clone(&state.node);
     let user = who.token_id.clone();
     let max = state.config.break_glass_max;
     let p = patient.clone();
-    let opened =
-        blocking(move || break_glass::open(&node, &user, &p, &req.reason, req.minutes, max, now))
-            .await;
+    let opened = on_node(&state, move |node| {
+        break_glass::open(node, &user, &p, &req.reason, req.minutes, max, now)
+    })
+    .await;
     let opened = match opened {
         Ok(x) => x,
         Err(e) => return e.into_response(),
@@ -108,16 +106,10 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     who: Authenticated,
     Query(q): Query<AlertQuery>,
-) -> Response {
-    if let Err(e) = privacy_officer(&who) {
-        return e.into_response();
-    }
-    let node = Arc::clone(&state.node);
-    let listed = blocking(move || break_glass::list_alerts(&node, !q.all)).await;
-    match listed {
-        Ok(alerts) => Json(json!({"alerts": alerts})).into_response(),
-        Err(e) => e.into_response(),
-    }
+) -> Result<Response, ApiError> {
+    privacy_officer(&who)?;
+    let alerts = on_node(&state, move |node| break_glass::list_alerts(node, !q.all)).await?;
+    Ok(Json(json!({"alerts": alerts})).into_response())
 }
 
 /// `POST /privacy/alerts/{id}/acknowledge`.
@@ -125,17 +117,17 @@ pub(crate) async fn acknowledge(
     State(state): State<AppState>,
     who: Authenticated,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(e) = privacy_officer(&who) {
-        return e.into_response();
-    }
-    let node = Arc::clone(&state.node);
+) -> Result<Response, ApiError> {
+    privacy_officer(&who)?;
     let (by, at) = (who.token_id.clone(), state.node.clock.now_micros());
     let alert = id.clone();
-    let done = blocking(move || break_glass::acknowledge_alert(&node, &alert, &by, at)).await;
-    match done {
-        Ok(true) => Json(json!({"acknowledged": id})).into_response(),
-        Ok(false) => ApiError::not_found("no open alert with that id").into_response(),
-        Err(e) => e.into_response(),
+    let done = on_node(&state, move |n| {
+        break_glass::acknowledge_alert(n, &alert, &by, at)
+    })
+    .await?;
+    if done {
+        Ok(Json(json!({"acknowledged": id})).into_response())
+    } else {
+        Err(ApiError::not_found("no open alert with that id"))
     }
 }

@@ -658,37 +658,9 @@ fn audit_record(
                 .map(|d| d.0.clone()),
         )
         .with("request_id", request_id)
-        .with(
-            "policy",
-            resp.extensions()
-                .get::<medvault_node::authz::PolicyNote>()
-                .map(|n| {
-                    serde_json::json!({
-                        "purpose": n.purpose,
-                        "denied_by": n.denied_by,
-                        "withheld": n.withheld,
-                        "break_glass": n.break_glass,
-                        "patients_seen": n.patients_seen,
-                        "patients_refused": n.patients_refused,
-                    })
-                }),
-        )
-        .with(
-            "auth",
-            resp.extensions()
-                .get::<crate::respond::AuthNote>()
-                .map(|n| {
-                    serde_json::json!({
-                        "user": n.user,
-                        "client": n.client,
-                        "event": n.event,
-                    })
-                }),
-        )
-        .with(
-            "extra",
-            resp.extensions().get::<AuditExtra>().map(|e| e.0.clone()),
-        )
+        .with("policy", note::<medvault_node::authz::PolicyNote>(resp))
+        .with("auth", note::<crate::respond::AuthNote>(resp))
+        .with("extra", note::<AuditExtra>(resp))
         .with("method", method.as_str())
         .with("resource_type", rtype)
         .with("id", id)
@@ -704,6 +676,15 @@ fn audit_record(
         })
     });
     (record, touched)
+}
+
+/// What the response's extension `T` adds to its access-log record, as JSON (`null`, left out,
+/// when the response has none).
+fn note<T: serde::Serialize + Send + Sync + 'static>(resp: &Response) -> Value {
+    resp.extensions()
+        .get::<T>()
+        .and_then(|n| serde_json::to_value(n).ok())
+        .unwrap_or(Value::Null)
 }
 
 /// Adds the patient whose compartment the touched resource belongs to, so an auditor's

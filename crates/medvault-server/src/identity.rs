@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::error::{ApiError, Error, ErrorKind, IssueCode};
-use crate::respond::{blocking, secret_json, with_note};
+use crate::respond::{blocking, on_node, secret_json, with_note};
 
 /// The answer to a login refused for too many attempts.
 pub(crate) fn throttled(failure: LoginFailure) -> Response {
@@ -125,9 +125,8 @@ pub(crate) async fn totp_enroll(
     State(state): State<AppState>,
     who: Authenticated,
 ) -> Result<Response, ApiError> {
-    let node = Arc::clone(&state.node);
     let w = who.clone();
-    let e = blocking(move || login::totp_enroll(&node, &w)).await?;
+    let e = on_node(&state, move |node| login::totp_enroll(node, &w)).await?;
     let out = json!({
         "otpauth_uri": e.uri,
         "secret": e.secret,

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::respond::{blocking, oauth_error, with_app_note};
+use crate::respond::{oauth_error, on_node, with_app_note};
 
 fn noted(r: Response, client: Option<String>, event: &'static str) -> Response {
     with_app_note(r, None, client, event)
@@ -163,9 +163,11 @@ pub(crate) async fn introspect(
     gates::introspection(&who).map_err(Refusal::into_error)?;
     let form: IntrospectRequest = serde_urlencoded::from_bytes(&body)
         .map_err(|_| ApiError::bad_request("send token=… as application/x-www-form-urlencoded"))?;
-    let node = Arc::clone(&state.node);
     // Active only while the token, its client and (for an app's token) its user all are.
-    let row = blocking(move || node_oauth::introspect(&node, &form.token)).await?;
+    let row = on_node(&state, move |node| {
+        node_oauth::introspect(node, &form.token)
+    })
+    .await?;
     Ok(match row {
         Some(r) => Json(json!({
             "active": true,

@@ -3,8 +3,6 @@
 //! RFC 7009). The flow itself (codes with PKCE, rotating refresh tokens) is the node's
 //! ([`medvault_node::identity::oauth::app`]).
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -17,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::respond::{blocking, page_response, with_app_note, with_note};
+use crate::respond::{on_node, page_response, with_app_note, with_note};
 
 /// An authorization request's failure as an answer: to show on the page, with where to send
 /// the browser when the redirect URI can be trusted.
@@ -57,8 +55,7 @@ pub(crate) async fn authorize_check(
 ) -> Result<Response, ApiError> {
     let req = parse_query(raw.as_deref());
     let base = crate::http::public_base(&state, &headers);
-    let node = Arc::clone(&state.node);
-    let checked = blocking(move || Ok(app::check(&node, &req, &base))).await?;
+    let checked = on_node(&state, move |node| Ok(app::check(node, &req, &base))).await?;
     Ok(match checked {
         Ok(c) => Json(json!({
             "client_name": c.client.name,
@@ -87,10 +84,12 @@ pub(crate) async fn authorize_decide(
     gates::app_approval(&who).map_err(Refusal::into_error)?;
     let req = parse_query(Some(d.query.trim_start_matches('?')));
     let base = crate::http::public_base(&state, &headers);
-    let node = Arc::clone(&state.node);
     let user = who.token_id.clone();
     let approve = d.approve;
-    let out = blocking(move || app::decide(&node, &user, &req, &base, approve)).await?;
+    let out = on_node(&state, move |node| {
+        app::decide(node, &user, &req, &base, approve)
+    })
+    .await?;
     Ok(match out {
         Ok((redirect, client)) => with_app_note(
             Json(json!({"redirect": redirect})).into_response(),

@@ -1,17 +1,21 @@
 //! What the handler modules and the request middleware share: running a node operation off the
-//! async threads ([`blocking`]), response shapes (FHIR JSON, answers carrying secrets, OAuth2
-//! errors, the node's own pages, a gate's refusal) and what a response tells its access-log
-//! record ([`AuthNote`], [`AuditExtra`], [`AuditPatient`]). A leaf: it imports no handler
-//! module, so they all can import it without importing each other.
+//! async threads ([`blocking`], [`on_node`]), response shapes (FHIR JSON, answers carrying
+//! secrets, OAuth2 errors, the node's own pages, a gate's refusal) and what a response tells its
+//! access-log record ([`AuthNote`], [`AuditExtra`], [`AuditPatient`]). A leaf: it imports no
+//! handler module, so they all can import it without importing each other.
+
+use std::sync::Arc;
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use medvault_node::Node;
 use medvault_node::identity::gates::Refusal;
+use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::FHIR_JSON;
 use crate::error::{ApiError, Error};
+use crate::{AppState, FHIR_JSON};
 
 /// Runs a node operation on a blocking thread; its error is answered as an [`ApiError`].
 pub(crate) async fn blocking<T: Send + 'static>(
@@ -20,6 +24,16 @@ pub(crate) async fn blocking<T: Send + 'static>(
     Ok(tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal(&e))??)
+}
+
+/// Runs a node operation over `state`'s node on a blocking thread; its error is answered as an
+/// [`ApiError`].
+pub(crate) async fn on_node<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&Node) -> Result<T, Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    let node = Arc::clone(&state.node);
+    blocking(move || f(&node)).await
 }
 
 /// `body` as `application/fhir+json` with `status`.
@@ -31,16 +45,19 @@ pub(crate) fn fhir_json(status: StatusCode, body: &Value) -> Response {
     resp
 }
 
-/// More for a response's audit record (sealed with it), e.g. a break-glass justification.
-#[derive(Debug, Clone)]
+/// More for a response's audit record (sealed with it, as its `extra` field), e.g. a
+/// break-glass justification.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
 pub(crate) struct AuditExtra(pub(crate) Value);
 
 /// The patient whose compartment a response's resource is in, for its audit record.
 #[derive(Debug, Clone)]
 pub(crate) struct AuditPatient(pub(crate) String);
 
-/// What an `/auth/…` response tells the access log: the account concerned and what happened.
-#[derive(Debug, Clone)]
+/// What an `/auth/…` response tells the access log: the account concerned and what happened
+/// (serialized as the record's `auth` field, so the field names are part of its layout).
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct AuthNote {
     pub(crate) user: Option<String>,
     pub(crate) client: Option<String>,

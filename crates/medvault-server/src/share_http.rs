@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::error::{ApiError, ErrorKind, IssueCode};
 use crate::peer::{self, PeerConn};
-use crate::respond::{AuditExtra, AuditPatient, blocking, fhir_json};
+use crate::respond::{AuditExtra, AuditPatient, fhir_json, on_node};
 use crate::{AppState, tls};
 use medvault_node::audit::{AuditKind, AuditOutcome, AuditRecord};
 use medvault_node::ops::Ctx;
@@ -77,12 +77,11 @@ pub(crate) async fn share(
             "the purpose parameter ({purpose}) must be the request's purpose of use ({d})"
         )));
     }
-    let node = Arc::clone(&state.node);
     let id = patient.clone();
     let agent2 = agent.clone();
-    let (out, tls) = blocking(move || {
+    let (out, tls) = on_node(&state, move |node| {
         let out = share::prepare(
-            &node,
+            node,
             &ctx,
             &id,
             &to,
@@ -157,10 +156,9 @@ async fn deliver(
                     out.peer.node
                 ))),
                 Ok(peer_leaf) => {
-                    let node = Arc::clone(&state.node);
                     let (header, n) = (out.header.clone(), out.resources as u64);
-                    let delivered = match blocking(move || {
-                        share::record_receipt(&node, &header, peer_leaf, n, &agent)
+                    let delivered = match on_node(&state, move |node| {
+                        share::record_receipt(node, &header, peer_leaf, n, &agent)
                     })
                     .await
                     {
@@ -368,26 +366,24 @@ pub(crate) fn refusal_recorder(state: &AppState) -> tls::RefusedHook {
                 Err(_) => continue,
             };
             window.1 += 1;
-            let now = state.node.clock.now_micros();
-            let record = AuditRecord::new(
-                AuditKind::Share,
-                now,
-                "peer-handshake-refused",
-                AuditOutcome::Denied,
-            )
-            .agent(json!({"address": address}))
-            .with("reason", reason)
-            .with(
-                "not_recorded_before",
-                counted.swap(0, std::sync::atomic::Ordering::Relaxed),
-            );
-            let access = Arc::clone(&state.node.access);
-            if let Err(e) = state
+            let recorded = state
                 .node
-                .ledger
-                .record_audit_async(access.as_ref(), now, &record)
-                .await
-            {
+                .record_audit_now_async(|now| {
+                    AuditRecord::new(
+                        AuditKind::Share,
+                        now,
+                        "peer-handshake-refused",
+                        AuditOutcome::Denied,
+                    )
+                    .agent(json!({"address": address}))
+                    .with("reason", reason)
+                    .with(
+                        "not_recorded_before",
+                        counted.swap(0, std::sync::atomic::Ordering::Relaxed),
+                    )
+                })
+                .await;
+            if let Err(e) = recorded {
                 tracing::warn!(error = %e.message, "recording a refused peer handshake failed");
             }
         }

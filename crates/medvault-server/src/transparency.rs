@@ -16,12 +16,12 @@ use medvault_ledger::TilePath;
 use medvault_node::ledger::LogId;
 use medvault_node::published;
 use medvault_node::witness::{self, Refusal, Witnessed};
-use medvault_node::{Error, Node};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::respond::on_node;
 
 /// Cache policy of a transparency resource: tiles never change; the checkpoint and keys do.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -46,15 +46,6 @@ fn text_response(body: String) -> Response {
     with_headers(body, "text/plain; charset=utf-8", Some(SHORT_LIVED))
 }
 
-/// Runs a blocking node function over this node on a blocking thread.
-async fn blocking<T: Send + 'static>(
-    state: &AppState,
-    f: impl FnOnce(&Node) -> Result<T, Error> + Send + 'static,
-) -> Result<T, ApiError> {
-    let node = Arc::clone(&state.node);
-    crate::respond::blocking(move || f(&node)).await
-}
-
 /// The log named in the path (`/ledger/{log}/…`).
 fn log_named(name: &str) -> Result<LogId, ApiError> {
     LogId::parse(name).ok_or_else(|| ApiError::not_found("no such log: use records or access"))
@@ -67,7 +58,7 @@ pub(crate) async fn get_checkpoint(
     Path(log): Path<String>,
 ) -> Result<Response, ApiError> {
     let log = log_named(&log)?;
-    let note = blocking(&state, move |n| published::newest_checkpoint(n, log)).await?;
+    let note = on_node(&state, move |n| published::newest_checkpoint(n, log)).await?;
     Ok(text_response(note))
 }
 
@@ -93,7 +84,7 @@ pub(crate) async fn get_tile(
 ) -> Result<Response, ApiError> {
     let log = log_named(&log)?;
     let tile = TilePath::parse(&rest).map_err(|_| ApiError::not_found("no such tile"))?;
-    let body = blocking(&state, move |n| published::tile(n, log, &tile)).await?;
+    let body = on_node(&state, move |n| published::tile(n, log, &tile)).await?;
     Ok(with_headers(
         body,
         "application/octet-stream",
@@ -110,6 +101,21 @@ pub(crate) struct ProofQuery {
     new: Option<u64>,
 }
 
+/// A proof's log and its two tree positions (`index` and `size`, or `old` and `new`); 400
+/// saying `missing` when either position is not given.
+fn proof_args(
+    log: &str,
+    first: Option<u64>,
+    second: Option<u64>,
+    missing: &str,
+) -> Result<(LogId, u64, u64), ApiError> {
+    let log = log_named(log)?;
+    let (first, second) = first
+        .zip(second)
+        .ok_or_else(|| ApiError::bad_request(missing))?;
+    Ok((log, first, second))
+}
+
 fn proof_json(proof: &[medvault_ledger::Hash]) -> Vec<Value> {
     proof.iter().map(|h| Value::String(B64.encode(h))).collect()
 }
@@ -121,12 +127,9 @@ pub(crate) async fn get_inclusion(
     Path(log): Path<String>,
     Query(q): Query<ProofQuery>,
 ) -> Result<Response, ApiError> {
-    let log = log_named(&log)?;
-    let (Some(index), Some(size)) = (q.index, q.size) else {
-        return Err(ApiError::bad_request("give index and size"));
-    };
+    let (log, index, size) = proof_args(&log, q.index, q.size, "give index and size")?;
     let (proof, entry) =
-        blocking(&state, move |n| published::inclusion(n, log, index, size)).await?;
+        on_node(&state, move |n| published::inclusion(n, log, index, size)).await?;
     Ok(Json(json!({
         "index": index,
         "size": size,
@@ -143,11 +146,8 @@ pub(crate) async fn get_consistency(
     Path(log): Path<String>,
     Query(q): Query<ProofQuery>,
 ) -> Result<Response, ApiError> {
-    let log = log_named(&log)?;
-    let (Some(old), Some(new)) = (q.old, q.new) else {
-        return Err(ApiError::bad_request("give old and new"));
-    };
-    let proof = blocking(&state, move |n| published::consistency(n, log, old, new)).await?;
+    let (log, old, new) = proof_args(&log, q.old, q.new, "give old and new")?;
+    let proof = on_node(&state, move |n| published::consistency(n, log, old, new)).await?;
     Ok(Json(json!({ "old": old, "new": new, "proof": proof_json(&proof) })).into_response())
 }
 
@@ -159,7 +159,7 @@ fn plain(status: StatusCode, body: String) -> Response {
 /// and, like every request, recorded in this node's access log.
 pub(crate) async fn add_checkpoint(State(state): State<AppState>, body: Bytes) -> Response {
     let witness_for = Arc::clone(&state.config.witness_for);
-    let made = blocking(&state, move |n| {
+    let made = on_node(&state, move |n| {
         witness::add_checkpoint(n, &witness_for, &body)
     })
     .await;
@@ -211,7 +211,7 @@ pub(crate) async fn get_witness_key(State(state): State<AppState>) -> Response {
 /// `GET /.well-known/medvault-node`: the signed node document (cached per key version).
 pub(crate) async fn get_node_document(State(state): State<AppState>) -> Response {
     let published = Arc::clone(&state.node_document);
-    match blocking(&state, move |n| published.get(n)).await {
+    match on_node(&state, move |n| published.get(n)).await {
         Ok(doc) => Json(doc).into_response(),
         Err(e) => e.into_response(),
     }

@@ -100,15 +100,14 @@ pub(crate) fn audit_admin_with(
     target: Option<&str>,
     extra: Option<serde_json::Value>,
 ) -> anyhow::Result<()> {
-    let now = node.clock.now_micros();
-    let record = medvault_node::audit::AuditRecord::admin(now, action, target).with("extra", extra);
-    node.ledger
-        .record_audit(node.access.as_ref(), now, &record)
-        .and_then(|_| {
-            node.ledger
-                .checkpoint_now(node.store.as_ref(), node.access.as_ref())
-        })
-        .map_err(|e| anyhow::anyhow!("recording the action in the ledger failed: {}", e.message))?;
+    node.record_audit_now(|now| {
+        medvault_node::audit::AuditRecord::admin(now, action, target).with("extra", extra)
+    })
+    .and_then(|_| {
+        node.ledger
+            .checkpoint_now(node.store.as_ref(), node.access.as_ref())
+    })
+    .map_err(|e| anyhow::anyhow!("recording the action in the ledger failed: {}", e.message))?;
     Ok(())
 }
 

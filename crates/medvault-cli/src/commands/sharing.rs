@@ -287,20 +287,19 @@ pub(crate) fn run_share(command: ShareCommand) -> anyhow::Result<()> {
                     if let Some(rule) = &e.denied_by {
                         // A refused disclosure is recorded like any refused access, in the
                         // patient's accounting of disclosures.
-                        let now = node.clock.now_micros();
-                        let record = AuditRecord::new(
-                            AuditKind::Share,
-                            now,
-                            "share-send",
-                            AuditOutcome::Denied,
-                        )
-                        .agent(os_user())
-                        .patient(Some(patient.clone()))
-                        .denied_by(Some(rule.clone()))
-                        .with("share", serde_json::json!({"to": to, "purpose": purpose}));
                         if let Err(a) = node
-                            .ledger
-                            .record_audit(node.access.as_ref(), now, &record)
+                            .record_audit_now(|now| {
+                                AuditRecord::new(
+                                    AuditKind::Share,
+                                    now,
+                                    "share-send",
+                                    AuditOutcome::Denied,
+                                )
+                                .agent(os_user())
+                                .patient(Some(patient.clone()))
+                                .denied_by(Some(rule.clone()))
+                                .with("share", serde_json::json!({"to": to, "purpose": purpose}))
+                            })
                             .and_then(|_| checkpoint_api(&node))
                         {
                             return anyhow::anyhow!("recording the refusal failed: {}", a.message);

@@ -141,17 +141,10 @@ pub(crate) async fn validate_api_token(
     tokens: &TokenCache,
     token: &str,
 ) -> Result<Authenticated, (Error, Option<RefusedCredential>)> {
-    let not_valid = || {
-        (
-            Error::unauthenticated("the bearer token is not valid"),
-            None,
-        )
-    };
-    let hash = TokenHash::of(token);
     let now = node.clock.now_micros();
-    let (mut t, validated_now) = tokens
-        .fresh_or_load(
-            hash,
+    let (hash, mut t, loaded) = tokens
+        .find(
+            token,
             CACHE_TTL,
             &node.store,
             move |store, hash| -> Result<_, (Error, Option<RefusedCredential>)> {
@@ -185,9 +178,14 @@ pub(crate) async fn validate_api_token(
                     last_used_micros: row.last_used_micros.unwrap_or(0),
                 }))
             },
+            || {
+                (
+                    Error::unauthenticated("the bearer token is not valid"),
+                    None,
+                )
+            },
         )
-        .await?
-        .ok_or_else(not_valid)?;
+        .await?;
     if now >= t.expires_micros {
         tokens.forget(&hash);
         let refused = RefusedCredential {
@@ -212,10 +210,6 @@ pub(crate) async fn validate_api_token(
         );
     }
     let who = t.who.clone();
-    if validated_now {
-        tokens.put(hash, t);
-    } else {
-        tokens.refresh(hash, t);
-    }
+    tokens.keep(hash, t, loaded);
     Ok(who)
 }

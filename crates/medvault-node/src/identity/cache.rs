@@ -33,33 +33,46 @@ impl<V: Clone> CredentialCache<V> {
             .map(|(v, _)| v.clone())
     }
 
-    /// The value for `hash`: the cached one if it was validated less than `ttl` ago, else what
-    /// `load` reads from `store` on a blocking thread (`None`: not a known credential); the
-    /// store is only shared with that thread on a miss. The flag is true when it was read now:
-    /// the caller checks it, then caches it with [`Self::put`] (a cached one with
-    /// [`Self::refresh`]).
+    /// The credential `token`: its hash, and the value cached for it if it was validated less
+    /// than `ttl` ago, else what `load` reads from `store` on a blocking thread (`None`: not a
+    /// known credential); the store is only shared with that thread on a miss. The flag is true
+    /// when it was read now: the caller checks it, then caches it with [`Self::keep`] (or
+    /// [`Self::put`]).
     ///
     /// # Errors
-    /// `load`'s errors; 500 if its thread fails.
-    pub async fn fresh_or_load<E>(
+    /// `unknown()` when the credential is not known; `load`'s errors; 500 if its thread fails.
+    pub async fn find<E>(
         &self,
-        hash: TokenHash,
+        token: &str,
         ttl: Duration,
         store: &Arc<dyn Store>,
         load: impl FnOnce(&dyn Store, TokenHash) -> Result<Option<V>, E> + Send + 'static,
-    ) -> Result<Option<(V, bool)>, E>
+        unknown: impl FnOnce() -> E,
+    ) -> Result<(TokenHash, V, bool), E>
     where
         V: Send + 'static,
         E: From<Error> + Send + 'static,
     {
-        if let Some(v) = self.fresh(&hash, ttl) {
-            return Ok(Some((v, false)));
+        let hash = TokenHash::of(token);
+        if let Some(value) = self.fresh(&hash, ttl) {
+            return Ok((hash, value, false));
         }
         let store = Arc::clone(store);
         let loaded = tokio::task::spawn_blocking(move || load(store.as_ref(), hash))
             .await
             .map_err(|e| Error::internal(&e))??;
-        Ok(loaded.map(|v| (v, true)))
+        Ok((hash, loaded.ok_or_else(unknown)?, true))
+    }
+
+    /// Caches `value` for `hash`, found by [`Self::find`] (and checked, maybe updated, by the
+    /// caller): as validated now if it was `loaded` from the store now ([`Self::put`]), else
+    /// keeping the time it was validated at ([`Self::refresh`]).
+    pub fn keep(&self, hash: TokenHash, value: V, loaded: bool) {
+        if loaded {
+            self.put(hash, value);
+        } else {
+            self.refresh(hash, value);
+        }
     }
 
     /// Caches `value` for `hash` (emptying the cache when it is full).

@@ -241,113 +241,60 @@ mod tests {
         let stale = Some(now - 301_000_000);
         let clin = |session, aal, app, at| who(Role::Clinician, session, aal, app, at);
         let admin = |session, aal, app, at| who(Role::Admin, session, aal, app, at);
+        // The callers several rows ask about.
+        let clin_aal2 = clin(true, 2, false, fresh);
+        let clin_token = clin(false, 0, false, None);
+        let clin_app = clin(false, 0, true, None);
+        let admin_aal1 = admin(true, 1, false, fresh);
+        let admin_aal2 = admin(true, 2, false, fresh);
+        let admin_token = admin(false, 0, false, None);
+        let admin_stale = admin(true, 2, false, stale);
+        let officer = |session, aal| who(Role::PrivacyOfficer, session, aal, false, fresh);
+        // The admins' step-up gate, as the server's admin actions ask it.
+        let admin_step_up = |w: &Authenticated| step_up(w, &[Role::Admin], "an admin", now, window);
         let rows: Vec<(&str, Result<(), Refusal>, Option<&str>)> = vec![
             (
                 "AAL1 session",
                 second_factor(&clin(true, 1, false, fresh)),
                 Some("aal2-required"),
             ),
-            (
-                "AAL2 session",
-                second_factor(&clin(true, 2, false, fresh)),
-                None,
-            ),
+            ("AAL2 session", second_factor(&clin_aal2), None),
             (
                 "AAL3 (passkey) session",
                 second_factor(&clin(true, 3, false, fresh)),
                 None,
             ),
-            (
-                "API token",
-                second_factor(&clin(false, 0, false, None)),
-                None,
-            ),
-            (
-                "app token",
-                second_factor(&clin(false, 0, true, None)),
-                None,
-            ),
+            ("API token", second_factor(&clin_token), None),
+            ("app token", second_factor(&clin_app), None),
             (
                 "step-up, fresh AAL2 admin",
-                step_up(
-                    &admin(true, 2, false, fresh),
-                    &[Role::Admin],
-                    "an admin",
-                    now,
-                    window,
-                ),
+                admin_step_up(&admin_aal2),
                 None,
             ),
             (
                 "step-up, fresh AAL3 admin",
-                step_up(
-                    &admin(true, 3, false, fresh),
-                    &[Role::Admin],
-                    "an admin",
-                    now,
-                    window,
-                ),
+                admin_step_up(&admin(true, 3, false, fresh)),
                 None,
             ),
             (
                 "step-up, stale sign-in",
-                step_up(
-                    &admin(true, 2, false, stale),
-                    &[Role::Admin],
-                    "an admin",
-                    now,
-                    window,
-                ),
+                admin_step_up(&admin_stale),
                 Some("step-up"),
             ),
             (
                 "step-up, API token",
-                step_up(
-                    &admin(false, 0, false, None),
-                    &[Role::Admin],
-                    "an admin",
-                    now,
-                    window,
-                ),
+                admin_step_up(&admin_token),
                 Some("step-up"),
             ),
-            (
-                "step-up, AAL1",
-                step_up(
-                    &admin(true, 1, false, fresh),
-                    &[Role::Admin],
-                    "an admin",
-                    now,
-                    window,
-                ),
-                Some("step-up"),
-            ),
+            ("step-up, AAL1", admin_step_up(&admin_aal1), Some("step-up")),
             (
                 "step-up, wrong role",
-                step_up(
-                    &clin(true, 2, false, fresh),
-                    &[Role::Admin],
-                    "an admin",
-                    now,
-                    window,
-                ),
+                admin_step_up(&clin_aal2),
                 Some("step-up"),
             ),
-            (
-                "share, clinician session",
-                share(&clin(true, 2, false, fresh)),
-                None,
-            ),
-            (
-                "share, admin token",
-                share(&admin(false, 0, false, None)),
-                None,
-            ),
-            (
-                "share, app",
-                share(&clin(false, 0, true, None)),
-                Some("share-gate"),
-            ),
+            ("share, clinician session", share(&clin_aal2), None),
+            ("share, admin token", share(&admin_token), None),
+            ("share, app", share(&clin_app), Some("share-gate")),
             (
                 "share, researcher",
                 share(&who(Role::Researcher, true, 2, false, fresh)),
@@ -355,27 +302,23 @@ mod tests {
             ),
             (
                 "alerts, privacy officer AAL2",
-                privacy_officer(&who(Role::PrivacyOfficer, true, 2, false, fresh)),
+                privacy_officer(&officer(true, 2)),
                 None,
             ),
             (
                 "alerts, privacy officer token",
-                privacy_officer(&who(Role::PrivacyOfficer, false, 0, false, None)),
+                privacy_officer(&officer(false, 0)),
                 Some("role-gate"),
             ),
             (
                 "alerts, admin",
-                privacy_officer(&admin(true, 2, false, fresh)),
+                privacy_officer(&admin_aal2),
                 Some("role-gate"),
             ),
-            (
-                "introspect, admin token",
-                introspection(&admin(false, 0, false, None)),
-                None,
-            ),
+            ("introspect, admin token", introspection(&admin_token), None),
             (
                 "introspect, admin AAL1",
-                introspection(&admin(true, 1, false, fresh)),
+                introspection(&admin_aal1),
                 Some("role-gate"),
             ),
             (
@@ -383,14 +326,10 @@ mod tests {
                 introspection(&admin(false, 0, true, None)),
                 Some("role-gate"),
             ),
-            (
-                "approve app, AAL2 session",
-                app_approval(&clin(true, 2, false, fresh)),
-                None,
-            ),
+            ("approve app, AAL2 session", app_approval(&clin_aal2), None),
             (
                 "approve app, API token",
-                app_approval(&clin(false, 0, false, None)),
+                app_approval(&clin_token),
                 Some("aal2-required"),
             ),
         ];
@@ -400,20 +339,14 @@ mod tests {
         }
         assert_eq!(ran, 23);
         // Only a stale sign-in asks for a fresh one (401 + WWW-Authenticate); the rest are 403.
-        let stale_refusal = step_up(
-            &admin(true, 2, false, stale),
-            &[Role::Admin],
-            "an admin",
-            now,
-            window,
-        )
-        .err()
-        .unwrap_or_else(|| panic!("refused"));
+        let stale_refusal = admin_step_up(&admin_stale)
+            .err()
+            .unwrap_or_else(|| panic!("refused"));
         assert_eq!(stale_refusal.sign_in_within, Some(300));
         let e = stale_refusal.into_error();
         assert_eq!(e.kind, ErrorKind::Unauthenticated);
         assert_eq!(e.denied_by.as_deref(), Some("step-up"));
-        let e = share(&clin(false, 0, true, None))
+        let e = share(&clin_app)
             .err()
             .unwrap_or_else(|| panic!("refused"))
             .into_error();

@@ -336,19 +336,18 @@ fn second_factor(
 
 /// Records in the access log that `user_id` was locked.
 async fn record_lockout(node: &Node, user_id: &str) {
-    let now = node.clock.now_micros();
-    let record = AuditRecord::new(
-        AuditKind::Security,
-        now,
-        "account-locked",
-        AuditOutcome::Success,
-    )
-    .target_opt(Some(user_id));
-    if let Err(e) = node
-        .ledger
-        .record_audit_async(node.access.as_ref(), now, &record)
-        .await
-    {
+    let recorded = node
+        .record_audit_now_async(|now| {
+            AuditRecord::new(
+                AuditKind::Security,
+                now,
+                "account-locked",
+                AuditOutcome::Success,
+            )
+            .target_opt(Some(user_id))
+        })
+        .await;
+    if let Err(e) = recorded {
         tracing::warn!(error = %e.message, "account lockout could not be recorded");
     }
 }

@@ -115,23 +115,19 @@ pub async fn authenticate_session(
     limits: SessionLimits,
     token: &str,
 ) -> Result<Authenticated, Error> {
-    let hash = TokenHash::of(token);
     let now = node.clock.now_micros();
-    let (mut s, validated_now) = sessions
-        .fresh_or_load(
-            hash,
+    let (hash, mut s, loaded) = sessions
+        .find(
+            token,
             SESSION_RECHECK,
             &node.store,
             move |store, hash| -> Result<_, Error> {
                 let Some(row) = store.session(&hash)? else {
                     return Ok(None);
                 };
-                let Some(user) = store.user(&row.user_id)? else {
+                let Some(user) = store.user(&row.user_id)?.filter(|u| !u.disabled) else {
                     return Ok(None);
                 };
-                if user.disabled {
-                    return Ok(None);
-                }
                 let role = Role::parse(&user.role).map_err(|e| Error::internal(&e))?;
                 let (idle, _) = limits.for_role(role);
                 let scopes = (role == Role::Patient).then(|| {
@@ -151,9 +147,9 @@ pub async fn authenticate_session(
                     practitioner: user.practitioner,
                 }))
             },
+            || Error::unauthenticated("the session is not valid: log in again"),
         )
-        .await?
-        .ok_or_else(|| Error::unauthenticated("the session is not valid: log in again"))?;
+        .await?;
     if now > s.row.expires_micros || now - s.row.last_seen_micros > micros(s.idle) {
         sessions.forget(&hash);
         let (store, user, h) = (node.store.clone(), s.row.user_id.clone(), hash);
@@ -182,11 +178,7 @@ pub async fn authenticate_session(
         patient: s.patient.clone(),
         practitioner: s.practitioner.clone(),
     };
-    if validated_now {
-        sessions.put(hash, s);
-    } else {
-        sessions.refresh(hash, s);
-    }
+    sessions.keep(hash, s, loaded);
     Ok(who)
 }
 

@@ -105,21 +105,17 @@ pub async fn authenticate_access_token(
     revoked: &RevokedFamilies,
     token: &str,
 ) -> Result<Authenticated, Error> {
-    let hash = TokenHash::of(token);
     let now = node.clock.now_micros();
-    let (found, validated_now) = cache
-        .fresh_or_load(
-            hash,
+    let (hash, found, loaded) = cache
+        .find(
+            token,
             RECHECK,
             &node.store,
             move |store, hash| -> Result<_, Error> {
                 let Some(row) = store.access_token(&hash)? else {
                     return Ok(None);
                 };
-                let Some(client) = store.client(&row.client_id)? else {
-                    return Ok(None);
-                };
-                if client.disabled {
+                if store.client(&row.client_id)?.is_none_or(|c| c.disabled) {
                     return Ok(None);
                 }
                 let mut scopes = ScopeSet::parse(&row.scopes).map_err(|e| Error::internal(&e))?;
@@ -161,10 +157,10 @@ pub async fn authenticate_access_token(
                     row.family,
                 )))
             },
+            || Error::unauthenticated("the access token is not valid"),
         )
-        .await?
-        .ok_or_else(|| Error::unauthenticated("the access token is not valid"))?;
-    if validated_now {
+        .await?;
+    if loaded {
         cache.put(hash, found.clone());
     }
     let (who, expires, family) = found;
