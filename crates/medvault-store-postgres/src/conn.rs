@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use medvault_store::StoreError;
 use medvault_store::group::NewNode;
+use medvault_store::rows::Columns;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{Row, Statement};
@@ -65,8 +66,46 @@ pub(crate) fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-pub(crate) fn to_u32(n: i64) -> Result<u32, StoreError> {
-    u32::try_from(n).map_err(|_| StoreError::Backend("stored number out of range".into()))
+/// A result row lent to the shared decoders of `medvault_store::rows`, converted as
+/// tokio-postgres converts it.
+pub(crate) struct Cols<'a>(pub(crate) &'a Row);
+
+impl Columns for Cols<'_> {
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        get(self.0, i)
+    }
+
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        get(self.0, i)
+    }
+
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        get(self.0, i)
+    }
+
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        get(self.0, i)
+    }
+
+    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        get(self.0, i)
+    }
+
+    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        get(self.0, i)
+    }
+
+    fn bool(&self, i: usize) -> Result<bool, StoreError> {
+        get(self.0, i)
+    }
+
+    fn malformed(&self, _: usize, why: Box<dyn std::error::Error + Send + Sync>) -> StoreError {
+        StoreError::Backend(why)
+    }
+
+    fn out_of_range(&self, _: usize, _: i64) -> StoreError {
+        StoreError::Backend("stored number out of range".into())
+    }
 }
 
 /// Runs a future to completion on the calling thread, parking it between polls. The driver's

@@ -5,8 +5,9 @@
 //!   `<name>_access` with `?schema=<name>` in the URL), migrated at open under an advisory lock
 //!   so processes starting together migrate once.
 //! - One writer thread per process group-commits like the SQLite writer (medvault-store's
-//!   [`GroupWriter`], with [`PgWriter`] as its dialect): it drains the queued [`WriteOp`]s, runs
-//!   each in its own savepoint, commits once and then acknowledges them all.
+//!   [`GroupWriter`], with [`PgWriter`] as its dialect): it drains the queued
+//!   [`WriteOp`](medvault_store::WriteOp)s, runs each in its own savepoint, commits once and
+//!   then acknowledges them all.
 //! - **Sequencing across processes**: every write transaction first takes a transaction-scoped
 //!   advisory lock of its schema, then reads the ledger's size from the database and appends.
 //!   Whoever holds the lock is the log's sequencer; PostgreSQL releases it at commit, or when
@@ -27,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use medvault_store::group::{Dialect, GroupWriter, NewNode, OpEffects};
-use medvault_store::{LogOp, LogStore, Store, StoreError, StoreRead, StoreTx, WriteDone, WriteOp};
+use medvault_store::{LogStore, Store, StoreError, StoreRead, StoreTx};
 
 use crate::conn::{Conn, lock_key};
 
@@ -502,16 +503,8 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         self.with_reader(f)
     }
-}
 
-medvault_store::forward_reads!(PgStore, crate::sql);
-
-impl LogStore for PgStore {
-    fn submit_log(&self, op: LogOp, done: WriteDone) {
-        self.writer.submit(Box::new(move |tx| op(tx)), done);
-    }
-
-    fn dump(
+    fn dump_tables(
         &self,
         tables: &'static [medvault_store::dump::Table],
         sink: &mut medvault_store::dump::Sink<'_>,
@@ -524,25 +517,12 @@ impl LogStore for PgStore {
     }
 }
 
-impl Store for PgStore {
-    fn write(&self, op: WriteOp) -> Result<(), StoreError> {
-        self.writer.write(op)
-    }
-
-    fn submit(&self, op: WriteOp, done: WriteDone) {
-        self.writer.submit(op, done);
-    }
-
-    fn data_key_names(&self) -> Result<Vec<medvault_core::KeyName>, StoreError> {
-        self.with_reader(sql::data_key_names)
-    }
-}
+medvault_store::forward_reads!(PgStore, crate::sql);
+medvault_store::forward_writes!(PgStore, crate::sql);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use medvault_crypto::Sealed;
-    use medvault_store::AuditDetail;
     use medvault_store::prelude::*;
 
     /// The test server, or `None` (and a note saying the tests skipped) when
@@ -634,39 +614,9 @@ mod tests {
             return;
         };
         let s = Scratch::new(&server);
-        let audit = |store: &PgStore, n: u8| {
-            let detail = AuditDetail {
-                salt: [n; 16],
-                sealed: Sealed::from_stored(vec![n; 40]),
-            };
-            store
-                .write(Box::new(move |tx| {
-                    tx.append_audit(&detail, &[n]).map(|_| ())
-                }))
-                .unwrap();
-        };
-        {
-            let store = PgStore::open(&s.0).unwrap();
-            store
-                .write(Box::new(|tx| tx.set_meta("tenant", "t")))
-                .unwrap();
-            for n in 0..5 {
-                audit(&store, n);
-            }
-        }
-        let store = PgStore::open(&s.0).unwrap();
-        assert_eq!(store.meta("tenant").unwrap().as_deref(), Some("t"));
-        assert_eq!(
-            store.meta("schema_version").unwrap(),
-            Some(medvault_store::NODE_SCHEMA_VERSION.to_string())
-        );
-        audit(&store, 5);
-        let mut want = medvault_ledger::MemoryTree::new();
-        for n in 0..6u8 {
-            want.push(medvault_ledger::leaf_hash(&[n]));
-        }
-        let got = medvault_ledger::root(&medvault_store::LedgerNodes(&store), 6).unwrap();
-        assert_eq!(got, want.root());
+        let store = medvault_store::conformance::reopen_keeps_data(&|| {
+            Box::new(PgStore::open(&s.0).unwrap())
+        });
         // The access log lives beside it, and neither opens as the other.
         let log = PgStore::open_access_log(&s.0).unwrap();
         assert_eq!(
@@ -721,21 +671,7 @@ mod tests {
             .unwrap();
         }
         let store = PgStore::open(&s.0).unwrap();
-        assert_eq!(store.meta("schema_version").unwrap().as_deref(), Some("13"));
-        let t = store
-            .token(&medvault_store::TokenHash::from_bytes([1; 32]))
-            .unwrap()
-            .unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let in_30_days = i64::try_from(now + 30 * 86_400).unwrap() * 1_000_000;
-        assert!(
-            (t.expires_micros - in_30_days).abs() < 3_600_000_000,
-            "{t:?}"
-        );
-        assert_eq!((t.revoked_micros, t.last_used_micros), (None, None));
+        medvault_store::conformance::token_from_v12_expires_in_30_days(&store);
     }
 
     #[test]

@@ -12,14 +12,6 @@ use crate::conn::{Conn, lock_key};
 
 pub use medvault_store::Schema;
 
-/// The migrations of one kind of database, oldest first.
-fn migrations(schema: Schema) -> &'static [(i64, &'static str)] {
-    match schema {
-        Schema::Node => NODE_MIGRATIONS,
-        Schema::AccessLog => ACCESS_LOG_MIGRATIONS,
-    }
-}
-
 /// Text columns that are keys or sort keys use the "C" collation: byte order, as in SQLite,
 /// whatever the database's locale.
 macro_rules! log_tables {
@@ -216,22 +208,10 @@ fn migrate_in_tx(conn: &mut Conn, schema: Schema, namespace: &str) -> Result<(),
     } else {
         (0, None)
     };
-    if let Some(found) = label
-        && found != schema.label()
-    {
-        return Err(StoreError::WrongDatabase {
-            found,
-            expected: schema.label(),
-        });
-    }
-    let migrations = migrations(schema);
+    // The migrations of this kind of database, oldest first, by the version each makes.
+    let migrations = schema.pick(NODE_MIGRATIONS, ACCESS_LOG_MIGRATIONS);
     let supported = migrations.last().map_or(0, |(v, _)| *v);
-    if current > supported {
-        return Err(StoreError::SchemaTooNew {
-            found: current,
-            supported,
-        });
-    }
+    schema.check(label.as_deref(), current, supported)?;
     for (version, sql) in migrations.iter().filter(|(v, _)| *v > current) {
         conn.batch(sql)?;
         conn.exec(

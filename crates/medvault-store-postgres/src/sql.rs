@@ -3,67 +3,66 @@
 use std::cell::{RefCell, RefMut};
 use std::collections::HashMap;
 
-use medvault_core::{Aal, KeyName, ResourceId, ResourceType};
-use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
-use medvault_ledger::{Hash, SALT_LEN, leaf_hash};
+use medvault_core::{KeyName, ResourceId, ResourceType};
+use medvault_crypto::{BlindValue, Sealed, WrappedKey};
+use medvault_ledger::{Hash, leaf_hash};
+use medvault_store::rows::{self, Columns};
 use medvault_store::{
-    AccessTokenRow, AlertRow, Amendment, AmendmentKind, AuditDetail, BreakGlassRow, ClientRow,
-    CurrentMeta, DataKeyRow, GrantRow, IdentityTx, IndexQuery, KeyTx, LogTx, PeerRow, PeerTx,
-    RecordTx, SearchPage, SessionRow, SortOrder, StoreError, StoredVersion, TokenHash, TokenRow,
-    UserRow,
+    AccessTokenRow, AlertRow, Amendment, AuditDetail, BreakGlassRow, ClientRow, CurrentMeta,
+    DataKeyRow, GrantRow, IdentityTx, IndexQuery, KeyTx, LogTx, PeerRow, PeerTx, RecordTx,
+    SearchPage, SessionRow, SortOrder, StoreError, StoredVersion, TokenHash, TokenRow, UserRow,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use medvault_store::group::{contiguous_leaves, contiguous_nodes};
 
-use crate::conn::{Conn, Param, get, to_i64, to_u32, to_u64};
+use crate::conn::{Cols, Conn, Param, get, to_i64, to_u64};
 
 const VERSION_COLUMNS: &str =
     "v.rtype, v.id, v.version, v.last_updated, v.key_name, v.key_version, v.body,
      (d.name IS NOT NULL AND d.wrapped IS NULL), v.salt, v.leaf, v.expunged";
 const VERSION_JOIN: &str = "versions v LEFT JOIN deks d ON d.name = v.key_name";
 
-fn version_row(r: &Row) -> Result<StoredVersion, StoreError> {
-    Ok(StoredVersion {
-        resource_type: get(r, 0)?,
-        id: get(r, 1)?,
-        version: to_u64(get(r, 2)?),
-        last_updated_micros: get(r, 3)?,
-        key_name: get(r, 4)?,
-        key_version: to_u32(get(r, 5)?)?,
-        body: get::<Option<Vec<u8>>>(r, 6)?.map(Sealed::from_stored),
-        shredded: get(r, 7)?,
-        salt: get::<Option<Vec<u8>>>(r, 8)?
-            .and_then(|s| <[u8; SALT_LEN]>::try_from(s.as_slice()).ok()),
-        leaf: get::<Option<i64>>(r, 9)?.and_then(|l| u64::try_from(l).ok()),
-        expunged: get(r, 10)?,
-    })
+/// `found`, each row decoded by `decode`.
+fn decoded<T>(
+    found: &[Row],
+    decode: impl Fn(&dyn Columns) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    found.iter().map(|r| decode(&Cols(r))).collect()
+}
+
+/// The first row `sql` finds with `params`, decoded by `decode`, or `None`.
+fn one<T>(
+    c: &mut Conn,
+    sql: &str,
+    params: &[Param<'_>],
+    decode: impl FnOnce(&dyn Columns) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    c.opt(sql, params)?
+        .as_ref()
+        .map(|r| decode(&Cols(r)))
+        .transpose()
+}
+
+/// Every row `sql` finds with `params`, decoded by `decode`, in the query's order.
+fn all<T>(
+    c: &mut Conn,
+    sql: &str,
+    params: &[Param<'_>],
+    decode: impl Fn(&dyn Columns) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    decoded(&c.query(sql, params)?, decode)
+}
+
+/// The number `sql` counts with `params` (its one row, one column).
+fn counted(c: &mut Conn, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
+    let r = c.one(sql, params)?;
+    Ok(to_u64(get(&r, 0)?))
 }
 
 const AMENDMENT_COLUMNS: &str = "rtype, id, version, seq, kind, at, last_updated, key_name,
      key_version, digest, leaf, salt";
-
-fn amendment_row(r: &Row) -> Result<Amendment, StoreError> {
-    let bad = || StoreError::Backend("malformed amendment row".into());
-    Ok(Amendment {
-        resource_type: get(r, 0)?,
-        id: get(r, 1)?,
-        version: to_u64(get(r, 2)?),
-        seq: u32::try_from(get::<i64>(r, 3)?).map_err(|_| bad())?,
-        kind: AmendmentKind::parse(&get::<String>(r, 4)?).ok_or_else(bad)?,
-        at_micros: get(r, 5)?,
-        last_updated_micros: get(r, 6)?,
-        key_name: get(r, 7)?,
-        key_version: to_u32(get(r, 8)?)?,
-        digest: match get::<Option<Vec<u8>>>(r, 9)? {
-            None => None,
-            Some(d) => Some(<Hash>::try_from(d.as_slice()).map_err(|_| bad())?),
-        },
-        leaf: to_u64(get(r, 10)?),
-        salt: <[u8; SALT_LEN]>::try_from(get::<Vec<u8>>(r, 11)?.as_slice()).map_err(|_| bad())?,
-    })
-}
 
 pub(crate) fn amendments_after(
     c: &mut Conn,
@@ -71,64 +70,50 @@ pub(crate) fn amendments_after(
     limit: u64,
 ) -> Result<Vec<Amendment>, StoreError> {
     let (rt, id, v, seq) = after.unwrap_or(("", "", 0, 0));
-    let found = c.query(
+    all(
+        c,
         &format!(
             "SELECT {AMENDMENT_COLUMNS} FROM amendments
              WHERE (rtype, id, version, seq) > ($1, $2, $3, $4)
              ORDER BY rtype, id, version, seq LIMIT $5"
         ),
         &[&rt, &id, &to_i64(v), &i64::from(seq), &to_i64(limit)],
-    )?;
-    rows(found, amendment_row)
-}
-
-fn rows<T>(
-    rows: Vec<Row>,
-    f: impl Fn(&Row) -> Result<T, StoreError>,
-) -> Result<Vec<T>, StoreError> {
-    rows.iter().map(f).collect()
+        rows::amendment,
+    )
 }
 
 pub(crate) fn meta(c: &mut Conn, key: &str) -> Result<Option<String>, StoreError> {
-    c.opt("SELECT v FROM meta WHERE k = $1", &[&key])?
-        .map(|r| get(&r, 0))
-        .transpose()
+    one(c, "SELECT v FROM meta WHERE k = $1", &[&key], rows::text)
 }
 
 pub(crate) fn keks(c: &mut Conn) -> Result<Vec<(u32, WrappedKey)>, StoreError> {
-    let found = c.query("SELECT version, wrapped FROM keks ORDER BY version", &[])?;
-    rows(found, |r| {
-        Ok((to_u32(get(r, 0)?)?, WrappedKey::from_stored(get(r, 1)?)))
-    })
+    all(
+        c,
+        "SELECT version, wrapped FROM keks ORDER BY version",
+        &[],
+        rows::kek,
+    )
 }
 
 pub(crate) fn data_key(c: &mut Conn, name: &KeyName) -> Result<Option<DataKeyRow>, StoreError> {
-    let name = name.as_str();
-    c.opt(
+    one(
+        c,
         "SELECT name, key_version, kek_version, wrapped FROM deks WHERE name = $1",
-        &[&name],
-    )?
-    .map(|r| {
-        Ok(DataKeyRow {
-            name: get(&r, 0)?,
-            key_version: to_u32(get(&r, 1)?)?,
-            kek_version: get::<Option<i64>>(&r, 2)?.map(to_u32).transpose()?,
-            wrapped: get::<Option<Vec<u8>>>(&r, 3)?.map(WrappedKey::from_stored),
-        })
-    })
-    .transpose()
+        &[&name.as_str()],
+        rows::data_key,
+    )
 }
 
 pub(crate) fn data_key_names(c: &mut Conn) -> Result<Vec<KeyName>, StoreError> {
-    let found = c.query(
+    all(
+        c,
         "SELECT name FROM deks WHERE wrapped IS NOT NULL ORDER BY name",
         &[],
-    )?;
-    let names: Vec<String> = rows(found, |r| get(r, 0))?;
-    names
-        .into_iter()
-        .map(medvault_store::stored_key_name)
-        .collect()
+        rows::text,
+    )?
+    .into_iter()
+    .map(medvault_store::stored_key_name)
+    .collect()
 }
 
 pub(crate) fn current(
@@ -136,18 +121,12 @@ pub(crate) fn current(
     rt: &ResourceType,
     id: &ResourceId,
 ) -> Result<Option<CurrentMeta>, StoreError> {
-    c.opt(
+    one(
+        c,
         "SELECT version, deleted, key_name FROM current WHERE rtype = $1 AND id = $2",
         &[&rt.as_str(), &id.as_str()],
-    )?
-    .map(|r| {
-        Ok(CurrentMeta {
-            version: to_u64(get(&r, 0)?),
-            deleted: get(&r, 1)?,
-            key_name: get(&r, 2)?,
-        })
-    })
-    .transpose()
+        rows::current,
+    )
 }
 
 pub(crate) fn version(
@@ -157,15 +136,18 @@ pub(crate) fn version(
     v: Option<u64>,
 ) -> Result<Option<StoredVersion>, StoreError> {
     let (rt, id) = (rt.as_str(), id.as_str());
-    let row = match v {
-        Some(v) => c.opt(
+    match v {
+        Some(v) => one(
+            c,
             &format!(
                 "SELECT {VERSION_COLUMNS} FROM {VERSION_JOIN}
                  WHERE v.rtype = $1 AND v.id = $2 AND v.version = $3"
             ),
             &[&rt, &id, &to_i64(v)],
-        )?,
-        None => c.opt(
+            rows::version,
+        ),
+        None => one(
+            c,
             &format!(
                 "SELECT {VERSION_COLUMNS} FROM current c
                  JOIN versions v ON v.rtype = c.rtype AND v.id = c.id AND v.version = c.version
@@ -173,9 +155,9 @@ pub(crate) fn version(
                  WHERE c.rtype = $1 AND c.id = $2"
             ),
             &[&rt, &id],
-        )?,
-    };
-    row.as_ref().map(version_row).transpose()
+            rows::version,
+        ),
+    }
 }
 
 /// Runs a count and a page query with the same filter parameters plus limit and offset.
@@ -198,11 +180,10 @@ fn counted_page(
         None => 0,
     };
     Ok(SearchPage {
-        rows: rows(found, version_row)?,
+        rows: decoded(&found, rows::version)?,
         total: to_u64(total),
     })
 }
-
 pub(crate) fn history(
     c: &mut Conn,
     rt: &ResourceType,
@@ -313,148 +294,85 @@ pub(crate) fn search(c: &mut Conn, q: &IndexQuery) -> Result<SearchPage, StoreEr
 const USER_COLUMNS: &str = "id, name_index, name_sealed, role, password_hash, disabled, created,
      totp, totp_pending, totp_last_step, failed_logins, locked_until, patient_id, practitioner";
 
-fn user_row(r: &Row) -> Result<UserRow, StoreError> {
-    let index: Vec<u8> = get(r, 1)?;
-    let sealed = |i: usize| -> Result<Option<Sealed>, StoreError> {
-        Ok(get::<Option<Vec<u8>>>(r, i)?.map(Sealed::from_stored))
-    };
-    Ok(UserRow {
-        id: get(r, 0)?,
-        name_index: BlindValue(
-            <[u8; BLIND_LEN]>::try_from(index.as_slice()).map_err(|_| {
-                StoreError::Backend("stored name index has the wrong length".into())
-            })?,
-        ),
-        name_sealed: Sealed::from_stored(get(r, 2)?),
-        role: get(r, 3)?,
-        password_hash: get(r, 4)?,
-        disabled: get(r, 5)?,
-        created_micros: get(r, 6)?,
-        totp: sealed(7)?,
-        totp_pending: sealed(8)?,
-        totp_last_step: get::<Option<i64>>(r, 9)?.and_then(|n| u64::try_from(n).ok()),
-        failed_logins: to_u32(get(r, 10)?)?,
-        locked_until_micros: get(r, 11)?,
-        patient_id: get(r, 12)?,
-        practitioner: get(r, 13)?,
-    })
-}
-
 pub(crate) fn user(c: &mut Conn, id: &str) -> Result<Option<UserRow>, StoreError> {
-    c.opt(
+    one(
+        c,
         &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"),
         &[&id],
-    )?
-    .as_ref()
-    .map(user_row)
-    .transpose()
+        rows::user,
+    )
 }
 
 pub(crate) fn user_by_name(
     c: &mut Conn,
     index: &BlindValue,
 ) -> Result<Option<UserRow>, StoreError> {
-    c.opt(
+    one(
+        c,
         &format!("SELECT {USER_COLUMNS} FROM users WHERE name_index = $1"),
         &[&&index.0[..]],
-    )?
-    .as_ref()
-    .map(user_row)
-    .transpose()
+        rows::user,
+    )
 }
 
 pub(crate) fn users(c: &mut Conn) -> Result<Vec<UserRow>, StoreError> {
-    let found = c.query(
+    all(
+        c,
         &format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"),
         &[],
-    )?;
-    rows(found, user_row)
+        rows::user,
+    )
 }
 
 pub(crate) fn session(c: &mut Conn, hash: &TokenHash) -> Result<Option<SessionRow>, StoreError> {
-    c.opt(
+    one(
+        c,
         "SELECT session_id, user_id, aal, created, last_seen, expires FROM sessions
          WHERE hash = $1",
         &[&&hash.as_bytes()[..]],
-    )?
-    .map(|r| {
-        Ok(SessionRow {
-            hash: *hash,
-            session_id: get(&r, 0)?,
-            user_id: get(&r, 1)?,
-            aal: Aal::from_level(get(&r, 2)?).map_err(|e| StoreError::Backend(Box::new(e)))?,
-            created_micros: get(&r, 3)?,
-            last_seen_micros: get(&r, 4)?,
-            expires_micros: get(&r, 5)?,
-        })
-    })
-    .transpose()
+        |r| rows::session(r, hash),
+    )
 }
 
 const CLIENT_COLUMNS: &str = "client_id, name, jwks, scopes, disabled, created, redirect_uris";
 
-fn client_row(r: &Row) -> Result<ClientRow, StoreError> {
-    let uris: String = get(r, 6)?;
-    Ok(ClientRow {
-        client_id: get(r, 0)?,
-        name: get(r, 1)?,
-        jwks: get(r, 2)?,
-        scopes: get(r, 3)?,
-        disabled: get(r, 4)?,
-        created_micros: get(r, 5)?,
-        redirect_uris: uris.lines().map(str::to_owned).collect(),
-    })
-}
-
 pub(crate) fn client(c: &mut Conn, id: &str) -> Result<Option<ClientRow>, StoreError> {
-    c.opt(
+    one(
+        c,
         &format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE client_id = $1"),
         &[&id],
-    )?
-    .as_ref()
-    .map(client_row)
-    .transpose()
+        rows::client,
+    )
 }
 
 pub(crate) fn clients(c: &mut Conn) -> Result<Vec<ClientRow>, StoreError> {
-    let found = c.query(
+    all(
+        c,
         &format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients ORDER BY client_id"),
         &[],
-    )?;
-    rows(found, client_row)
+        rows::client,
+    )
 }
 
 const PEER_COLUMNS: &str =
     "node, fingerprint, url, document, organization, registered, registered_by";
 
-fn peer_row(r: &Row) -> Result<PeerRow, StoreError> {
-    Ok(PeerRow {
-        node: get(r, 0)?,
-        fingerprint: get(r, 1)?,
-        url: get(r, 2)?,
-        document: get(r, 3)?,
-        organization: get(r, 4)?,
-        registered_micros: get(r, 5)?,
-        registered_by: get(r, 6)?,
-    })
-}
-
 pub(crate) fn peer(c: &mut Conn, node: &str) -> Result<Option<PeerRow>, StoreError> {
-    c.opt(
+    one(
+        c,
         &format!("SELECT {PEER_COLUMNS} FROM peers WHERE node = $1"),
         &[&node],
-    )?
-    .as_ref()
-    .map(peer_row)
-    .transpose()
+        rows::peer,
+    )
 }
 
 pub(crate) fn peers(c: &mut Conn) -> Result<Vec<PeerRow>, StoreError> {
-    let found = c.query(
+    all(
+        c,
         &format!("SELECT {PEER_COLUMNS} FROM peers ORDER BY node"),
         &[],
-    )?;
-    rows(found, peer_row)
+        rows::peer,
+    )
 }
 
 pub(crate) fn share_receipt(
@@ -462,68 +380,46 @@ pub(crate) fn share_receipt(
     sender: &str,
     bundle_id: &str,
 ) -> Result<Option<String>, StoreError> {
-    c.opt(
+    one(
+        c,
         "SELECT receipt FROM share_receipts WHERE sender = $1 AND bundle_id = $2",
         &[&sender, &bundle_id],
-    )?
-    .map(|r| get(&r, 0))
-    .transpose()
+        rows::text,
+    )
 }
 
 pub(crate) fn grant(c: &mut Conn, hash: &TokenHash) -> Result<Option<GrantRow>, StoreError> {
-    c.opt(
+    one(
+        c,
         "SELECT kind, client_id, user_id, scopes, redirect_uri, code_challenge, family, expires,
                 used
          FROM oauth_grants WHERE hash = $1",
         &[&&hash.as_bytes()[..]],
-    )?
-    .map(|r| {
-        Ok(GrantRow {
-            hash: *hash,
-            kind: get(&r, 0)?,
-            client_id: get(&r, 1)?,
-            user_id: get(&r, 2)?,
-            scopes: get(&r, 3)?,
-            redirect_uri: get(&r, 4)?,
-            code_challenge: get(&r, 5)?,
-            family: get(&r, 6)?,
-            expires_micros: get(&r, 7)?,
-            used: get(&r, 8)?,
-        })
-    })
-    .transpose()
+        |r| rows::grant(r, hash),
+    )
 }
 
 pub(crate) fn access_token(
     c: &mut Conn,
     hash: &TokenHash,
 ) -> Result<Option<AccessTokenRow>, StoreError> {
-    c.opt(
+    one(
+        c,
         "SELECT client_id, scopes, issued, expires, user_id, family FROM oauth_tokens
          WHERE hash = $1",
         &[&&hash.as_bytes()[..]],
-    )?
-    .map(|r| {
-        Ok(AccessTokenRow {
-            hash: *hash,
-            client_id: get(&r, 0)?,
-            scopes: get(&r, 1)?,
-            issued_micros: get(&r, 2)?,
-            expires_micros: get(&r, 3)?,
-            user_id: get(&r, 4)?,
-            family: get(&r, 5)?,
-        })
-    })
-    .transpose()
+        |r| rows::access_token(r, hash),
+    )
 }
 
 pub(crate) fn passkeys(c: &mut Conn, user_id: &str) -> Result<Vec<(Vec<u8>, Sealed)>, StoreError> {
-    let found = c.query(
+    all(
+        c,
         "SELECT credential_id, passkey FROM passkeys WHERE user_id = $1
          ORDER BY created, credential_id",
         &[&user_id],
-    )?;
-    rows(found, |r| Ok((get(r, 0)?, Sealed::from_stored(get(r, 1)?))))
+        rows::passkey,
+    )
 }
 
 pub(crate) fn break_glass(
@@ -532,86 +428,60 @@ pub(crate) fn break_glass(
     patient: &str,
     now_micros: i64,
 ) -> Result<Option<BreakGlassRow>, StoreError> {
-    c.opt(
+    one(
+        c,
         "SELECT id, reason, opened, expires FROM break_glass
          WHERE user_id = $1 AND patient = $2 AND opened <= $3 AND expires > $3
          ORDER BY expires DESC LIMIT 1",
         &[&user_id, &patient, &now_micros],
-    )?
-    .map(|r| {
-        Ok(BreakGlassRow {
-            id: get(&r, 0)?,
-            user_id: user_id.to_owned(),
-            patient: patient.to_owned(),
-            reason: Sealed::from_stored(get(&r, 1)?),
-            opened_micros: get(&r, 2)?,
-            expires_micros: get(&r, 3)?,
-        })
-    })
-    .transpose()
+        |r| rows::break_glass(r, user_id, patient),
+    )
 }
 
 pub(crate) fn alerts(c: &mut Conn, open_only: bool) -> Result<Vec<AlertRow>, StoreError> {
-    let found = c.query(
+    all(
+        c,
         "SELECT id, kind, at, user_id, patient, detail, acknowledged_by, acknowledged
          FROM alerts WHERE (NOT $1 OR acknowledged IS NULL) ORDER BY at DESC, id DESC",
         &[&open_only],
-    )?;
-    rows(found, |r| {
-        Ok(AlertRow {
-            id: get(r, 0)?,
-            kind: get(r, 1)?,
-            at_micros: get(r, 2)?,
-            user_id: get(r, 3)?,
-            patient: get(r, 4)?,
-            detail: Sealed::from_stored(get(r, 5)?),
-            acknowledged_by: get(r, 6)?,
-            acknowledged_micros: get(r, 7)?,
-        })
-    })
+        rows::alert,
+    )
 }
 
 pub(crate) fn recovery_codes_left(c: &mut Conn, user_id: &str) -> Result<u64, StoreError> {
-    let r = c.one(
+    counted(
+        c,
         "SELECT count(*) FROM recovery_codes WHERE user_id = $1",
         &[&user_id],
-    )?;
-    Ok(to_u64(get(&r, 0)?))
+    )
 }
 
 const TOKEN_COLUMNS: &str = "role, token_id, created, expires, revoked, last_used";
 
-fn token_row(r: &Row) -> Result<TokenRow, StoreError> {
-    Ok(TokenRow {
-        role: get(r, 0)?,
-        token_id: get(r, 1)?,
-        created_micros: get(r, 2)?,
-        expires_micros: get(r, 3)?,
-        revoked_micros: get(r, 4)?,
-        last_used_micros: get(r, 5)?,
-    })
-}
-
 pub(crate) fn token(c: &mut Conn, hash: &TokenHash) -> Result<Option<TokenRow>, StoreError> {
-    c.opt(
+    one(
+        c,
         &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = $1"),
         &[&&hash.as_bytes()[..]],
-    )?
-    .map(|r| token_row(&r))
-    .transpose()
+        rows::token,
+    )
 }
 
 pub(crate) fn tokens(c: &mut Conn) -> Result<Vec<TokenRow>, StoreError> {
-    let found = c.query(
+    all(
+        c,
         &format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created, token_id COLLATE \"C\""),
         &[],
-    )?;
-    rows(found, token_row)
+        rows::token,
+    )
 }
 
 pub(crate) fn ledger_size(c: &mut Conn) -> Result<u64, StoreError> {
-    let r = c.one("SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_leaves", &[])?;
-    Ok(to_u64(get(&r, 0)?))
+    counted(
+        c,
+        "SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_leaves",
+        &[],
+    )
 }
 
 /// Nodes `[start, start + count)` of tree level `level`, stopping at the first one missing.
@@ -625,7 +495,8 @@ pub(crate) fn ledger_nodes(
     if level == 0 {
         return Ok(contiguous_leaves(start, &ledger_entries(c, start, count)?));
     }
-    let found = c.query(
+    let found = all(
+        c,
         "SELECT idx, hash FROM ledger_nodes WHERE level = $1 AND idx >= $2 AND idx < $3
          ORDER BY idx",
         &[
@@ -633,14 +504,10 @@ pub(crate) fn ledger_nodes(
             &to_i64(start),
             &to_i64(start.saturating_add(count)),
         ],
+        rows::ledger_node,
     )?;
-    let rows = found
-        .iter()
-        .map(|r| Ok((get(r, 0)?, get(r, 1)?)))
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok(contiguous_nodes(start, rows))
+    Ok(contiguous_nodes(start, found))
 }
-
 /// The given nodes in two round trips (stored nodes; leaves for level 0).
 pub(crate) fn ledger_nodes_at(
     c: &mut Conn,
@@ -684,20 +551,12 @@ pub(crate) fn ledger_entries(
     start: u64,
     count: u64,
 ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-    let found = c.query(
+    all(
+        c,
         "SELECT idx, entry FROM ledger_leaves WHERE idx >= $1 AND idx < $2 ORDER BY idx",
         &[&to_i64(start), &to_i64(start.saturating_add(count))],
-    )?;
-    rows(found, |r| {
-        Ok((
-            u64::try_from(get::<i64>(r, 0)?).unwrap_or(u64::MAX),
-            get(r, 1)?,
-        ))
-    })
-}
-
-pub(crate) fn audit_detail(c: &mut Conn, leaf: u64) -> Result<Option<AuditDetail>, StoreError> {
-    Ok(audit_details(c, leaf, 1)?.pop().map(|(_, d)| d))
+        rows::ledger_entry,
+    )
 }
 
 pub(crate) fn audit_details(
@@ -705,56 +564,42 @@ pub(crate) fn audit_details(
     start: u64,
     count: u64,
 ) -> Result<Vec<(u64, AuditDetail)>, StoreError> {
-    let found = c.query(
+    all(
+        c,
         "SELECT leaf, salt, detail FROM ledger_audit WHERE leaf >= $1 AND leaf < $2
          ORDER BY leaf",
         &[&to_i64(start), &to_i64(start.saturating_add(count))],
-    )?;
-    rows(found, |r| {
-        let salt: Vec<u8> = get(r, 1)?;
-        // A malformed salt is kept visible to verification as an all-zero salt, which cannot
-        // match the commitment.
-        let salt = <[u8; SALT_LEN]>::try_from(salt.as_slice()).unwrap_or([0; SALT_LEN]);
-        Ok((
-            u64::try_from(get::<i64>(r, 0)?).unwrap_or(u64::MAX),
-            AuditDetail {
-                salt,
-                sealed: Sealed::from_stored(get(r, 2)?),
-            },
-        ))
-    })
+        rows::audit_detail,
+    )
 }
 
 pub(crate) fn checkpoint(
     c: &mut Conn,
     size: Option<u64>,
 ) -> Result<Option<(u64, String)>, StoreError> {
-    let row = match size {
-        Some(n) => c.opt(
+    match size {
+        Some(n) => one(
+            c,
             "SELECT size, note FROM ledger_checkpoints WHERE size = $1",
             &[&to_i64(n)],
-        )?,
-        None => c.opt(
+            rows::checkpoint,
+        ),
+        None => one(
+            c,
             "SELECT size, note FROM ledger_checkpoints ORDER BY size DESC LIMIT 1",
             &[],
-        )?,
-    };
-    row.map(|r| Ok((to_u64(get(&r, 0)?), get(&r, 1)?)))
-        .transpose()
+            rows::checkpoint,
+        ),
+    }
 }
 
 pub(crate) fn witnessed(c: &mut Conn, origin: &str) -> Result<Option<(u64, Hash)>, StoreError> {
-    c.opt(
+    one(
+        c,
         "SELECT size, root FROM witnessed WHERE origin = $1",
         &[&origin],
-    )?
-    .map(|r| {
-        let root: Vec<u8> = get(&r, 1)?;
-        let root = <Hash>::try_from(root.as_slice())
-            .map_err(|_| StoreError::Backend("witnessed root is not 32 bytes".into()))?;
-        Ok((to_u64(get(&r, 0)?), root))
-    })
-    .transpose()
+        rows::witnessed,
+    )
 }
 
 pub(crate) fn versions_after(
@@ -763,15 +608,16 @@ pub(crate) fn versions_after(
     limit: u64,
 ) -> Result<Vec<StoredVersion>, StoreError> {
     let (rt, id, v) = after.unwrap_or(("", "", 0));
-    let found = c.query(
+    all(
+        c,
         &format!(
             "SELECT {VERSION_COLUMNS} FROM {VERSION_JOIN}
              WHERE (v.rtype, v.id, v.version) > ($1, $2, $3)
              ORDER BY v.rtype, v.id, v.version LIMIT $4"
         ),
         &[&rt, &id, &to_i64(v), &to_i64(limit)],
-    )?;
-    rows(found, version_row)
+        rows::version,
+    )
 }
 
 /// The CTE that appends leaf `$1` at the end of the log (only the writer runs it, holding the
@@ -816,6 +662,14 @@ impl<'c> Tx<'c> {
         self.conn.get_mut().exec(sql, params)
     }
 
+    /// The index of `leaf`, which the op's statement appended and answered with `row` (the
+    /// leaf's index first), recorded for the writer to hash into the tree.
+    fn leaf_appended(&mut self, row: &Row, leaf: &[u8]) -> Result<u64, StoreError> {
+        let idx = to_u64(get(row, 0)?);
+        self.appended.push((idx, leaf_hash(leaf)));
+        Ok(idx)
+    }
+
     /// True if a statement of this op failed (see [`Conn::failed`]).
     pub(crate) fn statement_failed(&self) -> bool {
         self.c().failed
@@ -851,9 +705,7 @@ impl LogTx for Tx<'_> {
             ),
             &[&leaf, &&detail.salt[..], &detail.sealed.as_bytes()],
         )?;
-        let idx = to_u64(get(&row, 0)?);
-        self.appended.push((idx, leaf_hash(leaf)));
-        Ok(idx)
+        self.leaf_appended(&row, leaf)
     }
 
     fn set_witnessed(
@@ -988,9 +840,7 @@ impl RecordTx for Tx<'_> {
                 &values,
             ],
         )?;
-        let idx = to_u64(get(&row, 0)?);
-        self.appended.push((idx, leaf_hash(leaf)));
-        Ok(idx)
+        self.leaf_appended(&row, leaf)
     }
 
     fn amend_version(
@@ -1044,9 +894,7 @@ impl RecordTx for Tx<'_> {
             // The leaf was appended: the transaction must not commit.
             return Err(StoreError::Conflict);
         };
-        let idx = to_u64(get(row, 0)?);
-        self.appended.push((idx, leaf_hash(leaf)));
-        Ok(idx)
+        self.leaf_appended(row, leaf)
     }
 }
 
@@ -1204,13 +1052,12 @@ impl IdentityTx for Tx<'_> {
         created: i64,
     ) -> Result<(), StoreError> {
         let c: &mut Conn = self.conn.get_mut();
-        let owner: Option<String> = c
-            .opt(
-                "SELECT user_id FROM passkeys WHERE credential_id = $1",
-                &[&credential_id],
-            )?
-            .map(|r| get(&r, 0))
-            .transpose()?;
+        let owner = one(
+            c,
+            "SELECT user_id FROM passkeys WHERE credential_id = $1",
+            &[&credential_id],
+            rows::text,
+        )?;
         if owner.is_some_and(|o| o != user_id) {
             return Err(StoreError::Conflict);
         }

@@ -6,6 +6,7 @@ use rusqlite::Connection;
 use rusqlite::types::{Value, ValueRef};
 
 use crate::conn::backend;
+use crate::sql;
 
 fn cell(v: ValueRef<'_>, table: &Table, col: usize) -> Result<Cell, StoreError> {
     Ok(match v {
@@ -93,28 +94,30 @@ pub(crate) fn load(c: &Connection, table: &Table, rows: &[Vec<Cell>]) -> Result<
             .execute(rusqlite::params_from_iter(values.iter()))
             .map_err(backend)?;
         if table.name == "idx" {
-            // SQLite keeps each resource's own index values beside it, to remove them on
-            // update (appended in Rust: SQLite's || operator works on text).
-            let mut read_own = c
-                .prepare_cached("SELECT index_values FROM current WHERE rtype = ?1 AND id = ?2")
-                .map_err(backend)?;
-            let mut own = c
-                .prepare_cached("UPDATE current SET index_values = ?3 WHERE rtype = ?1 AND id = ?2")
-                .map_err(backend)?;
             if n != 1 {
                 return Err(StoreError::Backend(
                     "an index value names a resource that is not in the dump".into(),
                 ));
             }
-            let mut kept: Vec<u8> = read_own
-                .query_row([&values[0], &values[1]], |r| r.get::<_, Option<Vec<u8>>>(0))
-                .map_err(backend)?
+            // SQLite keeps each resource's own index values beside it, to remove them on
+            // update (appended in Rust: SQLite's || operator works on text).
+            let own = sql::one(
+                c,
+                "SELECT index_values FROM current WHERE rtype = ?1 AND id = ?2",
+                [&values[0], &values[1]],
+                |r| r.opt_bytes(0),
+            )?;
+            let mut kept = own
+                .ok_or_else(|| backend(rusqlite::Error::QueryReturnedNoRows))?
                 .unwrap_or_default();
             if let Value::Blob(b) = &values[2] {
                 kept.extend_from_slice(b);
             }
-            own.execute(rusqlite::params![&values[0], &values[1], kept])
-                .map_err(backend)?;
+            sql::exec(
+                c,
+                "UPDATE current SET index_values = ?3 WHERE rtype = ?1 AND id = ?2",
+                rusqlite::params![&values[0], &values[1], kept],
+            )?;
         }
     }
     Ok(())

@@ -3,9 +3,10 @@
 //! - WAL journal, `synchronous=FULL`: a write is acknowledged only after its commit reached the
 //!   disk, so it survives `kill -9` and power loss.
 //! - One writer thread owns the write connection and group-commits (medvault-store's
-//!   [`GroupWriter`], with [`SqliteWriter`] as its dialect): it drains the queued [`WriteOp`]s,
-//!   runs each inside its own savepoint, commits once and then acknowledges them all. One fsync
-//!   serves many concurrent clients; an op that fails is rolled back alone.
+//!   [`GroupWriter`], with [`SqliteWriter`] as its dialect): it drains the queued
+//!   [`WriteOp`](medvault_store::WriteOp)s, runs each inside its own savepoint, commits once and
+//!   then acknowledges them all. One fsync serves many concurrent clients; an op that fails is
+//!   rolled back alone.
 //! - Readers use a small pool of read-only connections (WAL lets them run beside the writer).
 //! - `secure_delete=ON`, and a WAL checkpoint after destroying a key, so a shredded data key's
 //!   wrapped bytes do not linger in free pages or the WAL.
@@ -24,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use medvault_store::group::{Dialect, GroupWriter, NewNode, OpEffects};
-use medvault_store::{LogOp, LogStore, Store, StoreError, StoreRead, StoreTx, WriteDone, WriteOp};
+use medvault_store::{LogStore, Store, StoreError, StoreRead, StoreTx};
 use rusqlite::Connection;
 
 use crate::conn::backend;
@@ -406,13 +407,10 @@ impl Dialect for SqliteWriter {
 }
 
 medvault_store::forward_reads!(SqliteStore, crate::sql);
+medvault_store::forward_writes!(SqliteStore, crate::sql);
 
-impl LogStore for SqliteStore {
-    fn submit_log(&self, op: LogOp, done: WriteDone) {
-        self.writer.submit(Box::new(move |tx| op(tx)), done);
-    }
-
-    fn dump(
+impl SqliteStore {
+    fn dump_tables(
         &self,
         tables: &'static [medvault_store::dump::Table],
         sink: &mut medvault_store::dump::Sink<'_>,
@@ -421,20 +419,6 @@ impl LogStore for SqliteStore {
         // back to the pool, whatever happens to the COMMIT.
         let conn = open_connection(&self.path, false)?;
         dump::dump(&conn, tables, sink)
-    }
-}
-
-impl Store for SqliteStore {
-    fn write(&self, op: WriteOp) -> Result<(), StoreError> {
-        self.writer.write(op)
-    }
-
-    fn submit(&self, op: WriteOp, done: WriteDone) {
-        self.writer.submit(op, done);
-    }
-
-    fn data_key_names(&self) -> Result<Vec<medvault_core::KeyName>, StoreError> {
-        self.with_conn(sql::data_key_names)
     }
 }
 
@@ -463,35 +447,11 @@ mod tests {
     fn reopen_keeps_data_and_schema_version() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
-        let audit = |s: &SqliteStore, n: u8| {
-            let detail = medvault_store::AuditDetail {
-                salt: [n; 16],
-                sealed: medvault_crypto::Sealed::from_stored(vec![n; 40]),
-            };
-            s.write(Box::new(move |tx| {
-                tx.append_audit(&detail, &[n]).map(|_| ())
-            }))
-            .unwrap();
-        };
-        {
-            let s = SqliteStore::open(&path).unwrap();
-            s.write(Box::new(|tx| tx.set_meta("tenant", "t"))).unwrap();
-            for n in 0..5 {
-                audit(&s, n);
-            }
-        }
-        let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.meta("tenant").unwrap().as_deref(), Some("t"));
+        let s = medvault_store::conformance::reopen_keeps_data(&|| {
+            Box::new(SqliteStore::open(&path).unwrap())
+        });
         assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("13"));
         assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 13);
-        // The writer resumes the tree where it stopped.
-        audit(&s, 5);
-        let mut want = medvault_ledger::MemoryTree::new();
-        for n in 0..6u8 {
-            want.push(medvault_ledger::leaf_hash(&[n]));
-        }
-        let got = medvault_ledger::root(&medvault_store::LedgerNodes(&s), 6).unwrap();
-        assert_eq!(got, want.root());
     }
 
     #[test]
@@ -514,21 +474,7 @@ mod tests {
             .unwrap();
         }
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("13"));
-        let t = s
-            .token(&medvault_store::TokenHash::from_bytes([1; 32]))
-            .unwrap()
-            .unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let in_30_days = i64::try_from(now + 30 * 86_400).unwrap() * 1_000_000;
-        assert!(
-            (t.expires_micros - in_30_days).abs() < 3_600_000_000,
-            "{t:?}"
-        );
-        assert_eq!((t.revoked_micros, t.last_used_micros), (None, None));
+        medvault_store::conformance::token_from_v12_expires_in_30_days(&s);
     }
 
     #[test]

@@ -7,14 +7,6 @@ use crate::conn::backend;
 
 pub use medvault_store::Schema;
 
-/// The migrations of one kind of database, oldest first.
-fn migrations(schema: Schema) -> &'static [&'static str] {
-    match schema {
-        Schema::Node => NODE_MIGRATIONS,
-        Schema::AccessLog => ACCESS_LOG_MIGRATIONS,
-    }
-}
-
 /// The tables of one log (shared by both databases; `concat!` needs a literal, hence macros).
 macro_rules! log_tables {
     () => {
@@ -232,25 +224,12 @@ pub(crate) fn migrate(conn: &mut Connection, schema: Schema) -> Result<(), Store
         None
     };
     // Databases written before the label existed are node databases.
-    let found = label.as_deref().unwrap_or(if current > 0 {
-        Schema::Node.label()
-    } else {
-        schema.label()
-    });
-    if found != schema.label() {
-        return Err(StoreError::WrongDatabase {
-            found: found.to_owned(),
-            expected: schema.label(),
-        });
-    }
-    let migrations = migrations(schema);
-    let supported = migrations.len() as i64;
-    if current > supported {
-        return Err(StoreError::SchemaTooNew {
-            found: current,
-            supported,
-        });
-    }
+    let found = label
+        .as_deref()
+        .or((current > 0).then(|| Schema::Node.label()));
+    // The migrations of this kind of database, oldest first.
+    let migrations = schema.pick(NODE_MIGRATIONS, ACCESS_LOG_MIGRATIONS);
+    schema.check(found, current, migrations.len() as i64)?;
     for (i, sql) in migrations
         .iter()
         .enumerate()

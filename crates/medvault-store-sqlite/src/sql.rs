@@ -1,47 +1,90 @@
 //! SQL shared by the pooled readers and the writer's transaction.
 
-use medvault_core::{Aal, KeyName, ResourceId, ResourceType};
+use medvault_core::{KeyName, ResourceId, ResourceType};
 use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
+use medvault_ledger::Hash;
 use medvault_ledger::leaf_hash;
-use medvault_ledger::{Hash, SALT_LEN};
 use medvault_store::group::{NewNode, contiguous_leaves, contiguous_nodes};
+use medvault_store::rows::{self, Columns};
 use medvault_store::{
-    AccessTokenRow, AlertRow, Amendment, AmendmentKind, AuditDetail, BreakGlassRow, ClientRow,
-    CurrentMeta, DataKeyRow, GrantRow, IdentityTx, IndexQuery, KeyTx, LogTx, PeerRow, PeerTx,
-    RecordTx, SearchPage, SessionRow, SortOrder, StoreError, StoredVersion, TokenHash, TokenRow,
-    UserRow,
+    AccessTokenRow, AlertRow, Amendment, AuditDetail, BreakGlassRow, ClientRow, CurrentMeta,
+    DataKeyRow, GrantRow, IdentityTx, IndexQuery, KeyTx, LogTx, PeerRow, PeerTx, RecordTx,
+    SearchPage, SessionRow, SortOrder, StoreError, StoredVersion, TokenHash, TokenRow, UserRow,
 };
 use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension as _, Row, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension as _, params, params_from_iter};
 
-use crate::conn::backend;
+use crate::conn::{Cols, backend};
 
 const VERSION_COLUMNS: &str =
     "v.rtype, v.id, v.version, v.last_updated, v.key_name, v.key_version, v.body,
      (d.name IS NOT NULL AND d.wrapped IS NULL), v.salt, v.leaf, v.expunged";
 const VERSION_JOIN: &str = "versions v LEFT JOIN deks d ON d.name = v.key_name";
 
-/// The row `sql` finds with `params`, decoded by `row`, or `None`.
-fn one<T>(
+/// Calls `row` with each row `sql` finds with `params`, in the query's order, while it
+/// returns true.
+fn each(
     c: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
-    row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
-) -> Result<Option<T>, StoreError> {
-    c.prepare_cached(sql)
-        .and_then(|mut s| s.query_row(params, row).optional())
-        .map_err(backend)
+    mut row: impl FnMut(&dyn Columns) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let mut s = c.prepare_cached(sql).map_err(backend)?;
+    let mut found = s.query(params).map_err(backend)?;
+    while let Some(r) = found.next().map_err(backend)? {
+        if !row(&Cols(r))? {
+            break;
+        }
+    }
+    Ok(())
 }
 
-/// Every row `sql` finds with `params`, decoded by `row`, in the query's order.
+/// The first row `sql` finds with `params`, decoded by `decode`, or `None`.
+pub(crate) fn one<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    decode: impl Fn(&dyn Columns) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    let mut first = None;
+    each(c, sql, params, |r| {
+        first = Some(decode(r)?);
+        Ok(false)
+    })?;
+    Ok(first)
+}
+
+/// Every row `sql` finds with `params`, decoded by `decode`, in the query's order.
 fn all<T>(
     c: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
-    row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    decode: impl Fn(&dyn Columns) -> Result<T, StoreError>,
 ) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    each(c, sql, params, |r| {
+        out.push(decode(r)?);
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// The number `sql` counts with `params` (its one row, one column).
+fn counted(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<u64, StoreError> {
     c.prepare_cached(sql)
-        .and_then(|mut s| s.query_map(params, row)?.collect())
+        .and_then(|mut s| s.query_row(params, |r| r.get::<_, i64>(0)))
+        .map(|n| u64::try_from(n).unwrap_or(0))
+        .map_err(backend)
+}
+
+/// Runs one statement; returns how many rows it changed.
+pub(crate) fn exec(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<usize, StoreError> {
+    c.prepare_cached(sql)
+        .and_then(|mut s| s.execute(params))
         .map_err(backend)
 }
 
@@ -49,56 +92,8 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn version_row(r: &Row<'_>) -> rusqlite::Result<StoredVersion> {
-    Ok(StoredVersion {
-        resource_type: r.get(0)?,
-        id: r.get(1)?,
-        version: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-        last_updated_micros: r.get(3)?,
-        key_name: r.get(4)?,
-        key_version: r.get(5)?,
-        body: r.get::<_, Option<Vec<u8>>>(6)?.map(Sealed::from_stored),
-        shredded: r.get(7)?,
-        salt: r
-            .get::<_, Option<Vec<u8>>>(8)?
-            .and_then(|s| <[u8; SALT_LEN]>::try_from(s.as_slice()).ok()),
-        leaf: r
-            .get::<_, Option<i64>>(9)?
-            .and_then(|l| u64::try_from(l).ok()),
-        expunged: r.get(10)?,
-    })
-}
-
 const AMENDMENT_COLUMNS: &str = "rtype, id, version, seq, kind, at, last_updated, key_name,
      key_version, digest, leaf, salt";
-
-fn amendment_row(r: &Row<'_>) -> rusqlite::Result<Amendment> {
-    let bad = |i: usize| {
-        rusqlite::Error::FromSqlConversionFailure(
-            i,
-            rusqlite::types::Type::Blob,
-            "malformed amendment row".into(),
-        )
-    };
-    Ok(Amendment {
-        resource_type: r.get(0)?,
-        id: r.get(1)?,
-        version: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-        seq: r.get(3)?,
-        kind: AmendmentKind::parse(&r.get::<_, String>(4)?).ok_or_else(|| bad(4))?,
-        at_micros: r.get(5)?,
-        last_updated_micros: r.get(6)?,
-        key_name: r.get(7)?,
-        key_version: r.get(8)?,
-        digest: match r.get::<_, Option<Vec<u8>>>(9)? {
-            None => None,
-            Some(d) => Some(<Hash>::try_from(d.as_slice()).map_err(|_| bad(9))?),
-        },
-        leaf: u64::try_from(r.get::<_, i64>(10)?).map_err(|_| bad(10))?,
-        salt: <[u8; SALT_LEN]>::try_from(r.get::<_, Vec<u8>>(11)?.as_slice())
-            .map_err(|_| bad(11))?,
-    })
-}
 
 pub(crate) fn amendments_after(
     c: &Connection,
@@ -106,64 +101,50 @@ pub(crate) fn amendments_after(
     limit: u64,
 ) -> Result<Vec<Amendment>, StoreError> {
     let (rt, id, v, seq) = after.unwrap_or(("", "", 0, 0));
-    let mut s = c
-        .prepare_cached(&format!(
+    all(
+        c,
+        &format!(
             "SELECT {AMENDMENT_COLUMNS} FROM amendments
              WHERE (rtype, id, version, seq) > (?1, ?2, ?3, ?4)
              ORDER BY rtype, id, version, seq LIMIT ?5"
-        ))
-        .map_err(backend)?;
-    let rows = s
-        .query_map(
-            params![rt, id, to_i64(v), seq, to_i64(limit)],
-            amendment_row,
-        )
-        .map_err(backend)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(backend)
+        ),
+        params![rt, id, to_i64(v), seq, to_i64(limit)],
+        rows::amendment,
+    )
 }
 
 pub(crate) fn meta(c: &Connection, key: &str) -> Result<Option<String>, StoreError> {
-    one(c, "SELECT v FROM meta WHERE k = ?1", [key], |r| r.get(0))
+    one(c, "SELECT v FROM meta WHERE k = ?1", [key], rows::text)
 }
 
 pub(crate) fn keks(c: &Connection) -> Result<Vec<(u32, WrappedKey)>, StoreError> {
-    let mut s = c
-        .prepare_cached("SELECT version, wrapped FROM keks ORDER BY version")
-        .map_err(backend)?;
-    s.query_map([], |r| Ok((r.get(0)?, WrappedKey::from_stored(r.get(1)?))))
-        .and_then(Iterator::collect)
-        .map_err(backend)
+    all(
+        c,
+        "SELECT version, wrapped FROM keks ORDER BY version",
+        [],
+        rows::kek,
+    )
 }
 
 pub(crate) fn data_key(c: &Connection, name: &KeyName) -> Result<Option<DataKeyRow>, StoreError> {
-    let name = name.as_str();
     one(
         c,
         "SELECT name, key_version, kek_version, wrapped FROM deks WHERE name = ?1",
-        [name],
-        |r| {
-            Ok(DataKeyRow {
-                name: r.get(0)?,
-                key_version: r.get(1)?,
-                kek_version: r.get(2)?,
-                wrapped: r.get::<_, Option<Vec<u8>>>(3)?.map(WrappedKey::from_stored),
-            })
-        },
+        [name.as_str()],
+        rows::data_key,
     )
 }
 
 pub(crate) fn data_key_names(c: &Connection) -> Result<Vec<KeyName>, StoreError> {
-    let mut s = c
-        .prepare_cached("SELECT name FROM deks WHERE wrapped IS NOT NULL ORDER BY name")
-        .map_err(backend)?;
-    let names: Vec<String> = s
-        .query_map([], |r| r.get(0))
-        .and_then(Iterator::collect)
-        .map_err(backend)?;
-    names
-        .into_iter()
-        .map(medvault_store::stored_key_name)
-        .collect()
+    all(
+        c,
+        "SELECT name FROM deks WHERE wrapped IS NOT NULL ORDER BY name",
+        [],
+        rows::text,
+    )?
+    .into_iter()
+    .map(medvault_store::stored_key_name)
+    .collect()
 }
 
 pub(crate) fn current(
@@ -175,13 +156,7 @@ pub(crate) fn current(
         c,
         "SELECT version, deleted, key_name FROM current WHERE rtype = ?1 AND id = ?2",
         [rt.as_str(), id.as_str()],
-        |r| {
-            Ok(CurrentMeta {
-                version: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                deleted: r.get(1)?,
-                key_name: r.get(2)?,
-            })
-        },
+        rows::current,
     )
 }
 
@@ -192,26 +167,47 @@ pub(crate) fn version(
     v: Option<u64>,
 ) -> Result<Option<StoredVersion>, StoreError> {
     let (rt, id) = (rt.as_str(), id.as_str());
-    let result = match v {
-        Some(v) => c
-            .prepare_cached(&format!(
+    match v {
+        Some(v) => one(
+            c,
+            &format!(
                 "SELECT {VERSION_COLUMNS} FROM {VERSION_JOIN}
                  WHERE v.rtype = ?1 AND v.id = ?2 AND v.version = ?3"
-            ))
-            .and_then(|mut s| {
-                s.query_row(params![rt, id, to_i64(v)], version_row)
-                    .optional()
-            }),
-        None => c
-            .prepare_cached(&format!(
+            ),
+            params![rt, id, to_i64(v)],
+            rows::version,
+        ),
+        None => one(
+            c,
+            &format!(
                 "SELECT {VERSION_COLUMNS} FROM current c
                  JOIN versions v ON v.rtype = c.rtype AND v.id = c.id AND v.version = c.version
                  LEFT JOIN deks d ON d.name = v.key_name
                  WHERE c.rtype = ?1 AND c.id = ?2"
-            ))
-            .and_then(|mut s| s.query_row(params![rt, id], version_row).optional()),
-    };
-    result.map_err(backend)
+            ),
+            params![rt, id],
+            rows::version,
+        ),
+    }
+}
+
+/// A count and a page of versions with the same filter parameters (`args`); the page's SQL
+/// takes limit and offset after them.
+fn counted_page(
+    c: &Connection,
+    count_sql: &str,
+    page_sql: &str,
+    mut args: Vec<Value>,
+    limit: u64,
+    offset: u64,
+) -> Result<SearchPage, StoreError> {
+    let total = counted(c, count_sql, params_from_iter(args.iter()))?;
+    args.push(to_i64(limit).into());
+    args.push(to_i64(offset).into());
+    Ok(SearchPage {
+        rows: all(c, page_sql, params_from_iter(args.iter()), rows::version)?,
+        total,
+    })
 }
 
 pub(crate) fn history(
@@ -233,33 +229,20 @@ pub(crate) fn history(
             vec![rt.as_str().to_owned().into()],
         ),
     };
-    let total: i64 = c
-        .prepare_cached(&format!(
-            "SELECT count(*) FROM {VERSION_JOIN} WHERE {filter}"
-        ))
-        .and_then(|mut s| s.query_row(params_from_iter(args.iter()), |r| r.get(0)))
-        .map_err(backend)?;
-    let mut page_args = args;
-    page_args.push(to_i64(limit).into());
-    page_args.push(to_i64(offset).into());
-    let n = page_args.len();
-    let sql = format!(
-        "SELECT {VERSION_COLUMNS} FROM {VERSION_JOIN} WHERE {filter}
-         ORDER BY v.last_updated DESC, v.id DESC, v.version DESC LIMIT ?{} OFFSET ?{}",
-        n - 1,
-        n
-    );
-    let rows = c
-        .prepare_cached(&sql)
-        .and_then(|mut s| {
-            s.query_map(params_from_iter(page_args.iter()), version_row)?
-                .collect()
-        })
-        .map_err(backend)?;
-    Ok(SearchPage {
-        rows,
-        total: u64::try_from(total).unwrap_or(0),
-    })
+    let n = args.len();
+    counted_page(
+        c,
+        &format!("SELECT count(*) FROM {VERSION_JOIN} WHERE {filter}"),
+        &format!(
+            "SELECT {VERSION_COLUMNS} FROM {VERSION_JOIN} WHERE {filter}
+             ORDER BY v.last_updated DESC, v.id DESC, v.version DESC LIMIT ?{} OFFSET ?{}",
+            n + 1,
+            n + 2
+        ),
+        args,
+        limit,
+        offset,
+    )
 }
 
 fn placeholders(args: &mut Vec<Value>, values: impl Iterator<Item = Value>) -> String {
@@ -315,76 +298,39 @@ pub(crate) fn search(c: &Connection, q: &IndexQuery) -> Result<SearchPage, Store
         args.push(to.into());
         filter.push_str(&format!(" AND c.last_updated < ?{}", args.len()));
     }
-    let total: i64 = c
-        .prepare_cached(&format!("SELECT count(*) FROM current c WHERE {filter}"))
-        .and_then(|mut s| s.query_row(params_from_iter(args.iter()), |r| r.get(0)))
-        .map_err(backend)?;
     let order = match q.sort {
         SortOrder::LastUpdatedDesc => "c.last_updated DESC, c.id",
         SortOrder::LastUpdatedAsc => "c.last_updated ASC, c.id",
         SortOrder::IdAsc => "c.id ASC",
         SortOrder::IdDesc => "c.id DESC",
     };
-    args.push(to_i64(q.limit).into());
-    args.push(to_i64(q.offset).into());
     let n = args.len();
-    let sql = format!(
-        "SELECT {VERSION_COLUMNS} FROM current c
-         JOIN versions v ON v.rtype = c.rtype AND v.id = c.id AND v.version = c.version
-         LEFT JOIN deks d ON d.name = v.key_name
-         WHERE {filter} ORDER BY {order} LIMIT ?{} OFFSET ?{}",
-        n - 1,
-        n
-    );
-    let rows = c
-        .prepare_cached(&sql)
-        .and_then(|mut s| {
-            s.query_map(params_from_iter(args.iter()), version_row)?
-                .collect()
-        })
-        .map_err(backend)?;
-    Ok(SearchPage {
-        rows,
-        total: u64::try_from(total).unwrap_or(0),
-    })
+    counted_page(
+        c,
+        &format!("SELECT count(*) FROM current c WHERE {filter}"),
+        &format!(
+            "SELECT {VERSION_COLUMNS} FROM current c
+             JOIN versions v ON v.rtype = c.rtype AND v.id = c.id AND v.version = c.version
+             LEFT JOIN deks d ON d.name = v.key_name
+             WHERE {filter} ORDER BY {order} LIMIT ?{} OFFSET ?{}",
+            n + 1,
+            n + 2
+        ),
+        args,
+        q.limit,
+        q.offset,
+    )
 }
 
 const USER_COLUMNS: &str = "id, name_index, name_sealed, role, password_hash, disabled, created,
      totp, totp_pending, totp_last_step, failed_logins, locked_until, patient_id, practitioner";
-
-fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRow> {
-    let index: Vec<u8> = r.get(1)?;
-    let blob = |i: usize| -> rusqlite::Result<Option<Sealed>> {
-        Ok(r.get::<_, Option<Vec<u8>>>(i)?.map(Sealed::from_stored))
-    };
-    Ok(UserRow {
-        id: r.get(0)?,
-        name_index: BlindValue(<[u8; BLIND_LEN]>::try_from(index.as_slice()).map_err(|_| {
-            rusqlite::Error::InvalidColumnType(1, "name_index".into(), rusqlite::types::Type::Blob)
-        })?),
-        name_sealed: Sealed::from_stored(r.get(2)?),
-        role: r.get(3)?,
-        password_hash: r.get(4)?,
-        disabled: r.get(5)?,
-        created_micros: r.get(6)?,
-        totp: blob(7)?,
-        totp_pending: blob(8)?,
-        totp_last_step: r
-            .get::<_, Option<i64>>(9)?
-            .and_then(|n| u64::try_from(n).ok()),
-        failed_logins: r.get(10)?,
-        locked_until_micros: r.get(11)?,
-        patient_id: r.get(12)?,
-        practitioner: r.get(13)?,
-    })
-}
 
 pub(crate) fn user(c: &Connection, id: &str) -> Result<Option<UserRow>, StoreError> {
     one(
         c,
         &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
         [id],
-        user_row,
+        rows::user,
     )
 }
 
@@ -396,7 +342,7 @@ pub(crate) fn user_by_name(
         c,
         &format!("SELECT {USER_COLUMNS} FROM users WHERE name_index = ?1"),
         [&index.0[..]],
-        user_row,
+        rows::user,
     )
 }
 
@@ -405,7 +351,7 @@ pub(crate) fn users(c: &Connection) -> Result<Vec<UserRow>, StoreError> {
         c,
         &format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"),
         [],
-        user_row,
+        rows::user,
     )
 }
 
@@ -415,37 +361,8 @@ pub(crate) fn session(c: &Connection, hash: &TokenHash) -> Result<Option<Session
         "SELECT session_id, user_id, aal, created, last_seen, expires FROM sessions
          WHERE hash = ?1",
         [&hash.as_bytes()[..]],
-        |r| {
-            Ok(SessionRow {
-                hash: *hash,
-                session_id: r.get(0)?,
-                user_id: r.get(1)?,
-                aal: Aal::from_level(r.get(2)?).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        2,
-                        rusqlite::types::Type::Integer,
-                        Box::new(e),
-                    )
-                })?,
-                created_micros: r.get(3)?,
-                last_seen_micros: r.get(4)?,
-                expires_micros: r.get(5)?,
-            })
-        },
+        |r| rows::session(r, hash),
     )
-}
-
-fn client_row(r: &Row<'_>) -> rusqlite::Result<ClientRow> {
-    let uris: String = r.get(6)?;
-    Ok(ClientRow {
-        client_id: r.get(0)?,
-        name: r.get(1)?,
-        jwks: r.get(2)?,
-        scopes: r.get(3)?,
-        disabled: r.get(4)?,
-        created_micros: r.get(5)?,
-        redirect_uris: uris.lines().map(str::to_owned).collect(),
-    })
 }
 
 const CLIENT_COLUMNS: &str = "client_id, name, jwks, scopes, disabled, created, redirect_uris";
@@ -453,24 +370,12 @@ const CLIENT_COLUMNS: &str = "client_id, name, jwks, scopes, disabled, created, 
 const PEER_COLUMNS: &str =
     "node, fingerprint, url, document, organization, registered, registered_by";
 
-fn peer_row(r: &Row<'_>) -> rusqlite::Result<PeerRow> {
-    Ok(PeerRow {
-        node: r.get(0)?,
-        fingerprint: r.get(1)?,
-        url: r.get(2)?,
-        document: r.get(3)?,
-        organization: r.get(4)?,
-        registered_micros: r.get(5)?,
-        registered_by: r.get(6)?,
-    })
-}
-
 pub(crate) fn peer(c: &Connection, node: &str) -> Result<Option<PeerRow>, StoreError> {
     one(
         c,
         &format!("SELECT {PEER_COLUMNS} FROM peers WHERE node = ?1"),
         [node],
-        peer_row,
+        rows::peer,
     )
 }
 
@@ -479,7 +384,7 @@ pub(crate) fn peers(c: &Connection) -> Result<Vec<PeerRow>, StoreError> {
         c,
         &format!("SELECT {PEER_COLUMNS} FROM peers ORDER BY node"),
         [],
-        peer_row,
+        rows::peer,
     )
 }
 
@@ -492,7 +397,7 @@ pub(crate) fn share_receipt(
         c,
         "SELECT receipt FROM share_receipts WHERE sender = ?1 AND bundle_id = ?2",
         [sender, bundle_id],
-        |r| r.get(0),
+        rows::text,
     )
 }
 
@@ -503,20 +408,7 @@ pub(crate) fn grant(c: &Connection, hash: &TokenHash) -> Result<Option<GrantRow>
                 used
          FROM oauth_grants WHERE hash = ?1",
         [&hash.as_bytes()[..]],
-        |r| {
-            Ok(GrantRow {
-                hash: *hash,
-                kind: r.get(0)?,
-                client_id: r.get(1)?,
-                user_id: r.get(2)?,
-                scopes: r.get(3)?,
-                redirect_uri: r.get(4)?,
-                code_challenge: r.get(5)?,
-                family: r.get(6)?,
-                expires_micros: r.get(7)?,
-                used: r.get(8)?,
-            })
-        },
+        |r| rows::grant(r, hash),
     )
 }
 
@@ -525,7 +417,7 @@ pub(crate) fn client(c: &Connection, id: &str) -> Result<Option<ClientRow>, Stor
         c,
         &format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE client_id = ?1"),
         [id],
-        client_row,
+        rows::client,
     )
 }
 
@@ -534,7 +426,7 @@ pub(crate) fn clients(c: &Connection) -> Result<Vec<ClientRow>, StoreError> {
         c,
         &format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients ORDER BY client_id"),
         [],
-        client_row,
+        rows::client,
     )
 }
 
@@ -547,17 +439,7 @@ pub(crate) fn access_token(
         "SELECT client_id, scopes, issued, expires, user_id, family FROM oauth_tokens
          WHERE hash = ?1",
         [&hash.as_bytes()[..]],
-        |r| {
-            Ok(AccessTokenRow {
-                hash: *hash,
-                client_id: r.get(0)?,
-                scopes: r.get(1)?,
-                issued_micros: r.get(2)?,
-                expires_micros: r.get(3)?,
-                user_id: r.get(4)?,
-                family: r.get(5)?,
-            })
-        },
+        |r| rows::access_token(r, hash),
     )
 }
 
@@ -569,7 +451,7 @@ pub(crate) fn passkeys(
         c,
         "SELECT credential_id, passkey FROM passkeys WHERE user_id = ?1 ORDER BY created",
         [user_id],
-        |r| Ok((r.get(0)?, Sealed::from_stored(r.get(1)?))),
+        rows::passkey,
     )
 }
 
@@ -585,16 +467,7 @@ pub(crate) fn break_glass(
          WHERE user_id = ?1 AND patient = ?2 AND opened <= ?3 AND expires > ?3
          ORDER BY expires DESC LIMIT 1",
         params![user_id, patient, now_micros],
-        |r| {
-            Ok(BreakGlassRow {
-                id: r.get(0)?,
-                user_id: user_id.to_owned(),
-                patient: patient.to_owned(),
-                reason: Sealed::from_stored(r.get(1)?),
-                opened_micros: r.get(2)?,
-                expires_micros: r.get(3)?,
-            })
-        },
+        |r| rows::break_glass(r, user_id, patient),
     )
 }
 
@@ -604,47 +477,26 @@ pub(crate) fn alerts(c: &Connection, open_only: bool) -> Result<Vec<AlertRow>, S
         "SELECT id, kind, at, user_id, patient, detail, acknowledged_by, acknowledged
          FROM alerts WHERE (?1 = 0 OR acknowledged IS NULL) ORDER BY at DESC, id DESC",
         [open_only],
-        |r| {
-            Ok(AlertRow {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                at_micros: r.get(2)?,
-                user_id: r.get(3)?,
-                patient: r.get(4)?,
-                detail: Sealed::from_stored(r.get(5)?),
-                acknowledged_by: r.get(6)?,
-                acknowledged_micros: r.get(7)?,
-            })
-        },
+        rows::alert,
     )
 }
 
 pub(crate) fn recovery_codes_left(c: &Connection, user_id: &str) -> Result<u64, StoreError> {
-    c.prepare_cached("SELECT count(*) FROM recovery_codes WHERE user_id = ?1")
-        .and_then(|mut s| s.query_row([user_id], |r| r.get::<_, i64>(0)))
-        .map(|n| u64::try_from(n).unwrap_or(0))
-        .map_err(backend)
+    counted(
+        c,
+        "SELECT count(*) FROM recovery_codes WHERE user_id = ?1",
+        [user_id],
+    )
 }
 
 const TOKEN_COLUMNS: &str = "role, token_id, created, expires, revoked, last_used";
-
-fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
-    Ok(TokenRow {
-        role: r.get(0)?,
-        token_id: r.get(1)?,
-        created_micros: r.get(2)?,
-        expires_micros: r.get(3)?,
-        revoked_micros: r.get(4)?,
-        last_used_micros: r.get(5)?,
-    })
-}
 
 pub(crate) fn token(c: &Connection, hash: &TokenHash) -> Result<Option<TokenRow>, StoreError> {
     one(
         c,
         &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"),
         [&hash.as_bytes()[..]],
-        token_row,
+        rows::token,
     )
 }
 
@@ -653,7 +505,7 @@ pub(crate) fn tokens(c: &Connection) -> Result<Vec<TokenRow>, StoreError> {
         c,
         &format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created, token_id"),
         [],
-        token_row,
+        rows::token,
     )
 }
 
@@ -670,10 +522,7 @@ fn remove_index(c: &Connection, rid: i64, values: Option<&[u8]>) -> Result<(), S
 }
 
 pub(crate) fn ledger_size(c: &Connection) -> Result<u64, StoreError> {
-    c.prepare_cached("SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_leaves")
-        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
-        .map(|n| u64::try_from(n).unwrap_or(0))
-        .map_err(backend)
+    counted(c, "SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_leaves", [])
 }
 
 /// Nodes `[start, start + count)` of tree level `level`, stopping at the first one missing.
@@ -687,22 +536,14 @@ pub(crate) fn ledger_nodes(
     if level == 0 {
         return Ok(contiguous_leaves(start, &ledger_entries(c, start, count)?));
     }
-    let mut s = c
-        .prepare_cached(
-            "SELECT idx, hash FROM ledger_nodes WHERE level = ?1 AND idx >= ?2 AND idx < ?3
-             ORDER BY idx",
-        )
-        .map_err(backend)?;
-    let rows = s
-        .query_map(
-            params![level, to_i64(start), to_i64(start.saturating_add(count))],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
-        )
-        .map_err(backend)?;
-    let rows = rows
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(backend)?;
-    Ok(contiguous_nodes(start, rows))
+    let found = all(
+        c,
+        "SELECT idx, hash FROM ledger_nodes WHERE level = ?1 AND idx >= ?2 AND idx < ?3
+         ORDER BY idx",
+        params![level, to_i64(start), to_i64(start.saturating_add(count))],
+        rows::ledger_node,
+    )?;
+    Ok(contiguous_nodes(start, found))
 }
 
 pub(crate) fn ledger_nodes_at(
@@ -740,27 +581,12 @@ pub(crate) fn ledger_entries(
     start: u64,
     count: u64,
 ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-    let mut s = c
-        .prepare_cached(
-            "SELECT idx, entry FROM ledger_leaves WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
-        )
-        .map_err(backend)?;
-    let rows = s
-        .query_map(
-            params![to_i64(start), to_i64(start.saturating_add(count))],
-            |r| {
-                Ok((
-                    u64::try_from(r.get::<_, i64>(0)?).unwrap_or(u64::MAX),
-                    r.get::<_, Vec<u8>>(1)?,
-                ))
-            },
-        )
-        .map_err(backend)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(backend)
-}
-
-pub(crate) fn audit_detail(c: &Connection, leaf: u64) -> Result<Option<AuditDetail>, StoreError> {
-    Ok(audit_details(c, leaf, 1)?.pop().map(|(_, d)| d))
+    all(
+        c,
+        "SELECT idx, entry FROM ledger_leaves WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+        params![to_i64(start), to_i64(start.saturating_add(count))],
+        rows::ledger_entry,
+    )
 }
 
 pub(crate) fn audit_details(
@@ -768,76 +594,42 @@ pub(crate) fn audit_details(
     start: u64,
     count: u64,
 ) -> Result<Vec<(u64, AuditDetail)>, StoreError> {
-    let mut s = c
-        .prepare_cached(
-            "SELECT leaf, salt, detail FROM ledger_audit WHERE leaf >= ?1 AND leaf < ?2
-             ORDER BY leaf",
-        )
-        .map_err(backend)?;
-    let rows = s
-        .query_map(
-            params![to_i64(start), to_i64(start.saturating_add(count))],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
-            },
-        )
-        .map_err(backend)?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (leaf, salt, detail) = row.map_err(backend)?;
-        // A malformed salt is kept visible to verification as an all-zero salt, which cannot
-        // match the commitment.
-        let salt = <[u8; SALT_LEN]>::try_from(salt.as_slice()).unwrap_or([0; SALT_LEN]);
-        out.push((
-            u64::try_from(leaf).unwrap_or(u64::MAX),
-            AuditDetail {
-                salt,
-                sealed: Sealed::from_stored(detail),
-            },
-        ));
-    }
-    Ok(out)
+    all(
+        c,
+        "SELECT leaf, salt, detail FROM ledger_audit WHERE leaf >= ?1 AND leaf < ?2
+         ORDER BY leaf",
+        params![to_i64(start), to_i64(start.saturating_add(count))],
+        rows::audit_detail,
+    )
 }
 
 pub(crate) fn checkpoint(
     c: &Connection,
     size: Option<u64>,
 ) -> Result<Option<(u64, String)>, StoreError> {
-    let map = |r: &Row<'_>| {
-        Ok((
-            u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-            r.get::<_, String>(1)?,
-        ))
-    };
     match size {
-        Some(n) => c
-            .prepare_cached("SELECT size, note FROM ledger_checkpoints WHERE size = ?1")
-            .and_then(|mut s| s.query_row([to_i64(n)], map).optional()),
-        None => c
-            .prepare_cached("SELECT size, note FROM ledger_checkpoints ORDER BY size DESC LIMIT 1")
-            .and_then(|mut s| s.query_row([], map).optional()),
+        Some(n) => one(
+            c,
+            "SELECT size, note FROM ledger_checkpoints WHERE size = ?1",
+            [to_i64(n)],
+            rows::checkpoint,
+        ),
+        None => one(
+            c,
+            "SELECT size, note FROM ledger_checkpoints ORDER BY size DESC LIMIT 1",
+            [],
+            rows::checkpoint,
+        ),
     }
-    .map_err(backend)
 }
 
 pub(crate) fn witnessed(c: &Connection, origin: &str) -> Result<Option<(u64, Hash)>, StoreError> {
-    let row: Option<(i64, Vec<u8>)> = c
-        .prepare_cached("SELECT size, root FROM witnessed WHERE origin = ?1")
-        .and_then(|mut s| {
-            s.query_row([origin], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-        })
-        .map_err(backend)?;
-    row.map(|(size, root)| {
-        let root = <Hash>::try_from(root.as_slice())
-            .map_err(|_| StoreError::Backend("witnessed root is not 32 bytes".into()))?;
-        Ok((u64::try_from(size).unwrap_or(0), root))
-    })
-    .transpose()
+    one(
+        c,
+        "SELECT size, root FROM witnessed WHERE origin = ?1",
+        [origin],
+        rows::witnessed,
+    )
 }
 
 pub(crate) fn versions_after(
@@ -846,24 +638,25 @@ pub(crate) fn versions_after(
     limit: u64,
 ) -> Result<Vec<StoredVersion>, StoreError> {
     let (rt, id, v) = after.unwrap_or(("", "", 0));
-    let mut s = c
-        .prepare_cached(&format!(
+    all(
+        c,
+        &format!(
             "SELECT {VERSION_COLUMNS} FROM {VERSION_JOIN}
              WHERE (v.rtype, v.id, v.version) > (?1, ?2, ?3)
              ORDER BY v.rtype, v.id, v.version LIMIT ?4"
-        ))
-        .map_err(backend)?;
-    let rows = s
-        .query_map(params![rt, id, to_i64(v), to_i64(limit)], version_row)
-        .map_err(backend)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(backend)
+        ),
+        params![rt, id, to_i64(v), to_i64(limit)],
+        rows::version,
+    )
 }
 
 fn append_leaf(c: &Connection, entry: &[u8]) -> Result<u64, StoreError> {
     let idx = ledger_size(c)?;
-    c.prepare_cached("INSERT INTO ledger_leaves (idx, entry) VALUES (?1, ?2)")
-        .and_then(|mut s| s.execute(params![to_i64(idx), entry]))
-        .map_err(backend)?;
+    exec(
+        c,
+        "INSERT INTO ledger_leaves (idx, entry) VALUES (?1, ?2)",
+        params![to_i64(idx), entry],
+    )?;
     Ok(idx)
 }
 
@@ -900,11 +693,12 @@ medvault_store::forward_reads!(Tx<'_>, crate::sql);
 
 impl LogTx for Tx<'_> {
     fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("INSERT INTO meta (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v")
-            .and_then(|mut s| s.execute([key, value]))
-            .map(drop)
-            .map_err(backend)
+        exec(
+            self.conn,
+            "INSERT INTO meta (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+            [key, value],
+        )
+        .map(drop)
     }
 
     fn load(
@@ -917,16 +711,11 @@ impl LogTx for Tx<'_> {
 
     fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError> {
         let idx = append_leaf(self.conn, leaf)?;
-        self.conn
-            .prepare_cached("INSERT INTO ledger_audit (leaf, salt, detail) VALUES (?1, ?2, ?3)")
-            .and_then(|mut s| {
-                s.execute(params![
-                    to_i64(idx),
-                    &detail.salt[..],
-                    detail.sealed.as_bytes()
-                ])
-            })
-            .map_err(backend)?;
+        exec(
+            self.conn,
+            "INSERT INTO ledger_audit (leaf, salt, detail) VALUES (?1, ?2, ?3)",
+            params![to_i64(idx), &detail.salt[..], detail.sealed.as_bytes()],
+        )?;
         Ok(idx)
     }
 
@@ -937,36 +726,35 @@ impl LogTx for Tx<'_> {
         root: &Hash,
         note: &str,
     ) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO witnessed (origin, size, root, note) VALUES (?1, ?2, ?3, ?4)
+        exec(
+            self.conn,
+            "INSERT INTO witnessed (origin, size, root, note) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (origin) DO UPDATE
                    SET size = excluded.size, root = excluded.root, note = excluded.note",
-            )
-            .and_then(|mut s| s.execute(params![origin, to_i64(size), &root[..], note]))
-            .map(|_| ())
-            .map_err(backend)
+            params![origin, to_i64(size), &root[..], note],
+        )
+        .map(|_| ())
     }
 
     fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO ledger_checkpoints (size, note) VALUES (?1, ?2)
+        exec(
+            self.conn,
+            "INSERT INTO ledger_checkpoints (size, note) VALUES (?1, ?2)
                  ON CONFLICT (size) DO UPDATE SET note = excluded.note",
-            )
-            .and_then(|mut s| s.execute(params![to_i64(size), note]))
-            .map(|_| ())
-            .map_err(backend)
+            params![to_i64(size), note],
+        )
+        .map(|_| ())
     }
 }
 
 impl KeyTx for Tx<'_> {
     fn add_kek(&mut self, version: u32, wrapped: &WrappedKey) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("INSERT INTO keks (version, wrapped) VALUES (?1, ?2)")
-            .and_then(|mut s| s.execute(params![version, wrapped.as_bytes()]))
-            .map(drop)
-            .map_err(backend)
+        exec(
+            self.conn,
+            "INSERT INTO keks (version, wrapped) VALUES (?1, ?2)",
+            params![version, wrapped.as_bytes()],
+        )
+        .map(drop)
     }
 
     fn put_data_key(
@@ -977,17 +765,14 @@ impl KeyTx for Tx<'_> {
         wrapped: &WrappedKey,
     ) -> Result<(), StoreError> {
         let name = name.as_str();
-        self.conn
-            .prepare_cached(
-                "INSERT INTO deks (name, key_version, kek_version, wrapped) VALUES (?1, ?2, ?3, ?4)
+        exec(
+            self.conn,
+            "INSERT INTO deks (name, key_version, kek_version, wrapped) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (name) DO UPDATE SET key_version = excluded.key_version,
                    kek_version = excluded.kek_version, wrapped = excluded.wrapped",
-            )
-            .and_then(|mut s| {
-                s.execute(params![name, key_version, kek_version, wrapped.as_bytes()])
-            })
-            .map(drop)
-            .map_err(backend)
+            params![name, key_version, kek_version, wrapped.as_bytes()],
+        )
+        .map(drop)
     }
 
     fn destroy_data_key(&mut self, name: &KeyName) -> Result<u64, StoreError> {
@@ -1038,13 +823,12 @@ impl RecordTx for Tx<'_> {
             StoreError::Backend("a version must carry its commitment salt".into())
         })?;
         let leaf_idx = append_leaf(c, leaf)?;
-        c.prepare_cached(
+        exec(
+            c,
             "INSERT INTO versions
                (rtype, id, version, last_updated, key_name, key_version, body, salt, leaf)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
+            params![
                 v.resource_type,
                 v.id,
                 version,
@@ -1054,9 +838,8 @@ impl RecordTx for Tx<'_> {
                 v.body.as_ref().map(Sealed::as_bytes),
                 &salt[..],
                 to_i64(leaf_idx)
-            ])
-        })
-        .map_err(backend)?;
+            ],
+        )?;
         let mut values = Vec::with_capacity(index.len() * BLIND_LEN);
         for b in index {
             values.extend_from_slice(&b.0);
@@ -1071,23 +854,20 @@ impl RecordTx for Tx<'_> {
         let rid = match existing {
             Some((rid, old)) => {
                 remove_index(c, rid, old.as_deref())?;
-                c.prepare_cached(
+                exec(
+                    c,
                     "UPDATE current SET version = ?2, last_updated = ?3, deleted = ?4, key_name = ?5,
                        shredded = 0, index_values = ?6 WHERE rid = ?1",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![rid, version, v.last_updated_micros, v.body.is_none(), v.key_name, values])
-                })
-                .map_err(backend)?;
+                    params![rid, version, v.last_updated_micros, v.body.is_none(), v.key_name, values],
+                )?;
                 rid
             }
             None => {
-                c.prepare_cached(
+                exec(
+                    c,
                     "INSERT INTO current (rtype, id, version, last_updated, deleted, key_name, index_values)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
+                    params![
                         v.resource_type,
                         v.id,
                         version,
@@ -1095,9 +875,8 @@ impl RecordTx for Tx<'_> {
                         v.body.is_none(),
                         v.key_name,
                         values
-                    ])
-                })
-                .map_err(backend)?;
+                    ],
+                )?;
                 c.last_insert_rowid()
             }
         };
@@ -1133,35 +912,33 @@ impl RecordTx for Tx<'_> {
             })
             .map_err(backend)?;
         let leaf_idx = append_leaf(c, leaf)?;
-        let changed = c
-            .prepare_cached(
-                "UPDATE versions SET key_name = ?4, key_version = ?5, body = ?6, salt = ?7,
+        let changed = exec(
+            c,
+            "UPDATE versions SET key_name = ?4, key_version = ?5, body = ?6, salt = ?7,
                    leaf = ?8, expunged = ?9
                  WHERE rtype = ?1 AND id = ?2 AND version = ?3",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    before.resource_type,
-                    before.id,
-                    version,
-                    now.key_name,
-                    now.key_version,
-                    now.body.as_ref().map(Sealed::as_bytes),
-                    &salt[..],
-                    to_i64(leaf_idx),
-                    now.expunged
-                ])
-            })
-            .map_err(backend)?;
+            params![
+                before.resource_type,
+                before.id,
+                version,
+                now.key_name,
+                now.key_version,
+                now.body.as_ref().map(Sealed::as_bytes),
+                &salt[..],
+                to_i64(leaf_idx),
+                now.expunged
+            ],
+        )?;
         if changed != 1 {
             return Err(StoreError::Conflict);
         }
-        c.prepare_cached(&format!(
-            "INSERT INTO amendments ({AMENDMENT_COLUMNS})
+        exec(
+            c,
+            &format!(
+                "INSERT INTO amendments ({AMENDMENT_COLUMNS})
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-        ))
-        .and_then(|mut s| {
-            s.execute(params![
+            ),
+            params![
                 before.resource_type,
                 before.id,
                 version,
@@ -1174,58 +951,54 @@ impl RecordTx for Tx<'_> {
                 before.digest.as_ref().map(|d| &d[..]),
                 to_i64(before.leaf),
                 &before.salt[..]
-            ])
-        })
-        .map_err(backend)?;
+            ],
+        )?;
         Ok(leaf_idx)
     }
 }
 
 impl IdentityTx for Tx<'_> {
     fn put_client(&mut self, x: &ClientRow) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(&format!(
+        exec(
+            self.conn,
+            &format!(
                 "INSERT OR REPLACE INTO oauth_clients ({CLIENT_COLUMNS})
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-            ))
-            .and_then(|mut s| {
-                s.execute(params![
-                    x.client_id,
-                    x.name,
-                    x.jwks,
-                    x.scopes,
-                    x.disabled,
-                    x.created_micros,
-                    x.redirect_uris.join("\n"),
-                ])
-            })
-            .map(drop)
-            .map_err(backend)
+            ),
+            params![
+                x.client_id,
+                x.name,
+                x.jwks,
+                x.scopes,
+                x.disabled,
+                x.created_micros,
+                x.redirect_uris.join("\n"),
+            ],
+        )
+        .map(drop)
     }
 
     fn put_access_token(&mut self, t: &AccessTokenRow, now: i64) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM oauth_tokens WHERE expires < ?1")
-            .and_then(|mut s| s.execute([now]))
-            .map_err(backend)?;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO oauth_tokens (hash, client_id, scopes, issued, expires, user_id, family)
+        exec(
+            self.conn,
+            "DELETE FROM oauth_tokens WHERE expires < ?1",
+            [now],
+        )?;
+        exec(
+            self.conn,
+            "INSERT INTO oauth_tokens (hash, client_id, scopes, issued, expires, user_id, family)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    &t.hash.as_bytes()[..],
-                    t.client_id,
-                    t.scopes,
-                    t.issued_micros,
-                    t.expires_micros,
-                    t.user_id,
-                    t.family,
-                ])
-            })
-            .map(drop)
-            .map_err(backend)
+            params![
+                &t.hash.as_bytes()[..],
+                t.client_id,
+                t.scopes,
+                t.issued_micros,
+                t.expires_micros,
+                t.user_id,
+                t.family,
+            ],
+        )
+        .map(drop)
     }
 
     fn use_assertion_id(
@@ -1235,61 +1008,51 @@ impl IdentityTx for Tx<'_> {
         expires: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM oauth_jti WHERE expires < ?1")
-            .and_then(|mut s| s.execute([now]))
-            .map_err(backend)?;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO oauth_jti (client_id, jti, expires) VALUES (?1, ?2, ?3)
+        exec(self.conn, "DELETE FROM oauth_jti WHERE expires < ?1", [now])?;
+        exec(
+            self.conn,
+            "INSERT INTO oauth_jti (client_id, jti, expires) VALUES (?1, ?2, ?3)
                  ON CONFLICT DO NOTHING",
-            )
-            .and_then(|mut s| s.execute(params![client_id, jti, expires]))
-            .map(|n| n == 1)
-            .map_err(backend)
+            params![client_id, jti, expires],
+        )
+        .map(|n| n == 1)
     }
 
     fn put_break_glass(&mut self, g: &BreakGlassRow) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO break_glass (id, user_id, patient, reason, opened, expires)
+        exec(
+            self.conn,
+            "INSERT INTO break_glass (id, user_id, patient, reason, opened, expires)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    g.id,
-                    g.user_id,
-                    g.patient,
-                    g.reason.as_bytes(),
-                    g.opened_micros,
-                    g.expires_micros,
-                ])
-            })
-            .map(drop)
-            .map_err(backend)
+            params![
+                g.id,
+                g.user_id,
+                g.patient,
+                g.reason.as_bytes(),
+                g.opened_micros,
+                g.expires_micros,
+            ],
+        )
+        .map(drop)
     }
 
     fn put_alert(&mut self, a: &AlertRow) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO alerts (id, kind, at, user_id, patient, detail, acknowledged_by,
+        exec(
+            self.conn,
+            "INSERT INTO alerts (id, kind, at, user_id, patient, detail, acknowledged_by,
                     acknowledged)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    a.id,
-                    a.kind,
-                    a.at_micros,
-                    a.user_id,
-                    a.patient,
-                    a.detail.as_bytes(),
-                    a.acknowledged_by,
-                    a.acknowledged_micros,
-                ])
-            })
-            .map(drop)
-            .map_err(backend)
+            params![
+                a.id,
+                a.kind,
+                a.at_micros,
+                a.user_id,
+                a.patient,
+                a.detail.as_bytes(),
+                a.acknowledged_by,
+                a.acknowledged_micros,
+            ],
+        )
+        .map(drop)
     }
 
     fn acknowledge_alert(
@@ -1298,66 +1061,64 @@ impl IdentityTx for Tx<'_> {
         by: &str,
         at_micros: i64,
     ) -> Result<bool, StoreError> {
-        self.conn
-            .prepare_cached(
-                "UPDATE alerts SET acknowledged_by = ?2, acknowledged = ?3
+        exec(
+            self.conn,
+            "UPDATE alerts SET acknowledged_by = ?2, acknowledged = ?3
                  WHERE id = ?1 AND acknowledged IS NULL",
-            )
-            .and_then(|mut s| s.execute(params![id, by, at_micros]))
-            .map(|n| n == 1)
-            .map_err(backend)
+            params![id, by, at_micros],
+        )
+        .map(|n| n == 1)
     }
 
     fn put_grant(&mut self, g: &GrantRow) -> Result<(), StoreError> {
         // Housekeeping: authorization codes live a minute; drop those that expired at least a
         // day before this grant's expiry (refresh tokens go when their family is revoked).
-        self.conn
-            .prepare_cached("DELETE FROM oauth_grants WHERE expires < ?1 AND kind = 'code'")
-            .and_then(|mut s| s.execute([g.expires_micros - 86_400_000_000]))
-            .map_err(backend)?;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO oauth_grants (hash, kind, client_id, user_id, scopes, redirect_uri,
+        exec(
+            self.conn,
+            "DELETE FROM oauth_grants WHERE expires < ?1 AND kind = 'code'",
+            [g.expires_micros - 86_400_000_000],
+        )?;
+        exec(
+            self.conn,
+            "INSERT INTO oauth_grants (hash, kind, client_id, user_id, scopes, redirect_uri,
                     code_challenge, family, expires, used)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    &g.hash.as_bytes()[..],
-                    g.kind,
-                    g.client_id,
-                    g.user_id,
-                    g.scopes,
-                    g.redirect_uri,
-                    g.code_challenge,
-                    g.family,
-                    g.expires_micros,
-                    g.used,
-                ])
-            })
-            .map(drop)
-            .map_err(backend)
+            params![
+                &g.hash.as_bytes()[..],
+                g.kind,
+                g.client_id,
+                g.user_id,
+                g.scopes,
+                g.redirect_uri,
+                g.code_challenge,
+                g.family,
+                g.expires_micros,
+                g.used,
+            ],
+        )
+        .map(drop)
     }
 
     fn use_grant(&mut self, hash: &TokenHash) -> Result<bool, StoreError> {
-        self.conn
-            .prepare_cached("UPDATE oauth_grants SET used = 1 WHERE hash = ?1 AND used = 0")
-            .and_then(|mut s| s.execute([&hash.as_bytes()[..]]))
-            .map(|n| n == 1)
-            .map_err(backend)
+        exec(
+            self.conn,
+            "UPDATE oauth_grants SET used = 1 WHERE hash = ?1 AND used = 0",
+            [&hash.as_bytes()[..]],
+        )
+        .map(|n| n == 1)
     }
 
     fn revoke_family(&mut self, family: &str) -> Result<u64, StoreError> {
-        let grants = self
-            .conn
-            .prepare_cached("DELETE FROM oauth_grants WHERE family = ?1")
-            .and_then(|mut s| s.execute([family]))
-            .map_err(backend)?;
-        let tokens = self
-            .conn
-            .prepare_cached("DELETE FROM oauth_tokens WHERE family = ?1")
-            .and_then(|mut s| s.execute([family]))
-            .map_err(backend)?;
+        let grants = exec(
+            self.conn,
+            "DELETE FROM oauth_grants WHERE family = ?1",
+            [family],
+        )?;
+        let tokens = exec(
+            self.conn,
+            "DELETE FROM oauth_tokens WHERE family = ?1",
+            [family],
+        )?;
         Ok((grants + tokens) as u64)
     }
 
@@ -1368,30 +1129,29 @@ impl IdentityTx for Tx<'_> {
         sealed: &Sealed,
         created: i64,
     ) -> Result<(), StoreError> {
-        let owner: Option<String> = self
-            .conn
-            .prepare_cached("SELECT user_id FROM passkeys WHERE credential_id = ?1")
-            .and_then(|mut s| s.query_row([credential_id], |r| r.get(0)).optional())
-            .map_err(backend)?;
+        let owner = one(
+            self.conn,
+            "SELECT user_id FROM passkeys WHERE credential_id = ?1",
+            [credential_id],
+            rows::text,
+        )?;
         if owner.is_some_and(|o| o != user_id) {
             return Err(StoreError::Conflict);
         }
-        self.conn
-            .prepare_cached(
-                "INSERT INTO passkeys (credential_id, user_id, passkey, created)
+        exec(
+            self.conn,
+            "INSERT INTO passkeys (credential_id, user_id, passkey, created)
                  VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (credential_id) DO UPDATE SET passkey = excluded.passkey",
-            )
-            .and_then(|mut s| {
-                s.execute(params![credential_id, user_id, sealed.as_bytes(), created])
-            })
-            .map(drop)
-            .map_err(backend)
+            params![credential_id, user_id, sealed.as_bytes(), created],
+        )
+        .map(drop)
     }
 
     fn put_user(&mut self, u: &UserRow) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(&format!(
+        exec(
+            self.conn,
+            &format!(
                 "INSERT INTO users ({USER_COLUMNS})
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
                  ON CONFLICT (id) DO UPDATE SET patient_id = excluded.patient_id,
@@ -1401,49 +1161,44 @@ impl IdentityTx for Tx<'_> {
                     disabled = excluded.disabled, totp = excluded.totp,
                     totp_pending = excluded.totp_pending, totp_last_step = excluded.totp_last_step,
                     failed_logins = excluded.failed_logins, locked_until = excluded.locked_until"
-            ))
-            .and_then(|mut s| {
-                s.execute(params![
-                    u.id,
-                    &u.name_index.0[..],
-                    u.name_sealed.as_bytes(),
-                    u.role,
-                    u.password_hash,
-                    u.disabled,
-                    u.created_micros,
-                    u.totp.as_ref().map(Sealed::as_bytes),
-                    u.totp_pending.as_ref().map(Sealed::as_bytes),
-                    u.totp_last_step.map(to_i64),
-                    u.failed_logins,
-                    u.locked_until_micros,
-                    u.patient_id,
-                    u.practitioner,
-                ])
-            })
-            .map(drop)
-            .map_err(backend)
+            ),
+            params![
+                u.id,
+                &u.name_index.0[..],
+                u.name_sealed.as_bytes(),
+                u.role,
+                u.password_hash,
+                u.disabled,
+                u.created_micros,
+                u.totp.as_ref().map(Sealed::as_bytes),
+                u.totp_pending.as_ref().map(Sealed::as_bytes),
+                u.totp_last_step.map(to_i64),
+                u.failed_logins,
+                u.locked_until_micros,
+                u.patient_id,
+                u.practitioner,
+            ],
+        )
+        .map(drop)
     }
 
     fn put_session(&mut self, x: &SessionRow) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT OR REPLACE INTO sessions
+        exec(
+            self.conn,
+            "INSERT OR REPLACE INTO sessions
                  (hash, session_id, user_id, aal, created, last_seen, expires)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    &x.hash.as_bytes()[..],
-                    x.session_id,
-                    x.user_id,
-                    i64::from(x.aal),
-                    x.created_micros,
-                    x.last_seen_micros,
-                    x.expires_micros,
-                ])
-            })
-            .map(drop)
-            .map_err(backend)
+            params![
+                &x.hash.as_bytes()[..],
+                x.session_id,
+                x.user_id,
+                i64::from(x.aal),
+                x.created_micros,
+                x.last_seen_micros,
+                x.expires_micros,
+            ],
+        )
+        .map(drop)
     }
 
     fn delete_sessions(
@@ -1452,16 +1207,17 @@ impl IdentityTx for Tx<'_> {
         hash: Option<&TokenHash>,
     ) -> Result<u64, StoreError> {
         let n = match hash {
-            Some(h) => self
-                .conn
-                .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND hash = ?2")
-                .and_then(|mut s| s.execute(params![user_id, &h.as_bytes()[..]])),
-            None => self
-                .conn
-                .prepare_cached("DELETE FROM sessions WHERE user_id = ?1")
-                .and_then(|mut s| s.execute([user_id])),
-        }
-        .map_err(backend)?;
+            Some(h) => exec(
+                self.conn,
+                "DELETE FROM sessions WHERE user_id = ?1 AND hash = ?2",
+                params![user_id, &h.as_bytes()[..]],
+            ),
+            None => exec(
+                self.conn,
+                "DELETE FROM sessions WHERE user_id = ?1",
+                [user_id],
+            ),
+        }?;
         Ok(n as u64)
     }
 
@@ -1470,10 +1226,11 @@ impl IdentityTx for Tx<'_> {
         user_id: &str,
         hashes: &[TokenHash],
     ) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM recovery_codes WHERE user_id = ?1")
-            .and_then(|mut s| s.execute([user_id]))
-            .map_err(backend)?;
+        exec(
+            self.conn,
+            "DELETE FROM recovery_codes WHERE user_id = ?1",
+            [user_id],
+        )?;
         let mut ins = self
             .conn
             .prepare_cached("INSERT INTO recovery_codes (user_id, hash) VALUES (?1, ?2)")
@@ -1486,75 +1243,70 @@ impl IdentityTx for Tx<'_> {
     }
 
     fn use_recovery_code(&mut self, user_id: &str, hash: &TokenHash) -> Result<bool, StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM recovery_codes WHERE user_id = ?1 AND hash = ?2")
-            .and_then(|mut s| s.execute(params![user_id, &hash.as_bytes()[..]]))
-            .map(|n| n == 1)
-            .map_err(backend)
+        exec(
+            self.conn,
+            "DELETE FROM recovery_codes WHERE user_id = ?1 AND hash = ?2",
+            params![user_id, &hash.as_bytes()[..]],
+        )
+        .map(|n| n == 1)
     }
 
     fn add_token(&mut self, hash: &TokenHash, t: &TokenRow) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO tokens (hash, token_id, role, created, expires, revoked, last_used)
+        exec(
+            self.conn,
+            "INSERT INTO tokens (hash, token_id, role, created, expires, revoked, last_used)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    &hash.as_bytes()[..],
-                    t.token_id,
-                    t.role,
-                    t.created_micros,
-                    t.expires_micros,
-                    t.revoked_micros,
-                    t.last_used_micros
-                ])
-            })
-            .map(drop)
-            .map_err(backend)
+            params![
+                &hash.as_bytes()[..],
+                t.token_id,
+                t.role,
+                t.created_micros,
+                t.expires_micros,
+                t.revoked_micros,
+                t.last_used_micros
+            ],
+        )
+        .map(drop)
     }
 
     fn revoke_token(&mut self, token_id: &str, now: i64) -> Result<bool, StoreError> {
-        self.conn
-            .prepare_cached(
-                "UPDATE tokens SET revoked = ?2 WHERE token_id = ?1 AND revoked IS NULL",
-            )
-            .and_then(|mut s| s.execute(params![token_id, now]))
-            .map(|n| n == 1)
-            .map_err(backend)
+        exec(
+            self.conn,
+            "UPDATE tokens SET revoked = ?2 WHERE token_id = ?1 AND revoked IS NULL",
+            params![token_id, now],
+        )
+        .map(|n| n == 1)
     }
 
     fn token_used(&mut self, token_id: &str, now: i64) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "UPDATE tokens SET last_used = ?2
+        exec(
+            self.conn,
+            "UPDATE tokens SET last_used = ?2
                  WHERE token_id = ?1 AND (last_used IS NULL OR last_used < ?2)",
-            )
-            .and_then(|mut s| s.execute(params![token_id, now]))
-            .map(drop)
-            .map_err(backend)
+            params![token_id, now],
+        )
+        .map(drop)
     }
 }
 
 impl PeerTx for Tx<'_> {
     fn put_peer(&mut self, p: &PeerRow) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(&format!(
+        exec(
+            self.conn,
+            &format!(
                 "INSERT OR REPLACE INTO peers ({PEER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-            ))
-            .and_then(|mut s| {
-                s.execute(params![
-                    p.node,
-                    p.fingerprint,
-                    p.url,
-                    p.document,
-                    p.organization,
-                    p.registered_micros,
-                    p.registered_by,
-                ])
-            })
-            .map(drop)
-            .map_err(backend)
+            ),
+            params![
+                p.node,
+                p.fingerprint,
+                p.url,
+                p.document,
+                p.organization,
+                p.registered_micros,
+                p.registered_by,
+            ],
+        )
+        .map(drop)
     }
 
     fn put_share_receipt(
@@ -1565,25 +1317,21 @@ impl PeerTx for Tx<'_> {
         expires: i64,
         now: i64,
     ) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM share_receipts WHERE expires < ?1")
-            .and_then(|mut s| s.execute([now]))
-            .map_err(backend)?;
-        self.conn
-            .prepare_cached(
-                "INSERT OR REPLACE INTO share_receipts (sender, bundle_id, receipt, expires)
+        exec(
+            self.conn,
+            "DELETE FROM share_receipts WHERE expires < ?1",
+            [now],
+        )?;
+        exec(
+            self.conn,
+            "INSERT OR REPLACE INTO share_receipts (sender, bundle_id, receipt, expires)
                  VALUES (?1, ?2, ?3, ?4)",
-            )
-            .and_then(|mut s| s.execute(params![sender, bundle_id, receipt, expires]))
-            .map(drop)
-            .map_err(backend)
+            params![sender, bundle_id, receipt, expires],
+        )
+        .map(drop)
     }
 
     fn delete_peer(&mut self, node: &str) -> Result<bool, StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM peers WHERE node = ?1")
-            .and_then(|mut s| s.execute([node]))
-            .map(|n| n > 0)
-            .map_err(backend)
+        exec(self.conn, "DELETE FROM peers WHERE node = ?1", [node]).map(|n| n > 0)
     }
 }

@@ -91,6 +91,67 @@ pub fn dump_all(
     rows
 }
 
+/// Opens a store with `open`, gives it a tenant and five audit leaves, drops it and opens it
+/// again: the data and the schema version are there, and the writer resumes the tree where it
+/// stopped. Returns the reopened store, for the backend's own checks.
+pub fn reopen_keeps_data(open: &dyn Fn() -> Box<dyn Store>) -> Box<dyn Store> {
+    let audit = |store: &dyn Store, n: u8| {
+        let detail = AuditDetail {
+            salt: [n; 16],
+            sealed: Sealed::from_stored(vec![n; 40]),
+        };
+        wrote(store, "append_audit", move |tx| {
+            tx.append_audit(&detail, &[n]).map(|_| ())
+        });
+    };
+    {
+        let store = open();
+        wrote(store.as_ref(), "set_meta", |tx| tx.set_meta("tenant", "t"));
+        for n in 0..5 {
+            audit(store.as_ref(), n);
+        }
+    }
+    let store = open();
+    assert_eq!(ok(store.meta("tenant"), "meta").as_deref(), Some("t"));
+    assert_eq!(
+        ok(store.meta("schema_version"), "meta"),
+        Some(crate::NODE_SCHEMA_VERSION.to_string())
+    );
+    // The writer resumes the tree where it stopped.
+    audit(store.as_ref(), 5);
+    let mut want = medvault_ledger::MemoryTree::new();
+    for n in 0..6u8 {
+        want.push(medvault_ledger::leaf_hash(&[n]));
+    }
+    let got = medvault_ledger::root(&LedgerNodes(store.as_ref()), 6)
+        .unwrap_or_else(|e| panic!("root: {e}"));
+    assert_eq!(got, want.root());
+    store
+}
+
+/// After `store` was migrated from schema version 12 (tokens without expiry, revocation or
+/// last use) holding an API token whose hash is `[1; 32]`: that token now expires 30 days
+/// after the upgrade, unrevoked and unused.
+pub fn token_from_v12_expires_in_30_days(store: &dyn Store) {
+    assert_eq!(
+        ok(store.meta("schema_version"), "meta").as_deref(),
+        Some("13")
+    );
+    let t = ok(store.token(&TokenHash::from_bytes([1; 32])), "token")
+        .unwrap_or_else(|| panic!("the token of version 12 is gone"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_else(|e| panic!("clock: {e}"))
+        .as_secs();
+    let in_30_days = i64::try_from(now + 30 * 86_400).unwrap_or_else(|e| panic!("clock: {e}"));
+    let in_30_days = in_30_days * 1_000_000;
+    assert!(
+        (t.expires_micros - in_30_days).abs() < 3_600_000_000,
+        "{t:?}"
+    );
+    assert_eq!((t.revoked_micros, t.last_used_micros), (None, None));
+}
+
 /// A data-key name written in a test.
 fn kn(name: &str) -> KeyName {
     KeyName::parse(name).unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -99,36 +160,25 @@ fn kn(name: &str) -> KeyName {
 /// Fills a store with one of everything: versions (indexed, deleted, shredded), keys, people,
 /// sessions, clients, grants, passkeys, break-glass grants, alerts, audit leaves, checkpoints.
 fn populate(store: &dyn Store) {
-    ok(
-        write_with(store, |tx| {
-            tx.set_meta("tenant", "t-dump")?;
-            tx.add_kek(1, &WrappedKey::from_stored(vec![1; 40]))?;
-            tx.put_data_key(
-                &kn("Patient/p1"),
-                1,
-                1,
-                &WrappedKey::from_stored(vec![2; 60]),
-            )?;
-            tx.put_data_key(
-                &kn("Patient/p2"),
-                1,
-                1,
-                &WrappedKey::from_stored(vec![3; 60]),
-            )?;
-            tx.put_data_key(&kn("@tenant"), 1, 1, &WrappedKey::from_stored(vec![4; 60]))?;
-            tx.put_peer(&PeerRow {
-                node: "node-b".into(),
-                fingerprint: "SHA-256:00".into(),
-                url: "https://b.example:7443".into(),
-                document: "{}".into(),
-                organization: Some("Organization/o1".into()),
-                registered_micros: 3,
-                registered_by: "cli".into(),
-            })?;
-            tx.put_share_receipt("node-b", "bundle-1", "{}", i64::MAX, 0)
-        }),
-        "keys",
-    );
+    written(store, "keys", |tx| {
+        tx.set_meta("tenant", "t-dump")?;
+        tx.add_kek(1, &WrappedKey::from_stored(vec![1; 40]))?;
+        tx.put_data_key(
+            &kn("Patient/p1"),
+            1,
+            1,
+            &WrappedKey::from_stored(vec![2; 60]),
+        )?;
+        tx.put_data_key(
+            &kn("Patient/p2"),
+            1,
+            1,
+            &WrappedKey::from_stored(vec![3; 60]),
+        )?;
+        tx.put_data_key(&kn("@tenant"), 1, 1, &WrappedKey::from_stored(vec![4; 60]))?;
+        tx.put_peer(&peer_row("node-b", "https://b.example:7443"))?;
+        tx.put_share_receipt("node-b", "bundle-1", "{}", i64::MAX, 0)
+    });
     let versions = [
         version("Patient", "p1", 1, 10, "Patient/p1", Some(b"sealed p1 v1")),
         version("Patient", "p1", 2, 20, "Patient/p1", Some(b"sealed p1 v2")),
@@ -137,117 +187,71 @@ fn populate(store: &dyn Store) {
         version("Observation", "o1", 2, 50, "Patient/p1", None),
         version("Organization", "g1", 1, 60, "@tenant", Some(b"sealed org")),
     ];
-    for v in versions {
-        let index = vec![entry(&v.resource_type, 1), entry(&v.id, 2)];
-        ok(put(store, v, index), "version");
-    }
+    put_all(
+        store,
+        versions.map(|v| {
+            let index = vec![entry(&v.resource_type, 1), entry(&v.id, 2)];
+            (v, index)
+        }),
+    );
     let p1v1 = ok(store.version(&ty("Patient"), &rid("p1"), Some(1)), "p1 v1");
     if let Some(row) = p1v1 {
         let (before, now) = amendment_of(&row, AmendmentKind::Expunge, None, "Patient/p1");
-        ok(
-            write_with(store, move |tx| {
-                tx.amend_version(&before, &now, b"leaf expunged p1 v1")
-            }),
-            "amend",
-        );
+        written(store, "amend", move |tx| {
+            tx.amend_version(&before, &now, b"leaf expunged p1 v1")
+        });
     }
-    ok(
-        write_with(store, |tx| tx.destroy_data_key(&kn("Patient/p2"))),
-        "shred",
-    );
-    let mut user = user_row("usr_d", 7);
+    written(store, "shred", |tx| tx.destroy_data_key(&kn("Patient/p2")));
+    // Every optional column holds a value somewhere, every flag is set somewhere.
+    let mut user = user_row("usr_a", 7);
     user.patient_id = Some("p1".into());
     user.totp_last_step = Some(12);
-    let session = SessionRow {
-        hash: TokenHash([5; 32]),
-        session_id: "ses_1".into(),
-        user_id: "usr_d".into(),
-        aal: Aal::Two,
-        created_micros: 1,
-        last_seen_micros: 2,
-        expires_micros: i64::MAX,
-    };
+    let session = session_row(5);
     let client = ClientRow {
-        client_id: "cli_d".into(),
-        name: "App".into(),
-        jwks: "{}".into(),
-        scopes: "patient/*.rs".into(),
         disabled: true,
-        created_micros: 3,
-        redirect_uris: vec!["https://a.example/cb".into(), "https://b.example/cb".into()],
+        ..client_row("cli_1")
     };
     let grant = GrantRow {
-        hash: TokenHash([6; 32]),
-        kind: "refresh".into(),
-        client_id: "cli_d".into(),
-        user_id: "usr_d".into(),
-        scopes: "patient/*.rs".into(),
-        redirect_uri: String::new(),
-        code_challenge: String::new(),
-        family: "fam".into(),
-        expires_micros: i64::MAX,
         used: true,
+        ..grant_row(6)
     };
-    let token = AccessTokenRow {
-        hash: TokenHash([7; 32]),
-        client_id: "cli_d".into(),
-        scopes: "patient/*.rs".into(),
-        issued_micros: 1,
-        expires_micros: i64::MAX,
-        user_id: Some("usr_d".into()),
-        family: Some("fam".into()),
-    };
-    let bg = BreakGlassRow {
-        id: "bg_d".into(),
-        user_id: "usr_d".into(),
-        patient: "p1".into(),
-        reason: Sealed::from_stored(vec![8; 40]),
-        opened_micros: 1,
-        expires_micros: 2,
-    };
+    let token = access_token_row(7, i64::MAX);
+    let bg = break_glass_row("bg_d", "p1", 1, 2);
     let alert = AlertRow {
-        id: "alr_d".into(),
-        kind: "break-glass".into(),
-        at_micros: 1,
-        user_id: "usr_d".into(),
-        patient: Some("p1".into()),
-        detail: Sealed::from_stored(vec![9; 40]),
         acknowledged_by: Some("usr_x".into()),
         acknowledged_micros: Some(3),
+        ..alert_row("alr_d", 1)
     };
-    ok(
-        write_with(store, move |tx| {
-            tx.put_user(&user)?;
-            tx.put_session(&session)?;
-            tx.set_recovery_codes("usr_d", &[TokenHash([1; 32]), TokenHash([2; 32])])?;
-            tx.put_client(&client)?;
-            tx.put_grant(&grant)?;
-            tx.put_access_token(&token, 0)?;
-            tx.use_assertion_id("cli_d", "jti-1", i64::MAX, 0)?;
-            tx.put_passkey("usr_d", &[4, 4], &Sealed::from_stored(vec![4; 40]), 1)?;
-            tx.add_token(
-                &TokenHash([8; 32]),
-                &TokenRow {
-                    role: "admin".into(),
-                    token_id: "tok_d".into(),
-                    created_micros: 1,
-                    expires_micros: 2,
-                    revoked_micros: Some(3),
-                    last_used_micros: Some(4),
-                },
-            )?;
-            tx.put_break_glass(&bg)?;
-            tx.put_alert(&alert)?;
-            let detail = AuditDetail {
-                salt: [3; 16],
-                sealed: Sealed::from_stored(vec![3; 40]),
-            };
-            tx.append_audit(&detail, b"audit leaf")?;
-            tx.put_checkpoint(3, "checkpoint note\n")?;
-            tx.set_witnessed("other.example/log", 9, &[1; 32], "witnessed note\n")
-        }),
-        "people and ledger",
-    );
+    written(store, "people and ledger", move |tx| {
+        tx.put_user(&user)?;
+        tx.put_session(&session)?;
+        tx.set_recovery_codes("usr_a", &[TokenHash([1; 32]), TokenHash([2; 32])])?;
+        tx.put_client(&client)?;
+        tx.put_grant(&grant)?;
+        tx.put_access_token(&token, 0)?;
+        tx.use_assertion_id("cli_1", "jti-1", i64::MAX, 0)?;
+        tx.put_passkey("usr_a", &[4, 4], &Sealed::from_stored(vec![4; 40]), 1)?;
+        tx.add_token(
+            &TokenHash([8; 32]),
+            &TokenRow {
+                role: "admin".into(),
+                token_id: "tok_d".into(),
+                created_micros: 1,
+                expires_micros: 2,
+                revoked_micros: Some(3),
+                last_used_micros: Some(4),
+            },
+        )?;
+        tx.put_break_glass(&bg)?;
+        tx.put_alert(&alert)?;
+        let detail = AuditDetail {
+            salt: [3; 16],
+            sealed: Sealed::from_stored(vec![3; 40]),
+        };
+        tx.append_audit(&detail, b"audit leaf")?;
+        tx.put_checkpoint(3, "checkpoint note\n")?;
+        tx.set_witnessed("other.example/log", 9, &[1; 32], "witnessed note\n")
+    });
 }
 
 fn dump_and_load_round_trip(source: &dyn Store, target: &dyn Store) {
@@ -277,10 +281,7 @@ fn dump_and_load_round_trip(source: &dyn Store, target: &dyn Store) {
             .collect();
         for batch in mine.chunks(4) {
             let batch = batch.to_vec();
-            ok(
-                write_with(target, move |tx| tx.load(table, &batch)),
-                table.name,
-            );
+            written(target, table.name, move |tx| tx.load(table, &batch));
         }
     }
     assert_eq!(
@@ -318,13 +319,12 @@ fn dump_and_load_round_trip(source: &dyn Store, target: &dyn Store) {
         "the loaded leaves were hashed into the tree"
     );
     // An update of a loaded resource replaces its loaded index entries.
-    ok(
-        put(
-            target,
+    put_all(
+        target,
+        [(
             version("Patient", "p1", 3, 70, "Patient/p1", Some(b"v3")),
             vec![entry("p1", 3)],
-        ),
-        "update after load",
+        )],
     );
     assert_eq!(
         ok(target.search(&q), "search").total,
@@ -358,6 +358,25 @@ fn ok<T>(r: Result<T, StoreError>, what: &str) -> T {
         Ok(v) => v,
         Err(e) => panic!("{what}: {e:?}"),
     }
+}
+
+/// What `op` produced, run through [`write_with`] (the backend's `submit`); panics naming `what`
+/// when it failed.
+fn written<T: Send + 'static>(
+    store: &dyn Store,
+    what: &str,
+    op: impl FnOnce(&mut dyn crate::StoreTx) -> Result<T, StoreError> + Send + 'static,
+) -> T {
+    ok(write_with(store, op), what)
+}
+
+/// Runs `op` through the backend's own [`Store::write`]; panics naming `what` when it failed.
+fn wrote(
+    store: &dyn Store,
+    what: &str,
+    op: impl FnOnce(&mut dyn crate::StoreTx) -> Result<(), StoreError> + Send + 'static,
+) {
+    ok(store.write(Box::new(op)), what);
 }
 
 /// A type name of the checks.
@@ -396,6 +415,18 @@ fn put(store: &dyn Store, v: StoredVersion, index: Vec<BlindValue>) -> Result<()
     }))
 }
 
+/// Stores each version with its index values, one write each, in order; panics naming the
+/// version that failed.
+fn put_all(
+    store: &dyn Store,
+    versions: impl IntoIterator<Item = (StoredVersion, Vec<BlindValue>)>,
+) {
+    for (v, index) in versions {
+        let what = format!("put {}/{} v{}", v.resource_type, v.id, v.version);
+        ok(put(store, v, index), &what);
+    }
+}
+
 /// Index values of distinct parameters are distinct blind values in practice; the tests give
 /// each (parameter, n) its own byte pattern.
 fn entry(param: &str, n: u8) -> BlindValue {
@@ -408,14 +439,8 @@ fn entry(param: &str, n: u8) -> BlindValue {
 
 fn meta_round_trip(store: &dyn Store) {
     assert_eq!(ok(store.meta("tenant"), "meta"), None);
-    ok(
-        store.write(Box::new(|tx| tx.set_meta("tenant", "t1"))),
-        "set_meta",
-    );
-    ok(
-        store.write(Box::new(|tx| tx.set_meta("tenant", "t2"))),
-        "set_meta again",
-    );
+    wrote(store, "set_meta", |tx| tx.set_meta("tenant", "t1"));
+    wrote(store, "set_meta again", |tx| tx.set_meta("tenant", "t2"));
     assert_eq!(ok(store.meta("tenant"), "meta"), Some("t2".into()));
 }
 
@@ -423,13 +448,10 @@ fn keks_are_versioned(store: &dyn Store) {
     let w1 = WrappedKey::from_stored(vec![1, 2, 3]);
     let w2 = WrappedKey::from_stored(vec![4, 5, 6]);
     let (a, b) = (w1.clone(), w2.clone());
-    ok(
-        store.write(Box::new(move |tx| {
-            tx.add_kek(1, &a)?;
-            tx.add_kek(2, &b)
-        })),
-        "add keks",
-    );
+    wrote(store, "add keks", move |tx| {
+        tx.add_kek(1, &a)?;
+        tx.add_kek(2, &b)
+    });
     let dup = w1.clone();
     let err = store.write(Box::new(move |tx| tx.add_kek(2, &dup)));
     assert!(
@@ -439,12 +461,9 @@ fn keks_are_versioned(store: &dyn Store) {
     assert_eq!(ok(store.keks(), "keks"), vec![(1, w1), (2, w2)]);
     let wk = WrappedKey::from_stored(vec![9; 60]);
     let wk2 = wk.clone();
-    ok(
-        store.write(Box::new(move |tx| {
-            tx.put_data_key(&kn("Patient/a"), 1, 2, &wk2)
-        })),
-        "put dek",
-    );
+    wrote(store, "put dek", move |tx| {
+        tx.put_data_key(&kn("Patient/a"), 1, 2, &wk2)
+    });
     let row = ok(store.data_key(&kn("Patient/a")), "dek").unwrap_or_else(|| panic!("dek missing"));
     assert_eq!(
         (row.key_version, row.kek_version, row.wrapped),
@@ -473,35 +492,30 @@ fn amendment_of(
 }
 
 fn amended_versions_keep_what_they_were(store: &dyn Store) {
-    for v in [1, 2] {
-        let body = format!("a v{v}");
-        ok(
-            put(
-                store,
-                version(
-                    "Observation",
-                    "a",
-                    v,
-                    100 * i64::try_from(v).unwrap_or(0),
-                    "Patient/x",
-                    Some(body.as_bytes()),
-                ),
-                vec![entry("a", 1)],
-            ),
-            "version",
-        );
-    }
+    put_all(
+        store,
+        [1, 2].map(|v| {
+            let body = format!("a v{v}");
+            let at = 100 * i64::try_from(v).unwrap_or(0);
+            let row = version(
+                "Observation",
+                "a",
+                v,
+                at,
+                "Patient/x",
+                Some(body.as_bytes()),
+            );
+            (row, vec![entry("a", 1)])
+        }),
+    );
     let v1 = ok(store.version(&ty("Observation"), &rid("a"), Some(1)), "v1")
         .unwrap_or_else(|| panic!("no v1"));
     let size = ok(store.ledger_size(), "size");
     // Re-sealed under another compartment's key: the row holds the new state and a new leaf.
     let (before, now) = amendment_of(&v1, AmendmentKind::Reseal, Some(b"resealed"), "Patient/y");
-    let leaf = ok(
-        write_with(store, move |tx| {
-            tx.amend_version(&before, &now, b"leaf reseal")
-        }),
-        "reseal",
-    );
+    let leaf = written(store, "reseal", move |tx| {
+        tx.amend_version(&before, &now, b"leaf reseal")
+    });
     assert_eq!(leaf, size);
     let got = ok(store.version(&ty("Observation"), &rid("a"), Some(1)), "v1")
         .unwrap_or_else(|| panic!("no v1"));
@@ -531,12 +545,9 @@ fn amended_versions_keep_what_they_were(store: &dyn Store) {
     );
     // Then expunged: the second amendment keeps the re-sealed state.
     let (before2, now2) = amendment_of(&got, AmendmentKind::Expunge, None, "Patient/y");
-    ok(
-        write_with(store, move |tx| {
-            tx.amend_version(&before2, &now2, b"leaf expunge")
-        }),
-        "expunge",
-    );
+    written(store, "expunge", move |tx| {
+        tx.amend_version(&before2, &now2, b"leaf expunge")
+    });
     let gone = ok(store.version(&ty("Observation"), &rid("a"), Some(1)), "v1")
         .unwrap_or_else(|| panic!("no v1"));
     assert!(gone.expunged && gone.body.is_none());
@@ -580,29 +591,22 @@ fn amended_versions_keep_what_they_were(store: &dyn Store) {
 }
 
 fn versions_and_history(store: &dyn Store) {
-    ok(
-        put(
-            store,
-            version("Patient", "a", 1, 100, "Patient/a", Some(b"v1")),
-            vec![],
-        ),
-        "v1",
-    );
-    ok(
-        put(
-            store,
-            version("Patient", "a", 2, 200, "Patient/a", Some(b"v2")),
-            vec![],
-        ),
-        "v2",
-    );
-    ok(
-        put(
-            store,
-            version("Patient", "b", 1, 150, "Patient/b", Some(b"b1")),
-            vec![],
-        ),
-        "b1",
+    put_all(
+        store,
+        [
+            (
+                version("Patient", "a", 1, 100, "Patient/a", Some(b"v1")),
+                vec![],
+            ),
+            (
+                version("Patient", "a", 2, 200, "Patient/a", Some(b"v2")),
+                vec![],
+            ),
+            (
+                version("Patient", "b", 1, 150, "Patient/b", Some(b"b1")),
+                vec![],
+            ),
+        ],
     );
     let dup = put(
         store,
@@ -640,13 +644,9 @@ fn versions_and_history(store: &dyn Store) {
         None
     );
     // Delete marker.
-    ok(
-        put(
-            store,
-            version("Patient", "a", 3, 400, "Patient/a", None),
-            vec![],
-        ),
-        "delete",
+    put_all(
+        store,
+        [(version("Patient", "a", 3, 400, "Patient/a", None), vec![])],
     );
     let cur = ok(store.current(&ty("Patient"), &rid("a")), "current")
         .unwrap_or_else(|| panic!("no current"));
@@ -723,62 +723,37 @@ fn failed_op_leaves_nothing(store: &dyn Store) {
         };
         assert_eq!(ok(store.search(&q), "search").total, 25, "writer {t}");
     }
-    let out = ok(
-        write_with(store, |tx| Ok(tx.meta("missing")?.is_none())),
-        "write_with",
-    );
+    let out = written(store, "write_with", |tx| Ok(tx.meta("missing")?.is_none()));
     assert!(out);
 }
 
 fn search_semantics(store: &dyn Store) {
     // a: family=1 given=2; b: family=1 given=3; c: family=4; d deleted with family=1.
-    ok(
-        put(
-            store,
-            version("Patient", "a", 1, 10, "Patient/a", Some(b"a")),
-            vec![entry("family", 1), entry("given", 2)],
-        ),
-        "a",
-    );
-    ok(
-        put(
-            store,
-            version("Patient", "b", 1, 20, "Patient/b", Some(b"b")),
-            vec![entry("family", 1), entry("given", 3)],
-        ),
-        "b",
-    );
-    ok(
-        put(
-            store,
-            version("Patient", "c", 1, 30, "Patient/c", Some(b"c")),
-            vec![entry("family", 4)],
-        ),
-        "c",
-    );
-    ok(
-        put(
-            store,
-            version("Patient", "d", 1, 40, "Patient/d", Some(b"d")),
-            vec![entry("family", 1)],
-        ),
-        "d1",
-    );
-    ok(
-        put(
-            store,
-            version("Patient", "d", 2, 50, "Patient/d", None),
-            vec![],
-        ),
-        "d2",
-    );
-    ok(
-        put(
-            store,
-            version("Observation", "o", 1, 60, "Patient/a", Some(b"o")),
-            vec![entry("family", 1)],
-        ),
-        "o",
+    put_all(
+        store,
+        [
+            (
+                version("Patient", "a", 1, 10, "Patient/a", Some(b"a")),
+                vec![entry("family", 1), entry("given", 2)],
+            ),
+            (
+                version("Patient", "b", 1, 20, "Patient/b", Some(b"b")),
+                vec![entry("family", 1), entry("given", 3)],
+            ),
+            (
+                version("Patient", "c", 1, 30, "Patient/c", Some(b"c")),
+                vec![entry("family", 4)],
+            ),
+            (
+                version("Patient", "d", 1, 40, "Patient/d", Some(b"d")),
+                vec![entry("family", 1)],
+            ),
+            (version("Patient", "d", 2, 50, "Patient/d", None), vec![]),
+            (
+                version("Observation", "o", 1, 60, "Patient/a", Some(b"o")),
+                vec![entry("family", 1)],
+            ),
+        ],
     );
     let ids = |q: &IndexQuery| -> (Vec<String>, u64) {
         let p = ok(store.search(q), "search");
@@ -845,13 +820,12 @@ fn search_semantics(store: &dyn Store) {
     };
     assert_eq!(ids(&desc).0, vec!["c".to_owned(), "b".into(), "a".into()]);
     // Updating replaces the index entries.
-    ok(
-        put(
-            store,
+    put_all(
+        store,
+        [(
             version("Patient", "a", 2, 70, "Patient/a", Some(b"a2")),
             vec![entry("family", 4)],
-        ),
-        "a2",
+        )],
     );
     assert_eq!(
         ids(&fam1),
@@ -862,41 +836,28 @@ fn search_semantics(store: &dyn Store) {
 
 fn destroy_shreds_compartment(store: &dyn Store) {
     let wk = WrappedKey::from_stored(vec![7; 60]);
-    ok(
-        store.write(Box::new(move |tx| {
-            tx.put_data_key(&kn("Patient/a"), 1, 1, &wk)?;
-            tx.put_data_key(&kn("Patient/b"), 1, 1, &wk)
-        })),
-        "deks",
+    wrote(store, "deks", move |tx| {
+        tx.put_data_key(&kn("Patient/a"), 1, 1, &wk)?;
+        tx.put_data_key(&kn("Patient/b"), 1, 1, &wk)
+    });
+    put_all(
+        store,
+        [
+            (
+                version("Patient", "a", 1, 1, "Patient/a", Some(b"a")),
+                vec![entry("name", 1)],
+            ),
+            (
+                version("Observation", "o1", 1, 2, "Patient/a", Some(b"o")),
+                vec![entry("code", 1)],
+            ),
+            (
+                version("Patient", "b", 1, 3, "Patient/b", Some(b"b")),
+                vec![entry("name", 1)],
+            ),
+        ],
     );
-    ok(
-        put(
-            store,
-            version("Patient", "a", 1, 1, "Patient/a", Some(b"a")),
-            vec![entry("name", 1)],
-        ),
-        "a",
-    );
-    ok(
-        put(
-            store,
-            version("Observation", "o1", 1, 2, "Patient/a", Some(b"o")),
-            vec![entry("code", 1)],
-        ),
-        "o1",
-    );
-    ok(
-        put(
-            store,
-            version("Patient", "b", 1, 3, "Patient/b", Some(b"b")),
-            vec![entry("name", 1)],
-        ),
-        "b",
-    );
-    let n = ok(
-        write_with(store, |tx| tx.destroy_data_key(&kn("Patient/a"))),
-        "destroy",
-    );
+    let n = written(store, "destroy", |tx| tx.destroy_data_key(&kn("Patient/a")));
     assert_eq!(n, 2, "two resources in the compartment");
     let row = ok(store.data_key(&kn("Patient/a")), "dek")
         .unwrap_or_else(|| panic!("row kept as a tombstone"));
@@ -962,7 +923,7 @@ fn token_row(id: &str, created: i64) -> TokenRow {
 fn tokens_by_hash(store: &dyn Store) {
     let h = TokenHash([3u8; 32]);
     let t = token_row("tok-1", 5);
-    ok(store.write(Box::new(move |tx| tx.add_token(&h, &t))), "add");
+    wrote(store, "add", move |tx| tx.add_token(&h, &t));
     let row = ok(store.token(&h), "token").unwrap_or_else(|| panic!("token missing"));
     assert_eq!(row, token_row("tok-1", 5), "stored as given");
     assert_eq!(ok(store.token(&TokenHash([4; 32])), "other"), None);
@@ -979,36 +940,25 @@ fn tokens_by_hash(store: &dyn Store) {
 
 fn tokens_expire_revoke_and_record_use(store: &dyn Store) {
     let (a, b) = (token_row("tok-a", 20), token_row("tok-b", 10));
-    ok(
-        write_with(store, move |tx| {
-            tx.add_token(&TokenHash([1; 32]), &a)?;
-            tx.add_token(&TokenHash([2; 32]), &b)
-        }),
-        "add",
-    );
+    written(store, "add", move |tx| {
+        tx.add_token(&TokenHash([1; 32]), &a)?;
+        tx.add_token(&TokenHash([2; 32]), &b)
+    });
     let listed: Vec<String> = ok(store.tokens(), "list")
         .into_iter()
         .map(|t| t.token_id)
         .collect();
     assert_eq!(listed, ["tok-b", "tok-a"], "oldest first");
     // A use is recorded; an older time never replaces a newer one.
-    ok(write_with(store, |tx| tx.token_used("tok-a", 50)), "use");
-    ok(write_with(store, |tx| tx.token_used("tok-a", 40)), "use");
+    written(store, "use", |tx| tx.token_used("tok-a", 50));
+    written(store, "use", |tx| tx.token_used("tok-a", 40));
     let row = ok(store.token(&TokenHash([1; 32])), "read").unwrap_or_else(|| panic!("missing"));
     assert_eq!(row.last_used_micros, Some(50));
     // Revoked once; the row stays (for `token list` and the audit trail).
-    assert!(ok(
-        write_with(store, |tx| tx.revoke_token("tok-a", 60)),
-        "revoke"
-    ));
-    assert!(!ok(
-        write_with(store, |tx| tx.revoke_token("tok-a", 70)),
-        "revoke again"
-    ));
-    assert!(!ok(
-        write_with(store, |tx| tx.revoke_token("tok-none", 70)),
-        "revoke unknown"
-    ));
+    assert!(written(store, "revoke", |tx| tx.revoke_token("tok-a", 60)));
+    assert!(!written(store, "revoke again", |tx| tx.revoke_token("tok-a", 70)));
+    assert!(!written(store, "revoke unknown", |tx| tx
+        .revoke_token("tok-none", 70)));
     let row = ok(store.token(&TokenHash([1; 32])), "read").unwrap_or_else(|| panic!("missing"));
     assert_eq!(
         (row.revoked_micros, row.expires_micros),
@@ -1045,10 +995,9 @@ fn ledger_leaves_commit_with_their_records(store: &dyn Store) {
         };
         let audit_leaf = format!("audit {i}").into_bytes();
         leaves.push(audit_leaf.clone());
-        let got = ok(
-            write_with(store, move |tx| tx.append_audit(&detail, &audit_leaf)),
-            "append_audit",
-        );
+        let got = written(store, "append_audit", move |tx| {
+            tx.append_audit(&detail, &audit_leaf)
+        });
         assert_eq!(got, 2 * i as u64 + 1, "audit leaf index");
     }
     // A failed op appends nothing.
@@ -1101,18 +1050,9 @@ fn ledger_leaves_commit_with_their_records(store: &dyn Store) {
     assert_eq!(d.salt, [1; 16]);
     assert_eq!(ok(store.audit_detail(2), "audit"), None);
     // Checkpoints: stored, replaced with more signatures, latest first.
-    ok(
-        store.write(Box::new(|tx| tx.put_checkpoint(3, "three"))),
-        "cp",
-    );
-    ok(
-        store.write(Box::new(|tx| tx.put_checkpoint(6, "six"))),
-        "cp",
-    );
-    ok(
-        store.write(Box::new(|tx| tx.put_checkpoint(6, "six+w"))),
-        "cp",
-    );
+    for (size, note) in [(3, "three"), (6, "six"), (6, "six+w")] {
+        wrote(store, "cp", move |tx| tx.put_checkpoint(size, note));
+    }
     assert_eq!(ok(store.checkpoint(None), "cp"), Some((6, "six+w".into())));
     assert_eq!(
         ok(store.checkpoint(Some(3)), "cp"),
@@ -1121,18 +1061,11 @@ fn ledger_leaves_commit_with_their_records(store: &dyn Store) {
     assert_eq!(ok(store.checkpoint(Some(4)), "cp"), None);
     // Witness state per origin, replaced on each cosignature.
     assert_eq!(ok(store.witnessed("log.example/a"), "witnessed"), None);
-    ok(
-        store.write(Box::new(|tx| {
-            tx.set_witnessed("log.example/a", 3, &[3; 32], "n3")
-        })),
-        "set_witnessed",
-    );
-    ok(
-        store.write(Box::new(|tx| {
-            tx.set_witnessed("log.example/a", 5, &[5; 32], "n5")
-        })),
-        "set_witnessed",
-    );
+    for (size, note) in [(3u8, "n3"), (5, "n5")] {
+        wrote(store, "set_witnessed", move |tx| {
+            tx.set_witnessed("log.example/a", size.into(), &[size; 32], note)
+        });
+    }
     assert_eq!(
         ok(store.witnessed("log.example/a"), "witnessed"),
         Some((5, [5; 32]))
@@ -1168,10 +1101,107 @@ fn user_row(id: &str, name: u8) -> UserRow {
     }
 }
 
+/// A session of `usr_a` whose token hashes to `[n; 32]`.
+fn session_row(n: u8) -> SessionRow {
+    SessionRow {
+        hash: TokenHash([n; 32]),
+        session_id: format!("ses_{n}"),
+        user_id: "usr_a".into(),
+        aal: Aal::Two,
+        created_micros: 10,
+        last_seen_micros: 11,
+        expires_micros: 12,
+    }
+}
+
+/// A client with two redirect URIs.
+fn client_row(id: &str) -> ClientRow {
+    ClientRow {
+        client_id: id.into(),
+        name: "Lab feed".into(),
+        jwks: r#"{"keys":[]}"#.into(),
+        scopes: "system/Observation.rs".into(),
+        disabled: false,
+        created_micros: 1,
+        redirect_uris: vec![
+            "https://app.example/cb".into(),
+            "http://localhost:9/cb".into(),
+        ],
+    }
+}
+
+/// An access token of `cli_1` for `usr_a` in family `fam_1`, whose hash is `[n; 32]`.
+fn access_token_row(n: u8, expires: i64) -> AccessTokenRow {
+    AccessTokenRow {
+        hash: TokenHash([n; 32]),
+        client_id: "cli_1".into(),
+        scopes: "system/Observation.rs".into(),
+        issued_micros: 0,
+        expires_micros: expires,
+        user_id: Some("usr_a".into()),
+        family: Some("fam_1".into()),
+    }
+}
+
+/// An unused refresh token of `cli_1` for `usr_a` in family `fam_1`, whose hash is `[n; 32]`.
+fn grant_row(n: u8) -> GrantRow {
+    GrantRow {
+        hash: TokenHash([n; 32]),
+        kind: "refresh".into(),
+        client_id: "cli_1".into(),
+        user_id: "usr_a".into(),
+        scopes: "user/*.rs".into(),
+        redirect_uri: String::new(),
+        code_challenge: String::new(),
+        family: "fam_1".into(),
+        expires_micros: 1_000,
+        used: false,
+    }
+}
+
+/// A peer; `node-b` is mapped to an organization.
+fn peer_row(node: &str, url: &str) -> PeerRow {
+    PeerRow {
+        node: node.into(),
+        fingerprint: format!("SHA-256:{node}"),
+        url: url.into(),
+        document: format!(r#"{{"node":"{node}"}}"#),
+        organization: (node == "node-b").then(|| "Organization/org-b".into()),
+        registered_micros: 5,
+        registered_by: "cli".into(),
+    }
+}
+
+/// A break-glass grant of `usr_a`.
+fn break_glass_row(id: &str, patient: &str, opened: i64, expires: i64) -> BreakGlassRow {
+    BreakGlassRow {
+        id: id.into(),
+        user_id: "usr_a".into(),
+        patient: patient.into(),
+        reason: Sealed::from_stored(vec![3; 40]),
+        opened_micros: opened,
+        expires_micros: expires,
+    }
+}
+
+/// An open break-glass alert about `usr_a` and `p1`.
+fn alert_row(id: &str, at: i64) -> AlertRow {
+    AlertRow {
+        id: id.into(),
+        kind: "break-glass".into(),
+        at_micros: at,
+        user_id: "usr_a".into(),
+        patient: Some("p1".into()),
+        detail: Sealed::from_stored(vec![4; 40]),
+        acknowledged_by: None,
+        acknowledged_micros: None,
+    }
+}
+
 fn users_sessions_and_recovery_codes(store: &dyn Store) {
     let alice = user_row("usr_a", 1);
     let a = alice.clone();
-    ok(write_with(store, move |tx| tx.put_user(&a)), "put user");
+    written(store, "put user", move |tx| tx.put_user(&a));
     assert_eq!(ok(store.user("usr_a"), "user"), Some(alice.clone()));
     assert_eq!(
         ok(store.user_by_name(&BlindValue([1; 16])), "by name"),
@@ -1195,52 +1225,37 @@ fn users_sessions_and_recovery_codes(store: &dyn Store) {
     updated.patient_id = Some("p-1".into());
     updated.practitioner = Some("Practitioner/dr-1".into());
     let u = updated.clone();
-    ok(write_with(store, move |tx| tx.put_user(&u)), "replace user");
+    written(store, "replace user", move |tx| tx.put_user(&u));
     assert_eq!(ok(store.user("usr_a"), "user"), Some(updated));
     assert_eq!(ok(store.users(), "users").len(), 1);
 
-    let session = |n: u8| SessionRow {
-        hash: TokenHash([n; 32]),
-        session_id: format!("ses_{n}"),
-        user_id: "usr_a".into(),
-        aal: Aal::Two,
-        created_micros: 10,
-        last_seen_micros: 11,
-        expires_micros: 12,
-    };
-    let (s1, s2) = (session(1), session(2));
-    ok(
-        write_with(store, move |tx| {
-            tx.put_session(&s1)?;
-            tx.put_session(&s2)
-        }),
-        "sessions",
-    );
+    let (s1, s2) = (session_row(1), session_row(2));
+    written(store, "sessions", move |tx| {
+        tx.put_session(&s1)?;
+        tx.put_session(&s2)
+    });
     assert_eq!(
         ok(store.session(&TokenHash([1; 32])), "session"),
-        Some(session(1))
+        Some(session_row(1))
     );
-    let one = ok(
-        write_with(store, |tx| {
-            tx.delete_sessions("usr_a", Some(&TokenHash([1; 32])))
-        }),
-        "logout",
-    );
+    let one = written(store, "logout", |tx| {
+        tx.delete_sessions("usr_a", Some(&TokenHash([1; 32])))
+    });
     assert_eq!(one, 1);
     assert_eq!(ok(store.session(&TokenHash([1; 32])), "session"), None);
-    let rest = ok(
-        write_with(store, |tx| tx.delete_sessions("usr_a", None)),
-        "all",
-    );
+    let rest = written(store, "all", |tx| tx.delete_sessions("usr_a", None));
     assert_eq!(rest, 1);
     assert_eq!(ok(store.session(&TokenHash([2; 32])), "session"), None);
 
     // Every assurance level round-trips as its number; a stored number that names no level
     // is refused when read, with the number named.
     for (n, aal) in [(3u8, Aal::One), (4, Aal::Two), (5, Aal::Three)] {
-        let row = SessionRow { aal, ..session(n) };
+        let row = SessionRow {
+            aal,
+            ..session_row(n)
+        };
         let r = row.clone();
-        ok(write_with(store, move |tx| tx.put_session(&r)), "level");
+        written(store, "level", move |tx| tx.put_session(&r));
         assert_eq!(ok(store.session(&TokenHash([n; 32])), "level"), Some(row));
     }
     let sessions = crate::dump::NODE_TABLES
@@ -1256,10 +1271,9 @@ fn users_sessions_and_recovery_codes(store: &dyn Store) {
         crate::dump::Cell::Int(11),
         crate::dump::Cell::Int(12),
     ]];
-    ok(
-        write_with(store, move |tx| tx.load(sessions, &odd)),
-        "load a session of an unknown level",
-    );
+    written(store, "load a session of an unknown level", move |tx| {
+        tx.load(sessions, &odd)
+    });
     match store.session(&TokenHash([9; 32])) {
         Err(StoreError::Backend(e)) => assert!(
             e.to_string().contains("assurance level 7"),
@@ -1267,114 +1281,69 @@ fn users_sessions_and_recovery_codes(store: &dyn Store) {
         ),
         other => panic!("an unknown stored level must be a backend error: {other:?}"),
     }
-    ok(
-        write_with(store, |tx| tx.delete_sessions("usr_a", None)),
-        "end the level sessions",
-    );
+    written(store, "end the level sessions", |tx| {
+        tx.delete_sessions("usr_a", None)
+    });
 
-    ok(
-        write_with(store, |tx| {
-            tx.set_recovery_codes(
-                "usr_a",
-                &[TokenHash([5; 32]), TokenHash([6; 32]), TokenHash([7; 32])],
-            )
-        }),
-        "codes",
-    );
+    written(store, "codes", |tx| {
+        tx.set_recovery_codes(
+            "usr_a",
+            &[TokenHash([5; 32]), TokenHash([6; 32]), TokenHash([7; 32])],
+        )
+    });
     assert_eq!(ok(store.recovery_codes_left("usr_a"), "left"), 3);
-    let used = ok(
-        write_with(store, |tx| {
-            tx.use_recovery_code("usr_a", &TokenHash([6; 32]))
-        }),
-        "use",
-    );
+    let used = written(store, "use", |tx| {
+        tx.use_recovery_code("usr_a", &TokenHash([6; 32]))
+    });
     assert!(used);
-    let again = ok(
-        write_with(store, |tx| {
-            tx.use_recovery_code("usr_a", &TokenHash([6; 32]))
-        }),
-        "reuse",
-    );
+    let again = written(store, "reuse", |tx| {
+        tx.use_recovery_code("usr_a", &TokenHash([6; 32]))
+    });
     assert!(!again, "a recovery code works once");
     assert_eq!(ok(store.recovery_codes_left("usr_a"), "left"), 2);
-    ok(
-        write_with(store, |tx| {
-            tx.set_recovery_codes("usr_a", &[TokenHash([8; 32])])
-        }),
-        "replace codes",
-    );
+    written(store, "replace codes", |tx| {
+        tx.set_recovery_codes("usr_a", &[TokenHash([8; 32])])
+    });
     assert_eq!(ok(store.recovery_codes_left("usr_a"), "left"), 1);
 }
 
 fn oauth_clients_tokens_and_replay(store: &dyn Store) {
-    let client = ClientRow {
-        client_id: "cli_1".into(),
-        name: "Lab feed".into(),
-        jwks: r#"{"keys":[]}"#.into(),
-        scopes: "system/Observation.rs".into(),
-        disabled: false,
-        created_micros: 1,
-        redirect_uris: vec![
-            "https://app.example/cb".into(),
-            "http://localhost:9/cb".into(),
-        ],
-    };
+    let client = client_row("cli_1");
     let c = client.clone();
-    ok(write_with(store, move |tx| tx.put_client(&c)), "client");
+    written(store, "client", move |tx| tx.put_client(&c));
     assert_eq!(ok(store.client("cli_1"), "client"), Some(client.clone()));
     assert_eq!(ok(store.clients(), "clients"), vec![client]);
-    let token = |n: u8, expires| AccessTokenRow {
-        hash: TokenHash([n; 32]),
-        client_id: "cli_1".into(),
-        scopes: "system/Observation.rs".into(),
-        issued_micros: 0,
-        expires_micros: expires,
-        user_id: Some("usr_a".into()),
-        family: Some("fam_1".into()),
-    };
-    let (t1, t2) = (token(1, 100), token(2, 300));
-    ok(
-        write_with(store, move |tx| tx.put_access_token(&t1, 0)),
-        "t1",
-    );
+    let (t1, t2) = (access_token_row(1, 100), access_token_row(2, 300));
+    written(store, "t1", move |tx| tx.put_access_token(&t1, 0));
     assert_eq!(
         ok(store.access_token(&TokenHash([1; 32])), "token"),
-        Some(token(1, 100))
+        Some(access_token_row(1, 100))
     );
     // Storing a token at time 200 forgets the one that expired at 100.
-    ok(
-        write_with(store, move |tx| tx.put_access_token(&t2, 200)),
-        "t2",
-    );
+    written(store, "t2", move |tx| tx.put_access_token(&t2, 200));
     assert_eq!(ok(store.access_token(&TokenHash([1; 32])), "token"), None);
     assert_eq!(
         ok(store.access_token(&TokenHash([2; 32])), "token"),
-        Some(token(2, 300))
+        Some(access_token_row(2, 300))
     );
     // An assertion id works once per client until it expires.
-    let first = ok(
-        write_with(store, |tx| tx.use_assertion_id("cli_1", "j1", 500, 0)),
-        "jti",
-    );
-    let replay = ok(
-        write_with(store, |tx| tx.use_assertion_id("cli_1", "j1", 500, 10)),
-        "jti",
-    );
-    let other = ok(
-        write_with(store, |tx| tx.use_assertion_id("cli_2", "j1", 500, 10)),
-        "jti",
-    );
+    let first = written(store, "jti", |tx| {
+        tx.use_assertion_id("cli_1", "j1", 500, 0)
+    });
+    let replay = written(store, "jti", |tx| {
+        tx.use_assertion_id("cli_1", "j1", 500, 10)
+    });
+    let other = written(store, "jti", |tx| {
+        tx.use_assertion_id("cli_2", "j1", 500, 10)
+    });
     assert!(first && !replay && other);
     // Passkeys: per user, replaced by credential id, and a credential id has one owner.
     let sealed = |n: u8| Sealed::from_stored(vec![n; 40]);
-    ok(
-        write_with(store, move |tx| {
-            tx.put_passkey("usr_a", b"cred-1", &sealed(1), 1)?;
-            tx.put_passkey("usr_a", b"cred-2", &sealed(2), 2)?;
-            tx.put_passkey("usr_a", b"cred-1", &sealed(3), 3)
-        }),
-        "passkeys",
-    );
+    written(store, "passkeys", move |tx| {
+        tx.put_passkey("usr_a", b"cred-1", &sealed(1), 1)?;
+        tx.put_passkey("usr_a", b"cred-2", &sealed(2), 2)?;
+        tx.put_passkey("usr_a", b"cred-1", &sealed(3), 3)
+    });
     assert_eq!(
         ok(store.passkeys("usr_a"), "passkeys"),
         vec![
@@ -1393,91 +1362,56 @@ fn oauth_clients_tokens_and_replay(store: &dyn Store) {
     ));
     assert!(ok(store.passkeys("usr_b"), "passkeys").is_empty());
     // Grants: used once; revoking the family removes its grants and tokens.
-    let grant = GrantRow {
-        hash: TokenHash([7; 32]),
-        kind: "refresh".into(),
-        client_id: "cli_1".into(),
-        user_id: "usr_a".into(),
-        scopes: "user/*.rs".into(),
-        redirect_uri: String::new(),
-        code_challenge: String::new(),
-        family: "fam_1".into(),
-        expires_micros: 1_000,
-        used: false,
-    };
+    let grant = grant_row(7);
     let g = grant.clone();
-    ok(write_with(store, move |tx| tx.put_grant(&g)), "grant");
+    written(store, "grant", move |tx| tx.put_grant(&g));
     assert_eq!(ok(store.grant(&TokenHash([7; 32])), "grant"), Some(grant));
-    let first = ok(
-        write_with(store, |tx| tx.use_grant(&TokenHash([7; 32]))),
-        "use",
-    );
-    let second = ok(
-        write_with(store, |tx| tx.use_grant(&TokenHash([7; 32]))),
-        "reuse",
-    );
+    let first = written(store, "use", |tx| tx.use_grant(&TokenHash([7; 32])));
+    let second = written(store, "reuse", |tx| tx.use_grant(&TokenHash([7; 32])));
     assert!(first && !second, "a grant is used once");
     assert!(ok(store.grant(&TokenHash([7; 32])), "grant").is_some_and(|g| g.used));
-    let gone = ok(write_with(store, |tx| tx.revoke_family("fam_1")), "revoke");
+    let gone = written(store, "revoke", |tx| tx.revoke_family("fam_1"));
     assert_eq!(gone, 2, "the grant and the family's access token");
     assert_eq!(ok(store.grant(&TokenHash([7; 32])), "grant"), None);
     assert_eq!(ok(store.access_token(&TokenHash([2; 32])), "token"), None);
 }
 
 fn peers_register_replace_remove(store: &dyn Store) {
-    let peer = |node: &str, url: &str| PeerRow {
-        node: node.into(),
-        fingerprint: format!("SHA-256:{node}"),
-        url: url.into(),
-        document: format!(r#"{{"node":"{node}"}}"#),
-        organization: (node == "node-b").then(|| "Organization/org-b".into()),
-        registered_micros: 5,
-        registered_by: "cli".into(),
-    };
     assert_eq!(ok(store.peers(), "no peers"), vec![]);
-    let (b, a) = (peer("node-b", "https://b:1"), peer("node-a", "https://a:1"));
-    let (b2, a2) = (b.clone(), a.clone());
-    ok(
-        write_with(store, move |tx| {
-            tx.put_peer(&b2)?;
-            tx.put_peer(&a2)
-        }),
-        "put peers",
+    let (b, a) = (
+        peer_row("node-b", "https://b:1"),
+        peer_row("node-a", "https://a:1"),
     );
+    let (b2, a2) = (b.clone(), a.clone());
+    written(store, "put peers", move |tx| {
+        tx.put_peer(&b2)?;
+        tx.put_peer(&a2)
+    });
     assert_eq!(ok(store.peers(), "peers"), vec![a.clone(), b.clone()]);
     // Registering a node again replaces its row (e.g. after its keys rotated).
-    let b_new = peer("node-b", "https://b:2");
+    let b_new = peer_row("node-b", "https://b:2");
     let b3 = b_new.clone();
-    ok(write_with(store, move |tx| tx.put_peer(&b3)), "replace");
+    written(store, "replace", move |tx| tx.put_peer(&b3));
     assert_eq!(ok(store.peer("node-b"), "peer"), Some(b_new));
     assert_eq!(ok(store.peer("node-c"), "missing peer"), None);
-    let removed = ok(
-        write_with(store, |tx| {
-            Ok((tx.delete_peer("node-a")?, tx.delete_peer("node-a")?))
-        }),
-        "delete",
-    );
+    let removed = written(store, "delete", |tx| {
+        Ok((tx.delete_peer("node-a")?, tx.delete_peer("node-a")?))
+    });
     assert_eq!(removed, (true, false), "a second removal finds nothing");
     assert_eq!(ok(store.peers(), "peers").len(), 1);
     // Receipts are kept per (sender, bundle) until the bundle expires.
-    ok(
-        write_with(store, |tx| {
-            tx.put_share_receipt("node-a", "b1", "r1", 100, 0)?;
-            tx.put_share_receipt("node-b", "b1", "r2", 300, 0)
-        }),
-        "receipts",
-    );
+    written(store, "receipts", |tx| {
+        tx.put_share_receipt("node-a", "b1", "r1", 100, 0)?;
+        tx.put_share_receipt("node-b", "b1", "r2", 300, 0)
+    });
     assert_eq!(
         ok(store.share_receipt("node-a", "b1"), "r").as_deref(),
         Some("r1")
     );
     assert_eq!(ok(store.share_receipt("node-a", "b2"), "r"), None);
-    ok(
-        write_with(store, |tx| {
-            tx.put_share_receipt("node-b", "b2", "r3", 400, 200)
-        }),
-        "later receipt",
-    );
+    written(store, "later receipt", |tx| {
+        tx.put_share_receipt("node-b", "b2", "r3", 400, 200)
+    });
     assert_eq!(
         ok(store.share_receipt("node-a", "b1"), "r"),
         None,
@@ -1490,28 +1424,17 @@ fn peers_register_replace_remove(store: &dyn Store) {
 }
 
 fn break_glass_and_alerts(store: &dyn Store) {
-    let grant = |id: &str, patient: &str, opened: i64, expires: i64| BreakGlassRow {
-        id: id.into(),
-        user_id: "usr_a".into(),
-        patient: patient.into(),
-        reason: Sealed::from_stored(vec![3; 40]),
-        opened_micros: opened,
-        expires_micros: expires,
-    };
     let (g1, g2, g3) = (
-        grant("bg_1", "p1", 100, 200),
-        grant("bg_2", "p1", 150, 300),
-        grant("bg_3", "p2", 100, 200),
+        break_glass_row("bg_1", "p1", 100, 200),
+        break_glass_row("bg_2", "p1", 150, 300),
+        break_glass_row("bg_3", "p2", 100, 200),
     );
     let dup = g1.clone();
-    ok(
-        write_with(store, move |tx| {
-            tx.put_break_glass(&g1)?;
-            tx.put_break_glass(&g2)?;
-            tx.put_break_glass(&g3)
-        }),
-        "put grants",
-    );
+    written(store, "put grants", move |tx| {
+        tx.put_break_glass(&g1)?;
+        tx.put_break_glass(&g2)?;
+        tx.put_break_glass(&g3)
+    });
     assert!(matches!(
         write_with(store, move |tx| tx.put_break_glass(&dup)),
         Err(StoreError::Conflict)
@@ -1526,24 +1449,11 @@ fn break_glass_and_alerts(store: &dyn Store) {
     assert_eq!(ok(store.break_glass("usr_b", "p1", 160), "bg"), None);
     assert_eq!(ok(store.break_glass("usr_a", "p3", 160), "bg"), None);
 
-    let alert = |id: &str, at: i64| AlertRow {
-        id: id.into(),
-        kind: "break-glass".into(),
-        at_micros: at,
-        user_id: "usr_a".into(),
-        patient: Some("p1".into()),
-        detail: Sealed::from_stored(vec![4; 40]),
-        acknowledged_by: None,
-        acknowledged_micros: None,
-    };
-    let (a1, a2) = (alert("alr_1", 10), alert("alr_2", 20));
-    ok(
-        write_with(store, move |tx| {
-            tx.put_alert(&a1)?;
-            tx.put_alert(&a2)
-        }),
-        "put alerts",
-    );
+    let (a1, a2) = (alert_row("alr_1", 10), alert_row("alr_2", 20));
+    written(store, "put alerts", move |tx| {
+        tx.put_alert(&a1)?;
+        tx.put_alert(&a2)
+    });
     let ids = |open| -> Vec<String> {
         ok(store.alerts(open), "alerts")
             .into_iter()
@@ -1552,10 +1462,9 @@ fn break_glass_and_alerts(store: &dyn Store) {
     };
     assert_eq!(ids(true), ["alr_2", "alr_1"]);
     let ack = |id: &'static str, at: i64| {
-        ok(
-            write_with(store, move |tx| tx.acknowledge_alert(id, "usr_po", at)),
-            "ack",
-        )
+        written(store, "ack", move |tx| {
+            tx.acknowledge_alert(id, "usr_po", at)
+        })
     };
     assert!(ack("alr_1", 30));
     assert!(!ack("alr_1", 31), "acknowledged once");
@@ -1566,7 +1475,7 @@ fn break_glass_and_alerts(store: &dyn Store) {
     assert_eq!(all[1].acknowledged_by.as_deref(), Some("usr_po"));
     assert_eq!(all[1].acknowledged_micros, Some(30));
     assert_eq!(all[1], {
-        let mut a = alert("alr_1", 10);
+        let mut a = alert_row("alr_1", 10);
         a.acknowledged_by = Some("usr_po".into());
         a.acknowledged_micros = Some(30);
         a

@@ -1,5 +1,5 @@
 //! The one list of [`StoreRead`](crate::StoreRead)'s methods that backends forward to their
-//! query functions.
+//! query functions, and the one way a backend's store hands its writes to the shared writer.
 
 /// Implements [`StoreRead`](crate::StoreRead) for `$ty` by calling the backend's query function of
 /// the same name in module `$sql` on a connection lent by `$ty`'s own `with_conn` method
@@ -33,9 +33,6 @@ macro_rules! forward_reads {
                 count: u64,
             ) -> Result<Vec<(u64, Vec<u8>)>, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::ledger_entries(c, start, count))
-            }
-            fn audit_detail(&self, leaf: u64) -> Result<Option<$crate::AuditDetail>, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::audit_detail(c, leaf))
             }
             fn audit_details(
                 &self,
@@ -164,6 +161,40 @@ macro_rules! forward_reads {
                 bundle_id: &str,
             ) -> Result<Option<String>, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::share_receipt(c, sender, bundle_id))
+            }
+        }
+    };
+}
+
+/// Implements [`LogStore`](crate::LogStore) and [`Store`](crate::Store) for `$ty`, a backend's
+/// store: writes go to its [`GroupWriter`](crate::group::GroupWriter) field `writer`, dumps to
+/// its own `dump_tables` method (same signature as [`LogStore::dump`](crate::LogStore::dump)),
+/// and the data key names are read by the query function `data_key_names` in module `$sql` on a
+/// connection lent by `with_conn`, as for [`forward_reads`].
+#[macro_export]
+macro_rules! forward_writes {
+    ($ty:ty, $($sql:ident)::+) => {
+        impl $crate::LogStore for $ty {
+            fn submit_log(&self, op: $crate::LogOp, done: $crate::WriteDone) {
+                self.writer.submit(Box::new(move |tx| op(tx)), done);
+            }
+            fn dump(
+                &self,
+                tables: &'static [$crate::dump::Table],
+                sink: &mut $crate::dump::Sink<'_>,
+            ) -> Result<(), $crate::StoreError> {
+                self.dump_tables(tables, sink)
+            }
+        }
+        impl $crate::Store for $ty {
+            fn write(&self, op: $crate::WriteOp) -> Result<(), $crate::StoreError> {
+                self.writer.write(op)
+            }
+            fn submit(&self, op: $crate::WriteOp, done: $crate::WriteDone) {
+                self.writer.submit(op, done);
+            }
+            fn data_key_names(&self) -> Result<Vec<$crate::__private::KeyName>, $crate::StoreError> {
+                self.with_conn($($sql)::+::data_key_names)
             }
         }
     };

@@ -14,6 +14,7 @@ pub mod dump;
 mod error;
 mod forward;
 pub mod group;
+pub mod rows;
 
 pub use error::StoreError;
 
@@ -102,20 +103,52 @@ pub enum Schema {
 }
 
 impl Schema {
+    /// `node` for a node database, `access_log` for an access log's (a backend's migrations, …).
+    pub fn pick<T>(self, node: T, access_log: T) -> T {
+        match self {
+            Self::Node => node,
+            Self::AccessLog => access_log,
+        }
+    }
+
     /// The `meta` value naming the kind of database, checked at open by every backend.
     pub fn label(self) -> &'static str {
-        match self {
-            Self::Node => "medvault-node",
-            Self::AccessLog => "medvault-access-log",
-        }
+        self.pick("medvault-node", "medvault-access-log")
     }
 
     /// The schema version this build writes.
     pub fn version(self) -> i64 {
-        match self {
-            Self::Node => NODE_SCHEMA_VERSION,
-            Self::AccessLog => ACCESS_LOG_SCHEMA_VERSION,
+        self.pick(NODE_SCHEMA_VERSION, ACCESS_LOG_SCHEMA_VERSION)
+    }
+
+    /// Checks what a database holds before it is migrated: the kind its `meta` label names
+    /// (`None` when it has none yet) and its schema version, against the newest version the
+    /// backend's migrations reach.
+    ///
+    /// # Errors
+    /// [`StoreError::WrongDatabase`] when the label names another kind;
+    /// [`StoreError::SchemaTooNew`] when `version` is newer than `supported`.
+    pub fn check(
+        self,
+        label: Option<&str>,
+        version: i64,
+        supported: i64,
+    ) -> Result<(), StoreError> {
+        if let Some(found) = label
+            && found != self.label()
+        {
+            return Err(StoreError::WrongDatabase {
+                found: found.to_owned(),
+                expected: self.label(),
+            });
         }
+        if version > supported {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                supported,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -564,7 +597,9 @@ pub trait LogRead {
     ///
     /// # Errors
     /// [`StoreError::Backend`].
-    fn audit_detail(&self, leaf: u64) -> Result<Option<AuditDetail>, StoreError>;
+    fn audit_detail(&self, leaf: u64) -> Result<Option<AuditDetail>, StoreError> {
+        Ok(self.audit_details(leaf, 1)?.pop().map(|(_, d)| d))
+    }
     /// Audit details of leaves in `[start, start + count)`, by leaf index, in order.
     ///
     /// # Errors
