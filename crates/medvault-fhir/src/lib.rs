@@ -2,8 +2,9 @@
 //! validation against the HL7 JSON Schema, search parameters from the 1 378 SearchParameter
 //! resources, compartment membership from the Patient CompartmentDefinition.
 //!
-//! **Invariant:** knows nothing of storage, keys or HTTP. Serving another resource type is a line
-//! in `data/resource-types.txt`, not code.
+//! **Invariant:** knows nothing of storage, keys or HTTP. Every R4 resource type is served but
+//! those in [`NOT_STORED`]; what seals a type and whether it is patient data follow from the
+//! definitions plus the short list [`PATIENT_DATA_OUTSIDE_COMPARTMENT`].
 
 mod date;
 mod path;
@@ -32,7 +33,44 @@ pub const FHIR_VERSION: &str = "4.0.1";
 const SCHEMA: &str = include_str!("../data/fhir.schema.json");
 const SEARCH_PARAMETERS: &str = include_str!("../data/search-parameters.json");
 const PATIENT_COMPARTMENT: &str = include_str!("../data/compartmentdefinition-patient.json");
-const RESOURCE_TYPES: &str = include_str!("../data/resource-types.txt");
+
+/// R4 resource types the node does not store through the generic interactions, with the reason a
+/// client is told.
+pub const NOT_STORED: &[(&str, &str)] = &[
+    (
+        "AuditEvent",
+        "AuditEvents are the node's own access log, served read-only",
+    ),
+    (
+        "Subscription",
+        "notifications are not delivered yet, so a Subscription would never fire",
+    ),
+];
+
+/// Types outside the Patient compartment whose instances can still hold a patient's data: a
+/// Binary's bytes, a stored Bundle's entries, a Contract's or GuidanceResponse's subject, a
+/// MessageHeader's focus, a payment's claim… They are never directory data. Each is sealed under
+/// the patient its Patient-targeting reference parameters name (own-patient ones first), a
+/// Binary under its `securityContext`'s patient, a Bundle under its first entry's; otherwise
+/// under the node's key, readable only by roles allowed patient data without a patient.
+pub const PATIENT_DATA_OUTSIDE_COMPARTMENT: &[&str] = &[
+    "Binary",
+    "BiologicallyDerivedProduct",
+    "Bundle",
+    "Contract",
+    "EnrollmentResponse",
+    "GuidanceResponse",
+    "Linkage",
+    "MessageHeader",
+    "OperationOutcome",
+    "Parameters",
+    "PaymentNotice",
+    "PaymentReconciliation",
+    "VerificationResult",
+];
+
+/// Parameters that name the record's own patient, tried first when choosing its compartment.
+const OWN_PATIENT_PARAMS: [&str; 3] = ["patient", "subject", "beneficiary"];
 
 /// Parameters whose defined matching medvault does not implement, so they are not offered:
 /// `phonetic` asks for sound-alike matching (Soundex, Metaphone…), which a plain string index
@@ -45,7 +83,7 @@ pub enum FhirError {
     /// A definition file failed to parse.
     #[error("FHIR definition file {0} is malformed")]
     Definitions(&'static str),
-    /// `resource-types.txt` names a type the R4 schema does not define.
+    /// A type to serve that the R4 schema does not define.
     #[error("resource type {0} is not an R4 resource type")]
     UnknownType(String),
 }
@@ -58,6 +96,14 @@ pub struct TypeInfo {
     /// Codes of the parameters that place an instance in a Patient compartment, in definition
     /// order; empty for types outside the compartment.
     pub compartment_params: Vec<String>,
+    /// Codes of the parameters whose Patient references choose the key that seals an instance,
+    /// own-patient parameters first: the compartment parameters, or for a type of
+    /// [`PATIENT_DATA_OUTSIDE_COMPARTMENT`] (and `Device`, whose assigned patient owns it) its
+    /// reference parameters that may target a Patient.
+    pub sealing_params: Vec<String>,
+    /// True if an instance is patient data even when it names no patient (so never directory
+    /// data): the compartment's types and [`PATIENT_DATA_OUTSIDE_COMPARTMENT`].
+    pub patient_data: bool,
 }
 
 /// The loaded FHIR R4 definitions.
@@ -76,17 +122,20 @@ impl std::fmt::Debug for Fhir {
 }
 
 impl Fhir {
-    /// Loads the compiled-in definitions for the types listed in `data/resource-types.txt`.
+    /// Loads the compiled-in definitions for every R4 resource type but [`NOT_STORED`].
     ///
     /// # Errors
-    /// [`FhirError`] if a definition file is malformed or a listed type is unknown.
+    /// [`FhirError`] if a definition file is malformed.
     pub fn load() -> Result<Self, FhirError> {
-        let served: Vec<&str> = RESOURCE_TYPES
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        let schema: Value =
+            serde_json::from_str(SCHEMA).map_err(|_| FhirError::Definitions("fhir.schema.json"))?;
+        let all = r4_types(&schema)?;
+        let served: Vec<&str> = all
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !NOT_STORED.iter().any(|(n, _)| n == t))
             .collect();
-        Self::load_types(&served)
+        Self::build(schema, &served)
     }
 
     /// Loads the definitions for exactly these types.
@@ -96,13 +145,11 @@ impl Fhir {
     pub fn load_types(served: &[&str]) -> Result<Self, FhirError> {
         let schema: Value =
             serde_json::from_str(SCHEMA).map_err(|_| FhirError::Definitions("fhir.schema.json"))?;
-        let all_types: BTreeSet<String> = schema
-            .pointer("/discriminator/mapping")
-            .and_then(Value::as_object)
-            .ok_or(FhirError::Definitions("fhir.schema.json"))?
-            .keys()
-            .cloned()
-            .collect();
+        Self::build(schema, served)
+    }
+
+    fn build(schema: Value, served: &[&str]) -> Result<Self, FhirError> {
+        let all_types = r4_types(&schema)?;
         let params: Value = serde_json::from_str(SEARCH_PARAMETERS)
             .map_err(|_| FhirError::Definitions("search-parameters.json"))?;
         let compartment: Value = serde_json::from_str(PATIENT_COMPARTMENT)
@@ -141,12 +188,29 @@ impl Fhir {
                         .find(|r| r.get("code").and_then(Value::as_str) == Some(t))
                 });
             let compartment_params = strings(in_compartment.and_then(|r| r.get("param")));
+            let outside = PATIENT_DATA_OUTSIDE_COMPARTMENT.contains(&t);
+            let sealing: Vec<&String> = if compartment_params.is_empty()
+                && (outside || t == "Device")
+            {
+                by_code
+                    .values()
+                    .filter(|p| {
+                        p.kind == ParamKind::Reference && p.targets.iter().any(|x| x == "Patient")
+                    })
+                    .map(|p| &p.code)
+                    .collect()
+            } else {
+                compartment_params.iter().collect()
+            };
+            let sealing_params = own_patient_first(&sealing);
             let name = ResourceType::new(t).map_err(|_| FhirError::UnknownType(t.to_owned()))?;
             types.insert(
                 name,
                 TypeInfo {
                     params: by_code,
+                    patient_data: outside || !compartment_params.is_empty(),
                     compartment_params,
+                    sealing_params,
                 },
             );
         }
@@ -202,36 +266,70 @@ impl Fhir {
         }
     }
 
-    /// The compartment whose key seals this resource: a Patient's own, the first patient its
-    /// compartment parameters reference, or the tenant's.
+    /// The compartment whose key seals this resource: a Patient's own; else the first patient
+    /// its sealing parameters reference (own-patient parameters first); a Binary's
+    /// `securityContext` patient; a stored Bundle's first entry's; else the tenant's. A
+    /// reference to another resource (a Binary's `securityContext` naming a DocumentReference)
+    /// is for the caller to resolve: see [`Self::sealing_proxy`].
     pub fn compartment_of(
         &self,
         resource_type: &str,
         id: &ResourceId,
         resource: &Value,
     ) -> Compartment {
-        if resource_type == "Patient" {
-            return Compartment::Patient(id.clone());
+        self.compartment_within(resource_type, id, resource, 1)
+    }
+
+    fn compartment_within(
+        &self,
+        resource_type: &str,
+        id: &ResourceId,
+        resource: &Value,
+        depth: u8,
+    ) -> Compartment {
+        match resource_type {
+            "Patient" => return Compartment::Patient(id.clone()),
+            "Binary" => {
+                let reference = resource
+                    .pointer("/securityContext/reference")
+                    .and_then(Value::as_str);
+                return match reference.and_then(relative_reference) {
+                    Some(("Patient", pid)) => ResourceId::new(pid)
+                        .map(Compartment::Patient)
+                        .unwrap_or(Compartment::Tenant),
+                    _ => Compartment::Tenant,
+                };
+            }
+            "Bundle" if depth > 0 => {
+                // A document's Composition, a message's header focus, a collection's first
+                // member: the first entry speaks for the Bundle (one level deep).
+                let first = resource.pointer("/entry/0/resource");
+                let ty = first
+                    .and_then(|r| r.get("resourceType"))
+                    .and_then(Value::as_str);
+                let eid = first
+                    .and_then(|r| r.get("id"))
+                    .and_then(Value::as_str)
+                    .and_then(|i| ResourceId::new(i).ok());
+                return match (first, ty, eid) {
+                    (Some(r), Some(t), Some(eid)) if self.types.contains_key(t) => {
+                        self.compartment_within(t, &eid, r, depth - 1)
+                    }
+                    (Some(r), Some(t), None) if t != "Patient" && self.types.contains_key(t) => {
+                        self.compartment_within(t, id, r, depth - 1)
+                    }
+                    _ => Compartment::Tenant,
+                };
+            }
+            _ => {}
         }
         let Some(info) = self.types.get(resource_type) else {
             return Compartment::Tenant;
         };
-        // The parameters that name the record's own patient come first; the rest (performer,
-        // policy holder, …) follow in definition order. A resource that names several patients
-        // is sealed under one of them only: see docs/formats/keys.md, "Compartment choice".
-        let primary = ["patient", "subject", "beneficiary"];
-        let ordered = primary
-            .iter()
-            .filter(|c| info.compartment_params.iter().any(|p| p == *c))
-            .map(|c| (*c).to_owned())
-            .chain(
-                info.compartment_params
-                    .iter()
-                    .filter(|p| !primary.contains(&p.as_str()))
-                    .cloned(),
-            );
-        for code in ordered {
-            if let Some(p) = info.params.get(&code)
+        // A resource that names several patients is sealed under one of them only: see
+        // docs/formats/keys.md, "Compartment choice".
+        for code in &info.sealing_params {
+            if let Some(p) = info.params.get(code)
                 && let Some(pid) = p
                     .patient_ids(resource)
                     .into_iter()
@@ -241,6 +339,24 @@ impl Fhir {
             }
         }
         Compartment::Tenant
+    }
+
+    /// The stored resource whose compartment this one shares, when it names one the
+    /// definitions cannot place: a Binary whose `securityContext` is a relative reference to
+    /// something other than a Patient (a DocumentReference, a Media…).
+    pub fn sealing_proxy<'r>(
+        &self,
+        resource_type: &str,
+        resource: &'r Value,
+    ) -> Option<(&'r str, &'r str)> {
+        if resource_type != "Binary" {
+            return None;
+        }
+        resource
+            .pointer("/securityContext/reference")
+            .and_then(Value::as_str)
+            .and_then(relative_reference)
+            .filter(|(t, _)| *t != "Patient")
     }
 }
 
@@ -292,7 +408,7 @@ impl Fhir {
         if resource_type == "Patient" {
             return Vec::new();
         }
-        let primary = ["patient", "subject", "beneficiary"];
+        let primary = OWN_PATIENT_PARAMS;
         let contained: Vec<&Value> = resource
             .get("contained")
             .and_then(Value::as_array)
@@ -379,16 +495,40 @@ impl Fhir {
         out
     }
 
-    /// True if resources of this type are about a patient (the type belongs to the Patient
-    /// compartment), so one stored outside every patient's compartment is still not directory
-    /// data. `Device` is the exception: an unassigned device is inventory.
+    /// True if resources of this type are patient data (see [`TypeInfo::patient_data`]), so one
+    /// stored outside every patient's compartment is still not directory data. An unassigned
+    /// `Device` is inventory.
     pub fn is_clinical_type(&self, resource_type: &str) -> bool {
-        resource_type != "Device"
-            && self
-                .types
-                .get(resource_type)
-                .is_some_and(|t| !t.compartment_params.is_empty())
+        self.types
+            .get(resource_type)
+            .is_some_and(|t| t.patient_data)
     }
+}
+
+/// The names of every R4 resource type, from the schema's discriminator.
+fn r4_types(schema: &Value) -> Result<BTreeSet<String>, FhirError> {
+    Ok(schema
+        .pointer("/discriminator/mapping")
+        .and_then(Value::as_object)
+        .ok_or(FhirError::Definitions("fhir.schema.json"))?
+        .keys()
+        .cloned()
+        .collect())
+}
+
+/// `codes` with the own-patient parameters first (in [`OWN_PATIENT_PARAMS`] order), the rest in
+/// the order given.
+fn own_patient_first(codes: &[&String]) -> Vec<String> {
+    OWN_PATIENT_PARAMS
+        .iter()
+        .filter_map(|c| codes.iter().find(|p| p.as_str() == *c))
+        .chain(
+            codes
+                .iter()
+                .filter(|p| !OWN_PATIENT_PARAMS.contains(&p.as_str())),
+        )
+        .map(|p| (*p).clone())
+        .collect()
 }
 
 /// The strings of a JSON array in a definition (other members skipped); empty when it is
@@ -413,7 +553,14 @@ mod tests {
     #[test]
     fn loads_the_served_types_with_their_parameters() {
         let f = Fhir::load().unwrap();
-        assert!(f.types().len() >= 16);
+        assert_eq!(
+            f.types().len(),
+            146 - NOT_STORED.len(),
+            "every R4 type but the unstored"
+        );
+        for (t, _) in NOT_STORED {
+            assert!(f.type_info(t).is_none() && f.is_r4_type(t), "{t}");
+        }
         assert_eq!(f.served("Patient"), Some(&ResourceType::PATIENT));
         assert_eq!(f.served("Banana"), None);
         let p = f.type_info("Patient").unwrap();
@@ -492,5 +639,93 @@ mod tests {
             f.compartment_of("Consent", &id, &consent),
             Compartment::Patient(ResourceId::new("p3").unwrap())
         );
+    }
+
+    #[test]
+    fn patient_data_outside_the_compartment_is_sealed_under_the_patient_it_names() {
+        let f = Fhir::load().unwrap();
+        let id = ResourceId::new("x").unwrap();
+        let p = |s: &str| Compartment::Patient(ResourceId::new(s).unwrap());
+        let cases = [
+            (
+                "Contract",
+                json!({"subject":[{"reference":"Patient/c1"}]}),
+                p("c1"),
+            ),
+            (
+                "GuidanceResponse",
+                json!({"subject":{"reference":"Patient/g1"}}),
+                p("g1"),
+            ),
+            (
+                "Device",
+                json!({"patient":{"reference":"Patient/d1"}}),
+                p("d1"),
+            ),
+            (
+                "Device",
+                json!({"type":{"text":"pump"}}),
+                Compartment::Tenant,
+            ),
+            (
+                "Binary",
+                json!({"securityContext":{"reference":"Patient/b1"}}),
+                p("b1"),
+            ),
+            (
+                "Binary",
+                json!({"securityContext":{"reference":"DocumentReference/d"}}),
+                Compartment::Tenant,
+            ),
+            (
+                "Bundle",
+                json!({"type":"document","entry":[{"resource":{"resourceType":"Composition",
+                    "id":"c","subject":{"reference":"Patient/doc1"}}}]}),
+                p("doc1"),
+            ),
+            (
+                "Bundle",
+                json!({"type":"collection","entry":[{"resource":{"resourceType":"Bundle",
+                    "entry":[{"resource":{"resourceType":"Patient","id":"deep"}}]}}]}),
+                Compartment::Tenant,
+            ),
+            (
+                "Linkage",
+                json!({"item":[{"type":"source","resource":{"reference":"Patient/l1"}}]}),
+                p("l1"),
+            ),
+            (
+                "Library",
+                json!({"relatedArtifact":[{"type":"depends-on","resource":"Patient/x"}]}),
+                Compartment::Tenant,
+            ),
+        ];
+        for (t, mut body, want) in cases {
+            body["resourceType"] = json!(t);
+            assert_eq!(f.compartment_of(t, &id, &body), want, "{t} {body}");
+        }
+        for t in [
+            "Binary",
+            "Bundle",
+            "Contract",
+            "Observation",
+            "Claim",
+            "Parameters",
+        ] {
+            assert!(f.is_clinical_type(t), "{t} is patient data");
+        }
+        for t in [
+            "Device",
+            "Organization",
+            "Questionnaire",
+            "Library",
+            "ValueSet",
+        ] {
+            assert!(!f.is_clinical_type(t), "{t} is directory data");
+        }
+        let ctx = json!({"resourceType":"Binary","securityContext":{"reference":"Media/m1"}});
+        assert_eq!(f.sealing_proxy("Binary", &ctx), Some(("Media", "m1")));
+        let own = json!({"resourceType":"Binary","securityContext":{"reference":"Patient/p"}});
+        assert_eq!(f.sealing_proxy("Binary", &own), None);
     }
 }

@@ -30,15 +30,31 @@ pub use crate::records::{Outcome, open, read};
 
 /// Largest resource (its JSON) of most types: people, observations, orders … are small.
 pub const MAX_RESOURCE_BYTES: usize = 1024 * 1024;
-/// Types that carry documents or many answers, limited by the request body limit only.
+/// Types that carry documents, many answers, images or whole definitions (terminologies,
+/// profiles, guides), limited by the request body limit only.
 pub const LARGE_TYPES: &[&str] = &[
     "Binary",
     "Bundle",
+    "CapabilityStatement",
+    "CodeSystem",
+    "Composition",
+    "ConceptMap",
     "DocumentReference",
     "DiagnosticReport",
+    "ImagingStudy",
+    "ImplementationGuide",
+    "Library",
+    "Measure",
+    "MeasureReport",
     "Media",
+    "MolecularSequence",
+    "Parameters",
+    "PlanDefinition",
     "Questionnaire",
     "QuestionnaireResponse",
+    "StructureDefinition",
+    "StructureMap",
+    "ValueSet",
 ];
 /// Most blind-index entries one search parameter of one resource may add.
 pub const MAX_INDEX_KEYS_PER_PARAM: usize = 1_000;
@@ -332,7 +348,10 @@ pub fn prepare(
     };
     resolve_patient_links(store, ctx, rt, &mut resource, interaction)?;
     ctx.scope_allows(rt, interaction, &resource)?;
-    let compartment = ctx.fhir.compartment_of(rt.as_str(), &id, &resource);
+    let compartment = match ctx.fhir.sealing_proxy(rt.as_str(), &resource) {
+        Some(proxy) => proxy_compartment(store, ctx, proxy, interaction)?,
+        None => ctx.fhir.compartment_of(rt.as_str(), &id, &resource),
+    };
     let mut index = Vec::new();
     for (code, keys) in plan_index(&ctx.fhir, rt, &resource)? {
         let blinded = ctx.keys.blind(rt, code, &keys).map_err(key_error)?;
@@ -503,6 +522,27 @@ fn resolve_patient_links(
         rewrite_reference(resource, &node, &target);
     }
     Ok(())
+}
+
+/// The compartment of the stored resource `(type, id)` whose key another one shares (a Binary's
+/// `securityContext`): its current version's. Refused like an unresolvable patient when it names
+/// nothing stored, so a Binary never falls to the node's key by a typo.
+fn proxy_compartment(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    (rt, id): (&str, &str),
+    interaction: Interaction,
+) -> Result<Compartment, Error> {
+    let stored = match (ResourceType::new(rt), ResourceId::new(id)) {
+        (Ok(rt), Ok(id)) => store.current(&rt, &id)?,
+        _ => None,
+    };
+    match stored {
+        Some(meta) if !meta.deleted => {
+            Compartment::from_key_name(&meta.key_name).map_err(|e| Error::internal(&e))
+        }
+        _ => Err(unresolved_patient(ctx, interaction)),
+    }
 }
 
 /// Escapes `|`, `,` and `$` in a token search value.

@@ -618,13 +618,7 @@ pub fn prepare(
             ))
         })
         .collect();
-    let patient_data = |t: &str| {
-        t == "Patient"
-            || ctx
-                .fhir
-                .type_info(t)
-                .is_none_or(|i| !i.compartment_params.is_empty())
-    };
+    let patient_data = |t: &str| ctx.fhir.type_info(t).is_none_or(|i| i.patient_data);
     let mut entries = Vec::with_capacity(resources.len());
     for (rt, mut v) in resources {
         let id = v

@@ -22,6 +22,7 @@ mod security;
 mod share;
 mod tls;
 mod tokens;
+mod types;
 mod witness;
 
 use medvault_testkit::Medvault;

@@ -1,0 +1,154 @@
+//! Every R4 resource type is served, and which key seals it follows its patient: the Patient
+//! compartment, then the patient data outside it (issue 17).
+
+use serde_json::{Value, json};
+
+use crate::MEDVAULT;
+use medvault_testkit::fhir::patient;
+
+fn r(t: &str, id: &str) -> Value {
+    json!({"reference": format!("{t}/{id}")})
+}
+
+#[test]
+fn every_r4_type_but_the_access_log_and_subscriptions_is_served() {
+    let s = MEDVAULT.start();
+    let (status, cs) = s.get("metadata");
+    assert_eq!(status, 200);
+    let types: Vec<&str> = cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
+    // 146 R4 types less Subscription; AuditEvent is listed once, read-only.
+    assert_eq!(types.len(), 145, "{types:?}");
+    assert!(!types.contains(&"Subscription"));
+    assert_eq!(types.iter().filter(|t| **t == "AuditEvent").count(), 1);
+
+    let pid = s.create(&patient("Typesfamily", "Tia"));
+    let p = r("Patient", &pid);
+    let practitioner =
+        s.create(&json!({"resourceType": "Practitioner", "name": [{"family": "Ng"}]}));
+    let pr = r("Practitioner", &practitioner);
+    let code = json!({"text": "x"});
+    // The types a Synthea record, the hospital workflows and the next capabilities need.
+    let bodies = [
+        json!({"resourceType": "Claim", "status": "active", "type": code, "use": "claim",
+            "patient": p, "created": "2026-01-01", "provider": pr, "priority": code,
+            "insurance": [{"sequence": 1, "focal": true, "coverage": {"display": "x"}}]}),
+        json!({"resourceType": "ExplanationOfBenefit", "status": "active", "type": code,
+            "use": "claim", "patient": p, "created": "2026-01-01", "insurer": {"display": "x"},
+            "provider": pr, "outcome": "complete",
+            "insurance": [{"focal": true, "coverage": {"display": "x"}}]}),
+        json!({"resourceType": "MedicationAdministration", "status": "completed",
+            "medicationCodeableConcept": code, "subject": p,
+            "effectiveDateTime": "2026-01-01T10:00:00Z"}),
+        json!({"resourceType": "SupplyDelivery", "status": "completed", "patient": p}),
+        json!({"resourceType": "ImagingStudy", "status": "available", "subject": p}),
+        json!({"resourceType": "Task", "status": "requested", "intent": "order", "for": p}),
+        json!({"resourceType": "MedicationDispense", "status": "completed",
+            "medicationCodeableConcept": code, "subject": p}),
+        json!({"resourceType": "Schedule", "actor": [pr]}),
+        json!({"resourceType": "Appointment", "status": "booked",
+            "participant": [{"actor": p, "status": "accepted"}]}),
+        json!({"resourceType": "ResearchStudy", "status": "active", "title": "Trial"}),
+        json!({"resourceType": "Questionnaire", "status": "active",
+            "item": [{"linkId": "1", "type": "string", "text": "How are you?"}]}),
+        json!({"resourceType": "QuestionnaireResponse", "status": "completed", "subject": p}),
+        json!({"resourceType": "MolecularSequence", "coordinateSystem": 0, "patient": p}),
+        json!({"resourceType": "Communication", "status": "completed", "subject": p}),
+        json!({"resourceType": "DeviceMetric", "type": code, "category": "measurement"}),
+        json!({"resourceType": "Flag", "status": "active", "code": code, "subject": p}),
+        json!({"resourceType": "DetectedIssue", "status": "final", "patient": p}),
+        json!({"resourceType": "Group", "type": "person", "actual": true,
+            "member": [{"entity": p}]}),
+        json!({"resourceType": "ValueSet", "status": "active"}),
+    ];
+    for body in &bodies {
+        let (_, stored) = s.create_and_read(body);
+        assert_eq!(stored["resourceType"], body["resourceType"]);
+    }
+    // The Slot needs its Schedule.
+    let (status, schedules) = s.get("Schedule?_count=1");
+    assert_eq!(status, 200, "{schedules}");
+    let schedule = schedules["entry"][0]["resource"]["id"].as_str().unwrap();
+    s.create_and_read(&json!({"resourceType": "Slot", "status": "free",
+        "schedule": r("Schedule", schedule), "start": "2026-01-01T10:00:00Z",
+        "end": "2026-01-01T10:15:00Z"}));
+    // The newly served types search like the old ones (their parameters come from the R4
+    // definitions).
+    let (status, claims) = s.get(&format!("Claim?patient={pid}&_summary=count"));
+    assert_eq!((status, &claims["total"]), (200, &json!(1)), "{claims}");
+    let (status, tasks) = s.get(&format!("Task?patient=Patient/{pid}&status=requested"));
+    assert_eq!(status, 200, "{tasks}");
+    assert_eq!(tasks["entry"].as_array().map(Vec::len), Some(1), "{tasks}");
+    let (status, unserved) = s.get("Subscription");
+    assert_eq!(status, 404, "{unserved}");
+}
+
+#[test]
+fn patient_data_outside_the_compartment_is_sealed_under_its_patient_and_never_directory_data() {
+    let s = MEDVAULT.start();
+    let pid = s.create(&patient("Binaryfamily", "Bea"));
+    let p = r("Patient", &pid);
+    let doc = s.create(
+        &json!({"resourceType": "DocumentReference", "status": "current",
+        "subject": p, "content": [{"attachment": {"contentType": "text/plain"}}]}),
+    );
+    let sealed_with_the_patient = [
+        json!({"resourceType": "Binary", "contentType": "text/plain", "data": "aGVsbG8=",
+            "securityContext": r("DocumentReference", &doc)}),
+        json!({"resourceType": "Binary", "contentType": "text/plain", "data": "aGk=",
+            "securityContext": p}),
+        json!({"resourceType": "Contract", "subject": [p]}),
+        json!({"resourceType": "Bundle", "type": "document", "timestamp": "2026-01-01T00:00:00Z",
+            "identifier": {"system": "urn:ietf:rfc:3986", "value": "urn:uuid:6f1c1d4e-0000-4000-8000-000000000001"},
+            "entry": [{"fullUrl": "urn:uuid:6f1c1d4e-0000-4000-8000-000000000002",
+                "resource": {"resourceType": "Composition", "id": "c1", "status": "final",
+                "type": {"text": "note"}, "subject": p, "date": "2026-01-01",
+                "author": [{"display": "x"}], "title": "Note"}}]}),
+    ];
+    let paths: Vec<String> = sealed_with_the_patient
+        .iter()
+        .map(|b| format!("{}/{}", b["resourceType"].as_str().unwrap(), s.create(b)))
+        .collect();
+    // A Binary without a patient stays patient data: a clinician with no relationship to
+    // anyone cannot read it as directory data (a Practitioner they can).
+    let loose =
+        s.create(&json!({"resourceType": "Binary", "contentType": "text/plain", "data": "eA=="}));
+    let clinician = s.person("types.clinician", "clinician");
+    let practitioner = clinician.practitioner.clone().unwrap();
+    assert_eq!(
+        s.status_as(
+            &format!("/fhir/Practitioner/{practitioner}"),
+            &clinician.session
+        ),
+        200
+    );
+    assert_ne!(
+        s.status_as(&format!("/fhir/Binary/{loose}"), &clinician.session),
+        200
+    );
+    // A Binary whose securityContext names nothing stored is refused, not sealed under the
+    // node's key.
+    let (status, refused) = s.post(
+        "Binary",
+        &json!({"resourceType": "Binary", "contentType": "text/plain",
+            "securityContext": r("DocumentReference", "nothing-here")}),
+    );
+    assert_eq!(status, 422, "{refused}");
+
+    // Erasing the patient shreds them all.
+    let (ok, out, err) = s.run(&["patient", "erase", &pid]);
+    assert!(ok, "{out} {err}");
+    for path in &paths {
+        let (status, v) = s.get(path);
+        assert_eq!(status, 410, "{path}: {v}");
+    }
+    let (status, _) = s.get(&format!("Binary/{loose}"));
+    assert_eq!(
+        status, 200,
+        "the loose Binary is the node's, not the patient's"
+    );
+}
