@@ -7,6 +7,7 @@
 //! definitions plus the short list [`PATIENT_DATA_OUTSIDE_COMPARTMENT`].
 
 mod date;
+mod number;
 mod path;
 mod search;
 pub mod strict_json;

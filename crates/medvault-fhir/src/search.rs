@@ -10,11 +10,15 @@
 //! | token | `c:<code>`, `s:<system>`, `sc:<system>|<code>`, `nc:<code>` (code without system) |
 //! | reference | `r:<Type>/<id>` |
 //! | date | `y:<year>` (≤ 10 years) or `y:wide`; `m:<year-month>` (≤ 12 months) or `m:wide` |
+//! | number | `n:d:<fine bucket>`, `n:m:<coarse bucket>` (see `number.rs`) |
+//! | quantity | `q:<bucket>`, `qc:<code or unit>|<bucket>`, `qs:<system>|<code>|<bucket>` for both buckets |
+//! | uri | `u:<uri>`, `ub:<uri up to a />` for each path prefix (at most 16) |
 
 use serde_json::Value;
 use unicode_normalization::UnicodeNormalization as _;
 
 use crate::date;
+use crate::number::{self, Prefix};
 use crate::path::{Expr, Node, local_reference, relative_reference};
 
 /// Prefix lengths (in normalized characters) that get an index key. A query whose length is in
@@ -36,6 +40,12 @@ pub enum ParamKind {
     Reference,
     /// Dates and periods.
     Date,
+    /// Decimal and integer values, with prefixes and implied precision.
+    Number,
+    /// Quantities (and Money): a number with a unit.
+    Quantity,
+    /// URIs, matched exactly or by path (`:below`, `:above`).
+    Uri,
 }
 
 impl ParamKind {
@@ -46,6 +56,9 @@ impl ParamKind {
             "token" => Some(Self::Token),
             "reference" => Some(Self::Reference),
             "date" => Some(Self::Date),
+            "number" => Some(Self::Number),
+            "quantity" => Some(Self::Quantity),
+            "uri" => Some(Self::Uri),
             _ => None,
         }
     }
@@ -57,6 +70,9 @@ impl ParamKind {
             Self::Token => "token",
             Self::Reference => "reference",
             Self::Date => "date",
+            Self::Number => "number",
+            Self::Quantity => "quantity",
+            Self::Uri => "uri",
         }
     }
 }
@@ -84,8 +100,10 @@ pub enum SearchError {
     /// The value is not valid for the parameter's type.
     #[error("invalid value for a {0} parameter")]
     Value(&'static str),
-    /// The date comparator is not supported.
-    #[error("date comparator '{0}' is not supported (use eq, gt, lt, ge or le)")]
+    /// The prefix (comparator) is not supported for this parameter.
+    #[error(
+        "prefix '{0}' is not supported here (dates take eq, gt, lt, ge, le, sa and eb; numbers and quantities also ne and ap)"
+    )]
     Comparator(String),
 }
 
@@ -98,6 +116,14 @@ enum Extracted {
     },
     Ref(String),
     Date(i64, i64),
+    Number(f64),
+    Quantity {
+        value: f64,
+        system: Option<String>,
+        code: Option<String>,
+        unit: Option<String>,
+    },
+    Uri(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -111,19 +137,43 @@ enum Matcher {
     },
     Ref(Vec<String>),
     Date {
-        cmp: Cmp,
+        cmp: Prefix,
         start: i64,
         end: i64,
+    },
+    Number(number::Query),
+    /// `system`/`code` as in a token; the code also matches a quantity's `unit`.
+    Quantity {
+        query: number::Query,
+        system: Option<String>,
+        code: Option<String>,
+    },
+    Uri {
+        value: String,
+        how: UriMatch,
     },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cmp {
-    Eq,
-    Gt,
-    Lt,
-    Ge,
-    Le,
+enum UriMatch {
+    Exact,
+    /// The stored URI is the value or below it (`value/…`).
+    Below,
+    /// The stored URI is the value or above it (the value is `stored/…`).
+    Above,
+}
+
+/// Most path prefixes of one URI that get a `:below` index key.
+const MAX_URI_PREFIXES: usize = 16;
+
+/// The proper prefixes of `uri` that end just before a `/` of its path (after any `scheme://`).
+fn uri_prefixes(uri: &str) -> impl Iterator<Item = &str> {
+    let start = uri.find("://").map_or(0, |p| p + 3);
+    uri.char_indices()
+        .filter(move |&(i, c)| c == '/' && i > start)
+        .map(move |(i, _)| &uri[..i])
+        .filter(|p| !p.ends_with('/'))
+        .take(MAX_URI_PREFIXES)
 }
 
 /// One comma-separated alternative of a search clause.
@@ -297,6 +347,32 @@ impl SearchParam {
                 }
                 Extracted::Ref(r) => keys.push(key("r", &[&r])),
                 Extracted::Date(s, e) => keys.extend(date_keys(s, e, false)),
+                Extracted::Number(x) => {
+                    keys.extend(number::value_buckets(x).iter().map(|b| key("n", &[b])));
+                }
+                Extracted::Quantity {
+                    value,
+                    system,
+                    code,
+                    unit,
+                } => {
+                    for b in number::value_buckets(value) {
+                        keys.push(key("q", &[&b]));
+                        for c in code
+                            .iter()
+                            .chain(unit.iter().filter(|u| Some(*u) != code.as_ref()))
+                        {
+                            keys.push(key("qc", &[c, &b]));
+                        }
+                        if let (Some(s), Some(c)) = (&system, &code) {
+                            keys.push(key("qs", &[s, c, &b]));
+                        }
+                    }
+                }
+                Extracted::Uri(u) => {
+                    keys.extend(uri_prefixes(&u).map(|p| key("ub", &[p])));
+                    keys.push(key("u", &[&u]));
+                }
             }
         }
         keys.sort();
@@ -457,29 +533,95 @@ impl SearchParam {
                 if modifier.is_some() {
                     return Err(bad_modifier());
                 }
-                let (cmp, rest) = match value.get(..2) {
-                    Some("eq") => (Cmp::Eq, &value[2..]),
-                    Some("gt") => (Cmp::Gt, &value[2..]),
-                    Some("lt") => (Cmp::Lt, &value[2..]),
-                    Some("ge") => (Cmp::Ge, &value[2..]),
-                    Some("le") => (Cmp::Le, &value[2..]),
-                    Some(p) if p.chars().all(|c| c.is_ascii_lowercase()) => {
-                        return Err(SearchError::Comparator(p.to_owned()));
-                    }
-                    _ => (Cmp::Eq, value),
-                };
+                let (cmp, rest) = Prefix::split(value).map_err(SearchError::Comparator)?;
                 let (start, end) = date::parse_range(rest).ok_or(SearchError::Value("date"))?;
                 let (ws, we) = match cmp {
-                    Cmp::Eq => (start, end),
-                    Cmp::Gt => (end, date::DOMAIN_END),
-                    Cmp::Ge => (start, date::DOMAIN_END),
-                    Cmp::Lt => (date::DOMAIN_START, start),
-                    Cmp::Le => (date::DOMAIN_START, end),
+                    Prefix::Eq => (start, end),
+                    Prefix::Gt | Prefix::Sa => (end, date::DOMAIN_END),
+                    Prefix::Ge => (start, date::DOMAIN_END),
+                    Prefix::Lt | Prefix::Eb => (date::DOMAIN_START, start),
+                    Prefix::Le => (date::DOMAIN_START, end),
+                    Prefix::Ne | Prefix::Ap => {
+                        return Err(SearchError::Comparator(value[..2].to_owned()));
+                    }
                 };
                 Ok(Alternative {
                     keys: date_keys(ws, we, true),
                     exact: false,
                     matcher: Matcher::Date { cmp, start, end },
+                })
+            }
+            ParamKind::Number => {
+                if modifier.is_some() {
+                    return Err(bad_modifier());
+                }
+                let query = number_query(value, "number")?;
+                Ok(Alternative {
+                    keys: query.buckets().iter().map(|b| key("n", &[b])).collect(),
+                    exact: false,
+                    matcher: Matcher::Number(query),
+                })
+            }
+            ParamKind::Quantity => {
+                if modifier.is_some() {
+                    return Err(bad_modifier());
+                }
+                let mut parts = value.splitn(3, '|');
+                let number = parts.next().unwrap_or_default();
+                let (system, code) = match (parts.next(), parts.next()) {
+                    (None, _) => (None, None),
+                    (Some(s), Some(c)) if !c.is_empty() => (
+                        Some(s).filter(|s| !s.is_empty()).map(str::to_owned),
+                        Some(c.to_owned()),
+                    ),
+                    _ => return Err(SearchError::Value("quantity")),
+                };
+                let query = number_query(number, "quantity")?;
+                let keys = query
+                    .buckets()
+                    .iter()
+                    .map(|b| match (&system, &code) {
+                        (Some(s), Some(c)) => key("qs", &[s, c, b]),
+                        (None, Some(c)) => key("qc", &[c, b]),
+                        _ => key("q", &[b]),
+                    })
+                    .collect();
+                Ok(Alternative {
+                    keys,
+                    exact: false,
+                    matcher: Matcher::Quantity {
+                        query,
+                        system,
+                        code,
+                    },
+                })
+            }
+            ParamKind::Uri => {
+                if value.is_empty() {
+                    return Err(SearchError::Value("uri"));
+                }
+                let (how, keys) = match modifier {
+                    None => (UriMatch::Exact, vec![key("u", &[value])]),
+                    Some("below") => (
+                        UriMatch::Below,
+                        vec![key("u", &[value]), key("ub", &[value])],
+                    ),
+                    Some("above") => (
+                        UriMatch::Above,
+                        std::iter::once(value)
+                            .chain(uri_prefixes(value))
+                            .map(|p| key("u", &[p]))
+                            .collect(),
+                    ),
+                    Some(_) => return Err(bad_modifier()),
+                };
+                Ok(Alternative {
+                    keys,
+                    exact: true,
+                    matcher: Matcher::Uri {
+                        value: value.to_owned(),
+                        how,
+                    },
                 })
             }
         }
@@ -515,14 +657,59 @@ fn matches_one(m: &Matcher, v: &Extracted) -> bool {
         }
         (Matcher::Ref(refs), Extracted::Ref(r)) => refs.iter().any(|x| x == r),
         (Matcher::Date { cmp, start, end }, Extracted::Date(rs, re)) => match cmp {
-            Cmp::Eq => start <= rs && re <= end,
-            Cmp::Gt => re > end,
-            Cmp::Lt => rs < start,
-            Cmp::Ge => re > start,
-            Cmp::Le => rs < end,
+            Prefix::Eq => start <= rs && re <= end,
+            Prefix::Gt => re > end,
+            Prefix::Lt => rs < start,
+            Prefix::Ge => re > start,
+            Prefix::Le => rs < end,
+            Prefix::Sa => rs >= end,
+            Prefix::Eb => re <= start,
+            Prefix::Ne | Prefix::Ap => false,
+        },
+        (Matcher::Number(q), Extracted::Number(x)) => q.matches(*x),
+        (
+            Matcher::Quantity {
+                query,
+                system,
+                code,
+            },
+            Extracted::Quantity {
+                value,
+                system: vs,
+                code: vc,
+                unit,
+            },
+        ) => {
+            query.matches(*value)
+                && code.as_ref().is_none_or(|c| {
+                    vc.as_ref() == Some(c) || (system.is_none() && unit.as_ref() == Some(c))
+                })
+                && system.as_ref().is_none_or(|s| vs.as_ref() == Some(s))
+        }
+        (Matcher::Uri { value, how }, Extracted::Uri(u)) => match how {
+            UriMatch::Exact => u == value,
+            UriMatch::Below => {
+                u == value
+                    || u.strip_prefix(value.as_str())
+                        .is_some_and(|r| r.starts_with('/'))
+            }
+            UriMatch::Above => {
+                u == value
+                    || value
+                        .strip_prefix(u.as_str())
+                        .is_some_and(|r| r.starts_with('/'))
+            }
         },
         _ => false,
     }
+}
+
+/// Parses a number or quantity's `[prefix]number`.
+fn number_query(text: &str, kind: &'static str) -> Result<number::Query, SearchError> {
+    number::Query::parse(text).map_err(|e| match e {
+        Some(prefix) => SearchError::Comparator(prefix),
+        None => SearchError::Value(kind),
+    })
 }
 
 fn push_str(out: &mut Vec<Extracted>, v: Option<&Value>) {
@@ -601,6 +788,34 @@ fn extract(kind: ParamKind, node: Node<'_>, out: &mut Vec<Extracted>) {
                 .and_then(relative_reference)
             {
                 out.push(Extracted::Ref(format!("{t}/{id}")));
+            }
+        }
+        ParamKind::Number => {
+            if let Some(x) = v.as_f64().filter(|x| x.is_finite()) {
+                out.push(Extracted::Number(x));
+            }
+        }
+        ParamKind::Quantity => {
+            // Quantity (and its profiles Age, Duration…) and Money (its currency as the code).
+            if let Some(value) = v
+                .get("value")
+                .and_then(Value::as_f64)
+                .filter(|x| x.is_finite())
+            {
+                let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+                let currency = text("currency");
+                out.push(Extracted::Quantity {
+                    value,
+                    system: text("system")
+                        .or_else(|| currency.as_ref().map(|_| "urn:iso:std:iso:4217".to_owned())),
+                    code: text("code").or(currency),
+                    unit: text("unit"),
+                });
+            }
+        }
+        ParamKind::Uri => {
+            if let Some(u) = v.as_str().filter(|u| !u.is_empty()) {
+                out.push(Extracted::Uri(u.to_owned()));
             }
         }
         ParamKind::Date => match v {
@@ -730,9 +945,11 @@ mod tests {
             assert_eq!(hit(&p, None, q, &r), want, "{q}");
         }
         assert!(matches!(
-            p.parse_clause(None, "sa1980"),
+            p.parse_clause(None, "ap1980"),
             Err(SearchError::Comparator(_))
         ));
+        assert!(hit(&p, None, "sa1979", &r) && !hit(&p, None, "sa1980-05", &r));
+        assert!(hit(&p, None, "eb1981", &r) && !hit(&p, None, "eb1980-05-17", &r));
         assert!(p.parse_clause(None, "19800").is_err());
         let period = param("date", "Encounter.period", "Encounter");
         let e = json!({"period":{"start":"2020-01-01T10:00:00Z"}});
@@ -741,5 +958,79 @@ mod tests {
             "open period extends forever"
         );
         assert!(!hit(&period, None, "lt2019", &e));
+    }
+
+    #[test]
+    fn numbers_quantities_and_uris() {
+        let n = param(
+            "number",
+            "RiskAssessment.prediction.probability",
+            "RiskAssessment",
+        );
+        let r = json!({"prediction":[{"probabilityDecimal":0.25},{"probabilityDecimal":0.8}]});
+        let cases = [
+            ("0.25", true),
+            ("0.3", true), // [0.25, 0.35): the precision written decides
+            ("0.30", false),
+            ("gt0.7", true),
+            ("lt0.2", false),
+            ("ap0.24", true),
+            ("ne0.25", true),
+            ("ge0.9", false),
+        ];
+        for (q, want) in cases {
+            assert_eq!(hit(&n, None, q, &r), want, "number {q}");
+        }
+        assert!(matches!(
+            n.parse_clause(None, "xx1"),
+            Err(SearchError::Comparator(_))
+        ));
+        assert!(n.parse_clause(None, "one").is_err());
+
+        let q = param("quantity", "Observation.value", "Observation");
+        let obs = json!({"valueQuantity":{"value":5.4,"unit":"mmol/L",
+            "system":"http://unitsofmeasure.org","code":"mmol/L"}});
+        let cases = [
+            ("5.4", true),
+            ("5.4|http://unitsofmeasure.org|mmol/L", true),
+            ("5.4||mmol/L", true),
+            ("5.4|http://unitsofmeasure.org|mg", false),
+            ("gt5|http://unitsofmeasure.org|mmol/L", true),
+            ("lt5", false),
+            ("ap5.0", true),
+            ("5.40", true),
+            ("5.41", false),
+        ];
+        for (query, want) in cases {
+            assert_eq!(hit(&q, None, query, &obs), want, "quantity {query}");
+        }
+        let by_unit = json!({"valueQuantity":{"value":80,"unit":"kg"}});
+        assert!(
+            hit(&q, None, "80||kg", &by_unit),
+            "a unit without a code matches ||unit"
+        );
+        assert!(q.parse_clause(None, "5|x").is_err());
+
+        let u = param("uri", "ValueSet.url", "ValueSet");
+        let vs = json!({"url":"http://acme.org/fhir/ValueSet/blood"});
+        for (modifier, query, want) in [
+            (None, "http://acme.org/fhir/ValueSet/blood", true),
+            (None, "http://acme.org/fhir", false),
+            (Some("below"), "http://acme.org/fhir", true),
+            (Some("below"), "http://acme.org/fh", false),
+            (
+                Some("above"),
+                "http://acme.org/fhir/ValueSet/blood/v2",
+                true,
+            ),
+            (Some("above"), "http://acme.org/fhir/ValueSet/bloodx", false),
+        ] {
+            assert_eq!(
+                hit(&u, modifier, query, &vs),
+                want,
+                "uri {modifier:?} {query}"
+            );
+        }
+        assert!(u.parse_clause(Some("contains"), "x").is_err());
     }
 }

@@ -72,7 +72,7 @@ pub fn statement(fhir: &Fhir, base: &str, now: &str) -> Value {
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Records are sealed per patient (AES-256-GCM); search runs over blind indexes. Search supports string (prefix, :exact), token, reference and date (eq, gt, lt, ge, le) parameters, _id, _lastUpdated, _count, _offset, _sort (_id, _lastUpdated) and _summary=count; unknown parameters are ignored unless Prefer: handling=strict.",
+            "documentation": "Records are sealed per patient (AES-256-GCM); search runs over blind indexes. Search supports string (prefix, :exact), token, reference, date (eq, gt, lt, ge, le, sa, eb), number and quantity (also ne and ap, with the precision the value is written to; quantities by system|code or unit) and uri (exact, :below, :above) parameters, _id, _lastUpdated, _count, _offset, _sort (_id, _lastUpdated) and _summary=count; unknown parameters are ignored unless Prefer: handling=strict.",
             "security": {
                 "cors": false,
                 "service": [{"coding": [{

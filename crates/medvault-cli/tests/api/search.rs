@@ -96,7 +96,7 @@ fn patient_search_parameters() {
     // Invalid values are always errors.
     for bad in [
         "birthdate=notadate",
-        "birthdate=sa2000",
+        "birthdate=ap2000",
         "identifier=|",
         "family:contains=x",
         "_count=-1",

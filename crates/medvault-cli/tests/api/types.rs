@@ -83,6 +83,34 @@ fn every_r4_type_but_the_access_log_and_subscriptions_is_served() {
     let (status, tasks) = s.get(&format!("Task?patient=Patient/{pid}&status=requested"));
     assert_eq!(status, 200, "{tasks}");
     assert_eq!(tasks["entry"].as_array().map(Vec::len), Some(1), "{tasks}");
+    // Number, quantity and uri parameters (issue 17): prefixes, implied precision, units.
+    for (value, unit) in [(5.4, "mmol/L"), (7.9, "mmol/L"), (80.0, "kg")] {
+        s.create(
+            &json!({"resourceType": "Observation", "status": "final", "code": code,
+            "subject": p, "valueQuantity": {"value": value, "unit": unit,
+            "system": "http://unitsofmeasure.org", "code": unit}}),
+        );
+    }
+    for (query, want) in [
+        ("value-quantity=5.4", 1),
+        ("value-quantity=gt5|http://unitsofmeasure.org|mmol/L", 2),
+        ("value-quantity=ap80||kg", 1),
+        ("value-quantity=lt5", 0),
+        ("value-quantity=ne5.4|http://unitsofmeasure.org|mmol/L", 1),
+    ] {
+        let (status, found) = s.get(&format!("Observation?subject={pid}&{query}&_summary=count"));
+        assert_eq!(
+            (status, &found["total"]),
+            (200, &json!(want)),
+            "{query}: {found}"
+        );
+    }
+    s.create(&json!({"resourceType": "ValueSet", "status": "active",
+        "url": "http://acme.example/fhir/ValueSet/blood-tests"}));
+    let (status, below) = s.get("ValueSet?url:below=http://acme.example/fhir&_summary=count");
+    assert_eq!((status, &below["total"]), (200, &json!(1)), "{below}");
+    let (status, bad) = s.get("Observation?value-quantity=xx5");
+    assert_eq!(status, 400, "{bad}");
     let (status, unserved) = s.get("Subscription");
     assert_eq!(status, 404, "{unserved}");
 }
