@@ -24,8 +24,27 @@ fn post_witness(b: &Server, body: String) -> reqwest::blocking::Response {
         .unwrap()
 }
 
+/// Creates `body` as the admin; the index of the access-log leaf that recorded the request.
+fn create_logged(s: &Server, body: &serde_json::Value) -> u64 {
+    let rt = body["resourceType"].as_str().unwrap();
+    let r = s
+        .req(reqwest::Method::POST, rt)
+        .header("content-type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "create {rt}");
+    r.headers()[medvault_server::ACCESS_LEAF_HEADER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// Waits until the newest checkpoint of `log` on `s` is larger than `above` and cosigned by `wk`;
-/// returns its size.
+/// returns its size. The node signs checkpoints and asks its witnesses on their own schedules, so
+/// the first cosigned checkpoint may be one signed before the leaves the caller just wrote:
+/// `above` must be the index of the newest leaf the cosigned checkpoint has to cover.
 fn cosigned_above(s: &Server, log: &str, wk: &VerifierKey, above: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -69,18 +88,27 @@ fn a_witness_cosigns_and_refuses_rollbacks_and_forks() {
             &format!("http://127.0.0.1:{}/witness,{witness_key}", b.port),
         ],
     );
-    a.create(&patient("Witnessfam", "Bea"));
-    let cosigned_size = cosigned_above(&a, "access", &wk, 0);
-    cosigned_above(&a, "records", &wk, 1);
+    // Wait for a cosigned checkpoint covering the request that created Bea: one covering only
+    // what `token create` wrote when the node was relaunched (the fork will have as many leaves)
+    // is cosigned first, now and then.
+    let bea = create_logged(&a, &patient("Witnessfam", "Bea"));
+    let cosigned_size = cosigned_above(&a, "access", &wk, bea);
+    cosigned_above(&a, "records", &wk, 1); // Al and Bea
     let out = a.verify_ledger();
     assert_eq!(out.matches("cosigned by").count(), 2, "both logs: {out}");
 
     // The fork: the snapshot taken before the cosigned size, grown with other entries.
     let fork = MEDVAULT.start_in(&fork_dir, &[]);
-    let fork_start = fork.checkpoint_covering("access", 1).size;
-    assert!(fork_start < cosigned_size);
+    fork.checkpoint_covering("access", 1);
     let (_, early_note) = fork.raw_get("/ledger/access/checkpoint");
     let early_note = Note::parse(&early_note).unwrap();
+    let fork_start = medvault_ledger::Checkpoint::parse(&early_note.text)
+        .unwrap()
+        .size;
+    assert!(
+        fork_start < cosigned_size,
+        "the fork's first checkpoint ({fork_start}) must be behind the cosigned one ({cosigned_size})"
+    );
     for i in 0..(cosigned_size + 5) {
         let (st, _) = fork.get(&format!("Patient?family=Other{i}"));
         assert_eq!(st, 200);
@@ -141,6 +169,6 @@ fn a_witness_cosigns_and_refuses_rollbacks_and_forks() {
     assert_eq!(r.status(), 400);
 
     // The honest log keeps being cosigned after all that.
-    a.create(&patient("Witnessfam", "Cy"));
-    cosigned_above(&a, "access", &wk, cosigned_size);
+    let cy = create_logged(&a, &patient("Witnessfam", "Cy"));
+    cosigned_above(&a, "access", &wk, cy);
 }
