@@ -102,6 +102,15 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Load FHIR data in bulk: Bundles (transaction, batch or collection) and ndjson files, e.g.
+    /// Synthea's output/fhir directory. Each file is one transaction (all of it or nothing);
+    /// resources keep the ids they carry, so a file loaded twice adds no duplicates. An
+    /// interrupted or failed import resumes where it stopped when run again: files already
+    /// imported (by content) are skipped. Works while `medvault serve` runs.
+    #[command(
+        after_help = "Example:\n  medvault import --data-dir /var/lib/medvault synthea/output/fhir\n  medvault import --data-dir DIR export/Patient.ndjson export/Observation.ndjson"
+    )]
+    Import(Box<commands::import::ImportArgs>),
     /// Write a consistent snapshot of the node to a file, while it runs. Records stay sealed and
     /// keys stay wrapped; the file is authenticated with a key derived from the root key, which
     /// is never included: keep the key file (and its passphrase) safe separately, a backup
@@ -167,6 +176,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Record { command } => commands::records::run_record(command),
         Command::Ledger { command } => commands::ledger::run_ledger(command),
         Command::Node { command } => commands::ledger::run_node(command),
+        Command::Import(args) => commands::import::run(*args),
         Command::Backup { dir, out, force } => commands::transfer::run_backup(dir, out, force),
         Command::Restore { dir, file, force } => commands::transfer::run_restore(dir, file, force),
         Command::Migrate { from, to, force } => commands::transfer::run_migrate(from, to, force),

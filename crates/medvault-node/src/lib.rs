@@ -31,6 +31,7 @@ pub mod clock;
 pub mod ctx;
 pub mod error;
 pub mod identity;
+pub mod import;
 pub mod ledger;
 pub mod node;
 pub mod node_identity;

@@ -57,9 +57,9 @@ pub const LARGE_TYPES: &[&str] = &[
     "ValueSet",
 ];
 /// Most blind-index entries one search parameter of one resource may add.
-pub const MAX_INDEX_KEYS_PER_PARAM: usize = 1_000;
+pub const MAX_INDEX_KEYS_PER_PARAM: usize = 10_000;
 /// Most blind-index entries one resource may add.
-pub const MAX_INDEX_KEYS: usize = 10_000;
+pub const MAX_INDEX_KEYS: usize = 20_000;
 
 /// The largest JSON a resource of type `rt` may have (`None`: the body limit decides).
 pub fn max_resource_bytes(rt: &ResourceType) -> Option<usize> {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 pub(crate) mod accounts;
 pub(crate) mod database;
+pub(crate) mod import;
 pub(crate) mod ledger;
 pub(crate) mod policy;
 pub(crate) mod records;

@@ -12,6 +12,7 @@ mod config;
 mod crud;
 mod hardening;
 mod identity;
+mod import;
 mod ledger;
 mod node_keys;
 mod oauth_app;
