@@ -426,7 +426,7 @@ fn oversized_and_over_indexed_resources_are_refused_before_the_writer() {
     let s = MEDVAULT.start();
     let dr = s.person("dr.big", "clinician");
     let mut many = patient("Bigfam", "Bo");
-    let names: Vec<String> = (0..5_000).map(|i| format!("Given{i:05}")).collect();
+    let names: Vec<String> = (0..12_000).map(|i| format!("Given{i:05}")).collect();
     many["name"][0]["given"] = json!(names);
     let started = std::time::Instant::now();
     let (st, b) = s.post_as("/fhir/Patient", &dr.session, &many);
