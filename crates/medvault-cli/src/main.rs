@@ -103,12 +103,15 @@ enum Command {
         command: NodeCommand,
     },
     /// Load FHIR data in bulk: Bundles (transaction, batch or collection) and ndjson files, e.g.
-    /// Synthea's output/fhir directory. Each file is one transaction (all of it or nothing);
-    /// resources keep the ids they carry, so a file loaded twice adds no duplicates. An
-    /// interrupted or failed import resumes where it stopped when run again: files already
+    /// Synthea's output/fhir directory. Each file is one transaction (all of it or nothing).
+    /// An import only adds resources: they keep the ids they carry, and a file naming a
+    /// Type/id that already exists on the node is refused (pass --update to replace existing
+    /// resources); deletes, patches and conditional requests are refused. Resources are held to
+    /// the API's size limits (1 MiB, 8 MiB for documents and definitions), a file to 512 MiB.
+    /// An interrupted or failed import resumes where it stopped when run again: files already
     /// imported (by content) are skipped. Works while `medvault serve` runs.
     #[command(
-        after_help = "Example:\n  medvault import --data-dir /var/lib/medvault synthea/output/fhir\n  medvault import --data-dir DIR export/Patient.ndjson export/Observation.ndjson"
+        after_help = "Example:\n  medvault import --data-dir /var/lib/medvault synthea/output/fhir\n  medvault import --data-dir DIR export/Patient.ndjson export/Observation.ndjson\n  medvault import --data-dir DIR --update corrected/Observation.ndjson"
     )]
     Import(Box<commands::import::ImportArgs>),
     /// Write a consistent snapshot of the node to a file, while it runs. Records stay sealed and

@@ -342,9 +342,9 @@ impl Fhir {
         Compartment::Tenant
     }
 
-    /// The stored resource whose compartment this one shares, when it names one the
-    /// definitions cannot place: a Binary whose `securityContext` is a relative reference to
-    /// something other than a Patient (a DocumentReference, a Media…).
+    /// The stored resource whose compartment (and access) this one shares: a Binary's
+    /// `securityContext` when it is a relative reference (to a Patient, a DocumentReference, a
+    /// Media…). The caller resolves it against what is stored.
     pub fn sealing_proxy<'r>(
         &self,
         resource_type: &str,
@@ -357,7 +357,6 @@ impl Fhir {
             .pointer("/securityContext/reference")
             .and_then(Value::as_str)
             .and_then(relative_reference)
-            .filter(|(t, _)| *t != "Patient")
     }
 }
 
@@ -420,12 +419,12 @@ impl Fhir {
         // identifier stays a logical reference, so writing one tells nobody whether that
         // identifier belongs to a patient here.
         let own: Vec<&String> = info
-            .compartment_params
+            .sealing_params
             .iter()
             .filter(|c| primary.contains(&c.as_str()))
             .collect();
         let deciding: Vec<&String> = if own.is_empty() {
-            info.compartment_params.iter().collect()
+            info.sealing_params.iter().collect()
         } else {
             own
         };
@@ -727,6 +726,9 @@ mod tests {
         let ctx = json!({"resourceType":"Binary","securityContext":{"reference":"Media/m1"}});
         assert_eq!(f.sealing_proxy("Binary", &ctx), Some(("Media", "m1")));
         let own = json!({"resourceType":"Binary","securityContext":{"reference":"Patient/p"}});
-        assert_eq!(f.sealing_proxy("Binary", &own), None);
+        assert_eq!(f.sealing_proxy("Binary", &own), Some(("Patient", "p")));
+        let absolute = json!({"resourceType":"Binary",
+            "securityContext":{"reference":"https://elsewhere.example/fhir/Patient/p"}});
+        assert_eq!(f.sealing_proxy("Binary", &absolute), None);
     }
 }

@@ -228,18 +228,92 @@ pub struct Guard {
     state: Mutex<GuardState>,
 }
 
-/// The `meta.security` codes of a resource.
+/// The `meta.security` codes of a resource (for a stored Bundle, its entries' too: the Bundle
+/// is as sensitive as the most sensitive record it carries).
 pub fn security_labels(resource: &Value) -> Vec<String> {
-    let mut labels: Vec<String> = resource
-        .pointer("/meta/security")
-        .and_then(Value::as_array)
+    let entries = (resource.get("resourceType").and_then(Value::as_str) == Some("Bundle"))
+        .then(|| resource.get("entry").and_then(Value::as_array))
+        .flatten()
         .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("resource"));
+    let mut labels: Vec<String> = std::iter::once(resource)
+        .chain(entries)
+        .filter_map(|r| r.pointer("/meta/security").and_then(Value::as_array))
         .flatten()
         .filter_map(|c| c.get("code").and_then(Value::as_str).map(str::to_owned))
         .collect();
     labels.sort();
     labels.dedup();
     labels
+}
+
+/// Types whose instance may name several patients and shows each of them to its reader: it is
+/// decided in every named patient's compartment (at most [`MAX_NAMED_PATIENTS`]; beyond, as
+/// patient data without a patient).
+const COLLECTION_TYPES: [&str; 4] = ["Bundle", "Group", "Linkage", "List"];
+/// Most other patients a collection is decided for one by one.
+const MAX_NAMED_PATIENTS: usize = 64;
+
+/// Records a resource stands for, each decided as well: a Binary's `securityContext` (its
+/// type, compartment and labels, as stored now), and the compartments of the other patients a
+/// collection names.
+///
+/// # Errors
+/// Store and key errors reading the securityContext.
+fn stands_for(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &ResourceType,
+    key_name: &str,
+    resource: &Value,
+) -> Result<Vec<(ResourceType, String, Option<Value>)>, Error> {
+    let mut out = Vec::new();
+    if let Some((t, id)) = ctx.fhir.sealing_proxy(rt.as_str(), resource)
+        && let (Ok(t), Ok(id)) = (ResourceType::new(t), medvault_core::ResourceId::new(id))
+        && let Some(row) = store.version(&t, &id, None)?
+    {
+        let content = crate::records::decision_content(store, &ctx.as_node_work(), &t, &id, &row)?;
+        out.push((t, row.key_name, content));
+    }
+    if COLLECTION_TYPES.contains(&rt.as_str()) {
+        let mut named = BTreeSet::new();
+        named_patients(resource, &mut named);
+        named.remove(key_name.strip_prefix("Patient/").unwrap_or_default());
+        if named.len() > MAX_NAMED_PATIENTS {
+            out.push((rt.clone(), "@tenant".to_owned(), Some(resource.clone())));
+        } else {
+            out.extend(
+                named
+                    .into_iter()
+                    .map(|p| (rt.clone(), format!("Patient/{p}"), Some(resource.clone()))),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The patients `v` names: literal `Patient/<id>` references anywhere in it, and a Bundle's
+/// entries' compartments.
+fn named_patients(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get("reference")
+                && let Some(("Patient", id)) = medvault_fhir::relative_reference(r)
+            {
+                out.insert(id.to_owned());
+            }
+            if let (Some(Value::String(t)), Some(Value::String(id))) =
+                (map.get("resourceType"), map.get("id"))
+                && t == "Patient"
+            {
+                out.insert(id.clone());
+            }
+            map.values().for_each(|x| named_patients(x, out));
+        }
+        Value::Array(items) => items.iter().for_each(|x| named_patients(x, out)),
+        _ => {}
+    }
 }
 
 /// True if a FHIR `Period` (absent: always) covers `now` (Unix seconds).
@@ -319,6 +393,94 @@ fn find_all(
 }
 
 impl Guard {
+    /// One decision of the policy: `action` on a resource of type `rt` sealed under
+    /// `key_name`, with its content (see [`AccessPolicy::decide`], which adds what the resource
+    /// stands for).
+    fn decide_one(
+        &self,
+        store: &dyn StoreRead,
+        ctx: &Ctx,
+        action: Action,
+        rt: &ResourceType,
+        key_name: &str,
+        resource: Option<&Value>,
+    ) -> Result<Result<(), Vec<String>>, Error> {
+        let patient = key_name.strip_prefix("Patient/");
+        let labels = resource.map(security_labels).unwrap_or_default();
+        let facts = match patient {
+            Some(p) => self.facts(store, ctx, p)?,
+            None => Arc::new(PatientFacts::default()),
+        };
+        let s = &self.subject;
+        // (A patient without consents needs no actor lookup: nothing can name the user.)
+        let consent = if patient.is_some() && !facts.shared.consents.is_empty() {
+            let actors = self.actors(store, ctx)?;
+            let at = crate::clock::instant(ctx.clock.now_micros());
+            // (Fractions of a second are dropped by the evaluator, as for the consents' times.)
+            consent::evaluate(
+                &facts.shared.consents,
+                &ConsentRequest {
+                    actors: &actors.deny,
+                    permit_actors: Some(&actors.permit),
+                    purpose: s.purpose.as_deref(),
+                    resource_type: rt.as_str(),
+                    labels: &labels,
+                    at: &at,
+                },
+            )
+        } else {
+            ConsentState::None
+        };
+        let own = patient.is_some() && s.patient.as_deref() == patient;
+        // A clinical record outside every patient's compartment is still patient data (it is
+        // decided with no relationship, consent or ownership): never directory data.
+        let patient_data = patient.is_some() || ctx.fhir.is_clinical_type(rt.as_str());
+        let key: DecisionKey = (
+            action,
+            rt.clone(),
+            labels,
+            patient_data,
+            facts.shared.relationship,
+            own,
+            consent,
+            facts.break_glass,
+        );
+        let known = self.lock().decisions.get(&key).cloned();
+        let (allowed, policies, by_break_glass) = match known {
+            Some(d) => d,
+            None => {
+                let shared_key = (s.user.clone(), s.role.as_str(), s.purpose.clone(), key);
+                let d = match self.cache.decision(&shared_key) {
+                    Some(d) => d,
+                    None => {
+                        let k = &shared_key.3;
+                        let decision = self.engine.decide(&Query {
+                            user: &s.user,
+                            role: s.role.as_str(),
+                            action,
+                            resource_type: rt.as_str(),
+                            labels: &k.2,
+                            patient_data: k.3,
+                            purpose: s.purpose.as_deref(),
+                            relationship: k.4,
+                            own,
+                            consent,
+                            break_glass: k.7,
+                        });
+                        // Access that only break-glass opened is marked as such in the log.
+                        let by_break_glass = decision.allowed
+                            && decision.policies.iter().any(|p| p == "break-glass");
+                        let d = (decision.allowed, decision.policies, by_break_glass);
+                        self.cache.put_decision(shared_key.clone(), d.clone());
+                        d
+                    }
+                };
+                self.lock().decisions.insert(shared_key.3, d.clone());
+                d
+            }
+        };
+        Ok(self.note(allowed, policies, patient, by_break_glass))
+    }
     /// A guard deciding for `subject` with `engine`, sharing facts through `cache`.
     pub fn new(engine: Arc<PolicyEngine>, subject: Subject, cache: Arc<FactsCache>) -> Self {
         Self {
@@ -542,81 +704,22 @@ impl AccessPolicy for Guard {
         key_name: &str,
         resource: Option<&Value>,
     ) -> Result<Result<(), Vec<String>>, Error> {
-        let patient = key_name.strip_prefix("Patient/");
-        let labels = resource.map(security_labels).unwrap_or_default();
-        let facts = match patient {
-            Some(p) => self.facts(store, ctx, p)?,
-            None => Arc::new(PatientFacts::default()),
+        let verdict = self.decide_one(store, ctx, action, rt, key_name, resource)?;
+        let Some(resource) = resource else {
+            return Ok(verdict);
         };
-        let s = &self.subject;
-        // (A patient without consents needs no actor lookup: nothing can name the user.)
-        let consent = if patient.is_some() && !facts.shared.consents.is_empty() {
-            let actors = self.actors(store, ctx)?;
-            let at = crate::clock::instant(ctx.clock.now_micros());
-            // (Fractions of a second are dropped by the evaluator, as for the consents' times.)
-            consent::evaluate(
-                &facts.shared.consents,
-                &ConsentRequest {
-                    actors: &actors.deny,
-                    permit_actors: Some(&actors.permit),
-                    purpose: s.purpose.as_deref(),
-                    resource_type: rt.as_str(),
-                    labels: &labels,
-                    at: &at,
-                },
-            )
-        } else {
-            ConsentState::None
-        };
-        let own = patient.is_some() && s.patient.as_deref() == patient;
-        // A clinical record outside every patient's compartment is still patient data (it is
-        // decided with no relationship, consent or ownership): never directory data.
-        let patient_data = patient.is_some() || ctx.fhir.is_clinical_type(rt.as_str());
-        let key: DecisionKey = (
-            action,
-            rt.clone(),
-            labels,
-            patient_data,
-            facts.shared.relationship,
-            own,
-            consent,
-            facts.break_glass,
-        );
-        let known = self.lock().decisions.get(&key).cloned();
-        let (allowed, policies, by_break_glass) = match known {
-            Some(d) => d,
-            None => {
-                let shared_key = (s.user.clone(), s.role.as_str(), s.purpose.clone(), key);
-                let d = match self.cache.decision(&shared_key) {
-                    Some(d) => d,
-                    None => {
-                        let k = &shared_key.3;
-                        let decision = self.engine.decide(&Query {
-                            user: &s.user,
-                            role: s.role.as_str(),
-                            action,
-                            resource_type: rt.as_str(),
-                            labels: &k.2,
-                            patient_data: k.3,
-                            purpose: s.purpose.as_deref(),
-                            relationship: k.4,
-                            own,
-                            consent,
-                            break_glass: k.7,
-                        });
-                        // Access that only break-glass opened is marked as such in the log.
-                        let by_break_glass = decision.allowed
-                            && decision.policies.iter().any(|p| p == "break-glass");
-                        let d = (decision.allowed, decision.policies, by_break_glass);
-                        self.cache.put_decision(shared_key.clone(), d.clone());
-                        d
-                    }
-                };
-                self.lock().decisions.insert(shared_key.3, d.clone());
-                d
+        if verdict.is_err() {
+            return Ok(verdict);
+        }
+        // What the resource stands for is decided too: a Binary is as visible as its
+        // securityContext, a Group, Linkage, List or stored Bundle as every patient it names.
+        for (other_rt, other_key, content) in stands_for(store, ctx, rt, key_name, resource)? {
+            let v = self.decide_one(store, ctx, action, &other_rt, &other_key, content.as_ref())?;
+            if v.is_err() {
+                return Ok(v);
             }
-        };
-        Ok(self.note(allowed, policies, patient, by_break_glass))
+        }
+        Ok(verdict)
     }
 
     /// Records a refusal decided outside the policy (scopes, a Bundle entry's error), for the

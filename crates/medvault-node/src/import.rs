@@ -1,25 +1,56 @@
 //! Bulk load (`medvault import`): FHIR Bundles (transaction, batch or collection) and ndjson
 //! files, each applied **all or nothing** in one store transaction, on the node's authority.
 //!
-//! Ids are kept: an entry that creates a resource carrying an `id` (Synthea's, another
-//! server's export) is stored under that id (as `PUT Type/id`), so loading the same file twice
-//! leaves one resource per id (a second version), never a duplicate. Every resource is
-//! validated, sealed under its patient's key, indexed and ledgered exactly as a write through
-//! the API. What is refused names the entry (`entry 12`) or the ndjson line (`line 7`), never
-//! the content.
+//! An import **only adds resources**. Ids are kept: an entry that creates a resource carrying
+//! an `id` (Synthea's, another server's export) is stored under that id — but if a resource of
+//! that type and id already exists on the node (even deleted), the whole file is refused before
+//! anything is written, checked inside the write transaction itself. Replacing existing
+//! resources (`PUT Type/id`, and creations under an id already there) takes [`Mode::Update`]
+//! (`medvault import --update`). Deletes, patches, reads and conditional requests are refused.
+//!
+//! Every resource is bounded as through the API ([`ops::MAX_RESOURCE_BYTES`], the
+//! [`ops::LARGE_TYPES`] at [`MAX_LARGE_RESOURCE_BYTES`], the per-resource index caps), a file
+//! at [`MAX_IMPORT_FILE_BYTES`], [`MAX_IMPORT_ENTRIES`] and [`MAX_IMPORT_INDEX_KEYS`], so one
+//! file's work on the single writer stays bounded. Every resource is validated, sealed under its
+//! patient's key, indexed and ledgered exactly as a write through the API. What is refused names
+//! the entry (`entry 12`) or the ndjson line (`line 7`), never the content.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use medvault_core::{ResourceId, ResourceType};
 use medvault_store::{Store, write_with};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::bundle;
 use crate::ctx::Ctx;
 use crate::error::{Error, ErrorKind, IssueCode};
+use crate::ops;
 
 /// Most resources one imported file may hold (it is one transaction; split larger exports).
 pub const MAX_IMPORT_ENTRIES: usize = 50_000;
+
+/// Largest file an import reads (it is parsed whole and loaded as one transaction).
+pub const MAX_IMPORT_FILE_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Largest JSON of one resource of the [`ops::LARGE_TYPES`] in an import: the API's request body
+/// limit (`medvault serve --max-body-bytes`, by default 8 MiB). Other types are held to
+/// [`ops::MAX_RESOURCE_BYTES`], as through the API.
+pub const MAX_LARGE_RESOURCE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Most blind-index entries one imported file may add in all (the API's transaction Bundle cap
+/// is [`ops::MAX_BUNDLE_INDEX_KEYS`]): bounds the time one file holds the single writer.
+pub const MAX_IMPORT_INDEX_KEYS: usize = 2_000_000;
+
+/// What an import does with resources that already exist on the node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Only adds: a resource whose `Type/id` exists refuses the file; `PUT` is refused.
+    #[default]
+    AddOnly,
+    /// Also replaces: resources with an id are written as `PUT Type/id` (a new version of an
+    /// existing one); explicit `PUT Type/id` entries are taken.
+    Update,
+}
 
 /// What one file added.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,6 +66,11 @@ pub struct Loaded {
 pub struct Entries {
     entries: Vec<Value>,
     labels: Vec<String>,
+    /// The `Type/id`s that must not exist yet (with their entry's position), checked in the
+    /// write transaction: empty under [`Mode::Update`].
+    new_ids: Vec<(usize, ResourceType, ResourceId)>,
+    /// Every `Type/id` the file names, so that one file does not write an id twice.
+    seen: HashSet<(ResourceType, ResourceId)>,
 }
 
 impl Entries {
@@ -48,7 +84,7 @@ impl Entries {
         self.entries.is_empty()
     }
 
-    fn push(&mut self, entry: Value, label: String) -> Result<(), Error> {
+    fn push(&mut self, entry: Planned, label: String, mode: Mode) -> Result<(), Error> {
         if self.entries.len() == MAX_IMPORT_ENTRIES {
             return Err(Error::new(
                 ErrorKind::TooLarge,
@@ -58,7 +94,21 @@ impl Entries {
                 ),
             ));
         }
-        self.entries.push(entry);
+        if let Some((rt, id)) = entry.keeps {
+            if !self.seen.insert((rt.clone(), id.clone())) && mode == Mode::AddOnly {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    IssueCode::Duplicate,
+                    format!(
+                        "{label}: {rt}/{id} appears earlier in this file (an import only adds resources; pass --update to replace existing ones)"
+                    ),
+                ));
+            }
+            if mode == Mode::AddOnly {
+                self.new_ids.push((self.entries.len(), rt, id));
+            }
+        }
+        self.entries.push(entry.entry);
         self.labels.push(label);
         Ok(())
     }
@@ -72,48 +122,150 @@ fn invalid(label: &str, why: impl std::fmt::Display) -> Error {
     )
 }
 
-/// The write an entry makes in an import: creations of resources that carry an id become
-/// `PUT Type/id`; other writes stay as they are; reads are refused.
+/// An entry's refusal because of what it asks to do (not because of its content).
+fn not_taken(label: &str, why: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Invalid,
+        IssueCode::NotSupported,
+        format!("{label}: {why}"),
+    )
+}
+
+/// The transaction entry an import makes of a file's entry, and the `Type/id` it keeps.
+struct Planned {
+    entry: Value,
+    keeps: Option<(ResourceType, ResourceId)>,
+}
+
+/// The write an entry makes in an import: a creation (`POST Type`, or no request at all) of a
+/// resource that carries an id keeps it (`PUT Type/id`, on a `Type/id` checked not to exist
+/// unless `mode` is [`Mode::Update`]); an explicit `PUT Type/id` only under [`Mode::Update`].
+/// Deletes, patches, reads, conditional requests and urls other than the resource's own are
+/// refused. (Nothing of the request is echoed in a refusal: a file's text may be anything.)
 fn import_entry(
     label: &str,
     resource: Option<&Value>,
     request: Option<&Value>,
-) -> Result<Value, Error> {
+    mode: Mode,
+) -> Result<Planned, Error> {
+    let empty = Map::new();
+    let request = match request {
+        None => &empty,
+        Some(Value::Object(r)) => r,
+        Some(_) => return Err(invalid(label, "request must be an object")),
+    };
+    let text = |key: &str| -> Result<Option<&str>, Error> {
+        match request.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(invalid(
+                label,
+                format_args!("request.{key} must be a string"),
+            )),
+        }
+    };
+    let method = text("method")?;
+    let url = text("url")?;
+    let if_match = text("ifMatch")?;
+    // What the entry asks to do, before what it carries (a DELETE carries nothing).
+    match method {
+        None if !request.is_empty() => {
+            return Err(invalid(label, "request.method is missing"));
+        }
+        None | Some("POST") => {}
+        Some("PUT") if mode == Mode::Update => {}
+        Some("PUT") => {
+            return Err(not_taken(
+                label,
+                "a PUT replaces a resource: an import only adds resources (pass --update to replace existing ones)",
+            ));
+        }
+        Some("DELETE") => {
+            return Err(not_taken(label, "a DELETE: an import only adds resources"));
+        }
+        Some("PATCH") => {
+            return Err(not_taken(label, "a PATCH: an import only adds resources"));
+        }
+        Some("GET" | "HEAD") => {
+            return Err(not_taken(
+                label,
+                "an import carries resources to add, not reads",
+            ));
+        }
+        Some(_) => {
+            return Err(not_taken(
+                label,
+                "request.method is not one an import takes (POST, or PUT with --update)",
+            ));
+        }
+    }
+    for conditional in ["ifNoneExist", "ifNoneMatch", "ifModifiedSince"] {
+        if request.contains_key(conditional) {
+            return Err(not_taken(
+                label,
+                format_args!("an import takes no conditional requests (request.{conditional})"),
+            ));
+        }
+    }
+    if url.is_some_and(|u| u.contains('?')) {
+        return Err(not_taken(
+            label,
+            "an import takes no conditional requests (a url with a query)",
+        ));
+    }
+    if if_match.is_some() && method != Some("PUT") {
+        return Err(not_taken(
+            label,
+            "request.ifMatch is only taken on a PUT (with --update)",
+        ));
+    }
     let resource = resource.ok_or_else(|| invalid(label, "the entry has no resource"))?;
-    let rt = resource
+    let rt_name = resource
         .get("resourceType")
         .and_then(Value::as_str)
         .ok_or_else(|| invalid(label, "the resource has no resourceType"))?;
-    let own_id = resource
-        .get("id")
-        .and_then(Value::as_str)
-        .filter(|id| ResourceId::new(id).is_ok() && ResourceType::new(rt).is_ok());
-    let method = request
-        .and_then(|r| r.get("method"))
-        .and_then(Value::as_str);
-    let url = request.and_then(|r| r.get("url")).and_then(Value::as_str);
-    let keep_id = |id: &str| json!({"method": "PUT", "url": format!("{rt}/{id}")});
-    let new_request = match (method, own_id) {
-        // A plain create (not conditional) of a resource with an id keeps the id.
-        (None, Some(id)) => keep_id(id),
-        (Some("POST"), Some(id)) if url == Some(rt) => keep_id(id),
-        (None, None) => json!({"method": "POST", "url": rt}),
-        (Some("POST" | "PUT" | "DELETE" | "PATCH"), _) => request.cloned().unwrap_or(Value::Null),
-        (Some(m), _) => {
-            return Err(invalid(
-                label,
-                format!("an import carries writes only, not {m}"),
-            ));
-        }
+    let rt = ResourceType::new(rt_name)
+        .map_err(|_| invalid(label, "the resource's resourceType is not a type name"))?;
+    let id = match resource.get("id") {
+        None => None,
+        Some(Value::String(s)) => Some(ResourceId::new(s).map_err(|e| invalid(label, e))?),
+        Some(_) => return Err(invalid(label, "the resource's id must be a string")),
     };
-    Ok(json!({"resource": resource, "request": new_request}))
+    let own_url = id.as_ref().map(|id| format!("{rt}/{id}"));
+    if method == Some("POST") && url != Some(rt_name) {
+        return Err(not_taken(
+            label,
+            format_args!("a POST in an import must have the url {rt} (its resource's type)"),
+        ));
+    }
+    if method == Some("PUT") && (own_url.is_none() || url != own_url.as_deref()) {
+        return Err(not_taken(
+            label,
+            "a PUT in an import must have the url Type/id of the resource it carries (with its id)",
+        ));
+    }
+    let new_request = match &own_url {
+        Some(u) => {
+            let mut r = json!({"method": "PUT", "url": u});
+            if let Some(m) = if_match {
+                r["ifMatch"] = json!(m);
+            }
+            r
+        }
+        None => json!({"method": "POST", "url": rt_name}),
+    };
+    Ok(Planned {
+        entry: json!({"resource": resource, "request": new_request}),
+        keeps: id.map(|id| (rt, id)),
+    })
 }
 
 /// The entries of a Bundle file (`transaction`, `batch` or `collection`).
 ///
 /// # Errors
-/// 400 for anything but such a Bundle, or an entry without a resource or with a read.
-pub fn bundle_entries(bundle: &Value) -> Result<Entries, Error> {
+/// 400 for anything but such a Bundle, or an entry without a resource, with a request an
+/// import does not take (see [`Mode`]); 409 for an id the file names twice ([`Mode::AddOnly`]).
+pub fn bundle_entries(bundle: &Value, mode: Mode) -> Result<Entries, Error> {
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(invalid(
             "the file",
@@ -137,11 +289,11 @@ pub fn bundle_entries(bundle: &Value) -> Result<Entries, Error> {
     };
     for (i, e) in items.iter().enumerate() {
         let label = format!("entry {i}");
-        let mut entry = import_entry(&label, e.get("resource"), e.get("request"))?;
+        let mut planned = import_entry(&label, e.get("resource"), e.get("request"), mode)?;
         if let Some(full_url) = e.get("fullUrl") {
-            entry["fullUrl"] = full_url.clone();
+            planned.entry["fullUrl"] = full_url.clone();
         }
-        out.push(entry, label)?;
+        out.push(planned, label, mode)?;
     }
     Ok(out)
 }
@@ -149,8 +301,9 @@ pub fn bundle_entries(bundle: &Value) -> Result<Entries, Error> {
 /// The entries of an ndjson file: one resource per line (blank lines skipped).
 ///
 /// # Errors
-/// 400 naming the first line that is not a JSON object with a `resourceType`.
-pub fn ndjson_entries(text: &[u8]) -> Result<Entries, Error> {
+/// 400 naming the first line that is not a JSON object with a `resourceType`; 409 for an id
+/// the file names twice ([`Mode::AddOnly`]).
+pub fn ndjson_entries(text: &[u8], mode: Mode) -> Result<Entries, Error> {
     let mut out = Entries::default();
     for (n, line) in text.split(|b| *b == b'\n').enumerate() {
         let label = format!("line {}", n + 1);
@@ -166,8 +319,8 @@ pub fn ndjson_entries(text: &[u8]) -> Result<Entries, Error> {
         if !resource.is_object() {
             return Err(invalid(&label, "is not a JSON object"));
         }
-        let entry = import_entry(&label, Some(&resource), None)?;
-        out.push(entry, label)?;
+        let planned = import_entry(&label, Some(&resource), None, mode)?;
+        out.push(planned, label, mode)?;
     }
     Ok(out)
 }
@@ -175,10 +328,14 @@ pub fn ndjson_entries(text: &[u8]) -> Result<Entries, Error> {
 /// The entries of a file's bytes: an ndjson file's lines, or a JSON Bundle.
 ///
 /// # Errors
-/// As [`ndjson_entries`] and [`bundle_entries`]; 400 for bytes that are not one JSON document.
-pub fn file_entries(bytes: &[u8], ndjson: bool) -> Result<Entries, Error> {
+/// As [`ndjson_entries`] and [`bundle_entries`]; 400 for bytes that are not one JSON document;
+/// 413 past [`MAX_IMPORT_FILE_BYTES`].
+pub fn file_entries(bytes: &[u8], ndjson: bool, mode: Mode) -> Result<Entries, Error> {
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_IMPORT_FILE_BYTES {
+        return Err(file_too_large());
+    }
     if ndjson {
-        return ndjson_entries(bytes);
+        return ndjson_entries(bytes, mode);
     }
     let bundle = medvault_fhir::strict_json::from_slice(bytes).map_err(|_| {
         invalid(
@@ -186,24 +343,70 @@ pub fn file_entries(bytes: &[u8], ndjson: bool) -> Result<Entries, Error> {
             "is not a JSON FHIR Bundle (duplicate keys, bad syntax or not UTF-8)",
         )
     })?;
-    bundle_entries(&bundle)
+    bundle_entries(&bundle, mode)
 }
 
-/// Writes `entries` as one transaction: all of them, or nothing.
+/// The refusal of a file over [`MAX_IMPORT_FILE_BYTES`] (given before it is read).
+pub fn file_too_large() -> Error {
+    Error::new(
+        ErrorKind::TooLarge,
+        IssueCode::TooLong,
+        format!(
+            "the file is larger than an import takes ({} MiB; it is loaded as one transaction); split it",
+            MAX_IMPORT_FILE_BYTES / (1024 * 1024)
+        ),
+    )
+}
+
+/// Writes `entries` as one transaction: all of them, or nothing. Their size and index load is
+/// checked first (before the writer is taken); the ids that must be new are checked inside the
+/// transaction, before anything of it is written.
 ///
 /// # Errors
 /// The first failing entry's error, named by its label; nothing is written.
 pub fn load(store: &dyn Store, ctx: &Ctx, entries: Entries) -> Result<Loaded, Error> {
-    let Entries { entries, labels } = entries;
+    let Entries {
+        entries,
+        labels,
+        new_ids,
+        ..
+    } = entries;
+    let resources: Vec<&Value> = entries.iter().map(|e| &e["resource"]).collect();
+    ops::check_import_load(
+        ctx,
+        &resources,
+        MAX_LARGE_RESOURCE_BYTES,
+        MAX_IMPORT_INDEX_KEYS,
+    )
+    .map_err(|(at, e)| match at.and_then(|i| labels.get(i)) {
+        Some(label) => Error {
+            message: format!("{label}: {}", e.message),
+            ..e
+        },
+        None => e,
+    })?;
     let mut loaded = Loaded::default();
-    for e in &entries {
-        if let Some(t) = e.pointer("/resource/resourceType").and_then(Value::as_str) {
+    for r in &resources {
+        if let Some(t) = r.get("resourceType").and_then(Value::as_str) {
             *loaded.by_type.entry(t.to_owned()).or_default() += 1;
             loaded.resources += 1;
         }
     }
     let ctx2 = ctx.clone();
     write_with(store, move |tx| {
+        // In the transaction: no writer can add one of these ids between check and write.
+        for (i, rt, id) in &new_ids {
+            if tx.current(rt, id)?.is_some() {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    IssueCode::Duplicate,
+                    format!(
+                        "entry {i}: {rt}/{id} already exists on this node (an import only adds resources; pass --update to replace existing ones)"
+                    ),
+                )
+                .into());
+            }
+        }
         Ok(bundle::transaction_entries(tx, &ctx2, &entries, "")?)
     })
     .map_err(|e| relabel(Error::from(e), &labels))?;
@@ -221,5 +424,140 @@ fn relabel(e: Error, labels: &[String]) -> Error {
     match renamed {
         Some(message) => Error { message, ..e },
         None => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+    use serde_json::{Value, json};
+
+    use super::{Mode, bundle_entries, file_entries, file_too_large, ndjson_entries};
+
+    fn bundle(entries: &[Value]) -> Value {
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    }
+
+    fn refusal(entry: Value, mode: Mode) -> String {
+        bundle_entries(&bundle(&[entry]), mode).unwrap_err().message
+    }
+
+    #[test]
+    fn creations_keep_their_ids_and_must_be_new() {
+        let obs = json!({"resourceType": "Observation", "id": "o1"});
+        let e = ndjson_entries(
+            format!("{obs}\n\n{{\"resourceType\":\"Patient\"}}\n").as_bytes(),
+            Mode::AddOnly,
+        )
+        .unwrap();
+        assert_eq!(
+            e.entries[0]["request"],
+            json!({"method": "PUT", "url": "Observation/o1"})
+        );
+        assert_eq!(
+            e.entries[1]["request"],
+            json!({"method": "POST", "url": "Patient"})
+        );
+        assert_eq!(e.labels, ["line 1", "line 3"]);
+        assert_eq!(e.new_ids.len(), 1);
+        assert_eq!(e.new_ids[0].0, 0);
+        // Under --update the ids are not checked, and a PUT of the resource's own url is taken.
+        let put = json!({"resource": obs, "request": {"method": "PUT", "url": "Observation/o1"}});
+        let e = bundle_entries(&bundle(std::slice::from_ref(&put)), Mode::Update).unwrap();
+        assert!(e.new_ids.is_empty());
+        assert!(refusal(put, Mode::AddOnly).starts_with("entry 0: a PUT replaces a resource"));
+        // One id twice in a file.
+        let twice = format!("{obs}\n{obs}\n");
+        let err = ndjson_entries(twice.as_bytes(), Mode::AddOnly).unwrap_err();
+        assert!(
+            err.message
+                .starts_with("line 2: Observation/o1 appears earlier"),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            ndjson_entries(twice.as_bytes(), Mode::Update)
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn only_creations_are_taken() {
+        let obs = json!({"resourceType": "Observation", "id": "o1"});
+        let with = |request: Value| json!({"resource": obs, "request": request});
+        for (entry, expect) in [
+            (
+                json!({"request": {"method": "DELETE", "url": "Observation/o1"}}),
+                "entry 0: a DELETE",
+            ),
+            (
+                with(json!({"method": "PATCH", "url": "Observation/o1"})),
+                "entry 0: a PATCH",
+            ),
+            (
+                with(json!({"method": "GET", "url": "Observation/o1"})),
+                "entry 0: an import carries resources to add, not reads",
+            ),
+            (
+                with(json!({"method": "POST", "url": "Observation", "ifNoneExist": "code=x"})),
+                "entry 0: an import takes no conditional requests",
+            ),
+            (
+                with(json!({"method": "POST", "url": "Observation?code=x"})),
+                "entry 0: an import takes no conditional requests",
+            ),
+            (
+                with(json!({"method": "POST", "url": "Patient"})),
+                "entry 0: a POST in an import must have the url Observation",
+            ),
+            (
+                with(json!({"url": "Observation"})),
+                "entry 0: request.method is missing",
+            ),
+            (
+                with(json!({"method": "SECRET-TEXT"})),
+                "entry 0: request.method is not one an import takes",
+            ),
+            (
+                json!({"resource": {"resourceType": "Observation", "id": "has space"}}),
+                "entry 0: invalid resource id",
+            ),
+        ] {
+            let got = refusal(entry.clone(), Mode::AddOnly);
+            assert!(got.starts_with(expect), "{entry}: {got}");
+            assert!(!got.contains("SECRET"), "{got}");
+        }
+        for (request, expect) in [
+            (
+                json!({"method": "PUT", "url": "Observation?code=x"}),
+                "entry 0: an import takes no conditional requests",
+            ),
+            (
+                json!({"method": "PUT", "url": "Observation/o2"}),
+                "entry 0: a PUT in an import must have the url Type/id",
+            ),
+            (
+                json!({"method": "DELETE", "url": "Observation/o1"}),
+                "entry 0: a DELETE",
+            ),
+        ] {
+            let got = refusal(with(request), Mode::Update);
+            assert!(got.starts_with(expect), "{got}");
+        }
+    }
+
+    #[test]
+    fn a_file_is_bounded() {
+        assert!(file_too_large().message.contains("512 MiB"));
+        let e = file_entries(
+            b"{\"resourceType\":\"Bundle\",\"type\":\"collection\"}",
+            false,
+            Mode::AddOnly,
+        )
+        .unwrap();
+        assert!(e.is_empty());
     }
 }

@@ -348,6 +348,16 @@ pub fn prepare(
     };
     resolve_patient_links(store, ctx, rt, &mut resource, interaction)?;
     ctx.scope_allows(rt, interaction, &resource)?;
+    if *rt == "Binary"
+        && resource.get("securityContext").is_some()
+        && ctx.fhir.sealing_proxy(rt.as_str(), &resource).is_none()
+    {
+        return Err(Error::new(
+            ErrorKind::Unprocessable,
+            IssueCode::Processing,
+            "Binary.securityContext must be a relative reference (Type/id) to a resource stored on this node",
+        ));
+    }
     let compartment = match ctx.fhir.sealing_proxy(rt.as_str(), &resource) {
         Some(proxy) => proxy_compartment(store, ctx, proxy, interaction)?,
         None => ctx.fhir.compartment_of(rt.as_str(), &id, &resource),
@@ -525,23 +535,40 @@ fn resolve_patient_links(
 }
 
 /// The compartment of the stored resource `(type, id)` whose key another one shares (a Binary's
-/// `securityContext`): its current version's. Refused like an unresolvable patient when it names
-/// nothing stored, so a Binary never falls to the node's key by a typo.
+/// `securityContext`): its current version's. A writer other than the admin, a service or node
+/// work must be able to read it, and one it may not read answers exactly as a missing one (no
+/// existence oracle); one that names nothing stored is refused, so a Binary never falls to the
+/// node's key by a typo.
 fn proxy_compartment(
     store: &dyn StoreRead,
     ctx: &Ctx,
     (rt, id): (&str, &str),
     interaction: Interaction,
 ) -> Result<Compartment, Error> {
-    let stored = match (ResourceType::new(rt), ResourceId::new(id)) {
-        (Ok(rt), Ok(id)) => store.current(&rt, &id)?,
+    let sees_all = ctx.guard().is_none_or(|g| {
+        matches!(
+            g.role(),
+            medvault_core::Role::Admin | medvault_core::Role::Service
+        )
+    });
+    let key_name = match (ResourceType::new(rt), ResourceId::new(id)) {
+        (Ok(rt), Ok(id)) if sees_all => store
+            .current(&rt, &id)?
+            .filter(|m| !m.deleted)
+            .map(|m| m.key_name),
+        (Ok(rt), Ok(id)) => crate::records::read(store, ctx, &rt, &id, None)
+            .ok()
+            .and_then(|o| o.key_name),
         _ => None,
     };
-    match stored {
-        Some(meta) if !meta.deleted => {
-            Compartment::from_key_name(&meta.key_name).map_err(|e| Error::internal(&e))
-        }
-        _ => Err(unresolved_patient(ctx, interaction)),
+    match key_name {
+        Some(k) => Compartment::from_key_name(&k).map_err(|e| Error::internal(&e)),
+        None if sees_all => Err(Error::new(
+            ErrorKind::Unprocessable,
+            IssueCode::Processing,
+            "Binary.securityContext names no resource stored on this node",
+        )),
+        None => Err(unresolved_patient(ctx, interaction)),
     }
 }
 
@@ -1108,4 +1135,59 @@ pub fn history(
         &[],
         paging,
     ))
+}
+
+/// [`check_transaction_load`] for a bulk import (`medvault import`), whose file is one
+/// transaction on the single writer: every resource within [`MAX_RESOURCE_BYTES`] (the
+/// [`LARGE_TYPES`] within `large_bytes`, what the HTTP body limit allows them through the API)
+/// and the per-resource index caps, and all of them together within `max_index_keys` index
+/// entries. The error comes with the position of the resource at fault (`None` when only the
+/// total is over).
+///
+/// # Errors
+/// 413 for an oversized resource; 422 `too-costly` past the index caps.
+pub fn check_import_load(
+    ctx: &Ctx,
+    resources: &[&Value],
+    large_bytes: usize,
+    max_index_keys: usize,
+) -> Result<(), (Option<usize>, Error)> {
+    let mut total = 0usize;
+    for (i, r) in resources.iter().enumerate() {
+        let Some(rt) = r.get("resourceType").and_then(Value::as_str) else {
+            continue;
+        };
+        let limit = max_bytes_named(rt).unwrap_or(large_bytes);
+        if longer_than(r, limit) {
+            return Err((
+                Some(i),
+                Error::new(
+                    ErrorKind::TooLarge,
+                    IssueCode::TooLong,
+                    format!("a {rt} may be at most {limit} bytes of JSON"),
+                ),
+            ));
+        }
+        // A type the node does not serve has no index (its entry is refused when parsed).
+        if let Some(rt) = ctx.fhir.served(rt) {
+            total += plan_index(&ctx.fhir, rt, r)
+                .map_err(|e| (Some(i), e))?
+                .iter()
+                .map(|(_, k)| k.len())
+                .sum::<usize>();
+        }
+        if total > max_index_keys {
+            return Err((
+                None,
+                Error::new(
+                    ErrorKind::Unprocessable,
+                    IssueCode::TooCostly,
+                    format!(
+                        "the file has too many searchable values in all (at most {max_index_keys} index entries in one file); split it"
+                    ),
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -66,6 +66,8 @@ pub struct SearchRequest {
 pub const MAX_PARAMS: usize = 100;
 /// Most values (comma-separated alternatives, across all parameters) one search may have.
 pub const MAX_ALTERNATIVES: usize = 1_000;
+/// Most blind-index lookups (bucket and prefix keys over all clauses) one search may name.
+pub const MAX_LOOKUP_KEYS: usize = 4_000;
 
 fn number(name: &str, v: &str) -> Result<u64, Error> {
     v.parse::<u64>()
@@ -137,6 +139,7 @@ pub fn parse(
             ),
         ));
     }
+    let mut lookups = 0usize;
     for (raw_name, value) in params {
         let (name, modifier) = match raw_name.split_once(':') {
             Some((n, m)) => (n, Some(m)),
@@ -203,6 +206,18 @@ pub fn parse(
                     let clause = p
                         .parse_clause(modifier, value)
                         .map_err(|e| Error::bad_request(format!("search parameter {name}: {e}")))?;
+                    // A wide number, quantity or date alternative names many buckets: the
+                    // lookups stay bounded (and within the database's bound-parameter limit).
+                    lookups += clause.keys().count();
+                    if lookups > MAX_LOOKUP_KEYS {
+                        return Err(Error::new(
+                            ErrorKind::Invalid,
+                            IssueCode::TooCostly,
+                            format!(
+                                "this search names too many index lookups (at most {MAX_LOOKUP_KEYS}: wide ranges and ne count many); use fewer or narrower values"
+                            ),
+                        ));
+                    }
                     req.clauses.push(clause);
                 }
                 None if strict => {

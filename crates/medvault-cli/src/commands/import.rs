@@ -1,5 +1,5 @@
 //! `medvault import`: bulk load of FHIR Bundles and ndjson files (e.g. Synthea output), one
-//! file per transaction, resumable.
+//! file per transaction, resumable. It only adds resources unless `--update` is given.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -7,7 +7,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use medvault_node::import::{self, Loaded};
+use medvault_node::audit::{AuditOutcome, AuditRecord};
+use medvault_node::import::{self, Loaded, Mode};
+use medvault_node::{Error, Node};
 use serde_json::json;
 
 use super::{DataDir, audit_admin_with, fail, open_node, progress};
@@ -25,6 +27,11 @@ pub(crate) struct ImportArgs {
     /// in name order.
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
+    /// Also replace resources that already exist: a resource whose `Type/id` is on the node
+    /// becomes its new version, and `PUT Type/id` entries are taken. Without it an import only
+    /// adds resources, and a file naming an existing `Type/id` is refused whole.
+    #[arg(long)]
+    update: bool,
 }
 
 /// The files to load under `paths`, in order (a directory's in name order, recursively).
@@ -83,6 +90,40 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Records a refused file in the access log: by its digest (or, refused unread, its size) and
+/// the refusal's kind and message. Those name the entry or line and what is wrong with it,
+/// never its content (a node error's message is never PHI), and never the file's name.
+fn refusal_recorded(node: &Node, digest: Option<&str>, size: u64, e: &Error) -> Result<(), String> {
+    let outcome = if e.status().is_server_error() {
+        AuditOutcome::ServerError
+    } else {
+        AuditOutcome::ClientError
+    };
+    let message: String = e
+        .message
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(500)
+        .collect();
+    node.record_audit_now(|now| {
+        let mut record = AuditRecord::admin(now, "import-file-refused", digest)
+            .with("status", e.status().as_u16())
+            .with(
+                "extra",
+                json!({
+                    "bytes": size,
+                    "kind": format!("{:?}", e.kind),
+                    "issue": e.code.as_str(),
+                    "message": message,
+                }),
+            );
+        record.outcome = outcome;
+        record
+    })
+    .map(|_| ())
+    .map_err(|e| e.message)
+}
+
 pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
     let files = files(&args.paths)?;
     let node = open_node(&args.dir, true)?;
@@ -97,7 +138,32 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
     let mut total = Loaded::default();
     let mut skipped = 0usize;
     let mut imported = 0usize;
+    let mode = if args.update {
+        Mode::Update
+    } else {
+        Mode::AddOnly
+    };
     for path in &files {
+        let refused = |digest: Option<&str>, size: u64, e: Error| {
+            bar.abandon();
+            let unrecorded = refusal_recorded(&node, digest, size, &e)
+                .err()
+                .map(|why| format!("; recording the refusal in the access log failed: {why}"))
+                .unwrap_or_default();
+            anyhow::anyhow!(
+                "{}: {} (nothing of this file was written; {} files imported before it; fix it and run the same command again to resume{unrecorded})",
+                path.display(),
+                e.message,
+                imported
+            )
+        };
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("{}", path.display()))?
+            .len();
+        // Refused before it is read: it is parsed whole, and loaded as one transaction.
+        if size > import::MAX_IMPORT_FILE_BYTES {
+            return Err(refused(None, size, import::file_too_large()));
+        }
         let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
         let digest = hex(&medvault_crypto::sha256(&bytes));
         if done.contains(&digest) {
@@ -106,23 +172,15 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
             continue;
         }
         let ndjson = path.extension().and_then(|e| e.to_str()) == Some("ndjson");
-        let loaded = match import::file_entries(&bytes, ndjson)
+        let loaded = match import::file_entries(&bytes, ndjson, mode)
             .and_then(|entries| import::load(node.store.as_ref(), &ctx, entries))
         {
             Ok(l) => l,
-            Err(e) => {
-                bar.abandon();
-                bail!(
-                    "{}: {} (nothing of this file was written; {} files imported before it; fix it and run the same command again to resume)",
-                    path.display(),
-                    fail(e),
-                    imported
-                );
-            }
+            Err(e) => return Err(refused(Some(&digest), size, e)),
         };
         // The access log names the file by its digest only: a file name may name a patient.
         node.record_audit_now(|now| {
-            medvault_node::audit::AuditRecord::admin(now, "import-file", Some(&digest)).with(
+            AuditRecord::admin(now, "import-file", Some(&digest)).with(
                 "extra",
                 Some(json!({"resources": loaded.resources, "by_type": loaded.by_type})),
             )

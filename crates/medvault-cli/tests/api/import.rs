@@ -49,18 +49,22 @@ fn bundles_and_ndjson_load_whole_keep_their_ids_and_resume() {
         ),
     ]);
     std::fs::write(dir.join("a.json"), first.to_string()).unwrap();
-    // The second file breaks at its second entry: nothing of it may be written.
-    let broken = transaction(&[
-        post(
-            "urn:uuid:1",
-            json!({"resourceType": "Patient", "name": [{"family": "Brokenfam"}]}),
-        ),
-        post(
-            "urn:uuid:2",
-            json!({"resourceType": "Patient", "gender": "sometimes"}),
-        ),
-    ]);
-    std::fs::write(dir.join("b.json"), broken.to_string()).unwrap();
+    // The second file breaks at its second entry (a gender outside the value set): nothing of
+    // it may be written.
+    let second_file = |gender: &str| {
+        let bundle = transaction(&[
+            post(
+                "urn:uuid:1",
+                json!({"resourceType": "Patient", "name": [{"family": "Brokenfam"}]}),
+            ),
+            post(
+                "urn:uuid:2",
+                json!({"resourceType": "Patient", "gender": gender}),
+            ),
+        ]);
+        std::fs::write(dir.join("b.json"), bundle.to_string()).unwrap();
+    };
+    second_file("sometimes");
     let dir_arg = dir.to_str().unwrap();
 
     let (ok, out, err) = s.run(&["import", dir_arg]);
@@ -85,17 +89,7 @@ fn bundles_and_ndjson_load_whole_keep_their_ids_and_resume() {
     assert_eq!(count(&s, &format!("Claim?patient={pid}")), 1);
 
     // Fixed, the same command resumes: the first file is skipped by its content.
-    let fixed = transaction(&[
-        post(
-            "urn:uuid:1",
-            json!({"resourceType": "Patient", "name": [{"family": "Brokenfam"}]}),
-        ),
-        post(
-            "urn:uuid:2",
-            json!({"resourceType": "Patient", "gender": "other"}),
-        ),
-    ]);
-    std::fs::write(dir.join("b.json"), fixed.to_string()).unwrap();
+    second_file("other");
     let (ok, out, err) = s.run(&["import", dir_arg]);
     assert!(ok, "{err}");
     assert!(
@@ -124,7 +118,8 @@ fn bundles_and_ndjson_load_whole_keep_their_ids_and_resume() {
     let (ok, out, err) = s.run(&["import", nd.to_str().unwrap()]);
     assert!(ok && out.contains("imported 2 resources"), "{out} {err}");
     assert_eq!(s.get("Patient/nd-2").0, 200);
-    // The same resources in another file are updated in place, not duplicated.
+    // The same ids in another file are refused: an import only adds resources. With
+    // --update they are updated in place, not duplicated.
     let again = files.path().join("again.ndjson");
     std::fs::write(
         &again,
@@ -132,7 +127,29 @@ fn bundles_and_ndjson_load_whole_keep_their_ids_and_resume() {
     )
     .unwrap();
     let (ok, _, err) = s.run(&["import", again.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("line 1: Patient/nd-1 already exists on this node")
+            && err.contains("--update"),
+        "{err}"
+    );
+    assert_eq!(s.get("Patient/nd-1").1["meta"]["versionId"], "1");
+    let (ok, _, err) = s.run(&["import", "--update", again.to_str().unwrap()]);
     assert!(ok, "{err}");
+    assert_eq!(count(&s, "Patient?family=Ndfam"), 2);
+    let (_, nd1) = s.get("Patient/nd-1");
+    assert_eq!(
+        (&nd1["gender"], &nd1["meta"]["versionId"]),
+        (&json!("other"), &json!("2"))
+    );
+
+    // An import killed after its commit but before its journal line: run again, the file's
+    // ids exist, and it is refused whole; --update resumes it.
+    std::fs::remove_file(s.dir.join("import-journal")).unwrap();
+    let (ok, _, err) = s.run(&["import", nd.to_str().unwrap()]);
+    assert!(!ok && err.contains("already exists on this node"), "{err}");
+    let (ok, out, err) = s.run(&["import", "--update", nd.to_str().unwrap()]);
+    assert!(ok && out.contains("imported 2 resources"), "{out} {err}");
     assert_eq!(count(&s, "Patient?family=Ndfam"), 2);
 
     // Not an importable file; a read in an import Bundle.
@@ -150,4 +167,305 @@ fn bundles_and_ndjson_load_whole_keep_their_ids_and_resume() {
 
     // Everything imported is in the ledger and verifies.
     s.verify_ledger();
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    medvault_crypto::sha256(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The access log's `import-file-refused` events, as `outcomeDesc` and the entity's display.
+fn refusals(s: &medvault_testkit::Server) -> Vec<(String, String)> {
+    let (status, trail) = s.get("AuditEvent?_count=500");
+    assert_eq!(status, 200, "{trail}");
+    trail["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| &e["resource"])
+        .filter(|e| {
+            e["outcomeDesc"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("import-file-refused"))
+        })
+        .map(|e| {
+            (
+                e["outcomeDesc"].as_str().unwrap().to_owned(),
+                e["entity"][0]["what"]["display"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// What a partner's file may not do to the records already there: delete, patch, replace
+/// (explicitly or by reusing an id), conditionally write. Each is refused naming its entry,
+/// with nothing of the file written, and recorded in the access log by the file's digest.
+#[test]
+fn an_import_only_adds_and_refusals_are_recorded() {
+    let s = MEDVAULT.start();
+    let files = tempfile::tempdir().unwrap();
+    let [p1, p2] = s.create_patients([("Ownerfam", "Ann"), ("Otherfam", "Bob")]);
+    let obs = s.create(&medvault_testkit::fhir::observation(
+        &p1,
+        "8867-4",
+        "2026-01-02",
+    ));
+    let (_, patient_before) = s.get(&format!("Patient/{p1}"));
+    let count_all = |s: &medvault_testkit::Server| {
+        (
+            count(s, "Patient?_count=1"),
+            count(s, "Observation?_count=1"),
+        )
+    };
+    let before = count_all(&s);
+    let import_refused = |name: &str, text: String, expect: &[&str]| {
+        let path = files.path().join(name);
+        std::fs::write(&path, &text).unwrap();
+        let (ok, out, err) = s.run(&["import", path.to_str().unwrap()]);
+        assert!(!ok, "{name}: {out}");
+        for e in expect {
+            assert!(err.contains(e), "{name}: expected {e:?} in {err}");
+        }
+        assert!(err.contains("nothing of this file was written"), "{err}");
+        sha256_hex(text.as_bytes())
+    };
+    let new_patient = json!({"resourceType": "Patient", "id": "added-1",
+        "name": [{"family": "Addedfam"}]});
+    let moved = json!({"resourceType": "Observation", "id": obs, "status": "final",
+        "code": {"text": "x"}, "subject": {"reference": format!("Patient/{p2}")}});
+
+    // An ndjson line reusing an existing id (moving the Observation to another patient).
+    let nd = format!("{new_patient}\n{moved}\n");
+    let nd_digest = import_refused(
+        "move.ndjson",
+        nd.clone(),
+        &[&format!(
+            "line 2: Observation/{obs} already exists on this node (an import only adds resources; pass --update to replace existing ones)"
+        )],
+    );
+    // The same in a collection Bundle, and as an explicit POST.
+    let collection = json!({"resourceType": "Bundle", "type": "collection",
+        "entry": [{"resource": new_patient}, {"resource": moved}]});
+    import_refused(
+        "move-collection.json",
+        collection.to_string(),
+        &[&format!("entry 1: Observation/{obs} already exists")],
+    );
+    let posted = transaction(&[
+        post("urn:uuid:a", new_patient.clone()),
+        post("urn:uuid:b", moved.clone()),
+    ]);
+    import_refused(
+        "move-post.json",
+        posted.to_string(),
+        &[&format!("entry 1: Observation/{obs} already exists")],
+    );
+    // DELETE, PATCH, PUT (without --update), conditional writes, a url that is not the type.
+    let with_request = |request: Value, resource: Option<Value>| {
+        let mut e = json!({"request": request});
+        if let Some(r) = resource {
+            e["resource"] = r;
+        }
+        transaction(&[post("urn:uuid:a", new_patient.clone()), e]).to_string()
+    };
+    let cases = [
+        (
+            "delete.json",
+            with_request(
+                json!({"method": "DELETE", "url": format!("Observation/{obs}")}),
+                None,
+            ),
+            "entry 1: a DELETE",
+        ),
+        (
+            "patch.json",
+            with_request(
+                json!({"method": "PATCH", "url": format!("Observation/{obs}")}),
+                Some(
+                    json!({"resourceType": "Binary", "contentType": "application/json-patch+json", "data": "W10="}),
+                ),
+            ),
+            "entry 1: a PATCH",
+        ),
+        (
+            "put.json",
+            with_request(
+                json!({"method": "PUT", "url": format!("Observation/{obs}")}),
+                Some(moved.clone()),
+            ),
+            "entry 1: a PUT replaces a resource",
+        ),
+        (
+            "conditional-create.json",
+            with_request(
+                json!({"method": "POST", "url": "Observation", "ifNoneExist": "code=x"}),
+                Some(moved.clone()),
+            ),
+            "entry 1: an import takes no conditional requests",
+        ),
+        (
+            "conditional-update.json",
+            with_request(
+                json!({"method": "PUT", "url": "Observation?code=x"}),
+                Some(moved.clone()),
+            ),
+            "entry 1: a PUT replaces a resource",
+        ),
+        (
+            "other-url.json",
+            with_request(
+                json!({"method": "POST", "url": "Patient"}),
+                Some(moved.clone()),
+            ),
+            "entry 1: a POST in an import must have the url Observation",
+        ),
+    ];
+    for (name, text, expect) in cases {
+        import_refused(name, text, &[expect]);
+    }
+    // A conditional PUT stays refused with --update too.
+    let path = files.path().join("conditional-update.json");
+    let (ok, _, err) = s.run(&["import", "--update", path.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("entry 1: an import takes no conditional requests"),
+        "{err}"
+    );
+    // One id twice in a file.
+    let twice = format!("{new_patient}\n{new_patient}\n");
+    import_refused(
+        "twice.ndjson",
+        twice,
+        &["line 2: Patient/added-1 appears earlier in this file"],
+    );
+
+    // Nothing of any of them was written: the Observation is still its first version, under
+    // its patient, and no resource was added.
+    assert_eq!(count_all(&s), before);
+    assert_eq!(count(&s, "Patient?family=Addedfam"), 0);
+    let (_, o) = s.get(&format!("Observation/{obs}"));
+    assert_eq!(o["meta"]["versionId"], "1");
+    assert_eq!(o["subject"]["reference"], format!("Patient/{p1}"));
+    assert_eq!(count(&s, &format!("Observation?subject=Patient/{p2}")), 0);
+    assert_eq!(s.get(&format!("Patient/{p1}")).1, patient_before);
+
+    // Each refusal is in the access log: by the file's digest, never its name or content.
+    let refused = refusals(&s);
+    assert_eq!(refused.len(), 11, "{refused:?}");
+    assert!(
+        refused.iter().any(|(desc, target)| target == &nd_digest
+            && desc == "import-file-refused: client-error (HTTP 409)"),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|(desc, _)| desc == "import-file-refused: client-error (HTTP 400)"),
+        "{refused:?}"
+    );
+    let (_, trail) = s.get("AuditEvent?_count=500");
+    let trail = trail.to_string();
+    assert!(
+        !trail.contains("move.ndjson") && !trail.contains("Addedfam"),
+        "{trail}"
+    );
+
+    // With --update, the move is an update (a second version), the new patient an addition.
+    let path = files.path().join("move.ndjson");
+    std::fs::write(&path, &nd).unwrap();
+    let (ok, out, err) = s.run(&["import", "--update", path.to_str().unwrap()]);
+    assert!(ok && out.contains("imported 2 resources"), "{out} {err}");
+    let (_, o) = s.get(&format!("Observation/{obs}"));
+    assert_eq!(o["meta"]["versionId"], "2");
+    assert_eq!(count(&s, &format!("Observation?subject=Patient/{p2}")), 1);
+    assert_eq!(count(&s, "Patient?family=Addedfam"), 1);
+    s.verify_ledger();
+}
+
+/// Resources are held to the API's size limits (1 MiB; 8 MiB for the large types) and index
+/// caps, a file to 512 MiB (refused before it is read); nothing of a refused file is written.
+#[test]
+fn import_limits_resources_and_files() {
+    let s = MEDVAULT.start();
+    let files = tempfile::tempdir().unwrap();
+    let small =
+        json!({"resourceType": "Patient", "id": "limit-1", "name": [{"family": "Limitfam"}]});
+    let refused = |name: &str, text: &str, expect: &str| {
+        let path = files.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let (ok, out, err) = s.run(&["import", path.to_str().unwrap()]);
+        assert!(!ok, "{name}: {out}");
+        assert!(err.contains(expect), "{name}: expected {expect:?} in {err}");
+        assert_eq!(count(&s, "Patient?family=Limitfam"), 0, "{name}");
+        assert_eq!(count(&s, "Binary?_count=1"), 0, "{name}");
+    };
+    // A Patient over 1 MiB.
+    let big_patient = json!({"resourceType": "Patient",
+        "name": [{"family": "Limitfam", "text": "x".repeat(1024 * 1024 + 1)}]});
+    refused(
+        "big-patient.ndjson",
+        &format!("{small}\n{big_patient}\n"),
+        "line 2: a Patient may be at most 1048576 bytes of JSON",
+    );
+    // A Binary over 8 MiB (a large type: over 1 MiB is fine, as through the API).
+    let binary = |bytes: usize| json!({"resourceType": "Binary", "contentType": "text/plain", "data": "QUFB".repeat(bytes / 4)});
+    refused(
+        "big-binary.json",
+        &transaction(&[
+            post("urn:uuid:p", small.clone()),
+            post("urn:uuid:b", binary(9 * 1024 * 1024)),
+        ])
+        .to_string(),
+        "entry 1: a Binary may be at most 8388608 bytes of JSON",
+    );
+    // Too many index entries for one resource.
+    let identifiers: Vec<Value> = (0..10_001)
+        .map(|i| json!({"system": "urn:x", "value": i.to_string()}))
+        .collect();
+    let indexed = json!({"resourceType": "Patient", "name": [{"family": "Limitfam"}], "identifier": identifiers});
+    refused(
+        "many-identifiers.ndjson",
+        &format!("{small}\n{indexed}\n"),
+        "line 2: the resource has too many values for the search parameter identifier",
+    );
+    // A file over 512 MiB (sparse: refused on its size, before it is read).
+    let huge = files.path().join("huge.ndjson");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(512 * 1024 * 1024 + 1)
+        .unwrap();
+    let (ok, _, err) = s.run(&["import", huge.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("huge.ndjson: the file is larger than an import takes (512 MiB"),
+        "{err}"
+    );
+    let refusals = refusals(&s);
+    assert_eq!(refusals.len(), 4, "{refusals:?}");
+    assert_eq!(
+        refusals
+            .iter()
+            .filter(|(d, _)| d == "import-file-refused: client-error (HTTP 413)")
+            .count(),
+        3,
+        "{refusals:?}"
+    );
+
+    // Within the limits: a 2 MiB Binary loads.
+    let ok_file = files.path().join("ok.json");
+    std::fs::write(
+        &ok_file,
+        transaction(&[
+            post("urn:uuid:p", small),
+            post("urn:uuid:b", binary(2 * 1024 * 1024)),
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let (ok, out, err) = s.run(&["import", ok_file.to_str().unwrap()]);
+    assert!(ok && out.contains("imported 2 resources"), "{out} {err}");
+    assert_eq!(count(&s, "Patient?family=Limitfam"), 1);
 }

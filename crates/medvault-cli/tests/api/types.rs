@@ -180,3 +180,92 @@ fn patient_data_outside_the_compartment_is_sealed_under_its_patient_and_never_di
         "the loose Binary is the node's, not the patient's"
     );
 }
+
+#[test]
+fn binaries_bundles_and_groups_are_no_more_visible_than_what_they_stand_for() {
+    let s = MEDVAULT.start();
+    let [pa, pb] = s.create_patients([("Standfam", "Ann"), ("Standfam", "Ben")]);
+    let doc = s.person("stand.doc", "clinician");
+    s.care_team(doc.practitioner.as_deref().unwrap(), &pa);
+    let read = |path: &str| {
+        s.get_as(&format!("/fhir/{path}"), &doc.session, Some("TREAT"))
+            .0
+    };
+    // A psychiatric note the clinician may not see, and its bytes.
+    let note = s.create(&json!({"resourceType": "DocumentReference", "status": "current",
+        "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}]},
+        "subject": r("Patient", &pa), "content": [{"attachment": {"contentType": "text/plain"}}]}));
+    let bytes = s.create(
+        &json!({"resourceType": "Binary", "contentType": "text/plain",
+        "data": "cHN5Y2g=", "securityContext": r("DocumentReference", &note)}),
+    );
+    let plain = s.create(
+        &json!({"resourceType": "Binary", "contentType": "text/plain",
+        "data": "b2s=", "securityContext": r("Patient", &pa)}),
+    );
+    assert_eq!(read(&format!("DocumentReference/{note}")), 404);
+    assert_eq!(
+        read(&format!("Binary/{bytes}")),
+        404,
+        "the bytes are as hidden as the note"
+    );
+    assert_eq!(read(&format!("Binary/{plain}")), 200);
+    // Writing a Binary against the hidden note answers as for a missing one: no existence
+    // oracle.
+    let probe = |target: &str| {
+        s.call(
+            reqwest::Method::POST,
+            "/fhir/Binary",
+            &doc.session,
+            Some("TREAT"),
+            Some(
+                &json!({"resourceType": "Binary", "contentType": "text/plain",
+                "securityContext": {"reference": target}}),
+            ),
+        )
+        .0
+    };
+    assert_eq!(
+        probe(&format!("DocumentReference/{note}")),
+        probe("DocumentReference/nothing")
+    );
+    // A Group or a stored Bundle naming both patients is seen only by who may see both.
+    let group = s.create(
+        &json!({"resourceType": "Group", "type": "person", "actual": true,
+        "member": [{"entity": r("Patient", &pa)}, {"entity": r("Patient", &pb)}]}),
+    );
+    let bundle = s.create(&json!({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Patient", "id": pa}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "viral load"},
+            "subject": r("Patient", &pb)}}]}));
+    let one = s.create(
+        &json!({"resourceType": "Group", "type": "person", "actual": true,
+        "member": [{"entity": r("Patient", &pa)}]}),
+    );
+    assert_eq!(read(&format!("Group/{one}")), 200);
+    assert_eq!(read(&format!("Group/{group}")), 404);
+    assert_eq!(read(&format!("Bundle/{bundle}")), 404);
+    let own = s.patient_session("stand.ann", &pa);
+    assert_eq!(s.status_as(&format!("/fhir/Group/{group}"), &own), 404);
+    assert_eq!(s.status_as(&format!("/fhir/Group/{one}"), &own), 200);
+    let (status, found) = s.get_as(
+        &format!("/fhir/Group?member=Patient/{pb}"),
+        &doc.session,
+        Some("TREAT"),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(found["entry"].as_array().map_or(0, Vec::len), 0, "{found}");
+    // A securityContext that is no stored resource's relative reference is refused.
+    for target in [
+        "https://elsewhere.example/fhir/Patient/x".to_owned(),
+        "#p".to_owned(),
+        "Patient/ghost".to_owned(),
+    ] {
+        let (status, v) = s.post(
+            "Binary",
+            &json!({"resourceType": "Binary",
+            "contentType": "text/plain", "securityContext": {"reference": target}}),
+        );
+        assert_eq!(status, 422, "{target}: {v}");
+    }
+}
