@@ -15,7 +15,7 @@
 //! patient's key, indexed and ledgered exactly as a write through the API. What is refused names
 //! the entry (`entry 12`) or the ndjson line (`line 7`), never the content.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use medvault_core::{ResourceId, ResourceType};
 use medvault_store::{Store, write_with};
@@ -55,8 +55,11 @@ pub enum Mode {
 /// What one file added.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Loaded {
-    /// Resources written.
+    /// Resources in the file.
     pub resources: usize,
+    /// Of those, resources the node already held exactly as the file has them (left as they
+    /// were: an Organization every Synthea record repeats).
+    pub unchanged: usize,
     /// Resources written, by type.
     pub by_type: BTreeMap<String, usize>,
 }
@@ -366,7 +369,7 @@ pub fn file_too_large() -> Error {
 /// The first failing entry's error, named by its label; nothing is written.
 pub fn load(store: &dyn Store, ctx: &Ctx, entries: Entries) -> Result<Loaded, Error> {
     let Entries {
-        entries,
+        mut entries,
         labels,
         new_ids,
         ..
@@ -392,25 +395,75 @@ pub fn load(store: &dyn Store, ctx: &Ctx, entries: Entries) -> Result<Loaded, Er
             loaded.resources += 1;
         }
     }
+    // The file's references to the resources whose ids it keeps are resolved now, as the
+    // transaction would: an entry the node already holds unchanged can then be left out
+    // without leaving references to it dangling.
+    let kept: HashMap<String, String> = new_ids
+        .iter()
+        .filter_map(|(i, rt, id)| {
+            let url = entries.get(*i)?.get("fullUrl")?.as_str()?;
+            Some((url.to_owned(), format!("{rt}/{id}")))
+        })
+        .collect();
+    for e in &mut entries {
+        if let Some(r) = e.get_mut("resource") {
+            bundle::rewrite_references(r, &kept);
+        }
+    }
     let ctx2 = ctx.clone();
-    write_with(store, move |tx| {
+    let unchanged = write_with(store, move |tx| {
         // In the transaction: no writer can add one of these ids between check and write.
+        let node_work = ctx2.as_node_work();
+        let mut skip = HashSet::new();
         for (i, rt, id) in &new_ids {
-            if tx.current(rt, id)?.is_some() {
-                return Err(Error::new(
-                    ErrorKind::Conflict,
-                    IssueCode::Duplicate,
-                    format!(
-                        "entry {i}: {rt}/{id} already exists on this node (an import only adds resources; pass --update to replace existing ones)"
-                    ),
-                )
-                .into());
+            let Some(meta) = tx.current(rt, id)? else {
+                continue;
+            };
+            let stored = match tx.version(rt, id, None)? {
+                Some(row) if !meta.deleted => crate::records::open(&*tx, &node_work, &row).ok(),
+                _ => None,
+            };
+            let label = labels.get(*i).map_or("an entry", String::as_str);
+            match (stored, entries.get(*i).and_then(|e| e.get("resource"))) {
+                (Some(stored), Some(incoming)) if same_content(&stored, incoming) => {
+                    skip.insert(*i);
+                }
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        IssueCode::Duplicate,
+                        format!(
+                            "{label}: {rt}/{id} already exists on this node with other content (an import only adds resources; pass --update to replace existing ones)"
+                        ),
+                    )
+                    .into());
+                }
             }
         }
-        Ok(bundle::transaction_entries(tx, &ctx2, &entries, "")?)
-    })
-    .map_err(|e| relabel(Error::from(e), &labels))?;
+        let (todo, todo_labels): (Vec<Value>, Vec<String>) = entries
+            .into_iter()
+            .zip(labels)
+            .enumerate()
+            .filter(|(i, _)| !skip.contains(i))
+            .map(|(_, pair)| pair)
+            .unzip();
+        bundle::transaction_entries(tx, &ctx2, &todo, "").map_err(|e| relabel(e, &todo_labels))?;
+        Ok(skip.len())
+    })?;
+    loaded.unchanged = unchanged;
     Ok(loaded)
+}
+
+/// True if two versions of a resource say the same (their `meta`, set by the server, aside).
+fn same_content(stored: &Value, incoming: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Value::Object(map) = &mut v {
+            map.remove("meta");
+        }
+        v
+    };
+    strip(stored) == strip(incoming)
 }
 
 /// Replaces the transaction's `entry N:` with the file's own name for that entry (`line 7:`).

@@ -545,12 +545,7 @@ fn proxy_compartment(
     (rt, id): (&str, &str),
     interaction: Interaction,
 ) -> Result<Compartment, Error> {
-    let sees_all = ctx.guard().is_none_or(|g| {
-        matches!(
-            g.role(),
-            medvault_core::Role::Admin | medvault_core::Role::Service
-        )
-    });
+    let sees_all = sees_all(ctx);
     let key_name = match (ResourceType::new(rt), ResourceId::new(id)) {
         (Ok(rt), Ok(id)) if sees_all => store
             .current(&rt, &id)?
@@ -580,14 +575,19 @@ fn escape_token(s: &str) -> String {
         .replace('$', "\\$")
 }
 
-fn unresolved_patient(ctx: &Ctx, interaction: Interaction) -> Error {
-    let sees_all = ctx.guard().is_none_or(|g| {
+/// True for requests that may learn what is stored whatever its compartment (the admin, a
+/// service, node work): they get the precise refusal where others get the policy's.
+fn sees_all(ctx: &Ctx) -> bool {
+    ctx.guard().is_none_or(|g| {
         matches!(
             g.role(),
             medvault_core::Role::Admin | medvault_core::Role::Service
         )
-    });
-    if sees_all {
+    })
+}
+
+fn unresolved_patient(ctx: &Ctx, interaction: Interaction) -> Error {
+    if sees_all(ctx) {
         Error::new(
             ErrorKind::Unprocessable,
             IssueCode::Processing,

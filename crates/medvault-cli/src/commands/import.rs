@@ -182,13 +182,14 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
         node.record_audit_now(|now| {
             AuditRecord::admin(now, "import-file", Some(&digest)).with(
                 "extra",
-                Some(json!({"resources": loaded.resources, "by_type": loaded.by_type})),
+                Some(json!({"resources": loaded.resources, "unchanged": loaded.unchanged, "by_type": loaded.by_type})),
             )
         })
         .map_err(fail)?;
         remember(&mut journal_file, &digest, &loaded)?;
         imported += 1;
         total.resources += loaded.resources;
+        total.unchanged += loaded.unchanged;
         for (t, n) in loaded.by_type {
             *total.by_type.entry(t).or_default() += n;
         }
@@ -203,11 +204,16 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
         Some(json!({"files": imported, "skipped": skipped, "resources": total.resources})),
     )?;
     println!(
-        "imported {} resources from {} files{}",
+        "imported {} resources from {} files{}{}",
         total.resources,
         imported,
         if skipped > 0 {
             format!(" ({skipped} already imported, skipped)")
+        } else {
+            String::new()
+        },
+        if total.unchanged > 0 {
+            format!("; {} were already here unchanged", total.unchanged)
         } else {
             String::new()
         }
