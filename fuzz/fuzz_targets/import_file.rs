@@ -3,13 +3,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use medvault_node::import::{MAX_IMPORT_ENTRIES, file_entries};
+use medvault_node::import::{MAX_IMPORT_ENTRIES, Mode, file_entries};
 
 fuzz_target!(|data: &[u8]| {
     for ndjson in [true, false] {
-        match file_entries(data, ndjson) {
-            Ok(entries) => assert!(entries.len() <= MAX_IMPORT_ENTRIES),
-            Err(e) => assert!(!e.message.is_empty()),
+        for mode in [Mode::AddOnly, Mode::Update] {
+            match file_entries(data, ndjson, mode) {
+                Ok(entries) => assert!(entries.len() <= MAX_IMPORT_ENTRIES),
+                Err(e) => assert!(!e.message.is_empty()),
+            }
         }
     }
 });
