@@ -255,42 +255,43 @@ const COLLECTION_TYPES: [&str; 4] = ["Bundle", "Group", "Linkage", "List"];
 /// Most other patients a collection is decided for one by one.
 const MAX_NAMED_PATIENTS: usize = 64;
 
-/// Records a resource stands for, each decided as well: a Binary's `securityContext` (its
-/// type, compartment and labels, as stored now), and the compartments of the other patients a
-/// collection names.
+/// The record a Binary stands for: its `securityContext` as stored now (type, compartment and
+/// the content a decision rests on), decided as well.
 ///
 /// # Errors
 /// Store and key errors reading the securityContext.
-fn stands_for(
+fn proxy_of(
     store: &dyn StoreRead,
     ctx: &Ctx,
     rt: &ResourceType,
-    key_name: &str,
     resource: &Value,
-) -> Result<Vec<(ResourceType, String, Option<Value>)>, Error> {
-    let mut out = Vec::new();
-    if let Some((t, id)) = ctx.fhir.sealing_proxy(rt.as_str(), resource)
-        && let (Ok(t), Ok(id)) = (ResourceType::new(t), medvault_core::ResourceId::new(id))
-        && let Some(row) = store.version(&t, &id, None)?
-    {
-        let content = crate::records::decision_content(store, &ctx.as_node_work(), &t, &id, &row)?;
-        out.push((t, row.key_name, content));
+) -> Result<Option<(ResourceType, String, Option<Value>)>, Error> {
+    let Some((t, id)) = ctx.fhir.sealing_proxy(rt.as_str(), resource) else {
+        return Ok(None);
+    };
+    let (Ok(t), Ok(id)) = (ResourceType::new(t), medvault_core::ResourceId::new(id)) else {
+        return Ok(None);
+    };
+    let Some(row) = store.version(&t, &id, None)? else {
+        return Ok(None);
+    };
+    let content = crate::records::decision_content(store, &ctx.as_node_work(), &t, &id, &row)?;
+    Ok(Some((t, row.key_name, content)))
+}
+
+/// The other compartments a collection is decided in: those of the patients it names besides
+/// `key_name`'s (`@tenant` alone beyond [`MAX_NAMED_PATIENTS`]); none for other types.
+fn other_compartments(rt: &ResourceType, key_name: &str, resource: &Value) -> Vec<String> {
+    if !COLLECTION_TYPES.contains(&rt.as_str()) {
+        return Vec::new();
     }
-    if COLLECTION_TYPES.contains(&rt.as_str()) {
-        let mut named = BTreeSet::new();
-        named_patients(resource, &mut named);
-        named.remove(key_name.strip_prefix("Patient/").unwrap_or_default());
-        if named.len() > MAX_NAMED_PATIENTS {
-            out.push((rt.clone(), "@tenant".to_owned(), Some(resource.clone())));
-        } else {
-            out.extend(
-                named
-                    .into_iter()
-                    .map(|p| (rt.clone(), format!("Patient/{p}"), Some(resource.clone()))),
-            );
-        }
+    let mut named = BTreeSet::new();
+    named_patients(resource, &mut named);
+    named.remove(key_name.strip_prefix("Patient/").unwrap_or_default());
+    if named.len() > MAX_NAMED_PATIENTS {
+        return vec!["@tenant".to_owned()];
     }
-    Ok(out)
+    named.into_iter().map(|p| format!("Patient/{p}")).collect()
 }
 
 /// The patients `v` names: literal `Patient/<id>` references anywhere in it, and a Bundle's
@@ -713,8 +714,14 @@ impl AccessPolicy for Guard {
         }
         // What the resource stands for is decided too: a Binary is as visible as its
         // securityContext, a Group, Linkage, List or stored Bundle as every patient it names.
-        for (other_rt, other_key, content) in stands_for(store, ctx, rt, key_name, resource)? {
-            let v = self.decide_one(store, ctx, action, &other_rt, &other_key, content.as_ref())?;
+        if let Some((proxy_rt, proxy_key, content)) = proxy_of(store, ctx, rt, resource)? {
+            let v = self.decide_one(store, ctx, action, &proxy_rt, &proxy_key, content.as_ref())?;
+            if v.is_err() {
+                return Ok(v);
+            }
+        }
+        for other_key in other_compartments(rt, key_name, resource) {
+            let v = self.decide_one(store, ctx, action, rt, &other_key, Some(resource))?;
             if v.is_err() {
                 return Ok(v);
             }
