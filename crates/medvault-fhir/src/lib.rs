@@ -8,9 +8,11 @@
 
 mod date;
 mod number;
+pub mod patch;
 mod path;
 mod search;
 pub mod strict_json;
+pub mod summary;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,7 +27,7 @@ pub use path::{local_reference, relative_reference};
 pub fn date_range(text: &str) -> Option<(i64, i64)> {
     date::parse_range(text)
 }
-pub use search::{Alternative, Clause, ParamKind, SearchError, SearchParam, normalize};
+pub use search::{Alternative, Clause, ParamKind, SearchError, SearchParam, SortKey, normalize};
 pub use validate::Issue;
 
 /// The FHIR version served.
@@ -72,6 +74,11 @@ pub const PATIENT_DATA_OUTSIDE_COMPARTMENT: &[&str] = &[
 
 /// Parameters that name the record's own patient, tried first when choosing its compartment.
 const OWN_PATIENT_PARAMS: [&str; 3] = ["patient", "subject", "beneficiary"];
+
+/// The parameters every resource has (`Resource.meta`) that are indexed like any other; the
+/// rest of the `_` parameters are the search machinery's own (`_id`, `_lastUpdated`, `_has`…)
+/// or full-text ones medvault does not offer (`_text`, `_content`).
+const META_PARAMS: [&str; 4] = ["_tag", "_security", "_profile", "_source"];
 
 /// Parameters whose defined matching medvault does not implement, so they are not offered:
 /// `phonetic` asks for sound-alike matching (Soundex, Metaphone…), which a plain string index
@@ -159,6 +166,11 @@ impl Fhir {
             .get("entry")
             .and_then(Value::as_array)
             .ok_or(FhirError::Definitions("search-parameters.json"))?;
+        let by_url: BTreeMap<&str, &Value> = entries
+            .iter()
+            .filter_map(|e| e.get("resource"))
+            .filter_map(|d| Some((d.get("url")?.as_str()?, d)))
+            .collect();
         let mut types = BTreeMap::new();
         for &t in served {
             if !all_types.contains(t) {
@@ -169,18 +181,43 @@ impl Fhir {
                 let Some(def) = e.get("resource") else {
                     continue;
                 };
-                let applies = def
-                    .get("base")
-                    .and_then(Value::as_array)
-                    .is_some_and(|b| b.iter().any(|x| x.as_str() == Some(t)));
+                let code = def.get("code").and_then(Value::as_str).unwrap_or_default();
+                let applies = def.get("base").and_then(Value::as_array).is_some_and(|b| {
+                    b.iter().any(|x| {
+                        x.as_str() == Some(t)
+                            || (x.as_str() == Some("Resource") && META_PARAMS.contains(&code))
+                    })
+                });
                 if applies
+                    && (!code.starts_with('_') || META_PARAMS.contains(&code))
+                    && !NOT_IMPLEMENTED.contains(&code)
                     && let Some(p) = SearchParam::from_definition(def, t)
-                    && !p.code.starts_with('_')
-                    && !NOT_IMPLEMENTED.contains(&p.code.as_str())
                 {
                     by_code.insert(p.code.clone(), p);
                 }
             }
+            // Composites last: their first component is narrowed by the type's parameter with
+            // that component's definition.
+            let composites: Vec<SearchParam> = by_code
+                .values()
+                .filter(|p| p.kind == ParamKind::Composite)
+                .filter_map(|p| {
+                    let def = by_url.get(p.url.as_str())?;
+                    SearchParam::composite(
+                        def,
+                        t,
+                        |url| by_url.get(url).copied(),
+                        |url| {
+                            by_code
+                                .values()
+                                .find(|q| q.url == url && q.kind != ParamKind::Composite)
+                                .map(|q| q.code.clone())
+                        },
+                    )
+                })
+                .collect();
+            by_code.retain(|_, p| p.kind != ParamKind::Composite);
+            by_code.extend(composites.into_iter().map(|p| (p.code.clone(), p)));
             let in_compartment = compartment
                 .get("resource")
                 .and_then(Value::as_array)

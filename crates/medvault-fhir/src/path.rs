@@ -118,10 +118,12 @@ fn parse_branch(text: &str) -> Option<Branch> {
         } else if !tail.trim().is_empty() {
             return None;
         }
-    } else {
-        let (h, rest) = text.split_once('.')?;
+    } else if let Some((h, rest)) = text.split_once('.') {
         head = h;
         parse_chain(rest, &mut steps)?;
+    } else {
+        // A bare type name selects the resource itself (a composite's base, `Observation`).
+        head = text;
     }
     is_name(head).then(|| Branch {
         resource_type: head.to_owned(),
@@ -158,6 +160,21 @@ impl Expr {
             {
                 branches.push(b);
             }
+        }
+        (!branches.is_empty()).then_some(Self { branches })
+    }
+
+    /// Parses an expression relative to an element (a composite parameter's component: `code`,
+    /// `value.as(Quantity) | value.as(Range)`), evaluated with [`Self::evaluate`] on that element.
+    pub(crate) fn parse_relative(expression: &str) -> Option<Self> {
+        let mut branches = Vec::new();
+        for part in split_top_level(expression, '|') {
+            let mut steps = Vec::new();
+            parse_chain(part.trim(), &mut steps)?;
+            branches.push(Branch {
+                resource_type: String::new(),
+                steps,
+            });
         }
         (!branches.is_empty()).then_some(Self { branches })
     }

@@ -46,6 +46,8 @@ pub enum ParamKind {
     Quantity,
     /// URIs, matched exactly or by path (`:below`, `:above`).
     Uri,
+    /// Several components matched on the same element (`code$value`).
+    Composite,
 }
 
 impl ParamKind {
@@ -59,6 +61,7 @@ impl ParamKind {
             "number" => Some(Self::Number),
             "quantity" => Some(Self::Quantity),
             "uri" => Some(Self::Uri),
+            "composite" => Some(Self::Composite),
             _ => None,
         }
     }
@@ -73,6 +76,7 @@ impl ParamKind {
             Self::Number => "number",
             Self::Quantity => "quantity",
             Self::Uri => "uri",
+            Self::Composite => "composite",
         }
     }
 }
@@ -88,6 +92,13 @@ pub struct SearchParam {
     pub url: String,
     /// Target resource types (reference parameters).
     pub targets: Vec<String>,
+    /// A composite's components, each with its expression relative to the composite's element.
+    components: Vec<SearchParam>,
+    /// The parameter of the same type whose index narrows this one: the parameter defining a
+    /// composite's first component (it indexes a superset of that component's values); the
+    /// parameter itself otherwise. `None` for a composite whose first component no parameter of
+    /// the type defines: it is only filtered after decryption.
+    index_param: Option<String>,
     expr: Expr,
 }
 
@@ -100,6 +111,15 @@ pub enum SearchError {
     /// The value is not valid for the parameter's type.
     #[error("invalid value for a {0} parameter")]
     Value(&'static str),
+    /// `:missing` takes `true` or `false`.
+    #[error(":missing takes true or false")]
+    Missing,
+    /// A composite value does not have one part per component.
+    #[error("a composite value needs {0} parts separated by '$'")]
+    Composite(usize),
+    /// The parameter cannot order results.
+    #[error("results cannot be sorted by a composite parameter")]
+    Sort,
     /// The prefix (comparator) is not supported for this parameter.
     #[error(
         "prefix '{0}' is not supported here (dates take eq, gt, lt, ge, le, sa and eb; numbers and quantities also ne and ap)"
@@ -113,6 +133,8 @@ enum Extracted {
     Token {
         system: Option<String>,
         code: String,
+        /// An Identifier's `type` codings (system, code), for `:of-type`.
+        types: Vec<(Option<String>, String)>,
     },
     Ref(String),
     Date(i64, i64),
@@ -152,6 +174,20 @@ enum Matcher {
         value: String,
         how: UriMatch,
     },
+    /// Normalized text found anywhere in a string (`:contains`).
+    Contains(String),
+    /// An Identifier of this type (system, code) with this value (`:of-type`).
+    OfType {
+        system: String,
+        code: String,
+        value: String,
+    },
+    /// No value matches the token (`:not`; a clause's alternatives are all excluded).
+    Not(Box<Matcher>),
+    /// The parameter has no value (`true`) or has one (`false`).
+    Missing(bool),
+    /// One matcher per component, all met by the same element.
+    Composite(Vec<Matcher>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,11 +228,20 @@ pub struct Alternative {
 pub struct Clause {
     /// Parameter code.
     pub param: String,
+    /// The parameter whose blind index the keys are looked up in (`None`: the clause has no
+    /// index keys and is only checked after decryption: `:missing`, `:not`, `:contains`).
+    pub index_param: Option<String>,
     /// Alternatives.
     pub alternatives: Vec<Alternative>,
 }
 
 impl Clause {
+    /// True when the index cannot narrow this clause: every candidate is checked after
+    /// decryption.
+    pub fn filter_only(&self) -> bool {
+        self.index_param.is_none() || self.alternatives.iter().any(|a| a.keys.is_empty())
+    }
+
     /// True when every alternative is answered exactly by the index.
     pub fn exact(&self) -> bool {
         self.alternatives.iter().all(|a| a.exact)
@@ -234,6 +279,24 @@ fn key(tag: &str, parts: &[&str]) -> Vec<u8> {
         k.extend_from_slice(p.as_bytes());
     }
     k
+}
+
+/// Splits `raw` on `sep` where it is not escaped with `\`, keeping every escape as written.
+fn split_escaped(raw: &str, sep: char) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut escaped) = (0, false);
+    for (i, c) in raw.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == sep {
+            out.push(&raw[start..i]);
+            start = i + c.len_utf8();
+        }
+    }
+    out.push(&raw[start..]);
+    out
 }
 
 /// Splits a search value on commas that are not escaped with `\`, unescaping `\,` `\|` `\$` `\\`.
@@ -297,21 +360,60 @@ fn date_keys(start: i64, end: i64, query: bool) -> Vec<Vec<u8>> {
 impl SearchParam {
     /// Builds a parameter from its definition for `resource_type`; `None` when its type or
     /// expression is outside what medvault supports.
+    /// A composite's components are found with `definition` (a SearchParameter definition by
+    /// URL) and `index_param` (the code of this type's parameter with that URL, if any).
     pub fn from_definition(def: &Value, resource_type: &str) -> Option<Self> {
+        Self::build(
+            def,
+            Expr::parse(def.get("expression")?.as_str()?, resource_type)?,
+        )
+    }
+
+    fn build(def: &Value, expr: Expr) -> Option<Self> {
         let kind = ParamKind::from_fhir(def.get("type")?.as_str()?)?;
-        let expr = Expr::parse(def.get("expression")?.as_str()?, resource_type)?;
-        let targets = crate::strings(def.get("target"));
+        let code = def.get("code")?.as_str()?.to_owned();
         Some(Self {
-            code: def.get("code")?.as_str()?.to_owned(),
+            index_param: (kind != ParamKind::Composite).then(|| code.clone()),
+            code,
             kind,
             url: def
                 .get("url")
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned(),
-            targets,
+            targets: crate::strings(def.get("target")),
+            components: Vec::new(),
             expr,
         })
+    }
+
+    /// Builds a composite parameter: `definition` finds a component's SearchParameter by URL,
+    /// `index_param` the code of this type's parameter with a URL (the one whose index narrows
+    /// the composite by its first component). `None` when a component is unsupported.
+    pub fn composite<'d>(
+        def: &Value,
+        resource_type: &str,
+        definition: impl Fn(&str) -> Option<&'d Value>,
+        index_param: impl Fn(&str) -> Option<String>,
+    ) -> Option<Self> {
+        let mut param = Self::from_definition(def, resource_type)?;
+        if param.kind != ParamKind::Composite {
+            return None;
+        }
+        let mut first_url = None;
+        for c in def.get("component")?.as_array()? {
+            let url = c.get("definition")?.as_str()?;
+            let component_def = definition(url)?;
+            let expr = Expr::parse_relative(c.get("expression")?.as_str()?)?;
+            let component = Self::build(component_def, expr)?;
+            if component.kind == ParamKind::Composite {
+                return None;
+            }
+            first_url.get_or_insert(url);
+            param.components.push(component);
+        }
+        param.index_param = first_url.and_then(index_param);
+        (param.components.len() >= 2).then_some(param)
     }
 
     fn values(&self, resource: &Value) -> Vec<Extracted> {
@@ -335,7 +437,7 @@ impl SearchParam {
                         keys.push(key("p", &[prefix(&n, len)]));
                     }
                 }
-                Extracted::Token { system, code } => {
+                Extracted::Token { system, code, .. } => {
                     keys.push(key("c", &[&code]));
                     match system {
                         Some(s) => {
@@ -422,17 +524,57 @@ impl SearchParam {
     /// [`SearchError`] for unsupported modifiers or comparators and malformed values.
     pub fn parse_clause(&self, modifier: Option<&str>, raw: &str) -> Result<Clause, SearchError> {
         let mut alternatives = Vec::new();
-        for value in split_values(raw) {
-            alternatives.push(self.parse_value(modifier, &value)?);
+        if self.kind == ParamKind::Composite {
+            if modifier.is_some_and(|m| m != "missing") {
+                return Err(SearchError::Modifier(
+                    modifier.unwrap_or_default().to_owned(),
+                ));
+            }
+            for value in split_escaped(raw, ',') {
+                alternatives.push(match modifier {
+                    Some(_) => missing(value)?,
+                    None => self.parse_composite(value)?,
+                });
+            }
+        } else {
+            for value in split_values(raw) {
+                alternatives.push(self.parse_value(modifier, &value)?);
+            }
         }
+        let filter_only = alternatives.iter().any(|a| a.keys.is_empty());
         Ok(Clause {
             param: self.code.clone(),
+            index_param: self.index_param.clone().filter(|_| !filter_only),
             alternatives,
+        })
+    }
+
+    fn parse_composite(&self, value: &str) -> Result<Alternative, SearchError> {
+        let parts = split_escaped(value, '$');
+        if parts.len() != self.components.len() {
+            return Err(SearchError::Composite(self.components.len()));
+        }
+        let mut matchers = Vec::with_capacity(parts.len());
+        let mut keys = Vec::new();
+        for (i, (component, part)) in self.components.iter().zip(parts).enumerate() {
+            let alt = component.parse_value(None, &split_values(part).concat())?;
+            if i == 0 && self.index_param.is_some() {
+                keys = alt.keys;
+            }
+            matchers.push(alt.matcher);
+        }
+        Ok(Alternative {
+            keys,
+            exact: false,
+            matcher: Matcher::Composite(matchers),
         })
     }
 
     fn parse_value(&self, modifier: Option<&str>, value: &str) -> Result<Alternative, SearchError> {
         let bad_modifier = || SearchError::Modifier(modifier.unwrap_or_default().to_owned());
+        if modifier == Some("missing") {
+            return missing(value);
+        }
         match self.kind {
             ParamKind::String => {
                 if value.is_empty() {
@@ -458,12 +600,48 @@ impl SearchParam {
                         exact: true,
                         matcher: Matcher::Exact(value.to_owned()),
                     }),
+                    // No index answers a substring: only the other clauses narrow.
+                    Some("contains") => Ok(Alternative {
+                        keys: Vec::new(),
+                        exact: false,
+                        matcher: Matcher::Contains(normalize(value)),
+                    }),
                     Some(_) => Err(bad_modifier()),
                 }
             }
             ParamKind::Token => {
-                if modifier.is_some() {
-                    return Err(bad_modifier());
+                match modifier {
+                    None => {}
+                    Some("not") => {
+                        // Resources without the code match too: only the other clauses narrow.
+                        let inner = self.parse_value(None, value)?;
+                        return Ok(Alternative {
+                            keys: Vec::new(),
+                            exact: false,
+                            matcher: Matcher::Not(Box::new(inner.matcher)),
+                        });
+                    }
+                    Some("of-type") => {
+                        let mut parts = value.splitn(3, '|');
+                        let (Some(system), Some(code), Some(v)) =
+                            (parts.next(), parts.next(), parts.next())
+                        else {
+                            return Err(SearchError::Value("of-type (system|code|value)"));
+                        };
+                        if [system, code, v].iter().any(|p| p.is_empty()) {
+                            return Err(SearchError::Value("of-type (system|code|value)"));
+                        }
+                        return Ok(Alternative {
+                            keys: vec![key("c", &[v])],
+                            exact: false,
+                            matcher: Matcher::OfType {
+                                system: system.to_owned(),
+                                code: code.to_owned(),
+                                value: v.to_owned(),
+                            },
+                        });
+                    }
+                    Some(_) => return Err(bad_modifier()),
                 }
                 let (keys, matcher) = match value.split_once('|') {
                     None if !value.is_empty() => (
@@ -596,6 +774,7 @@ impl SearchParam {
                     },
                 })
             }
+            ParamKind::Composite => Err(SearchError::Composite(self.components.len())),
             ParamKind::Uri => {
                 if value.is_empty() {
                     return Err(SearchError::Value("uri"));
@@ -629,23 +808,145 @@ impl SearchParam {
 
     /// Re-checks a clause against a decrypted resource.
     pub fn matches(&self, clause: &Clause, resource: &Value) -> bool {
+        if self.kind == ParamKind::Composite {
+            return self.composite_matches(clause, resource);
+        }
         let values = self.values(resource);
-        clause
+        // `:not=a,b` excludes both codes (every alternative of the clause is a `Not`).
+        if clause
             .alternatives
             .iter()
-            .any(|alt| values.iter().any(|v| matches_one(&alt.matcher, v)))
+            .all(|a| matches!(a.matcher, Matcher::Not(_)))
+            && !clause.alternatives.is_empty()
+        {
+            return !clause.alternatives.iter().any(|alt| match &alt.matcher {
+                Matcher::Not(inner) => values.iter().any(|v| matches_one(inner, v)),
+                _ => false,
+            });
+        }
+        clause.alternatives.iter().any(|alt| match &alt.matcher {
+            Matcher::Missing(missing) => values.is_empty() == *missing,
+            m => values.iter().any(|v| matches_one(m, v)),
+        })
     }
+
+    fn composite_matches(&self, clause: &Clause, resource: &Value) -> bool {
+        let elements = self.expr.evaluate(resource);
+        clause.alternatives.iter().any(|alt| match &alt.matcher {
+            Matcher::Missing(missing) => elements.is_empty() == *missing,
+            Matcher::Composite(parts) => elements.iter().any(|element| {
+                self.components.iter().zip(parts).all(|(component, m)| {
+                    let mut values = Vec::new();
+                    for node in component.expr.evaluate(element.value) {
+                        extract(component.kind, node, &mut values);
+                    }
+                    values.iter().any(|v| matches_one(m, v))
+                })
+            }),
+            _ => false,
+        })
+    }
+
+    /// The value `resource` sorts by under this parameter: the lowest value ascending, the
+    /// highest descending (a date range by its start ascending, its end descending); `None`
+    /// when it has none (such resources sort last).
+    ///
+    /// # Errors
+    /// [`SearchError::Sort`] for a composite parameter.
+    pub fn sort_key(
+        &self,
+        resource: &Value,
+        descending: bool,
+    ) -> Result<Option<SortKey>, SearchError> {
+        if self.kind == ParamKind::Composite {
+            return Err(SearchError::Sort);
+        }
+        let keys = self.values(resource).into_iter().map(|v| match v {
+            Extracted::Str(s) => SortKey::Text(normalize(&s)),
+            Extracted::Token { code, .. } => SortKey::Text(code),
+            Extracted::Ref(r) | Extracted::Uri(r) => SortKey::Text(r),
+            Extracted::Date(start, end) => SortKey::Time(if descending { end } else { start }),
+            Extracted::Number(x) | Extracted::Quantity { value: x, .. } => SortKey::Number(x),
+        });
+        Ok(if descending {
+            keys.max_by(SortKey::compare)
+        } else {
+            keys.min_by(SortKey::compare)
+        })
+    }
+}
+
+/// A value results are ordered by (`_sort`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SortKey {
+    /// Normalized text, a code, a reference or a URI.
+    Text(String),
+    /// A number or a quantity's value.
+    Number(f64),
+    /// A date's start or end (Unix seconds).
+    Time(i64),
+}
+
+impl SortKey {
+    /// Total order: by kind, then by value (one parameter gives one kind).
+    pub fn compare(a: &Self, b: &Self) -> std::cmp::Ordering {
+        match (a, b) {
+            (Self::Text(x), Self::Text(y)) => x.cmp(y),
+            (Self::Number(x), Self::Number(y)) => x.total_cmp(y),
+            (Self::Time(x), Self::Time(y)) => x.cmp(y),
+            _ => a.rank().cmp(&b.rank()),
+        }
+    }
+
+    fn rank(&self) -> u8 {
+        match self {
+            Self::Text(_) => 0,
+            Self::Number(_) => 1,
+            Self::Time(_) => 2,
+        }
+    }
+}
+
+/// A `:missing=true|false` alternative (checked after decryption).
+fn missing(value: &str) -> Result<Alternative, SearchError> {
+    let missing = match value {
+        "true" => true,
+        "false" => false,
+        _ => return Err(SearchError::Missing),
+    };
+    Ok(Alternative {
+        keys: Vec::new(),
+        exact: false,
+        matcher: Matcher::Missing(missing),
+    })
 }
 
 fn matches_one(m: &Matcher, v: &Extracted) -> bool {
     match (m, v) {
         (Matcher::Prefix(p), Extracted::Str(s)) => normalize(s).starts_with(p.as_str()),
         (Matcher::Exact(p), Extracted::Str(s)) => p == s,
+        (Matcher::Contains(p), Extracted::Str(s)) => normalize(s).contains(p.as_str()),
+        (
+            Matcher::OfType {
+                system,
+                code,
+                value,
+            },
+            Extracted::Token {
+                code: vc, types, ..
+            },
+        ) => {
+            vc == value
+                && types
+                    .iter()
+                    .any(|(s, c)| s.as_deref() == Some(system.as_str()) && c == code)
+        }
         (
             Matcher::Token { system, code },
             Extracted::Token {
                 system: vs,
                 code: vc,
+                ..
             },
         ) => {
             code.as_ref().is_none_or(|c| c == vc)
@@ -725,6 +1026,7 @@ fn push_coding(out: &mut Vec<Extracted>, c: &Value) {
         out.push(Extracted::Token {
             system: c.get("system").and_then(Value::as_str).map(str::to_owned),
             code: code.to_owned(),
+            types: Vec::new(),
         });
     }
 }
@@ -757,10 +1059,12 @@ fn extract(kind: ParamKind, node: Node<'_>, out: &mut Vec<Extracted>) {
             Value::String(s) => out.push(Extracted::Token {
                 system: None,
                 code: s.clone(),
+                types: Vec::new(),
             }),
             Value::Bool(b) => out.push(Extracted::Token {
                 system: None,
                 code: b.to_string(),
+                types: Vec::new(),
             }),
             Value::Object(map) => {
                 if let Some(Value::Array(codings)) = map.get("coding") {
@@ -773,9 +1077,25 @@ fn extract(kind: ParamKind, node: Node<'_>, out: &mut Vec<Extracted>) {
                         .get("system")
                         .and_then(Value::as_str)
                         .filter(|s| s.contains(':'));
+                    let types = map
+                        .get("type")
+                        .and_then(|t| t.get("coding"))
+                        .and_then(Value::as_array)
+                        .map(|codings| {
+                            codings
+                                .iter()
+                                .filter_map(|c| {
+                                    let code = c.get("code").and_then(Value::as_str)?;
+                                    let system = c.get("system").and_then(Value::as_str);
+                                    Some((system.map(str::to_owned), code.to_owned()))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     out.push(Extracted::Token {
                         system: system.map(str::to_owned),
                         code: value.to_owned(),
+                        types,
                     });
                 }
             }
@@ -813,6 +1133,7 @@ fn extract(kind: ParamKind, node: Node<'_>, out: &mut Vec<Extracted>) {
                 });
             }
         }
+        ParamKind::Composite => {}
         ParamKind::Uri => {
             if let Some(u) = v.as_str().filter(|u| !u.is_empty()) {
                 out.push(Extracted::Uri(u.to_owned()));
@@ -883,8 +1204,109 @@ mod tests {
         assert!(!hit(&p, None, "muller-x", &r));
         assert!(hit(&p, Some("exact"), "Ève", &r));
         assert!(!hit(&p, Some("exact"), "eve", &r));
-        assert!(p.parse_clause(Some("contains"), "x").is_err());
+        assert!(p.parse_clause(Some("text"), "x").is_err());
         assert!(hit(&p, None, "zzz,eve", &r), "comma means OR");
+        let contains = p.parse_clause(Some("contains"), "LUDEN").unwrap();
+        assert!(contains.filter_only() && p.matches(&contains, &r));
+        let no = p.parse_clause(Some("contains"), "xyz").unwrap();
+        assert!(!p.matches(&no, &r));
+    }
+
+    #[test]
+    fn missing_not_and_of_type() {
+        let g = param("token", "Patient.gender", "Patient");
+        let female = json!({"gender":"female"});
+        let unknown = json!({});
+        let yes = g.parse_clause(Some("missing"), "true").unwrap();
+        let no = g.parse_clause(Some("missing"), "false").unwrap();
+        assert!(yes.filter_only());
+        assert!(g.matches(&yes, &unknown) && !g.matches(&yes, &female));
+        assert!(g.matches(&no, &female) && !g.matches(&no, &unknown));
+        assert_eq!(
+            g.parse_clause(Some("missing"), "maybe").unwrap_err(),
+            SearchError::Missing
+        );
+        let not = g.parse_clause(Some("not"), "male,other").unwrap();
+        assert!(g.matches(&not, &female) && g.matches(&not, &unknown));
+        let not_female = g.parse_clause(Some("not"), "male,female").unwrap();
+        assert!(!g.matches(&not_female, &female), ":not=a,b excludes both");
+
+        let id = param("token", "Patient.identifier", "Patient");
+        let r = json!({"identifier":[{"type":{"coding":[{
+            "system":"http://terminology.hl7.org/CodeSystem/v2-0203","code":"MR"}]},
+            "system":"urn:oid:1.2","value":"123"}]});
+        let v2 = "http://terminology.hl7.org/CodeSystem/v2-0203";
+        assert!(hit(&id, Some("of-type"), &format!("{v2}|MR|123"), &r));
+        assert!(!hit(&id, Some("of-type"), &format!("{v2}|SS|123"), &r));
+        assert!(!hit(&id, Some("of-type"), &format!("{v2}|MR|124"), &r));
+        assert!(id.parse_clause(Some("of-type"), "MR|123").is_err());
+    }
+
+    #[test]
+    fn composites_match_on_one_element() {
+        let defs = json!({
+            "code": {"code":"code","type":"token","url":"u:code","expression":"Observation.code"},
+            "value": {"code":"value-quantity","type":"quantity","url":"u:value",
+                "expression":"Observation.value"},
+            "composite": {"code":"component-code-value-quantity","type":"composite",
+                "url":"u:composite","expression":"Observation.component",
+                "component":[{"definition":"u:code","expression":"code"},
+                    {"definition":"u:value","expression":"value.as(Quantity)"}]},
+        });
+        let by_url = |u: &str| match u {
+            "u:code" => defs.get("code"),
+            "u:value" => defs.get("value"),
+            _ => None,
+        };
+        let p = SearchParam::composite(&defs["composite"], "Observation", by_url, |u| {
+            (u == "u:code").then(|| "component-code".to_owned())
+        })
+        .unwrap();
+        let bp = json!({"component":[
+            {"code":{"coding":[{"system":"http://loinc.org","code":"8480-6"}]},
+             "valueQuantity":{"value":120,"unit":"mmHg"}},
+            {"code":{"coding":[{"system":"http://loinc.org","code":"8462-4"}]},
+             "valueQuantity":{"value":80,"unit":"mmHg"}}]});
+        let clause = |v: &str| p.parse_clause(None, v).unwrap();
+        assert!(p.matches(&clause("http://loinc.org|8480-6$gt100"), &bp));
+        assert!(p.matches(&clause("8462-4$80"), &bp));
+        assert!(
+            !p.matches(&clause("http://loinc.org|8462-4$gt100"), &bp),
+            "both parts on the same component"
+        );
+        let c = clause("8480-6$gt100");
+        assert_eq!(c.index_param.as_deref(), Some("component-code"));
+        assert!(!c.filter_only() && !c.exact());
+        assert!(c.keys().any(|k| k == b"c:8480-6"));
+        assert_eq!(
+            p.parse_clause(None, "8480-6").unwrap_err(),
+            SearchError::Composite(2)
+        );
+        assert!(p.sort_key(&bp, false).is_err());
+    }
+
+    #[test]
+    fn sort_keys_take_the_lowest_ascending_and_highest_descending() {
+        let d = param("date", "Encounter.period", "Encounter");
+        let e = json!({"period":{"start":"2020-01-01","end":"2020-03-01"}});
+        let (Some(SortKey::Time(a)), Some(SortKey::Time(b))) = (
+            d.sort_key(&e, false).unwrap(),
+            d.sort_key(&e, true).unwrap(),
+        ) else {
+            panic!("dates sort by time");
+        };
+        assert!(a < b);
+        let n = param("string", "Patient.name", "Patient");
+        let r = json!({"name":[{"family":"Zed","given":["Ann"]}]});
+        assert_eq!(
+            n.sort_key(&r, false).unwrap(),
+            Some(SortKey::Text("ann".into()))
+        );
+        assert_eq!(
+            n.sort_key(&r, true).unwrap(),
+            Some(SortKey::Text("zed".into()))
+        );
+        assert_eq!(n.sort_key(&json!({}), true).unwrap(), None);
     }
 
     #[test]

@@ -384,13 +384,7 @@ fn find_all(
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    let mut req = search::parse(ctx, rt, &params, true)?;
-    req.paging.count = search::MAX_CANDIDATES;
-    let (found, total) = search::execute(store, ctx, rt, &req)?;
-    if total > found.len() as u64 {
-        return Err(search::too_costly());
-    }
-    Ok(found)
+    search::all_matches(store, ctx, rt, &params)
 }
 
 impl Guard {

@@ -51,6 +51,19 @@ impl Outcome {
         }
     }
 
+    /// The outcome with its resource cut down by `_summary` or `_elements` (`None`: whole).
+    #[must_use]
+    pub fn subset(
+        mut self,
+        rt: &ResourceType,
+        how: Option<&medvault_fhir::summary::Subset>,
+    ) -> Self {
+        if let (Some(how), Some(r)) = (how, &self.resource) {
+            self.resource = Some(medvault_fhir::summary::subset(rt.as_str(), r, how));
+        }
+        self
+    }
+
     pub(crate) fn with_key(mut self, key_name: String) -> Self {
         self.key_name = Some(key_name);
         self

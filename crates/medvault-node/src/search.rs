@@ -1,8 +1,15 @@
 //! Search: query parsing, the blind-index lookup, exact re-checking after decryption, paging.
+//!
+//! Chained parameters and `_has` are resolved by searching the other type first (as the same
+//! requester, so its results pass the same scopes and policy), then narrowing this search to
+//! what they found; `_include`/`_revinclude` are in [`include`].
+
+pub mod include;
 
 use medvault_auth::scopes::{Access, COMPARTMENT_CONSTRAINT, Interaction};
 use medvault_core::{ResourceId, ResourceType};
 use medvault_fhir::Clause;
+use medvault_fhir::summary::{Elements, Subset, Summary};
 use medvault_store::{IndexQuery, SortOrder, StoreRead};
 use serde_json::{Value, json};
 
@@ -51,16 +58,63 @@ pub struct SearchRequest {
     updated_from: Option<i64>,
     updated_to: Option<i64>,
     sort: SortOrder,
+    /// `_sort` by search parameters (or by several keys): results are ordered after
+    /// decryption.
+    sort_keys: Vec<SortBy>,
+    /// Chained parameters and `_has`, resolved when the search runs.
+    joins: Vec<Join>,
     /// Paging.
     pub paging: Paging,
     summary_count: bool,
+    /// `_total=none`: the Bundle carries no total.
+    no_total: bool,
+    /// `_summary` (but `count`) or `_elements`: how matches are cut down.
+    subset: Option<Subset>,
     /// Parameters ignored under lenient handling.
     pub ignored: Vec<String>,
     /// The parameters that were applied, for the `self` link.
     pub applied: Vec<(String, String)>,
-    /// `_include`s: the reference parameter and the target type, if one was named.
-    pub includes: Vec<(String, Option<String>)>,
+    /// `_include`s and `_revinclude`s.
+    pub includes: Vec<include::Spec>,
 }
+
+/// One `_sort` key.
+#[derive(Debug, Clone)]
+enum SortBy {
+    Id { descending: bool },
+    LastUpdated { descending: bool },
+    Param { code: String, descending: bool },
+}
+
+/// A clause answered by searching another type first.
+#[derive(Debug)]
+enum Join {
+    /// `param[:Type].rest=value`: this type's reference `param` points at a resource of one of
+    /// `targets` that matches its search.
+    Chain {
+        param: String,
+        targets: Vec<(ResourceType, SearchRequest)>,
+    },
+    /// `_has:Type:param:rest=value`: a resource of `source` matching its search points at this
+    /// one through its reference `param`.
+    Has {
+        source: ResourceType,
+        param: String,
+        search: Box<SearchRequest>,
+    },
+}
+
+/// What a search's joins resolve to: the reference clauses they add and the ids they allow.
+struct Joined {
+    clauses: Vec<Clause>,
+    ids: Option<Vec<String>>,
+}
+
+/// Deepest nesting of chains and `_has` in one search.
+pub const MAX_JOIN_DEPTH: usize = 3;
+/// Most resources a chained parameter or `_has` may find before the search is refused as too
+/// costly (each becomes a lookup of the outer search).
+pub const MAX_JOIN_MATCHES: u64 = 1_000;
 
 /// Most parameters one search may have.
 pub const MAX_PARAMS: usize = 100;
@@ -107,6 +161,252 @@ fn medvault_fhir_date(text: &str) -> Option<(i64, i64)> {
     medvault_fhir::date_range(text)
 }
 
+/// Parses `_summary` (other than `count`) or `_elements` for results of type `rt`; `None` when
+/// the resource is returned whole. Unknown element names are a 400 under strict handling and
+/// ignored otherwise.
+///
+/// # Errors
+/// 400 for an unknown `_summary` value or a malformed element list.
+pub fn subset_param(
+    rt: &ResourceType,
+    name: &str,
+    value: &str,
+    strict: bool,
+) -> Result<Option<Subset>, Error> {
+    let bad = |e: medvault_fhir::summary::SubsetError| Error::bad_request(format!("{name}: {e}"));
+    if name == "_summary" {
+        return match Summary::parse(value).map_err(bad)? {
+            Summary::False => Ok(None),
+            s => Ok(Some(Subset::Summary(s))),
+        };
+    }
+    let elements = Elements::parse(value).map_err(bad)?;
+    let unknown = elements.unknown_for(rt.as_str());
+    if strict && !unknown.is_empty() {
+        return Err(not_supported(format!(
+            "_elements: {rt} has no element(s) {} (Prefer: handling=strict)",
+            unknown.join(", ")
+        )));
+    }
+    Ok(Some(Subset::Elements(elements)))
+}
+
+/// The `_summary` or `_elements` of a read (`GET [type]/[id]`), if any.
+///
+/// # Errors
+/// As [`subset_param`]; 400 for `_summary=count`, which only a search can answer.
+pub fn read_subset(
+    rt: &ResourceType,
+    params: &[(String, String)],
+    strict: bool,
+) -> Result<Option<Subset>, Error> {
+    let mut out = None;
+    for (name, value) in params {
+        match name.as_str() {
+            "_summary" if value == "count" => {
+                return Err(Error::bad_request("_summary=count applies to searches"));
+            }
+            "_summary" | "_elements" => out = subset_param(rt, name, value, strict)?,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Parses `_sort`: `_id` or `_lastUpdated` alone are ordered by the database; search
+/// parameters, or several keys, order the decrypted matches.
+fn parse_sort(
+    ctx: &Ctx,
+    rt: &ResourceType,
+    req: &mut SearchRequest,
+    value: &str,
+) -> Result<(), Error> {
+    let mut keys = Vec::new();
+    for part in value.split(',') {
+        let (descending, name) = match part.strip_prefix('-') {
+            Some(n) => (true, n),
+            None => (false, part),
+        };
+        keys.push(match name {
+            "_id" => SortBy::Id { descending },
+            "_lastUpdated" => SortBy::LastUpdated { descending },
+            _ => {
+                let p = ctx
+                    .fhir
+                    .type_info(rt.as_str())
+                    .and_then(|i| i.params.get(name))
+                    .filter(|p| p.kind != medvault_fhir::ParamKind::Composite)
+                    .ok_or_else(|| {
+                        not_supported(format!(
+                            "_sort: {rt} has no search parameter '{name}' to sort by"
+                        ))
+                    })?;
+                SortBy::Param {
+                    code: p.code.clone(),
+                    descending,
+                }
+            }
+        });
+    }
+    match keys.as_slice() {
+        [SortBy::Id { descending }] => {
+            req.sort = if *descending {
+                SortOrder::IdDesc
+            } else {
+                SortOrder::IdAsc
+            };
+        }
+        [SortBy::LastUpdated { descending }] => {
+            req.sort = if *descending {
+                SortOrder::LastUpdatedDesc
+            } else {
+                SortOrder::LastUpdatedAsc
+            };
+        }
+        _ => req.sort_keys = keys,
+    }
+    Ok(())
+}
+
+/// A chained parameter (`subject:Patient.family`, `patient.identifier`) or `_has`
+/// (`_has:Observation:patient:code`) as a [`Join`]; `None` for any other parameter. The
+/// other type's search is parsed strictly: a part it cannot evaluate must not match
+/// everything.
+fn parse_join(
+    ctx: &Ctx,
+    rt: &ResourceType,
+    raw_name: &str,
+    value: &str,
+    depth: usize,
+) -> Result<Option<Join>, Error> {
+    let too_deep = || {
+        Error::new(
+            ErrorKind::Invalid,
+            IssueCode::TooCostly,
+            format!("chains and _has may nest at most {MAX_JOIN_DEPTH} deep"),
+        )
+    };
+    if let Some(rest) = raw_name.strip_prefix("_has:") {
+        let mut parts = rest.splitn(3, ':');
+        let (Some(source), Some(param), Some(inner)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Error::bad_request(
+                "_has must be _has:<type>:<reference parameter>:<parameter>",
+            ));
+        };
+        if depth + 1 > MAX_JOIN_DEPTH {
+            return Err(too_deep());
+        }
+        let source =
+            ctx.fhir.served(source).cloned().ok_or_else(|| {
+                Error::bad_request(format!("_has: {source} is not a served type"))
+            })?;
+        let points_here = ctx
+            .fhir
+            .type_info(source.as_str())
+            .and_then(|i| i.params.get(param))
+            .is_some_and(|p| {
+                p.kind == medvault_fhir::ParamKind::Reference
+                    && p.targets.iter().any(|t| t == rt.as_str())
+            });
+        if !points_here {
+            return Err(Error::bad_request(format!(
+                "_has: {source} has no reference parameter '{param}' that can point to a {rt}"
+            )));
+        }
+        let search = inner_search(ctx, &source, inner, value, depth + 1)?;
+        return Ok(Some(Join::Has {
+            source,
+            param: param.to_owned(),
+            search: Box::new(search),
+        }));
+    }
+    let Some((head, rest)) = raw_name.split_once('.') else {
+        return Ok(None);
+    };
+    if head.starts_with('_') {
+        return Ok(None);
+    }
+    let (code, named_type) = match head.split_once(':') {
+        Some((c, t)) => (c, Some(t)),
+        None => (head, None),
+    };
+    let Some(p) = ctx
+        .fhir
+        .type_info(rt.as_str())
+        .and_then(|i| i.params.get(code))
+        .filter(|p| p.kind == medvault_fhir::ParamKind::Reference)
+    else {
+        return Err(Error::bad_request(format!(
+            "chained parameter: {rt} has no reference parameter '{code}'"
+        )));
+    };
+    if depth + 1 > MAX_JOIN_DEPTH {
+        return Err(too_deep());
+    }
+    // The first parameter of the rest decides which target types can take the chain.
+    let first = rest.split(['.', ':']).next().unwrap_or_default();
+    let candidates: Vec<&String> = match named_type {
+        Some(t) if p.targets.iter().any(|x| x == t) => {
+            p.targets.iter().filter(|x| *x == t).collect()
+        }
+        Some(t) => {
+            return Err(Error::bad_request(format!(
+                "chained parameter: {code} cannot point to a {t}"
+            )));
+        }
+        None => p.targets.iter().collect(),
+    };
+    let mut targets = Vec::new();
+    for t in candidates {
+        let Some(target) = ctx.fhir.served(t) else {
+            continue;
+        };
+        let has_param = first.starts_with("_has")
+            || ctx
+                .fhir
+                .type_info(t)
+                .is_some_and(|i| i.params.contains_key(first) || first == "_id");
+        if has_param {
+            let search = inner_search(ctx, target, rest, value, depth + 1)?;
+            targets.push((target.clone(), search));
+        }
+    }
+    if targets.is_empty() {
+        return Err(Error::bad_request(format!(
+            "chained parameter: no type that {code} can point to has a parameter '{first}'"
+        )));
+    }
+    Ok(Some(Join::Chain {
+        param: p.code.clone(),
+        targets,
+    }))
+}
+
+/// The search a chain or `_has` runs on another type: strict, with the requester's scope
+/// constraints for that type, and no paging or result parameters of its own.
+fn inner_search(
+    ctx: &Ctx,
+    rt: &ResourceType,
+    name: &str,
+    value: &str,
+    depth: usize,
+) -> Result<SearchRequest, Error> {
+    if name.starts_with("_include")
+        || name.starts_with("_revinclude")
+        || matches!(
+            name,
+            "_sort" | "_count" | "_offset" | "_summary" | "_total" | "_elements"
+        )
+    {
+        return Err(Error::bad_request(format!(
+            "{name} cannot be part of a chained parameter or _has"
+        )));
+    }
+    let params = scoped_params(ctx, rt, &[(name.to_owned(), value.to_owned())])?;
+    parse_at(ctx, rt, &params, true, depth)
+}
+
 /// Parses search parameters for `rt`. Unknown parameters are ignored (and reported) unless
 /// `strict`, which makes them a 400, as `Prefer: handling=strict` asks.
 ///
@@ -117,6 +417,20 @@ pub fn parse(
     rt: &ResourceType,
     params: &[(String, String)],
     strict: bool,
+) -> Result<SearchRequest, Error> {
+    parse_at(ctx, rt, params, strict, 0)
+}
+
+fn not_supported(text: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Invalid, IssueCode::NotSupported, text)
+}
+
+fn parse_at(
+    ctx: &Ctx,
+    rt: &ResourceType,
+    params: &[(String, String)],
+    strict: bool,
+    depth: usize,
 ) -> Result<SearchRequest, Error> {
     let info = ctx
         .fhir
@@ -141,6 +455,11 @@ pub fn parse(
     }
     let mut lookups = 0usize;
     for (raw_name, value) in params {
+        if let Some(join) = parse_join(ctx, rt, raw_name, value, depth)? {
+            req.joins.push(join);
+            req.applied.push((raw_name.clone(), value.clone()));
+            continue;
+        }
         let (name, modifier) = match raw_name.split_once(':') {
             Some((n, m)) => (n, Some(m)),
             None => (raw_name.as_str(), None),
@@ -157,50 +476,33 @@ pub fn parse(
             "_lastUpdated" => last_updated_window(&mut req, value)?,
             "_count" => req.paging.count = number("_count", value)?.min(MAX_COUNT),
             "_offset" => req.paging.offset = number("_offset", value)?,
-            "_sort" => {
-                req.sort = match value.as_str() {
-                    "_lastUpdated" => SortOrder::LastUpdatedAsc,
-                    "-_lastUpdated" => SortOrder::LastUpdatedDesc,
-                    "_id" => SortOrder::IdAsc,
-                    "-_id" => SortOrder::IdDesc,
-                    _ => {
-                        return Err(Error::new(
-                            ErrorKind::Invalid,
-                            IssueCode::NotSupported,
-                            "_sort supports _lastUpdated, -_lastUpdated, _id and -_id",
-                        ));
-                    }
-                }
-            }
+            "_sort" => parse_sort(ctx, rt, &mut req, value)?,
             "_summary" if value == "count" => req.summary_count = true,
-            "_include" => {
-                if modifier.is_some() {
-                    return Err(Error::new(
-                        ErrorKind::Invalid,
-                        IssueCode::NotSupported,
-                        "_include modifiers (:iterate) are not supported",
+            "_summary" | "_elements" => req.subset = subset_param(rt, name, value, strict)?,
+            "_include" | "_revinclude" => {
+                let iterate = match modifier {
+                    None => false,
+                    Some("iterate" | "recurse") => true,
+                    Some(m) => return Err(not_supported(format!("{name}:{m} is not supported"))),
+                };
+                req.includes.push(include::Spec::parse(
+                    ctx,
+                    rt,
+                    value,
+                    iterate,
+                    name == "_revinclude",
+                )?);
+            }
+            "_total" => match value.as_str() {
+                "none" => req.no_total = true,
+                "estimate" | "accurate" => {}
+                _ => {
+                    return Err(Error::bad_request(
+                        "_total must be none, estimate or accurate",
                     ));
                 }
-                let mut parts = value.split(':');
-                let (source, param, target) = (parts.next(), parts.next(), parts.next());
-                let reference = param
-                    .and_then(|p| info.params.get(p))
-                    .filter(|p| p.kind == medvault_fhir::ParamKind::Reference);
-                match (source, reference, parts.next()) {
-                    (Some(s), Some(p), None)
-                        if *rt == s && target.is_none_or(|t| p.targets.iter().any(|x| x == t)) =>
-                    {
-                        req.includes
-                            .push((p.code.clone(), target.map(str::to_owned)));
-                    }
-                    _ => {
-                        return Err(Error::bad_request(format!(
-                            "_include must be {rt}:<reference parameter>[:<target type>]"
-                        )));
-                    }
-                }
-            }
-            "_format" | "_pretty" | "_total" => applied = false,
+            },
+            "_format" | "_pretty" => applied = false,
             _ => match info.params.get(name) {
                 Some(p) => {
                     let clause = p
@@ -254,38 +556,62 @@ pub fn too_costly() -> Error {
 /// Runs a parsed search: returns the page of resources and the total number of matches.
 ///
 /// When every result can be taken from the index as is (exact parameters, no access policy,
-/// no query-constrained scopes) the database counts and pages. Otherwise every candidate is
-/// opened and re-checked — the search's own clauses, the scopes' constraints and the access
-/// policy — before counting and paging, so neither the total nor the paging links reveal
-/// anything about resources the request may not see.
+/// no query-constrained scopes, no ordering by content) the database counts and pages.
+/// Otherwise every candidate is opened and re-checked — the search's own clauses, the scopes'
+/// constraints and the access policy — before counting, ordering and paging, so neither the
+/// total nor the paging links reveal anything about resources the request may not see.
 ///
 /// # Errors
 /// 400 `too-costly` when a search that must be filtered after decryption has more than
-/// [`MAX_CANDIDATES`] candidates; store and key errors.
+/// [`MAX_CANDIDATES`] candidates, or a chain or `_has` finds more than [`MAX_JOIN_MATCHES`];
+/// store and key errors.
 pub fn execute(
     store: &dyn StoreRead,
     ctx: &Ctx,
     rt: &ResourceType,
     req: &SearchRequest,
 ) -> Result<(Vec<Value>, u64), Error> {
+    execute_paged(store, ctx, rt, req, req.paging)
+}
+
+fn execute_paged(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &ResourceType,
+    req: &SearchRequest,
+    paging: Paging,
+) -> Result<(Vec<Value>, u64), Error> {
     let info = ctx
         .fhir
         .type_info(rt.as_str())
         .ok_or_else(|| Error::not_found("unknown resource type"))?;
-    let mut clauses = Vec::with_capacity(req.clauses.len());
-    for c in &req.clauses {
+    let Some(Joined {
+        clauses: joined,
+        ids,
+    }) = resolve_joins(store, ctx, rt, req)?
+    else {
+        return Ok((Vec::new(), 0));
+    };
+    let mut clauses = Vec::with_capacity(req.clauses.len() + joined.len());
+    for c in req.clauses.iter().chain(&joined) {
+        let Some(param) = c.index_param.as_deref().filter(|_| !c.filter_only()) else {
+            continue;
+        };
         let blinded = ctx
             .keys
-            .blind(rt, &c.param, c.keys())
+            .blind(rt, param, c.keys())
             .map_err(|e| Error::internal(&e))?;
         clauses.push(blinded);
     }
     let constrained = !matches!(ctx.scope_access(rt, Interaction::Search)?, Access::Full);
-    let exact = req.clauses.iter().all(Clause::exact) && ctx.guard().is_none() && !constrained;
+    let exact = req.clauses.iter().chain(&joined).all(Clause::exact)
+        && req.sort_keys.is_empty()
+        && ctx.guard().is_none()
+        && !constrained;
     let mut q = IndexQuery {
         resource_type: rt.clone(),
         clauses,
-        ids: req.ids.clone(),
+        ids,
         updated_from: req.updated_from,
         updated_to: req.updated_to,
         sort: req.sort,
@@ -295,16 +621,13 @@ pub fn execute(
     let keep = |v: &Value| {
         req.clauses
             .iter()
+            .chain(&joined)
             .all(|c| info.params.get(&c.param).is_some_and(|p| p.matches(c, v)))
     };
     if exact {
         // The index answers exactly: let the database count and page.
-        q.offset = req.paging.offset;
-        q.limit = if req.summary_count {
-            0
-        } else {
-            req.paging.count
-        };
+        q.offset = paging.offset;
+        q.limit = if req.summary_count { 0 } else { paging.count };
         let page = store.search(&q)?;
         let mut out = Vec::with_capacity(page.rows.len());
         for row in &page.rows {
@@ -315,7 +638,7 @@ pub fn execute(
         }
         return Ok((out, page.total));
     }
-    // Fetch the candidates, filter exactly, then count and page.
+    // Fetch the candidates, filter exactly, then count, order and page.
     q.limit = MAX_CANDIDATES + 1;
     let page = store.search(&q)?;
     if page.total > MAX_CANDIDATES {
@@ -333,14 +656,193 @@ pub fn execute(
             matched.push(v);
         }
     }
+    if !req.sort_keys.is_empty() {
+        matched = sort(info, &req.sort_keys, matched)?;
+    }
     let total = matched.len() as u64;
-    let start = usize::try_from(req.paging.offset).unwrap_or(usize::MAX);
+    let start = usize::try_from(paging.offset).unwrap_or(usize::MAX);
     let count = if req.summary_count {
         0
     } else {
-        usize::try_from(req.paging.count).unwrap_or(usize::MAX)
+        usize::try_from(paging.count).unwrap_or(usize::MAX)
     };
     Ok((matched.into_iter().skip(start).take(count).collect(), total))
+}
+
+/// Orders decrypted matches by `_sort` keys (stable: ties keep the database's order; a
+/// resource without a value sorts after those with one, either direction).
+fn sort(
+    info: &medvault_fhir::TypeInfo,
+    keys: &[SortBy],
+    matched: Vec<Value>,
+) -> Result<Vec<Value>, Error> {
+    use medvault_fhir::SortKey;
+    let text = |v: &Value, pointer: &str| {
+        v.pointer(pointer)
+            .and_then(Value::as_str)
+            .map(|s| SortKey::Text(s.to_owned()))
+    };
+    let mut keyed = Vec::with_capacity(matched.len());
+    for v in matched {
+        let mut ks = Vec::with_capacity(keys.len());
+        for k in keys {
+            ks.push(match k {
+                SortBy::Id { .. } => text(&v, "/id"),
+                // One format for every stored `lastUpdated`: text order is time order.
+                SortBy::LastUpdated { .. } => text(&v, "/meta/lastUpdated"),
+                SortBy::Param { code, descending } => info
+                    .params
+                    .get(code)
+                    .map(|p| p.sort_key(&v, *descending))
+                    .transpose()
+                    .map_err(|e| Error::bad_request(e.to_string()))?
+                    .flatten(),
+            });
+        }
+        keyed.push((ks, v));
+    }
+    keyed.sort_by(|(a, _), (b, _)| {
+        for ((x, y), k) in a.iter().zip(b).zip(keys) {
+            let descending = match k {
+                SortBy::Id { descending }
+                | SortBy::LastUpdated { descending }
+                | SortBy::Param { descending, .. } => *descending,
+            };
+            let o = match (x, y) {
+                (Some(x), Some(y)) if descending => SortKey::compare(y, x),
+                (Some(x), Some(y)) => SortKey::compare(x, y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            };
+            if o.is_ne() {
+                return o;
+            }
+        }
+        std::cmp::Ordering::Equal
+    });
+    Ok(keyed.into_iter().map(|(_, v)| v).collect())
+}
+
+/// Runs the chains and `_has` of `req`: the reference clauses they add and the ids they allow
+/// (with `_id`'s), or `None` when one of them found nothing (so nothing matches).
+fn resolve_joins(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &ResourceType,
+    req: &SearchRequest,
+) -> Result<Option<Joined>, Error> {
+    let mut clauses = Vec::new();
+    let mut ids = req.ids.clone();
+    for join in &req.joins {
+        match join {
+            Join::Chain { param, targets } => {
+                let mut refs = Vec::new();
+                for (t, search) in targets {
+                    for v in join_matches(store, ctx, t, search)? {
+                        if let Some(id) = v.get("id").and_then(Value::as_str) {
+                            refs.push(format!("{t}/{id}"));
+                        }
+                    }
+                    if refs.len() as u64 > MAX_JOIN_MATCHES {
+                        return Err(join_too_costly());
+                    }
+                }
+                if refs.is_empty() {
+                    return Ok(None);
+                }
+                let p = ctx
+                    .fhir
+                    .type_info(rt.as_str())
+                    .and_then(|i| i.params.get(param))
+                    .ok_or_else(|| Error::internal(&"a chain names a parameter the type lost"))?;
+                // Stored ids never hold a comma: each reference is one alternative.
+                let clause = p
+                    .parse_clause(None, &refs.join(","))
+                    .map_err(|e| Error::internal(&e))?;
+                clauses.push(clause);
+            }
+            Join::Has {
+                source,
+                param,
+                search,
+            } => {
+                let p = ctx
+                    .fhir
+                    .type_info(source.as_str())
+                    .and_then(|i| i.params.get(param))
+                    .ok_or_else(|| Error::internal(&"_has names a parameter the type lost"))?;
+                let prefix = format!("{rt}/");
+                let mut found: Vec<String> = join_matches(store, ctx, source, search)?
+                    .iter()
+                    .flat_map(|v| p.references(v))
+                    .filter_map(|r| r.strip_prefix(&prefix).map(str::to_owned))
+                    .collect();
+                found.sort();
+                found.dedup();
+                ids = Some(match ids {
+                    Some(prev) => prev.into_iter().filter(|i| found.contains(i)).collect(),
+                    None => found,
+                });
+            }
+        }
+        if ids.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(Joined { clauses, ids }))
+}
+
+/// Every resource a chain's or `_has`'s search finds, as the requester may see them.
+fn join_matches(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &ResourceType,
+    search: &SearchRequest,
+) -> Result<Vec<Value>, Error> {
+    let paging = Paging {
+        offset: 0,
+        count: MAX_JOIN_MATCHES + 1,
+    };
+    let (found, total) = execute_paged(store, ctx, rt, search, paging)?;
+    if total > MAX_JOIN_MATCHES {
+        return Err(join_too_costly());
+    }
+    Ok(found)
+}
+
+fn join_too_costly() -> Error {
+    Error::new(
+        ErrorKind::Invalid,
+        IssueCode::TooCostly,
+        format!(
+            "a chained parameter or _has matches more than {MAX_JOIN_MATCHES} resources; narrow it with more parameters"
+        ),
+    )
+}
+
+/// Every resource of `rt` matching `params` (parsed strictly) that `ctx` may see, decrypted;
+/// refused as too costly beyond [`MAX_CANDIDATES`]: a caller deciding on them never rests on
+/// part of the facts.
+///
+/// # Errors
+/// As [`parse`] and [`execute`].
+pub fn all_matches(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &ResourceType,
+    params: &[(String, String)],
+) -> Result<Vec<Value>, Error> {
+    let mut req = parse(ctx, rt, params, true)?;
+    req.paging = Paging {
+        offset: 0,
+        count: MAX_CANDIDATES,
+    };
+    let (found, total) = execute(store, ctx, rt, &req)?;
+    if total > found.len() as u64 {
+        return Err(too_costly());
+    }
+    Ok(found)
 }
 
 /// Ids of up to `limit` resources matching a query, for conditional interactions (parsed
@@ -358,7 +860,7 @@ pub fn matching_ids(
     if let Some((name, _)) = params.iter().find(|(k, _)| {
         matches!(
             k.as_str(),
-            "_summary" | "_count" | "_offset" | "_sort" | "_total"
+            "_summary" | "_count" | "_offset" | "_sort" | "_total" | "_elements"
         )
     }) {
         return Err(Error::bad_request(format!(
@@ -466,67 +968,43 @@ fn compartment_clause(
         })
 }
 
-/// Most resources one page's `_include`s may add.
-pub const MAX_INCLUDES: usize = 1000;
-
-/// The resources `_include`d by a page of results, as `include` entries. Each is read as a
-/// read would be (scopes and the access policy): one the request may not see is left out
-/// exactly as a dangling reference is.
-fn include(
-    store: &dyn StoreRead,
+/// `params` with the requester's query-constrained scopes for `rt` added: one constraint
+/// narrows the search itself (a patient context becomes that patient's compartment); every
+/// candidate is still checked against them all as it is opened.
+///
+/// # Errors
+/// 403 when a constraint names a parameter `rt` does not have (lenient handling would drop it
+/// and widen the search), or a patient context meets a type outside every compartment.
+pub fn scoped_params(
     ctx: &Ctx,
     rt: &ResourceType,
-    includes: &[(String, Option<String>)],
-    matches: &[Value],
-    base: &str,
-) -> Result<Vec<Value>, Error> {
-    let Some(info) = ctx.fhir.type_info(rt.as_str()) else {
-        return Ok(Vec::new());
+    params: &[(String, String)],
+) -> Result<Vec<(String, String)>, Error> {
+    let access = ctx.scope_access(rt, Interaction::Search)?;
+    let Access::Constrained(g) = &access else {
+        return Ok(params.to_vec());
     };
-    let mut seen: std::collections::HashSet<String> = matches
-        .iter()
-        .filter_map(|r| r.get("id").and_then(Value::as_str))
-        .map(|id| format!("{rt}/{id}"))
-        .collect();
-    let mut out = Vec::new();
-    for (param, target) in includes {
-        let Some(p) = info.params.get(param) else {
-            continue;
-        };
-        for reference in matches.iter().flat_map(|r| p.references(r)) {
-            let Some((t, id)) = reference.split_once('/') else {
-                continue;
-            };
-            if target.as_deref().is_some_and(|x| x != t) {
-                continue;
-            }
-            // Borrowed from the definitions: an include costs no type allocation.
-            let Some(t) = ctx.fhir.served(t) else {
-                continue;
-            };
-            if !seen.insert(reference.clone()) {
-                continue;
-            }
-            let Ok(id) = ResourceId::new(id) else {
-                continue;
-            };
-            if out.len() >= MAX_INCLUDES {
-                return Err(too_costly());
-            }
-            match crate::records::read(store, ctx, t, &id, None) {
-                Ok(o) => out.push(json!({
-                    "fullUrl": format!("{base}/{reference}"),
-                    "resource": o.resource,
-                    "search": {"mode": "include"},
-                })),
-                Err(e) if e.kind.is_client_error() => {
-                    if e.denied_by.is_some()
-                        && let Some(g) = ctx.guard()
-                    {
-                        g.withheld();
-                    }
-                }
-                Err(e) => return Err(e),
+    let known = |name: &str| {
+        name == COMPARTMENT_CONSTRAINT
+            || ctx.fhir.type_info(rt.as_str()).is_some_and(|i| {
+                i.params
+                    .contains_key(name.split_once(':').map_or(name, |(c, _)| c))
+            })
+    };
+    if g.iter().flatten().any(|(name, _)| !known(name)) {
+        return Err(Error::new(
+            ErrorKind::Forbidden,
+            IssueCode::Forbidden,
+            format!("a scope's constraint names a parameter {rt} does not have"),
+        ));
+    }
+    let mut out = params.to_vec();
+    if let [only] = g.as_slice() {
+        for (name, value) in only {
+            if name == COMPARTMENT_CONSTRAINT {
+                out.push(compartment_clause(ctx, rt, value)?);
+            } else {
+                out.push((name.clone(), value.clone()));
             }
         }
     }
@@ -545,51 +1023,18 @@ pub fn search_bundle(
     strict: bool,
     base: &str,
 ) -> Result<Value, Error> {
-    // Query-constrained scopes: one constraint is added to the search itself (a narrower
-    // index lookup); every candidate is checked against them all as it is opened.
-    let constrained;
-    let access = ctx.scope_access(rt, Interaction::Search)?;
-    if let Access::Constrained(g) = &access {
-        // A constraint naming a parameter this type does not have must not be ignored (lenient
-        // handling would drop it and widen the search): refuse.
-        let known = |name: &str| {
-            name == COMPARTMENT_CONSTRAINT
-                || ctx.fhir.type_info(rt.as_str()).is_some_and(|i| {
-                    i.params
-                        .contains_key(name.split_once(':').map_or(name, |(c, _)| c))
-                })
-        };
-        if g.iter().flatten().any(|(name, _)| !known(name)) {
-            return Err(Error::new(
-                ErrorKind::Forbidden,
-                IssueCode::Forbidden,
-                format!("a scope's constraint names a parameter {rt} does not have"),
-            ));
-        }
-    }
-    let params = match access {
-        Access::Constrained(g) if g.len() == 1 => {
-            let mut extra = Vec::with_capacity(g[0].len());
-            for (name, value) in &g[0] {
-                if name == COMPARTMENT_CONSTRAINT {
-                    // A patient context: search that patient's compartment.
-                    extra.push(compartment_clause(ctx, rt, value)?);
-                } else {
-                    extra.push((name.clone(), value.clone()));
-                }
-            }
-            constrained = params.iter().cloned().chain(extra).collect::<Vec<_>>();
-            &constrained[..]
-        }
-        _ => params,
-    };
-    let req = parse(ctx, rt, params, strict)?;
+    let params = scoped_params(ctx, rt, params)?;
+    let req = parse(ctx, rt, &params, strict)?;
     let (resources, total) = execute(store, ctx, rt, &req)?;
-    let included = include(store, ctx, rt, &req.includes, &resources, base)?;
+    let included = include::run(store, ctx, rt, &req.includes, &resources, base)?;
     let mut entries: Vec<Value> = resources
         .into_iter()
         .map(|r| {
             let id = r.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let r = match &req.subset {
+                Some(how) => medvault_fhir::summary::subset(rt.as_str(), &r, how),
+                None => r,
+            };
             json!({"fullUrl": format!("{base}/{rt}/{id}"), "resource": r, "search": {"mode": "match"}})
         })
         .collect();
@@ -604,12 +1049,18 @@ pub fn search_bundle(
         }));
     }
     entries.extend(included);
-    Ok(bundle(
+    let mut out = bundle(
         "searchset",
         entries,
         total,
         &format!("{base}/{rt}"),
         &req.applied,
         req.paging,
-    ))
+    );
+    if req.no_total
+        && let Some(o) = out.as_object_mut()
+    {
+        o.remove("total");
+    }
+    Ok(out)
 }

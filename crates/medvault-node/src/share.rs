@@ -332,13 +332,7 @@ fn consents_of(
     patient: &str,
 ) -> Result<Vec<Value>, Error> {
     let params = vec![("patient".to_owned(), format!("Patient/{patient}"))];
-    let mut req = search::parse(node_ctx, &CONSENT, &params, true)?;
-    req.paging.count = search::MAX_CANDIDATES;
-    let (found, total) = search::execute(store, node_ctx, &CONSENT, &req)?;
-    if total > found.len() as u64 {
-        return Err(search::too_costly());
-    }
-    Ok(found)
+    search::all_matches(store, node_ctx, &CONSENT, &params)
 }
 
 /// The patient's compartment as `ctx` may read it (the access policy and scopes of the
@@ -360,15 +354,13 @@ fn compartment(
         let mut seen = HashSet::new();
         for param in &info.compartment_params {
             // Strict: a parameter the type cannot search would otherwise match everything.
-            let Ok(mut req) = search::parse(ctx, rt, &[(param.clone(), reference.clone())], true)
-            else {
-                continue;
-            };
-            req.paging.count = search::MAX_CANDIDATES;
-            let (found, total) = search::execute(store, ctx, rt, &req)?;
-            if total > found.len() as u64 {
-                return Err(search::too_costly());
-            }
+            let found =
+                match search::all_matches(store, ctx, rt, &[(param.clone(), reference.clone())]) {
+                    Ok(found) => found,
+                    // A parameter the type cannot search (parsed strictly).
+                    Err(e) if e.code == IssueCode::NotSupported => continue,
+                    Err(e) => return Err(e),
+                };
             for v in found {
                 let Some(id) = v.get("id").and_then(Value::as_str).map(str::to_owned) else {
                     continue;

@@ -476,13 +476,15 @@ async fn dispatch(
         // they run inline: a hand-off to the blocking pool would cost more than the work.
         (Method::GET, Target::Instance(rt, id)) => {
             ops::served_type(&ctx.fhir, &rt)?;
+            let subset = search::read_subset(&rt, &params, strict)?;
             let out = ops::read(store.as_ref(), &ctx, &rt, &id, None)?;
-            Ok(respond(out, false, &base))
+            Ok(respond(out.subset(&rt, subset.as_ref()), false, &base))
         }
         (Method::GET, Target::Version(rt, id, v)) => {
             ops::served_type(&ctx.fhir, &rt)?;
+            let subset = search::read_subset(&rt, &params, strict)?;
             let out = ops::read(store.as_ref(), &ctx, &rt, &id, Some(v.get()))?;
-            Ok(respond(out, false, &base))
+            Ok(respond(out.subset(&rt, subset.as_ref()), false, &base))
         }
         (Method::GET, Target::TypeHistory(rt)) => {
             ops::served_type(&ctx.fhir, &rt)?;

@@ -4,7 +4,7 @@
 
 use medvault_testkit::e2e::{send, write_file};
 use medvault_testkit::fhir::{
-    consent, diagnostics_shape, entry_statuses, ids, labelled, observation, patient,
+    consent, diagnostics_shape, entry_statuses, ids, labelled, observation, patient, sorted,
 };
 use serde_json::{Value, json};
 
@@ -58,6 +58,27 @@ fn a_clinician_without_a_care_relationship_cannot_find_the_patient_anywhere() {
     assert_eq!(admin_view["entry"][1]["search"]["mode"], "include");
     let (st, b) = s.get_as(&include, a, None);
     assert_eq!((st, ids(&b)), (200, vec![obs_q.clone()]), "{b}");
+    // Chains, _has and _revinclude search the other type as the same requester: the hidden
+    // patient's records neither match nor get included.
+    let chain = "Observation?has-member:Observation.patient.family=Hiddenfam";
+    assert_eq!(ids(&s.get(chain).1), vec![obs_q.clone()], "admin, two hops");
+    let (st, b) = s.get_as(&format!("/fhir/{chain}"), a, None);
+    assert_eq!((st, ids(&b), &b["total"]), (200, vec![], &json!(0)), "{b}");
+    let has = "Patient?_has:Observation:patient:code=2345-7";
+    assert_eq!(
+        sorted(ids(&s.get(has).1)),
+        sorted(vec![p.clone(), q.clone()])
+    );
+    let (st, b) = s.get_as(&format!("/fhir/{has}"), a, None);
+    assert_eq!((st, ids(&b)), (200, vec![q.clone()]), "{b}");
+    let rev = format!("Patient?_id={p},{q}&_revinclude=Observation:patient");
+    assert_eq!(
+        ids(&s.get(&rev).1).len(),
+        4,
+        "admin: both patients and both observations"
+    );
+    let (st, b) = s.get_as(&format!("/fhir/{rev}"), a, None);
+    assert_eq!((st, ids(&b)), (200, vec![q.clone(), obs_q.clone()]), "{b}");
 
     // History: neither the instance's nor the type's.
     assert_eq!(

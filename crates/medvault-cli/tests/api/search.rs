@@ -98,9 +98,23 @@ fn patient_search_parameters() {
         "birthdate=notadate",
         "birthdate=ap2000",
         "identifier=|",
-        "family:contains=x",
+        "family:text=x",
         "_count=-1",
-        "_sort=family",
+        "_sort=nonesuch",
+        "_sort=-",
+        "_total=maybe",
+        "gender:missing=perhaps",
+        "general-practitioner.nonesuch=x",
+        "organization:Patient.name=x",
+        "_has:Observation:nonesuch:code=x",
+        "_has:Observation:patient",
+        "_has:Observation:patient:nonesuch=x",
+        "_has:Observation:patient:_sort=x",
+        "link:Patient.link:Patient.link:Patient.link:Patient.family=x",
+        "_include=Observation:subject",
+        "_include=Patient:nonesuch",
+        "_revinclude=Observation:performer:Organization",
+        "_include:deep=Patient:organization",
         "_lastUpdated=yesterday",
     ] {
         let (st, v) = s.get(&format!("Patient?{bad}"));
@@ -188,4 +202,233 @@ fn clinical_search_parameters() {
     );
     assert_eq!(q(&format!("patient={p1}&code=2345-7")), vec![o1.clone()]);
     assert_eq!(q(&format!("patient={p1}&date=ge2024-01-01")), vec![o1]);
+}
+
+#[test]
+fn chains_has_and_reverse_includes() {
+    let s = MEDVAULT.start();
+    let mut a = patient("Chainfam", "Ada");
+    a["identifier"] = json!([{"system": "urn:mrn", "value": "C-1"}]);
+    let a = s.create(&a);
+    let b = s.create(&patient("Otherfam", "Bo"));
+    let org = s.create(&json!({"resourceType": "Organization", "name": "Chain Clinic"}));
+    let enc = s.create(&json!({"resourceType": "Encounter", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": format!("Patient/{a}")},
+        "serviceProvider": {"reference": format!("Organization/{org}")}}));
+    let mut oa = observation(&a, "2345-7", "2024-03-01");
+    oa["encounter"] = json!({"reference": format!("Encounter/{enc}")});
+    let oa = s.create(&oa);
+    let ob = s.create(&observation(&b, "718-7", "2024-03-02"));
+    let q = |query: &str| {
+        let (st, v) = s.get(query);
+        assert_eq!(st, 200, "{query}: {v}");
+        sorted(ids(&v))
+    };
+    // Chains, with and without the target type, on an identifier, and two hops.
+    assert_eq!(
+        q("Observation?subject:Patient.family=chainfam"),
+        vec![oa.clone()]
+    );
+    assert_eq!(q("Observation?patient.family=chainfam"), vec![oa.clone()]);
+    assert_eq!(
+        q("Observation?patient.identifier=urn:mrn|C-1"),
+        vec![oa.clone()]
+    );
+    assert_eq!(q("Observation?patient.family=nobody"), Vec::<String>::new());
+    assert_eq!(
+        q("Observation?encounter.service-provider.name=chain"),
+        vec![oa.clone()],
+        "two hops"
+    );
+    assert_eq!(
+        q("Observation?patient.family=chainfam,otherfam&code=718-7"),
+        vec![ob.clone()]
+    );
+    // _has, nested.
+    assert_eq!(
+        q("Patient?_has:Observation:patient:code=2345-7"),
+        vec![a.clone()]
+    );
+    assert_eq!(
+        q("Patient?_has:Observation:patient:code=718-7,2345-7"),
+        sorted(vec![a.clone(), b.clone()])
+    );
+    assert_eq!(
+        q("Organization?_has:Encounter:service-provider:_has:Observation:encounter:code=2345-7"),
+        vec![org.clone()]
+    );
+    assert_eq!(
+        q("Patient?_has:Observation:patient:code=0000-0"),
+        Vec::<String>::new()
+    );
+    // _include (also `*`), _revinclude and :iterate.
+    let (_, v) = s.get(&format!("Patient?_id={a}&_revinclude=Observation:patient"));
+    assert_eq!(ids(&v), vec![a.clone(), oa.clone()]);
+    assert_eq!(
+        (v["total"].as_u64(), &v["entry"][1]["search"]["mode"]),
+        (Some(1), &json!("include"))
+    );
+    let (_, v) = s.get(&format!(
+        "Patient?_id={a}&_revinclude=Observation:patient&_include:iterate=Observation:encounter&_include:iterate=Encounter:service-provider"
+    ));
+    assert_eq!(
+        ids(&v),
+        vec![a.clone(), oa.clone(), enc.clone(), org.clone()],
+        "{v}"
+    );
+    let (_, v) = s.get(&format!("Observation?_id={oa}&_include=Observation:*"));
+    assert_eq!(
+        sorted(ids(&v)),
+        sorted(vec![oa.clone(), a.clone(), enc.clone()])
+    );
+    let (_, v) = s.get(&format!(
+        "Observation?_id={oa}&_include=Observation:subject:Group"
+    ));
+    assert_eq!(ids(&v), vec![oa.clone()], "target type filters");
+}
+
+#[test]
+fn sorting_modifiers_composites_and_totals() {
+    let s = MEDVAULT.start();
+    let mut ids_by_name = Vec::new();
+    for (family, born, gender) in [
+        ("Sortc", "1990-01-01", Some("female")),
+        ("Sorta", "1980-01-01", None),
+        ("Sortb", "1985-01-01", Some("male")),
+    ] {
+        let mut p = patient(family, "X");
+        p["birthDate"] = json!(born);
+        match gender {
+            Some(g) => p["gender"] = json!(g),
+            None => {
+                p.as_object_mut().unwrap().remove("gender");
+            }
+        }
+        ids_by_name.push(s.create(&p));
+    }
+    let [c, a, b] = [&ids_by_name[0], &ids_by_name[1], &ids_by_name[2]].map(String::clone);
+    let order = |query: &str| {
+        let (st, v) = s.get(query);
+        assert_eq!(st, 200, "{query}: {v}");
+        ids(&v)
+    };
+    assert_eq!(
+        order("Patient?family=sort&_sort=family"),
+        vec![a.clone(), b.clone(), c.clone()]
+    );
+    assert_eq!(
+        order("Patient?family=sort&_sort=-birthdate"),
+        vec![c.clone(), b.clone(), a.clone()]
+    );
+    assert_eq!(
+        order("Patient?family=sort&_sort=gender,-family"),
+        vec![c.clone(), b.clone(), a.clone()],
+        "female < male; the patient without a gender sorts last"
+    );
+    assert_eq!(
+        order("Patient?family=sort&_sort=family&_count=1&_offset=1"),
+        vec![b.clone()]
+    );
+    // Modifiers.
+    assert_eq!(
+        order("Patient?family=sort&gender:missing=true"),
+        vec![a.clone()]
+    );
+    assert_eq!(
+        sorted(order("Patient?family=sort&gender:missing=false")),
+        sorted(vec![b.clone(), c.clone()])
+    );
+    assert_eq!(
+        sorted(order("Patient?family=sort&gender:not=male")),
+        sorted(vec![a.clone(), c.clone()])
+    );
+    assert_eq!(order("Patient?family:contains=rtb"), vec![b.clone()]);
+    // _total and _tag.
+    let (_, v) = s.get("Patient?family=sort&_total=none");
+    assert!(v.get("total").is_none(), "{v}");
+    let mut tagged = patient("Tagged", "T");
+    tagged["meta"] = json!({"tag": [{"system": "urn:test", "code": "vip"}], "profile": ["http://example.org/p"]});
+    let t = s.create(&tagged);
+    assert_eq!(order("Patient?_tag=urn:test|vip"), vec![t.clone()]);
+    assert_eq!(
+        order("Patient?_profile=http://example.org/p"),
+        vec![t.clone()]
+    );
+    // A composite: both parts on the same component of a blood pressure.
+    let bp = s.create(&json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "subject": {"reference": format!("Patient/{a}")},
+        "component": [
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+             "valueQuantity": {"value": 150, "unit": "mmHg"}},
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+             "valueQuantity": {"value": 85, "unit": "mmHg"}}]}));
+    let q = |query: &str| ids(&s.get(query).1);
+    assert_eq!(
+        q("Observation?component-code-value-quantity=http://loinc.org|8480-6$gt140"),
+        vec![bp.clone()]
+    );
+    assert!(
+        q("Observation?component-code-value-quantity=http://loinc.org|8462-4$gt140").is_empty()
+    );
+    assert_eq!(
+        q("Observation?combo-code-value-quantity=8462-4$85"),
+        vec![bp.clone()]
+    );
+    let (st, v) = s.get("Observation?component-code-value-quantity=8480-6");
+    assert_eq!(st, 400, "{v}");
+}
+
+#[test]
+fn summary_and_elements_cut_results_down() {
+    let s = MEDVAULT.start();
+    let mut p = patient("Summfam", "Sue");
+    p["text"] = json!({"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Sue</div>"});
+    p["photo"] = json!([{"contentType": "image/png", "data": "iVBORw0KGgo="}]);
+    let id = s.create(&p);
+    let subsetted = |r: &serde_json::Value| {
+        r["meta"]["tag"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|c| c["code"] == "SUBSETTED"))
+    };
+    let (_, v) = s.get("Patient?family=summfam&_summary=true");
+    let r = &v["entry"][0]["resource"];
+    assert!(
+        r.get("name").is_some() && r.get("photo").is_none() && r.get("text").is_none(),
+        "{r}"
+    );
+    assert!(subsetted(r));
+    let (_, v) = s.get("Patient?family=summfam&_elements=photo");
+    let r = &v["entry"][0]["resource"];
+    assert!(
+        r.get("photo").is_some() && r.get("name").is_none() && subsetted(r),
+        "{r}"
+    );
+    let (_, r) = s.get(&format!("Patient/{id}?_summary=data"));
+    assert!(
+        r.get("text").is_none() && r.get("photo").is_some() && subsetted(&r),
+        "{r}"
+    );
+    let (_, r) = s.get(&format!("Patient/{id}?_elements=birthDate"));
+    assert!(
+        r.get("birthDate").is_some() && r.get("name").is_none(),
+        "{r}"
+    );
+    let (_, r) = s.get(&format!("Patient/{id}"));
+    assert!(
+        r.get("photo").is_some() && !subsetted(&r),
+        "a plain read is whole"
+    );
+    let (st, _) = s.get(&format!("Patient/{id}?_summary=maybe"));
+    assert_eq!(st, 400);
+    let strict = s
+        .req(reqwest::Method::GET, "Patient?_elements=nonesuch")
+        .header("Prefer", "handling=strict");
+    assert_eq!(send(strict).0, 400);
+    assert_eq!(
+        s.get("Patient?_elements=nonesuch").0,
+        200,
+        "lenient ignores it"
+    );
 }
