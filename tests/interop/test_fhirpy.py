@@ -8,6 +8,7 @@ import pytest
 import requests
 from fhir.resources import get_fhir_model_class
 from fhirpy import SyncFHIRClient
+from fhirpy.base.searchset import Raw
 
 URL = os.environ["MEDVAULT_URL"]
 TOKEN = os.environ["MEDVAULT_TOKEN"]
@@ -130,6 +131,79 @@ def test_bundles_history_metadata_and_errors_are_valid_r4():
         assert bad.status_code >= 400
         outcome = validate(bad.json())
         assert outcome["resourceType"] == "OperationOutcome"
+
+
+def test_chains_revinclude_everything_and_patch(client):
+    """fhirpy's own search builder (chains, _revinclude, _has), its patch, and $everything."""
+    family = f"Chain{uuid.uuid4().hex[:8]}"
+    patient = client.resource("Patient", name=[{"family": family}], gender="female")
+    patient.save()
+    practitioner = client.resource("Practitioner", name=[{"family": "Doc"}])
+    practitioner.save()
+    obs = client.resource(
+        "Observation",
+        status="final",
+        code={"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+        subject={"reference": f"Patient/{patient['id']}"},
+        performer=[{"reference": f"Practitioner/{practitioner['id']}"}],
+        valueQuantity={"value": 7.2, "unit": "mmol/L"},
+    )
+    obs.save()
+
+    # subject:Patient.family=… built by fhirpy from subject__Patient__family.
+    found = client.resources("Observation").search(subject__Patient__family=family).fetch()
+    assert [o["id"] for o in found] == [obs["id"]]
+    for o in found:
+        validate(o)
+    has = client.resources("Patient").search(Raw(**{"_has:Observation:subject:code": "2345-7"}))
+    assert patient["id"] in [p["id"] for p in has.fetch_all()]
+
+    bundle = (
+        client.resources("Patient")
+        .search(_id=patient["id"])
+        .revinclude("Observation", "subject")
+        .fetch_raw()
+    )
+    validate(bundle)
+    modes = sorted((e["resource"]["resourceType"], e["search"]["mode"]) for e in bundle.entry)
+    assert modes == [("Observation", "include"), ("Patient", "match")], modes
+
+    everything = client.execute(f"Patient/{patient['id']}/$everything", method="get")
+    validate(everything)
+    kinds = sorted(e["resource"]["resourceType"] for e in everything["entry"])
+    assert kinds == ["Observation", "Patient", "Practitioner"], kinds
+
+    # fhirpy's patch sends the changed members as application/json (a merge patch).
+    patched = client.patch("Patient", patient["id"], gender="male")
+    assert patched["gender"] == "male" and patched["meta"]["versionId"] == "2"
+    validate(patched)
+    # A JSON Patch and a FHIRPath Patch, as other clients send them.
+    r = requests.patch(
+        f"{URL}/Patient/{patient['id']}",
+        headers={**HEADERS, "Content-Type": "application/json-patch+json", "If-Match": 'W/"2"'},
+        json=[{"op": "add", "path": "/birthDate", "value": "1980-01-01"}],
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    validate(r.json())
+    r = requests.patch(
+        f"{URL}/Patient/{patient['id']}",
+        headers=HEADERS,
+        json={"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+            {"name": "type", "valueCode": "delete"},
+            {"name": "path", "valueString": "Patient.birthDate"}]}]},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    assert "birthDate" not in validate(r.json())
+    stale = requests.patch(
+        f"{URL}/Patient/{patient['id']}",
+        headers={**HEADERS, "Content-Type": "application/json-patch+json", "If-Match": 'W/"1"'},
+        json=[{"op": "remove", "path": "/gender"}],
+        timeout=10,
+    )
+    assert stale.status_code == 412
+    validate(stale.json())
 
 
 def test_every_returned_resource_was_validated():

@@ -85,6 +85,12 @@ pub enum PatchKind {
     Json,
     /// FHIRPath Patch, a `Parameters` resource (`application/fhir+json`).
     FhirPath,
+    /// JSON Merge Patch, RFC 7386 (`application/merge-patch+json`): not a FHIR patch format,
+    /// but what general-purpose clients (fhirpy's `patch`) send.
+    Merge,
+    /// `application/json`: the body decides — an array is a JSON Patch, a `Parameters`
+    /// resource a FHIRPath Patch, any other object a merge patch.
+    Detect,
 }
 
 /// Why a patch was not applied. Messages are safe to show: they name the operation (1-based)
@@ -165,17 +171,20 @@ pub enum PatchError {
 }
 
 /// The patch format a request's `Content-Type` names: `application/json-patch+json` is JSON
-/// Patch; `application/fhir+json` and `application/json` are FHIRPath Patch (its body is a
-/// `Parameters` resource). Parameters such as `charset` are ignored; anything else (XML
+/// Patch; `application/fhir+json` is FHIRPath Patch (its body is a `Parameters` resource);
+/// `application/merge-patch+json` a JSON Merge Patch; `application/json` is decided by the
+/// body ([`PatchKind::Detect`]). Parameters such as `charset` are ignored; anything else (XML
 /// included) is `None`.
 pub fn kind_from_content_type(content_type: &str) -> Option<PatchKind> {
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     if essence.eq_ignore_ascii_case("application/json-patch+json") {
         Some(PatchKind::Json)
-    } else if essence.eq_ignore_ascii_case("application/fhir+json")
-        || essence.eq_ignore_ascii_case("application/json")
-    {
+    } else if essence.eq_ignore_ascii_case("application/fhir+json") {
         Some(PatchKind::FhirPath)
+    } else if essence.eq_ignore_ascii_case("application/merge-patch+json") {
+        Some(PatchKind::Merge)
+    } else if essence.eq_ignore_ascii_case("application/json") {
+        Some(PatchKind::Detect)
     } else {
         None
     }
@@ -199,11 +208,50 @@ pub fn apply_patch(kind: PatchKind, resource: &Value, patch: &[u8]) -> Result<Va
     };
     let body = crate::strict_json::from_slice(patch).map_err(|_| PatchError::NotJson)?;
     let mut doc = resource.clone();
+    let kind = match kind {
+        PatchKind::Detect if body.is_array() => PatchKind::Json,
+        PatchKind::Detect
+            if body.get("resourceType").and_then(Value::as_str) == Some("Parameters") =>
+        {
+            PatchKind::FhirPath
+        }
+        PatchKind::Detect => PatchKind::Merge,
+        k => k,
+    };
     match kind {
         PatchKind::Json => apply_json_patch(&mut doc, resource, body)?,
         PatchKind::FhirPath => apply_fhirpath_patch(&mut doc, resource, resource_type, body)?,
+        PatchKind::Merge | PatchKind::Detect => apply_merge_patch(&mut doc, resource, &body)?,
     }
     Ok(doc)
+}
+
+/// JSON Merge Patch (RFC 7386): the body's members replace the resource's, `null` removes one.
+/// It may not name another `resourceType` or `id` (or remove them).
+fn apply_merge_patch(doc: &mut Value, original: &Value, body: &Value) -> Result<(), PatchError> {
+    if !body.is_object() {
+        return Err(PatchError::Malformed {
+            index: 1,
+            reason: "a merge patch is a JSON object of the members to change".to_owned(),
+        });
+    }
+    for key in ["resourceType", "id"] {
+        if body.get(key).is_some_and(|v| Some(v) != original.get(key)) {
+            return Err(PatchError::ChangesIdentity { index: 1 });
+        }
+    }
+    let budget = Budget::of(doc);
+    let added = Budget::of(body);
+    if budget.bytes.saturating_add(added.bytes) > MAX_PATCHED_BYTES
+        || budget.depth.max(added.depth + 1) > MAX_PATCHED_DEPTH
+    {
+        return Err(PatchError::TooLarge { index: 1 });
+    }
+    json_patch::merge(doc, body);
+    if !same_identity(original, doc) {
+        return Err(PatchError::ChangesIdentity { index: 1 });
+    }
+    Ok(())
 }
 
 /// True while `doc` is still the resource `original` was: an object with the same
@@ -1869,7 +1917,8 @@ mod tests {
                 "application/fhir+json;fhirVersion=4.0",
                 Some(PatchKind::FhirPath),
             ),
-            ("application/json", Some(PatchKind::FhirPath)),
+            ("application/json", Some(PatchKind::Detect)),
+            ("application/merge-patch+json", Some(PatchKind::Merge)),
             ("application/fhir+xml", None),
             ("application/xml-patch+xml", None),
             ("text/plain", None),
@@ -2985,5 +3034,62 @@ mod tests {
         );
         assert!(shapes.is_type_suffix("DateTime") && shapes.is_type_suffix("Quantity"));
         assert!(!shapes.is_type_suffix("ValueInteger") && !shapes.is_type_suffix("date"));
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn patient() -> Value {
+        json!({"resourceType": "Patient", "id": "p1", "gender": "female", "active": true,
+            "name": [{"family": "Doe"}]})
+    }
+
+    #[test]
+    fn merge_patches_change_members_and_keep_identity() {
+        let out = apply_patch(
+            PatchKind::Merge,
+            &patient(),
+            br#"{"gender": "male", "active": null}"#,
+        )
+        .unwrap();
+        assert_eq!(out["gender"], "male");
+        assert!(out.get("active").is_none(), "null removes");
+        assert_eq!(out["name"], patient()["name"], "untouched members stay");
+        for bad in [
+            r#"{"id": "p2"}"#,
+            r#"{"id": null}"#,
+            r#"{"resourceType": "Group"}"#,
+        ] {
+            assert_eq!(
+                apply_patch(PatchKind::Merge, &patient(), bad.as_bytes()),
+                Err(PatchError::ChangesIdentity { index: 1 }),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            apply_patch(PatchKind::Merge, &patient(), b"[1]"),
+            Err(PatchError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn application_json_is_decided_by_the_body() {
+        assert_eq!(
+            kind_from_content_type("application/json"),
+            Some(PatchKind::Detect)
+        );
+        let array = br#"[{"op": "replace", "path": "/gender", "value": "other"}]"#;
+        assert_eq!(
+            apply_patch(PatchKind::Detect, &patient(), array).unwrap()["gender"],
+            "other"
+        );
+        let merge = br#"{"gender": "unknown"}"#;
+        assert_eq!(
+            apply_patch(PatchKind::Detect, &patient(), merge).unwrap()["gender"],
+            "unknown"
+        );
     }
 }

@@ -9,9 +9,11 @@ use std::collections::HashMap;
 
 use http::StatusCode;
 use medvault_core::{ResourceId, ResourceType};
+use medvault_fhir::patch::PatchKind;
 use medvault_store::{Store, StoreRead, StoreTx, write_with};
 use serde_json::{Value, json};
 
+use crate::change;
 use crate::ctx::Ctx;
 use crate::error::{Error, ErrorKind, IssueCode};
 use crate::ops;
@@ -40,6 +42,29 @@ enum EntryOp {
     Delete {
         rt: ResourceType,
         id: ResourceId,
+        if_match: Option<u64>,
+    },
+    /// `PUT [type]?search` (a transaction resolves it to an `Update` before it runs).
+    ConditionalUpdate {
+        rt: ResourceType,
+        params: Vec<(String, String)>,
+        resource: Value,
+        if_match: Option<u64>,
+        full_url: Option<String>,
+    },
+    /// `DELETE [type]?search` (a transaction resolves it to a `Delete` before it runs).
+    ConditionalDelete {
+        rt: ResourceType,
+        params: Vec<(String, String)>,
+    },
+    /// `PATCH [type]/[id]` or `PATCH [type]?search`: a Binary holding a JSON Patch, or a
+    /// Parameters resource (FHIRPath Patch).
+    Patch {
+        rt: ResourceType,
+        target: Result<ResourceId, Vec<(String, String)>>,
+        kind: PatchKind,
+        body: Vec<u8>,
+        if_match: Option<u64>,
     },
     Read {
         rt: ResourceType,
@@ -60,15 +85,43 @@ enum EntryOp {
 impl EntryOp {
     fn order(&self) -> u8 {
         match self {
-            Self::Delete { .. } => 0,
+            Self::Delete { .. } | Self::ConditionalDelete { .. } => 0,
             Self::Create { .. } => 1,
-            Self::Update { .. } => 2,
+            Self::Update { .. } | Self::ConditionalUpdate { .. } | Self::Patch { .. } => 2,
             _ => 3,
         }
     }
 
     fn is_write(&self) -> bool {
         self.order() < 3
+    }
+}
+
+/// A PATCH entry's patch: a Binary holding a JSON Patch (`contentType`
+/// `application/json-patch+json`, base64 `data`), or a Parameters resource (FHIRPath Patch).
+fn patch_body(resource: &Value) -> Result<(PatchKind, Vec<u8>), Error> {
+    use base64::Engine as _;
+    match resource.get("resourceType").and_then(Value::as_str) {
+        Some("Parameters") => Ok((
+            PatchKind::FhirPath,
+            serde_json::to_vec(resource).map_err(|e| Error::internal(&e))?,
+        )),
+        Some("Binary")
+            if resource.get("contentType").and_then(Value::as_str)
+                == Some("application/json-patch+json") =>
+        {
+            let data = resource
+                .get("data")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|_| Error::bad_request("the Binary's data is not base64"))?;
+            Ok((PatchKind::Json, bytes))
+        }
+        _ => Err(Error::bad_request(
+            "a PATCH entry's resource is a Parameters resource (FHIRPath Patch) or a Binary with contentType application/json-patch+json",
+        )),
     }
 }
 
@@ -114,6 +167,13 @@ fn parse_entry(ctx: &Ctx, entry: &Value) -> Result<EntryOp, Error> {
             )
         })
     };
+    let if_match = || {
+        request
+            .get("ifMatch")
+            .and_then(Value::as_str)
+            .map(parse_etag)
+            .transpose()
+    };
     let target = parse_path(path)?;
     // (An operation is refused below as unsupported in a Bundle, whatever its type.)
     if let Target::Type(rt)
@@ -139,14 +199,42 @@ fn parse_entry(ctx: &Ctx, entry: &Value) -> Result<EntryOp, Error> {
             rt,
             id,
             resource: need_resource()?,
-            if_match: request
-                .get("ifMatch")
-                .and_then(Value::as_str)
-                .map(parse_etag)
-                .transpose()?,
+            if_match: if_match()?,
             full_url,
         },
-        ("DELETE", Target::Instance(rt, id)) => EntryOp::Delete { rt, id },
+        ("DELETE", Target::Instance(rt, id)) => EntryOp::Delete {
+            rt,
+            id,
+            if_match: if_match()?,
+        },
+        ("DELETE", Target::Type(rt)) => EntryOp::ConditionalDelete { rt, params },
+        ("PUT", Target::Type(rt)) => EntryOp::ConditionalUpdate {
+            rt,
+            params,
+            resource: need_resource()?,
+            if_match: if_match()?,
+            full_url,
+        },
+        ("PATCH", Target::Instance(rt, id)) => {
+            let (kind, body) = patch_body(&need_resource()?)?;
+            EntryOp::Patch {
+                rt,
+                target: Ok(id),
+                kind,
+                body,
+                if_match: if_match()?,
+            }
+        }
+        ("PATCH", Target::Type(rt)) => {
+            let (kind, body) = patch_body(&need_resource()?)?;
+            EntryOp::Patch {
+                rt,
+                target: Err(params),
+                kind,
+                body,
+                if_match: if_match()?,
+            }
+        }
         ("GET", Target::Instance(rt, id)) => EntryOp::Read {
             rt,
             id,
@@ -261,7 +349,31 @@ fn run_write(tx: &mut dyn StoreTx, ctx: &Ctx, op: EntryOp) -> Result<Outcome, Er
             let p = ops::prepare(&*tx, ctx, &rt, id, resource, true)?;
             ops::update(tx, ctx, p, if_match)
         }
-        EntryOp::Delete { rt, id } => ops::delete(tx, ctx, &rt, &id),
+        EntryOp::Delete { rt, id, if_match } => ops::delete(tx, ctx, &rt, &id, if_match),
+        EntryOp::ConditionalUpdate {
+            rt,
+            params,
+            resource,
+            if_match,
+            ..
+        } => change::conditional_update(tx, ctx, &rt, &params, resource, if_match),
+        EntryOp::ConditionalDelete { rt, params } => {
+            change::conditional_delete(tx, ctx, &rt, &params)
+        }
+        EntryOp::Patch {
+            rt,
+            target: Ok(id),
+            kind,
+            body,
+            if_match,
+        } => change::patch(tx, ctx, &rt, &id, kind, &body, if_match),
+        EntryOp::Patch {
+            rt,
+            target: Err(params),
+            kind,
+            body,
+            if_match,
+        } => change::conditional_patch(tx, ctx, &rt, &params, kind, &body, if_match),
         _ => Err(Error::internal(&"read entry routed to the write path")),
     }
 }
@@ -335,6 +447,43 @@ fn transaction(
                 ..
             } => {
                 map.insert(u.clone(), format!("{rt}/{id}"));
+            }
+            EntryOp::ConditionalUpdate {
+                rt,
+                params,
+                resource,
+                if_match,
+                full_url,
+            } => {
+                let id = change::update_target(tx, ctx, rt, params, resource)
+                    .map_err(|e| entry_error(i, e))?;
+                if let Some(u) = full_url {
+                    map.insert(u.clone(), format!("{rt}/{id}"));
+                }
+                if let Value::Object(o) = resource {
+                    o.insert("id".into(), Value::String(id.to_string()));
+                }
+                *op = EntryOp::Update {
+                    rt: rt.clone(),
+                    id,
+                    resource: std::mem::take(resource),
+                    if_match: *if_match,
+                    full_url: full_url.take(),
+                };
+            }
+            EntryOp::ConditionalDelete { rt, params } => {
+                let id = change::select_one(tx, ctx, rt, params, "delete")
+                    .and_then(|hit| {
+                        hit.ok_or_else(|| {
+                            Error::not_found(format!("no {rt} matches the conditional delete"))
+                        })
+                    })
+                    .map_err(|e| entry_error(i, e))?;
+                *op = EntryOp::Delete {
+                    rt: rt.clone(),
+                    id,
+                    if_match: None,
+                };
             }
             _ => {}
         }

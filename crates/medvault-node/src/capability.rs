@@ -4,10 +4,11 @@ use serde_json::{Value, json};
 
 use medvault_fhir::Fhir;
 
-const INTERACTIONS: [&str; 8] = [
+const INTERACTIONS: [&str; 9] = [
     "read",
     "vread",
     "update",
+    "patch",
     "delete",
     "history-instance",
     "history-type",
@@ -35,6 +36,29 @@ pub fn statement(fhir: &Fhir, base: &str, now: &str) -> Value {
                 .filter(|p| p.kind == medvault_fhir::ParamKind::Reference)
                 .map(|p| format!("{name}:{}", p.code))
                 .collect();
+            // Every reference parameter of every type that can point here.
+            let revincludes: Vec<String> = fhir
+                .types()
+                .iter()
+                .flat_map(|(source, si)| {
+                    si.params
+                        .values()
+                        .filter(|p| {
+                            p.kind == medvault_fhir::ParamKind::Reference
+                                && p.targets.iter().any(|t| t == name.as_str())
+                        })
+                        .map(move |p| format!("{source}:{}", p.code))
+                })
+                .collect();
+            let mut operations = vec![
+                json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}),
+                json!({"name": "meta", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-meta"}),
+                json!({"name": "meta-add", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-meta-add"}),
+                json!({"name": "meta-delete", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-meta-delete"}),
+            ];
+            if name.as_str() == "Patient" {
+                operations.push(json!({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}));
+            }
             json!({
                 "type": name.as_str(),
                 "interaction": interactions,
@@ -43,10 +67,12 @@ pub fn statement(fhir: &Fhir, base: &str, now: &str) -> Value {
                 "updateCreate": true,
                 "conditionalCreate": true,
                 "conditionalRead": "not-supported",
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
                 "searchInclude": includes,
+                "searchRevInclude": revincludes,
                 "searchParam": params,
+                "operation": operations,
             })
         })
         .chain(std::iter::once(json!({

@@ -32,6 +32,8 @@ pub enum IssueCode {
     Conflict,
     /// `duplicate`.
     Duplicate,
+    /// `multiple-matches`: a conditional request selects several resources.
+    MultipleMatches,
     /// `too-costly`.
     TooCostly,
     /// `too-long`: body too large.
@@ -63,6 +65,7 @@ impl IssueCode {
             Self::NotSupported => "not-supported",
             Self::Conflict => "conflict",
             Self::Duplicate => "duplicate",
+            Self::MultipleMatches => "multiple-matches",
             Self::TooCostly => "too-costly",
             Self::TooLong => "too-long",
             Self::Exception => "exception",
@@ -97,6 +100,8 @@ pub enum ErrorKind {
     TooLarge,
     /// The body is in a format the node does not take.
     UnsupportedMediaType,
+    /// The response format asked for (`_format`, `Accept`) is one the node does not write.
+    NotAcceptable,
     /// The request is well formed but a business rule refuses it.
     Unprocessable,
     /// Too many requests; try later.
@@ -124,6 +129,7 @@ impl ErrorKind {
             Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             Self::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Throttled => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,

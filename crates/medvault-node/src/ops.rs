@@ -789,11 +789,7 @@ pub fn update(
             return Err(not_known(&p.rt, &p.id, None));
         }
         if live != Some(expected) {
-            return Err(Error::new(
-                ErrorKind::PreconditionFailed,
-                IssueCode::Conflict,
-                "If-Match does not name the current version; read the resource again and retry",
-            ));
+            return Err(stale_if_match());
         }
     }
     let (version, status) = match &current {
@@ -959,15 +955,27 @@ pub fn expunge(
     Ok(out)
 }
 
-/// Delete: appends a delete marker. Deleting a deleted resource succeeds and changes nothing.
+/// 412 for an `If-Match` (or a Bundle entry's `ifMatch`) that is not the current version.
+pub(crate) fn stale_if_match() -> Error {
+    Error::new(
+        ErrorKind::PreconditionFailed,
+        IssueCode::Conflict,
+        "If-Match does not name the current version; read the resource again and retry",
+    )
+}
+
+/// Delete: appends a delete marker. Deleting a deleted resource succeeds and changes nothing
+/// (with `if_match`, only a live resource at that version is deleted).
 ///
 /// # Errors
-/// 404 when the resource never existed.
+/// 404 when the resource never existed (or, with `if_match`, is deleted); 412 when `if_match`
+/// is not the current version.
 pub fn delete(
     tx: &mut dyn StoreTx,
     ctx: &Ctx,
     rt: &ResourceType,
     id: &ResourceId,
+    if_match: Option<u64>,
 ) -> Result<Outcome, Error> {
     ctx.scope_access(rt, Interaction::Delete)?;
     let Some(current) = tx.current(rt, id)? else {
@@ -978,6 +986,13 @@ pub fn delete(
         stored_allows(&*tx, ctx, rt, id, &row, Action::Delete)?;
     } else {
         existing_allows(&*tx, ctx, rt, id, Interaction::Delete)?;
+    }
+    match if_match {
+        Some(_) if current.deleted => return Err(not_known(rt, id, None)),
+        Some(v) if v != current.version => {
+            return Err(stale_if_match());
+        }
+        _ => {}
     }
     if current.deleted {
         return Ok(Outcome::informational("already deleted"));

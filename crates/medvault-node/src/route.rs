@@ -26,6 +26,8 @@ pub enum Target {
     Version(ResourceType, ResourceId, VersionId),
     /// `/{type}/{id}/${operation}` (the name without `$`).
     Operation(ResourceType, ResourceId, String),
+    /// `/{type}/${operation}` (the name without `$`).
+    TypeOperation(ResourceType, String),
 }
 
 /// A type name from a path: 404 when it cannot be one (whether the node serves it is
@@ -50,6 +52,9 @@ pub fn parse_path(path: &str) -> Result<Target, Error> {
         [t] => Target::Type(type_name(t)?),
         [t, "_search"] => Target::TypeSearch(type_name(t)?),
         [t, "_history"] => Target::TypeHistory(type_name(t)?),
+        [t, op] if op.len() > 1 && op.starts_with('$') => {
+            Target::TypeOperation(type_name(t)?, op[1..].to_owned())
+        }
         [t, i] => Target::Instance(type_name(t)?, id(i)?),
         [t, i, "_history"] => Target::InstanceHistory(type_name(t)?, id(i)?),
         [t, i, op] if op.len() > 1 && op.starts_with('$') => {
@@ -114,6 +119,10 @@ mod tests {
         );
         assert!(
             matches!(parse_path("Patient/1/_history/2").unwrap(), Target::Version(_, _, v) if v.get() == 2)
+        );
+        assert_eq!(
+            parse_path("Patient/$validate").unwrap(),
+            Target::TypeOperation(ResourceType::PATIENT, "validate".into())
         );
         assert_eq!(
             parse_path("Patient/bad id").unwrap_err().kind,

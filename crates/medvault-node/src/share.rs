@@ -336,47 +336,25 @@ fn consents_of(
 }
 
 /// The patient's compartment as `ctx` may read it (the access policy and scopes of the
-/// requester apply), without the types never shared.
+/// requester apply), without the types never shared, and only what is sealed under this
+/// patient's key (its compartment proper).
 fn compartment(
     store: &dyn medvault_store::StoreRead,
     ctx: &Ctx,
     patient: &str,
 ) -> Result<Vec<(ResourceType, Value)>, Error> {
     let reference = format!("Patient/{patient}");
-    let mut out = Vec::new();
-    for (rt, info) in ctx.fhir.types() {
-        if *rt == ResourceType::PATIENT
-            || NOT_SHARED.contains(&rt.as_str())
-            || info.compartment_params.is_empty()
-        {
-            continue;
-        }
-        let mut seen = HashSet::new();
-        for param in &info.compartment_params {
-            // Strict: a parameter the type cannot search would otherwise match everything.
-            let found =
-                match search::all_matches(store, ctx, rt, &[(param.clone(), reference.clone())]) {
-                    Ok(found) => found,
-                    // A parameter the type cannot search (parsed strictly).
-                    Err(e) if e.code == IssueCode::NotSupported => continue,
-                    Err(e) => return Err(e),
-                };
-            for v in found {
-                let Some(id) = v.get("id").and_then(Value::as_str).map(str::to_owned) else {
-                    continue;
-                };
-                let Ok(rid) = ResourceId::new(&id) else {
-                    continue;
-                };
-                // Only what is sealed under this patient's key (its compartment proper).
-                if ctx.fhir.compartment_of(rt.as_str(), &rid, &v).key_name() == reference
-                    && seen.insert(id)
-                {
-                    out.push((rt.clone(), v));
-                }
-            }
-        }
-    }
+    let patient = ResourceId::new(patient).map_err(|_| Error::bad_request("invalid patient id"))?;
+    let mut out = crate::operations::compartment(store, ctx, &patient, None)?;
+    out.retain(|(rt, v)| {
+        !NOT_SHARED.contains(&rt.as_str())
+            && v.get("id")
+                .and_then(Value::as_str)
+                .and_then(|id| ResourceId::new(id).ok())
+                .is_some_and(|rid| {
+                    ctx.fhir.compartment_of(rt.as_str(), &rid, v).key_name() == reference
+                })
+    });
     Ok(out)
 }
 

@@ -20,7 +20,7 @@ use medvault_node::identity::api_tokens::RefusedCredential;
 use medvault_node::identity::gates::{self, Refusal};
 use medvault_node::ops::{self, Ctx, Outcome};
 use medvault_node::route::{self, Target};
-use medvault_node::{bundle, capability, clock, search};
+use medvault_node::{bundle, capability, change, clock, operations, search};
 
 /// The access log's FHIR view (`medvault_node::audit_view`), not a stored type.
 const AUDIT_EVENT: ResourceType = ResourceType::from_static("AuditEvent");
@@ -98,6 +98,102 @@ fn prefer<'h>(headers: &'h HeaderMap, key: &str) -> Option<&'h str> {
         .map(|(_, v)| v.trim().trim_matches('"'))
 }
 
+/// What a write answers with (`Prefer: return=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Return {
+    /// The resource (the default).
+    Representation,
+    /// Headers only.
+    Minimal,
+    /// An `OperationOutcome` saying what was done.
+    Outcome,
+}
+
+fn return_preference(headers: &HeaderMap) -> Return {
+    match prefer(headers, "return") {
+        Some("minimal") => Return::Minimal,
+        Some(v) if v.eq_ignore_ascii_case("OperationOutcome") => Return::Outcome,
+        _ => Return::Representation,
+    }
+}
+
+/// `If-Match`, as a version.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    headers
+        .get(header::IF_MATCH)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("If-Match must be ASCII"))
+                .and_then(|v| route::parse_etag(v).map_err(ApiError::from))
+        })
+        .transpose()
+}
+
+/// 406 unless the response may be FHIR JSON: `_format` (`json`, `application/fhir+json`,
+/// `application/json`) or an `Accept` header that allows JSON. The node writes no XML.
+fn check_format(headers: &HeaderMap, params: &[(String, String)]) -> Result<(), ApiError> {
+    let json_ok = |t: &str| {
+        let t = t
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        matches!(
+            t.as_str(),
+            "json" | "application/json" | "application/fhir+json" | "application/json+fhir"
+        ) || t == "*/*"
+            || t == "application/*"
+    };
+    let refuse = || {
+        ApiError::new(
+            ErrorKind::NotAcceptable,
+            IssueCode::NotSupported,
+            "this node answers in FHIR JSON only (_format=json, Accept: application/fhir+json)",
+        )
+    };
+    if let Some((_, f)) = params.iter().find(|(k, _)| k == "_format")
+        && !json_ok(f)
+    {
+        return Err(refuse());
+    }
+    if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())
+        && !accept.trim().is_empty()
+        && !accept.split(',').any(json_ok)
+        && accept.contains("xml")
+    {
+        return Err(refuse());
+    }
+    Ok(())
+}
+
+/// The kind of patch a `PATCH` body is, from its `Content-Type`.
+fn patch_kind(headers: &HeaderMap) -> Result<medvault_fhir::patch::PatchKind, ApiError> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(medvault_fhir::patch::kind_from_content_type)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::UnsupportedMediaType,
+                IssueCode::NotSupported,
+                "PATCH takes application/json-patch+json (JSON Patch) or application/fhir+json (a FHIRPath Patch Parameters resource)",
+            )
+        })
+}
+
+/// A 200 outcome carrying `body` (an operation's answer).
+fn answer(body: Value) -> Outcome {
+    Outcome {
+        status: StatusCode::OK,
+        resource: Some(body),
+        location: None,
+        version: None,
+        last_modified: None,
+        key_name: None,
+    }
+}
+
 fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -131,9 +227,28 @@ fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
     })
 }
 
-fn respond(out: Outcome, minimal: bool, base: &str) -> Response {
-    let mut resp = match (&out.resource, minimal) {
-        (Some(r), false) => fhir_json(out.status, r),
+fn respond(out: Outcome, ret: Return, base: &str) -> Response {
+    let mut resp = match (&out.resource, ret) {
+        (Some(r), Return::Representation) => fhir_json(out.status, r),
+        (_, Return::Outcome) => {
+            let done = match out.status {
+                StatusCode::CREATED => "created",
+                _ => "done",
+            };
+            let text = match &out.location {
+                Some(loc) => format!("{done}: {loc}"),
+                None => done.to_owned(),
+            };
+            fhir_json(
+                out.status,
+                &medvault_node::error::operation_outcome(
+                    "information",
+                    IssueCode::Informational,
+                    &text,
+                    &[],
+                ),
+            )
+        }
         _ => out.status.into_response(),
     };
     if let Some(p) = out
@@ -154,11 +269,13 @@ fn respond(out: Outcome, minimal: bool, base: &str) -> Response {
     {
         h.insert(header::LAST_MODIFIED, val);
     }
-    if out.status == StatusCode::CREATED
-        && let Some(loc) = &out.location
+    if let Some(loc) = &out.location
         && let Ok(val) = HeaderValue::from_str(&format!("{base}/{loc}"))
     {
-        h.insert(header::LOCATION, val.clone());
+        // Also on updates: a conditional update's or patch's record is named only here.
+        if out.status == StatusCode::CREATED {
+            h.insert(header::LOCATION, val.clone());
+        }
         h.insert(header::CONTENT_LOCATION, val);
     }
     resp
@@ -364,8 +481,9 @@ async fn dispatch(
         return Ok(fhir_json(StatusCode::OK, &out));
     }
     let strict = prefer(&headers, "handling") == Some("strict");
-    let minimal = prefer(&headers, "return") == Some("minimal");
+    let ret = return_preference(&headers);
     let params = search::parse_query_string(query.as_deref().unwrap_or(""));
+    check_format(&headers, &params)?;
     let store = state.node.store.clone();
     match (method.clone(), target) {
         (Method::GET, Target::Metadata) => Ok(metadata(State(state), headers).await),
@@ -439,19 +557,12 @@ async fn dispatch(
                 })
             })
             .await?;
-            Ok(respond(out, minimal, &base))
+            Ok(respond(out, ret, &base))
         }
         (Method::PUT, Target::Instance(rt, id)) => {
             ops::served_type(&ctx.fhir, &rt)?;
             let json = json_body(&headers, &body)?;
-            let if_match = headers
-                .get(header::IF_MATCH)
-                .map(|v| {
-                    v.to_str()
-                        .map_err(|_| ApiError::bad_request("If-Match must be ASCII"))
-                        .and_then(|v| route::parse_etag(v).map_err(ApiError::from))
-                })
-                .transpose()?;
+            let if_match = if_match(&headers)?;
             let out = blocking(move || {
                 let mut p = ops::prepare(store.as_ref(), &ctx, &rt, id, json, true)?;
                 ops::authorize_write(store.as_ref(), &ctx, &mut p, Interaction::Update)?;
@@ -460,17 +571,64 @@ async fn dispatch(
                 })
             })
             .await?;
-            Ok(respond(out, minimal, &base))
+            Ok(respond(out, ret, &base))
         }
-        (Method::DELETE, Target::Instance(rt, id)) => {
+        (Method::PUT, Target::Type(rt)) => {
             ops::served_type(&ctx.fhir, &rt)?;
+            let json = json_body(&headers, &body)?;
+            let if_match = if_match(&headers)?;
             let out = blocking(move || {
                 write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
-                    ops::delete(tx, ctx, &rt, &id)
+                    change::conditional_update(tx, ctx, &rt, &params, json, if_match)
                 })
             })
             .await?;
-            Ok(respond(out, minimal, &base))
+            Ok(respond(out, ret, &base))
+        }
+        (Method::PATCH, Target::Instance(rt, id)) => {
+            ops::served_type(&ctx.fhir, &rt)?;
+            let kind = patch_kind(&headers)?;
+            let if_match = if_match(&headers)?;
+            let out = blocking(move || {
+                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
+                    change::patch(tx, ctx, &rt, &id, kind, &body, if_match)
+                })
+            })
+            .await?;
+            Ok(respond(out, ret, &base))
+        }
+        (Method::PATCH, Target::Type(rt)) => {
+            ops::served_type(&ctx.fhir, &rt)?;
+            let kind = patch_kind(&headers)?;
+            let if_match = if_match(&headers)?;
+            let out = blocking(move || {
+                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
+                    change::conditional_patch(tx, ctx, &rt, &params, kind, &body, if_match)
+                })
+            })
+            .await?;
+            Ok(respond(out, ret, &base))
+        }
+        (Method::DELETE, Target::Type(rt)) => {
+            ops::served_type(&ctx.fhir, &rt)?;
+            let out = blocking(move || {
+                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
+                    change::conditional_delete(tx, ctx, &rt, &params)
+                })
+            })
+            .await?;
+            Ok(respond(out, ret, &base))
+        }
+        (Method::DELETE, Target::Instance(rt, id)) => {
+            ops::served_type(&ctx.fhir, &rt)?;
+            let if_match = if_match(&headers)?;
+            let out = blocking(move || {
+                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
+                    ops::delete(tx, ctx, &rt, &id, if_match)
+                })
+            })
+            .await?;
+            Ok(respond(out, ret, &base))
         }
         // Reads by id are one primary-key lookup and one decryption (tens of microseconds), so
         // they run inline: a hand-off to the blocking pool would cost more than the work.
@@ -478,13 +636,21 @@ async fn dispatch(
             ops::served_type(&ctx.fhir, &rt)?;
             let subset = search::read_subset(&rt, &params, strict)?;
             let out = ops::read(store.as_ref(), &ctx, &rt, &id, None)?;
-            Ok(respond(out.subset(&rt, subset.as_ref()), false, &base))
+            Ok(respond(
+                out.subset(&rt, subset.as_ref()),
+                Return::Representation,
+                &base,
+            ))
         }
         (Method::GET, Target::Version(rt, id, v)) => {
             ops::served_type(&ctx.fhir, &rt)?;
             let subset = search::read_subset(&rt, &params, strict)?;
             let out = ops::read(store.as_ref(), &ctx, &rt, &id, Some(v.get()))?;
-            Ok(respond(out.subset(&rt, subset.as_ref()), false, &base))
+            Ok(respond(
+                out.subset(&rt, subset.as_ref()),
+                Return::Representation,
+                &base,
+            ))
         }
         (Method::GET, Target::TypeHistory(rt)) => {
             ops::served_type(&ctx.fhir, &rt)?;
@@ -517,9 +683,109 @@ async fn dispatch(
             let declared = effective_purpose(&who, &headers);
             crate::share_http::share(state, ctx, id, &json, declared, agent).await
         }
-        (Method::POST, Target::Operation(..)) => Err(ApiError::not_found("no such operation")),
+        (Method::POST, Target::TypeOperation(rt, op)) if op == "validate" => {
+            ops::served_type(&ctx.fhir, &rt)?;
+            let json = json_body(&headers, &body)?;
+            let out = blocking_read(&state, move || {
+                operations::validate(store.as_ref(), &ctx, &rt, None, json)
+            })
+            .await?;
+            Ok(fhir_json(StatusCode::OK, &out))
+        }
+        (Method::POST, Target::Operation(rt, id, op)) if op == "validate" => {
+            ops::served_type(&ctx.fhir, &rt)?;
+            let json = json_body(&headers, &body)?;
+            let out = blocking_read(&state, move || {
+                operations::validate(store.as_ref(), &ctx, &rt, Some(&id), json)
+            })
+            .await?;
+            Ok(fhir_json(StatusCode::OK, &out))
+        }
+        (Method::GET | Method::POST, Target::Operation(rt, id, op)) if op == "meta" => {
+            ops::served_type(&ctx.fhir, &rt)?;
+            let out = operations::meta(store.as_ref(), &ctx, &rt, &id)?;
+            Ok(fhir_json(StatusCode::OK, &out))
+        }
+        (Method::POST, Target::Operation(rt, id, op))
+            if op == "meta-add" || op == "meta-delete" =>
+        {
+            ops::served_type(&ctx.fhir, &rt)?;
+            let json = json_body(&headers, &body)?;
+            let how = if op == "meta-add" {
+                change::MetaChange::Add
+            } else {
+                change::MetaChange::Delete
+            };
+            let out = blocking(move || {
+                let meta = change::meta_parameter(&json)?.clone();
+                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
+                    change::change_meta(tx, ctx, &rt, &id, how, &meta).map(answer)
+                })
+            })
+            .await?;
+            Ok(respond(out, Return::Representation, &base))
+        }
+        (Method::GET | Method::POST, Target::Operation(rt, id, op))
+            if op == "everything" && rt == ResourceType::PATIENT =>
+        {
+            let mut all = params;
+            if method == Method::POST && !body.is_empty() {
+                let json = json_body(&headers, &body)?;
+                all.extend(parameters_as_pairs(&json)?);
+            }
+            let b = base.clone();
+            let out = blocking_read(&state, move || {
+                operations::everything(store.as_ref(), &ctx, &id, &all, &b)
+            })
+            .await?;
+            Ok(fhir_json(StatusCode::OK, &out))
+        }
+        (m, Target::Operation(_, _, op) | Target::TypeOperation(_, op))
+            if [
+                "share",
+                "validate",
+                "meta",
+                "meta-add",
+                "meta-delete",
+                "everything",
+            ]
+            .contains(&op.as_str()) =>
+        {
+            Err(route::method_not_allowed(&m).into())
+        }
+        (_, Target::Operation(..) | Target::TypeOperation(..)) => {
+            Err(ApiError::not_found("no such operation"))
+        }
         (m, _) => Err(route::method_not_allowed(&m).into()),
     }
+}
+
+/// The simple parameters of a `Parameters` body (`valueString`, `valueCode`, `valueInteger`,
+/// `valueInstant`…) as query pairs, for an operation invoked by POST.
+fn parameters_as_pairs(body: &Value) -> Result<Vec<(String, String)>, ApiError> {
+    let bad = || ApiError::bad_request("the body must be a Parameters resource of simple values");
+    if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+        return Err(bad());
+    }
+    let mut out = Vec::new();
+    for p in body
+        .get("parameter")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let name = p.get("name").and_then(Value::as_str).ok_or_else(bad)?;
+        let value = p
+            .as_object()
+            .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")))
+            .map(|(_, v)| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .ok_or_else(bad)?;
+        out.push((name.to_owned(), value));
+    }
+    Ok(out)
 }
 
 /// A type search (GET or POST `_search`) on a blocking thread, answered as a `searchset`.
@@ -571,6 +837,18 @@ fn interaction(method: &Method, target: &Target) -> &'static str {
         (&Method::GET, Target::TypeHistory(_)) => "history-type",
         (&Method::GET, Target::InstanceHistory(..)) => "history-instance",
         (&Method::POST, Target::Operation(_, _, op)) if op == "share" => "share",
+        (&Method::PUT, Target::Type(_)) => "update-conditional",
+        (&Method::PATCH, Target::Instance(..)) => "patch",
+        (&Method::PATCH, Target::Type(_)) => "patch-conditional",
+        (&Method::DELETE, Target::Type(_)) => "delete-conditional",
+        (_, Target::Operation(_, _, op) | Target::TypeOperation(_, op)) => match op.as_str() {
+            "validate" => "operation-validate",
+            "meta" => "operation-meta",
+            "meta-add" => "operation-meta-add",
+            "meta-delete" => "operation-meta-delete",
+            "everything" => "operation-everything",
+            _ => "unsupported",
+        },
         _ => "unsupported",
     }
 }
@@ -594,9 +872,12 @@ fn audit_record(
     let target = fhir_path.and_then(|p| route::parse_path(p).ok());
     let fhir_interaction = target.as_ref().map_or("none", |t| interaction(method, t));
     let (rtype, touched) = match target {
-        Some(Target::Type(t) | Target::TypeSearch(t) | Target::TypeHistory(t)) => {
-            (Some(t.as_str().to_owned()), None)
-        }
+        Some(
+            Target::Type(t)
+            | Target::TypeSearch(t)
+            | Target::TypeHistory(t)
+            | Target::TypeOperation(t, _),
+        ) => (Some(t.as_str().to_owned()), None),
         Some(
             Target::Instance(t, i)
             | Target::InstanceHistory(t, i)
@@ -606,9 +887,15 @@ fn audit_record(
         _ => (None, None),
     };
     let id = touched.as_ref().map(|(_, i)| i.to_string());
-    // A create's new id is in its Location header (`…/Type/id/_history/1`).
+    // A create's new id is in its Location header (`…/Type/id/_history/1`), a conditional
+    // update's or patch's in its Content-Location.
     let id = id.or_else(|| {
-        let loc = resp.headers().get(header::LOCATION)?.to_str().ok()?;
+        let h = resp.headers();
+        let loc = h
+            .get(header::LOCATION)
+            .or_else(|| h.get(header::CONTENT_LOCATION))?
+            .to_str()
+            .ok()?;
         let mut parts = loc.rsplit('/').skip(2);
         parts.next().map(str::to_owned)
     });

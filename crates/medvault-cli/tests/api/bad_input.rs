@@ -44,7 +44,9 @@ fn bad_requests_get_operation_outcomes_and_write_nothing() {
         ("malformed If-Match", Method::PUT, format!("Patient/{existing}"), Some(fhir), vec![("if-match", "seven".into())], json!({"resourceType":"Patient","id":existing}).to_string(), 400),
         ("wrong content type", Method::POST, "Patient".into(), Some("text/plain"), vec![], json!({"resourceType":"Patient"}).to_string(), 415),
         ("invalid search value", Method::GET, "Patient?birthdate=tomorrow".into(), None, vec![], String::new(), 400),
-        ("unsupported method", Method::PATCH, format!("Patient/{existing}"), Some(fhir), vec![], "{}".into(), 405),
+        ("unsupported method", Method::PATCH, format!("Patient/{existing}/_history"), Some(fhir), vec![], "{}".into(), 405),
+        ("malformed patch", Method::PATCH, format!("Patient/{existing}"), Some(fhir), vec![], "{}".into(), 400),
+        ("patch of another type", Method::PATCH, format!("Patient/{existing}"), Some("application/json-patch+json"), vec![], json!([{"op":"replace","path":"/resourceType","value":"Group"}]).to_string(), 422),
         ("bad version id", Method::GET, format!("Patient/{existing}/_history/abc"), None, vec![], String::new(), 400),
         ("not a Bundle", Method::POST, String::new(), Some(fhir), vec![], json!({"resourceType":"Patient"}).to_string(), 400),
         ("bundle of wrong type", Method::POST, String::new(), Some(fhir), vec![], json!({"resourceType":"Bundle","type":"collection"}).to_string(), 400),
@@ -67,7 +69,7 @@ fn bad_requests_get_operation_outcomes_and_write_nothing() {
             "{what} leaks internals: {text}"
         );
     }
-    assert_eq!(n, 21);
+    assert_eq!(n, 23);
     // Nothing was written by any of them.
     let (_, all) = s.get("Patient/_history");
     assert_eq!(all["total"], 1, "{all}");

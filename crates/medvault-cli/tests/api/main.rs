@@ -16,6 +16,7 @@ mod import;
 mod ledger;
 mod node_keys;
 mod oauth_app;
+mod operations;
 mod policy;
 mod postgres;
 mod search;
