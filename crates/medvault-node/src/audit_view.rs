@@ -149,6 +149,9 @@ pub fn to_audit_event(leaf: u64, detail: &Value, observer: &str) -> Value {
     if let Some(counted) = counted_entity(detail) {
         entities.push(counted);
     }
+    if let Some(export) = export_entity(detail) {
+        entities.push(export);
+    }
     if let Some(rid) = s(detail, "request_id") {
         entities.push(
             json!({"what": {"identifier": {"system": "urn:medvault:request-id", "value": rid}}}),
@@ -158,6 +161,28 @@ pub fn to_audit_event(leaf: u64, detail: &Value, observer: &str) -> Value {
         event["entity"] = Value::Array(entities);
     }
     event
+}
+
+/// For a Bulk Data export's records (its end, each file served): the job and what it held
+/// (resources, patients, files; a file's name and type), as `detail` entries.
+fn export_entity(detail: &Value) -> Option<Value> {
+    let extra = detail.get("extra");
+    let job = extra
+        .and_then(|e| s(e, "export"))
+        .or_else(|| s(detail, "target").and_then(|t| t.strip_prefix("export/")))?;
+    let mut details = Vec::new();
+    for source in [Some(detail), extra].into_iter().flatten() {
+        for key in ["resources", "patients", "files", "file", "type"] {
+            match source.get(key) {
+                Some(Value::Number(n)) => {
+                    details.push(json!({"type": key, "valueString": n.to_string()}));
+                }
+                Some(Value::String(v)) => details.push(json!({"type": key, "valueString": v})),
+                _ => {}
+            }
+        }
+    }
+    Some(json!({"what": {"display": format!("bulk export {job}")}, "detail": details}))
 }
 
 /// For a summary of anonymous requests: an entity carrying the counts (in total, by status,

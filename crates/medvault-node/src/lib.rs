@@ -25,6 +25,7 @@ pub mod audit_view;
 pub mod authz;
 pub mod background;
 pub mod backup_file;
+pub mod bulk;
 pub mod bundle;
 pub mod capability;
 pub mod change;

@@ -28,6 +28,12 @@ pub enum Target {
     Operation(ResourceType, ResourceId, String),
     /// `/{type}/${operation}` (the name without `$`).
     TypeOperation(ResourceType, String),
+    /// `/${operation}` (the name without `$`): `$export`.
+    SystemOperation(String),
+    /// `/$export-status/{job}`: a Bulk Data export's status (GET) or cancellation (DELETE).
+    ExportStatus(String),
+    /// `/$export-file/{job}/{file}`: one output file of a finished export.
+    ExportFile(String, String),
 }
 
 /// A type name from a path: 404 when it cannot be one (whether the node serves it is
@@ -49,6 +55,11 @@ pub fn parse_path(path: &str) -> Result<Target, Error> {
     Ok(match segs.as_slice() {
         [] => Target::System,
         ["metadata"] => Target::Metadata,
+        ["$export-status", job] if is_job_id(job) => Target::ExportStatus((*job).to_owned()),
+        ["$export-file", job, file] if is_job_id(job) && is_file_name(file) => {
+            Target::ExportFile((*job).to_owned(), (*file).to_owned())
+        }
+        [op] if op.len() > 1 && op.starts_with('$') => Target::SystemOperation(op[1..].to_owned()),
         [t] => Target::Type(type_name(t)?),
         [t, "_search"] => Target::TypeSearch(type_name(t)?),
         [t, "_history"] => Target::TypeHistory(type_name(t)?),
@@ -66,6 +77,20 @@ pub fn parse_path(path: &str) -> Result<Target, Error> {
             VersionId::parse(v).map_err(|e| Error::bad_request(e.to_string()))?,
         ),
         _ => return Err(Error::not_found("no such FHIR endpoint")),
+    })
+}
+
+/// A job id as [`crate::bulk`] makes them: 32 lower-case hex digits.
+fn is_job_id(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// An export file name: `{Type}-{n}.ndjson`.
+fn is_file_name(s: &str) -> bool {
+    s.strip_suffix(".ndjson").is_some_and(|stem| {
+        stem.len() <= 80 && stem.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     })
 }
 

@@ -110,6 +110,8 @@ struct Joined {
     ids: Option<Vec<String>>,
 }
 
+/// Most chains and `_has` (nested ones included) in one search: each runs a search of its own.
+pub const MAX_JOINS: usize = 6;
 /// Deepest nesting of chains and `_has` in one search.
 pub const MAX_JOIN_DEPTH: usize = 3;
 /// Most resources a chained parameter or `_has` may find before the search is refused as too
@@ -541,7 +543,58 @@ fn parse_at(
             req.applied.push((raw_name.clone(), value.clone()));
         }
     }
+    if depth == 0 && req.join_count() > MAX_JOINS {
+        return Err(Error::new(
+            ErrorKind::Invalid,
+            IssueCode::TooCostly,
+            format!(
+                "a search may have at most {MAX_JOINS} chained parameters and _has (nested ones included)"
+            ),
+        ));
+    }
     Ok(req)
+}
+
+impl SearchRequest {
+    /// The chains and `_has` of this search, nested ones included.
+    fn join_count(&self) -> usize {
+        self.joins
+            .iter()
+            .map(|j| match j {
+                Join::Chain { targets, .. } => {
+                    1 + targets.iter().map(|(_, s)| s.join_count()).sum::<usize>()
+                }
+                Join::Has { search, .. } => 1 + search.join_count(),
+            })
+            .sum()
+    }
+
+    /// True when the search is only parameter clauses (no `_id`, `_lastUpdated`, chains,
+    /// `_has`, includes, sorting, paging or subsetting), so [`Self::matches`] decides it alone
+    /// (a Bulk Data `_typeFilter`).
+    pub fn is_plain_filter(&self) -> bool {
+        self.ids.is_none()
+            && self.updated_from.is_none()
+            && self.updated_to.is_none()
+            && self.joins.is_empty()
+            && self.includes.is_empty()
+            && self.sort_keys.is_empty()
+            && self.subset.is_none()
+            && !self.summary_count
+            && self.paging == Paging::default()
+    }
+
+    /// True when decrypted `resource` of type `rt` meets every parameter clause.
+    pub fn matches(&self, ctx: &Ctx, rt: &ResourceType, resource: &Value) -> bool {
+        let Some(info) = ctx.fhir.type_info(rt.as_str()) else {
+            return false;
+        };
+        self.clauses.iter().all(|c| {
+            info.params
+                .get(&c.param)
+                .is_some_and(|p| p.matches(c, resource))
+        })
+    }
 }
 
 /// The refusal of a search that would have to examine too many candidates.
@@ -638,90 +691,137 @@ fn execute_paged(
         }
         return Ok((out, page.total));
     }
-    // Fetch the candidates, filter exactly, then count, order and page.
-    q.limit = MAX_CANDIDATES + 1;
-    let page = store.search(&q)?;
-    if page.total > MAX_CANDIDATES {
-        return Err(too_costly());
-    }
-    let mut matched = Vec::new();
-    for (i, row) in page.rows.iter().enumerate() {
-        // Up to 10 000 decryptions: a request whose time is up stops here (and a write
-        // transaction waiting on this condition rolls back) instead of holding the writer.
-        if i % 256 == 255 && ctx.deadline.is_some_and(|d| std::time::Instant::now() > d) {
-            return Err(crate::ctx::timed_out());
+    // Walk the candidates a chunk at a time, filter exactly, count, and keep only what the page
+    // needs: the page's resources, or (when ordering by content) each match's sort keys and
+    // version, whose page is opened again once ordered. Memory stays one chunk and one page
+    // whatever the search matches.
+    let window = usize::try_from(paging.offset).unwrap_or(usize::MAX)
+        ..usize::try_from(paging.offset.saturating_add(if req.summary_count {
+            0
+        } else {
+            paging.count
+        }))
+        .unwrap_or(usize::MAX);
+    let mut matched = 0usize;
+    let mut page_rows: Vec<Value> = Vec::new();
+    let mut keyed: Vec<(Vec<Option<medvault_fhir::SortKey>>, String, u64)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    q.limit = CANDIDATE_CHUNK;
+    let mut examined = 0usize;
+    loop {
+        let page = store.search(&q)?;
+        if page.total > MAX_CANDIDATES {
+            return Err(too_costly());
         }
-        let v = open(store, ctx, row)?;
-        if keep(&v) && ctx.may_see(store, Interaction::Search, rt, &row.key_name, Some(&v))? {
-            matched.push(v);
+        for row in &page.rows {
+            // Up to 10 000 decryptions: a request whose time is up stops here (and a write
+            // transaction waiting on this condition rolls back) instead of holding the writer.
+            examined += 1;
+            if examined % 256 == 255 && ctx.deadline.is_some_and(|d| std::time::Instant::now() > d)
+            {
+                return Err(crate::ctx::timed_out());
+            }
+            // A concurrent write can shift a row into the next chunk: each is counted once.
+            if !seen.insert(row.id.clone()) {
+                continue;
+            }
+            let v = open(store, ctx, row)?;
+            if !(keep(&v)
+                && ctx.may_see(store, Interaction::Search, rt, &row.key_name, Some(&v))?)
+            {
+                continue;
+            }
+            if req.sort_keys.is_empty() {
+                if window.contains(&matched) {
+                    page_rows.push(v);
+                }
+            } else {
+                keyed.push((
+                    sort_keys(info, &req.sort_keys, &v)?,
+                    row.id.clone(),
+                    row.version,
+                ));
+            }
+            matched += 1;
         }
+        if (page.rows.len() as u64) < CANDIDATE_CHUNK || examined >= MAX_CANDIDATES as usize {
+            break;
+        }
+        q.offset += CANDIDATE_CHUNK;
     }
     if !req.sort_keys.is_empty() {
-        matched = sort(info, &req.sort_keys, matched)?;
+        keyed.sort_by(|(a, ..), (b, ..)| compare_keys(&req.sort_keys, a, b));
+        for (_, id, version) in keyed.into_iter().skip(window.start).take(window.len()) {
+            let id = ResourceId::new(&id)
+                .map_err(|_| Error::internal(&"a stored resource carries an invalid id"))?;
+            // The version that matched, opened again (it was decided above).
+            if let Some(row) = store.version(rt, &id, Some(version))? {
+                page_rows.push(open(store, ctx, &row)?);
+            }
+        }
     }
-    let total = matched.len() as u64;
-    let start = usize::try_from(paging.offset).unwrap_or(usize::MAX);
-    let count = if req.summary_count {
-        0
-    } else {
-        usize::try_from(paging.count).unwrap_or(usize::MAX)
-    };
-    Ok((matched.into_iter().skip(start).take(count).collect(), total))
+    Ok((page_rows, matched as u64))
 }
 
-/// Orders decrypted matches by `_sort` keys (stable: ties keep the database's order; a
-/// resource without a value sorts after those with one, either direction).
-fn sort(
+/// Candidates fetched from the database at a time by a search filtered after decryption.
+const CANDIDATE_CHUNK: u64 = 256;
+
+/// The `_sort` keys of one decrypted match.
+fn sort_keys(
     info: &medvault_fhir::TypeInfo,
     keys: &[SortBy],
-    matched: Vec<Value>,
-) -> Result<Vec<Value>, Error> {
+    v: &Value,
+) -> Result<Vec<Option<medvault_fhir::SortKey>>, Error> {
     use medvault_fhir::SortKey;
-    let text = |v: &Value, pointer: &str| {
+    let text = |pointer: &str| {
         v.pointer(pointer)
             .and_then(Value::as_str)
             .map(|s| SortKey::Text(s.to_owned()))
     };
-    let mut keyed = Vec::with_capacity(matched.len());
-    for v in matched {
-        let mut ks = Vec::with_capacity(keys.len());
-        for k in keys {
-            ks.push(match k {
-                SortBy::Id { .. } => text(&v, "/id"),
-                // One format for every stored `lastUpdated`: text order is time order.
-                SortBy::LastUpdated { .. } => text(&v, "/meta/lastUpdated"),
-                SortBy::Param { code, descending } => info
-                    .params
-                    .get(code)
-                    .map(|p| p.sort_key(&v, *descending))
-                    .transpose()
-                    .map_err(|e| Error::bad_request(e.to_string()))?
-                    .flatten(),
-            });
-        }
-        keyed.push((ks, v));
+    let mut ks = Vec::with_capacity(keys.len());
+    for k in keys {
+        ks.push(match k {
+            SortBy::Id { .. } => text("/id"),
+            // One format for every stored `lastUpdated`: text order is time order.
+            SortBy::LastUpdated { .. } => text("/meta/lastUpdated"),
+            SortBy::Param { code, descending } => info
+                .params
+                .get(code)
+                .map(|p| p.sort_key(v, *descending))
+                .transpose()
+                .map_err(|e| Error::bad_request(e.to_string()))?
+                .flatten(),
+        });
     }
-    keyed.sort_by(|(a, _), (b, _)| {
-        for ((x, y), k) in a.iter().zip(b).zip(keys) {
-            let descending = match k {
-                SortBy::Id { descending }
-                | SortBy::LastUpdated { descending }
-                | SortBy::Param { descending, .. } => *descending,
-            };
-            let o = match (x, y) {
-                (Some(x), Some(y)) if descending => SortKey::compare(y, x),
-                (Some(x), Some(y)) => SortKey::compare(x, y),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => std::cmp::Ordering::Equal,
-            };
-            if o.is_ne() {
-                return o;
-            }
+    Ok(ks)
+}
+
+/// Orders two matches by `_sort` keys (a stable sort keeps the database's order for ties; a
+/// resource without a value sorts after those with one, either direction).
+fn compare_keys(
+    keys: &[SortBy],
+    a: &[Option<medvault_fhir::SortKey>],
+    b: &[Option<medvault_fhir::SortKey>],
+) -> std::cmp::Ordering {
+    use medvault_fhir::SortKey;
+    for ((x, y), k) in a.iter().zip(b).zip(keys) {
+        let descending = match k {
+            SortBy::Id { descending }
+            | SortBy::LastUpdated { descending }
+            | SortBy::Param { descending, .. } => *descending,
+        };
+        let o = match (x, y) {
+            (Some(x), Some(y)) if descending => SortKey::compare(y, x),
+            (Some(x), Some(y)) => SortKey::compare(x, y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        };
+        if o.is_ne() {
+            return o;
         }
-        std::cmp::Ordering::Equal
-    });
-    Ok(keyed.into_iter().map(|(_, v)| v).collect())
+    }
+    std::cmp::Ordering::Equal
 }
 
 /// Runs the chains and `_has` of `req`: the reference clauses they add and the ids they allow
@@ -734,7 +834,21 @@ fn resolve_joins(
 ) -> Result<Option<Joined>, Error> {
     let mut clauses = Vec::new();
     let mut ids = req.ids.clone();
+    // What the joins add becomes lookups (and bound SQL parameters) of this search: they count
+    // against the same budget as its own values.
+    let mut lookups: usize = req.clauses.iter().map(|c| c.keys().count()).sum();
+    let mut spend = |n: usize| {
+        lookups = lookups.saturating_add(n);
+        if lookups > MAX_LOOKUP_KEYS {
+            Err(join_too_costly())
+        } else {
+            Ok(())
+        }
+    };
     for join in &req.joins {
+        if ctx.deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            return Err(crate::ctx::timed_out());
+        }
         match join {
             Join::Chain { param, targets } => {
                 let mut refs = Vec::new();
@@ -751,6 +865,7 @@ fn resolve_joins(
                 if refs.is_empty() {
                     return Ok(None);
                 }
+                spend(refs.len())?;
                 let p = ctx
                     .fhir
                     .type_info(rt.as_str())
@@ -773,17 +888,26 @@ fn resolve_joins(
                     .and_then(|i| i.params.get(param))
                     .ok_or_else(|| Error::internal(&"_has names a parameter the type lost"))?;
                 let prefix = format!("{rt}/");
-                let mut found: Vec<String> = join_matches(store, ctx, source, search)?
-                    .iter()
-                    .flat_map(|v| p.references(v))
-                    .filter_map(|r| r.strip_prefix(&prefix).map(str::to_owned))
-                    .collect();
-                found.sort();
-                found.dedup();
-                ids = Some(match ids {
+                let mut found = std::collections::HashSet::new();
+                for v in join_matches(store, ctx, source, search)? {
+                    for r in p.references(&v) {
+                        if let Some(id) = r.strip_prefix(&prefix) {
+                            found.insert(id.to_owned());
+                        }
+                    }
+                    // A thousand sources may name far more targets (a Provenance names every
+                    // record it covers): what `_has` yields is bounded too.
+                    if found.len() as u64 > MAX_JOIN_MATCHES {
+                        return Err(join_too_costly());
+                    }
+                }
+                let mut next: Vec<String> = match ids {
                     Some(prev) => prev.into_iter().filter(|i| found.contains(i)).collect(),
-                    None => found,
-                });
+                    None => found.into_iter().collect(),
+                };
+                next.sort();
+                spend(next.len())?;
+                ids = Some(next);
             }
         }
         if ids.as_ref().is_some_and(Vec::is_empty) {

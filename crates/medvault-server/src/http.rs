@@ -194,7 +194,7 @@ fn answer(body: Value) -> Outcome {
     }
 }
 
-fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+pub(crate) fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -359,6 +359,26 @@ fn finish(guard: Option<&dyn AccessPolicy>) {
     }
 }
 
+/// The access policy's guard for `who` declaring `purpose`: one per request (and one per Bulk
+/// Data export job, which outlives its kick-off request).
+fn new_guard(
+    state: &AppState,
+    who: &Authenticated,
+    purpose: Option<String>,
+) -> std::sync::Arc<medvault_node::authz::Guard> {
+    std::sync::Arc::new(medvault_node::authz::Guard::new(
+        std::sync::Arc::clone(&state.config.policy),
+        medvault_node::authz::Subject {
+            user: who.token_id.clone(),
+            role: who.role,
+            patient: who.patient.clone(),
+            practitioner: who.practitioner.clone(),
+            purpose,
+        },
+        std::sync::Arc::clone(&state.facts),
+    ))
+}
+
 /// Runs one FHIR request under the access policy, and leaves what the policy refused or opened
 /// on the response for its access-log record.
 async fn guarded(
@@ -379,17 +399,7 @@ async fn guarded(
             .denied_by("purpose-of-use")
             .into_response();
     }
-    let guard = std::sync::Arc::new(medvault_node::authz::Guard::new(
-        std::sync::Arc::clone(&state.config.policy),
-        medvault_node::authz::Subject {
-            user: who.token_id.clone(),
-            role: who.role,
-            patient: who.patient.clone(),
-            practitioner: who.practitioner.clone(),
-            purpose,
-        },
-        std::sync::Arc::clone(&state.facts),
-    ));
+    let guard = new_guard(&state, &who, purpose);
     let result = dispatch(
         state,
         who,
@@ -740,6 +750,41 @@ async fn dispatch(
             .await?;
             Ok(fhir_json(StatusCode::OK, &out))
         }
+        (
+            Method::GET | Method::POST,
+            target @ (Target::SystemOperation(_)
+            | Target::TypeOperation(..)
+            | Target::Operation(..)),
+        ) if export_level(&target).is_some() => {
+            let level =
+                export_level(&target).ok_or_else(|| ApiError::not_found("no such operation"))?;
+            let job_ctx = state.services.for_request(
+                new_guard(&state, &who, effective_purpose(&who, &headers)),
+                who.scopes.clone(),
+                None,
+            );
+            let request = match query.as_deref() {
+                Some(q) if !q.is_empty() => format!("{base}/{}?{q}", path.trim_start_matches('/')),
+                _ => format!("{base}/{}", path.trim_start_matches('/')),
+            };
+            crate::bulk_http::kick_off(
+                &state, &who, job_ctx, level, params, &headers, &body, request, &base,
+            )
+            .await
+        }
+        (Method::GET, Target::ExportStatus(id)) => {
+            crate::bulk_http::status(&state, &who, &id, &base)
+        }
+        (Method::DELETE, Target::ExportStatus(id)) => crate::bulk_http::cancel(&state, &who, &id),
+        (Method::GET, Target::ExportFile(id, name)) => {
+            crate::bulk_http::file(&state, &who, id, name).await
+        }
+        (m, Target::ExportStatus(_) | Target::ExportFile(..)) => {
+            Err(route::method_not_allowed(&m).into())
+        }
+        (m, Target::SystemOperation(op)) if op == "export" => {
+            Err(route::method_not_allowed(&m).into())
+        }
         (m, Target::Operation(_, _, op) | Target::TypeOperation(_, op))
             if [
                 "share",
@@ -753,16 +798,31 @@ async fn dispatch(
         {
             Err(route::method_not_allowed(&m).into())
         }
-        (_, Target::Operation(..) | Target::TypeOperation(..)) => {
+        (_, Target::Operation(..) | Target::TypeOperation(..) | Target::SystemOperation(_)) => {
             Err(ApiError::not_found("no such operation"))
         }
         (m, _) => Err(route::method_not_allowed(&m).into()),
     }
 }
 
+/// The level of a Bulk Data `$export` kick-off, if `target` is one.
+fn export_level(target: &Target) -> Option<medvault_node::bulk::Level> {
+    use medvault_node::bulk::Level;
+    match target {
+        Target::SystemOperation(op) if op == "export" => Some(Level::System),
+        Target::TypeOperation(rt, op) if op == "export" && *rt == ResourceType::PATIENT => {
+            Some(Level::Patient)
+        }
+        Target::Operation(rt, id, op) if op == "export" && rt.as_str() == "Group" => {
+            Some(Level::Group(id.clone()))
+        }
+        _ => None,
+    }
+}
+
 /// The simple parameters of a `Parameters` body (`valueString`, `valueCode`, `valueInteger`,
 /// `valueInstant`…) as query pairs, for an operation invoked by POST.
-fn parameters_as_pairs(body: &Value) -> Result<Vec<(String, String)>, ApiError> {
+pub(crate) fn parameters_as_pairs(body: &Value) -> Result<Vec<(String, String)>, ApiError> {
     let bad = || ApiError::bad_request("the body must be a Parameters resource of simple values");
     if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
         return Err(bad());
@@ -847,8 +907,18 @@ fn interaction(method: &Method, target: &Target) -> &'static str {
             "meta-add" => "operation-meta-add",
             "meta-delete" => "operation-meta-delete",
             "everything" => "operation-everything",
+            "export" => "bulk-export",
             _ => "unsupported",
         },
+        (&Method::GET, Target::SystemOperation(op))
+        | (&Method::POST, Target::SystemOperation(op))
+            if op == "export" =>
+        {
+            "bulk-export"
+        }
+        (&Method::GET, Target::ExportStatus(_)) => "bulk-status",
+        (&Method::DELETE, Target::ExportStatus(_)) => "bulk-delete",
+        (&Method::GET, Target::ExportFile(..)) => "bulk-file",
         _ => "unsupported",
     }
 }

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod anonymous;
 pub mod auth;
 pub mod break_glass;
+mod bulk_http;
 pub mod client_addr;
 pub mod error;
 mod http;

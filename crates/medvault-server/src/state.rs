@@ -56,6 +56,11 @@ pub struct ServerConfig {
     pub break_glass_max: Duration,
     /// Where to take bundles from registered peers (mutual TLS), if anywhere.
     pub peer_listen: Option<SocketAddr>,
+    /// Where Bulk Data export files are written (sealed); a fresh directory under the system's
+    /// temporary directory when unset.
+    pub export_dir: Option<std::path::PathBuf>,
+    /// What bounds Bulk Data exports.
+    pub export_limits: medvault_node::bulk::ExportLimits,
 }
 
 impl ServerConfig {
@@ -93,6 +98,8 @@ impl Default for ServerConfig {
             policy: Arc::new(default_policy()),
             break_glass_max: Duration::from_secs(4 * 3600),
             peer_listen: None,
+            export_dir: None,
+            export_limits: medvault_node::bulk::ExportLimits::default(),
         }
     }
 }
@@ -123,6 +130,8 @@ pub struct AppState {
     pub facts: Arc<medvault_node::authz::FactsCache>,
     /// The signed node document, by key version (rebuilt when another process rotates).
     pub node_document: Arc<medvault_node::node_identity::PublishedDocument>,
+    /// Bulk Data export jobs.
+    pub exports: Arc<medvault_node::bulk::Exports>,
 }
 
 impl AppState {
@@ -142,6 +151,16 @@ impl AppState {
             }
         });
         let services = medvault_node::ctx::Services::of(&node);
+        let export_dir = config.export_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!(
+                "medvault-exports-{}",
+                uuid::Uuid::new_v4().simple()
+            ))
+        });
+        let exports = Arc::new(medvault_node::bulk::Exports::new(
+            export_dir,
+            config.export_limits,
+        ));
         Self {
             node: Arc::new(node),
             services,
@@ -156,6 +175,7 @@ impl AppState {
             passkey_ceremonies: Arc::default(),
             facts: Arc::default(),
             node_document: Arc::default(),
+            exports,
         }
     }
 }

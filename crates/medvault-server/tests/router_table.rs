@@ -185,9 +185,9 @@ fn rows() -> Vec<Row> {
         row(
             ADMIN,
             "PATCH",
-            "/fhir/Patient/x",
+            "/fhir/Patient/x/_history",
             405,
-            "PATCH is not offered",
+            "PATCH is not offered on a history",
         ),
         row(
             ADMIN,

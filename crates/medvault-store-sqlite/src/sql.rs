@@ -632,6 +632,33 @@ pub(crate) fn witnessed(c: &Connection, origin: &str) -> Result<Option<(u64, Has
     )
 }
 
+pub(crate) fn current_after(
+    c: &Connection,
+    rt: &ResourceType,
+    after: Option<&str>,
+    since: Option<i64>,
+    limit: u64,
+) -> Result<Vec<StoredVersion>, StoreError> {
+    all(
+        c,
+        &format!(
+            "SELECT {VERSION_COLUMNS} FROM current c
+             JOIN versions v ON v.rtype = c.rtype AND v.id = c.id AND v.version = c.version
+             LEFT JOIN deks d ON d.name = v.key_name
+             WHERE c.rtype = ?1 AND c.id > ?2 AND c.last_updated >= ?3
+               AND c.deleted = 0 AND c.shredded = 0
+             ORDER BY c.id LIMIT ?4"
+        ),
+        params![
+            rt.as_str(),
+            after.unwrap_or(""),
+            since.unwrap_or(i64::MIN),
+            to_i64(limit)
+        ],
+        rows::version,
+    )
+}
+
 pub(crate) fn versions_after(
     c: &Connection,
     after: Option<(&str, &str, u64)>,

@@ -787,6 +787,23 @@ fn search_semantics(store: &dyn Store) {
         (vec!["a".into(), "b".into(), "c".into()], 3),
         "values OR"
     );
+    // A keyset scan of the live current versions: id order, deleted and other types left out.
+    let scan = |after: Option<&str>, since: Option<i64>, limit: u64| -> Vec<String> {
+        ok(
+            store.current_after(&ty("Patient"), after, since, limit),
+            "current_after",
+        )
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+    };
+    assert_eq!(scan(None, None, 2), vec!["a", "b"]);
+    assert_eq!(
+        scan(Some("b"), None, 10),
+        vec!["c"],
+        "after b; d is deleted"
+    );
+    assert_eq!(scan(None, Some(20), 10), vec!["b", "c"], "changed since 20");
     let wrong_param = IndexQuery {
         clauses: vec![vec![entry("given", 1)]],
         ..base.clone()

@@ -84,6 +84,15 @@ macro_rules! forward_reads {
             fn search(&self, q: &$crate::IndexQuery) -> Result<$crate::SearchPage, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::search(c, q))
             }
+            fn current_after(
+                &self,
+                rt: &medvault_core::ResourceType,
+                after: Option<&str>,
+                since: Option<i64>,
+                limit: u64,
+            ) -> Result<Vec<$crate::StoredVersion>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::current_after(c, rt, after, since, limit))
+            }
             fn versions_after(
                 &self,
                 after: Option<(&str, &str, u64)>,

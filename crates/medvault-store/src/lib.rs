@@ -669,6 +669,20 @@ pub trait RecordRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn search(&self, query: &IndexQuery) -> Result<SearchPage, StoreError>;
+    /// The current, live (not deleted, not shredded) versions of `resource_type` in id order,
+    /// `limit` at a time after the id `after`, changed at or after `since` (microseconds) if
+    /// given: a scan of a whole type that costs the same on its last page as on its first (bulk
+    /// export).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn current_after(
+        &self,
+        resource_type: &ResourceType,
+        after: Option<&str>,
+        since: Option<i64>,
+        limit: u64,
+    ) -> Result<Vec<StoredVersion>, StoreError>;
     /// Every stored version in storage order, `limit` at a time after `after` (type, id,
     /// version, as the last row read holds them), bodies included: for offline verification.
     ///

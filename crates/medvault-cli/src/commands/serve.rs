@@ -271,6 +271,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         policy: std::sync::Arc::new(policy),
         break_glass_max: Duration::from_secs(60 * break_glass_max_minutes),
         peer_listen,
+        export_dir: Some(dir.data_dir.join("exports")),
         trusted_proxies: medvault_server::client_addr::TrustedProxies::new(
             trusted_proxies,
             match client_address_header {

@@ -432,3 +432,35 @@ fn summary_and_elements_cut_results_down() {
         "lenient ignores it"
     );
 }
+
+#[test]
+fn joins_and_includes_are_bounded() {
+    let s = MEDVAULT.start();
+    let [p] = s.create_patients([("Boundfam", "B")]);
+    // One source naming many (dangling) targets: `_has` and `_include` must not fan out
+    // without bound.
+    let mut wide = observation(&p, "9999-1", "2026-01-01");
+    wide["hasMember"] = (0..5001)
+        .map(|i| json!({"reference": format!("Observation/missing-{i}")}))
+        .collect();
+    s.create(&wide);
+    let too_costly = |query: &str| {
+        let (st, v) = s.get(query);
+        assert_eq!(
+            (st, &v["issue"][0]["code"]),
+            (400, &json!("too-costly")),
+            "{query}: {v}"
+        );
+    };
+    too_costly("Observation?_has:Observation:has-member:code=9999-1");
+    too_costly("Observation?code=9999-1&_include=Observation:has-member");
+    let many_joins: Vec<String> = (0..7)
+        .map(|i| format!("_has:Observation:subject:code=x{i}"))
+        .collect();
+    too_costly(&format!("Patient?{}", many_joins.join("&")));
+    // Within the bounds the same shapes work.
+    assert_eq!(
+        ids(&s.get("Patient?_has:Observation:subject:code=9999-1").1),
+        vec![p]
+    );
+}

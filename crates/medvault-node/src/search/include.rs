@@ -16,6 +16,9 @@ use crate::error::Error;
 
 /// Most resources one page's `_include`s and `_revinclude`s may add.
 pub const MAX_INCLUDES: usize = 1000;
+/// Most references one page's `_include`s may look up, found or not (a dangling or hidden
+/// reference costs a lookup as a found one does).
+pub const MAX_INCLUDE_LOOKUPS: usize = 5000;
 /// Most rounds of `:iterate` (each follows the references of the previous round's additions).
 pub const MAX_ITERATIONS: usize = 4;
 /// Most references one `_revinclude` lookup names (a page of up to 1000 matches is looked up in
@@ -128,6 +131,7 @@ pub fn run(
     // with the iterating specs only.
     let mut frontier: Vec<(ResourceType, Value)> =
         matches.iter().map(|v| (rt.clone(), v.clone())).collect();
+    let mut lookups = 0usize;
     for round in 0..=MAX_ITERATIONS {
         let mut added = Vec::new();
         for spec in specs.iter().filter(|s| round == 0 || s.iterate) {
@@ -142,15 +146,11 @@ pub fn run(
                     out.len(),
                 )?;
             } else {
-                forward(
-                    store,
-                    ctx,
-                    spec,
-                    &frontier,
-                    &mut seen,
-                    &mut added,
-                    out.len(),
-                )?;
+                let budget = Budget {
+                    already: out.len(),
+                    lookups: &mut lookups,
+                };
+                forward(store, ctx, spec, &frontier, &mut seen, &mut added, budget)?;
             }
         }
         if added.is_empty() {
@@ -183,6 +183,12 @@ fn check_room(already: usize, added: &[(ResourceType, Value)]) -> Result<(), Err
     Ok(())
 }
 
+/// What an `_include` may still spend: resources added before this spec, and lookups made.
+struct Budget<'a> {
+    already: usize,
+    lookups: &'a mut usize,
+}
+
 /// `_include`: reads what the frontier's resources of the spec's type point to.
 fn forward(
     store: &dyn StoreRead,
@@ -191,8 +197,9 @@ fn forward(
     frontier: &[(ResourceType, Value)],
     seen: &mut HashSet<String>,
     added: &mut Vec<(ResourceType, Value)>,
-    already: usize,
+    budget: Budget<'_>,
 ) -> Result<(), Error> {
+    let Budget { already, lookups } = budget;
     let Some(info) = ctx.fhir.type_info(spec.source.as_str()) else {
         return Ok(());
     };
@@ -216,6 +223,14 @@ fn forward(
                     continue;
                 }
                 check_room(already, added)?;
+                *lookups += 1;
+                if *lookups > MAX_INCLUDE_LOOKUPS {
+                    return Err(too_costly());
+                }
+                if *lookups % 64 == 0 && ctx.deadline.is_some_and(|d| std::time::Instant::now() > d)
+                {
+                    return Err(crate::ctx::timed_out());
+                }
                 match crate::records::read(store, ctx, target, &id, None) {
                     Ok(o) => added.extend(o.resource.map(|r| (target.clone(), r))),
                     Err(e) if e.kind.is_client_error() => {
