@@ -133,3 +133,71 @@ def test_es384_assertions_work_and_bad_ones_are_refused(service):
     r = requests.post(service["token_url"], data={"grant_type": "password"})
     assert r.status_code == 400 and r.json()["error"] == "unsupported_grant_type"
     assert requests.get(f"{URL}/Patient", headers={"Authorization": "Bearer mva_forged"}).status_code == 401
+
+
+def test_a_services_subscription_carries_only_what_its_scopes_allow():
+    """A lab feed subscribes (rest-hook to a Python receiver on loopback): it hears of laboratory
+    observations only, as its query-constrained scope says, and nothing of the others."""
+    import http.server
+    import threading
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"keys": [jwk(key.public_key(), "RS384", "rsa-1")]}, f)
+    scopes = "system/Observation.rs?category=laboratory system/Subscription.cruds"
+    client_id = subprocess.run(
+        [os.environ["MEDVAULT_BIN"], "client", "register", "--data-dir", os.environ["MEDVAULT_DATA_DIR"],
+         "--name", "Interop subscriber", "--jwks", f.name, "--scope", scopes],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    config = requests.get(f"{URL}/.well-known/smart-configuration").json()
+    svc = {"id": client_id, "rsa": key, "token_url": config["token_endpoint"]}
+    r = token_request(svc, assertion(svc), scopes)
+    assert r.status_code == 200, r.text
+    auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    got = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    code = f"sub-{uuid.uuid4().hex[:6]}"
+    sub = requests.post(f"{URL}/Subscription", headers={**auth, **FHIR}, json={
+        "resourceType": "Subscription", "status": "requested", "reason": "interop",
+        "criteria": f"Observation?code={code}",
+        "channel": {"type": "rest-hook", "endpoint": f"http://127.0.0.1:{server.server_port}/hook",
+                    "payload": "application/fhir+json"}})
+    assert sub.status_code == 201, sub.text
+    deadline = time.time() + 20
+    while not got and time.time() < deadline:
+        time.sleep(0.05)
+    assert got and got[0]["type"] == "history"
+
+    patient = requests.post(f"{URL}/Patient", headers={**ADMIN, **FHIR},
+                            json={"resourceType": "Patient", "name": [{"family": "Subfam"}]}).json()
+    def obs(category):
+        return requests.post(f"{URL}/Observation", headers={**ADMIN, **FHIR}, json={
+            "resourceType": "Observation", "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                      "code": category}]}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "subject": {"reference": f"Patient/{patient['id']}"},
+        }).json()
+    vital, lab = obs("vital-signs"), obs("laboratory")
+    while len(got) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    server.shutdown()
+    assert len(got) == 2, got
+    focus = got[1]["entry"][1]["fullUrl"]
+    assert focus.endswith(f"Observation/{lab['id']}"), got[1]
+    assert vital["id"] not in json.dumps(got)

@@ -44,10 +44,6 @@ pub const NOT_STORED: &[(&str, &str)] = &[
         "AuditEvent",
         "AuditEvents are the node's own access log, served read-only",
     ),
-    (
-        "Subscription",
-        "notifications are not delivered yet, so a Subscription would never fire",
-    ),
 ];
 
 /// Types outside the Patient compartment whose instances can still hold a patient's data: a

@@ -246,7 +246,8 @@ pub fn meta_answer(meta: &Value) -> Value {
 
 /// `$meta-add` / `$meta-delete`: changes the tags, security labels and profiles of `rt/id` and
 /// writes the result as a new version (medvault never changes a stored version in place: the
-/// records log holds every one). Answers the resulting `meta`. Removing a security label is a
+/// records log holds every one). Answers the resulting `meta` (the outcome's resource) and
+/// names the version written (its location). Removing a security label is a
 /// change of the record like any other: the request needs the right to update it.
 ///
 /// # Errors
@@ -258,7 +259,7 @@ pub fn change_meta(
     id: &ResourceId,
     change: MetaChange,
     meta: &Value,
-) -> Result<Value, Error> {
+) -> Result<Outcome, Error> {
     ctx.scope_access(rt, Interaction::Update)?;
     let (mut resource, version) = current(tx, ctx, rt, id)?;
     let Some(target) = resource
@@ -301,11 +302,17 @@ pub fn change_meta(
             target.remove(field);
         }
     }
-    let out = replace(tx, ctx, rt, id, resource, version)?;
-    Ok(meta_answer(
+    let mut out = replace(tx, ctx, rt, id, resource, version)?;
+    let answer = meta_answer(
         out.resource
             .as_ref()
             .and_then(|r| r.get("meta"))
             .unwrap_or(&Value::Null),
-    ))
+    );
+    out.resource = Some(answer);
+    out.status = http::StatusCode::OK;
+    // The answer is Parameters, not the resource: no ETag or Last-Modified of the resource.
+    out.version = None;
+    out.last_modified = None;
+    Ok(out)
 }

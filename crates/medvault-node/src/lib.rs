@@ -44,6 +44,7 @@ pub mod records;
 pub mod route;
 pub mod search;
 pub mod share;
+pub mod subscriptions;
 pub mod verify;
 pub mod witness;
 

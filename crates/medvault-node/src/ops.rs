@@ -341,6 +341,11 @@ pub fn prepare(
         medvault_policy::consent::check(&resource, &is_type)
             .map_err(|why| Error::new(ErrorKind::Unprocessable, IssueCode::Processing, why))?;
     }
+    if *rt == crate::subscriptions::SUBSCRIPTION {
+        // Whatever path writes it (create, update, patch, a Bundle): a channel the notifier
+        // would not use, or an endpoint it must not reach, is refused.
+        crate::subscriptions::check(ctx, &resource)?;
+    }
     let interaction = if id_must_match {
         Interaction::Update
     } else {

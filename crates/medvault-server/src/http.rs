@@ -182,18 +182,6 @@ fn patch_kind(headers: &HeaderMap) -> Result<medvault_fhir::patch::PatchKind, Ap
         })
 }
 
-/// A 200 outcome carrying `body` (an operation's answer).
-fn answer(body: Value) -> Outcome {
-    Outcome {
-        status: StatusCode::OK,
-        resource: Some(body),
-        location: None,
-        version: None,
-        last_modified: None,
-        key_name: None,
-    }
-}
-
 pub(crate) fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -490,6 +478,12 @@ async fn dispatch(
         .await?;
         return Ok(fhir_json(StatusCode::OK, &out));
     }
+    if let Target::Type(rt) | Target::Instance(rt, _) = &target
+        && *rt == medvault_node::subscriptions::SUBSCRIPTION
+        && matches!(method, Method::POST | Method::PUT | Method::PATCH)
+    {
+        crate::subscription_http::may_subscribe(&who)?;
+    }
     let strict = prefer(&headers, "handling") == Some("strict");
     let ret = return_preference(&headers);
     let params = search::parse_query_string(query.as_deref().unwrap_or(""));
@@ -521,6 +515,12 @@ async fn dispatch(
             } else {
                 blocking(run).await?
             };
+            crate::subscription_http::after_write(
+                &state,
+                &who,
+                crate::subscription_http::bundle_locations(&out),
+            )
+            .await;
             Ok(fhir_json(StatusCode::OK, &out))
         }
         (Method::GET, Target::Type(rt)) => {
@@ -567,6 +567,12 @@ async fn dispatch(
                 })
             })
             .await?;
+            crate::subscription_http::after_write(
+                &state,
+                &who,
+                out.location.iter().cloned().collect(),
+            )
+            .await;
             Ok(respond(out, ret, &base))
         }
         (Method::PUT, Target::Instance(rt, id)) => {
@@ -581,6 +587,12 @@ async fn dispatch(
                 })
             })
             .await?;
+            crate::subscription_http::after_write(
+                &state,
+                &who,
+                out.location.iter().cloned().collect(),
+            )
+            .await;
             Ok(respond(out, ret, &base))
         }
         (Method::PUT, Target::Type(rt)) => {
@@ -593,6 +605,12 @@ async fn dispatch(
                 })
             })
             .await?;
+            crate::subscription_http::after_write(
+                &state,
+                &who,
+                out.location.iter().cloned().collect(),
+            )
+            .await;
             Ok(respond(out, ret, &base))
         }
         (Method::PATCH, Target::Instance(rt, id)) => {
@@ -605,6 +623,12 @@ async fn dispatch(
                 })
             })
             .await?;
+            crate::subscription_http::after_write(
+                &state,
+                &who,
+                out.location.iter().cloned().collect(),
+            )
+            .await;
             Ok(respond(out, ret, &base))
         }
         (Method::PATCH, Target::Type(rt)) => {
@@ -617,6 +641,12 @@ async fn dispatch(
                 })
             })
             .await?;
+            crate::subscription_http::after_write(
+                &state,
+                &who,
+                out.location.iter().cloned().collect(),
+            )
+            .await;
             Ok(respond(out, ret, &base))
         }
         (Method::DELETE, Target::Type(rt)) => {
@@ -711,6 +741,25 @@ async fn dispatch(
             .await?;
             Ok(fhir_json(StatusCode::OK, &out))
         }
+        (Method::GET, Target::Operation(rt, id, op))
+            if rt == medvault_node::subscriptions::SUBSCRIPTION
+                && (op == "status" || op == "events") =>
+        {
+            let (notifier, node) = (
+                std::sync::Arc::clone(&state.notifier),
+                std::sync::Arc::clone(&state.node),
+            );
+            let b = base.clone();
+            let out = blocking_read(&state, move || {
+                if op == "status" {
+                    notifier.status(&node, &ctx, &id, &b)
+                } else {
+                    notifier.events(&node, &ctx, &id, &params, &b)
+                }
+            })
+            .await?;
+            Ok(fhir_json(StatusCode::OK, &out))
+        }
         (Method::GET | Method::POST, Target::Operation(rt, id, op)) if op == "meta" => {
             ops::served_type(&ctx.fhir, &rt)?;
             let out = operations::meta(store.as_ref(), &ctx, &rt, &id)?;
@@ -729,10 +778,16 @@ async fn dispatch(
             let out = blocking(move || {
                 let meta = change::meta_parameter(&json)?.clone();
                 write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
-                    change::change_meta(tx, ctx, &rt, &id, how, &meta).map(answer)
+                    change::change_meta(tx, ctx, &rt, &id, how, &meta)
                 })
             })
             .await?;
+            crate::subscription_http::after_write(
+                &state,
+                &who,
+                out.location.iter().cloned().collect(),
+            )
+            .await;
             Ok(respond(out, Return::Representation, &base))
         }
         (Method::GET | Method::POST, Target::Operation(rt, id, op))
@@ -787,6 +842,8 @@ async fn dispatch(
         }
         (m, Target::Operation(_, _, op) | Target::TypeOperation(_, op))
             if [
+                "status",
+                "events",
                 "share",
                 "validate",
                 "meta",

@@ -21,6 +21,7 @@ pub mod peer;
 mod respond;
 pub mod share_http;
 mod state;
+mod subscription_http;
 pub mod tls;
 mod transparency;
 

@@ -132,6 +132,8 @@ pub struct AppState {
     pub node_document: Arc<medvault_node::node_identity::PublishedDocument>,
     /// Bulk Data export jobs.
     pub exports: Arc<medvault_node::bulk::Exports>,
+    /// Subscriptions: told of every write, notifies their endpoints.
+    pub notifier: Arc<medvault_node::subscriptions::Notifier>,
 }
 
 impl AppState {
@@ -161,8 +163,17 @@ impl AppState {
             export_dir,
             config.export_limits,
         ));
+        let node = Arc::new(node);
+        let facts: Arc<medvault_node::authz::FactsCache> = Arc::default();
+        let notifier = Arc::new(medvault_node::subscriptions::Notifier::start(
+            Arc::clone(&node),
+            services.clone(),
+            Arc::new(crate::subscription_http::HttpDeliver::new()),
+            crate::subscription_http::guard_for(Arc::clone(&config.policy), Arc::clone(&facts)),
+            config.base_url.clone().unwrap_or_default(),
+        ));
         Self {
-            node: Arc::new(node),
+            node,
             services,
             auth: Arc::default(),
             config: Arc::new(config),
@@ -173,9 +184,10 @@ impl AppState {
             anonymous: Arc::default(),
             webauthn,
             passkey_ceremonies: Arc::default(),
-            facts: Arc::default(),
+            facts,
             node_document: Arc::default(),
             exports,
+            notifier,
         }
     }
 }

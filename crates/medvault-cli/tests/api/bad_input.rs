@@ -38,7 +38,7 @@ fn bad_requests_get_operation_outcomes_and_write_nothing() {
         ("id missing on update", Method::PUT, format!("Patient/{existing}"), Some(fhir), vec![], json!({"resourceType":"Patient"}).to_string(), 400),
         ("invalid id in URL", Method::PUT, "Patient/bad$id".into(), Some(fhir), vec![], json!({"resourceType":"Patient","id":"bad$id"}).to_string(), 400),
         ("unknown type", Method::POST, "Banana".into(), Some(fhir), vec![], json!({"resourceType":"Banana"}).to_string(), 404),
-        ("type not served", Method::GET, "Subscription".into(), None, vec![], String::new(), 404),
+        ("type not served", Method::POST, "AuditEvent".into(), Some(fhir), vec![], json!({"resourceType":"AuditEvent"}).to_string(), 405),
         ("body over the limit", Method::POST, "Patient".into(), Some(fhir), vec![], big, 413),
         ("stale If-Match", Method::PUT, format!("Patient/{existing}"), Some(fhir), vec![("if-match", "W/\"7\"".into())], json!({"resourceType":"Patient","id":existing}).to_string(), 412),
         ("malformed If-Match", Method::PUT, format!("Patient/{existing}"), Some(fhir), vec![("if-match", "seven".into())], json!({"resourceType":"Patient","id":existing}).to_string(), 400),

@@ -23,6 +23,7 @@ mod postgres;
 mod search;
 mod security;
 mod share;
+mod subscriptions;
 mod tls;
 mod tokens;
 mod types;

@@ -1,0 +1,236 @@
+//! Subscriptions: a rest-hook endpoint (a plain HTTP receiver on loopback, in this test) gets
+//! the handshake, an event per matching write (only what its owner may see, id-only by
+//! default) and nothing else; `$status` and `$events` account for them; bad subscriptions are
+//! refused; every notification is in the access log.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use medvault_testkit::fhir::observation;
+use serde_json::{Value, json};
+
+use crate::MEDVAULT;
+
+/// Collects the JSON bodies POSTed to it (answering 200), on a loopback port.
+struct Receiver {
+    port: u16,
+    got: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let sink = Arc::clone(&got);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    sink.lock().unwrap().push(v);
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Self { port, got }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// Waits until `n` notifications arrived; all of them.
+    fn wait_for(&self, n: usize) -> Vec<Value> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            let got = self.got.lock().unwrap().clone();
+            if got.len() >= n {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{n} notifications did not arrive: {:?}",
+            self.got.lock().unwrap()
+        );
+    }
+}
+
+fn subscription(criteria: &str, endpoint: &str, content: Option<&str>) -> Value {
+    let mut channel = json!({"type": "rest-hook", "endpoint": endpoint,
+        "payload": "application/fhir+json"});
+    if let Some(c) = content {
+        channel["_payload"] = json!({"extension": [{
+            "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content",
+            "valueCode": c}]});
+    }
+    json!({"resourceType": "Subscription", "status": "requested", "reason": "test",
+        "criteria": criteria, "channel": channel})
+}
+
+fn kind(notification: &Value) -> String {
+    notification["entry"][0]["resource"]["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "type")
+        .unwrap()["valueCode"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn rest_hooks_get_handshakes_and_matching_events_only() {
+    let s = MEDVAULT.start();
+    let [p] = s.create_patients([("Subfam", "S")]);
+    let hook = Receiver::start();
+    let sub = s.create(&subscription(
+        "Observation?code=2345-7",
+        &hook.endpoint(),
+        None,
+    ));
+    let first = hook.wait_for(1);
+    assert_eq!(first[0]["type"], "history");
+    assert_eq!(kind(&first[0]), "handshake");
+    let start = Instant::now();
+    while s.get(&format!("Subscription/{sub}")).1["status"] != "active" {
+        assert!(start.elapsed() < Duration::from_secs(10), "not active");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let matching = s.create(&observation(&p, "2345-7", "2026-01-01"));
+    s.create(&observation(&p, "718-7", "2026-01-02"));
+    let got = hook.wait_for(2);
+    std::thread::sleep(Duration::from_millis(500));
+    let got_now = hook.got.lock().unwrap().clone();
+    assert_eq!(
+        got_now.len(),
+        2,
+        "the other code is not notified: {got_now:?}"
+    );
+    let event = &got[1];
+    assert_eq!(kind(event), "event-notification");
+    let focus = &event["entry"][1];
+    assert!(
+        focus["fullUrl"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("Observation/{matching}")),
+        "{event}"
+    );
+    assert!(
+        focus.get("resource").is_none(),
+        "id-only: no record content: {event}"
+    );
+    assert!(
+        !event.to_string().contains("7.2"),
+        "no values leave: {event}"
+    );
+
+    // $status and $events count it.
+    let (st, status) = s.get(&format!("Subscription/{sub}/$status"));
+    assert_eq!(st, 200, "{status}");
+    assert!(
+        status.to_string().contains(r#""valueString":"1""#),
+        "{status}"
+    );
+    let (_, events) = s.get(&format!("Subscription/{sub}/$events?eventsSinceNumber=1"));
+    assert!(
+        events
+            .to_string()
+            .contains(&format!("Observation/{matching}")),
+        "{events}"
+    );
+
+    // A full-resource subscription gets the record itself.
+    let full = Receiver::start();
+    s.create(&subscription(
+        "Observation?code=2345-7",
+        &full.endpoint(),
+        Some("full-resource"),
+    ));
+    full.wait_for(1);
+    std::thread::sleep(Duration::from_millis(300));
+    s.create(&observation(&p, "2345-7", "2026-01-03"));
+    let got = full.wait_for(2);
+    assert_eq!(
+        got[1]["entry"][1]["resource"]["resourceType"],
+        "Observation"
+    );
+
+    // The access log names each notification and the patient it concerned.
+    let (_, log) = s.get(&format!("AuditEvent?patient={p}&_count=100"));
+    assert!(log.to_string().contains("subscription-event"), "{log}");
+}
+
+#[test]
+fn bad_subscriptions_are_refused_and_hidden_records_never_notified() {
+    let s = MEDVAULT.start();
+    for (criteria, endpoint, why) in [
+        (
+            "Observation?code=1",
+            "http://example.com/hook",
+            "http beyond loopback",
+        ),
+        ("Observation?code=1", "ftp://127.0.0.1/x", "not http(s)"),
+        (
+            "Observation?patient.name=x",
+            "https://example.com/hook",
+            "a chain",
+        ),
+        ("Banana?x=1", "https://example.com/hook", "an unknown type"),
+        (
+            "Observation?nonesuch=1",
+            "https://example.com/hook",
+            "an unknown parameter",
+        ),
+    ] {
+        let (st, v) = s.post("Subscription", &subscription(criteria, endpoint, None));
+        assert_eq!(
+            (st, &v["resourceType"]),
+            (422, &json!("OperationOutcome")),
+            "{why}: {v}"
+        );
+    }
+    let mut ws = subscription("Observation?code=1", "https://example.com/hook", None);
+    ws["channel"]["type"] = json!("websocket");
+    assert_eq!(s.post("Subscription", &ws).0, 422);
+    let (st, _) = s.post(
+        "Subscription",
+        &subscription(
+            "Observation?code=1",
+            "https://example.com/hook",
+            Some("everything"),
+        ),
+    );
+    assert_eq!(st, 422);
+
+    // Subscriptions are written by admins and services (a service's scopes then decide what it
+    // hears of: tests/interop/test_smart_backend.py); a clinician's policy refuses them, and a
+    // patient's session is refused before the policy.
+    let [cared] = s.create_patients([("Caredsub", "C")]);
+    let dr = s.person("dr.sub", "clinician");
+    s.care_team(dr.practitioner.as_deref().unwrap(), &cared);
+    let body = subscription("Observation?code=2345-7", "https://example.com/hook", None);
+    assert_eq!(s.post_as("/fhir/Subscription", &dr.session, &body).0, 403);
+    let ps = s.patient_session("pat.sub", &cared);
+    assert_eq!(s.post_as("/fhir/Subscription", &ps, &body).0, 403);
+}
