@@ -98,7 +98,7 @@ pub fn statement(fhir: &Fhir, base: &str, now: &str) -> Value {
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Records are sealed per patient (AES-256-GCM); search runs over blind indexes. Search supports string (prefix, :exact), token, reference, date (eq, gt, lt, ge, le, sa, eb), number and quantity (also ne and ap, with the precision the value is written to; quantities by system|code or unit) and uri (exact, :below, :above) parameters, _id, _lastUpdated, _count, _offset, _sort (_id, _lastUpdated) and _summary=count; unknown parameters are ignored unless Prefer: handling=strict.",
+            "documentation": "Records are sealed per patient (AES-256-GCM); search runs over blind indexes. Search supports string (prefix, :exact, :contains), token (:not, :of-type), reference, date (eq, gt, lt, ge, le, sa, eb), number and quantity (also ne and ap, with the precision the value is written to; quantities by system|code or unit), uri (exact, :below, :above) and composite parameters, :missing, chains and _has, _include/_revinclude (:iterate), _id, _lastUpdated, _tag, _security, _profile, _count, _offset, _sort (any parameter), _total, _summary and _elements; unknown parameters are ignored unless Prefer: handling=strict. Bulk Data export (system, Patient, Group) and Subscriptions (rest-hook, backport notifications) are offered.",
             "security": {
                 "cors": false,
                 "service": [{"coding": [{
@@ -113,6 +113,10 @@ pub fn statement(fhir: &Fhir, base: &str, now: &str) -> Value {
             },
             "resource": resources,
             "interaction": [{"code": "batch"}, {"code": "transaction"}],
+            "operation": [
+                {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"},
+                {"name": "process-message", "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"},
+            ],
         }],
     })
 }

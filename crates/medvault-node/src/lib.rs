@@ -35,6 +35,7 @@ pub mod error;
 pub mod identity;
 pub mod import;
 pub mod ledger;
+pub mod messaging;
 pub mod node;
 pub mod node_identity;
 pub mod operations;

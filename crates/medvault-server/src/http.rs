@@ -827,6 +827,24 @@ async fn dispatch(
             )
             .await
         }
+        (Method::POST, Target::SystemOperation(op)) if op == "process-message" => {
+            let json = json_body(&headers, &body)?;
+            medvault_node::messaging::check(&json)?;
+            let b = base.clone();
+            let out = blocking(move || {
+                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
+                    medvault_node::messaging::process(tx, ctx, json, &b)
+                })
+            })
+            .await?;
+            crate::subscription_http::after_write(
+                &state,
+                &who,
+                out.location.iter().cloned().collect(),
+            )
+            .await;
+            Ok(respond(out, Return::Representation, &base))
+        }
         (Method::GET, Target::ExportStatus(id)) => {
             crate::bulk_http::status(&state, &who, &id, &base)
         }
@@ -837,7 +855,7 @@ async fn dispatch(
         (m, Target::ExportStatus(_) | Target::ExportFile(..)) => {
             Err(route::method_not_allowed(&m).into())
         }
-        (m, Target::SystemOperation(op)) if op == "export" => {
+        (m, Target::SystemOperation(op)) if op == "export" || op == "process-message" => {
             Err(route::method_not_allowed(&m).into())
         }
         (m, Target::Operation(_, _, op) | Target::TypeOperation(_, op))
@@ -972,6 +990,9 @@ fn interaction(method: &Method, target: &Target) -> &'static str {
             if op == "export" =>
         {
             "bulk-export"
+        }
+        (&Method::POST, Target::SystemOperation(op)) if op == "process-message" => {
+            "operation-process-message"
         }
         (&Method::GET, Target::ExportStatus(_)) => "bulk-status",
         (&Method::DELETE, Target::ExportStatus(_)) => "bulk-delete",

@@ -399,3 +399,53 @@ fn everything_about_one_patient() {
         404
     );
 }
+
+#[test]
+fn messages_are_stored_and_answered() {
+    let s = MEDVAULT.start();
+    let p = s.create(&patient("Msgfam", "M"));
+    let message = json!({"resourceType": "Bundle", "id": "adt-a01-0001", "type": "message",
+    "timestamp": "2026-12-06T10:00:00Z",
+    "entry": [
+        {"fullUrl": "urn:uuid:6a0f4a0e-0000-4000-8000-000000000001", "resource": {
+            "resourceType": "MessageHeader",
+            "eventCoding": {"system": "http://terminology.hl7.org/CodeSystem/v2-0003", "code": "A01"},
+            "source": {"endpoint": "https://adt.example/ward"},
+            "focus": [{"reference": format!("Patient/{p}")}]}},
+        {"fullUrl": "urn:uuid:6a0f4a0e-0000-4000-8000-000000000002", "resource": {
+            "resourceType": "Encounter", "status": "in-progress",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+            "subject": {"reference": format!("Patient/{p}")}}},
+    ]});
+    let (st, answer) = s.post("$process-message", &message);
+    assert_eq!(st, 200, "{answer}");
+    assert_eq!(answer["type"], "message");
+    let header = &answer["entry"][0]["resource"];
+    assert_eq!(
+        (
+            &header["response"]["identifier"],
+            &header["response"]["code"]
+        ),
+        (&json!("adt-a01-0001"), &json!("ok"))
+    );
+    assert_eq!(header["eventCoding"]["code"], "A01");
+    let (st, stored) = s.get("Bundle/adt-a01-0001");
+    assert_eq!((st, &stored["type"]), (200, &json!("message")), "{stored}");
+    assert_eq!(
+        s.post("$process-message", &message).0,
+        200,
+        "the same message again"
+    );
+    assert_eq!(
+        s.get("Bundle/adt-a01-0001/_history").1["total"],
+        1,
+        "stored once"
+    );
+    let mut other = message.clone();
+    other["timestamp"] = json!("2026-12-06T11:00:00Z");
+    assert_eq!(s.post("$process-message", &other).0, 409);
+    let mut no_header = message.clone();
+    no_header["entry"] = json!([message["entry"][1]]);
+    assert_eq!(s.post("$process-message", &no_header).0, 400);
+    assert_eq!(s.post("$process-message", &patient("X", "Y")).0, 400);
+}
