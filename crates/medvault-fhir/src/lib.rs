@@ -39,12 +39,10 @@ const PATIENT_COMPARTMENT: &str = include_str!("../data/compartmentdefinition-pa
 
 /// R4 resource types the node does not store through the generic interactions, with the reason a
 /// client is told.
-pub const NOT_STORED: &[(&str, &str)] = &[
-    (
-        "AuditEvent",
-        "AuditEvents are the node's own access log, served read-only",
-    ),
-];
+pub const NOT_STORED: &[(&str, &str)] = &[(
+    "AuditEvent",
+    "AuditEvents are the node's own access log, served read-only",
+)];
 
 /// Types outside the Patient compartment whose instances can still hold a patient's data: a
 /// Binary's bytes, a stored Bundle's entries, a Contract's or GuidanceResponse's subject, a
@@ -293,6 +291,22 @@ impl Fhir {
     pub fn validate(&self, resource_type: &str, resource: &Value) -> Result<(), Vec<Issue>> {
         let mut issues = self.validators.validate(resource_type, resource);
         validate::check_references(resource, &self.all_types, resource_type, &mut issues);
+        // The schema cannot require a primitive (its value may be in `_status` instead of
+        // `status`): the base definitions' mandatory elements are checked here.
+        if let Some(defs) = summary::table().ok().and_then(|t| t.get(resource_type)) {
+            for element in defs.mandatory() {
+                let present = defs.json_names(element).iter().any(|n| {
+                    resource.get(n.as_str()).is_some()
+                        || resource.get(format!("_{n}").as_str()).is_some()
+                });
+                if !present && issues.len() < validate::MAX_ISSUES {
+                    issues.push(Issue {
+                        path: format!("{resource_type}.{}", element.trim_end_matches("[x]")),
+                        message: "missing required element".into(),
+                    });
+                }
+            }
+        }
         if issues.is_empty() {
             Ok(())
         } else {
@@ -582,6 +596,38 @@ fn strings(array: Option<&Value>) -> Vec<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn shapes_and_mandatory_primitives_are_checked() {
+        let f = Fhir::load().unwrap();
+        let ok = json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "x"}, "subject": {"reference": "Patient/p1"}});
+        assert!(f.validate("Observation", &ok).is_ok());
+        let mut two = ok.clone();
+        two["subject"] = json!([{"reference": "Patient/p1"}, {"reference": "Patient/p2"}]);
+        let mut string_meta = ok.clone();
+        string_meta["meta"] = json!("final");
+        let mut string_subject = ok.clone();
+        string_subject["subject"] = json!("Patient/p2");
+        let mut no_status = ok.clone();
+        no_status.as_object_mut().unwrap().remove("status");
+        for (bad, path) in [
+            (two, "Observation.subject"),
+            (string_meta, "Observation.meta"),
+            (string_subject, "Observation.subject"),
+            (no_status, "Observation.status"),
+        ] {
+            let issues = f.validate("Observation", &bad).unwrap_err();
+            assert!(issues.iter().any(|i| i.path == path), "{path}: {issues:?}");
+        }
+        let mut extended = ok.clone();
+        extended.as_object_mut().unwrap().remove("status");
+        extended["_status"] = json!({"extension": [{"url": "http://x", "valueString": "y"}]});
+        assert!(
+            f.validate("Observation", &extended).is_ok(),
+            "a primitive given as _status"
+        );
+    }
 
     #[test]
     fn loads_the_served_types_with_their_parameters() {

@@ -205,6 +205,11 @@ impl TypeElements {
         self.mandatory.contains(element)
     }
 
+    /// The mandatory elements (by definition name).
+    pub fn mandatory(&self) -> impl Iterator<Item = &str> {
+        self.mandatory.iter().map(String::as_str)
+    }
+
     /// The JSON names an element (by definition name) can appear under: itself, or for a
     /// choice element `stem[x]` the stem followed by each allowed type (`valueQuantity`…).
     pub fn json_names(&self, element: &str) -> Vec<String> {

@@ -86,6 +86,20 @@ impl Validators {
         if let Value::Object(map) = &mut schema {
             map.remove("oneOf");
             map.remove("discriminator");
+            // The official schema gives its 659 complex types and resources `properties` but no
+            // `"type": "object"`, and JSON Schema applies `properties` to objects only: an
+            // array, a string or a number would pass as a Reference, a Meta or a resource
+            // (`"subject": [two references]`). Every definition with properties is an object.
+            if let Some(Value::Object(defs)) = map.get_mut("definitions") {
+                for def in defs.values_mut() {
+                    if let Value::Object(d) = def
+                        && d.contains_key("properties")
+                        && !d.contains_key("type")
+                    {
+                        d.insert("type".into(), Value::String("object".into()));
+                    }
+                }
+            }
         }
         Self {
             schema,

@@ -241,11 +241,47 @@ pub fn security_labels(resource: &Value) -> Vec<String> {
         .chain(entries)
         .filter_map(|r| r.pointer("/meta/security").and_then(Value::as_array))
         .flatten()
-        .filter_map(|c| c.get("code").and_then(Value::as_str).map(str::to_owned))
+        // Codes compared as the code systems write them (v3 ActCode and Confidentiality are
+        // upper case): `hiv` is `HIV`, never a way around the rule that names `HIV`.
+        .filter_map(|c| {
+            c.get("code")
+                .and_then(Value::as_str)
+                .map(str::to_ascii_uppercase)
+        })
         .collect();
     labels.sort();
     labels.dedup();
     labels
+}
+
+/// The security labels the default policy restricts (`sensitive-needs-consent` in
+/// `default.cedar`): removing one from a record widens who may read it, so only an admin or a
+/// privacy officer may.
+pub const RESTRICTIVE_LABELS: [&str; 9] = [
+    "HIV", "PSY", "PSYTHPN", "ETH", "SUD", "GDIS", "SDV", "R", "V",
+];
+
+/// 403 when `role` writes `new` without a restrictive label `prior` carries.
+///
+/// # Errors
+/// 403 `forbidden`, naming the rule `label-removal`.
+pub fn check_label_removal(role: Role, prior: &Value, new: &Value) -> Result<(), Error> {
+    if matches!(role, Role::Admin | Role::PrivacyOfficer) {
+        return Ok(());
+    }
+    let kept = security_labels(new);
+    let removed = security_labels(prior)
+        .into_iter()
+        .any(|l| RESTRICTIVE_LABELS.contains(&l.as_str()) && !kept.contains(&l));
+    if removed {
+        return Err(Error::new(
+            crate::error::ErrorKind::Forbidden,
+            crate::error::IssueCode::Forbidden,
+            "removing a sensitivity or confidentiality label widens who may read the record: an admin or a privacy officer does it",
+        )
+        .denied_by("label-removal"));
+    }
+    Ok(())
 }
 
 /// Types whose instance may name several patients and shows each of them to its reader: it is
@@ -279,14 +315,33 @@ fn proxy_of(
     Ok(Some((t, row.key_name, content)))
 }
 
-/// The other compartments a collection is decided in: those of the patients it names besides
-/// `key_name`'s (`@tenant` alone beyond [`MAX_NAMED_PATIENTS`]); none for other types.
-fn other_compartments(rt: &ResourceType, key_name: &str, resource: &Value) -> Vec<String> {
-    if !COLLECTION_TYPES.contains(&rt.as_str()) {
-        return Vec::new();
-    }
+/// The other compartments a resource is decided in, besides `key_name`'s: a collection's, those
+/// of every patient it names; any other type's, those of the patients its Patient
+/// CompartmentDefinition parameters name (an Observation whose `performer` is another patient
+/// is in that patient's compartment too, and is indexed and exported there). `@tenant` alone
+/// beyond [`MAX_NAMED_PATIENTS`].
+fn other_compartments(
+    ctx: &Ctx,
+    rt: &ResourceType,
+    key_name: &str,
+    resource: &Value,
+) -> Vec<String> {
     let mut named = BTreeSet::new();
-    named_patients(resource, &mut named);
+    if COLLECTION_TYPES.contains(&rt.as_str()) {
+        named_patients(resource, &mut named);
+    } else if let Some(info) = ctx.fhir.type_info(rt.as_str()) {
+        for p in info
+            .compartment_params
+            .iter()
+            .filter_map(|c| info.params.get(c))
+        {
+            named.extend(p.patient_ids(resource));
+        }
+        if *rt == ResourceType::PATIENT {
+            // A Patient's `link` names other patients; it is in its own compartment only.
+            named.clear();
+        }
+    }
     named.remove(key_name.strip_prefix("Patient/").unwrap_or_default());
     if named.len() > MAX_NAMED_PATIENTS {
         return vec!["@tenant".to_owned()];
@@ -707,14 +762,15 @@ impl AccessPolicy for Guard {
             return Ok(verdict);
         }
         // What the resource stands for is decided too: a Binary is as visible as its
-        // securityContext, a Group, Linkage, List or stored Bundle as every patient it names.
+        // securityContext, a Group, Linkage, List or stored Bundle as every patient it names,
+        // any other record as every patient whose compartment it is in.
         if let Some((proxy_rt, proxy_key, content)) = proxy_of(store, ctx, rt, resource)? {
             let v = self.decide_one(store, ctx, action, &proxy_rt, &proxy_key, content.as_ref())?;
             if v.is_err() {
                 return Ok(v);
             }
         }
-        for other_key in other_compartments(rt, key_name, resource) {
+        for other_key in other_compartments(ctx, rt, key_name, resource) {
             let v = self.decide_one(store, ctx, action, rt, &other_key, Some(resource))?;
             if v.is_err() {
                 return Ok(v);

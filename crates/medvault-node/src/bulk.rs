@@ -372,6 +372,10 @@ impl Exports {
         plan: KickOff,
     ) -> Result<String, Error> {
         self.sweep();
+        if let Level::Group(group) = &plan.level {
+            // An unknown (or hidden) Group is refused at kick-off, as a read of it would be.
+            group_members(node.store.as_ref(), &ctx, group)?;
+        }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let job = Arc::new(Job {
             id: id.clone(),
@@ -417,7 +421,10 @@ impl Exports {
     fn run(&self, node: &Node, ctx: &Ctx, job: &Arc<Job>, plan: &KickOff, agent: &Value) {
         let mut patients = HashSet::new();
         let result = self.write_all(node.store.as_ref(), ctx, job, plan, &mut patients);
+        let cancelled = job.cancelled.load(Ordering::Relaxed);
         let (outcome, message) = match &result {
+            // Whatever failed after a cancel (its files were deleted under it) is the cancel.
+            _ if cancelled => (AuditOutcome::ClientError, Some("cancelled".to_owned())),
             Ok(_) => (AuditOutcome::Success, None),
             Err(e) => (
                 if e.kind.is_client_error() {
@@ -430,6 +437,28 @@ impl Exports {
         };
         let written = job.written.load(Ordering::Relaxed);
         let files = result.as_ref().map_or(0, Vec::len);
+        // Each patient whose data the job holds gets a record of the disclosure, so their
+        // accounting of disclosures lists the export.
+        if result.is_ok() && !cancelled {
+            let mut named: Vec<&String> = patients.iter().collect();
+            named.sort();
+            for p in named {
+                let recorded = node.record_audit_now(|now| {
+                    AuditRecord::new(
+                        AuditKind::Rest,
+                        now,
+                        "bulk-export-disclosure",
+                        AuditOutcome::Success,
+                    )
+                    .agent(agent.clone())
+                    .target_opt(Some(&format!("export/{}", job.id)))
+                    .patient(Some(p.clone()))
+                });
+                if let Err(e) = recorded {
+                    tracing::error!(error = %e, "could not record an export's disclosure");
+                }
+            }
+        }
         if let Err(e) = node.record_audit_now(|now| {
             AuditRecord::new(AuditKind::Rest, now, "bulk-export-complete", outcome)
                 .agent(agent.clone())
@@ -501,8 +530,11 @@ impl Exports {
             match &members {
                 None => scan_type(store, ctx, rt, plan, &mut keep)?,
                 Some(members) => {
+                    // A record in several members' compartments (the Group itself, a shared
+                    // encounter) is written once.
+                    let mut written = HashSet::new();
                     for patient in members {
-                        for_patient(store, ctx, rt, patient, plan.since, &mut keep)?;
+                        for_patient(store, ctx, rt, patient, plan.since, &mut written, &mut keep)?;
                     }
                 }
             }
@@ -685,9 +717,9 @@ fn for_patient(
     rt: &ResourceType,
     patient: &ResourceId,
     since: Option<i64>,
+    written: &mut HashSet<String>,
     keep: &mut dyn FnMut(Value, &str) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let key = format!("Patient/{patient}");
     let found: Vec<Value> = if *rt == ResourceType::PATIENT {
         match crate::records::read(store, ctx, rt, patient, None) {
             Ok(o) => o.resource.into_iter().collect(),
@@ -707,7 +739,17 @@ fn for_patient(
             .and_then(Value::as_str)
             .and_then(medvault_fhir::date_range)
             .map_or(i64::MAX, |(s, _)| s.saturating_mul(1_000_000));
-        if changed >= from {
+        let Some(id) = v
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|i| ResourceId::new(i).ok())
+        else {
+            continue;
+        };
+        if changed >= from && written.insert(id.to_string()) {
+            // Counted under the patient whose key seals it (a member that does not exist
+            // names no one).
+            let key = ctx.fhir.compartment_of(rt.as_str(), &id, &v).key_name();
             keep(v, &key)?;
         }
     }

@@ -75,7 +75,17 @@ pub fn validate(
             .ok_or_else(|| Error::bad_request("$validate mode=update needs the resource's id"))?,
         (false, _) => ResourceId::random(),
     };
-    match crate::ops::prepare(store, ctx, rt, target, resource, update) {
+    // Checked as the write would be, authorization included: a resource the requester could
+    // not write answers as the write would (an identifier naming a patient they may not see
+    // is refused exactly as one naming no patient).
+    let interaction = if update {
+        medvault_auth::scopes::Interaction::Update
+    } else {
+        medvault_auth::scopes::Interaction::Create
+    };
+    let checked = crate::ops::prepare(store, ctx, rt, target, resource, update)
+        .and_then(|mut p| crate::ops::authorize_write(store, ctx, &mut p, interaction).map(|()| p));
+    match checked {
         Ok(_) => Ok(operation_outcome(
             "information",
             IssueCode::Informational,

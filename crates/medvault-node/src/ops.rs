@@ -114,13 +114,13 @@ fn existing_allows(
     rt: &ResourceType,
     id: &ResourceId,
     interaction: Interaction,
-) -> Result<(), Error> {
+) -> Result<Option<Value>, Error> {
     let constrained = !matches!(ctx.scope_access(rt, interaction)?, Access::Full);
     if !constrained && ctx.guard().is_none() {
-        return Ok(());
+        return Ok(None);
     }
     let Some(row) = store.version(rt, id, None)? else {
-        return Ok(());
+        return Ok(None);
     };
     // Decided before anything about the stored row shows (an erased patient's resource
     // answers as missing unless the request may see that patient).
@@ -134,7 +134,7 @@ fn existing_allows(
     {
         return Err(hidden(rt, id, None, e.denied_by.unwrap_or_default()));
     }
-    Ok(())
+    Ok(content)
 }
 
 /// Checks the access policy lets the request see `row` (stored for `rt/id`) and do `action`
@@ -769,7 +769,10 @@ pub fn update(
     let current = tx.current(&p.rt, &p.id)?;
     new_content_allowed(&*tx, ctx, &p, Interaction::Update)?;
     if current.as_ref().is_some_and(|c| !c.deleted) {
-        existing_allows(&*tx, ctx, &p.rt, &p.id, Interaction::Update)?;
+        let prior = existing_allows(&*tx, ctx, &p.rt, &p.id, Interaction::Update)?;
+        if let (Some(prior), Some(g)) = (&prior, ctx.guard()) {
+            crate::authz::check_label_removal(g.role(), prior, &p.resource)?;
+        }
     } else if let Some(c) = current.as_ref().filter(|_| ctx.guard().is_some()) {
         // Re-creating a deleted resource continues its history: the request must be allowed
         // what it replaces, as for a live one.

@@ -647,3 +647,80 @@ fn authorization_matrix_against_the_live_server() {
     );
     assert_eq!(cases, 6 * 4 * 2 * 5 * 3);
 }
+
+#[test]
+fn writes_are_decided_for_every_patient_and_labels_stay_on() {
+    let s = MEDVAULT.start();
+    let [p, hidden] = s.create_patients([("Writefam", "W"), ("Hiddenwrite", "H")]);
+    let dr = s.person("dr.write", "clinician");
+    let prac = dr.practitioner.clone().unwrap();
+    s.care_team(&prac, &p);
+    let a = dr.session.as_str();
+    // A list where one reference belongs is not a way into another patient's record.
+    let mut two = observation(&p, "2345-7", "2026-11-01");
+    two["subject"] =
+        json!([{"reference": format!("Patient/{p}")}, {"reference": format!("Patient/{hidden}")}]);
+    assert_eq!(s.post_as("/fhir/Observation", a, &two).0, 400);
+    // Neither is a second compartment parameter naming the other patient.
+    let mut performer = observation(&p, "2345-7", "2026-11-01");
+    performer["performer"] = json!([{"reference": format!("Patient/{hidden}")}]);
+    assert_eq!(s.post_as("/fhir/Observation", a, &performer).0, 403);
+    let mut own = observation(&p, "2345-7", "2026-11-01");
+    own["performer"] = json!([{"reference": format!("Patient/{p}")}]);
+    assert_eq!(s.post_as("/fhir/Observation", a, &own).0, 201);
+
+    // $validate answers as the write would: a hidden patient's identifier and an unknown one
+    // are refused alike.
+    let mut hp = patient("Hiddenwrite", "H");
+    hp["identifier"] = json!([{"system": "urn:mrn", "value": "HW-1"}]);
+    hp["id"] = json!(hidden);
+    assert_eq!(s.put(&format!("Patient/{hidden}"), &hp).0, 200);
+    let by_identifier = |mrn: &str| {
+        let mut o = observation(&p, "2345-7", "2026-11-01");
+        o["subject"] = json!({"identifier": {"system": "urn:mrn", "value": mrn}});
+        s.post_as("/fhir/Observation/$validate", a, &o)
+    };
+    let (known, k) = by_identifier("HW-1");
+    let (unknown, u) = by_identifier("NO-SUCH");
+    assert_eq!((known, unknown), (403, 403), "{k} {u}");
+
+    // Removing a sensitivity label is for admins and privacy officers: the clinician the
+    // patient allowed to see HIV data may not hand it to the rest of the team.
+    s.create(&consent(
+        &p,
+        json!({"type": "permit", "actor": [{"role": {"text": "PRCP"},
+            "reference": {"reference": format!("Practitioner/{prac}")}}],
+            "securityLabel": [{"code": "HIV"}]}),
+        "2025-12-01T00:00:00Z",
+    ));
+    let hiv = s.create(&labelled(observation(&p, "75622-1", "2026-11-01"), "HIV"));
+    let path = format!("/fhir/Observation/{hiv}");
+    assert_eq!(
+        s.status_as(&path, a),
+        200,
+        "the consent lets this clinician read it"
+    );
+    let strip = json!({"resourceType": "Parameters", "parameter": [{"name": "meta", "valueMeta": {
+        "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HIV"}]}}]});
+    let (st, v) = s.post_as(&format!("{path}/$meta-delete"), a, &strip);
+    assert_eq!(st, 403, "{v}");
+    let mut unlabelled = s.get_as(&path, a, None).1;
+    unlabelled["meta"] = json!({});
+    let (st, _) = s.call(reqwest::Method::PUT, &path, a, None, Some(&unlabelled));
+    assert_eq!(st, 403);
+    // A lower-case label is the same label.
+    let lower = s.create(&json!({"resourceType": "Observation", "status": "final",
+        "code": {"text": "x"}, "subject": {"reference": format!("Patient/{hidden}")},
+        "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "hiv"}]}}));
+    let nurse = s.person("nurse.write", "nurse");
+    s.care_team(nurse.practitioner.as_deref().unwrap(), &hidden);
+    assert_eq!(
+        s.status_as(&format!("/fhir/Observation/{lower}"), &nurse.session),
+        404
+    );
+    // Changing the record while keeping its labels is the clinician's to do.
+    let mut kept = s.get_as(&path, a, None).1;
+    kept["status"] = json!("amended");
+    let (st, v) = s.call(reqwest::Method::PUT, &path, a, None, Some(&kept));
+    assert_eq!(st, 200, "{v}");
+}
