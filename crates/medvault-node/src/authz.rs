@@ -809,6 +809,16 @@ impl AccessPolicy for Guard {
         self.subject.role
     }
 
+    fn principal(&self) -> String {
+        let s = &self.subject;
+        format!(
+            "{}|{}|{}",
+            s.user,
+            s.role.as_str(),
+            s.purpose.as_deref().unwrap_or_default()
+        )
+    }
+
     /// Call when the request is over: forgets the shared facts if it wrote any.
     fn finish(&self) {
         if self.wrote_facts.load(Ordering::SeqCst) {

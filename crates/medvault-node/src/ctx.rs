@@ -62,6 +62,10 @@ pub trait AccessPolicy: sealed::Sealed + Send + Sync {
     /// The role of whom the policy decides for.
     fn role(&self) -> Role;
 
+    /// Who the policy decides for, and why, as one text (credential, role, purpose): what a
+    /// pinned search result set is bound to.
+    fn principal(&self) -> String;
+
     /// Call when the request is over (after its write committed).
     fn finish(&self);
 }

@@ -5,6 +5,7 @@
 //! what they found; `_include`/`_revinclude` are in [`include`].
 
 pub mod include;
+pub mod pages;
 
 use medvault_auth::scopes::{Access, COMPARTMENT_CONSTRAINT, Interaction};
 use medvault_core::{ResourceId, ResourceType};
@@ -70,6 +71,8 @@ pub struct SearchRequest {
     no_total: bool,
     /// `_summary` (but `count`) or `_elements`: how matches are cut down.
     subset: Option<Subset>,
+    /// `_page`: the pinned result set a paging link names.
+    page: Option<String>,
     /// Parameters ignored under lenient handling.
     pub ignored: Vec<String>,
     /// The parameters that were applied, for the `self` link.
@@ -504,6 +507,12 @@ fn parse_at(
                     ));
                 }
             },
+            "_page" => {
+                if value.len() != 32 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(Error::bad_request("_page is a token from a paging link"));
+                }
+                req.page = Some(value.clone());
+            }
             "_format" | "_pretty" => applied = false,
             _ => match info.params.get(name) {
                 Some(p) => {
@@ -634,6 +643,19 @@ fn execute_paged(
     req: &SearchRequest,
     paging: Paging,
 ) -> Result<(Vec<Value>, u64), Error> {
+    run(store, ctx, rt, req, paging, None)
+}
+
+/// [`execute_paged`], also listing every match (id and version, in order) into `collect` when
+/// the search is filtered after decryption (the only kind a request with a policy runs).
+fn run(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &ResourceType,
+    req: &SearchRequest,
+    paging: Paging,
+    mut collect: Option<&mut Vec<(String, u64)>>,
+) -> Result<(Vec<Value>, u64), Error> {
     let info = ctx
         .fhir
         .type_info(rt.as_str())
@@ -735,6 +757,9 @@ fn execute_paged(
                 if window.contains(&matched) {
                     page_rows.push(v);
                 }
+                if let Some(c) = collect.as_deref_mut() {
+                    c.push((row.id.clone(), row.version));
+                }
             } else {
                 keyed.push((
                     sort_keys(info, &req.sort_keys, &v)?,
@@ -751,6 +776,9 @@ fn execute_paged(
     }
     if !req.sort_keys.is_empty() {
         keyed.sort_by(|(a, ..), (b, ..)| compare_keys(&req.sort_keys, a, b));
+        if let Some(c) = collect {
+            c.extend(keyed.iter().map(|(_, id, v)| (id.clone(), *v)));
+        }
         for (_, id, version) in keyed.into_iter().skip(window.start).take(window.len()) {
             let id = ResourceId::new(&id)
                 .map_err(|_| Error::internal(&"a stored resource carries an invalid id"))?;
@@ -1092,6 +1120,40 @@ fn compartment_clause(
         })
 }
 
+/// A page of a pinned result set: the pinned versions, each decided again as it is opened (an
+/// erased patient's are left out).
+fn pinned_page(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &ResourceType,
+    pinned: &pages::Pinned,
+    paging: Paging,
+) -> Result<Vec<Value>, Error> {
+    let start = usize::try_from(paging.offset).unwrap_or(usize::MAX);
+    let count = usize::try_from(paging.count).unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    for (id, version) in pinned.rows.iter().skip(start).take(count) {
+        let Ok(rid) = ResourceId::new(id) else {
+            continue;
+        };
+        let Some(row) = store.version(rt, &rid, Some(*version))? else {
+            continue;
+        };
+        if row.shredded || row.expunged || row.body.is_none() {
+            continue;
+        }
+        let v = match open(store, ctx, &row) {
+            Ok(v) => v,
+            Err(e) if e.kind.is_client_error() => continue,
+            Err(e) => return Err(e),
+        };
+        if ctx.may_see(store, Interaction::Search, rt, &row.key_name, Some(&v))? {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
 /// `params` with the requester's query-constrained scopes for `rt` added: one constraint
 /// narrows the search itself (a patient context becomes that patient's compartment); every
 /// candidate is still checked against them all as it is opened.
@@ -1148,8 +1210,40 @@ pub fn search_bundle(
     base: &str,
 ) -> Result<Value, Error> {
     let params = scoped_params(ctx, rt, params)?;
-    let req = parse(ctx, rt, &params, strict)?;
-    let (resources, total) = execute(store, ctx, rt, &req)?;
+    let mut req = parse(ctx, rt, &params, strict)?;
+    let owner = ctx.guard().map(|g| g.principal());
+    let (resources, total) = match (&req.page, &owner) {
+        (Some(token), Some(owner)) => {
+            let pinned = pages::get(token, owner, rt).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Gone,
+                    IssueCode::NotFound,
+                    "this paging link has expired (or was not issued to you): repeat the search",
+                )
+            })?;
+            (
+                pinned_page(store, ctx, rt, &pinned, req.paging)?,
+                pinned.rows.len() as u64,
+            )
+        }
+        (Some(_), None) => return Err(Error::bad_request("_page is for requests")),
+        (None, _) => {
+            let mut rows = Vec::new();
+            let collect = owner.is_some().then_some(&mut rows);
+            let (found, total) = run(store, ctx, rt, &req, req.paging, collect)?;
+            let more = req.paging.offset.saturating_add(req.paging.count) < total;
+            if let Some(owner) = owner
+                && more
+                && !req.summary_count
+                && rows.len() as u64 == total
+                && rows.len() <= pages::MAX_PINNED_ROWS
+            {
+                let token = pages::pin(owner, rt.clone(), rows);
+                req.applied.push(("_page".to_owned(), token));
+            }
+            (found, total)
+        }
+    };
     let included = include::run(store, ctx, rt, &req.includes, &resources, base)?;
     let mut entries: Vec<Value> = resources
         .into_iter()

@@ -464,3 +464,61 @@ fn joins_and_includes_are_bounded() {
         vec![p]
     );
 }
+
+#[test]
+fn paging_links_stay_consistent_under_concurrent_writes() {
+    let s = MEDVAULT.start();
+    let mut all = Vec::new();
+    for i in 0..5 {
+        all.push(s.create(&patient("Pinfam", &format!("N{i}"))));
+    }
+    let next_of = |page: &serde_json::Value| {
+        page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| {
+                l["url"]
+                    .as_str()
+                    .unwrap()
+                    .split("/fhir/")
+                    .nth(1)
+                    .unwrap()
+                    .to_owned()
+            })
+    };
+    let (_, page1) = s.get("Patient?family=pinfam&_count=2");
+    let mut seen = ids(&page1);
+    let link = next_of(&page1).expect("a next page");
+    assert!(link.contains("_page="), "{link}");
+    // Meanwhile: a new match, and a change that moves a match to the front of the order.
+    s.create(&patient("Pinfam", "Late"));
+    let moved = all[0].clone();
+    let mut changed = s.get(&format!("Patient/{moved}")).1;
+    changed["gender"] = json!("other");
+    assert_eq!(s.put(&format!("Patient/{moved}"), &changed).0, 200);
+    let (_, page2) = s.get(&link);
+    seen.extend(ids(&page2));
+    let (_, page3) = s.get(&next_of(&page2).expect("a third page"));
+    seen.extend(ids(&page3));
+    assert!(next_of(&page3).is_none());
+    assert_eq!(page3["total"], 5, "the result set as it was");
+    assert_eq!(
+        sorted(seen),
+        sorted(all.clone()),
+        "each original match once"
+    );
+    // The link is the searcher's own: another credential gets 410, as for an expired one.
+    let other = s.new_token("admin");
+    let (st, v) = send(
+        s.anonymous(reqwest::Method::GET, &format!("/fhir/{link}"))
+            .bearer_auth(&other),
+    );
+    assert_eq!(
+        (st, &v["resourceType"]),
+        (410, &json!("OperationOutcome")),
+        "{v}"
+    );
+    assert_eq!(s.get("Patient?family=pinfam&_page=nonsense").0, 400);
+}
