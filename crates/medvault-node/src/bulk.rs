@@ -229,6 +229,11 @@ enum State {
         message: String,
         finished: std::time::Instant,
     },
+    /// An import's end: what each input loaded or why it did not.
+    Imported {
+        report: Value,
+        finished: std::time::Instant,
+    },
 }
 
 struct Job {
@@ -328,9 +333,9 @@ impl Exports {
             .jobs()
             .iter()
             .filter(|(_, j)| match &*j.state() {
-                State::Done { finished, .. } | State::Failed { finished, .. } => {
-                    finished.elapsed() > retention
-                }
+                State::Done { finished, .. }
+                | State::Failed { finished, .. }
+                | State::Imported { finished, .. } => finished.elapsed() > retention,
                 State::Running => false,
             })
             .map(|(id, _)| id.clone())
@@ -376,11 +381,27 @@ impl Exports {
             // An unknown (or hidden) Group is refused at kick-off, as a read of it would be.
             group_members(node.store.as_ref(), &ctx, group)?;
         }
+        let job = self.admit(&node, owner, plan.request.clone())?;
+        let id = job.id.clone();
+        let exports = Arc::clone(self);
+        std::thread::Builder::new()
+            .name(format!("export-{}", &id[..8]))
+            .spawn(move || exports.run(&node, &ctx, &job, &plan, &agent))
+            .map_err(|e| {
+                self.remove(&id);
+                Error::internal(&e)
+            })?;
+        Ok(id)
+    }
+
+    /// A new job for `owner`, admitted under the limits (one running per requester, a few kept,
+    /// the node's most at once).
+    fn admit(&self, node: &Node, owner: String, request: String) -> Result<Arc<Job>, Error> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let job = Arc::new(Job {
             id: id.clone(),
             owner: owner.clone(),
-            request: plan.request.clone(),
+            request,
             transaction_time: crate::clock::instant(node.clock.now_micros()),
             key: DataKey::generate(format!("export/{id}"), 1).map_err(|e| Error::internal(&e))?,
             cancelled: AtomicBool::new(false),
@@ -405,12 +426,39 @@ impl Exports {
             if jobs.values().filter(|j| running(j)).count() >= self.limits.running {
                 return Err(busy("the node runs its most exports at once; retry later"));
             }
-            jobs.insert(id.clone(), Arc::clone(&job));
+            jobs.insert(id, Arc::clone(&job));
         }
-        let exports = Arc::clone(self);
+        Ok(job)
+    }
+
+    /// Starts a Bulk Data import ("ping and pull") for `owner`, running as `ctx`: each input's
+    /// ndjson is fetched with `fetch` and loaded as one transaction (all of the file or none of
+    /// it), as `medvault import` loads a file, and decided as the requester's writes. The job's
+    /// status ends with each input's count, or its error.
+    ///
+    /// # Errors
+    /// As [`Self::kick_off`]'s limits.
+    pub fn kick_off_import(
+        self: &Arc<Self>,
+        node: Arc<Node>,
+        ctx: Ctx,
+        owner: String,
+        agent: Value,
+        plan: ImportPlan,
+    ) -> Result<String, Error> {
+        self.sweep();
+        let job = self.admit(&node, owner, plan.request)?;
+        let id = job.id.clone();
+        let (inputs, fetch) = (plan.inputs, plan.fetch);
         std::thread::Builder::new()
-            .name(format!("export-{}", &id[..8]))
-            .spawn(move || exports.run(&node, &ctx, &job, &plan, &agent))
+            .name(format!("import-{}", &id[..8]))
+            .spawn(move || {
+                let report = run_import(&node, &ctx, &job, &inputs, fetch.as_ref(), &agent);
+                *job.state() = State::Imported {
+                    report,
+                    finished: std::time::Instant::now(),
+                };
+            })
             .map_err(|e| {
                 self.remove(&id);
                 Error::internal(&e)
@@ -561,6 +609,7 @@ impl Exports {
                 IssueCode::Processing,
                 format!("the export failed: {message}"),
             )),
+            State::Imported { report, .. } => Ok(Status::Complete(report.clone())),
             State::Done { files, .. } => Ok(Status::Complete(json!({
                 "transactionTime": job.transaction_time,
                 "request": job.request,
@@ -803,4 +852,104 @@ pub fn check_kick_off_headers(prefer_async: bool, accept: Option<&str>) -> Resul
         return Err(param_error("$export answers in application/fhir+json"));
     }
     Ok(())
+}
+
+/// What an import is asked to do.
+pub struct ImportPlan {
+    /// The inputs, in order.
+    pub inputs: Vec<ImportInput>,
+    /// The kick-off URL, echoed in the status.
+    pub request: String,
+    /// How the inputs are fetched.
+    pub fetch: Arc<dyn Fetch>,
+}
+
+/// One input of a Bulk Data import: where its ndjson is, and the type it holds (if said).
+#[derive(Debug, Clone)]
+pub struct ImportInput {
+    /// The resource type every line must be, if the request named one.
+    pub rtype: Option<String>,
+    /// Where to fetch it (https, or http on loopback).
+    pub url: String,
+}
+
+/// Fetches an import's input.
+pub trait Fetch: Send + Sync {
+    /// GETs `url`: its body, at most `limit` bytes.
+    ///
+    /// # Errors
+    /// A description of the failure (connection, TLS, status, size).
+    fn get(&self, url: &str, limit: usize) -> Result<Vec<u8>, String>;
+}
+
+/// Largest input one import fetches.
+pub const MAX_IMPORT_INPUT: usize = 64 * 1024 * 1024;
+
+fn run_import(
+    node: &Node,
+    ctx: &Ctx,
+    job: &Job,
+    inputs: &[ImportInput],
+    fetch: &dyn Fetch,
+    agent: &Value,
+) -> Value {
+    let mut output = Vec::new();
+    let mut errors = Vec::new();
+    let mut total = 0u64;
+    for input in inputs {
+        if job.cancelled.load(Ordering::Relaxed) {
+            break;
+        }
+        let result = fetch
+            .get(&input.url, MAX_IMPORT_INPUT)
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::PeerFailed,
+                    IssueCode::Exception,
+                    format!("fetching the input failed: {e}"),
+                )
+            })
+            .and_then(|bytes| {
+                crate::import::file_entries(&bytes, true, crate::import::Mode::AddOnly)
+            })
+            .and_then(|entries| {
+                if let Some(t) = &input.rtype
+                    && let Some(other) = entries.types().find(|x| x != t)
+                {
+                    return Err(Error::bad_request(format!(
+                        "the input holds {other} resources, not only {t}"
+                    )));
+                }
+                crate::import::load(node.store.as_ref(), ctx, entries)
+            });
+        match result {
+            Ok(loaded) => {
+                let n = loaded.resources as u64;
+                total += n;
+                job.written.fetch_add(n, Ordering::Relaxed);
+                output.push(
+                    json!({"type": input.rtype, "inputUrl": input.url, "count": loaded.resources}),
+                );
+            }
+            Err(e) => errors.push(json!({"type": "OperationOutcome", "inputUrl": input.url,
+                "outcome": e.outcome()})),
+        }
+    }
+    let outcome = if errors.is_empty() {
+        AuditOutcome::Success
+    } else {
+        AuditOutcome::ClientError
+    };
+    if let Err(e) = node.record_audit_now(|now| {
+        AuditRecord::new(AuditKind::Rest, now, "bulk-import-complete", outcome)
+            .agent(agent.clone())
+            .target_opt(Some(&format!("import/{}", job.id)))
+            .with("resources", total)
+            .with("files", output.len() as u64)
+            .with("failed", errors.len() as u64)
+    }) {
+        tracing::error!(error = %e, "could not record the end of an import");
+    }
+    json!({"transactionTime": job.transaction_time, "request": job.request,
+        "output": output, "error": errors})
 }

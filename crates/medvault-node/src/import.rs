@@ -87,6 +87,13 @@ impl Entries {
         self.entries.is_empty()
     }
 
+    /// The resource types of the entries (one per entry).
+    pub fn types(&self) -> impl Iterator<Item = &str> {
+        self.entries
+            .iter()
+            .filter_map(|e| e.pointer("/resource/resourceType").and_then(Value::as_str))
+    }
+
     fn push(&mut self, entry: Planned, label: String, mode: Mode) -> Result<(), Error> {
         if self.entries.len() == MAX_IMPORT_ENTRIES {
             return Err(Error::new(

@@ -122,10 +122,14 @@ fn invalid(text: impl Into<String>) -> Error {
     Error::new(ErrorKind::Unprocessable, IssueCode::Invalid, text)
 }
 
-/// `http` only to the loopback interface; `https` anywhere.
-fn check_endpoint(endpoint: &str) -> Result<(), Error> {
+/// `http` only to the loopback interface; `https` anywhere (a subscription endpoint, an
+/// import's input).
+///
+/// # Errors
+/// 422 naming the rule.
+pub fn check_endpoint(endpoint: &str) -> Result<(), Error> {
     let url = reqwest::Url::parse(endpoint)
-        .map_err(|_| invalid("channel.endpoint must be an absolute https URL"))?;
+        .map_err(|_| invalid("the URL must be an absolute https URL"))?;
     let host = url.host_str().unwrap_or_default();
     let loopback = host.eq_ignore_ascii_case("localhost")
         || host
@@ -137,7 +141,7 @@ fn check_endpoint(endpoint: &str) -> Result<(), Error> {
         "https" if !host.is_empty() => Ok(()),
         "http" if loopback => Ok(()),
         _ => Err(invalid(
-            "channel.endpoint must be https (http only to the loopback interface)",
+            "the URL must be https (http only to the loopback interface)",
         )),
     }
 }

@@ -163,3 +163,130 @@ pub(crate) async fn file(
     ));
     Ok(resp)
 }
+
+/// `POST /fhir/$import` (Bulk Data import, "ping and pull"): a `Parameters` body naming
+/// ndjson `input`s (`type`, `url`: https, or http on loopback); 202 with the status URL. Admins
+/// and services only; each input is fetched and loaded as one transaction, decided as the
+/// requester's writes.
+#[allow(clippy::too_many_arguments)] // the request's parts, as the dispatcher holds them
+pub(crate) async fn import(
+    state: &AppState,
+    who: &Authenticated,
+    job_ctx: Ctx,
+    headers: &HeaderMap,
+    body: &Bytes,
+    request: String,
+    base: &str,
+) -> Result<Response, ApiError> {
+    use medvault_core::Role;
+    if !matches!(who.role, Role::Admin | Role::Service) {
+        return Err(ApiError::new(
+            ErrorKind::Forbidden,
+            IssueCode::Forbidden,
+            "Bulk Data import is for admins and services",
+        ));
+    }
+    let prefer_async = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+        });
+    if !prefer_async {
+        return Err(ApiError::bad_request(
+            "$import runs asynchronously: send Prefer: respond-async",
+        ));
+    }
+    let json = crate::http::json_body(headers, body)?;
+    let inputs = import_inputs(&json)?;
+    let (exports, node) = (
+        std::sync::Arc::clone(&state.exports),
+        std::sync::Arc::clone(&state.node),
+    );
+    let (owner, agent) = (owner(who), agent(who));
+    let fetch: std::sync::Arc<dyn bulk::Fetch> =
+        std::sync::Arc::new(crate::subscription_http::HttpDeliver::new());
+    let plan = bulk::ImportPlan {
+        inputs,
+        request,
+        fetch,
+    };
+    let id = blocking(move || exports.kick_off_import(node, job_ctx, owner, agent, plan)).await?;
+    let mut resp = fhir_json(
+        StatusCode::ACCEPTED,
+        &medvault_node::error::operation_outcome(
+            "information",
+            IssueCode::Informational,
+            "import started: poll the URL in Content-Location",
+            &[],
+        ),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("{base}/$export-status/{id}")) {
+        resp.headers_mut().insert(header::CONTENT_LOCATION, v);
+    }
+    resp.extensions_mut()
+        .insert(AuditExtra(json!({"import": id})));
+    Ok(resp)
+}
+
+/// Most inputs one import names.
+const MAX_IMPORT_INPUTS: usize = 100;
+
+/// The `input`s of an import's Parameters (`inputFormat` must be ndjson).
+fn import_inputs(body: &Value) -> Result<Vec<bulk::ImportInput>, ApiError> {
+    let bad = |text: &str| ApiError::bad_request(format!("$import: {text}"));
+    if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+        return Err(bad("the body must be a Parameters resource"));
+    }
+    let value = |p: &Value| {
+        p.as_object().and_then(|o| {
+            o.iter()
+                .find(|(k, _)| k.starts_with("value"))
+                .and_then(|(_, v)| v.as_str().map(str::to_owned))
+        })
+    };
+    let mut inputs = Vec::new();
+    for p in body
+        .get("parameter")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        match p.get("name").and_then(Value::as_str) {
+            Some("inputFormat") => {
+                let f = value(p).unwrap_or_default();
+                if !["application/fhir+ndjson", "application/ndjson", "ndjson"]
+                    .contains(&f.as_str())
+                {
+                    return Err(bad("inputFormat must be application/fhir+ndjson"));
+                }
+            }
+            Some("inputSource" | "storageDetail" | "mode") => {}
+            Some("input") => {
+                let parts = p
+                    .get("part")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| bad("an input needs parts type and url"))?;
+                let part = |name: &str| {
+                    parts
+                        .iter()
+                        .find(|x| x.get("name").and_then(Value::as_str) == Some(name))
+                        .and_then(value)
+                };
+                let url = part("url").ok_or_else(|| bad("an input needs a url"))?;
+                medvault_node::subscriptions::check_endpoint(&url)?;
+                inputs.push(bulk::ImportInput {
+                    rtype: part("type"),
+                    url,
+                });
+            }
+            _ => return Err(bad("unknown parameter (inputFormat, inputSource, input)")),
+        }
+    }
+    if inputs.is_empty() || inputs.len() > MAX_IMPORT_INPUTS {
+        return Err(bad("name between 1 and 100 inputs"));
+    }
+    Ok(inputs)
+}

@@ -827,6 +827,15 @@ async fn dispatch(
             )
             .await
         }
+        (Method::POST, Target::SystemOperation(op)) if op == "import" => {
+            let job_ctx = state.services.for_request(
+                new_guard(&state, &who, effective_purpose(&who, &headers)),
+                who.scopes.clone(),
+                None,
+            );
+            let request = format!("{base}/$import");
+            crate::bulk_http::import(&state, &who, job_ctx, &headers, &body, request, &base).await
+        }
         (Method::POST, Target::SystemOperation(op)) if op == "process-message" => {
             let json = json_body(&headers, &body)?;
             medvault_node::messaging::check(&json)?;
@@ -855,7 +864,9 @@ async fn dispatch(
         (m, Target::ExportStatus(_) | Target::ExportFile(..)) => {
             Err(route::method_not_allowed(&m).into())
         }
-        (m, Target::SystemOperation(op)) if op == "export" || op == "process-message" => {
+        (m, Target::SystemOperation(op))
+            if op == "export" || op == "process-message" || op == "import" =>
+        {
             Err(route::method_not_allowed(&m).into())
         }
         (m, Target::Operation(_, _, op) | Target::TypeOperation(_, op))
@@ -994,6 +1005,7 @@ fn interaction(method: &Method, target: &Target) -> &'static str {
         (&Method::POST, Target::SystemOperation(op)) if op == "process-message" => {
             "operation-process-message"
         }
+        (&Method::POST, Target::SystemOperation(op)) if op == "import" => "bulk-import",
         (&Method::GET, Target::ExportStatus(_)) => "bulk-status",
         (&Method::DELETE, Target::ExportStatus(_)) => "bulk-delete",
         (&Method::GET, Target::ExportFile(..)) => "bulk-file",

@@ -47,12 +47,15 @@ impl HttpDeliver {
         Self { tls }
     }
 
+    /// One request: `body` POSTed (or a GET when `None`); the status and at most `limit` bytes
+    /// of the answer's body.
     async fn send(
         &self,
         url: &str,
         headers: &[(String, String)],
-        body: Vec<u8>,
-    ) -> Result<u16, String> {
+        body: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(u16, Vec<u8>), String> {
         const STEP: Duration = Duration::from_secs(10);
         let url = reqwest::Url::parse(url).map_err(|_| "not a URL".to_owned())?;
         let host = url
@@ -73,14 +76,25 @@ impl HttpDeliver {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_owned(),
         };
-        let mut request = axum::http::Request::post(path)
-            .header(axum::http::header::HOST, authority)
-            .header(axum::http::header::CONTENT_TYPE, "application/fhir+json");
+        let method = if body.is_some() {
+            axum::http::Method::POST
+        } else {
+            axum::http::Method::GET
+        };
+        let mut request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(axum::http::header::HOST, authority);
+        if body.is_some() {
+            request = request.header(axum::http::header::CONTENT_TYPE, "application/fhir+json");
+        }
         for (k, v) in headers {
             request = request.header(k.as_str(), v.as_str());
         }
         let request = request
-            .body(http_body_util::Full::new(axum::body::Bytes::from(body)))
+            .body(http_body_util::Full::new(axum::body::Bytes::from(
+                body.unwrap_or_default(),
+            )))
             .map_err(|e| e.to_string())?;
         let status = if url.scheme() == "https" {
             let config = self.tls.clone().ok_or("no TLS configuration")?;
@@ -93,9 +107,9 @@ impl HttpDeliver {
             .await
             .map_err(|_| "TLS timed out".to_owned())?
             .map_err(|e| format!("TLS: {e}"))?;
-            exchange(hyper_util::rt::TokioIo::new(tls), request, STEP).await?
+            exchange(hyper_util::rt::TokioIo::new(tls), request, STEP, limit).await?
         } else {
-            exchange(hyper_util::rt::TokioIo::new(tcp), request, STEP).await?
+            exchange(hyper_util::rt::TokioIo::new(tcp), request, STEP, limit).await?
         };
         Ok(status)
     }
@@ -105,19 +119,35 @@ async fn exchange<I>(
     io: I,
     request: axum::http::Request<http_body_util::Full<axum::body::Bytes>>,
     step: Duration,
-) -> Result<u16, String>
+    limit: usize,
+) -> Result<(u16, Vec<u8>), String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    use http_body_util::BodyExt as _;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| format!("HTTP: {e}"))?;
     let driver = tokio::spawn(conn);
-    let answer = tokio::time::timeout(step, sender.send_request(request))
+    let answer = async {
+        let resp = tokio::time::timeout(step, sender.send_request(request))
+            .await
+            .map_err(|_| "no answer in time".to_owned())?
+            .map_err(|e| format!("HTTP: {e}"))?;
+        let status = resp.status().as_u16();
+        // The body in a minute at most (a large import input), never more than `limit`.
+        let body = tokio::time::timeout(
+            step * 6,
+            http_body_util::Limited::new(resp.into_body(), limit).collect(),
+        )
         .await
-        .map_err(|_| "no answer in time".to_owned())?
-        .map(|r| r.status().as_u16())
-        .map_err(|e| format!("HTTP: {e}"));
+        .map_err(|_| "the answer's body took too long".to_owned())?
+        .map_err(|_| format!("the answer is larger than {limit} bytes, or broke off"))?
+        .to_bytes()
+        .to_vec();
+        Ok::<_, String>((status, body))
+    }
+    .await;
     driver.abort();
     answer
 }
@@ -129,7 +159,23 @@ impl Deliver for HttpDeliver {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        runtime.block_on(self.send(url, headers, body))
+        // A notification's answer is not read beyond a few bytes.
+        runtime
+            .block_on(self.send(url, headers, Some(body), 4096))
+            .map(|(status, _)| status)
+    }
+}
+
+impl medvault_node::bulk::Fetch for HttpDeliver {
+    fn get(&self, url: &str, limit: usize) -> Result<Vec<u8>, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        match runtime.block_on(self.send(url, &[], None, limit))? {
+            (200, body) => Ok(body),
+            (status, _) => Err(format!("the input answered HTTP {status}")),
+        }
     }
 }
 

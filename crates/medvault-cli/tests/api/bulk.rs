@@ -299,3 +299,119 @@ fn exports_at_every_level_pass_the_policy_and_are_logged() {
     );
     assert!(text.contains("bulk-file"), "{text}");
 }
+
+/// Serves `files` (path → body) over HTTP on loopback; the base URL.
+fn file_server(files: Vec<(&'static str, String)>) -> String {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let path = first.split(' ').nth(1).unwrap_or("/").to_owned();
+            let answer = match files.iter().find(|(p, _)| *p == path) {
+                Some((_, body)) => format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                ),
+                None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    .to_owned(),
+            };
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn a_bulk_import_pulls_ndjson_files_all_or_nothing_each() {
+    let s = MEDVAULT.start();
+    let patients = [
+        json!({"resourceType": "Patient", "id": "imp-1", "name": [{"family": "Pulled"}]}),
+        json!({"resourceType": "Patient", "id": "imp-2", "name": [{"family": "Pulled"}]}),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect::<Vec<_>>()
+    .join("\n");
+    let good_obs = observation("imp-1", "2345-7", "2026-01-01").to_string();
+    let bad = format!("{good_obs}\n{{\"resourceType\": \"Observation\", \"status\": 7}}");
+    let base = file_server(vec![
+        ("/patients.ndjson", patients),
+        ("/obs.ndjson", good_obs),
+        ("/bad.ndjson", bad),
+    ]);
+    let params = |inputs: &[(&str, &str)]| {
+        let mut p = vec![json!({"name": "inputFormat", "valueCode": "application/fhir+ndjson"})];
+        for (t, path) in inputs {
+            p.push(json!({"name": "input", "part": [
+                {"name": "type", "valueCode": t},
+                {"name": "url", "valueUrl": format!("{base}{path}")}]}));
+        }
+        json!({"resourceType": "Parameters", "parameter": p})
+    };
+    let kick = |body: &Value| {
+        let resp = s
+            .req(Method::POST, "$import")
+            .header("content-type", "application/fhir+json")
+            .header("prefer", "respond-async")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("content-location")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, location)
+    };
+    let (st, url) = kick(&params(&[
+        ("Patient", "/patients.ndjson"),
+        ("Observation", "/obs.ndjson"),
+        ("Observation", "/bad.ndjson"),
+        ("Observation", "/missing.ndjson"),
+    ]));
+    assert_eq!(st, 202);
+    let report = manifest(&url.unwrap(), &s.token);
+    assert_eq!(report["output"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(report["output"][0]["count"], 2);
+    assert_eq!(report["error"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(s.get("Patient/imp-2").0, 200);
+    let (_, obs) = s.get("Observation?subject=Patient/imp-1");
+    assert_eq!(
+        obs["total"], 1,
+        "the bad file wrote nothing, not even its good line"
+    );
+
+    // Inputs must be https (http only on loopback); the type named must be the lines' type.
+    let mut remote = params(&[]);
+    remote["parameter"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "input", "part": [
+        {"name": "type", "valueCode": "Patient"},
+        {"name": "url", "valueUrl": "http://example.com/x.ndjson"}]}));
+    assert_eq!(kick(&remote).0, 422);
+    let (_, url) = kick(&params(&[("Observation", "/patients.ndjson")]));
+    let report = manifest(&url.unwrap(), &s.token);
+    assert_eq!(report["error"].as_array().unwrap().len(), 1, "{report}");
+    // A clinician may not import.
+    let dr = s.person("dr.import", "clinician");
+    let (st, _) = send(
+        s.anonymous(Method::POST, "/fhir/$import")
+            .bearer_auth(&dr.session)
+            .header("content-type", "application/fhir+json")
+            .header("prefer", "respond-async")
+            .body(params(&[("Patient", "/patients.ndjson")]).to_string()),
+    );
+    assert_eq!(st, 403);
+}
