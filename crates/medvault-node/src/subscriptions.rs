@@ -45,8 +45,25 @@ const BACKOFF: [Duration; 3] = [
     Duration::from_secs(2),
     Duration::from_secs(8),
 ];
-/// Notifications waiting per subscription before new ones are dropped (and counted as such).
-const QUEUE: usize = 1000;
+/// Notifications waiting per subscription before new ones are dropped (they stay in
+/// `$events`).
+const QUEUE: usize = 100;
+/// Subscriptions one owner may have watched at once (each has a delivery thread).
+pub const MAX_PER_OWNER: usize = 16;
+/// The shortest heartbeat period honoured.
+const MIN_HEARTBEAT: Duration = Duration::from_secs(60);
+/// Most `channel.header` entries, and most bytes in one.
+const MAX_HEADERS: usize = 10;
+const MAX_HEADER_BYTES: usize = 1024;
+/// Headers a subscription may not set (the node frames the request itself).
+const RESERVED_HEADERS: [&str; 6] = [
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "te",
+];
 
 /// Who created a subscription, as the node recorded it: what deciding their access needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,14 +81,20 @@ pub struct Owner {
 }
 
 impl Owner {
-    fn to_json(&self) -> String {
+    fn to_json(&self, version: u64) -> String {
         json!({"token": self.token_id, "role": self.role.as_str(), "client": self.client,
-            "scopes": self.scopes, "practitioner": self.practitioner})
+            "scopes": self.scopes, "practitioner": self.practitioner, "version": version})
         .to_string()
     }
 
-    fn from_json(text: &str) -> Option<Self> {
+    /// The owner recorded, and the Subscription version it was recorded for.
+    fn from_json(text: &str) -> Option<(Self, u64)> {
         let v: Value = serde_json::from_str(text).ok()?;
+        let version = v.get("version").and_then(Value::as_u64)?;
+        Self::parse(&v).map(|o| (o, version))
+    }
+
+    fn parse(v: &Value) -> Option<Self> {
         let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         Some(Self {
             token_id: s("token")?,
@@ -83,19 +106,46 @@ impl Owner {
     }
 }
 
+/// The recorded owner of a subscription, whatever version it was recorded for.
+pub fn owner(node: &Node, id: &ResourceId) -> Option<Owner> {
+    node.store
+        .meta(&owner_key(id.as_str()))
+        .ok()
+        .flatten()
+        .and_then(|t| Owner::from_json(&t))
+        .map(|(o, _)| o)
+}
+
 fn owner_key(id: &str) -> String {
     format!("subscription-owner:{id}")
 }
 
 /// Records `owner` as the principal a subscription's notifications are decided for: whoever
-/// last wrote it (and so chose its endpoint and criteria).
+/// wrote its `version` (and so chose its endpoint and criteria). The record names the version:
+/// a subscription is watched only while its current version is the one its owner record names,
+/// so two writers racing cannot leave one's endpoint with the other's access. An older
+/// version's record never replaces a newer one's.
 ///
 /// # Errors
 /// Store failures.
-pub fn record_owner(node: &Node, id: &ResourceId, owner: &Owner) -> Result<(), Error> {
-    let (key, value) = (owner_key(id.as_str()), owner.to_json());
+pub fn record_owner(
+    node: &Node,
+    id: &ResourceId,
+    version: u64,
+    owner: &Owner,
+) -> Result<(), Error> {
+    let (key, value) = (owner_key(id.as_str()), owner.to_json(version));
     node.store
-        .write(Box::new(move |tx| tx.set_meta(&key, &value)))
+        .write(Box::new(move |tx| {
+            let newer = tx
+                .meta(&key)?
+                .and_then(|t| Owner::from_json(&t))
+                .is_some_and(|(_, v)| v > version);
+            if newer {
+                return Ok(());
+            }
+            tx.set_meta(&key, &value)
+        }))
         .map_err(Error::from)
 }
 
@@ -108,7 +158,7 @@ enum Content {
 }
 
 /// The parts of a Subscription the node acts on.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Spec {
     rt: ResourceType,
     criteria: String,
@@ -199,7 +249,21 @@ fn parse_spec(ctx: &Ctx, sub: &Value) -> Result<(Spec, SearchRequest), Error> {
         if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(invalid("channel.header names are letters, digits and '-'"));
         }
-        headers.push((k.to_owned(), v.trim().to_owned()));
+        if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+            return Err(invalid(format!(
+                "channel.header may not set {k}: the node frames the request"
+            )));
+        }
+        let v = v.trim();
+        if v.len() > MAX_HEADER_BYTES || v.bytes().any(|b| b.is_ascii_control()) {
+            return Err(invalid(
+                "a channel.header value is at most 1024 bytes, without control characters",
+            ));
+        }
+        if headers.len() == MAX_HEADERS {
+            return Err(invalid("at most 10 channel.header entries"));
+        }
+        headers.push((k.to_owned(), v.to_owned()));
     }
     // The payload is a primitive: its extensions are on `_payload`.
     let declared = channel
@@ -227,7 +291,7 @@ fn parse_spec(ctx: &Ctx, sub: &Value) -> Result<(Spec, SearchRequest), Error> {
         })
         .and_then(|e| e.get("valueUnsignedInt"))
         .and_then(Value::as_u64)
-        .map(|s| Duration::from_secs(s.max(1)));
+        .map(|s| Duration::from_secs(s).max(MIN_HEARTBEAT));
     Ok((
         Spec {
             rt,
@@ -293,7 +357,7 @@ struct Active {
 
 struct Notification {
     kind: &'static str,
-    event: Option<(EventRecord, Option<Value>, Option<String>)>,
+    event: Option<(EventRecord, Option<Arc<Value>>, Option<String>)>,
     total: u64,
 }
 
@@ -376,7 +440,7 @@ impl Notifier {
             .unwrap_or("off")
             .to_owned();
         let events = lock(&self.subs).get(id.as_str()).map_or(0, |a| a.events);
-        let params = status_parameters(id, &status, "query-status", events, &[], base);
+        let params = status_parameters(id, &status, "query-status", events, &[], base, true);
         Ok(
             json!({"resourceType": "Bundle", "type": "searchset", "total": 1,
             "entry": [{"fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()), "resource": params}]}),
@@ -422,7 +486,7 @@ impl Notifier {
             )
         });
         drop(subs);
-        let params = status_parameters(id, status, "query-event", total, &kept, base);
+        let params = status_parameters(id, status, "query-event", total, &kept, base, true);
         Ok(
             json!({"resourceType": "Bundle", "type": "searchset", "total": 1,
             "entry": [{"fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()), "resource": params}]}),
@@ -438,6 +502,7 @@ fn status_parameters(
     events: u64,
     notified: &[EventRecord],
     base: &str,
+    with_focus: bool,
 ) -> Value {
     let mut params = vec![
         json!({"name": "subscription", "valueReference": {"reference": format!("{base}/Subscription/{id}")}}),
@@ -447,11 +512,15 @@ fn status_parameters(
         json!({"name": "events-since-subscription-start", "valueString": events.to_string()}),
     ];
     for e in notified {
-        params.push(json!({"name": "notification-event", "part": [
-            {"name": "event-number", "valueString": e.number.to_string()},
-            {"name": "timestamp", "valueInstant": e.timestamp},
-            {"name": "focus", "valueReference": {"reference": format!("{base}/{}", e.focus)}},
-        ]}));
+        let mut parts = vec![
+            json!({"name": "event-number", "valueString": e.number.to_string()}),
+            json!({"name": "timestamp", "valueInstant": e.timestamp}),
+        ];
+        // An `empty` payload names nothing of the record, not even which one it was.
+        if with_focus {
+            parts.push(json!({"name": "focus", "valueReference": {"reference": format!("{base}/{}", e.focus)}}));
+        }
+        params.push(json!({"name": "notification-event", "part": parts}));
     }
     json!({"resourceType": "Parameters", "meta": {"profile": [STATUS_PROFILE]}, "parameter": params})
 }
@@ -510,14 +579,21 @@ impl Worker {
     /// Watches (or stops watching) one Subscription as stored now.
     fn take(&self, ctx: &Ctx, id: &str, sub: &Value) {
         let status = sub.get("status").and_then(Value::as_str).unwrap_or("off");
+        let version = sub
+            .pointer("/meta/versionId")
+            .and_then(Value::as_str)
+            .and_then(|v| v.parse::<u64>().ok());
         let parsed = parse_spec(ctx, sub).ok();
+        // Watched only under the owner recorded for this very version (see `record_owner`).
         let owner = self
             .node
             .store
             .meta(&owner_key(id))
             .ok()
             .flatten()
-            .and_then(|t| Owner::from_json(&t));
+            .and_then(|t| Owner::from_json(&t))
+            .filter(|(_, v)| Some(*v) == version)
+            .map(|(o, _)| o);
         let (Some((spec, filter)), Some(owner), "requested" | "active") = (parsed, owner, status)
         else {
             lock(&self.subs).remove(id);
@@ -525,9 +601,23 @@ impl Worker {
         };
         let mut subs = lock(&self.subs);
         let prior = subs.remove(id);
-        let changed = prior
+        let owned = subs
+            .values()
+            .filter(|a| a.owner.token_id == owner.token_id && a.owner.client == owner.client)
+            .count();
+        if owned >= MAX_PER_OWNER {
+            drop(subs);
+            tracing::warn!(subscription = %id, "an owner's subscriptions beyond {MAX_PER_OWNER} are not watched");
+            if let Ok(rid) = ResourceId::new(id) {
+                set_status(&self.node, &rid, "error");
+            }
+            return;
+        }
+        // Anything changed (endpoint, headers, payload, criteria, owner) gets a new delivery
+        // thread and a handshake before anything else is sent.
+        let unchanged = prior
             .as_ref()
-            .is_none_or(|p| p.spec.endpoint != spec.endpoint || p.spec.criteria != spec.criteria);
+            .is_some_and(|p| p.spec == spec && p.owner == owner && !p.failed);
         let mut active = Active {
             spec,
             filter: Arc::new(filter),
@@ -538,42 +628,44 @@ impl Worker {
             queue: None,
             failed: false,
         };
-        if !changed && let Some(p) = prior {
+        if unchanged && let Some(p) = prior {
             active.queue = p.queue;
         }
-        // A new endpoint or criteria (or a client's `requested`) is confirmed with a handshake
-        // before anything else is sent there.
-        let handshake = status == "requested" || changed;
-        subs.insert(id.to_owned(), active);
-        drop(subs);
-        if handshake {
-            self.handshake(id);
+        if status == "requested" || !unchanged {
+            let note = Notification {
+                kind: "handshake",
+                event: None,
+                total: 0,
+            };
+            self.send(id, &mut active, note);
         }
+        subs.insert(id.to_owned(), active);
     }
 
-    /// The handshake, sent inline: the subscription becomes `active` on a 2xx answer and
-    /// `error` otherwise.
-    fn handshake(&self, id: &str) {
-        let Some((spec, owner)) = lock(&self.subs)
-            .get(id)
-            .map(|a| (a.spec.clone(), a.owner.clone()))
-        else {
-            return;
-        };
-        let Ok(rid) = ResourceId::new(id) else { return };
-        let now = crate::clock::instant(self.node.clock.now_micros());
-        let body = notification_bundle(&rid, "requested", "handshake", 0, None, &self.base, &now);
-        let result = self.deliver.post(
-            &spec.endpoint,
-            &spec.headers,
-            serde_json::to_vec(&body).unwrap_or_default(),
-        );
-        let ok = matches!(result, Ok(200..=299));
-        record(&self.node, &rid, &owner, "handshake", None, None, &result);
-        set_status(&self.node, &rid, if ok { "active" } else { "error" });
-        if !ok {
-            lock(&self.subs).remove(id);
+    /// Whether the owner's credential still works: an app's client not disabled, an API token
+    /// not revoked or expired, a person's account not disabled.
+    fn owner_active(&self, owner: &Owner) -> bool {
+        let store = self.node.store.as_ref();
+        let now = self.node.clock.now_micros();
+        if let Some(client) = &owner.client {
+            return store
+                .client(client)
+                .ok()
+                .flatten()
+                .is_some_and(|c| !c.disabled);
         }
+        if owner.token_id.starts_with("usr_") {
+            return store
+                .user(&owner.token_id)
+                .ok()
+                .flatten()
+                .is_some_and(|u| !u.disabled);
+        }
+        store.tokens().ok().is_some_and(|ts| {
+            ts.iter().any(|t| {
+                t.token_id == owner.token_id && t.revoked_micros.is_none() && t.expires_micros > now
+            })
+        })
     }
 
     fn on_change(&self, change: &Change) -> Result<(), Error> {
@@ -611,16 +703,29 @@ impl Worker {
         let Some(row) = store.version(rt, id, Some(*version))? else {
             return Ok(());
         };
-        let resource = crate::records::open(store, &ctx, &row)?;
+        if row.body.is_none() {
+            // A delete: R4 rest-hook subscriptions hear of what is written.
+            return Ok(());
+        }
+        let resource = Arc::new(crate::records::open(store, &ctx, &row)?);
         for (sub_id, spec, filter, owner) in candidates {
-            if !filter.matches(&ctx, rt, &resource)
-                || !self.owner_may_see(&owner, rt, &row.key_name, &resource)
-            {
+            if !filter.matches(&ctx, rt, &resource) {
+                continue;
+            }
+            if !self.owner_active(&owner) {
+                // The owner's credential no longer works: the subscription stops.
+                lock(&self.subs).remove(&sub_id);
+                if let Ok(rid) = ResourceId::new(&sub_id) {
+                    set_status(&self.node, &rid, "off");
+                }
+                continue;
+            }
+            if !self.owner_may_see(&owner, rt, &row.key_name, &resource) {
                 continue;
             }
             let focus = format!("{rt}/{id}/_history/{version}");
             let patient = row.key_name.strip_prefix("Patient/").map(str::to_owned);
-            let full = (spec.content == Content::FullResource).then(|| resource.clone());
+            let full = (spec.content == Content::FullResource).then(|| Arc::clone(&resource));
             self.enqueue(&sub_id, focus, full, patient);
         }
         Ok(())
@@ -648,7 +753,13 @@ impl Worker {
                 .unwrap_or(false)
     }
 
-    fn enqueue(&self, sub_id: &str, focus: String, full: Option<Value>, patient: Option<String>) {
+    fn enqueue(
+        &self,
+        sub_id: &str,
+        focus: String,
+        full: Option<Arc<Value>>,
+        patient: Option<String>,
+    ) {
         let mut subs = lock(&self.subs);
         let Some(active) = subs.get_mut(sub_id) else {
             return;
@@ -750,7 +861,17 @@ fn set_status(node: &Node, id: &ResourceId, status: &str) {
             o.remove("error");
         }
         let p = crate::ops::prepare(&*tx, &ctx, &SUBSCRIPTION, id2.clone(), sub, true)?;
-        crate::ops::update(tx, &ctx, p, Some(version))?;
+        let written = crate::ops::update(tx, &ctx, p, Some(version))?;
+        // The node's own status change keeps the owner: the record moves to the new version,
+        // in the same transaction.
+        let key = owner_key(id2.as_str());
+        if let (Some((owner, v)), Some(new)) = (
+            tx.meta(&key)?.and_then(|t| Owner::from_json(&t)),
+            written.version,
+        ) && v == version
+        {
+            tx.set_meta(&key, &owner.to_json(new))?;
+        }
         Ok(())
     });
     if let Err(e) = result {
@@ -805,7 +926,8 @@ fn notification_bundle(
     now: &str,
 ) -> Value {
     let kept: Vec<EventRecord> = event.iter().map(|(e, ..)| (*e).clone()).collect();
-    let params = status_parameters(id, status, kind, total, &kept, base);
+    let with_focus = event.is_some_and(|(.., c)| c != Content::Empty);
+    let params = status_parameters(id, status, kind, total, &kept, base, with_focus);
     let mut entries = vec![json!({
         "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
         "resource": params,
@@ -854,12 +976,13 @@ impl DeliveryCtx {
         for note in rx {
             let event = note.event.as_ref();
             let now = crate::clock::instant(self.node.clock.now_micros());
+            let handshake = note.kind == "handshake";
             let body = notification_bundle(
                 &id,
-                "active",
+                if handshake { "requested" } else { "active" },
                 note.kind,
                 note.total,
-                event.map(|(e, full, _)| (e, full.as_ref(), self.spec.content)),
+                event.map(|(e, full, _)| (e, full.as_deref(), self.spec.content)),
                 &self.base,
                 &now,
             );
@@ -876,10 +999,9 @@ impl DeliveryCtx {
                     .deliver
                     .post(&self.spec.endpoint, &self.spec.headers, bytes.clone());
             }
-            let kind = if note.kind == "heartbeat" {
-                "heartbeat"
-            } else {
-                "event"
+            let kind = match note.kind {
+                "heartbeat" | "handshake" => note.kind,
+                _ => "event",
             };
             record(
                 &self.node,
@@ -890,6 +1012,9 @@ impl DeliveryCtx {
                 event.and_then(|(.., p)| p.clone()),
                 &result,
             );
+            if handshake && matches!(result, Ok(200..=299)) {
+                set_status(&self.node, &id, "active");
+            }
             if !matches!(result, Ok(200..=299)) {
                 if let Some(a) = lock(&self.subs).get_mut(&self.id) {
                     a.failed = true;

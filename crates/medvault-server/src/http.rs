@@ -484,6 +484,25 @@ async fn dispatch(
     {
         crate::subscription_http::may_subscribe(&who)?;
     }
+    // A Subscription holds an endpoint, header secrets and what its owner was told: its reads
+    // are for admins and the owner.
+    match &target {
+        Target::Type(rt) | Target::TypeSearch(rt) | Target::TypeHistory(rt)
+            if *rt == medvault_node::subscriptions::SUBSCRIPTION
+                && (method == Method::GET || matches!(&target, Target::TypeSearch(_))) =>
+        {
+            crate::subscription_http::may_read(&state, &who, None)?;
+        }
+        Target::Instance(rt, id)
+        | Target::InstanceHistory(rt, id)
+        | Target::Version(rt, id, _)
+        | Target::Operation(rt, id, _)
+            if *rt == medvault_node::subscriptions::SUBSCRIPTION && method == Method::GET =>
+        {
+            crate::subscription_http::may_read(&state, &who, Some(id))?;
+        }
+        _ => {}
+    }
     let strict = prefer(&headers, "handling") == Some("strict");
     let ret = return_preference(&headers);
     let params = search::parse_query_string(query.as_deref().unwrap_or(""));
@@ -657,6 +676,12 @@ async fn dispatch(
                 })
             })
             .await?;
+            crate::subscription_http::after_write(
+                &state,
+                &who,
+                out.location.iter().cloned().collect(),
+            )
+            .await;
             Ok(respond(out, ret, &base))
         }
         (Method::DELETE, Target::Instance(rt, id)) => {
@@ -668,6 +693,12 @@ async fn dispatch(
                 })
             })
             .await?;
+            crate::subscription_http::after_write(
+                &state,
+                &who,
+                out.location.iter().cloned().collect(),
+            )
+            .await;
             Ok(respond(out, ret, &base))
         }
         // Reads by id are one primary-key lookup and one decryption (tens of microseconds), so

@@ -230,16 +230,16 @@ fn written(location: &str) -> Option<(ResourceType, ResourceId, u64)> {
 pub(crate) async fn after_write(state: &AppState, who: &Authenticated, locations: Vec<String>) {
     let changes: Vec<(ResourceType, ResourceId, u64)> =
         locations.iter().filter_map(|l| written(l)).collect();
-    let subscriptions: Vec<ResourceId> = changes
+    let subscriptions: Vec<(ResourceId, u64)> = changes
         .iter()
         .filter(|(rt, ..)| *rt == SUBSCRIPTION)
-        .map(|(_, id, _)| id.clone())
+        .map(|(_, id, v)| (id.clone(), *v))
         .collect();
     if !subscriptions.is_empty() {
         let (node, owner) = (Arc::clone(&state.node), owner_of(who));
         let recorded = blocking(move || {
-            for id in &subscriptions {
-                medvault_node::subscriptions::record_owner(&node, id, &owner)?;
+            for (id, version) in &subscriptions {
+                medvault_node::subscriptions::record_owner(&node, id, *version, &owner)?;
             }
             Ok(())
         })
@@ -269,6 +269,37 @@ pub(crate) fn bundle_locations(response: &Value) -> Vec<String> {
             tail.join("/")
         })
         .collect()
+}
+
+/// Who may read a Subscription (its endpoint, its headers' secrets, its events): admins, and
+/// the principal that owns it. `id` is `None` for a search, which is for admins.
+///
+/// # Errors
+/// 404 for someone else's subscription (as for a missing one), 403 for a search.
+pub(crate) fn may_read(
+    state: &AppState,
+    who: &Authenticated,
+    id: Option<&ResourceId>,
+) -> Result<(), ApiError> {
+    if who.role == Role::Admin {
+        return Ok(());
+    }
+    let mine = id.is_some_and(|id| {
+        medvault_node::subscriptions::owner(&state.node, id).is_some_and(|o| {
+            o.token_id == who.token_id || (o.client.is_some() && o.client == who.client)
+        })
+    });
+    match (id, mine) {
+        (_, true) => Ok(()),
+        (Some(id), false) => Err(ApiError::not_found(format!(
+            "Subscription/{id} is not known"
+        ))),
+        (None, _) => Err(ApiError::new(
+            medvault_node::error::ErrorKind::Forbidden,
+            medvault_node::error::IssueCode::Forbidden,
+            "searching Subscriptions is for admins; read yours by id",
+        )),
+    }
 }
 
 /// Refuses a Subscription write by a patient (their app or session): subscriptions are for

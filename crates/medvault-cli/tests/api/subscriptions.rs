@@ -179,6 +179,30 @@ fn rest_hooks_get_handshakes_and_matching_events_only() {
     // The access log names each notification and the patient it concerned.
     let (_, log) = s.get(&format!("AuditEvent?patient={p}&_count=100"));
     assert!(log.to_string().contains("subscription-event"), "{log}");
+
+    // Only admins and the owner read a subscription (its endpoint, headers, events).
+    let dr = s.person("dr.subread", "clinician");
+    assert_eq!(
+        s.status_as(&format!("/fhir/Subscription/{sub}"), &dr.session),
+        404
+    );
+    assert_eq!(
+        s.status_as(&format!("/fhir/Subscription/{sub}/$events"), &dr.session),
+        404
+    );
+    assert_eq!(s.status_as("/fhir/Subscription", &dr.session), 403);
+
+    // Deleting a subscription stops it at once.
+    let before = hook.got.lock().unwrap().len();
+    assert_eq!(s.delete(&format!("Subscription/{sub}")).0, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    s.create(&observation(&p, "2345-7", "2026-01-04"));
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        hook.got.lock().unwrap().len(),
+        before,
+        "nothing after the delete"
+    );
 }
 
 #[test]
@@ -210,6 +234,19 @@ fn bad_subscriptions_are_refused_and_hidden_records_never_notified() {
             "{why}: {v}"
         );
     }
+    let mut framed = subscription("Observation?code=1", "https://example.com/hook", None);
+    framed["channel"]["header"] = json!(["Host: evil.example"]);
+    assert_eq!(
+        s.post("Subscription", &framed).0,
+        422,
+        "the node frames the request"
+    );
+    framed["channel"]["header"] = json!(["X-Key: a\r\nInjected: 1"]);
+    assert_eq!(
+        s.post("Subscription", &framed).0,
+        422,
+        "no control characters"
+    );
     let mut ws = subscription("Observation?code=1", "https://example.com/hook", None);
     ws["channel"]["type"] = json!("websocket");
     assert_eq!(s.post("Subscription", &ws).0, 422);
