@@ -196,11 +196,35 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), Error> {
     }
 }
 
+/// The node's one topic: a resource of some type written (created, updated, patched).
+pub const TOPIC: &str = "https://medvault.dev/fhir/SubscriptionTopic/resource-write";
+const FILTER_CRITERIA: &str =
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria";
+
 fn parse_spec(ctx: &Ctx, sub: &Value) -> Result<(Spec, SearchRequest), Error> {
-    let criteria = sub
+    let stated = sub
         .get("criteria")
         .and_then(Value::as_str)
         .ok_or_else(|| invalid("Subscription.criteria is required (e.g. Observation?code=…)"))?;
+    // Backport IG (topic-based): the criteria name the topic, and the filter is the
+    // `backport-filter-criteria` extension on `_criteria`.
+    let criteria = if stated == TOPIC {
+        sub.pointer("/_criteria/extension")
+            .and_then(Value::as_array)
+            .and_then(|es| {
+                es.iter()
+                    .find(|e| e.get("url").and_then(Value::as_str) == Some(FILTER_CRITERIA))
+            })
+            .and_then(|e| e.get("valueString"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                invalid(
+                    "the resource-write topic needs a backport-filter-criteria (Type?parameters)",
+                )
+            })?
+    } else {
+        stated
+    };
     let (t, query) = criteria.split_once('?').unwrap_or((criteria, ""));
     let rt = ctx
         .fhir
@@ -506,7 +530,7 @@ fn status_parameters(
 ) -> Value {
     let mut params = vec![
         json!({"name": "subscription", "valueReference": {"reference": format!("{base}/Subscription/{id}")}}),
-        json!({"name": "topic", "valueCanonical": "https://medvault.dev/fhir/SubscriptionTopic/resource-write"}),
+        json!({"name": "topic", "valueCanonical": TOPIC}),
         json!({"name": "status", "valueCode": status}),
         json!({"name": "type", "valueCode": kind}),
         json!({"name": "events-since-subscription-start", "valueString": events.to_string()}),

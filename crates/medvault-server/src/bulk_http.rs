@@ -28,6 +28,37 @@ fn agent(who: &Authenticated) -> Value {
     json!({"token": who.token_id, "role": who.role.as_str(), "client": who.client})
 }
 
+/// `Prefer: respond-async`, which a Bulk Data kick-off must send.
+fn prefers_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+        })
+}
+
+/// 202 for a job kicked off: `text` as an OperationOutcome, the status URL in
+/// `Content-Location`, `note` for the access log.
+fn accepted(id: &str, base: &str, text: &str, note: Value) -> Response {
+    let mut resp = fhir_json(
+        StatusCode::ACCEPTED,
+        &medvault_node::error::operation_outcome(
+            "information",
+            IssueCode::Informational,
+            text,
+            &[],
+        ),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("{base}/$export-status/{id}")) {
+        resp.headers_mut().insert(header::CONTENT_LOCATION, v);
+    }
+    resp.extensions_mut().insert(AuditExtra(note));
+    resp
+}
+
 /// `$export` kick-off: 202 with the status URL in `Content-Location`.
 #[allow(clippy::too_many_arguments)] // the request's parts, as the dispatcher holds them
 pub(crate) async fn kick_off(
@@ -48,14 +79,7 @@ pub(crate) async fn kick_off(
             "Bulk Data export is for systems and staff, not patient sessions or apps",
         ));
     }
-    let prefer_async = headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
-        });
+    let prefer_async = prefers_async(headers);
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     bulk::check_kick_off_headers(prefer_async, accept)?;
     if !body.is_empty() {
@@ -69,21 +93,12 @@ pub(crate) async fn kick_off(
     );
     let (owner, agent) = (owner(who), agent(who));
     let id = blocking(move || exports.kick_off(node, job_ctx, owner, agent, plan)).await?;
-    let mut resp = fhir_json(
-        StatusCode::ACCEPTED,
-        &medvault_node::error::operation_outcome(
-            "information",
-            IssueCode::Informational,
-            "export started: poll the URL in Content-Location",
-            &[],
-        ),
-    );
-    if let Ok(v) = HeaderValue::from_str(&format!("{base}/$export-status/{id}")) {
-        resp.headers_mut().insert(header::CONTENT_LOCATION, v);
-    }
-    resp.extensions_mut()
-        .insert(AuditExtra(json!({"export": id})));
-    Ok(resp)
+    Ok(accepted(
+        &id,
+        base,
+        "export started: poll the URL in Content-Location",
+        json!({"export": id}),
+    ))
 }
 
 /// `GET` of a status URL: 202 with `X-Progress` and `Retry-After` while running, the manifest
@@ -186,14 +201,7 @@ pub(crate) async fn import(
             "Bulk Data import is for admins and services",
         ));
     }
-    let prefer_async = headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
-        });
+    let prefer_async = prefers_async(headers);
     if !prefer_async {
         return Err(ApiError::bad_request(
             "$import runs asynchronously: send Prefer: respond-async",
@@ -214,21 +222,12 @@ pub(crate) async fn import(
         fetch,
     };
     let id = blocking(move || exports.kick_off_import(node, job_ctx, owner, agent, plan)).await?;
-    let mut resp = fhir_json(
-        StatusCode::ACCEPTED,
-        &medvault_node::error::operation_outcome(
-            "information",
-            IssueCode::Informational,
-            "import started: poll the URL in Content-Location",
-            &[],
-        ),
-    );
-    if let Ok(v) = HeaderValue::from_str(&format!("{base}/$export-status/{id}")) {
-        resp.headers_mut().insert(header::CONTENT_LOCATION, v);
-    }
-    resp.extensions_mut()
-        .insert(AuditExtra(json!({"import": id})));
-    Ok(resp)
+    Ok(accepted(
+        &id,
+        base,
+        "import started: poll the URL in Content-Location",
+        json!({"import": id}),
+    ))
 }
 
 /// Most inputs one import names.

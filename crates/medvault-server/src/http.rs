@@ -586,13 +586,7 @@ async fn dispatch(
                 })
             })
             .await?;
-            crate::subscription_http::after_write(
-                &state,
-                &who,
-                out.location.iter().cloned().collect(),
-            )
-            .await;
-            Ok(respond(out, ret, &base))
+            written(&state, &who, out, ret, &base).await
         }
         (Method::PUT, Target::Instance(rt, id)) => {
             ops::served_type(&ctx.fhir, &rt)?;
@@ -606,100 +600,49 @@ async fn dispatch(
                 })
             })
             .await?;
-            crate::subscription_http::after_write(
-                &state,
-                &who,
-                out.location.iter().cloned().collect(),
-            )
-            .await;
-            Ok(respond(out, ret, &base))
+            written(&state, &who, out, ret, &base).await
         }
         (Method::PUT, Target::Type(rt)) => {
             ops::served_type(&ctx.fhir, &rt)?;
             let json = json_body(&headers, &body)?;
             let if_match = if_match(&headers)?;
-            let out = blocking(move || {
-                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
-                    change::conditional_update(tx, ctx, &rt, &params, json, if_match)
-                })
+            write(&state, &who, ctx, ret, &base, move |tx, ctx| {
+                change::conditional_update(tx, ctx, &rt, &params, json, if_match)
             })
-            .await?;
-            crate::subscription_http::after_write(
-                &state,
-                &who,
-                out.location.iter().cloned().collect(),
-            )
-            .await;
-            Ok(respond(out, ret, &base))
+            .await
         }
         (Method::PATCH, Target::Instance(rt, id)) => {
             ops::served_type(&ctx.fhir, &rt)?;
             let kind = patch_kind(&headers)?;
             let if_match = if_match(&headers)?;
-            let out = blocking(move || {
-                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
-                    change::patch(tx, ctx, &rt, &id, kind, &body, if_match)
-                })
+            write(&state, &who, ctx, ret, &base, move |tx, ctx| {
+                change::patch(tx, ctx, &rt, &id, kind, &body, if_match)
             })
-            .await?;
-            crate::subscription_http::after_write(
-                &state,
-                &who,
-                out.location.iter().cloned().collect(),
-            )
-            .await;
-            Ok(respond(out, ret, &base))
+            .await
         }
         (Method::PATCH, Target::Type(rt)) => {
             ops::served_type(&ctx.fhir, &rt)?;
             let kind = patch_kind(&headers)?;
             let if_match = if_match(&headers)?;
-            let out = blocking(move || {
-                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
-                    change::conditional_patch(tx, ctx, &rt, &params, kind, &body, if_match)
-                })
+            write(&state, &who, ctx, ret, &base, move |tx, ctx| {
+                change::conditional_patch(tx, ctx, &rt, &params, kind, &body, if_match)
             })
-            .await?;
-            crate::subscription_http::after_write(
-                &state,
-                &who,
-                out.location.iter().cloned().collect(),
-            )
-            .await;
-            Ok(respond(out, ret, &base))
+            .await
         }
         (Method::DELETE, Target::Type(rt)) => {
             ops::served_type(&ctx.fhir, &rt)?;
-            let out = blocking(move || {
-                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
-                    change::conditional_delete(tx, ctx, &rt, &params)
-                })
+            write(&state, &who, ctx, ret, &base, move |tx, ctx| {
+                change::conditional_delete(tx, ctx, &rt, &params)
             })
-            .await?;
-            crate::subscription_http::after_write(
-                &state,
-                &who,
-                out.location.iter().cloned().collect(),
-            )
-            .await;
-            Ok(respond(out, ret, &base))
+            .await
         }
         (Method::DELETE, Target::Instance(rt, id)) => {
             ops::served_type(&ctx.fhir, &rt)?;
             let if_match = if_match(&headers)?;
-            let out = blocking(move || {
-                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
-                    ops::delete(tx, ctx, &rt, &id, if_match)
-                })
+            write(&state, &who, ctx, ret, &base, move |tx, ctx| {
+                ops::delete(tx, ctx, &rt, &id, if_match)
             })
-            .await?;
-            crate::subscription_http::after_write(
-                &state,
-                &who,
-                out.location.iter().cloned().collect(),
-            )
-            .await;
-            Ok(respond(out, ret, &base))
+            .await
         }
         // Reads by id are one primary-key lookup and one decryption (tens of microseconds), so
         // they run inline: a hand-off to the blocking pool would cost more than the work.
@@ -806,20 +749,16 @@ async fn dispatch(
             } else {
                 change::MetaChange::Delete
             };
-            let out = blocking(move || {
-                let meta = change::meta_parameter(&json)?.clone();
-                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
-                    change::change_meta(tx, ctx, &rt, &id, how, &meta)
-                })
-            })
-            .await?;
-            crate::subscription_http::after_write(
+            let meta = change::meta_parameter(&json)?.clone();
+            write(
                 &state,
                 &who,
-                out.location.iter().cloned().collect(),
+                ctx,
+                Return::Representation,
+                &base,
+                move |tx, ctx| change::change_meta(tx, ctx, &rt, &id, how, &meta),
             )
-            .await;
-            Ok(respond(out, Return::Representation, &base))
+            .await
         }
         (Method::GET | Method::POST, Target::Operation(rt, id, op))
             if op == "everything" && rt == ResourceType::PATIENT =>
@@ -871,19 +810,15 @@ async fn dispatch(
             let json = json_body(&headers, &body)?;
             medvault_node::messaging::check(&json)?;
             let b = base.clone();
-            let out = blocking(move || {
-                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
-                    medvault_node::messaging::process(tx, ctx, json, &b)
-                })
-            })
-            .await?;
-            crate::subscription_http::after_write(
+            write(
                 &state,
                 &who,
-                out.location.iter().cloned().collect(),
+                ctx,
+                Return::Representation,
+                &base,
+                move |tx, ctx| medvault_node::messaging::process(tx, ctx, json, &b),
             )
-            .await;
-            Ok(respond(out, Return::Representation, &base))
+            .await
         }
         (Method::GET, Target::ExportStatus(id)) => {
             crate::bulk_http::status(&state, &who, &id, &base)
@@ -963,6 +898,33 @@ pub(crate) fn parameters_as_pairs(body: &Value) -> Result<Vec<(String, String)>,
         out.push((name.to_owned(), value));
     }
     Ok(out)
+}
+
+/// A write made entirely inside the writer (what it changes depends on what is stored): one
+/// transaction, then [`written`].
+async fn write(
+    state: &AppState,
+    who: &Authenticated,
+    ctx: Ctx,
+    ret: Return,
+    base: &str,
+    op: impl FnOnce(&mut dyn StoreTx, &Ctx) -> Result<Outcome, Error> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let store = state.node.store.clone();
+    let out = blocking(move || write_then_finish(store.as_ref(), ctx, op)).await?;
+    written(state, who, out, ret, base).await
+}
+
+/// After a write committed: the subscriptions hear of it, and the client gets its answer.
+async fn written(
+    state: &AppState,
+    who: &Authenticated,
+    out: Outcome,
+    ret: Return,
+    base: &str,
+) -> Result<Response, ApiError> {
+    crate::subscription_http::after_write(state, who, out.location.iter().cloned().collect()).await;
+    Ok(respond(out, ret, base))
 }
 
 /// A type search (GET or POST `_search`) on a blocking thread, answered as a `searchset`.

@@ -271,3 +271,28 @@ fn bad_subscriptions_are_refused_and_hidden_records_never_notified() {
     let ps = s.patient_session("pat.sub", &cared);
     assert_eq!(s.post_as("/fhir/Subscription", &ps, &body).0, 403);
 }
+
+#[test]
+fn backport_topic_subscriptions_filter_by_their_criteria_extension() {
+    let s = MEDVAULT.start();
+    let [p] = s.create_patients([("Topicfam", "T")]);
+    let hook = Receiver::start();
+    let mut sub = subscription(
+        "https://medvault.dev/fhir/SubscriptionTopic/resource-write",
+        &hook.endpoint(),
+        None,
+    );
+    sub["_criteria"] = json!({"extension": [{
+        "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria",
+        "valueString": "Observation?code=2345-7"}]});
+    s.create(&sub);
+    hook.wait_for(1);
+    std::thread::sleep(Duration::from_millis(300));
+    s.create(&observation(&p, "718-7", "2026-01-01"));
+    let hit = s.create(&observation(&p, "2345-7", "2026-01-02"));
+    let got = hook.wait_for(2);
+    assert!(got[1].to_string().contains(&hit), "{:?}", got[1]);
+    let mut no_filter = sub.clone();
+    no_filter.as_object_mut().unwrap().remove("_criteria");
+    assert_eq!(s.post("Subscription", &no_filter).0, 422);
+}
