@@ -282,7 +282,7 @@ impl std::fmt::Debug for Exports {
 }
 
 fn not_found() -> Error {
-    Error::not_found("no such export job (it may have expired or been deleted)")
+    Error::not_found("no such export or import job (it may have expired or been deleted)")
 }
 
 const FILE_CONTEXT: &str = "medvault-export-file-v1";

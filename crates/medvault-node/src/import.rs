@@ -236,6 +236,13 @@ fn import_entry(
         .ok_or_else(|| invalid(label, "the resource has no resourceType"))?;
     let rt = ResourceType::new(rt_name)
         .map_err(|_| invalid(label, "the resource's resourceType is not a type name"))?;
+    if rt == crate::subscriptions::SUBSCRIPTION {
+        // A subscription needs its owner and a handshake, which only the API gives it.
+        return Err(not_taken(
+            label,
+            "a Subscription is created through the API (POST /fhir/Subscription), not imported",
+        ));
+    }
     let id = match resource.get("id") {
         None => None,
         Some(Value::String(s)) => Some(ResourceId::new(s).map_err(|e| invalid(label, e))?),

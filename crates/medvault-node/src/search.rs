@@ -1237,8 +1237,8 @@ pub fn search_bundle(
                 && !req.summary_count
                 && rows.len() as u64 == total
                 && rows.len() <= pages::MAX_PINNED_ROWS
+                && let Some(token) = pages::pin(owner, rt.clone(), rows)
             {
-                let token = pages::pin(owner, rt.clone(), rows);
                 req.applied.push(("_page".to_owned(), token));
             }
             (found, total)

@@ -208,29 +208,39 @@ fn parse_spec(ctx: &Ctx, sub: &Value) -> Result<(Spec, SearchRequest), Error> {
         .ok_or_else(|| invalid("Subscription.criteria is required (e.g. Observation?code=…)"))?;
     // Backport IG (topic-based): the criteria name the topic, and the filter is the
     // `backport-filter-criteria` extension on `_criteria`.
-    let criteria = if stated == TOPIC {
-        sub.pointer("/_criteria/extension")
-            .and_then(Value::as_array)
-            .and_then(|es| {
-                es.iter()
-                    .find(|e| e.get("url").and_then(Value::as_str) == Some(FILTER_CRITERIA))
-            })
-            .and_then(|e| e.get("valueString"))
+    let filters: Vec<&Value> = sub
+        .pointer("/_criteria/extension")
+        .and_then(Value::as_array)
+        .map(|es| {
+            es.iter()
+                .filter(|e| e.get("url").and_then(Value::as_str) == Some(FILTER_CRITERIA))
+                .collect()
+        })
+        .unwrap_or_default();
+    let criteria = match (stated == TOPIC, filters.as_slice()) {
+        (true, [one]) => one
+            .get("valueString")
             .and_then(Value::as_str)
-            .ok_or_else(|| {
-                invalid(
-                    "the resource-write topic needs a backport-filter-criteria (Type?parameters)",
-                )
-            })?
-    } else {
-        stated
+            .ok_or_else(|| invalid("the backport-filter-criteria is a string (Type?parameters)"))?,
+        (true, _) => {
+            return Err(invalid(
+                "the resource-write topic needs exactly one backport-filter-criteria (Type?parameters)",
+            ));
+        }
+        (false, []) => stated,
+        (false, _) => {
+            return Err(invalid(
+                "a backport-filter-criteria goes with the resource-write topic as criteria",
+            ));
+        }
     };
     let (t, query) = criteria.split_once('?').unwrap_or((criteria, ""));
     let rt = ctx
         .fhir
         .served(t)
         .cloned()
-        .ok_or_else(|| invalid(format!("criteria: {t} is not a served resource type")))?;
+        .filter(|rt| *rt != SUBSCRIPTION)
+        .ok_or_else(|| invalid(format!("criteria: {t} is not a type one can subscribe to")))?;
     let req = search::parse(ctx, &rt, &search::parse_query_string(query), true)
         .map_err(|e| invalid(format!("criteria: {}", e.message)))?;
     if !req.is_plain_filter() {

@@ -349,6 +349,13 @@ fn a_bulk_import_pulls_ndjson_files_all_or_nothing_each() {
         ("/patients.ndjson", patients),
         ("/obs.ndjson", good_obs),
         ("/bad.ndjson", bad),
+        (
+            "/sub.ndjson",
+            json!({"resourceType": "Subscription", "status": "requested", "reason": "x",
+                "criteria": "Observation?code=1",
+                "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook"}})
+            .to_string(),
+        ),
     ]);
     let params = |inputs: &[(&str, &str)]| {
         let mut p = vec![json!({"name": "inputFormat", "valueCode": "application/fhir+ndjson"})];
@@ -401,6 +408,12 @@ fn a_bulk_import_pulls_ndjson_files_all_or_nothing_each() {
         {"name": "type", "valueCode": "Patient"},
         {"name": "url", "valueUrl": "http://example.com/x.ndjson"}]}));
     assert_eq!(kick(&remote).0, 422);
+    let (_, url) = kick(&params(&[("Subscription", "/sub.ndjson")]));
+    let report = manifest(&url.unwrap(), &s.token);
+    assert!(
+        report["error"].to_string().contains("through the API"),
+        "{report}"
+    );
     let (_, url) = kick(&params(&[("Observation", "/patients.ndjson")]));
     let report = manifest(&url.unwrap(), &s.token);
     assert_eq!(report["error"].as_array().unwrap().len(), 1, "{report}");

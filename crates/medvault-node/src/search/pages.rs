@@ -13,8 +13,11 @@ use medvault_core::ResourceType;
 
 /// How long a pinned result set lasts.
 pub const PAGE_TTL: Duration = Duration::from_secs(600);
-/// Pinned result sets kept at most (the oldest go first).
-pub const MAX_PINNED: usize = 256;
+/// Pinned result sets kept at most; when they are all others', a search is not pinned (its
+/// links page by offset) rather than evicting someone else's.
+pub const MAX_PINNED: usize = 1024;
+/// Pinned result sets one principal keeps (its own oldest go first).
+pub const MAX_PINNED_PER_OWNER: usize = 16;
 /// Matches one result set may pin (larger ones page by offset).
 pub const MAX_PINNED_ROWS: usize = 10_000;
 
@@ -49,16 +52,25 @@ fn lock() -> std::sync::MutexGuard<'static, Pins> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Pins `rows` of a search of `rt` for `owner`; the token for its links.
-pub fn pin(owner: String, rt: ResourceType, rows: Vec<(String, u64)>) -> String {
+/// Pins `rows` of a search of `rt` for `owner`; the token for its links, or `None` when the
+/// store is full of other principals' sets (one principal never evicts another's).
+pub fn pin(owner: String, rt: ResourceType, rows: Vec<(String, u64)>) -> Option<String> {
     let token = uuid::Uuid::new_v4().simple().to_string();
     let mut p = lock();
     p.by_token.retain(|_, v| v.created.elapsed() < PAGE_TTL);
-    while p.by_token.len() >= MAX_PINNED {
-        let Some(oldest) = p.order.pop_front() else {
-            break;
-        };
+    // The owner's own oldest sets make room for their new one.
+    let mut own: Vec<String> = p
+        .order
+        .iter()
+        .filter(|t| p.by_token.get(*t).is_some_and(|v| v.owner == owner))
+        .cloned()
+        .collect();
+    while own.len() >= MAX_PINNED_PER_OWNER {
+        let oldest = own.remove(0);
         p.by_token.remove(&oldest);
+    }
+    if p.by_token.len() >= MAX_PINNED {
+        return None;
     }
     let live: std::collections::HashSet<&String> = p.by_token.keys().collect();
     let order: VecDeque<String> = p
@@ -78,7 +90,7 @@ pub fn pin(owner: String, rt: ResourceType, rows: Vec<(String, u64)>) -> String 
             created: Instant::now(),
         }),
     );
-    token
+    Some(token)
 }
 
 /// The result set `token` pins, if it is `owner`'s, of `rt` and not expired.
@@ -88,4 +100,36 @@ pub fn get(token: &str, owner: &str, rt: &ResourceType) -> Option<Arc<Pinned>> {
         .get(token)
         .filter(|p| p.owner == owner && p.rt == *rt && p.created.elapsed() < PAGE_TTL)
         .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_principal_evicts_only_its_own_pins() {
+        let rt = ResourceType::PATIENT;
+        let theirs = pin("other|admin|".into(), rt.clone(), vec![("a".into(), 1)]).unwrap();
+        let mine: Vec<String> = (0..MAX_PINNED_PER_OWNER + 4)
+            .map(|i| pin("me|admin|".into(), rt.clone(), vec![(format!("m{i}"), 1)]).unwrap())
+            .collect();
+        assert!(
+            get(&theirs, "other|admin|", &rt).is_some(),
+            "another's pin stays"
+        );
+        assert!(get(&mine[0], "me|admin|", &rt).is_none(), "my oldest went");
+        assert!(get(mine.last().unwrap(), "me|admin|", &rt).is_some());
+        assert!(
+            get(&theirs, "me|admin|", &rt).is_none(),
+            "never someone else's"
+        );
+        assert!(
+            get(
+                &theirs,
+                "other|admin|",
+                &ResourceType::from_static("Observation")
+            )
+            .is_none()
+        );
+    }
 }
