@@ -113,6 +113,9 @@ pub struct Fhir {
     types: BTreeMap<ResourceType, TypeInfo>,
     all_types: BTreeSet<String>,
     validators: validate::Validators,
+    /// Per served type, the `Source:param` reference parameters that can point to it (worked
+    /// out once, on first use).
+    revincludes: std::sync::OnceLock<BTreeMap<ResourceType, Vec<String>>>,
 }
 
 impl std::fmt::Debug for Fhir {
@@ -250,7 +253,35 @@ impl Fhir {
             types,
             all_types,
             validators: validate::Validators::new(schema),
+            revincludes: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The `Source:param` reference parameters of the served types that can point to a
+    /// `resource_type` (what `_revinclude` takes for it).
+    pub fn revincludes(&self, resource_type: &ResourceType) -> &[String] {
+        self.revincludes
+            .get_or_init(|| {
+                let mut out: BTreeMap<ResourceType, Vec<String>> = BTreeMap::new();
+                for (source, info) in &self.types {
+                    for p in info
+                        .params
+                        .values()
+                        .filter(|p| p.kind == ParamKind::Reference)
+                    {
+                        for t in &p.targets {
+                            if let Some(target) = self.served(t) {
+                                out.entry(target.clone())
+                                    .or_default()
+                                    .push(format!("{source}:{}", p.code));
+                            }
+                        }
+                    }
+                }
+                out
+            })
+            .get(resource_type)
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The served types and what the node knows of each.

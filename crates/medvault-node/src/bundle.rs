@@ -61,7 +61,7 @@ enum EntryOp {
     /// Parameters resource (FHIRPath Patch).
     Patch {
         rt: ResourceType,
-        target: Result<ResourceId, Vec<(String, String)>>,
+        target: change::PatchTarget,
         kind: PatchKind,
         body: Vec<u8>,
         if_match: Option<u64>,
@@ -219,7 +219,7 @@ fn parse_entry(ctx: &Ctx, entry: &Value) -> Result<EntryOp, Error> {
             let (kind, body) = patch_body(&need_resource()?)?;
             EntryOp::Patch {
                 rt,
-                target: Ok(id),
+                target: change::PatchTarget::Id(id),
                 kind,
                 body,
                 if_match: if_match()?,
@@ -229,7 +229,7 @@ fn parse_entry(ctx: &Ctx, entry: &Value) -> Result<EntryOp, Error> {
             let (kind, body) = patch_body(&need_resource()?)?;
             EntryOp::Patch {
                 rt,
-                target: Err(params),
+                target: change::PatchTarget::Search(params),
                 kind,
                 body,
                 if_match: if_match()?,
@@ -362,18 +362,11 @@ fn run_write(tx: &mut dyn StoreTx, ctx: &Ctx, op: EntryOp) -> Result<Outcome, Er
         }
         EntryOp::Patch {
             rt,
-            target: Ok(id),
+            target,
             kind,
             body,
             if_match,
-        } => change::patch(tx, ctx, &rt, &id, kind, &body, if_match),
-        EntryOp::Patch {
-            rt,
-            target: Err(params),
-            kind,
-            body,
-            if_match,
-        } => change::conditional_patch(tx, ctx, &rt, &params, kind, &body, if_match),
+        } => change::patch_target(tx, ctx, &rt, &target, kind, &body, if_match),
         _ => Err(Error::internal(&"read entry routed to the write path")),
     }
 }

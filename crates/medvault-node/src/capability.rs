@@ -37,19 +37,7 @@ pub fn statement(fhir: &Fhir, base: &str, now: &str) -> Value {
                 .map(|p| format!("{name}:{}", p.code))
                 .collect();
             // Every reference parameter of every type that can point here.
-            let revincludes: Vec<String> = fhir
-                .types()
-                .iter()
-                .flat_map(|(source, si)| {
-                    si.params
-                        .values()
-                        .filter(|p| {
-                            p.kind == medvault_fhir::ParamKind::Reference
-                                && p.targets.iter().any(|t| t == name.as_str())
-                        })
-                        .map(move |p| format!("{source}:{}", p.code))
-                })
-                .collect();
+            let revincludes = fhir.revincludes(name);
             let mut operations = vec![
                 json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}),
                 json!({"name": "meta", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-meta"}),

@@ -78,7 +78,7 @@ fn patch_error(e: &PatchError) -> Error {
 /// 404 for an unknown or hidden resource; 412 when `if_match` is not the current version; 400
 /// for a malformed patch, 422 for one that does not apply, or whose result is not a valid
 /// resource; as an update otherwise.
-pub fn patch(
+fn patch(
     tx: &mut dyn StoreTx,
     ctx: &Ctx,
     rt: &ResourceType,
@@ -176,21 +176,33 @@ pub(crate) fn update_target(
     Ok(id)
 }
 
-/// `PATCH [type]?search`: patches the one match.
+/// What a `PATCH` names: one resource, or the one a search selects (a conditional patch).
+#[derive(Debug, Clone)]
+pub enum PatchTarget {
+    /// `PATCH [type]/[id]`.
+    Id(ResourceId),
+    /// `PATCH [type]?search`.
+    Search(Vec<(String, String)>),
+}
+
+/// `PATCH` of `target`: a conditional one patches the one match.
 ///
 /// # Errors
 /// 404 when nothing matches, 412 for several; as [`patch`].
-pub fn conditional_patch(
+pub fn patch_target(
     tx: &mut dyn StoreTx,
     ctx: &Ctx,
     rt: &ResourceType,
-    params: &[(String, String)],
+    target: &PatchTarget,
     kind: PatchKind,
     body: &[u8],
     if_match: Option<u64>,
 ) -> Result<Outcome, Error> {
-    let id = select_one(tx, ctx, rt, params, "patch")?
-        .ok_or_else(|| Error::not_found(format!("no {rt} matches the conditional patch")))?;
+    let id = match target {
+        PatchTarget::Id(id) => id.clone(),
+        PatchTarget::Search(params) => select_one(tx, ctx, rt, params, "patch")?
+            .ok_or_else(|| Error::not_found(format!("no {rt} matches the conditional patch")))?,
+    };
     patch(tx, ctx, rt, &id, kind, body, if_match)
 }
 

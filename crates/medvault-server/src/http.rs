@@ -611,21 +611,17 @@ async fn dispatch(
             })
             .await
         }
-        (Method::PATCH, Target::Instance(rt, id)) => {
+        (Method::PATCH, target @ (Target::Instance(..) | Target::Type(_))) => {
+            let (rt, target) = match target {
+                Target::Instance(rt, id) => (rt, change::PatchTarget::Id(id)),
+                Target::Type(rt) => (rt, change::PatchTarget::Search(params)),
+                _ => return Err(route::method_not_allowed(&method).into()),
+            };
             ops::served_type(&ctx.fhir, &rt)?;
             let kind = patch_kind(&headers)?;
             let if_match = if_match(&headers)?;
             write(&state, &who, ctx, ret, &base, move |tx, ctx| {
-                change::patch(tx, ctx, &rt, &id, kind, &body, if_match)
-            })
-            .await
-        }
-        (Method::PATCH, Target::Type(rt)) => {
-            ops::served_type(&ctx.fhir, &rt)?;
-            let kind = patch_kind(&headers)?;
-            let if_match = if_match(&headers)?;
-            write(&state, &who, ctx, ret, &base, move |tx, ctx| {
-                change::conditional_patch(tx, ctx, &rt, &params, kind, &body, if_match)
+                change::patch_target(tx, ctx, &rt, &target, kind, &body, if_match)
             })
             .await
         }
