@@ -6,6 +6,11 @@ use std::process::ExitCode;
 mod commands;
 mod config;
 
+/// mimalloc instead of the system allocator: the request and import paths allocate many small
+/// JSON values, and glibc's malloc spent about 40 % of an import's CPU (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use commands::DataDir;
 use commands::accounts::{ClientCommand, TOKEN_ABOUT, TokenCommand, UserCommand};

@@ -112,7 +112,7 @@ pub struct TypeInfo {
 pub struct Fhir {
     types: BTreeMap<ResourceType, TypeInfo>,
     all_types: BTreeSet<String>,
-    validators: validate::Validators,
+    validators: &'static validate::Validators,
     /// Per served type, the `Source:param` reference parameters that can point to it (worked
     /// out once, on first use).
     revincludes: std::sync::OnceLock<BTreeMap<ResourceType, Vec<String>>>,
@@ -252,7 +252,7 @@ impl Fhir {
         Ok(Self {
             types,
             all_types,
-            validators: validate::Validators::new(schema),
+            validators: validate::Validators::shared(schema),
             revincludes: std::sync::OnceLock::new(),
         })
     }

@@ -23,7 +23,15 @@ pub struct Issue {
 
 pub(crate) struct Validators {
     schema: Value,
+    /// The official schema's own root (`oneOf` every resource type, which the validator
+    /// dispatches on `resourceType`'s `const`): one compilation checks every type, so a valid
+    /// resource of a type not seen yet costs no compilation of its own. Its errors say only
+    /// that no branch matched, so an invalid resource is checked again by its type's
+    /// validator, for the issues.
+    any: std::sync::OnceLock<Option<jsonschema::Validator>>,
     compiled: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
+    /// The schema's root `oneOf`, for [`Self::any`].
+    root_one_of: Option<Value>,
 }
 
 fn strip_descriptions(v: &mut Value) {
@@ -83,8 +91,9 @@ fn describe(kind: &ValidationErrorKind) -> String {
 impl Validators {
     pub(crate) fn new(mut schema: Value) -> Self {
         strip_descriptions(&mut schema);
+        let mut root_one_of = None;
         if let Value::Object(map) = &mut schema {
-            map.remove("oneOf");
+            root_one_of = map.remove("oneOf");
             map.remove("discriminator");
             // The official schema gives its 659 complex types and resources `properties` but no
             // `"type": "object"`, and JSON Schema applies `properties` to objects only: an
@@ -103,8 +112,35 @@ impl Validators {
         }
         Self {
             schema,
+            any: std::sync::OnceLock::new(),
             compiled: Mutex::new(HashMap::new()),
+            root_one_of,
         }
+    }
+
+    /// The validator of every type at once (see [`Self::any`]), compiled on first use.
+    fn any(&self) -> Option<&jsonschema::Validator> {
+        self.any
+            .get_or_init(|| {
+                let mut schema = self.schema.clone();
+                if let (Value::Object(map), Some(one_of)) = (&mut schema, &self.root_one_of) {
+                    map.insert("oneOf".into(), one_of.clone());
+                }
+                jsonschema::options()
+                    .with_draft(jsonschema::Draft::Draft6)
+                    .build(&schema)
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// The validators of the embedded R4 schema, shared by every [`crate::Fhir`] of the process:
+    /// a type's validator is compiled once (it takes tens of milliseconds, and the whole
+    /// schema's definitions hang off every type through `contained`) and never dropped.
+    /// `schema` is the embedded schema, the only one a `Fhir` is built from.
+    pub(crate) fn shared(schema: Value) -> &'static Self {
+        static SHARED: std::sync::OnceLock<Validators> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| Self::new(schema))
     }
 
     fn validator(&self, resource_type: &str) -> Option<Arc<jsonschema::Validator>> {
@@ -132,6 +168,14 @@ impl Validators {
     }
 
     pub(crate) fn validate(&self, resource_type: &str, resource: &Value) -> Vec<Issue> {
+        // The common case, a valid resource, passes the one validator of every type; only a
+        // resource it refuses needs its type's, for the issues (an answer the same either way:
+        // the only branch a resource of this type can match is its type's).
+        if resource.get("resourceType").and_then(Value::as_str) == Some(resource_type)
+            && self.any().is_some_and(|any| any.is_valid(resource))
+        {
+            return Vec::new();
+        }
         let Some(v) = self.validator(resource_type) else {
             return vec![Issue {
                 path: resource_type.to_owned(),

@@ -24,8 +24,8 @@ use crate::search;
 /// Entries one Bundle may hold.
 pub const MAX_ENTRIES: usize = 1000;
 
-#[derive(Debug, Clone)]
-enum EntryOp {
+#[derive(Debug)]
+pub(crate) enum EntryOp {
     Create {
         rt: ResourceType,
         resource: Value,
@@ -57,6 +57,13 @@ enum EntryOp {
         rt: ResourceType,
         params: Vec<(String, String)>,
     },
+    /// A `PUT [type]/[id]` already validated and indexed off the writer ([`prepare_puts`]).
+    Ready {
+        prepared: Box<ops::Prepared>,
+        if_match: Option<u64>,
+    },
+    /// An entry the transaction has run (its place is kept for the response's order).
+    Done,
     /// `PATCH [type]/[id]` or `PATCH [type]?search`: a Binary holding a JSON Patch, or a
     /// Parameters resource (FHIRPath Patch).
     Patch {
@@ -87,13 +94,36 @@ impl EntryOp {
         match self {
             Self::Delete { .. } | Self::ConditionalDelete { .. } => 0,
             Self::Create { .. } => 1,
-            Self::Update { .. } | Self::ConditionalUpdate { .. } | Self::Patch { .. } => 2,
+            Self::Update { .. }
+            | Self::ConditionalUpdate { .. }
+            | Self::Patch { .. }
+            | Self::Ready { .. } => 2,
             _ => 3,
         }
     }
 
     fn is_write(&self) -> bool {
         self.order() < 3
+    }
+
+    /// How many blind-index entries a create or update adds.
+    ///
+    /// # Errors
+    /// As [`ops::index_load`].
+    pub(crate) fn index_load(&self, ctx: &Ctx) -> Result<usize, Error> {
+        match self {
+            Self::Ready { prepared, .. } => Ok(prepared.index_len()),
+            other => other.resource().map_or(Ok(0), |r| ops::index_load(ctx, r)),
+        }
+    }
+
+    /// The resource a create or update writes.
+    pub(crate) fn resource(&self) -> Option<&Value> {
+        match self {
+            Self::Create { resource, .. } | Self::Update { resource, .. } => Some(resource),
+            Self::Ready { prepared, .. } => Some(prepared.resource()),
+            _ => None,
+        }
     }
 }
 
@@ -132,7 +162,8 @@ fn entry_error(i: usize, e: Error) -> Error {
     }
 }
 
-fn parse_entry(ctx: &Ctx, entry: &Value) -> Result<EntryOp, Error> {
+fn parse_entry(ctx: &Ctx, mut entry: Value) -> Result<EntryOp, Error> {
+    let mut resource = entry.get_mut("resource").map(Value::take);
     let request = entry.get("request").ok_or_else(|| {
         Error::new(
             ErrorKind::Invalid,
@@ -153,13 +184,12 @@ fn parse_entry(ctx: &Ctx, entry: &Value) -> Result<EntryOp, Error> {
     })?;
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let params = search::parse_query_string(query);
-    let resource = entry.get("resource").cloned();
     let full_url = entry
         .get("fullUrl")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    let need_resource = || {
-        resource.clone().ok_or_else(|| {
+    let mut need_resource = || {
+        resource.take().ok_or_else(|| {
             Error::new(
                 ErrorKind::Invalid,
                 IssueCode::Required,
@@ -360,6 +390,7 @@ fn run_write(tx: &mut dyn StoreTx, ctx: &Ctx, op: EntryOp) -> Result<Outcome, Er
         EntryOp::ConditionalDelete { rt, params } => {
             change::conditional_delete(tx, ctx, &rt, &params)
         }
+        EntryOp::Ready { prepared, if_match } => ops::update(tx, ctx, *prepared, if_match),
         EntryOp::Patch {
             rt,
             target,
@@ -490,7 +521,7 @@ fn transaction(
     order.sort_by_key(|&i| ops_in[i].order());
     let mut results: Vec<Option<Value>> = vec![None; ops_in.len()];
     for i in order {
-        let op = ops_in[i].clone();
+        let op = std::mem::replace(&mut ops_in[i], EntryOp::Done);
         let out = if let Some(id) = existing.get(&i) {
             let EntryOp::Create { rt, .. } = &op else {
                 continue;
@@ -528,14 +559,94 @@ fn transaction(
 pub(crate) fn transaction_entries(
     tx: &mut dyn StoreTx,
     ctx: &Ctx,
-    entries: &[Value],
+    entries: Vec<Value>,
     base: &str,
 ) -> Result<Vec<Value>, Error> {
     let mut parsed = Vec::with_capacity(entries.len());
-    for (i, e) in entries.iter().enumerate() {
+    for (i, e) in entries.into_iter().enumerate() {
         parsed.push(parse_entry(ctx, e).map_err(|err| entry_error(i, err))?);
     }
     transaction(tx, ctx, parsed, base)
+}
+
+/// Runs entries made by [`prepare_puts`] as one transaction inside `tx`.
+///
+/// # Errors
+/// The first failing entry's error; the caller's transaction then rolls back.
+pub(crate) fn transaction_ops(
+    tx: &mut dyn StoreTx,
+    ctx: &Ctx,
+    ops_in: Vec<EntryOp>,
+    base: &str,
+) -> Result<Vec<Value>, Error> {
+    transaction(tx, ctx, ops_in, base)
+}
+
+/// Parses a transaction's entries and, when every one is a plain `PUT [type]/[id]` (an
+/// import's: their ids are all known before the transaction), replaces their `fullUrl`s in
+/// one another's references with those ids and validates, indexes and seals-to-be each one
+/// here, off the single writer; the transaction then only stores them. An entry whose
+/// preparation needs the store ([`ops::prepare_detached`]) is left to the transaction, as is
+/// every entry when any is not such a `PUT`.
+///
+/// # Errors
+/// The first entry that does not parse or does not validate, named `entry N`.
+pub(crate) fn prepare_puts(ctx: &Ctx, entries: Vec<Value>) -> Result<Vec<EntryOp>, Error> {
+    let mut parsed = Vec::with_capacity(entries.len());
+    for (i, e) in entries.into_iter().enumerate() {
+        parsed.push(parse_entry(ctx, e).map_err(|err| entry_error(i, err))?);
+    }
+    let mut map = HashMap::new();
+    for op in &parsed {
+        match op {
+            EntryOp::Update {
+                rt,
+                id,
+                if_match: _,
+                resource: _,
+                full_url,
+            } => {
+                if let Some(u) = full_url {
+                    map.insert(u.clone(), format!("{rt}/{id}"));
+                }
+            }
+            _ => return Ok(parsed),
+        }
+    }
+    parsed
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let EntryOp::Update {
+                rt,
+                id,
+                mut resource,
+                if_match,
+                full_url,
+            } = op
+            else {
+                return Ok(op);
+            };
+            rewrite_references(&mut resource, &map);
+            Ok(
+                match ops::prepare_detached(ctx, &rt, id.clone(), resource, true)
+                    .map_err(|e| entry_error(i, e))?
+                {
+                    Ok(prepared) => EntryOp::Ready {
+                        prepared: Box::new(prepared),
+                        if_match,
+                    },
+                    Err(resource) => EntryOp::Update {
+                        rt,
+                        id,
+                        resource,
+                        if_match,
+                        full_url,
+                    },
+                },
+            )
+        })
+        .collect()
 }
 
 /// Processes a `batch` or `transaction` Bundle and returns the response Bundle.
@@ -543,7 +654,12 @@ pub(crate) fn transaction_entries(
 /// # Errors
 /// 400 for a malformed Bundle; for a transaction, the first failing entry's error (nothing
 /// is written).
-pub fn process(store: &dyn Store, ctx: &Ctx, bundle: Value, base: &str) -> Result<Value, Error> {
+pub fn process(
+    store: &dyn Store,
+    ctx: &Ctx,
+    mut bundle: Value,
+    base: &str,
+) -> Result<Value, Error> {
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(Error::bad_request("POST to the base URL takes a Bundle"));
     }
@@ -559,9 +675,9 @@ pub fn process(store: &dyn Store, ctx: &Ctx, bundle: Value, base: &str) -> Resul
             "Bundle.type must be batch or transaction",
         ));
     }
-    let entries = match bundle.get("entry") {
+    let entries = match bundle.get_mut("entry").map(Value::take) {
         None => Vec::new(),
-        Some(Value::Array(e)) => e.clone(),
+        Some(Value::Array(e)) => e,
         Some(_) => {
             return Err(Error::new(
                 ErrorKind::Invalid,
@@ -585,11 +701,11 @@ pub fn process(store: &dyn Store, ctx: &Ctx, bundle: Value, base: &str) -> Resul
         let ctx2 = ctx.clone();
         let base2 = base.to_owned();
         write_with(store, move |tx| {
-            Ok(transaction_entries(tx, &ctx2, &entries, &base2)?)
+            Ok(transaction_entries(tx, &ctx2, entries, &base2)?)
         })?
     } else {
         let mut out = Vec::with_capacity(entries.len());
-        for e in &entries {
+        for e in entries {
             let result = parse_entry(ctx, e).and_then(|op| {
                 if op.is_write() {
                     let ctx2 = ctx.clone();

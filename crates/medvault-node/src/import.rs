@@ -15,10 +15,10 @@
 //! patient's key, indexed and ledgered exactly as a write through the API. What is refused names
 //! the entry (`entry 12`) or the ndjson line (`line 7`), never the content.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use medvault_core::{ResourceId, ResourceType};
-use medvault_store::{Store, write_with};
+use medvault_store::{Store, StoreError, StoreTx, submit_with, write_with};
 use serde_json::{Map, Value, json};
 
 use crate::bundle;
@@ -154,7 +154,7 @@ struct Planned {
 /// refused. (Nothing of the request is echoed in a refusal: a file's text may be anything.)
 fn import_entry(
     label: &str,
-    resource: Option<&Value>,
+    resource: Option<Value>,
     request: Option<&Value>,
     mode: Mode,
 ) -> Result<Planned, Error> {
@@ -229,7 +229,7 @@ fn import_entry(
             "request.ifMatch is only taken on a PUT (with --update)",
         ));
     }
-    let resource = resource.ok_or_else(|| invalid(label, "the entry has no resource"))?;
+    let mut resource = resource.ok_or_else(|| invalid(label, "the entry has no resource"))?;
     let rt_name = resource
         .get("resourceType")
         .and_then(Value::as_str)
@@ -261,19 +261,23 @@ fn import_entry(
             "a PUT in an import must have the url Type/id of the resource it carries (with its id)",
         ));
     }
-    let new_request = match &own_url {
-        Some(u) => {
-            let mut r = json!({"method": "PUT", "url": u});
-            if let Some(m) = if_match {
-                r["ifMatch"] = json!(m);
-            }
-            r
-        }
-        None => json!({"method": "POST", "url": rt_name}),
+    // A resource without an id gets one now, as a creation would: every entry of an import is
+    // then a `PUT Type/id` whose references to the others resolve before the transaction, so
+    // it is validated and indexed off the writer (`bundle::prepare_puts`).
+    let (url, keeps) = match (own_url, id) {
+        (Some(u), Some(id)) => (u, Some((rt, id))),
+        _ => (format!("{rt}/{}", ResourceId::random()), None),
     };
+    let mut new_request = json!({"method": "PUT", "url": url});
+    if let Some(m) = if_match {
+        new_request["ifMatch"] = json!(m);
+    }
+    if let (Value::Object(map), Some((_, id))) = (&mut resource, url.split_once('/')) {
+        map.insert("id".into(), Value::String(id.to_owned()));
+    }
     Ok(Planned {
         entry: json!({"resource": resource, "request": new_request}),
-        keeps: id.map(|id| (rt, id)),
+        keeps,
     })
 }
 
@@ -282,7 +286,7 @@ fn import_entry(
 /// # Errors
 /// 400 for anything but such a Bundle, or an entry without a resource, with a request an
 /// import does not take (see [`Mode`]); 409 for an id the file names twice ([`Mode::AddOnly`]).
-pub fn bundle_entries(bundle: &Value, mode: Mode) -> Result<Entries, Error> {
+pub fn bundle_entries(mut bundle: Value, mode: Mode) -> Result<Entries, Error> {
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(invalid(
             "the file",
@@ -299,16 +303,17 @@ pub fn bundle_entries(bundle: &Value, mode: Mode) -> Result<Entries, Error> {
         }
     }
     let mut out = Entries::default();
-    let items = match bundle.get("entry") {
+    let items = match bundle.get_mut("entry").map(Value::take) {
         None => return Ok(out),
         Some(Value::Array(items)) => items,
         Some(_) => return Err(invalid("the Bundle", "Bundle.entry must be an array")),
     };
-    for (i, e) in items.iter().enumerate() {
+    for (i, mut e) in items.into_iter().enumerate() {
         let label = format!("entry {i}");
-        let mut planned = import_entry(&label, e.get("resource"), e.get("request"), mode)?;
-        if let Some(full_url) = e.get("fullUrl") {
-            planned.entry["fullUrl"] = full_url.clone();
+        let resource = e.get_mut("resource").map(Value::take);
+        let mut planned = import_entry(&label, resource, e.get("request"), mode)?;
+        if let Some(full_url) = e.get_mut("fullUrl").map(Value::take) {
+            planned.entry["fullUrl"] = full_url;
         }
         out.push(planned, label, mode)?;
     }
@@ -336,7 +341,7 @@ pub fn ndjson_entries(text: &[u8], mode: Mode) -> Result<Entries, Error> {
         if !resource.is_object() {
             return Err(invalid(&label, "is not a JSON object"));
         }
-        let planned = import_entry(&label, Some(&resource), None, mode)?;
+        let planned = import_entry(&label, Some(resource), None, mode)?;
         out.push(planned, label, mode)?;
     }
     Ok(out)
@@ -360,7 +365,7 @@ pub fn file_entries(bytes: &[u8], ndjson: bool, mode: Mode) -> Result<Entries, E
             "is not a JSON FHIR Bundle (duplicate keys, bad syntax or not UTF-8)",
         )
     })?;
-    bundle_entries(&bundle, mode)
+    bundle_entries(bundle, mode)
 }
 
 /// The refusal of a file over [`MAX_IMPORT_FILE_BYTES`] (given before it is read).
@@ -375,33 +380,47 @@ pub fn file_too_large() -> Error {
     )
 }
 
-/// Writes `entries` as one transaction: all of them, or nothing. Their size and index load is
-/// checked first (before the writer is taken); the ids that must be new are checked inside the
-/// transaction, before anything of it is written.
+/// One file's entries made ready to write ([`plan`]): bounded, their references to one
+/// another resolved, validated and indexed, off the single writer.
+#[derive(Debug)]
+pub struct Plan {
+    ops: Vec<bundle::EntryOp>,
+    labels: Vec<String>,
+    /// As [`Entries::new_ids`].
+    new_ids: Vec<(usize, ResourceType, ResourceId)>,
+    loaded: Loaded,
+}
+
+impl Plan {
+    /// Resources in the file.
+    pub fn resources(&self) -> usize {
+        self.loaded.resources
+    }
+}
+
+/// Makes `entries` ready to write, without the writer: checks their size and index load,
+/// resolves their references to one another, validates and indexes them (the work an import
+/// does per resource, so one file is planned while the previous one commits).
 ///
 /// # Errors
-/// The first failing entry's error, named by its label; nothing is written.
-pub fn load(store: &dyn Store, ctx: &Ctx, entries: Entries) -> Result<Loaded, Error> {
+/// The first failing entry's error, named by its label.
+pub fn plan(ctx: &Ctx, entries: Entries) -> Result<Plan, Error> {
     let Entries {
-        mut entries,
+        entries,
         labels,
         new_ids,
         ..
     } = entries;
     let resources: Vec<&Value> = entries.iter().map(|e| &e["resource"]).collect();
-    ops::check_import_load(
-        ctx,
-        &resources,
-        MAX_LARGE_RESOURCE_BYTES,
-        MAX_IMPORT_INDEX_KEYS,
-    )
-    .map_err(|(at, e)| match at.and_then(|i| labels.get(i)) {
-        Some(label) => Error {
-            message: format!("{label}: {}", e.message),
-            ..e
+    ops::check_import_sizes(&resources, MAX_LARGE_RESOURCE_BYTES).map_err(
+        |(at, e)| match labels.get(at) {
+            Some(label) => Error {
+                message: format!("{label}: {}", e.message),
+                ..e
+            },
+            None => e,
         },
-        None => e,
-    })?;
+    )?;
     let mut loaded = Loaded::default();
     for r in &resources {
         if let Some(t) = r.get("resourceType").and_then(Value::as_str) {
@@ -409,25 +428,85 @@ pub fn load(store: &dyn Store, ctx: &Ctx, entries: Entries) -> Result<Loaded, Er
             loaded.resources += 1;
         }
     }
-    // The file's references to the resources whose ids it keeps are resolved now, as the
-    // transaction would: an entry the node already holds unchanged can then be left out
-    // without leaving references to it dangling.
-    let kept: HashMap<String, String> = new_ids
-        .iter()
-        .filter_map(|(i, rt, id)| {
-            let url = entries.get(*i)?.get("fullUrl")?.as_str()?;
-            Some((url.to_owned(), format!("{rt}/{id}")))
-        })
-        .collect();
-    for e in &mut entries {
-        if let Some(r) = e.get_mut("resource") {
-            bundle::rewrite_references(r, &kept);
+    drop(resources);
+    // Every entry is a `PUT Type/id` (see `import_entry`): the file's references to its own
+    // entries are resolved now, as the transaction would, so an entry the node already holds
+    // unchanged can be left out without leaving references to it dangling.
+    let ops = bundle::prepare_puts(ctx, entries).map_err(|e| relabel(e, &labels))?;
+    let mut index_entries = 0usize;
+    for (op, label) in ops.iter().zip(&labels) {
+        index_entries += op.index_load(ctx).map_err(|e| Error {
+            message: format!("{label}: {}", e.message),
+            ..e
+        })?;
+        if index_entries > MAX_IMPORT_INDEX_KEYS {
+            return Err(Error::new(
+                ErrorKind::Unprocessable,
+                IssueCode::TooCostly,
+                format!(
+                    "the file has too many searchable values in all (at most {MAX_IMPORT_INDEX_KEYS} index entries in one file); split it"
+                ),
+            ));
         }
     }
-    let ctx2 = ctx.clone();
-    let unchanged = write_with(store, move |tx| {
+    Ok(Plan {
+        ops,
+        labels,
+        new_ids,
+        loaded,
+    })
+}
+
+/// Writes a [`Plan`] as one transaction: all of it, or nothing. The ids that must be new are
+/// checked inside the transaction, before anything of it is written.
+///
+/// # Errors
+/// The first failing entry's error, named by its label; nothing is written.
+pub fn commit(store: &dyn Store, ctx: &Ctx, plan: Plan) -> Result<Loaded, Error> {
+    let (op, mut loaded) = commit_op(ctx, plan);
+    loaded.unchanged = write_with(store, op)?;
+    Ok(loaded)
+}
+
+/// [`commit`] without waiting: `done` gets what it answers once the transaction is durable (or
+/// refused), on the store's writer thread (it must not block). Plans submitted one after the
+/// other commit in that order, several in one group commit when they queue up (which an import
+/// keeping a few in flight does: the writer then writes each touched index page once for them
+/// all).
+pub fn submit(
+    store: &dyn Store,
+    ctx: &Ctx,
+    plan: Plan,
+    done: impl FnOnce(Result<Loaded, Error>) + Send + 'static,
+) {
+    let (op, mut loaded) = commit_op(ctx, plan);
+    submit_with(store, op, move |result| {
+        done(result.map_err(Error::from).map(|unchanged| {
+            loaded.unchanged = unchanged;
+            loaded
+        }));
+    });
+}
+
+/// The write transaction of a plan (answering how many of its resources were left unchanged),
+/// and what it adds.
+fn commit_op(
+    ctx: &Ctx,
+    plan: Plan,
+) -> (
+    impl FnOnce(&mut dyn StoreTx) -> Result<usize, StoreError> + Send + 'static,
+    Loaded,
+) {
+    let Plan {
+        ops,
+        labels,
+        new_ids,
+        loaded,
+    } = plan;
+    let ctx = ctx.clone();
+    let op = move |tx: &mut dyn StoreTx| {
         // In the transaction: no writer can add one of these ids between check and write.
-        let node_work = ctx2.as_node_work();
+        let node_work = ctx.as_node_work();
         let mut skip = HashSet::new();
         for (i, rt, id) in &new_ids {
             let Some(meta) = tx.current(rt, id)? else {
@@ -438,7 +517,7 @@ pub fn load(store: &dyn Store, ctx: &Ctx, entries: Entries) -> Result<Loaded, Er
                 _ => None,
             };
             let label = labels.get(*i).map_or("an entry", String::as_str);
-            match (stored, entries.get(*i).and_then(|e| e.get("resource"))) {
+            match (stored, ops.get(*i).and_then(bundle::EntryOp::resource)) {
                 (Some(stored), Some(incoming)) if same_content(&stored, incoming) => {
                     skip.insert(*i);
                 }
@@ -454,18 +533,25 @@ pub fn load(store: &dyn Store, ctx: &Ctx, entries: Entries) -> Result<Loaded, Er
                 }
             }
         }
-        let (todo, todo_labels): (Vec<Value>, Vec<String>) = entries
+        let (todo, todo_labels): (Vec<bundle::EntryOp>, Vec<String>) = ops
             .into_iter()
             .zip(labels)
             .enumerate()
             .filter(|(i, _)| !skip.contains(i))
             .map(|(_, pair)| pair)
             .unzip();
-        bundle::transaction_entries(tx, &ctx2, &todo, "").map_err(|e| relabel(e, &todo_labels))?;
+        bundle::transaction_ops(tx, &ctx, todo, "").map_err(|e| relabel(e, &todo_labels))?;
         Ok(skip.len())
-    })?;
-    loaded.unchanged = unchanged;
-    Ok(loaded)
+    };
+    (op, loaded)
+}
+
+/// [`plan`] and [`commit`] in one.
+///
+/// # Errors
+/// As those.
+pub fn load(store: &dyn Store, ctx: &Ctx, entries: Entries) -> Result<Loaded, Error> {
+    commit(store, ctx, plan(ctx, entries)?)
 }
 
 /// True if two versions of a resource say the same (their `meta`, set by the server, aside).
@@ -507,7 +593,7 @@ mod tests {
     }
 
     fn refusal(entry: Value, mode: Mode) -> String {
-        bundle_entries(&bundle(&[entry]), mode).unwrap_err().message
+        bundle_entries(bundle(&[entry]), mode).unwrap_err().message
     }
 
     #[test]
@@ -522,16 +608,17 @@ mod tests {
             e.entries[0]["request"],
             json!({"method": "PUT", "url": "Observation/o1"})
         );
-        assert_eq!(
-            e.entries[1]["request"],
-            json!({"method": "POST", "url": "Patient"})
-        );
+        // One without an id gets one now (as a creation would), and is written under it.
+        let url = e.entries[1]["request"]["url"].as_str().unwrap();
+        let id = url.strip_prefix("Patient/").unwrap();
+        assert_eq!(e.entries[1]["request"]["method"], "PUT");
+        assert_eq!(e.entries[1]["resource"]["id"], id);
         assert_eq!(e.labels, ["line 1", "line 3"]);
         assert_eq!(e.new_ids.len(), 1);
         assert_eq!(e.new_ids[0].0, 0);
         // Under --update the ids are not checked, and a PUT of the resource's own url is taken.
         let put = json!({"resource": obs, "request": {"method": "PUT", "url": "Observation/o1"}});
-        let e = bundle_entries(&bundle(std::slice::from_ref(&put)), Mode::Update).unwrap();
+        let e = bundle_entries(bundle(std::slice::from_ref(&put)), Mode::Update).unwrap();
         assert!(e.new_ids.is_empty());
         assert!(refusal(put, Mode::AddOnly).starts_with("entry 0: a PUT replaces a resource"));
         // One id twice in a file.

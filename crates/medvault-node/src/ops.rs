@@ -227,6 +227,21 @@ impl Prepared {
     pub fn id(&self) -> &ResourceId {
         &self.id
     }
+
+    /// The type of the resource.
+    pub fn resource_type(&self) -> &ResourceType {
+        &self.rt
+    }
+
+    /// The resource as it will be stored (without its `meta.versionId` and `lastUpdated`).
+    pub fn resource(&self) -> &Value {
+        &self.resource
+    }
+
+    /// How many blind-index entries it adds.
+    pub fn index_len(&self) -> usize {
+        self.index.len()
+    }
 }
 
 /// Checks a type from a URL or Bundle: 404 for a name that is no R4 resource type and for a
@@ -264,6 +279,42 @@ pub fn parse_id(text: &str) -> Result<ResourceId, Error> {
 /// schema violations (listed with their element paths).
 pub fn prepare(
     store: &dyn StoreRead,
+    ctx: &Ctx,
+    rt: &ResourceType,
+    id: ResourceId,
+    resource: Value,
+    id_must_match: bool,
+) -> Result<Prepared, Error> {
+    prepare_in(Some(store), ctx, rt, id, resource, id_must_match)
+}
+
+/// [`prepare`] without the store, off the writer (an import's entries, prepared while the
+/// previous file commits): the resource back unprepared (`Err`) when what it is depends on
+/// stored resources — a patient named by identifier or by a contained Patient, a Binary sealed
+/// as another resource — and must be prepared inside the write transaction.
+///
+/// # Errors
+/// As [`prepare`].
+pub fn prepare_detached(
+    ctx: &Ctx,
+    rt: &ResourceType,
+    id: ResourceId,
+    resource: Value,
+    id_must_match: bool,
+) -> Result<Result<Prepared, Value>, Error> {
+    if ctx.fhir.sealing_proxy(rt.as_str(), &resource).is_some()
+        || !ctx
+            .fhir
+            .unresolved_patient_links(rt.as_str(), &resource)
+            .is_empty()
+    {
+        return Ok(Err(resource));
+    }
+    prepare_in(None, ctx, rt, id, resource, id_must_match).map(Ok)
+}
+
+fn prepare_in(
+    store: Option<&dyn StoreRead>,
     ctx: &Ctx,
     rt: &ResourceType,
     id: ResourceId,
@@ -364,7 +415,7 @@ pub fn prepare(
         ));
     }
     let compartment = match ctx.fhir.sealing_proxy(rt.as_str(), &resource) {
-        Some(proxy) => proxy_compartment(store, ctx, proxy, interaction)?,
+        Some(proxy) => proxy_compartment(store.ok_or_else(needs_store)?, ctx, proxy, interaction)?,
         None => ctx.fhir.compartment_of(rt.as_str(), &id, &resource),
     };
     let mut index = Vec::new();
@@ -486,7 +537,7 @@ pub fn check_transaction_load(ctx: &Ctx, resources: &[&Value]) -> Result<(), Err
 /// that may not see every patient, the same 403 as writing for a patient it does not care for
 /// (so the answer does not tell whether an identifier exists on this node).
 fn resolve_patient_links(
-    store: &dyn StoreRead,
+    store: Option<&dyn StoreRead>,
     ctx: &Ctx,
     rt: &ResourceType,
     resource: &mut Value,
@@ -497,6 +548,7 @@ fn resolve_patient_links(
     if links.is_empty() {
         return Ok(());
     }
+    let store = store.ok_or_else(needs_store)?;
     let inner = ctx.as_node_work();
     let find =
         |system: &Option<String>, value: &Option<String>| -> Result<Vec<ResourceId>, Error> {
@@ -537,6 +589,11 @@ fn resolve_patient_links(
         rewrite_reference(resource, &node, &target);
     }
     Ok(())
+}
+
+/// What [`prepare_detached`] answers before it would need the store (so never reached).
+fn needs_store() -> Error {
+    Error::internal(&"a resource that depends on stored ones was prepared without the store")
 }
 
 /// The compartment of the stored resource `(type, id)` whose key another one shares (a Binary's
@@ -1160,22 +1217,16 @@ pub fn history(
     ))
 }
 
-/// [`check_transaction_load`] for a bulk import (`medvault import`), whose file is one
-/// transaction on the single writer: every resource within [`MAX_RESOURCE_BYTES`] (the
-/// [`LARGE_TYPES`] within `large_bytes`, what the HTTP body limit allows them through the API)
-/// and the per-resource index caps, and all of them together within `max_index_keys` index
-/// entries. The error comes with the position of the resource at fault (`None` when only the
-/// total is over).
+/// [`check_transaction_load`]'s size check for a bulk import (`medvault import`), whose file is
+/// one transaction on the single writer: every resource within [`MAX_RESOURCE_BYTES`] (the
+/// [`LARGE_TYPES`] within `large_bytes`, what the HTTP body limit allows them through the API).
+/// The index caps are checked as the file is planned: per resource by [`prepare_detached`],
+/// and in all with [`index_load`] (`import::plan`). The error comes with the position of the
+/// resource at fault.
 ///
 /// # Errors
-/// 413 for an oversized resource; 422 `too-costly` past the index caps.
-pub fn check_import_load(
-    ctx: &Ctx,
-    resources: &[&Value],
-    large_bytes: usize,
-    max_index_keys: usize,
-) -> Result<(), (Option<usize>, Error)> {
-    let mut total = 0usize;
+/// 413 for an oversized resource.
+pub fn check_import_sizes(resources: &[&Value], large_bytes: usize) -> Result<(), (usize, Error)> {
     for (i, r) in resources.iter().enumerate() {
         let Some(rt) = r.get("resourceType").and_then(Value::as_str) else {
             continue;
@@ -1183,7 +1234,7 @@ pub fn check_import_load(
         let limit = max_bytes_named(rt).unwrap_or(large_bytes);
         if longer_than(r, limit) {
             return Err((
-                Some(i),
+                i,
                 Error::new(
                     ErrorKind::TooLarge,
                     IssueCode::TooLong,
@@ -1191,26 +1242,25 @@ pub fn check_import_load(
                 ),
             ));
         }
-        // A type the node does not serve has no index (its entry is refused when parsed).
-        if let Some(rt) = ctx.fhir.served(rt) {
-            total += plan_index(&ctx.fhir, rt, r)
-                .map_err(|e| (Some(i), e))?
-                .iter()
-                .map(|(_, k)| k.len())
-                .sum::<usize>();
-        }
-        if total > max_index_keys {
-            return Err((
-                None,
-                Error::new(
-                    ErrorKind::Unprocessable,
-                    IssueCode::TooCostly,
-                    format!(
-                        "the file has too many searchable values in all (at most {max_index_keys} index entries in one file); split it"
-                    ),
-                ),
-            ));
-        }
     }
     Ok(())
+}
+
+/// How many blind-index entries `resource` adds when written (none for a type the node does
+/// not serve).
+///
+/// # Errors
+/// 422 `too-costly` past the per-resource index caps.
+pub fn index_load(ctx: &Ctx, resource: &Value) -> Result<usize, Error> {
+    let Some(rt) = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .and_then(|rt| ctx.fhir.served(rt))
+    else {
+        return Ok(0);
+    };
+    Ok(plan_index(&ctx.fhir, rt, resource)?
+        .iter()
+        .map(|(_, k)| k.len())
+        .sum())
 }

@@ -932,7 +932,7 @@ fn import(node: &Node, ctx: &Ctx, c: &Checked<'_>) -> Result<(String, usize), Re
             return Ok(None);
         }
         Ok(Some(crate::bundle::transaction_entries(
-            tx, &ctx, &entries, "",
+            tx, &ctx, entries, "",
         )?))
     });
     let out = match written {

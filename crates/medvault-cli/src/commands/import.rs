@@ -124,6 +124,45 @@ fn refusal_recorded(node: &Node, digest: Option<&str>, size: u64, e: &Error) -> 
     .map_err(|e| e.message)
 }
 
+/// One file as the planning thread hands it to the writing one.
+enum Step {
+    /// Imported before (its digest is in the journal).
+    Done,
+    /// Refused before it was read.
+    TooLarge(u64),
+    /// Read and planned (or refused while planning).
+    Planned {
+        digest: String,
+        size: u64,
+        plan: Result<import::Plan, Error>,
+    },
+}
+
+/// Reads and plans one file (parsing, validation and indexing, off the writer).
+fn plan_file(
+    path: &Path,
+    done: &HashSet<String>,
+    ctx: &medvault_node::ops::Ctx,
+    mode: Mode,
+) -> anyhow::Result<Step> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("{}", path.display()))?
+        .len();
+    // Refused before it is read: it is parsed whole, and loaded as one transaction.
+    if size > import::MAX_IMPORT_FILE_BYTES {
+        return Ok(Step::TooLarge(size));
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+    let digest = hex(&medvault_crypto::sha256(&bytes));
+    if done.contains(&digest) {
+        return Ok(Step::Done);
+    }
+    let ndjson = path.extension().and_then(|e| e.to_str()) == Some("ndjson");
+    let plan =
+        import::file_entries(&bytes, ndjson, mode).and_then(|entries| import::plan(ctx, entries));
+    Ok(Step::Planned { digest, size, plan })
+}
+
 pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
     let files = files(&args.paths)?;
     let node = open_node(&args.dir, true)?;
@@ -135,6 +174,20 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{}", args.dir.data_dir.join(JOURNAL).display()))?;
     let ctx = medvault_node::ops::Ctx::unrestricted_node_work(&node);
     let bar = progress(files.len() as u64, "importing");
+    // A refused file: recorded in the access log, and the command's one line. Files before and
+    // after it that were written stay written (each file is its own transaction) and are in the
+    // journal, so the same command resumes.
+    let refused = |path: &Path, digest: Option<&str>, size: u64, e: Error| {
+        let unrecorded = refusal_recorded(&node, digest, size, &e)
+            .err()
+            .map(|why| format!("; recording the refusal in the access log failed: {why}"))
+            .unwrap_or_default();
+        anyhow::anyhow!(
+            "{}: {} (nothing of this file was written; fix it and run the same command again to resume{unrecorded})",
+            path.display(),
+            e.message,
+        )
+    };
     let mut total = Loaded::default();
     let mut skipped = 0usize;
     let mut imported = 0usize;
@@ -143,58 +196,114 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
     } else {
         Mode::AddOnly
     };
-    for path in &files {
-        let refused = |digest: Option<&str>, size: u64, e: Error| {
-            bar.abandon();
-            let unrecorded = refusal_recorded(&node, digest, size, &e)
-                .err()
-                .map(|why| format!("; recording the refusal in the access log failed: {why}"))
-                .unwrap_or_default();
-            anyhow::anyhow!(
-                "{}: {} (nothing of this file was written; {} files imported before it; fix it and run the same command again to resume{unrecorded})",
-                path.display(),
-                e.message,
-                imported
-            )
+    // Three stages: a thread reads and plans the next file (parsing, validation, indexing)
+    // while the store's writer commits earlier ones, up to IN_FLIGHT of them queued (they then
+    // share group commits); this thread hands plans over and records each file once its
+    // commit is durable, in file order. At most one planned file waits besides those in flight.
+    const IN_FLIGHT: usize = 4;
+    let mut refusal: Option<anyhow::Error> = None;
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (planner_ctx, planner_files, planner_done) = (ctx.clone(), &files, &done);
+        scope.spawn(move || {
+            for path in planner_files {
+                let step = plan_file(path, planner_done, &planner_ctx, mode);
+                let failed = step.is_err();
+                if tx.send(step).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let (committed_tx, committed) = std::sync::mpsc::channel();
+        let mut in_flight: std::collections::VecDeque<(&Path, String, u64)> = Default::default();
+        // Waits for the oldest commit in flight and records it (or keeps its refusal).
+        let mut settle_oldest = |in_flight: &mut std::collections::VecDeque<(
+            &Path,
+            String,
+            u64,
+        )>,
+                                 refusal: &mut Option<anyhow::Error>|
+         -> anyhow::Result<()> {
+            let Some((path, digest, size)) = in_flight.pop_front() else {
+                return Ok(());
+            };
+            let result: Result<Loaded, Error> = committed
+                .recv()
+                .map_err(|_| anyhow::anyhow!("the store stopped before answering a commit"))?;
+            match result {
+                Ok(loaded) => {
+                    // The access log names the file by its digest only: a file name may name
+                    // a patient.
+                    node.record_audit_now(|now| {
+                        AuditRecord::admin(now, "import-file", Some(&digest)).with(
+                            "extra",
+                            Some(json!({"resources": loaded.resources, "unchanged": loaded.unchanged, "by_type": loaded.by_type})),
+                        )
+                    })
+                    .map_err(fail)?;
+                    remember(&mut journal_file, &digest, &loaded)?;
+                    imported += 1;
+                    total.resources += loaded.resources;
+                    total.unchanged += loaded.unchanged;
+                    for (t, n) in loaded.by_type {
+                        *total.by_type.entry(t).or_default() += n;
+                    }
+                    bar.set_message(format!("importing ({} resources)", total.resources));
+                    bar.inc(1);
+                }
+                Err(e) if refusal.is_none() => {
+                    *refusal = Some(refused(path, Some(&digest), size, e))
+                }
+                // A later file's refusal after an earlier one's: the first is reported.
+                Err(_) => {}
+            }
+            Ok(())
         };
-        let size = std::fs::metadata(path)
-            .with_context(|| format!("{}", path.display()))?
-            .len();
-        // Refused before it is read: it is parsed whole, and loaded as one transaction.
-        if size > import::MAX_IMPORT_FILE_BYTES {
-            return Err(refused(None, size, import::file_too_large()));
+        for (path, step) in files.iter().zip(rx) {
+            if refusal.is_some() {
+                break;
+            }
+            let (digest, size, plan) = match step? {
+                Step::Done => {
+                    skipped += 1;
+                    bar.inc(1);
+                    continue;
+                }
+                Step::TooLarge(size) => {
+                    refusal = Some(refused(path, None, size, import::file_too_large()));
+                    break;
+                }
+                Step::Planned { digest, size, plan } => (digest, size, plan),
+            };
+            match plan {
+                Ok(plan) => {
+                    while in_flight.len() >= IN_FLIGHT {
+                        settle_oldest(&mut in_flight, &mut refusal)?;
+                    }
+                    let committed_tx = committed_tx.clone();
+                    import::submit(node.store.as_ref(), &ctx, plan, move |result| {
+                        // The receiver outlives every commit in flight (they are all settled
+                        // below before it is dropped).
+                        let _ = committed_tx.send(result);
+                    });
+                    in_flight.push_back((path.as_path(), digest, size));
+                }
+                Err(e) => {
+                    refusal = Some(refused(path, Some(&digest), size, e));
+                    break;
+                }
+            }
         }
-        let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
-        let digest = hex(&medvault_crypto::sha256(&bytes));
-        if done.contains(&digest) {
-            skipped += 1;
-            bar.inc(1);
-            continue;
+        // Every commit in flight is settled, refused file or not: those that were written are
+        // recorded, so a rerun skips them.
+        while !in_flight.is_empty() {
+            settle_oldest(&mut in_flight, &mut refusal)?;
         }
-        let ndjson = path.extension().and_then(|e| e.to_str()) == Some("ndjson");
-        let loaded = match import::file_entries(&bytes, ndjson, mode)
-            .and_then(|entries| import::load(node.store.as_ref(), &ctx, entries))
-        {
-            Ok(l) => l,
-            Err(e) => return Err(refused(Some(&digest), size, e)),
-        };
-        // The access log names the file by its digest only: a file name may name a patient.
-        node.record_audit_now(|now| {
-            AuditRecord::admin(now, "import-file", Some(&digest)).with(
-                "extra",
-                Some(json!({"resources": loaded.resources, "unchanged": loaded.unchanged, "by_type": loaded.by_type})),
-            )
-        })
-        .map_err(fail)?;
-        remember(&mut journal_file, &digest, &loaded)?;
-        imported += 1;
-        total.resources += loaded.resources;
-        total.unchanged += loaded.unchanged;
-        for (t, n) in loaded.by_type {
-            *total.by_type.entry(t).or_default() += n;
-        }
-        bar.set_message(format!("importing ({} resources)", total.resources));
-        bar.inc(1);
+        Ok(())
+    })?;
+    if let Some(e) = refusal {
+        bar.abandon();
+        return Err(e);
     }
     bar.finish_and_clear();
     audit_admin_with(
