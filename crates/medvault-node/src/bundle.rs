@@ -31,6 +31,9 @@ pub(crate) enum EntryOp {
         resource: Value,
         if_none_exist: Option<String>,
         full_url: Option<String>,
+        /// The id given before the transaction ([`prepare_writes`]); otherwise the transaction
+        /// gives one.
+        id: Option<ResourceId>,
     },
     Update {
         rt: ResourceType,
@@ -57,10 +60,12 @@ pub(crate) enum EntryOp {
         rt: ResourceType,
         params: Vec<(String, String)>,
     },
-    /// A `PUT [type]/[id]` already validated and indexed off the writer ([`prepare_puts`]).
+    /// A create or a `PUT [type]/[id]` already validated and indexed off the writer
+    /// ([`prepare_writes`]).
     Ready {
         prepared: Box<ops::Prepared>,
         if_match: Option<u64>,
+        create: bool,
     },
     /// An entry the transaction has run (its place is kept for the response's order).
     Done,
@@ -93,7 +98,7 @@ impl EntryOp {
     fn order(&self) -> u8 {
         match self {
             Self::Delete { .. } | Self::ConditionalDelete { .. } => 0,
-            Self::Create { .. } => 1,
+            Self::Create { .. } | Self::Ready { create: true, .. } => 1,
             Self::Update { .. }
             | Self::ConditionalUpdate { .. }
             | Self::Patch { .. }
@@ -224,6 +229,7 @@ fn parse_entry(ctx: &Ctx, mut entry: Value) -> Result<EntryOp, Error> {
                 .and_then(Value::as_str)
                 .map(str::to_owned),
             full_url,
+            id: None,
         },
         ("PUT", Target::Instance(rt, id)) => EntryOp::Update {
             rt,
@@ -390,7 +396,14 @@ fn run_write(tx: &mut dyn StoreTx, ctx: &Ctx, op: EntryOp) -> Result<Outcome, Er
         EntryOp::ConditionalDelete { rt, params } => {
             change::conditional_delete(tx, ctx, &rt, &params)
         }
-        EntryOp::Ready { prepared, if_match } => ops::update(tx, ctx, *prepared, if_match),
+        EntryOp::Ready {
+            prepared,
+            create: true,
+            ..
+        } => ops::create(tx, ctx, *prepared, None),
+        EntryOp::Ready {
+            prepared, if_match, ..
+        } => ops::update(tx, ctx, *prepared, if_match),
         EntryOp::Patch {
             rt,
             target,
@@ -433,8 +446,9 @@ fn transaction(
                 resource,
                 if_none_exist,
                 full_url,
+                id: given,
             } => {
-                let mut id = ResourceId::random();
+                let mut id = given.clone().unwrap_or_else(ResourceId::random);
                 if let Some(q) = if_none_exist.as_deref() {
                     let hits =
                         search::matching_ids(&*tx, ctx, rt, &search::parse_query_string(q), 2)
@@ -569,7 +583,7 @@ pub(crate) fn transaction_entries(
     transaction(tx, ctx, parsed, base)
 }
 
-/// Runs entries made by [`prepare_puts`] as one transaction inside `tx`.
+/// Runs entries made by [`prepare_writes`] as one transaction inside `tx`.
 ///
 /// # Errors
 /// The first failing entry's error; the caller's transaction then rolls back.
@@ -582,67 +596,103 @@ pub(crate) fn transaction_ops(
     transaction(tx, ctx, ops_in, base)
 }
 
-/// Parses a transaction's entries and, when every one is a plain `PUT [type]/[id]` (an
-/// import's: their ids are all known before the transaction), replaces their `fullUrl`s in
-/// one another's references with those ids and validates, indexes and seals-to-be each one
-/// here, off the single writer; the transaction then only stores them. An entry whose
-/// preparation needs the store ([`ops::prepare_detached`]) is left to the transaction, as is
-/// every entry when any is not such a `PUT`.
+/// Parses a transaction's entries and, when every one is a plain create or `PUT [type]/[id]`
+/// (no conditions, deletes, patches or reads: every id is known before the transaction, an
+/// import's always), gives the creates their ids, replaces the entries' `fullUrl`s in one
+/// another's references with those ids, and validates and indexes each one here, off the single
+/// writer; the transaction then only checks access and stores them. An entry whose preparation
+/// needs the store ([`ops::prepare_detached`]) is left to the transaction, as is every entry when
+/// any is not such a write.
 ///
 /// # Errors
 /// The first entry that does not parse or does not validate, named `entry N`.
-pub(crate) fn prepare_puts(ctx: &Ctx, entries: Vec<Value>) -> Result<Vec<EntryOp>, Error> {
+pub(crate) fn prepare_writes(ctx: &Ctx, entries: Vec<Value>) -> Result<Vec<EntryOp>, Error> {
     let mut parsed = Vec::with_capacity(entries.len());
     for (i, e) in entries.into_iter().enumerate() {
         parsed.push(parse_entry(ctx, e).map_err(|err| entry_error(i, err))?);
     }
+    let plain = parsed.iter().all(|op| {
+        matches!(
+            op,
+            EntryOp::Create {
+                if_none_exist: None,
+                ..
+            } | EntryOp::Update { .. }
+        )
+    });
+    if !plain {
+        return Ok(parsed);
+    }
     let mut map = HashMap::new();
-    for op in &parsed {
+    for op in &mut parsed {
         match op {
+            EntryOp::Create {
+                rt,
+                resource,
+                full_url,
+                id,
+                ..
+            } => {
+                let new = ResourceId::random();
+                if let Some(u) = full_url {
+                    map.insert(u.clone(), format!("{rt}/{new}"));
+                }
+                if let Value::Object(o) = resource {
+                    o.insert("id".into(), Value::String(new.to_string()));
+                }
+                *id = Some(new);
+            }
             EntryOp::Update {
                 rt,
                 id,
-                if_match: _,
-                resource: _,
-                full_url,
+                full_url: Some(u),
+                ..
             } => {
-                if let Some(u) = full_url {
-                    map.insert(u.clone(), format!("{rt}/{id}"));
-                }
+                map.insert(u.clone(), format!("{rt}/{id}"));
             }
-            _ => return Ok(parsed),
+            _ => {}
         }
     }
     parsed
         .into_iter()
         .enumerate()
-        .map(|(i, op)| {
-            let EntryOp::Update {
-                rt,
-                id,
-                mut resource,
-                if_match,
-                full_url,
-            } = op
-            else {
-                return Ok(op);
+        .map(|(i, mut op)| {
+            let (rt, id, resource, if_match, create) = match &mut op {
+                EntryOp::Create {
+                    rt,
+                    resource,
+                    id: Some(id),
+                    ..
+                } => (rt.clone(), id.clone(), resource, None, true),
+                EntryOp::Update {
+                    rt,
+                    id,
+                    resource,
+                    if_match,
+                    ..
+                } => (rt.clone(), id.clone(), resource, *if_match, false),
+                _ => return Ok(op),
             };
-            rewrite_references(&mut resource, &map);
+            rewrite_references(resource, &map);
+            let resource = std::mem::take(resource);
             Ok(
-                match ops::prepare_detached(ctx, &rt, id.clone(), resource, true)
+                match ops::prepare_detached(ctx, &rt, id, resource, !create)
                     .map_err(|e| entry_error(i, e))?
                 {
                     Ok(prepared) => EntryOp::Ready {
                         prepared: Box::new(prepared),
                         if_match,
+                        create,
                     },
-                    Err(resource) => EntryOp::Update {
-                        rt,
-                        id,
-                        resource,
-                        if_match,
-                        full_url,
-                    },
+                    Err(back) => {
+                        // Prepared inside the transaction, with its id and references as here.
+                        if let EntryOp::Create { resource, .. } | EntryOp::Update { resource, .. } =
+                            &mut op
+                        {
+                            *resource = back;
+                        }
+                        op
+                    }
                 },
             )
         })
@@ -698,10 +748,13 @@ pub fn process(
         // Bounded before the writer is taken (the transaction runs on it whole).
         let resources: Vec<&Value> = entries.iter().filter_map(|e| e.get("resource")).collect();
         ops::check_transaction_load(ctx, &resources)?;
+        drop(resources);
+        // Validated and indexed here, on the request's thread, so the writer only stores.
+        let ops_in = prepare_writes(ctx, entries)?;
         let ctx2 = ctx.clone();
         let base2 = base.to_owned();
         write_with(store, move |tx| {
-            Ok(transaction_entries(tx, &ctx2, entries, &base2)?)
+            Ok(transaction_ops(tx, &ctx2, ops_in, &base2)?)
         })?
     } else {
         let mut out = Vec::with_capacity(entries.len());

@@ -229,7 +229,7 @@ fn import_entry(
             "request.ifMatch is only taken on a PUT (with --update)",
         ));
     }
-    let mut resource = resource.ok_or_else(|| invalid(label, "the entry has no resource"))?;
+    let resource = resource.ok_or_else(|| invalid(label, "the entry has no resource"))?;
     let rt_name = resource
         .get("resourceType")
         .and_then(Value::as_str)
@@ -261,23 +261,21 @@ fn import_entry(
             "a PUT in an import must have the url Type/id of the resource it carries (with its id)",
         ));
     }
-    // A resource without an id gets one now, as a creation would: every entry of an import is
-    // then a `PUT Type/id` whose references to the others resolve before the transaction, so
-    // it is validated and indexed off the writer (`bundle::prepare_puts`).
-    let (url, keeps) = match (own_url, id) {
-        (Some(u), Some(id)) => (u, Some((rt, id))),
-        _ => (format!("{rt}/{}", ResourceId::random()), None),
+    let new_request = match &own_url {
+        Some(u) => {
+            let mut r = json!({"method": "PUT", "url": u});
+            if let Some(m) = if_match {
+                r["ifMatch"] = json!(m);
+            }
+            r
+        }
+        // A creation: given its id before the transaction (`bundle::prepare_writes`), and run
+        // before the resources that keep theirs, as in a transaction Bundle.
+        None => json!({"method": "POST", "url": rt_name}),
     };
-    let mut new_request = json!({"method": "PUT", "url": url});
-    if let Some(m) = if_match {
-        new_request["ifMatch"] = json!(m);
-    }
-    if let (Value::Object(map), Some((_, id))) = (&mut resource, url.split_once('/')) {
-        map.insert("id".into(), Value::String(id.to_owned()));
-    }
     Ok(Planned {
         entry: json!({"resource": resource, "request": new_request}),
-        keeps,
+        keeps: id.map(|id| (rt, id)),
     })
 }
 
@@ -429,10 +427,10 @@ pub fn plan(ctx: &Ctx, entries: Entries) -> Result<Plan, Error> {
         }
     }
     drop(resources);
-    // Every entry is a `PUT Type/id` (see `import_entry`): the file's references to its own
-    // entries are resolved now, as the transaction would, so an entry the node already holds
-    // unchanged can be left out without leaving references to it dangling.
-    let ops = bundle::prepare_puts(ctx, entries).map_err(|e| relabel(e, &labels))?;
+    // Every entry is a creation or a `PUT Type/id` (see `import_entry`): the file's references
+    // to its own entries are resolved now, as the transaction would, so an entry the node
+    // already holds unchanged can be left out without leaving references to it dangling.
+    let ops = bundle::prepare_writes(ctx, entries).map_err(|e| relabel(e, &labels))?;
     let mut index_entries = 0usize;
     for (op, label) in ops.iter().zip(&labels) {
         index_entries += op.index_load(ctx).map_err(|e| Error {
@@ -608,11 +606,10 @@ mod tests {
             e.entries[0]["request"],
             json!({"method": "PUT", "url": "Observation/o1"})
         );
-        // One without an id gets one now (as a creation would), and is written under it.
-        let url = e.entries[1]["request"]["url"].as_str().unwrap();
-        let id = url.strip_prefix("Patient/").unwrap();
-        assert_eq!(e.entries[1]["request"]["method"], "PUT");
-        assert_eq!(e.entries[1]["resource"]["id"], id);
+        assert_eq!(
+            e.entries[1]["request"],
+            json!({"method": "POST", "url": "Patient"})
+        );
         assert_eq!(e.labels, ["line 1", "line 3"]);
         assert_eq!(e.new_ids.len(), 1);
         assert_eq!(e.new_ids[0].0, 0);

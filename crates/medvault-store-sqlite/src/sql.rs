@@ -509,7 +509,6 @@ pub(crate) fn tokens(c: &Connection) -> Result<Vec<TokenRow>, StoreError> {
     )
 }
 
-/// Removes a resource's index rows, given its concatenated values.
 /// Adds a version's blind-index rows: in value order (neighbouring inserts share B-tree pages),
 /// several rows per statement (a statement's bind, step and reset cost as much as a row's
 /// insert).
@@ -542,6 +541,7 @@ fn insert_index(c: &Connection, rid: i64, index: &[BlindValue]) -> Result<(), St
     Ok(())
 }
 
+/// Removes a resource's index rows, given its concatenated values.
 fn remove_index(c: &Connection, rid: i64, values: Option<&[u8]>) -> Result<(), StoreError> {
     let Some(values) = values else { return Ok(()) };
     let mut del = c

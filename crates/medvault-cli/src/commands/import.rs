@@ -1,7 +1,7 @@
 //! `medvault import`: bulk load of FHIR Bundles and ndjson files (e.g. Synthea output), one
 //! file per transaction, resumable. It only adds resources unless `--update` is given.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -124,6 +124,14 @@ fn refusal_recorded(node: &Node, digest: Option<&str>, size: u64, e: &Error) -> 
     .map_err(|e| e.message)
 }
 
+/// A file whose commit was submitted: its path, digest and size, and where its answer comes.
+type InFlight<'p> = (
+    &'p Path,
+    String,
+    u64,
+    std::sync::mpsc::Receiver<Result<Loaded, Error>>,
+);
+
 /// One file as the planning thread hands it to the writing one.
 enum Step {
     /// Imported before (its digest is in the journal).
@@ -201,8 +209,11 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
     // share group commits); this thread hands plans over and records each file once its
     // commit is durable, in file order. At most one planned file waits besides those in flight.
     const IN_FLIGHT: usize = 4;
-    let mut refusal: Option<anyhow::Error> = None;
-    std::thread::scope(|scope| -> anyhow::Result<()> {
+    // The first failure in file order: a refused file, or an error reading one or recording
+    // one. Every commit already in flight is still settled after it (written files are
+    // journaled, so a rerun skips them), and nothing more is submitted.
+    let mut failure: Option<anyhow::Error> = None;
+    std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let (planner_ctx, planner_files, planner_done) = (ctx.clone(), &files, &done);
         scope.spawn(move || {
@@ -214,94 +225,97 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
                 }
             }
         });
-        let (committed_tx, committed) = std::sync::mpsc::channel();
-        let mut in_flight: std::collections::VecDeque<(&Path, String, u64)> = Default::default();
-        // Waits for the oldest commit in flight and records it (or keeps its refusal).
-        let mut settle_oldest = |in_flight: &mut std::collections::VecDeque<(
-            &Path,
-            String,
-            u64,
-        )>,
-                                 refusal: &mut Option<anyhow::Error>|
-         -> anyhow::Result<()> {
-            let Some((path, digest, size)) = in_flight.pop_front() else {
-                return Ok(());
-            };
-            let result: Result<Loaded, Error> = committed
-                .recv()
-                .map_err(|_| anyhow::anyhow!("the store stopped before answering a commit"))?;
-            match result {
-                Ok(loaded) => {
-                    // The access log names the file by its digest only: a file name may name
-                    // a patient.
-                    node.record_audit_now(|now| {
-                        AuditRecord::admin(now, "import-file", Some(&digest)).with(
-                            "extra",
-                            Some(json!({"resources": loaded.resources, "unchanged": loaded.unchanged, "by_type": loaded.by_type})),
-                        )
-                    })
-                    .map_err(fail)?;
-                    remember(&mut journal_file, &digest, &loaded)?;
-                    imported += 1;
-                    total.resources += loaded.resources;
-                    total.unchanged += loaded.unchanged;
-                    for (t, n) in loaded.by_type {
-                        *total.by_type.entry(t).or_default() += n;
+        let mut in_flight: VecDeque<InFlight<'_>> = VecDeque::new();
+        // Waits for the oldest commit in flight and records it, or keeps its failure.
+        let mut settle_oldest =
+            |in_flight: &mut VecDeque<InFlight<'_>>, failure: &mut Option<anyhow::Error>| {
+                let Some((path, digest, size, answer)) = in_flight.pop_front() else {
+                    return;
+                };
+                let outcome = match answer.recv() {
+                    Err(_) => Err(anyhow::anyhow!(
+                        "{}: the store stopped before answering its commit; run the same command again to resume",
+                        path.display()
+                    )),
+                    Ok(Err(e)) => Err(refused(path, Some(&digest), size, e)),
+                    Ok(Ok(loaded)) => {
+                        // The access log names the file by its digest only: a file name may name
+                        // a patient.
+                        let recorded = node
+                        .record_audit_now(|now| {
+                            AuditRecord::admin(now, "import-file", Some(&digest)).with(
+                                "extra",
+                                Some(json!({"resources": loaded.resources, "unchanged": loaded.unchanged, "by_type": loaded.by_type})),
+                            )
+                        })
+                        .map_err(fail)
+                        .and_then(|_| remember(&mut journal_file, &digest, &loaded));
+                        imported += 1;
+                        total.resources += loaded.resources;
+                        total.unchanged += loaded.unchanged;
+                        for (t, n) in loaded.by_type {
+                            *total.by_type.entry(t).or_default() += n;
+                        }
+                        bar.set_message(format!("importing ({} resources)", total.resources));
+                        bar.inc(1);
+                        recorded
                     }
-                    bar.set_message(format!("importing ({} resources)", total.resources));
-                    bar.inc(1);
+                };
+                if let Err(e) = outcome {
+                    failure.get_or_insert(e);
                 }
-                Err(e) if refusal.is_none() => {
-                    *refusal = Some(refused(path, Some(&digest), size, e))
-                }
-                // A later file's refusal after an earlier one's: the first is reported.
-                Err(_) => {}
-            }
-            Ok(())
-        };
+            };
+        // A failure of the file being handed over comes after those in flight (earlier files).
+        let mut handed_over_failure = None;
         for (path, step) in files.iter().zip(rx) {
-            if refusal.is_some() {
+            if failure.is_some() {
                 break;
             }
-            let (digest, size, plan) = match step? {
-                Step::Done => {
+            let (digest, size, plan) = match step {
+                Err(e) => {
+                    handed_over_failure = Some(e);
+                    break;
+                }
+                Ok(Step::Done) => {
                     skipped += 1;
                     bar.inc(1);
                     continue;
                 }
-                Step::TooLarge(size) => {
-                    refusal = Some(refused(path, None, size, import::file_too_large()));
+                Ok(Step::TooLarge(size)) => {
+                    handed_over_failure = Some(refused(path, None, size, import::file_too_large()));
                     break;
                 }
-                Step::Planned { digest, size, plan } => (digest, size, plan),
+                Ok(Step::Planned { digest, size, plan }) => (digest, size, plan),
             };
             match plan {
                 Ok(plan) => {
                     while in_flight.len() >= IN_FLIGHT {
-                        settle_oldest(&mut in_flight, &mut refusal)?;
+                        settle_oldest(&mut in_flight, &mut failure);
                     }
-                    let committed_tx = committed_tx.clone();
+                    if failure.is_some() {
+                        break;
+                    }
+                    let (answer_tx, answer) = std::sync::mpsc::sync_channel(1);
                     import::submit(node.store.as_ref(), &ctx, plan, move |result| {
-                        // The receiver outlives every commit in flight (they are all settled
-                        // below before it is dropped).
-                        let _ = committed_tx.send(result);
+                        // The receiver waits in `in_flight` until it is settled below.
+                        let _ = answer_tx.send(result);
                     });
-                    in_flight.push_back((path.as_path(), digest, size));
+                    in_flight.push_back((path.as_path(), digest, size, answer));
                 }
                 Err(e) => {
-                    refusal = Some(refused(path, Some(&digest), size, e));
+                    handed_over_failure = Some(refused(path, Some(&digest), size, e));
                     break;
                 }
             }
         }
-        // Every commit in flight is settled, refused file or not: those that were written are
-        // recorded, so a rerun skips them.
         while !in_flight.is_empty() {
-            settle_oldest(&mut in_flight, &mut refusal)?;
+            settle_oldest(&mut in_flight, &mut failure);
         }
-        Ok(())
-    })?;
-    if let Some(e) = refusal {
+        if let Some(e) = handed_over_failure {
+            failure.get_or_insert(e);
+        }
+    });
+    if let Some(e) = failure {
         bar.abandon();
         return Err(e);
     }

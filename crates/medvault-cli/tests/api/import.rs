@@ -61,6 +61,14 @@ fn bundles_and_ndjson_load_whole_keep_their_ids_and_resume() {
                 "urn:uuid:2",
                 json!({"resourceType": "Patient", "gender": gender}),
             ),
+            // Without ids, as the two Patients: it is given one, and its reference to the
+            // first Patient's fullUrl resolves to the id that Patient is given.
+            post(
+                "urn:uuid:3",
+                json!({"resourceType": "Observation", "status": "final",
+                    "code": {"text": "weight"},
+                    "subject": {"reference": "urn:uuid:1"}}),
+            ),
         ]);
         std::fs::write(dir.join("b.json"), bundle.to_string()).unwrap();
     };
@@ -93,10 +101,16 @@ fn bundles_and_ndjson_load_whole_keep_their_ids_and_resume() {
     let (ok, out, err) = s.run(&["import", dir_arg]);
     assert!(ok, "{err}");
     assert!(
-        out.contains("imported 2 resources from 1 files (1 already imported, skipped)"),
+        out.contains("imported 3 resources from 1 files (1 already imported, skipped)"),
         "{out}"
     );
     assert_eq!(count(&s, "Patient?family=Brokenfam"), 1);
+    let (_, found) = s.get("Patient?family=Brokenfam");
+    let broken = found["entry"][0]["resource"]["id"].as_str().unwrap();
+    assert_eq!(
+        count(&s, &format!("Observation?subject=Patient/{broken}")),
+        1
+    );
     assert_eq!(count(&s, "Patient?family=Importfam"), 1);
 
     // ndjson: one resource per line, a bad line named by its number.
