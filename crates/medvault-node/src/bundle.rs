@@ -115,9 +115,10 @@ impl EntryOp {
     ///
     /// # Errors
     /// As [`ops::index_load`].
-    pub(crate) fn index_load(&self, ctx: &Ctx) -> Result<usize, Error> {
+    fn index_load(&self, ctx: &Ctx) -> Result<usize, Error> {
         match self {
             Self::Ready { prepared, .. } => Ok(prepared.index_len()),
+            Self::ConditionalUpdate { resource, .. } => ops::index_load(ctx, resource),
             other => other.resource().map_or(Ok(0), |r| ops::index_load(ctx, r)),
         }
     }
@@ -415,6 +416,23 @@ fn run_write(tx: &mut dyn StoreTx, ctx: &Ctx, op: EntryOp) -> Result<Outcome, Er
     }
 }
 
+/// Gives a created resource its id: in the resource, and as what its `fullUrl` stands for in
+/// the other entries' references.
+fn give_id(
+    map: &mut HashMap<String, String>,
+    rt: &ResourceType,
+    id: &ResourceId,
+    full_url: Option<&str>,
+    resource: &mut Value,
+) {
+    if let Some(u) = full_url {
+        map.insert(u.to_owned(), format!("{rt}/{id}"));
+    }
+    if let Value::Object(o) = resource {
+        o.insert("id".into(), Value::String(id.to_string()));
+    }
+}
+
 pub(crate) fn rewrite_references(v: &mut Value, map: &HashMap<String, String>) {
     match v {
         Value::Object(obj) => {
@@ -471,12 +489,7 @@ fn transaction(
                         }
                     }
                 }
-                if let Some(u) = full_url {
-                    map.insert(u.clone(), format!("{rt}/{id}"));
-                }
-                if let Value::Object(o) = resource {
-                    o.insert("id".into(), Value::String(id.to_string()));
-                }
+                give_id(&mut map, rt, &id, full_url.as_deref(), resource);
             }
             EntryOp::Update {
                 rt,
@@ -583,6 +596,38 @@ pub(crate) fn transaction_entries(
     transaction(tx, ctx, parsed, base)
 }
 
+/// Checks that `ops` add at most `max` blind-index entries in all (and each within its own
+/// caps), before the writer is taken: the work one transaction does on the single writer stays
+/// bounded. `whole` names the transaction in the refusal ("the file"). A resource's own refusal
+/// comes with its position.
+///
+/// # Errors
+/// 422 `too-costly`.
+pub(crate) fn check_index_total(
+    ctx: &Ctx,
+    ops: &[EntryOp],
+    max: usize,
+    whole: &str,
+) -> Result<(), (Option<usize>, Error)> {
+    let mut total = 0usize;
+    for (i, op) in ops.iter().enumerate() {
+        total += op.index_load(ctx).map_err(|e| (Some(i), e))?;
+        if total > max {
+            return Err((
+                None,
+                Error::new(
+                    ErrorKind::Unprocessable,
+                    IssueCode::TooCostly,
+                    format!(
+                        "{whole} has too many searchable values in all (at most {max} index entries); split it"
+                    ),
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Runs entries made by [`prepare_writes`] as one transaction inside `tx`.
 ///
 /// # Errors
@@ -634,12 +679,7 @@ pub(crate) fn prepare_writes(ctx: &Ctx, entries: Vec<Value>) -> Result<Vec<Entry
                 ..
             } => {
                 let new = ResourceId::random();
-                if let Some(u) = full_url {
-                    map.insert(u.clone(), format!("{rt}/{new}"));
-                }
-                if let Value::Object(o) = resource {
-                    o.insert("id".into(), Value::String(new.to_string()));
-                }
+                give_id(&mut map, rt, &new, full_url.as_deref(), resource);
                 *id = Some(new);
             }
             EntryOp::Update {
@@ -747,10 +787,12 @@ pub fn process(
     let out_entries = if kind == "transaction" {
         // Bounded before the writer is taken (the transaction runs on it whole).
         let resources: Vec<&Value> = entries.iter().filter_map(|e| e.get("resource")).collect();
-        ops::check_transaction_load(ctx, &resources)?;
+        ops::check_sizes(&resources, None).map_err(|(_, e)| e)?;
         drop(resources);
         // Validated and indexed here, on the request's thread, so the writer only stores.
         let ops_in = prepare_writes(ctx, entries)?;
+        check_index_total(ctx, &ops_in, ops::MAX_BUNDLE_INDEX_KEYS, "the transaction")
+            .map_err(|(_, e)| e)?;
         let ctx2 = ctx.clone();
         let base2 = base.to_owned();
         write_with(store, move |tx| {

@@ -410,15 +410,8 @@ pub fn plan(ctx: &Ctx, entries: Entries) -> Result<Plan, Error> {
         ..
     } = entries;
     let resources: Vec<&Value> = entries.iter().map(|e| &e["resource"]).collect();
-    ops::check_import_sizes(&resources, MAX_LARGE_RESOURCE_BYTES).map_err(
-        |(at, e)| match labels.get(at) {
-            Some(label) => Error {
-                message: format!("{label}: {}", e.message),
-                ..e
-            },
-            None => e,
-        },
-    )?;
+    ops::check_sizes(&resources, Some(MAX_LARGE_RESOURCE_BYTES))
+        .map_err(|(at, e)| labelled(e, Some(at), &labels))?;
     let mut loaded = Loaded::default();
     for r in &resources {
         if let Some(t) = r.get("resourceType").and_then(Value::as_str) {
@@ -431,22 +424,8 @@ pub fn plan(ctx: &Ctx, entries: Entries) -> Result<Plan, Error> {
     // to its own entries are resolved now, as the transaction would, so an entry the node
     // already holds unchanged can be left out without leaving references to it dangling.
     let ops = bundle::prepare_writes(ctx, entries).map_err(|e| relabel(e, &labels))?;
-    let mut index_entries = 0usize;
-    for (op, label) in ops.iter().zip(&labels) {
-        index_entries += op.index_load(ctx).map_err(|e| Error {
-            message: format!("{label}: {}", e.message),
-            ..e
-        })?;
-        if index_entries > MAX_IMPORT_INDEX_KEYS {
-            return Err(Error::new(
-                ErrorKind::Unprocessable,
-                IssueCode::TooCostly,
-                format!(
-                    "the file has too many searchable values in all (at most {MAX_IMPORT_INDEX_KEYS} index entries in one file); split it"
-                ),
-            ));
-        }
-    }
+    bundle::check_index_total(ctx, &ops, MAX_IMPORT_INDEX_KEYS, "the file")
+        .map_err(|(at, e)| labelled(e, at, &labels))?;
     Ok(Plan {
         ops,
         labels,
@@ -562,6 +541,17 @@ fn same_content(stored: &Value, incoming: &Value) -> bool {
         v
     };
     strip(stored) == strip(incoming)
+}
+
+/// Prefixes `e` with the name of the entry at `at` (`line 7: …`), if any.
+fn labelled(e: Error, at: Option<usize>, labels: &[String]) -> Error {
+    match at.and_then(|i| labels.get(i)) {
+        Some(label) => Error {
+            message: format!("{label}: {}", e.message),
+            ..e
+        },
+        None => e,
+    }
 }
 
 /// Replaces the transaction's `entry N:` with the file's own name for that entry (`line 7:`).

@@ -485,47 +485,6 @@ fn plan_index<'f>(
 /// Most blind-index entries one transaction Bundle may add in all.
 pub const MAX_BUNDLE_INDEX_KEYS: usize = 100_000;
 
-/// Checks, before a transaction takes the writer, that its resources fit the per-resource
-/// limits (size, index entries) and together add at most [`MAX_BUNDLE_INDEX_KEYS`] index
-/// entries: the work a transaction does on the single writer stays bounded.
-///
-/// # Errors
-/// 413 for an oversized resource; 422 `too-costly` past the index caps.
-pub fn check_transaction_load(ctx: &Ctx, resources: &[&Value]) -> Result<(), Error> {
-    let mut total = 0usize;
-    for r in resources {
-        let Some(rt) = r.get("resourceType").and_then(Value::as_str) else {
-            continue;
-        };
-        if let Some(limit) = max_bytes_named(rt)
-            && longer_than(r, limit)
-        {
-            return Err(Error::new(
-                ErrorKind::TooLarge,
-                IssueCode::TooLong,
-                format!("a {rt} may be at most {limit} bytes of JSON"),
-            ));
-        }
-        // A type the node does not serve has no index (its entry is refused when parsed).
-        if let Some(rt) = ctx.fhir.served(rt) {
-            total += plan_index(&ctx.fhir, rt, r)?
-                .iter()
-                .map(|(_, k)| k.len())
-                .sum::<usize>();
-        }
-        if total > MAX_BUNDLE_INDEX_KEYS {
-            return Err(Error::new(
-                ErrorKind::Unprocessable,
-                IssueCode::TooCostly,
-                format!(
-                    "the transaction has too many searchable values in all (at most {MAX_BUNDLE_INDEX_KEYS} index entries); split it"
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Resolves the patient references of `resource` that are not literal (an identifier, as lab
 /// feeds send, or a contained Patient) to the one stored Patient they name, writing
 /// `reference: "Patient/<id>"` beside what was sent; so the record is sealed in that patient's
@@ -1217,21 +1176,22 @@ pub fn history(
     ))
 }
 
-/// [`check_transaction_load`]'s size check for a bulk import (`medvault import`), whose file is
-/// one transaction on the single writer: every resource within [`MAX_RESOURCE_BYTES`] (the
-/// [`LARGE_TYPES`] within `large_bytes`, what the HTTP body limit allows them through the API).
-/// The index caps are checked as the file is planned: per resource by [`prepare_detached`],
-/// and in all with [`index_load`] (`import::plan`). The error comes with the position of the
-/// resource at fault.
+/// Checks, before a transaction (a Bundle, an imported file) takes the writer, that every
+/// resource is within [`MAX_RESOURCE_BYTES`], and the [`LARGE_TYPES`] within `large_bytes` when
+/// given (an import's; through the API the HTTP body limit bounds them). The index caps follow
+/// as the entries are prepared: per resource, and in all with
+/// `bundle::check_index_total`. The error comes with the position of the resource at fault.
 ///
 /// # Errors
 /// 413 for an oversized resource.
-pub fn check_import_sizes(resources: &[&Value], large_bytes: usize) -> Result<(), (usize, Error)> {
+pub fn check_sizes(resources: &[&Value], large_bytes: Option<usize>) -> Result<(), (usize, Error)> {
     for (i, r) in resources.iter().enumerate() {
         let Some(rt) = r.get("resourceType").and_then(Value::as_str) else {
             continue;
         };
-        let limit = max_bytes_named(rt).unwrap_or(large_bytes);
+        let Some(limit) = max_bytes_named(rt).or(large_bytes) else {
+            continue;
+        };
         if longer_than(r, limit) {
             return Err((
                 i,
