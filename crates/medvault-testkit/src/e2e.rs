@@ -212,13 +212,24 @@ pub struct Server {
     env: Vec<(String, String)>,
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, never the same twice in one test process: a port is free
+/// when it is picked, not necessarily when its server binds it, and two tests starting at once
+/// could be given the same one (the second server then fails to bind, and its test talks to the
+/// first: a CI run once failed that way, or so it looked, with "the bearer token is not valid"
+/// on a test's first request).
 #[must_use]
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        if GIVEN.lock().expect("the port set").insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Waits until `done` holds, checking every `every`; fails with `why()` once `within` has passed.
