@@ -67,8 +67,8 @@ pub struct SearchRequest {
     /// Paging.
     pub paging: Paging,
     summary_count: bool,
-    /// `_total=none`: the Bundle carries no total.
-    no_total: bool,
+    /// `_total`: how much of a total to work out.
+    total: Total,
     /// `_summary` (but `count`) or `_elements`: how matches are cut down.
     subset: Option<Subset>,
     /// `_page`: the pinned result set a paging link names.
@@ -499,8 +499,9 @@ fn parse_at(
                 )?);
             }
             "_total" => match value.as_str() {
-                "none" => req.no_total = true,
-                "estimate" | "accurate" => {}
+                "none" => req.total = Total::Omitted,
+                "estimate" => req.total = Total::IfCheap,
+                "accurate" => req.total = Total::Accurate,
                 _ => {
                     return Err(Error::bad_request(
                         "_total must be none, estimate or accurate",
@@ -578,6 +579,12 @@ impl SearchRequest {
             .sum()
     }
 
+    /// True when the search walks its matches in the default order (no `_sort`), a page at a
+    /// time, rather than deciding every one of them.
+    fn walks(&self) -> bool {
+        self.sort_keys.is_empty() && self.sort == SortOrder::Created
+    }
+
     /// True when the search is only parameter clauses (no `_id`, `_lastUpdated`, chains,
     /// `_has`, includes, sorting, paging or subsetting), so [`Self::matches`] decides it alone
     /// (a Bulk Data `_typeFilter`).
@@ -615,25 +622,66 @@ pub fn too_costly() -> Error {
     )
 }
 
-/// Runs a parsed search: returns the page of resources and the total number of matches.
+/// What a search found: a page of matches, how many there are when that is known, and where
+/// the next page starts when it is found by walking.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// The page's resources, decrypted.
+    pub rows: Vec<Value>,
+    /// Every match, when known: counted by the database, or walked to the end. A walk that
+    /// stops early (a full page with more to come, a spent budget) leaves it unknown rather
+    /// than estimate it from entries the requester may not see.
+    pub total: Option<u64>,
+    /// Where the next page starts, when there may be one and the search walks its matches.
+    pub next: Option<Cursor>,
+}
+
+/// A position in the walk over a search's matches ([`medvault_store::RecordRead::scan`]):
+/// before which store position the next page starts, and how many matches came before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cursor {
+    /// The store position the walk continues before (`None`: from the newest).
+    pub before: Option<u64>,
+    /// Matches before this position (the paging offset it stands for).
+    pub matched: u64,
+}
+
+/// How much of a total a search works out (`_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Total {
+    /// When the walk that filled the page reaches the end of the candidates it has fetched
+    /// anyway (`_total=estimate` and the default): exact or absent, never estimated.
+    #[default]
+    IfCheap,
+    /// Always, walking every match (`_total=accurate`, `_summary=count`): refused as too
+    /// costly beyond [`MAX_CANDIDATES`] candidates.
+    Accurate,
+    /// Never (`_total=none`): the walk stops at the first match after the page.
+    Omitted,
+}
+
+/// Runs a parsed search: the page `req.paging` names.
 ///
 /// When every result can be taken from the index as is (exact parameters, no access policy,
 /// no query-constrained scopes, no ordering by content) the database counts and pages.
 /// Otherwise every candidate is opened and re-checked — the search's own clauses, the scopes'
-/// constraints and the access policy — before counting, ordering and paging, so neither the
-/// total nor the paging links reveal anything about resources the request may not see.
+/// constraints and the access policy — before it counts, so neither the total nor the paging
+/// links reveal anything about resources the request may not see. In the default order (most
+/// recently created first) the matches are walked a chunk at a time from the page's start until
+/// the page is full, so a page costs about the same whether the search matches ten resources or
+/// a million; ordered by `_sort`, every match is decided, then ordered.
 ///
 /// # Errors
-/// 400 `too-costly` when a search that must be filtered after decryption has more than
-/// [`MAX_CANDIDATES`] candidates, or a chain or `_has` finds more than [`MAX_JOIN_MATCHES`];
-/// store and key errors.
+/// 400 `too-costly` when a search that must be decided in full (ordered by content, or asked
+/// for an accurate total) has more than [`MAX_CANDIDATES`] candidates, or a chain or `_has`
+/// finds more than [`MAX_JOIN_MATCHES`]; store and key errors.
 pub fn execute(
     store: &dyn StoreRead,
     ctx: &Ctx,
     rt: &ResourceType,
     req: &SearchRequest,
-) -> Result<(Vec<Value>, u64), Error> {
-    execute_paged(store, ctx, rt, req, req.paging)
+) -> Result<Found, Error> {
+    run(store, ctx, rt, req, req.paging, Cursor::default(), None)
 }
 
 fn execute_paged(
@@ -642,20 +690,22 @@ fn execute_paged(
     rt: &ResourceType,
     req: &SearchRequest,
     paging: Paging,
-) -> Result<(Vec<Value>, u64), Error> {
-    run(store, ctx, rt, req, paging, None)
+) -> Result<Found, Error> {
+    run(store, ctx, rt, req, paging, Cursor::default(), None)
 }
 
-/// [`execute_paged`], also listing every match (id and version, in order) into `collect` when
-/// the search is filtered after decryption (the only kind a request with a policy runs).
+/// [`execute_paged`] from `start` (a walk's cursor; ignored by the other kinds of search), also
+/// listing every match (id and version, in order) into `collect` when the search is ordered by
+/// content (the only kind whose result sets are pinned).
 fn run(
     store: &dyn StoreRead,
     ctx: &Ctx,
     rt: &ResourceType,
     req: &SearchRequest,
     paging: Paging,
+    start: Cursor,
     mut collect: Option<&mut Vec<(String, u64)>>,
-) -> Result<(Vec<Value>, u64), Error> {
+) -> Result<Found, Error> {
     let info = ctx
         .fhir
         .type_info(rt.as_str())
@@ -665,7 +715,10 @@ fn run(
         ids,
     }) = resolve_joins(store, ctx, rt, req)?
     else {
-        return Ok((Vec::new(), 0));
+        return Ok(Found {
+            total: Some(0),
+            ..Found::default()
+        });
     };
     let mut clauses = Vec::with_capacity(req.clauses.len() + joined.len());
     for c in req.clauses.iter().chain(&joined) {
@@ -699,31 +752,51 @@ fn run(
             .chain(&joined)
             .all(|c| info.params.get(&c.param).is_some_and(|p| p.matches(c, v)))
     };
+    let page_size = if req.summary_count { 0 } else { paging.count };
     if exact {
         // The index answers exactly: let the database count and page.
         q.offset = paging.offset;
-        q.limit = if req.summary_count { 0 } else { paging.count };
+        q.limit = page_size;
         let page = store.search(&q)?;
-        let mut out = Vec::with_capacity(page.rows.len());
+        let mut rows = Vec::with_capacity(page.rows.len());
         for row in &page.rows {
             let v = open(store, ctx, row)?;
             if keep(&v) {
-                out.push(v);
+                rows.push(v);
             }
         }
-        return Ok((out, page.total));
+        return Ok(Found {
+            rows,
+            total: Some(page.total),
+            next: None,
+        });
     }
-    // Walk the candidates a chunk at a time, filter exactly, count, and keep only what the page
-    // needs: the page's resources, or (when ordering by content) each match's sort keys and
-    // version, whose page is opened again once ordered. Memory stays one chunk and one page
-    // whatever the search matches.
-    let window = usize::try_from(paging.offset).unwrap_or(usize::MAX)
-        ..usize::try_from(paging.offset.saturating_add(if req.summary_count {
-            0
+    if req.walks() {
+        let total = if req.summary_count {
+            Total::Accurate
         } else {
-            paging.count
-        }))
-        .unwrap_or(usize::MAX);
+            req.total
+        };
+        let decide = |v: &Value, key_name: &str| -> Result<bool, Error> {
+            Ok(keep(v) && ctx.may_see(store, Interaction::Search, rt, key_name, Some(v))?)
+        };
+        return walk(
+            store,
+            ctx,
+            &q,
+            &decide,
+            start,
+            paging.offset,
+            page_size,
+            total,
+        );
+    }
+    // Ordered by the database (`_sort=_lastUpdated`, `_id`) or by content: every candidate is
+    // decided, a chunk at a time, keeping only what the page needs: the page's resources, or
+    // (when ordering by content) each match's sort keys and version, whose page is opened
+    // again once ordered. Memory stays one chunk and one page whatever the search matches.
+    let window = usize::try_from(paging.offset).unwrap_or(usize::MAX)
+        ..usize::try_from(paging.offset.saturating_add(page_size)).unwrap_or(usize::MAX);
     let mut matched = 0usize;
     let mut page_rows: Vec<Value> = Vec::new();
     let mut keyed: Vec<(Vec<Option<medvault_fhir::SortKey>>, String, u64)> = Vec::new();
@@ -736,13 +809,8 @@ fn run(
             return Err(too_costly());
         }
         for row in &page.rows {
-            // Up to 10 000 decryptions: a request whose time is up stops here (and a write
-            // transaction waiting on this condition rolls back) instead of holding the writer.
             examined += 1;
-            if examined % 256 == 255 && ctx.deadline.is_some_and(|d| std::time::Instant::now() > d)
-            {
-                return Err(crate::ctx::timed_out());
-            }
+            check_deadline(ctx, examined)?;
             // A concurrent write can shift a row into the next chunk: each is counted once.
             if !seen.insert(row.id.clone()) {
                 continue;
@@ -788,10 +856,123 @@ fn run(
             }
         }
     }
-    Ok((page_rows, matched as u64))
+    Ok(Found {
+        rows: page_rows,
+        total: Some(matched as u64),
+        next: None,
+    })
 }
 
-/// Candidates fetched from the database at a time by a search filtered after decryption.
+/// Up to 10 000 decryptions: a request whose time is up stops every 256 candidates (and a
+/// write transaction waiting on its condition rolls back) instead of holding the writer or a
+/// read permit.
+fn check_deadline(ctx: &Ctx, examined: usize) -> Result<(), Error> {
+    if examined % 256 == 255 && ctx.deadline.is_some_and(|d| std::time::Instant::now() > d) {
+        return Err(crate::ctx::timed_out());
+    }
+    Ok(())
+}
+
+/// Walks the matches of `q` from `start` (most recently created first), skipping `skip` of
+/// them, until `count` fill the page; each candidate is opened and kept when `decide` says so.
+/// The walk looks at no more than [`MAX_CANDIDATES`] candidates: one that runs out of them
+/// first answers what it found with a cursor to go on from (or, for an accurate total, is
+/// refused as too costly).
+#[allow(clippy::too_many_arguments)]
+fn walk(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    q: &IndexQuery,
+    decide: &dyn Fn(&Value, &str) -> Result<bool, Error>,
+    start: Cursor,
+    mut skip: u64,
+    count: u64,
+    total: Total,
+) -> Result<Found, Error> {
+    let mut found = Found::default();
+    let (mut before, mut matched) = (start.before, start.matched);
+    let mut examined = 0u64;
+    let mut opened = 0usize;
+    // Whether a match after the page was seen (there is a next page).
+    let mut more = false;
+    // The first step fetches about what the page needs (so a page of 10 among a million
+    // matches decrypts about 11); later ones grow, for matches that are sparse among the
+    // candidates (hidden by the policy, or left out by a clause checked after decryption).
+    let mut step_size = skip
+        .saturating_add(count)
+        .saturating_add(1)
+        .clamp(FIRST_STEP, CANDIDATE_CHUNK);
+    loop {
+        let step = store.scan(q, before, step_size)?;
+        examined += step.examined;
+        let last_step = step.resume.is_none();
+        for (position, row) in step.rows {
+            // Past the page, deciding the rest of the step only serves an exact total: worth it
+            // when this step is the last.
+            if more && (total == Total::Omitted || (total == Total::IfCheap && !last_step)) {
+                break;
+            }
+            opened += 1;
+            check_deadline(ctx, opened)?;
+            let v = open(store, ctx, &row)?;
+            if !decide(&v, &row.key_name)? {
+                continue;
+            }
+            matched += 1;
+            if skip > 0 {
+                skip -= 1;
+            } else if (found.rows.len() as u64) < count {
+                found.rows.push(v);
+                if found.rows.len() as u64 == count {
+                    found.next = Some(Cursor {
+                        before: Some(position),
+                        matched,
+                    });
+                }
+            } else {
+                more = true;
+            }
+        }
+        let page_full = (found.rows.len() as u64) >= count && skip == 0;
+        if count == 0 {
+            found.next = None;
+        }
+        match step.resume {
+            // Every candidate looked at: the count is exact, and a next page exists only if a
+            // match came after this one's.
+            None => {
+                found.total = (total != Total::Omitted).then_some(matched);
+                if !more {
+                    found.next = None;
+                }
+                return Ok(found);
+            }
+            Some(_) if page_full && total != Total::Accurate => {
+                // The page is full and more candidates remain, so there may be a next page;
+                // the total is left unknown.
+                return Ok(found);
+            }
+            Some(resume) => before = Some(resume),
+        }
+        if examined >= MAX_CANDIDATES {
+            if total == Total::Accurate || skip > 0 {
+                return Err(too_costly());
+            }
+            // The budget is spent before the page filled: answer what was found, and where to
+            // go on from.
+            found.next = Some(Cursor { before, matched });
+            return Ok(found);
+        }
+        step_size = step_size.saturating_mul(4).min(CANDIDATE_CHUNK);
+    }
+}
+
+/// Candidates the first step of a walk fetches at least: a search with fewer candidates is
+/// decided, and counted exactly, in one step.
+const FIRST_STEP: u64 = 32;
+
+/// Candidates fetched from the database at a time by a search filtered after decryption (and
+/// at most by a step of a walk).
 const CANDIDATE_CHUNK: u64 = 256;
 
 /// The `_sort` keys of one decrypted match.
@@ -956,11 +1137,12 @@ fn join_matches(
         offset: 0,
         count: MAX_JOIN_MATCHES + 1,
     };
-    let (found, total) = execute_paged(store, ctx, rt, search, paging)?;
-    if total > MAX_JOIN_MATCHES {
+    let found = execute_paged(store, ctx, rt, search, paging)?;
+    // More than allowed, or a walk that stopped before its end.
+    if found.rows.len() as u64 > MAX_JOIN_MATCHES || found.next.is_some() {
         return Err(join_too_costly());
     }
-    Ok(found)
+    Ok(found.rows)
 }
 
 fn join_too_costly() -> Error {
@@ -990,11 +1172,12 @@ pub fn all_matches(
         offset: 0,
         count: MAX_CANDIDATES,
     };
-    let (found, total) = execute(store, ctx, rt, &req)?;
-    if total > found.len() as u64 {
+    req.total = Total::Accurate;
+    let found = execute(store, ctx, rt, &req)?;
+    if found.total != Some(found.rows.len() as u64) {
         return Err(too_costly());
     }
-    Ok(found)
+    Ok(found.rows)
 }
 
 /// Ids of up to `limit` resources matching a query, for conditional interactions (parsed
@@ -1033,7 +1216,8 @@ pub fn matching_ids(
         offset: 0,
         count: limit,
     };
-    let (rows, _) = execute(store, ctx, rt, &req)?;
+    req.total = Total::Omitted;
+    let rows = execute(store, ctx, rt, &req)?.rows;
     // Every stored resource carries the id it is stored under (`ops::prepare` sets it).
     rows.iter()
         .filter_map(|v| v.get("id").and_then(Value::as_str))
@@ -1056,15 +1240,27 @@ fn link(relation: &str, path: &str, params: &[(String, String)], offset: u64, co
     json!({"relation": relation, "url": format!("{path}?{}", ser.finish())})
 }
 
-/// Assembles a `searchset` or `history` Bundle with paging links.
-pub fn bundle(
-    kind: &str,
-    entries: Vec<Value>,
-    total: u64,
+/// A link to the page of a walk that `token` names.
+fn token_link(
+    relation: &str,
     path: &str,
     params: &[(String, String)],
-    paging: Paging,
+    token: &str,
+    count: u64,
 ) -> Value {
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        if !matches!(k.as_str(), "_count" | "_offset" | "_page") {
+            ser.append_pair(k, v);
+        }
+    }
+    ser.append_pair("_count", &count.to_string());
+    ser.append_pair("_page", token);
+    json!({"relation": relation, "url": format!("{path}?{}", ser.finish())})
+}
+
+/// Paging links by offset: `self`, `first`, and `next`/`previous` where they exist.
+fn offset_links(path: &str, params: &[(String, String)], paging: Paging, total: u64) -> Vec<Value> {
     let Paging { offset, count } = paging;
     let mut links = vec![link("self", path, params, offset, count)];
     if count > 0 {
@@ -1088,13 +1284,114 @@ pub fn bundle(
             ));
         }
     }
-    json!({
+    links
+}
+
+/// Where a page of a walk was asked for.
+enum Here {
+    /// By offset (the first page, or a client's own `_offset`).
+    Offset(u64),
+    /// By a paging token, with the token of the page before it (`None`: the first page).
+    Token {
+        this: String,
+        previous: Option<String>,
+    },
+}
+
+/// Paging links of a page of a walk: `next` names the cursor after it (pinned for `owner`; by
+/// offset when there is no owner or no room to pin), `previous` the page it came from.
+fn walk_links(
+    path: &str,
+    rt: &ResourceType,
+    req: &SearchRequest,
+    here: Here,
+    next: Option<Cursor>,
+    owner: Option<&str>,
+) -> Vec<Value> {
+    let params: Vec<(String, String)> = req
+        .applied
+        .iter()
+        .filter(|(k, _)| k != "_page")
+        .cloned()
+        .collect();
+    let params = &params;
+    let count = req.paging.count;
+    let mut links = match &here {
+        Here::Offset(offset) => vec![link("self", path, params, *offset, count)],
+        Here::Token { this, .. } => vec![token_link("self", path, params, this, count)],
+    };
+    if count == 0 {
+        return links;
+    }
+    links.push(link("first", path, params, 0, count));
+    if let Some(cursor) = next {
+        let previous = match &here {
+            Here::Offset(_) => None,
+            Here::Token { this, .. } => Some(this.clone()),
+        };
+        let pinned = owner.and_then(|o| {
+            pages::pin(
+                o.to_owned(),
+                rt.clone(),
+                pages::PinnedSet::Cursor {
+                    at: cursor,
+                    previous,
+                },
+            )
+        });
+        links.push(match pinned {
+            Some(token) => token_link("next", path, params, &token, count),
+            None => link("next", path, params, cursor.matched, count),
+        });
+    }
+    match here {
+        Here::Offset(offset) if offset > 0 => links.push(link(
+            "previous",
+            path,
+            params,
+            offset.saturating_sub(count),
+            count,
+        )),
+        Here::Offset(_) => {}
+        Here::Token {
+            previous: Some(p), ..
+        } => links.push(token_link("previous", path, params, &p, count)),
+        Here::Token { previous: None, .. } => {
+            links.push(link("previous", path, params, 0, count));
+        }
+    }
+    links
+}
+
+/// Assembles a `searchset` or `history` Bundle with paging links by offset.
+pub fn bundle(
+    kind: &str,
+    entries: Vec<Value>,
+    total: u64,
+    path: &str,
+    params: &[(String, String)],
+    paging: Paging,
+) -> Value {
+    links_bundle(
+        kind,
+        entries,
+        Some(total),
+        offset_links(path, params, paging, total),
+    )
+}
+
+/// A `searchset` or `history` Bundle with `links`, and `total` when known.
+fn links_bundle(kind: &str, entries: Vec<Value>, total: Option<u64>, links: Vec<Value>) -> Value {
+    let mut out = json!({
         "resourceType": "Bundle",
         "type": kind,
-        "total": total,
         "link": links,
         "entry": entries,
-    })
+    });
+    if let (Some(total), Some(o)) = (total, out.as_object_mut()) {
+        o.insert("total".into(), total.into());
+    }
+    out
 }
 
 /// The search clause selecting the compartment of `patient` (`Patient/<id>`) in `rt`.
@@ -1126,13 +1423,13 @@ fn pinned_page(
     store: &dyn StoreRead,
     ctx: &Ctx,
     rt: &ResourceType,
-    pinned: &pages::Pinned,
+    pinned: &[(String, u64)],
     paging: Paging,
 ) -> Result<Vec<Value>, Error> {
     let start = usize::try_from(paging.offset).unwrap_or(usize::MAX);
     let count = usize::try_from(paging.count).unwrap_or(usize::MAX);
     let mut out = Vec::new();
-    for (id, version) in pinned.rows.iter().skip(start).take(count) {
+    for (id, version) in pinned.iter().skip(start).take(count) {
         let Ok(rid) = ResourceId::new(id) else {
             continue;
         };
@@ -1200,7 +1497,7 @@ pub fn scoped_params(
 /// A full search: parse, run, and build the `searchset` Bundle.
 ///
 /// # Errors
-/// As [`parse`] and [`execute`].
+/// As [`parse`] and [`execute`]; 410 for a paging token that expired or is not the requester's.
 pub fn search_bundle(
     store: &dyn StoreRead,
     ctx: &Ctx,
@@ -1212,7 +1509,9 @@ pub fn search_bundle(
     let params = scoped_params(ctx, rt, params)?;
     let mut req = parse(ctx, rt, &params, strict)?;
     let owner = ctx.guard().map(|g| g.principal());
-    let (resources, total) = match (&req.page, &owner) {
+    let path = format!("{base}/{rt}");
+    let (resources, total, links) = match (&req.page, &owner) {
+        (Some(_), None) => return Err(Error::bad_request("_page is for requests")),
         (Some(token), Some(owner)) => {
             let pinned = pages::get(token, owner, rt).ok_or_else(|| {
                 Error::new(
@@ -1221,27 +1520,59 @@ pub fn search_bundle(
                     "this paging link has expired (or was not issued to you): repeat the search",
                 )
             })?;
-            (
-                pinned_page(store, ctx, rt, &pinned, req.paging)?,
-                pinned.rows.len() as u64,
-            )
+            match &pinned.set {
+                pages::PinnedSet::Rows(rows) => {
+                    let total = rows.len() as u64;
+                    let links = offset_links(&path, &req.applied, req.paging, total);
+                    (
+                        pinned_page(store, ctx, rt, rows, req.paging)?,
+                        Some(total),
+                        links,
+                    )
+                }
+                pages::PinnedSet::Cursor { at, previous } => {
+                    let paging = Paging {
+                        offset: 0,
+                        ..req.paging
+                    };
+                    let found = run(store, ctx, rt, &req, paging, *at, None)?;
+                    let here = Here::Token {
+                        this: token.clone(),
+                        previous: previous.clone(),
+                    };
+                    let links = walk_links(&path, rt, &req, here, found.next, Some(owner));
+                    (found.rows, found.total, links)
+                }
+            }
         }
-        (Some(_), None) => return Err(Error::bad_request("_page is for requests")),
         (None, _) => {
             let mut rows = Vec::new();
             let collect = owner.is_some().then_some(&mut rows);
-            let (found, total) = run(store, ctx, rt, &req, req.paging, collect)?;
-            let more = req.paging.offset.saturating_add(req.paging.count) < total;
-            if let Some(owner) = owner
-                && more
-                && !req.summary_count
-                && rows.len() as u64 == total
-                && rows.len() <= pages::MAX_PINNED_ROWS
-                && let Some(token) = pages::pin(owner, rt.clone(), rows)
-            {
-                req.applied.push(("_page".to_owned(), token));
-            }
-            (found, total)
+            let found = run(store, ctx, rt, &req, req.paging, Cursor::default(), collect)?;
+            let links = if req.walks() && owner.is_some() {
+                walk_links(
+                    &path,
+                    rt,
+                    &req,
+                    Here::Offset(req.paging.offset),
+                    found.next,
+                    owner.as_deref(),
+                )
+            } else {
+                let total = found.total.unwrap_or_default();
+                let more = req.paging.offset.saturating_add(req.paging.count) < total;
+                if let Some(owner) = owner
+                    && more
+                    && !req.summary_count
+                    && rows.len() as u64 == total
+                    && rows.len() <= pages::MAX_PINNED_ROWS
+                    && let Some(token) = pages::pin(owner, rt.clone(), pages::PinnedSet::Rows(rows))
+                {
+                    req.applied.push(("_page".to_owned(), token));
+                }
+                offset_links(&path, &req.applied, req.paging, total)
+            };
+            (found.rows, found.total, links)
         }
     };
     let included = include::run(store, ctx, rt, &req.includes, &resources, base)?;
@@ -1267,18 +1598,6 @@ pub fn search_bundle(
         }));
     }
     entries.extend(included);
-    let mut out = bundle(
-        "searchset",
-        entries,
-        total,
-        &format!("{base}/{rt}"),
-        &req.applied,
-        req.paging,
-    );
-    if req.no_total
-        && let Some(o) = out.as_object_mut()
-    {
-        o.remove("total");
-    }
-    Ok(out)
+    let total = total.filter(|_| req.total != Total::Omitted);
+    Ok(links_bundle("searchset", entries, total, links))
 }

@@ -5,11 +5,13 @@
 //!
 //! It is medvault's own path — axum, bearer check, R4 schema validation, the same SQLite store
 //! with its group-committing writer, WAL and `synchronous=FULL` — minus the two things under
-//! test: bodies are stored as plaintext JSON (wrapped in `Sealed` without sealing) and the one
-//! search index (`family`) holds the plaintext value instead of a keyed HMAC.
+//! test: bodies are stored as plaintext JSON (wrapped in `Sealed` without sealing) and the two
+//! search indexes (`family` and the first `given`) hold the plaintext value instead of a keyed
+//! HMAC.
 //!
 //! Usage: `medvault-baseline DB_PATH 127.0.0.1:PORT TOKEN`. Routes: `POST /fhir/Patient`,
-//! `GET /fhir/Patient/{id}`, `GET /fhir/Patient?family=…&_count=…`, and `POST /fhir` with a
+//! `GET /fhir/Patient/{id}`, `GET /fhir/Patient?family=…&_count=…` (or `given=…`: the bench's
+//! search with many matches), and `POST /fhir` with a
 //! transaction Bundle of Patient creates (for preloading).
 
 use std::sync::Arc;
@@ -34,9 +36,15 @@ struct App {
     token_hash: [u8; 32],
 }
 
-fn plain_index(family: &str) -> BlindValue {
+/// The plaintext index value of `param` (`b'f'` family, `b'g'` given) = `value`: the
+/// parameter's byte, then the normalized value's first 15 bytes.
+fn plain_index(param: u8, value: &str) -> BlindValue {
     let mut v = [0u8; 16];
-    for (d, s) in v.iter_mut().zip(medvault_fhir::normalize(family).bytes()) {
+    v[0] = param;
+    for (d, s) in v[1..]
+        .iter_mut()
+        .zip(medvault_fhir::normalize(value).bytes())
+    {
         *d = s;
     }
     BlindValue(v)
@@ -82,11 +90,15 @@ fn prepare(app: &App, mut p: Value) -> Result<(StoredVersion, Vec<BlindValue>, V
         .validate("Patient", &p)
         .map_err(|_| StatusCode::BAD_REQUEST)?;
     p["meta"] = json!({"versionId": "1", "lastUpdated": now.to_string()});
-    let family = p
-        .pointer("/name/0/family")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let index = vec![plain_index(family)];
+    let name = |pointer: &str| {
+        p.pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    let index = vec![
+        plain_index(b'f', name("/name/0/family")),
+        plain_index(b'g', name("/name/0/given/0")),
+    ];
     let body = serde_json::to_vec(&p).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     let v = StoredVersion {
         resource_type: "Patient".into(),
@@ -157,11 +169,15 @@ async fn search(
     if !authorized(&app, &headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let family = q
-        .iter()
-        .find(|(k, _)| k == "family")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+    // `family=` or `given=` (exact, normalized), as the bench asks.
+    let clause = q.iter().find_map(|(k, v)| match k.as_str() {
+        "family" => Some(plain_index(b'f', v)),
+        "given" => Some(plain_index(b'g', v)),
+        _ => None,
+    });
+    let Some(clause) = clause else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
     let count = q
         .iter()
         .find(|(k, _)| k == "_count")
@@ -169,7 +185,7 @@ async fn search(
         .unwrap_or(20);
     let result = tokio::task::spawn_blocking(move || {
         app.store.search(&IndexQuery {
-            clauses: vec![vec![plain_index(&family)]],
+            clauses: vec![vec![clause]],
             limit: count,
             ..IndexQuery::new(ResourceType::PATIENT)
         })

@@ -166,6 +166,12 @@ const NODE_MIGRATIONS: &[(i64, &str)] = &[
      ALTER TABLE tokens ADD COLUMN last_used BIGINT;
      UPDATE tokens SET expires = (extract(epoch FROM now())::BIGINT + 2592000) * 1000000;",
     ),
+    // v14: a type's current versions in creation order, so a search walks them a page at a
+    // time (`scan`) instead of sorting every match.
+    (
+        14,
+        "CREATE INDEX IF NOT EXISTS current_by_type ON current (rtype, rid);",
+    ),
 ];
 
 /// The access log's schema: one log and the witness state, nothing else. (SQLite's access log

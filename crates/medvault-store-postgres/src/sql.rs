@@ -10,7 +10,8 @@ use medvault_store::rows::{self, Columns};
 use medvault_store::{
     AccessTokenRow, AlertRow, Amendment, AuditDetail, BreakGlassRow, ClientRow, CurrentMeta,
     DataKeyRow, GrantRow, IdentityTx, IndexQuery, KeyTx, LogTx, PeerRow, PeerTx, RecordTx,
-    SearchPage, SessionRow, SortOrder, StoreError, StoredVersion, TokenHash, TokenRow, UserRow,
+    SCAN_SELECTIVITY_CAP, Scan, ScanDriver, SearchPage, SessionRow, SortOrder, StoreError,
+    StoredVersion, TokenHash, TokenRow, UserRow, list_step, merge_step, per_value_batch,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -217,6 +218,18 @@ pub(crate) fn history(
     )
 }
 
+/// `q`'s `_lastUpdated` bounds added to `filter` (over `current c`), their values to `args`.
+fn time_bounds(q: &IndexQuery, args: &mut Vec<Box<dyn ToSql + Sync>>, filter: &mut String) {
+    if let Some(from) = q.updated_from {
+        args.push(Box::new(from));
+        filter.push_str(&format!(" AND c.last_updated >= ${}", args.len()));
+    }
+    if let Some(to) = q.updated_to {
+        args.push(Box::new(to));
+        filter.push_str(&format!(" AND c.last_updated < ${}", args.len()));
+    }
+}
+
 pub(crate) fn search(c: &mut Conn, q: &IndexQuery) -> Result<SearchPage, StoreError> {
     let mut args: Vec<Box<dyn ToSql + Sync>> = vec![Box::new(q.resource_type.as_str().to_owned())];
     let mut filter = String::from("c.rtype = $1 AND NOT c.deleted AND NOT c.shredded");
@@ -248,15 +261,9 @@ pub(crate) fn search(c: &mut Conn, q: &IndexQuery) -> Result<SearchPage, StoreEr
             filter.push_str(&format!(" AND c.id = ANY(${})", args.len()));
         }
     }
-    if let Some(from) = q.updated_from {
-        args.push(Box::new(from));
-        filter.push_str(&format!(" AND c.last_updated >= ${}", args.len()));
-    }
-    if let Some(to) = q.updated_to {
-        args.push(Box::new(to));
-        filter.push_str(&format!(" AND c.last_updated < ${}", args.len()));
-    }
+    time_bounds(q, &mut args, &mut filter);
     let order = match q.sort {
+        SortOrder::Created => "c.rid DESC",
         SortOrder::LastUpdatedDesc => "c.last_updated DESC, c.id",
         SortOrder::LastUpdatedAsc => "c.last_updated ASC, c.id",
         SortOrder::IdAsc => "c.id ASC",
@@ -289,6 +296,127 @@ pub(crate) fn search(c: &mut Conn, q: &IndexQuery) -> Result<SearchPage, StoreEr
         q.limit,
         q.offset,
     )
+}
+
+/// See [`medvault_store::RecordRead::scan`]: the clauses' entries counted when that chooses the
+/// driver, the driver's next positions, then the current versions among them that match the
+/// rest of the query.
+pub(crate) fn scan(
+    c: &mut Conn,
+    q: &IndexQuery,
+    before: Option<u64>,
+    limit: u64,
+) -> Result<Scan, StoreError> {
+    if q.matches_nothing() {
+        return Ok(Scan::default());
+    }
+    let before = before.map_or(i64::MAX, to_i64);
+    let n = to_i64(limit);
+    let bytes =
+        |values: &[BlindValue]| -> Vec<Vec<u8>> { values.iter().map(|b| b.0.to_vec()).collect() };
+    let counts = if ScanDriver::needs_counts(q) {
+        let mut args: Vec<Box<dyn ToSql + Sync>> = vec![Box::new(before)];
+        let mut cols = Vec::with_capacity(q.clauses.len());
+        for values in &q.clauses {
+            args.push(Box::new(bytes(values)));
+            cols.push(format!(
+                "(SELECT count(*) FROM (SELECT 1 FROM idx WHERE value = ANY(${}) AND rid < $1
+                  LIMIT {SCAN_SELECTIVITY_CAP}) a)",
+                args.len()
+            ));
+        }
+        let params: Vec<Param<'_>> = args.iter().map(|b| b.as_ref() as Param<'_>).collect();
+        let r = c.one(&format!("SELECT {}", cols.join(", ")), &params)?;
+        (0..q.clauses.len())
+            .map(|i| get::<i64>(&r, i).map(to_u64))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
+    let driver = ScanDriver::choose(q, &counts);
+    let rtype = q.resource_type.as_str().to_owned();
+    let listed = |found: &[Row]| -> Result<Vec<u64>, StoreError> {
+        found.iter().map(|r| get::<i64>(r, 0).map(to_u64)).collect()
+    };
+    let whole = |positions: Vec<u64>| list_step(positions, limit);
+    let (positions, resume) = match driver {
+        ScanDriver::Ids => {
+            let ids = q.ids.clone().unwrap_or_default();
+            whole(listed(&c.query(
+                "SELECT rid FROM current WHERE rtype = $3 AND id = ANY($4) AND rid < $1
+                 ORDER BY rid DESC LIMIT $2",
+                &[&before, &n, &rtype, &ids],
+            )?)?)
+        }
+        ScanDriver::Clause(i) => {
+            // Each value's entries are in position order: a range read of each (a share of the
+            // step), merged.
+            let batch = per_value_batch(q.clauses[i].len(), limit);
+            let found = c.query(
+                "SELECT u.i, x.rid FROM unnest($3::bytea[]) WITH ORDINALITY AS u(v, i)
+                 CROSS JOIN LATERAL
+                   (SELECT rid FROM idx WHERE value = u.v AND rid < $1 ORDER BY rid DESC LIMIT $2) x",
+                &[&before, &to_i64(batch), &bytes(&q.clauses[i])],
+            )?;
+            let mut lists = vec![Vec::new(); q.clauses[i].len()];
+            for r in &found {
+                let at = usize::try_from(get::<i64>(r, 0)?.saturating_sub(1)).unwrap_or(0);
+                if let Some(list) = lists.get_mut(at) {
+                    list.push(to_u64(get::<i64>(r, 1)?));
+                }
+            }
+            for list in &mut lists {
+                list.sort_unstable_by(|a, b| b.cmp(a));
+            }
+            merge_step(lists, batch, limit)
+        }
+        ScanDriver::Type => whole(listed(&c.query(
+            "SELECT rid FROM current WHERE rtype = $2 AND rid < $1 ORDER BY rid DESC LIMIT $3",
+            &[&before, &rtype, &n],
+        )?)?),
+    };
+    let examined = positions.len() as u64;
+    if positions.is_empty() {
+        return Ok(Scan {
+            rows: Vec::new(),
+            examined,
+            resume,
+        });
+    }
+    let at: Vec<i64> = positions.iter().map(|p| to_i64(*p)).collect();
+    let mut args: Vec<Box<dyn ToSql + Sync>> = vec![Box::new(at), Box::new(rtype.clone())];
+    let mut filter = String::from("c.rtype = $2 AND NOT c.deleted AND NOT c.shredded");
+    for (i, values) in q.clauses.iter().enumerate() {
+        if driver == ScanDriver::Clause(i) {
+            continue;
+        }
+        args.push(Box::new(bytes(values)));
+        filter.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM idx WHERE rid = c.rid AND value = ANY(${}))",
+            args.len()
+        ));
+    }
+    if let (Some(ids), false) = (&q.ids, driver == ScanDriver::Ids) {
+        args.push(Box::new(ids.clone()));
+        filter.push_str(&format!(" AND c.id = ANY(${})", args.len()));
+    }
+    time_bounds(q, &mut args, &mut filter);
+    let params: Vec<Param<'_>> = args.iter().map(|b| b.as_ref() as Param<'_>).collect();
+    let found = c.query(
+        &format!(
+            "SELECT {VERSION_COLUMNS}, c.rid FROM unnest($1::bigint[]) AS drv(rid)
+             CROSS JOIN LATERAL (SELECT * FROM current WHERE rid = drv.rid OFFSET 0) c
+             JOIN versions v ON v.rtype = c.rtype AND v.id = c.id AND v.version = c.version
+             LEFT JOIN deks d ON d.name = v.key_name
+             WHERE {filter} ORDER BY c.rid DESC"
+        ),
+        &params,
+    )?;
+    Ok(Scan {
+        rows: decoded(&found, rows::positioned_version)?,
+        examined,
+        resume,
+    })
 }
 
 const USER_COLUMNS: &str = "id, name_index, name_sealed, role, password_hash, disabled, created,

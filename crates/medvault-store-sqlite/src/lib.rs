@@ -440,7 +440,7 @@ mod tests {
             medvault_store::conformance::CHECKS.len()
                 + medvault_store::conformance::PAIR_CHECKS.len()
         );
-        assert_eq!(ran, 16);
+        assert_eq!(ran, 17);
     }
 
     #[test]
@@ -450,8 +450,8 @@ mod tests {
         let s = medvault_store::conformance::reopen_keeps_data(&|| {
             Box::new(SqliteStore::open(&path).unwrap())
         });
-        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("13"));
-        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 13);
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("14"));
+        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 14);
     }
 
     #[test]

@@ -183,6 +183,9 @@ const NODE_MIGRATIONS: &[&str] = &[
      ALTER TABLE tokens ADD COLUMN revoked INTEGER;
      ALTER TABLE tokens ADD COLUMN last_used INTEGER;
      UPDATE tokens SET expires = (CAST(strftime('%s', 'now') AS INTEGER) + 2592000) * 1000000;",
+    // v14: a type's current versions in creation order, so a search walks them a page at a
+    // time (`scan`) instead of sorting every match.
+    "CREATE INDEX IF NOT EXISTS current_by_type ON current (rtype, rid);",
 ];
 
 const DROP_LEVEL_ZERO: &str = "DELETE FROM ledger_nodes WHERE level = 0;";

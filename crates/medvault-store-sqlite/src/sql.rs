@@ -9,7 +9,8 @@ use medvault_store::rows::{self, Columns};
 use medvault_store::{
     AccessTokenRow, AlertRow, Amendment, AuditDetail, BreakGlassRow, ClientRow, CurrentMeta,
     DataKeyRow, GrantRow, IdentityTx, IndexQuery, KeyTx, LogTx, PeerRow, PeerTx, RecordTx,
-    SearchPage, SessionRow, SortOrder, StoreError, StoredVersion, TokenHash, TokenRow, UserRow,
+    SCAN_SELECTIVITY_CAP, Scan, ScanDriver, SearchPage, SessionRow, SortOrder, StoreError,
+    StoredVersion, TokenHash, TokenRow, UserRow, list_step, merge_step, per_value_batch,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension as _, params, params_from_iter};
@@ -258,6 +259,18 @@ fn placeholders(args: &mut Vec<Value>, values: impl Iterator<Item = Value>) -> S
     out
 }
 
+/// `q`'s `_lastUpdated` bounds added to `filter` (over `current c`), their values to `args`.
+fn time_bounds(q: &IndexQuery, args: &mut Vec<Value>, filter: &mut String) {
+    if let Some(from) = q.updated_from {
+        args.push(from.into());
+        filter.push_str(&format!(" AND c.last_updated >= ?{}", args.len()));
+    }
+    if let Some(to) = q.updated_to {
+        args.push(to.into());
+        filter.push_str(&format!(" AND c.last_updated < ?{}", args.len()));
+    }
+}
+
 pub(crate) fn search(c: &Connection, q: &IndexQuery) -> Result<SearchPage, StoreError> {
     let mut args: Vec<Value> = vec![q.resource_type.as_str().to_owned().into()];
     // With index clauses, the unary `+` keeps the planner from scanning the whole type by
@@ -290,15 +303,9 @@ pub(crate) fn search(c: &Connection, q: &IndexQuery) -> Result<SearchPage, Store
             filter.push_str(&format!(" AND c.id IN ({list})"));
         }
     }
-    if let Some(from) = q.updated_from {
-        args.push(from.into());
-        filter.push_str(&format!(" AND c.last_updated >= ?{}", args.len()));
-    }
-    if let Some(to) = q.updated_to {
-        args.push(to.into());
-        filter.push_str(&format!(" AND c.last_updated < ?{}", args.len()));
-    }
+    time_bounds(q, &mut args, &mut filter);
     let order = match q.sort {
+        SortOrder::Created => "c.rid DESC",
         SortOrder::LastUpdatedDesc => "c.last_updated DESC, c.id",
         SortOrder::LastUpdatedAsc => "c.last_updated ASC, c.id",
         SortOrder::IdAsc => "c.id ASC",
@@ -320,6 +327,129 @@ pub(crate) fn search(c: &Connection, q: &IndexQuery) -> Result<SearchPage, Store
         q.limit,
         q.offset,
     )
+}
+
+/// See [`medvault_store::RecordRead::scan`]: the driver's next `limit` positions, then the
+/// current versions among them that match the rest of the query.
+pub(crate) fn scan(
+    c: &Connection,
+    q: &IndexQuery,
+    before: Option<u64>,
+    limit: u64,
+) -> Result<Scan, StoreError> {
+    if q.matches_nothing() {
+        return Ok(Scan::default());
+    }
+    let before = before.map_or(i64::MAX, to_i64);
+    let n = to_i64(limit);
+    let blob = |b: &BlindValue| Value::Blob(b.0.to_vec());
+    let counts = if ScanDriver::needs_counts(q) {
+        let mut counts = Vec::with_capacity(q.clauses.len());
+        for values in &q.clauses {
+            let mut args = vec![Value::Integer(before)];
+            let list = placeholders(&mut args, values.iter().map(blob));
+            counts.push(counted(
+                c,
+                &format!(
+                    "SELECT count(*) FROM (SELECT 1 FROM idx WHERE value IN ({list}) AND rid < ?1
+                     LIMIT {SCAN_SELECTIVITY_CAP})"
+                ),
+                params_from_iter(args.iter()),
+            )?);
+        }
+        counts
+    } else {
+        Vec::new()
+    };
+    let driver = ScanDriver::choose(q, &counts);
+    let rid = |r: &dyn Columns| r.int(0).map(|v| u64::try_from(v).unwrap_or(0));
+    let whole = |positions: Vec<u64>| list_step(positions, limit);
+    let (positions, resume) = match driver {
+        ScanDriver::Ids => {
+            let mut args = vec![
+                Value::Integer(before),
+                Value::Integer(n),
+                q.resource_type.as_str().to_owned().into(),
+            ];
+            let ids = q.ids.as_deref().unwrap_or_default();
+            let list = placeholders(&mut args, ids.iter().map(|i| Value::Text(i.clone())));
+            whole(all(
+                c,
+                &format!(
+                    "SELECT rid FROM current WHERE rtype = ?3 AND id IN ({list}) AND rid < ?1
+                     ORDER BY rid DESC LIMIT ?2"
+                ),
+                params_from_iter(args.iter()),
+                rid,
+            )?)
+        }
+        ScanDriver::Clause(i) => {
+            // Each value's entries are in position order: a range read of each (a share of the
+            // step), merged.
+            let batch = per_value_batch(q.clauses[i].len(), limit);
+            let mut lists = Vec::with_capacity(q.clauses[i].len());
+            for value in &q.clauses[i] {
+                lists.push(all(
+                    c,
+                    "SELECT rid FROM idx WHERE value = ?1 AND rid < ?2 ORDER BY rid DESC LIMIT ?3",
+                    params![&value.0[..], before, to_i64(batch)],
+                    rid,
+                )?);
+            }
+            merge_step(lists, batch, limit)
+        }
+        ScanDriver::Type => whole(all(
+            c,
+            "SELECT rid FROM current WHERE rtype = ?1 AND rid < ?2 ORDER BY rid DESC LIMIT ?3",
+            params![q.resource_type.as_str(), before, n],
+            rid,
+        )?),
+    };
+    let examined = positions.len() as u64;
+    if positions.is_empty() {
+        return Ok(Scan {
+            rows: Vec::new(),
+            examined,
+            resume,
+        });
+    }
+    let mut args: Vec<Value> = vec![q.resource_type.as_str().to_owned().into()];
+    let list = placeholders(
+        &mut args,
+        positions.iter().map(|p| Value::Integer(to_i64(*p))),
+    );
+    let mut filter =
+        format!("c.rid IN ({list}) AND c.rtype = ?1 AND c.deleted = 0 AND c.shredded = 0");
+    for (i, values) in q.clauses.iter().enumerate() {
+        if driver == ScanDriver::Clause(i) {
+            continue;
+        }
+        let list = placeholders(&mut args, values.iter().map(blob));
+        filter.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM idx WHERE value IN ({list}) AND rid = c.rid)"
+        ));
+    }
+    if let (Some(ids), false) = (&q.ids, driver == ScanDriver::Ids) {
+        let list = placeholders(&mut args, ids.iter().map(|i| Value::Text(i.clone())));
+        filter.push_str(&format!(" AND c.id IN ({list})"));
+    }
+    time_bounds(q, &mut args, &mut filter);
+    let rows = all(
+        c,
+        &format!(
+            "SELECT {VERSION_COLUMNS}, c.rid FROM current c
+             JOIN versions v ON v.rtype = c.rtype AND v.id = c.id AND v.version = c.version
+             LEFT JOIN deks d ON d.name = v.key_name
+             WHERE {filter} ORDER BY c.rid DESC"
+        ),
+        params_from_iter(args.iter()),
+        rows::positioned_version,
+    )?;
+    Ok(Scan {
+        rows,
+        examined,
+        resume,
+    })
 }
 
 const USER_COLUMNS: &str = "id, name_index, name_sealed, role, password_hash, disabled, created,

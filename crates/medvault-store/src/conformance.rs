@@ -20,6 +20,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("versions_and_history", versions_and_history),
     ("failed_op_leaves_nothing", failed_op_leaves_nothing),
     ("search_semantics", search_semantics),
+    ("scan_walks_in_creation_order", scan_walks_in_creation_order),
     ("destroy_shreds_compartment", destroy_shreds_compartment),
     ("tokens_by_hash", tokens_by_hash),
     (
@@ -134,8 +135,8 @@ pub fn reopen_keeps_data(open: &dyn Fn() -> Box<dyn Store>) -> Box<dyn Store> {
 /// after the upgrade, unrevoked and unused.
 pub fn token_from_v12_expires_in_30_days(store: &dyn Store) {
     assert_eq!(
-        ok(store.meta("schema_version"), "meta").as_deref(),
-        Some("13")
+        ok(store.meta("schema_version"), "meta"),
+        Some(crate::NODE_SCHEMA_VERSION.to_string())
     );
     let t = ok(store.token(&TokenHash::from_bytes([1; 32])), "token")
         .unwrap_or_else(|| panic!("the token of version 12 is gone"));
@@ -849,6 +850,189 @@ fn search_semantics(store: &dyn Store) {
         (vec!["b".into()], 1),
         "old index entries removed on update"
     );
+}
+
+/// Every step of a walk from the newest candidate on, `limit` at a time: each step's match ids
+/// and what it examined.
+fn walk(store: &dyn Store, q: &IndexQuery, limit: u64) -> Vec<(Vec<String>, u64)> {
+    let mut steps = Vec::new();
+    let mut before = None;
+    loop {
+        let step = ok(store.scan(q, before, limit), "scan");
+        assert!(step.examined <= limit, "a step looks at most at its limit");
+        let positions: Vec<u64> = step.rows.iter().map(|(p, _)| *p).collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] > w[1]),
+            "positions descend: {positions:?}"
+        );
+        if let (Some(b), Some(first)) = (before, positions.first()) {
+            assert!(*first < b, "a step starts before its position");
+        }
+        steps.push((
+            step.rows.into_iter().map(|(_, v)| v.id).collect(),
+            step.examined,
+        ));
+        match step.resume {
+            Some(next) => before = Some(next),
+            None => return steps,
+        }
+    }
+}
+
+/// Ids of every match of a walk.
+fn walked(store: &dyn Store, q: &IndexQuery, limit: u64) -> Vec<String> {
+    walk(store, q, limit)
+        .into_iter()
+        .flat_map(|(ids, _)| ids)
+        .collect()
+}
+
+fn scan_walks_in_creation_order(store: &dyn Store) {
+    // p0..p9 created in order; even ones family=1, odd family=2; p0..p3 given=7; p3 deleted;
+    // an Observation shares family=1's bytes (values are per type in practice; the type bounds).
+    for i in 0..10u8 {
+        let id = format!("p{i}");
+        let mut index = vec![entry("family", 1 + i % 2)];
+        if i < 4 {
+            index.push(entry("given", 7));
+        }
+        put_all(
+            store,
+            [(
+                version(
+                    "Patient",
+                    &id,
+                    1,
+                    i64::from(i) * 10,
+                    &format!("Patient/{id}"),
+                    Some(b"p"),
+                ),
+                index,
+            )],
+        );
+    }
+    put_all(
+        store,
+        [
+            (version("Patient", "p3", 2, 200, "Patient/p3", None), vec![]),
+            (
+                version("Observation", "o", 1, 210, "Patient/p0", Some(b"o")),
+                vec![entry("family", 1)],
+            ),
+        ],
+    );
+    let base = IndexQuery::new(ty("Patient"));
+    let names = |ids: &[&str]| ids.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    // The whole type, newest first, two candidates a step; the deleted one is looked at.
+    let steps = walk(store, &base, 2);
+    assert_eq!(
+        steps,
+        vec![
+            (names(&["p9", "p8"]), 2),
+            (names(&["p7", "p6"]), 2),
+            (names(&["p5", "p4"]), 2),
+            (names(&["p2"]), 2),
+            (names(&["p1", "p0"]), 2),
+            (names(&[]), 0),
+        ],
+        "type walk"
+    );
+    let fam1 = IndexQuery {
+        clauses: vec![vec![entry("family", 1)]],
+        ..base.clone()
+    };
+    assert_eq!(
+        walked(store, &fam1, 2),
+        names(&["p8", "p6", "p4", "p2", "p0"])
+    );
+    assert_eq!(
+        walk(store, &fam1, 100),
+        vec![(names(&["p8", "p6", "p4", "p2", "p0"]), 6)],
+        "one step finds the end (the Observation's entry looked at, left out)"
+    );
+    // ORed values merge in position order, each once.
+    let either = IndexQuery {
+        clauses: vec![vec![
+            entry("family", 2),
+            entry("family", 1),
+            entry("family", 2),
+        ]],
+        ..base.clone()
+    };
+    assert_eq!(
+        walked(store, &either, 3),
+        names(&["p9", "p8", "p7", "p6", "p5", "p4", "p2", "p1", "p0"])
+    );
+    // ANDed clauses: the rarer (given=7: 3 entries, family=2: 4) drives; the other is checked.
+    let and = IndexQuery {
+        clauses: vec![vec![entry("family", 2)], vec![entry("given", 7)]],
+        ..base.clone()
+    };
+    let steps = walk(store, &and, 100);
+    assert_eq!(
+        steps,
+        vec![(names(&["p1"]), 3)],
+        "driven by the rarer clause"
+    );
+    let ids = IndexQuery {
+        ids: Some(vec!["p1".into(), "p8".into(), "p3".into(), "zz".into()]),
+        clauses: vec![vec![entry("family", 2)]],
+        ..base.clone()
+    };
+    assert_eq!(
+        walk(store, &ids, 100),
+        vec![(names(&["p1"]), 3)],
+        "ids drive"
+    );
+    let window = IndexQuery {
+        updated_from: Some(20),
+        updated_to: Some(60),
+        ..fam1.clone()
+    };
+    assert_eq!(
+        walked(store, &window, 2),
+        names(&["p4", "p2"]),
+        "time bounds"
+    );
+    let none = IndexQuery {
+        clauses: vec![vec![]],
+        ..base.clone()
+    };
+    assert_eq!(walk(store, &none, 10), vec![(names(&[]), 0)]);
+    // An update keeps the resource's position, and its new entries replace the old. The first
+    // step looks at the Observation's entry and p8's.
+    let mid = ok(store.scan(&fam1, None, 2), "scan").resume;
+    put_all(
+        store,
+        [
+            (
+                version("Patient", "p8", 2, 300, "Patient/p8", Some(b"p8")),
+                vec![entry("family", 2)],
+            ),
+            (
+                version("Patient", "p2", 2, 310, "Patient/p2", Some(b"p2")),
+                vec![entry("family", 1)],
+            ),
+        ],
+    );
+    let mut rest = Vec::new();
+    let mut before = mid;
+    while let Some(b) = before {
+        let step = ok(store.scan(&fam1, Some(b), 2), "scan");
+        rest.extend(step.rows.into_iter().map(|(_, v)| (v.id, v.version)));
+        before = step.resume;
+    }
+    assert_eq!(
+        rest,
+        vec![
+            ("p6".to_owned(), 1),
+            ("p4".into(), 1),
+            ("p2".into(), 2),
+            ("p0".into(), 1)
+        ],
+        "continuing after p8: the updated p2 once, at its place"
+    );
+    assert_eq!(walked(store, &fam1, 10), names(&["p6", "p4", "p2", "p0"]));
 }
 
 fn destroy_shreds_compartment(store: &dyn Store) {

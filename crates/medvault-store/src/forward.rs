@@ -84,6 +84,14 @@ macro_rules! forward_reads {
             fn search(&self, q: &$crate::IndexQuery) -> Result<$crate::SearchPage, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::search(c, q))
             }
+            fn scan(
+                &self,
+                q: &$crate::IndexQuery,
+                before: Option<u64>,
+                limit: u64,
+            ) -> Result<$crate::Scan, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::scan(c, q, before, limit))
+            }
             fn current_after(
                 &self,
                 rt: &medvault_core::ResourceType,

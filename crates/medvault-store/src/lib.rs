@@ -87,7 +87,7 @@ impl std::fmt::Debug for TokenHash {
 
 /// The schema version of a node database this build writes (both backends use these numbers,
 /// so a dump of one loads into the other).
-pub const NODE_SCHEMA_VERSION: i64 = 13;
+pub const NODE_SCHEMA_VERSION: i64 = 14;
 /// The schema version of an access-log database this build writes.
 pub const ACCESS_LOG_SCHEMA_VERSION: i64 = 2;
 
@@ -305,8 +305,11 @@ pub struct DataKeyRow {
 /// Sort order of search results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SortOrder {
-    /// Newest first (the default).
+    /// Most recently created first: the store's own order, which an update does not change
+    /// (the default, and the order of [`RecordRead::scan`]).
     #[default]
+    Created,
+    /// Most recently updated first.
     LastUpdatedDesc,
     /// Oldest first.
     LastUpdatedAsc,
@@ -365,6 +368,114 @@ pub struct SearchPage {
     pub rows: Vec<StoredVersion>,
     /// Matches overall (before offset and limit).
     pub total: u64,
+}
+
+/// One step of [`RecordRead::scan`].
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    /// The matches, most recently created first, each with its position (continue a walk
+    /// after a match by passing its position as `before`).
+    pub rows: Vec<(u64, StoredVersion)>,
+    /// Candidates the step looked at: its matches and those a clause, bound or deletion left out.
+    pub examined: u64,
+    /// Where the next step starts (its `before`), or `None` once every candidate was looked at.
+    pub resume: Option<u64>,
+}
+
+/// Most index entries [`RecordRead::scan`] counts per clause to choose the one that drives it:
+/// a clause with fewer entries than this is chosen over any with more.
+pub const SCAN_SELECTIVITY_CAP: u64 = 1024;
+
+/// The candidates that drive a step of [`RecordRead::scan`]: the query's most selective part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanDriver {
+    /// The query's `_id` list.
+    Ids,
+    /// Clause `i` (its values' entries, merged).
+    Clause(usize),
+    /// Every current version of the type.
+    Type,
+}
+
+impl ScanDriver {
+    /// Chooses the driver of a step over `query`, given each clause's entries counted up to
+    /// [`SCAN_SELECTIVITY_CAP`] (`counts[i]` for clause `i`; empty when counting was skipped
+    /// because there is at most one clause): the ids when given (at most as many candidates
+    /// as ids), else the clause with the fewest entries (the first among equals), else the type.
+    pub fn choose(query: &IndexQuery, counts: &[u64]) -> Self {
+        if query.ids.is_some() {
+            return Self::Ids;
+        }
+        match query.clauses.len() {
+            0 => Self::Type,
+            1 => Self::Clause(0),
+            _ => counts
+                .iter()
+                .enumerate()
+                .min_by_key(|(i, n)| (**n, *i))
+                .map_or(Self::Clause(0), |(i, _)| Self::Clause(i)),
+        }
+    }
+
+    /// Whether counting the clauses' entries could change the choice.
+    pub fn needs_counts(query: &IndexQuery) -> bool {
+        query.ids.is_none() && query.clauses.len() > 1
+    }
+}
+
+impl IndexQuery {
+    /// True when a clause has no values or the `_id` list is empty: nothing can match.
+    pub fn matches_nothing(&self) -> bool {
+        self.clauses.iter().any(Vec::is_empty) || self.ids.as_ref().is_some_and(Vec::is_empty)
+    }
+}
+
+/// A step of [`RecordRead::scan`] from one list of positions (descending, at most `limit`):
+/// the positions, and the last one when the list filled the step (more may follow).
+pub fn list_step(positions: Vec<u64>, limit: u64) -> (Vec<u64>, Option<u64>) {
+    let resume = (positions.len() as u64 == limit)
+        .then(|| positions.last().copied())
+        .flatten();
+    (positions, resume)
+}
+
+/// How many entries of each value a step of [`RecordRead::scan`] driven by a clause of `values`
+/// values reads at most, for a step of `limit` candidates: all `limit` for one value; for
+/// several, about twice their share (at least 4), so a step reads about `2 × limit + 4 ×
+/// values` entries whatever each value matches ([`merge_step`] keeps what that decides).
+pub fn per_value_batch(values: usize, limit: u64) -> u64 {
+    match u64::try_from(values) {
+        Ok(0 | 1) | Err(_) => limit,
+        Ok(k) => limit.saturating_mul(2).div_ceil(k).clamp(4, limit.max(4)),
+    }
+}
+
+/// Merges the positions each value of a driving clause listed (descending, at most `batch`
+/// each, as [`per_value_batch`] says) into one step of at most `limit` distinct positions,
+/// descending, and where the next step starts. A value that listed `batch` positions may have
+/// more below its last one, so the merge is complete only down to the highest such last
+/// position: the step ends there, and the next starts below it (`None` once every value's list
+/// ran out within the step).
+pub fn merge_step(lists: Vec<Vec<u64>>, batch: u64, limit: u64) -> (Vec<u64>, Option<u64>) {
+    let full = |l: &Vec<u64>| l.len() as u64 >= batch;
+    let cut = lists
+        .iter()
+        .filter(|l| full(l))
+        .filter_map(|l| l.last().copied())
+        .max();
+    let mut all: Vec<u64> = lists.into_iter().flatten().collect();
+    all.sort_unstable_by(|a, b| b.cmp(a));
+    all.dedup();
+    if let Some(cut) = cut {
+        all.retain(|p| *p >= cut);
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if all.len() >= limit {
+        all.truncate(limit);
+        let resume = all.last().copied();
+        return (all, resume);
+    }
+    (all, cut)
 }
 
 /// An API bearer token's stored form (the token itself only as the SHA-256 it is looked up by).
@@ -669,6 +780,18 @@ pub trait RecordRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn search(&self, query: &IndexQuery) -> Result<SearchPage, StoreError>;
+    /// One step of a walk over the current versions matching `query`'s clauses, ids and time
+    /// bounds (its order, offset and limit are ignored), most recently created first, from
+    /// before position `before` (the newest when `None`). The step looks at no more than
+    /// `limit` candidates, those of the query's most selective part ([`ScanDriver`]), each
+    /// checked against the rest in the database, so its cost follows `limit`, never the number
+    /// of matches. A resource keeps its position when updated: a walk continued from a
+    /// position neither repeats nor skips a resource that stays a match.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn scan(&self, query: &IndexQuery, before: Option<u64>, limit: u64)
+    -> Result<Scan, StoreError>;
     /// The current, live (not deleted, not shredded) versions of `resource_type` in id order,
     /// `limit` at a time after the id `after`, changed at or after `since` (microseconds) if
     /// given: a scan of a whole type that costs the same on its last page as on its first (bulk
@@ -1354,4 +1477,45 @@ pub trait Databases {
     /// True when several processes may open the databases at once (each needs a copy of the
     /// first process's key file; two may race to create the node).
     fn shared(&self) -> bool;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{merge_step, per_value_batch};
+
+    #[test]
+    fn a_step_reads_a_share_of_each_value() {
+        assert_eq!(per_value_batch(1, 256), 256);
+        assert_eq!(per_value_batch(2, 256), 256);
+        assert_eq!(per_value_batch(8, 256), 64);
+        assert_eq!(per_value_batch(4000, 256), 4, "at least 4");
+        assert_eq!(per_value_batch(3, 2), 4);
+    }
+
+    #[test]
+    fn a_merged_step_is_complete_down_to_where_a_full_list_stops() {
+        // The first list is full (4 of 4): below 4 it may have more, so the step stops at 4.
+        assert_eq!(
+            merge_step(vec![vec![10, 8, 6, 4], vec![9, 5, 1]], 4, 100),
+            (vec![10, 9, 8, 6, 5, 4], Some(4))
+        );
+        // No list full: everything is known, and nothing follows.
+        assert_eq!(
+            merge_step(vec![vec![7, 3], vec![7, 2]], 4, 100),
+            (vec![7, 3, 2], None),
+            "duplicates once"
+        );
+        // The limit cuts first.
+        assert_eq!(
+            merge_step(vec![vec![9, 8, 7], vec![6]], 4, 2),
+            (vec![9, 8], Some(8))
+        );
+        // The highest of the full lists' last positions bounds the step (the first list may
+        // hold 18 next, before the second's 10).
+        assert_eq!(
+            merge_step(vec![vec![20, 19], vec![10, 5], vec![3]], 2, 100),
+            (vec![20, 19], Some(19))
+        );
+        assert_eq!(merge_step(vec![vec![], vec![]], 4, 10), (vec![], None));
+    }
 }

@@ -120,6 +120,16 @@ pub fn version(r: &dyn Columns) -> Result<StoredVersion, StoreError> {
     })
 }
 
+/// A version and its scan position: the columns of [`version`], then the position.
+///
+/// # Errors
+/// As [`version`]; "malformed position" for a negative one.
+pub fn positioned_version(r: &dyn Columns) -> Result<(u64, StoredVersion), StoreError> {
+    let position =
+        u64::try_from(r.int(11)?).map_err(|_| r.malformed(11, "malformed position".into()))?;
+    Ok((position, version(r)?))
+}
+
 /// An amendment from `rtype, id, version, seq, kind, at, last_updated, key_name, key_version,
 /// digest, leaf, salt`.
 ///

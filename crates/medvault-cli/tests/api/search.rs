@@ -472,22 +472,7 @@ fn paging_links_stay_consistent_under_concurrent_writes() {
     for i in 0..5 {
         all.push(s.create(&patient("Pinfam", &format!("N{i}"))));
     }
-    let next_of = |page: &serde_json::Value| {
-        page["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .map(|l| {
-                l["url"]
-                    .as_str()
-                    .unwrap()
-                    .split("/fhir/")
-                    .nth(1)
-                    .unwrap()
-                    .to_owned()
-            })
-    };
+    let next_of = |page: &serde_json::Value| link_of(page, "next");
     let (_, page1) = s.get("Patient?family=pinfam&_count=2");
     let mut seen = ids(&page1);
     let link = next_of(&page1).expect("a next page");
@@ -521,4 +506,126 @@ fn paging_links_stay_consistent_under_concurrent_writes() {
         "{v}"
     );
     assert_eq!(s.get("Patient?family=pinfam&_page=nonsense").0, 400);
+}
+
+/// The `next` link of a searchset Bundle, as a path under `/fhir/`.
+fn link_of(page: &serde_json::Value, relation: &str) -> Option<String> {
+    page["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == relation)
+        .map(|l| {
+            l["url"]
+                .as_str()
+                .unwrap()
+                .split("/fhir/")
+                .nth(1)
+                .unwrap()
+                .to_owned()
+        })
+}
+
+#[test]
+fn wide_searches_walk_a_page_at_a_time() {
+    let s = MEDVAULT.start();
+    // 300 patients share a family name (more than one chunk of candidates), created in one
+    // transaction in entry order; two others do not.
+    let entries: Vec<_> = (0..300)
+        .map(|i| {
+            json!({
+                "fullUrl": format!("urn:uuid:00000000-0000-4000-8000-{i:012}"),
+                "resource": patient("Widefam", &format!("G{i}")),
+                "request": {"method": "POST", "url": "Patient"},
+            })
+        })
+        .collect();
+    let (st, tx) = s.post(
+        "",
+        &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+    );
+    assert_eq!(st, 200, "{tx}");
+    let created: Vec<String> = tx["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let location = e["response"]["location"].as_str().unwrap();
+            let after = location.split("Patient/").nth(1).unwrap();
+            after.split('/').next().unwrap().to_owned()
+        })
+        .collect();
+    s.create_patients([("Narrow", "A"), ("Narrow", "B")]);
+    // Newest created first.
+    let newest_first: Vec<String> = created.iter().rev().cloned().collect();
+
+    let (st, page1) = s.get("Patient?family=widefam&_count=40");
+    assert_eq!(st, 200);
+    assert_eq!(ids(&page1), newest_first[..40].to_vec());
+    assert!(
+        page1.get("total").is_none(),
+        "more matches than one walk step decides: no total rather than a guess: {}",
+        page1["total"]
+    );
+    // Every page through the `next` links: each match once, in order; `previous` goes back.
+    let mut seen = ids(&page1);
+    let mut link = link_of(&page1, "next").expect("a second page");
+    assert!(link.contains("_page="), "{link}");
+    let mut pages = 1;
+    // Meanwhile a match not yet reached is updated (it keeps its place) and one is created
+    // (newer than the first page: not in this walk).
+    let updated = newest_first[200].clone();
+    let mut changed = s.get(&format!("Patient/{updated}")).1;
+    changed["gender"] = json!("other");
+    assert_eq!(s.put(&format!("Patient/{updated}"), &changed).0, 200);
+    s.create(&patient("Widefam", "Late"));
+    let last = loop {
+        let (st, page) = s.get(&link);
+        assert_eq!(st, 200, "{page}");
+        pages += 1;
+        if pages == 3 {
+            let back = link_of(&page, "previous").expect("previous");
+            assert_eq!(ids(&s.get(&back).1), newest_first[40..80].to_vec());
+        }
+        seen.extend(ids(&page));
+        match link_of(&page, "next") {
+            Some(next) => link = next,
+            None => break page,
+        }
+    };
+    assert_eq!(seen, newest_first, "each match once, in order");
+    assert_eq!(pages, 8);
+    assert_eq!(
+        last["total"], 300,
+        "the walk reached the end: an exact total"
+    );
+
+    // Asked for, the total is counted (by walking every match); none is given when refused.
+    let (_, accurate) = s.get("Patient?family=widefam&_count=5&_total=accurate");
+    assert_eq!(
+        (accurate["total"].as_u64(), ids(&accurate).len()),
+        (Some(301), 5)
+    );
+    let (_, count) = s.get("Patient?family=widefam&_summary=count");
+    assert_eq!(count["total"], 301);
+    let (_, none) = s.get("Patient?family=narrow&_total=none");
+    assert!(none.get("total").is_none());
+    assert_eq!(ids(&none).len(), 2);
+    // A client's own offset still works (walking past the skipped matches).
+    let (_, offset) = s.get("Patient?family=widefam&_count=3&_offset=10");
+    assert_eq!(ids(&offset)[..], newest_first[9..12], "after the late one");
+    // The whole type, walked the same way.
+    let (_, everyone) = s.get("Patient?_count=2");
+    assert_eq!(ids(&everyone).len(), 2);
+    assert!(link_of(&everyone, "next").is_some());
+
+    // A clinician on one patient's care team: every other match is hidden, and the total
+    // counts only what they may see.
+    let dr = s.person("widedoc", "clinician");
+    let mine = newest_first[150].clone();
+    s.care_team(dr.practitioner.as_deref().unwrap(), &mine);
+    let (st, theirs) = s.get_as("/fhir/Patient?family=widefam", &dr.session, None);
+    assert_eq!(st, 200, "{theirs}");
+    assert_eq!(ids(&theirs), vec![mine]);
+    assert_eq!(theirs["total"], 1);
+    assert!(link_of(&theirs, "next").is_none());
 }

@@ -272,11 +272,12 @@ fn reverse(
                 offset: 0,
                 count: room + 1,
             };
-            let (found, total) = execute_paged(store, ctx, &spec.source, &req, paging)?;
-            if total > room {
+            let found = execute_paged(store, ctx, &spec.source, &req, paging)?;
+            // More than there is room for, or a walk that stopped before its end.
+            if found.rows.len() as u64 > room || found.next.is_some() {
                 return Err(too_costly());
             }
-            for v in found {
+            for v in found.rows {
                 let Some(id) = v.get("id").and_then(Value::as_str) else {
                     continue;
                 };
