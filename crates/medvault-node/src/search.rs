@@ -469,6 +469,22 @@ fn parse_at(
             Some((n, m)) => (n, Some(m)),
             None => (raw_name.as_str(), None),
         };
+        if modifier.is_some()
+            && matches!(
+                name,
+                "_count"
+                    | "_offset"
+                    | "_sort"
+                    | "_summary"
+                    | "_elements"
+                    | "_total"
+                    | "_page"
+                    | "_format"
+                    | "_pretty"
+            )
+        {
+            return Err(Error::bad_request(format!("{name} takes no modifier")));
+        }
         let mut applied = true;
         match name {
             "_id" => {
@@ -577,6 +593,18 @@ impl SearchRequest {
                 Join::Has { search, .. } => 1 + search.join_count(),
             })
             .sum()
+    }
+
+    /// The search a paging token belongs to: its applied parameters but paging's (`_page`,
+    /// `_count`, `_offset`), in order.
+    fn binding(&self) -> String {
+        let mut ser = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &self.applied {
+            if !matches!(k.as_str(), "_page" | "_count" | "_offset") {
+                ser.append_pair(k, v);
+            }
+        }
+        ser.finish()
     }
 
     /// True when the search walks its matches in the default order (no `_sort`), a page at a
@@ -1329,18 +1357,20 @@ fn walk_links(
             Here::Offset(_) => None,
             Here::Token { this, .. } => Some(this.clone()),
         };
-        let pinned = owner.and_then(|o| {
-            pages::pin(
-                o.to_owned(),
-                rt.clone(),
-                pages::PinnedSet::Cursor {
-                    at: cursor,
-                    previous,
-                },
-            )
-        });
-        links.push(match pinned {
-            Some(token) => token_link("next", path, params, &token, count),
+        links.push(match owner {
+            Some(o) => {
+                let token = pages::pin(
+                    o.to_owned(),
+                    rt.clone(),
+                    req.binding(),
+                    pages::PinnedSet::Cursor {
+                        at: cursor,
+                        previous,
+                    },
+                );
+                token_link("next", path, params, &token, count)
+            }
+            // Node work (no principal) pages by offset.
             None => link("next", path, params, cursor.matched, count),
         });
     }
@@ -1513,11 +1543,11 @@ pub fn search_bundle(
     let (resources, total, links) = match (&req.page, &owner) {
         (Some(_), None) => return Err(Error::bad_request("_page is for requests")),
         (Some(token), Some(owner)) => {
-            let pinned = pages::get(token, owner, rt).ok_or_else(|| {
+            let pinned = pages::get(token, owner, rt, &req.binding()).ok_or_else(|| {
                 Error::new(
                     ErrorKind::Gone,
                     IssueCode::NotFound,
-                    "this paging link has expired (or was not issued to you): repeat the search",
+                    "this paging link has expired (or was not issued to you for this search): repeat the search",
                 )
             })?;
             match &pinned.set {
@@ -1566,8 +1596,10 @@ pub fn search_bundle(
                     && !req.summary_count
                     && rows.len() as u64 == total
                     && rows.len() <= pages::MAX_PINNED_ROWS
-                    && let Some(token) = pages::pin(owner, rt.clone(), pages::PinnedSet::Rows(rows))
                 {
+                    let binding = req.binding();
+                    let token =
+                        pages::pin(owner, rt.clone(), binding, pages::PinnedSet::Rows(rows));
                     req.applied.push(("_page".to_owned(), token));
                 }
                 offset_links(&path, &req.applied, req.paging, total)

@@ -11,7 +11,7 @@ use medvault_store::{
     AccessTokenRow, AlertRow, Amendment, AuditDetail, BreakGlassRow, ClientRow, CurrentMeta,
     DataKeyRow, GrantRow, IdentityTx, IndexQuery, KeyTx, LogTx, PeerRow, PeerTx, RecordTx,
     SCAN_SELECTIVITY_CAP, Scan, ScanDriver, SearchPage, SessionRow, SortOrder, StoreError,
-    StoredVersion, TokenHash, TokenRow, UserRow, list_step, merge_step, per_value_batch,
+    StoredVersion, TokenHash, TokenRow, UserRow, driver_step, list_step, meets, other_clauses,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -349,26 +349,30 @@ pub(crate) fn scan(
             )?)?)
         }
         ScanDriver::Clause(i) => {
-            // Each value's entries are in position order: a range read of each (a share of the
-            // step), merged.
-            let batch = per_value_batch(q.clauses[i].len(), limit);
-            let found = c.query(
-                "SELECT u.i, x.rid FROM unnest($3::bytea[]) WITH ORDINALITY AS u(v, i)
-                 CROSS JOIN LATERAL
-                   (SELECT rid FROM idx WHERE value = u.v AND rid < $1 ORDER BY rid DESC LIMIT $2) x",
-                &[&before, &to_i64(batch), &bytes(&q.clauses[i])],
-            )?;
-            let mut lists = vec![Vec::new(); q.clauses[i].len()];
-            for r in &found {
-                let at = usize::try_from(get::<i64>(r, 0)?.saturating_sub(1)).unwrap_or(0);
-                if let Some(list) = lists.get_mut(at) {
-                    list.push(to_u64(get::<i64>(r, 1)?));
+            // Each value's entries are in position order: a range read of each (one query for
+            // all of a round's values), merged.
+            let values = &q.clauses[i];
+            driver_step(values.len(), limit, |which, batch| {
+                let asked: Vec<Vec<u8>> = which.iter().map(|v| values[*v].0.to_vec()).collect();
+                let found = c.query(
+                    "SELECT u.i, x.rid FROM unnest($3::bytea[]) WITH ORDINALITY AS u(v, i)
+                     CROSS JOIN LATERAL
+                       (SELECT rid FROM idx WHERE value = u.v AND rid < $1
+                        ORDER BY rid DESC LIMIT $2) x",
+                    &[&before, &to_i64(batch), &asked],
+                )?;
+                let mut lists = vec![Vec::new(); which.len()];
+                for r in &found {
+                    let at = usize::try_from(get::<i64>(r, 0)?.saturating_sub(1)).unwrap_or(0);
+                    if let Some(list) = lists.get_mut(at) {
+                        list.push(to_u64(get::<i64>(r, 1)?));
+                    }
                 }
-            }
-            for list in &mut lists {
-                list.sort_unstable_by(|a, b| b.cmp(a));
-            }
-            merge_step(lists, batch, limit)
+                for list in &mut lists {
+                    list.sort_unstable_by(|a, b| b.cmp(a));
+                }
+                Ok::<_, StoreError>(lists)
+            })?
         }
         ScanDriver::Type => whole(listed(&c.query(
             "SELECT rid FROM current WHERE rtype = $2 AND rid < $1 ORDER BY rid DESC LIMIT $3",
@@ -383,19 +387,30 @@ pub(crate) fn scan(
             resume,
         });
     }
-    let at: Vec<i64> = positions.iter().map(|p| to_i64(*p)).collect();
+    let mut at: Vec<i64> = positions.iter().map(|p| to_i64(*p)).collect();
+    // The other clauses are checked against each candidate's own entries, a set lookup per
+    // entry, however many values a clause has.
+    let others = other_clauses(q, driver);
+    if !others.is_empty() {
+        let mut entries: HashMap<i64, Vec<u8>> = HashMap::new();
+        for r in c.query("SELECT rid, value FROM idx WHERE rid = ANY($1)", &[&at])? {
+            let value: Vec<u8> = get(&r, 1)?;
+            entries
+                .entry(get(&r, 0)?)
+                .or_default()
+                .extend_from_slice(&value);
+        }
+        at.retain(|rid| meets(&others, entries.get(rid).map_or(&[][..], Vec::as_slice)));
+        if at.is_empty() {
+            return Ok(Scan {
+                rows: Vec::new(),
+                examined,
+                resume,
+            });
+        }
+    }
     let mut args: Vec<Box<dyn ToSql + Sync>> = vec![Box::new(at), Box::new(rtype.clone())];
     let mut filter = String::from("c.rtype = $2 AND NOT c.deleted AND NOT c.shredded");
-    for (i, values) in q.clauses.iter().enumerate() {
-        if driver == ScanDriver::Clause(i) {
-            continue;
-        }
-        args.push(Box::new(bytes(values)));
-        filter.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM idx WHERE rid = c.rid AND value = ANY(${}))",
-            args.len()
-        ));
-    }
     if let (Some(ids), false) = (&q.ids, driver == ScanDriver::Ids) {
         args.push(Box::new(ids.clone()));
         filter.push_str(&format!(" AND c.id = ANY(${})", args.len()));

@@ -10,7 +10,7 @@ use medvault_store::{
     AccessTokenRow, AlertRow, Amendment, AuditDetail, BreakGlassRow, ClientRow, CurrentMeta,
     DataKeyRow, GrantRow, IdentityTx, IndexQuery, KeyTx, LogTx, PeerRow, PeerTx, RecordTx,
     SCAN_SELECTIVITY_CAP, Scan, ScanDriver, SearchPage, SessionRow, SortOrder, StoreError,
-    StoredVersion, TokenHash, TokenRow, UserRow, list_step, merge_step, per_value_batch,
+    StoredVersion, TokenHash, TokenRow, UserRow, driver_step, list_step, meets, other_clauses,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension as _, params, params_from_iter};
@@ -384,19 +384,22 @@ pub(crate) fn scan(
             )?)
         }
         ScanDriver::Clause(i) => {
-            // Each value's entries are in position order: a range read of each (a share of the
-            // step), merged.
-            let batch = per_value_batch(q.clauses[i].len(), limit);
-            let mut lists = Vec::with_capacity(q.clauses[i].len());
-            for value in &q.clauses[i] {
-                lists.push(all(
-                    c,
-                    "SELECT rid FROM idx WHERE value = ?1 AND rid < ?2 ORDER BY rid DESC LIMIT ?3",
-                    params![&value.0[..], before, to_i64(batch)],
-                    rid,
-                )?);
-            }
-            merge_step(lists, batch, limit)
+            // Each value's entries are in position order: a range read of each, merged.
+            let values = &q.clauses[i];
+            driver_step(values.len(), limit, |which, batch| {
+                which
+                    .iter()
+                    .map(|v| {
+                        all(
+                            c,
+                            "SELECT rid FROM idx WHERE value = ?1 AND rid < ?2
+                             ORDER BY rid DESC LIMIT ?3",
+                            params![&values[*v].0[..], before, to_i64(batch)],
+                            rid,
+                        )
+                    })
+                    .collect()
+            })?
         }
         ScanDriver::Type => whole(all(
             c,
@@ -420,30 +423,30 @@ pub(crate) fn scan(
     );
     let mut filter =
         format!("c.rid IN ({list}) AND c.rtype = ?1 AND c.deleted = 0 AND c.shredded = 0");
-    for (i, values) in q.clauses.iter().enumerate() {
-        if driver == ScanDriver::Clause(i) {
-            continue;
-        }
-        let list = placeholders(&mut args, values.iter().map(blob));
-        filter.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM idx WHERE value IN ({list}) AND rid = c.rid)"
-        ));
-    }
     if let (Some(ids), false) = (&q.ids, driver == ScanDriver::Ids) {
         let list = placeholders(&mut args, ids.iter().map(|i| Value::Text(i.clone())));
         filter.push_str(&format!(" AND c.id IN ({list})"));
     }
     time_bounds(q, &mut args, &mut filter);
-    let rows = all(
+    // The other clauses are checked against each candidate's own entries (kept beside it), a
+    // set lookup per entry, however many values a clause has.
+    let others = other_clauses(q, driver);
+    let mut rows = Vec::new();
+    each(
         c,
         &format!(
-            "SELECT {VERSION_COLUMNS}, c.rid FROM current c
+            "SELECT {VERSION_COLUMNS}, c.rid, c.index_values FROM current c
              JOIN versions v ON v.rtype = c.rtype AND v.id = c.id AND v.version = c.version
              LEFT JOIN deks d ON d.name = v.key_name
              WHERE {filter} ORDER BY c.rid DESC"
         ),
         params_from_iter(args.iter()),
-        rows::positioned_version,
+        |r| {
+            if others.is_empty() || meets(&others, &r.opt_bytes(12)?.unwrap_or_default()) {
+                rows.push(rows::positioned_version(r)?);
+            }
+            Ok(true)
+        },
     )?;
     Ok(Scan {
         rows,

@@ -439,10 +439,9 @@ pub fn list_step(positions: Vec<u64>, limit: u64) -> (Vec<u64>, Option<u64>) {
     (positions, resume)
 }
 
-/// How many entries of each value a step of [`RecordRead::scan`] driven by a clause of `values`
-/// values reads at most, for a step of `limit` candidates: all `limit` for one value; for
-/// several, about twice their share (at least 4), so a step reads about `2 × limit + 4 ×
-/// values` entries whatever each value matches ([`merge_step`] keeps what that decides).
+/// How many entries of each value the first round of a step of [`RecordRead::scan`] driven by
+/// a clause of `values` values reads: all `limit` for one value; for several, about twice their
+/// share (at least 4).
 pub fn per_value_batch(values: usize, limit: u64) -> u64 {
     match u64::try_from(values) {
         Ok(0 | 1) | Err(_) => limit,
@@ -450,20 +449,56 @@ pub fn per_value_batch(values: usize, limit: u64) -> u64 {
     }
 }
 
-/// Merges the positions each value of a driving clause listed (descending, at most `batch`
-/// each, as [`per_value_batch`] says) into one step of at most `limit` distinct positions,
-/// descending, and where the next step starts. A value that listed `batch` positions may have
-/// more below its last one, so the merge is complete only down to the highest such last
-/// position: the step ends there, and the next starts below it (`None` once every value's list
-/// ran out within the step).
-pub fn merge_step(lists: Vec<Vec<u64>>, batch: u64, limit: u64) -> (Vec<u64>, Option<u64>) {
-    let full = |l: &Vec<u64>| l.len() as u64 >= batch;
+/// One step of a walk driven by a clause of `values` values: its positions (at most `limit`,
+/// descending) and where the next step starts (`None` once every value's entries ran out).
+/// `read(which, batch)` lists, for each value index in `which`, that value's first `batch`
+/// positions (descending) before the step's start. A first round reads a share of every value
+/// ([`per_value_batch`]); the values that filled their share (the dense ones) are read again up
+/// to `limit`, so a step reads about `2 × limit + 4 × values` entries plus `limit` per dense
+/// value, and still takes `limit` positions when there are that many.
+///
+/// # Errors
+/// What `read` returns.
+pub fn driver_step<E>(
+    values: usize,
+    limit: u64,
+    mut read: impl FnMut(&[usize], u64) -> Result<Vec<Vec<u64>>, E>,
+) -> Result<(Vec<u64>, Option<u64>), E> {
+    let all: Vec<usize> = (0..values).collect();
+    let batch = per_value_batch(values, limit);
+    let mut lists: Vec<(Vec<u64>, u64)> =
+        read(&all, batch)?.into_iter().map(|l| (l, batch)).collect();
+    let (positions, resume) = merge_step(&lists, limit);
+    if batch >= limit || positions.len() as u64 >= limit || resume.is_none() {
+        return Ok((positions, resume));
+    }
+    let dense: Vec<usize> = lists
+        .iter()
+        .enumerate()
+        .filter(|(_, (l, b))| l.len() as u64 >= *b)
+        .map(|(i, _)| i)
+        .collect();
+    for (i, list) in dense.iter().zip(read(&dense, limit)?) {
+        if let Some(slot) = lists.get_mut(*i) {
+            *slot = (list, limit);
+        }
+    }
+    Ok(merge_step(&lists, limit))
+}
+
+/// Merges the positions each value of a driving clause listed (descending, each with the
+/// number it was read with) into one step of at most `limit` distinct positions, descending,
+/// and where the next step starts. A value that listed as many positions as it was read with
+/// may have more below its last one, so the merge is complete only down to the highest such
+/// last position: the step ends there, and the next starts below it (`None` once every value's
+/// list ran out within the step).
+pub fn merge_step(lists: &[(Vec<u64>, u64)], limit: u64) -> (Vec<u64>, Option<u64>) {
     let cut = lists
         .iter()
-        .filter(|l| full(l))
-        .filter_map(|l| l.last().copied())
+        .filter(|(l, read)| l.len() as u64 >= *read)
+        .filter_map(|(l, _)| l.last().copied())
         .max();
-    let mut all: Vec<u64> = lists.into_iter().flatten().collect();
+    let mut all: Vec<u64> = lists.iter().flat_map(|(l, _)| l.iter().copied()).collect();
     all.sort_unstable_by(|a, b| b.cmp(a));
     all.dedup();
     if let Some(cut) = cut {
@@ -476,6 +511,26 @@ pub fn merge_step(lists: Vec<Vec<u64>>, batch: u64, limit: u64) -> (Vec<u64>, Op
         return (all, resume);
     }
     (all, cut)
+}
+
+/// The clauses of `q` a step driven by `driver` checks per candidate, as sets of values.
+pub fn other_clauses(q: &IndexQuery, driver: ScanDriver) -> Vec<std::collections::HashSet<&[u8]>> {
+    q.clauses
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| driver != ScanDriver::Clause(*i))
+        .map(|(_, values)| values.iter().map(|v| &v.0[..]).collect())
+        .collect()
+}
+
+/// Whether a candidate whose own index entries are `entries` (blind values, concatenated)
+/// holds a value of each of `clauses` (each a set of values).
+pub fn meets(clauses: &[std::collections::HashSet<&[u8]>], entries: &[u8]) -> bool {
+    clauses.iter().all(|set| {
+        entries
+            .chunks_exact(medvault_crypto::BLIND_LEN)
+            .any(|e| set.contains(e))
+    })
 }
 
 /// An API bearer token's stored form (the token itself only as the SHA-256 it is looked up by).
@@ -1481,7 +1536,14 @@ pub trait Databases {
 
 #[cfg(test)]
 mod tests {
-    use super::{merge_step, per_value_batch};
+    use super::{driver_step, merge_step, per_value_batch};
+
+    fn read(lists: &[Vec<u64>], n: u64) -> Vec<(Vec<u64>, u64)> {
+        lists
+            .iter()
+            .map(|l| (l.iter().copied().take(n as usize).collect(), n))
+            .collect()
+    }
 
     #[test]
     fn a_step_reads_a_share_of_each_value() {
@@ -1496,26 +1558,53 @@ mod tests {
     fn a_merged_step_is_complete_down_to_where_a_full_list_stops() {
         // The first list is full (4 of 4): below 4 it may have more, so the step stops at 4.
         assert_eq!(
-            merge_step(vec![vec![10, 8, 6, 4], vec![9, 5, 1]], 4, 100),
+            merge_step(&read(&[vec![10, 8, 6, 4, 2], vec![9, 5, 1]], 4), 100),
             (vec![10, 9, 8, 6, 5, 4], Some(4))
         );
         // No list full: everything is known, and nothing follows.
         assert_eq!(
-            merge_step(vec![vec![7, 3], vec![7, 2]], 4, 100),
+            merge_step(&read(&[vec![7, 3], vec![7, 2]], 4), 100),
             (vec![7, 3, 2], None),
             "duplicates once"
         );
         // The limit cuts first.
         assert_eq!(
-            merge_step(vec![vec![9, 8, 7], vec![6]], 4, 2),
+            merge_step(&read(&[vec![9, 8, 7], vec![6]], 4), 2),
             (vec![9, 8], Some(8))
         );
         // The highest of the full lists' last positions bounds the step (the first list may
         // hold 18 next, before the second's 10).
         assert_eq!(
-            merge_step(vec![vec![20, 19], vec![10, 5], vec![3]], 2, 100),
+            merge_step(&read(&[vec![20, 19, 18], vec![10, 5], vec![3]], 2), 100),
             (vec![20, 19], Some(19))
         );
-        assert_eq!(merge_step(vec![vec![], vec![]], 4, 10), (vec![], None));
+        assert_eq!(merge_step(&read(&[vec![], vec![]], 4), 10), (vec![], None));
+    }
+
+    #[test]
+    fn a_dense_value_among_many_is_read_again_so_the_step_fills() {
+        // One dense value (every position 1000..1) among 100 values with one entry each.
+        let mut lists: Vec<Vec<u64>> = (0..100).map(|i| vec![5000 + i]).collect();
+        lists[0] = (1..=1000).rev().collect();
+        let mut rounds = Vec::new();
+        let (step, resume) = driver_step(100, 256, |which, n| {
+            rounds.push((which.len(), n));
+            Ok::<_, ()>(
+                which
+                    .iter()
+                    .map(|i| lists[*i].iter().copied().take(n as usize).collect())
+                    .collect(),
+            )
+        })
+        .unwrap();
+        assert_eq!(
+            rounds,
+            vec![(100, 6), (1, 256)],
+            "all values a share, then the dense one"
+        );
+        assert_eq!(step.len(), 256);
+        assert_eq!(step[..99], (5001..5100).rev().collect::<Vec<_>>()[..]);
+        assert_eq!(step[99], 1000);
+        assert_eq!(resume, step.last().copied());
     }
 }

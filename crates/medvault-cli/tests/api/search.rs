@@ -103,6 +103,8 @@ fn patient_search_parameters() {
         "_sort=nonesuch",
         "_sort=-",
         "_total=maybe",
+        "_page:missing=0123456789abcdef0123456789abcdef",
+        "_count:exact=3",
         "gender:missing=perhaps",
         "general-practitioner.nonesuch=x",
         "organization:Patient.name=x",
@@ -593,6 +595,21 @@ fn wide_searches_walk_a_page_at_a_time() {
         }
     };
     assert_eq!(seen, newest_first, "each match once, in order");
+    // A paging token belongs to its search: with other parameters it answers as an expired one.
+    let token = link
+        .split("_page=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (st, _) = s.get(&format!("Patient?family=narrow&_page={token}"));
+    assert_eq!(st, 410, "another search's token");
+    let (st, _) = s.get(&format!(
+        "Patient?family=widefam&_summary=count&_page={token}"
+    ));
+    assert_eq!(st, 410);
     assert_eq!(pages, 8);
     assert_eq!(
         last["total"], 300,

@@ -4,7 +4,8 @@
 //! updated, and new ones come before the first page, so a walk neither repeats nor skips a
 //! resource that stays a match); for a search ordered by content, its matches (id and version,
 //! in order), so later pages read exactly those versions. What a token names belongs to the
-//! principal that searched (credential, role and purpose); anyone else's `_page` answers as an
+//! principal that searched (credential, role and purpose) and to that search (its parameters
+//! but paging's); anyone else's `_page`, or one sent with other parameters, answers as an
 //! expired one. Each version is still decided when its page is read.
 
 use std::collections::{HashMap, VecDeque};
@@ -17,10 +18,10 @@ use super::Cursor;
 
 /// How long a pinned result set lasts.
 pub const PAGE_TTL: Duration = Duration::from_secs(600);
-/// Pinned result sets kept at most; when they are all others', a search is not pinned (its
-/// links page by offset) rather than evicting someone else's.
+/// Paging tokens kept at most; when full, the holder with the most loses its oldest.
 pub const MAX_PINNED: usize = 1024;
-/// Pinned result sets one principal keeps (its own oldest go first).
+/// Paging tokens one holder (a credential, whatever role or purpose it declares) keeps; its own
+/// oldest go first.
 pub const MAX_PINNED_PER_OWNER: usize = 16;
 /// Matches one result set ordered by content may pin (larger ones page by offset).
 pub const MAX_PINNED_ROWS: usize = 10_000;
@@ -47,13 +48,28 @@ pub struct Pinned {
     pub rt: ResourceType,
     /// What the token names.
     pub set: PinnedSet,
+    /// The search it belongs to (its parameters but paging's, canonical).
+    query: String,
     owner: String,
     created: Instant,
+}
+
+impl Pinned {
+    /// The credential that holds it: the owner's first part (the same for every role and
+    /// purpose it declares).
+    fn holder(&self) -> &str {
+        holder(&self.owner)
+    }
+}
+
+fn holder(owner: &str) -> &str {
+    owner.split('|').next().unwrap_or(owner)
 }
 
 #[derive(Default)]
 struct Pins {
     by_token: HashMap<String, Arc<Pinned>>,
+    /// Tokens, oldest first.
     order: VecDeque<String>,
 }
 
@@ -71,63 +87,89 @@ fn lock() -> std::sync::MutexGuard<'static, Pins> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Pins `set` of a search of `rt` for `owner`; the token for its links, or `None` when the
-/// store is full of other principals' sets (one principal never evicts another's).
-pub fn pin(owner: String, rt: ResourceType, set: PinnedSet) -> Option<String> {
-    let token = uuid::Uuid::new_v4().simple().to_string();
+impl Pins {
+    fn remove(&mut self, token: &str) {
+        self.by_token.remove(token);
+        self.order.retain(|t| t != token);
+    }
+
+    /// The oldest token of `holder`, if any.
+    fn oldest_of(&self, holder: &str) -> Option<String> {
+        self.order
+            .iter()
+            .find(|t| self.by_token.get(*t).is_some_and(|v| v.holder() == holder))
+            .cloned()
+    }
+}
+
+/// Pins `set` of the search `query` of `rt` for `owner`; the token for its links. A holder
+/// keeps at most [`MAX_PINNED_PER_OWNER`] (its own oldest make room); when the process keeps
+/// [`MAX_PINNED`], the holder with the most loses its oldest, so nobody can crowd others out.
+pub fn pin(owner: String, rt: ResourceType, query: String, set: PinnedSet) -> String {
     let mut p = lock();
-    p.by_token.retain(|_, v| v.created.elapsed() < PAGE_TTL);
+    let expired: Vec<String> = p
+        .by_token
+        .iter()
+        .filter(|(_, v)| v.created.elapsed() >= PAGE_TTL)
+        .map(|(t, _)| t.clone())
+        .collect();
+    for t in expired {
+        p.remove(&t);
+    }
     // A page asked for again names the same next page: its token is handed out again, so
     // reloading a page does not push the owner's other pages out.
     if let PinnedSet::Cursor { .. } = set
         && let Some((t, _)) = p
             .by_token
             .iter()
-            .find(|(_, v)| v.owner == owner && v.rt == rt && v.set == set)
+            .find(|(_, v)| v.owner == owner && v.rt == rt && v.query == query && v.set == set)
     {
-        return Some(t.clone());
+        return t.clone();
     }
-    // The owner's own oldest sets make room for their new one.
-    let mut own: Vec<String> = p
-        .order
-        .iter()
-        .filter(|t| p.by_token.get(*t).is_some_and(|v| v.owner == owner))
-        .cloned()
-        .collect();
-    while own.len() >= MAX_PINNED_PER_OWNER {
-        let oldest = own.remove(0);
-        p.by_token.remove(&oldest);
+    let mine = holder(&owner).to_owned();
+    while p.by_token.values().filter(|v| v.holder() == mine).count() >= MAX_PINNED_PER_OWNER {
+        let Some(oldest) = p.oldest_of(&mine) else {
+            break;
+        };
+        p.remove(&oldest);
     }
     if p.by_token.len() >= MAX_PINNED {
-        return None;
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for v in p.by_token.values() {
+            *counts.entry(v.holder()).or_default() += 1;
+        }
+        let heaviest = counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(h, _)| h.to_owned());
+        if let Some(oldest) = heaviest.and_then(|h| p.oldest_of(&h)) {
+            p.remove(&oldest);
+        }
     }
-    let live: std::collections::HashSet<&String> = p.by_token.keys().collect();
-    let order: VecDeque<String> = p
-        .order
-        .iter()
-        .filter(|t| live.contains(t))
-        .cloned()
-        .collect();
-    p.order = order;
+    let token = uuid::Uuid::new_v4().simple().to_string();
     p.order.push_back(token.clone());
     p.by_token.insert(
         token.clone(),
         Arc::new(Pinned {
             rt,
             set,
+            query,
             owner,
             created: Instant::now(),
         }),
     );
-    Some(token)
+    token
 }
 
-/// The result set `token` pins, if it is `owner`'s, of `rt` and not expired.
-pub fn get(token: &str, owner: &str, rt: &ResourceType) -> Option<Arc<Pinned>> {
+/// The result set `token` pins, if it is `owner`'s, of the search `query` of `rt`, and not
+/// expired.
+pub fn get(token: &str, owner: &str, rt: &ResourceType, query: &str) -> Option<Arc<Pinned>> {
     lock()
         .by_token
         .get(token)
-        .filter(|p| p.owner == owner && p.rt == *rt && p.created.elapsed() < PAGE_TTL)
+        .filter(|p| {
+            p.owner == owner && p.rt == *rt && p.query == query && p.created.elapsed() < PAGE_TTL
+        })
         .cloned()
 }
 
@@ -135,8 +177,20 @@ pub fn get(token: &str, owner: &str, rt: &ResourceType) -> Option<Arc<Pinned>> {
 mod tests {
     use super::*;
 
+    /// The table is the process's: these tests take turns.
+    fn turn() -> std::sync::MutexGuard<'static, ()> {
+        static TURN: Mutex<()> = Mutex::new(());
+        TURN.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn rows(id: String) -> PinnedSet {
+        PinnedSet::Rows(vec![(id, 1)])
+    }
+
     #[test]
     fn the_same_cursor_is_pinned_once() {
+        let _turn = turn();
         let rt = ResourceType::PATIENT;
         let at = |n| PinnedSet::Cursor {
             at: Cursor {
@@ -145,38 +199,127 @@ mod tests {
             },
             previous: None,
         };
-        let a = pin("again|admin|".into(), rt.clone(), at(5)).unwrap();
+        let q = || "family=a".to_owned();
+        let a = pin("again|admin|".into(), rt.clone(), q(), at(5));
         for _ in 0..MAX_PINNED_PER_OWNER + 1 {
-            assert_eq!(pin("again|admin|".into(), rt.clone(), at(5)).unwrap(), a);
+            assert_eq!(pin("again|admin|".into(), rt.clone(), q(), at(5)), a);
         }
-        assert!(get(&a, "again|admin|", &rt).is_some());
-        assert_ne!(pin("again|admin|".into(), rt.clone(), at(6)).unwrap(), a);
-        assert_ne!(pin("other|admin|".into(), rt, at(5)).unwrap(), a);
+        assert!(get(&a, "again|admin|", &rt, &q()).is_some());
+        assert!(
+            get(&a, "again|admin|", &rt, "family=b").is_none(),
+            "another search's link"
+        );
+        assert_ne!(pin("again|admin|".into(), rt.clone(), q(), at(6)), a);
+        assert_ne!(
+            pin("again|admin|".into(), rt.clone(), "family=b".into(), at(5)),
+            a
+        );
+        assert_ne!(pin("other|admin|".into(), rt, q(), at(5)), a);
+    }
+
+    #[test]
+    fn a_holder_keeps_sixteen_whatever_purposes_it_declares() {
+        let _turn = turn();
+        let rt = ResourceType::PATIENT;
+        let mine: Vec<String> = (0..MAX_PINNED_PER_OWNER + 4)
+            .map(|i| {
+                let owner = format!("purposes|admin|P{i}");
+                let t = pin(
+                    owner.clone(),
+                    rt.clone(),
+                    String::new(),
+                    rows(format!("m{i}")),
+                );
+                (t, owner)
+            })
+            .map(|(t, _)| t)
+            .collect();
+        let kept = mine
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| get(t, &format!("purposes|admin|P{i}"), &rt, "").is_some())
+            .count();
+        assert_eq!(kept, MAX_PINNED_PER_OWNER);
+        assert!(
+            get(&mine[0], "purposes|admin|P0", &rt, "").is_none(),
+            "the oldest went"
+        );
+    }
+
+    #[test]
+    fn a_full_table_takes_from_the_heaviest_holder() {
+        let _turn = turn();
+        let rt = ResourceType::from_static("Observation");
+        let theirs = pin(
+            "victim|admin|".into(),
+            rt.clone(),
+            String::new(),
+            rows("v".into()),
+        );
+        // Many holders fill the table (each within its own cap).
+        for h in 0..(MAX_PINNED / MAX_PINNED_PER_OWNER + 2) {
+            for i in 0..MAX_PINNED_PER_OWNER {
+                pin(
+                    format!("filler{h}|admin|"),
+                    rt.clone(),
+                    String::new(),
+                    rows(format!("{i}")),
+                );
+            }
+        }
+        assert!(
+            get(&theirs, "victim|admin|", &rt, "").is_some(),
+            "a holder of one is not crowded out"
+        );
+        let late = pin(
+            "late|admin|".into(),
+            rt.clone(),
+            String::new(),
+            rows("l".into()),
+        );
+        assert!(get(&late, "late|admin|", &rt, "").is_some());
+        assert!(lock().by_token.len() <= MAX_PINNED);
     }
 
     #[test]
     fn a_principal_evicts_only_its_own_pins() {
+        let _turn = turn();
         let rt = ResourceType::PATIENT;
-        let rows = |id: String| PinnedSet::Rows(vec![(id, 1)]);
-        let theirs = pin("other|admin|".into(), rt.clone(), rows("a".into())).unwrap();
+        let theirs = pin(
+            "other|admin|".into(),
+            rt.clone(),
+            String::new(),
+            rows("a".into()),
+        );
         let mine: Vec<String> = (0..MAX_PINNED_PER_OWNER + 4)
-            .map(|i| pin("me|admin|".into(), rt.clone(), rows(format!("m{i}"))).unwrap())
+            .map(|i| {
+                pin(
+                    "me|admin|".into(),
+                    rt.clone(),
+                    String::new(),
+                    rows(format!("m{i}")),
+                )
+            })
             .collect();
         assert!(
-            get(&theirs, "other|admin|", &rt).is_some(),
+            get(&theirs, "other|admin|", &rt, "").is_some(),
             "another's pin stays"
         );
-        assert!(get(&mine[0], "me|admin|", &rt).is_none(), "my oldest went");
-        assert!(get(mine.last().unwrap(), "me|admin|", &rt).is_some());
         assert!(
-            get(&theirs, "me|admin|", &rt).is_none(),
+            get(&mine[0], "me|admin|", &rt, "").is_none(),
+            "my oldest went"
+        );
+        assert!(get(mine.last().unwrap(), "me|admin|", &rt, "").is_some());
+        assert!(
+            get(&theirs, "me|admin|", &rt, "").is_none(),
             "never someone else's"
         );
         assert!(
             get(
                 &theirs,
                 "other|admin|",
-                &ResourceType::from_static("Observation")
+                &ResourceType::from_static("Observation"),
+                ""
             )
             .is_none()
         );
