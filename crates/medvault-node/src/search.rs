@@ -444,12 +444,17 @@ fn parse_at(
     let mut req = SearchRequest::default();
     // Every alternative (a comma-separated value) becomes a lookup and a bound SQL parameter:
     // a search is not a bulk export.
-    let alternatives: usize = params.len()
-        + params
+    // Paging's own parameters (which links add) do not count.
+    let counted: Vec<&(String, String)> = params
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "_count" | "_offset" | "_page"))
+        .collect();
+    let alternatives: usize = counted.len()
+        + counted
             .iter()
             .map(|(_, v)| v.matches(',').count())
             .sum::<usize>();
-    if params.len() > MAX_PARAMS || alternatives > MAX_ALTERNATIVES {
+    if counted.len() > MAX_PARAMS || alternatives > MAX_ALTERNATIVES {
         return Err(Error::new(
             ErrorKind::Invalid,
             IssueCode::TooCostly,
@@ -1166,9 +1171,12 @@ fn join_matches(
         count: MAX_JOIN_MATCHES + 1,
     };
     let found = execute_paged(store, ctx, rt, search, paging)?;
-    // More than allowed, or a walk that stopped before its end.
-    if found.rows.len() as u64 > MAX_JOIN_MATCHES || found.next.is_some() {
+    if found.rows.len() as u64 > MAX_JOIN_MATCHES {
         return Err(join_too_costly());
+    }
+    // A walk that stopped before its end (it looked at as many candidates as a page may).
+    if found.next.is_some() {
+        return Err(too_costly());
     }
     Ok(found.rows)
 }
@@ -1463,6 +1471,14 @@ fn pinned_page(
         let Ok(rid) = ResourceId::new(id) else {
             continue;
         };
+        // The pinned version is seen only while the resource as it is now may be seen too (a
+        // relabel since the first page hides it, as it hides a vread), and not once deleted.
+        if store.current(rt, &rid)?.is_none_or(|c| c.deleted)
+            || crate::records::current_verdict(store, ctx, rt, &rid, Interaction::Search)?
+                != crate::records::Verdict::Visible
+        {
+            continue;
+        }
         let Some(row) = store.version(rt, &rid, Some(*version))? else {
             continue;
         };

@@ -975,13 +975,23 @@ fn scan_walks_in_creation_order(store: &dyn Store) {
         "driven by the rarer clause"
     );
     // Many values, most with no entries: the same walk, whichever drives.
-    let many = |n: u8| (100..100 + n).map(|v| entry("family", v)).collect::<Vec<_>>();
+    let many = |n: u8| {
+        (100..100 + n)
+            .map(|v| entry("family", v))
+            .collect::<Vec<_>>()
+    };
     let wide = IndexQuery {
         clauses: vec![[vec![entry("family", 1)], many(40)].concat()],
         ..base.clone()
     };
-    assert_eq!(walked(store, &wide, 2), names(&["p8", "p6", "p4", "p2", "p0"]));
-    assert_eq!(walked(store, &wide, 100), names(&["p8", "p6", "p4", "p2", "p0"]));
+    assert_eq!(
+        walked(store, &wide, 2),
+        names(&["p8", "p6", "p4", "p2", "p0"])
+    );
+    assert_eq!(
+        walked(store, &wide, 100),
+        names(&["p8", "p6", "p4", "p2", "p0"])
+    );
     let checked = IndexQuery {
         clauses: vec![
             [many(30), vec![entry("family", 2)]].concat(),
@@ -989,7 +999,11 @@ fn scan_walks_in_creation_order(store: &dyn Store) {
         ],
         ..base.clone()
     };
-    assert_eq!(walked(store, &checked, 2), names(&["p1"]), "a wide clause checked");
+    assert_eq!(
+        walked(store, &checked, 2),
+        names(&["p1"]),
+        "a wide clause checked"
+    );
     let ids = IndexQuery {
         ids: Some(vec!["p1".into(), "p8".into(), "p3".into(), "zz".into()]),
         clauses: vec![vec![entry("family", 2)]],

@@ -646,3 +646,57 @@ fn wide_searches_walk_a_page_at_a_time() {
     assert_eq!(theirs["total"], 1);
     assert!(link_of(&theirs, "next").is_none());
 }
+
+#[test]
+fn a_sorted_result_set_shows_no_record_relabelled_or_deleted_since() {
+    let s = MEDVAULT.start();
+    let [p] = s.create_patients([("Sortlabel", "P")]);
+    let dr = s.person("sortdoc", "clinician");
+    s.care_team(dr.practitioner.as_deref().unwrap(), &p);
+    let obs: Vec<String> = (0..4)
+        .map(|i| s.create(&observation(&p, "9999-9", &format!("2024-01-0{}", i + 1))))
+        .collect();
+    let mut by_id = obs.clone();
+    by_id.sort();
+    let first = format!("/fhir/Observation?subject=Patient/{p}&_sort=_id&_count=1");
+    let (st, page1) = s.get_as(&first, &dr.session, None);
+    assert_eq!((st, ids(&page1)), (200, vec![by_id[0].clone()]), "{page1}");
+    let next = link_of(&page1, "next").expect("a pinned next page");
+    assert!(next.contains("_page="), "{next}");
+    // Meanwhile the second is relabelled restricted and the third deleted.
+    let (_, mut second) = s.get(&format!("Observation/{}", by_id[1]));
+    second = medvault_testkit::fhir::labelled(second, "R");
+    assert_eq!(s.put(&format!("Observation/{}", by_id[1]), &second).0, 200);
+    assert_eq!(s.delete(&format!("Observation/{}", by_id[2])).0, 200);
+    let page = |path: &str| {
+        let wider = path.replace("_count=1", "_count=5");
+        let (st, v) = s.get_as(&format!("/fhir/{wider}"), &dr.session, None);
+        assert_eq!(st, 200, "{v}");
+        ids(&v)
+    };
+    assert_eq!(
+        page(&next),
+        vec![by_id[3].clone()],
+        "neither the relabelled nor the deleted one, though pinned"
+    );
+}
+
+#[test]
+fn a_search_of_a_thousand_values_pages_through_its_links() {
+    let s = MEDVAULT.start();
+    for i in 0..3 {
+        s.create(&patient("Thousand", &format!("T{i}")));
+    }
+    let values: Vec<String> = std::iter::once("thousand".to_owned())
+        .chain((1..1000).map(|i| format!("x{i}")))
+        .collect();
+    let (st, page1) = s.get(&format!("Patient?family={}&_count=2", values.join(",")));
+    assert_eq!((st, ids(&page1).len()), (200, 2), "{page1}");
+    let next = link_of(&page1, "next").expect("next");
+    let (st, page2) = s.get(&next);
+    assert_eq!(
+        (st, ids(&page2).len()),
+        (200, 1),
+        "paging's parameters do not count"
+    );
+}

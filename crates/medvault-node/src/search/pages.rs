@@ -25,6 +25,8 @@ pub const MAX_PINNED: usize = 1024;
 pub const MAX_PINNED_PER_OWNER: usize = 16;
 /// Matches one result set ordered by content may pin (larger ones page by offset).
 pub const MAX_PINNED_ROWS: usize = 10_000;
+/// Matches the process keeps pinned at most (about 40 MB), whoever holds them.
+pub const MAX_ROWS_PINNED: usize = 500_000;
 
 /// What a paging token names.
 #[derive(Debug, PartialEq, Eq)]
@@ -39,6 +41,16 @@ pub enum PinnedSet {
         /// The previous page's token.
         previous: Option<String>,
     },
+}
+
+impl PinnedSet {
+    /// The matches it holds.
+    fn rows(&self) -> usize {
+        match self {
+            Self::Rows(rows) => rows.len(),
+            Self::Cursor { .. } => 0,
+        }
+    }
 }
 
 /// One pinned result set or page.
@@ -133,18 +145,31 @@ pub fn pin(owner: String, rt: ResourceType, query: String, set: PinnedSet) -> St
         };
         p.remove(&oldest);
     }
-    if p.by_token.len() >= MAX_PINNED {
-        let mut counts: HashMap<&str, usize> = HashMap::new();
+    // Room by count and by pinned matches: whoever holds the most (tokens, then matches)
+    // gives up their oldest.
+    let rows = set.rows();
+    loop {
+        let too_many = p.by_token.len() >= MAX_PINNED;
+        let too_big =
+            p.by_token.values().map(|v| v.set.rows()).sum::<usize>() + rows > MAX_ROWS_PINNED;
+        if !too_many && !too_big {
+            break;
+        }
+        // (tokens, matches) per holder; the one short of room decides who holds the most.
+        let mut held: HashMap<&str, (usize, usize)> = HashMap::new();
         for v in p.by_token.values() {
-            *counts.entry(v.holder()).or_default() += 1;
+            let h = held.entry(v.holder()).or_default();
+            h.0 += 1;
+            h.1 += v.set.rows();
         }
-        let heaviest = counts
+        let heaviest = held
             .into_iter()
-            .max_by_key(|(_, n)| *n)
+            .max_by_key(|(_, (n, r))| if too_big { (*r, *n) } else { (*n, *r) })
             .map(|(h, _)| h.to_owned());
-        if let Some(oldest) = heaviest.and_then(|h| p.oldest_of(&h)) {
-            p.remove(&oldest);
-        }
+        let Some(oldest) = heaviest.and_then(|h| p.oldest_of(&h)) else {
+            break;
+        };
+        p.remove(&oldest);
     }
     let token = uuid::Uuid::new_v4().simple().to_string();
     p.order.push_back(token.clone());
@@ -279,6 +304,28 @@ mod tests {
         );
         assert!(get(&late, "late|admin|", &rt, "").is_some());
         assert!(lock().by_token.len() <= MAX_PINNED);
+    }
+
+    #[test]
+    fn pinned_matches_are_bounded_whoever_holds_them() {
+        let _turn = turn();
+        let rt = ResourceType::from_static("Condition");
+        let big = |n: usize| PinnedSet::Rows((0..n).map(|i| (format!("r{i}"), 1)).collect());
+        let small = pin("modest|admin|".into(), rt.clone(), String::new(), big(10));
+        for h in 0..(MAX_ROWS_PINNED / MAX_PINNED_ROWS + 4) {
+            pin(
+                format!("hoarder{h}|admin|"),
+                rt.clone(),
+                String::new(),
+                big(MAX_PINNED_ROWS),
+            );
+        }
+        let total: usize = lock().by_token.values().map(|v| v.set.rows()).sum();
+        assert!(total <= MAX_ROWS_PINNED, "{total}");
+        assert!(
+            get(&small, "modest|admin|", &rt, "").is_some(),
+            "the small holder keeps theirs"
+        );
     }
 
     #[test]
