@@ -257,6 +257,13 @@ impl Fhir {
         })
     }
 
+    /// Compiles the validator every valid resource passes (a few tens of milliseconds, once per
+    /// process), so the first write a server answers does not pay for it: `serve` calls it on a
+    /// thread of its own at start.
+    pub fn warm_up(&self) {
+        self.validators.warm_up();
+    }
+
     /// The `Source:param` reference parameters of the served types that can point to a
     /// `resource_type` (what `_revinclude` takes for it).
     pub fn revincludes(&self, resource_type: &ResourceType) -> &[String] {

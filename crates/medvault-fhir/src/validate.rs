@@ -134,6 +134,11 @@ impl Validators {
             .as_ref()
     }
 
+    /// Compiles [`Self::any`] now rather than on first use.
+    pub(crate) fn warm_up(&self) {
+        let _ = self.any();
+    }
+
     /// The validators of the embedded R4 schema, shared by every [`crate::Fhir`] of the process:
     /// a type's validator is compiled once (it takes tens of milliseconds, and the whole
     /// schema's definitions hang off every type through `contained`) and never dropped.

@@ -225,6 +225,9 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("--webauthn-origin: {e}"))?;
     }
     let node = open_node(&dir, false)?;
+    // The schema validator compiles while the server starts, not during its first write.
+    let fhir = std::sync::Arc::clone(&node.fhir);
+    std::thread::spawn(move || fhir.warm_up());
     // The node's identity keys exist before anyone asks for its document.
     medvault_node::node_identity::NodeIdentity::load(&node)?;
     // After the node opened: the data directory exists (mode 0700) for a dev certificate.
