@@ -36,8 +36,9 @@ pub const KEY_FILE: &str = "medvault.key";
 pub const TENANT_KEY: &KeyName = &KeyName::TENANT;
 /// Data key from which blind-index keys are derived.
 pub const INDEX_KEY: &KeyName = &KeyName::node("@index");
-/// Unwrapped data keys kept in memory before the cache is emptied.
-const MAX_CACHED_KEYS: usize = 200_000;
+/// Unwrapped data keys one generation of the cache holds: the keys used since the last turn
+/// stay, at most twice this many in all (about 8 MB), the rest are unwrapped again when needed.
+const MAX_CACHED_KEYS: usize = 32_768;
 
 /// Errors opening a node.
 #[derive(Debug, thiserror::Error)]
@@ -160,12 +161,44 @@ impl AsKeyName for String {
     }
 }
 
+/// Unwrapped data keys in two generations: new and used keys go into the current one; when it
+/// is full it becomes the previous one (the one before is dropped), and a key found in the
+/// previous generation moves back to the current. Keys in use stay; memory stays bounded.
+#[derive(Default)]
+struct KeyCache {
+    current: HashMap<String, (Arc<DataKey>, WrappedKey)>,
+    previous: HashMap<String, (Arc<DataKey>, WrappedKey)>,
+}
+
+impl KeyCache {
+    /// The key named `name`, and whether it was found in the previous generation.
+    fn get(&self, name: &str) -> Option<((Arc<DataKey>, WrappedKey), bool)> {
+        if let Some(k) = self.current.get(name) {
+            return Some((k.clone(), false));
+        }
+        self.previous.get(name).map(|k| (k.clone(), true))
+    }
+
+    fn insert(&mut self, name: String, key: (Arc<DataKey>, WrappedKey)) {
+        if self.current.len() >= MAX_CACHED_KEYS && !self.current.contains_key(&name) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.previous.remove(&name);
+        self.current.insert(name, key);
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.current.remove(name);
+        self.previous.remove(name);
+    }
+}
+
 /// The node's keys: the root key, KEKs and unwrapped data keys it has used.
 pub struct KeyRing {
     tenant: String,
     root: RootKey,
     keks: RwLock<BTreeMap<u32, Arc<Kek>>>,
-    data_keys: RwLock<HashMap<String, (Arc<DataKey>, WrappedKey)>>,
+    data_keys: RwLock<KeyCache>,
     indexer: OnceLock<BlindIndexer>,
     param_keys: RwLock<HashMap<(String, String), Arc<ParamKey>>>,
 }
@@ -231,18 +264,17 @@ impl KeyRing {
     }
 
     fn cached(&self, name: &str) -> Option<(Arc<DataKey>, WrappedKey)> {
-        self.data_keys
-            .read()
-            .ok()
-            .and_then(|m| m.get(name).cloned())
+        let found = self.data_keys.read().ok()?.get(name)?;
+        if let (true, Ok(mut m)) = (found.1, self.data_keys.write()) {
+            // Used again since the last turn: it moves to the new generation.
+            m.insert(name.to_owned(), found.0.clone());
+        }
+        Some(found.0)
     }
 
     fn remember(&self, key: DataKey, wrapped: WrappedKey) -> Arc<DataKey> {
         let key = Arc::new(key);
         if let Ok(mut m) = self.data_keys.write() {
-            if m.len() >= MAX_CACHED_KEYS {
-                m.clear();
-            }
             m.insert(key.name().to_owned(), (Arc::clone(&key), wrapped));
         }
         key
@@ -631,7 +663,7 @@ impl Node {
             tenant,
             root,
             keks: RwLock::new(BTreeMap::new()),
-            data_keys: RwLock::new(HashMap::new()),
+            data_keys: RwLock::new(KeyCache::default()),
             indexer: OnceLock::new(),
             param_keys: RwLock::new(HashMap::new()),
         };
@@ -710,6 +742,33 @@ fn bind_access_log(access: &dyn LogStore, tenant: &str) -> Result<(), NodeError>
 mod tests {
     use super::*;
     use medvault_store_sqlite::Embedded;
+
+    #[test]
+    fn the_key_cache_keeps_keys_in_use_and_stays_bounded() {
+        let mut cache = KeyCache::default();
+        let entry = |name: &str| {
+            let k = DataKey::generate(name.to_owned(), 1).unwrap();
+            (Arc::new(k), WrappedKey::from_stored(vec![0; 40]))
+        };
+        cache.insert("Patient/hot".into(), entry("Patient/hot"));
+        for round in 0..3 {
+            for i in 0..MAX_CACHED_KEYS {
+                let name = format!("Patient/{round}-{i}");
+                cache.insert(name.clone(), entry(&name));
+                if i % 1000 == 0 {
+                    // The hot key is used now and then: it moves back to the current generation.
+                    let (k, old) = cache.get("Patient/hot").expect("a key in use stays");
+                    if old {
+                        cache.insert("Patient/hot".into(), k);
+                    }
+                }
+            }
+            assert!(cache.current.len() + cache.previous.len() <= 2 * MAX_CACHED_KEYS);
+        }
+        assert!(cache.get("Patient/0-5").is_none(), "an unused key went");
+        cache.remove("Patient/hot");
+        assert!(cache.get("Patient/hot").is_none());
+    }
 
     #[test]
     fn a_node_refuses_to_open_without_its_access_log_or_its_key_file() {

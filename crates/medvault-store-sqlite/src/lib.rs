@@ -30,8 +30,9 @@ use rusqlite::Connection;
 
 use crate::conn::backend;
 
-/// Read connections kept open when idle.
-const MAX_IDLE_READERS: usize = 64;
+/// Read connections kept open when idle (more are opened while a burst needs them, and closed
+/// after): each holds a page cache of up to 16 MiB, so the idle ones bound what caching costs.
+const MAX_IDLE_READERS: usize = 16;
 /// How long a connection waits for another process's lock (e.g. the CLI) before failing.
 const BUSY_TIMEOUT_MILLIS: u64 = 10_000;
 
