@@ -714,7 +714,7 @@ pub fn execute(
     rt: &ResourceType,
     req: &SearchRequest,
 ) -> Result<Found, Error> {
-    run(store, ctx, rt, req, req.paging, Cursor::default(), None)
+    execute_paged(store, ctx, rt, req, req.paging)
 }
 
 fn execute_paged(
@@ -967,9 +967,6 @@ fn walk(
             }
         }
         let page_full = (found.rows.len() as u64) >= count && skip == 0;
-        if count == 0 {
-            found.next = None;
-        }
         match step.resume {
             // Every candidate looked at: the count is exact, and a next page exists only if a
             // match came after this one's.

@@ -119,14 +119,17 @@ impl Pins {
 /// [`MAX_PINNED`], the holder with the most loses its oldest, so nobody can crowd others out.
 pub fn pin(owner: String, rt: ResourceType, query: String, set: PinnedSet) -> String {
     let mut p = lock();
-    let expired: Vec<String> = p
-        .by_token
-        .iter()
-        .filter(|(_, v)| v.created.elapsed() >= PAGE_TTL)
-        .map(|(t, _)| t.clone())
-        .collect();
-    for t in expired {
-        p.remove(&t);
+    // Tokens are kept in the order they were made, and all live as long: the expired ones are
+    // at the front.
+    while let Some(t) = p.order.front().cloned() {
+        if p.by_token
+            .get(&t)
+            .is_some_and(|v| v.created.elapsed() < PAGE_TTL)
+        {
+            break;
+        }
+        p.order.pop_front();
+        p.by_token.remove(&t);
     }
     // A page asked for again names the same next page: its token is handed out again, so
     // reloading a page does not push the owner's other pages out.
