@@ -149,6 +149,82 @@ impl AuditRecord {
     }
 }
 
+/// The codec byte at the front of a compact detail's plaintext (before sealing): the record's
+/// JSON, zstd-compressed against [`DICTIONARY_V1`]. A detail whose plaintext starts with `{` is
+/// the JSON itself (every detail written before this codec, and any that would not shrink).
+/// Hard to undo: a new dictionary takes a new codec byte; this one is read forever.
+const CODEC_ZSTD_DICT_V1: u8 = 0x01;
+
+/// What the compact codec compresses against: field names and the values most records share,
+/// the commonest last (zstd reaches the end of a raw dictionary most cheaply). Never changes.
+const DICTIONARY_V1: &[u8] = br#"{"v":1,"type":"admin","interaction":"keys-rotate","outcome":"success","agent":{"os_user":"root"},"target":"kek-","type":"share","share":{"direction":"send","peer":"","records":0},"type":"security","type":"summary","interaction":"anonymous-requests","counts":{"total":0,"addresses":[],"credentials":[]},"outcome":"authentication-failed","outcome":"client-error","outcome":"server-error","outcome":"denied","denied_by":"role-gate","auth":{"user":null,"client":null,"event":"login"},"interaction":"login","interaction":"oauth-token","interaction":"search-type","interaction":"create","interaction":"update","interaction":"transaction","method":"POST","method":"PUT","status":201,"status":403,"status":401,"status":404,"resource_type":"Observation","resource_type":"Encounter","extra":{},"params":["_count","_id","subject","patient","code","date"],"purpose":"TREAT","policy":{"purpose":"TREAT","denied_by":[],"withheld":0,"break_glass":[],"patients_seen":["Patient/"],"patients_refused":[]},"method":"GET","resource_type":"Patient","id":"","params":[],"status":200,"address":"127.0.0.1"}{"v":1,"type":"rest","time":"2026-12-07T00:00:00.000000Z","interaction":"read","outcome":"success","agent":{"token":"tok_","role":"admin","session":null,"client":null},"patient":"Patient/","request_id":"","policy":{"purpose":null,"denied_by":[],"withheld":0,"break_glass":[],"patients_seen":["Patient/"],"patients_refused":[]},"method":"GET","resource_type":"Patient","id":""#;
+
+/// The most a detail may inflate to when read back (records are a few hundred bytes; a summary
+/// with its 100 addresses and credentials a few kilobytes).
+const MAX_DETAIL: usize = 1 << 20;
+
+thread_local! {
+    /// A compressor per thread with the dictionary loaded once (building one costs far more
+    /// than compressing a record).
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A detail's plaintext, as sealed: the record's JSON, compressed when that makes it smaller.
+///
+/// # Errors
+/// Serialization or compressor failure (a message naming which, never record content).
+pub fn encode_detail(record: &AuditRecord) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    let json = zeroize::Zeroizing::new(
+        serde_json::to_vec(record).map_err(|e| format!("audit record: {e}"))?,
+    );
+    let packed = COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(
+                zstd::bulk::Compressor::with_dictionary(3, DICTIONARY_V1)
+                    .map_err(|e| format!("audit compressor: {e}"))?,
+            );
+        }
+        let Some(c) = slot.as_mut() else {
+            return Err("audit compressor missing".to_owned());
+        };
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(json.len() / 2 + 16));
+        out.push(CODEC_ZSTD_DICT_V1);
+        let body = zeroize::Zeroizing::new(
+            c.compress(&json)
+                .map_err(|e| format!("audit compression: {e}"))?,
+        );
+        out.extend_from_slice(&body);
+        Ok(out)
+    })?;
+    Ok(if packed.len() < json.len() {
+        packed
+    } else {
+        json
+    })
+}
+
+/// The record a detail's plaintext holds, as JSON (either codec).
+///
+/// # Errors
+/// A detail that is neither JSON nor a compact record that inflates to JSON.
+pub fn decode_detail(plain: &[u8]) -> Result<Value, String> {
+    match plain.first() {
+        Some(b'{') => serde_json::from_slice(plain).map_err(|e| format!("audit record: {e}")),
+        Some(&CODEC_ZSTD_DICT_V1) => {
+            let mut d = zstd::bulk::Decompressor::with_dictionary(DICTIONARY_V1)
+                .map_err(|e| format!("audit decompressor: {e}"))?;
+            let json = zeroize::Zeroizing::new(
+                d.decompress(&plain[1..], MAX_DETAIL)
+                    .map_err(|e| format!("audit record does not inflate: {e}"))?,
+            );
+            serde_json::from_slice(&json).map_err(|e| format!("audit record: {e}"))
+        }
+        _ => Err("audit record in an unknown codec".to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
@@ -180,5 +256,45 @@ mod tests {
             serde_json::to_value(AuditOutcome::AuthenticationFailed).unwrap(),
             "authentication-failed"
         );
+    }
+
+    #[test]
+    fn a_detail_is_compact_and_reads_back_as_the_same_json() {
+        let pid = "Patient/629bcea2-8af6-4b45-8233-50a94e14372d";
+        let r = AuditRecord::new(
+            AuditKind::Rest,
+            1_796_601_000_123_456,
+            "read",
+            AuditOutcome::Success,
+        )
+        .patient(Some(pid.into()))
+        .with("request_id", "10a087f8c83c-1")
+        .with(
+            "policy",
+            json!({"purpose": null, "denied_by": [], "withheld": 0, "break_glass": [],
+                       "patients_seen": [pid], "patients_refused": []}),
+        )
+        .with("method", "GET")
+        .with("resource_type", "Patient")
+        .with("id", "629bcea2-8af6-4b45-8233-50a94e14372d")
+        .with("params", json!([]))
+        .with("status", 200)
+        .with("address", "127.0.0.1");
+        let json = serde_json::to_vec(&r).unwrap();
+        let packed = encode_detail(&r).unwrap();
+        assert_eq!(packed[0], CODEC_ZSTD_DICT_V1);
+        assert!(
+            packed.len() * 3 < json.len(),
+            "{} bytes from {}",
+            packed.len(),
+            json.len()
+        );
+        assert_eq!(decode_detail(&packed).unwrap(), r.to_json());
+        // Details written as plain JSON still read.
+        assert_eq!(decode_detail(&json).unwrap(), r.to_json());
+        // Anything else is refused, not guessed at.
+        assert!(decode_detail(b"\x02abc").is_err());
+        assert!(decode_detail(&[CODEC_ZSTD_DICT_V1, 1, 2, 3]).is_err());
+        assert!(decode_detail(b"").is_err());
     }
 }

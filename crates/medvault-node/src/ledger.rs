@@ -350,8 +350,7 @@ impl Ledger {
         record: &AuditRecord,
     ) -> Result<(AuditDetail, Vec<u8>), Error> {
         let salt = random_salt()?;
-        let bytes =
-            zeroize::Zeroizing::new(serde_json::to_vec(record).map_err(|e| Error::internal(&e))?);
+        let bytes = crate::audit::encode_detail(record).map_err(|e| Error::internal(&e))?;
         let sealed = self
             .audit_key
             .seal_bound(AUDIT_SEAL_CONTEXT, &[&salt], &bytes)
@@ -415,7 +414,7 @@ impl Ledger {
             .audit_key
             .open_bound(AUDIT_SEAL_CONTEXT, &[&detail.salt], &detail.sealed)
             .map_err(|e| Error::internal(&e))?;
-        serde_json::from_slice(&plain).map_err(|e| Error::internal(&e))
+        crate::audit::decode_detail(&plain).map_err(|e| Error::internal(&e))
     }
 
     /// True if a stored audit detail opens (its AEAD tag verifies) under the audit key.
