@@ -333,7 +333,7 @@ fn walk(
             }
             for hash in leaf_hashes {
                 frontier.append(hash, |level, index, hash| {
-                    if level > 0 {
+                    if level > 0 && medvault_store::group::is_stored_level(level) {
                         emitted.push((level, index, *hash));
                     }
                 });
@@ -411,7 +411,7 @@ fn check_checkpoint(
 }
 
 /// What one verification step reads: leaves `[start, start + want)`, their audit details, and
-/// for every level from 1 the stored nodes those leaves complete (node `i` of level `l` is completed by
+/// for every stored level from 8 (every 8th) the nodes those leaves complete (node `i` of level `l` is completed by
 /// leaf `(i + 1)·2^l − 1`, so they are indexes `[start >> l, (start + want) >> l)`).
 struct Chunk {
     start: u64,
@@ -425,8 +425,9 @@ fn read_chunk(store: &(dyn LogRead + Sync), start: u64, want: u64) -> Result<Chu
     let entries = store.ledger_entries(start, want)?;
     let details = store.audit_details(start, want)?;
     let mut nodes = Vec::new();
-    // Level 0 is not stored (leaf hashes are hashed from the leaves, as this walk does).
-    for level in 1..64u8 {
+    // Level 0 is not stored (leaf hashes are hashed from the leaves, as this walk does), nor
+    // are the levels between the tile levels.
+    for level in (1..64u8).filter(|l| medvault_store::group::is_stored_level(*l)) {
         let (lo, hi) = (start >> level, (start + want) >> level);
         if hi == 0 {
             break;

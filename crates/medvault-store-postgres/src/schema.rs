@@ -172,11 +172,19 @@ const NODE_MIGRATIONS: &[(i64, &str)] = &[
         14,
         "CREATE INDEX IF NOT EXISTS current_by_type ON current (rtype, rid);",
     ),
+    // v15: tree nodes are stored only at the tile levels (every 8th); the others are hashed up
+    // from them when needed.
+    (15, KEEP_TILE_LEVELS),
 ];
 
+const KEEP_TILE_LEVELS: &str = "DELETE FROM ledger_nodes WHERE level % 8 <> 0;";
+
 /// The access log's schema: one log and the witness state, nothing else. (SQLite's access log
-/// is at version 2; the numbers are per kind.)
-const ACCESS_LOG_MIGRATIONS: &[(i64, &str)] = &[(2, concat!(meta_table!(), log_tables!()))];
+/// is at version 3; the numbers are per kind.)
+const ACCESS_LOG_MIGRATIONS: &[(i64, &str)] = &[
+    (2, concat!(meta_table!(), log_tables!())),
+    (3, KEEP_TILE_LEVELS),
+];
 
 /// Creates the schema if needed and applies pending migrations, in one transaction.
 pub(crate) fn migrate(conn: &mut Conn, schema: Schema, namespace: &str) -> Result<(), StoreError> {

@@ -16,7 +16,7 @@ use medvault_store::{
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use medvault_store::group::{contiguous_leaves, contiguous_nodes};
+use medvault_store::group::{contiguous_leaves, contiguous_nodes, derived_nodes, nodes_at};
 
 use crate::conn::{Cols, Conn, Param, get, to_i64, to_u64};
 
@@ -627,14 +627,19 @@ pub(crate) fn ledger_size(c: &mut Conn) -> Result<u64, StoreError> {
     )
 }
 
-/// Nodes `[start, start + count)` of tree level `level`, stopping at the first one missing.
-/// Level 0 (leaf hashes) is not stored: it is hashed from the leaves themselves.
+/// Nodes `[start, start + count)` of tree level `level`, stopping at the first one missing
+/// (levels that are not stored are hashed up from the stored level below them).
 pub(crate) fn ledger_nodes(
     c: &mut Conn,
     level: u8,
     start: u64,
     count: u64,
 ) -> Result<Vec<Hash>, StoreError> {
+    derived_nodes(level, start, count, |l, s, n| stored_nodes(c, l, s, n))
+}
+
+/// Nodes of a stored level. Level 0 (leaf hashes) is not stored: it is hashed from the leaves.
+fn stored_nodes(c: &mut Conn, level: u8, start: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
     if level == 0 {
         return Ok(contiguous_leaves(start, &ledger_entries(c, start, count)?));
     }
@@ -651,11 +656,16 @@ pub(crate) fn ledger_nodes(
     )?;
     Ok(contiguous_nodes(start, found))
 }
-/// The given nodes in two round trips (stored nodes; leaves for level 0).
+/// The given nodes: those of stored levels in two round trips (stored nodes; leaves for level
+/// 0), each of the others from one run of the stored level below it.
 pub(crate) fn ledger_nodes_at(
     c: &mut Conn,
     keys: &[(u8, u64)],
 ) -> Result<Vec<Option<Hash>>, StoreError> {
+    nodes_at(c, keys, stored_nodes_at, stored_nodes)
+}
+
+fn stored_nodes_at(c: &mut Conn, keys: &[(u8, u64)]) -> Result<Vec<Option<Hash>>, StoreError> {
     let mut found: HashMap<(u8, u64), Hash> = HashMap::with_capacity(keys.len());
     let (leaves, nodes): (Vec<_>, Vec<_>) = keys.iter().partition(|(level, _)| *level == 0);
     if !nodes.is_empty() {

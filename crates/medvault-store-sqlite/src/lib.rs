@@ -441,7 +441,7 @@ mod tests {
             medvault_store::conformance::CHECKS.len()
                 + medvault_store::conformance::PAIR_CHECKS.len()
         );
-        assert_eq!(ran, 17);
+        assert_eq!(ran, 18);
     }
 
     #[test]
@@ -451,8 +451,11 @@ mod tests {
         let s = medvault_store::conformance::reopen_keeps_data(&|| {
             Box::new(SqliteStore::open(&path).unwrap())
         });
-        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("14"));
-        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 14);
+        assert_eq!(
+            s.meta("schema_version").unwrap().as_deref(),
+            Some(medvault_store::NODE_SCHEMA_VERSION.to_string().as_str())
+        );
+        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 15);
     }
 
     #[test]

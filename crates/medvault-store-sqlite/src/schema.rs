@@ -186,14 +186,19 @@ const NODE_MIGRATIONS: &[&str] = &[
     // v14: a type's current versions in creation order, so a search walks them a page at a
     // time (`scan`) instead of sorting every match.
     "CREATE INDEX IF NOT EXISTS current_by_type ON current (rtype, rid);",
+    // v15: tree nodes are stored only at the tile levels (every 8th); the others are hashed up
+    // from them when needed.
+    KEEP_TILE_LEVELS,
 ];
 
 const DROP_LEVEL_ZERO: &str = "DELETE FROM ledger_nodes WHERE level = 0;";
+const KEEP_TILE_LEVELS: &str = "DELETE FROM ledger_nodes WHERE level % 8 <> 0;";
 
 /// The access log's database: one log and the witness state, nothing else.
 const ACCESS_LOG_MIGRATIONS: &[&str] = &[
     concat!(meta_table!(), log_tables!(), witnessed_table!()),
     DROP_LEVEL_ZERO,
+    KEEP_TILE_LEVELS,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, schema: Schema) -> Result<(), StoreError> {

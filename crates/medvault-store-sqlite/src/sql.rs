@@ -4,7 +4,9 @@ use medvault_core::{KeyName, ResourceId, ResourceType};
 use medvault_crypto::{BLIND_LEN, BlindValue, Sealed, WrappedKey};
 use medvault_ledger::Hash;
 use medvault_ledger::leaf_hash;
-use medvault_store::group::{NewNode, contiguous_leaves, contiguous_nodes};
+use medvault_store::group::{
+    NewNode, contiguous_leaves, contiguous_nodes, derived_nodes, nodes_at,
+};
 use medvault_store::rows::{self, Columns};
 use medvault_store::{
     AccessTokenRow, AlertRow, Amendment, AuditDetail, BreakGlassRow, ClientRow, CurrentMeta,
@@ -690,9 +692,19 @@ pub(crate) fn ledger_size(c: &Connection) -> Result<u64, StoreError> {
     counted(c, "SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_leaves", [])
 }
 
-/// Nodes `[start, start + count)` of tree level `level`, stopping at the first one missing.
-/// Level 0 (leaf hashes) is not stored: it is hashed from the leaves themselves.
+/// Nodes `[start, start + count)` of tree level `level`, stopping at the first one missing
+/// (levels that are not stored are hashed up from the stored level below them).
 pub(crate) fn ledger_nodes(
+    c: &Connection,
+    level: u8,
+    start: u64,
+    count: u64,
+) -> Result<Vec<Hash>, StoreError> {
+    derived_nodes(level, start, count, |l, s, n| stored_nodes(c, l, s, n))
+}
+
+/// Nodes of a stored level. Level 0 (leaf hashes) is not stored: it is hashed from the leaves.
+fn stored_nodes(
     c: &Connection,
     level: u8,
     start: u64,
@@ -715,6 +727,15 @@ pub(crate) fn ledger_nodes_at(
     c: &Connection,
     keys: &[(u8, u64)],
 ) -> Result<Vec<Option<Hash>>, StoreError> {
+    nodes_at(
+        &mut (),
+        keys,
+        |(), keys| stored_nodes_at(c, keys),
+        |(), l, s, n| stored_nodes(c, l, s, n),
+    )
+}
+
+fn stored_nodes_at(c: &Connection, keys: &[(u8, u64)]) -> Result<Vec<Option<Hash>>, StoreError> {
     let mut node = c
         .prepare_cached("SELECT hash FROM ledger_nodes WHERE level = ?1 AND idx = ?2")
         .map_err(backend)?;

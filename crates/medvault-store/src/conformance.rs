@@ -52,6 +52,10 @@ pub const CHECKS: &[(&str, Check)] = &[
         "queued_ops_share_a_commit_and_fail_alone",
         queued_ops_share_a_commit_and_fail_alone,
     ),
+    (
+        "tree_levels_between_tiles_are_hashed_up",
+        tree_levels_between_tiles_are_hashed_up,
+    ),
 ];
 
 /// Checks that need two fresh stores of the backend (a source and a target).
@@ -128,6 +132,101 @@ pub fn reopen_keeps_data(open: &dyn Fn() -> Box<dyn Store>) -> Box<dyn Store> {
         .unwrap_or_else(|e| panic!("root: {e}"));
     assert_eq!(got, want.root());
     store
+}
+
+/// 700 audit leaves, appended in groups of different sizes: only the tile levels are stored,
+/// yet every level answers as the whole tree would (runs, batches of keys, the root and the
+/// frontier, across a group boundary and at the tree's ragged end).
+fn tree_levels_between_tiles_are_hashed_up(store: &dyn Store) {
+    let mut want = medvault_ledger::MemoryTree::new();
+    let mut n: u32 = 0;
+    for group in [1u32, 255, 1, 300, 143] {
+        let leaves: Vec<Vec<u8>> = (n..n + group).map(|i| i.to_be_bytes().to_vec()).collect();
+        for l in &leaves {
+            want.push(medvault_ledger::leaf_hash(l));
+        }
+        n += group;
+        wrote(store, "append_audit", move |tx| {
+            for l in &leaves {
+                let detail = AuditDetail {
+                    salt: [7; 16],
+                    sealed: Sealed::from_stored(vec![7; 40]),
+                };
+                tx.append_audit(&detail, l)?;
+            }
+            Ok(())
+        });
+    }
+    assert_eq!(ok(store.ledger_size(), "size"), 700);
+    let src: &dyn medvault_ledger::NodeSource = &want;
+    for level in 0..=10u8 {
+        let complete = 700u64 >> level;
+        let expect: Vec<_> = (0..complete)
+            .map(|i| {
+                src.node(level, i)
+                    .unwrap_or_else(|e| panic!("reference: {e}"))
+            })
+            .collect();
+        assert_eq!(
+            ok(store.ledger_nodes(level, 0, complete + 5), "nodes"),
+            expect,
+            "level {level}"
+        );
+        if complete > 1 {
+            // A run that starts inside the level.
+            assert_eq!(
+                ok(store.ledger_nodes(level, 1, complete), "nodes"),
+                expect[1..],
+                "level {level} from 1"
+            );
+        }
+    }
+    let keys = [
+        (0u8, 699u64),
+        (3, 80),
+        (7, 4),
+        (7, 5),
+        (8, 1),
+        (9, 0),
+        (9, 1),
+        (1, 349),
+    ];
+    let got = ok(store.ledger_nodes_at(&keys), "nodes at");
+    for ((level, index), hash) in keys.iter().zip(got) {
+        let expect = src.node(*level, *index).ok();
+        let complete = 700u64 >> level;
+        assert_eq!(
+            hash,
+            (*index < complete).then_some(expect).flatten(),
+            "node {level}/{index}"
+        );
+    }
+    for size in [1, 255, 256, 257, 511, 512, 700] {
+        let mut prefix = medvault_ledger::MemoryTree::new();
+        for i in 0..size as u32 {
+            prefix.push(medvault_ledger::leaf_hash(&i.to_be_bytes()));
+        }
+        assert_eq!(
+            medvault_ledger::root(&LedgerNodes(store), size).ok(),
+            Some(prefix.root()),
+            "root at {size}"
+        );
+        let batched = LedgerNodes(store).batched(|s| medvault_ledger::root(s, size));
+        assert_eq!(batched.ok(), Some(prefix.root()), "batched root at {size}");
+    }
+    let proof = LedgerNodes(store)
+        .batched(|s| medvault_ledger::inclusion_proof(s, 300, 700))
+        .unwrap_or_else(|e| panic!("proof: {e}"));
+    assert!(
+        medvault_ledger::verify_inclusion(
+            300,
+            700,
+            &medvault_ledger::leaf_hash(&300u32.to_be_bytes()),
+            &proof,
+            &want.root()
+        )
+        .is_ok()
+    );
 }
 
 /// After `store` was migrated from schema version 12 (tokens without expiry, revocation or

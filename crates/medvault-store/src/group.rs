@@ -124,12 +124,84 @@ pub fn extend(
             ));
         }
         frontier.append(*hash, |level, i, h| {
-            if level > 0 {
+            if level > 0 && is_stored_level(level) {
                 nodes.push((level, i, *h));
             }
         });
     }
     Ok(nodes)
+}
+
+/// Tree levels are stored only every [`STORED_LEVEL_STEP`]: the levels C2SP tiles are made of
+/// (a tile of level `k` holds nodes of tree level `8k`). Level 0 is hashed from the leaves, the
+/// levels between are hashed from the stored level below them when a proof or frontier needs
+/// them (at most 128 hashes each). A group commit then writes one node row per 256 leaves
+/// instead of one per leaf, and touches one tree level's pages instead of eight.
+#[allow(clippy::cast_possible_truncation)] // TILE_HEIGHT is 8
+pub const STORED_LEVEL_STEP: u8 = medvault_ledger::TILE_HEIGHT as u8;
+
+/// Whether nodes of tree `level` are stored (level 0 is the leaves themselves).
+pub fn is_stored_level(level: u8) -> bool {
+    level.is_multiple_of(STORED_LEVEL_STEP)
+}
+
+/// Nodes `[start, start + count)` of tree `level`, stopping where the tree (or the stored run)
+/// ends: read by `stored` when the level is stored (level 0: hashed from the leaves), otherwise
+/// hashed up from the stored level below. Only complete subtrees are returned.
+///
+/// # Errors
+/// From `stored`.
+pub fn derived_nodes(
+    level: u8,
+    start: u64,
+    count: u64,
+    stored: impl FnOnce(u8, u64, u64) -> Result<Vec<Hash>, StoreError>,
+) -> Result<Vec<Hash>, StoreError> {
+    let shift = level % STORED_LEVEL_STEP;
+    if shift == 0 {
+        return stored(level, start, count);
+    }
+    let Some(base_start) = start.checked_mul(1 << shift) else {
+        return Ok(Vec::new());
+    };
+    let mut hashes = stored(level - shift, base_start, count.saturating_mul(1 << shift))?;
+    for _ in 0..shift {
+        hashes = hashes
+            .chunks_exact(2)
+            .map(|pair| medvault_ledger::node_hash(&pair[0], &pair[1]))
+            .collect();
+    }
+    Ok(hashes)
+}
+
+/// The hashes of the nodes `keys` names (`None` where the tree has none): `stored_at` answers
+/// the keys of stored levels in one batch, `range` a run of a stored level (for the rest, which
+/// are hashed up from it, one run per key).
+///
+/// # Errors
+/// From `stored_at` or `range`.
+pub fn nodes_at<C: ?Sized>(
+    ctx: &mut C,
+    keys: &[(u8, u64)],
+    stored_at: impl FnOnce(&mut C, &[(u8, u64)]) -> Result<Vec<Option<Hash>>, StoreError>,
+    mut range: impl FnMut(&mut C, u8, u64, u64) -> Result<Vec<Hash>, StoreError>,
+) -> Result<Vec<Option<Hash>>, StoreError> {
+    let (direct, derived): (Vec<usize>, Vec<usize>) =
+        (0..keys.len()).partition(|&i| is_stored_level(keys[i].0));
+    let mut out = vec![None; keys.len()];
+    let direct_keys: Vec<(u8, u64)> = direct.iter().map(|&i| keys[i]).collect();
+    if !direct_keys.is_empty() {
+        for (i, h) in direct.into_iter().zip(stored_at(ctx, &direct_keys)?) {
+            out[i] = h;
+        }
+    }
+    for i in derived {
+        let (level, index) = keys[i];
+        out[i] = derived_nodes(level, index, 1, |l, s, n| range(ctx, l, s, n))?
+            .first()
+            .copied();
+    }
+    Ok(out)
 }
 
 /// The run of tree nodes starting at index `start`, from `(index, hash)` rows in index order:
@@ -195,10 +267,19 @@ impl std::fmt::Debug for GroupWriter {
 impl GroupWriter {
     /// Loads the tree's frontier through `dialect` and starts the writer thread `name`.
     ///
+    /// A tree whose frontier does not load (a leaf or node missing: a damaged or tampered
+    /// database) still opens, so `ledger verify` can name what is wrong: the writer starts from
+    /// the empty frontier, and its first group, finding the stored size differs, reloads it and
+    /// fails with the missing node instead of appending to a tree it cannot hash.
+    ///
     /// # Errors
-    /// The frontier cannot be loaded, or the thread cannot start.
+    /// The database cannot be read, or the thread cannot start.
     pub fn spawn<D: Dialect>(name: &str, mut dialect: D) -> Result<Self, StoreError> {
-        let frontier = dialect.read(|view| load_frontier(view, None))?;
+        let frontier = match dialect.read(|view| load_frontier(view, None)) {
+            Ok(f) => f,
+            Err(StoreError::Unavailable(m)) => return Err(StoreError::Unavailable(m)),
+            Err(_) => Frontier::new(),
+        };
         let (sender, receiver) = sync_channel::<Job>(QUEUE);
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
@@ -354,25 +435,27 @@ impl<D: Dialect> Writer<D> {
         appended: Option<Vec<(u64, Hash)>>,
     ) -> Result<(), StoreError> {
         let prepared = (|| {
+            let pending = match appended {
+                Some(list) => list,
+                None => self.dialect.read(|view| {
+                    Ok(view
+                        .ledger_entries(committed, u64::MAX)?
+                        .into_iter()
+                        .map(|(i, e)| (i, leaf_hash(&e)))
+                        .collect())
+                })?,
+            };
+            // A group that appended no leaf leaves the tree as it is and does not need the
+            // frontier (a database whose tree does not load still takes its other writes).
+            if pending.is_empty() {
+                return Ok(Vec::new());
+            }
             // Another process may have appended and integrated leaves since this writer did.
             if committed != frontier.size() {
                 *frontier = self
                     .dialect
                     .read(|view| load_frontier(view, Some(committed)))?;
             }
-            let pending = match appended {
-                Some(list) => list,
-                None => {
-                    let start = frontier.size();
-                    self.dialect.read(|view| {
-                        Ok(view
-                            .ledger_entries(start, u64::MAX)?
-                            .into_iter()
-                            .map(|(i, e)| (i, leaf_hash(&e)))
-                            .collect())
-                    })?
-                }
-            };
             extend(frontier, &pending)
         })();
         match prepared {
@@ -432,11 +515,23 @@ mod tests {
     fn extending_the_frontier_refuses_a_gap_and_matches_the_tree() {
         let mut f = Frontier::new();
         let leaves: Vec<(u64, Hash)> = (0..5u64).map(|i| (i, leaf_hash(&[i as u8]))).collect();
-        let nodes = extend(&mut f, &leaves).unwrap();
+        // Five leaves complete subtrees at levels 1 and 2 only: nothing of them is stored.
+        assert!(extend(&mut f, &leaves).unwrap().is_empty());
         assert_eq!(f.size(), 5);
-        // Leaves 0-1, 2-3 and 0-3 complete subtrees: three stored nodes.
-        assert_eq!(nodes.len(), 3);
-        assert!(nodes.iter().all(|(level, _, _)| *level > 0));
         assert!(extend(&mut f, &[(6, leaf_hash(b"x"))]).is_err());
+        // 600 leaves complete two subtrees of level 8 (the first tile level): those two.
+        let mut f = Frontier::new();
+        let mut tree = medvault_ledger::MemoryTree::new();
+        let leaves: Vec<(u64, Hash)> = (0..600u64)
+            .map(|i| (i, leaf_hash(&i.to_be_bytes())))
+            .collect();
+        for (_, h) in &leaves {
+            tree.push(*h);
+        }
+        let nodes = extend(&mut f, &leaves).unwrap();
+        let src: &dyn medvault_ledger::NodeSource = &tree;
+        let want: Vec<NewNode> = (0..2).map(|i| (8, i, src.node(8, i).unwrap())).collect();
+        assert_eq!(nodes, want);
+        assert_eq!(f.root(), tree.root());
     }
 }

@@ -87,9 +87,9 @@ impl std::fmt::Debug for TokenHash {
 
 /// The schema version of a node database this build writes (both backends use these numbers,
 /// so a dump of one loads into the other).
-pub const NODE_SCHEMA_VERSION: i64 = 14;
+pub const NODE_SCHEMA_VERSION: i64 = 15;
 /// The schema version of an access-log database this build writes.
-pub const ACCESS_LOG_SCHEMA_VERSION: i64 = 2;
+pub const ACCESS_LOG_SCHEMA_VERSION: i64 = 3;
 
 /// Which of a node's two databases a store holds; each has its own tables and migrations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -994,7 +994,8 @@ pub struct LedgerNodes<'a>(pub &'a dyn LogRead);
 /// Hashes of complete subtrees at the upper tree levels, kept in memory. A complete subtree never
 /// changes once stored, so cached hashes never go stale; levels from [`NodeCache::MIN_LEVEL`] up
 /// hold about 1/128 of the nodes (≈ 80 000 hashes, 3 MB, at 10 million leaves), which turns most
-/// of a proof's lookups into memory reads.
+/// of a proof's lookups into memory reads. It starts with the stored levels (8, 16, …); the
+/// levels between fill in as proofs hash them up.
 #[derive(Debug, Default)]
 pub struct NodeCache(std::sync::RwLock<std::collections::HashMap<(u8, u64), Hash>>);
 
@@ -1012,7 +1013,8 @@ impl NodeCache {
     pub fn warm(&self, store: &dyn LogRead) -> Result<usize, StoreError> {
         let size = store.ledger_size()?;
         let mut loaded = Vec::new();
-        for level in Self::MIN_LEVEL..64 {
+        // Only stored levels: the others would be hashed up from them, level by level.
+        for level in (Self::MIN_LEVEL..64).filter(|l| crate::group::is_stored_level(*l)) {
             let count = size >> level;
             if count == 0 || loaded.len() as u64 + count > Self::MAX as u64 {
                 break;

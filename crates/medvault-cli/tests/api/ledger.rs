@@ -187,7 +187,8 @@ fn tamper(dir: &Path, old: &Path, kind: u64, rng: &mut Rng) -> String {
     let access = dir.join("access.db");
     let db = match kind {
         0 | 3 => &records,
-        6 => &access,
+        // Kind 7 tampers with a stored tree node: only the access log here is long enough.
+        6 | 7 => &access,
         8 | 9 => {
             let name = if kind == 8 {
                 "access.db"
@@ -317,7 +318,20 @@ fn tamper_rows(db: &Path, kind: u64, rng: &mut Rng) -> String {
             }
         }
         _ => {
-            let level = 1 + rng.below(2);
+            // Only the tile levels (8, 16, …) are stored; a log of fewer than 256 leaves has no
+            // node to tamper with, so flip a leaf instead.
+            let stored: i64 = c
+                .query_row(
+                    "SELECT count(*) FROM ledger_nodes WHERE level = 8",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            if stored == 0 {
+                // (The records log here is too short for any stored node.)
+                return tamper_rows(db, 1, rng);
+            }
+            let level = 8;
             let k = pick(rng, &format!("ledger_nodes WHERE level = {level}"), "idx");
             let mut h: Vec<u8> = c
                 .query_row(
@@ -358,6 +372,10 @@ fn ledger_verify_catches_every_tampering() {
     copy_dir(&s.dir, &old);
     let mut again = MEDVAULT.start_in(&s.dir, &env);
     work(&again, 3);
+    // Past 256 access-log leaves, so the first stored tree node (level 8) exists to tamper with.
+    for _ in 0..260 {
+        assert_eq!(again.get("metadata").0, 200);
+    }
     again.stop();
     let (ok, out, err) = s.run(&["ledger", "verify"]);
     assert!(ok, "honest directory must verify: {out} {err}");
