@@ -20,6 +20,7 @@
 //! show); only the HTTP server maps it to a status and an `OperationOutcome`.
 
 pub mod admin;
+pub mod archive;
 pub mod audit;
 pub mod audit_view;
 pub mod authz;

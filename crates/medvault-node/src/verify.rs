@@ -49,6 +49,8 @@ pub struct Report {
     pub amendments: u64,
     /// Audit leaves checked against their sealed details.
     pub audit_records: u64,
+    /// Audit leaves whose details were archived (checked only with `--archive`).
+    pub archived: u64,
     /// Tree heads pinned by the other log's checkpoints that the leaves reproduced.
     pub pins: u64,
 }
@@ -203,22 +205,27 @@ pub fn verify(
         ledger,
         LogId::Records,
         &rec_roots,
+        0,
         |start, leaves| {
             commitments.extend(leaves.iter().map(|(_, c)| *c));
             progress(start + leaves.len() as u64, total);
         },
     )?;
     let mut audit_records = 0;
-    walk(
+    let (archived_before, archived_by) = crate::archive::archived(access)?;
+    let archived = walk(
         access,
         ledger,
         LogId::Access,
         &acc_roots,
+        archived_before,
         |start, leaves| {
             audit_records += leaves.len() as u64;
             progress(rec_size + start + leaves.len() as u64, total);
         },
     )?;
+    audit_records -= archived;
+    check_archive_mark(access, ledger, archived_before, archived_by)?;
     let mut used = vec![false; commitments.len()];
     let versions = check_versions(records, ledger, &commitments, &mut used)?;
     let amendments = check_amendments(records, ledger, &commitments, &mut used)?;
@@ -238,6 +245,7 @@ pub fn verify(
         access: report(acc_newest, acc_cosigned, acc_size),
         versions,
         amendments,
+        archived,
         audit_records,
         pins,
     })
@@ -245,14 +253,18 @@ pub fn verify(
 
 /// Walks one log's leaves in order: checks contiguity, format and kind, every stored node, that
 /// the tree passes through every root in `roots` at its size, and (access log) every audit
-/// detail. `chunk_done` gets each checked chunk's start and `(index, commitment)` pairs.
+/// detail, except that audit leaves below `archived_before` may have none (their details were
+/// archived). `chunk_done` gets each checked chunk's start and `(index, commitment)` pairs.
+/// Returns how many audit leaves had no detail because it was archived.
 fn walk(
     store: &(dyn LogRead + Sync),
     ledger: &Ledger,
     log: LogId,
     roots: &[(u64, Hash)],
+    archived_before: u64,
     mut chunk_done: impl FnMut(u64, &[(u64, Hash)]),
-) -> Result<(), VerifyError> {
+) -> Result<u64, VerifyError> {
+    let mut archived = 0u64;
     let size = store.ledger_size()?;
     for (n, root) in roots {
         if *n == 0 && *root != medvault_ledger::empty_root() {
@@ -302,10 +314,15 @@ fn walk(
                     return Err(diverge(format!("audit detail row {l} has no audit leaf")));
                 }
                 if kind == EntryKind::Audit {
-                    let Some((_, d)) = details.next_if(|(l, _)| *l == expect) else {
-                        return Err(diverge(format!("audit leaf {expect} has no stored detail")));
-                    };
-                    audits.push((expect, entry.commitment, d));
+                    match details.next_if(|(l, _)| *l == expect) {
+                        Some((_, d)) => audits.push((expect, entry.commitment, d)),
+                        None if expect < archived_before => archived += 1,
+                        None => {
+                            return Err(diverge(format!(
+                                "audit leaf {expect} has no stored detail"
+                            )));
+                        }
+                    }
                 }
                 leaves.push((expect, entry.commitment));
             }
@@ -358,7 +375,68 @@ fn walk(
             chunk_done(start, &leaves);
         }
         Ok(())
-    })
+    })?;
+    Ok(archived)
+}
+
+/// The access log's archive mark must be the range its newest archive's own record names: that
+/// record's leaf (`archived_by`, at or past the mark, its detail checked by the walk) opens to a
+/// `ledger-archive` record whose `to` is the mark. A mark without one is details deleted, not
+/// archived.
+fn check_archive_mark(
+    access: &dyn LogRead,
+    ledger: &Ledger,
+    archived_before: u64,
+    archived_by: Option<u64>,
+) -> Result<(), VerifyError> {
+    if archived_before == 0 {
+        return Ok(());
+    }
+    let unbacked = || {
+        diverge(format!(
+            "the access log says the details of leaves below {archived_before} were archived, but no archive record of its own says so: details were deleted"
+        ))
+    };
+    let leaf = archived_by
+        .filter(|l| *l >= archived_before)
+        .ok_or_else(unbacked)?;
+    let detail = access.audit_detail(leaf)?.ok_or_else(unbacked)?;
+    let record = ledger.open_audit(&detail).map_err(|_| unbacked())?;
+    if record["interaction"] != crate::archive::ARCHIVE_INTERACTION
+        || record["to"].as_u64() != Some(archived_before)
+    {
+        return Err(unbacked());
+    }
+    Ok(())
+}
+
+/// Checks the archive files `paths` against the access log: every detail in them belongs to an
+/// archived leaf, matches its commitment and opens under the audit key. Returns how many were
+/// checked.
+///
+/// # Errors
+/// A file that is not a whole archive, or a detail that does not match (named).
+pub fn check_archives(
+    access: &dyn LogRead,
+    ledger: &Ledger,
+    paths: &[std::path::PathBuf],
+) -> Result<u64, crate::archive::ArchiveError> {
+    let (archived_before, _) = crate::archive::archived(access)?;
+    let mut checked = 0;
+    for path in paths {
+        crate::archive::read_archive(path, |leaf, d| {
+            if leaf >= archived_before {
+                return Err(crate::archive::ArchiveError::Refused(format!(
+                    "{}: leaf {leaf} was never archived (the access log archived below {archived_before})",
+                    path.display()
+                )));
+            }
+            crate::archive::check_detail(access, ledger, leaf, &d)?;
+            checked += 1;
+            Ok(())
+        })?;
+    }
+    Ok(checked)
 }
 
 /// The first audit leaf in `part` whose stored detail does not match its commitment or does not

@@ -888,6 +888,13 @@ impl LogTx for Tx<'_> {
         self.leaf_appended(&row, leaf)
     }
 
+    fn remove_audit_details(&mut self, start: u64, end: u64) -> Result<u64, StoreError> {
+        self.exec(
+            "DELETE FROM ledger_audit WHERE leaf >= $1 AND leaf < $2",
+            &[&to_i64(start), &to_i64(end)],
+        )
+    }
+
     fn set_witnessed(
         &mut self,
         origin: &str,

@@ -932,6 +932,15 @@ impl LogTx for Tx<'_> {
         Ok(idx)
     }
 
+    fn remove_audit_details(&mut self, start: u64, end: u64) -> Result<u64, StoreError> {
+        exec(
+            self.conn,
+            "DELETE FROM ledger_audit WHERE leaf >= ?1 AND leaf < ?2",
+            params![to_i64(start), to_i64(end)],
+        )
+        .map(|n| n as u64)
+    }
+
     fn set_witnessed(
         &mut self,
         origin: &str,

@@ -1125,6 +1125,12 @@ pub trait LogTx: LogRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError>;
+    /// Removes the stored audit details of leaves `[start, end)` (their leaves stay: an archive
+    /// keeps the details). Returns how many were removed.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn remove_audit_details(&mut self, start: u64, end: u64) -> Result<u64, StoreError>;
     /// Records that this node cosigned `note` (size `size`, root `root`) for the log `origin`.
     ///
     /// # Errors

@@ -23,6 +23,30 @@ pub(crate) enum LedgerCommand {
         /// A witness cosigner key to trust, in addition to those `serve --witness` recorded.
         #[arg(long = "witness", value_name = "VKEY")]
         witnesses: Vec<String>,
+        /// An archive file `ledger archive` wrote: check every detail in it against its leaf
+        /// too (repeat for several). Without it, archived details are counted, not checked.
+        #[arg(long = "archive", value_name = "FILE")]
+        archives: Vec<std::path::PathBuf>,
+    },
+    /// Move the sealed details of old access-log entries (everything below `--before` not
+    /// archived yet) into a new archive file, then remove them from the database. The leaves
+    /// stay, so checkpoints, tiles and proofs are unchanged, and each archived detail stays
+    /// bound to its leaf: keep the file in cold storage and `ledger verify --archive FILE`
+    /// checks it. `--before` may be at most the newest signed checkpoint's size (`ledger
+    /// verify` prints it). The archive itself is recorded in the access log. Safe to run while
+    /// the server runs; SQLite reuses the freed space for new entries.
+    #[command(
+        after_help = "Example:\n  medvault ledger archive --data-dir /var/lib/medvault --before 5000000 --out /mnt/cold/access-0-5000000.mvarchive"
+    )]
+    Archive {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Archive the details of the access-log leaves below this index.
+        #[arg(long, value_name = "LEAF")]
+        before: u64,
+        /// The archive file to write (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
     },
     /// Print this node's ledger keys: the two logs' checkpoint keys (give them to witnesses and
     /// auditors) and the witness cosigner key (give it to logs this node witnesses).
@@ -53,9 +77,46 @@ pub(crate) enum NodeCommand {
 
 pub(crate) fn run_ledger(command: LedgerCommand) -> anyhow::Result<()> {
     match command {
-        LedgerCommand::Verify { dir, witnesses } => {
+        LedgerCommand::Verify {
+            dir,
+            witnesses,
+            archives,
+        } => {
             let node = open_node(&dir, true)?;
             println!("{}", verify_ledger(&node, &witnesses)?);
+            if !archives.is_empty() {
+                let checked = medvault_node::verify::check_archives(
+                    node.access.as_ref(),
+                    &node.ledger,
+                    &archives,
+                )
+                .map_err(|e| anyhow::anyhow!("ledger verification failed: {e}"))?;
+                println!(
+                    "archives verified: {checked} archived audit details in {} file(s) match their leaves",
+                    archives.len()
+                );
+            }
+        }
+        LedgerCommand::Archive { dir, before, out } => {
+            let node = open_node(&dir, true)?;
+            let mut bar: Option<ProgressBar> = None;
+            let done = medvault_node::archive::archive(&node, before, &out, |done, total| {
+                let pb = bar.get_or_insert_with(|| progress(total, "archiving audit details"));
+                pb.set_position(done);
+            });
+            if let Some(pb) = bar {
+                pb.finish_and_clear();
+            }
+            let a = done.map_err(|e| anyhow::anyhow!("archive failed: {e}"))?;
+            println!(
+                "archived the audit details of access-log leaves {}..{} to {} ({} bytes, sha256 {}); recorded as access-log leaf {}",
+                a.from,
+                a.to,
+                out.display(),
+                a.bytes,
+                a.sha256,
+                a.leaf
+            );
         }
         LedgerCommand::Keys { dir } => {
             let node = open_node(&dir, true)?;
@@ -159,12 +220,17 @@ pub(crate) fn verify_ledger(node: &Node, extra_witnesses: &[String]) -> anyhow::
         )
     };
     Ok(format!(
-        "ledger verified: {}; {}; {} resource versions ({} amended: their original leaves checked too), {} audit records, {} pinned records tree heads reproduced",
+        "ledger verified: {}; {}; {} resource versions ({} amended: their original leaves checked too), {} audit records{}, {} pinned records tree heads reproduced",
         log("records", &r.records),
         log("access", &r.access),
         r.versions,
         r.amendments,
         r.audit_records,
+        if r.archived > 0 {
+            format!(" ({} more archived)", r.archived)
+        } else {
+            String::new()
+        },
         r.pins
     ))
 }

@@ -589,3 +589,123 @@ fn checkpoints_carry_a_post_quantum_cosignature() {
     let (ok, _, err) = s.run(&["ledger", "verify"]);
     assert!(!ok && err.contains("ML-DSA-44"), "{err}");
 }
+
+/// The number after `label` in `text` (`"… covers 12, …"`).
+fn number_after(text: &str, label: &str) -> u64 {
+    let at = text
+        .find(label)
+        .unwrap_or_else(|| panic!("{label:?} in {text}"))
+        + label.len();
+    text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn old_audit_details_move_to_an_archive_that_verify_checks() {
+    let mut s = MEDVAULT.start();
+    for i in 0..12 {
+        s.create_and_read(&patient(&format!("Archfam{i}"), "Al"));
+    }
+    s.stop();
+    let out = s.verify_ledger();
+    let access = &out[out.find("access log").unwrap()..];
+    let signed = number_after(access, "newest signed checkpoint covers ");
+    assert!(signed > 20, "{out}");
+    let before = signed - 2;
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("access-0.mvarchive");
+    let file_s = file.to_str().unwrap();
+    let before_s = before.to_string();
+
+    // Past the newest signed checkpoint is refused, and nothing is written.
+    let past = (signed + 1).to_string();
+    let (ok, _, err) = s.run(&["ledger", "archive", "--before", &past, "--out", file_s]);
+    assert!(
+        !ok && err.contains("past the newest signed checkpoint"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!file.exists());
+
+    let (ok, out, err) = s.run(&["ledger", "archive", "--before", &before_s, "--out", file_s]);
+    assert!(ok, "{out} {err}");
+    assert!(
+        out.contains(&format!("access-log leaves 0..{before}")),
+        "{out}"
+    );
+    // The details are gone from the database; the leaves are not.
+    let db = rusqlite::Connection::open(s.dir.join("access.db")).unwrap();
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM ledger_audit WHERE leaf < {before}"
+        )),
+        0
+    );
+    assert!(count("SELECT count(*) FROM ledger_leaves") as u64 > before);
+    drop(db);
+
+    // verify counts them as archived; with the file it checks each one.
+    let out = s.verify_ledger();
+    assert!(out.contains(&format!("({before} more archived)")), "{out}");
+    let (ok, out, err) = s.run(&["ledger", "verify", "--archive", file_s]);
+    assert!(ok, "{out} {err}");
+    assert!(
+        out.contains(&format!(
+            "archives verified: {before} archived audit details"
+        )),
+        "{out}"
+    );
+    // Archiving the same range again is refused; the archive is never overwritten.
+    let (ok, _, err) = s.run(&["ledger", "archive", "--before", &before_s, "--out", file_s]);
+    assert!(!ok && err.contains("archived already"), "{err}");
+
+    // A damaged archive is refused in one plain line.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    let damaged = scratch.path().join("damaged.mvarchive");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let (ok, _, err) = s.run(&["ledger", "verify", "--archive", damaged.to_str().unwrap()]);
+    assert!(!ok, "damaged archive accepted");
+    assert!(
+        err.starts_with("medvault: error: ledger verification failed:"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+
+    // Moving the mark past the archive (deleting more details) is caught: no archive record
+    // of the log's own names that range.
+    let copy = scratch.path().join("moved");
+    copy_dir(&s.dir, &copy);
+    let db = rusqlite::Connection::open(copy.join("access.db")).unwrap();
+    let further = before + 2;
+    db.execute(
+        "UPDATE meta SET v = ?1 WHERE k = 'access_archived_before'",
+        [further.to_string()],
+    )
+    .unwrap();
+    db.execute(
+        "DELETE FROM ledger_audit WHERE leaf < ?1",
+        [i64::try_from(further).unwrap()],
+    )
+    .unwrap();
+    drop(db);
+    let (ok, out, err) = MEDVAULT.cli(
+        &["ledger", "verify", "--data-dir", copy.to_str().unwrap()],
+        &s.env_pairs(),
+    );
+    assert!(!ok, "moved archive mark accepted: {out}");
+    assert!(err.contains("no archive record"), "{err}");
+
+    // The node serves on, and the archive is itself in the access log.
+    let again = MEDVAULT.start_in(&s.dir, &s.env_pairs());
+    let (st, bundle) = again.get("AuditEvent?_count=50");
+    assert_eq!(st, 200, "{bundle}");
+    let text = bundle.to_string();
+    assert!(text.contains("ledger-archive"), "{text}");
+}
