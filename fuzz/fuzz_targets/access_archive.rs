@@ -13,8 +13,8 @@ fuzz_target!(|data: &[u8]| {
         last = Some(leaf);
         Ok(())
     });
-    if let Ok((from, to)) = got {
-        assert!(from < to);
-        assert_eq!(last, Some(to - 1));
+    if let Ok(header) = got {
+        assert!(header.from < header.to);
+        assert_eq!(last, Some(header.to - 1));
     }
 });

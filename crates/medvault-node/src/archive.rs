@@ -78,21 +78,91 @@ pub struct Archived {
     pub leaf: u64,
 }
 
-/// How far the access log's details are archived, and the leaf of the record that says so.
+/// How far the access log's details are archived, as its `meta` says (checked against the
+/// archive record by [`backed_mark`]), and the leaf of the record that says so.
 ///
 /// # Errors
-/// Store failures; a stored value that is not a number.
-pub fn archived(access: &dyn LogRead) -> Result<(u64, Option<u64>), StoreError> {
-    let num = |key: &str| -> Result<Option<u64>, StoreError> {
+/// Store failures; a stored value that is not a leaf index.
+pub fn archived(access: &dyn LogRead) -> Result<(u64, Option<u64>), ArchiveError> {
+    let num = |key: &str| -> Result<Option<u64>, ArchiveError> {
         access
             .meta(key)?
             .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| StoreError::Backend(format!("meta {key} is not a number").into()))
+                v.parse::<u64>().map_err(|_| {
+                    ArchiveError::Refused(format!(
+                        "the access log's meta {key} is not a leaf index: the database was altered"
+                    ))
+                })
             })
             .transpose()
     };
     Ok((num(ARCHIVED_BEFORE)?.unwrap_or(0), num(ARCHIVED_BY)?))
+}
+
+/// One archive run: the leaves whose details it moved, and its file's SHA-256 (hex).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Link {
+    /// First leaf.
+    pub from: u64,
+    /// One past the last leaf.
+    pub to: u64,
+    /// The archive file's SHA-256, hex.
+    pub sha256: String,
+}
+
+/// The archive mark, checked: every archive run so far, contiguous from leaf 0 to `before`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Mark {
+    /// Details of leaves below this are archived.
+    pub before: u64,
+    /// The runs that archived them, oldest first.
+    pub chain: Vec<Link>,
+}
+
+/// The access log's archive mark, backed by its newest archive's own record: the leaf
+/// `meta.access_archived_by` names (at or past the mark, inside the log) opens to a
+/// `ledger-archive` record whose `chain` of runs is contiguous from leaf 0 to the mark and ends
+/// with the record's own range. A mark without one means details were deleted, not archived.
+///
+/// # Errors
+/// [`ArchiveError::Refused`] naming what does not hold; store failures.
+pub fn backed_mark(
+    access: &dyn LogRead,
+    ledger: &crate::ledger::Ledger,
+) -> Result<Mark, ArchiveError> {
+    let (before, by) = archived(access)?;
+    if before == 0 {
+        return Ok(Mark::default());
+    }
+    let unbacked = || {
+        ArchiveError::Refused(format!(
+            "the access log says the details of leaves below {before} were archived, but no archive record of its own says so: details were deleted"
+        ))
+    };
+    let size = access.ledger_size()?;
+    let leaf = by
+        .filter(|l| *l >= before && *l < size)
+        .ok_or_else(unbacked)?;
+    let detail = access.audit_detail(leaf)?.ok_or_else(unbacked)?;
+    let record = ledger.open_audit(&detail).map_err(|_| unbacked())?;
+    if record["interaction"] != ARCHIVE_INTERACTION {
+        return Err(unbacked());
+    }
+    let chain: Vec<Link> =
+        serde_json::from_value(record["chain"].clone()).map_err(|_| unbacked())?;
+    let contiguous = chain.first().is_some_and(|l| l.from == 0)
+        && chain.windows(2).all(|w| w[0].to == w[1].from)
+        && chain.iter().all(|l| l.from < l.to);
+    let last = chain.last().ok_or_else(unbacked)?;
+    if !contiguous
+        || last.to != before
+        || record["from"].as_u64() != Some(last.from)
+        || record["to"].as_u64() != Some(last.to)
+        || record["sha256"].as_str() != Some(last.sha256.as_str())
+    {
+        return Err(unbacked());
+    }
+    Ok(Mark { before, chain })
 }
 
 /// Size of the newest signed checkpoint of the access log (0 when none).
@@ -121,7 +191,14 @@ pub fn archive(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Archived, ArchiveError> {
     let access: &dyn LogStore = node.access.as_ref();
-    let (from, _) = archived(access)?;
+    // The mark must be the one the newest archive's own record names (so nothing deleted
+    // behind the log's back is laundered into an archived range) before anything is removed.
+    let mark = backed_mark(access, &node.ledger).map_err(|e| {
+        ArchiveError::Refused(format!(
+            "{e}; nothing was archived (run `medvault ledger verify`)"
+        ))
+    })?;
+    let from = mark.before;
     // Rows an interrupted run left below the mark go first.
     remove_details(access, 0, from)?;
     let signed = checkpointed(access)?;
@@ -145,14 +222,14 @@ pub fn archive(
         let path = path.to_owned();
         move |source| ArchiveError::Io { path, source }
     };
-    let tmp = out.with_extension("partial");
+    // A temporary name of its own beside the archive (never a file the command did not make).
+    let mut tmp_name = out
+        .file_name()
+        .map(std::ffi::OsStr::to_os_string)
+        .unwrap_or_default();
+    tmp_name.push(format!(".{}.partial", uuid::Uuid::new_v4().simple()));
+    let tmp = out.with_file_name(tmp_name);
     let (bytes, digest) = (|| {
-        // A stale partial file from an interrupted run (or anything put in its place, a
-        // symbolic link included) is removed, never written through.
-        match std::fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&tmp)(e)),
-            _ => {}
-        }
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -193,8 +270,13 @@ pub fn archive(
         file.sync_all().map_err(io(&tmp))?;
         Ok((w.bytes + 32, digest))
     })()
-    .inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
+    .inspect_err(|e| {
+        // Only a file this run created (`create_new` refused anything already there).
+        let exists = matches!(e, ArchiveError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::AlreadyExists);
+        if !exists {
+            let _ = std::fs::remove_file(&tmp);
+        }
     })?;
     // A link, not a rename: it fails if `out` appeared meanwhile instead of replacing it.
     let linked = std::fs::hard_link(&tmp, out).map_err(io(out));
@@ -207,12 +289,13 @@ pub fn archive(
     }
     // Read it back whole before anything leaves the database.
     let mut checked = 0u64;
-    let range = read_archive(out, |leaf, d| {
+    let header = read_archive(out, |leaf, d| {
         check_detail(access, &node.ledger, leaf, &d)?;
         checked += 1;
         Ok(())
     })?;
-    if range != (from, before) || checked != before - from {
+    if (header.from, header.to, header.sha256) != (from, before, digest) || checked != before - from
+    {
         return Err(ArchiveError::BadFile {
             path: out.to_owned(),
             why: "reads back as another range than was written".into(),
@@ -223,6 +306,13 @@ pub fn archive(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let mut chain = mark.chain;
+    chain.push(Link {
+        from,
+        to: before,
+        sha256: sha256.clone(),
+    });
+    let chain = serde_json::to_value(&chain).map_err(|e| ArchiveError::Ledger(e.to_string()))?;
     let record = {
         let sha = sha256.clone();
         move |now: i64| {
@@ -230,12 +320,13 @@ pub fn archive(
                 .with("from", from)
                 .with("to", before)
                 .with("sha256", sha)
+                .with("chain", chain)
         }
     };
     let ledger = std::sync::Arc::clone(&node.ledger);
     let now = node.clock.now_micros();
     let leaf = write_log_with(access, move |tx| {
-        let (mark, _) = archived(tx)?;
+        let (mark, _) = archived(tx).map_err(|e| StoreError::Backend(e.to_string().into()))?;
         if mark != from {
             return Err(StoreError::Conflict);
         }
@@ -246,11 +337,15 @@ pub fn archive(
         tx.set_meta(ARCHIVED_BY, &leaf.to_string())?;
         Ok(leaf)
     })
-    .map_err(|e| match e {
-        StoreError::Conflict => {
-            ArchiveError::Refused("another archive ran at the same time: run it again".into())
+    .map_err(|e| {
+        // Not recorded, so not an archive: the file this run wrote goes.
+        let _ = std::fs::remove_file(out);
+        match e {
+            StoreError::Conflict => {
+                ArchiveError::Refused("another archive ran at the same time: run it again".into())
+            }
+            e => ArchiveError::Store(e),
         }
-        e => ArchiveError::Store(e),
     })?;
     remove_details(access, from, before)?;
     node.ledger
@@ -332,9 +427,22 @@ fn write_entry(w: &mut impl Write, leaf: u64, d: &AuditDetail) -> std::io::Resul
     w.write_all(sealed)
 }
 
-/// Reads the archive at `path`, giving each (leaf, detail) to `each` in order, and returns the
-/// leaf range its header names. The whole file is checked: header, entries contiguous over the
-/// range, no byte after them but the SHA-256 of everything before it.
+/// What an archive's header and trailer say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The access log it came from.
+    pub origin: String,
+    /// First leaf.
+    pub from: u64,
+    /// One past the last leaf.
+    pub to: u64,
+    /// The file's SHA-256 (checked).
+    pub sha256: [u8; 32],
+}
+
+/// Reads the archive at `path`, giving each (leaf, detail) to `each` in order, and returns its
+/// header. The whole file is checked: header, entries contiguous over the range, no byte after
+/// them but the SHA-256 of everything before it.
 ///
 /// # Errors
 /// [`ArchiveError::BadFile`] for anything that is not a whole, intact archive; what `each`
@@ -342,7 +450,7 @@ fn write_entry(w: &mut impl Write, leaf: u64, d: &AuditDetail) -> std::io::Resul
 pub fn read_archive(
     path: &Path,
     each: impl FnMut(u64, AuditDetail) -> Result<(), ArchiveError>,
-) -> Result<(u64, u64), ArchiveError> {
+) -> Result<Header, ArchiveError> {
     let file = std::fs::File::open(path).map_err(|source| ArchiveError::Io {
         path: path.to_owned(),
         source,
@@ -372,14 +480,14 @@ pub enum ParseError<E> {
 }
 
 /// Parses an archive from `input` (untrusted bytes: a file back from cold storage), giving
-/// each entry to `each`; returns the leaf range of its header.
+/// each entry to `each`; returns its header.
 ///
 /// # Errors
 /// [`ParseError::Bad`] for anything but a whole, intact archive.
 pub fn parse_archive<E>(
     input: impl Read,
     mut each: impl FnMut(u64, AuditDetail) -> Result<(), E>,
-) -> Result<(u64, u64), ParseError<E>> {
+) -> Result<Header, ParseError<E>> {
     let bad = |why: &str| ParseError::Bad(why.to_owned());
     let mut r = BufReader::new(input);
     let mut hash = Sha256Stream::default();
@@ -398,15 +506,16 @@ pub fn parse_archive<E>(
     if line(&mut r, &mut hash)? != MAGIC {
         return Err(bad("not a medvault access-log archive (v1)"));
     }
-    if !line(&mut r, &mut hash)?.starts_with("origin ") {
-        return Err(bad("the header has no origin line"));
-    }
+    let origin = line(&mut r, &mut hash)?
+        .strip_prefix("origin ")
+        .filter(|o| !o.is_empty() && !o.contains(' '))
+        .map(str::to_owned)
+        .ok_or_else(|| bad("the header has no origin line"))?;
     let leaves = line(&mut r, &mut hash)?;
-    let range: Vec<u64> = leaves
+    let range: Option<Vec<u64>> = leaves
         .strip_prefix("leaves ")
-        .map(|s| s.split(' ').filter_map(|n| n.parse().ok()).collect())
-        .unwrap_or_default();
-    let [from, to] = range[..] else {
+        .and_then(|s| s.split(' ').map(|n| n.parse().ok()).collect());
+    let Some([from, to]) = range.and_then(|r| <[u64; 2]>::try_from(r).ok()) else {
         return Err(bad("the header has no leaves line"));
     };
     if from >= to {
@@ -425,12 +534,18 @@ pub fn parse_archive<E>(
             r.read_to_end(&mut rest).map_err(ParseError::Io)?;
             let mut trailer = head[..got].to_vec();
             trailer.extend_from_slice(&rest);
-            if trailer.len() != 32 || trailer[..] != hash.finish()[..] {
+            let sha256 = hash.finish();
+            if trailer.len() != 32 || trailer[..] != sha256[..] {
                 return Err(bad(
                     "the file's checksum does not match: it is damaged or was altered",
                 ));
             }
-            return Ok((from, to));
+            return Ok(Header {
+                origin,
+                from,
+                to,
+                sha256,
+            });
         }
         if got < head.len() {
             return Err(bad("the file is cut short"));
@@ -514,12 +629,13 @@ mod tests {
             seen.push(leaf);
             Ok(())
         })
-        .map(|(a, b)| {
+        .map(|h| {
             assert!(
                 salts_match,
                 "an accepted archive handed over a changed entry"
             );
-            (a, b, seen)
+            assert_eq!(h.origin, "o/access");
+            (h.from, h.to, seen)
         })
         .map_err(|e| match e {
             ParseError::Bad(w) => w,
@@ -545,5 +661,16 @@ mod tests {
         assert!(parse(&longer).is_err());
         assert!(parse(b"").is_err());
         assert!(parse(b"medvault access-log archive v1\norigin x\nleaves 3 3\n\n").is_err());
+        // A header is read strictly: no stray fields, no empty origin.
+        let body = &good[good.windows(2).position(|w| w == b"\n\n").unwrap() + 2..];
+        for header in [
+            "origin o/access\nleaves 5 x 9",
+            "origin \nleaves 5 9",
+            "origin o/access\nleaves 5 9 10",
+        ] {
+            let mut b = format!("medvault access-log archive v1\n{header}\n\n").into_bytes();
+            b.extend_from_slice(body);
+            assert!(parse(&b).is_err(), "{header}");
+        }
     }
 }

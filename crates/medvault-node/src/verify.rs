@@ -212,7 +212,13 @@ pub fn verify(
         },
     )?;
     let mut audit_records = 0;
-    let (archived_before, archived_by) = crate::archive::archived(access)?;
+    // Details below the archive mark may be missing only if the newest archive's own record
+    // (its detail checked by the walk below) names the mark and a contiguous chain of runs.
+    let mark = crate::archive::backed_mark(access, ledger).map_err(|e| match e {
+        crate::archive::ArchiveError::Store(e) => VerifyError::Store(e),
+        e => diverge(e.to_string()),
+    })?;
+    let archived_before = mark.before;
     let archived = walk(
         access,
         ledger,
@@ -225,7 +231,6 @@ pub fn verify(
         },
     )?;
     audit_records -= archived;
-    check_archive_mark(access, ledger, archived_before, archived_by)?;
     let mut used = vec![false; commitments.len()];
     let versions = check_versions(records, ledger, &commitments, &mut used)?;
     let amendments = check_amendments(records, ledger, &commitments, &mut used)?;
@@ -379,64 +384,58 @@ fn walk(
     Ok(archived)
 }
 
-/// The access log's archive mark must be the range its newest archive's own record names: that
-/// record's leaf (`archived_by`, at or past the mark, its detail checked by the walk) opens to a
-/// `ledger-archive` record whose `to` is the mark. A mark without one is details deleted, not
-/// archived.
-fn check_archive_mark(
-    access: &dyn LogRead,
-    ledger: &Ledger,
-    archived_before: u64,
-    archived_by: Option<u64>,
-) -> Result<(), VerifyError> {
-    if archived_before == 0 {
-        return Ok(());
-    }
-    let unbacked = || {
-        diverge(format!(
-            "the access log says the details of leaves below {archived_before} were archived, but no archive record of its own says so: details were deleted"
-        ))
-    };
-    let leaf = archived_by
-        .filter(|l| *l >= archived_before)
-        .ok_or_else(unbacked)?;
-    let detail = access.audit_detail(leaf)?.ok_or_else(unbacked)?;
-    let record = ledger.open_audit(&detail).map_err(|_| unbacked())?;
-    if record["interaction"] != crate::archive::ARCHIVE_INTERACTION
-        || record["to"].as_u64() != Some(archived_before)
-    {
-        return Err(unbacked());
-    }
-    Ok(())
-}
-
-/// Checks the archive files `paths` against the access log: every detail in them belongs to an
-/// archived leaf, matches its commitment and opens under the audit key. Returns how many were
-/// checked.
+/// Checks the archive files `paths` against the access log: each must be one of the runs the
+/// log's own archive records name (same range, same SHA-256) and come from this log, and every
+/// detail in it must match its leaf's commitment and open under the audit key. Returns how
+/// many details were checked and how many of the archived ranges the files covered (of how
+/// many).
 ///
 /// # Errors
-/// A file that is not a whole archive, or a detail that does not match (named).
+/// A file that is not a whole archive of this log, or a detail that does not match (named).
 pub fn check_archives(
     access: &dyn LogRead,
     ledger: &Ledger,
     paths: &[std::path::PathBuf],
-) -> Result<u64, crate::archive::ArchiveError> {
-    let (archived_before, _) = crate::archive::archived(access)?;
+) -> Result<(u64, usize, usize), crate::archive::ArchiveError> {
+    use crate::archive::ArchiveError;
+    let mark = crate::archive::backed_mark(access, ledger)?;
     let mut checked = 0;
+    let mut covered = vec![false; mark.chain.len()];
     for path in paths {
-        crate::archive::read_archive(path, |leaf, d| {
-            if leaf >= archived_before {
-                return Err(crate::archive::ArchiveError::Refused(format!(
-                    "{}: leaf {leaf} was never archived (the access log archived below {archived_before})",
-                    path.display()
+        let header = crate::archive::read_archive(path, |leaf, d| {
+            if leaf >= mark.before {
+                return Err(ArchiveError::Refused(format!(
+                    "{}: leaf {leaf} was never archived (the access log archived below {})",
+                    path.display(),
+                    mark.before
                 )));
             }
             crate::archive::check_detail(access, ledger, leaf, &d)?;
             checked += 1;
             Ok(())
         })?;
+        let not_ours = |why: &str| ArchiveError::BadFile {
+            path: path.clone(),
+            why: why.to_owned(),
+        };
+        if header.origin != ledger.access().origin() {
+            return Err(not_ours("an archive of another log"));
+        }
+        let sha = hex::encode(header.sha256);
+        let run = mark
+            .chain
+            .iter()
+            .position(|l| l.from == header.from && l.to == header.to && l.sha256 == sha)
+            .ok_or_else(|| {
+                not_ours("not an archive this log recorded (range or SHA-256 differ)")
+            })?;
+        covered[run] = true;
     }
-    Ok(checked)
+    Ok((
+        checked,
+        covered.iter().filter(|c| **c).count(),
+        covered.len(),
+    ))
 }
 
 /// The first audit leaf in `part` whose stored detail does not match its commitment or does not

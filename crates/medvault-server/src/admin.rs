@@ -8,6 +8,7 @@
 //! and `max_age` (RFC 9470). API tokens and app tokens cannot do these at all.
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use medvault_core::{ResourceId, Role};
@@ -49,8 +50,12 @@ pub(crate) async fn rotate(State(state): State<AppState>, who: Authenticated) ->
 pub(crate) async fn erase(
     State(state): State<AppState>,
     who: Authenticated,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Response {
+    let id = match id {
+        Ok(Path(id)) => id,
+        Err(e) => return crate::error::path_rejected(e).into_response(),
+    };
     if let Err(r) = admin_step_up(&state, &who) {
         return refusal_response(r);
     }

@@ -5,6 +5,8 @@
 //! the answers and their access-log records.
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -105,8 +107,9 @@ pub(crate) struct AlertQuery {
 pub(crate) async fn list(
     State(state): State<AppState>,
     who: Authenticated,
-    Query(q): Query<AlertQuery>,
+    q: Result<Query<AlertQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(crate::error::query_rejected)?;
     privacy_officer(&who)?;
     let alerts = on_node(&state, move |node| break_glass::list_alerts(node, !q.all)).await?;
     Ok(Json(json!({"alerts": alerts})).into_response())
@@ -116,8 +119,9 @@ pub(crate) async fn list(
 pub(crate) async fn acknowledge(
     State(state): State<AppState>,
     who: Authenticated,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(id) = id.map_err(crate::error::path_rejected)?;
     privacy_officer(&who)?;
     let (by, at) = (who.token_id.clone(), state.node.clock.now_micros());
     let alert = id.clone();

@@ -104,3 +104,19 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+/// A query string that does not fit the endpoint's parameters: 400 as an `OperationOutcome`
+/// (axum's own answer is plain text), naming the parameter and what was wrong with it.
+pub(crate) fn query_rejected(e: axum::extract::rejection::QueryRejection) -> ApiError {
+    let text = e.body_text();
+    let why = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or("the query string does not parse");
+    ApiError::bad_request(format!("invalid query parameters: {why}"))
+}
+
+/// A request path the router matched but could not decode (not UTF-8 once percent-decoded): 400
+/// as an `OperationOutcome` (axum's own answer is plain text).
+pub(crate) fn path_rejected(_: axum::extract::rejection::PathRejection) -> ApiError {
+    ApiError::bad_request("the request path is not valid (it must be UTF-8 once percent-decoded)")
+}

@@ -1,6 +1,7 @@
 //! HTTP glue: extract, dispatch to the FHIR operations, shape responses.
 
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -300,12 +301,16 @@ pub(crate) async fn fhir_path(
     State(state): State<AppState>,
     who: Authenticated,
     method: Method,
-    Path(path): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     deadline: Option<axum::Extension<RequestDeadline>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let path = match path {
+        Ok(Path(path)) => path,
+        Err(e) => return crate::error::path_rejected(e).into_response(),
+    };
     let req = (method, path, query, headers, body.0);
     guarded(state, who, req, deadline.map(|d| d.0.0)).await
 }

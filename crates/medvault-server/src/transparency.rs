@@ -3,6 +3,8 @@
 //! What they serve is computed by `medvault_node::{published, ledger, witness, node_identity}`;
 //! this module only shapes HTTP: content types, cache policy, status codes.
 
+use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::QueryRejection;
 use std::sync::Arc;
 
 use axum::Json;
@@ -55,8 +57,9 @@ fn log_named(name: &str) -> Result<LogId, ApiError> {
 /// cosignatures.
 pub(crate) async fn get_checkpoint(
     State(state): State<AppState>,
-    Path(log): Path<String>,
+    log: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(log) = log.map_err(crate::error::path_rejected)?;
     let log = log_named(&log)?;
     let note = on_node(&state, move |n| published::newest_checkpoint(n, log)).await?;
     Ok(text_response(note))
@@ -65,8 +68,9 @@ pub(crate) async fn get_checkpoint(
 /// `GET /ledger/{log}/key`: the log's checkpoint verifier key (`vkey` form).
 pub(crate) async fn get_key(
     State(state): State<AppState>,
-    Path(log): Path<String>,
+    log: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(log) = log.map_err(crate::error::path_rejected)?;
     let log = state.node.ledger.log(log_named(&log)?);
     Ok(text_response(format!("{}\n", log.verifier().to_vkey())))
 }
@@ -80,8 +84,9 @@ pub(crate) async fn get_pq_key(State(state): State<AppState>) -> Response {
 /// `GET /ledger/{log}/tile/...`: hash tiles and entry bundles per C2SP `tlog-tiles`.
 pub(crate) async fn get_tile(
     State(state): State<AppState>,
-    Path((log, rest)): Path<(String, String)>,
+    parts: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let Path((log, rest)) = parts.map_err(crate::error::path_rejected)?;
     let log = log_named(&log)?;
     let tile = TilePath::parse(&rest).map_err(|_| ApiError::not_found("no such tile"))?;
     let body = on_node(&state, move |n| published::tile(n, log, &tile)).await?;
@@ -124,9 +129,11 @@ fn proof_json(proof: &[medvault_ledger::Hash]) -> Vec<Value> {
 /// of `N` leaves (`N` must not exceed the newest checkpoint), with the leaf entry.
 pub(crate) async fn get_inclusion(
     State(state): State<AppState>,
-    Path(log): Path<String>,
-    Query(q): Query<ProofQuery>,
+    log: Result<Path<String>, PathRejection>,
+    q: Result<Query<ProofQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(log) = log.map_err(crate::error::path_rejected)?;
+    let Query(q) = q.map_err(crate::error::query_rejected)?;
     let (log, index, size) = proof_args(&log, q.index, q.size, "give index and size")?;
     let (proof, entry) =
         on_node(&state, move |n| published::inclusion(n, log, index, size)).await?;
@@ -143,9 +150,11 @@ pub(crate) async fn get_inclusion(
 /// published tree sizes.
 pub(crate) async fn get_consistency(
     State(state): State<AppState>,
-    Path(log): Path<String>,
-    Query(q): Query<ProofQuery>,
+    log: Result<Path<String>, PathRejection>,
+    q: Result<Query<ProofQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(log) = log.map_err(crate::error::path_rejected)?;
+    let Query(q) = q.map_err(crate::error::query_rejected)?;
     let (log, old, new) = proof_args(&log, q.old, q.new, "give old and new")?;
     let proof = on_node(&state, move |n| published::consistency(n, log, old, new)).await?;
     Ok(Json(json!({ "old": old, "new": new, "proof": proof_json(&proof) })).into_response())

@@ -85,14 +85,14 @@ pub(crate) fn run_ledger(command: LedgerCommand) -> anyhow::Result<()> {
             let node = open_node(&dir, true)?;
             println!("{}", verify_ledger(&node, &witnesses)?);
             if !archives.is_empty() {
-                let checked = medvault_node::verify::check_archives(
+                let (checked, covered, runs) = medvault_node::verify::check_archives(
                     node.access.as_ref(),
                     &node.ledger,
                     &archives,
                 )
                 .map_err(|e| anyhow::anyhow!("ledger verification failed: {e}"))?;
                 println!(
-                    "archives verified: {checked} archived audit details in {} file(s) match their leaves",
+                    "archives verified: {checked} archived audit details in {} file(s) match their leaves; the files cover {covered} of the {runs} archive runs the access log recorded",
                     archives.len()
                 );
             }

@@ -125,9 +125,24 @@ fn every_access_is_a_leaf_and_proofs_verify() {
         "/ledger/access/proof/consistency?old=0&new=3",
         "/ledger/access/proof/consistency?old=4&new=3",
         "/ledger/records/proof/inclusion?index=1&size=1",
+        "/ledger/access/proof/inclusion?index=-1&size=5",
+        "/ledger/access/proof/inclusion?index=18446744073709551616&size=5",
+        "/ledger/access/proof/consistency?old=&new=",
+        "/ledger/access/tile/0/%ff",
     ] {
-        assert_eq!(s.raw_get(bad).0, 400, "{bad}");
+        let (st, body) = s.raw_get(bad);
+        assert_eq!(st, 400, "{bad}");
+        // Every refusal is an OperationOutcome, malformed queries and paths included.
+        let v: Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{bad}: not JSON ({e}): {body:?}"));
+        assert_eq!(v["resourceType"], "OperationOutcome", "{bad}");
     }
+    let (st, v) = s.get("Patient/%ff%fe");
+    assert_eq!(
+        (st, &v["resourceType"]),
+        (400, &Value::from("OperationOutcome")),
+        "{v}"
+    );
 
     // The whole directory verifies while the server runs.
     let out = s.verify_ledger();
@@ -660,6 +675,7 @@ fn old_audit_details_move_to_an_archive_that_verify_checks() {
         )),
         "{out}"
     );
+    assert!(out.contains("cover 1 of the 1 archive runs"), "{out}");
     // Archiving the same range again is refused; the archive is never overwritten.
     let (ok, _, err) = s.run(&["ledger", "archive", "--before", &before_s, "--out", file_s]);
     assert!(!ok && err.contains("archived already"), "{err}");
@@ -702,7 +718,82 @@ fn old_audit_details_move_to_an_archive_that_verify_checks() {
     assert!(!ok, "moved archive mark accepted: {out}");
     assert!(err.contains("no archive record"), "{err}");
 
-    // The node serves on, and the archive is itself in the access log.
+    // Nor can a later, honest archive run launder such a deletion: it refuses to start from a
+    // mark no archive record names, and removes nothing. Likewise for an absurd mark.
+    for mark in [further, u64::MAX] {
+        let db = rusqlite::Connection::open(copy.join("access.db")).unwrap();
+        db.execute(
+            "UPDATE meta SET v = ?1 WHERE k = 'access_archived_before'",
+            [mark.to_string()],
+        )
+        .unwrap();
+        let rows = |db: &rusqlite::Connection| -> i64 {
+            db.query_row("SELECT count(*) FROM ledger_audit", [], |r| r.get(0))
+                .unwrap()
+        };
+        let kept = rows(&db);
+        drop(db);
+        let laundered = scratch.path().join(format!("laundered-{mark}.mvarchive"));
+        let (ok, _, err) = MEDVAULT.cli(
+            &[
+                "ledger",
+                "archive",
+                "--data-dir",
+                copy.to_str().unwrap(),
+                "--before",
+                &(further + 4).to_string(),
+                "--out",
+                laundered.to_str().unwrap(),
+            ],
+            &s.env_pairs(),
+        );
+        assert!(!ok && err.contains("no archive record"), "{err}");
+        assert!(!laundered.exists());
+        let db = rusqlite::Connection::open(copy.join("access.db")).unwrap();
+        assert_eq!(rows(&db), kept, "rows removed by a refused archive");
+    }
+
+    // A second run continues the chain; verify checks both files against it.
+    let mut again = MEDVAULT.start_in(&s.dir, &s.env_pairs());
+    for i in 0..5 {
+        again.create_and_read(&patient(&format!("Archmore{i}"), "Al"));
+    }
+    again.stop();
+    let out = s.verify_ledger();
+    let access = &out[out.find("access log").unwrap()..];
+    let signed = number_after(access, "newest signed checkpoint covers ");
+    let second = scratch.path().join("access-1.mvarchive");
+    let (ok, out, err) = s.run(&[
+        "ledger",
+        "archive",
+        "--before",
+        &signed.to_string(),
+        "--out",
+        second.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out} {err}");
+    assert!(
+        out.contains(&format!("access-log leaves {before}..{signed}")),
+        "{out}"
+    );
+    let (ok, out, err) = s.run(&[
+        "ledger",
+        "verify",
+        "--archive",
+        file_s,
+        "--archive",
+        second.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out} {err}");
+    assert!(out.contains("cover 2 of the 2 archive runs"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "archives verified: {signed} archived audit details"
+        )),
+        "{out}"
+    );
+
+    // The node serves on, and the archives are themselves in the access log.
     let again = MEDVAULT.start_in(&s.dir, &s.env_pairs());
     let (st, bundle) = again.get("AuditEvent?_count=50");
     assert_eq!(st, 200, "{bundle}");
