@@ -282,25 +282,33 @@ pub fn archive(
     let linked = std::fs::hard_link(&tmp, out).map_err(io(out));
     let _ = std::fs::remove_file(&tmp);
     linked?;
-    if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
-    }
-    // Read it back whole before anything leaves the database.
-    let mut checked = 0u64;
-    let header = read_archive(out, |leaf, d| {
-        check_detail(access, &node.ledger, leaf, &d)?;
-        checked += 1;
+    // Synced into its directory and read back whole before anything leaves the database; a
+    // file that fails either is not an archive and goes.
+    (|| {
+        if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
+        }
+        let mut checked = 0u64;
+        let header = read_archive(out, |leaf, d| {
+            check_detail(access, &node.ledger, leaf, &d)?;
+            checked += 1;
+            Ok(())
+        })?;
+        if (header.from, header.to, header.sha256) != (from, before, digest)
+            || checked != before - from
+        {
+            return Err(ArchiveError::BadFile {
+                path: out.to_owned(),
+                why: "reads back as another range than was written".into(),
+            });
+        }
         Ok(())
+    })()
+    .inspect_err(|_| {
+        let _ = std::fs::remove_file(out);
     })?;
-    if (header.from, header.to, header.sha256) != (from, before, digest) || checked != before - from
-    {
-        return Err(ArchiveError::BadFile {
-            path: out.to_owned(),
-            why: "reads back as another range than was written".into(),
-        });
-    }
     let sha256 = hex::encode(digest);
     let name = out
         .file_name()
@@ -337,15 +345,14 @@ pub fn archive(
         tx.set_meta(ARCHIVED_BY, &leaf.to_string())?;
         Ok(leaf)
     })
-    .map_err(|e| {
-        // Not recorded, so not an archive: the file this run wrote goes.
-        let _ = std::fs::remove_file(out);
-        match e {
-            StoreError::Conflict => {
-                ArchiveError::Refused("another archive ran at the same time: run it again".into())
-            }
-            e => ArchiveError::Store(e),
+    .map_err(|e| match e {
+        // Certainly not recorded, so not an archive: the file this run wrote goes. (After any
+        // other failure the write may have committed; the file stays, the details too.)
+        StoreError::Conflict => {
+            let _ = std::fs::remove_file(out);
+            ArchiveError::Refused("another archive ran at the same time: run it again".into())
         }
+        e => ArchiveError::Store(e),
     })?;
     remove_details(access, from, before)?;
     node.ledger
