@@ -144,6 +144,8 @@ pub fn backed_mark(
         .filter(|l| *l >= before && *l < size)
         .ok_or_else(unbacked)?;
     let detail = access.audit_detail(leaf)?.ok_or_else(unbacked)?;
+    // The record must be that leaf's own (a genuine record copied into another row is not).
+    check_detail(access, ledger, leaf, &detail).map_err(|_| unbacked())?;
     let record = ledger.open_audit(&detail).map_err(|_| unbacked())?;
     if record["interaction"] != ARCHIVE_INTERACTION {
         return Err(unbacked());
