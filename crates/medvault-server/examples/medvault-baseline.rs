@@ -9,7 +9,14 @@
 //! search indexes (`family` and the first `given`) hold the plaintext value instead of a keyed
 //! HMAC.
 //!
-//! Usage: `medvault-baseline DB_PATH 127.0.0.1:PORT TOKEN`. Routes: `POST /fhir/Patient`,
+//! With `--full-index` it also writes, in plaintext, every index entry medvault writes for the
+//! Patient (every search parameter's keys, prefixes included: about 74 per bench Patient), so a
+//! create costs the same index work minus the keyed HMAC, and the comparison measures what
+//! security costs rather than how much is searchable. Each entry is the parameter code's and the
+//! key's unkeyed SipHash (16 bytes: a plaintext digest, no secret); searches still use the two
+//! entries above.
+//!
+//! Usage: `medvault-baseline DB_PATH 127.0.0.1:PORT TOKEN [--full-index]`. Routes: `POST /fhir/Patient`,
 //! `GET /fhir/Patient/{id}`, `GET /fhir/Patient?family=…&_count=…` (or `given=…`: the bench's
 //! search with many matches), and `POST /fhir` with a
 //! transaction Bundle of Patient creates (for preloading).
@@ -34,6 +41,19 @@ struct App {
     store: Arc<dyn Store>,
     fhir: Arc<Fhir>,
     token_hash: [u8; 32],
+    full_index: bool,
+}
+
+/// A plaintext (unkeyed) digest of one index key of search parameter `code`.
+fn plain_entry(code: &str, key: &[u8]) -> BlindValue {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut v = [0u8; 16];
+    for (seed, half) in [0_u8, 1].into_iter().zip(v.chunks_mut(8)) {
+        let mut h = std::hash::DefaultHasher::new();
+        (seed, code, key).hash(&mut h);
+        half.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    BlindValue(v)
 }
 
 /// The plaintext index value of `param` (`b'f'` family, `b'g'` given) = `value`: the
@@ -95,10 +115,17 @@ fn prepare(app: &App, mut p: Value) -> Result<(StoredVersion, Vec<BlindValue>, V
             .and_then(Value::as_str)
             .unwrap_or_default()
     };
-    let index = vec![
+    let mut index = vec![
         plain_index(b'f', name("/name/0/family")),
         plain_index(b'g', name("/name/0/given/0")),
     ];
+    if app.full_index
+        && let Some(info) = app.fhir.type_info("Patient")
+    {
+        for (code, param) in &info.params {
+            index.extend(param.index_keys(&p).iter().map(|k| plain_entry(code, k)));
+        }
+    }
     let body = serde_json::to_vec(&p).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     let v = StoredVersion {
         resource_type: "Patient".into(),
@@ -243,8 +270,10 @@ async fn transaction(State(app): State<App>, headers: HeaderMap, body: String) -
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, db, listen, token] = args.as_slice() else {
-        anyhow::bail!("usage: medvault-baseline DB_PATH 127.0.0.1:PORT TOKEN");
+    let (db, listen, token, full_index) = match args.as_slice() {
+        [_, db, listen, token] => (db, listen, token, false),
+        [_, db, listen, token, flag] if flag == "--full-index" => (db, listen, token, true),
+        _ => anyhow::bail!("usage: medvault-baseline DB_PATH 127.0.0.1:PORT TOKEN [--full-index]"),
     };
     let app = App {
         store: Arc::new(
@@ -252,6 +281,7 @@ fn main() -> anyhow::Result<()> {
         ),
         fhir: Arc::new(Fhir::load()?),
         token_hash: medvault_crypto::sha256(token.as_bytes()),
+        full_index,
     };
     let router = Router::new()
         .route("/fhir/Patient", post(create).get(search))

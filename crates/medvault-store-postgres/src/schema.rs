@@ -175,6 +175,9 @@ const NODE_MIGRATIONS: &[(i64, &str)] = &[
     // v15: tree nodes are stored only at the tile levels (every 8th); the others are hashed up
     // from them when needed.
     (15, KEEP_TILE_LEVELS),
+    // v16: SQLite moved its versions into a rowid table so bodies stay on their page; a
+    // PostgreSQL heap row already sits apart from its index, so nothing changes here.
+    (16, "SELECT 1"),
 ];
 
 const KEEP_TILE_LEVELS: &str = "DELETE FROM ledger_nodes WHERE level % 8 <> 0;";

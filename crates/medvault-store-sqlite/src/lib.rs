@@ -455,7 +455,7 @@ mod tests {
             s.meta("schema_version").unwrap().as_deref(),
             Some(medvault_store::NODE_SCHEMA_VERSION.to_string().as_str())
         );
-        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 15);
+        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 16);
     }
 
     #[test]
@@ -479,6 +479,75 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         medvault_store::conformance::token_from_v12_expires_in_30_days(&s);
+    }
+
+    #[test]
+    fn versions_move_to_a_rowid_table_with_their_bodies() {
+        use medvault_core::{ResourceId, ResourceType};
+        use medvault_store::RecordRead as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        drop(SqliteStore::open(&path).unwrap());
+        let body = vec![0xA5_u8; 700];
+        {
+            // Back to version 15: versions in a WITHOUT ROWID table, one of them stored there.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "DROP TABLE versions;
+                 CREATE TABLE versions (
+                    rtype TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
+                    last_updated INTEGER NOT NULL, key_name TEXT NOT NULL,
+                    key_version INTEGER NOT NULL, body BLOB, leaf INTEGER, salt BLOB,
+                    expunged INTEGER NOT NULL DEFAULT 0,
+                    PRIMARY KEY (rtype, id, version)
+                 ) WITHOUT ROWID;
+                 CREATE INDEX versions_by_time ON versions (rtype, last_updated);
+                 INSERT INTO current (rtype, id, version, last_updated, deleted, key_name)
+                 VALUES ('Patient', 'p1', 2, 20, 0, 'patient/p1');
+                 UPDATE meta SET v = '15' WHERE k = 'schema_version';",
+            )
+            .unwrap();
+            for v in [1_i64, 2] {
+                c.execute(
+                    "INSERT INTO versions (rtype, id, version, last_updated, key_name,
+                        key_version, body, leaf, salt)
+                     VALUES ('Patient', 'p1', ?1, ?2, 'patient/p1', 1, ?3, ?1, ?4)",
+                    rusqlite::params![v, v * 10, body, vec![v as u8; 16]],
+                )
+                .unwrap();
+            }
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("16"));
+        let (rt, id) = (
+            ResourceType::new("Patient").unwrap(),
+            ResourceId::new("p1").unwrap(),
+        );
+        for (asked, expect) in [(None, 2_u64), (Some(1), 1)] {
+            let v = s.version(&rt, &id, asked).unwrap().unwrap();
+            assert_eq!(v.version, expect);
+            assert_eq!(v.body.as_ref().unwrap().as_bytes(), &body[..]);
+            assert_eq!(v.salt, Some([expect as u8; 16]));
+            assert_eq!(v.leaf, Some(expect));
+        }
+        let c = Connection::open(&path).unwrap();
+        let sql: String = c
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'versions'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(!sql.contains("WITHOUT ROWID"), "{sql}");
+        // The key is still unique.
+        assert!(
+            c.execute(
+                "INSERT INTO versions (rtype, id, version, last_updated, key_name, key_version)
+                 VALUES ('Patient', 'p1', 2, 1, 'patient/p1', 1)",
+                [],
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -189,6 +189,23 @@ const NODE_MIGRATIONS: &[&str] = &[
     // v15: tree nodes are stored only at the tile levels (every 8th); the others are hashed up
     // from them when needed.
     KEEP_TILE_LEVELS,
+    // v16: versions in a rowid table. In a WITHOUT ROWID table (an index b-tree) a row keeps at
+    // most ≈ 230 bytes on a 1 KiB page, so nearly every sealed body was an overflow chain that
+    // SQLite reads from the file past its page cache; a rowid table keeps rows up to ≈ 990
+    // bytes on their page, and the key lives in a unique index beside it.
+    "CREATE TABLE versions_v16 (
+        rtype TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
+        last_updated INTEGER NOT NULL, key_name TEXT NOT NULL, key_version INTEGER NOT NULL,
+        body BLOB, leaf INTEGER, salt BLOB, expunged INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (rtype, id, version)
+     );
+     INSERT INTO versions_v16
+        (rtype, id, version, last_updated, key_name, key_version, body, leaf, salt, expunged)
+        SELECT rtype, id, version, last_updated, key_name, key_version, body, leaf, salt, expunged
+        FROM versions ORDER BY rtype, id, version;
+     DROP TABLE versions;
+     ALTER TABLE versions_v16 RENAME TO versions;
+     CREATE INDEX versions_by_time ON versions (rtype, last_updated);",
 ];
 
 const DROP_LEVEL_ZERO: &str = "DELETE FROM ledger_nodes WHERE level = 0;";
