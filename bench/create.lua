@@ -5,5 +5,5 @@ request = function()
   local body = string.format(
     '{"resourceType":"Patient","name":[{"family":"Created%d","given":["Wrk"]}],"gender":"female","birthDate":"1990-01-%02d","identifier":[{"system":"urn:bench:new","value":"N%d"}]}',
     n, (n % 28) + 1, n)
-  return wrk.format("POST", "/fhir/Patient", nil, body)
+  return wrk.format("POST", prefix .. "/Patient", nil, body)
 end

@@ -6,13 +6,13 @@ local n = 0
 request = function()
   local r = math.random(100)
   if r <= 70 then
-    return wrk.format("GET", "/fhir/Patient/" .. ids[math.random(#ids)])
+    return wrk.format("GET", prefix .. "/Patient/" .. ids[math.random(#ids)])
   elseif r <= 90 then
-    return wrk.format("GET", "/fhir/Patient?family=" .. names[math.random(#names)] .. "&_count=10")
+    return wrk.format("GET", prefix .. "/Patient?family=" .. names[math.random(#names)] .. "&_count=10")
   end
   n = n + 1
   local body = string.format(
     '{"resourceType":"Patient","name":[{"family":"Soak%d","given":["Mix"]}],"gender":"other","birthDate":"1980-02-%02d"}',
     n, (n % 28) + 1)
-  return wrk.format("POST", "/fhir/Patient", nil, body)
+  return wrk.format("POST", prefix .. "/Patient", nil, body)
 end

@@ -2,9 +2,11 @@
 server measured. Writes the ids and the family names used to files for the wrk scripts.
 
 Usage: preload.py BASE_URL TOKEN N OUT_DIR
+The FHIR base is BASE_URL + $BENCH_PREFIX (default /fhir; empty for a server at the root).
 """
 
 import json
+import os
 import random
 import sys
 import urllib.request
@@ -32,6 +34,14 @@ def patient(rng, families):
     }
 
 
+def created_id(entry):
+    """The id a transaction-response entry created: from the resource returned, else from the
+    Location (`Patient/<id>/_history/1`) of servers that return none."""
+    if "resource" in entry and "id" in entry["resource"]:
+        return entry["resource"]["id"]
+    return entry["response"]["location"].split("/")[-3]
+
+
 def main():
     base, token, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     rng = random.Random(42)
@@ -42,11 +52,11 @@ def main():
         entries = [{"resource": patient(rng, families), "request": {"method": "POST", "url": "Patient"}}
                    for _ in range(min(batch, n - start))]
         body = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries}).encode()
-        req = urllib.request.Request(base + "/fhir", data=body, method="POST", headers={
+        req = urllib.request.Request(base + os.environ.get("BENCH_PREFIX", "/fhir"), data=body, method="POST", headers={
             "Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"})
         with urllib.request.urlopen(req, timeout=600) as resp:
             result = json.load(resp)
-        ids.extend(e["resource"]["id"] for e in result["entry"])
+        ids.extend(created_id(e) for e in result["entry"])
     with open(f"{out}/ids.txt", "w") as f:
         f.write("\n".join(ids) + "\n")
     with open(f"{out}/families.txt", "w") as f:
