@@ -39,7 +39,8 @@ def created_id(entry):
     Location (`Patient/<id>/_history/1`) of servers that return none."""
     if "resource" in entry and "id" in entry["resource"]:
         return entry["resource"]["id"]
-    return entry["response"]["location"].split("/")[-3]
+    parts = entry["response"]["location"].split("/")
+    return parts[parts.index("Patient") + 1]
 
 
 def main():
