@@ -6,13 +6,18 @@
 //!
 //! | type | keys |
 //! |---|---|
-//! | string | `e:<exact text>`, `p:<first 1..=8 chars of the normalized text>` |
-//! | token | `c:<code>`, `s:<system>`, `sc:<system>|<code>`, `nc:<code>` (code without system) |
+//! | string | `e:<exact text>`, `p:<first n chars of the normalized text>` for n in [`PREFIX_LENGTHS`] |
+//! | token | `c:<code>` (the system is checked after decryption) |
 //! | reference | `r:<Type>/<id>` |
 //! | date | `y:<year>` (≤ 10 years) or `y:wide`; `m:<year-month>` (≤ 12 months) or `m:wide` |
 //! | number | `n:d:<fine bucket>`, `n:m:<coarse bucket>` (see `number.rs`) |
-//! | quantity | `q:<bucket>`, `qc:<code or unit>|<bucket>`, `qs:<system>|<code>|<bucket>` for both buckets |
-//! | uri | `u:<uri>`, `ub:<uri up to a />` for each path prefix (at most 16) |
+//! | quantity | `q:<bucket>`, `qc:<code or unit>|<bucket>` for both buckets (the system is checked after decryption) |
+//! | uri | `u:<uri>`; for a `url` parameter also `ub:<uri up to a />` for each path prefix (at most 16) |
+//!
+//! Narrower forms (a token's `system|code`, a quantity's system, the prefix lengths between the
+//! listed ones) were indexed once and are still recognised in older databases, but nothing new
+//! writes them: each was a row per value, and an equality a database reader could count, for a
+//! narrowing the decrypted re-check does almost as well (codes rarely repeat across systems).
 
 use serde_json::Value;
 use unicode_normalization::UnicodeNormalization as _;
@@ -25,7 +30,10 @@ use crate::path::{Expr, Node, local_reference, relative_reference};
 /// this list is answered exactly by the index; any other is narrowed by the longest listed
 /// prefix it has and filtered exactly after decryption. Fewer lengths mean fewer index rows per
 /// value (each a random B-tree insert) and less prefix leakage.
-pub(crate) const PREFIX_LENGTHS: [usize; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+/// A one-character query has no key: it is answered by walking the type's resources and
+/// filtering them (a page stops as soon as it is full), and the first letter's frequency is the
+/// coarsest thing a database reader could otherwise count.
+pub(crate) const PREFIX_LENGTHS: [usize; 4] = [2, 3, 5, 8];
 /// Above this many months a date window is searched through year buckets.
 const MAX_QUERY_MONTHS: usize = 36;
 
@@ -416,6 +424,14 @@ impl SearchParam {
         (param.components.len() >= 2).then_some(param)
     }
 
+    /// True for the parameters whose URIs get path-prefix keys (`:below` through the index):
+    /// the canonical `url` of conformance resources, where `ValueSet?url:below=…` is how a
+    /// publisher's artefacts are listed. A profile or a system URI repeats on every resource
+    /// that has it, and its prefixes would be rows that narrow nothing.
+    fn uri_hierarchy(&self) -> bool {
+        self.kind == ParamKind::Uri && self.code == "url"
+    }
+
     fn values(&self, resource: &Value) -> Vec<Extracted> {
         let mut out = Vec::new();
         for node in self.expr.evaluate(resource) {
@@ -437,26 +453,14 @@ impl SearchParam {
                         keys.push(key("p", &[prefix(&n, len)]));
                     }
                 }
-                Extracted::Token { system, code, .. } => {
-                    keys.push(key("c", &[&code]));
-                    match system {
-                        Some(s) => {
-                            keys.push(key("s", &[&s]));
-                            keys.push(key("sc", &[&s, &code]));
-                        }
-                        None => keys.push(key("nc", &[&code])),
-                    }
-                }
+                Extracted::Token { code, .. } => keys.push(key("c", &[&code])),
                 Extracted::Ref(r) => keys.push(key("r", &[&r])),
                 Extracted::Date(s, e) => keys.extend(date_keys(s, e, false)),
                 Extracted::Number(x) => {
                     keys.extend(number::value_buckets(x).iter().map(|b| key("n", &[b])));
                 }
                 Extracted::Quantity {
-                    value,
-                    system,
-                    code,
-                    unit,
+                    value, code, unit, ..
                 } => {
                     for b in number::value_buckets(value) {
                         keys.push(key("q", &[&b]));
@@ -466,13 +470,12 @@ impl SearchParam {
                         {
                             keys.push(key("qc", &[c, &b]));
                         }
-                        if let (Some(s), Some(c)) = (&system, &code) {
-                            keys.push(key("qs", &[s, c, &b]));
-                        }
                     }
                 }
                 Extracted::Uri(u) => {
-                    keys.extend(uri_prefixes(&u).map(|p| key("ub", &[p])));
+                    if self.uri_hierarchy() {
+                        keys.extend(uri_prefixes(&u).map(|p| key("ub", &[p])));
+                    }
                     keys.push(key("u", &[&u]));
                 }
             }
@@ -584,14 +587,14 @@ impl SearchParam {
                     None => {
                         let n = normalize(value);
                         let chars = n.chars().count();
-                        let len = PREFIX_LENGTHS
-                            .into_iter()
-                            .filter(|&l| l <= chars)
-                            .max()
-                            .unwrap_or(1);
+                        // The longest indexed prefix the query has narrows it; shorter than
+                        // every indexed prefix, only the other clauses do.
+                        let len = PREFIX_LENGTHS.into_iter().filter(|&l| l <= chars).max();
                         Ok(Alternative {
-                            keys: vec![key("p", &[prefix(&n, len)])],
-                            exact: len == chars,
+                            keys: len
+                                .map(|len| vec![key("p", &[prefix(&n, len)])])
+                                .unwrap_or_default(),
+                            exact: len == Some(chars),
                             matcher: Matcher::Prefix(n),
                         })
                     }
@@ -643,41 +646,25 @@ impl SearchParam {
                     }
                     Some(_) => return Err(bad_modifier()),
                 }
-                let (keys, matcher) = match value.split_once('|') {
-                    None if !value.is_empty() => (
-                        vec![key("c", &[value])],
-                        Matcher::Token {
-                            system: None,
-                            code: Some(value.to_owned()),
-                        },
-                    ),
-                    Some(("", code)) if !code.is_empty() => (
-                        vec![key("nc", &[code])],
-                        Matcher::Token {
-                            system: Some(None),
-                            code: Some(code.to_owned()),
-                        },
-                    ),
-                    Some((sys, "")) if !sys.is_empty() => (
-                        vec![key("s", &[sys])],
-                        Matcher::Token {
-                            system: Some(Some(sys.to_owned())),
-                            code: None,
-                        },
-                    ),
-                    Some((sys, code)) if !sys.is_empty() && !code.is_empty() => (
-                        vec![key("sc", &[sys, code])],
-                        Matcher::Token {
-                            system: Some(Some(sys.to_owned())),
-                            code: Some(code.to_owned()),
-                        },
-                    ),
+                // Only the code is indexed: `code` is answered by the index alone; a system
+                // (`system|code`, `|code`) is checked after decryption, and `system|` alone has
+                // no key (only the other clauses narrow it).
+                let (system, code) = match value.split_once('|') {
+                    None if !value.is_empty() => (None, Some(value)),
+                    Some(("", code)) if !code.is_empty() => (Some(None), Some(code)),
+                    Some((sys, "")) if !sys.is_empty() => (Some(Some(sys)), None),
+                    Some((sys, code)) if !sys.is_empty() && !code.is_empty() => {
+                        (Some(Some(sys)), Some(code))
+                    }
                     _ => return Err(SearchError::Value("token")),
                 };
                 Ok(Alternative {
-                    keys,
-                    exact: true,
-                    matcher,
+                    keys: code.map(|c| vec![key("c", &[c])]).unwrap_or_default(),
+                    exact: system.is_none(),
+                    matcher: Matcher::Token {
+                        system: system.map(|s| s.map(str::to_owned)),
+                        code: code.map(str::to_owned),
+                    },
                 })
             }
             ParamKind::Reference => {
@@ -758,10 +745,9 @@ impl SearchParam {
                 let keys = query
                     .buckets()
                     .iter()
-                    .map(|b| match (&system, &code) {
-                        (Some(s), Some(c)) => key("qs", &[s, c, b]),
-                        (None, Some(c)) => key("qc", &[c, b]),
-                        _ => key("q", &[b]),
+                    .map(|b| match &code {
+                        Some(c) => key("qc", &[c, b]),
+                        None => key("q", &[b]),
                     })
                     .collect();
                 Ok(Alternative {
@@ -781,10 +767,13 @@ impl SearchParam {
                 }
                 let (how, keys) = match modifier {
                     None => (UriMatch::Exact, vec![key("u", &[value])]),
-                    Some("below") => (
+                    // Path prefixes are indexed for canonical `url`s only; elsewhere `:below`
+                    // is narrowed by the other clauses and checked after decryption.
+                    Some("below") if self.uri_hierarchy() => (
                         UriMatch::Below,
                         vec![key("u", &[value]), key("ub", &[value])],
                     ),
+                    Some("below") => (UriMatch::Below, Vec::new()),
                     Some("above") => (
                         UriMatch::Above,
                         std::iter::once(value)
@@ -795,8 +784,8 @@ impl SearchParam {
                     Some(_) => return Err(bad_modifier()),
                 };
                 Ok(Alternative {
+                    exact: !keys.is_empty(),
                     keys,
-                    exact: true,
                     matcher: Matcher::Uri {
                         value: value.to_owned(),
                         how,
@@ -1172,8 +1161,12 @@ mod tests {
     use serde_json::json;
 
     fn param(kind: &str, expr: &str, rt: &str) -> SearchParam {
+        coded("x", kind, expr, rt)
+    }
+
+    fn coded(code: &str, kind: &str, expr: &str, rt: &str) -> SearchParam {
         SearchParam::from_definition(
-            &json!({"code":"x","type":kind,"expression":expr,"target":["Patient","Group"]}),
+            &json!({"code":code,"type":kind,"expression":expr,"target":["Patient","Group"]}),
             rt,
         )
         .unwrap()
@@ -1182,7 +1175,8 @@ mod tests {
     fn hit(p: &SearchParam, modifier: Option<&str>, q: &str, r: &Value) -> bool {
         let clause = p.parse_clause(modifier, q).unwrap();
         let keys = p.index_keys(r);
-        let index_hit = clause.keys().any(|k| keys.contains(k));
+        // A clause without keys is narrowed by the others and decided after decryption.
+        let index_hit = clause.filter_only() || clause.keys().any(|k| keys.contains(k));
         let exact = p.matches(&clause, r);
         assert!(
             !exact || index_hit,
@@ -1206,6 +1200,25 @@ mod tests {
         assert!(!hit(&p, Some("exact"), "eve", &r));
         assert!(p.parse_clause(Some("text"), "x").is_err());
         assert!(hit(&p, None, "zzz,eve", &r), "comma means OR");
+        let one = p.parse_clause(None, "m").unwrap();
+        assert!(
+            one.filter_only() && p.matches(&one, &r),
+            "one character has no key of its own"
+        );
+        let keys = p.index_keys(&json!({"name":[{"family":"Abcdefghij"}]}));
+        let prefixes: Vec<&[u8]> = keys
+            .iter()
+            .filter(|k| k.starts_with(b"p:"))
+            .map(Vec::as_slice)
+            .collect();
+        assert_eq!(
+            prefixes,
+            [&b"p:ab"[..], b"p:abc", b"p:abcde", b"p:abcdefgh"],
+            "prefixes of 2, 3, 5 and 8 characters only"
+        );
+        let four = p.parse_clause(None, "abcd").unwrap();
+        assert!(!four.exact() && four.keys().any(|k| k == b"p:abc"));
+        assert!(p.parse_clause(None, "abcde").unwrap().exact());
         let contains = p.parse_clause(Some("contains"), "LUDEN").unwrap();
         assert!(contains.filter_only() && p.matches(&contains, &r));
         let no = p.parse_clause(Some("contains"), "xyz").unwrap();
@@ -1328,6 +1341,17 @@ mod tests {
         let pr = json!({"identifier":[{"system":"urn:oid:1.2","value":"MRN-1"}]});
         assert!(hit(&id, None, "urn:oid:1.2|MRN-1", &pr));
         assert!(hit(&id, None, "MRN-1", &pr));
+
+        // Only the code is a key: the system is decided after decryption.
+        assert_eq!(p.index_keys(&r), vec![b"c:1-8".to_vec()]);
+        let with_system = p.parse_clause(None, "http://loinc.org|1-8").unwrap();
+        assert!(!with_system.exact() && with_system.keys().eq([b"c:1-8"]));
+        assert!(p.parse_clause(None, "1-8").unwrap().exact());
+        assert!(
+            p.parse_clause(None, "http://loinc.org|")
+                .unwrap()
+                .filter_only()
+        );
     }
 
     #[test]
@@ -1433,7 +1457,32 @@ mod tests {
         );
         assert!(q.parse_clause(None, "5|x").is_err());
 
-        let u = param("uri", "ValueSet.url", "ValueSet");
+        assert!(
+            !q.index_keys(&obs).iter().any(|k| k.starts_with(b"qs:")),
+            "a quantity's system is not a key"
+        );
+        let with_system = q
+            .parse_clause(None, "5.4|http://unitsofmeasure.org|mmol/L")
+            .unwrap();
+        assert!(with_system.keys().all(|k| k.starts_with(b"qc:mmol/L|")));
+
+        let profile = coded("_profile", "uri", "Resource.meta.profile", "Observation");
+        let o = json!({"meta":{"profile":["http://acme.org/fhir/StructureDefinition/lab"]}});
+        assert_eq!(
+            profile.index_keys(&o),
+            vec![b"u:http://acme.org/fhir/StructureDefinition/lab".to_vec()],
+            "no path prefixes outside `url`"
+        );
+        assert!(
+            profile
+                .parse_clause(Some("below"), "http://acme.org/fhir")
+                .unwrap()
+                .filter_only()
+        );
+        assert!(hit(&profile, Some("below"), "http://acme.org/fhir", &o));
+        assert!(!hit(&profile, Some("below"), "http://acme.org/fh", &o));
+
+        let u = coded("url", "uri", "ValueSet.url", "ValueSet");
         let vs = json!({"url":"http://acme.org/fhir/ValueSet/blood"});
         for (modifier, query, want) in [
             (None, "http://acme.org/fhir/ValueSet/blood", true),
