@@ -609,6 +609,17 @@ mod tests {
     }
 
     #[test]
+    fn staged_index_entries_are_written_at_once() {
+        let Some(server) = server("staged_index_entries_are_written_at_once") else {
+            return;
+        };
+        let s = Scratch::new(&server);
+        medvault_store::conformance::staged_index_entries_become_searchable(&|| {
+            Box::new(PgStore::open(&s.0).unwrap())
+        });
+    }
+
+    #[test]
     fn reopen_keeps_data_schema_version_and_kind() {
         let Some(server) = server("reopen_keeps_data_schema_version_and_kind") else {
             return;

@@ -178,6 +178,8 @@ const NODE_MIGRATIONS: &[(i64, &str)] = &[
     // v16: SQLite moved its versions into a rowid table so bodies stay on their page; a
     // PostgreSQL heap row already sits apart from its index, so nothing changes here.
     (16, "SELECT 1"),
+    // v17: SQLite stages a bulk load's index entries; PostgreSQL writes them as usual.
+    (17, "SELECT 1"),
 ];
 
 const KEEP_TILE_LEVELS: &str = "DELETE FROM ledger_nodes WHERE level % 8 <> 0;";

@@ -37,7 +37,18 @@ pub(crate) fn dump(
     c.execute_batch("BEGIN").map_err(backend)?;
     let result = (|| {
         for table in tables {
-            let mut stmt = c.prepare(&table.select()).map_err(backend)?;
+            // A bulk load's staged index rows are index rows: the dump has them too (a
+            // restore puts them straight into `idx`).
+            let select = if table.name == "idx" {
+                "SELECT c.rtype, c.id, i.value
+                 FROM (SELECT value, rid FROM idx UNION SELECT value, rid FROM idx_staged) i
+                 JOIN current c ON c.rid = i.rid
+                 ORDER BY 1, 2, 3"
+                    .to_owned()
+            } else {
+                table.select()
+            };
+            let mut stmt = c.prepare(&select).map_err(backend)?;
             let mut rows = stmt.query([]).map_err(backend)?;
             while let Some(r) = rows.next().map_err(backend)? {
                 let mut cells = Vec::with_capacity(table.columns.len());

@@ -176,6 +176,14 @@ impl SqliteStore {
     fn open_as(path: &Path, schema: Schema) -> Result<Self, StoreError> {
         let mut conn = open_connection(path, true)?;
         schema::migrate(&mut conn, schema)?;
+        if schema == Schema::Node {
+            // Index rows an interrupted bulk load staged: searchable from this start on.
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            sql::merge_staged_index(&tx)?;
+            tx.commit().map_err(backend)?;
+        }
         // The writer never checkpoints (a checkpoint in the commit path is a latency spike);
         // a background thread does, PASSIVE, so it never blocks writers or readers.
         conn.execute_batch("PRAGMA wal_autocheckpoint=0;")
@@ -338,6 +346,7 @@ impl Dialect for SqliteWriter {
         let mut tx = sql::Tx {
             conn: &self.conn,
             shredded: false,
+            stage_index: false,
         };
         let result = op(&mut tx);
         let shredded = tx.shredded;
@@ -382,6 +391,7 @@ impl Dialect for SqliteWriter {
         f(&sql::Tx {
             conn: &self.conn,
             shredded: false,
+            stage_index: false,
         })
     }
 
@@ -445,6 +455,24 @@ mod tests {
     }
 
     #[test]
+    fn staged_index_entries_are_merged_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        medvault_store::conformance::staged_index_entries_become_searchable(&|| {
+            Box::new(SqliteStore::open(&path).unwrap())
+        });
+        let c = Connection::open(&path).unwrap();
+        let (staged, indexed): (i64, i64) = c
+            .query_row(
+                "SELECT (SELECT count(*) FROM idx_staged), (SELECT count(*) FROM idx)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((staged, indexed), (0, 3), "s1, s2 and s3 once each");
+    }
+
+    #[test]
     fn reopen_keeps_data_and_schema_version() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
@@ -455,7 +483,7 @@ mod tests {
             s.meta("schema_version").unwrap().as_deref(),
             Some(medvault_store::NODE_SCHEMA_VERSION.to_string().as_str())
         );
-        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 16);
+        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 17);
     }
 
     #[test]
@@ -518,7 +546,10 @@ mod tests {
             }
         }
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.meta("schema_version").unwrap().as_deref(), Some("16"));
+        assert_eq!(
+            s.meta("schema_version").unwrap(),
+            Some(medvault_store::NODE_SCHEMA_VERSION.to_string())
+        );
         let (rt, id) = (
             ResourceType::new("Patient").unwrap(),
             ResourceId::new("p1").unwrap(),

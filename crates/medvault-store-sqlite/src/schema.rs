@@ -206,6 +206,12 @@ const NODE_MIGRATIONS: &[&str] = &[
      DROP TABLE versions;
      ALTER TABLE versions_v16 RENAME TO versions;
      CREATE INDEX versions_by_time ON versions (rtype, last_updated);",
+    // v17: the index entries a bulk load stages (appended in arrival order; the index on rid
+    // grows at its right edge, as new resources' rids do, and finds a resource's staged rows
+    // when it is updated or erased), moved into `idx` in key order when the load ends or the
+    // database is next opened.
+    "CREATE TABLE IF NOT EXISTS idx_staged (value BLOB NOT NULL, rid INTEGER NOT NULL);
+     CREATE INDEX IF NOT EXISTS idx_staged_by_rid ON idx_staged (rid);",
 ];
 
 const DROP_LEVEL_ZERO: &str = "DELETE FROM ledger_nodes WHERE level = 0;";

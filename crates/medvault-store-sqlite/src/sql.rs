@@ -676,6 +676,44 @@ fn insert_index(c: &Connection, rid: i64, index: &[BlindValue]) -> Result<(), St
     Ok(())
 }
 
+/// Appends a new resource's index rows to `idx_staged` (arrival order: no B-tree to descend).
+fn stage_index(c: &Connection, rid: i64, index: &[BlindValue]) -> Result<(), StoreError> {
+    const CHUNK: usize = 16;
+    for chunk in index.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO idx_staged (value, rid) VALUES {}",
+            vec!["(?, ?)"; chunk.len()].join(", ")
+        );
+        let mut ins = c.prepare_cached(&sql).map_err(backend)?;
+        for (i, v) in chunk.iter().enumerate() {
+            ins.raw_bind_parameter(2 * i + 1, &v.0[..])
+                .map_err(backend)?;
+            ins.raw_bind_parameter(2 * i + 2, rid).map_err(backend)?;
+        }
+        ins.raw_execute().map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Moves the staged index rows into `idx` in key order (each index page is then written once
+/// for all the rows it receives), and empties the stage. Returns how many rows were staged.
+pub(crate) fn merge_staged_index(c: &Connection) -> Result<u64, StoreError> {
+    let staged: i64 = c
+        .prepare_cached("SELECT count(*) FROM idx_staged")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(backend)?;
+    if staged == 0 {
+        return Ok(0);
+    }
+    c.execute_batch(
+        "INSERT OR IGNORE INTO idx (value, rid)
+            SELECT value, rid FROM idx_staged ORDER BY value, rid;
+         DELETE FROM idx_staged;",
+    )
+    .map_err(backend)?;
+    Ok(u64::try_from(staged).unwrap_or_default())
+}
+
 /// Removes a resource's index rows, given its concatenated values.
 fn remove_index(c: &Connection, rid: i64, values: Option<&[u8]>) -> Result<(), StoreError> {
     let Some(values) = values else { return Ok(()) };
@@ -891,6 +929,9 @@ pub(crate) struct Tx<'c> {
     pub(crate) conn: &'c Connection,
     /// Set when the op destroyed a key, so the writer checkpoints the WAL after commit.
     pub(crate) shredded: bool,
+    /// Set by [`RecordTx::stage_new_index_entries`]: new resources' index entries go to
+    /// `idx_staged` for the rest of the op.
+    pub(crate) stage_index: bool,
 }
 
 impl Tx<'_> {
@@ -1021,6 +1062,12 @@ impl KeyTx for Tx<'_> {
         for (rid, values) in &owned {
             remove_index(c, *rid, values.as_deref())?;
         }
+        // Rows a bulk load staged for these resources.
+        c.execute(
+            "DELETE FROM idx_staged WHERE rid IN (SELECT rid FROM current WHERE key_name = ?1)",
+            [name],
+        )
+        .map_err(backend)?;
         let n = c
             .execute(
                 "UPDATE current SET shredded = 1, index_values = NULL WHERE key_name = ?1",
@@ -1073,9 +1120,11 @@ impl RecordTx for Tx<'_> {
                     .optional()
             })
             .map_err(backend)?;
+        let new = existing.is_none();
         let rid = match existing {
             Some((rid, old)) => {
                 remove_index(c, rid, old.as_deref())?;
+                exec(c, "DELETE FROM idx_staged WHERE rid = ?1", params![rid])?;
                 exec(
                     c,
                     "UPDATE current SET version = ?2, last_updated = ?3, deleted = ?4, key_name = ?5,
@@ -1102,8 +1151,21 @@ impl RecordTx for Tx<'_> {
                 c.last_insert_rowid()
             }
         };
-        insert_index(c, rid, index)?;
+        if self.stage_index && new {
+            stage_index(c, rid, index)?;
+        } else {
+            insert_index(c, rid, index)?;
+        }
         Ok(leaf_idx)
+    }
+
+    fn stage_new_index_entries(&mut self) -> bool {
+        self.stage_index = true;
+        true
+    }
+
+    fn merge_staged_index(&mut self) -> Result<u64, StoreError> {
+        merge_staged_index(self.conn)
     }
 
     fn amend_version(

@@ -96,6 +96,55 @@ pub fn dump_all(
     rows
 }
 
+/// A bulk load's staged index entries ([`crate::RecordTx::stage_new_index_entries`]): where
+/// the backend stages, a new resource is not found by search until the merge, is found after
+/// it, and an existing resource's entries are written as usual; entries a load left staged are
+/// merged when the database is opened again. A backend that does not stage finds everything
+/// at once. `open` opens the same database each time.
+pub fn staged_index_entries_become_searchable(open: &dyn Fn() -> Box<dyn Store>) {
+    let found = |store: &dyn Store, n: u8| {
+        let q = IndexQuery {
+            clauses: vec![vec![entry("family", n)]],
+            limit: 10,
+            ..IndexQuery::new(ty("Patient"))
+        };
+        ok(store.search(&q), "search").total
+    };
+    let staged_put = |store: &dyn Store, id: &str, v: u64, n: u8| {
+        let v = version("Patient", id, v, 1, &format!("Patient/{id}"), Some(b"s"));
+        written(store, "staged put", move |tx| {
+            let staged = tx.stage_new_index_entries();
+            tx.put_version(&v, &[entry("family", n)], &leaf_for(&v))?;
+            Ok(staged)
+        })
+    };
+    let store = open();
+    let stages = staged_put(store.as_ref(), "s1", 1, 41);
+    assert_eq!(found(store.as_ref(), 41), u64::from(!stages));
+    // An existing resource's new version is indexed at once, staging or not, and its staged
+    // entries go with the version they belonged to.
+    staged_put(store.as_ref(), "s1", 2, 43);
+    assert_eq!(found(store.as_ref(), 43), 1);
+    staged_put(store.as_ref(), "s3", 1, 44);
+    let merged = written(store.as_ref(), "merge", |tx| tx.merge_staged_index());
+    assert_eq!(
+        merged,
+        u64::from(stages),
+        "only s3's entry was still staged"
+    );
+    assert_eq!(found(store.as_ref(), 44), 1, "merged entries are found");
+    assert_eq!(found(store.as_ref(), 41), 0, "replaced entries are not");
+    // A load that stopped before its merge: the next open merges.
+    staged_put(store.as_ref(), "s2", 1, 42);
+    drop(store);
+    let store = open();
+    assert_eq!(found(store.as_ref(), 42), 1, "merged when opened");
+    assert_eq!(
+        written(store.as_ref(), "merge", |tx| tx.merge_staged_index()),
+        0
+    );
+}
+
 /// Opens a store with `open`, gives it a tenant and five audit leaves, drops it and opens it
 /// again: the data and the schema version are there, and the writer resumes the tree where it
 /// stopped. Returns the reopened store, for the backend's own checks.

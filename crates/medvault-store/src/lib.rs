@@ -87,7 +87,7 @@ impl std::fmt::Debug for TokenHash {
 
 /// The schema version of a node database this build writes (both backends use these numbers,
 /// so a dump of one loads into the other).
-pub const NODE_SCHEMA_VERSION: i64 = 16;
+pub const NODE_SCHEMA_VERSION: i64 = 17;
 /// The schema version of an access-log database this build writes.
 pub const ACCESS_LOG_SCHEMA_VERSION: i64 = 3;
 
@@ -1206,6 +1206,27 @@ pub trait RecordTx: RecordRead {
         now: &StoredVersion,
         leaf: &[u8],
     ) -> Result<u64, StoreError>;
+
+    /// Bulk load: for the rest of this op, the index entries of resources [`Self::put_version`]
+    /// creates are staged where searches do not look yet, to be moved into the index in key
+    /// order by [`Self::merge_staged_index`] (one pass over the index instead of a random
+    /// insert per entry). Entries of existing resources are written as usual. True if the
+    /// backend stages; false (the default) if it writes every entry as usual.
+    ///
+    /// A backend that stages merges what is left staged when it opens the database, so an
+    /// interrupted bulk load never leaves resources unsearchable past the next start.
+    fn stage_new_index_entries(&mut self) -> bool {
+        false
+    }
+
+    /// Moves every staged index entry into the index, in key order, in this transaction.
+    /// Returns how many were staged (0 at once when none are).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn merge_staged_index(&mut self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 }
 
 /// Writes of people, sessions, tokens, OAuth state, passkeys, break-glass grants and alerts. Available only inside a write.

@@ -296,6 +296,11 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
                         break;
                     }
                     let (answer_tx, answer) = std::sync::mpsc::sync_channel(1);
+                    // Adding only: the files' index entries are staged and merged at the end.
+                    let plan = match mode {
+                        Mode::AddOnly => plan.staging_index(),
+                        Mode::Update => plan,
+                    };
                     import::submit(node.store.as_ref(), &ctx, plan, move |result| {
                         // The receiver waits in `in_flight` until it is settled below.
                         let _ = answer_tx.send(result);
@@ -315,10 +320,20 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
             failure.get_or_insert(e);
         }
     });
+    // The written files' staged index entries (those before a refused file's too) go into
+    // the index now, in key order; had this process died first, the next start would.
+    bar.set_message(format!("indexing ({} resources)", total.resources));
+    let merged = import::merge_staged_index(node.store.as_ref()).map_err(|e| {
+        anyhow::anyhow!(
+            "indexing the imported resources failed: {}; the next start of the node indexes them",
+            e.message
+        )
+    });
     if let Some(e) = failure {
         bar.abandon();
         return Err(e);
     }
+    merged?;
     bar.finish_and_clear();
     audit_admin_with(
         &node,
