@@ -698,20 +698,22 @@ fn stage_index(c: &Connection, rid: i64, index: &[BlindValue]) -> Result<(), Sto
 /// Moves the staged index rows into `idx` in key order (each index page is then written once
 /// for all the rows it receives), and empties the stage. Returns how many rows were staged.
 pub(crate) fn merge_staged_index(c: &Connection) -> Result<u64, StoreError> {
-    let staged: i64 = c
-        .prepare_cached("SELECT count(*) FROM idx_staged")
+    // Most calls find the stage empty: answered from the first page of its rid index.
+    let any: bool = c
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM idx_staged)")
         .and_then(|mut s| s.query_row([], |r| r.get(0)))
         .map_err(backend)?;
-    if staged == 0 {
+    if !any {
         return Ok(0);
     }
-    c.execute_batch(
+    c.execute(
         "INSERT OR IGNORE INTO idx (value, rid)
-            SELECT value, rid FROM idx_staged ORDER BY value, rid;
-         DELETE FROM idx_staged;",
+            SELECT value, rid FROM idx_staged ORDER BY value, rid",
+        [],
     )
     .map_err(backend)?;
-    Ok(u64::try_from(staged).unwrap_or_default())
+    let staged = c.execute("DELETE FROM idx_staged", []).map_err(backend)?;
+    Ok(staged as u64)
 }
 
 /// Removes a resource's index rows, given its concatenated values.
