@@ -83,6 +83,20 @@ const PRACTITIONER_ROLE: ResourceType = ResourceType::from_static("PractitionerR
 /// Resource types whose writes change the facts decisions rest on.
 pub const FACT_TYPES: [ResourceType; 4] = [CARE_TEAM, ENCOUNTER, CONSENT, PRACTITIONER_ROLE];
 
+/// The resource types the node finds through the search index for decisions of its own: the
+/// policy's facts ([`FACT_TYPES`]), a patient's sharing consents, the subscriptions to notify,
+/// patients named by identifier. A bulk load never stages their index rows
+/// ([`crate::import::Plan::staging_index`]): a decision must not miss one — a Consent that
+/// denies, missed, would let a read through.
+pub const DECIDING_TYPES: &[&str] = &[
+    "CareTeam",
+    "Consent",
+    "Encounter",
+    "Patient",
+    "PractitionerRole",
+    "Subscription",
+];
+
 /// How long a patient's facts are trusted without looking them up again, when nothing this
 /// process wrote changed them (another process's writes are seen within this time).
 pub const FACTS_TTL: Duration = Duration::from_secs(30);
@@ -435,6 +449,10 @@ fn find_all(
     rt: &ResourceType,
     params: &[(&str, &str)],
 ) -> Result<Vec<Value>, Error> {
+    debug_assert!(
+        DECIDING_TYPES.contains(&rt.as_str()),
+        "the policy looks {rt} up: it belongs in DECIDING_TYPES"
+    );
     let params: Vec<(String, String)> = params
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -832,6 +850,13 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn every_fact_type_is_never_staged_by_a_bulk_load() {
+        for t in FACT_TYPES {
+            assert!(DECIDING_TYPES.contains(&t.as_str()), "{t}");
+        }
+    }
 
     #[test]
     fn relationships_need_an_active_record_naming_the_practitioner_now() {

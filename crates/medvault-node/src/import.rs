@@ -401,8 +401,10 @@ impl Plan {
     /// one by one, when the file needs no index lookup of its own (every entry was prepared
     /// off the writer); [`merge_staged_index`] then moves them into the index in key order,
     /// once for many files. Until then searches do not find those resources (reads by id
-    /// do). A file that does need lookups merges what is staged first. Staging stores nothing
-    /// more and nothing less: the same blind values, in the same transaction as the resources.
+    /// do). A file that does need lookups merges what is staged first. The types the node's
+    /// own decisions look up ([`crate::authz::DECIDING_TYPES`]: consents, care relationships,
+    /// patients, subscriptions) are never staged. Staging stores nothing more and nothing
+    /// less: the same blind values, in the same transaction as the resources.
     #[must_use]
     pub fn staging_index(mut self) -> Self {
         self.stage_index = true;
@@ -547,7 +549,7 @@ fn commit_op(
             .filter(|(i, _)| !skip.contains(i))
             .map(|(_, pair)| pair)
             .unzip();
-        if !(stage_index && tx.stage_new_index_entries()) {
+        if !(stage_index && tx.stage_new_index_entries(crate::authz::DECIDING_TYPES)) {
             tx.merge_staged_index()?;
         }
         bundle::transaction_ops(tx, &ctx, todo, "").map_err(|e| relabel(e, &todo_labels))?;

@@ -194,7 +194,7 @@ impl SqliteStore {
         let flag = Arc::clone(&ckpt);
         let checkpointer = std::thread::Builder::new()
             .name("medvault-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(&ckpt_conn, &stopped, &flag))
+            .spawn(move || checkpoint_loop(&ckpt_conn, &stopped, &flag, schema))
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         let writer = GroupWriter::spawn("medvault-sqlite-writer", SqliteWriter { conn, ckpt })?;
         Ok(Self {
@@ -303,12 +303,70 @@ struct Checkpointing {
     lock: Mutex<()>,
 }
 
-fn checkpoint_loop(conn: &Connection, stop: &Receiver<()>, ckpt: &Checkpointing) {
+/// How long staged index rows may stay unchanged before a running store merges them itself: a
+/// bulk load adds to its stage with every file it commits, so a stage that stopped growing
+/// this long was left by one that was interrupted.
+#[cfg(not(test))]
+const ABANDONED_STAGE: std::time::Duration = std::time::Duration::from_secs(30);
+#[cfg(test)]
+const ABANDONED_STAGE: std::time::Duration = std::time::Duration::from_millis(600);
+
+/// The stage's newest row and since when it has been the newest, as the checkpointer saw it.
+type StageWatch = Option<(i64, std::time::Instant)>;
+
+/// Merges staged index rows left by an interrupted bulk load (see [`ABANDONED_STAGE`]), on the
+/// checkpointer's connection in a transaction of its own.
+fn merge_abandoned_stage(conn: &Connection, watch: &mut StageWatch) -> Result<(), StoreError> {
+    let newest: Option<i64> = conn
+        .prepare_cached("SELECT max(rowid) FROM idx_staged")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(backend)?;
+    let Some(newest) = newest else {
+        *watch = None;
+        return Ok(());
+    };
+    match *watch {
+        Some((seen, since)) if seen == newest => {
+            if since.elapsed() < ABANDONED_STAGE {
+                return Ok(());
+            }
+        }
+        _ => {
+            *watch = Some((newest, std::time::Instant::now()));
+            return Ok(());
+        }
+    }
+    *watch = None;
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(backend)?;
+    let merged = sql::merge_staged_index(conn)
+        .and_then(|n| conn.execute_batch("COMMIT").map_err(backend).map(|()| n));
+    match merged {
+        Ok(n) => {
+            tracing::info!(
+                rows = n,
+                "merged the index rows an interrupted import left staged"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn checkpoint_loop(conn: &Connection, stop: &Receiver<()>, ckpt: &Checkpointing, schema: Schema) {
+    let mut watch: StageWatch = None;
     loop {
         match stop.recv_timeout(CHECKPOINT_INTERVAL) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if let Err(e) = checkpoint_once(conn, ckpt) {
                     tracing::warn!(error = %e, "background WAL checkpoint failed; retrying");
+                }
+                if schema == Schema::Node
+                    && let Err(e) = merge_abandoned_stage(conn, &mut watch)
+                {
+                    tracing::warn!(error = %e, "merging staged index rows failed; retrying");
                 }
             }
             _ => {
@@ -346,7 +404,7 @@ impl Dialect for SqliteWriter {
         let mut tx = sql::Tx {
             conn: &self.conn,
             shredded: false,
-            stage_index: false,
+            stage_index: None,
         };
         let result = op(&mut tx);
         let shredded = tx.shredded;
@@ -391,7 +449,7 @@ impl Dialect for SqliteWriter {
         f(&sql::Tx {
             conn: &self.conn,
             shredded: false,
-            stage_index: false,
+            stage_index: None,
         })
     }
 
@@ -469,7 +527,45 @@ mod tests {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
-        assert_eq!((staged, indexed), (0, 3), "s1, s2 and s3 once each");
+        assert_eq!((staged, indexed), (0, 4), "s1, s2, s3 and o1 once each");
+    }
+
+    #[test]
+    fn a_running_store_merges_a_stage_that_stopped_growing() {
+        use medvault_crypto::BlindValue;
+        use medvault_store::IndexQuery;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+        let value = BlindValue([7; 16]);
+        let v = medvault_store::StoredVersion {
+            resource_type: "Patient".into(),
+            id: "left".into(),
+            version: 1,
+            last_updated_micros: 1,
+            key_name: "Patient/left".into(),
+            key_version: 1,
+            body: Some(medvault_crypto::Sealed::from_stored(vec![1; 40])),
+            shredded: false,
+            salt: Some([1; 16]),
+            leaf: None,
+            expunged: false,
+        };
+        medvault_store::write_with(&store, move |tx| {
+            assert!(tx.stage_new_index_entries(&[]));
+            tx.put_version(&v, &[value], b"leaf")
+        })
+        .unwrap();
+        let q = IndexQuery {
+            clauses: vec![vec![value]],
+            limit: 10,
+            ..IndexQuery::new(medvault_core::ResourceType::new("Patient").unwrap())
+        };
+        assert_eq!(store.search(&q).unwrap().total, 0, "staged");
+        let deadline = std::time::Instant::now() + ABANDONED_STAGE * 10;
+        while store.search(&q).unwrap().total == 0 {
+            assert!(std::time::Instant::now() < deadline, "never merged");
+            std::thread::sleep(CHECKPOINT_INTERVAL);
+        }
     }
 
     #[test]

@@ -932,8 +932,8 @@ pub(crate) struct Tx<'c> {
     /// Set when the op destroyed a key, so the writer checkpoints the WAL after commit.
     pub(crate) shredded: bool,
     /// Set by [`RecordTx::stage_new_index_entries`]: new resources' index entries go to
-    /// `idx_staged` for the rest of the op.
-    pub(crate) stage_index: bool,
+    /// `idx_staged` for the rest of the op, but for the types listed.
+    pub(crate) stage_index: Option<&'static [&'static str]>,
 }
 
 impl Tx<'_> {
@@ -1153,7 +1153,10 @@ impl RecordTx for Tx<'_> {
                 c.last_insert_rowid()
             }
         };
-        if self.stage_index && new {
+        let staged = self
+            .stage_index
+            .is_some_and(|except| new && !except.contains(&v.resource_type.as_str()));
+        if staged {
             stage_index(c, rid, index)?;
         } else {
             insert_index(c, rid, index)?;
@@ -1161,8 +1164,8 @@ impl RecordTx for Tx<'_> {
         Ok(leaf_idx)
     }
 
-    fn stage_new_index_entries(&mut self) -> bool {
-        self.stage_index = true;
+    fn stage_new_index_entries(&mut self, except: &'static [&'static str]) -> bool {
+        self.stage_index = Some(except);
         true
     }
 

@@ -113,12 +113,28 @@ pub fn staged_index_entries_become_searchable(open: &dyn Fn() -> Box<dyn Store>)
     let staged_put = |store: &dyn Store, id: &str, v: u64, n: u8| {
         let v = version("Patient", id, v, 1, &format!("Patient/{id}"), Some(b"s"));
         written(store, "staged put", move |tx| {
-            let staged = tx.stage_new_index_entries();
+            let staged = tx.stage_new_index_entries(&["Observation"]);
             tx.put_version(&v, &[entry("family", n)], &leaf_for(&v))?;
             Ok(staged)
         })
     };
     let store = open();
+    // A type the caller excepts is indexed at once.
+    let v = version("Observation", "o1", 1, 1, "Patient/s1", Some(b"o"));
+    written(store.as_ref(), "excepted put", move |tx| {
+        tx.stage_new_index_entries(&["Observation"]);
+        tx.put_version(&v, &[entry("code", 45)], &leaf_for(&v))
+    });
+    let q = IndexQuery {
+        clauses: vec![vec![entry("code", 45)]],
+        limit: 10,
+        ..IndexQuery::new(ty("Observation"))
+    };
+    assert_eq!(
+        ok(store.search(&q), "search").total,
+        1,
+        "excepted types are not staged"
+    );
     let stages = staged_put(store.as_ref(), "s1", 1, 41);
     assert_eq!(found(store.as_ref(), 41), u64::from(!stages));
     // An existing resource's new version is indexed at once, staging or not, and its staged
