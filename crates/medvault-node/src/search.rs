@@ -1527,10 +1527,15 @@ pub fn scoped_params(
     let mut out = params.to_vec();
     if let [only] = g.as_slice() {
         for (name, value) in only {
-            if name == COMPARTMENT_CONSTRAINT {
-                out.push(compartment_clause(ctx, rt, value)?);
+            let clause = if name == COMPARTMENT_CONSTRAINT {
+                compartment_clause(ctx, rt, value)?
             } else {
-                out.push((name.clone(), value.clone()));
+                (name.clone(), value.clone())
+            };
+            // A paging link carries the constraint it was made with: the same clause twice
+            // would be another search (and its pinned page not found).
+            if !out.contains(&clause) {
+                out.push(clause);
             }
         }
     }

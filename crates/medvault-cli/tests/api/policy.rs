@@ -564,6 +564,21 @@ fn authorization_matrix_against_the_live_server() {
         Who::OwnPatient,
         s.patient_session("m.patient", &own_patient),
     ));
+    // The patient pages through their own records: the next link, which carries the scope's
+    // constraint, is the same search when followed.
+    let own = &people[people.len() - 1].1;
+    let (st, first) = s.get_as("/fhir/Observation?_count=1", own, Some("PATRQT"));
+    assert_eq!(st, 200, "{first}");
+    let next = first["link"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+        .and_then(|l| l["url"].as_str())
+        .expect("the patient has a second page");
+    let (_, path) = next.split_once("/fhir/").unwrap();
+    let (st, second) = s.get_as(&format!("/fhir/{path}"), own, Some("PATRQT"));
+    assert_eq!(st, 200, "{second}");
+    assert_eq!(ids(&second).len(), 1);
+    assert_ne!(ids(&first), ids(&second));
 
     let purposes = ["TREAT", "HOPERAT", "HRESCH", "ETREAT", "PATRQT"];
     let mut cases = 0;
