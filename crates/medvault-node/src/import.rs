@@ -60,8 +60,29 @@ pub struct Loaded {
     /// Of those, resources the node already held exactly as the file has them (left as they
     /// were: an Organization every Synthea record repeats).
     pub unchanged: usize,
-    /// Resources written, by type.
+    /// Resources written, by type (the unchanged ones not counted).
     pub by_type: BTreeMap<String, usize>,
+}
+
+impl Loaded {
+    /// Resources written (those in the file but the unchanged ones).
+    pub fn written(&self) -> usize {
+        self.resources - self.unchanged
+    }
+
+    /// Takes out of the counts by type the resources a commit left as they were.
+    fn left_unchanged(mut self, types: Vec<String>) -> Self {
+        self.unchanged = types.len();
+        for t in types {
+            if let Some(n) = self.by_type.get_mut(&t) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.by_type.remove(&t);
+                }
+            }
+        }
+        self
+    }
 }
 
 /// One file's entries, each with how an error names it (`entry 3`, `line 7`).
@@ -466,9 +487,8 @@ pub fn plan(ctx: &Ctx, entries: Entries) -> Result<Plan, Error> {
 /// # Errors
 /// The first failing entry's error, named by its label; nothing is written.
 pub fn commit(store: &dyn Store, ctx: &Ctx, plan: Plan) -> Result<Loaded, Error> {
-    let (op, mut loaded) = commit_op(ctx, plan);
-    loaded.unchanged = write_with(store, op)?;
-    Ok(loaded)
+    let (op, loaded) = commit_op(ctx, plan);
+    Ok(loaded.left_unchanged(write_with(store, op)?))
 }
 
 /// [`commit`] without waiting: `done` gets what it answers once the transaction is durable (or
@@ -482,22 +502,23 @@ pub fn submit(
     plan: Plan,
     done: impl FnOnce(Result<Loaded, Error>) + Send + 'static,
 ) {
-    let (op, mut loaded) = commit_op(ctx, plan);
+    let (op, loaded) = commit_op(ctx, plan);
     submit_with(store, op, move |result| {
-        done(result.map_err(Error::from).map(|unchanged| {
-            loaded.unchanged = unchanged;
-            loaded
-        }));
+        done(
+            result
+                .map_err(Error::from)
+                .map(|unchanged| loaded.left_unchanged(unchanged)),
+        );
     });
 }
 
-/// The write transaction of a plan (answering how many of its resources were left unchanged),
-/// and what it adds.
+/// The write transaction of a plan (answering the types of the resources it left unchanged,
+/// one per resource), and what it adds.
 fn commit_op(
     ctx: &Ctx,
     plan: Plan,
 ) -> (
-    impl FnOnce(&mut dyn StoreTx) -> Result<usize, StoreError> + Send + 'static,
+    impl FnOnce(&mut dyn StoreTx) -> Result<Vec<String>, StoreError> + Send + 'static,
     Loaded,
 ) {
     let Plan {
@@ -517,6 +538,7 @@ fn commit_op(
         // In the transaction: no writer can add one of these ids between check and write.
         let node_work = ctx.as_node_work();
         let mut skip = HashSet::new();
+        let mut unchanged = Vec::new();
         for (i, rt, id) in &new_ids {
             let Some(meta) = tx.current(rt, id)? else {
                 continue;
@@ -529,6 +551,7 @@ fn commit_op(
             match (stored, ops.get(*i).and_then(bundle::EntryOp::resource)) {
                 (Some(stored), Some(incoming)) if same_content(&stored, incoming) => {
                     skip.insert(*i);
+                    unchanged.push(rt.to_string());
                 }
                 _ => {
                     return Err(Error::new(
@@ -553,7 +576,7 @@ fn commit_op(
             tx.merge_staged_index()?;
         }
         bundle::transaction_ops(tx, &ctx, todo, "").map_err(|e| relabel(e, &todo_labels))?;
-        Ok(skip.len())
+        Ok(unchanged)
     };
     (op, loaded)
 }

@@ -116,6 +116,9 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 fn open_connection(path: &Path, writer: bool) -> Result<Connection, StoreError> {
+    if writer {
+        create_private(path)?;
+    }
     let conn = Connection::open(path).map_err(backend)?;
     conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MILLIS))
         .map_err(backend)?;
@@ -152,6 +155,24 @@ fn open_connection(path: &Path, writer: bool) -> Result<Connection, StoreError> 
     .map_err(backend)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// Creates the database file readable by its owner only, if it does not exist yet (SQLite gives
+/// its `-wal` and `-shm` files the database file's permissions). The data directory is private
+/// too; this is the second wall.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        o.mode(0o600);
+    }
+    match o.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Backend(Box::new(e))),
+    }
 }
 
 impl SqliteStore {
@@ -528,6 +549,27 @@ mod tests {
             )
             .unwrap();
         assert_eq!((staged, indexed), (0, 4), "s1, s2, s3 and o1 once each");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn database_files_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+        medvault_store::write_with(&store, |tx| tx.set_meta("k", "v")).unwrap();
+        let log = SqliteStore::open_access_log(&dir.path().join("log.sqlite")).unwrap();
+        let mut seen = 0;
+        for name in ["db.sqlite", "db.sqlite-wal", "db.sqlite-shm", "log.sqlite"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+            seen += 1;
+        }
+        assert_eq!(seen, 4);
+        drop((store, log));
     }
 
     #[test]

@@ -256,7 +256,7 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
                         for (t, n) in loaded.by_type {
                             *total.by_type.entry(t).or_default() += n;
                         }
-                        bar.set_message(format!("importing ({} resources)", total.resources));
+                        bar.set_message(format!("importing ({} resources)", total.written()));
                         bar.inc(1);
                         recorded
                     }
@@ -322,7 +322,7 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
     });
     // The written files' staged index entries (those before a refused file's too) go into
     // the index now, in key order; had this process died first, the next start would.
-    bar.set_message(format!("indexing ({} resources)", total.resources));
+    bar.set_message(format!("indexing ({} resources)", total.written()));
     let merged = import::merge_staged_index(node.store.as_ref()).map_err(|e| {
         anyhow::anyhow!(
             "indexing the imported resources failed: {}; the next start of the node indexes them",
@@ -339,11 +339,13 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
         &node,
         "import",
         None,
-        Some(json!({"files": imported, "skipped": skipped, "resources": total.resources})),
+        Some(
+            json!({"files": imported, "skipped": skipped, "resources": total.resources, "unchanged": total.unchanged}),
+        ),
     )?;
     println!(
         "imported {} resources from {} files{}{}",
-        total.resources,
+        total.written(),
         imported,
         if skipped > 0 {
             format!(" ({skipped} already imported, skipped)")
@@ -351,7 +353,7 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<()> {
             String::new()
         },
         if total.unchanged > 0 {
-            format!("; {} were already here unchanged", total.unchanged)
+            format!("; {} more were already here unchanged", total.unchanged)
         } else {
             String::new()
         }

@@ -163,7 +163,10 @@ fn bundles_and_ndjson_load_whole_keep_their_ids_and_resume() {
     std::fs::remove_file(s.dir.join("import-journal")).unwrap();
     let (ok, out, err) = s.run(&["import", dir.join("a.json").to_str().unwrap()]);
     assert!(ok, "{err}");
-    assert!(out.contains("; 3 were already here unchanged"), "{out}");
+    assert!(
+        out.contains("imported 0 resources from 1 files; 3 more were already here unchanged"),
+        "{out}"
+    );
     assert_eq!(count(&s, "Patient?family=Importfam"), 1);
     // But nd.ndjson's nd-1 was changed since (again.ndjson): the file is refused whole, and
     // --update replaces it.
