@@ -67,7 +67,7 @@ pub struct Loaded {
 impl Loaded {
     /// Resources written (those in the file but the unchanged ones).
     pub fn written(&self) -> usize {
-        self.resources - self.unchanged
+        self.resources.saturating_sub(self.unchanged)
     }
 
     /// Takes out of the counts by type the resources a commit left as they were.

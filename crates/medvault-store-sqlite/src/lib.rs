@@ -358,22 +358,27 @@ fn merge_abandoned_stage(conn: &Connection, watch: &mut StageWatch) -> Result<()
         }
     }
     *watch = None;
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(backend)?;
-    let merged = sql::merge_staged_index(conn)
-        .and_then(|n| conn.execute_batch("COMMIT").map_err(backend).map(|()| n));
-    match merged {
-        Ok(n) => {
-            tracing::info!(
-                rows = n,
-                "merged the index rows an interrupted import left staged"
-            );
-            Ok(())
-        }
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
+    // In chunks, each its own short transaction: the writer waits for at most one.
+    const CHUNK_ROWS: i64 = 50_000;
+    let mut total = 0;
+    loop {
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(backend)?;
+        let merged = sql::merge_staged_chunk(conn, CHUNK_ROWS)
+            .and_then(|n| conn.execute_batch("COMMIT").map_err(backend).map(|()| n));
+        match merged {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
         }
     }
+    tracing::info!(
+        rows = total,
+        "merged the index rows an interrupted import left staged"
+    );
+    Ok(())
 }
 
 fn checkpoint_loop(conn: &Connection, stop: &Receiver<()>, ckpt: &Checkpointing, schema: Schema) {

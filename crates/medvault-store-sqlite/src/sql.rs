@@ -716,6 +716,29 @@ pub(crate) fn merge_staged_index(c: &Connection) -> Result<u64, StoreError> {
     Ok(staged as u64)
 }
 
+/// Moves up to `rows` of the oldest staged index rows into `idx` (in key order) and deletes
+/// them from the stage, so a store that is serving merges an abandoned stage in short
+/// transactions. Returns how many it moved.
+pub(crate) fn merge_staged_chunk(c: &Connection, rows: i64) -> Result<u64, StoreError> {
+    let first: Option<i64> = c
+        .prepare_cached("SELECT min(rowid) FROM idx_staged")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(backend)?;
+    let Some(first) = first else { return Ok(0) };
+    let last = first.saturating_add(rows - 1);
+    exec(
+        c,
+        "INSERT OR IGNORE INTO idx (value, rid)
+            SELECT value, rid FROM idx_staged WHERE rowid BETWEEN ?1 AND ?2 ORDER BY value, rid",
+        params![first, last],
+    )?;
+    let moved = c
+        .prepare_cached("DELETE FROM idx_staged WHERE rowid BETWEEN ?1 AND ?2")
+        .and_then(|mut s| s.execute(params![first, last]))
+        .map_err(backend)?;
+    Ok(moved as u64)
+}
+
 /// Removes a resource's index rows, given its concatenated values.
 fn remove_index(c: &Connection, rid: i64, values: Option<&[u8]>) -> Result<(), StoreError> {
     let Some(values) = values else { return Ok(()) };
