@@ -331,7 +331,6 @@ fn consents_of(
     store: &dyn medvault_store::StoreRead,
     patient: &str,
 ) -> Result<Vec<Value>, Error> {
-    debug_assert!(crate::authz::DECIDING_TYPES.contains(&CONSENT.as_str()));
     let params = vec![("patient".to_owned(), format!("Patient/{patient}"))];
     search::all_matches(store, node_ctx, &CONSENT, &params)
 }

@@ -202,7 +202,7 @@ impl SqliteStore {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(backend)?;
-            sql::merge_staged_index(&tx)?;
+            sql::merge_staged(&tx, None)?;
             tx.commit().map_err(backend)?;
         }
         // The writer never checkpoints (a checkpoint in the commit path is a latency spike);
@@ -363,7 +363,7 @@ fn merge_abandoned_stage(conn: &Connection, watch: &mut StageWatch) -> Result<()
     let mut total = 0;
     loop {
         conn.execute_batch("BEGIN IMMEDIATE").map_err(backend)?;
-        let merged = sql::merge_staged_chunk(conn, CHUNK_ROWS)
+        let merged = sql::merge_staged(conn, Some(CHUNK_ROWS))
             .and_then(|n| conn.execute_batch("COMMIT").map_err(backend).map(|()| n));
         match merged {
             Ok(0) => break,

@@ -644,10 +644,28 @@ pub(crate) fn tokens(c: &Connection) -> Result<Vec<TokenRow>, StoreError> {
     )
 }
 
-/// Adds a version's blind-index rows: in value order (neighbouring inserts share B-tree pages),
-/// several rows per statement (a statement's bind, step and reset cost as much as a row's
-/// insert).
-fn insert_index(c: &Connection, rid: i64, index: &[BlindValue]) -> Result<(), StoreError> {
+/// Which table a version's blind-index rows go to.
+#[derive(Clone, Copy)]
+enum IndexTable {
+    /// The index searches read.
+    Live,
+    /// A bulk load's stage (`idx_staged`): appended, merged into `idx` later.
+    Staged,
+}
+
+/// Adds a version's blind-index rows to `table`: in value order (neighbouring inserts share
+/// B-tree pages), several rows per statement (a statement's bind, step and reset cost as much
+/// as a row's insert).
+fn insert_index(
+    c: &Connection,
+    table: IndexTable,
+    rid: i64,
+    index: &[BlindValue],
+) -> Result<(), StoreError> {
+    let table = match table {
+        IndexTable::Live => "idx",
+        IndexTable::Staged => "idx_staged",
+    };
     /// Rows per statement, largest first: the SQL of each is cached.
     const CHUNKS: [usize; 3] = [16, 4, 1];
     let mut values: Vec<&[u8]> = index.iter().map(|b| &b.0[..]).collect();
@@ -659,7 +677,7 @@ fn insert_index(c: &Connection, rid: i64, index: &[BlindValue]) -> Result<(), St
             continue;
         }
         let sql = format!(
-            "INSERT OR IGNORE INTO idx (value, rid) VALUES {}",
+            "INSERT OR IGNORE INTO {table} (value, rid) VALUES {}",
             vec!["(?, ?)"; size].join(", ")
         );
         let mut ins = c.prepare_cached(&sql).map_err(backend)?;
@@ -676,66 +694,31 @@ fn insert_index(c: &Connection, rid: i64, index: &[BlindValue]) -> Result<(), St
     Ok(())
 }
 
-/// Appends a new resource's index rows to `idx_staged` (arrival order: no B-tree to descend).
-fn stage_index(c: &Connection, rid: i64, index: &[BlindValue]) -> Result<(), StoreError> {
-    const CHUNK: usize = 16;
-    for chunk in index.chunks(CHUNK) {
-        let sql = format!(
-            "INSERT INTO idx_staged (value, rid) VALUES {}",
-            vec!["(?, ?)"; chunk.len()].join(", ")
-        );
-        let mut ins = c.prepare_cached(&sql).map_err(backend)?;
-        for (i, v) in chunk.iter().enumerate() {
-            ins.raw_bind_parameter(2 * i + 1, &v.0[..])
-                .map_err(backend)?;
-            ins.raw_bind_parameter(2 * i + 2, rid).map_err(backend)?;
-        }
-        ins.raw_execute().map_err(backend)?;
-    }
-    Ok(())
-}
-
-/// Moves the staged index rows into `idx` in key order (each index page is then written once
-/// for all the rows it receives), and empties the stage. Returns how many rows were staged.
-pub(crate) fn merge_staged_index(c: &Connection) -> Result<u64, StoreError> {
-    // Most calls find the stage empty: answered from the first page of its rid index.
-    let any: bool = c
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM idx_staged)")
-        .and_then(|mut s| s.query_row([], |r| r.get(0)))
-        .map_err(backend)?;
-    if !any {
-        return Ok(0);
-    }
-    c.execute(
-        "INSERT OR IGNORE INTO idx (value, rid)
-            SELECT value, rid FROM idx_staged ORDER BY value, rid",
-        [],
-    )
-    .map_err(backend)?;
-    let staged = c.execute("DELETE FROM idx_staged", []).map_err(backend)?;
-    Ok(staged as u64)
-}
-
-/// Moves up to `rows` of the oldest staged index rows into `idx` (in key order) and deletes
-/// them from the stage, so a store that is serving merges an abandoned stage in short
-/// transactions. Returns how many it moved.
-pub(crate) fn merge_staged_chunk(c: &Connection, rows: i64) -> Result<u64, StoreError> {
+/// Moves staged index rows into `idx` in key order (each index page is then written once for
+/// all the rows it receives) and deletes them from the stage: all of them, or the oldest
+/// `rows` (a store that is serving merges an abandoned stage in short transactions). Returns
+/// how many it moved; an empty stage is answered from the first page of its rowid tree.
+pub(crate) fn merge_staged(c: &Connection, rows: Option<i64>) -> Result<u64, StoreError> {
     let first: Option<i64> = c
         .prepare_cached("SELECT min(rowid) FROM idx_staged")
         .and_then(|mut s| s.query_row([], |r| r.get(0)))
         .map_err(backend)?;
     let Some(first) = first else { return Ok(0) };
-    let last = first.saturating_add(rows - 1);
+    let last = rows.map_or(i64::MAX, |n| first.saturating_add(n - 1));
     exec(
         c,
         "INSERT OR IGNORE INTO idx (value, rid)
             SELECT value, rid FROM idx_staged WHERE rowid BETWEEN ?1 AND ?2 ORDER BY value, rid",
         params![first, last],
     )?;
-    let moved = c
-        .prepare_cached("DELETE FROM idx_staged WHERE rowid BETWEEN ?1 AND ?2")
-        .and_then(|mut s| s.execute(params![first, last]))
-        .map_err(backend)?;
+    let moved = match rows {
+        // The whole stage: SQLite's truncate, no per-row delete.
+        None => c.execute("DELETE FROM idx_staged", []),
+        Some(_) => c
+            .prepare_cached("DELETE FROM idx_staged WHERE rowid BETWEEN ?1 AND ?2")
+            .and_then(|mut s| s.execute(params![first, last])),
+    }
+    .map_err(backend)?;
     Ok(moved as u64)
 }
 
@@ -1179,11 +1162,12 @@ impl RecordTx for Tx<'_> {
         let staged = self
             .stage_index
             .is_some_and(|except| new && !except.contains(&v.resource_type.as_str()));
-        if staged {
-            stage_index(c, rid, index)?;
+        let table = if staged {
+            IndexTable::Staged
         } else {
-            insert_index(c, rid, index)?;
-        }
+            IndexTable::Live
+        };
+        insert_index(c, table, rid, index)?;
         Ok(leaf_idx)
     }
 
@@ -1193,7 +1177,7 @@ impl RecordTx for Tx<'_> {
     }
 
     fn merge_staged_index(&mut self) -> Result<u64, StoreError> {
-        merge_staged_index(self.conn)
+        merge_staged(self.conn, None)
     }
 
     fn amend_version(
