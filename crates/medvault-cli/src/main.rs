@@ -119,6 +119,11 @@ enum Command {
         after_help = "Example:\n  medvault import --data-dir /var/lib/medvault synthea/output/fhir\n  medvault import --data-dir DIR export/Patient.ndjson export/Observation.ndjson\n  medvault import --data-dir DIR --update corrected/Observation.ndjson"
     )]
     Import(Box<commands::import::ImportArgs>),
+    /// Sentinel, the insider-snooping detector: score an exported access log offline.
+    Sentinel {
+        #[command(subcommand)]
+        command: commands::sentinel::SentinelCommand,
+    },
     /// Write a consistent snapshot of the node to a file, while it runs. Records stay sealed and
     /// keys stay wrapped; the file is authenticated with a key derived from the root key, which
     /// is never included: keep the key file (and its passphrase) safe separately, a backup
@@ -185,6 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ledger { command } => commands::ledger::run_ledger(command),
         Command::Node { command } => commands::ledger::run_node(command),
         Command::Import(args) => commands::import::run(*args),
+        Command::Sentinel { command } => commands::sentinel::run(command),
         Command::Backup { dir, out, force } => commands::transfer::run_backup(dir, out, force),
         Command::Restore { dir, file, force } => commands::transfer::run_restore(dir, file, force),
         Command::Migrate { from, to, force } => commands::transfer::run_migrate(from, to, force),

@@ -9,6 +9,7 @@ pub(crate) mod import;
 pub(crate) mod ledger;
 pub(crate) mod policy;
 pub(crate) mod records;
+pub(crate) mod sentinel;
 pub(crate) mod serve;
 pub(crate) mod sharing;
 pub(crate) mod transfer;

@@ -22,6 +22,7 @@ mod policy;
 mod postgres;
 mod search;
 mod security;
+mod sentinel;
 mod share;
 mod subscriptions;
 mod tls;

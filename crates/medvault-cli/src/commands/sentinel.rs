@@ -1,0 +1,97 @@
+//! `medvault sentinel`: the insider-snooping detector, offline.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use medvault_sentinel::replay::replay;
+use medvault_sentinel::{DEFAULT_THRESHOLD, Detector, Roster};
+
+use super::progress;
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum SentinelCommand {
+    /// Score every event of an access log exported as EVENTS.jsonl (one access per line, in
+    /// time order) against ROSTER.json, writing one line per event to SCORES.jsonl:
+    /// {"index", "score" (0 to 1), "alert", "reasons" (the signals that raised the score, with
+    /// their values)}. The files hold no PHI: names and addresses are opaque tokens.
+    /// docs/sentinel.md describes both formats and every signal.
+    #[command(
+        after_help = "Example:\n  scripts/sentinel-sim --out month\n  medvault sentinel replay --events month/events.jsonl --roster month/roster.json --out month/scores.jsonl"
+    )]
+    Replay {
+        /// The events, one JSON object per line, in time order.
+        #[arg(long, value_name = "EVENTS.jsonl")]
+        events: PathBuf,
+        /// Users (role, department, shift, tokens) and patients (tokens, flags, departments).
+        #[arg(long, value_name = "ROSTER.json")]
+        roster: PathBuf,
+        /// Where to write the scores (replaced if it exists).
+        #[arg(long, value_name = "SCORES.jsonl")]
+        out: PathBuf,
+        /// Scores at or above this raise an alert.
+        #[arg(long, default_value_t = DEFAULT_THRESHOLD, value_name = "0..1")]
+        threshold: f64,
+        /// Also write each event's raw signal values (a header line of names, then one JSON
+        /// array per event), e.g. to compare other detectors on the same features.
+        #[arg(long, value_name = "FEATURES.jsonl")]
+        features: Option<PathBuf>,
+    },
+}
+
+pub(crate) fn run(command: SentinelCommand) -> anyhow::Result<()> {
+    match command {
+        SentinelCommand::Replay {
+            events,
+            roster,
+            out,
+            threshold,
+            features,
+        } => run_replay(&events, &roster, &out, threshold, features.as_deref()),
+    }
+}
+
+fn run_replay(
+    events: &Path,
+    roster: &Path,
+    out: &Path,
+    threshold: f64,
+    features: Option<&Path>,
+) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&threshold) {
+        anyhow::bail!("--threshold {threshold}: give a score between 0 and 1");
+    }
+    let roster: Roster = {
+        let file = File::open(roster).with_context(|| format!("{}", roster.display()))?;
+        serde_json::from_reader(BufReader::new(file))
+            .map_err(|e| anyhow::anyhow!("{}: not a roster: {e}", roster.display()))?
+    };
+    let input = File::open(events).with_context(|| format!("{}", events.display()))?;
+    let size = input.metadata().map(|m| m.len()).unwrap_or(0);
+    let create = |p: &Path| -> anyhow::Result<BufWriter<File>> {
+        Ok(BufWriter::with_capacity(
+            1 << 20,
+            File::create(p).with_context(|| format!("{}", p.display()))?,
+        ))
+    };
+    let scores = create(out)?;
+    let mut features = features.map(create).transpose()?;
+    let mut detector = Detector::new(&roster).with_threshold(threshold);
+    let bar = progress(size, "scoring events");
+    let done = replay(
+        &mut detector,
+        BufReader::with_capacity(1 << 20, input),
+        scores,
+        features.as_mut().map(|f| f as &mut dyn Write),
+        |read| bar.set_position(read),
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e}", events.display()));
+    bar.finish_and_clear();
+    let done = done?;
+    println!(
+        "scored {} events, {} alerts (threshold {threshold})",
+        done.events, done.alerts
+    );
+    Ok(())
+}

@@ -1,0 +1,917 @@
+//! The detector: what it remembers of the log so far, the signals it reads off each event, and
+//! the score those signals add up to.
+//!
+//! Three models feed one score:
+//! - **rules** over the roster (same family name or address as the patient, a colleague's or
+//!   one's own record, a VIP, a record opened after death), whose weight drops when the access
+//!   came with a care relationship;
+//! - **learned baselines** per user and per peer group (role × department): every contextual
+//!   signal (no relationship, never related, new to the user, outside the department, off
+//!   shift, search-then-open, a new workstation or client, …) counts by how rarely this user —
+//!   shrunk towards their peer group while their own history is short — has shown it, so a
+//!   radiographer opening records of patients they have no relationship with costs little and
+//!   a ward nurse doing it costs much;
+//! - a **relational model** of the user–patient access graph: users who open the same
+//!   patients form care neighbourhoods (Chen & Malin's community-based detection); an access
+//!   to a patient none of whose recent accessors share patients or a department with the user
+//!   is outside the user's community, and a patient nobody has cared for in 30 days is not
+//!   under care at all.
+//!
+//! An event's score is `1 - exp(-Σ contributions / SCALE)`, in [0, 1]; its reasons are the
+//! largest contributions with their signals' values. The detector only ever looks backwards:
+//! an event is scored before it is learned from, as it would be live.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::event::{Action, Event, Outcome, Relationship, Roster, Shift};
+
+/// Everything the detector can say about one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Signal {
+    /// The user and the patient share a family-name token.
+    SameFamily,
+    /// The user and the patient share an address token.
+    SameAddress,
+    /// The patient is another member of staff.
+    ColleagueRecord,
+    /// The patient is the user themselves.
+    OwnRecord,
+    /// The patient is flagged VIP.
+    Vip,
+    /// The access came after the patient's death (value: days since).
+    AfterDeath,
+    /// The user is not in the roster.
+    UnknownUser,
+    /// The patient is not in the roster.
+    UnknownPatient,
+    /// No care relationship was found for this access.
+    NoRelationship,
+    /// The user has never had a care relationship with this patient.
+    NeverRelated,
+    /// The user first opened this patient in the last two hours.
+    NewToUser,
+    /// The patient has never been cared for in the user's department.
+    OutsideDepartment,
+    /// None of the patient's recent accessors share patients or a department with the user.
+    OutsideCareCommunity,
+    /// Nobody has cared for the patient in the last 30 days (value: days since, 365 if never).
+    NoRecentCare,
+    /// The user searched for this patient just before opening them for the first time.
+    SearchThenOpen,
+    /// The access falls outside the user's shift (value: hours outside).
+    OffShift,
+    /// An address the user has not worked from before.
+    NewAddress,
+    /// A client the user has not used before.
+    NewClient,
+    /// The request was denied.
+    Denied,
+    /// Break-glass emergency access.
+    BreakGlass,
+    /// An export or a print.
+    ExportOrPrint,
+    /// No purpose of use was given.
+    NoPurpose,
+    /// Unrelated patients the user opened for the first time in the last hour (value: count).
+    Volume,
+    /// Denied requests by the user in the last ten minutes (value: count).
+    DeniedBurst,
+}
+
+/// Every signal, in the order of the feature vector.
+pub const SIGNALS: [Signal; 24] = [
+    Signal::SameFamily,
+    Signal::SameAddress,
+    Signal::ColleagueRecord,
+    Signal::OwnRecord,
+    Signal::Vip,
+    Signal::AfterDeath,
+    Signal::UnknownUser,
+    Signal::UnknownPatient,
+    Signal::NoRelationship,
+    Signal::NeverRelated,
+    Signal::NewToUser,
+    Signal::OutsideDepartment,
+    Signal::OutsideCareCommunity,
+    Signal::NoRecentCare,
+    Signal::SearchThenOpen,
+    Signal::OffShift,
+    Signal::NewAddress,
+    Signal::NewClient,
+    Signal::Denied,
+    Signal::BreakGlass,
+    Signal::ExportOrPrint,
+    Signal::NoPurpose,
+    Signal::Volume,
+    Signal::DeniedBurst,
+];
+
+/// The signals scored by how rarely the user and their peers show them.
+const LEARNED: [Signal; 14] = [
+    Signal::NoRelationship,
+    Signal::NeverRelated,
+    Signal::NewToUser,
+    Signal::OutsideDepartment,
+    Signal::OutsideCareCommunity,
+    Signal::NoRecentCare,
+    Signal::SearchThenOpen,
+    Signal::OffShift,
+    Signal::NewAddress,
+    Signal::NewClient,
+    Signal::Denied,
+    Signal::BreakGlass,
+    Signal::ExportOrPrint,
+    Signal::NoPurpose,
+];
+
+impl Signal {
+    /// The signal's name in reasons and in the feature header.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SameFamily => "same_family",
+            Self::SameAddress => "same_address",
+            Self::ColleagueRecord => "colleague_record",
+            Self::OwnRecord => "own_record",
+            Self::Vip => "vip",
+            Self::AfterDeath => "after_death",
+            Self::UnknownUser => "unknown_user",
+            Self::UnknownPatient => "unknown_patient",
+            Self::NoRelationship => "no_relationship",
+            Self::NeverRelated => "never_related",
+            Self::NewToUser => "new_to_user",
+            Self::OutsideDepartment => "outside_department",
+            Self::OutsideCareCommunity => "outside_care_community",
+            Self::NoRecentCare => "no_recent_care",
+            Self::SearchThenOpen => "search_then_open",
+            Self::OffShift => "off_shift",
+            Self::NewAddress => "new_address",
+            Self::NewClient => "new_client",
+            Self::Denied => "denied",
+            Self::BreakGlass => "break_glass",
+            Self::ExportOrPrint => "export_or_print",
+            Self::NoPurpose => "no_purpose",
+            Self::Volume => "volume",
+            Self::DeniedBurst => "denied_burst",
+        }
+    }
+
+    /// A rule over the roster (as opposed to a learned or counted signal).
+    pub fn is_rule(self) -> bool {
+        matches!(
+            self,
+            Self::SameFamily
+                | Self::SameAddress
+                | Self::ColleagueRecord
+                | Self::OwnRecord
+                | Self::Vip
+                | Self::AfterDeath
+                | Self::UnknownUser
+                | Self::UnknownPatient
+        )
+    }
+
+    fn index(self) -> usize {
+        // SIGNALS lists every variant once, in declaration order.
+        self as usize
+    }
+
+    fn learned_index(self) -> Option<usize> {
+        LEARNED.iter().position(|s| *s == self)
+    }
+
+    /// Weight of a roster rule, or of a learned signal's surprise.
+    fn weight(self) -> f64 {
+        match self {
+            Self::SameFamily => 4.0,
+            Self::SameAddress => 3.0,
+            Self::ColleagueRecord => 2.5,
+            Self::OwnRecord => 3.0,
+            Self::Vip => 3.0,
+            Self::AfterDeath => 3.0,
+            Self::UnknownUser | Self::UnknownPatient => 1.0,
+            Self::NoRelationship => 0.5,
+            Self::NeverRelated => 0.8,
+            Self::NewToUser => 0.5,
+            Self::OutsideDepartment => 0.8,
+            Self::OutsideCareCommunity => 1.0,
+            Self::NoRecentCare => 1.2,
+            Self::SearchThenOpen => 0.6,
+            Self::OffShift => 0.6,
+            Self::NewAddress => 0.6,
+            Self::NewClient => 0.5,
+            Self::Denied => 0.4,
+            Self::BreakGlass => 0.6,
+            Self::ExportOrPrint => 0.3,
+            Self::NoPurpose => 0.3,
+            Self::Volume => 0.8,
+            Self::DeniedBurst => 0.5,
+        }
+    }
+}
+
+/// The scale of the score: `1 - exp(-total / SCALE)`.
+const SCALE: f64 = 5.0;
+/// How many of a user's own events weigh as much as their peer group's rate.
+const SHRINK: f64 = 20.0;
+/// The largest surprise one signal can add (a rate of about 1 in 1 100).
+const MAX_SURPRISE: f64 = 7.0;
+/// Roster rules weigh this much when the access came with a care relationship.
+const RELATED_FACTOR: f64 = 0.15;
+const HOUR: i64 = 3600;
+const DAY: i64 = 24 * HOUR;
+/// A patient nobody has cared for in this long is not under care.
+const CARE_WINDOW: i64 = 30 * DAY;
+/// Accessors of a patient older than this do not define the patient's care neighbourhood.
+const COMMUNITY_WINDOW: i64 = 14 * DAY;
+/// Accessors remembered per patient.
+const RECENT_PER_PATIENT: usize = 24;
+/// Addresses and clients remembered per user.
+const SEEN_PER_USER: usize = 64;
+/// Events a group needs before its own volume baseline is used (else its role's, or all).
+const VOLUME_BASELINE_EVENTS: f64 = 500.0;
+/// How much an alerting event counts in its user's own baseline.
+const ALERT_WEIGHT: f64 = 0.1;
+/// Events of a user before new addresses and clients count.
+const SETTLED_AFTER: f64 = 20.0;
+
+/// One event's score and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Score {
+    /// In [0, 1].
+    pub score: f64,
+    /// At or above the alert threshold.
+    pub alert: bool,
+    /// The largest contributions, largest first.
+    pub reasons: Vec<Reason>,
+    /// Every signal's raw value, in [`SIGNALS`] order (the feature vector).
+    pub features: [f64; SIGNALS.len()],
+}
+
+/// A signal that contributed to a score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reason {
+    pub signal: Signal,
+    /// The signal's raw value (1 for a signal that is simply present).
+    pub value: f64,
+    /// What it added to the total before scaling.
+    pub contribution: f64,
+}
+
+/// How many reasons a score carries at most, and the least contribution that counts as one.
+const REASONS: usize = 5;
+const MIN_REASON: f64 = 0.25;
+
+/// Interns strings to dense ids.
+#[derive(Debug, Default)]
+struct Names {
+    ids: HashMap<Box<str>, u32>,
+}
+
+impl Names {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
+        self.ids.insert(name.into(), id);
+        id
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Counts {
+    /// Events learned (an alerting event counts [`ALERT_WEIGHT`] in a user's own counts).
+    events: f64,
+    signals: [f64; LEARNED.len()],
+}
+
+#[derive(Debug)]
+struct UserState {
+    known: bool,
+    /// The peer group (role × department) and the role's group across departments.
+    group: u32,
+    role_group: u32,
+    department: Option<u32>,
+    family: Option<u32>,
+    address: Option<u32>,
+    shift: Option<Shift>,
+    counts: Counts,
+    /// Times of unrelated patients first opened, within the last hour.
+    new_unrelated: VecDeque<i64>,
+    /// Times of denied requests, within the last ten minutes.
+    denied: VecDeque<i64>,
+    /// Addresses and clients the user has used, with when each was first seen.
+    addresses: Vec<(u32, i64)>,
+    clients: Vec<(u32, i64)>,
+}
+
+#[derive(Debug, Default)]
+struct PatientState {
+    known: bool,
+    family: Option<u32>,
+    address: Option<u32>,
+    vip: bool,
+    employee: Option<u32>,
+    deceased_at: Option<i64>,
+    departments: Vec<u32>,
+    /// Recent accessors and when they last opened the patient.
+    recent: VecDeque<(u32, i64)>,
+    last_care: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pair {
+    first: i64,
+    related: bool,
+    searched: Option<i64>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Group {
+    counts: Counts,
+    /// Running mean and variance of the volume signal at this group's events.
+    volume_mean: f64,
+    volume_var: f64,
+}
+
+/// The detector's whole memory. Feed it events in time order with [`Detector::score`].
+#[derive(Debug)]
+pub struct Detector {
+    threshold: f64,
+    users: Names,
+    user_state: Vec<UserState>,
+    patients: Names,
+    patient_state: Vec<PatientState>,
+    departments: Names,
+    groups: Names,
+    group_state: Vec<Group>,
+    /// Every event's counts: where a new role's baseline starts.
+    all: Group,
+    tokens: Names,
+    places: Names,
+    pairs: HashMap<u64, Pair>,
+    /// Patients two users have both opened, keyed by the user pair (smaller id first).
+    co_access: HashMap<u64, u32>,
+}
+
+fn pair_key(a: u32, b: u32) -> u64 {
+    (u64::from(a) << 32) | u64::from(b)
+}
+
+/// The default alert threshold.
+pub const DEFAULT_THRESHOLD: f64 = 0.85;
+
+impl Detector {
+    /// A detector that knows `roster` and has seen no events.
+    pub fn new(roster: &Roster) -> Self {
+        let mut d = Self {
+            threshold: DEFAULT_THRESHOLD,
+            users: Names::default(),
+            user_state: Vec::new(),
+            patients: Names::default(),
+            patient_state: Vec::new(),
+            departments: Names::default(),
+            groups: Names::default(),
+            group_state: Vec::new(),
+            all: Group::default(),
+            tokens: Names::default(),
+            places: Names::default(),
+            pairs: HashMap::new(),
+            co_access: HashMap::new(),
+        };
+        for u in &roster.users {
+            let id = d.user(&u.id, u.role.as_deref(), u.department.as_deref());
+            let family = u.family_token.as_deref().map(|t| d.tokens.id(t));
+            let address = u.address_token.as_deref().map(|t| d.tokens.id(t));
+            let state = &mut d.user_state[id as usize];
+            state.known = true;
+            state.family = family;
+            state.address = address;
+            state.shift = u.shift;
+        }
+        for p in &roster.patients {
+            let id = d.patient(&p.id);
+            let family = p.family_token.as_deref().map(|t| d.tokens.id(t));
+            let address = p.address_token.as_deref().map(|t| d.tokens.id(t));
+            let employee = p.employee_user.as_deref().map(|u| d.user(u, None, None));
+            let departments = p.departments.iter().map(|x| d.departments.id(x)).collect();
+            let state = &mut d.patient_state[id as usize];
+            state.known = true;
+            state.family = family;
+            state.address = address;
+            state.vip = p.vip;
+            state.employee = employee;
+            state.deceased_at = p.deceased_at;
+            state.departments = departments;
+        }
+        d
+    }
+
+    /// Sets the alert threshold (in [0, 1]).
+    #[must_use]
+    pub fn with_threshold(mut self, threshold: f64) -> Self {
+        self.threshold = threshold.clamp(0.0, 1.0);
+        self
+    }
+
+    fn user(&mut self, name: &str, role: Option<&str>, department: Option<&str>) -> u32 {
+        let id = self.users.id(name);
+        if id as usize == self.user_state.len() {
+            let (group, role_group) = self.group(role, department);
+            let department = department.map(|x| self.departments.id(x));
+            self.user_state.push(UserState {
+                known: false,
+                group,
+                role_group,
+                department,
+                family: None,
+                address: None,
+                shift: None,
+                counts: Counts::default(),
+                new_unrelated: VecDeque::new(),
+                denied: VecDeque::new(),
+                addresses: Vec::new(),
+                clients: Vec::new(),
+            });
+        } else if role.is_some() || department.is_some() {
+            // The roster (read first) or the first event named the user's place; a roster
+            // entry without one takes it from the log.
+            let state = &self.user_state[id as usize];
+            if state.department.is_none() && department.is_some() {
+                let (group, role_group) = self.group(role, department);
+                let department = department.map(|x| self.departments.id(x));
+                let state = &mut self.user_state[id as usize];
+                state.group = group;
+                state.role_group = role_group;
+                state.department = department;
+            }
+        }
+        id
+    }
+
+    /// The peer group of a role in a department, and the role's group across departments
+    /// (created as needed).
+    fn group(&mut self, role: Option<&str>, department: Option<&str>) -> (u32, u32) {
+        let mut id = |key: String| {
+            let id = self.groups.id(&key);
+            if id as usize == self.group_state.len() {
+                self.group_state.push(Group::default());
+            }
+            id
+        };
+        let role = role.unwrap_or("?");
+        let group = id(format!("{role}\u{1f}{}", department.unwrap_or("?")));
+        (group, id(format!("{role}\u{1f}*")))
+    }
+
+    fn patient(&mut self, name: &str) -> u32 {
+        let id = self.patients.id(name);
+        if id as usize == self.patient_state.len() {
+            self.patient_state.push(PatientState::default());
+        }
+        id
+    }
+
+    /// Scores `e`, then learns from it.
+    pub fn score(&mut self, e: &Event<'_>) -> Score {
+        let mut f = [0.0; SIGNALS.len()];
+        let mut set = |s: Signal, v: f64| f[s.index()] = v;
+        let u = self.user(&e.user, e.role.as_deref(), e.department.as_deref());
+        let p = e.patient.as_deref().map(|p| self.patient(p));
+        let address = e.address.as_deref().map(|a| self.places.id(a));
+        let client = e.client.as_deref().map(|c| self.places.id(c));
+        let now = e.time;
+        let related_now = e.relationship != Relationship::None;
+        let opens = !matches!(e.action, Action::Login);
+        let user = &self.user_state[u as usize];
+        set(Signal::UnknownUser, f64::from(u8::from(!user.known)));
+        if !related_now && opens && p.is_some() {
+            set(Signal::NoRelationship, 1.0);
+        }
+        if let Some(shift) = user.shift {
+            let minute = u16::try_from(now.rem_euclid(DAY) / 60).unwrap_or(0);
+            let outside = f64::from(shift.minutes_outside(minute)) / 60.0;
+            if outside > 0.5 {
+                set(Signal::OffShift, outside);
+            }
+        }
+        // New: never used before, or first used in the last two hours (one sitting).
+        let settled = user.counts.events >= SETTLED_AFTER;
+        let new = |seen: &[(u32, i64)], x: Option<u32>| {
+            x.is_some_and(|x| {
+                seen.iter()
+                    .find(|(y, _)| *y == x)
+                    .is_none_or(|(_, first)| now - first < 2 * HOUR)
+            })
+        };
+        if settled && new(&user.addresses, address) {
+            set(Signal::NewAddress, 1.0);
+        }
+        if settled && new(&user.clients, client) {
+            set(Signal::NewClient, 1.0);
+        }
+        let denied = e.outcome == Outcome::Denied;
+        if denied {
+            set(Signal::Denied, 1.0);
+        }
+        let recent_denied = user
+            .denied
+            .iter()
+            .filter(|t| now - **t < 600)
+            .count()
+            .saturating_add(usize::from(denied));
+        if recent_denied > 1 {
+            set(Signal::DeniedBurst, recent_denied as f64);
+        }
+        if e.break_glass {
+            set(Signal::BreakGlass, 1.0);
+        }
+        if matches!(e.action, Action::Export | Action::Print) {
+            set(Signal::ExportOrPrint, 1.0);
+        }
+        if e.purpose.is_none() && opens {
+            set(Signal::NoPurpose, 1.0);
+        }
+        let mut new_unrelated = false;
+        if let Some(p) = p {
+            let patient = &self.patient_state[p as usize];
+            let pair = self.pairs.get(&pair_key(u, p)).copied();
+            set(Signal::UnknownPatient, f64::from(u8::from(!patient.known)));
+            if patient.known {
+                let both = |a: Option<u32>, b: Option<u32>| a.is_some() && a == b;
+                if patient.employee == Some(u) {
+                    set(Signal::OwnRecord, 1.0);
+                } else {
+                    if both(user.family, patient.family) {
+                        set(Signal::SameFamily, 1.0);
+                    }
+                    if both(user.address, patient.address) {
+                        set(Signal::SameAddress, 1.0);
+                    }
+                    if patient.employee.is_some() {
+                        set(Signal::ColleagueRecord, 1.0);
+                    }
+                }
+                if patient.vip {
+                    set(Signal::Vip, 1.0);
+                }
+                if let Some(died) = patient.deceased_at.filter(|d| now > *d) {
+                    set(
+                        Signal::AfterDeath,
+                        ((now - died) as f64 / DAY as f64).max(0.01),
+                    );
+                }
+                if user
+                    .department
+                    .is_some_and(|d| !patient.departments.contains(&d))
+                {
+                    set(Signal::OutsideDepartment, 1.0);
+                }
+            }
+            let related_before = pair.is_some_and(|x| x.related);
+            if !related_now && !related_before {
+                set(Signal::NeverRelated, 1.0);
+            }
+            let new = pair.is_none_or(|x| now - x.first < 2 * HOUR);
+            if new {
+                set(Signal::NewToUser, 1.0);
+            }
+            if new
+                && e.action != Action::Search
+                && pair.and_then(|x| x.searched).is_some_and(|t| now - t < 600)
+            {
+                set(Signal::SearchThenOpen, 1.0);
+            }
+            match patient.last_care {
+                Some(t) if now - t < CARE_WINDOW => {}
+                Some(t) => set(Signal::NoRecentCare, ((now - t) / DAY).min(365) as f64),
+                None => set(Signal::NoRecentCare, 365.0),
+            }
+            let mut community = 0.0;
+            for (v, t) in &patient.recent {
+                if *v == u || now - t > COMMUNITY_WINDOW {
+                    continue;
+                }
+                let shared = self
+                    .co_access
+                    .get(&pair_key(u.min(*v), u.max(*v)))
+                    .copied()
+                    .unwrap_or(0);
+                community += f64::from(shared).ln_1p();
+                if user.department.is_some()
+                    && user.department == self.user_state[*v as usize].department
+                {
+                    community += 0.5;
+                }
+            }
+            if community < 1.0 {
+                set(Signal::OutsideCareCommunity, 1.0);
+            }
+            new_unrelated = new && !related_now && !related_before && pair.is_none();
+        }
+        let volume = user
+            .new_unrelated
+            .iter()
+            .filter(|t| now - **t < HOUR)
+            .count()
+            + usize::from(new_unrelated);
+        if volume > 0 {
+            set(Signal::Volume, volume as f64);
+        }
+
+        // The contributions.
+        let baselines = [
+            &self.group_state[user.group as usize],
+            &self.group_state[user.role_group as usize],
+            &self.all,
+        ];
+        // The volume baseline of the narrowest group that has seen enough events.
+        let volume_baseline = baselines
+            .iter()
+            .find(|g| g.counts.events >= VOLUME_BASELINE_EVENTS)
+            .unwrap_or(&baselines[2]);
+        let rule_factor = if related_now { RELATED_FACTOR } else { 1.0 };
+        let mut contributions: Vec<(Signal, f64)> = Vec::with_capacity(8);
+        for s in SIGNALS {
+            let value = f[s.index()];
+            if value == 0.0 {
+                continue;
+            }
+            let c = match s {
+                Signal::SameFamily
+                | Signal::SameAddress
+                | Signal::ColleagueRecord
+                | Signal::OwnRecord
+                | Signal::Vip => s.weight() * rule_factor,
+                Signal::AfterDeath => {
+                    s.weight() * rule_factor * (0.5 + 0.5 * (value / 30.0).min(1.0))
+                }
+                Signal::UnknownUser | Signal::UnknownPatient => s.weight(),
+                Signal::Volume => {
+                    let z = (value - volume_baseline.volume_mean)
+                        / (volume_baseline.volume_var + 1.0).sqrt();
+                    s.weight() * (z - 3.0).clamp(0.0, 6.0)
+                }
+                Signal::DeniedBurst => s.weight() * (value - 3.0).clamp(0.0, 6.0),
+                learned => {
+                    let i = learned.learned_index().unwrap_or(0);
+                    s.weight() * surprise(&user.counts, &baselines, i)
+                }
+            };
+            if c > 0.0 {
+                contributions.push((s, c));
+            }
+        }
+        let total: f64 = contributions.iter().map(|(_, c)| c).sum();
+        let score = 1.0 - (-total / SCALE).exp();
+        contributions.sort_by(|a, b| b.1.total_cmp(&a.1));
+        // The roster's rules first (what a privacy officer can check against the record), then
+        // the largest of the rest, up to REASONS; listed largest first.
+        let mut reasons: Vec<Reason> = contributions
+            .iter()
+            .filter(|(_, c)| *c >= MIN_REASON)
+            .filter(|(s, _)| s.is_rule())
+            .chain(
+                contributions
+                    .iter()
+                    .filter(|(_, c)| *c >= MIN_REASON)
+                    .filter(|(s, _)| !s.is_rule()),
+            )
+            .take(REASONS)
+            .map(|(s, c)| Reason {
+                signal: *s,
+                value: f[s.index()],
+                contribution: *c,
+            })
+            .collect();
+        reasons.sort_by(|a, b| b.contribution.total_cmp(&a.contribution));
+        let out = Score {
+            score,
+            alert: score >= self.threshold,
+            reasons,
+            features: f,
+        };
+        // An alerting event teaches the user's own baseline little of what is normal for them
+        // (a burst of snooping would otherwise lower the scores of its own later events); peer
+        // groups learn every event, so a whole group's new way of working stops alerting.
+        let weight = if out.alert { ALERT_WEIGHT } else { 1.0 };
+        self.learn(e, u, p, address, client, &f, new_unrelated, weight);
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn learn(
+        &mut self,
+        e: &Event<'_>,
+        u: u32,
+        p: Option<u32>,
+        address: Option<u32>,
+        client: Option<u32>,
+        f: &[f64; SIGNALS.len()],
+        new_unrelated: bool,
+        weight: f64,
+    ) {
+        let now = e.time;
+        let related_now = e.relationship != Relationship::None;
+        let user = &mut self.user_state[u as usize];
+        let learn = |counts: &mut Counts, weight: f64| {
+            counts.events += weight;
+            for (i, s) in LEARNED.iter().enumerate() {
+                if f[s.index()] != 0.0 {
+                    counts.signals[i] += weight;
+                }
+            }
+        };
+        learn(&mut user.counts, weight);
+        let v = f[Signal::Volume.index()];
+        for g in [user.group, user.role_group] {
+            learn_group(&mut self.group_state[g as usize], v, |c| learn(c, 1.0));
+        }
+        learn_group(&mut self.all, v, |c| learn(c, 1.0));
+        if new_unrelated {
+            user.new_unrelated.push_back(now);
+        }
+        while user.new_unrelated.front().is_some_and(|t| now - t >= HOUR) {
+            user.new_unrelated.pop_front();
+        }
+        if e.outcome == Outcome::Denied {
+            user.denied.push_back(now);
+        }
+        while user.denied.front().is_some_and(|t| now - t >= 600) {
+            user.denied.pop_front();
+        }
+        for (seen, new) in [(&mut user.addresses, address), (&mut user.clients, client)] {
+            if let Some(x) = new.filter(|x| !seen.iter().any(|(y, _)| y == x)) {
+                if seen.len() >= SEEN_PER_USER {
+                    seen.remove(0);
+                }
+                seen.push((x, now));
+            }
+        }
+        let department = user.department;
+        let Some(p) = p else { return };
+        let key = pair_key(u, p);
+        let first_time = !self.pairs.contains_key(&key);
+        let pair = self.pairs.entry(key).or_insert(Pair {
+            first: now,
+            related: false,
+            searched: None,
+        });
+        pair.related |= related_now && e.outcome == Outcome::Allowed;
+        if e.action == Action::Search {
+            pair.searched = Some(now);
+        }
+        let patient = &mut self.patient_state[p as usize];
+        if related_now && e.outcome == Outcome::Allowed {
+            patient.last_care = Some(now);
+            if let Some(d) = department.filter(|d| !patient.departments.contains(d)) {
+                patient.departments.push(d);
+            }
+        }
+        if first_time {
+            for (v, t) in &patient.recent {
+                if *v != u && now - t <= COMMUNITY_WINDOW {
+                    *self
+                        .co_access
+                        .entry(pair_key(u.min(*v), u.max(*v)))
+                        .or_insert(0) += 1;
+                }
+            }
+        }
+        if let Some(at) = patient.recent.iter().position(|(v, _)| *v == u) {
+            patient.recent.remove(at);
+        } else if patient.recent.len() >= RECENT_PER_PATIENT {
+            patient.recent.pop_front();
+        }
+        patient.recent.push_back((u, now));
+    }
+}
+
+/// Learns one event into a group's counts and its volume baseline (an exponentially weighted
+/// mean and variance).
+fn learn_group(group: &mut Group, volume: f64, learn: impl Fn(&mut Counts)) {
+    learn(&mut group.counts);
+    let alpha = 1.0 / group.counts.events.clamp(1.0, 2000.0);
+    let delta = volume - group.volume_mean;
+    group.volume_mean += alpha * delta;
+    group.volume_var = (1.0 - alpha) * (group.volume_var + alpha * delta * delta);
+}
+
+/// How surprising learned signal `i` is for this user: `-ln` of its rate among the user's own
+/// events, shrunk towards the peer group's rate while the user's history is short, which is
+/// shrunk towards the role's, which is shrunk towards every event's (`baselines`: peer group,
+/// role, all).
+fn surprise(user: &Counts, baselines: &[&Group; 3], i: usize) -> f64 {
+    let all = &baselines[2].counts;
+    let mut rate = (all.signals[i] + 0.5) / (all.events + 1.0);
+    for counts in [&baselines[1].counts, &baselines[0].counts, user] {
+        rate = (counts.signals[i] + SHRINK * rate) / (counts.events + SHRINK);
+    }
+    (-rate.ln()).clamp(0.0, MAX_SURPRISE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roster() -> Roster {
+        serde_json::from_value(serde_json::json!({
+            "users": [
+                {"id": "nurse", "role": "nurse", "department": "cardiology",
+                 "family_token": "fA", "address_token": "aA",
+                 "shift": {"start": "07:00", "end": "19:00"}},
+                {"id": "colleague", "role": "nurse", "department": "cardiology",
+                 "family_token": "fB", "address_token": "aB",
+                 "shift": {"start": "07:00", "end": "19:00"}}
+            ],
+            "patients": [
+                {"id": "sister", "family_token": "fA", "address_token": "aZ", "departments": []},
+                {"id": "ward", "family_token": "fC", "address_token": "aC",
+                 "departments": ["cardiology"]},
+                {"id": "star", "family_token": "fD", "vip": true, "departments": []}
+            ]
+        }))
+        .unwrap()
+    }
+
+    fn event(hour: i64, user: &str, patient: &str, rel: &str) -> String {
+        serde_json::json!({
+            "time": format!("2026-11-0{}T{:02}:00:00Z", 1 + hour / 24, hour % 24),
+            "user": user, "role": "nurse", "department": "cardiology", "patient": patient,
+            "action": "read", "purpose": "TREAT", "outcome": "allowed",
+            "relationship": rel, "client": "ehr", "address": "10.0.0.1"
+        })
+        .to_string()
+    }
+
+    fn score(d: &mut Detector, line: &str) -> Score {
+        d.score(&serde_json::from_str(line).unwrap())
+    }
+
+    #[test]
+    fn a_relatives_record_outscores_routine_care_and_says_why() {
+        let mut d = Detector::new(&roster());
+        // A week of routine care of the ward patient by both nurses.
+        for h in 0..7 * 24 {
+            if (8..18).contains(&(h % 24)) {
+                score(&mut d, &event(h, "nurse", "ward", "care-team"));
+                score(&mut d, &event(h, "colleague", "ward", "care-team"));
+            }
+        }
+        let routine = score(&mut d, &event(7 * 24 + 9, "nurse", "ward", "care-team"));
+        let snoop = score(&mut d, &event(7 * 24 + 10, "nurse", "sister", "none"));
+        assert!(routine.score < 0.2, "{routine:?}");
+        assert!(snoop.alert && snoop.score > 0.85, "{snoop:?}");
+        assert!(
+            snoop.reasons.iter().any(|r| r.signal == Signal::SameFamily),
+            "{snoop:?}"
+        );
+        assert!(snoop.reasons.iter().all(|r| r.contribution >= MIN_REASON));
+        // The relationship softens the rule: the same nurse caring for her sister is not alarming.
+        let mut d = Detector::new(&roster());
+        let cared = score(&mut d, &event(9, "nurse", "sister", "care-team"));
+        assert!(!cared.alert, "{cared:?}");
+    }
+
+    #[test]
+    fn a_group_whose_daily_work_looks_unusual_stops_alerting() {
+        // A laboratory, new to the detector, opens patients it has no relationship with all
+        // day: its first events may alert, but the group learns them and stops.
+        let mut d = Detector::new(&roster());
+        d.score(&serde_json::from_str(&event(8, "nurse", "ward", "care-team")).unwrap());
+        let mut alerts = Vec::new();
+        for i in 0..600 {
+            let line = event(
+                8 + i / 60,
+                &format!("lab{}", i % 3),
+                &format!("p{i}"),
+                "none",
+            )
+            .replace("\"nurse\"", "\"technician\"")
+            .replace("cardiology", "laboratory");
+            alerts.push(score(&mut d, &line).alert);
+        }
+        let late = alerts[500..].iter().filter(|a| **a).count();
+        assert!(late < 10, "{late} of the last 100 alerted");
+    }
+
+    #[test]
+    fn unknown_users_and_patients_are_scored_not_dropped() {
+        let mut d = Detector::new(&roster());
+        let s = score(&mut d, &event(9, "stranger", "nobody", "none"));
+        assert_eq!(s.features[Signal::UnknownUser.index()], 1.0);
+        assert_eq!(s.features[Signal::UnknownPatient.index()], 1.0);
+        assert!(s.score > 0.0);
+    }
+
+    #[test]
+    fn the_feature_vector_follows_the_signal_list() {
+        for (i, s) in SIGNALS.iter().enumerate() {
+            assert_eq!(s.index(), i, "{}", s.name());
+        }
+        let mut names: Vec<_> = SIGNALS.iter().map(|s| s.name()).collect();
+        names.dedup();
+        assert_eq!(names.len(), SIGNALS.len());
+        assert_eq!(LEARNED.len(), 14);
+    }
+}
