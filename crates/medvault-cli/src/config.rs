@@ -89,6 +89,7 @@ pub(crate) const KEYS: &[Key] = &[
     list("ledger", "witnesses", "witnesses"),
     list("ledger", "witness_for", "witness_for"),
     same("sharing", "peer_listen"),
+    key("sentinel", "threshold", "sentinel_threshold"),
 ];
 
 /// The prefix of an environment override: `MEDVAULT__SERVER__LISTEN=0.0.0.0:8080`.
@@ -147,6 +148,7 @@ fn flag_values(key: Key, value: &toml::Value, origin: &str) -> anyhow::Result<Ve
         Ok(match v {
             toml::Value::String(s) => s.clone(),
             toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) if key.switch => b.to_string(),
             _ => bail!(
                 "{origin}: `{}.{}` must be {}",

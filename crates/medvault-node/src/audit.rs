@@ -164,6 +164,11 @@ const DICTIONARY_V1: &[u8] = br#"{"v":1,"type":"admin","interaction":"keys-rotat
 const MAX_DETAIL: usize = 1 << 20;
 
 thread_local! {
+    static INFLATE: std::cell::RefCell<Option<(zstd::bulk::Decompressor<'static>, Vec<u8>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+thread_local! {
     /// A compressor per thread with the dictionary loaded once (building one costs far more
     /// than compressing a record).
     static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
@@ -212,15 +217,38 @@ pub fn encode_detail(record: &AuditRecord) -> Result<zeroize::Zeroizing<Vec<u8>>
 pub fn decode_detail(plain: &[u8]) -> Result<Value, String> {
     match plain.first() {
         Some(b'{') => serde_json::from_slice(plain).map_err(|e| format!("audit record: {e}")),
-        Some(&CODEC_ZSTD_DICT_V1) => {
-            let mut d = zstd::bulk::Decompressor::with_dictionary(DICTIONARY_V1)
-                .map_err(|e| format!("audit decompressor: {e}"))?;
-            let json = zeroize::Zeroizing::new(
-                d.decompress(&plain[1..], MAX_DETAIL)
-                    .map_err(|e| format!("audit record does not inflate: {e}"))?,
-            );
-            serde_json::from_slice(&json).map_err(|e| format!("audit record: {e}"))
-        }
+        Some(&CODEC_ZSTD_DICT_V1) => INFLATE.with(|cell| {
+            // One decompressor (its dictionary digested once) and one buffer per thread:
+            // readers of the whole log (Sentinel, verify, the audit view) inflate every entry.
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                let d = zstd::bulk::Decompressor::with_dictionary(DICTIONARY_V1)
+                    .map_err(|e| format!("audit decompressor: {e}"))?;
+                *slot = Some((d, Vec::with_capacity(4096)));
+            }
+            let Some((d, buf)) = slot.as_mut() else {
+                return Err("audit decompressor missing".to_owned());
+            };
+            buf.clear();
+            // The frame names its size (the compressor writes it); at most MAX_DETAIL.
+            let size = match zstd::zstd_safe::get_frame_content_size(&plain[1..]) {
+                Ok(Some(n)) => usize::try_from(n).unwrap_or(usize::MAX),
+                Ok(None) => MAX_DETAIL,
+                Err(_) => return Err("audit record does not inflate: not a frame".to_owned()),
+            };
+            if size > MAX_DETAIL {
+                return Err("audit record does not inflate: too large".to_owned());
+            }
+            buf.reserve(size);
+            let inflated = d
+                .decompress_to_buffer(&plain[1..], buf)
+                .map_err(|e| format!("audit record does not inflate: {e}"));
+            let parsed = inflated.and_then(|_| {
+                serde_json::from_slice(buf).map_err(|e| format!("audit record: {e}"))
+            });
+            zeroize::Zeroize::zeroize(buf);
+            parsed
+        }),
         _ => Err("audit record in an unknown codec".to_owned()),
     }
 }

@@ -209,6 +209,7 @@ struct GuardState {
     break_glass: BTreeSet<String>,
     seen: BTreeSet<String>,
     refused: BTreeSet<String>,
+    related: BTreeSet<String>,
 }
 
 /// Most patients one access-log record lists as seen or refused.
@@ -230,6 +231,11 @@ pub struct PolicyNote {
     pub patients_seen: Vec<String>,
     /// Patients whose data the request was refused (the privacy officer finds the attempt).
     pub patients_refused: Vec<String>,
+    /// Patients the user had a care relationship with (an active care team or encounter
+    /// naming them) when the policy decided: what Sentinel weighs an access against. Left out
+    /// of the record when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub related: Vec<String>,
 }
 
 /// The access policy for one request.
@@ -547,7 +553,8 @@ impl Guard {
                 d
             }
         };
-        Ok(self.note(allowed, policies, patient, by_break_glass))
+        let related = facts.shared.relationship;
+        Ok(self.note(allowed, policies, patient, by_break_glass, related))
     }
     /// A guard deciding for `subject` with `engine`, sharing facts through `cache`.
     pub fn new(engine: Arc<PolicyEngine>, subject: Subject, cache: Arc<FactsCache>) -> Self {
@@ -716,8 +723,14 @@ impl Guard {
         policies: Vec<String>,
         patient: Option<&str>,
         by_break_glass: bool,
+        related: bool,
     ) -> Result<(), Vec<String>> {
         let mut st = self.lock();
+        if let Some(p) = patient.filter(|_| related)
+            && st.related.len() < MAX_LISTED_PATIENTS
+        {
+            st.related.insert(p.to_owned());
+        }
         if let Some(p) = patient {
             let list = if allowed {
                 &mut st.seen
@@ -749,6 +762,7 @@ impl Guard {
             break_glass: st.break_glass.iter().cloned().collect(),
             patients_seen: st.seen.iter().cloned().collect(),
             patients_refused: st.refused.iter().cloned().collect(),
+            related: st.related.iter().cloned().collect(),
         }
     }
 }

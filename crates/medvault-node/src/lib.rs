@@ -45,6 +45,7 @@ pub mod published;
 pub mod records;
 pub mod route;
 pub mod search;
+pub mod sentinel;
 pub mod share;
 pub mod subscriptions;
 pub mod verify;

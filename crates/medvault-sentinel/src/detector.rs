@@ -23,7 +23,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::event::{Action, Event, Outcome, Relationship, Roster, Shift};
+use crate::event::{
+    Action, Event, Outcome, Relationship, Roster, RosterPatient, RosterUser, Shift,
+};
 
 /// Everything the detector can say about one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -380,31 +382,67 @@ impl Detector {
             co_access: HashMap::new(),
         };
         for u in &roster.users {
-            let id = d.user(&u.id, u.role.as_deref(), u.department.as_deref());
-            let family = u.family_token.as_deref().map(|t| d.tokens.id(t));
-            let address = u.address_token.as_deref().map(|t| d.tokens.id(t));
-            let state = &mut d.user_state[id as usize];
-            state.known = true;
-            state.family = family;
-            state.address = address;
-            state.shift = u.shift;
+            d.add_user(u);
         }
         for p in &roster.patients {
-            let id = d.patient(&p.id);
-            let family = p.family_token.as_deref().map(|t| d.tokens.id(t));
-            let address = p.address_token.as_deref().map(|t| d.tokens.id(t));
-            let employee = p.employee_user.as_deref().map(|u| d.user(u, None, None));
-            let departments = p.departments.iter().map(|x| d.departments.id(x)).collect();
-            let state = &mut d.patient_state[id as usize];
-            state.known = true;
-            state.family = family;
-            state.address = address;
-            state.vip = p.vip;
-            state.employee = employee;
-            state.deceased_at = p.deceased_at;
-            state.departments = departments;
+            d.add_patient(p);
         }
         d
+    }
+
+    /// Adds a user to the roster, or replaces what it said of them (a live node learns its
+    /// users as the log names them).
+    pub fn add_user(&mut self, u: &RosterUser) {
+        let id = self.user(&u.id, u.role.as_deref(), u.department.as_deref());
+        let family = u.family_token.as_deref().map(|t| self.tokens.id(t));
+        let address = u.address_token.as_deref().map(|t| self.tokens.id(t));
+        let state = &mut self.user_state[id as usize];
+        state.known = true;
+        state.family = family;
+        state.address = address;
+        state.shift = u.shift;
+    }
+
+    /// Adds a patient to the roster, or replaces what it said of them; the departments that
+    /// cared for the patient are kept and added to.
+    pub fn add_patient(&mut self, p: &RosterPatient) {
+        let id = self.patient(&p.id);
+        let family = p.family_token.as_deref().map(|t| self.tokens.id(t));
+        let address = p.address_token.as_deref().map(|t| self.tokens.id(t));
+        let employee = p.employee_user.as_deref().map(|u| self.user(u, None, None));
+        let departments: Vec<u32> = p
+            .departments
+            .iter()
+            .map(|x| self.departments.id(x))
+            .collect();
+        let state = &mut self.patient_state[id as usize];
+        state.known = true;
+        state.family = family;
+        state.address = address;
+        state.vip = p.vip;
+        state.employee = employee;
+        state.deceased_at = p.deceased_at;
+        for d in departments {
+            if !state.departments.contains(&d) {
+                state.departments.push(d);
+            }
+        }
+    }
+
+    /// True if the roster names user `id`.
+    pub fn knows_user(&self, id: &str) -> bool {
+        self.users
+            .ids
+            .get(id)
+            .is_some_and(|u| self.user_state[*u as usize].known)
+    }
+
+    /// True if the roster names patient `id`.
+    pub fn knows_patient(&self, id: &str) -> bool {
+        self.patients
+            .ids
+            .get(id)
+            .is_some_and(|p| self.patient_state[*p as usize].known)
     }
 
     /// Sets the alert threshold (in [0, 1]).
@@ -533,7 +571,10 @@ impl Detector {
             set(Signal::NoPurpose, 1.0);
         }
         let mut new_unrelated = false;
-        if let Some(p) = p {
+        // Registering a new patient is not looking at anyone's record: the patient signals
+        // are left out (the graph still learns who registered them).
+        let registers = e.action == Action::Create && e.resource_type.as_deref() == Some("Patient");
+        if let Some(p) = p.filter(|_| !registers) {
             let patient = &self.patient_state[p as usize];
             let pair = self.pairs.get(&pair_key(u, p)).copied();
             set(Signal::UnknownPatient, f64::from(u8::from(!patient.known)));

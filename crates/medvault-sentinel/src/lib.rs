@@ -12,4 +12,4 @@ pub mod event;
 pub mod replay;
 
 pub use detector::{DEFAULT_THRESHOLD, Detector, Reason, SIGNALS, Score, Signal};
-pub use event::{Action, Event, Outcome, Relationship, Roster};
+pub use event::{Action, Event, Outcome, Relationship, Roster, RosterPatient, RosterUser};

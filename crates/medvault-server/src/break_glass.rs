@@ -101,9 +101,13 @@ fn privacy_officer(who: &Authenticated) -> Result<(), ApiError> {
 pub(crate) struct AlertQuery {
     #[serde(default)]
     all: bool,
+    /// Only alerts of this kind (`break-glass`, `sentinel`).
+    #[serde(default)]
+    kind: Option<String>,
 }
 
-/// `GET /privacy/alerts[?all=true]`: open alerts (or all), newest first, with their details.
+/// `GET /privacy/alerts[?all=true][&kind=K]`: open alerts (or all), newest first, with their
+/// details; only those of kind `K` when given.
 pub(crate) async fn list(
     State(state): State<AppState>,
     who: Authenticated,
@@ -111,7 +115,10 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(crate::error::query_rejected)?;
     privacy_officer(&who)?;
-    let alerts = on_node(&state, move |node| break_glass::list_alerts(node, !q.all)).await?;
+    let mut alerts = on_node(&state, move |node| break_glass::list_alerts(node, !q.all)).await?;
+    if let Some(kind) = &q.kind {
+        alerts.retain(|a| a["kind"].as_str() == Some(kind.as_str()));
+    }
     Ok(Json(json!({"alerts": alerts})).into_response())
 }
 

@@ -219,6 +219,9 @@ pub async fn serve_tls(
 }
 
 /// Signs checkpoints while `serving` runs, and a last one after it stopped.
+/// How often Sentinel scores what the access log gained.
+const SENTINEL_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
 async fn run_until_shutdown(
     state: AppState,
     serving: impl std::future::Future<Output = std::io::Result<()>>,
@@ -237,7 +240,18 @@ async fn run_until_shutdown(
         Arc::clone(&state.anonymous),
         state.config.anonymous_summary_interval,
     ));
+    // Sentinel scores the access log off the request path; its alerts join the privacy queue.
+    let sentinel = state.config.sentinel_threshold.map(|threshold| {
+        tokio::spawn(medvault_node::sentinel::task(
+            Arc::clone(&state.node),
+            threshold,
+            SENTINEL_EVERY,
+        ))
+    });
     serving.await?;
+    if let Some(s) = sentinel {
+        s.abort();
+    }
     checkpoints.abort();
     summaries.abort();
     if let Some(p) = peers {

@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub anonymous_summary_interval: Duration,
     /// How recent a person's sign-in must be for key rotation and erasure over the API.
     pub step_up_window: Duration,
+    /// Sentinel's alert threshold (a score in [0, 1]); `None` turns live scoring off.
+    pub sentinel_threshold: Option<f64>,
     /// The origin browsers reach this node at, for WebAuthn passkeys (e.g.
     /// `https://ehr.example`); passkeys are off without it.
     pub webauthn_origin: Option<String>,
@@ -95,6 +97,7 @@ impl Default for ServerConfig {
             anonymous_summary_interval: anonymous::DEFAULT_SUMMARY_INTERVAL,
             webauthn_origin: None,
             step_up_window: STEP_UP_WINDOW,
+            sentinel_threshold: Some(medvault_sentinel::DEFAULT_THRESHOLD),
             policy: Arc::new(default_policy()),
             break_glass_max: Duration::from_secs(4 * 3600),
             peer_listen: None,

@@ -74,6 +74,11 @@ pub(crate) struct ServeArgs {
     /// to rotate keys or erase a patient over the API (step-up).
     #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=900))]
     step_up_seconds: u64,
+    /// Sentinel (insider-snooping detection) scores every access-log entry as it is written;
+    /// an entry scoring at or above this (0 to 1) raises an alert in the privacy officer's
+    /// queue (GET /privacy/alerts). `off` turns live scoring off. docs/sentinel.md.
+    #[arg(long, value_name = "SCORE|off", default_value = "0.85", value_parser = sentinel_threshold)]
+    sentinel_threshold: SentinelThreshold,
     /// Hours a login session lasts at most, used or not (NIST: at most 12 at AAL2/AAL3).
     #[arg(long, value_name = "HOURS", default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=12))]
     session_max_hours: u64,
@@ -195,6 +200,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         session_max_hours,
         webauthn_origin,
         step_up_seconds,
+        sentinel_threshold,
         policies,
         replace_default_policy,
         break_glass_max_minutes,
@@ -271,6 +277,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
             aal3_max: Duration::from_secs(3600 * session_max_hours),
         },
         step_up_window: Duration::from_secs(step_up_seconds),
+        sentinel_threshold: sentinel_threshold.0,
         policy: std::sync::Arc::new(policy),
         break_glass_max: Duration::from_secs(60 * break_glass_max_minutes),
         peer_listen,
@@ -308,4 +315,18 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         })
         .with_context(|| format!("cannot listen on {listen}"))?;
     Ok(())
+}
+
+/// `--sentinel-threshold`: a score in [0, 1], or `off`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SentinelThreshold(Option<f64>);
+
+fn sentinel_threshold(text: &str) -> Result<SentinelThreshold, String> {
+    if text == "off" {
+        return Ok(SentinelThreshold(None));
+    }
+    match text.parse::<f64>() {
+        Ok(t) if (0.0..=1.0).contains(&t) => Ok(SentinelThreshold(Some(t))),
+        _ => Err(format!("`{text}` is not a score from 0 to 1 or `off`")),
+    }
 }

@@ -140,3 +140,141 @@ fn a_bad_line_is_named_by_its_number_and_stops_the_replay() {
         "{err}"
     );
 }
+
+/// Live: a clinician who opens the record of a celebrity who shares her family name, with no
+/// care relationship, is in the privacy officer's queue within seconds, with the reasons; a
+/// clinician caring for a patient is not.
+#[test]
+fn a_live_node_alerts_the_privacy_officer_with_reasons() {
+    let s = MEDVAULT.start_with(&["--sentinel-threshold", "0.7"]);
+    let doc = s.person("dr.snoop", "clinician");
+    let carer = s.person("dr.care", "clinician");
+    let po = s.person("p.officer", "privacy-officer");
+    // Test practitioners are all named "Practitioner" (medvault_testkit::people).
+    let star = s.create(&json!({
+        "resourceType": "Patient",
+        "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                               "code": "CELEB"}]},
+        "name": [{"family": "Practitioner", "given": ["Famous"]}],
+    }));
+    let ward = s.create(&json!({"resourceType": "Patient", "name": [{"family": "Ward"}]}));
+    s.care_team(carer.practitioner.as_deref().unwrap(), &ward);
+    for _ in 0..5 {
+        assert_eq!(
+            s.status_as(&format!("/fhir/Patient/{ward}"), &carer.session),
+            200
+        );
+    }
+    let snooped = s.status_as(&format!("/fhir/Patient/{star}"), &doc.session);
+    let started = std::time::Instant::now();
+    let alert = loop {
+        let (st, list) = s.get_as("/privacy/alerts?kind=sentinel", &po.session, None);
+        assert_eq!(st, 200, "{list}");
+        if let Some(a) = list["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["patient"] == json!(star))
+        {
+            break a.clone();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no sentinel alert for the snooped patient (read answered {snooped}): {list}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        alert["user"].as_str().unwrap().starts_with("usr_"),
+        "{alert}"
+    );
+    let reasons: Vec<&str> = alert["detail"]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["signal"].as_str().unwrap())
+        .collect();
+    assert!(reasons.contains(&"same_family"), "{alert}");
+    assert!(reasons.contains(&"vip"), "{alert}");
+    let score = alert["detail"]["score"].as_f64().unwrap();
+    assert!((0.7..=1.0).contains(&score), "{alert}");
+    // The carer's routine reads raised nothing (the admin's API token, which set the node up
+    // with no history to compare against, may have).
+    let (_, all) = s.get_as("/privacy/alerts?kind=sentinel&all=true", &po.session, None);
+    assert!(
+        all["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["patient"] != json!(ward) || a["user"].as_str().unwrap().starts_with("tok_")),
+        "{all}"
+    );
+    // The alert is in the access log too, and a name never is in the alert.
+    let text = all.to_string();
+    assert!(
+        !text.contains("Famous") && !text.contains("Practitioner\""),
+        "{text}"
+    );
+    let (_, trail) = s.get(&format!("AuditEvent?patient={star}&_count=100"));
+    assert!(trail.to_string().contains("sentinel-alert"), "{trail}");
+}
+
+/// Killed right after a snooping request, the node scores it after the restart: one alert for
+/// it, never two, and the events after the restart are scored too.
+#[test]
+fn a_killed_node_scores_every_event_once_after_restarting() {
+    let threshold = ["--sentinel-threshold", "0.7"];
+    let mut s = MEDVAULT.start_with(&threshold);
+    let doc = s.person("dr.snoop", "clinician");
+    let po = s.person("p.officer", "privacy-officer");
+    let celebrity = || {
+        s.create(&json!({
+            "resourceType": "Patient",
+            "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                   "code": "CELEB"}]},
+            "name": [{"family": "Practitioner", "given": ["Famous"]}],
+        }))
+    };
+    let (star, other_star) = (celebrity(), celebrity());
+    let snoop = |s: &medvault_testkit::Server, who: &str| {
+        s.status_as(&format!("/fhir/Patient/{who}"), &doc.session);
+    };
+    let alerts_for_star = |s: &medvault_testkit::Server, want: usize| -> Vec<Value> {
+        let started = std::time::Instant::now();
+        loop {
+            let (st, list) = s.get_as("/privacy/alerts?kind=sentinel&all=true", &po.session, None);
+            assert_eq!(st, 200, "{list}");
+            let mine: Vec<Value> = list["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| {
+                    (a["patient"] == json!(star) || a["patient"] == json!(other_star))
+                        && a["user"].as_str().unwrap().starts_with("usr_")
+                })
+                .cloned()
+                .collect();
+            if mine.len() >= want || started.elapsed() > std::time::Duration::from_secs(10) {
+                return mine;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    snoop(&s, &star);
+    s.kill9();
+    let dir = s.dir.clone();
+    let s2 = MEDVAULT.launch(&dir, &[], &threshold);
+    let once = alerts_for_star(&s2, 1);
+    assert_eq!(once.len(), 1, "{once:?}");
+    // The same record again within the sitting adds no alert; another record does.
+    snoop(&s2, &star);
+    snoop(&s2, &other_star);
+    let twice = alerts_for_star(&s2, 2);
+    assert_eq!(twice.len(), 2, "{twice:?}");
+    assert_ne!(twice[0]["detail"]["leaf"], twice[1]["detail"]["leaf"]);
+    // A third start relearns the log without raising any of them again.
+    drop(s2);
+    let s3 = MEDVAULT.launch(&dir, &[], &threshold);
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert_eq!(alerts_for_star(&s3, 3).len(), 2);
+}

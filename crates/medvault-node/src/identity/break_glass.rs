@@ -29,7 +29,7 @@ pub const MAX_REASON: usize = 2000;
 /// Time box when none is asked for, minutes.
 pub const DEFAULT_MINUTES: u64 = 60;
 /// The sealing context of alert details (bound to the alert id).
-const ALERT_FIELD: &str = "alert";
+pub(crate) const ALERT_FIELD: &str = "alert";
 
 /// A break-glass grant just opened.
 #[derive(Debug, Clone)]
