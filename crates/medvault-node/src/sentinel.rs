@@ -36,31 +36,47 @@ const BATCH: u64 = 1024;
 /// The alert kind in the privacy officer's queue.
 pub const ALERT_KIND: &str = "sentinel";
 
-/// The access log's REST record `rec` as a Sentinel event; `None` for records that are not
-/// one person's or app's access (administrative actions, summaries, Sentinel's own alerts,
-/// anonymous requests).
-pub fn event_of(rec: &Value) -> Option<Event<'static>> {
+/// Most patients one access-log record is scored for (a search or Bundle that revealed more
+/// is scored for the first this many, in the record's order; the volume signal still rises).
+const MAX_PATIENTS_PER_RECORD: usize = 200;
+
+/// The access log's REST record `rec` as Sentinel events: one for every patient the request
+/// touched, revealed or was refused (a search or a Bundle names many), or one naming no
+/// patient; none for records that are not one person's or app's access (administrative
+/// actions, summaries, Sentinel's own alerts, anonymous requests).
+pub fn events_of(rec: &Value) -> Vec<Event<'static>> {
     if rec.get("type").and_then(Value::as_str) != Some("rest") {
-        return None;
+        return Vec::new();
     }
     let text = |v: Option<&Value>| v.and_then(Value::as_str).map(|s| s.to_owned().into());
-    let agent = rec.get("agent")?;
-    let user = agent.get("token").and_then(Value::as_str)?.to_owned();
-    let interaction = rec.get("interaction").and_then(Value::as_str)?;
+    let Some(agent) = rec.get("agent") else {
+        return Vec::new();
+    };
+    let Some(user) = agent.get("token").and_then(Value::as_str) else {
+        return Vec::new();
+    };
+    let Some(interaction) = rec.get("interaction").and_then(Value::as_str) else {
+        return Vec::new();
+    };
+    let Some(time) = rec
+        .get("time")
+        .and_then(Value::as_str)
+        .and_then(|t| medvault_sentinel::event::parse_time(t).ok())
+    else {
+        return Vec::new();
+    };
     let action = match interaction {
-        "read" | "vread" => Action::Read,
         i if i.starts_with("search") || i.starts_with("history") => Action::Search,
         "create" => Action::Create,
         "update" | "patch" => Action::Update,
         "delete" => Action::Delete,
         "operation-everything" | "bulk-export" | "bulk-file" | "share" => Action::Export,
         "login" => Action::Login,
-        _ => return None,
+        // Reads, and whatever else reached a patient's data (Bundles of any entries, other
+        // operations): scored as looking at the record.
+        _ => Action::Read,
     };
-    let outcome = match rec.get("outcome").and_then(Value::as_str)? {
-        "success" => Outcome::Allowed,
-        _ => Outcome::Denied,
-    };
+    let success = rec.get("outcome").and_then(Value::as_str) == Some("success");
     let policy = rec.get("policy");
     let listed = |name: &str| -> Vec<String> {
         policy
@@ -74,35 +90,67 @@ pub fn event_of(rec: &Value) -> Option<Event<'static>> {
             })
             .unwrap_or_default()
     };
-    let patient = rec
+    let (seen, refused, related) = (
+        listed("patients_seen"),
+        listed("patients_refused"),
+        listed("related"),
+    );
+    let break_glass = listed("break_glass");
+    let mut patients: Vec<String> = Vec::new();
+    let touched = rec
         .get("patient")
         .and_then(Value::as_str)
-        .map(|p| p.strip_prefix("Patient/").unwrap_or(p).to_owned())
-        .or_else(|| listed("patients_seen").into_iter().next())
-        .or_else(|| listed("patients_refused").into_iter().next());
-    let relationship = match &patient {
-        Some(p) if listed("related").contains(p) => Relationship::CareTeam,
-        _ => Relationship::None,
+        .map(|p| p.strip_prefix("Patient/").unwrap_or(p).to_owned());
+    for p in touched
+        .into_iter()
+        .chain(seen.iter().cloned())
+        .chain(refused.iter().cloned())
+    {
+        if !patients.contains(&p) {
+            patients.push(p);
+        }
+        if patients.len() >= MAX_PATIENTS_PER_RECORD {
+            break;
+        }
+    }
+    if patients.is_empty() && success && action != Action::Login {
+        // A request that reached no patient's data (capabilities, directory lookups) says
+        // nothing of snooping; a refused one (a probe of ids) is still scored.
+        return Vec::new();
+    }
+    let event = |patient: Option<String>| {
+        let allowed = success
+            && patient
+                .as_ref()
+                .is_none_or(|p| !refused.contains(p) || seen.contains(p));
+        Event {
+            time,
+            user: user.to_owned().into(),
+            role: text(agent.get("role")),
+            department: None,
+            relationship: match &patient {
+                Some(p) if related.contains(p) => Relationship::CareTeam,
+                _ => Relationship::None,
+            },
+            break_glass: patient.as_ref().is_some_and(|p| break_glass.contains(p)),
+            patient: patient.map(Into::into),
+            action,
+            resource_type: text(rec.get("resource_type")),
+            purpose: text(rec.get("purpose"))
+                .or_else(|| text(policy.and_then(|p| p.get("purpose")))),
+            outcome: if allowed {
+                Outcome::Allowed
+            } else {
+                Outcome::Denied
+            },
+            client: text(agent.get("client")),
+            address: text(rec.get("address")),
+        }
     };
-    let time = rec
-        .get("time")
-        .and_then(Value::as_str)
-        .and_then(|t| medvault_sentinel::event::parse_time(t).ok())?;
-    Some(Event {
-        time,
-        user: user.into(),
-        role: text(agent.get("role")),
-        department: None,
-        patient: patient.map(Into::into),
-        action,
-        resource_type: text(rec.get("resource_type")),
-        purpose: text(rec.get("purpose")).or_else(|| text(policy.and_then(|p| p.get("purpose")))),
-        outcome,
-        break_glass: !listed("break_glass").is_empty(),
-        relationship,
-        client: text(agent.get("client")),
-        address: text(rec.get("address")),
-    })
+    if patients.is_empty() {
+        return vec![event(None)];
+    }
+    patients.into_iter().map(|p| event(Some(p))).collect()
 }
 
 /// The live detector and how far it has scored.
@@ -225,9 +273,7 @@ impl Watcher {
         let mut out = Vec::new();
         for (leaf, detail) in node.access.audit_details(self.next, upto - self.next)? {
             let rec = node.ledger.open_audit(&detail)?;
-            if let Some(e) = event_of(&rec) {
-                out.push((leaf, e));
-            }
+            out.extend(events_of(&rec).into_iter().map(|e| (leaf, e)));
         }
         Ok(out)
     }
@@ -270,14 +316,28 @@ impl Watcher {
         let key = crate::identity::identity_key(node)?;
         let mut alerts = Vec::new();
         let mut done = Stepped::default();
+        let mut last_leaf = None;
+        let mut in_leaf = 0u32;
         for (leaf, e) in &events {
+            // A record scored for several patients may raise several alerts: numbered within
+            // their leaf.
+            in_leaf = if last_leaf == Some(*leaf) {
+                in_leaf + 1
+            } else {
+                0
+            };
+            last_leaf = Some(*leaf);
             self.prepare(node, e)?;
             let s = self.detector.score(e);
             done.scored += 1;
             if !s.alert || !self.limits.admit(e) {
                 continue;
             }
-            let id = format!("alr_s{leaf}");
+            let id = if in_leaf == 0 {
+                format!("alr_s{leaf}")
+            } else {
+                format!("alr_s{leaf}_{in_leaf}")
+            };
             let detail = json!({
                 "leaf": leaf,
                 "suppressed_before": self.limits.take_suppressed(&e.user),
@@ -496,7 +556,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rest_records_become_events_and_the_rest_are_left_out() {
+    fn rest_records_become_one_event_per_patient_and_the_rest_are_left_out() {
         let rec = json!({
             "v": 1, "type": "rest", "time": "2026-12-07T10:00:00.000000Z", "interaction": "read",
             "outcome": "success",
@@ -507,18 +567,39 @@ mod tests {
                        "related": ["Patient/p1"]},
             "address": "10.0.0.1"
         });
-        let e = event_of(&rec).unwrap();
-        assert_eq!(e.user, "usr_1");
-        assert_eq!(e.patient.as_deref(), Some("p1"));
-        assert_eq!(e.action, Action::Read);
-        assert_eq!(e.relationship, Relationship::CareTeam);
-        assert_eq!(e.outcome, Outcome::Allowed);
+        let e = events_of(&rec);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].user, "usr_1");
+        assert_eq!(e[0].patient.as_deref(), Some("p1"));
+        assert_eq!(e[0].action, Action::Read);
+        assert_eq!(e[0].relationship, Relationship::CareTeam);
+        assert_eq!(e[0].outcome, Outcome::Allowed);
         let mut unrelated = rec.clone();
         unrelated["policy"]["related"] = json!([]);
         unrelated["outcome"] = json!("denied");
-        let e = event_of(&unrelated).unwrap();
-        assert_eq!(e.relationship, Relationship::None);
-        assert_eq!(e.outcome, Outcome::Denied);
+        let e = events_of(&unrelated);
+        assert_eq!(e[0].relationship, Relationship::None);
+        assert_eq!(e[0].outcome, Outcome::Denied);
+        // A search or a Bundle is scored for every patient it revealed or was refused.
+        let mut bundle = rec.clone();
+        bundle["interaction"] = json!("batch/transaction");
+        bundle.as_object_mut().unwrap().remove("patient");
+        bundle["policy"]["patients_seen"] = json!(["Patient/a", "Patient/p1"]);
+        bundle["policy"]["patients_refused"] = json!(["Patient/z"]);
+        let e = events_of(&bundle);
+        let got: Vec<(&str, Outcome, Relationship)> = e
+            .iter()
+            .map(|e| (e.patient.as_deref().unwrap(), e.outcome, e.relationship))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", Outcome::Allowed, Relationship::None),
+                ("p1", Outcome::Allowed, Relationship::CareTeam),
+                ("z", Outcome::Denied, Relationship::None),
+            ]
+        );
+        assert!(e.iter().all(|e| e.action == Action::Read));
         for other in [
             json!({"type": "admin", "interaction": "keys-rotate", "outcome": "success",
                    "time": "2026-12-07T10:00:00Z", "agent": {"os_user": "root"}}),
@@ -526,8 +607,10 @@ mod tests {
                    "time": "2026-12-07T10:00:00Z"}),
             json!({"type": "rest", "interaction": "read", "outcome": "success",
                    "time": "2026-12-07T10:00:00Z"}),
+            json!({"type": "rest", "interaction": "capabilities", "outcome": "success",
+                   "time": "2026-12-07T10:00:00Z", "agent": {"token": "usr_1"}}),
         ] {
-            assert!(event_of(&other).is_none(), "{other}");
+            assert!(events_of(&other).is_empty(), "{other}");
         }
     }
 }

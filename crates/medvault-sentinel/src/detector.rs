@@ -623,12 +623,16 @@ impl Detector {
             {
                 set(Signal::SearchThenOpen, 1.0);
             }
+            // A care relationship now is the patient under this user's care: the signals that
+            // ask whether anyone cares for the patient, and whether the user is near those
+            // who do, have their answer.
             match patient.last_care {
+                _ if related_now => {}
                 Some(t) if now - t < CARE_WINDOW => {}
                 Some(t) => set(Signal::NoRecentCare, ((now - t) / DAY).min(365) as f64),
                 None => set(Signal::NoRecentCare, 365.0),
             }
-            let mut community = 0.0;
+            let mut community = if related_now { f64::INFINITY } else { 0.0 };
             for (v, t) in &patient.recent {
                 if *v == u || now - t > COMMUNITY_WINDOW {
                     continue;

@@ -22,7 +22,13 @@ pub enum ReplayError {
 pub struct Replayed {
     pub events: u64,
     pub alerts: u64,
+    /// Events earlier than the event before them (scored where they stand; the detector
+    /// assumes time order, so many of these make its windows less exact).
+    pub out_of_order: u64,
 }
+
+/// The longest line an event may take.
+pub const MAX_LINE: usize = 1 << 20;
 
 /// Scores every line of `events` with `detector`, writing one `SCORES.jsonl` line each to
 /// `scores` and, when given, the raw feature vector of each to `features` (a JSON array per
@@ -48,9 +54,10 @@ pub fn replay(
     let mut line = Vec::with_capacity(512);
     let mut events = events;
     let mut out = Vec::with_capacity(256);
+    let mut last_time = i64::MIN;
     loop {
         line.clear();
-        let n = events
+        let n = std::io::Read::take(events.by_ref(), MAX_LINE as u64 + 1)
             .read_until(b'\n', &mut line)
             .map_err(ReplayError::Read)?;
         if n == 0 {
@@ -58,8 +65,20 @@ pub fn replay(
         }
         read += n as u64;
         let number = done.events + 1;
+        if line.len() > MAX_LINE {
+            return Err(ReplayError::BadLine {
+                line: number,
+                why: format!("longer than {MAX_LINE} bytes"),
+            });
+        }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if let Err(e) = std::str::from_utf8(text) {
+            return Err(ReplayError::BadLine {
+                line: number,
+                why: format!("not UTF-8 (byte {})", e.valid_up_to() + 1),
+            });
+        }
         let event: Event<'_> = serde_json::from_slice(text).map_err(|e| ReplayError::BadLine {
             line: number,
             why: if text.iter().all(u8::is_ascii_whitespace) {
@@ -68,6 +87,8 @@ pub fn replay(
                 e.to_string()
             },
         })?;
+        done.out_of_order += u64::from(event.time < last_time);
+        last_time = last_time.max(event.time);
         let s = detector.score(&event);
         out.clear();
         write_score(&mut out, done.events, &s);
@@ -177,6 +198,27 @@ mod tests {
         let header: Vec<String> = serde_json::from_str(features.lines().next().unwrap()).unwrap();
         assert_eq!(header.len(), SIGNALS.len());
         assert_eq!(features.lines().count(), 4);
+    }
+
+    #[test]
+    fn lines_that_are_not_utf8_or_too_long_are_refused_by_number() {
+        let mut bad = format!("{LINE}\n").into_bytes();
+        bad.extend_from_slice(&LINE.as_bytes()[..40]);
+        bad.push(0xff);
+        bad.extend_from_slice(&LINE.as_bytes()[40..]);
+        let long = format!("{LINE}\n{}\n", " ".repeat(MAX_LINE + 1)).into_bytes();
+        for (input, says) in [(bad, "not UTF-8"), (long, "longer than")] {
+            let e = replay(
+                &mut Detector::new(&Roster::default()),
+                &input[..],
+                Vec::new(),
+                None,
+                |_| {},
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.starts_with("line 2: ") && e.contains(says), "{e}");
+        }
     }
 
     #[test]

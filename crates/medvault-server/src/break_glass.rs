@@ -113,8 +113,9 @@ pub(crate) async fn list(
     who: Authenticated,
     q: Result<Query<AlertQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(crate::error::query_rejected)?;
+    // The role first: a refused caller learns nothing, not even the query's shape.
     privacy_officer(&who)?;
+    let Query(q) = q.map_err(crate::error::query_rejected)?;
     let mut alerts = on_node(&state, move |node| break_glass::list_alerts(node, !q.all)).await?;
     if let Some(kind) = &q.kind {
         alerts.retain(|a| a["kind"].as_str() == Some(kind.as_str()));

@@ -62,12 +62,25 @@ fn run_replay(
     if !(0.0..=1.0).contains(&threshold) {
         anyhow::bail!("--threshold {threshold}: give a score between 0 and 1");
     }
+    let roster_path = roster;
     let roster: Roster = {
         let file = File::open(roster).with_context(|| format!("{}", roster.display()))?;
         serde_json::from_reader(BufReader::new(file))
             .map_err(|e| anyhow::anyhow!("{}: not a roster: {e}", roster.display()))?
     };
     let input = File::open(events).with_context(|| format!("{}", events.display()))?;
+    // Writing the scores over an input would destroy it before it is read.
+    let same = |a: &Path, b: &Path| matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y);
+    for (input, flag) in [(events, "--events"), (roster_path, "--roster")] {
+        for output in std::iter::once(out).chain(features) {
+            if same(input, output) {
+                anyhow::bail!(
+                    "{}: is the {flag} file; write the output to another file",
+                    output.display()
+                );
+            }
+        }
+    }
     let size = input.metadata().map(|m| m.len()).unwrap_or(0);
     let create = |p: &Path| -> anyhow::Result<BufWriter<File>> {
         Ok(BufWriter::with_capacity(
@@ -76,6 +89,7 @@ fn run_replay(
         ))
     };
     let scores = create(out)?;
+    let features_path = features;
     let mut features = features.map(create).transpose()?;
     let mut detector = Detector::new(&roster).with_threshold(threshold);
     let bar = progress(size, "scoring events");
@@ -86,12 +100,27 @@ fn run_replay(
         features.as_mut().map(|f| f as &mut dyn Write),
         |read| bar.set_position(read),
     )
-    .map_err(|e| anyhow::anyhow!("{}: {e}", events.display()));
+    .map_err(|e| match e {
+        medvault_sentinel::replay::ReplayError::Write(_) => match features_path {
+            Some(f) => anyhow::anyhow!("{} or {}: {e}", out.display(), f.display()),
+            None => anyhow::anyhow!("{}: {e}", out.display()),
+        },
+        e => anyhow::anyhow!("{}: {e}", events.display()),
+    });
     bar.finish_and_clear();
     let done = done?;
     println!(
-        "scored {} events, {} alerts (threshold {threshold})",
-        done.events, done.alerts
+        "scored {} events, {} alerts (threshold {threshold}){}",
+        done.events,
+        done.alerts,
+        if done.out_of_order > 0 {
+            format!(
+                "; {} events were earlier than the one before them (the file should be in time order)",
+                done.out_of_order
+            )
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

@@ -34,6 +34,17 @@ fn event(minute: u32, user: &str, patient: &str, relationship: &str) -> String {
     .to_string()
 }
 
+/// A Patient labelled a celebrity (HL7 v3 `CELEB`) who shares the family name of every test
+/// practitioner (`medvault_testkit::people` names them all "Practitioner"); its id.
+fn celebrity(s: &medvault_testkit::Server) -> String {
+    s.create(&json!({
+        "resourceType": "Patient",
+        "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                               "code": "CELEB"}]},
+        "name": [{"family": "Practitioner", "given": ["Famous"]}],
+    }))
+}
+
 fn replay(dir: &std::path::Path, events: &str) -> (bool, String, String) {
     let files = |name: &str| dir.join(name).to_str().unwrap().to_owned();
     std::fs::write(dir.join("events.jsonl"), events).unwrap();
@@ -119,6 +130,27 @@ fn a_bad_line_is_named_by_its_number_and_stops_the_replay() {
         );
         assert!(err.contains(says), "{err}");
     }
+    // Scores written over the events would destroy them: refused, the file intact.
+    std::fs::write(tmp.path().join("events.jsonl"), format!("{good}\n")).unwrap();
+    let events = tmp.path().join("events.jsonl");
+    let (ok, _, err) = MEDVAULT.cli(
+        &[
+            "sentinel",
+            "replay",
+            "--events",
+            events.to_str().unwrap(),
+            "--roster",
+            tmp.path().join("roster.json").to_str().unwrap(),
+            "--out",
+            events.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!ok && err.contains("--events"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&events).unwrap(),
+        format!("{good}\n")
+    );
     // A roster that is not one is refused before any event is read.
     std::fs::write(tmp.path().join("roster.json"), "{\"staff\": []}").unwrap();
     let (ok, _, err) = MEDVAULT.cli(
@@ -151,12 +183,7 @@ fn a_live_node_alerts_the_privacy_officer_with_reasons() {
     let carer = s.person("dr.care", "clinician");
     let po = s.person("p.officer", "privacy-officer");
     // Test practitioners are all named "Practitioner" (medvault_testkit::people).
-    let star = s.create(&json!({
-        "resourceType": "Patient",
-        "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
-                               "code": "CELEB"}]},
-        "name": [{"family": "Practitioner", "given": ["Famous"]}],
-    }));
+    let star = celebrity(&s);
     let ward = s.create(&json!({"resourceType": "Patient", "name": [{"family": "Ward"}]}));
     s.care_team(carer.practitioner.as_deref().unwrap(), &ward);
     for _ in 0..5 {
@@ -227,14 +254,7 @@ fn a_killed_node_scores_every_event_once_after_restarting() {
     let mut s = MEDVAULT.start_with(&threshold);
     let doc = s.person("dr.snoop", "clinician");
     let po = s.person("p.officer", "privacy-officer");
-    let celebrity = || {
-        s.create(&json!({
-            "resourceType": "Patient",
-            "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
-                                   "code": "CELEB"}]},
-            "name": [{"family": "Practitioner", "given": ["Famous"]}],
-        }))
-    };
+    let celebrity = || celebrity(&s);
     let (star, other_star) = (celebrity(), celebrity());
     let snoop = |s: &medvault_testkit::Server, who: &str| {
         s.status_as(&format!("/fhir/Patient/{who}"), &doc.session);
@@ -277,4 +297,49 @@ fn a_killed_node_scores_every_event_once_after_restarting() {
     let s3 = MEDVAULT.launch(&dir, &[], &threshold);
     std::thread::sleep(std::time::Duration::from_millis(800));
     assert_eq!(alerts_for_star(&s3, 3).len(), 2);
+}
+
+/// A search or a Bundle is scored for every patient it revealed or was refused, not only one.
+#[test]
+fn searches_and_bundles_are_scored_for_every_patient_they_reach() {
+    let s = MEDVAULT.start_with(&["--sentinel-threshold", "0.7"]);
+    let doc = s.person("dr.snoop", "clinician");
+    let po = s.person("p.officer", "privacy-officer");
+    let celebrity = || celebrity(&s);
+    let (in_bundle, in_search) = (celebrity(), celebrity());
+    let ward = s.create(&json!({"resourceType": "Patient", "name": [{"family": "Ward"}]}));
+    s.care_team(doc.practitioner.as_deref().unwrap(), &ward);
+    let (st, _) = s.post_json(
+        "/fhir",
+        Some(&doc.session),
+        &json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": format!("Patient/{ward}")}},
+            {"request": {"method": "GET", "url": format!("Patient/{in_bundle}")}},
+        ]}),
+    );
+    assert_eq!(st, 200);
+    s.status_as(
+        &format!("/fhir/Patient?_id={ward},{in_search}"),
+        &doc.session,
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let (_, list) = s.get_as("/privacy/alerts?kind=sentinel", &po.session, None);
+        let patients: Vec<&Value> = list["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["user"].as_str().unwrap().starts_with("usr_"))
+            .map(|a| &a["patient"])
+            .collect();
+        if patients.contains(&&json!(in_bundle)) && patients.contains(&&json!(in_search)) {
+            assert!(!patients.contains(&&json!(ward)), "{list}");
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the Bundle's and the search's celebrities were not both alerted: {list}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
