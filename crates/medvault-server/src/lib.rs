@@ -218,10 +218,11 @@ pub async fn serve_tls(
     run_until_shutdown(state, serving.into_future()).await
 }
 
-/// Signs checkpoints while `serving` runs, and a last one after it stopped.
 /// How often Sentinel scores what the access log gained.
 const SENTINEL_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Signs checkpoints while `serving` runs, and a last one after it stopped; scores the access
+/// log with Sentinel meanwhile (unless it is off).
 async fn run_until_shutdown(
     state: AppState,
     serving: impl std::future::Future<Output = std::io::Result<()>>,
