@@ -272,8 +272,14 @@ impl Watcher {
     fn read(&self, node: &Node, upto: u64) -> Result<Vec<(u64, Event<'static>)>, Error> {
         let mut out = Vec::new();
         for (leaf, detail) in node.access.audit_details(self.next, upto - self.next)? {
-            let rec = node.ledger.open_audit(&detail)?;
-            out.extend(events_of(&rec).into_iter().map(|e| (leaf, e)));
+            // A detail that does not open (altered in the database: `ledger verify` reports
+            // it) is passed over rather than stopping the watcher at it for ever.
+            match node.ledger.open_audit(&detail) {
+                Ok(rec) => out.extend(events_of(&rec).into_iter().map(|e| (leaf, e))),
+                Err(e) => {
+                    tracing::warn!(leaf, error = %e.message, "sentinel: an access-log detail does not open")
+                }
+            }
         }
         Ok(out)
     }
@@ -305,7 +311,8 @@ impl Watcher {
     /// one transaction, then an access-log entry per alert.
     ///
     /// # Errors
-    /// Store and key failures (nothing of the step is kept; the next step retries it).
+    /// Store and key failures: no alert of the step is kept and the next step scores its
+    /// events again (the detector, which had learned them, learns them twice).
     pub fn step(&mut self, node: &Node) -> Result<Stepped, Error> {
         let size = node.access.ledger_size()?;
         if size <= self.next {
