@@ -414,7 +414,10 @@ fn roster_user(node: &Node, ctx: &Ctx, id: &str) -> Result<Option<RosterUser>, E
         .as_deref()
         .and_then(|p| p.strip_prefix("Practitioner/"))
     {
-        Some(p) => read(node, ctx, &ResourceType::new("Practitioner").ok(), p)?,
+        Some(p) => match ResourceType::new("Practitioner") {
+            Ok(rt) => read(node, ctx, &rt, p)?,
+            Err(_) => None,
+        },
         None => None,
     };
     let (family_token, address_token) = tokens(node, person.as_ref())?;
@@ -430,7 +433,7 @@ fn roster_user(node: &Node, ctx: &Ctx, id: &str) -> Result<Option<RosterUser>, E
 
 /// What the node knows of patient `id` for the detector: tokens, flags, death.
 fn roster_patient(node: &Node, ctx: &Ctx, id: &str) -> Result<Option<RosterPatient>, Error> {
-    let Some(patient) = read(node, ctx, &Some(ResourceType::PATIENT), id)? else {
+    let Some(patient) = read(node, ctx, &ResourceType::PATIENT, id)? else {
         return Ok(None);
     };
     let labels = crate::authz::security_labels(&patient);
@@ -460,13 +463,8 @@ fn roster_patient(node: &Node, ctx: &Ctx, id: &str) -> Result<Option<RosterPatie
 }
 
 /// The current version of `rt/id`, opened (none if absent, deleted or unreadable).
-fn read(
-    node: &Node,
-    ctx: &Ctx,
-    rt: &Option<ResourceType>,
-    id: &str,
-) -> Result<Option<Value>, Error> {
-    let (Some(rt), Ok(id)) = (rt, ResourceId::new(id)) else {
+fn read(node: &Node, ctx: &Ctx, rt: &ResourceType, id: &str) -> Result<Option<Value>, Error> {
+    let Ok(id) = ResourceId::new(id) else {
         return Ok(None);
     };
     let Some(row) = node.store.version(rt, &id, None)? else {

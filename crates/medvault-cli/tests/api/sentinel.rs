@@ -45,6 +45,32 @@ fn celebrity(s: &medvault_testkit::Server) -> String {
     }))
 }
 
+/// The sentinel alerts people (not API tokens) raised, acknowledged or not, as the privacy
+/// officer `officer` lists them: polled until `enough` holds of them or ten seconds pass; the
+/// last list seen.
+fn people_alerts(
+    s: &medvault_testkit::Server,
+    officer: &str,
+    enough: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let started = std::time::Instant::now();
+    loop {
+        let (st, list) = s.get_as("/privacy/alerts?kind=sentinel&all=true", officer, None);
+        assert_eq!(st, 200, "{list}");
+        let alerts: Vec<Value> = list["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["user"].as_str().unwrap().starts_with("usr_"))
+            .cloned()
+            .collect();
+        if enough(&alerts) || started.elapsed() > std::time::Duration::from_secs(10) {
+            return alerts;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 fn replay(dir: &std::path::Path, events: &str) -> (bool, String, String) {
     let files = |name: &str| dir.join(name).to_str().unwrap().to_owned();
     std::fs::write(dir.join("events.jsonl"), events).unwrap();
@@ -193,28 +219,11 @@ fn a_live_node_alerts_the_privacy_officer_with_reasons() {
         );
     }
     let snooped = s.status_as(&format!("/fhir/Patient/{star}"), &doc.session);
-    let started = std::time::Instant::now();
-    let alert = loop {
-        let (st, list) = s.get_as("/privacy/alerts?kind=sentinel", &po.session, None);
-        assert_eq!(st, 200, "{list}");
-        if let Some(a) = list["alerts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["patient"] == json!(star))
-        {
-            break a.clone();
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "no sentinel alert for the snooped patient (read answered {snooped}): {list}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    let of_star = |a: &Value| a["patient"] == json!(star);
+    let alerts = people_alerts(&s, &po.session, |a| a.iter().any(of_star));
+    let Some(alert) = alerts.iter().find(|a| of_star(a)) else {
+        panic!("no sentinel alert for the snooped patient (read answered {snooped}): {alerts:?}");
     };
-    assert!(
-        alert["user"].as_str().unwrap().starts_with("usr_"),
-        "{alert}"
-    );
     let reasons: Vec<&str> = alert["detail"]["reasons"]
         .as_array()
         .unwrap()
@@ -259,26 +268,9 @@ fn a_killed_node_scores_every_event_once_after_restarting() {
     let snoop = |s: &medvault_testkit::Server, who: &str| {
         s.status_as(&format!("/fhir/Patient/{who}"), &doc.session);
     };
+    // (The people's alerts are the snooping clinician's: there are no others.)
     let alerts_for_star = |s: &medvault_testkit::Server, want: usize| -> Vec<Value> {
-        let started = std::time::Instant::now();
-        loop {
-            let (st, list) = s.get_as("/privacy/alerts?kind=sentinel&all=true", &po.session, None);
-            assert_eq!(st, 200, "{list}");
-            let mine: Vec<Value> = list["alerts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|a| {
-                    (a["patient"] == json!(star) || a["patient"] == json!(other_star))
-                        && a["user"].as_str().unwrap().starts_with("usr_")
-                })
-                .cloned()
-                .collect();
-            if mine.len() >= want || started.elapsed() > std::time::Duration::from_secs(10) {
-                return mine;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        people_alerts(s, &po.session, |a| a.len() >= want)
     };
     snoop(&s, &star);
     s.kill9();
@@ -322,24 +314,13 @@ fn searches_and_bundles_are_scored_for_every_patient_they_reach() {
         &format!("/fhir/Patient?_id={ward},{in_search}"),
         &doc.session,
     );
-    let started = std::time::Instant::now();
-    loop {
-        let (_, list) = s.get_as("/privacy/alerts?kind=sentinel", &po.session, None);
-        let patients: Vec<&Value> = list["alerts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| a["user"].as_str().unwrap().starts_with("usr_"))
-            .map(|a| &a["patient"])
-            .collect();
-        if patients.contains(&&json!(in_bundle)) && patients.contains(&&json!(in_search)) {
-            assert!(!patients.contains(&&json!(ward)), "{list}");
-            break;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "the Bundle's and the search's celebrities were not both alerted: {list}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let for_patient = |a: &[Value], p: &str| a.iter().any(|a| a["patient"] == json!(p));
+    let alerts = people_alerts(&s, &po.session, |a| {
+        for_patient(a, &in_bundle) && for_patient(a, &in_search)
+    });
+    assert!(
+        for_patient(&alerts, &in_bundle) && for_patient(&alerts, &in_search),
+        "the Bundle's and the search's celebrities were not both alerted: {alerts:?}"
+    );
+    assert!(!for_patient(&alerts, &ward), "{alerts:?}");
 }
