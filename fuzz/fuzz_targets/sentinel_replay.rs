@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use medvault_sentinel::replay::replay;
-use medvault_sentinel::{Detector, Roster};
+use medvault_sentinel::{Attacks, Detector, Roster};
 
 fuzz_target!(|data: &[u8]| {
     // The first line, when it is one, is the roster; the rest are events.
@@ -15,7 +15,14 @@ fuzz_target!(|data: &[u8]| {
     };
     let roster: Roster = serde_json::from_slice(roster).unwrap_or_default();
     let mut scores = Vec::new();
-    let result = replay(&mut Detector::new(&roster), events, &mut scores, None, |_| {});
+    let result = replay(
+        &mut Detector::new(&roster),
+        &mut Attacks::default(),
+        events,
+        &mut scores,
+        None,
+        |_| {},
+    );
     let lines = std::str::from_utf8(&scores).expect("scores are UTF-8");
     let mut n = 0u64;
     for line in lines.lines() {

@@ -90,6 +90,8 @@ pub(crate) const KEYS: &[Key] = &[
     list("ledger", "witness_for", "witness_for"),
     same("sharing", "peer_listen"),
     key("sentinel", "threshold", "sentinel_threshold"),
+    same("sentinel", "playbooks"),
+    switch("sentinel", "dry_run", "sentinel_dry_run"),
 ];
 
 /// The prefix of an environment override: `MEDVAULT__SERVER__LISTEN=0.0.0.0:8080`.

@@ -290,6 +290,10 @@ fn agent_who(detail: &Value) -> Value {
         }
         return v;
     }
+    // The node's own work (Sentinel's alerts and responses).
+    if let Some(service) = a.and_then(|a| s(a, "service")) {
+        return json!({"who": {"display": format!("medvault {service} (the node itself)")}, "requestor": true});
+    }
     if let Some(user) = a.and_then(|a| s(a, "os_user")) {
         return json!({"who": {"display": format!("operating-system user {user} (medvault CLI)")}, "requestor": true});
     }

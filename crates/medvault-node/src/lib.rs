@@ -20,6 +20,7 @@
 //! show); only the HTTP server maps it to a status and an `OperationOutcome`.
 
 pub mod admin;
+pub mod alerts;
 pub mod archive;
 pub mod audit;
 pub mod audit_view;
@@ -43,6 +44,7 @@ pub mod operations;
 pub mod ops;
 pub mod published;
 pub mod records;
+pub mod responses;
 pub mod route;
 pub mod search;
 pub mod sentinel;

@@ -19,22 +19,27 @@ use std::time::Duration;
 
 use medvault_core::{ResourceId, ResourceType};
 use medvault_sentinel::{
-    Action, Detector, Event, Outcome, Relationship, RosterPatient, RosterUser,
+    Action, Attacks, Detector, Event, Outcome, Relationship, RosterPatient, RosterUser,
 };
-use medvault_store::{AlertRow, write_with};
+use medvault_store::{AlertRow, ResponseRow, write_with};
 use serde_json::{Value, json};
 
 use crate::audit::{AuditKind, AuditOutcome, AuditRecord};
 use crate::ctx::Ctx;
 use crate::error::Error;
 use crate::node::Node;
+use crate::responses::{self, Raised, Responder};
 
 /// The records database's meta key holding the first access-log leaf not yet scored.
 pub const CURSOR: &str = "sentinel_scored_to";
+/// How often the per-role thresholds are recomputed from the officers' verdicts.
+const TUNE_EVERY: Duration = Duration::from_secs(60);
 /// Leaves read per step.
 const BATCH: u64 = 1024;
 /// The alert kind in the privacy officer's queue.
 pub const ALERT_KIND: &str = "sentinel";
+/// The kind of an attack's alert ([`medvault_sentinel::attacks`]).
+pub const ATTACK_KIND: &str = "attack";
 
 /// Most patients one access-log record is scored for (a search or Bundle that revealed more
 /// is scored for the first this many, in the record's order; the volume signal still rises).
@@ -45,16 +50,12 @@ const MAX_PATIENTS_PER_RECORD: usize = 200;
 /// patient; none for records that are not one person's or app's access (administrative
 /// actions, summaries, Sentinel's own alerts, anonymous requests).
 pub fn events_of(rec: &Value) -> Vec<Event<'static>> {
-    if rec.get("type").and_then(Value::as_str) != Some("rest") {
-        return Vec::new();
+    match rec.get("type").and_then(Value::as_str) {
+        Some("rest") => {}
+        Some("share") => return received(rec).into_iter().collect(),
+        _ => return Vec::new(),
     }
     let text = |v: Option<&Value>| v.and_then(Value::as_str).map(|s| s.to_owned().into());
-    let Some(agent) = rec.get("agent") else {
-        return Vec::new();
-    };
-    let Some(user) = agent.get("token").and_then(Value::as_str) else {
-        return Vec::new();
-    };
     let Some(interaction) = rec.get("interaction").and_then(Value::as_str) else {
         return Vec::new();
     };
@@ -64,6 +65,60 @@ pub fn events_of(rec: &Value) -> Vec<Event<'static>> {
         .and_then(|t| medvault_sentinel::event::parse_time(t).ok())
     else {
         return Vec::new();
+    };
+    let status = rec
+        .get("status")
+        .and_then(Value::as_u64)
+        .and_then(|s| u16::try_from(s).ok());
+    let target = match (
+        rec.get("resource_type").and_then(Value::as_str),
+        rec.get("id")
+            .and_then(Value::as_str)
+            .filter(|i| !i.is_empty()),
+    ) {
+        (Some(t), Some(i)) => Some(format!("{t}/{i}").into()),
+        _ => None,
+    };
+    let success = rec.get("outcome").and_then(Value::as_str) == Some("success");
+    let auth = rec.get("auth");
+    let Some((agent, user)) = rec
+        .get("agent")
+        .filter(|a| a.is_object())
+        .and_then(|a| Some((a, a.get("token").and_then(Value::as_str)?)))
+    else {
+        // No credential: a sign-in (the account the name belongs to, if any), or anonymous
+        // junk that failed (scanners, bad tokens); anonymous successes say nothing.
+        let login = matches!(interaction, "login" | "passkey-login");
+        if success && !login {
+            return Vec::new();
+        }
+        let user = auth
+            .and_then(|a| a.get("user"))
+            .and_then(Value::as_str)
+            .filter(|_| login)
+            .unwrap_or("");
+        if login && success && user.is_empty() {
+            // A passkey ceremony's first step: no account yet.
+            return Vec::new();
+        }
+        return vec![Event {
+            time,
+            user: user.to_owned().into(),
+            role: None,
+            department: None,
+            patient: None,
+            action: if login { Action::Login } else { Action::Read },
+            resource_type: text(rec.get("resource_type")),
+            purpose: None,
+            outcome: outcome(success),
+            break_glass: false,
+            relationship: Relationship::None,
+            client: None,
+            address: text(rec.get("address")),
+            status,
+            target,
+            why: text(auth.and_then(|a| a.get("event"))),
+        }];
     };
     let action = match interaction {
         i if i.starts_with("search") || i.starts_with("history") => Action::Search,
@@ -76,7 +131,6 @@ pub fn events_of(rec: &Value) -> Vec<Event<'static>> {
         // operations): scored as looking at the record.
         _ => Action::Read,
     };
-    let success = rec.get("outcome").and_then(Value::as_str) == Some("success");
     let policy = rec.get("policy");
     let listed = |name: &str| -> Vec<String> {
         policy
@@ -145,6 +199,9 @@ pub fn events_of(rec: &Value) -> Vec<Event<'static>> {
             },
             client: text(agent.get("client")),
             address: text(rec.get("address")),
+            status,
+            target: target.clone(),
+            why: None,
         }
     };
     if patients.is_empty() {
@@ -153,9 +210,110 @@ pub fn events_of(rec: &Value) -> Vec<Event<'static>> {
     patients.into_iter().map(|p| event(Some(p))).collect()
 }
 
+fn outcome(allowed: bool) -> Outcome {
+    if allowed {
+        Outcome::Allowed
+    } else {
+        Outcome::Denied
+    }
+}
+
+/// A peer's delivered bundle (a `share-receive` record) as an event: the sender when its
+/// signature verified (otherwise the name is only what the bytes claim), why it was refused.
+fn received(rec: &Value) -> Option<Event<'static>> {
+    if rec.get("interaction").and_then(Value::as_str) != Some("share-receive") {
+        return None;
+    }
+    let time = medvault_sentinel::event::parse_time(rec.get("time")?.as_str()?).ok()?;
+    let share = rec.get("share")?;
+    let verified = share.get("signatureVerified").and_then(Value::as_bool) == Some(true);
+    let from = share
+        .get("from")
+        .and_then(Value::as_str)
+        .filter(|_| verified)
+        .unwrap_or("");
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(|s| s.to_owned().into());
+    Some(Event {
+        time,
+        user: from.to_owned().into(),
+        role: None,
+        department: None,
+        patient: None,
+        action: Action::Receive,
+        resource_type: None,
+        purpose: text(share.get("purpose")),
+        outcome: outcome(rec.get("outcome").and_then(Value::as_str) == Some("success")),
+        break_glass: false,
+        relationship: Relationship::None,
+        client: None,
+        address: text(rec.get("agent").and_then(|a| a.get("address"))),
+        status: None,
+        target: None,
+        why: text(share.get("refused")),
+    })
+}
+
+/// An `anonymous-requests` summary record's refused requests by client address: each listed
+/// address's count times the share of the summary's requests that were refused (a summary
+/// counts statuses for all addresses together).
+pub fn anonymous_refusals(rec: &Value) -> Option<(i64, Vec<(String, u32)>)> {
+    if rec.get("type").and_then(Value::as_str) != Some("summary")
+        || rec.get("interaction").and_then(Value::as_str) != Some("anonymous-requests")
+    {
+        return None;
+    }
+    let time = medvault_sentinel::event::parse_time(rec.get("time")?.as_str()?).ok()?;
+    let statuses = rec.get("statuses")?.as_object()?;
+    let (mut all, mut refused) = (0u64, 0u64);
+    for (status, n) in statuses {
+        let n = n.as_u64().unwrap_or(0);
+        all += n;
+        if status.parse::<u16>().is_ok_and(|s| s >= 400) {
+            refused += n;
+        }
+    }
+    if refused == 0 {
+        return None;
+    }
+    let share = refused as f64 / all as f64;
+    let by_address = rec
+        .get("addresses")?
+        .as_array()?
+        .iter()
+        .filter_map(|a| {
+            let id = a.get("id")?.as_str()?;
+            let n = a.get("count")?.as_u64()? as f64 * share;
+            Some((
+                id.to_owned(),
+                u32::try_from(n.round() as u64).unwrap_or(u32::MAX),
+            ))
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    Some((time, by_address))
+}
+
+/// What one access-log leaf gives the detectors.
+#[allow(clippy::large_enum_variant)] // short-lived, one per event of a batch
+enum Input {
+    Event(Event<'static>),
+    /// Refused anonymous requests from an address, counted into a summary.
+    Anonymous {
+        time: i64,
+        address: String,
+        count: u32,
+    },
+}
+
 /// The live detector and how far it has scored.
 pub struct Watcher {
     detector: Detector,
+    attacks: Attacks,
+    responder: Option<Responder>,
+    /// The configured threshold, and each role's as the officers' verdicts tuned it.
+    base: f64,
+    role_thresholds: std::collections::HashMap<String, f64>,
+    tuned_at: Option<std::time::Instant>,
     next: u64,
     ctx: Ctx,
     /// Users and patients already looked up (found or not): each is read once per process.
@@ -226,6 +384,8 @@ impl std::fmt::Debug for Watcher {
 pub struct Stepped {
     pub scored: u64,
     pub alerts: u64,
+    /// Playbook responses decided (carried out, or recorded in dry-run mode).
+    pub responses: u64,
 }
 
 impl Watcher {
@@ -234,7 +394,7 @@ impl Watcher {
     ///
     /// # Errors
     /// Store and key failures.
-    pub fn open(node: &Node, threshold: f64) -> Result<Self, Error> {
+    pub fn open(node: &Node, threshold: f64, responder: Option<Responder>) -> Result<Self, Error> {
         let (archived, _) =
             crate::archive::archived(node.access.as_ref()).map_err(|e| Error::internal(&e))?;
         let cursor = node
@@ -246,6 +406,11 @@ impl Watcher {
         let mut w = Self {
             detector: Detector::new(&medvault_sentinel::Roster::default())
                 .with_threshold(threshold),
+            attacks: Attacks::default(),
+            responder,
+            base: threshold,
+            role_thresholds: std::collections::HashMap::new(),
+            tuned_at: None,
             next: archived,
             ctx: Ctx::unrestricted_node_work(node),
             looked_up: std::collections::HashSet::new(),
@@ -253,9 +418,24 @@ impl Watcher {
         };
         while w.next < cursor {
             let upto = cursor.min(w.next + BATCH);
-            for (_, event) in w.read(node, upto)? {
-                w.prepare(node, &event)?;
-                w.detector.score(&event);
+            for (_, input) in w.read(node, upto)? {
+                // Relearning: what fires here fired before the crash.
+                match input {
+                    Input::Event(event) => {
+                        if event.is_access() {
+                            w.prepare(node, &event)?;
+                            w.detector.score(&event);
+                        }
+                        w.attacks.observe(&event);
+                    }
+                    Input::Anonymous {
+                        time,
+                        address,
+                        count,
+                    } => {
+                        w.attacks.refused_anonymous(time, &address, count);
+                    }
+                }
             }
             w.next = upto;
         }
@@ -268,14 +448,28 @@ impl Watcher {
         self.next
     }
 
-    /// Events of the leaves `[self.next, upto)` that are accesses, with their leaf indexes.
-    fn read(&self, node: &Node, upto: u64) -> Result<Vec<(u64, Event<'static>)>, Error> {
+    /// What the leaves `[self.next, upto)` give the detectors, with their leaf indexes.
+    fn read(&self, node: &Node, upto: u64) -> Result<Vec<(u64, Input)>, Error> {
         let mut out = Vec::new();
         for (leaf, detail) in node.access.audit_details(self.next, upto - self.next)? {
             // A detail that does not open (altered in the database: `ledger verify` reports
             // it) is passed over rather than stopping the watcher at it for ever.
             match node.ledger.open_audit(&detail) {
-                Ok(rec) => out.extend(events_of(&rec).into_iter().map(|e| (leaf, e))),
+                Ok(rec) => {
+                    out.extend(events_of(&rec).into_iter().map(|e| (leaf, Input::Event(e))));
+                    if let Some((time, by_address)) = anonymous_refusals(&rec) {
+                        out.extend(by_address.into_iter().map(|(address, count)| {
+                            (
+                                leaf,
+                                Input::Anonymous {
+                                    time,
+                                    address,
+                                    count,
+                                },
+                            )
+                        }));
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(leaf, error = %e.message, "sentinel: an access-log detail does not open")
                 }
@@ -321,58 +515,122 @@ impl Watcher {
         let upto = size.min(self.next + BATCH);
         let events = self.read(node, upto)?;
         let key = crate::identity::identity_key(node)?;
+        if self.tuned_at.is_none_or(|t| t.elapsed() >= TUNE_EVERY) {
+            self.role_thresholds = crate::alerts::thresholds(node, self.base)?
+                .into_iter()
+                .map(|(role, t, _, _)| (role, t))
+                .collect();
+            self.tuned_at = Some(std::time::Instant::now());
+        }
         let mut alerts = Vec::new();
+        let mut triggers: Vec<Raised> = Vec::new();
         let mut done = Stepped::default();
         let mut last_leaf = None;
         let mut in_leaf = 0u32;
-        for (leaf, e) in &events {
-            // A record scored for several patients may raise several alerts: numbered within
-            // their leaf.
-            in_leaf = if last_leaf == Some(*leaf) {
-                in_leaf + 1
-            } else {
-                0
-            };
+        for (leaf, input) in &events {
+            // A record may raise several alerts: numbered within their leaf.
+            in_leaf = if last_leaf == Some(*leaf) { in_leaf } else { 0 };
             last_leaf = Some(*leaf);
-            self.prepare(node, e)?;
-            let s = self.detector.score(e);
-            done.scored += 1;
-            if !s.alert || !self.limits.admit(e) {
-                continue;
-            }
-            let id = if in_leaf == 0 {
-                format!("alr_s{leaf}")
-            } else {
-                format!("alr_s{leaf}_{in_leaf}")
+            let mut number = |prefix: &str| {
+                let id = if in_leaf == 0 {
+                    format!("alr_{prefix}{leaf}")
+                } else {
+                    format!("alr_{prefix}{leaf}_{in_leaf}")
+                };
+                in_leaf += 1;
+                id
             };
-            let detail = json!({
-                "leaf": leaf,
-                "suppressed_before": self.limits.take_suppressed(&e.user),
-                "score": (s.score * 1e4).round() / 1e4,
-                "action": format!("{:?}", e.action).to_lowercase(),
-                "resource_type": e.resource_type,
-                "reasons": s.reasons.iter().map(|r| json!({
-                    "signal": r.signal.name(),
-                    "value": r.value,
-                    "contribution": (r.contribution * 100.0).round() / 100.0,
-                })).collect::<Vec<_>>(),
-            });
-            let bytes = zeroize::Zeroizing::new(detail.to_string().into_bytes());
-            alerts.push(AlertRow {
-                id: id.clone(),
-                kind: ALERT_KIND.into(),
-                at_micros: e.time.saturating_mul(1_000_000),
-                user_id: e.user.to_string(),
-                patient: e.patient.as_ref().map(ToString::to_string),
-                detail: crate::identity::seal(
+            let found = match input {
+                Input::Anonymous {
+                    time,
+                    address,
+                    count,
+                } => self.attacks.refused_anonymous(*time, address, *count),
+                Input::Event(e) => {
+                    let found = self.attacks.observe(e);
+                    if e.is_access() {
+                        self.prepare(node, e)?;
+                        let s = self.detector.score(e);
+                        done.scored += 1;
+                        let threshold = e
+                            .role
+                            .as_deref()
+                            .and_then(|r| self.role_thresholds.get(r))
+                            .copied()
+                            .unwrap_or(self.base);
+                        if s.score >= threshold && self.limits.admit(e) {
+                            let id = number("s");
+                            let detail = json!({
+                                "leaf": leaf,
+                                "suppressed_before": self.limits.take_suppressed(&e.user),
+                                "score": (s.score * 1e4).round() / 1e4,
+                                "threshold": (threshold * 1e4).round() / 1e4,
+                                "action": format!("{:?}", e.action).to_lowercase(),
+                                "resource_type": e.resource_type,
+                                "reasons": s.reasons.iter().map(|r| json!({
+                                    "signal": r.signal.name(),
+                                    "value": r.value,
+                                    "contribution": (r.contribution * 100.0).round() / 100.0,
+                                })).collect::<Vec<_>>(),
+                            });
+                            triggers.push(Raised {
+                                alert_id: id.clone(),
+                                kind: ALERT_KIND.to_owned(),
+                                score: Some(s.score),
+                                user: Some(e.user.to_string()),
+                                address: e.address.as_ref().map(ToString::to_string),
+                                client: e.client.as_ref().map(ToString::to_string),
+                                break_glass: e.break_glass,
+                                summary: json!({
+                                    "id": id, "kind": ALERT_KIND, "user": e.user,
+                                    "score": detail["score"], "reasons": detail["reasons"],
+                                }),
+                                time: e.time,
+                            });
+                            alerts.push(alert_row(
+                                &key,
+                                id,
+                                ALERT_KIND,
+                                e.time,
+                                e.user.to_string(),
+                                e.patient.as_ref().map(ToString::to_string),
+                                &detail,
+                            )?);
+                        }
+                    }
+                    found
+                }
+            };
+            for a in found {
+                let id = number("a");
+                let mut detail = a.to_json();
+                detail["leaf"] = json!(leaf);
+                let mut summary = detail.clone();
+                summary["id"] = json!(id);
+                triggers.push(Raised {
+                    alert_id: id.clone(),
+                    kind: a.kind.name().to_owned(),
+                    score: None,
+                    user: a.user.clone(),
+                    address: a.address.clone(),
+                    client: match &a.actor {
+                        medvault_sentinel::Actor::Client(c) => Some(c.clone()),
+                        _ => None,
+                    },
+                    break_glass: false,
+                    summary,
+                    time: a.time,
+                });
+                alerts.push(alert_row(
                     &key,
-                    &id,
-                    crate::identity::break_glass::ALERT_FIELD,
-                    &bytes,
-                )?,
-                acknowledged_by: None,
-                acknowledged_micros: None,
-            });
+                    id,
+                    ATTACK_KIND,
+                    a.time,
+                    a.user.clone().unwrap_or_default(),
+                    None,
+                    &detail,
+                )?);
+            }
         }
         done.alerts = alerts.len() as u64;
         let cursor = upto.to_string();
@@ -380,9 +638,32 @@ impl Watcher {
             .iter()
             .map(|a| (a.id.clone(), a.patient.clone()))
             .collect();
+        // The playbooks' responses are decided now and written with their alerts, so a crash
+        // cannot keep one without the other.
+        let now = node.clock.now_micros();
+        let responses: Vec<ResponseRow> = match &self.responder {
+            Some(r) => triggers
+                .iter()
+                .flat_map(|t| responses::plan(&r.playbooks, t, now))
+                .collect(),
+            None => Vec::new(),
+        };
+        done.responses = responses.len() as u64;
+        let rows = responses.clone();
         write_with(node.store.as_ref(), move |tx| {
             for a in &alerts {
                 tx.put_alert(a)?;
+            }
+            for r in &rows {
+                tx.put_response(r)?;
+                if r.action == responses::Act::Lock.name()
+                    && !r.dry_run
+                    && let Some(user) = r.subject.strip_prefix("user:")
+                    && let Some(mut u) = tx.user(user)?
+                {
+                    u.locked_until_micros = responses::LOCKED_PENDING_REVIEW;
+                    tx.put_user(&u)?;
+                }
             }
             tx.set_meta(CURSOR, &cursor)
         })?;
@@ -395,12 +676,49 @@ impl Watcher {
                     "sentinel-alert",
                     AuditOutcome::Success,
                 )
+                .agent(json!({"service": "sentinel"}))
                 .target_opt(Some(&id))
                 .patient(patient)
             })?;
         }
+        if let Some(r) = &self.responder
+            && !responses.is_empty()
+        {
+            let summaries = triggers
+                .into_iter()
+                .map(|t| (t.alert_id, t.summary))
+                .collect();
+            responses::carry_out(node, r, &responses, &summaries)?;
+        }
         Ok(done)
     }
+}
+
+/// An alert for the privacy officer's queue, its detail sealed under the identity key.
+fn alert_row(
+    key: &medvault_crypto::DataKey,
+    id: String,
+    kind: &str,
+    time: i64,
+    user_id: String,
+    patient: Option<String>,
+    detail: &Value,
+) -> Result<AlertRow, Error> {
+    let bytes = zeroize::Zeroizing::new(detail.to_string().into_bytes());
+    let detail =
+        crate::identity::seal(key, &id, crate::identity::break_glass::ALERT_FIELD, &bytes)?;
+    Ok(AlertRow {
+        id,
+        kind: kind.into(),
+        at_micros: time.saturating_mul(1_000_000),
+        user_id,
+        patient,
+        detail,
+        acknowledged_by: None,
+        acknowledged_micros: None,
+        verdict: None,
+        note: None,
+    })
 }
 
 /// What the node knows of user `id` for the detector: their role and, for staff linked to a
@@ -511,12 +829,111 @@ fn tokens(node: &Node, person: Option<&Value>) -> Result<(Option<String>, Option
     Ok((token("family", family)?, token("address", address)?))
 }
 
-/// Scores the access log every `every` until the task is dropped; a failed step is logged and
-/// retried at the next tick. The detector is rebuilt (in a blocking thread) before the first.
-pub async fn task(node: Arc<Node>, threshold: f64, every: Duration) {
+/// Why an export stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("{}", .0.message)]
+    Node(Error),
+    #[error("writing the events: {0}")]
+    Write(std::io::Error),
+}
+
+impl From<Error> for ExportError {
+    fn from(e: Error) -> Self {
+        Self::Node(e)
+    }
+}
+
+impl From<medvault_store::StoreError> for ExportError {
+    fn from(e: medvault_store::StoreError) -> Self {
+        Self::Node(e.into())
+    }
+}
+
+/// Writes the node's access log (from the archive mark on) as `EVENTS.jsonl` lines to
+/// `events`, as [`events_of`] maps each record, and returns how many with the roster of every
+/// user and patient they name: keyed tokens, never names (`medvault sentinel export`).
+/// `progress` gets (leaves done, leaves in all).
+///
+/// # Errors
+/// Store and key failures; the writer's.
+pub fn export(
+    node: &Node,
+    events: &mut dyn std::io::Write,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(u64, medvault_sentinel::Roster), ExportError> {
+    let (archived, _) =
+        crate::archive::archived(node.access.as_ref()).map_err(|e| Error::internal(&e))?;
+    let size = node.access.ledger_size()?;
+    let ctx = Ctx::unrestricted_node_work(node);
+    let mut users = std::collections::BTreeMap::new();
+    let mut patients = std::collections::BTreeMap::new();
+    let mut written = 0u64;
+    let mut at = archived;
+    let mut line = Vec::with_capacity(512);
+    while at < size {
+        let n = (size - at).min(BATCH);
+        for (leaf, detail) in node.access.audit_details(at, n)? {
+            let rec = match node.ledger.open_audit(&detail) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(leaf, error = %e.message, "export: an access-log detail does not open");
+                    continue;
+                }
+            };
+            for e in events_of(&rec) {
+                if !e.user.is_empty() && !users.contains_key(e.user.as_ref()) {
+                    let u = roster_user(node, &ctx, &e.user)?.unwrap_or_else(|| RosterUser {
+                        id: e.user.to_string(),
+                        role: e.role.as_ref().map(ToString::to_string),
+                        department: None,
+                        family_token: None,
+                        address_token: None,
+                        shift: None,
+                    });
+                    users.insert(e.user.to_string(), u);
+                }
+                if let Some(p) = e.patient.as_deref()
+                    && !patients.contains_key(p)
+                {
+                    let found = roster_patient(node, &ctx, p)?.unwrap_or_else(|| RosterPatient {
+                        id: p.to_owned(),
+                        family_token: None,
+                        address_token: None,
+                        vip: false,
+                        employee_user: None,
+                        deceased_at: None,
+                        departments: Vec::new(),
+                    });
+                    patients.insert(p.to_owned(), found);
+                }
+                line.clear();
+                serde_json::to_writer(&mut line, &e).map_err(|e| Error::internal(&e))?;
+                line.push(b'\n');
+                events.write_all(&line).map_err(ExportError::Write)?;
+                written += 1;
+            }
+        }
+        at += n;
+        progress(at - archived, size - archived);
+    }
+    events.flush().map_err(ExportError::Write)?;
+    Ok((
+        written,
+        medvault_sentinel::Roster {
+            users: users.into_values().collect(),
+            patients: patients.into_values().collect(),
+        },
+    ))
+}
+
+/// Scores the access log every `every` until the task is dropped, and has `responder`'s
+/// playbooks answer the alerts; a failed step is logged and retried at the next tick. The
+/// detector is rebuilt (in a blocking thread) before the first.
+pub async fn task(node: Arc<Node>, threshold: f64, responder: Option<Responder>, every: Duration) {
     let opened = {
         let node = Arc::clone(&node);
-        tokio::task::spawn_blocking(move || Watcher::open(&node, threshold)).await
+        tokio::task::spawn_blocking(move || Watcher::open(&node, threshold, responder)).await
     };
     let mut watcher = match opened {
         Ok(Ok(w)) => w,
@@ -617,5 +1034,79 @@ mod tests {
         ] {
             assert!(events_of(&other).is_empty(), "{other}");
         }
+    }
+
+    #[test]
+    fn sign_ins_anonymous_failures_and_peer_bundles_become_attack_events() {
+        let login = json!({
+            "v": 1, "type": "rest", "time": "2026-12-07T10:00:00Z", "interaction": "login",
+            "outcome": "authentication-failed", "status": 401, "address": "198.51.100.7",
+            "auth": {"user": "usr_1", "client": null, "event": "bad-credentials"}
+        });
+        let e = events_of(&login);
+        assert_eq!(e.len(), 1);
+        assert_eq!(
+            (e[0].action, e[0].outcome, &*e[0].user, e[0].why.as_deref()),
+            (
+                Action::Login,
+                Outcome::Denied,
+                "usr_1",
+                Some("bad-credentials")
+            )
+        );
+        assert!(!e[0].is_access());
+        let mut ok = login.clone();
+        ok["outcome"] = json!("success");
+        assert!(events_of(&ok)[0].is_access());
+        // Anonymous junk: a probe of an id without credentials.
+        let probe = json!({
+            "v": 1, "type": "rest", "time": "2026-12-07T10:00:00Z", "interaction": "read",
+            "outcome": "authentication-failed", "status": 401, "address": "198.51.100.7",
+            "resource_type": "Patient", "id": "p9"
+        });
+        let e = events_of(&probe);
+        assert_eq!(
+            (&*e[0].user, e[0].target.as_deref()),
+            ("", Some("Patient/p9"))
+        );
+        let bundle = json!({
+            "v": 1, "type": "share", "time": "2026-12-07T10:00:00Z",
+            "interaction": "share-receive", "outcome": "denied",
+            "agent": {"peer_key": "ab", "address": "192.0.2.4"},
+            "share": {"from": "node-b", "refused": "bad-signature", "signatureVerified": false}
+        });
+        let e = events_of(&bundle);
+        assert_eq!(
+            (
+                e[0].action,
+                &*e[0].user,
+                e[0].why.as_deref(),
+                e[0].address.as_deref()
+            ),
+            (
+                Action::Receive,
+                "",
+                Some("bad-signature"),
+                Some("192.0.2.4")
+            )
+        );
+        let mut verified = bundle.clone();
+        verified["share"]["signatureVerified"] = json!(true);
+        verified["share"]["refused"] = json!("replay");
+        assert_eq!(&*events_of(&verified)[0].user, "node-b");
+        let summary = json!({
+            "v": 1, "type": "summary", "time": "2026-12-07T10:01:00Z",
+            "interaction": "anonymous-requests", "outcome": "denied",
+            "statuses": {"401": 300, "200": 100},
+            "addresses": [{"id": "198.51.100.7", "count": 360}, {"id": "192.0.2.1", "count": 40}]
+        });
+        let (_, refused) = anonymous_refusals(&summary).unwrap();
+        assert_eq!(
+            refused,
+            [
+                ("198.51.100.7".to_owned(), 270),
+                ("192.0.2.1".to_owned(), 30)
+            ]
+        );
     }
 }

@@ -249,6 +249,18 @@ pub struct Score {
     pub features: [f64; SIGNALS.len()],
 }
 
+impl Score {
+    /// The score of an event that is no one's access to a record: 0, no reasons.
+    pub fn none() -> Self {
+        Self {
+            score: 0.0,
+            alert: false,
+            reasons: Vec::new(),
+            features: [0.0; SIGNALS.len()],
+        }
+    }
+}
+
 /// A signal that contributed to a score.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reason {
@@ -520,7 +532,7 @@ impl Detector {
         let client = e.client.as_deref().map(|c| self.places.id(c));
         let now = e.time;
         let related_now = e.relationship != Relationship::None;
-        let opens = !matches!(e.action, Action::Login);
+        let opens = !matches!(e.action, Action::Login | Action::Receive);
         let user = &self.user_state[u as usize];
         set(Signal::UnknownUser, f64::from(u8::from(!user.known)));
         if !related_now && opens && p.is_some() {

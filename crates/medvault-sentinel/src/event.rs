@@ -5,10 +5,10 @@
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// What an access did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
     Read,
@@ -18,8 +18,12 @@ pub enum Action {
     Delete,
     Export,
     Print,
-    /// A sign-in attempt (the node's own log; not in the issue's minimal format).
+    /// A sign-in attempt: `user` is the account the name belongs to, empty when it matched
+    /// none (the node's own log; not in the minimal format).
     Login,
+    /// A bundle delivered by a peer node: `user` is the sending node when its signature
+    /// verified, empty otherwise (the node's own log; not in the minimal format).
+    Receive,
 }
 
 impl Action {
@@ -30,7 +34,7 @@ impl Action {
 }
 
 /// Whether the access was allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     Allowed,
@@ -38,7 +42,7 @@ pub enum Outcome {
 }
 
 /// The care relationship the access policy found between the user and the patient.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Relationship {
     CareTeam,
@@ -47,10 +51,13 @@ pub enum Relationship {
 }
 
 /// One access, as a line of `EVENTS.jsonl`. Strings borrow from the line when they can.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Event<'a> {
     /// Seconds since the Unix epoch (RFC 3339 in the file).
-    #[serde(deserialize_with = "rfc3339_seconds")]
+    #[serde(
+        deserialize_with = "rfc3339_seconds",
+        serialize_with = "seconds_rfc3339"
+    )]
     pub time: i64,
     #[serde(borrow)]
     pub user: Cow<'a, str>,
@@ -74,6 +81,28 @@ pub struct Event<'a> {
     pub client: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub address: Option<Cow<'a, str>>,
+    /// The HTTP status answered, when known (404 tells a missing id from a refused one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// What was asked for (`Type/id`), when the request named one.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Cow<'a, str>>,
+    /// Why it failed, in the node's words (`bad-credentials`, `replay`, …), when it did.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<Cow<'a, str>>,
+}
+
+impl Event<'_> {
+    /// True for events that are a person's or app's access to records (what the insider
+    /// detector scores): not failed sign-ins, not anonymous requests, not peers' bundles.
+    pub fn is_access(&self) -> bool {
+        !self.user.is_empty()
+            && match self.action {
+                Action::Receive => false,
+                Action::Login => self.outcome == Outcome::Allowed,
+                _ => true,
+            }
+    }
 }
 
 fn no_relationship() -> Relationship {
@@ -90,6 +119,28 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
         .map_err(|e| format!("`{text}` is not an RFC 3339 time: {e}"))
 }
 
+/// `seconds` (since the epoch) as RFC 3339 in UTC, e.g. `2026-11-01T08:00:00Z`.
+pub fn format_time(seconds: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
+}
+
+fn seconds_rfc3339<S: Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_time(*t))
+}
+
+fn opt_seconds_rfc3339<S: Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&format_time(*t)),
+        None => s.serialize_none(),
+    }
+}
+
 fn rfc3339_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     let text = Cow::<'de, str>::deserialize(d)?;
     parse_time(&text).map_err(serde::de::Error::custom)
@@ -102,7 +153,7 @@ fn opt_rfc3339_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D
 }
 
 /// `ROSTER.json`: who works where and when, and what is known about each patient.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Roster {
     #[serde(default)]
@@ -112,7 +163,7 @@ pub struct Roster {
 }
 
 /// A member of staff (or any account that appears in the log).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RosterUser {
     pub id: String,
     #[serde(default)]
@@ -156,6 +207,22 @@ impl Shift {
     }
 }
 
+impl Serialize for Shift {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Raw {
+            start: String,
+            end: String,
+        }
+        let hhmm = |m: u16| format!("{:02}:{:02}", m / 60, m % 60);
+        Raw {
+            start: hhmm(self.start),
+            end: hhmm(self.end),
+        }
+        .serialize(s)
+    }
+}
+
 impl<'de> Deserialize<'de> for Shift {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -184,7 +251,7 @@ impl<'de> Deserialize<'de> for Shift {
 }
 
 /// A patient the log may name.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RosterPatient {
     pub id: String,
     #[serde(default)]
@@ -196,7 +263,11 @@ pub struct RosterPatient {
     /// The user whose own record this is, when the patient is a member of staff.
     #[serde(default)]
     pub employee_user: Option<String>,
-    #[serde(default, deserialize_with = "opt_rfc3339_seconds")]
+    #[serde(
+        default,
+        deserialize_with = "opt_rfc3339_seconds",
+        serialize_with = "opt_seconds_rfc3339"
+    )]
     pub deceased_at: Option<i64>,
     /// Departments that have cared for the patient.
     #[serde(default)]
@@ -218,6 +289,16 @@ mod tests {
         assert_eq!(e.outcome, Outcome::Denied);
         assert_eq!(e.relationship, Relationship::CareTeam);
         assert!(e.patient.is_none() && !e.break_glass);
+    }
+
+    #[test]
+    fn events_and_rosters_written_read_back_the_same() {
+        let line = r#"{"time":"2026-11-01T08:00:00Z","user":"u1","role":"nurse","department":null,"patient":"p1","action":"login","resource_type":null,"purpose":null,"outcome":"denied","break_glass":false,"relationship":"none","client":null,"address":"10.0.0.1","status":401,"why":"bad-credentials"}"#;
+        let e: Event<'_> = serde_json::from_str(line).unwrap();
+        assert_eq!(serde_json::to_string(&e).unwrap(), line);
+        let roster = r#"{"users":[{"id":"u1","role":"nurse","department":"icu","family_token":"f","address_token":null,"shift":{"start":"22:00","end":"06:30"}}],"patients":[{"id":"p1","family_token":null,"address_token":null,"vip":true,"employee_user":null,"deceased_at":"2026-10-01T00:00:00Z","departments":[]}]}"#;
+        let r: Roster = serde_json::from_str(roster).unwrap();
+        assert_eq!(serde_json::to_string(&r).unwrap(), roster);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, Write};
 
+use crate::attacks::{AttackAlert, Attacks};
 use crate::detector::{Detector, SIGNALS, Score};
 use crate::event::Event;
 
@@ -21,7 +22,10 @@ pub enum ReplayError {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Replayed {
     pub events: u64,
+    /// Events whose score reached the threshold.
     pub alerts: u64,
+    /// Attacks found ([`crate::attacks`]).
+    pub attacks: u64,
     /// Events earlier than the event before them (scored where they stand; the detector
     /// assumes time order, so many of these make its windows less exact).
     pub out_of_order: u64,
@@ -30,8 +34,8 @@ pub struct Replayed {
 /// The longest line an event may take.
 pub const MAX_LINE: usize = 1 << 20;
 
-/// Scores every line of `events` with `detector`, writing one `SCORES.jsonl` line each to
-/// `scores` and, when given, the raw feature vector of each to `features` (a JSON array per
+/// Scores every line of `events` with `detector` (and looks for attacks with `attacks`),
+/// writing one `SCORES.jsonl` line each to `scores` and, when given, the raw feature vector of each to `features` (a JSON array per
 /// line, after a header line naming the features). `progress` is called with the bytes read
 /// so far every few thousand lines.
 ///
@@ -39,6 +43,7 @@ pub const MAX_LINE: usize = 1 << 20;
 /// The first malformed line (by its 1-based number), or an I/O error.
 pub fn replay(
     detector: &mut Detector,
+    attacks: &mut Attacks,
     events: impl BufRead,
     mut scores: impl Write,
     mut features: Option<&mut dyn Write>,
@@ -89,9 +94,16 @@ pub fn replay(
         })?;
         done.out_of_order += u64::from(event.time < last_time);
         last_time = last_time.max(event.time);
-        let s = detector.score(&event);
+        // Failed sign-ins, anonymous requests and peers' bundles are no one's access to a
+        // record: they score 0 and only the attack rules see them.
+        let s = if event.is_access() {
+            detector.score(&event)
+        } else {
+            Score::none()
+        };
+        let found = attacks.observe(&event);
         out.clear();
-        write_score(&mut out, done.events, &s);
+        write_score(&mut out, done.events, &s, &found);
         scores.write_all(&out).map_err(ReplayError::Write)?;
         if let Some(f) = features.as_deref_mut() {
             out.clear();
@@ -100,6 +112,7 @@ pub fn replay(
         }
         done.events += 1;
         done.alerts += u64::from(s.alert);
+        done.attacks += found.len() as u64;
         if done.events.is_multiple_of(8192) {
             progress(read);
         }
@@ -112,8 +125,9 @@ pub fn replay(
     Ok(done)
 }
 
-/// One `SCORES.jsonl` line: `{"index":N,"score":S,"alert":B,"reasons":[…]}`.
-pub fn write_score(out: &mut Vec<u8>, index: u64, s: &Score) {
+/// One `SCORES.jsonl` line: `{"index":N,"score":S,"alert":B,"reasons":[…]}`, with
+/// `"attacks":[…]` when the event completed any.
+pub fn write_score(out: &mut Vec<u8>, index: u64, s: &Score, attacks: &[AttackAlert]) {
     use std::io::Write as _;
     // Writing to a Vec cannot fail.
     let _ = write!(
@@ -133,7 +147,14 @@ pub fn write_score(out: &mut Vec<u8>, index: u64, s: &Score) {
             r.contribution
         );
     }
-    out.extend_from_slice(b"]}\n");
+    out.push(b']');
+    if !attacks.is_empty() {
+        out.extend_from_slice(br#","attacks":"#);
+        let list: Vec<serde_json::Value> = attacks.iter().map(AttackAlert::to_json).collect();
+        // Serialising a Value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &list);
+    }
+    out.extend_from_slice(b"}\n");
 }
 
 fn write_features(out: &mut Vec<u8>, s: &Score) {
@@ -175,6 +196,7 @@ mod tests {
         let mut features = Vec::new();
         let done = replay(
             &mut Detector::new(&Roster::default()),
+            &mut Attacks::default(),
             input.as_bytes(),
             &mut scores,
             Some(&mut features),
@@ -210,6 +232,7 @@ mod tests {
         for (input, says) in [(bad, "not UTF-8"), (long, "longer than")] {
             let e = replay(
                 &mut Detector::new(&Roster::default()),
+                &mut Attacks::default(),
                 &input[..],
                 Vec::new(),
                 None,
@@ -219,6 +242,43 @@ mod tests {
             .to_string();
             assert!(e.starts_with("line 2: ") && e.contains(says), "{e}");
         }
+    }
+
+    #[test]
+    fn failed_sign_ins_score_zero_and_the_line_that_completes_an_attack_carries_it() {
+        let login = |i: u32| {
+            format!(
+                r#"{{"time":"2026-11-01T08:{:02}:{:02}Z","user":"","action":"login","outcome":"denied","address":"198.51.100.7","why":"bad-credentials"}}"#,
+                i / 60,
+                i % 60
+            )
+        };
+        let input: String = (0..25).map(|i| login(i * 7) + "\n").collect();
+        let mut scores = Vec::new();
+        let done = replay(
+            &mut Detector::new(&Roster::default()),
+            &mut Attacks::default(),
+            input.as_bytes(),
+            &mut scores,
+            None,
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!((done.events, done.alerts, done.attacks), (25, 0, 1));
+        let lines: Vec<serde_json::Value> = String::from_utf8(scores)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(lines.iter().all(|l| l["score"] == 0.0));
+        let with: Vec<usize> = (0..25)
+            .filter(|i| lines[*i].get("attacks").is_some())
+            .collect();
+        assert_eq!(with, [19]);
+        let attack = &lines[19]["attacks"][0];
+        assert_eq!(attack["kind"], "credential-stuffing");
+        assert_eq!(attack["actor"], "address:198.51.100.7");
+        assert_eq!(attack["reasons"]["failed_logins_10min"], 20);
     }
 
     #[test]
@@ -235,6 +295,7 @@ mod tests {
             let mut scores = Vec::new();
             let e = replay(
                 &mut Detector::new(&Roster::default()),
+                &mut Attacks::default(),
                 input.as_bytes(),
                 &mut scores,
                 None,

@@ -8,11 +8,13 @@
 use std::sync::Mutex;
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 pub use medvault_node::identity::Authenticated;
 use medvault_node::identity::api_tokens::RefusedCredential;
 use medvault_node::identity::bearer;
+use medvault_node::responses::Refused;
 
 use crate::AppState;
 use crate::error::{ApiError, Error};
@@ -53,19 +55,53 @@ impl AgentSlot {
 }
 
 impl FromRequestParts<AppState> for Authenticated {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let slot = parts.extensions.get::<AgentSlot>();
-        let who = authenticate(parts, state, slot).await?;
+        let who = authenticate(parts, state, slot)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        // Sentinel's responses in force (a lock, ended sessions, a step-up, a throttle).
+        let now = state.node.clock.now_micros();
+        if let Err(refused) = state.enforcement.admit(&who, now) {
+            if let Some(slot) = slot {
+                slot.set_refused(RefusedCredential {
+                    id: who.token_id.clone(),
+                    why: refused.rule(),
+                });
+            }
+            return Err(sentinel_refusal(refused));
+        }
         if let Some(slot) = slot {
             slot.set(&who);
         }
         Ok(who)
     }
+}
+
+/// A Sentinel response's refusal as an answer: 401 asking for a fresh sign-in with a second
+/// factor (RFC 9470) for a step-up, 429 with `Retry-After` for a throttle, 401 otherwise.
+pub(crate) fn sentinel_refusal(refused: Refused) -> Response {
+    let header = match &refused {
+        Refused::StepUp { max_age } => HeaderValue::from_str(&format!(
+            "Bearer error=\"insufficient_user_authentication\", error_description=\"sign in again with a second factor\", acr_values=\"urn:medvault:aal2\", max_age={max_age}"
+        ))
+        .ok()
+        .map(|v| (header::WWW_AUTHENTICATE, v)),
+        Refused::Throttled { retry_after } => HeaderValue::from_str(&retry_after.to_string())
+            .ok()
+            .map(|v| (header::RETRY_AFTER, v)),
+        Refused::Locked | Refused::Ended => None,
+    };
+    let mut r = ApiError::from(refused.into_error()).into_response();
+    if let Some((name, value)) = header {
+        r.headers_mut().insert(name, value);
+    }
+    r
 }
 
 async fn authenticate(

@@ -1087,8 +1087,14 @@ fn audit_record(
         "/admin/keys/rotate" => "keys-rotate",
         "/auth/break-glass" => "break-glass",
         "/privacy/alerts" => "alerts-read",
+        "/privacy/ui" | "/privacy/ui/privacy.js" => "privacy-page",
         p if p.starts_with("/privacy/alerts/") => "alert-acknowledge",
         p if p.starts_with("/admin/patients/") => "patient-erase",
+        "/admin/alerts" | "/admin/sentinel/thresholds" => "alerts-read",
+        p if p.starts_with("/admin/alerts/") && p.ends_with("/verdict") => "alert-verdict",
+        p if p.starts_with("/admin/alerts/") => "alert-read",
+        "/admin/responses" => "responses-read",
+        p if p.starts_with("/admin/responses/") => "response-undo",
         "/auth/authorize" | "/auth/authorize.js" | "/auth/authorize/check" => "oauth-authorize",
         "/auth/authorize/decide" => "oauth-approve",
         medvault_node::share::RECEIVE_PATH => "peer-delivery",
@@ -1279,10 +1285,21 @@ pub(crate) async fn observe(
         && state
             .anonymous
             .over_limit(client, state.config.anonymous_requests_per_minute);
-    let mut resp = match &purpose {
+    // A Sentinel throttle on the address holds its requests without credentials (sign-ins,
+    // probes); requests with credentials are checked with the credential.
+    let held = (audited && !peer_node && !req.headers().contains_key(header::AUTHORIZATION))
+        .then(|| {
+            state
+                .enforcement
+                .admit_address(&client.to_string(), state.node.clock.now_micros())
+                .err()
+        })
+        .flatten();
+    let mut resp = match (&purpose, held) {
         _ if throttled => anonymous_throttled(uri.path()),
-        Ok(_) => next.run(req).await,
-        Err(e) => e.clone().into_response(),
+        (_, Some(refused)) => crate::auth::sentinel_refusal(refused),
+        (Ok(_), None) => next.run(req).await,
+        (Err(e), None) => e.clone().into_response(),
     };
     if audited && !(peer_node || counted_together(&state, &slot, client, &resp)) {
         let now = state.node.clock.now_micros();

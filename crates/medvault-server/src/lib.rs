@@ -6,6 +6,7 @@
 //! [`bundle`] on blocking threads, and answered as `application/fhir+json`.
 
 pub mod admin;
+mod alerts_http;
 pub mod anonymous;
 pub mod auth;
 pub mod break_glass;
@@ -85,6 +86,14 @@ pub fn router(state: AppState) -> Router {
             post(break_glass::acknowledge),
         )
         .route("/admin/patients/{id}/erase", post(admin::erase))
+        .route("/privacy/ui", get(alerts_http::page))
+        .route("/privacy/ui/privacy.js", get(alerts_http::page_script))
+        .route("/admin/alerts", get(alerts_http::list))
+        .route("/admin/alerts/{id}", get(alerts_http::read))
+        .route("/admin/alerts/{id}/verdict", post(alerts_http::verdict))
+        .route("/admin/sentinel/thresholds", get(alerts_http::thresholds))
+        .route("/admin/responses", get(alerts_http::responses))
+        .route("/admin/responses/{id}/undo", post(alerts_http::undo))
         .route("/auth/revoke", post(oauth_app::revoke))
         .route("/auth/authorize", get(oauth_app::authorize_page))
         .route("/auth/authorize.js", get(oauth_app::authorize_script))
@@ -241,18 +250,40 @@ async fn run_until_shutdown(
         Arc::clone(&state.anonymous),
         state.config.anonymous_summary_interval,
     ));
-    // Sentinel scores the access log off the request path; its alerts join the privacy queue.
+    // Sentinel scores the access log off the request path; its alerts join the privacy queue
+    // and its playbooks answer them.
     let sentinel = state.config.sentinel_threshold.map(|threshold| {
+        let (_, session_max) = state
+            .config
+            .sessions
+            .for_role(medvault_core::Role::Clinician);
+        let responder = medvault_node::responses::Responder {
+            playbooks: medvault_node::responses::Playbooks {
+                list: state.config.playbooks.clone(),
+                dry_run: state.config.sentinel_dry_run,
+                session_max_micros: i64::try_from(session_max.as_micros())
+                    .unwrap_or(i64::MAX)
+                    .max(24 * 3_600_000_000),
+            },
+            enforcement: Arc::clone(&state.enforcement),
+        };
         tokio::spawn(medvault_node::sentinel::task(
             Arc::clone(&state.node),
             threshold,
+            Some(responder),
             SENTINEL_EVERY,
         ))
     });
+    let enforcement = tokio::spawn(medvault_node::responses::reload_task(
+        Arc::clone(&state.node),
+        Arc::clone(&state.enforcement),
+        std::time::Duration::from_secs(1),
+    ));
     serving.await?;
     if let Some(s) = sentinel {
         s.abort();
     }
+    enforcement.abort();
     checkpoints.abort();
     summaries.abort();
     if let Some(p) = peers {

@@ -49,6 +49,10 @@ pub struct ServerConfig {
     pub step_up_window: Duration,
     /// Sentinel's alert threshold (a score in [0, 1]); `None` turns live scoring off.
     pub sentinel_threshold: Option<f64>,
+    /// Sentinel's playbooks ([`medvault_node::responses`]): what it does about alerts.
+    pub playbooks: Vec<medvault_node::responses::Playbook>,
+    /// Record what the playbooks would do, do nothing.
+    pub sentinel_dry_run: bool,
     /// The origin browsers reach this node at, for WebAuthn passkeys (e.g.
     /// `https://ehr.example`); passkeys are off without it.
     pub webauthn_origin: Option<String>,
@@ -98,6 +102,8 @@ impl Default for ServerConfig {
             webauthn_origin: None,
             step_up_window: STEP_UP_WINDOW,
             sentinel_threshold: Some(medvault_sentinel::DEFAULT_THRESHOLD),
+            playbooks: medvault_node::responses::Playbooks::defaults(),
+            sentinel_dry_run: false,
             policy: Arc::new(default_policy()),
             break_glass_max: Duration::from_secs(4 * 3600),
             peer_listen: None,
@@ -137,6 +143,8 @@ pub struct AppState {
     pub exports: Arc<medvault_node::bulk::Exports>,
     /// Subscriptions: told of every write, notifies their endpoints.
     pub notifier: Arc<medvault_node::subscriptions::Notifier>,
+    /// Sentinel's responses in force, checked on every request.
+    pub enforcement: Arc<medvault_node::responses::Enforcement>,
 }
 
 impl AppState {
@@ -166,6 +174,11 @@ impl AppState {
             export_dir,
             config.export_limits,
         ));
+        // Responses in force when the node stopped are in force again before the first request.
+        let enforcement = medvault_node::responses::Enforcement::load(&node).unwrap_or_else(|e| {
+            tracing::warn!(error = %e.message, "sentinel responses not loaded yet; retrying");
+            medvault_node::responses::Enforcement::default()
+        });
         let node = Arc::new(node);
         let facts: Arc<medvault_node::authz::FactsCache> = Arc::default();
         let notifier = Arc::new(medvault_node::subscriptions::Notifier::start(
@@ -191,6 +204,7 @@ impl AppState {
             node_document: Arc::default(),
             exports,
             notifier,
+            enforcement: Arc::new(enforcement),
         }
     }
 }

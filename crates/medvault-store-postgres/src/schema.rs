@@ -180,6 +180,20 @@ const NODE_MIGRATIONS: &[(i64, &str)] = &[
     (16, "SELECT 1"),
     // v17: SQLite stages a bulk load's index entries; PostgreSQL writes them as usual.
     (17, "SELECT 1"),
+    // v18: the privacy officer's verdicts on alerts; Sentinel's automatic responses.
+    (
+        18,
+        "ALTER TABLE alerts ADD COLUMN IF NOT EXISTS verdict TEXT;
+     ALTER TABLE alerts ADD COLUMN IF NOT EXISTS note BYTEA;
+     CREATE INDEX IF NOT EXISTS alerts_by_user ON alerts (user_id, at);
+     CREATE TABLE IF NOT EXISTS responses (
+        id TEXT COLLATE \"C\" PRIMARY KEY, alert_id TEXT NOT NULL, action TEXT NOT NULL,
+        subject TEXT NOT NULL, at BIGINT NOT NULL, until BIGINT, dry_run BOOLEAN NOT NULL,
+        detail TEXT NOT NULL, undone_by TEXT, undone BIGINT
+     );
+     CREATE INDEX IF NOT EXISTS responses_by_time ON responses (at);
+     CREATE INDEX IF NOT EXISTS responses_by_alert ON responses (alert_id);",
+    ),
 ];
 
 const KEEP_TILE_LEVELS: &str = "DELETE FROM ledger_nodes WHERE level % 8 <> 0;";

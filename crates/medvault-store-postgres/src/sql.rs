@@ -8,10 +8,11 @@ use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 use medvault_ledger::{Hash, leaf_hash};
 use medvault_store::rows::{self, Columns};
 use medvault_store::{
-    AccessTokenRow, AlertRow, Amendment, AuditDetail, BreakGlassRow, ClientRow, CurrentMeta,
-    DataKeyRow, GrantRow, IdentityTx, IndexQuery, KeyTx, LogTx, PeerRow, PeerTx, RecordTx,
-    SCAN_SELECTIVITY_CAP, Scan, ScanDriver, SearchPage, SessionRow, SortOrder, StoreError,
-    StoredVersion, TokenHash, TokenRow, UserRow, driver_step, list_step, meets, other_clauses,
+    AccessTokenRow, AlertQuery, AlertRow, Amendment, AuditDetail, BreakGlassRow, ClientRow,
+    CurrentMeta, DataKeyRow, GrantRow, IdentityTx, IndexQuery, KeyTx, LogTx, PeerRow, PeerTx,
+    RecordTx, ResponseRow, SCAN_SELECTIVITY_CAP, Scan, ScanDriver, SearchPage, SessionRow,
+    SortOrder, StoreError, StoredVersion, TokenHash, TokenRow, UserRow, driver_step, list_step,
+    meets, other_clauses,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -584,10 +585,109 @@ pub(crate) fn break_glass(
 pub(crate) fn alerts(c: &mut Conn, open_only: bool) -> Result<Vec<AlertRow>, StoreError> {
     all(
         c,
-        "SELECT id, kind, at, user_id, patient, detail, acknowledged_by, acknowledged
-         FROM alerts WHERE (NOT $1 OR acknowledged IS NULL) ORDER BY at DESC, id DESC",
+        &format!(
+            "SELECT {} FROM alerts WHERE (NOT $1 OR acknowledged IS NULL)
+             ORDER BY at DESC, id DESC",
+            rows::ALERT_COLUMNS
+        ),
         &[&open_only],
         rows::alert,
+    )
+}
+
+pub(crate) fn alert(c: &mut Conn, id: &str) -> Result<Option<AlertRow>, StoreError> {
+    one(
+        c,
+        &format!("SELECT {} FROM alerts WHERE id = $1", rows::ALERT_COLUMNS),
+        &[&id],
+        rows::alert,
+    )
+}
+
+pub(crate) fn alerts_page(c: &mut Conn, q: &AlertQuery<'_>) -> Result<Vec<AlertRow>, StoreError> {
+    let (before_at, before_id) = q.before.unzip();
+    all(
+        c,
+        &format!(
+            "SELECT {} FROM alerts
+             WHERE (NOT $1 OR acknowledged IS NULL) AND ($2::TEXT IS NULL OR kind = $2)
+               AND ($3::TEXT IS NULL OR user_id = $3) AND ($4::TEXT IS NULL OR patient = $4)
+               AND ($5::BIGINT IS NULL OR at < $5 OR (at = $5 AND id < $6::TEXT))
+             ORDER BY at DESC, id DESC LIMIT $7",
+            rows::ALERT_COLUMNS
+        ),
+        &[
+            &q.open_only,
+            &q.kind,
+            &q.user,
+            &q.patient,
+            &before_at,
+            &before_id,
+            &i64::from(q.limit),
+        ],
+        rows::alert,
+    )
+}
+
+pub(crate) fn verdicts(
+    c: &mut Conn,
+    since_micros: i64,
+) -> Result<Vec<(String, String, String)>, StoreError> {
+    all(
+        c,
+        "SELECT kind, user_id, verdict FROM alerts WHERE verdict IS NOT NULL AND at >= $1",
+        &[&since_micros],
+        |r| Ok((r.text(0)?, r.text(1)?, r.text(2)?)),
+    )
+}
+
+pub(crate) fn response(c: &mut Conn, id: &str) -> Result<Option<ResponseRow>, StoreError> {
+    one(
+        c,
+        &format!(
+            "SELECT {} FROM responses WHERE id = $1",
+            rows::RESPONSE_COLUMNS
+        ),
+        &[&id],
+        rows::response,
+    )
+}
+
+pub(crate) fn responses(
+    c: &mut Conn,
+    alert: Option<&str>,
+    before: Option<(i64, &str)>,
+    limit: u32,
+) -> Result<Vec<ResponseRow>, StoreError> {
+    let (before_at, before_id) = before.unzip();
+    all(
+        c,
+        &format!(
+            "SELECT {} FROM responses
+             WHERE ($1::TEXT IS NULL OR alert_id = $1)
+               AND ($2::BIGINT IS NULL OR at < $2 OR (at = $2 AND id < $3::TEXT))
+             ORDER BY at DESC, id DESC LIMIT $4",
+            rows::RESPONSE_COLUMNS
+        ),
+        &[&alert, &before_at, &before_id, &i64::from(limit)],
+        rows::response,
+    )
+}
+
+pub(crate) fn active_responses(
+    c: &mut Conn,
+    now_micros: i64,
+) -> Result<Vec<ResponseRow>, StoreError> {
+    all(
+        c,
+        &format!(
+            "SELECT {} FROM responses
+             WHERE NOT dry_run AND undone IS NULL AND (until IS NULL OR until > $1)
+             ORDER BY at, id",
+            rows::RESPONSE_COLUMNS
+        ),
+        &[&now_micros],
+        rows::response,
     )
 }
 
@@ -1160,8 +1260,8 @@ impl IdentityTx for Tx<'_> {
     fn put_alert(&mut self, a: &AlertRow) -> Result<(), StoreError> {
         self.exec(
             "INSERT INTO alerts (id, kind, at, user_id, patient, detail, acknowledged_by,
-                acknowledged)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                acknowledged, verdict, note)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 &a.id,
                 &a.kind,
@@ -1171,9 +1271,58 @@ impl IdentityTx for Tx<'_> {
                 &a.detail.as_bytes(),
                 &a.acknowledged_by,
                 &a.acknowledged_micros,
+                &a.verdict,
+                &a.note.as_ref().map(Sealed::as_bytes),
             ],
         )
         .map(drop)
+    }
+
+    fn judge_alert(
+        &mut self,
+        id: &str,
+        by: &str,
+        at_micros: i64,
+        verdict: &str,
+        note: Option<&Sealed>,
+    ) -> Result<bool, StoreError> {
+        self.exec(
+            "UPDATE alerts SET verdict = $4, note = $5,
+                acknowledged_by = COALESCE(acknowledged_by, $2),
+                acknowledged = COALESCE(acknowledged, $3)
+             WHERE id = $1 AND verdict IS NULL",
+            &[&id, &by, &at_micros, &verdict, &note.map(Sealed::as_bytes)],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn put_response(&mut self, r: &ResponseRow) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO responses (id, alert_id, action, subject, at, until, dry_run, detail,
+                undone_by, undone)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &r.id,
+                &r.alert_id,
+                &r.action,
+                &r.subject,
+                &r.at_micros,
+                &r.until_micros,
+                &r.dry_run,
+                &r.detail,
+                &r.undone_by,
+                &r.undone_micros,
+            ],
+        )
+        .map(drop)
+    }
+
+    fn undo_response(&mut self, id: &str, by: &str, at_micros: i64) -> Result<bool, StoreError> {
+        self.exec(
+            "UPDATE responses SET undone_by = $2, undone = $3 WHERE id = $1 AND undone IS NULL",
+            &[&id, &by, &at_micros],
+        )
+        .map(|n| n == 1)
     }
 
     fn acknowledge_alert(

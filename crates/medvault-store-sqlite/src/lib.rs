@@ -626,7 +626,7 @@ mod tests {
             s.meta("schema_version").unwrap().as_deref(),
             Some(medvault_store::NODE_SCHEMA_VERSION.to_string().as_str())
         );
-        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 17);
+        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 18);
     }
 
     #[test]
@@ -637,6 +637,7 @@ mod tests {
         {
             // Back to version 12: tokens without expiry, revocation or last use.
             let c = Connection::open(&path).unwrap();
+            c.execute_batch(UNDO_V18).unwrap();
             c.execute_batch(
                 "ALTER TABLE tokens DROP COLUMN expires;
                  ALTER TABLE tokens DROP COLUMN revoked;
@@ -652,6 +653,13 @@ mod tests {
         medvault_store::conformance::token_from_v12_expires_in_30_days(&s);
     }
 
+    /// Takes a database at the current version back before v18 (verdicts, responses), for
+    /// tests that rewind further.
+    const UNDO_V18: &str = "DROP INDEX alerts_by_user;
+        ALTER TABLE alerts DROP COLUMN verdict;
+        ALTER TABLE alerts DROP COLUMN note;
+        DROP TABLE responses;";
+
     #[test]
     fn versions_move_to_a_rowid_table_with_their_bodies() {
         use medvault_core::{ResourceId, ResourceType};
@@ -663,6 +671,7 @@ mod tests {
         {
             // Back to version 15: versions in a WITHOUT ROWID table, one of them stored there.
             let c = Connection::open(&path).unwrap();
+            c.execute_batch(UNDO_V18).unwrap();
             c.execute_batch(
                 "DROP TABLE versions;
                  CREATE TABLE versions (

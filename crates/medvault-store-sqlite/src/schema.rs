@@ -212,6 +212,17 @@ const NODE_MIGRATIONS: &[&str] = &[
     // database is next opened.
     "CREATE TABLE IF NOT EXISTS idx_staged (value BLOB NOT NULL, rid INTEGER NOT NULL);
      CREATE INDEX IF NOT EXISTS idx_staged_by_rid ON idx_staged (rid);",
+    // v18: the privacy officer's verdicts on alerts; Sentinel's automatic responses.
+    "ALTER TABLE alerts ADD COLUMN verdict TEXT;
+     ALTER TABLE alerts ADD COLUMN note BLOB;
+     CREATE INDEX alerts_by_user ON alerts (user_id, at);
+     CREATE TABLE responses (
+        id TEXT PRIMARY KEY, alert_id TEXT NOT NULL, action TEXT NOT NULL,
+        subject TEXT NOT NULL, at INTEGER NOT NULL, until INTEGER, dry_run INTEGER NOT NULL,
+        detail TEXT NOT NULL, undone_by TEXT, undone INTEGER
+     ) WITHOUT ROWID;
+     CREATE INDEX responses_by_time ON responses (at);
+     CREATE INDEX responses_by_alert ON responses (alert_id);",
 ];
 
 const DROP_LEVEL_ZERO: &str = "DELETE FROM ledger_nodes WHERE level = 0;";

@@ -5,9 +5,9 @@ use medvault_core::{Aal, KeyName, ResourceId, ResourceType};
 use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 
 use crate::{
-    AccessTokenRow, AlertRow, Amendment, AmendmentKind, AuditDetail, BreakGlassRow, ClientRow,
-    GrantRow, IndexQuery, LedgerNodes, PeerRow, SessionRow, SortOrder, Store, StoreError,
-    StoredVersion, TokenHash, TokenRow, UserRow, write_with,
+    AccessTokenRow, AlertQuery, AlertRow, Amendment, AmendmentKind, AuditDetail, BreakGlassRow,
+    ClientRow, GrantRow, IndexQuery, LedgerNodes, PeerRow, ResponseRow, SessionRow, SortOrder,
+    Store, StoreError, StoredVersion, TokenHash, TokenRow, UserRow, write_with,
 };
 
 /// One conformance check: panics when the backend breaks the contract.
@@ -1590,6 +1590,24 @@ fn alert_row(id: &str, at: i64) -> AlertRow {
         detail: Sealed::from_stored(vec![4; 40]),
         acknowledged_by: None,
         acknowledged_micros: None,
+        verdict: None,
+        note: None,
+    }
+}
+
+/// A response to alert `alert` acting on `subject`.
+fn response_row(id: &str, alert: &str, at: i64, until: Option<i64>, dry_run: bool) -> ResponseRow {
+    ResponseRow {
+        id: id.into(),
+        alert_id: alert.into(),
+        action: "throttle".into(),
+        subject: "user:usr_a".into(),
+        at_micros: at,
+        until_micros: until,
+        dry_run,
+        detail: r#"{"playbook":"p"}"#.into(),
+        undone_by: None,
+        undone_micros: None,
     }
 }
 
@@ -1875,6 +1893,163 @@ fn break_glass_and_alerts(store: &dyn Store) {
         a.acknowledged_micros = Some(30);
         a
     });
+
+    // Verdicts: once per alert; an open alert is acknowledged by its verdict, an acknowledged
+    // one keeps who acknowledged it.
+    let mut a3 = alert_row("alr_3", 40);
+    a3.kind = "sentinel".into();
+    a3.user_id = "usr_b".into();
+    a3.patient = Some("p2".into());
+    written(store, "put alert", move |tx| tx.put_alert(&a3));
+    let judge = |id: &'static str, verdict: &'static str, at: i64| {
+        written(store, "judge", move |tx| {
+            tx.judge_alert(
+                id,
+                "usr_po2",
+                at,
+                verdict,
+                Some(&Sealed::from_stored(vec![7; 30])),
+            )
+        })
+    };
+    assert!(judge("alr_3", "confirmed", 50));
+    assert!(!judge("alr_3", "dismissed", 51), "judged once");
+    assert!(judge("alr_1", "dismissed", 52));
+    assert!(!judge("alr_9", "dismissed", 52), "unknown alert");
+    let a3 = ok(store.alert("alr_3"), "alert").unwrap_or_else(|| panic!("alr_3 is stored"));
+    assert_eq!(
+        (
+            a3.verdict.as_deref(),
+            a3.acknowledged_by.as_deref(),
+            a3.acknowledged_micros
+        ),
+        (Some("confirmed"), Some("usr_po2"), Some(50))
+    );
+    assert_eq!(a3.note, Some(Sealed::from_stored(vec![7; 30])));
+    let a1 = ok(store.alert("alr_1"), "alert").unwrap_or_else(|| panic!("alr_1 is stored"));
+    assert_eq!(
+        (a1.verdict.as_deref(), a1.acknowledged_by.as_deref()),
+        (Some("dismissed"), Some("usr_po"))
+    );
+    assert_eq!(ok(store.alert("alr_9"), "alert"), None);
+    let mut verdicts = ok(store.verdicts(0), "verdicts");
+    verdicts.sort();
+    assert_eq!(
+        verdicts,
+        [
+            (
+                "break-glass".to_owned(),
+                "usr_a".to_owned(),
+                "dismissed".to_owned()
+            ),
+            (
+                "sentinel".to_owned(),
+                "usr_b".to_owned(),
+                "confirmed".to_owned()
+            ),
+        ]
+    );
+    assert_eq!(ok(store.verdicts(11), "verdicts").len(), 1);
+
+    // Pages: filters and the (at, id) cursor.
+    let page = |q: AlertQuery<'_>| -> Vec<String> {
+        ok(store.alerts_page(&q), "page")
+            .into_iter()
+            .map(|a| a.id)
+            .collect()
+    };
+    let all_of = AlertQuery {
+        limit: 10,
+        ..AlertQuery::default()
+    };
+    assert_eq!(page(all_of), ["alr_3", "alr_2", "alr_1"]);
+    assert_eq!(page(AlertQuery { limit: 2, ..all_of }), ["alr_3", "alr_2"]);
+    assert_eq!(
+        page(AlertQuery {
+            before: Some((20, "alr_2")),
+            ..all_of
+        }),
+        ["alr_1"]
+    );
+    assert_eq!(
+        page(AlertQuery {
+            open_only: true,
+            ..all_of
+        }),
+        ["alr_2"]
+    );
+    assert_eq!(
+        page(AlertQuery {
+            kind: Some("sentinel"),
+            ..all_of
+        }),
+        ["alr_3"]
+    );
+    assert_eq!(
+        page(AlertQuery {
+            user: Some("usr_a"),
+            ..all_of
+        }),
+        ["alr_2", "alr_1"]
+    );
+    assert_eq!(
+        page(AlertQuery {
+            patient: Some("p2"),
+            ..all_of
+        }),
+        ["alr_3"]
+    );
+
+    // Responses: listed newest first, by alert; in force until undone or lapsed, never when
+    // only rehearsed.
+    let (r1, r2, r3) = (
+        response_row("rsp_1", "alr_3", 100, None, false),
+        response_row("rsp_2", "alr_3", 110, Some(200), false),
+        response_row("rsp_3", "alr_2", 120, None, true),
+    );
+    let dup = r1.clone();
+    written(store, "put responses", move |tx| {
+        tx.put_response(&r1)?;
+        tx.put_response(&r2)?;
+        tx.put_response(&r3)
+    });
+    assert!(matches!(
+        write_with(store, move |tx| tx.put_response(&dup)),
+        Err(StoreError::Conflict)
+    ));
+    let ids = |rows: Vec<ResponseRow>| -> Vec<String> { rows.into_iter().map(|r| r.id).collect() };
+    assert_eq!(
+        ids(ok(store.responses(None, None, 10), "r")),
+        ["rsp_3", "rsp_2", "rsp_1"]
+    );
+    assert_eq!(
+        ids(ok(store.responses(Some("alr_3"), None, 10), "r")),
+        ["rsp_2", "rsp_1"]
+    );
+    assert_eq!(
+        ids(ok(store.responses(None, Some((110, "rsp_2")), 10), "r")),
+        ["rsp_1"]
+    );
+    assert_eq!(
+        ids(ok(store.active_responses(150), "r")),
+        ["rsp_1", "rsp_2"]
+    );
+    assert_eq!(ids(ok(store.active_responses(200), "r")), ["rsp_1"]);
+    let undo = |id: &'static str| {
+        written(store, "undo", move |tx| {
+            tx.undo_response(id, "usr_admin", 160)
+        })
+    };
+    assert!(undo("rsp_1"));
+    assert!(!undo("rsp_1"), "undone once");
+    assert!(!undo("rsp_9"));
+    assert_eq!(ids(ok(store.active_responses(150), "r")), ["rsp_2"]);
+    let r1 = ok(store.response("rsp_1"), "r").unwrap_or_else(|| panic!("rsp_1 is stored"));
+    assert_eq!(
+        (r1.undone_by.as_deref(), r1.undone_micros, r1.dry_run),
+        (Some("usr_admin"), Some(160), false)
+    );
+    assert!(ok(store.response("rsp_3"), "r").is_some_and(|r| r.dry_run));
 }
 
 /// Ops queued at once share group commits: each gets its own answer, a failing or panicking op is

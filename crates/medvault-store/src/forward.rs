@@ -164,6 +164,38 @@ macro_rules! forward_reads {
             fn alerts(&self, open_only: bool) -> Result<Vec<$crate::AlertRow>, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::alerts(c, open_only))
             }
+            fn alert(&self, id: &str) -> Result<Option<$crate::AlertRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::alert(c, id))
+            }
+            fn alerts_page(
+                &self,
+                q: &$crate::AlertQuery<'_>,
+            ) -> Result<Vec<$crate::AlertRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::alerts_page(c, q))
+            }
+            fn verdicts(
+                &self,
+                since_micros: i64,
+            ) -> Result<Vec<(String, String, String)>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::verdicts(c, since_micros))
+            }
+            fn response(&self, id: &str) -> Result<Option<$crate::ResponseRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::response(c, id))
+            }
+            fn responses(
+                &self,
+                alert: Option<&str>,
+                before: Option<(i64, &str)>,
+                limit: u32,
+            ) -> Result<Vec<$crate::ResponseRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::responses(c, alert, before, limit))
+            }
+            fn active_responses(
+                &self,
+                now_micros: i64,
+            ) -> Result<Vec<$crate::ResponseRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::active_responses(c, now_micros))
+            }
         }
         impl $crate::PeerRead for $ty {
             fn peer(&self, node: &str) -> Result<Option<$crate::PeerRow>, $crate::StoreError> {

@@ -87,7 +87,7 @@ impl std::fmt::Debug for TokenHash {
 
 /// The schema version of a node database this build writes (both backends use these numbers,
 /// so a dump of one loads into the other).
-pub const NODE_SCHEMA_VERSION: i64 = 17;
+pub const NODE_SCHEMA_VERSION: i64 = 18;
 /// The schema version of an access-log database this build writes.
 pub const ACCESS_LOG_SCHEMA_VERSION: i64 = 3;
 
@@ -621,6 +621,53 @@ pub struct AlertRow {
     pub acknowledged_by: Option<String>,
     /// When it was acknowledged, microseconds.
     pub acknowledged_micros: Option<i64>,
+    /// The privacy officer's verdict (`confirmed` or `dismissed`), once given.
+    pub verdict: Option<String>,
+    /// The reason given with the verdict, sealed.
+    pub note: Option<Sealed>,
+}
+
+/// Which alerts a page of the privacy officer's queue holds, newest first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AlertQuery<'a> {
+    /// Only alerts not yet acknowledged.
+    pub open_only: bool,
+    /// Only alerts of this kind.
+    pub kind: Option<&'a str>,
+    /// Only alerts about this user.
+    pub user: Option<&'a str>,
+    /// Only alerts about this patient.
+    pub patient: Option<&'a str>,
+    /// Only alerts older than this `(at, id)` (the last of the previous page).
+    pub before: Option<(i64, &'a str)>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// An automatic response to an alert (a playbook's action), or what it would have been in
+/// dry-run mode, and its undoing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseRow {
+    /// Response id (`rsp_…`).
+    pub id: String,
+    /// The alert that set it off.
+    pub alert_id: String,
+    /// `step-up`, `end-sessions`, `lock`, `throttle` or `webhook`.
+    pub action: String,
+    /// Whom it acts on: `user:…`, `address:…`, `client:…` (or `node`).
+    pub subject: String,
+    /// When, microseconds.
+    pub at_micros: i64,
+    /// When it lapses by itself, microseconds (none: until undone).
+    pub until_micros: Option<i64>,
+    /// Recorded only: nothing was done.
+    pub dry_run: bool,
+    /// The playbook, its parameters and what happened (JSON; no PHI).
+    pub detail: String,
+    /// Who undid it.
+    pub undone_by: Option<String>,
+    /// When it was undone, microseconds.
+    pub undone_micros: Option<i64>,
 }
 
 /// A login session's stored form: the token's SHA-256, never the token.
@@ -961,6 +1008,41 @@ pub trait IdentityRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn alerts(&self, open_only: bool) -> Result<Vec<AlertRow>, StoreError>;
+    /// One alert.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn alert(&self, id: &str) -> Result<Option<AlertRow>, StoreError>;
+    /// A page of alerts, newest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn alerts_page(&self, q: &AlertQuery<'_>) -> Result<Vec<AlertRow>, StoreError>;
+    /// `(kind, user, verdict)` of every alert judged at or after `since_micros` (alert time).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn verdicts(&self, since_micros: i64) -> Result<Vec<(String, String, String)>, StoreError>;
+    /// One response.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn response(&self, id: &str) -> Result<Option<ResponseRow>, StoreError>;
+    /// Responses, newest first: those of one alert, or all before `(at, id)`, at most `limit`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn responses(
+        &self,
+        alert: Option<&str>,
+        before: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<ResponseRow>, StoreError>;
+    /// Responses in force at `now_micros`: carried out (not dry-run), not undone, not lapsed.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn active_responses(&self, now_micros: i64) -> Result<Vec<ResponseRow>, StoreError>;
 }
 
 /// Registered peer nodes and sharing receipts.
@@ -1276,6 +1358,29 @@ pub trait IdentityTx: IdentityRead {
     /// [`StoreError::Backend`].
     fn acknowledge_alert(&mut self, id: &str, by: &str, at_micros: i64)
     -> Result<bool, StoreError>;
+    /// Records a verdict (`confirmed` or `dismissed`) and its sealed reason on an alert not yet
+    /// judged, acknowledging it if it was open: true if it existed and had no verdict.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn judge_alert(
+        &mut self,
+        id: &str,
+        by: &str,
+        at_micros: i64,
+        verdict: &str,
+        note: Option<&Sealed>,
+    ) -> Result<bool, StoreError>;
+    /// Stores a new response.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] on a duplicate id.
+    fn put_response(&mut self, response: &ResponseRow) -> Result<(), StoreError>;
+    /// Marks a response undone: true if it existed and was not undone yet.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn undo_response(&mut self, id: &str, by: &str, at_micros: i64) -> Result<bool, StoreError>;
     /// Stores a new grant.
     ///
     /// # Errors

@@ -335,7 +335,8 @@ pub fn break_glass(
     })
 }
 
-/// An alert from `id, kind, at, user_id, patient, detail, acknowledged_by, acknowledged`.
+/// An alert from `id, kind, at, user_id, patient, detail, acknowledged_by, acknowledged,
+/// verdict, note` ([`ALERT_COLUMNS`]).
 ///
 /// # Errors
 /// The driver's.
@@ -349,6 +350,35 @@ pub fn alert(r: &dyn Columns) -> Result<AlertRow, StoreError> {
         detail: Sealed::from_stored(r.bytes(5)?),
         acknowledged_by: r.opt_text(6)?,
         acknowledged_micros: r.opt_int(7)?,
+        verdict: r.opt_text(8)?,
+        note: r.opt_bytes(9)?.map(Sealed::from_stored),
+    })
+}
+
+/// The columns [`alert`] reads, in its order.
+pub const ALERT_COLUMNS: &str =
+    "id, kind, at, user_id, patient, detail, acknowledged_by, acknowledged, verdict, note";
+
+/// The columns [`response`] reads, in its order.
+pub const RESPONSE_COLUMNS: &str =
+    "id, alert_id, action, subject, at, until, dry_run, detail, undone_by, undone";
+
+/// A response from [`RESPONSE_COLUMNS`].
+///
+/// # Errors
+/// The driver's.
+pub fn response(r: &dyn Columns) -> Result<crate::ResponseRow, StoreError> {
+    Ok(crate::ResponseRow {
+        id: r.text(0)?,
+        alert_id: r.text(1)?,
+        action: r.text(2)?,
+        subject: r.text(3)?,
+        at_micros: r.int(4)?,
+        until_micros: r.opt_int(5)?,
+        dry_run: r.bool(6)?,
+        detail: r.text(7)?,
+        undone_by: r.opt_text(8)?,
+        undone_micros: r.opt_int(9)?,
     })
 }
 

@@ -26,6 +26,7 @@ pub mod node;
 pub mod oauth;
 pub mod people;
 pub mod postgres;
+pub mod receiver;
 
 pub use e2e::{CliOutput, Medvault, Server};
 pub use node::{TwoNodes, api_token, open_node, scratch_node};

@@ -1,4 +1,5 @@
-//! `medvault sentinel`: the insider-snooping detector, offline.
+//! `medvault sentinel`: the insider-snooping detector, offline, and a node's own access log in
+//! its formats.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -38,6 +39,24 @@ pub(crate) enum SentinelCommand {
         #[arg(long, value_name = "FEATURES.jsonl")]
         features: Option<PathBuf>,
     },
+    /// Write this node's own access log in the replay formats: EVENTS.jsonl (one line per
+    /// access, per patient it reached; failed sign-ins and peers' bundles included) and
+    /// ROSTER.json (every user and patient named, with keyed tokens of family names and
+    /// addresses — HMAC under the node's keys, never the names). Then `sentinel replay`
+    /// scores it, or another detector can.
+    #[command(
+        after_help = "Example:\n  medvault sentinel export --data-dir /var/lib/medvault --events log.jsonl --roster roster.json\n  medvault sentinel replay --events log.jsonl --roster roster.json --out scores.jsonl"
+    )]
+    Export {
+        #[command(flatten)]
+        dir: super::DataDir,
+        /// Where to write the events (replaced if it exists).
+        #[arg(long, value_name = "EVENTS.jsonl")]
+        events: PathBuf,
+        /// Where to write the roster (replaced if it exists).
+        #[arg(long, value_name = "ROSTER.json")]
+        roster: PathBuf,
+    },
 }
 
 pub(crate) fn run(command: SentinelCommand) -> anyhow::Result<()> {
@@ -49,7 +68,52 @@ pub(crate) fn run(command: SentinelCommand) -> anyhow::Result<()> {
             threshold,
             features,
         } => run_replay(&events, &roster, &out, threshold, features.as_deref()),
+        SentinelCommand::Export {
+            dir,
+            events,
+            roster,
+        } => run_export(&dir, &events, &roster),
     }
+}
+
+fn run_export(dir: &super::DataDir, events: &Path, roster: &Path) -> anyhow::Result<()> {
+    if same_file(events, roster) {
+        anyhow::bail!("--events and --roster name the same file: give each its own");
+    }
+    let node = super::open_node(dir, true)?;
+    let file = File::create(events).with_context(|| format!("{}", events.display()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let bar = progress(0, "exporting the access log");
+    let done = medvault_node::sentinel::export(&node, &mut out, &mut |at, of| {
+        bar.set_length(of);
+        bar.set_position(at);
+    });
+    bar.finish_and_clear();
+    let (n, list) = done.map_err(|e| match e {
+        medvault_node::sentinel::ExportError::Write(e) => {
+            anyhow::anyhow!("{}: {e}", events.display())
+        }
+        e => anyhow::anyhow!("{e}"),
+    })?;
+    let text = serde_json::to_vec_pretty(&list).context("the roster")?;
+    std::fs::write(roster, text).with_context(|| format!("{}", roster.display()))?;
+    println!(
+        "exported {n} events of {} users and {} patients to {} and {}",
+        list.users.len(),
+        list.patients.len(),
+        events.display(),
+        roster.display()
+    );
+    Ok(())
+}
+
+/// True if `a` and `b` are the same path, or the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
 }
 
 fn run_replay(
@@ -70,10 +134,9 @@ fn run_replay(
     };
     let input = File::open(events).with_context(|| format!("{}", events.display()))?;
     // Writing the scores over an input would destroy it before it is read.
-    let same = |a: &Path, b: &Path| matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y);
     for (input, flag) in [(events, "--events"), (roster_path, "--roster")] {
         for output in std::iter::once(out).chain(features) {
-            if same(input, output) {
+            if same_file(input, output) {
                 anyhow::bail!(
                     "{}: is the {flag} file; write the output to another file",
                     output.display()
@@ -95,6 +158,7 @@ fn run_replay(
     let bar = progress(size, "scoring events");
     let done = replay(
         &mut detector,
+        &mut medvault_sentinel::Attacks::default(),
         BufReader::with_capacity(1 << 20, input),
         scores,
         features.as_mut().map(|f| f as &mut dyn Write),
@@ -110,9 +174,10 @@ fn run_replay(
     bar.finish_and_clear();
     let done = done?;
     println!(
-        "scored {} events, {} alerts (threshold {threshold}){}",
+        "scored {} events, {} alerts (threshold {threshold}), {} attacks{}",
         done.events,
         done.alerts,
+        done.attacks,
         if done.out_of_order > 0 {
             format!(
                 "; {} events were earlier than the one before them (the file should be in time order)",

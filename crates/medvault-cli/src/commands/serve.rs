@@ -1,7 +1,7 @@
 //! `medvault serve`: its settings and starting the server.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -79,6 +79,17 @@ pub(crate) struct ServeArgs {
     /// queue (GET /privacy/alerts). `off` turns live scoring off. docs/sentinel.md.
     #[arg(long, value_name = "SCORE|off", default_value = "0.85", value_parser = sentinel_threshold)]
     sentinel_threshold: SentinelThreshold,
+    /// Sentinel's playbooks: a TOML file of [[playbook]] tables saying what to do about which
+    /// alerts (step-up, end-sessions, lock, throttle, webhook). Without it the built-in ones
+    /// run: attacks from outside are throttled, a login after credential stuffing has its
+    /// sessions ended and must step up, mass deletion locks the credential. An empty file
+    /// turns responses off. docs/sentinel.md, "Responses".
+    #[arg(long, value_name = "FILE")]
+    playbooks: Option<PathBuf>,
+    /// Record what the playbooks would do (responses and access-log entries marked dry-run)
+    /// without doing it.
+    #[arg(long)]
+    sentinel_dry_run: bool,
     /// Hours a login session lasts at most, used or not (NIST: at most 12 at AAL2/AAL3).
     #[arg(long, value_name = "HOURS", default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=12))]
     session_max_hours: u64,
@@ -201,6 +212,8 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         webauthn_origin,
         step_up_seconds,
         sentinel_threshold,
+        playbooks,
+        sentinel_dry_run,
         policies,
         replace_default_policy,
         break_glass_max_minutes,
@@ -218,6 +231,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     } = clients;
     init_logging(log_format);
     let policy = load_policy(&policies, replace_default_policy)?;
+    let playbooks = load_playbooks(playbooks.as_deref())?;
     let witnesses = witnesses
         .iter()
         .map(|w| RemoteWitness::parse(w).map_err(|e| anyhow::anyhow!("--witness {w:?}: {e}")))
@@ -278,6 +292,8 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         step_up_window: Duration::from_secs(step_up_seconds),
         sentinel_threshold: sentinel_threshold.0,
+        playbooks,
+        sentinel_dry_run,
         policy: std::sync::Arc::new(policy),
         break_glass_max: Duration::from_secs(60 * break_glass_max_minutes),
         peer_listen,
@@ -315,6 +331,20 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         })
         .with_context(|| format!("cannot listen on {listen}"))?;
     Ok(())
+}
+
+/// The playbooks of `--playbooks FILE`, checked; the built-in ones without it.
+fn load_playbooks(file: Option<&Path>) -> anyhow::Result<Vec<medvault_node::responses::Playbook>> {
+    let Some(file) = file else {
+        return Ok(medvault_node::responses::Playbooks::defaults());
+    };
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("--playbooks {}", file.display()))?;
+    let parsed: medvault_node::responses::PlaybookFile = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("--playbooks {}: {}", file.display(), e.message()))?;
+    medvault_node::responses::Playbooks::validate(&parsed.playbook)
+        .map_err(|e| anyhow::anyhow!("--playbooks {}: {e}", file.display()))?;
+    Ok(parsed.playbook)
 }
 
 /// `--sentinel-threshold`: a score in [0, 1], or `off`.

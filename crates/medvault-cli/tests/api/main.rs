@@ -20,6 +20,7 @@ mod oauth_app;
 mod operations;
 mod policy;
 mod postgres;
+mod responses;
 mod search;
 mod security;
 mod sentinel;

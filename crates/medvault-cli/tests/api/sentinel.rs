@@ -324,3 +324,108 @@ fn searches_and_bundles_are_scored_for_every_patient_they_reach() {
     );
     assert!(!for_patient(&alerts, &ward), "{alerts:?}");
 }
+
+/// A node's own log exported in the replay formats: every access and failed sign-in, a roster
+/// whose tokens match where names match (a clinician and a celebrity of one family name), no
+/// name anywhere; and the export replays to the same snooping alert.
+#[test]
+fn a_nodes_own_log_exports_to_the_replay_formats_without_names() {
+    let s = MEDVAULT.start();
+    let doc = s.person("dr.export", "clinician");
+    let star = celebrity(&s);
+    assert_eq!(
+        s.status_as(&format!("/fhir/Patient/{star}"), &doc.session),
+        404
+    );
+    let (st, _) = s.post_json(
+        "/auth/login",
+        None,
+        &json!({"username": "dr.export", "password": "not the password"}),
+    );
+    assert_eq!(st, 401);
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let (ok, out, err) = s.run(&[
+        "sentinel",
+        "export",
+        "--events",
+        &file("events.jsonl"),
+        "--roster",
+        &file("roster.json"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("exported "), "{out}");
+    let events = std::fs::read_to_string(file("events.jsonl")).unwrap();
+    let roster = std::fs::read_to_string(file("roster.json")).unwrap();
+    for text in [&events, &roster] {
+        assert!(
+            !text.contains("Famous") && !text.contains("Practitioner\""),
+            "{text}"
+        );
+    }
+    let lines: Vec<Value> = events
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let snoop = lines
+        .iter()
+        .position(|e| e["patient"] == json!(star) && e["action"] == "read")
+        .expect("the snooping read");
+    assert_eq!(lines[snoop]["outcome"], "denied", "{}", lines[snoop]);
+    assert!(
+        lines.iter().any(|e| e["action"] == "login"
+            && e["outcome"] == "denied"
+            && e["why"] == "bad-credentials"),
+        "{events}"
+    );
+    let roster: Value = serde_json::from_str(&roster).unwrap();
+    let user = lines[snoop]["user"].as_str().unwrap();
+    let token_of = |list: &str, id: &str| {
+        roster[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == json!(id))
+            .unwrap_or_else(|| panic!("{id} not in the roster's {list}"))["family_token"]
+            .clone()
+    };
+    let family = token_of("users", user);
+    assert!(family.is_string(), "{roster}");
+    assert_eq!(family, token_of("patients", &star));
+    // The export is a replay's input as it stands.
+    let (ok, out, err) = MEDVAULT.cli(
+        &[
+            "sentinel",
+            "replay",
+            "--events",
+            &file("events.jsonl"),
+            "--roster",
+            &file("roster.json"),
+            "--out",
+            &file("scores.jsonl"),
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("scored {} events", lines.len())),
+        "{out}"
+    );
+    let scores = std::fs::read_to_string(file("scores.jsonl")).unwrap();
+    let score: Value = serde_json::from_str(scores.lines().nth(snoop).unwrap()).unwrap();
+    let reasons = score["reasons"].to_string();
+    assert!(
+        reasons.contains("same_family") && reasons.contains("vip"),
+        "{score}"
+    );
+    // The same path twice is refused before anything is written.
+    let (ok, _, err) = s.run(&[
+        "sentinel",
+        "export",
+        "--events",
+        &file("x.jsonl"),
+        "--roster",
+        &file("x.jsonl"),
+    ]);
+    assert!(!ok && err.contains("same file"), "{err}");
+}

@@ -3,75 +3,13 @@
 //! default) and nothing else; `$status` and `$events` account for them; bad subscriptions are
 //! refused; every notification is in the access log.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use medvault_testkit::fhir::observation;
+use medvault_testkit::receiver::Receiver;
 use serde_json::{Value, json};
 
 use crate::MEDVAULT;
-
-/// Collects the JSON bodies POSTed to it (answering 200), on a loopback port.
-struct Receiver {
-    port: u16,
-    got: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Receiver {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let got: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let sink = Arc::clone(&got);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; length];
-                let _ = reader.read_exact(&mut body);
-                if let Ok(v) = serde_json::from_slice(&body) {
-                    sink.lock().unwrap().push(v);
-                }
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                );
-            }
-        });
-        Self { port, got }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-
-    /// Waits until `n` notifications arrived; all of them.
-    fn wait_for(&self, n: usize) -> Vec<Value> {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            let got = self.got.lock().unwrap().clone();
-            if got.len() >= n {
-                return got;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "{n} notifications did not arrive: {:?}",
-            self.got.lock().unwrap()
-        );
-    }
-}
 
 fn subscription(criteria: &str, endpoint: &str, content: Option<&str>) -> Value {
     let mut channel = json!({"type": "rest-hook", "endpoint": endpoint,
@@ -120,7 +58,7 @@ fn rest_hooks_get_handshakes_and_matching_events_only() {
     s.create(&observation(&p, "718-7", "2026-01-02"));
     let got = hook.wait_for(2);
     std::thread::sleep(Duration::from_millis(500));
-    let got_now = hook.got.lock().unwrap().clone();
+    let got_now = hook.got();
     assert_eq!(
         got_now.len(),
         2,
@@ -193,16 +131,12 @@ fn rest_hooks_get_handshakes_and_matching_events_only() {
     assert_eq!(s.status_as("/fhir/Subscription", &dr.session), 403);
 
     // Deleting a subscription stops it at once.
-    let before = hook.got.lock().unwrap().len();
+    let before = hook.got().len();
     assert_eq!(s.delete(&format!("Subscription/{sub}")).0, 200);
     std::thread::sleep(Duration::from_millis(300));
     s.create(&observation(&p, "2345-7", "2026-01-04"));
     std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(
-        hook.got.lock().unwrap().len(),
-        before,
-        "nothing after the delete"
-    );
+    assert_eq!(hook.got().len(), before, "nothing after the delete");
 }
 
 #[test]

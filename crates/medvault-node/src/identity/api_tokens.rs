@@ -171,6 +171,7 @@ pub(crate) async fn validate_api_token(
                         scopes: None,
                         client: None,
                         auth_time_micros: None,
+                        issued_micros: row.created_micros,
                         patient: None,
                         practitioner: None,
                     },

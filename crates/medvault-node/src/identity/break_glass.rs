@@ -118,6 +118,8 @@ pub fn open(
         detail: seal(&key, &alert_id, ALERT_FIELD, &detail_bytes)?,
         acknowledged_by: None,
         acknowledged_micros: None,
+        verdict: None,
+        note: None,
     };
     write_with(node.store.as_ref(), move |tx| {
         tx.put_break_glass(&grant)?;

@@ -201,6 +201,7 @@ mod tests {
             }),
             client: app.then(|| "cli_x".into()),
             auth_time_micros: at,
+            issued_micros: at.unwrap_or(0),
             patient: None,
             practitioner: None,
         }

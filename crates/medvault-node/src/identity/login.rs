@@ -279,7 +279,8 @@ pub(crate) fn record_failure(node: &Node, user_id: &str, now: i64) -> Result<boo
         };
         u.failed_logins = u.failed_logins.saturating_add(1);
         let locked = u.failed_logins >= LOCK_AFTER;
-        if locked {
+        // A lock pending review (a Sentinel response) is not shortened by a lockout.
+        if locked && u.locked_until_micros != crate::responses::LOCKED_PENDING_REVIEW {
             u.locked_until_micros = now + micros(LOCK_FOR);
             u.failed_logins = 0;
         }

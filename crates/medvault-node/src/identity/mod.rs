@@ -77,6 +77,9 @@ pub struct Authenticated {
     /// For a login session: when the person last proved their factors (the session's start),
     /// microseconds. Sensitive actions require it to be recent (step-up).
     pub auth_time_micros: Option<i64>,
+    /// When the credential was issued (a session's start, a token's issue), microseconds: a
+    /// Sentinel response that ends sessions refuses credentials issued before it.
+    pub issued_micros: i64,
     /// For a patient (their session or their app's token): their Patient resource id.
     pub patient: Option<String>,
     /// For staff (their session or their app's token): their `Practitioner/<id>`, which care

@@ -175,6 +175,7 @@ pub async fn authenticate_session(
         scopes: s.scopes.clone(),
         client: None,
         auth_time_micros: Some(s.row.created_micros),
+        issued_micros: s.row.created_micros,
         patient: s.patient.clone(),
         practitioner: s.practitioner.clone(),
     };

@@ -150,6 +150,7 @@ pub async fn authenticate_access_token(
                         scopes: Some(Arc::new(scopes)),
                         client: Some(row.client_id),
                         auth_time_micros: None,
+                        issued_micros: row.issued_micros,
                         patient,
                         practitioner,
                     },

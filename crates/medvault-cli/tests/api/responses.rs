@@ -1,0 +1,405 @@
+//! Sentinel's attack alerts and playbooks on a live node: credential stuffing throttled and the
+//! throttle undone, mass deletion locking the account within a second and an undo unlocking
+//! it, an insider alert's step-up and webhook, dry-run mode, and the officer's verdict.
+
+use std::time::{Duration, Instant};
+
+use medvault_testkit::Server;
+use medvault_testkit::people::{PASSWORD, session_of};
+use medvault_testkit::receiver::Receiver;
+use serde_json::{Value, json};
+
+use crate::MEDVAULT;
+
+/// Alerts in the officer's queue (`/admin/alerts?QUERY`), polled until one satisfies `wanted`
+/// or ten seconds pass; that alert.
+fn wait_for_alert(
+    s: &Server,
+    officer: &str,
+    query: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let (st, page) = s.get_as(&format!("/admin/alerts?{query}"), officer, None);
+        assert_eq!(st, 200, "{page}");
+        if let Some(a) = page["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| wanted(a))
+        {
+            return a.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no such alert in ten seconds: {page}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn attack_of(kind: &'static str) -> impl Fn(&Value) -> bool {
+    move |a: &Value| a["kind"] == "attack" && a["detail"]["kind"] == kind
+}
+
+/// `POST /admin/responses/{id}/undo` as `officer`: the status.
+fn undo(s: &Server, officer: &str, id: &str) -> u16 {
+    s.post_json(
+        &format!("/admin/responses/{id}/undo"),
+        Some(officer),
+        &json!({}),
+    )
+    .0
+}
+
+/// The diagnostics of an `OperationOutcome`.
+fn diagnostics(v: &Value) -> &str {
+    v["issue"][0]["diagnostics"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn credential_stuffing_is_alerted_throttled_and_the_throttle_undone() {
+    let s = MEDVAULT.start();
+    let po = s.person("p.officer", "privacy-officer");
+    // Signed in before the attack (which spends this address's sign-ins for the minute).
+    let doc = s.person("dr.who", "clinician");
+    for i in 0..25 {
+        let (st, _) = s.post_json(
+            "/auth/login",
+            None,
+            &json!({"username": format!("nobody{i}"), "password": "a guess from a list"}),
+        );
+        assert!(st == 401 || st == 429, "{st}");
+    }
+    let alert = wait_for_alert(
+        &s,
+        &po.session,
+        "kind=attack",
+        attack_of("credential-stuffing"),
+    );
+    assert_eq!(alert["detail"]["actor"], "address:127.0.0.1", "{alert}");
+    assert!(
+        alert["detail"]["reasons"]["failed_logins_10min"]
+            .as_u64()
+            .unwrap()
+            >= 20
+    );
+    let id = alert["id"].as_str().unwrap();
+    let (st, detail) = s.get_as(&format!("/admin/alerts/{id}"), &po.session, None);
+    assert_eq!(st, 200, "{detail}");
+    let response = &detail["responses"][0];
+    assert_eq!(
+        (
+            &response["action"],
+            &response["subject"],
+            &response["dry_run"]
+        ),
+        (
+            &json!("throttle"),
+            &json!("address:127.0.0.1"),
+            &json!(false)
+        ),
+        "{detail}"
+    );
+    // Requests without credentials from the address are held at 10 a minute (429 with
+    // Retry-After); the officer's session from the same address is not.
+    let held = (0..25)
+        .map(|_| {
+            let r = s
+                .anonymous(reqwest::Method::GET, "/fhir/Patient")
+                .send()
+                .unwrap();
+            let retry = r.headers().get("retry-after").is_some();
+            let status = r.status().as_u16();
+            let body: Value = r.json().unwrap_or(Value::Null);
+            (status, retry, diagnostics(&body).to_owned())
+        })
+        .filter(|(st, retry, why)| *st == 429 && *retry && why.contains("being throttled"))
+        .count();
+    assert!(held >= 5, "{held} of 25 held");
+    assert_eq!(s.status_as("/admin/alerts", &po.session), 200);
+    // The officer undoes it: recorded once, and the address is free again.
+    let rsp = response["id"].as_str().unwrap();
+    assert_eq!(undo(&s, &po.session, rsp), 200);
+    assert_eq!(undo(&s, &po.session, rsp), 409, "undone once");
+    for _ in 0..15 {
+        let st = s
+            .anonymous(reqwest::Method::GET, "/fhir/Patient")
+            .send()
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(st, 401, "held after the undo");
+    }
+    let (_, detail) = s.get_as(&format!("/admin/alerts/{id}"), &po.session, None);
+    assert!(
+        detail["responses"][0]["undone_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("usr_")
+    );
+    // Alert, response and undo are in the access log.
+    let (_, log) = s.get("AuditEvent?_count=500");
+    let log = log.to_string();
+    for what in [
+        "sentinel-alert",
+        "sentinel-response",
+        "sentinel-response-undo",
+    ] {
+        assert!(log.contains(what), "{what} missing from the access log");
+    }
+    // A clinician is not the privacy officer: the queue and undo are refused.
+    assert_eq!(s.status_as("/admin/alerts", &doc.session), 403);
+    assert_eq!(undo(&s, &doc.session, rsp), 403);
+}
+
+#[test]
+fn mass_deletion_locks_the_credential_within_a_second_and_undoing_frees_it() {
+    let s = MEDVAULT.start();
+    // An integration's admin token, stolen and turned on the records.
+    let token = s.new_token("admin");
+    let po = s.person("p.officer", "privacy-officer");
+    let patient = s.create(&medvault_testkit::fhir::patient("Wipe", "Target"));
+    let observations: Vec<String> = (0..40)
+        .map(|i| {
+            s.create(&medvault_testkit::fhir::observation(
+                &patient,
+                "8867-4",
+                &format!("2026-11-01T10:{i:02}:00Z"),
+            ))
+        })
+        .collect();
+    // Deleting as fast as the node answers: the 25th deletion completes the attack.
+    let mut deleted = 0;
+    let mut completed = None;
+    let mut refused = None;
+    for o in &observations {
+        let (st, b) = s.call(
+            reqwest::Method::DELETE,
+            &format!("/fhir/Observation/{o}"),
+            &token,
+            None,
+            None,
+        );
+        match st {
+            200 | 204 => {
+                deleted += 1;
+                if deleted == 25 {
+                    completed = Some(Instant::now());
+                }
+            }
+            401 => {
+                assert!(diagnostics(&b).contains("locked pending review"), "{b}");
+                refused = Some(Instant::now());
+                break;
+            }
+            other => panic!("delete answered {other}: {b}"),
+        }
+        if completed.is_some() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let (completed, refused) = (
+        completed.expect("25 deletions"),
+        refused.expect("a refusal"),
+    );
+    let took = refused - completed;
+    eprintln!("mass deletion: refused {took:?} after the 25th deletion ({deleted} deletions)");
+    assert!(took < Duration::from_secs(1), "refused only after {took:?}");
+    let alert = wait_for_alert(&s, &po.session, "kind=attack", attack_of("mass-deletion"));
+    let id = alert["id"].as_str().unwrap();
+    assert!(
+        alert["user"].as_str().unwrap().starts_with("tok_"),
+        "{alert}"
+    );
+    let (_, detail) = s.get_as(&format!("/admin/alerts/{id}"), &po.session, None);
+    let responses = detail["responses"].as_array().unwrap().clone();
+    let actions: Vec<&str> = responses
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["lock", "end-sessions"], "{detail}");
+    // The credential's timeline holds the deletions.
+    let timeline = detail["user_timeline"].as_array().unwrap();
+    assert!(
+        timeline
+            .iter()
+            .filter(|e| e["interaction"] == "delete")
+            .count()
+            >= 25,
+        "{detail}"
+    );
+    // Undoing the lock leaves the credential ended; undoing that too frees it.
+    let undo = |action: &str| {
+        let r = responses.iter().find(|r| r["action"] == action).unwrap();
+        assert_eq!(undo(&s, &po.session, r["id"].as_str().unwrap()), 200);
+    };
+    let read = format!("/fhir/Patient/{patient}");
+    undo("lock");
+    let (st, b) = s.get_as(&read, &token, None);
+    assert_eq!(st, 401, "{b}");
+    assert!(diagnostics(&b).contains("ended"), "{b}");
+    undo("end-sessions");
+    assert_eq!(s.status_as(&read, &token), 200);
+    // The verdict: once, with a reason, and the alert is no longer open.
+    let (st, b) = s.post_json(
+        &format!("/admin/alerts/{id}/verdict"),
+        Some(&po.session),
+        &json!({"verdict": "confirmed", "reason": "deleted a ward's results"}),
+    );
+    assert_eq!(st, 200, "{b}");
+    let (st, _) = s.post_json(
+        &format!("/admin/alerts/{id}/verdict"),
+        Some(&po.session),
+        &json!({"verdict": "dismissed", "reason": "changed my mind"}),
+    );
+    assert_eq!(st, 409);
+    for (body, why) in [
+        (json!({"verdict": "maybe", "reason": "x"}), "verdict"),
+        (json!({"verdict": "dismissed", "reason": "  "}), "reason"),
+        (json!({"verdict": "dismissed"}), "send"),
+    ] {
+        let (st, b) = s.post_json(
+            &format!("/admin/alerts/{id}/verdict"),
+            Some(&po.session),
+            &body,
+        );
+        assert_eq!(st, 400, "{b}");
+        assert!(diagnostics(&b).contains(why), "{b}");
+    }
+    let (_, detail) = s.get_as(&format!("/admin/alerts/{id}"), &po.session, None);
+    assert_eq!(detail["verdict"], "confirmed");
+    assert_eq!(detail["verdict_reason"], "deleted a ward's results");
+    let (_, open) = s.get_as("/admin/alerts?open=true&kind=attack", &po.session, None);
+    assert!(
+        open["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["id"] != json!(id)),
+        "{open}"
+    );
+}
+
+#[test]
+fn an_insider_alert_asks_for_a_step_up_and_calls_the_webhook() {
+    let hook = Receiver::start();
+    let url = hook.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let playbooks = dir.path().join("playbooks.toml");
+    std::fs::write(
+        &playbooks,
+        format!(
+            "[[playbook]]\nname = \"snooping\"\non = [\"sentinel\"]\nmin_score = 0.7\n\
+             actions = [\"step-up\", \"webhook\"]\nwebhook = \"{url}\"\n"
+        ),
+    )
+    .unwrap();
+    let s = MEDVAULT.start_with(&[
+        "--sentinel-threshold",
+        "0.7",
+        "--playbooks",
+        playbooks.to_str().unwrap(),
+    ]);
+    s.create_user("dr.snoop", "clinician");
+    s.make_practitioner("dr.snoop");
+    let (_, codes) = s.enroll("dr.snoop");
+    let (_, b) = s.login("dr.snoop", PASSWORD, &json!({"recovery_code": codes[0]}));
+    let session = session_of(&b);
+    let po = s.person("p.officer", "privacy-officer");
+    let star = s.create(&json!({
+        "resourceType": "Patient",
+        "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                               "code": "CELEB"}]},
+        "name": [{"family": "Practitioner", "given": ["Famous"]}],
+    }));
+    s.status_as(&format!("/fhir/Patient/{star}"), &session);
+    let alert = wait_for_alert(&s, &po.session, "kind=sentinel", |a| {
+        a["patient"] == json!(star)
+    });
+    // The webhook got the alert's summary, and no name.
+    let got = hook.wait_for(1).remove(0);
+    assert_eq!(got["alert"], alert["id"], "{got}");
+    assert!(got["summary"]["reasons"].is_array(), "{got}");
+    assert!(!got.to_string().contains("Famous"), "{got}");
+    // The next request must sign in again with a second factor (RFC 9470).
+    let r = s
+        .anonymous(reqwest::Method::GET, &format!("/fhir/Patient/{star}"))
+        .bearer_auth(&session)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(
+        challenge.contains("insufficient_user_authentication"),
+        "{challenge}"
+    );
+    let (st, b) = s.login("dr.snoop", PASSWORD, &json!({"recovery_code": codes[1]}));
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(s.status_as("/fhir/Patient?_count=1", &session_of(&b)), 200);
+}
+
+#[test]
+fn dry_run_records_what_would_have_happened_and_does_nothing() {
+    let s = MEDVAULT.start_with(&["--sentinel-dry-run"]);
+    let po = s.person("p.officer", "privacy-officer");
+    for i in 0..25 {
+        s.post_json(
+            "/auth/login",
+            None,
+            &json!({"username": format!("nobody{i}"), "password": "a guess from a list"}),
+        );
+    }
+    let alert = wait_for_alert(
+        &s,
+        &po.session,
+        "kind=attack",
+        attack_of("credential-stuffing"),
+    );
+    let (_, detail) = s.get_as(
+        &format!("/admin/alerts/{}", alert["id"].as_str().unwrap()),
+        &po.session,
+        None,
+    );
+    assert_eq!(detail["responses"][0]["dry_run"], true, "{detail}");
+    // Nothing is held: 25 more anonymous requests get their usual 401.
+    for _ in 0..25 {
+        let st = s
+            .anonymous(reqwest::Method::GET, "/fhir/Patient")
+            .send()
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(st, 401);
+    }
+    let (st, page) = s.get_as("/admin/responses?count=10", &po.session, None);
+    assert_eq!(st, 200, "{page}");
+    assert!(
+        page["responses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["dry_run"] == true)
+    );
+    // A playbooks file that does not make sense stops the start, naming the playbook.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[playbook]]\nname = \"x\"\non = [\"snooping\"]\nactions = [\"lock\"]\n",
+    )
+    .unwrap();
+    let (ok, _, err) = s.cli(&[
+        "serve",
+        "--playbooks",
+        bad.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:1",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("playbook `x`: unknown alert kind `snooping`"),
+        "{err}"
+    );
+}
