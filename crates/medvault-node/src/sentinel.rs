@@ -34,6 +34,9 @@ use crate::responses::{self, Raised, Responder};
 pub const CURSOR: &str = "sentinel_scored_to";
 /// How often the per-role thresholds are recomputed from the officers' verdicts.
 const TUNE_EVERY: Duration = Duration::from_secs(60);
+/// Leaves relearned at most when a node starts (a few minutes of work on two cores; the
+/// node serves meanwhile and new entries are scored once it is done).
+pub const RELEARN: u64 = 2_000_000;
 /// Leaves read per step.
 const BATCH: u64 = 1024;
 /// The alert kind in the privacy officer's queue.
@@ -402,7 +405,10 @@ impl Watcher {
             .meta(CURSOR)?
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        // Details below the archive mark are gone from the database: learning starts there.
+        // Details below the archive mark are gone from the database: learning starts there,
+        // or at the last RELEARN leaves before the cursor on a long log (older history then
+        // only lives on in what the relearned months say).
+        let archived = archived.max(cursor.saturating_sub(RELEARN));
         let mut w = Self {
             detector: Detector::new(&medvault_sentinel::Roster::default())
                 .with_threshold(threshold),
@@ -739,14 +745,68 @@ fn roster_user(node: &Node, ctx: &Ctx, id: &str) -> Result<Option<RosterUser>, E
         None => None,
     };
     let (family_token, address_token) = tokens(node, person.as_ref())?;
+    let (department, shift) = match &row.practitioner {
+        Some(p) => place_and_hours(node, ctx, p),
+        None => (None, None),
+    };
     Ok(Some(RosterUser {
         id: id.to_owned(),
         role: Some(row.role),
-        department: None,
+        department,
         family_token,
         address_token,
-        shift: None,
+        shift,
     }))
+}
+
+/// A member of staff's department and shift, from the first active PractitionerRole naming
+/// their `Practitioner/…`: the department is its organization (else its first location, else
+/// its first specialty's code), the shift its first `availableTime` with a start and an end
+/// (read as UTC). Nothing when there is none or the search fails (logged).
+fn place_and_hours(
+    node: &Node,
+    ctx: &Ctx,
+    practitioner: &str,
+) -> (Option<String>, Option<medvault_sentinel::event::Shift>) {
+    let Ok(rt) = ResourceType::new("PractitionerRole") else {
+        return (None, None);
+    };
+    let params = [("practitioner".to_owned(), practitioner.to_owned())];
+    let roles = match crate::search::all_matches(node.store.as_ref(), ctx, &rt, &params) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e.message, "sentinel: a practitioner's roles were not found");
+            return (None, None);
+        }
+    };
+    let Some(role) = roles
+        .iter()
+        .find(|r| r.get("active").and_then(Value::as_bool) != Some(false))
+    else {
+        return (None, None);
+    };
+    let text = |p: &str| role.pointer(p).and_then(Value::as_str).map(str::to_owned);
+    let department = text("/organization/reference")
+        .or_else(|| text("/location/0/reference"))
+        .or_else(|| text("/specialty/0/coding/0/code"));
+    let minutes = |t: &str| -> Option<u16> {
+        let mut parts = t.split(':');
+        let h: u16 = parts.next()?.parse().ok()?;
+        let m: u16 = parts.next()?.parse().ok()?;
+        (h < 24 && m < 60).then_some(h * 60 + m)
+    };
+    let shift = role
+        .get("availableTime")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find_map(|t| {
+            Some(medvault_sentinel::event::Shift {
+                start: minutes(t.get("availableStartTime")?.as_str()?)?,
+                end: minutes(t.get("availableEndTime")?.as_str()?)?,
+            })
+        });
+    (department, shift)
 }
 
 /// What the node knows of patient `id` for the detector: tokens, flags, death.

@@ -229,6 +229,14 @@ const COMMUNITY_WINDOW: i64 = 14 * DAY;
 const RECENT_PER_PATIENT: usize = 24;
 /// Addresses and clients remembered per user.
 const SEEN_PER_USER: usize = 64;
+/// User–patient pairs remembered at most: beyond it, pairs untouched for [`PAIR_HORIZON`] are
+/// forgotten (a user back after that long is new to the patient again), then the least
+/// recently touched tenth.
+pub const MAX_PAIRS: usize = 4_000_000;
+const PAIR_HORIZON: i64 = 180 * DAY;
+/// User–user co-access counts remembered at most: beyond it every count is halved and those
+/// that reach 0 are forgotten (the care community graph decays instead of growing).
+pub const MAX_CO_ACCESS: usize = 2_000_000;
 /// Events a group needs before its own volume baseline is used (else its role's, or all).
 const VOLUME_BASELINE_EVENTS: f64 = 500.0;
 /// How much an alerting event counts in its user's own baseline.
@@ -336,6 +344,8 @@ struct PatientState {
 #[derive(Debug, Clone, Copy)]
 struct Pair {
     first: i64,
+    /// The pair's latest access.
+    last: i64,
     related: bool,
     searched: Option<i64>,
 }
@@ -366,6 +376,8 @@ pub struct Detector {
     pairs: HashMap<u64, Pair>,
     /// Patients two users have both opened, keyed by the user pair (smaller id first).
     co_access: HashMap<u64, u32>,
+    max_pairs: usize,
+    max_co_access: usize,
 }
 
 fn pair_key(a: u32, b: u32) -> u64 {
@@ -392,6 +404,8 @@ impl Detector {
             places: Names::default(),
             pairs: HashMap::new(),
             co_access: HashMap::new(),
+            max_pairs: MAX_PAIRS,
+            max_co_access: MAX_CO_ACCESS,
         };
         for u in &roster.users {
             d.add_user(u);
@@ -809,11 +823,16 @@ impl Detector {
         let Some(p) = p else { return };
         let key = pair_key(u, p);
         let first_time = !self.pairs.contains_key(&key);
+        if first_time && self.pairs.len() >= self.max_pairs {
+            self.forget_pairs(now);
+        }
         let pair = self.pairs.entry(key).or_insert(Pair {
             first: now,
+            last: now,
             related: false,
             searched: None,
         });
+        pair.last = now;
         pair.related |= related_now && e.outcome == Outcome::Allowed;
         if e.action == Action::Search {
             pair.searched = Some(now);
@@ -824,6 +843,12 @@ impl Detector {
             if let Some(d) = department.filter(|d| !patient.departments.contains(d)) {
                 patient.departments.push(d);
             }
+        }
+        if first_time && self.co_access.len() >= self.max_co_access {
+            self.co_access.retain(|_, n| {
+                *n /= 2;
+                *n > 0
+            });
         }
         if first_time {
             for (v, t) in &patient.recent {
@@ -841,6 +866,36 @@ impl Detector {
             patient.recent.pop_front();
         }
         patient.recent.push_back((u, now));
+    }
+}
+
+impl Detector {
+    /// Forgets pairs untouched for [`PAIR_HORIZON`], then, if that was not enough, the least
+    /// recently touched tenth.
+    fn forget_pairs(&mut self, now: i64) {
+        self.pairs.retain(|_, p| now - p.last < PAIR_HORIZON);
+        if self.pairs.len() >= self.max_pairs {
+            let mut lasts: Vec<i64> = self.pairs.values().map(|p| p.last).collect();
+            let tenth = lasts.len() / 10;
+            let (_, cutoff, _) = lasts.select_nth_unstable(tenth);
+            let cutoff = *cutoff;
+            self.pairs.retain(|_, p| p.last > cutoff);
+        }
+    }
+
+    /// Bounds the pairs and co-access counts remembered (by default [`MAX_PAIRS`] and
+    /// [`MAX_CO_ACCESS`]).
+    #[must_use]
+    pub fn with_memory(mut self, pairs: usize, co_access: usize) -> Self {
+        self.max_pairs = pairs.max(10);
+        self.max_co_access = co_access.max(10);
+        self
+    }
+
+    /// How many user–patient pairs and co-access counts the detector holds (its memory is
+    /// bounded by [`MAX_PAIRS`] and [`MAX_CO_ACCESS`]).
+    pub fn remembered(&self) -> (usize, usize) {
+        (self.pairs.len(), self.co_access.len())
     }
 }
 
@@ -950,6 +1005,25 @@ mod tests {
         }
         let late = alerts[500..].iter().filter(|a| **a).count();
         assert!(late < 10, "{late} of the last 100 alerted");
+    }
+
+    #[test]
+    fn memory_stays_bounded_over_a_long_log() {
+        let mut d = Detector::new(&Roster::default()).with_memory(1_000, 500);
+        for i in 0..20_000i64 {
+            let line = serde_json::json!({
+                "time": crate::event::format_time(1_790_000_000 + i * 60),
+                "user": format!("u{}", i % 47), "role": "nurse", "patient": format!("p{}", i % 3_000),
+                "action": "read", "outcome": "allowed", "relationship": "care-team",
+            })
+            .to_string();
+            let e: Event<'_> = serde_json::from_str(&line).unwrap();
+            let s = d.score(&e);
+            assert!((0.0..=1.0).contains(&s.score));
+        }
+        let (pairs, co) = d.remembered();
+        assert!((800..=1_000).contains(&pairs), "{pairs}");
+        assert!(co <= 500, "{co}");
     }
 
     #[test]

@@ -332,6 +332,14 @@ fn searches_and_bundles_are_scored_for_every_patient_they_reach() {
 fn a_nodes_own_log_exports_to_the_replay_formats_without_names() {
     let s = MEDVAULT.start();
     let doc = s.person("dr.export", "clinician");
+    // Her department and shift, as the node reads them from her PractitionerRole.
+    s.create(&json!({
+        "resourceType": "PractitionerRole", "active": true,
+        "practitioner": {"reference": format!("Practitioner/{}", doc.practitioner.as_deref().unwrap())},
+        "organization": {"reference": "Organization/cardiology"},
+        "availableTime": [{"daysOfWeek": ["mon", "tue"], "availableStartTime": "07:30:00",
+                           "availableEndTime": "19:30:00"}]
+    }));
     let star = celebrity(&s);
     assert_eq!(
         s.status_as(&format!("/fhir/Patient/{star}"), &doc.session),
@@ -389,6 +397,18 @@ fn a_nodes_own_log_exports_to_the_replay_formats_without_names() {
             .unwrap_or_else(|| panic!("{id} not in the roster's {list}"))["family_token"]
             .clone()
     };
+    let me = roster["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == json!(user))
+        .unwrap();
+    assert_eq!(me["department"], "Organization/cardiology", "{me}");
+    assert_eq!(
+        me["shift"],
+        json!({"start": "07:30", "end": "19:30"}),
+        "{me}"
+    );
     let family = token_of("users", user);
     assert!(family.is_string(), "{roster}");
     assert_eq!(family, token_of("patients", &star));
