@@ -400,6 +400,9 @@ pub struct Enforcement {
     /// False while nothing is in force: the check is one atomic load.
     any: AtomicBool,
     state: Mutex<State>,
+    /// Subjects whose responses a person undid here since the watcher last looked (its attack
+    /// rules forget them, so their next attack is a new one).
+    undone: Mutex<Vec<String>>,
 }
 
 impl Enforcement {
@@ -465,6 +468,14 @@ impl Enforcement {
                 self.any.store(true, Ordering::Release);
             }
         }
+    }
+
+    /// The subjects whose responses were undone since the last call.
+    pub fn take_undone(&self) -> Vec<String> {
+        self.undone
+            .lock()
+            .map(|mut u| std::mem::take(&mut *u))
+            .unwrap_or_default()
     }
 
     /// Takes response `id` out of force.
@@ -537,7 +548,11 @@ impl Enforcement {
         let Ok(mut s) = self.state.lock() else {
             return Ok(());
         };
-        let subject = format!("address:{address}");
+        // Addresses are known as Sentinel knows them (an IPv6 client by its /64).
+        let subject = format!(
+            "address:{}",
+            medvault_sentinel::attacks::address_key(address)
+        );
         let limit = s.by_subject.get(&subject).and_then(|list| {
             list.iter()
                 .filter(|a| a.act == Act::Throttle && a.until.is_none_or(|u| u > now))
@@ -732,6 +747,9 @@ pub fn undo(node: &Node, enforcement: &Enforcement, id: &str, by: &str) -> Resul
         return Ok(false);
     }
     enforcement.remove(id);
+    if let Ok(mut u) = enforcement.undone.lock() {
+        u.push(row.subject.clone());
+    }
     node.record_audit_now(|now| {
         AuditRecord::new(
             AuditKind::Security,

@@ -120,14 +120,20 @@ pub fn events_of(rec: &Value) -> Vec<Event<'static>> {
             address: text(rec.get("address")),
             status,
             target,
-            why: text(auth.and_then(|a| a.get("event"))),
+            // A sign-in that worked says how strongly (`aal2`: a second factor, which a list
+            // of stolen passwords cannot give); one that failed, why.
+            why: match auth.and_then(|a| a.get("aal")).and_then(Value::as_u64) {
+                Some(level) if success => Some(format!("aal{level}").into()),
+                _ => text(auth.and_then(|a| a.get("event"))),
+            },
         }];
     };
     let action = match interaction {
         i if i.starts_with("search") || i.starts_with("history") => Action::Search,
         "create" => Action::Create,
-        "update" | "patch" => Action::Update,
-        "delete" => Action::Delete,
+        "update" | "patch" | "update-conditional" | "patch-conditional" => Action::Update,
+        // An erasure deletes a patient's whole record at once.
+        "delete" | "delete-conditional" | "patient-erase" => Action::Delete,
         "operation-everything" | "bulk-export" | "bulk-file" | "share" => Action::Export,
         "login" => Action::Login,
         // Reads, and whatever else reached a patient's data (Bundles of any entries, other
@@ -296,10 +302,89 @@ pub fn anonymous_refusals(rec: &Value) -> Option<(i64, Vec<(String, u32)>)> {
     Some((time, by_address))
 }
 
+/// Failed sign-ins an `anonymous-requests` summary counted by address (those past the access
+/// log's per-minute budget): `(address, failures, accounts named, names that matched none)`.
+pub fn summarised_logins(rec: &Value) -> Vec<(String, u32, u32, u32)> {
+    if rec.get("interaction").and_then(Value::as_str) != Some("anonymous-requests") {
+        return Vec::new();
+    }
+    let n = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_u64)
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+    };
+    rec.get("failed_logins")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|f| {
+            let id = f.get("id")?.as_str()?;
+            Some((
+                id.to_owned(),
+                n(f, "count"),
+                n(f, "accounts"),
+                n(f, "unknown_names"),
+            ))
+        })
+        .filter(|(_, count, _, _)| *count > 0)
+        .collect()
+}
+
+/// Who made a REST request, as an event with no patient (the Bundle's changes are counted
+/// against them).
+fn who_of(rec: &Value) -> Option<Event<'static>> {
+    let agent = rec.get("agent")?;
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(|s| s.to_owned().into());
+    Some(Event {
+        time: medvault_sentinel::event::parse_time(rec.get("time")?.as_str()?).ok()?,
+        user: agent.get("token")?.as_str()?.to_owned().into(),
+        role: text(agent.get("role")),
+        department: None,
+        patient: None,
+        action: Action::Update,
+        resource_type: None,
+        purpose: None,
+        outcome: Outcome::Allowed,
+        break_glass: false,
+        relationship: Relationship::None,
+        client: text(agent.get("client")),
+        address: text(rec.get("address")),
+        status: None,
+        target: None,
+        why: None,
+    })
+}
+
+/// The deletions and updates a Bundle's record counts (`extra.bundle`), if any.
+fn bundle_changes(rec: &Value) -> Option<(u32, u32)> {
+    let b = rec.pointer("/extra/bundle")?;
+    let n = |k: &str| {
+        b.get(k)
+            .and_then(Value::as_u64)
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+    };
+    let (d, u) = (n("deletes"), n("updates"));
+    (d + u > 0).then_some((d, u))
+}
+
 /// What one access-log leaf gives the detectors.
 #[allow(clippy::large_enum_variant)] // short-lived, one per event of a batch
 enum Input {
     Event(Event<'static>),
+    /// A Bundle's successful deletions and updates, by the user of `event`.
+    Bundle {
+        event: Event<'static>,
+        deletes: u32,
+        updates: u32,
+    },
+    /// Failed sign-ins a summary counted for one address.
+    Logins {
+        time: i64,
+        address: String,
+        failures: u32,
+        accounts: u32,
+        unknown: u32,
+    },
     /// Refused anonymous requests from an address, counted into a summary.
     Anonymous {
         time: i64,
@@ -434,12 +519,8 @@ impl Watcher {
                         }
                         w.attacks.observe(&event);
                     }
-                    Input::Anonymous {
-                        time,
-                        address,
-                        count,
-                    } => {
-                        w.attacks.refused_anonymous(time, &address, count);
+                    other => {
+                        w.attacks_only(&other);
                     }
                 }
             }
@@ -447,6 +528,33 @@ impl Watcher {
         }
         w.next = w.next.max(cursor);
         Ok(w)
+    }
+
+    /// What an input that is not one access (summaries, a Bundle's changes) tells the attack
+    /// rules.
+    fn attacks_only(&mut self, input: &Input) -> Vec<medvault_sentinel::AttackAlert> {
+        match input {
+            Input::Event(_) => Vec::new(),
+            Input::Anonymous {
+                time,
+                address,
+                count,
+            } => self.attacks.refused_anonymous(*time, address, *count),
+            Input::Bundle {
+                event,
+                deletes,
+                updates,
+            } => self.attacks.bundle_changes(event, *deletes, *updates),
+            Input::Logins {
+                time,
+                address,
+                failures,
+                accounts,
+                unknown,
+            } => self
+                .attacks
+                .summarised_logins(*time, address, *failures, *accounts, *unknown),
+        }
     }
 
     /// The first leaf not yet scored.
@@ -462,7 +570,40 @@ impl Watcher {
             // it) is passed over rather than stopping the watcher at it for ever.
             match node.ledger.open_audit(&detail) {
                 Ok(rec) => {
-                    out.extend(events_of(&rec).into_iter().map(|e| (leaf, Input::Event(e))));
+                    let events = events_of(&rec);
+                    if let (Some((deletes, updates)), Some(event)) =
+                        (bundle_changes(&rec), who_of(&rec))
+                    {
+                        out.push((
+                            leaf,
+                            Input::Bundle {
+                                event,
+                                deletes,
+                                updates,
+                            },
+                        ));
+                    }
+                    out.extend(events.into_iter().map(|e| (leaf, Input::Event(e))));
+                    if let Some(time) = rec
+                        .get("time")
+                        .and_then(Value::as_str)
+                        .and_then(|t| medvault_sentinel::event::parse_time(t).ok())
+                    {
+                        out.extend(summarised_logins(&rec).into_iter().map(
+                            |(address, failures, accounts, unknown)| {
+                                (
+                                    leaf,
+                                    Input::Logins {
+                                        time,
+                                        address,
+                                        failures,
+                                        accounts,
+                                        unknown,
+                                    },
+                                )
+                            },
+                        ));
+                    }
                     if let Some((time, by_address)) = anonymous_refusals(&rec) {
                         out.extend(by_address.into_iter().map(|(address, count)| {
                             (
@@ -519,6 +660,18 @@ impl Watcher {
             return Ok(Stepped::default());
         }
         let upto = size.min(self.next + BATCH);
+        // Responses a person undid: their subjects' next attack is a new one.
+        if let Some(r) = &self.responder {
+            for subject in r.enforcement.take_undone() {
+                let actor = match subject.split_once(':') {
+                    Some(("user", u)) => medvault_sentinel::Actor::User(u.to_owned()),
+                    Some(("client", c)) => medvault_sentinel::Actor::Client(c.to_owned()),
+                    Some(("address", a)) => medvault_sentinel::Actor::Address(a.to_owned()),
+                    _ => continue,
+                };
+                self.attacks.forget(&actor);
+            }
+        }
         let events = self.read(node, upto)?;
         let key = crate::identity::identity_key(node)?;
         if self.tuned_at.is_none_or(|t| t.elapsed() >= TUNE_EVERY) {
@@ -547,11 +700,6 @@ impl Watcher {
                 id
             };
             let found = match input {
-                Input::Anonymous {
-                    time,
-                    address,
-                    count,
-                } => self.attacks.refused_anonymous(*time, address, *count),
                 Input::Event(e) => {
                     let found = self.attacks.observe(e);
                     if e.is_access() {
@@ -606,6 +754,7 @@ impl Watcher {
                     }
                     found
                 }
+                other => self.attacks_only(other),
             };
             for a in found {
                 let id = number("a");

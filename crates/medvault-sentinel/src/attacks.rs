@@ -45,6 +45,22 @@ pub enum AttackKind {
     DeniedBurst,
 }
 
+/// The address an actor is known by: an IPv4 address as it is, an IPv6 address by its /64
+/// (one subscriber's network: rotating within it is one actor), anything else as it is.
+pub fn address_key(address: &str) -> String {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+            format!("{net}/64")
+        }
+        Ok(std::net::IpAddr::V6(v6)) => v6
+            .to_ipv4_mapped()
+            .map_or_else(|| address.to_owned(), |v4| v4.to_string()),
+        _ => address.to_owned(),
+    }
+}
+
 /// Every kind, in the order the documentation lists them.
 pub const KINDS: [AttackKind; 9] = [
     AttackKind::CredentialStuffing,
@@ -168,6 +184,8 @@ pub struct Limits {
     /// …naming at least this many different accounts (names that match no account count
     /// one each).
     pub stuffing_accounts: u32,
+    /// Failed sign-ins from one address in an hour (a paced attack), with as many accounts.
+    pub stuffing_failures_hour: u32,
     /// Different real accounts failing from one address in an hour, at most
     /// [`Limits::spraying_attempts_per_account`] attempts each on average.
     pub spraying_accounts: u32,
@@ -197,7 +215,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             stuffing_failures: 20,
-            stuffing_accounts: 5,
+            stuffing_accounts: 3,
+            stuffing_failures_hour: 60,
             spraying_accounts: 8,
             spraying_accounts_node: 20,
             spraying_attempts_per_account: 3.0,
@@ -362,6 +381,7 @@ pub struct Attacks {
     hasher: std::collections::hash_map::RandomState,
     unknown_names: u64,
     stuffing: Rule,
+    stuffing_hour: Rule,
     stuffing_addresses: Rule,
     spraying: Rule,
     spraying_node: Rule,
@@ -387,6 +407,7 @@ impl Attacks {
             hasher: std::collections::hash_map::RandomState::new(),
             unknown_names: 0,
             stuffing: Rule::new(10 * MINUTE),
+            stuffing_hour: Rule::new(60 * MINUTE),
             stuffing_addresses: Rule::new(60 * MINUTE),
             spraying: Rule::new(60 * MINUTE),
             spraying_node: Rule::new(60 * MINUTE),
@@ -424,21 +445,124 @@ impl Attacks {
     /// traffic it did not record one by one), at `time`.
     pub fn refused_anonymous(&mut self, time: i64, address: &str, count: u32) -> Vec<AttackAlert> {
         let mut out = Vec::new();
-        let actor = Actor::Address(address.to_owned());
+        let address = &address_key(address);
+        let actor = Actor::Address(address.clone());
         let key = self.key((time, count));
         self.denied_by(&actor, time, key, count, None, Some(address), &mut out);
         out
+    }
+
+    /// Failed sign-ins from `address` (keys: the accounts or unknown names, each with its
+    /// number of failures) into the stuffing windows, ten minutes and an hour.
+    fn stuffing_seen(
+        &mut self,
+        actor: &Actor,
+        address: &str,
+        now: i64,
+        names: &[(u64, u32)],
+        out: &mut Vec<AttackAlert>,
+    ) {
+        let limits = self.limits;
+        for (rule, failures_limit, label) in [
+            (0, limits.stuffing_failures, "failed_logins_10min"),
+            (1, limits.stuffing_failures_hour, "failed_logins_1h"),
+        ] {
+            let window = if rule == 0 {
+                &mut self.stuffing
+            } else {
+                &mut self.stuffing_hour
+            };
+            let span = window.span;
+            let mut w = None;
+            for (key, n) in names {
+                w = Some(window.push(actor, now, *key, *n));
+            }
+            let Some(w) = w else { return };
+            if w.weight >= u64::from(failures_limit)
+                && w.distinct() >= u64::from(limits.stuffing_accounts)
+            {
+                let (failures, accounts) = (w.weight as f64, w.distinct() as f64);
+                if let Some(held) = once(w, now, span) {
+                    out.push(AttackAlert {
+                        kind: AttackKind::CredentialStuffing,
+                        time: now,
+                        actor: actor.clone(),
+                        user: None,
+                        address: Some(address.to_owned()),
+                        reasons: vec![(label, failures), ("accounts_tried", accounts)],
+                        suppressed_before: held,
+                    });
+                    self.stuffing_addresses.push(actor, now, 0, 1);
+                    // One alert for one attack: the hour's window counts it as fired too.
+                    if rule == 0
+                        && let Some(h) = self.stuffing_hour.window(actor, now)
+                    {
+                        h.fired = Some(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Failed sign-ins the node counted into an `anonymous-requests` summary instead of
+    /// recording them one by one: `failures` from `address` at `time`, naming `accounts`
+    /// different accounts and `unknown` names that matched none.
+    pub fn summarised_logins(
+        &mut self,
+        time: i64,
+        address: &str,
+        failures: u32,
+        accounts: u32,
+        unknown: u32,
+    ) -> Vec<AttackAlert> {
+        let mut out = Vec::new();
+        let address = address_key(address);
+        let actor = Actor::Address(address.clone());
+        let names = (accounts + unknown).clamp(1, 1_000);
+        let each = (failures / names).max(1);
+        let keys: Vec<(u64, u32)> = (0..names)
+            .map(|i| {
+                self.unknown_names += 1;
+                (self.key(("summary", self.unknown_names, i)), each)
+            })
+            .collect();
+        self.stuffing_seen(&actor, &address, time, &keys, &mut out);
+        out
+    }
+
+    /// Forgets what the rules hold about `actor` (its response was undone by a person: the
+    /// next attack from it is new).
+    pub fn forget(&mut self, actor: &Actor) {
+        for rule in [
+            &mut self.stuffing,
+            &mut self.stuffing_hour,
+            &mut self.stuffing_addresses,
+            &mut self.spraying,
+            &mut self.scanning,
+            &mut self.bulk,
+            &mut self.deletes,
+            &mut self.changes,
+            &mut self.peers,
+            &mut self.denied,
+        ] {
+            rule.windows.remove(actor);
+        }
     }
 
     fn login(&mut self, e: &Event<'_>, out: &mut Vec<AttackAlert>) {
         let Some(address) = e.address.as_deref() else {
             return;
         };
-        let actor = Actor::Address(address.to_owned());
+        let address = &address_key(address);
+        let actor = Actor::Address(address.clone());
         let now = e.time;
         if e.outcome == Outcome::Allowed {
             // A success from an address caught stuffing in the last hour: the account may be
-            // one whose password was on the list.
+            // one whose password was on the list — unless the sign-in proved a second factor
+            // (`why` names the assurance level the node recorded), which a list cannot give.
+            if matches!(e.why.as_deref(), Some("aal2" | "aal3")) {
+                return;
+            }
             let span = self.stuffing_addresses.span;
             if let Some(w) = self.stuffing_addresses.window(&actor, now)
                 && let Some(&(last, _, _)) = w.items.back()
@@ -449,7 +573,7 @@ impl Attacks {
                     time: now,
                     actor: Actor::User(e.user.to_string()),
                     user: Some(e.user.to_string()),
-                    address: Some(address.to_owned()),
+                    address: Some(address.clone()),
                     reasons: vec![("minutes_since_stuffing", ((now - last) / 60) as f64)],
                     suppressed_before: held,
                 });
@@ -466,26 +590,7 @@ impl Attacks {
             self.key(("unknown", self.unknown_names))
         };
         let limits = self.limits;
-        // Credential stuffing: many failures from one address across many names.
-        let span = self.stuffing.span;
-        let w = self.stuffing.push(&actor, now, account, 1);
-        if w.weight >= u64::from(limits.stuffing_failures)
-            && w.distinct() >= u64::from(limits.stuffing_accounts)
-        {
-            let (failures, names) = (w.weight as f64, w.distinct() as f64);
-            if let Some(held) = once(w, now, span) {
-                out.push(AttackAlert {
-                    kind: AttackKind::CredentialStuffing,
-                    time: now,
-                    actor: actor.clone(),
-                    user: None,
-                    address: Some(address.to_owned()),
-                    reasons: vec![("failed_logins_10min", failures), ("accounts_tried", names)],
-                    suppressed_before: held,
-                });
-                self.stuffing_addresses.push(&actor, now, 0, 1);
-            }
-        }
+        self.stuffing_seen(&actor, address, now, &[(account, 1)], out);
         // Spraying: only failures against real accounts (a password was tried on them).
         if !known || e.why.as_deref().is_some_and(|w| w.starts_with("throttled")) {
             return;
@@ -556,7 +661,7 @@ impl Attacks {
         // who it says: such refusals count against the address that delivered them.
         let actor = match (e.user.is_empty(), e.address.as_deref()) {
             (false, _) => Actor::Peer(e.user.to_string()),
-            (true, Some(a)) => Actor::Address(a.to_owned()),
+            (true, Some(a)) => Actor::Address(address_key(a)),
             (true, None) => Actor::Node,
         };
         let replay = e.why.as_deref() == Some("replay");
@@ -592,14 +697,16 @@ impl Attacks {
         let anonymous = e.user.is_empty();
         let actor = if anonymous {
             match e.address.as_deref() {
-                Some(a) => Actor::Address(a.to_owned()),
+                Some(a) => Actor::Address(address_key(a)),
                 None => return,
             }
         } else {
             Actor::User(e.user.to_string())
         };
         let not_found = e.status == Some(404) || e.status == Some(410);
-        let refused = e.outcome == Outcome::Denied && !not_found;
+        // Refused: 401 or 403 (a 400 is a mistake, not a probe); any denial when the status
+        // is not known (replay files).
+        let refused = e.outcome == Outcome::Denied && e.status.is_none_or(|s| s == 401 || s == 403);
         // Id scanning: different ids asked for that were not there or not allowed.
         if (not_found || refused)
             && let Some(target) = e.target.as_deref().or(e.patient.as_deref())
@@ -675,56 +782,88 @@ impl Attacks {
             }
         }
         // Mass deletion and mass modification: many in minutes, well above the actor's usual.
-        if matches!(e.action, Action::Update | Action::Delete) {
-            let key = self.key((e.target.as_deref(), now));
-            let span = self.changes.span;
-            let (changes, usual_changes) = {
-                let w = self.changes.push(&actor, now, key, 1);
-                let weight = w.weight;
-                (weight, w.usual(now, span, weight))
-            };
-            let user = Some(e.user.to_string());
-            let address = e.address.as_deref().map(str::to_owned);
-            if e.action == Action::Delete {
-                let w = self.deletes.push(&actor, now, key, 1);
-                let deletes = w.weight;
-                let usual = w.usual(now, span, deletes);
-                if deletes >= u64::from(limits.mass_deletes)
-                    && deletes as f64 >= CHANGE_SURGE * usual
-                    && let Some(held) = once(w, now, span)
-                {
-                    out.push(AttackAlert {
-                        kind: AttackKind::MassDeletion,
-                        time: now,
-                        actor: actor.clone(),
-                        user: user.clone(),
-                        address: address.clone(),
-                        reasons: vec![
-                            ("deletions_10min", deletes as f64),
-                            ("usual_peak", usual.round()),
-                        ],
-                        suppressed_before: held,
-                    });
-                }
-            }
-            if changes >= u64::from(limits.mass_changes)
-                && changes as f64 >= CHANGE_SURGE * usual_changes
-                && let Some(w) = self.changes.window(&actor, now)
+        match e.action {
+            Action::Delete => self.changed(&actor, e, 1, 0, out),
+            Action::Update => self.changed(&actor, e, 0, 1, out),
+            _ => {}
+        }
+    }
+
+    /// Changes a Bundle made: `deletes` deletions and `updates` updates by `e`'s user at
+    /// `e`'s time (the node counts a batch's or transaction's successful entries).
+    pub fn bundle_changes(
+        &mut self,
+        e: &Event<'_>,
+        deletes: u32,
+        updates: u32,
+    ) -> Vec<AttackAlert> {
+        let mut out = Vec::new();
+        if !e.user.is_empty() && deletes + updates > 0 {
+            let actor = Actor::User(e.user.to_string());
+            self.changed(&actor, e, deletes, updates, &mut out);
+        }
+        out
+    }
+
+    fn changed(
+        &mut self,
+        actor: &Actor,
+        e: &Event<'_>,
+        deletes: u32,
+        updates: u32,
+        out: &mut Vec<AttackAlert>,
+    ) {
+        let now = e.time;
+        let limits = self.limits;
+        self.unknown_names += 1;
+        let key = self.key((e.target.as_deref(), now, self.unknown_names));
+        let span = self.changes.span;
+        let (changes, usual_changes) = {
+            let w = self.changes.push(actor, now, key, deletes + updates);
+            let weight = w.weight;
+            (weight, w.usual(now, span, weight))
+        };
+        let user = Some(e.user.to_string());
+        let address = e.address.as_deref().map(str::to_owned);
+        if deletes > 0 {
+            let w = self.deletes.push(actor, now, key, deletes);
+            let deleted = w.weight;
+            let usual = w.usual(now, span, deleted);
+            if deleted >= u64::from(limits.mass_deletes)
+                && deleted as f64 >= CHANGE_SURGE * usual
                 && let Some(held) = once(w, now, span)
             {
                 out.push(AttackAlert {
-                    kind: AttackKind::MassModification,
+                    kind: AttackKind::MassDeletion,
                     time: now,
-                    actor,
-                    user,
-                    address,
+                    actor: actor.clone(),
+                    user: user.clone(),
+                    address: address.clone(),
                     reasons: vec![
-                        ("changes_10min", changes as f64),
-                        ("usual_peak", usual_changes.round()),
+                        ("deletions_10min", deleted as f64),
+                        ("usual_peak", usual.round()),
                     ],
                     suppressed_before: held,
                 });
             }
+        }
+        if changes >= u64::from(limits.mass_changes)
+            && changes as f64 >= CHANGE_SURGE * usual_changes
+            && let Some(w) = self.changes.window(actor, now)
+            && let Some(held) = once(w, now, span)
+        {
+            out.push(AttackAlert {
+                kind: AttackKind::MassModification,
+                time: now,
+                actor: actor.clone(),
+                user,
+                address,
+                reasons: vec![
+                    ("changes_10min", changes as f64),
+                    ("usual_peak", usual_changes.round()),
+                ],
+                suppressed_before: held,
+            });
         }
     }
 
@@ -1036,6 +1175,83 @@ mod tests {
         }
         assert!(a.stuffing.windows.len() <= MAX_ACTORS);
         assert!(a.stuffing.windows.len() > MAX_ACTORS / 2);
+    }
+
+    #[test]
+    fn paced_stuffing_a_few_accounts_ipv6_rotation_and_summaries_are_caught() {
+        // 19 failures every 10 minutes stays under the 10-minute rule; the hour's catches it.
+        let mut a = Attacks::default();
+        let found = run(
+            &mut a,
+            (0..60).map(|i| failed_login(T0 + i * 32, &format!("usr_{}", i % 4), "198.51.100.9")),
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].reasons[0].0, "failed_logins_1h");
+        // Four real accounts, five passwords each, in minutes.
+        let mut a = Attacks::default();
+        let found = run(
+            &mut a,
+            (0..20).map(|i| failed_login(T0 + i * 10, &format!("usr_{}", i % 4), "198.51.100.9")),
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        // Rotating addresses within one IPv6 /64 is one actor.
+        let mut a = Attacks::default();
+        let found = run(
+            &mut a,
+            (0..20).map(|i| failed_login(T0 + i, "", &format!("2001:db8:7:9::{:x}", i + 1))),
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].actor, Actor::Address("2001:db8:7:9::/64".into()));
+        assert_eq!(address_key("::ffff:192.0.2.1"), "192.0.2.1");
+        // Failures the node only counted into a summary.
+        let mut a = Attacks::default();
+        let found = a.summarised_logins(T0, "198.51.100.4", 40, 2, 30);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].kind, AttackKind::CredentialStuffing);
+    }
+
+    #[test]
+    fn a_second_factor_sign_in_after_stuffing_is_not_a_stuffed_login() {
+        let mut a = Attacks::default();
+        run(
+            &mut a,
+            (0..25).map(|i| failed_login(T0 + i, "", "198.51.100.7")),
+        );
+        let mut ok = event(T0 + 60, "usr_6", Action::Login, Outcome::Allowed);
+        ok.address = Some("198.51.100.7".into());
+        ok.why = Some("aal2".into());
+        assert!(a.observe(&ok).is_empty());
+        ok.why = Some("aal1".into());
+        assert_eq!(a.observe(&ok)[0].kind, AttackKind::LoginAfterStuffing);
+    }
+
+    #[test]
+    fn bad_requests_are_not_refusals_and_bundles_count_their_changes() {
+        let mut a = Attacks::default();
+        let found = run(
+            &mut a,
+            (0..50).map(|i| {
+                let mut e = event(T0 + i, "usr_po", Action::Read, Outcome::Denied);
+                e.status = Some(400);
+                e
+            }),
+        );
+        assert!(found.is_empty(), "{found:?}");
+        let e = event(T0, "tok_w", Action::Read, Outcome::Allowed);
+        assert!(a.bundle_changes(&e, 20, 0).is_empty());
+        let found = a.bundle_changes(&e, 10, 0);
+        assert_eq!(found[0].kind, AttackKind::MassDeletion);
+        assert_eq!(found[0].reasons[0], ("deletions_10min", 30.0));
+        // Undone by a person: forgotten, so the next burst is an attack again.
+        assert!(
+            a.bundle_changes(&e, 30, 0).is_empty(),
+            "held back in the window"
+        );
+        a.forget(&Actor::User("tok_w".into()));
+        assert_eq!(
+            a.bundle_changes(&e, 30, 0)[0].kind,
+            AttackKind::MassDeletion
+        );
     }
 
     #[test]

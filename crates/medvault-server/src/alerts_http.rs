@@ -54,6 +54,45 @@ fn may_undo(who: &Authenticated) -> Result<(), ApiError> {
     }
 }
 
+/// `body` as JSON, never cached (alerts name people and patients).
+fn private_json(body: &serde_json::Value) -> Response {
+    let mut resp = Json(body).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+fn forbidden(message: &str) -> ApiError {
+    ApiError::new(
+        medvault_node::error::ErrorKind::Forbidden,
+        medvault_node::error::IssueCode::Forbidden,
+        message,
+    )
+}
+
+fn conflict(message: &str) -> ApiError {
+    ApiError::new(
+        medvault_node::error::ErrorKind::Conflict,
+        medvault_node::error::IssueCode::Conflict,
+        message,
+    )
+}
+
+/// True if a response answers an insider (Sentinel) alert: those are the privacy officer's
+/// alone.
+fn insider_response(r: &medvault_store::ResponseRow) -> bool {
+    serde_json::from_str::<serde_json::Value>(&r.detail)
+        .ok()
+        .and_then(|d| {
+            d.get("alert_kind")
+                .and_then(|k| k.as_str())
+                .map(str::to_owned)
+        })
+        .is_none_or(|k| k == medvault_node::sentinel::ALERT_KIND)
+}
+
 /// An alert or response id from a path: the node's own ids only.
 fn id_of(id: Result<Path<String>, PathRejection>, prefix: &str) -> Result<String, ApiError> {
     let Path(id) = id.map_err(crate::error::path_rejected)?;
@@ -96,6 +135,13 @@ pub(crate) async fn list(
     // The role first: a refused caller learns nothing, not even the query's shape.
     privacy_officer(&who)?;
     let Query(q) = q.map_err(crate::error::query_rejected)?;
+    if let Some(kind) = &q.kind
+        && !["sentinel", "attack", "break-glass"].contains(&kind.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "kind is one of sentinel, attack, break-glass",
+        ));
+    }
     let count = q.count.unwrap_or(50);
     if !(1..=alerts::MAX_PAGE).contains(&count) {
         return Err(ApiError::bad_request(format!(
@@ -128,7 +174,7 @@ pub(crate) async fn list(
         )
     })
     .await?;
-    Ok(Json(json!({"alerts": list, "next": next})).into_response())
+    Ok(private_json(&json!({"alerts": list, "next": next})))
 }
 
 /// `GET /admin/alerts/{id}`: the alert, the responses it set off, and the access timelines of
@@ -141,7 +187,7 @@ pub(crate) async fn read(
     privacy_officer(&who)?;
     let id = id_of(id, "alr_")?;
     match on_node(&state, move |node| alerts::detail(node, &id)).await? {
-        Some(a) => Ok(Json(a).into_response()),
+        Some(a) => Ok(private_json(&a)),
         None => Err(ApiError::not_found("no alert with that id")),
     }
 }
@@ -172,6 +218,14 @@ pub(crate) async fn verdict(
     let verdict = Verdict::parse(&req.verdict)
         .ok_or_else(|| ApiError::bad_request("verdict is `confirmed` or `dismissed`"))?;
     let reason = req.reason.trim().to_owned();
+    if reason
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(ApiError::bad_request(
+            "the reason is text: no control characters",
+        ));
+    }
     if reason.is_empty() || reason.len() > alerts::MAX_REASON {
         return Err(ApiError::bad_request(format!(
             "give a reason of 1 to {} bytes",
@@ -182,23 +236,38 @@ pub(crate) async fn verdict(
     let alert = id.clone();
     let done = on_node(&state, move |node| {
         let Some(a) = node.store.alert(&alert)? else {
-            return Ok(None);
+            return Ok(Judged::Missing);
         };
-        if a.verdict.is_some() {
-            return Ok(Some(false));
+        if a.user_id == by {
+            return Ok(Judged::Own);
         }
-        alerts::judge(node, &alert, &by, verdict, &reason).map(Some)
+        if a.verdict.is_some() {
+            return Ok(Judged::Already);
+        }
+        Ok(if alerts::judge(node, &alert, &by, verdict, &reason)? {
+            Judged::Done
+        } else {
+            Judged::Already
+        })
     })
     .await?;
     match done {
-        None => Err(ApiError::not_found("no alert with that id")),
-        Some(false) => Err(ApiError::new(
-            medvault_node::error::ErrorKind::Conflict,
-            medvault_node::error::IssueCode::Conflict,
-            "this alert already has a verdict",
+        Judged::Missing => Err(ApiError::not_found("no alert with that id")),
+        Judged::Own => Err(forbidden(
+            "an alert about yourself is judged by another privacy officer",
         )),
-        Some(true) => Ok(Json(json!({"alert": id, "verdict": verdict.name()})).into_response()),
+        Judged::Already => Err(conflict("this alert already has a verdict")),
+        Judged::Done => Ok(private_json(
+            &json!({"alert": id, "verdict": verdict.name()}),
+        )),
     }
+}
+
+enum Judged {
+    Missing,
+    Own,
+    Already,
+    Done,
 }
 
 /// `GET /admin/sentinel/thresholds`: the configured threshold and each role's as the verdicts
@@ -209,7 +278,7 @@ pub(crate) async fn thresholds(
 ) -> Result<Response, ApiError> {
     privacy_officer(&who)?;
     let Some(base) = state.config.sentinel_threshold else {
-        return Ok(Json(json!({"threshold": null, "roles": []})).into_response());
+        return Ok(private_json(&json!({"threshold": null, "roles": []})));
     };
     let roles = on_node(&state, move |node| alerts::thresholds(node, base)).await?;
     let roles: Vec<_> = roles
@@ -218,7 +287,7 @@ pub(crate) async fn thresholds(
             json!({"role": role, "threshold": (t * 1e4).round() / 1e4, "confirmed": c, "dismissed": d})
         })
         .collect();
-    Ok(Json(json!({"threshold": base, "roles": roles})).into_response())
+    Ok(private_json(&json!({"threshold": base, "roles": roles})))
 }
 
 /// `GET /admin/responses` query.
@@ -262,6 +331,13 @@ pub(crate) async fn responses(
         )?)
     })
     .await?;
+    // Admins see the responses to attacks; insider alerts are the privacy officer's. (A page
+    // may then hold fewer than `count`; `next` still pages on.)
+    let officer = who.role == Role::PrivacyOfficer;
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| officer || !insider_response(r))
+        .collect();
     let more = rows.len() > count as usize;
     let rows = &rows[..rows.len().min(count as usize)];
     let next = more
@@ -271,7 +347,15 @@ pub(crate) async fn responses(
         .iter()
         .map(medvault_node::responses::response_json)
         .collect();
-    Ok(Json(json!({"responses": list, "next": next})).into_response())
+    Ok(private_json(&json!({"responses": list, "next": next})))
+}
+
+enum Undo {
+    Missing,
+    Own,
+    Webhook,
+    Already,
+    Done,
 }
 
 /// `POST /admin/responses/{id}/undo`: takes the response out of force (a lock's account is
@@ -285,23 +369,40 @@ pub(crate) async fn undo(
     let id = id_of(id, "rsp_")?;
     let enforcement = std::sync::Arc::clone(&state.enforcement);
     let (rid, by) = (id.clone(), who.token_id.clone());
+    let officer = who.role == Role::PrivacyOfficer;
     let done = on_node(&state, move |node| {
         let Some(r) = node.store.response(&rid)? else {
-            return Ok(None);
+            return Ok(Undo::Missing);
         };
-        if r.undone_micros.is_some() {
-            return Ok(Some(false));
+        if !officer && insider_response(&r) {
+            // An insider alert's response is not an admin's to see or undo.
+            return Ok(Undo::Missing);
         }
-        medvault_node::responses::undo(node, &enforcement, &rid, &by).map(Some)
+        if r.subject == format!("user:{by}") {
+            return Ok(Undo::Own);
+        }
+        if r.action == "webhook" {
+            return Ok(Undo::Webhook);
+        }
+        if r.undone_micros.is_some() {
+            return Ok(Undo::Already);
+        }
+        Ok(
+            if medvault_node::responses::undo(node, &enforcement, &rid, &by)? {
+                Undo::Done
+            } else {
+                Undo::Already
+            },
+        )
     })
     .await?;
     match done {
-        None => Err(ApiError::not_found("no response with that id")),
-        Some(false) => Err(ApiError::new(
-            medvault_node::error::ErrorKind::Conflict,
-            medvault_node::error::IssueCode::Conflict,
-            "this response was undone already",
+        Undo::Missing => Err(ApiError::not_found("no response with that id")),
+        Undo::Own => Err(forbidden(
+            "a response to your own actions is undone by someone else",
         )),
-        Some(true) => Ok(Json(json!({"undone": id})).into_response()),
+        Undo::Webhook => Err(conflict("a webhook call was made: it cannot be undone")),
+        Undo::Already => Err(conflict("this response was undone already")),
+        Undo::Done => Ok(private_json(&json!({"undone": id}))),
     }
 }

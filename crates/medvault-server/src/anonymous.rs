@@ -61,6 +61,20 @@ pub struct Pending {
     by_status: BTreeMap<u16, u64>,
     by_credential: HashMap<String, u64>,
     other_credentials: u64,
+    /// Failed sign-ins by client address: how many, the accounts they named (at most
+    /// [`LOGIN_ACCOUNTS`] kept apart), names that matched no account (Sentinel's stuffing rules
+    /// read these when the sign-ins were not recorded one by one).
+    failed_logins: HashMap<IpAddr, FailedLogins>,
+}
+
+/// Accounts kept apart per address in a summary's failed sign-ins.
+const LOGIN_ACCOUNTS: usize = 1_000;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct FailedLogins {
+    count: u64,
+    accounts: std::collections::HashSet<String>,
+    unknown: u64,
 }
 
 impl Pending {
@@ -87,10 +101,36 @@ impl Pending {
         }
     }
 
+    /// Counts a failed sign-in from `ip` naming `account` (none: the name matched none).
+    fn add_login(&mut self, ip: IpAddr, account: Option<&str>) {
+        if !self.failed_logins.contains_key(&ip) && self.failed_logins.len() >= MAX_SUMMARY_KEYS {
+            return;
+        }
+        let f = self.failed_logins.entry(ip).or_default();
+        f.count += 1;
+        match account {
+            Some(a) if f.accounts.len() < LOGIN_ACCOUNTS => {
+                f.accounts.insert(a.to_owned());
+            }
+            Some(_) => {}
+            None => f.unknown += 1,
+        }
+    }
+
     /// Adds `other`'s counts to these (a summary that could not be written).
     fn merge(&mut self, other: Self) {
         if other.total == 0 {
             return;
+        }
+        for (ip, f) in other.failed_logins {
+            let mine = self.failed_logins.entry(ip).or_default();
+            mine.count += f.count;
+            mine.unknown += f.unknown;
+            for a in f.accounts {
+                if mine.accounts.len() < LOGIN_ACCOUNTS {
+                    mine.accounts.insert(a);
+                }
+            }
         }
         if self.total == 0 || other.first_micros < self.first_micros {
             self.first_micros = other.first_micros;
@@ -118,6 +158,16 @@ impl Pending {
             .map(|(s, n)| (s.to_string(), json!(n)))
             .collect();
         let (addresses, more_addresses) = top(&self.by_address, |ip| ip.to_string());
+        let mut logins: Vec<(&IpAddr, &FailedLogins)> = self.failed_logins.iter().collect();
+        logins.sort_by(|a, b| b.1.count.cmp(&a.1.count).then_with(|| a.0.cmp(b.0)));
+        let logins: Vec<Value> = logins
+            .into_iter()
+            .take(LISTED)
+            .map(|(ip, f)| {
+                json!({"id": ip.to_string(), "count": f.count, "accounts": f.accounts.len(),
+                       "unknown_names": f.unknown})
+            })
+            .collect();
         let (credentials, more_credentials) = top(&self.by_credential, Clone::clone);
         let outcome = if self.by_status.keys().any(|s| *s >= 400) {
             AuditOutcome::Denied
@@ -140,6 +190,7 @@ impl Pending {
             more_addresses + self.other_addresses,
         )
         .with("credentials", credentials)
+        .with("failed_logins", logins)
         .with(
             "requests_with_other_credentials",
             more_credentials + self.other_credentials,
@@ -218,7 +269,14 @@ impl AnonymousTraffic {
 
     /// Counts an anonymous request from `ip` that was answered `status` (naming `credential`,
     /// if it presented a known one), and says whether it gets its own record.
-    pub fn count(&self, ip: IpAddr, status: u16, credential: Option<&str>, now: i64) -> Record {
+    pub fn count(
+        &self,
+        ip: IpAddr,
+        status: u16,
+        credential: Option<&str>,
+        sign_in_failed: bool,
+        now: i64,
+    ) -> Record {
         let Ok(mut s) = self.0.lock() else {
             // A poisoned lock: record it (fail towards the audit trail).
             return Record::Individually;
@@ -237,6 +295,9 @@ impl AnonymousTraffic {
             return Record::Individually;
         }
         s.pending.add(ip, status, credential, now, 1);
+        if sign_in_failed {
+            s.pending.add_login(ip, credential);
+        }
         Record::Counted
     }
 
@@ -301,7 +362,7 @@ mod tests {
             let from = if i % 2 == 0 { "192.0.2.1" } else { "192.0.2.2" };
             let status = if i < 90 { 404 } else { 401 };
             let cred = (i >= 95).then_some("tok_x");
-            if t.count(ip(from), status, cred, i64::from(i)) == Record::Individually {
+            if t.count(ip(from), status, cred, false, i64::from(i)) == Record::Individually {
                 individually += 1;
             }
         }
@@ -324,7 +385,7 @@ mod tests {
         assert_eq!(d["type"], "summary");
         // A summary that failed is counted into the next one.
         t.put_back(p);
-        t.count(ip("192.0.2.9"), 404, None, 200);
+        t.count(ip("192.0.2.9"), 404, None, false, 200);
         assert_eq!(t.take().unwrap().total(), 71);
     }
 

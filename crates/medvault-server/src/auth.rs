@@ -62,9 +62,10 @@ impl FromRequestParts<AppState> for Authenticated {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let slot = parts.extensions.get::<AgentSlot>();
-        let who = authenticate(parts, state, slot)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        let who = match authenticate(parts, state, slot).await {
+            Ok(who) => who,
+            Err(e) => return Err(held_or(parts, state, e)),
+        };
         // Sentinel's responses in force (a lock, ended sessions, a step-up, a throttle).
         let now = state.node.clock.now_micros();
         if let Err(refused) = state.enforcement.admit(&who, now) {
@@ -81,6 +82,24 @@ impl FromRequestParts<AppState> for Authenticated {
         }
         Ok(who)
     }
+}
+
+/// The answer to a credential that did not authenticate: counted like a request without one,
+/// so an address over its anonymous limit or under a Sentinel throttle gets 429 whatever it
+/// puts in its `Authorization` header.
+fn held_or(parts: &Parts, state: &AppState, e: ApiError) -> Response {
+    let client = crate::client_addr::of(&parts.extensions);
+    if state
+        .anonymous
+        .over_limit(client, state.config.anonymous_requests_per_minute)
+    {
+        return crate::http::anonymous_throttled(parts.uri.path());
+    }
+    let now = state.node.clock.now_micros();
+    if let Err(refused) = state.enforcement.admit_address(&client.to_string(), now) {
+        return sentinel_refusal(refused);
+    }
+    e.into_response()
 }
 
 /// A Sentinel response's refusal as an answer: 401 asking for a fresh sign-in with a second

@@ -529,6 +529,23 @@ async fn dispatch(
                             x.pointer("/request/method").and_then(Value::as_str) == Some("GET")
                         })
                     });
+            // Each entry's method, to count the changes that succeeded for the access log
+            // (Sentinel counts a Bundle's deletions like single ones).
+            let methods: Vec<String> = json
+                .get("entry")
+                .and_then(Value::as_array)
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .map(|e| {
+                            e.pointer("/request/method")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .to_owned()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             let run = move || {
                 let out = bundle::process(store.as_ref(), &ctx, json, &b);
                 finish(ctx.guard().map(AsRef::as_ref));
@@ -545,7 +562,14 @@ async fn dispatch(
                 crate::subscription_http::bundle_locations(&out),
             )
             .await;
-            Ok(fhir_json(StatusCode::OK, &out))
+            let mut resp = fhir_json(StatusCode::OK, &out);
+            let changed = bundle_changes(&methods, &out);
+            if changed != (0, 0) {
+                resp.extensions_mut().insert(AuditExtra(
+                    serde_json::json!({"bundle": {"deletes": changed.0, "updates": changed.1}}),
+                ));
+            }
+            Ok(resp)
         }
         (Method::GET, Target::Type(rt)) => {
             ops::served_type(&ctx.fhir, &rt)?;
@@ -1279,15 +1303,23 @@ pub(crate) async fn observe(
         .get::<axum::extract::ConnectInfo<crate::peer::PeerConn>>()
         .is_some();
     let purpose = purpose_of_use(req.headers());
+    // A request without a credential to check. An Authorization header on a sign-in is not a
+    // credential (the sign-in checks none), so it cannot buy its way past the limits; one that
+    // turns out invalid elsewhere is held by the authenticator (`crate::auth`).
+    let no_credential = !req.headers().contains_key(header::AUTHORIZATION)
+        || matches!(
+            uri.path(),
+            "/auth/login" | "/auth/passkey/login/start" | "/auth/passkey/login/finish"
+        );
     let throttled = audited
         && !peer_node
-        && !req.headers().contains_key(header::AUTHORIZATION)
+        && no_credential
         && state
             .anonymous
             .over_limit(client, state.config.anonymous_requests_per_minute);
     // A Sentinel throttle on the address holds its requests without credentials (sign-ins,
     // probes); requests with credentials are checked with the credential.
-    let held = (audited && !peer_node && !req.headers().contains_key(header::AUTHORIZATION))
+    let held = (audited && !peer_node && no_credential)
         .then(|| {
             state
                 .enforcement
@@ -1372,6 +1404,27 @@ fn anonymity(
     Anonymity::Anonymous(named.or_else(|| refused.map(|r| r.id.clone())))
 }
 
+/// The deletions and the updates (PUT, PATCH) among a Bundle's entries that succeeded (a 2xx
+/// status in the response's entry at the same place).
+fn bundle_changes(methods: &[String], out: &Value) -> (u64, u64) {
+    let Some(entries) = out.get("entry").and_then(Value::as_array) else {
+        return (0, 0);
+    };
+    let mut changed = (0, 0);
+    for (method, entry) in methods.iter().zip(entries) {
+        let ok = entry
+            .pointer("/response/status")
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.starts_with('2'));
+        match method.as_str() {
+            "DELETE" if ok => changed.0 += 1,
+            "PUT" | "PATCH" if ok => changed.1 += 1,
+            _ => {}
+        }
+    }
+    changed
+}
+
 /// Counts an anonymous request (see [`crate::anonymous`]); true if it goes into a summary
 /// record instead of getting its own leaf.
 fn counted_together(
@@ -1385,10 +1438,19 @@ fn counted_together(
         Anonymity::Identified => false,
         Anonymity::Anonymous(credential) => {
             let now = state.node.clock.now_micros();
-            state
-                .anonymous
-                .count(client, resp.status().as_u16(), credential.as_deref(), now)
-                == crate::anonymous::Record::Counted
+            // A failed sign-in: an `/auth/…` answer naming what happened, with an error.
+            let sign_in_failed = resp.status().as_u16() >= 400
+                && resp
+                    .extensions()
+                    .get::<crate::respond::AuthNote>()
+                    .is_some_and(|n| n.event != "malformed");
+            state.anonymous.count(
+                client,
+                resp.status().as_u16(),
+                credential.as_deref(),
+                sign_in_failed,
+                now,
+            ) == crate::anonymous::Record::Counted
         }
     }
 }
@@ -1412,7 +1474,7 @@ fn note_client(record: &mut AuditRecord, client: std::net::IpAddr, slot: &crate:
 
 /// 429 for requests without credentials from an address over its anonymous budget
 /// (RFC 6749 JSON on the OAuth2 endpoints, an `OperationOutcome` elsewhere).
-fn anonymous_throttled(path: &str) -> Response {
+pub(crate) fn anonymous_throttled(path: &str) -> Response {
     const WHY: &str =
         "too many requests without valid credentials from this address: wait a minute";
     let mut resp = if matches!(path, "/auth/token" | "/auth/introspect" | "/auth/revoke") {

@@ -34,6 +34,25 @@ pub(crate) async fn login(State(state): State<AppState>, req: axum::extract::Req
     // The client's address (a trusted proxy's forwarding header counts; without a socket,
     // tests driving the router directly, loopback).
     let ip = crate::client_addr::of(req.extensions());
+    // JSON only: a form or text/plain POST from another site's page (which needs no CORS
+    // preflight) must not be able to spend an account's or an address's sign-in attempts.
+    let json = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !json {
+        return ApiError::new(
+            ErrorKind::UnsupportedMediaType,
+            IssueCode::NotSupported,
+            "send the sign-in as Content-Type: application/json",
+        )
+        .into_response();
+    }
     let Ok(body) = axum::body::to_bytes(req.into_body(), 64 * 1024).await else {
         return ApiError::new(
             ErrorKind::TooLarge,
@@ -65,10 +84,7 @@ pub(crate) async fn login(State(state): State<AppState>, req: axum::extract::Req
     };
     let user = attempt.user;
     match attempt.outcome {
-        Ok(ok) => {
-            let body = crate::respond::session_json(&ok);
-            secret_json(&body, user, "login")
-        }
+        Ok(ok) => crate::respond::signed_in(&ok, user, "login"),
         Err(Failed::Login(f)) => with_note(
             ApiError::from(login::login_error(has_code)).into_response(),
             user,

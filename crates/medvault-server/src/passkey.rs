@@ -11,12 +11,12 @@ use medvault_node::identity::Authenticated;
 use medvault_node::identity::login::LoginFailure;
 use medvault_node::identity::passkeys::{self, PublicKeyCredential, RegisterPublicKeyCredential};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::AppState;
 use crate::error::ApiError;
 use crate::identity::{session_token, throttled};
-use crate::respond::{blocking, page_response, secret_json, with_note};
+use crate::respond::{blocking, page_response, with_note};
 
 /// `POST /auth/passkey/register/start`: options for `navigator.credentials.create`. A user with
 /// no second factor yet may register from a password-only session; otherwise the session must
@@ -150,8 +150,7 @@ pub(crate) async fn login_finish(
     .await;
     match out {
         Ok(Ok(ok)) => {
-            let body: Value = crate::respond::session_json(&ok);
-            secret_json(&body, Some(ok.session.user_id.clone()), "passkey-login")
+            crate::respond::signed_in(&ok, Some(ok.session.user_id.clone()), "passkey-login")
         }
         Ok(Err((e, user))) => with_note(
             ApiError::from(e).into_response(),

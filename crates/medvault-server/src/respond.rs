@@ -62,6 +62,22 @@ pub(crate) struct AuthNote {
     pub(crate) user: Option<String>,
     pub(crate) client: Option<String>,
     pub(crate) event: &'static str,
+    /// A sign-in's assurance level (Sentinel tells a stuffed password from a second factor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) aal: Option<u8>,
+}
+
+/// A sign-in's answer: the session (a secret) and, for the access log, its assurance level.
+pub(crate) fn signed_in(
+    ok: &medvault_node::identity::login::LoginOk,
+    user: Option<String>,
+    event: &'static str,
+) -> Response {
+    let mut resp = secret_json(&session_json(ok), user, event);
+    if let Some(note) = resp.extensions_mut().get_mut::<AuthNote>() {
+        note.aal = Some(ok.session.aal.level());
+    }
+    resp
 }
 
 /// The answer to a sign-in that opened a session (password or passkey): the token, shown once,
@@ -103,6 +119,7 @@ pub(crate) fn with_app_note(
         user,
         client: client.into(),
         event,
+        aal: None,
     });
     resp
 }

@@ -64,6 +64,16 @@ fn credential_stuffing_is_alerted_throttled_and_the_throttle_undone() {
     let po = s.person("p.officer", "privacy-officer");
     // Signed in before the attack (which spends this address's sign-ins for the minute).
     let doc = s.person("dr.who", "clinician");
+    // A sign-in another site's page could send (no CORS preflight) is refused outright.
+    let st = s
+        .anonymous(reqwest::Method::POST, "/auth/login")
+        .header("content-type", "text/plain")
+        .body(r#"{"username":"dr.who","password":"x"}"#)
+        .send()
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(st, 415);
     for i in 0..25 {
         let (st, _) = s.post_json(
             "/auth/login",
@@ -118,6 +128,23 @@ fn credential_stuffing_is_alerted_throttled_and_the_throttle_undone() {
         .filter(|(st, retry, why)| *st == 429 && *retry && why.contains("being throttled"))
         .count();
     assert!(held >= 5, "{held} of 25 held");
+    // A made-up credential does not buy a way past it, on a sign-in or anywhere else.
+    for (method, path) in [
+        (reqwest::Method::POST, "/auth/login"),
+        (reqwest::Method::GET, "/fhir/Patient"),
+    ] {
+        let st = s
+            .anonymous(method, path)
+            .header("authorization", "Bearer mvt_made_up")
+            .json(&json!({"username": "nobody", "password": "a guess from a list"}))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(st, 429, "{path}");
+    }
+    let (st, b) = s.get_as("/admin/alerts?kind=nonsense", &po.session, None);
+    assert_eq!(st, 400, "{b}");
     assert_eq!(s.status_as("/admin/alerts", &po.session), 200);
     // The officer undoes it: recorded once, and the address is free again.
     let rsp = response["id"].as_str().unwrap();
@@ -257,6 +284,10 @@ fn mass_deletion_locks_the_credential_within_a_second_and_undoing_frees_it() {
     assert_eq!(st, 409);
     for (body, why) in [
         (json!({"verdict": "maybe", "reason": "x"}), "verdict"),
+        (
+            json!({"verdict": "dismissed", "reason": "a\u{0}b"}),
+            "control",
+        ),
         (json!({"verdict": "dismissed", "reason": "  "}), "reason"),
         (json!({"verdict": "dismissed"}), "send"),
     ] {
@@ -280,6 +311,72 @@ fn mass_deletion_locks_the_credential_within_a_second_and_undoing_frees_it() {
             .all(|a| a["id"] != json!(id)),
         "{open}"
     );
+}
+
+#[test]
+fn deletions_in_bundles_and_conditional_deletes_count_too() {
+    let s = MEDVAULT.start();
+    let po = s.person("p.officer", "privacy-officer");
+    let patient = s.create(&medvault_testkit::fhir::patient("Wipe", "Again"));
+    let ids: Vec<String> = (0..60)
+        .map(|i| {
+            s.create(&medvault_testkit::fhir::observation(
+                &patient,
+                "8867-4",
+                &format!("2026-11-02T10:{i:02}:00Z"),
+            ))
+        })
+        .collect();
+    // One transaction of 26 deletions: one request, 26 deletions.
+    let token = s.new_token("admin");
+    let entries: Vec<Value> = ids[..26]
+        .iter()
+        .map(|id| json!({"request": {"method": "DELETE", "url": format!("Observation/{id}")}}))
+        .collect();
+    let (st, b) = s.call(
+        reqwest::Method::POST,
+        "/fhir",
+        &token,
+        None,
+        Some(&json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})),
+    );
+    assert_eq!(st, 200, "{b}");
+    let alert = wait_for_alert(&s, &po.session, "kind=attack", attack_of("mass-deletion"));
+    let first = alert["user"].as_str().unwrap().to_owned();
+    assert!(first.starts_with("tok_"), "{alert}");
+    assert_eq!(alert["detail"]["reasons"]["deletions_10min"], 26, "{alert}");
+    let started = Instant::now();
+    while s.status_as(&format!("/fhir/Patient/{patient}"), &token) != 401 {
+        assert!(started.elapsed() < Duration::from_secs(2), "not locked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Conditional deletes by another credential.
+    let other = s.new_token("admin");
+    for id in &ids[26..] {
+        let (st, b) = s.call(
+            reqwest::Method::DELETE,
+            &format!("/fhir/Observation?_id={id}"),
+            &other,
+            None,
+            None,
+        );
+        if st == 401 {
+            break;
+        }
+        assert!(st == 200 || st == 204, "{b}");
+    }
+    let second = wait_for_alert(&s, &po.session, "kind=attack", |a| {
+        a["detail"]["kind"] == "mass-deletion" && a["user"] != json!(first)
+    });
+    assert_eq!(
+        second["detail"]["reasons"]["deletions_10min"], 25,
+        "{second}"
+    );
+    let started = Instant::now();
+    while s.status_as(&format!("/fhir/Patient/{patient}"), &other) != 401 {
+        assert!(started.elapsed() < Duration::from_secs(2), "not locked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -323,6 +420,22 @@ fn an_insider_alert_asks_for_a_step_up_and_calls_the_webhook() {
     assert_eq!(got["alert"], alert["id"], "{got}");
     assert!(got["summary"]["reasons"].is_array(), "{got}");
     assert!(!got.to_string().contains("Famous"), "{got}");
+    // A webhook call was made: there is nothing to undo.
+    let (_, detail) = s.get_as(
+        &format!("/admin/alerts/{}", alert["id"].as_str().unwrap()),
+        &po.session,
+        None,
+    );
+    let webhook = detail["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "webhook")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(undo(&s, &po.session, &webhook), 409);
     // The next request must sign in again with a second factor (RFC 9470).
     let r = s
         .anonymous(reqwest::Method::GET, &format!("/fhir/Patient/{star}"))
