@@ -257,7 +257,8 @@ fn received(rec: &Value) -> Option<Event<'static>> {
         client: None,
         address: text(rec.get("agent").and_then(|a| a.get("address"))),
         status: None,
-        target: None,
+        // The bundle's id (a sender's retry repeats it).
+        target: text(share.get("id")),
         why: text(share.get("refused")),
     })
 }

@@ -202,8 +202,8 @@ pub struct Limits {
     pub mass_deletes: u32,
     /// Changes (updates and deletions) by one user in 10 minutes.
     pub mass_changes: u32,
-    /// Refused bundles from one peer (or unnamed sender address) in an hour; a replay of a
-    /// bundle whose signature verified fires at once.
+    /// Refused bundles from one peer (or unnamed sender address) in an hour (repeats of one
+    /// bundle, a sender's retries, count once).
     pub peer_refusals: u32,
     /// Refused requests by one user in 5 minutes.
     pub denied_user: u32,
@@ -667,12 +667,19 @@ impl Attacks {
         let replay = e.why.as_deref() == Some("replay");
         let bad_signature = e.why.as_deref() == Some("bad-signature");
         let now = e.time;
-        let key = self.key((now, e.why.as_deref(), self.unknown_names));
+        // A sender that lost the answer delivers the same bundle again and gets the first
+        // receipt (a replay, refused): repeats of one bundle count once; every other refusal
+        // counts by itself.
+        self.unknown_names += 1;
+        let key = match (replay, e.target.as_deref()) {
+            (true, Some(bundle)) => self.key(("replay", bundle)),
+            _ => self.key((now, e.why.as_deref(), self.unknown_names)),
+        };
         let limits = self.limits;
         let span = self.peers.span;
         let w = self.peers.push(&actor, now, key, 1);
-        let refused = w.weight;
-        if (refused >= u64::from(limits.peer_refusals) || (replay && !e.user.is_empty()))
+        let refused = w.distinct();
+        if refused >= u64::from(limits.peer_refusals)
             && let Some(held) = once(w, now, span)
         {
             out.push(AttackAlert {
@@ -1119,15 +1126,22 @@ mod tests {
     }
 
     #[test]
-    fn a_verified_replay_fires_at_once_and_unsigned_junk_after_three() {
+    fn replays_of_different_bundles_and_unsigned_junk_fire_after_three() {
         let mut a = Attacks::default();
         let bundle = |t: i64, peer: &str, why: &str| {
             let mut e = event(t, peer, Action::Receive, Outcome::Denied);
             e.why = Some(why.to_owned().into());
             e
         };
-        let found = a.observe(&bundle(T0, "node-b", "replay"));
-        assert_eq!(found.len(), 1);
+        let replay = |t: i64, id: &str| {
+            let mut e = bundle(t, "node-b", "replay");
+            e.target = Some(id.to_owned().into());
+            e
+        };
+        // A sender retrying one delivery is not an attack.
+        assert!(run(&mut a, (0..5).map(|i| replay(T0 + i, "b-1"))).is_empty());
+        let found = run(&mut a, [replay(T0 + 10, "b-2"), replay(T0 + 11, "b-3")]);
+        assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].actor, Actor::Peer("node-b".into()));
         let found = run(&mut a, (0..3).map(|i| bundle(T0 + i, "", "malformed")));
         assert_eq!(found.len(), 1, "{found:?}");
