@@ -5,6 +5,13 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     bytes32(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
 }
 
+/// HMAC-SHA256 of `message` under `key` (a shared secret given by the operator, such as a
+/// webhook's signing secret).
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+    bytes32(aws_lc_rs::hmac::sign(&key, message).as_ref())
+}
+
 /// The 32 bytes of a SHA-256 digest or HMAC-SHA256 tag (always 32 long).
 fn bytes32(d: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
@@ -67,5 +74,18 @@ impl MacStream {
     pub fn verify(self, tag: &[u8]) -> bool {
         let mine = self.0.sign();
         aws_lc_rs::constant_time::verify_slices_are_equal(mine.as_ref(), tag).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod hmac_tests {
+    /// RFC 4231, test case 2 (key "Jefe").
+    #[test]
+    fn hmac_sha256_matches_rfc_4231() {
+        let tag = super::hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            hex::encode(tag),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 }

@@ -31,7 +31,7 @@ pub use bundle::{
     BundleError, BundleParts, MAX_BUNDLE_HEADER, VerifiedBundle, bundle_parts, open_bundle,
     open_verified, seal_bundle, verify_bundle,
 };
-pub use digest::{MacStream, Sha256Stream, sha256};
+pub use digest::{MacStream, Sha256Stream, hmac_sha256, sha256};
 pub use envelope::{DataKey, Kek, RecordAad, Sealed, WrappedKey};
 pub use error::CryptoError;
 pub use hybrid::{

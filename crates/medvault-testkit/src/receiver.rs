@@ -12,7 +12,12 @@ use serde_json::Value;
 pub struct Receiver {
     port: u16,
     got: Arc<Mutex<Vec<Value>>>,
+    /// Each request's `X-Medvault-Signature` header (if any) and raw body.
+    raw: Arc<Mutex<Vec<Raw>>>,
 }
+
+/// A request's `X-Medvault-Signature` header (if it had one) and raw body.
+pub type Raw = (Option<String>, Vec<u8>);
 
 impl Receiver {
     /// Listens on a loopback port.
@@ -21,23 +26,34 @@ impl Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
         let port = listener.local_addr().expect("its address").port();
         let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let raw: Arc<Mutex<Vec<Raw>>> = Arc::default();
         let sink = Arc::clone(&got);
+        let raw_sink = Arc::clone(&raw);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let mut reader = BufReader::new(stream.try_clone().expect("a second handle"));
                 let mut length = 0usize;
+                let mut signature = None;
                 loop {
                     let mut line = String::new();
                     if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                         break;
                     }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
                         length = v.trim().parse().unwrap_or(0);
+                    }
+                    if lower.starts_with("x-medvault-signature:") {
+                        signature = line.split_once(':').map(|(_, v)| v.trim().to_owned());
                     }
                 }
                 let mut body = vec![0; length];
                 let _ = reader.read_exact(&mut body);
+                raw_sink
+                    .lock()
+                    .expect("the sink")
+                    .push((signature, body.clone()));
                 if let Ok(v) = serde_json::from_slice(&body) {
                     sink.lock().expect("the sink").push(v);
                 }
@@ -46,7 +62,13 @@ impl Receiver {
                 );
             }
         });
-        Self { port, got }
+        Self { port, got, raw }
+    }
+
+    /// Each request's `X-Medvault-Signature` header (if it had one) and raw body, so far.
+    #[must_use]
+    pub fn raw(&self) -> Vec<Raw> {
+        self.raw.lock().expect("the sink").clone()
     }
 
     /// `http://127.0.0.1:PORT/hook`.

@@ -340,9 +340,14 @@ fn load_playbooks(file: Option<&Path>) -> anyhow::Result<Vec<medvault_node::resp
     };
     let text =
         std::fs::read_to_string(file).with_context(|| format!("--playbooks {}", file.display()))?;
-    let parsed: medvault_node::responses::PlaybookFile = toml::from_str(&text)
+    let mut parsed: medvault_node::responses::PlaybookFile = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("--playbooks {}: {}", file.display(), e.message()))?;
     medvault_node::responses::Playbooks::validate(&parsed.playbook)
+        .and_then(|()| {
+            medvault_node::responses::Playbooks::resolve_secrets(&mut parsed.playbook, |v| {
+                std::env::var(v).ok()
+            })
+        })
         .map_err(|e| anyhow::anyhow!("--playbooks {}: {e}", file.display()))?;
     Ok(parsed.playbook)
 }

@@ -389,16 +389,22 @@ fn an_insider_alert_asks_for_a_step_up_and_calls_the_webhook() {
         &playbooks,
         format!(
             "[[playbook]]\nname = \"snooping\"\non = [\"sentinel\"]\nmin_score = 0.7\n\
-             actions = [\"step-up\", \"webhook\"]\nwebhook = \"{url}\"\n"
+             actions = [\"step-up\", \"webhook\"]\nwebhook = \"{url}\"\n\
+             webhook_secret_env = \"MEDVAULT_TEST_HOOK_SECRET\"\n"
         ),
     )
     .unwrap();
-    let s = MEDVAULT.start_with(&[
-        "--sentinel-threshold",
-        "0.7",
-        "--playbooks",
-        playbooks.to_str().unwrap(),
-    ]);
+    const SECRET: &str = "a shared secret the SIEM checks";
+    let s = MEDVAULT.launch(
+        &dir.path().join("data"),
+        &[("MEDVAULT_TEST_HOOK_SECRET", SECRET)],
+        &[
+            "--sentinel-threshold",
+            "0.7",
+            "--playbooks",
+            playbooks.to_str().unwrap(),
+        ],
+    );
     s.create_user("dr.snoop", "clinician");
     s.make_practitioner("dr.snoop");
     let (_, codes) = s.enroll("dr.snoop");
@@ -420,6 +426,30 @@ fn an_insider_alert_asks_for_a_step_up_and_calls_the_webhook() {
     assert_eq!(got["alert"], alert["id"], "{got}");
     assert!(got["summary"]["reasons"].is_array(), "{got}");
     assert!(!got.to_string().contains("Famous"), "{got}");
+    // Signed with the playbook's secret: Python's hmac recomputes the signature.
+    let (signature, body) = hook.raw().remove(0);
+    let signature = signature.expect("an X-Medvault-Signature header");
+    let (t, v1) = signature
+        .strip_prefix("t=")
+        .and_then(|r| r.split_once(",v1="))
+        .expect("t=UNIX,v1=HEX");
+    let python = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import hmac,hashlib,sys; print(hmac.new(sys.argv[1].encode(), sys.argv[2].encode() + b'.' + sys.stdin.buffer.read(), hashlib.sha256).hexdigest())",
+            SECRET,
+            t,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        python.stdin.as_ref().unwrap().write_all(&body).unwrap();
+    }
+    let out = python.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), v1);
     // A webhook call was made: there is nothing to undo.
     let (_, detail) = s.get_as(
         &format!("/admin/alerts/{}", alert["id"].as_str().unwrap()),
