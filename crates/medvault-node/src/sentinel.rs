@@ -195,7 +195,11 @@ pub fn events_of(rec: &Value) -> Vec<Event<'static>> {
                 Some(p) if related.contains(p) => Relationship::CareTeam,
                 _ => Relationship::None,
             },
-            break_glass: patient.as_ref().is_some_and(|p| break_glass.contains(p)),
+            // Opening break-glass for a patient is the emergency itself, declared and
+            // justified (it raises its own alert): scored as break-glass access.
+            break_glass: patient
+                .as_ref()
+                .is_some_and(|p| break_glass.contains(p) || interaction == "break-glass"),
             patient: patient.map(Into::into),
             action,
             resource_type: text(rec.get("resource_type")),

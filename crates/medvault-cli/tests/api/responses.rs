@@ -546,3 +546,84 @@ fn dry_run_records_what_would_have_happened_and_does_nothing() {
         "{err}"
     );
 }
+
+/// A clinician who opens break-glass for a celebrity of her own family name (as snooping as it
+/// gets, but declared and justified) is only asked to sign in again, never locked out, even by
+/// a playbook that locks on insider alerts.
+#[test]
+fn break_glass_care_is_only_asked_to_sign_in_again_never_locked_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let playbooks = dir.path().join("playbooks.toml");
+    std::fs::write(
+        &playbooks,
+        "[[playbook]]\nname = \"strict\"\non = [\"sentinel\"]\n\
+         actions = [\"lock\", \"end-sessions\", \"step-up\"]\n",
+    )
+    .unwrap();
+    let s = MEDVAULT.launch(
+        &dir.path().join("data"),
+        &[],
+        &[
+            "--sentinel-threshold",
+            "0.5",
+            "--playbooks",
+            playbooks.to_str().unwrap(),
+        ],
+    );
+    s.create_user("dr.er", "clinician");
+    s.make_practitioner("dr.er");
+    let (_, codes) = s.enroll("dr.er");
+    let (st, b) = s.login("dr.er", PASSWORD, &json!({"recovery_code": codes[0]}));
+    assert_eq!(st, 200, "{b}");
+    let session = session_of(&b);
+    let po = s.person("p.officer", "privacy-officer");
+    let star = s.create(&json!({
+        "resourceType": "Patient",
+        "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                               "code": "CELEB"}]},
+        "name": [{"family": "Practitioner", "given": ["Famous"]}],
+    }));
+    let (st, b) = s.post_as(
+        "/auth/break-glass",
+        &session,
+        &json!({"patient": star,
+                "reason": "Unconscious in ED, no records reachable, need allergies",
+                "minutes": 30}),
+    );
+    assert_eq!(st, 201, "{b}");
+    let (st, b) = s.get_as(&format!("/fhir/Patient/{star}"), &session, Some("ETREAT"));
+    assert_eq!(st, 200, "{b}");
+    let alert = wait_for_alert(&s, &po.session, "kind=sentinel", |a| {
+        a["patient"] == json!(star)
+    });
+    let (_, detail) = s.get_as(
+        &format!("/admin/alerts/{}", alert["id"].as_str().unwrap()),
+        &po.session,
+        None,
+    );
+    let actions: Vec<&str> = detail["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["step-up"], "{detail}");
+    // Asked to sign in again, and then she carries on: no lock.
+    let started = Instant::now();
+    while s
+        .get_as(&format!("/fhir/Patient/{star}"), &session, Some("ETREAT"))
+        .0
+        != 401
+    {
+        assert!(started.elapsed() < Duration::from_secs(2), "no step-up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (st, b) = s.login("dr.er", PASSWORD, &json!({"recovery_code": codes[1]}));
+    assert_eq!(st, 200, "{b}");
+    let (st, b) = s.get_as(
+        &format!("/fhir/Patient/{star}"),
+        &session_of(&b),
+        Some("ETREAT"),
+    );
+    assert_eq!(st, 200, "{b}");
+}
