@@ -627,3 +627,28 @@ fn break_glass_care_is_only_asked_to_sign_in_again_never_locked_out() {
     );
     assert_eq!(st, 200, "{b}");
 }
+
+/// Bundles that do not open, handed to the node by an operator (`medvault share import`, as a
+/// peer's delivery would be): refused one by one and, the third time in an hour, an attack
+/// alert naming the sender as far as it can be known.
+#[test]
+fn refused_bundles_from_one_sender_are_a_peer_abuse_alert() {
+    let s = MEDVAULT.start();
+    let po = s.person("p.officer", "privacy-officer");
+    let dir = tempfile::tempdir().unwrap();
+    for (i, junk) in [&b"not a bundle"[..], b"{}", b"\x00\x01\x02"]
+        .iter()
+        .enumerate()
+    {
+        let file = dir.path().join(format!("junk{i}.mvshare"));
+        std::fs::write(&file, junk).unwrap();
+        let (ok, _, err) = s.run(&["share", "import", file.to_str().unwrap()]);
+        assert!(!ok, "junk {i} was imported");
+        assert_eq!(err.trim().lines().count(), 1, "one plain line: {err}");
+    }
+    let alert = wait_for_alert(&s, &po.session, "kind=attack", attack_of("peer-abuse"));
+    assert_eq!(
+        alert["detail"]["reasons"]["refused_bundles_1h"], 3,
+        "{alert}"
+    );
+}
