@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use medvault_core::Aal;
 use medvault_store::{ResponseRow, write_with};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -562,8 +561,11 @@ impl Enforcement {
                         return Err(Refused::Ended);
                     }
                     Act::StepUp if subject == &user => {
-                        let fresh = who.auth_time_micros.is_some_and(|t| t >= a.at)
-                            && who.aal.is_some_and(|l| l >= Aal::Two);
+                        // Signed in again since: with a second factor, or with the password
+                        // alone by someone who has none yet (that session may only enroll one,
+                        // which it must be able to do).
+                        let fresh =
+                            who.auth_time_micros.is_some_and(|t| t >= a.at) && who.aal.is_some();
                         if !fresh {
                             let max_age = u64::try_from((now - a.at) / 1_000_000).unwrap_or(0);
                             return Err(Refused::StepUp { max_age });
@@ -609,6 +611,23 @@ impl Enforcement {
             Some(limit) => count(&mut s.counts, &subject, limit, now),
             None => Ok(()),
         }
+    }
+
+    /// True if `address` is under a throttle now (nothing counted).
+    pub fn throttles_address(&self, address: &str, now: i64) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let subject = format!(
+            "address:{}",
+            medvault_sentinel::attacks::address_key(address)
+        );
+        self.state.lock().is_ok_and(|s| {
+            s.by_subject.get(&subject).is_some_and(|l| {
+                l.iter()
+                    .any(|a| a.act == Act::Throttle && a.until.is_none_or(|u| u > now))
+            })
+        })
     }
 
     /// Whether `user_id` is locked by a response (sign-ins refused).
@@ -905,7 +924,7 @@ mod tests {
             token_id: token.into(),
             role: medvault_core::Role::Clinician,
             session: Some("ses_1".into()),
-            aal: Aal::from_level(i64::from(aal)).ok(),
+            aal: medvault_core::Aal::from_level(i64::from(aal)).ok(),
             scopes: None,
             client: None,
             auth_time_micros: auth_time,
@@ -1075,11 +1094,16 @@ mod tests {
             Ok(())
         );
         assert_eq!(e.admit(&who("usr_b", 0, Some(0), 2), t0 + 6), Ok(()));
-        // Step-up: a new session with only a password is not enough; one with a factor is.
+        // Step-up: a credential whose sign-in is older than the response must sign in again
+        // (a fresh password-only session passes: it may only enroll a second factor).
         e.add(&rows[0..1]);
         assert_eq!(
-            e.admit(&who("usr_a", t0 + 5, Some(t0 + 5), 1), t0 + 2_000_000),
+            e.admit(&who("usr_a", t0 + 5, Some(t0 - 1), 2), t0 + 2_000_000),
             Err(Refused::StepUp { max_age: 2 })
+        );
+        assert_eq!(
+            e.admit(&who("usr_a", t0 + 5, Some(t0 + 5), 1), t0 + 3),
+            Ok(())
         );
         e.add(&rows[2..3]);
         let fresh = who("usr_a", t0 + 5, Some(t0 + 5), 2);

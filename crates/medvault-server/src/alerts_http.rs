@@ -218,12 +218,15 @@ pub(crate) async fn verdict(
     let verdict = Verdict::parse(&req.verdict)
         .ok_or_else(|| ApiError::bad_request("verdict is `confirmed` or `dismissed`"))?;
     let reason = req.reason.trim().to_owned();
+    // Text a person reads: no control characters, and none of the invisible or direction-
+    // changing ones that could make a reason display as something else.
+    let hidden = |c: char| matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
     if reason
         .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
+        .any(|c| (c.is_control() && c != '\n' && c != '\t') || hidden(c))
     {
         return Err(ApiError::bad_request(
-            "the reason is text: no control characters",
+            "the reason is text: no control or invisible characters",
         ));
     }
     if reason.is_empty() || reason.len() > alerts::MAX_REASON {

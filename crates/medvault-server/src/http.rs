@@ -1327,6 +1327,22 @@ pub(crate) async fn observe(
                 .err()
         })
         .flatten();
+    // From an address over its anonymous limit or under a Sentinel throttle, a request that
+    // claims a credential runs only if the credential is valid (checked here, whatever the
+    // endpoint: OAuth endpoints, pages and metadata do not authenticate by themselves).
+    let held = match held {
+        Some(r) => Some(r),
+        None if audited && !peer_node && !no_credential => {
+            let bearer = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .map(|t| t.trim().to_owned());
+            check_claimed_credential(&state, bearer.as_deref(), client).await
+        }
+        None => None,
+    };
     let mut resp = match (&purpose, held) {
         _ if throttled => anonymous_throttled(uri.path()),
         (_, Some(refused)) => crate::auth::sentinel_refusal(refused),
@@ -1362,6 +1378,14 @@ pub(crate) async fn observe(
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
+    }
+    // The administrative and privacy answers (alerts name people and patients), errors
+    // included, are never cached.
+    if (uri.path().starts_with("/admin/") || uri.path().starts_with("/privacy/"))
+        && !resp.headers().contains_key(header::CACHE_CONTROL)
+    {
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     let status = resp.status().as_u16();
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
@@ -1402,6 +1426,40 @@ fn anonymity(
         return Anonymity::Identified;
     }
     Anonymity::Anonymous(named.or_else(|| refused.map(|r| r.id.clone())))
+}
+
+/// For a request claiming a credential from an address that is held (over its anonymous limit,
+/// or throttled by Sentinel): the refusal to answer when the credential does not
+/// authenticate (counted against the address), none when it does or the address is free.
+async fn check_claimed_credential(
+    state: &AppState,
+    bearer: Option<&str>,
+    client: std::net::IpAddr,
+) -> Option<medvault_node::responses::Refused> {
+    let now = state.node.clock.now_micros();
+    let address = client.to_string();
+    let over = state
+        .anonymous
+        .over_limit(client, state.config.anonymous_requests_per_minute);
+    if !over && !state.enforcement.throttles_address(&address, now) {
+        return None;
+    }
+    if let Some(token) = bearer
+        && medvault_node::identity::bearer::validate(
+            &state.node,
+            &state.auth,
+            state.config.sessions,
+            token,
+        )
+        .await
+        .is_ok()
+    {
+        return None;
+    }
+    if over {
+        return Some(medvault_node::responses::Refused::Throttled { retry_after: 60 });
+    }
+    state.enforcement.admit_address(&address, now).err()
 }
 
 /// The deletions and the updates (PUT, PATCH) among a Bundle's entries that succeeded (a 2xx

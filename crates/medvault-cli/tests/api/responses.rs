@@ -132,6 +132,9 @@ fn credential_stuffing_is_alerted_throttled_and_the_throttle_undone() {
     for (method, path) in [
         (reqwest::Method::POST, "/auth/login"),
         (reqwest::Method::GET, "/fhir/Patient"),
+        (reqwest::Method::POST, "/auth/token"),
+        (reqwest::Method::POST, "/auth/revoke"),
+        (reqwest::Method::GET, "/fhir/metadata"),
     ] {
         let st = s
             .anonymous(method, path)
