@@ -448,7 +448,21 @@ pub struct Enforcement {
     /// Subjects whose responses a person undid here since the watcher last looked (its attack
     /// rules forget them, so their next attack is a new one).
     undone: Mutex<Vec<String>>,
+    /// The first access-log leaf this process's watcher has not scored yet, and whether one
+    /// is running (deletions past a checkpoint wait for it: [`Enforcement::note_deletion`]).
+    scored_to: std::sync::atomic::AtomicU64,
+    watching: AtomicBool,
+    /// Deletions by credential in the current ten-minute window: (window, count).
+    deletions: Mutex<HashMap<String, (i64, u32)>>,
 }
+
+/// Past this many deletions by one credential in ten minutes (Sentinel's mass-deletion
+/// limit), every [`DELETION_STEP`]th waits until Sentinel has scored the log as it stands, so
+/// a credential deleting as fast as it can on many connections is stopped within a few steps
+/// of the limit, not hundreds later.
+pub const DELETION_CHECKPOINT: u32 = 25;
+/// See [`DELETION_CHECKPOINT`].
+pub const DELETION_STEP: u32 = 5;
 
 impl Enforcement {
     /// What is in force per the database at `now` (microseconds).
@@ -513,6 +527,41 @@ impl Enforcement {
                 self.any.store(true, Ordering::Release);
             }
         }
+    }
+
+    /// Records that the watcher has scored every leaf below `next` (and that it runs).
+    pub fn scored(&self, next: u64) {
+        self.watching.store(true, Ordering::Release);
+        self.scored_to.store(next, Ordering::Release);
+    }
+
+    /// The first leaf the watcher has not scored, if a watcher runs in this process.
+    pub fn scored_to(&self) -> Option<u64> {
+        self.watching
+            .load(Ordering::Acquire)
+            .then(|| self.scored_to.load(Ordering::Acquire))
+    }
+
+    /// Counts a deletion by credential `who` at `now` (microseconds); true when it is past a
+    /// checkpoint ([`DELETION_CHECKPOINT`] in the credential's ten-minute window) and should
+    /// wait for Sentinel to catch up before it runs.
+    pub fn note_deletion(&self, who: &str, now: i64) -> bool {
+        if !self.watching.load(Ordering::Acquire) {
+            return false;
+        }
+        let window = now.div_euclid(600_000_000);
+        let Ok(mut d) = self.deletions.lock() else {
+            return false;
+        };
+        if d.len() >= 10_000 {
+            d.retain(|_, (w, _)| *w == window);
+        }
+        let e = d.entry(who.to_owned()).or_insert((window, 0));
+        if e.0 != window {
+            *e = (window, 0);
+        }
+        e.1 += 1;
+        e.1 > DELETION_CHECKPOINT && (e.1 - DELETION_CHECKPOINT - 1).is_multiple_of(DELETION_STEP)
     }
 
     /// The subjects whose responses were undone since the last call.
@@ -1121,6 +1170,25 @@ mod tests {
         }
         assert_eq!(e.admit(&who("usr_a", 0, None, 1), t0 + 60_000_001), Ok(()));
         assert!(!e.any.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn deletions_past_the_limit_wait_for_sentinel_every_few() {
+        let e = Enforcement::default();
+        // No watcher in this process: nothing waits.
+        assert!((0..100).all(|i| !e.note_deletion("tok_a", i)));
+        e.scored(0);
+        let e2 = Enforcement::default();
+        e2.scored(0);
+        let waits: Vec<u32> = (1..=40)
+            .filter(|i| e2.note_deletion("tok_a", i64::from(*i)))
+            .collect();
+        assert_eq!(waits, [26, 31, 36]);
+        // Another credential, or the next ten minutes, start afresh.
+        assert!(!e2.note_deletion("tok_b", 41));
+        assert!(!e2.note_deletion("tok_a", 600_000_000));
+        assert_eq!(e2.scored_to(), Some(0));
+        assert_eq!(Enforcement::default().scored_to(), None);
     }
 
     #[test]

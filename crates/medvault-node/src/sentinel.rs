@@ -662,6 +662,9 @@ impl Watcher {
     pub fn step(&mut self, node: &Node) -> Result<Stepped, Error> {
         let size = node.access.ledger_size()?;
         if size <= self.next {
+            if let Some(r) = &self.responder {
+                r.enforcement.scored(self.next);
+            }
             return Ok(Stepped::default());
         }
         let upto = size.min(self.next + BATCH);
@@ -793,6 +796,7 @@ impl Watcher {
             }
         }
         done.alerts = alerts.len() as u64;
+        let scored_through = upto;
         let cursor = upto.to_string();
         let raised: Vec<(String, Option<String>)> = alerts
             .iter()
@@ -849,6 +853,10 @@ impl Watcher {
                 .map(|t| (t.alert_id, t.summary))
                 .collect();
             responses::carry_out(node, r, &responses, &summaries)?;
+        }
+        // After the responses are in force: a deletion waiting for this point sees them.
+        if let Some(r) = &self.responder {
+            r.enforcement.scored(scored_through);
         }
         Ok(done)
     }

@@ -77,10 +77,46 @@ impl FromRequestParts<AppState> for Authenticated {
             }
             return Err(sentinel_refusal(refused));
         }
+        // A credential deleting fast waits at each checkpoint until Sentinel has scored the
+        // log as it stands, then is checked again: a mass deletion stops within about one
+        // checkpoint, however many connections it uses.
+        let deletes = parts.method == axum::http::Method::DELETE
+            || (parts.method == axum::http::Method::POST && parts.uri.path().ends_with("/erase"));
+        if deletes && state.enforcement.note_deletion(&who.token_id, now) {
+            wait_for_sentinel(state).await;
+            let now = state.node.clock.now_micros();
+            if let Err(refused) = state.enforcement.admit(&who, now) {
+                if let Some(slot) = slot {
+                    slot.set_refused(RefusedCredential {
+                        id: who.token_id.clone(),
+                        why: refused.rule(),
+                    });
+                }
+                return Err(sentinel_refusal(refused));
+            }
+        }
         if let Some(slot) = slot {
             slot.set(&who);
         }
         Ok(who)
+    }
+}
+
+/// Waits (at most two seconds) until this process's Sentinel watcher has scored the access
+/// log up to its current size.
+async fn wait_for_sentinel(state: &AppState) {
+    // The deletions in flight on other connections are in the log a moment after their
+    // answers: let them land first.
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let node = std::sync::Arc::clone(&state.node);
+    let Ok(Ok(size)) = tokio::task::spawn_blocking(move || node.access.ledger_size()).await else {
+        return;
+    };
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while state.enforcement.scored_to().is_some_and(|s| s < size)
+        && tokio::time::Instant::now() < until
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 

@@ -655,3 +655,46 @@ fn refused_bundles_from_one_sender_are_a_peer_abuse_alert() {
         "{alert}"
     );
 }
+
+/// Two connections deleting as fast as the node answers: stopped within about one checkpoint
+/// of the limit, not hundreds later.
+#[test]
+fn a_credential_deleting_on_two_connections_is_stopped_near_the_limit() {
+    let s = MEDVAULT.start();
+    let token = s.new_token("admin");
+    let patient = s.create(&medvault_testkit::fhir::patient("Wipe", "Fast"));
+    let ids: Vec<String> = (0..120)
+        .map(|i| {
+            s.create(&medvault_testkit::fhir::observation(
+                &patient,
+                "8867-4",
+                &format!("2026-11-03T{:02}:{:02}:00Z", i / 60, i % 60),
+            ))
+        })
+        .collect();
+    let deleted = std::sync::atomic::AtomicU32::new(0);
+    std::thread::scope(|scope| {
+        for half in ids.chunks(60) {
+            let (s, token, deleted) = (&s, &token, &deleted);
+            scope.spawn(move || {
+                for id in half {
+                    let (st, _) = s.call(
+                        reqwest::Method::DELETE,
+                        &format!("/fhir/Observation/{id}"),
+                        token,
+                        None,
+                        None,
+                    );
+                    if st == 401 {
+                        return;
+                    }
+                    deleted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let n = deleted.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!("two connections: {n} deletions before the lock");
+    assert!(n < 120, "never locked");
+    assert!(n <= 40, "{n} deletions went through before the lock");
+}
