@@ -1304,8 +1304,8 @@ pub(crate) async fn observe(
         .is_some();
     let purpose = purpose_of_use(req.headers());
     // A request without a credential to check. An Authorization header on a sign-in is not a
-    // credential (the sign-in checks none), so it cannot buy its way past the limits; one that
-    // turns out invalid elsewhere is held by the authenticator (`crate::auth`).
+    // credential (the sign-in checks none), so it cannot buy its way past the limits; from a
+    // held address a claimed credential is checked below before the request runs.
     let no_credential = !req.headers().contains_key(header::AUTHORIZATION)
         || matches!(
             uri.path(),
@@ -1326,7 +1326,8 @@ pub(crate) async fn observe(
                 .admit_address(&client.to_string(), state.node.clock.now_micros())
                 .err()
         })
-        .flatten();
+        .flatten()
+        .map(crate::auth::sentinel_refusal);
     // From an address over its anonymous limit or under a Sentinel throttle, a request that
     // claims a credential runs only if the credential is valid (checked here, whatever the
     // endpoint: OAuth endpoints, pages and metadata do not authenticate by themselves).
@@ -1339,13 +1340,13 @@ pub(crate) async fn observe(
                 .and_then(|h| h.to_str().ok())
                 .and_then(|h| h.strip_prefix("Bearer "))
                 .map(|t| t.trim().to_owned());
-            check_claimed_credential(&state, bearer.as_deref(), client).await
+            check_claimed_credential(&state, bearer.as_deref(), client, uri.path()).await
         }
         None => None,
     };
     let mut resp = match (&purpose, held) {
         _ if throttled => anonymous_throttled(uri.path()),
-        (_, Some(refused)) => crate::auth::sentinel_refusal(refused),
+        (_, Some(refused)) => refused,
         (Ok(_), None) => next.run(req).await,
         (Err(e), None) => e.clone().into_response(),
     };
@@ -1429,13 +1430,14 @@ fn anonymity(
 }
 
 /// For a request claiming a credential from an address that is held (over its anonymous limit,
-/// or throttled by Sentinel): the refusal to answer when the credential does not
-/// authenticate (counted against the address), none when it does or the address is free.
+/// or throttled by Sentinel): the answer when the credential does not authenticate (counted
+/// against the address), none when it does or the address is free.
 async fn check_claimed_credential(
     state: &AppState,
     bearer: Option<&str>,
     client: std::net::IpAddr,
-) -> Option<medvault_node::responses::Refused> {
+    path: &str,
+) -> Option<Response> {
     let now = state.node.clock.now_micros();
     let address = client.to_string();
     let over = state
@@ -1457,9 +1459,13 @@ async fn check_claimed_credential(
         return None;
     }
     if over {
-        return Some(medvault_node::responses::Refused::Throttled { retry_after: 60 });
+        return Some(anonymous_throttled(path));
     }
-    state.enforcement.admit_address(&address, now).err()
+    state
+        .enforcement
+        .admit_address(&address, now)
+        .err()
+        .map(crate::auth::sentinel_refusal)
 }
 
 /// The deletions and the updates (PUT, PATCH) among a Bundle's entries that succeeded (a 2xx
