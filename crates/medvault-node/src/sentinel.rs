@@ -1330,5 +1330,13 @@ mod tests {
                 ("192.0.2.1".to_owned(), 30)
             ]
         );
+        let mut with_logins = summary.clone();
+        with_logins["failed_logins"] =
+            json!([{"id": "198.51.100.7", "count": 40, "accounts": 2, "unknown_names": 31}]);
+        assert_eq!(
+            summarised_logins(&with_logins),
+            [("198.51.100.7".to_owned(), 40, 2, 31)]
+        );
+        assert!(summarised_logins(&summary).is_empty());
     }
 }

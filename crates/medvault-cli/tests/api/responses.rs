@@ -698,3 +698,44 @@ fn a_credential_deleting_on_two_connections_is_stopped_near_the_limit() {
     assert!(n < 120, "never locked");
     assert!(n <= 40, "{n} deletions went through before the lock");
 }
+
+/// Failed sign-ins past the access log's per-minute budget for anonymous requests are only
+/// counted into a summary: the stuffing rule reads them from there.
+#[test]
+fn stuffing_hidden_behind_a_full_log_budget_is_found_in_the_summary() {
+    let s = MEDVAULT.start_with(&["--anonymous-summary-seconds", "1"]);
+    let po = s.person("p.officer", "privacy-officer");
+    // Junk that spends the minute's budget of anonymous requests recorded one by one.
+    for i in 0..40 {
+        let st = s
+            .anonymous(reqwest::Method::GET, &format!("/no/such/path/{i}"))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(st, 404);
+    }
+    for i in 0..25 {
+        let (st, _) = s.post_json(
+            "/auth/login",
+            None,
+            &json!({"username": format!("hidden{i}"), "password": "a guess from a list"}),
+        );
+        // 429 once the address's sign-ins are throttled (the login limit, or Sentinel's
+        // answer to what the summaries already showed).
+        assert!(st == 401 || st == 429, "{st}");
+    }
+    let alert = wait_for_alert(
+        &s,
+        &po.session,
+        "kind=attack",
+        attack_of("credential-stuffing"),
+    );
+    assert!(
+        alert["detail"]["reasons"]["failed_logins_10min"]
+            .as_u64()
+            .unwrap()
+            >= 20,
+        "{alert}"
+    );
+}
