@@ -119,7 +119,8 @@ enum Command {
         after_help = "Example:\n  medvault import --data-dir /var/lib/medvault synthea/output/fhir\n  medvault import --data-dir DIR export/Patient.ndjson export/Observation.ndjson\n  medvault import --data-dir DIR --update corrected/Observation.ndjson"
     )]
     Import(Box<commands::import::ImportArgs>),
-    /// Sentinel, the insider-snooping detector: score an exported access log offline.
+    /// Sentinel, the insider-snooping and attack detector: export a node's access log and score
+    /// it offline (live scoring, alerts and responses run inside `serve`).
     Sentinel {
         #[command(subcommand)]
         command: commands::sentinel::SentinelCommand,
