@@ -117,6 +117,25 @@ pub struct Playbook {
     pub block_break_glass: bool,
 }
 
+impl Playbook {
+    /// A playbook answering alerts of the kinds `on` with `actions`, every other setting at
+    /// its default (as a file that names only these would give).
+    pub fn new(name: &str, on: &[&str], actions: &[Act]) -> Self {
+        Self {
+            name: name.to_owned(),
+            on: on.iter().map(|s| (*s).to_owned()).collect(),
+            min_score: None,
+            actions: actions.to_vec(),
+            throttle_per_minute: default_per_minute(),
+            minutes: default_minutes(),
+            webhook: None,
+            webhook_secret_env: None,
+            webhook_secret: None,
+            block_break_glass: false,
+        }
+    }
+}
+
 /// A webhook's signing secret: zeroized when dropped, never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct WebhookSecret(zeroize::Zeroizing<Vec<u8>>);
@@ -158,16 +177,9 @@ impl Playbooks {
     /// be cut off by a default).
     pub fn defaults() -> Vec<Playbook> {
         let book = |name: &str, on: &[&str], actions: &[Act]| Playbook {
-            name: name.to_owned(),
-            on: on.iter().map(|s| (*s).to_owned()).collect(),
-            min_score: None,
-            actions: actions.to_vec(),
             throttle_per_minute: 10,
             minutes: 60,
-            webhook: None,
-            webhook_secret_env: None,
-            webhook_secret: None,
-            block_break_glass: false,
+            ..Playbook::new(name, on, actions)
         };
         vec![
             book(
@@ -1011,16 +1023,14 @@ mod tests {
     #[test]
     fn break_glass_alerts_only_step_up_unless_the_playbook_blocks() {
         let mut p = Playbook {
-            name: "snooping".into(),
-            on: vec!["sentinel".into()],
             min_score: Some(0.8),
-            actions: vec![Act::Lock, Act::StepUp, Act::Throttle],
             throttle_per_minute: 5,
             minutes: 10,
-            webhook: None,
-            webhook_secret_env: None,
-            webhook_secret: None,
-            block_break_glass: false,
+            ..Playbook::new(
+                "snooping",
+                &["sentinel"],
+                &[Act::Lock, Act::StepUp, Act::Throttle],
+            )
         };
         let acts = |p: &Playbook, bg: bool, score: f64| -> Vec<String> {
             let mut r = raised("sentinel", Some("usr_s"), bg);
@@ -1040,16 +1050,8 @@ mod tests {
     #[test]
     fn bad_playbooks_are_refused_by_name() {
         let good = Playbook {
-            name: "p".into(),
-            on: vec!["attack".into()],
-            min_score: None,
-            actions: vec![Act::Webhook],
-            throttle_per_minute: 5,
-            minutes: 10,
             webhook: Some("https://siem.example/hook".into()),
-            webhook_secret_env: None,
-            webhook_secret: None,
-            block_break_glass: false,
+            ..Playbook::new("p", &["attack"], &[Act::Webhook])
         };
         Playbooks::validate(std::slice::from_ref(&good)).unwrap();
         for (change, says) in [
@@ -1085,16 +1087,9 @@ mod tests {
     #[test]
     fn webhook_secrets_come_from_the_environment_and_sign_the_calls() {
         let mut list = vec![Playbook {
-            name: "siem".into(),
-            on: vec!["attack".into()],
-            min_score: None,
-            actions: vec![Act::Webhook],
-            throttle_per_minute: 5,
-            minutes: 10,
             webhook: Some("https://siem.example/hook".into()),
             webhook_secret_env: Some("SIEM_SECRET".into()),
-            webhook_secret: None,
-            block_break_glass: false,
+            ..Playbook::new("siem", &["attack"], &[Act::Webhook])
         }];
         let e = Playbooks::resolve_secrets(&mut list, |_| Some("short".into())).unwrap_err();
         assert!(e.contains("SIEM_SECRET") && e.contains("16 bytes"), "{e}");
@@ -1120,16 +1115,13 @@ mod tests {
         let t0 = 10_000_000_000;
         assert_eq!(e.admit(&who("usr_a", 0, Some(0), 2), t0), Ok(()));
         let b = books(vec![Playbook {
-            name: "p".into(),
-            on: vec!["attack".into()],
-            min_score: None,
-            actions: vec![Act::StepUp, Act::EndSessions, Act::Throttle],
             throttle_per_minute: 3,
             minutes: 10,
-            webhook: None,
-            webhook_secret_env: None,
-            webhook_secret: None,
-            block_break_glass: false,
+            ..Playbook::new(
+                "p",
+                &["attack"],
+                &[Act::StepUp, Act::EndSessions, Act::Throttle],
+            )
         }]);
         let rows = plan(&b, &raised("bulk-exfiltration", Some("usr_a"), false), t0);
         // End-sessions first: a credential from before the response is refused outright.

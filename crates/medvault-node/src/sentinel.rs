@@ -589,12 +589,14 @@ impl Watcher {
                         ));
                     }
                     out.extend(events.into_iter().map(|e| (leaf, Input::Event(e))));
+                    let logins = summarised_logins(&rec);
                     if let Some(time) = rec
                         .get("time")
                         .and_then(Value::as_str)
+                        .filter(|_| !logins.is_empty())
                         .and_then(|t| medvault_sentinel::event::parse_time(t).ok())
                     {
-                        out.extend(summarised_logins(&rec).into_iter().map(
+                        out.extend(logins.into_iter().map(
                             |(address, failures, accounts, unknown)| {
                                 (
                                     leaf,

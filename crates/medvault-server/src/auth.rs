@@ -68,15 +68,10 @@ impl FromRequestParts<AppState> for Authenticated {
         };
         // Sentinel's responses in force (a lock, ended sessions, a step-up, a throttle).
         let now = state.node.clock.now_micros();
-        if let Err(refused) = state.enforcement.admit(&who, now) {
-            if let Some(slot) = slot {
-                slot.set_refused(RefusedCredential {
-                    id: who.token_id.clone(),
-                    why: refused.rule(),
-                });
-            }
-            return Err(sentinel_refusal(refused));
-        }
+        state
+            .enforcement
+            .admit(&who, now)
+            .map_err(|r| refuse(slot, &who, r))?;
         // A credential deleting fast waits at each checkpoint until Sentinel has scored the
         // log as it stands, then is checked again: a mass deletion stops within about one
         // checkpoint, however many connections it uses.
@@ -85,21 +80,27 @@ impl FromRequestParts<AppState> for Authenticated {
         if deletes && state.enforcement.note_deletion(&who.token_id, now) {
             wait_for_sentinel(state).await;
             let now = state.node.clock.now_micros();
-            if let Err(refused) = state.enforcement.admit(&who, now) {
-                if let Some(slot) = slot {
-                    slot.set_refused(RefusedCredential {
-                        id: who.token_id.clone(),
-                        why: refused.rule(),
-                    });
-                }
-                return Err(sentinel_refusal(refused));
-            }
+            state
+                .enforcement
+                .admit(&who, now)
+                .map_err(|r| refuse(slot, &who, r))?;
         }
         if let Some(slot) = slot {
             slot.set(&who);
         }
         Ok(who)
     }
+}
+
+/// A Sentinel response's refusal of `who`, noted for the access log as a refused credential.
+fn refuse(slot: Option<&AgentSlot>, who: &Authenticated, refused: Refused) -> Response {
+    if let Some(slot) = slot {
+        slot.set_refused(RefusedCredential {
+            id: who.token_id.clone(),
+            why: refused.rule(),
+        });
+    }
+    sentinel_refusal(refused)
 }
 
 /// Waits (at most two seconds) until this process's Sentinel watcher has scored the access

@@ -43,6 +43,19 @@ fn attack_of(kind: &'static str) -> impl Fn(&Value) -> bool {
     move |a: &Value| a["kind"] == "attack" && a["detail"]["kind"] == kind
 }
 
+/// 25 failed sign-ins from this address with made-up names (`PREFIX0`, …): refused (401), or
+/// 429 once the address's sign-ins are throttled (the login limit, or Sentinel's answer).
+fn stuff(s: &Server, prefix: &str) {
+    for i in 0..25 {
+        let (st, _) = s.post_json(
+            "/auth/login",
+            None,
+            &json!({"username": format!("{prefix}{i}"), "password": "a guess from a list"}),
+        );
+        assert!(st == 401 || st == 429, "{st}");
+    }
+}
+
 /// `POST /admin/responses/{id}/undo` as `officer`: the status.
 fn undo(s: &Server, officer: &str, id: &str) -> u16 {
     s.post_json(
@@ -74,14 +87,7 @@ fn credential_stuffing_is_alerted_throttled_and_the_throttle_undone() {
         .status()
         .as_u16();
     assert_eq!(st, 415);
-    for i in 0..25 {
-        let (st, _) = s.post_json(
-            "/auth/login",
-            None,
-            &json!({"username": format!("nobody{i}"), "password": "a guess from a list"}),
-        );
-        assert!(st == 401 || st == 429, "{st}");
-    }
+    stuff(&s, "nobody");
     let alert = wait_for_alert(
         &s,
         &po.session,
@@ -490,13 +496,7 @@ fn an_insider_alert_asks_for_a_step_up_and_calls_the_webhook() {
 fn dry_run_records_what_would_have_happened_and_does_nothing() {
     let s = MEDVAULT.start_with(&["--sentinel-dry-run"]);
     let po = s.person("p.officer", "privacy-officer");
-    for i in 0..25 {
-        s.post_json(
-            "/auth/login",
-            None,
-            &json!({"username": format!("nobody{i}"), "password": "a guess from a list"}),
-        );
-    }
+    stuff(&s, "nobody");
     let alert = wait_for_alert(
         &s,
         &po.session,
@@ -715,16 +715,7 @@ fn stuffing_hidden_behind_a_full_log_budget_is_found_in_the_summary() {
             .as_u16();
         assert_eq!(st, 404);
     }
-    for i in 0..25 {
-        let (st, _) = s.post_json(
-            "/auth/login",
-            None,
-            &json!({"username": format!("hidden{i}"), "password": "a guess from a list"}),
-        );
-        // 429 once the address's sign-ins are throttled (the login limit, or Sentinel's
-        // answer to what the summaries already showed).
-        assert!(st == 401 || st == 429, "{st}");
-    }
+    stuff(&s, "hidden");
     let alert = wait_for_alert(
         &s,
         &po.session,
