@@ -409,8 +409,6 @@ pub struct Watcher {
     tuned_at: Option<std::time::Instant>,
     next: u64,
     ctx: Ctx,
-    /// Users and patients already looked up (found or not): each is read once per process.
-    looked_up: std::collections::HashSet<String>,
     limits: AlertLimits,
 }
 
@@ -509,7 +507,6 @@ impl Watcher {
             tuned_at: None,
             next: archived,
             ctx: Ctx::unrestricted_node_work(node),
-            looked_up: std::collections::HashSet::new(),
             limits: AlertLimits::default(),
         };
         while w.next < cursor {
@@ -632,25 +629,22 @@ impl Watcher {
         Ok(out)
     }
 
-    /// Puts the event's user and patient on the detector's roster the first time the log
-    /// names them (a patient being registered is looked up when next opened).
+    /// Puts the event's user and patient on the detector's roster when the detector does not
+    /// hold them yet: the first time the log names them, and a patient again after the
+    /// detector forgot it (a patient being registered is looked up when next opened). One
+    /// found on no roster is held from its first event on, so each is read once.
     fn prepare(&mut self, node: &Node, e: &Event<'_>) -> Result<(), Error> {
-        let user = format!("u:{}", e.user);
-        if !self.looked_up.contains(&user) {
-            if let Some(u) = roster_user(node, &self.ctx, &e.user)? {
-                self.detector.add_user(&u);
-            }
-            self.looked_up.insert(user);
+        if !self.detector.holds_user(&e.user)
+            && let Some(u) = roster_user(node, &self.ctx, &e.user)?
+        {
+            self.detector.add_user(&u);
         }
         let registers = e.action == Action::Create && e.resource_type.as_deref() == Some("Patient");
-        if let Some(id) = e.patient.as_deref().filter(|_| !registers) {
-            let patient = format!("p:{id}");
-            if !self.looked_up.contains(&patient) {
-                if let Some(p) = roster_patient(node, &self.ctx, id)? {
-                    self.detector.add_patient(&p);
-                }
-                self.looked_up.insert(patient);
-            }
+        if let Some(id) = e.patient.as_deref().filter(|_| !registers)
+            && !self.detector.holds_patient(id)
+            && let Some(p) = roster_patient(node, &self.ctx, id)?
+        {
+            self.detector.add_patient(&p);
         }
         Ok(())
     }

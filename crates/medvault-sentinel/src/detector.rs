@@ -237,6 +237,9 @@ const PAIR_HORIZON: i64 = 180 * DAY;
 /// User–user co-access counts remembered at most: beyond it every count is halved and those
 /// that reach 0 are forgotten (the care community graph decays instead of growing).
 pub const MAX_CO_ACCESS: usize = 2_000_000;
+/// Most patients the detector holds (about 350 bytes each with a pair); beyond it the least
+/// recently seen tenth is forgotten.
+pub const MAX_PATIENTS: usize = 500_000;
 /// Events a group needs before its own volume baseline is used (else its role's, or all).
 const VOLUME_BASELINE_EVENTS: f64 = 500.0;
 /// How much an alerting event counts in its user's own baseline.
@@ -287,6 +290,8 @@ const MIN_REASON: f64 = 0.25;
 #[derive(Debug, Default)]
 struct Names {
     ids: HashMap<Box<str>, u32>,
+    /// Ids whose names were forgotten, given out again before new ones.
+    free: Vec<u32>,
 }
 
 impl Names {
@@ -294,9 +299,27 @@ impl Names {
         if let Some(id) = self.ids.get(name) {
             return *id;
         }
-        let id = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
+        let id = self
+            .free
+            .pop()
+            .unwrap_or_else(|| u32::try_from(self.ids.len()).unwrap_or(u32::MAX));
         self.ids.insert(name.into(), id);
         id
+    }
+
+    fn get(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
+    /// Forgets the names whose ids `gone` marks; their ids are given out again.
+    fn forget(&mut self, gone: &[bool]) {
+        self.ids.retain(|_, id| {
+            let forget = gone.get(*id as usize).copied().unwrap_or(false);
+            if forget {
+                self.free.push(*id);
+            }
+            !forget
+        });
     }
 }
 
@@ -314,24 +337,24 @@ struct UserState {
     group: u32,
     role_group: u32,
     department: Option<u32>,
-    family: Option<u32>,
-    address: Option<u32>,
+    family: Option<u64>,
+    address: Option<u64>,
     shift: Option<Shift>,
     counts: Counts,
     /// Times of unrelated patients first opened, within the last hour.
     new_unrelated: VecDeque<i64>,
     /// Times of denied requests, within the last ten minutes.
     denied: VecDeque<i64>,
-    /// Addresses and clients the user has used, with when each was first seen.
-    addresses: Vec<(u32, i64)>,
-    clients: Vec<(u32, i64)>,
+    /// Addresses and clients the user has used (by fingerprint), with when each was first seen.
+    addresses: Vec<(u64, i64)>,
+    clients: Vec<(u64, i64)>,
 }
 
 #[derive(Debug, Default)]
 struct PatientState {
     known: bool,
-    family: Option<u32>,
-    address: Option<u32>,
+    family: Option<u64>,
+    address: Option<u64>,
     vip: bool,
     employee: Option<u32>,
     deceased_at: Option<i64>,
@@ -339,6 +362,9 @@ struct PatientState {
     /// Recent accessors and when they last opened the patient.
     recent: VecDeque<(u32, i64)>,
     last_care: Option<i64>,
+    /// The patient's latest event: the least recent are forgotten first when the detector
+    /// holds [`MAX_PATIENTS`].
+    last: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -371,13 +397,15 @@ pub struct Detector {
     group_state: Vec<Group>,
     /// Every event's counts: where a new role's baseline starts.
     all: Group,
-    tokens: Names,
-    places: Names,
+    /// Family and address tokens, addresses and clients are only compared: kept as keyed 64-bit
+    /// fingerprints, so that a node's millions of them are not interned.
+    fingerprints: std::hash::RandomState,
     pairs: HashMap<u64, Pair>,
     /// Patients two users have both opened, keyed by the user pair (smaller id first).
     co_access: HashMap<u64, u32>,
     max_pairs: usize,
     max_co_access: usize,
+    max_patients: usize,
 }
 
 fn pair_key(a: u32, b: u32) -> u64 {
@@ -400,12 +428,12 @@ impl Detector {
             groups: Names::default(),
             group_state: Vec::new(),
             all: Group::default(),
-            tokens: Names::default(),
-            places: Names::default(),
+            fingerprints: std::hash::RandomState::new(),
             pairs: HashMap::new(),
             co_access: HashMap::new(),
             max_pairs: MAX_PAIRS,
             max_co_access: MAX_CO_ACCESS,
+            max_patients: MAX_PATIENTS,
         };
         for u in &roster.users {
             d.add_user(u);
@@ -420,8 +448,8 @@ impl Detector {
     /// users as the log names them).
     pub fn add_user(&mut self, u: &RosterUser) {
         let id = self.user(&u.id, u.role.as_deref(), u.department.as_deref());
-        let family = u.family_token.as_deref().map(|t| self.tokens.id(t));
-        let address = u.address_token.as_deref().map(|t| self.tokens.id(t));
+        let family = u.family_token.as_deref().map(|t| self.fingerprint(t));
+        let address = u.address_token.as_deref().map(|t| self.fingerprint(t));
         let state = &mut self.user_state[id as usize];
         state.known = true;
         state.family = family;
@@ -433,8 +461,8 @@ impl Detector {
     /// cared for the patient are kept and added to.
     pub fn add_patient(&mut self, p: &RosterPatient) {
         let id = self.patient(&p.id);
-        let family = p.family_token.as_deref().map(|t| self.tokens.id(t));
-        let address = p.address_token.as_deref().map(|t| self.tokens.id(t));
+        let family = p.family_token.as_deref().map(|t| self.fingerprint(t));
+        let address = p.address_token.as_deref().map(|t| self.fingerprint(t));
         let employee = p.employee_user.as_deref().map(|u| self.user(u, None, None));
         let departments: Vec<u32> = p
             .departments
@@ -529,11 +557,23 @@ impl Detector {
     }
 
     fn patient(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.patients.get(name) {
+            return id;
+        }
+        if self.patients.ids.len() >= self.max_patients {
+            self.forget_patients();
+        }
         let id = self.patients.id(name);
-        if id as usize == self.patient_state.len() {
-            self.patient_state.push(PatientState::default());
+        match self.patient_state.get_mut(id as usize) {
+            Some(reused) => *reused = PatientState::default(),
+            None => self.patient_state.push(PatientState::default()),
         }
         id
+    }
+
+    fn fingerprint(&self, s: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.fingerprints.hash_one(s)
     }
 
     /// Scores `e`, then learns from it.
@@ -541,9 +581,17 @@ impl Detector {
         let mut f = [0.0; SIGNALS.len()];
         let mut set = |s: Signal, v: f64| f[s.index()] = v;
         let u = self.user(&e.user, e.role.as_deref(), e.department.as_deref());
-        let p = e.patient.as_deref().map(|p| self.patient(p));
-        let address = e.address.as_deref().map(|a| self.places.id(a));
-        let client = e.client.as_deref().map(|c| self.places.id(c));
+        // Registering a new patient is not looking at anyone's record: the patient signals are
+        // left out and the detector keeps nothing of the patient until someone opens it (a
+        // node registering thousands an hour would otherwise hold them all).
+        let registers = e.action == Action::Create && e.resource_type.as_deref() == Some("Patient");
+        let p = e
+            .patient
+            .as_deref()
+            .filter(|_| !registers)
+            .map(|p| self.patient(p));
+        let address = e.address.as_deref().map(|a| self.fingerprint(a));
+        let client = e.client.as_deref().map(|c| self.fingerprint(c));
         let now = e.time;
         let related_now = e.relationship != Relationship::None;
         let opens = !matches!(e.action, Action::Login | Action::Receive);
@@ -561,7 +609,7 @@ impl Detector {
         }
         // New: never used before, or first used in the last two hours (one sitting).
         let settled = user.counts.events >= SETTLED_AFTER;
-        let new = |seen: &[(u32, i64)], x: Option<u32>| {
+        let new = |seen: &[(u64, i64)], x: Option<u64>| {
             x.is_some_and(|x| {
                 seen.iter()
                     .find(|(y, _)| *y == x)
@@ -597,15 +645,12 @@ impl Detector {
             set(Signal::NoPurpose, 1.0);
         }
         let mut new_unrelated = false;
-        // Registering a new patient is not looking at anyone's record: the patient signals
-        // are left out (the graph still learns who registered them).
-        let registers = e.action == Action::Create && e.resource_type.as_deref() == Some("Patient");
-        if let Some(p) = p.filter(|_| !registers) {
+        if let Some(p) = p {
             let patient = &self.patient_state[p as usize];
             let pair = self.pairs.get(&pair_key(u, p)).copied();
             set(Signal::UnknownPatient, f64::from(u8::from(!patient.known)));
             if patient.known {
-                let both = |a: Option<u32>, b: Option<u32>| a.is_some() && a == b;
+                let both = |a: Option<u64>, b: Option<u64>| a.is_some() && a == b;
                 if patient.employee == Some(u) {
                     set(Signal::OwnRecord, 1.0);
                 } else {
@@ -776,8 +821,8 @@ impl Detector {
         e: &Event<'_>,
         u: u32,
         p: Option<u32>,
-        address: Option<u32>,
-        client: Option<u32>,
+        address: Option<u64>,
+        client: Option<u64>,
         f: &[f64; SIGNALS.len()],
         new_unrelated: bool,
         weight: f64,
@@ -838,6 +883,7 @@ impl Detector {
             pair.searched = Some(now);
         }
         let patient = &mut self.patient_state[p as usize];
+        patient.last = patient.last.max(now);
         if related_now && e.outcome == Outcome::Allowed {
             patient.last_care = Some(now);
             if let Some(d) = department.filter(|d| !patient.departments.contains(d)) {
@@ -881,6 +927,64 @@ impl Detector {
             let cutoff = *cutoff;
             self.pairs.retain(|_, p| p.last > cutoff);
         }
+    }
+
+    /// Forgets the least recently seen tenth of the patients (at least one), and their pairs:
+    /// a patient seen again is looked up and learned anew, as one never seen.
+    fn forget_patients(&mut self) {
+        let live = self.patients.ids.len();
+        if live == 0 {
+            return;
+        }
+        let mut lasts: Vec<i64> = self
+            .patients
+            .ids
+            .values()
+            .map(|id| self.patient_state[*id as usize].last)
+            .collect();
+        let tenth = (live / 10).max(1) - 1;
+        let (_, cutoff, _) = lasts.select_nth_unstable(tenth);
+        let cutoff = *cutoff;
+        let mut gone = vec![false; self.patient_state.len()];
+        let mut forgotten = 0;
+        for id in self.patients.ids.values() {
+            if self.patient_state[*id as usize].last <= cutoff && forgotten <= tenth {
+                gone[*id as usize] = true;
+                forgotten += 1;
+            }
+        }
+        self.patients.forget(&gone);
+        for (id, state) in self.patient_state.iter_mut().enumerate() {
+            if gone[id] {
+                *state = PatientState::default();
+            }
+        }
+        self.pairs
+            .retain(|k, _| !gone[(*k & u64::from(u32::MAX)) as usize]);
+    }
+
+    /// Bounds the patients held (by default [`MAX_PATIENTS`]; the least recently seen tenth
+    /// is forgotten when it is reached).
+    #[must_use]
+    pub fn with_patients(mut self, patients: usize) -> Self {
+        self.max_patients = patients.max(10);
+        self
+    }
+
+    /// True if the detector holds user `id` (named by an event or the roster).
+    pub fn holds_user(&self, id: &str) -> bool {
+        self.users.get(id).is_some()
+    }
+
+    /// True if the detector holds patient `id` (opened by an event, or on the roster, and not
+    /// forgotten since).
+    pub fn holds_patient(&self, id: &str) -> bool {
+        self.patients.get(id).is_some()
+    }
+
+    /// How many patients the detector holds.
+    pub fn patients_held(&self) -> usize {
+        self.patients.ids.len()
     }
 
     /// Bounds the pairs and co-access counts remembered (by default [`MAX_PAIRS`] and
@@ -1024,6 +1128,63 @@ mod tests {
         let (pairs, co) = d.remembered();
         assert!((800..=1_000).contains(&pairs), "{pairs}");
         assert!(co <= 500, "{co}");
+    }
+
+    fn at(i: i64, user: &str, patient: &str, action: &str, rtype: &str) -> String {
+        serde_json::json!({
+            "time": crate::event::format_time(1_790_000_000 + i),
+            "user": user, "role": "clerk", "patient": patient, "action": action,
+            "resource_type": rtype, "outcome": "allowed", "relationship": "none",
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn registering_patients_holds_nothing_of_them() {
+        let mut d = Detector::new(&Roster::default());
+        for i in 0..5_000 {
+            score(
+                &mut d,
+                &at(i, "clerk", &format!("new{i}"), "create", "Patient"),
+            );
+        }
+        assert_eq!(d.patients_held(), 0);
+        assert_eq!(d.remembered(), (0, 0));
+        assert!(d.holds_user("clerk"));
+        // Opened later, a registered patient is held from then on, and is new to the clerk.
+        let s = score(&mut d, &at(6_000, "clerk", "new7", "read", "Patient"));
+        assert_eq!(s.features[Signal::NewToUser.index()], 1.0);
+        assert!(d.holds_patient("new7") && !d.holds_patient("new8"));
+        assert_eq!(d.patients_held(), 1);
+    }
+
+    #[test]
+    fn the_least_recently_seen_patients_are_forgotten_at_the_bound() {
+        let mut d = Detector::new(&roster()).with_patients(100);
+        // "ward" is opened every few events; 1 000 other patients once each.
+        for i in 0..1_000 {
+            score(
+                &mut d,
+                &at(2 * i, "nurse", &format!("p{i}"), "read", "Observation"),
+            );
+            if i % 20 == 0 {
+                score(
+                    &mut d,
+                    &at(2 * i + 1, "nurse", "ward", "read", "Observation"),
+                );
+            }
+        }
+        let held = d.patients_held();
+        assert!((90..=100).contains(&held), "{held}");
+        assert!(d.holds_patient("ward") && d.holds_patient("p999"));
+        assert!(!d.holds_patient("p0") && !d.holds_patient("sister"));
+        // The forgotten patients' pairs went with them.
+        let (pairs, _) = d.remembered();
+        assert!(pairs <= held, "{pairs} pairs for {held} patients");
+        // A forgotten patient seen again is scored as one never seen by this user.
+        let again = score(&mut d, &at(5_000, "nurse", "p0", "read", "Observation"));
+        assert_eq!(again.features[Signal::NewToUser.index()], 1.0);
+        assert!(d.holds_patient("p0"));
     }
 
     #[test]
