@@ -119,6 +119,12 @@ enum Command {
         after_help = "Example:\n  medvault import --data-dir /var/lib/medvault synthea/output/fhir\n  medvault import --data-dir DIR export/Patient.ndjson export/Observation.ndjson\n  medvault import --data-dir DIR --update corrected/Observation.ndjson"
     )]
     Import(Box<commands::import::ImportArgs>),
+    /// Compliance from live evidence: a signed report answering HIPAA, GDPR and ISO/IEC 27001
+    /// controls from the node's state, and checking such a report.
+    Compliance {
+        #[command(subcommand)]
+        command: commands::compliance::ComplianceCommand,
+    },
     /// Sentinel, the insider-snooping and attack detector: export a node's access log and score
     /// it offline (live scoring, alerts and responses run inside `serve`).
     Sentinel {
@@ -191,6 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ledger { command } => commands::ledger::run_ledger(command),
         Command::Node { command } => commands::ledger::run_node(command),
         Command::Import(args) => commands::import::run(*args),
+        Command::Compliance { command } => commands::compliance::run(command),
         Command::Sentinel { command } => commands::sentinel::run(command),
         Command::Backup { dir, out, force } => commands::transfer::run_backup(dir, out, force),
         Command::Restore { dir, file, force } => commands::transfer::run_restore(dir, file, force),

@@ -339,6 +339,15 @@ stored_ciphertext!(
     "Wraps bytes read back from storage; they are authenticated when opened."
 );
 
+impl Sealed {
+    /// True when the bytes have a sealed record's shape: the format byte, a nonce and a tag at
+    /// least. (Whether they authenticate is only known by opening them; plaintext JSON written
+    /// past the node, starting `{`, never has this shape.)
+    pub fn has_envelope_shape(&self) -> bool {
+        self.0.len() >= 1 + NONCE_LEN + 16 && self.0.first() == Some(&SEALED_FORMAT_V1)
+    }
+}
+
 pub(crate) fn wrap_with_root(
     root: &SecretBytes,
     tenant: &str,
@@ -467,6 +476,16 @@ mod tests {
         let sealed = Sealed::from_stored(vec![1, 2, 3]);
         assert_eq!(sealed.as_bytes(), &[1, 2, 3]);
         assert_eq!(format!("{sealed:?}"), "Sealed(3 bytes)");
+    }
+
+    #[test]
+    fn sealed_records_have_the_envelope_shape_and_plaintext_does_not() {
+        let dek = DataKey::generate("Patient/p1".into(), 1).unwrap();
+        assert!(dek.seal(&rid(1), b"").unwrap().has_envelope_shape());
+        assert!(dek.seal(&rid(1), b"{}").unwrap().has_envelope_shape());
+        let json = br#"{"resourceType":"Patient","name":[{"family":"Doe"}]}"#;
+        assert!(!Sealed::from_stored(json.to_vec()).has_envelope_shape());
+        assert!(!Sealed::from_stored(vec![1; 28]).has_envelope_shape());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod break_glass;
 mod bulk_http;
 pub mod client_addr;
+mod compliance_http;
 pub mod error;
 mod http;
 pub mod identity;
@@ -88,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/patients/{id}/erase", post(admin::erase))
         .route("/privacy/ui", get(alerts_http::page))
         .route("/privacy/ui/privacy.js", get(alerts_http::page_script))
+        .route("/admin/compliance", get(compliance_http::report))
         .route("/admin/alerts", get(alerts_http::list))
         .route("/admin/alerts/{id}", get(alerts_http::read))
         .route("/admin/alerts/{id}/verdict", post(alerts_http::verdict))

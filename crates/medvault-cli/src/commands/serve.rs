@@ -231,6 +231,11 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     } = clients;
     init_logging(log_format);
     let policy = load_policy(&policies, replace_default_policy)?;
+    let playbooks_from = if playbooks.is_some() {
+        "file"
+    } else {
+        "built-in"
+    };
     let playbooks = load_playbooks(playbooks.as_deref())?;
     let witnesses = witnesses
         .iter()
@@ -264,6 +269,36 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    // Recorded for the compliance report, which may be made while no server runs.
+    medvault_compliance::evidence::record_deployment(
+        &node,
+        &medvault_compliance::evidence::Deployment {
+            recorded_micros: node.clock.now_micros(),
+            listen: listen.to_string(),
+            loopback: listen.ip().is_loopback(),
+            tls: match (&tls, tls_dev_cert) {
+                (Some(_), true) => "dev-certificate",
+                (Some(_), false) => "certificate",
+                (None, _) => "none",
+            }
+            .into(),
+            pq_key_exchange: tls.is_some(),
+            peer_mtls: peer_listen.is_some(),
+            session_idle_minutes,
+            admin_session_idle_minutes,
+            session_max_hours,
+            sentinel: sentinel_threshold
+                .0
+                .map_or_else(|| "off".to_owned(), |t| t.to_string()),
+            playbooks: playbooks_from.into(),
+            dry_run: sentinel_dry_run,
+            default_policy: !replace_default_policy,
+            site_policies: policies.len(),
+            witnesses: witnesses.len(),
+            break_glass_max_minutes,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("recording the serve settings failed: {e}"))?;
     // Recorded so `ledger verify` can check cosignatures without being told the keys.
     let known = witnesses
         .iter()

@@ -9,6 +9,7 @@ mod bad_input;
 mod bulk;
 mod bundle;
 mod cli;
+mod compliance;
 mod config;
 mod crud;
 mod hardening;

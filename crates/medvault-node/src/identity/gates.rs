@@ -153,6 +153,22 @@ pub fn privacy_officer(who: &Authenticated) -> Result<(), Refusal> {
     }
 }
 
+/// The compliance report: admins, auditors and privacy officers, in a session with a second
+/// factor or with an API token; never apps.
+pub fn compliance(who: &Authenticated) -> Result<(), Refusal> {
+    if matches!(who.role, Role::Admin | Role::Auditor | Role::PrivacyOfficer)
+        && (who.session.is_none() || with_second_factor(who))
+        && who.scopes.is_none()
+    {
+        Ok(())
+    } else {
+        Err(Refusal::forbidden(
+            "role-gate",
+            "the compliance report is for admins, auditors and privacy officers",
+        ))
+    }
+}
+
 /// Token introspection: admins, with a second factor when in a session; never apps.
 pub fn introspection(who: &Authenticated) -> Result<(), Refusal> {
     if who.role == Role::Admin

@@ -1,0 +1,52 @@
+//! Compliance from live evidence (issue 20): the node answers an auditor's HIPAA, GDPR and
+//! ISO/IEC 27001 questions from what is true now, in a report it signs and pins to a
+//! checkpoint of each of its logs.
+//!
+//! - [`evidence`]: what the report rests on, read from the node (and the settings `serve`
+//!   records at start); reading changes nothing it reports on.
+//! - [`controls`]: each control judged `pass | warn | fail | not-applicable` from the
+//!   evidence, by pure functions.
+//! - [`report`]: the signed JSON report, its canonical form and its verification.
+//! - [`html`]: the same report for a person, with the signed JSON embedded so the page
+//!   verifies as the file does.
+
+pub mod controls;
+pub mod evidence;
+pub mod html;
+pub mod report;
+
+use medvault_node::Node;
+
+/// Why a report could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed.
+    #[error("database: {0}")]
+    Store(#[from] medvault_store::StoreError),
+    /// A node operation failed.
+    #[error("{0}")]
+    Node(String),
+    /// Input that is not a report.
+    #[error("{0}")]
+    Invalid(String),
+    /// Something that should not happen.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<medvault_node::Error> for Error {
+    fn from(e: medvault_node::Error) -> Self {
+        Self::Node(e.message)
+    }
+}
+
+/// Reads the evidence, judges every control and signs the report. `progress` gets (leaves
+/// verified, leaves in all) while both logs are verified.
+///
+/// # Errors
+/// Store and key failures.
+pub fn report(node: &Node, progress: impl FnMut(u64, u64)) -> Result<serde_json::Value, Error> {
+    let evidence = evidence::gather(node, progress)?;
+    let controls = controls::evaluate(&evidence);
+    report::build(node, evidence.now_micros, &controls)
+}

@@ -1,0 +1,19 @@
+//! A compliance report comes from anyone (an auditor's inbox, a web page): `compliance verify`
+//! must answer every file, JSON or HTML, with a verdict or a plain refusal, never a panic, and
+//! never accept one whose signature does not cover what it says.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use medvault_compliance::{html, report};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(value) = html::extract(text) {
+        // Random bytes never carry a valid hybrid signature.
+        assert!(report::verify(&value, None, None).is_err());
+        let mut out = Vec::new();
+        let _ = report::canonical(&value, &mut out);
+    }
+});
