@@ -92,14 +92,71 @@ this page or its JSON was not changed.</p>
     )
 }
 
+/// Walks JSON and refuses an object that names a member twice: parsers disagree on which of
+/// the two counts, so a report holding one could show a reader what the signature does not
+/// cover.
+struct Unique;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Unique {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Unique {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Unique)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom("an object names a member twice"));
+            }
+            map.next_value_seed(Unique)?;
+        }
+        Ok(())
+    }
+}
+
+fn parse(text: &str) -> Result<Value, String> {
+    let mut d = serde_json::Deserializer::from_str(text);
+    serde::de::DeserializeSeed::deserialize(Unique, &mut d).map_err(|e| e.to_string())?;
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
 /// The signed JSON a page made by [`render`] embeds, or the text itself when it is JSON.
 ///
 /// # Errors
-/// Neither JSON nor a page holding the report.
+/// Neither JSON nor a page holding the report; JSON naming an object's member twice.
 pub fn extract(text: &str) -> Result<Value, String> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') {
-        return serde_json::from_str(trimmed).map_err(|e| format!("not valid JSON: {e}"));
+        return parse(trimmed).map_err(|e| format!("not valid JSON: {e}"));
     }
     let open = format!("<script type=\"application/json\" id=\"{ID}\">");
     let start = text
@@ -109,8 +166,17 @@ pub fn extract(text: &str) -> Result<Value, String> {
     let end = text[start..]
         .find("</script>")
         .ok_or("the embedded report is not closed")?;
-    serde_json::from_str(&text[start..start + end])
-        .map_err(|e| format!("the embedded report is not valid JSON: {e}"))
+    let report = parse(&text[start..start + end])
+        .map_err(|e| format!("the embedded report is not valid JSON: {e}"))?;
+    // The signature covers the embedded JSON only: the page a person reads must be exactly
+    // the one rendered from it, or it could show other statuses than those signed.
+    if render(&report) != text {
+        return Err(
+            "the page differs from the one its signed report renders (something was changed or added around the report)"
+                .into(),
+        );
+    }
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -130,6 +196,18 @@ mod tests {
         assert!(page.contains("n&lt;1&gt;") && page.contains("T &amp; U"));
         assert!(!page.contains("<b>x</b>"));
         assert_eq!(extract(&page).unwrap(), report);
+        let shown = page.replacen(
+            "class=\"status pass\">pass<",
+            "class=\"status fail\">fail<",
+            1,
+        );
+        assert_ne!(shown, page);
+        assert!(extract(&shown).unwrap_err().contains("differs"));
+        assert!(extract(&format!("{page}<div>ALL PASS</div>")).is_err());
         assert!(extract("<html></html>").is_err());
+        let twice = r#"{"status": "pass", "status": "fail"}"#;
+        assert!(extract(twice).unwrap_err().contains("twice"));
+        assert!(extract(r#"{"a": [{"b": 1, "c": {"b": 2}}]}"#).is_ok());
+        assert!(extract(&format!("{page}{page}")).is_err());
     }
 }

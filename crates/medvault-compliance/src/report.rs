@@ -212,6 +212,20 @@ pub fn verify(
     let sig = map
         .get("signature")
         .ok_or_else(|| malformed("signature missing"))?;
+    // The signature's own members are outside what it signs: each must be exactly as made.
+    let members = sig.as_object().map(|m| {
+        let mut k: Vec<&str> = m.keys().map(String::as_str).collect();
+        k.sort_unstable();
+        k
+    });
+    if members.as_deref() != Some(&["Ed25519", "ML-DSA-65", "algorithm", "keyVersion"][..])
+        || sig["algorithm"] != "Ed25519+ML-DSA-65"
+        || sig["keyVersion"].as_u64() != Some(u64::from(doc.version))
+    {
+        return Err(malformed(
+            "signature must hold exactly algorithm Ed25519+ML-DSA-65, the node document's keyVersion, Ed25519 and ML-DSA-65",
+        ));
+    }
     let part = |name: &str| -> Result<Vec<u8>, VerifyError> {
         sig.get(name)
             .and_then(Value::as_str)

@@ -100,9 +100,23 @@ pub(crate) fn run(cmd: ComplianceCommand) -> anyhow::Result<()> {
             data_dir,
             database,
         } => {
-            let text = std::fs::read_to_string(&report)
-                .with_context(|| format!("{}", report.display()))?;
-            let value = medvault_compliance::html::extract(&text)
+            // A report is tens of kilobytes: anything far larger, or not a file, is refused
+            // before it is read.
+            const MAX_REPORT_BYTES: u64 = 16 * 1024 * 1024;
+            let meta =
+                std::fs::metadata(&report).with_context(|| format!("{}", report.display()))?;
+            if !meta.is_file() || meta.len() > MAX_REPORT_BYTES {
+                anyhow::bail!(
+                    "{}: not a report (not a regular file of at most 16 MiB)",
+                    report.display()
+                );
+            }
+            let bytes = std::fs::read(&report).with_context(|| format!("{}", report.display()))?;
+            let text = String::from_utf8(bytes).map_err(|_| {
+                anyhow::anyhow!("{}: not a report (not UTF-8 text)", report.display())
+            })?;
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+            let value = medvault_compliance::html::extract(text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", report.display()))?;
             let node = data_dir
                 .map(|data_dir| open_node(&DataDir { data_dir, database }, true))

@@ -114,7 +114,9 @@ fn the_report_answers_from_live_evidence_is_signed_and_verifies_only_unchanged()
     let tampered = dir.path().join("tampered.json");
     std::fs::write(
         &tampered,
-        report.to_string().replacen("\"fail\"", "\"pass\"", 1),
+        report
+            .to_string()
+            .replacen("\"status\":\"fail\"", "\"status\":\"pass\"", 1),
     )
     .unwrap();
     let (ok, out, err) = s.cli(&["compliance", "verify", tampered.to_str().unwrap()]);

@@ -164,7 +164,7 @@ pub fn compliance(who: &Authenticated) -> Result<(), Refusal> {
     } else {
         Err(Refusal::forbidden(
             "role-gate",
-            "the compliance report is for admins, auditors and privacy officers",
+            "the compliance report is for admins, auditors and privacy officers, signed in with a second factor or with an API token",
         ))
     }
 }
