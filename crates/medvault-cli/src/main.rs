@@ -125,6 +125,13 @@ enum Command {
         #[command(subcommand)]
         command: commands::compliance::ComplianceCommand,
     },
+    /// Breach response (GDPR Art. 33/34, HITECH): assess from the access log what a principal
+    /// disclosed or a key could open, with thresholds, deadlines and draft notices; keep the
+    /// breach register.
+    Breach {
+        #[command(subcommand)]
+        command: commands::breach::BreachCommand,
+    },
     /// Sentinel, the insider-snooping and attack detector: export a node's access log and score
     /// it offline (live scoring, alerts and responses run inside `serve`).
     Sentinel {
@@ -198,6 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node { command } => commands::ledger::run_node(command),
         Command::Import(args) => commands::import::run(*args),
         Command::Compliance { command } => commands::compliance::run(command),
+        Command::Breach { command } => commands::breach::run(command),
         Command::Sentinel { command } => commands::sentinel::run(command),
         Command::Backup { dir, out, force } => commands::transfer::run_backup(dir, out, force),
         Command::Restore { dir, file, force } => commands::transfer::run_restore(dir, file, force),

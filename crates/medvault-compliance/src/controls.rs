@@ -99,7 +99,7 @@ fn unique_users(e: &Evidence) -> Judged {
     let t = &e.tokens;
     let facts = json!({
         "accounts": p.accounts, "enabled": p.enabled, "by_role": p.by_role,
-        "generic_names": p.generic_names, "api_tokens_live": t.live,
+        "generic_names": p.generic_names, "dormant": p.dormant, "api_tokens_live": t.live,
         "api_tokens_long_lived": t.long_lived,
     });
     if !p.generic_names.is_empty() {
@@ -109,6 +109,18 @@ fn unique_users(e: &Evidence) -> Judged {
                 "{} enabled account(s) carry a generic name rather than a person's ({}): shared accounts defeat unique identification",
                 p.generic_names.len(),
                 ids(&p.generic_names)
+            ),
+            facts,
+        );
+    }
+    if !p.dormant.is_empty() {
+        return judged(
+            Status::Warn,
+            format!(
+                "{} enabled staff account(s) have not signed in for {} days ({}): disable those no longer needed",
+                p.dormant.len(),
+                crate::evidence::DORMANT_DAYS,
+                ids(&p.dormant)
             ),
             facts,
         );
@@ -516,6 +528,61 @@ fn records_of_processing(e: &Evidence) -> Judged {
     )
 }
 
+fn breach_notification(e: &Evidence) -> Judged {
+    let b = &e.breaches;
+    let facts = json!({
+        "recorded": b.recorded, "open": b.open,
+        "authority_missed": b.authority_missed, "individuals_missed": b.individuals_missed,
+    });
+    if !b.authority_missed.is_empty() {
+        return judged(
+            Status::Fail,
+            format!(
+                "the supervisory authority was not notified within 72 hours of {} breach(es) ({})",
+                b.authority_missed.len(),
+                ids(&b.authority_missed)
+            ),
+            facts,
+        );
+    }
+    judged(
+        Status::Pass,
+        format!(
+            "{} breach(es) in the register ({} open), every authority notice on time or pending within 72 hours; assessments read the access log (medvault breach assess)",
+            b.recorded, b.open
+        ),
+        facts,
+    )
+    .on(&["access"])
+}
+
+fn hitech_notification(e: &Evidence) -> Judged {
+    let b = &e.breaches;
+    let facts = json!({
+        "recorded": b.recorded, "individuals_missed": b.individuals_missed,
+    });
+    if !b.individuals_missed.is_empty() {
+        return judged(
+            Status::Fail,
+            format!(
+                "the individuals affected by {} breach(es) were not notified within 60 days ({})",
+                b.individuals_missed.len(),
+                ids(&b.individuals_missed)
+            ),
+            facts,
+        );
+    }
+    judged(
+        Status::Pass,
+        format!(
+            "{} breach(es) in the register, every individuals' notice on time or pending within 60 days",
+            b.recorded
+        ),
+        facts,
+    )
+    .on(&["access"])
+}
+
 /// The worst of several statuses (for a control resting on several others).
 fn worst(rows: &[&Control]) -> Status {
     rows.iter()
@@ -535,6 +602,7 @@ struct Spec {
 
 const HIPAA: &str = "HIPAA";
 const GDPR: &str = "GDPR";
+const HITECH: &str = "HITECH";
 const ISO: &str = "ISO/IEC 27001:2022";
 
 const SPECS: &[Spec] = &[
@@ -621,6 +689,20 @@ const SPECS: &[Spec] = &[
         reference: "GDPR Art. 30",
         title: "Records of processing activities",
         judge: records_of_processing,
+    },
+    Spec {
+        id: "gdpr-33-34",
+        framework: GDPR,
+        reference: "GDPR Art. 33, 34",
+        title: "Breach notification (authority, data subjects) and register",
+        judge: breach_notification,
+    },
+    Spec {
+        id: "hitech-164.404",
+        framework: HITECH,
+        reference: "45 CFR §164.404–408",
+        title: "Breach notification to individuals, HHS and media",
+        judge: hitech_notification,
     },
 ];
 
@@ -834,6 +916,7 @@ mod tests {
             },
             alerts: Alerts::default(),
             peers: Vec::new(),
+            breaches: crate::register::Breaches::default(),
         }
     }
 
@@ -887,6 +970,17 @@ mod tests {
         e.people.generic_names = vec!["usr_2".into()];
         assert_eq!(status(&e, "hipaa-164.312-a-1"), Status::Fail);
         assert_eq!(status(&e, "iso-5.18"), Status::Fail);
+        let mut e = good();
+        e.people.dormant = vec!["usr_3".into()];
+        assert_eq!(status(&e, "hipaa-164.312-a-1"), Status::Warn);
+
+        let mut e = good();
+        e.breaches.recorded = 1;
+        e.breaches.authority_missed = vec!["brc_1".into()];
+        assert_eq!(status(&e, "gdpr-33-34"), Status::Fail);
+        assert_eq!(status(&e, "hitech-164.404"), Status::Pass);
+        e.breaches.individuals_missed = vec!["brc_1".into()];
+        assert_eq!(status(&e, "hitech-164.404"), Status::Fail);
 
         let mut e = good();
         e.records.not_sealed = 1;

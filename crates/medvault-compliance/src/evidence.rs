@@ -23,6 +23,9 @@ pub const ALERT_WINDOW_DAYS: i64 = 90;
 /// Days within which an alert should have been reviewed (HIPAA §164.308(a)(1)(ii)(D)).
 pub const REVIEW_DAYS: i64 = 7;
 
+/// A staff account not signed in for this many days (or never, since made) is dormant.
+pub const DORMANT_DAYS: i64 = 90;
+
 /// An API token living longer than this many days is a standing credential worth a look.
 pub const LONG_TOKEN_DAYS: i64 = 90;
 
@@ -99,6 +102,9 @@ pub struct People {
     pub generic_names: Vec<String>,
     /// Accounts locked now after failed sign-ins: ids.
     pub locked: Vec<String>,
+    /// Enabled staff accounts (not patients') not signed in for [`DORMANT_DAYS`], or never
+    /// since made that long ago: ids.
+    pub dormant: Vec<String>,
 }
 
 /// API tokens (automation credentials made on the host).
@@ -241,6 +247,8 @@ pub struct Evidence {
     pub alerts: Alerts,
     /// Peers.
     pub peers: Vec<Peer>,
+    /// The breach register.
+    pub breaches: crate::register::Breaches,
 }
 
 /// User names that name a function or a placeholder rather than a person.
@@ -307,6 +315,7 @@ pub fn gather(node: &Node, progress: impl FnMut(u64, u64)) -> Result<Evidence, E
                 fingerprint: p.fingerprint,
             })
             .collect(),
+        breaches: crate::register::evidence(node, now)?,
     })
 }
 
@@ -336,6 +345,10 @@ fn people(node: &Node, now: i64) -> Result<People, Error> {
         }
         if u.locked_until_micros > now {
             p.locked.push(u.id.clone());
+        }
+        let last = u.last_login_micros.unwrap_or(u.created_micros);
+        if u.role != "patient" && now - last > DORMANT_DAYS * DAY_MICROS {
+            p.dormant.push(u.id.clone());
         }
     }
     Ok(p)

@@ -10,9 +10,11 @@
 //! - [`html`]: the same report for a person, with the signed JSON embedded so the page
 //!   verifies as the file does.
 
+pub mod breach;
 pub mod controls;
 pub mod evidence;
 pub mod html;
+pub mod register;
 pub mod report;
 
 use medvault_node::Node;
@@ -29,6 +31,9 @@ pub enum Error {
     /// Input that is not a report.
     #[error("{0}")]
     Invalid(String),
+    /// No such entry.
+    #[error("{0}")]
+    NotFound(String),
     /// Something that should not happen.
     #[error("internal: {0}")]
     Internal(String),

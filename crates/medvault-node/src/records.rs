@@ -311,3 +311,24 @@ pub(crate) fn current_verdict(
         Ok(()) => Ok(Verdict::Visible),
     }
 }
+
+/// The current version of `rt/id` opened as the node's own work (no request's policy: for
+/// administrative reports such as a breach assessment); none if absent, deleted or unreadable.
+///
+/// # Errors
+/// Store failures.
+pub fn read_as_node(
+    node: &crate::Node,
+    rt: &ResourceType,
+    id: &ResourceId,
+) -> Result<Option<Value>, Error> {
+    let Some(row) = node.store.version(rt, id, None)? else {
+        return Ok(None);
+    };
+    Ok(open(
+        node.store.as_ref(),
+        &Ctx::unrestricted_node_work(node),
+        &row,
+    )
+    .ok())
+}

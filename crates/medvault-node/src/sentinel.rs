@@ -999,14 +999,11 @@ fn roster_patient(node: &Node, ctx: &Ctx, id: &str) -> Result<Option<RosterPatie
 }
 
 /// The current version of `rt/id`, opened (none if absent, deleted or unreadable).
-fn read(node: &Node, ctx: &Ctx, rt: &ResourceType, id: &str) -> Result<Option<Value>, Error> {
+fn read(node: &Node, _ctx: &Ctx, rt: &ResourceType, id: &str) -> Result<Option<Value>, Error> {
     let Ok(id) = ResourceId::new(id) else {
         return Ok(None);
     };
-    let Some(row) = node.store.version(rt, &id, None)? else {
-        return Ok(None);
-    };
-    Ok(crate::records::open(node.store.as_ref(), ctx, &row).ok())
+    crate::records::read_as_node(node, rt, &id)
 }
 
 /// Keyed tokens of a person's first family name and first address (its first line and postal

@@ -9,6 +9,7 @@ pub mod admin;
 mod alerts_http;
 pub mod anonymous;
 pub mod auth;
+mod breach_http;
 pub mod break_glass;
 mod bulk_http;
 pub mod client_addr;
@@ -90,6 +91,14 @@ pub fn router(state: AppState) -> Router {
         .route("/privacy/ui", get(alerts_http::page))
         .route("/privacy/ui/privacy.js", get(alerts_http::page_script))
         .route("/admin/compliance", get(compliance_http::report))
+        .route("/admin/breach/assess", post(breach_http::assess_http))
+        .route(
+            "/admin/breaches",
+            get(breach_http::list).post(breach_http::record),
+        )
+        .route("/admin/breaches/{id}", get(breach_http::show))
+        .route("/admin/breaches/{id}/notices", post(breach_http::notice))
+        .route("/admin/breaches/{id}/close", post(breach_http::close))
         .route("/admin/alerts", get(alerts_http::list))
         .route("/admin/alerts/{id}", get(alerts_http::read))
         .route("/admin/alerts/{id}/verdict", post(alerts_http::verdict))

@@ -605,7 +605,7 @@ mod tests {
             medvault_store::conformance::CHECKS.len()
                 + medvault_store::conformance::PAIR_CHECKS.len()
         );
-        assert_eq!(ran, 18);
+        assert_eq!(ran, 19);
     }
 
     #[test]

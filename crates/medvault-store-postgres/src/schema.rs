@@ -194,6 +194,18 @@ const NODE_MIGRATIONS: &[(i64, &str)] = &[
      CREATE INDEX IF NOT EXISTS responses_by_time ON responses (at);
      CREATE INDEX IF NOT EXISTS responses_by_alert ON responses (alert_id);",
     ),
+    // v19: when each account last signed in (dormant accounts); the compliance registers
+    // (breaches, data subjects' requests).
+    (
+        19,
+        "ALTER TABLE users ADD COLUMN IF NOT EXISTS last_login BIGINT;
+     CREATE TABLE IF NOT EXISTS register (
+        id TEXT COLLATE \"C\" PRIMARY KEY, kind TEXT NOT NULL, subject TEXT,
+        opened BIGINT NOT NULL, due BIGINT NOT NULL, status TEXT NOT NULL, closed BIGINT,
+        updated BIGINT NOT NULL, body BYTEA NOT NULL
+     );
+     CREATE INDEX IF NOT EXISTS register_by_kind ON register (kind, opened);",
+    ),
 ];
 
 const KEEP_TILE_LEVELS: &str = "DELETE FROM ledger_nodes WHERE level % 8 <> 0;";

@@ -535,7 +535,7 @@ mod tests {
             medvault_store::conformance::CHECKS.len()
                 + medvault_store::conformance::PAIR_CHECKS.len()
         );
-        assert_eq!(ran, 18);
+        assert_eq!(ran, 19);
     }
 
     #[test]
@@ -626,7 +626,7 @@ mod tests {
             s.meta("schema_version").unwrap().as_deref(),
             Some(medvault_store::NODE_SCHEMA_VERSION.to_string().as_str())
         );
-        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 18);
+        assert_eq!(medvault_store::NODE_SCHEMA_VERSION, 19);
     }
 
     #[test]
@@ -653,9 +653,11 @@ mod tests {
         medvault_store::conformance::token_from_v12_expires_in_30_days(&s);
     }
 
-    /// Takes a database at the current version back before v18 (verdicts, responses), for
-    /// tests that rewind further.
-    const UNDO_V18: &str = "DROP INDEX alerts_by_user;
+    /// Takes a database at the current version back before v18 (verdicts, responses; and
+    /// v19's last sign-ins and registers), for tests that rewind further.
+    const UNDO_V18: &str = "ALTER TABLE users DROP COLUMN last_login;
+        DROP TABLE register;
+        DROP INDEX alerts_by_user;
         ALTER TABLE alerts DROP COLUMN verdict;
         ALTER TABLE alerts DROP COLUMN note;
         DROP TABLE responses;";

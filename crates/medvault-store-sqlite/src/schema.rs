@@ -223,6 +223,15 @@ const NODE_MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;
      CREATE INDEX responses_by_time ON responses (at);
      CREATE INDEX responses_by_alert ON responses (alert_id);",
+    // v19: when each account last signed in (dormant accounts); the compliance registers
+    // (breaches, data subjects' requests).
+    "ALTER TABLE users ADD COLUMN last_login INTEGER;
+     CREATE TABLE register (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, subject TEXT, opened INTEGER NOT NULL,
+        due INTEGER NOT NULL, status TEXT NOT NULL, closed INTEGER, updated INTEGER NOT NULL,
+        body BLOB NOT NULL
+     ) WITHOUT ROWID;
+     CREATE INDEX register_by_kind ON register (kind, opened);",
 ];
 
 const DROP_LEVEL_ZERO: &str = "DELETE FROM ledger_nodes WHERE level = 0;";

@@ -11,9 +11,9 @@ use medvault_store::rows::{self, Columns};
 use medvault_store::{
     AccessTokenRow, AlertQuery, AlertRow, Amendment, AuditDetail, BreakGlassRow, ClientRow,
     CurrentMeta, DataKeyRow, GrantRow, IdentityTx, IndexQuery, KeyTx, LogTx, PeerRow, PeerTx,
-    RecordTx, ResponseRow, SCAN_SELECTIVITY_CAP, Scan, ScanDriver, SearchPage, SessionRow,
-    SortOrder, StoreError, StoredVersion, TokenHash, TokenRow, UserRow, driver_step, list_step,
-    meets, other_clauses,
+    RecordTx, RegisterRow, ResponseRow, SCAN_SELECTIVITY_CAP, Scan, ScanDriver, SearchPage,
+    SessionRow, SortOrder, StoreError, StoredVersion, TokenHash, TokenRow, UserRow, driver_step,
+    list_step, meets, other_clauses,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension as _, params, params_from_iter};
@@ -459,7 +459,8 @@ pub(crate) fn scan(
 }
 
 const USER_COLUMNS: &str = "id, name_index, name_sealed, role, password_hash, disabled, created,
-     totp, totp_pending, totp_last_step, failed_logins, locked_until, patient_id, practitioner";
+     totp, totp_pending, totp_last_step, failed_logins, locked_until, patient_id, practitioner,
+     last_login";
 
 pub(crate) fn user(c: &Connection, id: &str) -> Result<Option<UserRow>, StoreError> {
     one(
@@ -696,6 +697,31 @@ pub(crate) fn responses(
         ),
         params![alert, before_at, before_id, i64::from(limit)],
         rows::response,
+    )
+}
+
+pub(crate) fn register_entry(c: &Connection, id: &str) -> Result<Option<RegisterRow>, StoreError> {
+    one(
+        c,
+        &format!(
+            "SELECT {} FROM register WHERE id = ?1",
+            rows::REGISTER_COLUMNS
+        ),
+        [id],
+        rows::register_entry,
+    )
+}
+
+pub(crate) fn register(c: &Connection, kind: Option<&str>) -> Result<Vec<RegisterRow>, StoreError> {
+    all(
+        c,
+        &format!(
+            "SELECT {} FROM register WHERE (?1 IS NULL OR kind = ?1)
+             ORDER BY opened DESC, id DESC",
+            rows::REGISTER_COLUMNS
+        ),
+        [kind],
+        rows::register_entry,
     )
 }
 
@@ -1467,6 +1493,33 @@ impl IdentityTx for Tx<'_> {
         .map(|n| n == 1)
     }
 
+    fn put_register_entry(&mut self, e: &RegisterRow) -> Result<(), StoreError> {
+        exec(
+            self.conn,
+            &format!(
+                "INSERT INTO register ({})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (id) DO UPDATE SET kind = excluded.kind,
+                    subject = excluded.subject, opened = excluded.opened, due = excluded.due,
+                    status = excluded.status, closed = excluded.closed,
+                    updated = excluded.updated, body = excluded.body",
+                rows::REGISTER_COLUMNS
+            ),
+            params![
+                e.id,
+                e.kind,
+                e.subject,
+                e.opened_micros,
+                e.due_micros,
+                e.status,
+                e.closed_micros,
+                e.updated_micros,
+                e.body.as_bytes(),
+            ],
+        )
+        .map(drop)
+    }
+
     fn put_response(&mut self, r: &ResponseRow) -> Result<(), StoreError> {
         exec(
             self.conn,
@@ -1596,8 +1649,10 @@ impl IdentityTx for Tx<'_> {
             self.conn,
             &format!(
                 "INSERT INTO users ({USER_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                    ?15)
                  ON CONFLICT (id) DO UPDATE SET patient_id = excluded.patient_id,
+                    last_login = excluded.last_login,
                     practitioner = excluded.practitioner,
                     name_index = excluded.name_index, name_sealed = excluded.name_sealed,
                     role = excluded.role, password_hash = excluded.password_hash,
@@ -1620,6 +1675,7 @@ impl IdentityTx for Tx<'_> {
                 u.locked_until_micros,
                 u.patient_id,
                 u.practitioner,
+                u.last_login_micros,
             ],
         )
         .map(drop)

@@ -6,8 +6,8 @@ use medvault_crypto::{BlindValue, Sealed, WrappedKey};
 
 use crate::{
     AccessTokenRow, AlertQuery, AlertRow, Amendment, AmendmentKind, AuditDetail, BreakGlassRow,
-    ClientRow, GrantRow, IndexQuery, LedgerNodes, PeerRow, ResponseRow, SessionRow, SortOrder,
-    Store, StoreError, StoredVersion, TokenHash, TokenRow, UserRow, write_with,
+    ClientRow, GrantRow, IndexQuery, LedgerNodes, PeerRow, RegisterRow, ResponseRow, SessionRow,
+    SortOrder, Store, StoreError, StoredVersion, TokenHash, TokenRow, UserRow, write_with,
 };
 
 /// One conformance check: panics when the backend breaks the contract.
@@ -56,6 +56,7 @@ pub const CHECKS: &[(&str, Check)] = &[
         "tree_levels_between_tiles_are_hashed_up",
         tree_levels_between_tiles_are_hashed_up,
     ),
+    ("compliance_register", compliance_register),
 ];
 
 /// Checks that need two fresh stores of the backend (a source and a target).
@@ -1493,6 +1494,7 @@ fn user_row(id: &str, name: u8) -> UserRow {
         locked_until_micros: 0,
         patient_id: None,
         practitioner: None,
+        last_login_micros: None,
     }
 }
 
@@ -1637,6 +1639,7 @@ fn users_sessions_and_recovery_codes(store: &dyn Store) {
     updated.locked_until_micros = 99;
     updated.patient_id = Some("p-1".into());
     updated.practitioner = Some("Practitioner/dr-1".into());
+    updated.last_login_micros = Some(1_234);
     let u = updated.clone();
     written(store, "replace user", move |tx| tx.put_user(&u));
     assert_eq!(ok(store.user("usr_a"), "user"), Some(updated));
@@ -2116,4 +2119,48 @@ fn queued_ops_share_a_commit_and_fail_alone(store: &dyn Store) {
         Some(tree.root()),
         "the stored tree is the tree of the committed leaves"
     );
+}
+
+/// The compliance registers: entries replaced by id, listed newest opened first, by kind.
+fn compliance_register(store: &dyn Store) {
+    let entry = |id: &str, kind: &str, opened: i64| RegisterRow {
+        id: id.into(),
+        kind: kind.into(),
+        subject: (kind != "breach").then(|| "Patient/p1".to_owned()),
+        opened_micros: opened,
+        due_micros: opened + 100,
+        status: "open".into(),
+        closed_micros: None,
+        updated_micros: opened,
+        body: Sealed::from_stored(vec![kind.len() as u8; 40]),
+    };
+    let (a, b, c) = (
+        entry("brc_1", "breach", 10),
+        entry("dsr_1", "access", 20),
+        entry("dsr_2", "erasure", 30),
+    );
+    written(store, "put register", move |tx| {
+        tx.put_register_entry(&a)?;
+        tx.put_register_entry(&b)?;
+        tx.put_register_entry(&c)
+    });
+    let ids = |rows: Vec<RegisterRow>| -> Vec<String> { rows.into_iter().map(|r| r.id).collect() };
+    assert_eq!(
+        ids(ok(store.register(None), "register")),
+        ["dsr_2", "dsr_1", "brc_1"]
+    );
+    assert_eq!(
+        ids(ok(store.register(Some("breach")), "register")),
+        ["brc_1"]
+    );
+    assert!(ok(store.register(Some("objection")), "register").is_empty());
+    let mut closed = entry("dsr_1", "access", 20);
+    closed.status = "answered".into();
+    closed.closed_micros = Some(25);
+    closed.updated_micros = 25;
+    let c2 = closed.clone();
+    written(store, "replace entry", move |tx| tx.put_register_entry(&c2));
+    assert_eq!(ok(store.register_entry("dsr_1"), "entry"), Some(closed));
+    assert_eq!(ok(store.register_entry("dsr_9"), "entry"), None);
+    assert_eq!(ok(store.register(None), "register").len(), 3);
 }

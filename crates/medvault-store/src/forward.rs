@@ -196,6 +196,18 @@ macro_rules! forward_reads {
             ) -> Result<Vec<$crate::ResponseRow>, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::active_responses(c, now_micros))
             }
+            fn register_entry(
+                &self,
+                id: &str,
+            ) -> Result<Option<$crate::RegisterRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::register_entry(c, id))
+            }
+            fn register(
+                &self,
+                kind: Option<&str>,
+            ) -> Result<Vec<$crate::RegisterRow>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::register(c, kind))
+            }
         }
         impl $crate::PeerRead for $ty {
             fn peer(&self, node: &str) -> Result<Option<$crate::PeerRow>, $crate::StoreError> {

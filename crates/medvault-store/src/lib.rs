@@ -87,7 +87,7 @@ impl std::fmt::Debug for TokenHash {
 
 /// The schema version of a node database this build writes (both backends use these numbers,
 /// so a dump of one loads into the other).
-pub const NODE_SCHEMA_VERSION: i64 = 18;
+pub const NODE_SCHEMA_VERSION: i64 = 19;
 /// The schema version of an access-log database this build writes.
 pub const ACCESS_LOG_SCHEMA_VERSION: i64 = 3;
 
@@ -583,6 +583,8 @@ pub struct UserRow {
     pub patient_id: Option<String>,
     /// For staff: the `Practitioner/<id>` they are in FHIR (care teams and encounters name it).
     pub practitioner: Option<String>,
+    /// The newest sign-in that opened a session, microseconds (none yet: never signed in).
+    pub last_login_micros: Option<i64>,
 }
 
 /// An emergency-access (break-glass) grant: one user, one patient, until it expires.
@@ -668,6 +670,33 @@ pub struct ResponseRow {
     pub undone_by: Option<String>,
     /// When it was undone, microseconds.
     pub undone_micros: Option<i64>,
+}
+
+/// An entry of the node's compliance registers: a personal-data breach (GDPR Art. 33/34,
+/// HITECH) or a data subject's request (GDPR Art. 15–21), with its deadline. What it says
+/// (descriptions, assessments, answers) is sealed in `body`; only what the register is sorted
+/// and judged by is in the clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterRow {
+    /// Entry id (`brc_…` for a breach, `dsr_…` for a request).
+    pub id: String,
+    /// `breach`, or the request's right: `access`, `portability`, `rectification`,
+    /// `erasure`, `restriction`, `objection`.
+    pub kind: String,
+    /// The patient a request is about (`Patient/<id>`); none for a breach.
+    pub subject: Option<String>,
+    /// When it was opened (a breach: discovered), microseconds.
+    pub opened_micros: i64,
+    /// When it must be answered (a breach: the supervisory authority's 72 hours).
+    pub due_micros: i64,
+    /// `open`, `answered`, `refused`, `notified` or `closed`.
+    pub status: String,
+    /// When it was answered or closed, microseconds.
+    pub closed_micros: Option<i64>,
+    /// When the entry last changed, microseconds.
+    pub updated_micros: i64,
+    /// The entry's JSON, sealed under the node's identity key, bound to `id`.
+    pub body: Sealed,
 }
 
 /// A login session's stored form: the token's SHA-256, never the token.
@@ -1028,6 +1057,18 @@ pub trait IdentityRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn response(&self, id: &str) -> Result<Option<ResponseRow>, StoreError>;
+
+    /// One entry of the compliance registers.
+    ///
+    /// # Errors
+    /// The driver's.
+    fn register_entry(&self, id: &str) -> Result<Option<RegisterRow>, StoreError>;
+
+    /// The register's entries of `kind` (all kinds when `None`), newest opened first.
+    ///
+    /// # Errors
+    /// The driver's.
+    fn register(&self, kind: Option<&str>) -> Result<Vec<RegisterRow>, StoreError>;
     /// Responses, newest first: those of one alert, or all before `(at, id)`, at most `limit`.
     ///
     /// # Errors
@@ -1376,6 +1417,12 @@ pub trait IdentityTx: IdentityRead {
     /// # Errors
     /// [`StoreError::Conflict`] on a duplicate id.
     fn put_response(&mut self, response: &ResponseRow) -> Result<(), StoreError>;
+
+    /// Adds or replaces an entry of the compliance registers.
+    ///
+    /// # Errors
+    /// The driver's.
+    fn put_register_entry(&mut self, entry: &RegisterRow) -> Result<(), StoreError>;
     /// Marks a response undone: true if it existed and was not undone yet.
     ///
     /// # Errors

@@ -218,6 +218,7 @@ pub fn user(r: &dyn Columns) -> Result<UserRow, StoreError> {
         locked_until_micros: r.int(11)?,
         patient_id: r.opt_text(12)?,
         practitioner: r.opt_text(13)?,
+        last_login_micros: r.opt_int(14)?,
     })
 }
 
@@ -379,6 +380,27 @@ pub fn response(r: &dyn Columns) -> Result<crate::ResponseRow, StoreError> {
         detail: r.text(7)?,
         undone_by: r.opt_text(8)?,
         undone_micros: r.opt_int(9)?,
+    })
+}
+
+/// The columns [`register_entry`] reads, in its order.
+pub const REGISTER_COLUMNS: &str = "id, kind, subject, opened, due, status, closed, updated, body";
+
+/// A compliance register entry from [`REGISTER_COLUMNS`].
+///
+/// # Errors
+/// The driver's.
+pub fn register_entry(r: &dyn Columns) -> Result<crate::RegisterRow, StoreError> {
+    Ok(crate::RegisterRow {
+        id: r.text(0)?,
+        kind: r.text(1)?,
+        subject: r.opt_text(2)?,
+        opened_micros: r.int(3)?,
+        due_micros: r.int(4)?,
+        status: r.text(5)?,
+        closed_micros: r.opt_int(6)?,
+        updated_micros: r.int(7)?,
+        body: Sealed::from_stored(r.bytes(8)?),
     })
 }
 

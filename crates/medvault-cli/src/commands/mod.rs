@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 pub(crate) mod accounts;
+pub(crate) mod breach;
 pub(crate) mod compliance;
 pub(crate) mod database;
 pub(crate) mod import;

@@ -6,6 +6,7 @@
 mod anonymous;
 mod backup;
 mod bad_input;
+mod breach;
 mod bulk;
 mod bundle;
 mod cli;

@@ -89,6 +89,7 @@ pub fn create_user(
         locked_until_micros: 0,
         patient_id: patient.map(|p| p.to_string()),
         practitioner: practitioner.map(|p| format!("Practitioner/{p}")),
+        last_login_micros: None,
     };
     match write_with(node.store.as_ref(), move |tx| tx.put_user(&row)) {
         Ok(()) => Ok(id),

@@ -169,6 +169,25 @@ pub fn compliance(who: &Authenticated) -> Result<(), Refusal> {
     }
 }
 
+/// Breach response: admins and privacy officers assess breaches and keep the register;
+/// auditors may read the register (`write` false). In a session with a second factor, or
+/// with an API token; never apps.
+pub fn breach(who: &Authenticated, write: bool) -> Result<(), Refusal> {
+    let role = match who.role {
+        Role::Admin | Role::PrivacyOfficer => true,
+        Role::Auditor => !write,
+        _ => false,
+    };
+    if role && (who.session.is_none() || with_second_factor(who)) && who.scopes.is_none() {
+        Ok(())
+    } else {
+        Err(Refusal::forbidden(
+            "role-gate",
+            "breach response is for admins and privacy officers (auditors may read the register), signed in with a second factor or with an API token",
+        ))
+    }
+}
+
 /// Token introspection: admins, with a second factor when in a session; never apps.
 pub fn introspection(who: &Authenticated) -> Result<(), Refusal> {
     if who.role == Role::Admin

@@ -254,6 +254,7 @@ fn check_and_open(
         }
         u.failed_logins = 0;
         u.locked_until_micros = 0;
+        u.last_login_micros = Some(now);
         tx.put_user(&u)?;
         tx.put_session(&s)?;
         Ok(true)

@@ -96,7 +96,7 @@ pub(crate) fn micros(d: Duration) -> i64 {
 ///
 /// # Errors
 /// Store and key failures.
-pub(crate) fn identity_key(node: &Node) -> Result<Arc<DataKey>, Error> {
+pub fn identity_key(node: &Node) -> Result<Arc<DataKey>, Error> {
     let ring = Arc::clone(&node.keys);
     if let Ok(k) = ring.for_read(node.store.as_ref(), IDENTITY_KEY) {
         return Ok(k);
@@ -112,12 +112,7 @@ pub(crate) fn identity_key(node: &Node) -> Result<Arc<DataKey>, Error> {
 ///
 /// # Errors
 /// 500 if sealing fails.
-pub(crate) fn seal(
-    key: &DataKey,
-    user_id: &str,
-    field: &str,
-    bytes: &[u8],
-) -> Result<Sealed, Error> {
+pub fn seal(key: &DataKey, user_id: &str, field: &str, bytes: &[u8]) -> Result<Sealed, Error> {
     key.seal_bound(SEAL_CONTEXT, &[user_id.as_bytes(), field.as_bytes()], bytes)
         .map_err(|e| Error::internal(&e))
 }
@@ -126,7 +121,7 @@ pub(crate) fn seal(
 ///
 /// # Errors
 /// 500 if it does not open.
-pub(crate) fn open(
+pub fn open(
     key: &DataKey,
     user_id: &str,
     field: &str,
@@ -141,7 +136,7 @@ pub(crate) fn open(
 }
 
 /// `prefix` + 96 random bits in hex: an id (`usr_…`, `bg_…`, `alr_…`, `cli_…`).
-pub(crate) fn random_id(prefix: &str) -> Result<String, Error> {
+pub fn random_id(prefix: &str) -> Result<String, Error> {
     let mut raw = [0u8; 12];
     medvault_crypto::random_fill(&mut raw).map_err(|e| Error::internal(&e))?;
     Ok(format!("{prefix}{}", hex::encode(raw)))

@@ -324,6 +324,7 @@ pub fn login_finish(
         }
         u.failed_logins = 0;
         u.locked_until_micros = 0;
+        u.last_login_micros = Some(now);
         tx.put_user(&u)?;
         tx.put_session(&s)?;
         Ok(true)

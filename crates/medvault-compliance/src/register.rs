@@ -1,0 +1,435 @@
+//! The breach register (GDPR Art. 33(5): the controller documents every personal-data breach,
+//! its effects and the remedial action taken; HITECH: the covered entity keeps what it needs
+//! to show notices were given on time).
+//!
+//! An entry is a row of the store's `register` table: its deadline and status in the clear,
+//! what it says (title, description, the assessment with the affected patients, the notices
+//! given) sealed under the node's identity key, bound to the entry's id. Every change is an
+//! access-log record naming the entry and the SHA-256 of its new sealed content's plaintext, so
+//! an entry edited in the database without the node does not match the ledger.
+
+use std::collections::BTreeMap;
+
+use medvault_node::Node;
+use medvault_node::audit::{AuditKind, AuditOutcome, AuditRecord};
+use medvault_node::clock::instant;
+use medvault_node::identity::{identity_key, open, random_id, seal};
+use medvault_store::{RegisterRow, write_with};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::Error;
+use crate::breach::{Assessment, GDPR_AUTHORITY_HOURS, HITECH_DAYS};
+
+/// The register kind of a breach.
+pub const BREACH: &str = "breach";
+/// The sealed field of an entry's content.
+const FIELD: &str = "register";
+
+const HOUR_MICROS: i64 = 3_600_000_000;
+
+/// Whom a breach is notified to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recipient {
+    /// The supervisory authority (GDPR Art. 33), within 72 hours.
+    Authority,
+    /// The people affected (GDPR Art. 34, HITECH §164.404), within 60 days.
+    Individuals,
+    /// HHS (HITECH §164.408).
+    Hhs,
+    /// Prominent media in a State with 500 or more affected residents (HITECH §164.406).
+    Media,
+}
+
+impl Recipient {
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Authority => "authority",
+            Self::Individuals => "individuals",
+            Self::Hhs => "hhs",
+            Self::Media => "media",
+        }
+    }
+
+    /// The recipient named `text`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] listing the names.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        match text {
+            "authority" => Ok(Self::Authority),
+            "individuals" => Ok(Self::Individuals),
+            "hhs" => Ok(Self::Hhs),
+            "media" => Ok(Self::Media),
+            _ => Err(Error::Invalid(
+                "notified whom? authority, individuals, hhs or media".into(),
+            )),
+        }
+    }
+}
+
+/// A notice given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// When it was given.
+    pub at: String,
+    /// Who recorded it.
+    pub by: String,
+    /// The recipient's reference (a case number), or why no notice was needed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// True when the notice was judged not required (GDPR Art. 33(1): unlikely to result in a
+    /// risk), with the reason in `reference`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_required: bool,
+}
+
+/// What a breach entry says (sealed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BreachEntry {
+    /// A short title.
+    pub title: String,
+    /// What happened, as known.
+    pub description: String,
+    /// When it was discovered.
+    pub discovered: String,
+    /// Who opened the entry.
+    pub recorded_by: String,
+    /// The assessment it rests on (affected patients, deadlines, draft notices).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assessment: Option<Value>,
+    /// Notices given, by recipient.
+    #[serde(default)]
+    pub notices: BTreeMap<Recipient, Notice>,
+    /// Why and by whom it was closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed: Option<Notice>,
+}
+
+/// What a new entry records.
+#[derive(Debug, Clone)]
+pub struct NewBreach<'a> {
+    /// Title (one line).
+    pub title: &'a str,
+    /// What happened.
+    pub description: &'a str,
+    /// When discovered, microseconds.
+    pub discovered_micros: i64,
+    /// Who records it (a user or token id, or the operating-system user of the CLI).
+    pub by: &'a str,
+    /// The assessment, if one was made.
+    pub assessment: Option<&'a Assessment>,
+}
+
+fn text_field(name: &str, text: &str, max: usize) -> Result<String, Error> {
+    // Text a person reads: no control characters, and none of the invisible or direction-
+    // changing ones that could make it display as something else.
+    let hidden = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    let t = text.trim();
+    if t.is_empty() || t.chars().count() > max || t.chars().any(hidden) {
+        return Err(Error::Invalid(format!(
+            "{name} must be 1 to {max} characters of text, without control or invisible characters"
+        )));
+    }
+    Ok(t.to_owned())
+}
+
+fn seal_entry(
+    node: &Node,
+    id: &str,
+    entry: &BreachEntry,
+) -> Result<(medvault_crypto::Sealed, String), Error> {
+    let plain = serde_json::to_vec(entry).map_err(|e| Error::Internal(e.to_string()))?;
+    let digest = hex::encode(medvault_crypto::sha256(&plain));
+    let key = identity_key(node)?;
+    Ok((seal(&key, id, FIELD, &plain)?, digest))
+}
+
+fn open_entry(node: &Node, row: &RegisterRow) -> Result<BreachEntry, Error> {
+    let key = identity_key(node)?;
+    let plain = open(&key, &row.id, FIELD, &row.body)?;
+    serde_json::from_slice(&plain).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Writes `row` with `entry` sealed in it, and the access-log record of the change.
+fn store(
+    node: &Node,
+    mut row: RegisterRow,
+    entry: &BreachEntry,
+    action: &str,
+    agent: &Value,
+) -> Result<(), Error> {
+    let (body, digest) = seal_entry(node, &row.id, entry)?;
+    row.body = body;
+    let r = row.clone();
+    write_with(node.store.as_ref(), move |tx| tx.put_register_entry(&r))?;
+    node.record_audit_now(|now| {
+        AuditRecord::new(AuditKind::Admin, now, action, AuditOutcome::Success)
+            .agent(agent.clone())
+            .target_opt(Some(&row.id))
+            .with(
+                "extra",
+                json!({"register": {"status": row.status, "content_sha256": digest}}),
+            )
+    })?;
+    Ok(())
+}
+
+/// Opens a breach entry: due to the supervisory authority 72 hours after discovery.
+///
+/// # Errors
+/// [`Error::Invalid`] for empty or oversized text, a discovery in the future; store failures.
+pub fn record_breach(node: &Node, new: &NewBreach<'_>, agent: &Value) -> Result<Value, Error> {
+    let now = node.clock.now_micros();
+    if new.discovered_micros > now + 300_000_000 {
+        return Err(Error::Invalid(
+            "a breach cannot be discovered in the future".into(),
+        ));
+    }
+    let entry = BreachEntry {
+        title: text_field("the title", new.title, 200)?,
+        description: text_field("the description", new.description, 20_000)?,
+        discovered: instant(new.discovered_micros),
+        recorded_by: new.by.to_owned(),
+        assessment: new
+            .assessment
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| Error::Internal(e.to_string()))?,
+        notices: BTreeMap::new(),
+        closed: None,
+    };
+    let id = random_id("brc_")?;
+    let row = RegisterRow {
+        id: id.clone(),
+        kind: BREACH.into(),
+        subject: None,
+        opened_micros: new.discovered_micros,
+        due_micros: new.discovered_micros + GDPR_AUTHORITY_HOURS * HOUR_MICROS,
+        status: "open".into(),
+        closed_micros: None,
+        updated_micros: now,
+        body: medvault_crypto::Sealed::from_stored(Vec::new()),
+    };
+    store(node, row, &entry, "breach-record", agent)?;
+    show(node, &id)
+}
+
+/// A notice given, as recorded.
+#[derive(Debug, Clone, Copy)]
+pub struct Given<'a> {
+    /// To whom.
+    pub to: Recipient,
+    /// When, microseconds.
+    pub at_micros: i64,
+    /// The recipient's reference, or why no notice is required.
+    pub reference: Option<&'a str>,
+    /// No notice was required (the reason in `reference`).
+    pub not_required: bool,
+    /// Who records it.
+    pub by: &'a str,
+}
+
+/// Records a notice given (or judged not required) for breach `id`.
+///
+/// # Errors
+/// [`Error::Invalid`] for an unknown or closed entry, a notice already recorded, a time before
+/// discovery or in the future.
+pub fn notify(node: &Node, id: &str, given: &Given<'_>, agent: &Value) -> Result<Value, Error> {
+    let Given {
+        to,
+        at_micros,
+        reference,
+        not_required,
+        by,
+    } = *given;
+    let (mut row, mut entry) = find(node, id)?;
+    let now = node.clock.now_micros();
+    if row.closed_micros.is_some() {
+        return Err(Error::Invalid("that breach is closed".into()));
+    }
+    if entry.notices.contains_key(&to) {
+        return Err(Error::Invalid(format!(
+            "a notice to {} is already recorded",
+            to.as_str()
+        )));
+    }
+    if at_micros < row.opened_micros || at_micros > now + 300_000_000 {
+        return Err(Error::Invalid(
+            "a notice is given after the breach is discovered and not in the future".into(),
+        ));
+    }
+    if not_required && reference.is_none() {
+        return Err(Error::Invalid(
+            "say why no notice is required (--reason)".into(),
+        ));
+    }
+    let reference = reference
+        .map(|r| text_field("the reference", r, 2_000))
+        .transpose()?;
+    entry.notices.insert(
+        to,
+        Notice {
+            at: instant(at_micros),
+            by: by.to_owned(),
+            reference,
+            not_required,
+        },
+    );
+    if to == Recipient::Authority {
+        row.status = "notified".into();
+    }
+    row.updated_micros = now;
+    store(node, row, &entry, "breach-notify", agent)?;
+    show(node, id)
+}
+
+/// Closes breach `id` with a reason.
+///
+/// # Errors
+/// [`Error::Invalid`] for an unknown or already closed entry, or no reason.
+pub fn close(node: &Node, id: &str, reason: &str, by: &str, agent: &Value) -> Result<Value, Error> {
+    let (mut row, mut entry) = find(node, id)?;
+    if row.closed_micros.is_some() {
+        return Err(Error::Invalid("that breach is already closed".into()));
+    }
+    let now = node.clock.now_micros();
+    entry.closed = Some(Notice {
+        at: instant(now),
+        by: by.to_owned(),
+        reference: Some(text_field("the reason", reason, 2_000)?),
+        not_required: false,
+    });
+    row.status = "closed".into();
+    row.closed_micros = Some(now);
+    row.updated_micros = now;
+    store(node, row, &entry, "breach-close", agent)?;
+    show(node, id)
+}
+
+fn find(node: &Node, id: &str) -> Result<(RegisterRow, BreachEntry), Error> {
+    let unknown = || Error::NotFound("no breach in the register has this id".into());
+    if id.len() > 64 {
+        return Err(unknown());
+    }
+    let row = node
+        .store
+        .register_entry(id)?
+        .filter(|r| r.kind == BREACH)
+        .ok_or_else(unknown)?;
+    let entry = open_entry(node, &row)?;
+    Ok((row, entry))
+}
+
+/// The deadlines of an entry and whether each was met.
+fn deadlines(row: &RegisterRow, entry: &BreachEntry, now: i64) -> Value {
+    let individuals_due = row.opened_micros + HITECH_DAYS * 86_400_000_000;
+    let state = |to: Recipient, due: i64| {
+        let done = entry.notices.get(&to);
+        let at = done.and_then(|n| {
+            time::OffsetDateTime::parse(&n.at, &time::format_description::well_known::Rfc3339)
+                .ok()
+                .map(|t| (t.unix_timestamp_nanos() / 1_000) as i64)
+        });
+        let status = match (at, done.is_some_and(|n| n.not_required)) {
+            (_, true) => "not-required",
+            (Some(a), _) if a <= due => "on-time",
+            (Some(_), _) => "late",
+            (None, _) if row.closed_micros.is_some() => "closed-without-notice",
+            (None, _) if now > due => "overdue",
+            (None, _) => "pending",
+        };
+        json!({"due": instant(due), "status": status})
+    };
+    json!({
+        "authority": state(Recipient::Authority, row.due_micros),
+        "individuals": state(Recipient::Individuals, individuals_due),
+    })
+}
+
+fn entry_json(node: &Node, row: &RegisterRow, entry: &BreachEntry) -> Value {
+    let now = node.clock.now_micros();
+    json!({
+        "id": row.id,
+        "status": row.status,
+        "title": entry.title,
+        "description": entry.description,
+        "discovered": entry.discovered,
+        "recorded_by": entry.recorded_by,
+        "updated": instant(row.updated_micros),
+        "closed": entry.closed,
+        "deadlines": deadlines(row, entry, now),
+        "notices": entry.notices,
+        "affected": entry.assessment.as_ref().and_then(|a| a.get("patients")).and_then(Value::as_array).map(Vec::len),
+        "assessment": entry.assessment,
+    })
+}
+
+/// One entry, opened.
+///
+/// # Errors
+/// [`Error::Invalid`] for an unknown id.
+pub fn show(node: &Node, id: &str) -> Result<Value, Error> {
+    let (row, entry) = find(node, id)?;
+    Ok(entry_json(node, &row, &entry))
+}
+
+/// Every breach entry, newest discovered first, without their assessments' patient lists.
+///
+/// # Errors
+/// Store and key failures.
+pub fn list(node: &Node) -> Result<Vec<Value>, Error> {
+    node.store
+        .register(Some(BREACH))?
+        .iter()
+        .map(|row| {
+            let entry = open_entry(node, row)?;
+            let mut v = entry_json(node, row, &entry);
+            if let Some(o) = v.as_object_mut() {
+                o.remove("assessment");
+            }
+            Ok(v)
+        })
+        .collect()
+}
+
+/// What the compliance report needs of the register: entries, and those whose deadlines were
+/// missed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Breaches {
+    /// Entries in the register.
+    pub recorded: u64,
+    /// Entries still open.
+    pub open: u64,
+    /// Entries whose authority notice is overdue or was late: ids.
+    pub authority_missed: Vec<String>,
+    /// Entries whose individuals' notice is overdue or was late: ids.
+    pub individuals_missed: Vec<String>,
+}
+
+/// Reads the register for the compliance report.
+///
+/// # Errors
+/// Store and key failures.
+pub fn evidence(node: &Node, now: i64) -> Result<Breaches, Error> {
+    let mut b = Breaches::default();
+    for row in node.store.register(Some(BREACH))? {
+        let entry = open_entry(node, &row)?;
+        b.recorded += 1;
+        b.open += u64::from(row.closed_micros.is_none());
+        let d = deadlines(&row, &entry, now);
+        let missed = |k: &str| matches!(d[k]["status"].as_str(), Some("late" | "overdue"));
+        if missed("authority") {
+            b.authority_missed.push(row.id.clone());
+        }
+        if missed("individuals") {
+            b.individuals_missed.push(row.id.clone());
+        }
+    }
+    Ok(b)
+}
