@@ -1,10 +1,11 @@
-//! A compliance report comes from anyone (an auditor's inbox, a web page): `compliance verify`
-//! must answer every file, JSON or HTML, with a verdict or a plain refusal, never a panic, and
-//! never accept one whose signature does not cover what it says.
+//! A compliance report or a patient's export comes from anyone (an auditor's inbox, a web page,
+//! a patient's download): `compliance verify` and `subject verify` must answer every file with a
+//! verdict or a plain refusal, never a panic, and never accept one whose signature does not
+//! cover what it says.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use medvault_compliance::{html, report};
+use medvault_compliance::{html, report, subject};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -13,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(value) = html::extract(text) {
         // Random bytes never carry a valid hybrid signature.
         assert!(report::verify(&value, None, None).is_err());
+        assert!(subject::verify(&value, None, None).is_err());
         let mut out = Vec::new();
         let _ = report::canonical(&value, &mut out);
     }

@@ -132,6 +132,12 @@ enum Command {
         #[command(subcommand)]
         command: commands::breach::BreachCommand,
     },
+    /// Data subjects' rights (GDPR Art. 15–21): requests with their one-month deadline, and
+    /// the patient's signed export (record, history, disclosures, processing).
+    Subject {
+        #[command(subcommand)]
+        command: commands::subject::SubjectCommand,
+    },
     /// Sentinel, the insider-snooping and attack detector: export a node's access log and score
     /// it offline (live scoring, alerts and responses run inside `serve`).
     Sentinel {
@@ -206,6 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => commands::import::run(*args),
         Command::Compliance { command } => commands::compliance::run(command),
         Command::Breach { command } => commands::breach::run(command),
+        Command::Subject { command } => commands::subject::run(command),
         Command::Sentinel { command } => commands::sentinel::run(command),
         Command::Backup { dir, out, force } => commands::transfer::run_backup(dir, out, force),
         Command::Restore { dir, file, force } => commands::transfer::run_restore(dir, file, force),

@@ -140,12 +140,29 @@ impl Window {
                 "the breach cannot be discovered before the window begins".into(),
             ));
         }
+        not_in_future(discovered_micros)?;
         Ok(Self {
             from_micros,
             to_micros,
             discovered_micros,
         })
     }
+}
+
+/// Refuses a discovery in the future (beyond five minutes of clock skew).
+fn not_in_future(discovered_micros: i64) -> Result<(), Error> {
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros()),
+    )
+    .unwrap_or(i64::MAX);
+    if discovered_micros > now.saturating_add(300_000_000) {
+        return Err(Error::Invalid(
+            "a breach cannot be discovered in the future".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Parses a time given on the command line or in a request: RFC 3339, or a date (`to` dates
@@ -179,7 +196,11 @@ pub fn parse_time(what: &str, text: &str, end_of_day: bool) -> Result<i64, Error
             .unix_timestamp_nanos()
             / 1_000
     };
-    i64::try_from(micros).map_err(|_| bad())
+    // Nothing medvault holds happened before 1970.
+    i64::try_from(micros)
+        .ok()
+        .filter(|m| *m >= 0)
+        .ok_or_else(bad)
 }
 
 /// What the access log holds on the principal's actions in the window.
@@ -418,16 +439,17 @@ pub fn assess_principal(
         archived_before: (archived > 0 && start == archived).then_some(archived),
         ..Evidence::default()
     };
-    let touches = scan(
-        node,
-        &principal,
-        start,
-        end,
-        &from,
-        &to,
-        &mut evidence,
-        &mut progress,
-    )?;
+    // RFC 3339 texts of one fixed width compare as the times do.
+    let keep = |leaf: u64, rec: &Value| {
+        let in_window = rec
+            .get("time")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t >= from.as_str() && t <= to.as_str());
+        (in_window && is_theirs(&principal, rec)).then(|| touch_of(leaf, rec))
+    };
+    let (touches, scanned) = scan_log(node, start, end, &keep, &mut progress)?;
+    evidence.scanned = scanned.read;
+    evidence.unreadable = scanned.unreadable;
     let mut patients = BTreeSet::new();
     let mut refused = BTreeSet::new();
     let mut types = BTreeMap::new();
@@ -486,30 +508,39 @@ pub fn assess_principal(
 }
 
 /// What one worker found in its batch.
-struct Part {
-    found: Vec<Touch>,
+struct Part<T> {
+    found: Vec<T>,
     read: u64,
     unreadable: u64,
 }
 
-/// Reads leaves `[start, end)` on every core, keeping the principal's records whose time is in
-/// `[from, to]` (RFC 3339 texts of one fixed width compare as times do).
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
-fn scan(
+/// What a scan of the access log read.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Scanned {
+    /// Leaves read.
+    pub(crate) read: u64,
+    /// Leaves whose detail did not open.
+    pub(crate) unreadable: u64,
+}
+
+/// Reads access-log leaves `[start, end)` on every core, keeping what `keep` makes of each
+/// opened record (in leaf order). `progress` gets (leaves read, leaves to read).
+///
+/// # Errors
+/// Store failures.
+pub(crate) fn scan_log<T: Send>(
     node: &Node,
-    principal: &Principal,
     start: u64,
     end: u64,
-    from: &str,
-    to: &str,
-    evidence: &mut Evidence,
-    progress: &mut impl FnMut(u64, u64),
-) -> Result<Vec<Touch>, Error> {
-    let total = end - start;
+    keep: &(dyn Fn(u64, &Value) -> Option<T> + Sync),
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(Vec<T>, Scanned), Error> {
+    let total = end.saturating_sub(start);
     let workers = std::thread::available_parallelism()
         .map_or(1, std::num::NonZero::get)
         .clamp(1, 8) as u64;
-    let mut touches = Vec::new();
+    let mut kept = Vec::new();
+    let mut stats = Scanned::default();
     let mut at = start;
     // Steps of `workers × BATCH` leaves, each worker reading one batch of the step.
     while at < end {
@@ -518,11 +549,11 @@ fn scan(
             .step_by(BATCH as usize)
             .map(|s| (s, (s + BATCH).min(step_end)))
             .collect();
-        let results: Vec<Result<Part, Error>> = std::thread::scope(|scope| {
+        let results: Vec<Result<Part<T>, Error>> = std::thread::scope(|scope| {
             let handles: Vec<_> = parts
                 .iter()
                 .map(|&(s, e)| {
-                    scope.spawn(move || -> Result<Part, Error> {
+                    scope.spawn(move || -> Result<Part<T>, Error> {
                         let mut found = Vec::new();
                         let (mut read, mut unreadable) = (0u64, 0u64);
                         for (leaf, d) in node.access.audit_details(s, e - s)? {
@@ -531,13 +562,7 @@ fn scan(
                                 unreadable += 1;
                                 continue;
                             };
-                            let in_window = rec
-                                .get("time")
-                                .and_then(Value::as_str)
-                                .is_some_and(|t| t >= from && t <= to);
-                            if in_window && is_theirs(principal, &rec) {
-                                found.push(touch_of(leaf, &rec));
-                            }
+                            found.extend(keep(leaf, &rec));
                         }
                         Ok(Part {
                             found,
@@ -557,14 +582,14 @@ fn scan(
         });
         for r in results {
             let part = r?;
-            touches.extend(part.found);
-            evidence.scanned += part.read;
-            evidence.unreadable += part.unreadable;
+            kept.extend(part.found);
+            stats.read += part.read;
+            stats.unreadable += part.unreadable;
         }
         at = step_end;
         progress(at - start, total);
     }
-    Ok(touches)
+    Ok((kept, stats))
 }
 
 /// Assesses what a compromised key could open: `kek-N` (a key-encryption key version: every
@@ -574,6 +599,7 @@ fn scan(
 /// # Errors
 /// [`Error::Invalid`] for a key the node does not hold; store failures.
 pub fn assess_key(node: &Node, key: &str, discovered_micros: i64) -> Result<Assessment, Error> {
+    not_in_future(discovered_micros)?;
     let key = key.trim();
     let unknown = || {
         Error::Invalid(
@@ -675,7 +701,8 @@ fn jurisdictions(node: &Node, patients: &[String]) -> Result<Vec<Jurisdiction>, 
     Ok(counts
         .into_iter()
         .map(|((country, state), patients)| Jurisdiction {
-            media_notice: patients >= HITECH_THRESHOLD && state != "unknown",
+            // §164.406: more than 500 residents of a State (HHS: 500 or more, §164.408).
+            media_notice: patients > HITECH_THRESHOLD && state != "unknown",
             country,
             state,
             patients,
@@ -746,7 +773,7 @@ fn gdpr(discovered_micros: i64) -> Gdpr {
 /// What a resource type holds, in words a patient reads.
 fn in_words(rt: &str) -> &'static str {
     match rt {
-        "Patient" | "RelatedPerson" | "Person" => "your name, contact details and demographics",
+        "Patient" | "RelatedPerson" | "Person" => "names, contact details and demographics",
         "Observation" => "test results, vital signs and other observations",
         "Condition" => "diagnoses and health problems",
         "MedicationRequest"
@@ -949,7 +976,7 @@ mod tests {
             country: "US".into(),
             state: "MA".into(),
             patients: n,
-            media_notice: n >= HITECH_THRESHOLD,
+            media_notice: n > HITECH_THRESHOLD,
         };
         // 2026-03-01T00:00:00Z
         let discovered = 1_772_323_200_000_000;
@@ -958,7 +985,11 @@ mod tests {
         assert_eq!(small.individuals_due, "2026-04-30T00:00:00.000000Z");
         assert_eq!(small.hhs_due, "2027-03-02T00:00:00.000000Z", "annual log");
         let big = hitech(500, &[ma(500)], discovered);
-        assert!(big.hhs_immediate);
+        assert!(
+            big.hhs_immediate && big.media.is_empty(),
+            "media: more than 500"
+        );
+        let big = hitech(501, &[ma(501)], discovered);
         assert_eq!(big.media, ["MA (US)"]);
         assert_eq!(big.hhs_due, big.individuals_due);
         assert_eq!(

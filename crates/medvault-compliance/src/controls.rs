@@ -556,6 +556,31 @@ fn breach_notification(e: &Evidence) -> Judged {
     .on(&["access"])
 }
 
+fn subject_requests(e: &Evidence) -> Judged {
+    let r = &e.requests;
+    let facts = json!({"recorded": r.recorded, "open": r.open, "late": r.late});
+    if !r.late.is_empty() {
+        return judged(
+            Status::Fail,
+            format!(
+                "{} data subject's request(s) open past, or answered after, their month ({})",
+                r.late.len(),
+                ids(&r.late)
+            ),
+            facts,
+        );
+    }
+    judged(
+        Status::Pass,
+        format!(
+            "{} request(s) recorded ({} open), each answered within a month or still within it; patients export their own record ($export-my-data)",
+            r.recorded, r.open
+        ),
+        facts,
+    )
+    .on(&["access"])
+}
+
 fn hitech_notification(e: &Evidence) -> Judged {
     let b = &e.breaches;
     let facts = json!({
@@ -696,6 +721,13 @@ const SPECS: &[Spec] = &[
         reference: "GDPR Art. 33, 34",
         title: "Breach notification (authority, data subjects) and register",
         judge: breach_notification,
+    },
+    Spec {
+        id: "gdpr-12-15-21",
+        framework: GDPR,
+        reference: "GDPR Art. 12(3), 15–21",
+        title: "Data subjects' requests answered within a month",
+        judge: subject_requests,
     },
     Spec {
         id: "hitech-164.404",
@@ -917,6 +949,7 @@ mod tests {
             alerts: Alerts::default(),
             peers: Vec::new(),
             breaches: crate::register::Breaches::default(),
+            requests: crate::subject::Requests::default(),
         }
     }
 
@@ -981,6 +1014,10 @@ mod tests {
         assert_eq!(status(&e, "hitech-164.404"), Status::Pass);
         e.breaches.individuals_missed = vec!["brc_1".into()];
         assert_eq!(status(&e, "hitech-164.404"), Status::Fail);
+
+        let mut e = good();
+        e.requests.late = vec!["dsr_1".into()];
+        assert_eq!(status(&e, "gdpr-12-15-21"), Status::Fail);
 
         let mut e = good();
         e.records.not_sealed = 1;

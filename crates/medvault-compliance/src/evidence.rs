@@ -249,6 +249,8 @@ pub struct Evidence {
     pub peers: Vec<Peer>,
     /// The breach register.
     pub breaches: crate::register::Breaches,
+    /// Data subjects' requests.
+    pub requests: crate::subject::Requests,
 }
 
 /// User names that name a function or a placeholder rather than a person.
@@ -316,6 +318,7 @@ pub fn gather(node: &Node, progress: impl FnMut(u64, u64)) -> Result<Evidence, E
             })
             .collect(),
         breaches: crate::register::evidence(node, now)?,
+        requests: crate::subject::evidence(node, now)?,
     })
 }
 

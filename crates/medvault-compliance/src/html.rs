@@ -143,7 +143,11 @@ impl<'de> serde::de::Visitor<'de> for Unique {
     }
 }
 
-fn parse(text: &str) -> Result<Value, String> {
+/// Parses JSON that names no object member twice (a signed document's: see [`Unique`]).
+///
+/// # Errors
+/// Not JSON, or a member named twice.
+pub fn parse_unique(text: &str) -> Result<Value, String> {
     let mut d = serde_json::Deserializer::from_str(text);
     serde::de::DeserializeSeed::deserialize(Unique, &mut d).map_err(|e| e.to_string())?;
     serde_json::from_str(text).map_err(|e| e.to_string())
@@ -156,7 +160,7 @@ fn parse(text: &str) -> Result<Value, String> {
 pub fn extract(text: &str) -> Result<Value, String> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') {
-        return parse(trimmed).map_err(|e| format!("not valid JSON: {e}"));
+        return parse_unique(trimmed).map_err(|e| format!("not valid JSON: {e}"));
     }
     let open = format!("<script type=\"application/json\" id=\"{ID}\">");
     let start = text
@@ -166,7 +170,7 @@ pub fn extract(text: &str) -> Result<Value, String> {
     let end = text[start..]
         .find("</script>")
         .ok_or("the embedded report is not closed")?;
-    let report = parse(&text[start..start + end])
+    let report = parse_unique(&text[start..start + end])
         .map_err(|e| format!("the embedded report is not valid JSON: {e}"))?;
     // The signature covers the embedded JSON only: the page a person reads must be exactly
     // the one rendered from it, or it could show other statuses than those signed.

@@ -16,6 +16,7 @@ pub mod evidence;
 pub mod html;
 pub mod register;
 pub mod report;
+pub mod subject;
 
 use medvault_node::Node;
 
@@ -25,9 +26,9 @@ pub enum Error {
     /// The store failed.
     #[error("database: {0}")]
     Store(#[from] medvault_store::StoreError),
-    /// A node operation failed.
-    #[error("{0}")]
-    Node(String),
+    /// A node operation failed (its error kept whole: a 404 stays a 404).
+    #[error("{}", .0.message)]
+    Node(Box<medvault_node::Error>),
     /// Input that is not a report.
     #[error("{0}")]
     Invalid(String),
@@ -41,7 +42,7 @@ pub enum Error {
 
 impl From<medvault_node::Error> for Error {
     fn from(e: medvault_node::Error) -> Self {
-        Self::Node(e.message)
+        Self::Node(Box::new(e))
     }
 }
 

@@ -123,12 +123,12 @@ pub struct NewBreach<'a> {
     pub assessment: Option<&'a Assessment>,
 }
 
-fn text_field(name: &str, text: &str, max: usize) -> Result<String, Error> {
+pub(crate) fn readable(name: &str, text: &str, max: usize) -> Result<String, Error> {
     // Text a person reads: no control characters, and none of the invisible or direction-
     // changing ones that could make it display as something else.
     let hidden = |c: char| {
         (c.is_control() && c != '\n' && c != '\t')
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+            || matches!(c, '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
     };
     let t = text.trim();
     if t.is_empty() || t.chars().count() > max || t.chars().any(hidden) {
@@ -139,42 +139,46 @@ fn text_field(name: &str, text: &str, max: usize) -> Result<String, Error> {
     Ok(t.to_owned())
 }
 
-fn seal_entry(
+/// Opens the content sealed in a register row (a breach's or a request's).
+pub(crate) fn open_entry<T: serde::de::DeserializeOwned>(
     node: &Node,
-    id: &str,
-    entry: &BreachEntry,
-) -> Result<(medvault_crypto::Sealed, String), Error> {
-    let plain = serde_json::to_vec(entry).map_err(|e| Error::Internal(e.to_string()))?;
-    let digest = hex::encode(medvault_crypto::sha256(&plain));
-    let key = identity_key(node)?;
-    Ok((seal(&key, id, FIELD, &plain)?, digest))
-}
-
-fn open_entry(node: &Node, row: &RegisterRow) -> Result<BreachEntry, Error> {
+    row: &RegisterRow,
+) -> Result<T, Error> {
     let key = identity_key(node)?;
     let plain = open(&key, &row.id, FIELD, &row.body)?;
     serde_json::from_slice(&plain).map_err(|e| Error::Internal(e.to_string()))
 }
 
-/// Writes `row` with `entry` sealed in it, and the access-log record of the change.
-fn store(
+/// Writes `row` with `entry` sealed in it, and the access-log record of the change: its kind,
+/// status, the SHA-256 of the new content, and the patient a request is about (by bare id, as
+/// the access log names patients, so it is in their accounting of disclosures).
+pub(crate) fn store<T: Serialize>(
     node: &Node,
     mut row: RegisterRow,
-    entry: &BreachEntry,
+    entry: &T,
     action: &str,
     agent: &Value,
 ) -> Result<(), Error> {
-    let (body, digest) = seal_entry(node, &row.id, entry)?;
-    row.body = body;
+    let plain = zeroize::Zeroizing::new(
+        serde_json::to_vec(entry).map_err(|e| Error::Internal(e.to_string()))?,
+    );
+    let digest = hex::encode(medvault_crypto::sha256(&plain));
+    let key = identity_key(node)?;
+    row.body = seal(&key, &row.id, FIELD, &plain)?;
     let r = row.clone();
     write_with(node.store.as_ref(), move |tx| tx.put_register_entry(&r))?;
+    let patient = row
+        .subject
+        .as_deref()
+        .map(|s| s.strip_prefix("Patient/").unwrap_or(s).to_owned());
     node.record_audit_now(|now| {
         AuditRecord::new(AuditKind::Admin, now, action, AuditOutcome::Success)
             .agent(agent.clone())
             .target_opt(Some(&row.id))
+            .patient(patient)
             .with(
                 "extra",
-                json!({"register": {"status": row.status, "content_sha256": digest}}),
+                json!({"register": {"kind": row.kind, "status": row.status, "content_sha256": digest}}),
             )
     })?;
     Ok(())
@@ -192,8 +196,8 @@ pub fn record_breach(node: &Node, new: &NewBreach<'_>, agent: &Value) -> Result<
         ));
     }
     let entry = BreachEntry {
-        title: text_field("the title", new.title, 200)?,
-        description: text_field("the description", new.description, 20_000)?,
+        title: readable("the title", new.title, 200)?,
+        description: readable("the description", new.description, 20_000)?,
         discovered: instant(new.discovered_micros),
         recorded_by: new.by.to_owned(),
         assessment: new
@@ -270,7 +274,7 @@ pub fn notify(node: &Node, id: &str, given: &Given<'_>, agent: &Value) -> Result
         ));
     }
     let reference = reference
-        .map(|r| text_field("the reference", r, 2_000))
+        .map(|r| readable("the reference", r, 2_000))
         .transpose()?;
     entry.notices.insert(
         to,
@@ -302,7 +306,7 @@ pub fn close(node: &Node, id: &str, reason: &str, by: &str, agent: &Value) -> Re
     entry.closed = Some(Notice {
         at: instant(now),
         by: by.to_owned(),
-        reference: Some(text_field("the reason", reason, 2_000)?),
+        reference: Some(readable("the reason", reason, 2_000)?),
         not_required: false,
     });
     row.status = "closed".into();
@@ -322,7 +326,7 @@ fn find(node: &Node, id: &str) -> Result<(RegisterRow, BreachEntry), Error> {
         .register_entry(id)?
         .filter(|r| r.kind == BREACH)
         .ok_or_else(unknown)?;
-    let entry = open_entry(node, &row)?;
+    let entry: BreachEntry = open_entry(node, &row)?;
     Ok((row, entry))
 }
 
@@ -336,20 +340,32 @@ fn deadlines(row: &RegisterRow, entry: &BreachEntry, now: i64) -> Value {
                 .ok()
                 .map(|t| (t.unix_timestamp_nanos() / 1_000) as i64)
         });
+        // Closing an entry does not undo a deadline it had already missed.
+        let closed = row.closed_micros;
         let status = match (at, done.is_some_and(|n| n.not_required)) {
             (_, true) => "not-required",
             (Some(a), _) if a <= due => "on-time",
             (Some(_), _) => "late",
-            (None, _) if row.closed_micros.is_some() => "closed-without-notice",
+            (None, _) if closed.is_some_and(|c| c > due) => "overdue",
+            (None, _) if closed.is_some() => "closed-without-notice",
             (None, _) if now > due => "overdue",
             (None, _) => "pending",
         };
         json!({"due": instant(due), "status": status})
     };
-    json!({
+    let mut d = json!({
         "authority": state(Recipient::Authority, row.due_micros),
         "individuals": state(Recipient::Individuals, individuals_due),
-    })
+    });
+    // HHS at once and the media, when the assessment says they apply (HITECH §164.406–408).
+    let hitech = entry.assessment.as_ref().map(|a| &a["hitech"]);
+    if hitech.is_some_and(|h| h["hhs_immediate"] == true) {
+        d["hhs"] = state(Recipient::Hhs, individuals_due);
+    }
+    if hitech.is_some_and(|h| h["media"].as_array().is_some_and(|m| !m.is_empty())) {
+        d["media"] = state(Recipient::Media, individuals_due);
+    }
+    d
 }
 
 fn entry_json(node: &Node, row: &RegisterRow, entry: &BreachEntry) -> Value {
@@ -408,7 +424,8 @@ pub struct Breaches {
     pub open: u64,
     /// Entries whose authority notice is overdue or was late: ids.
     pub authority_missed: Vec<String>,
-    /// Entries whose individuals' notice is overdue or was late: ids.
+    /// Entries whose HITECH notices (individuals; HHS at once and the media, when they apply)
+    /// are overdue or were late: ids.
     pub individuals_missed: Vec<String>,
 }
 
@@ -427,9 +444,98 @@ pub fn evidence(node: &Node, now: i64) -> Result<Breaches, Error> {
         if missed("authority") {
             b.authority_missed.push(row.id.clone());
         }
-        if missed("individuals") {
+        if missed("individuals") || missed("hhs") || missed("media") {
             b.individuals_missed.push(row.id.clone());
         }
     }
     Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(closed: Option<i64>) -> RegisterRow {
+        RegisterRow {
+            id: "brc_1".into(),
+            kind: BREACH.into(),
+            subject: None,
+            opened_micros: 0,
+            due_micros: 100,
+            status: "open".into(),
+            closed_micros: closed,
+            updated_micros: 0,
+            body: medvault_crypto::Sealed::from_stored(Vec::new()),
+        }
+    }
+
+    fn entry(hitech: Value) -> BreachEntry {
+        BreachEntry {
+            title: "t".into(),
+            description: "d".into(),
+            discovered: instant(0),
+            recorded_by: "x".into(),
+            assessment: Some(json!({"hitech": hitech})),
+            notices: BTreeMap::new(),
+            closed: None,
+        }
+    }
+
+    #[test]
+    fn closing_does_not_undo_a_missed_deadline() {
+        let e = entry(json!({"hhs_immediate": false, "media": []}));
+        assert_eq!(
+            deadlines(&row(None), &e, 50)["authority"]["status"],
+            "pending"
+        );
+        assert_eq!(
+            deadlines(&row(None), &e, 150)["authority"]["status"],
+            "overdue"
+        );
+        assert_eq!(
+            deadlines(&row(Some(50)), &e, 150)["authority"]["status"],
+            "closed-without-notice",
+            "closed in time: judged no breach to notify"
+        );
+        assert_eq!(
+            deadlines(&row(Some(120)), &e, 150)["authority"]["status"],
+            "overdue"
+        );
+    }
+
+    #[test]
+    fn hhs_and_media_deadlines_follow_the_assessment() {
+        let small = deadlines(
+            &row(None),
+            &entry(json!({"hhs_immediate": false, "media": []})),
+            0,
+        );
+        assert!(small.get("hhs").is_none() && small.get("media").is_none());
+        let big = deadlines(
+            &row(None),
+            &entry(json!({"hhs_immediate": true, "media": ["MA (US)"]})),
+            0,
+        );
+        assert_eq!(big["hhs"]["status"], "pending");
+        assert_eq!(big["media"]["status"], "pending");
+    }
+
+    #[test]
+    fn text_people_read_has_no_hidden_characters() {
+        for bad in [
+            "a\u{202e}b",
+            "a\u{ad}b",
+            "a\u{2028}b",
+            "a\u{61c}b",
+            "a\u{0}b",
+            "",
+        ] {
+            assert!(readable("the title", bad, 100).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            readable("the title", " line one\nline two ", 100).unwrap(),
+            "line one\nline two"
+        );
+        assert!(readable("the title", &"x".repeat(101), 100).is_err());
+    }
 }

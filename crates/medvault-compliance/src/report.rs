@@ -29,7 +29,8 @@ pub fn canonical(v: &Value, out: &mut Vec<u8>) -> Result<(), Error> {
         Value::Number(n) => {
             if n.is_f64() {
                 return Err(Error::Invalid(
-                    "a report holds integers only; it has a fractional number".into(),
+                    "a signed document holds integers only; this one has a fractional number"
+                        .into(),
                 ));
             }
             out.extend_from_slice(n.to_string().as_bytes());
@@ -62,14 +63,57 @@ pub fn canonical(v: &Value, out: &mut Vec<u8>) -> Result<(), Error> {
     Ok(())
 }
 
-/// The bytes signed: the format line, then the canonical form of the report without its
+/// The bytes signed: the format line, then the canonical form of the document without its
 /// `signature` member.
-fn signed_bytes(report: &Map<String, Value>) -> Result<Vec<u8>, Error> {
-    let mut body = report.clone();
+fn signed_bytes(format: &str, document: &Map<String, Value>) -> Result<Vec<u8>, Error> {
+    let mut body = document.clone();
     body.remove("signature");
-    let mut out = format!("{FORMAT}\n").into_bytes();
+    let mut out = format!("{format}\n").into_bytes();
     canonical(&Value::Object(body), &mut out)?;
     Ok(out)
+}
+
+/// The node's identity document and each log's newest checkpoint: what a signed document
+/// (a report, a data subject's export) names as its signer and pins itself to.
+///
+/// # Errors
+/// Store and key failures.
+pub(crate) fn signer_and_pins(node: &Node) -> Result<(Value, Value), Error> {
+    let identity = NodeIdentity::load(node).map_err(|e| Error::Internal(e.to_string()))?;
+    let document = identity
+        .document(node.ledger.base())
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let pins = json!({
+        "records": checkpoint(node, LogId::Records)?,
+        "access": checkpoint(node, LogId::Access)?,
+    });
+    Ok((document, pins))
+}
+
+/// Signs `document` (a JSON object whose `format` member is `format`) with the node's hybrid
+/// identity key, adding its `signature` member.
+///
+/// # Errors
+/// Key failures; a float in the document.
+pub(crate) fn sign(node: &Node, format: &str, document: &mut Value) -> Result<(), Error> {
+    let identity = NodeIdentity::load(node).map_err(|e| Error::Internal(e.to_string()))?;
+    let Value::Object(map) = document else {
+        return Err(Error::Internal("a signed document is an object".into()));
+    };
+    let sig = identity
+        .signing
+        .sign(&signed_bytes(format, map)?)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    map.insert(
+        "signature".into(),
+        json!({
+            "algorithm": "Ed25519+ML-DSA-65",
+            "keyVersion": identity.version,
+            "Ed25519": B64.encode(&sig.ed25519),
+            "ML-DSA-65": B64.encode(&sig.ml_dsa_65),
+        }),
+    );
+    Ok(())
 }
 
 fn checkpoint(node: &Node, log: LogId) -> Result<Value, Error> {
@@ -89,10 +133,7 @@ fn checkpoint(node: &Node, log: LogId) -> Result<Value, Error> {
 /// # Errors
 /// Store and key failures.
 pub fn build(node: &Node, now_micros: i64, controls: &[Control]) -> Result<Value, Error> {
-    let identity = NodeIdentity::load(node).map_err(|e| Error::Internal(e.to_string()))?;
-    let document = identity
-        .document(node.ledger.base())
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    let (document, checkpoints) = signer_and_pins(node)?;
     let mut summary = Map::new();
     for s in [
         Status::Pass,
@@ -117,29 +158,11 @@ pub fn build(node: &Node, now_micros: i64, controls: &[Control]) -> Result<Value
         "format": FORMAT,
         "node": document,
         "generated": medvault_node::clock::instant(now_micros),
-        "checkpoints": {
-            "records": checkpoint(node, LogId::Records)?,
-            "access": checkpoint(node, LogId::Access)?,
-        },
+        "checkpoints": checkpoints,
         "summary": summary,
         "controls": rows,
     });
-    let Value::Object(map) = &mut report else {
-        return Err(Error::Internal("the report is an object".into()));
-    };
-    let sig = identity
-        .signing
-        .sign(&signed_bytes(map)?)
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    map.insert(
-        "signature".into(),
-        json!({
-            "algorithm": "Ed25519+ML-DSA-65",
-            "keyVersion": identity.version,
-            "Ed25519": B64.encode(&sig.ed25519),
-            "ML-DSA-65": B64.encode(&sig.ml_dsa_65),
-        }),
-    );
+    sign(node, FORMAT, &mut report)?;
     Ok(report)
 }
 
@@ -164,13 +187,13 @@ pub struct Verified {
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// Not a report, or a field is missing or malformed.
-    #[error("not a valid compliance report: {0}")]
+    #[error("not a valid signed document: {0}")]
     Malformed(String),
     /// The signature does not verify: the report was changed after signing.
-    #[error("the report's signature does not verify: it was changed after the node signed it")]
+    #[error("the signature does not verify: it was changed after the node signed it")]
     Signature,
     /// Signed by another node than the one expected.
-    #[error("the report was signed by a node with fingerprint {found}, not {expected}")]
+    #[error("it was signed by a node with fingerprint {found}, not {expected}")]
     OtherNode {
         /// The expected fingerprint.
         expected: String,
@@ -201,11 +224,50 @@ pub fn verify(
     expected: Option<&str>,
     node: Option<&Node>,
 ) -> Result<Verified, VerifyError> {
-    let Value::Object(map) = report else {
+    let signed = verify_signed(report, FORMAT, expected, node)?;
+    let map = signed.map;
+    let count = |s: &str| map["summary"][s].as_u64().unwrap_or(0);
+    Ok(Verified {
+        node: signed.node,
+        fingerprint: signed.fingerprint,
+        generated: map["generated"].as_str().unwrap_or_default().to_owned(),
+        records_size: signed.sizes[0],
+        access_size: signed.sizes[1],
+        summary: [
+            count("pass"),
+            count("warn"),
+            count("fail"),
+            count("not-applicable"),
+        ],
+    })
+}
+
+/// A signed document that verified.
+pub(crate) struct Signed<'a> {
+    pub(crate) map: &'a Map<String, Value>,
+    pub(crate) node: String,
+    pub(crate) fingerprint: String,
+    /// Each log's pinned checkpoint size (records, access).
+    pub(crate) sizes: [Option<u64>; 2],
+}
+
+/// Checks a signed document of `format`: the node document's proof, the signature over the
+/// canonical form, each pinned checkpoint (and, given `node`, that it is in that node's
+/// history), and (given `expected`) the signer's fingerprint.
+///
+/// # Errors
+/// The first check that fails.
+pub(crate) fn verify_signed<'a>(
+    document: &'a Value,
+    format: &str,
+    expected: Option<&str>,
+    node: Option<&Node>,
+) -> Result<Signed<'a>, VerifyError> {
+    let Value::Object(map) = document else {
         return Err(malformed("not a JSON object"));
     };
-    if map.get("format").and_then(Value::as_str) != Some(FORMAT) {
-        return Err(malformed(&format!("format is not {FORMAT}")));
+    if map.get("format").and_then(Value::as_str) != Some(format) {
+        return Err(malformed(&format!("format is not {format}")));
     }
     let doc = verify_document(map.get("node").ok_or_else(|| malformed("node missing"))?)
         .map_err(|e| VerifyError::Malformed(format!("node document: {e}")))?;
@@ -236,7 +298,7 @@ pub fn verify(
         ed25519: part("Ed25519")?,
         ml_dsa_65: part("ML-DSA-65")?,
     };
-    let bytes = signed_bytes(map).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+    let bytes = signed_bytes(format, map).map_err(|e| VerifyError::Malformed(e.to_string()))?;
     if !medvault_crypto::hybrid_verify(&doc.signing, &bytes, &signature) {
         return Err(VerifyError::Signature);
     }
@@ -268,7 +330,7 @@ pub fn verify(
             .map_err(|e| VerifyError::Checkpoint(format!("the {name} log's checkpoint: {e}")))?;
         key.verify(&note).map_err(|_| {
             VerifyError::Checkpoint(format!(
-                "the {name} log's checkpoint is not signed by the key the report names"
+                "the {name} log's checkpoint is not signed by the key it names"
             ))
         })?;
         let parsed = medvault_ledger::Checkpoint::parse(&note.text)
@@ -298,26 +360,18 @@ pub fn verify(
                 .is_some_and(|n| n.text == note.text);
             if !same {
                 return Err(VerifyError::Checkpoint(format!(
-                    "this node holds no {name} checkpoint of size {} with that root: the report is not from this node's history",
+                    "this node holds no {name} checkpoint of size {} with that root: it is not from this node's history",
                     parsed.size
                 )));
             }
         }
         sizes[i] = Some(parsed.size);
     }
-    let count = |s: &str| map["summary"][s].as_u64().unwrap_or(0);
-    Ok(Verified {
+    Ok(Signed {
+        map,
         node: doc.node,
         fingerprint: doc.fingerprint,
-        generated: map["generated"].as_str().unwrap_or_default().to_owned(),
-        records_size: sizes[0],
-        access_size: sizes[1],
-        summary: [
-            count("pass"),
-            count("warn"),
-            count("fail"),
-            count("not-applicable"),
-        ],
+        sizes,
     })
 }
 

@@ -311,26 +311,26 @@ fn agent_who(detail: &Value) -> Value {
     json!({"who": {"display": "unauthenticated client"}, "requestor": true})
 }
 
+/// True if access-log record `d` is about patient `p` (a bare id): it read or changed the
+/// Patient, its compartment's data, or targeted them, or a search, history or Bundle let
+/// their data through or refused it. What a patient's accounting of disclosures lists.
+pub fn names_patient(d: &Value, p: &str) -> bool {
+    let direct = s(d, "resource_type") == Some("Patient") && s(d, "id") == Some(p);
+    let in_compartment = s(d, "patient") == Some(p);
+    let target = s(d, "target").and_then(|t| t.strip_prefix("Patient/")) == Some(p);
+    let listed = |key: &str| {
+        d.pointer(&format!("/policy/{key}"))
+            .and_then(Value::as_array)
+            .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(p)))
+    };
+    direct || in_compartment || target || listed("patients_seen") || listed("patients_refused")
+}
+
 fn matches(f: &Filter, d: &Value) -> bool {
-    if let Some(p) = &f.patient {
-        let direct = s(d, "resource_type") == Some("Patient") && s(d, "id") == Some(p.as_str());
-        let in_compartment = s(d, "patient") == Some(p.as_str());
-        let target = s(d, "target") == Some(format!("Patient/{p}").as_str());
-        // Searches, histories and Bundles: the patients whose data the policy let through or
-        // refused.
-        let listed = |key: &str| {
-            d.pointer(&format!("/policy/{key}"))
-                .and_then(Value::as_array)
-                .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(p.as_str())))
-        };
-        if !direct
-            && !in_compartment
-            && !target
-            && !listed("patients_seen")
-            && !listed("patients_refused")
-        {
-            return false;
-        }
+    if let Some(p) = &f.patient
+        && !names_patient(d, p)
+    {
+        return false;
     }
     if let Some(a) = &f.agent
         && d.get("agent").and_then(|x| s(x, "token")) != Some(a.as_str())

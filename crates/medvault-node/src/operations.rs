@@ -223,64 +223,7 @@ pub fn everything(
         }
         applied.push((name.clone(), value.clone()));
     }
-    let patient_row = records::read(store, ctx, &ResourceType::PATIENT, patient, None)?;
-    let mut all: Vec<(ResourceType, Value)> = Vec::new();
-    if types
-        .as_ref()
-        .is_none_or(|t| t.iter().any(|x| x == "Patient"))
-    {
-        all.extend(patient_row.resource.map(|r| (ResourceType::PATIENT, r)));
-    }
-    all.extend(compartment(store, ctx, patient, types.as_deref())?);
-    if all.len() > MAX_EVERYTHING {
-        return Err(search::too_costly());
-    }
-    // What the compartment refers to outside every patient's compartment.
-    let mut seen: HashSet<String> = all
-        .iter()
-        .filter_map(|(t, v)| Some(format!("{t}/{}", v.get("id")?.as_str()?)))
-        .collect();
-    let mut referenced = Vec::new();
-    for (t, v) in &all {
-        let Some(info) = ctx.fhir.type_info(t.as_str()) else {
-            continue;
-        };
-        for p in info.params.values() {
-            for reference in p.references(v) {
-                let Some((target, id)) = reference.split_once('/') else {
-                    continue;
-                };
-                let Some(target) = ctx.fhir.served(target) else {
-                    continue;
-                };
-                let outside = ctx
-                    .fhir
-                    .type_info(target.as_str())
-                    .is_some_and(|i| i.compartment_params.is_empty() && !i.patient_data)
-                    && *target != ResourceType::PATIENT;
-                if !outside
-                    || types
-                        .as_ref()
-                        .is_some_and(|ts| !ts.iter().any(|x| x == target.as_str()))
-                    || !seen.insert(reference.clone())
-                {
-                    continue;
-                }
-                let Ok(id) = ResourceId::new(id) else {
-                    continue;
-                };
-                if all.len() + referenced.len() >= MAX_EVERYTHING {
-                    return Err(search::too_costly());
-                }
-                match records::read(store, ctx, target, &id, None) {
-                    Ok(o) => referenced.extend(o.resource.map(|r| (target.clone(), r))),
-                    Err(e) if e.kind.is_client_error() => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-    }
-    all.extend(referenced);
+    let mut all = everything_resources(store, ctx, patient, types.as_deref())?;
     if let Some(since) = &since {
         // Instants are stored in one format; compare them as instants.
         let from = medvault_fhir::date_range(since).map_or(i64::MIN, |(s, _)| s);
@@ -319,6 +262,74 @@ pub fn everything(
         &applied,
         paging,
     ))
+}
+
+/// What `$everything` gathers, unordered: the patient, every resource in their compartment
+/// the request may see (of `types`, when given), and the resources outside every patient's
+/// compartment those refer to, each read as the requester would.
+///
+/// # Errors
+/// 404 for an unknown or hidden patient; `too-costly` past [`MAX_EVERYTHING`] resources.
+pub fn everything_resources(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    patient: &ResourceId,
+    types: Option<&[String]>,
+) -> Result<Vec<(ResourceType, Value)>, Error> {
+    let patient_row = records::read(store, ctx, &ResourceType::PATIENT, patient, None)?;
+    let mut all: Vec<(ResourceType, Value)> = Vec::new();
+    if types.is_none_or(|t| t.iter().any(|x| x == "Patient")) {
+        all.extend(patient_row.resource.map(|r| (ResourceType::PATIENT, r)));
+    }
+    all.extend(compartment(store, ctx, patient, types)?);
+    if all.len() > MAX_EVERYTHING {
+        return Err(search::too_costly());
+    }
+    // What the compartment refers to outside every patient's compartment.
+    let mut seen: HashSet<String> = all
+        .iter()
+        .filter_map(|(t, v)| Some(format!("{t}/{}", v.get("id")?.as_str()?)))
+        .collect();
+    let mut referenced = Vec::new();
+    for (t, v) in &all {
+        let Some(info) = ctx.fhir.type_info(t.as_str()) else {
+            continue;
+        };
+        for p in info.params.values() {
+            for reference in p.references(v) {
+                let Some((target, id)) = reference.split_once('/') else {
+                    continue;
+                };
+                let Some(target) = ctx.fhir.served(target) else {
+                    continue;
+                };
+                let outside = ctx
+                    .fhir
+                    .type_info(target.as_str())
+                    .is_some_and(|i| i.compartment_params.is_empty() && !i.patient_data)
+                    && *target != ResourceType::PATIENT;
+                if !outside
+                    || types.is_some_and(|ts| !ts.iter().any(|x| x == target.as_str()))
+                    || !seen.insert(reference.clone())
+                {
+                    continue;
+                }
+                let Ok(id) = ResourceId::new(id) else {
+                    continue;
+                };
+                if all.len() + referenced.len() >= MAX_EVERYTHING {
+                    return Err(search::too_costly());
+                }
+                match records::read(store, ctx, target, &id, None) {
+                    Ok(o) => referenced.extend(o.resource.map(|r| (target.clone(), r))),
+                    Err(e) if e.kind.is_client_error() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    all.extend(referenced);
+    Ok(all)
 }
 
 fn parse_u64(name: &str, value: &str) -> Result<u64, Error> {

@@ -14,16 +14,17 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use medvault_compliance::breach::{self, Window};
 use medvault_compliance::register::{self, Given, NewBreach, Recipient};
 use medvault_node::Node;
 use medvault_node::identity::Authenticated;
 use medvault_node::identity::gates::{self, Refusal};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::AppState;
+use crate::compliance_http::{agent, node_error, private_json, register_id};
 use crate::error::ApiError;
 use crate::respond::on_node;
 
@@ -31,32 +32,9 @@ fn gate(who: &Authenticated, write: bool) -> Result<(), ApiError> {
     gates::breach(who, write).map_err(|r| Refusal::into_error(r).into())
 }
 
-/// The compliance crate's error as the node's: bad input 400, unknown entries 404, the rest a
-/// 500 without detail.
-fn node_error(e: medvault_compliance::Error) -> medvault_node::Error {
-    match e {
-        medvault_compliance::Error::Invalid(m) => medvault_node::Error::bad_request(m),
-        medvault_compliance::Error::NotFound(m) => medvault_node::Error::not_found(m),
-        other => medvault_node::Error::internal(&other),
-    }
-}
-
-fn private_json(status: StatusCode, body: &Value) -> Response {
-    let mut resp = (status, Json(body)).into_response();
-    resp.headers_mut().insert(
-        axum::http::header::CACHE_CONTROL,
-        axum::http::HeaderValue::from_static("no-store"),
-    );
-    resp
-}
-
 fn body<T>(b: Result<Json<T>, JsonRejection>, shape: &str) -> Result<T, ApiError> {
     b.map(|Json(t)| t)
         .map_err(|_| ApiError::bad_request(format!("send {shape} as application/json")))
-}
-
-fn agent(who: &Authenticated) -> Value {
-    json!({"token": who.token_id, "role": who.role.as_str(), "session": who.session})
 }
 
 /// What an assessment covers.
@@ -108,8 +86,25 @@ pub(crate) async fn assess_http(
 ) -> Result<Response, ApiError> {
     gate(&who, true)?;
     let r = body(b, ASSESS_SHAPE)?;
+    let agent = agent(&who);
     let a = on_node(&state, move |node| {
         let (a, _) = assess(node, &r)?;
+        // Like the CLI's: who assessed whom, over which window (the answer names patients).
+        let target = a.principal.as_ref().map(|p| p.id.clone()).or(a.key.clone());
+        node.record_audit_now(|now| {
+            medvault_node::audit::AuditRecord::new(
+                medvault_node::audit::AuditKind::Admin,
+                now,
+                "breach-assess",
+                medvault_node::audit::AuditOutcome::Success,
+            )
+            .agent(agent)
+            .target_opt(target.as_deref())
+            .with(
+                "extra",
+                json!({"from": a.from, "to": a.to, "patients": a.patients.len()}),
+            )
+        })?;
         serde_json::to_value(&a).map_err(|e| medvault_node::Error::internal(&e))
     })
     .await?;
@@ -150,6 +145,11 @@ pub(crate) async fn record(
             to: r.to,
             discovered: r.discovered,
         };
+        if req.principal.is_none() && (req.from.is_some() || req.to.is_some()) {
+            return Err(medvault_node::Error::bad_request(
+                "from and to go with a principal: name whose actions to assess",
+            ));
+        }
         let (assessment, discovered) = if req.principal.is_some() || req.key.is_some() {
             let (a, d) = assess(node, &req)?;
             (Some(a), d)
@@ -188,10 +188,7 @@ pub(crate) async fn list(
 }
 
 fn id_of(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    match id {
-        Ok(Path(id)) if id.starts_with("brc_") && id.len() <= 64 => Ok(id),
-        _ => Err(ApiError::not_found("no breach in the register has this id")),
-    }
+    register_id(id, "brc_", "no breach in the register has this id")
 }
 
 /// `GET /admin/breaches/{id}`.

@@ -57,3 +57,42 @@ pub(crate) async fn report(
     )
         .into_response())
 }
+
+/// The compliance crate's error as the node's: bad input 400, unknown entries 404, a node
+/// error as it was, the rest a 500 without detail.
+pub(crate) fn node_error(e: medvault_compliance::Error) -> medvault_node::Error {
+    match e {
+        medvault_compliance::Error::Invalid(m) => medvault_node::Error::bad_request(m),
+        medvault_compliance::Error::NotFound(m) => medvault_node::Error::not_found(m),
+        medvault_compliance::Error::Node(e) if e.kind.is_client_error() => *e,
+        other => medvault_node::Error::internal(&other),
+    }
+}
+
+/// `body` as JSON with `status`, never cached (registers and exports name patients).
+pub(crate) fn private_json(status: axum::http::StatusCode, body: &serde_json::Value) -> Response {
+    let mut resp = (status, axum::Json(body)).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+/// Who made a register change, for its access-log record.
+pub(crate) fn agent(who: &Authenticated) -> serde_json::Value {
+    serde_json::json!({"token": who.token_id, "role": who.role.as_str(), "session": who.session})
+}
+
+/// A register entry's id from the path: `prefix` and at most 64 bytes, or 404 saying
+/// `missing` (as for an id that names nothing).
+pub(crate) fn register_id(
+    id: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+    prefix: &str,
+    missing: &str,
+) -> Result<String, ApiError> {
+    match id {
+        Ok(axum::extract::Path(id)) if id.starts_with(prefix) && id.len() <= 64 => Ok(id),
+        _ => Err(ApiError::not_found(missing)),
+    }
+}

@@ -785,6 +785,11 @@ async fn dispatch(
             )
             .await
         }
+        (Method::GET, Target::Operation(rt, id, op))
+            if op == "export-my-data" && rt == ResourceType::PATIENT =>
+        {
+            crate::subject_http::export_mine(state, &who, ctx, id).await
+        }
         (Method::GET | Method::POST, Target::Operation(rt, id, op))
             if op == "everything" && rt == ResourceType::PATIENT =>
         {

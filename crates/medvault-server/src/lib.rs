@@ -24,6 +24,7 @@ pub mod peer;
 mod respond;
 pub mod share_http;
 mod state;
+mod subject_http;
 mod subscription_http;
 pub mod tls;
 mod transparency;
@@ -99,6 +100,19 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/breaches/{id}", get(breach_http::show))
         .route("/admin/breaches/{id}/notices", post(breach_http::notice))
         .route("/admin/breaches/{id}/close", post(breach_http::close))
+        .route(
+            "/admin/subjects/requests",
+            get(subject_http::list).post(subject_http::open),
+        )
+        .route("/admin/subjects/requests/{id}", get(subject_http::show))
+        .route(
+            "/admin/subjects/requests/{id}/answer",
+            post(subject_http::answer),
+        )
+        .route(
+            "/admin/subjects/requests/{id}/export",
+            post(subject_http::export),
+        )
         .route("/admin/alerts", get(alerts_http::list))
         .route("/admin/alerts/{id}", get(alerts_http::read))
         .route("/admin/alerts/{id}/verdict", post(alerts_http::verdict))

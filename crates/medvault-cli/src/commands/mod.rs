@@ -14,6 +14,7 @@ pub(crate) mod records;
 pub(crate) mod sentinel;
 pub(crate) mod serve;
 pub(crate) mod sharing;
+pub(crate) mod subject;
 pub(crate) mod transfer;
 
 use anyhow::{Context as _, bail};

@@ -95,7 +95,7 @@ fn a_clinicians_access_is_assessed_recorded_and_notified() {
     assert!(a["hitech"]["media"].as_array().unwrap().is_empty());
     assert!(a["gdpr"]["authority_due"].as_str().unwrap().ends_with('Z'));
     let notice = a["notices"]["patient"].as_str().unwrap();
-    assert!(notice.contains("[patient name]") && notice.contains("your name, contact details"));
+    assert!(notice.contains("[patient name]") && notice.contains("names, contact details"));
     let regulator = a["notices"]["regulator"].as_str().unwrap();
     assert!(
         regulator.contains("3 people") && regulator.contains("MA, US: 2"),

@@ -27,6 +27,7 @@ mod search;
 mod security;
 mod sentinel;
 mod share;
+mod subject;
 mod subscriptions;
 mod tls;
 mod tokens;

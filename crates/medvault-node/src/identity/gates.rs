@@ -173,6 +173,15 @@ pub fn compliance(who: &Authenticated) -> Result<(), Refusal> {
 /// auditors may read the register (`write` false). In a session with a second factor, or
 /// with an API token; never apps.
 pub fn breach(who: &Authenticated, write: bool) -> Result<(), Refusal> {
+    register(who, write, "breach response")
+}
+
+/// Data subjects' requests: the same people as [`breach`].
+pub fn subject_requests(who: &Authenticated, write: bool) -> Result<(), Refusal> {
+    register(who, write, "data subjects' requests")
+}
+
+fn register(who: &Authenticated, write: bool, what: &str) -> Result<(), Refusal> {
     let role = match who.role {
         Role::Admin | Role::PrivacyOfficer => true,
         Role::Auditor => !write,
@@ -183,7 +192,27 @@ pub fn breach(who: &Authenticated, write: bool) -> Result<(), Refusal> {
     } else {
         Err(Refusal::forbidden(
             "role-gate",
-            "breach response is for admins and privacy officers (auditors may read the register), signed in with a second factor or with an API token",
+            format!(
+                "{what} are for admins and privacy officers (auditors may read the register), signed in with a second factor or with an API token"
+            ),
+        ))
+    }
+}
+
+/// A patient's export of their own data (`$export-my-data`): the patient themself, in their
+/// own session (not an app), for their own Patient resource only.
+pub fn own_export(who: &Authenticated, patient: &str) -> Result<(), Refusal> {
+    // A patient's session carries their compartment's scopes; an app's token names its client.
+    if who.role == Role::Patient
+        && who.session.is_some()
+        && who.client.is_none()
+        && who.patient.as_deref() == Some(patient)
+    {
+        Ok(())
+    } else {
+        Err(Refusal::forbidden(
+            "role-gate",
+            "$export-my-data is for the patient themself, signed in; staff answer a request at /admin/subjects/requests/{id}/export",
         ))
     }
 }

@@ -1,0 +1,225 @@
+//! `medvault subject`: data subjects' requests (GDPR Art. 15–21) and the patient's signed
+//! export.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use medvault_compliance::subject::{self, Requester, Right};
+use serde_json::{Value, json};
+
+use super::{DataDir, open_node, resource_id};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum SubjectCommand {
+    /// Open a data subject's request (access, rectification, erasure, restriction,
+    /// portability or objection), due in one calendar month (GDPR Art. 12(3)). Prints its id.
+    #[command(
+        after_help = "Example:\n  medvault subject request --data-dir DIR --patient 7f3c… --right access --note \"letter of 2026-12-01\""
+    )]
+    Request {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The patient's resource id.
+        #[arg(long, value_name = "ID")]
+        patient: String,
+        /// access, rectification, erasure, restriction, portability or objection.
+        #[arg(long)]
+        right: String,
+        /// What was asked, as received.
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+    },
+    /// List the requests with their deadlines (newest first).
+    Requests {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Record the answer to a request (a refusal says why).
+    Answer {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The request (dsr_…).
+        id: String,
+        /// answered or refused.
+        #[arg(long)]
+        outcome: String,
+        /// What was done, or why refused.
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+    },
+    /// Answer an access or portability request with the patient's export: their record
+    /// (ndjson), earlier versions, the accounting of disclosures and how the node processes
+    /// their data, signed by the node and pinned to both logs.
+    #[command(
+        after_help = "Example:\n  medvault subject export --data-dir DIR dsr_… --out export.json\n  medvault subject verify export.json --data-dir DIR"
+    )]
+    Export {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The request answered (dsr_…).
+        id: String,
+        /// Write it here (replaced if it exists).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Check an export: the node's signature over all of it, its checkpoints, its counts; with
+    /// --data-dir, that it comes from that node's history. One line; non-zero if it fails.
+    Verify {
+        /// The export file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The signing node's fingerprint expected (SHA-256:…).
+        #[arg(long, value_name = "SHA-256:HEX")]
+        fingerprint: Option<String>,
+        /// Also check its checkpoints against this node's logs.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// With --data-dir: its PostgreSQL database, if not the embedded one.
+        #[arg(long, value_name = "URL", requires = "data_dir")]
+        database: Option<String>,
+    },
+}
+
+fn operator() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+}
+
+fn agent() -> Value {
+    json!({"os_user": operator()})
+}
+
+fn plain(e: medvault_compliance::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+fn print(v: &Value) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Most bytes of an export `verify` reads.
+const MAX_EXPORT_BYTES: u64 = 512 * 1024 * 1024;
+
+pub(crate) fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
+    match cmd {
+        SubjectCommand::Request {
+            dir,
+            patient,
+            right,
+            note,
+        } => {
+            let node = open_node(&dir, true)?;
+            let patient = resource_id("--patient", Some(patient))?
+                .ok_or_else(|| anyhow::anyhow!("--patient is required"))?;
+            let right = Right::parse(&right).map_err(plain)?;
+            let r = subject::open_request(
+                &node,
+                &patient,
+                right,
+                note.as_deref(),
+                &operator(),
+                &agent(),
+            )
+            .map_err(plain)?;
+            println!(
+                "{} ({} request, due {})",
+                r["id"].as_str().unwrap_or_default(),
+                right.as_str(),
+                r["due"].as_str().unwrap_or_default()
+            );
+            Ok(())
+        }
+        SubjectCommand::Requests { dir } => {
+            let node = open_node(&dir, true)?;
+            print(&Value::Array(subject::requests(&node).map_err(plain)?))
+        }
+        SubjectCommand::Answer {
+            dir,
+            id,
+            outcome,
+            note,
+        } => {
+            let node = open_node(&dir, true)?;
+            subject::answer_request(&node, &id, &outcome, note.as_deref(), &operator(), &agent())
+                .map_err(plain)?;
+            println!("{id}: {outcome}");
+            Ok(())
+        }
+        SubjectCommand::Export { dir, id, out } => {
+            let node = open_node(&dir, true)?;
+            let request = subject::show_request(&node, &id).map_err(plain)?;
+            let patient = request["patient"]
+                .as_str()
+                .and_then(|p| p.strip_prefix("Patient/"))
+                .map(str::to_owned);
+            let patient = resource_id("the request's patient", patient)?
+                .ok_or_else(|| anyhow::anyhow!("{id} names no patient"))?;
+            let by = operator();
+            let export = subject::export(
+                &node,
+                &patient,
+                &Requester::Staff {
+                    request: &id,
+                    by: &by,
+                },
+                &agent(),
+            )
+            .map_err(plain)?;
+            std::fs::write(&out, serde_json::to_string(&export)? + "\n")
+                .with_context(|| format!("{}", out.display()))?;
+            let c = &export["counts"];
+            println!(
+                "{id} answered: {} resources, {} earlier versions, {} disclosures in {}",
+                c["resources"],
+                c["earlier_versions"],
+                c["disclosures"],
+                out.display()
+            );
+            Ok(())
+        }
+        SubjectCommand::Verify {
+            file,
+            fingerprint,
+            data_dir,
+            database,
+        } => {
+            let meta = std::fs::metadata(&file).with_context(|| format!("{}", file.display()))?;
+            if !meta.is_file() || meta.len() > MAX_EXPORT_BYTES {
+                anyhow::bail!(
+                    "{}: not an export (not a regular file of at most 512 MiB)",
+                    file.display()
+                );
+            }
+            let bytes = std::fs::read(&file).with_context(|| format!("{}", file.display()))?;
+            let text = String::from_utf8(bytes).map_err(|_| {
+                anyhow::anyhow!("{}: not an export (not UTF-8 text)", file.display())
+            })?;
+            let value = medvault_compliance::html::parse_unique(&text)
+                .map_err(|e| anyhow::anyhow!("{}: not an export ({e})", file.display()))?;
+            let node = data_dir
+                .map(|data_dir| open_node(&DataDir { data_dir, database }, true))
+                .transpose()?;
+            let v = subject::verify(&value, fingerprint.as_deref(), node.as_ref())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            println!(
+                "export verified: {} signed by node {} ({}) at {}: {} resources, {} earlier versions, {} disclosures{}",
+                v.patient,
+                v.node,
+                v.fingerprint,
+                v.generated,
+                v.counts[0],
+                v.counts[1],
+                v.counts[2],
+                if node.is_some() {
+                    ", from this node's history"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Data subjects' rights (issue 20): a patient exports their own record, history and the
+//! accounting of disclosures, signed by the node and verifiable; staff answer requests from the
+//! register within their month; a tampered export, another patient's export and bad requests
+//! are refused.
+
+use serde_json::{Value, json};
+
+use crate::MEDVAULT;
+
+fn lines(text: &Value) -> Vec<Value> {
+    text.as_str()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_patient_exports_their_record_and_staff_answer_requests_in_time() {
+    let s = MEDVAULT.start();
+    let patient = s.create(&json!({
+        "resourceType": "Patient", "name": [{"family": "Quixotic", "given": ["Ana"]}],
+        "birthDate": "1980-02-03",
+    }));
+    let other = s.create(&json!({"resourceType": "Patient", "name": [{"family": "Other"}]}));
+    let obs = json!({
+        "resourceType": "Observation", "status": "preliminary",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "valueQuantity": {"value": 72.5, "unit": "/min"},
+    });
+    let obs_id = s.create(&obs);
+    // A correction (Art. 16): the export keeps the earlier version.
+    let mut corrected = obs.clone();
+    corrected["id"] = json!(obs_id);
+    corrected["status"] = json!("final");
+    let (st, _) = s.put(&format!("/Observation/{obs_id}"), &corrected);
+    assert_eq!(st, 200);
+    // A clinician in the patient's care team reads the record: a disclosure.
+    let dr = s.person("dr.care", "clinician");
+    s.care_team(dr.practitioner.as_deref().unwrap(), &patient);
+    let (st, _) = s.get_as(
+        &format!("/fhir/Patient/{patient}"),
+        &dr.session,
+        Some("TREAT"),
+    );
+    assert_eq!(st, 200);
+
+    // The patient, in their own session.
+    let me = s.patient_session("ana.q", &patient);
+    let (st, export) = s.get_as(
+        &format!("/fhir/Patient/{patient}/$export-my-data"),
+        &me,
+        None,
+    );
+    assert_eq!(st, 200, "{export}");
+    assert_eq!(export["format"], "medvault-subject-export/1");
+    assert_eq!(export["patient"], format!("Patient/{patient}"));
+    let record = lines(&export["record"]);
+    assert_eq!(export["counts"]["resources"], record.len());
+    let types: Vec<&str> = record
+        .iter()
+        .map(|r| r["resourceType"].as_str().unwrap())
+        .collect();
+    assert!(
+        types.contains(&"Patient") && types.contains(&"Observation"),
+        "{types:?}"
+    );
+    let current = record.iter().find(|r| r["id"] == obs_id.as_str()).unwrap();
+    assert_eq!(current["status"], "final");
+    assert_eq!(
+        current["valueQuantity"]["value"], 72.5,
+        "decimals travel as written"
+    );
+    let history = lines(&export["history"]);
+    assert!(
+        history
+            .iter()
+            .any(|r| r["id"] == obs_id.as_str() && r["status"] == "preliminary"),
+        "{history:?}"
+    );
+    let disclosures = lines(&export["disclosures"]);
+    assert_eq!(export["counts"]["disclosures"], disclosures.len());
+    assert!(
+        disclosures
+            .iter()
+            .all(|e| e["resourceType"] == "AuditEvent"),
+        "{disclosures:?}"
+    );
+    assert!(
+        disclosures
+            .iter()
+            .any(|e| e.to_string().contains("clinician")),
+        "the clinician's read is disclosed"
+    );
+    assert!(export["processing"]["purposes"].as_array().unwrap().len() >= 4);
+    let request = export["request"].as_str().unwrap().to_owned();
+    assert!(request.starts_with("dsr_"));
+
+    // One export every ten minutes: each reads the whole access log.
+    let (st, e) = s.get_as(
+        &format!("/fhir/Patient/{patient}/$export-my-data"),
+        &me,
+        None,
+    );
+    assert_eq!(st, 429, "{e}");
+    assert_eq!(e["resourceType"], "OperationOutcome");
+    // Another patient's record is not theirs to export.
+    let (st, e) = s.get_as(&format!("/fhir/Patient/{other}/$export-my-data"), &me, None);
+    assert_eq!(st, 403, "{e}");
+    assert_eq!(e["resourceType"], "OperationOutcome");
+    // Nor is it the clinician's way to a record.
+    let (st, _) = s.get_as(
+        &format!("/fhir/Patient/{patient}/$export-my-data"),
+        &dr.session,
+        Some("TREAT"),
+    );
+    assert_eq!(st, 403);
+
+    // The export verifies, against this node's history too; a changed one does not.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("export.json");
+    std::fs::write(&file, export.to_string()).unwrap();
+    let data_dir = s.dir.to_str().unwrap().to_owned();
+    let (ok, out, err) = s.cli(&[
+        "subject",
+        "verify",
+        file.to_str().unwrap(),
+        "--data-dir",
+        &data_dir,
+    ]);
+    assert!(ok, "{out} {err}");
+    assert!(
+        out.starts_with("export verified:") && out.contains("from this node's history"),
+        "{out}"
+    );
+    let mut tampered = export.clone();
+    tampered["record"] = json!(
+        export["record"]
+            .as_str()
+            .unwrap()
+            .replace("final", "amended")
+    );
+    std::fs::write(&file, tampered.to_string()).unwrap();
+    let (ok, out, err) = s.cli(&["subject", "verify", file.to_str().unwrap()]);
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(
+        err.contains("signature does not verify") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    let text = export.to_string();
+    std::fs::write(&file, format!("{{\"format\":\"x\",{}", &text[1..])).unwrap();
+    let (ok, _, err) = s.cli(&["subject", "verify", file.to_str().unwrap()]);
+    assert!(!ok && err.contains("twice"), "{err}");
+
+    // The register: the patient's own request answered at once; staff open one, answer it
+    // with the export, and cannot answer it twice.
+    let (st, mine) = s.get_as(
+        &format!("/admin/subjects/requests/{request}"),
+        &s.token,
+        None,
+    );
+    assert_eq!(st, 200, "{mine}");
+    assert_eq!(mine["right"], "access");
+    assert_eq!(mine["status"], "answered");
+    assert_eq!(mine["on_time"], true);
+    let (st, opened) = s.post_json(
+        "/admin/subjects/requests",
+        Some(&s.token),
+        &json!({"patient": patient, "right": "portability", "note": "by letter"}),
+    );
+    assert_eq!(st, 201, "{opened}");
+    let dsr = opened["id"].as_str().unwrap().to_owned();
+    assert_eq!(opened["status"], "open");
+    assert!(opened["due"].as_str().unwrap() > opened["opened"].as_str().unwrap());
+    let (st, staff) = s.post_json(
+        &format!("/admin/subjects/requests/{dsr}/export"),
+        Some(&s.token),
+        &json!({}),
+    );
+    assert_eq!(st, 200, "{staff}");
+    assert_eq!(staff["request"], dsr.as_str());
+    // Read as the node's work: at least what the patient's own rules showed them.
+    assert!(
+        staff["counts"]["resources"].as_u64() >= export["counts"]["resources"].as_u64(),
+        "{}",
+        staff["counts"]
+    );
+    let (st, again) = s.post_json(
+        &format!("/admin/subjects/requests/{dsr}/export"),
+        Some(&s.token),
+        &json!({}),
+    );
+    assert_eq!(st, 400, "{again}");
+    // The staff export is in the patient's accounting of disclosures.
+    let auditor = s.new_token("auditor");
+    let (st, trail) = s.get_as(
+        &format!("/fhir/AuditEvent?patient={patient}"),
+        &auditor,
+        None,
+    );
+    assert_eq!(st, 200, "{trail}");
+    assert!(trail.to_string().contains("subject-answer"), "{trail}");
+
+    // The CLI: an erasure request refused only with a reason.
+    let (ok, out, err) = s.run(&[
+        "subject",
+        "request",
+        "--patient",
+        &patient,
+        "--right",
+        "erasure",
+    ]);
+    assert!(ok, "{err}");
+    let erasure = out.split_whitespace().next().unwrap().to_owned();
+    assert!(erasure.starts_with("dsr_"), "{out}");
+    let (ok, _, err) = s.run(&["subject", "answer", &erasure, "--outcome", "refused"]);
+    assert!(!ok && err.contains("says why"), "{err}");
+    let (ok, _, err) = s.run(&[
+        "subject",
+        "answer",
+        &erasure,
+        "--outcome",
+        "refused",
+        "--note",
+        "legal hold: litigation",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = s.run(&["subject", "requests"]);
+    assert!(ok);
+    let all: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 3, "{all}");
+
+    // Bad requests.
+    for (body, status) in [
+        (
+            json!({"patient": "no-such-patient", "right": "access"}),
+            404,
+        ),
+        (json!({"patient": patient, "right": "forget-me"}), 400),
+        (json!({"patient": patient}), 400),
+    ] {
+        let (st, e) = s.post_json("/admin/subjects/requests", Some(&s.token), &body);
+        assert_eq!(st, status, "{body} {e}");
+        assert_eq!(e["resourceType"], "OperationOutcome");
+    }
+    assert_eq!(
+        s.get_as("/admin/subjects/requests", &dr.session, None).0,
+        403
+    );
+    let (st, report) = s.get_as("/admin/compliance", &s.token, None);
+    assert_eq!(st, 200);
+    let row = report["controls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "gdpr-12-15-21")
+        .unwrap();
+    assert_eq!(row["status"], "pass", "{row}");
+    assert_eq!(row["evidence"]["recorded"], 3);
+    s.verify_ledger();
+}

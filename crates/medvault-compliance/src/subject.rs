@@ -1,0 +1,650 @@
+//! Data subjects' rights (GDPR Art. 15–21): requests tracked with their one-month deadline in
+//! the register, and the patient's signed export (Art. 15 access, Art. 20 portability).
+//!
+//! **Requests** are register rows (kind = the right, subject = `Patient/<id>`, due one calendar
+//! month after opening, Art. 12(3)); what they say is sealed like a breach entry's and every
+//! change is ledgered with the digest of the new content.
+//!
+//! **The export** is one JSON document signed by the node (the compliance report's signature
+//! and checkpoint pins): the patient's current record, earlier versions of what changed
+//! (Art. 16's rectification history), the accounting of disclosures (every access-log record
+//! naming the patient, as FHIR `AuditEvent`s), and how the node processes the data (purposes,
+//! recipients, retention, transfers). Resources travel as ndjson text inside it, so the bytes
+//! signed are exactly the bytes a portability import reads, decimals included.
+
+use medvault_core::{ResourceId, ResourceType};
+use medvault_node::Node;
+use medvault_node::clock::instant;
+use medvault_node::ctx::Ctx;
+use medvault_node::identity::random_id;
+use medvault_store::RegisterRow;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::Error;
+use crate::register::{open_entry, store as store_entry};
+use crate::report::{self, VerifyError};
+
+/// The export's format name.
+pub const EXPORT_FORMAT: &str = "medvault-subject-export/1";
+/// How often a patient may export their own data (each export reads the whole access log).
+const SELF_EXPORT_EVERY_MICROS: i64 = 10 * 60 * 1_000_000;
+/// Most disclosures an export lists (newest first).
+pub const MAX_DISCLOSURES: usize = 100_000;
+
+/// A data subject's right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Right {
+    /// Art. 15.
+    Access,
+    /// Art. 16.
+    Rectification,
+    /// Art. 17.
+    Erasure,
+    /// Art. 18.
+    Restriction,
+    /// Art. 20.
+    Portability,
+    /// Art. 21.
+    Objection,
+}
+
+impl Right {
+    /// Its name (the register's kind).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Access => "access",
+            Self::Rectification => "rectification",
+            Self::Erasure => "erasure",
+            Self::Restriction => "restriction",
+            Self::Portability => "portability",
+            Self::Objection => "objection",
+        }
+    }
+
+    /// The right named `text`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] listing the names.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        Ok(match text {
+            "access" => Self::Access,
+            "rectification" => Self::Rectification,
+            "erasure" => Self::Erasure,
+            "restriction" => Self::Restriction,
+            "portability" => Self::Portability,
+            "objection" => Self::Objection,
+            _ => {
+                return Err(Error::Invalid(
+                    "the right is access, rectification, erasure, restriction, portability or objection".into(),
+                ));
+            }
+        })
+    }
+
+    const ALL: [Self; 6] = [
+        Self::Access,
+        Self::Rectification,
+        Self::Erasure,
+        Self::Restriction,
+        Self::Portability,
+        Self::Objection,
+    ];
+}
+
+/// What a request says (sealed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestEntry {
+    /// Who opened it (a user or token id, the patient's own account, or the CLI's user).
+    pub opened_by: String,
+    /// What the patient asked, as recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// How it was answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Answer>,
+}
+
+/// An answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// `answered` or `refused`.
+    pub outcome: String,
+    /// When.
+    pub at: String,
+    /// By whom.
+    pub by: String,
+    /// What was done, or why refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One calendar month after `micros` (the last day of a shorter month when the day is past
+/// its end), GDPR Art. 12(3).
+fn one_month_after(micros: i64) -> i64 {
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000) else {
+        return micros;
+    };
+    let (mut y, next) = (t.year(), t.month().next());
+    if next == time::Month::January {
+        y += 1;
+    }
+    let day = t.day().min(next.length(y));
+    time::Date::from_calendar_date(y, next, day)
+        .map(|d| t.replace_date(d))
+        .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX))
+        .unwrap_or(micros)
+}
+
+fn note(text: Option<&str>) -> Result<Option<String>, Error> {
+    text.map(|t| crate::register::readable("the note", t, 2_000))
+        .transpose()
+}
+
+fn patient_exists(node: &Node, id: &ResourceId) -> Result<(), Error> {
+    match node.store.current(&ResourceType::PATIENT, id)? {
+        Some(m) if !m.deleted => Ok(()),
+        _ => Err(Error::NotFound("no such patient".into())),
+    }
+}
+
+/// Opens a request by (or for) `patient` to exercise `right`, due in one month.
+///
+/// # Errors
+/// 404 for an unknown patient; bad note text; store failures.
+pub fn open_request(
+    node: &Node,
+    patient: &ResourceId,
+    right: Right,
+    note_text: Option<&str>,
+    by: &str,
+    agent: &Value,
+) -> Result<Value, Error> {
+    patient_exists(node, patient)?;
+    let now = node.clock.now_micros();
+    let entry = RequestEntry {
+        opened_by: by.to_owned(),
+        note: note(note_text)?,
+        answer: None,
+    };
+    let row = RegisterRow {
+        id: random_id("dsr_")?,
+        kind: right.as_str().into(),
+        subject: Some(format!("Patient/{patient}")),
+        opened_micros: now,
+        due_micros: one_month_after(now),
+        status: "open".into(),
+        closed_micros: None,
+        updated_micros: now,
+        body: medvault_crypto::Sealed::from_stored(Vec::new()),
+    };
+    let id = row.id.clone();
+    store_entry(node, row, &entry, "subject-request", agent)?;
+    show_request(node, &id)
+}
+
+/// Answers (or refuses) request `id`.
+///
+/// # Errors
+/// 404 for an unknown request; 400 for one already answered or a bad outcome.
+pub fn answer_request(
+    node: &Node,
+    id: &str,
+    outcome: &str,
+    note_text: Option<&str>,
+    by: &str,
+    agent: &Value,
+) -> Result<Value, Error> {
+    if !matches!(outcome, "answered" | "refused") {
+        return Err(Error::Invalid("the outcome is answered or refused".into()));
+    }
+    if note_text.is_none_or(|n| n.trim().is_empty()) {
+        return Err(Error::Invalid(if outcome == "refused" {
+            "a refusal says why (Art. 12(4))".into()
+        } else {
+            "an answer says what was done (access and portability are answered with the export)"
+                .into()
+        }));
+    }
+    let (mut row, mut entry) = find_request(node, id)?;
+    if row.closed_micros.is_some() {
+        return Err(Error::Invalid("that request is already answered".into()));
+    }
+    let now = node.clock.now_micros();
+    entry.answer = Some(Answer {
+        outcome: outcome.into(),
+        at: instant(now),
+        by: by.into(),
+        note: note(note_text)?,
+    });
+    row.status = outcome.into();
+    row.closed_micros = Some(now);
+    row.updated_micros = now;
+    store_entry(node, row, &entry, "subject-answer", agent)?;
+    show_request(node, id)
+}
+
+fn find_request(node: &Node, id: &str) -> Result<(RegisterRow, RequestEntry), Error> {
+    let unknown = || Error::NotFound("no data subject's request has this id".into());
+    if id.len() > 64 || !id.starts_with("dsr_") {
+        return Err(unknown());
+    }
+    let row = node
+        .store
+        .register_entry(id)?
+        .filter(|r| r.kind != crate::register::BREACH)
+        .ok_or_else(unknown)?;
+    let entry = open_entry(node, &row)?;
+    Ok((row, entry))
+}
+
+fn request_json(row: &RegisterRow, entry: &RequestEntry, now: i64) -> Value {
+    let on_time = match row.closed_micros {
+        Some(c) => Some(c <= row.due_micros),
+        None => (now > row.due_micros).then_some(false),
+    };
+    json!({
+        "id": row.id,
+        "right": row.kind,
+        "patient": row.subject,
+        "status": row.status,
+        "opened": instant(row.opened_micros),
+        "due": instant(row.due_micros),
+        "closed": row.closed_micros.map(instant),
+        "on_time": on_time,
+        "opened_by": entry.opened_by,
+        "note": entry.note,
+        "answer": entry.answer,
+    })
+}
+
+/// One request.
+///
+/// # Errors
+/// 404 for an unknown id.
+pub fn show_request(node: &Node, id: &str) -> Result<Value, Error> {
+    let (row, entry) = find_request(node, id)?;
+    Ok(request_json(&row, &entry, node.clock.now_micros()))
+}
+
+/// Every data subject's request, newest first.
+///
+/// # Errors
+/// Store and key failures.
+pub fn requests(node: &Node) -> Result<Vec<Value>, Error> {
+    let now = node.clock.now_micros();
+    let mut out = Vec::new();
+    for right in Right::ALL {
+        for row in node.store.register(Some(right.as_str()))? {
+            let entry: RequestEntry = open_entry(node, &row)?;
+            out.push((row.opened_micros, request_json(&row, &entry, now)));
+        }
+    }
+    out.sort_by_key(|b| std::cmp::Reverse(b.0));
+    Ok(out.into_iter().map(|(_, v)| v).collect())
+}
+
+/// What the compliance report needs of the requests register.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Requests {
+    /// Requests recorded.
+    pub recorded: u64,
+    /// Still open.
+    pub open: u64,
+    /// Open past their month, or answered after it: ids.
+    pub late: Vec<String>,
+}
+
+/// Reads the requests register for the compliance report.
+///
+/// # Errors
+/// Store failures.
+pub fn evidence(node: &Node, now: i64) -> Result<Requests, Error> {
+    let mut r = Requests::default();
+    for right in Right::ALL {
+        for row in node.store.register(Some(right.as_str()))? {
+            r.recorded += 1;
+            r.open += u64::from(row.closed_micros.is_none());
+            let late = row.closed_micros.map_or(now, |c| c) > row.due_micros;
+            if late {
+                r.late.push(row.id);
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Who the export is made for, and under whose rules its record is read.
+pub enum Requester<'a> {
+    /// The patient themself: their request's context (the policy lets them read their own
+    /// compartment); an access request is opened and answered with the export.
+    Patient {
+        /// The request's context.
+        ctx: &'a Ctx,
+        /// Their user id.
+        user: &'a str,
+    },
+    /// Staff answering an open request (`dsr_…`) about this patient: read as the node's own
+    /// work, the request answered by the export.
+    Staff {
+        /// The request being answered.
+        request: &'a str,
+        /// Who answers it.
+        by: &'a str,
+    },
+}
+
+fn ndjson(items: impl IntoIterator<Item = Value>) -> (String, u64) {
+    let mut out = String::new();
+    let mut n = 0;
+    for v in items {
+        out.push_str(&v.to_string());
+        out.push('\n');
+        n += 1;
+    }
+    (out, n)
+}
+
+/// How the node processes a patient's data (GDPR Art. 13–15's information): purposes, the
+/// recipients it can send to, retention, transfers.
+fn processing(node: &Node) -> Result<Value, Error> {
+    let peers: Vec<Value> = node
+        .store
+        .peers()?
+        .into_iter()
+        .map(|p| json!({"node": p.node, "organization": p.organization}))
+        .collect();
+    Ok(json!({
+        "purposes": [
+            "treatment by the people caring for you (TREAT)",
+            "emergency treatment, each use reviewed (ETREAT, break-glass)",
+            "payment and healthcare operations (HPAYMT, HOPERAT)",
+            "research, only under your consent (HRESCH)",
+            "your own access (PATRQT)",
+        ],
+        "recipients": {
+            "staff": "clinicians, nurses and other staff of the organisation, by role and care relationship",
+            "apps": "apps you or staff approved (SMART on FHIR), within their scopes",
+            "other_nodes": peers,
+        },
+        "retention": "kept until erased: on your request (Art. 17) unless a legal hold applies, or by the organisation's retention schedule; erased records are destroyed by destroying their key",
+        "transfers": if peers.is_empty() {
+            json!("none: no other node is registered to receive data")
+        } else {
+            json!("only to the nodes listed as recipients, sealed for each (post-quantum hybrid keys)")
+        },
+        "security": "each patient's records sealed under their own key; every access recorded in a tamper-evident log",
+    }))
+}
+
+/// The patient's signed export.
+///
+/// # Errors
+/// 404 for an unknown patient or request; 400 for a request about another patient or already
+/// answered; `too-costly` past `$everything`'s bound.
+pub fn export(
+    node: &Node,
+    patient: &ResourceId,
+    requester: &Requester<'_>,
+    agent: &Value,
+) -> Result<Value, Error> {
+    patient_exists(node, patient)?;
+    let subject = format!("Patient/{patient}");
+    if let Requester::Patient { .. } = requester {
+        // An export reads the whole access log: a patient gets one every ten minutes.
+        let now = node.clock.now_micros();
+        let recent = node
+            .store
+            .register(Some(Right::Access.as_str()))?
+            .into_iter()
+            .find(|r| {
+                r.subject.as_deref() == Some(subject.as_str())
+                    && now - r.opened_micros < SELF_EXPORT_EVERY_MICROS
+            });
+        if let Some(r) = recent {
+            return Err(medvault_node::Error::new(
+                medvault_node::error::ErrorKind::Throttled,
+                medvault_node::error::IssueCode::Throttled,
+                format!(
+                    "your last export was made at {}; you can make another ten minutes after it",
+                    instant(r.opened_micros)
+                ),
+            )
+            .into());
+        }
+    }
+    let node_ctx;
+    let (ctx, request) = match requester {
+        // The patient's own access request is opened once the export is gathered.
+        Requester::Patient { ctx, .. } => (*ctx, None),
+        Requester::Staff { request, .. } => {
+            let (row, entry) = find_request(node, request)?;
+            if row.subject.as_deref() != Some(subject.as_str()) {
+                return Err(Error::Invalid(
+                    "that request is about another patient".into(),
+                ));
+            }
+            if entry.answer.is_some() {
+                return Err(Error::Invalid("that request is already answered".into()));
+            }
+            if !matches!(row.kind.as_str(), "access" | "portability") {
+                return Err(Error::Invalid(
+                    "an export answers an access or portability request".into(),
+                ));
+            }
+            node_ctx = Ctx::unrestricted_node_work(node);
+            (&node_ctx, Some((*request).to_owned()))
+        }
+    };
+    let store = node.store.as_ref();
+    let resources = medvault_node::operations::everything_resources(store, ctx, patient, None)?;
+    // Earlier versions of what changed (rectification history).
+    let mut earlier = Vec::new();
+    for (rt, v) in &resources {
+        let version = v
+            .pointer("/meta/versionId")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(1);
+        let Some(id) = v
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|i| ResourceId::new(i).ok())
+        else {
+            continue;
+        };
+        for n in 1..version {
+            match medvault_node::records::read(store, ctx, rt, &id, Some(n)) {
+                Ok(o) => earlier.extend(o.resource),
+                Err(e) if e.kind.is_client_error() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    let disclosures = disclosures(node, patient)?;
+    let (record, n_record) = ndjson(resources.into_iter().map(|(_, v)| v));
+    let (history, n_history) = ndjson(earlier);
+    let (accounting, n_disclosures) = ndjson(disclosures);
+    let summary = format!(
+        "export of {n_record} resources, {n_history} earlier versions, {n_disclosures} disclosures"
+    );
+    let (request, own) = match (request, requester) {
+        (Some(r), _) => (r, None),
+        // The patient's own access request, recorded answered in one write: an export that
+        // fails or is abandoned leaves no open request behind.
+        (None, Requester::Patient { user, .. }) => {
+            let now = node.clock.now_micros();
+            let entry = RequestEntry {
+                opened_by: (*user).to_owned(),
+                note: None,
+                answer: Some(Answer {
+                    outcome: "answered".into(),
+                    at: instant(now),
+                    by: (*user).to_owned(),
+                    note: Some(summary.clone()),
+                }),
+            };
+            let row = RegisterRow {
+                id: random_id("dsr_")?,
+                kind: Right::Access.as_str().into(),
+                subject: Some(subject.clone()),
+                opened_micros: now,
+                due_micros: one_month_after(now),
+                status: "answered".into(),
+                closed_micros: Some(now),
+                updated_micros: now,
+                body: medvault_crypto::Sealed::from_stored(Vec::new()),
+            };
+            (row.id.clone(), Some((row, entry)))
+        }
+        (None, Requester::Staff { request, .. }) => ((*request).to_owned(), None),
+    };
+    let (document, checkpoints) = report::signer_and_pins(node)?;
+    let mut out = json!({
+        "format": EXPORT_FORMAT,
+        "node": document,
+        "checkpoints": checkpoints,
+        "generated": instant(node.clock.now_micros()),
+        "patient": subject,
+        "request": request,
+        "counts": {"resources": n_record, "earlier_versions": n_history, "disclosures": n_disclosures},
+        "record": record,
+        "history": history,
+        "disclosures": accounting,
+        "processing": processing(node)?,
+    });
+    report::sign(node, EXPORT_FORMAT, &mut out)?;
+    match (own, requester) {
+        (Some((row, entry)), _) => store_entry(node, row, &entry, "subject-export", agent)?,
+        (None, Requester::Staff { by, .. }) => {
+            answer_request(node, &request, "answered", Some(&summary), by, agent)?;
+        }
+        (None, Requester::Patient { .. }) => {}
+    }
+    Ok(out)
+}
+
+/// The access log's records naming the patient (as the request's patient, or among those a
+/// request revealed or was refused), newest first, as FHIR `AuditEvent`s: the whole log read
+/// on every core (entries archived out of it are not read).
+fn disclosures(node: &Node, patient: &ResourceId) -> Result<Vec<Value>, Error> {
+    let (archived, _) = medvault_node::archive::archived(node.access.as_ref())
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let size = node.access.ledger_size()?;
+    let origin = node.ledger.access().origin().to_owned();
+    let keep = |leaf: u64, rec: &Value| {
+        medvault_node::audit_view::names_patient(rec, patient.as_str()).then(|| {
+            (
+                leaf,
+                medvault_node::audit_view::to_audit_event(leaf, rec, &origin),
+            )
+        })
+    };
+    let (mut found, _) = crate::breach::scan_log(node, archived, size, &keep, &mut |_, _| {})?;
+    found.sort_by_key(|b| std::cmp::Reverse(b.0));
+    found.truncate(MAX_DISCLOSURES);
+    Ok(found.into_iter().map(|(_, e)| e).collect())
+}
+
+/// What a verified export says of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedExport {
+    /// The signing node's id and fingerprint.
+    pub node: String,
+    /// See `node`.
+    pub fingerprint: String,
+    /// `Patient/<id>`.
+    pub patient: String,
+    /// When made.
+    pub generated: String,
+    /// Resources, earlier versions, disclosures.
+    pub counts: [u64; 3],
+}
+
+/// Checks an export: the node's signature over all of it, its checkpoints (with `node`, that
+/// they are in that node's history), and that each ndjson part holds the count it claims of
+/// JSON objects with a `resourceType`.
+///
+/// # Errors
+/// The first check that fails.
+pub fn verify(
+    export: &Value,
+    expected: Option<&str>,
+    node: Option<&Node>,
+) -> Result<VerifiedExport, VerifyError> {
+    let signed = report::verify_signed(export, EXPORT_FORMAT, expected, node)?;
+    let map = signed.map;
+    let mut counts = [0u64; 3];
+    for (i, (part, count)) in [
+        ("record", "resources"),
+        ("history", "earlier_versions"),
+        ("disclosures", "disclosures"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let text = map
+            .get(part)
+            .and_then(Value::as_str)
+            .ok_or_else(|| VerifyError::Malformed(format!("{part} missing")))?;
+        let mut n = 0u64;
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line)
+                .map_err(|_| VerifyError::Malformed(format!("{part}: a line is not JSON")))?;
+            if !v.get("resourceType").is_some_and(Value::is_string) {
+                return Err(VerifyError::Malformed(format!(
+                    "{part}: a line is not a FHIR resource"
+                )));
+            }
+            n += 1;
+        }
+        if map["counts"][count].as_u64() != Some(n) {
+            return Err(VerifyError::Malformed(format!(
+                "counts.{count} does not match {part}"
+            )));
+        }
+        counts[i] = n;
+    }
+    Ok(VerifiedExport {
+        node: signed.node,
+        fingerprint: signed.fingerprint,
+        patient: map["patient"].as_str().unwrap_or_default().to_owned(),
+        generated: map["generated"].as_str().unwrap_or_default().to_owned(),
+        counts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_month_is_a_calendar_month() {
+        let at = |s: &str| {
+            i64::try_from(
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                    .unwrap()
+                    .unix_timestamp_nanos()
+                    / 1_000,
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            instant(one_month_after(at("2026-01-31T10:00:00Z"))),
+            "2026-02-28T10:00:00.000000Z"
+        );
+        assert_eq!(
+            instant(one_month_after(at("2026-12-15T00:00:00Z"))),
+            "2027-01-15T00:00:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn rights_parse_by_name() {
+        for r in Right::ALL {
+            assert_eq!(Right::parse(r.as_str()).unwrap(), r);
+        }
+        assert!(Right::parse("forget-me").is_err());
+    }
+}
