@@ -12,6 +12,7 @@
 
 pub mod breach;
 pub mod controls;
+pub mod erasure;
 pub mod evidence;
 pub mod html;
 pub mod register;

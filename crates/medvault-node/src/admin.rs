@@ -79,11 +79,34 @@ pub enum Erased {
     Already,
 }
 
+/// The register kind of a legal hold (kept by medvault-compliance): while one is in force for
+/// a patient, their records cannot be erased.
+pub const LEGAL_HOLD: &str = "legal-hold";
+
+/// True if a legal hold is in force for `patient`.
+///
+/// # Errors
+/// Store failures.
+pub fn under_legal_hold(node: &Node, patient: &ResourceId) -> Result<bool, Error> {
+    let subject = format!("Patient/{patient}");
+    Ok(node
+        .store
+        .register(Some(LEGAL_HOLD))?
+        .iter()
+        .any(|r| r.subject.as_deref() == Some(subject.as_str()) && r.closed_micros.is_none()))
+}
+
 /// Crypto-shreds a patient: destroys the compartment's data key.
 ///
 /// # Errors
-/// 404 when nothing is stored for the patient; store failures.
+/// 404 when nothing is stored for the patient; 409 while a legal hold is in force; store
+/// failures.
 pub fn erase_patient(node: &Node, patient: &ResourceId) -> Result<Erased, Error> {
+    if under_legal_hold(node, patient)? {
+        return Err(Error::conflict(
+            "this patient's records are under a legal hold: release the hold before erasing",
+        ));
+    }
     let name = KeyName::from(&Compartment::Patient(patient.clone()));
     let Some(row) = node.store.data_key(&name)? else {
         return Err(Error::not_found("no data is stored for that patient"));

@@ -8,8 +8,8 @@
 //! and `max_age` (RFC 9470). API tokens and app tokens cannot do these at all.
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use medvault_core::{ResourceId, Role};
 use serde_json::json;
@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::respond::{AuditPatient, on_node, refusal_response};
-use medvault_node::admin::{Erased, erase_patient, rotate_keys};
+use medvault_node::admin::rotate_keys;
 use medvault_node::identity::Authenticated;
 use medvault_node::identity::gates;
 
@@ -47,10 +47,18 @@ pub(crate) async fn rotate(State(state): State<AppState>, who: Authenticated) ->
 }
 
 /// `POST /admin/patients/{id}/erase` (step-up required).
+/// `?request=dsr_…`: the erasure request the erasure answers.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EraseQuery {
+    request: Option<String>,
+}
+
 pub(crate) async fn erase(
     State(state): State<AppState>,
     who: Authenticated,
     id: Result<Path<String>, PathRejection>,
+    q: Result<Query<EraseQuery>, QueryRejection>,
 ) -> Response {
     let id = match id {
         Ok(Path(id)) => id,
@@ -62,13 +70,27 @@ pub(crate) async fn erase(
     let Ok(id) = ResourceId::new(&id) else {
         return ApiError::bad_request("not a FHIR id").into_response();
     };
+    let request = match q {
+        Ok(Query(q)) => q.request,
+        Err(e) => return crate::error::query_rejected(e).into_response(),
+    };
     let patient = id.to_string();
-    let erased = on_node(&state, move |node| erase_patient(node, &id)).await;
+    let (by, agent) = (who.token_id.clone(), crate::compliance_http::agent(&who));
+    let erased = on_node(&state, move |node| {
+        medvault_compliance::erasure::erase(node, &id, request.as_deref(), &by, &agent)
+            .map_err(crate::compliance_http::node_error)
+    })
+    .await;
     // No care-team or consent content of the erased patient stays in memory.
     state.facts.invalidate();
     let mut r = match erased {
-        Ok(Erased::Now(n)) => Json(json!({"erased": true, "resources": n})).into_response(),
-        Ok(Erased::Already) => Json(json!({"erased": true, "already": true})).into_response(),
+        Ok(Some(certificate)) => Json(json!({
+            "erased": true,
+            "resources": certificate["destroyed"]["resources"],
+            "certificate": certificate,
+        }))
+        .into_response(),
+        Ok(None) => Json(json!({"erased": true, "already": true})).into_response(),
         Err(e) => e.into_response(),
     };
     // The access log names the patient whose records were shredded.

@@ -113,6 +113,9 @@ pub fn router(state: AppState) -> Router {
             "/admin/subjects/requests/{id}/export",
             post(subject_http::export),
         )
+        .route("/admin/patients/{id}/hold", post(subject_http::hold))
+        .route("/admin/holds", get(subject_http::holds))
+        .route("/admin/holds/{id}/release", post(subject_http::release))
         .route("/admin/alerts", get(alerts_http::list))
         .route("/admin/alerts/{id}", get(alerts_http::read))
         .route("/admin/alerts/{id}/verdict", post(alerts_http::verdict))

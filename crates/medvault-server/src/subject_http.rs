@@ -194,3 +194,70 @@ pub(crate) async fn export(
     .await?;
     Ok(export_response(&out))
 }
+
+/// A legal hold's reason, or why it is released.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Reason {
+    reason: String,
+}
+
+fn reason_of(b: Result<Json<Reason>, JsonRejection>) -> Result<String, ApiError> {
+    b.map(|Json(r)| r.reason)
+        .map_err(|_| ApiError::bad_request("send {\"reason\": TEXT} as application/json"))
+}
+
+/// `POST /admin/patients/{id}/hold` `{"reason"}`: a legal hold (the patient's erasure is
+/// refused until it is released).
+pub(crate) async fn hold(
+    State(state): State<AppState>,
+    who: Authenticated,
+    id: Result<Path<String>, PathRejection>,
+    b: Result<Json<Reason>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    gate(&who, true)?;
+    let patient = match id {
+        Ok(Path(p)) => ResourceId::new(&p).map_err(|_| ApiError::not_found("no such patient"))?,
+        Err(_) => return Err(ApiError::not_found("no such patient")),
+    };
+    let reason = reason_of(b)?;
+    let (by, agent) = (who.token_id.clone(), agent(&who));
+    let entry = on_node(&state, move |node| {
+        medvault_compliance::erasure::place_hold(node, &patient, &reason, &by, &agent)
+            .map_err(node_error)
+    })
+    .await?;
+    Ok(private_json(StatusCode::CREATED, &entry))
+}
+
+/// `GET /admin/holds`.
+pub(crate) async fn holds(
+    State(state): State<AppState>,
+    who: Authenticated,
+) -> Result<Response, ApiError> {
+    gate(&who, false)?;
+    let all = on_node(&state, |node| {
+        medvault_compliance::erasure::holds(node).map_err(node_error)
+    })
+    .await?;
+    Ok(private_json(StatusCode::OK, &json!({"holds": all})))
+}
+
+/// `POST /admin/holds/{id}/release` `{"reason"}`.
+pub(crate) async fn release(
+    State(state): State<AppState>,
+    who: Authenticated,
+    id: Result<Path<String>, PathRejection>,
+    b: Result<Json<Reason>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    gate(&who, true)?;
+    let id = register_id(id, "hold_", "no legal hold has this id")?;
+    let reason = reason_of(b)?;
+    let (by, agent) = (who.token_id.clone(), agent(&who));
+    let entry = on_node(&state, move |node| {
+        medvault_compliance::erasure::release_hold(node, &id, &reason, &by, &agent)
+            .map_err(node_error)
+    })
+    .await?;
+    Ok(private_json(StatusCode::OK, &entry))
+}

@@ -45,13 +45,23 @@ pub(crate) enum RecordCommand {
 pub(crate) enum PatientCommand {
     /// Crypto-shred a patient (GDPR Art. 17): destroy the patient's data key, so every version of
     /// every resource in their compartment becomes unreadable (reads answer 410 Gone) and leaves
-    /// search. Other patients are untouched. This cannot be undone.
-    #[command(after_help = "Example:\n  medvault patient erase --data-dir DIR 3f1c6d0e-…")]
+    /// search. Other patients are untouched. This cannot be undone. Refused while a legal hold
+    /// is in force (`medvault subject hold`). Writes the node's signed erasure certificate
+    /// with --certificate; with --request, answers that erasure request.
+    #[command(
+        after_help = "Example:\n  medvault patient erase --data-dir DIR 3f1c6d0e-… --request dsr_… --certificate erasure.json\n  medvault subject verify erasure.json --data-dir DIR"
+    )]
     Erase {
         #[command(flatten)]
         dir: DataDir,
         /// The Patient resource id.
         patient_id: String,
+        /// The erasure request (dsr_…) this answers.
+        #[arg(long, value_name = "ID")]
+        request: Option<String>,
+        /// Write the signed erasure certificate here.
+        #[arg(long, value_name = "FILE")]
+        certificate: Option<std::path::PathBuf>,
     },
 }
 
@@ -102,10 +112,20 @@ pub(crate) fn run_record(command: RecordCommand) -> anyhow::Result<()> {
 
 pub(crate) fn run_patient(command: PatientCommand) -> anyhow::Result<()> {
     match command {
-        PatientCommand::Erase { dir, patient_id } => {
+        PatientCommand::Erase {
+            dir,
+            patient_id,
+            request,
+            certificate,
+        } => {
             ResourceId::new(&patient_id).map_err(|e| anyhow::anyhow!("{e}"))?;
             let node = open_node(&dir, true)?;
-            let message = erase(&node, &patient_id)?;
+            let message = erase(
+                &node,
+                &patient_id,
+                request.as_deref(),
+                certificate.as_deref(),
+            )?;
             audit_admin(
                 &node,
                 "patient-erase",
@@ -129,18 +149,37 @@ fn rotate(node: &Node) -> anyhow::Result<(u32, usize)> {
     out.map_err(|e| anyhow::anyhow!("key rotation failed: {}", e.message))
 }
 
-fn erase(node: &Node, patient: &str) -> anyhow::Result<String> {
-    use medvault_node::admin::{Erased, erase_patient};
+fn erase(
+    node: &Node,
+    patient: &str,
+    request: Option<&str>,
+    certificate: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
     let id = ResourceId::new(patient).map_err(|e| anyhow::anyhow!("{e}"))?;
-    match erase_patient(node, &id) {
-        Ok(Erased::Already) => Ok(format!("patient {patient} was already erased")),
-        Ok(Erased::Now(n)) => Ok(format!(
-            "erased patient {patient}: data key destroyed, {n} resource(s) in the compartment are now unreadable"
-        )),
-        Err(e) if e.kind == medvault_node::ErrorKind::NotFound => {
+    let by = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let agent = serde_json::json!({"os_user": by});
+    match medvault_compliance::erasure::erase(node, &id, request, &by, &agent) {
+        Ok(None) => Ok(format!("patient {patient} was already erased")),
+        Ok(Some(cert)) => {
+            if let Some(path) = certificate {
+                std::fs::write(path, serde_json::to_string_pretty(&cert)? + "\n")
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            }
+            Ok(format!(
+                "erased patient {patient}: data key destroyed, {} resource(s) in the compartment are now unreadable{}",
+                cert["destroyed"]["resources"],
+                certificate.map_or(String::new(), |p| format!(
+                    "; certificate in {}",
+                    p.display()
+                ))
+            ))
+        }
+        Err(medvault_compliance::Error::Node(e))
+            if e.kind == medvault_node::ErrorKind::NotFound =>
+        {
             bail!("no data is stored for patient {patient}")
         }
-        Err(e) => bail!("erasure failed: {}", e.message),
+        Err(e) => bail!("erasure refused: {e}"),
     }
 }
 

@@ -63,8 +63,36 @@ pub(crate) enum SubjectCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
-    /// Check an export: the node's signature over all of it, its checkpoints, its counts; with
-    /// --data-dir, that it comes from that node's history. One line; non-zero if it fails.
+    /// Place a legal hold on a patient's records: their erasure is refused until it is
+    /// released. Prints its id.
+    Hold {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The patient's resource id.
+        #[arg(long, value_name = "ID")]
+        patient: String,
+        /// Why (a case, a regulation).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release a legal hold, saying why.
+    Release {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The hold (hold_…).
+        id: String,
+        /// Why it ends.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List legal holds.
+    Holds {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Check an export or an erasure certificate: the node's signature over all of it, its
+    /// checkpoints, an export's counts; with --data-dir, that it comes from that node's
+    /// history. One line; non-zero if it fails.
     Verify {
         /// The export file.
         #[arg(value_name = "FILE")]
@@ -180,6 +208,38 @@ pub(crate) fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        SubjectCommand::Hold {
+            dir,
+            patient,
+            reason,
+        } => {
+            let node = open_node(&dir, true)?;
+            let patient = resource_id("--patient", Some(patient))?
+                .ok_or_else(|| anyhow::anyhow!("--patient is required"))?;
+            let h = medvault_compliance::erasure::place_hold(
+                &node,
+                &patient,
+                &reason,
+                &operator(),
+                &agent(),
+            )
+            .map_err(plain)?;
+            println!("{}", h["id"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        SubjectCommand::Release { dir, id, reason } => {
+            let node = open_node(&dir, true)?;
+            medvault_compliance::erasure::release_hold(&node, &id, &reason, &operator(), &agent())
+                .map_err(plain)?;
+            println!("{id} released");
+            Ok(())
+        }
+        SubjectCommand::Holds { dir } => {
+            let node = open_node(&dir, true)?;
+            print(&Value::Array(
+                medvault_compliance::erasure::holds(&node).map_err(plain)?,
+            ))
+        }
         SubjectCommand::Verify {
             file,
             fingerprint,
@@ -202,6 +262,30 @@ pub(crate) fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
             let node = data_dir
                 .map(|data_dir| open_node(&DataDir { data_dir, database }, true))
                 .transpose()?;
+            if value.get("format").and_then(Value::as_str)
+                == Some(medvault_compliance::erasure::CERTIFICATE_FORMAT)
+            {
+                let c = medvault_compliance::erasure::verify_certificate(
+                    &value,
+                    fingerprint.as_deref(),
+                    node.as_ref(),
+                )
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                println!(
+                    "erasure certificate verified: {} erased by node {} ({}) at {}: {} resources made unreadable{}",
+                    c.patient,
+                    c.node,
+                    c.fingerprint,
+                    c.generated,
+                    c.resources,
+                    if node.is_some() {
+                        ", from this node's history"
+                    } else {
+                        ""
+                    }
+                );
+                return Ok(());
+            }
             let v = subject::verify(&value, fingerprint.as_deref(), node.as_ref())
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             println!(

@@ -260,3 +260,115 @@ fn a_patient_exports_their_record_and_staff_answer_requests_in_time() {
     assert_eq!(row["evidence"]["recorded"], 3);
     s.verify_ledger();
 }
+
+#[test]
+fn a_legal_hold_blocks_erasure_and_an_erasure_is_certified() {
+    let s = MEDVAULT.start();
+    let patient = s.create(&json!({"resourceType": "Patient", "name": [{"family": "Heldback"}]}));
+    s.create(&json!({
+        "resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+    }));
+    let (ok, out, err) = s.run(&[
+        "subject",
+        "request",
+        "--patient",
+        &patient,
+        "--right",
+        "erasure",
+    ]);
+    assert!(ok, "{err}");
+    let request = out.split_whitespace().next().unwrap().to_owned();
+
+    // Under a hold, erasure is refused by the CLI and the API alike.
+    let (st, hold) = s.post_json(
+        &format!("/admin/patients/{patient}/hold"),
+        Some(&s.token),
+        &json!({"reason": "litigation hold, case 2026-17"}),
+    );
+    assert_eq!(st, 201, "{hold}");
+    let hold_id = hold["id"].as_str().unwrap().to_owned();
+    assert_eq!(hold["status"], "in-force");
+    let (st, again) = s.post_json(
+        &format!("/admin/patients/{patient}/hold"),
+        Some(&s.token),
+        &json!({"reason": "a second one"}),
+    );
+    assert_eq!(st, 400, "{again}");
+    let (ok, _, err) = s.run(&["patient", "erase", &patient]);
+    assert!(
+        !ok && err.contains("legal hold") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    let admin = s.person("root.admin", "admin");
+    let (st, e) = s.post_json(
+        &format!("/admin/patients/{patient}/erase"),
+        Some(&admin.session),
+        &json!({}),
+    );
+    assert_eq!(st, 409, "{e}");
+    assert_eq!(e["resourceType"], "OperationOutcome");
+    let (st, _) = s.get(&format!("/Patient/{patient}"));
+    assert_eq!(st, 200, "nothing was destroyed");
+
+    // Released, the erasure answers the request and is certified.
+    let (st, released) = s.post_json(
+        &format!("/admin/holds/{hold_id}/release"),
+        Some(&s.token),
+        &json!({"reason": "case closed"}),
+    );
+    assert_eq!(st, 200, "{released}");
+    assert_eq!(released["status"], "released");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("erasure.json");
+    let (ok, out, err) = s.run(&[
+        "patient",
+        "erase",
+        &patient,
+        "--request",
+        &request,
+        "--certificate",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out} {err}");
+    assert!(
+        out.contains("2 resource(s)") && out.contains("certificate in"),
+        "{out}"
+    );
+    let (st, _) = s.get(&format!("/Patient/{patient}"));
+    assert_eq!(st, 410);
+    let certificate: Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(certificate["format"], "medvault-erasure-certificate/1");
+    assert_eq!(certificate["destroyed"]["resources"], 2);
+    assert!(!certificate.to_string().contains("Heldback"));
+    let data_dir = s.dir.to_str().unwrap().to_owned();
+    let (ok, out, err) = s.cli(&[
+        "subject",
+        "verify",
+        file.to_str().unwrap(),
+        "--data-dir",
+        &data_dir,
+    ]);
+    assert!(
+        ok && out.starts_with("erasure certificate verified:"),
+        "{out} {err}"
+    );
+    let mut forged = certificate.clone();
+    forged["destroyed"]["resources"] = json!(3);
+    std::fs::write(&file, forged.to_string()).unwrap();
+    let (ok, _, err) = s.cli(&["subject", "verify", file.to_str().unwrap()]);
+    assert!(!ok && err.contains("signature does not verify"), "{err}");
+    let (st, answered) = s.get_as(
+        &format!("/admin/subjects/requests/{request}"),
+        &s.token,
+        None,
+    );
+    assert_eq!(st, 200);
+    assert_eq!(answered["status"], "answered");
+    let (st, holds) = s.get_as("/admin/holds", &s.token, None);
+    assert_eq!(st, 200);
+    assert_eq!(holds["holds"].as_array().unwrap().len(), 1);
+    s.verify_ledger();
+}
