@@ -223,7 +223,7 @@ fn encryption_at_rest(e: &Evidence) -> Judged {
         "versions": r.versions, "sealed": r.with_body - r.not_sealed, "not_sealed": r.not_sealed,
         "without_body": r.without_body, "kek_versions": k.kek_versions, "current_kek": k.current_kek,
         "data_keys": k.data_keys, "data_keys_under_older_kek": k.under_older_kek,
-        "key_file_passphrase": k.key_file_passphrase,
+        "key_file_passphrase": k.key_file_passphrase, "current_kek_age_days": k.current_kek_age_days,
     });
     if r.not_sealed > 0 {
         return judged(
@@ -258,11 +258,28 @@ fn encryption_at_rest(e: &Evidence) -> Judged {
             facts,
         );
     }
+    if let Some(age) = k
+        .current_kek_age_days
+        .filter(|a| *a > crate::evidence::KEK_MAX_AGE_DAYS)
+    {
+        return judged(
+            Status::Warn,
+            format!(
+                "{sealed}; the current key-encryption key (version {}) is {age} days old: rotate it yearly (`medvault keys rotate`)",
+                k.current_kek
+            ),
+            facts,
+        );
+    }
     judged(
         Status::Pass,
         format!(
-            "{sealed}, all wrapped by the current key-encryption key (version {}); the root key file is passphrase-sealed",
-            k.current_kek
+            "{sealed}, all wrapped by the current key-encryption key (version {}, {}); the root key file is passphrase-sealed",
+            k.current_kek,
+            k.current_kek_age_days.map_or_else(
+                || "its age not recorded".to_owned(),
+                |a| format!("{a} days old")
+            )
         ),
         facts,
     )
@@ -927,6 +944,7 @@ mod tests {
                 data_keys: 10,
                 under_older_kek: 0,
                 key_file_passphrase: true,
+                current_kek_age_days: Some(100),
             },
             records: Records {
                 versions: 20,
@@ -1027,6 +1045,11 @@ mod tests {
         assert_eq!(status(&e, "hipaa-164.312-a-2-iv"), Status::Warn);
         e.keys.key_file_passphrase = false;
         assert_eq!(status(&e, "hipaa-164.312-a-2-iv"), Status::Warn);
+        let mut e = good();
+        e.keys.current_kek_age_days = Some(400);
+        assert_eq!(status(&e, "hipaa-164.312-a-2-iv"), Status::Warn);
+        e.keys.current_kek_age_days = Some(30);
+        assert_eq!(status(&e, "hipaa-164.312-a-2-iv"), Status::Pass);
 
         let mut e = good();
         e.alerts.break_glass = Reviewed {

@@ -23,6 +23,9 @@ pub const ALERT_WINDOW_DAYS: i64 = 90;
 /// Days within which an alert should have been reviewed (HIPAA §164.308(a)(1)(ii)(D)).
 pub const REVIEW_DAYS: i64 = 7;
 
+/// A key-encryption key older than this many days should be rotated (`medvault keys rotate`).
+pub const KEK_MAX_AGE_DAYS: i64 = 365;
+
 /// A staff account not signed in for this many days (or never, since made) is dormant.
 pub const DORMANT_DAYS: i64 = 90;
 
@@ -142,6 +145,8 @@ pub struct Keys {
     pub under_older_kek: u64,
     /// The root key file is sealed with a passphrase.
     pub key_file_passphrase: bool,
+    /// Days since the current KEK was made (none: made before ages were recorded).
+    pub current_kek_age_days: Option<i64>,
 }
 
 /// The stored resource versions.
@@ -395,10 +400,15 @@ fn apps(node: &Node) -> Result<Apps, Error> {
 fn keys(node: &Node) -> Result<Keys, Error> {
     let kek_versions: Vec<u32> = node.store.keks()?.into_iter().map(|(v, _)| v).collect();
     let current = kek_versions.iter().copied().max().unwrap_or(0);
+    let created = node
+        .store
+        .meta(&medvault_node::admin::kek_created_meta(current))?
+        .and_then(|t| t.parse::<i64>().ok());
     let mut k = Keys {
         current_kek: current,
         kek_versions,
         key_file_passphrase: node.key_file_kind == medvault_crypto::KeyFileKind::Passphrase,
+        current_kek_age_days: created.map(|c| (node.clock.now_micros() - c) / DAY_MICROS),
         ..Keys::default()
     };
     for name in node.store.data_key_names()? {

@@ -13,6 +13,12 @@ use medvault_store::{StoreError, write_with};
 use crate::error::Error;
 use crate::node::Node;
 
+/// The records database's meta key holding when KEK `version` was made (microseconds; nodes
+/// made before it was recorded have none for their first versions).
+pub fn kek_created_meta(version: u32) -> String {
+    format!("kek_created_v{version}")
+}
+
 /// Adds a KEK version and rewraps every live data key under it, 256 per transaction; `progress`
 /// hears (done, total). Returns the new KEK version and how many keys were rewrapped.
 ///
@@ -26,7 +32,11 @@ pub fn rotate_keys(node: &Node, mut progress: impl FnMut(u64, u64)) -> Result<(u
         .keys
         .wrap_new_kek(&kek)
         .map_err(|e| Error::internal(&e))?;
-    write_with(store, move |tx| tx.add_kek(next, &wrapped))?;
+    let now = node.clock.now_micros();
+    write_with(store, move |tx| {
+        tx.add_kek(next, &wrapped)?;
+        tx.set_meta(&kek_created_meta(next), &now.to_string())
+    })?;
     let names = store.data_key_names()?;
     let total = names.len() as u64;
     let kek = Arc::new(kek);

@@ -643,12 +643,20 @@ impl Node {
                     wrapped.push((name, w));
                 }
                 let t = tenant.clone();
+                // When KEK version 1 was made (the compliance report ages the current KEK).
+                let created = i64::try_from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_micros()),
+                )
+                .unwrap_or(0);
                 write_with(store.as_ref(), move |tx| {
                     if tx.meta("tenant")?.is_some() {
                         return Ok(()); // another process initialised it first
                     }
                     tx.set_meta("tenant", &t)?;
                     tx.add_kek(1, &wrapped_kek)?;
+                    tx.set_meta(&crate::admin::kek_created_meta(1), &created.to_string())?;
                     for (name, w) in &wrapped {
                         tx.put_data_key(name, 1, 1, w)?;
                     }

@@ -50,6 +50,10 @@ fn the_report_answers_from_live_evidence_is_signed_and_verifies_only_unchanged()
     assert_eq!(control(&report, "iso-8.25")["status"], "not-applicable");
     let sealed = &control(&report, "hipaa-164.312-a-2-iv")["evidence"];
     assert_eq!(sealed["not_sealed"], 0, "{sealed}");
+    assert_eq!(
+        sealed["current_kek_age_days"], 0,
+        "the KEK's age is recorded: {sealed}"
+    );
     assert!(sealed["sealed"].as_u64().unwrap() >= 1, "{sealed}");
     let text = report.to_string();
     assert!(!text.contains("Zyxwvutsrq") && !text.contains(&patient));
