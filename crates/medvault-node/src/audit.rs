@@ -44,6 +44,16 @@ pub enum AuditOutcome {
     ServerError,
 }
 
+/// The operating-system user running the CLI on the node's host (`$USER`).
+pub fn os_user() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+}
+
+/// [`os_user`] as an access-log record's agent.
+pub fn os_agent() -> serde_json::Value {
+    serde_json::json!({ "os_user": os_user() })
+}
+
 /// One access-log record.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditRecord {
@@ -99,9 +109,8 @@ impl AuditRecord {
     /// An administrative action by the operating-system user running the CLI on the node's
     /// host (`$USER`), which succeeded.
     pub fn admin(time_micros: i64, action: &str, target: Option<&str>) -> Self {
-        let operator = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
         Self::new(AuditKind::Admin, time_micros, action, AuditOutcome::Success)
-            .agent(serde_json::json!({ "os_user": operator }))
+            .agent(os_agent())
             .target_opt(target)
     }
 

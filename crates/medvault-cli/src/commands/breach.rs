@@ -1,6 +1,5 @@
 //! `medvault breach`: assess a breach from the access log, and keep the breach register.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -9,7 +8,9 @@ use medvault_compliance::register::{self, Given, NewBreach, Recipient};
 use medvault_node::Node;
 use serde_json::{Value, json};
 
-use super::{DataDir, audit_admin_with, open_node, progress};
+use medvault_node::audit::{os_agent, os_user};
+
+use super::{DataDir, audit_admin_with, open_node, plain, print_json, progress};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum BreachCommand {
@@ -174,25 +175,6 @@ fn time_arg(node: &Node, what: &str, text: Option<&str>, end: bool) -> anyhow::R
     }
 }
 
-fn operator() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-}
-
-fn agent() -> Value {
-    json!({"os_user": operator()})
-}
-
-fn print(v: &Value) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, v)?;
-    writeln!(out)?;
-    Ok(())
-}
-
-fn plain(e: medvault_compliance::Error) -> anyhow::Error {
-    anyhow::anyhow!("{e}")
-}
-
 pub(crate) fn run(cmd: BreachCommand) -> anyhow::Result<()> {
     match cmd {
         BreachCommand::Assess {
@@ -238,7 +220,7 @@ pub(crate) fn run(cmd: BreachCommand) -> anyhow::Result<()> {
                         }
                     );
                 }
-                None => print(&v)?,
+                None => print_json(&v)?,
             }
             Ok(())
         }
@@ -255,7 +237,7 @@ pub(crate) fn run(cmd: BreachCommand) -> anyhow::Result<()> {
                 .given()
                 .then(|| target.assess(&node, discovered))
                 .transpose()?;
-            let by = operator();
+            let by = os_user();
             let entry = register::record_breach(
                 &node,
                 &NewBreach {
@@ -265,7 +247,7 @@ pub(crate) fn run(cmd: BreachCommand) -> anyhow::Result<()> {
                     by: &by,
                     assessment: assessment.as_ref(),
                 },
-                &agent(),
+                &os_agent(),
             )
             .map_err(plain)?;
             checkpoint(&node)?;
@@ -289,7 +271,7 @@ pub(crate) fn run(cmd: BreachCommand) -> anyhow::Result<()> {
             let node = open_node(&dir, true)?;
             let at = time_arg(&node, "--at", at.as_deref(), false)?;
             let to = Recipient::parse(&to).map_err(plain)?;
-            let by = operator();
+            let by = os_user();
             register::notify(
                 &node,
                 &id,
@@ -300,7 +282,7 @@ pub(crate) fn run(cmd: BreachCommand) -> anyhow::Result<()> {
                     not_required,
                     by: &by,
                 },
-                &agent(),
+                &os_agent(),
             )
             .map_err(plain)?;
             checkpoint(&node)?;
@@ -309,18 +291,18 @@ pub(crate) fn run(cmd: BreachCommand) -> anyhow::Result<()> {
         }
         BreachCommand::Close { dir, id, reason } => {
             let node = open_node(&dir, true)?;
-            register::close(&node, &id, &reason, &operator(), &agent()).map_err(plain)?;
+            register::close(&node, &id, &reason, &os_user(), &os_agent()).map_err(plain)?;
             checkpoint(&node)?;
             println!("breach {id} closed");
             Ok(())
         }
         BreachCommand::List { dir } => {
             let node = open_node(&dir, true)?;
-            print(&Value::Array(register::list(&node).map_err(plain)?))
+            print_json(&Value::Array(register::list(&node).map_err(plain)?))
         }
         BreachCommand::Show { dir, id } => {
             let node = open_node(&dir, true)?;
-            print(&register::show(&node, &id).map_err(plain)?)
+            print_json(&register::show(&node, &id).map_err(plain)?)
         }
     }
 }

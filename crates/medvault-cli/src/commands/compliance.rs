@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::ValueEnum;
 
-use super::{DataDir, audit_admin, open_node, progress};
+use super::{DataDir, audit_admin, open_node, progress, read_document};
 
 /// The report's form.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -103,20 +103,8 @@ pub(crate) fn run(cmd: ComplianceCommand) -> anyhow::Result<()> {
             // A report is tens of kilobytes: anything far larger, or not a file, is refused
             // before it is read.
             const MAX_REPORT_BYTES: u64 = 16 * 1024 * 1024;
-            let meta =
-                std::fs::metadata(&report).with_context(|| format!("{}", report.display()))?;
-            if !meta.is_file() || meta.len() > MAX_REPORT_BYTES {
-                anyhow::bail!(
-                    "{}: not a report (not a regular file of at most 16 MiB)",
-                    report.display()
-                );
-            }
-            let bytes = std::fs::read(&report).with_context(|| format!("{}", report.display()))?;
-            let text = String::from_utf8(bytes).map_err(|_| {
-                anyhow::anyhow!("{}: not a report (not UTF-8 text)", report.display())
-            })?;
-            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-            let value = medvault_compliance::html::extract(text)
+            let text = read_document(&report, MAX_REPORT_BYTES, "a report")?;
+            let value = medvault_compliance::html::extract(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", report.display()))?;
             let node = data_dir
                 .map(|data_dir| open_node(&DataDir { data_dir, database }, true))

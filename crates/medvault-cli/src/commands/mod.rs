@@ -93,6 +93,45 @@ pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// Prints `v` as pretty JSON on standard output.
+pub(crate) fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// A compliance error as the one line the CLI prints.
+pub(crate) fn plain(e: medvault_compliance::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+/// Reads a signed document someone handed over (a report, an export, a certificate): a regular
+/// file of at most `max` bytes, UTF-8, a leading byte-order mark dropped; `what` names it in
+/// the one-line refusal.
+pub(crate) fn read_document(
+    path: &std::path::Path,
+    max: u64,
+    what: &str,
+) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    if !meta.is_file() || meta.len() > max {
+        anyhow::bail!(
+            "{}: not {what} (not a regular file of at most {} MiB)",
+            path.display(),
+            max / (1024 * 1024)
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{}: not {what} (not UTF-8 text)", path.display()))?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    })
+}
+
 /// Records an administrative action in the access log and signs checkpoints covering it.
 pub(crate) fn audit_admin(node: &Node, action: &str, target: Option<&str>) -> anyhow::Result<()> {
     audit_admin_with(node, action, target, None)

@@ -156,8 +156,10 @@ fn erase(
     certificate: Option<&std::path::Path>,
 ) -> anyhow::Result<String> {
     let id = ResourceId::new(patient).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let by = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let agent = serde_json::json!({"os_user": by});
+    let (by, agent) = (
+        medvault_node::audit::os_user(),
+        medvault_node::audit::os_agent(),
+    );
     match medvault_compliance::erasure::erase(node, &id, request, &by, &agent) {
         Ok(None) => Ok(format!("patient {patient} was already erased")),
         Ok(Some(cert)) => {

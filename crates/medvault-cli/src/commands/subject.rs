@@ -1,14 +1,15 @@
 //! `medvault subject`: data subjects' requests (GDPR Art. 15–21) and the patient's signed
 //! export.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use medvault_compliance::subject::{self, Requester, Right};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{DataDir, open_node, resource_id};
+use medvault_node::audit::{os_agent, os_user};
+
+use super::{DataDir, open_node, plain, print_json, read_document, resource_id};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum SubjectCommand {
@@ -109,25 +110,6 @@ pub(crate) enum SubjectCommand {
     },
 }
 
-fn operator() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-}
-
-fn agent() -> Value {
-    json!({"os_user": operator()})
-}
-
-fn plain(e: medvault_compliance::Error) -> anyhow::Error {
-    anyhow::anyhow!("{e}")
-}
-
-fn print(v: &Value) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, v)?;
-    writeln!(out)?;
-    Ok(())
-}
-
 /// Most bytes of an export `verify` reads.
 const MAX_EXPORT_BYTES: u64 = 512 * 1024 * 1024;
 
@@ -148,8 +130,8 @@ pub(crate) fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
                 &patient,
                 right,
                 note.as_deref(),
-                &operator(),
-                &agent(),
+                &os_user(),
+                &os_agent(),
             )
             .map_err(plain)?;
             println!(
@@ -162,7 +144,7 @@ pub(crate) fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
         }
         SubjectCommand::Requests { dir } => {
             let node = open_node(&dir, true)?;
-            print(&Value::Array(subject::requests(&node).map_err(plain)?))
+            print_json(&Value::Array(subject::requests(&node).map_err(plain)?))
         }
         SubjectCommand::Answer {
             dir,
@@ -171,8 +153,15 @@ pub(crate) fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
             note,
         } => {
             let node = open_node(&dir, true)?;
-            subject::answer_request(&node, &id, &outcome, note.as_deref(), &operator(), &agent())
-                .map_err(plain)?;
+            subject::answer_request(
+                &node,
+                &id,
+                &outcome,
+                note.as_deref(),
+                &os_user(),
+                &os_agent(),
+            )
+            .map_err(plain)?;
             println!("{id}: {outcome}");
             Ok(())
         }
@@ -185,7 +174,7 @@ pub(crate) fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
                 .map(str::to_owned);
             let patient = resource_id("the request's patient", patient)?
                 .ok_or_else(|| anyhow::anyhow!("{id} names no patient"))?;
-            let by = operator();
+            let by = os_user();
             let export = subject::export(
                 &node,
                 &patient,
@@ -193,7 +182,7 @@ pub(crate) fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
                     request: &id,
                     by: &by,
                 },
-                &agent(),
+                &os_agent(),
             )
             .map_err(plain)?;
             std::fs::write(&out, serde_json::to_string(&export)? + "\n")
@@ -220,8 +209,8 @@ pub(crate) fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
                 &node,
                 &patient,
                 &reason,
-                &operator(),
-                &agent(),
+                &os_user(),
+                &os_agent(),
             )
             .map_err(plain)?;
             println!("{}", h["id"].as_str().unwrap_or_default());
@@ -229,14 +218,20 @@ pub(crate) fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
         }
         SubjectCommand::Release { dir, id, reason } => {
             let node = open_node(&dir, true)?;
-            medvault_compliance::erasure::release_hold(&node, &id, &reason, &operator(), &agent())
-                .map_err(plain)?;
+            medvault_compliance::erasure::release_hold(
+                &node,
+                &id,
+                &reason,
+                &os_user(),
+                &os_agent(),
+            )
+            .map_err(plain)?;
             println!("{id} released");
             Ok(())
         }
         SubjectCommand::Holds { dir } => {
             let node = open_node(&dir, true)?;
-            print(&Value::Array(
+            print_json(&Value::Array(
                 medvault_compliance::erasure::holds(&node).map_err(plain)?,
             ))
         }
@@ -246,17 +241,7 @@ pub(crate) fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
             data_dir,
             database,
         } => {
-            let meta = std::fs::metadata(&file).with_context(|| format!("{}", file.display()))?;
-            if !meta.is_file() || meta.len() > MAX_EXPORT_BYTES {
-                anyhow::bail!(
-                    "{}: not an export (not a regular file of at most 512 MiB)",
-                    file.display()
-                );
-            }
-            let bytes = std::fs::read(&file).with_context(|| format!("{}", file.display()))?;
-            let text = String::from_utf8(bytes).map_err(|_| {
-                anyhow::anyhow!("{}: not an export (not UTF-8 text)", file.display())
-            })?;
+            let text = read_document(&file, MAX_EXPORT_BYTES, "an export")?;
             let value = medvault_compliance::html::parse_unique(&text)
                 .map_err(|e| anyhow::anyhow!("{}: not an export ({e})", file.display()))?;
             let node = data_dir
