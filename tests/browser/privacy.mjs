@@ -8,64 +8,13 @@
 // MEDVAULT_WIPER_TOKEN. Prints one line per check; exits non-zero on the first failure.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import crypto from "node:crypto";
 import { chromium } from "playwright-core";
+import { call, checked, enroll as enrollAs, nowStep, ok, origin, totp, waitFor } from "./lib.mjs";
 
-const origin = process.env.MEDVAULT_ORIGIN;
 const password = process.env.MEDVAULT_PASSWORD;
 const admin = process.env.MEDVAULT_ADMIN_TOKEN;
 const wiper = process.env.MEDVAULT_WIPER_TOKEN;
-let checks = 0;
-const ok = (what) => { checks += 1; console.log(`ok ${checks} - ${what}`); };
-
-// RFC 6238 codes (HMAC-SHA1 from node:crypto, 30-second steps, 6 digits) for the test's own
-// sign-ins; `step` picks which step.
-function base32(text) {
-  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-  let bits = "";
-  for (const c of text.replace(/=+$/, "")) bits += alphabet.indexOf(c).toString(2).padStart(5, "0");
-  const out = [];
-  for (let i = 0; i + 8 <= bits.length; i += 8) out.push(parseInt(bits.slice(i, i + 8), 2));
-  return Buffer.from(out);
-}
-function totp(secret, step) {
-  const counter = Buffer.alloc(8);
-  counter.writeBigUInt64BE(BigInt(step));
-  const mac = crypto.createHmac("sha1", base32(secret)).update(counter).digest();
-  const at = mac[mac.length - 1] & 0xf;
-  const n = (mac.readUInt32BE(at) & 0x7fffffff) % 1_000_000;
-  return String(n).padStart(6, "0");
-}
-const nowStep = () => Math.floor(Date.now() / 30_000);
-
-async function call(method, path, token, body, type = "application/json") {
-  const headers = {};
-  if (token) headers.Authorization = `Bearer ${token}`;
-  if (body !== undefined) headers["Content-Type"] = type;
-  const r = await fetch(`${origin}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  const text = await r.text();
-  return { status: r.status, body: text ? JSON.parse(text) : null };
-}
-// Enrolls TOTP for `username` and signs in with it; the secret and an AAL2 session.
-async function enroll(username) {
-  const first = await call("POST", "/auth/login", null, { username, password });
-  assert.equal(first.status, 200, JSON.stringify(first.body));
-  const enrolled = await call("POST", "/auth/totp/enroll", first.body.session, {});
-  assert.equal(enrolled.status, 200, JSON.stringify(enrolled.body));
-  const secret = enrolled.body.secret;
-  const confirmed = await call("POST", "/auth/totp/confirm", first.body.session, { code: totp(secret, nowStep()) });
-  assert.equal(confirmed.status, 200, JSON.stringify(confirmed.body));
-  return { secret, session: first.body.session };
-}
-async function waitFor(what, probe) {
-  const until = Date.now() + 15_000;
-  for (;;) {
-    const got = await probe();
-    if (got) return got;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const enroll = (username) => enrollAs(username, password);
 
 // The node's state: a practitioner for the doctor, a celebrity sharing the doctor's family
 // name, a patient with results that the stolen admin token deletes.
@@ -192,5 +141,5 @@ try {
 } finally {
   await browser.close();
 }
-console.log(`${checks} privacy page checks passed`);
-if (checks !== 9) process.exit(1);
+console.log(`${checked()} privacy page checks passed`);
+if (checked() !== 9) process.exit(1);

@@ -231,6 +231,7 @@ fn decisions(n: usize) {
             own: i % 7 == 0,
             consent: consents[(i / 3) % consents.len()],
             break_glass: i % 11 == 0,
+            restricted: i % 17 == 0,
         };
         let t = Instant::now();
         let d = std::hint::black_box(engine.decide(std::hint::black_box(&q)));

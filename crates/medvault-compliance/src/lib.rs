@@ -14,6 +14,7 @@ pub mod breach;
 pub mod controls;
 pub mod erasure;
 pub mod evidence;
+pub mod flags;
 pub mod html;
 pub mod register;
 pub mod report;

@@ -184,6 +184,133 @@ pub fn open_request(
     show_request(node, &id)
 }
 
+/// Checks that `id` is an open request of `patient`'s for `right`, which an action is about to
+/// answer.
+///
+/// # Errors
+/// 404 for an unknown request; 400 for one about another right or patient, or answered.
+pub(crate) fn check_open(
+    node: &Node,
+    id: &str,
+    right: &str,
+    patient: &ResourceId,
+) -> Result<(), Error> {
+    let found = show_request(node, id)?;
+    if found["right"] != right
+        || found["patient"] != format!("Patient/{patient}").as_str()
+        || found["status"] != "open"
+    {
+        return Err(Error::Invalid(format!(
+            "that is not an open {right} request about this patient"
+        )));
+    }
+    Ok(())
+}
+
+/// The purposes a research objection denies (the policy widens a deny to the purpose's whole
+/// family; both are named so the Consent says what it means to any reader).
+const RESEARCH_PURPOSES: [(&str, &str); 2] = [
+    ("HRESCH", "healthcare research"),
+    ("CLINTRCH", "clinical trial research"),
+];
+
+/// The FHIR `Consent` that records a patient's objection to research use (GDPR Art. 21): an
+/// active privacy consent, dated `now_micros`, whose provision denies every research purpose.
+/// Being the latest consent that speaks to research, it decides every research access.
+pub fn research_objection(patient: &ResourceId, now_micros: i64) -> Value {
+    let purposes: Vec<Value> = RESEARCH_PURPOSES
+        .iter()
+        .map(|(code, display)| {
+            json!({
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                "code": code,
+                "display": display,
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+            "code": "patient-privacy",
+        }]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/{patient}")},
+        "dateTime": instant(now_micros),
+        "policy": [{"uri": "https://eur-lex.europa.eu/eli/reg/2016/679/oj#d1e2910-1-1"}],
+        "policyRule": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+            "code": "OPTOUT",
+        }], "text": "objection to research use (GDPR Art. 21)"},
+        "provision": {"type": "deny", "purpose": purposes},
+    })
+}
+
+/// Records `patient`'s objection to research use on the node's authority (staff acting on the
+/// patient's word; the patient themself uses `$object-to-research` in their session): the
+/// [`research_objection`] Consent, written and ledgered like any record, and the objection
+/// request `request` answered by it. Returns the stored Consent.
+///
+/// # Errors
+/// 404 for an unknown patient or request; 400 for a request that does not fit; store
+/// failures.
+pub fn object_to_research(
+    node: &Node,
+    patient: &ResourceId,
+    request: Option<&str>,
+    by: &str,
+    agent: &Value,
+) -> Result<Value, Error> {
+    patient_exists(node, patient)?;
+    if let Some(r) = request {
+        check_open(node, r, Right::Objection.as_str(), patient)?;
+    }
+    let ctx = Ctx::unrestricted_node_work(node);
+    let consent = research_objection(patient, node.clock.now_micros());
+    let out = medvault_store::write_with(node.store.as_ref(), move |tx| {
+        let p = medvault_node::ops::prepare(
+            &*tx,
+            &ctx,
+            &ResourceType::from_static("Consent"),
+            ResourceId::random(),
+            consent,
+            false,
+        )?;
+        Ok(medvault_node::ops::create(tx, &ctx, p, None)?)
+    })
+    .map_err(medvault_node::Error::from)?;
+    let stored = out
+        .resource
+        .ok_or_else(|| Error::Internal("the stored Consent was not returned".into()))?;
+    let id = stored["id"].as_str().unwrap_or_default().to_owned();
+    let (agent_v, patient_id) = (agent.clone(), patient.to_string());
+    node.record_audit_now(|now| {
+        medvault_node::audit::AuditRecord::new(
+            medvault_node::audit::AuditKind::Admin,
+            now,
+            "research-objection",
+            medvault_node::audit::AuditOutcome::Success,
+        )
+        .agent(agent_v)
+        .target_opt(Some(&format!("Consent/{id}")))
+        .patient(Some(patient_id))
+    })?;
+    if let Some(r) = request {
+        answer_request(
+            node,
+            r,
+            "answered",
+            Some(&format!(
+                "objection recorded: Consent/{id} denies research use"
+            )),
+            by,
+            agent,
+        )?;
+    }
+    Ok(stored)
+}
+
 /// Answers (or refuses) request `id`.
 ///
 /// # Errors
@@ -273,16 +400,78 @@ pub fn show_request(node: &Node, id: &str) -> Result<Value, Error> {
 /// # Errors
 /// Store and key failures.
 pub fn requests(node: &Node) -> Result<Vec<Value>, Error> {
+    requests_about(node, None)
+}
+
+/// The requests about `patient` (all when `None`), newest first.
+fn requests_about(node: &Node, patient: Option<&str>) -> Result<Vec<Value>, Error> {
     let now = node.clock.now_micros();
+    let subject = patient.map(|p| format!("Patient/{p}"));
     let mut out = Vec::new();
     for right in Right::ALL {
         for row in node.store.register(Some(right.as_str()))? {
+            if subject.is_some() && row.subject != subject {
+                continue;
+            }
             let entry: RequestEntry = open_entry(node, &row)?;
             out.push((row.opened_micros, request_json(&row, &entry, now)));
         }
     }
     out.sort_by_key(|b| std::cmp::Reverse(b.0));
     Ok(out.into_iter().map(|(_, v)| v).collect())
+}
+
+/// Most requests a patient may have open at once from the portal (staff open any number).
+pub const MAX_OPEN_OWN_REQUESTS: usize = 10;
+
+/// A patient's own view (the portal): their requests, newest first, and whether a
+/// restriction of processing is in force.
+///
+/// # Errors
+/// Store and key failures.
+pub fn own_requests(node: &Node, patient: &ResourceId) -> Result<Value, Error> {
+    let restricted = crate::flags::current(node, &crate::flags::RESTRICTION, patient)?;
+    Ok(json!({
+        "requests": requests_about(node, Some(patient.as_str()))?,
+        "restriction": restricted.map(|r| json!({"id": r["id"], "since": r["placed"]})),
+    }))
+}
+
+/// Opens a request by the patient themself (the portal): as [`open_request`], refused past
+/// [`MAX_OPEN_OWN_REQUESTS`] open ones and for the rights the portal answers at once (access
+/// and portability are the download).
+///
+/// # Errors
+/// As [`open_request`]; 400 for those refusals.
+pub fn open_own_request(
+    node: &Node,
+    patient: &ResourceId,
+    right: Right,
+    note_text: Option<&str>,
+    by: &str,
+    agent: &Value,
+) -> Result<Value, Error> {
+    if matches!(right, Right::Access | Right::Portability) {
+        return Err(Error::Invalid(
+            "your data is downloaded at once with $export-my-data; no request is needed".into(),
+        ));
+    }
+    let subject = Some(format!("Patient/{patient}"));
+    let mut open = 0;
+    for r in Right::ALL {
+        open += node
+            .store
+            .register(Some(r.as_str()))?
+            .iter()
+            .filter(|row| row.subject == subject && row.closed_micros.is_none())
+            .count();
+    }
+    if open >= MAX_OPEN_OWN_REQUESTS {
+        return Err(Error::Invalid(format!(
+            "you have {open} requests still open; wait for them to be answered"
+        )));
+    }
+    open_request(node, patient, right, note_text, by, agent)
 }
 
 /// What the compliance report needs of the requests register.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use medvault_core::{Compartment, KeyName, ResourceId, ResourceType};
 use medvault_crypto::Kek;
-use medvault_store::{StoreError, write_with};
+use medvault_store::{StoreError, StoreRead, write_with};
 
 use crate::error::Error;
 use crate::node::Node;
@@ -93,17 +93,29 @@ pub enum Erased {
 /// a patient, their records cannot be erased.
 pub const LEGAL_HOLD: &str = "legal-hold";
 
+/// The register kind of a restriction of processing (GDPR Art. 18): while one is in force for
+/// a patient the policy's `processing-restricted` rule stops all processing of their records
+/// but storage (the access decisions read it with the patient's other facts).
+pub const PROCESSING_RESTRICTION: &str = "processing-restriction";
+
+/// True if a register entry of `kind` about `patient` is open (in force) in `store`.
+///
+/// # Errors
+/// Store failures.
+pub fn in_force(store: &dyn StoreRead, kind: &str, patient: &str) -> Result<bool, Error> {
+    let subject = format!("Patient/{patient}");
+    Ok(store
+        .register(Some(kind))?
+        .iter()
+        .any(|r| r.subject.as_deref() == Some(subject.as_str()) && r.closed_micros.is_none()))
+}
+
 /// True if a legal hold is in force for `patient`.
 ///
 /// # Errors
 /// Store failures.
 pub fn under_legal_hold(node: &Node, patient: &ResourceId) -> Result<bool, Error> {
-    let subject = format!("Patient/{patient}");
-    Ok(node
-        .store
-        .register(Some(LEGAL_HOLD))?
-        .iter()
-        .any(|r| r.subject.as_deref() == Some(subject.as_str()) && r.closed_micros.is_none()))
+    in_force(node.store.as_ref(), LEGAL_HOLD, patient.as_str())
 }
 
 /// Crypto-shreds a patient: destroys the compartment's data key.

@@ -53,6 +53,8 @@ pub struct Subject {
 struct SharedFacts {
     relationship: bool,
     consents: Arc<Vec<Value>>,
+    /// A restriction of processing (GDPR Art. 18) is in force.
+    restricted: bool,
 }
 
 /// What one patient's records say about the subject, for one request.
@@ -63,7 +65,7 @@ struct PatientFacts {
 }
 
 /// Everything a decision depends on besides the subject: (action, type, labels, patient data,
-/// relationship, own, consent, break-glass).
+/// relationship, own, consent, break-glass, restricted).
 type DecisionKey = (
     Action,
     ResourceType,
@@ -72,6 +74,7 @@ type DecisionKey = (
     bool,
     bool,
     ConsentState,
+    bool,
     bool,
 );
 
@@ -518,6 +521,7 @@ impl Guard {
             own,
             consent,
             facts.break_glass,
+            facts.shared.restricted,
         );
         let known = self.lock().decisions.get(&key).cloned();
         let (allowed, policies, by_break_glass) = match known {
@@ -540,6 +544,7 @@ impl Guard {
                             own,
                             consent,
                             break_glass: k.7,
+                            restricted: k.8,
                         });
                         // Access that only break-glass opened is marked as such in the log.
                         let by_break_glass = decision.allowed
@@ -714,6 +719,11 @@ impl Guard {
         Ok(SharedFacts {
             relationship,
             consents: Arc::new(find_all(store, &inner, &CONSENT, &[of_patient])?),
+            restricted: crate::admin::in_force(
+                store,
+                crate::admin::PROCESSING_RESTRICTION,
+                patient,
+            )?,
         })
     }
 

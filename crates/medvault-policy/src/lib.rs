@@ -129,6 +129,8 @@ pub struct Query<'a> {
     pub consent: ConsentState,
     /// The user holds an open break-glass grant for the patient.
     pub break_glass: bool,
+    /// A restriction of processing (GDPR Art. 18) is in force for the patient.
+    pub restricted: bool,
 }
 
 /// A decision and the policies that made it.
@@ -373,6 +375,10 @@ impl PolicyEngine {
                 "break_glass".to_owned(),
                 RestrictedExpression::new_bool(q.break_glass),
             ),
+            (
+                "restricted".to_owned(),
+                RestrictedExpression::new_bool(q.restricted),
+            ),
         ])
         .map_err(|e| e.to_string())?;
         let request = Request::new(
@@ -430,13 +436,14 @@ mod tests {
             own: false,
             consent: ConsentState::None,
             break_glass: false,
+            restricted: false,
         }
     }
 
     #[test]
     fn the_default_policy_validates_and_decides_with_reasons() {
         let e = PolicyEngine::default_policy().unwrap();
-        assert_eq!(e.len(), 11);
+        assert_eq!(e.len(), 12);
         let none: Vec<String> = vec![];
         let hiv = vec!["HIV".to_owned()];
         let d = e.decide(&q("clinician", Action::Read, &none));
@@ -482,6 +489,33 @@ mod tests {
         let mut x = q("patient", Action::Read, &none);
         x.own = false;
         assert!(!e.decide(&x).allowed);
+        // A restriction of processing stops everyone but the patient, break-glass reads and
+        // admins managing consents.
+        for (role, action) in [
+            ("clinician", Action::Read),
+            ("clinician", Action::Create),
+            ("admin", Action::Read),
+            ("admin", Action::Update),
+            ("service", Action::Search),
+        ] {
+            let mut x = q(role, action, &none);
+            x.restricted = true;
+            let d = e.decide(&x);
+            assert_eq!(
+                d.policies,
+                vec!["processing-restricted".to_owned()],
+                "{role} {action:?}"
+            );
+        }
+        let mut x = q("patient", Action::Read, &none);
+        (x.restricted, x.own, x.relationship) = (true, true, false);
+        assert!(e.decide(&x).allowed);
+        let mut x = q("clinician", Action::Read, &none);
+        (x.restricted, x.break_glass, x.purpose) = (true, true, Some("ETREAT"));
+        assert!(e.decide(&x).allowed);
+        let mut x = q("admin", Action::Update, &none);
+        (x.restricted, x.resource_type) = (true, "Consent");
+        assert!(e.decide(&x).allowed);
         // Researchers and auditors get nothing from this policy.
         assert!(!e.decide(&q("researcher", Action::Read, &none)).allowed);
         assert!(!e.decide(&q("auditor", Action::Search, &none)).allowed);
@@ -559,7 +593,17 @@ mod tests {
                                 own: bits & 2 != 0,
                                 consent: ConsentState::Permit,
                                 break_glass: bits & 4 != 0,
+                                restricted: false,
                             };
+                            // A restriction only ever takes away.
+                            let restricted = Query {
+                                restricted: true,
+                                ..base.clone()
+                            };
+                            assert!(
+                                !e.decide(&restricted).allowed || e.decide(&base).allowed,
+                                "{restricted:?} allowed only when restricted"
+                            );
                             let with_permit = e.decide(&base).allowed;
                             assert_eq!(e.decide(&base), strict.decide(&base), "{base:?}");
                             for consent in [ConsentState::None, ConsentState::Deny] {
@@ -625,7 +669,7 @@ mod tests {
         let both =
             PolicyEngine::from_sources(&[("default", DEFAULT_POLICY), ("site.cedar", extra)])
                 .unwrap();
-        assert_eq!(both.len(), 12);
+        assert_eq!(both.len(), 13);
         let none: Vec<String> = vec![];
         let mut r = q("researcher", Action::Search, &none);
         r.purpose = Some("HRESCH");

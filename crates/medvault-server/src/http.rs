@@ -25,6 +25,7 @@ use medvault_node::{bundle, capability, change, clock, operations, search};
 
 /// The access log's FHIR view (`medvault_node::audit_view`), not a stored type.
 const AUDIT_EVENT: ResourceType = ResourceType::from_static("AuditEvent");
+const CONSENT: ResourceType = ResourceType::from_static("Consent");
 
 /// A request body, with size-limit and read failures turned into `OperationOutcome`s.
 pub(crate) struct Body(Bytes);
@@ -600,22 +601,28 @@ async fn dispatch(
                 .map(|v| v.to_str().map(str::to_owned))
                 .transpose()
                 .map_err(|_| ApiError::bad_request("If-None-Exist must be a query string"))?;
-            let out = blocking(move || {
-                let mut p = ops::prepare(
-                    store.as_ref(),
-                    &ctx,
-                    &rt,
-                    medvault_core::ResourceId::random(),
-                    json,
-                    false,
-                )?;
-                ops::authorize_write(store.as_ref(), &ctx, &mut p, Interaction::Create)?;
-                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
-                    ops::create(tx, ctx, p, cond.as_deref())
+            create(&state, &who, ctx, rt, json, cond, ret, &base).await
+        }
+        (Method::POST, Target::Operation(rt, id, op))
+            if op == "object-to-research" && rt == ResourceType::PATIENT =>
+        {
+            // GDPR Art. 21: the patient's objection to research use, as the Consent the
+            // compliance crate writes for it; the policy decides who may create it (the
+            // patient for themself, admins recording it for them).
+            let exists = {
+                let (store, id) = (store.clone(), id.clone());
+                blocking_read(&state, move || {
+                    Ok(store.current(&ResourceType::PATIENT, &id)?)
                 })
-            })
-            .await?;
-            written(&state, &who, out, ret, &base).await
+                .await?
+                .is_some_and(|m| !m.deleted)
+            };
+            if !exists {
+                return Err(ApiError::not_found("no such patient"));
+            }
+            let consent =
+                medvault_compliance::subject::research_objection(&id, ctx.clock.now_micros());
+            create(&state, &who, ctx, CONSENT, consent, None, ret, &base).await
         }
         (Method::PUT, Target::Instance(rt, id)) => {
             ops::served_type(&ctx.fhir, &rt)?;
@@ -945,6 +952,37 @@ async fn write(
     written(state, who, out, ret, base).await
 }
 
+/// A create (conditional on `cond`, an `If-None-Exist` query) under the request's policy.
+#[allow(clippy::too_many_arguments)]
+async fn create(
+    state: &AppState,
+    who: &Authenticated,
+    ctx: Ctx,
+    rt: ResourceType,
+    json: Value,
+    cond: Option<String>,
+    ret: Return,
+    base: &str,
+) -> Result<Response, ApiError> {
+    let store = state.node.store.clone();
+    let out = blocking(move || {
+        let mut p = ops::prepare(
+            store.as_ref(),
+            &ctx,
+            &rt,
+            medvault_core::ResourceId::random(),
+            json,
+            false,
+        )?;
+        ops::authorize_write(store.as_ref(), &ctx, &mut p, Interaction::Create)?;
+        write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
+            ops::create(tx, ctx, p, cond.as_deref())
+        })
+    })
+    .await?;
+    written(state, who, out, ret, base).await
+}
+
 /// After a write committed: the subscriptions hear of it, and the client gets its answer.
 async fn written(
     state: &AppState,
@@ -1117,7 +1155,13 @@ fn audit_record(
         "/auth/break-glass" => "break-glass",
         "/privacy/alerts" => "alerts-read",
         "/privacy/ui" | "/privacy/ui/privacy.js" => "privacy-page",
+        "/portal/ui" | "/portal/ui/portal.js" => "portal-page",
+        "/portal/requests" => "portal-requests",
         p if p.starts_with("/privacy/alerts/") => "alert-acknowledge",
+        p if p.starts_with("/admin/patients/") && p.ends_with("/hold") => "legal-hold",
+        p if p.starts_with("/admin/patients/") && p.ends_with("/restrict") => {
+            "processing-restriction"
+        }
         p if p.starts_with("/admin/patients/") => "patient-erase",
         "/admin/alerts" | "/admin/sentinel/thresholds" => "alerts-read",
         p if p.starts_with("/admin/alerts/") && p.ends_with("/verdict") => "alert-verdict",

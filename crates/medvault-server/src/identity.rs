@@ -131,6 +131,8 @@ pub(crate) async fn whoami(who: Authenticated) -> Result<Response, ApiError> {
         "session_id": session,
         "role": who.role.as_str(),
         "aal": who.aal.map_or(0, medvault_core::Aal::level),
+        // A patient's own Patient id (the portal opens their record with it).
+        "patient": who.patient,
     }))
     .into_response())
 }

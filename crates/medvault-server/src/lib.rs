@@ -21,6 +21,7 @@ pub mod oauth;
 pub mod oauth_app;
 pub mod passkey;
 pub mod peer;
+mod portal_http;
 mod respond;
 pub mod share_http;
 mod state;
@@ -90,6 +91,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/admin/patients/{id}/erase", post(admin::erase))
         .route("/privacy/ui", get(alerts_http::page))
+        .route("/portal/ui", get(portal_http::page))
+        .route("/portal/ui/portal.js", get(portal_http::page_script))
+        .route(
+            "/portal/requests",
+            get(portal_http::list).post(portal_http::open),
+        )
         .route("/privacy/ui/privacy.js", get(alerts_http::page_script))
         .route("/admin/compliance", get(compliance_http::report))
         .route("/admin/breach/assess", post(breach_http::assess_http))
@@ -116,6 +123,12 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/patients/{id}/hold", post(subject_http::hold))
         .route("/admin/holds", get(subject_http::holds))
         .route("/admin/holds/{id}/release", post(subject_http::release))
+        .route(
+            "/admin/patients/{id}/restrict",
+            post(subject_http::restrict),
+        )
+        .route("/admin/restrictions", get(subject_http::restrictions))
+        .route("/admin/restrictions/{id}/lift", post(subject_http::lift))
         .route("/admin/alerts", get(alerts_http::list))
         .route("/admin/alerts/{id}", get(alerts_http::read))
         .route("/admin/alerts/{id}/verdict", post(alerts_http::verdict))

@@ -9,6 +9,10 @@
 //!   `POST /admin/subjects/requests/{id}/export`: staff answering an access or portability
 //!   request with the patient's signed export.
 //!
+//! - `POST /admin/patients/{id}/hold`, `GET /admin/holds`, `POST /admin/holds/{id}/release`:
+//!   legal holds; `POST /admin/patients/{id}/restrict`, `GET /admin/restrictions`,
+//!   `POST /admin/restrictions/{id}/lift`: restrictions of processing (GDPR Art. 18).
+//!
 //! The register is for admins and privacy officers (auditors read it), with a second factor in
 //! a session or with an API token.
 
@@ -17,6 +21,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use medvault_compliance::flags::{self, Flag};
 use medvault_compliance::subject::{self, Requester, Right};
 use medvault_core::ResourceId;
 use medvault_node::ctx::Ctx;
@@ -195,16 +200,98 @@ pub(crate) async fn export(
     Ok(export_response(&out))
 }
 
-/// A legal hold's reason, or why it is released.
+/// A flag's reason, or why it ends; a restriction may name the request it answers.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Reason {
     reason: String,
+    request: Option<String>,
 }
 
-fn reason_of(b: Result<Json<Reason>, JsonRejection>) -> Result<String, ApiError> {
-    b.map(|Json(r)| r.reason)
-        .map_err(|_| ApiError::bad_request("send {\"reason\": TEXT} as application/json"))
+fn reason_of(b: Result<Json<Reason>, JsonRejection>) -> Result<Reason, ApiError> {
+    b.map(|Json(r)| r).map_err(|_| {
+        ApiError::bad_request(
+            "send {\"reason\": TEXT} (a restriction also takes \"request\": dsr_…) as application/json",
+        )
+    })
+}
+
+/// Places `flag` on the patient at the path.
+async fn place(
+    state: AppState,
+    who: Authenticated,
+    flag: &'static Flag,
+    id: Result<Path<String>, PathRejection>,
+    b: Result<Json<Reason>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    gate(&who, true)?;
+    let patient = match id {
+        Ok(Path(p)) => ResourceId::new(&p).map_err(|_| ApiError::not_found("no such patient"))?,
+        Err(_) => return Err(ApiError::not_found("no such patient")),
+    };
+    let r = reason_of(b)?;
+    if r.request.is_some() && flag.answers.is_none() {
+        return Err(ApiError::bad_request(format!(
+            "a {} answers no request",
+            flag.name
+        )));
+    }
+    let (by, agent) = (who.token_id.clone(), agent(&who));
+    let entry = on_node(&state, move |node| {
+        flags::place(
+            node,
+            flag,
+            &patient,
+            &r.reason,
+            r.request.as_deref(),
+            &by,
+            &agent,
+        )
+        .map_err(node_error)
+    })
+    .await?;
+    // Access decisions read restrictions with the patient's other facts: none computed before
+    // this is used after it.
+    state.facts.invalidate();
+    Ok(private_json(StatusCode::CREATED, &entry))
+}
+
+/// Lists `flag`'s entries under `key`.
+async fn list_flags(
+    state: AppState,
+    who: Authenticated,
+    flag: &'static Flag,
+    key: &'static str,
+) -> Result<Response, ApiError> {
+    gate(&who, false)?;
+    let all = on_node(&state, move |node| {
+        flags::list(node, flag).map_err(node_error)
+    })
+    .await?;
+    Ok(private_json(StatusCode::OK, &json!({ key: all })))
+}
+
+/// Ends flag `id`.
+async fn end(
+    state: AppState,
+    who: Authenticated,
+    flag: &'static Flag,
+    id: Result<Path<String>, PathRejection>,
+    b: Result<Json<Reason>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    gate(&who, true)?;
+    let id = register_id(id, flag.prefix, &format!("no {} has this id", flag.name))?;
+    let r = reason_of(b)?;
+    if r.request.is_some() {
+        return Err(ApiError::bad_request("ending takes only a reason"));
+    }
+    let (by, agent) = (who.token_id.clone(), agent(&who));
+    let entry = on_node(&state, move |node| {
+        flags::end(node, flag, &id, &r.reason, &by, &agent).map_err(node_error)
+    })
+    .await?;
+    state.facts.invalidate();
+    Ok(private_json(StatusCode::OK, &entry))
 }
 
 /// `POST /admin/patients/{id}/hold` `{"reason"}`: a legal hold (the patient's erasure is
@@ -215,19 +302,7 @@ pub(crate) async fn hold(
     id: Result<Path<String>, PathRejection>,
     b: Result<Json<Reason>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    gate(&who, true)?;
-    let patient = match id {
-        Ok(Path(p)) => ResourceId::new(&p).map_err(|_| ApiError::not_found("no such patient"))?,
-        Err(_) => return Err(ApiError::not_found("no such patient")),
-    };
-    let reason = reason_of(b)?;
-    let (by, agent) = (who.token_id.clone(), agent(&who));
-    let entry = on_node(&state, move |node| {
-        medvault_compliance::erasure::place_hold(node, &patient, &reason, &by, &agent)
-            .map_err(node_error)
-    })
-    .await?;
-    Ok(private_json(StatusCode::CREATED, &entry))
+    place(state, who, &flags::HOLD, id, b).await
 }
 
 /// `GET /admin/holds`.
@@ -235,12 +310,7 @@ pub(crate) async fn holds(
     State(state): State<AppState>,
     who: Authenticated,
 ) -> Result<Response, ApiError> {
-    gate(&who, false)?;
-    let all = on_node(&state, |node| {
-        medvault_compliance::erasure::holds(node).map_err(node_error)
-    })
-    .await?;
-    Ok(private_json(StatusCode::OK, &json!({"holds": all})))
+    list_flags(state, who, &flags::HOLD, "holds").await
 }
 
 /// `POST /admin/holds/{id}/release` `{"reason"}`.
@@ -250,14 +320,34 @@ pub(crate) async fn release(
     id: Result<Path<String>, PathRejection>,
     b: Result<Json<Reason>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    gate(&who, true)?;
-    let id = register_id(id, "hold_", "no legal hold has this id")?;
-    let reason = reason_of(b)?;
-    let (by, agent) = (who.token_id.clone(), agent(&who));
-    let entry = on_node(&state, move |node| {
-        medvault_compliance::erasure::release_hold(node, &id, &reason, &by, &agent)
-            .map_err(node_error)
-    })
-    .await?;
-    Ok(private_json(StatusCode::OK, &entry))
+    end(state, who, &flags::HOLD, id, b).await
+}
+
+/// `POST /admin/patients/{id}/restrict` `{"reason", "request"?}`: a restriction of processing
+/// (GDPR Art. 18), answering the patient's restriction request when one is named.
+pub(crate) async fn restrict(
+    State(state): State<AppState>,
+    who: Authenticated,
+    id: Result<Path<String>, PathRejection>,
+    b: Result<Json<Reason>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    place(state, who, &flags::RESTRICTION, id, b).await
+}
+
+/// `GET /admin/restrictions`.
+pub(crate) async fn restrictions(
+    State(state): State<AppState>,
+    who: Authenticated,
+) -> Result<Response, ApiError> {
+    list_flags(state, who, &flags::RESTRICTION, "restrictions").await
+}
+
+/// `POST /admin/restrictions/{id}/lift` `{"reason"}`.
+pub(crate) async fn lift(
+    State(state): State<AppState>,
+    who: Authenticated,
+    id: Result<Path<String>, PathRejection>,
+    b: Result<Json<Reason>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    end(state, who, &flags::RESTRICTION, id, b).await
 }

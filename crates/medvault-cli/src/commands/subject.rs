@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use medvault_compliance::flags::{self, Flag};
 use medvault_compliance::subject::{self, Requester, Right};
 use serde_json::Value;
 
@@ -91,6 +92,53 @@ pub(crate) enum SubjectCommand {
         #[command(flatten)]
         dir: DataDir,
     },
+    /// Restrict processing of a patient's records (GDPR Art. 18): until it is lifted the
+    /// policy lets nobody but the patient read or write them (break-glass excepted, and
+    /// admins managing consents); they are only stored. Prints its id.
+    #[command(
+        after_help = "Example:\n  medvault subject restrict --data-dir DIR --patient 7f3c… --request dsr_… --reason \"accuracy contested (Art. 18(1)(a))\"\n  medvault subject lift --data-dir DIR rst_… --reason \"record corrected\""
+    )]
+    Restrict {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The patient's resource id.
+        #[arg(long, value_name = "ID")]
+        patient: String,
+        /// Why (which ground of Art. 18(1)).
+        #[arg(long)]
+        reason: String,
+        /// The patient's restriction request it answers (dsr_…).
+        #[arg(long, value_name = "ID")]
+        request: Option<String>,
+    },
+    /// Lift a restriction of processing, saying why (tell the patient first, Art. 18(3)).
+    Lift {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The restriction (rst_…).
+        id: String,
+        /// Why it ends.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List restrictions of processing.
+    Restrictions {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Record a patient's objection to research use (GDPR Art. 21): an active Consent that
+    /// denies every research purpose (HRESCH, CLINTRCH), which the policy applies at once.
+    /// With --request, answers the patient's objection request. Prints the Consent's id.
+    Object {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The patient's resource id.
+        #[arg(long, value_name = "ID")]
+        patient: String,
+        /// The patient's objection request it answers (dsr_…).
+        #[arg(long, value_name = "ID")]
+        request: Option<String>,
+    },
     /// Check an export or an erasure certificate: the node's signature over all of it, its
     /// checkpoints, an export's counts; with --data-dir, that it comes from that node's
     /// history. One line; non-zero if it fails.
@@ -108,6 +156,43 @@ pub(crate) enum SubjectCommand {
         #[arg(long, value_name = "URL", requires = "data_dir")]
         database: Option<String>,
     },
+}
+
+/// Places `flag` on `patient`; prints its id.
+fn place(
+    dir: &DataDir,
+    flag: &'static Flag,
+    patient: String,
+    reason: &str,
+    request: Option<&str>,
+) -> anyhow::Result<()> {
+    let node = open_node(dir, true)?;
+    let patient = resource_id("--patient", Some(patient))?
+        .ok_or_else(|| anyhow::anyhow!("--patient is required"))?;
+    let h = flags::place(
+        &node,
+        flag,
+        &patient,
+        reason,
+        request,
+        &os_user(),
+        &os_agent(),
+    )
+    .map_err(plain)?;
+    println!("{}", h["id"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+fn end(dir: &DataDir, flag: &'static Flag, id: &str, reason: &str) -> anyhow::Result<()> {
+    let node = open_node(dir, true)?;
+    flags::end(&node, flag, id, reason, &os_user(), &os_agent()).map_err(plain)?;
+    println!("{id} {}", flag.ended);
+    Ok(())
+}
+
+fn list(dir: &DataDir, flag: &'static Flag) -> anyhow::Result<()> {
+    let node = open_node(dir, true)?;
+    print_json(&Value::Array(flags::list(&node, flag).map_err(plain)?))
 }
 
 /// Most bytes of an export `verify` reads.
@@ -201,39 +286,44 @@ pub(crate) fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
             dir,
             patient,
             reason,
+        } => place(&dir, &flags::HOLD, patient, &reason, None),
+        SubjectCommand::Release { dir, id, reason } => end(&dir, &flags::HOLD, &id, &reason),
+        SubjectCommand::Holds { dir } => list(&dir, &flags::HOLD),
+        SubjectCommand::Restrict {
+            dir,
+            patient,
+            reason,
+            request,
+        } => place(
+            &dir,
+            &flags::RESTRICTION,
+            patient,
+            &reason,
+            request.as_deref(),
+        ),
+        SubjectCommand::Lift { dir, id, reason } => end(&dir, &flags::RESTRICTION, &id, &reason),
+        SubjectCommand::Restrictions { dir } => list(&dir, &flags::RESTRICTION),
+        SubjectCommand::Object {
+            dir,
+            patient,
+            request,
         } => {
             let node = open_node(&dir, true)?;
             let patient = resource_id("--patient", Some(patient))?
                 .ok_or_else(|| anyhow::anyhow!("--patient is required"))?;
-            let h = medvault_compliance::erasure::place_hold(
+            let consent = subject::object_to_research(
                 &node,
                 &patient,
-                &reason,
+                request.as_deref(),
                 &os_user(),
                 &os_agent(),
             )
             .map_err(plain)?;
-            println!("{}", h["id"].as_str().unwrap_or_default());
+            println!(
+                "{} (Consent denying research use of Patient/{patient})",
+                consent["id"].as_str().unwrap_or_default()
+            );
             Ok(())
-        }
-        SubjectCommand::Release { dir, id, reason } => {
-            let node = open_node(&dir, true)?;
-            medvault_compliance::erasure::release_hold(
-                &node,
-                &id,
-                &reason,
-                &os_user(),
-                &os_agent(),
-            )
-            .map_err(plain)?;
-            println!("{id} released");
-            Ok(())
-        }
-        SubjectCommand::Holds { dir } => {
-            let node = open_node(&dir, true)?;
-            print_json(&Value::Array(
-                medvault_compliance::erasure::holds(&node).map_err(plain)?,
-            ))
         }
         SubjectCommand::Verify {
             file,

@@ -372,3 +372,267 @@ fn a_legal_hold_blocks_erasure_and_an_erasure_is_certified() {
     assert_eq!(holds["holds"].as_array().unwrap().len(), 1);
     s.verify_ledger();
 }
+
+/// GDPR Art. 18: a restriction of processing (asked for from the portal, placed by staff
+/// answering the request) stops every reader but the patient, until it is lifted; the
+/// decision is recorded as the policy's `processing-restricted`.
+#[test]
+fn a_restriction_stops_processing_but_the_patients_own_access_until_lifted() {
+    let s = MEDVAULT.start();
+    let patient = s.create(&json!({"resourceType": "Patient", "name": [{"family": "Restrained"}]}));
+    let obs = s.create(&json!({
+        "resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+    }));
+    let dr = s.person("dr.restrict", "clinician");
+    s.care_team(dr.practitioner.as_deref().unwrap(), &patient);
+    let me = s.patient_session("rita.r", &patient);
+    let reads = |bearer: &str, purpose: Option<&str>| {
+        [
+            s.get_as(&format!("/fhir/Observation/{obs}"), bearer, purpose)
+                .0,
+            s.get_as(&format!("/fhir/Patient/{patient}"), bearer, purpose)
+                .0,
+        ]
+    };
+    assert_eq!(reads(&dr.session, Some("TREAT")), [200, 200]);
+
+    // The patient asks from the portal; only their own session may, and not for what the
+    // portal answers at once.
+    let (st, request) = s.post_json(
+        "/portal/requests",
+        Some(&me),
+        &json!({"right": "restriction", "note": "the diagnosis is wrong"}),
+    );
+    assert_eq!(st, 201, "{request}");
+    let request = request["id"].as_str().unwrap().to_owned();
+    let (st, e) = s.post_json("/portal/requests", Some(&me), &json!({"right": "access"}));
+    assert_eq!(st, 400, "{e}");
+    assert!(
+        e["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("$export-my-data")
+    );
+    for bearer in [&dr.session, &s.token] {
+        let (st, e) = s.post_json(
+            "/portal/requests",
+            Some(bearer),
+            &json!({"right": "erasure"}),
+        );
+        assert_eq!(st, 403, "{e}");
+    }
+
+    // Staff place it, answering the request (a request for another right does not fit).
+    let (ok, _, err) = s.run(&[
+        "subject",
+        "restrict",
+        "--patient",
+        &patient,
+        "--reason",
+        "x",
+        "--request",
+        "dsr_nope",
+    ]);
+    assert!(!ok && err.trim().lines().count() == 1, "{err}");
+    let (st, placed) = s.post_json(
+        &format!("/admin/patients/{patient}/restrict"),
+        Some(&s.token),
+        &json!({"reason": "accuracy contested, Art. 18(1)(a)", "request": request}),
+    );
+    assert_eq!(st, 201, "{placed}");
+    assert_eq!(placed["status"], "in-force");
+    let rst = placed["id"].as_str().unwrap().to_owned();
+    let (st, again) = s.post_json(
+        &format!("/admin/patients/{patient}/restrict"),
+        Some(&s.token),
+        &json!({"reason": "twice"}),
+    );
+    assert_eq!(st, 400, "{again}");
+
+    // Nobody but the patient reads or writes: the clinician, an admin token, a search.
+    // (Refused reads answer 404: they do not reveal that the record exists.)
+    assert_eq!(reads(&dr.session, Some("TREAT")), [404, 404]);
+    assert_eq!(reads(&s.token, None), [404, 404]);
+    let (st, page) = s.get_as(
+        &format!("/fhir/Observation?subject=Patient/{patient}"),
+        &dr.session,
+        Some("TREAT"),
+    );
+    assert!(st == 403 || page["total"] == 0, "{st} {page}");
+    let (st, e) = s.call(
+        reqwest::Method::POST,
+        "/fhir/Observation",
+        &dr.session,
+        Some("TREAT"),
+        Some(&json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "new"}, "subject": {"reference": format!("Patient/{patient}")}})),
+    );
+    assert_eq!(st, 403, "{e}");
+    assert_eq!(reads(&me, None), [200, 200]);
+    let (st, mine) = s.get_as("/portal/requests", &me, None);
+    assert_eq!(st, 200, "{mine}");
+    assert_eq!(mine["restriction"]["id"], rst.as_str());
+    assert_eq!(mine["requests"][0]["status"], "answered");
+    // The access log names the rule that refused.
+    let (st, trail) = s.get_as(
+        &format!("/fhir/AuditEvent?patient={patient}&outcome=4"),
+        &s.token,
+        None,
+    );
+    assert_eq!(st, 200);
+    assert!(
+        trail.to_string().contains("processing-restricted"),
+        "{trail}"
+    );
+
+    // Lifted (with a reason), processing resumes at once.
+    let (st, lifted) = s.post_json(
+        &format!("/admin/restrictions/{rst}/lift"),
+        Some(&s.token),
+        &json!({"reason": "record corrected"}),
+    );
+    assert_eq!(st, 200, "{lifted}");
+    assert_eq!(lifted["status"], "lifted");
+    assert_eq!(reads(&dr.session, Some("TREAT")), [200, 200]);
+    let (st, e) = s.post_json(
+        &format!("/admin/restrictions/{rst}/lift"),
+        Some(&s.token),
+        &json!({"reason": "again"}),
+    );
+    assert_eq!(st, 400, "{e}");
+
+    // The CLI places and lifts them too (another process: the server sees its changes within
+    // the facts cache's lifetime).
+    let (ok, out, err) = s.run(&[
+        "subject",
+        "restrict",
+        "--patient",
+        &patient,
+        "--reason",
+        "by letter",
+    ]);
+    assert!(ok && out.trim().starts_with("rst_"), "{out} {err}");
+    let second = out.trim().to_owned();
+    let (ok, out, _) = s.run(&["subject", "restrictions"]);
+    assert!(ok);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed[0]["id"], second.as_str());
+    assert_eq!(listed[0]["status"], "in-force");
+    let (ok, out, err) = s.run(&["subject", "lift", &second, "--reason", "settled"]);
+    assert!(ok && out.contains("lifted"), "{out} {err}");
+    s.verify_ledger();
+}
+
+/// GDPR Art. 21: the patient objects to research use with one call; research purposes are
+/// refused from then on, care is not, and withdrawing the Consent ends it.
+#[test]
+fn an_objection_to_research_is_a_consent_the_policy_applies() {
+    // A site policy that lets researchers read for research (the default lets nobody).
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("research.cedar");
+    std::fs::write(
+        &policy,
+        r#"@id("research-read") permit (principal, action, resource)
+           when { principal.role == "researcher" &&
+                  (context.purpose == "HRESCH" || context.purpose == "CLINTRCH") };"#,
+    )
+    .unwrap();
+    let s = MEDVAULT.start_with(&["--policy", policy.to_str().unwrap()]);
+    let patient = s.create(&json!({"resourceType": "Patient", "name": [{"family": "Objector"}]}));
+    let other = s.create(&json!({"resourceType": "Patient", "name": [{"family": "Bystander"}]}));
+    let study = s.person("r.study", "researcher").session;
+    let research = |p: &str, purpose: &str| {
+        s.get_as(&format!("/fhir/Patient/{p}"), &study, Some(purpose))
+            .0
+    };
+    assert_eq!(research(&patient, "HRESCH"), 200);
+    assert_eq!(research(&patient, "CLINTRCH"), 200);
+
+    let me = s.patient_session("olga.o", &patient);
+    // Not for someone else's record.
+    let (st, e) = s.post_as(
+        &format!("/fhir/Patient/{other}/$object-to-research"),
+        &me,
+        &json!({}),
+    );
+    assert!(st == 403 || st == 404, "{st} {e}");
+    let (st, consent) = s.post_as(
+        &format!("/fhir/Patient/{patient}/$object-to-research"),
+        &me,
+        &json!({}),
+    );
+    assert_eq!(st, 201, "{consent}");
+    assert_eq!(consent["resourceType"], "Consent");
+    assert_eq!(consent["provision"]["type"], "deny");
+    // Refused reads answer 404 (they do not reveal that the record exists).
+    assert_eq!(research(&patient, "HRESCH"), 404);
+    assert_eq!(research(&patient, "CLINTRCH"), 404);
+    let (st, e) = s.get_as(&format!("/fhir/Patient/{other}"), &study, Some("HRESCH"));
+    assert_eq!(st, 200, "{e}");
+    // Other purposes are untouched (a reader who declares none meets the deny: fail safe).
+    let read = |purpose| {
+        s.get_as(&format!("/fhir/Patient/{patient}"), &s.token, purpose)
+            .0
+    };
+    assert_eq!(read(Some("HOPERAT")), 200);
+    assert_eq!(read(None), 404);
+    let (st, e) = s.post_as(
+        "/fhir/Patient/not-a-patient/$object-to-research",
+        &me,
+        &json!({}),
+    );
+    assert_eq!(st, 404, "{e}");
+
+    // Withdrawn by the patient, research may use the record again.
+    let mut withdrawn = consent.clone();
+    withdrawn["status"] = json!("inactive");
+    let id = consent["id"].as_str().unwrap();
+    let (st, e) = s.call(
+        reqwest::Method::PUT,
+        &format!("/fhir/Consent/{id}"),
+        &me,
+        None,
+        Some(&withdrawn),
+    );
+    assert_eq!(st, 200, "{e}");
+    assert_eq!(research(&patient, "HRESCH"), 200);
+
+    // Staff record an objection made by letter, answering the request.
+    let (st, request) = s.post_json(
+        "/admin/subjects/requests",
+        Some(&s.token),
+        &json!({"patient": patient, "right": "objection", "note": "letter"}),
+    );
+    assert_eq!(st, 201, "{request}");
+    let request = request["id"].as_str().unwrap();
+    let (ok, out, err) = s.run(&[
+        "subject",
+        "object",
+        "--patient",
+        &patient,
+        "--request",
+        request,
+    ]);
+    assert!(
+        ok && out.contains("Consent denying research use"),
+        "{out} {err}"
+    );
+    let (st, answered) = s.get_as(
+        &format!("/admin/subjects/requests/{request}"),
+        &s.token,
+        None,
+    );
+    assert_eq!(st, 200);
+    assert_eq!(answered["status"], "answered");
+    let (st, consents) = s.get_as(
+        &format!("/fhir/Consent?patient=Patient/{patient}&status=active"),
+        &s.token,
+        None,
+    );
+    assert_eq!(st, 200);
+    assert_eq!(consents["total"], 1, "{consents}");
+    s.verify_ledger();
+}

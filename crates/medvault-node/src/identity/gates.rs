@@ -217,6 +217,25 @@ pub fn own_export(who: &Authenticated, patient: &str) -> Result<(), Refusal> {
     }
 }
 
+/// The patient portal's requests (`/portal/requests`): a patient in their own session (not an
+/// app), signed in with a second factor; their own Patient id.
+pub fn own_portal(who: &Authenticated) -> Result<&str, Refusal> {
+    match who.patient.as_deref() {
+        Some(p)
+            if who.role == Role::Patient
+                && who.session.is_some()
+                && who.client.is_none()
+                && with_second_factor(who) =>
+        {
+            Ok(p)
+        }
+        _ => Err(Refusal::forbidden(
+            "role-gate",
+            "the portal's requests are for patients signed in to their own account with a second factor; staff use /admin/subjects/requests",
+        )),
+    }
+}
+
 /// Token introspection: admins, with a second factor when in a session; never apps.
 pub fn introspection(who: &Authenticated) -> Result<(), Refusal> {
     if who.role == Role::Admin
