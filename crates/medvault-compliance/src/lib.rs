@@ -8,7 +8,7 @@
 //!   evidence, by pure functions.
 //! - [`report`]: the signed JSON report, its canonical form and its verification.
 //! - [`html`]: the same report for a person, with the signed JSON embedded so the page
-//!   verifies as the file does.
+//!   verifies as the file does; [`pdf`]: the same as a PDF, the signed JSON attached.
 
 pub mod breach;
 pub mod controls;
@@ -16,6 +16,7 @@ pub mod erasure;
 pub mod evidence;
 pub mod flags;
 pub mod html;
+pub mod pdf;
 pub mod register;
 pub mod report;
 pub mod subject;
@@ -46,6 +47,19 @@ impl From<medvault_node::Error> for Error {
     fn from(e: medvault_node::Error) -> Self {
         Self::Node(Box::new(e))
     }
+}
+
+/// The signed report in `bytes`: its JSON, or the JSON a page ([`html`]) or a PDF ([`pdf`])
+/// made from it carries (and the document must be exactly what it renders).
+///
+/// # Errors
+/// None of these, or one that was changed.
+pub fn extract_report(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    if bytes.starts_with(b"%PDF-") {
+        return pdf::extract(bytes);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "neither a PDF nor UTF-8 text")?;
+    html::extract(text.strip_prefix('\u{feff}').unwrap_or(text))
 }
 
 /// Reads the evidence, judges every control and signs the report. `progress` gets (leaves

@@ -1,5 +1,5 @@
 //! `GET /admin/compliance`: the node's signed compliance report (medvault-compliance), as
-//! JSON or (`?format=html`) as a page.
+//! JSON, or (`?format=html`) as a page, or (`?format=pdf`) as a PDF.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -19,7 +19,7 @@ pub(crate) struct ReportQuery {
     format: Option<String>,
 }
 
-/// `GET /admin/compliance[?format=json|html]`.
+/// `GET /admin/compliance[?format=json|html|pdf]`.
 pub(crate) async fn report(
     State(state): State<AppState>,
     who: Authenticated,
@@ -28,25 +28,25 @@ pub(crate) async fn report(
     // The role first: a refused caller learns nothing, not even the query's shape.
     gates::compliance(&who).map_err(|r| ApiError::from(Refusal::into_error(r)))?;
     let Query(q) = q.map_err(crate::error::query_rejected)?;
-    let html = match q.format.as_deref() {
-        None | Some("json") => false,
-        Some("html") => true,
-        Some(_) => return Err(ApiError::bad_request("format is json or html")),
+    let format = match q.format.as_deref() {
+        None | Some("json") => "json",
+        Some(f @ ("html" | "pdf")) => f,
+        Some(_) => return Err(ApiError::bad_request("format is json, html or pdf")),
     };
     let report = on_node(&state, |node| {
         medvault_compliance::report(node, |_, _| {}).map_err(|e| medvault_node::Error::internal(&e))
     })
     .await?;
-    let (body, kind) = if html {
-        (
-            medvault_compliance::html::render(&report),
+    let (body, kind) = match format {
+        "html" => (
+            medvault_compliance::html::render(&report).into_bytes(),
             "text/html; charset=utf-8",
-        )
-    } else {
-        (
-            serde_json::to_string_pretty(&report).unwrap_or_default(),
+        ),
+        "pdf" => (medvault_compliance::pdf::render(&report), "application/pdf"),
+        _ => (
+            serde_json::to_vec_pretty(&report).unwrap_or_default(),
             "application/json",
-        )
+        ),
     };
     Ok((
         [

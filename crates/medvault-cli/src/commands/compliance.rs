@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::ValueEnum;
 
-use super::{DataDir, audit_admin, open_node, progress, read_document};
+use super::{DataDir, audit_admin, open_node, progress, read_bytes};
 
 /// The report's form.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -15,6 +15,8 @@ pub(crate) enum Format {
     Json,
     /// A page for people, with the signed JSON embedded (verifiable too).
     Html,
+    /// A PDF for people, with the signed JSON attached (verifiable too).
+    Pdf,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -27,12 +29,12 @@ pub(crate) enum ComplianceCommand {
     /// checkpoint of each log; making it is recorded in the access log.
     /// docs/compliance.md explains each control's rule.
     #[command(
-        after_help = "Examples:\n  medvault compliance report --data-dir /var/lib/medvault --out report.json\n  medvault compliance report --data-dir /var/lib/medvault --format html --out report.html\n  medvault compliance verify report.html --data-dir /var/lib/medvault"
+        after_help = "Examples:\n  medvault compliance report --data-dir /var/lib/medvault --out report.json\n  medvault compliance report --data-dir /var/lib/medvault --format html --out report.html\n  medvault compliance report --data-dir /var/lib/medvault --format pdf --out report.pdf\n  medvault compliance verify report.pdf --data-dir /var/lib/medvault"
     )]
     Report {
         #[command(flatten)]
         dir: DataDir,
-        /// json (signed) or html (for people, the signed JSON embedded).
+        /// json (signed), html or pdf (for people, the signed JSON embedded).
         #[arg(long, value_enum, default_value = "json")]
         format: Format,
         /// Write it here (replaced if it exists) instead of standard output.
@@ -76,14 +78,15 @@ pub(crate) fn run(cmd: ComplianceCommand) -> anyhow::Result<()> {
                 b.finish_and_clear();
             }
             let text = match format {
-                Format::Json => serde_json::to_string_pretty(&report)? + "\n",
-                Format::Html => medvault_compliance::html::render(&report),
+                Format::Json => (serde_json::to_string_pretty(&report)? + "\n").into_bytes(),
+                Format::Html => medvault_compliance::html::render(&report).into_bytes(),
+                Format::Pdf => medvault_compliance::pdf::render(&report),
             };
             match &out {
                 Some(path) => {
                     std::fs::write(path, &text).with_context(|| format!("{}", path.display()))?
                 }
-                None => std::io::stdout().write_all(text.as_bytes())?,
+                None => std::io::stdout().write_all(&text)?,
             }
             let summary = &report["summary"];
             if out.is_some() {
@@ -103,8 +106,8 @@ pub(crate) fn run(cmd: ComplianceCommand) -> anyhow::Result<()> {
             // A report is tens of kilobytes: anything far larger, or not a file, is refused
             // before it is read.
             const MAX_REPORT_BYTES: u64 = 16 * 1024 * 1024;
-            let text = read_document(&report, MAX_REPORT_BYTES, "a report")?;
-            let value = medvault_compliance::html::extract(&text)
+            let bytes = read_bytes(&report, MAX_REPORT_BYTES, "a report")?;
+            let value = medvault_compliance::extract_report(&bytes)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", report.display()))?;
             let node = data_dir
                 .map(|data_dir| open_node(&DataDir { data_dir, database }, true))

@@ -108,13 +108,8 @@ pub(crate) fn plain(e: medvault_compliance::Error) -> anyhow::Error {
 }
 
 /// Reads a signed document someone handed over (a report, an export, a certificate): a regular
-/// file of at most `max` bytes, UTF-8, a leading byte-order mark dropped; `what` names it in
-/// the one-line refusal.
-pub(crate) fn read_document(
-    path: &std::path::Path,
-    max: u64,
-    what: &str,
-) -> anyhow::Result<String> {
+/// file of at most `max` bytes; `what` names it in the one-line refusal.
+pub(crate) fn read_bytes(path: &std::path::Path, max: u64, what: &str) -> anyhow::Result<Vec<u8>> {
     let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
     if !meta.is_file() || meta.len() > max {
         anyhow::bail!(
@@ -123,7 +118,16 @@ pub(crate) fn read_document(
             max / (1024 * 1024)
         );
     }
-    let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+    std::fs::read(path).with_context(|| format!("{}", path.display()))
+}
+
+/// [`read_bytes`] as UTF-8 text (a byte-order mark dropped).
+pub(crate) fn read_document(
+    path: &std::path::Path,
+    max: u64,
+    what: &str,
+) -> anyhow::Result<String> {
+    let bytes = read_bytes(path, max, what)?;
     let text = String::from_utf8(bytes)
         .map_err(|_| anyhow::anyhow!("{}: not {what} (not UTF-8 text)", path.display()))?;
     Ok(match text.strip_prefix('\u{feff}') {

@@ -167,7 +167,96 @@ fn the_report_answers_from_live_evidence_is_signed_and_verifies_only_unchanged()
     let auditor = s.new_token("auditor");
     let (st, _) = s.get_as("/admin/compliance", &auditor, None);
     assert_eq!(st, 200);
-    let (st, body) = s.get_as("/admin/compliance?format=pdf", &s.token, None);
+    let (st, body) = s.get_as("/admin/compliance?format=docx", &s.token, None);
     assert_eq!(st, 400, "{body}");
     s.verify_ledger();
+}
+
+/// The PDF form: written by the node (pdf-writer), read back by an independent PDF reader
+/// (poppler's `pdftotext`, installed by scripts/test), verifiable like the JSON, and refused
+/// when a byte of it changed.
+#[test]
+fn the_pdf_report_reads_in_an_independent_reader_and_verifies_only_unchanged() {
+    let s = MEDVAULT.start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("report.pdf");
+    let (ok, out, err) = s.run(&[
+        "compliance",
+        "report",
+        "--format",
+        "pdf",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("compliance report:"), "{out} {err}");
+    let pdf = std::fs::read(&file).unwrap();
+    assert!(pdf.starts_with(b"%PDF-"));
+    let data_dir = s.dir.to_str().unwrap();
+    let (ok, out, err) = s.cli(&[
+        "compliance",
+        "verify",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data_dir,
+    ]);
+    assert!(ok && out.contains("report verified"), "{out} {err}");
+
+    match std::process::Command::new("pdftotext")
+        .args(["-layout", file.to_str().unwrap(), "-"])
+        .output()
+    {
+        Ok(read) => {
+            assert!(read.status.success(), "{read:?}");
+            let text = String::from_utf8_lossy(&read.stdout);
+            for expected in [
+                "Compliance report",
+                "PASS \u{2014} Unique user identification",
+                "HIPAA 45 CFR \u{a7}164.312(a)(1)",
+                "GDPR",
+                "ISO/IEC 27001",
+                "Page 1 of",
+                "medvault-report.json",
+            ] {
+                assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+            }
+        }
+        Err(_) => eprintln!("pdftotext is not installed: the independent reading is skipped"),
+    }
+
+    // Over HTTP: the same form, verifiable too.
+    let (st, body) = {
+        let resp = s
+            .anonymous(reqwest::Method::GET, "/admin/compliance?format=pdf")
+            .bearer_auth(&s.token)
+            .send()
+            .unwrap();
+        let st = resp.status().as_u16();
+        assert_eq!(resp.headers()["content-type"], "application/pdf");
+        (st, resp.bytes().unwrap().to_vec())
+    };
+    assert_eq!(st, 200);
+    let over_http = dir.path().join("http.pdf");
+    std::fs::write(&over_http, &body).unwrap();
+    let (ok, out, err) = s.cli(&["compliance", "verify", over_http.to_str().unwrap()]);
+    assert!(ok, "{out} {err}");
+
+    // One byte of the visible text changed, or bytes appended: refused in one line.
+    let at = pdf.windows(11).position(|w| w == b"(Evidence:)").unwrap();
+    let mut changed = pdf.clone();
+    changed[at + 1] = b'e';
+    let tampered = dir.path().join("tampered.pdf");
+    std::fs::write(&tampered, &changed).unwrap();
+    let (ok, _, err) = s.cli(&["compliance", "verify", tampered.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("differs") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    let mut longer = pdf.clone();
+    longer.extend_from_slice(b"\n1 0 obj\n<<>>\nendobj\n");
+    std::fs::write(&tampered, &longer).unwrap();
+    let (ok, _, err) = s.cli(&["compliance", "verify", tampered.to_str().unwrap()]);
+    assert!(!ok && err.trim().lines().count() == 1, "{err}");
+    std::fs::write(&tampered, b"%PDF-1.7\n%%EOF\n").unwrap();
+    let (ok, _, err) = s.cli(&["compliance", "verify", tampered.to_str().unwrap()]);
+    assert!(!ok && err.contains("no single attached report"), "{err}");
 }
