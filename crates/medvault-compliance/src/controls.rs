@@ -598,6 +598,89 @@ fn subject_requests(e: &Evidence) -> Judged {
     .on(&["access"])
 }
 
+fn information_deletion(e: &Evidence) -> Judged {
+    let d = &e.deletion;
+    let facts = serde_json::to_value(d).unwrap_or_default();
+    if !d.erasure_late.is_empty() {
+        return judged(
+            Status::Fail,
+            format!(
+                "{} erasure request(s) open past, or answered after, their month ({})",
+                d.erasure_late.len(),
+                ids(&d.erasure_late)
+            ),
+            facts,
+        );
+    }
+    judged(
+        Status::Pass,
+        format!(
+            "records are deleted by destroying the patient's data key (crypto-shredding, every version and backup made unreadable, a signed certificate issued); {} patient(s) erased, {} erasure request(s) answered within their month or still within it, {} legal hold(s) and {} restriction(s) of processing in force",
+            d.erased, d.erasure_requests, d.holds_in_force, d.restrictions_in_force
+        ),
+        facts,
+    )
+    .on(&["access", "records"])
+}
+
+fn data_masking(e: &Evidence) -> Judged {
+    let Some(d) = &e.deployment else {
+        return never_served();
+    };
+    let facts = json!({
+        "default_policy": d.default_policy, "site_policies": d.site_policies,
+        "withheld_as": "absent (404, left out of searches and totals)",
+        "search_index": "keyed hashes (HMAC-SHA-256 per parameter), never plaintext",
+        "access_log_details": "sealed (AES-256-GCM); leaves are hashes",
+    });
+    if d.default_policy {
+        judged(
+            Status::Pass,
+            "what the policy withholds is masked as absent (404, left out of searches and their totals); sensitive records (HIV, mental health, substance use, genetics, violence, restricted) need the patient's permission; search indexes and access-log details never hold plaintext",
+            facts,
+        )
+    } else {
+        judged(
+            Status::Warn,
+            "the default policy (which withholds sensitive records without the patient's permission) is replaced by site files: check they keep it",
+            facts,
+        )
+    }
+}
+
+fn leakage_prevention(e: &Evidence) -> Judged {
+    let Some(d) = &e.deployment else {
+        return never_served();
+    };
+    let facts = json!({
+        "sentinel": d.sentinel, "playbooks": d.playbooks, "dry_run": d.dry_run,
+        "peers": e.peers.len(), "tls": d.tls,
+    });
+    let j = if d.sentinel == "off" {
+        judged(
+            Status::Fail,
+            "Sentinel is off: mass reads, exports and deletions are not detected as they happen",
+            facts,
+        )
+    } else if d.playbooks == "none" || d.dry_run {
+        judged(
+            Status::Warn,
+            "Sentinel detects mass reads and exports, but no playbook stops them (playbooks off or in dry run)",
+            facts,
+        )
+    } else {
+        judged(
+            Status::Pass,
+            format!(
+                "Sentinel scores every access and its playbooks stop mass reads, exports and deletions within a second; data leaves only to the {} registered peer node(s), sealed for each",
+                e.peers.len()
+            ),
+            facts,
+        )
+    };
+    j.on(&["access"])
+}
+
 fn hitech_notification(e: &Evidence) -> Judged {
     let b = &e.breaches;
     let facts = json!({
@@ -745,6 +828,27 @@ const SPECS: &[Spec] = &[
         reference: "GDPR Art. 12(3), 15–21",
         title: "Data subjects' requests answered within a month",
         judge: subject_requests,
+    },
+    Spec {
+        id: "iso-8.10",
+        framework: ISO,
+        reference: "Annex A 8.10",
+        title: "Information deletion",
+        judge: information_deletion,
+    },
+    Spec {
+        id: "iso-8.11",
+        framework: ISO,
+        reference: "Annex A 8.11",
+        title: "Data masking",
+        judge: data_masking,
+    },
+    Spec {
+        id: "iso-8.12",
+        framework: ISO,
+        reference: "Annex A 8.12",
+        title: "Data leakage prevention",
+        judge: leakage_prevention,
     },
     Spec {
         id: "hitech-164.404",
@@ -968,6 +1072,7 @@ mod tests {
             peers: Vec::new(),
             breaches: crate::register::Breaches::default(),
             requests: crate::subject::Requests::default(),
+            deletion: Deletion::default(),
         }
     }
 
@@ -1036,6 +1141,15 @@ mod tests {
         let mut e = good();
         e.requests.late = vec!["dsr_1".into()];
         assert_eq!(status(&e, "gdpr-12-15-21"), Status::Fail);
+        let mut e = good();
+        e.deletion.erasure_late = vec!["dsr_2".into()];
+        assert_eq!(status(&e, "iso-8.10"), Status::Fail);
+        let mut e = good();
+        e.deployment.as_mut().unwrap().default_policy = false;
+        assert_eq!(status(&e, "iso-8.11"), Status::Warn);
+        let mut e = good();
+        e.deployment.as_mut().unwrap().dry_run = true;
+        assert_eq!(status(&e, "iso-8.12"), Status::Warn);
 
         let mut e = good();
         e.records.not_sealed = 1;
@@ -1065,6 +1179,7 @@ mod tests {
         e.deployment.as_mut().unwrap().sentinel = "off".into();
         assert_eq!(status(&e, "hipaa-164.308-a-1-ii-d"), Status::Fail);
         assert_eq!(status(&e, "iso-8.16"), Status::Fail);
+        assert_eq!(status(&e, "iso-8.12"), Status::Fail);
 
         let mut e = good();
         e.ledger.witnesses = 0;

@@ -256,6 +256,54 @@ pub struct Evidence {
     pub breaches: crate::register::Breaches,
     /// Data subjects' requests.
     pub requests: crate::subject::Requests,
+    /// Deletion: erasures, erasure requests, holds and restrictions.
+    pub deletion: Deletion,
+}
+
+/// What ISO/IEC 27001 A.8.10 (information deletion) rests on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Deletion {
+    /// Patients erased: their data keys destroyed (crypto-shredding).
+    pub erased: u64,
+    /// Erasure requests recorded.
+    pub erasure_requests: u64,
+    /// Of those, open past or answered after their month: ids.
+    pub erasure_late: Vec<String>,
+    /// Legal holds in force (erasure refused meanwhile).
+    pub holds_in_force: u64,
+    /// Restrictions of processing in force.
+    pub restrictions_in_force: u64,
+}
+
+fn deletion(node: &Node, now: i64) -> Result<Deletion, Error> {
+    let mut d = Deletion::default();
+    for name in node.store.data_key_names()? {
+        if name.as_str().starts_with("Patient/")
+            && node
+                .store
+                .data_key(&name)?
+                .is_some_and(|row| row.kek_version.is_none())
+        {
+            d.erased += 1;
+        }
+    }
+    for row in node.store.register(Some("erasure"))? {
+        d.erasure_requests += 1;
+        if row.closed_micros.unwrap_or(now) > row.due_micros {
+            d.erasure_late.push(row.id);
+        }
+    }
+    let in_force = |kind: &str| -> Result<u64, Error> {
+        Ok(node
+            .store
+            .register(Some(kind))?
+            .iter()
+            .filter(|r| r.closed_micros.is_none())
+            .count() as u64)
+    };
+    d.holds_in_force = in_force(medvault_node::admin::LEGAL_HOLD)?;
+    d.restrictions_in_force = in_force(medvault_node::admin::PROCESSING_RESTRICTION)?;
+    Ok(d)
 }
 
 /// User names that name a function or a placeholder rather than a person.
@@ -324,6 +372,7 @@ pub fn gather(node: &Node, progress: impl FnMut(u64, u64)) -> Result<Evidence, E
             .collect(),
         breaches: crate::register::evidence(node, now)?,
         requests: crate::subject::evidence(node, now)?,
+        deletion: deletion(node, now)?,
     })
 }
 

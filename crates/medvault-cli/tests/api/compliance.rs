@@ -30,13 +30,13 @@ fn the_report_answers_from_live_evidence_is_signed_and_verifies_only_unchanged()
     assert_eq!(st, 200, "{report}");
     assert_eq!(report["format"], "medvault-compliance-report/1");
     let rows = report["controls"].as_array().unwrap();
-    assert_eq!(rows.len(), 27, "{report}");
+    assert_eq!(rows.len(), 30, "{report}");
     let summary = &report["summary"];
     let total: u64 = ["pass", "warn", "fail", "not-applicable"]
         .iter()
         .map(|k| summary[k].as_u64().unwrap())
         .sum();
-    assert_eq!(total, 27);
+    assert_eq!(total, 30);
     let a1 = control(&report, "hipaa-164.312-a-1");
     assert_eq!(a1["status"], "fail", "{a1}");
     assert!(a1["finding"].as_str().unwrap().contains(&shared), "{a1}");
