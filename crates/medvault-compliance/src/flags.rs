@@ -16,7 +16,7 @@ use medvault_store::RegisterRow;
 use serde_json::{Value, json};
 
 use crate::Error;
-use crate::register::{open_entry, readable, store};
+use crate::register::{open_entry, readable, store_checked};
 use crate::subject::{Answer, RequestEntry};
 
 /// One kind of flag.
@@ -72,32 +72,12 @@ pub fn place(
     if node
         .store
         .current(&ResourceType::PATIENT, patient)?
-        .is_none()
+        .is_none_or(|m| m.deleted)
     {
         return Err(Error::NotFound("no such patient".into()));
     }
     let reason = readable("the reason", reason, 2_000)?;
-    if let Some(r) = request {
-        let Some(right) = flag.answers else {
-            return Err(Error::Invalid(format!(
-                "a {} answers no request",
-                flag.name
-            )));
-        };
-        crate::subject::check_open(node, r, right, patient)?;
-    }
-    if in_force(node.store.as_ref(), flag.kind, patient.as_str())? {
-        return Err(Error::Invalid(format!(
-            "a {} is already in force for this patient",
-            flag.name
-        )));
-    }
     let now = node.clock.now_micros();
-    let entry = RequestEntry {
-        opened_by: by.to_owned(),
-        note: Some(reason),
-        answer: None,
-    };
     let row = RegisterRow {
         id: random_id(flag.prefix)?,
         kind: flag.kind.into(),
@@ -111,17 +91,52 @@ pub fn place(
         body: medvault_crypto::Sealed::from_stored(Vec::new()),
     };
     let id = row.id.clone();
-    store(node, row, &entry, &format!("{}-place", flag.kind), agent)?;
-    if let Some(r) = request {
-        crate::subject::answer_request(
-            node,
-            r,
-            "answered",
-            Some(&format!("{} {id} placed", flag.name)),
-            by,
-            agent,
-        )?;
+    let entry = RequestEntry {
+        opened_by: by.to_owned(),
+        note: Some(reason),
+        answer: None,
+        by_patient: false,
+    };
+    let answered = match request {
+        Some(r) => {
+            let Some(right) = flag.answers else {
+                return Err(Error::Invalid(format!(
+                    "a {} answers no request",
+                    flag.name
+                )));
+            };
+            crate::subject::check_open(node, r, right, patient)?;
+            let note = format!("{} {id} placed", flag.name);
+            Some(crate::subject::answered(
+                node,
+                r,
+                "answered",
+                Some(&note),
+                by,
+            )?)
+        }
+        None => None,
+    };
+    let action = format!("{}-place", flag.kind);
+    let mut changes = vec![(row, &entry, action.as_str())];
+    if let Some((r, e)) = &answered {
+        changes.push((r.clone(), e, "subject-answer"));
     }
+    // Checked and written in one transaction: two placing at once cannot both pass, and the
+    // flag and its request's answer are written together or not at all.
+    let (kind, name) = (flag.kind, flag.name);
+    let (subject, request) = (patient.to_string(), request.map(str::to_owned));
+    store_checked(node, changes, agent, move |tx| {
+        if in_force(tx, kind, &subject)? {
+            return Err(Error::Invalid(format!(
+                "a {name} is already in force for this patient"
+            )));
+        }
+        match request {
+            Some(r) => crate::subject::still_open(tx, &r),
+            None => Ok(()),
+        }
+    })?;
     show(node, flag, &id)
 }
 
@@ -154,7 +169,17 @@ pub fn end(
     row.status = flag.ended.into();
     row.closed_micros = Some(now);
     row.updated_micros = now;
-    store(node, row, &entry, &format!("{}-end", flag.kind), agent)?;
+    let (open_id, name, ended) = (id.to_owned(), flag.name, flag.ended);
+    let action = format!("{}-end", flag.kind);
+    store_checked(
+        node,
+        vec![(row, &entry, action.as_str())],
+        agent,
+        move |tx| match tx.register_entry(&open_id)? {
+            Some(r) if r.closed_micros.is_none() => Ok(()),
+            _ => Err(Error::Invalid(format!("that {name} is already {ended}"))),
+        },
+    )?;
     show(node, flag, id)
 }
 

@@ -14,7 +14,7 @@ use medvault_node::Node;
 use medvault_node::audit::{AuditKind, AuditOutcome, AuditRecord};
 use medvault_node::clock::instant;
 use medvault_node::identity::{identity_key, open, random_id, seal};
-use medvault_store::{RegisterRow, write_with};
+use medvault_store::{RegisterRow, StoreRead, write_with};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -128,7 +128,7 @@ pub(crate) fn readable(name: &str, text: &str, max: usize) -> Result<String, Err
     // changing ones that could make it display as something else.
     let hidden = |c: char| {
         (c.is_control() && c != '\n' && c != '\t')
-            || matches!(c, '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+            || matches!(c, '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}' | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{feff}' | '\u{ffa0}' | '\u{fff0}'..='\u{fffb}' | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}')
     };
     let t = text.trim();
     if t.is_empty() || t.chars().count() > max || t.chars().any(hidden) {
@@ -154,33 +154,60 @@ pub(crate) fn open_entry<T: serde::de::DeserializeOwned>(
 /// the access log names patients, so it is in their accounting of disclosures).
 pub(crate) fn store<T: Serialize>(
     node: &Node,
-    mut row: RegisterRow,
+    row: RegisterRow,
     entry: &T,
     action: &str,
     agent: &Value,
 ) -> Result<(), Error> {
-    let plain = zeroize::Zeroizing::new(
-        serde_json::to_vec(entry).map_err(|e| Error::Internal(e.to_string()))?,
-    );
-    let digest = hex::encode(medvault_crypto::sha256(&plain));
+    store_checked(node, vec![(row, entry, action)], agent, |_| Ok(()))
+}
+
+/// Writes `changes` in one transaction, only if `check` passes inside it (so two requests
+/// racing cannot both pass a limit or both place a flag: the writer runs one transaction at
+/// a time), then records each change as [`store`] does.
+pub(crate) fn store_checked<T: Serialize>(
+    node: &Node,
+    changes: Vec<(RegisterRow, &T, &str)>,
+    agent: &Value,
+    check: impl FnOnce(&dyn StoreRead) -> Result<(), Error> + Send + 'static,
+) -> Result<(), Error> {
     let key = identity_key(node)?;
-    row.body = seal(&key, &row.id, FIELD, &plain)?;
-    let r = row.clone();
-    write_with(node.store.as_ref(), move |tx| tx.put_register_entry(&r))?;
-    let patient = row
-        .subject
-        .as_deref()
-        .map(|s| s.strip_prefix("Patient/").unwrap_or(s).to_owned());
-    node.record_audit_now(|now| {
-        AuditRecord::new(AuditKind::Admin, now, action, AuditOutcome::Success)
-            .agent(agent.clone())
-            .target_opt(Some(&row.id))
-            .patient(patient)
-            .with(
-                "extra",
-                json!({"register": {"kind": row.kind, "status": row.status, "content_sha256": digest}}),
-            )
-    })?;
+    let mut rows = Vec::with_capacity(changes.len());
+    let mut records = Vec::with_capacity(changes.len());
+    for (mut row, entry, action) in changes {
+        let plain = zeroize::Zeroizing::new(
+            serde_json::to_vec(entry).map_err(|e| Error::Internal(e.to_string()))?,
+        );
+        let digest = hex::encode(medvault_crypto::sha256(&plain));
+        row.body = seal(&key, &row.id, FIELD, &plain)?;
+        records.push((row.clone(), digest, action.to_owned()));
+        rows.push(row);
+    }
+    write_with(node.store.as_ref(), move |tx| {
+        if let Err(e) = check(&*tx) {
+            return Ok(Err(e));
+        }
+        for r in &rows {
+            tx.put_register_entry(r)?;
+        }
+        Ok(Ok(()))
+    })??;
+    for (row, digest, action) in records {
+        let patient = row
+            .subject
+            .as_deref()
+            .map(|s| s.strip_prefix("Patient/").unwrap_or(s).to_owned());
+        node.record_audit_now(|now| {
+            AuditRecord::new(AuditKind::Admin, now, &action, AuditOutcome::Success)
+                .agent(agent.clone())
+                .target_opt(Some(&row.id))
+                .patient(patient)
+                .with(
+                    "extra",
+                    json!({"register": {"kind": row.kind, "status": row.status, "content_sha256": digest}}),
+                )
+        })?;
+    }
     Ok(())
 }
 
@@ -528,6 +555,10 @@ mod tests {
             "a\u{2028}b",
             "a\u{61c}b",
             "a\u{0}b",
+            "a\u{e0041}b",
+            "a\u{34f}b",
+            "a\u{3164}b",
+            "a\u{fffb}b",
             "",
         ] {
             assert!(readable("the title", bad, 100).is_err(), "{bad:?}");

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::Error;
-use crate::register::{open_entry, store as store_entry};
+use crate::register::{open_entry, store as store_entry, store_checked};
 use crate::report::{self, VerifyError};
 
 /// The export's format name.
@@ -104,6 +104,9 @@ pub struct RequestEntry {
     /// How it was answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub answer: Option<Answer>,
+    /// Opened by the patient themself, signed in (the portal), not recorded by staff.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_patient: bool,
 }
 
 /// An answer.
@@ -161,13 +164,26 @@ pub fn open_request(
     by: &str,
     agent: &Value,
 ) -> Result<Value, Error> {
-    patient_exists(node, patient)?;
-    let now = node.clock.now_micros();
     let entry = RequestEntry {
         opened_by: by.to_owned(),
         note: note(note_text)?,
         answer: None,
+        by_patient: false,
     };
+    open_with(node, patient, right, &entry, agent, |_| Ok(()))
+}
+
+/// Writes a new request row for `entry`, if `check` passes inside the write.
+fn open_with(
+    node: &Node,
+    patient: &ResourceId,
+    right: Right,
+    entry: &RequestEntry,
+    agent: &Value,
+    check: impl FnOnce(&dyn medvault_store::StoreRead) -> Result<(), Error> + Send + 'static,
+) -> Result<Value, Error> {
+    patient_exists(node, patient)?;
+    let now = node.clock.now_micros();
     let row = RegisterRow {
         id: random_id("dsr_")?,
         kind: right.as_str().into(),
@@ -180,7 +196,7 @@ pub fn open_request(
         body: medvault_crypto::Sealed::from_stored(Vec::new()),
     };
     let id = row.id.clone();
-    store_entry(node, row, &entry, "subject-request", agent)?;
+    store_checked(node, vec![(row, entry, "subject-request")], agent, check)?;
     show_request(node, &id)
 }
 
@@ -247,6 +263,47 @@ pub fn research_objection(patient: &ResourceId, now_micros: i64) -> Value {
     })
 }
 
+fn is_objection(consent: &Value) -> bool {
+    consent["status"] == "active"
+        && consent["provision"]["type"] == "deny"
+        && RESEARCH_PURPOSES.iter().all(|(code, _)| {
+            consent["provision"]["purpose"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|c| c["code"] == *code))
+        })
+        && consent["provision"].get("provision").is_none()
+        && [
+            "actor",
+            "class",
+            "securityLabel",
+            "period",
+            "action",
+            "data",
+        ]
+        .iter()
+        .all(|k| consent["provision"].get(*k).is_none())
+}
+
+/// The patient's objection to research use in force, if they have one: an active Consent that
+/// denies every research purpose outright (recording another would change nothing).
+///
+/// # Errors
+/// Store and key failures; `too-costly` for a patient with more Consents than a search reads.
+pub fn active_objection(node: &Node, patient: &ResourceId) -> Result<Option<Value>, Error> {
+    let ctx = Ctx::unrestricted_node_work(node);
+    let params = [
+        ("patient".to_owned(), format!("Patient/{patient}")),
+        ("status".to_owned(), "active".to_owned()),
+    ];
+    let found = medvault_node::search::all_matches(
+        node.store.as_ref(),
+        &ctx,
+        &ResourceType::from_static("Consent"),
+        &params,
+    )?;
+    Ok(found.into_iter().find(is_objection))
+}
+
 /// Records `patient`'s objection to research use on the node's authority (staff acting on the
 /// patient's word; the patient themself uses `$object-to-research` in their session): the
 /// [`research_objection`] Consent, written and ledgered like any record, and the objection
@@ -265,6 +322,22 @@ pub fn object_to_research(
     patient_exists(node, patient)?;
     if let Some(r) = request {
         check_open(node, r, Right::Objection.as_str(), patient)?;
+    }
+    if let Some(existing) = active_objection(node, patient)? {
+        if let Some(r) = request {
+            let id = existing["id"].as_str().unwrap_or_default();
+            answer_request(
+                node,
+                r,
+                "answered",
+                Some(&format!(
+                    "the objection was already recorded: Consent/{id} denies research use"
+                )),
+                by,
+                agent,
+            )?;
+        }
+        return Ok(existing);
     }
     let ctx = Ctx::unrestricted_node_work(node);
     let consent = research_objection(patient, node.clock.now_micros());
@@ -323,6 +396,25 @@ pub fn answer_request(
     by: &str,
     agent: &Value,
 ) -> Result<Value, Error> {
+    let (row, entry) = answered(node, id, outcome, note_text, by)?;
+    let open_id = id.to_owned();
+    store_checked(
+        node,
+        vec![(row, &entry, "subject-answer")],
+        agent,
+        move |tx| still_open(tx, &open_id),
+    )?;
+    show_request(node, id)
+}
+
+/// Request `id` as answered now (not yet written).
+pub(crate) fn answered(
+    node: &Node,
+    id: &str,
+    outcome: &str,
+    note_text: Option<&str>,
+    by: &str,
+) -> Result<(RegisterRow, RequestEntry), Error> {
     if !matches!(outcome, "answered" | "refused") {
         return Err(Error::Invalid("the outcome is answered or refused".into()));
     }
@@ -348,8 +440,15 @@ pub fn answer_request(
     row.status = outcome.into();
     row.closed_micros = Some(now);
     row.updated_micros = now;
-    store_entry(node, row, &entry, "subject-answer", agent)?;
-    show_request(node, id)
+    Ok((row, entry))
+}
+
+/// Inside a write: request `id` is still open (no one answered it meanwhile).
+pub(crate) fn still_open(tx: &dyn medvault_store::StoreRead, id: &str) -> Result<(), Error> {
+    match tx.register_entry(id)? {
+        Some(r) if r.closed_micros.is_none() => Ok(()),
+        _ => Err(Error::Invalid("that request is already answered".into())),
+    }
 }
 
 fn find_request(node: &Node, id: &str) -> Result<(RegisterRow, RequestEntry), Error> {
@@ -381,6 +480,7 @@ fn request_json(row: &RegisterRow, entry: &RequestEntry, now: i64) -> Value {
         "closed": row.closed_micros.map(instant),
         "on_time": on_time,
         "opened_by": entry.opened_by,
+        "opened_by_patient": entry.by_patient,
         "note": entry.note,
         "answer": entry.answer,
     })
@@ -456,22 +556,30 @@ pub fn open_own_request(
             "your data is downloaded at once with $export-my-data; no request is needed".into(),
         ));
     }
+    let entry = RequestEntry {
+        opened_by: by.to_owned(),
+        note: note(note_text)?,
+        answer: None,
+        by_patient: true,
+    };
     let subject = Some(format!("Patient/{patient}"));
-    let mut open = 0;
-    for r in Right::ALL {
-        open += node
-            .store
-            .register(Some(r.as_str()))?
-            .iter()
-            .filter(|row| row.subject == subject && row.closed_micros.is_none())
-            .count();
-    }
-    if open >= MAX_OPEN_OWN_REQUESTS {
-        return Err(Error::Invalid(format!(
-            "you have {open} requests still open; wait for them to be answered"
-        )));
-    }
-    open_request(node, patient, right, note_text, by, agent)
+    // Counted inside the write, so requests sent at once cannot all pass the limit.
+    open_with(node, patient, right, &entry, agent, move |tx| {
+        let mut open = 0;
+        for r in Right::ALL {
+            open += tx
+                .register(Some(r.as_str()))?
+                .iter()
+                .filter(|row| row.subject == subject && row.closed_micros.is_none())
+                .count();
+        }
+        if open >= MAX_OPEN_OWN_REQUESTS {
+            return Err(Error::Invalid(format!(
+                "you have {open} requests still open; wait for them to be answered"
+            )));
+        }
+        Ok(())
+    })
 }
 
 /// What the compliance report needs of the requests register.
@@ -583,14 +691,17 @@ pub fn export(
     if let Requester::Patient { .. } = requester {
         // An export reads the whole access log: a patient gets one every ten minutes.
         let now = node.clock.now_micros();
-        let recent = node
-            .store
-            .register(Some(Right::Access.as_str()))?
-            .into_iter()
-            .find(|r| {
-                r.subject.as_deref() == Some(subject.as_str())
-                    && now - r.opened_micros < SELF_EXPORT_EVERY_MICROS
-            });
+        // (Only the patient's own exports count: one staff made for a request does not.)
+        let mut recent = None;
+        for r in node.store.register(Some(Right::Access.as_str()))? {
+            if r.subject.as_deref() == Some(subject.as_str())
+                && now - r.opened_micros < SELF_EXPORT_EVERY_MICROS
+                && open_entry::<RequestEntry>(node, &r)?.by_patient
+            {
+                recent = Some(r);
+                break;
+            }
+        }
         if let Some(r) = recent {
             return Err(medvault_node::Error::new(
                 medvault_node::error::ErrorKind::Throttled,
@@ -621,6 +732,20 @@ pub fn export(
                 return Err(Error::Invalid(
                     "an export answers an access or portability request".into(),
                 ));
+            }
+            // Art. 18: a restricted record is processed only with the patient's consent; a
+            // request staff recorded is not the patient's own word.
+            if !entry.by_patient
+                && medvault_node::admin::in_force(
+                    node.store.as_ref(),
+                    medvault_node::admin::PROCESSING_RESTRICTION,
+                    patient.as_str(),
+                )?
+            {
+                return Err(medvault_node::Error::conflict(
+                    "processing of this patient's records is restricted (GDPR Art. 18): staff cannot export them; the patient downloads their own (the portal, $export-my-data)",
+                )
+                .into());
             }
             node_ctx = Ctx::unrestricted_node_work(node);
             (&node_ctx, Some((*request).to_owned()))
@@ -667,6 +792,7 @@ pub fn export(
             let entry = RequestEntry {
                 opened_by: (*user).to_owned(),
                 note: None,
+                by_patient: true,
                 answer: Some(Answer {
                     outcome: "answered".into(),
                     at: instant(now),
@@ -724,10 +850,10 @@ fn disclosures(node: &Node, patient: &ResourceId) -> Result<Vec<Value>, Error> {
     let origin = node.ledger.access().origin().to_owned();
     let keep = |leaf: u64, rec: &Value| {
         medvault_node::audit_view::names_patient(rec, patient.as_str()).then(|| {
-            (
-                leaf,
-                medvault_node::audit_view::to_audit_event(leaf, rec, &origin),
-            )
+            let mut event = medvault_node::audit_view::to_audit_event(leaf, rec, &origin);
+            // As the patient's own AuditEvent search shows it: no other patient named.
+            medvault_node::audit_view::name_patient(&mut event, patient.as_str());
+            (leaf, event)
         })
     };
     let (mut found, _) = crate::breach::scan_log(node, archived, size, &keep, &mut |_, _| {})?;

@@ -103,11 +103,7 @@ pub const PROCESSING_RESTRICTION: &str = "processing-restriction";
 /// # Errors
 /// Store failures.
 pub fn in_force(store: &dyn StoreRead, kind: &str, patient: &str) -> Result<bool, Error> {
-    let subject = format!("Patient/{patient}");
-    Ok(store
-        .register(Some(kind))?
-        .iter()
-        .any(|r| r.subject.as_deref() == Some(subject.as_str()) && r.closed_micros.is_none()))
+    Ok(store.register_in_force(kind, &format!("Patient/{patient}"))?)
 }
 
 /// True if a legal hold is in force for `patient`.

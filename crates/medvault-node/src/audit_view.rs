@@ -360,7 +360,7 @@ fn matches(f: &Filter, d: &Value) -> bool {
 /// Makes sure an event found for `patient` names them as an entity, and no other patient (a
 /// search that touched several patients lists only the one asked about: another patient's id
 /// is not this reader's to learn).
-fn name_patient(event: &mut Value, patient: &str) {
+pub fn name_patient(event: &mut Value, patient: &str) {
     let reference = format!("Patient/{patient}");
     // Another patient named by the record (e.g. where the resource lives now) is not shown.
     if let Some(list) = event.get_mut("entity").and_then(Value::as_array_mut) {

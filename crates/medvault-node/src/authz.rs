@@ -53,8 +53,6 @@ pub struct Subject {
 struct SharedFacts {
     relationship: bool,
     consents: Arc<Vec<Value>>,
-    /// A restriction of processing (GDPR Art. 18) is in force.
-    restricted: bool,
 }
 
 /// What one patient's records say about the subject, for one request.
@@ -62,6 +60,8 @@ struct SharedFacts {
 struct PatientFacts {
     shared: SharedFacts,
     break_glass: bool,
+    /// A restriction of processing (GDPR Art. 18) is in force.
+    restricted: bool,
 }
 
 /// Everything a decision depends on besides the subject: (action, type, labels, patient data,
@@ -521,7 +521,7 @@ impl Guard {
             own,
             consent,
             facts.break_glass,
-            facts.shared.restricted,
+            facts.restricted,
         );
         let known = self.lock().decisions.get(&key).cloned();
         let (allowed, policies, by_break_glass) = match known {
@@ -619,9 +619,14 @@ impl Guard {
             && store
                 .break_glass(&self.subject.user, patient, now_micros)?
                 .is_some();
+        // Restrictions of processing too: one placed or lifted by another process (the CLI,
+        // another server on the same database) counts at once.
+        let restricted =
+            crate::admin::in_force(store, crate::admin::PROCESSING_RESTRICTION, patient)?;
         let facts = Arc::new(PatientFacts {
             shared,
             break_glass,
+            restricted,
         });
         self.lock()
             .patients
@@ -719,11 +724,6 @@ impl Guard {
         Ok(SharedFacts {
             relationship,
             consents: Arc::new(find_all(store, &inner, &CONSENT, &[of_patient])?),
-            restricted: crate::admin::in_force(
-                store,
-                crate::admin::PROCESSING_RESTRICTION,
-                patient,
-            )?,
         })
     }
 

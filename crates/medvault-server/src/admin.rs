@@ -25,7 +25,7 @@ pub use crate::state::STEP_UP_WINDOW;
 
 /// The step-up gate of these actions: an admin who signed in with a second factor within the
 /// configured window.
-fn admin_step_up(state: &AppState, who: &Authenticated) -> Result<(), gates::Refusal> {
+pub(crate) fn admin_step_up(state: &AppState, who: &Authenticated) -> Result<(), gates::Refusal> {
     gates::step_up(
         who,
         &[Role::Admin],

@@ -284,6 +284,11 @@ pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint; the FHIR API is under /fhir")
 }
 
+/// A method a route does not take: a 405 `OperationOutcome`, like the FHIR API's.
+pub(crate) async fn method_not_allowed(method: Method) -> ApiError {
+    route::method_not_allowed(&method).into()
+}
+
 pub(crate) async fn fhir_root(
     State(state): State<AppState>,
     who: Authenticated,
@@ -607,18 +612,41 @@ async fn dispatch(
             if op == "object-to-research" && rt == ResourceType::PATIENT =>
         {
             // GDPR Art. 21: the patient's objection to research use, as the Consent the
-            // compliance crate writes for it; the policy decides who may create it (the
-            // patient for themself, admins recording it for them).
-            let exists = {
-                let (store, id) = (store.clone(), id.clone());
+            // compliance crate writes for it. Who first (the patient for themself, an admin
+            // recording it for them; anyone else learns nothing, not even whether the patient
+            // exists), then the policy decides the write as for any Consent. Recording it
+            // twice changes nothing: the one in force is answered (200).
+            let own = who.role == Role::Patient && who.patient.as_deref() == Some(id.as_str());
+            if who.role == Role::Patient && !own {
+                return Err(ApiError::not_found("no such patient"));
+            }
+            if !own && who.role != Role::Admin {
+                return Err(ApiError::new(
+                    ErrorKind::Forbidden,
+                    IssueCode::Forbidden,
+                    "an objection to research is recorded by the patient themself or by an admin",
+                ));
+            }
+            let existing = {
+                let (node, store, id) = (
+                    std::sync::Arc::clone(&state.node),
+                    store.clone(),
+                    id.clone(),
+                );
                 blocking_read(&state, move || {
-                    Ok(store.current(&ResourceType::PATIENT, &id)?)
+                    if store
+                        .current(&ResourceType::PATIENT, &id)?
+                        .is_none_or(|m| m.deleted)
+                    {
+                        return Err(Error::not_found("no such patient"));
+                    }
+                    medvault_compliance::subject::active_objection(&node, &id)
+                        .map_err(crate::compliance_http::node_error)
                 })
                 .await?
-                .is_some_and(|m| !m.deleted)
             };
-            if !exists {
-                return Err(ApiError::not_found("no such patient"));
+            if let Some(consent) = existing {
+                return Ok(fhir_json(StatusCode::OK, &consent));
             }
             let consent =
                 medvault_compliance::subject::research_objection(&id, ctx.clock.now_micros());

@@ -164,6 +164,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/witness/key", get(transparency::get_witness_key))
         .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

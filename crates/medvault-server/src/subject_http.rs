@@ -6,8 +6,8 @@
 //! - `GET|POST /admin/subjects/requests`: the requests register (`{"patient", "right",
 //!   "note"?}` opens one, due in a month); `GET /admin/subjects/requests/{id}`;
 //!   `POST /admin/subjects/requests/{id}/answer` `{"outcome": "answered"|"refused", "note"}`;
-//!   `POST /admin/subjects/requests/{id}/export`: staff answering an access or portability
-//!   request with the patient's signed export.
+//!   `POST /admin/subjects/requests/{id}/export`: an admin (fresh sign-in with a second
+//!   factor) answering an access or portability request with the patient's signed export.
 //!
 //! - `POST /admin/patients/{id}/hold`, `GET /admin/holds`, `POST /admin/holds/{id}/release`:
 //!   legal holds; `POST /admin/patients/{id}/restrict`, `GET /admin/restrictions`,
@@ -169,13 +169,16 @@ pub(crate) async fn answer(
 }
 
 /// `POST /admin/subjects/requests/{id}/export`: the patient's signed export, answering the
-/// request.
+/// request. The whole record leaves the policy's reach here, so only an admin who signed in
+/// with a second factor within the step-up window may (not privacy officers, whose role reads
+/// the audit trail only, nor API tokens).
 pub(crate) async fn export(
     State(state): State<AppState>,
     who: Authenticated,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    gate(&who, true)?;
+    crate::admin::admin_step_up(&state, &who)
+        .map_err(|r| ApiError::from(Refusal::into_error(r)))?;
     let id = id_of(id)?;
     let (by, agent) = (who.token_id.clone(), agent(&who));
     let out = on_node(&state, move |node| {

@@ -700,6 +700,18 @@ pub(crate) fn register(c: &mut Conn, kind: Option<&str>) -> Result<Vec<RegisterR
     )
 }
 
+pub(crate) fn register_in_force(
+    c: &mut Conn,
+    kind: &str,
+    subject: &str,
+) -> Result<bool, StoreError> {
+    Ok(c.opt(
+        "SELECT 1 FROM register WHERE kind = $1 AND subject = $2 AND closed IS NULL LIMIT 1",
+        &[&kind, &subject],
+    )?
+    .is_some())
+}
+
 pub(crate) fn active_responses(
     c: &mut Conn,
     now_micros: i64,

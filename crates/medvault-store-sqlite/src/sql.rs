@@ -725,6 +725,19 @@ pub(crate) fn register(c: &Connection, kind: Option<&str>) -> Result<Vec<Registe
     )
 }
 
+pub(crate) fn register_in_force(
+    c: &Connection,
+    kind: &str,
+    subject: &str,
+) -> Result<bool, StoreError> {
+    Ok(counted(
+        c,
+        "SELECT EXISTS (SELECT 1 FROM register
+             WHERE kind = ?1 AND subject = ?2 AND closed IS NULL)",
+        params![kind, subject],
+    )? > 0)
+}
+
 pub(crate) fn active_responses(
     c: &Connection,
     now_micros: i64,

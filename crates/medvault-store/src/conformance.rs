@@ -2154,6 +2154,18 @@ fn compliance_register(store: &dyn Store) {
         ["brc_1"]
     );
     assert!(ok(store.register(Some("objection")), "register").is_empty());
+    for (kind, subject, open) in [
+        ("access", "Patient/p1", true),
+        ("access", "Patient/p2", false),
+        ("erasure", "Patient/p1", true),
+        ("breach", "Patient/p1", false),
+    ] {
+        assert_eq!(
+            ok(store.register_in_force(kind, subject), "in force"),
+            open,
+            "{kind} {subject}"
+        );
+    }
     let mut closed = entry("dsr_1", "access", 20);
     closed.status = "answered".into();
     closed.closed_micros = Some(25);
@@ -2161,6 +2173,10 @@ fn compliance_register(store: &dyn Store) {
     let c2 = closed.clone();
     written(store, "replace entry", move |tx| tx.put_register_entry(&c2));
     assert_eq!(ok(store.register_entry("dsr_1"), "entry"), Some(closed));
+    assert!(!ok(
+        store.register_in_force("access", "Patient/p1"),
+        "closed"
+    ));
     assert_eq!(ok(store.register_entry("dsr_9"), "entry"), None);
     assert_eq!(ok(store.register(None), "register").len(), 3);
 }

@@ -208,6 +208,13 @@ macro_rules! forward_reads {
             ) -> Result<Vec<$crate::RegisterRow>, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::register(c, kind))
             }
+            fn register_in_force(
+                &self,
+                kind: &str,
+                subject: &str,
+            ) -> Result<bool, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::register_in_force(c, kind, subject))
+            }
         }
         impl $crate::PeerRead for $ty {
             fn peer(&self, node: &str) -> Result<Option<$crate::PeerRow>, $crate::StoreError> {

@@ -1069,6 +1069,14 @@ pub trait IdentityRead {
     /// # Errors
     /// The driver's.
     fn register(&self, kind: Option<&str>) -> Result<Vec<RegisterRow>, StoreError>;
+
+    /// True if an entry of `kind` about `subject` is open (not closed): a legal hold or a
+    /// restriction of processing in force. Asked on every access decision about a patient, so
+    /// it reads no content.
+    ///
+    /// # Errors
+    /// The driver's.
+    fn register_in_force(&self, kind: &str, subject: &str) -> Result<bool, StoreError>;
     /// Responses, newest first: those of one alert, or all before `(at, id)`, at most `limit`.
     ///
     /// # Errors

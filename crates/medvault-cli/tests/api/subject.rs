@@ -173,9 +173,21 @@ fn a_patient_exports_their_record_and_staff_answer_requests_in_time() {
     let dsr = opened["id"].as_str().unwrap().to_owned();
     assert_eq!(opened["status"], "open");
     assert!(opened["due"].as_str().unwrap() > opened["opened"].as_str().unwrap());
+    // The whole record leaves the policy's reach: an admin who just signed in with a second
+    // factor, not a privacy officer nor an API token.
+    let officer = s.person("po.export", "privacy-officer");
+    for bearer in [&s.token, &officer.session] {
+        let (st, e) = s.post_json(
+            &format!("/admin/subjects/requests/{dsr}/export"),
+            Some(bearer),
+            &json!({}),
+        );
+        assert_eq!(st, 403, "{e}");
+    }
+    let admin = s.person("root.export", "admin");
     let (st, staff) = s.post_json(
         &format!("/admin/subjects/requests/{dsr}/export"),
-        Some(&s.token),
+        Some(&admin.session),
         &json!({}),
     );
     assert_eq!(st, 200, "{staff}");
@@ -188,7 +200,7 @@ fn a_patient_exports_their_record_and_staff_answer_requests_in_time() {
     );
     let (st, again) = s.post_json(
         &format!("/admin/subjects/requests/{dsr}/export"),
-        Some(&s.token),
+        Some(&admin.session),
         &json!({}),
     );
     assert_eq!(st, 400, "{again}");
@@ -397,6 +409,28 @@ fn a_restriction_stops_processing_but_the_patients_own_access_until_lifted() {
         ]
     };
     assert_eq!(reads(&dr.session, Some("TREAT")), [200, 200]);
+    // Staff answer an access request with an export; the patient's own download is not
+    // throttled by it (only by their own).
+    let admin = s.person("root.restrict", "admin");
+    let (st, access) = s.post_json(
+        "/admin/subjects/requests",
+        Some(&s.token),
+        &json!({"patient": patient, "right": "access", "note": "by letter"}),
+    );
+    assert_eq!(st, 201, "{access}");
+    let access_id = access["id"].as_str().unwrap();
+    let (st, e) = s.post_json(
+        &format!("/admin/subjects/requests/{access_id}/export"),
+        Some(&admin.session),
+        &json!({}),
+    );
+    assert_eq!(st, 200, "{e}");
+    let (st, e) = s.get_as(
+        &format!("/fhir/Patient/{patient}/$export-my-data"),
+        &me,
+        None,
+    );
+    assert_eq!(st, 200, "{e}");
 
     // The patient asks from the portal; only their own session may, and not for what the
     // portal answers at once.
@@ -471,10 +505,33 @@ fn a_restriction_stops_processing_but_the_patients_own_access_until_lifted() {
     );
     assert_eq!(st, 403, "{e}");
     assert_eq!(reads(&me, None), [200, 200]);
+    // Staff cannot take the record out through an export while it is restricted.
+    let (st, access) = s.post_json(
+        "/admin/subjects/requests",
+        Some(&s.token),
+        &json!({"patient": patient, "right": "portability"}),
+    );
+    assert_eq!(st, 201, "{access}");
+    let (st, e) = s.post_json(
+        &format!(
+            "/admin/subjects/requests/{}/export",
+            access["id"].as_str().unwrap()
+        ),
+        Some(&admin.session),
+        &json!({}),
+    );
+    assert_eq!(st, 409, "{e}");
     let (st, mine) = s.get_as("/portal/requests", &me, None);
     assert_eq!(st, 200, "{mine}");
     assert_eq!(mine["restriction"]["id"], rst.as_str());
-    assert_eq!(mine["requests"][0]["status"], "answered");
+    let restriction_request = mine["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["right"] == "restriction")
+        .unwrap();
+    assert_eq!(restriction_request["status"], "answered");
+    assert_eq!(restriction_request["opened_by_patient"], true);
     // The access log names the rule that refused.
     let (st, trail) = s.get_as(
         &format!("/fhir/AuditEvent?patient={patient}&outcome=4"),
@@ -503,8 +560,7 @@ fn a_restriction_stops_processing_but_the_patients_own_access_until_lifted() {
     );
     assert_eq!(st, 400, "{e}");
 
-    // The CLI places and lifts them too (another process: the server sees its changes within
-    // the facts cache's lifetime).
+    // The CLI places and lifts them too; another process's restriction counts at once.
     let (ok, out, err) = s.run(&[
         "subject",
         "restrict",
@@ -515,6 +571,7 @@ fn a_restriction_stops_processing_but_the_patients_own_access_until_lifted() {
     ]);
     assert!(ok && out.trim().starts_with("rst_"), "{out} {err}");
     let second = out.trim().to_owned();
+    assert_eq!(reads(&dr.session, Some("TREAT")), [404, 404]);
     let (ok, out, _) = s.run(&["subject", "restrictions"]);
     assert!(ok);
     let listed: Value = serde_json::from_str(&out).unwrap();
@@ -523,6 +580,50 @@ fn a_restriction_stops_processing_but_the_patients_own_access_until_lifted() {
     assert_eq!(listed[0]["status"], "in-force");
     let (ok, out, err) = s.run(&["subject", "lift", &second, "--reason", "settled"]);
     assert!(ok && out.contains("lifted"), "{out} {err}");
+    assert_eq!(reads(&dr.session, Some("TREAT")), [200, 200]);
+
+    // Placed by many at once, one restriction is in force; the portal's limit holds likewise.
+    let placed: Vec<u16> = std::thread::scope(|t| {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let (s, patient) = (&s, &patient);
+                t.spawn(move || {
+                    s.post_json(
+                        &format!("/admin/patients/{patient}/restrict"),
+                        Some(&s.token),
+                        &json!({"reason": format!("race {i}")}),
+                    )
+                    .0
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        placed.iter().filter(|st| **st == 201).count(),
+        1,
+        "{placed:?}"
+    );
+    let opened: Vec<u16> = std::thread::scope(|t| {
+        let handles: Vec<_> = (0..30)
+            .map(|_| {
+                let (s, me) = (&s, &me);
+                t.spawn(move || {
+                    s.post_json("/portal/requests", Some(me), &json!({"right": "erasure"}))
+                        .0
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let (_, mine) = s.get_as("/portal/requests", &me, None);
+    let open = mine["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "open")
+        .count();
+    assert_eq!(open, 10, "{opened:?}");
     s.verify_ledger();
 }
 
@@ -552,13 +653,15 @@ fn an_objection_to_research_is_a_consent_the_policy_applies() {
     assert_eq!(research(&patient, "CLINTRCH"), 200);
 
     let me = s.patient_session("olga.o", &patient);
-    // Not for someone else's record.
-    let (st, e) = s.post_as(
-        &format!("/fhir/Patient/{other}/$object-to-research"),
-        &me,
-        &json!({}),
-    );
-    assert!(st == 403 || st == 404, "{st} {e}");
+    // Not for someone else's record (whose existence a patient does not learn either).
+    for p in [&other, &"no-such-patient".to_owned()] {
+        let (st, e) = s.post_as(
+            &format!("/fhir/Patient/{p}/$object-to-research"),
+            &me,
+            &json!({}),
+        );
+        assert_eq!(st, 404, "{e}");
+    }
     let (st, consent) = s.post_as(
         &format!("/fhir/Patient/{patient}/$object-to-research"),
         &me,
@@ -567,6 +670,26 @@ fn an_objection_to_research_is_a_consent_the_policy_applies() {
     assert_eq!(st, 201, "{consent}");
     assert_eq!(consent["resourceType"], "Consent");
     assert_eq!(consent["provision"]["type"], "deny");
+    // Twice changes nothing: the objection in force is the answer.
+    let (st, again) = s.post_as(
+        &format!("/fhir/Patient/{patient}/$object-to-research"),
+        &me,
+        &json!({}),
+    );
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(again["id"], consent["id"]);
+    // Only the patient or an admin: a clinician learns nothing, not even that the patient exists.
+    let dr = s.person("dr.object", "clinician");
+    for p in [&patient, &"no-such-patient".to_owned()] {
+        let (st, e) = s.call(
+            reqwest::Method::POST,
+            &format!("/fhir/Patient/{p}/$object-to-research"),
+            &dr.session,
+            Some("TREAT"),
+            Some(&json!({})),
+        );
+        assert_eq!(st, 403, "{e}");
+    }
     // Refused reads answer 404 (they do not reveal that the record exists).
     assert_eq!(research(&patient, "HRESCH"), 404);
     assert_eq!(research(&patient, "CLINTRCH"), 404);
@@ -581,7 +704,7 @@ fn an_objection_to_research_is_a_consent_the_policy_applies() {
     assert_eq!(read(None), 404);
     let (st, e) = s.post_as(
         "/fhir/Patient/not-a-patient/$object-to-research",
-        &me,
+        &s.token,
         &json!({}),
     );
     assert_eq!(st, 404, "{e}");
