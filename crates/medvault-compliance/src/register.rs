@@ -426,9 +426,9 @@ pub fn show(node: &Node, id: &str) -> Result<Value, Error> {
 ///
 /// # Errors
 /// Store and key failures.
-pub fn list(node: &Node) -> Result<Vec<Value>, Error> {
-    node.store
-        .register(Some(BREACH))?
+pub fn list(node: &Node, page: Page<'_>) -> Result<(Vec<Value>, Option<String>), Error> {
+    let (rows, next) = page.of(node.store.register(Some(BREACH))?)?;
+    let entries = rows
         .iter()
         .map(|row| {
             let entry = open_entry(node, row)?;
@@ -438,7 +438,57 @@ pub fn list(node: &Node) -> Result<Vec<Value>, Error> {
             }
             Ok(v)
         })
-        .collect()
+        .collect::<Result<_, Error>>()?;
+    Ok((entries, next))
+}
+
+/// A page of a register's list (newest first): at most `count` entries after the one named
+/// `after`. Only the page's entries are opened.
+#[derive(Debug, Clone, Copy)]
+pub struct Page<'a> {
+    /// Entries at most.
+    pub count: usize,
+    /// Continue after this entry (the previous page's `next`).
+    pub after: Option<&'a str>,
+}
+
+impl Page<'_> {
+    /// Everything.
+    pub const ALL: Page<'static> = Page {
+        count: usize::MAX,
+        after: None,
+    };
+
+    /// The page of `rows` (in list order) and the id the next page continues after.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when `after` names no entry of the list.
+    pub(crate) fn of(
+        self,
+        rows: Vec<RegisterRow>,
+    ) -> Result<(Vec<RegisterRow>, Option<String>), Error> {
+        let start = match self.after {
+            None => 0,
+            Some(id) => {
+                rows.iter()
+                    .position(|r| r.id == id)
+                    .ok_or_else(|| Error::Invalid("after names no entry of this list".into()))?
+                    + 1
+            }
+        };
+        let mut out: Vec<RegisterRow> = rows
+            .into_iter()
+            .skip(start)
+            .take(self.count.saturating_add(1))
+            .collect();
+        let next = if out.len() > self.count {
+            out.truncate(self.count);
+            out.last().map(|r| r.id.clone())
+        } else {
+            None
+        };
+        Ok((out, next))
+    }
 }
 
 /// What the compliance report needs of the register: entries, and those whose deadlines were

@@ -495,30 +495,41 @@ pub fn show_request(node: &Node, id: &str) -> Result<Value, Error> {
     Ok(request_json(&row, &entry, node.clock.now_micros()))
 }
 
-/// Every data subject's request, newest first.
+/// Data subjects' requests, newest first, a page at a time.
 ///
 /// # Errors
-/// Store and key failures.
-pub fn requests(node: &Node) -> Result<Vec<Value>, Error> {
-    requests_about(node, None)
+/// Store and key failures; an `after` that names no request.
+pub fn requests(
+    node: &Node,
+    page: crate::register::Page<'_>,
+) -> Result<(Vec<Value>, Option<String>), Error> {
+    requests_about(node, None, page)
 }
 
 /// The requests about `patient` (all when `None`), newest first.
-fn requests_about(node: &Node, patient: Option<&str>) -> Result<Vec<Value>, Error> {
+fn requests_about(
+    node: &Node,
+    patient: Option<&str>,
+    page: crate::register::Page<'_>,
+) -> Result<(Vec<Value>, Option<String>), Error> {
     let now = node.clock.now_micros();
     let subject = patient.map(|p| format!("Patient/{p}"));
-    let mut out = Vec::new();
+    let mut rows = Vec::new();
     for right in Right::ALL {
-        for row in node.store.register(Some(right.as_str()))? {
-            if subject.is_some() && row.subject != subject {
-                continue;
-            }
-            let entry: RequestEntry = open_entry(node, &row)?;
-            out.push((row.opened_micros, request_json(&row, &entry, now)));
-        }
+        rows.extend(
+            node.store
+                .register(Some(right.as_str()))?
+                .into_iter()
+                .filter(|row| subject.is_none() || row.subject == subject),
+        );
     }
-    out.sort_by_key(|b| std::cmp::Reverse(b.0));
-    Ok(out.into_iter().map(|(_, v)| v).collect())
+    rows.sort_by(|a, b| (b.opened_micros, &b.id).cmp(&(a.opened_micros, &a.id)));
+    let (rows, next) = page.of(rows)?;
+    let out = rows
+        .iter()
+        .map(|row| Ok(request_json(row, &open_entry(node, row)?, now)))
+        .collect::<Result<_, Error>>()?;
+    Ok((out, next))
 }
 
 /// Most requests a patient may have open at once from the portal (staff open any number).
@@ -532,7 +543,7 @@ pub const MAX_OPEN_OWN_REQUESTS: usize = 10;
 pub fn own_requests(node: &Node, patient: &ResourceId) -> Result<Value, Error> {
     let restricted = crate::flags::current(node, &crate::flags::RESTRICTION, patient)?;
     Ok(json!({
-        "requests": requests_about(node, Some(patient.as_str()))?,
+        "requests": requests_about(node, Some(patient.as_str()), crate::register::Page::ALL)?.0,
         "restriction": restricted.map(|r| json!({"id": r["id"], "since": r["placed"]})),
     }))
 }

@@ -766,10 +766,45 @@ pub fn create(
             "a resource with this id already exists",
         ));
     }
+    consents_within_bound(&*tx, ctx, &p)?;
     let now = ctx.clock.now_micros();
     let (rt, id, key) = (p.rt.clone(), p.id.clone(), p.compartment.key_name());
     let stored = commit(tx, ctx, p, 1, now)?;
     Ok(Outcome::of_version(StatusCode::CREATED, &rt, &id, 1, now, Some(stored)).with_key(key))
+}
+
+/// Most Consent resources one patient may hold: every access decision about the patient reads
+/// them all, so a flood of them (a patient's own, or an app's with `patient/Consent.c`) would
+/// slow every decision and, past the search bound, refuse them.
+pub const MAX_CONSENTS_PER_PATIENT: u64 = 500;
+
+/// Refuses a new Consent for a patient who already holds [`MAX_CONSENTS_PER_PATIENT`].
+fn consents_within_bound(store: &dyn StoreRead, ctx: &Ctx, p: &Prepared) -> Result<(), Error> {
+    let Compartment::Patient(patient) = &p.compartment else {
+        return Ok(());
+    };
+    if p.rt != "Consent" {
+        return Ok(());
+    }
+    let params = [("patient".to_owned(), format!("Patient/{patient}"))];
+    let held = search::matching_ids(
+        store,
+        &ctx.as_node_work(),
+        &p.rt,
+        &params,
+        MAX_CONSENTS_PER_PATIENT + 1,
+    )?
+    .len() as u64;
+    if held >= MAX_CONSENTS_PER_PATIENT {
+        return Err(Error::new(
+            ErrorKind::Unprocessable,
+            IssueCode::Processing,
+            format!(
+                "this patient already holds {MAX_CONSENTS_PER_PATIENT} Consent resources, the most one may: update or delete one instead (withdrawn ones included)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Update (or create with a client-chosen id), with an optional `If-Match` version.
@@ -784,6 +819,9 @@ pub fn update(
 ) -> Result<Outcome, Error> {
     let current = tx.current(&p.rt, &p.id)?;
     new_content_allowed(&*tx, ctx, &p, Interaction::Update)?;
+    if current.is_none() {
+        consents_within_bound(&*tx, ctx, &p)?;
+    }
     if current.as_ref().is_some_and(|c| !c.deleted) {
         let prior = existing_allows(&*tx, ctx, &p.rt, &p.id, Interaction::Update)?;
         if let (Some(prior), Some(g)) = (&prior, ctx.guard()) {

@@ -1207,7 +1207,13 @@ pub fn all_matches(
     };
     req.total = Total::Accurate;
     let found = execute(store, ctx, rt, &req)?;
-    if found.total != Some(found.rows.len() as u64) {
+    // The rows are one consistent read; the total is counted apart, so a write committed
+    // between the two can make them differ without anything being left out of the rows. Only
+    // a full page, or a total past the bound, means there are more matches than may be read.
+    let read = found.rows.len() as u64;
+    if found.total.is_none_or(|t| t > MAX_CANDIDATES)
+        || (read >= MAX_CANDIDATES && found.total != Some(read))
+    {
         return Err(too_costly());
     }
     Ok(found.rows)

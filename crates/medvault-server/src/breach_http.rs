@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
-use crate::compliance_http::{agent, node_error, private_json, register_id};
+use crate::compliance_http::{PageQuery, agent, node_error, private_json, register_id};
 use crate::error::ApiError;
 use crate::respond::on_node;
 
@@ -181,10 +181,22 @@ pub(crate) async fn record(
 pub(crate) async fn list(
     State(state): State<AppState>,
     who: Authenticated,
+    q: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     gate(&who, false)?;
-    let entries = on_node(&state, |node| register::list(node).map_err(node_error)).await?;
-    Ok(private_json(StatusCode::OK, &json!({"breaches": entries})))
+    let axum::extract::Query(q) = q.map_err(crate::error::query_rejected)?;
+    q.page()?;
+    let (entries, next) = on_node(&state, move |node| {
+        let page = q
+            .page()
+            .map_err(|_| medvault_node::Error::bad_request("bad page"))?;
+        register::list(node, page).map_err(node_error)
+    })
+    .await?;
+    Ok(private_json(
+        StatusCode::OK,
+        &json!({"breaches": entries, "next": next}),
+    ))
 }
 
 fn id_of(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {

@@ -96,3 +96,34 @@ pub(crate) fn register_id(
         _ => Err(ApiError::not_found(missing)),
     }
 }
+
+/// A register list's page: `?count=N` (1 to 500; 100 by default) `&after=ID` (the previous
+/// page's `next`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageQuery {
+    count: Option<usize>,
+    after: Option<String>,
+}
+
+/// Entries a register page holds at most.
+pub(crate) const MAX_REGISTER_PAGE: usize = 500;
+
+impl PageQuery {
+    /// The page asked for.
+    pub(crate) fn page(&self) -> Result<medvault_compliance::register::Page<'_>, ApiError> {
+        let count = self.count.unwrap_or(100);
+        if !(1..=MAX_REGISTER_PAGE).contains(&count) {
+            return Err(ApiError::bad_request(format!(
+                "count must be 1 to {MAX_REGISTER_PAGE}"
+            )));
+        }
+        if self.after.as_ref().is_some_and(|a| a.len() > 64) {
+            return Err(ApiError::bad_request("after is an entry's id"));
+        }
+        Ok(medvault_compliance::register::Page {
+            count,
+            after: self.after.as_deref(),
+        })
+    }
+}

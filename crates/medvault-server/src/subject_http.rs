@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::compliance_http::{agent, node_error, private_json, register_id};
+use crate::compliance_http::{PageQuery, agent, node_error, private_json, register_id};
 use crate::error::ApiError;
 use crate::respond::on_node;
 
@@ -88,10 +88,22 @@ pub(crate) struct OpenRequest {
 pub(crate) async fn list(
     State(state): State<AppState>,
     who: Authenticated,
+    q: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     gate(&who, false)?;
-    let all = on_node(&state, |node| subject::requests(node).map_err(node_error)).await?;
-    Ok(private_json(StatusCode::OK, &json!({"requests": all})))
+    let axum::extract::Query(q) = q.map_err(crate::error::query_rejected)?;
+    q.page()?;
+    let (all, next) = on_node(&state, move |node| {
+        let page = q
+            .page()
+            .map_err(|_| medvault_node::Error::bad_request("bad page"))?;
+        subject::requests(node, page).map_err(node_error)
+    })
+    .await?;
+    Ok(private_json(
+        StatusCode::OK,
+        &json!({"requests": all, "next": next}),
+    ))
 }
 
 /// `POST /admin/subjects/requests`.

@@ -298,7 +298,9 @@ pub(crate) fn run(cmd: BreachCommand) -> anyhow::Result<()> {
         }
         BreachCommand::List { dir } => {
             let node = open_node(&dir, true)?;
-            print_json(&Value::Array(register::list(&node).map_err(plain)?))
+            print_json(&Value::Array(
+                register::list(&node, register::Page::ALL).map_err(plain)?.0,
+            ))
         }
         BreachCommand::Show { dir, id } => {
             let node = open_node(&dir, true)?;

@@ -229,7 +229,11 @@ pub(crate) fn run(cmd: SubjectCommand) -> anyhow::Result<()> {
         }
         SubjectCommand::Requests { dir } => {
             let node = open_node(&dir, true)?;
-            print_json(&Value::Array(subject::requests(&node).map_err(plain)?))
+            print_json(&Value::Array(
+                subject::requests(&node, medvault_compliance::register::Page::ALL)
+                    .map_err(plain)?
+                    .0,
+            ))
         }
         SubjectCommand::Answer {
             dir,

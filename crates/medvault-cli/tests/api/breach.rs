@@ -242,6 +242,35 @@ fn a_clinicians_access_is_assessed_recorded_and_notified() {
         listed.get("assessment").is_none(),
         "the list leaves patients out"
     );
+    // A page at a time: two more entries, listed one by one, newest first.
+    for n in 0..2 {
+        let mut more = record.clone();
+        more["title"] = json!(format!("Later finding {n}"));
+        let (st, e) = s.post_json("/admin/breaches", Some(&s.token), &more);
+        assert_eq!(st, 201, "{e}");
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/admin/breaches?count=1&after={a}"),
+            None => "/admin/breaches?count=1".to_owned(),
+        };
+        let (st, page) = s.get_as(&path, &auditor, None);
+        assert_eq!(st, 200, "{page}");
+        assert_eq!(page["breaches"].as_array().unwrap().len(), 1, "{page}");
+        seen.push(page["breaches"][0]["id"].as_str().unwrap().to_owned());
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[2], id, "oldest last");
+    for bad in ["count=0", "count=501", "after=brc_nope", "colour=red"] {
+        let (st, e) = s.get_as(&format!("/admin/breaches?{bad}"), &auditor, None);
+        assert_eq!(st, 400, "{bad} {e}");
+    }
     let (st, shown) = s.get_as(&format!("/admin/breaches/{id}"), &auditor, None);
     assert_eq!(st, 200);
     assert_eq!(ids(&shown["assessment"]["patients"]), cared);

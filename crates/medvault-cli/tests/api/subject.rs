@@ -759,3 +759,46 @@ fn an_objection_to_research_is_a_consent_the_policy_applies() {
     assert_eq!(consents["total"], 1, "{consents}");
     s.verify_ledger();
 }
+
+/// Every access decision about a patient reads all their Consents: a patient (or an app) cannot
+/// pile up more than the bound.
+#[test]
+fn a_patient_holds_at_most_the_bounded_number_of_consents() {
+    let s = MEDVAULT.start();
+    let patient = s.create(&json!({"resourceType": "Patient", "name": [{"family": "Flood"}]}));
+    let bound = medvault_node::ops::MAX_CONSENTS_PER_PATIENT;
+    let consent = |n: u64| {
+        json!({
+            "resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": format!("Patient/{patient}")},
+            "dateTime": format!("2026-01-01T00:{:02}:{:02}Z", n / 60 % 60, n % 60),
+            "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]},
+            "provision": {"type": "deny", "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HMARKT"}]},
+        })
+    };
+    let entries: Vec<Value> = (0..bound)
+        .map(|n| json!({"resource": consent(n), "request": {"method": "POST", "url": "Consent"}}))
+        .collect();
+    let (st, out) = s.post(
+        "/",
+        &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+    );
+    assert_eq!(
+        st,
+        200,
+        "{}",
+        out.to_string().chars().take(400).collect::<String>()
+    );
+    let (st, e) = s.post("/Consent", &consent(bound));
+    assert_eq!(st, 422, "{e}");
+    assert!(e.to_string().contains("Consent resources"), "{e}");
+    // Decisions about the patient still work (marketing is denied; operations are not).
+    let read = |purpose| {
+        s.get_as(&format!("/fhir/Patient/{patient}"), &s.token, Some(purpose))
+            .0
+    };
+    assert_eq!(read("HOPERAT"), 200);
+    assert_eq!(read("HMARKT"), 404);
+}
