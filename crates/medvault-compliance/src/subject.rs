@@ -145,11 +145,20 @@ fn note(text: Option<&str>) -> Result<Option<String>, Error> {
         .transpose()
 }
 
+/// The patient is stored and not deleted.
 fn patient_exists(node: &Node, id: &ResourceId) -> Result<(), Error> {
-    match node.store.current(&ResourceType::PATIENT, id)? {
-        Some(m) if !m.deleted => Ok(()),
+    match patient_state(node, id)? {
+        Some(false) => Ok(()),
         _ => Err(Error::NotFound("no such patient".into())),
     }
+}
+
+/// `Some(deleted)` for a stored patient, `None` for one never stored.
+fn patient_state(node: &Node, id: &ResourceId) -> Result<Option<bool>, Error> {
+    Ok(node
+        .store
+        .current(&ResourceType::PATIENT, id)?
+        .map(|m| m.deleted))
 }
 
 /// Opens a request by (or for) `patient` to exercise `right`, due in one month.
@@ -182,7 +191,10 @@ fn open_with(
     agent: &Value,
     check: impl FnOnce(&dyn medvault_store::StoreRead) -> Result<(), Error> + Send + 'static,
 ) -> Result<Value, Error> {
-    patient_exists(node, patient)?;
+    // A deleted (not erased) patient's data is still held: they may still ask about it.
+    if patient_state(node, patient)?.is_none() {
+        return Err(Error::NotFound("no such patient".into()));
+    }
     let now = node.clock.now_micros();
     let row = RegisterRow {
         id: random_id("dsr_")?,
@@ -697,7 +709,15 @@ pub fn export(
     requester: &Requester<'_>,
     agent: &Value,
 ) -> Result<Value, Error> {
-    patient_exists(node, patient)?;
+    let Some(deleted) = patient_state(node, patient)? else {
+        return Err(Error::NotFound("no such patient".into()));
+    };
+    if deleted && matches!(requester, Requester::Patient { .. }) {
+        return Err(medvault_node::Error::gone(
+            "your record was deleted: the organisation answers a request for a copy of what it still holds",
+        )
+        .into());
+    }
     let subject = format!("Patient/{patient}");
     if let Requester::Patient { .. } = requester {
         // An export reads the whole access log: a patient gets one every ten minutes.
@@ -763,7 +783,11 @@ pub fn export(
         }
     };
     let store = node.store.as_ref();
-    let resources = medvault_node::operations::everything_resources(store, ctx, patient, None)?;
+    let resources = if deleted {
+        medvault_node::operations::everything_resources_of_deleted(store, ctx, patient)?
+    } else {
+        medvault_node::operations::everything_resources(store, ctx, patient, None)?
+    };
     // Earlier versions of what changed (rectification history).
     let mut earlier = Vec::new();
     for (rt, v) in &resources {

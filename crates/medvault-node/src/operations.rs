@@ -277,9 +277,47 @@ pub fn everything_resources(
     types: Option<&[String]>,
 ) -> Result<Vec<(ResourceType, Value)>, Error> {
     let patient_row = records::read(store, ctx, &ResourceType::PATIENT, patient, None)?;
+    gather(store, ctx, patient, types, patient_row.resource)
+}
+
+/// [`everything_resources`] for a patient whose Patient resource was deleted (not erased),
+/// for the node's own work answering their request for a copy (GDPR Art. 15: the data is still
+/// held): the Patient as it was before it was deleted, and the rest of the compartment as it
+/// is.
+///
+/// # Errors
+/// 404 when the Patient is not a deleted one; 410 for an erased patient; as
+/// [`everything_resources`].
+pub fn everything_resources_of_deleted(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    patient: &ResourceId,
+) -> Result<Vec<(ResourceType, Value)>, Error> {
+    let Some(row) = store.version(&ResourceType::PATIENT, patient, None)? else {
+        return Err(Error::not_found("no such patient"));
+    };
+    if row.shredded {
+        return Err(Error::gone("this patient's data was erased"));
+    }
+    if row.body.is_some() {
+        return Err(Error::not_found("this patient is not deleted"));
+    }
+    let before = records::decision_content(store, ctx, &ResourceType::PATIENT, patient, &row)?;
+    gather(store, ctx, patient, None, before)
+}
+
+/// The Patient (`patient_resource`), their compartment and what it refers to outside every
+/// patient's compartment.
+fn gather(
+    store: &dyn StoreRead,
+    ctx: &Ctx,
+    patient: &ResourceId,
+    types: Option<&[String]>,
+    patient_resource: Option<Value>,
+) -> Result<Vec<(ResourceType, Value)>, Error> {
     let mut all: Vec<(ResourceType, Value)> = Vec::new();
     if types.is_none_or(|t| t.iter().any(|x| x == "Patient")) {
-        all.extend(patient_row.resource.map(|r| (ResourceType::PATIENT, r)));
+        all.extend(patient_resource.map(|r| (ResourceType::PATIENT, r)));
     }
     all.extend(compartment(store, ctx, patient, types)?);
     if all.len() > MAX_EVERYTHING {

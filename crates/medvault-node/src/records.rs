@@ -130,7 +130,7 @@ pub(crate) fn stored_id(row: &StoredVersion) -> Result<ResourceId, Error> {
 /// The content a decision about `row` (a stored version of `rt/id`) rests on: the row's own, or
 /// for a delete marker the version it deleted (so a deletion of labelled data is as hidden as
 /// the data was); none for an erased patient's rows, decided on the patient alone.
-pub(crate) fn decision_content(
+pub fn decision_content(
     store: &dyn StoreRead,
     ctx: &Ctx,
     rt: &ResourceType,

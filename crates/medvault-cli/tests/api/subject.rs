@@ -802,3 +802,63 @@ fn a_patient_holds_at_most_the_bounded_number_of_consents() {
     assert_eq!(read("HOPERAT"), 200);
     assert_eq!(read("HMARKT"), 404);
 }
+
+/// A deleted (not erased) patient's data is still held: staff answer their access request with
+/// an export of it (the Patient as it was before deletion, the rest of the compartment); the
+/// patient's own session is told to ask.
+#[test]
+fn a_deleted_patients_data_is_still_exported_on_request() {
+    let s = MEDVAULT.start();
+    let patient = s.create(&json!({"resourceType": "Patient", "name": [{"family": "Gone"}]}));
+    let obs = s.create(&json!({
+        "resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+    }));
+    let me = s.patient_session("gina.g", &patient);
+    let (st, _) = s.delete(&format!("/Patient/{patient}"));
+    assert!(st == 200 || st == 204, "{st}");
+    let (st, e) = s.get_as(
+        &format!("/fhir/Patient/{patient}/$export-my-data"),
+        &me,
+        None,
+    );
+    assert!(st == 410 || st == 403, "{st} {e}");
+    let (st, request) = s.post_json(
+        "/admin/subjects/requests",
+        Some(&s.token),
+        &json!({"patient": patient, "right": "access", "note": "letter after deletion"}),
+    );
+    assert_eq!(st, 201, "{request}");
+    let admin = s.person("root.deleted", "admin");
+    let (st, export) = s.post_json(
+        &format!(
+            "/admin/subjects/requests/{}/export",
+            request["id"].as_str().unwrap()
+        ),
+        Some(&admin.session),
+        &json!({}),
+    );
+    assert_eq!(st, 200, "{export}");
+    let record = lines(&export["record"]);
+    let types: Vec<&str> = record
+        .iter()
+        .map(|r| r["resourceType"].as_str().unwrap())
+        .collect();
+    assert!(
+        types.contains(&"Patient") && types.contains(&"Observation"),
+        "{types:?}"
+    );
+    assert!(record.iter().any(|r| r["id"] == obs.as_str()));
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), export.to_string()).unwrap();
+    let (ok, out, err) = s.cli(&["subject", "verify", file.path().to_str().unwrap()]);
+    assert!(ok, "{out} {err}");
+    // Never stored: still 404.
+    let (st, _) = s.post_json(
+        "/admin/subjects/requests",
+        Some(&s.token),
+        &json!({"patient": "never-here", "right": "access"}),
+    );
+    assert_eq!(st, 404);
+}
