@@ -69,10 +69,12 @@ pub fn place(
     by: &str,
     agent: &Value,
 ) -> Result<Value, Error> {
+    // A deleted (not erased) patient's data is still held, so it can still be held or
+    // restricted; a patient never stored cannot.
     if node
         .store
         .current(&ResourceType::PATIENT, patient)?
-        .is_none_or(|m| m.deleted)
+        .is_none()
     {
         return Err(Error::NotFound("no such patient".into()));
     }

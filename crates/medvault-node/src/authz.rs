@@ -15,7 +15,7 @@
 //! `_include`, history and their totals leave it out as if it did not exist. See
 //! ARCHITECTURE.md, "Access decisions".
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -122,7 +122,17 @@ pub struct FactsCache {
     decisions: Mutex<HashMap<SharedDecisionKey, Decided>>,
     /// The references a consent's actor may name for a practitioner (see [`Guard::actors`]).
     actors: Mutex<HashMap<String, CachedActors>>,
+    /// The patients under a restriction of processing.
+    restricted: Mutex<Option<CachedRestrictions>>,
 }
+
+/// (read at, generation, patient ids).
+type CachedRestrictions = (Instant, u64, Arc<HashSet<String>>);
+
+/// How long the set of restricted patients is trusted without reading it again: a restriction
+/// placed or lifted by another process (the CLI, another server on the same database) counts
+/// within this time; one placed through this process's API counts at once.
+pub const RESTRICTIONS_TTL: Duration = Duration::from_secs(1);
 
 /// (looked up at, generation, the actor references).
 type CachedActors = (Instant, u64, Arc<Actors>);
@@ -190,6 +200,34 @@ impl FactsCache {
                 (Instant::now(), generation, actors),
             );
         }
+    }
+
+    /// The patients (bare ids) under a restriction of processing now: read from the register
+    /// at most once per [`RESTRICTIONS_TTL`] (one query per second, not one per request), and
+    /// again after [`Self::invalidate`].
+    fn restricted(&self, store: &dyn StoreRead) -> Result<Arc<HashSet<String>>, Error> {
+        let generation = self.generation();
+        if let Ok(cached) = self.restricted.lock()
+            && let Some((at, g, set)) = cached.as_ref()
+            && *g == generation
+            && at.elapsed() < RESTRICTIONS_TTL
+        {
+            return Ok(Arc::clone(set));
+        }
+        let set: HashSet<String> = store
+            .register(Some(crate::admin::PROCESSING_RESTRICTION))?
+            .into_iter()
+            .filter(|r| r.closed_micros.is_none())
+            .filter_map(|r| {
+                r.subject
+                    .and_then(|s| s.strip_prefix("Patient/").map(str::to_owned))
+            })
+            .collect();
+        let set = Arc::new(set);
+        if let Ok(mut cached) = self.restricted.lock() {
+            *cached = Some((Instant::now(), generation, Arc::clone(&set)));
+        }
+        Ok(set)
     }
 
     fn put(&self, key: FactsKey, generation: u64, facts: SharedFacts) {
@@ -619,10 +657,9 @@ impl Guard {
             && store
                 .break_glass(&self.subject.user, patient, now_micros)?
                 .is_some();
-        // Restrictions of processing too: one placed or lifted by another process (the CLI,
-        // another server on the same database) counts at once.
-        let restricted =
-            crate::admin::in_force(store, crate::admin::PROCESSING_RESTRICTION, patient)?;
+        // Restrictions of processing: from a process-wide set read again every second (see
+        // `RESTRICTIONS_TTL`), not one query per request.
+        let restricted = self.cache.restricted(store)?.contains(patient);
         let facts = Arc::new(PatientFacts {
             shared,
             break_glass,
