@@ -94,52 +94,93 @@ fn encode(text: &str) -> Vec<u8> {
     out
 }
 
-/// The width of `bytes` at `size` points; bold is measured a tenth wider than regular (an
-/// over-estimate, so a line never runs past the margin).
+/// One encoded character's advance width, thousandths of the font size.
+fn units(b: u8) -> u64 {
+    match b {
+        32..=126 => u64::from(HELVETICA[usize::from(b - 32)]),
+        0x97 => 1000,
+        _ => 556,
+    }
+}
+
+/// The most units a line of `face` at `size` points may hold within `max` points; bold is
+/// measured a tenth wider than regular (an over-estimate, so a line never runs past the
+/// margin).
+fn capacity(face: Face, size: f32, max: f32) -> u64 {
+    let bold = if face == Face::Bold { 1.1 } else { 1.0 };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a positive page width
+    let cap = (max * 1000.0 / (size * bold)).max(0.0) as u64;
+    cap
+}
+
+/// The width of `bytes` at `size` points (see [`capacity`] for bold).
+#[cfg(test)]
 fn width(bytes: &[u8], face: Face, size: f32) -> f32 {
-    let units: u32 = bytes
-        .iter()
-        .map(|b| match b {
-            32..=126 => u32::from(HELVETICA[usize::from(b - 32)]),
-            0x97 => 1000,
-            _ => 556,
-        })
-        .sum();
-    #[allow(clippy::cast_precision_loss)] // a line is far shorter than 2^24 units
-    let w = units as f32 * size / 1000.0;
-    if face == Face::Bold { w * 1.1 } else { w }
+    let total: u64 = bytes.iter().map(|b| units(*b)).sum();
+    let bold = if face == Face::Bold { 1.1 } else { 1.0 };
+    #[allow(clippy::cast_precision_loss)]
+    let w = total as f32 * size * bold / 1000.0;
+    w
 }
 
 /// Breaks `text` into lines no wider than `max`: at spaces, and inside a word only when the
-/// word alone is wider than a line (an id, a fingerprint, JSON).
+/// word alone is wider than a line (an id, a fingerprint, JSON). Linear in the text's length.
 fn wrap(text: &str, face: Face, size: f32, max: f32) -> Vec<Vec<u8>> {
+    let cap = capacity(face, size, max);
+    let space = units(b' ');
     let mut lines = Vec::new();
-    let mut line: Vec<u8> = Vec::new();
+    let (mut line, mut used): (Vec<u8>, u64) = (Vec::new(), 0);
     for word in encode(text).split(|b| *b == b' ').filter(|w| !w.is_empty()) {
-        let mut candidate = line.clone();
-        if !candidate.is_empty() {
-            candidate.push(b' ');
-        }
-        candidate.extend_from_slice(word);
-        if width(&candidate, face, size) <= max {
-            line = candidate;
+        let word_units: u64 = word.iter().map(|b| units(*b)).sum();
+        let needed = if line.is_empty() {
+            word_units
+        } else {
+            used + space + word_units
+        };
+        if needed <= cap {
+            if !line.is_empty() {
+                line.push(b' ');
+            }
+            line.extend_from_slice(word);
+            used = needed;
             continue;
         }
         if !line.is_empty() {
             lines.push(std::mem::take(&mut line));
+            used = 0;
         }
         for &b in word {
-            line.push(b);
-            if width(&line, face, size) > max && line.len() > 1 {
-                let last = line.pop().unwrap_or(b' ');
-                lines.push(std::mem::replace(&mut line, vec![last]));
+            let u = units(b);
+            if used + u > cap && !line.is_empty() {
+                lines.push(std::mem::take(&mut line));
+                used = 0;
             }
+            line.push(b);
+            used += u;
         }
     }
     if !line.is_empty() || lines.is_empty() {
         lines.push(line);
     }
     lines
+}
+
+/// Items of an evidence list shown in the PDF; the rest are counted (all are in the attached
+/// report).
+const MAX_LISTED: usize = 50;
+
+/// An evidence value as text: strings as they are, lists of more than [`MAX_LISTED`] items
+/// cut with a count of the rest, the rest as compact JSON.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(t) => t.clone(),
+        Value::Array(items) if items.len() > MAX_LISTED => format!(
+            "{} \u{2026} and {} more (all in the attached report)",
+            Value::Array(items[..MAX_LISTED].to_vec()),
+            items.len() - MAX_LISTED
+        ),
+        other => other.to_string(),
+    }
 }
 
 const BLACK: (f32, f32, f32) = (0.1, 0.1, 0.1);
@@ -261,11 +302,7 @@ fn lay_out(report: &Value) -> Vec<Line> {
         if let Some(evidence) = c["evidence"].as_object().filter(|e| !e.is_empty()) {
             l.text("Evidence:", Face::Bold, 8.0, 8.0, 3.0);
             for (k, v) in evidence {
-                let shown = match v {
-                    Value::String(t) => t.clone(),
-                    other => other.to_string(),
-                };
-                l.text(&format!("{k}: {shown}"), Face::Regular, 8.0, 16.0, 1.0);
+                l.text(&format!("{k}: {}", shown(v)), Face::Regular, 8.0, 16.0, 1.0);
             }
         }
     }
@@ -397,6 +434,15 @@ pub fn render(report: &Value) -> Vec<u8> {
 /// Not such a PDF; an attachment that is not a signed report's JSON; anything changed or
 /// added around it.
 pub fn extract(bytes: &[u8]) -> Result<Value, String> {
+    let report = attached(bytes)?;
+    // The signature first: rendering is the costly part, and only a signed report earns it.
+    crate::report::verify(&report, None, None).map_err(|e| e.to_string())?;
+    same_document(&report, bytes)?;
+    Ok(report)
+}
+
+/// The report attached to `bytes`, parsed (not yet checked).
+fn attached(bytes: &[u8]) -> Result<Value, String> {
     if !bytes.starts_with(b"%PDF-") {
         return Err("not a PDF".into());
     }
@@ -413,15 +459,20 @@ pub fn extract(bytes: &[u8]) -> Result<Value, String> {
     let end = find(data, b"\nendstream").ok_or("the attached report is not closed")?;
     let text = std::str::from_utf8(data.get(..end).unwrap_or_default())
         .map_err(|_| "the attached report is not UTF-8 text")?;
-    let report = crate::html::parse_unique(text)
-        .map_err(|e| format!("the attached report is not valid JSON: {e}"))?;
-    if render(&report) != bytes {
-        return Err(
+    crate::html::parse_unique(text)
+        .map_err(|e| format!("the attached report is not valid JSON: {e}"))
+}
+
+/// `bytes` is exactly the document `report` renders.
+fn same_document(report: &Value, bytes: &[u8]) -> Result<(), String> {
+    if render(report) == bytes {
+        Ok(())
+    } else {
+        Err(
             "the document differs from the one its signed report renders (something was changed or added around the report)"
                 .into(),
-        );
+        )
     }
-    Ok(report)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -458,33 +509,55 @@ mod tests {
 
     #[test]
     fn the_document_carries_its_report_and_refuses_any_change() {
+        // (Signatures are checked by `extract` before this, and by the e2e tests with a node.)
+        let check = |bytes: &[u8]| -> Result<Value, String> {
+            let r = attached(bytes)?;
+            same_document(&r, bytes)?;
+            Ok(r)
+        };
         let r = report("every account is one person's (≥ 1 factor) </script>");
         let doc = render(&r);
         assert!(doc.starts_with(b"%PDF-"));
         assert_eq!(render(&r), doc, "deterministic");
-        assert_eq!(extract(&doc).unwrap(), r);
+        assert_eq!(check(&doc).unwrap(), r);
+        assert!(extract(&doc).unwrap_err().contains("signed"), "unsigned");
         // A status changed in the page's text, bytes appended, the attachment edited.
         let replace = |from: &[u8], to: &[u8]| {
             let at = find(&doc, from).unwrap();
             [&doc[..at], to, &doc[at + from.len()..]].concat()
         };
         assert!(
-            extract(&replace(b"(Evidence:)", b"(Evidenze:)"))
+            check(&replace(b"(Evidence:)", b"(Evidenze:)"))
                 .unwrap_err()
                 .contains("differs")
         );
         let mut more = doc.clone();
         more.extend_from_slice(b"%%EOF\n");
-        assert!(extract(&more).unwrap_err().contains("differs"));
-        assert!(extract(&replace(b"\"pass\":1", b"\"pass\":7")).is_err());
-        assert!(extract(b"%PDF-1.7\n").is_err());
-        assert!(extract(b"{}").is_err());
+        assert!(check(&more).unwrap_err().contains("differs"));
+        assert!(check(&replace(b"\"pass\":1", b"\"pass\":7")).is_err());
+        assert!(check(b"%PDF-1.7\n").is_err());
+        assert!(check(b"{}").is_err());
         let twice = [doc.clone(), doc.clone()].concat();
-        assert!(extract(&twice).is_err());
+        assert!(check(&twice).is_err());
         // Every truncation is a plain refusal.
         for n in (0..doc.len()).step_by(89) {
-            assert!(extract(&doc[..n]).is_err());
+            assert!(check(&doc[..n]).is_err());
         }
+        // A finding of millions of characters with no space, and a huge list: rendered, in
+        // bounded time (no overflow, lists cut).
+        let mut huge = report(&"@".repeat(2_000_000));
+        huge["controls"][0]["evidence"]["ids"] = Value::Array(
+            (0..100_000)
+                .map(|i| Value::String(format!("usr_{i}")))
+                .collect(),
+        );
+        let big = render(&huge);
+        assert!(big.len() < 60_000_000);
+        assert!(
+            lay_out(&huge)
+                .iter()
+                .any(|l| find(&l.text, b"99950").is_some())
+        );
     }
 
     #[test]

@@ -296,30 +296,55 @@ fn is_objection(consent: &Value) -> bool {
         .all(|k| consent["provision"].get(*k).is_none())
 }
 
-/// The patient's objection to research use in force, if they have one: an active Consent that
-/// denies every research purpose outright (recording another would change nothing).
+/// The patient's objection to research use in force, if they have one: their Consents as
+/// they stand at `at` deny every research purpose (a later permit would have lifted it), and
+/// an objection Consent is among them (the newest is answered). Read with `ctx`, the node's
+/// own context, inside the write that would otherwise record a new one.
 ///
 /// # Errors
 /// Store and key failures; `too-costly` for a patient with more Consents than a search reads.
-pub fn active_objection(node: &Node, patient: &ResourceId) -> Result<Option<Value>, Error> {
-    let ctx = Ctx::unrestricted_node_work(node);
-    let params = [
-        ("patient".to_owned(), format!("Patient/{patient}")),
-        ("status".to_owned(), "active".to_owned()),
-    ];
-    let found = medvault_node::search::all_matches(
-        node.store.as_ref(),
-        &ctx,
+pub fn active_objection_in(
+    store: &dyn medvault_store::StoreRead,
+    ctx: &Ctx,
+    patient: &ResourceId,
+    at: &str,
+) -> Result<Option<Value>, medvault_node::Error> {
+    use medvault_policy::ConsentState;
+    use medvault_policy::consent::{ConsentRequest, evaluate};
+    let params = [("patient".to_owned(), format!("Patient/{patient}"))];
+    let consents = medvault_node::search::all_matches(
+        store,
+        ctx,
         &ResourceType::from_static("Consent"),
         &params,
     )?;
-    Ok(found.into_iter().find(is_objection))
+    let denied = RESEARCH_PURPOSES.iter().all(|(code, _)| {
+        evaluate(
+            &consents,
+            &ConsentRequest {
+                actors: &[],
+                permit_actors: None,
+                purpose: Some(code),
+                resource_type: "Patient",
+                labels: &[],
+                at,
+            },
+        ) == ConsentState::Deny
+    });
+    if !denied {
+        return Ok(None);
+    }
+    Ok(consents
+        .into_iter()
+        .filter(is_objection)
+        .max_by(|a, b| a["dateTime"].as_str().cmp(&b["dateTime"].as_str())))
 }
 
 /// Records `patient`'s objection to research use on the node's authority (staff acting on the
 /// patient's word; the patient themself uses `$object-to-research` in their session): the
-/// [`research_objection`] Consent, written and ledgered like any record, and the objection
-/// request `request` answered by it. Returns the stored Consent.
+/// [`research_objection`] Consent, written and ledgered like any record, unless one is in
+/// force already ([`active_objection_in`], checked in the same write), and the objection
+/// request `request` answered by it. Returns the Consent in force.
 ///
 /// # Errors
 /// 404 for an unknown patient or request; 400 for a request that does not fit; store
@@ -335,9 +360,32 @@ pub fn object_to_research(
     if let Some(r) = request {
         check_open(node, r, Right::Objection.as_str(), patient)?;
     }
-    if let Some(existing) = active_objection(node, patient)? {
+    let ctx = Ctx::unrestricted_node_work(node);
+    let now = node.clock.now_micros();
+    let consent = research_objection(patient, now);
+    let who = patient.clone();
+    let (out, created) = medvault_store::write_with(node.store.as_ref(), move |tx| {
+        if let Some(existing) = active_objection_in(&*tx, &ctx, &who, &instant(now))? {
+            return Ok((existing, false));
+        }
+        let p = medvault_node::ops::prepare(
+            &*tx,
+            &ctx,
+            &ResourceType::from_static("Consent"),
+            ResourceId::random(),
+            consent,
+            false,
+        )?;
+        let out = medvault_node::ops::create(tx, &ctx, p, None)?;
+        let stored = out.resource.ok_or_else(|| {
+            medvault_node::Error::internal(&"the stored Consent was not returned")
+        })?;
+        Ok((stored, true))
+    })
+    .map_err(medvault_node::Error::from)?;
+    if !created {
         if let Some(r) = request {
-            let id = existing["id"].as_str().unwrap_or_default();
+            let id = out["id"].as_str().unwrap_or_default();
             answer_request(
                 node,
                 r,
@@ -349,25 +397,10 @@ pub fn object_to_research(
                 agent,
             )?;
         }
-        return Ok(existing);
+        return Ok(out);
     }
-    let ctx = Ctx::unrestricted_node_work(node);
-    let consent = research_objection(patient, node.clock.now_micros());
-    let out = medvault_store::write_with(node.store.as_ref(), move |tx| {
-        let p = medvault_node::ops::prepare(
-            &*tx,
-            &ctx,
-            &ResourceType::from_static("Consent"),
-            ResourceId::random(),
-            consent,
-            false,
-        )?;
-        Ok(medvault_node::ops::create(tx, &ctx, p, None)?)
-    })
-    .map_err(medvault_node::Error::from)?;
-    let stored = out
-        .resource
-        .ok_or_else(|| Error::Internal("the stored Consent was not returned".into()))?;
+    let stored = out;
+
     let id = stored["id"].as_str().unwrap_or_default().to_owned();
     let (agent_v, patient_id) = (agent.clone(), patient.to_string());
     node.record_audit_now(|now| {
@@ -783,11 +816,18 @@ pub fn export(
         }
     };
     let store = node.store.as_ref();
-    let resources = if deleted {
+    let mut resources = if deleted {
         medvault_node::operations::everything_resources_of_deleted(store, ctx, patient)?
     } else {
         medvault_node::operations::everything_resources(store, ctx, patient, None)?
     };
+    if request.is_some() {
+        // Read as the node's own work, the compartment search also finds other patients'
+        // records that merely name this one (a performer, a recipient): only what is sealed
+        // under this patient's key, and directory data, is theirs to receive — as the
+        // policy decides for the patient's own export.
+        resources = own_records(node, patient, resources)?;
+    }
     // Earlier versions of what changed (rectification history).
     let mut earlier = Vec::new();
     for (rt, v) in &resources {
@@ -796,11 +836,7 @@ pub fn export(
             .and_then(Value::as_str)
             .and_then(|s| s.parse::<u64>().ok())
             .unwrap_or(1);
-        let Some(id) = v
-            .get("id")
-            .and_then(Value::as_str)
-            .and_then(|i| ResourceId::new(i).ok())
-        else {
+        let Some(id) = id_of(v) else {
             continue;
         };
         for n in 1..version {
@@ -895,6 +931,38 @@ fn disclosures(node: &Node, patient: &ResourceId) -> Result<Vec<Value>, Error> {
     found.sort_by_key(|b| std::cmp::Reverse(b.0));
     found.truncate(MAX_DISCLOSURES);
     Ok(found.into_iter().map(|(_, e)| e).collect())
+}
+
+/// A resource's `id`, if it is one.
+fn id_of(v: &Value) -> Option<ResourceId> {
+    v.get("id")
+        .and_then(Value::as_str)
+        .and_then(|i| ResourceId::new(i).ok())
+}
+
+/// The resources of `all` that are `patient`'s (sealed under their key) or directory data
+/// (outside every patient's compartment and not clinical).
+fn own_records(
+    node: &Node,
+    patient: &ResourceId,
+    all: Vec<(ResourceType, Value)>,
+) -> Result<Vec<(ResourceType, Value)>, Error> {
+    let key = format!("Patient/{patient}");
+    let mut out = Vec::with_capacity(all.len());
+    for (rt, v) in all {
+        let Some(id) = id_of(&v) else {
+            continue;
+        };
+        let Some(current) = node.store.current(&rt, &id)? else {
+            continue;
+        };
+        let directory =
+            current.key_name.starts_with('@') && !node.fhir.is_clinical_type(rt.as_str());
+        if current.key_name == key || directory {
+            out.push((rt, v));
+        }
+    }
+    Ok(out)
 }
 
 /// What a verified export says of itself.

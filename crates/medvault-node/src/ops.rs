@@ -800,7 +800,7 @@ fn consents_within_bound(store: &dyn StoreRead, ctx: &Ctx, p: &Prepared) -> Resu
             ErrorKind::Unprocessable,
             IssueCode::Processing,
             format!(
-                "this patient already holds {MAX_CONSENTS_PER_PATIENT} Consent resources, the most one may: update or delete one instead (withdrawn ones included)"
+                "this patient already holds {MAX_CONSENTS_PER_PATIENT} Consent resources, the most one may (withdrawn ones included): change one of them instead, or ask the organisation to delete withdrawn ones"
             ),
         ));
     }
@@ -819,7 +819,12 @@ pub fn update(
 ) -> Result<Outcome, Error> {
     let current = tx.current(&p.rt, &p.id)?;
     new_content_allowed(&*tx, ctx, &p, Interaction::Update)?;
-    if current.is_none() {
+    // A new Consent for the patient: created, brought back from deletion, or moved to them
+    // from another patient.
+    if current
+        .as_ref()
+        .is_none_or(|c| c.deleted || c.key_name != p.compartment.key_name().as_str())
+    {
         consents_within_bound(&*tx, ctx, &p)?;
     }
     if current.as_ref().is_some_and(|c| !c.deleted) {

@@ -627,30 +627,51 @@ async fn dispatch(
                     "an objection to research is recorded by the patient themself or by an admin",
                 ));
             }
-            let existing = {
-                let (node, store, id) = (
-                    std::sync::Arc::clone(&state.node),
-                    store.clone(),
-                    id.clone(),
-                );
-                blocking_read(&state, move || {
-                    if store
-                        .current(&ResourceType::PATIENT, &id)?
-                        .is_none_or(|m| m.deleted)
+            let node = std::sync::Arc::clone(&state.node);
+            let out = blocking(move || {
+                if store
+                    .current(&ResourceType::PATIENT, &id)?
+                    .is_none_or(|m| m.deleted)
+                {
+                    return Err(Error::not_found("no such patient"));
+                }
+                let now = ctx.clock.now_micros();
+                let consent = medvault_compliance::subject::research_objection(&id, now);
+                let mut p = ops::prepare(
+                    store.as_ref(),
+                    &ctx,
+                    &CONSENT,
+                    medvault_core::ResourceId::random(),
+                    consent,
+                    false,
+                )?;
+                ops::authorize_write(store.as_ref(), &ctx, &mut p, Interaction::Create)?;
+                // The objection in force, if any, is checked in the same write that would
+                // record a new one: calls at once record one.
+                let inner = Ctx::unrestricted_node_work(&node);
+                write_then_finish(store.as_ref(), ctx, move |tx, ctx| {
+                    let at = clock::instant(now);
+                    match medvault_compliance::subject::active_objection_in(&*tx, &inner, &id, &at)?
                     {
-                        return Err(Error::not_found("no such patient"));
+                        Some(existing) => {
+                            let eid = existing["id"]
+                                .as_str()
+                                .and_then(|i| medvault_core::ResourceId::new(i).ok())
+                                .ok_or_else(|| {
+                                    Error::internal(&"a stored Consent without an id")
+                                })?;
+                            medvault_node::records::read(&*tx, &inner, &CONSENT, &eid, None)
+                        }
+                        None => ops::create(tx, ctx, p, None),
                     }
-                    medvault_compliance::subject::active_objection(&node, &id)
-                        .map_err(crate::compliance_http::node_error)
                 })
-                .await?
-            };
-            if let Some(consent) = existing {
-                return Ok(fhir_json(StatusCode::OK, &consent));
+            })
+            .await?;
+            if out.status == StatusCode::OK {
+                // The objection in force: nothing was written, so no subscription hears of it.
+                return Ok(respond(out, ret, &base));
             }
-            let consent =
-                medvault_compliance::subject::research_objection(&id, ctx.clock.now_micros());
-            create(&state, &who, ctx, CONSENT, consent, None, ret, &base).await
+            written(&state, &who, out, ret, &base).await
         }
         (Method::PUT, Target::Instance(rt, id)) => {
             ops::served_type(&ctx.fhir, &rt)?;

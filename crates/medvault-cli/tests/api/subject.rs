@@ -720,6 +720,75 @@ fn an_objection_to_research_is_a_consent_the_policy_applies() {
     );
     assert_eq!(st, 404, "{e}");
 
+    // A later permit for research lifts the objection; objecting again then records a new
+    // one (not the lifted one), which decides again.
+    let permit = json!({
+        "resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/{patient}")},
+        "dateTime": utc_in(1),
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": {"type": "permit", "purpose": [
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HRESCH"},
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "CLINTRCH"}]},
+    });
+    let (st, e) = s.post_as("/fhir/Consent", &me, &permit);
+    assert_eq!(st, 201, "{e}");
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    assert_eq!(research(&patient, "HRESCH"), 200);
+    let (st, renewed) = s.post_as(
+        &format!("/fhir/Patient/{patient}/$object-to-research"),
+        &me,
+        &json!({}),
+    );
+    assert_eq!(st, 201, "{renewed}");
+    assert_ne!(renewed["id"], consent["id"]);
+    assert_eq!(research(&patient, "HRESCH"), 404);
+    let withdraw = |c: &Value| {
+        let mut w = c.clone();
+        w["status"] = json!("inactive");
+        let (st, e) = s.call(
+            reqwest::Method::PUT,
+            &format!("/fhir/Consent/{}", c["id"].as_str().unwrap()),
+            &me,
+            None,
+            Some(&w),
+        );
+        assert_eq!(st, 200, "{e}");
+    };
+    withdraw(&renewed);
+    assert_eq!(research(&patient, "HRESCH"), 200);
+    // Called at once, it records one objection.
+    let answers: Vec<(u16, Value)> = std::thread::scope(|t| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                let (s, me, patient) = (&s, &me, &patient);
+                t.spawn(move || {
+                    s.post_as(
+                        &format!("/fhir/Patient/{patient}/$object-to-research"),
+                        me,
+                        &json!({}),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let created: Vec<&Value> = answers
+        .iter()
+        .filter(|(st, _)| *st == 201)
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(created.len(), 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(st, c)| *st == 201 || (*st == 200 && c["id"] == created[0]["id"]))
+    );
+    assert_eq!(research(&patient, "HRESCH"), 404);
+    withdraw(created[0]);
+
     // Withdrawn by the patient, research may use the record again.
     let mut withdrawn = consent.clone();
     withdrawn["status"] = json!("inactive");
@@ -767,7 +836,13 @@ fn an_objection_to_research_is_a_consent_the_policy_applies() {
         None,
     );
     assert_eq!(st, 200);
-    assert_eq!(consents["total"], 1, "{consents}");
+    let denies = consents["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["provision"]["type"] == "deny")
+        .count();
+    assert_eq!(denies, 1, "{consents}");
     s.verify_ledger();
 }
 
@@ -805,6 +880,22 @@ fn a_patient_holds_at_most_the_bounded_number_of_consents() {
     let (st, e) = s.post("/Consent", &consent(bound));
     assert_eq!(st, 422, "{e}");
     assert!(e.to_string().contains("Consent resources"), "{e}");
+    // Bringing a deleted one back, once the slot is taken again, is a new Consent too.
+    let location = out["entry"][0]["response"]["location"].as_str().unwrap();
+    let first = location
+        .split("Consent/")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    let (st, _) = s.delete(&format!("/Consent/{first}"));
+    assert!(st == 200 || st == 204, "{st}");
+    let (st, e) = s.post("/Consent", &consent(bound + 1));
+    assert_eq!(st, 201, "{e}");
+    let mut back = consent(bound + 2);
+    back["id"] = json!(first);
+    let (st, e) = s.put(&format!("/Consent/{first}"), &back);
+    assert_eq!(st, 422, "{e}");
     // Decisions about the patient still work (marketing is denied; operations are not).
     let read = |purpose| {
         s.get_as(&format!("/fhir/Patient/{patient}"), &s.token, Some(purpose))
@@ -825,6 +916,14 @@ fn a_deleted_patients_data_is_still_exported_on_request() {
         "resourceType": "Observation", "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
         "subject": {"reference": format!("Patient/{patient}")},
+    }));
+    // Another patient's record that merely names this one (as performer) is not theirs.
+    let other = s.create(&json!({"resourceType": "Patient", "name": [{"family": "Other"}]}));
+    let theirs = s.create(&json!({
+        "resourceType": "Observation", "status": "final",
+        "code": {"text": "OTHER-SECRET"},
+        "subject": {"reference": format!("Patient/{other}")},
+        "performer": [{"reference": format!("Patient/{patient}")}],
     }));
     let me = s.patient_session("gina.g", &patient);
     let (st, _) = s.delete(&format!("/Patient/{patient}"));
@@ -861,6 +960,11 @@ fn a_deleted_patients_data_is_still_exported_on_request() {
         "{types:?}"
     );
     assert!(record.iter().any(|r| r["id"] == obs.as_str()));
+    assert!(
+        !export.to_string().contains("OTHER-SECRET")
+            && !record.iter().any(|r| r["id"] == theirs.as_str()),
+        "another patient's record left out"
+    );
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), export.to_string()).unwrap();
     let (ok, out, err) = s.cli(&["subject", "verify", file.path().to_str().unwrap()]);
@@ -872,4 +976,30 @@ fn a_deleted_patients_data_is_still_exported_on_request() {
         &json!({"patient": "never-here", "right": "access"}),
     );
     assert_eq!(st, 404);
+}
+
+/// An RFC 3339 UTC time `secs` seconds from now (no date crate in the tests: the civil date
+/// from days since 1970, H. Hinnant's algorithm).
+fn utc_in(secs: u64) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + secs;
+    let (days, rem) = ((t / 86_400) as i64, t % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
