@@ -107,15 +107,15 @@ pub fn place(
                     flag.name
                 )));
             };
-            crate::subject::check_open(node, r, right, patient)?;
+            // One read of the request: answered() refuses one already answered.
             let note = format!("{} {id} placed", flag.name);
-            Some(crate::subject::answered(
-                node,
-                r,
-                "answered",
-                Some(&note),
-                by,
-            )?)
+            let (row, entry) = crate::subject::answered(node, r, "answered", Some(&note), by)?;
+            if row.kind != right || row.subject.as_deref() != Some(&format!("Patient/{patient}")) {
+                return Err(Error::Invalid(format!(
+                    "that is not an open {right} request about this patient"
+                )));
+            }
+            Some((row, entry))
         }
         None => None,
     };

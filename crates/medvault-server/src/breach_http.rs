@@ -185,12 +185,9 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     gate(&who, false)?;
     let axum::extract::Query(q) = q.map_err(crate::error::query_rejected)?;
-    q.page()?;
+    let paging = q.checked()?;
     let (entries, next) = on_node(&state, move |node| {
-        let page = q
-            .page()
-            .map_err(|_| medvault_node::Error::bad_request("bad page"))?;
-        register::list(node, page).map_err(node_error)
+        register::list(node, paging.page()).map_err(node_error)
     })
     .await?;
     Ok(private_json(

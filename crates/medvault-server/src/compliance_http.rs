@@ -110,8 +110,8 @@ pub(crate) struct PageQuery {
 pub(crate) const MAX_REGISTER_PAGE: usize = 500;
 
 impl PageQuery {
-    /// The page asked for.
-    pub(crate) fn page(&self) -> Result<medvault_compliance::register::Page<'_>, ApiError> {
+    /// The page asked for, checked.
+    pub(crate) fn checked(self) -> Result<Paging, ApiError> {
         let count = self.count.unwrap_or(100);
         if !(1..=MAX_REGISTER_PAGE).contains(&count) {
             return Err(ApiError::bad_request(format!(
@@ -121,9 +121,25 @@ impl PageQuery {
         if self.after.as_ref().is_some_and(|a| a.len() > 64) {
             return Err(ApiError::bad_request("after is an entry's id"));
         }
-        Ok(medvault_compliance::register::Page {
+        Ok(Paging {
             count,
-            after: self.after.as_deref(),
+            after: self.after,
         })
+    }
+}
+
+/// A checked [`PageQuery`], owned (it moves onto the node's thread).
+pub(crate) struct Paging {
+    count: usize,
+    after: Option<String>,
+}
+
+impl Paging {
+    /// As the compliance crate takes it.
+    pub(crate) fn page(&self) -> medvault_compliance::register::Page<'_> {
+        medvault_compliance::register::Page {
+            count: self.count,
+            after: self.after.as_deref(),
+        }
     }
 }

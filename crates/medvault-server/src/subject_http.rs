@@ -92,12 +92,9 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     gate(&who, false)?;
     let axum::extract::Query(q) = q.map_err(crate::error::query_rejected)?;
-    q.page()?;
+    let paging = q.checked()?;
     let (all, next) = on_node(&state, move |node| {
-        let page = q
-            .page()
-            .map_err(|_| medvault_node::Error::bad_request("bad page"))?;
-        subject::requests(node, page).map_err(node_error)
+        subject::requests(node, paging.page()).map_err(node_error)
     })
     .await?;
     Ok(private_json(
