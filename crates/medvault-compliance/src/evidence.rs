@@ -194,6 +194,9 @@ pub struct Ledger {
     pub audit_records_checked: u64,
     /// Access-log entries archived (their details moved out; leaves kept).
     pub archived: u64,
+    /// The access log's patient index was checked against every entry from this leaf up
+    /// (older entries are not indexed yet).
+    pub patient_index_from: u64,
     /// Witness keys configured.
     pub witnesses: u64,
 }
@@ -544,6 +547,7 @@ fn ledger(node: &Node, now: i64, progress: impl FnMut(u64, u64)) -> Result<Ledge
             l.verified = true;
             l.versions_checked = r.versions;
             l.audit_records_checked = r.audit_records;
+            l.patient_index_from = r.patient_index_from;
             l.archived = r.archived;
             l.records.cosigned_size = r.records.cosigned_size;
             l.records.cosigned_by = r.records.cosigned_by;

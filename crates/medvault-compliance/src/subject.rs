@@ -912,25 +912,30 @@ pub fn export(
 }
 
 /// The access log's records naming the patient (as the request's patient, or among those a
-/// request revealed or was refused), newest first, as FHIR `AuditEvent`s: the whole log read
-/// on every core (entries archived out of it are not read).
+/// request revealed or was refused), newest first, as FHIR `AuditEvent`s, at most
+/// [`MAX_DISCLOSURES`]: found through the access log's patient index (entries archived out of
+/// the log are not read).
 fn disclosures(node: &Node, patient: &ResourceId) -> Result<Vec<Value>, Error> {
     let (archived, _) = medvault_node::archive::archived(node.access.as_ref())
         .map_err(|e| Error::Internal(e.to_string()))?;
     let size = node.access.ledger_size()?;
     let origin = node.ledger.access().origin().to_owned();
-    let keep = |leaf: u64, rec: &Value| {
-        medvault_node::audit_view::names_patient(rec, patient.as_str()).then(|| {
+    let mut found = Vec::new();
+    medvault_node::access_index::walk_naming(
+        node.access.as_ref(),
+        &node.ledger,
+        patient.as_str(),
+        (archived, size),
+        u64::MAX,
+        &mut |leaf, rec| {
             let mut event = medvault_node::audit_view::to_audit_event(leaf, rec, &origin);
             // As the patient's own AuditEvent search shows it: no other patient named.
             medvault_node::audit_view::name_patient(&mut event, patient.as_str());
-            (leaf, event)
-        })
-    };
-    let (mut found, _) = crate::breach::scan_log(node, archived, size, &keep, &mut |_, _| {})?;
-    found.sort_by_key(|b| std::cmp::Reverse(b.0));
-    found.truncate(MAX_DISCLOSURES);
-    Ok(found.into_iter().map(|(_, e)| e).collect())
+            found.push(event);
+            Ok(found.len() < MAX_DISCLOSURES)
+        },
+    )?;
+    Ok(found)
 }
 
 /// A resource's `id`, if it is one.

@@ -167,7 +167,7 @@ fn timelines(
             if user.is_some_and(|u| agent_of(&rec) == Some(u)) {
                 of_user.push(entry(leaf, &rec));
             }
-            if patient.is_some_and(|p| names_patient(&rec, p)) {
+            if patient.is_some_and(|p| crate::audit_view::names_patient(&rec, p)) {
                 of_patient.push(entry(leaf, &rec));
             }
         }
@@ -187,22 +187,6 @@ fn timelines(
 
 fn agent_of(rec: &Value) -> Option<&str> {
     rec.pointer("/agent/token").and_then(Value::as_str)
-}
-
-fn names_patient(rec: &Value, patient: &str) -> bool {
-    let bare = |p: &str| p.strip_prefix("Patient/").unwrap_or(p).to_owned();
-    rec.get("patient")
-        .and_then(Value::as_str)
-        .is_some_and(|p| bare(p) == patient)
-        || ["patients_seen", "patients_refused"].iter().any(|k| {
-            rec.pointer(&format!("/policy/{k}"))
-                .and_then(Value::as_array)
-                .is_some_and(|l| {
-                    l.iter()
-                        .filter_map(Value::as_str)
-                        .any(|p| bare(p) == patient)
-                })
-        })
 }
 
 /// A timeline entry: what, when, who, whom, how it ended (no resource content).

@@ -54,6 +54,44 @@ pub fn os_agent() -> serde_json::Value {
     serde_json::json!({ "os_user": os_user() })
 }
 
+/// The patients (bare ids) an access-log record names: the Patient it read or changed, the
+/// patient whose compartment it touched, a `Patient/…` target, and every patient a search,
+/// history or Bundle let through or refused. What a patient's accounting of disclosures lists,
+/// and what the access log's patient index holds one row for (docs/formats/access-patient-index.md).
+/// `patient` and `target` are the record's fields of those names; `fields` holds the rest
+/// (a stored record's whole object serves, as its `patient` and `target` are ignored there).
+pub fn patients_named<'a>(
+    patient: Option<&'a str>,
+    target: Option<&'a str>,
+    fields: &'a Map<String, Value>,
+) -> std::collections::BTreeSet<&'a str> {
+    let bare = |p: &'a str| p.strip_prefix("Patient/").unwrap_or(p);
+    let text = |k: &str| fields.get(k).and_then(Value::as_str);
+    let mut out = std::collections::BTreeSet::new();
+    if text("resource_type") == Some("Patient")
+        && let Some(id) = text("id")
+    {
+        out.insert(id);
+    }
+    out.extend(patient.map(bare));
+    out.extend(target.and_then(|t| t.strip_prefix("Patient/")));
+    let policy = fields.get("policy");
+    for list in ["patients_seen", "patients_refused"] {
+        let listed = policy.and_then(|p| p.get(list)).and_then(Value::as_array);
+        out.extend(listed.into_iter().flatten().filter_map(Value::as_str).map(bare));
+    }
+    out.remove("");
+    out
+}
+
+/// [`patients_named`] of a stored record as read back.
+pub fn patients_of(record: &Value) -> std::collections::BTreeSet<&str> {
+    static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+    let fields = record.as_object().unwrap_or(&EMPTY);
+    let text = |k: &str| fields.get(k).and_then(Value::as_str);
+    patients_named(text("patient"), text("target"), fields)
+}
+
 /// One access-log record.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditRecord {
@@ -112,6 +150,15 @@ impl AuditRecord {
         Self::new(AuditKind::Admin, time_micros, action, AuditOutcome::Success)
             .agent(os_agent())
             .target_opt(target)
+    }
+
+    /// The patients the record names ([`patients_named`]).
+    pub fn patients(&self) -> std::collections::BTreeSet<&str> {
+        patients_named(
+            self.patient.as_deref(),
+            self.target.as_deref(),
+            &self.fields,
+        )
     }
 
     /// Sets who did it.

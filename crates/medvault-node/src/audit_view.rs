@@ -313,17 +313,10 @@ fn agent_who(detail: &Value) -> Value {
 
 /// True if access-log record `d` is about patient `p` (a bare id): it read or changed the
 /// Patient, its compartment's data, or targeted them, or a search, history or Bundle let
-/// their data through or refused it. What a patient's accounting of disclosures lists.
+/// their data through or refused it ([`crate::audit::patients_named`]). What a patient's
+/// accounting of disclosures lists.
 pub fn names_patient(d: &Value, p: &str) -> bool {
-    let direct = s(d, "resource_type") == Some("Patient") && s(d, "id") == Some(p);
-    let in_compartment = s(d, "patient") == Some(p);
-    let target = s(d, "target").and_then(|t| t.strip_prefix("Patient/")) == Some(p);
-    let listed = |key: &str| {
-        d.pointer(&format!("/policy/{key}"))
-            .and_then(Value::as_array)
-            .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(p)))
-    };
-    direct || in_compartment || target || listed("patients_seen") || listed("patients_refused")
+    crate::audit::patients_of(d).contains(p)
 }
 
 fn matches(f: &Filter, d: &Value) -> bool {
@@ -434,32 +427,39 @@ pub fn search(
     }
     let size = store.ledger_size()?;
     let mut end = before.unwrap_or(size).min(size);
-    let floor = end.saturating_sub(MAX_SCAN);
     let mut entries = Vec::new();
-    while end > floor && (entries.len() as u64) < count {
-        let start = end.saturating_sub(CHUNK).max(floor);
-        let mut details = store.audit_details(start, end - start)?;
-        details.reverse();
-        for (leaf, d) in details {
-            if (entries.len() as u64) == count {
-                end = leaf + 1;
-                break;
+    let mut keep = |leaf: u64, detail: &Value| {
+        if matches(&f, detail) {
+            let mut event = to_audit_event(leaf, detail, ledger.access().origin());
+            if let Some(p) = &f.patient {
+                name_patient(&mut event, p);
             }
-            let detail = ledger.open_audit(&d)?;
-            if matches(&f, &detail) {
-                let mut event = to_audit_event(leaf, &detail, ledger.access().origin());
-                if let Some(p) = &f.patient {
-                    name_patient(&mut event, p);
-                }
-                entries.push(json!({
-                    "fullUrl": format!("{base}/AuditEvent/ledger-{leaf}"),
-                    "resource": event,
-                    "search": {"mode": "match"},
-                }));
-            }
-            end = leaf;
+            entries.push(json!({
+                "fullUrl": format!("{base}/AuditEvent/ledger-{leaf}"),
+                "resource": event,
+                "search": {"mode": "match"},
+            }));
         }
-        if (entries.len() as u64) < count {
+        (entries.len() as u64) < count
+    };
+    if let Some(p) = f.patient.clone() {
+        // A patient's records through the access log's patient index.
+        end = crate::access_index::walk_naming(store, ledger, &p, (0, end), MAX_SCAN, &mut |l, d| {
+            Ok(keep(l, d))
+        })?
+        .below;
+    } else {
+        let floor = end.saturating_sub(MAX_SCAN);
+        'scan: while end > floor {
+            let start = end.saturating_sub(CHUNK).max(floor);
+            let mut details = store.audit_details(start, end - start)?;
+            details.reverse();
+            for (leaf, d) in details {
+                end = leaf;
+                if !keep(leaf, &ledger.open_audit(&d)?) {
+                    break 'scan;
+                }
+            }
             end = start;
         }
     }

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use medvault_core::KeyName;
-use medvault_crypto::{DataKey, SigningKey};
+use medvault_crypto::{BlindValue, DataKey, SigningKey};
 use medvault_ledger::{
     Checkpoint, Entry, EntryKind, KeyKind, Note, NoteSigner, RecordFacts, SALT_LEN, VerifierKey,
     audit_commitment, record_commitment,
@@ -201,6 +201,8 @@ pub struct Ledger {
     pq_cosigner: NoteSigner,
     base: String,
     audit_key: Arc<DataKey>,
+    /// Keys the access log's patient index (derived from the audit key).
+    patient_tags: medvault_crypto::ParamKey,
     tenant: String,
 }
 
@@ -222,6 +224,10 @@ pub struct LedgerSeeds<'a> {
     /// Seed of the ML-DSA-44 key that adds a post-quantum cosignature to both logs' checkpoints.
     pub pq: &'a DataKey,
 }
+
+/// What a patient-index tag's HMAC input starts with (then the bare patient id): fixes the
+/// tag's meaning, so a later index of another kind under the same key cannot collide.
+const PATIENT_TAG_PREFIX: &[u8] = b"medvault-access-patient/1\0";
 
 /// Seed of the ML-DSA-44 checkpoint cosigner.
 pub const LEDGER_PQ_KEY: &KeyName = &KeyName::node("@ledger-ml-dsa-44");
@@ -251,6 +257,11 @@ impl Ledger {
                 nodes: NodeCache::default(),
             })
         };
+        // The patient index's key is a blind-index key of the audit key: whoever cannot open
+        // the details cannot compute the tags either.
+        let patient_tags = medvault_crypto::BlindIndexer::new(&audit_key)
+            .param_key("AuditEvent", "patient")
+            .map_err(|e| medvault_ledger::LedgerError::Storage(Box::new(e)))?;
         Ok(Self {
             records: log(LogId::Records, seeds.records)?,
             access: log(LogId::Access, seeds.access)?,
@@ -268,6 +279,7 @@ impl Ledger {
                 ),
             )?,
             audit_key,
+            patient_tags,
             tenant,
             base: base.to_owned(),
         })
@@ -340,15 +352,29 @@ impl Ledger {
         time_micros: i64,
         record: &AuditRecord,
     ) -> Result<u64, Error> {
-        let (detail, leaf) = self.seal_audit(time_micros, record)?;
-        Ok(tx.append_audit(&detail, &leaf)?)
+        let (detail, leaf, patients) = self.seal_audit(time_micros, record)?;
+        Ok(tx.append_audit(&detail, &leaf, &patients)?)
     }
 
+    /// The access log's patient-index tag of patient `id` (a bare id).
+    pub fn patient_tag(&self, id: &str) -> BlindValue {
+        let mut input = Vec::with_capacity(PATIENT_TAG_PREFIX.len() + id.len());
+        input.extend_from_slice(PATIENT_TAG_PREFIX);
+        input.extend_from_slice(id.as_bytes());
+        self.patient_tags.blind(&input)
+    }
+
+    /// The patient-index tags of the patients `record` names.
+    pub fn patient_tags<'a>(&self, named: impl IntoIterator<Item = &'a str>) -> Vec<BlindValue> {
+        named.into_iter().map(|p| self.patient_tag(p)).collect()
+    }
+
+    /// The sealed detail, the leaf and the patient-index tags of `record`.
     fn seal_audit(
         &self,
         time_micros: i64,
         record: &AuditRecord,
-    ) -> Result<(AuditDetail, Vec<u8>), Error> {
+    ) -> Result<(AuditDetail, Vec<u8>, Vec<BlindValue>), Error> {
         let salt = random_salt()?;
         let bytes = crate::audit::encode_detail(record).map_err(|e| Error::internal(&e))?;
         let sealed = self
@@ -362,7 +388,8 @@ impl Ledger {
         }
         .encode()
         .to_vec();
-        Ok((AuditDetail { salt, sealed }, leaf))
+        let patients = self.patient_tags(record.patients());
+        Ok((AuditDetail { salt, sealed }, leaf, patients))
     }
 
     /// Seals `record` and appends it as an access-log leaf in its own durable write on `access`.
@@ -376,9 +403,9 @@ impl Ledger {
         time_micros: i64,
         record: &AuditRecord,
     ) -> Result<u64, Error> {
-        let (detail, leaf) = self.seal_audit(time_micros, record)?;
+        let (detail, leaf, patients) = self.seal_audit(time_micros, record)?;
         Ok(medvault_store::write_log_with(access, move |tx| {
-            tx.append_audit(&detail, &leaf)
+            tx.append_audit(&detail, &leaf, &patients)
         })?)
     }
 
@@ -393,11 +420,11 @@ impl Ledger {
         time_micros: i64,
         record: &AuditRecord,
     ) -> Result<u64, Error> {
-        let (detail, leaf) = self.seal_audit(time_micros, record)?;
+        let (detail, leaf, patients) = self.seal_audit(time_micros, record)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         medvault_store::submit_log_with(
             access,
-            move |t| t.append_audit(&detail, &leaf),
+            move |t| t.append_audit(&detail, &leaf, &patients),
             move |r| {
                 let _ = tx.send(r);
             },

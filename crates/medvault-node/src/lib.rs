@@ -19,6 +19,7 @@
 //! Every operation returns [`Error`], a typed domain error ([`ErrorKind`] plus a message safe to
 //! show); only the HTTP server maps it to a status and an `OperationOutcome`.
 
+pub mod access_index;
 pub mod admin;
 pub mod alerts;
 pub mod archive;

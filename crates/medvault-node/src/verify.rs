@@ -12,6 +12,7 @@ use medvault_core::{ResourceId, ResourceType};
 use medvault_ledger::{
     Checkpoint, Entry, EntryKind, Frontier, Hash, Note, VerifierKey, audit_commitment, leaf_hash,
 };
+use medvault_crypto::BlindValue;
 use medvault_store::{LogRead, StoreError, StoreRead};
 
 use crate::ledger::{Ledger, LogId, record_entry};
@@ -53,6 +54,9 @@ pub struct Report {
     pub archived: u64,
     /// Tree heads pinned by the other log's checkpoints that the leaves reproduced.
     pub pins: u64,
+    /// The access log's patient index was checked against every detail from this leaf up
+    /// (below it, leaves written before the index may not have their rows yet).
+    pub patient_index_from: u64,
 }
 
 /// Why verification failed.
@@ -205,7 +209,7 @@ pub fn verify(
         ledger,
         LogId::Records,
         &rec_roots,
-        0,
+        (0, 0),
         |start, leaves| {
             commitments.extend(leaves.iter().map(|(_, c)| *c));
             progress(start + leaves.len() as u64, total);
@@ -219,18 +223,25 @@ pub fn verify(
         e => diverge(e.to_string()),
     })?;
     let archived_before = mark.before;
+    let indexed_from =
+        crate::access_index::indexed_from(access).map_err(|e| diverge(e.to_string()))?;
     let archived = walk(
         access,
         ledger,
         LogId::Access,
         &acc_roots,
-        archived_before,
+        (archived_before, indexed_from),
         |start, leaves| {
             audit_records += leaves.len() as u64;
             progress(rec_size + start + leaves.len() as u64, total);
         },
     )?;
     audit_records -= archived;
+    if let Some((leaf, _)) = access.access_tags(acc_size, u64::MAX)?.first() {
+        return Err(diverge(format!(
+            "the access log's patient index lists leaf {leaf}, which the log does not hold"
+        )));
+    }
     let mut used = vec![false; commitments.len()];
     let versions = check_versions(records, ledger, &commitments, &mut used)?;
     let amendments = check_amendments(records, ledger, &commitments, &mut used)?;
@@ -253,20 +264,22 @@ pub fn verify(
         archived,
         audit_records,
         pins,
+        patient_index_from: indexed_from,
     })
 }
 
 /// Walks one log's leaves in order: checks contiguity, format and kind, every stored node, that
 /// the tree passes through every root in `roots` at its size, and (access log) every audit
-/// detail, except that audit leaves below `archived_before` may have none (their details were
-/// archived). `chunk_done` gets each checked chunk's start and `(index, commitment)` pairs.
-/// Returns how many audit leaves had no detail because it was archived.
+/// detail and its patient-index rows, except that audit leaves below `archived_before` may have
+/// no detail (their details were archived) and leaves below `indexed_from` may lack rows
+/// (written before the index). `chunk_done` gets each checked chunk's start and `(index,
+/// commitment)` pairs. Returns how many audit leaves had no detail because it was archived.
 fn walk(
     store: &(dyn LogRead + Sync),
     ledger: &Ledger,
     log: LogId,
     roots: &[(u64, Hash)],
-    archived_before: u64,
+    (archived_before, indexed_from): (u64, u64),
     mut chunk_done: impl FnMut(u64, &[(u64, Hash)]),
 ) -> Result<u64, VerifyError> {
     let mut archived = 0u64;
@@ -285,7 +298,7 @@ fn walk(
     std::thread::scope(|scope| -> Result<(), VerifyError> {
         let read = |start: u64| {
             let want = CHUNK.min(size - start);
-            scope.spawn(move || read_chunk(store, start, want))
+            scope.spawn(move || read_chunk(store, log, start, want))
         };
         let mut pending = (size > 0).then(|| read(0));
         while let Some(handle) = pending.take() {
@@ -297,6 +310,7 @@ fn walk(
                 pending = Some(read(start + want));
             }
             let mut details = chunk.details.into_iter().peekable();
+            let mut tags = chunk.tags.into_iter().peekable();
             let mut emitted: Vec<(u8, u64, Hash)> = Vec::with_capacity(2 * chunk.entries.len());
             // Structure first (sequential, cheap): contiguity, format, kind, a detail beside
             // every audit leaf.
@@ -318,9 +332,20 @@ fn walk(
                 if let Some((l, _)) = details.next_if(|(l, _)| *l < expect) {
                     return Err(diverge(format!("audit detail row {l} has no audit leaf")));
                 }
+                // Index rows of a leaf whose detail was archived cannot be checked here.
+                let mut listed = Vec::new();
+                while let Some((_, tag)) = tags.next_if(|(l, _)| *l == expect) {
+                    listed.push(tag);
+                }
                 if kind == EntryKind::Audit {
                     match details.next_if(|(l, _)| *l == expect) {
-                        Some((_, d)) => audits.push((expect, entry.commitment, d)),
+                        Some((_, d)) => audits.push(Audit {
+                            leaf: expect,
+                            commitment: entry.commitment,
+                            detail: d,
+                            listed,
+                            complete: expect >= indexed_from,
+                        }),
                         None if expect < archived_before => archived += 1,
                         None => {
                             return Err(diverge(format!(
@@ -438,17 +463,41 @@ pub fn check_archives(
     ))
 }
 
-/// The first audit leaf in `part` whose stored detail does not match its commitment or does not
-/// open under the audit key.
-fn first_bad_audit(
-    ledger: &Ledger,
-    part: &[(u64, Hash, medvault_store::AuditDetail)],
-) -> Option<(u64, &'static str)> {
-    part.iter().find_map(|(leaf, commitment, d)| {
-        if audit_commitment(&d.salt, d.sealed.as_bytes()) != *commitment {
-            Some((*leaf, "does not match its stored detail"))
-        } else if !ledger.audit_opens(d) {
-            Some((*leaf, "has a stored detail that does not open"))
+/// An access-log leaf to check: its commitment, stored detail and patient-index rows.
+struct Audit {
+    leaf: u64,
+    commitment: Hash,
+    detail: medvault_store::AuditDetail,
+    /// The patient-index rows listing this leaf, in tag order.
+    listed: Vec<BlindValue>,
+    /// True if the index must list exactly the patients the record names (the leaf is at or
+    /// above the index's mark); below it, only that it lists none the record does not name.
+    complete: bool,
+}
+
+/// The first audit leaf in `part` whose stored detail does not match its commitment, does not
+/// open under the audit key, or disagrees with the patient index.
+fn first_bad_audit(ledger: &Ledger, part: &[Audit]) -> Option<(u64, &'static str)> {
+    part.iter().find_map(|a| {
+        let d = &a.detail;
+        if audit_commitment(&d.salt, d.sealed.as_bytes()) != a.commitment {
+            return Some((a.leaf, "does not match its stored detail"));
+        }
+        let Ok(record) = ledger.open_audit(d) else {
+            return Some((a.leaf, "has a stored detail that does not open"));
+        };
+        let mut named = ledger.patient_tags(crate::audit::patients_of(&record));
+        named.sort_unstable();
+        if a.listed.iter().any(|t| named.binary_search(t).is_err()) {
+            Some((
+                a.leaf,
+                "is listed in the access log's patient index under a patient its record does not name",
+            ))
+        } else if a.complete && a.listed.len() != named.len() {
+            Some((
+                a.leaf,
+                "names a patient the access log's patient index does not list it under (an accounting of disclosures would miss it)",
+            ))
         } else {
             None
         }
@@ -495,12 +544,23 @@ struct Chunk {
     want: u64,
     entries: Vec<(u64, Vec<u8>)>,
     details: Vec<(u64, medvault_store::AuditDetail)>,
+    /// The access log's patient-index rows of these leaves, by leaf then tag.
+    tags: Vec<(u64, BlindValue)>,
     nodes: Vec<(u8, u64, Vec<Hash>)>,
 }
 
-fn read_chunk(store: &(dyn LogRead + Sync), start: u64, want: u64) -> Result<Chunk, VerifyError> {
+fn read_chunk(
+    store: &(dyn LogRead + Sync),
+    log: LogId,
+    start: u64,
+    want: u64,
+) -> Result<Chunk, VerifyError> {
     let entries = store.ledger_entries(start, want)?;
     let details = store.audit_details(start, want)?;
+    let tags = match log {
+        LogId::Access => store.access_tags(start, want)?,
+        LogId::Records => Vec::new(),
+    };
     let mut nodes = Vec::new();
     // Level 0 is not stored (leaf hashes are hashed from the leaves, as this walk does), nor
     // are the levels between the tile levels.
@@ -518,6 +578,7 @@ fn read_chunk(store: &(dyn LogRead + Sync), start: u64, want: u64) -> Result<Chu
         want,
         entries,
         details,
+        tags,
         nodes,
     })
 }

@@ -609,6 +609,35 @@ mod tests {
     }
 
     #[test]
+    fn access_log_patient_index() {
+        let Some(server) = server("access_log_patient_index") else {
+            return;
+        };
+        let s = Scratch::new(&server);
+        let wrote = medvault_store::conformance::access_patient_index(&|| {
+            Box::new(PgStore::open_access_log(&s.0).unwrap())
+        });
+        assert_eq!(wrote, 4);
+        {
+            // Back to version 3: a log from before the index.
+            let mut c =
+                Conn::connect(&s.0.config, Some(&s.0.namespace(Schema::AccessLog))).unwrap();
+            c.batch(
+                "DROP TABLE access_patients;
+                 DELETE FROM meta WHERE k = 'access_index_from';
+                 UPDATE meta SET v = '3' WHERE k = 'schema_version';",
+            )
+            .unwrap();
+        }
+        let log = PgStore::open_access_log(&s.0).unwrap();
+        assert_eq!(
+            log.meta(medvault_store::ACCESS_INDEXED_FROM).unwrap().as_deref(),
+            Some("4")
+        );
+        assert!(log.access_tags(0, 10).unwrap().is_empty());
+    }
+
+    #[test]
     fn staged_index_entries_are_written_at_once() {
         let Some(server) = server("staged_index_entries_are_written_at_once") else {
             return;

@@ -215,6 +215,17 @@ const KEEP_TILE_LEVELS: &str = "DELETE FROM ledger_nodes WHERE level % 8 <> 0;";
 const ACCESS_LOG_MIGRATIONS: &[(i64, &str)] = &[
     (2, concat!(meta_table!(), log_tables!())),
     (3, KEEP_TILE_LEVELS),
+    // The patient index (docs/formats/access-patient-index.md); leaves written before it are
+    // not indexed until `medvault ledger reindex-access` (or `serve`) reaches them.
+    (
+        4,
+        "CREATE TABLE access_patients (
+            tag BYTEA NOT NULL, leaf BIGINT NOT NULL, PRIMARY KEY (tag, leaf)
+         );
+         CREATE INDEX access_patients_by_leaf ON access_patients (leaf);
+         INSERT INTO meta (k, v)
+            SELECT 'access_index_from', (COALESCE(MAX(idx) + 1, 0))::text FROM ledger_leaves;",
+    ),
 ];
 
 /// Creates the schema if needed and applies pending migrations, in one transaction.

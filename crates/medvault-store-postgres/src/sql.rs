@@ -864,6 +864,35 @@ pub(crate) fn audit_details(
     )
 }
 
+pub(crate) fn access_leaves(
+    c: &mut Conn,
+    tag: &BlindValue,
+    below: u64,
+    count: u64,
+) -> Result<Vec<u64>, StoreError> {
+    all(
+        c,
+        "SELECT leaf FROM access_patients WHERE tag = $1 AND leaf < $2
+         ORDER BY leaf DESC LIMIT $3",
+        &[&&tag.0[..], &to_i64(below), &to_i64(count)],
+        rows::leaf,
+    )
+}
+
+pub(crate) fn access_tags(
+    c: &mut Conn,
+    start: u64,
+    count: u64,
+) -> Result<Vec<(u64, BlindValue)>, StoreError> {
+    all(
+        c,
+        "SELECT leaf, tag FROM access_patients WHERE leaf >= $1 AND leaf < $2
+         ORDER BY leaf, tag",
+        &[&to_i64(start), &to_i64(start.saturating_add(count))],
+        rows::access_tag,
+    )
+}
+
 pub(crate) fn checkpoint(
     c: &mut Conn,
     size: Option<u64>,
@@ -1014,16 +1043,54 @@ impl LogTx for Tx<'_> {
         crate::dump::load(self.conn.get_mut(), table, rows)
     }
 
-    fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError> {
-        let row = self.conn.get_mut().one(
-            &format!(
-                "WITH {APPEND_LEAF}
-                 INSERT INTO ledger_audit (leaf, salt, detail) SELECT idx, $2, $3 FROM leaf
-                 RETURNING leaf"
-            ),
-            &[&leaf, &&detail.salt[..], &detail.sealed.as_bytes()],
-        )?;
+    fn append_audit(
+        &mut self,
+        detail: &AuditDetail,
+        leaf: &[u8],
+        patients: &[BlindValue],
+    ) -> Result<u64, StoreError> {
+        // One round trip: the leaf, its detail and its patient-index rows.
+        let row = if patients.is_empty() {
+            self.conn.get_mut().one(
+                &format!(
+                    "WITH {APPEND_LEAF}
+                     INSERT INTO ledger_audit (leaf, salt, detail) SELECT idx, $2, $3 FROM leaf
+                     RETURNING leaf"
+                ),
+                &[&leaf, &&detail.salt[..], &detail.sealed.as_bytes()],
+            )?
+        } else {
+            let tags: Vec<&[u8]> = patients.iter().map(|t| &t.0[..]).collect();
+            self.conn.get_mut().one(
+                &format!(
+                    "WITH {APPEND_LEAF},
+                     det AS (
+                       INSERT INTO ledger_audit (leaf, salt, detail) SELECT idx, $2, $3 FROM leaf
+                       RETURNING leaf),
+                     tagged AS (
+                       INSERT INTO access_patients (tag, leaf)
+                       SELECT DISTINCT unnest($4::bytea[]), (SELECT idx FROM leaf)
+                       ON CONFLICT DO NOTHING)
+                     SELECT leaf FROM det"
+                ),
+                &[&leaf, &&detail.salt[..], &detail.sealed.as_bytes(), &tags],
+            )?
+        };
         self.leaf_appended(&row, leaf)
+    }
+
+    fn add_access_tags(&mut self, rows: &[(u64, BlindValue)]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let leaves: Vec<i64> = rows.iter().map(|(l, _)| to_i64(*l)).collect();
+        let tags: Vec<&[u8]> = rows.iter().map(|(_, t)| &t.0[..]).collect();
+        self.exec(
+            "INSERT INTO access_patients (tag, leaf)
+             SELECT * FROM unnest($1::bytea[], $2::bigint[]) ON CONFLICT DO NOTHING",
+            &[&tags, &leaves],
+        )
+        .map(drop)
     }
 
     fn remove_audit_details(&mut self, start: u64, end: u64) -> Result<u64, StoreError> {

@@ -769,7 +769,7 @@ mod tests {
                 sealed: medvault_crypto::Sealed::from_stored(vec![7; 40]),
             };
             let leaf =
-                medvault_store::write_with(&log, move |tx| tx.append_audit(&detail, &[7])).unwrap();
+                medvault_store::write_with(&log, move |tx| tx.append_audit(&detail, &[7], &[])).unwrap();
             assert_eq!(leaf, 0);
             assert_eq!(log.ledger_size().unwrap(), 1);
             assert!(log.audit_detail(0).unwrap().is_some());
@@ -797,6 +797,33 @@ mod tests {
             log.meta("schema_version").unwrap(),
             Some(medvault_store::ACCESS_LOG_SCHEMA_VERSION.to_string())
         );
+    }
+
+    #[test]
+    fn access_log_patient_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.db");
+        let wrote = medvault_store::conformance::access_patient_index(&|| {
+            Box::new(SqliteStore::open_access_log(&path).unwrap())
+        });
+        assert_eq!(wrote, 4);
+        // A log from before the index (version 3): after the migration it is indexed from
+        // its next leaf, and what it held waits for re-indexing.
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "DROP TABLE access_patients;
+                 DELETE FROM meta WHERE k = 'access_index_from';
+                 UPDATE meta SET v = '3' WHERE k = 'schema_version';",
+            )
+            .unwrap();
+        }
+        let log = SqliteStore::open_access_log(&path).unwrap();
+        assert_eq!(
+            log.meta(medvault_store::ACCESS_INDEXED_FROM).unwrap().as_deref(),
+            Some("4")
+        );
+        assert!(log.access_tags(0, 10).unwrap().is_empty());
     }
 
     #[test]

@@ -242,7 +242,18 @@ const ACCESS_LOG_MIGRATIONS: &[&str] = &[
     concat!(meta_table!(), log_tables!(), witnessed_table!()),
     DROP_LEVEL_ZERO,
     KEEP_TILE_LEVELS,
+    // v4: the patient index (docs/formats/access-patient-index.md). Leaves written before it
+    // are not indexed until `medvault ledger reindex-access` (or `serve`) reaches them.
+    ACCESS_PATIENTS,
 ];
+
+/// The access log's patient index: keyed patient tag → leaf, and the first indexed leaf.
+const ACCESS_PATIENTS: &str = "CREATE TABLE access_patients (
+        tag BLOB NOT NULL, leaf INTEGER NOT NULL, PRIMARY KEY (tag, leaf)
+     ) WITHOUT ROWID;
+     CREATE INDEX access_patients_by_leaf ON access_patients (leaf);
+     INSERT INTO meta (k, v)
+        SELECT 'access_index_from', CAST(COALESCE(MAX(idx) + 1, 0) AS TEXT) FROM ledger_leaves;";
 
 pub(crate) fn migrate(conn: &mut Connection, schema: Schema) -> Result<(), StoreError> {
     let tx = conn

@@ -974,6 +974,35 @@ pub(crate) fn audit_details(
     )
 }
 
+pub(crate) fn access_leaves(
+    c: &Connection,
+    tag: &BlindValue,
+    below: u64,
+    count: u64,
+) -> Result<Vec<u64>, StoreError> {
+    all(
+        c,
+        "SELECT leaf FROM access_patients WHERE tag = ?1 AND leaf < ?2
+         ORDER BY leaf DESC LIMIT ?3",
+        params![&tag.0[..], to_i64(below), to_i64(count)],
+        rows::leaf,
+    )
+}
+
+pub(crate) fn access_tags(
+    c: &Connection,
+    start: u64,
+    count: u64,
+) -> Result<Vec<(u64, BlindValue)>, StoreError> {
+    all(
+        c,
+        "SELECT leaf, tag FROM access_patients WHERE leaf >= ?1 AND leaf < ?2
+         ORDER BY leaf, tag",
+        params![to_i64(start), to_i64(start.saturating_add(count))],
+        rows::access_tag,
+    )
+}
+
 pub(crate) fn checkpoint(
     c: &Connection,
     size: Option<u64>,
@@ -1110,14 +1139,38 @@ impl LogTx for Tx<'_> {
         crate::dump::load(self.conn, table, rows)
     }
 
-    fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError> {
+    fn append_audit(
+        &mut self,
+        detail: &AuditDetail,
+        leaf: &[u8],
+        patients: &[BlindValue],
+    ) -> Result<u64, StoreError> {
         let idx = append_leaf(self.conn, leaf)?;
         exec(
             self.conn,
             "INSERT INTO ledger_audit (leaf, salt, detail) VALUES (?1, ?2, ?3)",
             params![to_i64(idx), &detail.salt[..], detail.sealed.as_bytes()],
         )?;
+        let rows: Vec<(u64, BlindValue)> = patients.iter().map(|t| (idx, *t)).collect();
+        self.add_access_tags(&rows)?;
         Ok(idx)
+    }
+
+    fn add_access_tags(&mut self, rows: &[(u64, BlindValue)]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut ins = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO access_patients (tag, leaf) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )
+            .map_err(backend)?;
+        for (leaf, tag) in rows {
+            ins.execute(params![&tag.0[..], to_i64(*leaf)])
+                .map_err(backend)?;
+        }
+        Ok(())
     }
 
     fn remove_audit_details(&mut self, start: u64, end: u64) -> Result<u64, StoreError> {

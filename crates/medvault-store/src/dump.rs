@@ -397,6 +397,11 @@ pub const LOG_TABLES: &[Table] = &[
     LEDGER_AUDIT,
     LEDGER_CHECKPOINTS,
     WITNESSED,
+    Table {
+        name: "access_patients",
+        columns: &[("tag", Bytes), ("leaf", Int)],
+        order: "leaf, tag",
+    },
 ];
 
 /// Receives a dump's rows, table by table in the order of the list given to

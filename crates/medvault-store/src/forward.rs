@@ -41,6 +41,21 @@ macro_rules! forward_reads {
             ) -> Result<Vec<(u64, $crate::AuditDetail)>, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::audit_details(c, start, count))
             }
+            fn access_leaves(
+                &self,
+                tag: &$crate::__private::BlindValue,
+                below: u64,
+                count: u64,
+            ) -> Result<Vec<u64>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::access_leaves(c, tag, below, count))
+            }
+            fn access_tags(
+                &self,
+                start: u64,
+                count: u64,
+            ) -> Result<Vec<(u64, $crate::__private::BlindValue)>, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::access_tags(c, start, count))
+            }
             fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::checkpoint(c, size))
             }

@@ -89,7 +89,12 @@ impl std::fmt::Debug for TokenHash {
 /// so a dump of one loads into the other).
 pub const NODE_SCHEMA_VERSION: i64 = 19;
 /// The schema version of an access-log database this build writes.
-pub const ACCESS_LOG_SCHEMA_VERSION: i64 = 3;
+pub const ACCESS_LOG_SCHEMA_VERSION: i64 = 4;
+
+/// The access log's `meta` key holding the first leaf of the patient index's complete part:
+/// every leaf at or above it has its rows in the index; leaves below it (written before the
+/// index existed, and not yet re-indexed) may not. See docs/formats/access-patient-index.md.
+pub const ACCESS_INDEXED_FROM: &str = "access_index_from";
 
 /// Which of a node's two databases a store holds; each has its own tables and migrations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -847,6 +852,24 @@ pub trait LogRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn audit_details(&self, start: u64, count: u64) -> Result<Vec<(u64, AuditDetail)>, StoreError>;
+    /// The access-log leaves below `below` whose records name the patient whose keyed tag is
+    /// `tag` (the access log's patient index), newest first, at most `count`. Access-log
+    /// databases only.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn access_leaves(
+        &self,
+        tag: &BlindValue,
+        below: u64,
+        count: u64,
+    ) -> Result<Vec<u64>, StoreError>;
+    /// The patient index's rows for leaves in `[start, start + count)`, by leaf then tag (what
+    /// `ledger verify` checks against the details). Access-log databases only.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn access_tags(&self, start: u64, count: u64) -> Result<Vec<(u64, BlindValue)>, StoreError>;
     /// A stored checkpoint note: of exactly `size`, or the largest when `size` is `None`.
     ///
     /// # Errors
@@ -1251,11 +1274,25 @@ pub trait LogTx: LogRead {
     /// # Errors
     /// [`StoreError::Conflict`] if a row exists already; [`StoreError::Backend`].
     fn load(&mut self, table: &dump::Table, rows: &[Vec<dump::Cell>]) -> Result<(), StoreError>;
-    /// Appends an audit leaf and stores its detail beside it. Returns the leaf's index.
+    /// Appends an audit leaf and stores its detail beside it, with one patient-index row per
+    /// tag in `patients` (the keyed tags of the patients the record names; empty for a record
+    /// about no patient, and always on a node database, which has no patient index). Returns
+    /// the leaf's index.
     ///
     /// # Errors
     /// [`StoreError::Backend`].
-    fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError>;
+    fn append_audit(
+        &mut self,
+        detail: &AuditDetail,
+        leaf: &[u8],
+        patients: &[BlindValue],
+    ) -> Result<u64, StoreError>;
+    /// Adds patient-index rows for leaves already in the log (re-indexing what was written
+    /// before the index existed); rows already present are kept. Access-log databases only.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    fn add_access_tags(&mut self, rows: &[(u64, BlindValue)]) -> Result<(), StoreError>;
     /// Removes the stored audit details of leaves `[start, end)` (their leaves stay: an archive
     /// keeps the details). Returns how many were removed.
     ///

@@ -452,6 +452,29 @@ pub fn audit_detail(r: &dyn Columns) -> Result<(u64, AuditDetail), StoreError> {
     ))
 }
 
+/// A leaf index from column 0 (`leaf`).
+///
+/// # Errors
+/// The driver's.
+pub fn leaf(r: &dyn Columns) -> Result<u64, StoreError> {
+    Ok(leaf_index(r.int(0)?))
+}
+
+/// A patient-index row from `leaf, tag`.
+///
+/// # Errors
+/// The driver's; "stored patient tag has the wrong length".
+pub fn access_tag(r: &dyn Columns) -> Result<(u64, BlindValue), StoreError> {
+    let tag = r.bytes(1)?;
+    Ok((
+        leaf_index(r.int(0)?),
+        BlindValue(
+            <[u8; BLIND_LEN]>::try_from(tag.as_slice())
+                .map_err(|_| r.malformed(1, "stored patient tag has the wrong length".into()))?,
+        ),
+    ))
+}
+
 /// A checkpoint from `size, note`.
 ///
 /// # Errors

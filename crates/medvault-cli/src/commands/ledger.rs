@@ -48,6 +48,16 @@ pub(crate) enum LedgerCommand {
         #[arg(long, value_name = "FILE")]
         out: std::path::PathBuf,
     },
+    /// Build the access log's patient index for entries written before it existed (a log
+    /// upgraded from an earlier medvault), newest first, with a progress bar. Until it is done,
+    /// a patient's accounting of disclosures opens every older entry instead (slower, never
+    /// incomplete). `serve` also runs it at start; safe to run while the server runs, and to
+    /// stop and run again (it resumes).
+    #[command(after_help = "Example:\n  medvault ledger reindex-access --data-dir /var/lib/medvault")]
+    ReindexAccess {
+        #[command(flatten)]
+        dir: DataDir,
+    },
     /// Print this node's ledger keys: the two logs' checkpoint keys (give them to witnesses and
     /// auditors) and the witness cosigner key (give it to logs this node witnesses).
     #[command(after_help = "Example:\n  medvault ledger keys --data-dir DIR")]
@@ -94,6 +104,33 @@ pub(crate) fn run_ledger(command: LedgerCommand) -> anyhow::Result<()> {
                 println!(
                     "archives verified: {checked} archived audit details in {} file(s) match their leaves; the files cover {covered} of the {runs} archive runs the access log recorded",
                     archives.len()
+                );
+            }
+        }
+        LedgerCommand::ReindexAccess { dir } => {
+            let node = open_node(&dir, true)?;
+            let mut bar: Option<ProgressBar> = None;
+            let done = medvault_node::access_index::reindex(
+                node.access.as_ref(),
+                &node.ledger,
+                |done, total| {
+                    let pb = bar.get_or_insert_with(|| progress(total, "indexing access log"));
+                    pb.set_position(done);
+                },
+            );
+            if let Some(pb) = bar {
+                pb.finish_and_clear();
+            }
+            let r = done.map_err(|e| anyhow::anyhow!("re-indexing failed: {e}"))?;
+            if r.leaves == 0 {
+                println!(
+                    "the access log's patient index is complete (from leaf {}); nothing to do",
+                    r.from
+                );
+            } else {
+                println!(
+                    "indexed {} access-log entries ({} patient-index rows); the index is complete from leaf {}",
+                    r.leaves, r.rows, r.from
                 );
             }
         }
@@ -220,7 +257,7 @@ pub(crate) fn verify_ledger(node: &Node, extra_witnesses: &[String]) -> anyhow::
         )
     };
     Ok(format!(
-        "ledger verified: {}; {}; {} resource versions ({} amended: their original leaves checked too), {} audit records{}, {} pinned records tree heads reproduced",
+        "ledger verified: {}; {}; {} resource versions ({} amended: their original leaves checked too), {} audit records{}, {} pinned records tree heads reproduced; the access log's patient index matches every record{}",
         log("records", &r.records),
         log("access", &r.access),
         r.versions,
@@ -231,6 +268,14 @@ pub(crate) fn verify_ledger(node: &Node, extra_witnesses: &[String]) -> anyhow::
         } else {
             String::new()
         },
-        r.pins
+        r.pins,
+        if r.patient_index_from > r.archived {
+            format!(
+                " from leaf {} (older entries are not indexed yet: `medvault ledger reindex-access`)",
+                r.patient_index_from
+            )
+        } else {
+            String::new()
+        }
     ))
 }

@@ -253,6 +253,26 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     // The schema validator compiles while the server starts, not during its first write.
     let fhir = std::sync::Arc::clone(&node.fhir);
     std::thread::spawn(move || fhir.warm_up());
+    // A log from before the patient index gets its older entries indexed in the background
+    // (until then, a patient's accounting opens every older entry: slower, never incomplete).
+    let (access, ledger) = (
+        std::sync::Arc::clone(&node.access),
+        std::sync::Arc::clone(&node.ledger),
+    );
+    std::thread::spawn(move || {
+        match medvault_node::access_index::reindex(access.as_ref(), &ledger, |_, _| {}) {
+            Ok(r) if r.leaves > 0 => tracing::info!(
+                leaves = r.leaves,
+                rows = r.rows,
+                "indexed the access log's older entries by patient"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                "re-indexing the access log stopped; `medvault ledger reindex-access` resumes it"
+            ),
+        }
+    });
     // The node's identity keys exist before anyone asks for its document.
     medvault_node::node_identity::NodeIdentity::load(&node)?;
     // After the node opened: the data directory exists (mode 0700) for a dev certificate.
