@@ -1,6 +1,7 @@
 // Helpers shared by the browser tests: RFC 6238 codes, JSON calls to the node, TOTP enrolment,
 // waiting for a condition, and the checks' counter.
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import crypto from "node:crypto";
 
 export const origin = process.env.MEDVAULT_ORIGIN;
@@ -37,12 +38,21 @@ export async function call(method, path, token, body, type = "application/json",
   const text = await r.text();
   return { status: r.status, body: text ? JSON.parse(text) : null };
 }
+// The host's one-time enrolment code for `username` (admins, auditors and privacy officers
+// need one for their first second factor), or none for other accounts.
+function enrolmentCode(username) {
+  const { MEDVAULT_BIN: bin, MEDVAULT_DATA_DIR: dir } = process.env;
+  if (!bin || !dir) return undefined;
+  const r = spawnSync(bin, ["user", "enrolment-code", username, "--data-dir", dir], { encoding: "utf8" });
+  return r.status === 0 ? r.stdout.trim() : undefined;
+}
 // Enrols TOTP for `username` (password `password`) and signs in with it: the secret and the
 // session.
 export async function enroll(username, password) {
   const first = await call("POST", "/auth/login", null, { username, password });
   assert.equal(first.status, 200, JSON.stringify(first.body));
-  const enrolled = await call("POST", "/auth/totp/enroll", first.body.session, {});
+  const code = enrolmentCode(username);
+  const enrolled = await call("POST", "/auth/totp/enroll", first.body.session, code ? { enrolment_code: code } : {});
   assert.equal(enrolled.status, 200, JSON.stringify(enrolled.body));
   const secret = enrolled.body.secret;
   const confirmed = await call("POST", "/auth/totp/confirm", first.body.session, { code: totp(secret, nowStep()) });

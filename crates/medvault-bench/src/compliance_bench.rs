@@ -29,6 +29,8 @@ use serde_json::json;
 const DAY: i64 = 86_400_000_000;
 /// Users in the synthetic log; the clinician assessed is one of them.
 const USERS: u64 = 200;
+/// One access-log event in this many reads the patient with 5 000 resources.
+const BIG_EVERY: u64 = 500;
 const STATES: &[&str] = &["MA", "NY", "CA", "TX", "WA", "FL", "IL", "OH", "GA", "PA"];
 
 fn main() {
@@ -109,8 +111,13 @@ fn main() {
                 } else {
                     format!("usr_bench{}", k % USERS)
                 };
-                // As the server records them: bare patient ids.
-                let p = format!("p{}", ((k / USERS) * 7_919 + k) % patients);
+                // As the server records them: bare patient ids. One read in BIG_EVERY is of
+                // the big record's patient, whose export lists them as disclosures.
+                let p = if k % BIG_EVERY == 3 {
+                    "big".to_owned()
+                } else {
+                    format!("p{}", ((k / USERS) * 7_919 + k) % patients)
+                };
                 let rec = AuditRecord::new(AuditKind::Rest, t, "read", AuditOutcome::Success)
                     .agent(json!({"token": user, "role": "clinician", "session": "ses_b", "client": null}))
                     .patient(Some(p.clone()))
@@ -239,4 +246,42 @@ fn main() {
     let started = Instant::now();
     subject::verify(&export, None, Some(&node)).unwrap();
     println!("subject verify: {:.2} s", started.elapsed().as_secs_f64());
+
+    // The patient's accounting alone, through the patient index and, beside it, by opening
+    // every detail on one thread (what a log not yet re-indexed costs).
+    let accounting = |budget_note: &str| {
+        let started = Instant::now();
+        let mut n = 0u64;
+        medvault_node::access_index::walk_naming(
+            node.access.as_ref(),
+            &node.ledger,
+            "big",
+            (0, size),
+            u64::MAX,
+            &mut |_, _| {
+                n += 1;
+                Ok(true)
+            },
+        )
+        .unwrap();
+        println!(
+            "accounting of disclosures, {budget_note}: {n} of {size} entries in {:.3} s",
+            started.elapsed().as_secs_f64()
+        );
+    };
+    accounting("patient index");
+    write_log_with(node.access.as_ref(), move |tx: &mut dyn LogTx| {
+        tx.set_meta(medvault_store::ACCESS_INDEXED_FROM, &size.to_string())
+    })
+    .unwrap();
+    accounting("no index (every detail opened)");
+    let started = Instant::now();
+    let r = medvault_node::access_index::reindex(node.access.as_ref(), &node.ledger, |_, _| {})
+        .unwrap();
+    println!(
+        "reindex-access: {} entries, {} rows, in {:.2} s",
+        r.leaves,
+        r.rows,
+        started.elapsed().as_secs_f64()
+    );
 }

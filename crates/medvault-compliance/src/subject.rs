@@ -731,6 +731,33 @@ fn processing(node: &Node) -> Result<Value, Error> {
     }))
 }
 
+/// The patients whose own export this process is making.
+static EXPORTING: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// A patient's own export in progress in this process; ends when dropped.
+struct Exporting(String);
+
+impl Exporting {
+    /// `None` if one is in progress already.
+    fn start(subject: &str) -> Option<Self> {
+        let mut set = EXPORTING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        set.insert(subject.to_owned())
+            .then(|| Self(subject.to_owned()))
+    }
+}
+
+impl Drop for Exporting {
+    fn drop(&mut self) {
+        EXPORTING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.0);
+    }
+}
+
 /// The patient's signed export.
 ///
 /// # Errors
@@ -752,7 +779,17 @@ pub fn export(
         .into());
     }
     let subject = format!("Patient/{patient}");
+    // Held until the export is stored (below): another export of the same patient's own at the
+    // same time is refused, as the time check alone reads the register before this one wrote.
+    let _exporting;
     if let Requester::Patient { .. } = requester {
+        _exporting = Exporting::start(&subject).ok_or_else(|| {
+            Error::from(medvault_node::Error::new(
+                medvault_node::error::ErrorKind::Throttled,
+                medvault_node::error::IssueCode::Throttled,
+                "an export of your data is being made: download it when it is ready",
+            ))
+        })?;
         // An export reads the whole access log: a patient gets one every ten minutes.
         let now = node.clock.now_micros();
         // (Only the patient's own exports count: one staff made for a request does not.)

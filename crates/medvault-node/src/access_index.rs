@@ -23,8 +23,13 @@ const BATCH: u64 = 1024;
 /// # Errors
 /// Store failures.
 pub fn indexed_from(access: &dyn LogRead) -> Result<u64, Error> {
-    let size = access.ledger_size()?;
-    Ok(access
+    Ok(mark(access)?)
+}
+
+/// [`indexed_from`], as the store answers it.
+fn mark(store: &dyn LogRead) -> Result<u64, StoreError> {
+    let size = store.ledger_size()?;
+    Ok(store
         .meta(ACCESS_INDEXED_FROM)?
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(size, |from| from.min(size)))
@@ -64,8 +69,15 @@ pub fn walk_naming(
     // The indexed part: rows newest first, each detail opened and checked.
     let tag = ledger.patient_tag(patient);
     while at > from {
+        // Rows are as the database holds them: only leaves in [from, at) count, each once
+        // (a row an editor made with another leaf is passed over; `ledger verify` names it).
         let leaves = access.access_leaves(&tag, at, BATCH)?;
-        for leaf in leaves.iter().copied().filter(|l| *l >= from) {
+        let mut below = at;
+        for leaf in leaves.iter().copied() {
+            if leaf < from || leaf >= below {
+                continue;
+            }
+            below = leaf;
             if opened == budget {
                 return stop(leaf + 1, opened);
             }
@@ -80,9 +92,10 @@ pub fn walk_naming(
                 return stop(leaf, opened);
             }
         }
-        // A short batch, or one that reached below `from`, leaves none above it.
+        // A short batch, or one that reached below `from`, leaves none above it; the walk
+        // only ever moves down.
         at = match leaves.last() {
-            Some(&oldest) if leaves.len() as u64 == BATCH && oldest > from => oldest,
+            Some(&oldest) if leaves.len() as u64 == BATCH && oldest > from && oldest < at => oldest,
             _ => from,
         };
     }
@@ -120,19 +133,46 @@ pub struct Reindexed {
     pub from: u64,
 }
 
+/// Why re-indexing stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReindexError {
+    /// The database refused a read or a write (the cause named: a CLI run has no server log).
+    #[error("the access log could not be read or written: {}", chain(.0))]
+    Store(#[from] StoreError),
+    /// Another re-indexing moved the mark meanwhile.
+    #[error("another re-indexing of the access log moved its mark: run it again")]
+    Moved,
+    /// The archive's marks do not read.
+    #[error("{0}")]
+    Archive(String),
+}
+
+/// An error and its causes, one after another.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// Indexes the leaves written before the patient index existed, newest first, a batch per
 /// durable write that also lowers the mark, so readers use each batch as soon as it lands and
 /// an interrupted run resumes where it stopped. `progress` gets (leaves done, leaves to do).
 ///
 /// # Errors
-/// Store failures; another re-indexing moved the mark meanwhile (run it again).
+/// Store failures (named); another re-indexing moved the mark meanwhile (run it again).
 pub fn reindex(
     access: &dyn LogStore,
     ledger: &Ledger,
     mut progress: impl FnMut(u64, u64),
-) -> Result<Reindexed, Error> {
-    let (archived, _) = crate::archive::archived(access).map_err(|e| Error::internal(&e))?;
-    let mut from = indexed_from(access)?;
+) -> Result<Reindexed, ReindexError> {
+    let (archived, _) =
+        crate::archive::archived(access).map_err(|e| ReindexError::Archive(e.to_string()))?;
+    let mut from = mark(access)?;
     let total = from.saturating_sub(archived);
     let mut done = Reindexed {
         from,
@@ -143,29 +183,22 @@ pub fn reindex(
         let mut rows = Vec::new();
         for (leaf, detail) in access.audit_details(start, from - start)? {
             // A detail that does not open cannot be indexed; `ledger verify` names it.
-            if let Ok(record) = ledger.open_audit(&detail) {
-                rows.extend(
-                    ledger
-                        .patient_tags(crate::audit::patients_of(&record))
-                        .into_iter()
-                        .map(|t| (leaf, t)),
-                );
+            if let Ok(tags) = ledger.audit_patient_tags(&detail) {
+                rows.extend(tags.into_iter().map(|t| (leaf, t)));
             }
         }
         let n = rows.len() as u64;
         let expected = from;
         medvault_store::write_log_with(access, move |tx: &mut dyn LogTx| {
-            if indexed_from(&*tx).ok() != Some(expected) {
+            if mark(&*tx)? != expected {
                 return Err(StoreError::Conflict);
             }
             tx.add_access_tags(&rows)?;
             tx.set_meta(ACCESS_INDEXED_FROM, &start.to_string())
         })
         .map_err(|e| match e {
-            StoreError::Conflict => Error::conflict(
-                "another re-indexing of the access log moved its mark: run it again",
-            ),
-            e => e.into(),
+            StoreError::Conflict => ReindexError::Moved,
+            e => ReindexError::Store(e),
         })?;
         done.leaves += from - start;
         done.rows += n;

@@ -444,9 +444,14 @@ pub fn search(
     };
     if let Some(p) = f.patient.clone() {
         // A patient's records through the access log's patient index.
-        end = crate::access_index::walk_naming(store, ledger, &p, (0, end), MAX_SCAN, &mut |l, d| {
-            Ok(keep(l, d))
-        })?
+        end = crate::access_index::walk_naming(
+            store,
+            ledger,
+            &p,
+            (0, end),
+            MAX_SCAN,
+            &mut |l, d| Ok(keep(l, d)),
+        )?
         .below;
     } else {
         let floor = end.saturating_sub(MAX_SCAN);

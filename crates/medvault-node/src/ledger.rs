@@ -376,7 +376,9 @@ impl Ledger {
         record: &AuditRecord,
     ) -> Result<(AuditDetail, Vec<u8>, Vec<BlindValue>), Error> {
         let salt = random_salt()?;
-        let bytes = crate::audit::encode_detail(record).map_err(|e| Error::internal(&e))?;
+        let patients = self.patient_tags(record.patients());
+        let bytes = crate::audit::encode_detail_tagged(record, &patients)
+            .map_err(|e| Error::internal(&e))?;
         let sealed = self
             .audit_key
             .seal_bound(AUDIT_SEAL_CONTEXT, &[&salt], &bytes)
@@ -388,7 +390,6 @@ impl Ledger {
         }
         .encode()
         .to_vec();
-        let patients = self.patient_tags(record.patients());
         Ok((AuditDetail { salt, sealed }, leaf, patients))
     }
 
@@ -442,6 +443,26 @@ impl Ledger {
             .open_bound(AUDIT_SEAL_CONTEXT, &[&detail.salt], &detail.sealed)
             .map_err(|e| Error::internal(&e))?;
         crate::audit::decode_detail(&plain).map_err(|e| Error::internal(&e))
+    }
+
+    /// The patient-index tags (sorted) of the patients a stored audit detail's record names:
+    /// those it carries, or (a detail written before it carried them) read from the record
+    /// without building it. What `ledger verify` and re-indexing need of every entry.
+    ///
+    /// # Errors
+    /// 500 if it does not open (tampered or wrong key) or is not a record.
+    pub fn audit_patient_tags(&self, detail: &AuditDetail) -> Result<Vec<BlindValue>, Error> {
+        let plain = self
+            .audit_key
+            .open_bound(AUDIT_SEAL_CONTEXT, &[&detail.salt], &detail.sealed)
+            .map_err(|e| Error::internal(&e))?;
+        if let Some(tags) = crate::audit::tags_of_detail(&plain) {
+            return Ok(tags);
+        }
+        let named = crate::audit::patients_in_detail(&plain).map_err(|e| Error::internal(&e))?;
+        let mut tags = self.patient_tags(named.iter().map(String::as_str));
+        tags.sort_unstable();
+        Ok(tags)
     }
 
     /// True if a stored audit detail opens (its AEAD tag verifies) under the audit key.

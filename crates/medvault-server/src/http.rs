@@ -455,7 +455,16 @@ async fn dispatch(
         let mut params = search::parse_query_string(query.as_deref().unwrap_or(""));
         if who.role == Role::Patient {
             // HIPAA §164.528 accounting of disclosures: a patient reads who accessed their own
-            // records, and nothing else of the trail.
+            // records, and nothing else of the trail; in their own session, not through an
+            // app acting for them (whatever its scopes: the trail names staff, their
+            // credentials and addresses).
+            if who.client.is_some() || who.scopes.is_some() || who.session.is_none() {
+                return Err(ApiError::new(
+                    ErrorKind::Forbidden,
+                    IssueCode::Forbidden,
+                    "a patient reads their accounting of disclosures signed in to their own account (the portal), not through an app",
+                ));
+            }
             let Some(own) = who
                 .patient
                 .clone()

@@ -137,14 +137,36 @@ pub(crate) async fn whoami(who: Authenticated) -> Result<Response, ApiError> {
     .into_response())
 }
 
+/// `POST /auth/totp/enroll` body (optional).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnrollRequest {
+    /// The one-time code from the node's host that an admin's, auditor's or privacy officer's
+    /// first second factor needs.
+    #[serde(default)]
+    enrolment_code: Option<String>,
+}
+
 /// `POST /auth/totp/enroll`: a new TOTP secret, pending until a code from it is confirmed.
-/// Replacing an active authenticator needs an AAL2 session.
+/// Replacing an active authenticator needs an AAL2 session; a privileged account's first one
+/// needs `{"enrolment_code": …}` from the host.
 pub(crate) async fn totp_enroll(
     State(state): State<AppState>,
     who: Authenticated,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    let req: EnrollRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        EnrollRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|_| {
+            Error::bad_request("the body is a JSON object with at most an enrolment_code")
+        })?
+    };
     let w = who.clone();
-    let e = on_node(&state, move |node| login::totp_enroll(node, &w)).await?;
+    let e = on_node(&state, move |node| {
+        login::totp_enroll(node, &w, req.enrolment_code.as_deref())
+    })
+    .await?;
     let out = json!({
         "otpauth_uri": e.uri,
         "secret": e.secret,

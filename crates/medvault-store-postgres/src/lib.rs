@@ -631,7 +631,9 @@ mod tests {
         }
         let log = PgStore::open_access_log(&s.0).unwrap();
         assert_eq!(
-            log.meta(medvault_store::ACCESS_INDEXED_FROM).unwrap().as_deref(),
+            log.meta(medvault_store::ACCESS_INDEXED_FROM)
+                .unwrap()
+                .as_deref(),
             Some("4")
         );
         assert!(log.access_tags(0, 10).unwrap().is_empty());

@@ -220,7 +220,9 @@ const ACCESS_LOG_MIGRATIONS: &[(i64, &str)] = &[
     (
         4,
         "CREATE TABLE access_patients (
-            tag BYTEA NOT NULL, leaf BIGINT NOT NULL, PRIMARY KEY (tag, leaf)
+            tag BYTEA NOT NULL CHECK (octet_length(tag) = 16),
+            leaf BIGINT NOT NULL CHECK (leaf >= 0),
+            PRIMARY KEY (tag, leaf)
          );
          CREATE INDEX access_patients_by_leaf ON access_patients (leaf);
          INSERT INTO meta (k, v)

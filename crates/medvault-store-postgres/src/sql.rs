@@ -893,6 +893,15 @@ pub(crate) fn access_tags(
     )
 }
 
+pub(crate) fn access_tags_astray(c: &mut Conn, size: u64) -> Result<u64, StoreError> {
+    counted(
+        c,
+        "SELECT count(*) FROM access_patients
+         WHERE leaf < 0 OR leaf >= $1 OR octet_length(tag) <> 16",
+        &[&to_i64(size)],
+    )
+}
+
 pub(crate) fn checkpoint(
     c: &mut Conn,
     size: Option<u64>,

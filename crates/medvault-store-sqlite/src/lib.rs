@@ -769,7 +769,8 @@ mod tests {
                 sealed: medvault_crypto::Sealed::from_stored(vec![7; 40]),
             };
             let leaf =
-                medvault_store::write_with(&log, move |tx| tx.append_audit(&detail, &[7], &[])).unwrap();
+                medvault_store::write_with(&log, move |tx| tx.append_audit(&detail, &[7], &[]))
+                    .unwrap();
             assert_eq!(leaf, 0);
             assert_eq!(log.ledger_size().unwrap(), 1);
             assert!(log.audit_detail(0).unwrap().is_some());
@@ -820,7 +821,9 @@ mod tests {
         }
         let log = SqliteStore::open_access_log(&path).unwrap();
         assert_eq!(
-            log.meta(medvault_store::ACCESS_INDEXED_FROM).unwrap().as_deref(),
+            log.meta(medvault_store::ACCESS_INDEXED_FROM)
+                .unwrap()
+                .as_deref(),
             Some("4")
         );
         assert!(log.access_tags(0, 10).unwrap().is_empty());

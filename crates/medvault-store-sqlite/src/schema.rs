@@ -249,7 +249,9 @@ const ACCESS_LOG_MIGRATIONS: &[&str] = &[
 
 /// The access log's patient index: keyed patient tag → leaf, and the first indexed leaf.
 const ACCESS_PATIENTS: &str = "CREATE TABLE access_patients (
-        tag BLOB NOT NULL, leaf INTEGER NOT NULL, PRIMARY KEY (tag, leaf)
+        tag BLOB NOT NULL CHECK (typeof(tag) = 'blob' AND length(tag) = 16),
+        leaf INTEGER NOT NULL CHECK (typeof(leaf) = 'integer' AND leaf >= 0),
+        PRIMARY KEY (tag, leaf)
      ) WITHOUT ROWID;
      CREATE INDEX access_patients_by_leaf ON access_patients (leaf);
      INSERT INTO meta (k, v)

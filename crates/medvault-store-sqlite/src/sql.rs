@@ -1003,6 +1003,16 @@ pub(crate) fn access_tags(
     )
 }
 
+pub(crate) fn access_tags_astray(c: &Connection, size: u64) -> Result<u64, StoreError> {
+    counted(
+        c,
+        "SELECT count(*) FROM access_patients
+         WHERE typeof(leaf) <> 'integer' OR leaf < 0 OR leaf >= ?1
+            OR typeof(tag) <> 'blob' OR length(tag) <> 16",
+        [to_i64(size)],
+    )
+}
+
 pub(crate) fn checkpoint(
     c: &Connection,
     size: Option<u64>,

@@ -88,7 +88,11 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Store>) -> usize {
 pub fn access_patient_index(open: &dyn Fn() -> Box<dyn crate::LogStore>) -> u64 {
     let store = open();
     let log = store.as_ref();
-    let (a, b, c) = (BlindValue([1; 16]), BlindValue([2; 16]), BlindValue([3; 16]));
+    let (a, b, c) = (
+        BlindValue([1; 16]),
+        BlindValue([2; 16]),
+        BlindValue([3; 16]),
+    );
     assert_eq!(
         ok(log.meta(crate::ACCESS_INDEXED_FROM), "meta").as_deref(),
         Some("0"),
@@ -150,7 +154,10 @@ pub fn access_patient_index(open: &dyn Fn() -> Box<dyn crate::LogStore>) -> u64 
     assert_eq!(dumped.len(), 5, "every index row is dumped");
     assert_eq!(
         dumped[0],
-        vec![crate::dump::Cell::Bytes(vec![1; 16]), crate::dump::Cell::Int(0)]
+        vec![
+            crate::dump::Cell::Bytes(vec![1; 16]),
+            crate::dump::Cell::Int(0)
+        ]
     );
     4
 }

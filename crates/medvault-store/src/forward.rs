@@ -56,6 +56,9 @@ macro_rules! forward_reads {
             ) -> Result<Vec<(u64, $crate::__private::BlindValue)>, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::access_tags(c, start, count))
             }
+            fn access_tags_astray(&self, size: u64) -> Result<u64, $crate::StoreError> {
+                self.with_conn(|c| $($sql)::+::access_tags_astray(c, size))
+            }
             fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::checkpoint(c, size))
             }

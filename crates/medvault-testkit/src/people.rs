@@ -107,7 +107,14 @@ impl Server {
         // An enrollment-only session reaches no data.
         let (st, b) = self.get_as("/fhir/Patient", &session, None);
         assert_eq!(st, 403, "{b}");
-        let (st, b) = self.post_json("/auth/totp/enroll", Some(&session), &json!({}));
+        // Admins, auditors and privacy officers enrol with a code from the host.
+        let (ok, code, _) = self.run(&["user", "enrolment-code", name]);
+        let body = if ok {
+            json!({"enrolment_code": code.trim()})
+        } else {
+            json!({})
+        };
+        let (st, b) = self.post_json("/auth/totp/enroll", Some(&session), &body);
         assert_eq!(st, 200, "{b}");
         let uri = b["otpauth_uri"].as_str().expect("an otpauth URI");
         assert!(

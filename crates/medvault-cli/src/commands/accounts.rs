@@ -130,6 +130,24 @@ pub(crate) enum UserCommand {
         /// Login name.
         username: String,
     },
+    /// Print a one-time enrolment code for an admin's, auditor's or privacy officer's first
+    /// second factor (code on standard output, what it is for on standard error). Their
+    /// password alone does not let them enrol an authenticator: they send the code with
+    /// POST /auth/totp/enroll {"enrolment_code": "…"}. Give it to the person over another
+    /// channel than their password. A new code replaces the last; it is spent by the enrolment.
+    #[command(
+        after_help = "Example:\n  medvault user enrolment-code --data-dir DIR a.admin --hours 4"
+    )]
+    EnrolmentCode {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Login name.
+        username: String,
+        /// How long the code is valid, in hours (1 to 168).
+        #[arg(long, default_value_t = medvault_node::identity::login::ENROLMENT_CODE_HOURS,
+              value_parser = clap::value_parser!(u32).range(1..=168))]
+        hours: u32,
+    },
     /// List accounts: id, name, role, state, second factor.
     #[command(after_help = "Example:\n  medvault user list --data-dir DIR")]
     List {
@@ -324,6 +342,32 @@ pub(crate) fn run_user(command: UserCommand) -> anyhow::Result<()> {
                 "user-unlock",
                 "unlocked",
             )?;
+        }
+        UserCommand::EnrolmentCode {
+            dir,
+            username,
+            hours,
+        } => {
+            let node = open_node(&dir, true)?;
+            let user = medvault_node::identity::accounts::find_user(&node, &username)
+                .map_err(fail)?
+                .ok_or_else(|| anyhow::anyhow!("no such user: {username}"))?;
+            if !medvault_node::identity::login::needs_enrolment_code(&user) {
+                bail!(
+                    "{username} is a {} account: it enrols its first second factor with its password alone (codes are for admins, auditors and privacy officers)",
+                    user.role
+                );
+            }
+            let (code, expires) =
+                medvault_node::identity::login::issue_enrolment_code(&node, &user, hours)
+                    .map_err(fail)?;
+            audit_admin(&node, "user-enrolment-code", Some(&user.id))?;
+            eprintln!(
+                "one-time enrolment code for {username} ({}), valid until {}:",
+                user.id,
+                medvault_node::clock::instant(expires)
+            );
+            println!("{}", code.as_str());
         }
         UserCommand::List { dir } => {
             let node = open_node(&dir, true)?;

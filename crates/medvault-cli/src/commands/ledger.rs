@@ -53,7 +53,9 @@ pub(crate) enum LedgerCommand {
     /// a patient's accounting of disclosures opens every older entry instead (slower, never
     /// incomplete). `serve` also runs it at start; safe to run while the server runs, and to
     /// stop and run again (it resumes).
-    #[command(after_help = "Example:\n  medvault ledger reindex-access --data-dir /var/lib/medvault")]
+    #[command(
+        after_help = "Example:\n  medvault ledger reindex-access --data-dir /var/lib/medvault"
+    )]
     ReindexAccess {
         #[command(flatten)]
         dir: DataDir,

@@ -120,6 +120,94 @@ fn lockout_disable_and_throttling() {
 }
 
 #[test]
+fn a_privileged_accounts_first_factor_needs_a_code_from_the_host() {
+    let s = MEDVAULT.start();
+    s.create_user("first.admin", "admin");
+    s.create_user("first.officer", "privacy-officer");
+    s.create_user("first.doctor", "clinician");
+    let (_, b) = s.login("first.admin", PASSWORD, &json!({}));
+    let session = b["session"].as_str().unwrap().to_owned();
+    // The password alone does not enrol an admin's authenticator (else it would also pass
+    // every step-up), nor a passkey.
+    for body in [
+        json!({}),
+        json!({"enrolment_code": ""}),
+        json!({"enrolment_code": "0000-0000-0000-0000"}),
+    ] {
+        let (st, b) = s.post_json("/auth/totp/enroll", Some(&session), &body);
+        assert_eq!(st, 403, "{body}: {b}");
+        assert_eq!(b["resourceType"], "OperationOutcome");
+        assert!(
+            b.to_string().contains("medvault user enrolment-code"),
+            "{b}"
+        );
+    }
+    let (st, _) = s.post_json("/auth/totp/enroll", Some(&session), &json!({"bogus": 1}));
+    assert_eq!(st, 400, "unknown fields are refused");
+    // The host issues a code (stdout: the code alone; recorded in the access log).
+    let (ok, code, err) = s.run(&["user", "enrolment-code", "first.admin", "--hours", "2"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("valid until"), "{err}");
+    let code = code.trim().to_owned();
+    assert_eq!(code.len(), 19, "{code}");
+    // A wrong code is still refused; the right one (typed loosely) enrols.
+    let (st, _) = s.post_json(
+        "/auth/totp/enroll",
+        Some(&session),
+        &json!({"enrolment_code": "ZZZZ-ZZZZ-ZZZZ-ZZZZ"}),
+    );
+    assert_eq!(st, 403);
+    let (st, b) = s.post_json(
+        "/auth/totp/enroll",
+        Some(&session),
+        &json!({"enrolment_code": code.to_lowercase().replace('-', " ")}),
+    );
+    assert_eq!(st, 200, "{b}");
+    let secret =
+        medvault_auth::totp::TotpSecret::from_base32(b["secret"].as_str().unwrap()).unwrap();
+    let (st, b) = s.post_json(
+        "/auth/totp/confirm",
+        Some(&session),
+        &json!({"code": totp(&secret, now())}),
+    );
+    assert_eq!(st, 200, "{b}");
+    // Spent: the account has its factor now, and the host says so.
+    let (ok, _, err) = s.run(&["user", "enrolment-code", "first.admin"]);
+    assert!(!ok && err.contains("second factor already"), "{err}");
+    // A code is for privileged accounts only; others enrol with their password as before.
+    let (ok, _, err) = s.run(&["user", "enrolment-code", "first.doctor"]);
+    assert!(!ok && err.contains("clinician"), "{err}");
+    let (_, b) = s.login("first.doctor", PASSWORD, &json!({}));
+    let doctor = b["session"].as_str().unwrap().to_owned();
+    let (st, b) = s.post_json("/auth/totp/enroll", Some(&doctor), &json!({}));
+    assert_eq!(st, 200, "{b}");
+    // A code enrols only the account it was issued for.
+    let (ok, officer_code, _) = s.run(&["user", "enrolment-code", "first.officer"]);
+    assert!(ok);
+    let (_, b) = s.login("first.officer", PASSWORD, &json!({}));
+    let officer = b["session"].as_str().unwrap().to_owned();
+    let (ok, admin2_code, _) = {
+        s.create_user("second.admin", "admin");
+        s.run(&["user", "enrolment-code", "second.admin"])
+    };
+    assert!(ok);
+    let (st, _) = s.post_json(
+        "/auth/totp/enroll",
+        Some(&officer),
+        &json!({"enrolment_code": admin2_code.trim()}),
+    );
+    assert_eq!(st, 403, "another account's code does not enrol this one");
+    let (st, b) = s.post_json(
+        "/auth/totp/enroll",
+        Some(&officer),
+        &json!({"enrolment_code": officer_code.trim()}),
+    );
+    assert_eq!(st, 200, "{b}");
+    let log = s.verify_ledger();
+    assert!(log.contains("ledger verified"), "{log}");
+}
+
+#[test]
 fn sensitive_actions_need_a_recent_admin_sign_in() {
     let s = MEDVAULT.start_with(&["--step-up-seconds", "2"]);
     s.create_user("root.admin", "admin");

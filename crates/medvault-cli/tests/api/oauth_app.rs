@@ -291,6 +291,11 @@ fn patients_reach_their_own_compartment_and_patient_scopes_bind_to_it() {
     );
     let (_, found) = s.get_as("/fhir/Observation?_count=50", &app, None);
     assert_eq!(match_ids(&found), vec![lab1.clone()]);
+    // The accounting of disclosures names staff, their credentials and addresses: the patient
+    // reads it in their own session, never through an app acting for them.
+    let (st, b) = s.get_as("/fhir/AuditEvent", &app, None);
+    assert_eq!(st, 403, "{b}");
+    assert_eq!(b["resourceType"], "OperationOutcome");
 
     // A patient cannot grant an app more than their own compartment, even if the app may ask.
     let wide = s.register_app("Wide app", "user/*.rs patient/Patient.r");

@@ -380,6 +380,7 @@ pub(crate) fn factor_change_allowed(
     node: &Node,
     user: &UserRow,
     aal: Option<Aal>,
+    enrolment_code: Option<&str>,
 ) -> Result<(), Error> {
     let has_factor = user.totp.is_some() || !node.store.passkeys(&user.id)?.is_empty();
     if has_factor && aal.is_none_or(|aal| aal < Aal::Two) {
@@ -388,6 +389,89 @@ pub(crate) fn factor_change_allowed(
             IssueCode::Forbidden,
             "adding or replacing a second factor needs a session signed in with the current one",
         ));
+    }
+    if !has_factor && needs_enrolment_code(user) {
+        check_enrolment_code(node, user, enrolment_code)?;
+    }
+    Ok(())
+}
+
+/// How long an enrolment code is valid unless the host says otherwise.
+pub const ENROLMENT_CODE_HOURS: u32 = 24;
+/// The node `meta` key holding a user's enrolment code (its hash and expiry, or `used`).
+const ENROLMENT_META: &str = "enrolment-code/";
+
+/// True for the roles whose first second factor needs an enrolment code from the node's host
+/// (admin, auditor, privacy officer): their password alone must not be enough to give the
+/// account a second factor of the password holder's choosing, and with it the step-up that
+/// erasure, exports and key rotation ask for.
+pub fn needs_enrolment_code(user: &UserRow) -> bool {
+    Role::parse(&user.role)
+        .is_ok_and(|r| matches!(r, Role::Admin | Role::Auditor | Role::PrivacyOfficer))
+}
+
+fn enrolment_hash(code: &str) -> String {
+    let mut input = b"medvault-enrolment-v1\0".to_vec();
+    input.extend_from_slice(&recovery::hash(code));
+    hex::encode(medvault_crypto::sha256(&input))
+}
+
+/// Issues a one-time enrolment code for `user`'s first second factor, valid `hours` (replacing
+/// an earlier one): shown once, stored only as a hash. Run on the host (`medvault user
+/// enrolment-code`), where the key file is.
+///
+/// # Errors
+/// 400 for a user who has a second factor already; store and RNG failures.
+pub fn issue_enrolment_code(
+    node: &Node,
+    user: &UserRow,
+    hours: u32,
+) -> Result<(zeroize::Zeroizing<String>, i64), Error> {
+    if user.totp.is_some() || !node.store.passkeys(&user.id)?.is_empty() {
+        return Err(Error::bad_request(
+            "this account has a second factor already: it adds or replaces factors from a session signed in with it",
+        ));
+    }
+    let code = recovery::generate()
+        .map_err(|e| Error::internal(&e))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::internal(&"no code generated"))?;
+    let expires = node.clock.now_micros() + i64::from(hours) * 3_600_000_000;
+    let value = format!("{}:{expires}", enrolment_hash(&code));
+    let key = format!("{ENROLMENT_META}{}", user.id);
+    write_with(node.store.as_ref(), move |tx| tx.set_meta(&key, &value))?;
+    Ok((code, expires))
+}
+
+fn check_enrolment_code(node: &Node, user: &UserRow, code: Option<&str>) -> Result<(), Error> {
+    let refused = |why: &str| {
+        Error::new(
+            ErrorKind::Forbidden,
+            IssueCode::Forbidden,
+            format!(
+                "{why}: an {} account's first second factor is enrolled with a one-time code from the node's host (`medvault user enrolment-code NAME`), sent as enrolment_code",
+                user.role
+            ),
+        )
+    };
+    let Some(code) = code.filter(|c| !c.trim().is_empty()) else {
+        return Err(refused("no enrolment code"));
+    };
+    let stored = node.store.meta(&format!("{ENROLMENT_META}{}", user.id))?;
+    let Some((hash, expires)) = stored.as_deref().and_then(|v| v.split_once(':')) else {
+        return Err(refused(
+            "no enrolment code was issued for this account, or it was used",
+        ));
+    };
+    if expires
+        .parse::<i64>()
+        .map_or(true, |t| t <= node.clock.now_micros())
+    {
+        return Err(refused("the enrolment code has expired"));
+    }
+    if hash != enrolment_hash(code) {
+        return Err(refused("that enrolment code does not match"));
     }
     Ok(())
 }
@@ -413,9 +497,13 @@ impl std::fmt::Debug for TotpEnrollment {
 ///
 /// # Errors
 /// 403 for a credential that is not a session or may not change factors; store failures.
-pub fn totp_enroll(node: &Node, who: &Authenticated) -> Result<TotpEnrollment, Error> {
+pub fn totp_enroll(
+    node: &Node,
+    who: &Authenticated,
+    enrolment_code: Option<&str>,
+) -> Result<TotpEnrollment, Error> {
     let mut user = user_of(node, who)?;
-    factor_change_allowed(node, &user, who.aal)?;
+    factor_change_allowed(node, &user, who.aal, enrolment_code)?;
     let name = user_name(node, &user)?;
     let secret = totp::TotpSecret::generate().map_err(|e| Error::internal(&e))?;
     let key = identity_key(node)?;
@@ -443,7 +531,12 @@ pub fn totp_confirm(
     code: &str,
 ) -> Result<Vec<zeroize::Zeroizing<String>>, Error> {
     let mut user = user_of(node, who)?;
-    factor_change_allowed(node, &user, who.aal)?;
+    // A pending secret exists only if enrolling it was allowed (with the enrolment code where
+    // one is needed), so confirming it asks for nothing more.
+    let first = user.totp.is_none() && node.store.passkeys(&user.id)?.is_empty();
+    if !first {
+        factor_change_allowed(node, &user, who.aal, None)?;
+    }
     let pending = user
         .totp_pending
         .clone()
@@ -465,9 +558,19 @@ pub fn totp_confirm(
         Some(h) => node.store.session(&h)?,
         None => None,
     };
+    let used = (first && needs_enrolment_code(&user)).then(|| {
+        (
+            format!("{ENROLMENT_META}{}", user.id),
+            format!("used {}", node.clock.now_micros()),
+        )
+    });
     write_with(node.store.as_ref(), move |tx| {
         tx.set_recovery_codes(&user.id, &hashes)?;
         tx.put_user(&user)?;
+        // The enrolment code is spent with the factor it enrolled.
+        if let Some((key, value)) = &used {
+            tx.set_meta(key, value)?;
+        }
         if let Some(mut s) = session {
             s.aal = Aal::Two;
             tx.put_session(&s)?;

@@ -166,7 +166,9 @@ pub fn register_start(
     session: Option<TokenHash>,
 ) -> Result<(String, CreationChallengeResponse), Error> {
     let user = user_of(node, who)?;
-    factor_change_allowed(node, &user, who.aal)?;
+    // A first factor that needs an enrolment code is a TOTP authenticator (passkeys are added
+    // from a session signed in with it).
+    factor_change_allowed(node, &user, who.aal, None)?;
     let existing = load_passkeys(node, &user.id)?;
     let name = user_name(node, &user)?;
     let exclude = existing.iter().map(|p| p.cred_id().clone()).collect();
