@@ -458,7 +458,7 @@ async fn dispatch(
             // records, and nothing else of the trail; in their own session, not through an
             // app acting for them (whatever its scopes: the trail names staff, their
             // credentials and addresses).
-            if who.client.is_some() || who.scopes.is_some() || who.session.is_none() {
+            if who.client.is_some() || who.session.is_none() {
                 return Err(ApiError::new(
                     ErrorKind::Forbidden,
                     IssueCode::Forbidden,
