@@ -55,7 +55,8 @@ export async function enroll(username, password) {
   const enrolled = await call("POST", "/auth/totp/enroll", first.body.session, code ? { enrolment_code: code } : {});
   assert.equal(enrolled.status, 200, JSON.stringify(enrolled.body));
   const secret = enrolled.body.secret;
-  const confirmed = await call("POST", "/auth/totp/confirm", first.body.session, { code: totp(secret, nowStep()) });
+  const confirmed = await call("POST", "/auth/totp/confirm", first.body.session,
+    code ? { code: totp(secret, nowStep()), enrolment_code: code } : { code: totp(secret, nowStep()) });
   assert.equal(confirmed.status, 200, JSON.stringify(confirmed.body));
   return { secret, session: first.body.session };
 }

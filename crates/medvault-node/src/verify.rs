@@ -225,10 +225,11 @@ pub fn verify(
     let archived_before = mark.before;
     let indexed_from =
         crate::access_index::indexed_from(access).map_err(|e| diverge(e.to_string()))?;
-    let astray = access.access_tags_astray(acc_size)?;
+    let (astray, first) = access.access_tags_astray(acc_size)?;
     if astray > 0 {
         return Err(diverge(format!(
-            "the access log's patient index holds {astray} row(s) that name no leaf of the log (or are not a leaf and a 16-byte tag): rows only an editor of the database makes"
+            "the access log's patient index holds {astray} row(s) that name no leaf of the log (or are not a leaf and a 16-byte tag), the first with leaf {}: rows only an editor of the database makes",
+            first.as_deref().unwrap_or("?")
         )));
     }
 
@@ -488,7 +489,12 @@ fn first_bad_audit(ledger: &Ledger, part: &[Audit]) -> Option<(u64, &'static str
         let Ok(named) = ledger.audit_patient_tags(d) else {
             return Some((a.leaf, "has a stored detail that does not open"));
         };
-        if a.listed.iter().any(|t| named.binary_search(t).is_err()) {
+        if a.listed.windows(2).any(|w| w[0] >= w[1]) {
+            Some((
+                a.leaf,
+                "is listed in the access log's patient index twice under one patient (rows only an editor of the database makes)",
+            ))
+        } else if a.listed.iter().any(|t| named.binary_search(t).is_err()) {
             Some((
                 a.leaf,
                 "is listed in the access log's patient index under a patient its record does not name",

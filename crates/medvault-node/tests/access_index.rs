@@ -235,11 +235,11 @@ fn verify_names_a_row_deleted_added_or_beyond_the_log() {
         .is_err(),
         "the table refuses a negative leaf"
     );
-    // A row with a negative leaf (the table's CHECK refuses it, so an editor drops the
-    // table's constraints first): named by verify, and readers neither repeat nor lose what
+    // A row with a negative leaf (the table's CHECK refuses it, so an editor rebuilds the
+    // table without its constraints and key first): named by verify, and readers neither repeat nor lose what
     // the index holds.
     db.execute_batch(
-        "CREATE TABLE loose (tag BLOB NOT NULL, leaf INTEGER NOT NULL, PRIMARY KEY (tag, leaf)) WITHOUT ROWID;
+        "CREATE TABLE loose (tag BLOB NOT NULL, leaf INTEGER NOT NULL);
          INSERT INTO loose SELECT tag, leaf FROM access_patients;
          DROP TABLE access_patients;
          ALTER TABLE loose RENAME TO access_patients;",
@@ -254,7 +254,51 @@ fn verify_names_a_row_deleted_added_or_beyond_the_log() {
     }
     assert_eq!(naming(&node, "a"), vec![leaves[1], leaves[0]]);
     let why = divergence(&node);
-    assert!(why.contains("1100 row(s) that name no leaf"), "{why}");
+    assert!(
+        why.contains("1100 row(s) that name no leaf") && why.contains("the first with leaf -"),
+        "{why}"
+    );
+    db.execute("DELETE FROM access_patients WHERE leaf < 0", [])
+        .unwrap();
+    verified(&node).unwrap();
+    // A leaf that is not an integer: passed over by readers, named by verify.
+    db.execute(
+        "INSERT INTO access_patients (tag, leaf) VALUES (?1, 0.5)",
+        [&a_tag],
+    )
+    .unwrap();
+    assert_eq!(naming(&node, "a"), vec![leaves[1], leaves[0]]);
+    let why = divergence(&node);
+    assert!(why.contains("the first with leaf 0.5"), "{why}");
+    db.execute(
+        "DELETE FROM access_patients WHERE typeof(leaf) = 'real'",
+        [],
+    )
+    .unwrap();
+    // A patient's row deleted and another's duplicated in its place keeps the count: the
+    // duplicate is named.
+    let b_tag: Vec<u8> = db
+        .query_row(
+            "SELECT tag FROM access_patients WHERE leaf = ?1 AND tag <> ?2",
+            rusqlite::params![leaves[1] as i64, a_tag],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute(
+        "DELETE FROM access_patients WHERE leaf = ?1 AND tag = ?2",
+        rusqlite::params![leaves[1] as i64, b_tag],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO access_patients (tag, leaf) VALUES (?1, ?2)",
+        rusqlite::params![a_tag, leaves[1] as i64],
+    )
+    .unwrap();
+    let why = divergence(&node);
+    assert!(
+        why.contains(&format!("audit leaf {}", leaves[1])) && why.contains("twice"),
+        "{why}"
+    );
 }
 
 #[test]

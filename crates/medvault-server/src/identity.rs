@@ -177,8 +177,12 @@ pub(crate) async fn totp_enroll(
 
 /// `POST /auth/totp/confirm` body.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ConfirmRequest {
     code: String,
+    /// As for enrolling (a privileged account's first second factor).
+    #[serde(default)]
+    enrolment_code: Option<String>,
 }
 
 /// `POST /auth/totp/confirm`: activates the pending secret if `code` matches it, issues fresh
@@ -187,14 +191,27 @@ pub(crate) async fn totp_confirm(
     State(state): State<AppState>,
     who: Authenticated,
     headers: HeaderMap,
-    Json(req): Json<ConfirmRequest>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    let req: ConfirmRequest = serde_json::from_slice(&body).map_err(|_| {
+        Error::bad_request(
+            "the body is a JSON object with the code (and, enrolling an admin's, auditor's or privacy officer's first factor, the enrolment_code)",
+        )
+    })?;
     let st = state.clone();
     let w = who.clone();
     let hash = session_token(&headers).map(medvault_store::TokenHash::of);
-    let codes =
-        blocking(move || login::totp_confirm(&st.node, &st.auth.sessions, &w, hash, &req.code))
-            .await?;
+    let codes = blocking(move || {
+        login::totp_confirm(
+            &st.node,
+            &st.auth.sessions,
+            &w,
+            hash,
+            &req.code,
+            req.enrolment_code.as_deref(),
+        )
+    })
+    .await?;
     let out = json!({
         "recovery_codes": codes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
     });

@@ -893,13 +893,23 @@ pub(crate) fn access_tags(
     )
 }
 
-pub(crate) fn access_tags_astray(c: &mut Conn, size: u64) -> Result<u64, StoreError> {
-    counted(
+pub(crate) fn access_tags_astray(
+    c: &mut Conn,
+    size: u64,
+) -> Result<(u64, Option<String>), StoreError> {
+    const ASTRAY: &str = "leaf < 0 OR leaf >= $1 OR octet_length(tag) <> 16";
+    let n = counted(
         c,
-        "SELECT count(*) FROM access_patients
-         WHERE leaf < 0 OR leaf >= $1 OR octet_length(tag) <> 16",
+        &format!("SELECT count(*) FROM access_patients WHERE {ASTRAY}"),
         &[&to_i64(size)],
-    )
+    )?;
+    let first = one(
+        c,
+        &format!("SELECT leaf::text FROM access_patients WHERE {ASTRAY} LIMIT 1"),
+        &[&to_i64(size)],
+        rows::text,
+    )?;
+    Ok((n, first))
 }
 
 pub(crate) fn checkpoint(

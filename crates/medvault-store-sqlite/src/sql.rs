@@ -982,7 +982,8 @@ pub(crate) fn access_leaves(
 ) -> Result<Vec<u64>, StoreError> {
     all(
         c,
-        "SELECT leaf FROM access_patients WHERE tag = ?1 AND leaf < ?2
+        "SELECT leaf FROM access_patients
+         WHERE tag = ?1 AND leaf < ?2 AND typeof(leaf) = 'integer'
          ORDER BY leaf DESC LIMIT ?3",
         params![&tag.0[..], to_i64(below), to_i64(count)],
         rows::leaf,
@@ -1003,14 +1004,25 @@ pub(crate) fn access_tags(
     )
 }
 
-pub(crate) fn access_tags_astray(c: &Connection, size: u64) -> Result<u64, StoreError> {
-    counted(
+const ACCESS_TAGS_ASTRAY: &str = "typeof(leaf) <> 'integer' OR leaf < 0 OR leaf >= ?1
+     OR typeof(tag) <> 'blob' OR length(tag) <> 16";
+
+pub(crate) fn access_tags_astray(
+    c: &Connection,
+    size: u64,
+) -> Result<(u64, Option<String>), StoreError> {
+    let n = counted(
         c,
-        "SELECT count(*) FROM access_patients
-         WHERE typeof(leaf) <> 'integer' OR leaf < 0 OR leaf >= ?1
-            OR typeof(tag) <> 'blob' OR length(tag) <> 16",
+        &format!("SELECT count(*) FROM access_patients WHERE {ACCESS_TAGS_ASTRAY}"),
         [to_i64(size)],
-    )
+    )?;
+    let first = one(
+        c,
+        &format!("SELECT quote(leaf) FROM access_patients WHERE {ACCESS_TAGS_ASTRAY} LIMIT 1"),
+        [to_i64(size)],
+        rows::text,
+    )?;
+    Ok((n, first))
 }
 
 pub(crate) fn checkpoint(

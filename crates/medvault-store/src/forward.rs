@@ -56,7 +56,7 @@ macro_rules! forward_reads {
             ) -> Result<Vec<(u64, $crate::__private::BlindValue)>, $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::access_tags(c, start, count))
             }
-            fn access_tags_astray(&self, size: u64) -> Result<u64, $crate::StoreError> {
+            fn access_tags_astray(&self, size: u64) -> Result<(u64, Option<String>), $crate::StoreError> {
                 self.with_conn(|c| $($sql)::+::access_tags_astray(c, size))
             }
             fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>, $crate::StoreError> {

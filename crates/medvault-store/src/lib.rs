@@ -872,11 +872,12 @@ pub trait LogRead {
     fn access_tags(&self, start: u64, count: u64) -> Result<Vec<(u64, BlindValue)>, StoreError>;
     /// How many patient-index rows name no leaf of a log of `size` leaves (a negative or too
     /// large leaf) or are malformed (a leaf that is not an integer, a tag that is not 16
-    /// bytes): rows only an editor of the database makes. Access-log databases only.
+    /// bytes), and the leaf of the first as the database holds it: rows only an editor of the
+    /// database makes. Access-log databases only.
     ///
     /// # Errors
     /// [`StoreError::Backend`].
-    fn access_tags_astray(&self, size: u64) -> Result<u64, StoreError>;
+    fn access_tags_astray(&self, size: u64) -> Result<(u64, Option<String>), StoreError>;
     /// A stored checkpoint note: of exactly `size`, or the largest when `size` is `None`.
     ///
     /// # Errors

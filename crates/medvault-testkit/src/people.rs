@@ -109,10 +109,10 @@ impl Server {
         assert_eq!(st, 403, "{b}");
         // Admins, auditors and privacy officers enrol with a code from the host.
         let (ok, code, _) = self.run(&["user", "enrolment-code", name]);
-        let body = if ok {
-            json!({"enrolment_code": code.trim()})
-        } else {
-            json!({})
+        let enrolment = ok.then(|| code.trim().to_owned());
+        let body = match &enrolment {
+            Some(c) => json!({"enrolment_code": c}),
+            None => json!({}),
         };
         let (st, b) = self.post_json("/auth/totp/enroll", Some(&session), &body);
         assert_eq!(st, 200, "{b}");
@@ -127,13 +127,13 @@ impl Server {
         let (st, _) = self.post_json(
             "/auth/totp/confirm",
             Some(&session),
-            &json!({"code": "000000"}),
+            &json!({"code": "000000", "enrolment_code": enrolment}),
         );
         assert_eq!(st, 400, "a wrong code does not activate the secret");
         let (st, b) = self.post_json(
             "/auth/totp/confirm",
             Some(&session),
-            &json!({"code": totp(&secret, now())}),
+            &json!({"code": totp(&secret, now()), "enrolment_code": enrolment}),
         );
         assert_eq!(st, 200, "{b}");
         let codes: Vec<String> = b["recovery_codes"]

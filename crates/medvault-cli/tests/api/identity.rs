@@ -157,18 +157,49 @@ fn a_privileged_accounts_first_factor_needs_a_code_from_the_host() {
         &json!({"enrolment_code": "ZZZZ-ZZZZ-ZZZZ-ZZZZ"}),
     );
     assert_eq!(st, 403);
+    let enrol = |code: &str| {
+        let (st, b) = s.post_json(
+            "/auth/totp/enroll",
+            Some(&session),
+            &json!({"enrolment_code": code.to_lowercase().replace('-', " ")}),
+        );
+        assert_eq!(st, 200, "{b}");
+        medvault_auth::totp::TotpSecret::from_base32(b["secret"].as_str().unwrap()).unwrap()
+    };
+    let secret = enrol(&code);
+    // Confirming asks for the code too: a password holder cannot confirm (or guess at) the
+    // secret the owner is enrolling.
+    let (_, b) = s.login("first.admin", PASSWORD, &json!({}));
+    let intruder = b["session"].as_str().unwrap().to_owned();
     let (st, b) = s.post_json(
-        "/auth/totp/enroll",
-        Some(&session),
-        &json!({"enrolment_code": code.to_lowercase().replace('-', " ")}),
+        "/auth/totp/confirm",
+        Some(&intruder),
+        &json!({"code": totp(&secret, now())}),
     );
-    assert_eq!(st, 200, "{b}");
-    let secret =
-        medvault_auth::totp::TotpSecret::from_base32(b["secret"].as_str().unwrap()).unwrap();
+    assert_eq!(st, 403, "{b}");
+    // A new code from the host drops the secret pending under the old one.
+    let (ok, code2, _) = s.run(&["user", "enrolment-code", "first.admin"]);
+    assert!(ok);
+    let code2 = code2.trim().to_owned();
     let (st, b) = s.post_json(
         "/auth/totp/confirm",
         Some(&session),
-        &json!({"code": totp(&secret, now())}),
+        &json!({"code": totp(&secret, now()), "enrolment_code": code2}),
+    );
+    assert_eq!(st, 400, "nothing pending: {b}");
+    let (st, _) = s.post_json("/auth/totp/confirm", Some(&session), &json!([1]));
+    assert_eq!(st, 400, "a body that is not the object is refused");
+    let secret = enrol(&code2);
+    let (st, b) = s.post_json(
+        "/auth/totp/confirm",
+        Some(&session),
+        &json!({"code": totp(&secret, now()), "enrolment_code": code}),
+    );
+    assert_eq!(st, 403, "the replaced code: {b}");
+    let (st, b) = s.post_json(
+        "/auth/totp/confirm",
+        Some(&session),
+        &json!({"code": totp(&secret, now()), "enrolment_code": code2}),
     );
     assert_eq!(st, 200, "{b}");
     // Spent: the account has its factor now, and the host says so.

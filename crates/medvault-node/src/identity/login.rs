@@ -440,38 +440,40 @@ pub fn issue_enrolment_code(
     let expires = node.clock.now_micros() + i64::from(hours) * 3_600_000_000;
     let value = format!("{}:{expires}", enrolment_hash(&code));
     let key = format!("{ENROLMENT_META}{}", user.id);
-    write_with(node.store.as_ref(), move |tx| tx.set_meta(&key, &value))?;
+    // A secret pending under an earlier code is dropped with it.
+    let mut user = user.clone();
+    user.totp_pending = None;
+    write_with(node.store.as_ref(), move |tx| {
+        tx.put_user(&user)?;
+        tx.set_meta(&key, &value)
+    })?;
     Ok((code, expires))
 }
 
 fn check_enrolment_code(node: &Node, user: &UserRow, code: Option<&str>) -> Result<(), Error> {
-    let refused = |why: &str| {
+    // One answer whatever is wrong (missing, wrong, expired, replaced or spent): a password
+    // holder learns nothing of whether a code is outstanding.
+    let refused = || {
         Error::new(
             ErrorKind::Forbidden,
             IssueCode::Forbidden,
             format!(
-                "{why}: an {} account's first second factor is enrolled with a one-time code from the node's host (`medvault user enrolment-code NAME`), sent as enrolment_code",
+                "a valid enrolment code is needed: an {} account's first second factor is enrolled with a one-time code from the node's host (`medvault user enrolment-code NAME`, valid for hours, once), sent as enrolment_code to enroll and to confirm",
                 user.role
             ),
         )
     };
-    let Some(code) = code.filter(|c| !c.trim().is_empty()) else {
-        return Err(refused("no enrolment code"));
-    };
+    let code = code.filter(|c| !c.trim().is_empty()).ok_or_else(refused)?;
     let stored = node.store.meta(&format!("{ENROLMENT_META}{}", user.id))?;
-    let Some((hash, expires)) = stored.as_deref().and_then(|v| v.split_once(':')) else {
-        return Err(refused(
-            "no enrolment code was issued for this account, or it was used",
-        ));
-    };
-    if expires
+    let (hash, expires) = stored
+        .as_deref()
+        .and_then(|v| v.split_once(':'))
+        .ok_or_else(refused)?;
+    let live = expires
         .parse::<i64>()
-        .map_or(true, |t| t <= node.clock.now_micros())
-    {
-        return Err(refused("the enrolment code has expired"));
-    }
-    if hash != enrolment_hash(code) {
-        return Err(refused("that enrolment code does not match"));
+        .is_ok_and(|t| t > node.clock.now_micros());
+    if !live || hash != enrolment_hash(code) {
+        return Err(refused());
     }
     Ok(())
 }
@@ -529,14 +531,14 @@ pub fn totp_confirm(
     who: &Authenticated,
     session_hash: Option<TokenHash>,
     code: &str,
+    enrolment_code: Option<&str>,
 ) -> Result<Vec<zeroize::Zeroizing<String>>, Error> {
     let mut user = user_of(node, who)?;
-    // A pending secret exists only if enrolling it was allowed (with the enrolment code where
-    // one is needed), so confirming it asks for nothing more.
+    // The same rule as enrolling: a privileged account's first factor is confirmed with the
+    // enrolment code too (still unspent, unexpired and not replaced), so a password holder
+    // cannot confirm, or guess at, the secret its owner is enrolling.
+    factor_change_allowed(node, &user, who.aal, enrolment_code)?;
     let first = user.totp.is_none() && node.store.passkeys(&user.id)?.is_empty();
-    if !first {
-        factor_change_allowed(node, &user, who.aal, None)?;
-    }
     let pending = user
         .totp_pending
         .clone()
