@@ -170,8 +170,9 @@ $("verdict-form").onsubmit = async (ev) => {
     $("reason").value = "";
     chosen.checked = false;
     say("Verdict recorded: " + chosen.value + ".");
-    $("status").dataset.judged = current.id;
+    // Said once the queue shows it (a reader of the page, or a test, looks there next).
     await load(false);
+    $("status").dataset.judged = current.id;
     await show(current.id);
   } catch (e) { say("Error: " + e.message, true); }
 };
