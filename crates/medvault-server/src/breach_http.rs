@@ -25,16 +25,11 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::compliance_http::{PageQuery, agent, node_error, private_json, register_id};
-use crate::error::ApiError;
+use crate::error::{ApiError, json_body as body};
 use crate::respond::on_node;
 
 fn gate(who: &Authenticated, write: bool) -> Result<(), ApiError> {
     gates::breach(who, write).map_err(|r| Refusal::into_error(r).into())
-}
-
-fn body<T>(b: Result<Json<T>, JsonRejection>, shape: &str) -> Result<T, ApiError> {
-    b.map(|Json(t)| t)
-        .map_err(|_| ApiError::bad_request(format!("send {shape} as application/json")))
 }
 
 /// What an assessment covers.

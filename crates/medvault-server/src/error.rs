@@ -105,6 +105,16 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A JSON body the extractor refused (not JSON, not the shape, not `application/json`), as a
+/// 400 OperationOutcome saying what to send (never the parser's words).
+pub(crate) fn json_body<T>(
+    b: Result<axum::Json<T>, axum::extract::rejection::JsonRejection>,
+    shape: &str,
+) -> Result<T, ApiError> {
+    b.map(|axum::Json(t)| t)
+        .map_err(|_| ApiError::bad_request(format!("send {shape} as application/json")))
+}
+
 /// A query string that does not fit the endpoint's parameters: 400 as an `OperationOutcome`
 /// (axum's own answer is plain text), naming the parameter and what was wrong with it.
 pub(crate) fn query_rejected(e: axum::extract::rejection::QueryRejection) -> ApiError {

@@ -79,8 +79,9 @@ pub(crate) async fn authorize_decide(
     State(state): State<AppState>,
     headers: HeaderMap,
     who: Authenticated,
-    Json(d): Json<Decision>,
+    d: Result<Json<Decision>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let d = crate::error::json_body(d, "the query and the decision (approve)")?;
     gates::app_approval(&who).map_err(Refusal::into_error)?;
     let req = parse_query(Some(d.query.trim_start_matches('?')));
     let base = crate::http::public_base(&state, &headers);

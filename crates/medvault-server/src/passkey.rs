@@ -5,6 +5,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use medvault_node::identity::Authenticated;
@@ -14,7 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, json_body};
 use crate::identity::{session_token, throttled};
 use crate::respond::{blocking, page_response, with_note};
 
@@ -58,8 +59,9 @@ pub(crate) struct Finish<T> {
 pub(crate) async fn register_finish(
     State(state): State<AppState>,
     who: Authenticated,
-    Json(body): Json<Finish<RegisterPublicKeyCredential>>,
+    body: Result<Json<Finish<RegisterPublicKeyCredential>>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let body = json_body(body, "the ceremony id and the credential")?;
     let st = state.clone();
     let w = who.clone();
     blocking(move || {
@@ -134,8 +136,12 @@ pub(crate) async fn login_start(
 /// opens an AAL3 session. Failures count towards the account's lockout.
 pub(crate) async fn login_finish(
     State(state): State<AppState>,
-    Json(body): Json<Finish<PublicKeyCredential>>,
+    body: Result<Json<Finish<PublicKeyCredential>>, JsonRejection>,
 ) -> Response {
+    let body = match json_body(body, "the ceremony id and the credential") {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
     let st = state.clone();
     let out = tokio::task::spawn_blocking(move || {
         passkeys::login_finish(

@@ -426,3 +426,42 @@ fn a_missing_second_factor_answers_like_a_wrong_password_and_counts() {
         "locked after ten logins without the second factor: {b}"
     );
 }
+
+#[test]
+fn malformed_bodies_on_the_sign_in_endpoints_are_operation_outcomes() {
+    let s = MEDVAULT.start();
+    let session = s.person("body.doctor", "clinician").session;
+    for (path, bearer) in [
+        ("/auth/passkey/login/finish", None),
+        ("/auth/passkey/register/finish", Some(&session)),
+        ("/auth/authorize/decide", Some(&session)),
+        ("/auth/totp/confirm", Some(&session)),
+    ] {
+        for (body, kind) in [
+            ("not json", "application/json"),
+            ("{}", "application/json"),
+            (r#"{"code": 1}"#, "text/plain"),
+        ] {
+            let mut req = s
+                .anonymous(reqwest::Method::POST, path)
+                .header("Content-Type", kind)
+                .body(body);
+            if let Some(b) = bearer {
+                req = req.bearer_auth(b);
+            }
+            let r = req.send().unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().unwrap();
+            let outcome: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("{path} {body}: not JSON: {text}"));
+            assert!(
+                (400..500).contains(&status) && outcome["resourceType"] == "OperationOutcome",
+                "{path} {body}: {status} {text}"
+            );
+            assert!(
+                !text.contains("Failed to"),
+                "{path}: the parser's words: {text}"
+            );
+        }
+    }
+}
