@@ -137,7 +137,7 @@ pub struct Reindexed {
 #[derive(Debug, thiserror::Error)]
 pub enum ReindexError {
     /// The database refused a read or a write (the cause named: a CLI run has no server log).
-    #[error("the access log could not be read or written: {}", chain(.0))]
+    #[error("the access log could not be read or written: {}", crate::error::with_causes(.0))]
     Store(#[from] StoreError),
     /// Another re-indexing moved the mark meanwhile.
     #[error("another re-indexing of the access log moved its mark: run it again")]
@@ -145,18 +145,6 @@ pub enum ReindexError {
     /// The archive's marks do not read.
     #[error("{0}")]
     Archive(String),
-}
-
-/// An error and its causes, one after another.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 /// Indexes the leaves written before the patient index existed, newest first, a batch per

@@ -244,6 +244,20 @@ pub fn operation_outcome(
     json!({"resourceType": "OperationOutcome", "issue": issues})
 }
 
+/// An error with its causes, one after another (`connection error: received fatal alert: …`):
+/// for messages shown where no server log is (the CLI) or where the cause is the point (a peer
+/// that refuses this node's client certificate says so only after the TLS 1.3 handshake).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {

@@ -432,19 +432,6 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
-/// An error with its causes, e.g. `connection error: received fatal alert: …` (a peer that
-/// refuses this node's client certificate says so only after the handshake, in TLS 1.3).
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
 /// Splits `https://host[:port]` into host and port.
 ///
 /// # Errors
@@ -484,7 +471,7 @@ pub async fn post(
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
-            .map_err(|e| CallError::Http(with_causes(&e)))?;
+            .map_err(|e| CallError::Http(medvault_node::error::with_causes(&e)))?;
     let driver = tokio::spawn(conn);
     let authority = if port == 443 {
         host.clone()
@@ -502,7 +489,7 @@ pub async fn post(
         let resp = sender
             .send_request(request)
             .await
-            .map_err(|e| CallError::Http(with_causes(&e)))?;
+            .map_err(|e| CallError::Http(medvault_node::error::with_causes(&e)))?;
         let status = resp.status().as_u16();
         let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()
