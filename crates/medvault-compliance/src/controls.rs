@@ -477,7 +477,8 @@ fn activity_review(e: &Evidence) -> Judged {
 fn disclosures(e: &Evidence) -> Judged {
     let l = &e.ledger;
     let facts = json!({"access_log_entries": l.access.size, "archived": l.archived,
-        "verify": l.verify, "patient_index_from": l.patient_index_from});
+        "verify": l.verify, "patient_index_from": l.patient_index_from,
+        "patient_index_to": l.patient_index_to});
     let j = if l.verified {
         judged(
             Status::Pass,
@@ -485,14 +486,11 @@ fn disclosures(e: &Evidence) -> Judged {
                 "every disclosure is an access-log entry; a patient's accounting is `GET /fhir/AuditEvent?patient=…` ({} entries, {} archived with their leaves kept); the patient index it reads was checked against every entry{}",
                 l.access.size,
                 l.archived,
-                if l.patient_index_from > l.archived {
-                    format!(
-                        " from {} (older entries are read in full until `medvault ledger reindex-access` indexes them)",
-                        l.patient_index_from
-                    )
-                } else {
-                    String::new()
-                }
+                medvault_node::access_index::coverage(
+                    (l.patient_index_from, l.patient_index_to),
+                    l.archived,
+                    l.access.size
+                )
             ),
             facts,
         )

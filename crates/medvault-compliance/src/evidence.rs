@@ -194,9 +194,12 @@ pub struct Ledger {
     pub audit_records_checked: u64,
     /// Access-log entries archived (their details moved out; leaves kept).
     pub archived: u64,
-    /// The access log's patient index was checked against every entry from this leaf up
-    /// (older entries are not indexed yet).
+    /// The access log's patient index was checked against every entry in
+    /// `[patient_index_from, patient_index_to)` (older entries are not indexed yet, nor the
+    /// newest, whose run is not whole).
     pub patient_index_from: u64,
+    /// See `patient_index_from`.
+    pub patient_index_to: u64,
     /// Witness keys configured.
     pub witnesses: u64,
 }
@@ -548,6 +551,7 @@ fn ledger(node: &Node, now: i64, progress: impl FnMut(u64, u64)) -> Result<Ledge
             l.versions_checked = r.versions;
             l.audit_records_checked = r.audit_records;
             l.patient_index_from = r.patient_index_from;
+            l.patient_index_to = r.patient_index_to;
             l.archived = r.archived;
             l.records.cosigned_size = r.records.cosigned_size;
             l.records.cosigned_by = r.records.cosigned_by;

@@ -51,6 +51,36 @@ pub async fn checkpoint_task(
     }
 }
 
+/// Indexes the access log by patient while the node serves, every `every`: each run of
+/// leaves as soon as the log holds it whole ([`crate::access_index::catch_up`]).
+pub async fn access_index_task(node: Arc<Node>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let n = Arc::clone(&node);
+        let done = tokio::task::spawn_blocking(move || {
+            crate::access_index::catch_up(n.access.as_ref(), &n.ledger)
+        })
+        .await;
+        match done {
+            Ok(Ok(r)) if r.leaves > 0 => {
+                tracing::debug!(
+                    leaves = r.leaves,
+                    rows = r.rows,
+                    to = r.to,
+                    "access log indexed"
+                );
+            }
+            Ok(Ok(_)) => {}
+            // Another process serving the same database indexed the run first.
+            Ok(Err(crate::access_index::ReindexError::Moved)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "indexing the access log failed; will retry"),
+            Err(e) => tracing::warn!(error = %e, "indexing the access log failed; will retry"),
+        }
+    }
+}
+
 /// Signs new checkpoints of both logs (see [`Ledger::checkpoint_now`]) on a blocking thread.
 ///
 /// # Errors

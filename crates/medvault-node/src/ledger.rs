@@ -352,8 +352,8 @@ impl Ledger {
         time_micros: i64,
         record: &AuditRecord,
     ) -> Result<u64, Error> {
-        let (detail, leaf, patients) = self.seal_audit(time_micros, record)?;
-        Ok(tx.append_audit(&detail, &leaf, &patients)?)
+        let (detail, leaf) = self.seal_audit(time_micros, record)?;
+        Ok(tx.append_audit(&detail, &leaf)?)
     }
 
     /// The access log's patient-index tag of patient `id` (a bare id).
@@ -369,12 +369,13 @@ impl Ledger {
         named.into_iter().map(|p| self.patient_tag(p)).collect()
     }
 
-    /// The sealed detail, the leaf and the patient-index tags of `record`.
+    /// The sealed detail (with the patient-index tags of the patients `record` names in its
+    /// header, for the indexer: [`crate::access_index`]) and the leaf of `record`.
     fn seal_audit(
         &self,
         time_micros: i64,
         record: &AuditRecord,
-    ) -> Result<(AuditDetail, Vec<u8>, Vec<BlindValue>), Error> {
+    ) -> Result<(AuditDetail, Vec<u8>), Error> {
         let salt = random_salt()?;
         let patients = self.patient_tags(record.patients());
         let bytes = crate::audit::encode_detail_tagged(record, &patients)
@@ -390,7 +391,7 @@ impl Ledger {
         }
         .encode()
         .to_vec();
-        Ok((AuditDetail { salt, sealed }, leaf, patients))
+        Ok((AuditDetail { salt, sealed }, leaf))
     }
 
     /// Seals `record` and appends it as an access-log leaf in its own durable write on `access`.
@@ -404,9 +405,9 @@ impl Ledger {
         time_micros: i64,
         record: &AuditRecord,
     ) -> Result<u64, Error> {
-        let (detail, leaf, patients) = self.seal_audit(time_micros, record)?;
+        let (detail, leaf) = self.seal_audit(time_micros, record)?;
         Ok(medvault_store::write_log_with(access, move |tx| {
-            tx.append_audit(&detail, &leaf, &patients)
+            tx.append_audit(&detail, &leaf)
         })?)
     }
 
@@ -421,11 +422,11 @@ impl Ledger {
         time_micros: i64,
         record: &AuditRecord,
     ) -> Result<u64, Error> {
-        let (detail, leaf, patients) = self.seal_audit(time_micros, record)?;
+        let (detail, leaf) = self.seal_audit(time_micros, record)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         medvault_store::submit_log_with(
             access,
-            move |t| t.append_audit(&detail, &leaf, &patients),
+            move |t| t.append_audit(&detail, &leaf),
             move |r| {
                 let _ = tx.send(r);
             },

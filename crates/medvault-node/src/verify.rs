@@ -54,9 +54,12 @@ pub struct Report {
     pub archived: u64,
     /// Tree heads pinned by the other log's checkpoints that the leaves reproduced.
     pub pins: u64,
-    /// The access log's patient index was checked against every detail from this leaf up
-    /// (below it, leaves written before the index may not have their rows yet).
+    /// The access log's patient index was checked against every detail in
+    /// `[patient_index_from, patient_index_to)` (below, leaves written before the index may
+    /// not have their rows yet; above, the newest leaves wait for their run to be indexed).
     pub patient_index_from: u64,
+    /// See [`Report::patient_index_from`].
+    pub patient_index_to: u64,
 }
 
 /// Why verification failed.
@@ -209,7 +212,7 @@ pub fn verify(
         ledger,
         LogId::Records,
         &rec_roots,
-        (0, 0),
+        (0, (0, 0)),
         |start, leaves| {
             commitments.extend(leaves.iter().map(|(_, c)| *c));
             progress(start + leaves.len() as u64, total);
@@ -223,8 +226,7 @@ pub fn verify(
         e => diverge(e.to_string()),
     })?;
     let archived_before = mark.before;
-    let indexed_from =
-        crate::access_index::indexed_from(access).map_err(|e| diverge(e.to_string()))?;
+    let indexed = crate::access_index::indexed(access).map_err(|e| diverge(e.to_string()))?;
     let (astray, first) = access.access_tags_astray(acc_size)?;
     if astray > 0 {
         return Err(diverge(format!(
@@ -238,7 +240,7 @@ pub fn verify(
         ledger,
         LogId::Access,
         &acc_roots,
-        (archived_before, indexed_from),
+        (archived_before, indexed),
         |start, leaves| {
             audit_records += leaves.len() as u64;
             progress(rec_size + start + leaves.len() as u64, total);
@@ -267,22 +269,24 @@ pub fn verify(
         archived,
         audit_records,
         pins,
-        patient_index_from: indexed_from,
+        patient_index_from: indexed.0,
+        patient_index_to: indexed.1,
     })
 }
 
 /// Walks one log's leaves in order: checks contiguity, format and kind, every stored node, that
 /// the tree passes through every root in `roots` at its size, and (access log) every audit
 /// detail and its patient-index rows, except that audit leaves below `archived_before` may have
-/// no detail (their details were archived) and leaves below `indexed_from` may lack rows
-/// (written before the index). `chunk_done` gets each checked chunk's start and `(index,
+/// no detail (their details were archived) and leaves outside `indexed` may lack rows
+/// (written before the index, or in a run not indexed yet), though the rows they have must be
+/// right. `chunk_done` gets each checked chunk's start and `(index,
 /// commitment)` pairs. Returns how many audit leaves had no detail because it was archived.
 fn walk(
     store: &(dyn LogRead + Sync),
     ledger: &Ledger,
     log: LogId,
     roots: &[(u64, Hash)],
-    (archived_before, indexed_from): (u64, u64),
+    (archived_before, indexed): (u64, (u64, u64)),
     mut chunk_done: impl FnMut(u64, &[(u64, Hash)]),
 ) -> Result<u64, VerifyError> {
     let mut archived = 0u64;
@@ -347,7 +351,7 @@ fn walk(
                             commitment: entry.commitment,
                             detail: d,
                             listed,
-                            complete: expect >= indexed_from,
+                            complete: (indexed.0..indexed.1).contains(&expect),
                         }),
                         None if expect < archived_before => archived += 1,
                         None => {

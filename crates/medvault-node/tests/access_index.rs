@@ -1,6 +1,7 @@
-//! The access log's patient index: written with every leaf, read newest first through the
-//! index (and by opening every older detail where a log predates it), re-indexed in place, and
-//! checked both ways by `ledger verify`, which names a row deleted, added or moved.
+//! The access log's patient index: written a run at a time once the log holds the run, read
+//! newest first through the index (and by opening every detail outside it: the newest leaves
+//! of a run not yet whole, and older ones where a log predates the index), re-indexed in place,
+//! and checked both ways by `ledger verify`, which names a row deleted, added or moved.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -10,6 +11,7 @@ use medvault_node::access_index::{self, Walked};
 use medvault_node::audit::{AuditKind, AuditOutcome, AuditRecord};
 use medvault_node::node::Node;
 use medvault_node::verify::{self, VerifyError};
+use medvault_store::{ACCESS_RUN_LEAVES, LogTx};
 use serde_json::{Value, json};
 
 /// Appends the records the tests look for; returns their leaves.
@@ -51,6 +53,24 @@ fn populate(node: &Node) -> Vec<u64> {
         .iter()
         .map(|r| node.record_audit_now(r).unwrap())
         .collect()
+}
+
+/// Fills the access log's current run with records about no patient, then indexes what is
+/// whole, as a serving node does in the background.
+fn fill_run_and_index(node: &Node) -> access_index::CaughtUp {
+    let size = node.access.ledger_size().unwrap();
+    let end = size.div_ceil(ACCESS_RUN_LEAVES) * ACCESS_RUN_LEAVES;
+    let (ledger, now) = (std::sync::Arc::clone(&node.ledger), node.clock.now_micros());
+    medvault_store::write_log_with(node.access.as_ref(), move |tx: &mut dyn LogTx| {
+        for _ in size..end {
+            ledger
+                .append_audit(tx, now, &AuditRecord::admin(now, "keys-rotate", None))
+                .map_err(|e| medvault_store::StoreError::Aborted(e.message.into()))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    access_index::catch_up(node.access.as_ref(), &node.ledger).unwrap()
 }
 
 fn naming(node: &Node, patient: &str) -> Vec<u64> {
@@ -113,14 +133,43 @@ fn expect_found(node: &Node, leaves: &[u64]) {
 fn every_leaf_is_indexed_and_found_newest_first() {
     let (tmp, node) = medvault_testkit::scratch_node();
     let leaves = populate(&node);
+    let rows = || -> i64 {
+        sql(&tmp.path().join("data"))
+            .query_row("SELECT count(*) FROM access_patients", [], |r| r.get(0))
+            .unwrap()
+    };
+    // The request path writes no rows: the newest leaves are read in full until their run is
+    // whole.
+    assert_eq!(rows(), 0);
+    expect_found(&node, &leaves);
+    let r = verified(&node).unwrap();
+    assert_eq!((r.patient_index_from, r.patient_index_to), (0, 0));
+    assert_eq!(
+        access_index::catch_up(node.access.as_ref(), &node.ledger)
+            .unwrap()
+            .leaves,
+        0,
+        "a run not yet whole waits"
+    );
+    let caught = fill_run_and_index(&node);
+    assert_eq!(
+        (caught.leaves, caught.to),
+        (ACCESS_RUN_LEAVES, ACCESS_RUN_LEAVES)
+    );
     expect_found(&node, &leaves);
     // Only the patients a record names have rows: 1 + 3 + 0 + 1 + 1.
-    let rows: i64 = sql(&tmp.path().join("data"))
-        .query_row("SELECT count(*) FROM access_patients", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(rows, 6);
+    assert_eq!(caught.rows, 6);
+    assert_eq!(rows(), 6);
     let r = verified(&node).unwrap();
-    assert_eq!(r.patient_index_from, 0);
+    assert_eq!(
+        (r.patient_index_from, r.patient_index_to),
+        (0, ACCESS_RUN_LEAVES)
+    );
+    // Newer leaves, above the index, are found beside it.
+    let newer = node
+        .record_audit_now(|t| AuditRecord::admin(t, "patient-restrict", Some("Patient/b")))
+        .unwrap();
+    assert_eq!(naming(&node, "b"), vec![newer, leaves[4], leaves[1]]);
 
     // A bounded walk says where to go on.
     let mut seen = Vec::new();
@@ -162,6 +211,7 @@ fn every_leaf_is_indexed_and_found_newest_first() {
 fn verify_names_a_row_deleted_added_or_beyond_the_log() {
     let (tmp, node) = medvault_testkit::scratch_node();
     let leaves = populate(&node);
+    fill_run_and_index(&node);
     let dir = tmp.path().join("data");
     let db = sql(&dir);
     let tag_of = |leaf: u64| -> Vec<u8> {
@@ -191,7 +241,7 @@ fn verify_names_a_row_deleted_added_or_beyond_the_log() {
         "{why}"
     );
     db.execute(
-        "INSERT INTO access_patients (tag, leaf) VALUES (?1, ?2)",
+        "INSERT INTO access_patients (run, tag, leaf) VALUES (?2 >> 12, ?1, ?2)",
         rusqlite::params![a_tag, leaves[0] as i64],
     )
     .unwrap();
@@ -199,7 +249,7 @@ fn verify_names_a_row_deleted_added_or_beyond_the_log() {
 
     // Framing d with an access that was a's: a row under a patient the record does not name.
     db.execute(
-        "INSERT INTO access_patients (tag, leaf) VALUES (?1, ?2)",
+        "INSERT INTO access_patients (run, tag, leaf) VALUES (?2 >> 12, ?1, ?2)",
         rusqlite::params![d_tag, leaves[0] as i64],
     )
     .unwrap();
@@ -218,7 +268,7 @@ fn verify_names_a_row_deleted_added_or_beyond_the_log() {
 
     // A row for a leaf the log does not hold.
     db.execute(
-        "INSERT INTO access_patients (tag, leaf) VALUES (?1, 999999)",
+        "INSERT INTO access_patients (run, tag, leaf) VALUES (999999 >> 12, ?1, 999999)",
         [d_tag],
     )
     .unwrap();
@@ -229,7 +279,7 @@ fn verify_names_a_row_deleted_added_or_beyond_the_log() {
     verified(&node).unwrap();
     assert!(
         db.execute(
-            "INSERT INTO access_patients (tag, leaf) VALUES (?1, -1)",
+            "INSERT INTO access_patients (run, tag, leaf) VALUES (-1, ?1, -1)",
             [&a_tag],
         )
         .is_err(),
@@ -239,15 +289,15 @@ fn verify_names_a_row_deleted_added_or_beyond_the_log() {
     // table without its constraints and key first): named by verify, and readers neither repeat nor lose what
     // the index holds.
     db.execute_batch(
-        "CREATE TABLE loose (tag BLOB NOT NULL, leaf INTEGER NOT NULL);
-         INSERT INTO loose SELECT tag, leaf FROM access_patients;
+        "CREATE TABLE loose (run INTEGER, tag BLOB NOT NULL, leaf INTEGER NOT NULL);
+         INSERT INTO loose SELECT run, tag, leaf FROM access_patients;
          DROP TABLE access_patients;
          ALTER TABLE loose RENAME TO access_patients;",
     )
     .unwrap();
     for n in 1..=1100i64 {
         db.execute(
-            "INSERT INTO access_patients (tag, leaf) VALUES (?1, ?2)",
+            "INSERT INTO access_patients (run, tag, leaf) VALUES (?2 >> 12, ?1, ?2)",
             rusqlite::params![a_tag, -n],
         )
         .unwrap();
@@ -263,7 +313,7 @@ fn verify_names_a_row_deleted_added_or_beyond_the_log() {
     verified(&node).unwrap();
     // A leaf that is not an integer: passed over by readers, named by verify.
     db.execute(
-        "INSERT INTO access_patients (tag, leaf) VALUES (?1, 0.5)",
+        "INSERT INTO access_patients (run, tag, leaf) VALUES (0, ?1, 0.5)",
         [&a_tag],
     )
     .unwrap();
@@ -275,6 +325,18 @@ fn verify_names_a_row_deleted_added_or_beyond_the_log() {
         [],
     )
     .unwrap();
+    // A row moved out of its leaf's run: readers do not see it there, and verify names it.
+    db.execute(
+        "UPDATE access_patients SET run = 7 WHERE leaf = ?1",
+        [leaves[0] as i64],
+    )
+    .unwrap();
+    assert_eq!(naming(&node, "a"), vec![leaves[1]]);
+    let why = divergence(&node);
+    assert!(why.contains("1 row(s) that name no leaf"), "{why}");
+    db.execute("UPDATE access_patients SET run = 0 WHERE run = 7", [])
+        .unwrap();
+    verified(&node).unwrap();
     // A patient's row deleted and another's duplicated in its place keeps the count: the
     // duplicate is named.
     let b_tag: Vec<u8> = db
@@ -290,7 +352,7 @@ fn verify_names_a_row_deleted_added_or_beyond_the_log() {
     )
     .unwrap();
     db.execute(
-        "INSERT INTO access_patients (tag, leaf) VALUES (?1, ?2)",
+        "INSERT INTO access_patients (run, tag, leaf) VALUES (?2 >> 12, ?1, ?2)",
         rusqlite::params![a_tag, leaves[1] as i64],
     )
     .unwrap();
@@ -305,12 +367,13 @@ fn verify_names_a_row_deleted_added_or_beyond_the_log() {
 fn a_log_from_before_the_index_is_read_in_full_then_reindexed() {
     let (tmp, node) = medvault_testkit::scratch_node();
     let leaves = populate(&node);
+    fill_run_and_index(&node);
     let size = node.access.ledger_size().unwrap();
     // As the migration leaves a log that predates the index.
     let db = sql(&tmp.path().join("data"));
     db.execute_batch(&format!(
         "DELETE FROM access_patients;
-         UPDATE meta SET v = '{size}' WHERE k = 'access_index_from';"
+         UPDATE meta SET v = '{size}' WHERE k IN ('access_index_from', 'access_index_to');"
     ))
     .unwrap();
     assert_eq!(
@@ -319,7 +382,7 @@ fn a_log_from_before_the_index_is_read_in_full_then_reindexed() {
     );
     expect_found(&node, &leaves);
     assert_eq!(verified(&node).unwrap().patient_index_from, size);
-    // New entries are indexed as they come; older ones by re-indexing.
+    // New entries are found beside the index; older ones are indexed by re-indexing.
     let newer = node
         .record_audit_now(|t| AuditRecord::admin(t, "patient-restrict", Some("Patient/e")))
         .unwrap();

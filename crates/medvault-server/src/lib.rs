@@ -287,6 +287,10 @@ async fn run_until_shutdown(
         Arc::clone(&state.config.witnesses),
         state.config.checkpoint_interval,
     ));
+    let indexing = tokio::spawn(medvault_node::background::access_index_task(
+        Arc::clone(&state.node),
+        std::time::Duration::from_secs(1),
+    ));
     let summaries = tokio::spawn(anonymous::summary_task(
         Arc::clone(&state.node),
         Arc::clone(&state.anonymous),
@@ -326,6 +330,7 @@ async fn run_until_shutdown(
         s.abort();
     }
     enforcement.abort();
+    indexing.abort();
     checkpoints.abort();
     summaries.abort();
     if let Some(p) = peers {

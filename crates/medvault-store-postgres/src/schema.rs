@@ -210,8 +210,8 @@ const NODE_MIGRATIONS: &[(i64, &str)] = &[
 
 const KEEP_TILE_LEVELS: &str = "DELETE FROM ledger_nodes WHERE level % 8 <> 0;";
 
-/// The access log's schema: one log and the witness state, nothing else. (SQLite's access log
-/// is at version 3; the numbers are per kind.)
+/// The access log's schema: one log, its patient index and the witness state, nothing else
+/// (the version numbers are per kind of database; both backends reach the same).
 const ACCESS_LOG_MIGRATIONS: &[(i64, &str)] = &[
     (2, concat!(meta_table!(), log_tables!())),
     (3, KEEP_TILE_LEVELS),
@@ -227,6 +227,15 @@ const ACCESS_LOG_MIGRATIONS: &[(i64, &str)] = &[
          CREATE INDEX access_patients_by_leaf ON access_patients (leaf);
          INSERT INTO meta (k, v)
             SELECT 'access_index_from', (COALESCE(MAX(idx) + 1, 0))::text FROM ledger_leaves;",
+    ),
+    // The index is written a run at a time, off the request path; every leaf so far has its
+    // rows (version 4 wrote them with the leaf). PostgreSQL keeps rows keyed by tag: a random
+    // insert there dirties a shared buffer, not a page per commit as SQLite's WAL does.
+    (
+        5,
+        "INSERT INTO meta (k, v)
+            SELECT 'access_index_to', (COALESCE(MAX(idx) + 1, 0))::text FROM ledger_leaves
+         ON CONFLICT (k) DO UPDATE SET v = excluded.v;",
     ),
 ];
 

@@ -867,14 +867,14 @@ pub(crate) fn audit_details(
 pub(crate) fn access_leaves(
     c: &mut Conn,
     tag: &BlindValue,
-    below: u64,
+    (floor, below): (u64, u64),
     count: u64,
 ) -> Result<Vec<u64>, StoreError> {
     all(
         c,
-        "SELECT leaf FROM access_patients WHERE tag = $1 AND leaf < $2
-         ORDER BY leaf DESC LIMIT $3",
-        &[&&tag.0[..], &to_i64(below), &to_i64(count)],
+        "SELECT leaf FROM access_patients WHERE tag = $1 AND leaf >= $2 AND leaf < $3
+         ORDER BY leaf DESC LIMIT $4",
+        &[&&tag.0[..], &to_i64(floor), &to_i64(below), &to_i64(count)],
         rows::leaf,
     )
 }
@@ -1062,39 +1062,16 @@ impl LogTx for Tx<'_> {
         crate::dump::load(self.conn.get_mut(), table, rows)
     }
 
-    fn append_audit(
-        &mut self,
-        detail: &AuditDetail,
-        leaf: &[u8],
-        patients: &[BlindValue],
-    ) -> Result<u64, StoreError> {
-        // One round trip: the leaf, its detail and its patient-index rows.
-        let row = if patients.is_empty() {
-            self.conn.get_mut().one(
-                &format!(
-                    "WITH {APPEND_LEAF}
-                     INSERT INTO ledger_audit (leaf, salt, detail) SELECT idx, $2, $3 FROM leaf
-                     RETURNING leaf"
-                ),
-                &[&leaf, &&detail.salt[..], &detail.sealed.as_bytes()],
-            )?
-        } else {
-            let tags: Vec<&[u8]> = patients.iter().map(|t| &t.0[..]).collect();
-            self.conn.get_mut().one(
-                &format!(
-                    "WITH {APPEND_LEAF},
-                     det AS (
-                       INSERT INTO ledger_audit (leaf, salt, detail) SELECT idx, $2, $3 FROM leaf
-                       RETURNING leaf),
-                     tagged AS (
-                       INSERT INTO access_patients (tag, leaf)
-                       SELECT DISTINCT unnest($4::bytea[]), (SELECT idx FROM leaf)
-                       ON CONFLICT DO NOTHING)
-                     SELECT leaf FROM det"
-                ),
-                &[&leaf, &&detail.salt[..], &detail.sealed.as_bytes(), &tags],
-            )?
-        };
+    fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError> {
+        // One round trip: the leaf and its detail.
+        let row = self.conn.get_mut().one(
+            &format!(
+                "WITH {APPEND_LEAF}
+                 INSERT INTO ledger_audit (leaf, salt, detail) SELECT idx, $2, $3 FROM leaf
+                 RETURNING leaf"
+            ),
+            &[&leaf, &&detail.salt[..], &detail.sealed.as_bytes()],
+        )?;
         self.leaf_appended(&row, leaf)
     }
 

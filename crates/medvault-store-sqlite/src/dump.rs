@@ -86,6 +86,10 @@ pub(crate) fn load(c: &Connection, table: &Table, rows: &[Vec<Cell>]) -> Result<
         "meta" => "INSERT INTO meta (k, v) VALUES (?1, ?2)
                    ON CONFLICT (k) DO UPDATE SET v = excluded.v"
             .to_owned(),
+        // The run is the leaf's (the dump holds tag and leaf, as every backend does).
+        "access_patients" => {
+            "INSERT INTO access_patients (run, tag, leaf) VALUES (?2 >> 12, ?1, ?2)".to_owned()
+        }
         "idx" => "INSERT INTO idx (value, rid) SELECT ?3, rid FROM current
                   WHERE rtype = ?1 AND id = ?2"
             .to_owned(),

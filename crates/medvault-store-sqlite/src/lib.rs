@@ -769,8 +769,7 @@ mod tests {
                 sealed: medvault_crypto::Sealed::from_stored(vec![7; 40]),
             };
             let leaf =
-                medvault_store::write_with(&log, move |tx| tx.append_audit(&detail, &[7], &[]))
-                    .unwrap();
+                medvault_store::write_with(&log, move |tx| tx.append_audit(&detail, &[7])).unwrap();
             assert_eq!(leaf, 0);
             assert_eq!(log.ledger_size().unwrap(), 1);
             assert!(log.audit_detail(0).unwrap().is_some());
@@ -807,7 +806,7 @@ mod tests {
         let wrote = medvault_store::conformance::access_patient_index(&|| {
             Box::new(SqliteStore::open_access_log(&path).unwrap())
         });
-        assert_eq!(wrote, 4);
+        assert_eq!(wrote, 2 * medvault_store::ACCESS_RUN_LEAVES + 2);
         // A log from before the index (version 3): after the migration it is indexed from
         // its next leaf, and what it held waits for re-indexing.
         {
@@ -824,9 +823,53 @@ mod tests {
             log.meta(medvault_store::ACCESS_INDEXED_FROM)
                 .unwrap()
                 .as_deref(),
-            Some("4")
+            Some(wrote.to_string().as_str())
+        );
+        assert_eq!(
+            log.meta(medvault_store::ACCESS_INDEXED_TO)
+                .unwrap()
+                .as_deref(),
+            Some(wrote.to_string().as_str())
         );
         assert!(log.access_tags(0, 10).unwrap().is_empty());
+        drop(log);
+        // A version-4 log (rows keyed by tag, written with their leaf): its rows move under
+        // their runs, and every leaf it holds counts as indexed.
+        let (a, b) = ([0xaa_u8; 16], [0xbb_u8; 16]);
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "DROP TABLE access_patients;
+                 DELETE FROM meta WHERE k = 'access_index_to';
+                 UPDATE meta SET v = '0' WHERE k = 'access_index_from';
+                 CREATE TABLE access_patients (tag BLOB NOT NULL, leaf INTEGER NOT NULL,
+                    PRIMARY KEY (tag, leaf)) WITHOUT ROWID;
+                 CREATE INDEX access_patients_by_leaf ON access_patients (leaf);
+                 UPDATE meta SET v = '4' WHERE k = 'schema_version';",
+            )
+            .unwrap();
+            for (tag, leaf) in [(&a, 0_i64), (&b, 3), (&a, 3)] {
+                c.execute(
+                    "INSERT INTO access_patients (tag, leaf) VALUES (?1, ?2)",
+                    rusqlite::params![&tag[..], leaf],
+                )
+                .unwrap();
+            }
+        }
+        let log = SqliteStore::open_access_log(&path).unwrap();
+        assert_eq!(
+            log.meta(medvault_store::ACCESS_INDEXED_TO)
+                .unwrap()
+                .as_deref(),
+            Some(wrote.to_string().as_str())
+        );
+        let tag = |t: [u8; 16]| medvault_crypto::BlindValue(t);
+        assert_eq!(
+            log.access_tags(0, 10).unwrap(),
+            vec![(0, tag(a)), (3, tag(a)), (3, tag(b))]
+        );
+        assert_eq!(log.access_leaves(&tag(a), (0, 4), 10).unwrap(), vec![3, 0]);
+        assert_eq!(log.access_tags_astray(4).unwrap(), (0, None));
     }
 
     #[test]

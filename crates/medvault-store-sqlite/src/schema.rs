@@ -245,6 +245,9 @@ const ACCESS_LOG_MIGRATIONS: &[&str] = &[
     // v4: the patient index (docs/formats/access-patient-index.md). Leaves written before it
     // are not indexed until `medvault ledger reindex-access` (or `serve`) reaches them.
     ACCESS_PATIENTS,
+    // v5: the patient index keyed by run first, written a run at a time off the request path
+    // (docs/formats/access-patient-index.md): every leaf so far has its rows.
+    ACCESS_PATIENT_RUNS,
 ];
 
 /// The access log's patient index: keyed patient tag → leaf, and the first indexed leaf.
@@ -256,6 +259,25 @@ const ACCESS_PATIENTS: &str = "CREATE TABLE access_patients (
      CREATE INDEX access_patients_by_leaf ON access_patients (leaf);
      INSERT INTO meta (k, v)
         SELECT 'access_index_from', CAST(COALESCE(MAX(idx) + 1, 0) AS TEXT) FROM ledger_leaves;";
+
+/// The patient index by run (v5): the same rows as v4, each under its leaf's run, so a run's
+/// rows are one sequential stretch of the table; every leaf written so far is indexed (v4
+/// wrote rows with their leaf), so the index's end is the log's size.
+const ACCESS_PATIENT_RUNS: &str = "CREATE TABLE access_patients_by_run (
+        run INTEGER NOT NULL CHECK (typeof(run) = 'integer' AND run = leaf >> 12),
+        tag BLOB NOT NULL CHECK (typeof(tag) = 'blob' AND length(tag) = 16),
+        leaf INTEGER NOT NULL CHECK (typeof(leaf) = 'integer' AND leaf >= 0),
+        PRIMARY KEY (run, tag, leaf)
+     ) WITHOUT ROWID;
+     INSERT INTO access_patients_by_run (run, tag, leaf)
+        SELECT leaf >> 12, tag, leaf FROM access_patients
+        WHERE typeof(leaf) = 'integer' AND leaf >= 0 AND typeof(tag) = 'blob' AND length(tag) = 16
+        ORDER BY leaf >> 12, tag, leaf;
+     DROP TABLE access_patients;
+     ALTER TABLE access_patients_by_run RENAME TO access_patients;
+     INSERT INTO meta (k, v)
+        SELECT 'access_index_to', CAST(COALESCE(MAX(idx) + 1, 0) AS TEXT) FROM ledger_leaves
+        WHERE true ON CONFLICT (k) DO UPDATE SET v = excluded.v;";
 
 pub(crate) fn migrate(conn: &mut Connection, schema: Schema) -> Result<(), StoreError> {
     let tx = conn

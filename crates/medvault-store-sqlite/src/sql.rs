@@ -977,17 +977,42 @@ pub(crate) fn audit_details(
 pub(crate) fn access_leaves(
     c: &Connection,
     tag: &BlindValue,
-    below: u64,
+    (floor, below): (u64, u64),
     count: u64,
 ) -> Result<Vec<u64>, StoreError> {
-    all(
-        c,
-        "SELECT leaf FROM access_patients
-         WHERE tag = ?1 AND leaf < ?2 AND typeof(leaf) = 'integer'
-         ORDER BY leaf DESC LIMIT ?3",
-        params![&tag.0[..], to_i64(below), to_i64(count)],
-        rows::leaf,
-    )
+    // Rows are keyed by run first: look the tag up in each run, newest run first.
+    let mut out = Vec::new();
+    if below <= floor {
+        return Ok(out);
+    }
+    let lowest = floor >> medvault_store::ACCESS_RUN_SHIFT;
+    let mut run = (below - 1) >> medvault_store::ACCESS_RUN_SHIFT;
+    loop {
+        let want = count.saturating_sub(out.len() as u64);
+        if want == 0 {
+            break;
+        }
+        out.extend(all(
+            c,
+            "SELECT leaf FROM access_patients
+             WHERE run = ?1 AND tag = ?2 AND leaf >= ?3 AND leaf < ?4
+               AND typeof(leaf) = 'integer'
+             ORDER BY leaf DESC LIMIT ?5",
+            params![
+                to_i64(run),
+                &tag.0[..],
+                to_i64(floor),
+                to_i64(below),
+                to_i64(want)
+            ],
+            rows::leaf,
+        )?);
+        if run == lowest {
+            break;
+        }
+        run -= 1;
+    }
+    Ok(out)
 }
 
 pub(crate) fn access_tags(
@@ -997,7 +1022,8 @@ pub(crate) fn access_tags(
 ) -> Result<Vec<(u64, BlindValue)>, StoreError> {
     all(
         c,
-        "SELECT leaf, tag FROM access_patients WHERE leaf >= ?1 AND leaf < ?2
+        "SELECT leaf, tag FROM access_patients
+         WHERE run >= ?1 >> 12 AND run <= ?2 >> 12 AND leaf >= ?1 AND leaf < ?2
          ORDER BY leaf, tag",
         params![to_i64(start), to_i64(start.saturating_add(count))],
         rows::access_tag,
@@ -1005,7 +1031,8 @@ pub(crate) fn access_tags(
 }
 
 const ACCESS_TAGS_ASTRAY: &str = "typeof(leaf) <> 'integer' OR leaf < 0 OR leaf >= ?1
-     OR typeof(tag) <> 'blob' OR length(tag) <> 16";
+     OR typeof(tag) <> 'blob' OR length(tag) <> 16
+     OR typeof(run) <> 'integer' OR run <> leaf >> 12";
 
 pub(crate) fn access_tags_astray(
     c: &Connection,
@@ -1161,35 +1188,32 @@ impl LogTx for Tx<'_> {
         crate::dump::load(self.conn, table, rows)
     }
 
-    fn append_audit(
-        &mut self,
-        detail: &AuditDetail,
-        leaf: &[u8],
-        patients: &[BlindValue],
-    ) -> Result<u64, StoreError> {
+    fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError> {
         let idx = append_leaf(self.conn, leaf)?;
         exec(
             self.conn,
             "INSERT INTO ledger_audit (leaf, salt, detail) VALUES (?1, ?2, ?3)",
             params![to_i64(idx), &detail.salt[..], detail.sealed.as_bytes()],
         )?;
-        let rows: Vec<(u64, BlindValue)> = patients.iter().map(|t| (idx, *t)).collect();
-        self.add_access_tags(&rows)?;
         Ok(idx)
     }
 
     fn add_access_tags(&mut self, rows: &[(u64, BlindValue)]) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
+        // In key order, so a run's rows are appended page after page.
+        let mut rows = rows.to_vec();
+        rows.sort_unstable_by(|(l1, t1), (l2, t2)| {
+            let run = |l: &u64| l >> medvault_store::ACCESS_RUN_SHIFT;
+            (run(l1), &t1.0, l1).cmp(&(run(l2), &t2.0, l2))
+        });
         let mut ins = self
             .conn
             .prepare_cached(
-                "INSERT INTO access_patients (tag, leaf) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                "INSERT INTO access_patients (run, tag, leaf) VALUES (?1 >> 12, ?2, ?1)
+                 ON CONFLICT DO NOTHING",
             )
             .map_err(backend)?;
-        for (leaf, tag) in rows {
-            ins.execute(params![&tag.0[..], to_i64(*leaf)])
+        for (leaf, tag) in &rows {
+            ins.execute(params![to_i64(*leaf), &tag.0[..]])
                 .map_err(backend)?;
         }
         Ok(())

@@ -81,10 +81,10 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Store>) -> usize {
     CHECKS.len() + PAIR_CHECKS.len()
 }
 
-/// The access log's patient index, on a fresh access-log database from `open`: rows are written
-/// with their leaf (a repeated tag once), read newest first below a bound and by leaf range,
-/// added again without duplicates, rolled back with a failed op, and dumped. Returns how many
-/// leaves it wrote.
+/// The access log's patient index, on a fresh access-log database from `open`: rows added for
+/// leaves in the log (a repeated row once, in any order, across runs), read newest first within
+/// a range and by leaf range, rolled back with a failed op, and dumped. Returns how many leaves
+/// it wrote.
 pub fn access_patient_index(open: &dyn Fn() -> Box<dyn crate::LogStore>) -> u64 {
     let store = open();
     let log = store.as_ref();
@@ -93,54 +93,87 @@ pub fn access_patient_index(open: &dyn Fn() -> Box<dyn crate::LogStore>) -> u64 
         BlindValue([2; 16]),
         BlindValue([3; 16]),
     );
-    assert_eq!(
-        ok(log.meta(crate::ACCESS_INDEXED_FROM), "meta").as_deref(),
-        Some("0"),
-        "a new access log is indexed from its first leaf"
+    for key in [crate::ACCESS_INDEXED_FROM, crate::ACCESS_INDEXED_TO] {
+        assert_eq!(
+            ok(log.meta(key), "meta").as_deref(),
+            Some("0"),
+            "a new access log is indexed from its first leaf, and up to it ({key})"
+        );
+    }
+    // Two runs and a bit: the leaves of the rows below.
+    let run = crate::ACCESS_RUN_LEAVES;
+    let leaves_written = 2 * run + 2;
+    ok(
+        crate::write_log_with(log, move |tx| {
+            let detail = AuditDetail {
+                salt: [9; 16],
+                sealed: Sealed::from_stored(vec![9; 40]),
+            };
+            for _ in 0..leaves_written {
+                tx.append_audit(&detail, b"leaf")?;
+            }
+            Ok(())
+        }),
+        "append_audit",
     );
-    let append = |tags: Vec<BlindValue>| {
+    let add = |rows: Vec<(u64, BlindValue)>| {
         ok(
-            crate::write_log_with(log, move |tx| {
-                let detail = AuditDetail {
-                    salt: [9; 16],
-                    sealed: Sealed::from_stored(vec![9; 40]),
-                };
-                tx.append_audit(&detail, b"leaf", &tags)
-            }),
-            "append_audit",
-        )
+            crate::write_log_with(log, move |tx| tx.add_access_tags(&rows)),
+            "add_access_tags",
+        );
     };
-    assert_eq!(append(vec![a, b]), 0);
-    assert_eq!(append(vec![a]), 1);
-    assert_eq!(append(vec![]), 2);
-    assert_eq!(append(vec![a, a]), 3, "a tag named twice is one row");
-    let leaves = |t: &BlindValue, below, count| ok(log.access_leaves(t, below, count), "leaves");
-    assert_eq!(leaves(&a, 10, 10), vec![3, 1, 0], "newest first");
-    assert_eq!(leaves(&a, 3, 1), vec![1], "below the bound, at most count");
-    assert_eq!(leaves(&b, 10, 10), vec![0]);
-    assert!(leaves(&c, 10, 10).is_empty());
+    // Out of order, a row twice: stored once, in order.
+    add(vec![(3, a), (0, b), (0, a), (1, a), (3, a)]);
+    add(vec![(run + 1, a), (2 * run + 1, a), (2 * run, c), (run, b)]);
+    let leaves = |t: &BlindValue, range, count| ok(log.access_leaves(t, range, count), "leaves");
+    let end = leaves_written;
+    assert_eq!(
+        leaves(&a, (0, end), 10),
+        vec![2 * run + 1, run + 1, 3, 1, 0],
+        "newest first, across runs"
+    );
+    assert_eq!(
+        leaves(&a, (0, 3), 1),
+        vec![1],
+        "below the bound, at most count"
+    );
+    assert_eq!(leaves(&a, (1, run + 1), 10), vec![3, 1], "within the range");
+    assert_eq!(leaves(&a, (run + 2, end), 10), vec![2 * run + 1]);
+    assert_eq!(leaves(&a, (5, 5), 10), Vec::<u64>::new(), "an empty range");
+    assert_eq!(leaves(&b, (0, end), 10), vec![run, 0]);
+    assert!(leaves(&BlindValue([4; 16]), (0, end), 10).is_empty());
     let tags = |start, count| ok(log.access_tags(start, count), "tags");
     assert_eq!(tags(0, 10), vec![(0, a), (0, b), (1, a), (3, a)]);
     assert_eq!(tags(1, 2), vec![(1, a)], "by leaf range");
-    // Re-indexing adds what is missing and keeps what is there.
-    ok(
-        crate::write_log_with(log, move |tx| tx.add_access_tags(&[(2, c), (0, a)])),
-        "add_access_tags",
+    assert_eq!(
+        tags(run - 1, run + 2),
+        vec![(run, b), (run + 1, a), (2 * run, c)],
+        "a range across runs"
     );
+    // Rows already there are kept.
+    add(vec![(2, c), (0, a)]);
     assert_eq!(tags(0, 10), vec![(0, a), (0, b), (1, a), (2, c), (3, a)]);
     // A failed op leaves no rows behind.
     let failed = crate::write_log_with(log, move |tx| {
-        let detail = AuditDetail {
-            salt: [9; 16],
-            sealed: Sealed::from_stored(vec![9; 40]),
-        };
-        tx.append_audit(&detail, b"leaf", &[c])?;
-        tx.add_access_tags(&[(1, c)])?;
+        tx.add_access_tags(&[(1, c), (4, c)])?;
         Err::<(), _>(StoreError::Conflict)
     });
     assert!(failed.is_err());
-    assert_eq!(leaves(&c, 10, 10), vec![2], "the failed op's rows are gone");
-    assert_eq!(ok(log.ledger_size(), "size"), 4);
+    assert_eq!(
+        leaves(&c, (0, 10), 10),
+        vec![2],
+        "the failed op's rows are gone"
+    );
+    assert_eq!(ok(log.ledger_size(), "size"), leaves_written);
+    assert_eq!(
+        ok(log.access_tags_astray(leaves_written), "astray"),
+        (0, None)
+    );
+    assert_eq!(
+        ok(log.access_tags_astray(run + 1), "astray").0,
+        3,
+        "rows past a log's end are astray"
+    );
     let mut dumped = Vec::new();
     ok(
         log.dump(crate::dump::LOG_TABLES, &mut |t, r| {
@@ -151,7 +184,7 @@ pub fn access_patient_index(open: &dyn Fn() -> Box<dyn crate::LogStore>) -> u64 
         }),
         "dump",
     );
-    assert_eq!(dumped.len(), 5, "every index row is dumped");
+    assert_eq!(dumped.len(), 9, "every index row is dumped");
     assert_eq!(
         dumped[0],
         vec![
@@ -159,7 +192,7 @@ pub fn access_patient_index(open: &dyn Fn() -> Box<dyn crate::LogStore>) -> u64 
             crate::dump::Cell::Int(0)
         ]
     );
-    4
+    leaves_written
 }
 
 /// Every row of `tables` in `store`, by table.
@@ -253,7 +286,7 @@ pub fn reopen_keeps_data(open: &dyn Fn() -> Box<dyn Store>) -> Box<dyn Store> {
             sealed: Sealed::from_stored(vec![n; 40]),
         };
         wrote(store, "append_audit", move |tx| {
-            tx.append_audit(&detail, &[n], &[]).map(|_| ())
+            tx.append_audit(&detail, &[n]).map(|_| ())
         });
     };
     {
@@ -299,7 +332,7 @@ fn tree_levels_between_tiles_are_hashed_up(store: &dyn Store) {
                     salt: [7; 16],
                     sealed: Sealed::from_stored(vec![7; 40]),
                 };
-                tx.append_audit(&detail, l, &[])?;
+                tx.append_audit(&detail, l)?;
             }
             Ok(())
         });
@@ -495,7 +528,7 @@ fn populate(store: &dyn Store) {
             salt: [3; 16],
             sealed: Sealed::from_stored(vec![3; 40]),
         };
-        tx.append_audit(&detail, b"audit leaf", &[])?;
+        tx.append_audit(&detail, b"audit leaf")?;
         tx.put_checkpoint(3, "checkpoint note\n")?;
         tx.set_witnessed("other.example/log", 9, &[1; 32], "witnessed note\n")
     });
@@ -1473,7 +1506,7 @@ fn ledger_leaves_commit_with_their_records(store: &dyn Store) {
         let audit_leaf = format!("audit {i}").into_bytes();
         leaves.push(audit_leaf.clone());
         let got = written(store, "append_audit", move |tx| {
-            tx.append_audit(&detail, &audit_leaf, &[])
+            tx.append_audit(&detail, &audit_leaf)
         });
         assert_eq!(got, 2 * i as u64 + 1, "audit leaf index");
     }
@@ -1487,7 +1520,6 @@ fn ledger_leaves_commit_with_their_records(store: &dyn Store) {
                 sealed: Sealed::from_stored(vec![9; 40]),
             },
             b"never",
-            &[],
         )?;
         Err(StoreError::Aborted("op gave up".into()))
     }));
@@ -2153,7 +2185,6 @@ fn queued_ops_share_a_commit_and_fail_alone(store: &dyn Store) {
                         sealed: Sealed::from_stored(vec![i; 40]),
                     },
                     &[i],
-                    &[],
                 )?;
                 match i % 10 {
                     3 => Err(StoreError::Aborted("op gave up".into())),

@@ -44,10 +44,10 @@ macro_rules! forward_reads {
             fn access_leaves(
                 &self,
                 tag: &$crate::__private::BlindValue,
-                below: u64,
+                range: (u64, u64),
                 count: u64,
             ) -> Result<Vec<u64>, $crate::StoreError> {
-                self.with_conn(|c| $($sql)::+::access_leaves(c, tag, below, count))
+                self.with_conn(|c| $($sql)::+::access_leaves(c, tag, range, count))
             }
             fn access_tags(
                 &self,

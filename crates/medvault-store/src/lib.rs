@@ -89,12 +89,27 @@ impl std::fmt::Debug for TokenHash {
 /// so a dump of one loads into the other).
 pub const NODE_SCHEMA_VERSION: i64 = 19;
 /// The schema version of an access-log database this build writes.
-pub const ACCESS_LOG_SCHEMA_VERSION: i64 = 4;
+pub const ACCESS_LOG_SCHEMA_VERSION: i64 = 5;
 
 /// The access log's `meta` key holding the first leaf of the patient index's complete part:
-/// every leaf at or above it has its rows in the index; leaves below it (written before the
-/// index existed, and not yet re-indexed) may not. See docs/formats/access-patient-index.md.
+/// every leaf in `[from, to)` ([`ACCESS_INDEXED_TO`]) has its rows in the index; leaves below
+/// it (written before the index existed, and not yet re-indexed) may not. See
+/// docs/formats/access-patient-index.md.
 pub const ACCESS_INDEXED_FROM: &str = "access_index_from";
+
+/// The access log's `meta` key holding the end of the patient index's complete part: leaves
+/// at and above it are not indexed yet (the indexer writes a whole run of
+/// [`ACCESS_RUN_LEAVES`] leaves at a time, after the request path wrote them).
+pub const ACCESS_INDEXED_TO: &str = "access_index_to";
+
+/// Leaves per run of the patient index. Rows are keyed by run first (`leaf / ACCESS_RUN_LEAVES`),
+/// so a run's rows, written together in key order, land on fresh pages at the end of the
+/// index instead of one random page per row (docs/formats/access-patient-index.md).
+pub const ACCESS_RUN_LEAVES: u64 = 1 << ACCESS_RUN_SHIFT;
+
+/// `log2(`[`ACCESS_RUN_LEAVES`]`)`: a leaf's run is `leaf >> ACCESS_RUN_SHIFT` (the SQL schemas
+/// write it as `leaf >> 12`).
+pub const ACCESS_RUN_SHIFT: u32 = 12;
 
 /// Which of a node's two databases a store holds; each has its own tables and migrations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -852,16 +867,16 @@ pub trait LogRead {
     /// # Errors
     /// [`StoreError::Backend`].
     fn audit_details(&self, start: u64, count: u64) -> Result<Vec<(u64, AuditDetail)>, StoreError>;
-    /// The access-log leaves below `below` whose records name the patient whose keyed tag is
-    /// `tag` (the access log's patient index), newest first, at most `count`. Access-log
-    /// databases only.
+    /// The access-log leaves in `[floor, below)` whose records name the patient whose keyed
+    /// tag is `tag` (the access log's patient index), newest first, at most `count`.
+    /// Access-log databases only.
     ///
     /// # Errors
     /// [`StoreError::Backend`].
     fn access_leaves(
         &self,
         tag: &BlindValue,
-        below: u64,
+        range: (u64, u64),
         count: u64,
     ) -> Result<Vec<u64>, StoreError>;
     /// The patient index's rows for leaves in `[start, start + count)`, by leaf then tag (what
@@ -1282,21 +1297,15 @@ pub trait LogTx: LogRead {
     /// # Errors
     /// [`StoreError::Conflict`] if a row exists already; [`StoreError::Backend`].
     fn load(&mut self, table: &dump::Table, rows: &[Vec<dump::Cell>]) -> Result<(), StoreError>;
-    /// Appends an audit leaf and stores its detail beside it, with one patient-index row per
-    /// tag in `patients` (the keyed tags of the patients the record names; empty for a record
-    /// about no patient, and always on a node database, which has no patient index). Returns
-    /// the leaf's index.
+    /// Appends an audit leaf and stores its detail beside it. Returns the leaf's index. (Its
+    /// patient-index rows are written later, a run at a time: [`LogTx::add_access_tags`].)
     ///
     /// # Errors
     /// [`StoreError::Backend`].
-    fn append_audit(
-        &mut self,
-        detail: &AuditDetail,
-        leaf: &[u8],
-        patients: &[BlindValue],
-    ) -> Result<u64, StoreError>;
-    /// Adds patient-index rows for leaves already in the log (re-indexing what was written
-    /// before the index existed); rows already present are kept. Access-log databases only.
+    fn append_audit(&mut self, detail: &AuditDetail, leaf: &[u8]) -> Result<u64, StoreError>;
+    /// Adds patient-index rows for leaves already in the log (the indexer's run, or
+    /// re-indexing what was written before the index existed); rows already present are kept.
+    /// Access-log databases only.
     ///
     /// # Errors
     /// [`StoreError::Backend`].

@@ -124,6 +124,15 @@ pub(crate) fn run_ledger(command: LedgerCommand) -> anyhow::Result<()> {
                 pb.finish_and_clear();
             }
             let r = done.map_err(|e| anyhow::anyhow!("re-indexing failed: {e}"))?;
+            // And the newest whole runs, if no server indexed them (a node that is not served).
+            let newer = medvault_node::access_index::catch_up(node.access.as_ref(), &node.ledger)
+                .map_err(|e| anyhow::anyhow!("re-indexing failed: {e}"))?;
+            if newer.leaves > 0 {
+                println!(
+                    "indexed the {} newest access-log entries ({} patient-index rows), up to leaf {}",
+                    newer.leaves, newer.rows, newer.to
+                );
+            }
             if r.leaves == 0 {
                 println!(
                     "the access log's patient index is complete (from leaf {}); nothing to do",
@@ -271,13 +280,10 @@ pub(crate) fn verify_ledger(node: &Node, extra_witnesses: &[String]) -> anyhow::
             String::new()
         },
         r.pins,
-        if r.patient_index_from > r.archived {
-            format!(
-                " from leaf {} (older entries are not indexed yet: `medvault ledger reindex-access`)",
-                r.patient_index_from
-            )
-        } else {
-            String::new()
-        }
+        medvault_node::access_index::coverage(
+            (r.patient_index_from, r.patient_index_to),
+            r.archived,
+            r.access.leaves
+        )
     ))
 }
