@@ -205,6 +205,15 @@ impl SqliteStore {
             sql::merge_staged(&tx, None)?;
             tx.commit().map_err(backend)?;
         }
+        if schema == Schema::AccessLog {
+            // The access log's writer appends (leaves, details, the patient index a run at a
+            // time): it needs the right edges and the tree's upper levels, not the node
+            // writer's cache. Smaller also means cheaper commits: the writer's cache was seen
+            // (gdb, PERFORMANCE.md) holding page 1 048 577, past the file's end, so the end of
+            // every write transaction scanned its whole page hash to drop pages beyond the end.
+            conn.pragma_update(None, "cache_size", ACCESS_LOG_WRITER_CACHE_KIB)
+                .map_err(backend)?;
+        }
         // The writer never checkpoints (a checkpoint in the commit path is a latency spike);
         // a background thread does, PASSIVE, so it never blocks writers or readers.
         conn.execute_batch("PRAGMA wal_autocheckpoint=0;")
@@ -284,6 +293,9 @@ fn truncate_wal(conn: &Connection, ckpt: &Checkpointing) -> Result<(), TruncateE
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("WAL truncation after key destruction failed: {0}")]
 struct TruncateError(String);
+
+/// The access log writer's page cache, in KiB (as `PRAGMA cache_size` takes it: negative).
+const ACCESS_LOG_WRITER_CACHE_KIB: i64 = -2048;
 
 /// How often the background checkpoint runs.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
