@@ -24,17 +24,8 @@ use crate::ledger::Ledger;
 /// Index rows read per lookup, and details opened per re-indexing step.
 const BATCH: u64 = 1024;
 
-/// The first leaf at and above which every leaf has its index rows (up to [`indexed`]'s end).
-/// A missing or unreadable mark counts as nothing indexed (readers then open every detail:
-/// slower, never wrong).
-///
-/// # Errors
-/// Store failures.
-pub fn indexed_from(access: &dyn LogRead) -> Result<u64, Error> {
-    Ok(marks(access)?.0)
-}
-
-/// The leaves `[from, to)` whose index rows are complete.
+/// The leaves `[from, to)` whose index rows are complete. Missing or unreadable marks count as
+/// nothing indexed (readers then open every detail: slower, never wrong).
 ///
 /// # Errors
 /// Store failures.

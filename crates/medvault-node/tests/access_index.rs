@@ -376,10 +376,7 @@ fn a_log_from_before_the_index_is_read_in_full_then_reindexed() {
          UPDATE meta SET v = '{size}' WHERE k IN ('access_index_from', 'access_index_to');"
     ))
     .unwrap();
-    assert_eq!(
-        access_index::indexed_from(node.access.as_ref()).unwrap(),
-        size
-    );
+    assert_eq!(access_index::indexed(node.access.as_ref()).unwrap().0, size);
     expect_found(&node, &leaves);
     assert_eq!(verified(&node).unwrap().patient_index_from, size);
     // New entries are found beside the index; older ones are indexed by re-indexing.

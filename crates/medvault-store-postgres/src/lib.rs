@@ -630,17 +630,10 @@ mod tests {
             .unwrap();
         }
         let log = PgStore::open_access_log(&s.0).unwrap();
+        let end = Some(wrote.to_string());
         assert_eq!(
-            log.meta(medvault_store::ACCESS_INDEXED_FROM)
-                .unwrap()
-                .as_deref(),
-            Some(wrote.to_string().as_str())
-        );
-        assert_eq!(
-            log.meta(medvault_store::ACCESS_INDEXED_TO)
-                .unwrap()
-                .as_deref(),
-            Some(wrote.to_string().as_str())
+            medvault_store::conformance::index_marks(&log),
+            [end.clone(), end]
         );
         assert!(log.access_tags(0, 10).unwrap().is_empty());
     }

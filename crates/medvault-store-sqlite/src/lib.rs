@@ -831,17 +831,10 @@ mod tests {
             .unwrap();
         }
         let log = SqliteStore::open_access_log(&path).unwrap();
+        let end = Some(wrote.to_string());
         assert_eq!(
-            log.meta(medvault_store::ACCESS_INDEXED_FROM)
-                .unwrap()
-                .as_deref(),
-            Some(wrote.to_string().as_str())
-        );
-        assert_eq!(
-            log.meta(medvault_store::ACCESS_INDEXED_TO)
-                .unwrap()
-                .as_deref(),
-            Some(wrote.to_string().as_str())
+            medvault_store::conformance::index_marks(&log),
+            [end.clone(), end]
         );
         assert!(log.access_tags(0, 10).unwrap().is_empty());
         drop(log);
@@ -870,10 +863,8 @@ mod tests {
         }
         let log = SqliteStore::open_access_log(&path).unwrap();
         assert_eq!(
-            log.meta(medvault_store::ACCESS_INDEXED_TO)
-                .unwrap()
-                .as_deref(),
-            Some(wrote.to_string().as_str())
+            medvault_store::conformance::index_marks(&log),
+            [Some("0".to_owned()), Some(wrote.to_string())]
         );
         let tag = |t: [u8; 16]| medvault_crypto::BlindValue(t);
         assert_eq!(

@@ -93,13 +93,11 @@ pub fn access_patient_index(open: &dyn Fn() -> Box<dyn crate::LogStore>) -> u64 
         BlindValue([2; 16]),
         BlindValue([3; 16]),
     );
-    for key in [crate::ACCESS_INDEXED_FROM, crate::ACCESS_INDEXED_TO] {
-        assert_eq!(
-            ok(log.meta(key), "meta").as_deref(),
-            Some("0"),
-            "a new access log is indexed from its first leaf, and up to it ({key})"
-        );
-    }
+    assert_eq!(
+        index_marks(log),
+        [Some("0".to_owned()), Some("0".to_owned())],
+        "a new access log is indexed from its first leaf, and up to it"
+    );
     // Two runs and a bit: the leaves of the rows below.
     let run = crate::ACCESS_RUN_LEAVES;
     let leaves_written = 2 * run + 2;
@@ -193,6 +191,12 @@ pub fn access_patient_index(open: &dyn Fn() -> Box<dyn crate::LogStore>) -> u64 
         ]
     );
     leaves_written
+}
+
+/// The patient index's two marks as `log`'s meta holds them: where its complete part starts
+/// and where it ends.
+pub fn index_marks(log: &dyn crate::LogRead) -> [Option<String>; 2] {
+    [crate::ACCESS_INDEXED_FROM, crate::ACCESS_INDEXED_TO].map(|k| ok(log.meta(k), "meta"))
 }
 
 /// Every row of `tables` in `store`, by table.
